@@ -1,0 +1,164 @@
+"""Input checks shared by the public API: one place, clear messages."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from ase import Atoms
+from ase.data import atomic_numbers as _ATOMIC_NUMBERS
+from ase.data import chemical_symbols as _CHEMICAL_SYMBOLS
+from ase.geometry import complete_cell
+
+
+def check_verbose(verbose, owner: str) -> int:
+    """Return ``verbose`` as a non-negative int (``True``/``False`` give 1/0)."""
+    if isinstance(verbose, (bool, np.bool_)):
+        return int(verbose)
+    if not isinstance(verbose, numbers.Integral):
+        raise TypeError(f"{owner}: verbose must be an int (0 is silent); got {verbose!r}")
+    if verbose < 0:
+        raise ValueError(f"{owner}: verbose must be >= 0; got {verbose}")
+    return int(verbose)
+
+
+def check_positive_float(value, name: str, owner: str, unit: str = "") -> float:
+    """Return ``value`` as a float after checking it is a finite number > 0."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}: {name} must be a number{unit}; got {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{owner}: {name} must be > 0{unit}; got {value}")
+    return value
+
+
+def check_int(value, name: str, owner: str, minimum: int) -> int:
+    """Return ``value`` as an int after checking it is an integer >= ``minimum``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{owner}: {name} must be an int; got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{owner}: {name} must be >= {minimum}; got {value}")
+    return int(value)
+
+
+def species_to_numbers(species, owner: str) -> np.ndarray:
+    """Turn symbols or atomic numbers into sorted unique atomic numbers.
+
+    Raises
+    ------
+    ValueError
+        If ``species`` is empty or names an unknown element.
+    TypeError
+        If ``species`` is not a sequence of str or int.
+    """
+    if species is None or isinstance(species, (str, bytes)) or not hasattr(species, "__iter__"):
+        raise TypeError(
+            f"{owner}: species must be a list of chemical symbols or atomic numbers; "
+            f"got {species!r}"
+        )
+    out = []
+    for s in species:
+        if isinstance(s, str):
+            if s not in _ATOMIC_NUMBERS or s == "X":
+                raise ValueError(f"{owner}: unknown chemical symbol {s!r} in species")
+            out.append(_ATOMIC_NUMBERS[s])
+        elif isinstance(s, numbers.Integral) and not isinstance(s, (bool, np.bool_)):
+            if not 1 <= int(s) < len(_CHEMICAL_SYMBOLS):
+                raise ValueError(f"{owner}: invalid atomic number {s} in species")
+            out.append(int(s))
+        else:
+            raise TypeError(f"{owner}: species entries must be str or int; got {s!r}")
+    if not out:
+        raise ValueError(f"{owner}: species must name at least one element; got {species!r}")
+    return np.unique(np.asarray(out, dtype=np.int64))
+
+
+def resolve_pbc(atoms: Atoms, periodic, owner: str) -> np.ndarray:
+    """Effective periodicity: ``None`` follows ``atoms.pbc``, ``False`` is open.
+
+    ``True`` also follows ``atoms.pbc`` (per axis, as DScribe does) but
+    requires at least one periodic axis.
+    """
+    if periodic is None:
+        return np.array(atoms.pbc, dtype=bool)
+    if not isinstance(periodic, (bool, np.bool_)):
+        raise TypeError(f"{owner}: periodic must be None, True or False; got {periodic!r}")
+    if not periodic:
+        return np.zeros(3, dtype=bool)
+    pbc = np.array(atoms.pbc, dtype=bool)
+    if not pbc.any():
+        raise ValueError(
+            f"{owner}: periodic=True but the structure has pbc={atoms.pbc.tolist()}; "
+            "set atoms.pbc or use periodic=None"
+        )
+    return pbc
+
+
+def check_atoms(atoms, known_numbers: np.ndarray, periodic, owner: str):
+    """Validate one structure for a descriptor.
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+    known_numbers : ndarray of int
+        Atomic numbers the descriptor was built for.
+    periodic : bool or None
+        The descriptor's ``periodic`` setting.
+    owner : str
+        Name used in error messages.
+
+    Returns
+    -------
+    positions : ndarray of shape (n_atoms, 3)
+    numbers : ndarray of shape (n_atoms,)
+    pbc : ndarray of shape (3,) of bool
+    cell : ndarray of shape (3, 3)
+        Completed cell (non-periodic zero vectors filled in), valid under pbc.
+    """
+    if not isinstance(atoms, Atoms):
+        raise TypeError(f"{owner}: expected an ase.Atoms; got {type(atoms).__name__}")
+    if len(atoms) == 0:
+        raise ValueError(f"{owner}: the structure is empty (0 atoms)")
+    positions = np.ascontiguousarray(atoms.get_positions(), dtype=np.float64)
+    if not np.all(np.isfinite(positions)):
+        bad = np.flatnonzero(~np.all(np.isfinite(positions), axis=1))
+        raise ValueError(
+            f"{owner}: positions must be finite; atoms {bad[:10].tolist()} have NaN or inf"
+        )
+    numbers_ = np.asarray(atoms.numbers, dtype=np.int64)
+    unknown = np.setdiff1d(numbers_, known_numbers)
+    if unknown.size:
+        raise ValueError(
+            f"{owner}: the structure contains elements not in species: "
+            f"{[_CHEMICAL_SYMBOLS[z] for z in unknown]} (species: "
+            f"{[_CHEMICAL_SYMBOLS[z] for z in known_numbers]})"
+        )
+    pbc = resolve_pbc(atoms, periodic, owner)
+    cell = np.array(atoms.cell.array, dtype=np.float64)
+    if pbc.any():
+        if not np.all(np.isfinite(cell)):
+            raise ValueError(f"{owner}: the cell must be finite under periodic boundaries")
+        periodic_vectors = cell[pbc]
+        singular = np.linalg.svd(periodic_vectors, compute_uv=False)
+        scale = max(np.abs(cell).max(), 1.0)
+        if singular.min() <= 1e-10 * scale:
+            raise ValueError(
+                f"{owner}: the cell has zero volume along its periodic directions "
+                f"(pbc={pbc.tolist()}, cell={cell.tolist()})"
+            )
+        cell = _complete_cell(cell, pbc)
+    return positions, numbers_, pbc, cell
+
+
+def _complete_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """Make the cell invertible without touching its periodic vectors.
+
+    Non-periodic vectors do not matter for the neighbour list, but a singular
+    cell does: if the cell is singular they are dropped and filled in by
+    :func:`ase.geometry.complete_cell`.
+    """
+    if abs(np.linalg.det(cell)) > 1e-10 * max(np.abs(cell).max(), 1.0) ** 3:
+        return cell
+    cell = cell.copy()
+    cell[~pbc] = 0.0
+    return np.array(complete_cell(cell), dtype=np.float64)

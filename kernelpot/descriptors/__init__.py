@@ -1,0 +1,7 @@
+"""Local atomic-environment descriptors with analytic position gradients."""
+
+from kernelpot.descriptors.acsf import ACSF
+from kernelpot.descriptors.base import Descriptor, DescriptorResult
+from kernelpot.descriptors.soap import SOAP
+
+__all__ = ["ACSF", "Descriptor", "DescriptorResult", "SOAP"]

@@ -1,0 +1,181 @@
+"""Descriptor base class and the neighbour-sparse result container.
+
+Every descriptor in kernelpot maps one :class:`ase.Atoms` to a
+:class:`DescriptorResult`: per-atom features and their Jacobian with respect
+to atomic positions, stored one row per (centre, atom) pair as featomic does,
+so that memory grows linearly with the number of atoms.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from joblib import Parallel, delayed
+from sklearn.base import BaseEstimator
+from tqdm.auto import tqdm
+
+from kernelpot._validation import check_verbose
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Descriptor", "DescriptorResult"]
+
+
+@dataclass(frozen=True)
+class DescriptorResult:
+    """Features of one structure and their neighbour-sparse Jacobian.
+
+    Parameters
+    ----------
+    features : ndarray of shape (n_atoms, n_features)
+        Descriptor of every atom (float64).
+    pairs : ndarray of shape (n_pairs, 2)
+        int64 rows ``(i, j)``, sorted by ``i`` then ``j``: the position of atom
+        ``j`` moves the features of centre ``i``. Every ``(i, i)`` is present.
+        Periodic images are folded onto the atom they image.
+    gradients : ndarray of shape (n_pairs, 3, n_features)
+        ``gradients[p, c, :]`` is the derivative of ``features[i, :]`` with
+        respect to ``positions[j, c]`` for ``(i, j) = pairs[p]`` (Å⁻¹ times
+        the unit of the features).
+
+    Notes
+    -----
+    Translation invariance gives the sum rule
+    ``sum over j of gradients[(i, j)] == 0`` for every centre ``i``; the tests
+    check it.
+    """
+
+    features: np.ndarray
+    pairs: np.ndarray
+    gradients: np.ndarray
+
+    @property
+    def n_atoms(self) -> int:
+        """Number of atoms (rows of ``features``)."""
+        return self.features.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        """Length of one atom's feature vector."""
+        return self.features.shape[1]
+
+    def dense_gradients(self) -> np.ndarray:
+        """Return the dense Jacobian, for small systems and tests only.
+
+        Returns
+        -------
+        ndarray of shape (n_atoms, n_atoms, 3, n_features)
+            ``out[i, j, c, :]`` = ∂ features[i, :] / ∂ positions[j, c].
+        """
+        n_atoms, n_features = self.features.shape
+        out = np.zeros((n_atoms, n_atoms, 3, n_features))
+        out[self.pairs[:, 0], self.pairs[:, 1]] = self.gradients
+        return out
+
+
+class Descriptor(BaseEstimator):
+    """Base class of kernelpot's local descriptors.
+
+    Subclasses store their constructor arguments unchanged (scikit-learn
+    convention, so ``clone`` and ``set_params(descriptor__r_cut=...)`` work),
+    validate them when first used, and implement :meth:`_compute`.
+
+    Attributes
+    ----------
+    species : list of str or int
+        Chemical elements the descriptor knows, as given.
+    r_cut : float
+        Cutoff radius in Å.
+    """
+
+    # -- public API -----------------------------------------------------------------
+    @property
+    def n_features(self) -> int:
+        """Number of features per atom (validates the parameters first)."""
+        return self.get_number_of_features()
+
+    def get_number_of_features(self) -> int:
+        """Return the number of features per atom (DScribe's name)."""
+        raise NotImplementedError
+
+    def compute(self, atoms) -> DescriptorResult:
+        """Compute features and their analytic Jacobian for one structure.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+            The structure; it is not modified.
+
+        Returns
+        -------
+        DescriptorResult
+            Features ``(n_atoms, n_features)``, ``pairs`` and ``gradients``.
+
+        Raises
+        ------
+        TypeError
+            If ``atoms`` is not an :class:`ase.Atoms`.
+        ValueError
+            For an empty structure, non-finite positions, elements not in
+            ``species``, a zero-volume cell under periodic boundaries or
+            invalid descriptor parameters.
+        """
+        raise NotImplementedError
+
+    def create(self, atoms) -> np.ndarray:
+        """Return only the features of one structure, DScribe style.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+            The structure.
+
+        Returns
+        -------
+        ndarray of shape (n_atoms, n_features)
+        """
+        return self.compute(atoms).features
+
+    def compute_many(self, frames, n_jobs=1, verbose=0) -> list[DescriptorResult]:
+        """Compute :meth:`compute` for a list of structures.
+
+        Parameters
+        ----------
+        frames : sequence of ase.Atoms
+            Structures, in order.
+        n_jobs : int or None, default=1
+            joblib's meaning (``None`` is 1, ``-1`` all cores). Results do not
+            depend on it. Switch joblib's backend (e.g. to Dask) with
+            :func:`joblib.parallel_config` to scale past one machine.
+        verbose : int or bool, default=0
+            0 is silent; 1 or more shows a tqdm progress bar.
+
+        Returns
+        -------
+        list of DescriptorResult
+            One per frame, in the input order.
+        """
+        verbose = check_verbose(verbose, owner=type(self).__name__)
+        if isinstance(frames, (str, bytes)) or not hasattr(frames, "__len__"):
+            raise TypeError(
+                f"{type(self).__name__}.compute_many: frames must be a sequence of "
+                f"ase.Atoms; got {type(frames).__name__}"
+            )
+        frames = list(frames)
+        self._check_params()  # fail once, before dispatching work
+        logger.info("%s: computing %d structures (n_jobs=%s)",
+                    type(self).__name__, len(frames), n_jobs)
+        iterator = tqdm(frames, desc=type(self).__name__, disable=verbose < 1,
+                        unit="frame")
+        if n_jobs in (None, 1):
+            return [self.compute(atoms) for atoms in iterator]
+        return Parallel(n_jobs=n_jobs, return_as="list")(
+            delayed(self.compute)(atoms) for atoms in iterator
+        )
+
+    # -- to implement -----------------------------------------------------------------
+    def _check_params(self):
+        """Validate the constructor arguments; raise ``ValueError``/``TypeError``."""
+        raise NotImplementedError
