@@ -1,1 +1,19 @@
+"""kernelpot: Gaussian-process interatomic potentials with analytic derivatives.
+
+The public API is re-exported here; submodules hold the implementation.
+"""
+
 __version__ = "0.1.0.dev0"
+
+from kernelpot.datasets import load_ethanol, load_silicon
+from kernelpot.descriptors import ACSF, SOAP, Descriptor, DescriptorResult
+
+__all__ = [
+    "ACSF",
+    "SOAP",
+    "Descriptor",
+    "DescriptorResult",
+    "load_ethanol",
+    "load_silicon",
+    "__version__",
+]
