@@ -33,6 +33,21 @@ def _cosine_cutoff(r, r_cut):
 
 
 @njit(cache=True, inline="always")
+def _power(x, exponent):
+    """``x ** exponent`` for ``x >= 0``, by squaring when the exponent is a small integer."""
+    n = int(exponent)
+    if n == exponent and 0 <= n <= 64:
+        result = 1.0
+        while n > 0:
+            if n & 1:
+                result *= x
+            x *= x
+            n >>= 1
+        return result
+    return x ** exponent
+
+
+@njit(cache=True, inline="always")
 def _add_radial(features, gradients, i, p_i, p_j, f, value, dvalue, ux, uy, uz):
     """Add ``value`` of one pair term and its derivative along ``u = (r_j - r_i)/r``."""
     features[i, f] += value
@@ -82,6 +97,12 @@ def acsf_compute(species_index, starts, neighbor_j, vectors, distances, neighbor
     n_g4 = g4_params.shape[0]
     n_g5 = g5_params.shape[0]
     radial_block = 1 + n_g2 + n_g3
+    norm4 = np.empty(n_g4)
+    for q in range(n_g4):
+        norm4[q] = 2.0 ** (1.0 - g4_params[q, 1])
+    norm5 = np.empty(n_g5)
+    for q in range(n_g5):
+        norm5[q] = 2.0 ** (1.0 - g5_params[q, 1])
     angular_start = n_species * radial_block
     angular_block = n_g4 + n_g5
     for i in range(n_atoms):
@@ -160,32 +181,35 @@ def acsf_compute(species_index, starts, neighbor_j, vectors, distances, neighbor
                     for q in range(n_g4):
                         _add_angular(features, gradients, i, p_i, p_a, p_b, f0 + q,
                                      g4_params[q, 0], g4_params[q, 1], g4_params[q, 2],
+                                     norm4[q],
                                      cos_t, ra, rb, rw, fa, dfa, fb, dfb, fw, dfw, True,
                                      uax, uay, uaz, vbx, vby, vbz, wx, wy, wz,
                                      dcu_x, dcu_y, dcu_z, dcv_x, dcv_y, dcv_z)
                 for q in range(n_g5):
                     _add_angular(features, gradients, i, p_i, p_a, p_b, f0 + n_g4 + q,
                                  g5_params[q, 0], g5_params[q, 1], g5_params[q, 2],
+                                 norm5[q],
                                  cos_t, ra, rb, 1.0, fa, dfa, fb, dfb, 1.0, 0.0, False,
                                  uax, uay, uaz, vbx, vby, vbz, wx, wy, wz,
                                  dcu_x, dcu_y, dcu_z, dcv_x, dcv_y, dcv_z)
 
 
 @njit(cache=True)
-def _add_angular(features, gradients, i, p_i, p_a, p_b, f, eta, zeta, lam, cos_t,
+def _add_angular(features, gradients, i, p_i, p_a, p_b, f, eta, zeta, lam, norm, cos_t,
                  ra, rb, rw, fa, dfa, fb, dfb, fw, dfw, with_jk,
                  ux, uy, uz, vx, vy, vz, wx, wy, wz,
                  dcu_x, dcu_y, dcu_z, dcv_x, dcv_y, dcv_z):
     """Add one G4 (``with_jk``) or G5 triplet term and its gradients.
 
-    ``u = r_j - r_i``, ``v = r_k - r_i``, ``w = v - u = r_k - r_j``.
+    ``u = r_j - r_i``, ``v = r_k - r_i``, ``w = v - u = r_k - r_j``;
+    ``norm = 2^(1-ζ)``.
     """
     base = 1.0 + lam * cos_t
     if base < 0.0:  # round-off below zero at cos θ = ∓1
         base = 0.0
-    norm = 2.0 ** (1.0 - zeta)
-    angular = norm * base ** zeta
-    dangular = norm * zeta * lam * base ** (zeta - 1.0)
+    power = _power(base, zeta - 1.0)  # base^(ζ-1)
+    angular = norm * power * base
+    dangular = norm * zeta * lam * power
     if with_jk:
         gauss = np.exp(-eta * (ra * ra + rb * rb + rw * rw))
         radial = gauss * fa * fb * fw

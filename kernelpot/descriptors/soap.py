@@ -14,6 +14,7 @@ from kernelpot._validation import (
     check_positive_float,
     species_to_numbers,
 )
+from kernelpot.descriptors._scatter_kernels import scatter_add_blocks
 from kernelpot.descriptors.base import Descriptor, DescriptorResult
 from kernelpot.descriptors.neighbors import neighbor_list, unique_pairs
 
@@ -239,6 +240,6 @@ class SOAP(Descriptor):
             features[i] = value[0]
             rows = slice(pair_starts[i], pair_starts[i + 1])
             slot = np.searchsorted(pairs[rows, 1], cluster_atom[local])
-            np.add.at(gradients[rows], slot, jacobian[0])
+            scatter_add_blocks(gradients[rows], slot, jacobian[0])
         return DescriptorResult(features, pairs, gradients)
 
