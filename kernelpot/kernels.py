@@ -1,0 +1,333 @@
+"""Kernels between local-environment descriptors, with the derivatives forces need.
+
+Each kernel is a small scikit-learn style object (constructor stores, ``get_params``,
+``clone``) with:
+
+* ``k(X, Y)`` via ``__call__(X, Y=None, eval_gradient=False)`` → ``(n_X, n_Y)`` and,
+  if asked, ``dK/dθ`` ``(n_X, n_Y, n_theta)`` with respect to the log
+  hyperparameters ``theta`` (scikit-learn's protocol);
+* the gradient in the first argument in the compact form every kernel here has,
+  ``∂k(x, y)/∂x = α(x, y) y + β(x, y) x`` (:meth:`gradient_coefficients`), which
+  lets force design rows contract the descriptor Jacobian with ``Y`` and ``X`` once
+  instead of forming ``(n_X, n_Y, D)`` arrays; :meth:`gradient` gives the dense form;
+* the mixed second derivative ``H(x, y) = ∂²k/∂x∂y`` (:meth:`mixed_second_derivative`,
+  dense, for tests) and its contraction ``a_aᵀ H(x_a, x_b) a_b`` with Jacobian rows
+  (:meth:`contracted_hessian`), used by the prior variance of forces.
+
+The signal variance is not part of these kernels: the estimator multiplies them by
+``σ_s²`` (its ``signal_variance``), so that it is optimised with the noise levels.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from sklearn.base import BaseEstimator, clone
+
+__all__ = ["Kernel", "NormalizedDotProduct", "SquaredExponential"]
+
+#: Norms below this count as zero descriptors (an isolated atom in ACSF).
+_TINY = 1e-300
+
+
+class Kernel(BaseEstimator):
+    """Base class: log-space hyperparameters ``theta`` with ``bounds``.
+
+    Subclasses list their continuous hyperparameters in ``_hyperparameters`` as
+    names; each has a ``<name>_bounds`` constructor argument, a pair of
+    positive numbers or ``"fixed"``.
+    """
+
+    _hyperparameters: tuple[str, ...] = ()
+
+    def _free(self) -> list[str]:
+        return [h for h in self._hyperparameters if getattr(self, f"{h}_bounds") != "fixed"]
+
+    @property
+    def n_theta(self) -> int:
+        """Number of free hyperparameters."""
+        return len(self._free())
+
+    @property
+    def theta(self) -> np.ndarray:
+        """Log of the free hyperparameters, shape (n_theta,)."""
+        return np.log([float(getattr(self, h)) for h in self._free()])
+
+    @property
+    def bounds(self) -> np.ndarray:
+        """Log-space bounds of ``theta``, shape (n_theta, 2)."""
+        rows = []
+        for h in self._free():
+            low, high = getattr(self, f"{h}_bounds")
+            rows.append([np.log(low), np.log(high)])
+        return np.array(rows, dtype=np.float64).reshape(-1, 2)
+
+    @property
+    def theta_names(self) -> list[str]:
+        """Names of the free hyperparameters, in ``theta`` order."""
+        return self._free()
+
+    def clone_with_theta(self, theta) -> Kernel:
+        """Return a copy with the free hyperparameters set to ``exp(theta)``."""
+        twin = clone(self)
+        theta = np.atleast_1d(np.asarray(theta, dtype=np.float64))
+        names = self._free()
+        if theta.shape != (len(names),):
+            raise ValueError(f"{type(self).__name__}: theta must have shape ({len(names)},); "
+                             f"got {theta.shape}")
+        twin.set_params(**{h: float(np.exp(t)) for h, t in zip(names, theta, strict=True)})
+        return twin
+
+    def check(self) -> None:
+        """Validate the hyperparameters; raise ``ValueError``/``TypeError``."""
+        for h in self._hyperparameters:
+            value = getattr(self, h)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+                raise ValueError(f"{type(self).__name__}: {h} must be a number > 0; "
+                                 f"got {value!r}")
+            b = getattr(self, f"{h}_bounds")
+            if isinstance(b, str):
+                if b != "fixed":
+                    raise ValueError(f"{type(self).__name__}: {h}_bounds must be a pair or "
+                                     f"'fixed'; got {b!r}")
+                continue
+            if len(b) != 2 or not 0 < b[0] < b[1]:
+                raise ValueError(f"{type(self).__name__}: {h}_bounds must be (low, high) with "
+                                 f"0 < low < high; got {b!r}")
+
+    # -- to implement ----------------------------------------------------------------
+    def __call__(self, X, Y=None, eval_gradient=False):
+        raise NotImplementedError
+
+    def diag(self, X) -> np.ndarray:
+        """Return ``k(x, x)`` for every row of ``X``, shape (n_X,)."""
+        raise NotImplementedError
+
+    def gradient_coefficients(self, X, Y, eval_gradient=False):
+        """Return ``(α, β)`` with ``∂k(x, y)/∂x = α y + β x``, each (n_X, n_Y).
+
+        With ``eval_gradient=True`` also ``(dα/dθ, dβ/dθ)``, each
+        (n_X, n_Y, n_theta).
+        """
+        raise NotImplementedError
+
+    def gradient(self, X, Y) -> np.ndarray:
+        """Dense ``∂k(x, y)/∂x``, shape (n_X, n_Y, D), for small inputs and tests."""
+        X, Y = _as_2d(X), _as_2d(Y)
+        alpha, beta = self.gradient_coefficients(X, Y)
+        return alpha[:, :, None] * Y[None, :, :] + beta[:, :, None] * X[:, None, :]
+
+    def mixed_second_derivative(self, X, Y) -> np.ndarray:
+        """Dense ``∂²k(x, y)/∂x∂y``, shape (n_X, n_Y, D, D), for small inputs and tests."""
+        raise NotImplementedError
+
+    def contracted_hessian(self, X, A) -> np.ndarray:
+        """Return ``M[a, b] = A[a]ᵀ H(X[a], X[b]) A[b]`` with ``H = ∂²k/∂x∂y``.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n, D)
+            Descriptors.
+        A : ndarray of shape (n, D)
+            One vector per descriptor (a row of a descriptor Jacobian).
+
+        Returns
+        -------
+        ndarray of shape (n, n)
+        """
+        raise NotImplementedError
+
+
+def _as_2d(X) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"kernel input must be 2-D (n_samples, n_features); got shape {X.shape}")
+    return X
+
+
+class NormalizedDotProduct(Kernel):
+    """``k(x, y) = (x̂ · ŷ)^ζ`` with ``x̂ = x / |x|`` (SOAP-GAP's kernel).
+
+    Parameters
+    ----------
+    zeta : int, default=2
+        Exponent (a positive integer; fixed, not optimised).
+
+    Notes
+    -----
+    With ``u = x̂``, ``v = ŷ``, ``c = u · v`` and ``P_x = I - u uᵀ``:
+
+    * ``∂k/∂x = ζ c^(ζ-1) P_x v / |x|``, i.e. ``α = ζ c^(ζ-1) / (|x||y|)`` and
+      ``β = -ζ c^ζ / |x|²``;
+    * ``∂²k/∂x∂y = ζ / (|x||y|) [(ζ-1) c^(ζ-2) P_x v (P_y u)ᵀ + c^(ζ-1) P_x P_y]``,
+      ``P_x P_y = I - u uᵀ - v vᵀ + c u vᵀ``: a scaled identity plus rank-three
+      terms, so contractions with Jacobians never form D × D matrices.
+
+    A zero descriptor (an atom without neighbours) has ``k = 0`` and zero gradient.
+
+    References
+    ----------
+    .. [1] A. P. Bartók, R. Kondor and G. Csányi, Phys. Rev. B 87, 184115 (2013).
+       https://doi.org/10.1103/PhysRevB.87.184115
+    """
+
+    def __init__(self, zeta=2):
+        self.zeta = zeta
+
+    def check(self) -> None:
+        if isinstance(self.zeta, bool) or not isinstance(self.zeta, numbers.Integral) \
+                or self.zeta < 1:
+            raise ValueError(f"NormalizedDotProduct: zeta must be an int >= 1; got {self.zeta!r}")
+
+    @staticmethod
+    def _unit(X):
+        norms = np.sqrt(np.einsum("nd,nd->n", X, X))
+        safe = np.where(norms > _TINY, norms, 1.0)
+        return X / safe[:, None] * (norms > _TINY)[:, None], norms
+
+    def __call__(self, X, Y=None, eval_gradient=False):
+        X = _as_2d(X)
+        Y = X if Y is None else _as_2d(Y)
+        U, _ = self._unit(X)
+        V, _ = self._unit(Y)
+        K = (U @ V.T) ** self.zeta
+        if eval_gradient:
+            return K, np.zeros(K.shape + (0,))
+        return K
+
+    def diag(self, X):
+        _, norms = self._unit(_as_2d(X))
+        return (norms > _TINY).astype(np.float64)
+
+    def gradient_coefficients(self, X, Y, eval_gradient=False):
+        X, Y = _as_2d(X), _as_2d(Y)
+        U, nx = self._unit(X)
+        V, ny = self._unit(Y)
+        C = U @ V.T
+        z = self.zeta
+        inv_x = np.where(nx > _TINY, 1.0 / np.where(nx > _TINY, nx, 1.0), 0.0)
+        inv_y = np.where(ny > _TINY, 1.0 / np.where(ny > _TINY, ny, 1.0), 0.0)
+        c_zm1 = C ** (z - 1)
+        alpha = z * c_zm1 * inv_x[:, None] * inv_y[None, :]
+        beta = -z * c_zm1 * C * (inv_x**2)[:, None]
+        if eval_gradient:
+            empty = np.zeros(alpha.shape + (0,))
+            return alpha, beta, empty, empty
+        return alpha, beta
+
+    def mixed_second_derivative(self, X, Y):
+        X, Y = _as_2d(X), _as_2d(Y)
+        U, nx = self._unit(X)
+        V, ny = self._unit(Y)
+        z = self.zeta
+        n_features = X.shape[1]
+        eye = np.eye(n_features)
+        out = np.zeros((len(X), len(Y), n_features, n_features))
+        for a in range(len(X)):
+            for b in range(len(Y)):
+                if nx[a] <= _TINY or ny[b] <= _TINY:
+                    continue
+                u, v = U[a], V[b]
+                c = u @ v
+                pxv = v - c * u
+                pyu = u - c * v
+                pxpy = eye - np.outer(u, u) - np.outer(v, v) + c * np.outer(u, v)
+                first = (z - 1) * c ** (z - 2) * np.outer(pxv, pyu) if z > 1 else 0.0
+                out[a, b] = z / (nx[a] * ny[b]) * (first + c ** (z - 1) * pxpy)
+        return out
+
+    def contracted_hessian(self, X, A):
+        X, A = _as_2d(X), _as_2d(A)
+        U, nx = self._unit(X)
+        z = self.zeta
+        C = U @ U.T  # c[a, b] = u_a · u_b
+        AU = A @ U.T  # AU[a, b] = A_a · u_b
+        AA = A @ A.T
+        au = np.diag(AU)  # A_a · u_a
+        t1 = AU - au[:, None] * C  # A_aᵀ P_a u_b
+        t2 = AU.T - au[None, :] * C  # A_bᵀ P_b u_a
+        pxpy = AA - au[:, None] * AU.T - AU * au[None, :] + C * au[:, None] * au[None, :]
+        inv = np.where(nx > _TINY, 1.0 / np.where(nx > _TINY, nx, 1.0), 0.0)
+        scale = z * inv[:, None] * inv[None, :]
+        M = C ** (z - 1) * pxpy
+        if z > 1:
+            M = M + (z - 1) * C ** (z - 2) * t1 * t2
+        return scale * M
+
+
+class SquaredExponential(Kernel):
+    """``k(x, y) = exp(-|x - y|² / (2 ℓ²))``.
+
+    Parameters
+    ----------
+    length_scale : float, default=1.0
+        ``ℓ``, in the units of the descriptor.
+    length_scale_bounds : pair of float or "fixed", default=(1e-2, 1e3)
+        Bounds of ``ℓ`` for the likelihood optimisation.
+
+    Notes
+    -----
+    With ``δ = x - y``: ``∂k/∂x = -k δ / ℓ²`` (``α = k / ℓ²``, ``β = -k / ℓ²``),
+    ``∂²k/∂x∂y = k / ℓ² (I - δ δᵀ / ℓ²)``, ``∂k/∂ log ℓ = k |δ|² / ℓ²``.
+    """
+
+    _hyperparameters = ("length_scale",)
+
+    def __init__(self, length_scale=1.0, length_scale_bounds=(1e-2, 1e3)):
+        self.length_scale = length_scale
+        self.length_scale_bounds = length_scale_bounds
+
+    @staticmethod
+    def _sq_dist(X, Y):
+        d2 = (np.einsum("nd,nd->n", X, X)[:, None] + np.einsum("nd,nd->n", Y, Y)[None, :]
+              - 2.0 * X @ Y.T)
+        return np.maximum(d2, 0.0)
+
+    def __call__(self, X, Y=None, eval_gradient=False):
+        X = _as_2d(X)
+        Y = X if Y is None else _as_2d(Y)
+        ell2 = float(self.length_scale) ** 2
+        d2 = self._sq_dist(X, Y)
+        K = np.exp(-0.5 * d2 / ell2)
+        if eval_gradient:
+            if self.n_theta == 0:
+                return K, np.zeros(K.shape + (0,))
+            return K, (K * d2 / ell2)[:, :, None]
+        return K
+
+    def diag(self, X):
+        return np.ones(len(_as_2d(X)))
+
+    def gradient_coefficients(self, X, Y, eval_gradient=False):
+        X, Y = _as_2d(X), _as_2d(Y)
+        ell2 = float(self.length_scale) ** 2
+        d2 = self._sq_dist(X, Y)
+        K = np.exp(-0.5 * d2 / ell2)
+        alpha = K / ell2
+        if eval_gradient:
+            if self.n_theta == 0:
+                empty = np.zeros(alpha.shape + (0,))
+                return alpha, -alpha, empty, empty
+            dalpha = (alpha * (d2 / ell2 - 2.0))[:, :, None]
+            return alpha, -alpha, dalpha, -dalpha
+        return alpha, -alpha
+
+    def mixed_second_derivative(self, X, Y):
+        X, Y = _as_2d(X), _as_2d(Y)
+        ell2 = float(self.length_scale) ** 2
+        K = self(X, Y)
+        delta = X[:, None, :] - Y[None, :, :]
+        eye = np.eye(X.shape[1])
+        return (K / ell2)[:, :, None, None] * (
+            eye - delta[:, :, :, None] * delta[:, :, None, :] / ell2)
+
+    def contracted_hessian(self, X, A):
+        X, A = _as_2d(X), _as_2d(A)
+        ell2 = float(self.length_scale) ** 2
+        K = self(X, X)
+        AX = A @ X.T  # AX[a, b] = A_a · x_b
+        ax = np.diag(AX)
+        a_delta = ax[:, None] - AX  # A_a · (x_a - x_b)
+        b_delta = AX.T - ax[None, :]  # A_b · (x_a - x_b)
+        return K / ell2 * (A @ A.T - a_delta * b_delta / ell2)
