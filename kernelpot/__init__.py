@@ -7,12 +7,17 @@ __version__ = "0.1.0.dev0"
 
 from kernelpot.datasets import load_ethanol, load_silicon
 from kernelpot.descriptors import ACSF, SOAP, Descriptor, DescriptorResult
+from kernelpot.estimator import SparseGPPotential
+from kernelpot.kernels import NormalizedDotProduct, SquaredExponential
 
 __all__ = [
     "ACSF",
     "SOAP",
     "Descriptor",
     "DescriptorResult",
+    "NormalizedDotProduct",
+    "SparseGPPotential",
+    "SquaredExponential",
     "load_ethanol",
     "load_silicon",
     "__version__",

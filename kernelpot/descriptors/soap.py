@@ -155,9 +155,14 @@ class SOAP(Descriptor):
             species=numbers_.tolist(), r_cut=r_cut, n_max=n_max, l_max=l_max, sigma=sigma,
             rbf="gto", compression={"mode": mode, "species_weighting": None}, periodic=False,
         )
+        dscribe_periodic = _DScribeSOAP(
+            species=numbers_.tolist(), r_cut=r_cut, n_max=n_max, l_max=l_max, sigma=sigma,
+            rbf="gto", compression={"mode": mode, "species_weighting": None}, periodic=True,
+        )
         checked = {
             "numbers": numbers_,
             "dscribe": dscribe_soap,
+            "dscribe_periodic": dscribe_periodic,
             "r_reach": r_cut + dscribe_soap.get_cutoff_padding(),
             "n_features": int(dscribe_soap.get_number_of_features()),
         }
@@ -192,6 +197,23 @@ class SOAP(Descriptor):
         return p["dscribe"].get_location(pair)
 
     # -- computation -------------------------------------------------------------------
+    def create(self, atoms) -> np.ndarray:
+        """Return only the features of one structure (DScribe's ``create``, no gradients).
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+
+        Returns
+        -------
+        ndarray of shape (n_atoms, n_features)
+        """
+        p = self._check_params()
+        positions, numbers_, pbc, cell = check_atoms(atoms, p["numbers"], self.periodic, "SOAP")
+        system = Atoms(numbers=numbers_, positions=positions, cell=cell, pbc=pbc)
+        soap = p["dscribe_periodic"] if pbc.any() else p["dscribe"]
+        return np.asarray(soap.create(system), dtype=np.float64)
+
     def compute(self, atoms) -> DescriptorResult:
         """Compute SOAP features and their analytic Jacobian for one structure.
 

@@ -1,0 +1,90 @@
+"""Reference labels (energies, forces) read from ase.Atoms, with clear errors."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from ase import Atoms
+
+
+class Labels(NamedTuple):
+    """Labels of a list of structures.
+
+    Attributes
+    ----------
+    energies : ndarray of shape (n_structures,)
+        eV; NaN where a structure has no energy.
+    forces : list of (ndarray of shape (n_atoms, 3) or None)
+        eV/Å; ``None`` where a structure has no forces.
+    """
+
+    energies: np.ndarray
+    forces: list
+
+    @property
+    def has_energy(self) -> np.ndarray:
+        return ~np.isnan(self.energies)
+
+
+def check_frames(frames, owner: str) -> list:
+    """Return ``frames`` as a non-empty list of ase.Atoms, or raise."""
+    if isinstance(frames, Atoms):
+        raise TypeError(f"{owner}: expected a list of ase.Atoms; got a single Atoms "
+                        "(wrap it in a list)")
+    if isinstance(frames, (str, bytes)) or not hasattr(frames, "__iter__"):
+        raise TypeError(f"{owner}: expected a list of ase.Atoms; got {type(frames).__name__}")
+    frames = list(frames)
+    if not frames:
+        raise ValueError(f"{owner}: got an empty list of structures")
+    for k, atoms in enumerate(frames):
+        if not isinstance(atoms, Atoms):
+            raise TypeError(f"{owner}: structure {k} is a {type(atoms).__name__}, "
+                            "not an ase.Atoms")
+        if len(atoms) == 0:
+            raise ValueError(f"{owner}: structure {k} is empty (0 atoms)")
+    return frames
+
+
+def _stored(atoms: Atoms, name: str):
+    calc = atoms.calc
+    if calc is None:
+        return None
+    try:
+        return calc.get_property(name, atoms, allow_calculation=False)
+    except Exception:  # calculators disagree on how they say "not available"
+        return None
+
+
+def read_labels(frames: list, owner: str) -> Labels:
+    """Read stored energies and forces; a frame may lack either, not both sets entirely.
+
+    Raises
+    ------
+    ValueError
+        If no frame carries any label, a label is NaN/inf, or forces have the
+        wrong shape.
+    """
+    energies = np.full(len(frames), np.nan)
+    forces = []
+    for k, atoms in enumerate(frames):
+        energy = _stored(atoms, "energy")
+        if energy is not None:
+            energy = float(energy)
+            if not np.isfinite(energy):
+                raise ValueError(f"{owner}: structure {k} has a non-finite energy ({energy})")
+            energies[k] = energy
+        f = _stored(atoms, "forces")
+        if f is not None:
+            f = np.asarray(f, dtype=np.float64)
+            if f.shape != (len(atoms), 3):
+                raise ValueError(f"{owner}: structure {k} has forces of shape {f.shape}; "
+                                 f"expected ({len(atoms)}, 3)")
+            if not np.all(np.isfinite(f)):
+                raise ValueError(f"{owner}: structure {k} has non-finite forces")
+        forces.append(f)
+    if np.all(np.isnan(energies)) and all(f is None for f in forces):
+        raise ValueError(f"{owner}: none of the {len(frames)} structures carries an energy or "
+                         "forces (attach them with a SinglePointCalculator, as ase.io.read "
+                         "does for extxyz)")
+    return Labels(energies, forces)

@@ -1,0 +1,601 @@
+"""Sparse Gaussian-process interatomic potential with a scikit-learn interface."""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import time
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+import scipy.linalg as sla
+from ase.data import chemical_symbols
+from joblib import Parallel, delayed
+from scipy.optimize import minimize
+from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+from tqdm.auto import tqdm
+
+from kernelpot import gp
+from kernelpot._labels import check_frames, read_labels
+from kernelpot._validation import check_verbose
+from kernelpot.descriptors import SOAP, Descriptor
+from kernelpot.kernels import Kernel, NormalizedDotProduct
+from kernelpot.sparsify import SPARSE_METHODS, resolve_n_sparse, select_inducing
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SparseGPPotential", "Prediction"]
+
+#: Inducing environments per species when ``n_sparse=None``.
+DEFAULT_SPARSE_CAP = 2000
+
+
+class Prediction(NamedTuple):
+    """Everything the model predicts for one structure.
+
+    Attributes
+    ----------
+    energy : float
+        Total energy, eV.
+    forces : ndarray of shape (n_atoms, 3) or None
+        eV/Å.
+    energy_var_posterior, energy_var_projection : float or None
+        Epistemic variance terms of the energy (eV²): the posterior over the
+        inducing values and the prior variance the inducing set does not span.
+    forces_var_posterior, forces_var_projection : ndarray of shape (n_atoms, 3) or None
+        The same two terms for every force component (eV²/Å²).
+    """
+
+    energy: float
+    forces: np.ndarray | None
+    energy_var_posterior: float | None
+    energy_var_projection: float | None
+    forces_var_posterior: np.ndarray | None
+    forces_var_projection: np.ndarray | None
+
+
+class SparseGPPotential(RegressorMixin, BaseEstimator):
+    """Sparse GP potential on local environments, trained on energies and forces.
+
+    The energy of a structure is a sum of local energies, one Gaussian process
+    per element over the atom's descriptor, plus a reference energy per element.
+    Training uses total energies and forces through analytic derivative kernels
+    in the DTC (projected-process) approximation; the signal and the two noise
+    levels are fitted by maximising the marginal likelihood.
+
+    Parameters
+    ----------
+    descriptor : kernelpot.descriptors.Descriptor, default=None
+        Cloned at fit. ``None`` is ``SOAP(species, r_cut=4.0, n_max=6, l_max=4,
+        sigma=0.4)`` over the training elements.
+    kernel : kernelpot.kernels.Kernel, default=None
+        Cloned at fit. ``None`` is ``NormalizedDotProduct(zeta=2)``.
+    n_sparse : int, dict or None, default=None
+        Inducing environments per element (an int for all, a dict per element);
+        ``None`` keeps all training environments up to 2000 per element.
+    sparse_method : {"cur", "fps", "random", "all"}, default="cur"
+        How to choose them when there are more than ``n_sparse``.
+    signal_std : float, default=1.0
+        Signal std ``σ`` of the local energies, eV (initial value when optimising).
+    energy_noise : float, default=0.002
+        Energy noise ``σ_E`` per atom, eV/atom (initial value when optimising).
+    force_noise : float, default=0.05
+        Force noise ``σ_F`` per component, eV/Å (initial value when optimising).
+    signal_std_bounds, energy_noise_bounds, force_noise_bounds : pair of float
+        Bounds of the likelihood optimisation.
+    e0 : "lstsq" or dict, default="lstsq"
+        Reference energy per element: least squares of the training energies on
+        the compositions (minimum norm), or a dict ``{element: eV}``.
+    optimize : bool, default=True
+        Fit ``σ``, ``σ_E``, ``σ_F`` by maximising the log marginal likelihood
+        (L-BFGS-B with analytic gradients in log space); ``False`` keeps the
+        given values.
+    n_restarts : int, default=2
+        Extra optimiser starts, log-uniform within the bounds.
+    random_state : int, numpy Generator or None, default=None
+        Seeds inducing-point selection and optimiser restarts.
+    n_jobs : int or None, default=1
+        joblib workers over structures; results do not depend on it.
+    verbose : int, default=0
+        0 silent; 1 progress bars; more logs more.
+
+    Attributes
+    ----------
+    descriptor_ : Descriptor
+    kernel_ : Kernel
+    species_ : ndarray of int
+        Atomic numbers the model knows, sorted.
+    e0_ : ndarray of shape (n_species,)
+        Reference energy per element, eV.
+    inducing_ : list of ndarray of shape (m_s, n_features)
+        Inducing descriptors per element.
+    alpha_ : ndarray of shape (n_inducing,)
+        Weights: a design row ``k`` predicts ``k @ alpha_``.
+    signal_std_, energy_noise_, force_noise_ : float
+        Fitted ``σ`` (eV), ``σ_E`` (eV/atom), ``σ_F`` (eV/Å): the last two are the
+        learned aleatoric noise.
+    log_marginal_likelihood_value_ : float
+    n_inducing_ : dict
+        Inducing environments per element symbol.
+
+    Notes
+    -----
+    Predicted variances (see :mod:`kernelpot.gp`): the epistemic variance of any
+    prediction is ``σ² |L_post⁻¹ k|²`` (posterior over the inducing values) plus
+    ``σ² (k_** - |L_mm⁻¹ k|²)``, the DTC term that grows for environments and
+    force directions far from the inducing set; for forces ``k_**`` is the prior
+    variance of the force component from the kernel's mixed second derivative.
+    The total variance adds the learned noise: ``σ_E² N`` for an ``N``-atom
+    energy, ``σ_F²`` per force component.
+
+    Examples
+    --------
+    >>> from kernelpot import SparseGPPotential, SOAP, load_ethanol
+    >>> frames = load_ethanol()
+    >>> model = SparseGPPotential(SOAP(["H", "C", "O"], 4.0, 4, 3, 0.4), random_state=0)
+    >>> model = model.fit(frames[:20])
+    >>> energies, std = model.predict(frames[20:22], return_std=True)
+    >>> energies.shape, std.shape
+    ((2,), (2,))
+    """
+
+    def __init__(self, descriptor=None, kernel=None, *, n_sparse=None, sparse_method="cur",
+                 signal_std=1.0, energy_noise=0.002, force_noise=0.05,
+                 signal_std_bounds=(1e-3, 1e3), energy_noise_bounds=(1e-5, 1.0),
+                 force_noise_bounds=(1e-4, 10.0), e0="lstsq", optimize=True, n_restarts=2,
+                 random_state=None, n_jobs=1, verbose=0):
+        self.descriptor = descriptor
+        self.kernel = kernel
+        self.n_sparse = n_sparse
+        self.sparse_method = sparse_method
+        self.signal_std = signal_std
+        self.energy_noise = energy_noise
+        self.force_noise = force_noise
+        self.signal_std_bounds = signal_std_bounds
+        self.energy_noise_bounds = energy_noise_bounds
+        self.force_noise_bounds = force_noise_bounds
+        self.e0 = e0
+        self.optimize = optimize
+        self.n_restarts = n_restarts
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+        self.verbose = verbose
+
+    # -- validation ------------------------------------------------------------------
+    def _check_params(self):
+        owner = type(self).__name__
+        if self.descriptor is not None and not isinstance(self.descriptor, Descriptor):
+            raise TypeError(f"{owner}: descriptor must be a kernelpot Descriptor or None; "
+                            f"got {type(self.descriptor).__name__}")
+        if self.kernel is not None and not isinstance(self.kernel, Kernel):
+            raise TypeError(f"{owner}: kernel must be a kernelpot Kernel or None; "
+                            f"got {type(self.kernel).__name__}")
+        if self.sparse_method not in SPARSE_METHODS:
+            raise ValueError(f"{owner}: sparse_method must be one of {SPARSE_METHODS}; "
+                             f"got {self.sparse_method!r}")
+        for name in ("signal_std", "energy_noise", "force_noise"):
+            value = getattr(self, name)
+            low_high = getattr(self, f"{name}_bounds")
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+                raise ValueError(f"{owner}: {name} must be a number > 0; got {value!r}")
+            try:
+                low, high = (float(b) for b in low_high)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{owner}: {name}_bounds must be a pair (low, high); "
+                                 f"got {low_high!r}") from err
+            if not 0 < low <= high:
+                raise ValueError(f"{owner}: {name}_bounds must satisfy 0 < low <= high; "
+                                 f"got {low_high!r}")
+            if self.optimize and not low <= value <= high:
+                raise ValueError(f"{owner}: {name}={value} lies outside {name}_bounds "
+                                 f"{low_high!r}")
+        if not (self.e0 == "lstsq" or isinstance(self.e0, dict)):
+            raise ValueError(f"{owner}: e0 must be 'lstsq' or a dict {{element: eV}}; "
+                             f"got {self.e0!r}")
+        if isinstance(self.n_restarts, bool) or not isinstance(self.n_restarts, numbers.Integral) \
+                or self.n_restarts < 0:
+            raise ValueError(f"{owner}: n_restarts must be an int >= 0; got {self.n_restarts!r}")
+        if self.n_jobs == 0:
+            raise ValueError(f"{owner}: n_jobs must not be 0 (None, -1 or a positive int)")
+        return check_verbose(self.verbose, owner)
+
+    # -- fitting ---------------------------------------------------------------------
+    def fit(self, X, y=None):
+        """Fit the model to structures with reference energies and/or forces.
+
+        Parameters
+        ----------
+        X : list of ase.Atoms
+            Training structures with labels from ``get_potential_energy()`` and
+            ``get_forces()`` (a SinglePointCalculator, as ``ase.io.read`` gives).
+            A structure lacking one of them trains on the other.
+        y : None
+            Present for scikit-learn; labels come from the structures.
+
+        Returns
+        -------
+        self : SparseGPPotential
+        """
+        owner = type(self).__name__
+        if y is not None:
+            raise TypeError(f"{owner}.fit: labels come from the structures; y must be None "
+                            f"(got {type(y).__name__})")
+        verbose = self._check_params()
+        start_time = time.perf_counter()
+        frames = check_frames(X, f"{owner}.fit")
+        labels = read_labels(frames, f"{owner}.fit")
+        rng = check_random_state(self.random_state)
+        species = np.unique(np.concatenate([a.numbers for a in frames])).astype(np.int64)
+        symbols = [chemical_symbols[z] for z in species]
+        descriptor = clone(self.descriptor) if self.descriptor is not None else SOAP(
+            symbols, r_cut=4.0, n_max=6, l_max=4, sigma=0.4)
+        kernel = clone(self.kernel) if self.kernel is not None else NormalizedDotProduct(2)
+        kernel.check()
+        e0 = self._reference_energies(frames, labels.energies, species)
+
+        # pass 1: features only, for the choice of inducing environments
+        features = self._map(descriptor.create, frames, verbose, "features")
+        species_index = [np.searchsorted(species, a.numbers) for a in frames]
+        all_features = np.concatenate(features)
+        all_index = np.concatenate(species_index)
+        counts = np.bincount(all_index, minlength=len(species))
+        n_select = resolve_n_sparse(self.n_sparse, species, counts, DEFAULT_SPARSE_CAP)
+        inducing = []
+        for s in range(len(species)):
+            pool = all_features[all_index == s]
+            chosen = select_inducing(pool, int(n_select[s]), self.sparse_method, rng)
+            inducing.append(np.ascontiguousarray(pool[chosen]))
+        del features, all_features
+        n_inducing = {symbols[s]: len(z) for s, z in enumerate(inducing)}
+        logger.info("%s: %d structures, inducing environments per element %s (of %s)", owner,
+                    len(frames), n_inducing, dict(zip(symbols, counts.tolist(), strict=True)))
+
+        # pass 2: design rows, structure by structure, into one preallocated matrix
+        has_energy = labels.has_energy
+        has_forces = np.array([f is not None for f in labels.forces])
+        n_atoms = np.array([len(a) for a in frames])
+        n_E = int(has_energy.sum())
+        n_F = int(3 * n_atoms[has_forces].sum())
+        M = int(sum(len(z) for z in inducing))
+        design = np.empty((n_E + n_F + M, M))
+        energy_row = np.cumsum(has_energy) - 1
+        force_start = n_E + 3 * np.concatenate([[0], np.cumsum(n_atoms * has_forces)])
+        logger.info("%s: design matrix %d x %d (%.0f MiB)", owner, n_E + n_F, M,
+                    design.nbytes / 2**20)
+
+        def rows_of(k):
+            result = descriptor.compute(frames[k])
+            return k, gp.design_rows(result, species_index[k], inducing, kernel,
+                                     energy=bool(has_energy[k]), forces=bool(has_forces[k]))
+
+        for k, rows in self._imap(rows_of, range(len(frames)), verbose, "design rows"):
+            if has_energy[k]:
+                design[energy_row[k]] = rows.energy
+            if has_forces[k]:
+                design[force_start[k]:force_start[k] + 3 * n_atoms[k]] = rows.forces
+
+        counts_per_frame = np.stack([np.bincount(idx, minlength=len(species))
+                                     for idx in species_index])
+        y_E = labels.energies[has_energy] - counts_per_frame[has_energy] @ e0
+        y_F = np.concatenate([f.ravel() for f in labels.forces if f is not None]) if n_F \
+            else np.zeros(0)
+
+        # whiten the design: K_w = K L⁻ᵀ, in place
+        L_mm, jitter = gp.cholesky_with_jitter(gp.inducing_kernel(inducing, kernel))
+        n_obs = n_E + n_F
+        design[:n_obs] = sla.solve_triangular(L_mm, design[:n_obs].T, lower=True,
+                                              check_finite=False).T
+        stats = gp.whitened_statistics(design[:n_E], n_atoms[has_energy].astype(float), y_E,
+                                       design[n_E:n_obs], y_F)
+        log_params = np.log([self.signal_std, self.energy_noise, self.force_noise])
+        if self.optimize:
+            log_params = self._optimize(stats, log_params, rng, n_E, n_F)
+        lml = gp.log_marginal_likelihood(log_params, stats)
+        sigma, energy_noise, force_noise = np.exp(log_params)
+        if self.optimize and n_F and np.isclose(force_noise, self.force_noise_bounds[1]):
+            warnings.warn(f"{owner}: the fitted force noise sits at its upper bound "
+                          f"{force_noise:.3g} eV/Å: the model is ignoring the forces (too few "
+                          "inducing points, or wrong labels?)", ConvergenceWarning, stacklevel=2)
+        noise_std = np.concatenate([energy_noise * np.sqrt(n_atoms[has_energy]),
+                                    np.full(n_F, force_noise)])
+        posterior = gp.solve_posterior(design, n_obs, L_mm, noise_std,
+                                       np.concatenate([y_E, y_F]), sigma)
+        del design
+
+        self.descriptor_ = descriptor
+        self.kernel_ = kernel
+        self.species_ = species
+        self.e0_ = e0
+        self.inducing_ = inducing
+        self.n_inducing_ = n_inducing
+        self.alpha_ = posterior.weights
+        self.signal_std_ = float(sigma)
+        self.energy_noise_ = float(energy_noise)
+        self.force_noise_ = float(force_noise)
+        self.log_marginal_likelihood_value_ = float(lml)
+        self.jitter_ = float(jitter)
+        self._posterior = posterior
+        self._stats = stats
+        logger.info("%s: fitted in %.1f s; σ = %.3g eV, σ_E = %.3g eV/atom, σ_F = %.3g eV/Å, "
+                    "log marginal likelihood %.1f", owner, time.perf_counter() - start_time,
+                    sigma, energy_noise, force_noise, lml)
+        return self
+
+    def _reference_energies(self, frames, energies, species) -> np.ndarray:
+        owner = type(self).__name__
+        if isinstance(self.e0, dict):
+            from kernelpot._validation import species_to_numbers
+
+            given = {}
+            for key, value in self.e0.items():
+                z = int(species_to_numbers([key], f"{owner}: e0")[0])
+                given[z] = float(value)
+            missing = [chemical_symbols[z] for z in species if z not in given]
+            if missing:
+                raise ValueError(f"{owner}: e0 has no reference energy for {missing}")
+            return np.array([given[z] for z in species])
+        mask = ~np.isnan(energies)
+        if not mask.any():
+            return np.zeros(len(species))
+        counts = np.stack([np.bincount(np.searchsorted(species, a.numbers),
+                                       minlength=len(species)) for a in frames])
+        solution, *_ = np.linalg.lstsq(counts[mask].astype(float), energies[mask], rcond=None)
+        return solution
+
+    def _optimize(self, stats, log_params, rng, n_E, n_F) -> np.ndarray:
+        bounds = np.log(np.array([self.signal_std_bounds, self.energy_noise_bounds,
+                                  self.force_noise_bounds], dtype=float))
+        # a noise without observations has no information: keep it where it is
+        if n_E == 0:
+            bounds[1] = log_params[1]
+        if n_F == 0:
+            bounds[2] = log_params[2]
+
+        def objective(theta):
+            value, grad = gp.log_marginal_likelihood(theta, stats, eval_gradient=True)
+            if not np.isfinite(value):
+                return 1e25, np.zeros_like(theta)
+            return -value, -grad
+
+        starts = [np.clip(log_params, bounds[:, 0], bounds[:, 1])]
+        for _ in range(int(self.n_restarts)):
+            starts.append(rng.uniform(bounds[:, 0], bounds[:, 1]))
+        best, best_value = starts[0], np.inf
+        for start in starts:
+            result = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds)
+            if not result.success:
+                logger.debug("L-BFGS-B from %s: %s", start, result.message)
+            if result.fun < best_value:
+                best, best_value = result.x, result.fun
+        if not np.isfinite(best_value) or best_value >= 1e25:
+            warnings.warn("SparseGPPotential: the marginal likelihood could not be evaluated "
+                          "at any start; keeping the given hyperparameters", ConvergenceWarning,
+                          stacklevel=3)
+            return log_params
+        return best
+
+    # -- parallel helpers --------------------------------------------------------------
+    def _map(self, fn, items, verbose, desc):
+        return [result for result in self._imap(fn, items, verbose, desc)]
+
+    def _imap(self, fn, items, verbose, desc):
+        items = list(items)
+        bar = tqdm(total=len(items), desc=desc, disable=verbose < 1, leave=False)
+        try:
+            if self.n_jobs in (None, 1):
+                for item in items:
+                    yield fn(item)
+                    bar.update()
+            else:
+                for result in Parallel(n_jobs=self.n_jobs, return_as="generator")(
+                        delayed(fn)(item) for item in items):
+                    yield result
+                    bar.update()
+        finally:
+            bar.close()
+
+    # -- prediction ----------------------------------------------------------------------
+    def _species_index(self, atoms, owner):
+        unknown = np.setdiff1d(atoms.numbers, self.species_)
+        if unknown.size:
+            raise ValueError(
+                f"{owner}: the structure contains elements the model was not trained on: "
+                f"{[chemical_symbols[z] for z in unknown]} (model: "
+                f"{[chemical_symbols[z] for z in self.species_]})")
+        return np.searchsorted(self.species_, atoms.numbers)
+
+    def predict_structure(self, atoms, forces=True, variance=False) -> Prediction:
+        """Predict one structure's energy, forces and their variance terms.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+        forces : bool, default=True
+        variance : bool, default=False
+            Also compute the epistemic variance terms.
+
+        Returns
+        -------
+        Prediction
+        """
+        check_is_fitted(self)
+        owner = f"{type(self).__name__}.predict"
+        index = self._species_index(atoms, owner)
+        result = self.descriptor_.compute(atoms)
+        rows = gp.design_rows(result, index, self.inducing_, self.kernel_, energy=True,
+                              forces=forces)
+        counts = np.bincount(index, minlength=len(self.species_))
+        energy = float(rows.energy @ self.alpha_ + counts @ self.e0_)
+        force_values = (rows.forces @ self.alpha_).reshape(-1, 3) if forces else None
+        e_post = e_proj = f_post = f_proj = None
+        if variance:
+            sigma2 = self.signal_std_**2
+            prior_e, prior_f = gp.prior_variances(result, index, len(self.species_),
+                                                  self.kernel_, energy=True, forces=forces)
+            post, proj = gp.variance_terms(rows.energy[None, :], self._posterior,
+                                           self.signal_std_)
+            e_post = float(post[0])
+            e_proj = float(gp.clip_variance(sigma2 * prior_e - proj, "energy variance")[0])
+            if forces:
+                post, proj = gp.variance_terms(rows.forces, self._posterior, self.signal_std_)
+                f_post = post.reshape(-1, 3)
+                f_proj = gp.clip_variance(sigma2 * prior_f.ravel() - proj,
+                                          "force variance").reshape(-1, 3)
+        return Prediction(energy, force_values, e_post, e_proj, f_post, f_proj)
+
+    def _predict_many(self, X, forces, variance):
+        frames = check_frames(X, f"{type(self).__name__}.predict")
+        check_is_fitted(self)
+        verbose = check_verbose(self.verbose, type(self).__name__)
+        return frames, self._map(lambda atoms: self.predict_structure(atoms, forces, variance),
+                                 frames, verbose, "predict")
+
+    @staticmethod
+    def _check_std_type(std_type):
+        if std_type not in ("total", "epistemic"):
+            raise ValueError(f"std_type must be 'total' or 'epistemic'; got {std_type!r}")
+
+    def predict(self, X, return_std=False, std_type="total"):
+        """Predict total energies.
+
+        Parameters
+        ----------
+        X : list of ase.Atoms
+        return_std : bool, default=False
+        std_type : {"total", "epistemic"}, default="total"
+            "total" adds the learned energy noise (``σ_E² N``) to the epistemic
+            variance, as scikit-learn's GPR does with a WhiteKernel; "epistemic"
+            is the model's own uncertainty alone.
+
+        Returns
+        -------
+        energies : ndarray of shape (n_structures,)
+            eV.
+        std : ndarray of shape (n_structures,)
+            Only with ``return_std=True``; eV.
+        """
+        self._check_std_type(std_type)
+        frames, out = self._predict_many(X, forces=False, variance=return_std)
+        energies = np.array([p.energy for p in out])
+        if not return_std:
+            return energies
+        var = np.array([p.energy_var_posterior + p.energy_var_projection for p in out])
+        if std_type == "total":
+            n_atoms = np.array([len(a) for a in frames])
+            var = var + self.energy_noise_**2 * n_atoms
+        return energies, np.sqrt(var)
+
+    def predict_forces(self, X, return_std=False, std_type="total"):
+        """Predict forces.
+
+        Parameters
+        ----------
+        X : list of ase.Atoms
+        return_std : bool, default=False
+        std_type : {"total", "epistemic"}, default="total"
+            "total" adds the learned force noise ``σ_F²`` to the epistemic variance.
+
+        Returns
+        -------
+        forces : list of ndarray of shape (n_atoms, 3)
+            eV/Å.
+        std : list of ndarray of shape (n_atoms, 3)
+            Only with ``return_std=True``; eV/Å per component.
+        """
+        self._check_std_type(std_type)
+        _, out = self._predict_many(X, forces=True, variance=return_std)
+        forces = [p.forces for p in out]
+        if not return_std:
+            return forces
+        noise = self.force_noise_**2 if std_type == "total" else 0.0
+        stds = [np.sqrt(p.forces_var_posterior + p.forces_var_projection + noise) for p in out]
+        return forces, stds
+
+    def predict_local_energies(self, X):
+        """Predict per-atom energies (reference energy included).
+
+        Parameters
+        ----------
+        X : list of ase.Atoms
+
+        Returns
+        -------
+        list of ndarray of shape (n_atoms,)
+            eV; each sums to the structure's predicted energy.
+        """
+        check_is_fitted(self)
+        frames = check_frames(X, f"{type(self).__name__}.predict_local_energies")
+        offsets = gp.inducing_offsets(self.inducing_)
+        out = []
+        for atoms in frames:
+            index = self._species_index(atoms, "predict_local_energies")
+            features = self.descriptor_.create(atoms)
+            local = self.e0_[index].astype(float)
+            for s, Z in enumerate(self.inducing_):
+                mask = index == s
+                if mask.any() and len(Z):
+                    local[mask] += self.kernel_(features[mask], Z) @ \
+                        self.alpha_[offsets[s]:offsets[s + 1]]
+            out.append(local)
+        return out
+
+    def score(self, X, y=None, sample_weight=None):
+        """R² of the predicted force components against the reference forces.
+
+        Parameters
+        ----------
+        X : list of ase.Atoms
+            Structures with reference forces.
+        y : None
+        sample_weight : None
+
+        Returns
+        -------
+        float
+            ``1 - Σ (F - F_ref)² / Σ (F_ref - mean(F_ref))²`` over all components
+            of the structures that carry forces.
+        """
+        if y is not None or sample_weight is not None:
+            raise TypeError("score: labels come from the structures; y and sample_weight "
+                            "must be None")
+        frames = check_frames(X, f"{type(self).__name__}.score")
+        labels = read_labels(frames, f"{type(self).__name__}.score")
+        keep = [k for k, f in enumerate(labels.forces) if f is not None]
+        if not keep:
+            raise ValueError("score: none of the structures carries reference forces")
+        predicted = self.predict_forces([frames[k] for k in keep])
+        ref = np.concatenate([labels.forces[k].ravel() for k in keep])
+        pred = np.concatenate([f.ravel() for f in predicted])
+        return float(1.0 - np.sum((pred - ref) ** 2) / np.sum((ref - ref.mean()) ** 2))
+
+    def log_marginal_likelihood(self, theta=None, eval_gradient=False):
+        """Log marginal likelihood of the training data.
+
+        Parameters
+        ----------
+        theta : array-like of shape (3,), optional
+            ``log`` of (signal std eV, energy noise eV/atom, force noise eV/Å);
+            ``None`` returns the value at the fitted hyperparameters.
+        eval_gradient : bool, default=False
+
+        Returns
+        -------
+        float, or (float, ndarray of shape (3,))
+        """
+        check_is_fitted(self)
+        if theta is None:
+            if eval_gradient:
+                theta = np.log([self.signal_std_, self.energy_noise_, self.force_noise_])
+            else:
+                return self.log_marginal_likelihood_value_
+        theta = np.asarray(theta, dtype=np.float64)
+        if theta.shape != (3,):
+            raise ValueError(f"theta must have shape (3,); got {theta.shape}")
+        return gp.log_marginal_likelihood(theta, self._stats, eval_gradient=eval_gradient)
+
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, "alpha_")

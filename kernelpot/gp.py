@@ -1,0 +1,447 @@
+"""Sparse GP maths on arrays: design rows, factorisation, likelihood, variances.
+
+Pure functions; the estimator gathers inputs, calls them and stores the results.
+
+Model (DESIGN.md). Local energies ``ε(x) ~ GP(0, σ² k(x, x'))`` per species
+(independent across species); a structure's energy is ``E = Σ_i ε(x_i)`` (plus
+per-element reference energies handled by the estimator) and its forces
+``F_j = -∂E/∂r_j``. With inducing descriptors ``z_m`` (block per species), the
+design rows are
+
+* energy: ``k_E[m] = Σ_i k(x_i, z_m)``;
+* force component ``(j, c)``: ``k_F[m] = -Σ_i ∂k(x_i, z_m)/∂x_i · ∂x_i/∂r_jc``.
+
+Observations carry Gaussian noise: ``σ_E² N`` for the energy of an ``N``-atom
+structure (``σ_E`` per atom) and ``σ_F²`` per force component. The DTC
+(projected process) approximation with ``k_mm = L Lᵀ`` works in the whitened
+basis ``K_w = K_nm L⁻ᵀ``:
+
+* ``A_w = I + σ² K_wᵀ Λ⁻¹ K_w``, predictive mean ``k_* L⁻ᵀ w_w`` with
+  ``w_w = σ² A_w⁻¹ K_wᵀ Λ⁻¹ y``, computed from an economic QR of the stacked
+  matrix ``[σ Λ^(-1/2) K_w ; I] = Q R`` (``A_w = Rᵀ R``), never from normal
+  equations;
+* epistemic variance ``σ² |R⁻ᵀ L⁻¹ k_*|²`` (posterior over the inducing values)
+  plus ``σ² (k_** - |L⁻¹ k_*|²)`` (the part of the prior the inducing set does not
+  span, which grows away from it);
+* log marginal likelihood of ``y ~ N(0, σ² K_w K_wᵀ + Λ)`` and its analytic gradient
+  in ``(log σ, log σ_E, log σ_F)``, from whitened statistics of the design
+  (:class:`WhitenedStatistics`) so that each optimiser step costs
+  ``O(M n_E²)``, not ``O(n M²)``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse as sp
+
+from kernelpot.descriptors.base import DescriptorResult
+
+#: Jitter added to the diagonal of k_mm, relative to its mean diagonal.
+JITTER = 1e-8
+#: Elements of one temporary (pairs × 3 × m) block in :func:`design_rows`.
+BLOCK_ELEMENTS = 2**23
+
+_LOG_2PI = np.log(2.0 * np.pi)
+
+
+class DesignRows(NamedTuple):
+    """Design rows of one structure (``None`` where not requested).
+
+    Attributes
+    ----------
+    energy : ndarray of shape (n_inducing,)
+    forces : ndarray of shape (3 n_atoms, n_inducing)
+        Row ``3 j + c`` is force component ``c`` of atom ``j``.
+    """
+
+    energy: np.ndarray | None
+    forces: np.ndarray | None
+
+
+def inducing_offsets(inducing: list[np.ndarray]) -> np.ndarray:
+    """Column offsets of each species' block, shape (n_species + 1,)."""
+    return np.concatenate([[0], np.cumsum([len(z) for z in inducing])]).astype(np.int64)
+
+
+def design_rows(result: DescriptorResult, species_index: np.ndarray,
+                inducing: list[np.ndarray], kernel, energy: bool = True,
+                forces: bool = True) -> DesignRows:
+    """Energy and force design rows of one structure.
+
+    Parameters
+    ----------
+    result : DescriptorResult
+        Features and Jacobian of the structure.
+    species_index : ndarray of shape (n_atoms,)
+        Index of each atom's element in the model's species list.
+    inducing : list of ndarray of shape (m_s, n_features)
+        Inducing descriptors per species.
+    kernel : kernelpot.kernels.Kernel
+    energy, forces : bool
+        Which rows to build.
+
+    Returns
+    -------
+    DesignRows
+        Kernel values in units of the kernel (without ``σ²``).
+
+    Notes
+    -----
+    With ``∂k(x, z)/∂x = α z + β x`` the force rows need only ``G_p z_m`` and
+    ``G_p x_i`` for each Jacobian block ``G_p``; they are built in blocks of
+    pairs so that temporaries stay below ``BLOCK_ELEMENTS`` elements.
+    """
+    X = result.features
+    n_atoms, n_features = X.shape
+    offsets = inducing_offsets(inducing)
+    n_inducing = int(offsets[-1])
+    energy_row = np.zeros(n_inducing) if energy else None
+    force_rows = np.zeros((3 * n_atoms, n_inducing)) if forces else None
+    centre = result.pairs[:, 0]
+    moved = result.pairs[:, 1]
+    pair_species = species_index[centre]
+    for s, Z in enumerate(inducing):
+        atoms_s = np.flatnonzero(species_index == s)
+        m_s = len(Z)
+        if atoms_s.size == 0 or m_s == 0:
+            continue
+        cols = slice(offsets[s], offsets[s + 1])
+        if energy:
+            energy_row[cols] = kernel(X[atoms_s], Z).sum(axis=0)
+        if not forces:
+            continue
+        alpha, beta = kernel.gradient_coefficients(X[atoms_s], Z)  # (n_s, m_s) each
+        local = np.full(n_atoms, -1, dtype=np.int64)
+        local[atoms_s] = np.arange(atoms_s.size)
+        pairs_s = np.flatnonzero(pair_species == s)
+        block = max(1, BLOCK_ELEMENTS // (3 * m_s))
+        for start in range(0, pairs_s.size, block):
+            p = pairs_s[start:start + block]
+            G = result.gradients[p]  # (b, 3, D)
+            GZ = (G.reshape(-1, n_features) @ Z.T).reshape(len(p), 3, m_s)
+            Gx = np.einsum("pcd,pd->pc", G, X[centre[p]])
+            rows_i = local[centre[p]]
+            contribution = -(alpha[rows_i][:, None, :] * GZ
+                             + beta[rows_i][:, None, :] * Gx[:, :, None])
+            scatter = sp.csr_matrix((np.ones(len(p)), (moved[p], np.arange(len(p)))),
+                                    shape=(n_atoms, len(p)))
+            force_rows[:, cols] += (scatter @ contribution.reshape(len(p), 3 * m_s)
+                                    ).reshape(3 * n_atoms, m_s)
+    return DesignRows(energy_row, force_rows)
+
+
+def inducing_kernel(inducing: list[np.ndarray], kernel) -> np.ndarray:
+    """Block-diagonal ``k_mm`` over species, shape (n_inducing, n_inducing)."""
+    offsets = inducing_offsets(inducing)
+    K = np.zeros((offsets[-1], offsets[-1]))
+    for s, Z in enumerate(inducing):
+        if len(Z):
+            K[offsets[s]:offsets[s + 1], offsets[s]:offsets[s + 1]] = kernel(Z)
+    return K
+
+
+def cholesky_with_jitter(K: np.ndarray, jitter: float = JITTER, max_tries: int = 6):
+    """Lower Cholesky factor of ``K + ε I``, growing ``ε`` tenfold on failure.
+
+    Returns
+    -------
+    L : ndarray of shape (n, n)
+    used : float
+        The jitter that worked, relative to the mean diagonal.
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        If ``K`` is not positive definite even with ``jitter * 10**(max_tries - 1)``.
+    """
+    scale = float(np.mean(np.diag(K))) if len(K) else 1.0
+    scale = scale if scale > 0 else 1.0
+    eps = jitter
+    for _ in range(max_tries):
+        try:
+            L = sla.cholesky(K + eps * scale * np.eye(len(K)), lower=True)
+            return L, eps
+        except np.linalg.LinAlgError:
+            eps *= 10.0
+    raise np.linalg.LinAlgError(
+        f"k_mm is not positive definite even with jitter {eps / 10:.1e} × mean diagonal; "
+        "the inducing set may hold duplicate environments"
+    )
+
+
+class WhitenedStatistics(NamedTuple):
+    """Everything the likelihood needs, in the eigenbasis of ``W_F``.
+
+    ``W_g = K_w,gᵀ D_g⁻¹ K_w,g`` and ``β_g = K_w,gᵀ D_g⁻¹ y_g`` for the energy
+    (``g = E``, ``D_E = diag(N_atoms)``) and force (``g = F``, ``D_F = I``)
+    observations. ``W_F = V diag(λ) Vᵀ``; ``U = Vᵀ K_w,Eᵀ D_E^(-1/2)``.
+    """
+
+    eigenvalues: np.ndarray  # (M,) λ of W_F
+    U: np.ndarray  # (M, n_E)
+    beta_E: np.ndarray  # (M,) Vᵀ β_E
+    beta_F: np.ndarray  # (M,) Vᵀ β_F
+    c_E: float  # y_Eᵀ D_E⁻¹ y_E
+    c_F: float  # y_Fᵀ y_F
+    n_E: int
+    n_F: int
+    logdet_D_E: float  # Σ log N_atoms
+
+
+def whitened_statistics(Kw_E: np.ndarray, n_atoms_E: np.ndarray, y_E: np.ndarray,
+                        Kw_F: np.ndarray, y_F: np.ndarray) -> WhitenedStatistics:
+    """Reduce the whitened design to the likelihood's statistics.
+
+    Parameters
+    ----------
+    Kw_E : ndarray of shape (n_E, M)
+        Whitened energy design rows ``K_E L⁻ᵀ``.
+    n_atoms_E : ndarray of shape (n_E,)
+        Atoms per structure (the energy noise is ``σ_E² N``).
+    y_E : ndarray of shape (n_E,)
+        Energies minus the reference energies, eV.
+    Kw_F : ndarray of shape (n_F, M)
+        Whitened force design rows.
+    y_F : ndarray of shape (n_F,)
+        Force components, eV/Å.
+
+    Returns
+    -------
+    WhitenedStatistics
+    """
+    inv_d = 1.0 / n_atoms_E
+    W_F = Kw_F.T @ Kw_F  # (M, M)
+    eigenvalues, V = sla.eigh(W_F, overwrite_a=True)
+    eigenvalues = np.maximum(eigenvalues, 0.0)
+    U = V.T @ (Kw_E.T * np.sqrt(inv_d)[None, :])  # (M, n_E)
+    return WhitenedStatistics(
+        eigenvalues=eigenvalues,
+        U=U,
+        beta_E=V.T @ (Kw_E.T @ (inv_d * y_E)),
+        beta_F=V.T @ (Kw_F.T @ y_F),
+        c_E=float(np.sum(inv_d * y_E**2)),
+        c_F=float(y_F @ y_F),
+        n_E=len(y_E),
+        n_F=len(y_F),
+        logdet_D_E=float(np.sum(np.log(n_atoms_E))),
+    )
+
+
+def log_marginal_likelihood(log_params: np.ndarray, stats: WhitenedStatistics,
+                            eval_gradient: bool = False):
+    """DTC log marginal likelihood and its gradient.
+
+    Parameters
+    ----------
+    log_params : ndarray of shape (3,)
+        ``(log σ, log σ_E, log σ_F)``: signal std (eV), energy noise per atom (eV)
+        and force noise (eV/Å).
+    stats : WhitenedStatistics
+    eval_gradient : bool, default=False
+
+    Returns
+    -------
+    lml : float
+    gradient : ndarray of shape (3,)
+        Only with ``eval_gradient=True``; zero for a noise with no observations.
+
+    Notes
+    -----
+    ``log p(y) = -½ yᵀ(Q + Λ)⁻¹y - ½ log|Q + Λ| - (n/2) log 2π`` with
+    ``Q = σ² K_w K_wᵀ``; by the Woodbury and Sylvester identities
+    ``yᵀ(Q + Λ)⁻¹y = yᵀΛ⁻¹y - σ² bᵀA_w⁻¹b`` (``b = K_wᵀΛ⁻¹y``) and
+    ``log|Q + Λ| = log|Λ| + log|A_w|``. In the eigenbasis of ``W_F``,
+    ``A_w = diag(d) + a_E U Uᵀ`` with ``d = 1 + a_F λ``, ``a_g = σ²/σ_g²``; a second
+    Woodbury step reduces every solve to the ``n_E × n_E`` matrix
+    ``S = I + a_E Ūᵀ Ū``, ``Ū = diag(d)^(-1/2) U``.
+    """
+    log_sigma, log_se, log_sf = np.asarray(log_params, dtype=np.float64)
+    sigma2 = np.exp(2 * log_sigma)
+    se2 = np.exp(2 * log_se)
+    sf2 = np.exp(2 * log_sf)
+    a_E = sigma2 / se2
+    a_F = sigma2 / sf2
+    lam = stats.eigenvalues
+    d = 1.0 + a_F * lam  # (M,)
+    inv_sqrt_d = 1.0 / np.sqrt(d)
+    U_bar = stats.U * inv_sqrt_d[:, None]  # (M, n_E)
+    n_E = stats.n_E
+    S = np.eye(n_E) + a_E * (U_bar.T @ U_bar)
+    try:
+        L_S = sla.cholesky(S, lower=True)
+    except np.linalg.LinAlgError:
+        return (-np.inf, np.zeros(3)) if eval_gradient else -np.inf
+    b = stats.beta_E / se2 + stats.beta_F / sf2  # (M,)
+    z = b * inv_sqrt_d
+
+    def a_inv_times(vec_scaled):  # (I - a_E Ū S⁻¹ Ūᵀ) applied to a D^(-1/2)-scaled vector
+        return vec_scaled - a_E * U_bar @ sla.cho_solve((L_S, True), U_bar.T @ vec_scaled)
+
+    v = a_inv_times(z) * inv_sqrt_d  # A_w⁻¹ b
+    bAb = float(b @ v)
+    quad = stats.c_E / se2 + stats.c_F / sf2 - sigma2 * bAb
+    logdet_A = float(np.sum(np.log(d)) + 2.0 * np.sum(np.log(np.diag(L_S))))
+    logdet = (stats.n_E * np.log(se2) + stats.logdet_D_E + stats.n_F * np.log(sf2)
+              + logdet_A)
+    n_obs = stats.n_E + stats.n_F
+    lml = -0.5 * quad - 0.5 * logdet - 0.5 * n_obs * _LOG_2PI
+    if not eval_gradient:
+        return lml
+    # traces of A_w⁻¹ W_E and A_w⁻¹ W_F (W_E = U Uᵀ, W_F = diag(λ) in this basis)
+    S_inv = sla.cho_solve((L_S, True), np.eye(n_E))  # (n_E, n_E); small, explicit on purpose
+    tr_E = (n_E - np.trace(S_inv)) / a_E if n_E else 0.0
+    lam_d = lam / d
+    tr_F = float(np.sum(lam_d) - a_E * np.sum(S_inv * (U_bar.T @ (U_bar * lam_d[:, None]))))
+    vWEv = float(np.sum((stats.U.T @ v) ** 2))
+    vWFv = float(np.sum(lam * v**2))
+    bE_v = float(stats.beta_E @ v)
+    bF_v = float(stats.beta_F @ v)
+    # d/dlog σ: dA = 2(a_E W_E + a_F W_F), db = 0
+    d_quad_s = -2 * sigma2 * bAb + sigma2 * 2 * (a_E * vWEv + a_F * vWFv)
+    d_logdet_s = 2 * (a_E * tr_E + a_F * tr_F)
+    # d/dlog σ_E: dA = -2 a_E W_E, db = -2 β_E / σ_E²
+    d_quad_e = -2 * stats.c_E / se2 + 4 * sigma2 * bE_v / se2 - 2 * sigma2 * a_E * vWEv
+    d_logdet_e = 2 * stats.n_E - 2 * a_E * tr_E
+    d_quad_f = -2 * stats.c_F / sf2 + 4 * sigma2 * bF_v / sf2 - 2 * sigma2 * a_F * vWFv
+    d_logdet_f = 2 * stats.n_F - 2 * a_F * tr_F
+    gradient = -0.5 * np.array([d_quad_s + d_logdet_s, d_quad_e + d_logdet_e,
+                                d_quad_f + d_logdet_f])
+    return lml, gradient
+
+
+class Posterior(NamedTuple):
+    """Fitted posterior over the inducing values.
+
+    Attributes
+    ----------
+    weights : ndarray of shape (M,)
+        Predictive mean of a design row ``k`` is ``k @ weights``.
+    L_mm : ndarray of shape (M, M)
+        Lower Cholesky factor of ``k_mm`` (with jitter).
+    L_post : ndarray of shape (M, M)
+        Lower triangular ``L_mm R_wᵀ``: posterior variance of ``k`` is
+        ``σ² |L_post⁻¹ k|²``.
+    """
+
+    weights: np.ndarray
+    L_mm: np.ndarray
+    L_post: np.ndarray
+
+
+def solve_posterior(design: np.ndarray, n_rows: int, L_mm: np.ndarray, noise_std: np.ndarray,
+                    y: np.ndarray, sigma: float) -> Posterior:
+    """Solve the DTC system by an economic QR of the stacked whitened design.
+
+    Parameters
+    ----------
+    design : ndarray of shape (n_rows + M, M)
+        Rows ``[:n_rows]`` hold the whitened design ``K_w``; the last ``M`` rows
+        are scratch space. Overwritten.
+    n_rows : int
+    L_mm : ndarray of shape (M, M)
+    noise_std : ndarray of shape (n_rows,)
+        Noise std of each observation (``σ_E √N`` or ``σ_F``).
+    y : ndarray of shape (n_rows,)
+    sigma : float
+        Signal std ``σ``.
+
+    Returns
+    -------
+    Posterior
+    """
+    n_inducing = design.shape[1]
+    design[:n_rows] *= (sigma / noise_std)[:, None]
+    design[n_rows:] = np.eye(n_inducing)
+    rhs = np.zeros((1, n_rows + n_inducing))
+    rhs[0, :n_rows] = y / noise_std
+    qty, R = sla.qr_multiply(design, rhs, mode="right", overwrite_a=True)
+    qty = qty.ravel()[:n_inducing]
+    # A_w = Rᵀ R; w_w = σ² A_w⁻¹ K_wᵀ Λ⁻¹ y = σ R⁻¹ Qᵀ [Λ^(-1/2) y; 0]
+    w_white = sigma * sla.solve_triangular(R, qty, lower=False)
+    weights = sla.solve_triangular(L_mm, w_white, lower=True, trans="T")
+    L_post = L_mm @ R.T
+    return Posterior(weights, L_mm, L_post)
+
+
+def variance_terms(rows: np.ndarray, posterior: Posterior, sigma: float):
+    """Posterior and projection terms of the epistemic variance of design rows.
+
+    Parameters
+    ----------
+    rows : ndarray of shape (n, M)
+        Design rows (energy or force) of the quantities to predict.
+    posterior : Posterior
+    sigma : float
+
+    Returns
+    -------
+    posterior_var : ndarray of shape (n,)
+        ``σ² |L_post⁻¹ k|²``: the uncertainty of the inducing values.
+    projected_prior : ndarray of shape (n,)
+        ``σ² |L_mm⁻¹ k|²``: the part of the prior variance the inducing set
+        spans; ``prior - projected_prior`` is the DTC ``k_** - q_**`` term.
+    """
+    if rows.size == 0:
+        return np.zeros(len(rows)), np.zeros(len(rows))
+    post = sla.solve_triangular(posterior.L_post, rows.T, lower=True)
+    proj = sla.solve_triangular(posterior.L_mm, rows.T, lower=True)
+    sigma2 = sigma**2
+    return sigma2 * np.einsum("mn,mn->n", post, post), sigma2 * np.einsum("mn,mn->n", proj, proj)
+
+
+def prior_variances(result: DescriptorResult, species_index: np.ndarray, n_species: int,
+                    kernel, energy: bool = True, forces: bool = True):
+    """Prior variances (in kernel units, without ``σ²``) of a structure's energy and forces.
+
+    Returns
+    -------
+    energy : float or None
+        ``Σ_i Σ_i' k(x_i, x_i')`` over same-species pairs of atoms.
+    forces : ndarray of shape (n_atoms, 3) or None
+        ``Σ_i Σ_i' (∂x_i/∂r_jc)ᵀ H(x_i, x_i') (∂x_i'/∂r_jc)`` over same-species
+        centres ``i, i'`` whose features atom ``j`` moves.
+    """
+    X = result.features
+    energy_var = None
+    if energy:
+        energy_var = 0.0
+        for s in range(n_species):
+            atoms_s = np.flatnonzero(species_index == s)
+            if atoms_s.size:
+                energy_var += float(kernel(X[atoms_s]).sum())
+    force_var = None
+    if forces:
+        n_atoms = result.n_atoms
+        force_var = np.zeros((n_atoms, 3))
+        order = np.argsort(result.pairs[:, 1], kind="stable")
+        starts = np.searchsorted(result.pairs[order, 1], np.arange(n_atoms + 1))
+        for j in range(n_atoms):
+            p = order[starts[j]:starts[j + 1]]
+            centres = result.pairs[p, 0]
+            for s in range(n_species):
+                sel = species_index[centres] == s
+                if not np.any(sel):
+                    continue
+                Xc = X[centres[sel]]
+                for c in range(3):
+                    force_var[j, c] += kernel.contracted_hessian(
+                        Xc, result.gradients[p[sel], c, :]).sum()
+    return energy_var, force_var
+
+
+def clip_variance(var: np.ndarray, what: str) -> np.ndarray:
+    """Clip round-off negative variances to zero, warning when they are not tiny."""
+    var = np.asarray(var, dtype=np.float64)
+    negative = var < 0
+    if np.any(negative):
+        worst = float(var[negative].min())
+        scale = float(np.max(np.abs(var))) if var.size else 0.0
+        if worst < -1e-8 * max(scale, 1e-300):
+            warnings.warn(f"{what}: {int(negative.sum())} negative variances clipped to 0 "
+                          f"(most negative {worst:.2e})", RuntimeWarning, stacklevel=3)
+        var = np.where(negative, 0.0, var)
+    return var

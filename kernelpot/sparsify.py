@@ -1,0 +1,108 @@
+"""Selection of inducing environments, per species, on skmatter's sample selectors."""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import warnings
+
+import numpy as np
+from ase.data import atomic_numbers as _ATOMIC_NUMBERS
+from ase.data import chemical_symbols as _CHEMICAL_SYMBOLS
+from skmatter.sample_selection import CUR, FPS
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SPARSE_METHODS", "resolve_n_sparse", "select_inducing"]
+
+SPARSE_METHODS = ("cur", "fps", "random", "all")
+_INTEGER_TYPES = (numbers.Integral, np.integer)
+
+
+def resolve_n_sparse(n_sparse, species_numbers: np.ndarray, counts: np.ndarray,
+                     default_cap: int) -> np.ndarray:
+    """Number of inducing environments per species.
+
+    Parameters
+    ----------
+    n_sparse : int, dict or None
+        An int for every species, a dict ``{element: int}`` (symbols or atomic
+        numbers; missing elements get ``default_cap``), or ``None`` for
+        ``default_cap``. Never more than the environments available.
+    species_numbers : ndarray of int
+        Atomic numbers of the species, sorted.
+    counts : ndarray of int
+        Training environments per species.
+    default_cap : int
+
+    Returns
+    -------
+    ndarray of int, one per species
+    """
+    owner = "SparseGPPotential"
+    if n_sparse is None:
+        wanted = np.full(len(species_numbers), default_cap)
+    elif isinstance(n_sparse, _INTEGER_TYPES):
+        if isinstance(n_sparse, bool) or n_sparse < 1:
+            raise ValueError(f"{owner}: n_sparse must be >= 1; got {n_sparse!r}")
+        wanted = np.full(len(species_numbers), int(n_sparse))
+    elif isinstance(n_sparse, dict):
+        wanted = np.full(len(species_numbers), default_cap)
+        for key, value in n_sparse.items():
+            z = _ATOMIC_NUMBERS.get(key, key) if isinstance(key, str) else key
+            if not isinstance(z, _INTEGER_TYPES) or z not in species_numbers:
+                raise ValueError(f"{owner}: n_sparse names {key!r}, which is not a training "
+                                 f"species {[_CHEMICAL_SYMBOLS[n] for n in species_numbers]}")
+            if isinstance(value, bool) or not isinstance(value, _INTEGER_TYPES) or value < 1:
+                raise ValueError(f"{owner}: n_sparse[{key!r}] must be an int >= 1; "
+                                 f"got {value!r}")
+            wanted[int(np.searchsorted(species_numbers, z))] = int(value)
+    else:
+        raise TypeError(f"{owner}: n_sparse must be an int, a dict per element or None; "
+                        f"got {type(n_sparse).__name__}")
+    return np.minimum(wanted, counts)
+
+
+def select_inducing(features: np.ndarray, n_select: int, method: str,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Indices of the inducing environments among ``features`` of one species.
+
+    Parameters
+    ----------
+    features : ndarray of shape (n_environments, n_features)
+    n_select : int
+    method : {"cur", "fps", "random", "all"}
+        "all" keeps every environment (``n_select`` is then ignored); "cur" ranks
+        by CUR leverage scores (skmatter ``CUR``); "fps" is farthest-point
+        sampling (skmatter ``FPS``) from a random start; "random" draws without
+        replacement. Selection runs on unit-normalised features, the geometry
+        of the dot-product kernels.
+    rng : numpy.random.Generator
+        Source of randomness; results are deterministic given it.
+
+    Returns
+    -------
+    ndarray of int, sorted
+    """
+    n_env = len(features)
+    if method == "all" or n_select >= n_env:
+        return np.arange(n_env)
+    norms = np.linalg.norm(features, axis=1)
+    unit = features / np.where(norms > 0, norms, 1.0)[:, None]
+    if method == "random":
+        chosen = rng.choice(n_env, size=n_select, replace=False)
+    elif method == "fps":
+        selector = FPS(n_to_select=n_select, initialize=int(rng.integers(n_env)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            selector.fit(unit)
+        chosen = selector.selected_idx_
+    elif method == "cur":
+        selector = CUR(n_to_select=n_select, recompute_every=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            selector.fit(unit - unit.mean(axis=0))
+        chosen = selector.selected_idx_
+    else:
+        raise ValueError(f"sparse_method must be one of {SPARSE_METHODS}; got {method!r}")
+    return np.sort(np.asarray(chosen, dtype=np.int64))
