@@ -145,7 +145,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
 
     def __init__(self, descriptor=None, kernel=None, *, n_sparse=None, sparse_method="cur",
                  signal_std=1.0, energy_noise=0.002, force_noise=0.05,
-                 signal_std_bounds=(1e-3, 1e3), energy_noise_bounds=(1e-5, 1.0),
+                 signal_std_bounds=(1e-2, 1e2), energy_noise_bounds=(1e-4, 1.0),
                  force_noise_bounds=(1e-4, 10.0), e0="lstsq", optimize=True, n_restarts=2,
                  random_state=None, n_jobs=1, verbose=0):
         self.descriptor = descriptor

@@ -252,8 +252,11 @@ def log_marginal_likelihood(log_params: np.ndarray, stats: WhitenedStatistics,
     Notes
     -----
     ``log p(y) = -½ yᵀ(Q + Λ)⁻¹y - ½ log|Q + Λ| - (n/2) log 2π`` with
-    ``Q = σ² K_w K_wᵀ``; by the Woodbury and Sylvester identities
-    ``yᵀ(Q + Λ)⁻¹y = yᵀΛ⁻¹y - σ² bᵀA_w⁻¹b`` (``b = K_wᵀΛ⁻¹y``) and
+    ``Q = σ² K_w K_wᵀ``. By the Woodbury identity ``yᵀ(Q + Λ)⁻¹y = min_w
+    |Λ^(-1/2)(y - K_w w)|² + |w|²/σ²``, attained at ``w = σ² A_w⁻¹ K_wᵀΛ⁻¹y``: it is
+    evaluated as that sum of non-negative terms (the textbook difference
+    ``yᵀΛ⁻¹y - σ² bᵀA_w⁻¹b`` cancels catastrophically when ``σ/σ_g`` is large) and
+    differentiated by the envelope theorem. By Sylvester's identity
     ``log|Q + Λ| = log|Λ| + log|A_w|``. In the eigenbasis of ``W_F``,
     ``A_w = diag(d) + a_E U Uᵀ`` with ``d = 1 + a_F λ``, ``a_g = σ²/σ_g²``; a second
     Woodbury step reduces every solve to the ``n_E × n_E`` matrix
@@ -277,40 +280,38 @@ def log_marginal_likelihood(log_params: np.ndarray, stats: WhitenedStatistics,
         return (-np.inf, np.zeros(3)) if eval_gradient else -np.inf
     b = stats.beta_E / se2 + stats.beta_F / sf2  # (M,)
     z = b * inv_sqrt_d
-
-    def a_inv_times(vec_scaled):  # (I - a_E Ū S⁻¹ Ūᵀ) applied to a D^(-1/2)-scaled vector
-        return vec_scaled - a_E * U_bar @ sla.cho_solve((L_S, True), U_bar.T @ vec_scaled)
-
-    v = a_inv_times(z) * inv_sqrt_d  # A_w⁻¹ b
-    bAb = float(b @ v)
-    quad = stats.c_E / se2 + stats.c_F / sf2 - sigma2 * bAb
+    # A_w⁻¹ b = D^(-1/2) (I - a_E Ū S⁻¹ Ūᵀ) D^(-1/2) b
+    v = (z - a_E * U_bar @ sla.cho_solve((L_S, True), U_bar.T @ z)) * inv_sqrt_d
+    w = sigma2 * v  # whitened weights, the minimiser of J below
+    # quad = min_w J(w), J = Σ_g |D_g^(-1/2)(y_g - K_w,g w)|² / σ_g² + |w|² / σ²: evaluated
+    # from its two non-negative parts rather than as yᵀΛ⁻¹y - σ² bᵀA⁻¹b, which cancels
+    # catastrophically when σ/σ_g is large
+    Uw = stats.U.T @ w
+    res_E = max(stats.c_E - 2.0 * float(w @ stats.beta_E) + float(Uw @ Uw), 0.0)
+    res_F = max(stats.c_F - 2.0 * float(w @ stats.beta_F) + float(lam @ (w * w)), 0.0)
+    ww = float(w @ w)
+    quad = res_E / se2 + res_F / sf2 + ww / sigma2
     logdet_A = float(np.sum(np.log(d)) + 2.0 * np.sum(np.log(np.diag(L_S))))
     logdet = (stats.n_E * np.log(se2) + stats.logdet_D_E + stats.n_F * np.log(sf2)
               + logdet_A)
     n_obs = stats.n_E + stats.n_F
     lml = -0.5 * quad - 0.5 * logdet - 0.5 * n_obs * _LOG_2PI
+    if not np.isfinite(lml):
+        return (-np.inf, np.zeros(3)) if eval_gradient else -np.inf
     if not eval_gradient:
         return lml
-    # traces of A_w⁻¹ W_E and A_w⁻¹ W_F (W_E = U Uᵀ, W_F = diag(λ) in this basis)
+    # quad: envelope theorem, ∂ min_w J / ∂θ = ∂J/∂θ at the minimiser
+    d_quad = np.array([-2.0 * ww / sigma2, -2.0 * res_E / se2, -2.0 * res_F / sf2])
+    # log|A_w|: traces of A_w⁻¹ W_E and A_w⁻¹ W_F (W_E = U Uᵀ, W_F = diag(λ) in this basis)
     S_inv = sla.cho_solve((L_S, True), np.eye(n_E))  # (n_E, n_E); small, explicit on purpose
     tr_E = (n_E - np.trace(S_inv)) / a_E if n_E else 0.0
     lam_d = lam / d
     tr_F = float(np.sum(lam_d) - a_E * np.sum(S_inv * (U_bar.T @ (U_bar * lam_d[:, None]))))
-    vWEv = float(np.sum((stats.U.T @ v) ** 2))
-    vWFv = float(np.sum(lam * v**2))
-    bE_v = float(stats.beta_E @ v)
-    bF_v = float(stats.beta_F @ v)
-    # d/dlog σ: dA = 2(a_E W_E + a_F W_F), db = 0
-    d_quad_s = -2 * sigma2 * bAb + sigma2 * 2 * (a_E * vWEv + a_F * vWFv)
-    d_logdet_s = 2 * (a_E * tr_E + a_F * tr_F)
-    # d/dlog σ_E: dA = -2 a_E W_E, db = -2 β_E / σ_E²
-    d_quad_e = -2 * stats.c_E / se2 + 4 * sigma2 * bE_v / se2 - 2 * sigma2 * a_E * vWEv
-    d_logdet_e = 2 * stats.n_E - 2 * a_E * tr_E
-    d_quad_f = -2 * stats.c_F / sf2 + 4 * sigma2 * bF_v / sf2 - 2 * sigma2 * a_F * vWFv
-    d_logdet_f = 2 * stats.n_F - 2 * a_F * tr_F
-    gradient = -0.5 * np.array([d_quad_s + d_logdet_s, d_quad_e + d_logdet_e,
-                                d_quad_f + d_logdet_f])
-    return lml, gradient
+    # dA/dlog σ = 2(a_E W_E + a_F W_F); dA/dlog σ_g = -2 a_g W_g
+    d_logdet = np.array([2.0 * (a_E * tr_E + a_F * tr_F),
+                         2.0 * stats.n_E - 2.0 * a_E * tr_E,
+                         2.0 * stats.n_F - 2.0 * a_F * tr_F])
+    return lml, -0.5 * (d_quad + d_logdet)
 
 
 class Posterior(NamedTuple):
