@@ -44,7 +44,8 @@ import kernelpot  # noqa: E402
 from kernelpot.descriptors import ACSF, SOAP  # noqa: E402
 
 QUOTED_FEATOMIC = {64: 0.037, 512: 0.41}  # s, quoted, not measured here
-SHARED_ASPIRIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "xtb" / "aspirin_500K.xyz"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_ASPIRIN = SHARED_DATA / "xtb" / "aspirin_500K.xyz"
 
 
 def rattled_si(n_atoms: int, seed: int = 0):
@@ -156,7 +157,7 @@ def main(argv=None):
     print(f"{'structure':<10} {'atoms':>6} {'feat':>5} {'pairs':>7} {'ours s':>9} "
           f"{'ours MiB':>9} {'ours ms/atom':>12} {'DScribe s':>11} {'DS MiB':>8} "
           f"{'DS dense MiB':>12} {'speed-up':>8} {'featomic s (quoted)':>19}")
-    for (name, n, nf, n_pairs, t_o, m_o, t_r, m_r, dense, est, method) in rows_soap:
+    for (name, n, nf, n_pairs, t_o, m_o, t_r, m_r, dense, est, _method) in rows_soap:
         quoted = QUOTED_FEATOMIC.get(n) if name.startswith("Si") else None
         quoted_txt = f"{quoted:19.3f}" if quoted else f"{'-':>19}"
         label = f"{t_r:8.2f}{' est' if est else '    '}"

@@ -8,6 +8,7 @@ __version__ = "0.1.0.dev0"
 from kernelpot.datasets import load_ethanol, load_silicon
 from kernelpot.descriptors import ACSF, SOAP, Descriptor, DescriptorResult
 from kernelpot.estimator import SparseGPPotential
+from kernelpot.io import load
 from kernelpot.kernels import NormalizedDotProduct, SquaredExponential
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "NormalizedDotProduct",
     "SparseGPPotential",
     "SquaredExponential",
+    "load",
     "load_ethanol",
     "load_silicon",
     "__version__",

@@ -295,7 +295,11 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         if self.optimize:
             log_params = self._optimize(stats, log_params, rng, n_E, n_F)
         lml = gp.log_marginal_likelihood(log_params, stats)
-        sigma, energy_noise, force_noise = np.exp(log_params)
+        given = (float(self.signal_std), float(self.energy_noise), float(self.force_noise))
+        # keep given values exactly where nothing was fitted (exp(log(x)) != x in floats)
+        fitted = [np.exp(t) if self.optimize and informed else g for t, g, informed in
+                  zip(log_params, given, (True, n_E > 0, n_F > 0), strict=True)]
+        sigma, energy_noise, force_noise = (float(v) for v in fitted)
         if self.optimize and n_F and np.isclose(force_noise, self.force_noise_bounds[1]):
             warnings.warn(f"{owner}: the fitted force noise sits at its upper bound "
                           f"{force_noise:.3g} eV/Å: the model is ignoring the forces (too few "
@@ -596,6 +600,25 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         if theta.shape != (3,):
             raise ValueError(f"theta must have shape (3,); got {theta.shape}")
         return gp.log_marginal_likelihood(theta, self._stats, eval_gradient=eval_gradient)
+
+    def save(self, path):
+        """Save the fitted model as ``.npz`` arrays plus JSON metadata (no pickle).
+
+        Parameters
+        ----------
+        path : str or path-like
+
+        Returns
+        -------
+        pathlib.Path
+
+        See Also
+        --------
+        kernelpot.load
+        """
+        from kernelpot.io import save
+
+        return save(self, path)
 
     def __sklearn_is_fitted__(self):
         return hasattr(self, "alpha_")

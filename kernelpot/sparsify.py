@@ -92,7 +92,7 @@ def select_inducing(features: np.ndarray, n_select: int, method: str,
     if method == "random":
         chosen = rng.choice(n_env, size=n_select, replace=False)
     elif method == "fps":
-        selector = FPS(n_to_select=n_select, initialize=int(rng.integers(n_env)))
+        selector = FPS(n_to_select=n_select, initialize=int(rng.choice(n_env)))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             selector.fit(unit)

@@ -58,3 +58,44 @@ def si_mlearn():
     """Two DFT Si frames of the mlearn set (a triclinic vacancy cell and a surface slab)."""
     return read(DATA / "si_mlearn_2.xyz", ":")
 
+
+
+def emt_copper_frames(n_frames, seed, rattle=0.08, force_noise=0.0):
+    """Rattled 32-atom fcc Cu cells labelled by ASE's EMT (optionally noisy forces)."""
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n_frames):
+        atoms = bulk("Cu", "fcc", 3.6, cubic=True).repeat(2)
+        atoms.set_cell(atoms.cell * (1 + rng.normal(0, 0.01)), scale_atoms=True)
+        atoms.positions += rng.normal(0.0, rattle, atoms.positions.shape)
+        atoms.calc = EMT()
+        energy = atoms.get_potential_energy()
+        forces = atoms.get_forces() + rng.normal(0.0, force_noise, (len(atoms), 3))
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+        frames.append(atoms)
+    return frames
+
+
+@pytest.fixture(scope="session")
+def ethanol_frames():
+    """60 ethanol frames (GFN2-xTB, 500 K, every 20th of the first 1200)."""
+    return read(DATA / "ethanol_xtb_500K_60.xyz", ":")
+
+
+@pytest.fixture(scope="session")
+def small_soap():
+    from kernelpot.descriptors import SOAP
+
+    return SOAP(["H", "C", "O"], 4.0, n_max=4, l_max=3, sigma=0.4)
+
+
+@pytest.fixture(scope="session")
+def fitted_ethanol(ethanol_frames, small_soap):
+    """A sparse GP fitted on 30 ethanol frames (all environments inducing)."""
+    from kernelpot import SparseGPPotential
+
+    model = SparseGPPotential(small_soap, sparse_method="all", random_state=0)
+    return model.fit(ethanol_frames[:30])

@@ -174,7 +174,8 @@ def test_sklearn_parameters(make):
 
 def test_create_returns_features(make, ethanol):
     descriptor = make(["H", "C", "O"], 3.5)
-    np.testing.assert_array_equal(descriptor.create(ethanol), descriptor.compute(ethanol).features)
+    np.testing.assert_allclose(descriptor.create(ethanol), descriptor.compute(ethanol).features,
+                               rtol=1e-10, atol=1e-10)
 
 
 # -- bad input ------------------------------------------------------------------------

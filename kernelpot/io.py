@@ -1,0 +1,222 @@
+"""Saving and loading fitted models: plain arrays in ``.npz`` plus JSON metadata.
+
+No pickle anywhere: files are read with ``allow_pickle=False``, objects are
+rebuilt from their class name and parameters, and a SHA-256 checksum over every
+array and the metadata detects truncated or edited files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from kernelpot import __version__
+
+__all__ = ["save", "load", "FORMAT_VERSION"]
+
+#: Version of the file layout; a file of another version is refused.
+FORMAT_VERSION = 1
+_FORMAT_NAME = "kernelpot-model"
+UNITS = {"energy": "eV", "length": "Å", "force": "eV/Å", "energy_noise": "eV/atom"}
+
+
+def _registry():
+    from kernelpot.descriptors import ACSF, SOAP
+    from kernelpot.estimator import SparseGPPotential
+    from kernelpot.kernels import NormalizedDotProduct, SquaredExponential
+
+    return {cls.__name__: cls for cls in (ACSF, SOAP, NormalizedDotProduct, SquaredExponential,
+                                          SparseGPPotential)}
+
+
+def _encode(value):
+    """Turn parameters into JSON: objects become {"class", "params"}."""
+    if hasattr(value, "get_params") and type(value).__name__ in _registry():
+        return {"__class__": type(value).__name__,
+                "params": {k: _encode(v) for k, v in value.get_params(deep=False).items()}}
+    if isinstance(value, (list, tuple)):
+        return {"__tuple__": [_encode(v) for v in value]} if isinstance(value, tuple) \
+            else [_encode(v) for v in value]
+    if isinstance(value, dict):
+        return {"__dict__": [[_encode(k), _encode(v)] for k, v in value.items()]}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return {"__tuple__": [_encode(v) for v in value.tolist()]}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return {"__unserialisable__": type(value).__name__}
+
+
+def _decode(value):
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    if isinstance(value, dict):
+        if "__class__" in value:
+            registry = _registry()
+            name = value["__class__"]
+            if name not in registry:
+                raise ValueError(f"load: unknown class {name!r} in the model file")
+            return registry[name](**{k: _decode(v) for k, v in value["params"].items()})
+        if "__tuple__" in value:
+            return tuple(_decode(v) for v in value["__tuple__"])
+        if "__dict__" in value:
+            return {_decode(k): _decode(v) for k, v in value["__dict__"]}
+        if "__unserialisable__" in value:
+            return None
+        raise ValueError("load: malformed parameter in the model file")
+    return value
+
+
+def _checksum(arrays: dict, metadata: dict) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        a = np.ascontiguousarray(arrays[key])
+        digest.update(key.encode())
+        digest.update(str(a.dtype).encode())
+        digest.update(repr(a.shape).encode())
+        digest.update(a.tobytes())
+    digest.update(json.dumps(metadata, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def save(model, path) -> Path:
+    """Save a fitted :class:`~kernelpot.SparseGPPotential` to ``path`` (``.npz``).
+
+    Parameters
+    ----------
+    model : SparseGPPotential
+        A fitted model.
+    path : str or path-like
+        Destination; ``.npz`` is appended if missing.
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+    """
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(model)
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    stats = model._stats
+    arrays = {
+        "species": model.species_,
+        "e0": model.e0_,
+        "alpha": model.alpha_,
+        "L_mm": model._posterior.L_mm,
+        "L_post": model._posterior.L_post,
+        "stats_eigenvalues": stats.eigenvalues,
+        "stats_U": stats.U,
+        "stats_beta_E": stats.beta_E,
+        "stats_beta_F": stats.beta_F,
+    }
+    for s, Z in enumerate(model.inducing_):
+        arrays[f"inducing_{s}"] = Z
+    metadata = {
+        "format": _FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "kernelpot_version": __version__,
+        "estimator": type(model).__name__,
+        "params": _encode(model.get_params(deep=False)),
+        "descriptor": _encode(model.descriptor_),
+        "kernel": _encode(model.kernel_),
+        "fitted": {
+            "signal_std": model.signal_std_,
+            "energy_noise": model.energy_noise_,
+            "force_noise": model.force_noise_,
+            "log_marginal_likelihood": model.log_marginal_likelihood_value_,
+            "jitter": model.jitter_,
+            "n_inducing": model.n_inducing_,
+            "stats": {"c_E": stats.c_E, "c_F": stats.c_F, "n_E": stats.n_E, "n_F": stats.n_F,
+                      "logdet_D_E": stats.logdet_D_E},
+        },
+        "units": UNITS,
+    }
+    metadata["checksum"] = _checksum(arrays, metadata)
+    blob = np.frombuffer(json.dumps(metadata).encode("utf-8"), dtype=np.uint8)
+    with open(path, "wb") as handle:
+        np.savez(handle, metadata=blob, **arrays)
+    return path
+
+
+def load(path):
+    """Load a model written by :func:`save`.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    SparseGPPotential
+        Fitted; predicts bit for bit what the saved model predicted.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the file is not a kernelpot model, is truncated or was modified, or was
+        written with another format version.
+    """
+    from kernelpot import gp
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"load: no such file: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as err:
+        raise ValueError(f"load: {path} is not a readable kernelpot model file (truncated or "
+                         f"not an .npz archive): {err}") from err
+    except ValueError as err:  # object arrays need pickle: not ours
+        raise ValueError(f"load: {path} is not a kernelpot model file: {err}") from err
+    if "metadata" not in arrays:
+        raise ValueError(f"load: {path} is not a kernelpot model file (no metadata)")
+    try:
+        metadata = json.loads(arrays.pop("metadata").tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"load: {path} has corrupt metadata: {err}") from err
+    if not isinstance(metadata, dict) or metadata.get("format") != _FORMAT_NAME:
+        raise ValueError(f"load: {path} is not a kernelpot model file")
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"load: {path} uses model format version {version} (written by kernelpot "
+            f"{metadata.get('kernelpot_version')}); this kernelpot {__version__} reads "
+            f"version {FORMAT_VERSION}")
+    stored = metadata.pop("checksum", None)
+    if stored != _checksum(arrays, metadata):
+        raise ValueError(f"load: {path} failed its checksum: the file was modified or damaged")
+    registry = _registry()
+    if metadata.get("estimator") not in registry:
+        raise ValueError(f"load: unknown estimator {metadata.get('estimator')!r}")
+    model = registry[metadata["estimator"]](**_decode(metadata["params"]))
+    fitted = metadata["fitted"]
+    n_species = len(arrays["species"])
+    model.descriptor_ = _decode(metadata["descriptor"])
+    model.kernel_ = _decode(metadata["kernel"])
+    model.species_ = arrays["species"]
+    model.e0_ = arrays["e0"]
+    model.inducing_ = [arrays[f"inducing_{s}"] for s in range(n_species)]
+    model.n_inducing_ = fitted["n_inducing"]
+    model.alpha_ = arrays["alpha"]
+    model.signal_std_ = fitted["signal_std"]
+    model.energy_noise_ = fitted["energy_noise"]
+    model.force_noise_ = fitted["force_noise"]
+    model.log_marginal_likelihood_value_ = fitted["log_marginal_likelihood"]
+    model.jitter_ = fitted["jitter"]
+    model._posterior = gp.Posterior(arrays["alpha"], arrays["L_mm"], arrays["L_post"])
+    s = fitted["stats"]
+    model._stats = gp.WhitenedStatistics(
+        arrays["stats_eigenvalues"], arrays["stats_U"], arrays["stats_beta_E"],
+        arrays["stats_beta_F"], s["c_E"], s["c_F"], s["n_E"], s["n_F"], s["logdet_D_E"])
+    return model

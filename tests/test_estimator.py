@@ -1,0 +1,385 @@
+"""SparseGPPotential: physics, learned noise, variances, scikit-learn contract, bad input."""
+
+import warnings
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+from conftest import SHARED_DATA, emt_copper_frames
+from scipy.spatial.transform import Rotation
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
+
+from kernelpot import ACSF, SOAP, SparseGPPotential
+from kernelpot.kernels import SquaredExponential
+
+
+def _energy(model, atoms):
+    return model.predict([atoms])[0]
+
+
+# -- physics -------------------------------------------------------------------------
+def test_forces_are_minus_energy_gradient(fitted_ethanol, ethanol_frames):
+    atoms = ethanol_frames[45].copy()
+    forces = fitted_ethanol.predict_forces([atoms])[0]
+    h = 1e-4
+    fd = np.zeros_like(forces)
+    for j in range(len(atoms)):
+        for c in range(3):
+            shifted = atoms.copy()
+            shifted.positions[j, c] += h
+            plus = _energy(fitted_ethanol, shifted)
+            shifted.positions[j, c] -= 2 * h
+            minus = _energy(fitted_ethanol, shifted)
+            fd[j, c] = -(plus - minus) / (2 * h)
+    np.testing.assert_allclose(forces, fd, rtol=1e-5, atol=1e-6)
+
+
+def test_periodic_forces_are_minus_energy_gradient():
+    frames = emt_copper_frames(6, seed=3, rattle=0.2)
+    model = SparseGPPotential(SOAP(["Cu"], 4.0, n_max=4, l_max=3, sigma=0.5), n_sparse=30,
+                              random_state=0).fit(frames[:5])
+    atoms = frames[5]
+    forces = model.predict_forces([atoms])[0]
+    h = 1e-4
+    for j in (0, 7):
+        for c in range(3):
+            shifted = atoms.copy()
+            shifted.positions[j, c] += h
+            plus = _energy(model, shifted)
+            shifted.positions[j, c] -= 2 * h
+            minus = _energy(model, shifted)
+            assert forces[j, c] == pytest.approx(-(plus - minus) / (2 * h), rel=1e-4, abs=1e-4)
+
+
+def test_invariances_and_equivariance(fitted_ethanol, ethanol_frames):
+    atoms = ethanol_frames[50]
+    energy, e_std = fitted_ethanol.predict([atoms], return_std=True)
+    forces, f_std = fitted_ethanol.predict_forces([atoms], return_std=True)
+    rotation = Rotation.from_euler("zyx", [0.7, 0.2, -1.3]).as_matrix()
+    moved = atoms.copy()
+    moved.positions = atoms.positions @ rotation.T + np.array([3.0, -2.0, 1.0])
+    e2, e2_std = fitted_ethanol.predict([moved], return_std=True)
+    f2 = fitted_ethanol.predict_forces([moved])[0]
+    np.testing.assert_allclose(e2, energy, rtol=1e-10)
+    np.testing.assert_allclose(e2_std, e_std, rtol=1e-7)
+    np.testing.assert_allclose(f2, forces[0] @ rotation.T, atol=1e-9)
+    # permutation of like atoms (the six H)
+    perm = np.arange(len(atoms))
+    hydrogens = np.flatnonzero(atoms.numbers == 1)
+    perm[hydrogens] = np.random.default_rng(0).permutation(hydrogens)
+    permuted = atoms[perm]
+    e3 = fitted_ethanol.predict([permuted])
+    f3, f3_std = fitted_ethanol.predict_forces([permuted], return_std=True)
+    np.testing.assert_allclose(e3, energy, rtol=1e-10)
+    np.testing.assert_allclose(f3[0], forces[0][perm], atol=1e-9)
+    np.testing.assert_allclose(f3_std[0], f_std[0][perm], rtol=1e-7)
+    # net force vanishes (translation invariance)
+    assert np.abs(forces[0].sum(axis=0)).max() < 1e-8
+
+
+def test_size_extensivity(fitted_ethanol, ethanol_frames):
+    atoms = ethanol_frames[40]
+    far = atoms.copy()
+    far.positions += np.array([30.0, 0.0, 0.0])
+    pair = atoms + far
+    e1 = _energy(fitted_ethanol, atoms)
+    e2 = _energy(fitted_ethanol, pair)
+    assert e2 == pytest.approx(2 * e1, rel=1e-12)
+    f1, s1 = fitted_ethanol.predict_forces([atoms], return_std=True)
+    f2, s2 = fitted_ethanol.predict_forces([pair], return_std=True)
+    n = len(atoms)
+    np.testing.assert_allclose(f2[0][:n], f1[0], atol=1e-10)
+    np.testing.assert_allclose(f2[0][n:], f1[0], atol=1e-10)
+    np.testing.assert_allclose(s2[0][:n], s1[0], rtol=1e-8)
+    np.testing.assert_allclose(s2[0][n:], s1[0], rtol=1e-8)
+    local = fitted_ethanol.predict_local_energies([atoms, pair])
+    assert local[0].sum() == pytest.approx(e1, rel=1e-12)
+    np.testing.assert_allclose(local[1], np.tile(local[0], 2), rtol=1e-10)
+
+
+def test_all_inducing_fits_training_forces_well(fitted_ethanol, ethanol_frames):
+    """With every training environment inducing, training forces fit to near the noise."""
+    train_r2 = fitted_ethanol.score(ethanol_frames[:30])
+    test_r2 = fitted_ethanol.score(ethanol_frames[30:])
+    assert train_r2 > 0.97
+    assert 0.5 < test_r2 < train_r2
+
+
+# -- hyperparameters, noise ---------------------------------------------------------------
+def test_learned_force_noise():
+    """Known noise σ_F = 0.05 eV/Å on EMT Cu forces is learned to within 25 %."""
+    descriptor = SOAP(["Cu"], 4.5, n_max=4, l_max=3, sigma=0.5)
+    noisy = SparseGPPotential(descriptor, n_sparse=200, random_state=0).fit(
+        emt_copper_frames(40, seed=0, force_noise=0.05))
+    assert noisy.force_noise_ == pytest.approx(0.05, rel=0.25)
+    clean = SparseGPPotential(descriptor, n_sparse=200, random_state=0).fit(
+        emt_copper_frames(40, seed=0, force_noise=0.0))
+    assert clean.force_noise_ < 0.4 * 0.05
+
+
+def test_optimize_false_keeps_given_values(ethanol_frames, small_soap):
+    model = SparseGPPotential(small_soap, signal_std=2.0, energy_noise=0.003, force_noise=0.07,
+                              optimize=False, sparse_method="all").fit(ethanol_frames[:10])
+    assert (model.signal_std_, model.energy_noise_, model.force_noise_) == (2.0, 0.003, 0.07)
+    optimised = SparseGPPotential(small_soap, signal_std=2.0, energy_noise=0.003,
+                                  force_noise=0.07, sparse_method="all").fit(ethanol_frames[:10])
+    assert optimised.log_marginal_likelihood() > model.log_marginal_likelihood()
+
+
+def test_log_marginal_likelihood_gradient(fitted_ethanol):
+    theta = np.log([2.0, 0.005, 0.08])
+    value, grad = fitted_ethanol.log_marginal_likelihood(theta, eval_gradient=True)
+    h = 1e-6
+    for t in range(3):
+        step = np.zeros(3)
+        step[t] = h
+        fd = (fitted_ethanol.log_marginal_likelihood(theta + step)
+              - fitted_ethanol.log_marginal_likelihood(theta - step)) / (2 * h)
+        assert grad[t] == pytest.approx(fd, rel=1e-5, abs=1e-4)
+    # the fitted point is a maximum within the bounds: gradient small there
+    _, grad = fitted_ethanol.log_marginal_likelihood(eval_gradient=True)
+    assert np.abs(grad).max() < 1.0
+
+
+def test_squared_exponential_kernel_fits(ethanol_frames):
+    model = SparseGPPotential(ACSF.from_grid(["H", "C", "O"], 4.0, n_radial=6, n_angular=4),
+                              SquaredExponential(length_scale=5.0), sparse_method="all",
+                              random_state=0).fit(ethanol_frames[:15])
+    assert model.score(ethanol_frames[15:25]) > 0.3
+
+
+def test_partial_labels(ethanol_frames, small_soap):
+    frames = [a.copy() for a in ethanol_frames[:12]]
+    for k, atoms in enumerate(frames):
+        src = ethanol_frames[k]
+        if k % 3 == 0:  # energy only
+            atoms.calc = SinglePointCalculator(atoms, energy=src.get_potential_energy())
+        elif k % 3 == 1:  # forces only
+            atoms.calc = SinglePointCalculator(atoms, forces=src.get_forces())
+        else:
+            atoms.calc = SinglePointCalculator(atoms, energy=src.get_potential_energy(),
+                                               forces=src.get_forces())
+    model = SparseGPPotential(small_soap, sparse_method="all").fit(frames)
+    assert np.isfinite(model.log_marginal_likelihood())
+    forces_only = [a.copy() for a in ethanol_frames[:6]]
+    for atoms, src in zip(forces_only, ethanol_frames[:6], strict=True):
+        atoms.calc = SinglePointCalculator(atoms, forces=src.get_forces())
+    model = SparseGPPotential(small_soap, sparse_method="all").fit(forces_only)
+    assert model.energy_noise_ == 0.002  # no energies: nothing to learn it from
+
+
+# -- variances --------------------------------------------------------------------------
+def test_variances_non_negative_and_split(fitted_ethanol, ethanol_frames):
+    frames = ethanol_frames[30:36]
+    energies, total = fitted_ethanol.predict(frames, return_std=True)
+    _, epistemic = fitted_ethanol.predict(frames, return_std=True, std_type="epistemic")
+    np.testing.assert_allclose(total**2, epistemic**2 + fitted_ethanol.energy_noise_**2 * 9,
+                               rtol=1e-10)
+    _, f_total = fitted_ethanol.predict_forces(frames, return_std=True)
+    _, f_epi = fitted_ethanol.predict_forces(frames, return_std=True, std_type="epistemic")
+    for t, e in zip(f_total, f_epi, strict=True):
+        assert np.all(e >= 0) and np.all(np.isfinite(e))
+        np.testing.assert_allclose(t**2, e**2 + fitted_ethanol.force_noise_**2, rtol=1e-10)
+    with pytest.raises(ValueError, match="std_type"):
+        fitted_ethanol.predict(frames, return_std=True, std_type="aleatoric-ish")
+
+
+def test_variance_grows_far_from_data(fitted_ethanol, ethanol_frames):
+    atoms = ethanol_frames[50]
+    squeezed = atoms.copy()
+    squeezed.positions = atoms.positions.mean(axis=0) + 0.8 * (
+        atoms.positions - atoms.positions.mean(axis=0))
+    _, normal = fitted_ethanol.predict_forces([atoms], return_std=True, std_type="epistemic")
+    _, odd = fitted_ethanol.predict_forces([squeezed], return_std=True, std_type="epistemic")
+    assert odd[0].mean() > 2 * normal[0].mean()
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "xtb").exists(), reason="../shared/data not available")
+def test_uncertainty_on_shared_xtb_data(small_soap):
+    """Std larger out of distribution (1000 K) than in distribution; shrinks with more data."""
+    from ase.io import read
+
+    frames = read(SHARED_DATA / "xtb" / "ethanol_500K.xyz", ":")
+    hot = read(SHARED_DATA / "xtb" / "ethanol_1000K.xyz", "::10")
+    idx = np.arange(len(frames))
+    test = [frames[i] for i in idx[idx % 4 == 3][::20]]
+    rest = idx[idx % 4 != 3]
+    order = np.random.default_rng(0).permutation(rest)
+    means = {}
+    for n in (50, 200):
+        model = SparseGPPotential(small_soap, random_state=0).fit([frames[i] for i in order[:n]])
+        _, std_test = model.predict_forces(test, return_std=True)
+        means[n] = np.mean(np.concatenate([s.ravel() for s in std_test]))
+        if n == 200:
+            _, std_hot = model.predict_forces(hot, return_std=True)
+            hot_mean = np.mean(np.concatenate([s.ravel() for s in std_hot]))
+            assert hot_mean > means[200]
+    assert means[200] < means[50]
+
+
+# -- scikit-learn contract -----------------------------------------------------------------
+def test_constructor_stores_and_no_fitted_attributes(small_soap):
+    model = SparseGPPotential(small_soap, n_sparse=10)
+    assert model.get_params()["n_sparse"] == 10
+    assert not [k for k in vars(model) if k.endswith("_") and not k.startswith("_")]
+    with pytest.raises(NotFittedError):
+        model.predict([Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.7]])])
+
+
+def test_clone_and_nested_params(small_soap):
+    model = SparseGPPotential(small_soap, n_sparse=10)
+    twin = clone(model)
+    assert twin.get_params()["descriptor"] is not small_soap
+    twin.set_params(descriptor__r_cut=3.5, force_noise=0.1)
+    assert twin.descriptor.r_cut == 3.5 and small_soap.r_cut == 4.0
+    assert model.get_params(deep=True)["descriptor__n_max"] == 4
+
+
+def test_fit_returns_self_and_refit_equals_fresh_fit(ethanol_frames, small_soap):
+    model = SparseGPPotential(small_soap, n_sparse=20, random_state=1)
+    assert model.fit(ethanol_frames[:8]) is model
+    model.fit(ethanol_frames[8:16])
+    fresh = SparseGPPotential(small_soap, n_sparse=20, random_state=1).fit(ethanol_frames[8:16])
+    np.testing.assert_array_equal(model.predict(ethanol_frames[20:22]),
+                                  fresh.predict(ethanol_frames[20:22]))
+
+
+@pytest.mark.parametrize("method", ["cur", "fps", "random"])
+def test_sparse_methods_deterministic(method, ethanol_frames, small_soap):
+    kwargs = {"n_sparse": {"H": 15, "C": 6}, "sparse_method": method, "random_state": 3}
+    a = SparseGPPotential(small_soap, **kwargs).fit(ethanol_frames[:6])
+    b = SparseGPPotential(small_soap, **kwargs).fit(ethanol_frames[:6])
+    assert a.n_inducing_ == {"H": 15, "C": 6, "O": 6}
+    for za, zb in zip(a.inducing_, b.inducing_, strict=True):
+        np.testing.assert_array_equal(za, zb)
+
+
+def test_n_jobs_does_not_change_results(ethanol_frames, small_soap):
+    serial = SparseGPPotential(small_soap, n_sparse=20, random_state=0).fit(ethanol_frames[:6])
+    parallel = SparseGPPotential(small_soap, n_sparse=20, random_state=0, n_jobs=2).fit(
+        ethanol_frames[:6])
+    np.testing.assert_allclose(parallel.predict(ethanol_frames[10:12]),
+                               serial.predict(ethanol_frames[10:12]), rtol=1e-12)
+
+
+def test_cross_val_score_and_grid_search(ethanol_frames, small_soap):
+    frames = ethanol_frames[:12]
+    model = SparseGPPotential(small_soap, n_sparse=20, random_state=0)
+    scores = cross_val_score(model, frames, cv=KFold(3))
+    assert scores.shape == (3,) and np.all(np.isfinite(scores))
+    search = GridSearchCV(model, {"descriptor__r_cut": [3.5, 4.0]}, cv=KFold(2))
+    search.fit(frames)
+    assert search.best_params_["descriptor__r_cut"] in (3.5, 4.0)
+    assert np.isfinite(search.best_score_)
+
+
+def test_save_load_round_trip(fitted_ethanol, ethanol_frames, tmp_path):
+    from kernelpot import load
+
+    path = fitted_ethanol.save(tmp_path / "model.npz")
+    loaded = load(path)
+    frames = ethanol_frames[50:53]
+    for a, b in zip(fitted_ethanol.predict_forces(frames, return_std=True),
+                    loaded.predict_forces(frames, return_std=True), strict=True):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(fitted_ethanol.predict(frames), loaded.predict(frames))
+    assert loaded.get_params()["sparse_method"] == "all"
+    assert loaded.log_marginal_likelihood() == fitted_ethanol.log_marginal_likelihood()
+
+
+def test_load_rejects_bad_files(fitted_ethanol, tmp_path):
+    import json
+    import zipfile
+
+    from kernelpot import load
+    from kernelpot.io import FORMAT_VERSION
+
+    path = fitted_ethanol.save(tmp_path / "model.npz")
+    raw = path.read_bytes()
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="truncated"):
+        load(truncated)
+    # tampered: change one weight, keep the archive valid
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["alpha"] = arrays["alpha"].copy()
+    arrays["alpha"][0] += 1e-6
+    tampered = tmp_path / "tampered.npz"
+    np.savez(tampered, **arrays)
+    with pytest.raises(ValueError, match="checksum"):
+        load(tampered)
+    # another format version
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(arrays["metadata"].tobytes())
+    meta["format_version"] = FORMAT_VERSION + 1
+    arrays["metadata"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    other = tmp_path / "other.npz"
+    np.savez(other, **arrays)
+    with pytest.raises(ValueError, match="format version"):
+        load(other)
+    not_ours = tmp_path / "plain.npz"
+    np.savez(not_ours, x=np.zeros(3))
+    with pytest.raises(ValueError, match="not a kernelpot model"):
+        load(not_ours)
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "missing.npz")
+    assert zipfile.is_zipfile(path)
+
+
+# -- bad input -------------------------------------------------------------------------------
+def test_bad_input(fitted_ethanol, ethanol_frames, small_soap):
+    model = SparseGPPotential(small_soap, n_sparse=10)
+    with pytest.raises(ValueError, match="empty list"):
+        model.fit([])
+    with pytest.raises(TypeError, match="y must be None"):
+        model.fit(ethanol_frames[:3], y=np.zeros(3))
+    with pytest.raises(TypeError, match="single Atoms"):
+        model.fit(ethanol_frames[0])
+    unlabelled = [Atoms(a.symbols, a.positions) for a in ethanol_frames[:3]]
+    with pytest.raises(ValueError, match="carries an energy or forces"):
+        model.fit(unlabelled)
+    nan_label = ethanol_frames[0].copy()
+    nan_label.calc = SinglePointCalculator(nan_label, energy=np.nan)
+    with pytest.raises(ValueError, match="non-finite energy"):
+        model.fit([nan_label])
+    wrong_shape = ethanol_frames[0].copy()
+    wrong_shape.calc = SinglePointCalculator(wrong_shape, energy=1.0, forces=np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="forces of shape"):
+        model.fit([wrong_shape])
+    water = Atoms("H2N", positions=[[0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]])
+    with pytest.raises(ValueError, match=r"not trained on: \['N'\]"):
+        fitted_ethanol.predict([water])
+    with pytest.raises(ValueError, match="sparse_method"):
+        SparseGPPotential(small_soap, sparse_method="kmeans").fit(ethanol_frames[:3])
+    with pytest.raises(ValueError, match="force_noise must be"):
+        SparseGPPotential(small_soap, force_noise=-1).fit(ethanol_frames[:3])
+    with pytest.raises(ValueError, match="n_sparse names 'N'"):
+        SparseGPPotential(small_soap, n_sparse={"N": 3}).fit(ethanol_frames[:3])
+    with pytest.raises(TypeError, match="descriptor must be"):
+        SparseGPPotential("soap").fit(ethanol_frames[:3])
+    nan_positions = ethanol_frames[1].copy()
+    nan_positions.positions[0, 0] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        fitted_ethanol.predict([nan_positions])
+
+
+def test_force_noise_at_upper_bound_warns(ethanol_frames, small_soap):
+    """Forces that contradict the energies: the likelihood gives up on them, with a warning."""
+    frames = []
+    rng = np.random.default_rng(0)
+    for atoms in ethanol_frames[:8]:
+        copy = atoms.copy()
+        copy.calc = SinglePointCalculator(copy, energy=atoms.get_potential_energy(),
+                                          forces=rng.normal(0, 30.0, (len(atoms), 3)))
+        frames.append(copy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SparseGPPotential(small_soap, n_sparse=5, force_noise_bounds=(1e-3, 1.0),
+                          random_state=0).fit(frames)
+    assert any("upper bound" in str(w.message) for w in caught)
