@@ -248,7 +248,9 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         for s in range(len(species)):
             pool = all_features[all_index == s]
             chosen = select_inducing(pool, int(n_select[s]), self.sparse_method, rng)
-            inducing.append(np.ascontiguousarray(pool[chosen]))
+            z = np.array(pool[chosen])
+            z.setflags(write=False)  # fixed from here on; kernels may cache derived data
+            inducing.append(z)
         del features, all_features
         n_inducing = {symbols[s]: len(z) for s, z in enumerate(inducing)}
         logger.info("%s: %d structures, inducing environments per element %s (of %s)", owner,
@@ -429,14 +431,17 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         check_is_fitted(self)
         owner = f"{type(self).__name__}.predict"
         index = self._species_index(atoms, owner)
-        result = self.descriptor_.compute(atoms)
-        rows = gp.design_rows(result, index, self.inducing_, self.kernel_, energy=True,
-                              forces=forces)
+        result = self.descriptor_.compute(atoms) if (forces or variance) else None
+        features = result.features if result is not None else self.descriptor_.create(atoms)
+        local, d_local = gp.local_energies(features, index, self.inducing_, self.kernel_,
+                                           self.alpha_, gradients=forces)
         counts = np.bincount(index, minlength=len(self.species_))
-        energy = float(rows.energy @ self.alpha_ + counts @ self.e0_)
-        force_values = (rows.forces @ self.alpha_).reshape(-1, 3) if forces else None
+        energy = float(local.sum() + counts @ self.e0_)
+        force_values = gp.forces_from_local_gradients(result, d_local) if forces else None
         e_post = e_proj = f_post = f_proj = None
         if variance:
+            rows = gp.design_rows(result, index, self.inducing_, self.kernel_, energy=True,
+                                  forces=forces)
             sigma2 = self.signal_std_**2
             prior_e, prior_f = gp.prior_variances(result, index, len(self.species_),
                                                   self.kernel_, energy=True, forces=forces)
@@ -533,18 +538,12 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         """
         check_is_fitted(self)
         frames = check_frames(X, f"{type(self).__name__}.predict_local_energies")
-        offsets = gp.inducing_offsets(self.inducing_)
         out = []
         for atoms in frames:
             index = self._species_index(atoms, "predict_local_energies")
-            features = self.descriptor_.create(atoms)
-            local = self.e0_[index].astype(float)
-            for s, Z in enumerate(self.inducing_):
-                mask = index == s
-                if mask.any() and len(Z):
-                    local[mask] += self.kernel_(features[mask], Z) @ \
-                        self.alpha_[offsets[s]:offsets[s + 1]]
-            out.append(local)
+            local, _ = gp.local_energies(self.descriptor_.create(atoms), index, self.inducing_,
+                                         self.kernel_, self.alpha_)
+            out.append(local + self.e0_[index])
         return out
 
     def score(self, X, y=None, sample_weight=None):

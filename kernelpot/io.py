@@ -207,6 +207,8 @@ def load(path):
     model.species_ = arrays["species"]
     model.e0_ = arrays["e0"]
     model.inducing_ = [arrays[f"inducing_{s}"] for s in range(n_species)]
+    for z in model.inducing_:
+        z.setflags(write=False)
     model.n_inducing_ = fitted["n_inducing"]
     model.alpha_ = arrays["alpha"]
     model.signal_std_ = fitted["signal_std"]

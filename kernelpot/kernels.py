@@ -181,10 +181,22 @@ class NormalizedDotProduct(Kernel):
             raise ValueError(f"NormalizedDotProduct: zeta must be an int >= 1; got {self.zeta!r}")
 
     @staticmethod
-    def _unit(X):
+    def _normalise(X):
         norms = np.sqrt(np.einsum("nd,nd->n", X, X))
         safe = np.where(norms > _TINY, norms, 1.0)
         return X / safe[:, None] * (norms > _TINY)[:, None], norms
+
+    def _unit(self, X):
+        """Unit rows and norms; cached for read-only arrays (the fitted inducing sets)."""
+        if X.flags.writeable:
+            return self._normalise(X)
+        key = (id(X), X.__array_interface__["data"][0], X.shape)
+        cache = self.__dict__.setdefault("_unit_cache", {})
+        if key not in cache:
+            if len(cache) > 32:
+                cache.clear()
+            cache[key] = (X, *self._normalise(X))  # holding X keeps its id unique
+        return cache[key][1], cache[key][2]
 
     def __call__(self, X, Y=None, eval_gradient=False):
         X = _as_2d(X)
