@@ -53,3 +53,14 @@ def test_help_has_an_example():
     result = subprocess.run([sys.executable, "-m", "kernelpot", "descriptors", "--help"],
                             capture_output=True, text=True, check=True)
     assert "examples:" in result.stdout and "kernelpot descriptors" in result.stdout
+
+
+def test_demo_runs_on_bundled_data(capsys):
+    assert main(["demo", "--n-train", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "learned noise" in out and "test forces" in out and "within 1 std" in out
+
+
+def test_demo_rejects_bad_size(capsys):
+    assert main(["demo", "--n-train", "1000"]) == 1
+    assert "--n-train must be between" in capsys.readouterr().err

@@ -1,0 +1,103 @@
+"""mlearn benchmark (DFT Si, Mo, Ge, Li): fit on *_training.xyz, test on *_test.xyz.
+
+Prints test energy RMSE (meV/atom) and force RMSE (eV/Å), fit time, peak memory
+(resident set size of this process, from ``resource``), prediction time per atom with
+and without the std, and the Spearman correlation between per-atom force std and
+error, beside GAP's figures measured earlier on this machine class on the same files
+(quoted, from ../shared/data/README.md).
+
+Usage::
+
+    python benchmarks/mlearn.py --elements Si,Mo [--descriptor soap] [--n-sparse 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+from ase.io import read
+
+import kernelpot
+from kernelpot import ACSF, SOAP, SparseGPPotential, metrics
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mlearn"
+GAP_QUOTED = {"Si": (5.9, 0.117), "Mo": (2.45, 0.167), "Ge": (4.36, 0.086), "Li": (0.77, 0.014)}
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--elements", default="Si,Mo")
+    parser.add_argument("--descriptor", choices=["soap", "acsf"], default="soap")
+    parser.add_argument("--r-cut", type=float, default=5.0)
+    parser.add_argument("--n-sparse", type=int, default=None)
+    parser.add_argument("--n-jobs", type=int, default=1)
+    args = parser.parse_args(argv)
+    print(f"kernelpot {kernelpot.__version__}; python {platform.python_version()}; "
+          f"{os.cpu_count()} cpus; descriptor {args.descriptor}, r_cut {args.r_cut} Å",
+          flush=True)
+    rows = []
+    for element in args.elements.split(","):
+        train = read(SHARED / f"{element}_training.xyz", ":")
+        test = read(SHARED / f"{element}_test.xyz", ":")
+        if args.descriptor == "soap":
+            descriptor = SOAP([element], args.r_cut, n_max=8, l_max=6, sigma=0.5)
+        else:
+            descriptor = ACSF.from_grid([element], args.r_cut, n_radial=8, n_angular=8)
+        model = SparseGPPotential(descriptor, n_sparse=args.n_sparse, random_state=0,
+                                  n_jobs=args.n_jobs)
+        start = time.perf_counter()
+        model.fit(train)
+        fit_s = time.perf_counter() - start
+        fit_peak = peak_rss_gib()
+        n_atoms = np.array([len(a) for a in test])
+        start = time.perf_counter()
+        energies = model.predict(test)
+        forces = model.predict_forces(test)
+        mean_ms = 1e3 * (time.perf_counter() - start) / n_atoms.sum()
+        start = time.perf_counter()
+        forces_std_pred, forces_std = model.predict_forces(test, return_std=True)
+        model.predict(test, return_std=True)
+        std_ms = 1e3 * (time.perf_counter() - start) / n_atoms.sum()
+        ref_e = np.array([a.get_potential_energy() for a in test])
+        ref_f = [a.get_forces() for a in test]
+        rows.append({
+            "element": element, "M": sum(model.n_inducing_.values()), "fit_s": fit_s,
+            "peak": fit_peak,
+            "e_rmse": 1e3 * float(np.sqrt(np.mean(((energies - ref_e) / n_atoms) ** 2))),
+            "f_rmse": metrics.rmse(forces, ref_f), "mean_ms": mean_ms, "std_ms": std_ms,
+            "spearman": metrics.spearman_std_error(forces_std_pred, ref_f, forces_std),
+            "cov1": metrics.coverage(forces_std_pred, ref_f, forces_std, 1.0),
+            "cov2": metrics.coverage(forces_std_pred, ref_f, forces_std, 2.0),
+            "sigma_F": model.force_noise_, "sigma_E": 1e3 * model.energy_noise_,
+        })
+        print(f"  {element}: E RMSE {rows[-1]['e_rmse']:.2f} meV/atom, F RMSE "
+              f"{rows[-1]['f_rmse']:.3f} eV/Å, fit {fit_s:.0f} s", flush=True)
+    print(f"\nmlearn, {args.descriptor}: fit on *_training.xyz, test on *_test.xyz")
+    header = (f"{'element':<8} {'M':>5} {'E RMSE':>7} {'F RMSE':>7} {'GAP E':>6} {'GAP F':>6} "
+              f"{'fit s':>7} {'peak GiB':>8} {'ms/atom':>8} {'+std ms':>8} {'cov1σ':>6} "
+              f"{'cov2σ':>6} {'Spear':>6} {'σ_F':>6} {'σ_E':>6}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        gap_e, gap_f = GAP_QUOTED[r["element"]]
+        print(f"{r['element']:<8} {r['M']:>5} {r['e_rmse']:7.2f} {r['f_rmse']:7.3f} "
+              f"{gap_e:6.2f} {gap_f:6.3f} {r['fit_s']:7.0f} {r['peak']:8.2f} "
+              f"{r['mean_ms']:8.2f} {r['std_ms']:8.2f} {r['cov1']:6.3f} {r['cov2']:6.3f} "
+              f"{r['spearman']:6.3f} {r['sigma_F']:6.3f} {r['sigma_E']:6.2f}")
+    print("E RMSE meV/atom, F RMSE eV/Å; GAP columns quoted (gap_fit, SOAP + 2-body, same "
+          "files). peak GiB: the process's peak resident memory after fitting. ms/atom: "
+          "energies + forces; +std ms: energies + forces + their std. σ_F eV/Å, σ_E meV/atom.")
+
+
+if __name__ == "__main__":
+    main()

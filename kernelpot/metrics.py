@@ -1,0 +1,95 @@
+"""Error and calibration metrics, defined once (CLARIFICATIONS.md) and used everywhere.
+
+Conventions:
+
+* force MAE/RMSE are over force components;
+* the per-atom force error is the norm of the error vector, and the per-atom
+  predicted std the norm of the three component stds;
+* Spearman correlation is between per-atom predicted std and per-atom error, over
+  all atoms;
+* coverage at ``k`` is the fraction of components whose absolute error is at most
+  ``k`` predicted stds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import spearmanr
+
+__all__ = ["mae", "rmse", "max_error", "force_errors", "coverage", "spearman_std_error",
+           "per_atom_norms"]
+
+
+def _flat(values) -> np.ndarray:
+    if isinstance(values, (list, tuple)):
+        return np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in values])
+    return np.asarray(values, dtype=np.float64).ravel()
+
+
+def _pair(predicted, reference):
+    p, r = _flat(predicted), _flat(reference)
+    if p.shape != r.shape:
+        raise ValueError(f"predicted and reference have different sizes: {p.size} vs {r.size}")
+    if p.size == 0:
+        raise ValueError("no values to compare")
+    return p, r
+
+
+def mae(predicted, reference) -> float:
+    """Mean absolute error over all components (arrays or lists of arrays)."""
+    p, r = _pair(predicted, reference)
+    return float(np.mean(np.abs(p - r)))
+
+
+def rmse(predicted, reference) -> float:
+    """Root-mean-square error over all components."""
+    p, r = _pair(predicted, reference)
+    return float(np.sqrt(np.mean((p - r) ** 2)))
+
+
+def max_error(predicted, reference) -> float:
+    """Largest absolute error over all components."""
+    p, r = _pair(predicted, reference)
+    return float(np.max(np.abs(p - r)))
+
+
+def per_atom_norms(vectors) -> np.ndarray:
+    """Norms of (n_atoms, 3) blocks, concatenated over structures."""
+    return np.concatenate([np.linalg.norm(np.asarray(v).reshape(-1, 3), axis=1)
+                           for v in (vectors if isinstance(vectors, (list, tuple))
+                                     else [vectors])])
+
+
+def force_errors(predicted, reference) -> dict:
+    """MAE, RMSE and max error of force components, in the input unit.
+
+    Parameters
+    ----------
+    predicted, reference : list of ndarray of shape (n_atoms, 3)
+
+    Returns
+    -------
+    dict with keys ``mae``, ``rmse``, ``max``
+    """
+    return {"mae": mae(predicted, reference), "rmse": rmse(predicted, reference),
+            "max": max_error(predicted, reference)}
+
+
+def coverage(predicted, reference, std, k: float = 1.0) -> float:
+    """Fraction of components with ``|error| <= k std``.
+
+    For Gaussian errors with the right std: 0.683 at k = 1, 0.954 at k = 2.
+    """
+    p, r = _pair(predicted, reference)
+    s = _flat(std)
+    if s.shape != p.shape:
+        raise ValueError(f"std has {s.size} values for {p.size} predictions")
+    return float(np.mean(np.abs(p - r) <= k * s))
+
+
+def spearman_std_error(predicted_forces, reference_forces, forces_std) -> float:
+    """Spearman rank correlation of per-atom predicted std and per-atom force error."""
+    errors = per_atom_norms([np.asarray(p) - np.asarray(r) for p, r in
+                             zip(predicted_forces, reference_forces, strict=True)])
+    stds = per_atom_norms(forces_std)
+    return float(spearmanr(stds, errors).statistic)
