@@ -32,6 +32,10 @@ __all__ = ["SparseGPPotential", "Prediction"]
 
 #: Inducing environments per species when ``n_sparse=None``.
 DEFAULT_SPARSE_CAP = 2000
+#: Descriptors (with gradients) kept in memory during a kernel-hyperparameter search.
+_DESCRIPTOR_CACHE_BYTES = 2 * 2**30
+#: Likelihood evaluations allowed to the kernel-hyperparameter search.
+_KERNEL_SEARCH_EVALUATIONS = 30
 
 
 class Prediction(NamedTuple):
@@ -92,8 +96,10 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         the compositions (minimum norm), or a dict ``{element: eV}``.
     optimize : bool, default=True
         Fit ``σ``, ``σ_E``, ``σ_F`` by maximising the log marginal likelihood
-        (L-BFGS-B with analytic gradients in log space); ``False`` keeps the
-        given values.
+        (L-BFGS-B with analytic gradients in log space), and the kernel's own
+        hyperparameters (the length scale of :class:`SquaredExponential`) by a
+        bounded derivative-free search (Powell) over that maximised likelihood, which
+        rebuilds the design at each step; ``False`` keeps the given values.
     n_restarts : int, default=2
         Extra optimiser starts, log-uniform within the bounds.
     random_state : int, numpy Generator or None, default=None
@@ -262,38 +268,66 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         n_atoms = np.array([len(a) for a in frames])
         n_E = int(has_energy.sum())
         n_F = int(3 * n_atoms[has_forces].sum())
+        n_obs = n_E + n_F
         M = int(sum(len(z) for z in inducing))
-        design = np.empty((n_E + n_F + M, M))
         energy_row = np.cumsum(has_energy) - 1
         force_start = n_E + 3 * np.concatenate([[0], np.cumsum(n_atoms * has_forces)])
-        logger.info("%s: design matrix %d x %d (%.0f MiB)", owner, n_E + n_F, M,
-                    design.nbytes / 2**20)
-
-        def rows_of(k):
-            result = descriptor.compute(frames[k])
-            return k, gp.design_rows(result, species_index[k], inducing, kernel,
-                                     energy=bool(has_energy[k]), forces=bool(has_forces[k]))
-
-        for k, rows in self._imap(rows_of, range(len(frames)), verbose, "design rows"):
-            if has_energy[k]:
-                design[energy_row[k]] = rows.energy
-            if has_forces[k]:
-                design[force_start[k]:force_start[k] + 3 * n_atoms[k]] = rows.forces
-
         counts_per_frame = np.stack([np.bincount(idx, minlength=len(species))
                                      for idx in species_index])
         y_E = labels.energies[has_energy] - counts_per_frame[has_energy] @ e0
         y_F = np.concatenate([f.ravel() for f in labels.forces if f is not None]) if n_F \
             else np.zeros(0)
+        search_kernel = self.optimize and kernel.n_theta > 0
+        cached = None
+        if search_kernel:
+            # the kernel search rebuilds the design several times: keep the descriptors
+            # when they fit in memory, recompute them otherwise
+            sizes = [descriptor.compute(frames[0]).gradients.nbytes]
+            if sizes[0] * len(frames) < _DESCRIPTOR_CACHE_BYTES:
+                cached = self._map(descriptor.compute, frames, verbose, "descriptors")
 
-        # whiten the design: K_w = K L⁻ᵀ, in place
-        L_mm, jitter = gp.cholesky_with_jitter(gp.inducing_kernel(inducing, kernel))
-        n_obs = n_E + n_F
-        design[:n_obs] = sla.solve_triangular(L_mm, design[:n_obs].T, lower=True,
-                                              check_finite=False).T
-        stats = gp.whitened_statistics(design[:n_E], n_atoms[has_energy].astype(float), y_E,
-                                       design[n_E:n_obs], y_F)
+        def assemble(kernel):
+            design = np.empty((n_obs + M, M))
+            logger.info("%s: design matrix %d x %d (%.0f MiB)", owner, n_obs, M,
+                        design.nbytes / 2**20)
+
+            def rows_of(k):
+                result = cached[k] if cached is not None else descriptor.compute(frames[k])
+                return k, gp.design_rows(result, species_index[k], inducing, kernel,
+                                         energy=bool(has_energy[k]),
+                                         forces=bool(has_forces[k]))
+
+            for k, rows in self._imap(rows_of, range(len(frames)), verbose, "design rows"):
+                if has_energy[k]:
+                    design[energy_row[k]] = rows.energy
+                if has_forces[k]:
+                    design[force_start[k]:force_start[k] + 3 * n_atoms[k]] = rows.forces
+            # whiten the design: K_w = K L⁻ᵀ
+            L_mm, jitter = gp.cholesky_with_jitter(gp.inducing_kernel(inducing, kernel))
+            design[:n_obs] = sla.solve_triangular(L_mm, design[:n_obs].T, lower=True,
+                                                  check_finite=False).T
+            stats = gp.whitened_statistics(design[:n_E], n_atoms[has_energy].astype(float),
+                                           y_E, design[n_E:n_obs], y_F)
+            return design, L_mm, jitter, stats
+
         log_params = np.log([self.signal_std, self.energy_noise, self.force_noise])
+        if search_kernel:
+            seed = int(rng.randint(2**31 - 1))
+
+            def negative_profile(theta):
+                *_, stats = assemble(kernel.clone_with_theta(theta))
+                inner = self._optimize(stats, log_params, np.random.RandomState(seed), n_E, n_F)
+                value = gp.log_marginal_likelihood(inner, stats)
+                logger.info("%s: kernel %s = %s: log marginal likelihood %.2f", owner,
+                            kernel.theta_names, np.exp(theta), value)
+                return -value if np.isfinite(value) else 1e25
+
+            result = minimize(negative_profile, kernel.theta, method="Powell",
+                              bounds=kernel.bounds,
+                              options={"maxfev": _KERNEL_SEARCH_EVALUATIONS, "xtol": 1e-2})
+            kernel = kernel.clone_with_theta(result.x)
+        design, L_mm, jitter, stats = assemble(kernel)
+        cached = None
         if self.optimize:
             log_params = self._optimize(stats, log_params, rng, n_E, n_F)
         lml = gp.log_marginal_likelihood(log_params, stats)

@@ -144,11 +144,17 @@ def test_log_marginal_likelihood_gradient(fitted_ethanol):
     assert np.abs(grad).max() < 1.0
 
 
-def test_squared_exponential_kernel_fits(ethanol_frames):
-    model = SparseGPPotential(ACSF.from_grid(["H", "C", "O"], 4.0, n_radial=6, n_angular=4),
-                              SquaredExponential(length_scale=5.0), sparse_method="all",
-                              random_state=0).fit(ethanol_frames[:15])
-    assert model.score(ethanol_frames[15:25]) > 0.3
+def test_squared_exponential_length_scale_is_fitted(ethanol_frames):
+    descriptor = ACSF.from_grid(["H", "C", "O"], 4.0, n_radial=6, n_angular=4)
+    fixed = SparseGPPotential(descriptor, SquaredExponential(5.0, length_scale_bounds="fixed"),
+                              sparse_method="all", random_state=0).fit(ethanol_frames[:15])
+    fitted = SparseGPPotential(descriptor, SquaredExponential(5.0, (0.5, 50.0)),
+                               sparse_method="all", random_state=0).fit(ethanol_frames[:15])
+    assert fixed.kernel_.length_scale == 5.0
+    assert fitted.kernel_.length_scale != 5.0
+    assert 0.5 <= fitted.kernel_.length_scale <= 50.0
+    assert fitted.log_marginal_likelihood() > fixed.log_marginal_likelihood()
+    assert fitted.score(ethanol_frames[15:25]) > 0.5
 
 
 def test_partial_labels(ethanol_frames, small_soap):
