@@ -34,6 +34,8 @@ __all__ = ["SparseGPPotential", "Prediction"]
 DEFAULT_SPARSE_CAP = 2000
 #: Descriptors (with gradients) kept in memory during a kernel-hyperparameter search.
 _DESCRIPTOR_CACHE_BYTES = 2 * 2**30
+#: Design rows whose variances are solved together in prediction.
+_VARIANCE_BATCH_ROWS = 2048
 #: Likelihood evaluations allowed to the kernel-hyperparameter search.
 _KERNEL_SEARCH_EVALUATIONS = 30
 
@@ -463,6 +465,10 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         Prediction
         """
         check_is_fitted(self)
+        return self._finish_variances([self._predict_parts(atoms, forces, variance)])[0]
+
+    def _predict_parts(self, atoms, forces, variance):
+        """Mean prediction, plus design rows and prior variances when variance is asked."""
         owner = f"{type(self).__name__}.predict"
         index = self._species_index(atoms, owner)
         result = self.descriptor_.compute(atoms) if (forces or variance) else None
@@ -472,30 +478,58 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         counts = np.bincount(index, minlength=len(self.species_))
         energy = float(local.sum() + counts @ self.e0_)
         force_values = gp.forces_from_local_gradients(result, d_local) if forces else None
-        e_post = e_proj = f_post = f_proj = None
-        if variance:
-            rows = gp.design_rows(result, index, self.inducing_, self.kernel_, energy=True,
-                                  forces=forces)
+        if not variance:
+            return energy, force_values, None, None, None
+        rows = gp.design_rows(result, index, self.inducing_, self.kernel_, energy=True,
+                              forces=forces)
+        prior_e, prior_f = gp.prior_variances(result, index, len(self.species_), self.kernel_,
+                                              energy=True, forces=forces)
+        stacked = rows.energy[None, :] if not forces else np.vstack([rows.energy, rows.forces])
+        prior = np.array([prior_e]) if not forces else np.concatenate([[prior_e],
+                                                                      prior_f.ravel()])
+        return energy, force_values, stacked, prior, len(atoms)
+
+    def _finish_variances(self, parts) -> list[Prediction]:
+        """Turn per-structure parts into Predictions, solving all variance rows at once.
+
+        One triangular solve over the rows of many structures reads the ``M × M``
+        factors once instead of once per structure.
+        """
+        with_rows = [p for p in parts if p[2] is not None]
+        if with_rows:
+            rows = np.vstack([p[2] for p in with_rows])
+            post, proj = gp.variance_terms(rows, self._posterior, self.signal_std_)
             sigma2 = self.signal_std_**2
-            prior_e, prior_f = gp.prior_variances(result, index, len(self.species_),
-                                                  self.kernel_, energy=True, forces=forces)
-            post, proj = gp.variance_terms(rows.energy[None, :], self._posterior,
-                                           self.signal_std_)
-            e_post = float(post[0])
-            e_proj = float(gp.clip_variance(sigma2 * prior_e - proj, "energy variance")[0])
-            if forces:
-                post, proj = gp.variance_terms(rows.forces, self._posterior, self.signal_std_)
-                f_post = post.reshape(-1, 3)
-                f_proj = gp.clip_variance(sigma2 * prior_f.ravel() - proj,
-                                          "force variance").reshape(-1, 3)
-        return Prediction(energy, force_values, e_post, e_proj, f_post, f_proj)
+            projection = gp.clip_variance(
+                sigma2 * np.concatenate([p[3] for p in with_rows]) - proj, "variance")
+        out, offset = [], 0
+        for energy, force_values, stacked, _, _ in parts:
+            if stacked is None:
+                out.append(Prediction(energy, force_values, None, None, None, None))
+                continue
+            n_rows = len(stacked)
+            p_post, p_proj = post[offset:offset + n_rows], projection[offset:offset + n_rows]
+            offset += n_rows
+            f_post = p_post[1:].reshape(-1, 3) if force_values is not None else None
+            f_proj = p_proj[1:].reshape(-1, 3) if force_values is not None else None
+            out.append(Prediction(energy, force_values, float(p_post[0]), float(p_proj[0]),
+                                  f_post, f_proj))
+        return out
 
     def _predict_many(self, X, forces, variance):
         frames = check_frames(X, f"{type(self).__name__}.predict")
         check_is_fitted(self)
         verbose = check_verbose(self.verbose, type(self).__name__)
-        return frames, self._map(lambda atoms: self.predict_structure(atoms, forces, variance),
-                                 frames, verbose, "predict")
+        out, batch, batch_rows = [], [], 0
+        for parts in self._imap(lambda atoms: self._predict_parts(atoms, forces, variance),
+                                frames, verbose, "predict"):
+            batch.append(parts)
+            batch_rows += 0 if parts[2] is None else len(parts[2])
+            if batch_rows >= _VARIANCE_BATCH_ROWS:
+                out.extend(self._finish_variances(batch))
+                batch, batch_rows = [], 0
+        out.extend(self._finish_variances(batch))
+        return frames, out
 
     @staticmethod
     def _check_std_type(std_type):

@@ -1,0 +1,37 @@
+"""Metrics on hand-computed cases."""
+
+import numpy as np
+import pytest
+
+from kernelpot import metrics
+
+
+def test_errors_on_lists_and_arrays():
+    pred = [np.array([[1.0, 2.0, 3.0]]), np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])]
+    ref = [np.array([[1.0, 2.0, 4.0]]), np.array([[0.0, 0.0, 0.0], [1.0, 1.0, -1.0]])]
+    assert metrics.mae(pred, ref) == pytest.approx(3.0 / 9)
+    assert metrics.rmse(pred, ref) == pytest.approx(np.sqrt(5.0 / 9))
+    assert metrics.max_error(pred, ref) == 2.0
+    assert metrics.force_errors(pred, ref)["max"] == 2.0
+    with pytest.raises(ValueError, match="different sizes"):
+        metrics.mae([np.zeros(3)], [np.zeros(4)])
+
+
+def test_coverage_counts_within_k_std():
+    pred = np.zeros(4)
+    ref = np.array([0.5, -1.5, 2.5, 0.0])
+    std = np.ones(4)
+    assert metrics.coverage(pred, ref, std, 1.0) == 0.5
+    assert metrics.coverage(pred, ref, std, 2.0) == 0.75
+    rng = np.random.default_rng(0)
+    err = rng.normal(size=200_000)
+    assert metrics.coverage(err, np.zeros_like(err), np.ones_like(err), 1.0) == \
+        pytest.approx(0.6827, abs=0.005)
+
+
+def test_spearman_uses_per_atom_norms():
+    ref = [np.zeros((4, 3))]
+    pred = [np.array([[1.0, 0, 0], [0, 2.0, 0], [0, 0, 3.0], [4.0, 0, 0]])]
+    std = [np.array([[0.1, 0.1, 0.1], [0.2, 0.2, 0.2], [0.3, 0.3, 0.3], [0.4, 0.4, 0.4]])]
+    assert metrics.spearman_std_error(pred, ref, std) == pytest.approx(1.0)
+    np.testing.assert_allclose(metrics.per_atom_norms(pred), [1, 2, 3, 4])
