@@ -306,8 +306,11 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                     design[force_start[k]:force_start[k] + 3 * n_atoms[k]] = rows.forces
             # whiten the design: K_w = K L⁻ᵀ
             L_mm, jitter = gp.cholesky_with_jitter(gp.inducing_kernel(inducing, kernel))
-            design[:n_obs] = sla.solve_triangular(L_mm, design[:n_obs].T, lower=True,
-                                                  check_finite=False).T
+            block = design[:n_obs].T  # F-contiguous view: LAPACK solves in place
+            solved = sla.solve_triangular(L_mm, block, lower=True, overwrite_b=True,
+                                          check_finite=False)
+            if not np.shares_memory(solved, design):
+                design[:n_obs] = solved.T
             stats = gp.whitened_statistics(design[:n_E], n_atoms[has_energy].astype(float),
                                            y_E, design[n_E:n_obs], y_F)
             return design, L_mm, jitter, stats
