@@ -28,3 +28,17 @@ def finite_difference_jacobian(descriptor, atoms, atom_indices, h=1e-5):
 def relative_error(actual, expected):
     """max |actual - expected| / max |expected| over the block (CLARIFICATIONS.md)."""
     return np.abs(actual - expected).max() / np.abs(expected).max()
+
+
+def numerical_forces(model, atoms, atom_indices, h=1e-4):
+    """Central differences -dE/dr of a model's predicted energy, shape (len(atom_indices), 3)."""
+    out = np.zeros((len(atom_indices), 3))
+    for row, j in enumerate(atom_indices):
+        for c in range(3):
+            shifted = atoms.copy()
+            shifted.positions[j, c] += h
+            plus = model.predict([shifted])[0]
+            shifted.positions[j, c] -= 2 * h
+            minus = model.predict([shifted])[0]
+            out[row, c] = -(plus - minus) / (2 * h)
+    return out
