@@ -5,6 +5,7 @@ The public API is re-exported here; submodules hold the implementation.
 
 __version__ = "0.1.0.dev0"
 
+from kernelpot.calculator import KernelPotCalculator
 from kernelpot.datasets import load_ethanol, load_silicon
 from kernelpot.descriptors import ACSF, SOAP, Descriptor, DescriptorResult
 from kernelpot.estimator import SparseGPPotential
@@ -16,6 +17,7 @@ __all__ = [
     "SOAP",
     "Descriptor",
     "DescriptorResult",
+    "KernelPotCalculator",
     "NormalizedDotProduct",
     "SparseGPPotential",
     "SquaredExponential",

@@ -54,6 +54,8 @@ class Prediction(NamedTuple):
         inducing values and the prior variance the inducing set does not span.
     forces_var_posterior, forces_var_projection : ndarray of shape (n_atoms, 3) or None
         The same two terms for every force component (eV²/Å²).
+    local_energies : ndarray of shape (n_atoms,)
+        Per-atom energies including the reference energies, eV; they sum to ``energy``.
     """
 
     energy: float
@@ -62,6 +64,7 @@ class Prediction(NamedTuple):
     energy_var_projection: float | None
     forces_var_posterior: np.ndarray | None
     forces_var_projection: np.ndarray | None
+    local_energies: np.ndarray
 
 
 class SparseGPPotential(RegressorMixin, BaseEstimator):
@@ -478,11 +481,11 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         features = result.features if result is not None else self.descriptor_.create(atoms)
         local, d_local = gp.local_energies(features, index, self.inducing_, self.kernel_,
                                            self.alpha_, gradients=forces)
-        counts = np.bincount(index, minlength=len(self.species_))
-        energy = float(local.sum() + counts @ self.e0_)
+        local = local + self.e0_[index]
+        energy = float(local.sum())
         force_values = gp.forces_from_local_gradients(result, d_local) if forces else None
         if not variance:
-            return energy, force_values, None, None, None
+            return energy, force_values, None, None, local
         rows = gp.design_rows(result, index, self.inducing_, self.kernel_, energy=True,
                               forces=forces)
         prior_e, prior_f = gp.prior_variances(result, index, len(self.species_), self.kernel_,
@@ -490,7 +493,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         stacked = rows.energy[None, :] if not forces else np.vstack([rows.energy, rows.forces])
         prior = np.array([prior_e]) if not forces else np.concatenate([[prior_e],
                                                                       prior_f.ravel()])
-        return energy, force_values, stacked, prior, len(atoms)
+        return energy, force_values, stacked, prior, local
 
     def _finish_variances(self, parts) -> list[Prediction]:
         """Turn per-structure parts into Predictions, solving all variance rows at once.
@@ -506,9 +509,9 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             projection = gp.clip_variance(
                 sigma2 * np.concatenate([p[3] for p in with_rows]) - proj, "variance")
         out, offset = [], 0
-        for energy, force_values, stacked, _, _ in parts:
+        for energy, force_values, stacked, _, local in parts:
             if stacked is None:
-                out.append(Prediction(energy, force_values, None, None, None, None))
+                out.append(Prediction(energy, force_values, None, None, None, None, local))
                 continue
             n_rows = len(stacked)
             p_post, p_proj = post[offset:offset + n_rows], projection[offset:offset + n_rows]
@@ -516,7 +519,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             f_post = p_post[1:].reshape(-1, 3) if force_values is not None else None
             f_proj = p_proj[1:].reshape(-1, 3) if force_values is not None else None
             out.append(Prediction(energy, force_values, float(p_post[0]), float(p_proj[0]),
-                                  f_post, f_proj))
+                                  f_post, f_proj, local))
         return out
 
     def _predict_many(self, X, forces, variance):

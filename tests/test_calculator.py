@@ -1,0 +1,99 @@
+"""ASE calculator: agreement with the estimator, caching, drivers, energy conservation."""
+
+import numpy as np
+import pytest
+from ase import units
+from ase.calculators.calculator import PropertyNotImplementedError
+from ase.calculators.fd import calculate_numerical_forces
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
+from ase.md.verlet import VelocityVerlet
+from ase.optimize import BFGS
+from conftest import emt_copper_frames
+
+from kernelpot import ACSF, KernelPotCalculator, SparseGPPotential
+
+
+@pytest.fixture(scope="module")
+def copper_model():
+    """ACSF model of EMT Cu (smooth cutoff: what MD needs)."""
+    frames = emt_copper_frames(25, seed=11, rattle=0.12)
+    descriptor = ACSF.from_grid(["Cu"], 4.5, n_radial=8, n_angular=8)
+    return SparseGPPotential(descriptor, n_sparse=150, random_state=0).fit(frames)
+
+
+def test_results_match_estimator(fitted_ethanol, ethanol_frames):
+    atoms = ethanol_frames[55].copy()
+    atoms.calc = KernelPotCalculator(fitted_ethanol)
+    energy = atoms.get_potential_energy()
+    forces = atoms.get_forces()
+    assert energy == pytest.approx(fitted_ethanol.predict([atoms])[0], rel=1e-12)
+    np.testing.assert_allclose(forces, fitted_ethanol.predict_forces([atoms])[0], atol=1e-12)
+    assert atoms.get_potential_energies().sum() == pytest.approx(energy, rel=1e-12)
+    assert atoms.get_potential_energy(force_consistent=True) == energy
+    _, f_std = fitted_ethanol.predict_forces([atoms], return_std=True, std_type="epistemic")
+    np.testing.assert_allclose(atoms.calc.results["forces_std"], f_std[0], rtol=1e-10)
+    _, e_std = fitted_ethanol.predict([atoms], return_std=True, std_type="epistemic")
+    assert atoms.calc.results["energy_std"] == pytest.approx(e_std[0], rel=1e-10)
+    assert atoms.calc.results["force_noise"] == fitted_ethanol.force_noise_
+
+
+def test_forces_match_numerical_derivative(fitted_ethanol, ethanol_frames):
+    atoms = ethanol_frames[56].copy()
+    atoms.calc = KernelPotCalculator(fitted_ethanol, uncertainty=False)
+    numerical = calculate_numerical_forces(atoms, eps=1e-4)
+    np.testing.assert_allclose(atoms.get_forces(), numerical, rtol=1e-5, atol=1e-6)
+
+
+def test_caching_and_uncertainty_switch(fitted_ethanol, ethanol_frames, monkeypatch):
+    calls = []
+    original = fitted_ethanol.predict_structure
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fitted_ethanol, "predict_structure", counting)
+    atoms = ethanol_frames[57].copy()
+    atoms.calc = KernelPotCalculator(fitted_ethanol, uncertainty=False)
+    atoms.get_potential_energy()
+    atoms.get_forces()
+    atoms.get_potential_energies()
+    assert len(calls) == 1 and calls[0]["variance"] is False
+    assert "forces_std" not in atoms.calc.results
+    atoms.positions[0, 0] += 0.01
+    atoms.get_forces()
+    assert len(calls) == 2
+
+
+def test_stress_not_implemented_and_unknown_species(fitted_ethanol, ethanol_frames):
+    atoms = ethanol_frames[58].copy()
+    atoms.calc = KernelPotCalculator(fitted_ethanol)
+    with pytest.raises(PropertyNotImplementedError):
+        atoms.get_stress()
+    atoms.numbers[0] = 7
+    with pytest.raises(ValueError, match="not trained on"):
+        atoms.get_potential_energy()
+
+
+def test_relaxation_with_bfgs(copper_model):
+    atoms = emt_copper_frames(1, seed=99, rattle=0.1)[0]
+    atoms.calc = KernelPotCalculator(copper_model, uncertainty=False)
+    BFGS(atoms, logfile=None).run(fmax=0.01, steps=200)
+    assert np.abs(atoms.get_forces()).max() < 0.01
+
+
+def test_nve_energy_conservation(copper_model):
+    """Short NVE run (Cu, 600 K, 2 fs): total energy drift well below 1 meV/atom/ps."""
+    atoms = emt_copper_frames(1, seed=5, rattle=0.0)[0]
+    atoms.calc = KernelPotCalculator(copper_model, uncertainty=False)
+    thermalize_momenta(atoms, temperature_K=600, rng=np.random.default_rng(0))
+    Stationary(atoms)
+    dyn = VelocityVerlet(atoms, timestep=2 * units.fs)
+    energies = []
+    dyn.attach(lambda: energies.append(atoms.get_total_energy()), interval=5)
+    dyn.run(300)
+    energies = np.array(energies) / len(atoms)
+    times_ps = np.arange(len(energies)) * 5 * 2e-3
+    drift = np.polyfit(times_ps, energies, 1)[0]  # eV/atom/ps
+    assert abs(drift) < 1e-3
+    assert np.ptp(energies) < 5e-3  # fluctuations of a 2 fs Verlet step stay small
