@@ -125,11 +125,11 @@ def design_rows(result: DescriptorResult, species_index: np.ndarray,
             GZ = (G.reshape(-1, n_features) @ Z.T).reshape(len(p), 3, m_s)
             Gx = np.einsum("pcd,pd->pc", G, X[centre[p]])
             rows_i = local[centre[p]]
-            contribution = -(alpha[rows_i][:, None, :] * GZ
-                             + beta[rows_i][:, None, :] * Gx[:, :, None])
-            scatter = sp.csr_matrix((np.ones(len(p)), (moved[p], np.arange(len(p)))),
+            GZ *= alpha[rows_i][:, None, :]  # in place: GZ becomes -contribution
+            GZ += beta[rows_i][:, None, :] * Gx[:, :, None]
+            scatter = sp.csr_matrix((-np.ones(len(p)), (moved[p], np.arange(len(p)))),
                                     shape=(n_atoms, len(p)))
-            force_rows[:, cols] += (scatter @ contribution.reshape(len(p), 3 * m_s)
+            force_rows[:, cols] += (scatter @ GZ.reshape(len(p), 3 * m_s)
                                     ).reshape(3 * n_atoms, m_s)
     return DesignRows(energy_row, force_rows)
 

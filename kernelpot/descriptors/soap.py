@@ -231,19 +231,6 @@ class SOAP(Descriptor):
         positions, numbers_, pbc, cell = check_atoms(atoms, p["numbers"], self.periodic, "SOAP")
         n_atoms = len(positions)
         nl = neighbor_list(positions, cell, pbc, p["r_reach"])
-        # Padded cluster: every atom and every image that is a neighbour of some atom.
-        images = np.concatenate([
-            np.column_stack([np.arange(n_atoms), np.zeros((n_atoms, 3), dtype=np.int64)]),
-            np.column_stack([nl.j, nl.shifts]),
-        ])
-        unique_images, image_of = np.unique(images, axis=0, return_inverse=True)
-        image_of = image_of.ravel()
-        cluster_positions = positions[unique_images[:, 0]] + unique_images[:, 1:] @ cell
-        cluster_numbers = numbers_[unique_images[:, 0]]
-        cluster_atom = unique_images[:, 0]  # original atom of each cluster atom
-        centre_in_cluster = image_of[:n_atoms]
-        neighbor_in_cluster = image_of[n_atoms:]
-
         pairs, _, _ = unique_pairs(n_atoms, nl.i, nl.j)
         pair_starts = np.searchsorted(pairs[:, 0], np.arange(n_atoms + 1))
         n_features = p["n_features"]
@@ -251,17 +238,19 @@ class SOAP(Descriptor):
         gradients = np.zeros((len(pairs), 3, n_features))
         dscribe_soap = p["dscribe"]
         for i in range(n_atoms):
-            local = np.concatenate(
-                [[centre_in_cluster[i]], neighbor_in_cluster[nl.starts[i]:nl.starts[i + 1]]]
-            )
-            cluster = Atoms(numbers=cluster_numbers[local], positions=cluster_positions[local])
+            # padded open cluster: the centre and every neighbour (periodic images
+            # included) within r_cut + padding, the only atoms its features see
+            neighbours = slice(nl.starts[i], nl.starts[i + 1])
+            cluster_positions = positions[i] + np.vstack([np.zeros(3), nl.vectors[neighbours]])
+            cluster_atoms = np.concatenate([[i], nl.j[neighbours]])  # atom each one images
+            cluster = Atoms(numbers=numbers_[cluster_atoms], positions=cluster_positions)
             jacobian, value = dscribe_soap.derivatives(
                 cluster, centers=[0], attach=True, method="analytical",
                 return_descriptor=True,
             )
             features[i] = value[0]
             rows = slice(pair_starts[i], pair_starts[i + 1])
-            slot = np.searchsorted(pairs[rows, 1], cluster_atom[local])
+            slot = np.searchsorted(pairs[rows, 1], cluster_atoms)
             scatter_add_blocks(gradients[rows], slot, jacobian[0])
         return DescriptorResult(features, pairs, gradients)
 
