@@ -41,6 +41,9 @@ def main(argv=None):
     parser.add_argument("--r-cut", type=float, default=5.0)
     parser.add_argument("--n-sparse", type=int, default=None)
     parser.add_argument("--n-jobs", type=int, default=1)
+    parser.add_argument("--energy-noise", type=float, default=None,
+                        help="fix the energy noise (eV/atom) instead of fitting it; the "
+                             "signal and force noise are still fitted")
     args = parser.parse_args(argv)
     print(f"kernelpot {kernelpot.__version__}; python {platform.python_version()}; "
           f"{os.cpu_count()} cpus; descriptor {args.descriptor}, r_cut {args.r_cut} Å",
@@ -53,8 +56,10 @@ def main(argv=None):
             descriptor = SOAP([element], args.r_cut, n_max=8, l_max=6, sigma=0.5)
         else:
             descriptor = ACSF.from_grid([element], args.r_cut, n_radial=8, n_angular=8)
+        fixed = {} if args.energy_noise is None else {
+            "energy_noise": args.energy_noise, "optimize": ["signal_std", "force_noise"]}
         model = SparseGPPotential(descriptor, n_sparse=args.n_sparse, random_state=0,
-                                  n_jobs=args.n_jobs)
+                                  n_jobs=args.n_jobs, **fixed)
         start = time.perf_counter()
         model.fit(train)
         fit_s = time.perf_counter() - start
@@ -82,7 +87,9 @@ def main(argv=None):
         })
         print(f"  {element}: E RMSE {rows[-1]['e_rmse']:.2f} meV/atom, F RMSE "
               f"{rows[-1]['f_rmse']:.3f} eV/Å, fit {fit_s:.0f} s", flush=True)
-    print(f"\nmlearn, {args.descriptor}: fit on *_training.xyz, test on *_test.xyz")
+    noise = "fitted" if args.energy_noise is None else f"fixed at {args.energy_noise} eV/atom"
+    print(f"\nmlearn, {args.descriptor}: fit on *_training.xyz, test on *_test.xyz; energy "
+          f"noise {noise}")
     header = (f"{'element':<8} {'M':>5} {'E RMSE':>7} {'F RMSE':>7} {'GAP E':>6} {'GAP F':>6} "
               f"{'fit s':>7} {'peak GiB':>8} {'ms/atom':>8} {'+std ms':>8} {'cov1σ':>6} "
               f"{'cov2σ':>6} {'Spear':>6} {'σ_F':>6} {'σ_E':>6}")

@@ -34,6 +34,8 @@ __all__ = ["SparseGPPotential", "Prediction"]
 DEFAULT_SPARSE_CAP = 2000
 #: Descriptors (with gradients) kept in memory during a kernel-hyperparameter search.
 _DESCRIPTOR_CACHE_BYTES = 2 * 2**30
+#: Names accepted by ``optimize``, in ``theta`` order (the kernel's own last).
+_HYPERPARAMETERS = ("signal_std", "energy_noise", "force_noise", "kernel")
 #: Design rows whose variances are solved together in prediction.
 _VARIANCE_BATCH_ROWS = 2048
 #: Likelihood evaluations allowed to the kernel-hyperparameter search.
@@ -102,12 +104,15 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
     e0 : "lstsq" or dict, default="lstsq"
         Reference energy per element: least squares of the training energies on
         the compositions (minimum norm), or a dict ``{element: eV}``.
-    optimize : bool, default=True
+    optimize : bool or list of str, default=True
         Fit ``σ``, ``σ_E``, ``σ_F`` by maximising the log marginal likelihood
         (L-BFGS-B with analytic gradients in log space), and the kernel's own
         hyperparameters (the length scale of :class:`SquaredExponential`) by a
         bounded derivative-free search (Powell) over that maximised likelihood, which
-        rebuilds the design at each step; ``False`` keeps the given values.
+        rebuilds the design at each step; ``False`` keeps the given values; a list
+        such as ``["signal_std", "force_noise"]`` fits only those (names:
+        "signal_std", "energy_noise", "force_noise", "kernel") and keeps the rest,
+        e.g. an energy noise set to the known precision of the reference method.
     n_restarts : int, default=2
         Extra optimiser starts, log-uniform within the bounds.
     random_state : int, numpy Generator or None, default=None
@@ -204,9 +209,10 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             if not 0 < low <= high:
                 raise ValueError(f"{owner}: {name}_bounds must satisfy 0 < low <= high; "
                                  f"got {low_high!r}")
-            if self.optimize and not low <= value <= high:
+            if name in self._fitted_names() and not low <= value <= high:
                 raise ValueError(f"{owner}: {name}={value} lies outside {name}_bounds "
                                  f"{low_high!r}")
+        self._fitted_names()  # validates optimize
         if not (self.e0 == "lstsq" or isinstance(self.e0, dict)):
             raise ValueError(f"{owner}: e0 must be 'lstsq' or a dict {{element: eV}}; "
                              f"got {self.e0!r}")
@@ -216,6 +222,20 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         if self.n_jobs == 0:
             raise ValueError(f"{owner}: n_jobs must not be 0 (None, -1 or a positive int)")
         return check_verbose(self.verbose, owner)
+
+    def _fitted_names(self) -> set:
+        """Hyperparameters the likelihood fits, from ``optimize``."""
+        if isinstance(self.optimize, (bool, np.bool_)):
+            return set(_HYPERPARAMETERS) if self.optimize else set()
+        if isinstance(self.optimize, str) or not hasattr(self.optimize, "__iter__"):
+            raise TypeError(f"{type(self).__name__}: optimize must be True, False or a list of "
+                            f"names from {_HYPERPARAMETERS}; got {self.optimize!r}")
+        names = set(self.optimize)
+        unknown = names - set(_HYPERPARAMETERS)
+        if unknown:
+            raise ValueError(f"{type(self).__name__}: optimize names unknown hyperparameters "
+                             f"{sorted(unknown)}; choose from {_HYPERPARAMETERS}")
+        return names
 
     # -- fitting ---------------------------------------------------------------------
     def fit(self, X, y=None):
@@ -285,7 +305,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         y_E = labels.energies[has_energy] - counts_per_frame[has_energy] @ e0
         y_F = np.concatenate([f.ravel() for f in labels.forces if f is not None]) if n_F \
             else np.zeros(0)
-        search_kernel = self.optimize and kernel.n_theta > 0
+        fitted_names = self._fitted_names()
+        search_kernel = "kernel" in fitted_names and kernel.n_theta > 0
         cached = None
         if search_kernel:
             # the kernel search rebuilds the design several times: keep the descriptors
@@ -327,7 +348,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
 
             def negative_profile(theta):
                 *_, stats = assemble(kernel.clone_with_theta(theta))
-                inner = self._optimize(stats, log_params, np.random.RandomState(seed), n_E, n_F)
+                inner = self._optimize(stats, log_params, np.random.RandomState(seed),
+                                       [name in fitted_names for name in _HYPERPARAMETERS[:3]])
                 value = gp.log_marginal_likelihood(inner, stats)
                 logger.info("%s: kernel %s = %s: log marginal likelihood %.2f", owner,
                             kernel.theta_names, np.exp(theta), value)
@@ -339,15 +361,17 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             kernel = kernel.clone_with_theta(result.x)
         design, L_mm, jitter, stats = assemble(kernel)
         cached = None
-        if self.optimize:
-            log_params = self._optimize(stats, log_params, rng, n_E, n_F)
+        # a noise without observations has no information: keep it where it is
+        free = [name in fitted_names and informed for name, informed in
+                zip(_HYPERPARAMETERS[:3], (True, n_E > 0, n_F > 0), strict=True)]
+        if any(free):
+            log_params = self._optimize(stats, log_params, rng, free)
         lml = gp.log_marginal_likelihood(log_params, stats)
         given = (float(self.signal_std), float(self.energy_noise), float(self.force_noise))
         # keep given values exactly where nothing was fitted (exp(log(x)) != x in floats)
-        fitted = [np.exp(t) if self.optimize and informed else g for t, g, informed in
-                  zip(log_params, given, (True, n_E > 0, n_F > 0), strict=True)]
-        sigma, energy_noise, force_noise = (float(v) for v in fitted)
-        if self.optimize and n_F and np.isclose(force_noise, self.force_noise_bounds[1]):
+        sigma, energy_noise, force_noise = (float(np.exp(t)) if is_free else g for t, g, is_free
+                                            in zip(log_params, given, free, strict=True))
+        if free[2] and np.isclose(force_noise, self.force_noise_bounds[1]):
             warnings.warn(f"{owner}: the fitted force noise sits at its upper bound "
                           f"{force_noise:.3g} eV/Å: the model is ignoring the forces (too few "
                           "inducing points, or wrong labels?)", ConvergenceWarning, stacklevel=2)
@@ -397,14 +421,12 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         solution, *_ = np.linalg.lstsq(counts[mask].astype(float), energies[mask], rcond=None)
         return solution
 
-    def _optimize(self, stats, log_params, rng, n_E, n_F) -> np.ndarray:
+    def _optimize(self, stats, log_params, rng, free) -> np.ndarray:
         bounds = np.log(np.array([self.signal_std_bounds, self.energy_noise_bounds,
                                   self.force_noise_bounds], dtype=float))
-        # a noise without observations has no information: keep it where it is
-        if n_E == 0:
-            bounds[1] = log_params[1]
-        if n_F == 0:
-            bounds[2] = log_params[2]
+        for k, is_free in enumerate(free):
+            if not is_free:
+                bounds[k] = log_params[k]
 
         def objective(theta):
             value, grad = gp.log_marginal_likelihood(theta, stats, eval_gradient=True)

@@ -112,6 +112,17 @@ def test_optimize_false_keeps_given_values(ethanol_frames, small_soap):
     optimised = SparseGPPotential(small_soap, signal_std=2.0, energy_noise=0.003,
                                   force_noise=0.07, sparse_method="all").fit(ethanol_frames[:10])
     assert optimised.log_marginal_likelihood() > model.log_marginal_likelihood()
+    partial = SparseGPPotential(small_soap, signal_std=2.0, energy_noise=0.003,
+                                force_noise=0.07, optimize=["signal_std", "force_noise"],
+                                sparse_method="all").fit(ethanol_frames[:10])
+    assert partial.energy_noise_ == 0.003
+    assert partial.force_noise_ != 0.07 and partial.signal_std_ != 2.0
+    assert model.log_marginal_likelihood() < partial.log_marginal_likelihood() <= \
+        optimised.log_marginal_likelihood() + 1e-6
+    with pytest.raises(ValueError, match="unknown hyperparameters"):
+        SparseGPPotential(small_soap, optimize=["energy"]).fit(ethanol_frames[:3])
+    with pytest.raises(TypeError, match="optimize must be"):
+        SparseGPPotential(small_soap, optimize="all").fit(ethanol_frames[:3])
 
 
 def test_log_marginal_likelihood_gradient(fitted_ethanol):
