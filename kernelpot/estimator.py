@@ -19,7 +19,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from kernelpot import gp
+from kernelpot import _incremental, gp
 from kernelpot._labels import check_frames, read_labels
 from kernelpot._validation import check_verbose
 from kernelpot.descriptors import SOAP, Descriptor
@@ -115,6 +115,11 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         e.g. an energy noise set to the known precision of the reference method.
     n_restarts : int, default=2
         Extra optimiser starts, log-uniform within the bounds.
+    incremental : bool, default=False
+        Keep the whitened design, labels and descriptors of the training set so
+        that :meth:`update` can add structures and inducing environments by
+        low-rank updates instead of a refit (memory grows with the training set:
+        meant for on-the-fly learning, not for large fits).
     random_state : int, numpy Generator or None, default=None
         Seeds inducing-point selection and optimiser restarts.
     n_jobs : int or None, default=1
@@ -166,7 +171,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                  signal_std=1.0, energy_noise=0.002, force_noise=0.05,
                  signal_std_bounds=(1e-2, 1e2), energy_noise_bounds=(1e-4, 1.0),
                  force_noise_bounds=(1e-4, 10.0), e0="lstsq", optimize=True, n_restarts=2,
-                 random_state=None, n_jobs=1, verbose=0):
+                 incremental=False, random_state=None, n_jobs=1, verbose=0):
         self.descriptor = descriptor
         self.kernel = kernel
         self.n_sparse = n_sparse
@@ -180,6 +185,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         self.e0 = e0
         self.optimize = optimize
         self.n_restarts = n_restarts
+        self.incremental = incremental
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.verbose = verbose
@@ -308,7 +314,9 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         fitted_names = self._fitted_names()
         search_kernel = "kernel" in fitted_names and kernel.n_theta > 0
         cached = None
-        if search_kernel:
+        if self.incremental:
+            cached = self._map(descriptor.compute, frames, verbose, "descriptors")
+        elif search_kernel:
             # the kernel search rebuilds the design several times: keep the descriptors
             # when they fit in memory, recompute them otherwise
             sizes = [descriptor.compute(frames[0]).gradients.nbytes]
@@ -360,7 +368,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                               options={"maxfev": _KERNEL_SEARCH_EVALUATIONS, "xtol": 1e-2})
             kernel = kernel.clone_with_theta(result.x)
         design, L_mm, jitter, stats = assemble(kernel)
-        cached = None
+        results_cache, cached = cached, None
         # a noise without observations has no information: keep it where it is
         free = [name in fitted_names and informed for name, informed in
                 zip(_HYPERPARAMETERS[:3], (True, n_E > 0, n_F > 0), strict=True)]
@@ -377,8 +385,22 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                           "inducing points, or wrong labels?)", ConvergenceWarning, stacklevel=2)
         noise_std = np.concatenate([energy_noise * np.sqrt(n_atoms[has_energy]),
                                     np.full(n_F, force_noise)])
-        posterior = gp.solve_posterior(design, n_obs, L_mm, noise_std,
-                                       np.concatenate([y_E, y_F]), sigma)
+        y_all = np.concatenate([y_E, y_F])
+        state = None
+        if self.incremental:
+            Kw = design[:n_obs].copy()
+            R, b = _incremental.factor(Kw, noise_std, y_all, sigma)
+            state = _incremental.TrainingState(
+                Kw=Kw, y=y_all, noise_std=noise_std,
+                is_energy=np.arange(n_obs) < n_E,
+                n_atoms_row=np.concatenate([n_atoms[has_energy], np.ones(n_F, dtype=int)]),
+                L_mm=L_mm.copy(), R=R, b=b, frames=[a.copy() for a in frames],
+                results=results_cache, species_index=species_index,
+                energy_row=[int(energy_row[k]) if has_energy[k] else -1
+                            for k in range(len(frames))],
+                force_row=[int(force_start[k]) if has_forces[k] else -1
+                           for k in range(len(frames))])
+        posterior = gp.solve_posterior(design, n_obs, L_mm, noise_std, y_all, sigma)
         del design
 
         self.descriptor_ = descriptor
@@ -393,6 +415,11 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         self.force_noise_ = float(force_noise)
         self.log_marginal_likelihood_value_ = float(lml)
         self.jitter_ = float(jitter)
+        self._columns = gp.inducing_columns(inducing)
+        # the absolute jitter of k_mm, as cholesky_with_jitter applied it
+        self._jitter_abs = float(jitter * np.mean(np.concatenate([kernel.diag(z)
+                                                                  for z in inducing])))
+        self._state = state
         self._posterior = posterior
         self._stats = stats
         logger.info("%s: fitted in %.1f s; σ = %.3g eV, σ_E = %.3g eV/atom, σ_F = %.3g eV/Å, "
@@ -505,14 +532,15 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         result = self.descriptor_.compute(atoms) if (forces or variance) else None
         features = result.features if result is not None else self.descriptor_.create(atoms)
         local, d_local = gp.local_energies(features, index, self.inducing_, self.kernel_,
-                                           self.alpha_, gradients=forces)
+                                           self.alpha_, gradients=forces,
+                                           columns=self._columns)
         local = local + self.e0_[index]
         energy = float(local.sum())
         force_values = gp.forces_from_local_gradients(result, d_local) if forces else None
         if not variance:
             return energy, force_values, None, None, local
         rows = gp.design_rows(result, index, self.inducing_, self.kernel_, energy=True,
-                              forces=forces)
+                              forces=forces, columns=self._columns)
         prior_e, prior_f = gp.prior_variances(result, index, len(self.species_), self.kernel_,
                                               energy=True, forces=forces)
         stacked = rows.energy[None, :] if not forces else np.vstack([rows.energy, rows.forces])
@@ -641,9 +669,193 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         for atoms in frames:
             index = self._species_index(atoms, "predict_local_energies")
             local, _ = gp.local_energies(self.descriptor_.create(atoms), index, self.inducing_,
-                                         self.kernel_, self.alpha_)
+                                         self.kernel_, self.alpha_, columns=self._columns)
             out.append(local + self.e0_[index])
         return out
+
+    def update(self, X, n_inducing=0, optimize=False):
+        """Add labelled structures, and optionally inducing environments, without a refit.
+
+        Parameters
+        ----------
+        X : list of ase.Atoms
+            New structures with energies and/or forces.
+        n_inducing : int or "all", default=0
+            How many of the new structures' environments become inducing
+            environments: those with the largest epistemic variance of their local
+            energy, or all of them.
+        optimize : bool, default=False
+            Re-optimise the hyperparameters named by ``optimize`` on all data seen so
+            far (an ``O(n M²)`` refactorisation); otherwise they stay fixed.
+
+        Returns
+        -------
+        self : SparseGPPotential
+
+        Raises
+        ------
+        ValueError
+            If the model was not fitted with ``incremental=True``, or a structure holds
+            an element the model does not know.
+
+        Notes
+        -----
+        New observations update the factor of the posterior by a QR update of
+        ``O(M² n_new)``; new inducing environments extend the factors by block
+        Cholesky steps of ``O(n M m_new)`` (see :mod:`kernelpot._incremental`).
+        Descriptors of earlier structures are kept, never recomputed. The reference
+        energies ``e0_`` stay as fitted. The log marginal likelihood is recomputed
+        for ``log_marginal_likelihood_value_``.
+        """
+        check_is_fitted(self)
+        owner = f"{type(self).__name__}.update"
+        state = getattr(self, "_state", None)
+        if state is None:
+            raise ValueError(f"{owner}: the model keeps no training state; fit it with "
+                             "incremental=True (models loaded from file cannot be updated)")
+        if not (n_inducing == "all" or (isinstance(n_inducing, numbers.Integral)
+                                        and not isinstance(n_inducing, bool)
+                                        and n_inducing >= 0)):
+            raise ValueError(f"{owner}: n_inducing must be an int >= 0 or 'all'; "
+                             f"got {n_inducing!r}")
+        frames = check_frames(X, owner)
+        indices = [self._species_index(atoms, owner) for atoms in frames]
+        labels = read_labels(frames, owner)
+        new = []
+        for k, atoms in enumerate(frames):
+            has_e = not np.isnan(labels.energies[k])
+            has_f = labels.forces[k] is not None
+            result = self.descriptor_.compute(atoms)
+            rows = gp.design_rows(result, indices[k], self.inducing_, self.kernel_,
+                                  energy=has_e, forces=has_f, columns=self._columns)
+            n = len(atoms)
+            blocks, y, std, is_e, n_rows = [], [], [], [], []
+            start = len(state.y)
+            state.energy_row.append(start if has_e else -1)
+            state.force_row.append(start + int(has_e) if has_f else -1)
+            if has_e:
+                blocks.append(rows.energy[None, :])
+                y.append([labels.energies[k] - self.e0_[indices[k]].sum()])
+                std.append([self.energy_noise_ * np.sqrt(n)])
+                is_e.append([True])
+                n_rows.append([n])
+            if has_f:
+                blocks.append(rows.forces)
+                y.append(labels.forces[k].ravel())
+                std.append(np.full(3 * n, self.force_noise_))
+                is_e.append(np.zeros(3 * n, dtype=bool))
+                n_rows.append(np.ones(3 * n, dtype=int))
+            _incremental.add_rows(state, np.vstack(blocks), np.concatenate(y),
+                                  np.concatenate(std), np.concatenate(is_e),
+                                  np.concatenate(n_rows), self.signal_std_)
+            state.frames.append(atoms.copy())
+            state.results.append(result)
+            state.species_index.append(indices[k])
+            new.append((result, indices[k]))
+        self._refresh_posterior()
+        chosen = self._choose_inducing(new, n_inducing)
+        if any(len(z) for z in chosen):
+            self._add_inducing(chosen)
+            self._refresh_posterior()
+        if optimize:
+            self._reoptimize()
+        self._stats = _incremental.statistics(state)
+        self.log_marginal_likelihood_value_ = float(gp.log_marginal_likelihood(
+            np.log([self.signal_std_, self.energy_noise_, self.force_noise_]), self._stats))
+        logger.info("%s: %d structures added; inducing environments %s", owner, len(frames),
+                    self.n_inducing_)
+        return self
+
+    def _refresh_posterior(self):
+        self._posterior = _incremental.posterior(self._state, self.signal_std_)
+        self.alpha_ = self._posterior.weights
+
+    def _choose_inducing(self, new, n_inducing) -> list[np.ndarray]:
+        """New inducing descriptors per species from the new structures' environments."""
+        n_species = len(self.species_)
+        features = [r.features for r, _ in new]
+        index = [i for _, i in new]
+        if not features or n_inducing == 0:
+            return [np.zeros((0, 0))] * n_species
+        X = np.concatenate(features)
+        species = np.concatenate(index)
+        if n_inducing == "all" or n_inducing >= len(X):
+            keep = np.arange(len(X))
+        else:
+            # epistemic variance of each environment's local energy
+            rows = np.zeros((len(X), self.alpha_.size))
+            prior = np.zeros(len(X))
+            for s, Z in enumerate(self.inducing_):
+                mask = species == s
+                if mask.any():
+                    prior[mask] = self.kernel_.diag(X[mask])
+                    if len(Z):
+                        rows[np.ix_(mask, self._columns[s])] = self.kernel_(X[mask], Z)
+            post, proj = gp.variance_terms(rows, self._posterior, self.signal_std_)
+            variance = post + self.signal_std_**2 * prior - proj
+            keep = np.sort(np.argsort(-variance, kind="stable")[:n_inducing])
+        return [X[keep[species[keep] == s]] for s in range(n_species)]
+
+    def _add_inducing(self, chosen: list[np.ndarray]) -> None:
+        state = self._state
+        M = self.alpha_.size
+        m = int(sum(len(z) for z in chosen))
+        new_columns, start = [], 0
+        for z in chosen:
+            new_columns.append(np.arange(start, start + len(z)))
+            start += len(z)
+        K_extra = np.zeros((len(state.y), m))
+        for result, index, e_row, f_row in zip(state.results, state.species_index,
+                                               state.energy_row, state.force_row, strict=True):
+            rows = gp.design_rows(result, index, chosen, self.kernel_, energy=e_row >= 0,
+                                  forces=f_row >= 0, columns=new_columns)
+            if e_row >= 0:
+                K_extra[e_row] = rows.energy
+            if f_row >= 0:
+                K_extra[f_row:f_row + 3 * result.n_atoms] = rows.forces
+        k_cross = np.zeros((M, m))
+        k_new = np.zeros((m, m))
+        for s, z in enumerate(chosen):
+            if len(z) == 0:
+                continue
+            if len(self.inducing_[s]):
+                k_cross[np.ix_(self._columns[s], new_columns[s])] = self.kernel_(
+                    self.inducing_[s], z)
+            k_new[np.ix_(new_columns[s], new_columns[s])] = self.kernel_(z)
+        _incremental.add_columns(state, K_extra, k_cross, k_new, self.signal_std_,
+                                 self._jitter_abs)
+        for s, z in enumerate(chosen):
+            if len(z) == 0:
+                continue
+            grown = np.vstack([self.inducing_[s], z]) if len(self.inducing_[s]) else z.copy()
+            grown.setflags(write=False)
+            self.inducing_[s] = grown
+            self._columns[s] = np.concatenate([self._columns[s], M + new_columns[s]])
+        symbols = [chemical_symbols[z] for z in self.species_]
+        self.n_inducing_ = {symbols[s]: len(z) for s, z in enumerate(self.inducing_)}
+
+    def _reoptimize(self) -> None:
+        state = self._state
+        stats = _incremental.statistics(state)
+        n_E = int(state.is_energy.sum())
+        n_F = int((~state.is_energy).sum())
+        names = self._fitted_names()
+        free = [name in names and informed for name, informed in
+                zip(_HYPERPARAMETERS[:3], (True, n_E > 0, n_F > 0), strict=True)]
+        current = np.log([self.signal_std_, self.energy_noise_, self.force_noise_])
+        if any(free):
+            log_params = self._optimize(stats, current, check_random_state(self.random_state),
+                                        free)
+            values = (self.signal_std_, self.energy_noise_, self.force_noise_)
+            self.signal_std_, self.energy_noise_, self.force_noise_ = (
+                float(np.exp(t)) if f else v
+                for t, v, f in zip(log_params, values, free, strict=True))
+        state.noise_std = np.where(state.is_energy,
+                                   self.energy_noise_ * np.sqrt(state.n_atoms_row),
+                                   self.force_noise_)
+        state.R, state.b = _incremental.factor(state.Kw, state.noise_std, state.y,
+                                               self.signal_std_)
+        self._refresh_posterior()
 
     def score(self, X, y=None, sample_weight=None):
         """R² of the predicted force components against the reference forces.

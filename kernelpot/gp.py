@@ -62,14 +62,21 @@ class DesignRows(NamedTuple):
     forces: np.ndarray | None
 
 
-def inducing_offsets(inducing: list[np.ndarray]) -> np.ndarray:
-    """Column offsets of each species' block, shape (n_species + 1,)."""
-    return np.concatenate([[0], np.cumsum([len(z) for z in inducing])]).astype(np.int64)
+def inducing_columns(inducing: list[np.ndarray], columns=None) -> list[np.ndarray]:
+    """Global design columns of each species' inducing environments.
+
+    ``None`` gives contiguous blocks in species order (as after a fit); models
+    updated with new inducing environments append their columns at the end.
+    """
+    if columns is not None:
+        return columns
+    offsets = np.concatenate([[0], np.cumsum([len(z) for z in inducing])]).astype(np.int64)
+    return [np.arange(offsets[s], offsets[s + 1]) for s in range(len(inducing))]
 
 
 def design_rows(result: DescriptorResult, species_index: np.ndarray,
                 inducing: list[np.ndarray], kernel, energy: bool = True,
-                forces: bool = True) -> DesignRows:
+                forces: bool = True, columns=None) -> DesignRows:
     """Energy and force design rows of one structure.
 
     Parameters
@@ -83,6 +90,8 @@ def design_rows(result: DescriptorResult, species_index: np.ndarray,
     kernel : kernelpot.kernels.Kernel
     energy, forces : bool
         Which rows to build.
+    columns : list of ndarray of int, optional
+        Design column of each inducing environment (see :func:`inducing_columns`).
 
     Returns
     -------
@@ -97,8 +106,8 @@ def design_rows(result: DescriptorResult, species_index: np.ndarray,
     """
     X = result.features
     n_atoms, n_features = X.shape
-    offsets = inducing_offsets(inducing)
-    n_inducing = int(offsets[-1])
+    columns = inducing_columns(inducing, columns)
+    n_inducing = int(sum(len(z) for z in inducing))
     energy_row = np.zeros(n_inducing) if energy else None
     force_rows = np.zeros((3 * n_atoms, n_inducing)) if forces else None
     centre = result.pairs[:, 0]
@@ -109,7 +118,7 @@ def design_rows(result: DescriptorResult, species_index: np.ndarray,
         m_s = len(Z)
         if atoms_s.size == 0 or m_s == 0:
             continue
-        cols = slice(offsets[s], offsets[s + 1])
+        cols = columns[s]
         if energy:
             energy_row[cols] = kernel(X[atoms_s], Z).sum(axis=0)
         if not forces:
@@ -135,7 +144,7 @@ def design_rows(result: DescriptorResult, species_index: np.ndarray,
 
 
 def local_energies(X: np.ndarray, species_index: np.ndarray, inducing: list[np.ndarray],
-                   kernel, weights: np.ndarray, gradients: bool = False):
+                   kernel, weights: np.ndarray, gradients: bool = False, columns=None):
     """Predicted local energies and their gradients with respect to the descriptors.
 
     Parameters
@@ -146,6 +155,8 @@ def local_energies(X: np.ndarray, species_index: np.ndarray, inducing: list[np.n
     kernel : kernelpot.kernels.Kernel
     weights : ndarray of shape (n_inducing,)
     gradients : bool, default=False
+    columns : list of ndarray of int, optional
+        Design column of each inducing environment.
 
     Returns
     -------
@@ -159,14 +170,14 @@ def local_energies(X: np.ndarray, species_index: np.ndarray, inducing: list[np.n
     Mean forces need only these gradients (:func:`forces_from_local_gradients`):
     ``O(n_atoms m D)`` work instead of the ``O(n_pairs m D)`` of full design rows.
     """
-    offsets = inducing_offsets(inducing)
+    columns = inducing_columns(inducing, columns)
     energies = np.zeros(len(X))
     d_energies = np.zeros_like(X) if gradients else None
     for s, Z in enumerate(inducing):
         atoms_s = np.flatnonzero(species_index == s)
         if atoms_s.size == 0 or len(Z) == 0:
             continue
-        w = weights[offsets[s]:offsets[s + 1]]
+        w = weights[columns[s]]
         Xs = X[atoms_s]
         energies[atoms_s] = kernel(Xs, Z) @ w
         if gradients:
@@ -194,13 +205,14 @@ def forces_from_local_gradients(result: DescriptorResult, d_energies: np.ndarray
     return forces
 
 
-def inducing_kernel(inducing: list[np.ndarray], kernel) -> np.ndarray:
-    """Block-diagonal ``k_mm`` over species, shape (n_inducing, n_inducing)."""
-    offsets = inducing_offsets(inducing)
-    K = np.zeros((offsets[-1], offsets[-1]))
+def inducing_kernel(inducing: list[np.ndarray], kernel, columns=None) -> np.ndarray:
+    """``k_mm`` (zero between species), shape (n_inducing, n_inducing)."""
+    columns = inducing_columns(inducing, columns)
+    n_inducing = int(sum(len(z) for z in inducing))
+    K = np.zeros((n_inducing, n_inducing))
     for s, Z in enumerate(inducing):
         if len(Z):
-            K[offsets[s]:offsets[s + 1], offsets[s]:offsets[s + 1]] = kernel(Z)
+            K[np.ix_(columns[s], columns[s])] = kernel(Z)
     return K
 
 

@@ -119,6 +119,7 @@ def save(model, path) -> Path:
     }
     for s, Z in enumerate(model.inducing_):
         arrays[f"inducing_{s}"] = Z
+        arrays[f"columns_{s}"] = model._columns[s]
     metadata = {
         "format": _FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -133,6 +134,7 @@ def save(model, path) -> Path:
             "force_noise": model.force_noise_,
             "log_marginal_likelihood": model.log_marginal_likelihood_value_,
             "jitter": model.jitter_,
+            "jitter_abs": model._jitter_abs,
             "n_inducing": model.n_inducing_,
             "stats": {"c_E": stats.c_E, "c_F": stats.c_F, "n_E": stats.n_E, "n_F": stats.n_F,
                       "logdet_D_E": stats.logdet_D_E},
@@ -216,6 +218,9 @@ def load(path):
     model.force_noise_ = fitted["force_noise"]
     model.log_marginal_likelihood_value_ = fitted["log_marginal_likelihood"]
     model.jitter_ = fitted["jitter"]
+    model._jitter_abs = fitted["jitter_abs"]
+    model._columns = [arrays[f"columns_{s}"] for s in range(n_species)]
+    model._state = None  # the training set is not stored: a loaded model cannot update
     model._posterior = gp.Posterior(arrays["alpha"], arrays["L_mm"], arrays["L_post"])
     s = fitted["stats"]
     model._stats = gp.WhitenedStatistics(
