@@ -5,6 +5,7 @@ The public API is re-exported here; submodules hold the implementation.
 
 __version__ = "0.1.0.dev0"
 
+from kernelpot.active import OnTheFlyLearner
 from kernelpot.calculator import KernelPotCalculator
 from kernelpot.datasets import load_ethanol, load_silicon
 from kernelpot.descriptors import ACSF, SOAP, Descriptor, DescriptorResult
@@ -19,6 +20,7 @@ __all__ = [
     "DescriptorResult",
     "KernelPotCalculator",
     "NormalizedDotProduct",
+    "OnTheFlyLearner",
     "SparseGPPotential",
     "SquaredExponential",
     "load",

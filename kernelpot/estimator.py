@@ -718,6 +718,9 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                                         and n_inducing >= 0)):
             raise ValueError(f"{owner}: n_inducing must be an int >= 0 or 'all'; "
                              f"got {n_inducing!r}")
+        if getattr(self, "_state_needs_frames", False):
+            raise ValueError(f"{owner}: this model was loaded with its training state; give "
+                             "its training structures back with restore_training(frames) first")
         frames = check_frames(X, owner)
         indices = [self._species_index(atoms, owner) for atoms in frames]
         labels = read_labels(frames, owner)
@@ -764,6 +767,34 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             np.log([self.signal_std_, self.energy_noise_, self.force_noise_]), self._stats))
         logger.info("%s: %d structures added; inducing environments %s", owner, len(frames),
                     self.n_inducing_)
+        return self
+
+    def restore_training(self, frames):
+        """Give a model loaded with ``training_state=True`` its training structures back.
+
+        Parameters
+        ----------
+        frames : list of ase.Atoms
+            The structures the model was trained on, in training order (for an
+            on-the-fly run, the first frames of its labelled-frames file).
+
+        Returns
+        -------
+        self : SparseGPPotential
+        """
+        owner = f"{type(self).__name__}.restore_training"
+        state = getattr(self, "_state", None)
+        if state is None:
+            raise ValueError(f"{owner}: the model has no stored training state")
+        frames = check_frames(frames, owner)
+        if len(frames) != len(state.energy_row):
+            raise ValueError(f"{owner}: the model was trained on {len(state.energy_row)} "
+                             f"structures; got {len(frames)}")
+        state.frames = [a.copy() for a in frames]
+        state.species_index = [self._species_index(a, owner) for a in frames]
+        verbose = check_verbose(self.verbose, type(self).__name__)
+        state.results = self._map(self.descriptor_.compute, frames, verbose, "descriptors")
+        self._state_needs_frames = False
         return self
 
     def _refresh_posterior(self):
@@ -911,12 +942,15 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             raise ValueError(f"theta must have shape (3,); got {theta.shape}")
         return gp.log_marginal_likelihood(theta, self._stats, eval_gradient=eval_gradient)
 
-    def save(self, path):
+    def save(self, path, training_state=False):
         """Save the fitted model as ``.npz`` arrays plus JSON metadata (no pickle).
 
         Parameters
         ----------
         path : str or path-like
+        training_state : bool, default=False
+            Also store what an ``incremental=True`` model needs to keep updating
+            (see :func:`kernelpot.io.save`).
 
         Returns
         -------
@@ -928,7 +962,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         """
         from kernelpot.io import save
 
-        return save(self, path)
+        return save(self, path, training_state=training_state)
 
     def __sklearn_is_fitted__(self):
         return hasattr(self, "alpha_")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -84,7 +85,11 @@ def _checksum(arrays: dict, metadata: dict) -> str:
     return digest.hexdigest()
 
 
-def save(model, path) -> Path:
+_STATE_FIELDS = ("Kw", "y", "noise_std", "is_energy", "n_atoms_row", "L_mm", "R", "b",
+                 "energy_row", "force_row")
+
+
+def save(model, path, training_state=False) -> Path:
     """Save a fitted :class:`~kernelpot.SparseGPPotential` to ``path`` (``.npz``).
 
     Parameters
@@ -93,6 +98,10 @@ def save(model, path) -> Path:
         A fitted model.
     path : str or path-like
         Destination; ``.npz`` is appended if missing.
+    training_state : bool, default=False
+        Also store the whitened design and factors an ``incremental=True`` model
+        keeps, so that a loaded model can :meth:`~SparseGPPotential.update` once
+        its training structures are given back (on-the-fly learning checkpoints).
 
     Returns
     -------
@@ -120,6 +129,13 @@ def save(model, path) -> Path:
     for s, Z in enumerate(model.inducing_):
         arrays[f"inducing_{s}"] = Z
         arrays[f"columns_{s}"] = model._columns[s]
+    state = getattr(model, "_state", None)
+    if training_state:
+        if state is None:
+            raise ValueError("save: training_state=True needs a model fitted with "
+                             "incremental=True")
+        for name in _STATE_FIELDS:
+            arrays[f"state_{name}"] = np.asarray(getattr(state, name))
     metadata = {
         "format": _FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -143,8 +159,13 @@ def save(model, path) -> Path:
     }
     metadata["checksum"] = _checksum(arrays, metadata)
     blob = np.frombuffer(json.dumps(metadata).encode("utf-8"), dtype=np.uint8)
-    with open(path, "wb") as handle:
+    # write then rename: a crash mid-write never leaves a truncated model behind
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as handle:
         np.savez(handle, metadata=blob, **arrays)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
     return path
 
 
@@ -220,7 +241,15 @@ def load(path):
     model.jitter_ = fitted["jitter"]
     model._jitter_abs = fitted["jitter_abs"]
     model._columns = [arrays[f"columns_{s}"] for s in range(n_species)]
-    model._state = None  # the training set is not stored: a loaded model cannot update
+    model._state = None  # without a stored training state a loaded model cannot update
+    if "state_Kw" in arrays:
+        from kernelpot._incremental import TrainingState
+
+        values = {name: arrays[f"state_{name}"] for name in _STATE_FIELDS}
+        values["energy_row"] = values["energy_row"].tolist()
+        values["force_row"] = values["force_row"].tolist()
+        model._state = TrainingState(**values)  # frames are given back with restore_training
+        model._state_needs_frames = True
     model._posterior = gp.Posterior(arrays["alpha"], arrays["L_mm"], arrays["L_post"])
     s = fitted["stats"]
     model._stats = gp.WhitenedStatistics(

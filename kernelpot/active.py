@@ -1,0 +1,384 @@
+"""Uncertainty-gated molecular dynamics with on-the-fly learning."""
+
+from __future__ import annotations
+
+import io as _io
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms, units
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import read, write
+from sklearn.base import clone
+
+from kernelpot.calculator import KernelPotCalculator
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["OnTheFlyLearner"]
+
+LOG_FILE = "otf_log.jsonl"
+FRAMES_FILE = "labelled.extxyz"
+MODEL_FILE = "model.npz"
+STATE_FILE = "md_state.npz"
+SETTINGS_FILE = "learner.json"
+
+
+class ReferenceFailed(RuntimeError):
+    """The reference calculator failed twice in a row on the same structure."""
+
+
+class OnTheFlyLearner:
+    """Run ASE molecular dynamics that calls a reference method when the model is unsure.
+
+    After every MD step the learner compares the largest epistemic force std of the
+    current structure with a threshold. Above it (and within the call budget and
+    spacing), it labels the structure with the reference calculator, adds it and its
+    most uncertain environments to the model by a low-rank update
+    (:meth:`SparseGPPotential.update`), re-optimises the hyperparameters every
+    ``reoptimize_every`` additions, recomputes the forces and continues.
+
+    Parameters
+    ----------
+    model : SparseGPPotential
+        Fitted with ``incremental=True``, or unfitted: the first structure is then
+        labelled by the reference and the model fitted on it (``incremental`` set).
+    reference : ase.calculators.calculator.Calculator
+        The reference method (DFT, xTB, EMT, ...).
+    threshold : float, optional
+        Absolute threshold on the largest force std component, eV/Å.
+    relative_threshold : float, default=1.0
+        Used when ``threshold`` is None: the threshold is this multiple of the
+        model's learned force noise ``σ_F``, read after every update, so the
+        reference is called when the model is less sure of a force than the data
+        are noisy. No number to guess.
+    directory : str or path-like, default="."
+        Where the step log (``otf_log.jsonl``), the labelled frames
+        (``labelled.extxyz``) and the checkpoint (``model.npz``, ``md_state.npz``,
+        ``learner.json``) go.
+    n_inducing : int or "all", default=4
+        Environments of each labelled structure added as inducing points (the most
+        uncertain ones).
+    max_calls : int, optional
+        Cap on reference calls.
+    min_interval : int, default=1
+        Minimum number of MD steps between two reference calls.
+    reoptimize_every : int, default=5
+        Re-optimise the hyperparameters after this many additions (0: never).
+    checkpoint_every : int, default=1
+        Write the checkpoint after this many additions.
+
+    Attributes
+    ----------
+    model : SparseGPPotential
+        The current model.
+    n_reference_calls : int
+    stopped : str or None
+        Why the run stopped early (a failing reference), else None.
+
+    Notes
+    -----
+    A temperature ramp is a callback the user attaches to the dynamics, e.g.
+    ``dyn.attach(lambda: dyn.set_temperature(temperature_K=300 + dyn.nsteps), 1)``.
+    Every labelled frame is appended to ``labelled.extxyz`` and flushed to disk
+    before the model is updated, so a crash loses no reference calculation;
+    :meth:`resume` restarts from the last checkpoint, adds the frames labelled after
+    it and runs the remaining steps.
+    """
+
+    def __init__(self, model, reference, *, threshold=None, relative_threshold=1.0,
+                 directory=".", n_inducing=4, max_calls=None, min_interval=1,
+                 reoptimize_every=5, checkpoint_every=1):
+        if threshold is not None and not threshold > 0:
+            raise ValueError(f"OnTheFlyLearner: threshold must be > 0 eV/Å; got {threshold}")
+        if not relative_threshold > 0:
+            raise ValueError("OnTheFlyLearner: relative_threshold must be > 0; "
+                             f"got {relative_threshold}")
+        if max_calls is not None and max_calls < 0:
+            raise ValueError(f"OnTheFlyLearner: max_calls must be >= 0; got {max_calls}")
+        self.model = model
+        self.reference = reference
+        self.threshold = threshold
+        self.relative_threshold = relative_threshold
+        self.directory = Path(directory)
+        self.n_inducing = n_inducing
+        self.max_calls = max_calls
+        self.min_interval = int(min_interval)
+        self.reoptimize_every = int(reoptimize_every)
+        self.checkpoint_every = int(checkpoint_every)
+        self.n_reference_calls = 0
+        self.stopped = None
+        self._last_call_step = None
+        self._updates_since_checkpoint = 0
+        self._target_steps = None
+        self._start_wall = None
+        self._initial_frames = None
+        self._continuing = False
+
+    # -- public ----------------------------------------------------------------------
+    @property
+    def current_threshold(self) -> float:
+        """The threshold in force, eV/Å, now."""
+        if self.threshold is not None:
+            return float(self.threshold)
+        return float(self.relative_threshold * self.model.force_noise_)
+
+    def run(self, dynamics, steps: int):
+        """Run ``steps`` MD steps of ``dynamics`` (an ASE dynamics object) with learning.
+
+        Parameters
+        ----------
+        dynamics : ase.md.md.MolecularDynamics
+            Owns the atoms; their calculator is replaced by the model's.
+        steps : int
+
+        Returns
+        -------
+        self : OnTheFlyLearner
+        """
+        if isinstance(dynamics, Atoms):
+            raise TypeError("OnTheFlyLearner.run(dynamics, steps): the dynamics owns its "
+                            "atoms; pass the dynamics object")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        atoms = dynamics.atoms
+        frames_file = self.directory / FRAMES_FILE
+        if not self._continuing and frames_file.exists() and frames_file.stat().st_size:
+            raise ValueError(f"OnTheFlyLearner: {frames_file} holds a previous run; resume it "
+                             "with OnTheFlyLearner.resume or choose another directory")
+        if self._target_steps is None:
+            self._target_steps = dynamics.nsteps + int(steps)
+        self._start_wall = time.perf_counter()
+        if not hasattr(self.model, "alpha_"):
+            self._fit_first(atoms)
+            self._last_call_step = int(dynamics.nsteps)  # labelled already: no call here
+        elif getattr(self.model, "_state", None) is None:
+            raise ValueError("OnTheFlyLearner: the model must be fitted with incremental=True")
+        elif not self._continuing:
+            for frame in self.model._state.frames:  # the starting data, for resume
+                self._append_frame(frame)
+        if self._initial_frames is None:
+            self._initial_frames = len(self.model._state.energy_row)
+        self._continuing = True
+        if not isinstance(atoms.calc, KernelPotCalculator) or atoms.calc.model is not self.model:
+            atoms.calc = KernelPotCalculator(self.model)
+        self._dynamics = dynamics
+        self._checkpoint()
+        dynamics.attach(self._after_step, interval=1)
+        try:
+            dynamics.run(int(steps))
+        except ReferenceFailed as err:
+            self.stopped = str(err)
+            logger.error("on-the-fly run stopped: %s", err)
+            self._checkpoint()
+        finally:
+            dynamics.observers = [o for o in dynamics.observers
+                                  if getattr(o[0], "__self__", None) is not self]
+        return self
+
+    @classmethod
+    def resume(cls, directory, reference, dynamics=None, run=True):
+        """Restart an interrupted run from its directory and run the remaining steps.
+
+        Parameters
+        ----------
+        directory : str or path-like
+        reference : ase.calculators.calculator.Calculator
+        dynamics : callable, optional
+            ``dynamics(atoms)`` returning the ASE dynamics to continue with; by default
+            VelocityVerlet and Langevin runs are rebuilt from the saved settings.
+        run : bool, default=True
+            Run the remaining steps before returning.
+
+        Returns
+        -------
+        OnTheFlyLearner
+        """
+        from kernelpot.io import load
+
+        directory = Path(directory)
+        settings = json.loads((directory / SETTINGS_FILE).read_text())
+        model = load(directory / MODEL_FILE)
+        frames = _read_frames(directory / FRAMES_FILE)
+        n_trained = len(model._state.energy_row)
+        if len(frames) < n_trained:
+            raise ValueError(f"resume: {directory / FRAMES_FILE} holds {len(frames)} frames; "
+                             f"the checkpoint was trained on {n_trained}")
+        model.restore_training(frames[:n_trained])
+        if len(frames) > n_trained:  # labelled after the last checkpoint
+            model.update(frames[n_trained:], n_inducing=settings["n_inducing"])
+        md = np.load(directory / STATE_FILE, allow_pickle=False)
+        atoms = Atoms(numbers=md["numbers"], positions=md["positions"], cell=md["cell"],
+                      pbc=md["pbc"], momenta=md["momenta"])
+        learner = cls(model, reference, **settings["init"])
+        learner._initial_frames = int(settings["initial_frames"])
+        learner._continuing = True
+        learner.n_reference_calls = len(frames) - learner._initial_frames
+        learner._target_steps = int(settings["target_steps"])
+        step = int(md["step"])
+        atoms.calc = KernelPotCalculator(model)
+        dyn = dynamics(atoms) if dynamics is not None else _rebuild_dynamics(
+            settings["dynamics"], atoms)
+        dyn.nsteps = step
+        logger.info("resumed at step %d with %d labelled frames", step, len(frames))
+        if run and step < learner._target_steps:
+            learner.run(dyn, learner._target_steps - step)
+        else:
+            learner._dynamics = dyn
+        return learner
+
+    # -- internals ---------------------------------------------------------------------
+    def _fit_first(self, atoms):
+        labelled = self._label(atoms)
+        self._append_frame(labelled)
+        model = clone(self.model).set_params(incremental=True)
+        self.model = model.fit([labelled])
+
+    def _label(self, atoms) -> Atoms:
+        for attempt in (1, 2):
+            work = atoms.copy()
+            work.calc = self.reference
+            try:
+                energy = work.get_potential_energy()
+                forces = work.get_forces()
+            except Exception as err:  # any failure of the reference method
+                logger.warning("reference call failed (attempt %d): %s", attempt, err)
+                if attempt == 2:
+                    raise ReferenceFailed(f"the reference calculator failed twice: {err}") \
+                        from err
+                continue
+            labelled = atoms.copy()
+            labelled.calc = SinglePointCalculator(labelled, energy=energy, forces=forces)
+            return labelled
+        raise AssertionError("unreachable")
+
+    def _append_frame(self, labelled: Atoms) -> None:
+        buffer = _io.StringIO()
+        write(buffer, labelled, format="extxyz")
+        with open(self.directory / FRAMES_FILE, "a") as handle:
+            handle.write(buffer.getvalue())
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def _after_step(self):
+        dyn = self._dynamics
+        atoms = dyn.atoms
+        atoms.get_forces()
+        max_std = float(np.max(atoms.calc.results["forces_std"]))
+        threshold = self.current_threshold
+        step = int(dyn.nsteps)
+        spaced = self._last_call_step is None or step - self._last_call_step >= self.min_interval
+        budget = self.max_calls is None or self.n_reference_calls < self.max_calls
+        called = bool(max_std > threshold and spaced and budget)
+        if called:
+            labelled = self._label(atoms)
+            self._append_frame(labelled)
+            self.n_reference_calls += 1
+            self._last_call_step = step
+            reoptimize = (self.reoptimize_every > 0
+                          and self.n_reference_calls % self.reoptimize_every == 0)
+            self.model.update([labelled], n_inducing=self.n_inducing, optimize=reoptimize)
+            atoms.calc.reset()  # the next force evaluation uses the updated model
+            self._updates_since_checkpoint += 1
+            if self._updates_since_checkpoint >= self.checkpoint_every:
+                self._checkpoint()
+        record = {
+            "step": step, "time_fs": float(dyn.get_time() / units.fs),
+            "temperature_K": float(atoms.get_temperature()),
+            "max_force_std": max_std, "threshold": threshold, "reference_called": called,
+            "n_reference_calls": self.n_reference_calls,
+            "n_structures": len(self.model._state.energy_row),
+            "n_inducing": int(sum(self.model.n_inducing_.values())),
+            "wall_s": time.perf_counter() - self._start_wall,
+        }
+        with open(self.directory / LOG_FILE, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _write_settings(self):
+        settings = {
+            "init": {"threshold": self.threshold, "relative_threshold": self.relative_threshold,
+                     "directory": str(self.directory), "n_inducing": self.n_inducing,
+                     "max_calls": self.max_calls, "min_interval": self.min_interval,
+                     "reoptimize_every": self.reoptimize_every,
+                     "checkpoint_every": self.checkpoint_every},
+            "n_inducing": self.n_inducing,
+            "initial_frames": self._initial_frames,
+            "target_steps": self._target_steps,
+            "dynamics": _dynamics_spec(self._dynamics),
+        }
+        _atomic_write_text(self.directory / SETTINGS_FILE, json.dumps(settings, indent=1))
+
+    def _checkpoint(self):
+        self.model.save(self.directory / MODEL_FILE, training_state=True)
+        atoms = self._dynamics.atoms
+        partial = self.directory / (STATE_FILE + ".partial")
+        with open(partial, "wb") as handle:
+            np.savez(handle, numbers=atoms.numbers, positions=atoms.positions,
+                     momenta=atoms.get_momenta(), cell=atoms.cell.array, pbc=atoms.pbc,
+                     step=int(self._dynamics.nsteps))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, self.directory / STATE_FILE)
+        self._write_settings()
+        self._updates_since_checkpoint = 0
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+
+
+def _read_frames(path: Path) -> list:
+    """Labelled frames, dropping a last frame cut short by a crash."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    frames = []
+    try:
+        frames = read(_io.StringIO(text), ":", format="extxyz")
+    except Exception:  # a truncated last frame: keep the complete ones
+        lines = text.splitlines(keepends=True)
+        start = 0
+        while start < len(lines):
+            try:
+                n = int(lines[start].strip())
+                if len(lines) < start + n + 2:
+                    break
+                frames.append(read(_io.StringIO("".join(lines[start:start + n + 2])),
+                                   format="extxyz"))
+            except Exception:  # the cut-short frame
+                break
+            start += n + 2
+    return frames
+
+
+def _dynamics_spec(dyn) -> dict:
+    from ase.md.langevin import Langevin
+    from ase.md.verlet import VelocityVerlet
+
+    if isinstance(dyn, Langevin):
+        return {"class": "Langevin", "timestep": float(dyn.dt),
+                "temperature_K": float(dyn.temp / units.kB), "friction": float(dyn.fr)}
+    if isinstance(dyn, VelocityVerlet):
+        return {"class": "VelocityVerlet", "timestep": float(dyn.dt)}
+    return {"class": type(dyn).__name__}
+
+
+def _rebuild_dynamics(spec: dict, atoms):
+    from ase.md.langevin import Langevin
+    from ase.md.verlet import VelocityVerlet
+
+    if spec["class"] == "Langevin":
+        return Langevin(atoms, spec["timestep"], temperature_K=spec["temperature_K"],
+                        friction=spec["friction"], fixcm=False)
+    if spec["class"] == "VelocityVerlet":
+        return VelocityVerlet(atoms, spec["timestep"])
+    raise ValueError(f"resume: cannot rebuild a {spec['class']} dynamics; pass dynamics="
+                     "a callable(atoms) returning it")

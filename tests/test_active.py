@@ -1,0 +1,143 @@
+"""On-the-fly learning: gating, logs, budget, failing references, crash safety and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.io import read
+from ase.md.velocitydistribution import thermalize_momenta
+from ase.md.verlet import VelocityVerlet
+
+from kernelpot import ACSF, SparseGPPotential
+from kernelpot.active import OnTheFlyLearner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _model():
+    return SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
+                             random_state=0, n_restarts=0)
+
+
+def _dynamics(seed=0):
+    atoms = bulk("Cu", "fcc", 3.6, cubic=True).repeat(2)
+    atoms.positions += np.random.default_rng(seed).normal(0, 0.05, atoms.positions.shape)
+    thermalize_momenta(atoms, temperature_K=600, rng=np.random.default_rng(seed))
+    return VelocityVerlet(atoms, timestep=2.0 * 0.09822694788464063)  # 2 fs in ASE units
+
+
+def test_learns_from_one_frame_and_logs_everything(tmp_path):
+    learner = OnTheFlyLearner(_model(), EMT(), threshold=0.02, directory=tmp_path,
+                              n_inducing=3, max_calls=4, min_interval=2, reoptimize_every=2)
+    dyn = _dynamics()
+    learner.run(dyn, 20)
+    assert learner.model.incremental and learner.n_reference_calls == 4  # capped
+    log = [json.loads(line) for line in (tmp_path / "otf_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(21))
+    assert {"time_fs", "temperature_K", "max_force_std", "reference_called",
+            "n_inducing"} <= set(log[0])
+    called = [r["step"] for r in log if r["reference_called"]]
+    assert len(called) == 4 and np.all(np.diff(called) >= 2)
+    frames = read(tmp_path / "labelled.extxyz", ":")
+    assert len(frames) == 1 + 4  # the starting frame and the calls
+    for frame in frames:  # labels are the reference's (extxyz keeps 8 decimals)
+        check = frame.copy()
+        check.calc = EMT()
+        np.testing.assert_allclose(frame.get_forces(), check.get_forces(), atol=1e-6)
+    assert len(learner.model._state.energy_row) == 5
+    assert (tmp_path / "model.npz").exists() and (tmp_path / "md_state.npz").exists()
+
+
+def test_directory_of_a_previous_run_is_refused(tmp_path):
+    OnTheFlyLearner(_model(), EMT(), threshold=10.0, directory=tmp_path).run(_dynamics(), 2)
+    with pytest.raises(ValueError, match="previous run"):
+        OnTheFlyLearner(_model(), EMT(), threshold=10.0, directory=tmp_path).run(_dynamics(), 2)
+
+
+class _Flaky(EMT):
+    """EMT that fails on every call after the first few."""
+
+    def __init__(self, good_calls):
+        super().__init__()
+        self.good_calls = good_calls
+        self.calls = 0
+
+    def calculate(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls > self.good_calls:
+            raise RuntimeError("SCF did not converge")
+        super().calculate(*args, **kwargs)
+
+
+def test_failing_reference_is_retried_then_stops_cleanly(tmp_path):
+    reference = _Flaky(good_calls=2)
+    learner = OnTheFlyLearner(_model(), reference, threshold=1e-6, directory=tmp_path)
+    learner.run(_dynamics(), 30)
+    assert learner.stopped is not None and "failed twice" in learner.stopped
+    assert reference.calls == 2 + 2  # the failing call was retried once
+    assert len(read(tmp_path / "labelled.extxyz", ":")) == 2
+    assert (tmp_path / "model.npz").exists()
+
+
+_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+import numpy as np
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.md.velocitydistribution import thermalize_momenta
+from ase.md.verlet import VelocityVerlet
+from kernelpot import ACSF, SparseGPPotential
+from kernelpot.active import OnTheFlyLearner
+
+class SlowEMT(EMT):
+    def calculate(self, *args, **kwargs):
+        import time
+        time.sleep(0.2)
+        super().calculate(*args, **kwargs)
+
+atoms = bulk("Cu", "fcc", 3.6, cubic=True).repeat(2)
+atoms.positions += np.random.default_rng(0).normal(0, 0.05, atoms.positions.shape)
+thermalize_momenta(atoms, temperature_K=600, rng=np.random.default_rng(0))
+model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
+                          random_state=0, n_restarts=0)
+learner = OnTheFlyLearner(model, SlowEMT(), threshold=1e-6, directory={directory!r},
+                          n_inducing=2, checkpoint_every=3)
+learner.run(VelocityVerlet(atoms, timestep=0.2), 40)
+"""
+
+
+def test_survives_sigkill_and_resumes(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(_SCRIPT.format(root=str(ROOT), directory=str(tmp_path))))
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    frames_file = tmp_path / "labelled.extxyz"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if frames_file.exists() and frames_file.read_text().count("Lattice=") >= 8:
+            break
+        if process.poll() is not None:
+            pytest.fail("the run ended before it was killed: "
+                        + process.stderr.read().decode()[-2000:])
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    before = read(frames_file, ":")  # every frame written before the kill
+    assert len(before) >= 8
+    learner = OnTheFlyLearner.resume(tmp_path, EMT())
+    trained = learner.model._state.frames
+    for frame in before:
+        assert any(np.allclose(frame.positions, t.positions, atol=1e-7) for t in trained)
+    log = [json.loads(line) for line in (tmp_path / "otf_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 40
+    assert learner._dynamics.nsteps == 40
