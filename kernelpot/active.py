@@ -53,9 +53,12 @@ class OnTheFlyLearner:
         Absolute threshold on the largest force std component, eV/Å.
     relative_threshold : float, default=1.0
         Used when ``threshold`` is None: the threshold is this multiple of the
-        model's learned force noise ``σ_F``, read after every update, so the
-        reference is called when the model is less sure of a force than the data
-        are noisy. No number to guess.
+        model's force noise ``σ_F`` when the run starts (the learned noise of a
+        fitted model; for an unfitted model started from one frame, its
+        ``force_noise`` parameter, 0.05 eV/Å by default), so the reference is called
+        when the model is less sure of a force than the reference data are noisy.
+        It stays fixed during the run: with a noise-free reference the learned
+        noise shrinks towards zero and would otherwise call at every step.
     directory : str or path-like, default="."
         Where the step log (``otf_log.jsonl``), the labelled frames
         (``labelled.extxyz``) and the checkpoint (``model.npz``, ``md_state.npz``,
@@ -118,14 +121,17 @@ class OnTheFlyLearner:
         self._start_wall = None
         self._initial_frames = None
         self._continuing = False
+        self._auto_threshold = None
 
     # -- public ----------------------------------------------------------------------
     @property
     def current_threshold(self) -> float:
-        """The threshold in force, eV/Å, now."""
+        """The threshold on the largest force std component, eV/Å."""
         if self.threshold is not None:
             return float(self.threshold)
-        return float(self.relative_threshold * self.model.force_noise_)
+        if self._auto_threshold is None:
+            raise ValueError("OnTheFlyLearner: the threshold is set when the run starts")
+        return self._auto_threshold
 
     def run(self, dynamics, steps: int):
         """Run ``steps`` MD steps of ``dynamics`` (an ASE dynamics object) with learning.
@@ -162,6 +168,8 @@ class OnTheFlyLearner:
                 self._append_frame(frame)
         if self._initial_frames is None:
             self._initial_frames = len(self.model._state.energy_row)
+        if self._auto_threshold is None:
+            self._auto_threshold = float(self.relative_threshold * self.model.force_noise_)
         self._continuing = True
         if not isinstance(atoms.calc, KernelPotCalculator) or atoms.calc.model is not self.model:
             atoms.calc = KernelPotCalculator(self.model)
@@ -215,6 +223,7 @@ class OnTheFlyLearner:
                       pbc=md["pbc"], momenta=md["momenta"])
         learner = cls(model, reference, **settings["init"])
         learner._initial_frames = int(settings["initial_frames"])
+        learner._auto_threshold = settings["auto_threshold"]
         learner._continuing = True
         learner.n_reference_calls = len(frames) - learner._initial_frames
         learner._target_steps = int(settings["target_steps"])
@@ -234,8 +243,11 @@ class OnTheFlyLearner:
     def _fit_first(self, atoms):
         labelled = self._label(atoms)
         self._append_frame(labelled)
-        model = clone(self.model).set_params(incremental=True)
-        self.model = model.fit([labelled])
+        # one structure says little about the hyperparameters (a perfect lattice has no
+        # forces at all): keep the given ones until the first re-optimisation
+        optimize = self.model.optimize
+        model = clone(self.model).set_params(incremental=True, optimize=False)
+        self.model = model.fit([labelled]).set_params(optimize=optimize)
 
     def _label(self, atoms) -> Atoms:
         for attempt in (1, 2):
@@ -299,6 +311,7 @@ class OnTheFlyLearner:
 
     def _write_settings(self):
         settings = {
+            "auto_threshold": self._auto_threshold,
             "init": {"threshold": self.threshold, "relative_threshold": self.relative_threshold,
                      "directory": str(self.directory), "n_inducing": self.n_inducing,
                      "max_calls": self.max_calls, "min_interval": self.min_interval,

@@ -36,7 +36,7 @@ def _dynamics(seed=0):
 
 
 def test_learns_from_one_frame_and_logs_everything(tmp_path):
-    learner = OnTheFlyLearner(_model(), EMT(), threshold=0.02, directory=tmp_path,
+    learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
                               n_inducing=3, max_calls=4, min_interval=2, reoptimize_every=2)
     dyn = _dynamics()
     learner.run(dyn, 20)
