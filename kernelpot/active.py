@@ -15,6 +15,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 from sklearn.base import clone
 
+from kernelpot._files import atomic_write
 from kernelpot.calculator import KernelPotCalculator
 
 logger = logging.getLogger(__name__)
@@ -322,30 +323,19 @@ class OnTheFlyLearner:
             "target_steps": self._target_steps,
             "dynamics": _dynamics_spec(self._dynamics),
         }
-        _atomic_write_text(self.directory / SETTINGS_FILE, json.dumps(settings, indent=1))
+        text = json.dumps(settings, indent=1)
+        atomic_write(self.directory / SETTINGS_FILE, lambda handle: handle.write(text),
+                     binary=False)
 
     def _checkpoint(self):
         self.model.save(self.directory / MODEL_FILE, training_state=True)
         atoms = self._dynamics.atoms
-        partial = self.directory / (STATE_FILE + ".partial")
-        with open(partial, "wb") as handle:
-            np.savez(handle, numbers=atoms.numbers, positions=atoms.positions,
-                     momenta=atoms.get_momenta(), cell=atoms.cell.array, pbc=atoms.pbc,
-                     step=int(self._dynamics.nsteps))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, self.directory / STATE_FILE)
+        atomic_write(self.directory / STATE_FILE, lambda handle: np.savez(
+            handle, numbers=atoms.numbers, positions=atoms.positions,
+            momenta=atoms.get_momenta(), cell=atoms.cell.array, pbc=atoms.pbc,
+            step=int(self._dynamics.nsteps)))
         self._write_settings()
         self._updates_since_checkpoint = 0
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
 
 
 def _read_frames(path: Path) -> list:

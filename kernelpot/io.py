@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from kernelpot import __version__
+from kernelpot._files import atomic_write
 
 __all__ = ["save", "load", "FORMAT_VERSION"]
 
@@ -160,13 +160,7 @@ def save(model, path, training_state=False) -> Path:
     metadata["checksum"] = _checksum(arrays, metadata)
     blob = np.frombuffer(json.dumps(metadata).encode("utf-8"), dtype=np.uint8)
     # write then rename: a crash mid-write never leaves a truncated model behind
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as handle:
-        np.savez(handle, metadata=blob, **arrays)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
-    return path
+    return atomic_write(path, lambda handle: np.savez(handle, metadata=blob, **arrays))
 
 
 def load(path):
