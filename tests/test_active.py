@@ -141,3 +141,20 @@ def test_survives_sigkill_and_resumes(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "otf_log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 40
     assert learner._dynamics.nsteps == 40
+
+
+def test_xtb_reference_on_ethanol(tmp_path, ethanol_frames, small_soap):
+    """Any ASE calculator is a reference: GFN2-xTB from tblite (the test extra)."""
+    tblite = pytest.importorskip("tblite.ase")
+    atoms = ethanol_frames[0].copy()
+    thermalize_momenta(atoms, temperature_K=500, rng=np.random.default_rng(0))
+    dyn = VelocityVerlet(atoms, timestep=0.5 * 0.09822694788464063)
+    model = SparseGPPotential(small_soap, random_state=0, n_restarts=0)
+    learner = OnTheFlyLearner(model, tblite.TBLite(method="GFN2-xTB", verbosity=0),
+                              threshold=1e-6, max_calls=2, directory=tmp_path)
+    learner.run(dyn, 6)
+    frames = read(tmp_path / "labelled.extxyz", ":")
+    assert learner.n_reference_calls == 2 and len(frames) == 3
+    # the first label is the xTB energy of the bundled frame (same method, same geometry)
+    assert frames[0].get_potential_energy() == pytest.approx(
+        ethanol_frames[0].get_potential_energy(), abs=1e-5)
