@@ -27,8 +27,7 @@ dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=500, friction=0.01 / units.f
 model = SparseGPPotential(SOAP(["H", "C", "O"], 4.0, n_max=6, l_max=4, sigma=0.4),
                           random_state=0)
 reference = TBLite(method="GFN2-xTB", verbosity=0)
-learner = OnTheFlyLearner(model, reference, directory=DIRECTORY, threshold=0.1,
-                          reoptimize_every=1)
+learner = OnTheFlyLearner(model, reference, directory=DIRECTORY, threshold=0.1)
 learner.run(dyn, STEPS)
 print(f"{learner.n_reference_calls} xTB calls in {STEPS} steps; model: "
       f"{learner.model.n_inducing_}")

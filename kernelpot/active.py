@@ -71,8 +71,11 @@ class OnTheFlyLearner:
         Cap on reference calls.
     min_interval : int, default=1
         Minimum number of MD steps between two reference calls.
-    reoptimize_every : int, default=5
-        Re-optimise the hyperparameters after this many additions (0: never).
+    reoptimize_every : int, default=1
+        Re-optimise the hyperparameters after this many additions (0: never). Every
+        addition by default: on Cu/EMT (ACSF, 2000 steps) re-optimising every fifth
+        addition left the model at 2 calls and 120 meV/Å, every addition reached
+        10.5 meV/Å (with 40 calls). Raise it when the model grows large.
     checkpoint_every : int, default=1
         Write the checkpoint after this many additions.
 
@@ -96,7 +99,7 @@ class OnTheFlyLearner:
 
     def __init__(self, model, reference, *, threshold=None, relative_threshold=1.0,
                  directory=".", n_inducing=4, max_calls=None, min_interval=1,
-                 reoptimize_every=5, checkpoint_every=1):
+                 reoptimize_every=1, checkpoint_every=1):
         if threshold is not None and not threshold > 0:
             raise ValueError(f"OnTheFlyLearner: threshold must be > 0 eV/Å; got {threshold}")
         if not relative_threshold > 0:
