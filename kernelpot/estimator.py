@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 import scipy.linalg as sla
+from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import chemical_symbols
 from joblib import Parallel, delayed
 from scipy.optimize import minimize
@@ -67,6 +68,18 @@ class Prediction(NamedTuple):
     forces_var_posterior: np.ndarray | None
     forces_var_projection: np.ndarray | None
     local_energies: np.ndarray
+
+
+def _labelled_copy(atoms, energy, forces):
+    """A copy of ``atoms`` that keeps its reference labels (``Atoms.copy`` drops them)."""
+    copy = atoms.copy()
+    kwargs = {}
+    if not np.isnan(energy):
+        kwargs["energy"] = float(energy)
+    if forces is not None:
+        kwargs["forces"] = np.array(forces)
+    copy.calc = SinglePointCalculator(copy, **kwargs)
+    return copy
 
 
 class SparseGPPotential(RegressorMixin, BaseEstimator):
@@ -394,7 +407,9 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                 Kw=Kw, y=y_all, noise_std=noise_std,
                 is_energy=np.arange(n_obs) < n_E,
                 n_atoms_row=np.concatenate([n_atoms[has_energy], np.ones(n_F, dtype=int)]),
-                L_mm=L_mm.copy(), R=R, b=b, frames=[a.copy() for a in frames],
+                L_mm=L_mm.copy(), R=R, b=b,
+                frames=[_labelled_copy(a, labels.energies[k], labels.forces[k])
+                        for k, a in enumerate(frames)],
                 results=results_cache, species_index=species_index,
                 energy_row=[int(energy_row[k]) if has_energy[k] else -1
                             for k in range(len(frames))],
@@ -751,7 +766,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             _incremental.add_rows(state, np.vstack(blocks), np.concatenate(y),
                                   np.concatenate(std), np.concatenate(is_e),
                                   np.concatenate(n_rows), self.signal_std_)
-            state.frames.append(atoms.copy())
+            state.frames.append(_labelled_copy(atoms, labels.energies[k], labels.forces[k]))
             state.results.append(result)
             state.species_index.append(indices[k])
             new.append((result, indices[k]))

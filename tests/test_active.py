@@ -158,3 +158,18 @@ def test_xtb_reference_on_ethanol(tmp_path, ethanol_frames, small_soap):
     # the first label is the xTB energy of the bundled frame (same method, same geometry)
     assert frames[0].get_potential_energy() == pytest.approx(
         ethanol_frames[0].get_potential_energy(), abs=1e-5)
+
+
+def test_starting_from_a_fitted_model_keeps_its_labelled_frames(tmp_path):
+    from conftest import emt_copper_frames
+
+    start = emt_copper_frames(2, seed=4, rattle=0.05)
+    model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
+                              incremental=True, random_state=0, n_restarts=0).fit(start)
+    learner = OnTheFlyLearner(model, EMT(), threshold=1e-6, max_calls=1, directory=tmp_path)
+    learner.run(_dynamics(), 3)
+    frames = read(tmp_path / "labelled.extxyz", ":")
+    assert len(frames) == 3
+    np.testing.assert_allclose(frames[0].get_forces(), start[0].get_forces(), atol=1e-6)
+    resumed = OnTheFlyLearner.resume(tmp_path, EMT(), run=False)
+    assert len(resumed.model._state.frames) == 3 and resumed.n_reference_calls == 1
