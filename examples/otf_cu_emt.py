@@ -7,7 +7,6 @@ summary and writes otf_cu_emt.png (max force std and reference calls against tim
 Run: python examples/otf_cu_emt.py   (a few minutes on two cores)
 """
 
-import json
 import shutil
 
 import numpy as np
@@ -18,6 +17,7 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import thermalize_momenta
 
 from kernelpot import ACSF, OnTheFlyLearner, SparseGPPotential
+from kernelpot.plotting import plot_otf_log
 
 STEPS, DIRECTORY = 2000, "otf_cu_emt"
 shutil.rmtree(DIRECTORY, ignore_errors=True)
@@ -42,22 +42,5 @@ print(f"{learner.n_reference_calls} EMT calls in {STEPS} steps; model: "
       f"{learner.model.n_inducing_} inducing environments, learned force noise "
       f"{1e3 * learner.model.force_noise_:.1f} meV/Å")
 
-log = [json.loads(line) for line in open(f"{DIRECTORY}/otf_log.jsonl")]
-try:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    time_ps = np.array([r["time_fs"] for r in log]) / 1000
-    fig, ax = plt.subplots(figsize=(3.5, 2.6), constrained_layout=True)
-    ax.plot(time_ps, [r["max_force_std"] for r in log], lw=0.8, label="max force std")
-    calls = [t for t, r in zip(time_ps, log, strict=True) if r["reference_called"]]
-    ax.plot(calls, [log[0]["threshold"]] * len(calls), "v", ms=4, label="EMT call")
-    ax.axhline(log[0]["threshold"], color="k", lw=0.6, ls="--", label="threshold")
-    ax.set(xlabel="time (ps)", ylabel="max force std (eV/Å)", yscale="log")
-    ax.legend(fontsize=7)
-    fig.savefig("otf_cu_emt.png", dpi=200)
-    print("wrote otf_cu_emt.png")
-except ImportError:
-    pass
+plot_otf_log(DIRECTORY, "otf_cu_emt.png", reference_name="EMT")
+print("wrote otf_cu_emt.png")

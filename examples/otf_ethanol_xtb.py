@@ -7,7 +7,6 @@ writes otf_ethanol_xtb.png.
 Run: python examples/otf_ethanol_xtb.py
 """
 
-import json
 import shutil
 
 import numpy as np
@@ -17,6 +16,7 @@ from ase.md.velocitydistribution import thermalize_momenta
 from tblite.ase import TBLite
 
 from kernelpot import SOAP, OnTheFlyLearner, SparseGPPotential, load_ethanol
+from kernelpot.plotting import plot_otf_log
 
 STEPS, DIRECTORY = 10_000, "otf_ethanol_xtb"
 shutil.rmtree(DIRECTORY, ignore_errors=True)
@@ -32,22 +32,5 @@ learner.run(dyn, STEPS)
 print(f"{learner.n_reference_calls} xTB calls in {STEPS} steps; model: "
       f"{learner.model.n_inducing_}")
 
-log = [json.loads(line) for line in open(f"{DIRECTORY}/otf_log.jsonl")]
-try:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    time_ps = np.array([r["time_fs"] for r in log]) / 1000
-    fig, ax = plt.subplots(figsize=(3.5, 2.6), constrained_layout=True)
-    ax.plot(time_ps, [r["max_force_std"] for r in log], lw=0.8, label="max force std")
-    ax.axhline(log[0]["threshold"], color="k", lw=0.6, ls="--", label="threshold")
-    calls = [t for t, r in zip(time_ps, log, strict=True) if r["reference_called"]]
-    ax.plot(calls, [log[0]["threshold"]] * len(calls), "v", ms=4, label="xTB call")
-    ax.set(xlabel="time (ps)", ylabel="max force std (eV/Å)", yscale="log")
-    ax.legend(fontsize=7)
-    fig.savefig("otf_ethanol_xtb.png", dpi=200)
-    print("wrote otf_ethanol_xtb.png")
-except ImportError:
-    pass
+plot_otf_log(DIRECTORY, "otf_ethanol_xtb.png", reference_name="xTB")
+print("wrote otf_ethanol_xtb.png")

@@ -173,3 +173,15 @@ def test_starting_from_a_fitted_model_keeps_its_labelled_frames(tmp_path):
     np.testing.assert_allclose(frames[0].get_forces(), start[0].get_forces(), atol=1e-6)
     resumed = OnTheFlyLearner.resume(tmp_path, EMT(), run=False)
     assert len(resumed.model._state.frames) == 3 and resumed.n_reference_calls == 1
+
+
+def test_plot_of_a_run(tmp_path):
+    from kernelpot.plotting import plot_otf_log
+
+    OnTheFlyLearner(_model(), EMT(), threshold=1e-4, max_calls=2,
+                    directory=tmp_path).run(_dynamics(), 5)
+    out = plot_otf_log(tmp_path, tmp_path / "otf.png", reference_name="EMT")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+    with pytest.raises(ValueError, match="holds no steps"):
+        (tmp_path / "empty.jsonl").write_text("")
+        plot_otf_log(tmp_path / "empty.jsonl", tmp_path / "x.png")
