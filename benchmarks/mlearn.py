@@ -24,7 +24,7 @@ import numpy as np
 from ase.io import read
 
 import kernelpot
-from kernelpot import ACSF, SOAP, SparseGPPotential, metrics
+from kernelpot import ACSF, SOAP, SparseGPPotential, SquaredExponential, metrics
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mlearn"
 GAP_QUOTED = {"Si": (5.9, 0.117), "Mo": (2.45, 0.167), "Ge": (4.36, 0.086), "Li": (0.77, 0.014)}
@@ -41,6 +41,12 @@ def main(argv=None):
     parser.add_argument("--r-cut", type=float, default=5.0)
     parser.add_argument("--n-sparse", type=int, default=None)
     parser.add_argument("--n-jobs", type=int, default=1)
+    parser.add_argument("--kernel", choices=["ndp", "se"], default="ndp",
+                        help="normalised dot product (zeta 2, the default model) or a squared "
+                             "exponential on the raw features, length scale fixed at "
+                             "--length-scale-factor x the median distance between training "
+                             "environments")
+    parser.add_argument("--length-scale-factor", type=float, default=2.0)
     parser.add_argument("--energy-noise", type=float, default=None,
                         help="fix the energy noise (eV/atom) instead of fitting it; the "
                              "signal and force noise are still fitted")
@@ -56,9 +62,16 @@ def main(argv=None):
             descriptor = SOAP([element], args.r_cut, n_max=8, l_max=6, sigma=0.5)
         else:
             descriptor = ACSF.from_grid([element], args.r_cut, n_radial=8, n_angular=8)
+        kernel = None
+        if args.kernel == "se":
+            sample = np.concatenate([descriptor.create(a) for a in train[::10]])
+            pick = np.random.default_rng(0).integers(len(sample), size=(2000, 2))
+            median = float(np.median(np.linalg.norm(sample[pick[:, 0]] - sample[pick[:, 1]],
+                                                    axis=1)))
+            kernel = SquaredExponential(args.length_scale_factor * median, "fixed")
         fixed = {} if args.energy_noise is None else {
             "energy_noise": args.energy_noise, "optimize": ["signal_std", "force_noise"]}
-        model = SparseGPPotential(descriptor, n_sparse=args.n_sparse, random_state=0,
+        model = SparseGPPotential(descriptor, kernel, n_sparse=args.n_sparse, random_state=0,
                                   n_jobs=args.n_jobs, **fixed)
         start = time.perf_counter()
         model.fit(train)
@@ -88,8 +101,10 @@ def main(argv=None):
         print(f"  {element}: E RMSE {rows[-1]['e_rmse']:.2f} meV/atom, F RMSE "
               f"{rows[-1]['f_rmse']:.3f} eV/Å, fit {fit_s:.0f} s", flush=True)
     noise = "fitted" if args.energy_noise is None else f"fixed at {args.energy_noise} eV/atom"
-    print(f"\nmlearn, {args.descriptor}: fit on *_training.xyz, test on *_test.xyz; energy "
-          f"noise {noise}")
+    kernel_text = "normalised dot product, zeta 2" if args.kernel == "ndp" else (
+        f"squared exponential, length scale {args.length_scale_factor} x median distance")
+    print(f"\nmlearn, {args.descriptor}, {kernel_text}: fit on *_training.xyz, test on "
+          f"*_test.xyz; energy noise {noise}")
     header = (f"{'element':<8} {'M':>5} {'E RMSE':>7} {'F RMSE':>7} {'GAP E':>6} {'GAP F':>6} "
               f"{'fit s':>7} {'peak GiB':>8} {'ms/atom':>8} {'+std ms':>8} {'cov1σ':>6} "
               f"{'cov2σ':>6} {'Spear':>6} {'σ_F':>6} {'σ_E':>6}")
