@@ -215,6 +215,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         if self.sparse_method not in SPARSE_METHODS:
             raise ValueError(f"{owner}: sparse_method must be one of {SPARSE_METHODS}; "
                              f"got {self.sparse_method!r}")
+        fitted_names = self._fitted_names()  # validates optimize
         for name in ("signal_std", "energy_noise", "force_noise"):
             value = getattr(self, name)
             low_high = getattr(self, f"{name}_bounds")
@@ -228,10 +229,9 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             if not 0 < low <= high:
                 raise ValueError(f"{owner}: {name}_bounds must satisfy 0 < low <= high; "
                                  f"got {low_high!r}")
-            if name in self._fitted_names() and not low <= value <= high:
+            if name in fitted_names and not low <= value <= high:
                 raise ValueError(f"{owner}: {name}={value} lies outside {name}_bounds "
                                  f"{low_high!r}")
-        self._fitted_names()  # validates optimize
         if not (self.e0 == "lstsq" or isinstance(self.e0, dict)):
             raise ValueError(f"{owner}: e0 must be 'lstsq' or a dict {{element: eV}}; "
                              f"got {self.e0!r}")
@@ -288,11 +288,13 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             symbols, r_cut=4.0, n_max=6, l_max=4, sigma=0.4)
         kernel = clone(self.kernel) if self.kernel is not None else NormalizedDotProduct(2)
         kernel.check()
-        e0 = self._reference_energies(frames, labels.energies, species)
+        species_index = [np.searchsorted(species, a.numbers) for a in frames]
+        counts_per_frame = np.stack([np.bincount(idx, minlength=len(species))
+                                     for idx in species_index])
+        e0 = self._reference_energies(counts_per_frame, labels.energies, species)
 
         # pass 1: features only, for the choice of inducing environments
         features = self._map(descriptor.create, frames, verbose, "features")
-        species_index = [np.searchsorted(species, a.numbers) for a in frames]
         all_features = np.concatenate(features)
         all_index = np.concatenate(species_index)
         counts = np.bincount(all_index, minlength=len(species))
@@ -319,8 +321,6 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         M = int(sum(len(z) for z in inducing))
         energy_row = np.cumsum(has_energy) - 1
         force_start = n_E + 3 * np.concatenate([[0], np.cumsum(n_atoms * has_forces)])
-        counts_per_frame = np.stack([np.bincount(idx, minlength=len(species))
-                                     for idx in species_index])
         y_E = labels.energies[has_energy] - counts_per_frame[has_energy] @ e0
         y_F = np.concatenate([f.ravel() for f in labels.forces if f is not None]) if n_F \
             else np.zeros(0)
@@ -442,7 +442,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                     sigma, energy_noise, force_noise, lml)
         return self
 
-    def _reference_energies(self, frames, energies, species) -> np.ndarray:
+    def _reference_energies(self, counts, energies, species) -> np.ndarray:
+        """e0 per element; ``counts`` (n_structures, n_species) are the compositions."""
         owner = type(self).__name__
         if isinstance(self.e0, dict):
             from kernelpot._validation import species_to_numbers
@@ -458,8 +459,6 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         mask = ~np.isnan(energies)
         if not mask.any():
             return np.zeros(len(species))
-        counts = np.stack([np.bincount(np.searchsorted(species, a.numbers),
-                                       minlength=len(species)) for a in frames])
         solution, *_ = np.linalg.lstsq(counts[mask].astype(float), energies[mask], rcond=None)
         return solution
 
@@ -846,10 +845,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         state = self._state
         M = self.alpha_.size
         m = int(sum(len(z) for z in chosen))
-        new_columns, start = [], 0
-        for z in chosen:
-            new_columns.append(np.arange(start, start + len(z)))
-            start += len(z)
+        new_columns = gp.inducing_columns(chosen)  # local blocks; global = M + local
         K_extra = np.zeros((len(state.y), m))
         for result, index, e_row, f_row in zip(state.results, state.species_index,
                                                state.energy_row, state.force_row, strict=True):
