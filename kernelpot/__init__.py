@@ -11,7 +11,7 @@ from kernelpot.datasets import load_ethanol, load_silicon
 from kernelpot.descriptors import ACSF, SOAP, Descriptor, DescriptorResult
 from kernelpot.estimator import SparseGPPotential
 from kernelpot.io import load
-from kernelpot.kernels import NormalizedDotProduct, SquaredExponential
+from kernelpot.kernels import NormalizedDotProduct, Scaled, SquaredExponential, Sum
 
 __all__ = [
     "ACSF",
@@ -21,8 +21,10 @@ __all__ = [
     "KernelPotCalculator",
     "NormalizedDotProduct",
     "OnTheFlyLearner",
+    "Scaled",
     "SparseGPPotential",
     "SquaredExponential",
+    "Sum",
     "load",
     "load_ethanol",
     "load_silicon",

@@ -120,10 +120,12 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
     optimize : bool or list of str, default=True
         Fit ``σ``, ``σ_E``, ``σ_F`` by maximising the log marginal likelihood
         (L-BFGS-B with analytic gradients in log space), and the kernel's own
-        hyperparameters (the length scale of :class:`SquaredExponential`) by a
-        bounded derivative-free search (Powell) over that maximised likelihood, which
-        rebuilds the design at each step; ``False`` keeps the given values; a list
-        such as ``["signal_std", "force_noise"]`` fits only those (names:
+        hyperparameters (``kernel.theta``: the length scale of
+        :class:`SquaredExponential`, the weight of a :class:`Scaled` term) by L-BFGS-B
+        on the likelihood maximised over the first three, with its analytic gradient
+        (:class:`kernelpot.gp.KernelThetaGradient`; each step rebuilds the design and
+        its derivatives: two passes over the data); ``False`` keeps the given values;
+        a list such as ``["signal_std", "force_noise"]`` fits only those (names:
         "signal_std", "energy_noise", "force_noise", "kernel") and keeps the rest,
         e.g. an energy noise set to the known precision of the reference method.
     n_restarts : int, default=2
@@ -336,18 +338,18 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             if sizes[0] * len(frames) < _DESCRIPTOR_CACHE_BYTES:
                 cached = self._map(descriptor.compute, frames, verbose, "descriptors")
 
-        def assemble(kernel):
+        def rows_of(k, kernel, theta_gradient=False):
+            result = cached[k] if cached is not None else descriptor.compute(frames[k])
+            return k, gp.design_rows(result, species_index[k], inducing, kernel,
+                                     energy=bool(has_energy[k]), forces=bool(has_forces[k]),
+                                     theta_gradient=theta_gradient)
+
+        def assemble(kernel, keep_basis=False):
             design = np.empty((n_obs + M, M))
             logger.info("%s: design matrix %d x %d (%.0f MiB)", owner, n_obs, M,
                         design.nbytes / 2**20)
-
-            def rows_of(k):
-                result = cached[k] if cached is not None else descriptor.compute(frames[k])
-                return k, gp.design_rows(result, species_index[k], inducing, kernel,
-                                         energy=bool(has_energy[k]),
-                                         forces=bool(has_forces[k]))
-
-            for k, rows in self._imap(rows_of, range(len(frames)), verbose, "design rows"):
+            for k, rows in self._imap(lambda k: rows_of(k, kernel), range(len(frames)),
+                                      verbose, "design rows"):
                 if has_energy[k]:
                     design[energy_row[k]] = rows.energy
                 if has_forces[k]:
@@ -360,26 +362,63 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             if not np.shares_memory(solved, design):
                 design[:n_obs] = solved.T
             stats = gp.whitened_statistics(design[:n_E], n_atoms[has_energy].astype(float),
-                                           y_E, design[n_E:n_obs], y_F)
+                                           y_E, design[n_E:n_obs], y_F, keep_basis=keep_basis)
             return design, L_mm, jitter, stats
+
+        def kernel_gradient(kernel, design, L_mm, jitter, stats, inner):
+            """∂ log p / ∂ kernel.theta at the noise levels ``inner``, one more pass."""
+            gradient = gp.KernelThetaGradient(inner, stats, L_mm, kernel.n_theta)
+            var_E, var_F = np.exp(2 * inner[1]), np.exp(2 * inner[2])
+            for k, rows in self._imap(lambda k: rows_of(k, kernel, True), range(len(frames)),
+                                      verbose, "design derivatives"):
+                if has_energy[k]:
+                    r = energy_row[k]
+                    gradient.add_rows(rows.d_energy[None], design[r:r + 1], y_E[r:r + 1],
+                                      np.array([var_E * n_atoms[k]]))
+                if has_forces[k]:
+                    start = force_start[k]
+                    stop = start + 3 * n_atoms[k]
+                    gradient.add_rows(rows.d_forces, design[start:stop],
+                                      y_F[start - n_E:stop - n_E], np.full(stop - start, var_F))
+            d_kmm = gp.inducing_kernel_gradient(inducing, kernel)
+            # the jitter is relative to the mean diagonal of k_mm, which θ may change
+            diagonal = np.einsum("iit->t", d_kmm) / M
+            d_kmm[np.arange(M), np.arange(M)] += jitter * diagonal
+            return gradient.gradient(d_kmm)
 
         log_params = np.log([self.signal_std, self.energy_noise, self.force_noise])
         if search_kernel:
             seed = int(rng.randint(2**31 - 1))
+            inner_free = [name in fitted_names and informed for name, informed in
+                          zip(_HYPERPARAMETERS[:3], (True, n_E > 0, n_F > 0), strict=True)]
+            best = {"value": np.inf, "theta": kernel.theta, "inner": log_params}
 
             def negative_profile(theta):
-                *_, stats = assemble(kernel.clone_with_theta(theta))
-                inner = self._optimize(stats, log_params, np.random.RandomState(seed),
-                                       [name in fitted_names for name in _HYPERPARAMETERS[:3]])
+                # the profile likelihood max over (σ, σ_E, σ_F); by the envelope theorem
+                # its gradient is the partial derivative at the inner optimum
+                trial = kernel.clone_with_theta(theta)
+                design, L_mm, jitter, stats = assemble(trial, keep_basis=True)
+                inner = log_params
+                if any(inner_free):
+                    inner = self._optimize(stats, best["inner"], np.random.RandomState(seed),
+                                           inner_free)
                 value = gp.log_marginal_likelihood(inner, stats)
                 logger.info("%s: kernel %s = %s: log marginal likelihood %.2f", owner,
                             kernel.theta_names, np.exp(theta), value)
-                return -value if np.isfinite(value) else 1e25
+                if not np.isfinite(value):
+                    return 1e25, np.zeros_like(theta)
+                if -value < best["value"]:
+                    best.update(value=-value, theta=np.array(theta), inner=inner)
+                gradient = kernel_gradient(trial, design, L_mm, jitter, stats, inner)
+                return -value, -gradient
 
-            result = minimize(negative_profile, kernel.theta, method="Powell",
+            search = minimize(negative_profile, kernel.theta, jac=True, method="L-BFGS-B",
                               bounds=kernel.bounds,
-                              options={"maxfev": _KERNEL_SEARCH_EVALUATIONS, "xtol": 1e-2})
-            kernel = kernel.clone_with_theta(result.x)
+                              options={"maxfun": _KERNEL_SEARCH_EVALUATIONS, "ftol": 1e-7})
+            logger.info("%s: kernel search: %s after %d evaluations", owner, search.message,
+                        search.nfev)
+            kernel = kernel.clone_with_theta(best["theta"])
+            log_params = best["inner"]
         design, L_mm, jitter, stats = assemble(kernel)
         results_cache, cached = cached, None
         # a noise without observations has no information: keep it where it is

@@ -60,6 +60,10 @@ class DesignRows(NamedTuple):
 
     energy: np.ndarray | None
     forces: np.ndarray | None
+    #: ``∂ energy / ∂θ`` (n_inducing, n_theta), with ``theta_gradient=True`` only
+    d_energy: np.ndarray | None = None
+    #: ``∂ forces / ∂θ`` (3 n_atoms, n_inducing, n_theta), with ``theta_gradient=True`` only
+    d_forces: np.ndarray | None = None
 
 
 def inducing_columns(inducing: list[np.ndarray], columns=None) -> list[np.ndarray]:
@@ -76,7 +80,7 @@ def inducing_columns(inducing: list[np.ndarray], columns=None) -> list[np.ndarra
 
 def design_rows(result: DescriptorResult, species_index: np.ndarray,
                 inducing: list[np.ndarray], kernel, energy: bool = True,
-                forces: bool = True, columns=None) -> DesignRows:
+                forces: bool = True, columns=None, theta_gradient: bool = False) -> DesignRows:
     """Energy and force design rows of one structure.
 
     Parameters
@@ -92,6 +96,9 @@ def design_rows(result: DescriptorResult, species_index: np.ndarray,
         Which rows to build.
     columns : list of ndarray of int, optional
         Design column of each inducing environment (see :func:`inducing_columns`).
+    theta_gradient : bool, default=False
+        Also return the derivatives of the rows with respect to the kernel's log
+        hyperparameters ``kernel.theta`` (for the likelihood gradient).
 
     Returns
     -------
@@ -108,8 +115,12 @@ def design_rows(result: DescriptorResult, species_index: np.ndarray,
     n_atoms, n_features = X.shape
     columns = inducing_columns(inducing, columns)
     n_inducing = int(sum(len(z) for z in inducing))
+    n_theta = kernel.n_theta if theta_gradient else 0
     energy_row = np.zeros(n_inducing) if energy else None
     force_rows = np.zeros((3 * n_atoms, n_inducing)) if forces else None
+    d_energy = np.zeros((n_inducing, n_theta)) if energy and theta_gradient else None
+    d_forces = np.zeros((3 * n_atoms, n_inducing, n_theta)) if forces and theta_gradient \
+        else None
     centre = result.pairs[:, 0]
     moved = result.pairs[:, 1]
     pair_species = species_index[centre]
@@ -120,10 +131,22 @@ def design_rows(result: DescriptorResult, species_index: np.ndarray,
             continue
         cols = columns[s]
         if energy:
-            energy_row[cols] = kernel(X[atoms_s], Z).sum(axis=0)
+            if theta_gradient:
+                K, dK = kernel(X[atoms_s], Z, eval_gradient=True)
+                energy_row[cols] = K.sum(axis=0)
+                d_energy[cols] = dK.sum(axis=0)
+            else:
+                energy_row[cols] = kernel(X[atoms_s], Z).sum(axis=0)
         if not forces:
             continue
-        alpha, beta = kernel.gradient_coefficients(X[atoms_s], Z)  # (n_s, m_s) each
+        if theta_gradient:
+            alpha, beta, d_alpha, d_beta = kernel.gradient_coefficients(X[atoms_s], Z, True)
+            coefficients = [(alpha, beta)] + [(d_alpha[..., t], d_beta[..., t])
+                                              for t in range(n_theta)]
+            targets = [force_rows[:, cols]] + [d_forces[:, cols, t] for t in range(n_theta)]
+        else:
+            coefficients = [kernel.gradient_coefficients(X[atoms_s], Z)]  # (n_s, m_s) each
+            targets = [force_rows[:, cols]]
         local = np.full(n_atoms, -1, dtype=np.int64)
         local[atoms_s] = np.arange(atoms_s.size)
         pairs_s = np.flatnonzero(pair_species == s)
@@ -134,13 +157,20 @@ def design_rows(result: DescriptorResult, species_index: np.ndarray,
             GZ = (G.reshape(-1, n_features) @ Z.T).reshape(len(p), 3, m_s)
             Gx = np.einsum("pcd,pd->pc", G, X[centre[p]])
             rows_i = local[centre[p]]
-            GZ *= alpha[rows_i][:, None, :]  # in place: GZ becomes -contribution
-            GZ += beta[rows_i][:, None, :] * Gx[:, :, None]
             scatter = sp.csr_matrix((-np.ones(len(p)), (moved[p], np.arange(len(p)))),
                                     shape=(n_atoms, len(p)))
-            force_rows[:, cols] += (scatter @ GZ.reshape(len(p), 3 * m_s)
-                                    ).reshape(3 * n_atoms, m_s)
-    return DesignRows(energy_row, force_rows)
+            last = len(coefficients) - 1
+            for t, ((a, b), target) in enumerate(zip(coefficients, targets, strict=True)):
+                # the last coefficient set may overwrite GZ in place
+                contribution = GZ if t == last else GZ.copy()
+                contribution *= a[rows_i][:, None, :]
+                contribution += b[rows_i][:, None, :] * Gx[:, :, None]
+                target += (scatter @ contribution.reshape(len(p), 3 * m_s)
+                           ).reshape(3 * n_atoms, m_s)
+        force_rows[:, cols] = targets[0]
+        for t in range(n_theta):
+            d_forces[:, cols, t] = targets[t + 1]
+    return DesignRows(energy_row, force_rows, d_energy, d_forces)
 
 
 def local_energies(X: np.ndarray, species_index: np.ndarray, inducing: list[np.ndarray],
@@ -262,10 +292,12 @@ class WhitenedStatistics(NamedTuple):
     n_E: int
     n_F: int
     logdet_D_E: float  # Σ log N_atoms
+    V: np.ndarray | None = None  # (M, M) eigenvectors of W_F, kept only when asked
 
 
 def whitened_statistics(Kw_E: np.ndarray, n_atoms_E: np.ndarray, y_E: np.ndarray,
-                        Kw_F: np.ndarray, y_F: np.ndarray) -> WhitenedStatistics:
+                        Kw_F: np.ndarray, y_F: np.ndarray,
+                        keep_basis: bool = False) -> WhitenedStatistics:
     """Reduce the whitened design to the likelihood's statistics.
 
     Parameters
@@ -280,6 +312,8 @@ def whitened_statistics(Kw_E: np.ndarray, n_atoms_E: np.ndarray, y_E: np.ndarray
         Whitened force design rows.
     y_F : ndarray of shape (n_F,)
         Force components, eV/Å.
+    keep_basis : bool, default=False
+        Keep the eigenvectors ``V`` (needed by :class:`KernelThetaGradient`).
 
     Returns
     -------
@@ -300,6 +334,7 @@ def whitened_statistics(Kw_E: np.ndarray, n_atoms_E: np.ndarray, y_E: np.ndarray
         n_E=len(y_E),
         n_F=len(y_F),
         logdet_D_E=float(np.sum(np.log(n_atoms_E))),
+        V=V if keep_basis else None,
     )
 
 
@@ -385,6 +420,94 @@ def log_marginal_likelihood(log_params: np.ndarray, stats: WhitenedStatistics,
                          2.0 * stats.n_F - 2.0 * a_F * tr_F])
     return lml, -0.5 * (d_quad + d_logdet)
 
+
+
+class KernelThetaGradient:
+    """Gradient of the log marginal likelihood with respect to the kernel's ``theta``.
+
+    The design depends on the kernel's hyperparameters through ``K_nm`` and
+    ``k_mm``; with ``Q = σ² K_nm k_mm⁻¹ K_mn``, ``C = Q + Λ``, ``a = C⁻¹ y`` and
+    ``B = k_mm⁻¹ K_mn``,
+
+    ``∂ log p / ∂θ = ½ σ² [2 tr(T ∂K_nm/∂θ) - tr(T Bᵀ ∂k_mm/∂θ)]``,
+    ``T = B (a aᵀ - C⁻¹) = L⁻ᵀ [w aᵀ / σ² - A_w⁻¹ K_wᵀ Λ⁻¹]``,
+    ``T Bᵀ = L⁻ᵀ [w wᵀ / σ⁴ - (I - A_w⁻¹) / σ²] L⁻¹``,
+
+    with the whitened weights ``w = σ² A_w⁻¹ K_wᵀ Λ⁻¹ y`` and ``a = Λ⁻¹ (y - K_w w)``.
+    ``T`` is never formed: :meth:`add_rows` contracts it with the derivative rows of
+    one structure at a time (``O(rows M²)``), so memory stays at one design matrix.
+
+    Parameters
+    ----------
+    log_params : ndarray of shape (3,)
+        ``(log σ, log σ_E, log σ_F)`` at which to differentiate.
+    stats : WhitenedStatistics
+        With the eigenvectors (``keep_basis=True``).
+    L_mm : ndarray of shape (M, M)
+        Lower Cholesky factor of ``k_mm`` used to whiten the design.
+    n_theta : int
+    """
+
+    def __init__(self, log_params, stats: WhitenedStatistics, L_mm: np.ndarray, n_theta: int):
+        if stats.V is None:
+            raise ValueError("KernelThetaGradient needs statistics with keep_basis=True")
+        log_sigma, log_se, log_sf = np.asarray(log_params, dtype=np.float64)
+        sigma2 = np.exp(2 * log_sigma)
+        a_E = sigma2 / np.exp(2 * log_se)
+        a_F = sigma2 / np.exp(2 * log_sf)
+        d = 1.0 + a_F * stats.eigenvalues
+        inv_sqrt_d = 1.0 / np.sqrt(d)
+        U_bar = stats.U * inv_sqrt_d[:, None]
+        S = np.eye(stats.n_E) + a_E * (U_bar.T @ U_bar)
+        # A_w⁻¹ in the eigenbasis: D⁻¹ - a_E D^(-1/2) Ū S⁻¹ Ūᵀ D^(-1/2)
+        inner = np.diag(1.0 / d) - a_E * (inv_sqrt_d[:, None] * (
+            U_bar @ sla.solve(S, U_bar.T, assume_a="pos"))) * inv_sqrt_d[None, :]
+        V = stats.V
+        A_inv = V @ inner @ V.T
+        b = V @ (stats.beta_E / np.exp(2 * log_se) + stats.beta_F / np.exp(2 * log_sf))
+        self.w = sigma2 * (A_inv @ b)  # whitened weights
+        self.sigma2 = float(sigma2)
+        self._v = sla.solve_triangular(L_mm, self.w / sigma2, lower=True, trans="T")
+        self._P = sla.solve_triangular(L_mm, A_inv, lower=True, trans="T")  # L⁻ᵀ A_w⁻¹
+        middle = np.outer(self.w, self.w) / sigma2**2 - (np.eye(len(b)) - A_inv) / sigma2
+        half = sla.solve_triangular(L_mm, middle, lower=True, trans="T")
+        self._mm = sla.solve_triangular(L_mm, half.T, lower=True, trans="T").T  # L⁻ᵀ · L⁻¹
+        self._rows_term = np.zeros(n_theta)
+
+    def add_rows(self, d_rows: np.ndarray, Kw_rows: np.ndarray, y_rows: np.ndarray,
+                 noise_var: np.ndarray) -> None:
+        """Accumulate ``tr(T ∂K_nm/∂θ)`` over some observations.
+
+        Parameters
+        ----------
+        d_rows : ndarray of shape (r, M, n_theta)
+            ``∂K_nm/∂θ`` of these observations (unwhitened, kernel units).
+        Kw_rows : ndarray of shape (r, M)
+            Their whitened design rows.
+        y_rows : ndarray of shape (r,)
+        noise_var : ndarray of shape (r,)
+            Their noise variances ``Λ``.
+        """
+        a = (y_rows - Kw_rows @ self.w) / noise_var
+        PK = (Kw_rows @ self._P.T) / noise_var[:, None]  # row n: P K_w[n] / Λ_n
+        self._rows_term += (np.einsum("rmt,m,r->t", d_rows, self._v, a)
+                            - np.einsum("rmt,rm->t", d_rows, PK))
+
+    def gradient(self, d_kmm: np.ndarray) -> np.ndarray:
+        """Finish: the gradient, shape (n_theta,), given ``∂k_mm/∂θ`` (M, M, n_theta)."""
+        mm_term = np.einsum("ij,ijt->t", self._mm, d_kmm)
+        return 0.5 * self.sigma2 * (2.0 * self._rows_term - mm_term)
+
+
+def inducing_kernel_gradient(inducing: list[np.ndarray], kernel, columns=None) -> np.ndarray:
+    """``∂k_mm/∂θ`` (zero between species), shape (n_inducing, n_inducing, n_theta)."""
+    columns = inducing_columns(inducing, columns)
+    n_inducing = int(sum(len(z) for z in inducing))
+    dK = np.zeros((n_inducing, n_inducing, kernel.n_theta))
+    for s, Z in enumerate(inducing):
+        if len(Z):
+            dK[np.ix_(columns[s], columns[s])] = kernel(Z, eval_gradient=True)[1]
+    return dK
 
 class Posterior(NamedTuple):
     """Fitted posterior over the inducing values.

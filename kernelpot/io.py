@@ -28,10 +28,10 @@ UNITS = {"energy": "eV", "length": "Å", "force": "eV/Å", "energy_noise": "eV/a
 def _registry():
     from kernelpot.descriptors import ACSF, SOAP
     from kernelpot.estimator import SparseGPPotential
-    from kernelpot.kernels import NormalizedDotProduct, SquaredExponential
+    from kernelpot.kernels import NormalizedDotProduct, Scaled, SquaredExponential, Sum
 
     return {cls.__name__: cls for cls in (ACSF, SOAP, NormalizedDotProduct, SquaredExponential,
-                                          SparseGPPotential)}
+                                          Scaled, Sum, SparseGPPotential)}
 
 
 def _encode(value):

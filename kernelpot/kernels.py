@@ -25,7 +25,7 @@ import numbers
 import numpy as np
 from sklearn.base import BaseEstimator, clone
 
-__all__ = ["Kernel", "NormalizedDotProduct", "SquaredExponential"]
+__all__ = ["Kernel", "NormalizedDotProduct", "Scaled", "SquaredExponential", "Sum"]
 
 #: Norms below this count as zero descriptors (an isolated atom in ACSF).
 _TINY = 1e-300
@@ -95,6 +95,19 @@ class Kernel(BaseEstimator):
             if len(b) != 2 or not 0 < b[0] < b[1]:
                 raise ValueError(f"{type(self).__name__}: {h}_bounds must be (low, high) with "
                                  f"0 < low < high; got {b!r}")
+
+    # -- composition: ``k1 + k2`` and ``c * k`` --------------------------------------
+    def __add__(self, other):
+        if not isinstance(other, Kernel):
+            return NotImplemented
+        return Sum(self, other)
+
+    def __mul__(self, other):
+        if isinstance(other, bool) or not isinstance(other, numbers.Real):
+            return NotImplemented
+        return Scaled(self, float(other))
+
+    __rmul__ = __mul__
 
     # -- to implement ----------------------------------------------------------------
     def __call__(self, X, Y=None, eval_gradient=False):
@@ -343,3 +356,182 @@ class SquaredExponential(Kernel):
         a_delta = ax[:, None] - AX  # A_a · (x_a - x_b)
         b_delta = AX.T - ax[None, :]  # A_b · (x_a - x_b)
         return K / ell2 * (A @ A.T - a_delta * b_delta / ell2)
+
+
+class Scaled(Kernel):
+    """``k(x, y) = c · k_0(x, y)``: a kernel times a positive constant.
+
+    Used for the relative weight of the terms of a :class:`Sum` (the overall signal
+    variance stays with the estimator). ``c * kernel`` builds one.
+
+    Parameters
+    ----------
+    kernel : Kernel
+        ``k_0``.
+    scale : float, default=1.0
+        ``c``.
+    scale_bounds : pair of float or "fixed", default=(1e-4, 1e4)
+        Bounds of ``c`` for the likelihood optimisation.
+
+    Notes
+    -----
+    ``theta`` is ``[log c, *k_0.theta]``; ``∂k/∂ log c = k``.
+    """
+
+    _hyperparameters = ("scale",)
+
+    def __init__(self, kernel=None, scale=1.0, scale_bounds=(1e-4, 1e4)):
+        self.kernel = kernel
+        self.scale = scale
+        self.scale_bounds = scale_bounds
+
+    def check(self) -> None:
+        if not isinstance(self.kernel, Kernel):
+            raise TypeError(f"Scaled: kernel must be a kernelpot Kernel; "
+                            f"got {type(self.kernel).__name__}")
+        super().check()
+        self.kernel.check()
+
+    @property
+    def theta(self):
+        return np.concatenate([super().theta, self.kernel.theta])
+
+    @property
+    def bounds(self):
+        return np.vstack([super().bounds, self.kernel.bounds]).reshape(-1, 2)
+
+    @property
+    def theta_names(self):
+        return self._free() + [f"kernel__{h}" for h in self.kernel.theta_names]
+
+    @property
+    def n_theta(self):
+        return len(self._free()) + self.kernel.n_theta
+
+    def clone_with_theta(self, theta):
+        theta = np.atleast_1d(np.asarray(theta, dtype=np.float64))
+        if theta.shape != (self.n_theta,):
+            raise ValueError(f"Scaled: theta must have shape ({self.n_theta},); "
+                             f"got {theta.shape}")
+        own = len(self._free())
+        twin = clone(self)
+        if own:
+            twin.scale = float(np.exp(theta[0]))
+        twin.kernel = self.kernel.clone_with_theta(theta[own:])
+        return twin
+
+    def _scale_gradient(self, value, inner_gradient):
+        """Stack ``∂/∂ log c`` (if free) before the inner kernel's gradient."""
+        c = float(self.scale)
+        parts = [c * value[..., None]] if self._free() else []
+        parts.append(c * inner_gradient)
+        return np.concatenate(parts, axis=-1)
+
+    def __call__(self, X, Y=None, eval_gradient=False):
+        c = float(self.scale)
+        if not eval_gradient:
+            return c * self.kernel(X, Y)
+        K, dK = self.kernel(X, Y, eval_gradient=True)
+        return c * K, self._scale_gradient(K, dK)
+
+    def diag(self, X):
+        return float(self.scale) * self.kernel.diag(X)
+
+    def gradient_coefficients(self, X, Y, eval_gradient=False):
+        c = float(self.scale)
+        if not eval_gradient:
+            alpha, beta = self.kernel.gradient_coefficients(X, Y)
+            return c * alpha, c * beta
+        alpha, beta, d_alpha, d_beta = self.kernel.gradient_coefficients(X, Y, True)
+        return (c * alpha, c * beta, self._scale_gradient(alpha, d_alpha),
+                self._scale_gradient(beta, d_beta))
+
+    def mixed_second_derivative(self, X, Y):
+        return float(self.scale) * self.kernel.mixed_second_derivative(X, Y)
+
+    def contracted_hessian(self, X, A):
+        return float(self.scale) * self.kernel.contracted_hessian(X, A)
+
+
+class Sum(Kernel):
+    """``k(x, y) = k_1(x, y) + k_2(x, y)``; ``kernel_1 + kernel_2`` builds one.
+
+    For instance ``NormalizedDotProduct(2) + Scaled(SquaredExponential(ℓ), c)``: the
+    first term compares the shapes of environments, the second also their size
+    (the norm of the descriptor, which follows the density of neighbours).
+
+    Parameters
+    ----------
+    k1, k2 : Kernel
+
+    Notes
+    -----
+    ``theta`` is ``[*k1.theta, *k2.theta]``; value, gradient coefficients and
+    second derivatives add.
+    """
+
+    def __init__(self, k1=None, k2=None):
+        self.k1 = k1
+        self.k2 = k2
+
+    def check(self) -> None:
+        for name in ("k1", "k2"):
+            part = getattr(self, name)
+            if not isinstance(part, Kernel):
+                raise TypeError(f"Sum: {name} must be a kernelpot Kernel; "
+                                f"got {type(part).__name__}")
+            part.check()
+
+    @property
+    def theta(self):
+        return np.concatenate([self.k1.theta, self.k2.theta])
+
+    @property
+    def bounds(self):
+        return np.vstack([self.k1.bounds, self.k2.bounds]).reshape(-1, 2)
+
+    @property
+    def theta_names(self):
+        return ([f"k1__{h}" for h in self.k1.theta_names]
+                + [f"k2__{h}" for h in self.k2.theta_names])
+
+    @property
+    def n_theta(self):
+        return self.k1.n_theta + self.k2.n_theta
+
+    def clone_with_theta(self, theta):
+        theta = np.atleast_1d(np.asarray(theta, dtype=np.float64))
+        if theta.shape != (self.n_theta,):
+            raise ValueError(f"Sum: theta must have shape ({self.n_theta},); got {theta.shape}")
+        n1 = self.k1.n_theta
+        twin = clone(self)
+        twin.k1 = self.k1.clone_with_theta(theta[:n1])
+        twin.k2 = self.k2.clone_with_theta(theta[n1:])
+        return twin
+
+    def __call__(self, X, Y=None, eval_gradient=False):
+        if not eval_gradient:
+            return self.k1(X, Y) + self.k2(X, Y)
+        K1, dK1 = self.k1(X, Y, eval_gradient=True)
+        K2, dK2 = self.k2(X, Y, eval_gradient=True)
+        return K1 + K2, np.concatenate([dK1, dK2], axis=-1)
+
+    def diag(self, X):
+        return self.k1.diag(X) + self.k2.diag(X)
+
+    def gradient_coefficients(self, X, Y, eval_gradient=False):
+        if not eval_gradient:
+            a1, b1 = self.k1.gradient_coefficients(X, Y)
+            a2, b2 = self.k2.gradient_coefficients(X, Y)
+            return a1 + a2, b1 + b2
+        a1, b1, da1, db1 = self.k1.gradient_coefficients(X, Y, True)
+        a2, b2, da2, db2 = self.k2.gradient_coefficients(X, Y, True)
+        return (a1 + a2, b1 + b2, np.concatenate([da1, da2], axis=-1),
+                np.concatenate([db1, db2], axis=-1))
+
+    def mixed_second_derivative(self, X, Y):
+        return self.k1.mixed_second_derivative(X, Y) + self.k2.mixed_second_derivative(X, Y)
+
+    def contracted_hessian(self, X, A):
+        return self.k1.contracted_hessian(X, A) + self.k2.contracted_hessian(X, A)
+

@@ -14,7 +14,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 
 from kernelpot import ACSF, SOAP, SparseGPPotential
-from kernelpot.kernels import SquaredExponential
+from kernelpot.kernels import NormalizedDotProduct, Scaled, SquaredExponential
 
 
 def _energy(model, atoms):
@@ -151,6 +151,44 @@ def test_squared_exponential_length_scale_is_fitted(ethanol_frames):
     assert 0.5 <= fitted.kernel_.length_scale <= 50.0
     assert fitted.log_marginal_likelihood() > fixed.log_marginal_likelihood()
     assert fitted.score(ethanol_frames[15:25]) > 0.5
+
+
+def test_sum_kernel_hyperparameters_maximise_the_likelihood(ethanol_frames, tmp_path):
+    """The fitted kernel θ is a (bounded) maximum of the profile likelihood."""
+    descriptor = ACSF.from_grid(["H", "C", "O"], 4.0, n_radial=5, n_angular=3)
+    kernel = NormalizedDotProduct(2) + Scaled(SquaredExponential(3.0, (0.3, 30.0)), 0.3,
+                                              (1e-3, 10.0))
+    frames = ethanol_frames[:10]
+    fitted = SparseGPPotential(descriptor, kernel, sparse_method="all", n_restarts=0,
+                               random_state=0).fit(frames)
+    best = fitted.log_marginal_likelihood()
+    theta = fitted.kernel_.theta
+    assert not np.allclose(theta, kernel.theta)
+    bounds = fitted.kernel_.bounds
+    for t in range(len(theta)):
+        for sign in (-1, 1):
+            moved = theta.copy()
+            moved[t] = np.clip(moved[t] + sign * 0.1, *bounds[t])
+            if moved[t] == theta[t]:
+                continue
+            trial = fitted.kernel_.clone_with_theta(moved)
+            fixed = SparseGPPotential(descriptor, _fixed(trial), sparse_method="all",
+                                      n_restarts=0, random_state=0).fit(frames)
+            assert fixed.log_marginal_likelihood() <= best + 1e-3
+    # a composite kernel survives save/load
+    from kernelpot import load
+
+    fitted.save(tmp_path / "sum.npz")
+    loaded = load(tmp_path / "sum.npz")
+    assert repr(loaded.kernel_) == repr(fitted.kernel_)
+    np.testing.assert_array_equal(loaded.predict(ethanol_frames[20:22]),
+                                  fitted.predict(ethanol_frames[20:22]))
+
+
+def _fixed(kernel):
+    """A copy of a kernel with every hyperparameter fixed."""
+    params = {name: "fixed" for name in kernel.get_params() if name.endswith("_bounds")}
+    return clone(kernel).set_params(**params)
 
 
 def test_partial_labels(ethanol_frames, small_soap):

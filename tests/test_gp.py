@@ -118,3 +118,97 @@ def test_clip_variance_warns_only_when_not_round_off():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert gp.clip_variance(np.array([1.0, -1e-15]), "test").tolist() == [1.0, 0.0]
+
+
+def _real_problem(frames, descriptor, kernel, theta_gradient=False):
+    """Design rows of labelled frames, inducing = every 3rd environment per species."""
+    from kernelpot.kernels import Kernel  # noqa: F401  (documentation of the argument)
+
+    species = np.unique(np.concatenate([a.numbers for a in frames]))
+    results = [descriptor.compute(a) for a in frames]
+    index = [np.searchsorted(species, a.numbers) for a in frames]
+    X = np.concatenate([r.features for r in results])
+    all_index = np.concatenate(index)
+    inducing = [np.array(X[all_index == s][::3]) for s in range(len(species))]
+    rows = [gp.design_rows(r, i, inducing, kernel, theta_gradient=theta_gradient)
+            for r, i in zip(results, index, strict=True)]
+    return results, index, inducing, rows
+
+
+def _assemble(frames, rows, inducing, kernel):
+    K_E = np.stack([r.energy for r in rows])
+    K_F = np.concatenate([r.forces for r in rows])
+    n_atoms = np.array([len(a) for a in frames], dtype=float)
+    y_E = np.array([a.get_potential_energy() for a in frames])
+    y_E = y_E - y_E.mean()
+    y_F = np.concatenate([a.get_forces().ravel() for a in frames])
+    L, _ = gp.cholesky_with_jitter(gp.inducing_kernel(inducing, kernel))
+    Kw_E = sla.solve_triangular(L, K_E.T, lower=True).T
+    Kw_F = sla.solve_triangular(L, K_F.T, lower=True).T
+    stats = gp.whitened_statistics(Kw_E, n_atoms, y_E, Kw_F, y_F, keep_basis=True)
+    return L, Kw_E, Kw_F, y_E, y_F, n_atoms, stats
+
+
+@pytest.fixture(scope="module")
+def sum_kernel():
+    from kernelpot.kernels import NormalizedDotProduct, SquaredExponential
+
+    return NormalizedDotProduct(2) + 0.5 * SquaredExponential(0.3)
+
+
+def test_design_row_theta_derivatives_equal_finite_differences(ethanol_frames, small_soap,
+                                                              sum_kernel):
+    frames = ethanol_frames[:3]
+    _, _, _, rows = _real_problem(frames, small_soap, sum_kernel, theta_gradient=True)
+    h = 1e-5
+    for t in range(sum_kernel.n_theta):
+        step = np.zeros(sum_kernel.n_theta)
+        step[t] = h
+        plus = sum_kernel.clone_with_theta(sum_kernel.theta + step)
+        minus = sum_kernel.clone_with_theta(sum_kernel.theta - step)
+        # same inducing set: built from the same features
+        _, _, _, rows_p = _real_problem(frames, small_soap, plus)
+        _, _, _, rows_m = _real_problem(frames, small_soap, minus)
+        for r, rp, rm in zip(rows, rows_p, rows_m, strict=True):
+            fd_E = (rp.energy - rm.energy) / (2 * h)
+            fd_F = (rp.forces - rm.forces) / (2 * h)
+            assert np.max(np.abs(r.d_energy[:, t] - fd_E)) <= 1e-6 * np.max(np.abs(fd_E))
+            assert np.max(np.abs(r.d_forces[:, :, t] - fd_F)) <= 1e-6 * np.max(np.abs(fd_F))
+        # the plain rows do not change when derivatives are asked for
+    _, _, _, plain = _real_problem(frames, small_soap, sum_kernel)
+    np.testing.assert_array_equal(plain[0].forces, rows[0].forces)
+    np.testing.assert_array_equal(plain[0].energy, rows[0].energy)
+
+
+@pytest.mark.parametrize("log_params", [np.log([1.0, 0.01, 0.1]), np.log([5.0, 0.002, 0.03])])
+def test_lml_kernel_gradient_equals_finite_differences(ethanol_frames, small_soap, sum_kernel,
+                                                       log_params):
+    frames = ethanol_frames[:6]
+
+    def lml(kernel):
+        _, _, inducing, rows = _real_problem(frames, small_soap, kernel)
+        *_, stats = _assemble(frames, rows, inducing, kernel)
+        return gp.log_marginal_likelihood(log_params, stats)
+
+    _, _, inducing, rows = _real_problem(frames, small_soap, sum_kernel, theta_gradient=True)
+    L, Kw_E, Kw_F, y_E, y_F, n_atoms, stats = _assemble(frames, rows, inducing, sum_kernel)
+    grad = gp.KernelThetaGradient(log_params, stats, L, sum_kernel.n_theta)
+    sigma_e, sigma_f = np.exp(log_params[1:])
+    grad.add_rows(np.stack([r.d_energy for r in rows]), Kw_E, y_E, sigma_e**2 * n_atoms)
+    grad.add_rows(np.concatenate([r.d_forces for r in rows]), Kw_F, y_F,
+                  np.full(len(y_F), sigma_f**2))
+    analytic = grad.gradient(gp.inducing_kernel_gradient(inducing, sum_kernel))
+    h = 1e-5
+    for t in range(sum_kernel.n_theta):
+        step = np.zeros(sum_kernel.n_theta)
+        step[t] = h
+        fd = (lml(sum_kernel.clone_with_theta(sum_kernel.theta + step))
+              - lml(sum_kernel.clone_with_theta(sum_kernel.theta - step))) / (2 * h)
+        assert analytic[t] == pytest.approx(fd, rel=1e-5, abs=1e-5)
+
+
+def test_kernel_gradient_needs_the_basis(problem):
+    K_mm, K_nm, n_atoms, y, n_E = problem
+    L, _, stats = _stats(K_mm, K_nm, n_atoms, y, n_E)
+    with pytest.raises(ValueError, match="keep_basis"):
+        gp.KernelThetaGradient(np.zeros(3), stats, L, 1)

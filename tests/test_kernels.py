@@ -4,15 +4,17 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from kernelpot.kernels import NormalizedDotProduct, SquaredExponential
+from kernelpot.kernels import NormalizedDotProduct, Scaled, SquaredExponential, Sum
 
 KERNELS = [
     NormalizedDotProduct(zeta=1),
     NormalizedDotProduct(zeta=2),
     NormalizedDotProduct(zeta=4),
     SquaredExponential(length_scale=1.7),
+    Scaled(SquaredExponential(length_scale=1.3), scale=0.7),
+    NormalizedDotProduct(zeta=2) + 0.4 * SquaredExponential(length_scale=2.1),
 ]
-IDS = ["ndp1", "ndp2", "ndp4", "se"]
+IDS = ["ndp1", "ndp2", "ndp4", "se", "scaled-se", "ndp+se"]
 
 
 @pytest.fixture
@@ -84,7 +86,7 @@ def test_symmetry_diag_clone(kernel, data):
     np.testing.assert_allclose(K, K.T, atol=1e-14)
     np.testing.assert_allclose(np.diag(K), kernel.diag(X))
     twin = clone(kernel)
-    assert twin.get_params() == kernel.get_params()
+    assert repr(twin) == repr(kernel)
     np.testing.assert_array_equal(twin(X), K)
 
 
@@ -123,7 +125,42 @@ def test_theta_and_bounds():
     (NormalizedDotProduct(zeta=1.5), "zeta must be an int >= 1"),
     (SquaredExponential(length_scale=-1.0), "length_scale must be a number > 0"),
     (SquaredExponential(length_scale_bounds=(2.0, 1.0)), "length_scale_bounds must be"),
+    (Scaled(SquaredExponential(), scale=0.0), "scale must be a number > 0"),
+    (NormalizedDotProduct(zeta=0) + SquaredExponential(), "zeta must be an int >= 1"),
 ])
 def test_bad_hyperparameters(kernel, match):
     with pytest.raises(ValueError, match=match):
         kernel.check()
+
+
+@pytest.mark.parametrize("kernel, match", [
+    (Scaled("rbf"), "kernel must be a kernelpot Kernel"),
+    (Sum(NormalizedDotProduct(), None), "k2 must be a kernelpot Kernel"),
+])
+def test_composite_of_non_kernels_is_refused(kernel, match):
+    with pytest.raises(TypeError, match=match):
+        kernel.check()
+
+
+def test_composition_builds_sum_and_scaled(data):
+    X, Y = data
+    ndp, se = NormalizedDotProduct(2), SquaredExponential(1.5)
+    kernel = ndp + 0.5 * se
+    assert isinstance(kernel, Sum) and isinstance(kernel.k2, Scaled)
+    np.testing.assert_allclose(kernel(X, Y), ndp(X, Y) + 0.5 * se(X, Y), rtol=1e-14)
+    np.testing.assert_allclose(kernel.diag(X), ndp.diag(X) + 0.5)
+    np.testing.assert_allclose(kernel.gradient(X, Y), ndp.gradient(X, Y) + 0.5 * se.gradient(X, Y),
+                               rtol=1e-12)
+    assert kernel.theta_names == ["k2__scale", "k2__kernel__length_scale"]
+    np.testing.assert_allclose(kernel.theta, np.log([0.5, 1.5]))
+    twin = kernel.clone_with_theta(np.log([2.0, 3.0]))
+    assert twin.k2.scale == pytest.approx(2.0)
+    assert twin.k2.kernel.length_scale == pytest.approx(3.0)
+    assert kernel.k2.scale == 0.5  # the original is untouched
+    assert clone(kernel).get_params()["k2__kernel__length_scale"] == 1.5
+    fixed = Scaled(SquaredExponential(1.0, "fixed"), 2.0, "fixed")
+    assert fixed.n_theta == 0 and fixed.theta.shape == (0,)
+    with pytest.raises(ValueError, match="theta must have shape"):
+        kernel.clone_with_theta([0.0])
+    with pytest.raises(TypeError):
+        ndp + 1.0
