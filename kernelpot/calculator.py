@@ -20,8 +20,10 @@ class KernelPotCalculator(Calculator):
     ----------
     model : SparseGPPotential
         A fitted model.
-    uncertainty : bool, default=True
-        Also compute ``energy_std`` and ``forces_std`` (costs more than the mean).
+    uncertainty : bool or "energy", default=True
+        Also compute ``energy_std`` and ``forces_std`` (the force stds cost several
+        times the mean prediction); ``"energy"`` computes ``energy_std`` only, at
+        little more than the cost of the mean.
     **kwargs
         Passed to :class:`ase.calculators.calculator.Calculator`.
 
@@ -35,6 +37,7 @@ class KernelPotCalculator(Calculator):
     ``forces``               (n_atoms, 3), eV/Å
     ``energy_std``           epistemic std of the total energy, eV
     ``forces_std``           (n_atoms, 3) epistemic std per component, eV/Å
+                             (not with ``uncertainty="energy"``)
     ``energy_noise``         learned aleatoric noise of the energy, ``σ_E √N``, eV
     ``force_noise``          learned aleatoric noise per force component, eV/Å
     ========================  ===============================================
@@ -67,7 +70,9 @@ class KernelPotCalculator(Calculator):
         if properties is None:
             properties = self.implemented_properties
         super().calculate(atoms, properties, system_changes)
-        uncertainty = bool(self.parameters.uncertainty)
+        uncertainty = self.parameters.uncertainty
+        if uncertainty != "energy":
+            uncertainty = bool(uncertainty)
         prediction = self.model.predict_structure(self.atoms, forces=True,
                                                   variance=uncertainty)
         results = {
@@ -81,6 +86,7 @@ class KernelPotCalculator(Calculator):
         if uncertainty:
             results["energy_std"] = float(np.sqrt(prediction.energy_var_posterior
                                                   + prediction.energy_var_projection))
-            results["forces_std"] = np.sqrt(prediction.forces_var_posterior
-                                            + prediction.forces_var_projection)
+            if prediction.forces_var_posterior is not None:
+                results["forces_std"] = np.sqrt(prediction.forces_var_posterior
+                                                + prediction.forces_var_projection)
         self.results = results

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from kernelpot import _incremental, gp
 from kernelpot._labels import check_frames, read_labels
 from kernelpot._validation import check_verbose
-from kernelpot.descriptors import SOAP, Descriptor
+from kernelpot.descriptors import SOAP, Descriptor, DescriptorResult
 from kernelpot.kernels import Kernel, NormalizedDotProduct
 from kernelpot.sparsify import SPARSE_METHODS, resolve_n_sparse, select_inducing
 
@@ -568,24 +568,38 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         ----------
         atoms : ase.Atoms
         forces : bool, default=True
-        variance : bool, default=False
-            Also compute the epistemic variance terms.
+        variance : bool or "energy", default=False
+            Also compute the epistemic variance terms: ``True`` of the energy and
+            (with ``forces``) of every force component; ``"energy"`` of the energy
+            only, which needs no force design rows and costs little more than the
+            mean (the force variances cost ``O(n_pairs M D)``, several times the mean).
 
         Returns
         -------
         Prediction
         """
         check_is_fitted(self)
+        self._check_variance(variance)
         return self._finish_variances([self._predict_parts(atoms, forces, variance)])[0]
+
+    @staticmethod
+    def _check_variance(variance):
+        if variance is not True and variance is not False and variance != "energy":
+            raise ValueError(f"variance must be True, False or 'energy'; got {variance!r}")
 
     def _predict_parts(self, atoms, forces, variance):
         """Mean prediction, plus design rows and prior variances when variance is asked."""
         owner = f"{type(self).__name__}.predict"
         index = self._species_index(atoms, owner)
-        result = self.descriptor_.compute(atoms) if (forces or variance) else None
-        features = result.features if result is not None else self.descriptor_.create(atoms)
-        local, d_local = gp.local_energies(features, index, self.inducing_, self.kernel_,
-                                           self.alpha_, gradients=forces,
+        force_variance = forces and variance is True
+        if forces or force_variance:
+            result = self.descriptor_.compute(atoms)
+        else:  # energies need no Jacobian
+            features = self.descriptor_.create(atoms)
+            result = DescriptorResult(features, np.zeros((0, 2), dtype=np.int64),
+                                      np.zeros((0, 3, features.shape[1])))
+        local, d_local = gp.local_energies(result.features, index, self.inducing_,
+                                           self.kernel_, self.alpha_, gradients=forces,
                                            columns=self._columns)
         local = local + self.e0_[index]
         energy = float(local.sum())
@@ -593,12 +607,13 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         if not variance:
             return energy, force_values, None, None, local
         rows = gp.design_rows(result, index, self.inducing_, self.kernel_, energy=True,
-                              forces=forces, columns=self._columns)
+                              forces=force_variance, columns=self._columns)
         prior_e, prior_f = gp.prior_variances(result, index, len(self.species_), self.kernel_,
-                                              energy=True, forces=forces)
-        stacked = rows.energy[None, :] if not forces else np.vstack([rows.energy, rows.forces])
-        prior = np.array([prior_e]) if not forces else np.concatenate([[prior_e],
-                                                                      prior_f.ravel()])
+                                              energy=True, forces=force_variance)
+        if not force_variance:
+            return energy, force_values, rows.energy[None, :], np.array([prior_e]), local
+        stacked = np.vstack([rows.energy, rows.forces])
+        prior = np.concatenate([[prior_e], prior_f.ravel()])
         return energy, force_values, stacked, prior, local
 
     def _finish_variances(self, parts) -> list[Prediction]:
@@ -622,8 +637,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             n_rows = len(stacked)
             p_post, p_proj = post[offset:offset + n_rows], projection[offset:offset + n_rows]
             offset += n_rows
-            f_post = p_post[1:].reshape(-1, 3) if force_values is not None else None
-            f_proj = p_proj[1:].reshape(-1, 3) if force_values is not None else None
+            f_post = p_post[1:].reshape(-1, 3) if n_rows > 1 else None
+            f_proj = p_proj[1:].reshape(-1, 3) if n_rows > 1 else None
             out.append(Prediction(energy, force_values, float(p_post[0]), float(p_proj[0]),
                                   f_post, f_proj, local))
         return out
@@ -668,7 +683,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             Only with ``return_std=True``; eV.
         """
         self._check_std_type(std_type)
-        frames, out = self._predict_many(X, forces=False, variance=return_std)
+        frames, out = self._predict_many(X, forces=False, variance="energy" if return_std
+                                         else False)
         energies = np.array([p.energy for p in out])
         if not return_std:
             return energies

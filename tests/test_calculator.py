@@ -65,6 +65,21 @@ def test_caching_and_uncertainty_switch(fitted_ethanol, ethanol_frames, monkeypa
     assert len(calls) == 2
 
 
+def test_energy_only_uncertainty(fitted_ethanol, ethanol_frames):
+    atoms = ethanol_frames[58].copy()
+    atoms.calc = KernelPotCalculator(fitted_ethanol, uncertainty="energy")
+    forces = atoms.get_forces()
+    assert "forces_std" not in atoms.calc.results
+    full = ethanol_frames[58].copy()
+    full.calc = KernelPotCalculator(fitted_ethanol)
+    np.testing.assert_array_equal(forces, full.get_forces())
+    # the same variance, solved in a batch of different size: round-off only
+    assert atoms.calc.results["energy_std"] == pytest.approx(full.calc.results["energy_std"],
+                                                             rel=1e-9)
+    with pytest.raises(ValueError, match="variance must be True, False or 'energy'"):
+        fitted_ethanol.predict_structure(atoms, variance="forces")
+
+
 def test_stress_not_implemented_and_unknown_species(fitted_ethanol, ethanol_frames):
     atoms = ethanol_frames[58].copy()
     atoms.calc = KernelPotCalculator(fitted_ethanol)
