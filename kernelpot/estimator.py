@@ -130,6 +130,13 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         e.g. an energy noise set to the known precision of the reference method.
     n_restarts : int, default=2
         Extra optimiser starts, log-uniform within the bounds.
+    search_frames : int or None, default=None
+        Fit the kernel's own hyperparameters on a random subset of this many
+        training structures (inducing environments chosen within it), then fix
+        them and fit ``σ``, ``σ_E``, ``σ_F`` and the posterior on all structures:
+        each step of the kernel search costs two passes over its data, so a subset
+        of a few tens of structures keeps large fits affordable. ``None`` searches
+        on all of them.
     incremental : bool, default=False
         Keep the whitened design, labels and descriptors of the training set so
         that :meth:`update` can add structures and inducing environments by
@@ -186,7 +193,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                  signal_std=1.0, energy_noise=0.002, force_noise=0.05,
                  signal_std_bounds=(1e-2, 1e2), energy_noise_bounds=(1e-4, 1.0),
                  force_noise_bounds=(1e-4, 10.0), e0="lstsq", optimize=True, n_restarts=2,
-                 incremental=False, random_state=None, n_jobs=1, verbose=0):
+                 search_frames=None, incremental=False, random_state=None, n_jobs=1,
+                 verbose=0):
         self.descriptor = descriptor
         self.kernel = kernel
         self.n_sparse = n_sparse
@@ -200,6 +208,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         self.e0 = e0
         self.optimize = optimize
         self.n_restarts = n_restarts
+        self.search_frames = search_frames
         self.incremental = incremental
         self.random_state = random_state
         self.n_jobs = n_jobs
@@ -240,6 +249,11 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         if isinstance(self.n_restarts, bool) or not isinstance(self.n_restarts, numbers.Integral) \
                 or self.n_restarts < 0:
             raise ValueError(f"{owner}: n_restarts must be an int >= 0; got {self.n_restarts!r}")
+        if self.search_frames is not None and (
+                isinstance(self.search_frames, bool)
+                or not isinstance(self.search_frames, numbers.Integral) or self.search_frames < 2):
+            raise ValueError(f"{owner}: search_frames must be None or an int >= 2; "
+                             f"got {self.search_frames!r}")
         if self.n_jobs == 0:
             raise ValueError(f"{owner}: n_jobs must not be 0 (None, -1 or a positive int)")
         return check_verbose(self.verbose, owner)
@@ -328,6 +342,13 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             else np.zeros(0)
         fitted_names = self._fitted_names()
         search_kernel = "kernel" in fitted_names and kernel.n_theta > 0
+        if search_kernel and self.search_frames is not None \
+                and int(self.search_frames) < len(frames):
+            kernel, subset_params = self._search_on_subset(frames, kernel, rng)
+            extra_starts = [subset_params]
+            search_kernel = False
+        else:
+            extra_starts = []
         cached = None
         if self.incremental:
             cached = self._map(descriptor.compute, frames, verbose, "descriptors")
@@ -425,7 +446,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         free = [name in fitted_names and informed for name, informed in
                 zip(_HYPERPARAMETERS[:3], (True, n_E > 0, n_F > 0), strict=True)]
         if any(free):
-            log_params = self._optimize(stats, log_params, rng, free)
+            log_params = self._optimize(stats, log_params, rng, free, extra_starts)
         lml = gp.log_marginal_likelihood(log_params, stats)
         given = (float(self.signal_std), float(self.energy_noise), float(self.force_noise))
         # keep given values exactly where nothing was fitted (exp(log(x)) != x in floats)
@@ -501,7 +522,26 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         solution, *_ = np.linalg.lstsq(counts[mask].astype(float), energies[mask], rcond=None)
         return solution
 
-    def _optimize(self, stats, log_params, rng, free) -> np.ndarray:
+    def _search_on_subset(self, frames, kernel, rng):
+        """Kernel hyperparameters from a fit on ``search_frames`` random structures.
+
+        Returns the fitted kernel (bounds kept; the full fit does not search it
+        again) and the subset's fitted ``(log σ, log σ_E, log σ_F)``, one more start
+        for the full fit's optimisation.
+        """
+        chosen = np.sort(rng.choice(len(frames), size=int(self.search_frames), replace=False))
+        logger.info("%s: fitting the kernel's hyperparameters on %d of %d structures",
+                    type(self).__name__, len(chosen), len(frames))
+        sub = clone(self).set_params(kernel=kernel, search_frames=None, incremental=False,
+                                     random_state=rng.randint(2**31 - 1))
+        sub.fit([frames[k] for k in chosen])
+        start = np.log([sub.signal_std_, sub.energy_noise_, sub.force_noise_])
+        given = np.log([self.signal_std, self.energy_noise, self.force_noise])
+        names = self._fitted_names()
+        start = np.where([n in names for n in _HYPERPARAMETERS[:3]], start, given)
+        return sub.kernel_, start
+
+    def _optimize(self, stats, log_params, rng, free, extra_starts=()) -> np.ndarray:
         bounds = np.log(np.array([self.signal_std_bounds, self.energy_noise_bounds,
                                   self.force_noise_bounds], dtype=float))
         for k, is_free in enumerate(free):
@@ -514,7 +554,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                 return 1e25, np.zeros_like(theta)
             return -value, -grad
 
-        starts = [np.clip(log_params, bounds[:, 0], bounds[:, 1])]
+        starts = [np.clip(start, bounds[:, 0], bounds[:, 1])
+                  for start in (log_params, *extra_starts)]
         for _ in range(int(self.n_restarts)):
             starts.append(rng.uniform(bounds[:, 0], bounds[:, 1]))
         best, best_value = starts[0], np.inf

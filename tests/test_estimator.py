@@ -185,6 +185,26 @@ def test_sum_kernel_hyperparameters_maximise_the_likelihood(ethanol_frames, tmp_
                                   fitted.predict(ethanol_frames[20:22]))
 
 
+def test_kernel_search_on_a_subset(ethanol_frames):
+    descriptor = ACSF.from_grid(["H", "C", "O"], 4.0, n_radial=5, n_angular=3)
+    kernel = NormalizedDotProduct(2) + Scaled(SquaredExponential(3.0, (0.3, 30.0)), 0.3,
+                                              (1e-3, 10.0))
+    frames = ethanol_frames[:16]
+    model = SparseGPPotential(descriptor, kernel, sparse_method="all", n_restarts=0,
+                              search_frames=6, random_state=0).fit(frames)
+    assert not np.allclose(model.kernel_.theta, kernel.theta)
+    assert model.kernel_.k2.scale_bounds == (1e-3, 10.0)  # bounds kept
+    assert sum(model.n_inducing_.values()) == 16 * 9  # every environment of all 16
+    # the full fit keeps the subset's kernel and fits the noise levels on all structures
+    refit = SparseGPPotential(descriptor, _fixed(model.kernel_), sparse_method="all",
+                              n_restarts=0, random_state=0).fit(frames)
+    assert refit.log_marginal_likelihood() == pytest.approx(model.log_marginal_likelihood(),
+                                                            abs=1e-3)
+    assert model.score(ethanol_frames[20:30]) > 0.5
+    with pytest.raises(ValueError, match="search_frames must be None or an int >= 2"):
+        SparseGPPotential(descriptor, kernel, search_frames=1).fit(frames)
+
+
 def _fixed(kernel):
     """A copy of a kernel with every hyperparameter fixed."""
     params = {name: "fixed" for name in kernel.get_params() if name.endswith("_bounds")}
