@@ -62,6 +62,9 @@ def main(argv=None):
     parser.add_argument("--fit-kernel", action="store_true",
                         help="fit the kernel's hyperparameters (length scale, weight) by "
                              "marginal likelihood from the values above; fixed otherwise")
+    parser.add_argument("--search-frames", type=int, default=None,
+                        help="with --fit-kernel: fit the kernel on this many random training "
+                             "cells, then the noise levels on all")
     parser.add_argument("--energy-noise", type=float, default=None,
                         help="fix the energy noise (eV/atom) instead of fitting it; the "
                              "signal and force noise are still fitted")
@@ -89,7 +92,10 @@ def main(argv=None):
             kernel = se if args.kernel == "se" else kernel + Scaled(
                 se, args.se_weight, (1e-3, 1e2) if args.fit_kernel else "fixed")
         fixed = {} if args.energy_noise is None else {
-            "energy_noise": args.energy_noise, "optimize": ["signal_std", "force_noise"]}
+            "energy_noise": args.energy_noise,
+            "optimize": ["signal_std", "force_noise"] + (["kernel"] if args.fit_kernel else [])}
+        if args.search_frames:
+            fixed["search_frames"] = args.search_frames
         model = SparseGPPotential(descriptor, kernel, n_sparse=args.n_sparse, random_state=0,
                                   n_jobs=args.n_jobs, **fixed)
         start = time.perf_counter()
