@@ -59,12 +59,18 @@ def main(argv=None):
     parser.add_argument("--thresholds", default="0.05,0.1",
                         help="absolute force-std thresholds, eV/Å ('auto': the default)")
     parser.add_argument("--descriptor", choices=["acsf", "soap"], default="acsf")
+    parser.add_argument("--n-inducing", default="4",
+                        help="environments of each labelled frame added as inducing points "
+                             "(an int or 'all')")
+    parser.add_argument("--max-calls", type=int, default=None)
+    parser.add_argument("--relative-threshold", type=float, default=1.0)
     args = parser.parse_args(argv)
     test = test_frames()
     ref_f = [a.get_forces() for a in test]
     ref_e = np.array([a.get_potential_energy() for a in test])
     print(f"kernelpot {kernelpot.__version__}: on-the-fly Cu/EMT, {args.steps} steps, "
-          f"{args.descriptor}", flush=True)
+          f"{args.descriptor}, n_inducing {args.n_inducing}, max_calls {args.max_calls}, "
+          f"relative threshold {args.relative_threshold}", flush=True)
     rows = []
     for token in args.thresholds.split(","):
         threshold = None if token == "auto" else float(token)
@@ -83,8 +89,10 @@ def main(argv=None):
 
         dyn.attach(ramp, interval=1)
         directory = tempfile.mkdtemp(prefix="kernelpot-otf-")
+        n_inducing = args.n_inducing if args.n_inducing == "all" else int(args.n_inducing)
         learner = OnTheFlyLearner(model, EMT(), threshold=threshold, directory=directory,
-                                  n_inducing=4)
+                                  n_inducing=n_inducing, max_calls=args.max_calls,
+                                  relative_threshold=args.relative_threshold)
         start = time.perf_counter()
         learner.run(dyn, args.steps)
         wall = time.perf_counter() - start

@@ -31,16 +31,17 @@ class KernelPotCalculator(Calculator):
     -----
     ``results`` after a calculation:
 
-    ========================  ===============================================
-    ``energy``, ``free_energy``  total energy, eV
-    ``energies``             per-atom energies (reference energies included), eV
-    ``forces``               (n_atoms, 3), eV/Å
-    ``energy_std``           epistemic std of the total energy, eV
-    ``forces_std``           (n_atoms, 3) epistemic std per component, eV/Å
-                             (not with ``uncertainty="energy"``)
-    ``energy_noise``         learned aleatoric noise of the energy, ``σ_E √N``, eV
-    ``force_noise``          learned aleatoric noise per force component, eV/Å
-    ========================  ===============================================
+    * ``energy``, ``free_energy``: total energy, eV;
+    * ``energies``: per-atom energies (reference energies included), eV;
+    * ``forces``: (n_atoms, 3), eV/Å;
+    * ``energy_std``: epistemic std of the total energy, eV;
+    * ``forces_std``: (n_atoms, 3) epistemic std per component, eV/Å (not with
+      ``uncertainty="energy"``), and its two terms ``forces_std_posterior`` (the
+      posterior over the inducing values) and ``forces_std_projection`` (the prior
+      variance the inducing set does not span), ``forces_std² = posterior² +
+      projection²``;
+    * ``energy_noise``: learned aleatoric noise of the energy, ``σ_E √N``, eV;
+    * ``force_noise``: learned aleatoric noise per force component, eV/Å.
 
     The stds are epistemic (what uncertainty-gated MD needs); the total std of the
     estimator's ``predict(..., return_std=True)`` is ``sqrt(std² + noise²)``.
@@ -89,4 +90,6 @@ class KernelPotCalculator(Calculator):
             if prediction.forces_var_posterior is not None:
                 results["forces_std"] = np.sqrt(prediction.forces_var_posterior
                                                 + prediction.forces_var_projection)
+                results["forces_std_posterior"] = np.sqrt(prediction.forces_var_posterior)
+                results["forces_std_projection"] = np.sqrt(prediction.forces_var_projection)
         self.results = results

@@ -185,3 +185,36 @@ def test_plot_of_a_run(tmp_path):
     with pytest.raises(ValueError, match="holds no steps"):
         (tmp_path / "empty.jsonl").write_text("")
         plot_otf_log(tmp_path / "empty.jsonl", tmp_path / "x.png")
+
+
+def test_projection_scale_is_fitted_to_observed_errors(tmp_path):
+    learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
+                              max_calls=3, calibration_window=2)
+    dyn = _dynamics(seed=3)
+    learner.run(dyn, 6)
+    assert learner.n_reference_calls == 3
+    assert len(learner._calibration) == 3 * 3 * 32  # every component of the 3 calls
+    r2, post, proj, noise = learner._calibration[-2 * 3 * 32:].T  # the window
+    s2 = learner.projection_scale**2
+
+    def nll(scale2):
+        var = post + scale2 * proj + noise
+        return float(np.sum(np.log(var) + r2 / var))
+
+    # the fitted scale maximises the likelihood of the observed errors
+    assert nll(s2) <= min(nll(1.1 * s2), nll(s2 / 1.1), nll(1.0)) + 1e-9
+    assert learner.projection_scale < 1.0  # the raw projection term is too wide here
+    log = [json.loads(line) for line in (tmp_path / "otf_log.jsonl").read_text().splitlines()]
+    assert log[-1]["projection_scale"] == pytest.approx(learner.projection_scale)
+    # the gated std combines the two terms with that scale
+    atoms = dyn.atoms
+    atoms.get_forces()
+    res = atoms.calc.results
+    np.testing.assert_allclose(
+        learner.gated_std(res) ** 2,
+        res["forces_std_posterior"] ** 2 + s2 * res["forces_std_projection"] ** 2)
+    np.testing.assert_allclose(res["forces_std"] ** 2, res["forces_std_posterior"] ** 2
+                               + res["forces_std_projection"] ** 2)
+    resumed = OnTheFlyLearner.resume(tmp_path, EMT(), run=False)
+    assert resumed.projection_scale == pytest.approx(learner.projection_scale)
+    np.testing.assert_array_equal(resumed._calibration, learner._calibration)
