@@ -36,8 +36,8 @@ from typing import NamedTuple
 
 import numpy as np
 import scipy.linalg as sla
-import scipy.sparse as sp
 
+from kernelpot._gp_kernels import accumulate_force_rows
 from kernelpot.descriptors.base import DescriptorResult
 
 #: Jitter added to the diagonal of k_mm, relative to its mean diagonal.
@@ -141,12 +141,12 @@ def design_rows(result: DescriptorResult, species_index: np.ndarray,
             continue
         if theta_gradient:
             alpha, beta, d_alpha, d_beta = kernel.gradient_coefficients(X[atoms_s], Z, True)
-            coefficients = [(alpha, beta)] + [(d_alpha[..., t], d_beta[..., t])
-                                              for t in range(n_theta)]
-            targets = [force_rows[:, cols]] + [d_forces[:, cols, t] for t in range(n_theta)]
+            coefficients = [(alpha, beta)] + [
+                (np.ascontiguousarray(d_alpha[..., t]), np.ascontiguousarray(d_beta[..., t]))
+                for t in range(n_theta)]
         else:
             coefficients = [kernel.gradient_coefficients(X[atoms_s], Z)]  # (n_s, m_s) each
-            targets = [force_rows[:, cols]]
+        targets = [np.zeros((3 * n_atoms, m_s)) for _ in coefficients]
         local = np.full(n_atoms, -1, dtype=np.int64)
         local[atoms_s] = np.arange(atoms_s.size)
         pairs_s = np.flatnonzero(pair_species == s)
@@ -157,16 +157,10 @@ def design_rows(result: DescriptorResult, species_index: np.ndarray,
             GZ = (G.reshape(-1, n_features) @ Z.T).reshape(len(p), 3, m_s)
             Gx = np.einsum("pcd,pd->pc", G, X[centre[p]])
             rows_i = local[centre[p]]
-            scatter = sp.csr_matrix((-np.ones(len(p)), (moved[p], np.arange(len(p)))),
-                                    shape=(n_atoms, len(p)))
-            last = len(coefficients) - 1
-            for t, ((a, b), target) in enumerate(zip(coefficients, targets, strict=True)):
-                # the last coefficient set may overwrite GZ in place
-                contribution = GZ if t == last else GZ.copy()
-                contribution *= a[rows_i][:, None, :]
-                contribution += b[rows_i][:, None, :] * Gx[:, :, None]
-                target += (scatter @ contribution.reshape(len(p), 3 * m_s)
-                           ).reshape(3 * n_atoms, m_s)
+            moved_p = np.ascontiguousarray(moved[p])
+            for (a, b), target in zip(coefficients, targets, strict=True):
+                accumulate_force_rows(target, GZ, Gx, np.ascontiguousarray(a),
+                                      np.ascontiguousarray(b), rows_i, moved_p)
         force_rows[:, cols] = targets[0]
         for t in range(n_theta):
             d_forces[:, cols, t] = targets[t + 1]
@@ -633,10 +627,8 @@ def prior_variances(result: DescriptorResult, species_index: np.ndarray, n_speci
                 sel = species_index[centres] == s
                 if not np.any(sel):
                     continue
-                Xc = X[centres[sel]]
-                for c in range(3):
-                    force_var[j, c] += kernel.contracted_hessian(
-                        Xc, result.gradients[p[sel], c, :]).sum()
+                force_var[j] += kernel.contracted_hessian_sums(X[centres[sel]],
+                                                               result.gradients[p[sel]])
     return energy_var, force_var
 
 

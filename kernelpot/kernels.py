@@ -151,6 +151,25 @@ class Kernel(BaseEstimator):
         """
         raise NotImplementedError
 
+    def contracted_hessian_sums(self, X, A) -> np.ndarray:
+        """Return ``s[c] = Σ_ab A[a, c]ᵀ H(X[a], X[b]) A[b, c]`` for every ``c``.
+
+        The prior variance of a force component is such a sum over the centres whose
+        descriptors the atom moves; kernels override this with one batched
+        evaluation for the three components.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n, D)
+        A : ndarray of shape (n, k, D)
+
+        Returns
+        -------
+        ndarray of shape (k,)
+        """
+        return np.array([self.contracted_hessian(X, A[:, c, :]).sum()
+                         for c in range(A.shape[1])])
+
 
 def _as_2d(X) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
@@ -280,6 +299,28 @@ class NormalizedDotProduct(Kernel):
             M = M + (z - 1) * C ** (z - 2) * t1 * t2
         return scale * M
 
+    def contracted_hessian_sums(self, X, A):
+        X = _as_2d(X)
+        A = np.asarray(A, dtype=np.float64)
+        U, nx = self._unit(X)
+        z = self.zeta
+        At = A.transpose(1, 0, 2)  # (k, n, D)
+        C = U @ U.T
+        AU = At @ U.T  # (k, n, n): AU[c, a, b] = A_ac · u_b
+        AA = At @ At.transpose(0, 2, 1)
+        au = np.einsum("caa->ca", AU)  # (k, n)
+        AUt = AU.transpose(0, 2, 1)
+        t1 = AU - au[:, :, None] * C
+        t2 = AUt - au[:, None, :] * C
+        pxpy = AA - au[:, :, None] * AUt - AU * au[:, None, :] \
+            + C * au[:, :, None] * au[:, None, :]
+        inv = np.where(nx > _TINY, 1.0 / np.where(nx > _TINY, nx, 1.0), 0.0)
+        scale = z * inv[:, None] * inv[None, :]
+        M = C ** (z - 1) * pxpy
+        if z > 1:
+            M = M + (z - 1) * C ** (z - 2) * t1 * t2
+        return np.einsum("ab,cab->c", scale, M)
+
 
 class SquaredExponential(Kernel):
     """``k(x, y) = exp(-|x - y|² / (2 ℓ²))``.
@@ -356,6 +397,18 @@ class SquaredExponential(Kernel):
         a_delta = ax[:, None] - AX  # A_a · (x_a - x_b)
         b_delta = AX.T - ax[None, :]  # A_b · (x_a - x_b)
         return K / ell2 * (A @ A.T - a_delta * b_delta / ell2)
+
+    def contracted_hessian_sums(self, X, A):
+        X = _as_2d(X)
+        At = np.asarray(A, dtype=np.float64).transpose(1, 0, 2)  # (k, n, D)
+        ell2 = float(self.length_scale) ** 2
+        K = self(X, X)
+        AX = At @ X.T  # (k, n, n)
+        ax = np.einsum("caa->ca", AX)
+        a_delta = ax[:, :, None] - AX
+        b_delta = AX.transpose(0, 2, 1) - ax[:, None, :]
+        AA = At @ At.transpose(0, 2, 1)
+        return np.einsum("ab,cab->c", K / ell2, AA - a_delta * b_delta / ell2)
 
 
 class Scaled(Kernel):
@@ -452,6 +505,9 @@ class Scaled(Kernel):
     def contracted_hessian(self, X, A):
         return float(self.scale) * self.kernel.contracted_hessian(X, A)
 
+    def contracted_hessian_sums(self, X, A):
+        return float(self.scale) * self.kernel.contracted_hessian_sums(X, A)
+
 
 class Sum(Kernel):
     """``k(x, y) = k_1(x, y) + k_2(x, y)``; ``kernel_1 + kernel_2`` builds one.
@@ -534,4 +590,7 @@ class Sum(Kernel):
 
     def contracted_hessian(self, X, A):
         return self.k1.contracted_hessian(X, A) + self.k2.contracted_hessian(X, A)
+
+    def contracted_hessian_sums(self, X, A):
+        return self.k1.contracted_hessian_sums(X, A) + self.k2.contracted_hessian_sums(X, A)
 

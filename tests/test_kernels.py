@@ -61,6 +61,14 @@ def test_contracted_hessian_matches_dense(kernel, data):
 
 
 @pytest.mark.parametrize("kernel", KERNELS, ids=IDS)
+def test_batched_contracted_hessian_sums(kernel, data):
+    X, _ = data
+    A = np.random.default_rng(2).normal(size=(X.shape[0], 3, X.shape[1]))
+    expected = [kernel.contracted_hessian(X, A[:, c, :]).sum() for c in range(3)]
+    np.testing.assert_allclose(kernel.contracted_hessian_sums(X, A), expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("kernel", KERNELS, ids=IDS)
 def test_theta_gradient_equals_finite_differences(kernel, data):
     X, Y = data
     K, dK = kernel(X, Y, eval_gradient=True)
