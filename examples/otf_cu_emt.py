@@ -16,7 +16,7 @@ from ase.calculators.emt import EMT
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import thermalize_momenta
 
-from kernelpot import ACSF, OnTheFlyLearner, SparseGPPotential
+from kernelpot import SOAP, OnTheFlyLearner, SparseGPPotential
 from kernelpot.plotting import plot_otf_log
 
 STEPS, DIRECTORY = 2000, "otf_cu_emt"
@@ -34,9 +34,10 @@ def ramp():
 
 
 dyn.attach(ramp, interval=1)
-model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.5, n_radial=8, n_angular=8),
-                          random_state=0)
-learner = OnTheFlyLearner(model, EMT(), directory=DIRECTORY, reoptimize_every=1)
+model = SparseGPPotential(SOAP(["Cu"], 4.5, n_max=6, l_max=4, sigma=0.5), random_state=0,
+                          n_restarts=0)
+# default threshold: the initial force noise (0.05 eV/Å) on the calibrated force std
+learner = OnTheFlyLearner(model, EMT(), directory=DIRECTORY)
 learner.run(dyn, STEPS)
 print(f"{learner.n_reference_calls} EMT calls in {STEPS} steps; model: "
       f"{learner.model.n_inducing_} inducing environments, learned force noise "

@@ -71,8 +71,13 @@ class OnTheFlyLearner:
         while adding four per frame left on-the-fly runs at 50–80 meV/Å.
     max_calls : int, optional
         Cap on reference calls.
-    min_interval : int, default=1
-        Minimum number of MD steps between two reference calls.
+    min_interval : int, default=10
+        Minimum number of MD steps between two reference calls (VASP's ML_NMDINT
+        default is also 10). It also keeps the calibration honest: a structure one
+        step after a call is nearly the one just learned, and the errors on it made
+        the projection scale collapse (measured on Cu/EMT: calls at steps 2 and 3, scale
+        0.027, then no call while the 800 K force error reached 55 meV/Å; with 10 steps
+        between calls the scale was 0.2 and the rising temperature triggered a call).
     reoptimize_every : int, default=1
         Re-optimise the hyperparameters after this many additions (0: never). Every
         addition by default: on Cu/EMT (ACSF, 2000 steps) re-optimising every fifth
@@ -119,7 +124,7 @@ class OnTheFlyLearner:
     """
 
     def __init__(self, model, reference, *, threshold=None, relative_threshold=1.0,
-                 directory=".", n_inducing="all", max_calls=None, min_interval=1,
+                 directory=".", n_inducing="all", max_calls=None, min_interval=10,
                  reoptimize_every=1, checkpoint_every=1, calibration_window=1):
         if threshold is not None and not threshold > 0:
             raise ValueError(f"OnTheFlyLearner: threshold must be > 0 eV/Å; got {threshold}")
