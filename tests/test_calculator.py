@@ -112,3 +112,44 @@ def test_nve_energy_conservation(copper_model):
     drift = np.polyfit(times_ps, energies, 1)[0]  # eV/atom/ps
     assert abs(drift) < 1e-3
     assert np.ptp(energies) < 5e-3  # fluctuations of a 2 fs Verlet step stay small
+
+
+def test_fire_langevin_and_neb(copper_model):
+    """The calculator drives FIRE, Langevin MD and a nudged elastic band."""
+    from ase import units
+    from ase.build import bulk
+    from ase.md.langevin import Langevin
+    from ase.mep import NEB
+    from ase.optimize import FIRE
+
+    atoms = emt_copper_frames(1, seed=98, rattle=0.1)[0]
+    atoms.calc = KernelPotCalculator(copper_model, uncertainty=False)
+    FIRE(atoms, logfile=None).run(fmax=0.02, steps=300)
+    assert np.abs(atoms.get_forces()).max() < 0.02
+
+    atoms.calc = KernelPotCalculator(copper_model)
+    dyn = Langevin(atoms, 2 * units.fs, temperature_K=300, friction=0.01 / units.fs,
+                   fixcm=False, rng=np.random.default_rng(0))
+    dyn.run(20)
+    assert np.all(np.isfinite(atoms.calc.results["forces_std"]))
+
+    # a vacancy hop in the 32-atom cell: endpoints relaxed, three images
+    perfect = bulk("Cu", "fcc", 3.6, cubic=True).repeat(2)
+    neighbour = int(np.argsort(perfect.get_distances(0, range(32), mic=True))[1])
+    initial = perfect.copy()
+    del initial[0]
+    final = initial.copy()
+    hop = neighbour - 1  # index after deleting atom 0
+    final.positions[hop] = perfect.positions[0]
+    for end in (initial, final):
+        end.calc = KernelPotCalculator(copper_model, uncertainty=False)
+        BFGS(end, logfile=None).run(fmax=0.02, steps=200)
+    images = [initial] + [initial.copy() for _ in range(3)] + [final]
+    for image in images[1:-1]:
+        image.calc = KernelPotCalculator(copper_model, uncertainty=False)
+    band = NEB(images, method="improvedtangent")
+    band.interpolate(mic=True)
+    converged = FIRE(band, logfile=None).run(fmax=0.05, steps=400)
+    energies = [image.get_potential_energy() for image in images]
+    assert converged
+    assert max(energies[1:-1]) > max(energies[0], energies[-1])  # a barrier
