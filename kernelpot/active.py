@@ -78,6 +78,9 @@ class OnTheFlyLearner:
         the projection scale collapse (measured on Cu/EMT: calls at steps 2 and 3, scale
         0.027, then no call while the 800 K force error reached 55 meV/Å; with 10 steps
         between calls the scale was 0.2 and the rising temperature triggered a call).
+        Lower it for a young model of a molecule with sub-femtosecond steps: ethanol
+        (xTB, 0.5 fs, model of five frames) heated to thousands of kelvin between
+        calls 10 steps apart, and ran stably with 3.
     reoptimize_every : int, default=1
         Re-optimise the hyperparameters after this many additions (0: never). Every
         addition by default: on Cu/EMT (ACSF, 2000 steps) re-optimising every fifth
