@@ -49,6 +49,9 @@ def main(argv=None):
     parser.add_argument("--descriptor", choices=["soap", "acsf"], default="soap")
     parser.add_argument("--r-cut", type=float, default=5.0)
     parser.add_argument("--n-sparse", type=int, default=None)
+    parser.add_argument("--n-max", type=int, default=8)
+    parser.add_argument("--l-max", type=int, default=6)
+    parser.add_argument("--sigma", type=float, default=0.5)
     parser.add_argument("--n-jobs", type=int, default=1)
     parser.add_argument("--kernel", choices=["ndp", "se", "ndp+se"], default="ndp",
                         help="normalised dot product (zeta 2, the default model), a squared "
@@ -70,14 +73,17 @@ def main(argv=None):
                              "signal and force noise are still fitted")
     args = parser.parse_args(argv)
     print(f"kernelpot {kernelpot.__version__}; python {platform.python_version()}; "
-          f"{os.cpu_count()} cpus; descriptor {args.descriptor}, r_cut {args.r_cut} Å",
+          f"{os.cpu_count()} cpus; descriptor {args.descriptor}, r_cut {args.r_cut} Å"
+          + (f", n_max {args.n_max}, l_max {args.l_max}, sigma {args.sigma} Å"
+             if args.descriptor == "soap" else ""),
           flush=True)
     rows = []
     for element in args.elements.split(","):
         train = read(SHARED / f"{element}_training.xyz", ":")
         test = read(SHARED / f"{element}_test.xyz", ":")
         if args.descriptor == "soap":
-            descriptor = SOAP([element], args.r_cut, n_max=8, l_max=6, sigma=0.5)
+            descriptor = SOAP([element], args.r_cut, n_max=args.n_max, l_max=args.l_max,
+                              sigma=args.sigma)
         else:
             descriptor = ACSF.from_grid([element], args.r_cut, n_radial=8, n_angular=8)
         kernel = NormalizedDotProduct(args.zeta)
