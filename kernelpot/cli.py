@@ -30,6 +30,37 @@ examples:
 """
 
 
+_FIT_EXAMPLE = """\
+examples:
+  kernelpot fit train.xyz -o model.npz                  # SOAP, all environments inducing
+  kernelpot fit train.xyz --descriptor acsf --n-sparse 500 -o model.npz
+  kernelpot fit train.xyz --config cfg.toml -o model.npz
+
+cfg.toml is a flat table of estimator and descriptor parameters, e.g.
+  n_sparse = 1000
+  energy_noise = 0.001
+  optimize = ["signal_std", "force_noise"]
+  "descriptor.r_cut" = 4.5
+  "descriptor.n_max" = 8
+(keys with a dot set the descriptor's parameters; command-line options win)
+"""
+
+_EVAL_EXAMPLE = """\
+examples:
+  kernelpot eval model.npz test.xyz
+  kernelpot eval model.npz test.xyz --plot parity.png
+"""
+
+_PREDICT_EXAMPLE = """\
+examples:
+  kernelpot predict model.npz structures.xyz -o predicted.xyz
+
+The output holds the predicted energy and forces as the frames' results (ase.io reads
+them back with get_potential_energy()/get_forces()), the total energy std in
+info["energy_std"] (eV) and the per-component force std in arrays["forces_std"] (eV/Å).
+"""
+
+
 class CLIError(Exception):
     """An error reported as one line on stderr with a non-zero exit code."""
 
@@ -76,7 +107,47 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-jobs", type=int, default=1, help="joblib workers (default 1)")
     p.add_argument("--frames", type=int, default=None,
                    help="use at most this many frames per data set")
-    for q in (d, p):
+    f = sub.add_parser(
+        "fit", help="fit a sparse GP potential to labelled structures and save it",
+        description="Fit a sparse GP potential to structures with reference energies and "
+                    "forces (any file ase.io reads), print the learned noise, training "
+                    "errors and time, and save the model (.npz).",
+        epilog=_FIT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    f.add_argument("train", help="training structures with energies and/or forces")
+    f.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
+    f.add_argument("--descriptor", choices=["soap", "acsf"], default="soap")
+    f.add_argument("--r-cut", type=float, default=None,
+                   help="cutoff in Å (default: 4.0 for molecules, 5.0 for periodic cells)")
+    f.add_argument("--n-sparse", type=int, default=None,
+                   help="inducing environments per element (default: all, up to 2000)")
+    f.add_argument("--config", default=None, help="TOML file of parameters (see below)")
+    f.add_argument("--n-jobs", type=int, default=1, help="joblib workers (default 1)")
+    f.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    f.set_defaults(func=_cmd_fit)
+
+    e = sub.add_parser(
+        "eval", help="errors and uncertainty calibration of a model on labelled structures",
+        description="Evaluate a saved model on labelled structures: energy and force MAE and "
+                    "RMSE, and the calibration of the predicted std (coverage at 1 and 2 std, "
+                    "Spearman rank correlation of per-atom std and error).",
+        epilog=_EVAL_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("model", help="a model file written by kernelpot (.npz)")
+    e.add_argument("test", help="labelled structures")
+    e.add_argument("--plot", default=None,
+                   help="write a force parity plot coloured by the predicted std")
+    e.set_defaults(func=_cmd_eval)
+
+    r = sub.add_parser(
+        "predict", help="predict energies, forces and their stds into an extxyz file",
+        description="Predict energies, forces and their (total) stds for structures and "
+                    "write them to an extended XYZ file.",
+        epilog=_PREDICT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("model", help="a model file written by kernelpot (.npz)")
+    r.add_argument("structures", help="structures (any file ase.io reads)")
+    r.add_argument("-o", "--output", required=True, help="extended XYZ file to write")
+    r.set_defaults(func=_cmd_predict)
+
+    for q in (d, p, f, e, r):
         q.add_argument("-v", "--verbose", action="count", default=0,
                        help="more log output (-vv for debug)")
         q.add_argument("--quiet", action="store_true", help="only errors")
@@ -222,6 +293,159 @@ def _cmd_demo(args) -> int:
           f"{metrics.spearman_std_error(forces, ref_f, forces_std):.2f}; energies "
           f"{100 * metrics.coverage(energies, ref_e, energy_std, 1):.0f}% within 1 std")
     print(f"prediction with std: {pred_ms:.2f} ms per atom")
+    return 0
+
+
+def _progress(args) -> int:
+    """tqdm bars on a terminal only, never in CI logs or with --quiet."""
+    return int(sys.stderr.isatty() and not args.quiet)
+
+
+def _read_config(path) -> dict:
+    import tomllib
+
+    try:
+        with open(path, "rb") as handle:
+            table = tomllib.load(handle)
+    except FileNotFoundError as err:
+        raise CLIError(f"no such file: {path}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise CLIError(f"{path} is not valid TOML: {err}") from err
+    for key, value in table.items():
+        if isinstance(value, dict):
+            raise CLIError(f"{path}: use a flat table ('descriptor.r_cut = 4.0' style keys in "
+                           f"quotes); got a sub-table [{key}]")
+    return table
+
+
+def _build_model(args, frames):
+    from kernelpot import SparseGPPotential
+
+    config = _read_config(args.config) if args.config else {}
+    descriptor_params = {k.split(".", 1)[1]: v for k, v in config.items()
+                         if k.startswith("descriptor.")}
+    model_params = {k: v for k, v in config.items() if not k.startswith("descriptor.")}
+    (_, descriptor), = _default_descriptors(frames, args.descriptor, args.r_cut)
+    try:
+        descriptor.set_params(**descriptor_params)
+    except ValueError as err:
+        raise CLIError(f"{args.config}: {err}") from err
+    if args.r_cut is not None:
+        descriptor.set_params(r_cut=args.r_cut)
+    model = SparseGPPotential(descriptor, random_state=args.seed, n_jobs=args.n_jobs,
+                              verbose=_progress(args))
+    try:
+        model.set_params(**model_params)
+    except ValueError as err:
+        raise CLIError(f"{args.config}: {err}") from err
+    if args.n_sparse is not None:
+        model.set_params(n_sparse=args.n_sparse)
+    return model
+
+
+def _errors(model, frames, with_std=True):
+    """Predictions and reference labels of labelled frames, as a dict of arrays."""
+    from kernelpot._labels import read_labels
+
+    labels = read_labels(frames, "kernelpot")
+    energies, energy_std = model.predict(frames, return_std=True)
+    forces, forces_std = model.predict_forces(frames, return_std=True)
+    n_atoms = np.array([len(a) for a in frames])
+    has_e = labels.has_energy
+    has_f = [k for k, f in enumerate(labels.forces) if f is not None]
+    return {
+        "energies": energies[has_e], "ref_energies": labels.energies[has_e],
+        "energy_std": energy_std[has_e], "n_atoms": n_atoms[has_e],
+        "forces": [forces[k] for k in has_f], "ref_forces": [labels.forces[k] for k in has_f],
+        "forces_std": [forces_std[k] for k in has_f],
+    }
+
+
+def _print_errors(title, err) -> None:
+    from kernelpot import metrics
+
+    if len(err["energies"]):
+        e = err["energies"] - err["ref_energies"]
+        per_atom = e / err["n_atoms"]
+        print(f"{title} energies ({len(e)} structures): MAE {1e3 * np.mean(np.abs(e)):.2f} "
+              f"meV, RMSE {1e3 * np.sqrt(np.mean(e**2)):.2f} meV; per atom MAE "
+              f"{1e3 * np.mean(np.abs(per_atom)):.2f}, RMSE "
+              f"{1e3 * np.sqrt(np.mean(per_atom**2)):.2f} meV/atom")
+    if err["forces"]:
+        f, ref, std = err["forces"], err["ref_forces"], err["forces_std"]
+        print(f"{title} forces ({sum(len(x) for x in f)} atoms): MAE "
+              f"{1e3 * metrics.mae(f, ref):.1f} meV/Å, RMSE {1e3 * metrics.rmse(f, ref):.1f} "
+              f"meV/Å, max {1e3 * metrics.max_error(f, ref):.0f} meV/Å")
+        print(f"{title} calibration: {100 * metrics.coverage(f, ref, std, 1):.1f}% of force "
+              f"components within 1 std (Gaussian 68.3%), "
+              f"{100 * metrics.coverage(f, ref, std, 2):.1f}% within 2 (95.4%); Spearman "
+              f"(per-atom std, error) {metrics.spearman_std_error(f, ref, std):.2f}")
+
+
+def _cmd_fit(args) -> int:
+    frames = _read_frames(args.train)
+    model = _build_model(args, frames)
+    start = time.perf_counter()
+    model.fit(frames)
+    fit_s = time.perf_counter() - start
+    print(f"kernelpot {__version__}: fitted {len(frames)} structures in {fit_s:.1f} s, "
+          f"{sum(model.n_inducing_.values())} inducing environments {model.n_inducing_}")
+    print(f"learned noise: energy {1e3 * model.energy_noise_:.3g} meV per √atom, forces "
+          f"{1e3 * model.force_noise_:.3g} meV/Å; signal std {model.signal_std_:.3g} eV")
+    _print_errors("training", _errors(model, frames))
+    path = model.save(args.output)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    model = _load_model(args.model)
+    frames = _read_frames(args.test)
+    err = _errors(model, frames)
+    print(f"kernelpot {__version__}: {args.model} on {args.test} ({len(frames)} structures)")
+    _print_errors("test", err)
+    if args.plot:
+        if not err["forces"]:
+            raise CLIError(f"{args.test} has no forces to plot")
+        from kernelpot.plotting import plot_parity
+
+        path = plot_parity(err["forces"], err["ref_forces"], err["forces_std"], args.plot)
+        print(f"wrote {path}")
+    return 0
+
+
+def _load_model(path):
+    from kernelpot import load
+
+    try:
+        return load(path)
+    except FileNotFoundError as err:
+        raise CLIError(f"no such file: {path}") from err
+
+
+def _cmd_predict(args) -> int:
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    model = _load_model(args.model)
+    frames = _read_frames(args.structures)
+    energies, energy_std = model.predict(frames, return_std=True)
+    forces, forces_std = model.predict_forces(frames, return_std=True)
+    out = []
+    for atoms, energy, e_std, force, f_std in zip(frames, energies, energy_std, forces,
+                                                  forces_std, strict=True):
+        result = atoms.copy()
+        result.calc = None
+        result.info["energy_std"] = float(e_std)
+        result.arrays["forces_std"] = np.asarray(f_std, dtype=np.float64)
+        result.calc = SinglePointCalculator(result, energy=float(energy), forces=force)
+        out.append(result)
+    try:
+        write(args.output, out, format="extxyz")
+    except OSError as err:
+        raise CLIError(f"cannot write {args.output}: {err}") from err
+    print(f"kernelpot {__version__}: wrote {len(out)} structures with predicted energies, "
+          f"forces and their stds to {args.output}")
     return 0
 
 

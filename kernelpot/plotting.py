@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_otf_log"]
+__all__ = ["plot_otf_log", "plot_parity"]
 
 
 def plot_otf_log(log, path, reference_name="reference"):
@@ -51,6 +51,58 @@ def plot_otf_log(log, path, reference_name="reference"):
     if np.all(max_std > 0):
         ax.set_yscale("log")
     ax.legend(fontsize=7, frameon=False)
+    path = Path(path)
+    fig.savefig(path, dpi=200)
+    plt.close(fig)
+    return path
+
+
+def plot_parity(predicted_forces, reference_forces, forces_std, path):
+    """Force parity plot, every component coloured by its predicted std.
+
+    Parameters
+    ----------
+    predicted_forces, reference_forces, forces_std : list of ndarray of shape (n_atoms, 3)
+        Predicted and reference forces and the predicted std, eV/Å.
+    path : str or path-like
+        Output image (PNG, PDF, ... by extension).
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    from kernelpot import metrics
+
+    pred = np.concatenate([np.ravel(f) for f in predicted_forces])
+    ref = np.concatenate([np.ravel(f) for f in reference_forces])
+    std = np.concatenate([np.ravel(f) for f in forces_std])
+    if not (pred.shape == ref.shape == std.shape) or pred.size == 0:
+        raise ValueError("plot_parity: predicted, reference and std must hold the same "
+                         f"number of components (> 0); got {pred.size}, {ref.size}, {std.size}")
+    order = np.argsort(std)  # the most uncertain on top
+    fig, ax = plt.subplots(figsize=(3.5, 3.0), constrained_layout=True)
+    positive = std[std > 0]
+    norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size > 1 else None
+    points = ax.scatter(ref[order], pred[order], c=np.maximum(std[order], 1e-12), s=3,
+                        cmap="viridis", norm=norm, linewidths=0, rasterized=True)
+    low, high = float(min(ref.min(), pred.min())), float(max(ref.max(), pred.max()))
+    ax.plot([low, high], [low, high], color="k", lw=0.6, ls="--")
+    ax.set_xlim(low, high)
+    ax.set_ylim(low, high)
+    ax.set_aspect("equal")
+    ax.set_xlabel("reference force (eV/Å)")
+    ax.set_ylabel("predicted force (eV/Å)")
+    ax.text(0.04, 0.96, f"MAE {1e3 * metrics.mae(pred, ref):.1f} meV/Å\n"
+            f"RMSE {1e3 * metrics.rmse(pred, ref):.1f} meV/Å", transform=ax.transAxes,
+            va="top", fontsize=7)
+    fig.colorbar(points, ax=ax, label="predicted std (eV/Å)", shrink=0.8)
     path = Path(path)
     fig.savefig(path, dpi=200)
     plt.close(fig)

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from kernelpot.cli import main
@@ -49,10 +50,11 @@ def test_debug_shows_traceback():
         main(["descriptors", "missing.xyz", "--debug"])
 
 
-def test_help_has_an_example():
-    result = subprocess.run([sys.executable, "-m", "kernelpot", "descriptors", "--help"],
+@pytest.mark.parametrize("command", ["descriptors", "demo", "fit", "eval", "predict"])
+def test_help_has_an_example(command):
+    result = subprocess.run([sys.executable, "-m", "kernelpot", command, "--help"],
                             capture_output=True, text=True, check=True)
-    assert "examples:" in result.stdout and "kernelpot descriptors" in result.stdout
+    assert "examples:" in result.stdout and f"kernelpot {command}" in result.stdout
 
 
 def test_demo_runs_on_bundled_data(capsys):
@@ -64,3 +66,91 @@ def test_demo_runs_on_bundled_data(capsys):
 def test_demo_rejects_bad_size(capsys):
     assert main(["demo", "--n-train", "1000"]) == 1
     assert "--n-train must be between" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory, ethanol_frames):
+    root = tmp_path_factory.mktemp("cli")
+    from ase.io import write
+
+    write(root / "train.xyz", ethanol_frames[:12])
+    write(root / "test.xyz", ethanol_frames[40:46])
+    return root
+
+
+def test_fit_eval_predict_round_trip(cli_files, capsys):
+    from ase.io import read
+
+    from kernelpot import load
+
+    model_path = cli_files / "model.npz"
+    config = cli_files / "cfg.toml"
+    config.write_text('n_restarts = 0\n"descriptor.n_max" = 4\n"descriptor.l_max" = 3\n')
+    assert main(["fit", str(cli_files / "train.xyz"), "-o", str(model_path),
+                 "--config", str(config), "--n-sparse", "40", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "learned noise" in out and "training forces" in out and "wrote" in out
+    model = load(model_path)
+    assert model.descriptor_.n_max == 4 and model.n_restarts == 0
+    assert max(model.n_inducing_.values()) <= 40
+
+    plot = cli_files / "parity.png"
+    assert main(["eval", str(model_path), str(cli_files / "test.xyz"), "--plot",
+                 str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "test forces" in out and "within 1 std" in out and "Spearman" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
+
+    predicted = cli_files / "predicted.xyz"
+    assert main(["predict", str(model_path), str(cli_files / "test.xyz"), "-o",
+                 str(predicted)]) == 0
+    frames = read(predicted, ":")
+    test = read(cli_files / "test.xyz", ":")
+    energies, energy_std = model.predict(test, return_std=True)
+    forces, forces_std = model.predict_forces(test, return_std=True)
+    for k, atoms in enumerate(frames):  # extxyz keeps about 8 significant digits
+        assert atoms.get_potential_energy() == pytest.approx(energies[k], rel=1e-7)
+        np.testing.assert_allclose(atoms.get_forces(), forces[k], atol=1e-6)
+        assert atoms.info["energy_std"] == pytest.approx(energy_std[k], rel=1e-6)
+        np.testing.assert_allclose(atoms.arrays["forces_std"], forces_std[k], rtol=1e-6)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fit", "missing.xyz", "-o", "m.npz"], "no such file"),
+    (["eval", "missing.npz", "x.xyz"], "no such file"),
+])
+def test_fit_and_eval_errors(argv, message, capsys):
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_fit_rejects_unlabelled_frames_and_bad_config(tmp_path, ethanol_frames, capsys):
+    from ase.io import write
+
+    bare = [a.copy() for a in ethanol_frames[:3]]  # copies drop the labels
+    write(tmp_path / "bare.xyz", bare)
+    assert main(["fit", str(tmp_path / "bare.xyz"), "-o", str(tmp_path / "m.npz")]) == 1
+    err = capsys.readouterr().err
+    assert "carries an energy or forces" in err and len(err.strip().splitlines()) == 1
+    write(tmp_path / "train.xyz", ethanol_frames[:3])
+    (tmp_path / "bad.toml").write_text("[descriptor]\nr_cut = 4\n")
+    assert main(["fit", str(tmp_path / "train.xyz"), "-o", str(tmp_path / "m.npz"),
+                 "--config", str(tmp_path / "bad.toml")]) == 1
+    assert "flat table" in capsys.readouterr().err
+    (tmp_path / "unknown.toml").write_text("no_such_parameter = 1\n")
+    assert main(["fit", str(tmp_path / "train.xyz"), "-o", str(tmp_path / "m.npz"),
+                 "--config", str(tmp_path / "unknown.toml")]) == 1
+    assert "no_such_parameter" in capsys.readouterr().err
+
+
+def test_model_file_that_is_not_ours(tmp_path, ethanol_frames, capsys):
+    from ase.io import write
+
+    fake = tmp_path / "fake.npz"
+    np.savez(fake, x=np.zeros(3))
+    write(tmp_path / "test.xyz", ethanol_frames[:2])
+    assert main(["predict", str(fake), str(tmp_path / "test.xyz"), "-o",
+                 str(tmp_path / "out.xyz")]) == 1
+    err = capsys.readouterr().err
+    assert "not a kernelpot model" in err and len(err.strip().splitlines()) == 1
