@@ -39,7 +39,8 @@ class KernelPotCalculator(Calculator):
       ``uncertainty="energy"``), and its two terms ``forces_std_posterior`` (the
       posterior over the inducing values) and ``forces_std_projection`` (the prior
       variance the inducing set does not span), ``forces_std² = posterior² +
-      projection²``;
+      projection²`` before the model's calibration factor (``model.std_scale``),
+      which multiplies ``energy_std`` and ``forces_std`` only;
     * ``energy_noise``: learned aleatoric noise of the energy, ``σ_E √N``, eV;
     * ``force_noise``: learned aleatoric noise per force component, eV/Å.
 
@@ -85,11 +86,11 @@ class KernelPotCalculator(Calculator):
             "force_noise": float(self.model.force_noise_),
         }
         if uncertainty:
-            results["energy_std"] = float(np.sqrt(prediction.energy_var_posterior
-                                                  + prediction.energy_var_projection))
+            results["energy_std"] = self.model.std_scale("energy") * float(np.sqrt(
+                prediction.energy_var_posterior + prediction.energy_var_projection))
             if prediction.forces_var_posterior is not None:
-                results["forces_std"] = np.sqrt(prediction.forces_var_posterior
-                                                + prediction.forces_var_projection)
+                results["forces_std"] = self.model.std_scale("forces") * np.sqrt(
+                    prediction.forces_var_posterior + prediction.forces_var_projection)
                 results["forces_std_posterior"] = np.sqrt(prediction.forces_var_posterior)
                 results["forces_std_projection"] = np.sqrt(prediction.forces_var_projection)
         self.results = results

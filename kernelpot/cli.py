@@ -49,6 +49,12 @@ _EVAL_EXAMPLE = """\
 examples:
   kernelpot eval model.npz test.xyz
   kernelpot eval model.npz test.xyz --plot parity.png
+  kernelpot eval model.npz test.xyz --recalibrate valid.xyz   # fit std factors, save them
+
+--recalibrate fits one factor for energy stds and one for force stds that give the
+validation errors' z-scores unit variance, stores them in the model file (or in
+--output) and reports the test metrics with them; the model applies them to every std
+it reports (SparseGPPotential(apply_calibration=False) switches them off).
 """
 
 _PREDICT_EXAMPLE = """\
@@ -135,6 +141,11 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("test", help="labelled structures")
     e.add_argument("--plot", default=None,
                    help="write a force parity plot coloured by the predicted std")
+    e.add_argument("--recalibrate", default=None, metavar="VALID",
+                   help="fit std calibration factors on these labelled structures first")
+    e.add_argument("-o", "--output", default=None,
+                   help="with --recalibrate: write the calibrated model here instead of "
+                        "updating MODEL")
     e.set_defaults(func=_cmd_eval)
 
     r = sub.add_parser(
@@ -401,8 +412,18 @@ def _cmd_fit(args) -> int:
 def _cmd_eval(args) -> int:
     model = _load_model(args.model)
     frames = _read_frames(args.test)
-    err = _errors(model, frames)
+    if args.output and not args.recalibrate:
+        raise CLIError("--output only goes with --recalibrate")
     print(f"kernelpot {__version__}: {args.model} on {args.test} ({len(frames)} structures)")
+    if args.recalibrate:
+        valid = _read_frames(args.recalibrate)
+        _print_errors("test (before recalibration)", _errors(model, frames))
+        model.calibrate(valid)
+        scale = model.std_scale_
+        path = model.save(args.output or args.model)
+        print(f"std factors fitted on {args.recalibrate} ({len(valid)} structures): energy "
+              f"{scale['energy']:.3g}, forces {scale['forces']:.3g}; wrote {path}")
+    err = _errors(model, frames)
     _print_errors("test", err)
     if args.plot:
         if not err["forces"]:

@@ -142,6 +142,10 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         that :meth:`update` can add structures and inducing environments by
         low-rank updates instead of a refit (memory grows with the training set:
         meant for on-the-fly learning, not for large fits).
+    apply_calibration : bool, default=True
+        Multiply every std the model reports (``predict``, ``predict_forces``, the
+        calculator's) by the factors :meth:`calibrate` fitted, once it has been
+        called; ``False`` reports the model's raw stds.
     random_state : int, numpy Generator or None, default=None
         Seeds inducing-point selection and optimiser restarts.
     n_jobs : int or None, default=1
@@ -193,8 +197,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                  signal_std=1.0, energy_noise=0.002, force_noise=0.05,
                  signal_std_bounds=(1e-2, 1e2), energy_noise_bounds=(1e-4, 1.0),
                  force_noise_bounds=(1e-4, 10.0), e0="lstsq", optimize=True, n_restarts=2,
-                 search_frames=None, incremental=False, random_state=None, n_jobs=1,
-                 verbose=0):
+                 search_frames=None, incremental=False, apply_calibration=True,
+                 random_state=None, n_jobs=1, verbose=0):
         self.descriptor = descriptor
         self.kernel = kernel
         self.n_sparse = n_sparse
@@ -210,6 +214,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         self.n_restarts = n_restarts
         self.search_frames = search_frames
         self.incremental = incremental
+        self.apply_calibration = apply_calibration
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.verbose = verbose
@@ -489,6 +494,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         self.energy_noise_ = float(energy_noise)
         self.force_noise_ = float(force_noise)
         self.log_marginal_likelihood_value_ = float(lml)
+        self.std_scale_ = None  # a refit needs a new calibrate()
         self.jitter_ = float(jitter)
         self._columns = gp.inducing_columns(inducing)
         # the absolute jitter of k_mm, as cholesky_with_jitter applied it
@@ -733,7 +739,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         if std_type == "total":
             n_atoms = np.array([len(a) for a in frames])
             var = var + self.energy_noise_**2 * n_atoms
-        return energies, np.sqrt(var)
+        return energies, self.std_scale("energy") * np.sqrt(var)
 
     def predict_forces(self, X, return_std=False, std_type="total"):
         """Predict forces.
@@ -758,8 +764,74 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         if not return_std:
             return forces
         noise = self.force_noise_**2 if std_type == "total" else 0.0
-        stds = [np.sqrt(p.forces_var_posterior + p.forces_var_projection + noise) for p in out]
+        scale = self.std_scale("forces")
+        stds = [scale * np.sqrt(p.forces_var_posterior + p.forces_var_projection + noise)
+                for p in out]
         return forces, stds
+
+    def std_scale(self, quantity) -> float:
+        """The factor applied to reported stds of ``"energy"`` or ``"forces"``.
+
+        1 unless :meth:`calibrate` was called and ``apply_calibration`` is True.
+        """
+        if quantity not in ("energy", "forces"):
+            raise ValueError(f"quantity must be 'energy' or 'forces'; got {quantity!r}")
+        factors = getattr(self, "std_scale_", None)
+        if not self.apply_calibration or not factors:
+            return 1.0
+        return float(factors[quantity])
+
+    def calibrate(self, X):
+        """Fit the factors that make the total std's z-scores unit variance on ``X``.
+
+        Parameters
+        ----------
+        X : list of ase.Atoms
+            Labelled validation structures, not the training set.
+
+        Returns
+        -------
+        self : SparseGPPotential
+            With ``std_scale_ = {"energy": c_E, "forces": c_F}``, ``c =
+            sqrt(mean((error / std)²))`` over structures (energies) and force
+            components, from the uncalibrated total stds; saved with the model and
+            applied to every std it reports while ``apply_calibration`` is True.
+
+        Notes
+        -----
+        A single scalar per quantity fixes the overall width, not the shape of the
+        error distribution (heavy tails stay heavy).
+        """
+        from kernelpot import metrics
+
+        owner = f"{type(self).__name__}.calibrate"
+        check_is_fitted(self)
+        frames = check_frames(X, owner)
+        labels = read_labels(frames, owner)
+        previous = getattr(self, "std_scale_", None)
+        self.std_scale_ = None  # raw stds while fitting
+        try:
+            factors = {}
+            if labels.has_energy.any():
+                energies, energy_std = self.predict(frames, return_std=True)
+                mask = labels.has_energy
+                factors["energy"] = metrics.recalibration_factor(
+                    energies[mask], labels.energies[mask], energy_std[mask])
+            with_forces = [k for k, f in enumerate(labels.forces) if f is not None]
+            if with_forces:
+                chosen = [frames[k] for k in with_forces]
+                forces, forces_std = self.predict_forces(chosen, return_std=True)
+                factors["forces"] = metrics.recalibration_factor(
+                    forces, [labels.forces[k] for k in with_forces], forces_std)
+        except Exception:
+            self.std_scale_ = previous
+            raise
+        factors.setdefault("energy", 1.0)
+        factors.setdefault("forces", 1.0)
+        self.std_scale_ = factors
+        logger.info("%s: std factors energy %.3g, forces %.3g", owner, factors["energy"],
+                    factors["forces"])
+        return self
 
     def predict_local_energies(self, X):
         """Predict per-atom energies (reference energy included).

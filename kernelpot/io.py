@@ -152,6 +152,7 @@ def save(model, path, training_state=False) -> Path:
             "jitter": model.jitter_,
             "jitter_abs": model._jitter_abs,
             "n_inducing": model.n_inducing_,
+            "std_scale": getattr(model, "std_scale_", None),
             "stats": {"c_E": stats.c_E, "c_F": stats.c_F, "n_E": stats.n_E, "n_F": stats.n_F,
                       "logdet_D_E": stats.logdet_D_E},
         },
@@ -231,6 +232,13 @@ def load(path):
     model.signal_std_ = fitted["signal_std"]
     model.energy_noise_ = fitted["energy_noise"]
     model.force_noise_ = fitted["force_noise"]
+    scale = fitted.get("std_scale")
+    model.std_scale_ = None
+    if scale is not None:
+        if not isinstance(scale, dict) or set(scale) != {"energy", "forces"} or not all(
+                isinstance(v, (int, float)) and v > 0 for v in scale.values()):
+            raise ValueError(f"load: {path} has a malformed std_scale entry")
+        model.std_scale_ = {k: float(v) for k, v in scale.items()}
     model.log_marginal_likelihood_value_ = fitted["log_marginal_likelihood"]
     model.jitter_ = fitted["jitter"]
     model._jitter_abs = fitted["jitter_abs"]

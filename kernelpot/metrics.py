@@ -17,7 +17,8 @@ import numpy as np
 from scipy.stats import spearmanr
 
 __all__ = ["mae", "rmse", "max_error", "force_errors", "coverage", "spearman_std_error",
-           "per_atom_norms"]
+           "per_atom_norms", "negative_log_likelihood", "coverage_curve",
+           "recalibration_factor"]
 
 
 def _flat(values) -> np.ndarray:
@@ -93,3 +94,60 @@ def spearman_std_error(predicted_forces, reference_forces, forces_std) -> float:
                              zip(predicted_forces, reference_forces, strict=True)])
     stds = per_atom_norms(forces_std)
     return float(spearmanr(stds, errors).statistic)
+
+
+def _errors_and_stds(predicted, reference, std):
+    p, r = _pair(predicted, reference)
+    s = _flat(std)
+    if s.shape != p.shape:
+        raise ValueError(f"std has {s.size} values for {p.size} predictions")
+    if np.any(s <= 0) or not np.all(np.isfinite(s)):
+        raise ValueError("std must be finite and > 0")
+    return p - r, s
+
+
+def negative_log_likelihood(predicted, reference, std) -> float:
+    """Mean Gaussian negative log-likelihood of the errors under the predicted std.
+
+    ``mean(½ log(2π σ²) + e² / (2 σ²))`` over components; lower is better, and for
+    a given error distribution it is lowest when the std is calibrated.
+    """
+    err, s = _errors_and_stds(predicted, reference, std)
+    return float(np.mean(0.5 * np.log(2 * np.pi * s**2) + 0.5 * (err / s) ** 2))
+
+
+def coverage_curve(predicted, reference, std, levels=None):
+    """Observed against nominal coverage of central Gaussian intervals.
+
+    Parameters
+    ----------
+    predicted, reference, std : array-like or list of arrays
+    levels : array-like of float in (0, 1), optional
+        Nominal coverages; 19 levels from 0.05 to 0.95 by default.
+
+    Returns
+    -------
+    nominal, observed : ndarray
+        ``observed[i]`` is the fraction of components with ``|error| <= z_i std``,
+        ``z_i`` the two-sided Gaussian quantile of ``nominal[i]``. A calibrated
+        std gives ``observed ≈ nominal``; above the diagonal means too wide.
+    """
+    from scipy.stats import norm
+
+    err, s = _errors_and_stds(predicted, reference, std)
+    nominal = np.linspace(0.05, 0.95, 19) if levels is None else np.asarray(levels, float)
+    if np.any((nominal <= 0) | (nominal >= 1)):
+        raise ValueError("levels must lie in (0, 1)")
+    z = norm.ppf(0.5 + nominal / 2)
+    observed = np.array([np.mean(np.abs(err) <= zi * s) for zi in z])
+    return nominal, observed
+
+
+def recalibration_factor(predicted, reference, std) -> float:
+    """The scalar ``c`` that makes the z-scores ``error / (c std)`` unit variance.
+
+    ``c = sqrt(mean((error / std)²))``: multiply the predicted std by it. Fitted on
+    a validation set, not on the training data.
+    """
+    err, s = _errors_and_stds(predicted, reference, std)
+    return float(np.sqrt(np.mean((err / s) ** 2)))

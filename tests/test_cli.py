@@ -154,3 +154,32 @@ def test_model_file_that_is_not_ours(tmp_path, ethanol_frames, capsys):
                  str(tmp_path / "out.xyz")]) == 1
     err = capsys.readouterr().err
     assert "not a kernelpot model" in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_recalibrate_writes_the_factors(cli_files, capsys, ethanol_frames):
+    from ase.io import write
+
+    from kernelpot import load
+
+    model_path = cli_files / "model_rc.npz"
+    assert main(["fit", str(cli_files / "train.xyz"), "-o", str(model_path), "--n-sparse",
+                 "30", "--quiet"]) == 0
+    write(cli_files / "valid.xyz", ethanol_frames[30:38])
+    out_path = cli_files / "calibrated.npz"
+    capsys.readouterr()
+    assert main(["eval", str(model_path), str(cli_files / "test.xyz"), "--recalibrate",
+                 str(cli_files / "valid.xyz"), "-o", str(out_path)]) == 0
+    out = capsys.readouterr().out
+    assert "std factors fitted" in out and "before recalibration" in out
+    calibrated = load(out_path)
+    expected = load(model_path).calibrate(read_frames(cli_files / "valid.xyz"))
+    assert calibrated.std_scale_ == pytest.approx(expected.std_scale_)
+    assert load(model_path).std_scale_ is None  # the fitted file is left alone
+    assert main(["eval", str(model_path), str(cli_files / "test.xyz"), "-o", "x.npz"]) == 1
+    assert "--output only goes with --recalibrate" in capsys.readouterr().err
+
+
+def read_frames(path):
+    from ase.io import read
+
+    return read(path, ":")

@@ -443,3 +443,43 @@ def test_force_noise_at_upper_bound_warns(ethanol_frames, small_soap):
         SparseGPPotential(small_soap, n_sparse=5, force_noise_bounds=(1e-3, 1.0),
                           random_state=0).fit(frames)
     assert any("upper bound" in str(w.message) for w in caught)
+
+
+def test_calibrate_scales_every_std_and_survives_save_load(fitted_ethanol, ethanol_frames,
+                                                           tmp_path):
+    from kernelpot import KernelPotCalculator, load, metrics
+
+    valid, test = ethanol_frames[30:45], ethanol_frames[45:55]
+    _, raw_e = fitted_ethanol.predict(test, return_std=True)
+    _, raw_f = fitted_ethanol.predict_forces(test, return_std=True)
+    calibrated = load(_save(fitted_ethanol, tmp_path / "m.npz")).calibrate(valid)
+    forces, f_std = calibrated.predict_forces(valid, return_std=True)
+    ref = [a.get_forces() for a in valid]
+    # on the validation set the calibrated z-scores have unit variance
+    assert metrics.recalibration_factor(forces, ref, f_std) == pytest.approx(1.0, rel=1e-6)
+    c_E, c_F = calibrated.std_scale_["energy"], calibrated.std_scale_["forces"]
+    assert c_F < 1.0  # the raw force std is too wide (see the benchmarks)
+    _, e_std = calibrated.predict(test, return_std=True)
+    _, f_std = calibrated.predict_forces(test, return_std=True)
+    np.testing.assert_allclose(e_std, c_E * raw_e, rtol=1e-9)
+    np.testing.assert_allclose(f_std[0], c_F * raw_f[0], rtol=1e-9)
+    atoms = test[0].copy()
+    atoms.calc = KernelPotCalculator(calibrated)
+    atoms.get_forces()
+    _, epistemic = fitted_ethanol.predict_forces([atoms], return_std=True,
+                                                 std_type="epistemic")
+    np.testing.assert_allclose(atoms.calc.results["forces_std"], c_F * epistemic[0],
+                               rtol=1e-9)
+    # saved, loaded, and switchable off
+    reloaded = load(_save(calibrated, tmp_path / "c.npz"))
+    assert reloaded.std_scale_ == calibrated.std_scale_
+    reloaded.set_params(apply_calibration=False)
+    _, off = reloaded.predict_forces(test[:1], return_std=True)
+    np.testing.assert_allclose(off[0], raw_f[0], rtol=1e-9)
+    with pytest.raises(ValueError, match="carries an energy or forces"):
+        calibrated.calibrate([a.copy() for a in valid])
+
+
+def _save(model, path):
+    model.save(path)
+    return path

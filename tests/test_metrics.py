@@ -35,3 +35,27 @@ def test_spearman_uses_per_atom_norms():
     std = [np.array([[0.1, 0.1, 0.1], [0.2, 0.2, 0.2], [0.3, 0.3, 0.3], [0.4, 0.4, 0.4]])]
     assert metrics.spearman_std_error(pred, ref, std) == pytest.approx(1.0)
     np.testing.assert_allclose(metrics.per_atom_norms(pred), [1, 2, 3, 4])
+
+
+def test_calibration_metrics_on_synthetic_gaussian_errors():
+    from kernelpot import metrics
+
+    rng = np.random.default_rng(0)
+    std = rng.uniform(0.5, 2.0, size=200_000)
+    reference = rng.normal(size=std.size)
+    predicted = reference + std * rng.normal(size=std.size)
+    nominal, observed = metrics.coverage_curve(predicted, reference, std)
+    np.testing.assert_allclose(observed, nominal, atol=0.005)
+    assert metrics.recalibration_factor(predicted, reference, std) == pytest.approx(1, abs=0.01)
+    assert metrics.recalibration_factor(predicted, reference, 2 * std) == pytest.approx(0.5,
+                                                                                      abs=0.01)
+    nll = metrics.negative_log_likelihood(predicted, reference, std)
+    assert nll < metrics.negative_log_likelihood(predicted, reference, 2 * std)
+    assert nll < metrics.negative_log_likelihood(predicted, reference, 0.5 * std)
+    # analytic value for calibrated Gaussian errors: ½ log(2π) + mean log σ + ½
+    expected = 0.5 * np.log(2 * np.pi) + np.mean(np.log(std)) + 0.5
+    assert nll == pytest.approx(expected, abs=0.01)
+    with pytest.raises(ValueError, match="std must be finite and > 0"):
+        metrics.negative_log_likelihood(predicted[:3], reference[:3], [1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="levels must lie in"):
+        metrics.coverage_curve(predicted, reference, std, levels=[0.5, 1.0])
