@@ -67,6 +67,16 @@ info["energy_std"] (eV) and the per-component force std in arrays["forces_std"] 
 """
 
 
+_LC_EXAMPLE = """\
+examples:
+  kernelpot learning-curve train.xyz test.xyz --sizes 25,50,100,200
+  kernelpot learning-curve train.xyz test.xyz --sizes 10,20,40 --repeats 3 --plot lc.png
+
+Each size fits a fresh model (the fit command's options and --config apply) on random
+subsets of TRAIN (seeds --seed, --seed + 1, ...) and scores it on TEST.
+"""
+
+
 class CLIError(Exception):
     """An error reported as one line on stderr with a non-zero exit code."""
 
@@ -158,7 +168,25 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", required=True, help="extended XYZ file to write")
     r.set_defaults(func=_cmd_predict)
 
-    for q in (d, p, f, e, r):
+    c = sub.add_parser(
+        "learning-curve", help="errors and predicted std against training-set size",
+        description="Fit models on random subsets of growing size and print (and plot) "
+                    "force and energy errors on a test set with the mean predicted std.",
+        epilog=_LC_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("train", help="labelled structures to draw training subsets from")
+    c.add_argument("test", help="labelled test structures")
+    c.add_argument("--sizes", required=True, help="comma-separated training-set sizes")
+    c.add_argument("--repeats", type=int, default=1, help="subsets per size (default 1)")
+    c.add_argument("--plot", default=None, help="write a log-log plot of the curve")
+    c.add_argument("--descriptor", choices=["soap", "acsf"], default="soap")
+    c.add_argument("--r-cut", type=float, default=None)
+    c.add_argument("--n-sparse", type=int, default=None)
+    c.add_argument("--config", default=None, help="TOML file of parameters (as for fit)")
+    c.add_argument("--n-jobs", type=int, default=1)
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=_cmd_learning_curve)
+
+    for q in (d, p, f, e, r, c):
         q.add_argument("-v", "--verbose", action="count", default=0,
                        help="more log output (-vv for debug)")
         q.add_argument("--quiet", action="store_true", help="only errors")
@@ -467,6 +495,40 @@ def _cmd_predict(args) -> int:
         raise CLIError(f"cannot write {args.output}: {err}") from err
     print(f"kernelpot {__version__}: wrote {len(out)} structures with predicted energies, "
           f"forces and their stds to {args.output}")
+    return 0
+
+
+def _cmd_learning_curve(args) -> int:
+    from kernelpot.studies import learning_curve
+
+    try:
+        sizes = [int(token) for token in args.sizes.split(",")]
+    except ValueError as err:
+        raise CLIError(f"--sizes must be comma-separated integers; got {args.sizes!r}") from err
+    train = _read_frames(args.train)
+    test = _read_frames(args.test)
+    model = _build_model(args, train)
+    model.set_params(verbose=0)
+    curve = learning_curve(model, train, test, sizes, repeats=args.repeats,
+                           random_state=args.seed, verbose=_progress(args))
+    print(f"kernelpot {__version__}: learning curve on {args.test} ({len(test)} structures), "
+          f"{args.repeats} subset(s) per size; mean (min-max) over subsets")
+    header = (f"{'n':>6} {'force MAE meV/Å':>22} {'force RMSE':>11} {'energy MAE meV/atom':>22} "
+              f"{'mean std meV/Å':>15} {'fit s':>7}")
+    print(header)
+    print("-" * len(header))
+    for i, n in enumerate(curve["sizes"]):
+        f = 1e3 * curve["force_mae"][i]
+        e = 1e3 * curve["energy_mae"][i]
+        print(f"{n:>6} {np.nanmean(f):>9.2f} ({np.nanmin(f):.1f}-{np.nanmax(f):.1f})"
+              f"{'':>1} {1e3 * np.nanmean(curve['force_rmse'][i]):>11.2f} "
+              f"{np.nanmean(e):>9.3f} ({np.nanmin(e):.2f}-{np.nanmax(e):.2f}) "
+              f"{1e3 * np.nanmean(curve['force_std'][i]):>15.2f} "
+              f"{np.mean(curve['fit_seconds'][i]):>7.1f}")
+    if args.plot:
+        from kernelpot.plotting import plot_learning_curve
+
+        print(f"wrote {plot_learning_curve(curve, args.plot)}")
     return 0
 
 

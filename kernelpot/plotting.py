@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_otf_log", "plot_parity"]
+__all__ = ["plot_otf_log", "plot_parity", "plot_learning_curve"]
 
 
 def plot_otf_log(log, path, reference_name="reference"):
@@ -103,6 +103,54 @@ def plot_parity(predicted_forces, reference_forces, forces_std, path):
             f"RMSE {1e3 * metrics.rmse(pred, ref):.1f} meV/Å", transform=ax.transAxes,
             va="top", fontsize=7)
     fig.colorbar(points, ax=ax, label="predicted std (eV/Å)", shrink=0.8)
+    path = Path(path)
+    fig.savefig(path, dpi=200)
+    plt.close(fig)
+    return path
+
+
+def plot_learning_curve(curve, path):
+    """Log-log learning curve: force and energy errors and the mean predicted force std.
+
+    Parameters
+    ----------
+    curve : dict
+        What :func:`kernelpot.studies.learning_curve` returns.
+    path : str or path-like
+        Output image (PNG, PDF, ... by extension).
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    sizes = np.asarray(curve["sizes"])
+    fig, (ax_f, ax_e) = plt.subplots(1, 2, figsize=(7.0, 2.8), constrained_layout=True)
+
+    def band(ax, values, label, style, scale):
+        values = np.asarray(values) * scale
+        mean = np.nanmean(values, axis=1)
+        ax.plot(sizes, mean, style, label=label, ms=4)
+        if values.shape[1] > 1:
+            ax.fill_between(sizes, np.nanmin(values, axis=1), np.nanmax(values, axis=1),
+                            alpha=0.2)
+
+    band(ax_f, curve["force_mae"], "force MAE", "o-", 1e3)
+    band(ax_f, curve["force_std"], "mean predicted std", "s--", 1e3)
+    band(ax_e, curve["energy_mae"], "energy MAE", "o-", 1e3)
+    for ax, unit in ((ax_f, "force (meV/Å)"), (ax_e, "energy (meV/atom)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xlabel("training structures")
+        ax.set_ylabel(unit)
+        ax.legend(fontsize=7, frameon=False)
     path = Path(path)
     fig.savefig(path, dpi=200)
     plt.close(fig)

@@ -50,7 +50,8 @@ def test_debug_shows_traceback():
         main(["descriptors", "missing.xyz", "--debug"])
 
 
-@pytest.mark.parametrize("command", ["descriptors", "demo", "fit", "eval", "predict"])
+@pytest.mark.parametrize("command", ["descriptors", "demo", "fit", "eval", "predict",
+                                     "learning-curve"])
 def test_help_has_an_example(command):
     result = subprocess.run([sys.executable, "-m", "kernelpot", command, "--help"],
                             capture_output=True, text=True, check=True)
@@ -183,3 +184,24 @@ def read_frames(path):
     from ase.io import read
 
     return read(path, ":")
+
+
+def test_learning_curve_table_and_plot(cli_files, capsys):
+    plot = cli_files / "lc.png"
+    config = cli_files / "lc.toml"
+    config.write_text('n_restarts = 0\n"descriptor.n_max" = 3\n"descriptor.l_max" = 2\n')
+    assert main(["learning-curve", str(cli_files / "train.xyz"), str(cli_files / "test.xyz"),
+                 "--sizes", "3,6,12", "--repeats", "2", "--config", str(config), "--plot",
+                 str(plot)]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:2] in ("3 ", "6 ", "12")]
+    assert [row[0] for row in rows] == ["3", "6", "12"]
+    force_mae = [float(row[1]) for row in rows]
+    assert force_mae[2] < force_mae[0]  # more data, smaller error
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["learning-curve", str(cli_files / "train.xyz"), str(cli_files / "test.xyz"),
+                 "--sizes", "3,x"]) == 1
+    assert "--sizes must be comma-separated integers" in capsys.readouterr().err
+    assert main(["learning-curve", str(cli_files / "train.xyz"), str(cli_files / "test.xyz"),
+                 "--sizes", "3,500"]) == 1
+    assert "sizes must be ints between 1 and 12" in capsys.readouterr().err

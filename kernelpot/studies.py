@@ -1,0 +1,84 @@
+"""Small-data studies: learning curves of error and predicted std against training size."""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import time
+
+import numpy as np
+from sklearn.base import clone
+
+from kernelpot import metrics
+from kernelpot._labels import check_frames, read_labels
+from kernelpot._validation import check_verbose
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["learning_curve"]
+
+
+def learning_curve(model, train, test, sizes, repeats=1, random_state=0, verbose=0):
+    """Fit clones of ``model`` on growing random subsets of ``train``; score on ``test``.
+
+    Parameters
+    ----------
+    model : SparseGPPotential
+        Unfitted template (cloned for every fit).
+    train, test : list of ase.Atoms
+        Labelled structures; every training subset is drawn from ``train``.
+    sizes : sequence of int
+        Training-set sizes, each at most ``len(train)``.
+    repeats : int, default=1
+        Random subsets per size (seeds ``random_state + r``).
+    random_state : int, default=0
+    verbose : int, default=0
+        1 shows a progress bar over the fits.
+
+    Returns
+    -------
+    dict of ndarray, each of shape (len(sizes), repeats)
+        ``force_mae`` and ``force_rmse`` (eV/Å, over components), ``energy_mae``
+        (eV/atom), ``force_std`` (mean predicted total force std, eV/Å),
+        ``fit_seconds``; and ``sizes`` (len(sizes),).
+    """
+    from tqdm.auto import tqdm
+
+    train = check_frames(train, "learning_curve: train")
+    test = check_frames(test, "learning_curve: test")
+    verbose = check_verbose(verbose, "learning_curve")
+    sizes = np.asarray(sizes)
+    if sizes.ndim != 1 or sizes.size == 0 or not all(
+            isinstance(n, numbers.Integral) and 1 <= n <= len(train) for n in sizes.tolist()):
+        raise ValueError(f"learning_curve: sizes must be ints between 1 and {len(train)} "
+                         f"(the training structures); got {list(sizes)}")
+    if isinstance(repeats, bool) or not isinstance(repeats, numbers.Integral) or repeats < 1:
+        raise ValueError(f"learning_curve: repeats must be an int >= 1; got {repeats!r}")
+    labels = read_labels(test, "learning_curve: test")
+    ref_f = [f for f in labels.forces if f is not None]
+    has_f = [k for k, f in enumerate(labels.forces) if f is not None]
+    has_e = labels.has_energy
+    n_atoms = np.array([len(a) for a in test])
+    shape = (len(sizes), int(repeats))
+    out = {key: np.full(shape, np.nan) for key in
+           ("force_mae", "force_rmse", "energy_mae", "force_std", "fit_seconds")}
+    jobs = [(i, r) for i in range(len(sizes)) for r in range(int(repeats))]
+    for i, r in tqdm(jobs, desc="learning curve", disable=verbose < 1):
+        chosen = np.random.default_rng(random_state + r).permutation(len(train))[:sizes[i]]
+        fitted = clone(model)
+        start = time.perf_counter()
+        fitted.fit([train[k] for k in chosen])
+        out["fit_seconds"][i, r] = time.perf_counter() - start
+        if has_f:
+            forces, stds = fitted.predict_forces([test[k] for k in has_f], return_std=True)
+            out["force_mae"][i, r] = metrics.mae(forces, ref_f)
+            out["force_rmse"][i, r] = metrics.rmse(forces, ref_f)
+            out["force_std"][i, r] = float(np.mean(np.concatenate([s.ravel() for s in stds])))
+        if has_e.any():
+            energies = fitted.predict([test[k] for k in np.flatnonzero(has_e)])
+            out["energy_mae"][i, r] = float(np.mean(
+                np.abs(energies - labels.energies[has_e]) / n_atoms[has_e]))
+        logger.info("learning curve: n = %d, repeat %d: force MAE %.4g eV/Å", sizes[i], r,
+                    out["force_mae"][i, r])
+    out["sizes"] = sizes.astype(int)
+    return out
