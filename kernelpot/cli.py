@@ -48,7 +48,8 @@ cfg.toml is a flat table of estimator and descriptor parameters, e.g.
 _EVAL_EXAMPLE = """\
 examples:
   kernelpot eval model.npz test.xyz
-  kernelpot eval model.npz test.xyz --plot parity.png
+  kernelpot eval model.npz test.xyz --plot parity.png --calibration-plot cal.png \\
+      --error-plot err.png
   kernelpot eval model.npz test.xyz --recalibrate valid.xyz   # fit std factors, save them
 
 --recalibrate fits one factor for energy stds and one for force stds that give the
@@ -151,6 +152,10 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("test", help="labelled structures")
     e.add_argument("--plot", default=None,
                    help="write a force parity plot coloured by the predicted std")
+    e.add_argument("--calibration-plot", default=None,
+                   help="write the force calibration curve (observed vs nominal coverage)")
+    e.add_argument("--error-plot", default=None,
+                   help="write per-atom force error against predicted std")
     e.add_argument("--recalibrate", default=None, metavar="VALID",
                    help="fit std calibration factors on these labelled structures first")
     e.add_argument("-o", "--output", default=None,
@@ -460,6 +465,17 @@ def _cmd_eval(args) -> int:
 
         path = plot_parity(err["forces"], err["ref_forces"], err["forces_std"], args.plot)
         print(f"wrote {path}")
+    if args.calibration_plot or args.error_plot:
+        if not err["forces"]:
+            raise CLIError(f"{args.test} has no forces to plot")
+        from kernelpot.plotting import plot_calibration, plot_error_vs_std
+
+        if args.calibration_plot:
+            print("wrote " + str(plot_calibration(err["forces"], err["ref_forces"],
+                                                  err["forces_std"], args.calibration_plot)))
+        if args.error_plot:
+            print("wrote " + str(plot_error_vs_std(err["forces"], err["ref_forces"],
+                                                   err["forces_std"], args.error_plot)))
     return 0
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_otf_log", "plot_parity", "plot_learning_curve"]
+__all__ = ["plot_otf_log", "plot_parity", "plot_learning_curve", "plot_calibration",
+           "plot_error_vs_std"]
 
 
 def plot_otf_log(log, path, reference_name="reference"):
@@ -151,6 +152,86 @@ def plot_learning_curve(curve, path):
         ax.set_xlabel("training structures")
         ax.set_ylabel(unit)
         ax.legend(fontsize=7, frameon=False)
+    path = Path(path)
+    fig.savefig(path, dpi=200)
+    plt.close(fig)
+    return path
+
+
+def plot_calibration(predicted, reference, std, path, label="forces"):
+    """Calibration curve: observed against nominal coverage of Gaussian intervals.
+
+    Parameters
+    ----------
+    predicted, reference, std : array-like or list of arrays
+        Predictions, reference values and predicted stds (same layout).
+    path : str or path-like
+    label : str, default="forces"
+        Legend label of the curve.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from kernelpot import metrics
+
+    nominal, observed = metrics.coverage_curve(predicted, reference, std)
+    fig, ax = plt.subplots(figsize=(3.2, 3.0), constrained_layout=True)
+    ax.plot([0, 1], [0, 1], color="k", lw=0.6, ls="--", label="calibrated")
+    ax.plot(nominal, observed, "o-", ms=3, label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("nominal coverage of ±z·std")
+    ax.set_ylabel("observed fraction of errors inside")
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    path = Path(path)
+    fig.savefig(path, dpi=200)
+    plt.close(fig)
+    return path
+
+
+def plot_error_vs_std(predicted_forces, reference_forces, forces_std, path):
+    """Per-atom force error against per-atom predicted std (log-log), with y = x.
+
+    Parameters
+    ----------
+    predicted_forces, reference_forces, forces_std : list of ndarray of shape (n_atoms, 3)
+    path : str or path-like
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from kernelpot import metrics
+
+    errors = metrics.per_atom_norms([np.asarray(p) - np.asarray(r) for p, r in
+                                     zip(predicted_forces, reference_forces, strict=True)])
+    stds = metrics.per_atom_norms(forces_std)
+    rho = metrics.spearman_std_error(predicted_forces, reference_forces, forces_std)
+    fig, ax = plt.subplots(figsize=(3.2, 3.0), constrained_layout=True)
+    ax.scatter(1e3 * stds, 1e3 * np.maximum(errors, 1e-12), s=3, linewidths=0,
+               rasterized=True)
+    low = 1e3 * max(min(stds.min(), errors[errors > 0].min() if np.any(errors > 0) else 1),
+                    1e-9)
+    high = 1e3 * max(stds.max(), errors.max())
+    ax.plot([low, high], [low, high], color="k", lw=0.6, ls="--", label="error = std")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("predicted force std per atom (meV/Å)")
+    ax.set_ylabel("force error per atom (meV/Å)")
+    ax.legend(fontsize=7, title=f"Spearman {rho:.2f}", title_fontsize=7, frameon=False,
+              loc="upper left")
     path = Path(path)
     fig.savefig(path, dpi=200)
     plt.close(fig)

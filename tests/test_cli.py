@@ -95,12 +95,14 @@ def test_fit_eval_predict_round_trip(cli_files, capsys):
     assert model.descriptor_.n_max == 4 and model.n_restarts == 0
     assert max(model.n_inducing_.values()) <= 40
 
-    plot = cli_files / "parity.png"
+    plots = [cli_files / name for name in ("parity.png", "cal.png", "err.png")]
     assert main(["eval", str(model_path), str(cli_files / "test.xyz"), "--plot",
-                 str(plot)]) == 0
+                 str(plots[0]), "--calibration-plot", str(plots[1]), "--error-plot",
+                 str(plots[2])]) == 0
     out = capsys.readouterr().out
     assert "test forces" in out and "within 1 std" in out and "Spearman" in out
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
+    for plot in plots:
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
 
     predicted = cli_files / "predicted.xyz"
     assert main(["predict", str(model_path), str(cli_files / "test.xyz"), "-o",
