@@ -19,7 +19,8 @@ logger = logging.getLogger("kernelpot")
 
 _DEMO_EXAMPLE = """\
 examples:
-  kernelpot demo                  # fit on 100 bundled ethanol frames, test on 50, report
+  kernelpot demo                  # fit on 100 bundled ethanol frames, test on 50, report,
+                                  # write demo_parity.png
   kernelpot demo --n-train 150 --descriptor acsf
 """
 
@@ -105,6 +106,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="training frames (of the 150 non-test bundled frames; default 100)")
     d.add_argument("--descriptor", choices=["soap", "acsf"], default="soap")
     d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    d.add_argument("--plot", default="demo_parity.png",
+                   help="force parity plot coloured by the predicted std "
+                        "(default demo_parity.png; 'none' to skip)")
     d.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser(
@@ -337,6 +341,10 @@ def _cmd_demo(args) -> int:
           f"{metrics.spearman_std_error(forces, ref_f, forces_std):.2f}; energies "
           f"{100 * metrics.coverage(energies, ref_e, energy_std, 1):.0f}% within 1 std")
     print(f"prediction with std: {pred_ms:.2f} ms per atom")
+    if args.plot and args.plot.lower() != "none":
+        from kernelpot.plotting import plot_parity
+
+        print(f"wrote {plot_parity(forces, ref_f, forces_std, args.plot)}")
     return 0
 
 

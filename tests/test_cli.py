@@ -58,14 +58,16 @@ def test_help_has_an_example(command):
     assert "examples:" in result.stdout and f"kernelpot {command}" in result.stdout
 
 
-def test_demo_runs_on_bundled_data(capsys):
-    assert main(["demo", "--n-train", "12"]) == 0
+def test_demo_runs_on_bundled_data(capsys, tmp_path):
+    plot = tmp_path / "parity.png"
+    assert main(["demo", "--n-train", "12", "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
     assert "learned noise" in out and "test forces" in out and "within 1 std" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_demo_rejects_bad_size(capsys):
-    assert main(["demo", "--n-train", "1000"]) == 1
+    assert main(["demo", "--n-train", "1000", "--plot", "none"]) == 1
     assert "--n-train must be between" in capsys.readouterr().err
 
 
