@@ -79,6 +79,20 @@ subsets of TRAIN (seeds --seed, --seed + 1, ...) and scores it on TEST.
 """
 
 
+_MD_EXAMPLE = """\
+examples:
+  kernelpot md model.npz start.xyz --steps 2000 --temperature 600 -o traj.extxyz
+  kernelpot md model.npz start.xyz --steps 2000 --temperature 800 --reference emt \\
+      --train train.xyz --directory otf_run
+
+Langevin dynamics (friction 0.01/fs) with the model as ASE calculator. With --reference
+(emt, or xtb for GFN2-xTB from tblite) the run is uncertainty-gated: the model is refitted
+on --train (its own training structures, as an incremental model) and learns on the fly
+whenever the calibrated force std exceeds --threshold (default: its learned force noise);
+the log, labelled frames and checkpoints go to --directory.
+"""
+
+
 class CLIError(Exception):
     """An error reported as one line on stderr with a non-zero exit code."""
 
@@ -195,7 +209,32 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(func=_cmd_learning_curve)
 
-    for q in (d, p, f, e, r, c):
+    m = sub.add_parser(
+        "md", help="molecular dynamics with a model, optionally learning on the fly",
+        description="Run Langevin molecular dynamics with a saved model as ASE calculator; "
+                    "with --reference, uncertainty-gated MD that calls the reference and "
+                    "learns when the model is unsure.",
+        epilog=_MD_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    m.add_argument("model", help="a model file written by kernelpot (.npz)")
+    m.add_argument("start", help="starting structure (the first frame of the file)")
+    m.add_argument("--steps", type=int, required=True)
+    m.add_argument("--temperature", type=float, required=True, help="kelvin")
+    m.add_argument("--timestep", type=float, default=1.0, help="fs (default 1)")
+    m.add_argument("-o", "--output", default=None,
+                   help="trajectory file (extxyz) with energies, forces and their stds")
+    m.add_argument("--interval", type=int, default=10,
+                   help="steps between trajectory frames (default 10)")
+    m.add_argument("--reference", choices=["emt", "xtb"], default=None)
+    m.add_argument("--threshold", type=float, default=None,
+                   help="absolute force-std threshold, eV/Å (with --reference)")
+    m.add_argument("--train", default=None,
+                   help="the model's training structures (with --reference)")
+    m.add_argument("--directory", default="otf_run",
+                   help="on-the-fly log, labelled frames and checkpoints (with --reference)")
+    m.add_argument("--seed", type=int, default=0)
+    m.set_defaults(func=_cmd_md)
+
+    for q in (d, p, f, e, r, c, m):
         q.add_argument("-v", "--verbose", action="count", default=0,
                        help="more log output (-vv for debug)")
         q.add_argument("--quiet", action="store_true", help="only errors")
@@ -553,6 +592,86 @@ def _cmd_learning_curve(args) -> int:
         from kernelpot.plotting import plot_learning_curve
 
         print(f"wrote {plot_learning_curve(curve, args.plot)}")
+    return 0
+
+
+def _reference_calculator(name):
+    if name == "emt":
+        from ase.calculators.emt import EMT
+
+        return EMT()
+    try:
+        from tblite.ase import TBLite
+    except ImportError as err:
+        raise CLIError("--reference xtb needs tblite: pip install -e '.[xtb]'") from err
+    return TBLite(method="GFN2-xTB", verbosity=0)
+
+
+def _cmd_md(args) -> int:
+    from ase import units
+    from ase.io import write
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import thermalize_momenta
+    from sklearn.base import clone
+
+    from kernelpot import KernelPotCalculator, OnTheFlyLearner
+
+    if args.steps < 1 or args.temperature <= 0 or args.timestep <= 0 or args.interval < 1:
+        raise CLIError("--steps and --interval must be >= 1, --temperature and --timestep > 0")
+    if args.reference is None and (args.train or args.threshold is not None):
+        raise CLIError("--train and --threshold only go with --reference")
+    model = _load_model(args.model)
+    atoms = _read_frames(args.start)[0].copy()
+    atoms.calc = None
+    thermalize_momenta(atoms, temperature_K=args.temperature,
+                       rng=np.random.default_rng(args.seed))
+    dyn = Langevin(atoms, args.timestep * units.fs, temperature_K=args.temperature,
+                   friction=0.01 / units.fs, fixcm=False,
+                   rng=np.random.default_rng(args.seed + 1))
+    learner = None
+    if args.reference is not None:
+        if args.train is None:
+            raise CLIError("--reference needs --train (the model's training structures)")
+        train = _read_frames(args.train)
+        model = clone(model).set_params(incremental=True, verbose=0).fit(train)
+        learner = OnTheFlyLearner(model, _reference_calculator(args.reference),
+                                  threshold=args.threshold, directory=args.directory)
+    else:
+        atoms.calc = KernelPotCalculator(model)
+    frames = []
+
+    def record():
+        calc = atoms.calc
+        snapshot = atoms.copy()
+        snapshot.info["energy"] = float(calc.results["energy"])
+        snapshot.info["energy_std"] = float(calc.results["energy_std"])
+        snapshot.info["step"] = int(dyn.nsteps)
+        snapshot.arrays["model_forces"] = calc.results["forces"].copy()
+        snapshot.arrays["forces_std"] = calc.results["forces_std"].copy()
+        frames.append(snapshot)
+
+    start = time.perf_counter()
+    if learner is not None:
+        dyn.attach(lambda: atoms.calc is not None and record(), interval=args.interval)
+        learner.run(dyn, args.steps)
+        if learner.stopped:
+            raise CLIError(f"the on-the-fly run stopped: {learner.stopped}")
+    else:
+        atoms.get_forces()
+        dyn.attach(record, interval=args.interval)
+        dyn.run(args.steps)
+    wall = time.perf_counter() - start
+    stds = [float(f.arrays["forces_std"].max()) for f in frames]
+    print(f"kernelpot {__version__}: {args.steps} Langevin steps of {args.timestep} fs at "
+          f"{args.temperature} K in {wall:.1f} s ({1e3 * wall / args.steps:.1f} ms/step); "
+          f"final temperature {atoms.get_temperature():.0f} K; largest force std "
+          f"{max(stds) if stds else float('nan'):.3g} eV/Å")
+    if learner is not None:
+        print(f"{learner.n_reference_calls} {args.reference} calls; log, labelled frames and "
+              f"model in {args.directory}/")
+    if args.output:
+        write(args.output, frames, format="extxyz")
+        print(f"wrote {len(frames)} frames to {args.output}")
     return 0
 
 

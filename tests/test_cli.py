@@ -51,7 +51,7 @@ def test_debug_shows_traceback():
 
 
 @pytest.mark.parametrize("command", ["descriptors", "demo", "fit", "eval", "predict",
-                                     "learning-curve"])
+                                     "learning-curve", "md"])
 def test_help_has_an_example(command):
     result = subprocess.run([sys.executable, "-m", "kernelpot", command, "--help"],
                             capture_output=True, text=True, check=True)
@@ -209,3 +209,39 @@ def test_learning_curve_table_and_plot(cli_files, capsys):
     assert main(["learning-curve", str(cli_files / "train.xyz"), str(cli_files / "test.xyz"),
                  "--sizes", "3,500"]) == 1
     assert "sizes must be ints between 1 and 12" in capsys.readouterr().err
+
+
+def test_md_plain_and_on_the_fly(tmp_path, capsys):
+    from ase.io import read, write
+    from conftest import emt_copper_frames
+
+    train = emt_copper_frames(4, seed=21, rattle=0.08)
+    write(tmp_path / "train.xyz", train)
+    write(tmp_path / "start.xyz", train[0])
+    config = tmp_path / "cu.toml"
+    config.write_text('n_restarts = 0\n')
+    model_path = tmp_path / "cu.npz"
+    assert main(["fit", str(tmp_path / "train.xyz"), "-o", str(model_path), "--descriptor",
+                 "acsf", "--r-cut", "4.0", "--config", str(config), "--quiet"]) == 0
+    traj = tmp_path / "traj.extxyz"
+    assert main(["md", str(model_path), str(tmp_path / "start.xyz"), "--steps", "20",
+                 "--temperature", "300", "--timestep", "2", "--interval", "5", "-o",
+                 str(traj)]) == 0
+    out = capsys.readouterr().out
+    assert "20 Langevin steps" in out and "wrote 5 frames" in out
+    frames = read(traj, ":")
+    assert [f.info["step"] for f in frames] == [0, 5, 10, 15, 20]
+    assert frames[0].arrays["forces_std"].shape == (32, 3)
+
+    assert main(["md", str(model_path), str(tmp_path / "start.xyz"), "--steps", "25",
+                 "--temperature", "600", "--reference", "emt", "--threshold", "1e-4",
+                 "--train", str(tmp_path / "train.xyz"), "--directory",
+                 str(tmp_path / "otf")]) == 0
+    out = capsys.readouterr().out
+    calls = int(out.split(" emt calls")[0].split()[-1])
+    assert 1 <= calls <= 3  # every 10 steps at most (min_interval) over 25 steps
+    assert len(read(tmp_path / "otf" / "labelled.extxyz", ":")) == 4 + calls
+
+    assert main(["md", str(model_path), str(tmp_path / "start.xyz"), "--steps", "5",
+                 "--temperature", "300", "--reference", "emt"]) == 1
+    assert "--reference needs --train" in capsys.readouterr().err
