@@ -470,7 +470,9 @@ def _print_errors(title, err) -> None:
         print(f"{title} calibration: {100 * metrics.coverage(f, ref, std, 1):.1f}% of force "
               f"components within 1 std (Gaussian 68.3%), "
               f"{100 * metrics.coverage(f, ref, std, 2):.1f}% within 2 (95.4%); Spearman "
-              f"(per-atom std, error) {metrics.spearman_std_error(f, ref, std):.2f}")
+              f"(per-atom std, error) {metrics.spearman_std_error(f, ref, std):.2f}; "
+              f"negative log-likelihood {metrics.negative_log_likelihood(f, ref, std):.3f} "
+              "per component")
 
 
 def _cmd_fit(args) -> int:
