@@ -459,9 +459,11 @@ def _print_errors(title, err) -> None:
         e = err["energies"] - err["ref_energies"]
         per_atom = e / err["n_atoms"]
         print(f"{title} energies ({len(e)} structures): MAE {1e3 * np.mean(np.abs(e)):.2f} "
-              f"meV, RMSE {1e3 * np.sqrt(np.mean(e**2)):.2f} meV; per atom MAE "
+              f"meV, RMSE {1e3 * np.sqrt(np.mean(e**2)):.2f} meV, max "
+              f"{1e3 * np.max(np.abs(e)):.2f} meV; per atom MAE "
               f"{1e3 * np.mean(np.abs(per_atom)):.2f}, RMSE "
-              f"{1e3 * np.sqrt(np.mean(per_atom**2)):.2f} meV/atom")
+              f"{1e3 * np.sqrt(np.mean(per_atom**2)):.2f}, max "
+              f"{1e3 * np.max(np.abs(per_atom)):.2f} meV/atom")
     if err["forces"]:
         f, ref, std = err["forces"], err["ref_forces"], err["forces_std"]
         print(f"{title} forces ({sum(len(x) for x in f)} atoms): MAE "
