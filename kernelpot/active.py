@@ -112,7 +112,8 @@ class OnTheFlyLearner:
     (the prior variance the inducing set does not span) scaled by ``s²``. The raw
     projection term of force variances is far too wide (measured on Cu/EMT: a mean
     std of 55–82 meV/Å beside mean errors of 3–9 meV/Å), which made every step look
-    uncertain. ``s²`` starts at 1 and is refitted after every reference call by
+    uncertain. ``s²`` starts at 1 and is refitted after every reference call (but a
+    call on the run's first step, usually a structure the model was trained on) by
     maximising the Gaussian likelihood of the errors the model made on the last
     ``calibration_window`` structures it sent to the reference (before learning
     them), ``r ~ N(0, v_post + s² v_proj + σ_F²)``, so that the threshold, in eV/Å,
@@ -200,6 +201,7 @@ class OnTheFlyLearner:
         if self._target_steps is None:
             self._target_steps = dynamics.nsteps + int(steps)
         self._start_wall = time.perf_counter()
+        self._first_step = int(dynamics.nsteps)
         if not hasattr(self.model, "alpha_"):
             self._fit_first(atoms)
             self._last_call_step = int(dynamics.nsteps)  # labelled already: no call here
@@ -340,10 +342,11 @@ class OnTheFlyLearner:
         new = np.column_stack([r2, (results["forces_std_posterior"] ** 2).ravel(),
                                (results["forces_std_projection"] ** 2).ravel(),
                                np.full(r2.size, float(self.model.force_noise_) ** 2)])
-        self._calibration = np.vstack([self._calibration, new])
-        self._calibration_sizes.append(len(new))
-        keep = int(sum(self._calibration_sizes[-self.calibration_window:]))
-        r2, post, proj, noise = self._calibration[-keep:].T
+        self._calibration_sizes = (self._calibration_sizes + [len(new)])[
+            -self.calibration_window:]
+        keep = int(sum(self._calibration_sizes))
+        self._calibration = np.vstack([self._calibration, new])[-keep:]  # the window only
+        r2, post, proj, noise = self._calibration.T
 
         def negative_log_likelihood(log_s2):
             var = post + np.exp(log_s2) * proj + noise
@@ -368,7 +371,10 @@ class OnTheFlyLearner:
         if called:
             labelled = self._label(atoms)
             self._append_frame(labelled)
-            self._calibrate(atoms.calc.results, labelled.get_forces())
+            if step != self._first_step:
+                # the starting structure is often one the model was trained on: its errors
+                # are at noise level whatever the std, and made the scale collapse
+                self._calibrate(atoms.calc.results, labelled.get_forces())
             self.n_reference_calls += 1
             self._last_call_step = step
             reoptimize = (self.reoptimize_every > 0

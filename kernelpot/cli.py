@@ -37,7 +37,9 @@ examples:
   kernelpot fit train.xyz --descriptor acsf --n-sparse 500 -o model.npz
   kernelpot fit train.xyz --config cfg.toml -o model.npz
 
-cfg.toml is a flat table of estimator and descriptor parameters, e.g.
+cfg.toml is a flat table of estimator and descriptor parameters (for ACSF a
+"descriptor.r_cut" key changes the cutoff only; --r-cut also rescales the default
+symmetry-function grid), e.g.
   n_sparse = 1000
   energy_noise = 0.001
   optimize = ["signal_std", "force_noise"]
@@ -82,6 +84,11 @@ subsets of TRAIN (seeds --seed, --seed + 1, ...) and scores it on TEST.
 _MD_EXAMPLE = """\
 examples:
   kernelpot md model.npz start.xyz --steps 2000 --temperature 600 -o traj.extxyz
+
+The trajectory holds the model's predictions as info["model_energy"], info["energy_std"],
+arrays["model_forces"] and arrays["forces_std"] (and, learning on the fly,
+arrays["gated_forces_std"], the calibrated std compared with the threshold); they are not
+stored as reference labels, so the file is not mistaken for training data.
   kernelpot md model.npz start.xyz --steps 2000 --temperature 800 --reference emt \\
       --train train.xyz --directory otf_run
 
@@ -156,8 +163,8 @@ def _build_parser() -> argparse.ArgumentParser:
     f.add_argument("--n-sparse", type=int, default=None,
                    help="inducing environments per element (default: all, up to 2000)")
     f.add_argument("--config", default=None, help="TOML file of parameters (see below)")
-    f.add_argument("--n-jobs", type=int, default=1, help="joblib workers (default 1)")
-    f.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    f.add_argument("--n-jobs", type=int, default=None, help="joblib workers (default 1)")
+    f.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     f.set_defaults(func=_cmd_fit)
 
     e = sub.add_parser(
@@ -205,8 +212,8 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--r-cut", type=float, default=None)
     c.add_argument("--n-sparse", type=int, default=None)
     c.add_argument("--config", default=None, help="TOML file of parameters (as for fit)")
-    c.add_argument("--n-jobs", type=int, default=1)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--n-jobs", type=int, default=None)
+    c.add_argument("--seed", type=int, default=None)
     c.set_defaults(func=_cmd_learning_curve)
 
     m = sub.add_parser(
@@ -423,14 +430,16 @@ def _build_model(args, frames):
         raise CLIError(f"{args.config}: {err}") from err
     if args.r_cut is not None:
         descriptor.set_params(r_cut=args.r_cut)
-    model = SparseGPPotential(descriptor, random_state=args.seed, n_jobs=args.n_jobs,
-                              verbose=_progress(args))
+    model = SparseGPPotential(descriptor, random_state=0, n_jobs=1, verbose=_progress(args))
     try:
         model.set_params(**model_params)
     except ValueError as err:
         raise CLIError(f"{args.config}: {err}") from err
-    if args.n_sparse is not None:
-        model.set_params(n_sparse=args.n_sparse)
+    # command-line options win over the file
+    for option, name in (("n_sparse", "n_sparse"), ("seed", "random_state"),
+                         ("n_jobs", "n_jobs")):
+        if getattr(args, option) is not None:
+            model.set_params(**{name: getattr(args, option)})
     return model
 
 
@@ -504,7 +513,8 @@ def _cmd_eval(args) -> int:
         _print_errors("test (before recalibration)", _errors(model, frames))
         model.calibrate(valid)
         scale = model.std_scale_
-        path = model.save(args.output or args.model)
+        path = model.save(args.output or args.model,
+                          training_state=getattr(model, "_state", None) is not None)
         print(f"std factors fitted on {args.recalibrate} ({len(valid)} structures): energy "
               f"{scale['energy']:.3g}, forces {scale['forces']:.3g}; wrote {path}")
     err = _errors(model, frames)
@@ -577,7 +587,8 @@ def _cmd_learning_curve(args) -> int:
     model = _build_model(args, train)
     model.set_params(verbose=0)
     curve = learning_curve(model, train, test, sizes, repeats=args.repeats,
-                           random_state=args.seed, verbose=_progress(args))
+                           random_state=0 if args.seed is None else args.seed,
+                           verbose=_progress(args))
     print(f"kernelpot {__version__}: learning curve on {args.test} ({len(test)} structures), "
           f"{args.repeats} subset(s) per size; mean (min-max) over subsets")
     header = (f"{'n':>6} {'force MAE meV/Å':>22} {'force RMSE':>11} {'energy MAE meV/atom':>22} "
@@ -645,13 +656,16 @@ def _cmd_md(args) -> int:
     frames = []
 
     def record():
+        # model predictions under names ase.io does not take for reference labels
         calc = atoms.calc
         snapshot = atoms.copy()
-        snapshot.info["energy"] = float(calc.results["energy"])
+        snapshot.info["model_energy"] = float(calc.results["energy"])
         snapshot.info["energy_std"] = float(calc.results["energy_std"])
         snapshot.info["step"] = int(dyn.nsteps)
         snapshot.arrays["model_forces"] = calc.results["forces"].copy()
         snapshot.arrays["forces_std"] = calc.results["forces_std"].copy()
+        if learner is not None:  # the calibrated std the learner compares with its threshold
+            snapshot.arrays["gated_forces_std"] = learner.gated_std(calc.results)
         frames.append(snapshot)
 
     start = time.perf_counter()
@@ -665,10 +679,13 @@ def _cmd_md(args) -> int:
         dyn.attach(record, interval=args.interval)
         dyn.run(args.steps)
     wall = time.perf_counter() - start
-    stds = [float(f.arrays["forces_std"].max()) for f in frames]
+    key = "forces_std" if learner is None else "gated_forces_std"
+    stds = [float(f.arrays[key].max()) for f in frames]
+    what = "largest force std" if learner is None else (
+        f"largest gated force std (threshold {learner.current_threshold:.3g} eV/Å)")
     print(f"kernelpot {__version__}: {args.steps} Langevin steps of {args.timestep} fs at "
           f"{args.temperature} K in {wall:.1f} s ({1e3 * wall / args.steps:.1f} ms/step); "
-          f"final temperature {atoms.get_temperature():.0f} K; largest force std "
+          f"final temperature {atoms.get_temperature():.0f} K; {what} "
           f"{max(stds) if stds else float('nan'):.3g} eV/Å")
     if learner is not None:
         print(f"{learner.n_reference_calls} {args.reference} calls; log, labelled frames and "

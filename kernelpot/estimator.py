@@ -70,6 +70,22 @@ class Prediction(NamedTuple):
     local_energies: np.ndarray
 
 
+def _unit_variance_factor(errors, var, noise_var, owner) -> float:
+    """``c`` with ``mean(e² / (c² v + n)) = 1`` (monotone in c), in [1e-6, 1e6]."""
+    from scipy.optimize import brentq
+
+    def excess(log_c):
+        return float(np.mean(errors**2 / (np.exp(2 * log_c) * var + noise_var))) - 1.0
+
+    low, high = np.log(1e-6), np.log(1e6)
+    if excess(low) <= 0:
+        logger.info("%s: the learned noise alone explains the errors; factor 1e-6", owner)
+        return 1e-6
+    if excess(high) >= 0:
+        return 1e6
+    return float(np.exp(brentq(excess, low, high, xtol=1e-10)))
+
+
 def _labelled_copy(atoms, energy, forces):
     """A copy of ``atoms`` that keeps its reference labels (``Atoms.copy`` drops them)."""
     copy = atoms.copy()
@@ -735,11 +751,12 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         energies = np.array([p.energy for p in out])
         if not return_std:
             return energies
-        var = np.array([p.energy_var_posterior + p.energy_var_projection for p in out])
+        var = self.std_scale("energy") ** 2 * np.array(
+            [p.energy_var_posterior + p.energy_var_projection for p in out])
         if std_type == "total":
             n_atoms = np.array([len(a) for a in frames])
             var = var + self.energy_noise_**2 * n_atoms
-        return energies, self.std_scale("energy") * np.sqrt(var)
+        return energies, np.sqrt(var)
 
     def predict_forces(self, X, return_std=False, std_type="total"):
         """Predict forces.
@@ -764,13 +781,13 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         if not return_std:
             return forces
         noise = self.force_noise_**2 if std_type == "total" else 0.0
-        scale = self.std_scale("forces")
-        stds = [scale * np.sqrt(p.forces_var_posterior + p.forces_var_projection + noise)
+        scale2 = self.std_scale("forces") ** 2
+        stds = [np.sqrt(scale2 * (p.forces_var_posterior + p.forces_var_projection) + noise)
                 for p in out]
         return forces, stds
 
     def std_scale(self, quantity) -> float:
-        """The factor applied to reported stds of ``"energy"`` or ``"forces"``.
+        """The factor applied to the epistemic std of ``"energy"`` or ``"forces"``.
 
         1 unless :meth:`calibrate` was called and ``apply_calibration`` is True.
         """
@@ -782,7 +799,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         return float(factors[quantity])
 
     def calibrate(self, X):
-        """Fit the factors that make the total std's z-scores unit variance on ``X``.
+        """Fit the factors on the epistemic std that make the z-scores unit variance on ``X``.
 
         Parameters
         ----------
@@ -792,18 +809,20 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         Returns
         -------
         self : SparseGPPotential
-            With ``std_scale_ = {"energy": c_E, "forces": c_F}``, ``c =
-            sqrt(mean((error / std)²))`` over structures (energies) and force
-            components, from the uncalibrated total stds; saved with the model and
-            applied to every std it reports while ``apply_calibration`` is True.
+            With ``std_scale_ = {"energy": c_E, "forces": c_F}``: ``c`` solves
+            ``mean(error² / (c² v_epistemic + σ_noise²)) = 1`` over structures
+            (energies) or force components, the learned noise held fixed. Saved with
+            the model and applied while ``apply_calibration`` is True: every
+            epistemic std the model reports (``std_type="epistemic"``, the
+            calculator's ``energy_std``/``forces_std``) is multiplied by ``c``, and the
+            total std is ``sqrt(c² v_epistemic + σ_noise²)``.
 
         Notes
         -----
-        A single scalar per quantity fixes the overall width, not the shape of the
-        error distribution (heavy tails stay heavy).
+        One scalar per quantity fixes the overall width, not the shape of the error
+        distribution (heavy tails stay heavy). Where the noise alone already
+        explains the errors, ``c`` goes to its lower limit 1e-6 (logged).
         """
-        from kernelpot import metrics
-
         owner = f"{type(self).__name__}.calibrate"
         check_is_fitted(self)
         frames = check_frames(X, owner)
@@ -811,26 +830,31 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         previous = getattr(self, "std_scale_", None)
         self.std_scale_ = None  # raw stds while fitting
         try:
-            factors = {}
+            factors = {"energy": 1.0, "forces": 1.0}
             if labels.has_energy.any():
-                energies, energy_std = self.predict(frames, return_std=True)
                 mask = labels.has_energy
-                factors["energy"] = metrics.recalibration_factor(
-                    energies[mask], labels.energies[mask], energy_std[mask])
+                chosen = [frames[k] for k in np.flatnonzero(mask)]
+                energies, std = self.predict(chosen, return_std=True, std_type="epistemic")
+                n_atoms = np.array([len(a) for a in chosen])
+                factors["energy"] = _unit_variance_factor(
+                    energies - labels.energies[mask], std**2,
+                    self.energy_noise_**2 * n_atoms, owner)
             with_forces = [k for k, f in enumerate(labels.forces) if f is not None]
             if with_forces:
                 chosen = [frames[k] for k in with_forces]
-                forces, forces_std = self.predict_forces(chosen, return_std=True)
-                factors["forces"] = metrics.recalibration_factor(
-                    forces, [labels.forces[k] for k in with_forces], forces_std)
+                forces, stds = self.predict_forces(chosen, return_std=True,
+                                                   std_type="epistemic")
+                errors = np.concatenate([(f - labels.forces[k]).ravel()
+                                         for f, k in zip(forces, with_forces, strict=True)])
+                var = np.concatenate([s.ravel() ** 2 for s in stds])
+                factors["forces"] = _unit_variance_factor(
+                    errors, var, np.full(var.size, self.force_noise_**2), owner)
         except Exception:
             self.std_scale_ = previous
             raise
-        factors.setdefault("energy", 1.0)
-        factors.setdefault("forces", 1.0)
         self.std_scale_ = factors
-        logger.info("%s: std factors energy %.3g, forces %.3g", owner, factors["energy"],
-                    factors["forces"])
+        logger.info("%s: epistemic std factors energy %.3g, forces %.3g", owner,
+                    factors["energy"], factors["forces"])
         return self
 
     def predict_local_energies(self, X):
@@ -891,6 +915,11 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         """
         check_is_fitted(self)
         owner = f"{type(self).__name__}.update"
+        if getattr(self, "std_scale_", None):
+            warnings.warn(f"{owner}: the std calibration no longer applies to the updated "
+                          "model and is dropped; call calibrate() again", UserWarning,
+                          stacklevel=2)
+            self.std_scale_ = None
         state = getattr(self, "_state", None)
         if state is None:
             raise ValueError(f"{owner}: the model keeps no training state; fit it with "

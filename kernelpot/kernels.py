@@ -428,7 +428,10 @@ class Scaled(Kernel):
 
     Notes
     -----
-    ``theta`` is ``[log c, *k_0.theta]``; ``∂k/∂ log c = k``.
+    ``theta`` is ``[log c, *k_0.theta]``; ``∂k/∂ log c = k``. ``c * kernel`` leaves
+    ``c`` free (bounds ``(1e-4, 1e4)``), so a fit with ``optimize=True`` refits it;
+    pass ``scale_bounds="fixed"`` (or set ``k.scale_bounds``) to keep a chosen weight.
+    Alone, a free ``c`` duplicates the estimator's signal variance.
     """
 
     _hyperparameters = ("scale",)

@@ -195,8 +195,8 @@ def test_projection_scale_is_fitted_to_observed_errors(tmp_path):
     dyn = _dynamics(seed=3)
     learner.run(dyn, 6)
     assert learner.n_reference_calls == 3
-    assert len(learner._calibration) == 3 * 3 * 32  # every component of the 3 calls
-    r2, post, proj, noise = learner._calibration[-2 * 3 * 32:].T  # the window
+    assert len(learner._calibration) == 2 * 3 * 32  # every component of the last 2 calls
+    r2, post, proj, noise = learner._calibration.T
     s2 = learner.projection_scale**2
 
     def nll(scale2):
@@ -261,3 +261,17 @@ def test_short_cu_emt_ramp_meets_accuracy_with_few_calls(tmp_path):
     # measured: 3 calls, 8.9 meV/Å (2 calls and 55 meV/Å with calls on consecutive steps)
     assert 1 <= learner.n_reference_calls <= 5
     assert mae < 0.025
+
+
+def test_a_call_on_the_first_step_does_not_calibrate(tmp_path):
+    from conftest import emt_copper_frames
+
+    start = emt_copper_frames(2, seed=4, rattle=0.05)
+    model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
+                              incremental=True, random_state=0, n_restarts=0).fit(start)
+    atoms = start[0].copy()  # a training structure: its errors are at noise level
+    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    learner = OnTheFlyLearner(model, EMT(), threshold=1e-6, max_calls=1, directory=tmp_path)
+    learner.run(VelocityVerlet(atoms, timestep=0.2), 3)
+    assert learner.n_reference_calls == 1  # on step 0
+    assert learner.projection_scale == 1.0 and len(learner._calibration) == 0

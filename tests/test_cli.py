@@ -88,13 +88,15 @@ def test_fit_eval_predict_round_trip(cli_files, capsys):
 
     model_path = cli_files / "model.npz"
     config = cli_files / "cfg.toml"
-    config.write_text('n_restarts = 0\n"descriptor.n_max" = 4\n"descriptor.l_max" = 3\n')
+    config.write_text('n_restarts = 0\nrandom_state = 5\n"descriptor.n_max" = 4\n'
+                      '"descriptor.l_max" = 3\n')
     assert main(["fit", str(cli_files / "train.xyz"), "-o", str(model_path),
-                 "--config", str(config), "--n-sparse", "40", "--quiet"]) == 0
+                 "--config", str(config), "--n-sparse", "40", "--seed", "1", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "learned noise" in out and "training forces" in out and "wrote" in out
     model = load(model_path)
     assert model.descriptor_.n_max == 4 and model.n_restarts == 0
+    assert model.random_state == 1  # the command line wins over the file
     assert max(model.n_inducing_.values()) <= 40
 
     plots = [cli_files / name for name in ("parity.png", "cal.png", "err.png")]
@@ -232,12 +234,14 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
     frames = read(traj, ":")
     assert [f.info["step"] for f in frames] == [0, 5, 10, 15, 20]
     assert frames[0].arrays["forces_std"].shape == (32, 3)
+    assert "model_energy" in frames[0].info and frames[0].calc is None  # not labels
 
     assert main(["md", str(model_path), str(tmp_path / "start.xyz"), "--steps", "25",
                  "--temperature", "600", "--reference", "emt", "--threshold", "1e-4",
                  "--train", str(tmp_path / "train.xyz"), "--directory",
                  str(tmp_path / "otf")]) == 0
     out = capsys.readouterr().out
+    assert "largest gated force std (threshold 0.0001 eV/Å)" in out
     calls = int(out.split(" emt calls")[0].split()[-1])
     assert 1 <= calls <= 3  # every 10 steps at most (min_interval) over 25 steps
     assert len(read(tmp_path / "otf" / "labelled.extxyz", ":")) == 4 + calls
@@ -245,3 +249,19 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
     assert main(["md", str(model_path), str(tmp_path / "start.xyz"), "--steps", "5",
                  "--temperature", "300", "--reference", "emt"]) == 1
     assert "--reference needs --train" in capsys.readouterr().err
+
+
+def test_recalibrate_keeps_the_training_state(tmp_path, ethanol_frames, small_soap, capsys):
+    from ase.io import write
+
+    from kernelpot import SparseGPPotential, load
+
+    model = SparseGPPotential(small_soap, incremental=True, optimize=False,
+                              random_state=0).fit(ethanol_frames[:5])
+    model.save(tmp_path / "inc.npz", training_state=True)
+    write(tmp_path / "valid.xyz", ethanol_frames[20:24])
+    write(tmp_path / "test.xyz", ethanol_frames[24:26])
+    assert main(["eval", str(tmp_path / "inc.npz"), str(tmp_path / "test.xyz"),
+                 "--recalibrate", str(tmp_path / "valid.xyz")]) == 0
+    reloaded = load(tmp_path / "inc.npz")
+    assert reloaded.std_scale_ is not None and reloaded._state is not None

@@ -450,31 +450,36 @@ def test_calibrate_scales_every_std_and_survives_save_load(fitted_ethanol, ethan
     from kernelpot import KernelPotCalculator, load, metrics
 
     valid, test = ethanol_frames[30:45], ethanol_frames[45:55]
-    _, raw_e = fitted_ethanol.predict(test, return_std=True)
-    _, raw_f = fitted_ethanol.predict_forces(test, return_std=True)
+    _, raw_e = fitted_ethanol.predict(test, return_std=True, std_type="epistemic")
+    _, raw_f = fitted_ethanol.predict_forces(test, return_std=True, std_type="epistemic")
     calibrated = load(_save(fitted_ethanol, tmp_path / "m.npz")).calibrate(valid)
     forces, f_std = calibrated.predict_forces(valid, return_std=True)
     ref = [a.get_forces() for a in valid]
-    # on the validation set the calibrated z-scores have unit variance
+    # on the validation set the calibrated total z-scores have unit variance
     assert metrics.recalibration_factor(forces, ref, f_std) == pytest.approx(1.0, rel=1e-6)
+    energies, e_std = calibrated.predict(valid, return_std=True)
+    ref_e = np.array([a.get_potential_energy() for a in valid])
+    assert metrics.recalibration_factor(energies, ref_e, e_std) == pytest.approx(1.0,
+                                                                                 rel=1e-6)
     c_E, c_F = calibrated.std_scale_["energy"], calibrated.std_scale_["forces"]
     assert c_F < 1.0  # the raw force std is too wide (see the benchmarks)
-    _, e_std = calibrated.predict(test, return_std=True)
-    _, f_std = calibrated.predict_forces(test, return_std=True)
-    np.testing.assert_allclose(e_std, c_E * raw_e, rtol=1e-9)
-    np.testing.assert_allclose(f_std[0], c_F * raw_f[0], rtol=1e-9)
+    # epistemic stds are multiplied by c; total = sqrt(c² epistemic² + noise²)
+    _, e_epi = calibrated.predict(test, return_std=True, std_type="epistemic")
+    _, f_epi = calibrated.predict_forces(test, return_std=True, std_type="epistemic")
+    _, f_tot = calibrated.predict_forces(test, return_std=True)
+    np.testing.assert_allclose(e_epi, c_E * raw_e, rtol=1e-9)
+    np.testing.assert_allclose(f_epi[0], c_F * raw_f[0], rtol=1e-9)
+    np.testing.assert_allclose(f_tot[0] ** 2, f_epi[0] ** 2 + calibrated.force_noise_**2,
+                               rtol=1e-9)
     atoms = test[0].copy()
     atoms.calc = KernelPotCalculator(calibrated)
     atoms.get_forces()
-    _, epistemic = fitted_ethanol.predict_forces([atoms], return_std=True,
-                                                 std_type="epistemic")
-    np.testing.assert_allclose(atoms.calc.results["forces_std"], c_F * epistemic[0],
-                               rtol=1e-9)
+    np.testing.assert_allclose(atoms.calc.results["forces_std"], f_epi[0], rtol=1e-9)
     # saved, loaded, and switchable off
     reloaded = load(_save(calibrated, tmp_path / "c.npz"))
     assert reloaded.std_scale_ == calibrated.std_scale_
     reloaded.set_params(apply_calibration=False)
-    _, off = reloaded.predict_forces(test[:1], return_std=True)
+    _, off = reloaded.predict_forces(test[:1], return_std=True, std_type="epistemic")
     np.testing.assert_allclose(off[0], raw_f[0], rtol=1e-9)
     with pytest.raises(ValueError, match="carries an energy or forces"):
         calibrated.calibrate([a.copy() for a in valid])

@@ -98,3 +98,13 @@ def test_update_errors(fitted_ethanol, ethanol_frames, small_soap, tmp_path):
                                   model.predict(ethanol_frames[40:41]))
     with pytest.raises(ValueError, match="incremental=True"):
         loaded.update(ethanol_frames[2:3])
+
+
+def test_update_drops_a_stale_calibration(ethanol_frames, small_soap):
+    model = SparseGPPotential(small_soap, incremental=True, optimize=False,
+                              random_state=0).fit(ethanol_frames[:6])
+    model.calibrate(ethanol_frames[20:24])
+    assert model.std_scale_ is not None
+    with pytest.warns(UserWarning, match="calibration no longer applies"):
+        model.update(ethanol_frames[6:8], n_inducing=3)
+    assert model.std_scale_ is None and model.std_scale("forces") == 1.0
