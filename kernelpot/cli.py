@@ -157,14 +157,7 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog=_FIT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     f.add_argument("train", help="training structures with energies and/or forces")
     f.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
-    f.add_argument("--descriptor", choices=["soap", "acsf"], default="soap")
-    f.add_argument("--r-cut", type=float, default=None,
-                   help="cutoff in Å (default: 4.0 for molecules, 5.0 for periodic cells)")
-    f.add_argument("--n-sparse", type=int, default=None,
-                   help="inducing environments per element (default: all, up to 2000)")
-    f.add_argument("--config", default=None, help="TOML file of parameters (see below)")
-    f.add_argument("--n-jobs", type=int, default=None, help="joblib workers (default 1)")
-    f.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    _add_model_options(f)
     f.set_defaults(func=_cmd_fit)
 
     e = sub.add_parser(
@@ -208,12 +201,7 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--sizes", required=True, help="comma-separated training-set sizes")
     c.add_argument("--repeats", type=int, default=1, help="subsets per size (default 1)")
     c.add_argument("--plot", default=None, help="write a log-log plot of the curve")
-    c.add_argument("--descriptor", choices=["soap", "acsf"], default="soap")
-    c.add_argument("--r-cut", type=float, default=None)
-    c.add_argument("--n-sparse", type=int, default=None)
-    c.add_argument("--config", default=None, help="TOML file of parameters (as for fit)")
-    c.add_argument("--n-jobs", type=int, default=None)
-    c.add_argument("--seed", type=int, default=None)
+    _add_model_options(c)
     c.set_defaults(func=_cmd_learning_curve)
 
     m = sub.add_parser(
@@ -248,6 +236,19 @@ def _build_parser() -> argparse.ArgumentParser:
         q.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.set_defaults(func=_cmd_descriptors)
     return parser
+
+
+def _add_model_options(parser) -> None:
+    """The options of the model a command fits (fit, learning-curve; see _build_model)."""
+    parser.add_argument("--descriptor", choices=["soap", "acsf"], default="soap")
+    parser.add_argument("--r-cut", type=float, default=None,
+                        help="cutoff in Å (default: 4.0 for molecules, 5.0 for periodic cells)")
+    parser.add_argument("--n-sparse", type=int, default=None,
+                        help="inducing environments per element (default: all, up to 2000)")
+    parser.add_argument("--config", default=None,
+                        help="TOML file of parameters (see kernelpot fit --help)")
+    parser.add_argument("--n-jobs", type=int, default=None, help="joblib workers (default 1)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
 
 
 def _configure_logging(args) -> None:

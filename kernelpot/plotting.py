@@ -11,6 +11,25 @@ __all__ = ["plot_otf_log", "plot_parity", "plot_learning_curve", "plot_calibrati
            "plot_error_vs_std"]
 
 
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend unless one was chosen (imported when needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig.savefig(path, dpi=200)
+    plt.close(fig)
+    return path
+
+
 def plot_otf_log(log, path, reference_name="reference"):
     """Plot an on-the-fly run: largest force std, threshold and reference calls over time.
 
@@ -28,10 +47,7 @@ def plot_otf_log(log, path, reference_name="reference"):
     pathlib.Path
         The file written.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     log = Path(log)
     if log.is_dir():
@@ -52,10 +68,7 @@ def plot_otf_log(log, path, reference_name="reference"):
     if np.all(max_std > 0):
         ax.set_yscale("log")
     ax.legend(fontsize=7, frameon=False)
-    path = Path(path)
-    fig.savefig(path, dpi=200)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_parity(predicted_forces, reference_forces, forces_std, path):
@@ -73,10 +86,7 @@ def plot_parity(predicted_forces, reference_forces, forces_std, path):
     pathlib.Path
         The file written.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     from matplotlib.colors import LogNorm
 
     from kernelpot import metrics
@@ -104,10 +114,7 @@ def plot_parity(predicted_forces, reference_forces, forces_std, path):
             f"RMSE {1e3 * metrics.rmse(pred, ref):.1f} meV/Å", transform=ax.transAxes,
             va="top", fontsize=7)
     fig.colorbar(points, ax=ax, label="predicted std (eV/Å)", shrink=0.8)
-    path = Path(path)
-    fig.savefig(path, dpi=200)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_learning_curve(curve, path):
@@ -125,10 +132,8 @@ def plot_learning_curve(curve, path):
     pathlib.Path
         The file written.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
+    from matplotlib.ticker import NullLocator
 
     sizes = np.asarray(curve["sizes"])
     fig, (ax_f, ax_e) = plt.subplots(1, 2, figsize=(7.0, 2.8), constrained_layout=True)
@@ -148,14 +153,11 @@ def plot_learning_curve(curve, path):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(sizes, [str(n) for n in sizes])
-        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel("training structures")
         ax.set_ylabel(unit)
         ax.legend(fontsize=7, frameon=False)
-    path = Path(path)
-    fig.savefig(path, dpi=200)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_calibration(predicted, reference, std, path, label="forces"):
@@ -173,10 +175,7 @@ def plot_calibration(predicted, reference, std, path, label="forces"):
     -------
     pathlib.Path
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     from kernelpot import metrics
 
@@ -190,10 +189,7 @@ def plot_calibration(predicted, reference, std, path, label="forces"):
     ax.set_xlabel("nominal coverage of ±z·std")
     ax.set_ylabel("observed fraction of errors inside")
     ax.legend(fontsize=7, frameon=False, loc="upper left")
-    path = Path(path)
-    fig.savefig(path, dpi=200)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_error_vs_std(predicted_forces, reference_forces, forces_std, path):
@@ -208,10 +204,7 @@ def plot_error_vs_std(predicted_forces, reference_forces, forces_std, path):
     -------
     pathlib.Path
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     from kernelpot import metrics
 
@@ -232,7 +225,4 @@ def plot_error_vs_std(predicted_forces, reference_forces, forces_std, path):
     ax.set_ylabel("force error per atom (meV/Å)")
     ax.legend(fontsize=7, title=f"Spearman {rho:.2f}", title_fontsize=7, frameon=False,
               loc="upper left")
-    path = Path(path)
-    fig.savefig(path, dpi=200)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
