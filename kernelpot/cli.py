@@ -38,14 +38,14 @@ examples:
   kernelpot fit train.xyz --config cfg.toml -o model.npz
 
 cfg.toml is a flat table of estimator and descriptor parameters (for ACSF a
-"descriptor.r_cut" key changes the cutoff only; --r-cut also rescales the default
+descriptor.r_cut key changes the cutoff only; --r-cut also rescales the default
 symmetry-function grid), e.g.
   n_sparse = 1000
   energy_noise = 0.001
   optimize = ["signal_std", "force_noise"]
-  "descriptor.r_cut" = 4.5
-  "descriptor.n_max" = 8
-(keys with a dot set the descriptor's parameters; command-line options win)
+  descriptor.r_cut = 4.5
+  descriptor.n_max = 8
+(descriptor.* keys set the descriptor's parameters; command-line options win)
 """
 
 _EVAL_EXAMPLE = """\
@@ -410,20 +410,30 @@ def _read_config(path) -> dict:
         raise CLIError(f"no such file: {path}") from err
     except tomllib.TOMLDecodeError as err:
         raise CLIError(f"{path} is not valid TOML: {err}") from err
+    # descriptor.r_cut = 4.0 parses as {"descriptor": {"r_cut": 4.0}}; "descriptor.r_cut"
+    # (quoted) as one flat key: both set the descriptor's parameter
+    model_params, descriptor_params = {}, {}
     for key, value in table.items():
-        if isinstance(value, dict):
-            raise CLIError(f"{path}: use a flat table ('descriptor.r_cut = 4.0' style keys in "
-                           f"quotes); got a sub-table [{key}]")
-    return table
+        if key == "descriptor" and isinstance(value, dict):
+            nested = [k for k, v in value.items() if isinstance(v, dict)]
+            if nested:
+                raise CLIError(f"{path}: use a flat table; got descriptor.{nested[0]} as a "
+                               "sub-table")
+            descriptor_params.update(value)
+        elif isinstance(value, dict):
+            raise CLIError(f"{path}: use a flat table (estimator parameters and "
+                           f"'descriptor.r_cut = 4.0' style keys); got a sub-table [{key}]")
+        elif key.startswith("descriptor."):
+            descriptor_params[key.split(".", 1)[1]] = value
+        else:
+            model_params[key] = value
+    return model_params, descriptor_params
 
 
 def _build_model(args, frames):
     from kernelpot import SparseGPPotential
 
-    config = _read_config(args.config) if args.config else {}
-    descriptor_params = {k.split(".", 1)[1]: v for k, v in config.items()
-                         if k.startswith("descriptor.")}
-    model_params = {k: v for k, v in config.items() if not k.startswith("descriptor.")}
+    model_params, descriptor_params = _read_config(args.config) if args.config else ({}, {})
     (_, descriptor), = _default_descriptors(frames, args.descriptor, args.r_cut)
     try:
         descriptor.set_params(**descriptor_params)

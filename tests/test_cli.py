@@ -88,7 +88,8 @@ def test_fit_eval_predict_round_trip(cli_files, capsys):
 
     model_path = cli_files / "model.npz"
     config = cli_files / "cfg.toml"
-    config.write_text('n_restarts = 0\nrandom_state = 5\n"descriptor.n_max" = 4\n'
+    # CLARIFICATIONS.md's style (dotted keys) and the quoted form both work
+    config.write_text('n_restarts = 0\nrandom_state = 5\ndescriptor.n_max = 4\n'
                       '"descriptor.l_max" = 3\n')
     assert main(["fit", str(cli_files / "train.xyz"), "-o", str(model_path),
                  "--config", str(config), "--n-sparse", "40", "--seed", "1", "--quiet"]) == 0
@@ -141,7 +142,7 @@ def test_fit_rejects_unlabelled_frames_and_bad_config(tmp_path, ethanol_frames, 
     err = capsys.readouterr().err
     assert "carries an energy or forces" in err and len(err.strip().splitlines()) == 1
     write(tmp_path / "train.xyz", ethanol_frames[:3])
-    (tmp_path / "bad.toml").write_text("[descriptor]\nr_cut = 4\n")
+    (tmp_path / "bad.toml").write_text("[kernel]\nzeta = 4\n")
     assert main(["fit", str(tmp_path / "train.xyz"), "-o", str(tmp_path / "m.npz"),
                  "--config", str(tmp_path / "bad.toml")]) == 1
     assert "flat table" in capsys.readouterr().err
