@@ -91,9 +91,8 @@ def plot_parity(predicted_forces, reference_forces, forces_std, path):
 
     from kernelpot import metrics
 
-    pred = np.concatenate([np.ravel(f) for f in predicted_forces])
-    ref = np.concatenate([np.ravel(f) for f in reference_forces])
-    std = np.concatenate([np.ravel(f) for f in forces_std])
+    pred, ref, std = (metrics._flat(list(v)) for v in
+                      (predicted_forces, reference_forces, forces_std))
     if not (pred.shape == ref.shape == std.shape) or pred.size == 0:
         raise ValueError("plot_parity: predicted, reference and std must hold the same "
                          f"number of components (> 0); got {pred.size}, {ref.size}, {std.size}")
