@@ -12,7 +12,9 @@ Each kernel is a small scikit-learn style object (constructor stores, ``get_para
   instead of forming ``(n_X, n_Y, D)`` arrays; :meth:`gradient` gives the dense form;
 * the mixed second derivative ``H(x, y) = ∂²k/∂x∂y`` (:meth:`mixed_second_derivative`,
   dense, for tests) and its contraction ``a_aᵀ H(x_a, x_b) a_b`` with Jacobian rows
-  (:meth:`contracted_hessian`), used by the prior variance of forces.
+  (:meth:`contracted_hessian`), used by the prior variance of forces, and between
+  two sets of environments (:meth:`contracted_cross_hessian`), used by the exact GP's
+  force–force covariance.
 
 The signal variance is not part of these kernels: the estimator multiplies them by
 ``σ_s²`` (its ``signal_variance``), so that it is optimised with the noise levels.
@@ -24,6 +26,8 @@ import numbers
 
 import numpy as np
 from sklearn.base import BaseEstimator, clone
+
+from kernelpot import _hessian_kernels
 
 __all__ = ["Kernel", "NormalizedDotProduct", "Scaled", "SquaredExponential", "Sum"]
 
@@ -151,6 +155,32 @@ class Kernel(BaseEstimator):
         """
         raise NotImplementedError
 
+    def contracted_cross_hessian(self, X, A, a_env, Y, B, b_env) -> np.ndarray:
+        """Return ``M[p, q] = A[p]ᵀ H(X[a_env[p]], Y[b_env[q]]) B[q]``, ``H = ∂²k/∂x∂y``.
+
+        The force–force covariance of the exact GP is a sum of these over the
+        Jacobian rows of two structures. This default forms ``H`` densely (small
+        inputs only); the kernels here override it with ``O(P Q + (P + Q) D n)`` work
+        after the BLAS products ``A Bᵀ``, ``A Yᵀ``, ``X Bᵀ``.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_x, D)
+        A : ndarray of shape (P, D)
+            Rows of descriptor Jacobians, row ``p`` belonging to environment ``a_env[p]``.
+        a_env : ndarray of int of shape (P,)
+        Y : ndarray of shape (n_y, D)
+        B : ndarray of shape (Q, D)
+        b_env : ndarray of int of shape (Q,)
+
+        Returns
+        -------
+        ndarray of shape (P, Q)
+        """
+        X, A, Y, B, a_env, b_env = _cross_inputs(X, A, a_env, Y, B, b_env)
+        H = self.mixed_second_derivative(X, Y)
+        return np.einsum("pd,pqde,qe->pq", A, H[a_env][:, b_env], B)
+
     def contracted_hessian_sums(self, X, A) -> np.ndarray:
         """Return ``s[c] = Σ_ab A[a, c]ᵀ H(X[a], X[b]) A[b, c]`` for every ``c``.
 
@@ -169,6 +199,24 @@ class Kernel(BaseEstimator):
         """
         return np.array([self.contracted_hessian(X, A[:, c, :]).sum()
                          for c in range(A.shape[1])])
+
+
+def _cross_inputs(X, A, a_env, Y, B, b_env):
+    """Validated float64 C-contiguous inputs of :meth:`Kernel.contracted_cross_hessian`."""
+    X, A, Y, B = (np.ascontiguousarray(_as_2d(M)) for M in (X, A, Y, B))
+    a_env = np.ascontiguousarray(a_env, dtype=np.int64)
+    b_env = np.ascontiguousarray(b_env, dtype=np.int64)
+    if A.shape[1] != X.shape[1] or B.shape[1] != Y.shape[1] or X.shape[1] != Y.shape[1]:
+        raise ValueError(f"contracted_cross_hessian: feature lengths differ: X {X.shape}, "
+                         f"A {A.shape}, Y {Y.shape}, B {B.shape}")
+    if a_env.shape != (len(A),) or b_env.shape != (len(B),):
+        raise ValueError("contracted_cross_hessian: a_env and b_env need one index per row "
+                         f"of A and B; got {a_env.shape} for {len(A)} rows and {b_env.shape} "
+                         f"for {len(B)} rows")
+    for env, n, name in ((a_env, len(X), "a_env"), (b_env, len(Y), "b_env")):
+        if env.size and (env.min() < 0 or env.max() >= n):
+            raise ValueError(f"contracted_cross_hessian: {name} indexes outside 0..{n - 1}")
+    return X, A, Y, B, a_env, b_env
 
 
 def _as_2d(X) -> np.ndarray:
@@ -321,6 +369,18 @@ class NormalizedDotProduct(Kernel):
             M = M + (z - 1) * C ** (z - 2) * t1 * t2
         return np.einsum("ab,cab->c", scale, M)
 
+    def contracted_cross_hessian(self, X, A, a_env, Y, B, b_env):
+        X, A, Y, B, a_env, b_env = _cross_inputs(X, A, a_env, Y, B, b_env)
+        U, nx = self._unit(X)
+        V, ny = self._unit(Y)
+        AB = A @ B.T
+        inv_x = np.where(nx > _TINY, 1.0 / np.where(nx > _TINY, nx, 1.0), 0.0)
+        inv_y = np.where(ny > _TINY, 1.0 / np.where(ny > _TINY, ny, 1.0), 0.0)
+        _hessian_kernels.ndp_cross_hessian(
+            AB, A @ V.T, U @ B.T, U @ V.T, np.einsum("pd,pd->p", A, U[a_env]),
+            np.einsum("qd,qd->q", B, V[b_env]), inv_x, inv_y, a_env, b_env, int(self.zeta))
+        return AB
+
 
 class SquaredExponential(Kernel):
     """``k(x, y) = exp(-|x - y|² / (2 ℓ²))``.
@@ -409,6 +469,15 @@ class SquaredExponential(Kernel):
         b_delta = AX.transpose(0, 2, 1) - ax[:, None, :]
         AA = At @ At.transpose(0, 2, 1)
         return np.einsum("ab,cab->c", K / ell2, AA - a_delta * b_delta / ell2)
+
+    def contracted_cross_hessian(self, X, A, a_env, Y, B, b_env):
+        X, A, Y, B, a_env, b_env = _cross_inputs(X, A, a_env, Y, B, b_env)
+        AB = A @ B.T
+        _hessian_kernels.se_cross_hessian(
+            AB, A @ Y.T, X @ B.T, self(X, Y), np.einsum("pd,pd->p", A, X[a_env]),
+            np.einsum("qd,qd->q", B, Y[b_env]), a_env, b_env,
+            1.0 / float(self.length_scale) ** 2)
+        return AB
 
 
 class Scaled(Kernel):
@@ -511,6 +580,9 @@ class Scaled(Kernel):
     def contracted_hessian_sums(self, X, A):
         return float(self.scale) * self.kernel.contracted_hessian_sums(X, A)
 
+    def contracted_cross_hessian(self, X, A, a_env, Y, B, b_env):
+        return float(self.scale) * self.kernel.contracted_cross_hessian(X, A, a_env, Y, B, b_env)
+
 
 class Sum(Kernel):
     """``k(x, y) = k_1(x, y) + k_2(x, y)``; ``kernel_1 + kernel_2`` builds one.
@@ -596,4 +668,9 @@ class Sum(Kernel):
 
     def contracted_hessian_sums(self, X, A):
         return self.k1.contracted_hessian_sums(X, A) + self.k2.contracted_hessian_sums(X, A)
+
+    def contracted_cross_hessian(self, X, A, a_env, Y, B, b_env):
+        out = self.k1.contracted_cross_hessian(X, A, a_env, Y, B, b_env)
+        out += self.k2.contracted_cross_hessian(X, A, a_env, Y, B, b_env)
+        return out
 
