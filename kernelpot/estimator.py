@@ -20,7 +20,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from kernelpot import _incremental, gp
+from kernelpot import _incremental, exact, gp
 from kernelpot._labels import check_frames, read_labels
 from kernelpot._validation import check_verbose
 from kernelpot.descriptors import SOAP, Descriptor, DescriptorResult
@@ -37,6 +37,8 @@ DEFAULT_SPARSE_CAP = 2000
 _DESCRIPTOR_CACHE_BYTES = 2 * 2**30
 #: Names accepted by ``optimize``, in ``theta`` order (the kernel's own last).
 _HYPERPARAMETERS = ("signal_std", "energy_noise", "force_noise", "kernel")
+#: Values of ``method``.
+_METHODS = ("sparse", "exact", "auto")
 #: Design rows whose variances are solved together in prediction.
 _VARIANCE_BATCH_ROWS = 2048
 #: Likelihood evaluations allowed to the kernel-hyperparameter search.
@@ -84,6 +86,12 @@ def _unit_variance_factor(errors, var, noise_var, owner) -> float:
     if excess(high) >= 0:
         return 1e6
     return float(np.exp(brentq(excess, low, high, xtol=1e-10)))
+
+
+def _features_only(features) -> DescriptorResult:
+    """A DescriptorResult without Jacobian, for energy-only predictions."""
+    return DescriptorResult(features, np.zeros((0, 2), dtype=np.int64),
+                            np.zeros((0, 3, features.shape[1])))
 
 
 def _labelled_copy(atoms, energy, forces):
@@ -214,7 +222,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                  signal_std_bounds=(1e-2, 1e2), energy_noise_bounds=(1e-4, 1.0),
                  force_noise_bounds=(1e-4, 10.0), e0="lstsq", optimize=True, n_restarts=2,
                  search_frames=None, incremental=False, apply_calibration=True,
-                 random_state=None, n_jobs=1, verbose=0):
+                 method="sparse", exact_memory_limit=4.0, random_state=None, n_jobs=1,
+                 verbose=0):
         self.descriptor = descriptor
         self.kernel = kernel
         self.n_sparse = n_sparse
@@ -231,6 +240,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         self.search_frames = search_frames
         self.incremental = incremental
         self.apply_calibration = apply_calibration
+        self.method = method
+        self.exact_memory_limit = exact_memory_limit
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.verbose = verbose
@@ -277,6 +288,16 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                              f"got {self.search_frames!r}")
         if self.n_jobs == 0:
             raise ValueError(f"{owner}: n_jobs must not be 0 (None, -1 or a positive int)")
+        if self.method not in _METHODS:
+            raise ValueError(f"{owner}: method must be one of {_METHODS}; got {self.method!r}")
+        if isinstance(self.exact_memory_limit, bool) \
+                or not isinstance(self.exact_memory_limit, numbers.Real) \
+                or not self.exact_memory_limit > 0:
+            raise ValueError(f"{owner}: exact_memory_limit must be a number of GiB > 0; "
+                             f"got {self.exact_memory_limit!r}")
+        if self.method == "exact" and self.incremental:
+            raise ValueError(f"{owner}: incremental=True needs method='sparse' (the exact "
+                             "model is refitted, not updated)")
         return check_verbose(self.verbose, owner)
 
     def _fitted_names(self) -> set:
@@ -329,6 +350,12 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         counts_per_frame = np.stack([np.bincount(idx, minlength=len(species))
                                      for idx in species_index])
         e0 = self._reference_energies(counts_per_frame, labels.energies, species)
+        method = self._resolve_method(frames, labels, descriptor)
+        if method == "exact":
+            return self._fit_exact(frames, labels, descriptor, kernel, species, species_index,
+                                   counts_per_frame, e0, rng, verbose, start_time)
+        self.method_ = "sparse"
+        self._exact = None
 
         # pass 1: features only, for the choice of inducing environments
         features = self._map(descriptor.create, frames, verbose, "features")
@@ -524,6 +551,100 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                     sigma, energy_noise, force_noise, lml)
         return self
 
+    def _resolve_method(self, frames, labels, descriptor) -> str:
+        """"sparse" or "exact"; "auto" is exact while its peak memory fits the limit."""
+        owner = type(self).__name__
+        if self.method != "auto":
+            return self.method
+        n_atoms = np.array([len(a) for a in frames])
+        has_forces = np.array([f is not None for f in labels.forces])
+        n_obs = int(labels.has_energy.sum() + 3 * n_atoms[has_forces].sum())
+        # Jacobian rows: estimated from the first structure's pairs per atom
+        first = descriptor.compute(frames[0])
+        rows = 3 * len(first.pairs) / len(frames[0]) * n_atoms[has_forces].sum()
+        need = exact.memory_estimate(n_obs, int(rows), first.n_features) / 2**30
+        method = "exact" if need <= float(self.exact_memory_limit) else "sparse"
+        logger.info("%s: method='auto' chose %r: the exact model needs ~%.2f GiB for %d "
+                    "observations (limit %.2f GiB)", owner, method, need, n_obs,
+                    float(self.exact_memory_limit))
+        return method
+
+    def _fit_exact(self, frames, labels, descriptor, kernel, species, species_index,
+                   counts_per_frame, e0, rng, verbose, start_time):
+        """Fit the exact energy-and-force GP (``method="exact"``)."""
+        owner = type(self).__name__
+        fitted_names = self._fitted_names()
+        if "kernel" in fitted_names and kernel.n_theta and self.optimize is not True:
+            raise ValueError(f"{owner}: method='exact' keeps the kernel's hyperparameters as "
+                             "given; remove 'kernel' from optimize")
+        if kernel.n_theta:
+            logger.info("%s: method='exact' keeps the kernel's own hyperparameters %s as given",
+                        owner, dict(zip(kernel.theta_names, np.exp(kernel.theta).tolist(),
+                                        strict=True)))
+        has_energy = labels.has_energy
+        has_forces = np.array([f is not None for f in labels.forces])
+        results = self._map(descriptor.compute, frames, verbose, "descriptors")
+        obs = exact.build_observations(results, species_index, len(species), has_energy,
+                                       has_forces)
+        del results
+        logger.info("%s: exact GP on %d energies and %d force components (%.0f MiB of "
+                    "covariance)", owner, obs.n_energy, obs.n_force, obs.n_obs**2 * 8 / 2**20)
+        tic = time.perf_counter()
+        K0 = exact.covariance(obs, obs, kernel, symmetric=True)
+        logger.info("%s: covariance assembled in %.1f s", owner, time.perf_counter() - tic)
+        y = np.concatenate(
+            [labels.energies[has_energy] - counts_per_frame[has_energy] @ e0]
+            + [f.ravel() for f in labels.forces if f is not None])
+        log_params = np.log([self.signal_std, self.energy_noise, self.force_noise])
+        free = [name in fitted_names and informed for name, informed in
+                zip(_HYPERPARAMETERS[:3], (True, obs.n_energy > 0, obs.n_force > 0),
+                    strict=True)]
+        if any(free):
+            log_params = self._optimize(
+                lambda t: exact.log_marginal_likelihood(t, K0, y, obs, eval_gradient=True),
+                log_params, rng, free)
+        given = (float(self.signal_std), float(self.energy_noise), float(self.force_noise))
+        sigma, energy_noise, force_noise = (float(np.exp(t)) if is_free else g for t, g, is_free
+                                            in zip(log_params, given, free, strict=True))
+        log_params = np.log([sigma, energy_noise, force_noise])
+        if free[2] and np.isclose(force_noise, self.force_noise_bounds[1]):
+            warnings.warn(f"{owner}: the fitted force noise sits at its upper bound "
+                          f"{force_noise:.3g} eV/Å: the model is ignoring the forces",
+                          ConvergenceWarning, stacklevel=3)
+        self._set_exact_posterior(obs, K0, y, log_params, sigma**2)
+        self._exact_structures = exact.structure_arrays(frames, has_energy, has_forces)
+        self.descriptor_ = descriptor
+        self.kernel_ = kernel
+        self.species_ = species
+        self.e0_ = e0
+        self.method_ = "exact"
+        self.signal_std_, self.energy_noise_, self.force_noise_ = sigma, energy_noise, force_noise
+        symbols = [chemical_symbols[z] for z in species]
+        self.inducing_ = self._exact.mean.features
+        self.n_inducing_ = {symbols[s]: len(x) for s, x in enumerate(self.inducing_)}
+        self.std_scale_ = None
+        self.jitter_ = 0.0
+        self._jitter_abs = 0.0
+        self._state = None
+        self._posterior = None
+        self._stats = None
+        logger.info("%s: exact GP fitted in %.1f s; σ = %.3g eV, σ_E = %.3g eV/atom, "
+                    "σ_F = %.3g eV/Å, log marginal likelihood %.1f", owner,
+                    time.perf_counter() - start_time, sigma, energy_noise, force_noise,
+                    self.log_marginal_likelihood_value_)
+        return self
+
+    def _set_exact_posterior(self, obs, K0, y, log_params, signal_var):
+        """Factor ``K_y``, solve for the weights and fold them per environment."""
+        L = exact.factor(K0, log_params, obs)
+        weights = sla.cho_solve((L, True), y, check_finite=False)
+        self._exact = exact.ExactPosterior(obs, L, weights, y,
+                                           exact.mean_weights(obs, weights, signal_var))
+        self._exact_K0 = K0
+        self.alpha_ = weights
+        self.log_marginal_likelihood_value_ = float(
+            -0.5 * y @ weights - np.log(np.diag(L)).sum() - 0.5 * len(y) * np.log(2 * np.pi))
+
     def _reference_energies(self, counts, energies, species) -> np.ndarray:
         """e0 per element; ``counts`` (n_structures, n_species) are the compositions."""
         owner = type(self).__name__
@@ -564,6 +685,13 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         return sub.kernel_, start
 
     def _optimize(self, stats, log_params, rng, free, extra_starts=()) -> np.ndarray:
+        """Maximise the likelihood over the ``free`` of ``log (σ, σ_E, σ_F)``.
+
+        ``stats`` is a :class:`kernelpot.gp.WhitenedStatistics` (sparse model) or a
+        callable ``theta -> (log p, gradient)`` (exact model).
+        """
+        likelihood = stats if callable(stats) else (
+            lambda theta: gp.log_marginal_likelihood(theta, stats, eval_gradient=True))
         bounds = np.log(np.array([self.signal_std_bounds, self.energy_noise_bounds,
                                   self.force_noise_bounds], dtype=float))
         for k, is_free in enumerate(free):
@@ -571,7 +699,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                 bounds[k] = log_params[k]
 
         def objective(theta):
-            value, grad = gp.log_marginal_likelihood(theta, stats, eval_gradient=True)
+            value, grad = likelihood(theta)
             if not np.isfinite(value):
                 return 1e25, np.zeros_like(theta)
             return -value, -grad
@@ -651,16 +779,19 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             raise ValueError(f"variance must be True, False or 'energy'; got {variance!r}")
 
     def _predict_parts(self, atoms, forces, variance):
-        """Mean prediction, plus design rows and prior variances when variance is asked."""
+        """Mean prediction, plus design rows and prior variances when variance is asked.
+
+        The exact model returns a finished :class:`Prediction` instead.
+        """
         owner = f"{type(self).__name__}.predict"
         index = self._species_index(atoms, owner)
+        if getattr(self, "_exact", None) is not None:
+            return self._predict_exact(atoms, index, forces, variance)
         force_variance = forces and variance is True
         if forces or force_variance:
             result = self.descriptor_.compute(atoms)
         else:  # energies need no Jacobian
-            features = self.descriptor_.create(atoms)
-            result = DescriptorResult(features, np.zeros((0, 2), dtype=np.int64),
-                                      np.zeros((0, 3, features.shape[1])))
+            result = _features_only(self.descriptor_.create(atoms))
         local, d_local = gp.local_energies(result.features, index, self.inducing_,
                                            self.kernel_, self.alpha_, gradients=forces,
                                            columns=self._columns)
@@ -679,13 +810,31 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         prior = np.concatenate([[prior_e], prior_f.ravel()])
         return energy, force_values, stacked, prior, local
 
+    def _predict_exact(self, atoms, index, forces, variance) -> Prediction:
+        force_variance = forces and variance is True
+        result = self.descriptor_.compute(atoms) if forces else _features_only(
+            self.descriptor_.create(atoms))
+        post = self._exact
+        local, force_values = exact.predict_mean(result, index, post.mean, self.kernel_,
+                                                 forces=forces)
+        local = local + self.e0_[index]
+        energy = float(local.sum())
+        if not variance:
+            return Prediction(energy, force_values, None, None, None, None, local)
+        (var_e, var_f), = exact.predict_variances(
+            [result], [index], post.observations, post.L, self.signal_std_**2, self.kernel_,
+            forces=force_variance)
+        # an exact posterior has no projection term: it is all in the first
+        zeros = np.zeros_like(var_f) if var_f is not None else None
+        return Prediction(energy, force_values, var_e, 0.0, var_f, zeros, local)
+
     def _finish_variances(self, parts) -> list[Prediction]:
         """Turn per-structure parts into Predictions, solving all variance rows at once.
 
         One triangular solve over the rows of many structures reads the ``M × M``
         factors once instead of once per structure.
         """
-        with_rows = [p for p in parts if p[2] is not None]
+        with_rows = [p for p in parts if not isinstance(p, Prediction) and p[2] is not None]
         if with_rows:
             rows = np.vstack([p[2] for p in with_rows])
             post, proj = gp.variance_terms(rows, self._posterior, self.signal_std_)
@@ -693,7 +842,11 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             projection = gp.clip_variance(
                 sigma2 * np.concatenate([p[3] for p in with_rows]) - proj, "variance")
         out, offset = [], 0
-        for energy, force_values, stacked, _, local in parts:
+        for part in parts:
+            if isinstance(part, Prediction):  # finished by the exact model
+                out.append(part)
+                continue
+            energy, force_values, stacked, _, local = part
             if stacked is None:
                 out.append(Prediction(energy, force_values, None, None, None, None, local))
                 continue
@@ -714,7 +867,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         for parts in self._imap(lambda atoms: self._predict_parts(atoms, forces, variance),
                                 frames, verbose, "predict"):
             batch.append(parts)
-            batch_rows += 0 if parts[2] is None else len(parts[2])
+            if not isinstance(parts, Prediction):
+                batch_rows += 0 if parts[2] is None else len(parts[2])
             if batch_rows >= _VARIANCE_BATCH_ROWS:
                 out.extend(self._finish_variances(batch))
                 batch, batch_rows = [], 0
@@ -874,6 +1028,12 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         out = []
         for atoms in frames:
             index = self._species_index(atoms, "predict_local_energies")
+            if getattr(self, "_exact", None) is not None:
+                local, _ = exact.predict_mean(_features_only(self.descriptor_.create(atoms)),
+                                              index, self._exact.mean, self.kernel_,
+                                              forces=False)
+                out.append(local + self.e0_[index])
+                continue
             local, _ = gp.local_energies(self.descriptor_.create(atoms), index, self.inducing_,
                                          self.kernel_, self.alpha_, columns=self._columns)
             out.append(local + self.e0_[index])
@@ -920,6 +1080,9 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                           "model and is dropped; call calibrate() again", UserWarning,
                           stacklevel=2)
             self.std_scale_ = None
+        if getattr(self, "method_", "sparse") == "exact":
+            raise ValueError(f"{owner}: an exact model (method='exact') is not updated "
+                             "in place; refit it on all structures")
         state = getattr(self, "_state", None)
         if state is None:
             raise ValueError(f"{owner}: the model keeps no training state; fit it with "
@@ -1148,7 +1311,19 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         theta = np.asarray(theta, dtype=np.float64)
         if theta.shape != (3,):
             raise ValueError(f"theta must have shape (3,); got {theta.shape}")
+        if getattr(self, "_exact", None) is not None:
+            return exact.log_marginal_likelihood(theta, self._exact_covariance(),
+                                                 self._exact.y, self._exact.observations,
+                                                 eval_gradient=eval_gradient)
         return gp.log_marginal_likelihood(theta, self._stats, eval_gradient=eval_gradient)
+
+    def _exact_covariance(self) -> np.ndarray:
+        """The exact model's prior covariance, rebuilt after loading from file."""
+        if getattr(self, "_exact_K0", None) is None:
+            self._exact_K0 = exact.covariance(self._exact.observations,
+                                              self._exact.observations, self.kernel_,
+                                              symmetric=True)
+        return self._exact_K0
 
     def save(self, path, training_state=False):
         """Save the fitted model as ``.npz`` arrays plus JSON metadata (no pickle).

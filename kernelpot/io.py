@@ -19,8 +19,9 @@ from kernelpot._files import atomic_write
 
 __all__ = ["save", "load", "FORMAT_VERSION"]
 
-#: Version of the file layout; a file of another version is refused.
-FORMAT_VERSION = 1
+#: Version of the file layout; a file of another version is refused (2: the fitted
+#: method and exact models, 2026-11-25).
+FORMAT_VERSION = 2
 _FORMAT_NAME = "kernelpot-model"
 UNITS = {"energy": "eV", "length": "Å", "force": "eV/Å", "energy_noise": "eV/atom"}
 
@@ -114,21 +115,27 @@ def save(model, path, training_state=False) -> Path:
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
+    method = getattr(model, "method_", "sparse")
+    arrays = {"species": model.species_, "e0": model.e0_, "alpha": model.alpha_}
     stats = model._stats
-    arrays = {
-        "species": model.species_,
-        "e0": model.e0_,
-        "alpha": model.alpha_,
-        "L_mm": model._posterior.L_mm,
-        "L_post": model._posterior.L_post,
-        "stats_eigenvalues": stats.eigenvalues,
-        "stats_U": stats.U,
-        "stats_beta_E": stats.beta_E,
-        "stats_beta_F": stats.beta_F,
-    }
-    for s, Z in enumerate(model.inducing_):
-        arrays[f"inducing_{s}"] = Z
-        arrays[f"columns_{s}"] = model._columns[s]
+    if method == "exact":
+        # the Jacobians are recomputed from the structures at load: far smaller files
+        arrays["exact_L"] = model._exact.L
+        arrays["exact_y"] = model._exact.y
+        for name, value in model._exact_structures.items():
+            arrays[f"exact_structures_{name}"] = value
+    else:
+        arrays.update({
+            "L_mm": model._posterior.L_mm,
+            "L_post": model._posterior.L_post,
+            "stats_eigenvalues": stats.eigenvalues,
+            "stats_U": stats.U,
+            "stats_beta_E": stats.beta_E,
+            "stats_beta_F": stats.beta_F,
+        })
+        for s, Z in enumerate(model.inducing_):
+            arrays[f"inducing_{s}"] = Z
+            arrays[f"columns_{s}"] = model._columns[s]
     state = getattr(model, "_state", None)
     if training_state:
         if state is None:
@@ -145,6 +152,7 @@ def save(model, path, training_state=False) -> Path:
         "descriptor": _encode(model.descriptor_),
         "kernel": _encode(model.kernel_),
         "fitted": {
+            "method": method,
             "signal_std": model.signal_std_,
             "energy_noise": model.energy_noise_,
             "force_noise": model.force_noise_,
@@ -153,8 +161,9 @@ def save(model, path, training_state=False) -> Path:
             "jitter_abs": model._jitter_abs,
             "n_inducing": model.n_inducing_,
             "std_scale": getattr(model, "std_scale_", None),
-            "stats": {"c_E": stats.c_E, "c_F": stats.c_F, "n_E": stats.n_E, "n_F": stats.n_F,
-                      "logdet_D_E": stats.logdet_D_E},
+            "stats": None if stats is None else {
+                "c_E": stats.c_E, "c_F": stats.c_F, "n_E": stats.n_E, "n_F": stats.n_F,
+                "logdet_D_E": stats.logdet_D_E},
         },
         "units": UNITS,
     }
@@ -224,26 +233,28 @@ def load(path):
     model.kernel_ = _decode(metadata["kernel"])
     model.species_ = arrays["species"]
     model.e0_ = arrays["e0"]
-    model.inducing_ = [arrays[f"inducing_{s}"] for s in range(n_species)]
-    for z in model.inducing_:
-        z.setflags(write=False)
+    method = fitted.get("method")
+    if method not in ("sparse", "exact"):
+        raise ValueError(f"load: {path} names an unknown fitted method {method!r}")
+    model.method_ = method
     model.n_inducing_ = fitted["n_inducing"]
     model.alpha_ = arrays["alpha"]
     model.signal_std_ = fitted["signal_std"]
     model.energy_noise_ = fitted["energy_noise"]
     model.force_noise_ = fitted["force_noise"]
-    scale = fitted.get("std_scale")
-    model.std_scale_ = None
-    if scale is not None:
-        if not isinstance(scale, dict) or set(scale) != {"energy", "forces"} or not all(
-                isinstance(v, (int, float)) and v > 0 for v in scale.values()):
-            raise ValueError(f"load: {path} has a malformed std_scale entry")
-        model.std_scale_ = {k: float(v) for k, v in scale.items()}
+    model.std_scale_ = _std_scale(fitted.get("std_scale"), path)
     model.log_marginal_likelihood_value_ = fitted["log_marginal_likelihood"]
     model.jitter_ = fitted["jitter"]
     model._jitter_abs = fitted["jitter_abs"]
-    model._columns = [arrays[f"columns_{s}"] for s in range(n_species)]
     model._state = None  # without a stored training state a loaded model cannot update
+    if method == "exact":
+        _restore_exact(model, arrays, path)
+        return model
+    model._exact = None
+    model.inducing_ = [arrays[f"inducing_{s}"] for s in range(n_species)]
+    for z in model.inducing_:
+        z.setflags(write=False)
+    model._columns = [arrays[f"columns_{s}"] for s in range(n_species)]
     if "state_Kw" in arrays:
         from kernelpot._incremental import TrainingState
 
@@ -258,3 +269,42 @@ def load(path):
         arrays["stats_eigenvalues"], arrays["stats_U"], arrays["stats_beta_E"],
         arrays["stats_beta_F"], s["c_E"], s["c_F"], s["n_E"], s["n_F"], s["logdet_D_E"])
     return model
+
+
+def _std_scale(scale, path):
+    """Validated ``std_scale`` metadata entry."""
+    if scale is None:
+        return None
+    if not isinstance(scale, dict) or set(scale) != {"energy", "forces"} or not all(
+            isinstance(v, (int, float)) and v > 0 for v in scale.values()):
+        raise ValueError(f"load: {path} has a malformed std_scale entry")
+    return {k: float(v) for k, v in scale.items()}
+
+
+def _restore_exact(model, arrays, path):
+    """Rebuild an exact model's observations from its stored training structures."""
+    from kernelpot import exact
+
+    names = ("n_atoms", "numbers", "positions", "cells", "pbc", "has_energy", "has_forces")
+    missing = [n for n in names if f"exact_structures_{n}" not in arrays]
+    missing += [n for n in ("exact_L", "exact_y") if n not in arrays]
+    if missing:
+        raise ValueError(f"load: {path} is an exact model without {missing}")
+    structures = {n: arrays[f"exact_structures_{n}"] for n in names}
+    frames = exact.structures_from_arrays(structures)
+    species_index = [np.searchsorted(model.species_, a.numbers) for a in frames]
+    results = [model.descriptor_.compute(a) for a in frames]
+    obs = exact.build_observations(results, species_index, len(model.species_),
+                                   structures["has_energy"], structures["has_forces"])
+    L, y, weights = arrays["exact_L"], arrays["exact_y"], arrays["alpha"]
+    if L.shape != (obs.n_obs, obs.n_obs) or y.shape != (obs.n_obs,) \
+            or weights.shape != (obs.n_obs,):
+        raise ValueError(f"load: {path} holds exact-model arrays that do not match its "
+                         f"{obs.n_obs} training observations")
+    model._exact = exact.ExactPosterior(obs, L, weights, y, exact.mean_weights(
+        obs, weights, model.signal_std_**2))
+    model._exact_K0 = None
+    model._exact_structures = structures
+    model.inducing_ = obs.features
+    model._posterior = None
+    model._stats = None

@@ -1,0 +1,438 @@
+"""Exact Gaussian process over local environments, in the energy and force domain.
+
+The model is the one of :mod:`kernelpot.gp` (a structure's energy is the sum of
+local energies ``ε(x_i)`` drawn from a GP with covariance ``σ² k(x, x')`` between
+environments of the same element), without the inducing-point approximation:
+every labelled energy and force component is an observation, and their joint
+covariance is assembled from the kernel and its derivatives. With ``g_p`` a row of
+a descriptor Jacobian (``∂x_i/∂r_jc``, environment ``i = i_p``, force component
+``jc = f_p``):
+
+* ``cov(E_A, E_B) = σ² Σ_{i∈A} Σ_{j∈B} k(x_i, x_j)``;
+* ``cov(E_A, F_q) = -σ² Σ_{i∈A} ∂k(x_i, x_{j_q})/∂y · g_q``;
+* ``cov(F_p, F_q) = σ² g_pᵀ H(x_{i_p}, x_{j_q}) g_q`` summed over the rows of each
+  component, ``H = ∂²k/∂x∂y`` (:meth:`kernelpot.kernels.Kernel.contracted_cross_hessian`,
+  which never forms ``D × D`` matrices).
+
+The posterior mean is a local-energy function again,
+``ε̄(x) = σ² Σ_j [c_j k(x, x_j) - ∂k(x, x_j)/∂y · b_j]`` over the training
+environments, with ``c_j`` the weight of the energy of ``j``'s structure and
+``b_j = Σ_{q: j_q = j} w_q g_q`` (``w = K_y⁻¹ y``), so predicted forces are exactly
+``-∂E/∂r`` of predicted energies. Variances come from the Cholesky factor of
+``K_y = σ² K + diag(σ_E² N, σ_F²)``.
+
+Memory grows as the square of the number of observations (energies plus
+``3 N`` force components per structure): meant for the small data sets where it
+is the most accurate model (see :class:`kernelpot.SparseGPPotential`'s
+``method``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse as sp
+
+from kernelpot import gp
+from kernelpot.descriptors.base import DescriptorResult
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Observations", "MeanWeights", "ExactPosterior", "build_observations", "covariance",
+           "log_marginal_likelihood", "mean_weights", "predict_mean", "predict_variances",
+           "memory_estimate", "structure_arrays", "structures_from_arrays"]
+
+#: Entries of one chunk of a force–force block (rows × columns): 2²⁴ doubles, 128 MiB.
+_CHUNK_ENTRIES = 2**24
+
+
+class Observations(NamedTuple):
+    """Labelled structures as linear functionals of the local-energy GP, per element.
+
+    Attributes
+    ----------
+    features : list of ndarray of shape (n_s, D)
+        Environments of element ``s`` over all structures, in structure order.
+    env_energy : list of ndarray of shape (n_s,)
+        Energy observation of each environment's structure (-1 if it has none).
+    rows : list of ndarray of shape (P_s, D)
+        Jacobian rows ``∂x_i/∂r_jc`` of the structures with force labels, centre ``i``
+        of element ``s``.
+    row_env : list of ndarray of shape (P_s,)
+        Environment (index into ``features[s]``) of each row.
+    row_force : list of ndarray of shape (P_s,)
+        Force observation (``j c`` of its structure) each row contributes to.
+    energy_atoms : ndarray of shape (n_energy,)
+        Atoms in the structure of each energy observation.
+    force_structure : ndarray of shape (n_force,)
+        Structure of each force observation (non-decreasing).
+    """
+
+    features: list
+    env_energy: list
+    rows: list
+    row_env: list
+    row_force: list
+    energy_atoms: np.ndarray
+    force_structure: np.ndarray
+
+    @property
+    def n_energy(self) -> int:
+        return len(self.energy_atoms)
+
+    @property
+    def n_force(self) -> int:
+        return len(self.force_structure)
+
+    @property
+    def n_obs(self) -> int:
+        return self.n_energy + self.n_force
+
+
+def build_observations(results: list[DescriptorResult], species_indices: list[np.ndarray],
+                       n_species: int, has_energy, has_forces) -> Observations:
+    """Group descriptors and Jacobian rows of labelled structures by element.
+
+    Parameters
+    ----------
+    results : list of DescriptorResult
+    species_indices : list of ndarray of int
+        Element index of every atom.
+    n_species : int
+    has_energy, has_forces : array-like of bool, shape (n_structures,)
+        Which labels each structure contributes (energies first, then forces, in
+        structure order).
+
+    Returns
+    -------
+    Observations
+    """
+    has_energy = np.asarray(has_energy, dtype=bool)
+    has_forces = np.asarray(has_forces, dtype=bool)
+    n_features = results[0].n_features if results else 0
+    energy_index = np.where(has_energy, np.cumsum(has_energy) - 1, -1)
+    n_atoms = np.array([r.n_atoms for r in results], dtype=np.int64)
+    force_start = np.concatenate([[0], np.cumsum(3 * n_atoms * has_forces)])
+    parts = {name: [[] for _ in range(n_species)]
+             for name in ("features", "env_energy", "rows", "row_env", "row_force")}
+    offset = np.zeros(n_species, dtype=np.int64)
+    for k, (result, index) in enumerate(zip(results, species_indices, strict=True)):
+        local = np.empty(result.n_atoms, dtype=np.int64)
+        for s in range(n_species):
+            atoms_s = np.flatnonzero(index == s)
+            if atoms_s.size == 0:
+                continue
+            local[atoms_s] = offset[s] + np.arange(atoms_s.size)
+            parts["features"][s].append(result.features[atoms_s])
+            parts["env_energy"][s].append(np.full(atoms_s.size, energy_index[k]))
+            offset[s] += atoms_s.size
+        if not has_forces[k]:
+            continue
+        centre, moved = result.pairs[:, 0], result.pairs[:, 1]
+        for s in range(n_species):
+            sel = np.flatnonzero(index[centre] == s)
+            if sel.size == 0:
+                continue
+            parts["rows"][s].append(result.gradients[sel].reshape(-1, n_features))
+            parts["row_env"][s].append(np.repeat(local[centre[sel]], 3))
+            parts["row_force"][s].append(
+                (force_start[k] + 3 * moved[sel][:, None] + np.arange(3)).ravel())
+
+    def joined(name, s, shape, dtype):
+        chunks = parts[name][s]
+        return np.ascontiguousarray(np.concatenate(chunks)) if chunks \
+            else np.zeros(shape, dtype=dtype)
+
+    return Observations(
+        features=[joined("features", s, (0, n_features), np.float64) for s in range(n_species)],
+        env_energy=[joined("env_energy", s, (0,), np.int64) for s in range(n_species)],
+        rows=[joined("rows", s, (0, n_features), np.float64) for s in range(n_species)],
+        row_env=[joined("row_env", s, (0,), np.int64) for s in range(n_species)],
+        row_force=[joined("row_force", s, (0,), np.int64) for s in range(n_species)],
+        energy_atoms=n_atoms[has_energy],
+        force_structure=np.repeat(np.arange(len(results)), 3 * n_atoms * has_forces))
+
+
+def _one_hot(index: np.ndarray, n_rows: int) -> sp.csr_matrix:
+    """``S[index[c], c] = 1`` (columns with index -1 stay empty), shape (n_rows, len(index))."""
+    keep = np.flatnonzero(index >= 0)
+    return sp.csr_matrix((np.ones(keep.size), (index[keep], keep)),
+                         shape=(n_rows, len(index)))
+
+
+def _reduce_rows(values: np.ndarray, index: np.ndarray):
+    """Sum the rows of ``values`` with equal ``index``; return (unique index, sums)."""
+    unique, inverse = np.unique(index, return_inverse=True)
+    reducer = sp.csr_matrix((np.ones(len(index)), (inverse, np.arange(len(index)))),
+                            shape=(len(unique), len(index)))
+    return unique, np.asarray(reducer @ values)
+
+
+def covariance(A: Observations, B: Observations, kernel, symmetric: bool = False) -> np.ndarray:
+    """Prior covariance (without ``σ²``) between the observations of ``A`` and ``B``.
+
+    Parameters
+    ----------
+    A, B : Observations
+    kernel : kernelpot.kernels.Kernel
+    symmetric : bool, default=False
+        ``A`` is ``B``: compute each force–force block of a pair of structures once
+        and mirror it.
+
+    Returns
+    -------
+    ndarray of shape (A.n_obs, B.n_obs)
+        Rows: A's energies then A's force components; columns likewise for B.
+    """
+    nE_A, nE_B = A.n_energy, B.n_energy
+    out = np.zeros((A.n_obs, B.n_obs))
+    EE, EF = out[:nE_A, :nE_B], out[:nE_A, nE_B:]
+    FE, FF = out[nE_A:, :nE_B], out[nE_A:, nE_B:]
+    for s in range(len(A.features)):
+        XA, XB = A.features[s], B.features[s]
+        if len(XA) == 0 or len(XB) == 0:
+            continue
+        SA, SB = _one_hot(A.env_energy[s], nE_A), _one_hot(B.env_energy[s], nE_B)
+        GA, GB = A.rows[s], B.rows[s]
+        envA, envB = A.row_env[s], B.row_env[s]
+        if nE_A and nE_B:
+            EE += (SB @ (SA @ kernel(XA, XB)).T).T
+        if nE_A and len(GB):
+            # ∂k(x_i, y)/∂y at y = x_j is α(x_j, x_i) x_i + β(x_j, x_i) x_j
+            alpha, beta = kernel.gradient_coefficients(XB, XA)  # (n_B, n_A)
+            yg = np.einsum("qd,qd->q", GB, XB[envB])
+            step = max(1, _CHUNK_ENTRIES // max(len(XA), 1))
+            for start in range(0, len(GB), step):
+                ch = slice(start, start + step)
+                per_env = -(alpha[envB[ch]].T * (XA @ GB[ch].T) + beta[envB[ch]].T * yg[ch])
+                cols, summed = _reduce_rows((SA @ per_env).T, B.row_force[s][ch])
+                EF[:, cols] += summed.T
+        if nE_B and len(GA) and not symmetric:
+            alpha, beta = kernel.gradient_coefficients(XA, XB)  # (n_A, n_B)
+            gx = np.einsum("pd,pd->p", GA, XA[envA])
+            step = max(1, _CHUNK_ENTRIES // max(len(XB), 1))
+            for start in range(0, len(GA), step):
+                ch = slice(start, start + step)
+                per_env = -(alpha[envA[ch]] * (GA[ch] @ XB.T) + beta[envA[ch]] * gx[ch, None])
+                rows, summed = _reduce_rows(np.asarray((SB @ per_env.T).T), A.row_force[s][ch])
+                FE[rows] += summed
+        if len(GA) and len(GB):
+            struct_B = B.force_structure[B.row_force[s]]
+            step = max(1, _CHUNK_ENTRIES // len(GB))
+            for start in range(0, len(GA), step):
+                ch = slice(start, start + step)
+                first = 0
+                if symmetric:  # blocks of earlier structures come from their mirror
+                    first = int(np.searchsorted(
+                        struct_B, A.force_structure[A.row_force[s][start]]))
+                M = kernel.contracted_cross_hessian(XA, GA[ch], envA[ch], XB, GB[first:],
+                                                    envB[first:])
+                cols, summed = _reduce_rows(M.T, B.row_force[s][first:])
+                rows, summed = _reduce_rows(summed.T, A.row_force[s][ch])
+                FF[np.ix_(rows, cols)] += summed
+    if symmetric:
+        FE[:] = EF.T
+        struct = A.force_structure
+        upper = struct[:, None] <= struct[None, :]
+        FF[:] = np.where(upper, FF, FF.T)
+    return out
+
+
+def noise_variances(log_params: np.ndarray, obs: Observations) -> np.ndarray:
+    """Diagonal noise of the observations: ``σ_E² N`` per energy, ``σ_F²`` per component."""
+    return np.concatenate([np.exp(2 * log_params[1]) * obs.energy_atoms,
+                           np.full(obs.n_force, np.exp(2 * log_params[2]))])
+
+
+def _cholesky(K_y: np.ndarray) -> np.ndarray:
+    try:
+        return sla.cholesky(K_y, lower=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        L, jitter = gp.cholesky_with_jitter(K_y)
+        logger.debug("exact GP: K_y needed jitter %.1e × mean diagonal", jitter)
+        return L
+
+
+def factor(K0: np.ndarray, log_params: np.ndarray, obs: Observations) -> np.ndarray:
+    """Lower Cholesky factor of ``K_y = σ² K0 + noise``."""
+    K_y = np.exp(2 * log_params[0]) * K0
+    K_y[np.diag_indices_from(K_y)] += noise_variances(log_params, obs)
+    return _cholesky(K_y)
+
+
+def log_marginal_likelihood(log_params: np.ndarray, K0: np.ndarray, y: np.ndarray,
+                            obs: Observations, eval_gradient: bool = False):
+    """Log marginal likelihood of ``y`` and its gradient in ``log (σ, σ_E, σ_F)``.
+
+    Notes
+    -----
+    With ``a = K_y⁻¹ y`` and ``Λ`` the noise diagonal,
+    ``∂ log p/∂ log σ = aᵀy - aᵀΛa - n + Σ_i Λ_ii (K_y⁻¹)_ii`` and, for each noise,
+    ``∂ log p/∂ log σ_X = Σ_{i∈X} Λ_ii (a_i² - (K_y⁻¹)_ii)``; only the diagonal of
+    ``K_y⁻¹`` is needed (from the inverse Cholesky factor).
+    """
+    log_params = np.asarray(log_params, dtype=np.float64)
+    try:
+        L = factor(K0, log_params, obs)
+    except np.linalg.LinAlgError:
+        return (-np.inf, np.zeros(3)) if eval_gradient else -np.inf
+    a = sla.cho_solve((L, True), y, check_finite=False)
+    n = len(y)
+    value = float(-0.5 * y @ a - np.log(np.diag(L)).sum() - 0.5 * n * np.log(2 * np.pi))
+    if not eval_gradient:
+        return value
+    L_inv = sla.solve_triangular(L, np.eye(n), lower=True, check_finite=False)
+    k_inv_diag = np.einsum("ij,ij->j", L_inv, L_inv)
+    del L_inv
+    noise = noise_variances(log_params, obs)
+    per_obs = noise * (a**2 - k_inv_diag)
+    nE = obs.n_energy
+    gradient = np.array([float(a @ y - n - per_obs.sum()), float(per_obs[:nE].sum()),
+                         float(per_obs[nE:].sum())])
+    return value, gradient
+
+
+class MeanWeights(NamedTuple):
+    """Per-element weights of the posterior-mean local energy (``σ²`` included).
+
+    ``ε̄(x) = Σ_j c_j k(x, x_j) - Σ_j ∂k(x, x_j)/∂y · b_j`` over the training
+    environments ``x_j`` of the element.
+    """
+
+    features: list  # (n_s, D) training environments
+    energy: list  # (n_s,) c_j
+    force: list  # (n_s, D) b_j
+
+
+class ExactPosterior(NamedTuple):
+    """A fitted exact GP: its observations, the factor of ``K_y``, weights and labels."""
+
+    observations: Observations
+    L: np.ndarray  # lower Cholesky factor of K_y
+    weights: np.ndarray  # K_y⁻¹ y
+    y: np.ndarray  # training labels (energies minus reference energies, then forces)
+    mean: MeanWeights
+
+
+def mean_weights(obs: Observations, weights: np.ndarray, signal_var: float) -> MeanWeights:
+    """Fold the observation weights ``w = K_y⁻¹ y`` into per-environment weights."""
+    w_E, w_F = weights[:obs.n_energy], weights[obs.n_energy:]
+    energy, force = [], []
+    for s, X in enumerate(obs.features):
+        env_energy = obs.env_energy[s]
+        c = np.where(env_energy >= 0, w_E[np.maximum(env_energy, 0)] if w_E.size else 0.0, 0.0)
+        energy.append(signal_var * c)
+        scaled = obs.rows[s] * w_F[obs.row_force[s]][:, None]
+        force.append(signal_var * np.asarray(_one_hot(obs.row_env[s], len(X)) @ scaled)
+                     if len(scaled) else np.zeros_like(X))
+    return MeanWeights(obs.features, energy, force)
+
+
+def predict_mean(result: DescriptorResult, species_index: np.ndarray, mean: MeanWeights,
+                 kernel, forces: bool = True):
+    """Posterior-mean local energies (without reference energies) and forces.
+
+    Returns
+    -------
+    local : ndarray of shape (n_atoms,)
+    forces : ndarray of shape (n_atoms, 3) or None
+        ``-∂E/∂r`` of the predicted energy.
+    """
+    X = result.features
+    local = np.zeros(len(X))
+    d_local = np.zeros_like(X) if forces else None
+    hessian_part = np.zeros(3 * len(X)) if forces else None
+    for s, Z in enumerate(mean.features):
+        atoms_s = np.flatnonzero(species_index == s)
+        if atoms_s.size == 0 or len(Z) == 0:
+            continue
+        c, b = mean.energy[s], mean.force[s]
+        Xs = X[atoms_s]
+        a_zx, b_zx = kernel.gradient_coefficients(Z, Xs)  # ∂k(z, x)/∂z coefficients
+        zb = np.einsum("md,md->m", Z, b)
+        local[atoms_s] = kernel(Xs, Z) @ c - np.einsum("mn,nm->n", a_zx, Xs @ b.T) - zb @ b_zx
+        if not forces:
+            continue
+        alpha, beta = kernel.gradient_coefficients(Xs, Z)
+        d_local[atoms_s] = (alpha * c[None, :]) @ Z + (beta @ c)[:, None] * Xs
+        # the b-term of ∇ε̄ is -Σ_j H(x, z_j) b_j: contracted with each Jacobian row
+        position = np.full(len(X), -1, dtype=np.int64)
+        position[atoms_s] = np.arange(atoms_s.size)
+        sel = np.flatnonzero(position[result.pairs[:, 0]] >= 0)
+        if sel.size == 0:
+            continue
+        G = result.gradients[sel].reshape(-1, X.shape[1])
+        env = np.repeat(position[result.pairs[sel, 0]], 3)
+        M = kernel.contracted_cross_hessian(Xs, G, env, Z, b, np.arange(len(Z)))
+        component = (3 * result.pairs[sel, 1][:, None] + np.arange(3)).ravel()
+        np.add.at(hessian_part, component, M.sum(axis=1))
+    if not forces:
+        return local, None
+    force_values = gp.forces_from_local_gradients(result, d_local) + hessian_part.reshape(-1, 3)
+    return local, force_values
+
+
+def predict_variances(results: list[DescriptorResult], species_indices: list[np.ndarray],
+                      train: Observations, L: np.ndarray, signal_var: float, kernel,
+                      forces: bool = True):
+    """Epistemic variances of the energies (and force components) of structures.
+
+    ``σ² k_** - k_*ᵀ K_y⁻¹ k_*`` for each structure's energy and force components,
+    with one triangular solve for all of them.
+
+    Returns
+    -------
+    list of (float, ndarray of shape (n_atoms, 3) or None)
+    """
+    n_species = len(train.features)
+    n = len(results)
+    test = build_observations(results, species_indices, n_species, np.ones(n, bool),
+                              np.full(n, bool(forces)))
+    K_star = signal_var * covariance(test, train, kernel)
+    V = sla.solve_triangular(L, K_star.T, lower=True, check_finite=False)
+    reduction = np.einsum("ij,ij->j", V, V)
+    out = []
+    force_start = n
+    for k, (result, index) in enumerate(zip(results, species_indices, strict=True)):
+        prior_e, prior_f = gp.prior_variances(result, index, n_species, kernel, energy=True,
+                                              forces=forces)
+        var_e = float(gp.clip_variance(signal_var * prior_e - reduction[k], "energy variance"))
+        var_f = None
+        if forces:
+            stop = force_start + 3 * result.n_atoms
+            var_f = gp.clip_variance(signal_var * prior_f.ravel() - reduction[force_start:stop],
+                                     "force variance").reshape(-1, 3)
+            force_start = stop
+        out.append((var_e, var_f))
+    return out
+
+
+def structure_arrays(frames, has_energy, has_forces) -> dict:
+    """The training structures as plain arrays (what a saved exact model stores)."""
+    return {
+        "n_atoms": np.array([len(a) for a in frames], dtype=np.int64),
+        "numbers": np.concatenate([a.numbers for a in frames]).astype(np.int64),
+        "positions": np.concatenate([a.positions for a in frames]),
+        "cells": np.array([a.cell.array for a in frames]),
+        "pbc": np.array([a.pbc for a in frames], dtype=bool),
+        "has_energy": np.asarray(has_energy, dtype=bool),
+        "has_forces": np.asarray(has_forces, dtype=bool),
+    }
+
+
+def structures_from_arrays(arrays: dict) -> list:
+    """Inverse of :func:`structure_arrays` (structures without labels)."""
+    from ase import Atoms
+
+    bounds = np.concatenate([[0], np.cumsum(arrays["n_atoms"])])
+    return [Atoms(numbers=arrays["numbers"][a:b], positions=arrays["positions"][a:b],
+                  cell=arrays["cells"][k], pbc=arrays["pbc"][k])
+            for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
+
+
+def memory_estimate(n_obs: int, n_rows: int, n_features: int) -> float:
+    """Bytes an exact fit holds at its peak: three ``n_obs²`` matrices and the Jacobian rows."""
+    return 8.0 * (3.0 * n_obs**2 + n_rows * n_features)
