@@ -1,16 +1,19 @@
 """Numba kernels contracting a kernel's mixed second derivative with Jacobian rows (private).
 
-Both functions overwrite ``AB`` (``A @ Bᵀ``, one row per Jacobian row ``a_p`` of a
-set of environments ``X`` and one column per row ``b_q`` of a set ``Y``) with
-``a_pᵀ H(x_{i_p}, y_{j_q}) b_q`` in one pass, from products the caller formed with
-BLAS, so that no further ``(P, Q)`` temporaries are needed.
+Both functions add ``a_pᵀ H(x_{i_p}, y_{j_q}) b_q`` to ``out[r_p, s_q]`` for every row
+``a_p`` of a set of environments ``X`` and every row ``b_q`` of a set ``Y``, reading
+products the caller formed with BLAS (``AB = A Bᵀ`` and friends). The rows of ``A``
+come in segments of equal output row ``r``, one segment per parallel task, so that no
+two threads write the same element. With ``r_p = p`` and ``s_q = q`` the output is the
+full ``(P, Q)`` matrix.
 """
 
 from numba import njit, prange
 
 
 @njit(cache=True, parallel=True)
-def ndp_cross_hessian(AB, AV, UB, C, au, bv, inv_x, inv_y, a_env, b_env, zeta):
+def ndp_cross_hessian(out, AB, AV, UB, C, au, bv, inv_x, inv_y, a_env, b_env, seg_start,
+                      seg_row, b_out, zeta, factor):
     """Normalised dot product ``(u·v)^ζ``.
 
     ``aᵀHb = ζ/(|x||y|) [(ζ-1) c^(ζ-2) (a·v - c a·u)(u·b - c v·b)
@@ -18,8 +21,10 @@ def ndp_cross_hessian(AB, AV, UB, C, au, bv, inv_x, inv_y, a_env, b_env, zeta):
 
     Parameters
     ----------
+    out : float64 (n_out, m_out)
+        Accumulated into.
     AB : float64 (P, Q)
-        ``a_p · b_q``; overwritten with the result.
+        ``a_p · b_q``.
     AV : float64 (P, n_y)
         ``a_p · v_j`` (unit rows of Y).
     UB : float64 (n_x, Q)
@@ -34,33 +39,45 @@ def ndp_cross_hessian(AB, AV, UB, C, au, bv, inv_x, inv_y, a_env, b_env, zeta):
         Inverse norms (0 for zero descriptors).
     a_env, b_env : int64 (P,), (Q,)
         Environment of each row.
+    seg_start : int64 (n_seg + 1,)
+        Rows ``seg_start[s]:seg_start[s + 1]`` of A all go to output row ``seg_row[s]``.
+    seg_row : int64 (n_seg,)
+    b_out : int64 (Q,)
+        Output column of each row of B.
     zeta : int
+    factor : float
+        Multiplies every term added.
     """
-    P, Q = AB.shape
-    for p in prange(P):
-        i = a_env[p]
-        ap_u = au[p]
-        for q in range(Q):
-            j = b_env[q]
-            c = C[i, j]
-            a_v = AV[p, j]
-            u_b = UB[i, q]
-            b_v = bv[q]
-            pxpy = AB[p, q] - ap_u * u_b - a_v * b_v + c * ap_u * b_v
-            value = c ** (zeta - 1) * pxpy
-            if zeta > 1:
-                value += (zeta - 1) * c ** (zeta - 2) * (a_v - c * ap_u) * (u_b - c * b_v)
-            AB[p, q] = zeta * inv_x[i] * inv_y[j] * value
+    Q = AB.shape[1]
+    for s in prange(seg_row.shape[0]):
+        r = seg_row[s]
+        for p in range(seg_start[s], seg_start[s + 1]):
+            i = a_env[p]
+            ap_u = au[p]
+            for q in range(Q):
+                j = b_env[q]
+                c = C[i, j]
+                a_v = AV[p, j]
+                u_b = UB[i, q]
+                b_v = bv[q]
+                pxpy = AB[p, q] - ap_u * u_b - a_v * b_v + c * ap_u * b_v
+                value = c ** (zeta - 1) * pxpy
+                if zeta > 1:
+                    value += (zeta - 1) * c ** (zeta - 2) * (a_v - c * ap_u) * (u_b - c * b_v)
+                out[r, b_out[q]] += factor * zeta * inv_x[i] * inv_y[j] * value
 
 
 @njit(cache=True, parallel=True)
-def se_cross_hessian(AB, AY, XB, K, ax, by, a_env, b_env, inv_ell2):
+def se_cross_hessian(out, AB, AY, XB, K, ax, by, a_env, b_env, seg_start, seg_row, b_out,
+                     inv_ell2, factor):
     """Squared exponential: ``aᵀHb = k/ℓ² [a·b - (a·(x-y)) ((x-y)·b) / ℓ²]``.
 
     Parameters
     ----------
+    out : float64 (n_out, m_out)
+        Accumulated into.
     AB : float64 (P, Q)
-        ``a_p · b_q``; overwritten with the result.
+        ``a_p · b_q``.
     AY : float64 (P, n_y)
         ``a_p · y_j``.
     XB : float64 (n_x, Q)
@@ -71,16 +88,21 @@ def se_cross_hessian(AB, AY, XB, K, ax, by, a_env, b_env, inv_ell2):
         ``a_p · x_{i_p}``.
     by : float64 (Q,)
         ``b_q · y_{j_q}``.
-    a_env, b_env : int64 (P,), (Q,)
+    a_env, b_env, seg_start, seg_row, b_out
+        As in :func:`ndp_cross_hessian`.
     inv_ell2 : float
         ``1 / ℓ²``.
+    factor : float
     """
-    P, Q = AB.shape
-    for p in prange(P):
-        i = a_env[p]
-        a_x = ax[p]
-        for q in range(Q):
-            j = b_env[q]
-            a_delta = a_x - AY[p, j]
-            b_delta = XB[i, q] - by[q]
-            AB[p, q] = K[i, j] * inv_ell2 * (AB[p, q] - a_delta * b_delta * inv_ell2)
+    Q = AB.shape[1]
+    for s in prange(seg_row.shape[0]):
+        r = seg_row[s]
+        for p in range(seg_start[s], seg_start[s + 1]):
+            i = a_env[p]
+            a_x = ax[p]
+            for q in range(Q):
+                j = b_env[q]
+                a_delta = a_x - AY[p, j]
+                b_delta = XB[i, q] - by[q]
+                out[r, b_out[q]] += factor * K[i, j] * inv_ell2 * (
+                    AB[p, q] - a_delta * b_delta * inv_ell2)

@@ -11,7 +11,7 @@ a descriptor Jacobian (``∂x_i/∂r_jc``, environment ``i = i_p``, force compon
 * ``cov(E_A, E_B) = σ² Σ_{i∈A} Σ_{j∈B} k(x_i, x_j)``;
 * ``cov(E_A, F_q) = -σ² Σ_{i∈A} ∂k(x_i, x_{j_q})/∂y · g_q``;
 * ``cov(F_p, F_q) = σ² g_pᵀ H(x_{i_p}, x_{j_q}) g_q`` summed over the rows of each
-  component, ``H = ∂²k/∂x∂y`` (:meth:`kernelpot.kernels.Kernel.contracted_cross_hessian`,
+  component, ``H = ∂²k/∂x∂y`` (:meth:`kernelpot.kernels.Kernel.accumulate_cross_hessian`,
   which never forms ``D × D`` matrices).
 
 The posterior mean is a local-energy function again,
@@ -64,7 +64,8 @@ class Observations(NamedTuple):
     row_env : list of ndarray of shape (P_s,)
         Environment (index into ``features[s]``) of each row.
     row_force : list of ndarray of shape (P_s,)
-        Force observation (``j c`` of its structure) each row contributes to.
+        Force observation (``j c`` of its structure) each row contributes to;
+        non-decreasing.
     energy_atoms : ndarray of shape (n_energy,)
         Atoms in the structure of each energy observation.
     force_structure : ndarray of shape (n_force,)
@@ -141,17 +142,23 @@ def build_observations(results: list[DescriptorResult], species_indices: list[np
             parts["row_force"][s].append(
                 (force_start[k] + 3 * moved[sel][:, None] + np.arange(3)).ravel())
 
-    def joined(name, s, shape, dtype):
+    def joined(name, s, shape, dtype, order=None):
         chunks = parts[name][s]
-        return np.ascontiguousarray(np.concatenate(chunks)) if chunks \
-            else np.zeros(shape, dtype=dtype)
+        if not chunks:
+            return np.zeros(shape, dtype=dtype)
+        values = np.concatenate(chunks)
+        return np.ascontiguousarray(values if order is None else values[order[s]])
 
+    # rows sorted by force component: the rows of one component are contiguous, which the
+    # accumulation of force–force blocks runs over (and structure order is kept)
+    order = [np.argsort(np.concatenate(parts["row_force"][s]), kind="stable")
+             if parts["row_force"][s] else None for s in range(n_species)]
     return Observations(
         features=[joined("features", s, (0, n_features), np.float64) for s in range(n_species)],
         env_energy=[joined("env_energy", s, (0,), np.int64) for s in range(n_species)],
-        rows=[joined("rows", s, (0, n_features), np.float64) for s in range(n_species)],
-        row_env=[joined("row_env", s, (0,), np.int64) for s in range(n_species)],
-        row_force=[joined("row_force", s, (0,), np.int64) for s in range(n_species)],
+        rows=[joined("rows", s, (0, n_features), np.float64, order) for s in range(n_species)],
+        row_env=[joined("row_env", s, (0,), np.int64, order) for s in range(n_species)],
+        row_force=[joined("row_force", s, (0,), np.int64, order) for s in range(n_species)],
         energy_atoms=n_atoms[has_energy],
         force_structure=np.repeat(np.arange(len(results)), 3 * n_atoms * has_forces))
 
@@ -228,11 +235,9 @@ def covariance(A: Observations, B: Observations, kernel, symmetric: bool = False
                 if symmetric:  # blocks of earlier structures come from their mirror
                     first = int(np.searchsorted(
                         struct_B, A.force_structure[A.row_force[s][start]]))
-                M = kernel.contracted_cross_hessian(XA, GA[ch], envA[ch], XB, GB[first:],
-                                                    envB[first:])
-                cols, summed = _reduce_rows(M.T, B.row_force[s][first:])
-                rows, summed = _reduce_rows(summed.T, A.row_force[s][ch])
-                FF[np.ix_(rows, cols)] += summed
+                kernel.accumulate_cross_hessian(FF, XA, GA[ch], envA[ch], A.row_force[s][ch],
+                                                XB, GB[first:], envB[first:],
+                                                B.row_force[s][first:])
     if symmetric:
         FE[:] = EF.T
         struct = A.force_structure
@@ -284,8 +289,10 @@ def log_marginal_likelihood(log_params: np.ndarray, K0: np.ndarray, y: np.ndarra
     value = float(-0.5 * y @ a - np.log(np.diag(L)).sum() - 0.5 * n * np.log(2 * np.pi))
     if not eval_gradient:
         return value
-    L_inv = sla.solve_triangular(L, np.eye(n), lower=True, check_finite=False)
-    k_inv_diag = np.einsum("ij,ij->j", L_inv, L_inv)
+    L_inv, info = sla.lapack.dtrtri(L, lower=1, overwrite_c=1)  # L is not needed again
+    if info != 0:
+        return (-np.inf, np.zeros(3))
+    k_inv_diag = np.einsum("ij,ij->j", L_inv, L_inv)  # the upper half of L (and L⁻¹) is 0
     del L_inv
     noise = noise_variances(log_params, obs)
     per_obs = noise * (a**2 - k_inv_diag)
@@ -366,9 +373,9 @@ def predict_mean(result: DescriptorResult, species_index: np.ndarray, mean: Mean
             continue
         G = result.gradients[sel].reshape(-1, X.shape[1])
         env = np.repeat(position[result.pairs[sel, 0]], 3)
-        M = kernel.contracted_cross_hessian(Xs, G, env, Z, b, np.arange(len(Z)))
         component = (3 * result.pairs[sel, 1][:, None] + np.arange(3)).ravel()
-        np.add.at(hessian_part, component, M.sum(axis=1))
+        kernel.accumulate_cross_hessian(hessian_part[:, None], Xs, G, env, component, Z, b,
+                                        np.arange(len(Z)), np.zeros(len(Z), dtype=np.int64))
     if not forces:
         return local, None
     force_values = gp.forces_from_local_gradients(result, d_local) + hessian_part.reshape(-1, 3)

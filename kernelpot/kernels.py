@@ -177,9 +177,34 @@ class Kernel(BaseEstimator):
         -------
         ndarray of shape (P, Q)
         """
+        out = np.zeros((len(A), len(B)))
+        self.accumulate_cross_hessian(out, X, A, a_env, np.arange(len(A)), Y, B, b_env,
+                                      np.arange(len(B)))
+        return out
+
+    def accumulate_cross_hessian(self, out, X, A, a_env, a_out, Y, B, b_env, b_out,
+                                 factor=1.0) -> None:
+        """Add ``A[p]ᵀ H(X[a_env[p]], Y[b_env[q]]) B[q]`` to ``out[a_out[p], b_out[q]]``.
+
+        :meth:`contracted_cross_hessian` summed into the rows and columns of ``out``
+        (force components: the rows of one component are the centres its atom
+        moves) without the ``(P, Q)`` intermediate. This default forms ``H`` densely.
+
+        Parameters
+        ----------
+        out : ndarray of shape (n_out, m_out)
+            Accumulated into, in place.
+        X, A, a_env, Y, B, b_env
+            As in :meth:`contracted_cross_hessian`.
+        a_out : ndarray of int of shape (P,)
+        b_out : ndarray of int of shape (Q,)
+        factor : float, default=1.0
+            Multiplies what is added (the weight of a term of a composite kernel).
+        """
         X, A, Y, B, a_env, b_env = _cross_inputs(X, A, a_env, Y, B, b_env)
         H = self.mixed_second_derivative(X, Y)
-        return np.einsum("pd,pqde,qe->pq", A, H[a_env][:, b_env], B)
+        M = np.einsum("pd,pqde,qe->pq", A, H[a_env][:, b_env], B)
+        np.add.at(out, (np.asarray(a_out)[:, None], np.asarray(b_out)[None, :]), factor * M)
 
     def contracted_hessian_sums(self, X, A) -> np.ndarray:
         """Return ``s[c] = Σ_ab A[a, c]ᵀ H(X[a], X[b]) A[b, c]`` for every ``c``.
@@ -217,6 +242,17 @@ def _cross_inputs(X, A, a_env, Y, B, b_env):
         if env.size and (env.min() < 0 or env.max() >= n):
             raise ValueError(f"contracted_cross_hessian: {name} indexes outside 0..{n - 1}")
     return X, A, Y, B, a_env, b_env
+
+
+def _segments(a_out):
+    """Order of the rows of A by output row, segment starts and segment rows."""
+    a_out = np.asarray(a_out, dtype=np.int64)
+    order = np.argsort(a_out, kind="stable")
+    ordered = a_out[order]
+    starts = np.flatnonzero(np.diff(ordered)) + 1
+    seg_start = np.concatenate([[0], starts, [len(a_out)]]).astype(np.int64)
+    seg_row = ordered[seg_start[:-1]] if len(a_out) else np.zeros(0, dtype=np.int64)
+    return order, seg_start, np.ascontiguousarray(seg_row)
 
 
 def _as_2d(X) -> np.ndarray:
@@ -369,17 +405,20 @@ class NormalizedDotProduct(Kernel):
             M = M + (z - 1) * C ** (z - 2) * t1 * t2
         return np.einsum("ab,cab->c", scale, M)
 
-    def contracted_cross_hessian(self, X, A, a_env, Y, B, b_env):
+    def accumulate_cross_hessian(self, out, X, A, a_env, a_out, Y, B, b_env, b_out,
+                                 factor=1.0):
         X, A, Y, B, a_env, b_env = _cross_inputs(X, A, a_env, Y, B, b_env)
+        order, seg_start, seg_row = _segments(a_out)
+        A, a_env = A[order], a_env[order]
         U, nx = self._unit(X)
         V, ny = self._unit(Y)
-        AB = A @ B.T
         inv_x = np.where(nx > _TINY, 1.0 / np.where(nx > _TINY, nx, 1.0), 0.0)
         inv_y = np.where(ny > _TINY, 1.0 / np.where(ny > _TINY, ny, 1.0), 0.0)
         _hessian_kernels.ndp_cross_hessian(
-            AB, A @ V.T, U @ B.T, U @ V.T, np.einsum("pd,pd->p", A, U[a_env]),
-            np.einsum("qd,qd->q", B, V[b_env]), inv_x, inv_y, a_env, b_env, int(self.zeta))
-        return AB
+            out, A @ B.T, A @ V.T, U @ B.T, U @ V.T, np.einsum("pd,pd->p", A, U[a_env]),
+            np.einsum("qd,qd->q", B, V[b_env]), inv_x, inv_y, a_env, b_env, seg_start,
+            seg_row, np.ascontiguousarray(b_out, dtype=np.int64), int(self.zeta),
+            float(factor))
 
 
 class SquaredExponential(Kernel):
@@ -470,14 +509,16 @@ class SquaredExponential(Kernel):
         AA = At @ At.transpose(0, 2, 1)
         return np.einsum("ab,cab->c", K / ell2, AA - a_delta * b_delta / ell2)
 
-    def contracted_cross_hessian(self, X, A, a_env, Y, B, b_env):
+    def accumulate_cross_hessian(self, out, X, A, a_env, a_out, Y, B, b_env, b_out,
+                                 factor=1.0):
         X, A, Y, B, a_env, b_env = _cross_inputs(X, A, a_env, Y, B, b_env)
-        AB = A @ B.T
+        order, seg_start, seg_row = _segments(a_out)
+        A, a_env = A[order], a_env[order]
         _hessian_kernels.se_cross_hessian(
-            AB, A @ Y.T, X @ B.T, self(X, Y), np.einsum("pd,pd->p", A, X[a_env]),
-            np.einsum("qd,qd->q", B, Y[b_env]), a_env, b_env,
-            1.0 / float(self.length_scale) ** 2)
-        return AB
+            out, A @ B.T, A @ Y.T, X @ B.T, self(X, Y), np.einsum("pd,pd->p", A, X[a_env]),
+            np.einsum("qd,qd->q", B, Y[b_env]), a_env, b_env, seg_start, seg_row,
+            np.ascontiguousarray(b_out, dtype=np.int64), 1.0 / float(self.length_scale) ** 2,
+            float(factor))
 
 
 class Scaled(Kernel):
@@ -580,8 +621,10 @@ class Scaled(Kernel):
     def contracted_hessian_sums(self, X, A):
         return float(self.scale) * self.kernel.contracted_hessian_sums(X, A)
 
-    def contracted_cross_hessian(self, X, A, a_env, Y, B, b_env):
-        return float(self.scale) * self.kernel.contracted_cross_hessian(X, A, a_env, Y, B, b_env)
+    def accumulate_cross_hessian(self, out, X, A, a_env, a_out, Y, B, b_env, b_out,
+                                 factor=1.0):
+        self.kernel.accumulate_cross_hessian(out, X, A, a_env, a_out, Y, B, b_env, b_out,
+                                             factor * float(self.scale))
 
 
 class Sum(Kernel):
@@ -669,8 +712,8 @@ class Sum(Kernel):
     def contracted_hessian_sums(self, X, A):
         return self.k1.contracted_hessian_sums(X, A) + self.k2.contracted_hessian_sums(X, A)
 
-    def contracted_cross_hessian(self, X, A, a_env, Y, B, b_env):
-        out = self.k1.contracted_cross_hessian(X, A, a_env, Y, B, b_env)
-        out += self.k2.contracted_cross_hessian(X, A, a_env, Y, B, b_env)
-        return out
+    def accumulate_cross_hessian(self, out, X, A, a_env, a_out, Y, B, b_env, b_out,
+                                 factor=1.0):
+        self.k1.accumulate_cross_hessian(out, X, A, a_env, a_out, Y, B, b_env, b_out, factor)
+        self.k2.accumulate_cross_hessian(out, X, A, a_env, a_out, Y, B, b_env, b_out, factor)
 

@@ -73,8 +73,17 @@ def test_contracted_cross_hessian_matches_dense(kernel, data):
     got = kernel.contracted_cross_hessian(X, A, a_env, Y, B, b_env)
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
     # the base-class (dense) form agrees with the fused one
-    generic = Kernel.contracted_cross_hessian(kernel, X, A, a_env, Y, B, b_env)
+    generic = np.zeros_like(expected)
+    Kernel.accumulate_cross_hessian(kernel, generic, X, A, a_env, np.arange(len(A)), Y, B,
+                                    b_env, np.arange(len(B)))
     np.testing.assert_allclose(generic, expected, rtol=1e-10, atol=1e-12)
+    # summed into output rows and columns (unsorted rows), with a factor, accumulating
+    a_out, b_out = np.array([2, 0, 2, 1, 0, 0, 1]), np.array([1, 1, 0, 2, 0])
+    reduced = np.ones((3, 3))
+    kernel.accumulate_cross_hessian(reduced, X, A, a_env, a_out, Y, B, b_env, b_out, 0.5)
+    want = np.ones((3, 3))
+    np.add.at(want, (a_out[:, None], b_out[None, :]), 0.5 * expected)
+    np.testing.assert_allclose(reduced, want, rtol=1e-10, atol=1e-12)
 
 
 def test_contracted_cross_hessian_checks_indices(data):
