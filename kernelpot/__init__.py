@@ -11,6 +11,7 @@ from kernelpot.datasets import load_ethanol, load_silicon
 from kernelpot.descriptors import ACSF, SOAP, Descriptor, DescriptorResult
 from kernelpot.estimator import SparseGPPotential
 from kernelpot.io import load
+from kernelpot import conformal, exact
 from kernelpot.kernels import NormalizedDotProduct, Scaled, SquaredExponential, Sum
 
 __all__ = [

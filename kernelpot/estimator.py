@@ -20,7 +20,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from kernelpot import _incremental, exact, gp
+from kernelpot import _incremental, conformal, exact, gp
 from kernelpot._labels import check_frames, read_labels
 from kernelpot._validation import check_verbose
 from kernelpot.descriptors import SOAP, Descriptor, DescriptorResult
@@ -538,6 +538,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         self.force_noise_ = float(force_noise)
         self.log_marginal_likelihood_value_ = float(lml)
         self.std_scale_ = None  # a refit needs a new calibrate()
+        self.interval_scores_ = None
         self.jitter_ = float(jitter)
         self._columns = gp.inducing_columns(inducing)
         # the absolute jitter of k_mm, as cholesky_with_jitter applied it
@@ -623,6 +624,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         self.inducing_ = self._exact.mean.features
         self.n_inducing_ = {symbols[s]: len(x) for s, x in enumerate(self.inducing_)}
         self.std_scale_ = None
+        self.interval_scores_ = None
         self.jitter_ = 0.0
         self._jitter_abs = 0.0
         self._state = None
@@ -880,7 +882,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         if std_type not in ("total", "epistemic"):
             raise ValueError(f"std_type must be 'total' or 'epistemic'; got {std_type!r}")
 
-    def predict(self, X, return_std=False, std_type="total"):
+    def predict(self, X, return_std=False, std_type="total", return_interval=None):
         """Predict total energies.
 
         Parameters
@@ -891,6 +893,11 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             "total" adds the learned energy noise (``σ_E² N``) to the epistemic
             variance, as scikit-learn's GPR does with a WhiteKernel; "epistemic"
             is the model's own uncertainty alone.
+        return_interval : float in (0, 1) or None, default=None
+            Also return intervals of this nominal coverage: split-conformal ones
+            (guaranteed coverage on structures exchangeable with the validation
+            set) once :meth:`calibrate` has run, otherwise Gaussian ones from the
+            total std, with a warning.
 
         Returns
         -------
@@ -898,21 +905,30 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             eV.
         std : ndarray of shape (n_structures,)
             Only with ``return_std=True``; eV.
+        interval : ndarray of shape (n_structures, 2)
+            Only with ``return_interval``: lower and upper bounds, eV.
         """
         self._check_std_type(std_type)
-        frames, out = self._predict_many(X, forces=False, variance="energy" if return_std
+        want_var = return_std or return_interval is not None
+        if return_interval is not None:
+            multiplier = self._interval_multiplier("energy", return_interval)
+        frames, out = self._predict_many(X, forces=False, variance="energy" if want_var
                                          else False)
         energies = np.array([p.energy for p in out])
-        if not return_std:
+        if not want_var:
             return energies
-        var = self.std_scale("energy") ** 2 * np.array(
+        epistemic = self.std_scale("energy") ** 2 * np.array(
             [p.energy_var_posterior + p.energy_var_projection for p in out])
-        if std_type == "total":
-            n_atoms = np.array([len(a) for a in frames])
-            var = var + self.energy_noise_**2 * n_atoms
-        return energies, np.sqrt(var)
+        total = epistemic + self.energy_noise_**2 * np.array([len(a) for a in frames])
+        result = [energies]
+        if return_std:
+            result.append(np.sqrt(total if std_type == "total" else epistemic))
+        if return_interval is not None:
+            half = multiplier * np.sqrt(total)
+            result.append(np.column_stack([energies - half, energies + half]))
+        return tuple(result)
 
-    def predict_forces(self, X, return_std=False, std_type="total"):
+    def predict_forces(self, X, return_std=False, std_type="total", return_interval=None):
         """Predict forces.
 
         Parameters
@@ -921,6 +937,9 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         return_std : bool, default=False
         std_type : {"total", "epistemic"}, default="total"
             "total" adds the learned force noise ``σ_F²`` to the epistemic variance.
+        return_interval : float in (0, 1) or None, default=None
+            Also return per-component intervals of this nominal coverage
+            (split-conformal after :meth:`calibrate`, as in :meth:`predict`).
 
         Returns
         -------
@@ -928,17 +947,28 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             eV/Å.
         std : list of ndarray of shape (n_atoms, 3)
             Only with ``return_std=True``; eV/Å per component.
+        interval : list of ndarray of shape (n_atoms, 3, 2)
+            Only with ``return_interval``: lower and upper bound of every component.
         """
         self._check_std_type(std_type)
-        _, out = self._predict_many(X, forces=True, variance=return_std)
+        want_var = return_std or return_interval is not None
+        if return_interval is not None:
+            multiplier = self._interval_multiplier("forces", return_interval)
+        _, out = self._predict_many(X, forces=True, variance=want_var)
         forces = [p.forces for p in out]
-        if not return_std:
+        if not want_var:
             return forces
-        noise = self.force_noise_**2 if std_type == "total" else 0.0
         scale2 = self.std_scale("forces") ** 2
-        stds = [np.sqrt(scale2 * (p.forces_var_posterior + p.forces_var_projection) + noise)
-                for p in out]
-        return forces, stds
+        epistemic = [scale2 * (p.forces_var_posterior + p.forces_var_projection) for p in out]
+        result = [forces]
+        if return_std:
+            noise = self.force_noise_**2 if std_type == "total" else 0.0
+            result.append([np.sqrt(v + noise) for v in epistemic])
+        if return_interval is not None:
+            halves = [multiplier * np.sqrt(v + self.force_noise_**2) for v in epistemic]
+            result.append([np.stack([f - h, f + h], axis=-1)
+                           for f, h in zip(forces, halves, strict=True)])
+        return tuple(result)
 
     def std_scale(self, quantity) -> float:
         """The factor applied to the epistemic std of ``"energy"`` or ``"forces"``.
@@ -953,7 +983,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         return float(factors[quantity])
 
     def calibrate(self, X):
-        """Fit the factors on the epistemic std that make the z-scores unit variance on ``X``.
+        """Calibrate the stds on validation structures: a scale, and conformal intervals.
 
         Parameters
         ----------
@@ -969,13 +999,23 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             the model and applied while ``apply_calibration`` is True: every
             epistemic std the model reports (``std_type="epistemic"``, the
             calculator's ``energy_std``/``forces_std``) is multiplied by ``c``, and the
-            total std is ``sqrt(c² v_epistemic + σ_noise²)``.
+            total std is ``sqrt(c² v_epistemic + σ_noise²)``. Also
+            ``interval_scores_ = {"energy": ..., "forces": ...}``: the sorted
+            normalised scores ``|error| / total std`` (with ``c`` applied) that
+            ``return_interval=`` of :meth:`predict` and :meth:`predict_forces`
+            turns into split-conformal intervals.
 
         Notes
         -----
         One scalar per quantity fixes the overall width, not the shape of the error
-        distribution (heavy tails stay heavy). Where the noise alone already
-        explains the errors, ``c`` goes to its lower limit 1e-6 (logged).
+        distribution (heavy tails stay heavy: a 2σ band may still hold fewer than
+        95 % of the errors). The intervals fix the tails: the half-width for nominal
+        coverage ``p`` is ``r_(k) × std`` with ``r_(k)`` the ``k = ⌈(n + 1) p⌉``-th
+        smallest score, so that if ``X`` and new structures are exchangeable (for
+        MD, frames far enough apart to be nearly independent) the interval holds
+        the reference with probability at least ``p`` (:mod:`kernelpot.conformal`).
+        Where the noise alone already explains the errors, ``c`` goes to its lower
+        limit 1e-6 (logged).
         """
         owner = f"{type(self).__name__}.calibrate"
         check_is_fitted(self)
@@ -983,6 +1023,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         labels = read_labels(frames, owner)
         previous = getattr(self, "std_scale_", None)
         self.std_scale_ = None  # raw stds while fitting
+        scores = {}
         try:
             factors = {"energy": 1.0, "forces": 1.0}
             if labels.has_energy.any():
@@ -990,9 +1031,11 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                 chosen = [frames[k] for k in np.flatnonzero(mask)]
                 energies, std = self.predict(chosen, return_std=True, std_type="epistemic")
                 n_atoms = np.array([len(a) for a in chosen])
-                factors["energy"] = _unit_variance_factor(
-                    energies - labels.energies[mask], std**2,
-                    self.energy_noise_**2 * n_atoms, owner)
+                errors = energies - labels.energies[mask]
+                noise = self.energy_noise_**2 * n_atoms
+                factors["energy"] = _unit_variance_factor(errors, std**2, noise, owner)
+                scores["energy"] = conformal.normalised_scores(
+                    errors, np.sqrt(factors["energy"] ** 2 * std**2 + noise))
             with_forces = [k for k, f in enumerate(labels.forces) if f is not None]
             if with_forces:
                 chosen = [frames[k] for k in with_forces]
@@ -1003,13 +1046,37 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                 var = np.concatenate([s.ravel() ** 2 for s in stds])
                 factors["forces"] = _unit_variance_factor(
                     errors, var, np.full(var.size, self.force_noise_**2), owner)
+                scores["forces"] = conformal.normalised_scores(
+                    errors, np.sqrt(factors["forces"] ** 2 * var + self.force_noise_**2))
         except Exception:
             self.std_scale_ = previous
             raise
         self.std_scale_ = factors
-        logger.info("%s: epistemic std factors energy %.3g, forces %.3g", owner,
-                    factors["energy"], factors["forces"])
+        self.interval_scores_ = scores
+        logger.info("%s: epistemic std factors energy %.3g, forces %.3g; conformal scores "
+                    "from %s", owner, factors["energy"], factors["forces"],
+                    {k: len(v) for k, v in scores.items()})
         return self
+
+    def _interval_multiplier(self, quantity, coverage) -> float:
+        """Half-width of ``coverage`` intervals in units of the total std."""
+        scores = (getattr(self, "interval_scores_", None) or {}).get(quantity)
+        if scores is None:
+            from scipy.stats import norm
+
+            if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) \
+                    or not 0.0 < coverage < 1.0:
+                raise ValueError(f"interval coverage must be a number in (0, 1); "
+                                 f"got {coverage!r}")
+            warnings.warn(f"{type(self).__name__}: no calibration scores for {quantity}; "
+                          "the interval is the Gaussian one of the predicted std, without a "
+                          "coverage guarantee (call calibrate() on validation structures)",
+                          UserWarning, stacklevel=3)
+            return float(norm.ppf(0.5 + coverage / 2))
+        if not self.apply_calibration:
+            raise ValueError("return_interval needs apply_calibration=True: the calibration "
+                             "scores are relative to the calibrated std")
+        return conformal.interval_quantile(scores, coverage, f"{quantity} values")
 
     def predict_local_energies(self, X):
         """Predict per-atom energies (reference energy included).
@@ -1075,14 +1142,15 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         """
         check_is_fitted(self)
         owner = f"{type(self).__name__}.update"
+        if getattr(self, "method_", "sparse") == "exact":
+            raise ValueError(f"{owner}: an exact model (method='exact') is not updated "
+                             "in place; refit it on all structures")
         if getattr(self, "std_scale_", None):
             warnings.warn(f"{owner}: the std calibration no longer applies to the updated "
                           "model and is dropped; call calibrate() again", UserWarning,
                           stacklevel=2)
             self.std_scale_ = None
-        if getattr(self, "method_", "sparse") == "exact":
-            raise ValueError(f"{owner}: an exact model (method='exact') is not updated "
-                             "in place; refit it on all structures")
+            self.interval_scores_ = None
         state = getattr(self, "_state", None)
         if state is None:
             raise ValueError(f"{owner}: the model keeps no training state; fit it with "

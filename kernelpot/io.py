@@ -136,6 +136,8 @@ def save(model, path, training_state=False) -> Path:
         for s, Z in enumerate(model.inducing_):
             arrays[f"inducing_{s}"] = Z
             arrays[f"columns_{s}"] = model._columns[s]
+    for quantity, scores in (getattr(model, "interval_scores_", None) or {}).items():
+        arrays[f"interval_scores_{quantity}"] = scores
     state = getattr(model, "_state", None)
     if training_state:
         if state is None:
@@ -243,6 +245,7 @@ def load(path):
     model.energy_noise_ = fitted["energy_noise"]
     model.force_noise_ = fitted["force_noise"]
     model.std_scale_ = _std_scale(fitted.get("std_scale"), path)
+    model.interval_scores_ = _interval_scores(arrays, path)
     model.log_marginal_likelihood_value_ = fitted["log_marginal_likelihood"]
     model.jitter_ = fitted["jitter"]
     model._jitter_abs = fitted["jitter_abs"]
@@ -308,3 +311,17 @@ def _restore_exact(model, arrays, path):
     model.inducing_ = obs.features
     model._posterior = None
     model._stats = None
+
+
+def _interval_scores(arrays, path):
+    """The conformal scores :meth:`calibrate` stored, checked (sorted, finite, >= 0)."""
+    scores = {}
+    for quantity in ("energy", "forces"):
+        values = arrays.get(f"interval_scores_{quantity}")
+        if values is None:
+            continue
+        if values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values)) \
+                or np.any(values < 0) or np.any(np.diff(values) < 0):
+            raise ValueError(f"load: {path} has malformed {quantity} interval scores")
+        scores[quantity] = values
+    return scores or None

@@ -1,0 +1,76 @@
+"""Split-conformal intervals from normalised scores on a calibration set.
+
+With validation errors ``e_i`` and the model's predicted std ``s_i`` there, the
+normalised scores ``r_i = |e_i| / s_i`` give, for a new prediction with std ``s``,
+the interval ``ŷ ± r_(k) s`` with ``k = ⌈(n + 1) p⌉`` (``r_(k)`` the k-th smallest of
+``n`` scores). If the calibration points and the new point are exchangeable, the
+interval contains the truth with probability at least ``p`` whatever the model
+(Vovk et al., *Algorithmic Learning in a Random World*, 2005; Papadopoulos et al.,
+normalised nonconformity measures, 2008). Force components of one structure are not
+independent: the guarantee is marginal over structures and their components.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["normalised_scores", "interval_quantile"]
+
+
+def normalised_scores(errors, std) -> np.ndarray:
+    """Sorted ``|error| / std``.
+
+    Parameters
+    ----------
+    errors, std : array-like of the same shape
+        Prediction errors and the predicted std (> 0) at the calibration points.
+
+    Returns
+    -------
+    ndarray of shape (n,)
+    """
+    errors = np.abs(np.asarray(errors, dtype=np.float64)).ravel()
+    std = np.asarray(std, dtype=np.float64).ravel()
+    if errors.shape != std.shape:
+        raise ValueError(f"normalised_scores: {errors.size} errors but {std.size} stds")
+    if errors.size == 0:
+        raise ValueError("normalised_scores: no calibration values")
+    if not np.all(np.isfinite(errors)) or not np.all(np.isfinite(std)) or np.any(std <= 0):
+        raise ValueError("normalised_scores: errors must be finite and stds finite and > 0")
+    return np.sort(errors / std)
+
+
+def interval_quantile(scores: np.ndarray, coverage: float, what: str = "values") -> float:
+    """The multiplier of the std for intervals of nominal ``coverage``.
+
+    Parameters
+    ----------
+    scores : ndarray of shape (n,)
+        Sorted normalised scores (:func:`normalised_scores`).
+    coverage : float
+        In (0, 1).
+    what : str
+        Names the quantity in error messages.
+
+    Returns
+    -------
+    float
+        ``scores[k - 1]`` with ``k = ⌈(n + 1) coverage⌉``.
+
+    Raises
+    ------
+    ValueError
+        If ``coverage`` is not in (0, 1), or ``n`` is too small for it
+        (``k > n``: no finite interval has the guarantee).
+    """
+    if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) \
+            or not 0.0 < coverage < 1.0:
+        raise ValueError(f"interval coverage must be a number in (0, 1); got {coverage!r}")
+    n = len(scores)
+    k = math.ceil((n + 1) * coverage - 1e-12)
+    if k > n:
+        raise ValueError(f"{n} calibration {what} are too few for {coverage:.0%} intervals "
+                         f"(need at least {math.ceil(coverage / (1 - coverage))})")
+    return float(scores[k - 1])
