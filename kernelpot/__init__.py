@@ -12,6 +12,7 @@ from kernelpot.descriptors import ACSF, SOAP, Descriptor, DescriptorResult
 from kernelpot.estimator import SparseGPPotential
 from kernelpot.io import load
 from kernelpot import conformal, exact
+from kernelpot.selection import select_frames
 from kernelpot.kernels import NormalizedDotProduct, Scaled, SquaredExponential, Sum
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "SquaredExponential",
     "Sum",
     "load",
+    "select_frames",
     "load_ethanol",
     "load_silicon",
     "__version__",

@@ -75,9 +75,13 @@ _LC_EXAMPLE = """\
 examples:
   kernelpot learning-curve train.xyz test.xyz --sizes 25,50,100,200
   kernelpot learning-curve train.xyz test.xyz --sizes 10,20,40 --repeats 3 --plot lc.png
+  kernelpot learning-curve train.xyz test.xyz --sizes 20,50 --strategy variance --method exact
 
 Each size fits a fresh model (the fit command's options and --config apply) on random
-subsets of TRAIN (seeds --seed, --seed + 1, ...) and scores it on TEST.
+subsets of TRAIN (seeds --seed, --seed + 1, ...) and scores it on TEST. With --strategy
+variance the subsets start from --initial random structures and grow by the structures of
+TRAIN a model fitted on those finds most uncertain (kernelpot.select_frames; greedy, so
+near-duplicates are not picked twice; the labels are not used to pick).
 """
 
 
@@ -200,6 +204,11 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("test", help="labelled test structures")
     c.add_argument("--sizes", required=True, help="comma-separated training-set sizes")
     c.add_argument("--repeats", type=int, default=1, help="subsets per size (default 1)")
+    c.add_argument("--strategy", choices=["random", "variance"], default="random",
+                   help="grow training sets at random (default) or by uncertainty "
+                        "selection from --initial random structures")
+    c.add_argument("--initial", type=int, default=10,
+                   help="random starting structures of --strategy variance (default 10)")
     c.add_argument("--plot", default=None, help="write a log-log plot of the curve")
     _add_model_options(c)
     c.set_defaults(func=_cmd_learning_curve)
@@ -245,6 +254,10 @@ def _add_model_options(parser) -> None:
                         help="cutoff in Å (default: 4.0 for molecules, 5.0 for periodic cells)")
     parser.add_argument("--n-sparse", type=int, default=None,
                         help="inducing environments per element (default: all, up to 2000)")
+    parser.add_argument("--method", choices=["sparse", "exact", "auto"], default=None,
+                        help="sparse GP (default), exact force-domain GP (small data: "
+                             "memory grows as the square of the force components), or auto "
+                             "(exact while it fits 4 GiB)")
     parser.add_argument("--config", default=None,
                         help="TOML file of parameters (see kernelpot fit --help)")
     parser.add_argument("--n-jobs", type=int, default=None, help="joblib workers (default 1)")
@@ -448,7 +461,7 @@ def _build_model(args, frames):
         raise CLIError(f"{args.config}: {err}") from err
     # command-line options win over the file
     for option, name in (("n_sparse", "n_sparse"), ("seed", "random_state"),
-                         ("n_jobs", "n_jobs")):
+                         ("n_jobs", "n_jobs"), ("method", "method")):
         if getattr(args, option) is not None:
             model.set_params(**{name: getattr(args, option)})
     return model
@@ -599,9 +612,13 @@ def _cmd_learning_curve(args) -> int:
     model.set_params(verbose=0)
     curve = learning_curve(model, train, test, sizes, repeats=args.repeats,
                            random_state=0 if args.seed is None else args.seed,
-                           verbose=_progress(args))
+                           verbose=_progress(args), strategy=args.strategy,
+                           initial=args.initial)
+    grown = "at random" if args.strategy == "random" else \
+        f"by uncertainty selection from {args.initial} random structures"
     print(f"kernelpot {__version__}: learning curve on {args.test} ({len(test)} structures), "
-          f"{args.repeats} subset(s) per size; mean (min-max) over subsets")
+          f"training sets grown {grown}, {args.repeats} subset(s) per size; mean (min-max) "
+          "over subsets")
     header = (f"{'n':>6} {'force MAE meV/Å':>22} {'force RMSE':>11} {'energy MAE meV/atom':>22} "
               f"{'mean std meV/Å':>15} {'fit s':>7}")
     print(header)

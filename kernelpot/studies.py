@@ -12,14 +12,16 @@ from sklearn.base import clone
 from kernelpot import metrics
 from kernelpot._labels import check_frames, read_labels
 from kernelpot._validation import check_verbose
+from kernelpot.selection import STRATEGIES, select_frames
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["learning_curve"]
 
 
-def learning_curve(model, train, test, sizes, repeats=1, random_state=0, verbose=0):
-    """Fit clones of ``model`` on growing random subsets of ``train``; score on ``test``.
+def learning_curve(model, train, test, sizes, repeats=1, random_state=0, verbose=0,
+                   strategy="random", initial=10):
+    """Fit clones of ``model`` on growing subsets of ``train``; score on ``test``.
 
     Parameters
     ----------
@@ -34,6 +36,15 @@ def learning_curve(model, train, test, sizes, repeats=1, random_state=0, verbose
     random_state : int, default=0
     verbose : int, default=0
         1 shows a progress bar over the fits.
+    strategy : {"random", "variance"}, default="random"
+        How a training set grows. "random": the first ``n`` of a random permutation
+        of ``train`` (nested across sizes). "variance": the same first ``initial``
+        structures, then the structures :func:`kernelpot.select_frames` picks from
+        the rest of ``train`` with a model fitted on those ``initial`` (uncertainty
+        selection, labels unused while picking).
+    initial : int, default=10
+        Random starting structures of the "variance" strategy; every size must be at
+        least this.
 
     Returns
     -------
@@ -54,6 +65,14 @@ def learning_curve(model, train, test, sizes, repeats=1, random_state=0, verbose
                          f"(the training structures); got {list(sizes)}")
     if isinstance(repeats, bool) or not isinstance(repeats, numbers.Integral) or repeats < 1:
         raise ValueError(f"learning_curve: repeats must be an int >= 1; got {repeats!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"learning_curve: strategy must be one of {STRATEGIES}; "
+                         f"got {strategy!r}")
+    if strategy == "variance" and (
+            isinstance(initial, bool) or not isinstance(initial, numbers.Integral)
+            or not 1 <= initial <= sizes.min()):
+        raise ValueError(f"learning_curve: initial must be an int between 1 and the "
+                         f"smallest size {sizes.min()}; got {initial!r}")
     labels = read_labels(test, "learning_curve: test")
     ref_f = [f for f in labels.forces if f is not None]
     has_f = [k for k, f in enumerate(labels.forces) if f is not None]
@@ -62,9 +81,19 @@ def learning_curve(model, train, test, sizes, repeats=1, random_state=0, verbose
     shape = (len(sizes), int(repeats))
     out = {key: np.full(shape, np.nan) for key in
            ("force_mae", "force_rmse", "energy_mae", "force_std", "fit_seconds")}
+    orders = [np.random.default_rng(random_state + r).permutation(len(train))
+              for r in range(int(repeats))]
+    if strategy == "variance":
+        for r, order in enumerate(orders):
+            start, rest = order[:initial], order[initial:]
+            seed_model = clone(model).fit([train[k] for k in start])
+            picked = select_frames(seed_model, [train[k] for k in rest],
+                                   int(sizes.max()) - int(initial), random_state=random_state + r,
+                                   verbose=verbose)
+            orders[r] = np.concatenate([start, rest[picked]])
     jobs = [(i, r) for i in range(len(sizes)) for r in range(int(repeats))]
     for i, r in tqdm(jobs, desc="learning curve", disable=verbose < 1):
-        chosen = np.random.default_rng(random_state + r).permutation(len(train))[:sizes[i]]
+        chosen = orders[r][:sizes[i]]
         fitted = clone(model)
         start = time.perf_counter()
         fitted.fit([train[k] for k in chosen])

@@ -206,6 +206,18 @@ def test_learning_curve_table_and_plot(cli_files, capsys):
     force_mae = [float(row[1]) for row in rows]
     assert force_mae[2] < force_mae[0]  # more data, smaller error
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # uncertainty-grown subsets with the exact model
+    assert main(["learning-curve", str(cli_files / "train.xyz"), str(cli_files / "test.xyz"),
+                 "--sizes", "4,8", "--strategy", "variance", "--initial", "3", "--method",
+                 "exact", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "by uncertainty selection from 3 random structures" in out
+    assert [line.split()[0] for line in out.splitlines()
+            if line.strip()[:2] in ("4 ", "8 ")] == ["4", "8"]
+    assert main(["learning-curve", str(cli_files / "train.xyz"), str(cli_files / "test.xyz"),
+                 "--sizes", "4,8", "--strategy", "variance", "--initial", "5"]) == 1
+    assert "initial must be an int between 1 and the smallest size 4" in \
+        capsys.readouterr().err
     assert main(["learning-curve", str(cli_files / "train.xyz"), str(cli_files / "test.xyz"),
                  "--sizes", "3,x"]) == 1
     assert "--sizes must be comma-separated integers" in capsys.readouterr().err

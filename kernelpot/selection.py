@@ -1,0 +1,164 @@
+"""Uncertainty-driven choice of structures to label next.
+
+:func:`select_frames` ranks unlabelled structures by the model's predicted
+uncertainty and picks them greedily: after each pick the uncertainty of the rest is
+recomputed as if the picked structure had been labelled, so that near-duplicates of a
+pick lose their score. A GP's posterior variance does not depend on the labels, so
+this needs no reference calculation.
+
+The uncertainty used is the prior variance of the local energies that the
+environments the model already knows do not explain, summed over the structure's
+atoms: ``Σ_i [k(x_i, x_i) - k_iᵀ K⁻¹ k_i]``, ``K`` the kernel matrix of the model's
+training (exact model) or inducing (sparse model) environments of the element plus
+those of the picks so far. It is the ``k** - q**`` term of the model's own energy
+variance per atom, computed for many structures at once by a pivoted Cholesky
+factorisation over environments, and it is what force observations of a new
+structure mostly remove (they pin down the local energy around each environment).
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+
+import numpy as np
+import scipy.linalg as sla
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+from tqdm.auto import tqdm
+
+from kernelpot._labels import check_frames
+from kernelpot._validation import check_verbose
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["select_frames", "STRATEGIES"]
+
+STRATEGIES = ("variance", "random")
+#: Relative jitter of the conditioning kernel matrix.
+_JITTER = 1e-8
+
+
+def select_frames(model, pool, n, strategy="variance", random_state=None, verbose=0):
+    """Pick ``n`` structures of ``pool`` to label next.
+
+    Parameters
+    ----------
+    model : SparseGPPotential
+        A fitted model (sparse or exact); its descriptor, kernel and known
+        environments define the uncertainty.
+    pool : list of ase.Atoms
+        Candidate structures (labels, if any, are ignored).
+    n : int
+        How many to pick, at most ``len(pool)``.
+    strategy : {"variance", "random"}, default="variance"
+        "variance": greedy largest remaining local-energy variance (see the module
+        notes); "random": uniformly at random, as a baseline.
+    random_state : int, numpy Generator or None
+        Seeds "random" (and breaks exact ties of "variance").
+    verbose : int, default=0
+        1 shows progress bars.
+
+    Returns
+    -------
+    ndarray of int of shape (n,)
+        Indices into ``pool`` in the order picked: the first ``k`` are the choice
+        for any ``k <= n``.
+
+    Examples
+    --------
+    >>> from kernelpot import SparseGPPotential, SOAP, load_ethanol, select_frames
+    >>> frames = load_ethanol()
+    >>> model = SparseGPPotential(SOAP(["H", "C", "O"], 4.0, 4, 3, 0.4)).fit(frames[:5])
+    >>> picked = select_frames(model, frames[5:], 3)
+    >>> len(picked)
+    3
+    """
+    owner = "select_frames"
+    check_is_fitted(model)
+    pool = check_frames(pool, f"{owner}: pool")
+    verbose = check_verbose(verbose, owner)
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= len(pool):
+        raise ValueError(f"{owner}: n must be an int between 1 and {len(pool)} (the pool "
+                         f"size); got {n!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"{owner}: strategy must be one of {STRATEGIES}; got {strategy!r}")
+    rng = check_random_state(random_state)
+    if strategy == "random":
+        return rng.permutation(len(pool))[:n].astype(np.int64)
+
+    species = model.species_
+    features, frame_of, index_of = [], [], []
+    for k, atoms in enumerate(tqdm(pool, desc="pool descriptors", disable=verbose < 1)):
+        unknown = np.setdiff1d(atoms.numbers, species)
+        if unknown.size:
+            raise ValueError(f"{owner}: pool structure {k} holds elements the model was not "
+                             f"trained on (atomic numbers {unknown.tolist()})")
+        features.append(model.descriptor_.create(atoms))
+        frame_of.append(np.full(len(atoms), k))
+        index_of.append(np.searchsorted(species, atoms.numbers))
+    features = np.concatenate(features)
+    frame_of = np.concatenate(frame_of)
+    index_of = np.concatenate(index_of)
+    kernel = model.kernel_
+    blocks = [_SpeciesBlock(kernel, features[index_of == s], frame_of[index_of == s],
+                            np.asarray(model.inducing_[s]))
+              for s in range(len(species))]
+    picked = []
+    available = np.ones(len(pool), dtype=bool)
+    # a tiny random tie-break keeps the choice reproducible under random_state
+    tie_break = 1e-12 * rng.random(len(pool))
+    for _ in tqdm(range(n), desc="select", disable=verbose < 1):
+        score = sum(b.frame_scores(len(pool)) for b in blocks) + tie_break
+        score[~available] = -np.inf
+        best = int(np.argmax(score))
+        picked.append(best)
+        available[best] = False
+        for b in blocks:
+            b.condition_on_frame(best)
+        logger.debug("%s: picked structure %d (score %.4g)", owner, best, score[best])
+    logger.info("%s: picked %d of %d structures by remaining local-energy variance", owner,
+                n, len(pool))
+    return np.array(picked, dtype=np.int64)
+
+
+class _SpeciesBlock:
+    """Residual variances of one element's pool environments, updated pick by pick."""
+
+    def __init__(self, kernel, X, frame_of, Z):
+        self.kernel = kernel
+        self.X = X
+        self.frame_of = frame_of
+        self.residual = kernel.diag(X) if len(X) else np.zeros(0)
+        # rows of the Cholesky factor over picked environments, grown as needed
+        self.C = np.zeros((0, len(X)))
+        self.n_columns = 0
+        self.V = None
+        if len(X) and len(Z):
+            K_zz = kernel(Z)
+            scale = float(np.mean(np.diag(K_zz))) or 1.0
+            L = sla.cholesky(K_zz + _JITTER * scale * np.eye(len(Z)), lower=True)
+            self.V = sla.solve_triangular(L, kernel(Z, X), lower=True)  # (m, n_pool)
+            self.residual = self.residual - np.einsum("ij,ij->j", self.V, self.V)
+        self.residual = np.maximum(self.residual, 0.0)
+
+    def frame_scores(self, n_frames):
+        return np.bincount(self.frame_of, weights=self.residual, minlength=n_frames)
+
+    def condition_on_frame(self, frame):
+        """Condition on the local energies of the frame's environments (pivoted Cholesky)."""
+        for j in np.flatnonzero(self.frame_of == frame):
+            pivot = self.residual[j]
+            if pivot <= _JITTER:  # already spanned
+                continue
+            cov = self.kernel(self.X, self.X[j:j + 1])[:, 0]
+            if self.V is not None:
+                cov -= self.V.T @ self.V[:, j]
+            t = self.n_columns
+            if t:
+                cov -= self.C[:t].T @ self.C[:t, j]
+            if t == len(self.C):
+                self.C = np.vstack([self.C, np.zeros((max(16, t), len(self.X)))])
+            self.C[t] = cov / np.sqrt(pivot)
+            self.n_columns = t + 1
+            self.residual = np.maximum(self.residual - self.C[t] ** 2, 0.0)

@@ -1,0 +1,83 @@
+"""Uncertainty-driven selection of structures to label."""
+
+import numpy as np
+import pytest
+import scipy.linalg as sla
+
+from kernelpot import select_frames
+from kernelpot.studies import learning_curve
+
+
+@pytest.fixture(scope="module")
+def seed_model(ethanol_frames, small_soap):
+    from kernelpot import SparseGPPotential
+
+    return SparseGPPotential(small_soap, n_restarts=0, random_state=0).fit(ethanol_frames[:5])
+
+
+def _residual_variance(model, conditioning, candidate):
+    """Σ_i over the candidate's atoms of k(x_i, x_i) - k_iᵀ K⁻¹ k_i, brute force."""
+    total = 0.0
+    species = model.species_
+    for s in range(len(species)):
+        Z = [model.inducing_[s]] + [model.descriptor_.create(a)[a.numbers == species[s]]
+                                    for a in conditioning]
+        Z = np.vstack([z for z in Z if len(z)])
+        X = model.descriptor_.create(candidate)[candidate.numbers == species[s]]
+        K = model.kernel_(Z) + 1e-8 * np.eye(len(Z))
+        k = model.kernel_(Z, X)
+        total += float(np.sum(model.kernel_.diag(X) - np.einsum("ij,ij->j", k,
+                                                                sla.solve(K, k, assume_a="pos"))))
+    return total
+
+
+def test_first_pick_has_the_largest_variance_and_greedy_matches_brute_force(seed_model,
+                                                                            ethanol_frames):
+    pool = ethanol_frames[5:25]
+    picked = select_frames(seed_model, pool, 3)
+    first = [_residual_variance(seed_model, [], a) for a in pool]
+    assert picked[0] == int(np.argmax(first))
+    # the second pick maximises the variance left after conditioning on the first
+    second = [_residual_variance(seed_model, [pool[picked[0]]], a) if k != picked[0] else -1
+              for k, a in enumerate(pool)]
+    assert picked[1] == int(np.argmax(second))
+    assert len(set(picked.tolist())) == 3
+
+
+def test_near_duplicates_are_not_picked_twice(seed_model, ethanol_frames):
+    copies = [ethanol_frames[30].copy() for _ in range(4)]
+    for k, atoms in enumerate(copies):
+        atoms.positions += 1e-4 * k  # rigid shifts: the same environments
+    pool = copies + [ethanol_frames[50]]
+    picked = select_frames(seed_model, pool, 2)
+    assert sorted(picked.tolist())[-1] == 4 and int(np.sum(picked < 4)) == 1
+
+
+def test_random_strategy_and_bad_input(seed_model, ethanol_frames):
+    pool = ethanol_frames[5:25]
+    a = select_frames(seed_model, pool, 5, strategy="random", random_state=3)
+    b = select_frames(seed_model, pool, 5, strategy="random", random_state=3)
+    np.testing.assert_array_equal(a, b)
+    assert len(set(a.tolist())) == 5
+    with pytest.raises(ValueError, match="strategy"):
+        select_frames(seed_model, pool, 5, strategy="largest")
+    with pytest.raises(ValueError, match="between 1 and 20"):
+        select_frames(seed_model, pool, 21)
+    from ase import Atoms
+
+    with pytest.raises(ValueError, match="not trained on"):
+        select_frames(seed_model, [Atoms("N2", positions=[[0, 0, 0], [0, 0, 1.1]])], 1)
+
+
+def test_learning_curve_variance_strategy(ethanol_frames, small_soap):
+    from kernelpot import SparseGPPotential
+
+    model = SparseGPPotential(small_soap, n_restarts=0, random_state=0)
+    curve = learning_curve(model, ethanol_frames[:40], ethanol_frames[50:], [8, 15],
+                           strategy="variance", initial=5)
+    assert np.all(np.isfinite(curve["force_mae"]))
+    with pytest.raises(ValueError, match="initial"):
+        learning_curve(model, ethanol_frames[:40], ethanol_frames[50:], [8, 15],
+                       strategy="variance", initial=9)
+    with pytest.raises(ValueError, match="strategy"):
+        learning_curve(model, ethanol_frames[:40], ethanol_frames[50:], [8], strategy="best")
