@@ -11,9 +11,8 @@ from kernelpot.datasets import load_ethanol, load_silicon
 from kernelpot.descriptors import ACSF, SOAP, Descriptor, DescriptorResult
 from kernelpot.estimator import SparseGPPotential
 from kernelpot.io import load
-from kernelpot import conformal, exact
-from kernelpot.selection import select_frames
 from kernelpot.kernels import NormalizedDotProduct, Scaled, SquaredExponential, Sum
+from kernelpot.selection import select_frames
 
 __all__ = [
     "ACSF",

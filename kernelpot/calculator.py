@@ -38,9 +38,10 @@ class KernelPotCalculator(Calculator):
     * ``forces_std``: (n_atoms, 3) epistemic std per component, eV/Å (not with
       ``uncertainty="energy"``), and its two terms ``forces_std_posterior`` (the
       posterior over the inducing values) and ``forces_std_projection`` (the prior
-      variance the inducing set does not span), ``forces_std² = posterior² +
-      projection²`` before the model's calibration factor (``model.std_scale``),
-      which multiplies ``energy_std`` and ``forces_std`` only;
+      variance the inducing set does not span), raw; ``forces_std² = c² (posterior² +
+      w² projection²)`` with the factor ``c`` and projection weight ``w`` of the
+      model's calibration (:meth:`SparseGPPotential.epistemic_variance`; 1 and 1
+      before ``calibrate``), which apply to ``energy_std`` and ``forces_std`` only;
     * ``energy_noise``: learned aleatoric noise of the energy, ``σ_E √N``, eV;
     * ``force_noise``: learned aleatoric noise per force component, eV/Å.
 
@@ -86,11 +87,12 @@ class KernelPotCalculator(Calculator):
             "force_noise": float(self.model.force_noise_),
         }
         if uncertainty:
-            results["energy_std"] = self.model.std_scale("energy") * float(np.sqrt(
-                prediction.energy_var_posterior + prediction.energy_var_projection))
+            results["energy_std"] = float(np.sqrt(self.model.epistemic_variance(
+                "energy", prediction.energy_var_posterior, prediction.energy_var_projection)))
             if prediction.forces_var_posterior is not None:
-                results["forces_std"] = self.model.std_scale("forces") * np.sqrt(
-                    prediction.forces_var_posterior + prediction.forces_var_projection)
+                results["forces_std"] = np.sqrt(self.model.epistemic_variance(
+                    "forces", prediction.forces_var_posterior,
+                    prediction.forces_var_projection))
                 results["forces_std_posterior"] = np.sqrt(prediction.forces_var_posterior)
                 results["forces_std_projection"] = np.sqrt(prediction.forces_var_projection)
         self.results = results

@@ -540,7 +540,10 @@ def _cmd_eval(args) -> int:
         path = model.save(args.output or args.model,
                           training_state=getattr(model, "_state", None) is not None)
         print(f"std factors fitted on {args.recalibrate} ({len(valid)} structures): energy "
-              f"{scale['energy']:.3g}, forces {scale['forces']:.3g}; wrote {path}")
+              f"{scale['energy']:.3g} (projection weight {scale['energy_projection']:.3g}), "
+              f"forces {scale['forces']:.3g} ({scale['forces_projection']:.3g}); conformal "
+              f"intervals from {len(model.interval_scores_.get('forces', []))} force "
+              f"components; wrote {path}")
     err = _errors(model, frames)
     _print_errors("test", err)
     if args.plot:

@@ -72,26 +72,42 @@ class Prediction(NamedTuple):
     local_energies: np.ndarray
 
 
-def _unit_variance_factor(errors, var, noise_var, owner) -> float:
-    """``c`` with ``mean(e² / (c² v + n)) = 1`` (monotone in c), in [1e-6, 1e6]."""
-    from scipy.optimize import brentq
-
-    def excess(log_c):
-        return float(np.mean(errors**2 / (np.exp(2 * log_c) * var + noise_var))) - 1.0
-
-    low, high = np.log(1e-6), np.log(1e6)
-    if excess(low) <= 0:
-        logger.info("%s: the learned noise alone explains the errors; factor 1e-6", owner)
-        return 1e-6
-    if excess(high) >= 0:
-        return 1e6
-    return float(np.exp(brentq(excess, low, high, xtol=1e-10)))
-
-
 def _features_only(features) -> DescriptorResult:
     """A DescriptorResult without Jacobian, for energy-only predictions."""
     return DescriptorResult(features, np.zeros((0, 2), dtype=np.int64),
                             np.zeros((0, 3, features.shape[1])))
+
+
+def _fit_variance_terms(errors, post, proj, noise, owner):
+    """``(c, w)``: the epistemic variance ``c² (post + w² proj)`` calibrated on ``errors``.
+
+    ``a = c²`` and ``b = c² w²`` maximise the Gaussian likelihood of the errors under
+    ``a post + b proj + noise`` (the learned noise fixed), in ``[1e-12, 1e12]``.
+    Without a projection term (an exact model) only ``a`` is fitted and ``w = 1``.
+    """
+    from scipy.optimize import minimize
+
+    r2 = np.asarray(errors, dtype=np.float64) ** 2
+    two_terms = bool(np.any(proj > 0))
+    terms = [post, proj] if two_terms else [post + proj]
+
+    def nll(log_ab):
+        weights = np.exp(log_ab)
+        total = sum(w * t for w, t in zip(weights, terms, strict=True)) + noise
+        value = 0.5 * np.sum(np.log(total) + r2 / total)
+        d_total = 0.5 * (1.0 / total - r2 / total**2)
+        return value, np.array([w * (d_total @ t) for w, t in zip(weights, terms, strict=True)])
+
+    bound = np.log(1e12)
+    result = minimize(nll, np.zeros(len(terms)), jac=True, method="L-BFGS-B",
+                      bounds=[(-bound, bound)] * len(terms))
+    weights = np.exp(result.x)
+    if np.any(np.isclose(result.x, -bound)):
+        logger.info("%s: a variance term went to its lower limit: the learned noise explains "
+                    "the errors it would", owner)
+    c = float(np.sqrt(weights[0]))
+    w = float(np.sqrt(weights[1] / weights[0])) if two_terms else 1.0
+    return c, w
 
 
 def _labelled_copy(atoms, energy, forces):
@@ -917,8 +933,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         energies = np.array([p.energy for p in out])
         if not want_var:
             return energies
-        epistemic = self.std_scale("energy") ** 2 * np.array(
-            [p.energy_var_posterior + p.energy_var_projection for p in out])
+        epistemic = np.array([self.epistemic_variance("energy", p.energy_var_posterior,
+                                                      p.energy_var_projection) for p in out])
         total = epistemic + self.energy_noise_**2 * np.array([len(a) for a in frames])
         result = [energies]
         if return_std:
@@ -958,8 +974,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         forces = [p.forces for p in out]
         if not want_var:
             return forces
-        scale2 = self.std_scale("forces") ** 2
-        epistemic = [scale2 * (p.forces_var_posterior + p.forces_var_projection) for p in out]
+        epistemic = [self.epistemic_variance("forces", p.forces_var_posterior,
+                                             p.forces_var_projection) for p in out]
         result = [forces]
         if return_std:
             noise = self.force_noise_**2 if std_type == "total" else 0.0
@@ -971,16 +987,41 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         return tuple(result)
 
     def std_scale(self, quantity) -> float:
-        """The factor applied to the epistemic std of ``"energy"`` or ``"forces"``.
+        """The overall factor ``c`` on the epistemic std of ``"energy"`` or ``"forces"``.
 
         1 unless :meth:`calibrate` was called and ``apply_calibration`` is True.
         """
+        return self._calibration_factors(quantity)[0]
+
+    def projection_weight(self, quantity) -> float:
+        """The relative weight ``w`` of the projection term (see :meth:`epistemic_variance`)."""
+        return self._calibration_factors(quantity)[1]
+
+    def _calibration_factors(self, quantity):
         if quantity not in ("energy", "forces"):
             raise ValueError(f"quantity must be 'energy' or 'forces'; got {quantity!r}")
         factors = getattr(self, "std_scale_", None)
         if not self.apply_calibration or not factors:
-            return 1.0
-        return float(factors[quantity])
+            return 1.0, 1.0
+        return float(factors[quantity]), float(factors.get(f"{quantity}_projection", 1.0))
+
+    def epistemic_variance(self, quantity, posterior, projection):
+        """Calibrated epistemic variance ``c² (v_posterior + w² v_projection)``.
+
+        Parameters
+        ----------
+        quantity : {"energy", "forces"}
+        posterior, projection : float or ndarray
+            The two variance terms of a :class:`Prediction` (eV², eV²/Å²).
+
+        Returns
+        -------
+        float or ndarray
+            ``c`` and ``w`` are those :meth:`calibrate` fitted (1 and 1 before, or with
+            ``apply_calibration=False``).
+        """
+        c, w = self._calibration_factors(quantity)
+        return c**2 * (posterior + w**2 * projection)
 
     def calibrate(self, X):
         """Calibrate the stds on validation structures: a scale, and conformal intervals.
@@ -993,13 +1034,17 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         Returns
         -------
         self : SparseGPPotential
-            With ``std_scale_ = {"energy": c_E, "forces": c_F}``: ``c`` solves
-            ``mean(error² / (c² v_epistemic + σ_noise²)) = 1`` over structures
-            (energies) or force components, the learned noise held fixed. Saved with
-            the model and applied while ``apply_calibration`` is True: every
-            epistemic std the model reports (``std_type="epistemic"``, the
-            calculator's ``energy_std``/``forces_std``) is multiplied by ``c``, and the
-            total std is ``sqrt(c² v_epistemic + σ_noise²)``. Also
+            With ``std_scale_ = {"energy": c_E, "forces": c_F, "energy_projection":
+            w_E, "forces_projection": w_F}``: the epistemic variance becomes
+            ``c² (v_posterior + w² v_projection)`` (:meth:`epistemic_variance`):
+            ``c² `` and ``c² w²`` maximise the Gaussian likelihood of the validation
+            errors, structure by structure (energies) or component by component
+            (forces), with the learned noise held fixed (``w = 1`` for an exact
+            model, which has no projection term). Saved with the model and applied while
+            ``apply_calibration`` is True: every epistemic std the model reports
+            (``std_type="epistemic"``, the calculator's ``energy_std``/``forces_std``)
+            is ``c sqrt(v_posterior + w² v_projection)``, and the total std is
+            ``sqrt(c² (v_posterior + w² v_projection) + σ_noise²)``. Also
             ``interval_scores_ = {"energy": ..., "forces": ...}``: the sorted
             normalised scores ``|error| / total std`` (with ``c`` applied) that
             ``return_interval=`` of :meth:`predict` and :meth:`predict_forces`
@@ -1029,32 +1074,38 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             if labels.has_energy.any():
                 mask = labels.has_energy
                 chosen = [frames[k] for k in np.flatnonzero(mask)]
-                energies, std = self.predict(chosen, return_std=True, std_type="epistemic")
+                _, parts = self._predict_many(chosen, forces=False, variance="energy")
+                post = np.array([p.energy_var_posterior for p in parts])
+                proj = np.array([p.energy_var_projection for p in parts])
                 n_atoms = np.array([len(a) for a in chosen])
-                errors = energies - labels.energies[mask]
+                errors = np.array([p.energy for p in parts]) - labels.energies[mask]
                 noise = self.energy_noise_**2 * n_atoms
-                factors["energy"] = _unit_variance_factor(errors, std**2, noise, owner)
+                c, w = _fit_variance_terms(errors, post, proj, noise, owner)
+                factors["energy"], factors["energy_projection"] = c, w
                 scores["energy"] = conformal.normalised_scores(
-                    errors, np.sqrt(factors["energy"] ** 2 * std**2 + noise))
+                    errors, np.sqrt(c**2 * (post + w**2 * proj) + noise))
             with_forces = [k for k, f in enumerate(labels.forces) if f is not None]
             if with_forces:
                 chosen = [frames[k] for k in with_forces]
-                forces, stds = self.predict_forces(chosen, return_std=True,
-                                                   std_type="epistemic")
-                errors = np.concatenate([(f - labels.forces[k]).ravel()
-                                         for f, k in zip(forces, with_forces, strict=True)])
-                var = np.concatenate([s.ravel() ** 2 for s in stds])
-                factors["forces"] = _unit_variance_factor(
-                    errors, var, np.full(var.size, self.force_noise_**2), owner)
+                _, parts = self._predict_many(chosen, forces=True, variance=True)
+                errors = np.concatenate([(p.forces - labels.forces[k]).ravel()
+                                         for p, k in zip(parts, with_forces, strict=True)])
+                post = np.concatenate([p.forces_var_posterior.ravel() for p in parts])
+                proj = np.concatenate([p.forces_var_projection.ravel() for p in parts])
+                noise = np.full(post.size, self.force_noise_**2)
+                c, w = _fit_variance_terms(errors, post, proj, noise, owner)
+                factors["forces"], factors["forces_projection"] = c, w
                 scores["forces"] = conformal.normalised_scores(
-                    errors, np.sqrt(factors["forces"] ** 2 * var + self.force_noise_**2))
+                    errors, np.sqrt(c**2 * (post + w**2 * proj) + noise))
         except Exception:
             self.std_scale_ = previous
             raise
         self.std_scale_ = factors
         self.interval_scores_ = scores
-        logger.info("%s: epistemic std factors energy %.3g, forces %.3g; conformal scores "
-                    "from %s", owner, factors["energy"], factors["forces"],
+        logger.info("%s: epistemic std factors energy %.3g (projection weight %.3g), forces "
+                    "%.3g (%.3g); conformal scores from %s", owner, factors["energy"],
+                    factors.get("energy_projection", 1.0), factors["forces"],
+                    factors.get("forces_projection", 1.0),
                     {k: len(v) for k, v in scores.items()})
         return self
 

@@ -278,8 +278,9 @@ def _std_scale(scale, path):
     """Validated ``std_scale`` metadata entry."""
     if scale is None:
         return None
-    if not isinstance(scale, dict) or set(scale) != {"energy", "forces"} or not all(
-            isinstance(v, (int, float)) and v > 0 for v in scale.values()):
+    if not isinstance(scale, dict) or not {"energy", "forces"} <= set(scale) \
+            or not set(scale) <= {"energy", "forces", "energy_projection", "forces_projection"} \
+            or not all(isinstance(v, (int, float)) and v > 0 for v in scale.values()):
         raise ValueError(f"load: {path} has a malformed std_scale entry")
     return {k: float(v) for k, v in scale.items()}
 

@@ -447,28 +447,59 @@ def test_force_noise_at_upper_bound_warns(ethanol_frames, small_soap):
 
 def test_calibrate_scales_every_std_and_survives_save_load(fitted_ethanol, ethanol_frames,
                                                            tmp_path):
-    from kernelpot import KernelPotCalculator, load, metrics
+    from kernelpot import KernelPotCalculator, load
 
     valid, test = ethanol_frames[30:45], ethanol_frames[45:55]
     _, raw_e = fitted_ethanol.predict(test, return_std=True, std_type="epistemic")
     _, raw_f = fitted_ethanol.predict_forces(test, return_std=True, std_type="epistemic")
     calibrated = load(_save(fitted_ethanol, tmp_path / "m.npz")).calibrate(valid)
-    forces, f_std = calibrated.predict_forces(valid, return_std=True)
-    ref = [a.get_forces() for a in valid]
-    # on the validation set the calibrated total z-scores have unit variance
-    assert metrics.recalibration_factor(forces, ref, f_std) == pytest.approx(1.0, rel=1e-6)
-    energies, e_std = calibrated.predict(valid, return_std=True)
-    ref_e = np.array([a.get_potential_energy() for a in valid])
-    assert metrics.recalibration_factor(energies, ref_e, e_std) == pytest.approx(1.0,
-                                                                                 rel=1e-6)
-    c_E, c_F = calibrated.std_scale_["energy"], calibrated.std_scale_["forces"]
-    assert c_F < 1.0  # the raw force std is too wide (see the benchmarks)
-    # epistemic stds are multiplied by c; total = sqrt(c² epistemic² + noise²)
+    scale = calibrated.std_scale_
+    c_E, c_F = scale["energy"], scale["forces"]
+    w_E, w_F = scale["energy_projection"], scale["forces_projection"]
+    # the raw force std is too wide, through its projection term (see the benchmarks)
+    assert c_F * w_F < 1.0
+    # epistemic variance = c² (posterior + w² projection); total adds the noise
     _, e_epi = calibrated.predict(test, return_std=True, std_type="epistemic")
     _, f_epi = calibrated.predict_forces(test, return_std=True, std_type="epistemic")
     _, f_tot = calibrated.predict_forces(test, return_std=True)
-    np.testing.assert_allclose(e_epi, c_E * raw_e, rtol=1e-9)
-    np.testing.assert_allclose(f_epi[0], c_F * raw_f[0], rtol=1e-9)
+    terms = [fitted_ethanol.predict_structure(a, variance=True) for a in test]
+    np.testing.assert_allclose(e_epi**2, [c_E**2 * (t.energy_var_posterior + w_E**2
+                                                    * t.energy_var_projection) for t in terms],
+                               rtol=1e-9)
+    np.testing.assert_allclose(f_epi[0] ** 2, c_F**2 * (terms[0].forces_var_posterior + w_F**2
+                                                        * terms[0].forces_var_projection),
+                               rtol=1e-9)
+    # the two weights differ from one overall factor, and beat it on the validation data
+    assert abs(np.log(w_F)) > 0.1
+    raw_terms = [fitted_ethanol.predict_structure(a, variance=True) for a in valid]
+    err = np.concatenate([(t.forces - a.get_forces()).ravel()
+                          for t, a in zip(raw_terms, valid, strict=True)])
+    post = np.concatenate([t.forces_var_posterior.ravel() for t in raw_terms])
+    proj = np.concatenate([t.forces_var_projection.ravel() for t in raw_terms])
+    noise = calibrated.force_noise_**2
+
+    def nll(var):
+        return float(np.mean(0.5 * np.log(var) + 0.5 * err**2 / var))
+
+    # (c², c² w²) maximise the likelihood: any nearby pair, or one factor on both terms, is worse
+    a, b = c_F**2, (c_F * w_F) ** 2
+    best = nll(a * post + b * proj + noise)
+    for fa, fb in ((1.1, 1), (1 / 1.1, 1), (1, 1.1), (1, 1 / 1.1)):
+        assert best < nll(fa * a * post + fb * b * proj + noise)
+    assert best < min(nll(s * (post + proj) + noise) for s in np.geomspace(1e-3, 10, 200))
+    # the energy factors are a maximum too
+    errors_e = np.array([t.energy - a.get_potential_energy()
+                         for t, a in zip(raw_terms, valid, strict=True)])
+    post_e = np.array([t.energy_var_posterior for t in raw_terms])
+    proj_e = np.array([t.energy_var_projection for t in raw_terms])
+    noise_e = calibrated.energy_noise_**2 * 9
+
+    def nll_e(var):
+        return float(np.mean(0.5 * np.log(var) + 0.5 * errors_e**2 / var))
+
+    fitted_e = nll_e(c_E**2 * (post_e + w_E**2 * proj_e) + noise_e)
+    for f in (1.2, 1 / 1.2):
+        assert fitted_e <= nll_e(f * c_E**2 * (post_e + w_E**2 * proj_e) + noise_e) + 1e-12
     np.testing.assert_allclose(f_tot[0] ** 2, f_epi[0] ** 2 + calibrated.force_noise_**2,
                                rtol=1e-9)
     atoms = test[0].copy()
@@ -481,6 +512,7 @@ def test_calibrate_scales_every_std_and_survives_save_load(fitted_ethanol, ethan
     reloaded.set_params(apply_calibration=False)
     _, off = reloaded.predict_forces(test[:1], return_std=True, std_type="epistemic")
     np.testing.assert_allclose(off[0], raw_f[0], rtol=1e-9)
+    del raw_e
     with pytest.raises(ValueError, match="carries an energy or forces"):
         calibrated.calibrate([a.copy() for a in valid])
 

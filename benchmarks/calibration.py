@@ -1,0 +1,124 @@
+"""Can the predicted std be believed? Calibration of exact and sparse models on xTB data.
+
+On the shared split (test = first ``--test-frames`` of the ``i % 4 == 3`` pool; train =
+``default_rng(0).permutation(rest)[:n]``; validation = ``--valid-frames`` further frames
+of that permutation, never trained on), it fits a model, calibrates it on the
+validation frames (:meth:`SparseGPPotential.calibrate`: one factor on the epistemic
+std, and the conformal scores), and prints on the test frames, raw and calibrated:
+fraction of force components within 1 and 2 predicted total std (targets 68 ± 3 % and
+95 ± 2 %), empirical coverage of the 90 % conformal intervals, Spearman(per-atom std,
+per-atom error) (target >= 0.75), and for ethanol the growth of the mean std and of
+the force MAE on the 1000 K frames (target: std growth >= 0.8 × error growth). With
+``--plot`` it writes the calibration plot of :mod:`kernelpot.plotting`.
+
+Usage::
+
+    python benchmarks/calibration.py --molecule ethanol --n 200 --method exact
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from ase.io import read
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from molecules import SHARED  # noqa: E402
+
+import kernelpot  # noqa: E402
+from kernelpot import SOAP, SparseGPPotential, metrics  # noqa: E402
+
+
+def summary(forces, reference, stds):
+    return {
+        "cov1": metrics.coverage(forces, reference, stds, 1.0),
+        "cov2": metrics.coverage(forces, reference, stds, 2.0),
+        "spearman": metrics.spearman_std_error(forces, reference, stds),
+        "mean_std": float(np.mean(np.concatenate([s.ravel() for s in stds]))),
+        "mae": metrics.mae(forces, reference),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--molecule", choices=["ethanol", "aspirin"], default="ethanol")
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--method", choices=["exact", "sparse", "auto"], default="exact")
+    parser.add_argument("--test-frames", type=int, default=200)
+    parser.add_argument("--valid-frames", type=int, default=200)
+    parser.add_argument("--hot-frames", type=int, default=200,
+                        help="ethanol 1000 K frames (every 10th of the file)")
+    parser.add_argument("--plot", default=None, help="write the calibration plot here")
+    args = parser.parse_args(argv)
+    print(f"kernelpot {kernelpot.__version__}; python {platform.python_version()}; "
+          f"{os.cpu_count()} cpus", flush=True)
+    frames = read(SHARED / f"{args.molecule}_500K.xyz", ":")
+    species = sorted(set(frames[0].get_chemical_symbols()))
+    idx = np.arange(len(frames))
+    test = [frames[i] for i in idx[idx % 4 == 3][: args.test_frames]]
+    order = np.random.default_rng(0).permutation(idx[idx % 4 != 3])
+    train = [frames[i] for i in order[: args.n]]
+    valid = [frames[i] for i in order[args.n: args.n + args.valid_frames]]
+    model = SparseGPPotential(SOAP(species, 4.0, n_max=6, l_max=4, sigma=0.4),
+                              method=args.method, sparse_method="all", n_restarts=0,
+                              random_state=0)
+    start = time.perf_counter()
+    model.fit(train)
+    print(f"fit ({model.method_}) in {time.perf_counter() - start:.0f} s; σ_F = "
+          f"{1e3 * model.force_noise_:.2f} meV/Å, σ_E = {1e3 * model.energy_noise_:.2f} "
+          "meV/atom", flush=True)
+    ref = [a.get_forces() for a in test]
+    hot = read(SHARED / "ethanol_1000K.xyz", "::10")[: args.hot_frames] \
+        if args.molecule == "ethanol" else None
+    rows = {}
+    for label in ("raw", "calibrated"):
+        if label == "calibrated":
+            start = time.perf_counter()
+            model.calibrate(valid)
+            print(f"calibrated on {len(valid)} frames in {time.perf_counter() - start:.0f} s: "
+                  f"factors {model.std_scale_}", flush=True)
+        forces, stds = model.predict_forces(test, return_std=True)
+        row = summary(forces, ref, stds)
+        if label == "calibrated":
+            _, intervals = model.predict_forces(test, return_interval=0.9)
+            inside = np.concatenate([((r >= iv[..., 0]) & (r <= iv[..., 1])).ravel()
+                                     for r, iv in zip(ref, intervals, strict=True)])
+            row["conformal90"] = float(inside.mean())
+            if args.plot:
+                from kernelpot.plotting import plot_calibration
+
+                print(f"wrote {plot_calibration(forces, ref, stds, args.plot)}")
+        if hot is not None:
+            hot_forces, hot_stds = model.predict_forces(hot, return_std=True)
+            hot_row = summary(hot_forces, [a.get_forces() for a in hot], hot_stds)
+            row["std_growth"] = hot_row["mean_std"] / row["mean_std"]
+            row["error_growth"] = hot_row["mae"] / row["mae"]
+        rows[label] = row
+    print(f"\n{args.molecule} 500 K, {model.method_} model, n = {args.n}; test {len(test)} "
+          f"frames, validation {len(valid)} frames" + (f", 1000 K {len(hot)} frames" if hot
+                                                      else ""))
+    header = (f"{'std':<11} {'F MAE':>6} {'cov1σ':>6} {'cov2σ':>6} {'conf90':>7} "
+              f"{'Spearman':>8} {'std×1000K':>9} {'MAE×1000K':>9} {'ratio':>6}")
+    print(header)
+    print("-" * len(header))
+    for label, r in rows.items():
+        conf = f"{r['conformal90']:7.3f}" if "conformal90" in r else f"{'-':>7}"
+        if "std_growth" in r:
+            ood = (f"{r['std_growth']:9.2f} {r['error_growth']:9.2f} "
+                   f"{r['std_growth'] / r['error_growth']:6.2f}")
+        else:
+            ood = f"{'-':>9} {'-':>9} {'-':>6}"
+        print(f"{label:<11} {1e3 * r['mae']:6.1f} {r['cov1']:6.3f} {r['cov2']:6.3f} {conf} "
+              f"{r['spearman']:8.3f} {ood}")
+    print("targets: cov1σ 0.68 ± 0.03, cov2σ 0.95 ± 0.02, conformal 90 % interval 0.90, "
+          "Spearman >= 0.75, ratio (std growth / error growth at 1000 K) >= 0.8.")
+
+
+if __name__ == "__main__":
+    main()
