@@ -204,9 +204,11 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("test", help="labelled test structures")
     c.add_argument("--sizes", required=True, help="comma-separated training-set sizes")
     c.add_argument("--repeats", type=int, default=1, help="subsets per size (default 1)")
-    c.add_argument("--strategy", choices=["random", "variance"], default="random",
+    c.add_argument("--strategy", choices=["random", "variance", "reduction"], default="random",
                    help="grow training sets at random (default) or by uncertainty "
-                        "selection from --initial random structures")
+                        "selection from --initial random structures: the most uncertain "
+                        "structures (variance) or those that most reduce the uncertainty "
+                        "over the pool (reduction); see kernelpot.select_frames")
     c.add_argument("--initial", type=int, default=10,
                    help="random starting structures of --strategy variance (default 10)")
     c.add_argument("--plot", default=None, help="write a log-log plot of the curve")
@@ -618,7 +620,7 @@ def _cmd_learning_curve(args) -> int:
                            verbose=_progress(args), strategy=args.strategy,
                            initial=args.initial)
     grown = "at random" if args.strategy == "random" else \
-        f"by uncertainty selection from {args.initial} random structures"
+        f"by uncertainty selection ({args.strategy}) from {args.initial} random structures"
     print(f"kernelpot {__version__}: learning curve on {args.test} ({len(test)} structures), "
           f"training sets grown {grown}, {args.repeats} subset(s) per size; mean (min-max) "
           "over subsets")

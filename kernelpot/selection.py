@@ -34,7 +34,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["select_frames", "STRATEGIES"]
 
-STRATEGIES = ("variance", "random")
+STRATEGIES = ("variance", "reduction", "random")
+#: Reference environments per element over which "reduction" sums the variance.
+_REFERENCE_ENVIRONMENTS = 6000
 #: Relative jitter of the conditioning kernel matrix.
 _JITTER = 1e-8
 
@@ -51,9 +53,13 @@ def select_frames(model, pool, n, strategy="variance", random_state=None, verbos
         Candidate structures (labels, if any, are ignored).
     n : int
         How many to pick, at most ``len(pool)``.
-    strategy : {"variance", "random"}, default="variance"
-        "variance": greedy largest remaining local-energy variance (see the module
-        notes); "random": uniformly at random, as a baseline.
+    strategy : {"variance", "reduction", "random"}, default="variance"
+        "variance": greedy largest remaining local-energy variance of the structure
+        itself (see the module notes). "reduction": greedy largest reduction of the
+        remaining variance summed over the whole pool (up to 6000 random
+        environments per element): it prefers uncertain structures that are
+        representative of the pool over outliers. "random": uniformly at random,
+        as a baseline.
     random_state : int, numpy Generator or None
         Seeds "random" (and breaks exact ties of "variance").
     verbose : int, default=0
@@ -101,8 +107,9 @@ def select_frames(model, pool, n, strategy="variance", random_state=None, verbos
     frame_of = np.concatenate(frame_of)
     index_of = np.concatenate(index_of)
     kernel = model.kernel_
-    blocks = [_SpeciesBlock(kernel, features[index_of == s], frame_of[index_of == s],
-                            np.asarray(model.inducing_[s]))
+    block_type = _ReductionBlock if strategy == "reduction" else _SpeciesBlock
+    blocks = [block_type(kernel, features[index_of == s], frame_of[index_of == s],
+                         np.asarray(model.inducing_[s]), rng)
               for s in range(len(species))]
     picked = []
     available = np.ones(len(pool), dtype=bool)
@@ -117,15 +124,14 @@ def select_frames(model, pool, n, strategy="variance", random_state=None, verbos
         for b in blocks:
             b.condition_on_frame(best)
         logger.debug("%s: picked structure %d (score %.4g)", owner, best, score[best])
-    logger.info("%s: picked %d of %d structures by remaining local-energy variance", owner,
-                n, len(pool))
+    logger.info("%s: picked %d of %d structures (strategy %r)", owner, n, len(pool), strategy)
     return np.array(picked, dtype=np.int64)
 
 
 class _SpeciesBlock:
     """Residual variances of one element's pool environments, updated pick by pick."""
 
-    def __init__(self, kernel, X, frame_of, Z):
+    def __init__(self, kernel, X, frame_of, Z, rng=None):
         self.kernel = kernel
         self.X = X
         self.frame_of = frame_of
@@ -162,3 +168,34 @@ class _SpeciesBlock:
             self.C[t] = cov / np.sqrt(pivot)
             self.n_columns = t + 1
             self.residual = np.maximum(self.residual - self.C[t] ** 2, 0.0)
+            self._after_column(self.C[t])
+
+    def _after_column(self, column):
+        """Hook for subclasses: a new factor column over the pool environments."""
+
+
+class _ReductionBlock(_SpeciesBlock):
+    """Also keeps the residual covariance with reference environments of the pool.
+
+    The score of an environment ``c`` is ``Σ_r R[c, r]² / (R[c, c] + τ)``: how much
+    observing its local energy would reduce the variance summed over the reference
+    environments ``r`` (``τ`` a tiny regulariser).
+    """
+
+    def __init__(self, kernel, X, frame_of, Z, rng=None):
+        super().__init__(kernel, X, frame_of, Z, rng)
+        rng = check_random_state(rng)
+        n = len(X)
+        self.reference = np.sort(rng.choice(n, size=min(n, _REFERENCE_ENVIRONMENTS),
+                                            replace=False)) if n else np.zeros(0, dtype=int)
+        self.R = kernel(X, X[self.reference]) if n else np.zeros((0, 0))
+        if self.V is not None:
+            self.R -= self.V.T @ self.V[:, self.reference]
+        self.tau = _JITTER * (float(np.mean(kernel.diag(X))) if n else 1.0)
+
+    def frame_scores(self, n_frames):
+        gain = np.einsum("cr,cr->c", self.R, self.R) / (self.residual + self.tau)
+        return np.bincount(self.frame_of, weights=gain, minlength=n_frames)
+
+    def _after_column(self, column):
+        self.R -= np.outer(column, column[self.reference])

@@ -36,12 +36,12 @@ def learning_curve(model, train, test, sizes, repeats=1, random_state=0, verbose
     random_state : int, default=0
     verbose : int, default=0
         1 shows a progress bar over the fits.
-    strategy : {"random", "variance"}, default="random"
+    strategy : {"random", "variance", "reduction"}, default="random"
         How a training set grows. "random": the first ``n`` of a random permutation
-        of ``train`` (nested across sizes). "variance": the same first ``initial``
-        structures, then the structures :func:`kernelpot.select_frames` picks from
-        the rest of ``train`` with a model fitted on those ``initial`` (uncertainty
-        selection, labels unused while picking).
+        of ``train`` (nested across sizes). "variance" and "reduction": the same first
+        ``initial`` structures, then the structures :func:`kernelpot.select_frames`
+        picks with that strategy from the rest of ``train`` with a model fitted on
+        those ``initial`` (uncertainty selection; labels unused while picking).
     initial : int, default=10
         Random starting structures of the "variance" strategy; every size must be at
         least this.
@@ -68,7 +68,7 @@ def learning_curve(model, train, test, sizes, repeats=1, random_state=0, verbose
     if strategy not in STRATEGIES:
         raise ValueError(f"learning_curve: strategy must be one of {STRATEGIES}; "
                          f"got {strategy!r}")
-    if strategy == "variance" and (
+    if strategy != "random" and (
             isinstance(initial, bool) or not isinstance(initial, numbers.Integral)
             or not 1 <= initial <= sizes.min()):
         raise ValueError(f"learning_curve: initial must be an int between 1 and the "
@@ -83,13 +83,13 @@ def learning_curve(model, train, test, sizes, repeats=1, random_state=0, verbose
            ("force_mae", "force_rmse", "energy_mae", "force_std", "fit_seconds")}
     orders = [np.random.default_rng(random_state + r).permutation(len(train))
               for r in range(int(repeats))]
-    if strategy == "variance":
+    if strategy != "random":
         for r, order in enumerate(orders):
             start, rest = order[:initial], order[initial:]
             seed_model = clone(model).fit([train[k] for k in start])
             picked = select_frames(seed_model, [train[k] for k in rest],
-                                   int(sizes.max()) - int(initial), random_state=random_state + r,
-                                   verbose=verbose)
+                                   int(sizes.max()) - int(initial), strategy=strategy,
+                                   random_state=random_state + r, verbose=verbose)
             orders[r] = np.concatenate([start, rest[picked]])
     jobs = [(i, r) for i in range(len(sizes)) for r in range(int(repeats))]
     for i, r in tqdm(jobs, desc="learning curve", disable=verbose < 1):

@@ -211,7 +211,7 @@ def test_learning_curve_table_and_plot(cli_files, capsys):
                  "--sizes", "4,8", "--strategy", "variance", "--initial", "3", "--method",
                  "exact", "--config", str(config)]) == 0
     out = capsys.readouterr().out
-    assert "by uncertainty selection from 3 random structures" in out
+    assert "by uncertainty selection (variance) from 3 random structures" in out
     assert [line.split()[0] for line in out.splitlines()
             if line.strip()[:2] in ("4 ", "8 ")] == ["4", "8"]
     assert main(["learning-curve", str(cli_files / "train.xyz"), str(cli_files / "test.xyz"),

@@ -44,6 +44,26 @@ def test_first_pick_has_the_largest_variance_and_greedy_matches_brute_force(seed
     assert len(set(picked.tolist())) == 3
 
 
+def test_reduction_first_pick_matches_brute_force(seed_model, ethanol_frames):
+    """"reduction" picks the structure whose environments most reduce the pool's variance."""
+    pool = ethanol_frames[5:20]
+    model = seed_model
+    gains = np.zeros(len(pool))
+    for s in range(len(model.species_)):
+        Z = model.inducing_[s]
+        X = [model.descriptor_.create(a)[a.numbers == model.species_[s]] for a in pool]
+        owner = np.concatenate([np.full(len(x), k) for k, x in enumerate(X)])
+        X = np.vstack(X)
+        K_zz = model.kernel_(Z)
+        K_zz += 1e-8 * np.mean(np.diag(K_zz)) * np.eye(len(Z))
+        R = model.kernel_(X) - model.kernel_(X, Z) @ sla.solve(K_zz, model.kernel_(Z, X))
+        gain = np.sum(R**2, axis=1) / (np.diag(R) + 1e-8)
+        gains += np.bincount(owner, weights=gain, minlength=len(pool))
+    picked = select_frames(seed_model, pool, 2, strategy="reduction")
+    assert picked[0] == int(np.argmax(gains))
+    assert picked[1] != picked[0]
+
+
 def test_near_duplicates_are_not_picked_twice(seed_model, ethanol_frames):
     copies = [ethanol_frames[30].copy() for _ in range(4)]
     for k, atoms in enumerate(copies):
