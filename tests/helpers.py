@@ -42,3 +42,34 @@ def numerical_forces(model, atoms, atom_indices, h=1e-4):
             minus = model.predict([shifted])[0]
             out[row, c] = -(plus - minus) / (2 * h)
     return out
+
+
+def assert_symmetries(model, atoms, euler=(0.7, 0.2, -1.3), shift=(3.0, -2.0, 1.0), seed=0):
+    """Energies (and their std) invariant and forces equivariant under a rotation plus
+    translation and a permutation of the hydrogens; per-atom force variance traces
+    invariant; zero net force."""
+    from scipy.spatial.transform import Rotation
+
+    energy, e_std = model.predict([atoms], return_std=True)
+    forces, f_std = model.predict_forces([atoms], return_std=True)
+    rotation = Rotation.from_euler("zyx", euler).as_matrix()
+    moved = atoms.copy()
+    moved.positions = atoms.positions @ rotation.T + np.asarray(shift)
+    e2, e2_std = model.predict([moved], return_std=True)
+    f2, f2_std = model.predict_forces([moved], return_std=True)
+    np.testing.assert_allclose(e2, energy, rtol=1e-10)
+    np.testing.assert_allclose(e2_std, e_std, rtol=1e-6)
+    np.testing.assert_allclose(f2[0], forces[0] @ rotation.T, atol=1e-8)
+    # per-component variances are the diagonal of a rotating 3 × 3 covariance: their sum
+    # (the trace) is invariant
+    np.testing.assert_allclose((f2_std[0] ** 2).sum(axis=1), (f_std[0] ** 2).sum(axis=1),
+                               rtol=1e-6)
+    perm = np.arange(len(atoms))
+    hydrogens = np.flatnonzero(atoms.numbers == 1)
+    perm[hydrogens] = np.random.default_rng(seed).permutation(hydrogens)
+    e3 = model.predict([atoms[perm]])
+    f3, f3_std = model.predict_forces([atoms[perm]], return_std=True)
+    np.testing.assert_allclose(e3, energy, rtol=1e-10)
+    np.testing.assert_allclose(f3[0], forces[0][perm], atol=1e-8)
+    np.testing.assert_allclose(f3_std[0], f_std[0][perm], rtol=1e-6)
+    assert np.abs(forces[0].sum(axis=0)).max() < 1e-8

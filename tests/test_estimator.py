@@ -7,8 +7,7 @@ import pytest
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from conftest import SHARED_DATA, emt_copper_frames
-from helpers import numerical_forces
-from scipy.spatial.transform import Rotation
+from helpers import assert_symmetries, numerical_forces
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
@@ -40,29 +39,7 @@ def test_periodic_forces_are_minus_energy_gradient():
 
 
 def test_invariances_and_equivariance(fitted_ethanol, ethanol_frames):
-    atoms = ethanol_frames[50]
-    energy, e_std = fitted_ethanol.predict([atoms], return_std=True)
-    forces, f_std = fitted_ethanol.predict_forces([atoms], return_std=True)
-    rotation = Rotation.from_euler("zyx", [0.7, 0.2, -1.3]).as_matrix()
-    moved = atoms.copy()
-    moved.positions = atoms.positions @ rotation.T + np.array([3.0, -2.0, 1.0])
-    e2, e2_std = fitted_ethanol.predict([moved], return_std=True)
-    f2 = fitted_ethanol.predict_forces([moved])[0]
-    np.testing.assert_allclose(e2, energy, rtol=1e-10)
-    np.testing.assert_allclose(e2_std, e_std, rtol=1e-7)
-    np.testing.assert_allclose(f2, forces[0] @ rotation.T, atol=1e-9)
-    # permutation of like atoms (the six H)
-    perm = np.arange(len(atoms))
-    hydrogens = np.flatnonzero(atoms.numbers == 1)
-    perm[hydrogens] = np.random.default_rng(0).permutation(hydrogens)
-    permuted = atoms[perm]
-    e3 = fitted_ethanol.predict([permuted])
-    f3, f3_std = fitted_ethanol.predict_forces([permuted], return_std=True)
-    np.testing.assert_allclose(e3, energy, rtol=1e-10)
-    np.testing.assert_allclose(f3[0], forces[0][perm], atol=1e-9)
-    np.testing.assert_allclose(f3_std[0], f_std[0][perm], rtol=1e-7)
-    # net force vanishes (translation invariance)
-    assert np.abs(forces[0].sum(axis=0)).max() < 1e-8
+    assert_symmetries(fitted_ethanol, ethanol_frames[50])
 
 
 def test_size_extensivity(fitted_ethanol, ethanol_frames):
