@@ -56,7 +56,8 @@ class Prediction(NamedTuple):
         eV/Å.
     energy_var_posterior, energy_var_projection : float or None
         Epistemic variance terms of the energy (eV²): the posterior over the
-        inducing values and the prior variance the inducing set does not span.
+        inducing values and the prior variance the inducing set does not span
+        (an exact model's whole posterior variance is in the first; the second is 0).
     forces_var_posterior, forces_var_projection : ndarray of shape (n_atoms, 3) or None
         The same two terms for every force component (eV²/Å²).
     local_energies : ndarray of shape (n_atoms,)
@@ -182,6 +183,16 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         that :meth:`update` can add structures and inducing environments by
         low-rank updates instead of a refit (memory grows with the training set:
         meant for on-the-fly learning, not for large fits).
+    method : {"sparse", "exact", "auto"}, default="sparse"
+        "sparse": the DTC approximation on inducing environments (memory linear in
+        the data). "exact": every energy and force component is an observation of
+        one GP (:mod:`kernelpot.exact`); most accurate for small data (about half
+        the force error of "sparse" with every environment inducing on the shared
+        ethanol set at n = 25 to 100), but memory grows as the square of the
+        number of force components and fitting as its cube. "auto": exact while
+        its estimated peak memory fits ``exact_memory_limit``, logged.
+    exact_memory_limit : float, default=4.0
+        GiB, for ``method="auto"``.
     apply_calibration : bool, default=True
         Multiply every std the model reports (``predict``, ``predict_forces``, the
         calculator's) by the factors :meth:`calibrate` fitted, once it has been
@@ -210,17 +221,38 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         learned aleatoric noise.
     log_marginal_likelihood_value_ : float
     n_inducing_ : dict
-        Inducing environments per element symbol.
+        Inducing environments per element symbol (the exact model: training
+        environments per element).
+    method_ : {"sparse", "exact"}
+        The method fitted (what ``method="auto"`` chose).
+    std_scale_ : dict or None
+        Calibration factors :meth:`calibrate` fitted.
+    interval_scores_ : dict or None
+        Sorted conformal scores :meth:`calibrate` stored, per quantity.
 
     Notes
     -----
-    Predicted variances (see :mod:`kernelpot.gp`): the epistemic variance of any
-    prediction is ``σ² |L_post⁻¹ k|²`` (posterior over the inducing values) plus
-    ``σ² (k_** - |L_mm⁻¹ k|²)``, the DTC term that grows for environments and
-    force directions far from the inducing set; for forces ``k_**`` is the prior
-    variance of the force component from the kernel's mixed second derivative.
-    The total variance adds the learned noise: ``σ_E² N`` for an ``N``-atom
-    energy, ``σ_F²`` per force component.
+    Predicted variances of the sparse model (see :mod:`kernelpot.gp`): the epistemic
+    variance of a prediction with design row ``k`` has two terms,
+
+    * ``v_posterior = σ² |L_post⁻¹ k|²``, the posterior over the inducing values;
+    * ``v_projection = σ² (k_** - |L_mm⁻¹ k|²)``, the prior variance the inducing set
+      does not span. For a force component ``k_**`` is the prior variance of that
+      component, ``Σ_ii' J_iᵀ H(x_i, x_i') J_i'`` with ``H`` the kernel's mixed second
+      derivative and ``J`` the descriptor Jacobian rows of the atoms' centres, and
+      ``k`` its covariance with the inducing values. So the term grows where the
+      inducing set does not cover the force directions of a new environment, not
+      only where the environment itself is new.
+
+    They are reported separately (:class:`Prediction`, the calculator's
+    ``forces_std_posterior`` and ``forces_std_projection``) and combined as
+    ``c² (v_posterior + w² v_projection)``, with ``c = w = 1`` until
+    :meth:`calibrate` fits both on validation data. Added raw, the projection term
+    dominates and is several times too wide. The exact model (``method="exact"``)
+    has only the first term, its exact posterior variance
+    ``σ² k_** - k_*ᵀ K_y⁻¹ k_*``. The total variance adds the learned noise:
+    ``σ_E² N`` for an ``N``-atom energy, ``σ_F²`` per force component. Every variance
+    is clipped at zero, with a warning if round-off went beyond 1e-8 relative.
 
     Examples
     --------
