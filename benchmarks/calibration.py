@@ -83,10 +83,13 @@ def main(argv=None):
             model.calibrate(valid)
             print(f"calibrated on {len(valid)} frames in {time.perf_counter() - start:.0f} s: "
                   f"factors {model.std_scale_}", flush=True)
-        forces, stds = model.predict_forces(test, return_std=True)
+        if label == "calibrated":
+            forces, stds, intervals = model.predict_forces(test, return_std=True,
+                                                           return_interval=0.9)
+        else:
+            forces, stds = model.predict_forces(test, return_std=True)
         row = summary(forces, ref, stds)
         if label == "calibrated":
-            _, intervals = model.predict_forces(test, return_interval=0.9)
             inside = np.concatenate([((r >= iv[..., 0]) & (r <= iv[..., 1])).ravel()
                                      for r, iv in zip(ref, intervals, strict=True)])
             row["conformal90"] = float(inside.mean())
