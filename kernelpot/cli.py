@@ -541,11 +541,12 @@ def _cmd_eval(args) -> int:
         scale = model.std_scale_
         path = model.save(args.output or args.model,
                           training_state=getattr(model, "_state", None) is not None)
-        print(f"std factors fitted on {args.recalibrate} ({len(valid)} structures): energy "
-              f"{scale['energy']:.3g} (projection weight {scale['energy_projection']:.3g}), "
-              f"forces {scale['forces']:.3g} ({scale['forces_projection']:.3g}); conformal "
-              f"intervals from {len(model.interval_scores_.get('forces', []))} force "
-              f"components; wrote {path}")
+        fitted = ", ".join(
+            f"{q} factor {scale[q]:.3g}, projection weight {scale.get(q + '_projection', 1):.3g}, "
+            f"exponent {scale.get(q + '_exponent', 1):.3g}" for q in ("energy", "forces"))
+        print(f"std calibration fitted on {args.recalibrate} ({len(valid)} structures): "
+              f"{fitted}; conformal intervals from "
+              f"{len(model.interval_scores_.get('forces', []))} force components; wrote {path}")
     err = _errors(model, frames)
     _print_errors("test", err)
     if args.plot:

@@ -37,6 +37,8 @@ DEFAULT_SPARSE_CAP = 2000
 _DESCRIPTOR_CACHE_BYTES = 2 * 2**30
 #: Names accepted by ``optimize``, in ``theta`` order (the kernel's own last).
 _HYPERPARAMETERS = ("signal_std", "energy_noise", "force_noise", "kernel")
+#: Validation values below which calibrate fits only the std factor (no shape).
+_SHAPE_MIN_VALUES = 50
 #: Values of ``method``.
 _METHODS = ("sparse", "exact", "auto")
 #: Design rows whose variances are solved together in prediction.
@@ -79,36 +81,74 @@ def _features_only(features) -> DescriptorResult:
                             np.zeros((0, 3, features.shape[1])))
 
 
-def _fit_variance_terms(errors, post, proj, noise, owner):
-    """``(c, w)``: the epistemic variance ``c² (post + w² proj)`` calibrated on ``errors``.
+def _fit_variance_terms(errors, post, proj, noise, owner) -> dict:
+    """Calibration of the epistemic variance on validation ``errors``, by maximum likelihood.
 
-    ``a = c²`` and ``b = c² w²`` maximise the Gaussian likelihood of the errors under
-    ``a post + b proj + noise`` (the learned noise fixed), in ``[1e-12, 1e12]``.
-    Without a projection term (an exact model) only ``a`` is fitted and ``w = 1``.
+    The calibrated variance is ``c² v_ref (u / v_ref)^p`` with ``u = post + w² proj``
+    and ``v_ref`` the mean raw epistemic variance on the validation set; ``c²``, ``w²``
+    and ``p`` (in [0.2, 5]) maximise the Gaussian likelihood of the errors with the
+    learned noise added and held fixed. ``p = 1`` is a plain scale; ``p > 1`` spreads
+    the stds (the errors grow faster than the raw std, the usual cause of heavy tails).
+    Without a projection term (an exact model) ``w = 1`` is not fitted. With fewer
+    than ``_SHAPE_MIN_VALUES`` validation values only ``c`` is fitted (``w = p = 1``):
+    three parameters on a handful of energies overfit. If ``c`` reaches its lower
+    limit (the noise explains the errors), ``w`` and ``p`` mean nothing and are 1.
+
+    Returns
+    -------
+    dict with keys "scale" (c), "projection" (w), "exponent" (p), "reference" (v_ref)
     """
     from scipy.optimize import minimize
 
     r2 = np.asarray(errors, dtype=np.float64) ** 2
-    two_terms = bool(np.any(proj > 0))
-    terms = [post, proj] if two_terms else [post + proj]
+    shape = r2.size >= _SHAPE_MIN_VALUES
+    two_terms = shape and bool(np.any(proj > 0))
+    v_ref = float(np.mean(post + proj))
+    if not v_ref > 0:
+        raise ValueError(f"{owner}: the model's epistemic variance is zero on every "
+                         "validation value; nothing to calibrate")
 
-    def nll(log_ab):
-        weights = np.exp(log_ab)
-        total = sum(w * t for w, t in zip(weights, terms, strict=True)) + noise
+    def parts(theta):
+        log_s, p = theta[0], theta[-1]
+        r = np.exp(theta[1]) if two_terms else 1.0
+        u = post + r * proj
+        t = u / v_ref
+        positive = t > 0
+        log_t = np.where(positive, np.log(np.where(positive, t, 1.0)), 0.0)
+        epistemic = np.where(positive, np.exp(log_s) * v_ref * np.exp(p * log_t), 0.0)
+        return r, u, log_t, epistemic
+
+    def nll(theta):
+        r, u, log_t, epistemic = parts(theta)
+        total = epistemic + noise
         value = 0.5 * np.sum(np.log(total) + r2 / total)
         d_total = 0.5 * (1.0 / total - r2 / total**2)
-        return value, np.array([w * (d_total @ t) for w, t in zip(weights, terms, strict=True)])
+        grad = [d_total @ epistemic]
+        if two_terms:
+            share = np.where(u > 0, r * proj / np.where(u > 0, u, 1.0), 0.0)
+            grad.append(d_total @ (epistemic * theta[-1] * share))
+        grad.append(d_total @ (epistemic * log_t))
+        return value, np.array(grad)
 
     bound = np.log(1e12)
-    result = minimize(nll, np.zeros(len(terms)), jac=True, method="L-BFGS-B",
-                      bounds=[(-bound, bound)] * len(terms))
-    weights = np.exp(result.x)
-    if np.any(np.isclose(result.x, -bound)):
-        logger.info("%s: a variance term went to its lower limit: the learned noise explains "
-                    "the errors it would", owner)
-    c = float(np.sqrt(weights[0]))
-    w = float(np.sqrt(weights[1] / weights[0])) if two_terms else 1.0
-    return c, w
+    start = [0.0, 0.0, 1.0] if two_terms else [0.0, 1.0]
+    bounds = [(-bound, bound)] * (len(start) - 1) + [(0.2, 5.0) if shape else (1.0, 1.0)]
+    result = minimize(nll, np.array(start), jac=True, method="L-BFGS-B", bounds=bounds)
+    if np.isclose(result.x[0], -bound, atol=1e-3):
+        logger.info("%s: the epistemic scale went to its lower limit: the learned noise "
+                    "explains the errors", owner)
+        return {"scale": float(np.exp(-0.5 * bound)), "projection": 1.0, "exponent": 1.0,
+                "reference": v_ref}
+    r, *_ = parts(result.x)
+    return {"scale": float(np.exp(0.5 * result.x[0])), "projection": float(np.sqrt(r)),
+            "exponent": float(result.x[-1]), "reference": v_ref}
+
+
+def _calibration_entries(quantity, fitted) -> dict:
+    """``std_scale_`` entries of one quantity from :func:`_fit_variance_terms`."""
+    return {quantity: fitted["scale"], f"{quantity}_projection": fitted["projection"],
+            f"{quantity}_exponent": fitted["exponent"],
+            f"{quantity}_reference": fitted["reference"]}
 
 
 def _labelled_copy(atoms, energy, forces):
@@ -1019,7 +1059,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         return tuple(result)
 
     def std_scale(self, quantity) -> float:
-        """The overall factor ``c`` on the epistemic std of ``"energy"`` or ``"forces"``.
+        """The factor ``c`` of the calibrated epistemic std (:meth:`epistemic_variance`).
 
         1 unless :meth:`calibrate` was called and ``apply_calibration`` is True.
         """
@@ -1030,15 +1070,18 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         return self._calibration_factors(quantity)[1]
 
     def _calibration_factors(self, quantity):
+        """``(c, w, p, v_ref)`` of ``quantity``; ``(1, 1, 1, 1)`` when not calibrated."""
         if quantity not in ("energy", "forces"):
             raise ValueError(f"quantity must be 'energy' or 'forces'; got {quantity!r}")
         factors = getattr(self, "std_scale_", None)
         if not self.apply_calibration or not factors:
-            return 1.0, 1.0
-        return float(factors[quantity]), float(factors.get(f"{quantity}_projection", 1.0))
+            return 1.0, 1.0, 1.0, 1.0
+        return (float(factors[quantity]), float(factors.get(f"{quantity}_projection", 1.0)),
+                float(factors.get(f"{quantity}_exponent", 1.0)),
+                float(factors.get(f"{quantity}_reference", 1.0)))
 
     def epistemic_variance(self, quantity, posterior, projection):
-        """Calibrated epistemic variance ``c² (v_posterior + w² v_projection)``.
+        """Calibrated epistemic variance ``c² v_ref (u / v_ref)^p``, ``u = v_post + w² v_proj``.
 
         Parameters
         ----------
@@ -1049,11 +1092,15 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         Returns
         -------
         float or ndarray
-            ``c`` and ``w`` are those :meth:`calibrate` fitted (1 and 1 before, or with
-            ``apply_calibration=False``).
+            ``c``, ``w``, ``p`` and ``v_ref`` are those :meth:`calibrate` fitted; before
+            (or with ``apply_calibration=False``) ``c = w = p = 1``: the raw
+            ``v_post + v_proj``.
         """
-        c, w = self._calibration_factors(quantity)
-        return c**2 * (posterior + w**2 * projection)
+        c, w, p, v_ref = self._calibration_factors(quantity)
+        u = posterior + w**2 * projection
+        if p == 1.0:
+            return c**2 * u
+        return c**2 * v_ref * (np.maximum(u, 0.0) / v_ref) ** p
 
     def calibrate(self, X):
         """Calibrate the stds on validation structures: a scale, and conformal intervals.
@@ -1066,31 +1113,37 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         Returns
         -------
         self : SparseGPPotential
-            With ``std_scale_ = {"energy": c_E, "forces": c_F, "energy_projection":
-            w_E, "forces_projection": w_F}``: the epistemic variance becomes
-            ``c² (v_posterior + w² v_projection)`` (:meth:`epistemic_variance`):
-            ``c² `` and ``c² w²`` maximise the Gaussian likelihood of the validation
-            errors, structure by structure (energies) or component by component
-            (forces), with the learned noise held fixed (``w = 1`` for an exact
-            model, which has no projection term). Saved with the model and applied while
-            ``apply_calibration`` is True: every epistemic std the model reports
-            (``std_type="epistemic"``, the calculator's ``energy_std``/``forces_std``)
-            is ``c sqrt(v_posterior + w² v_projection)``, and the total std is
-            ``sqrt(c² (v_posterior + w² v_projection) + σ_noise²)``. Also
+            With ``std_scale_``: per quantity (``"energy"``, ``"forces"``) a factor
+            ``c`` (key ``quantity``), a projection weight ``w`` (``quantity_projection``),
+            an exponent ``p`` (``quantity_exponent``) and a reference variance
+            ``v_ref`` (``quantity_reference``). The calibrated epistemic variance is
+            ``c² v_ref (u / v_ref)^p`` with ``u = v_posterior + w² v_projection``
+            (:meth:`epistemic_variance`). ``c``, ``w`` and ``p`` maximise the Gaussian
+            likelihood of the validation errors, structure by structure (energies) or
+            component by component (forces), with the learned noise added and held
+            fixed; ``v_ref`` is the mean raw ``v_posterior + v_projection`` there.
+            ``w = 1`` for an exact model (no projection term). Saved with the model
+            and applied while ``apply_calibration`` is True to every epistemic std
+            the model reports (``std_type="epistemic"``, the calculator's
+            ``energy_std``/``forces_std``); the total std adds the noise. Also
             ``interval_scores_ = {"energy": ..., "forces": ...}``: the sorted
-            normalised scores ``|error| / total std`` (with ``c`` applied) that
+            normalised scores ``|error| / total calibrated std`` that
             ``return_interval=`` of :meth:`predict` and :meth:`predict_forces`
             turns into split-conformal intervals.
 
         Notes
         -----
-        One scalar per quantity fixes the overall width, not the shape of the error
-        distribution (heavy tails stay heavy: a 2σ band may still hold fewer than
-        95 % of the errors). The intervals fix the tails: the half-width for nominal
-        coverage ``p`` is ``r_(k) × std`` with ``r_(k)`` the ``k = ⌈(n + 1) p⌉``-th
-        smallest score, so that if ``X`` and new structures are exchangeable (for
-        MD, frames far enough apart to be nearly independent) the interval holds
-        the reference with probability at least ``p`` (:mod:`kernelpot.conformal`).
+        The two variance terms get their own scale because, added raw, the projection
+        term dominates and is several times too wide. The exponent ``p`` is a fitted
+        map of the std: with ``p > 1`` large stds grow faster than small ones, which
+        is what heavy tails of the z-scores usually mean (errors grow faster than the
+        raw std), and it keeps the ranking of the stds. A Gaussian band of the
+        calibrated std can still miss its nominal coverage in the tails. The
+        intervals do not have that problem: the half-width for nominal coverage
+        ``p`` is ``r_(k) × std``, with ``r_(k)`` the ``k = ⌈(n + 1) p⌉``-th smallest
+        score. If ``X`` and new structures are exchangeable (for MD, frames far
+        enough apart to be nearly independent), the interval holds the reference with
+        probability at least ``p`` (:mod:`kernelpot.conformal`).
         Where the noise alone already explains the errors, ``c`` goes to its lower
         limit 1e-6 (logged).
         """
@@ -1112,10 +1165,9 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                 n_atoms = np.array([len(a) for a in chosen])
                 errors = np.array([p.energy for p in parts]) - labels.energies[mask]
                 noise = self.energy_noise_**2 * n_atoms
-                c, w = _fit_variance_terms(errors, post, proj, noise, owner)
-                factors["energy"], factors["energy_projection"] = c, w
-                scores["energy"] = conformal.normalised_scores(
-                    errors, np.sqrt(c**2 * (post + w**2 * proj) + noise))
+                fitted = _fit_variance_terms(errors, post, proj, noise, owner)
+                factors.update(_calibration_entries("energy", fitted))
+                scores["energy"] = (errors, post, proj, noise)
             with_forces = [k for k, f in enumerate(labels.forces) if f is not None]
             if with_forces:
                 chosen = [frames[k] for k in with_forces]
@@ -1125,20 +1177,20 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                 post = np.concatenate([p.forces_var_posterior.ravel() for p in parts])
                 proj = np.concatenate([p.forces_var_projection.ravel() for p in parts])
                 noise = np.full(post.size, self.force_noise_**2)
-                c, w = _fit_variance_terms(errors, post, proj, noise, owner)
-                factors["forces"], factors["forces_projection"] = c, w
-                scores["forces"] = conformal.normalised_scores(
-                    errors, np.sqrt(c**2 * (post + w**2 * proj) + noise))
+                fitted = _fit_variance_terms(errors, post, proj, noise, owner)
+                factors.update(_calibration_entries("forces", fitted))
+                scores["forces"] = (errors, post, proj, noise)
         except Exception:
             self.std_scale_ = previous
             raise
         self.std_scale_ = factors
-        self.interval_scores_ = scores
-        logger.info("%s: epistemic std factors energy %.3g (projection weight %.3g), forces "
-                    "%.3g (%.3g); conformal scores from %s", owner, factors["energy"],
-                    factors.get("energy_projection", 1.0), factors["forces"],
-                    factors.get("forces_projection", 1.0),
-                    {k: len(v) for k, v in scores.items()})
+        # normalised conformal scores against the calibrated total std
+        self.interval_scores_ = {
+            quantity: conformal.normalised_scores(
+                errors, np.sqrt(self.epistemic_variance(quantity, post, proj) + noise))
+            for quantity, (errors, post, proj, noise) in scores.items()}
+        logger.info("%s: calibration %s; conformal scores from %s", owner, factors,
+                    {k: len(v) for k, v in self.interval_scores_.items()})
         return self
 
     def _interval_multiplier(self, quantity, coverage) -> float:

@@ -278,8 +278,10 @@ def _std_scale(scale, path):
     """Validated ``std_scale`` metadata entry."""
     if scale is None:
         return None
+    known = {f"{q}{suffix}" for q in ("energy", "forces")
+             for suffix in ("", "_projection", "_exponent", "_reference")}
     if not isinstance(scale, dict) or not {"energy", "forces"} <= set(scale) \
-            or not set(scale) <= {"energy", "forces", "energy_projection", "forces_projection"} \
+            or not set(scale) <= known \
             or not all(isinstance(v, (int, float)) and v > 0 for v in scale.values()):
         raise ValueError(f"load: {path} has a malformed std_scale entry")
     return {k: float(v) for k, v in scale.items()}

@@ -178,7 +178,7 @@ def test_eval_recalibrate_writes_the_factors(cli_files, capsys, ethanol_frames):
     assert main(["eval", str(model_path), str(cli_files / "test.xyz"), "--recalibrate",
                  str(cli_files / "valid.xyz"), "-o", str(out_path)]) == 0
     out = capsys.readouterr().out
-    assert "std factors fitted" in out and "before recalibration" in out
+    assert "std calibration fitted" in out and "before recalibration" in out
     calibrated = load(out_path)
     expected = load(model_path).calibrate(read_frames(cli_files / "valid.xyz"))
     assert calibrated.std_scale_ == pytest.approx(expected.std_scale_)
