@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from molecules import SHARED  # noqa: E402
 
 import kernelpot  # noqa: E402
-from kernelpot import SOAP, SparseGPPotential, metrics  # noqa: E402
+from kernelpot import SOAP, SparseGPPotential, conformal, metrics  # noqa: E402
 
 
 def summary(forces, reference, stds):
@@ -76,30 +76,40 @@ def main(argv=None):
     ref = [a.get_forces() for a in test]
     hot = read(SHARED / "ethanol_1000K.xyz", "::10")[: args.hot_frames] \
         if args.molecule == "ethanol" else None
+    # the raw variance terms once per frame; the calibration is applied to them after
+    test_terms = [model.predict_structure(a, variance=True) for a in test]
+    hot_terms = [model.predict_structure(a, variance=True) for a in hot] if hot else None
+    start = time.perf_counter()
+    model.calibrate(valid)
+    print(f"calibrated on {len(valid)} frames in {time.perf_counter() - start:.0f} s: "
+          f"{model.std_scale_}", flush=True)
+    noise = model.force_noise_**2
+
+    def stds(terms, calibrated):
+        if calibrated:
+            return [np.sqrt(model.epistemic_variance("forces", t.forces_var_posterior,
+                                                     t.forces_var_projection) + noise)
+                    for t in terms]
+        return [np.sqrt(t.forces_var_posterior + t.forces_var_projection + noise)
+                for t in terms]
+
     rows = {}
     for label in ("raw", "calibrated"):
+        forces = [t.forces for t in test_terms]
+        test_std = stds(test_terms, label == "calibrated")
+        row = summary(forces, ref, test_std)
         if label == "calibrated":
-            start = time.perf_counter()
-            model.calibrate(valid)
-            print(f"calibrated on {len(valid)} frames in {time.perf_counter() - start:.0f} s: "
-                  f"factors {model.std_scale_}", flush=True)
-        if label == "calibrated":
-            forces, stds, intervals = model.predict_forces(test, return_std=True,
-                                                           return_interval=0.9)
-        else:
-            forces, stds = model.predict_forces(test, return_std=True)
-        row = summary(forces, ref, stds)
-        if label == "calibrated":
-            inside = np.concatenate([((r >= iv[..., 0]) & (r <= iv[..., 1])).ravel()
-                                     for r, iv in zip(ref, intervals, strict=True)])
+            half = conformal.interval_quantile(model.interval_scores_["forces"], 0.9)
+            inside = np.concatenate([(np.abs(f - r) <= half * s).ravel()
+                                     for f, r, s in zip(forces, ref, test_std, strict=True)])
             row["conformal90"] = float(inside.mean())
             if args.plot:
                 from kernelpot.plotting import plot_calibration
 
-                print(f"wrote {plot_calibration(forces, ref, stds, args.plot)}")
+                print(f"wrote {plot_calibration(forces, ref, test_std, args.plot)}")
         if hot is not None:
-            hot_forces, hot_stds = model.predict_forces(hot, return_std=True)
-            hot_row = summary(hot_forces, [a.get_forces() for a in hot], hot_stds)
+            hot_row = summary([t.forces for t in hot_terms], [a.get_forces() for a in hot],
+                              stds(hot_terms, label == "calibrated"))
             row["std_growth"] = hot_row["mean_std"] / row["mean_std"]
             row["error_growth"] = hot_row["mae"] / row["mae"]
         rows[label] = row
