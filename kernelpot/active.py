@@ -206,7 +206,8 @@ class OnTheFlyLearner:
             self._fit_first(atoms)
             self._last_call_step = int(dynamics.nsteps)  # labelled already: no call here
         elif getattr(self.model, "_state", None) is None:
-            raise ValueError("OnTheFlyLearner: the model must be fitted with incremental=True")
+            raise ValueError("OnTheFlyLearner: the model must be a sparse one (method='sparse') "
+                             "fitted with incremental=True")
         elif not self._continuing:
             for frame in self.model._state.frames:  # the starting data, for resume
                 self._append_frame(frame)
