@@ -183,11 +183,11 @@ def test_exact_beats_all_environment_sparse_model(fitted_exact, ethanol_frames, 
 
 def test_learned_force_noise():
     """Known noise σ_F = 0.05 eV/Å on EMT Cu forces is learned to within 25 %."""
-    descriptor = SOAP(["Cu"], 4.5, n_max=4, l_max=3, sigma=0.5)
-    frames = emt_copper_frames(12, seed=0, force_noise=0.05)
+    descriptor = SOAP(["Cu"], 4.0, n_max=4, l_max=3, sigma=0.5)
+    frames = emt_copper_frames(10, seed=0, force_noise=0.05)
     model = SparseGPPotential(descriptor, method="exact", n_restarts=0, random_state=0)
     assert model.fit(frames).force_noise_ == pytest.approx(0.05, rel=0.25)
-    clean = clone(model).fit(emt_copper_frames(12, seed=0, force_noise=0.0))
+    clean = clone(model).fit(emt_copper_frames(10, seed=0, force_noise=0.0))
     assert clean.force_noise_ < 0.4 * 0.05
 
 
