@@ -235,9 +235,12 @@ def covariance(A: Observations, B: Observations, kernel, symmetric: bool = False
                 if symmetric:  # blocks of earlier structures come from their mirror
                     first = int(np.searchsorted(
                         struct_B, A.force_structure[A.row_force[s][start]]))
-                kernel.accumulate_cross_hessian(FF, XA, GA[ch], envA[ch], A.row_force[s][ch],
-                                                XB, GB[first:], envB[first:],
-                                                B.row_force[s][first:])
+                # only the environments of this chunk's rows: the kernels form products
+                # of X with all of B's rows
+                used, env_in_chunk = np.unique(envA[ch], return_inverse=True)
+                kernel.accumulate_cross_hessian(FF, XA[used], GA[ch], env_in_chunk,
+                                                A.row_force[s][ch], XB, GB[first:],
+                                                envB[first:], B.row_force[s][first:])
     if symmetric:
         FE[:] = EF.T
         struct = A.force_structure
