@@ -88,8 +88,8 @@ def main(argv=None):
     def stds(terms, calibrated):
         if calibrated:
             return [np.sqrt(model.epistemic_variance("forces", t.forces_var_posterior,
-                                                     t.forces_var_projection) + noise)
-                    for t in terms]
+                                                     t.forces_var_projection)
+                            + model.noise_variance("forces", noise)) for t in terms]
         return [np.sqrt(t.forces_var_posterior + t.forces_var_projection + noise)
                 for t in terms]
 

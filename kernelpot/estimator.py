@@ -82,73 +82,93 @@ def _features_only(features) -> DescriptorResult:
 
 
 def _fit_variance_terms(errors, post, proj, noise, owner) -> dict:
-    """Calibration of the epistemic variance on validation ``errors``, by maximum likelihood.
+    """Calibration of the predicted variance on validation ``errors``, by maximum likelihood.
 
-    The calibrated variance is ``c² v_ref (u / v_ref)^p`` with ``u = post + w² proj``
-    and ``v_ref`` the mean raw epistemic variance on the validation set; ``c²``, ``w²``
-    and ``p`` (in [0.2, 5]) maximise the Gaussian likelihood of the errors with the
-    learned noise added and held fixed. ``p = 1`` is a plain scale; ``p > 1`` spreads
-    the stds (the errors grow faster than the raw std, the usual cause of heavy tails).
-    Without a projection term (an exact model) ``w = 1`` is not fitted. With fewer
-    than ``_SHAPE_MIN_VALUES`` validation values only ``c`` is fitted (``w = p = 1``):
-    three parameters on a handful of energies overfit. If ``c`` reaches its lower
-    limit (the noise explains the errors), ``w`` and ``p`` mean nothing and are 1.
+    The calibrated total variance is ``c² v_ref (u / v_ref)^p + d² noise`` with
+    ``u = post + w² proj`` and ``v_ref`` the geometric mean of the raw epistemic
+    variance on the validation set; ``c²``, ``w²``, ``d²`` (in [1e-4, 1e4]) and ``p`` (in [0.2, 5])
+    maximise the Gaussian likelihood of the errors. ``p = 1`` is a plain scale; ``p >
+    1`` spreads the stds (the errors grow faster than the raw std, the usual cause of
+    heavy tails). ``d`` rescales the learned noise in the total: a sparse model's
+    learned force noise absorbs its misfit on the training set, and with it the total
+    std is too uniform. Without a projection term (an exact model) ``w = 1`` is not
+    fitted. With fewer than ``_SHAPE_MIN_VALUES`` validation values only ``c`` is
+    fitted (``w = p = d = 1``): four parameters on a handful of energies overfit. If
+    ``c`` reaches its lower limit (the noise explains the errors), ``w`` and ``p`` mean
+    nothing and are 1.
 
     Returns
     -------
-    dict with keys "scale" (c), "projection" (w), "exponent" (p), "reference" (v_ref)
+    dict with keys "scale" (c), "projection" (w), "exponent" (p), "reference" (v_ref),
+    "noise" (d)
     """
     from scipy.optimize import minimize
 
     r2 = np.asarray(errors, dtype=np.float64) ** 2
+    noise = np.asarray(noise, dtype=np.float64)
     shape = r2.size >= _SHAPE_MIN_VALUES
     two_terms = shape and bool(np.any(proj > 0))
-    v_ref = float(np.mean(post + proj))
-    if not v_ref > 0:
+    fit_noise = shape and bool(np.any(noise > 0))
+    raw = post + proj
+    if not np.any(raw > 0):
         raise ValueError(f"{owner}: the model's epistemic variance is zero on every "
                          "validation value; nothing to calibrate")
+    # the geometric mean centres log(u / v_ref), which decouples c from p
+    v_ref = float(np.exp(np.mean(np.log(raw[raw > 0]))))
+    # slots of theta: log c², [log w²], [log d²], p
+    i_w = 1 if two_terms else None
+    i_d = 1 + int(two_terms) if fit_noise else None
 
     def parts(theta):
-        log_s, p = theta[0], theta[-1]
-        r = np.exp(theta[1]) if two_terms else 1.0
+        p = theta[-1]
+        r = np.exp(theta[i_w]) if i_w is not None else 1.0
+        d2 = np.exp(theta[i_d]) if i_d is not None else 1.0
         u = post + r * proj
         t = u / v_ref
         positive = t > 0
         log_t = np.where(positive, np.log(np.where(positive, t, 1.0)), 0.0)
-        epistemic = np.where(positive, np.exp(log_s) * v_ref * np.exp(p * log_t), 0.0)
-        return r, u, log_t, epistemic
+        epistemic = np.where(positive, np.exp(theta[0]) * v_ref * np.exp(p * log_t), 0.0)
+        return r, d2, u, log_t, epistemic
 
     def nll(theta):
-        r, u, log_t, epistemic = parts(theta)
-        total = epistemic + noise
+        r, d2, u, log_t, epistemic = parts(theta)
+        total = epistemic + d2 * noise
         value = 0.5 * np.sum(np.log(total) + r2 / total)
         d_total = 0.5 * (1.0 / total - r2 / total**2)
         grad = [d_total @ epistemic]
-        if two_terms:
+        if i_w is not None:
             share = np.where(u > 0, r * proj / np.where(u > 0, u, 1.0), 0.0)
             grad.append(d_total @ (epistemic * theta[-1] * share))
+        if i_d is not None:
+            grad.append(d2 * (d_total @ noise))
         grad.append(d_total @ (epistemic * log_t))
         return value, np.array(grad)
 
     bound = np.log(1e12)
-    start = [0.0, 0.0, 1.0] if two_terms else [0.0, 1.0]
-    bounds = [(-bound, bound)] * (len(start) - 1) + [(0.2, 5.0) if shape else (1.0, 1.0)]
-    result = minimize(nll, np.array(start), jac=True, method="L-BFGS-B", bounds=bounds)
+    start = [0.0] + [0.0] * ((i_w is not None) + (i_d is not None)) + [1.0]
+    bounds = [(-bound, bound)] + [(-bound, bound)] * (i_w is not None) \
+        + [(np.log(1e-4), np.log(1e4))] * (i_d is not None) \
+        + [(0.2, 5.0) if shape else (1.0, 1.0)]
+    result = minimize(nll, np.array(start), jac=True, method="L-BFGS-B", bounds=bounds,
+                      options={"ftol": 1e-13, "gtol": 1e-9, "maxiter": 1000})
+    # a restart from the result clears L-BFGS-B's stalls on this coupled problem
+    result = minimize(nll, result.x, jac=True, method="L-BFGS-B", bounds=bounds,
+                      options={"ftol": 1e-13, "gtol": 1e-9, "maxiter": 1000})
+    r, d2, *_ = parts(result.x)
     if np.isclose(result.x[0], -bound, atol=1e-3):
         logger.info("%s: the epistemic scale went to its lower limit: the learned noise "
                     "explains the errors", owner)
         return {"scale": float(np.exp(-0.5 * bound)), "projection": 1.0, "exponent": 1.0,
-                "reference": v_ref}
-    r, *_ = parts(result.x)
+                "reference": v_ref, "noise": float(np.sqrt(d2))}
     return {"scale": float(np.exp(0.5 * result.x[0])), "projection": float(np.sqrt(r)),
-            "exponent": float(result.x[-1]), "reference": v_ref}
+            "exponent": float(result.x[-1]), "reference": v_ref, "noise": float(np.sqrt(d2))}
 
 
 def _calibration_entries(quantity, fitted) -> dict:
     """``std_scale_`` entries of one quantity from :func:`_fit_variance_terms`."""
     return {quantity: fitted["scale"], f"{quantity}_projection": fitted["projection"],
             f"{quantity}_exponent": fitted["exponent"],
-            f"{quantity}_reference": fitted["reference"]}
+            f"{quantity}_reference": fitted["reference"], f"{quantity}_noise": fitted["noise"]}
 
 
 def _labelled_copy(atoms, energy, forces):
@@ -1007,7 +1027,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             return energies
         epistemic = np.array([self.epistemic_variance("energy", p.energy_var_posterior,
                                                       p.energy_var_projection) for p in out])
-        total = epistemic + self.energy_noise_**2 * np.array([len(a) for a in frames])
+        total = epistemic + self.noise_variance(
+            "energy", self.energy_noise_**2 * np.array([len(a) for a in frames]))
         result = [energies]
         if return_std:
             result.append(np.sqrt(total if std_type == "total" else epistemic))
@@ -1024,7 +1045,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         X : list of ase.Atoms
         return_std : bool, default=False
         std_type : {"total", "epistemic"}, default="total"
-            "total" adds the learned force noise ``σ_F²`` to the epistemic variance.
+            "total" adds the learned force noise ``σ_F²`` (times ``d²`` after
+            :meth:`calibrate`) to the epistemic variance.
         return_interval : float in (0, 1) or None, default=None
             Also return per-component intervals of this nominal coverage
             (split-conformal after :meth:`calibrate`, as in :meth:`predict`).
@@ -1049,11 +1071,12 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         epistemic = [self.epistemic_variance("forces", p.forces_var_posterior,
                                              p.forces_var_projection) for p in out]
         result = [forces]
+        noise = self.noise_variance("forces", self.force_noise_**2)
         if return_std:
-            noise = self.force_noise_**2 if std_type == "total" else 0.0
-            result.append([np.sqrt(v + noise) for v in epistemic])
+            result.append([np.sqrt(v + (noise if std_type == "total" else 0.0))
+                           for v in epistemic])
         if return_interval is not None:
-            halves = [multiplier * np.sqrt(v + self.force_noise_**2) for v in epistemic]
+            halves = [multiplier * np.sqrt(v + noise) for v in epistemic]
             result.append([np.stack([f - h, f + h], axis=-1)
                            for f, h in zip(forces, halves, strict=True)])
         return tuple(result)
@@ -1102,6 +1125,17 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             return c**2 * u
         return c**2 * v_ref * (np.maximum(u, 0.0) / v_ref) ** p
 
+    def noise_variance(self, quantity, noise_var):
+        """The learned noise's share of the calibrated total variance, ``d² noise_var``.
+
+        ``d`` is the noise factor :meth:`calibrate` fitted (1 before, or with
+        ``apply_calibration=False``); ``noise_var`` is ``σ_E² N`` or ``σ_F²``.
+        """
+        factors = getattr(self, "std_scale_", None)
+        if not self.apply_calibration or not factors:
+            return noise_var
+        return float(factors.get(f"{quantity}_noise", 1.0)) ** 2 * noise_var
+
     def calibrate(self, X):
         """Calibrate the stds on validation structures: a scale, and conformal intervals.
 
@@ -1115,17 +1149,19 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         self : SparseGPPotential
             With ``std_scale_``: per quantity (``"energy"``, ``"forces"``) a factor
             ``c`` (key ``quantity``), a projection weight ``w`` (``quantity_projection``),
-            an exponent ``p`` (``quantity_exponent``) and a reference variance
-            ``v_ref`` (``quantity_reference``). The calibrated epistemic variance is
-            ``c² v_ref (u / v_ref)^p`` with ``u = v_posterior + w² v_projection``
-            (:meth:`epistemic_variance`). ``c``, ``w`` and ``p`` maximise the Gaussian
-            likelihood of the validation errors, structure by structure (energies) or
-            component by component (forces), with the learned noise added and held
-            fixed; ``v_ref`` is the mean raw ``v_posterior + v_projection`` there.
-            ``w = 1`` for an exact model (no projection term). Saved with the model
-            and applied while ``apply_calibration`` is True to every epistemic std
-            the model reports (``std_type="epistemic"``, the calculator's
-            ``energy_std``/``forces_std``); the total std adds the noise. Also
+            an exponent ``p`` (``quantity_exponent``), a reference variance ``v_ref``
+            (``quantity_reference``) and a noise factor ``d`` (``quantity_noise``). The
+            calibrated epistemic variance is ``c² v_ref (u / v_ref)^p`` with
+            ``u = v_posterior + w² v_projection`` (:meth:`epistemic_variance`), and the
+            total adds ``d²`` times the learned noise variance (:meth:`noise_variance`;
+            ``force_noise_``/``energy_noise_`` themselves are unchanged). ``c``, ``w``,
+            ``p`` and ``d`` maximise the Gaussian likelihood of the validation errors,
+            structure by structure (energies) or component by component (forces);
+            ``v_ref`` is the geometric mean of the raw ``v_posterior + v_projection``
+            there. ``w = 1`` for an exact model (no projection term). Saved with the
+            model and applied while ``apply_calibration`` is True to every std the
+            model reports (``std_type="epistemic"`` and ``"total"``, the calculator's
+            ``energy_std``/``forces_std``). Also
             ``interval_scores_ = {"energy": ..., "forces": ...}``: the sorted
             normalised scores ``|error| / total calibrated std`` that
             ``return_interval=`` of :meth:`predict` and :meth:`predict_forces`
@@ -1187,7 +1223,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         # normalised conformal scores against the calibrated total std
         self.interval_scores_ = {
             quantity: conformal.normalised_scores(
-                errors, np.sqrt(self.epistemic_variance(quantity, post, proj) + noise))
+                errors, np.sqrt(self.epistemic_variance(quantity, post, proj)
+                                + self.noise_variance(quantity, noise)))
             for quantity, (errors, post, proj, noise) in scores.items()}
         logger.info("%s: calibration %s; conformal scores from %s", owner, factors,
                     {k: len(v) for k, v in self.interval_scores_.items()})

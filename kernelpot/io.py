@@ -279,7 +279,7 @@ def _std_scale(scale, path):
     if scale is None:
         return None
     known = {f"{q}{suffix}" for q in ("energy", "forces")
-             for suffix in ("", "_projection", "_exponent", "_reference")}
+             for suffix in ("", "_projection", "_exponent", "_reference", "_noise")}
     if not isinstance(scale, dict) or not {"energy", "forces"} <= set(scale) \
             or not set(scale) <= known \
             or not all(isinstance(v, (int, float)) and v > 0 for v in scale.values()):

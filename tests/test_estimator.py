@@ -444,6 +444,8 @@ def test_calibrate_scales_every_std_and_survives_save_load(fitted_ethanol, ethan
     _, f_epi = calibrated.predict_forces(test, return_std=True, std_type="epistemic")
     _, f_tot = calibrated.predict_forces(test, return_std=True)
     terms = [fitted_ethanol.predict_structure(a, variance=True) for a in test]
+    np.testing.assert_allclose(f_tot[0] ** 2, f_epi[0] ** 2 + scale["forces_noise"] ** 2
+                               * calibrated.force_noise_**2, rtol=1e-9)
     np.testing.assert_allclose(e_epi**2, [calibrated_var("energy", t.energy_var_posterior,
                                                          t.energy_var_projection)
                                           for t in terms], rtol=1e-9)
@@ -461,13 +463,17 @@ def test_calibrate_scales_every_std_and_survives_save_load(fitted_ethanol, ethan
     def nll(var):
         return float(np.mean(0.5 * np.log(var) + 0.5 * err**2 / var))
 
-    best = nll(calibrated_var("forces", post, proj) + noise)
+    best = nll(calibrated_var("forces", post, proj) + scale["forces_noise"] ** 2 * noise)
     original = dict(scale)
     for key, factor in (("forces", 1.05), ("forces", 1 / 1.05), ("forces_projection", 1.1),
                         ("forces_projection", 1 / 1.1), ("forces_exponent", 1.02),
-                        ("forces_exponent", 1 / 1.02)):
+                        ("forces_exponent", 1 / 1.02), ("forces_noise", 1.05),
+                        ("forces_noise", 1 / 1.05)):
+        if key == "forces_noise" and np.isclose(original[key], 1e-2) and factor < 1:
+            continue  # at its lower limit
         scale[key] = original[key] * factor
-        assert best < nll(calibrated_var("forces", post, proj) + noise)
+        assert best < nll(calibrated_var("forces", post, proj) + scale["forces_noise"] ** 2
+                          * noise)
         scale[key] = original[key]
     assert best < min(nll(s * (post + proj) + noise) for s in np.geomspace(1e-3, 10, 200))
     atoms = test[0].copy()
