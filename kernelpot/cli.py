@@ -130,6 +130,8 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-train", type=int, default=100,
                    help="training frames (of the 150 non-test bundled frames; default 100)")
     d.add_argument("--descriptor", choices=["soap", "acsf"], default="soap")
+    d.add_argument("--method", choices=["sparse", "exact", "auto"], default="sparse",
+                   help="sparse GP (default) or the exact force-domain GP")
     d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     d.add_argument("--plot", default="demo_parity.png",
                    help="force parity plot coloured by the predicted std "
@@ -369,15 +371,17 @@ def _cmd_demo(args) -> int:
     pool = index[index % 4 != 3]
     if not 1 <= args.n_train <= len(pool):
         raise CLIError(f"--n-train must be between 1 and {len(pool)}; got {args.n_train}")
-    train_idx = np.random.default_rng(args.seed).permutation(pool)[: args.n_train]
-    train = [frames[i] for i in train_idx]
+    order = np.random.default_rng(args.seed).permutation(pool)
+    train = [frames[i] for i in order[: args.n_train]]
+    valid = [frames[i] for i in order[args.n_train:]]  # never trained on: for calibrate
     species = ["H", "C", "O"]
     descriptor = (SOAP(species, 4.0, n_max=6, l_max=4, sigma=0.4) if args.descriptor == "soap"
                   else ACSF.from_grid(species, 4.0, n_radial=8, n_angular=8))
     verbose = int(sys.stderr.isatty() and not args.quiet)
-    print(f"kernelpot {__version__} demo: sparse GP on GFN2-xTB ethanol (500 K), "
+    print(f"kernelpot {__version__} demo: {args.method} GP on GFN2-xTB ethanol (500 K), "
           f"{len(train)} training and {len(test)} test frames, {args.descriptor.upper()}")
-    model = SparseGPPotential(descriptor, random_state=args.seed, verbose=verbose)
+    model = SparseGPPotential(descriptor, method=args.method, random_state=args.seed,
+                              verbose=verbose)
     start = time.perf_counter()
     model.fit(train)
     fit_s = time.perf_counter() - start
@@ -403,6 +407,16 @@ def _cmd_demo(args) -> int:
           f"{metrics.spearman_std_error(forces, ref_f, forces_std):.2f}; energies "
           f"{100 * metrics.coverage(energies, ref_e, energy_std, 1):.0f}% within 1 std")
     print(f"prediction with std: {pred_ms:.2f} ms per atom")
+    if len(valid) >= 10:
+        model.calibrate(valid)
+        forces, forces_std, intervals = model.predict_forces(test, return_std=True,
+                                                             return_interval=0.9)
+        inside = np.mean(np.concatenate([((r >= iv[..., 0]) & (r <= iv[..., 1])).ravel()
+                                         for r, iv in zip(ref_f, intervals, strict=True)]))
+        one, two = (100 * metrics.coverage(forces, ref_f, forces_std, k) for k in (1, 2))
+        print(f"calibrated on the {len(valid)} other frames: {one:.0f}% of test force "
+              f"components within 1 std, {two:.0f}% within 2; conformal 90% intervals "
+              f"hold {100 * inside:.0f}%")
     if args.plot and args.plot.lower() != "none":
         from kernelpot.plotting import plot_parity
 

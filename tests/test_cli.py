@@ -63,6 +63,7 @@ def test_demo_runs_on_bundled_data(capsys, tmp_path):
     assert main(["demo", "--n-train", "12", "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
     assert "learned noise" in out and "test forces" in out and "within 1 std" in out
+    assert "calibrated on the 138 other frames" in out and "conformal 90% intervals" in out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
