@@ -16,7 +16,14 @@ import math
 
 import numpy as np
 
-__all__ = ["normalised_scores", "interval_quantile"]
+__all__ = ["normalised_scores", "interval_quantile", "check_coverage"]
+
+
+def check_coverage(coverage) -> None:
+    """Raise ValueError unless ``coverage`` is a number in (0, 1)."""
+    if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) \
+            or not 0.0 < coverage < 1.0:
+        raise ValueError(f"interval coverage must be a number in (0, 1); got {coverage!r}")
 
 
 def normalised_scores(errors, std) -> np.ndarray:
@@ -65,9 +72,7 @@ def interval_quantile(scores: np.ndarray, coverage: float, what: str = "values")
         If ``coverage`` is not in (0, 1), or ``n`` is too small for it
         (``k > n``: no finite interval has the guarantee).
     """
-    if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) \
-            or not 0.0 < coverage < 1.0:
-        raise ValueError(f"interval coverage must be a number in (0, 1); got {coverage!r}")
+    check_coverage(coverage)
     n = len(scores)
     k = math.ceil((n + 1) * coverage - 1e-12)
     if k > n:

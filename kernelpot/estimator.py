@@ -752,8 +752,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                                            exact.mean_weights(obs, weights, signal_var))
         self._exact_K0 = K0
         self.alpha_ = weights
-        self.log_marginal_likelihood_value_ = float(
-            -0.5 * y @ weights - np.log(np.diag(L)).sum() - 0.5 * len(y) * np.log(2 * np.pi))
+        self.log_marginal_likelihood_value_ = exact.log_density(L, y, weights)
 
     def _reference_energies(self, counts, energies, species) -> np.ndarray:
         """e0 per element; ``counts`` (n_structures, n_species) are the compositions."""
@@ -1192,10 +1191,14 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         scores = {}
         try:
             factors = {"energy": 1.0, "forces": 1.0}
+            with_forces = [k for k, f in enumerate(labels.forces) if f is not None]
+            # one prediction pass: the force pass also gives the energy variance terms
+            _, predicted = self._predict_many(frames, forces=bool(with_forces),
+                                              variance=True if with_forces else "energy")
             if labels.has_energy.any():
                 mask = labels.has_energy
                 chosen = [frames[k] for k in np.flatnonzero(mask)]
-                _, parts = self._predict_many(chosen, forces=False, variance="energy")
+                parts = [predicted[k] for k in np.flatnonzero(mask)]
                 post = np.array([p.energy_var_posterior for p in parts])
                 proj = np.array([p.energy_var_projection for p in parts])
                 n_atoms = np.array([len(a) for a in chosen])
@@ -1204,10 +1207,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                 fitted = _fit_variance_terms(errors, post, proj, noise, owner)
                 factors.update(_calibration_entries("energy", fitted))
                 scores["energy"] = (errors, post, proj, noise)
-            with_forces = [k for k, f in enumerate(labels.forces) if f is not None]
             if with_forces:
-                chosen = [frames[k] for k in with_forces]
-                _, parts = self._predict_many(chosen, forces=True, variance=True)
+                parts = [predicted[k] for k in with_forces]
                 errors = np.concatenate([(p.forces - labels.forces[k]).ravel()
                                          for p, k in zip(parts, with_forces, strict=True)])
                 post = np.concatenate([p.forces_var_posterior.ravel() for p in parts])
@@ -1236,10 +1237,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         if scores is None:
             from scipy.stats import norm
 
-            if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) \
-                    or not 0.0 < coverage < 1.0:
-                raise ValueError(f"interval coverage must be a number in (0, 1); "
-                                 f"got {coverage!r}")
+            conformal.check_coverage(coverage)
             warnings.warn(f"{type(self).__name__}: no calibration scores for {quantity}; "
                           "the interval is the Gaussian one of the predicted std, without a "
                           "coverage guarantee (call calibrate() on validation structures)",

@@ -42,8 +42,8 @@ from kernelpot.descriptors.base import DescriptorResult
 logger = logging.getLogger(__name__)
 
 __all__ = ["Observations", "MeanWeights", "ExactPosterior", "build_observations", "covariance",
-           "log_marginal_likelihood", "mean_weights", "predict_mean", "predict_variances",
-           "memory_estimate", "structure_arrays", "structures_from_arrays"]
+           "log_density", "log_marginal_likelihood", "mean_weights", "predict_mean",
+           "predict_variances", "memory_estimate", "structure_arrays", "structures_from_arrays"]
 
 #: Entries of one chunk of a force–force block (rows × columns): 2²⁴ doubles, 128 MiB.
 _CHUNK_ENTRIES = 2**24
@@ -271,6 +271,12 @@ def factor(K0: np.ndarray, log_params: np.ndarray, obs: Observations) -> np.ndar
     return _cholesky(K_y)
 
 
+def log_density(L: np.ndarray, y: np.ndarray, weights: np.ndarray) -> float:
+    """``log N(y; 0, K_y)`` from the Cholesky factor ``L`` of ``K_y`` and ``K_y⁻¹ y``."""
+    return float(-0.5 * y @ weights - np.log(np.diag(L)).sum()
+                 - 0.5 * len(y) * np.log(2 * np.pi))
+
+
 def log_marginal_likelihood(log_params: np.ndarray, K0: np.ndarray, y: np.ndarray,
                             obs: Observations, eval_gradient: bool = False):
     """Log marginal likelihood of ``y`` and its gradient in ``log (σ, σ_E, σ_F)``.
@@ -289,7 +295,7 @@ def log_marginal_likelihood(log_params: np.ndarray, K0: np.ndarray, y: np.ndarra
         return (-np.inf, np.zeros(3)) if eval_gradient else -np.inf
     a = sla.cho_solve((L, True), y, check_finite=False)
     n = len(y)
-    value = float(-0.5 * y @ a - np.log(np.diag(L)).sum() - 0.5 * n * np.log(2 * np.pi))
+    value = log_density(L, y, a)
     if not eval_gradient:
         return value
     L_inv, info = sla.lapack.dtrtri(L, lower=1, overwrite_c=1)  # L is not needed again
