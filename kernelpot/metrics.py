@@ -18,7 +18,7 @@ from scipy.stats import spearmanr
 
 __all__ = ["mae", "rmse", "max_error", "force_errors", "coverage", "spearman_std_error",
            "per_atom_norms", "negative_log_likelihood", "coverage_curve",
-           "recalibration_factor"]
+           "recalibration_factor", "spearman_ceiling"]
 
 
 def _flat(values) -> np.ndarray:
@@ -94,6 +94,48 @@ def spearman_std_error(predicted_forces, reference_forces, forces_std) -> float:
                              zip(predicted_forces, reference_forces, strict=True)])
     stds = per_atom_norms(forces_std)
     return float(spearmanr(stds, errors).statistic)
+
+
+def spearman_ceiling(forces_std, n_draws: int = 100, random_state=None) -> float:
+    """Spearman(per-atom std, per-atom error) a perfectly calibrated model would reach.
+
+    Draws each force component's error from ``N(0, std²)`` with the model's own
+    component stds, and averages :func:`spearman_std_error` over ``n_draws`` draws.
+    The per-atom error of a model whose stds are exactly right still scatters
+    around its std (a chi distribution for three components), so the rank
+    correlation is bounded by how widely the stds spread, not by how right they are.
+    A measured Spearman near this value means the stds rank the errors as well as
+    stds of that spread can; raising it needs stds that spread more (a sharper
+    model), and no monotonic recalibration changes it.
+
+    Parameters
+    ----------
+    forces_std : list of ndarray of shape (n_atoms, 3)
+        Predicted per-component stds (> 0).
+    n_draws : int, default=100
+    random_state : int, numpy.random.Generator or None
+
+    Returns
+    -------
+    float
+        The mean Spearman correlation over the draws; NaN (with scipy's warning)
+        when every atom has the same std, where a rank correlation is undefined.
+    """
+    stds = [np.asarray(s, dtype=np.float64).reshape(-1, 3) for s in
+            (forces_std if isinstance(forces_std, (list, tuple)) else [forces_std])]
+    flat = np.concatenate(stds) if stds else np.zeros((0, 3))
+    if len(flat) < 2:
+        raise ValueError(f"spearman_ceiling needs at least 2 atoms; got {len(flat)}")
+    if np.any(flat <= 0) or not np.all(np.isfinite(flat)):
+        raise ValueError("forces_std must be finite and > 0")
+    if int(n_draws) < 1:
+        raise ValueError(f"n_draws must be >= 1; got {n_draws}")
+    rng = np.random.default_rng(random_state)
+    atom_std = np.linalg.norm(flat, axis=1)
+    draws = [spearmanr(atom_std, np.linalg.norm(rng.standard_normal(flat.shape) * flat,
+                                                axis=1)).statistic
+             for _ in range(int(n_draws))]
+    return float(np.mean(draws))
 
 
 def _errors_and_stds(predicted, reference, std):
