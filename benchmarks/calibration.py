@@ -9,8 +9,9 @@ fraction of force components within 1 and 2 predicted total std (targets 68 ± 3
 95 ± 2 %), empirical coverage of the 90 % conformal intervals, Spearman(per-atom std,
 per-atom error) (target >= 0.75) next to the Spearman the same stds would reach if
 they were exactly right (:func:`kernelpot.metrics.spearman_ceiling`), and for ethanol
-the growth of the mean std and of the force MAE on the 1000 K frames (target: std growth >= 0.8 × error growth). With
-``--plot`` it writes the calibration plot of :mod:`kernelpot.plotting`.
+the growth of the mean std and of the force MAE on the 1000 K frames (target: std
+growth >= 0.8 × error growth). With ``--plot`` it writes the calibration plot of
+:mod:`kernelpot.plotting`.
 
 Usage::
 
@@ -56,6 +57,7 @@ def main(argv=None):
     parser.add_argument("--valid-frames", type=int, default=200)
     parser.add_argument("--hot-frames", type=int, default=200,
                         help="ethanol 1000 K frames (every 10th of the file)")
+    parser.add_argument("--sigma", type=float, default=0.4, help="SOAP Gaussian width, Å")
     parser.add_argument("--plot", default=None, help="write the calibration plot here")
     args = parser.parse_args(argv)
     print(f"kernelpot {kernelpot.__version__}; python {platform.python_version()}; "
@@ -67,7 +69,7 @@ def main(argv=None):
     order = np.random.default_rng(0).permutation(idx[idx % 4 != 3])
     train = [frames[i] for i in order[: args.n]]
     valid = [frames[i] for i in order[args.n: args.n + args.valid_frames]]
-    model = SparseGPPotential(SOAP(species, 4.0, n_max=6, l_max=4, sigma=0.4),
+    model = SparseGPPotential(SOAP(species, 4.0, n_max=6, l_max=4, sigma=args.sigma),
                               method=args.method, sparse_method="all", n_restarts=0,
                               random_state=0)
     start = time.perf_counter()
@@ -115,9 +117,9 @@ def main(argv=None):
             row["std_growth"] = hot_row["mean_std"] / row["mean_std"]
             row["error_growth"] = hot_row["mae"] / row["mae"]
         rows[label] = row
-    print(f"\n{args.molecule} 500 K, {model.method_} model, n = {args.n}; test {len(test)} "
-          f"frames, validation {len(valid)} frames" + (f", 1000 K {len(hot)} frames" if hot
-                                                      else ""))
+    print(f"\n{args.molecule} 500 K, {model.method_} model, SOAP σ {args.sigma} Å, "
+          f"n = {args.n}; test {len(test)} frames, validation {len(valid)} frames"
+          + (f", 1000 K {len(hot)} frames" if hot else ""))
     header = (f"{'std':<11} {'F MAE':>6} {'cov1σ':>6} {'cov2σ':>6} {'conf90':>7} "
               f"{'Spearman':>8} {'ceiling':>7} {'std×1000K':>9} {'MAE×1000K':>9} {'ratio':>6}")
     print(header)
