@@ -390,8 +390,8 @@ def _cmd_demo(args) -> int:
     print(f"learned noise: energy {1e3 * model.energy_noise_:.2f} meV/atom, forces "
           f"{1e3 * model.force_noise_:.1f} meV/Å; signal {model.signal_std_:.2f} eV")
     start = time.perf_counter()
-    energies, energy_std = model.predict(test, return_std=True)
-    forces, forces_std = model.predict_forces(test, return_std=True)
+    energies, forces, energy_std, forces_std = model.predict_energies_and_forces(
+        test, return_std=True)
     pred_ms = 1e3 * (time.perf_counter() - start) / sum(len(a) for a in test)
     ref_e = np.array([a.get_potential_energy() for a in test])
     ref_f = [a.get_forces() for a in test]
@@ -488,8 +488,8 @@ def _errors(model, frames, with_std=True):
     from kernelpot._labels import read_labels
 
     labels = read_labels(frames, "kernelpot")
-    energies, energy_std = model.predict(frames, return_std=True)
-    forces, forces_std = model.predict_forces(frames, return_std=True)
+    energies, forces, energy_std, forces_std = model.predict_energies_and_forces(
+        frames, return_std=True)
     n_atoms = np.array([len(a) for a in frames])
     has_e = labels.has_energy
     has_f = [k for k, f in enumerate(labels.forces) if f is not None]
@@ -599,8 +599,8 @@ def _cmd_predict(args) -> int:
 
     model = _load_model(args.model)
     frames = _read_frames(args.structures)
-    energies, energy_std = model.predict(frames, return_std=True)
-    forces, forces_std = model.predict_forces(frames, return_std=True)
+    energies, forces, energy_std, forces_std = model.predict_energies_and_forces(
+        frames, return_std=True)
     out = []
     for atoms, energy, e_std, force, f_std in zip(frames, energies, energy_std, forces,
                                                   forces_std, strict=True):

@@ -1024,10 +1024,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         energies = np.array([p.energy for p in out])
         if not want_var:
             return energies
-        epistemic = np.array([self.epistemic_variance("energy", p.energy_var_posterior,
-                                                      p.energy_var_projection) for p in out])
-        total = epistemic + self.noise_variance(
-            "energy", self.energy_noise_**2 * np.array([len(a) for a in frames]))
+        epistemic, total = self._energy_variances(frames, out)
         result = [energies]
         if return_std:
             result.append(np.sqrt(total if std_type == "total" else epistemic))
@@ -1035,6 +1032,20 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             half = multiplier * np.sqrt(total)
             result.append(np.column_stack([energies - half, energies + half]))
         return tuple(result)
+
+    def _energy_variances(self, frames, out):
+        """Calibrated epistemic and total variances of the energies of Predictions."""
+        epistemic = np.array([self.epistemic_variance("energy", p.energy_var_posterior,
+                                                      p.energy_var_projection) for p in out])
+        total = epistemic + self.noise_variance(
+            "energy", self.energy_noise_**2 * np.array([len(a) for a in frames]))
+        return epistemic, total
+
+    def _force_variances(self, out):
+        """Calibrated epistemic variances of the forces of Predictions, and the noise."""
+        epistemic = [self.epistemic_variance("forces", p.forces_var_posterior,
+                                             p.forces_var_projection) for p in out]
+        return epistemic, self.noise_variance("forces", self.force_noise_**2)
 
     def predict_forces(self, X, return_std=False, std_type="total", return_interval=None):
         """Predict forces.
@@ -1067,10 +1078,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         forces = [p.forces for p in out]
         if not want_var:
             return forces
-        epistemic = [self.epistemic_variance("forces", p.forces_var_posterior,
-                                             p.forces_var_projection) for p in out]
+        epistemic, noise = self._force_variances(out)
         result = [forces]
-        noise = self.noise_variance("forces", self.force_noise_**2)
         if return_std:
             result.append([np.sqrt(v + (noise if std_type == "total" else 0.0))
                            for v in epistemic])
@@ -1079,6 +1088,53 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             result.append([np.stack([f - h, f + h], axis=-1)
                            for f, h in zip(forces, halves, strict=True)])
         return tuple(result)
+
+    def predict_energies_and_forces(self, X, return_std=False, std_type="total"):
+        """Predict energies and forces (and their stds) in one pass over the structures.
+
+        The same values as :meth:`predict` and :meth:`predict_forces` together, at
+        the cost of one of them: descriptors, their Jacobians and the variance rows
+        are computed once per structure.
+
+        Parameters
+        ----------
+        X : list of ase.Atoms
+        return_std : bool, default=False
+        std_type : {"total", "epistemic"}, default="total"
+            As in :meth:`predict` and :meth:`predict_forces`.
+
+        Returns
+        -------
+        energies : ndarray of shape (n_structures,)
+            eV.
+        forces : list of ndarray of shape (n_atoms, 3)
+            eV/Å.
+        energy_std : ndarray of shape (n_structures,)
+            Only with ``return_std=True``; eV.
+        forces_std : list of ndarray of shape (n_atoms, 3)
+            Only with ``return_std=True``; eV/Å per component.
+
+        Examples
+        --------
+        >>> from kernelpot import SparseGPPotential, SOAP, load_ethanol
+        >>> frames = load_ethanol()
+        >>> model = SparseGPPotential(SOAP(["H", "C", "O"], 4.0, 4, 3, 0.4)).fit(frames[:5])
+        >>> energies, forces, e_std, f_std = model.predict_energies_and_forces(
+        ...     frames[5:7], return_std=True)
+        >>> forces[0].shape, e_std.shape
+        ((9, 3), (2,))
+        """
+        self._check_std_type(std_type)
+        frames, out = self._predict_many(X, forces=True, variance=bool(return_std))
+        energies = np.array([p.energy for p in out])
+        forces = [p.forces for p in out]
+        if not return_std:
+            return energies, forces
+        total = std_type == "total"
+        e_epistemic, e_total = self._energy_variances(frames, out)
+        f_epistemic, noise = self._force_variances(out)
+        return (energies, forces, np.sqrt(e_total if total else e_epistemic),
+                [np.sqrt(v + (noise if total else 0.0)) for v in f_epistemic])
 
     def std_scale(self, quantity) -> float:
         """The factor ``c`` of the calibrated epistemic std (:meth:`epistemic_variance`).

@@ -491,6 +491,30 @@ def test_calibrate_scales_every_std_and_survives_save_load(fitted_ethanol, ethan
         calibrated.calibrate([a.copy() for a in valid])
 
 
+def test_predict_energies_and_forces_equals_the_two_calls(fitted_ethanol, ethanol_frames,
+                                                          tmp_path):
+    from kernelpot import load
+
+    test = ethanol_frames[45:50]
+    calibrated = load(_save(fitted_ethanol, tmp_path / "m.npz")).calibrate(
+        ethanol_frames[30:45])
+    for model in (fitted_ethanol, calibrated):
+        energies, forces = model.predict_energies_and_forces(test)
+        np.testing.assert_allclose(energies, model.predict(test), rtol=1e-12)
+        for a, b in zip(forces, model.predict_forces(test), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+        for std_type in ("total", "epistemic"):
+            e, f, e_std, f_std = model.predict_energies_and_forces(test, return_std=True,
+                                                                   std_type=std_type)
+            _, e_std_ref = model.predict(test, return_std=True, std_type=std_type)
+            _, f_std_ref = model.predict_forces(test, return_std=True, std_type=std_type)
+            np.testing.assert_allclose(e_std, e_std_ref, rtol=1e-9)
+            for a, b in zip(f_std, f_std_ref, strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-9)
+    with pytest.raises(ValueError, match="std_type"):
+        fitted_ethanol.predict_energies_and_forces(test, return_std=True, std_type="aleatoric")
+
+
 def _save(model, path):
     model.save(path)
     return path

@@ -267,3 +267,14 @@ def test_exact_refuses_what_it_cannot_do(fitted_exact, ethanol_frames, small_soa
         from ase import Atoms
 
         fitted_exact.predict([Atoms("N2", positions=[[0, 0, 0], [0, 0, 1.1]])])
+
+
+def test_predict_energies_and_forces_equals_the_two_calls(fitted_exact, ethanol_frames):
+    test = ethanol_frames[40:43]
+    e, f, e_std, f_std = fitted_exact.predict_energies_and_forces(test, return_std=True)
+    energies, e_std_ref = fitted_exact.predict(test, return_std=True)
+    forces, f_std_ref = fitted_exact.predict_forces(test, return_std=True)
+    np.testing.assert_allclose(e, energies, rtol=1e-12)
+    np.testing.assert_allclose(e_std, e_std_ref, rtol=1e-9)
+    for got, ref in zip(f + f_std, forces + f_std_ref, strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-14)
