@@ -147,7 +147,8 @@ def main(argv=None):
               f"{r['e_mae']:7.1f} {r['fit_s']:7.1f} {r['peak_gib']:8.2f} {r['pred_ms']:8.2f} "
               f"{r['sigma_F']:6.1f}{met}")
     print("ratio = force MAE / sGDML's; targets: ethanol 0.6 × sGDML, aspirin 0.8 × sGDML. "
-          "σ_F: learned force noise, meV/Å. Prediction: energy + forces, one process.")
+          "σ_F: force noise (learned, or fixed by --force-noise), meV/Å. Prediction: "
+          "energy + forces, one process.")
 
 
 def selection_study(args):
