@@ -17,7 +17,9 @@ With ``--selection`` it runs the uncertainty-selection study instead: on ethanol
 grown from 10 random training frames to n = 50 and 100 by :func:`kernelpot.select_frames`
 (strategy "variance") or at random, 3 seeds varying the 10 starting frames, selection
 pool = the non-test frames; it prints the mean force MAE of both and their ratio (target:
-variance at least 25 % below random).
+variance at least 25 % below random). The SOAP and noise options apply to both studies;
+the figures in RESULTS.md of the selection study used the first 200 test frames
+(``--test-frames 200``).
 
 Usage::
 
@@ -113,13 +115,10 @@ def main(argv=None):
             train_idx, _ = split(len(frames), n)
             train = [frames[i] for i in train_idx]
             for method in methods:
-                fixed = {} if args.force_noise is None else {
-                    "force_noise": args.force_noise,
-                    "optimize": ["signal_std", "energy_noise"]}
                 model = SparseGPPotential(SOAP(species, 4.0, n_max=args.n_max,
                                                l_max=args.l_max, sigma=args.sigma),
                                           method=method, sparse_method="all", n_restarts=0,
-                                          random_state=0, **fixed)
+                                          random_state=0, **_noise_options(args))
                 row = measure(model, train, test, ref_f, ref_e)
                 row.update(molecule=molecule, n=n, method=method)
                 rows.append(row)
@@ -151,15 +150,23 @@ def main(argv=None):
           "energy + forces, one process.")
 
 
+def _noise_options(args) -> dict:
+    """Estimator parameters that fix the force noise when ``--force-noise`` is given."""
+    if args.force_noise is None:
+        return {}
+    return {"force_noise": args.force_noise, "optimize": ["signal_std", "energy_noise"]}
+
+
 def selection_study(args):
     frames = read(SHARED / "ethanol_500K.xyz", ":")
     idx = np.arange(len(frames))
     test = [frames[i] for i in idx[idx % 4 == 3][: args.test_frames]]
     pool = [frames[i] for i in idx[idx % 4 != 3]]
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [50, 100]
-    model = SparseGPPotential(SOAP(["C", "H", "O"], 4.0, n_max=6, l_max=4, sigma=args.sigma),
+    model = SparseGPPotential(SOAP(["C", "H", "O"], 4.0, n_max=args.n_max, l_max=args.l_max,
+                                   sigma=args.sigma),
                               method=args.method, sparse_method="all", n_restarts=0,
-                              random_state=0)
+                              random_state=0, **_noise_options(args))
     curves = {}
     strategies = args.strategies.split(",")
     for strategy in strategies:

@@ -18,7 +18,7 @@ from scipy.stats import spearmanr
 
 __all__ = ["mae", "rmse", "max_error", "force_errors", "coverage", "spearman_std_error",
            "per_atom_norms", "negative_log_likelihood", "coverage_curve",
-           "recalibration_factor", "spearman_ceiling"]
+           "recalibration_factor", "expected_spearman"]
 
 
 def _flat(values) -> np.ndarray:
@@ -96,17 +96,17 @@ def spearman_std_error(predicted_forces, reference_forces, forces_std) -> float:
     return float(spearmanr(stds, errors).statistic)
 
 
-def spearman_ceiling(forces_std, n_draws: int = 100, random_state=None) -> float:
-    """Spearman(per-atom std, per-atom error) a perfectly calibrated model would reach.
+def expected_spearman(forces_std, n_draws: int = 100, random_state=None) -> float:
+    """Spearman(per-atom std, per-atom error) expected if the stds were exactly right.
 
-    Draws each force component's error from ``N(0, std²)`` with the model's own
-    component stds, and averages :func:`spearman_std_error` over ``n_draws`` draws.
-    The per-atom error of a model whose stds are exactly right still scatters
-    around its std (a chi distribution for three components), so the rank
-    correlation is bounded by how widely the stds spread, not by how right they are.
-    A measured Spearman near this value means the stds rank the errors as well as
-    stds of that spread can; raising it needs stds that spread more (a sharper
-    model), and no monotonic recalibration changes it.
+    Draws each force component's error from ``N(0, std²)`` with the given component
+    stds, and averages :func:`spearman_std_error` over ``n_draws`` draws. Even a model
+    whose stds are exactly right has per-atom errors scattered around its std (a chi
+    distribution for three components), so its Spearman is below 1, and how far below
+    depends on how widely the stds spread. Compute it on the stds whose Spearman you
+    measured (the calibrated ones, if calibrated). A measured value near it is what
+    correct stds of that spread give; it is not a bound: stds that are too narrow
+    where the errors are large can score above it.
 
     Parameters
     ----------
@@ -125,7 +125,7 @@ def spearman_ceiling(forces_std, n_draws: int = 100, random_state=None) -> float
             (forces_std if isinstance(forces_std, (list, tuple)) else [forces_std])]
     flat = np.concatenate(stds) if stds else np.zeros((0, 3))
     if len(flat) < 2:
-        raise ValueError(f"spearman_ceiling needs at least 2 atoms; got {len(flat)}")
+        raise ValueError(f"expected_spearman needs at least 2 atoms; got {len(flat)}")
     if np.any(flat <= 0) or not np.all(np.isfinite(flat)):
         raise ValueError("forces_std must be finite and > 0")
     if int(n_draws) < 1:

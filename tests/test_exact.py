@@ -278,3 +278,11 @@ def test_predict_energies_and_forces_equals_the_two_calls(fitted_exact, ethanol_
     np.testing.assert_allclose(e_std, e_std_ref, rtol=1e-9)
     for got, ref in zip(f + f_std, forces + f_std_ref, strict=True):
         np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-14)
+    _, _, e_epi, f_epi = fitted_exact.predict_energies_and_forces(test, return_std=True,
+                                                                  std_type="epistemic")
+    np.testing.assert_allclose(e_epi, fitted_exact.predict(test, return_std=True,
+                                                           std_type="epistemic")[1], rtol=1e-9)
+    for got, ref in zip(f_epi, fitted_exact.predict_forces(test, return_std=True,
+                                                           std_type="epistemic")[1],
+                        strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-9)

@@ -37,7 +37,7 @@ def test_spearman_uses_per_atom_norms():
     np.testing.assert_allclose(metrics.per_atom_norms(pred), [1, 2, 3, 4])
 
 
-def test_spearman_ceiling_matches_a_calibrated_model_and_tracks_the_spread():
+def test_expected_spearman_matches_a_calibrated_model_and_follows_the_spread():
     rng = np.random.default_rng(1)
     # log-normal stds of two spreads; errors drawn from the stds themselves
     narrow = [np.exp(0.2 * rng.standard_normal((50, 1))) * np.ones(3) for _ in range(20)]
@@ -46,21 +46,26 @@ def test_spearman_ceiling_matches_a_calibrated_model_and_tracks_the_spread():
         errors = [s * rng.standard_normal(s.shape) for s in stds]
         measured = metrics.spearman_std_error(errors, [np.zeros_like(e) for e in errors],
                                               stds)
-        ceiling = metrics.spearman_ceiling(stds, n_draws=50, random_state=0)
+        ceiling = metrics.expected_spearman(stds, n_draws=50, random_state=0)
         assert abs(measured - ceiling) < 0.05  # 1000 atoms: Spearman's scatter ~ 0.02
-    low = metrics.spearman_ceiling(narrow, n_draws=50, random_state=0)
-    high = metrics.spearman_ceiling(wide, n_draws=50, random_state=0)
+    low = metrics.expected_spearman(narrow, n_draws=50, random_state=0)
+    high = metrics.expected_spearman(wide, n_draws=50, random_state=0)
     assert low < 0.5 < high
-    # a monotonic rescaling of the stds leaves it unchanged (same ranks, same draws)
-    assert metrics.spearman_ceiling([3.0 * s for s in wide], n_draws=50,
-                                    random_state=0) == pytest.approx(high)
+    # it follows the spread of the stds: squaring them (same ranks, so the measured
+    # Spearman of given errors is unchanged) widens the spread and raises it
+    errors = [s * rng.standard_normal(s.shape) for s in narrow]
+    zeros = [np.zeros_like(e) for e in errors]
+    squared = [s**2 for s in narrow]
+    assert metrics.spearman_std_error(errors, zeros, squared) == pytest.approx(
+        metrics.spearman_std_error(errors, zeros, narrow))
+    assert metrics.expected_spearman(squared, n_draws=50, random_state=0) > low + 0.1
     # equal stds: no ranking, the correlation is undefined (as scipy's)
     with pytest.warns(Warning):
-        assert np.isnan(metrics.spearman_ceiling([np.ones((100, 3))], 5, random_state=0))
+        assert np.isnan(metrics.expected_spearman([np.ones((100, 3))], 5, random_state=0))
     with pytest.raises(ValueError, match="finite and > 0"):
-        metrics.spearman_ceiling([np.zeros((3, 3))])
+        metrics.expected_spearman([np.zeros((3, 3))])
     with pytest.raises(ValueError, match="at least 2 atoms"):
-        metrics.spearman_ceiling([np.ones((1, 3))])
+        metrics.expected_spearman([np.ones((1, 3))])
 
 
 def test_calibration_metrics_on_synthetic_gaussian_errors():
