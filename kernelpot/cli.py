@@ -483,7 +483,7 @@ def _build_model(args, frames):
     return model
 
 
-def _errors(model, frames, with_std=True):
+def _errors(model, frames):
     """Predictions and reference labels of labelled frames, as a dict of arrays."""
     from kernelpot._labels import read_labels
 

@@ -105,8 +105,9 @@ def expected_spearman(forces_std, n_draws: int = 100, random_state=None) -> floa
     distribution for three components), so its Spearman is below 1, and how far below
     depends on how widely the stds spread. Compute it on the stds whose Spearman you
     measured (the calibrated ones, if calibrated). A measured value near it is what
-    correct stds of that spread give; it is not a bound: stds that are too narrow
-    where the errors are large can score above it.
+    correct stds of that spread give. It is not a bound: where the errors grow faster
+    than the stds (stds too narrow where the errors are large), the measured value can
+    be above it.
 
     Parameters
     ----------
