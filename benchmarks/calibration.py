@@ -58,6 +58,10 @@ def main(argv=None):
     parser.add_argument("--hot-frames", type=int, default=200,
                         help="ethanol 1000 K frames (every 10th of the file)")
     parser.add_argument("--sigma", type=float, default=0.4, help="SOAP Gaussian width, Å")
+    parser.add_argument("--n-max", type=int, default=6, help="SOAP n_max (default 6)")
+    parser.add_argument("--l-max", type=int, default=4, help="SOAP l_max (default 4)")
+    parser.add_argument("--force-noise", type=float, default=None,
+                        help="fix the force noise at this value, eV/Å (default: fitted)")
     parser.add_argument("--plot", default=None, help="write the calibration plot here")
     args = parser.parse_args(argv)
     print(f"kernelpot {kernelpot.__version__}; python {platform.python_version()}; "
@@ -69,9 +73,12 @@ def main(argv=None):
     order = np.random.default_rng(0).permutation(idx[idx % 4 != 3])
     train = [frames[i] for i in order[: args.n]]
     valid = [frames[i] for i in order[args.n: args.n + args.valid_frames]]
-    model = SparseGPPotential(SOAP(species, 4.0, n_max=6, l_max=4, sigma=args.sigma),
+    fixed = {} if args.force_noise is None else {
+        "force_noise": args.force_noise, "optimize": ["signal_std", "energy_noise"]}
+    model = SparseGPPotential(SOAP(species, 4.0, n_max=args.n_max, l_max=args.l_max,
+                                   sigma=args.sigma),
                               method=args.method, sparse_method="all", n_restarts=0,
-                              random_state=0)
+                              random_state=0, **fixed)
     start = time.perf_counter()
     model.fit(train)
     print(f"fit ({model.method_}) in {time.perf_counter() - start:.0f} s; σ_F = "
@@ -118,6 +125,8 @@ def main(argv=None):
             row["error_growth"] = hot_row["mae"] / row["mae"]
         rows[label] = row
     print(f"\n{args.molecule} 500 K, {model.method_} model, SOAP σ {args.sigma} Å, "
+          f"n_max {args.n_max}, l_max {args.l_max}, force noise "
+          f"{'fitted' if args.force_noise is None else args.force_noise}, "
           f"n = {args.n}; test {len(test)} frames, validation {len(valid)} frames"
           + (f", 1000 K {len(hot)} frames" if hot else ""))
     header = (f"{'std':<11} {'F MAE':>6} {'cov1σ':>6} {'cov2σ':>6} {'conf90':>7} "
