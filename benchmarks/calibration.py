@@ -31,7 +31,7 @@ import numpy as np
 from ase.io import read
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from molecules import SHARED  # noqa: E402
+from molecules import SHARED, noise_options  # noqa: E402
 
 import kernelpot  # noqa: E402
 from kernelpot import SOAP, SparseGPPotential, conformal, metrics  # noqa: E402
@@ -73,12 +73,10 @@ def main(argv=None):
     order = np.random.default_rng(0).permutation(idx[idx % 4 != 3])
     train = [frames[i] for i in order[: args.n]]
     valid = [frames[i] for i in order[args.n: args.n + args.valid_frames]]
-    fixed = {} if args.force_noise is None else {
-        "force_noise": args.force_noise, "optimize": ["signal_std", "energy_noise"]}
     model = SparseGPPotential(SOAP(species, 4.0, n_max=args.n_max, l_max=args.l_max,
                                    sigma=args.sigma),
                               method=args.method, sparse_method="all", n_restarts=0,
-                              random_state=0, **fixed)
+                              random_state=0, **noise_options(args.force_noise))
     start = time.perf_counter()
     model.fit(train)
     print(f"fit ({model.method_}) in {time.perf_counter() - start:.0f} s; σ_F = "

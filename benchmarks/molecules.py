@@ -53,6 +53,13 @@ def descriptor_for(name: str, species):
     raise ValueError(name)
 
 
+def noise_options(force_noise) -> dict:
+    """Estimator parameters that fix the force noise (None: all noise levels fitted)."""
+    if force_noise is None:
+        return {}
+    return {"force_noise": force_noise, "optimize": ["signal_std", "energy_noise"]}
+
+
 def split(n_frames: int, n: int):
     idx = np.arange(n_frames)
     test = idx[idx % 4 == 3]

@@ -43,7 +43,7 @@ import numpy as np
 from ase.io import read
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from molecules import QUOTED, SHARED, split  # noqa: E402
+from molecules import QUOTED, SHARED, noise_options, split  # noqa: E402
 
 import kernelpot  # noqa: E402
 from kernelpot import SOAP, SparseGPPotential, metrics  # noqa: E402
@@ -118,7 +118,7 @@ def main(argv=None):
                 model = SparseGPPotential(SOAP(species, 4.0, n_max=args.n_max,
                                                l_max=args.l_max, sigma=args.sigma),
                                           method=method, sparse_method="all", n_restarts=0,
-                                          random_state=0, **_noise_options(args))
+                                          random_state=0, **noise_options(args.force_noise))
                 row = measure(model, train, test, ref_f, ref_e)
                 row.update(molecule=molecule, n=n, method=method)
                 rows.append(row)
@@ -150,13 +150,6 @@ def main(argv=None):
           "energy + forces, one process.")
 
 
-def _noise_options(args) -> dict:
-    """Estimator parameters that fix the force noise when ``--force-noise`` is given."""
-    if args.force_noise is None:
-        return {}
-    return {"force_noise": args.force_noise, "optimize": ["signal_std", "energy_noise"]}
-
-
 def selection_study(args):
     frames = read(SHARED / "ethanol_500K.xyz", ":")
     idx = np.arange(len(frames))
@@ -166,7 +159,7 @@ def selection_study(args):
     model = SparseGPPotential(SOAP(["C", "H", "O"], 4.0, n_max=args.n_max, l_max=args.l_max,
                                    sigma=args.sigma),
                               method=args.method, sparse_method="all", n_restarts=0,
-                              random_state=0, **_noise_options(args))
+                              random_state=0, **noise_options(args.force_noise))
     curves = {}
     strategies = args.strategies.split(",")
     for strategy in strategies:

@@ -132,10 +132,9 @@ def expected_spearman(forces_std, n_draws: int = 100, random_state=None) -> floa
     if int(n_draws) < 1:
         raise ValueError(f"n_draws must be >= 1; got {n_draws}")
     rng = np.random.default_rng(random_state)
-    atom_std = np.linalg.norm(flat, axis=1)
-    draws = [spearmanr(atom_std, np.linalg.norm(rng.standard_normal(flat.shape) * flat,
-                                                axis=1)).statistic
-             for _ in range(int(n_draws))]
+    atom_std = per_atom_norms(flat)
+    draws = [spearmanr(atom_std, per_atom_norms(rng.standard_normal(flat.shape) * flat)
+                       ).statistic for _ in range(int(n_draws))]
     return float(np.mean(draws))
 
 
