@@ -64,6 +64,8 @@ def main(argv=None):
     parser.add_argument("--l-max", type=int, default=4, help="SOAP l_max (default 4)")
     parser.add_argument("--force-noise", type=float, default=None,
                         help="fix the force noise at this value, eV/Å (default: fitted)")
+    parser.add_argument("--signal-per-element", action="store_true",
+                        help="one signal std per element (exact model)")
     parser.add_argument("--plot", default=None, help="write the calibration plot here")
     args = parser.parse_args(argv)
     print(f"kernelpot {kernelpot.__version__}; python {platform.python_version()}; "
@@ -78,7 +80,8 @@ def main(argv=None):
     model = SparseGPPotential(SOAP(species, 4.0, n_max=args.n_max, l_max=args.l_max,
                                    sigma=args.sigma),
                               method=args.method, sparse_method="all", n_restarts=0,
-                              random_state=0, **noise_options(args.force_noise))
+                              random_state=0, signal_per_element=args.signal_per_element,
+                              **noise_options(args.force_noise))
     start = time.perf_counter()
     model.fit(train)
     print(f"fit ({model.method_}) in {time.perf_counter() - start:.0f} s; σ_F = "

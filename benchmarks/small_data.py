@@ -86,6 +86,8 @@ def main(argv=None):
     parser.add_argument("--l-max", type=int, default=4, help="SOAP l_max (default 4)")
     parser.add_argument("--force-noise", type=float, default=None,
                         help="fix the force noise at this value, eV/Å (default: fitted)")
+    parser.add_argument("--signal-per-element", action="store_true",
+                        help="one signal std per element (exact model)")
     parser.add_argument("--with-sparse", action="store_true",
                         help="also fit the sparse GP with every environment inducing")
     parser.add_argument("--selection", action="store_true",
@@ -118,7 +120,9 @@ def main(argv=None):
                 model = SparseGPPotential(SOAP(species, 4.0, n_max=args.n_max,
                                                l_max=args.l_max, sigma=args.sigma),
                                           method=method, sparse_method="all", n_restarts=0,
-                                          random_state=0, **noise_options(args.force_noise))
+                                          random_state=0, signal_per_element=(
+                                              args.signal_per_element and method == "exact"),
+                                          **noise_options(args.force_noise))
                 row = measure(model, train, test, ref_f, ref_e)
                 row.update(molecule=molecule, n=n, method=method)
                 rows.append(row)
@@ -159,7 +163,8 @@ def selection_study(args):
     model = SparseGPPotential(SOAP(["C", "H", "O"], 4.0, n_max=args.n_max, l_max=args.l_max,
                                    sigma=args.sigma),
                               method=args.method, sparse_method="all", n_restarts=0,
-                              random_state=0, **noise_options(args.force_noise))
+                              random_state=0, signal_per_element=args.signal_per_element,
+                              **noise_options(args.force_noise))
     curves = {}
     strategies = args.strategies.split(",")
     for strategy in strategies:

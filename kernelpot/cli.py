@@ -364,6 +364,7 @@ def _cmd_descriptors(args) -> int:
 def _cmd_demo(args) -> int:
     from kernelpot import ACSF, SOAP, SparseGPPotential, metrics
     from kernelpot.datasets import load_ethanol
+    from kernelpot.estimator import format_signal_std
 
     frames = load_ethanol()
     index = np.arange(len(frames))
@@ -388,7 +389,8 @@ def _cmd_demo(args) -> int:
     print(f"fitted in {fit_s:.1f} s with {sum(model.n_inducing_.values())} inducing "
           f"environments {model.n_inducing_}")
     print(f"learned noise: energy {1e3 * model.energy_noise_:.2f} meV/atom, forces "
-          f"{1e3 * model.force_noise_:.1f} meV/Å; signal {model.signal_std_:.2f} eV")
+          f"{1e3 * model.force_noise_:.1f} meV/Å; signal "
+          f"{format_signal_std(model.signal_std_)} eV")
     start = time.perf_counter()
     energies, forces, energy_std, forces_std = model.predict_energies_and_forces(
         test, return_std=True)
@@ -527,6 +529,8 @@ def _print_errors(title, err) -> None:
 
 
 def _cmd_fit(args) -> int:
+    from kernelpot.estimator import format_signal_std
+
     frames = _read_frames(args.train)
     model = _build_model(args, frames)
     start = time.perf_counter()
@@ -535,7 +539,8 @@ def _cmd_fit(args) -> int:
     print(f"kernelpot {__version__}: fitted {len(frames)} structures in {fit_s:.1f} s, "
           f"{sum(model.n_inducing_.values())} inducing environments {model.n_inducing_}")
     print(f"learned noise: energy {1e3 * model.energy_noise_:.3g} meV per √atom, forces "
-          f"{1e3 * model.force_noise_:.3g} meV/Å; signal std {model.signal_std_:.3g} eV")
+          f"{1e3 * model.force_noise_:.3g} meV/Å; signal std "
+          f"{format_signal_std(model.signal_std_)} eV")
     _print_errors("training", _errors(model, frames))
     path = model.save(args.output)
     print(f"wrote {path}")

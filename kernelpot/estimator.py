@@ -75,6 +75,13 @@ class Prediction(NamedTuple):
     local_energies: np.ndarray
 
 
+def format_signal_std(sigma) -> str:
+    """A fitted signal std for logs and the CLI: ``"2.18"`` or ``"H 1.64, C 2.08"``."""
+    if isinstance(sigma, dict):
+        return ", ".join(f"{symbol} {value:.3g}" for symbol, value in sigma.items())
+    return f"{sigma:.3g}"
+
+
 def _features_only(features) -> DescriptorResult:
     """A DescriptorResult without Jacobian, for energy-only predictions."""
     return DescriptorResult(features, np.zeros((0, 2), dtype=np.int64),
@@ -209,6 +216,16 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         0.62 against 0.46 for CUR).
     signal_std : float, default=1.0
         Signal std ``σ`` of the local energies, eV (initial value when optimising).
+    signal_per_element : bool, default=False
+        One signal std ``σ_s`` per element instead of one for all (``method="exact"``
+        only), fitted by the likelihood with the noise levels, as GAP gives each
+        species-centred descriptor its own ``δ``. The local energies of different
+        elements vary by different amounts (measured on ethanol, n = 25: σ_H 2.1,
+        σ_C 1.6, σ_O 3.7 eV; a shared σ 2.2 eV): on 150 validation frames it lowered
+        the force MAE of the exact model by 4 % on ethanol at n = 25 and aspirin at
+        n = 50, 1.5 % on ethanol at n = 50. The fit holds one prior covariance per
+        element and the whole inverse of ``K_y`` for the likelihood gradient: about
+        ``n_species + 1`` more matrices of the size of ``K_y`` at its peak.
     energy_noise : float, default=0.002
         Energy noise ``σ_E`` per atom, eV/atom (initial value when optimising).
     force_noise : float, default=0.05
@@ -276,9 +293,10 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         Inducing descriptors per element.
     alpha_ : ndarray of shape (n_inducing,)
         Weights: a design row ``k`` predicts ``k @ alpha_``.
-    signal_std_, energy_noise_, force_noise_ : float
-        Fitted ``σ`` (eV), ``σ_E`` (eV/atom), ``σ_F`` (eV/Å): the last two are the
-        learned aleatoric noise.
+    signal_std_ : float or dict
+        Fitted ``σ`` (eV); with ``signal_per_element=True`` a dict ``{element: σ_s}``.
+    energy_noise_, force_noise_ : float
+        Fitted ``σ_E`` (eV/atom), ``σ_F`` (eV/Å): the learned aleatoric noise.
     log_marginal_likelihood_value_ : float
     n_inducing_ : dict
         Inducing environments per element symbol (the exact model: training
@@ -326,7 +344,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
     """
 
     def __init__(self, descriptor=None, kernel=None, *, n_sparse=None, sparse_method="fps",
-                 signal_std=1.0, energy_noise=0.002, force_noise=0.05,
+                 signal_std=1.0, signal_per_element=False, energy_noise=0.002,
+                 force_noise=0.05,
                  signal_std_bounds=(1e-2, 1e2), energy_noise_bounds=(1e-4, 1.0),
                  force_noise_bounds=(1e-4, 10.0), e0="lstsq", optimize=True, n_restarts=2,
                  search_frames=None, incremental=False, apply_calibration=True,
@@ -337,6 +356,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         self.n_sparse = n_sparse
         self.sparse_method = sparse_method
         self.signal_std = signal_std
+        self.signal_per_element = signal_per_element
         self.energy_noise = energy_noise
         self.force_noise = force_noise
         self.signal_std_bounds = signal_std_bounds
@@ -403,6 +423,12 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                 or not self.exact_memory_limit > 0:
             raise ValueError(f"{owner}: exact_memory_limit must be a number of GiB > 0; "
                              f"got {self.exact_memory_limit!r}")
+        if not isinstance(self.signal_per_element, (bool, np.bool_)):
+            raise TypeError(f"{owner}: signal_per_element must be True or False; "
+                            f"got {self.signal_per_element!r}")
+        if self.signal_per_element and self.method != "exact":
+            raise ValueError(f"{owner}: signal_per_element=True needs method='exact' (the "
+                             f"sparse model has one signal std); got method={self.method!r}")
         if self.method == "exact" and self.incremental:
             raise ValueError(f"{owner}: incremental=True needs method='sparse' (the exact "
                              "model is refitted, not updated)")
@@ -699,28 +725,39 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         logger.info("%s: exact GP on %d energies and %d force components (%.0f MiB of "
                     "covariance)", owner, obs.n_energy, obs.n_force, obs.n_obs**2 * 8 / 2**20)
         tic = time.perf_counter()
-        K0 = exact.covariance(obs, obs, kernel, symmetric=True)
+        n_signal = len(species) if self.signal_per_element else 1
+        if self.signal_per_element:  # one part per element, σ_s² each
+            K0 = [exact.covariance(obs, obs, kernel, symmetric=True,
+                                   weights=np.eye(len(species))[s]) for s in range(n_signal)]
+        else:
+            K0 = exact.covariance(obs, obs, kernel, symmetric=True)
         logger.info("%s: covariance assembled in %.1f s", owner, time.perf_counter() - tic)
         y = np.concatenate(
             [labels.energies[has_energy] - counts_per_frame[has_energy] @ e0]
             + [f.ravel() for f in labels.forces if f is not None])
-        log_params = np.log([self.signal_std, self.energy_noise, self.force_noise])
+        given = [float(self.signal_std)] * n_signal + [float(self.energy_noise),
+                                                       float(self.force_noise)]
+        log_params = np.log(given)
         free = [name in fitted_names and informed for name, informed in
-                zip(_HYPERPARAMETERS[:3], (True, obs.n_energy > 0, obs.n_force > 0),
-                    strict=True)]
+                zip(["signal_std"] * n_signal + list(_HYPERPARAMETERS[1:3]),
+                    [True] * n_signal + [obs.n_energy > 0, obs.n_force > 0], strict=True)]
         if any(free):
             log_params = self._optimize(
                 lambda t: exact.log_marginal_likelihood(t, K0, y, obs, eval_gradient=True),
                 log_params, rng, free)
-        given = (float(self.signal_std), float(self.energy_noise), float(self.force_noise))
-        sigma, energy_noise, force_noise = (float(np.exp(t)) if is_free else g for t, g, is_free
-                                            in zip(log_params, given, free, strict=True))
-        log_params = np.log([sigma, energy_noise, force_noise])
-        if free[2] and np.isclose(force_noise, self.force_noise_bounds[1]):
+        values = [float(np.exp(t)) if is_free else g
+                  for t, g, is_free in zip(log_params, given, free, strict=True)]
+        log_params = np.log(values)
+        energy_noise, force_noise = values[-2:]
+        symbols = [chemical_symbols[z] for z in species]
+        sigma = dict(zip(symbols, values[:-2], strict=True)) if self.signal_per_element \
+            else values[0]
+        if free[-1] and np.isclose(force_noise, self.force_noise_bounds[1]):
             warnings.warn(f"{owner}: the fitted force noise sits at its upper bound "
                           f"{force_noise:.3g} eV/Å: the model is ignoring the forces",
                           ConvergenceWarning, stacklevel=3)
-        self._set_exact_posterior(obs, K0, y, log_params, sigma**2)
+        # σ² as _signal_variances gives it after loading: bit-for-bit the same model
+        self._set_exact_posterior(obs, K0, y, log_params, np.array(values[:-2])**2)
         self._exact_structures = exact.structure_arrays(frames, has_energy, has_forces)
         self.descriptor_ = descriptor
         self.kernel_ = kernel
@@ -728,7 +765,6 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         self.e0_ = e0
         self.method_ = "exact"
         self.signal_std_, self.energy_noise_, self.force_noise_ = sigma, energy_noise, force_noise
-        symbols = [chemical_symbols[z] for z in species]
         self.inducing_ = self._exact.mean.features
         self.n_inducing_ = {symbols[s]: len(x) for s, x in enumerate(self.inducing_)}
         self.std_scale_ = None
@@ -738,14 +774,19 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         self._state = None
         self._posterior = None
         self._stats = None
-        logger.info("%s: exact GP fitted in %.1f s; σ = %.3g eV, σ_E = %.3g eV/atom, "
+        logger.info("%s: exact GP fitted in %.1f s; σ = %s eV, σ_E = %.3g eV/atom, "
                     "σ_F = %.3g eV/Å, log marginal likelihood %.1f", owner,
-                    time.perf_counter() - start_time, sigma, energy_noise, force_noise,
+                    time.perf_counter() - start_time, format_signal_std(sigma), energy_noise,
+                    force_noise,
                     self.log_marginal_likelihood_value_)
         return self
 
     def _set_exact_posterior(self, obs, K0, y, log_params, signal_var):
-        """Factor ``K_y``, solve for the weights and fold them per environment."""
+        """Factor ``K_y``, solve for the weights and fold them per environment.
+
+        ``K0`` is the prior covariance or its per-element parts; ``signal_var`` is
+        ``σ²``, one value or one per element.
+        """
         L = exact.factor(K0, log_params, obs)
         weights = sla.cho_solve((L, True), y, check_finite=False)
         self._exact = exact.ExactPosterior(obs, L, weights, y,
@@ -796,13 +837,17 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
     def _optimize(self, stats, log_params, rng, free, extra_starts=()) -> np.ndarray:
         """Maximise the likelihood over the ``free`` of ``log (σ, σ_E, σ_F)``.
 
+        ``σ`` may be several values, one per element (exact model).
+
         ``stats`` is a :class:`kernelpot.gp.WhitenedStatistics` (sparse model) or a
         callable ``theta -> (log p, gradient)`` (exact model).
         """
         likelihood = stats if callable(stats) else (
             lambda theta: gp.log_marginal_likelihood(theta, stats, eval_gradient=True))
-        bounds = np.log(np.array([self.signal_std_bounds, self.energy_noise_bounds,
-                                  self.force_noise_bounds], dtype=float))
+        n_signal = len(log_params) - 2  # one signal std, or one per element
+        bounds = np.log(np.array([self.signal_std_bounds] * n_signal
+                                 + [self.energy_noise_bounds, self.force_noise_bounds],
+                                 dtype=float))
         for k, is_free in enumerate(free):
             if not is_free:
                 bounds[k] = log_params[k]
@@ -882,6 +927,12 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         self._check_variance(variance)
         return self._finish_variances([self._predict_parts(atoms, forces, variance)])[0]
 
+    def _signal_variances(self) -> np.ndarray:
+        """``σ_s²`` per element, in ``species_`` order (all equal with one ``σ``)."""
+        if isinstance(self.signal_std_, dict):
+            return np.array([self.signal_std_[chemical_symbols[z]] for z in self.species_])**2
+        return np.full(len(self.species_), float(self.signal_std_)**2)
+
     @staticmethod
     def _check_variance(variance):
         if variance is not True and variance is not False and variance != "energy":
@@ -931,8 +982,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         if not variance:
             return Prediction(energy, force_values, None, None, None, None, local)
         (var_e, var_f), = exact.predict_variances(
-            [result], [index], post.observations, post.L, self.signal_std_**2, self.kernel_,
-            forces=force_variance)
+            [result], [index], post.observations, post.L, self._signal_variances(),
+            self.kernel_, forces=force_variance)
         # an exact posterior has no projection term: it is all in the first
         zeros = np.zeros_like(var_f) if var_f is not None else None
         return Prediction(energy, force_values, var_e, 0.0, var_f, zeros, local)
@@ -1589,34 +1640,46 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         ----------
         theta : array-like of shape (3,), optional
             ``log`` of (signal std eV, energy noise eV/atom, force noise eV/Å);
-            ``None`` returns the value at the fitted hyperparameters.
+            with ``signal_per_element=True``, shape ``(n_species + 2,)``: one signal
+            std per element of ``species_`` first. ``None`` returns the value at the
+            fitted hyperparameters.
         eval_gradient : bool, default=False
 
         Returns
         -------
-        float, or (float, ndarray of shape (3,))
+        float, or (float, ndarray of the shape of theta)
         """
         check_is_fitted(self)
+        per_element = isinstance(self.signal_std_, dict)
         if theta is None:
             if eval_gradient:
-                theta = np.log([self.signal_std_, self.energy_noise_, self.force_noise_])
+                theta = np.log(np.concatenate([np.sqrt(self._signal_variances()[
+                    :len(self.species_) if per_element else 1]),
+                    [self.energy_noise_, self.force_noise_]]))
             else:
                 return self.log_marginal_likelihood_value_
         theta = np.asarray(theta, dtype=np.float64)
-        if theta.shape != (3,):
-            raise ValueError(f"theta must have shape (3,); got {theta.shape}")
+        n_theta = len(self.species_) + 2 if per_element else 3
+        if theta.shape != (n_theta,):
+            raise ValueError(f"theta must have shape ({n_theta},); got {theta.shape}")
         if getattr(self, "_exact", None) is not None:
             return exact.log_marginal_likelihood(theta, self._exact_covariance(),
                                                  self._exact.y, self._exact.observations,
                                                  eval_gradient=eval_gradient)
         return gp.log_marginal_likelihood(theta, self._stats, eval_gradient=eval_gradient)
 
-    def _exact_covariance(self) -> np.ndarray:
-        """The exact model's prior covariance, rebuilt after loading from file."""
+    def _exact_covariance(self):
+        """The exact model's prior covariance (per-element parts with
+        ``signal_per_element``), rebuilt after loading from file."""
         if getattr(self, "_exact_K0", None) is None:
-            self._exact_K0 = exact.covariance(self._exact.observations,
-                                              self._exact.observations, self.kernel_,
-                                              symmetric=True)
+            obs = self._exact.observations
+            if isinstance(self.signal_std_, dict):
+                n_species = len(self.species_)
+                self._exact_K0 = [exact.covariance(obs, obs, self.kernel_, symmetric=True,
+                                                   weights=np.eye(n_species)[s])
+                                  for s in range(n_species)]
+            else:
+                self._exact_K0 = exact.covariance(obs, obs, self.kernel_, symmetric=True)
         return self._exact_K0
 
     def save(self, path, training_state=False):

@@ -178,7 +178,8 @@ def _reduce_rows(values: np.ndarray, index: np.ndarray):
     return unique, np.asarray(reducer @ values)
 
 
-def covariance(A: Observations, B: Observations, kernel, symmetric: bool = False) -> np.ndarray:
+def covariance(A: Observations, B: Observations, kernel, symmetric: bool = False,
+               weights=None) -> np.ndarray:
     """Prior covariance (without ``σ²``) between the observations of ``A`` and ``B``.
 
     Parameters
@@ -188,6 +189,10 @@ def covariance(A: Observations, B: Observations, kernel, symmetric: bool = False
     symmetric : bool, default=False
         ``A`` is ``B``: compute each force–force block of a pair of structures once
         and mirror it.
+    weights : array-like of shape (n_species,), optional
+        Factor of each element's part of the covariance (its signal variance, for a
+        model with one per element); an element with weight 0 is skipped. Default:
+        1 for every element.
 
     Returns
     -------
@@ -198,15 +203,21 @@ def covariance(A: Observations, B: Observations, kernel, symmetric: bool = False
     out = np.zeros((A.n_obs, B.n_obs))
     EE, EF = out[:nE_A, :nE_B], out[:nE_A, nE_B:]
     FE, FF = out[nE_A:, :nE_B], out[nE_A:, nE_B:]
-    for s in range(len(A.features)):
+    n_species = len(A.features)
+    weights = np.ones(n_species) if weights is None else np.asarray(weights, dtype=np.float64)
+    if weights.shape != (n_species,):
+        raise ValueError(f"covariance: weights must have shape ({n_species},); got "
+                         f"{weights.shape}")
+    for s in range(n_species):
         XA, XB = A.features[s], B.features[s]
-        if len(XA) == 0 or len(XB) == 0:
+        w = float(weights[s])
+        if len(XA) == 0 or len(XB) == 0 or w == 0.0:
             continue
         SA, SB = _one_hot(A.env_energy[s], nE_A), _one_hot(B.env_energy[s], nE_B)
         GA, GB = A.rows[s], B.rows[s]
         envA, envB = A.row_env[s], B.row_env[s]
         if nE_A and nE_B:
-            EE += (SB @ (SA @ kernel(XA, XB)).T).T
+            EE += w * (SB @ (SA @ kernel(XA, XB)).T).T
         if nE_A and len(GB):
             # ∂k(x_i, y)/∂y at y = x_j is α(x_j, x_i) x_i + β(x_j, x_i) x_j
             alpha, beta = kernel.gradient_coefficients(XB, XA)  # (n_B, n_A)
@@ -214,7 +225,8 @@ def covariance(A: Observations, B: Observations, kernel, symmetric: bool = False
             step = max(1, _CHUNK_ENTRIES // max(len(XA), 1))
             for start in range(0, len(GB), step):
                 ch = slice(start, start + step)
-                per_env = -(alpha[envB[ch]].T * (XA @ GB[ch].T) + beta[envB[ch]].T * yg[ch])
+                per_env = -w * (alpha[envB[ch]].T * (XA @ GB[ch].T)
+                                + beta[envB[ch]].T * yg[ch])
                 cols, summed = _reduce_rows((SA @ per_env).T, B.row_force[s][ch])
                 EF[:, cols] += summed.T
         if nE_B and len(GA) and not symmetric:
@@ -223,7 +235,8 @@ def covariance(A: Observations, B: Observations, kernel, symmetric: bool = False
             step = max(1, _CHUNK_ENTRIES // max(len(XB), 1))
             for start in range(0, len(GA), step):
                 ch = slice(start, start + step)
-                per_env = -(alpha[envA[ch]] * (GA[ch] @ XB.T) + beta[envA[ch]] * gx[ch, None])
+                per_env = -w * (alpha[envA[ch]] * (GA[ch] @ XB.T)
+                                + beta[envA[ch]] * gx[ch, None])
                 rows, summed = _reduce_rows(np.asarray((SB @ per_env.T).T), A.row_force[s][ch])
                 FE[rows] += summed
         if len(GA) and len(GB):
@@ -238,7 +251,8 @@ def covariance(A: Observations, B: Observations, kernel, symmetric: bool = False
                 # only the environments of this chunk's rows: the kernels form products
                 # of X with all of B's rows
                 used, env_in_chunk = np.unique(envA[ch], return_inverse=True)
-                kernel.accumulate_cross_hessian(FF, XA[used], GA[ch], env_in_chunk,
+                kernel.accumulate_cross_hessian(FF, XA[used], w * GA[ch] if w != 1.0
+                                                else GA[ch], env_in_chunk,
                                                 A.row_force[s][ch], XB, GB[first:],
                                                 envB[first:], B.row_force[s][first:])
     if symmetric:
@@ -250,9 +264,29 @@ def covariance(A: Observations, B: Observations, kernel, symmetric: bool = False
 
 
 def noise_variances(log_params: np.ndarray, obs: Observations) -> np.ndarray:
-    """Diagonal noise of the observations: ``σ_E² N`` per energy, ``σ_F²`` per component."""
-    return np.concatenate([np.exp(2 * log_params[1]) * obs.energy_atoms,
-                           np.full(obs.n_force, np.exp(2 * log_params[2]))])
+    """Diagonal noise of the observations: ``σ_E² N`` per energy, ``σ_F²`` per component.
+
+    ``log_params`` ends with ``log σ_E, log σ_F`` (after one or more signal stds).
+    """
+    return np.concatenate([np.exp(2 * log_params[-2]) * obs.energy_atoms,
+                           np.full(obs.n_force, np.exp(2 * log_params[-1]))])
+
+
+def _parts(K0) -> list:
+    """``K0`` as a list of prior covariance parts, one per signal std."""
+    return [K0] if isinstance(K0, np.ndarray) else list(K0)
+
+
+def signal_covariance(K0, log_params: np.ndarray) -> np.ndarray:
+    """``Σ_s σ_s² K0_s`` (a new array) for the signal stds leading ``log_params``."""
+    parts = _parts(K0)
+    if len(log_params) != len(parts) + 2:
+        raise ValueError(f"expected {len(parts) + 2} log hyperparameters (signal std per "
+                         f"covariance part, σ_E, σ_F); got {len(log_params)}")
+    out = np.exp(2 * log_params[0]) * parts[0]
+    for t, part in zip(log_params[1:len(parts)], parts[1:], strict=True):
+        out += np.exp(2 * t) * part
+    return out
 
 
 def _cholesky(K_y: np.ndarray) -> np.ndarray:
@@ -264,9 +298,14 @@ def _cholesky(K_y: np.ndarray) -> np.ndarray:
         return L
 
 
-def factor(K0: np.ndarray, log_params: np.ndarray, obs: Observations) -> np.ndarray:
-    """Lower Cholesky factor of ``K_y = σ² K0 + noise``."""
-    K_y = np.exp(2 * log_params[0]) * K0
+def factor(K0, log_params: np.ndarray, obs: Observations) -> np.ndarray:
+    """Lower Cholesky factor of ``K_y = σ² K0 + noise``.
+
+    ``K0`` is one matrix (one signal std) or a list of per-element parts
+    ``K0_s`` with ``K_y = Σ_s σ_s² K0_s + noise`` (``log_params = log (σ_1, …, σ_S,
+    σ_E, σ_F)``).
+    """
+    K_y = signal_covariance(K0, log_params)
     K_y[np.diag_indices_from(K_y)] += noise_variances(log_params, obs)
     return _cholesky(K_y)
 
@@ -277,22 +316,28 @@ def log_density(L: np.ndarray, y: np.ndarray, weights: np.ndarray) -> float:
                  - 0.5 * len(y) * np.log(2 * np.pi))
 
 
-def log_marginal_likelihood(log_params: np.ndarray, K0: np.ndarray, y: np.ndarray,
+def log_marginal_likelihood(log_params: np.ndarray, K0, y: np.ndarray,
                             obs: Observations, eval_gradient: bool = False):
     """Log marginal likelihood of ``y`` and its gradient in ``log (σ, σ_E, σ_F)``.
+
+    ``K0`` is one prior covariance, or a list of per-element parts with one signal
+    std each (``log_params = log (σ_1, …, σ_S, σ_E, σ_F)``, see :func:`factor`).
 
     Notes
     -----
     With ``a = K_y⁻¹ y`` and ``Λ`` the noise diagonal,
     ``∂ log p/∂ log σ = aᵀy - aᵀΛa - n + Σ_i Λ_ii (K_y⁻¹)_ii`` and, for each noise,
     ``∂ log p/∂ log σ_X = Σ_{i∈X} Λ_ii (a_i² - (K_y⁻¹)_ii)``; only the diagonal of
-    ``K_y⁻¹`` is needed (from the inverse Cholesky factor).
+    ``K_y⁻¹`` is needed (from the inverse Cholesky factor). With several parts,
+    ``∂ log p/∂ log σ_s = σ_s² (aᵀ K0_s a - Σ_ij (K_y⁻¹)_ij (K0_s)_ij)``, which needs
+    the whole of ``K_y⁻¹``.
     """
     log_params = np.asarray(log_params, dtype=np.float64)
+    parts = _parts(K0)
     try:
-        L = factor(K0, log_params, obs)
+        L = factor(parts, log_params, obs)
     except np.linalg.LinAlgError:
-        return (-np.inf, np.zeros(3)) if eval_gradient else -np.inf
+        return (-np.inf, np.zeros(len(log_params))) if eval_gradient else -np.inf
     a = sla.cho_solve((L, True), y, check_finite=False)
     n = len(y)
     value = log_density(L, y, a)
@@ -300,15 +345,21 @@ def log_marginal_likelihood(log_params: np.ndarray, K0: np.ndarray, y: np.ndarra
         return value
     L_inv, info = sla.lapack.dtrtri(L, lower=1, overwrite_c=1)  # L is not needed again
     if info != 0:
-        return (-np.inf, np.zeros(3))
+        return (-np.inf, np.zeros(len(log_params)))
     k_inv_diag = np.einsum("ij,ij->j", L_inv, L_inv)  # the upper half of L (and L⁻¹) is 0
-    del L_inv
     noise = noise_variances(log_params, obs)
     per_obs = noise * (a**2 - k_inv_diag)
     nE = obs.n_energy
-    gradient = np.array([float(a @ y - n - per_obs.sum()), float(per_obs[:nE].sum()),
-                         float(per_obs[nE:].sum())])
-    return value, gradient
+    noise_gradient = [float(per_obs[:nE].sum()), float(per_obs[nE:].sum())]
+    if len(parts) == 1:
+        del L_inv
+        return value, np.array([float(a @ y - n - per_obs.sum()), *noise_gradient])
+    K_inv = L_inv.T @ L_inv
+    del L_inv
+    signal_gradient = [float(np.exp(2 * t) * (a @ (part @ a) - np.einsum("ij,ij->", K_inv,
+                                                                           part)))
+                       for t, part in zip(log_params[:len(parts)], parts, strict=True)]
+    return value, np.array(signal_gradient + noise_gradient)
 
 
 class MeanWeights(NamedTuple):
@@ -333,16 +384,21 @@ class ExactPosterior(NamedTuple):
     mean: MeanWeights
 
 
-def mean_weights(obs: Observations, weights: np.ndarray, signal_var: float) -> MeanWeights:
-    """Fold the observation weights ``w = K_y⁻¹ y`` into per-environment weights."""
+def mean_weights(obs: Observations, weights: np.ndarray, signal_var) -> MeanWeights:
+    """Fold the observation weights ``w = K_y⁻¹ y`` into per-environment weights.
+
+    ``signal_var`` is ``σ²``, one value or one per element.
+    """
     w_E, w_F = weights[:obs.n_energy], weights[obs.n_energy:]
     energy, force = [], []
+    signal_vars = np.broadcast_to(np.asarray(signal_var, dtype=np.float64),
+                                  (len(obs.features),))
     for s, X in enumerate(obs.features):
         env_energy = obs.env_energy[s]
         c = np.where(env_energy >= 0, w_E[np.maximum(env_energy, 0)] if w_E.size else 0.0, 0.0)
-        energy.append(signal_var * c)
+        energy.append(signal_vars[s] * c)
         scaled = obs.rows[s] * w_F[obs.row_force[s]][:, None]
-        force.append(signal_var * np.asarray(_one_hot(obs.row_env[s], len(X)) @ scaled)
+        force.append(signal_vars[s] * np.asarray(_one_hot(obs.row_env[s], len(X)) @ scaled)
                      if len(scaled) else np.zeros_like(X))
     return MeanWeights(obs.features, energy, force)
 
@@ -392,12 +448,13 @@ def predict_mean(result: DescriptorResult, species_index: np.ndarray, mean: Mean
 
 
 def predict_variances(results: list[DescriptorResult], species_indices: list[np.ndarray],
-                      train: Observations, L: np.ndarray, signal_var: float, kernel,
+                      train: Observations, L: np.ndarray, signal_var, kernel,
                       forces: bool = True):
     """Epistemic variances of the energies (and force components) of structures.
 
     ``σ² k_** - k_*ᵀ K_y⁻¹ k_*`` for each structure's energy and force components,
-    with one triangular solve for all of them.
+    with one triangular solve for all of them; ``signal_var`` is ``σ²``, one value
+    or one per element.
 
     Returns
     -------
@@ -405,21 +462,22 @@ def predict_variances(results: list[DescriptorResult], species_indices: list[np.
     """
     n_species = len(train.features)
     n = len(results)
+    signal_vars = np.broadcast_to(np.asarray(signal_var, dtype=np.float64), (n_species,))
     test = build_observations(results, species_indices, n_species, np.ones(n, bool),
                               np.full(n, bool(forces)))
-    K_star = signal_var * covariance(test, train, kernel)
+    K_star = covariance(test, train, kernel, weights=signal_vars)
     V = sla.solve_triangular(L, K_star.T, lower=True, check_finite=False)
     reduction = np.einsum("ij,ij->j", V, V)
     out = []
     force_start = n
     for k, (result, index) in enumerate(zip(results, species_indices, strict=True)):
         prior_e, prior_f = gp.prior_variances(result, index, n_species, kernel, energy=True,
-                                              forces=forces)
-        var_e = float(gp.clip_variance(signal_var * prior_e - reduction[k], "energy variance"))
+                                              forces=forces, weights=signal_vars)
+        var_e = float(gp.clip_variance(prior_e - reduction[k], "energy variance"))
         var_f = None
         if forces:
             stop = force_start + 3 * result.n_atoms
-            var_f = gp.clip_variance(signal_var * prior_f.ravel() - reduction[force_start:stop],
+            var_f = gp.clip_variance(prior_f.ravel() - reduction[force_start:stop],
                                      "force variance").reshape(-1, 3)
             force_start = stop
         out.append((var_e, var_f))

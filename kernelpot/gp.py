@@ -595,8 +595,11 @@ def variance_terms(rows: np.ndarray, posterior: Posterior, sigma: float):
 
 
 def prior_variances(result: DescriptorResult, species_index: np.ndarray, n_species: int,
-                    kernel, energy: bool = True, forces: bool = True):
+                    kernel, energy: bool = True, forces: bool = True, weights=None):
     """Prior variances (in kernel units, without ``σ²``) of a structure's energy and forces.
+
+    ``weights`` (one per element, default 1) multiply each element's part: with the
+    per-element signal variances they give the prior variances with ``σ_s²``.
 
     Returns
     -------
@@ -607,13 +610,14 @@ def prior_variances(result: DescriptorResult, species_index: np.ndarray, n_speci
         centres ``i, i'`` whose features atom ``j`` moves.
     """
     X = result.features
+    weights = np.ones(n_species) if weights is None else np.asarray(weights, dtype=np.float64)
     energy_var = None
     if energy:
         energy_var = 0.0
         for s in range(n_species):
             atoms_s = np.flatnonzero(species_index == s)
             if atoms_s.size:
-                energy_var += float(kernel(X[atoms_s]).sum())
+                energy_var += weights[s] * float(kernel(X[atoms_s]).sum())
     force_var = None
     if forces:
         n_atoms = result.n_atoms
@@ -627,8 +631,8 @@ def prior_variances(result: DescriptorResult, species_index: np.ndarray, n_speci
                 sel = species_index[centres] == s
                 if not np.any(sel):
                     continue
-                force_var[j] += kernel.contracted_hessian_sums(X[centres[sel]],
-                                                               result.gradients[p[sel]])
+                force_var[j] += weights[s] * kernel.contracted_hessian_sums(
+                    X[centres[sel]], result.gradients[p[sel]])
     return energy_var, force_var
 
 

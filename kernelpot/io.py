@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from ase.data import chemical_symbols
 
 from kernelpot import __version__
 from kernelpot._files import atomic_write
@@ -241,7 +242,7 @@ def load(path):
     model.method_ = method
     model.n_inducing_ = fitted["n_inducing"]
     model.alpha_ = arrays["alpha"]
-    model.signal_std_ = fitted["signal_std"]
+    model.signal_std_ = _signal_std(fitted.get("signal_std"), model.species_, method, path)
     model.energy_noise_ = fitted["energy_noise"]
     model.force_noise_ = fitted["force_noise"]
     model.std_scale_ = _std_scale(fitted.get("std_scale"), path)
@@ -272,6 +273,19 @@ def load(path):
         arrays["stats_eigenvalues"], arrays["stats_U"], arrays["stats_beta_E"],
         arrays["stats_beta_F"], s["c_E"], s["c_F"], s["n_E"], s["n_F"], s["logdet_D_E"])
     return model
+
+
+def _signal_std(sigma, species, method, path):
+    """Validated fitted signal std: a number, or ``{element: σ}`` (exact model)."""
+    def positive(value):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    if isinstance(sigma, dict):
+        symbols = {chemical_symbols[z] for z in species}
+        if method == "exact" and set(sigma) == symbols and all(map(positive, sigma.values())):
+            return {k: float(v) for k, v in sigma.items()}
+    elif positive(sigma):
+        return float(sigma)
+    raise ValueError(f"load: {path} has a malformed signal_std entry {sigma!r}")
 
 
 def _std_scale(scale, path):
@@ -308,7 +322,7 @@ def _restore_exact(model, arrays, path):
         raise ValueError(f"load: {path} holds exact-model arrays that do not match its "
                          f"{obs.n_obs} training observations")
     model._exact = exact.ExactPosterior(obs, L, weights, y, exact.mean_weights(
-        obs, weights, model.signal_std_**2))
+        obs, weights, model._signal_variances()))
     model._exact_K0 = None
     model._exact_structures = structures
     model.inducing_ = obs.features
