@@ -26,6 +26,8 @@ Usage::
     python benchmarks/small_data.py                       # ethanol 25,50,100; aspirin 50,100
     python benchmarks/small_data.py --molecules ethanol --sizes 25,50 --test-frames 100
     python benchmarks/small_data.py --sigma 0.25 --n-max 5 --l-max 3 --force-noise 0.01
+    python benchmarks/small_data.py --sigma 0.25 --n-max 5 --l-max 3 --force-noise 0.01 \
+        --signal-per-element                          # the figures in README.md
     python benchmarks/small_data.py --selection --method exact
 """
 
