@@ -124,6 +124,21 @@ def test_fit_eval_predict_round_trip(cli_files, capsys):
         np.testing.assert_allclose(atoms.arrays["forces_std"], forces_std[k], rtol=1e-6)
 
 
+def test_fit_exact_with_one_signal_std_per_element(cli_files, capsys):
+    from kernelpot import load
+
+    config = cli_files / "per_element.toml"
+    config.write_text('method = "exact"\nsignal_per_element = true\nn_restarts = 0\n'
+                      'descriptor.n_max = 3\ndescriptor.l_max = 2\n')
+    model_path = cli_files / "per_element.npz"
+    assert main(["fit", str(cli_files / "train.xyz"), "-o", str(model_path), "--config",
+                 str(config), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    model = load(model_path)
+    assert model.method_ == "exact" and set(model.signal_std_) == {"H", "C", "O"}
+    assert "signal std H " in out and ", O " in out
+
+
 @pytest.mark.parametrize("argv, message", [
     (["fit", "missing.xyz", "-o", "m.npz"], "no such file"),
     (["eval", "missing.npz", "x.xyz"], "no such file"),
