@@ -75,6 +75,17 @@ class Prediction(NamedTuple):
     local_energies: np.ndarray
 
 
+class _ExactPending(NamedTuple):
+    """An exact model's mean prediction waiting for its variances (batched)."""
+
+    energy: float
+    forces: np.ndarray | None
+    local: np.ndarray
+    result: DescriptorResult
+    index: np.ndarray
+    force_variance: bool
+
+
 def format_signal_std(sigma) -> str:
     """A fitted signal std for logs and the CLI: ``"2.18"`` or ``"H 1.64, C 2.08"``."""
     if isinstance(sigma, dict):
@@ -970,23 +981,35 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         prior = np.concatenate([[prior_e], prior_f.ravel()])
         return energy, force_values, stacked, prior, local
 
-    def _predict_exact(self, atoms, index, forces, variance) -> Prediction:
+    def _predict_exact(self, atoms, index, forces, variance):
+        """The exact model's mean; with ``variance``, an :class:`_ExactPending` whose
+        variances :meth:`_finish_variances` computes for many structures at once."""
         force_variance = forces and variance is True
         result = self.descriptor_.compute(atoms) if forces else _features_only(
             self.descriptor_.create(atoms))
-        post = self._exact
-        local, force_values = exact.predict_mean(result, index, post.mean, self.kernel_,
+        local, force_values = exact.predict_mean(result, index, self._exact.mean, self.kernel_,
                                                  forces=forces)
         local = local + self.e0_[index]
         energy = float(local.sum())
         if not variance:
             return Prediction(energy, force_values, None, None, None, None, local)
-        (var_e, var_f), = exact.predict_variances(
-            [result], [index], post.observations, post.L, self._signal_variances(),
-            self.kernel_, forces=force_variance)
-        # an exact posterior has no projection term: it is all in the first
-        zeros = np.zeros_like(var_f) if var_f is not None else None
-        return Prediction(energy, force_values, var_e, 0.0, var_f, zeros, local)
+        return _ExactPending(energy, force_values, local, result, index, force_variance)
+
+    def _finish_exact(self, pending) -> list[Prediction]:
+        """Exact posterior variances of the pending structures, in one solve."""
+        if not pending:
+            return []
+        post = self._exact
+        force_variance = pending[0].force_variance
+        variances = exact.predict_variances(
+            [p.result for p in pending], [p.index for p in pending], post.observations,
+            post.L, self._signal_variances(), self.kernel_, forces=force_variance)
+        out = []
+        for p, (var_e, var_f) in zip(pending, variances, strict=True):
+            # an exact posterior has no projection term: it is all in the first
+            zeros = np.zeros_like(var_f) if var_f is not None else None
+            out.append(Prediction(p.energy, p.forces, var_e, 0.0, var_f, zeros, p.local))
+        return out
 
     def _finish_variances(self, parts) -> list[Prediction]:
         """Turn per-structure parts into Predictions, solving all variance rows at once.
@@ -994,7 +1017,10 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         One triangular solve over the rows of many structures reads the ``M × M``
         factors once instead of once per structure.
         """
-        with_rows = [p for p in parts if not isinstance(p, Prediction) and p[2] is not None]
+        pending = [p for p in parts if isinstance(p, _ExactPending)]
+        finished = iter(self._finish_exact(pending))
+        with_rows = [p for p in parts if not isinstance(p, (Prediction, _ExactPending))
+                     and p[2] is not None]
         if with_rows:
             rows = np.vstack([p[2] for p in with_rows])
             post, proj = gp.variance_terms(rows, self._posterior, self.signal_std_)
@@ -1003,8 +1029,11 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                 sigma2 * np.concatenate([p[3] for p in with_rows]) - proj, "variance")
         out, offset = [], 0
         for part in parts:
-            if isinstance(part, Prediction):  # finished by the exact model
+            if isinstance(part, Prediction):  # no variance asked of the exact model
                 out.append(part)
+                continue
+            if isinstance(part, _ExactPending):
+                out.append(next(finished))
                 continue
             energy, force_values, stacked, _, local = part
             if stacked is None:
@@ -1027,7 +1056,9 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         for parts in self._imap(lambda atoms: self._predict_parts(atoms, forces, variance),
                                 frames, verbose, "predict"):
             batch.append(parts)
-            if not isinstance(parts, Prediction):
+            if isinstance(parts, _ExactPending):
+                batch_rows += 1 + 3 * len(parts.local) * parts.force_variance
+            elif not isinstance(parts, Prediction):
                 batch_rows += 0 if parts[2] is None else len(parts[2])
             if batch_rows >= _VARIANCE_BATCH_ROWS:
                 out.extend(self._finish_variances(batch))

@@ -286,3 +286,22 @@ def test_predict_energies_and_forces_equals_the_two_calls(fitted_exact, ethanol_
                                                            std_type="epistemic")[1],
                         strict=True):
         np.testing.assert_allclose(got, ref, rtol=1e-9)
+
+
+def test_batched_variances_equal_one_structure_at_a_time(fitted_exact, ethanol_frames,
+                                                         monkeypatch):
+    """predict_forces solves the variances of many structures at once (in batches of
+    rows); each equals the variance of the structure predicted alone."""
+    import kernelpot.estimator as estimator
+
+    frames = ethanol_frames[30:36]
+    alone = [fitted_exact.predict_structure(a, variance=True) for a in frames]
+    monkeypatch.setattr(estimator, "_VARIANCE_BATCH_ROWS", 60)  # batches of 3 structures
+    forces, stds = fitted_exact.predict_forces(frames, return_std=True, std_type="epistemic")
+    energies, energy_stds = fitted_exact.predict(frames, return_std=True,
+                                                 std_type="epistemic")
+    for k, p in enumerate(alone):
+        np.testing.assert_allclose(forces[k], p.forces, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(stds[k]**2, p.forces_var_posterior, rtol=1e-8, atol=1e-14)
+        assert energies[k] == pytest.approx(p.energy, rel=1e-12)
+        assert energy_stds[k]**2 == pytest.approx(p.energy_var_posterior, rel=1e-8)
