@@ -236,7 +236,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         the force MAE of the exact model by 4 % on ethanol at n = 25 and aspirin at
         n = 50, 1.5 % on ethanol at n = 50. The fit holds one prior covariance per
         element and the whole inverse of ``K_y`` for the likelihood gradient: about
-        ``n_species + 1`` more matrices of the size of ``K_y`` at its peak.
+        ``n_species`` more matrices of the size of ``K_y`` at its peak.
     energy_noise : float, default=0.002
         Energy noise ``σ_E`` per atom, eV/atom (initial value when optimising).
     force_noise : float, default=0.05
@@ -737,11 +737,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                     "covariance)", owner, obs.n_energy, obs.n_force, obs.n_obs**2 * 8 / 2**20)
         tic = time.perf_counter()
         n_signal = len(species) if self.signal_per_element else 1
-        if self.signal_per_element:  # one part per element, σ_s² each
-            K0 = [exact.covariance(obs, obs, kernel, symmetric=True,
-                                   weights=np.eye(len(species))[s]) for s in range(n_signal)]
-        else:
-            K0 = exact.covariance(obs, obs, kernel, symmetric=True)
+        K0 = exact.prior_covariance(obs, kernel, per_element=self.signal_per_element)
         logger.info("%s: covariance assembled in %.1f s", owner, time.perf_counter() - tic)
         y = np.concatenate(
             [labels.energies[has_energy] - counts_per_frame[has_energy] @ e0]
@@ -1683,12 +1679,10 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         check_is_fitted(self)
         per_element = isinstance(self.signal_std_, dict)
         if theta is None:
-            if eval_gradient:
-                theta = np.log(np.concatenate([np.sqrt(self._signal_variances()[
-                    :len(self.species_) if per_element else 1]),
-                    [self.energy_noise_, self.force_noise_]]))
-            else:
+            if not eval_gradient:
                 return self.log_marginal_likelihood_value_
+            sigmas = np.sqrt(self._signal_variances()) if per_element else [self.signal_std_]
+            theta = np.log(np.concatenate([sigmas, [self.energy_noise_, self.force_noise_]]))
         theta = np.asarray(theta, dtype=np.float64)
         n_theta = len(self.species_) + 2 if per_element else 3
         if theta.shape != (n_theta,):
@@ -1703,14 +1697,9 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         """The exact model's prior covariance (per-element parts with
         ``signal_per_element``), rebuilt after loading from file."""
         if getattr(self, "_exact_K0", None) is None:
-            obs = self._exact.observations
-            if isinstance(self.signal_std_, dict):
-                n_species = len(self.species_)
-                self._exact_K0 = [exact.covariance(obs, obs, self.kernel_, symmetric=True,
-                                                   weights=np.eye(n_species)[s])
-                                  for s in range(n_species)]
-            else:
-                self._exact_K0 = exact.covariance(obs, obs, self.kernel_, symmetric=True)
+            self._exact_K0 = exact.prior_covariance(
+                self._exact.observations, self.kernel_,
+                per_element=isinstance(self.signal_std_, dict))
         return self._exact_K0
 
     def save(self, path, training_state=False):

@@ -42,6 +42,7 @@ from kernelpot.descriptors.base import DescriptorResult
 logger = logging.getLogger(__name__)
 
 __all__ = ["Observations", "MeanWeights", "ExactPosterior", "build_observations", "covariance",
+           "prior_covariance",
            "log_density", "log_marginal_likelihood", "mean_weights", "predict_mean",
            "predict_variances", "memory_estimate", "structure_arrays", "structures_from_arrays"]
 
@@ -261,6 +262,17 @@ def covariance(A: Observations, B: Observations, kernel, symmetric: bool = False
         upper = struct[:, None] <= struct[None, :]
         FF[:] = np.where(upper, FF, FF.T)
     return out
+
+
+def prior_covariance(obs: Observations, kernel, per_element: bool = False):
+    """The training covariance ``K0`` of :func:`factor`: one matrix, or with
+    ``per_element`` one part per element (its environments only), for one signal std
+    each."""
+    if not per_element:
+        return covariance(obs, obs, kernel, symmetric=True)
+    n_species = len(obs.features)
+    return [covariance(obs, obs, kernel, symmetric=True, weights=np.eye(n_species)[s])
+            for s in range(n_species)]
 
 
 def noise_variances(log_params: np.ndarray, obs: Observations) -> np.ndarray:
