@@ -355,22 +355,30 @@ def log_marginal_likelihood(log_params: np.ndarray, K0, y: np.ndarray,
     value = log_density(L, y, a)
     if not eval_gradient:
         return value
-    L_inv, info = sla.lapack.dtrtri(L, lower=1, overwrite_c=1)  # L is not needed again
+    noise = noise_variances(log_params, obs)
+    nE = obs.n_energy
+    if len(parts) == 1:
+        L_inv, info = sla.lapack.dtrtri(L, lower=1, overwrite_c=1)  # L is not needed again
+        if info != 0:
+            return (-np.inf, np.zeros(len(log_params)))
+        k_inv_diag = np.einsum("ij,ij->j", L_inv, L_inv)  # the upper half of L (and L⁻¹) is 0
+        del L_inv
+        per_obs = noise * (a**2 - k_inv_diag)
+        return value, np.array([float(a @ y - n - per_obs.sum()), float(per_obs[:nE].sum()),
+                                float(per_obs[nE:].sum())])
+    # the whole K_y⁻¹, lower triangle (the upper one keeps L's zeros): Σ_ij (K_y⁻¹)_ij
+    # (K0_s)_ij = 2 Σ_(i≥j) - Σ_(i=j) for the symmetric parts
+    K_inv, info = sla.lapack.dpotri(L, lower=1, overwrite_c=1)
     if info != 0:
         return (-np.inf, np.zeros(len(log_params)))
-    k_inv_diag = np.einsum("ij,ij->j", L_inv, L_inv)  # the upper half of L (and L⁻¹) is 0
-    noise = noise_variances(log_params, obs)
+    k_inv_diag = np.diagonal(K_inv).copy()
     per_obs = noise * (a**2 - k_inv_diag)
-    nE = obs.n_energy
     noise_gradient = [float(per_obs[:nE].sum()), float(per_obs[nE:].sum())]
-    if len(parts) == 1:
-        del L_inv
-        return value, np.array([float(a @ y - n - per_obs.sum()), *noise_gradient])
-    K_inv = L_inv.T @ L_inv
-    del L_inv
-    signal_gradient = [float(np.exp(2 * t) * (a @ (part @ a) - np.einsum("ij,ij->", K_inv,
-                                                                           part)))
-                       for t, part in zip(log_params[:len(parts)], parts, strict=True)]
+    signal_gradient = []
+    for t, part in zip(log_params[:len(parts)], parts, strict=True):
+        trace = 2.0 * np.einsum("ij,ij->", K_inv, part) - k_inv_diag @ np.diagonal(part)
+        signal_gradient.append(float(np.exp(2 * t) * (a @ (part @ a) - trace)))
+    del K_inv
     return value, np.array(signal_gradient + noise_gradient)
 
 
