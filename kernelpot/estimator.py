@@ -733,10 +733,11 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         obs = exact.build_observations(results, species_index, len(species), has_energy,
                                        has_forces)
         del results
-        logger.info("%s: exact GP on %d energies and %d force components (%.0f MiB of "
-                    "covariance)", owner, obs.n_energy, obs.n_force, obs.n_obs**2 * 8 / 2**20)
-        tic = time.perf_counter()
         n_signal = len(species) if self.signal_per_element else 1
+        logger.info("%s: exact GP on %d energies and %d force components (%d × %.0f MiB of "
+                    "covariance)", owner, obs.n_energy, obs.n_force, n_signal,
+                    obs.n_obs**2 * 8 / 2**20)
+        tic = time.perf_counter()
         K0 = exact.prior_covariance(obs, kernel, per_element=self.signal_per_element)
         logger.info("%s: covariance assembled in %.1f s", owner, time.perf_counter() - tic)
         y = np.concatenate(
