@@ -82,15 +82,18 @@ def test_chunked_assembly_matches(ethanol_frames, small_soap, monkeypatch):
 
 
 # -- likelihood ----------------------------------------------------------------------------
-def test_log_marginal_likelihood_gradient(ethanol_frames, small_soap):
+@pytest.mark.parametrize("per_element", [False, True], ids=["one-sigma", "sigma-per-element"])
+def test_log_marginal_likelihood_gradient(per_element, ethanol_frames, small_soap):
     obs = _observations(small_soap, ethanol_frames[:3])
-    K0 = exact.covariance(obs, obs, NormalizedDotProduct(2), symmetric=True)
+    K0 = exact.prior_covariance(obs, NormalizedDotProduct(2), per_element=per_element)
     y = np.random.default_rng(0).normal(size=obs.n_obs)
-    theta = np.log([1.5, 0.01, 0.2])
+    sigmas = [0.7, 1.5, 2.5] if per_element else [1.5]
+    theta = np.log(sigmas + [0.01, 0.2])
     value, gradient = exact.log_marginal_likelihood(theta, K0, y, obs, eval_gradient=True)
+    assert gradient.shape == theta.shape
     h = 1e-5
-    for k in range(3):
-        step = np.zeros(3)
+    for k in range(len(theta)):
+        step = np.zeros(len(theta))
         step[k] = h
         fd = (exact.log_marginal_likelihood(theta + step, K0, y, obs)
               - exact.log_marginal_likelihood(theta - step, K0, y, obs)) / (2 * h)
@@ -98,8 +101,13 @@ def test_log_marginal_likelihood_gradient(ethanol_frames, small_soap):
     # against the dense Gaussian log density
     from scipy.stats import multivariate_normal
 
-    K_y = 1.5**2 * K0 + np.diag(exact.noise_variances(theta, obs))
+    K_y = exact.signal_covariance(K0, theta) + np.diag(exact.noise_variances(theta, obs))
     assert value == pytest.approx(multivariate_normal(cov=K_y).logpdf(y), rel=1e-9)
+    if per_element:
+        np.testing.assert_allclose(sum(K0), exact.prior_covariance(obs, NormalizedDotProduct(2)),
+                                   rtol=1e-12, atol=1e-12)
+        with pytest.raises(ValueError, match="expected 5 log hyperparameters"):
+            exact.log_marginal_likelihood(theta[1:], K0, y, obs)
 
 
 # -- posterior: the fast mean and the variances against the dense formulas ------------------

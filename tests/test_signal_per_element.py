@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 from helpers import assert_symmetries, numerical_forces
-from scipy.stats import multivariate_normal
 from sklearn.base import clone
 
 from kernelpot import SparseGPPotential, exact, load
@@ -20,11 +19,6 @@ def _observations(descriptor, frames):
                                     np.ones(n, bool))
 
 
-def _parts(obs, kernel):
-    return [exact.covariance(obs, obs, kernel, symmetric=True, weights=np.eye(3)[s])
-            for s in range(3)]
-
-
 @pytest.fixture(scope="module")
 def per_element(ethanol_frames, small_soap):
     return SparseGPPotential(small_soap, method="exact", signal_per_element=True,
@@ -35,7 +29,7 @@ def test_weighted_covariance_is_the_sum_of_weighted_element_parts(ethanol_frames
                                                                   small_soap):
     kernel = NormalizedDotProduct(2)
     obs = _observations(small_soap, ethanol_frames[:3])
-    parts = _parts(obs, kernel)
+    parts = exact.prior_covariance(obs, kernel, per_element=True)
     whole = exact.covariance(obs, obs, kernel, symmetric=True)
     np.testing.assert_allclose(sum(parts), whole, rtol=1e-12, atol=1e-12)
     weights = np.array([0.5, 2.0, 3.0])
@@ -45,27 +39,6 @@ def test_weighted_covariance_is_the_sum_of_weighted_element_parts(ethanol_frames
                                rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="weights must have shape"):
         exact.covariance(obs, obs, kernel, weights=[1.0, 2.0])
-
-
-def test_per_element_likelihood_gradient(ethanol_frames, small_soap):
-    obs = _observations(small_soap, ethanol_frames[:3])
-    parts = _parts(obs, NormalizedDotProduct(2))
-    y = np.random.default_rng(1).normal(size=obs.n_obs)
-    theta = np.log([0.7, 1.5, 2.5, 0.01, 0.2])
-    value, gradient = exact.log_marginal_likelihood(theta, parts, y, obs, eval_gradient=True)
-    assert gradient.shape == (5,)
-    h = 1e-5
-    for k in range(5):
-        step = np.zeros(5)
-        step[k] = h
-        fd = (exact.log_marginal_likelihood(theta + step, parts, y, obs)
-              - exact.log_marginal_likelihood(theta - step, parts, y, obs)) / (2 * h)
-        assert gradient[k] == pytest.approx(fd, rel=1e-5, abs=1e-6)
-    K_y = sum(np.exp(2 * t) * K for t, K in zip(theta[:3], parts, strict=True)) \
-        + np.diag(exact.noise_variances(theta, obs))
-    assert value == pytest.approx(multivariate_normal(cov=K_y).logpdf(y), rel=1e-9)
-    with pytest.raises(ValueError, match="expected 5 log hyperparameters"):
-        exact.log_marginal_likelihood(theta[1:], parts, y, obs)
 
 
 def test_fitted_sigmas_differ_and_raise_the_likelihood(per_element, ethanol_frames,
