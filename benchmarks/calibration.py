@@ -16,6 +16,8 @@ growth >= 0.8 × error growth). With ``--plot`` it writes the calibration plot o
 Usage::
 
     python benchmarks/calibration.py --molecule ethanol --n 200 --method exact
+    python benchmarks/calibration.py --molecule ethanol --n 200 --method exact \
+        --sigma 0.25 --n-max 5 --l-max 3 --force-noise 0.01 --signal-per-element
 """
 
 from __future__ import annotations
