@@ -73,3 +73,14 @@ def assert_symmetries(model, atoms, euler=(0.7, 0.2, -1.3), shift=(3.0, -2.0, 1.
     np.testing.assert_allclose(f3[0], forces[0][perm], atol=1e-8)
     np.testing.assert_allclose(f3_std[0], f_std[0][perm], rtol=1e-6)
     assert np.abs(forces[0].sum(axis=0)).max() < 1e-8
+
+
+def exact_observations(descriptor, frames, species, energy=True, forces=True):
+    """The exact GP's observations of ``frames`` (every structure with the same labels)."""
+    from kernelpot import exact
+
+    results = [descriptor.compute(a) for a in frames]
+    index = [np.searchsorted(species, a.numbers) for a in frames]
+    n = len(frames)
+    return exact.build_observations(results, index, len(species), np.full(n, energy),
+                                    np.full(n, forces))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from conftest import emt_copper_frames
-from helpers import assert_symmetries, numerical_forces, relative_error
+from helpers import assert_symmetries, exact_observations, numerical_forces, relative_error
 from sklearn.base import clone
 from sklearn.model_selection import KFold, cross_val_score
 
@@ -17,11 +17,7 @@ KERNEL_IDS = ["ndp", "se", "ndp+se"]
 
 
 def _observations(descriptor, frames, energy=True, forces=True):
-    results = [descriptor.compute(a) for a in frames]
-    index = [np.searchsorted(SPECIES, a.numbers) for a in frames]
-    n = len(frames)
-    return exact.build_observations(results, index, len(SPECIES), np.full(n, energy),
-                                    np.full(n, forces))
+    return exact_observations(descriptor, frames, SPECIES, energy, forces)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import assert_symmetries, numerical_forces
+from helpers import assert_symmetries, exact_observations, numerical_forces
 from sklearn.base import clone
 
 from kernelpot import SparseGPPotential, exact, load
@@ -11,12 +11,8 @@ from kernelpot.kernels import NormalizedDotProduct
 SPECIES = np.array([1, 6, 8])
 
 
-def _observations(descriptor, frames):
-    results = [descriptor.compute(a) for a in frames]
-    index = [np.searchsorted(SPECIES, a.numbers) for a in frames]
-    n = len(frames)
-    return exact.build_observations(results, index, len(SPECIES), np.ones(n, bool),
-                                    np.ones(n, bool))
+def _observations(descriptor, frames, energy=True, forces=True):
+    return exact_observations(descriptor, frames, SPECIES, energy, forces)
 
 
 @pytest.fixture(scope="module")
