@@ -125,3 +125,25 @@ def test_bad_settings_are_refused(ethanol_frames, small_soap):
     with pytest.raises(TypeError, match="signal_per_element must be True or False"):
         SparseGPPotential(small_soap, method="exact", signal_per_element="yes").fit(
             ethanol_frames[:3])
+
+
+@pytest.mark.parametrize("bad", [{"H": 1.0, "C": 1.0}, {"H": 1.0, "C": 1.0, "O": -2.0},
+                                 "2.0", None])
+def test_a_signed_file_with_a_malformed_signal_std_is_refused(per_element, tmp_path, bad):
+    """A file whose checksum matches but whose signal_std is not one positive number or
+    one per element of the model (as a faulty writer could produce) fails clearly."""
+    import json
+
+    from kernelpot import io
+
+    path = per_element.save(tmp_path / "model")
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    metadata = json.loads(arrays.pop("metadata").tobytes().decode("utf-8"))
+    metadata.pop("checksum")
+    metadata["fitted"]["signal_std"] = bad
+    metadata["checksum"] = io._checksum(arrays, metadata)
+    blob = np.frombuffer(json.dumps(metadata).encode("utf-8"), dtype=np.uint8)
+    np.savez(tmp_path / "bad.npz", metadata=blob, **arrays)
+    with pytest.raises(ValueError, match="malformed signal_std"):
+        load(tmp_path / "bad.npz")
