@@ -33,10 +33,10 @@ import numpy as np
 from ase.io import read
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from molecules import SHARED, noise_options  # noqa: E402
+from molecules import SHARED, add_model_options, study_model  # noqa: E402
 
 import kernelpot  # noqa: E402
-from kernelpot import SOAP, SparseGPPotential, conformal, metrics  # noqa: E402
+from kernelpot import conformal, metrics  # noqa: E402
 
 
 def summary(forces, reference, stds):
@@ -61,13 +61,7 @@ def main(argv=None):
     parser.add_argument("--valid-frames", type=int, default=200)
     parser.add_argument("--hot-frames", type=int, default=200,
                         help="ethanol 1000 K frames (every 10th of the file)")
-    parser.add_argument("--sigma", type=float, default=0.4, help="SOAP Gaussian width, Å")
-    parser.add_argument("--n-max", type=int, default=6, help="SOAP n_max (default 6)")
-    parser.add_argument("--l-max", type=int, default=4, help="SOAP l_max (default 4)")
-    parser.add_argument("--force-noise", type=float, default=None,
-                        help="fix the force noise at this value, eV/Å (default: fitted)")
-    parser.add_argument("--signal-per-element", action="store_true",
-                        help="one signal std per element (exact model)")
+    add_model_options(parser)
     parser.add_argument("--plot", default=None, help="write the calibration plot here")
     args = parser.parse_args(argv)
     print(f"kernelpot {kernelpot.__version__}; python {platform.python_version()}; "
@@ -79,11 +73,7 @@ def main(argv=None):
     order = np.random.default_rng(0).permutation(idx[idx % 4 != 3])
     train = [frames[i] for i in order[: args.n]]
     valid = [frames[i] for i in order[args.n: args.n + args.valid_frames]]
-    model = SparseGPPotential(SOAP(species, 4.0, n_max=args.n_max, l_max=args.l_max,
-                                   sigma=args.sigma),
-                              method=args.method, sparse_method="all", n_restarts=0,
-                              random_state=0, signal_per_element=args.signal_per_element,
-                              **noise_options(args.force_noise))
+    model = study_model(species, args, args.method)
     start = time.perf_counter()
     model.fit(train)
     print(f"fit ({model.method_}) in {time.perf_counter() - start:.0f} s; σ_F = "

@@ -53,11 +53,30 @@ def descriptor_for(name: str, species):
     raise ValueError(name)
 
 
-def noise_options(force_noise) -> dict:
-    """Estimator parameters that fix the force noise (None: all noise levels fitted)."""
-    if force_noise is None:
-        return {}
-    return {"force_noise": force_noise, "optimize": ["signal_std", "energy_noise"]}
+def add_model_options(parser) -> None:
+    """The SOAP and noise options shared by the small-data and calibration studies."""
+    parser.add_argument("--sigma", type=float, default=0.4,
+                        help="SOAP Gaussian width, Å (default 0.4)")
+    parser.add_argument("--n-max", type=int, default=6, help="SOAP n_max (default 6)")
+    parser.add_argument("--l-max", type=int, default=4, help="SOAP l_max (default 4)")
+    parser.add_argument("--force-noise", type=float, default=None,
+                        help="fix the force noise at this value, eV/Å (default: fitted)")
+    parser.add_argument("--signal-per-element", action="store_true",
+                        help="one signal std per element (exact model)")
+
+
+def study_model(species, args, method, signal_per_element=None) -> SparseGPPotential:
+    """The model of those studies from :func:`add_model_options`' options: SOAP r_cut 4 Å,
+    every environment inducing, no optimiser restarts; a fixed ``--force-noise`` leaves
+    the signal and energy noise to the likelihood. ``signal_per_element`` overrides
+    ``--signal-per-element`` (which the estimator refuses for a sparse model)."""
+    noise = {} if args.force_noise is None else {
+        "force_noise": args.force_noise, "optimize": ["signal_std", "energy_noise"]}
+    return SparseGPPotential(
+        SOAP(species, 4.0, n_max=args.n_max, l_max=args.l_max, sigma=args.sigma),
+        method=method, sparse_method="all", n_restarts=0, random_state=0,
+        signal_per_element=args.signal_per_element if signal_per_element is None
+        else signal_per_element, **noise)
 
 
 def split(n_frames: int, n: int):

@@ -45,10 +45,10 @@ import numpy as np
 from ase.io import read
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from molecules import QUOTED, SHARED, noise_options, split  # noqa: E402
+from molecules import QUOTED, SHARED, add_model_options, split, study_model  # noqa: E402
 
 import kernelpot  # noqa: E402
-from kernelpot import SOAP, SparseGPPotential, metrics  # noqa: E402
+from kernelpot import metrics  # noqa: E402
 from kernelpot.studies import learning_curve  # noqa: E402
 
 #: The issue's targets: force MAE in meV/Å at each n.
@@ -82,14 +82,7 @@ def main(argv=None):
                         help="comma-separated n (default: the issue's sizes per molecule)")
     parser.add_argument("--test-frames", type=int, default=None,
                         help="first N frames of the test pool (default: all of it)")
-    parser.add_argument("--sigma", type=float, default=0.4,
-                        help="SOAP Gaussian width, Å (default 0.4)")
-    parser.add_argument("--n-max", type=int, default=6, help="SOAP n_max (default 6)")
-    parser.add_argument("--l-max", type=int, default=4, help="SOAP l_max (default 4)")
-    parser.add_argument("--force-noise", type=float, default=None,
-                        help="fix the force noise at this value, eV/Å (default: fitted)")
-    parser.add_argument("--signal-per-element", action="store_true",
-                        help="one signal std per element (exact model)")
+    add_model_options(parser)
     parser.add_argument("--with-sparse", action="store_true",
                         help="also fit the sparse GP with every environment inducing")
     parser.add_argument("--selection", action="store_true",
@@ -119,12 +112,8 @@ def main(argv=None):
             train_idx, _ = split(len(frames), n)
             train = [frames[i] for i in train_idx]
             for method in methods:
-                model = SparseGPPotential(SOAP(species, 4.0, n_max=args.n_max,
-                                               l_max=args.l_max, sigma=args.sigma),
-                                          method=method, sparse_method="all", n_restarts=0,
-                                          random_state=0, signal_per_element=(
-                                              args.signal_per_element and method == "exact"),
-                                          **noise_options(args.force_noise))
+                model = study_model(species, args, method, signal_per_element=(
+                    args.signal_per_element and method == "exact"))
                 row = measure(model, train, test, ref_f, ref_e)
                 row.update(molecule=molecule, n=n, method=method)
                 rows.append(row)
@@ -162,11 +151,7 @@ def selection_study(args):
     test = [frames[i] for i in idx[idx % 4 == 3][: args.test_frames]]
     pool = [frames[i] for i in idx[idx % 4 != 3]]
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [50, 100]
-    model = SparseGPPotential(SOAP(["C", "H", "O"], 4.0, n_max=args.n_max, l_max=args.l_max,
-                                   sigma=args.sigma),
-                              method=args.method, sparse_method="all", n_restarts=0,
-                              random_state=0, signal_per_element=args.signal_per_element,
-                              **noise_options(args.force_noise))
+    model = study_model(["C", "H", "O"], args, args.method)
     curves = {}
     strategies = args.strategies.split(",")
     for strategy in strategies:
