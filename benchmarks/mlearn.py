@@ -32,6 +32,7 @@ from kernelpot import (
     Scaled,
     SparseGPPotential,
     SquaredExponential,
+    TwoBody,
     metrics,
 )
 
@@ -71,6 +72,13 @@ def main(argv=None):
     parser.add_argument("--energy-noise", type=float, default=None,
                         help="fix the energy noise (eV/atom) instead of fitting it; the "
                              "signal and force noise are still fitted")
+    parser.add_argument("--two-body", type=float, default=None, metavar="R_CUT",
+                        help="add a two-body term (kernelpot.TwoBody) with this cutoff, Å, "
+                             "fitted jointly with the GP")
+    parser.add_argument("--two-body-basis", type=int, default=16)
+    parser.add_argument("--two-body-r-min", type=float, default=1.0)
+    parser.add_argument("--two-body-prior-std", type=float, default=0.1,
+                        help="prior std of the two-body coefficients relative to σ")
     args = parser.parse_args(argv)
     print(f"kernelpot {kernelpot.__version__}; python {platform.python_version()}; "
           f"{os.cpu_count()} cpus; descriptor {args.descriptor}, r_cut {args.r_cut} Å"
@@ -102,6 +110,9 @@ def main(argv=None):
             "optimize": ["signal_std", "force_noise"] + (["kernel"] if args.fit_kernel else [])}
         if args.search_frames:
             fixed["search_frames"] = args.search_frames
+        if args.two_body is not None:
+            fixed["two_body"] = TwoBody(args.two_body, args.two_body_basis, args.two_body_r_min,
+                                        args.two_body_prior_std)
         model = SparseGPPotential(descriptor, kernel, n_sparse=args.n_sparse, random_state=0,
                                   n_jobs=args.n_jobs, **fixed)
         start = time.perf_counter()
@@ -152,8 +163,11 @@ def main(argv=None):
                   f"exponential ({args.length_scale_factor} x median distance)",
     }[args.kernel] + (" (start values; kernel hyperparameters fitted)" if args.fit_kernel
                       else "")
-    print(f"\nmlearn, {args.descriptor}, {kernel_text}: fit on *_training.xyz, test on "
-          f"*_test.xyz; energy noise {noise}")
+    two_body = "" if args.two_body is None else (
+        f"; two-body term r_cut {args.two_body} Å, {args.two_body_basis} basis functions from "
+        f"{args.two_body_r_min} Å, prior std {args.two_body_prior_std} σ")
+    print(f"\nmlearn, {args.descriptor}, {kernel_text}{two_body}: fit on *_training.xyz, test "
+          f"on *_test.xyz; energy noise {noise}")
     header = (f"{'element':<8} {'M':>5} {'E RMSE':>7} {'F RMSE':>7} {'GAP E':>6} {'GAP F':>6} "
               f"{'fit s':>7} {'peak GiB':>8} {'E+F ms':>7} {'+σ_E ms':>7} {'+σ_F ms':>7} "
               f"{'cov1σ':>6} "

@@ -13,6 +13,7 @@ from kernelpot.estimator import SparseGPPotential
 from kernelpot.io import load
 from kernelpot.kernels import NormalizedDotProduct, Scaled, SquaredExponential, Sum
 from kernelpot.selection import select_frames
+from kernelpot.two_body import TwoBody
 
 __all__ = [
     "ACSF",
@@ -26,6 +27,7 @@ __all__ = [
     "SparseGPPotential",
     "SquaredExponential",
     "Sum",
+    "TwoBody",
     "load",
     "select_frames",
     "load_ethanol",

@@ -26,6 +26,7 @@ from kernelpot._validation import check_verbose
 from kernelpot.descriptors import SOAP, Descriptor, DescriptorResult
 from kernelpot.kernels import Kernel, NormalizedDotProduct
 from kernelpot.sparsify import SPARSE_METHODS, resolve_n_sparse, select_inducing
+from kernelpot.two_body import TwoBody
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +190,41 @@ def _calibration_entries(quantity, fitted) -> dict:
             f"{quantity}_reference": fitted["reference"], f"{quantity}_noise": fitted["noise"]}
 
 
+def _with_two_body(rows: gp.DesignRows, pair, atoms, species_index, n_species) -> gp.DesignRows:
+    """Design rows with the two-body columns (``prior_std² × basis rows``) appended.
+
+    Derivatives in the kernel's hyperparameters are zero in those columns.
+    """
+    if pair is None:
+        return rows
+    e_pair, f_pair = pair.rows(atoms, species_index, n_species, energy=rows.energy is not None,
+                               forces=rows.forces is not None)
+    scale2 = float(pair.prior_std)**2
+    energy = forces = d_energy = d_forces = None
+    if rows.energy is not None:
+        energy = np.concatenate([rows.energy, scale2 * e_pair])
+    if rows.forces is not None:
+        forces = np.hstack([rows.forces, scale2 * f_pair])
+    n_pair = pair.n_columns(n_species)
+    if rows.d_energy is not None:
+        d_energy = np.vstack([rows.d_energy, np.zeros((n_pair, rows.d_energy.shape[1]))])
+    if rows.d_forces is not None:
+        shape = rows.d_forces.shape
+        d_forces = np.concatenate([rows.d_forces, np.zeros((shape[0], n_pair, shape[2]))],
+                                  axis=1)
+    return gp.DesignRows(energy, forces, d_energy, d_forces)
+
+
+def _inducing_kernel(inducing, kernel, pair, n_species) -> np.ndarray:
+    """``k_mm`` of the GP's inducing environments, then ``prior_std² I`` for the two-body
+    coefficients (their prior covariance over ``σ²``)."""
+    K = gp.inducing_kernel(inducing, kernel)
+    if pair is None:
+        return K
+    n_pair = pair.n_columns(n_species)
+    return sla.block_diag(K, float(pair.prior_std)**2 * np.eye(n_pair))
+
+
 def _labelled_copy(atoms, energy, forces):
     """A copy of ``atoms`` that keeps its reference labels (``Atoms.copy`` drops them)."""
     copy = atoms.copy()
@@ -225,6 +261,11 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         sampling by default (measured on ethanol, n = 200, 300 per element: the same
         force error as CUR and random, and the force std ranks errors best, Spearman
         0.62 against 0.46 for CUR).
+    two_body : kernelpot.TwoBody or None, default=None
+        A pair-potential term fitted jointly with the GP, as GAP adds a two-body
+        term to SOAP (``method="sparse"`` only; not with ``incremental=True``). Its
+        coefficients are extra design columns whose prior std is
+        ``two_body.prior_std × σ``; see :mod:`kernelpot.two_body`.
     signal_std : float, default=1.0
         Signal std ``σ`` of the local energies, eV (initial value when optimising).
     signal_per_element : bool, default=False
@@ -355,7 +396,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
     """
 
     def __init__(self, descriptor=None, kernel=None, *, n_sparse=None, sparse_method="fps",
-                 signal_std=1.0, signal_per_element=False, energy_noise=0.002,
+                 two_body=None, signal_std=1.0, signal_per_element=False, energy_noise=0.002,
                  force_noise=0.05,
                  signal_std_bounds=(1e-2, 1e2), energy_noise_bounds=(1e-4, 1.0),
                  force_noise_bounds=(1e-4, 10.0), e0="lstsq", optimize=True, n_restarts=2,
@@ -366,6 +407,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         self.kernel = kernel
         self.n_sparse = n_sparse
         self.sparse_method = sparse_method
+        self.two_body = two_body
         self.signal_std = signal_std
         self.signal_per_element = signal_per_element
         self.energy_noise = energy_noise
@@ -440,6 +482,17 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         if self.signal_per_element and self.method != "exact":
             raise ValueError(f"{owner}: signal_per_element=True needs method='exact' (the "
                              f"sparse model has one signal std); got method={self.method!r}")
+        if self.two_body is not None:
+            if not isinstance(self.two_body, TwoBody):
+                raise TypeError(f"{owner}: two_body must be a kernelpot.TwoBody or None; "
+                                f"got {type(self.two_body).__name__}")
+            self.two_body.check()
+            if self.method != "sparse":
+                raise ValueError(f"{owner}: two_body needs method='sparse' (the exact model "
+                                 f"has no two-body term); got method={self.method!r}")
+            if self.incremental:
+                raise ValueError(f"{owner}: two_body cannot be combined with incremental=True "
+                                 "(updates do not extend the two-body term)")
         if self.method == "exact" and self.incremental:
             raise ValueError(f"{owner}: incremental=True needs method='sparse' (the exact "
                              "model is refitted, not updated)")
@@ -501,6 +554,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                                    counts_per_frame, e0, rng, verbose, start_time)
         self.method_ = "sparse"
         self._exact = None
+        pair = clone(self.two_body) if self.two_body is not None else None
 
         # pass 1: features only, for the choice of inducing environments
         features = self._map(descriptor.create, frames, verbose, "features")
@@ -527,7 +581,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         n_E = int(has_energy.sum())
         n_F = int(3 * n_atoms[has_forces].sum())
         n_obs = n_E + n_F
-        M = int(sum(len(z) for z in inducing))
+        n_pair = pair.n_columns(len(species)) if pair is not None else 0
+        M = int(sum(len(z) for z in inducing)) + n_pair
         energy_row = np.cumsum(has_energy) - 1
         force_start = n_E + 3 * np.concatenate([[0], np.cumsum(n_atoms * has_forces)])
         y_E = labels.energies[has_energy] - counts_per_frame[has_energy] @ e0
@@ -554,9 +609,10 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
 
         def rows_of(k, kernel, theta_gradient=False):
             result = cached[k] if cached is not None else descriptor.compute(frames[k])
-            return k, gp.design_rows(result, species_index[k], inducing, kernel,
-                                     energy=bool(has_energy[k]), forces=bool(has_forces[k]),
-                                     theta_gradient=theta_gradient)
+            rows = gp.design_rows(result, species_index[k], inducing, kernel,
+                                  energy=bool(has_energy[k]), forces=bool(has_forces[k]),
+                                  theta_gradient=theta_gradient)
+            return k, _with_two_body(rows, pair, frames[k], species_index[k], len(species))
 
         def assemble(kernel, keep_basis=False):
             design = np.empty((n_obs + M, M))
@@ -569,7 +625,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                 if has_forces[k]:
                     design[force_start[k]:force_start[k] + 3 * n_atoms[k]] = rows.forces
             # whiten the design: K_w = K L⁻ᵀ
-            L_mm, jitter = gp.cholesky_with_jitter(gp.inducing_kernel(inducing, kernel))
+            L_mm, jitter = gp.cholesky_with_jitter(
+                _inducing_kernel(inducing, kernel, pair, len(species)))
             block = design[:n_obs].T  # F-contiguous view: LAPACK solves in place
             solved = sla.solve_triangular(L_mm, block, lower=True, overwrite_b=True,
                                           check_finite=False)
@@ -594,7 +651,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                     stop = start + 3 * n_atoms[k]
                     gradient.add_rows(rows.d_forces, design[start:stop],
                                       y_F[start - n_E:stop - n_E], np.full(stop - start, var_F))
-            d_kmm = gp.inducing_kernel_gradient(inducing, kernel)
+            d_kmm = np.zeros((M, M, kernel.n_theta))
+            d_kmm[:M - n_pair, :M - n_pair] = gp.inducing_kernel_gradient(inducing, kernel)
             # the jitter is relative to the mean diagonal of k_mm, which θ may change
             diagonal = np.einsum("iit->t", d_kmm) / M
             d_kmm[np.arange(M), np.arange(M)] += jitter * diagonal
@@ -673,6 +731,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
 
         self.descriptor_ = descriptor
         self.kernel_ = kernel
+        self.two_body_ = pair
         self.species_ = species
         self.e0_ = e0
         self.inducing_ = inducing
@@ -687,8 +746,9 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         self.jitter_ = float(jitter)
         self._columns = gp.inducing_columns(inducing)
         # the absolute jitter of k_mm, as cholesky_with_jitter applied it
-        self._jitter_abs = float(jitter * np.mean(np.concatenate([kernel.diag(z)
-                                                                  for z in inducing])))
+        pair_diagonal = [np.full(n_pair, pair.prior_std**2)] if pair is not None else []
+        self._jitter_abs = float(jitter * np.mean(np.concatenate(
+            [kernel.diag(z) for z in inducing] + pair_diagonal)))
         self._state = state
         self._posterior = posterior
         self._stats = stats
@@ -779,6 +839,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         self.interval_scores_ = None
         self.jitter_ = 0.0
         self._jitter_abs = 0.0
+        self.two_body_ = None
         self._state = None
         self._posterior = None
         self._stats = None
@@ -935,6 +996,12 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         self._check_variance(variance)
         return self._finish_variances([self._predict_parts(atoms, forces, variance)])[0]
 
+    def _two_body_coefficients(self) -> np.ndarray:
+        """Coefficients ``w`` of the two-body term's basis (its pair energies in eV)."""
+        pair = self.two_body_
+        n_pair = pair.n_columns(len(self.species_))
+        return float(pair.prior_std)**2 * self.alpha_[len(self.alpha_) - n_pair:]
+
     def _signal_variances(self) -> np.ndarray:
         """``σ_s²`` per element, in ``species_`` order (all equal with one ``σ``)."""
         if isinstance(self.signal_std_, dict):
@@ -964,14 +1031,32 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                                            self.kernel_, self.alpha_, gradients=forces,
                                            columns=self._columns)
         local = local + self.e0_[index]
-        energy = float(local.sum())
         force_values = gp.forces_from_local_gradients(result, d_local) if forces else None
+        pair = getattr(self, "two_body_", None)
+        if pair is not None:
+            n_species = len(self.species_)
+            coefficients = self._two_body_coefficients()
+            local = local + pair.local_energies(atoms, index, n_species, coefficients)
+            if forces:
+                _, pair_rows = pair.rows(atoms, index, n_species, energy=False)
+                force_values = force_values + (pair_rows @ coefficients).reshape(-1, 3)
+        energy = float(local.sum())
         if not variance:
             return energy, force_values, None, None, local
         rows = gp.design_rows(result, index, self.inducing_, self.kernel_, energy=True,
                               forces=force_variance, columns=self._columns)
         prior_e, prior_f = gp.prior_variances(result, index, len(self.species_), self.kernel_,
                                               energy=True, forces=force_variance)
+        if pair is not None:
+            rows = _with_two_body(rows, pair, atoms, index, len(self.species_))
+            # the two-body term's prior variance, σ² prior_std² |basis row|², is spanned
+            # exactly by its coefficients: it adds the same to prior and projection
+            n_pair = pair.n_columns(len(self.species_))
+            scale2 = float(pair.prior_std)**2
+            prior_e += float(rows.energy[-n_pair:] @ rows.energy[-n_pair:]) / scale2
+            if force_variance:
+                tail = rows.forces[:, -n_pair:]
+                prior_f = prior_f + (np.einsum("rk,rk->r", tail, tail) / scale2).reshape(-1, 3)
         if not force_variance:
             return energy, force_values, rows.energy[None, :], np.array([prior_e]), local
         stacked = np.vstack([rows.energy, rows.forces])
@@ -1408,6 +1493,9 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                 continue
             local, _ = gp.local_energies(self.descriptor_.create(atoms), index, self.inducing_,
                                          self.kernel_, self.alpha_, columns=self._columns)
+            if getattr(self, "two_body_", None) is not None:
+                local = local + self.two_body_.local_energies(
+                    atoms, index, len(self.species_), self._two_body_coefficients())
             out.append(local + self.e0_[index])
         return out
 

@@ -31,9 +31,10 @@ def _registry():
     from kernelpot.descriptors import ACSF, SOAP
     from kernelpot.estimator import SparseGPPotential
     from kernelpot.kernels import NormalizedDotProduct, Scaled, SquaredExponential, Sum
+    from kernelpot.two_body import TwoBody
 
     return {cls.__name__: cls for cls in (ACSF, SOAP, NormalizedDotProduct, SquaredExponential,
-                                          Scaled, Sum, SparseGPPotential)}
+                                          Scaled, Sum, SparseGPPotential, TwoBody)}
 
 
 def _encode(value):
@@ -154,6 +155,7 @@ def save(model, path, training_state=False) -> Path:
         "params": _encode(model.get_params(deep=False)),
         "descriptor": _encode(model.descriptor_),
         "kernel": _encode(model.kernel_),
+        "two_body": _encode(getattr(model, "two_body_", None)),
         "fitted": {
             "method": method,
             "signal_std": model.signal_std_,
@@ -258,6 +260,7 @@ def load(path):
     model.inducing_ = [arrays[f"inducing_{s}"] for s in range(n_species)]
     for z in model.inducing_:
         z.setflags(write=False)
+    model.two_body_ = _two_body(metadata.get("two_body"), model, n_species, path)
     model._columns = [arrays[f"columns_{s}"] for s in range(n_species)]
     if "state_Kw" in arrays:
         from kernelpot._incremental import TrainingState
@@ -273,6 +276,20 @@ def load(path):
         arrays["stats_eigenvalues"], arrays["stats_U"], arrays["stats_beta_E"],
         arrays["stats_beta_F"], s["c_E"], s["c_F"], s["n_E"], s["n_F"], s["logdet_D_E"])
     return model
+
+
+def _two_body(encoded, model, n_species, path):
+    """The fitted two-body term (or None), checked against the number of weights."""
+    from kernelpot.two_body import TwoBody
+
+    pair = _decode(encoded) if encoded is not None else None
+    if pair is not None and not isinstance(pair, TwoBody):
+        raise ValueError(f"load: {path} has a malformed two_body entry")
+    n_pair = pair.n_columns(n_species) if pair is not None else 0
+    if len(model.alpha_) != sum(len(z) for z in model.inducing_) + n_pair:
+        raise ValueError(f"load: {path} holds {len(model.alpha_)} weights, which does not "
+                         "match its inducing environments and two-body term")
+    return pair
 
 
 def _signal_std(sigma, species, method, path):

@@ -1,0 +1,189 @@
+"""A two-body (pair-potential) term fitted jointly with the many-body GP.
+
+GAP's standard recipe adds a two-body term to SOAP: ``E = Σ_i ε(x_i) + Σ_{i<j}
+φ_st(r_ij)``, the pair energy ``φ_st`` one function per unordered pair of
+elements. Here ``φ_st`` is a Bayesian linear model on a fixed radial basis,
+
+``φ_st(r) = Σ_k w_st,k b_k(r)``, ``b_k(r) = exp(-(r - μ_k)² / 2h²) f_c(r)``,
+
+with ``n_basis`` Gaussians at ``μ_k`` evenly spaced on ``[r_min, r_cut]``,
+``h = μ_2 - μ_1`` and the cosine cutoff ``f_c(r) = ½ (cos(π r / r_cut) + 1)``,
+which takes ``φ`` and its derivative smoothly to zero at ``r_cut``. The prior
+``w ~ N(0, (prior_std σ)² I)`` ties it to the GP's signal std ``σ``, so the sum is
+one GP with kernel ``σ² (k + prior_std² Σ_k b_k b_k')`` and the sparse model's
+likelihood fits ``σ`` and the noise levels as before. The basis is finite, so the
+sparse model represents this term exactly: its projection (``k** - q**``) part is zero.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from kernelpot.descriptors.neighbors import neighbor_list
+
+__all__ = ["TwoBody"]
+
+
+class TwoBody(BaseEstimator):
+    """Pair-potential term on a radial basis, fitted jointly with the GP.
+
+    Pass it as ``SparseGPPotential(two_body=TwoBody(...))``.
+
+    Parameters
+    ----------
+    r_cut : float, default=5.0
+        Cutoff of the pair energy, Å.
+    n_basis : int, default=16
+        Radial basis functions per pair of elements (at least 2).
+    r_min : float, default=1.0
+        Centre of the first basis function, Å (below ``r_cut``).
+    prior_std : float, default=0.1
+        Prior std of each basis coefficient, relative to the GP's signal std ``σ``
+        (GAP's ``delta`` of the two-body term over that of SOAP).
+
+    Notes
+    -----
+    The pair energy of a pair of atoms is split equally between them in
+    :meth:`~kernelpot.SparseGPPotential.predict_local_energies`. Only the
+    sparse model takes a two-body term.
+    """
+
+    def __init__(self, r_cut=5.0, n_basis=16, r_min=1.0, prior_std=0.1):
+        self.r_cut = r_cut
+        self.n_basis = n_basis
+        self.r_min = r_min
+        self.prior_std = prior_std
+
+    def check(self) -> None:
+        """Raise ``ValueError`` on invalid parameters."""
+        for name in ("r_cut", "r_min", "prior_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+                    or not np.isfinite(value) or not value > 0:
+                raise ValueError(f"TwoBody: {name} must be a finite number > 0; got {value!r}")
+        if isinstance(self.n_basis, bool) or not isinstance(self.n_basis, numbers.Integral) \
+                or self.n_basis < 2:
+            raise ValueError(f"TwoBody: n_basis must be an int >= 2; got {self.n_basis!r}")
+        if not self.r_min < self.r_cut:
+            raise ValueError(f"TwoBody: r_min ({self.r_min}) must be below r_cut ({self.r_cut})")
+
+    @staticmethod
+    def n_pair_types(n_species: int) -> int:
+        """Unordered pairs of elements."""
+        return n_species * (n_species + 1) // 2
+
+    def n_columns(self, n_species: int) -> int:
+        """Coefficients (design columns) for a model of ``n_species`` elements."""
+        return self.n_pair_types(n_species) * int(self.n_basis)
+
+    def basis(self, r: np.ndarray):
+        """Basis values and their derivatives in ``r``.
+
+        Parameters
+        ----------
+        r : ndarray of shape (n,)
+            Distances, Å.
+
+        Returns
+        -------
+        values, derivatives : ndarray of shape (n, n_basis)
+            ``b_k(r)`` and ``db_k/dr`` (per Å); zero at and beyond ``r_cut``.
+        """
+        r = np.asarray(r, dtype=np.float64)
+        centres = np.linspace(float(self.r_min), float(self.r_cut), int(self.n_basis))
+        width = centres[1] - centres[0]
+        inside = r < self.r_cut
+        phase = np.pi * r / self.r_cut
+        cutoff = np.where(inside, 0.5 * (np.cos(phase) + 1.0), 0.0)
+        d_cutoff = np.where(inside, -0.5 * np.pi / self.r_cut * np.sin(phase), 0.0)
+        offset = (r[:, None] - centres[None, :]) / width
+        gauss = np.exp(-0.5 * offset**2)
+        values = gauss * cutoff[:, None]
+        derivatives = gauss * (d_cutoff[:, None] - offset / width * cutoff[:, None])
+        return values, derivatives
+
+    def _pairs(self, atoms, species_index: np.ndarray, n_species: int):
+        """Neighbour pairs, their distances, unit vectors and design columns."""
+        nl = neighbor_list(atoms.positions, np.asarray(atoms.cell), atoms.pbc,
+                           float(self.r_cut))
+        s = species_index[nl.i]
+        t = species_index[nl.j]
+        low, high = np.minimum(s, t), np.maximum(s, t)
+        # index of the unordered pair (low, high) in row-major upper-triangle order
+        pair_type = low * n_species - low * (low - 1) // 2 + (high - low)
+        return nl, pair_type
+
+    def rows(self, atoms, species_index: np.ndarray, n_species: int, energy: bool = True,
+             forces: bool = True):
+        """Design rows of one structure in basis units (without the prior scale).
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+        species_index : ndarray of shape (n_atoms,)
+            Index of each atom's element in the model's species list.
+        n_species : int
+        energy, forces : bool
+            Which rows to build.
+
+        Returns
+        -------
+        energy_row : ndarray of shape (n_columns,) or None
+            ``Σ_{i<j} b_k(r_ij)`` in the column of the pair's element types.
+        force_rows : ndarray of shape (3 n_atoms, n_columns) or None
+            Row ``3 a + c``: ``-∂(energy_row)/∂r_ac``.
+        """
+        n_atoms = len(atoms)
+        n_basis = int(self.n_basis)
+        n_columns = self.n_columns(n_species)
+        nl, pair_type = self._pairs(atoms, species_index, n_species)
+        values, derivatives = self.basis(nl.distances)
+        energy_row = force_rows = None
+        if energy:
+            # the full list holds every pair twice
+            per_type = np.zeros((self.n_pair_types(n_species), n_basis))
+            np.add.at(per_type, pair_type, 0.5 * values)
+            energy_row = per_type.ravel()
+        if forces:
+            out = np.zeros((n_atoms, 3, n_columns))
+            if nl.i.size:
+                unit = nl.vectors / nl.distances[:, None]
+                # E = ½ Σ_(i,j) b(r_ij), ∂r_ij/∂r_j = u_ij = -∂r_ij/∂r_i; F = -∂E/∂r
+                half = 0.5 * unit[:, :, None] * derivatives[:, None, :]  # (P, 3, K)
+                columns = pair_type[:, None] * n_basis + np.arange(n_basis)[None, :]
+                for c in range(3):
+                    flat = out[:, c, :]
+                    np.add.at(flat, (nl.i[:, None], columns), half[:, c, :])
+                    np.add.at(flat, (nl.j[:, None], columns), -half[:, c, :])
+            force_rows = out.reshape(3 * n_atoms, n_columns)
+        return energy_row, force_rows
+
+    def local_energies(self, atoms, species_index: np.ndarray, n_species: int,
+                       coefficients: np.ndarray) -> np.ndarray:
+        """Pair energies split equally between the two atoms of each pair.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+        species_index : ndarray of shape (n_atoms,)
+        n_species : int
+        coefficients : ndarray of shape (n_columns,)
+            ``w``: the pair energy of type ``t`` is ``Σ_k w[t n_basis + k] b_k(r)``.
+
+        Returns
+        -------
+        ndarray of shape (n_atoms,)
+            Their sum is the two-body energy of the structure.
+        """
+        n_basis = int(self.n_basis)
+        nl, pair_type = self._pairs(atoms, species_index, n_species)
+        values, _ = self.basis(nl.distances)
+        w = np.asarray(coefficients, dtype=np.float64).reshape(-1, n_basis)
+        pair_energy = np.einsum("pk,pk->p", values, w[pair_type])
+        out = np.zeros(len(atoms))
+        # each pair appears as (i, j) and (j, i): half of each entry to its centre
+        np.add.at(out, nl.i, 0.5 * pair_energy)
+        return out

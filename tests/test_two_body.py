@@ -1,0 +1,237 @@
+"""The two-body term (kernelpot.TwoBody) and the sparse model that fits it jointly."""
+
+import json
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.lj import LennardJones
+from ase.calculators.singlepoint import SinglePointCalculator
+from helpers import assert_symmetries, numerical_forces, relative_error
+from sklearn.base import clone
+
+from kernelpot import SOAP, SparseGPPotential, TwoBody, load
+
+
+def test_basis_derivative_matches_finite_differences_and_vanishes_at_the_cutoff():
+    term = TwoBody(r_cut=4.0, n_basis=6, r_min=1.0)
+    r = np.linspace(0.5, 4.5, 81)
+    values, derivatives = term.basis(r)
+    h = 1e-6
+    fd = (term.basis(r + h)[0] - term.basis(r - h)[0]) / (2 * h)
+    inside = np.abs(r - 4.0) > 2 * h
+    assert relative_error(derivatives[inside], fd[inside]) < 1e-7
+    assert np.all(values[r >= 4.0] == 0) and np.all(derivatives[r >= 4.0] == 0)
+    # smooth at the cutoff: value and slope go to zero continuously
+    near = term.basis(np.array([4.0 - 1e-4]))
+    assert np.abs(near[0]).max() < 1e-7 and np.abs(near[1]).max() < 1e-3
+
+
+def _rows_fd(term, atoms, index, n_species, h=1e-5):
+    """-∂(energy row)/∂r by central differences, shape (3 n_atoms, n_columns)."""
+    out = np.zeros((3 * len(atoms), term.n_columns(n_species)))
+    for a in range(len(atoms)):
+        for c in range(3):
+            moved = atoms.copy()
+            moved.positions[a, c] += h
+            plus = term.rows(moved, index, n_species, forces=False)[0]
+            moved.positions[a, c] -= 2 * h
+            minus = term.rows(moved, index, n_species, forces=False)[0]
+            out[3 * a + c] = -(plus - minus) / (2 * h)
+    return out
+
+
+@pytest.mark.parametrize("system", ["ethanol", "copper"])
+def test_force_rows_are_minus_the_gradient_of_the_energy_row(system, ethanol_frames):
+    if system == "ethanol":
+        atoms = ethanol_frames[0]
+        species = np.array([1, 6, 8])
+    else:  # periodic, with a cell small enough for an atom to see its own images
+        atoms = bulk("Cu", "fcc", 3.6, cubic=True)
+        atoms.positions += np.random.default_rng(0).normal(0, 0.1, atoms.positions.shape)
+        species = np.array([29])
+    index = np.searchsorted(species, atoms.numbers)
+    term = TwoBody(r_cut=4.5, n_basis=5, r_min=1.0)
+    energy_row, force_rows = term.rows(atoms, index, len(species))
+    assert energy_row.shape == (term.n_columns(len(species)),)
+    assert relative_error(force_rows, _rows_fd(term, atoms, index, len(species))) < 1e-6
+    # no net force from a pair term, in every column
+    np.testing.assert_allclose(force_rows.reshape(len(atoms), 3, -1).sum(axis=0), 0,
+                               atol=1e-12)
+
+
+def test_energy_row_of_a_dimer_sits_in_its_pair_type():
+    """H–O dimer in a model of H, C, O: only the (H, O) columns, holding b(r)."""
+    term = TwoBody(r_cut=3.0, n_basis=4, r_min=0.8)
+    dimer = Atoms("HO", positions=[[0, 0, 0], [0, 0, 1.1]])
+    index = np.array([0, 2])
+    energy_row, _ = term.rows(dimer, index, 3)
+    # pair types in order (H,H) (H,C) (H,O) (C,C) (C,O) (O,O)
+    expected = np.zeros((6, 4))
+    expected[2] = term.basis(np.array([1.1]))[0][0]
+    np.testing.assert_allclose(energy_row.reshape(6, 4), expected)
+    swapped = term.rows(dimer[::-1], index[::-1], 3)[0]
+    np.testing.assert_allclose(swapped, energy_row)
+
+
+@pytest.fixture(scope="module")
+def two_body_model(ethanol_frames, small_soap):
+    model = SparseGPPotential(small_soap, sparse_method="all", random_state=0,
+                              two_body=TwoBody(r_cut=4.0, n_basis=8))
+    return model.fit(ethanol_frames[:20])
+
+
+def test_model_forces_are_minus_the_energy_gradient(two_body_model, ethanol_frames):
+    atoms = ethanol_frames[45]
+    forces = two_body_model.predict_forces([atoms])[0]
+    numerical = numerical_forces(two_body_model, atoms, [0, 3, 8])
+    assert relative_error(forces[[0, 3, 8]], numerical) < 1e-5
+
+
+def test_model_is_invariant_and_local_energies_add_up(two_body_model, ethanol_frames):
+    atoms = ethanol_frames[50]
+    assert_symmetries(two_body_model, atoms)
+    local = two_body_model.predict_local_energies([atoms])[0]
+    assert local.sum() == pytest.approx(two_body_model.predict([atoms])[0], abs=1e-9)
+
+
+def test_two_body_variance_terms_stay_consistent(two_body_model, ethanol_frames):
+    """The pair term's prior is spanned by its coefficients: variances stay >= 0 and the
+    projection term equals that of the same GP without the pair columns up to jitter."""
+    prediction = two_body_model.predict_structure(ethanol_frames[55], variance=True)
+    assert prediction.energy_var_posterior > 0
+    assert prediction.forces_var_projection.min() >= 0
+    assert prediction.forces_var_posterior.min() > 0
+
+
+def test_two_body_term_improves_a_pair_potential_fit():
+    """Labels from a Lennard-Jones pair potential: the joint model fits them better than
+    the GP alone, and the learned pair energy follows the true one's shape."""
+    rng = np.random.default_rng(3)
+    frames = []
+    for _ in range(8):
+        atoms = bulk("Ar", "fcc", 5.4, cubic=True).repeat((2, 1, 1))
+        atoms.positions += rng.normal(0, 0.15, atoms.positions.shape)
+        atoms.calc = LennardJones(sigma=3.4, epsilon=0.0104, rc=5.0, smooth=True)
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(),
+                                           forces=atoms.get_forces())
+        frames.append(atoms)
+    train, test = frames[:6], frames[6:]
+    soap = SOAP(["Ar"], 5.0, n_max=3, l_max=2, sigma=0.5)
+    errors = {}
+    for name, pair in (("gp", None), ("gp+2b", TwoBody(r_cut=5.0, n_basis=12, r_min=3.0,
+                                                        prior_std=1.0))):
+        model = SparseGPPotential(soap, n_sparse=4, random_state=0, two_body=pair).fit(train)
+        predicted = np.concatenate(model.predict_forces(test))
+        errors[name] = np.abs(predicted - np.concatenate([a.get_forces() for a in test])).mean()
+    assert errors["gp+2b"] < 0.5 * errors["gp"]
+
+
+def test_save_load_is_bit_for_bit(two_body_model, ethanol_frames, tmp_path):
+    path = two_body_model.save(tmp_path / "model")
+    loaded = load(path)
+    test = ethanol_frames[40:43]
+    f1, s1 = two_body_model.predict_forces(test, return_std=True)
+    f2, s2 = loaded.predict_forces(test, return_std=True)
+    for a, b in zip(f1 + s1, f2 + s2, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(two_body_model.predict_local_energies(test)[0],
+                                  loaded.predict_local_energies(test)[0])
+
+
+def test_a_signed_file_whose_weights_do_not_match_the_two_body_term_is_refused(
+        two_body_model, tmp_path):
+    from kernelpot import io
+
+    path = two_body_model.save(tmp_path / "model")
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    metadata = json.loads(arrays.pop("metadata").tobytes().decode("utf-8"))
+    metadata.pop("checksum")
+    metadata["two_body"]["params"]["n_basis"] = 9
+    metadata["checksum"] = io._checksum(arrays, metadata)
+    blob = np.frombuffer(json.dumps(metadata).encode("utf-8"), dtype=np.uint8)
+    np.savez(tmp_path / "bad.npz", metadata=blob, **arrays)
+    with pytest.raises(ValueError, match="does not match its inducing environments"):
+        load(tmp_path / "bad.npz")
+
+
+def test_nested_parameters_and_clone(small_soap):
+    model = SparseGPPotential(small_soap, two_body=TwoBody())
+    model.set_params(two_body__prior_std=0.3, two_body__r_cut=4.5)
+    copy = clone(model)
+    assert copy.two_body.prior_std == 0.3 and copy.two_body.r_cut == 4.5
+    assert copy.two_body is not model.two_body
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"two_body": "pair"}, TypeError, "two_body must be a kernelpot.TwoBody"),
+    ({"two_body": TwoBody(), "method": "exact"}, ValueError, "two_body needs method='sparse'"),
+    ({"two_body": TwoBody(), "incremental": True}, ValueError, "incremental=True"),
+    ({"two_body": TwoBody(n_basis=1)}, ValueError, "n_basis must be an int >= 2"),
+    ({"two_body": TwoBody(r_min=5.0, r_cut=4.0)}, ValueError, "r_min"),
+    ({"two_body": TwoBody(prior_std=0.0)}, ValueError, "prior_std must be"),
+    ({"two_body": TwoBody(r_cut=float("nan"))}, ValueError, "r_cut must be"),
+])
+def test_bad_two_body_settings_fail_clearly(small_soap, ethanol_frames, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        SparseGPPotential(small_soap, **kwargs).fit(ethanol_frames[:3])
+
+
+def test_kernel_gradient_with_two_body_columns_equals_finite_differences(ethanol_frames,
+                                                                        small_soap):
+    """The likelihood gradient in the kernel's hyperparameters, with the design padded by
+    the pair columns (zero derivatives) as the fit builds it, against central differences."""
+    import scipy.linalg as sla
+
+    from kernelpot import gp
+    from kernelpot.estimator import _inducing_kernel, _with_two_body
+    from kernelpot.kernels import NormalizedDotProduct, SquaredExponential
+
+    frames = ethanol_frames[:5]
+    species = np.array([1, 6, 8])
+    pair = TwoBody(r_cut=4.0, n_basis=6, prior_std=0.5)
+    results = [small_soap.compute(a) for a in frames]
+    index = [np.searchsorted(species, a.numbers) for a in frames]
+    X = np.concatenate([r.features for r in results])
+    all_index = np.concatenate(index)
+    inducing = [np.array(X[all_index == s][::3]) for s in range(3)]
+    n_atoms = np.array([len(a) for a in frames], dtype=float)
+    y_E = np.array([a.get_potential_energy() for a in frames])
+    y_E = y_E - y_E.mean()
+    y_F = np.concatenate([a.get_forces().ravel() for a in frames])
+    log_params = np.log([2.0, 0.005, 0.1])
+
+    def problem(kernel, theta_gradient=False):
+        rows = [_with_two_body(gp.design_rows(r, i, inducing, kernel,
+                                              theta_gradient=theta_gradient), pair, a, i, 3)
+                for r, i, a in zip(results, index, frames, strict=True)]
+        L, _ = gp.cholesky_with_jitter(_inducing_kernel(inducing, kernel, pair, 3), jitter=0)
+        Kw_E = sla.solve_triangular(L, np.stack([r.energy for r in rows]).T, lower=True).T
+        Kw_F = sla.solve_triangular(L, np.concatenate([r.forces for r in rows]).T,
+                                    lower=True).T
+        stats = gp.whitened_statistics(Kw_E, n_atoms, y_E, Kw_F, y_F, keep_basis=True)
+        return rows, L, Kw_E, Kw_F, stats
+
+    kernel = NormalizedDotProduct(2) + 0.5 * SquaredExponential(0.3)
+    rows, L, Kw_E, Kw_F, stats = problem(kernel, theta_gradient=True)
+    grad = gp.KernelThetaGradient(log_params, stats, L, kernel.n_theta)
+    sigma_e, sigma_f = np.exp(log_params[1:])
+    grad.add_rows(np.stack([r.d_energy for r in rows]), Kw_E, y_E, sigma_e**2 * n_atoms)
+    grad.add_rows(np.concatenate([r.d_forces for r in rows]), Kw_F, y_F,
+                  np.full(len(y_F), sigma_f**2))
+    M = Kw_E.shape[1]
+    n_pair = pair.n_columns(3)
+    d_kmm = np.zeros((M, M, kernel.n_theta))
+    d_kmm[:M - n_pair, :M - n_pair] = gp.inducing_kernel_gradient(inducing, kernel)
+    analytic = grad.gradient(d_kmm)
+    h = 1e-5
+    for t in range(kernel.n_theta):
+        step = np.zeros(kernel.n_theta)
+        step[t] = h
+        values = [gp.log_marginal_likelihood(log_params,
+                                             problem(kernel.clone_with_theta(kernel.theta + d))[4])
+                  for d in (step, -step)]
+        assert analytic[t] == pytest.approx((values[0] - values[1]) / (2 * h), rel=1e-5,
+                                            abs=1e-5)
