@@ -45,7 +45,9 @@ symmetry-function grid), e.g.
   optimize = ["signal_std", "force_noise"]
   descriptor.r_cut = 4.5
   descriptor.n_max = 8
-(descriptor.* keys set the descriptor's parameters; command-line options win)
+  two_body.r_cut = 5.0
+(descriptor.* keys set the descriptor's parameters; any two_body.* key adds a
+two-body term, kernelpot.TwoBody, with those parameters; command-line options win)
 """
 
 _EVAL_EXAMPLE = """\
@@ -442,29 +444,31 @@ def _read_config(path) -> dict:
     except tomllib.TOMLDecodeError as err:
         raise CLIError(f"{path} is not valid TOML: {err}") from err
     # descriptor.r_cut = 4.0 parses as {"descriptor": {"r_cut": 4.0}}; "descriptor.r_cut"
-    # (quoted) as one flat key: both set the descriptor's parameter
-    model_params, descriptor_params = {}, {}
+    # (quoted) as one flat key: both set the descriptor's parameter (two_body.* alike)
+    model_params, nested_params = {}, {"descriptor": {}, "two_body": {}}
     for key, value in table.items():
-        if key == "descriptor" and isinstance(value, dict):
+        if key in nested_params and isinstance(value, dict):
             nested = [k for k, v in value.items() if isinstance(v, dict)]
             if nested:
-                raise CLIError(f"{path}: use a flat table; got descriptor.{nested[0]} as a "
+                raise CLIError(f"{path}: use a flat table; got {key}.{nested[0]} as a "
                                "sub-table")
-            descriptor_params.update(value)
+            nested_params[key].update(value)
         elif isinstance(value, dict):
             raise CLIError(f"{path}: use a flat table (estimator parameters and "
                            f"'descriptor.r_cut = 4.0' style keys); got a sub-table [{key}]")
-        elif key.startswith("descriptor."):
-            descriptor_params[key.split(".", 1)[1]] = value
+        elif key.split(".", 1)[0] in nested_params and "." in key:
+            owner, name = key.split(".", 1)
+            nested_params[owner][name] = value
         else:
             model_params[key] = value
-    return model_params, descriptor_params
+    return model_params, nested_params["descriptor"], nested_params["two_body"]
 
 
 def _build_model(args, frames):
-    from kernelpot import SparseGPPotential
+    from kernelpot import SparseGPPotential, TwoBody
 
-    model_params, descriptor_params = _read_config(args.config) if args.config else ({}, {})
+    model_params, descriptor_params, two_body_params = (
+        _read_config(args.config) if args.config else ({}, {}, {}))
     (_, descriptor), = _default_descriptors(frames, args.descriptor, args.r_cut)
     try:
         descriptor.set_params(**descriptor_params)
@@ -475,6 +479,8 @@ def _build_model(args, frames):
     model = SparseGPPotential(descriptor, random_state=0, n_jobs=1, verbose=_progress(args))
     try:
         model.set_params(**model_params)
+        if two_body_params:
+            model.set_params(two_body=TwoBody().set_params(**two_body_params))
     except ValueError as err:
         raise CLIError(f"{args.config}: {err}") from err
     # command-line options win over the file

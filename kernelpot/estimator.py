@@ -1035,11 +1035,11 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         pair = getattr(self, "two_body_", None)
         if pair is not None:
             n_species = len(self.species_)
-            coefficients = self._two_body_coefficients()
-            local = local + pair.local_energies(atoms, index, n_species, coefficients)
+            pair_local, pair_forces = pair.predict(atoms, index, n_species,
+                                                   self._two_body_coefficients(), forces)
+            local = local + pair_local
             if forces:
-                _, pair_rows = pair.rows(atoms, index, n_species, energy=False)
-                force_values = force_values + (pair_rows @ coefficients).reshape(-1, 3)
+                force_values = force_values + pair_forces
         energy = float(local.sum())
         if not variance:
             return energy, force_values, None, None, local
@@ -1494,8 +1494,9 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             local, _ = gp.local_energies(self.descriptor_.create(atoms), index, self.inducing_,
                                          self.kernel_, self.alpha_, columns=self._columns)
             if getattr(self, "two_body_", None) is not None:
-                local = local + self.two_body_.local_energies(
-                    atoms, index, len(self.species_), self._two_body_coefficients())
+                local = local + self.two_body_.predict(
+                    atoms, index, len(self.species_), self._two_body_coefficients(),
+                    forces=False)[0]
             out.append(local + self.e0_[index])
         return out
 

@@ -135,35 +135,38 @@ class TwoBody(BaseEstimator):
             ``Σ_{i<j} b_k(r_ij)`` in the column of the pair's element types.
         force_rows : ndarray of shape (3 n_atoms, n_columns) or None
             Row ``3 a + c``: ``-∂(energy_row)/∂r_ac``.
+
+        Notes
+        -----
+        In the full neighbour list every pair appears as ``(i, j)`` and ``(j, i)``, so
+        ``-∂/∂r_i Σ_{i<j} b(r_ij) = Σ_(j ∈ N(i)) b'(r_ij) u_ij`` with
+        ``u_ij = (r_j - r_i) / r_ij``: one scatter over the centres.
         """
         n_atoms = len(atoms)
         n_basis = int(self.n_basis)
         n_columns = self.n_columns(n_species)
         nl, pair_type = self._pairs(atoms, species_index, n_species)
         values, derivatives = self.basis(nl.distances)
+        columns = pair_type[:, None] * n_basis + np.arange(n_basis)[None, :]  # (P, K)
         energy_row = force_rows = None
-        if energy:
-            # the full list holds every pair twice
-            per_type = np.zeros((self.n_pair_types(n_species), n_basis))
-            np.add.at(per_type, pair_type, 0.5 * values)
-            energy_row = per_type.ravel()
+        if energy:  # the full list holds every pair twice
+            energy_row = np.bincount(columns.ravel(), weights=0.5 * values.ravel(),
+                                     minlength=n_columns)
         if forces:
-            out = np.zeros((n_atoms, 3, n_columns))
+            force_rows = np.zeros(3 * n_atoms * n_columns)
             if nl.i.size:
-                unit = nl.vectors / nl.distances[:, None]
-                # E = ½ Σ_(i,j) b(r_ij), ∂r_ij/∂r_j = u_ij = -∂r_ij/∂r_i; F = -∂E/∂r
-                half = 0.5 * unit[:, :, None] * derivatives[:, None, :]  # (P, 3, K)
-                columns = pair_type[:, None] * n_basis + np.arange(n_basis)[None, :]
+                unit = nl.vectors / np.where(nl.distances > 0, nl.distances, 1.0)[:, None]
                 for c in range(3):
-                    flat = out[:, c, :]
-                    np.add.at(flat, (nl.i[:, None], columns), half[:, c, :])
-                    np.add.at(flat, (nl.j[:, None], columns), -half[:, c, :])
-            force_rows = out.reshape(3 * n_atoms, n_columns)
+                    flat = (3 * nl.i[:, None] + c) * n_columns + columns
+                    force_rows += np.bincount(flat.ravel(),
+                                              weights=(derivatives * unit[:, c:c + 1]).ravel(),
+                                              minlength=force_rows.size)
+            force_rows = force_rows.reshape(3 * n_atoms, n_columns)
         return energy_row, force_rows
 
-    def local_energies(self, atoms, species_index: np.ndarray, n_species: int,
-                       coefficients: np.ndarray) -> np.ndarray:
-        """Pair energies split equally between the two atoms of each pair.
+    def predict(self, atoms, species_index: np.ndarray, n_species: int,
+                coefficients: np.ndarray, forces: bool = True):
+        """Two-body local energies and forces for given coefficients.
 
         Parameters
         ----------
@@ -171,19 +174,28 @@ class TwoBody(BaseEstimator):
         species_index : ndarray of shape (n_atoms,)
         n_species : int
         coefficients : ndarray of shape (n_columns,)
-            ``w``: the pair energy of type ``t`` is ``Σ_k w[t n_basis + k] b_k(r)``.
+            ``w``: the pair energy of type ``t`` is ``Σ_k w[t n_basis + k] b_k(r)``, eV.
+        forces : bool, default=True
 
         Returns
         -------
-        ndarray of shape (n_atoms,)
-            Their sum is the two-body energy of the structure.
+        local_energies : ndarray of shape (n_atoms,)
+            Each pair's energy split equally between its two atoms; they sum to the
+            structure's two-body energy.
+        forces : ndarray of shape (n_atoms, 3) or None
+            eV/Å.
         """
-        n_basis = int(self.n_basis)
+        n_atoms = len(atoms)
         nl, pair_type = self._pairs(atoms, species_index, n_species)
-        values, _ = self.basis(nl.distances)
-        w = np.asarray(coefficients, dtype=np.float64).reshape(-1, n_basis)
-        pair_energy = np.einsum("pk,pk->p", values, w[pair_type])
-        out = np.zeros(len(atoms))
+        values, derivatives = self.basis(nl.distances)
+        w = np.asarray(coefficients, dtype=np.float64).reshape(-1, int(self.n_basis))[pair_type]
         # each pair appears as (i, j) and (j, i): half of each entry to its centre
-        np.add.at(out, nl.i, 0.5 * pair_energy)
-        return out
+        local = np.bincount(nl.i, weights=0.5 * np.einsum("pk,pk->p", values, w),
+                            minlength=n_atoms)
+        if not forces:
+            return local, None
+        slope = np.einsum("pk,pk->p", derivatives, w)
+        unit = nl.vectors / np.where(nl.distances > 0, nl.distances, 1.0)[:, None]
+        out = np.stack([np.bincount(nl.i, weights=slope * unit[:, c], minlength=n_atoms)
+                        for c in range(3)], axis=1)
+        return local, out

@@ -139,6 +139,25 @@ def test_fit_exact_with_one_signal_std_per_element(cli_files, capsys):
     assert "signal std H " in out and ", O " in out
 
 
+def test_fit_with_a_two_body_term_from_the_config(cli_files, capsys):
+    from kernelpot import TwoBody, load
+
+    config = cli_files / "two_body.toml"
+    config.write_text('n_restarts = 0\ndescriptor.n_max = 3\ndescriptor.l_max = 2\n'
+                      'two_body.r_cut = 3.5\n"two_body.n_basis" = 6\n')
+    model_path = cli_files / "two_body.npz"
+    assert main(["fit", str(cli_files / "train.xyz"), "-o", str(model_path), "--config",
+                 str(config), "--n-sparse", "30", "--quiet"]) == 0
+    model = load(model_path)
+    assert isinstance(model.two_body_, TwoBody)
+    assert (model.two_body_.r_cut, model.two_body_.n_basis) == (3.5, 6)
+    assert model.two_body_.prior_std == TwoBody().prior_std  # unset keys keep defaults
+    config.write_text('two_body.no_such = 1\n')
+    assert main(["fit", str(cli_files / "train.xyz"), "-o", str(model_path), "--config",
+                 str(config), "--quiet"]) == 1
+    assert "no_such" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["fit", "missing.xyz", "-o", "m.npz"], "no such file"),
     (["eval", "missing.npz", "x.xyz"], "no such file"),

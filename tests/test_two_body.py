@@ -61,6 +61,20 @@ def test_force_rows_are_minus_the_gradient_of_the_energy_row(system, ethanol_fra
                                atol=1e-12)
 
 
+def test_predict_agrees_with_the_design_rows(ethanol_frames):
+    """The fast path (energies and forces for given coefficients) equals rows @ w."""
+    atoms = ethanol_frames[7]
+    species = np.array([1, 6, 8])
+    index = np.searchsorted(species, atoms.numbers)
+    term = TwoBody(r_cut=4.0, n_basis=5)
+    w = np.random.default_rng(1).normal(size=term.n_columns(3))
+    energy_row, force_rows = term.rows(atoms, index, 3)
+    local, forces = term.predict(atoms, index, 3, w)
+    assert local.sum() == pytest.approx(energy_row @ w, rel=1e-12)
+    np.testing.assert_allclose(forces, (force_rows @ w).reshape(-1, 3), rtol=1e-10,
+                               atol=1e-12)
+
+
 def test_energy_row_of_a_dimer_sits_in_its_pair_type():
     """H–O dimer in a model of H, C, O: only the (H, O) columns, holding b(r)."""
     term = TwoBody(r_cut=3.0, n_basis=4, r_min=0.8)
