@@ -78,7 +78,8 @@ def main(argv=None):
     parser.add_argument("--two-body-basis", type=int, default=16)
     parser.add_argument("--two-body-r-min", type=float, default=1.0)
     parser.add_argument("--two-body-prior-std", type=float, default=0.1,
-                        help="prior std of the two-body coefficients relative to σ")
+                        help="prior std of the two-body coefficients relative to σ "
+                             "(the start of its likelihood fit)")
     args = parser.parse_args(argv)
     print(f"kernelpot {kernelpot.__version__}; python {platform.python_version()}; "
           f"{os.cpu_count()} cpus; descriptor {args.descriptor}, r_cut {args.r_cut} Å"
@@ -154,7 +155,9 @@ def main(argv=None):
               f"{rows[-1]['f_rmse']:.3f} eV/Å, fit {fit_s:.0f} s; energy RMSE by kind: "
               + ", ".join(f"{k} ({n}) {v:.2f}" for k, (n, v) in per_kind.items())
               + f"; fitted kernel {model.kernel_!r}, σ {model.signal_std_:.3g} eV".replace(
-                  "\n", " "), flush=True)
+                  "\n", " ")
+              + ("" if model.two_body_ is None
+                 else f"; two-body prior std {model.two_body_.prior_std:.3g} σ"), flush=True)
     noise = "fitted" if args.energy_noise is None else f"fixed at {args.energy_noise} eV/atom"
     kernel_text = {
         "ndp": f"normalised dot product, zeta {args.zeta}",
@@ -165,7 +168,7 @@ def main(argv=None):
                       else "")
     two_body = "" if args.two_body is None else (
         f"; two-body term r_cut {args.two_body} Å, {args.two_body_basis} basis functions from "
-        f"{args.two_body_r_min} Å, prior std {args.two_body_prior_std} σ")
+        f"{args.two_body_r_min} Å, prior std fitted from {args.two_body_prior_std} σ")
     print(f"\nmlearn, {args.descriptor}, {kernel_text}{two_body}: fit on *_training.xyz, test "
           f"on *_test.xyz; energy noise {noise}")
     header = (f"{'element':<8} {'M':>5} {'E RMSE':>7} {'F RMSE':>7} {'GAP E':>6} {'GAP F':>6} "

@@ -98,7 +98,7 @@ def main(argv=None):
     parser.add_argument("--n-jobs", type=int, default=1)
     parser.add_argument("--two-body", type=float, default=None, metavar="R_CUT",
                         help="add a two-body term (kernelpot.TwoBody, 16 basis functions "
-                             "from 0.8 Å, prior std 0.1 σ) with this cutoff, Å")
+                             "from 0.8 Å, prior std fitted) with this cutoff, Å")
     args = parser.parse_args(argv)
 
     frames = read(SHARED / f"{args.molecule}_500K.xyz", ":")

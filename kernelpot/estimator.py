@@ -13,7 +13,7 @@ import scipy.linalg as sla
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import chemical_symbols
 from joblib import Parallel, delayed
-from scipy.optimize import minimize
+from scipy.optimize import minimize, minimize_scalar
 from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
@@ -37,7 +37,9 @@ DEFAULT_SPARSE_CAP = 2000
 #: Descriptors (with gradients) kept in memory during a kernel-hyperparameter search.
 _DESCRIPTOR_CACHE_BYTES = 2 * 2**30
 #: Names accepted by ``optimize``, in ``theta`` order (the kernel's own last).
-_HYPERPARAMETERS = ("signal_std", "energy_noise", "force_noise", "kernel")
+_HYPERPARAMETERS = ("signal_std", "energy_noise", "force_noise", "kernel", "two_body")
+#: Coarse grid points (log-uniform within its bounds) of the two-body prior-std search.
+_TWO_BODY_GRID = 7
 #: Validation values below which calibrate fits only the std factor (no shape).
 _SHAPE_MIN_VALUES = 50
 #: Values of ``method``.
@@ -265,7 +267,9 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         A pair-potential term fitted jointly with the GP, as GAP adds a two-body
         term to SOAP (``method="sparse"`` only; not with ``incremental=True``). Its
         coefficients are extra design columns whose prior std is
-        ``two_body.prior_std × σ``; see :mod:`kernelpot.two_body`.
+        ``prior_std × σ``, ``prior_std`` fitted by the likelihood unless ``optimize``
+        leaves out "two_body" (the fitted term is ``two_body_``); see
+        :mod:`kernelpot.two_body`.
     signal_std : float, default=1.0
         Signal std ``σ`` of the local energies, eV (initial value when optimising).
     signal_per_element : bool, default=False
@@ -294,9 +298,11 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         :class:`SquaredExponential`, the weight of a :class:`Scaled` term) by L-BFGS-B
         on the likelihood maximised over the first three, with its analytic gradient
         (:class:`kernelpot.gp.KernelThetaGradient`; each step rebuilds the design and
-        its derivatives: two passes over the data); ``False`` keeps the given values;
-        a list such as ``["signal_std", "force_noise"]`` fits only those (names:
-        "signal_std", "energy_noise", "force_noise", "kernel") and keeps the rest,
+        its derivatives: two passes over the data), and with a ``two_body`` term its
+        ``prior_std`` (profile likelihood on a grid refined by Brent's method; see
+        :class:`~kernelpot.TwoBody`); ``False`` keeps the given values; a list such as
+        ``["signal_std", "force_noise"]`` fits only those (names: "signal_std",
+        "energy_noise", "force_noise", "kernel", "two_body") and keeps the rest,
         e.g. an energy noise set to the known precision of the reference method.
     n_restarts : int, default=2
         Extra optimiser starts, log-uniform within the bounds.
@@ -692,10 +698,21 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             kernel = kernel.clone_with_theta(best["theta"])
             log_params = best["inner"]
         design, L_mm, jitter, stats = assemble(kernel)
-        results_cache, cached = cached, None
         # a noise without observations has no information: keep it where it is
         free = [name in fitted_names and informed for name, informed in
                 zip(_HYPERPARAMETERS[:3], (True, n_E > 0, n_F > 0), strict=True)]
+        if pair is not None and "two_body" in fitted_names:
+            def statistics(whitened):
+                return gp.whitened_statistics(whitened[:n_E], n_atoms[has_energy].astype(float),
+                                              y_E, whitened[n_E:n_obs], y_F)
+
+            prior_std, log_params = self._search_two_body(design, n_obs, n_pair, pair,
+                                                          statistics, log_params, rng, free)
+            logger.info("%s: two-body prior_std %.4g (likelihood)", owner, prior_std)
+            pair = clone(pair).set_params(prior_std=prior_std)
+            del design
+            design, L_mm, jitter, stats = assemble(kernel)
+        results_cache, cached = cached, None
         if any(free):
             log_params = self._optimize(stats, log_params, rng, free, extra_starts)
         lml = gp.log_marginal_likelihood(log_params, stats)
@@ -903,7 +920,55 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         start = np.where([n in names for n in _HYPERPARAMETERS[:3]], start, given)
         return sub.kernel_, start
 
-    def _optimize(self, stats, log_params, rng, free, extra_starts=()) -> np.ndarray:
+    def _search_two_body(self, design, n_obs, n_pair, pair, statistics, log_params, rng,
+                         free):
+        """Profile-likelihood search of the two-body term's ``prior_std``.
+
+        The whitened design holds the pair columns (its last ``n_pair``) as
+        ``prior_std × basis rows``, so a trial value rescales them in place (the caller
+        rebuilds the design with the chosen one: only the jitter of ``k_mm`` is
+        ignored here). For each trial ``(σ, σ_E, σ_F)`` are refitted from the best
+        values so far; a log-uniform grid of ``_TWO_BODY_GRID`` points within
+        ``prior_std_bounds`` is refined by a bounded Brent search around its best point.
+
+        Returns
+        -------
+        prior_std : float
+        log_params : ndarray of shape (3,)
+            ``log (σ, σ_E, σ_F)`` at it (a start for the final fit).
+        """
+        block = design[:n_obs, design.shape[1] - n_pair:]
+        state = {"scale": float(pair.prior_std), "inner": np.array(log_params)}
+        tried = {}
+
+        def negative_profile(log_std):
+            log_std = float(log_std)
+            if log_std in tried:
+                return tried[log_std][0]
+            block[...] *= np.exp(log_std) / state["scale"]
+            state["scale"] = float(np.exp(log_std))
+            stats = statistics(design)
+            inner = self._optimize(stats, state["inner"], rng, free, restarts=0)
+            value = gp.log_marginal_likelihood(inner, stats)
+            logger.info("%s: two-body prior_std %.4g: log marginal likelihood %.2f",
+                        type(self).__name__, np.exp(log_std), value)
+            value = -float(value) if np.isfinite(value) else np.inf
+            if not tried or value < min(v for v, _ in tried.values()):
+                state["inner"] = inner
+            tried[log_std] = (value, inner)
+            return value
+
+        low, high = np.log(np.asarray(pair.prior_std_bounds, dtype=float))
+        grid = np.linspace(low, high, _TWO_BODY_GRID)
+        k = int(np.argmin([negative_profile(g) for g in grid]))
+        minimize_scalar(negative_profile, bounds=(grid[max(k - 1, 0)],
+                                                  grid[min(k + 1, len(grid) - 1)]),
+                        method="bounded", options={"xatol": 0.02})
+        best = min(tried, key=lambda key: tried[key][0])
+        return float(np.exp(best)), tried[best][1]
+
+    def _optimize(self, stats, log_params, rng, free, extra_starts=(), restarts=None) \
+            -> np.ndarray:
         """Maximise the likelihood over the ``free`` of ``log (σ, σ_E, σ_F)``.
 
         ``σ`` may be several values, one per element (exact model).
@@ -929,7 +994,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
 
         starts = [np.clip(start, bounds[:, 0], bounds[:, 1])
                   for start in (log_params, *extra_starts)]
-        for _ in range(int(self.n_restarts)):
+        for _ in range(int(self.n_restarts if restarts is None else restarts)):
             starts.append(rng.uniform(bounds[:, 0], bounds[:, 1]))
         best, best_value = starts[0], np.inf
         for start in starts:

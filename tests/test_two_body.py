@@ -187,6 +187,8 @@ def test_nested_parameters_and_clone(small_soap):
     ({"two_body": TwoBody(r_min=5.0, r_cut=4.0)}, ValueError, "r_min"),
     ({"two_body": TwoBody(prior_std=0.0)}, ValueError, "prior_std must be"),
     ({"two_body": TwoBody(r_cut=float("nan"))}, ValueError, "r_cut must be"),
+    ({"two_body": TwoBody(prior_std_bounds=(1.0, 0.1))}, ValueError, "prior_std_bounds"),
+    ({"two_body": TwoBody(prior_std_bounds=0.1)}, ValueError, "prior_std_bounds"),
 ])
 def test_bad_two_body_settings_fail_clearly(small_soap, ethanol_frames, kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -249,3 +251,22 @@ def test_kernel_gradient_with_two_body_columns_equals_finite_differences(ethanol
                   for d in (step, -step)]
         assert analytic[t] == pytest.approx((values[0] - values[1]) / (2 * h), rel=1e-5,
                                             abs=1e-5)
+
+
+def test_prior_std_is_fitted_to_the_likelihood_maximum(ethanol_frames, small_soap):
+    """By default the likelihood chooses prior_std: refits that keep it fixed at three
+    times or a third of the chosen value have lower likelihood; leaving "two_body" out
+    of optimize keeps the given value exactly."""
+    frames = ethanol_frames[:12]
+    fitted = SparseGPPotential(small_soap, sparse_method="all", random_state=0,
+                               two_body=TwoBody(r_cut=4.0, n_basis=8)).fit(frames)
+    chosen = fitted.two_body_.prior_std
+    assert chosen != TwoBody().prior_std and fitted.two_body.prior_std == TwoBody().prior_std
+    inner = ["signal_std", "energy_noise", "force_noise"]
+    for factor in (3.0, 1 / 3):
+        fixed = SparseGPPotential(small_soap, sparse_method="all", random_state=0,
+                                  optimize=inner, two_body=TwoBody(
+                                      r_cut=4.0, n_basis=8, prior_std=chosen * factor))
+        fixed.fit(frames)
+        assert fixed.two_body_.prior_std == chosen * factor
+        assert fixed.log_marginal_likelihood_value_ < fitted.log_marginal_likelihood_value_
