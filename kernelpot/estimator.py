@@ -192,29 +192,22 @@ def _calibration_entries(quantity, fitted) -> dict:
             f"{quantity}_reference": fitted["reference"], f"{quantity}_noise": fitted["noise"]}
 
 
-def _with_two_body(rows: gp.DesignRows, pair, atoms, species_index, n_species) -> gp.DesignRows:
-    """Design rows with the two-body columns (``prior_std² × basis rows``) appended.
+def _with_two_body(rows: gp.DesignRows, pair, atoms, species_index, n_species,
+                   pair_columns) -> gp.DesignRows:
+    """Fill the two-body columns (``prior_std² × basis rows``) of full-width design rows.
 
-    Derivatives in the kernel's hyperparameters are zero in those columns.
+    Their derivatives in the kernel's hyperparameters stay zero.
     """
     if pair is None:
         return rows
     e_pair, f_pair = pair.rows(atoms, species_index, n_species, energy=rows.energy is not None,
                                forces=rows.forces is not None)
     scale2 = float(pair.prior_std)**2
-    energy = forces = d_energy = d_forces = None
     if rows.energy is not None:
-        energy = np.concatenate([rows.energy, scale2 * e_pair])
+        rows.energy[pair_columns] = scale2 * e_pair
     if rows.forces is not None:
-        forces = np.hstack([rows.forces, scale2 * f_pair])
-    n_pair = pair.n_columns(n_species)
-    if rows.d_energy is not None:
-        d_energy = np.vstack([rows.d_energy, np.zeros((n_pair, rows.d_energy.shape[1]))])
-    if rows.d_forces is not None:
-        shape = rows.d_forces.shape
-        d_forces = np.concatenate([rows.d_forces, np.zeros((shape[0], n_pair, shape[2]))],
-                                  axis=1)
-    return gp.DesignRows(energy, forces, d_energy, d_forces)
+        rows.forces[:, pair_columns] = scale2 * f_pair
+    return rows
 
 
 def _inducing_kernel(inducing, kernel, pair, n_species) -> np.ndarray:
@@ -265,7 +258,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         0.62 against 0.46 for CUR).
     two_body : kernelpot.TwoBody or None, default=None
         A pair-potential term fitted jointly with the GP, as GAP adds a two-body
-        term to SOAP (``method="sparse"`` only; not with ``incremental=True``). Its
+        term to SOAP (``method="sparse"`` only; :meth:`update` keeps its ``prior_std``). Its
         coefficients are extra design columns whose prior std is
         ``prior_std × σ``, ``prior_std`` fitted by the likelihood unless ``optimize``
         leaves out "two_body" (the fitted term is ``two_body_``); see
@@ -496,9 +489,6 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             if self.method != "sparse":
                 raise ValueError(f"{owner}: two_body needs method='sparse' (the exact model "
                                  f"has no two-body term); got method={self.method!r}")
-            if self.incremental:
-                raise ValueError(f"{owner}: two_body cannot be combined with incremental=True "
-                                 "(updates do not extend the two-body term)")
         if self.method == "exact" and self.incremental:
             raise ValueError(f"{owner}: incremental=True needs method='sparse' (the exact "
                              "model is refitted, not updated)")
@@ -589,6 +579,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         n_obs = n_E + n_F
         n_pair = pair.n_columns(len(species)) if pair is not None else 0
         M = int(sum(len(z) for z in inducing)) + n_pair
+        pair_columns = np.arange(M - n_pair, M)  # after the inducing environments
         energy_row = np.cumsum(has_energy) - 1
         force_start = n_E + 3 * np.concatenate([[0], np.cumsum(n_atoms * has_forces)])
         y_E = labels.energies[has_energy] - counts_per_frame[has_energy] @ e0
@@ -617,8 +608,9 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             result = cached[k] if cached is not None else descriptor.compute(frames[k])
             rows = gp.design_rows(result, species_index[k], inducing, kernel,
                                   energy=bool(has_energy[k]), forces=bool(has_forces[k]),
-                                  theta_gradient=theta_gradient)
-            return k, _with_two_body(rows, pair, frames[k], species_index[k], len(species))
+                                  theta_gradient=theta_gradient, n_columns=M)
+            return k, _with_two_body(rows, pair, frames[k], species_index[k], len(species),
+                                     pair_columns)
 
         def assemble(kernel, keep_basis=False):
             design = np.empty((n_obs + M, M))
@@ -749,6 +741,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         self.descriptor_ = descriptor
         self.kernel_ = kernel
         self.two_body_ = pair
+        self._pair_columns = pair_columns if pair is not None else None
         self.species_ = species
         self.e0_ = e0
         self.inducing_ = inducing
@@ -857,6 +850,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         self.jitter_ = 0.0
         self._jitter_abs = 0.0
         self.two_body_ = None
+        self._pair_columns = None
         self._state = None
         self._posterior = None
         self._stats = None
@@ -1063,9 +1057,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
 
     def _two_body_coefficients(self) -> np.ndarray:
         """Coefficients ``w`` of the two-body term's basis (its pair energies in eV)."""
-        pair = self.two_body_
-        n_pair = pair.n_columns(len(self.species_))
-        return float(pair.prior_std)**2 * self.alpha_[len(self.alpha_) - n_pair:]
+        return float(self.two_body_.prior_std)**2 * self.alpha_[self._pair_columns]
 
     def _signal_variances(self) -> np.ndarray:
         """``σ_s²`` per element, in ``species_`` order (all equal with one ``σ``)."""
@@ -1109,18 +1101,19 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         if not variance:
             return energy, force_values, None, None, local
         rows = gp.design_rows(result, index, self.inducing_, self.kernel_, energy=True,
-                              forces=force_variance, columns=self._columns)
+                              forces=force_variance, columns=self._columns,
+                              n_columns=self.alpha_.size)
         prior_e, prior_f = gp.prior_variances(result, index, len(self.species_), self.kernel_,
                                               energy=True, forces=force_variance)
         if pair is not None:
-            rows = _with_two_body(rows, pair, atoms, index, len(self.species_))
+            columns = self._pair_columns
+            rows = _with_two_body(rows, pair, atoms, index, len(self.species_), columns)
             # the two-body term's prior variance, σ² prior_std² |basis row|², is spanned
             # exactly by its coefficients: it adds the same to prior and projection
-            n_pair = pair.n_columns(len(self.species_))
             scale2 = float(pair.prior_std)**2
-            prior_e += float(rows.energy[-n_pair:] @ rows.energy[-n_pair:]) / scale2
+            prior_e += float(rows.energy[columns] @ rows.energy[columns]) / scale2
             if force_variance:
-                tail = rows.forces[:, -n_pair:]
+                tail = rows.forces[:, columns]
                 prior_f = prior_f + (np.einsum("rk,rk->r", tail, tail) / scale2).reshape(-1, 3)
         if not force_variance:
             return energy, force_values, rows.energy[None, :], np.array([prior_e]), local
@@ -1631,7 +1624,10 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             has_f = labels.forces[k] is not None
             result = self.descriptor_.compute(atoms)
             rows = gp.design_rows(result, indices[k], self.inducing_, self.kernel_,
-                                  energy=has_e, forces=has_f, columns=self._columns)
+                                  energy=has_e, forces=has_f, columns=self._columns,
+                                  n_columns=self.alpha_.size)
+            rows = _with_two_body(rows, getattr(self, "two_body_", None), atoms, indices[k],
+                                  len(self.species_), getattr(self, "_pair_columns", None))
             n = len(atoms)
             blocks, y, std, is_e, n_rows = [], [], [], [], []
             start = len(state.y)

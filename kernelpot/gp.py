@@ -80,7 +80,8 @@ def inducing_columns(inducing: list[np.ndarray], columns=None) -> list[np.ndarra
 
 def design_rows(result: DescriptorResult, species_index: np.ndarray,
                 inducing: list[np.ndarray], kernel, energy: bool = True,
-                forces: bool = True, columns=None, theta_gradient: bool = False) -> DesignRows:
+                forces: bool = True, columns=None, theta_gradient: bool = False,
+                n_columns: int | None = None) -> DesignRows:
     """Energy and force design rows of one structure.
 
     Parameters
@@ -99,6 +100,10 @@ def design_rows(result: DescriptorResult, species_index: np.ndarray,
     theta_gradient : bool, default=False
         Also return the derivatives of the rows with respect to the kernel's log
         hyperparameters ``kernel.theta`` (for the likelihood gradient).
+    n_columns : int, optional
+        Width of the rows when the model has design columns besides the inducing
+        environments (a two-body term); those stay zero. Default: the number of
+        inducing environments.
 
     Returns
     -------
@@ -114,7 +119,7 @@ def design_rows(result: DescriptorResult, species_index: np.ndarray,
     X = result.features
     n_atoms, n_features = X.shape
     columns = inducing_columns(inducing, columns)
-    n_inducing = int(sum(len(z) for z in inducing))
+    n_inducing = int(sum(len(z) for z in inducing)) if n_columns is None else int(n_columns)
     n_theta = kernel.n_theta if theta_gradient else 0
     energy_row = np.zeros(n_inducing) if energy else None
     force_rows = np.zeros((3 * n_atoms, n_inducing)) if forces else None

@@ -138,6 +138,8 @@ def save(model, path, training_state=False) -> Path:
         for s, Z in enumerate(model.inducing_):
             arrays[f"inducing_{s}"] = Z
             arrays[f"columns_{s}"] = model._columns[s]
+        if getattr(model, "two_body_", None) is not None:
+            arrays["pair_columns"] = model._pair_columns
     for quantity, scores in (getattr(model, "interval_scores_", None) or {}).items():
         arrays[f"interval_scores_{quantity}"] = scores
     state = getattr(model, "_state", None)
@@ -262,6 +264,7 @@ def load(path):
         z.setflags(write=False)
     model.two_body_ = _two_body(metadata.get("two_body"), model, n_species, path)
     model._columns = [arrays[f"columns_{s}"] for s in range(n_species)]
+    model._pair_columns = _pair_columns(arrays, model, n_species, path)
     if "state_Kw" in arrays:
         from kernelpot._incremental import TrainingState
 
@@ -290,6 +293,18 @@ def _two_body(encoded, model, n_species, path):
         raise ValueError(f"load: {path} holds {len(model.alpha_)} weights, which does not "
                          "match its inducing environments and two-body term")
     return pair
+
+
+def _pair_columns(arrays, model, n_species, path):
+    """Design columns of the two-body coefficients: every column exactly once overall."""
+    if model.two_body_ is None:
+        return None
+    columns = arrays.get("pair_columns")
+    every = np.concatenate(list(model._columns) + ([columns] if columns is not None else []))
+    if columns is None or columns.shape != (model.two_body_.n_columns(n_species),) \
+            or not np.array_equal(np.sort(every), np.arange(len(model.alpha_))):
+        raise ValueError(f"load: {path} has malformed two-body columns")
+    return columns
 
 
 def _signal_std(sigma, species, method, path):

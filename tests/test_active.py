@@ -275,3 +275,19 @@ def test_a_call_on_the_first_step_does_not_calibrate(tmp_path):
     learner.run(VelocityVerlet(atoms, timestep=0.2), 3)
     assert learner.n_reference_calls == 1  # on step 0
     assert learner.projection_scale == 1.0 and len(learner._calibration) == 0
+
+
+def test_learns_with_a_two_body_term(tmp_path):
+    """A model with a pair term learns on the fly: updates extend it, checkpoints keep it."""
+    from kernelpot import TwoBody, load
+
+    model = _model().set_params(two_body=TwoBody(r_cut=4.0, n_basis=6, r_min=1.5))
+    learner = OnTheFlyLearner(model, EMT(), threshold=1e-4, directory=tmp_path, n_inducing=3,
+                              max_calls=2, min_interval=2)
+    learner.run(_dynamics(), 8)
+    assert learner.n_reference_calls == 2
+    assert isinstance(learner.model.two_body_, TwoBody)
+    saved = load(tmp_path / "model.npz")
+    atoms = _dynamics(seed=1).atoms
+    np.testing.assert_allclose(saved.predict([atoms]), learner.model.predict([atoms]),
+                               rtol=1e-10)
