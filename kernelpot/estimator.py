@@ -694,12 +694,9 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         free = [name in fitted_names and informed for name, informed in
                 zip(_HYPERPARAMETERS[:3], (True, n_E > 0, n_F > 0), strict=True)]
         if pair is not None and "two_body" in fitted_names:
-            def statistics(whitened):
-                return gp.whitened_statistics(whitened[:n_E], n_atoms[has_energy].astype(float),
-                                              y_E, whitened[n_E:n_obs], y_F)
-
-            prior_std, log_params = self._search_two_body(design, n_obs, n_pair, pair,
-                                                          statistics, log_params, rng, free)
+            prior_std, log_params = self._search_two_body(
+                design, n_E, n_obs, n_pair, pair, n_atoms[has_energy].astype(float), y_E, y_F,
+                log_params, rng, free)
             logger.info("%s: two-body prior_std %.4g (likelihood)", owner, prior_std)
             pair = clone(pair).set_params(prior_std=prior_std)
             del design
@@ -914,16 +911,18 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         start = np.where([n in names for n in _HYPERPARAMETERS[:3]], start, given)
         return sub.kernel_, start
 
-    def _search_two_body(self, design, n_obs, n_pair, pair, statistics, log_params, rng,
-                         free):
+    def _search_two_body(self, design, n_E, n_obs, n_pair, pair, n_atoms_E, y_E, y_F,
+                         log_params, rng, free):
         """Profile-likelihood search of the two-body term's ``prior_std``.
 
         The whitened design holds the pair columns (its last ``n_pair``) as
-        ``prior_std × basis rows``, so a trial value rescales them in place (the caller
-        rebuilds the design with the chosen one: only the jitter of ``k_mm`` is
-        ignored here). For each trial ``(σ, σ_E, σ_F)`` are refitted from the best
-        values so far; a log-uniform grid of ``_TWO_BODY_GRID`` points within
-        ``prior_std_bounds`` is refined by a bounded Brent search around its best point.
+        ``prior_std × basis rows``: a trial value rescales them, so the force rows'
+        Gram matrix is formed once and rescaled per trial
+        (:func:`kernelpot.gp.statistics_from_force_gram`; the caller rebuilds the
+        design with the chosen value, so only the jitter of ``k_mm`` is ignored here).
+        For each trial ``(σ, σ_E, σ_F)`` are refitted from the best values so far; a
+        log-uniform grid of ``_TWO_BODY_GRID`` points within ``prior_std_bounds`` is
+        refined by a bounded Brent search around its best point.
 
         Returns
         -------
@@ -931,17 +930,23 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         log_params : ndarray of shape (3,)
             ``log (σ, σ_E, σ_F)`` at it (a start for the final fit).
         """
-        block = design[:n_obs, design.shape[1] - n_pair:]
-        state = {"scale": float(pair.prior_std), "inner": np.array(log_params)}
+        Kw_F = design[n_E:n_obs]
+        gram = Kw_F.T @ Kw_F
+        Kw_F_y = Kw_F.T @ y_F
+        c_F = float(y_F @ y_F)
+        start = float(pair.prior_std)
+        state = {"inner": np.array(log_params)}
         tried = {}
 
         def negative_profile(log_std):
             log_std = float(log_std)
             if log_std in tried:
                 return tried[log_std][0]
-            block[...] *= np.exp(log_std) / state["scale"]
-            state["scale"] = float(np.exp(log_std))
-            stats = statistics(design)
+            scale = np.ones(design.shape[1])
+            scale[design.shape[1] - n_pair:] = np.exp(log_std) / start
+            stats = gp.statistics_from_force_gram(
+                gram * scale[:, None] * scale[None, :], Kw_F_y * scale, c_F, len(y_F),
+                design[:n_E] * scale[None, :], n_atoms_E, y_E)
             inner = self._optimize(stats, state["inner"], rng, free, restarts=0)
             value = gp.log_marginal_likelihood(inner, stats)
             logger.info("%s: two-body prior_std %.4g: log marginal likelihood %.2f",

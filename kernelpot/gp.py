@@ -318,8 +318,20 @@ def whitened_statistics(Kw_E: np.ndarray, n_atoms_E: np.ndarray, y_E: np.ndarray
     -------
     WhitenedStatistics
     """
+    return statistics_from_force_gram(Kw_F.T @ Kw_F, Kw_F.T @ y_F, float(y_F @ y_F), len(y_F),
+                                      Kw_E, n_atoms_E, y_E, keep_basis)
+
+
+def statistics_from_force_gram(W_F: np.ndarray, Kw_F_y: np.ndarray, c_F: float, n_F: int,
+                               Kw_E: np.ndarray, n_atoms_E: np.ndarray, y_E: np.ndarray,
+                               keep_basis: bool = False) -> WhitenedStatistics:
+    """:func:`whitened_statistics` from the force rows' Gram matrix ``W_F = K_w,Fᵀ K_w,F``,
+    ``K_w,Fᵀ y_F``, ``y_Fᵀ y_F`` and their number: a design whose columns are rescaled
+    needs only these rescaled (``O(M²)``), not another pass over its rows.
+
+    ``W_F`` is overwritten.
+    """
     inv_d = 1.0 / n_atoms_E
-    W_F = Kw_F.T @ Kw_F  # (M, M)
     eigenvalues, V = sla.eigh(W_F, overwrite_a=True)
     eigenvalues = np.maximum(eigenvalues, 0.0)
     U = V.T @ (Kw_E.T * np.sqrt(inv_d)[None, :])  # (M, n_E)
@@ -327,11 +339,11 @@ def whitened_statistics(Kw_E: np.ndarray, n_atoms_E: np.ndarray, y_E: np.ndarray
         eigenvalues=eigenvalues,
         U=U,
         beta_E=V.T @ (Kw_E.T @ (inv_d * y_E)),
-        beta_F=V.T @ (Kw_F.T @ y_F),
+        beta_F=V.T @ Kw_F_y,
         c_E=float(np.sum(inv_d * y_E**2)),
-        c_F=float(y_F @ y_F),
+        c_F=float(c_F),
         n_E=len(y_E),
-        n_F=len(y_F),
+        n_F=int(n_F),
         logdet_D_E=float(np.sum(np.log(n_atoms_E))),
         V=V if keep_basis else None,
     )
