@@ -151,7 +151,7 @@ def test_fit_with_a_two_body_term_from_the_config(cli_files, capsys):
     model = load(model_path)
     assert isinstance(model.two_body_, TwoBody)
     assert (model.two_body_.r_cut, model.two_body_.n_basis) == (3.5, 6)
-    assert model.two_body_.prior_std == TwoBody().prior_std  # unset keys keep defaults
+    assert model.two_body.prior_std == TwoBody().prior_std  # unset keys keep defaults
     config.write_text('two_body.no_such = 1\n')
     assert main(["fit", str(cli_files / "train.xyz"), "-o", str(model_path), "--config",
                  str(config), "--quiet"]) == 1
