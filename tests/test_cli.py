@@ -124,34 +124,38 @@ def test_fit_eval_predict_round_trip(cli_files, capsys):
         np.testing.assert_allclose(atoms.arrays["forces_std"], forces_std[k], rtol=1e-6)
 
 
-def test_fit_exact_with_one_signal_std_per_element(cli_files, capsys):
+def _fit_with_config(cli_files, capsys, name, text, *options):
+    """Run ``kernelpot fit`` on the training file with a config; the model and stdout."""
     from kernelpot import load
 
-    config = cli_files / "per_element.toml"
-    config.write_text('method = "exact"\nsignal_per_element = true\nn_restarts = 0\n'
-                      'descriptor.n_max = 3\ndescriptor.l_max = 2\n')
-    model_path = cli_files / "per_element.npz"
+    config = cli_files / f"{name}.toml"
+    config.write_text(text)
+    model_path = cli_files / f"{name}.npz"
     assert main(["fit", str(cli_files / "train.xyz"), "-o", str(model_path), "--config",
-                 str(config), "--quiet"]) == 0
-    out = capsys.readouterr().out
-    model = load(model_path)
+                 str(config), "--quiet", *options]) == 0
+    return load(model_path), capsys.readouterr().out
+
+
+def test_fit_exact_with_one_signal_std_per_element(cli_files, capsys):
+    model, out = _fit_with_config(
+        cli_files, capsys, "per_element", 'method = "exact"\nsignal_per_element = true\n'
+        'n_restarts = 0\ndescriptor.n_max = 3\ndescriptor.l_max = 2\n')
     assert model.method_ == "exact" and set(model.signal_std_) == {"H", "C", "O"}
     assert "signal std H " in out and ", O " in out
 
 
 def test_fit_with_a_two_body_term_from_the_config(cli_files, capsys):
-    from kernelpot import TwoBody, load
+    from kernelpot import TwoBody
 
-    config = cli_files / "two_body.toml"
-    config.write_text('n_restarts = 0\ndescriptor.n_max = 3\ndescriptor.l_max = 2\n'
-                      'two_body.r_cut = 3.5\n"two_body.n_basis" = 6\n')
-    model_path = cli_files / "two_body.npz"
-    assert main(["fit", str(cli_files / "train.xyz"), "-o", str(model_path), "--config",
-                 str(config), "--n-sparse", "30", "--quiet"]) == 0
-    model = load(model_path)
+    model, _ = _fit_with_config(
+        cli_files, capsys, "two_body", 'n_restarts = 0\ndescriptor.n_max = 3\n'
+        'descriptor.l_max = 2\ntwo_body.r_cut = 3.5\n"two_body.n_basis" = 6\n',
+        "--n-sparse", "30")
     assert isinstance(model.two_body_, TwoBody)
     assert (model.two_body_.r_cut, model.two_body_.n_basis) == (3.5, 6)
     assert model.two_body.prior_std == TwoBody().prior_std  # unset keys keep defaults
+    config = cli_files / "two_body.toml"
+    model_path = cli_files / "two_body.npz"
     config.write_text('two_body.no_such = 1\n')
     assert main(["fit", str(cli_files / "train.xyz"), "-o", str(model_path), "--config",
                  str(config), "--quiet"]) == 1
