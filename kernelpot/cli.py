@@ -547,6 +547,9 @@ def _cmd_fit(args) -> int:
     print(f"learned noise: energy {1e3 * model.energy_noise_:.3g} meV per √atom, forces "
           f"{1e3 * model.force_noise_:.3g} meV/Å; signal std "
           f"{format_signal_std(model.signal_std_)} eV")
+    if getattr(model, "two_body_", None) is not None:
+        print(f"two-body term: r_cut {model.two_body_.r_cut} Å, {model.two_body_.n_basis} "
+              f"basis functions, prior std {model.two_body_.prior_std:.3g} × signal std")
     _print_errors("training", _errors(model, frames))
     path = model.save(args.output)
     print(f"wrote {path}")

@@ -147,13 +147,14 @@ def test_fit_exact_with_one_signal_std_per_element(cli_files, capsys):
 def test_fit_with_a_two_body_term_from_the_config(cli_files, capsys):
     from kernelpot import TwoBody
 
-    model, _ = _fit_with_config(
+    model, out = _fit_with_config(
         cli_files, capsys, "two_body", 'n_restarts = 0\ndescriptor.n_max = 3\n'
         'descriptor.l_max = 2\ntwo_body.r_cut = 3.5\n"two_body.n_basis" = 6\n',
         "--n-sparse", "30")
     assert isinstance(model.two_body_, TwoBody)
     assert (model.two_body_.r_cut, model.two_body_.n_basis) == (3.5, 6)
     assert model.two_body.prior_std == TwoBody().prior_std  # unset keys keep defaults
+    assert f"prior std {model.two_body_.prior_std:.3g}" in out
     config = cli_files / "two_body.toml"
     model_path = cli_files / "two_body.npz"
     config.write_text('two_body.no_such = 1\n')
