@@ -38,8 +38,8 @@ DEFAULT_SPARSE_CAP = 2000
 _DESCRIPTOR_CACHE_BYTES = 2 * 2**30
 #: Names accepted by ``optimize``, in ``theta`` order (the kernel's own last).
 _HYPERPARAMETERS = ("signal_std", "energy_noise", "force_noise", "kernel", "two_body")
-#: Coarse grid points (log-uniform within its bounds) of the two-body prior-std search.
-_TWO_BODY_GRID = 7
+#: Rounds of the coordinate ascent over the two-body prior std and the noise levels.
+_TWO_BODY_ROUNDS = 6
 #: Validation values below which calibrate fits only the std factor (no shape).
 _SHAPE_MIN_VALUES = 50
 #: Values of ``method``.
@@ -693,14 +693,26 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         # a noise without observations has no information: keep it where it is
         free = [name in fitted_names and informed for name, informed in
                 zip(_HYPERPARAMETERS[:3], (True, n_E > 0, n_F > 0), strict=True)]
+
+        def mean_diagonal(pair):
+            pair_diagonal = [np.full(n_pair, pair.prior_std**2)] if pair is not None else []
+            return float(np.mean(np.concatenate([kernel.diag(z) for z in inducing]
+                                                + pair_diagonal)))
+
+        # the absolute jitter of k_mm, as cholesky_with_jitter applied it
+        jitter_abs = jitter * mean_diagonal(pair)
         if pair is not None and "two_body" in fitted_names:
-            prior_std, log_params = self._search_two_body(
+            prior_std, log_params, stats = self._search_two_body(
                 design, n_E, n_obs, n_pair, pair, n_atoms[has_energy].astype(float), y_E, y_F,
-                log_params, rng, free)
+                log_params, rng, free, stats, jitter_abs)
             logger.info("%s: two-body prior_std %.4g (likelihood)", owner, prior_std)
-            pair = clone(pair).set_params(prior_std=prior_std)
-            del design
-            design, L_mm, jitter, stats = assemble(kernel)
+            # k_mm is block diagonal: only the pair block of its factor and the pair
+            # columns of the whitened design change (same absolute jitter)
+            old, pair = float(pair.prior_std), clone(pair).set_params(prior_std=prior_std)
+            d_old, d_new = np.sqrt(old**2 + jitter_abs), np.sqrt(prior_std**2 + jitter_abs)
+            design[:n_obs, M - n_pair:] *= (prior_std**2 / d_new) / (old**2 / d_old)
+            L_mm[M - n_pair:, M - n_pair:] = d_new * np.eye(n_pair)
+            jitter = jitter_abs / mean_diagonal(pair)
         results_cache, cached = cached, None
         if any(free):
             log_params = self._optimize(stats, log_params, rng, free, extra_starts)
@@ -752,10 +764,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         self.interval_scores_ = None
         self.jitter_ = float(jitter)
         self._columns = gp.inducing_columns(inducing)
-        # the absolute jitter of k_mm, as cholesky_with_jitter applied it
-        pair_diagonal = [np.full(n_pair, pair.prior_std**2)] if pair is not None else []
-        self._jitter_abs = float(jitter * np.mean(np.concatenate(
-            [kernel.diag(z) for z in inducing] + pair_diagonal)))
+        self._jitter_abs = float(jitter_abs)
         self._state = state
         self._posterior = posterior
         self._stats = stats
@@ -912,59 +921,93 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         return sub.kernel_, start
 
     def _search_two_body(self, design, n_E, n_obs, n_pair, pair, n_atoms_E, y_E, y_F,
-                         log_params, rng, free):
-        """Profile-likelihood search of the two-body term's ``prior_std``.
+                         log_params, rng, free, stats, jitter_abs):
+        """Maximise the likelihood over the two-body term's ``prior_std`` and ``(σ, σ_E, σ_F)``.
 
-        The whitened design holds the pair columns (its last ``n_pair``) as
-        ``prior_std × basis rows``: a trial value rescales them, so the force rows'
-        Gram matrix is formed once and rescaled per trial
-        (:func:`kernelpot.gp.statistics_from_force_gram`; the caller rebuilds the
-        design with the chosen value, so only the jitter of ``k_mm`` is ignored here).
-        For each trial ``(σ, σ_E, σ_F)`` are refitted from the best values so far; a
-        log-uniform grid of ``_TWO_BODY_GRID`` points within ``prior_std_bounds`` is
-        refined by a bounded Brent search around its best point.
+        Coordinate ascent: ``(σ, σ_E, σ_F)`` by :meth:`_optimize` at the current
+        ``prior_std``, then ``prior_std`` at those values, until it moves by less than
+        2 %. The whitened design holds the pair columns (its last ``n_pair``) as
+        ``prior_std × basis rows``, so a value ``c`` times the design's scales them by
+        ``c``: ``A_w(c) = I + S G S`` with ``G = a_E W_E + a_F W_F``, ``S = diag(1, c)``.
+        With ``P = I + G_ss`` (the GP block, factored once per round) the Schur
+        complement gives ``log|A_w(c)| = log|P| + Σ_k log(1 + c² t_k)`` and
+        ``bᵀA_w(c)⁻¹b = b_sᵀP⁻¹b_s + c² Σ_k (Uᵀr)_k² / (1 + c² t_k)``, with
+        ``U diag(t) Uᵀ = G_bb - G_bs P⁻¹ G_sb`` and ``r = b_b - G_bs P⁻¹ b_s``: the
+        likelihood in ``c`` costs ``O(n_pair)`` per value, searched on a log grid
+        within ``prior_std_bounds`` and refined by Brent's method. The caller rebuilds
+        the design with the result. ``stats`` are the design's statistics; with the
+        jitter ``j`` of ``k_mm`` a prior std ``p`` scales the whitened pair columns by
+        ``p² / √(p² + j)``.
 
         Returns
         -------
         prior_std : float
         log_params : ndarray of shape (3,)
             ``log (σ, σ_E, σ_F)`` at it (a start for the final fit).
+        stats : WhitenedStatistics
+            Of the design with its pair columns rescaled to ``prior_std``.
         """
-        Kw_F = design[n_E:n_obs]
-        gram = Kw_F.T @ Kw_F
-        Kw_F_y = Kw_F.T @ y_F
-        c_F = float(y_F @ y_F)
-        start = float(pair.prior_std)
-        state = {"inner": np.array(log_params)}
-        tried = {}
+        M = design.shape[1]
+        gp_block, pair_block = slice(0, M - n_pair), slice(M - n_pair, M)
+        Kw_E, Kw_F = design[:n_E], design[n_E:n_obs]
+        inv_d = 1.0 / n_atoms_E
+        W_E = (Kw_E.T * inv_d[None, :]) @ Kw_E
+        W_F = Kw_F.T @ Kw_F
+        beta_E, beta_F = Kw_E.T @ (inv_d * y_E), Kw_F.T @ y_F
+        reference = float(pair.prior_std)  # the scale the design was built with
 
-        def negative_profile(log_std):
-            log_std = float(log_std)
-            if log_std in tried:
-                return tried[log_std][0]
-            scale = np.ones(design.shape[1])
-            scale[design.shape[1] - n_pair:] = np.exp(log_std) / start
-            stats = gp.statistics_from_force_gram(
-                gram * scale[:, None] * scale[None, :], Kw_F_y * scale, c_F, len(y_F),
-                design[:n_E] * scale[None, :], n_atoms_E, y_E)
-            inner = self._optimize(stats, state["inner"], rng, free, restarts=0)
-            value = gp.log_marginal_likelihood(inner, stats)
-            logger.info("%s: two-body prior_std %.4g: log marginal likelihood %.2f",
-                        type(self).__name__, np.exp(log_std), value)
-            value = -float(value) if np.isfinite(value) else np.inf
-            if not tried or value < min(v for v, _ in tried.values()):
-                state["inner"] = inner
-            tried[log_std] = (value, inner)
-            return value
+        def column_scale(log_std):
+            p2 = np.exp(2 * log_std)
+            return (p2 / np.sqrt(p2 + jitter_abs)) / (reference**2
+                                                      / np.sqrt(reference**2 + jitter_abs))
+
+        def statistics_at(log_std):
+            scale = np.ones(M)
+            scale[pair_block] = column_scale(log_std)
+            return gp.statistics_from_force_gram(
+                W_F * scale[:, None] * scale[None, :], beta_F * scale, float(y_F @ y_F),
+                len(y_F), Kw_E * scale[None, :], n_atoms_E, y_E)
 
         low, high = np.log(np.asarray(pair.prior_std_bounds, dtype=float))
-        grid = np.linspace(low, high, _TWO_BODY_GRID)
-        k = int(np.argmin([negative_profile(g) for g in grid]))
-        minimize_scalar(negative_profile, bounds=(grid[max(k - 1, 0)],
-                                                  grid[min(k + 1, len(grid) - 1)]),
-                        method="bounded", options={"xatol": 0.02})
-        best = min(tried, key=lambda key: tried[key][0])
-        return float(np.exp(best)), tried[best][1]
+        log_std = np.log(reference)
+        inner = np.array(log_params)
+        for round_ in range(_TWO_BODY_ROUNDS):
+            if round_:  # the first round has the design's own statistics
+                stats = statistics_at(log_std)
+            inner = self._optimize(stats, inner, rng, free, restarts=0)
+            sigma2, var_E, var_F = np.exp(2 * inner)
+            G = (sigma2 / var_E) * W_E + (sigma2 / var_F) * W_F
+            b = beta_E / var_E + beta_F / var_F
+            P = np.eye(M - n_pair) + G[gp_block, gp_block]
+            factor = sla.cho_factor(P, lower=True)
+            X = sla.cho_solve(factor, np.column_stack([G[gp_block, pair_block],
+                                                       b[gp_block]]))
+            T = G[pair_block, pair_block] - G[pair_block, gp_block] @ X[:, :-1]
+            r = b[pair_block] - G[pair_block, gp_block] @ X[:, -1]
+            t, U = sla.eigh(0.5 * (T + T.T))
+            t = np.maximum(t, 0.0)
+            ru2 = (U.T @ r) ** 2
+
+            def negative_profile(log_c, t=t, ru2=ru2, sigma2=sigma2):
+                c2 = column_scale(np.atleast_1d(log_c))[:, None] ** 2
+                value = 0.5 * sigma2 * np.sum(c2 * ru2 / (1.0 + c2 * t), axis=1) \
+                    - 0.5 * np.sum(np.log1p(c2 * t), axis=1)
+                return -value if np.ndim(log_c) else -float(value[0])
+
+            grid = np.linspace(low, high, 401)
+            k = int(np.argmin(negative_profile(grid)))
+            refined = minimize_scalar(negative_profile, bounds=(grid[max(k - 1, 0)],
+                                                                grid[min(k + 1, 400)]),
+                                      method="bounded", options={"xatol": 1e-3})
+            new = float(refined.x) if refined.fun <= negative_profile(grid[k]) else grid[k]
+            logger.info("%s: two-body prior_std %.4g -> %.4g", type(self).__name__,
+                        np.exp(log_std), np.exp(new))
+            if abs(new - log_std) < 0.02:  # converged: keep the value the stats are at
+                break
+            log_std = new
+        else:
+            stats = statistics_at(log_std)
+        return float(np.exp(log_std)), inner, stats
 
     def _optimize(self, stats, log_params, rng, free, extra_starts=(), restarts=None) \
             -> np.ndarray:

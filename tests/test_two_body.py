@@ -267,6 +267,17 @@ def test_prior_std_is_fitted_to_the_likelihood_maximum(ethanol_frames, small_soa
     chosen = fitted.two_body_.prior_std
     assert chosen != TwoBody().prior_std and fitted.two_body.prior_std == TwoBody().prior_std
     inner = ["signal_std", "energy_noise", "force_noise"]
+    # the fit rescales the pair columns it built at the start value: the same model as a
+    # fit at the chosen value (up to the jitter of k_mm, 1e-8 of its mean diagonal)
+    again = SparseGPPotential(small_soap, sparse_method="all", random_state=0,
+                              optimize=inner, two_body=TwoBody(r_cut=4.0, n_basis=8,
+                                                               prior_std=chosen)).fit(frames)
+    test = ethanol_frames[40:42]
+    for a, b in zip(fitted.predict_forces(test), again.predict_forces(test), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * np.abs(b).max())
+    # (and the optimiser's tolerance: they start (σ, σ_E, σ_F) from different points)
+    assert again.log_marginal_likelihood_value_ == pytest.approx(
+        fitted.log_marginal_likelihood_value_, abs=5e-3)
     for factor in (3.0, 1 / 3):
         fixed = SparseGPPotential(small_soap, sparse_method="all", random_state=0,
                                   optimize=inner, two_body=TwoBody(
