@@ -292,7 +292,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         on the likelihood maximised over the first three, with its analytic gradient
         (:class:`kernelpot.gp.KernelThetaGradient`; each step rebuilds the design and
         its derivatives: two passes over the data), and with a ``two_body`` term its
-        ``prior_std`` (profile likelihood on a grid refined by Brent's method; see
+        ``prior_std`` (coordinate ascent with the first three; see
         :class:`~kernelpot.TwoBody`); ``False`` keeps the given values; a list such as
         ``["signal_std", "force_noise"]`` fits only those (names: "signal_std",
         "energy_noise", "force_noise", "kernel", "two_body") and keeps the rest,
@@ -934,10 +934,10 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         ``bᵀA_w(c)⁻¹b = b_sᵀP⁻¹b_s + c² Σ_k (Uᵀr)_k² / (1 + c² t_k)``, with
         ``U diag(t) Uᵀ = G_bb - G_bs P⁻¹ G_sb`` and ``r = b_b - G_bs P⁻¹ b_s``: the
         likelihood in ``c`` costs ``O(n_pair)`` per value, searched on a log grid
-        within ``prior_std_bounds`` and refined by Brent's method. The caller rebuilds
-        the design with the result. ``stats`` are the design's statistics; with the
-        jitter ``j`` of ``k_mm`` a prior std ``p`` scales the whitened pair columns by
-        ``p² / √(p² + j)``.
+        within ``prior_std_bounds`` and refined by Brent's method. ``stats`` are the
+        design's statistics; with the jitter ``j`` of ``k_mm`` a prior std ``p`` makes
+        the whitened pair columns ``p² / √(p² + j)`` times the basis rows, and the
+        caller rescales the design and the factor of ``k_mm`` to the result.
 
         Returns
         -------
