@@ -212,3 +212,25 @@ def test_kernel_gradient_needs_the_basis(problem):
     L, _, stats = _stats(K_mm, K_nm, n_atoms, y, n_E)
     with pytest.raises(ValueError, match="keep_basis"):
         gp.KernelThetaGradient(np.zeros(3), stats, L, 1)
+
+
+def test_statistics_from_a_rescaled_force_gram_equal_those_of_the_rescaled_design(problem):
+    """Rescaling design columns through the force Gram matrix (the two-body prior-std
+    search) gives the statistics, and so the likelihood, of the rescaled design."""
+    K_mm, K_nm, n_atoms, y, n_E = problem
+    L = np.linalg.cholesky(K_mm)
+    Kw = sla.solve_triangular(L, K_nm.T, lower=True).T
+    scale = np.ones(Kw.shape[1])
+    scale[-2:] = 3.7
+    direct = gp.whitened_statistics(Kw[:n_E] * scale, n_atoms, y[:n_E], Kw[n_E:] * scale,
+                                    y[n_E:])
+    W_F = Kw[n_E:].T @ Kw[n_E:]
+    via_gram = gp.statistics_from_force_gram(W_F * np.outer(scale, scale),
+                                             Kw[n_E:].T @ y[n_E:] * scale,
+                                             float(y[n_E:] @ y[n_E:]), len(y) - n_E,
+                                             Kw[:n_E] * scale, n_atoms, y[:n_E])
+    theta = np.log([1.3, 0.02, 0.1])
+    assert gp.log_marginal_likelihood(theta, via_gram) == pytest.approx(
+        gp.log_marginal_likelihood(theta, direct), rel=1e-12)
+    np.testing.assert_allclose(via_gram.eigenvalues, direct.eigenvalues, rtol=1e-10,
+                               atol=1e-12)
