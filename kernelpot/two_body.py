@@ -11,8 +11,9 @@ with ``n_basis`` Gaussians at ``μ_k`` evenly spaced on ``[r_min, r_cut]``,
 which takes ``φ`` and its derivative smoothly to zero at ``r_cut``. The prior
 ``w ~ N(0, (prior_std σ)² I)`` ties it to the GP's signal std ``σ``, so the sum is
 one GP with kernel ``σ² (k + prior_std² Σ_k b_k b_k')`` and the sparse model's
-likelihood fits ``σ`` and the noise levels as before. The basis is finite, so the
-sparse model represents this term exactly: its projection (``k** - q**``) part is zero.
+likelihood fits ``prior_std`` with ``σ`` and the noise levels. The basis is finite, so
+the sparse model represents this term exactly: its projection (``k** - q**``) part is
+zero (up to the jitter of ``k_mm``).
 """
 
 from __future__ import annotations
