@@ -86,6 +86,18 @@ def split(n_frames: int, n: int):
     return np.random.default_rng(0).permutation(rest)[:n], test
 
 
+def test_pool(molecule: str, test_frames=None):
+    """All frames of a molecule, its elements, the test pool (its first ``test_frames``)
+    and the pool's reference forces and energies."""
+    frames = read(SHARED / f"{molecule}_500K.xyz", ":")
+    species = sorted(set(frames[0].get_chemical_symbols()))
+    _, test_idx = split(len(frames), 0)
+    test = [frames[i] for i in test_idx[:test_frames]]
+    ref_f = [a.get_forces() for a in test]
+    ref_e = np.array([a.get_potential_energy() for a in test])
+    return frames, species, test, ref_f, ref_e
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--molecule", choices=["ethanol", "aspirin"], default="ethanol")

@@ -45,7 +45,14 @@ import numpy as np
 from ase.io import read
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from molecules import QUOTED, SHARED, add_model_options, split, study_model  # noqa: E402
+from molecules import (  # noqa: E402
+    QUOTED,
+    SHARED,
+    add_model_options,
+    split,
+    study_model,
+    test_pool,
+)
 
 import kernelpot  # noqa: E402
 from kernelpot import metrics  # noqa: E402
@@ -99,12 +106,7 @@ def main(argv=None):
         return selection_study(args)
     rows = []
     for molecule in args.molecules.split(","):
-        frames = read(SHARED / f"{molecule}_500K.xyz", ":")
-        species = sorted(set(frames[0].get_chemical_symbols()))
-        _, test_idx = split(len(frames), 0)
-        test = [frames[i] for i in test_idx[: args.test_frames]]
-        ref_f = [a.get_forces() for a in test]
-        ref_e = np.array([a.get_potential_energy() for a in test])
+        frames, species, test, ref_f, ref_e = test_pool(molecule, args.test_frames)
         sizes = [int(s) for s in args.sizes.split(",")] if args.sizes \
             else DEFAULT_SIZES[molecule]
         methods = ("exact", "sparse") if args.with_sparse else ("exact",)

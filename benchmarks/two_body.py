@@ -21,13 +21,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from ase.io import read
 
 import kernelpot
 from kernelpot import SparseGPPotential, TwoBody, metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from molecules import QUOTED, SHARED, descriptor_for, split  # noqa: E402
+from molecules import QUOTED, descriptor_for, split, test_pool  # noqa: E402
 
 
 def main(argv=None):
@@ -38,12 +37,7 @@ def main(argv=None):
     parser.add_argument("--test-frames", type=int, default=None,
                         help="use the first N frames of the test pool (default: all)")
     args = parser.parse_args(argv)
-    frames = read(SHARED / f"{args.molecule}_500K.xyz", ":")
-    species = sorted(set(frames[0].get_chemical_symbols()))
-    _, test_idx = split(len(frames), 0)
-    test = [frames[i] for i in test_idx[: args.test_frames]]
-    ref_f = [a.get_forces() for a in test]
-    ref_e = np.array([a.get_potential_energy() for a in test])
+    frames, species, test, ref_f, ref_e = test_pool(args.molecule, args.test_frames)
     print(f"kernelpot {kernelpot.__version__}; python {platform.python_version()}; "
           f"{os.cpu_count()} cpus; {args.molecule}, test pool {len(test)} frames", flush=True)
     rows = []
