@@ -63,6 +63,9 @@ def add_model_options(parser) -> None:
                         help="fix the force noise at this value, eV/Å (default: fitted)")
     parser.add_argument("--signal-per-element", action="store_true",
                         help="one signal std per element (exact model)")
+    parser.add_argument("--two-body", type=float, default=None, metavar="R_CUT",
+                        help="a two-body term with this cutoff, Å, prior std fitted "
+                             "(sparse model)")
 
 
 def study_model(species, args, method, signal_per_element=None) -> SparseGPPotential:
@@ -71,12 +74,15 @@ def study_model(species, args, method, signal_per_element=None) -> SparseGPPoten
     the signal and energy noise to the likelihood. ``signal_per_element`` overrides
     ``--signal-per-element`` (which the estimator refuses for a sparse model)."""
     noise = {} if args.force_noise is None else {
-        "force_noise": args.force_noise, "optimize": ["signal_std", "energy_noise"]}
+        "force_noise": args.force_noise,
+        "optimize": ["signal_std", "energy_noise", "two_body"]}
+    two_body = None if getattr(args, "two_body", None) is None else TwoBody(
+        args.two_body, 16, 0.8)
     return SparseGPPotential(
         SOAP(species, 4.0, n_max=args.n_max, l_max=args.l_max, sigma=args.sigma),
         method=method, sparse_method="all", n_restarts=0, random_state=0,
         signal_per_element=args.signal_per_element if signal_per_element is None
-        else signal_per_element, **noise)
+        else signal_per_element, two_body=two_body, **noise)
 
 
 def split(n_frames: int, n: int):
