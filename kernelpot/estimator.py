@@ -612,7 +612,9 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             return k, _with_two_body(rows, pair, frames[k], species_index[k], len(species),
                                      pair_columns)
 
-        def assemble(kernel, keep_basis=False):
+        def assemble(kernel, keep_basis=False, keep_gram=False):
+            """The whitened design, the factor of k_mm, its jitter, the likelihood's
+            statistics and, with ``keep_gram``, the force rows' Gram matrix."""
             design = np.empty((n_obs + M, M))
             logger.info("%s: design matrix %d x %d (%.0f MiB)", owner, n_obs, M,
                         design.nbytes / 2**20)
@@ -630,9 +632,12 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                                           check_finite=False)
             if not np.shares_memory(solved, design):
                 design[:n_obs] = solved.T
-            stats = gp.whitened_statistics(design[:n_E], n_atoms[has_energy].astype(float),
-                                           y_E, design[n_E:n_obs], y_F, keep_basis=keep_basis)
-            return design, L_mm, jitter, stats
+            Kw_F = design[n_E:n_obs]
+            gram = Kw_F.T @ Kw_F
+            stats = gp.statistics_from_force_gram(
+                gram.copy() if keep_gram else gram, Kw_F.T @ y_F, float(y_F @ y_F), n_F,
+                design[:n_E], n_atoms[has_energy].astype(float), y_E, keep_basis=keep_basis)
+            return design, L_mm, jitter, stats, gram if keep_gram else None
 
         def kernel_gradient(kernel, design, L_mm, jitter, stats, inner):
             """∂ log p / ∂ kernel.theta at the noise levels ``inner``, one more pass."""
@@ -667,7 +672,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                 # the profile likelihood max over (σ, σ_E, σ_F); by the envelope theorem
                 # its gradient is the partial derivative at the inner optimum
                 trial = kernel.clone_with_theta(theta)
-                design, L_mm, jitter, stats = assemble(trial, keep_basis=True)
+                design, L_mm, jitter, stats, _ = assemble(trial, keep_basis=True)
                 inner = log_params
                 if any(inner_free):
                     inner = self._optimize(stats, best["inner"], np.random.RandomState(seed),
@@ -689,7 +694,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                         search.nfev)
             kernel = kernel.clone_with_theta(best["theta"])
             log_params = best["inner"]
-        design, L_mm, jitter, stats = assemble(kernel)
+        search_two_body = pair is not None and "two_body" in fitted_names
+        design, L_mm, jitter, stats, gram = assemble(kernel, keep_gram=search_two_body)
         # a noise without observations has no information: keep it where it is
         free = [name in fitted_names and informed for name, informed in
                 zip(_HYPERPARAMETERS[:3], (True, n_E > 0, n_F > 0), strict=True)]
@@ -701,10 +707,11 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
 
         # the absolute jitter of k_mm, as cholesky_with_jitter applied it
         jitter_abs = jitter * mean_diagonal(pair)
-        if pair is not None and "two_body" in fitted_names:
+        if search_two_body:
             prior_std, log_params, stats = self._search_two_body(
-                design, n_E, n_obs, n_pair, pair, n_atoms[has_energy].astype(float), y_E, y_F,
+                design, gram, n_E, n_pair, pair, n_atoms[has_energy].astype(float), y_E, y_F,
                 log_params, rng, free, stats, jitter_abs)
+            del gram
             logger.info("%s: two-body prior_std %.4g (likelihood)", owner, prior_std)
             # k_mm is block diagonal: only the pair block of its factor and the pair
             # columns of the whitened design change (same absolute jitter)
@@ -920,7 +927,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         start = np.where([n in names for n in _HYPERPARAMETERS[:3]], start, given)
         return sub.kernel_, start
 
-    def _search_two_body(self, design, n_E, n_obs, n_pair, pair, n_atoms_E, y_E, y_F,
+    def _search_two_body(self, design, W_F, n_E, n_pair, pair, n_atoms_E, y_E, y_F,
                          log_params, rng, free, stats, jitter_abs):
         """Maximise the likelihood over the two-body term's ``prior_std`` and ``(σ, σ_E, σ_F)``.
 
@@ -937,7 +944,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         within ``prior_std_bounds`` and refined by Brent's method. ``stats`` are the
         design's statistics; with the jitter ``j`` of ``k_mm`` a prior std ``p`` makes
         the whitened pair columns ``p² / √(p² + j)`` times the basis rows, and the
-        caller rescales the design and the factor of ``k_mm`` to the result.
+        caller rescales the design and the factor of ``k_mm`` to the result. ``W_F`` is
+        the Gram matrix of the design's force rows.
 
         Returns
         -------
@@ -949,10 +957,9 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         """
         M = design.shape[1]
         gp_block, pair_block = slice(0, M - n_pair), slice(M - n_pair, M)
-        Kw_E, Kw_F = design[:n_E], design[n_E:n_obs]
+        Kw_E, Kw_F = design[:n_E], design[n_E:n_E + len(y_F)]
         inv_d = 1.0 / n_atoms_E
         W_E = (Kw_E.T * inv_d[None, :]) @ Kw_E
-        W_F = Kw_F.T @ Kw_F
         beta_E, beta_F = Kw_E.T @ (inv_d * y_E), Kw_F.T @ y_F
         reference = float(pair.prior_std)  # the scale the design was built with
 
