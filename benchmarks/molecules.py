@@ -76,13 +76,16 @@ def study_model(species, args, method, signal_per_element=None) -> SparseGPPoten
     noise = {} if args.force_noise is None else {
         "force_noise": args.force_noise,
         "optimize": ["signal_std", "energy_noise", "two_body"]}
-    two_body = None if getattr(args, "two_body", None) is None else TwoBody(
-        args.two_body, 16, 0.8)
     return SparseGPPotential(
         SOAP(species, 4.0, n_max=args.n_max, l_max=args.l_max, sigma=args.sigma),
         method=method, sparse_method="all", n_restarts=0, random_state=0,
         signal_per_element=args.signal_per_element if signal_per_element is None
-        else signal_per_element, two_body=two_body, **noise)
+        else signal_per_element, two_body=two_body_for(args), **noise)
+
+
+def two_body_for(args):
+    """``TwoBody(--two-body, 16 functions from 0.8 Å)``, or None without the option."""
+    return None if args.two_body is None else TwoBody(args.two_body, 16, 0.8)
 
 
 def split(n_frames: int, n: int):
@@ -119,16 +122,9 @@ def main(argv=None):
                              "from 0.8 Å, prior std fitted) with this cutoff, Å")
     args = parser.parse_args(argv)
 
-    frames = read(SHARED / f"{args.molecule}_500K.xyz", ":")
+    frames, species, test, ref_f, ref_e = test_pool(args.molecule, args.test_frames)
     hot = read(SHARED / "ethanol_1000K.xyz", ":") if args.molecule == "ethanol" else None
-    species = sorted(set(frames[0].get_chemical_symbols()))
-    _, test_idx = split(len(frames), 0)
-    if args.test_frames:
-        test_idx = test_idx[: args.test_frames]
-    test = [frames[i] for i in test_idx]
     std_test = test[: args.std_frames] if args.std_frames else test
-    ref_f = [a.get_forces() for a in test]
-    ref_e = np.array([a.get_potential_energy() for a in test])
     print(f"kernelpot {kernelpot.__version__}; python {platform.python_version()}; "
           f"{os.cpu_count()} cpus; {args.molecule}: {len(frames)} frames, test pool "
           f"{len(test)} (std on {len(std_test)})", flush=True)
@@ -137,7 +133,7 @@ def main(argv=None):
     for desc_name in args.descriptors.split(","):
         for n in [int(s) for s in args.sizes.split(",")]:
             train_idx, _ = split(len(frames), n)
-            two_body = None if args.two_body is None else TwoBody(args.two_body, 16, 0.8)
+            two_body = two_body_for(args)
             model = SparseGPPotential(descriptor_for(desc_name, species), random_state=0,
                                       n_jobs=args.n_jobs, two_body=two_body)
             start = time.perf_counter()
