@@ -17,7 +17,11 @@ With ``--selection`` it runs the uncertainty-selection study instead: on ethanol
 grown from 10 random training frames to n = 50 and 100 by :func:`kernelpot.select_frames`
 (strategy "variance") or at random, 3 seeds varying the 10 starting frames, selection
 pool = the non-test frames; it prints the mean force MAE of both and their ratio (target:
-variance at least 25 % below random). The SOAP and noise options apply to both studies;
+variance at least 25 % below random). Strategy "oracle" is a reference no user can run:
+it grows the same 10 starting frames in batches of ``--oracle-batch``, each time adding
+the pool frames whose force error (from their labels) under the current model is
+largest, and refits; it shows how much any choice of frames by this greedy rule can gain
+on this pool. The SOAP and noise options apply to both studies;
 the figures in RESULTS.md of the selection study used the first 200 test frames
 (``--test-frames 200``).
 
@@ -53,6 +57,7 @@ from molecules import (  # noqa: E402
     study_model,
     test_pool,
 )
+from sklearn.base import clone  # noqa: E402
 
 import kernelpot  # noqa: E402
 from kernelpot import metrics  # noqa: E402
@@ -98,7 +103,10 @@ def main(argv=None):
                         help="model of the selection study (default exact)")
     parser.add_argument("--seeds", type=int, default=3, help="selection study: seeds")
     parser.add_argument("--strategies", default="random,variance,reduction",
-                        help="selection study: strategies compared (the first is the baseline)")
+                        help="selection study: strategies compared (the first is the "
+                             "baseline); 'oracle' picks by the labelled error, a reference")
+    parser.add_argument("--oracle-batch", type=int, default=10,
+                        help="selection study: frames the oracle adds between refits")
     args = parser.parse_args(argv)
     print(f"kernelpot {kernelpot.__version__}; python {platform.python_version()}; "
           f"{os.cpu_count()} cpus", flush=True)
@@ -158,8 +166,12 @@ def selection_study(args):
     strategies = args.strategies.split(",")
     for strategy in strategies:
         start = time.perf_counter()
-        curves[strategy] = learning_curve(model, pool, test, sizes, repeats=args.seeds,
-                                          random_state=0, strategy=strategy, initial=10)
+        if strategy == "oracle":
+            curves[strategy] = oracle_curve(model, pool, test, sizes, args.seeds,
+                                            initial=10, batch=args.oracle_batch)
+        else:
+            curves[strategy] = learning_curve(model, pool, test, sizes, repeats=args.seeds,
+                                              random_state=0, strategy=strategy, initial=10)
         print(f"  {strategy}: {time.perf_counter() - start:.0f} s", flush=True)
     print(f"\nethanol 500 K, {args.method} model grown from 10 random frames; pool "
           f"{len(pool)} non-test frames; test {len(test)} frames; {args.seeds} seeds")
@@ -176,6 +188,38 @@ def selection_study(args):
                   f"{seeds}")
     print(f"force MAE meV/Å, mean over seeds; ratio = strategy / {base} (target for "
           "uncertainty selection: <= 0.75).")
+
+
+def oracle_curve(model, pool, test, sizes, seeds, initial=10, batch=10):
+    """Force MAE on ``test`` of models grown by the labelled error: a reference.
+
+    Starts from the same ``initial`` frames as :func:`learning_curve` (seed ``r`` uses
+    ``default_rng(r).permutation``), then repeatedly fits a clone of ``model``, predicts
+    the forces of every pool frame not yet chosen and adds the ``batch`` frames with the
+    largest mean absolute force error against their labels. Returns
+    ``{"force_mae": (len(sizes), seeds)}`` in eV/Å, as :func:`learning_curve` does.
+    """
+    ref_test = [a.get_forces() for a in test]
+    ref_pool = [a.get_forces() for a in pool]
+    out = np.full((len(sizes), seeds), np.nan)
+    for r in range(seeds):
+        chosen = list(np.random.default_rng(r).permutation(len(pool))[:initial])
+        while True:
+            fitted = clone(model).fit([pool[k] for k in chosen])
+            if len(chosen) in sizes:
+                out[sizes.index(len(chosen)), r] = metrics.mae(
+                    fitted.predict_forces(test), ref_test)
+            if len(chosen) >= max(sizes):
+                break
+            left = np.setdiff1d(np.arange(len(pool)), chosen)
+            step = min(batch, max(sizes) - len(chosen),
+                       min((s for s in sizes if s > len(chosen)), default=max(sizes))
+                       - len(chosen))
+            predicted = fitted.predict_forces([pool[k] for k in left])
+            errors = np.array([np.mean(np.abs(p - ref_pool[k]))
+                               for p, k in zip(predicted, left, strict=True)])
+            chosen.extend(left[np.argsort(errors)[::-1][:step]].tolist())
+    return {"force_mae": out}
 
 
 if __name__ == "__main__":
