@@ -39,7 +39,7 @@ _DESCRIPTOR_CACHE_BYTES = 2 * 2**30
 #: Names accepted by ``optimize``, in ``theta`` order (the kernel's own last).
 _HYPERPARAMETERS = ("signal_std", "energy_noise", "force_noise", "kernel", "two_body")
 #: Rounds of the coordinate ascent over the two-body prior std and the noise levels.
-_TWO_BODY_ROUNDS = 6
+_TWO_BODY_ROUNDS = 12
 #: Validation values below which calibrate fits only the std factor (no shape).
 _SHAPE_MIN_VALUES = 50
 #: Values of ``method``.
@@ -210,14 +210,24 @@ def _with_two_body(rows: gp.DesignRows, pair, atoms, species_index, n_species,
     return rows
 
 
-def _inducing_kernel(inducing, kernel, pair, n_species) -> np.ndarray:
-    """``k_mm`` of the GP's inducing environments, then ``prior_std² I`` for the two-body
-    coefficients (their prior covariance over ``σ²``)."""
+def _inducing_factor(inducing, kernel, pair, n_species):
+    """Lower factor of ``k_mm`` plus jitter, and the jitter relative to the mean diagonal
+    of the GP block.
+
+    ``k_mm`` is the GP's inducing kernel, then ``prior_std² I`` for the two-body
+    coefficients (their prior covariance over ``σ²``). The GP block is factored by
+    :func:`kernelpot.gp.cholesky_with_jitter`; the two-body block gets the same absolute
+    jitter, so that its prior std does not change the jitter of the GP block.
+    """
     K = gp.inducing_kernel(inducing, kernel)
+    L, jitter = gp.cholesky_with_jitter(K)
     if pair is None:
-        return K
+        return L, jitter
+    scale = float(np.mean(np.diag(K))) if len(K) else 1.0
+    scale = scale if scale > 0 else 1.0  # as cholesky_with_jitter scales its jitter
     n_pair = pair.n_columns(n_species)
-    return sla.block_diag(K, float(pair.prior_std)**2 * np.eye(n_pair))
+    pair_factor = np.sqrt(float(pair.prior_std)**2 + jitter * scale) * np.eye(n_pair)
+    return sla.block_diag(L, pair_factor), jitter
 
 
 def _labelled_copy(atoms, energy, forces):
@@ -486,6 +496,10 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                 raise TypeError(f"{owner}: two_body must be a kernelpot.TwoBody or None; "
                                 f"got {type(self.two_body).__name__}")
             self.two_body.check()
+            low, high = self.two_body.prior_std_bounds
+            if "two_body" in fitted_names and not low <= self.two_body.prior_std <= high:
+                raise ValueError(f"{owner}: two_body.prior_std={self.two_body.prior_std} lies "
+                                 f"outside two_body.prior_std_bounds {(low, high)}")
             if self.method != "sparse":
                 raise ValueError(f"{owner}: two_body needs method='sparse' (the exact model "
                                  f"has no two-body term); got method={self.method!r}")
@@ -625,8 +639,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                 if has_forces[k]:
                     design[force_start[k]:force_start[k] + 3 * n_atoms[k]] = rows.forces
             # whiten the design: K_w = K L⁻ᵀ
-            L_mm, jitter = gp.cholesky_with_jitter(
-                _inducing_kernel(inducing, kernel, pair, len(species)))
+            L_mm, jitter = _inducing_factor(inducing, kernel, pair, len(species))
             block = design[:n_obs].T  # F-contiguous view: LAPACK solves in place
             solved = sla.solve_triangular(L_mm, block, lower=True, overwrite_b=True,
                                           check_finite=False)
@@ -656,8 +669,9 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                                       y_F[start - n_E:stop - n_E], np.full(stop - start, var_F))
             d_kmm = np.zeros((M, M, kernel.n_theta))
             d_kmm[:M - n_pair, :M - n_pair] = gp.inducing_kernel_gradient(inducing, kernel)
-            # the jitter is relative to the mean diagonal of k_mm, which θ may change
-            diagonal = np.einsum("iit->t", d_kmm) / M
+            # the jitter is relative to the mean diagonal of k_mm's GP block, which θ may
+            # change (and the two-body block has the same absolute jitter)
+            diagonal = np.einsum("iit->t", d_kmm) / (M - n_pair)
             d_kmm[np.arange(M), np.arange(M)] += jitter * diagonal
             return gradient.gradient(d_kmm)
 
@@ -700,13 +714,9 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         free = [name in fitted_names and informed for name, informed in
                 zip(_HYPERPARAMETERS[:3], (True, n_E > 0, n_F > 0), strict=True)]
 
-        def mean_diagonal(pair):
-            pair_diagonal = [np.full(n_pair, pair.prior_std**2)] if pair is not None else []
-            return float(np.mean(np.concatenate([kernel.diag(z) for z in inducing]
-                                                + pair_diagonal)))
-
-        # the absolute jitter of k_mm, as cholesky_with_jitter applied it
-        jitter_abs = jitter * mean_diagonal(pair)
+        # the absolute jitter of k_mm, as _inducing_factor applied it: relative to the
+        # mean diagonal of the GP block (the two-body block has the same absolute one)
+        jitter_abs = jitter * float(np.mean(np.concatenate([kernel.diag(z) for z in inducing])))
         if search_two_body:
             prior_std, log_params, stats = self._search_two_body(
                 design, gram, n_E, n_pair, pair, n_atoms[has_energy].astype(float), y_E, y_F,
@@ -719,7 +729,6 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             d_old, d_new = np.sqrt(old**2 + jitter_abs), np.sqrt(prior_std**2 + jitter_abs)
             design[:n_obs, M - n_pair:] *= (prior_std**2 / d_new) / (old**2 / d_old)
             L_mm[M - n_pair:, M - n_pair:] = d_new * np.eye(n_pair)
-            jitter = jitter_abs / mean_diagonal(pair)
         results_cache, cached = cached, None
         if any(free):
             log_params = self._optimize(stats, log_params, rng, free, extra_starts)
@@ -931,17 +940,25 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                          log_params, rng, free, stats, jitter_abs):
         """Maximise the likelihood over the two-body term's ``prior_std`` and ``(σ, σ_E, σ_F)``.
 
-        Coordinate ascent: ``(σ, σ_E, σ_F)`` by :meth:`_optimize` at the current
-        ``prior_std``, then ``prior_std`` at those values, until it moves by less than
-        2 %. The whitened design holds the pair columns (its last ``n_pair``) as
-        ``prior_std × basis rows``, so a value ``c`` times the design's scales them by
-        ``c``: ``A_w(c) = I + S G S`` with ``G = a_E W_E + a_F W_F``, ``S = diag(1, c)``.
-        With ``P = I + G_ss`` (the GP block, factored once per round) the Schur
-        complement gives ``log|A_w(c)| = log|P| + Σ_k log(1 + c² t_k)`` and
-        ``bᵀA_w(c)⁻¹b = b_sᵀP⁻¹b_s + c² Σ_k (Uᵀr)_k² / (1 + c² t_k)``, with
-        ``U diag(t) Uᵀ = G_bb - G_bs P⁻¹ G_sb`` and ``r = b_b - G_bs P⁻¹ b_s``: the
-        likelihood in ``c`` costs ``O(n_pair)`` per value, searched on a log grid
-        within ``prior_std_bounds`` and refined by Brent's method. ``stats`` are the
+        Coordinate ascent in two blocks: ``(σ, σ_E, σ_F)`` by :meth:`_optimize` at the
+        current ``prior_std``; then ``(σ, prior_std)`` together at those noise levels,
+        until neither moves by more than 2 % (at most ``_TWO_BODY_ROUNDS`` rounds, with a
+        ``ConvergenceWarning`` if that is not enough). The second block moves ``σ`` with
+        ``prior_std`` because the pair coefficients' prior std is their product: one at
+        a time, the two can only creep along that ridge.
+
+        At fixed noise levels, with ``G = W_E / σ_E² + W_F / σ_F²`` (``W_g`` the Gram
+        matrices of the whitened design's rows) and ``b`` its right-hand side, the
+        design's columns scaled by ``D = diag(√a, √p)`` (``a = σ²`` on the GP block,
+        ``p = σ² c²`` on the pair block, ``c`` the pair columns' scale against the
+        design's) give ``A_w = I + D G D``. In the eigenbasis ``G_gg = V diag(λ) Vᵀ``
+        of the GP block (one ``eigh`` per round), with ``h = 1 / (1 + a λ)``,
+        ``C = Vᵀ G_gb`` and ``q = Vᵀ b_g``, the Schur complement on the pair block gives
+        ``log|A_w| = Σ log(1 + a λ) + log|I + p H|`` and
+        ``(Db)ᵀ A_w⁻¹ (Db) = a Σ h q² + p ρᵀ (I + p H)⁻¹ ρ``, ``H = G_bb - a Cᵀ diag(h) C``,
+        ``ρ = b_b - a Cᵀ (h q)``: ``O(M n_pair²)`` per value. ``prior_std`` is searched
+        on a log grid within ``prior_std_bounds`` at the current ``σ``, then refined with
+        ``σ`` by Nelder–Mead (or Brent's method when ``σ`` is fixed). ``stats`` are the
         design's statistics; with the jitter ``j`` of ``k_mm`` a prior std ``p`` makes
         the whitened pair columns ``p² / √(p² + j)`` times the basis rows, and the
         caller rescales the design and the factor of ``k_mm`` to the result. ``W_F`` is
@@ -976,43 +993,70 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                 len(y_F), Kw_E * scale[None, :], n_atoms_E, y_E)
 
         low, high = np.log(np.asarray(pair.prior_std_bounds, dtype=float))
+        sigma_bounds = tuple(np.log(np.asarray(self.signal_std_bounds, dtype=float)))
         log_std = np.log(reference)
         inner = np.array(log_params)
+        identity = np.eye(n_pair)
         for round_ in range(_TWO_BODY_ROUNDS):
             if round_:  # the first round has the design's own statistics
                 stats = statistics_at(log_std)
             inner = self._optimize(stats, inner, rng, free, restarts=0)
-            sigma2, var_E, var_F = np.exp(2 * inner)
-            G = (sigma2 / var_E) * W_E + (sigma2 / var_F) * W_F
+            var_E, var_F = np.exp(2 * inner[1:])
+            G = W_E / var_E + W_F / var_F
             b = beta_E / var_E + beta_F / var_F
-            P = np.eye(M - n_pair) + G[gp_block, gp_block]
-            factor = sla.cho_factor(P, lower=True)
-            X = sla.cho_solve(factor, np.column_stack([G[gp_block, pair_block],
-                                                       b[gp_block]]))
-            T = G[pair_block, pair_block] - G[pair_block, gp_block] @ X[:, :-1]
-            r = b[pair_block] - G[pair_block, gp_block] @ X[:, -1]
-            t, U = sla.eigh(0.5 * (T + T.T))
-            t = np.maximum(t, 0.0)
-            ru2 = (U.T @ r) ** 2
+            lam, V = sla.eigh(G[gp_block, gp_block])
+            lam = np.maximum(lam, 0.0)
+            C = V.T @ G[gp_block, pair_block]
+            q = V.T @ b[gp_block]
+            G_bb, b_b = G[pair_block, pair_block], b[pair_block]
 
-            def negative_profile(log_c, t=t, ru2=ru2, sigma2=sigma2):
-                c2 = column_scale(np.atleast_1d(log_c))[:, None] ** 2
-                value = 0.5 * sigma2 * np.sum(c2 * ru2 / (1.0 + c2 * t), axis=1) \
-                    - 0.5 * np.sum(np.log1p(c2 * t), axis=1)
-                return -value if np.ndim(log_c) else -float(value[0])
+            def negative_profile(x, C=C, q=q, lam=lam, G_bb=G_bb, b_b=b_b):
+                log_sigma, log_c = x
+                a = np.exp(2 * log_sigma)
+                p = a * column_scale(log_c) ** 2
+                h = 1.0 / (1.0 + a * lam)
+                H = G_bb - a * (C.T * h[None, :]) @ C
+                rho = b_b - a * (C.T @ (h * q))
+                try:
+                    factor = sla.cho_factor(identity + p * 0.5 * (H + H.T), lower=True)
+                except np.linalg.LinAlgError:
+                    return np.inf
+                value = 0.5 * (a * float(h @ q**2) + p * float(rho @ sla.cho_solve(factor, rho))) \
+                    - 0.5 * (float(np.sum(np.log1p(a * lam)))
+                             + 2.0 * float(np.sum(np.log(np.diag(factor[0])))))
+                return -value
 
             grid = np.linspace(low, high, 401)
-            k = int(np.argmin(negative_profile(grid)))
-            refined = minimize_scalar(negative_profile, bounds=(grid[max(k - 1, 0)],
-                                                                grid[min(k + 1, 400)]),
-                                      method="bounded", options={"xatol": 1e-3})
-            new = float(refined.x) if refined.fun <= negative_profile(grid[k]) else grid[k]
-            logger.info("%s: two-body prior_std %.4g -> %.4g", type(self).__name__,
-                        np.exp(log_std), np.exp(new))
-            if abs(new - log_std) < 0.02:  # converged: keep the value the stats are at
-                break
-            log_std = new
+            values = [negative_profile((inner[0], g)) for g in grid]
+            k = int(np.argmin(values))
+            if free[0]:
+                x0 = np.array([inner[0], grid[k]])
+                upper = np.array([sigma_bounds[1], high])
+                # a simplex of steps of 0.5 in log, pointing into the bounds
+                simplex = np.vstack([x0, x0 + np.diag(np.where(x0 + 0.5 <= upper, 0.5, -0.5))])
+                refined = minimize(negative_profile, x0, method="Nelder-Mead",
+                                   bounds=[sigma_bounds, (low, high)],
+                                   options={"xatol": 1e-3, "fatol": 1e-6,
+                                            "initial_simplex": simplex})
+                new_sigma, new = (refined.x if refined.fun <= values[k]
+                                  else (inner[0], grid[k]))
+            else:
+                refined = minimize_scalar(
+                    lambda g, log_sigma=inner[0]: negative_profile((log_sigma, g)),
+                    bounds=(grid[max(k - 1, 0)], grid[min(k + 1, 400)]), method="bounded",
+                    options={"xatol": 1e-3})
+                new_sigma = inner[0]
+                new = float(refined.x) if refined.fun <= values[k] else grid[k]
+            logger.info("%s: two-body prior_std %.4g -> %.4g (σ %.4g -> %.4g)",
+                        type(self).__name__, np.exp(log_std), np.exp(new), np.exp(inner[0]),
+                        np.exp(new_sigma))
+            if abs(new - log_std) < 0.02 and abs(new_sigma - inner[0]) < 0.02:
+                break  # converged: keep the value the stats are at
+            log_std, inner[0] = float(new), float(new_sigma)
         else:
+            warnings.warn(f"{type(self).__name__}: the two-body prior_std search did not "
+                          f"converge in {_TWO_BODY_ROUNDS} rounds; keeping prior_std = "
+                          f"{np.exp(log_std):.4g}", ConvergenceWarning, stacklevel=3)
             stats = statistics_at(log_std)
         return float(np.exp(log_std)), inner, stats
 

@@ -288,6 +288,11 @@ def _two_body(encoded, model, n_species, path):
     pair = _decode(encoded) if encoded is not None else None
     if pair is not None and not isinstance(pair, TwoBody):
         raise ValueError(f"load: {path} has a malformed two_body entry")
+    if pair is not None:
+        try:
+            pair.check()
+        except ValueError as err:
+            raise ValueError(f"load: {path} has an invalid two_body entry: {err}") from None
     n_pair = pair.n_columns(n_species) if pair is not None else 0
     if len(model.alpha_) != sum(len(z) for z in model.inducing_) + n_pair:
         raise ValueError(f"load: {path} holds {len(model.alpha_)} weights, which does not "
@@ -301,7 +306,8 @@ def _pair_columns(arrays, model, n_species, path):
         return None
     columns = arrays.get("pair_columns")
     every = np.concatenate(list(model._columns) + ([columns] if columns is not None else []))
-    if columns is None or columns.shape != (model.two_body_.n_columns(n_species),) \
+    if columns is None or columns.dtype.kind not in "iu" \
+            or columns.shape != (model.two_body_.n_columns(n_species),) \
             or not np.array_equal(np.sort(every), np.arange(len(model.alpha_))):
         raise ValueError(f"load: {path} has malformed two-body columns")
     return columns

@@ -154,21 +154,54 @@ def test_save_load_is_bit_for_bit(two_body_model, ethanol_frames, tmp_path):
                                   loaded.predict_local_energies(test)[0])
 
 
-def test_a_signed_file_whose_weights_do_not_match_the_two_body_term_is_refused(
-        two_body_model, tmp_path):
+def _resigned(model, tmp_path, edit):
+    """Save ``model``, apply ``edit(arrays, metadata)`` and sign the result again: a file
+    that passes the checksum but holds what ``edit`` put there."""
     from kernelpot import io
 
-    path = two_body_model.save(tmp_path / "model")
+    path = model.save(tmp_path / "model")
     with np.load(path, allow_pickle=False) as data:
         arrays = {key: data[key] for key in data.files}
     metadata = json.loads(arrays.pop("metadata").tobytes().decode("utf-8"))
     metadata.pop("checksum")
-    metadata["two_body"]["params"]["n_basis"] = 9
+    edit(arrays, metadata)
     metadata["checksum"] = io._checksum(arrays, metadata)
     blob = np.frombuffer(json.dumps(metadata).encode("utf-8"), dtype=np.uint8)
     np.savez(tmp_path / "bad.npz", metadata=blob, **arrays)
+    return tmp_path / "bad.npz"
+
+
+def test_a_signed_file_whose_weights_do_not_match_the_two_body_term_is_refused(
+        two_body_model, tmp_path):
+    def edit(arrays, metadata):
+        metadata["two_body"]["params"]["n_basis"] = 9
+
     with pytest.raises(ValueError, match="does not match its inducing environments"):
-        load(tmp_path / "bad.npz")
+        load(_resigned(two_body_model, tmp_path, edit))
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"prior_std": -1.0}, "prior_std must be"),
+    ({"prior_std": 0.0}, "prior_std must be"),
+    ({"prior_std": "x"}, "prior_std must be"),
+    ({"r_cut": -1.0}, "r_cut must be"),
+    ({"r_min": 10.0}, "r_min"),
+])
+def test_a_signed_file_with_an_invalid_two_body_term_is_refused(two_body_model, tmp_path,
+                                                                 params, match):
+    def edit(arrays, metadata):
+        metadata["two_body"]["params"].update(params)
+
+    with pytest.raises(ValueError, match=f"invalid two_body entry.*{match}"):
+        load(_resigned(two_body_model, tmp_path, edit))
+
+
+def test_a_signed_file_with_non_integer_two_body_columns_is_refused(two_body_model, tmp_path):
+    def edit(arrays, metadata):
+        arrays["pair_columns"] = arrays["pair_columns"].astype(float)
+
+    with pytest.raises(ValueError, match="malformed two-body columns"):
+        load(_resigned(two_body_model, tmp_path, edit))
 
 
 def test_nested_parameters_and_clone(small_soap):
@@ -188,6 +221,7 @@ def test_nested_parameters_and_clone(small_soap):
     ({"two_body": TwoBody(r_cut=float("nan"))}, ValueError, "r_cut must be"),
     ({"two_body": TwoBody(prior_std_bounds=(1.0, 0.1))}, ValueError, "prior_std_bounds"),
     ({"two_body": TwoBody(prior_std_bounds=0.1)}, ValueError, "prior_std_bounds"),
+    ({"two_body": TwoBody(prior_std=1e3)}, ValueError, "lies outside two_body.prior_std_bounds"),
 ])
 def test_bad_two_body_settings_fail_clearly(small_soap, ethanol_frames, kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -201,7 +235,7 @@ def test_kernel_gradient_with_two_body_columns_equals_finite_differences(ethanol
     import scipy.linalg as sla
 
     from kernelpot import gp
-    from kernelpot.estimator import _inducing_kernel, _with_two_body
+    from kernelpot.estimator import _with_two_body
     from kernelpot.kernels import NormalizedDotProduct, SquaredExponential
 
     frames = ethanol_frames[:5]
@@ -228,7 +262,9 @@ def test_kernel_gradient_with_two_body_columns_equals_finite_differences(ethanol
                                               n_columns=n_inducing + n_pair),
                                pair, a, i, 3, pair_columns)
                 for r, i, a in zip(results, index, frames, strict=True)]
-        L, _ = gp.cholesky_with_jitter(_inducing_kernel(inducing, kernel, pair, 3), jitter=0)
+        k_mm = sla.block_diag(gp.inducing_kernel(inducing, kernel),
+                              pair.prior_std**2 * np.eye(n_pair))
+        L, _ = gp.cholesky_with_jitter(k_mm, jitter=0)
         Kw_E = sla.solve_triangular(L, np.stack([r.energy for r in rows]).T, lower=True).T
         Kw_F = sla.solve_triangular(L, np.concatenate([r.forces for r in rows]).T,
                                     lower=True).T
@@ -285,6 +321,25 @@ def test_prior_std_is_fitted_to_the_likelihood_maximum(ethanol_frames, small_soa
         fixed.fit(frames)
         assert fixed.two_body_.prior_std == chosen * factor
         assert fixed.log_marginal_likelihood_value_ < fitted.log_marginal_likelihood_value_
+
+
+def test_prior_std_search_reaches_the_same_maximum_from_any_start(ethanol_frames, small_soap):
+    """σ and prior_std trade off (the pair prior std is their product); the search moves
+    them together, so starts at 0.1, 1 and the upper bound (100) end at one maximum."""
+    frames = ethanol_frames[:12]
+    fits = [SparseGPPotential(small_soap, sparse_method="all", random_state=0,
+                              two_body=TwoBody(r_cut=4.0, n_basis=8, prior_std=start)).fit(frames)
+            for start in (0.1, 1.0, 100.0)]
+    values = [fit.log_marginal_likelihood_value_ for fit in fits]
+    products = [fit.signal_std_ * fit.two_body_.prior_std for fit in fits]
+    assert max(values) - min(values) < 0.02
+    np.testing.assert_allclose(products, products[0], rtol=0.03)
+    # a value well below the maximum would not pass: refit with the product a third
+    lower = SparseGPPotential(small_soap, sparse_method="all", random_state=0,
+                              optimize=["signal_std", "energy_noise", "force_noise"],
+                              two_body=TwoBody(r_cut=4.0, n_basis=8,
+                                               prior_std=fits[0].two_body_.prior_std / 3))
+    assert lower.fit(frames).log_marginal_likelihood_value_ < min(values) - 0.02
 
 
 _FIXED = {"optimize": False, "signal_std": 3.0, "energy_noise": 0.003, "force_noise": 0.08,
