@@ -1,0 +1,152 @@
+"""Likelihood search of the two-body term's prior std (with the signal std), for the
+sparse model's fit.
+
+The fit builds its whitened design once, with the pair columns at the given
+``prior_std``; :func:`search_prior_std` finds the prior std (and signal std) that
+maximise the marginal likelihood without another pass over the structures.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import scipy.linalg as sla
+from scipy.optimize import minimize, minimize_scalar
+from sklearn.exceptions import ConvergenceWarning
+
+from kernelpot import gp
+
+logger = logging.getLogger(__name__)
+
+#: Rounds of the coordinate ascent over the noise levels and (σ, prior_std).
+ROUNDS = 12
+
+
+def search_prior_std(design, W_F, n_E, n_pair, pair, n_atoms_E, y_E, y_F, log_params,
+                     free, stats, jitter_abs, optimize, signal_std_bounds, owner):
+    """Maximise the likelihood over the two-body term's ``prior_std`` and ``(σ, σ_E, σ_F)``.
+
+    Coordinate ascent in two blocks: ``(σ, σ_E, σ_F)`` by ``optimize(stats, start)``
+    (the estimator's optimiser over the ``free`` ones) at the current ``prior_std``;
+    then ``(σ, prior_std)`` together at those noise levels, until neither moves by more
+    than 2 % (at most ``ROUNDS`` rounds, with a ``ConvergenceWarning`` if that is not
+    enough). The second block moves ``σ`` with
+    ``prior_std`` because the pair coefficients' prior std is their product: one at
+    a time, the two can only creep along that ridge.
+
+    At fixed noise levels, with ``G = W_E / σ_E² + W_F / σ_F²`` (``W_g`` the Gram
+    matrices of the whitened design's rows) and ``b`` its right-hand side, the
+    design's columns scaled by ``D = diag(√a, √p)`` (``a = σ²`` on the GP block,
+    ``p = σ² c²`` on the pair block, ``c`` the pair columns' scale against the
+    design's) give ``A_w = I + D G D``. In the eigenbasis ``G_gg = V diag(λ) Vᵀ``
+    of the GP block (one ``eigh`` per round), with ``h = 1 / (1 + a λ)``,
+    ``C = Vᵀ G_gb`` and ``q = Vᵀ b_g``, the Schur complement on the pair block gives
+    ``log|A_w| = Σ log(1 + a λ) + log|I + p H|`` and
+    ``(Db)ᵀ A_w⁻¹ (Db) = a Σ h q² + p ρᵀ (I + p H)⁻¹ ρ``, ``H = G_bb - a Cᵀ diag(h) C``,
+    ``ρ = b_b - a Cᵀ (h q)``: ``O(M n_pair²)`` per value. ``prior_std`` is searched
+    on a log grid within ``prior_std_bounds`` at the current ``σ``, then refined with
+    ``σ`` by Nelder–Mead (or Brent's method when ``σ`` is fixed). ``stats`` are the
+    design's statistics; with the jitter ``j`` of ``k_mm`` a prior std ``p`` makes
+    the whitened pair columns ``p² / √(p² + j)`` times the basis rows, and the
+    caller rescales the design and the factor of ``k_mm`` to the result. ``W_F`` is
+    the Gram matrix of the design's force rows. ``free`` says which of ``(σ, σ_E, σ_F)``
+    are fitted (σ is moved with the prior std only when it is); ``owner`` names the
+    estimator in logs and warnings.
+
+    Returns
+    -------
+    prior_std : float
+    log_params : ndarray of shape (3,)
+        ``log (σ, σ_E, σ_F)`` at it (a start for the final fit).
+    stats : WhitenedStatistics
+        Of the design with its pair columns rescaled to ``prior_std``.
+    """
+    M = design.shape[1]
+    gp_block, pair_block = slice(0, M - n_pair), slice(M - n_pair, M)
+    Kw_E, Kw_F = design[:n_E], design[n_E:n_E + len(y_F)]
+    inv_d = 1.0 / n_atoms_E
+    W_E = (Kw_E.T * inv_d[None, :]) @ Kw_E
+    beta_E, beta_F = Kw_E.T @ (inv_d * y_E), Kw_F.T @ y_F
+    reference = float(pair.prior_std)  # the scale the design was built with
+
+    def column_scale(log_std):
+        p2 = np.exp(2 * log_std)
+        return (p2 / np.sqrt(p2 + jitter_abs)) / (reference**2
+                                                  / np.sqrt(reference**2 + jitter_abs))
+
+    def statistics_at(log_std):
+        scale = np.ones(M)
+        scale[pair_block] = column_scale(log_std)
+        return gp.statistics_from_force_gram(
+            W_F * scale[:, None] * scale[None, :], beta_F * scale, float(y_F @ y_F),
+            len(y_F), Kw_E * scale[None, :], n_atoms_E, y_E)
+
+    low, high = np.log(np.asarray(pair.prior_std_bounds, dtype=float))
+    sigma_bounds = tuple(np.log(np.asarray(signal_std_bounds, dtype=float)))
+    log_std = np.log(reference)
+    inner = np.array(log_params)
+    identity = np.eye(n_pair)
+    for round_ in range(ROUNDS):
+        if round_:  # the first round has the design's own statistics
+            stats = statistics_at(log_std)
+        inner = optimize(stats, inner)
+        var_E, var_F = np.exp(2 * inner[1:])
+        G = W_E / var_E + W_F / var_F
+        b = beta_E / var_E + beta_F / var_F
+        lam, V = sla.eigh(G[gp_block, gp_block])
+        lam = np.maximum(lam, 0.0)
+        C = V.T @ G[gp_block, pair_block]
+        q = V.T @ b[gp_block]
+        G_bb, b_b = G[pair_block, pair_block], b[pair_block]
+
+        def negative_profile(x, C=C, q=q, lam=lam, G_bb=G_bb, b_b=b_b):
+            log_sigma, log_c = x
+            a = np.exp(2 * log_sigma)
+            p = a * column_scale(log_c) ** 2
+            h = 1.0 / (1.0 + a * lam)
+            H = G_bb - a * (C.T * h[None, :]) @ C
+            rho = b_b - a * (C.T @ (h * q))
+            try:
+                factor = sla.cho_factor(identity + p * 0.5 * (H + H.T), lower=True)
+            except np.linalg.LinAlgError:
+                return np.inf
+            value = 0.5 * (a * float(h @ q**2) + p * float(rho @ sla.cho_solve(factor, rho))) \
+                - 0.5 * (float(np.sum(np.log1p(a * lam)))
+                         + 2.0 * float(np.sum(np.log(np.diag(factor[0])))))
+            return -value
+
+        grid = np.linspace(low, high, 401)
+        values = [negative_profile((inner[0], g)) for g in grid]
+        k = int(np.argmin(values))
+        if free[0]:
+            x0 = np.array([inner[0], grid[k]])
+            upper = np.array([sigma_bounds[1], high])
+            # a simplex of steps of 0.5 in log, pointing into the bounds
+            simplex = np.vstack([x0, x0 + np.diag(np.where(x0 + 0.5 <= upper, 0.5, -0.5))])
+            refined = minimize(negative_profile, x0, method="Nelder-Mead",
+                               bounds=[sigma_bounds, (low, high)],
+                               options={"xatol": 1e-3, "fatol": 1e-6,
+                                        "initial_simplex": simplex})
+            new_sigma, new = (refined.x if refined.fun <= values[k]
+                              else (inner[0], grid[k]))
+        else:
+            refined = minimize_scalar(
+                lambda g, log_sigma=inner[0]: negative_profile((log_sigma, g)),
+                bounds=(grid[max(k - 1, 0)], grid[min(k + 1, 400)]), method="bounded",
+                options={"xatol": 1e-3})
+            new_sigma = inner[0]
+            new = float(refined.x) if refined.fun <= values[k] else grid[k]
+        logger.info("%s: two-body prior_std %.4g -> %.4g (σ %.4g -> %.4g)",
+                    owner, np.exp(log_std), np.exp(new), np.exp(inner[0]),
+                    np.exp(new_sigma))
+        if abs(new - log_std) < 0.02 and abs(new_sigma - inner[0]) < 0.02:
+            break  # converged: keep the value the stats are at
+        log_std, inner[0] = float(new), float(new_sigma)
+    else:
+        warnings.warn(f"{owner}: the two-body prior_std search did not "
+                      f"converge in {ROUNDS} rounds; keeping prior_std = "
+                      f"{np.exp(log_std):.4g}", ConvergenceWarning, stacklevel=4)
+        stats = statistics_at(log_std)
+    return float(np.exp(log_std)), inner, stats
