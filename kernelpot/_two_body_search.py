@@ -45,7 +45,8 @@ def search_prior_std(design, W_F, n_E, n_pair, pair, n_atoms_E, y_E, y_F, log_pa
     ``C = Vᵀ G_gb`` and ``q = Vᵀ b_g``, the Schur complement on the pair block gives
     ``log|A_w| = Σ log(1 + a λ) + log|I + p H|`` and
     ``(Db)ᵀ A_w⁻¹ (Db) = a Σ h q² + p ρᵀ (I + p H)⁻¹ ρ``, ``H = G_bb - a Cᵀ diag(h) C``,
-    ``ρ = b_b - a Cᵀ (h q)``: ``O(M n_pair²)`` per value. ``prior_std`` is searched
+    ``ρ = b_b - a Cᵀ (h q)``: ``O(M n_pair²)`` per value of ``σ`` (then, in the
+    eigenbasis of ``H``, ``O(n_pair)`` per value of ``prior_std``). ``prior_std`` is searched
     on a log grid within ``prior_std_bounds`` at the current ``σ``, then refined with
     ``σ`` by Nelder–Mead (or Brent's method when ``σ`` is fixed). ``stats`` are the
     design's statistics; with the jitter ``j`` of ``k_mm`` a prior std ``p`` makes
@@ -87,7 +88,6 @@ def search_prior_std(design, W_F, n_E, n_pair, pair, n_atoms_E, y_E, y_F, log_pa
     sigma_bounds = tuple(np.log(np.asarray(signal_std_bounds, dtype=float)))
     log_std = np.log(reference)
     inner = np.array(log_params)
-    identity = np.eye(n_pair)
     for round_ in range(ROUNDS):
         if round_:  # the first round has the design's own statistics
             stats = statistics_at(log_std)
@@ -101,31 +101,36 @@ def search_prior_std(design, W_F, n_E, n_pair, pair, n_atoms_E, y_E, y_F, log_pa
         q = V.T @ b[gp_block]
         G_bb, b_b = G[pair_block, pair_block], b[pair_block]
 
-        def negative_profile(x, C=C, q=q, lam=lam, G_bb=G_bb, b_b=b_b):
-            log_sigma, log_c = x
+        def at_sigma(log_sigma, C=C, q=q, lam=lam, G_bb=G_bb, b_b=b_b):
+            """What the profile needs at one σ: the GP block's terms, and H and ρ in the
+            eigenbasis of H (``t``, ``(Uᵀρ)²``), which do not depend on the prior std."""
             a = np.exp(2 * log_sigma)
-            p = a * column_scale(log_c) ** 2
             h = 1.0 / (1.0 + a * lam)
             H = G_bb - a * (C.T * h[None, :]) @ C
             rho = b_b - a * (C.T @ (h * q))
-            try:
-                factor = sla.cho_factor(identity + p * 0.5 * (H + H.T), lower=True)
-            except np.linalg.LinAlgError:
-                return np.inf
-            value = 0.5 * (a * float(h @ q**2) + p * float(rho @ sla.cho_solve(factor, rho))) \
-                - 0.5 * (float(np.sum(np.log1p(a * lam)))
-                         + 2.0 * float(np.sum(np.log(np.diag(factor[0])))))
-            return -value
+            t, U = sla.eigh(0.5 * (H + H.T))
+            gp_part = 0.5 * a * float(h @ q**2) - 0.5 * float(np.sum(np.log1p(a * lam)))
+            return a, gp_part, np.maximum(t, 0.0), (U.T @ rho) ** 2
 
+        def negative_profile(log_c, parts):
+            """Minus the log likelihood (up to noise-only terms) at the prior stds
+            ``exp(log_c)``, vectorised over them."""
+            a, gp_part, t, rho2 = parts
+            p = (a * column_scale(np.atleast_1d(log_c)) ** 2)[:, None]
+            value = gp_part + 0.5 * np.sum(p * rho2 / (1.0 + p * t) - np.log1p(p * t), axis=1)
+            return -value if np.ndim(log_c) else -float(value[0])
+
+        here = at_sigma(inner[0])
         grid = np.linspace(low, high, 401)
-        values = [negative_profile((inner[0], g)) for g in grid]
+        values = negative_profile(grid, here)
         k = int(np.argmin(values))
         if free[0]:
             x0 = np.array([inner[0], grid[k]])
             upper = np.array([sigma_bounds[1], high])
             # a simplex of steps of 0.5 in log, pointing into the bounds
             simplex = np.vstack([x0, x0 + np.diag(np.where(x0 + 0.5 <= upper, 0.5, -0.5))])
-            refined = minimize(negative_profile, x0, method="Nelder-Mead",
+            refined = minimize(lambda x: negative_profile(x[1], at_sigma(x[0])), x0,
+                               method="Nelder-Mead",
                                bounds=[sigma_bounds, (low, high)],
                                options={"xatol": 1e-3, "fatol": 1e-6,
                                         "initial_simplex": simplex})
@@ -133,7 +138,7 @@ def search_prior_std(design, W_F, n_E, n_pair, pair, n_atoms_E, y_E, y_F, log_pa
                               else (inner[0], grid[k]))
         else:
             refined = minimize_scalar(
-                lambda g, log_sigma=inner[0]: negative_profile((log_sigma, g)),
+                lambda g, here=here: negative_profile(g, here),
                 bounds=(grid[max(k - 1, 0)], grid[min(k + 1, 400)]), method="bounded",
                 options={"xatol": 1e-3})
             new_sigma = inner[0]

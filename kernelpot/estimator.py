@@ -210,8 +210,8 @@ def _with_two_body(rows: gp.DesignRows, pair, atoms, species_index, n_species,
 
 
 def _inducing_factor(inducing, kernel, pair, n_species):
-    """Lower factor of ``k_mm`` plus jitter, and the jitter relative to the mean diagonal
-    of the GP block.
+    """Lower factor of ``k_mm`` plus jitter; the jitter relative to the mean diagonal of
+    the GP block, and absolute.
 
     ``k_mm`` is the GP's inducing kernel, then ``prior_std² I`` for the two-body
     coefficients (their prior covariance over ``σ²``). The GP block is factored by
@@ -220,13 +220,13 @@ def _inducing_factor(inducing, kernel, pair, n_species):
     """
     K = gp.inducing_kernel(inducing, kernel)
     L, jitter = gp.cholesky_with_jitter(K)
-    if pair is None:
-        return L, jitter
     scale = float(np.mean(np.diag(K))) if len(K) else 1.0
-    scale = scale if scale > 0 else 1.0  # as cholesky_with_jitter scales its jitter
+    jitter_abs = jitter * (scale if scale > 0 else 1.0)  # as cholesky_with_jitter applied it
+    if pair is None:
+        return L, jitter, jitter_abs
     n_pair = pair.n_columns(n_species)
-    pair_factor = np.sqrt(float(pair.prior_std)**2 + jitter * scale) * np.eye(n_pair)
-    return sla.block_diag(L, pair_factor), jitter
+    pair_factor = np.sqrt(float(pair.prior_std)**2 + jitter_abs) * np.eye(n_pair)
+    return sla.block_diag(L, pair_factor), jitter, jitter_abs
 
 
 def _labelled_copy(atoms, energy, forces):
@@ -626,8 +626,9 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                                      pair_columns)
 
         def assemble(kernel, keep_basis=False, keep_gram=False):
-            """The whitened design, the factor of k_mm, its jitter, the likelihood's
-            statistics and, with ``keep_gram``, the force rows' Gram matrix."""
+            """The whitened design, the factor of k_mm, its jitter (relative, absolute),
+            the likelihood's statistics and, with ``keep_gram``, the force rows' Gram
+            matrix."""
             design = np.empty((n_obs + M, M))
             logger.info("%s: design matrix %d x %d (%.0f MiB)", owner, n_obs, M,
                         design.nbytes / 2**20)
@@ -638,7 +639,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                 if has_forces[k]:
                     design[force_start[k]:force_start[k] + 3 * n_atoms[k]] = rows.forces
             # whiten the design: K_w = K L⁻ᵀ
-            L_mm, jitter = _inducing_factor(inducing, kernel, pair, len(species))
+            L_mm, jitter, jitter_abs = _inducing_factor(inducing, kernel, pair, len(species))
             block = design[:n_obs].T  # F-contiguous view: LAPACK solves in place
             solved = sla.solve_triangular(L_mm, block, lower=True, overwrite_b=True,
                                           check_finite=False)
@@ -649,7 +650,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             stats = gp.statistics_from_force_gram(
                 gram.copy() if keep_gram else gram, Kw_F.T @ y_F, float(y_F @ y_F), n_F,
                 design[:n_E], n_atoms[has_energy].astype(float), y_E, keep_basis=keep_basis)
-            return design, L_mm, jitter, stats, gram if keep_gram else None
+            return design, L_mm, (jitter, jitter_abs), stats, gram if keep_gram else None
 
         def kernel_gradient(kernel, design, L_mm, jitter, stats, inner):
             """∂ log p / ∂ kernel.theta at the noise levels ``inner``, one more pass."""
@@ -685,7 +686,7 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                 # the profile likelihood max over (σ, σ_E, σ_F); by the envelope theorem
                 # its gradient is the partial derivative at the inner optimum
                 trial = kernel.clone_with_theta(theta)
-                design, L_mm, jitter, stats, _ = assemble(trial, keep_basis=True)
+                design, L_mm, (jitter, _), stats, _ = assemble(trial, keep_basis=True)
                 inner = log_params
                 if any(inner_free):
                     inner = self._optimize(stats, best["inner"], np.random.RandomState(seed),
@@ -708,14 +709,12 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             kernel = kernel.clone_with_theta(best["theta"])
             log_params = best["inner"]
         search_two_body = pair is not None and "two_body" in fitted_names
-        design, L_mm, jitter, stats, gram = assemble(kernel, keep_gram=search_two_body)
+        design, L_mm, (jitter, jitter_abs), stats, gram = assemble(kernel,
+                                                                   keep_gram=search_two_body)
         # a noise without observations has no information: keep it where it is
         free = [name in fitted_names and informed for name, informed in
                 zip(_HYPERPARAMETERS[:3], (True, n_E > 0, n_F > 0), strict=True)]
 
-        # the absolute jitter of k_mm, as _inducing_factor applied it: relative to the
-        # mean diagonal of the GP block (the two-body block has the same absolute one)
-        jitter_abs = jitter * float(np.mean(np.concatenate([kernel.diag(z) for z in inducing])))
         if search_two_body:
             prior_std, log_params, stats = search_prior_std(
                 design, gram, n_E, n_pair, pair, n_atoms[has_energy].astype(float), y_E, y_F,
