@@ -212,9 +212,7 @@ def oracle_curve(model, pool, test, sizes, seeds, initial=10, batch=10):
             if len(chosen) >= max(sizes):
                 break
             left = np.setdiff1d(np.arange(len(pool)), chosen)
-            step = min(batch, max(sizes) - len(chosen),
-                       min((s for s in sizes if s > len(chosen)), default=max(sizes))
-                       - len(chosen))
+            step = min(batch, min(s for s in sizes if s > len(chosen)) - len(chosen))
             predicted = fitted.predict_forces([pool[k] for k in left])
             errors = np.array([np.mean(np.abs(p - ref_pool[k]))
                                for p, k in zip(predicted, left, strict=True)])
