@@ -24,6 +24,18 @@ logger = logging.getLogger(__name__)
 ROUNDS = 12
 
 
+def pair_factor(prior_std, jitter_abs):
+    """Diagonal of the two-body block of ``k_mm``'s Cholesky factor: ``k_mm`` holds
+    ``prior_std² I`` there, plus the absolute jitter ``jitter_abs`` of the GP block."""
+    return np.sqrt(np.square(prior_std) + jitter_abs)
+
+
+def whitened_pair_scale(prior_std, jitter_abs):
+    """The whitened design's pair columns are this times the basis rows: the design
+    holds ``prior_std² × basis rows`` there, divided by :func:`pair_factor`."""
+    return np.square(prior_std) / pair_factor(prior_std, jitter_abs)
+
+
 def search_prior_std(design, W_F, n_E, n_pair, pair, n_atoms_E, y_E, y_F, log_params,
                      free, stats, jitter_abs, optimize, signal_std_bounds, owner):
     """Maximise the likelihood over the two-body term's ``prior_std`` and ``(σ, σ_E, σ_F)``.
@@ -73,9 +85,8 @@ def search_prior_std(design, W_F, n_E, n_pair, pair, n_atoms_E, y_E, y_F, log_pa
     reference = float(pair.prior_std)  # the scale the design was built with
 
     def column_scale(log_std):
-        p2 = np.exp(2 * log_std)
-        return (p2 / np.sqrt(p2 + jitter_abs)) / (reference**2
-                                                  / np.sqrt(reference**2 + jitter_abs))
+        return (whitened_pair_scale(np.exp(log_std), jitter_abs)
+                / whitened_pair_scale(reference, jitter_abs))
 
     def statistics_at(log_std):
         scale = np.ones(M)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from kernelpot import _incremental, conformal, exact, gp
 from kernelpot._labels import check_frames, read_labels
-from kernelpot._two_body_search import search_prior_std
+from kernelpot._two_body_search import pair_factor, search_prior_std, whitened_pair_scale
 from kernelpot._validation import check_verbose
 from kernelpot.descriptors import SOAP, Descriptor, DescriptorResult
 from kernelpot.kernels import Kernel, NormalizedDotProduct
@@ -220,13 +220,12 @@ def _inducing_factor(inducing, kernel, pair, n_species):
     """
     K = gp.inducing_kernel(inducing, kernel)
     L, jitter = gp.cholesky_with_jitter(K)
-    scale = float(np.mean(np.diag(K))) if len(K) else 1.0
-    jitter_abs = jitter * (scale if scale > 0 else 1.0)  # as cholesky_with_jitter applied it
+    jitter_abs = jitter * gp.jitter_scale(K)  # as cholesky_with_jitter applied it
     if pair is None:
         return L, jitter, jitter_abs
     n_pair = pair.n_columns(n_species)
-    pair_factor = np.sqrt(float(pair.prior_std)**2 + jitter_abs) * np.eye(n_pair)
-    return sla.block_diag(L, pair_factor), jitter, jitter_abs
+    pair_block = pair_factor(float(pair.prior_std), jitter_abs) * np.eye(n_pair)
+    return sla.block_diag(L, pair_block), jitter, jitter_abs
 
 
 def _labelled_copy(atoms, energy, forces):
@@ -726,9 +725,9 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             # k_mm is block diagonal: only the pair block of its factor and the pair
             # columns of the whitened design change (same absolute jitter)
             old, pair = float(pair.prior_std), clone(pair).set_params(prior_std=prior_std)
-            d_old, d_new = np.sqrt(old**2 + jitter_abs), np.sqrt(prior_std**2 + jitter_abs)
-            design[:n_obs, M - n_pair:] *= (prior_std**2 / d_new) / (old**2 / d_old)
-            L_mm[M - n_pair:, M - n_pair:] = d_new * np.eye(n_pair)
+            design[:n_obs, M - n_pair:] *= (whitened_pair_scale(prior_std, jitter_abs)
+                                            / whitened_pair_scale(old, jitter_abs))
+            L_mm[M - n_pair:, M - n_pair:] = pair_factor(prior_std, jitter_abs) * np.eye(n_pair)
         results_cache, cached = cached, None
         if any(free):
             log_params = self._optimize(stats, log_params, rng, free, extra_starts)

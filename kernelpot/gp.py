@@ -245,6 +245,13 @@ def inducing_kernel(inducing: list[np.ndarray], kernel, columns=None) -> np.ndar
     return K
 
 
+def jitter_scale(K: np.ndarray) -> float:
+    """What :func:`cholesky_with_jitter`'s relative jitter multiplies: the mean diagonal
+    of ``K`` (1 for an empty or non-positive one)."""
+    scale = float(np.mean(np.diag(K))) if len(K) else 1.0
+    return scale if scale > 0 else 1.0
+
+
 def cholesky_with_jitter(K: np.ndarray, jitter: float = JITTER, max_tries: int = 6):
     """Lower Cholesky factor of ``K + ε I``, growing ``ε`` tenfold on failure.
 
@@ -259,8 +266,7 @@ def cholesky_with_jitter(K: np.ndarray, jitter: float = JITTER, max_tries: int =
     numpy.linalg.LinAlgError
         If ``K`` is not positive definite even with ``jitter * 10**(max_tries - 1)``.
     """
-    scale = float(np.mean(np.diag(K))) if len(K) else 1.0
-    scale = scale if scale > 0 else 1.0
+    scale = jitter_scale(K)
     eps = jitter
     for _ in range(max_tries):
         try:
