@@ -22,6 +22,12 @@ def check_verbose(verbose, owner: str) -> int:
     return int(verbose)
 
 
+def check_strain_flag(strain, owner: str) -> None:
+    """Raise a TypeError unless ``strain`` is a bool."""
+    if not isinstance(strain, (bool, np.bool_)):
+        raise TypeError(f"{owner}: strain must be True or False; got {strain!r}")
+
+
 def check_positive_float(value, name: str, owner: str, unit: str = "") -> float:
     """Return ``value`` as a float after checking it is a finite number > 0."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import (
+    Calculator,
+    PropertyNotImplementedError,
+    all_changes,
+)
 from sklearn.utils.validation import check_is_fitted
 
 __all__ = ["KernelPotCalculator"]
@@ -34,6 +38,10 @@ class KernelPotCalculator(Calculator):
     * ``energy``, ``free_energy``: total energy, eV;
     * ``energies``: per-atom energies (reference energies included), eV;
     * ``forces``: (n_atoms, 3), eV/Å;
+    * ``stress``: when asked (``atoms.get_stress()``, cell filters, NPT), for cells
+      periodic along all three axes: the analytic stress of the predicted energy,
+      ASE's Voigt order, eV/Å³ (:meth:`SparseGPPotential.predict_stress`); computed
+      from the same descriptor pass as the energy and forces;
     * ``energy_std``: epistemic std of the total energy, eV;
     * ``forces_std``: (n_atoms, 3) epistemic std per component, eV/Å (not with
       ``uncertainty="energy"``), and its two terms ``forces_std_posterior`` (the
@@ -59,7 +67,7 @@ class KernelPotCalculator(Calculator):
     ((9, 3), (9, 3))
     """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces"]
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
     default_parameters = {"uncertainty": True}
     nolabel = True
 
@@ -69,15 +77,24 @@ class KernelPotCalculator(Calculator):
         self.model = model
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes):
-        """Compute energy, per-atom energies, forces and (optionally) their stds."""
+        """Compute energy, per-atom energies, forces, (optionally) their stds and stress.
+
+        The stress is computed when ``properties`` asks for it (``PropertyNotImplementedError``,
+        ASE's convention, for a structure not periodic along all three axes).
+        """
         if properties is None:
-            properties = self.implemented_properties
+            properties = ["energy", "free_energy", "energies", "forces"]
         super().calculate(atoms, properties, system_changes)
         uncertainty = self.parameters.uncertainty
         if uncertainty != "energy":
             uncertainty = bool(uncertainty)
+        stress = "stress" in properties
+        if stress and not np.all(self.atoms.pbc):
+            raise PropertyNotImplementedError(
+                "KernelPotCalculator: stress needs a structure periodic along all three "
+                f"axes; got pbc={self.atoms.pbc.tolist()}")
         prediction = self.model.predict_structure(self.atoms, forces=True,
-                                                  variance=uncertainty)
+                                                  variance=uncertainty, stress=stress)
         results = {
             "energy": prediction.energy,
             "free_energy": prediction.energy,
@@ -86,6 +103,8 @@ class KernelPotCalculator(Calculator):
             "energy_noise": float(self.model.energy_noise_ * np.sqrt(len(self.atoms))),
             "force_noise": float(self.model.force_noise_),
         }
+        if prediction.stress is not None:
+            results["stress"] = np.asarray(prediction.stress, dtype=np.float64)
         if uncertainty:
             results["energy_std"] = float(np.sqrt(self.model.epistemic_variance(
                 "energy", prediction.energy_var_posterior, prediction.energy_var_projection)))

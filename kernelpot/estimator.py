@@ -66,6 +66,9 @@ class Prediction(NamedTuple):
         The same two terms for every force component (eV²/Å²).
     local_energies : ndarray of shape (n_atoms,)
         Per-atom energies including the reference energies, eV; they sum to ``energy``.
+    stress : ndarray of shape (6,) or None
+        Only when asked: ASE's stress of the predicted energy (Voigt
+        ``xx yy zz yz xz xy``, eV/Å³, positive under tension).
     """
 
     energy: float
@@ -75,6 +78,7 @@ class Prediction(NamedTuple):
     forces_var_posterior: np.ndarray | None
     forces_var_projection: np.ndarray | None
     local_energies: np.ndarray
+    stress: np.ndarray | None = None
 
 
 class _ExactPending(NamedTuple):
@@ -86,6 +90,7 @@ class _ExactPending(NamedTuple):
     result: DescriptorResult
     index: np.ndarray
     force_variance: bool
+    stress: np.ndarray | None = None
 
 
 def format_signal_std(sigma) -> str:
@@ -1008,7 +1013,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                 f"{[chemical_symbols[z] for z in self.species_]})")
         return np.searchsorted(self.species_, atoms.numbers)
 
-    def predict_structure(self, atoms, forces=True, variance=False) -> Prediction:
+    def predict_structure(self, atoms, forces=True, variance=False, stress=False) \
+            -> Prediction:
         """Predict one structure's energy, forces and their variance terms.
 
         Parameters
@@ -1020,6 +1026,9 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             (with ``forces``) of every force component; ``"energy"`` of the energy
             only, which needs no force design rows and costs little more than the
             mean (the force variances cost ``O(n_pairs M D)``, several times the mean).
+        stress : bool, default=False
+            Also compute the stress of the predicted energy (see
+            :meth:`predict_stress`), from the same descriptor pass.
 
         Returns
         -------
@@ -1027,7 +1036,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         """
         check_is_fitted(self)
         self._check_variance(variance)
-        return self._finish_variances([self._predict_parts(atoms, forces, variance)])[0]
+        return self._finish_variances(
+            [self._predict_parts(atoms, forces, variance, stress)])[0]
 
     def _two_body_coefficients(self) -> np.ndarray:
         """Coefficients ``w`` of the two-body term's basis (its pair energies in eV)."""
@@ -1044,36 +1054,54 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         if variance is not True and variance is not False and variance != "energy":
             raise ValueError(f"variance must be True, False or 'energy'; got {variance!r}")
 
-    def _predict_parts(self, atoms, forces, variance):
+    def _check_stress_cell(self, atoms, owner):
+        """Stress needs a cell periodic along all three axes, seen as such."""
+        if not np.all(atoms.pbc) or self.descriptor_.periodic is False:
+            raise ValueError(
+                f"{owner}: stress needs a structure periodic along all three axes "
+                f"(pbc={atoms.pbc.tolist()}, descriptor periodic="
+                f"{self.descriptor_.periodic!r})")
+        volume = abs(float(np.linalg.det(np.asarray(atoms.cell))))
+        if not volume > 0:
+            raise ValueError(f"{owner}: stress needs a cell of non-zero volume")
+        return volume
+
+    def _predict_parts(self, atoms, forces, variance, stress=False):
         """Mean prediction, plus design rows and prior variances when variance is asked.
 
         The exact model returns a finished :class:`Prediction` instead.
         """
         owner = f"{type(self).__name__}.predict"
         index = self._species_index(atoms, owner)
+        volume = self._check_stress_cell(atoms, owner) if stress else None
         if getattr(self, "_exact", None) is not None:
-            return self._predict_exact(atoms, index, forces, variance)
+            return self._predict_exact(atoms, index, forces, variance, volume)
         force_variance = forces and variance is True
-        if forces or force_variance:
-            result = self.descriptor_.compute(atoms)
+        if forces or force_variance or stress:
+            result = self.descriptor_.compute(atoms, strain=bool(stress))
         else:  # energies need no Jacobian
             result = _features_only(self.descriptor_.create(atoms))
         local, d_local = gp.local_energies(result.features, index, self.inducing_,
-                                           self.kernel_, self.alpha_, gradients=forces,
-                                           columns=self._columns)
+                                           self.kernel_, self.alpha_,
+                                           gradients=forces or stress, columns=self._columns)
         local = local + self.e0_[index]
         force_values = gp.forces_from_local_gradients(result, d_local) if forces else None
+        strain = gp.strain_derivative_from_local_gradients(result, d_local) if stress else None
         pair = getattr(self, "two_body_", None)
         if pair is not None:
             n_species = len(self.species_)
-            pair_local, pair_forces = pair.predict(atoms, index, n_species,
-                                                   self._two_body_coefficients(), forces)
+            coefficients = self._two_body_coefficients()
+            pair_local, pair_forces = pair.predict(atoms, index, n_species, coefficients,
+                                                   forces)
             local = local + pair_local
             if forces:
                 force_values = force_values + pair_forces
+            if stress:
+                strain = strain + pair.strain_derivative(atoms, index, n_species, coefficients)
         energy = float(local.sum())
+        stress_values = gp.stress_from_strain_derivative(strain, volume) if stress else None
         if not variance:
-            return energy, force_values, None, None, local
+            return energy, force_values, None, None, local, stress_values
         rows = gp.design_rows(result, index, self.inducing_, self.kernel_, energy=True,
                               forces=force_variance, columns=self._columns,
                               n_columns=self.alpha_.size)
@@ -1090,24 +1118,30 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
                 tail = rows.forces[:, columns]
                 prior_f = prior_f + (np.einsum("rk,rk->r", tail, tail) / scale2).reshape(-1, 3)
         if not force_variance:
-            return energy, force_values, rows.energy[None, :], np.array([prior_e]), local
+            return (energy, force_values, rows.energy[None, :], np.array([prior_e]), local,
+                    stress_values)
         stacked = np.vstack([rows.energy, rows.forces])
         prior = np.concatenate([[prior_e], prior_f.ravel()])
-        return energy, force_values, stacked, prior, local
+        return energy, force_values, stacked, prior, local, stress_values
 
-    def _predict_exact(self, atoms, index, forces, variance):
+    def _predict_exact(self, atoms, index, forces, variance, volume=None):
         """The exact model's mean; with ``variance``, an :class:`_ExactPending` whose
-        variances :meth:`_finish_variances` computes for many structures at once."""
+        variances :meth:`_finish_variances` computes for many structures at once.
+        ``volume`` (of a periodic cell) asks for the stress too."""
         force_variance = forces and variance is True
-        result = self.descriptor_.compute(atoms) if forces else _features_only(
-            self.descriptor_.create(atoms))
-        local, force_values = exact.predict_mean(result, index, self._exact.mean, self.kernel_,
-                                                 forces=forces)
-        local = local + self.e0_[index]
+        stress = volume is not None
+        result = self.descriptor_.compute(atoms, strain=stress) if forces or stress \
+            else _features_only(self.descriptor_.create(atoms))
+        mean = exact.predict_mean(result, index, self._exact.mean, self.kernel_,
+                                  forces=forces, strain=stress)
+        local, force_values = mean[0] + self.e0_[index], mean[1] if forces else None
+        stress_values = gp.stress_from_strain_derivative(mean[2], volume) if stress else None
         energy = float(local.sum())
         if not variance:
-            return Prediction(energy, force_values, None, None, None, None, local)
-        return _ExactPending(energy, force_values, local, result, index, force_variance)
+            return Prediction(energy, force_values, None, None, None, None, local,
+                              stress_values)
+        return _ExactPending(energy, force_values, local, result, index, force_variance,
+                             stress_values)
 
     def _finish_exact(self, pending) -> list[Prediction]:
         """Exact posterior variances of the pending structures, in one solve."""
@@ -1122,7 +1156,8 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         for p, (var_e, var_f) in zip(pending, variances, strict=True):
             # an exact posterior has no projection term: it is all in the first
             zeros = np.zeros_like(var_f) if var_f is not None else None
-            out.append(Prediction(p.energy, p.forces, var_e, 0.0, var_f, zeros, p.local))
+            out.append(Prediction(p.energy, p.forces, var_e, 0.0, var_f, zeros, p.local,
+                                  p.stress))
         return out
 
     def _finish_variances(self, parts) -> list[Prediction]:
@@ -1149,9 +1184,10 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             if isinstance(part, _ExactPending):
                 out.append(next(finished))
                 continue
-            energy, force_values, stacked, _, local = part
+            energy, force_values, stacked, _, local, stress = part
             if stacked is None:
-                out.append(Prediction(energy, force_values, None, None, None, None, local))
+                out.append(Prediction(energy, force_values, None, None, None, None, local,
+                                      stress))
                 continue
             n_rows = len(stacked)
             p_post, p_proj = post[offset:offset + n_rows], projection[offset:offset + n_rows]
@@ -1159,16 +1195,17 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             f_post = p_post[1:].reshape(-1, 3) if n_rows > 1 else None
             f_proj = p_proj[1:].reshape(-1, 3) if n_rows > 1 else None
             out.append(Prediction(energy, force_values, float(p_post[0]), float(p_proj[0]),
-                                  f_post, f_proj, local))
+                                  f_post, f_proj, local, stress))
         return out
 
-    def _predict_many(self, X, forces, variance):
+    def _predict_many(self, X, forces, variance, stress=False):
         frames = check_frames(X, f"{type(self).__name__}.predict")
         check_is_fitted(self)
         verbose = check_verbose(self.verbose, type(self).__name__)
         out, batch, batch_rows = [], [], 0
-        for parts in self._imap(lambda atoms: self._predict_parts(atoms, forces, variance),
-                                frames, verbose, "predict"):
+        for parts in self._imap(
+                lambda atoms: self._predict_parts(atoms, forces, variance, stress),
+                frames, verbose, "predict"):
             batch.append(parts)
             if isinstance(parts, _ExactPending):
                 batch_rows += 1 + 3 * len(parts.local) * parts.force_variance
@@ -1284,6 +1321,39 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
             result.append([np.stack([f - h, f + h], axis=-1)
                            for f, h in zip(forces, halves, strict=True)])
         return tuple(result)
+
+    def predict_stress(self, X):
+        """Predict the stress of periodic structures.
+
+        The analytic derivative of the predicted energy with respect to a homogeneous
+        strain of the cell and positions (descriptor strain gradients, plus the
+        two-body term when fitted): ``σ = (1/V) ∂E/∂ε``, symmetrised.
+
+        Parameters
+        ----------
+        X : list of ase.Atoms
+            Each periodic along all three axes.
+
+        Returns
+        -------
+        ndarray of shape (n_structures, 6)
+            ASE's convention: Voigt ``xx yy zz yz xz xy``, eV/Å³, positive under
+            tension (``atoms.get_stress()``).
+
+        Raises
+        ------
+        ValueError
+            For a structure that is not periodic along all three axes (or a
+            descriptor with ``periodic=False``), or a cell of zero volume.
+
+        Notes
+        -----
+        The model is trained on energies and forces only, so the stress is what
+        those determine: on mlearn Mo its error is several times that of a model
+        trained on stresses (``benchmarks/RESULTS.md``). No stress uncertainty yet.
+        """
+        _, out = self._predict_many(X, forces=False, variance=False, stress=True)
+        return np.array([p.stress for p in out]).reshape(-1, 6)
 
     def predict_energies_and_forces(self, X, return_std=False, std_type="total"):
         """Predict energies and forces (and their stds) in one pass over the structures.

@@ -424,7 +424,7 @@ def mean_weights(obs: Observations, weights: np.ndarray, signal_var) -> MeanWeig
 
 
 def predict_mean(result: DescriptorResult, species_index: np.ndarray, mean: MeanWeights,
-                 kernel, forces: bool = True):
+                 kernel, forces: bool = True, strain: bool = False):
     """Posterior-mean local energies (without reference energies) and forces.
 
     Returns
@@ -432,11 +432,17 @@ def predict_mean(result: DescriptorResult, species_index: np.ndarray, mean: Mean
     local : ndarray of shape (n_atoms,)
     forces : ndarray of shape (n_atoms, 3) or None
         ``-∂E/∂r`` of the predicted energy.
+    strain_derivative : ndarray of shape (3, 3), only with ``strain=True``
+        ``∂E/∂ε`` of the predicted energy (``result`` computed with ``strain=True``).
     """
     X = result.features
     local = np.zeros(len(X))
+    if strain and result.strain_gradients is None:
+        raise ValueError("predict_mean: strain=True needs a result computed with strain=True")
+    forces = forces or strain
     d_local = np.zeros_like(X) if forces else None
     hessian_part = np.zeros(3 * len(X)) if forces else None
+    hessian_strain = np.zeros(9) if strain else None
     for s, Z in enumerate(mean.features):
         atoms_s = np.flatnonzero(species_index == s)
         if atoms_s.size == 0 or len(Z) == 0:
@@ -461,10 +467,20 @@ def predict_mean(result: DescriptorResult, species_index: np.ndarray, mean: Mean
         component = (3 * result.pairs[sel, 1][:, None] + np.arange(3)).ravel()
         kernel.accumulate_cross_hessian(hessian_part[:, None], Xs, G, env, component, Z, b,
                                         np.arange(len(Z)), np.zeros(len(Z), dtype=np.int64))
+        if strain:  # the same b-term contracted with each atom's nine strain rows
+            S = result.strain_gradients[atoms_s].reshape(-1, X.shape[1])
+            kernel.accumulate_cross_hessian(
+                hessian_strain[:, None], Xs, S, np.repeat(np.arange(atoms_s.size), 9),
+                np.tile(np.arange(9), atoms_s.size), Z, b, np.arange(len(Z)),
+                np.zeros(len(Z), dtype=np.int64))
     if not forces:
         return local, None
     force_values = gp.forces_from_local_gradients(result, d_local) + hessian_part.reshape(-1, 3)
-    return local, force_values
+    if not strain:
+        return local, force_values
+    derivative = gp.strain_derivative_from_local_gradients(result, d_local) \
+        - hessian_strain.reshape(3, 3)
+    return local, force_values, derivative
 
 
 def predict_variances(results: list[DescriptorResult], species_indices: list[np.ndarray],

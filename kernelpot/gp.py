@@ -234,6 +234,37 @@ def forces_from_local_gradients(result: DescriptorResult, d_energies: np.ndarray
     return forces
 
 
+def strain_derivative_from_local_gradients(result: DescriptorResult,
+                                           d_energies: np.ndarray) -> np.ndarray:
+    """``∂E/∂ε = Σ_i Σ_d ∂ε_i/∂x_id ∂x_id/∂ε`` from the descriptor strain gradients.
+
+    Parameters
+    ----------
+    result : DescriptorResult
+        Computed with ``strain=True``.
+    d_energies : ndarray of shape (n_atoms, n_features)
+
+    Returns
+    -------
+    ndarray of shape (3, 3)
+        eV; not symmetrised (see :func:`stress_from_strain_derivative`).
+    """
+    if result.strain_gradients is None:
+        raise ValueError("strain_derivative_from_local_gradients: the descriptor result "
+                         "has no strain gradients; compute it with strain=True")
+    return np.einsum("iabd,id->ab", result.strain_gradients, d_energies)
+
+
+def stress_from_strain_derivative(derivative: np.ndarray, volume: float) -> np.ndarray:
+    """ASE's stress (Voigt ``xx yy zz yz xz xy``, eV/Å³) from ``∂E/∂ε``.
+
+    ``σ = (∂E/∂ε + ∂E/∂εᵀ) / (2V)``: positive under tension, as
+    :func:`ase.calculators.calculator.Calculator.calculate_numerical_stress`.
+    """
+    sym = 0.5 * (derivative + derivative.T) / volume
+    return sym[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+
+
 def inducing_kernel(inducing: list[np.ndarray], kernel, columns=None) -> np.ndarray:
     """``k_mm`` (zero between species), shape (n_inducing, n_inducing)."""
     columns = inducing_columns(inducing, columns)

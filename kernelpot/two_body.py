@@ -217,3 +217,17 @@ class TwoBody(BaseEstimator):
         out = np.stack([np.bincount(nl.i, weights=slope * unit[:, c], minlength=n_atoms)
                         for c in range(3)], axis=1)
         return local, out
+
+    def strain_derivative(self, atoms, species_index: np.ndarray, n_species: int,
+                          coefficients: np.ndarray) -> np.ndarray:
+        """``∂E/∂ε`` (eV, shape (3, 3)) of the two-body energy under ``r → (1 + ε) r``.
+
+        ``E = ½ Σ_(i,j) φ(d_ij)`` over ordered pairs and ``∂d/∂ε_ab = D_a D_b / d``
+        for the pair vector ``D``.
+        """
+        nl, pair_type = self._pairs(atoms, species_index, n_species)
+        _, derivatives = self.basis(nl.distances)
+        w = np.asarray(coefficients, dtype=np.float64).reshape(-1, int(self.n_basis))[pair_type]
+        slope = np.einsum("pk,pk->p", derivatives, w)
+        scale = 0.5 * slope / np.where(nl.distances > 0, nl.distances, 1.0)
+        return np.einsum("p,pa,pb->ab", scale, nl.vectors, nl.vectors)

@@ -83,7 +83,7 @@ def test_energy_only_uncertainty(fitted_ethanol, ethanol_frames):
 def test_stress_not_implemented_and_unknown_species(fitted_ethanol, ethanol_frames):
     atoms = ethanol_frames[58].copy()
     atoms.calc = KernelPotCalculator(fitted_ethanol)
-    with pytest.raises(PropertyNotImplementedError):
+    with pytest.raises(PropertyNotImplementedError, match="periodic along all three axes"):
         atoms.get_stress()
     atoms.numbers[0] = 7
     with pytest.raises(ValueError, match="not trained on"):

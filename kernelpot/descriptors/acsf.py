@@ -6,8 +6,14 @@ import logging
 
 import numpy as np
 
-from kernelpot._validation import check_atoms, check_positive_float, species_to_numbers
+from kernelpot._validation import (
+    check_atoms,
+    check_positive_float,
+    check_strain_flag,
+    species_to_numbers,
+)
 from kernelpot.descriptors._acsf_kernels import acsf_compute
+from kernelpot.descriptors._scatter_kernels import scatter_add_blocks
 from kernelpot.descriptors.base import Descriptor, DescriptorResult
 from kernelpot.descriptors.neighbors import neighbor_list, unique_pairs
 
@@ -249,19 +255,24 @@ class ACSF(Descriptor):
         raise ValueError(f"ACSF.get_location: give one or two species; got {species!r}")
 
     # -- computation -------------------------------------------------------------------
-    def compute(self, atoms) -> DescriptorResult:
+    def compute(self, atoms, strain=False) -> DescriptorResult:
         """Compute ACSF features and their analytic Jacobian for one structure.
 
         Parameters
         ----------
         atoms : ase.Atoms
             The structure; not modified.
+        strain : bool, default=False
+            Also return ``strain_gradients``, the derivatives with respect to a
+            homogeneous strain (the Jacobian is then built per neighbour image,
+            contracted with each image's vector and folded onto atoms).
 
         Returns
         -------
         DescriptorResult
         """
         p = self._check_params()
+        check_strain_flag(strain, "ACSF.compute")
         positions, numbers, pbc, cell = check_atoms(atoms, p["numbers"], self.periodic, "ACSF")
         n_atoms = len(positions)
         nl = neighbor_list(positions, cell, pbc, p["r_cut"])
@@ -270,10 +281,25 @@ class ACSF(Descriptor):
         n_features = self.get_number_of_features()
         features = np.zeros((n_atoms, n_features))
         gradients = np.zeros((len(pairs), 3, n_features))
-        acsf_compute(species_index, nl.starts, nl.j, nl.vectors, nl.distances, neighbor_pair,
-                     self_pair, len(p["numbers"]), p["r_cut"], p["g2"], p["g3"], p["g4"],
-                     p["g5"], features, gradients)
-        return DescriptorResult(features, pairs, gradients)
+        args = (species_index, nl.starts, nl.j, nl.vectors, nl.distances)
+        params = (len(p["numbers"]), p["r_cut"], p["g2"], p["g3"], p["g4"], p["g5"], features)
+        if not strain:
+            acsf_compute(*args, neighbor_pair, self_pair, *params, gradients)
+            return DescriptorResult(features, pairs, gradients)
+        # one Jacobian row per neighbour image (rows n_neighbors + i for the centres):
+        # contracted with the image vectors for the strain, then folded onto atoms
+        n_neighbors = len(nl.j)
+        per_image = np.zeros((n_neighbors + n_atoms, 3, n_features))
+        acsf_compute(*args, np.arange(n_neighbors, dtype=np.int64),
+                     np.arange(n_neighbors, n_neighbors + n_atoms, dtype=np.int64), *params,
+                     per_image)
+        strain_gradients = np.zeros((n_atoms, 3, 3, n_features))
+        for i in range(n_atoms):
+            rows = slice(nl.starts[i], nl.starts[i + 1])
+            strain_gradients[i] = np.einsum("kad,kb->abd", per_image[rows], nl.vectors[rows])
+        scatter_add_blocks(gradients, neighbor_pair, per_image[:n_neighbors])
+        scatter_add_blocks(gradients, self_pair, per_image[n_neighbors:])
+        return DescriptorResult(features, pairs, gradients, strain_gradients)
 
 
 def _as_params(value, width, name, owner, what) -> np.ndarray:

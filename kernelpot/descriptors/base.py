@@ -39,6 +39,14 @@ class DescriptorResult:
         ``gradients[p, c, :]`` is the derivative of ``features[i, :]`` with
         respect to ``positions[j, c]`` for ``(i, j) = pairs[p]`` (Å⁻¹ times
         the unit of the features).
+    strain_gradients : ndarray of shape (n_atoms, 3, 3, n_features) or None
+        With ``compute(atoms, strain=True)``: ``strain_gradients[i, a, b, :]`` is
+        the derivative of ``features[i, :]`` with respect to ``ε[a, b]`` of the
+        homogeneous deformation ``r → (1 + ε) r`` of every position and cell
+        vector (the Jacobian contracted with each neighbour image's vector,
+        ``Σ_k ∂features[i]/∂r_k[a] (r_k - r_i)[b]``; unitless times the unit of
+        the features). It is what stress needs (:meth:`~kernelpot.
+        SparseGPPotential.predict_stress`). ``None`` otherwise.
 
     Notes
     -----
@@ -50,6 +58,7 @@ class DescriptorResult:
     features: np.ndarray
     pairs: np.ndarray
     gradients: np.ndarray
+    strain_gradients: np.ndarray | None = None
 
     @property
     def n_atoms(self) -> int:
@@ -100,13 +109,16 @@ class Descriptor(BaseEstimator):
         """Return the number of features per atom (DScribe's name)."""
         raise NotImplementedError
 
-    def compute(self, atoms) -> DescriptorResult:
+    def compute(self, atoms, strain=False) -> DescriptorResult:
         """Compute features and their analytic Jacobian for one structure.
 
         Parameters
         ----------
         atoms : ase.Atoms
             The structure; it is not modified.
+        strain : bool, default=False
+            Also return the derivatives with respect to a homogeneous strain
+            (``strain_gradients``, for stress).
 
         Returns
         -------

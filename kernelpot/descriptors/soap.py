@@ -12,6 +12,7 @@ from kernelpot._validation import (
     check_atoms,
     check_int,
     check_positive_float,
+    check_strain_flag,
     species_to_numbers,
 )
 from kernelpot.descriptors._scatter_kernels import scatter_add_blocks
@@ -214,13 +215,16 @@ class SOAP(Descriptor):
         soap = p["dscribe_periodic"] if pbc.any() else p["dscribe"]
         return np.asarray(soap.create(system), dtype=np.float64)
 
-    def compute(self, atoms) -> DescriptorResult:
+    def compute(self, atoms, strain=False) -> DescriptorResult:
         """Compute SOAP features and their analytic Jacobian for one structure.
 
         Parameters
         ----------
         atoms : ase.Atoms
             The structure; not modified.
+        strain : bool, default=False
+            Also return ``strain_gradients``, the derivatives with respect to a
+            homogeneous strain, from the same per-image Jacobian.
 
         Returns
         -------
@@ -228,6 +232,7 @@ class SOAP(Descriptor):
             Pairs ``(i, j)`` for every ``j`` within ``r_cut + padding`` of ``i``.
         """
         p = self._check_params()
+        check_strain_flag(strain, "SOAP.compute")
         positions, numbers_, pbc, cell = check_atoms(atoms, p["numbers"], self.periodic, "SOAP")
         n_atoms = len(positions)
         nl = neighbor_list(positions, cell, pbc, p["r_reach"])
@@ -236,6 +241,7 @@ class SOAP(Descriptor):
         n_features = p["n_features"]
         features = np.empty((n_atoms, n_features))
         gradients = np.zeros((len(pairs), 3, n_features))
+        strain_gradients = np.zeros((n_atoms, 3, 3, n_features)) if strain else None
         dscribe_soap = p["dscribe"]
         for i in range(n_atoms):
             # padded open cluster: the centre and every neighbour (periodic images
@@ -252,5 +258,8 @@ class SOAP(Descriptor):
             rows = slice(pair_starts[i], pair_starts[i + 1])
             slot = np.searchsorted(pairs[rows, 1], cluster_atoms)
             scatter_add_blocks(gradients[rows], slot, jacobian[0])
-        return DescriptorResult(features, pairs, gradients)
+            if strain:  # Σ_k ∂D_i/∂r_k[a] (r_k - r_i)[b]; the centre's own vector is 0
+                strain_gradients[i] = np.einsum("kad,kb->abd", jacobian[0, 1:],
+                                                nl.vectors[neighbours])
+        return DescriptorResult(features, pairs, gradients, strain_gradients)
 
