@@ -97,6 +97,9 @@ def test_equal_fixed_sigmas_reproduce_the_shared_model(ethanol_frames, small_soa
     a = shared.predict_structure(ethanol_frames[30], variance=True)
     b = split.predict_structure(ethanol_frames[30], variance=True)
     for x, y in zip(a, b, strict=True):
+        if x is None:  # the stress, not asked
+            assert y is None
+            continue
         np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12)
     assert split.log_marginal_likelihood_value_ == pytest.approx(
         shared.log_marginal_likelihood_value_, rel=1e-10)

@@ -187,3 +187,11 @@ def test_stress_needs_a_periodic_cell(copper_model, copper, ethanol):
     flat.cell[2] = 0.0
     with pytest.raises(ValueError):
         copper_model.predict_stress([flat])
+
+
+def test_loaded_model_gives_the_same_stress(copper_model, skewed_copper, tmp_path):
+    from kernelpot import load
+
+    loaded = load(copper_model.save(tmp_path / "model"))
+    np.testing.assert_array_equal(loaded.predict_stress([skewed_copper]),
+                                  copper_model.predict_stress([skewed_copper]))
