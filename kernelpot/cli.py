@@ -69,7 +69,8 @@ examples:
 
 The output holds the predicted energy and forces as the frames' results (ase.io reads
 them back with get_potential_energy()/get_forces()), the total energy std in
-info["energy_std"] (eV) and the per-component force std in arrays["forces_std"] (eV/Å).
+info["energy_std"] (eV) and the per-component force std in arrays["forces_std"] (eV/Å);
+frames periodic along all three axes also get the predicted stress (get_stress(), eV/Å³).
 """
 
 
@@ -615,14 +616,19 @@ def _cmd_predict(args) -> int:
     frames = _read_frames(args.structures)
     energies, forces, energy_std, forces_std = model.predict_energies_and_forces(
         frames, return_std=True)
+    periodic = [k for k, atoms in enumerate(frames) if np.all(atoms.pbc)]
+    stresses = dict(zip(periodic, model.predict_stress([frames[k] for k in periodic])
+                        if periodic else [], strict=True))
     out = []
-    for atoms, energy, e_std, force, f_std in zip(frames, energies, energy_std, forces,
-                                                  forces_std, strict=True):
+    for k, (atoms, energy, e_std, force, f_std) in enumerate(
+            zip(frames, energies, energy_std, forces, forces_std, strict=True)):
         result = atoms.copy()
         result.calc = None
         result.info["energy_std"] = float(e_std)
         result.arrays["forces_std"] = np.asarray(f_std, dtype=np.float64)
-        result.calc = SinglePointCalculator(result, energy=float(energy), forces=force)
+        extra = {"stress": stresses[k]} if k in stresses else {}
+        result.calc = SinglePointCalculator(result, energy=float(energy), forces=force,
+                                            **extra)
         out.append(result)
     try:
         write(args.output, out, format="extxyz")

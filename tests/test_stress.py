@@ -195,3 +195,19 @@ def test_loaded_model_gives_the_same_stress(copper_model, skewed_copper, tmp_pat
     loaded = load(copper_model.save(tmp_path / "model"))
     np.testing.assert_array_equal(loaded.predict_stress([skewed_copper]),
                                   copper_model.predict_stress([skewed_copper]))
+
+
+def test_cli_predict_writes_the_stress_of_periodic_frames(copper_model, skewed_copper,
+                                                          ethanol, tmp_path):
+    from ase.io import read, write
+
+    from kernelpot.cli import main
+
+    model_path = copper_model.save(tmp_path / "model")
+    write(tmp_path / "cells.xyz", [skewed_copper, skewed_copper.repeat((1, 2, 1))])
+    assert main(["predict", str(model_path), str(tmp_path / "cells.xyz"), "-o",
+                 str(tmp_path / "out.xyz")]) == 0
+    back = read(tmp_path / "out.xyz", ":")
+    expected = copper_model.predict_stress([skewed_copper])[0]
+    for atoms in back:
+        np.testing.assert_allclose(atoms.get_stress(), expected, rtol=0, atol=1e-9)  # xyz digits
