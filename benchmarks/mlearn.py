@@ -80,7 +80,7 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--elements", default="Si,Mo")
     parser.add_argument("--descriptor", choices=["soap", "acsf"], default="soap")
@@ -116,7 +116,41 @@ def main(argv=None):
     parser.add_argument("--two-body-prior-std", type=float, default=0.1,
                         help="prior std of the two-body coefficients relative to σ "
                              "(the start of its likelihood fit)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def build_model(args, element, train) -> SparseGPPotential:
+    """The (unfitted) model these options describe for one element."""
+    if args.descriptor == "soap":
+        descriptor = SOAP([element], args.r_cut, n_max=args.n_max, l_max=args.l_max,
+                          sigma=args.sigma)
+    else:
+        descriptor = ACSF.from_grid([element], args.r_cut, n_radial=8, n_angular=8)
+    kernel = NormalizedDotProduct(args.zeta)
+    if args.kernel != "ndp":
+        sample = np.concatenate([descriptor.create(a) for a in train[::10]])
+        pick = np.random.default_rng(0).integers(len(sample), size=(2000, 2))
+        median = float(np.median(np.linalg.norm(sample[pick[:, 0]] - sample[pick[:, 1]],
+                                                axis=1)))
+        ell = args.length_scale_factor * median
+        bounds = (ell / 20, ell * 20) if args.fit_kernel else "fixed"
+        se = SquaredExponential(ell, bounds)
+        kernel = se if args.kernel == "se" else kernel + Scaled(
+            se, args.se_weight, (1e-3, 1e2) if args.fit_kernel else "fixed")
+    fixed = {} if args.energy_noise is None else {
+        "energy_noise": args.energy_noise,
+        "optimize": ["signal_std", "force_noise"] + (["kernel"] if args.fit_kernel else [])}
+    if args.search_frames:
+        fixed["search_frames"] = args.search_frames
+    if args.two_body is not None:
+        fixed["two_body"] = TwoBody(args.two_body, args.two_body_basis, args.two_body_r_min,
+                                    args.two_body_prior_std)
+    return SparseGPPotential(descriptor, kernel, n_sparse=args.n_sparse, random_state=0,
+                             n_jobs=args.n_jobs, **fixed)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     print(f"kernelpot {kernelpot.__version__}; python {platform.python_version()}; "
           f"{os.cpu_count()} cpus; descriptor {args.descriptor}, r_cut {args.r_cut} Å"
           + (f", n_max {args.n_max}, l_max {args.l_max}, sigma {args.sigma} Å"
@@ -126,32 +160,7 @@ def main(argv=None):
     for element in args.elements.split(","):
         train = read(SHARED / f"{element}_training.xyz", ":")
         test = read(SHARED / f"{element}_test.xyz", ":")
-        if args.descriptor == "soap":
-            descriptor = SOAP([element], args.r_cut, n_max=args.n_max, l_max=args.l_max,
-                              sigma=args.sigma)
-        else:
-            descriptor = ACSF.from_grid([element], args.r_cut, n_radial=8, n_angular=8)
-        kernel = NormalizedDotProduct(args.zeta)
-        if args.kernel != "ndp":
-            sample = np.concatenate([descriptor.create(a) for a in train[::10]])
-            pick = np.random.default_rng(0).integers(len(sample), size=(2000, 2))
-            median = float(np.median(np.linalg.norm(sample[pick[:, 0]] - sample[pick[:, 1]],
-                                                    axis=1)))
-            ell = args.length_scale_factor * median
-            bounds = (ell / 20, ell * 20) if args.fit_kernel else "fixed"
-            se = SquaredExponential(ell, bounds)
-            kernel = se if args.kernel == "se" else kernel + Scaled(
-                se, args.se_weight, (1e-3, 1e2) if args.fit_kernel else "fixed")
-        fixed = {} if args.energy_noise is None else {
-            "energy_noise": args.energy_noise,
-            "optimize": ["signal_std", "force_noise"] + (["kernel"] if args.fit_kernel else [])}
-        if args.search_frames:
-            fixed["search_frames"] = args.search_frames
-        if args.two_body is not None:
-            fixed["two_body"] = TwoBody(args.two_body, args.two_body_basis, args.two_body_r_min,
-                                        args.two_body_prior_std)
-        model = SparseGPPotential(descriptor, kernel, n_sparse=args.n_sparse, random_state=0,
-                                  n_jobs=args.n_jobs, **fixed)
+        model = build_model(args, element, train)
         start = time.perf_counter()
         model.fit(train)
         fit_s = time.perf_counter() - start
