@@ -1036,8 +1036,10 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         """
         check_is_fitted(self)
         self._check_variance(variance)
+        if not isinstance(stress, (bool, np.bool_)):
+            raise TypeError(f"stress must be True or False; got {stress!r}")
         return self._finish_variances(
-            [self._predict_parts(atoms, forces, variance, stress)])[0]
+            [self._predict_parts(atoms, forces, variance, bool(stress))])[0]
 
     def _two_body_coefficients(self) -> np.ndarray:
         """Coefficients ``w`` of the two-body term's basis (its pair energies in eV)."""

@@ -173,6 +173,8 @@ def test_calculator_stress_and_cell_relaxation(copper_model, skewed_copper):
 
 
 def test_stress_needs_a_periodic_cell(copper_model, copper, ethanol):
+    with pytest.raises(TypeError, match="stress must be True or False"):
+        copper_model.predict_structure(copper[0], stress="yes")
     slab = copper[0].copy()
     slab.pbc = [True, True, False]
     with pytest.raises(ValueError, match="periodic along all three axes"):
