@@ -83,7 +83,7 @@ class KernelPotCalculator(Calculator):
         ASE's convention, for a structure not periodic along all three axes).
         """
         if properties is None:
-            properties = ["energy", "free_energy", "energies", "forces"]
+            properties = [p for p in self.implemented_properties if p != "stress"]
         super().calculate(atoms, properties, system_changes)
         uncertainty = self.parameters.uncertainty
         if uncertainty != "energy":

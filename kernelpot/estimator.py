@@ -1091,15 +1091,13 @@ class SparseGPPotential(RegressorMixin, BaseEstimator):
         strain = gp.strain_derivative_from_local_gradients(result, d_local) if stress else None
         pair = getattr(self, "two_body_", None)
         if pair is not None:
-            n_species = len(self.species_)
-            coefficients = self._two_body_coefficients()
-            pair_local, pair_forces = pair.predict(atoms, index, n_species, coefficients,
-                                                   forces)
-            local = local + pair_local
+            pair_parts = pair.predict(atoms, index, len(self.species_),
+                                      self._two_body_coefficients(), forces, strain=stress)
+            local = local + pair_parts[0]
             if forces:
-                force_values = force_values + pair_forces
+                force_values = force_values + pair_parts[1]
             if stress:
-                strain = strain + pair.strain_derivative(atoms, index, n_species, coefficients)
+                strain = strain + pair_parts[2]
         energy = float(local.sum())
         stress_values = gp.stress_from_strain_derivative(strain, volume) if stress else None
         if not variance:

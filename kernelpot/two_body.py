@@ -183,8 +183,8 @@ class TwoBody(BaseEstimator):
         return energy_row, force_rows
 
     def predict(self, atoms, species_index: np.ndarray, n_species: int,
-                coefficients: np.ndarray, forces: bool = True):
-        """Two-body local energies and forces for given coefficients.
+                coefficients: np.ndarray, forces: bool = True, strain: bool = False):
+        """Two-body local energies and forces (and strain derivative) for given coefficients.
 
         Parameters
         ----------
@@ -194,6 +194,8 @@ class TwoBody(BaseEstimator):
         coefficients : ndarray of shape (n_columns,)
             ``w``: the pair energy of type ``t`` is ``Σ_k w[t n_basis + k] b_k(r)``, eV.
         forces : bool, default=True
+        strain : bool, default=False
+            Also return the strain derivative, from the same pairs and slopes.
 
         Returns
         -------
@@ -202,6 +204,9 @@ class TwoBody(BaseEstimator):
             structure's two-body energy.
         forces : ndarray of shape (n_atoms, 3) or None
             eV/Å.
+        strain_derivative : ndarray of shape (3, 3), only with ``strain=True``
+            ``∂E/∂ε`` (eV) under ``r → (1 + ε) r``: with ``E = ½ Σ_(i,j) φ(d_ij)`` over
+            ordered pairs and ``∂d/∂ε_ab = D_a D_b / d`` for the pair vector ``D``.
         """
         n_atoms = len(atoms)
         nl, pair_type = self._pairs(atoms, species_index, n_species)
@@ -210,24 +215,12 @@ class TwoBody(BaseEstimator):
         # each pair appears as (i, j) and (j, i): half of each entry to its centre
         local = np.bincount(nl.i, weights=0.5 * np.einsum("pk,pk->p", values, w),
                             minlength=n_atoms)
-        if not forces:
+        if not (forces or strain):
             return local, None
         slope = np.einsum("pk,pk->p", derivatives, w)
         unit = nl.vectors / np.where(nl.distances > 0, nl.distances, 1.0)[:, None]
         out = np.stack([np.bincount(nl.i, weights=slope * unit[:, c], minlength=n_atoms)
-                        for c in range(3)], axis=1)
-        return local, out
-
-    def strain_derivative(self, atoms, species_index: np.ndarray, n_species: int,
-                          coefficients: np.ndarray) -> np.ndarray:
-        """``∂E/∂ε`` (eV, shape (3, 3)) of the two-body energy under ``r → (1 + ε) r``.
-
-        ``E = ½ Σ_(i,j) φ(d_ij)`` over ordered pairs and ``∂d/∂ε_ab = D_a D_b / d``
-        for the pair vector ``D``.
-        """
-        nl, pair_type = self._pairs(atoms, species_index, n_species)
-        _, derivatives = self.basis(nl.distances)
-        w = np.asarray(coefficients, dtype=np.float64).reshape(-1, int(self.n_basis))[pair_type]
-        slope = np.einsum("pk,pk->p", derivatives, w)
-        scale = 0.5 * slope / np.where(nl.distances > 0, nl.distances, 1.0)
-        return np.einsum("p,pa,pb->ab", scale, nl.vectors, nl.vectors)
+                        for c in range(3)], axis=1) if forces else None
+        if not strain:
+            return local, out
+        return local, out, 0.5 * np.einsum("p,pa,pb->ab", slope, unit, nl.vectors)
