@@ -1,0 +1,75 @@
+"""Model files: files written by earlier code load and predict the same."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.io import read
+
+from kernelpot import load
+
+FROZEN = Path(__file__).parent / "data" / "frozen_models"
+ETHANOL = Path(__file__).parent / "data" / "ethanol_xtb_500K_60.xyz"
+
+# The expected values were predicted by the saving code itself, on this machine class;
+# loading reproduces them bit for bit there (checked when the files were made). The
+# tolerance only admits another CPU's BLAS rounding.
+RTOL, ATOL = 1e-10, 1e-13
+
+
+def _predictions(model, frames, stress=False):
+    energies, e_std = model.predict(frames, return_std=True)
+    forces, f_std = model.predict_forces(frames, return_std=True)
+    out = {"energies": energies, "energy_std": e_std,
+           "forces": np.concatenate(forces), "forces_std": np.concatenate(f_std)}
+    epistemic = model.predict_forces(frames, return_std=True, std_type="epistemic")[1]
+    out["forces_std_epistemic"] = np.concatenate(epistemic)
+    out["local_energies"] = np.concatenate(model.predict_local_energies(frames))
+    if stress:
+        out["stress"] = model.predict_stress(frames)
+    return out
+
+
+def _check(actual, expected, prefix):
+    keys = sorted(k.split("/", 1)[1] for k in expected.files if k.startswith(prefix + "/"))
+    assert keys, prefix
+    for key in keys:
+        np.testing.assert_allclose(actual[key], expected[f"{prefix}/{key}"], rtol=RTOL,
+                                   atol=ATOL, err_msg=f"{prefix}/{key}")
+
+
+@pytest.fixture(scope="module")
+def expected():
+    with np.load(FROZEN / "expected.npz") as data:
+        yield data
+
+
+@pytest.fixture(scope="module")
+def ethanol():
+    return read(ETHANOL, "20:23")
+
+
+def test_frozen_sparse_calibrated_model(expected, ethanol):
+    model = load(FROZEN / "sparse_calibrated.npz")
+    assert model.method_ == "sparse" and model.std_scale_ is not None
+    actual = _predictions(model, ethanol)
+    actual["energy_interval"] = model.predict(ethanol, return_std=True,
+                                              return_interval=0.9)[2]
+    _check(actual, expected, "sparse_calibrated")
+
+
+def test_frozen_exact_model(expected, ethanol):
+    model = load(FROZEN / "exact_per_element.npz")
+    assert model.method_ == "exact" and isinstance(model.signal_std_, dict)
+    _check(_predictions(model, ethanol), expected, "exact_per_element")
+
+
+def test_frozen_two_body_model_with_training_state(expected):
+    copper = read(FROZEN / "copper.xyz", ":")
+    model = load(FROZEN / "two_body_incremental.npz")
+    assert model.two_body_ is not None
+    _check(_predictions(model, copper[5:7], stress=True), expected, "two_body_incremental")
+    model.restore_training(copper[:4])
+    model.update([copper[4]], n_inducing=2)
+    _check(_predictions(model, copper[5:7], stress=True), expected,
+           "two_body_incremental_updated")
