@@ -3,15 +3,14 @@
 The public API is re-exported here; submodules hold the implementation.
 """
 
-__version__ = "0.1.0.dev0"
-
+from kernelpot._version import __version__
 from kernelpot.active import OnTheFlyLearner
 from kernelpot.calculator import KernelPotCalculator
 from kernelpot.datasets import load_ethanol, load_silicon
 from kernelpot.descriptors import ACSF, SOAP, Descriptor, DescriptorResult
 from kernelpot.estimator import SparseGPPotential
-from kernelpot.io import load
 from kernelpot.kernels import NormalizedDotProduct, Scaled, SquaredExponential, Sum
+from kernelpot.model_files import load
 from kernelpot.selection import select_frames
 from kernelpot.two_body import TwoBody
 

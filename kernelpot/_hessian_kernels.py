@@ -3,15 +3,18 @@
 Both functions add ``a_pᵀ H(x_{i_p}, y_{j_q}) b_q`` to ``out[r_p, s_q]`` for every row
 ``a_p`` of a set of environments ``X`` and every row ``b_q`` of a set ``Y``, reading
 products the caller formed with BLAS (``AB = A Bᵀ`` and friends). The rows of ``A``
-come in segments of equal output row ``r``, one segment per parallel task, so that no
-two threads write the same element. With ``r_p = p`` and ``s_q = q`` the output is the
-full ``(P, Q)`` matrix.
+come in segments of equal output row ``r``, as ``kernels._segments`` orders them. With
+``r_p = p`` and ``s_q = q`` the output is the full ``(P, Q)`` matrix.
+
+The loops are serial (no ``parallel=True``, no ``prange``): the package parallelises over
+structures with joblib, and Numba threads inside joblib workers oversubscribe the cores
+(STYLE.md).
 """
 
-from numba import njit, prange
+from numba import njit
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def ndp_cross_hessian(out, AB, AV, UB, C, au, bv, inv_x, inv_y, a_env, b_env, seg_start,
                       seg_row, b_out, zeta, factor):
     """Normalised dot product ``(u·v)^ζ``.
@@ -49,7 +52,7 @@ def ndp_cross_hessian(out, AB, AV, UB, C, au, bv, inv_x, inv_y, a_env, b_env, se
         Multiplies every term added.
     """
     Q = AB.shape[1]
-    for s in prange(seg_row.shape[0]):
+    for s in range(seg_row.shape[0]):
         r = seg_row[s]
         for p in range(seg_start[s], seg_start[s + 1]):
             i = a_env[p]
@@ -67,7 +70,7 @@ def ndp_cross_hessian(out, AB, AV, UB, C, au, bv, inv_x, inv_y, a_env, b_env, se
                 out[r, b_out[q]] += factor * zeta * inv_x[i] * inv_y[j] * value
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def se_cross_hessian(out, AB, AY, XB, K, ax, by, a_env, b_env, seg_start, seg_row, b_out,
                      inv_ell2, factor):
     """Squared exponential: ``aᵀHb = k/ℓ² [a·b - (a·(x-y)) ((x-y)·b) / ℓ²]``.
@@ -95,7 +98,7 @@ def se_cross_hessian(out, AB, AY, XB, K, ax, by, a_env, b_env, seg_start, seg_ro
     factor : float
     """
     Q = AB.shape[1]
-    for s in prange(seg_row.shape[0]):
+    for s in range(seg_row.shape[0]):
         r = seg_row[s]
         for p in range(seg_start[s], seg_start[s + 1]):
             i = a_env[p]

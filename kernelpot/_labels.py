@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -24,11 +26,32 @@ class Labels(NamedTuple):
 
     @property
     def has_energy(self) -> np.ndarray:
+        """Which structures carry an energy, bool of shape (n_structures,)."""
         return ~np.isnan(self.energies)
 
 
-def check_frames(frames, owner: str) -> list:
-    """Return ``frames`` as a non-empty list of ase.Atoms, or raise."""
+def check_frames(frames: Iterable[Atoms], owner: str) -> list[Atoms]:
+    """Return ``frames`` as a non-empty list of ase.Atoms.
+
+    Parameters
+    ----------
+    frames : iterable of ase.Atoms
+        Structures, each with at least one atom.
+    owner : str
+        Name used in error messages.
+
+    Returns
+    -------
+    list of ase.Atoms
+        The same objects, in a new list.
+
+    Raises
+    ------
+    TypeError
+        If ``frames`` is a single Atoms, not iterable, or holds something else.
+    ValueError
+        If ``frames`` or one of its structures is empty.
+    """
     if isinstance(frames, Atoms):
         raise TypeError(f"{owner}: expected a list of ase.Atoms; got a single Atoms "
                         "(wrap it in a list)")
@@ -56,8 +79,21 @@ def _stored(atoms: Atoms, name: str):
         return None
 
 
-def read_labels(frames: list, owner: str) -> Labels:
+def read_labels(frames: list[Atoms], owner: str) -> Labels:
     """Read stored energies and forces; a frame may lack either, not both sets entirely.
+
+    Parameters
+    ----------
+    frames : list of ase.Atoms
+        Structures with results attached (a SinglePointCalculator, as
+        ``ase.io.read`` gives).
+    owner : str
+        Name used in error messages.
+
+    Returns
+    -------
+    Labels
+        Energies (NaN where missing) and forces (``None`` where missing).
 
     Raises
     ------
@@ -88,3 +124,54 @@ def read_labels(frames: list, owner: str) -> Labels:
                          "forces (attach them with a SinglePointCalculator, as ase.io.read "
                          "does for extxyz)")
     return Labels(energies, forces)
+
+
+@dataclass
+class TrainingSet:
+    """Checked training structures, their labels and compositions, in one object.
+
+    Attributes
+    ----------
+    frames : list of ase.Atoms
+    labels : Labels
+    species : ndarray of int
+        Atomic numbers of the training elements, sorted.
+    species_index : list of ndarray of int
+        Per structure, the index into ``species`` of every atom.
+    counts : ndarray of shape (n_structures, n_species)
+        Compositions.
+    e0 : ndarray of shape (n_species,)
+        Reference energy per element, eV.
+    """
+
+    frames: list
+    labels: Labels
+    species: np.ndarray
+    species_index: list
+    counts: np.ndarray
+    e0: np.ndarray
+
+    @property
+    def has_energy(self) -> np.ndarray:
+        """Return which structures carry an energy, shape (n_structures,)."""
+        return self.labels.has_energy
+
+    @property
+    def has_forces(self) -> np.ndarray:
+        """Return which structures carry forces, shape (n_structures,)."""
+        return np.array([f is not None for f in self.labels.forces])
+
+    @property
+    def n_atoms(self) -> np.ndarray:
+        """Return the atoms of every structure, shape (n_structures,)."""
+        return np.array([len(a) for a in self.frames])
+
+    def energy_targets(self) -> np.ndarray:
+        """Return the energies minus reference energies, of the structures that have one."""
+        has_energy = self.has_energy
+        return self.labels.energies[has_energy] - self.counts[has_energy] @ self.e0
+
+    def force_targets(self) -> np.ndarray:
+        """Return every force component of the structures that have forces, flattened."""
+        forces = [f.ravel() for f in self.labels.forces if f is not None]
+        return np.concatenate(forces) if forces else np.zeros(0)

@@ -1,15 +1,17 @@
-"""Likelihood search of the two-body term's prior std (with the signal std), for the
-sparse model's fit.
+"""Search the two-body term's prior std (with the signal std) by likelihood.
 
-The fit builds its whitened design once, with the pair columns at the given
-``prior_std``; :func:`search_prior_std` finds the prior std (and signal std) that
-maximise the marginal likelihood without another pass over the structures.
+The search serves the sparse model's fit. The fit builds its whitened design once,
+with the pair columns at the given ``prior_std``; :func:`search_prior_std` finds the
+prior std (and signal std) that maximise the marginal likelihood without another pass
+over the structures.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.linalg as sla
@@ -18,26 +20,115 @@ from sklearn.exceptions import ConvergenceWarning
 
 from kernelpot import gp
 
+if TYPE_CHECKING:
+    from kernelpot.two_body import TwoBody
+
 logger = logging.getLogger(__name__)
 
 #: Rounds of the coordinate ascent over the noise levels and (σ, prior_std).
 ROUNDS = 12
 
 
-def pair_factor(prior_std, jitter_abs):
-    """Diagonal of the two-body block of ``k_mm``'s Cholesky factor: ``k_mm`` holds
-    ``prior_std² I`` there, plus the absolute jitter ``jitter_abs`` of the GP block."""
+def pair_factor(prior_std: float | np.ndarray, jitter_abs: float) -> float | np.ndarray:
+    """Return the diagonal of the two-body block of ``k_mm``'s Cholesky factor.
+
+    ``k_mm`` holds ``prior_std² I`` there, plus the absolute jitter ``jitter_abs`` of
+    the GP block.
+    """
     return np.sqrt(np.square(prior_std) + jitter_abs)
 
 
-def whitened_pair_scale(prior_std, jitter_abs):
-    """The whitened design's pair columns are this times the basis rows: the design
-    holds ``prior_std² × basis rows`` there, divided by :func:`pair_factor`."""
+def whitened_pair_scale(prior_std: float | np.ndarray,
+                        jitter_abs: float) -> float | np.ndarray:
+    """Return the factor between the whitened design's pair columns and the basis rows.
+
+    The design holds ``prior_std² × basis rows`` there, divided by :func:`pair_factor`.
+    """
     return np.square(prior_std) / pair_factor(prior_std, jitter_abs)
 
 
-def search_prior_std(design, W_F, n_E, n_pair, pair, n_atoms_E, y_E, y_F, log_params,
-                     free, stats, jitter_abs, optimize, signal_std_bounds, owner):
+class _Profile:
+    """Profile of the log likelihood over ``(σ, prior_std)`` at one round's noise levels.
+
+    Holds the terms of :func:`search_prior_std`'s Schur complement that depend on
+    neither ``σ`` nor the prior std: the eigenvalues ``λ`` of the GP block ``G_gg``
+    (clipped at zero), ``C = Vᵀ G_gb``, ``q = Vᵀ b_g``, ``G_bb`` and ``b_b``.
+    ``column_scale`` maps a log prior std to the pair columns' scale ``c``.
+    """
+
+    def __init__(self, G, b, gp_block, pair_block, column_scale):
+        lam, V = sla.eigh(G[gp_block, gp_block])
+        self.lam = np.maximum(lam, 0.0)
+        self.C = V.T @ G[gp_block, pair_block]
+        self.q = V.T @ b[gp_block]
+        self.G_bb, self.b_b = G[pair_block, pair_block], b[pair_block]
+        self.column_scale = column_scale
+
+    def at_sigma(self, log_sigma):
+        """Return what the profile needs at one σ.
+
+        That is the GP block's terms, and H and ρ in the eigenbasis of H (``t``,
+        ``(Uᵀρ)²``), which do not depend on the prior std.
+        """
+        C, q, lam, G_bb, b_b = self.C, self.q, self.lam, self.G_bb, self.b_b
+        a = np.exp(2 * log_sigma)
+        h = 1.0 / (1.0 + a * lam)
+        H = G_bb - a * (C.T * h[None, :]) @ C
+        rho = b_b - a * (C.T @ (h * q))
+        t, U = sla.eigh(0.5 * (H + H.T))
+        gp_part = 0.5 * a * float(h @ q**2) - 0.5 * float(np.sum(np.log1p(a * lam)))
+        return a, gp_part, np.maximum(t, 0.0), (U.T @ rho) ** 2
+
+    def negative(self, log_c, parts):
+        """Return minus the log likelihood (up to noise-only terms) at prior stds ``exp(log_c)``.
+
+        Vectorised over ``log_c``; ``parts`` is :meth:`at_sigma` at the σ wanted.
+        """
+        a, gp_part, t, rho2 = parts
+        p = (a * self.column_scale(np.atleast_1d(log_c)) ** 2)[:, None]
+        value = gp_part + 0.5 * np.sum(p * rho2 / (1.0 + p * t) - np.log1p(p * t), axis=1)
+        return -value if np.ndim(log_c) else -float(value[0])
+
+
+def _maximise_profile(profile, log_sigma, fit_sigma, sigma_bounds, low, high):
+    """Return the log ``(σ, prior_std)`` that maximise ``profile``'s likelihood.
+
+    The log prior std is searched on a grid of 401 points over ``[low, high]`` at
+    ``log_sigma``, then refined with the log σ by Nelder–Mead within ``sigma_bounds``
+    when ``fit_sigma``, else alone by Brent's method between the grid's neighbours of
+    its best point. A refinement that does no better than the grid is dropped.
+    """
+    here = profile.at_sigma(log_sigma)
+    grid = np.linspace(low, high, 401)
+    values = profile.negative(grid, here)
+    k = int(np.argmin(values))
+    if fit_sigma:
+        x0 = np.array([log_sigma, grid[k]])
+        upper = np.array([sigma_bounds[1], high])
+        # a simplex of steps of 0.5 in log, pointing into the bounds
+        simplex = np.vstack([x0, x0 + np.diag(np.where(x0 + 0.5 <= upper, 0.5, -0.5))])
+        refined = minimize(lambda x: profile.negative(x[1], profile.at_sigma(x[0])), x0,
+                           method="Nelder-Mead",
+                           bounds=[sigma_bounds, (low, high)],
+                           options={"xatol": 1e-3, "fatol": 1e-6,
+                                    "initial_simplex": simplex})
+        new_sigma, new = (refined.x if refined.fun <= values[k]
+                          else (log_sigma, grid[k]))
+        return new_sigma, new
+    refined = minimize_scalar(
+        lambda g: profile.negative(g, here),
+        bounds=(grid[max(k - 1, 0)], grid[min(k + 1, 400)]), method="bounded",
+        options={"xatol": 1e-3})
+    return log_sigma, (float(refined.x) if refined.fun <= values[k] else grid[k])
+
+
+def search_prior_std(design: np.ndarray, W_F: np.ndarray, n_E: int, n_pair: int,
+                     pair: TwoBody, n_atoms_E: np.ndarray, y_E: np.ndarray, y_F: np.ndarray,
+                     log_params: np.ndarray, free: Sequence[bool],
+                     stats: gp.WhitenedStatistics, jitter_abs: float,
+                     optimize: Callable[[gp.WhitenedStatistics, np.ndarray], np.ndarray],
+                     signal_std_bounds: tuple[float, float],
+                     owner: str) -> tuple[float, np.ndarray, gp.WhitenedStatistics]:
     """Maximise the likelihood over the two-body term's ``prior_std`` and ``(σ, σ_E, σ_F)``.
 
     Coordinate ascent in two blocks: ``(σ, σ_E, σ_F)`` by ``optimize(stats, start)``
@@ -106,54 +197,9 @@ def search_prior_std(design, W_F, n_E, n_pair, pair, n_atoms_E, y_E, y_F, log_pa
         var_E, var_F = np.exp(2 * inner[1:])
         G = W_E / var_E + W_F / var_F
         b = beta_E / var_E + beta_F / var_F
-        lam, V = sla.eigh(G[gp_block, gp_block])
-        lam = np.maximum(lam, 0.0)
-        C = V.T @ G[gp_block, pair_block]
-        q = V.T @ b[gp_block]
-        G_bb, b_b = G[pair_block, pair_block], b[pair_block]
-
-        def at_sigma(log_sigma, C=C, q=q, lam=lam, G_bb=G_bb, b_b=b_b):
-            """What the profile needs at one σ: the GP block's terms, and H and ρ in the
-            eigenbasis of H (``t``, ``(Uᵀρ)²``), which do not depend on the prior std."""
-            a = np.exp(2 * log_sigma)
-            h = 1.0 / (1.0 + a * lam)
-            H = G_bb - a * (C.T * h[None, :]) @ C
-            rho = b_b - a * (C.T @ (h * q))
-            t, U = sla.eigh(0.5 * (H + H.T))
-            gp_part = 0.5 * a * float(h @ q**2) - 0.5 * float(np.sum(np.log1p(a * lam)))
-            return a, gp_part, np.maximum(t, 0.0), (U.T @ rho) ** 2
-
-        def negative_profile(log_c, parts):
-            """Minus the log likelihood (up to noise-only terms) at the prior stds
-            ``exp(log_c)``, vectorised over them."""
-            a, gp_part, t, rho2 = parts
-            p = (a * column_scale(np.atleast_1d(log_c)) ** 2)[:, None]
-            value = gp_part + 0.5 * np.sum(p * rho2 / (1.0 + p * t) - np.log1p(p * t), axis=1)
-            return -value if np.ndim(log_c) else -float(value[0])
-
-        here = at_sigma(inner[0])
-        grid = np.linspace(low, high, 401)
-        values = negative_profile(grid, here)
-        k = int(np.argmin(values))
-        if free[0]:
-            x0 = np.array([inner[0], grid[k]])
-            upper = np.array([sigma_bounds[1], high])
-            # a simplex of steps of 0.5 in log, pointing into the bounds
-            simplex = np.vstack([x0, x0 + np.diag(np.where(x0 + 0.5 <= upper, 0.5, -0.5))])
-            refined = minimize(lambda x: negative_profile(x[1], at_sigma(x[0])), x0,
-                               method="Nelder-Mead",
-                               bounds=[sigma_bounds, (low, high)],
-                               options={"xatol": 1e-3, "fatol": 1e-6,
-                                        "initial_simplex": simplex})
-            new_sigma, new = (refined.x if refined.fun <= values[k]
-                              else (inner[0], grid[k]))
-        else:
-            refined = minimize_scalar(
-                lambda g, here=here: negative_profile(g, here),
-                bounds=(grid[max(k - 1, 0)], grid[min(k + 1, 400)]), method="bounded",
-                options={"xatol": 1e-3})
-            new_sigma = inner[0]
-            new = float(refined.x) if refined.fun <= values[k] else grid[k]
+        profile = _Profile(G, b, gp_block, pair_block, column_scale)
+        new_sigma, new = _maximise_profile(profile, inner[0], free[0], sigma_bounds,
+                                           low, high)
         logger.info("%s: two-body prior_std %.4g -> %.4g (σ %.4g -> %.4g)",
                     owner, np.exp(log_std), np.exp(new), np.exp(inner[0]),
                     np.exp(new_sigma))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Iterable
 
 import numpy as np
 from ase import Atoms
@@ -11,8 +12,28 @@ from ase.data import chemical_symbols as _CHEMICAL_SYMBOLS
 from ase.geometry import complete_cell
 
 
-def check_verbose(verbose, owner: str) -> int:
-    """Return ``verbose`` as a non-negative int (``True``/``False`` give 1/0)."""
+def check_verbose(verbose: int | bool, owner: str) -> int:
+    """Return ``verbose`` as a non-negative int (``True``/``False`` give 1/0).
+
+    Parameters
+    ----------
+    verbose : int or bool
+        Verbosity level, 0 silent.
+    owner : str
+        Name used in error messages.
+
+    Returns
+    -------
+    int
+        The level.
+
+    Raises
+    ------
+    TypeError
+        If ``verbose`` is not an int or bool.
+    ValueError
+        If ``verbose < 0``.
+    """
     if isinstance(verbose, (bool, np.bool_)):
         return int(verbose)
     if not isinstance(verbose, numbers.Integral):
@@ -22,14 +43,51 @@ def check_verbose(verbose, owner: str) -> int:
     return int(verbose)
 
 
-def check_strain_flag(strain, owner: str) -> None:
-    """Raise a TypeError unless ``strain`` is a bool."""
+def check_strain_flag(strain: bool, owner: str) -> None:
+    """Check that ``strain`` is a bool.
+
+    Parameters
+    ----------
+    strain : bool
+        The ``strain`` argument of a descriptor's ``compute``.
+    owner : str
+        Name used in error messages.
+
+    Raises
+    ------
+    TypeError
+        If ``strain`` is not a bool (NumPy bools accepted).
+    """
     if not isinstance(strain, (bool, np.bool_)):
         raise TypeError(f"{owner}: strain must be True or False; got {strain!r}")
 
 
-def check_positive_float(value, name: str, owner: str, unit: str = "") -> float:
-    """Return ``value`` as a float after checking it is a finite number > 0."""
+def check_positive_float(value: float, name: str, owner: str, unit: str = "") -> float:
+    """Return ``value`` as a float after checking it is a finite number > 0.
+
+    Parameters
+    ----------
+    value : float
+        The value to check.
+    name : str
+        The argument's name, for error messages.
+    owner : str
+        Name used in error messages.
+    unit : str, default=""
+        Unit appended to the messages, e.g. ``" (Å)"``.
+
+    Returns
+    -------
+    float
+        ``float(value)``.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not a real number (bools excluded).
+    ValueError
+        If ``value`` is not finite or not > 0.
+    """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a number{unit}; got {value!r}")
     value = float(value)
@@ -38,8 +96,32 @@ def check_positive_float(value, name: str, owner: str, unit: str = "") -> float:
     return value
 
 
-def check_int(value, name: str, owner: str, minimum: int) -> int:
-    """Return ``value`` as an int after checking it is an integer >= ``minimum``."""
+def check_int(value: int, name: str, owner: str, minimum: int) -> int:
+    """Return ``value`` as an int after checking it is an integer >= ``minimum``.
+
+    Parameters
+    ----------
+    value : int
+        The value to check.
+    name : str
+        The argument's name, for error messages.
+    owner : str
+        Name used in error messages.
+    minimum : int
+        Smallest allowed value.
+
+    Returns
+    -------
+    int
+        ``int(value)``.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not an integer (bools excluded).
+    ValueError
+        If ``value < minimum``.
+    """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{owner}: {name} must be an int; got {value!r}")
     if value < minimum:
@@ -47,8 +129,20 @@ def check_int(value, name: str, owner: str, minimum: int) -> int:
     return int(value)
 
 
-def species_to_numbers(species, owner: str) -> np.ndarray:
+def species_to_numbers(species: Iterable[str | int], owner: str) -> np.ndarray:
     """Turn symbols or atomic numbers into sorted unique atomic numbers.
+
+    Parameters
+    ----------
+    species : iterable of str or int
+        Chemical symbols or atomic numbers, in any order, repeats allowed.
+    owner : str
+        Name used in error messages.
+
+    Returns
+    -------
+    ndarray of int64 of shape (n_species,)
+        Sorted unique atomic numbers.
 
     Raises
     ------
@@ -79,11 +173,32 @@ def species_to_numbers(species, owner: str) -> np.ndarray:
     return np.unique(np.asarray(out, dtype=np.int64))
 
 
-def resolve_pbc(atoms: Atoms, periodic, owner: str) -> np.ndarray:
-    """Effective periodicity: ``None`` follows ``atoms.pbc``, ``False`` is open.
+def resolve_pbc(atoms: Atoms, periodic: bool | None, owner: str) -> np.ndarray:
+    """Return the effective periodicity: ``None`` follows ``atoms.pbc``, ``False`` is open.
 
     ``True`` also follows ``atoms.pbc`` (per axis, as DScribe does) but
     requires at least one periodic axis.
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+        The structure.
+    periodic : bool or None
+        A descriptor's ``periodic`` setting.
+    owner : str
+        Name used in error messages.
+
+    Returns
+    -------
+    ndarray of bool of shape (3,)
+        Periodicity per cell vector.
+
+    Raises
+    ------
+    TypeError
+        If ``periodic`` is not None or a bool.
+    ValueError
+        If ``periodic=True`` and no axis of ``atoms`` is periodic.
     """
     if periodic is None:
         return np.array(atoms.pbc, dtype=bool)
@@ -100,12 +215,14 @@ def resolve_pbc(atoms: Atoms, periodic, owner: str) -> np.ndarray:
     return pbc
 
 
-def check_atoms(atoms, known_numbers: np.ndarray, periodic, owner: str):
+def check_atoms(atoms: Atoms, known_numbers: np.ndarray, periodic: bool | None,
+                owner: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Validate one structure for a descriptor.
 
     Parameters
     ----------
     atoms : ase.Atoms
+        The structure; not modified.
     known_numbers : ndarray of int
         Atomic numbers the descriptor was built for.
     periodic : bool or None
@@ -116,10 +233,22 @@ def check_atoms(atoms, known_numbers: np.ndarray, periodic, owner: str):
     Returns
     -------
     positions : ndarray of shape (n_atoms, 3)
+        Cartesian positions in Å, float64, C-contiguous.
     numbers : ndarray of shape (n_atoms,)
+        Atomic numbers, int64.
     pbc : ndarray of shape (3,) of bool
+        Effective periodicity (:func:`resolve_pbc`).
     cell : ndarray of shape (3, 3)
         Completed cell (non-periodic zero vectors filled in), valid under pbc.
+
+    Raises
+    ------
+    TypeError
+        If ``atoms`` is not an ase.Atoms, or ``periodic`` is not None or a bool.
+    ValueError
+        If the structure is empty, has non-finite positions, holds unknown
+        elements, or its cell is not finite or has zero volume along its periodic
+        directions.
     """
     if not isinstance(atoms, Atoms):
         raise TypeError(f"{owner}: expected an ase.Atoms; got {type(atoms).__name__}")

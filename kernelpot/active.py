@@ -7,7 +7,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from ase import Atoms, units
@@ -17,6 +19,13 @@ from sklearn.base import clone
 
 from kernelpot._files import atomic_write
 from kernelpot.calculator import KernelPotCalculator
+from kernelpot.calibration import fit_projection_scale
+
+if TYPE_CHECKING:
+    from ase.calculators.calculator import Calculator
+    from ase.md.md import MolecularDynamics
+
+    from kernelpot.estimator import SparseGPPotential
 
 logger = logging.getLogger(__name__)
 
@@ -127,9 +136,12 @@ class OnTheFlyLearner:
     it and runs the remaining steps.
     """
 
-    def __init__(self, model, reference, *, threshold=None, relative_threshold=1.0,
-                 directory=".", n_inducing="all", max_calls=None, min_interval=10,
-                 reoptimize_every=1, checkpoint_every=1, calibration_window=1):
+    def __init__(self, model: SparseGPPotential, reference: Calculator, *,
+                 threshold: float | None = None, relative_threshold: float = 1.0,
+                 directory: str | os.PathLike = ".", n_inducing: int | str = "all",
+                 max_calls: int | None = None, min_interval: int = 10,
+                 reoptimize_every: int = 1, checkpoint_every: int = 1,
+                 calibration_window: int = 1) -> None:
         if threshold is not None and not threshold > 0:
             raise ValueError(f"OnTheFlyLearner: threshold must be > 0 eV/Å; got {threshold}")
         if not relative_threshold > 0:
@@ -176,7 +188,7 @@ class OnTheFlyLearner:
             raise ValueError("OnTheFlyLearner: the threshold is set when the run starts")
         return self._auto_threshold
 
-    def run(self, dynamics, steps: int):
+    def run(self, dynamics: MolecularDynamics, steps: int) -> OnTheFlyLearner:
         """Run ``steps`` MD steps of ``dynamics`` (an ASE dynamics object) with learning.
 
         Parameters
@@ -184,10 +196,12 @@ class OnTheFlyLearner:
         dynamics : ase.md.md.MolecularDynamics
             Owns the atoms; their calculator is replaced by the model's.
         steps : int
+            MD steps to run (the calculator is the model; reference calls as gated).
 
         Returns
         -------
         self : OnTheFlyLearner
+            After the run (or after the reference failed: see ``stopped``).
         """
         if isinstance(dynamics, Atoms):
             raise TypeError("OnTheFlyLearner.run(dynamics, steps): the dynamics owns its "
@@ -205,14 +219,14 @@ class OnTheFlyLearner:
         if not hasattr(self.model, "alpha_"):
             self._fit_first(atoms)
             self._last_call_step = int(dynamics.nsteps)  # labelled already: no call here
-        elif getattr(self.model, "_state", None) is None:
+        elif not self.model.posterior_.keeps_training_data:
             raise ValueError("OnTheFlyLearner: the model must be a sparse one (method='sparse') "
                              "fitted with incremental=True")
         elif not self._continuing:
-            for frame in self.model._state.frames:  # the starting data, for resume
+            for frame in self.model.posterior_.training_frames:  # the starting data, for resume
                 self._append_frame(frame)
         if self._initial_frames is None:
-            self._initial_frames = len(self.model._state.energy_row)
+            self._initial_frames = self.model.posterior_.n_training_structures
         if self._auto_threshold is None:
             self._auto_threshold = float(self.relative_threshold * self.model.force_noise_)
         self._continuing = True
@@ -233,13 +247,17 @@ class OnTheFlyLearner:
         return self
 
     @classmethod
-    def resume(cls, directory, reference, dynamics=None, run=True):
+    def resume(cls, directory: str | os.PathLike, reference: Calculator,
+               dynamics: Callable[[Atoms], MolecularDynamics] | None = None,
+               run: bool = True) -> OnTheFlyLearner:
         """Restart an interrupted run from its directory and run the remaining steps.
 
         Parameters
         ----------
         directory : str or path-like
+            The run's directory (its checkpoint, labelled frames and settings).
         reference : ase.calculators.calculator.Calculator
+            The reference method, as given to the interrupted run.
         dynamics : callable, optional
             ``dynamics(atoms)`` returning the ASE dynamics to continue with; by default
             VelocityVerlet and Langevin runs are rebuilt from the saved settings.
@@ -250,13 +268,13 @@ class OnTheFlyLearner:
         -------
         OnTheFlyLearner
         """
-        from kernelpot.io import load
+        from kernelpot.model_files import load
 
         directory = Path(directory)
         settings = json.loads((directory / SETTINGS_FILE).read_text())
         model = load(directory / MODEL_FILE)
         frames = _read_frames(directory / FRAMES_FILE)
-        n_trained = len(model._state.energy_row)
+        n_trained = model.posterior_.n_training_structures
         if len(frames) < n_trained:
             raise ValueError(f"resume: {directory / FRAMES_FILE} holds {len(frames)} frames; "
                              f"the checkpoint was trained on {n_trained}")
@@ -264,29 +282,33 @@ class OnTheFlyLearner:
         if len(frames) > n_trained:  # labelled after the last checkpoint
             model.update(frames[n_trained:], n_inducing=settings["n_inducing"])
         md = np.load(directory / STATE_FILE, allow_pickle=False)
+        self = cls(model, reference, **settings["init"])
+        return self._continue_from(settings, md, len(frames), dynamics, run)
+
+    def _continue_from(self, settings: dict, md, n_frames: int, dynamics, run: bool):
+        """Restore this learner's run state from a checkpoint, then run what remains."""
+        self._initial_frames = int(settings["initial_frames"])
+        self._auto_threshold = settings["auto_threshold"]
+        self._continuing = True
+        self.n_reference_calls = n_frames - self._initial_frames
+        self._target_steps = int(settings["target_steps"])
+        if "calibration" in md.files:
+            self._calibration = np.asarray(md["calibration"], dtype=np.float64)
+            self._calibration_sizes = [int(n) for n in md["calibration_sizes"]]
+            self.projection_scale = float(md["projection_scale"])
+        step = int(md["step"])
         atoms = Atoms(numbers=md["numbers"], positions=md["positions"], cell=md["cell"],
                       pbc=md["pbc"], momenta=md["momenta"])
-        learner = cls(model, reference, **settings["init"])
-        learner._initial_frames = int(settings["initial_frames"])
-        learner._auto_threshold = settings["auto_threshold"]
-        learner._continuing = True
-        learner.n_reference_calls = len(frames) - learner._initial_frames
-        learner._target_steps = int(settings["target_steps"])
-        if "calibration" in md.files:
-            learner._calibration = np.asarray(md["calibration"], dtype=np.float64)
-            learner._calibration_sizes = [int(n) for n in md["calibration_sizes"]]
-            learner.projection_scale = float(md["projection_scale"])
-        step = int(md["step"])
-        atoms.calc = KernelPotCalculator(model)
+        atoms.calc = KernelPotCalculator(self.model)
         dyn = dynamics(atoms) if dynamics is not None else _rebuild_dynamics(
             settings["dynamics"], atoms)
         dyn.nsteps = step
-        logger.info("resumed at step %d with %d labelled frames", step, len(frames))
-        if run and step < learner._target_steps:
-            learner.run(dyn, learner._target_steps - step)
+        logger.info("resumed at step %d with %d labelled frames", step, n_frames)
+        if run and step < self._target_steps:
+            self.run(dyn, self._target_steps - step)
         else:
-            learner._dynamics = dyn
-        return learner
+            self._dynamics = dyn
+        return self
 
     # -- internals ---------------------------------------------------------------------
     def _fit_first(self, atoms):
@@ -324,21 +346,25 @@ class OnTheFlyLearner:
             handle.flush()
             os.fsync(handle.fileno())
 
-    def gated_std(self, results) -> np.ndarray:
-        """The calibrated epistemic force std the learner gates on, (n_atoms, 3), eV/Å.
+    def gated_std(self, results: dict) -> np.ndarray:
+        """Return the calibrated epistemic force std the learner gates on.
 
         Parameters
         ----------
         results : dict
             ``KernelPotCalculator.results`` of the current structure.
+
+        Returns
+        -------
+        ndarray of shape (n_atoms, 3)
+            ``sqrt(v_post + s² v_proj)`` per force component (see Notes of the
+            class), eV/Å.
         """
         return np.sqrt(results["forces_std_posterior"] ** 2
                        + self.projection_scale**2 * results["forces_std_projection"] ** 2)
 
     def _calibrate(self, results, reference_forces) -> None:
         """Refit the projection scale to the errors of a structure sent to the reference."""
-        from scipy.optimize import minimize_scalar
-
         r2 = ((reference_forces - results["forces"]) ** 2).ravel()
         new = np.column_stack([r2, (results["forces_std_posterior"] ** 2).ravel(),
                                (results["forces_std_projection"] ** 2).ravel(),
@@ -348,14 +374,7 @@ class OnTheFlyLearner:
         keep = int(sum(self._calibration_sizes))
         self._calibration = np.vstack([self._calibration, new])[-keep:]  # the window only
         r2, post, proj, noise = self._calibration.T
-
-        def negative_log_likelihood(log_s2):
-            var = post + np.exp(log_s2) * proj + noise
-            return 0.5 * float(np.sum(np.log(var) + r2 / var))
-
-        best = minimize_scalar(negative_log_likelihood, bounds=(np.log(1e-8), np.log(1e2)),
-                               method="bounded")
-        self.projection_scale = float(np.exp(0.5 * best.x))
+        self.projection_scale = fit_projection_scale(r2, post, proj, noise)
         logger.info("projection scale refitted on %d force components: %.3g",
                     len(r2), self.projection_scale)
 
@@ -390,7 +409,7 @@ class OnTheFlyLearner:
             "temperature_K": float(atoms.get_temperature()),
             "max_force_std": max_std, "threshold": threshold, "reference_called": called,
             "n_reference_calls": self.n_reference_calls,
-            "n_structures": len(self.model._state.energy_row),
+            "n_structures": self.model.posterior_.n_training_structures,
             "n_inducing": int(sum(self.model.n_inducing_.values())),
             "projection_scale": self.projection_scale,
             "wall_s": time.perf_counter() - self._start_wall,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 from ase.calculators.calculator import (
     Calculator,
@@ -9,6 +11,11 @@ from ase.calculators.calculator import (
     all_changes,
 )
 from sklearn.utils.validation import check_is_fitted
+
+if TYPE_CHECKING:
+    from ase import Atoms
+
+    from kernelpot.estimator import SparseGPPotential
 
 __all__ = ["KernelPotCalculator"]
 
@@ -71,16 +78,34 @@ class KernelPotCalculator(Calculator):
     default_parameters = {"uncertainty": True}
     nolabel = True
 
-    def __init__(self, model, uncertainty=True, **kwargs):
+    def __init__(self, model: SparseGPPotential, uncertainty: bool | str = True,
+                 **kwargs: Any) -> None:
         check_is_fitted(model)
         super().__init__(uncertainty=uncertainty, **kwargs)
         self.model = model
 
-    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+    def calculate(self, atoms: Atoms | None = None, properties: list[str] | None = None,
+                  system_changes: list[str] = all_changes) -> None:
         """Compute energy, per-atom energies, forces, (optionally) their stds and stress.
 
-        The stress is computed when ``properties`` asks for it (``PropertyNotImplementedError``,
-        ASE's convention, for a structure not periodic along all three axes).
+        Results go to ``self.results`` (see the class Notes); ASE's ``get_*``
+        methods call this only when the atoms changed.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms, optional
+            The structure; ``None`` uses the attached one.
+        properties : list of str, optional
+            Properties asked for; ``None`` means all but ``"stress"``. The stress is
+            computed only when asked for.
+        system_changes : list of str, default=ase.calculators.calculator.all_changes
+            What changed since the last calculation (ASE's bookkeeping).
+
+        Raises
+        ------
+        ase.calculators.calculator.PropertyNotImplementedError
+            If the stress is asked for a structure not periodic along all three axes
+            (ASE's convention).
         """
         if properties is None:
             properties = [p for p in self.implemented_properties if p != "stress"]

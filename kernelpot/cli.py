@@ -10,6 +10,7 @@ import logging
 import sys
 import time
 import tracemalloc
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -111,6 +112,7 @@ class CLIError(Exception):
     """An error reported as one line on stderr with a non-zero exit code."""
 
 
+# long: one argparse declaration per subcommand, read top to bottom like the --help output
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kernelpot",
@@ -255,7 +257,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _add_model_options(parser) -> None:
-    """The options of the model a command fits (fit, learning-curve; see _build_model)."""
+    """Add the options of the model a command fits (fit, learning-curve; _build_model)."""
     parser.add_argument("--descriptor", choices=["soap", "acsf"], default="soap")
     parser.add_argument("--r-cut", type=float, default=None,
                         help="cutoff in Å (default: 4.0 for molecules, 5.0 for periodic cells)")
@@ -430,7 +432,7 @@ def _cmd_demo(args) -> int:
 
 
 def _progress(args) -> int:
-    """tqdm bars on a terminal only, never in CI logs or with --quiet."""
+    """Return 1 (tqdm bars) on a terminal only, 0 in CI logs or with --quiet."""
     return int(sys.stderr.isatty() and not args.quiet)
 
 
@@ -548,7 +550,7 @@ def _cmd_fit(args) -> int:
     print(f"learned noise: energy {1e3 * model.energy_noise_:.3g} meV per √atom, forces "
           f"{1e3 * model.force_noise_:.3g} meV/Å; signal std "
           f"{format_signal_std(model.signal_std_)} eV")
-    if getattr(model, "two_body_", None) is not None:
+    if model.two_body_ is not None:
         print(f"two-body term: r_cut {model.two_body_.r_cut} Å, {model.two_body_.n_basis} "
               f"basis functions, prior std {model.two_body_.prior_std:.3g} × signal std")
     _print_errors("training", _errors(model, frames))
@@ -569,7 +571,7 @@ def _cmd_eval(args) -> int:
         model.calibrate(valid)
         scale = model.std_scale_
         path = model.save(args.output or args.model,
-                          training_state=getattr(model, "_state", None) is not None)
+                          training_state=model.posterior_.keeps_training_data)
         fitted = ", ".join(
             f"{q} factor {scale[q]:.3g}, projection weight {scale.get(q + '_projection', 1):.3g}, "
             f"exponent {scale.get(q + '_exponent', 1):.3g}" for q in ("energy", "forces"))
@@ -764,8 +766,22 @@ def _cmd_md(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    """Run the ``kernelpot`` command line; return the exit code."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``kernelpot`` command line.
+
+    Errors in the input (``CLIError``, ``ValueError``, ``TypeError``, ``OSError``)
+    are printed as one line on stderr, with the traceback only under ``--debug``.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name; ``None`` reads ``sys.argv``.
+
+    Returns
+    -------
+    int
+        Exit code: 0 on success, 1 on an error, 130 when interrupted.
+    """
     parser = _build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args)

@@ -15,19 +15,31 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["normalised_scores", "interval_quantile", "check_coverage"]
 
 
-def check_coverage(coverage) -> None:
-    """Raise ValueError unless ``coverage`` is a number in (0, 1)."""
+def check_coverage(coverage: float) -> None:
+    """Check that ``coverage`` is a number in (0, 1).
+
+    Parameters
+    ----------
+    coverage : float
+        Nominal coverage of an interval.
+
+    Raises
+    ------
+    ValueError
+        If ``coverage`` is not a real number (bools excluded) in (0, 1).
+    """
     if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) \
             or not 0.0 < coverage < 1.0:
         raise ValueError(f"interval coverage must be a number in (0, 1); got {coverage!r}")
 
 
-def normalised_scores(errors, std) -> np.ndarray:
-    """Sorted ``|error| / std``.
+def normalised_scores(errors: ArrayLike, std: ArrayLike) -> np.ndarray:
+    """Return the sorted normalised scores ``|error| / std``.
 
     Parameters
     ----------
@@ -37,6 +49,13 @@ def normalised_scores(errors, std) -> np.ndarray:
     Returns
     -------
     ndarray of shape (n,)
+        The scores, ascending; ``n`` is the number of values.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ, there are no values, or a value is not finite or a
+        std not > 0.
     """
     errors = np.abs(np.asarray(errors, dtype=np.float64)).ravel()
     std = np.asarray(std, dtype=np.float64).ravel()
@@ -50,7 +69,7 @@ def normalised_scores(errors, std) -> np.ndarray:
 
 
 def interval_quantile(scores: np.ndarray, coverage: float, what: str = "values") -> float:
-    """The multiplier of the std for intervals of nominal ``coverage``.
+    """Return the multiplier of the std for intervals of nominal ``coverage``.
 
     Parameters
     ----------
@@ -58,7 +77,7 @@ def interval_quantile(scores: np.ndarray, coverage: float, what: str = "values")
         Sorted normalised scores (:func:`normalised_scores`).
     coverage : float
         In (0, 1).
-    what : str
+    what : str, default="values"
         Names the quantity in error messages.
 
     Returns

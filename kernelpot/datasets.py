@@ -12,8 +12,12 @@
 from __future__ import annotations
 
 from importlib import resources
+from typing import TYPE_CHECKING
 
 from ase.io import read
+
+if TYPE_CHECKING:
+    from ase import Atoms
 
 __all__ = ["load_ethanol", "load_silicon", "data_path"]
 
@@ -29,6 +33,12 @@ def data_path(name: str) -> str:
     Returns
     -------
     str
+        Absolute path of the file.
+
+    Raises
+    ------
+    ValueError
+        If no bundled file has that name (the message lists those there are).
     """
     path = resources.files("kernelpot") / "data" / name
     if not path.is_file():
@@ -38,7 +48,7 @@ def data_path(name: str) -> str:
     return str(path)
 
 
-def load_ethanol() -> list:
+def load_ethanol() -> list[Atoms]:
     """Return the 200 bundled ethanol frames (GFN2-xTB, 500 K) as ase.Atoms.
 
     Returns
@@ -49,7 +59,7 @@ def load_ethanol() -> list:
     return read(data_path("ethanol_xtb_500K.xyz"), ":")
 
 
-def load_silicon() -> list:
+def load_silicon() -> list[Atoms]:
     """Return the four bundled DFT silicon cells (mlearn) as ase.Atoms.
 
     Returns

@@ -30,18 +30,25 @@ is the most accurate model (see :class:`kernelpot.SparseGPPotential`'s
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
+from numpy.typing import ArrayLike
 
 from kernelpot import gp
 from kernelpot.descriptors.base import DescriptorResult
 
+if TYPE_CHECKING:
+    from ase import Atoms
+
+    from kernelpot.kernels import Kernel
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["Observations", "MeanWeights", "ExactPosterior", "build_observations", "covariance",
+__all__ = ["Observations", "MeanWeights", "build_observations", "covariance",
            "prior_covariance",
            "log_density", "log_marginal_likelihood", "mean_weights", "predict_mean",
            "predict_variances", "memory_estimate", "structure_arrays", "structures_from_arrays"]
@@ -83,19 +90,23 @@ class Observations(NamedTuple):
 
     @property
     def n_energy(self) -> int:
+        """Number of energy observations."""
         return len(self.energy_atoms)
 
     @property
     def n_force(self) -> int:
+        """Number of force observations (components, three per atom)."""
         return len(self.force_structure)
 
     @property
     def n_obs(self) -> int:
+        """Number of observations: energies then force components."""
         return self.n_energy + self.n_force
 
 
 def build_observations(results: list[DescriptorResult], species_indices: list[np.ndarray],
-                       n_species: int, has_energy, has_forces) -> Observations:
+                       n_species: int, has_energy: ArrayLike,
+                       has_forces: ArrayLike) -> Observations:
     """Group descriptors and Jacobian rows of labelled structures by element.
 
     Parameters
@@ -179,8 +190,8 @@ def _reduce_rows(values: np.ndarray, index: np.ndarray):
     return unique, np.asarray(reducer @ values)
 
 
-def covariance(A: Observations, B: Observations, kernel, symmetric: bool = False,
-               weights=None) -> np.ndarray:
+def covariance(A: Observations, B: Observations, kernel: Kernel, symmetric: bool = False,
+               weights: ArrayLike | None = None) -> np.ndarray:
     """Prior covariance (without ``σ²``) between the observations of ``A`` and ``B``.
 
     Parameters
@@ -264,10 +275,13 @@ def covariance(A: Observations, B: Observations, kernel, symmetric: bool = False
     return out
 
 
-def prior_covariance(obs: Observations, kernel, per_element: bool = False):
-    """The training covariance ``K0`` of :func:`factor`: one matrix, or with
-    ``per_element`` one part per element (its environments only), for one signal std
-    each."""
+def prior_covariance(obs: Observations, kernel: Kernel,
+                     per_element: bool = False) -> np.ndarray | list[np.ndarray]:
+    """Return the training covariance ``K0`` of :func:`factor`.
+
+    One matrix, or with ``per_element`` one part per element (its environments
+    only), for one signal std each.
+    """
     if not per_element:
         return covariance(obs, obs, kernel, symmetric=True)
     n_species = len(obs.features)
@@ -289,7 +303,8 @@ def _parts(K0) -> list:
     return [K0] if isinstance(K0, np.ndarray) else list(K0)
 
 
-def signal_covariance(K0, log_params: np.ndarray) -> np.ndarray:
+def signal_covariance(K0: np.ndarray | Sequence[np.ndarray],
+                      log_params: np.ndarray) -> np.ndarray:
     """``Σ_s σ_s² K0_s`` (a new array) for the signal stds leading ``log_params``."""
     parts = _parts(K0)
     if len(log_params) != len(parts) + 2:
@@ -310,7 +325,8 @@ def _cholesky(K_y: np.ndarray) -> np.ndarray:
         return L
 
 
-def factor(K0, log_params: np.ndarray, obs: Observations) -> np.ndarray:
+def factor(K0: np.ndarray | Sequence[np.ndarray], log_params: np.ndarray,
+           obs: Observations) -> np.ndarray:
     """Lower Cholesky factor of ``K_y = σ² K0 + noise``.
 
     ``K0`` is one matrix (one signal std) or a list of per-element parts
@@ -328,8 +344,9 @@ def log_density(L: np.ndarray, y: np.ndarray, weights: np.ndarray) -> float:
                  - 0.5 * len(y) * np.log(2 * np.pi))
 
 
-def log_marginal_likelihood(log_params: np.ndarray, K0, y: np.ndarray,
-                            obs: Observations, eval_gradient: bool = False):
+def log_marginal_likelihood(log_params: np.ndarray, K0: np.ndarray | Sequence[np.ndarray],
+                            y: np.ndarray, obs: Observations,
+                            eval_gradient: bool = False) -> float | tuple[float, np.ndarray]:
     """Log marginal likelihood of ``y`` and its gradient in ``log (σ, σ_E, σ_F)``.
 
     ``K0`` is one prior covariance, or a list of per-element parts with one signal
@@ -394,17 +411,8 @@ class MeanWeights(NamedTuple):
     force: list  # (n_s, D) b_j
 
 
-class ExactPosterior(NamedTuple):
-    """A fitted exact GP: its observations, the factor of ``K_y``, weights and labels."""
-
-    observations: Observations
-    L: np.ndarray  # lower Cholesky factor of K_y
-    weights: np.ndarray  # K_y⁻¹ y
-    y: np.ndarray  # training labels (energies minus reference energies, then forces)
-    mean: MeanWeights
-
-
-def mean_weights(obs: Observations, weights: np.ndarray, signal_var) -> MeanWeights:
+def mean_weights(obs: Observations, weights: np.ndarray,
+                 signal_var: ArrayLike) -> MeanWeights:
     """Fold the observation weights ``w = K_y⁻¹ y`` into per-environment weights.
 
     ``signal_var`` is ``σ²``, one value or one per element.
@@ -424,7 +432,8 @@ def mean_weights(obs: Observations, weights: np.ndarray, signal_var) -> MeanWeig
 
 
 def predict_mean(result: DescriptorResult, species_index: np.ndarray, mean: MeanWeights,
-                 kernel, forces: bool = True, strain: bool = False):
+                 kernel: Kernel, forces: bool = True,
+                 strain: bool = False) -> tuple[np.ndarray | None, ...]:
     """Posterior-mean local energies (without reference energies) and forces.
 
     Returns
@@ -484,8 +493,9 @@ def predict_mean(result: DescriptorResult, species_index: np.ndarray, mean: Mean
 
 
 def predict_variances(results: list[DescriptorResult], species_indices: list[np.ndarray],
-                      train: Observations, L: np.ndarray, signal_var, kernel,
-                      forces: bool = True):
+                      train: Observations, L: np.ndarray, signal_var: ArrayLike,
+                      kernel: Kernel,
+                      forces: bool = True) -> list[tuple[float, np.ndarray | None]]:
     """Epistemic variances of the energies (and force components) of structures.
 
     ``σ² k_** - k_*ᵀ K_y⁻¹ k_*`` for each structure's energy and force components,
@@ -520,8 +530,9 @@ def predict_variances(results: list[DescriptorResult], species_indices: list[np.
     return out
 
 
-def structure_arrays(frames, has_energy, has_forces) -> dict:
-    """The training structures as plain arrays (what a saved exact model stores)."""
+def structure_arrays(frames: Sequence[Atoms], has_energy: ArrayLike,
+                     has_forces: ArrayLike) -> dict:
+    """Return the training structures as plain arrays (what a saved exact model stores)."""
     return {
         "n_atoms": np.array([len(a) for a in frames], dtype=np.int64),
         "numbers": np.concatenate([a.numbers for a in frames]).astype(np.int64),
@@ -533,7 +544,7 @@ def structure_arrays(frames, has_energy, has_forces) -> dict:
     }
 
 
-def structures_from_arrays(arrays: dict) -> list:
+def structures_from_arrays(arrays: dict) -> list[Atoms]:
     """Inverse of :func:`structure_arrays` (structures without labels)."""
     from ase import Atoms
 

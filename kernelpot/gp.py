@@ -32,13 +32,17 @@ basis ``K_w = K_nm L⁻ᵀ``:
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import scipy.linalg as sla
+from numpy.typing import ArrayLike
 
 from kernelpot._gp_kernels import accumulate_force_rows
 from kernelpot.descriptors.base import DescriptorResult
+
+if TYPE_CHECKING:
+    from kernelpot.kernels import Kernel
 
 #: Jitter added to the diagonal of k_mm, relative to its mean diagonal.
 JITTER = 1e-8
@@ -66,7 +70,8 @@ class DesignRows(NamedTuple):
     d_forces: np.ndarray | None = None
 
 
-def inducing_columns(inducing: list[np.ndarray], columns=None) -> list[np.ndarray]:
+def inducing_columns(inducing: list[np.ndarray],
+                     columns: list[np.ndarray] | None = None) -> list[np.ndarray]:
     """Global design columns of each species' inducing environments.
 
     ``None`` gives contiguous blocks in species order (as after a fit); models
@@ -79,8 +84,9 @@ def inducing_columns(inducing: list[np.ndarray], columns=None) -> list[np.ndarra
 
 
 def design_rows(result: DescriptorResult, species_index: np.ndarray,
-                inducing: list[np.ndarray], kernel, energy: bool = True,
-                forces: bool = True, columns=None, theta_gradient: bool = False,
+                inducing: list[np.ndarray], kernel: Kernel, energy: bool = True,
+                forces: bool = True, columns: list[np.ndarray] | None = None,
+                theta_gradient: bool = False,
                 n_columns: int | None = None) -> DesignRows:
     """Energy and force design rows of one structure.
 
@@ -173,7 +179,9 @@ def design_rows(result: DescriptorResult, species_index: np.ndarray,
 
 
 def local_energies(X: np.ndarray, species_index: np.ndarray, inducing: list[np.ndarray],
-                   kernel, weights: np.ndarray, gradients: bool = False, columns=None):
+                   kernel: Kernel, weights: np.ndarray, gradients: bool = False,
+                   columns: list[np.ndarray] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
     """Predicted local energies and their gradients with respect to the descriptors.
 
     Parameters
@@ -216,7 +224,7 @@ def local_energies(X: np.ndarray, species_index: np.ndarray, inducing: list[np.n
 
 
 def forces_from_local_gradients(result: DescriptorResult, d_energies: np.ndarray) -> np.ndarray:
-    """Forces ``F_j = -Σ_i (∂x_i/∂r_j)ᵀ ∂ε_i/∂x_i`` from the descriptor Jacobian.
+    """Compute forces ``F_j = -Σ_i (∂x_i/∂r_j)ᵀ ∂ε_i/∂x_i`` from the descriptor Jacobian.
 
     Parameters
     ----------
@@ -265,7 +273,8 @@ def stress_from_strain_derivative(derivative: np.ndarray, volume: float) -> np.n
     return sym[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
 
 
-def inducing_kernel(inducing: list[np.ndarray], kernel, columns=None) -> np.ndarray:
+def inducing_kernel(inducing: list[np.ndarray], kernel: Kernel,
+                    columns: list[np.ndarray] | None = None) -> np.ndarray:
     """``k_mm`` (zero between species), shape (n_inducing, n_inducing)."""
     columns = inducing_columns(inducing, columns)
     n_inducing = int(sum(len(z) for z in inducing))
@@ -277,13 +286,16 @@ def inducing_kernel(inducing: list[np.ndarray], kernel, columns=None) -> np.ndar
 
 
 def jitter_scale(K: np.ndarray) -> float:
-    """What :func:`cholesky_with_jitter`'s relative jitter multiplies: the mean diagonal
-    of ``K`` (1 for an empty or non-positive one)."""
+    """Return what :func:`cholesky_with_jitter`'s relative jitter multiplies.
+
+    That is the mean diagonal of ``K`` (1 for an empty or non-positive one).
+    """
     scale = float(np.mean(np.diag(K))) if len(K) else 1.0
     return scale if scale > 0 else 1.0
 
 
-def cholesky_with_jitter(K: np.ndarray, jitter: float = JITTER, max_tries: int = 6):
+def cholesky_with_jitter(K: np.ndarray, jitter: float = JITTER,
+                         max_tries: int = 6) -> tuple[np.ndarray, float]:
     """Lower Cholesky factor of ``K + ε I``, growing ``ε`` tenfold on failure.
 
     Returns
@@ -362,9 +374,11 @@ def whitened_statistics(Kw_E: np.ndarray, n_atoms_E: np.ndarray, y_E: np.ndarray
 def statistics_from_force_gram(W_F: np.ndarray, Kw_F_y: np.ndarray, c_F: float, n_F: int,
                                Kw_E: np.ndarray, n_atoms_E: np.ndarray, y_E: np.ndarray,
                                keep_basis: bool = False) -> WhitenedStatistics:
-    """:func:`whitened_statistics` from the force rows' Gram matrix ``W_F = K_w,Fᵀ K_w,F``,
-    ``K_w,Fᵀ y_F``, ``y_Fᵀ y_F`` and their number: a design whose columns are rescaled
-    needs only these rescaled (``O(M²)``), not another pass over its rows.
+    """Compute :func:`whitened_statistics` from the force rows' Gram matrix.
+
+    The inputs are ``W_F = K_w,Fᵀ K_w,F``, ``K_w,Fᵀ y_F``, ``y_Fᵀ y_F`` and their
+    number: a design whose columns are rescaled needs only these rescaled
+    (``O(M²)``), not another pass over its rows.
 
     ``W_F`` is overwritten.
     """
@@ -387,7 +401,7 @@ def statistics_from_force_gram(W_F: np.ndarray, Kw_F_y: np.ndarray, c_F: float, 
 
 
 def log_marginal_likelihood(log_params: np.ndarray, stats: WhitenedStatistics,
-                            eval_gradient: bool = False):
+                            eval_gradient: bool = False) -> float | tuple[float, np.ndarray]:
     """DTC log marginal likelihood and its gradient.
 
     Parameters
@@ -501,7 +515,8 @@ class KernelThetaGradient:
     n_theta : int
     """
 
-    def __init__(self, log_params, stats: WhitenedStatistics, L_mm: np.ndarray, n_theta: int):
+    def __init__(self, log_params: np.ndarray, stats: WhitenedStatistics, L_mm: np.ndarray,
+                 n_theta: int) -> None:
         if stats.V is None:
             raise ValueError("KernelThetaGradient needs statistics with keep_basis=True")
         log_sigma, log_se, log_sf = np.asarray(log_params, dtype=np.float64)
@@ -558,7 +573,8 @@ class KernelThetaGradient:
         return 0.5 * self.sigma2 * (2.0 * self._rows_term - mm_term)
 
 
-def inducing_kernel_gradient(inducing: list[np.ndarray], kernel, columns=None) -> np.ndarray:
+def inducing_kernel_gradient(inducing: list[np.ndarray], kernel: Kernel,
+                             columns: list[np.ndarray] | None = None) -> np.ndarray:
     """``∂k_mm/∂θ`` (zero between species), shape (n_inducing, n_inducing, n_theta)."""
     columns = inducing_columns(inducing, columns)
     n_inducing = int(sum(len(z) for z in inducing))
@@ -622,7 +638,8 @@ def solve_posterior(design: np.ndarray, n_rows: int, L_mm: np.ndarray, noise_std
     return Posterior(weights, L_mm, L_post)
 
 
-def variance_terms(rows: np.ndarray, posterior: Posterior, sigma: float):
+def variance_terms(rows: np.ndarray, posterior: Posterior,
+                   sigma: float) -> tuple[np.ndarray, np.ndarray]:
     """Posterior and projection terms of the epistemic variance of design rows.
 
     Parameters
@@ -649,7 +666,9 @@ def variance_terms(rows: np.ndarray, posterior: Posterior, sigma: float):
 
 
 def prior_variances(result: DescriptorResult, species_index: np.ndarray, n_species: int,
-                    kernel, energy: bool = True, forces: bool = True, weights=None):
+                    kernel: Kernel, energy: bool = True, forces: bool = True,
+                    weights: ArrayLike | None = None
+                    ) -> tuple[float | None, np.ndarray | None]:
     """Prior variances (in kernel units, without ``σ²``) of a structure's energy and forces.
 
     ``weights`` (one per element, default 1) multiply each element's part: with the

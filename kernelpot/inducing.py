@@ -13,7 +13,7 @@ from skmatter.sample_selection import CUR, FPS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SPARSE_METHODS", "resolve_n_sparse", "select_inducing"]
+__all__ = ["SPARSE_METHODS", "choose_inducing", "resolve_n_sparse", "select_inducing"]
 
 SPARSE_METHODS = ("cur", "fps", "random", "all")
 _INTEGER_TYPES = (numbers.Integral, np.integer)
@@ -21,7 +21,7 @@ _INTEGER_TYPES = (numbers.Integral, np.integer)
 
 def resolve_n_sparse(n_sparse, species_numbers: np.ndarray, counts: np.ndarray,
                      default_cap: int) -> np.ndarray:
-    """Number of inducing environments per species.
+    """Resolve the number of inducing environments per species.
 
     Parameters
     ----------
@@ -65,7 +65,7 @@ def resolve_n_sparse(n_sparse, species_numbers: np.ndarray, counts: np.ndarray,
 
 def select_inducing(features: np.ndarray, n_select: int, method: str,
                     rng: np.random.Generator) -> np.ndarray:
-    """Indices of the inducing environments among ``features`` of one species.
+    """Select the inducing environments among ``features`` of one species (indices).
 
     Parameters
     ----------
@@ -118,3 +118,43 @@ def _cur_rank(features: np.ndarray, n_select: int) -> int:
     the space.
     """
     return int(max(1, min(n_select, min(features.shape) - 1)))
+
+
+def choose_inducing(features: list[np.ndarray], species_index: list[np.ndarray],
+                    n_species: int, n_sparse, method: str, rng, default_cap: int,
+                    species_numbers: np.ndarray) -> list[np.ndarray]:
+    """Inducing descriptors per species from the training structures' environments.
+
+    Parameters
+    ----------
+    features : list of ndarray of shape (n_atoms_k, n_features)
+        Descriptors of every training structure.
+    species_index : list of ndarray of int
+        Species index (into ``species_numbers``) of every atom of each structure.
+    n_species : int
+    n_sparse : int, dict or None
+        See :func:`resolve_n_sparse`.
+    method : {"cur", "fps", "random", "all"}
+    rng : numpy.random.RandomState or Generator
+    default_cap : int
+        Environments per species when ``n_sparse`` does not say.
+    species_numbers : ndarray of int
+        Atomic numbers of the species, sorted.
+
+    Returns
+    -------
+    list of ndarray of shape (m_s, n_features)
+        Read-only (kernels may cache data derived from them).
+    """
+    all_features = np.concatenate(features)
+    all_index = np.concatenate(species_index)
+    counts = np.bincount(all_index, minlength=n_species)
+    n_select = resolve_n_sparse(n_sparse, species_numbers, counts, default_cap)
+    inducing = []
+    for s in range(n_species):
+        pool = all_features[all_index == s]
+        chosen = select_inducing(pool, int(n_select[s]), method, rng)
+        z = np.array(pool[chosen])
+        z.setflags(write=False)  # fixed from here on; kernels may cache derived data
+        inducing.append(z)
+    return inducing

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, clone
 
 from kernelpot import _hessian_kernels
@@ -40,7 +41,10 @@ class Kernel(BaseEstimator):
 
     Subclasses list their continuous hyperparameters in ``_hyperparameters`` as
     names; each has a ``<name>_bounds`` constructor argument, a pair of
-    positive numbers or ``"fixed"``.
+    positive numbers or ``"fixed"``. They implement ``__call__``, :meth:`diag`,
+    :meth:`gradient_coefficients`, :meth:`mixed_second_derivative` and
+    :meth:`contracted_hessian`, and usually override the batched
+    :meth:`contracted_hessian_sums` and :meth:`accumulate_cross_hessian`.
     """
 
     _hyperparameters: tuple[str, ...] = ()
@@ -72,8 +76,25 @@ class Kernel(BaseEstimator):
         """Names of the free hyperparameters, in ``theta`` order."""
         return self._free()
 
-    def clone_with_theta(self, theta) -> Kernel:
-        """Return a copy with the free hyperparameters set to ``exp(theta)``."""
+    def clone_with_theta(self, theta: ArrayLike) -> Kernel:
+        """Return a copy with the free hyperparameters set to ``exp(theta)``.
+
+        Parameters
+        ----------
+        theta : array-like of shape (n_theta,)
+            Log of the free hyperparameters, in :attr:`theta_names` order.
+
+        Returns
+        -------
+        Kernel
+            An unfitted clone of this kernel with the new values; fixed
+            hyperparameters are copied unchanged.
+
+        Raises
+        ------
+        ValueError
+            If ``theta`` does not have shape ``(n_theta,)``.
+        """
         twin = clone(self)
         theta = np.atleast_1d(np.asarray(theta, dtype=np.float64))
         names = self._free()
@@ -84,7 +105,14 @@ class Kernel(BaseEstimator):
         return twin
 
     def check(self) -> None:
-        """Validate the hyperparameters; raise ``ValueError``/``TypeError``."""
+        """Validate the hyperparameters.
+
+        Raises
+        ------
+        ValueError
+            If a hyperparameter is not a number > 0, or its bounds are neither
+            ``"fixed"`` nor a pair ``0 < low < high``.
+        """
         for h in self._hyperparameters:
             value = getattr(self, h)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
@@ -101,12 +129,14 @@ class Kernel(BaseEstimator):
                                  f"0 < low < high; got {b!r}")
 
     # -- composition: ``k1 + k2`` and ``c * k`` --------------------------------------
-    def __add__(self, other):
+    def __add__(self, other: object) -> Sum:
+        """Return ``Sum(self, other)`` for another kernel."""
         if not isinstance(other, Kernel):
             return NotImplemented
         return Sum(self, other)
 
-    def __mul__(self, other):
+    def __mul__(self, other: object) -> Scaled:
+        """Return ``Scaled(self, other)`` for a real number ``other``."""
         if isinstance(other, bool) or not isinstance(other, numbers.Real):
             return NotImplemented
         return Scaled(self, float(other))
@@ -114,48 +144,121 @@ class Kernel(BaseEstimator):
     __rmul__ = __mul__
 
     # -- to implement ----------------------------------------------------------------
-    def __call__(self, X, Y=None, eval_gradient=False):
-        raise NotImplementedError
+    def __call__(self, X: ArrayLike, Y: ArrayLike | None = None,
+                 eval_gradient: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Return the kernel matrix ``K[a, b] = k(X[a], Y[b])``.
 
-    def diag(self, X) -> np.ndarray:
-        """Return ``k(x, x)`` for every row of ``X``, shape (n_X,)."""
-        raise NotImplementedError
+        Parameters
+        ----------
+        X : array-like of shape (n_X, D)
+            Descriptors, one row per environment.
+        Y : array-like of shape (n_Y, D), optional
+            Second set of descriptors; ``None`` means ``X``.
+        eval_gradient : bool, default=False
+            Also return the derivative with respect to ``theta``.
 
-    def gradient_coefficients(self, X, Y, eval_gradient=False):
-        """Return ``(α, β)`` with ``∂k(x, y)/∂x = α y + β x``, each (n_X, n_Y).
-
-        With ``eval_gradient=True`` also ``(dα/dθ, dβ/dθ)``, each
-        (n_X, n_Y, n_theta).
+        Returns
+        -------
+        K : ndarray of shape (n_X, n_Y)
+            Kernel values.
+        K_gradient : ndarray of shape (n_X, n_Y, n_theta)
+            ``∂K/∂theta`` (log hyperparameters); only with ``eval_gradient=True``.
         """
         raise NotImplementedError
 
-    def gradient(self, X, Y) -> np.ndarray:
-        """Dense ``∂k(x, y)/∂x``, shape (n_X, n_Y, D), for small inputs and tests."""
+    def diag(self, X: ArrayLike) -> np.ndarray:
+        """Return ``k(x, x)`` for every row of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, D)
+            Descriptors.
+
+        Returns
+        -------
+        ndarray of shape (n_X,)
+            The diagonal of ``k(X, X)``, without forming the matrix.
+        """
+        raise NotImplementedError
+
+    def gradient_coefficients(self, X: ArrayLike, Y: ArrayLike,
+                              eval_gradient: bool = False) -> tuple[np.ndarray, ...]:
+        """Return ``(α, β)`` with ``∂k(x, y)/∂x = α y + β x``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, D)
+            Descriptors the derivative is taken in.
+        Y : array-like of shape (n_Y, D)
+            Second set of descriptors.
+        eval_gradient : bool, default=False
+            Also return the derivatives of ``α`` and ``β`` with respect to ``theta``.
+
+        Returns
+        -------
+        alpha, beta : ndarray of shape (n_X, n_Y)
+            Coefficients of ``y`` and of ``x`` in the gradient.
+        alpha_gradient, beta_gradient : ndarray of shape (n_X, n_Y, n_theta)
+            ``dα/dθ`` and ``dβ/dθ``; only with ``eval_gradient=True``.
+        """
+        raise NotImplementedError
+
+    def gradient(self, X: ArrayLike, Y: ArrayLike) -> np.ndarray:
+        """Return the dense gradient ``∂k(x, y)/∂x``, for small inputs and tests.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, D)
+            Descriptors the derivative is taken in.
+        Y : array-like of shape (n_Y, D)
+            Second set of descriptors.
+
+        Returns
+        -------
+        ndarray of shape (n_X, n_Y, D)
+            ``G[a, b] = α[a, b] Y[b] + β[a, b] X[a]``
+            (:meth:`gradient_coefficients`).
+        """
         X, Y = _as_2d(X), _as_2d(Y)
         alpha, beta = self.gradient_coefficients(X, Y)
         return alpha[:, :, None] * Y[None, :, :] + beta[:, :, None] * X[:, None, :]
 
-    def mixed_second_derivative(self, X, Y) -> np.ndarray:
-        """Dense ``∂²k(x, y)/∂x∂y``, shape (n_X, n_Y, D, D), for small inputs and tests."""
+    def mixed_second_derivative(self, X: ArrayLike, Y: ArrayLike) -> np.ndarray:
+        """Return the dense ``∂²k(x, y)/∂x∂y``, for small inputs and tests.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, D)
+            Descriptors of the first argument.
+        Y : array-like of shape (n_Y, D)
+            Descriptors of the second argument.
+
+        Returns
+        -------
+        ndarray of shape (n_X, n_Y, D, D)
+            ``H[a, b, d, e] = ∂²k(X[a], Y[b]) / ∂x_d ∂y_e``.
+        """
         raise NotImplementedError
 
-    def contracted_hessian(self, X, A) -> np.ndarray:
+    def contracted_hessian(self, X: ArrayLike, A: ArrayLike) -> np.ndarray:
         """Return ``M[a, b] = A[a]ᵀ H(X[a], X[b]) A[b]`` with ``H = ∂²k/∂x∂y``.
 
         Parameters
         ----------
-        X : ndarray of shape (n, D)
+        X : array-like of shape (n, D)
             Descriptors.
-        A : ndarray of shape (n, D)
+        A : array-like of shape (n, D)
             One vector per descriptor (a row of a descriptor Jacobian).
 
         Returns
         -------
         ndarray of shape (n, n)
+            The contracted mixed second derivatives.
         """
         raise NotImplementedError
 
-    def contracted_cross_hessian(self, X, A, a_env, Y, B, b_env) -> np.ndarray:
+    def contracted_cross_hessian(self, X: ArrayLike, A: ArrayLike, a_env: ArrayLike,
+                                 Y: ArrayLike, B: ArrayLike, b_env: ArrayLike) -> np.ndarray:
         """Return ``M[p, q] = A[p]ᵀ H(X[a_env[p]], Y[b_env[q]]) B[q]``, ``H = ∂²k/∂x∂y``.
 
         The force–force covariance of the exact GP is a sum of these over the
@@ -165,25 +268,38 @@ class Kernel(BaseEstimator):
 
         Parameters
         ----------
-        X : ndarray of shape (n_x, D)
-        A : ndarray of shape (P, D)
+        X : array-like of shape (n_x, D)
+            Descriptors of the first set of environments.
+        A : array-like of shape (P, D)
             Rows of descriptor Jacobians, row ``p`` belonging to environment ``a_env[p]``.
-        a_env : ndarray of int of shape (P,)
-        Y : ndarray of shape (n_y, D)
-        B : ndarray of shape (Q, D)
-        b_env : ndarray of int of shape (Q,)
+        a_env : array-like of int of shape (P,)
+            Row of ``X`` each row of ``A`` belongs to.
+        Y : array-like of shape (n_y, D)
+            Descriptors of the second set of environments.
+        B : array-like of shape (Q, D)
+            Rows of descriptor Jacobians, row ``q`` belonging to environment ``b_env[q]``.
+        b_env : array-like of int of shape (Q,)
+            Row of ``Y`` each row of ``B`` belongs to.
 
         Returns
         -------
         ndarray of shape (P, Q)
+            The contracted mixed second derivatives.
+
+        Raises
+        ------
+        ValueError
+            If feature lengths differ or an index in ``a_env``/``b_env`` is out of range.
         """
         out = np.zeros((len(A), len(B)))
         self.accumulate_cross_hessian(out, X, A, a_env, np.arange(len(A)), Y, B, b_env,
                                       np.arange(len(B)))
         return out
 
-    def accumulate_cross_hessian(self, out, X, A, a_env, a_out, Y, B, b_env, b_out,
-                                 factor=1.0) -> None:
+    def accumulate_cross_hessian(self, out: np.ndarray, X: ArrayLike, A: ArrayLike,
+                                 a_env: ArrayLike, a_out: ArrayLike, Y: ArrayLike,
+                                 B: ArrayLike, b_env: ArrayLike, b_out: ArrayLike,
+                                 factor: float = 1.0) -> None:
         """Add ``A[p]ᵀ H(X[a_env[p]], Y[b_env[q]]) B[q]`` to ``out[a_out[p], b_out[q]]``.
 
         :meth:`contracted_cross_hessian` summed into the rows and columns of ``out``
@@ -194,19 +310,36 @@ class Kernel(BaseEstimator):
         ----------
         out : ndarray of shape (n_out, m_out)
             Accumulated into, in place.
-        X, A, a_env, Y, B, b_env
-            As in :meth:`contracted_cross_hessian`.
-        a_out : ndarray of int of shape (P,)
-        b_out : ndarray of int of shape (Q,)
+        X : array-like of shape (n_x, D)
+            Descriptors of the first set of environments.
+        A : array-like of shape (P, D)
+            Jacobian rows, row ``p`` belonging to environment ``a_env[p]``.
+        a_env : array-like of int of shape (P,)
+            Row of ``X`` each row of ``A`` belongs to.
+        a_out : array-like of int of shape (P,)
+            Row of ``out`` each row of ``A`` adds into.
+        Y : array-like of shape (n_y, D)
+            Descriptors of the second set of environments.
+        B : array-like of shape (Q, D)
+            Jacobian rows, row ``q`` belonging to environment ``b_env[q]``.
+        b_env : array-like of int of shape (Q,)
+            Row of ``Y`` each row of ``B`` belongs to.
+        b_out : array-like of int of shape (Q,)
+            Column of ``out`` each row of ``B`` adds into.
         factor : float, default=1.0
             Multiplies what is added (the weight of a term of a composite kernel).
+
+        Raises
+        ------
+        ValueError
+            If feature lengths differ or an index in ``a_env``/``b_env`` is out of range.
         """
         X, A, Y, B, a_env, b_env = _cross_inputs(X, A, a_env, Y, B, b_env)
         H = self.mixed_second_derivative(X, Y)
         M = np.einsum("pd,pqde,qe->pq", A, H[a_env][:, b_env], B)
         np.add.at(out, (np.asarray(a_out)[:, None], np.asarray(b_out)[None, :]), factor * M)
 
-    def contracted_hessian_sums(self, X, A) -> np.ndarray:
+    def contracted_hessian_sums(self, X: ArrayLike, A: ArrayLike) -> np.ndarray:
         """Return ``s[c] = Σ_ab A[a, c]ᵀ H(X[a], X[b]) A[b, c]`` for every ``c``.
 
         The prior variance of a force component is such a sum over the centres whose
@@ -215,19 +348,22 @@ class Kernel(BaseEstimator):
 
         Parameters
         ----------
-        X : ndarray of shape (n, D)
-        A : ndarray of shape (n, k, D)
+        X : array-like of shape (n, D)
+            Descriptors.
+        A : array-like of shape (n, k, D)
+            ``k`` Jacobian rows per descriptor (``k = 3``: one per force component).
 
         Returns
         -------
         ndarray of shape (k,)
+            The sums over ``a`` and ``b``.
         """
         return np.array([self.contracted_hessian(X, A[:, c, :]).sum()
                          for c in range(A.shape[1])])
 
 
 def _cross_inputs(X, A, a_env, Y, B, b_env):
-    """Validated float64 C-contiguous inputs of :meth:`Kernel.contracted_cross_hessian`."""
+    """Return validated float64 C-contiguous inputs of :meth:`Kernel.contracted_cross_hessian`."""
     X, A, Y, B = (np.ascontiguousarray(_as_2d(M)) for M in (X, A, Y, B))
     a_env = np.ascontiguousarray(a_env, dtype=np.int64)
     b_env = np.ascontiguousarray(b_env, dtype=np.int64)
@@ -245,7 +381,7 @@ def _cross_inputs(X, A, a_env, Y, B, b_env):
 
 
 def _segments(a_out):
-    """Order of the rows of A by output row, segment starts and segment rows."""
+    """Return the order of the rows of A by output row, segment starts and segment rows."""
     a_out = np.asarray(a_out, dtype=np.int64)
     order = np.argsort(a_out, kind="stable")
     ordered = a_out[order]
@@ -256,6 +392,7 @@ def _segments(a_out):
 
 
 def _as_2d(X) -> np.ndarray:
+    """Return ``X`` as a 2-D float64 array; raise ``ValueError`` otherwise."""
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise ValueError(f"kernel input must be 2-D (n_samples, n_features); got shape {X.shape}")
@@ -288,22 +425,30 @@ class NormalizedDotProduct(Kernel):
        https://doi.org/10.1103/PhysRevB.87.184115
     """
 
-    def __init__(self, zeta=2):
+    def __init__(self, zeta: int = 2) -> None:
         self.zeta = zeta
 
     def check(self) -> None:
+        """Validate ``zeta``.
+
+        Raises
+        ------
+        ValueError
+            If ``zeta`` is not an int >= 1.
+        """
         if isinstance(self.zeta, bool) or not isinstance(self.zeta, numbers.Integral) \
                 or self.zeta < 1:
             raise ValueError(f"NormalizedDotProduct: zeta must be an int >= 1; got {self.zeta!r}")
 
     @staticmethod
     def _normalise(X):
+        """Return the unit rows of ``X`` (zero rows stay zero) and the row norms."""
         norms = np.sqrt(np.einsum("nd,nd->n", X, X))
         safe = np.where(norms > _TINY, norms, 1.0)
         return X / safe[:, None] * (norms > _TINY)[:, None], norms
 
     def _unit(self, X):
-        """Unit rows and norms; cached for read-only arrays (the fitted inducing sets)."""
+        """Return unit rows and norms, cached for read-only arrays (fitted inducing sets)."""
         if X.flags.writeable:
             return self._normalise(X)
         key = (id(X), X.__array_interface__["data"][0], X.shape)
@@ -314,7 +459,27 @@ class NormalizedDotProduct(Kernel):
             cache[key] = (X, *self._normalise(X))  # holding X keeps its id unique
         return cache[key][1], cache[key][2]
 
-    def __call__(self, X, Y=None, eval_gradient=False):
+    def __call__(self, X: ArrayLike, Y: ArrayLike | None = None,
+                 eval_gradient: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Return ``K[a, b] = (x̂_a · ŷ_b)^ζ``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, D)
+            Descriptors, one row per environment.
+        Y : array-like of shape (n_Y, D), optional
+            Second set of descriptors; ``None`` means ``X``.
+        eval_gradient : bool, default=False
+            Also return the derivative with respect to ``theta``.
+
+        Returns
+        -------
+        K : ndarray of shape (n_X, n_Y)
+            Kernel values.
+        K_gradient : ndarray of shape (n_X, n_Y, n_theta)
+            Only with ``eval_gradient=True``:
+            empty, ``zeta`` is not optimised.
+        """
         X = _as_2d(X)
         Y = X if Y is None else _as_2d(Y)
         U, _ = self._unit(X)
@@ -324,11 +489,43 @@ class NormalizedDotProduct(Kernel):
             return K, np.zeros(K.shape + (0,))
         return K
 
-    def diag(self, X):
+    def diag(self, X: ArrayLike) -> np.ndarray:
+        """Return ``k(x, x)``: 1, or 0 for a zero descriptor.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, D)
+            Descriptors.
+
+        Returns
+        -------
+        ndarray of shape (n_X,)
+            Ones, zero where a row of ``X`` is zero.
+        """
         _, norms = self._unit(_as_2d(X))
         return (norms > _TINY).astype(np.float64)
 
-    def gradient_coefficients(self, X, Y, eval_gradient=False):
+    def gradient_coefficients(self, X: ArrayLike, Y: ArrayLike,
+                              eval_gradient: bool = False) -> tuple[np.ndarray, ...]:
+        """Return ``α = ζ c^(ζ-1) / (|x||y|)`` and ``β = -ζ c^ζ / |x|²``, ``c = x̂ · ŷ``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, D)
+            Descriptors the derivative is taken in.
+        Y : array-like of shape (n_Y, D)
+            Second set of descriptors.
+        eval_gradient : bool, default=False
+            Also return the derivatives of ``α`` and ``β`` with respect to ``theta``.
+
+        Returns
+        -------
+        alpha, beta : ndarray of shape (n_X, n_Y)
+            Coefficients of ``y`` and of ``x`` in ``∂k(x, y)/∂x = α y + β x``.
+        alpha_gradient, beta_gradient : ndarray of shape (n_X, n_Y, n_theta)
+            Only with ``eval_gradient=True``:
+            empty, ``zeta`` is not optimised.
+        """
         X, Y = _as_2d(X), _as_2d(Y)
         U, nx = self._unit(X)
         V, ny = self._unit(Y)
@@ -344,7 +541,21 @@ class NormalizedDotProduct(Kernel):
             return alpha, beta, empty, empty
         return alpha, beta
 
-    def mixed_second_derivative(self, X, Y):
+    def mixed_second_derivative(self, X: ArrayLike, Y: ArrayLike) -> np.ndarray:
+        """Return the dense ``∂²k/∂x∂y`` (class Notes), for small inputs and tests.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, D)
+            Descriptors of the first argument.
+        Y : array-like of shape (n_Y, D)
+            Descriptors of the second argument.
+
+        Returns
+        -------
+        ndarray of shape (n_X, n_Y, D, D)
+            ``H[a, b, d, e] = ∂²k(X[a], Y[b]) / ∂x_d ∂y_e``.
+        """
         X, Y = _as_2d(X), _as_2d(Y)
         U, nx = self._unit(X)
         V, ny = self._unit(Y)
@@ -365,7 +576,21 @@ class NormalizedDotProduct(Kernel):
                 out[a, b] = z / (nx[a] * ny[b]) * (first + c ** (z - 1) * pxpy)
         return out
 
-    def contracted_hessian(self, X, A):
+    def contracted_hessian(self, X: ArrayLike, A: ArrayLike) -> np.ndarray:
+        """Return ``A[a]ᵀ H(X[a], X[b]) A[b]`` from inner products, without ``D × D`` matrices.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, D)
+            Descriptors.
+        A : array-like of shape (n, D)
+            One vector per descriptor (a row of a descriptor Jacobian).
+
+        Returns
+        -------
+        ndarray of shape (n, n)
+            ``M[a, b] = A[a]ᵀ H(X[a], X[b]) A[b]``, ``H = ∂²k/∂x∂y``.
+        """
         X, A = _as_2d(X), _as_2d(A)
         U, nx = self._unit(X)
         z = self.zeta
@@ -383,7 +608,21 @@ class NormalizedDotProduct(Kernel):
             M = M + (z - 1) * C ** (z - 2) * t1 * t2
         return scale * M
 
-    def contracted_hessian_sums(self, X, A):
+    def contracted_hessian_sums(self, X: ArrayLike, A: ArrayLike) -> np.ndarray:
+        """Return the sums of :meth:`contracted_hessian` for all ``k`` Jacobian rows at once.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, D)
+            Descriptors.
+        A : array-like of shape (n, k, D)
+            ``k`` Jacobian rows per descriptor (``k = 3``: one per force component).
+
+        Returns
+        -------
+        ndarray of shape (k,)
+            ``s[c] = Σ_ab A[a, c]ᵀ H(X[a], X[b]) A[b, c]``.
+        """
         X = _as_2d(X)
         A = np.asarray(A, dtype=np.float64)
         U, nx = self._unit(X)
@@ -405,8 +644,22 @@ class NormalizedDotProduct(Kernel):
             M = M + (z - 1) * C ** (z - 2) * t1 * t2
         return np.einsum("ab,cab->c", scale, M)
 
-    def accumulate_cross_hessian(self, out, X, A, a_env, a_out, Y, B, b_env, b_out,
-                                 factor=1.0):
+    def accumulate_cross_hessian(self, out: np.ndarray, X: ArrayLike, A: ArrayLike,
+                                 a_env: ArrayLike, a_out: ArrayLike, Y: ArrayLike,
+                                 B: ArrayLike, b_env: ArrayLike, b_out: ArrayLike,
+                                 factor: float = 1.0) -> None:
+        """Add ``A[p]ᵀ H(X[a_env[p]], Y[b_env[q]]) B[q]`` into ``out`` (Numba kernel).
+
+        Parameters
+        ----------
+        out : ndarray of shape (n_out, m_out)
+            Accumulated into, in place.
+        X, A, a_env, a_out, Y, B, b_env, b_out : array-like
+            Environments, Jacobian rows and their output rows and columns, as in
+            :meth:`Kernel.accumulate_cross_hessian`.
+        factor : float, default=1.0
+            Multiplies what is added.
+        """
         X, A, Y, B, a_env, b_env = _cross_inputs(X, A, a_env, Y, B, b_env)
         order, seg_start, seg_row = _segments(a_out)
         A, a_env = A[order], a_env[order]
@@ -439,17 +692,39 @@ class SquaredExponential(Kernel):
 
     _hyperparameters = ("length_scale",)
 
-    def __init__(self, length_scale=1.0, length_scale_bounds=(1e-2, 1e3)):
+    def __init__(self, length_scale: float = 1.0,
+                 length_scale_bounds: tuple[float, float] | str = (1e-2, 1e3)) -> None:
         self.length_scale = length_scale
         self.length_scale_bounds = length_scale_bounds
 
     @staticmethod
     def _sq_dist(X, Y):
+        """Return the squared distances ``|x_a - y_b|²``, clipped at 0, shape (n_X, n_Y)."""
         d2 = (np.einsum("nd,nd->n", X, X)[:, None] + np.einsum("nd,nd->n", Y, Y)[None, :]
               - 2.0 * X @ Y.T)
         return np.maximum(d2, 0.0)
 
-    def __call__(self, X, Y=None, eval_gradient=False):
+    def __call__(self, X: ArrayLike, Y: ArrayLike | None = None,
+                 eval_gradient: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Return ``K[a, b] = exp(-|x_a - y_b|² / (2 ℓ²))``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, D)
+            Descriptors, one row per environment.
+        Y : array-like of shape (n_Y, D), optional
+            Second set of descriptors; ``None`` means ``X``.
+        eval_gradient : bool, default=False
+            Also return the derivative with respect to ``theta``.
+
+        Returns
+        -------
+        K : ndarray of shape (n_X, n_Y)
+            Kernel values.
+        K_gradient : ndarray of shape (n_X, n_Y, n_theta)
+            Only with ``eval_gradient=True``:
+            ``∂K/∂ log ℓ = K |δ|² / ℓ²`` (empty if ``ℓ`` is fixed).
+        """
         X = _as_2d(X)
         Y = X if Y is None else _as_2d(Y)
         ell2 = float(self.length_scale) ** 2
@@ -461,10 +736,42 @@ class SquaredExponential(Kernel):
             return K, (K * d2 / ell2)[:, :, None]
         return K
 
-    def diag(self, X):
+    def diag(self, X: ArrayLike) -> np.ndarray:
+        """Return ``k(x, x) = 1`` for every row of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, D)
+            Descriptors.
+
+        Returns
+        -------
+        ndarray of shape (n_X,)
+            Ones.
+        """
         return np.ones(len(_as_2d(X)))
 
-    def gradient_coefficients(self, X, Y, eval_gradient=False):
+    def gradient_coefficients(self, X: ArrayLike, Y: ArrayLike,
+                              eval_gradient: bool = False) -> tuple[np.ndarray, ...]:
+        """Return ``α = k / ℓ²`` and ``β = -α``: ``∂k/∂x = -k (x - y) / ℓ²``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, D)
+            Descriptors the derivative is taken in.
+        Y : array-like of shape (n_Y, D)
+            Second set of descriptors.
+        eval_gradient : bool, default=False
+            Also return the derivatives of ``α`` and ``β`` with respect to ``theta``.
+
+        Returns
+        -------
+        alpha, beta : ndarray of shape (n_X, n_Y)
+            Coefficients of ``y`` and of ``x`` in ``∂k(x, y)/∂x = α y + β x``.
+        alpha_gradient, beta_gradient : ndarray of shape (n_X, n_Y, n_theta)
+            Only with ``eval_gradient=True``:
+            ``dα/d log ℓ = α (|δ|² / ℓ² - 2)`` and its negative (empty if ``ℓ`` is fixed).
+        """
         X, Y = _as_2d(X), _as_2d(Y)
         ell2 = float(self.length_scale) ** 2
         d2 = self._sq_dist(X, Y)
@@ -478,7 +785,21 @@ class SquaredExponential(Kernel):
             return alpha, -alpha, dalpha, -dalpha
         return alpha, -alpha
 
-    def mixed_second_derivative(self, X, Y):
+    def mixed_second_derivative(self, X: ArrayLike, Y: ArrayLike) -> np.ndarray:
+        """Return the dense ``∂²k/∂x∂y = k / ℓ² (I - δ δᵀ / ℓ²)``, for small inputs and tests.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, D)
+            Descriptors of the first argument.
+        Y : array-like of shape (n_Y, D)
+            Descriptors of the second argument.
+
+        Returns
+        -------
+        ndarray of shape (n_X, n_Y, D, D)
+            ``H[a, b, d, e] = ∂²k(X[a], Y[b]) / ∂x_d ∂y_e``.
+        """
         X, Y = _as_2d(X), _as_2d(Y)
         ell2 = float(self.length_scale) ** 2
         K = self(X, Y)
@@ -487,7 +808,21 @@ class SquaredExponential(Kernel):
         return (K / ell2)[:, :, None, None] * (
             eye - delta[:, :, :, None] * delta[:, :, None, :] / ell2)
 
-    def contracted_hessian(self, X, A):
+    def contracted_hessian(self, X: ArrayLike, A: ArrayLike) -> np.ndarray:
+        """Return ``A[a]ᵀ H(X[a], X[b]) A[b]`` from inner products, without ``D × D`` matrices.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, D)
+            Descriptors.
+        A : array-like of shape (n, D)
+            One vector per descriptor (a row of a descriptor Jacobian).
+
+        Returns
+        -------
+        ndarray of shape (n, n)
+            ``M[a, b] = A[a]ᵀ H(X[a], X[b]) A[b]``, ``H = ∂²k/∂x∂y``.
+        """
         X, A = _as_2d(X), _as_2d(A)
         ell2 = float(self.length_scale) ** 2
         K = self(X, X)
@@ -497,7 +832,21 @@ class SquaredExponential(Kernel):
         b_delta = AX.T - ax[None, :]  # A_b · (x_a - x_b)
         return K / ell2 * (A @ A.T - a_delta * b_delta / ell2)
 
-    def contracted_hessian_sums(self, X, A):
+    def contracted_hessian_sums(self, X: ArrayLike, A: ArrayLike) -> np.ndarray:
+        """Return the sums of :meth:`contracted_hessian` for all ``k`` Jacobian rows at once.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, D)
+            Descriptors.
+        A : array-like of shape (n, k, D)
+            ``k`` Jacobian rows per descriptor (``k = 3``: one per force component).
+
+        Returns
+        -------
+        ndarray of shape (k,)
+            ``s[c] = Σ_ab A[a, c]ᵀ H(X[a], X[b]) A[b, c]``.
+        """
         X = _as_2d(X)
         At = np.asarray(A, dtype=np.float64).transpose(1, 0, 2)  # (k, n, D)
         ell2 = float(self.length_scale) ** 2
@@ -509,8 +858,22 @@ class SquaredExponential(Kernel):
         AA = At @ At.transpose(0, 2, 1)
         return np.einsum("ab,cab->c", K / ell2, AA - a_delta * b_delta / ell2)
 
-    def accumulate_cross_hessian(self, out, X, A, a_env, a_out, Y, B, b_env, b_out,
-                                 factor=1.0):
+    def accumulate_cross_hessian(self, out: np.ndarray, X: ArrayLike, A: ArrayLike,
+                                 a_env: ArrayLike, a_out: ArrayLike, Y: ArrayLike,
+                                 B: ArrayLike, b_env: ArrayLike, b_out: ArrayLike,
+                                 factor: float = 1.0) -> None:
+        """Add ``A[p]ᵀ H(X[a_env[p]], Y[b_env[q]]) B[q]`` into ``out`` (Numba kernel).
+
+        Parameters
+        ----------
+        out : ndarray of shape (n_out, m_out)
+            Accumulated into, in place.
+        X, A, a_env, a_out, Y, B, b_env, b_out : array-like
+            Environments, Jacobian rows and their output rows and columns, as in
+            :meth:`Kernel.accumulate_cross_hessian`.
+        factor : float, default=1.0
+            Multiplies what is added.
+        """
         X, A, Y, B, a_env, b_env = _cross_inputs(X, A, a_env, Y, B, b_env)
         order, seg_start, seg_row = _segments(a_out)
         A, a_env = A[order], a_env[order]
@@ -546,12 +909,22 @@ class Scaled(Kernel):
 
     _hyperparameters = ("scale",)
 
-    def __init__(self, kernel=None, scale=1.0, scale_bounds=(1e-4, 1e4)):
+    def __init__(self, kernel: Kernel | None = None, scale: float = 1.0,
+                 scale_bounds: tuple[float, float] | str = (1e-4, 1e4)) -> None:
         self.kernel = kernel
         self.scale = scale
         self.scale_bounds = scale_bounds
 
     def check(self) -> None:
+        """Validate ``scale``, its bounds and the inner kernel.
+
+        Raises
+        ------
+        TypeError
+            If ``kernel`` is not a kernelpot :class:`Kernel`.
+        ValueError
+            If ``scale`` or its bounds are invalid, or the inner kernel is.
+        """
         if not isinstance(self.kernel, Kernel):
             raise TypeError(f"Scaled: kernel must be a kernelpot Kernel; "
                             f"got {type(self.kernel).__name__}")
@@ -559,22 +932,43 @@ class Scaled(Kernel):
         self.kernel.check()
 
     @property
-    def theta(self):
+    def theta(self) -> np.ndarray:
+        """Log hyperparameters ``[log c (if free), *kernel.theta]``, shape (n_theta,)."""
         return np.concatenate([super().theta, self.kernel.theta])
 
     @property
-    def bounds(self):
+    def bounds(self) -> np.ndarray:
+        """Log-space bounds of ``theta``, shape (n_theta, 2)."""
         return np.vstack([super().bounds, self.kernel.bounds]).reshape(-1, 2)
 
     @property
-    def theta_names(self):
+    def theta_names(self) -> list[str]:
+        """Names of ``theta``: ``scale`` (if free), then ``kernel__<name>``."""
         return self._free() + [f"kernel__{h}" for h in self.kernel.theta_names]
 
     @property
-    def n_theta(self):
+    def n_theta(self) -> int:
+        """Number of free hyperparameters, the inner kernel's included."""
         return len(self._free()) + self.kernel.n_theta
 
-    def clone_with_theta(self, theta):
+    def clone_with_theta(self, theta: ArrayLike) -> Kernel:
+        """Return a copy with ``c`` and the inner kernel's hyperparameters set from ``theta``.
+
+        Parameters
+        ----------
+        theta : array-like of shape (n_theta,)
+            Log of the free hyperparameters: ``[log c (if free), *kernel.theta]``.
+
+        Returns
+        -------
+        Kernel
+            An unfitted clone with the new values.
+
+        Raises
+        ------
+        ValueError
+            If ``theta`` does not have shape ``(n_theta,)``.
+        """
         theta = np.atleast_1d(np.asarray(theta, dtype=np.float64))
         if theta.shape != (self.n_theta,):
             raise ValueError(f"Scaled: theta must have shape ({self.n_theta},); "
@@ -593,17 +987,69 @@ class Scaled(Kernel):
         parts.append(c * inner_gradient)
         return np.concatenate(parts, axis=-1)
 
-    def __call__(self, X, Y=None, eval_gradient=False):
+    def __call__(self, X: ArrayLike, Y: ArrayLike | None = None,
+                 eval_gradient: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Return ``K = c k_0(X, Y)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, D)
+            Descriptors, one row per environment.
+        Y : array-like of shape (n_Y, D), optional
+            Second set of descriptors; ``None`` means ``X``.
+        eval_gradient : bool, default=False
+            Also return the derivative with respect to ``theta``.
+
+        Returns
+        -------
+        K : ndarray of shape (n_X, n_Y)
+            Kernel values.
+        K_gradient : ndarray of shape (n_X, n_Y, n_theta)
+            Only with ``eval_gradient=True``:
+            ``[c K_0 (if c is free), c ∂K_0/∂theta_0]`` stacked on the last axis.
+        """
         c = float(self.scale)
         if not eval_gradient:
             return c * self.kernel(X, Y)
         K, dK = self.kernel(X, Y, eval_gradient=True)
         return c * K, self._scale_gradient(K, dK)
 
-    def diag(self, X):
+    def diag(self, X: ArrayLike) -> np.ndarray:
+        """Return ``c k_0(x, x)`` for every row of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, D)
+            Descriptors.
+
+        Returns
+        -------
+        ndarray of shape (n_X,)
+            The scaled inner diagonal.
+        """
         return float(self.scale) * self.kernel.diag(X)
 
-    def gradient_coefficients(self, X, Y, eval_gradient=False):
+    def gradient_coefficients(self, X: ArrayLike, Y: ArrayLike,
+                              eval_gradient: bool = False) -> tuple[np.ndarray, ...]:
+        """Return the inner kernel's ``(α, β)`` times ``c``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, D)
+            Descriptors the derivative is taken in.
+        Y : array-like of shape (n_Y, D)
+            Second set of descriptors.
+        eval_gradient : bool, default=False
+            Also return the derivatives of ``α`` and ``β`` with respect to ``theta``.
+
+        Returns
+        -------
+        alpha, beta : ndarray of shape (n_X, n_Y)
+            Coefficients of ``y`` and of ``x`` in ``∂k(x, y)/∂x = α y + β x``.
+        alpha_gradient, beta_gradient : ndarray of shape (n_X, n_Y, n_theta)
+            Only with ``eval_gradient=True``:
+            ``∂/∂ log c`` first if ``c`` is free, then ``c`` times the inner ones.
+        """
         c = float(self.scale)
         if not eval_gradient:
             alpha, beta = self.kernel.gradient_coefficients(X, Y)
@@ -612,17 +1058,73 @@ class Scaled(Kernel):
         return (c * alpha, c * beta, self._scale_gradient(alpha, d_alpha),
                 self._scale_gradient(beta, d_beta))
 
-    def mixed_second_derivative(self, X, Y):
+    def mixed_second_derivative(self, X: ArrayLike, Y: ArrayLike) -> np.ndarray:
+        """Return ``c`` times the inner kernel's dense ``∂²k/∂x∂y``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, D)
+            Descriptors of the first argument.
+        Y : array-like of shape (n_Y, D)
+            Descriptors of the second argument.
+
+        Returns
+        -------
+        ndarray of shape (n_X, n_Y, D, D)
+            ``H[a, b, d, e] = ∂²k(X[a], Y[b]) / ∂x_d ∂y_e``.
+        """
         return float(self.scale) * self.kernel.mixed_second_derivative(X, Y)
 
-    def contracted_hessian(self, X, A):
+    def contracted_hessian(self, X: ArrayLike, A: ArrayLike) -> np.ndarray:
+        """Return ``c`` times the inner kernel's :meth:`contracted_hessian`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, D)
+            Descriptors.
+        A : array-like of shape (n, D)
+            One vector per descriptor (a row of a descriptor Jacobian).
+
+        Returns
+        -------
+        ndarray of shape (n, n)
+            ``M[a, b] = A[a]ᵀ H(X[a], X[b]) A[b]``, ``H = ∂²k/∂x∂y``.
+        """
         return float(self.scale) * self.kernel.contracted_hessian(X, A)
 
-    def contracted_hessian_sums(self, X, A):
+    def contracted_hessian_sums(self, X: ArrayLike, A: ArrayLike) -> np.ndarray:
+        """Return ``c`` times the inner kernel's :meth:`contracted_hessian_sums`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, D)
+            Descriptors.
+        A : array-like of shape (n, k, D)
+            ``k`` Jacobian rows per descriptor (``k = 3``: one per force component).
+
+        Returns
+        -------
+        ndarray of shape (k,)
+            ``s[c] = Σ_ab A[a, c]ᵀ H(X[a], X[b]) A[b, c]``.
+        """
         return float(self.scale) * self.kernel.contracted_hessian_sums(X, A)
 
-    def accumulate_cross_hessian(self, out, X, A, a_env, a_out, Y, B, b_env, b_out,
-                                 factor=1.0):
+    def accumulate_cross_hessian(self, out: np.ndarray, X: ArrayLike, A: ArrayLike,
+                                 a_env: ArrayLike, a_out: ArrayLike, Y: ArrayLike,
+                                 B: ArrayLike, b_env: ArrayLike, b_out: ArrayLike,
+                                 factor: float = 1.0) -> None:
+        """Add ``c`` times the inner kernel's contracted cross Hessian into ``out``.
+
+        Parameters
+        ----------
+        out : ndarray of shape (n_out, m_out)
+            Accumulated into, in place.
+        X, A, a_env, a_out, Y, B, b_env, b_out : array-like
+            Environments, Jacobian rows and their output rows and columns, as in
+            :meth:`Kernel.accumulate_cross_hessian`.
+        factor : float, default=1.0
+            Multiplies what is added, on top of ``c``.
+        """
         self.kernel.accumulate_cross_hessian(out, X, A, a_env, a_out, Y, B, b_env, b_out,
                                              factor * float(self.scale))
 
@@ -637,6 +1139,7 @@ class Sum(Kernel):
     Parameters
     ----------
     k1, k2 : Kernel
+        The two terms.
 
     Notes
     -----
@@ -644,11 +1147,20 @@ class Sum(Kernel):
     second derivatives add.
     """
 
-    def __init__(self, k1=None, k2=None):
+    def __init__(self, k1: Kernel | None = None, k2: Kernel | None = None) -> None:
         self.k1 = k1
         self.k2 = k2
 
     def check(self) -> None:
+        """Validate both terms.
+
+        Raises
+        ------
+        TypeError
+            If ``k1`` or ``k2`` is not a kernelpot :class:`Kernel`.
+        ValueError
+            If a term's hyperparameters are invalid.
+        """
         for name in ("k1", "k2"):
             part = getattr(self, name)
             if not isinstance(part, Kernel):
@@ -657,23 +1169,44 @@ class Sum(Kernel):
             part.check()
 
     @property
-    def theta(self):
+    def theta(self) -> np.ndarray:
+        """Log hyperparameters ``[*k1.theta, *k2.theta]``, shape (n_theta,)."""
         return np.concatenate([self.k1.theta, self.k2.theta])
 
     @property
-    def bounds(self):
+    def bounds(self) -> np.ndarray:
+        """Log-space bounds of ``theta``, shape (n_theta, 2)."""
         return np.vstack([self.k1.bounds, self.k2.bounds]).reshape(-1, 2)
 
     @property
-    def theta_names(self):
+    def theta_names(self) -> list[str]:
+        """Names of ``theta``: ``k1__<name>``, then ``k2__<name>``."""
         return ([f"k1__{h}" for h in self.k1.theta_names]
                 + [f"k2__{h}" for h in self.k2.theta_names])
 
     @property
-    def n_theta(self):
+    def n_theta(self) -> int:
+        """Number of free hyperparameters of both terms."""
         return self.k1.n_theta + self.k2.n_theta
 
-    def clone_with_theta(self, theta):
+    def clone_with_theta(self, theta: ArrayLike) -> Kernel:
+        """Return a copy with both terms' hyperparameters set from ``theta``.
+
+        Parameters
+        ----------
+        theta : array-like of shape (n_theta,)
+            Log of the free hyperparameters: ``[*k1.theta, *k2.theta]``.
+
+        Returns
+        -------
+        Kernel
+            An unfitted clone with the new values.
+
+        Raises
+        ------
+        ValueError
+            If ``theta`` does not have shape ``(n_theta,)``.
+        """
         theta = np.atleast_1d(np.asarray(theta, dtype=np.float64))
         if theta.shape != (self.n_theta,):
             raise ValueError(f"Sum: theta must have shape ({self.n_theta},); got {theta.shape}")
@@ -683,17 +1216,69 @@ class Sum(Kernel):
         twin.k2 = self.k2.clone_with_theta(theta[n1:])
         return twin
 
-    def __call__(self, X, Y=None, eval_gradient=False):
+    def __call__(self, X: ArrayLike, Y: ArrayLike | None = None,
+                 eval_gradient: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Return ``K = k_1(X, Y) + k_2(X, Y)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, D)
+            Descriptors, one row per environment.
+        Y : array-like of shape (n_Y, D), optional
+            Second set of descriptors; ``None`` means ``X``.
+        eval_gradient : bool, default=False
+            Also return the derivative with respect to ``theta``.
+
+        Returns
+        -------
+        K : ndarray of shape (n_X, n_Y)
+            Kernel values.
+        K_gradient : ndarray of shape (n_X, n_Y, n_theta)
+            Only with ``eval_gradient=True``:
+            ``[∂K_1/∂theta_1, ∂K_2/∂theta_2]`` stacked on the last axis.
+        """
         if not eval_gradient:
             return self.k1(X, Y) + self.k2(X, Y)
         K1, dK1 = self.k1(X, Y, eval_gradient=True)
         K2, dK2 = self.k2(X, Y, eval_gradient=True)
         return K1 + K2, np.concatenate([dK1, dK2], axis=-1)
 
-    def diag(self, X):
+    def diag(self, X: ArrayLike) -> np.ndarray:
+        """Return ``k_1(x, x) + k_2(x, x)`` for every row of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, D)
+            Descriptors.
+
+        Returns
+        -------
+        ndarray of shape (n_X,)
+            The sum of the terms' diagonals.
+        """
         return self.k1.diag(X) + self.k2.diag(X)
 
-    def gradient_coefficients(self, X, Y, eval_gradient=False):
+    def gradient_coefficients(self, X: ArrayLike, Y: ArrayLike,
+                              eval_gradient: bool = False) -> tuple[np.ndarray, ...]:
+        """Return the sums of the two terms' ``(α, β)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, D)
+            Descriptors the derivative is taken in.
+        Y : array-like of shape (n_Y, D)
+            Second set of descriptors.
+        eval_gradient : bool, default=False
+            Also return the derivatives of ``α`` and ``β`` with respect to ``theta``.
+
+        Returns
+        -------
+        alpha, beta : ndarray of shape (n_X, n_Y)
+            Coefficients of ``y`` and of ``x`` in ``∂k(x, y)/∂x = α y + β x``.
+        alpha_gradient, beta_gradient : ndarray of shape (n_X, n_Y, n_theta)
+            Only with ``eval_gradient=True``:
+            the terms' derivatives, stacked on the last axis.
+        """
         if not eval_gradient:
             a1, b1 = self.k1.gradient_coefficients(X, Y)
             a2, b2 = self.k2.gradient_coefficients(X, Y)
@@ -703,17 +1288,73 @@ class Sum(Kernel):
         return (a1 + a2, b1 + b2, np.concatenate([da1, da2], axis=-1),
                 np.concatenate([db1, db2], axis=-1))
 
-    def mixed_second_derivative(self, X, Y):
+    def mixed_second_derivative(self, X: ArrayLike, Y: ArrayLike) -> np.ndarray:
+        """Return the sum of the two terms' dense ``∂²k/∂x∂y``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, D)
+            Descriptors of the first argument.
+        Y : array-like of shape (n_Y, D)
+            Descriptors of the second argument.
+
+        Returns
+        -------
+        ndarray of shape (n_X, n_Y, D, D)
+            ``H[a, b, d, e] = ∂²k(X[a], Y[b]) / ∂x_d ∂y_e``.
+        """
         return self.k1.mixed_second_derivative(X, Y) + self.k2.mixed_second_derivative(X, Y)
 
-    def contracted_hessian(self, X, A):
+    def contracted_hessian(self, X: ArrayLike, A: ArrayLike) -> np.ndarray:
+        """Return the sum of the two terms' :meth:`contracted_hessian`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, D)
+            Descriptors.
+        A : array-like of shape (n, D)
+            One vector per descriptor (a row of a descriptor Jacobian).
+
+        Returns
+        -------
+        ndarray of shape (n, n)
+            ``M[a, b] = A[a]ᵀ H(X[a], X[b]) A[b]``, ``H = ∂²k/∂x∂y``.
+        """
         return self.k1.contracted_hessian(X, A) + self.k2.contracted_hessian(X, A)
 
-    def contracted_hessian_sums(self, X, A):
+    def contracted_hessian_sums(self, X: ArrayLike, A: ArrayLike) -> np.ndarray:
+        """Return the sum of the two terms' :meth:`contracted_hessian_sums`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, D)
+            Descriptors.
+        A : array-like of shape (n, k, D)
+            ``k`` Jacobian rows per descriptor (``k = 3``: one per force component).
+
+        Returns
+        -------
+        ndarray of shape (k,)
+            ``s[c] = Σ_ab A[a, c]ᵀ H(X[a], X[b]) A[b, c]``.
+        """
         return self.k1.contracted_hessian_sums(X, A) + self.k2.contracted_hessian_sums(X, A)
 
-    def accumulate_cross_hessian(self, out, X, A, a_env, a_out, Y, B, b_env, b_out,
-                                 factor=1.0):
+    def accumulate_cross_hessian(self, out: np.ndarray, X: ArrayLike, A: ArrayLike,
+                                 a_env: ArrayLike, a_out: ArrayLike, Y: ArrayLike,
+                                 B: ArrayLike, b_env: ArrayLike, b_out: ArrayLike,
+                                 factor: float = 1.0) -> None:
+        """Add both terms' contracted cross Hessians into ``out``.
+
+        Parameters
+        ----------
+        out : ndarray of shape (n_out, m_out)
+            Accumulated into, in place.
+        X, A, a_env, a_out, Y, B, b_env, b_out : array-like
+            Environments, Jacobian rows and their output rows and columns, as in
+            :meth:`Kernel.accumulate_cross_hessian`.
+        factor : float, default=1.0
+            Multiplies what each term adds.
+        """
         self.k1.accumulate_cross_hessian(out, X, A, a_env, a_out, Y, B, b_env, b_out, factor)
         self.k2.accumulate_cross_hessian(out, X, A, a_env, a_out, Y, B, b_env, b_out, factor)
 

@@ -14,6 +14,7 @@ Conventions:
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.stats import spearmanr
 
 __all__ = ["mae", "rmse", "max_error", "force_errors", "coverage", "spearman_std_error",
@@ -36,50 +37,144 @@ def _pair(predicted, reference):
     return p, r
 
 
-def mae(predicted, reference) -> float:
-    """Mean absolute error over all components (arrays or lists of arrays)."""
+def mae(predicted: ArrayLike, reference: ArrayLike) -> float:
+    """Return the mean absolute error over all components.
+
+    Parameters
+    ----------
+    predicted : array-like or list of array-like
+        Predicted values: an array, or one array per structure (forces of shape
+        (n_atoms, 3)).
+    reference : array-like or list of array-like
+        Reference values, as many components as ``predicted``.
+
+    Returns
+    -------
+    float
+        ``mean(|predicted - reference|)``, in the unit of the inputs.
+
+    Raises
+    ------
+    ValueError
+        If ``predicted`` and ``reference`` differ in size or hold no values.
+    """
     p, r = _pair(predicted, reference)
     return float(np.mean(np.abs(p - r)))
 
 
-def rmse(predicted, reference) -> float:
-    """Root-mean-square error over all components."""
+def rmse(predicted: ArrayLike, reference: ArrayLike) -> float:
+    """Return the root-mean-square error over all components.
+
+    Parameters
+    ----------
+    predicted : array-like or list of array-like
+        Predicted values: an array, or one array per structure (forces of shape
+        (n_atoms, 3)).
+    reference : array-like or list of array-like
+        Reference values, as many components as ``predicted``.
+
+    Returns
+    -------
+    float
+        ``sqrt(mean((predicted - reference)²))``, in the unit of the inputs.
+
+    Raises
+    ------
+    ValueError
+        If ``predicted`` and ``reference`` differ in size or hold no values.
+    """
     p, r = _pair(predicted, reference)
     return float(np.sqrt(np.mean((p - r) ** 2)))
 
 
-def max_error(predicted, reference) -> float:
-    """Largest absolute error over all components."""
+def max_error(predicted: ArrayLike, reference: ArrayLike) -> float:
+    """Return the largest absolute error over all components.
+
+    Parameters
+    ----------
+    predicted : array-like or list of array-like
+        Predicted values: an array, or one array per structure (forces of shape
+        (n_atoms, 3)).
+    reference : array-like or list of array-like
+        Reference values, as many components as ``predicted``.
+
+    Returns
+    -------
+    float
+        ``max(|predicted - reference|)``, in the unit of the inputs.
+
+    Raises
+    ------
+    ValueError
+        If ``predicted`` and ``reference`` differ in size or hold no values.
+    """
     p, r = _pair(predicted, reference)
     return float(np.max(np.abs(p - r)))
 
 
-def per_atom_norms(vectors) -> np.ndarray:
-    """Norms of (n_atoms, 3) blocks, concatenated over structures."""
+def per_atom_norms(vectors: ArrayLike) -> np.ndarray:
+    """Return the norm of every atom's 3-vector, concatenated over structures.
+
+    Parameters
+    ----------
+    vectors : array-like of shape (n_atoms, 3) or list of them
+        Per-atom vectors (force errors, component stds), one array per structure.
+
+    Returns
+    -------
+    ndarray of shape (n_atoms_total,)
+        Euclidean norms, structures one after the other.
+    """
     return np.concatenate([np.linalg.norm(np.asarray(v).reshape(-1, 3), axis=1)
                            for v in (vectors if isinstance(vectors, (list, tuple))
                                      else [vectors])])
 
 
-def force_errors(predicted, reference) -> dict:
-    """MAE, RMSE and max error of force components, in the input unit.
+def force_errors(predicted: ArrayLike, reference: ArrayLike) -> dict[str, float]:
+    """Return the MAE, RMSE and max error of force components, in the input unit.
 
     Parameters
     ----------
     predicted, reference : list of ndarray of shape (n_atoms, 3)
+        Predicted and reference forces, one array per structure.
 
     Returns
     -------
-    dict with keys ``mae``, ``rmse``, ``max``
+    dict of str to float
+        Keys ``mae``, ``rmse`` and ``max`` (:func:`mae`, :func:`rmse`,
+        :func:`max_error`).
     """
     return {"mae": mae(predicted, reference), "rmse": rmse(predicted, reference),
             "max": max_error(predicted, reference)}
 
 
-def coverage(predicted, reference, std, k: float = 1.0) -> float:
-    """Fraction of components with ``|error| <= k std``.
+def coverage(predicted: ArrayLike, reference: ArrayLike, std: ArrayLike,
+             k: float = 1.0) -> float:
+    """Return the fraction of components with ``|error| <= k std``.
 
     For Gaussian errors with the right std: 0.683 at k = 1, 0.954 at k = 2.
+
+    Parameters
+    ----------
+    predicted : array-like or list of array-like
+        Predicted values: an array, or one array per structure (forces of shape
+        (n_atoms, 3)).
+    reference : array-like or list of array-like
+        Reference values, as many components as ``predicted``.
+    std : array-like or list of array-like
+        Predicted std of every component, same layout.
+    k : float, default=1.0
+        Half-width of the interval in stds.
+
+    Returns
+    -------
+    float
+        The fraction, in [0, 1].
+
+    Raises
+    ------
+    ValueError
+        If the inputs differ in size or hold no values.
     """
     p, r = _pair(predicted, reference)
     s = _flat(std)
@@ -88,16 +183,31 @@ def coverage(predicted, reference, std, k: float = 1.0) -> float:
     return float(np.mean(np.abs(p - r) <= k * s))
 
 
-def spearman_std_error(predicted_forces, reference_forces, forces_std) -> float:
-    """Spearman rank correlation of per-atom predicted std and per-atom force error."""
+def spearman_std_error(predicted_forces: ArrayLike, reference_forces: ArrayLike,
+                       forces_std: ArrayLike) -> float:
+    """Return the Spearman rank correlation of per-atom predicted std and force error.
+
+    Parameters
+    ----------
+    predicted_forces, reference_forces : list of ndarray of shape (n_atoms, 3)
+        Predicted and reference forces, one array per structure.
+    forces_std : list of ndarray of shape (n_atoms, 3)
+        Predicted per-component stds; an atom's std is the norm of its three.
+
+    Returns
+    -------
+    float
+        Spearman's rho over all atoms, in [-1, 1] (NaN if undefined).
+    """
     errors = per_atom_norms([np.asarray(p) - np.asarray(r) for p, r in
                              zip(predicted_forces, reference_forces, strict=True)])
     stds = per_atom_norms(forces_std)
     return float(spearmanr(stds, errors).statistic)
 
 
-def expected_spearman(forces_std, n_draws: int = 100, random_state=None) -> float:
-    """Spearman(per-atom std, per-atom error) expected if the stds were exactly right.
+def expected_spearman(forces_std: ArrayLike, n_draws: int = 100,
+                      random_state: int | np.random.Generator | None = None) -> float:
+    """Return the Spearman(per-atom std, per-atom error) that exactly right stds give.
 
     Draws each force component's error from ``N(0, std²)`` with the given component
     stds, and averages :func:`spearman_std_error` over ``n_draws`` draws. Even a model
@@ -114,13 +224,21 @@ def expected_spearman(forces_std, n_draws: int = 100, random_state=None) -> floa
     forces_std : list of ndarray of shape (n_atoms, 3)
         Predicted per-component stds (> 0).
     n_draws : int, default=100
+        Number of simulated error draws averaged.
     random_state : int, numpy.random.Generator or None
+        Seed of the draws (``numpy.random.default_rng``).
 
     Returns
     -------
     float
         The mean Spearman correlation over the draws; NaN (with scipy's warning)
         when every atom has the same std, where a rank correlation is undefined.
+
+    Raises
+    ------
+    ValueError
+        If there are fewer than 2 atoms, a std is not finite and > 0, or
+        ``n_draws < 1``.
     """
     stds = [np.asarray(s, dtype=np.float64).reshape(-1, 3) for s in
             (forces_std if isinstance(forces_std, (list, tuple)) else [forces_std])]
@@ -148,31 +266,61 @@ def _errors_and_stds(predicted, reference, std):
     return p - r, s
 
 
-def negative_log_likelihood(predicted, reference, std) -> float:
-    """Mean Gaussian negative log-likelihood of the errors under the predicted std.
+def negative_log_likelihood(predicted: ArrayLike, reference: ArrayLike, std: ArrayLike) -> float:
+    """Return the mean Gaussian negative log-likelihood of the errors under the std.
 
     ``mean(½ log(2π σ²) + e² / (2 σ²))`` over components; lower is better, and for
     a given error distribution it is lowest when the std is calibrated.
+
+    Parameters
+    ----------
+    predicted : array-like or list of array-like
+        Predicted values: an array, or one array per structure (forces of shape
+        (n_atoms, 3)).
+    reference : array-like or list of array-like
+        Reference values, as many components as ``predicted``.
+    std : array-like or list of array-like
+        Predicted std ``σ`` of every component (finite, > 0), same layout.
+
+    Returns
+    -------
+    float
+        The mean over components, in nats.
+
+    Raises
+    ------
+    ValueError
+        If the inputs differ in size or hold no values, or a std is not finite and > 0.
     """
     err, s = _errors_and_stds(predicted, reference, std)
     return float(np.mean(0.5 * np.log(2 * np.pi * s**2) + 0.5 * (err / s) ** 2))
 
 
-def coverage_curve(predicted, reference, std, levels=None):
-    """Observed against nominal coverage of central Gaussian intervals.
+def coverage_curve(predicted: ArrayLike, reference: ArrayLike, std: ArrayLike,
+                   levels: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Return observed against nominal coverage of central Gaussian intervals.
 
     Parameters
     ----------
     predicted, reference, std : array-like or list of arrays
+        Predictions, reference values and predicted stds (finite, > 0), same layout.
     levels : array-like of float in (0, 1), optional
         Nominal coverages; 19 levels from 0.05 to 0.95 by default.
 
     Returns
     -------
-    nominal, observed : ndarray
+    nominal : ndarray of shape (n_levels,)
+        The nominal coverages, ``levels`` as floats.
+    observed : ndarray of shape (n_levels,)
         ``observed[i]`` is the fraction of components with ``|error| <= z_i std``,
         ``z_i`` the two-sided Gaussian quantile of ``nominal[i]``. A calibrated
         std gives ``observed ≈ nominal``; above the diagonal means too wide.
+
+    Raises
+    ------
+    ValueError
+        If the inputs differ in size or hold no values, a std is not finite and > 0,
+        or a level is outside (0, 1).
     """
     from scipy.stats import norm
 
@@ -185,11 +333,31 @@ def coverage_curve(predicted, reference, std, levels=None):
     return nominal, observed
 
 
-def recalibration_factor(predicted, reference, std) -> float:
-    """The scalar ``c`` that makes the z-scores ``error / (c std)`` unit variance.
+def recalibration_factor(predicted: ArrayLike, reference: ArrayLike, std: ArrayLike) -> float:
+    """Return the scalar ``c`` that makes the z-scores ``error / (c std)`` unit variance.
 
     ``c = sqrt(mean((error / std)²))``: multiply the predicted std by it. Fitted on
     a validation set, not on the training data.
+
+    Parameters
+    ----------
+    predicted : array-like or list of array-like
+        Predicted values: an array, or one array per structure (forces of shape
+        (n_atoms, 3)).
+    reference : array-like or list of array-like
+        Reference values, as many components as ``predicted``.
+    std : array-like or list of array-like
+        Predicted std of every component (finite, > 0), same layout.
+
+    Returns
+    -------
+    float
+        The factor ``c`` (> 1 when the stds are too small).
+
+    Raises
+    ------
+    ValueError
+        If the inputs differ in size or hold no values, or a std is not finite and > 0.
     """
     err, s = _errors_and_stds(predicted, reference, std)
     return float(np.sqrt(np.mean((err / s) ** 2)))

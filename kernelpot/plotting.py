@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["plot_otf_log", "plot_parity", "plot_learning_curve", "plot_calibration",
            "plot_error_vs_std"]
 
 
 def _pyplot():
-    """matplotlib.pyplot on the Agg backend unless one was chosen (imported when needed)."""
+    """Return matplotlib.pyplot, on the Agg backend unless one was chosen."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -22,6 +24,7 @@ def _pyplot():
 
 
 def _save(fig, path) -> Path:
+    """Write ``fig`` to ``path`` at 200 dpi, close it and return the path."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
@@ -30,7 +33,8 @@ def _save(fig, path) -> Path:
     return path
 
 
-def plot_otf_log(log, path, reference_name="reference"):
+def plot_otf_log(log: str | os.PathLike, path: str | os.PathLike,
+                 reference_name: str = "reference") -> Path:
     """Plot an on-the-fly run: largest force std, threshold and reference calls over time.
 
     Parameters
@@ -46,6 +50,11 @@ def plot_otf_log(log, path, reference_name="reference"):
     -------
     pathlib.Path
         The file written.
+
+    Raises
+    ------
+    ValueError
+        If the log holds no steps.
     """
     plt = _pyplot()
 
@@ -71,8 +80,9 @@ def plot_otf_log(log, path, reference_name="reference"):
     return _save(fig, path)
 
 
-def plot_parity(predicted_forces, reference_forces, forces_std, path):
-    """Force parity plot, every component coloured by its predicted std.
+def plot_parity(predicted_forces: ArrayLike, reference_forces: ArrayLike, forces_std: ArrayLike,
+                path: str | os.PathLike) -> Path:
+    """Plot predicted against reference forces, each component coloured by its std.
 
     Parameters
     ----------
@@ -85,6 +95,11 @@ def plot_parity(predicted_forces, reference_forces, forces_std, path):
     -------
     pathlib.Path
         The file written.
+
+    Raises
+    ------
+    ValueError
+        If the three inputs hold different numbers of components, or none.
     """
     plt = _pyplot()
     from matplotlib.colors import LogNorm
@@ -116,8 +131,8 @@ def plot_parity(predicted_forces, reference_forces, forces_std, path):
     return _save(fig, path)
 
 
-def plot_learning_curve(curve, path):
-    """Log-log learning curve: force and energy errors and the mean predicted force std.
+def plot_learning_curve(curve: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
+    """Plot a log-log learning curve: force and energy errors, mean predicted force std.
 
     Parameters
     ----------
@@ -138,6 +153,7 @@ def plot_learning_curve(curve, path):
     fig, (ax_f, ax_e) = plt.subplots(1, 2, figsize=(7.0, 2.8), constrained_layout=True)
 
     def band(ax, values, label, style, scale):
+        # mean over repeats as a line, min-max as a band when there are several
         values = np.asarray(values) * scale
         mean = np.nanmean(values, axis=1)
         ax.plot(sizes, mean, style, label=label, ms=4)
@@ -159,20 +175,28 @@ def plot_learning_curve(curve, path):
     return _save(fig, path)
 
 
-def plot_calibration(predicted, reference, std, path, label="forces"):
-    """Calibration curve: observed against nominal coverage of Gaussian intervals.
+def plot_calibration(predicted: ArrayLike, reference: ArrayLike, std: ArrayLike,
+                     path: str | os.PathLike, label: str = "forces") -> Path:
+    """Plot observed against nominal coverage of Gaussian intervals (calibration).
 
     Parameters
     ----------
     predicted, reference, std : array-like or list of arrays
         Predictions, reference values and predicted stds (same layout).
     path : str or path-like
+        Output image (PNG, PDF, ... by extension).
     label : str, default="forces"
         Legend label of the curve.
 
     Returns
     -------
     pathlib.Path
+        The file written.
+
+    Raises
+    ------
+    ValueError
+        If the inputs differ in size or hold no values, or a std is not finite and > 0.
     """
     plt = _pyplot()
 
@@ -191,17 +215,24 @@ def plot_calibration(predicted, reference, std, path, label="forces"):
     return _save(fig, path)
 
 
-def plot_error_vs_std(predicted_forces, reference_forces, forces_std, path):
-    """Per-atom force error against per-atom predicted std (log-log), with y = x.
+def plot_error_vs_std(predicted_forces: ArrayLike, reference_forces: ArrayLike,
+                      forces_std: ArrayLike, path: str | os.PathLike) -> Path:
+    """Plot per-atom force error against per-atom predicted std (log-log), with y = x.
+
+    The legend gives the Spearman rank correlation of the two
+    (:func:`kernelpot.metrics.spearman_std_error`).
 
     Parameters
     ----------
     predicted_forces, reference_forces, forces_std : list of ndarray of shape (n_atoms, 3)
+        Predicted and reference forces and the predicted std, eV/Å.
     path : str or path-like
+        Output image (PNG, PDF, ... by extension).
 
     Returns
     -------
     pathlib.Path
+        The file written.
     """
     plt = _pyplot()
 

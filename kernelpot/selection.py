@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.linalg as sla
@@ -29,6 +30,12 @@ from tqdm.auto import tqdm
 
 from kernelpot._labels import check_frames
 from kernelpot._validation import check_verbose
+
+if TYPE_CHECKING:
+    from ase import Atoms
+
+    from kernelpot.estimator import SparseGPPotential
+    from kernelpot.kernels import Kernel
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +48,10 @@ _REFERENCE_ENVIRONMENTS = 6000
 _JITTER = 1e-8
 
 
-def select_frames(model, pool, n, strategy="variance", random_state=None, verbose=0):
+def select_frames(model: SparseGPPotential, pool: list[Atoms], n: int,
+                  strategy: str = "variance",
+                  random_state: int | np.random.RandomState | None = None,
+                  verbose: int = 0) -> np.ndarray:
     """Pick ``n`` structures of ``pool`` to label next.
 
     Parameters
@@ -60,8 +70,9 @@ def select_frames(model, pool, n, strategy="variance", random_state=None, verbos
         environments per element): it prefers uncertain structures that are
         representative of the pool over outliers. "random": uniformly at random,
         as a baseline.
-    random_state : int, numpy Generator or None
-        Seeds "random" (and breaks exact ties of "variance").
+    random_state : int, numpy.random.RandomState or None, default=None
+        Seeds "random" (and breaks exact ties of "variance"); read with
+        :func:`sklearn.utils.check_random_state`, which takes no ``Generator``.
     verbose : int, default=0
         1 shows progress bars.
 
@@ -70,6 +81,14 @@ def select_frames(model, pool, n, strategy="variance", random_state=None, verbos
     ndarray of int of shape (n,)
         Indices into ``pool`` in the order picked: the first ``k`` are the choice
         for any ``k <= n``.
+
+    Raises
+    ------
+    ValueError
+        If ``n`` is not an int in ``[1, len(pool)]``, ``strategy`` is unknown, or a
+        pool structure holds an element the model was not trained on.
+    sklearn.exceptions.NotFittedError
+        If ``model`` is not fitted.
 
     Examples
     --------
@@ -131,7 +150,8 @@ def select_frames(model, pool, n, strategy="variance", random_state=None, verbos
 class _SpeciesBlock:
     """Residual variances of one element's pool environments, updated pick by pick."""
 
-    def __init__(self, kernel, X, frame_of, Z, rng=None):
+    def __init__(self, kernel: Kernel, X: np.ndarray, frame_of: np.ndarray, Z: np.ndarray,
+                 rng: np.random.RandomState | None = None) -> None:
         self.kernel = kernel
         self.X = X
         self.frame_of = frame_of
@@ -148,10 +168,11 @@ class _SpeciesBlock:
             self.residual = self.residual - np.einsum("ij,ij->j", self.V, self.V)
         self.residual = np.maximum(self.residual, 0.0)
 
-    def frame_scores(self, n_frames):
+    def frame_scores(self, n_frames: int) -> np.ndarray:
+        """Return the residual variance summed per structure, shape (n_frames,)."""
         return np.bincount(self.frame_of, weights=self.residual, minlength=n_frames)
 
-    def condition_on_frame(self, frame):
+    def condition_on_frame(self, frame: int) -> None:
         """Condition on the local energies of the frame's environments (pivoted Cholesky)."""
         for j in np.flatnonzero(self.frame_of == frame):
             pivot = self.residual[j]
@@ -171,7 +192,7 @@ class _SpeciesBlock:
             self._after_column(self.C[t])
 
     def _after_column(self, column):
-        """Hook for subclasses: a new factor column over the pool environments."""
+        """Update subclass state with a new factor column over the pool environments."""
 
 
 class _ReductionBlock(_SpeciesBlock):
@@ -182,7 +203,8 @@ class _ReductionBlock(_SpeciesBlock):
     environments ``r`` (``τ`` a tiny regulariser).
     """
 
-    def __init__(self, kernel, X, frame_of, Z, rng=None):
+    def __init__(self, kernel: Kernel, X: np.ndarray, frame_of: np.ndarray, Z: np.ndarray,
+                 rng: np.random.RandomState | None = None) -> None:
         super().__init__(kernel, X, frame_of, Z, rng)
         rng = check_random_state(rng)
         n = len(X)
@@ -193,7 +215,8 @@ class _ReductionBlock(_SpeciesBlock):
             self.R -= self.V.T @ self.V[:, self.reference]
         self.tau = _JITTER * (float(np.mean(kernel.diag(X))) if n else 1.0)
 
-    def frame_scores(self, n_frames):
+    def frame_scores(self, n_frames: int) -> np.ndarray:
+        """Return the variance reduction summed per structure, shape (n_frames,)."""
         gain = np.einsum("cr,cr->c", self.R, self.R) / (self.residual + self.tau)
         return np.bincount(self.frame_of, weights=gain, minlength=n_frames)
 

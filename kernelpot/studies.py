@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import numbers
 import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.base import clone
@@ -14,13 +16,20 @@ from kernelpot._labels import check_frames, read_labels
 from kernelpot._validation import check_verbose
 from kernelpot.selection import STRATEGIES, select_frames
 
+if TYPE_CHECKING:
+    from ase import Atoms
+
+    from kernelpot.estimator import SparseGPPotential
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["learning_curve"]
 
 
-def learning_curve(model, train, test, sizes, repeats=1, random_state=0, verbose=0,
-                   strategy="random", initial=10):
+def learning_curve(model: SparseGPPotential, train: list[Atoms], test: list[Atoms],
+                   sizes: Sequence[int], repeats: int = 1, random_state: int = 0,
+                   verbose: int = 0, strategy: str = "random",
+                   initial: int = 10) -> dict[str, np.ndarray]:
     """Fit clones of ``model`` on growing subsets of ``train``; score on ``test``.
 
     Parameters
@@ -34,6 +43,7 @@ def learning_curve(model, train, test, sizes, repeats=1, random_state=0, verbose
     repeats : int, default=1
         Random subsets per size (seeds ``random_state + r``).
     random_state : int, default=0
+        Seed of the random subsets; repeat ``r`` uses ``random_state + r``.
     verbose : int, default=0
         1 shows a progress bar over the fits.
     strategy : {"random", "variance", "reduction"}, default="random"
@@ -52,6 +62,13 @@ def learning_curve(model, train, test, sizes, repeats=1, random_state=0, verbose
         ``force_mae`` and ``force_rmse`` (eV/Å, over components), ``energy_mae``
         (eV/atom), ``force_std`` (mean predicted total force std, eV/Å),
         ``fit_seconds``; and ``sizes`` (len(sizes),).
+
+    Raises
+    ------
+    ValueError
+        If ``train`` or ``test`` is empty or ``test`` unlabelled, a size is out of
+        range, ``repeats < 1``, ``strategy`` is unknown, or ``initial`` exceeds the
+        smallest size.
     """
     from tqdm.auto import tqdm
 

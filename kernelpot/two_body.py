@@ -19,11 +19,15 @@ zero (up to the jitter of ``k_mm``).
 from __future__ import annotations
 
 import numbers
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.base import BaseEstimator
 
 from kernelpot.descriptors.neighbors import neighbor_list
+
+if TYPE_CHECKING:
+    from ase import Atoms
 
 __all__ = ["TwoBody"]
 
@@ -59,8 +63,9 @@ class TwoBody(BaseEstimator):
     chose about 0.04.
     """
 
-    def __init__(self, r_cut=5.0, n_basis=16, r_min=1.0, prior_std=0.1,
-                 prior_std_bounds=(1e-3, 1e2)):
+    def __init__(self, r_cut: float = 5.0, n_basis: int = 16, r_min: float = 1.0,
+                 prior_std: float = 0.1,
+                 prior_std_bounds: tuple[float, float] = (1e-3, 1e2)) -> None:
         self.r_cut = r_cut
         self.n_basis = n_basis
         self.r_min = r_min
@@ -68,7 +73,15 @@ class TwoBody(BaseEstimator):
         self.prior_std_bounds = prior_std_bounds
 
     def check(self) -> None:
-        """Raise ``ValueError`` on invalid parameters."""
+        """Validate the parameters.
+
+        Raises
+        ------
+        ValueError
+            If ``r_cut``, ``r_min`` or ``prior_std`` is not a finite number > 0,
+            ``n_basis`` is not an int >= 2, ``prior_std_bounds`` is not a pair
+            ``0 < low <= high``, or ``r_min >= r_cut``.
+        """
         for name in ("r_cut", "r_min", "prior_std"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) \
@@ -90,15 +103,37 @@ class TwoBody(BaseEstimator):
 
     @staticmethod
     def n_pair_types(n_species: int) -> int:
-        """Unordered pairs of elements."""
+        """Return the number of unordered pairs of elements.
+
+        Parameters
+        ----------
+        n_species : int
+            Number of elements of the model.
+
+        Returns
+        -------
+        int
+            ``n_species (n_species + 1) / 2``.
+        """
         return n_species * (n_species + 1) // 2
 
     def n_columns(self, n_species: int) -> int:
-        """Coefficients (design columns) for a model of ``n_species`` elements."""
+        """Return the number of coefficients (design columns) for ``n_species`` elements.
+
+        Parameters
+        ----------
+        n_species : int
+            Number of elements of the model.
+
+        Returns
+        -------
+        int
+            ``n_basis`` per unordered pair of elements.
+        """
         return self.n_pair_types(n_species) * int(self.n_basis)
 
-    def basis(self, r: np.ndarray):
-        """Basis values and their derivatives in ``r``.
+    def basis(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return the basis values and their derivatives in ``r``.
 
         Parameters
         ----------
@@ -107,8 +142,10 @@ class TwoBody(BaseEstimator):
 
         Returns
         -------
-        values, derivatives : ndarray of shape (n, n_basis)
-            ``b_k(r)`` and ``db_k/dr`` (per Å); zero at and beyond ``r_cut``.
+        values : ndarray of shape (n, n_basis)
+            ``b_k(r)``; zero at and beyond ``r_cut``.
+        derivatives : ndarray of shape (n, n_basis)
+            ``db_k/dr``, per Å; zero at and beyond ``r_cut``.
         """
         r = np.asarray(r, dtype=np.float64)
         centres = np.linspace(float(self.r_min), float(self.r_cut), int(self.n_basis))
@@ -124,7 +161,7 @@ class TwoBody(BaseEstimator):
         return values, derivatives
 
     def _pairs(self, atoms, species_index: np.ndarray, n_species: int):
-        """Neighbour pairs, their distances, unit vectors and design columns."""
+        """Return the neighbour list within ``r_cut`` and each entry's pair type."""
         nl = neighbor_list(atoms.positions, np.asarray(atoms.cell), atoms.pbc,
                            float(self.r_cut))
         s = species_index[nl.i]
@@ -134,17 +171,20 @@ class TwoBody(BaseEstimator):
         pair_type = low * n_species - low * (low - 1) // 2 + (high - low)
         return nl, pair_type
 
-    def rows(self, atoms, species_index: np.ndarray, n_species: int, energy: bool = True,
-             forces: bool = True):
-        """Design rows of one structure in basis units (without the prior scale).
+    def rows(self, atoms: Atoms, species_index: np.ndarray, n_species: int,
+             energy: bool = True,
+             forces: bool = True) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Return the design rows of one structure in basis units (no prior scale).
 
         Parameters
         ----------
         atoms : ase.Atoms
+            The structure; not modified.
         species_index : ndarray of shape (n_atoms,)
             Index of each atom's element in the model's species list.
         n_species : int
-        energy, forces : bool
+            Number of elements of the model.
+        energy, forces : bool, default=True
             Which rows to build.
 
         Returns
@@ -182,18 +222,23 @@ class TwoBody(BaseEstimator):
             force_rows = force_rows.reshape(3 * n_atoms, n_columns)
         return energy_row, force_rows
 
-    def predict(self, atoms, species_index: np.ndarray, n_species: int,
-                coefficients: np.ndarray, forces: bool = True, strain: bool = False):
-        """Two-body local energies and forces (and strain derivative) for given coefficients.
+    def predict(self, atoms: Atoms, species_index: np.ndarray, n_species: int,
+                coefficients: np.ndarray, forces: bool = True,
+                strain: bool = False) -> tuple[np.ndarray | None, ...]:
+        """Return two-body local energies, forces and strain derivative for coefficients.
 
         Parameters
         ----------
         atoms : ase.Atoms
+            The structure; not modified.
         species_index : ndarray of shape (n_atoms,)
+            Index of each atom's element in the model's species list.
         n_species : int
+            Number of elements of the model.
         coefficients : ndarray of shape (n_columns,)
             ``w``: the pair energy of type ``t`` is ``Σ_k w[t n_basis + k] b_k(r)``, eV.
         forces : bool, default=True
+            Also return the forces (``None`` in their place otherwise).
         strain : bool, default=False
             Also return the strain derivative, from the same pairs and slopes.
 
@@ -203,7 +248,7 @@ class TwoBody(BaseEstimator):
             Each pair's energy split equally between its two atoms; they sum to the
             structure's two-body energy.
         forces : ndarray of shape (n_atoms, 3) or None
-            eV/Å.
+            Forces in eV/Å.
         strain_derivative : ndarray of shape (3, 3), only with ``strain=True``
             ``∂E/∂ε`` (eV) under ``r → (1 + ε) r``: with ``E = ½ Σ_(i,j) φ(d_ij)`` over
             ordered pairs and ``∂d/∂ε_ab = D_a D_b / d`` for the pair vector ``D``.

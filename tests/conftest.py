@@ -1,15 +1,11 @@
-"""Shared structures and helpers for the tests."""
-
-from pathlib import Path
+"""Shared fixtures for the tests (plain helpers and data paths live in ``helpers.py``)."""
 
 import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk
 from ase.io import read
-
-DATA = Path(__file__).parent / "data"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from helpers import DATA
 
 
 @pytest.fixture(scope="session")
@@ -57,26 +53,6 @@ def triclinic_small():
 def si_mlearn():
     """Two DFT Si frames of the mlearn set (a triclinic vacancy cell and a surface slab)."""
     return read(DATA / "si_mlearn_2.xyz", ":")
-
-
-
-def emt_copper_frames(n_frames, seed, rattle=0.08, force_noise=0.0):
-    """Rattled 32-atom fcc Cu cells labelled by ASE's EMT (optionally noisy forces)."""
-    from ase.calculators.emt import EMT
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    rng = np.random.default_rng(seed)
-    frames = []
-    for _ in range(n_frames):
-        atoms = bulk("Cu", "fcc", 3.6, cubic=True).repeat(2)
-        atoms.set_cell(atoms.cell * (1 + rng.normal(0, 0.01)), scale_atoms=True)
-        atoms.positions += rng.normal(0.0, rattle, atoms.positions.shape)
-        atoms.calc = EMT()
-        energy = atoms.get_potential_energy()
-        forces = atoms.get_forces() + rng.normal(0.0, force_noise, (len(atoms), 3))
-        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
-        frames.append(atoms)
-    return frames
 
 
 @pytest.fixture(scope="session")

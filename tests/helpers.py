@@ -1,6 +1,35 @@
-"""Test helpers: finite differences and error measures."""
+"""Test helpers: structures, data paths, finite differences and error measures.
+
+Tests import these plain functions and constants from here (``from helpers import ...``);
+``conftest.py`` holds only fixtures and imports what it needs from this module.
+"""
+
+from pathlib import Path
 
 import numpy as np
+from ase.build import bulk
+
+DATA = Path(__file__).parent / "data"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def emt_copper_frames(n_frames, seed, rattle=0.08, force_noise=0.0):
+    """Rattled 32-atom fcc Cu cells labelled by ASE's EMT (optionally noisy forces)."""
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n_frames):
+        atoms = bulk("Cu", "fcc", 3.6, cubic=True).repeat(2)
+        atoms.set_cell(atoms.cell * (1 + rng.normal(0, 0.01)), scale_atoms=True)
+        atoms.positions += rng.normal(0.0, rattle, atoms.positions.shape)
+        atoms.calc = EMT()
+        energy = atoms.get_potential_energy()
+        forces = atoms.get_forces() + rng.normal(0.0, force_noise, (len(atoms), 3))
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+        frames.append(atoms)
+    return frames
 
 
 def finite_difference_jacobian(descriptor, atoms, atom_indices, h=1e-5):

@@ -53,7 +53,7 @@ def test_learns_from_one_frame_and_logs_everything(tmp_path):
         check = frame.copy()
         check.calc = EMT()
         np.testing.assert_allclose(frame.get_forces(), check.get_forces(), atol=1e-6)
-    assert len(learner.model._state.energy_row) == 5
+    assert learner.model.posterior_.n_training_structures == 5
     assert (tmp_path / "model.npz").exists() and (tmp_path / "md_state.npz").exists()
 
 
@@ -135,7 +135,7 @@ def test_survives_sigkill_and_resumes(tmp_path):
     before = read(frames_file, ":")  # every frame written before the kill
     assert len(before) >= 8
     learner = OnTheFlyLearner.resume(tmp_path, EMT())
-    trained = learner.model._state.frames
+    trained = learner.model.posterior_.training_frames
     for frame in before:
         assert any(np.allclose(frame.positions, t.positions, atol=1e-7) for t in trained)
     log = [json.loads(line) for line in (tmp_path / "otf_log.jsonl").read_text().splitlines()]
@@ -162,7 +162,7 @@ def test_xtb_reference_on_ethanol(tmp_path, ethanol_frames, small_soap):
 
 
 def test_starting_from_a_fitted_model_keeps_its_labelled_frames(tmp_path):
-    from conftest import emt_copper_frames
+    from helpers import emt_copper_frames
 
     start = emt_copper_frames(2, seed=4, rattle=0.05)
     model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
@@ -174,7 +174,7 @@ def test_starting_from_a_fitted_model_keeps_its_labelled_frames(tmp_path):
     assert len(frames) == 3
     np.testing.assert_allclose(frames[0].get_forces(), start[0].get_forces(), atol=1e-6)
     resumed = OnTheFlyLearner.resume(tmp_path, EMT(), run=False)
-    assert len(resumed.model._state.frames) == 3 and resumed.n_reference_calls == 1
+    assert len(resumed.model.posterior_.training_frames) == 3 and resumed.n_reference_calls == 1
 
 
 def test_plot_of_a_run(tmp_path):
@@ -264,7 +264,7 @@ def test_short_cu_emt_ramp_meets_accuracy_with_few_calls(tmp_path):
 
 
 def test_a_call_on_the_first_step_does_not_calibrate(tmp_path):
-    from conftest import emt_copper_frames
+    from helpers import emt_copper_frames
 
     start = emt_copper_frames(2, seed=4, rattle=0.05)
     model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),

@@ -8,7 +8,7 @@ from ase.calculators.fd import calculate_numerical_forces
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS
-from conftest import emt_copper_frames
+from helpers import emt_copper_frames
 
 from kernelpot import ACSF, KernelPotCalculator, SparseGPPotential
 

@@ -268,7 +268,7 @@ def test_learning_curve_table_and_plot(cli_files, capsys):
 
 def test_md_plain_and_on_the_fly(tmp_path, capsys):
     from ase.io import read, write
-    from conftest import emt_copper_frames
+    from helpers import emt_copper_frames
 
     train = emt_copper_frames(4, seed=21, rattle=0.08)
     write(tmp_path / "train.xyz", train)
@@ -317,4 +317,4 @@ def test_recalibrate_keeps_the_training_state(tmp_path, ethanol_frames, small_so
     assert main(["eval", str(tmp_path / "inc.npz"), str(tmp_path / "test.xyz"),
                  "--recalibrate", str(tmp_path / "valid.xyz")]) == 0
     reloaded = load(tmp_path / "inc.npz")
-    assert reloaded.std_scale_ is not None and reloaded._state is not None
+    assert reloaded.std_scale_ is not None and reloaded.posterior_.keeps_training_data

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
-from conftest import SHARED_DATA, emt_copper_frames
-from helpers import assert_symmetries, numerical_forces
+from helpers import SHARED_DATA, assert_symmetries, emt_copper_frames, numerical_forces
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
@@ -311,62 +310,6 @@ def test_cross_val_score_and_grid_search(ethanol_frames, small_soap):
     search.fit(frames)
     assert search.best_params_["descriptor__r_cut"] in (3.5, 4.0)
     assert np.isfinite(search.best_score_)
-
-
-def test_save_load_round_trip(fitted_ethanol, ethanol_frames, tmp_path):
-    from kernelpot import load
-
-    path = fitted_ethanol.save(tmp_path / "model.npz")
-    loaded = load(path)
-    frames = ethanol_frames[50:53]
-    for a, b in zip(fitted_ethanol.predict_forces(frames, return_std=True),
-                    loaded.predict_forces(frames, return_std=True), strict=True):
-        for x, y in zip(a, b, strict=True):
-            np.testing.assert_array_equal(x, y)
-    np.testing.assert_array_equal(fitted_ethanol.predict(frames), loaded.predict(frames))
-    assert loaded.get_params()["sparse_method"] == "all"
-    assert loaded.log_marginal_likelihood() == fitted_ethanol.log_marginal_likelihood()
-
-
-def test_load_rejects_bad_files(fitted_ethanol, tmp_path):
-    import json
-    import zipfile
-
-    from kernelpot import load
-    from kernelpot.io import FORMAT_VERSION
-
-    path = fitted_ethanol.save(tmp_path / "model.npz")
-    raw = path.read_bytes()
-    truncated = tmp_path / "truncated.npz"
-    truncated.write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(ValueError, match="truncated"):
-        load(truncated)
-    # tampered: change one weight, keep the archive valid
-    with np.load(path) as data:
-        arrays = {k: data[k] for k in data.files}
-    arrays["alpha"] = arrays["alpha"].copy()
-    arrays["alpha"][0] += 1e-6
-    tampered = tmp_path / "tampered.npz"
-    np.savez(tampered, **arrays)
-    with pytest.raises(ValueError, match="checksum"):
-        load(tampered)
-    # another format version
-    with np.load(path) as data:
-        arrays = {k: data[k] for k in data.files}
-    meta = json.loads(arrays["metadata"].tobytes())
-    meta["format_version"] = FORMAT_VERSION + 1
-    arrays["metadata"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    other = tmp_path / "other.npz"
-    np.savez(other, **arrays)
-    with pytest.raises(ValueError, match="format version"):
-        load(other)
-    not_ours = tmp_path / "plain.npz"
-    np.savez(not_ours, x=np.zeros(3))
-    with pytest.raises(ValueError, match="not a kernelpot model"):
-        load(not_ours)
-    with pytest.raises(FileNotFoundError):
-        load(tmp_path / "missing.npz")
-    assert zipfile.is_zipfile(path)
 
 
 # -- bad input -------------------------------------------------------------------------------

@@ -2,8 +2,13 @@
 
 import numpy as np
 import pytest
-from conftest import emt_copper_frames
-from helpers import assert_symmetries, exact_observations, numerical_forces, relative_error
+from helpers import (
+    assert_symmetries,
+    emt_copper_frames,
+    exact_observations,
+    numerical_forces,
+    relative_error,
+)
 from sklearn.base import clone
 from sklearn.model_selection import KFold, cross_val_score
 
@@ -110,7 +115,7 @@ def test_log_marginal_likelihood_gradient(per_element, ethanol_frames, small_soa
 def test_posterior_matches_dense_gp(fitted_exact, ethanol_frames, small_soap):
     model = fitted_exact
     test = ethanol_frames[40]
-    post = model._exact
+    post = model.posterior_
     obs_test = _observations(small_soap, [test])
     sigma2 = model.signal_std_**2
     K_star = sigma2 * exact.covariance(obs_test, post.observations, model.kernel_)
@@ -120,7 +125,7 @@ def test_posterior_matches_dense_gp(fitted_exact, ethanol_frames, small_soap):
     assert prediction.energy == pytest.approx(mean[0] + e0, rel=1e-10)
     np.testing.assert_allclose(prediction.forces.ravel(), mean[1:], rtol=1e-7, atol=1e-9)
     K_ss = sigma2 * exact.covariance(obs_test, obs_test, model.kernel_)
-    K_y = sigma2 * model._exact_covariance() + np.diag(exact.noise_variances(
+    K_y = sigma2 * model.posterior_.prior_covariance() + np.diag(exact.noise_variances(
         np.log([model.signal_std_, model.energy_noise_, model.force_noise_]),
         post.observations))
     var = np.diag(K_ss) - np.einsum("ij,ji->i", K_star, np.linalg.solve(K_y, K_star.T))
@@ -296,11 +301,11 @@ def test_batched_variances_equal_one_structure_at_a_time(fitted_exact, ethanol_f
                                                          monkeypatch):
     """predict_forces solves the variances of many structures at once (in batches of
     rows); each equals the variance of the structure predicted alone."""
-    import kernelpot.estimator as estimator
+    import kernelpot.prediction as prediction
 
     frames = ethanol_frames[30:36]
     alone = [fitted_exact.predict_structure(a, variance=True) for a in frames]
-    monkeypatch.setattr(estimator, "_VARIANCE_BATCH_ROWS", 60)  # batches of 3 structures
+    monkeypatch.setattr(prediction, "_VARIANCE_BATCH_ROWS", 60)  # batches of 3 structures
     forces, stds = fitted_exact.predict_forces(frames, return_std=True, std_type="epistemic")
     energies, energy_stds = fitted_exact.predict(frames, return_std=True,
                                                  std_type="epistemic")

@@ -1,4 +1,4 @@
-"""Model files: files written by earlier code load and predict the same."""
+"""Model files: save/load round trips, bad files refused, files of earlier code still read."""
 
 from pathlib import Path
 
@@ -17,6 +17,63 @@ ETHANOL = Path(__file__).parent / "data" / "ethanol_xtb_500K_60.xyz"
 RTOL, ATOL = 1e-10, 1e-13
 
 
+def test_save_load_round_trip(fitted_ethanol, ethanol_frames, tmp_path):
+    from kernelpot import load
+
+    path = fitted_ethanol.save(tmp_path / "model.npz")
+    loaded = load(path)
+    frames = ethanol_frames[50:53]
+    for a, b in zip(fitted_ethanol.predict_forces(frames, return_std=True),
+                    loaded.predict_forces(frames, return_std=True), strict=True):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(fitted_ethanol.predict(frames), loaded.predict(frames))
+    assert loaded.get_params()["sparse_method"] == "all"
+    assert loaded.log_marginal_likelihood() == fitted_ethanol.log_marginal_likelihood()
+
+
+def test_load_rejects_bad_files(fitted_ethanol, tmp_path):
+    import json
+    import zipfile
+
+    from kernelpot import load
+    from kernelpot.io import FORMAT_VERSION
+
+    path = fitted_ethanol.save(tmp_path / "model.npz")
+    raw = path.read_bytes()
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="truncated"):
+        load(truncated)
+    # tampered: change one weight, keep the archive valid
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["alpha"] = arrays["alpha"].copy()
+    arrays["alpha"][0] += 1e-6
+    tampered = tmp_path / "tampered.npz"
+    np.savez(tampered, **arrays)
+    with pytest.raises(ValueError, match="checksum"):
+        load(tampered)
+    # another format version
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(arrays["metadata"].tobytes())
+    meta["format_version"] = FORMAT_VERSION + 1
+    arrays["metadata"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    other = tmp_path / "other.npz"
+    np.savez(other, **arrays)
+    with pytest.raises(ValueError, match="format version"):
+        load(other)
+    not_ours = tmp_path / "plain.npz"
+    np.savez(not_ours, x=np.zeros(3))
+    with pytest.raises(ValueError, match="not a kernelpot model"):
+        load(not_ours)
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "missing.npz")
+    assert zipfile.is_zipfile(path)
+
+
+# -- files written by earlier code -------------------------------------------------------
 def _predictions(model, frames, stress=False):
     energies, e_std = model.predict(frames, return_std=True)
     forces, f_std = model.predict_forces(frames, return_std=True)

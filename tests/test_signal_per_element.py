@@ -59,7 +59,7 @@ def test_fitted_sigmas_differ_and_raise_the_likelihood(per_element, ethanol_fram
 def test_posterior_matches_the_dense_gp(per_element, ethanol_frames, small_soap):
     model = per_element
     test = ethanol_frames[40]
-    post = model._exact
+    post = model.posterior_
     obs_test = _observations(small_soap, [test])
     weights = np.array([model.signal_std_[s] for s in ("H", "C", "O")])**2
     K_star = exact.covariance(obs_test, post.observations, model.kernel_, weights=weights)

@@ -9,8 +9,7 @@ from ase.calculators.emt import EMT
 from ase.calculators.fd import calculate_numerical_stress
 from ase.filters import FrechetCellFilter
 from ase.optimize import BFGS
-from conftest import emt_copper_frames
-from helpers import relative_error
+from helpers import emt_copper_frames, relative_error
 
 from kernelpot import ACSF, SOAP, KernelPotCalculator, SparseGPPotential, TwoBody
 from kernelpot.gp import stress_from_strain_derivative

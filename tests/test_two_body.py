@@ -235,7 +235,7 @@ def test_kernel_gradient_with_two_body_columns_equals_finite_differences(ethanol
     import scipy.linalg as sla
 
     from kernelpot import gp
-    from kernelpot.estimator import _with_two_body
+    from kernelpot.design import with_two_body as _with_two_body
     from kernelpot.kernels import NormalizedDotProduct, SquaredExponential
 
     frames = ethanol_frames[:5]
@@ -370,6 +370,6 @@ def test_update_with_a_two_body_term_equals_a_fresh_fit(ethanol_frames, small_so
         assert updated.log_marginal_likelihood() == pytest.approx(
             other.log_marginal_likelihood(), rel=rel)
     # the pair columns sit between the first and the added inducing environments
-    assert updated._pair_columns[0] < updated._columns[0][-1]
+    assert updated.posterior_.pair_columns[0] < updated.posterior_.columns[0][-1]
     np.testing.assert_allclose(updated.predict_local_energies(test)[0].sum(),
                                updated.predict(test[:1])[0], rtol=1e-12)

@@ -34,7 +34,7 @@ def _cosine_cutoff(r, r_cut):
 
 @njit(cache=True, inline="always")
 def _power(x, exponent):
-    """``x ** exponent`` for ``x >= 0``, by squaring when the exponent is a small integer."""
+    """Return ``x ** exponent`` for ``x >= 0``, by squaring for small integer exponents."""
     n = int(exponent)
     if n == exponent and 0 <= n <= 64:
         result = 1.0
@@ -62,10 +62,16 @@ def _add_radial(features, gradients, i, p_i, p_j, f, value, dvalue, ux, uy, uz):
     gradients[p_i, 2, f] -= gz
 
 
+# complexity: one loop nest per function family (radial G1-G3, angular G4/G5) in one
+# compiled pass over the neighbour list; splitting it adds calls in the innermost loops
+# long: one compiled pass; radial and angular blocks share each atom's neighbour slice
 @njit(cache=True)
-def acsf_compute(species_index, starts, neighbor_j, vectors, distances, neighbor_pair,
-                 self_pair, n_species, r_cut, g2_params, g3_params, g4_params, g5_params,
-                 features, gradients):
+def acsf_compute(  # noqa: C901
+        species_index: np.ndarray, starts: np.ndarray, neighbor_j: np.ndarray,
+        vectors: np.ndarray, distances: np.ndarray, neighbor_pair: np.ndarray,
+        self_pair: np.ndarray, n_species: int, r_cut: float, g2_params: np.ndarray,
+        g3_params: np.ndarray, g4_params: np.ndarray, g5_params: np.ndarray,
+        features: np.ndarray, gradients: np.ndarray) -> None:
     """Accumulate ACSF features and their gradients for every atom.
 
     Parameters
@@ -79,17 +85,25 @@ def acsf_compute(species_index, starts, neighbor_j, vectors, distances, neighbor
     vectors : float64 (n_neighbors, 3)
         ``r_j - r_i`` (image positions) in Å.
     distances : float64 (n_neighbors,)
+        Norms of ``vectors`` in Å.
     neighbor_pair : int64 (n_neighbors,)
         Gradient row of pair ``(i, j)`` for each neighbour entry.
     self_pair : int64 (n_atoms,)
         Gradient row of ``(i, i)``.
     n_species : int
+        Number of elements of the descriptor.
     r_cut : float
+        Cutoff radius in Å.
     g2_params : float64 (n_g2, 2) of (η, R_s)
+        Radial G2 parameters, η in Å⁻², R_s in Å.
     g3_params : float64 (n_g3,) of κ
+        Radial G3 frequencies in Å⁻¹.
     g4_params, g5_params : float64 (n, 3) of (η, ζ, λ)
+        Angular parameters, η in Å⁻², ζ >= 1, λ in [-1, 1].
     features : float64 (n_atoms, n_features), zero on entry
+        Features, accumulated into in place.
     gradients : float64 (n_pairs, 3, n_features), zero on entry
+        ``∂features[i]/∂r_j`` per pair row, accumulated into in place.
     """
     n_atoms = starts.shape[0] - 1
     n_g2 = g2_params.shape[0]

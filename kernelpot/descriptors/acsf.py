@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from kernelpot._validation import (
     check_atoms,
@@ -16,6 +19,9 @@ from kernelpot.descriptors._acsf_kernels import acsf_compute
 from kernelpot.descriptors._scatter_kernels import scatter_add_blocks
 from kernelpot.descriptors.base import Descriptor, DescriptorResult
 from kernelpot.descriptors.neighbors import neighbor_list, unique_pairs
+
+if TYPE_CHECKING:
+    from ase import Atoms
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +67,8 @@ class ACSF(Descriptor):
 
     See Also
     --------
-    ACSF.from_grid : a standard parameter set that scales with ``r_cut``.
-    kernelpot.descriptors.SOAP
+    ACSF.from_grid : A standard parameter set that scales with ``r_cut``.
+    kernelpot.descriptors.SOAP : The SOAP power spectrum, same interface.
 
     Notes
     -----
@@ -87,8 +93,10 @@ class ACSF(Descriptor):
     ((3, 7), (9, 3, 7))
     """
 
-    def __init__(self, species, r_cut, g2_params=None, g3_params=None, g4_params=None,
-                 g5_params=None, periodic=None):
+    def __init__(self, species: Sequence[str | int], r_cut: float,
+                 g2_params: ArrayLike | None = None, g3_params: ArrayLike | None = None,
+                 g4_params: ArrayLike | None = None, g5_params: ArrayLike | None = None,
+                 periodic: bool | None = None) -> None:
         self.species = species
         self.r_cut = r_cut
         self.g2_params = g2_params
@@ -99,13 +107,15 @@ class ACSF(Descriptor):
 
     # -- standard parameter sets ---------------------------------------------------------
     @classmethod
-    def from_grid(cls, species, r_cut, n_radial=8, n_angular=8, r_min=0.5, periodic=None,
-                  angular="g4"):
+    def from_grid(cls, species: Sequence[str | int], r_cut: float, n_radial: int = 8,
+                  n_angular: int = 8, r_min: float = 0.5, periodic: bool | None = None,
+                  angular: str = "g4") -> ACSF:
         """Build an ACSF with a standard, cutoff-scaled parameter set.
 
         Parameters
         ----------
         species : sequence of str or int
+            Elements the descriptor knows (symbols or atomic numbers).
         r_cut : float
             Cutoff radius in Å.
         n_radial : int, default=8
@@ -118,11 +128,21 @@ class ACSF(Descriptor):
         r_min : float, default=0.5
             Shortest distance in Å the radial grid resolves.
         periodic : bool or None, default=None
+            As in :class:`ACSF`.
         angular : {"g4", "g5"}, default="g4"
+            Whether the angular functions are G4 (with the ``r_jk`` terms) or G5.
 
         Returns
         -------
         ACSF
+            A descriptor with ``g2_params`` and ``g4_params`` (or ``g5_params``)
+            filled in; ``None`` where a grid is empty.
+
+        Raises
+        ------
+        ValueError
+            If ``r_cut`` or ``r_min`` is not > 0, ``r_min >= r_cut / 2``, a count
+            is not an int >= 0, or ``angular`` is unknown.
 
         Notes
         -----
@@ -216,14 +236,20 @@ class ACSF(Descriptor):
         return checked
 
     def get_number_of_features(self) -> int:
-        """Return the number of features per atom."""
+        """Return the number of features per atom.
+
+        Returns
+        -------
+        int
+            ``(1 + n_g2 + n_g3) n_species + (n_g4 + n_g5) n_species (n_species + 1) / 2``.
+        """
         p = self._check_params()
         n_species = len(p["numbers"])
         radial = 1 + len(p["g2"]) + len(p["g3"])
         angular = len(p["g4"]) + len(p["g5"])
         return radial * n_species + angular * n_species * (n_species + 1) // 2
 
-    def get_location(self, species) -> slice:
+    def get_location(self, species: Sequence[str | int]) -> slice:
         """Return the slice of features belonging to one species or species pair.
 
         Parameters
@@ -235,6 +261,12 @@ class ACSF(Descriptor):
         Returns
         -------
         slice
+            Columns of ``features`` (and of the last axis of ``gradients``).
+
+        Raises
+        ------
+        ValueError
+            If an element is not in ``species`` or more than two are given.
         """
         p = self._check_params()
         numbers = species_to_numbers(list(species), "ACSF.get_location")
@@ -255,7 +287,7 @@ class ACSF(Descriptor):
         raise ValueError(f"ACSF.get_location: give one or two species; got {species!r}")
 
     # -- computation -------------------------------------------------------------------
-    def compute(self, atoms, strain=False) -> DescriptorResult:
+    def compute(self, atoms: Atoms, strain: bool = False) -> DescriptorResult:
         """Compute ACSF features and their analytic Jacobian for one structure.
 
         Parameters
@@ -270,6 +302,10 @@ class ACSF(Descriptor):
         Returns
         -------
         DescriptorResult
+            ``features`` (n_atoms, n_features), ``pairs`` (i, j) for every ``j``
+            within ``r_cut`` of ``i`` (``j = i`` included) and ``gradients``
+            (n_pairs, 3, n_features), ``∂features[i]/∂r_j`` per Å;
+            ``strain_gradients`` (n_atoms, 3, 3, n_features) with ``strain=True``.
         """
         p = self._check_params()
         check_strain_flag(strain, "ACSF.compute")

@@ -12,10 +12,9 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator
-from tqdm.auto import tqdm
 
+from kernelpot._parallel import map_list
 from kernelpot._validation import check_verbose
 
 logger = logging.getLogger(__name__)
@@ -32,7 +31,7 @@ class DescriptorResult:
     features : ndarray of shape (n_atoms, n_features)
         Descriptor of every atom (float64).
     pairs : ndarray of shape (n_pairs, 2)
-        int64 rows ``(i, j)``, sorted by ``i`` then ``j``: the position of atom
+        Integer rows ``(i, j)`` (int64), sorted by ``i`` then ``j``: the position of atom
         ``j`` moves the features of centre ``i``. Every ``(i, i)`` is present.
         Periodic images are folded onto the atom they image.
     gradients : ndarray of shape (n_pairs, 3, n_features)
@@ -89,7 +88,9 @@ class Descriptor(BaseEstimator):
 
     Subclasses store their constructor arguments unchanged (scikit-learn
     convention, so ``clone`` and ``set_params(descriptor__r_cut=...)`` work),
-    validate them when first used, and implement :meth:`_compute`.
+    validate them when first used, and implement :meth:`compute`,
+    :meth:`get_number_of_features` and ``_check_params`` (the validation,
+    which :meth:`compute_many` runs once before dispatching work).
 
     Attributes
     ----------
@@ -147,6 +148,7 @@ class Descriptor(BaseEstimator):
         Returns
         -------
         ndarray of shape (n_atoms, n_features)
+            The features of every atom.
         """
         return self.compute(atoms).features
 
@@ -158,7 +160,7 @@ class Descriptor(BaseEstimator):
         frames : sequence of ase.Atoms
             Structures, in order.
         n_jobs : int or None, default=1
-            joblib's meaning (``None`` is 1, ``-1`` all cores). Results do not
+            As joblib's (``None`` is 1, ``-1`` all cores). Results do not
             depend on it. Switch joblib's backend (e.g. to Dask) with
             :func:`joblib.parallel_config` to scale past one machine.
         verbose : int or bool, default=0
@@ -179,13 +181,8 @@ class Descriptor(BaseEstimator):
         self._check_params()  # fail once, before dispatching work
         logger.info("%s: computing %d structures (n_jobs=%s)",
                     type(self).__name__, len(frames), n_jobs)
-        iterator = tqdm(frames, desc=type(self).__name__, disable=verbose < 1,
-                        unit="frame")
-        if n_jobs in (None, 1):
-            return [self.compute(atoms) for atoms in iterator]
-        return Parallel(n_jobs=n_jobs, return_as="list")(
-            delayed(self.compute)(atoms) for atoms in iterator
-        )
+        return map_list(self.compute, frames, n_jobs=n_jobs, verbose=verbose,
+                        desc=type(self).__name__, unit="frame")
 
     # -- to implement -----------------------------------------------------------------
     def _check_params(self):

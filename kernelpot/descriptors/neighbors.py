@@ -82,12 +82,14 @@ def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray,
     return NeighborList(i, j, shifts, vectors, distances, starts)
 
 
-def unique_pairs(n_atoms: int, i: np.ndarray, j: np.ndarray):
-    """Sorted unique (centre, atom) pairs, self pairs included.
+def unique_pairs(n_atoms: int, i: np.ndarray,
+                 j: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the sorted unique (centre, atom) pairs, self pairs included.
 
     Parameters
     ----------
     n_atoms : int
+        Number of atoms of the structure.
     i, j : ndarray of shape (n_neighbors,)
         Centre and (folded) neighbour indices.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 from ase import Atoms
@@ -65,7 +66,7 @@ class SOAP(Descriptor):
 
     See Also
     --------
-    kernelpot.descriptors.ACSF
+    kernelpot.descriptors.ACSF : Atom-centred symmetry functions, same interface.
 
     Notes
     -----
@@ -97,8 +98,10 @@ class SOAP(Descriptor):
     ((3, 30), (9, 3, 30))
     """
 
-    def __init__(self, species, r_cut, n_max, l_max, sigma=1.0, rbf="gto", periodic=None, *,
-                 compression=None, weighting=None, average="off"):
+    def __init__(self, species: Sequence[str | int], r_cut: float, n_max: int, l_max: int,
+                 sigma: float = 1.0, rbf: str = "gto", periodic: bool | None = None, *,
+                 compression: str | None = None, weighting: None = None,
+                 average: str = "off") -> None:
         self.species = species
         self.r_cut = r_cut
         self.n_max = n_max
@@ -171,23 +174,42 @@ class SOAP(Descriptor):
         return checked
 
     def get_number_of_features(self) -> int:
-        """Return the number of features per atom."""
+        """Return the number of features per atom.
+
+        Returns
+        -------
+        int
+            DScribe's ``get_number_of_features()`` for these settings.
+        """
         return self._check_params()["n_features"]
 
     def get_cutoff_padding(self) -> float:
-        """Return DScribe's padding of the cutoff in Å (atoms this far past r_cut count)."""
+        """Return DScribe's padding of the cutoff (atoms this far past ``r_cut`` count).
+
+        Returns
+        -------
+        float
+            ``σ √(-2 ln 0.001)`` in Å: features see atoms within ``r_cut`` plus this.
+        """
         return float(self._check_params()["dscribe"].get_cutoff_padding())
 
-    def get_location(self, species) -> slice:
+    def get_location(self, species: Sequence[str | int]) -> slice:
         """Return the slice of features of one species pair (DScribe's ``get_location``).
 
         Parameters
         ----------
         species : tuple of (str or int, str or int)
+            The two elements of the block, in either order; may be the same element.
 
         Returns
         -------
         slice
+            Columns of ``features`` (and of the last axis of ``gradients``).
+
+        Raises
+        ------
+        ValueError
+            If an element is unknown or not exactly two are given.
         """
         p = self._check_params()
         pair = tuple(int(z) for z in species_to_numbers(list(species), "SOAP.get_location"))
@@ -198,16 +220,18 @@ class SOAP(Descriptor):
         return p["dscribe"].get_location(pair)
 
     # -- computation -------------------------------------------------------------------
-    def create(self, atoms) -> np.ndarray:
+    def create(self, atoms: Atoms) -> np.ndarray:
         """Return only the features of one structure (DScribe's ``create``, no gradients).
 
         Parameters
         ----------
         atoms : ase.Atoms
+            The structure; not modified.
 
         Returns
         -------
         ndarray of shape (n_atoms, n_features)
+            One row of SOAP features per atom.
         """
         p = self._check_params()
         positions, numbers_, pbc, cell = check_atoms(atoms, p["numbers"], self.periodic, "SOAP")
@@ -215,7 +239,7 @@ class SOAP(Descriptor):
         soap = p["dscribe_periodic"] if pbc.any() else p["dscribe"]
         return np.asarray(soap.create(system), dtype=np.float64)
 
-    def compute(self, atoms, strain=False) -> DescriptorResult:
+    def compute(self, atoms: Atoms, strain: bool = False) -> DescriptorResult:
         """Compute SOAP features and their analytic Jacobian for one structure.
 
         Parameters

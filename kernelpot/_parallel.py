@@ -1,0 +1,116 @@
+"""One parallel map over structures for the whole package.
+
+joblib workers when asked for, a plain loop otherwise; results always come back in input
+order, so ``n_jobs`` never changes them (STYLE.md). An optional tqdm progress bar counts the
+items done. Callers validate ``verbose`` (``_validation.check_verbose``) before calling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+from joblib import Parallel, delayed
+from tqdm.auto import tqdm
+
+__all__ = ["imap", "map_list"]
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def imap(fn: Callable[[Item], Result], items: Iterable[Item], n_jobs: int | None = 1,
+         verbose: int = 0, desc: str | None = None, *, unit: str = "it") -> Iterator[Result]:
+    """Apply ``fn`` to every item, lazily, yielding the results in input order.
+
+    Parameters
+    ----------
+    fn : callable
+        Function of one item. With ``n_jobs`` other than 1 it runs in joblib workers, so it
+        and the items must be picklable by joblib's backend (loky uses cloudpickle).
+    items : iterable
+        The inputs; read into a list when iteration starts (the bar needs their number).
+    n_jobs : int or None, default=1
+        joblib's meaning: ``None`` and 1 run a plain loop in this process, ``-1`` uses all
+        cores; anything else is handed to :class:`joblib.Parallel`, which validates it
+        (``0`` raises ``ValueError``) when iteration starts. Results do not depend on it.
+    verbose : int, default=0
+        0 is silent; 1 or more shows a tqdm progress bar (on stderr, removed when done).
+    desc : str or None, default=None
+        Label of the progress bar.
+    unit : str, default="it"
+        What the bar counts (``"frame"``, ...).
+
+    Yields
+    ------
+    object
+        ``fn(item)`` for each item, in the order of ``items``.
+
+    See Also
+    --------
+    map_list : The same, returning a list.
+
+    Notes
+    -----
+    Nothing runs before the first ``next()``. The serial loop calls ``fn`` only as results
+    are consumed; joblib's generator (``return_as="generator"``) runs ahead in its workers
+    and cancels what is left when the consumer stops. The bar is closed however iteration
+    ends: exhausted, stopped early (``close()``, ``break``, garbage collection) or by an
+    exception raised in ``fn``.
+
+    Examples
+    --------
+    >>> from kernelpot._parallel import imap
+    >>> list(imap(abs, [-1, 2, -3]))
+    [1, 2, 3]
+    """
+    items = list(items)
+    bar = tqdm(total=len(items), desc=desc, disable=verbose < 1, leave=False, unit=unit)
+    try:
+        if n_jobs in (None, 1):
+            results = map(fn, items)
+        else:
+            results = Parallel(n_jobs=n_jobs, return_as="generator")(
+                delayed(fn)(item) for item in items)
+        for result in results:
+            bar.update()
+            yield result
+    finally:
+        bar.close()
+
+
+def map_list(fn: Callable[[Item], Result], items: Iterable[Item], n_jobs: int | None = 1,
+             verbose: int = 0, desc: str | None = None, *, unit: str = "it") -> list[Result]:
+    """Return ``[fn(item) for item in items]``, computed as :func:`imap` does.
+
+    Parameters
+    ----------
+    fn : callable
+        Function of one item (picklable when ``n_jobs`` is not 1).
+    items : iterable
+        The inputs.
+    n_jobs : int or None, default=1
+        joblib's meaning (``None`` is 1, ``-1`` all cores); results do not depend on it.
+    verbose : int, default=0
+        0 is silent; 1 or more shows a tqdm progress bar.
+    desc : str or None, default=None
+        Label of the progress bar.
+    unit : str, default="it"
+        What the bar counts.
+
+    Returns
+    -------
+    list
+        One result per item, in input order.
+
+    See Also
+    --------
+    imap : The lazy version.
+
+    Examples
+    --------
+    >>> from kernelpot._parallel import map_list
+    >>> map_list(len, ["a", "bb"], n_jobs=None)
+    [1, 2]
+    """
+    return list(imap(fn, items, n_jobs=n_jobs, verbose=verbose, desc=desc, unit=unit))

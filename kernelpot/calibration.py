@@ -1,0 +1,384 @@
+"""Calibration of the predicted stds, in one place.
+
+* :class:`StdCalibration` is the variance map :meth:`SparseGPPotential.calibrate`
+  fits on validation errors (the estimator's ``std_scale_``), applied to every std
+  the model reports, and the conformal scores behind ``return_interval``
+  (``interval_scores_``).
+* :func:`fit_projection_scale` is the one-factor version the on-the-fly learner
+  refits on the errors of the structures it sends to the reference.
+
+The calibrated epistemic variance is ``c² v_ref (u / v_ref)^p`` with
+``u = v_posterior + w² v_projection``; the total adds ``d²`` times the learned noise
+variance. Uncalibrated, ``c = w = p = d = 1``: the raw ``v_posterior + v_projection``.
+
+The two variance terms get their own scale because, added raw, the projection
+term dominates and is several times too wide. The exponent ``p`` is a fitted
+map of the std: with ``p > 1`` large stds grow faster than small ones, which
+is what heavy tails of the z-scores usually mean (errors grow faster than the
+raw std), and it keeps the ranking of the stds. A Gaussian band of the
+calibrated std can still miss its nominal coverage in the tails. The
+intervals do not have that problem: the half-width for nominal coverage
+``p`` is ``r_(k) × std``, with ``r_(k)`` the ``k = ⌈(n + 1) p⌉``-th smallest
+score. If the validation structures and new ones are exchangeable (for MD, frames far
+enough apart to be nearly independent), the interval holds the reference with
+probability at least ``p`` (:mod:`kernelpot.conformal`).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+from scipy.optimize import minimize, minimize_scalar
+
+from kernelpot import conformal
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["QUANTITIES", "StdCalibration", "fit_projection_scale", "fit_variance_terms"]
+
+#: Quantities with a calibrated std.
+QUANTITIES = ("energy", "forces")
+#: Validation values below which only the std factor is fitted (no shape).
+SHAPE_MIN_VALUES = 50
+#: Keys of a quantity's entries in ``std_scale_``, after the quantity's name.
+_SUFFIXES = ("", "_projection", "_exponent", "_reference", "_noise")
+
+
+def fit_variance_terms(errors: np.ndarray, post: np.ndarray, proj: np.ndarray,
+                       noise: np.ndarray, owner: str) -> dict[str, float]:
+    """Fit the variance map on validation ``errors`` by maximum likelihood.
+
+    Parameters
+    ----------
+    errors : ndarray of shape (n,)
+        Prediction minus reference.
+    post, proj : ndarray of shape (n,)
+        The raw posterior and projection variance terms of those predictions.
+    noise : ndarray of shape (n,)
+        The learned noise variance of each value.
+    owner : str
+        Names the caller in errors and logs.
+
+    Returns
+    -------
+    dict
+        Keys "scale" (``c``), "projection" (``w``), "exponent" (``p``), "reference"
+        (``v_ref``) and "noise" (``d``).
+
+    Raises
+    ------
+    ValueError
+        If the epistemic variance is zero on every value.
+
+    Notes
+    -----
+    The calibrated total variance is ``c² v_ref (u / v_ref)^p + d² noise`` with
+    ``u = post + w² proj`` and ``v_ref`` the geometric mean of the raw epistemic
+    variance on the validation set; ``c²``, ``w²``, ``d²`` (in [1e-4, 1e4]) and ``p``
+    (in [0.2, 5]) maximise the Gaussian likelihood of the errors. ``p = 1`` is a plain
+    scale; ``p > 1`` spreads the stds (the errors grow faster than the raw std, the
+    usual cause of heavy tails). ``d`` rescales the learned noise in the total: a
+    sparse model's learned force noise absorbs its misfit on the training set, and
+    with it the total std is too uniform. Without a projection term (an exact model)
+    ``w = 1`` is not fitted. With fewer than :data:`SHAPE_MIN_VALUES` values only
+    ``c`` is fitted (``w = p = d = 1``): four parameters on a handful of energies
+    overfit. If ``c`` reaches its lower limit (the noise explains the errors), ``w``
+    and ``p`` mean nothing and are 1.
+    """
+    r2 = np.asarray(errors, dtype=np.float64) ** 2
+    noise = np.asarray(noise, dtype=np.float64)
+    shape = r2.size >= SHAPE_MIN_VALUES
+    two_terms = shape and bool(np.any(proj > 0))
+    fit_noise = shape and bool(np.any(noise > 0))
+    raw = post + proj
+    if not np.any(raw > 0):
+        raise ValueError(f"{owner}: the model's epistemic variance is zero on every "
+                         "validation value; nothing to calibrate")
+    # the geometric mean centres log(u / v_ref), which decouples c from p
+    v_ref = float(np.exp(np.mean(np.log(raw[raw > 0]))))
+    # slots of theta: log c², [log w²], [log d²], p
+    i_w = 1 if two_terms else None
+    i_d = 1 + int(two_terms) if fit_noise else None
+
+    def parts(theta):
+        p = theta[-1]
+        r = np.exp(theta[i_w]) if i_w is not None else 1.0
+        d2 = np.exp(theta[i_d]) if i_d is not None else 1.0
+        u = post + r * proj
+        t = u / v_ref
+        positive = t > 0
+        log_t = np.where(positive, np.log(np.where(positive, t, 1.0)), 0.0)
+        epistemic = np.where(positive, np.exp(theta[0]) * v_ref * np.exp(p * log_t), 0.0)
+        return r, d2, u, log_t, epistemic
+
+    def nll(theta):
+        r, d2, u, log_t, epistemic = parts(theta)
+        total = epistemic + d2 * noise
+        value = 0.5 * np.sum(np.log(total) + r2 / total)
+        d_total = 0.5 * (1.0 / total - r2 / total**2)
+        grad = [d_total @ epistemic]
+        if i_w is not None:
+            share = np.where(u > 0, r * proj / np.where(u > 0, u, 1.0), 0.0)
+            grad.append(d_total @ (epistemic * theta[-1] * share))
+        if i_d is not None:
+            grad.append(d2 * (d_total @ noise))
+        grad.append(d_total @ (epistemic * log_t))
+        return value, np.array(grad)
+
+    bound = np.log(1e12)
+    start = [0.0] + [0.0] * ((i_w is not None) + (i_d is not None)) + [1.0]
+    bounds = [(-bound, bound)] + [(-bound, bound)] * (i_w is not None) \
+        + [(np.log(1e-4), np.log(1e4))] * (i_d is not None) \
+        + [(0.2, 5.0) if shape else (1.0, 1.0)]
+    result = minimize(nll, np.array(start), jac=True, method="L-BFGS-B", bounds=bounds,
+                      options={"ftol": 1e-13, "gtol": 1e-9, "maxiter": 1000})
+    # a restart from the result clears L-BFGS-B's stalls on this coupled problem
+    result = minimize(nll, result.x, jac=True, method="L-BFGS-B", bounds=bounds,
+                      options={"ftol": 1e-13, "gtol": 1e-9, "maxiter": 1000})
+    r, d2, *_ = parts(result.x)
+    if np.isclose(result.x[0], -bound, atol=1e-3):
+        logger.info("%s: the epistemic scale went to its lower limit: the learned noise "
+                    "explains the errors", owner)
+        return {"scale": float(np.exp(-0.5 * bound)), "projection": 1.0, "exponent": 1.0,
+                "reference": v_ref, "noise": float(np.sqrt(d2))}
+    return {"scale": float(np.exp(0.5 * result.x[0])), "projection": float(np.sqrt(r)),
+            "exponent": float(result.x[-1]), "reference": v_ref, "noise": float(np.sqrt(d2))}
+
+
+def fit_projection_scale(r2: np.ndarray, post: np.ndarray, proj: np.ndarray,
+                         noise: np.ndarray) -> float:
+    """Fit the weight ``w`` of the projection term that best explains squared errors.
+
+    The one-factor case of the variance map (``c = p = d = 1``), which the on-the-fly
+    learner refits on the force errors of the structures it labels.
+
+    Parameters
+    ----------
+    r2 : ndarray of shape (n,)
+        Squared errors.
+    post, proj, noise : ndarray of shape (n,)
+        Posterior term, projection term and learned noise variance of each value.
+
+    Returns
+    -------
+    float
+        ``w`` in ``[1e-4, 10]``, maximising the Gaussian likelihood of the errors
+        under the variance ``post + w² proj + noise``.
+    """
+    def negative_log_likelihood(log_s2):
+        var = post + np.exp(log_s2) * proj + noise
+        return 0.5 * float(np.sum(np.log(var) + r2 / var))
+
+    best = minimize_scalar(negative_log_likelihood, bounds=(np.log(1e-8), np.log(1e2)),
+                           method="bounded")
+    return float(np.exp(0.5 * best.x))
+
+
+class StdCalibration:
+    """The fitted variance map and conformal scores of a model, or none (raw stds).
+
+    Parameters
+    ----------
+    std_scale : dict or None
+        Per quantity: ``quantity`` (``c``), ``quantity_projection`` (``w``),
+        ``quantity_exponent`` (``p``), ``quantity_reference`` (``v_ref``) and
+        ``quantity_noise`` (``d``); ``None`` for none.
+    interval_scores : dict or None
+        Sorted conformal scores per quantity.
+    applied : bool, default=True
+        ``False`` reports raw stds even where a map was fitted
+        (``apply_calibration=False``).
+    """
+
+    def __init__(self, std_scale: dict | None, interval_scores: dict | None,
+                 applied: bool = True):
+        self.std_scale = std_scale
+        self.interval_scores = interval_scores
+        self.applied = applied
+
+    @staticmethod
+    def check_quantity(quantity: str) -> None:
+        """Raise unless ``quantity`` is "energy" or "forces".
+
+        Parameters
+        ----------
+        quantity : str
+        """
+        if quantity not in QUANTITIES:
+            raise ValueError(f"quantity must be 'energy' or 'forces'; got {quantity!r}")
+
+    def factors(self, quantity: str) -> tuple[float, float, float, float]:
+        """``(c, w, p, v_ref)`` of ``quantity``; ``(1, 1, 1, 1)`` when not calibrated.
+
+        Parameters
+        ----------
+        quantity : {"energy", "forces"}
+
+        Returns
+        -------
+        tuple of float
+        """
+        self.check_quantity(quantity)
+        factors = self.std_scale
+        if not self.applied or not factors:
+            return 1.0, 1.0, 1.0, 1.0
+        return (float(factors[quantity]), float(factors.get(f"{quantity}_projection", 1.0)),
+                float(factors.get(f"{quantity}_exponent", 1.0)),
+                float(factors.get(f"{quantity}_reference", 1.0)))
+
+    def epistemic_variance(self, quantity: str, posterior, projection):
+        """Calibrated epistemic variance ``c² v_ref (u / v_ref)^p``, ``u = v_post + w² v_proj``.
+
+        Parameters
+        ----------
+        quantity : {"energy", "forces"}
+        posterior, projection : float or ndarray
+            The two raw variance terms (eV², eV²/Å²).
+
+        Returns
+        -------
+        float or ndarray
+        """
+        c, w, p, v_ref = self.factors(quantity)
+        u = posterior + w**2 * projection
+        if p == 1.0:
+            return c**2 * u
+        return c**2 * v_ref * (np.maximum(u, 0.0) / v_ref) ** p
+
+    def noise_variance(self, quantity: str, noise_var):
+        """Return the learned noise's share of the calibrated total variance, ``d² noise_var``.
+
+        Parameters
+        ----------
+        quantity : {"energy", "forces"}
+        noise_var : float or ndarray
+            ``σ_E² N`` or ``σ_F²``.
+
+        Returns
+        -------
+        float or ndarray
+        """
+        factors = self.std_scale
+        if not self.applied or not factors:
+            return noise_var
+        return float(factors.get(f"{quantity}_noise", 1.0)) ** 2 * noise_var
+
+    def interval_multiplier(self, quantity: str, coverage: float, owner: str) -> float:
+        """Half-width of ``coverage`` intervals in units of the total std.
+
+        Split-conformal from the stored scores; without scores, the Gaussian quantile
+        with a ``UserWarning`` (no coverage guarantee).
+
+        Parameters
+        ----------
+        quantity : {"energy", "forces"}
+        coverage : float in (0, 1)
+        owner : str
+
+        Returns
+        -------
+        float
+        """
+        scores = (self.interval_scores or {}).get(quantity)
+        if scores is None:
+            from scipy.stats import norm
+
+            conformal.check_coverage(coverage)
+            warnings.warn(f"{owner}: no calibration scores for {quantity}; the interval is "
+                          "the Gaussian one of the predicted std, without a coverage "
+                          "guarantee (call calibrate() on validation structures)",
+                          UserWarning, stacklevel=3)
+            return float(norm.ppf(0.5 + coverage / 2))
+        if not self.applied:
+            raise ValueError("return_interval needs apply_calibration=True: the calibration "
+                             "scores are relative to the calibrated std")
+        return conformal.interval_quantile(scores, coverage, f"{quantity} values")
+
+    @classmethod
+    def fit(cls, terms: dict[str, tuple], owner: str) -> StdCalibration:
+        """Fit the variance map and the conformal scores on validation errors.
+
+        Parameters
+        ----------
+        terms : dict
+            Per quantity, ``(errors, posterior, projection, noise)`` arrays of the
+            validation values (see :func:`fit_variance_terms`).
+        owner : str
+
+        Returns
+        -------
+        StdCalibration
+            Applied; its ``std_scale`` holds every quantity (``c = 1`` and nothing
+            else for a quantity without validation values).
+        """
+        factors = {quantity: 1.0 for quantity in QUANTITIES}
+        for quantity, (errors, post, proj, noise) in terms.items():
+            fitted = fit_variance_terms(errors, post, proj, noise, owner)
+            factors.update({f"{quantity}{suffix}": fitted[key] for suffix, key in zip(
+                _SUFFIXES, ("scale", "projection", "exponent", "reference", "noise"),
+                strict=True)})
+        calibration = cls(factors, None)
+        # normalised conformal scores against the calibrated total std
+        calibration.interval_scores = {
+            quantity: conformal.normalised_scores(
+                errors, np.sqrt(calibration.epistemic_variance(quantity, post, proj)
+                                + calibration.noise_variance(quantity, noise)))
+            for quantity, (errors, post, proj, noise) in terms.items()}
+        return calibration
+
+    @staticmethod
+    def check_std_scale(scale, what: str) -> dict | None:
+        """Validate a stored ``std_scale`` entry (from a model file).
+
+        Parameters
+        ----------
+        scale : object
+            What the file holds.
+        what : str
+            Names the file in the error.
+
+        Returns
+        -------
+        dict or None
+
+        Raises
+        ------
+        ValueError
+            If the entry is malformed.
+        """
+        if scale is None:
+            return None
+        known = {f"{q}{suffix}" for q in QUANTITIES for suffix in _SUFFIXES}
+        if not isinstance(scale, dict) or not set(QUANTITIES) <= set(scale) \
+                or not set(scale) <= known \
+                or not all(isinstance(v, (int, float)) and v > 0 for v in scale.values()):
+            raise ValueError(f"load: {what} has a malformed std_scale entry")
+        return {k: float(v) for k, v in scale.items()}
+
+    @staticmethod
+    def check_interval_scores(arrays: dict, what: str) -> dict | None:
+        """Read the stored conformal scores, checked (sorted, finite, >= 0).
+
+        Parameters
+        ----------
+        arrays : dict
+            The model file's arrays (``interval_scores_<quantity>``).
+        what : str
+            Names the file in the error.
+
+        Returns
+        -------
+        dict or None
+        """
+        scores = {}
+        for quantity in QUANTITIES:
+            values = arrays.get(f"interval_scores_{quantity}")
+            if values is None:
+                continue
+            if values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values)) \
+                    or np.any(values < 0) or np.any(np.diff(values) < 0):
+                raise ValueError(f"load: {what} has malformed {quantity} interval scores")
+            scores[quantity] = values
+        return scores or None

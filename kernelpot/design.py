@@ -1,0 +1,284 @@
+"""The sparse model's design: rows per structure, whitened and stacked, with statistics.
+
+A :class:`SparseDesign` holds what the rows of a training set depend on (the
+structures, their descriptors when cached, the inducing environments, the two-body
+term) and builds, for a given kernel:
+
+* :meth:`SparseDesign.assemble`: the whitened design ``K_w = K L_mm⁻ᵀ`` of every
+  energy and force observation in one preallocated ``(n_obs + M) × M`` matrix (the
+  last ``M`` rows are scratch space for the QR solve), the factor ``L_mm`` of
+  ``k_mm`` with its jitter, and the likelihood's statistics
+  (:class:`kernelpot.gp.WhitenedStatistics`);
+* :meth:`SparseDesign.kernel_gradient`: ``∂ log p / ∂ kernel.theta`` from one more
+  pass over the structures.
+
+Rows: energies first (one per structure that has one), then every force component
+of the structures that have forces, in training order. Columns: the inducing
+environments per element (:func:`kernelpot.gp.inducing_columns`), then the two-body
+coefficients.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+import scipy.linalg as sla
+
+from kernelpot import gp
+from kernelpot._labels import TrainingSet
+from kernelpot._two_body_search import pair_factor
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AssembledDesign", "SparseDesign", "inducing_factor", "with_two_body"]
+
+
+def with_two_body(rows: gp.DesignRows, pair, atoms, species_index: np.ndarray,
+                  n_species: int, pair_columns: np.ndarray | None) -> gp.DesignRows:
+    """Fill the two-body columns (``prior_std² × basis rows``) of full-width design rows.
+
+    Their derivatives in the kernel's hyperparameters stay zero.
+
+    Parameters
+    ----------
+    rows : gp.DesignRows
+        Full-width rows of one structure (filled in place).
+    pair : TwoBody or None
+        The two-body term; ``None`` returns ``rows`` unchanged.
+    atoms : ase.Atoms
+    species_index : ndarray of int
+    n_species : int
+    pair_columns : ndarray of int or None
+        The columns of the two-body coefficients.
+
+    Returns
+    -------
+    gp.DesignRows
+    """
+    if pair is None:
+        return rows
+    e_pair, f_pair = pair.rows(atoms, species_index, n_species, energy=rows.energy is not None,
+                               forces=rows.forces is not None)
+    scale2 = float(pair.prior_std)**2
+    if rows.energy is not None:
+        rows.energy[pair_columns] = scale2 * e_pair
+    if rows.forces is not None:
+        rows.forces[:, pair_columns] = scale2 * f_pair
+    return rows
+
+
+def inducing_factor(inducing: list[np.ndarray], kernel, pair, n_species: int):
+    """Lower factor of ``k_mm`` plus jitter, and the jitter (relative, absolute).
+
+    ``k_mm`` is the GP's inducing kernel, then ``prior_std² I`` for the two-body
+    coefficients (their prior covariance over ``σ²``). The GP block is factored by
+    :func:`kernelpot.gp.cholesky_with_jitter`; the two-body block gets the same absolute
+    jitter, so that its prior std does not change the jitter of the GP block.
+
+    Parameters
+    ----------
+    inducing : list of ndarray of shape (m_s, n_features)
+    kernel : Kernel
+    pair : TwoBody or None
+    n_species : int
+
+    Returns
+    -------
+    L_mm : ndarray of shape (M, M)
+    jitter : float
+        Relative to the mean diagonal of the GP block.
+    jitter_abs : float
+        As added to the diagonal.
+    """
+    K = gp.inducing_kernel(inducing, kernel)
+    L, jitter = gp.cholesky_with_jitter(K)
+    jitter_abs = jitter * gp.jitter_scale(K)  # as cholesky_with_jitter applied it
+    if pair is None:
+        return L, jitter, jitter_abs
+    n_pair = pair.n_columns(n_species)
+    pair_block = pair_factor(float(pair.prior_std), jitter_abs) * np.eye(n_pair)
+    return sla.block_diag(L, pair_block), jitter, jitter_abs
+
+
+class AssembledDesign(NamedTuple):
+    """The whitened design of a training set at one kernel, and what came with it.
+
+    Attributes
+    ----------
+    design : ndarray of shape (n_obs + M, M)
+        Rows ``[:n_obs]``: the whitened design; the rest is scratch space.
+    L_mm : ndarray of shape (M, M)
+    jitter, jitter_abs : float
+        Of ``k_mm`` (relative, absolute).
+    stats : gp.WhitenedStatistics
+    gram : ndarray of shape (M, M) or None
+        The force rows' Gram matrix, when asked for.
+    """
+
+    design: np.ndarray
+    L_mm: np.ndarray
+    jitter: float
+    jitter_abs: float
+    stats: gp.WhitenedStatistics
+    gram: np.ndarray | None
+
+
+class SparseDesign:
+    """Design rows of a training set on fixed inducing environments.
+
+    Parameters
+    ----------
+    training : TrainingSet
+    descriptor : Descriptor
+    inducing : list of ndarray of shape (m_s, n_features)
+    pair : TwoBody or None
+    imap : callable
+        ``imap(fn, items, desc)``: the estimator's ordered parallel map (a generator).
+    results : list of DescriptorResult or None, default=None
+        Cached descriptors of the structures; ``None`` computes them on every pass.
+    """
+
+    def __init__(self, training: TrainingSet, descriptor, inducing: list[np.ndarray], pair,
+                 imap: Callable, results: list | None = None):
+        self.training = training
+        self.descriptor = descriptor
+        self.inducing = inducing
+        self.pair = pair
+        self.imap = imap
+        self.results = results
+        self.n_species = len(training.species)
+        self.has_energy = training.has_energy
+        self.has_forces = training.has_forces
+        self.n_atoms = training.n_atoms
+        self.n_energy = int(self.has_energy.sum())
+        self.n_force = int(3 * self.n_atoms[self.has_forces].sum())
+        self.n_obs = self.n_energy + self.n_force
+        self.n_pair = pair.n_columns(self.n_species) if pair is not None else 0
+        self.n_columns = int(sum(len(z) for z in inducing)) + self.n_pair
+        # after the inducing environments
+        self.pair_columns = np.arange(self.n_columns - self.n_pair, self.n_columns)
+        self.energy_row = np.cumsum(self.has_energy) - 1
+        self.force_start = self.n_energy + 3 * np.concatenate(
+            [[0], np.cumsum(self.n_atoms * self.has_forces)])
+        self.y_energy = training.energy_targets()
+        self.y_force = training.force_targets()
+
+    @property
+    def n_atoms_energy(self) -> np.ndarray:
+        """Return the atoms of the structures with an energy, as floats."""
+        return self.n_atoms[self.has_energy].astype(float)
+
+    def rows(self, k: int, kernel, theta_gradient: bool = False) -> tuple[int, gp.DesignRows]:
+        """Return the full-width design rows of training structure ``k``.
+
+        Parameters
+        ----------
+        k : int
+        kernel : Kernel
+        theta_gradient : bool, default=False
+            Also their derivatives in ``kernel.theta``.
+
+        Returns
+        -------
+        k : int
+        rows : gp.DesignRows
+        """
+        training = self.training
+        result = self.results[k] if self.results is not None \
+            else self.descriptor.compute(training.frames[k])
+        rows = gp.design_rows(result, training.species_index[k], self.inducing, kernel,
+                              energy=bool(self.has_energy[k]), forces=bool(self.has_forces[k]),
+                              theta_gradient=theta_gradient, n_columns=self.n_columns)
+        return k, with_two_body(rows, self.pair, training.frames[k], training.species_index[k],
+                                self.n_species, self.pair_columns)
+
+    def assemble(self, kernel, keep_basis: bool = False, keep_gram: bool = False,
+                 owner: str = "SparseGPPotential") -> AssembledDesign:
+        """Build the whitened design, the factor of ``k_mm`` and the statistics.
+
+        Parameters
+        ----------
+        kernel : Kernel
+        keep_basis : bool, default=False
+            Keep the statistics' basis for :class:`kernelpot.gp.KernelThetaGradient`.
+        keep_gram : bool, default=False
+            Also return the force rows' Gram matrix (the two-body search needs it).
+        owner : str, default="SparseGPPotential"
+            Names the estimator in logs.
+
+        Returns
+        -------
+        AssembledDesign
+        """
+        n_E, n_obs, M = self.n_energy, self.n_obs, self.n_columns
+        design = np.empty((n_obs + M, M))
+        logger.info("%s: design matrix %d x %d (%.0f MiB)", owner, n_obs, M,
+                    design.nbytes / 2**20)
+        for k, rows in self.imap(lambda k: self.rows(k, kernel), range(len(self.n_atoms)),
+                                 "design rows"):
+            if self.has_energy[k]:
+                design[self.energy_row[k]] = rows.energy
+            if self.has_forces[k]:
+                start = self.force_start[k]
+                design[start:start + 3 * self.n_atoms[k]] = rows.forces
+        # whiten the design: K_w = K L⁻ᵀ
+        L_mm, jitter, jitter_abs = inducing_factor(self.inducing, kernel, self.pair,
+                                                   self.n_species)
+        block = design[:n_obs].T  # F-contiguous view: LAPACK solves in place
+        solved = sla.solve_triangular(L_mm, block, lower=True, overwrite_b=True,
+                                      check_finite=False)
+        if not np.shares_memory(solved, design):
+            design[:n_obs] = solved.T
+        Kw_F = design[n_E:n_obs]
+        gram = Kw_F.T @ Kw_F
+        y_F = self.y_force
+        stats = gp.statistics_from_force_gram(
+            gram.copy() if keep_gram else gram, Kw_F.T @ y_F, float(y_F @ y_F), self.n_force,
+            design[:n_E], self.n_atoms_energy, self.y_energy, keep_basis=keep_basis)
+        return AssembledDesign(design, L_mm, jitter, jitter_abs, stats,
+                               gram if keep_gram else None)
+
+    def kernel_gradient(self, kernel, assembled: AssembledDesign,
+                        inner: np.ndarray) -> np.ndarray:
+        """Return ``∂ log p / ∂ kernel.theta`` at the noise levels ``inner``, one more pass.
+
+        Parameters
+        ----------
+        kernel : Kernel
+            The kernel ``assembled`` was built with.
+        assembled : AssembledDesign
+            Built with ``keep_basis=True``.
+        inner : ndarray of shape (3,)
+            ``log (σ, σ_E, σ_F)``.
+
+        Returns
+        -------
+        ndarray of shape (kernel.n_theta,)
+        """
+        design, n_E, M, n_pair = assembled.design, self.n_energy, self.n_columns, self.n_pair
+        gradient = gp.KernelThetaGradient(inner, assembled.stats, assembled.L_mm,
+                                          kernel.n_theta)
+        var_E, var_F = np.exp(2 * inner[1]), np.exp(2 * inner[2])
+        for k, rows in self.imap(lambda k: self.rows(k, kernel, True),
+                                 range(len(self.n_atoms)), "design derivatives"):
+            if self.has_energy[k]:
+                r = self.energy_row[k]
+                gradient.add_rows(rows.d_energy[None], design[r:r + 1],
+                                  self.y_energy[r:r + 1],
+                                  np.array([var_E * self.n_atoms[k]]))
+            if self.has_forces[k]:
+                start = self.force_start[k]
+                stop = start + 3 * self.n_atoms[k]
+                gradient.add_rows(rows.d_forces, design[start:stop],
+                                  self.y_force[start - n_E:stop - n_E],
+                                  np.full(stop - start, var_F))
+        d_kmm = np.zeros((M, M, kernel.n_theta))
+        d_kmm[:M - n_pair, :M - n_pair] = gp.inducing_kernel_gradient(self.inducing, kernel)
+        # the jitter is relative to the mean diagonal of k_mm's GP block, which θ may
+        # change (and the two-body block has the same absolute jitter)
+        diagonal = np.einsum("iit->t", d_kmm) / (M - n_pair)
+        d_kmm[np.arange(M), np.arange(M)] += assembled.jitter * diagonal
+        return gradient.gradient(d_kmm)

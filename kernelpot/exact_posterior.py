@@ -1,0 +1,411 @@
+"""The exact model's fitted posterior: fit, predict, variances, arrays.
+
+:class:`ExactPosterior` is what ``SparseGPPotential(method="exact")`` fits: every
+energy and force component is an observation of one GP (the maths is in
+:mod:`kernelpot.exact`). Its state is set in one place, :meth:`ExactPosterior.__init__`;
+an exact model is refitted, not updated.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import scipy.linalg as sla
+from ase.data import chemical_symbols
+
+from kernelpot import exact, gp
+from kernelpot._labels import TrainingSet
+from kernelpot.hyperparameters import (
+    NoiseSearch,
+    fitted_names,
+    free_mask,
+    values_kept_where_fixed,
+    warn_if_force_noise_at_bound,
+)
+from kernelpot.prediction import Prediction, PredictionParts
+from kernelpot.sparse_posterior import features_only
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ExactPosterior"]
+
+#: Arrays of the training structures a model file stores (the Jacobians are recomputed).
+_STRUCTURE_FIELDS = ("n_atoms", "numbers", "positions", "cells", "pbc", "has_energy",
+                     "has_forces")
+
+
+class ExactPosterior:
+    """A fitted exact GP: observations, the factor of ``K_y``, weights and noise levels.
+
+    Parameters
+    ----------
+    kernel : Kernel
+    observations : exact.Observations
+        The training environments and Jacobian rows.
+    L : ndarray of shape (n_obs, n_obs)
+        Lower Cholesky factor of ``K_y``.
+    weights : ndarray of shape (n_obs,)
+        ``K_y⁻¹ y``.
+    y : ndarray of shape (n_obs,)
+        Labels: energies minus reference energies, then forces.
+    signal_std : float or dict
+        ``σ`` (eV), or ``{element: σ_s}``.
+    energy_noise, force_noise : float
+        eV/atom, eV/Å.
+    structures : dict of ndarray
+        The training structures as arrays (:func:`kernelpot.exact.structure_arrays`).
+    species : ndarray of int
+        Atomic numbers, in the model's order.
+    prior_covariance : ndarray or list of ndarray or None, default=None
+        The prior covariance (per element with per-element signal stds), when
+        already built; rebuilt on demand otherwise.
+    """
+
+    kind = "exact"
+    two_body = None
+    jitter = 0.0
+    jitter_abs = 0.0
+
+    def __init__(self, *, kernel, observations, L, weights, y, signal_std, energy_noise,
+                 force_noise, structures, species, prior_covariance=None):
+        self.kernel = kernel
+        self.observations = observations
+        self.L = L
+        self.weights = weights
+        self.y = y
+        self.signal_std = signal_std
+        self.energy_noise = float(energy_noise)
+        self.force_noise = float(force_noise)
+        self.structures = structures
+        self.species = species
+        self.mean = exact.mean_weights(observations, weights, self.signal_variances())
+        self.log_marginal_likelihood_value = exact.log_density(L, y, weights)
+        self._prior_covariance = prior_covariance
+
+    # -- what the estimator reads ---------------------------------------------------------
+    @property
+    def inducing(self) -> list[np.ndarray]:
+        """Return the training environments per element (every one is 'inducing')."""
+        return self.observations.features
+
+    def n_inducing(self, species: np.ndarray) -> dict[str, int]:
+        """Return the training environments per element symbol.
+
+        Parameters
+        ----------
+        species : ndarray of int
+
+        Returns
+        -------
+        dict
+        """
+        return {chemical_symbols[z]: len(x) for z, x in zip(species, self.inducing,
+                                                             strict=True)}
+
+    keeps_training_data = False
+
+    def signal_variances(self) -> np.ndarray:
+        """Return ``σ_s²`` per element, in ``species`` order (all equal with one ``σ``)."""
+        sigma = self.signal_std
+        if isinstance(sigma, dict):
+            return np.array([sigma[chemical_symbols[z]] for z in self.species])**2
+        return np.full(len(self.species), float(sigma)**2)
+
+    def prior_covariance(self):
+        """Return the prior covariance (per-element parts with per-element signal stds).
+
+        Returns
+        -------
+        ndarray of shape (n_obs, n_obs) or list of them
+        """
+        if self._prior_covariance is None:
+            self._prior_covariance = exact.prior_covariance(
+                self.observations, self.kernel, per_element=isinstance(self.signal_std, dict))
+        return self._prior_covariance
+
+    # -- fitting -------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, estimator, training: TrainingSet, descriptor, kernel, rng,
+            imap) -> ExactPosterior:
+        """Fit the exact energy-and-force GP.
+
+        Parameters
+        ----------
+        estimator : SparseGPPotential
+            Its parameters (read, not changed).
+        training : TrainingSet
+        descriptor : Descriptor
+        kernel : Kernel
+            Kept as given (its own hyperparameters are not searched).
+        rng : numpy.random.RandomState
+        imap : callable
+            ``imap(fn, items, desc)``, the estimator's ordered parallel map.
+
+        Returns
+        -------
+        ExactPosterior
+
+        Raises
+        ------
+        ValueError
+            If ``optimize`` names "kernel" for a kernel with hyperparameters.
+        """
+        owner = type(estimator).__name__
+        names = fitted_names(estimator.optimize, owner)
+        if "kernel" in names and kernel.n_theta and estimator.optimize is not True:
+            raise ValueError(f"{owner}: method='exact' keeps the kernel's hyperparameters as "
+                             "given; remove 'kernel' from optimize")
+        if kernel.n_theta:
+            logger.info("%s: method='exact' keeps the kernel's own hyperparameters %s as given",
+                        owner, dict(zip(kernel.theta_names, np.exp(kernel.theta).tolist(),
+                                        strict=True)))
+        has_energy, has_forces = training.has_energy, training.has_forces
+        results = list(imap(descriptor.compute, training.frames, "descriptors"))
+        obs = exact.build_observations(results, training.species_index, len(training.species),
+                                       has_energy, has_forces)
+        del results
+        per_element = bool(estimator.signal_per_element)
+        n_signal = len(training.species) if per_element else 1
+        logger.info("%s: exact GP on %d energies and %d force components (%d × %.0f MiB of "
+                    "covariance)", owner, obs.n_energy, obs.n_force, n_signal,
+                    obs.n_obs**2 * 8 / 2**20)
+        tic = time.perf_counter()
+        K0 = exact.prior_covariance(obs, kernel, per_element=per_element)
+        logger.info("%s: covariance assembled in %.1f s", owner, time.perf_counter() - tic)
+        y = np.concatenate([training.energy_targets(), training.force_targets()])
+        given = [float(estimator.signal_std)] * n_signal + [float(estimator.energy_noise),
+                                                            float(estimator.force_noise)]
+        log_params = np.log(given)
+        free = free_mask(names, obs.n_energy, obs.n_force, n_signal)
+        if any(free):
+            log_params = NoiseSearch.of(estimator).optimize(
+                lambda t: exact.log_marginal_likelihood(t, K0, y, obs, eval_gradient=True),
+                log_params, rng, free)
+        values = values_kept_where_fixed(log_params, given, free)
+        energy_noise, force_noise = values[-2:]
+        symbols = [chemical_symbols[z] for z in training.species]
+        sigma = dict(zip(symbols, values[:-2], strict=True)) if per_element else values[0]
+        warn_if_force_noise_at_bound(force_noise, estimator.force_noise_bounds, free[-1], owner,
+                                     stacklevel=4)
+        L = exact.factor(K0, np.log(values), obs)
+        weights = sla.cho_solve((L, True), y, check_finite=False)
+        return cls(kernel=kernel, observations=obs, L=L, weights=weights, y=y,
+                   signal_std=sigma, energy_noise=energy_noise, force_noise=force_noise,
+                   structures=exact.structure_arrays(training.frames, has_energy, has_forces),
+                   species=training.species, prior_covariance=K0)
+
+    # -- prediction ----------------------------------------------------------------------
+    def parts(self, descriptor, atoms, index: np.ndarray, e0: np.ndarray, forces: bool,
+              variance, volume: float | None = None) -> PredictionParts:
+        """Predict the mean of one structure; keep its descriptors when variances are asked.
+
+        Parameters
+        ----------
+        descriptor : Descriptor
+        atoms : ase.Atoms
+        index : ndarray of int
+        e0 : ndarray of shape (n_species,)
+        forces : bool
+        variance : bool or "energy"
+        volume : float or None, default=None
+            Cell volume; given, the stress is predicted too.
+
+        Returns
+        -------
+        PredictionParts
+        """
+        force_variance = forces and variance is True
+        stress = volume is not None
+        result = descriptor.compute(atoms, strain=stress) if forces or stress \
+            else features_only(descriptor.create(atoms))
+        mean = exact.predict_mean(result, index, self.mean, self.kernel, forces=forces,
+                                  strain=stress)
+        local, force_values = mean[0] + e0[index], mean[1] if forces else None
+        stress_values = gp.stress_from_strain_derivative(mean[2], volume) if stress else None
+        parts = PredictionParts(float(local.sum()), force_values, local, stress_values)
+        if variance:
+            parts.variance_input = (result, index, force_variance)
+            parts.variance_rows = 1 + 3 * len(local) * force_variance
+        return parts
+
+    def finish(self, parts: list[PredictionParts]) -> list[Prediction]:
+        """Turn parts into Predictions, with the exact posterior variances in one solve.
+
+        Parameters
+        ----------
+        parts : list of PredictionParts
+
+        Returns
+        -------
+        list of Prediction
+        """
+        pending = [p for p in parts if p.variance_input is not None]
+        finished = iter([])
+        if pending:
+            force_variance = pending[0].variance_input[2]
+            finished = iter(exact.predict_variances(
+                [p.variance_input[0] for p in pending], [p.variance_input[1] for p in pending],
+                self.observations, self.L, self.signal_variances(), self.kernel,
+                forces=force_variance))
+        out = []
+        for part in parts:
+            if part.variance_input is None:
+                out.append(part.without_variance())
+                continue
+            var_e, var_f = next(finished)
+            # an exact posterior has no projection term: it is all in the first
+            zeros = np.zeros_like(var_f) if var_f is not None else None
+            out.append(Prediction(part.energy, part.forces, var_e, 0.0, var_f, zeros,
+                                  part.local_energies, part.stress))
+        return out
+
+    def local_energies(self, descriptor, atoms, index: np.ndarray) -> np.ndarray:
+        """Return the local energies of one structure, without reference energies.
+
+        Parameters
+        ----------
+        descriptor : Descriptor
+        atoms : ase.Atoms
+        index : ndarray of int
+
+        Returns
+        -------
+        ndarray of shape (n_atoms,)
+        """
+        local, _ = exact.predict_mean(features_only(descriptor.create(atoms)), index,
+                                      self.mean, self.kernel, forces=False)
+        return local
+
+    def log_marginal_likelihood(self, theta: np.ndarray, eval_gradient: bool = False):
+        """Return the log marginal likelihood at ``theta = log (σ..., σ_E, σ_F)``.
+
+        Parameters
+        ----------
+        theta : ndarray of shape (n_signal + 2,)
+        eval_gradient : bool, default=False
+
+        Returns
+        -------
+        float, or (float, ndarray)
+        """
+        return exact.log_marginal_likelihood(theta, self.prior_covariance(), self.y,
+                                             self.observations, eval_gradient=eval_gradient)
+
+    def check_updatable(self, owner: str) -> None:
+        """Raise: an exact model is refitted, not updated.
+
+        Parameters
+        ----------
+        owner : str
+        """
+        raise ValueError(f"{owner}: an exact model (method='exact') is not updated "
+                         "in place; refit it on all structures")
+
+    def restore_training(self, frames: list, describe, owner: str) -> None:
+        """Raise: an exact model keeps no training state to restore.
+
+        Parameters
+        ----------
+        frames : list of ase.Atoms
+        describe : callable
+        owner : str
+        """
+        raise ValueError(f"{owner}: the model has no stored training state")
+
+    # -- model files ---------------------------------------------------------------------
+    def to_arrays(self, training_state: bool = False) -> tuple[dict, dict]:
+        """Return the posterior as plain arrays and JSON-ready metadata.
+
+        The Jacobians are recomputed from the stored structures at load: far
+        smaller files.
+
+        Parameters
+        ----------
+        training_state : bool, default=False
+            Must be False (an exact model keeps no training state).
+
+        Returns
+        -------
+        arrays : dict of ndarray
+        fitted : dict
+
+        Raises
+        ------
+        ValueError
+            For ``training_state=True``.
+        """
+        if training_state:
+            raise ValueError("save: training_state=True needs a model fitted with "
+                             "incremental=True")
+        arrays = {"alpha": self.weights, "exact_L": self.L, "exact_y": self.y}
+        for name, value in self.structures.items():
+            arrays[f"exact_structures_{name}"] = value
+        fitted = {"method": self.kind, "signal_std": self.signal_std,
+                  "energy_noise": self.energy_noise, "force_noise": self.force_noise,
+                  "log_marginal_likelihood": self.log_marginal_likelihood_value,
+                  "jitter": self.jitter, "jitter_abs": self.jitter_abs, "stats": None}
+        return arrays, fitted
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, fitted: dict, kernel, descriptor, species: np.ndarray,
+                    what: str) -> ExactPosterior:
+        """Rebuild the posterior from a model file: observations from its structures.
+
+        Parameters
+        ----------
+        arrays : dict of ndarray
+        fitted : dict
+        kernel : Kernel
+        descriptor : Descriptor
+            Recomputes the training Jacobians.
+        species : ndarray of int
+        what : str
+            Names the file in errors.
+
+        Returns
+        -------
+        ExactPosterior
+
+        Raises
+        ------
+        ValueError
+            If arrays are missing or do not match the structures.
+        """
+        missing = [n for n in _STRUCTURE_FIELDS if f"exact_structures_{n}" not in arrays]
+        missing += [n for n in ("exact_L", "exact_y") if n not in arrays]
+        if missing:
+            raise ValueError(f"load: {what} is an exact model without {missing}")
+        signal_std = _checked_signal_std(fitted.get("signal_std"), species, what)
+        structures = {n: arrays[f"exact_structures_{n}"] for n in _STRUCTURE_FIELDS}
+        frames = exact.structures_from_arrays(structures)
+        species_index = [np.searchsorted(species, a.numbers) for a in frames]
+        results = [descriptor.compute(a) for a in frames]
+        obs = exact.build_observations(results, species_index, len(species),
+                                       structures["has_energy"], structures["has_forces"])
+        L, y, weights = arrays["exact_L"], arrays["exact_y"], arrays["alpha"]
+        if L.shape != (obs.n_obs, obs.n_obs) or y.shape != (obs.n_obs,) \
+                or weights.shape != (obs.n_obs,):
+            raise ValueError(f"load: {what} holds exact-model arrays that do not match its "
+                             f"{obs.n_obs} training observations")
+        posterior = cls(kernel=kernel, observations=obs, L=L, weights=weights, y=y,
+                        signal_std=signal_std, energy_noise=fitted["energy_noise"],
+                        force_noise=fitted["force_noise"], structures=structures,
+                        species=species)
+        # the file's value, as the fit computed it (bit for bit the same model)
+        posterior.log_marginal_likelihood_value = fitted["log_marginal_likelihood"]
+        return posterior
+
+
+def _checked_signal_std(sigma, species, what):
+    """Return the stored signal std, validated: a number, or ``{element: σ}``."""
+    def positive(value):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    if isinstance(sigma, dict):
+        symbols = {chemical_symbols[z] for z in species}
+        if set(sigma) == symbols and all(map(positive, sigma.values())):
+            return {k: float(v) for k, v in sigma.items()}
+    elif positive(sigma):
+        return float(sigma)
+    raise ValueError(f"load: {what} has a malformed signal_std entry {sigma!r}")

@@ -1,0 +1,376 @@
+"""Hyperparameters by the marginal likelihood: which are free, and the searches.
+
+Three searches serve the estimator's fit:
+
+* :class:`NoiseSearch` maximises the likelihood over ``log (σ, σ_E, σ_F)`` (``σ``
+  one value or one per element) by L-BFGS-B with analytic gradients, from the given
+  values, extra starts and log-uniform restarts within the bounds;
+* :func:`kernel_profile_search` maximises over the kernel's own ``theta`` the
+  likelihood profiled over the first three (each evaluation rebuilds the design);
+* :func:`search_on_subset` fits the kernel's ``theta`` on a random subset of the
+  training structures, for large fits.
+
+The order of ``theta`` is documented once: ``signal_std`` (one, or one per
+element), ``energy_noise``, ``force_noise``, then the kernel's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy.optimize import minimize
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+
+from kernelpot import gp
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["HYPERPARAMETERS", "NoiseSearch", "check_hyperparameter_values", "fitted_names",
+           "free_mask", "kernel_profile_search", "search_on_subset", "values_kept_where_fixed",
+           "warn_if_force_noise_at_bound"]
+
+#: Names accepted by the estimator's ``optimize``, in ``theta`` order (the kernel's own last).
+HYPERPARAMETERS = ("signal_std", "energy_noise", "force_noise", "kernel", "two_body")
+#: Likelihood evaluations allowed to the kernel-hyperparameter search.
+KERNEL_SEARCH_EVALUATIONS = 30
+#: What the optimiser sees where the likelihood cannot be evaluated (L-BFGS-B stalls on inf).
+_FAILED = 1e25
+
+
+def fitted_names(optimize, owner: str) -> set[str]:
+    """Names of the hyperparameters the likelihood fits, from the ``optimize`` parameter.
+
+    Parameters
+    ----------
+    optimize : bool or iterable of str
+        ``True`` (all of :data:`HYPERPARAMETERS`), ``False`` (none) or names.
+    owner : str
+        Names the estimator in error messages.
+
+    Returns
+    -------
+    set of str
+
+    Raises
+    ------
+    TypeError
+        If ``optimize`` is neither a bool nor an iterable of names.
+    ValueError
+        If it names an unknown hyperparameter.
+    """
+    if isinstance(optimize, (bool, np.bool_)):
+        return set(HYPERPARAMETERS) if optimize else set()
+    if isinstance(optimize, str) or not hasattr(optimize, "__iter__"):
+        raise TypeError(f"{owner}: optimize must be True, False or a list of names from "
+                        f"{HYPERPARAMETERS}; got {optimize!r}")
+    names = set(optimize)
+    unknown = names - set(HYPERPARAMETERS)
+    if unknown:
+        raise ValueError(f"{owner}: optimize names unknown hyperparameters {sorted(unknown)}; "
+                         f"choose from {HYPERPARAMETERS}")
+    return names
+
+
+def check_hyperparameter_values(estimator, names: set[str], owner: str) -> None:
+    """Validate the start values and bounds of ``σ``, ``σ_E`` and ``σ_F``.
+
+    Parameters
+    ----------
+    estimator : SparseGPPotential
+        Its ``signal_std``, ``energy_noise``, ``force_noise`` and their ``*_bounds``.
+    names : set of str
+        The fitted hyperparameters: their start values must lie within the bounds.
+    owner : str
+        Names the estimator in errors.
+
+    Raises
+    ------
+    ValueError
+        For a value that is not a number > 0, malformed bounds, or a fitted start
+        value outside its bounds.
+    """
+    for name in ("signal_std", "energy_noise", "force_noise"):
+        value = getattr(estimator, name)
+        low_high = getattr(estimator, f"{name}_bounds")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+            raise ValueError(f"{owner}: {name} must be a number > 0; got {value!r}")
+        try:
+            low, high = (float(b) for b in low_high)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{owner}: {name}_bounds must be a pair (low, high); "
+                             f"got {low_high!r}") from err
+        if not 0 < low <= high:
+            raise ValueError(f"{owner}: {name}_bounds must satisfy 0 < low <= high; "
+                             f"got {low_high!r}")
+        if name in names and not low <= value <= high:
+            raise ValueError(f"{owner}: {name}={value} lies outside {name}_bounds "
+                             f"{low_high!r}")
+
+
+def free_mask(names: set[str], n_energy: int, n_force: int, n_signal: int = 1) -> list[bool]:
+    """Which of ``log (σ..., σ_E, σ_F)`` the likelihood moves.
+
+    A hyperparameter is free when it is fitted and informed: a noise level without
+    observations of its kind has no information and stays where it is.
+
+    Parameters
+    ----------
+    names : set of str
+        From :func:`fitted_names`.
+    n_energy, n_force : int
+        Energy and force observations.
+    n_signal : int, default=1
+        Signal stds (one per element with ``signal_per_element``).
+
+    Returns
+    -------
+    list of bool of length ``n_signal + 2``
+    """
+    return ([("signal_std" in names)] * n_signal
+            + ["energy_noise" in names and n_energy > 0, "force_noise" in names and n_force > 0])
+
+
+def values_kept_where_fixed(log_params: np.ndarray, given: Sequence[float],
+                            free: Sequence[bool]) -> list[float]:
+    """Natural values of fitted ``log_params``, the given values exactly where fixed.
+
+    ``exp(log(x))`` differs from ``x`` in floating point: a fixed value is returned as
+    given, so that a model with ``optimize=False`` holds exactly its parameters.
+
+    Parameters
+    ----------
+    log_params : ndarray of shape (n,)
+    given : sequence of float of length n
+    free : sequence of bool of length n
+
+    Returns
+    -------
+    list of float
+    """
+    return [float(np.exp(t)) if is_free else float(g)
+            for t, g, is_free in zip(log_params, given, free, strict=True)]
+
+
+def warn_if_force_noise_at_bound(force_noise: float, bounds: Sequence[float], free: bool,
+                                 owner: str, stacklevel: int = 3) -> None:
+    """Warn when a fitted force noise sits at its upper bound: the forces are ignored.
+
+    Parameters
+    ----------
+    force_noise : float
+        The fitted ``σ_F``, eV/Å.
+    bounds : pair of float
+        ``force_noise_bounds``.
+    free : bool
+        Whether ``σ_F`` was fitted (a fixed value never warns).
+    owner : str
+    stacklevel : int, default=3
+        Of the warning, so that it points at the user's ``fit`` call.
+    """
+    if free and np.isclose(force_noise, bounds[1]):
+        warnings.warn(f"{owner}: the fitted force noise sits at its upper bound "
+                      f"{force_noise:.3g} eV/Å: the model is ignoring the forces (too few "
+                      "inducing points, or wrong labels?)", ConvergenceWarning,
+                      stacklevel=stacklevel)
+
+
+class NoiseSearch:
+    """L-BFGS-B over ``log (σ..., σ_E, σ_F)`` within log bounds, with restarts.
+
+    Parameters
+    ----------
+    signal_std_bounds, energy_noise_bounds, force_noise_bounds : pair of float
+        Bounds in natural units (eV, eV/atom, eV/Å).
+    n_restarts : int
+        Extra starts drawn log-uniformly within the bounds.
+    owner : str
+        Names the estimator in warnings.
+    """
+
+    def __init__(self, signal_std_bounds: Sequence[float], energy_noise_bounds: Sequence[float],
+                 force_noise_bounds: Sequence[float], n_restarts: int, owner: str):
+        self.signal_std_bounds = signal_std_bounds
+        self.energy_noise_bounds = energy_noise_bounds
+        self.force_noise_bounds = force_noise_bounds
+        self.n_restarts = n_restarts
+        self.owner = owner
+
+    @classmethod
+    def of(cls, estimator) -> NoiseSearch:
+        """Build the search an estimator's parameters describe.
+
+        Parameters
+        ----------
+        estimator : SparseGPPotential
+
+        Returns
+        -------
+        NoiseSearch
+        """
+        return cls(estimator.signal_std_bounds, estimator.energy_noise_bounds,
+                   estimator.force_noise_bounds, estimator.n_restarts,
+                   type(estimator).__name__)
+
+    def optimize(self, likelihood, log_params: np.ndarray, rng: np.random.RandomState,
+                 free: Sequence[bool], extra_starts: Sequence[np.ndarray] = (),
+                 restarts: int | None = None) -> np.ndarray:
+        """Maximise the likelihood over the ``free`` entries of ``log_params``.
+
+        Parameters
+        ----------
+        likelihood : gp.WhitenedStatistics or callable
+            The sparse model's statistics, or ``theta -> (log p, gradient)``.
+        log_params : ndarray of shape (n_signal + 2,)
+            Start, and the values of the fixed entries.
+        rng : numpy.random.RandomState
+            Draws the restarts.
+        free : sequence of bool
+            From :func:`free_mask`.
+        extra_starts : sequence of ndarray, default=()
+            More starts (clipped to the bounds).
+        restarts : int or None, default=None
+            Random restarts; ``None`` uses ``n_restarts``.
+
+        Returns
+        -------
+        ndarray of shape (n_signal + 2,)
+            The best ``log_params`` found; the start, with a ``ConvergenceWarning``, when
+            the likelihood could not be evaluated at any start.
+        """
+        if not callable(likelihood):
+            stats = likelihood
+
+            def likelihood(theta):
+                return gp.log_marginal_likelihood(theta, stats, eval_gradient=True)
+        n_signal = len(log_params) - 2
+        bounds = np.log(np.array([self.signal_std_bounds] * n_signal
+                                 + [self.energy_noise_bounds, self.force_noise_bounds],
+                                 dtype=float))
+        for k, is_free in enumerate(free):
+            if not is_free:
+                bounds[k] = log_params[k]
+
+        def objective(theta):
+            value, grad = likelihood(theta)
+            if not np.isfinite(value):
+                return _FAILED, np.zeros_like(theta)
+            return -value, -grad
+
+        starts = [np.clip(start, bounds[:, 0], bounds[:, 1])
+                  for start in (log_params, *extra_starts)]
+        for _ in range(int(self.n_restarts if restarts is None else restarts)):
+            starts.append(rng.uniform(bounds[:, 0], bounds[:, 1]))
+        best, best_value = starts[0], np.inf
+        for start in starts:
+            result = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds)
+            if not result.success:
+                logger.debug("L-BFGS-B from %s: %s", start, result.message)
+            if result.fun < best_value:
+                best, best_value = result.x, result.fun
+        if not np.isfinite(best_value) or best_value >= _FAILED:
+            warnings.warn(f"{self.owner}: the marginal likelihood could not be evaluated at "
+                          "any start; keeping the given hyperparameters", ConvergenceWarning,
+                          stacklevel=4)
+            return log_params
+        return best
+
+
+def kernel_profile_search(kernel, log_params: np.ndarray, inner_free: Sequence[bool],
+                          likelihood_at: Callable, search: NoiseSearch, seed: int, owner: str):
+    """Fit the kernel's own ``theta`` on the likelihood profiled over ``(σ, σ_E, σ_F)``.
+
+    Parameters
+    ----------
+    kernel : Kernel
+        Start, with its bounds.
+    log_params : ndarray of shape (3,)
+        Start of the inner search.
+    inner_free : sequence of bool
+        Which of ``(σ, σ_E, σ_F)`` the inner search moves.
+    likelihood_at : callable
+        ``likelihood_at(kernel) -> (stats, gradient)``: the whitened statistics of the
+        design built with ``kernel`` and a callable ``gradient(inner)`` returning
+        ``∂ log p / ∂ kernel.theta`` at the noise levels ``inner`` (one more pass).
+    search : NoiseSearch
+        The inner optimiser.
+    seed : int
+        Seeds the inner restarts, the same at every evaluation.
+    owner : str
+
+    Returns
+    -------
+    kernel : Kernel
+        At the best ``theta`` found.
+    log_params : ndarray of shape (3,)
+        The inner optimum there.
+
+    Notes
+    -----
+    By the envelope theorem the gradient of the profile is the partial derivative
+    at the inner optimum, so each step costs two passes over the data. L-BFGS-B is
+    allowed :data:`KERNEL_SEARCH_EVALUATIONS` evaluations.
+    """
+    best = {"value": np.inf, "theta": kernel.theta, "inner": log_params}
+
+    def negative_profile(theta):
+        trial = kernel.clone_with_theta(theta)
+        stats, gradient = likelihood_at(trial)
+        inner = log_params
+        if any(inner_free):
+            inner = search.optimize(stats, best["inner"], np.random.RandomState(seed),
+                                    inner_free)
+        value = gp.log_marginal_likelihood(inner, stats)
+        logger.info("%s: kernel %s = %s: log marginal likelihood %.2f", owner,
+                    kernel.theta_names, np.exp(theta), value)
+        if not np.isfinite(value):
+            return _FAILED, np.zeros_like(theta)
+        if -value < best["value"]:
+            best.update(value=-value, theta=np.array(theta), inner=inner)
+        return -value, -gradient(inner)
+
+    result = minimize(negative_profile, kernel.theta, jac=True, method="L-BFGS-B",
+                      bounds=kernel.bounds,
+                      options={"maxfun": KERNEL_SEARCH_EVALUATIONS, "ftol": 1e-7})
+    logger.info("%s: kernel search: %s after %d evaluations", owner, result.message,
+                result.nfev)
+    return kernel.clone_with_theta(best["theta"]), best["inner"]
+
+
+def search_on_subset(estimator, frames: list, kernel, rng: np.random.RandomState):
+    """Kernel hyperparameters from a fit on ``estimator.search_frames`` random structures.
+
+    Parameters
+    ----------
+    estimator : SparseGPPotential
+        Its parameters; it is cloned, not changed.
+    frames : list of ase.Atoms
+        The training structures.
+    kernel : Kernel
+        The kernel to start from.
+    rng : numpy.random.RandomState
+
+    Returns
+    -------
+    kernel : Kernel
+        Fitted on the subset (bounds kept; the full fit does not search it again).
+    start : ndarray of shape (3,)
+        The subset's fitted ``log (σ, σ_E, σ_F)`` (given values where not fitted): one
+        more start for the full fit's noise search.
+    """
+    chosen = np.sort(rng.choice(len(frames), size=int(estimator.search_frames),
+                                replace=False))
+    logger.info("%s: fitting the kernel's hyperparameters on %d of %d structures",
+                type(estimator).__name__, len(chosen), len(frames))
+    sub = clone(estimator).set_params(kernel=kernel, search_frames=None, incremental=False,
+                                      random_state=rng.randint(2**31 - 1))
+    sub.fit([frames[k] for k in chosen])
+    start = np.log([sub.signal_std_, sub.energy_noise_, sub.force_noise_])
+    given = np.log([estimator.signal_std, estimator.energy_noise, estimator.force_noise])
+    names = fitted_names(estimator.optimize, type(estimator).__name__)
+    start = np.where([n in names for n in HYPERPARAMETERS[:3]], start, given)
+    return sub.kernel_, start

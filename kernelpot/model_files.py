@@ -1,0 +1,79 @@
+"""Loading a model file into a fitted :class:`~kernelpot.SparseGPPotential`.
+
+:meth:`SparseGPPotential.save` writes the file; :func:`load` reads it back through
+:mod:`kernelpot.io` (the container) and the posterior's ``from_arrays``.
+"""
+
+from __future__ import annotations
+
+from kernelpot import io
+from kernelpot.calibration import StdCalibration
+from kernelpot.estimator import SparseGPPotential
+from kernelpot.exact_posterior import ExactPosterior
+from kernelpot.sparse_posterior import SparsePosterior
+from kernelpot.two_body import TwoBody
+
+__all__ = ["load"]
+
+
+def load(path) -> SparseGPPotential:
+    """Load a model written by :meth:`SparseGPPotential.save`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``.npz`` file.
+
+    Returns
+    -------
+    SparseGPPotential
+        Fitted; predicts bit for bit what the saved model predicted.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the file is not a kernelpot model, is truncated or was modified, or was
+        written with another format version.
+    """
+    metadata, arrays = io.read_model_file(path)
+    registry = {**io.parameter_classes(), SparseGPPotential.__name__: SparseGPPotential}
+    what = str(path)
+    if metadata.get("estimator") not in registry:
+        raise ValueError(f"load: unknown estimator {metadata.get('estimator')!r}")
+    model = registry[metadata["estimator"]](**io.decode(metadata["params"], registry))
+    if not isinstance(model, SparseGPPotential):
+        raise ValueError(f"load: {path} does not hold a SparseGPPotential")
+    fitted = metadata["fitted"]
+    method = fitted.get("method")
+    if method not in ("sparse", "exact"):
+        raise ValueError(f"load: {what} names an unknown fitted method {method!r}")
+    descriptor = io.decode(metadata["descriptor"], registry)
+    kernel = io.decode(metadata["kernel"], registry)
+    species = arrays["species"]
+    if method == "exact":
+        posterior = ExactPosterior.from_arrays(arrays, fitted, kernel, descriptor, species,
+                                               what)
+    else:
+        posterior = SparsePosterior.from_arrays(
+            arrays, fitted, kernel, _checked_two_body(metadata.get("two_body"), registry, what),
+            len(species), what)
+    calibration = StdCalibration(
+        StdCalibration.check_std_scale(fitted.get("std_scale"), what),
+        StdCalibration.check_interval_scores(arrays, what))
+    return model.from_posterior(posterior, descriptor=descriptor, species=species,
+                                e0=arrays["e0"], calibration=calibration)
+
+
+def _checked_two_body(encoded, registry: dict, what: str):
+    """Decode the fitted two-body term (or None) of a model file, checked."""
+    pair = io.decode(encoded, registry) if encoded is not None else None
+    if pair is not None and not isinstance(pair, TwoBody):
+        raise ValueError(f"load: {what} has a malformed two_body entry")
+    if pair is not None:
+        try:
+            pair.check()
+        except ValueError as err:
+            raise ValueError(f"load: {what} has an invalid two_body entry: {err}") from None
+    return pair

@@ -1,0 +1,424 @@
+"""Prediction: what is predicted, how posteriors pass it on, the ``predict*`` methods.
+
+* :class:`Prediction`: everything predicted for one structure;
+* :class:`PredictionParts`: a structure's mean prediction and its posterior's input for
+  the variances, so that the variances of many structures cost one solve;
+* :class:`PredictionMixin`: ``predict``, ``predict_forces``, ``predict_stress``,
+  ``predict_energies_and_forces``, ``predict_local_energies`` and
+  ``predict_structure`` of :class:`~kernelpot.SparseGPPotential`, which ask its
+  fitted posterior (``posterior_``) for the parts and apply the std calibration
+  (:mod:`kernelpot.calibration`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+from ase import Atoms
+from ase.data import chemical_symbols
+from sklearn.utils.validation import check_is_fitted
+
+from kernelpot._labels import check_frames
+from kernelpot._validation import check_verbose
+from kernelpot.calibration import StdCalibration
+
+__all__ = ["Prediction", "PredictionMixin", "PredictionParts"]
+
+#: Variance rows of many structures solved together in prediction.
+_VARIANCE_BATCH_ROWS = 2048
+
+
+class Prediction(NamedTuple):
+    """Everything the model predicts for one structure.
+
+    Attributes
+    ----------
+    energy : float
+        Total energy, eV.
+    forces : ndarray of shape (n_atoms, 3) or None
+        eV/Å.
+    energy_var_posterior, energy_var_projection : float or None
+        Epistemic variance terms of the energy (eV²): the posterior over the
+        inducing values and the prior variance the inducing set does not span
+        (an exact model's whole posterior variance is in the first; the second is 0).
+    forces_var_posterior, forces_var_projection : ndarray of shape (n_atoms, 3) or None
+        The same two terms for every force component (eV²/Å²).
+    local_energies : ndarray of shape (n_atoms,)
+        Per-atom energies including the reference energies, eV; they sum to ``energy``.
+    stress : ndarray of shape (6,) or None
+        Only when asked: ASE's stress of the predicted energy (Voigt
+        ``xx yy zz yz xz xy``, eV/Å³, positive under tension).
+    """
+
+    energy: float
+    forces: np.ndarray | None
+    energy_var_posterior: float | None
+    energy_var_projection: float | None
+    forces_var_posterior: np.ndarray | None
+    forces_var_projection: np.ndarray | None
+    local_energies: np.ndarray
+    stress: np.ndarray | None = None
+
+
+@dataclass
+class PredictionParts:
+    """A structure's mean prediction, and what its posterior needs for the variances.
+
+    Posteriors return these from their ``parts`` method and turn a batch of them into
+    :class:`Prediction` objects with ``finish``: the variances of many structures
+    then cost one solve against the posterior's factors instead of one each.
+
+    Attributes
+    ----------
+    energy : float
+        eV.
+    forces : ndarray of shape (n_atoms, 3) or None
+        eV/Å.
+    local_energies : ndarray of shape (n_atoms,)
+        eV, reference energies included.
+    stress : ndarray of shape (6,) or None
+        eV/Å³.
+    variance_rows : int
+        Variances still to compute (0 when none were asked).
+    variance_input : object
+        The posterior's own input for them (``None`` when none were asked).
+    """
+
+    energy: float
+    forces: np.ndarray | None
+    local_energies: np.ndarray
+    stress: np.ndarray | None
+    variance_rows: int = 0
+    variance_input: Any = None
+
+    def without_variance(self) -> Prediction:
+        """Return the mean prediction, with no variance terms.
+
+        Returns
+        -------
+        Prediction
+        """
+        return Prediction(self.energy, self.forces, None, None, None, None,
+                          self.local_energies, self.stress)
+
+
+class PredictionMixin:
+    """The estimator's prediction methods, on its fitted posterior.
+
+    The host class provides ``posterior_``, ``descriptor_``, ``species_``, ``e0_``,
+    ``energy_noise_``, ``force_noise_``, ``std_scale_``, ``interval_scores_`` (fitted),
+    the parameters ``apply_calibration``, ``verbose`` and ``n_jobs``, and
+    ``_imap(fn, items, verbose, desc)``, an ordered parallel map.
+    """
+
+    def _species_index(self, atoms: Atoms, owner: str) -> np.ndarray:
+        unknown = np.setdiff1d(atoms.numbers, self.species_)
+        if unknown.size:
+            raise ValueError(
+                f"{owner}: the structure contains elements the model was not trained on: "
+                f"{[chemical_symbols[z] for z in unknown]} (model: "
+                f"{[chemical_symbols[z] for z in self.species_]})")
+        return np.searchsorted(self.species_, atoms.numbers)
+
+    def predict_structure(self, atoms: Atoms, forces: bool = True, variance=False,
+                          stress: bool = False) -> Prediction:
+        """Predict one structure's energy, forces and their variance terms.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+            The structure.
+        forces : bool, default=True
+            Also predict the forces.
+        variance : bool or "energy", default=False
+            Also compute the epistemic variance terms: ``True`` of the energy and
+            (with ``forces``) of every force component; ``"energy"`` of the energy
+            only, which needs no force design rows and costs little more than the
+            mean (the force variances cost ``O(n_pairs M D)``, several times the mean).
+        stress : bool, default=False
+            Also compute the stress of the predicted energy (see
+            :meth:`predict_stress`), from the same descriptor pass.
+
+        Returns
+        -------
+        Prediction
+            Raw (uncalibrated) variance terms; :meth:`epistemic_variance` combines them.
+        """
+        check_is_fitted(self)
+        self._check_variance(variance)
+        if not isinstance(stress, (bool, np.bool_)):
+            raise TypeError(f"stress must be True or False; got {stress!r}")
+        return self.posterior_.finish([self._predict_parts(atoms, forces, variance,
+                                                           bool(stress))])[0]
+
+    @staticmethod
+    def _check_variance(variance) -> None:
+        if variance is not True and variance is not False and variance != "energy":
+            raise ValueError(f"variance must be True, False or 'energy'; got {variance!r}")
+
+    def _check_stress_cell(self, atoms: Atoms, owner: str) -> float:
+        """Return the cell volume; stress needs a cell periodic along all three axes."""
+        if not np.all(atoms.pbc) or self.descriptor_.periodic is False:
+            raise ValueError(
+                f"{owner}: stress needs a structure periodic along all three axes "
+                f"(pbc={atoms.pbc.tolist()}, descriptor periodic="
+                f"{self.descriptor_.periodic!r})")
+        volume = abs(float(np.linalg.det(np.asarray(atoms.cell))))
+        if not volume > 0:
+            raise ValueError(f"{owner}: stress needs a cell of non-zero volume")
+        return volume
+
+    def _predict_parts(self, atoms: Atoms, forces: bool, variance,
+                       stress: bool = False) -> PredictionParts:
+        """Return the mean prediction of one structure and its posterior's variance input."""
+        owner = f"{type(self).__name__}.predict"
+        index = self._species_index(atoms, owner)
+        volume = self._check_stress_cell(atoms, owner) if stress else None
+        return self.posterior_.parts(self.descriptor_, atoms, index, self.e0_, forces,
+                                     variance, volume)
+
+    def _predict_many(self, X, forces: bool, variance, stress: bool = False):
+        """Predict many structures, solving their variances in batches."""
+        frames = check_frames(X, f"{type(self).__name__}.predict")
+        check_is_fitted(self)
+        verbose = check_verbose(self.verbose, type(self).__name__)
+        out, batch, batch_rows = [], [], 0
+        for parts in self._imap(
+                lambda atoms: self._predict_parts(atoms, forces, variance, stress),
+                frames, verbose, "predict"):
+            batch.append(parts)
+            batch_rows += parts.variance_rows
+            if batch_rows >= _VARIANCE_BATCH_ROWS:
+                out.extend(self.posterior_.finish(batch))
+                batch, batch_rows = [], 0
+        out.extend(self.posterior_.finish(batch))
+        return frames, out
+
+    @staticmethod
+    def _check_std_type(std_type: str) -> None:
+        if std_type not in ("total", "epistemic"):
+            raise ValueError(f"std_type must be 'total' or 'epistemic'; got {std_type!r}")
+
+    def predict(self, X: Sequence[Atoms], return_std: bool = False, std_type: str = "total",
+                return_interval: float | None = None):
+        """Predict total energies.
+
+        Parameters
+        ----------
+        X : list of ase.Atoms
+            Structures.
+        return_std : bool, default=False
+            Also return the std.
+        std_type : {"total", "epistemic"}, default="total"
+            "total" adds the learned energy noise (``σ_E² N``) to the epistemic
+            variance, as scikit-learn's GPR does with a WhiteKernel; "epistemic"
+            is the model's own uncertainty alone.
+        return_interval : float in (0, 1) or None, default=None
+            Also return intervals of this nominal coverage: split-conformal ones
+            (guaranteed coverage on structures exchangeable with the validation
+            set) once :meth:`calibrate` has run, otherwise Gaussian ones from the
+            total std, with a warning.
+
+        Returns
+        -------
+        energies : ndarray of shape (n_structures,)
+            Energies, eV.
+        std : ndarray of shape (n_structures,)
+            Only with ``return_std=True``; eV.
+        interval : ndarray of shape (n_structures, 2)
+            Only with ``return_interval``: lower and upper bounds, eV.
+        """
+        self._check_std_type(std_type)
+        want_var = return_std or return_interval is not None
+        if return_interval is not None:
+            multiplier = self._calibration().interval_multiplier(
+                "energy", return_interval, type(self).__name__)
+        frames, out = self._predict_many(X, forces=False, variance="energy" if want_var
+                                         else False)
+        energies = np.array([p.energy for p in out])
+        if not want_var:
+            return energies
+        epistemic, total = self._energy_variances(frames, out)
+        result = [energies]
+        if return_std:
+            result.append(np.sqrt(total if std_type == "total" else epistemic))
+        if return_interval is not None:
+            half = multiplier * np.sqrt(total)
+            result.append(np.column_stack([energies - half, energies + half]))
+        return tuple(result)
+
+    def _calibration(self) -> StdCalibration:
+        """Return the fitted std calibration (raw stds when none, or not applied)."""
+        check_is_fitted(self)
+        return StdCalibration(self.std_scale_, self.interval_scores_,
+                              applied=bool(self.apply_calibration))
+
+    def _energy_variances(self, frames, out):
+        """Return calibrated epistemic and total variances of the energies of Predictions."""
+        calibration = self._calibration()
+        epistemic = np.array([calibration.epistemic_variance(
+            "energy", p.energy_var_posterior, p.energy_var_projection) for p in out])
+        total = epistemic + calibration.noise_variance(
+            "energy", self.energy_noise_**2 * np.array([len(a) for a in frames]))
+        return epistemic, total
+
+    def _force_variances(self, out):
+        """Return calibrated epistemic variances of the forces of Predictions, and the noise."""
+        calibration = self._calibration()
+        epistemic = [calibration.epistemic_variance("forces", p.forces_var_posterior,
+                                                    p.forces_var_projection) for p in out]
+        return epistemic, calibration.noise_variance("forces", self.force_noise_**2)
+
+    def predict_forces(self, X: Sequence[Atoms], return_std: bool = False,
+                       std_type: str = "total", return_interval: float | None = None):
+        """Predict forces.
+
+        Parameters
+        ----------
+        X : list of ase.Atoms
+            Structures.
+        return_std : bool, default=False
+            Also return the std of every component.
+        std_type : {"total", "epistemic"}, default="total"
+            "total" adds the learned force noise ``σ_F²`` (times ``d²`` after
+            :meth:`calibrate`) to the epistemic variance.
+        return_interval : float in (0, 1) or None, default=None
+            Also return per-component intervals of this nominal coverage
+            (split-conformal after :meth:`calibrate`, as in :meth:`predict`).
+
+        Returns
+        -------
+        forces : list of ndarray of shape (n_atoms, 3)
+            Forces, eV/Å.
+        std : list of ndarray of shape (n_atoms, 3)
+            Only with ``return_std=True``; eV/Å per component.
+        interval : list of ndarray of shape (n_atoms, 3, 2)
+            Only with ``return_interval``: lower and upper bound of every component.
+        """
+        self._check_std_type(std_type)
+        want_var = return_std or return_interval is not None
+        if return_interval is not None:
+            multiplier = self._calibration().interval_multiplier(
+                "forces", return_interval, type(self).__name__)
+        _, out = self._predict_many(X, forces=True, variance=want_var)
+        forces = [p.forces for p in out]
+        if not want_var:
+            return forces
+        epistemic, noise = self._force_variances(out)
+        result = [forces]
+        if return_std:
+            result.append([np.sqrt(v + (noise if std_type == "total" else 0.0))
+                           for v in epistemic])
+        if return_interval is not None:
+            halves = [multiplier * np.sqrt(v + noise) for v in epistemic]
+            result.append([np.stack([f - h, f + h], axis=-1)
+                           for f, h in zip(forces, halves, strict=True)])
+        return tuple(result)
+
+    def predict_stress(self, X: Sequence[Atoms]) -> np.ndarray:
+        """Predict the stress of periodic structures.
+
+        The analytic derivative of the predicted energy with respect to a homogeneous
+        strain of the cell and positions (descriptor strain gradients, plus the
+        two-body term when fitted): ``σ = (1/V) ∂E/∂ε``, symmetrised.
+
+        Parameters
+        ----------
+        X : list of ase.Atoms
+            Each periodic along all three axes.
+
+        Returns
+        -------
+        ndarray of shape (n_structures, 6)
+            ASE's convention: Voigt ``xx yy zz yz xz xy``, eV/Å³, positive under
+            tension (``atoms.get_stress()``).
+
+        Raises
+        ------
+        ValueError
+            For a structure that is not periodic along all three axes (or a
+            descriptor with ``periodic=False``), or a cell of zero volume.
+
+        Notes
+        -----
+        The model is trained on energies and forces only, so the stress is what
+        those determine: on mlearn Mo its error is several times that of a model
+        trained on stresses (``benchmarks/RESULTS.md``). No stress uncertainty yet.
+        """
+        _, out = self._predict_many(X, forces=False, variance=False, stress=True)
+        return np.array([p.stress for p in out]).reshape(-1, 6)
+
+    def predict_energies_and_forces(self, X: Sequence[Atoms], return_std: bool = False,
+                                    std_type: str = "total"):
+        """Predict energies and forces (and their stds) in one pass over the structures.
+
+        The same values as :meth:`predict` and :meth:`predict_forces` together, at
+        the cost of one of them: descriptors, their Jacobians and the variance rows
+        are computed once per structure.
+
+        Parameters
+        ----------
+        X : list of ase.Atoms
+            Structures.
+        return_std : bool, default=False
+            Also return the stds.
+        std_type : {"total", "epistemic"}, default="total"
+            As in :meth:`predict` and :meth:`predict_forces`.
+
+        Returns
+        -------
+        energies : ndarray of shape (n_structures,)
+            Energies, eV.
+        forces : list of ndarray of shape (n_atoms, 3)
+            Forces, eV/Å.
+        energy_std : ndarray of shape (n_structures,)
+            Only with ``return_std=True``; eV.
+        forces_std : list of ndarray of shape (n_atoms, 3)
+            Only with ``return_std=True``; eV/Å per component.
+
+        Examples
+        --------
+        >>> from kernelpot import SparseGPPotential, SOAP, load_ethanol
+        >>> frames = load_ethanol()
+        >>> model = SparseGPPotential(SOAP(["H", "C", "O"], 4.0, 4, 3, 0.4)).fit(frames[:5])
+        >>> energies, forces, e_std, f_std = model.predict_energies_and_forces(
+        ...     frames[5:7], return_std=True)
+        >>> forces[0].shape, e_std.shape
+        ((9, 3), (2,))
+        """
+        self._check_std_type(std_type)
+        frames, out = self._predict_many(X, forces=True, variance=bool(return_std))
+        energies = np.array([p.energy for p in out])
+        forces = [p.forces for p in out]
+        if not return_std:
+            return energies, forces
+        total = std_type == "total"
+        e_epistemic, e_total = self._energy_variances(frames, out)
+        f_epistemic, noise = self._force_variances(out)
+        return (energies, forces, np.sqrt(e_total if total else e_epistemic),
+                [np.sqrt(v + (noise if total else 0.0)) for v in f_epistemic])
+
+    def predict_local_energies(self, X: Sequence[Atoms]) -> list[np.ndarray]:
+        """Predict per-atom energies (reference energy included).
+
+        Parameters
+        ----------
+        X : list of ase.Atoms
+            Structures.
+
+        Returns
+        -------
+        list of ndarray of shape (n_atoms,)
+            Local energies, eV; each sums to the structure's predicted energy.
+        """
+        check_is_fitted(self)
+        frames = check_frames(X, f"{type(self).__name__}.predict_local_energies")
+        out = []
+        for atoms in frames:
+            index = self._species_index(atoms, "predict_local_energies")
+            local = self.posterior_.local_energies(self.descriptor_, atoms, index)
+            out.append(local + self.e0_[index])
+        return out

@@ -1,0 +1,821 @@
+"""The sparse (DTC) model's fitted posterior: fit, predict, variances, updates, arrays.
+
+:class:`SparsePosterior` is what ``SparseGPPotential(method="sparse")`` fits. It
+owns the inducing environments, the two-body term, the factors of the posterior
+over the inducing values (:class:`kernelpot.gp.Posterior`), the likelihood's
+statistics and, for incremental models, the training state
+(:class:`kernelpot._incremental.TrainingState`). Its state is set in one place,
+:meth:`SparsePosterior.__init__`, and changed only by :meth:`SparsePosterior.update`
+and :meth:`SparsePosterior.restore_training`.
+
+Predicted variances of the sparse model (see :mod:`kernelpot.gp`): the epistemic
+variance of a prediction with design row ``k`` has two terms,
+
+* ``v_posterior = σ² |L_post⁻¹ k|²``, the posterior over the inducing values;
+* ``v_projection = σ² (k_** - |L_mm⁻¹ k|²)``, the prior variance the inducing set
+  does not span. For a force component ``k_**`` is the prior variance of that
+  component, ``Σ_ii' J_iᵀ H(x_i, x_i') J_i'`` with ``H`` the kernel's mixed second
+  derivative and ``J`` the descriptor Jacobian rows of the atoms' centres, and
+  ``k`` its covariance with the inducing values. So the term grows where the
+  inducing set does not cover the force directions of a new environment, not
+  only where the environment itself is new.
+
+They are reported separately (:class:`Prediction`, the calculator's
+``forces_std_posterior`` and ``forces_std_projection``) and combined as
+``c² (v_posterior + w² v_projection)``, with ``c = w = 1`` until
+:meth:`calibrate` fits both on validation data. Added raw, the projection term
+dominates and is several times too wide. The exact model (``method="exact"``)
+has only the first term, its exact posterior variance
+``σ² k_** - k_*ᵀ K_y⁻¹ k_*``. The total variance adds the learned noise:
+``σ_E² N`` for an ``N``-atom energy, ``σ_F²`` per force component. Every variance
+is clipped at zero, with a warning if round-off went beyond 1e-8 relative.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.data import chemical_symbols
+from sklearn.base import clone
+
+from kernelpot import _incremental, gp
+from kernelpot._labels import TrainingSet
+from kernelpot._two_body_search import pair_factor, search_prior_std, whitened_pair_scale
+from kernelpot.descriptors import DescriptorResult
+from kernelpot.design import SparseDesign, with_two_body
+from kernelpot.hyperparameters import (
+    NoiseSearch,
+    fitted_names,
+    free_mask,
+    kernel_profile_search,
+    search_on_subset,
+    values_kept_where_fixed,
+    warn_if_force_noise_at_bound,
+)
+from kernelpot.inducing import choose_inducing
+from kernelpot.prediction import Prediction, PredictionParts
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SparsePosterior", "features_only"]
+
+#: Inducing environments per species when ``n_sparse=None``.
+DEFAULT_SPARSE_CAP = 2000
+#: Descriptors (with gradients) kept in memory during a kernel-hyperparameter search.
+_DESCRIPTOR_CACHE_BYTES = 2 * 2**30
+#: Fields of the training state a model file stores (``training_state=True``).
+_STATE_FIELDS = ("Kw", "y", "noise_std", "is_energy", "n_atoms_row", "L_mm", "R", "b",
+                 "energy_row", "force_row")
+
+
+def features_only(features: np.ndarray) -> DescriptorResult:
+    """Wrap features in a DescriptorResult without Jacobian, for energy-only predictions.
+
+    Parameters
+    ----------
+    features : ndarray of shape (n_atoms, n_features)
+
+    Returns
+    -------
+    DescriptorResult
+    """
+    return DescriptorResult(features, np.zeros((0, 2), dtype=np.int64),
+                            np.zeros((0, 3, features.shape[1])))
+
+
+def labelled_copy(atoms, energy: float, forces):
+    """Copy ``atoms`` with its reference labels (``Atoms.copy`` drops them).
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+    energy : float
+        NaN for none.
+    forces : ndarray of shape (n_atoms, 3) or None
+
+    Returns
+    -------
+    ase.Atoms
+    """
+    copy = atoms.copy()
+    kwargs = {}
+    if not np.isnan(energy):
+        kwargs["energy"] = float(energy)
+    if forces is not None:
+        kwargs["forces"] = np.array(forces)
+    copy.calc = SinglePointCalculator(copy, **kwargs)
+    return copy
+
+
+class SparsePosterior:
+    """A fitted sparse GP: inducing environments, weights, factors and noise levels.
+
+    Built by :meth:`fit` or :meth:`from_arrays`; the estimator copies its public
+    attributes into its own trailing-underscore ones.
+
+    Parameters
+    ----------
+    kernel : Kernel
+    inducing : list of ndarray of shape (m_s, n_features)
+    columns : list of ndarray of int
+        Design columns of each element's inducing environments.
+    two_body : TwoBody or None
+    pair_columns : ndarray of int or None
+        Design columns of the two-body coefficients.
+    factors : gp.Posterior
+        Weights and the factors ``L_mm``, ``L_post``.
+    stats : gp.WhitenedStatistics
+        The likelihood's statistics of the training design.
+    signal_std, energy_noise, force_noise : float
+        eV, eV/atom, eV/Å.
+    log_marginal_likelihood : float
+    jitter, jitter_abs : float
+        Of ``k_mm`` (relative to its mean diagonal, absolute).
+    training : TrainingState or None, default=None
+        What updates need (incremental models).
+    needs_frames : bool, default=False
+        The training state was loaded without its structures
+        (:meth:`restore_training` gives them back).
+    """
+
+    kind = "sparse"
+
+    def __init__(self, *, kernel, inducing, columns, two_body, pair_columns, factors, stats,
+                 signal_std, energy_noise, force_noise, log_marginal_likelihood, jitter,
+                 jitter_abs, training=None, needs_frames=False):
+        self.kernel = kernel
+        self.inducing = inducing
+        self.columns = columns
+        self.two_body = two_body
+        self.pair_columns = pair_columns if two_body is not None else None
+        self.factors = factors
+        self.stats = stats
+        self.signal_std = float(signal_std)
+        self.energy_noise = float(energy_noise)
+        self.force_noise = float(force_noise)
+        self.log_marginal_likelihood_value = float(log_marginal_likelihood)
+        self.jitter = float(jitter)
+        self.jitter_abs = float(jitter_abs)
+        self.training = training
+        self.needs_frames = bool(needs_frames)
+
+    # -- what the estimator reads ---------------------------------------------------------
+    @property
+    def weights(self) -> np.ndarray:
+        """Return the weights: a design row ``k`` predicts ``k @ weights``."""
+        return self.factors.weights
+
+    @property
+    def n_species(self) -> int:
+        """Return the number of elements."""
+        return len(self.inducing)
+
+    def n_inducing(self, species: np.ndarray) -> dict[str, int]:
+        """Return the inducing environments per element symbol.
+
+        Parameters
+        ----------
+        species : ndarray of int
+            Atomic numbers, in the model's order.
+
+        Returns
+        -------
+        dict
+        """
+        return {chemical_symbols[z]: len(x) for z, x in zip(species, self.inducing,
+                                                             strict=True)}
+
+    @property
+    def keeps_training_data(self) -> bool:
+        """Return whether the posterior can be updated (an incremental fit)."""
+        return self.training is not None
+
+    @property
+    def n_training_structures(self) -> int:
+        """Return the structures trained on so far (incremental models)."""
+        return len(self.training.energy_row)
+
+    @property
+    def training_frames(self) -> list:
+        """Return the labelled structures trained on so far (incremental models)."""
+        return self.training.frames
+
+    # -- fitting -------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, estimator, training: TrainingSet, descriptor, kernel, rng,
+            imap) -> SparsePosterior:
+        """Fit the sparse model to a training set.
+
+        Parameters
+        ----------
+        estimator : SparseGPPotential
+            Its parameters (read, not changed).
+        training : TrainingSet
+        descriptor : Descriptor
+            Fitted (cloned) descriptor.
+        kernel : Kernel
+            Cloned kernel, the start of a kernel search.
+        rng : numpy.random.RandomState
+        imap : callable
+            ``imap(fn, items, desc)``, the estimator's ordered parallel map.
+
+        Returns
+        -------
+        SparsePosterior
+        """
+        owner = type(estimator).__name__
+        names = fitted_names(estimator.optimize, owner)
+        pair = clone(estimator.two_body) if estimator.two_body is not None else None
+        inducing = cls._choose_inducing(estimator, training, descriptor, rng, imap)
+        search_kernel = "kernel" in names and kernel.n_theta > 0
+        extra_starts = []
+        if search_kernel and estimator.search_frames is not None \
+                and int(estimator.search_frames) < len(training.frames):
+            kernel, subset_params = search_on_subset(estimator, training.frames, kernel, rng)
+            extra_starts = [subset_params]
+            search_kernel = False
+        results = None
+        if estimator.incremental:
+            results = list(imap(descriptor.compute, training.frames, "descriptors"))
+        elif search_kernel:
+            # the kernel search rebuilds the design several times: keep the descriptors
+            # when they fit in memory, recompute them otherwise
+            size = descriptor.compute(training.frames[0]).gradients.nbytes
+            if size * len(training.frames) < _DESCRIPTOR_CACHE_BYTES:
+                results = list(imap(descriptor.compute, training.frames, "descriptors"))
+        design = SparseDesign(training, descriptor, inducing, pair, imap, results)
+        search = NoiseSearch.of(estimator)
+        log_params = np.log([estimator.signal_std, estimator.energy_noise,
+                             estimator.force_noise])
+        free = free_mask(names, design.n_energy, design.n_force)
+        if search_kernel:
+            seed = int(rng.randint(2**31 - 1))
+
+            def likelihood_at(trial):
+                assembled = design.assemble(trial, keep_basis=True, owner=owner)
+                return assembled.stats, lambda inner: design.kernel_gradient(trial, assembled,
+                                                                             inner)
+
+            kernel, log_params = kernel_profile_search(kernel, log_params, free,
+                                                       likelihood_at, search, seed, owner)
+        search_two_body = pair is not None and "two_body" in names
+        assembled = design.assemble(kernel, keep_gram=search_two_body, owner=owner)
+        stats, L_mm = assembled.stats, assembled.L_mm
+        if search_two_body:
+            pair, log_params, stats = cls._search_two_body(design, assembled, pair, log_params,
+                                                           free, search, rng, estimator)
+        if any(free):
+            log_params = search.optimize(stats, log_params, rng, free, extra_starts)
+        lml = gp.log_marginal_likelihood(log_params, stats)
+        given = (float(estimator.signal_std), float(estimator.energy_noise),
+                 float(estimator.force_noise))
+        sigma, energy_noise, force_noise = values_kept_where_fixed(log_params, given, free)
+        warn_if_force_noise_at_bound(force_noise, estimator.force_noise_bounds, free[2], owner,
+                                     stacklevel=4)
+        noise_std = np.concatenate([energy_noise * np.sqrt(design.n_atoms[design.has_energy]),
+                                    np.full(design.n_force, force_noise)])
+        y_all = np.concatenate([design.y_energy, design.y_force])
+        state = cls._training_state(design, assembled.design, noise_std, y_all, sigma, L_mm) \
+            if estimator.incremental else None
+        factors = gp.solve_posterior(assembled.design, design.n_obs, L_mm, noise_std, y_all,
+                                     sigma)
+        return cls(kernel=kernel, inducing=inducing, columns=gp.inducing_columns(inducing),
+                   two_body=pair, pair_columns=design.pair_columns, factors=factors,
+                   stats=stats, signal_std=sigma, energy_noise=energy_noise,
+                   force_noise=force_noise, log_marginal_likelihood=lml,
+                   jitter=assembled.jitter, jitter_abs=assembled.jitter_abs, training=state)
+
+    @staticmethod
+    def _choose_inducing(estimator, training, descriptor, rng, imap) -> list[np.ndarray]:
+        """Choose the inducing environments per element from a features-only pass."""
+        features = list(imap(descriptor.create, training.frames, "features"))
+        inducing = choose_inducing(features, training.species_index, len(training.species),
+                                   estimator.n_sparse, estimator.sparse_method, rng,
+                                   DEFAULT_SPARSE_CAP, training.species)
+        symbols = [chemical_symbols[z] for z in training.species]
+        counts = np.bincount(np.concatenate(training.species_index),
+                             minlength=len(training.species))
+        logger.info("%s: %d structures, inducing environments per element %s (of %s)",
+                    type(estimator).__name__, len(training.frames),
+                    {symbols[s]: len(z) for s, z in enumerate(inducing)},
+                    dict(zip(symbols, counts.tolist(), strict=True)))
+        return inducing
+
+    @staticmethod
+    def _search_two_body(design, assembled, pair, log_params, free, search, rng, estimator):
+        """Fit the two-body prior std; rescale the design and ``L_mm`` to it in place."""
+        owner = type(estimator).__name__
+        n_pair, M, n_obs = design.n_pair, design.n_columns, design.n_obs
+        jitter_abs = assembled.jitter_abs
+        prior_std, log_params, stats = search_prior_std(
+            assembled.design, assembled.gram, design.n_energy, n_pair, pair,
+            design.n_atoms_energy, design.y_energy, design.y_force, log_params, free,
+            assembled.stats, jitter_abs,
+            lambda stats, start: search.optimize(stats, start, rng, free, restarts=0),
+            estimator.signal_std_bounds, owner)
+        logger.info("%s: two-body prior_std %.4g (likelihood)", owner, prior_std)
+        # k_mm is block diagonal: only the pair block of its factor and the pair
+        # columns of the whitened design change (same absolute jitter)
+        old, pair = float(pair.prior_std), clone(pair).set_params(prior_std=prior_std)
+        assembled.design[:n_obs, M - n_pair:] *= (whitened_pair_scale(prior_std, jitter_abs)
+                                                  / whitened_pair_scale(old, jitter_abs))
+        assembled.L_mm[M - n_pair:, M - n_pair:] = pair_factor(prior_std, jitter_abs) \
+            * np.eye(n_pair)
+        return pair, log_params, stats
+
+    @staticmethod
+    def _training_state(design: SparseDesign, whitened: np.ndarray, noise_std: np.ndarray,
+                        y_all: np.ndarray, sigma: float, L_mm: np.ndarray):
+        """Build what an incremental model keeps of its training data."""
+        n_obs, n_E, training = design.n_obs, design.n_energy, design.training
+        has_energy, has_forces = design.has_energy, design.has_forces
+        Kw = whitened[:n_obs].copy()
+        R, b = _incremental.factor(Kw, noise_std, y_all, sigma)
+        return _incremental.TrainingState(
+            Kw=Kw, y=y_all, noise_std=noise_std, is_energy=np.arange(n_obs) < n_E,
+            n_atoms_row=np.concatenate([design.n_atoms[has_energy],
+                                        np.ones(design.n_force, dtype=int)]),
+            L_mm=L_mm.copy(), R=R, b=b,
+            frames=[labelled_copy(a, training.labels.energies[k], training.labels.forces[k])
+                    for k, a in enumerate(training.frames)],
+            results=design.results, species_index=training.species_index,
+            energy_row=[int(design.energy_row[k]) if has_energy[k] else -1
+                        for k in range(len(training.frames))],
+            force_row=[int(design.force_start[k]) if has_forces[k] else -1
+                       for k in range(len(training.frames))])
+
+    # -- prediction ----------------------------------------------------------------------
+    def parts(self, descriptor, atoms, index: np.ndarray, e0: np.ndarray, forces: bool,
+              variance, volume: float | None = None) -> PredictionParts:
+        """Predict the mean of one structure; keep design rows when variances are asked.
+
+        Parameters
+        ----------
+        descriptor : Descriptor
+        atoms : ase.Atoms
+        index : ndarray of int
+            Species index of every atom.
+        e0 : ndarray of shape (n_species,)
+            Reference energies.
+        forces : bool
+        variance : bool or "energy"
+        volume : float or None, default=None
+            Cell volume; given, the stress is predicted too.
+
+        Returns
+        -------
+        PredictionParts
+        """
+        stress = volume is not None
+        force_variance = forces and variance is True
+        if forces or force_variance or stress:
+            result = descriptor.compute(atoms, strain=stress)
+        else:  # energies need no Jacobian
+            result = features_only(descriptor.create(atoms))
+        local, d_local = gp.local_energies(result.features, index, self.inducing, self.kernel,
+                                           self.weights, gradients=forces or stress,
+                                           columns=self.columns)
+        local = local + e0[index]
+        force_values = gp.forces_from_local_gradients(result, d_local) if forces else None
+        strain = gp.strain_derivative_from_local_gradients(result, d_local) if stress else None
+        if self.two_body is not None:
+            pair_parts = self.two_body.predict(atoms, index, self.n_species,
+                                               self.two_body_coefficients(), forces,
+                                               strain=stress)
+            local = local + pair_parts[0]
+            if forces:
+                force_values = force_values + pair_parts[1]
+            if stress:
+                strain = strain + pair_parts[2]
+        stress_values = gp.stress_from_strain_derivative(strain, volume) if stress else None
+        parts = PredictionParts(float(local.sum()), force_values, local, stress_values)
+        if variance:
+            parts.variance_input = self._variance_rows(result, atoms, index, force_variance)
+            parts.variance_rows = len(parts.variance_input[0])
+        return parts
+
+    def _variance_rows(self, result, atoms, index, force_variance):
+        """Design rows (energy, then force components) and their prior variances."""
+        rows = gp.design_rows(result, index, self.inducing, self.kernel, energy=True,
+                              forces=force_variance, columns=self.columns,
+                              n_columns=self.weights.size)
+        prior_e, prior_f = gp.prior_variances(result, index, self.n_species, self.kernel,
+                                              energy=True, forces=force_variance)
+        pair = self.two_body
+        if pair is not None:
+            columns = self.pair_columns
+            rows = with_two_body(rows, pair, atoms, index, self.n_species, columns)
+            # the two-body term's prior variance, σ² prior_std² |basis row|², is spanned
+            # exactly by its coefficients: it adds the same to prior and projection
+            scale2 = float(pair.prior_std)**2
+            prior_e += float(rows.energy[columns] @ rows.energy[columns]) / scale2
+            if force_variance:
+                tail = rows.forces[:, columns]
+                prior_f = prior_f + (np.einsum("rk,rk->r", tail, tail) / scale2).reshape(-1, 3)
+        if not force_variance:
+            return rows.energy[None, :], np.array([prior_e])
+        return np.vstack([rows.energy, rows.forces]), np.concatenate([[prior_e],
+                                                                      prior_f.ravel()])
+
+    def finish(self, parts: list[PredictionParts]) -> list[Prediction]:
+        """Turn parts into Predictions, solving every variance row at once.
+
+        One triangular solve over the rows of many structures reads the ``M × M``
+        factors once instead of once per structure.
+
+        Parameters
+        ----------
+        parts : list of PredictionParts
+            From :meth:`parts`.
+
+        Returns
+        -------
+        list of Prediction
+        """
+        with_rows = [p for p in parts if p.variance_input is not None]
+        if with_rows:
+            rows = np.vstack([p.variance_input[0] for p in with_rows])
+            post, proj = gp.variance_terms(rows, self.factors, self.signal_std)
+            projection = gp.clip_variance(
+                self.signal_std**2 * np.concatenate([p.variance_input[1] for p in with_rows])
+                - proj, "variance")
+        out, offset = [], 0
+        for part in parts:
+            if part.variance_input is None:
+                out.append(part.without_variance())
+                continue
+            n_rows = part.variance_rows
+            p_post, p_proj = post[offset:offset + n_rows], projection[offset:offset + n_rows]
+            offset += n_rows
+            f_post = p_post[1:].reshape(-1, 3) if n_rows > 1 else None
+            f_proj = p_proj[1:].reshape(-1, 3) if n_rows > 1 else None
+            out.append(Prediction(part.energy, part.forces, float(p_post[0]), float(p_proj[0]),
+                                  f_post, f_proj, part.local_energies, part.stress))
+        return out
+
+    def local_energies(self, descriptor, atoms, index: np.ndarray) -> np.ndarray:
+        """Return the local energies of one structure, without reference energies.
+
+        Parameters
+        ----------
+        descriptor : Descriptor
+        atoms : ase.Atoms
+        index : ndarray of int
+
+        Returns
+        -------
+        ndarray of shape (n_atoms,)
+            eV.
+        """
+        local, _ = gp.local_energies(descriptor.create(atoms), index, self.inducing,
+                                     self.kernel, self.weights, columns=self.columns)
+        if self.two_body is not None:
+            local = local + self.two_body.predict(atoms, index, self.n_species,
+                                                  self.two_body_coefficients(),
+                                                  forces=False)[0]
+        return local
+
+    def two_body_coefficients(self) -> np.ndarray:
+        """Return the coefficients ``w`` of the two-body basis (its pair energies, eV)."""
+        return float(self.two_body.prior_std)**2 * self.weights[self.pair_columns]
+
+    def log_marginal_likelihood(self, theta: np.ndarray, eval_gradient: bool = False):
+        """Return the log marginal likelihood at ``theta = log (σ, σ_E, σ_F)``.
+
+        Parameters
+        ----------
+        theta : ndarray of shape (3,)
+        eval_gradient : bool, default=False
+
+        Returns
+        -------
+        float, or (float, ndarray of shape (3,))
+        """
+        return gp.log_marginal_likelihood(theta, self.stats, eval_gradient=eval_gradient)
+
+    # -- incremental updates -------------------------------------------------------------
+    def update(self, frames: list, labels, indices: list, descriptor, e0: np.ndarray,
+               n_inducing, optimize: set | None, search: NoiseSearch, rng,
+               owner: str) -> None:
+        """Add labelled structures, and optionally inducing environments, by low-rank updates.
+
+        Parameters
+        ----------
+        frames : list of ase.Atoms
+        labels : Labels
+            Of ``frames``.
+        indices : list of ndarray of int
+            Species index of every atom of each structure.
+        descriptor : Descriptor
+        e0 : ndarray of shape (n_species,)
+        n_inducing : int or "all"
+            New inducing environments: those of largest local-energy variance.
+        optimize : set of str or None
+            Hyperparameters to re-fit on all data seen so far (``None``: keep them).
+        search : NoiseSearch
+        rng : numpy.random.RandomState
+        owner : str
+
+        Raises
+        ------
+        ValueError
+            Without a training state, or before :meth:`restore_training` of a loaded one.
+        """
+        self.check_updatable(owner)
+        if self.needs_frames:
+            raise ValueError(f"{owner}: this model was loaded with its training state; give "
+                             "its training structures back with restore_training(frames) first")
+        new = [self._add_structure(atoms, labels.energies[k], labels.forces[k], indices[k],
+                                   descriptor, e0) for k, atoms in enumerate(frames)]
+        self._refresh()
+        chosen = self._choose_new_inducing(new, n_inducing)
+        if any(len(z) for z in chosen):
+            self._add_inducing(chosen)
+            self._refresh()
+        if optimize is not None:
+            self._reoptimize(optimize, search, rng)
+        self.stats = _incremental.statistics(self.training)
+        self.log_marginal_likelihood_value = float(gp.log_marginal_likelihood(
+            np.log([self.signal_std, self.energy_noise, self.force_noise]), self.stats))
+
+    def check_updatable(self, owner: str) -> None:
+        """Raise unless the posterior keeps a training state (an incremental fit).
+
+        Parameters
+        ----------
+        owner : str
+            Names the caller in the error.
+        """
+        if self.training is None:
+            raise ValueError(f"{owner}: the model keeps no training state; fit it with "
+                             "incremental=True (models loaded from file cannot be updated)")
+
+    def _add_structure(self, atoms, energy: float, forces, index, descriptor, e0):
+        """Append one structure's observations to the training state."""
+        state = self.training
+        has_e, has_f = not np.isnan(energy), forces is not None
+        result = descriptor.compute(atoms)
+        rows = gp.design_rows(result, index, self.inducing, self.kernel, energy=has_e,
+                              forces=has_f, columns=self.columns, n_columns=self.weights.size)
+        rows = with_two_body(rows, self.two_body, atoms, index, self.n_species,
+                             self.pair_columns)
+        n = len(atoms)
+        blocks, y, std, is_e, n_rows = [], [], [], [], []
+        start = len(state.y)
+        state.energy_row.append(start if has_e else -1)
+        state.force_row.append(start + int(has_e) if has_f else -1)
+        if has_e:
+            blocks.append(rows.energy[None, :])
+            y.append([energy - e0[index].sum()])
+            std.append([self.energy_noise * np.sqrt(n)])
+            is_e.append([True])
+            n_rows.append([n])
+        if has_f:
+            blocks.append(rows.forces)
+            y.append(forces.ravel())
+            std.append(np.full(3 * n, self.force_noise))
+            is_e.append(np.zeros(3 * n, dtype=bool))
+            n_rows.append(np.ones(3 * n, dtype=int))
+        _incremental.add_rows(state, np.vstack(blocks), np.concatenate(y), np.concatenate(std),
+                              np.concatenate(is_e), np.concatenate(n_rows), self.signal_std)
+        state.frames.append(labelled_copy(atoms, energy, forces))
+        state.results.append(result)
+        state.species_index.append(index)
+        return result, index
+
+    def _refresh(self) -> None:
+        """Recompute the weights and factors from the training state."""
+        self.factors = _incremental.posterior(self.training, self.signal_std)
+
+    def _choose_new_inducing(self, new, n_inducing) -> list[np.ndarray]:
+        """Choose new inducing descriptors per species among the new environments."""
+        n_species = self.n_species
+        features = [r.features for r, _ in new]
+        index = [i for _, i in new]
+        if not features or n_inducing == 0:
+            return [np.zeros((0, 0))] * n_species
+        X = np.concatenate(features)
+        species = np.concatenate(index)
+        if n_inducing == "all" or n_inducing >= len(X):
+            keep = np.arange(len(X))
+        else:
+            # epistemic variance of each environment's local energy
+            rows = np.zeros((len(X), self.weights.size))
+            prior = np.zeros(len(X))
+            for s, Z in enumerate(self.inducing):
+                mask = species == s
+                if mask.any():
+                    prior[mask] = self.kernel.diag(X[mask])
+                    if len(Z):
+                        rows[np.ix_(mask, self.columns[s])] = self.kernel(X[mask], Z)
+            post, proj = gp.variance_terms(rows, self.factors, self.signal_std)
+            variance = post + self.signal_std**2 * prior - proj
+            keep = np.sort(np.argsort(-variance, kind="stable")[:n_inducing])
+        return [X[keep[species[keep] == s]] for s in range(n_species)]
+
+    def _add_inducing(self, chosen: list[np.ndarray]) -> None:
+        """Extend the inducing set and the training state's factors by new columns."""
+        state = self.training
+        M = self.weights.size
+        m = int(sum(len(z) for z in chosen))
+        new_columns = gp.inducing_columns(chosen)  # local blocks; global = M + local
+        K_extra = np.zeros((len(state.y), m))
+        for result, index, e_row, f_row in zip(state.results, state.species_index,
+                                               state.energy_row, state.force_row, strict=True):
+            rows = gp.design_rows(result, index, chosen, self.kernel, energy=e_row >= 0,
+                                  forces=f_row >= 0, columns=new_columns)
+            if e_row >= 0:
+                K_extra[e_row] = rows.energy
+            if f_row >= 0:
+                K_extra[f_row:f_row + 3 * result.n_atoms] = rows.forces
+        k_cross = np.zeros((M, m))
+        k_new = np.zeros((m, m))
+        for s, z in enumerate(chosen):
+            if len(z) == 0:
+                continue
+            if len(self.inducing[s]):
+                k_cross[np.ix_(self.columns[s], new_columns[s])] = self.kernel(
+                    self.inducing[s], z)
+            k_new[np.ix_(new_columns[s], new_columns[s])] = self.kernel(z)
+        _incremental.add_columns(state, K_extra, k_cross, k_new, self.signal_std,
+                                 self.jitter_abs)
+        for s, z in enumerate(chosen):
+            if len(z) == 0:
+                continue
+            grown = np.vstack([self.inducing[s], z]) if len(self.inducing[s]) else z.copy()
+            grown.setflags(write=False)
+            self.inducing[s] = grown
+            self.columns[s] = np.concatenate([self.columns[s], M + new_columns[s]])
+
+    def _reoptimize(self, names: set, search: NoiseSearch, rng) -> None:
+        """Re-fit ``(σ, σ_E, σ_F)`` on all data seen so far and refactor."""
+        state = self.training
+        stats = _incremental.statistics(state)
+        free = free_mask(names, int(state.is_energy.sum()), int((~state.is_energy).sum()))
+        current = np.log([self.signal_std, self.energy_noise, self.force_noise])
+        if any(free):
+            log_params = search.optimize(stats, current, rng, free)
+            values = (self.signal_std, self.energy_noise, self.force_noise)
+            self.signal_std, self.energy_noise, self.force_noise = (
+                float(np.exp(t)) if f else v
+                for t, v, f in zip(log_params, values, free, strict=True))
+        self.refactor()
+
+    def refactor(self) -> None:
+        """Refactor the stored design from scratch at the current hyperparameters.
+
+        A full QR of the training state's whitened design (``O(n M²)``), which the
+        low-rank updates make unnecessary except after the noise levels change.
+        """
+        state = self.training
+        state.noise_std = np.where(state.is_energy,
+                                   self.energy_noise * np.sqrt(state.n_atoms_row),
+                                   self.force_noise)
+        state.R, state.b = _incremental.factor(state.Kw, state.noise_std, state.y,
+                                               self.signal_std)
+        self._refresh()
+
+    def restore_training(self, frames: list, describe, owner: str) -> None:
+        """Give a loaded training state its structures and descriptors back.
+
+        Parameters
+        ----------
+        frames : list of ase.Atoms
+            The structures trained on, in training order.
+        describe : callable
+            ``describe(frames) -> (species indices, descriptor results)``.
+        owner : str
+            Names the caller in errors.
+
+        Raises
+        ------
+        ValueError
+            Without a training state, or for the wrong number of structures.
+        """
+        state = self.training
+        if state is None:
+            raise ValueError(f"{owner}: the model has no stored training state")
+        if len(frames) != len(state.energy_row):
+            raise ValueError(f"{owner}: the model was trained on {len(state.energy_row)} "
+                             f"structures; got {len(frames)}")
+        state.frames = [a.copy() for a in frames]
+        state.species_index, state.results = describe(frames)
+        self.needs_frames = False
+
+    # -- model files ---------------------------------------------------------------------
+    def to_arrays(self, training_state: bool = False) -> tuple[dict, dict]:
+        """Return the posterior as plain arrays and JSON-ready metadata (a model file's).
+
+        Parameters
+        ----------
+        training_state : bool, default=False
+            Also the training state (updates after loading).
+
+        Returns
+        -------
+        arrays : dict of ndarray
+        fitted : dict
+            Entries of the file's ``fitted`` metadata.
+
+        Raises
+        ------
+        ValueError
+            For ``training_state=True`` without a training state.
+        """
+        stats = self.stats
+        arrays = {"alpha": self.weights, "L_mm": self.factors.L_mm,
+                  "L_post": self.factors.L_post, "stats_eigenvalues": stats.eigenvalues,
+                  "stats_U": stats.U, "stats_beta_E": stats.beta_E,
+                  "stats_beta_F": stats.beta_F}
+        for s, Z in enumerate(self.inducing):
+            arrays[f"inducing_{s}"] = Z
+            arrays[f"columns_{s}"] = self.columns[s]
+        if self.two_body is not None:
+            arrays["pair_columns"] = self.pair_columns
+        if training_state:
+            if self.training is None:
+                raise ValueError("save: training_state=True needs a model fitted with "
+                                 "incremental=True")
+            for name in _STATE_FIELDS:
+                arrays[f"state_{name}"] = np.asarray(getattr(self.training, name))
+        fitted = {"method": self.kind, "signal_std": self.signal_std,
+                  "energy_noise": self.energy_noise, "force_noise": self.force_noise,
+                  "log_marginal_likelihood": self.log_marginal_likelihood_value,
+                  "jitter": self.jitter, "jitter_abs": self.jitter_abs,
+                  "stats": {"c_E": stats.c_E, "c_F": stats.c_F, "n_E": stats.n_E,
+                            "n_F": stats.n_F, "logdet_D_E": stats.logdet_D_E}}
+        return arrays, fitted
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, fitted: dict, kernel, two_body, n_species: int,
+                    what: str) -> SparsePosterior:
+        """Rebuild a posterior from :meth:`to_arrays` output (a model file's).
+
+        Parameters
+        ----------
+        arrays : dict of ndarray
+        fitted : dict
+        kernel : Kernel
+        two_body : TwoBody or None
+            Decoded and checked by the caller.
+        n_species : int
+        what : str
+            Names the file in errors.
+
+        Returns
+        -------
+        SparsePosterior
+
+        Raises
+        ------
+        ValueError
+            If the arrays do not fit together.
+        """
+        signal_std = fitted.get("signal_std")
+        if isinstance(signal_std, bool) or not isinstance(signal_std, (int, float)) \
+                or not signal_std > 0:
+            raise ValueError(f"load: {what} has a malformed signal_std entry {signal_std!r}")
+        inducing = [arrays[f"inducing_{s}"] for s in range(n_species)]
+        for z in inducing:
+            z.setflags(write=False)
+        columns = [arrays[f"columns_{s}"] for s in range(n_species)]
+        weights = arrays["alpha"]
+        n_pair = two_body.n_columns(n_species) if two_body is not None else 0
+        if len(weights) != sum(len(z) for z in inducing) + n_pair:
+            raise ValueError(f"load: {what} holds {len(weights)} weights, which does not "
+                             "match its inducing environments and two-body term")
+        pair_columns = _checked_pair_columns(arrays.get("pair_columns"), columns, two_body,
+                                             n_species, len(weights), what)
+        training = None
+        if "state_Kw" in arrays:
+            values = {name: arrays[f"state_{name}"] for name in _STATE_FIELDS}
+            values["energy_row"] = values["energy_row"].tolist()
+            values["force_row"] = values["force_row"].tolist()
+            training = _incremental.TrainingState(**values)
+        s = fitted["stats"]
+        stats = gp.WhitenedStatistics(
+            arrays["stats_eigenvalues"], arrays["stats_U"], arrays["stats_beta_E"],
+            arrays["stats_beta_F"], s["c_E"], s["c_F"], s["n_E"], s["n_F"], s["logdet_D_E"])
+        return cls(kernel=kernel, inducing=inducing, columns=columns, two_body=two_body,
+                   pair_columns=pair_columns,
+                   factors=gp.Posterior(weights, arrays["L_mm"], arrays["L_post"]),
+                   stats=stats, signal_std=signal_std, energy_noise=fitted["energy_noise"],
+                   force_noise=fitted["force_noise"],
+                   log_marginal_likelihood=fitted["log_marginal_likelihood"],
+                   jitter=fitted["jitter"], jitter_abs=fitted["jitter_abs"], training=training,
+                   needs_frames=training is not None)
+
+
+def _checked_pair_columns(pair_columns, columns, two_body, n_species, n_weights, what):
+    """Return the two-body columns, checked: every design column exactly once overall."""
+    if two_body is None:
+        return None
+    every = np.concatenate(list(columns) + ([pair_columns] if pair_columns is not None
+                                            else []))
+    if pair_columns is None or pair_columns.dtype.kind not in "iu" \
+            or pair_columns.shape != (two_body.n_columns(n_species),) \
+            or not np.array_equal(np.sort(every), np.arange(n_weights)):
+        raise ValueError(f"load: {what} has malformed two-body columns")
+    return pair_columns
