@@ -41,7 +41,8 @@ class TrainingState:
     force_row: list = field(default_factory=list)  # first force row of each frame, or -1
 
 
-def factor(Kw: np.ndarray, noise_std: np.ndarray, y: np.ndarray, sigma: float):
+def factor(Kw: np.ndarray, noise_std: np.ndarray, y: np.ndarray,
+           sigma: float) -> tuple[np.ndarray, np.ndarray]:
     """``R`` (upper, ``RᵀR = A_w``) and ``b`` from a whitened design, by economic QR."""
     n, M = Kw.shape
     stacked = np.empty((n + M, M))

@@ -228,7 +228,8 @@ class StdCalibration:
                 float(factors.get(f"{quantity}_exponent", 1.0)),
                 float(factors.get(f"{quantity}_reference", 1.0)))
 
-    def epistemic_variance(self, quantity: str, posterior, projection):
+    def epistemic_variance(self, quantity: str, posterior: float | np.ndarray,
+                           projection: float | np.ndarray) -> float | np.ndarray:
         """Calibrated epistemic variance ``c² v_ref (u / v_ref)^p``, ``u = v_post + w² v_proj``.
 
         Parameters
@@ -247,7 +248,8 @@ class StdCalibration:
             return c**2 * u
         return c**2 * v_ref * (np.maximum(u, 0.0) / v_ref) ** p
 
-    def noise_variance(self, quantity: str, noise_var):
+    def noise_variance(self, quantity: str,
+                       noise_var: float | np.ndarray) -> float | np.ndarray:
         """Return the learned noise's share of the calibrated total variance, ``d² noise_var``.
 
         Parameters
@@ -329,7 +331,7 @@ class StdCalibration:
         return calibration
 
     @staticmethod
-    def check_std_scale(scale, what: str) -> dict | None:
+    def check_std_scale(scale: object, what: str) -> dict | None:
         """Validate a stored ``std_scale`` entry (from a model file).
 
         Parameters

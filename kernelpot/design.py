@@ -21,8 +21,8 @@ coefficients.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import scipy.linalg as sla
@@ -31,12 +31,20 @@ from kernelpot import gp
 from kernelpot._labels import TrainingSet
 from kernelpot._two_body_search import pair_factor
 
+if TYPE_CHECKING:
+    from ase import Atoms
+
+    from kernelpot.descriptors.base import Descriptor
+    from kernelpot.kernels import Kernel
+    from kernelpot.two_body import TwoBody
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["AssembledDesign", "SparseDesign", "inducing_factor", "with_two_body"]
 
 
-def with_two_body(rows: gp.DesignRows, pair, atoms, species_index: np.ndarray,
+def with_two_body(rows: gp.DesignRows, pair: TwoBody | None, atoms: Atoms,
+                  species_index: np.ndarray,
                   n_species: int, pair_columns: np.ndarray | None) -> gp.DesignRows:
     """Fill the two-body columns (``prior_std² × basis rows``) of full-width design rows.
 
@@ -70,7 +78,8 @@ def with_two_body(rows: gp.DesignRows, pair, atoms, species_index: np.ndarray,
     return rows
 
 
-def inducing_factor(inducing: list[np.ndarray], kernel, pair, n_species: int):
+def inducing_factor(inducing: list[np.ndarray], kernel: Kernel, pair: TwoBody | None,
+                    n_species: int) -> tuple[np.ndarray, float, float]:
     """Lower factor of ``k_mm`` plus jitter, and the jitter (relative, absolute).
 
     ``k_mm`` is the GP's inducing kernel, then ``prior_std² I`` for the two-body
@@ -141,8 +150,9 @@ class SparseDesign:
         Cached descriptors of the structures; ``None`` computes them on every pass.
     """
 
-    def __init__(self, training: TrainingSet, descriptor, inducing: list[np.ndarray], pair,
-                 imap: Callable, results: list | None = None):
+    def __init__(self, training: TrainingSet, descriptor: Descriptor,
+                 inducing: list[np.ndarray], pair: TwoBody | None,
+                 imap: Callable[..., Iterator], results: list | None = None):
         self.training = training
         self.descriptor = descriptor
         self.inducing = inducing
@@ -171,7 +181,8 @@ class SparseDesign:
         """Return the atoms of the structures with an energy, as floats."""
         return self.n_atoms[self.has_energy].astype(float)
 
-    def rows(self, k: int, kernel, theta_gradient: bool = False) -> tuple[int, gp.DesignRows]:
+    def rows(self, k: int, kernel: Kernel,
+             theta_gradient: bool = False) -> tuple[int, gp.DesignRows]:
         """Return the full-width design rows of training structure ``k``.
 
         Parameters
@@ -195,7 +206,7 @@ class SparseDesign:
         return k, with_two_body(rows, self.pair, training.frames[k], training.species_index[k],
                                 self.n_species, self.pair_columns)
 
-    def assemble(self, kernel, keep_basis: bool = False, keep_gram: bool = False,
+    def assemble(self, kernel: Kernel, keep_basis: bool = False, keep_gram: bool = False,
                  owner: str = "SparseGPPotential") -> AssembledDesign:
         """Build the whitened design, the factor of ``k_mm`` and the statistics.
 
@@ -241,7 +252,7 @@ class SparseDesign:
         return AssembledDesign(design, L_mm, jitter, jitter_abs, stats,
                                gram if keep_gram else None)
 
-    def kernel_gradient(self, kernel, assembled: AssembledDesign,
+    def kernel_gradient(self, kernel: Kernel, assembled: AssembledDesign,
                         inner: np.ndarray) -> np.ndarray:
         """Return ``∂ log p / ∂ kernel.theta`` at the noise levels ``inner``, one more pass.
 

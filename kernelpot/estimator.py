@@ -15,8 +15,9 @@ import logging
 import numbers
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from ase import Atoms
@@ -38,6 +39,11 @@ from kernelpot.prediction import Prediction, PredictionMixin
 from kernelpot.sparse_posterior import SparsePosterior
 from kernelpot.two_body import TwoBody
 
+if TYPE_CHECKING:
+    import os
+
+    from numpy.typing import ArrayLike
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["Prediction", "SparseGPPotential", "format_signal_std"]
@@ -48,7 +54,7 @@ _METHODS = ("sparse", "exact", "auto")
 _POSTERIORS = {"sparse": SparsePosterior, "exact": ExactPosterior}
 
 
-def format_signal_std(sigma) -> str:
+def format_signal_std(sigma: float | dict[str, float]) -> str:
     """Format a fitted signal std for logs and the CLI: ``"2.18"`` or ``"H 1.64, C 2.08"``.
 
     Parameters
@@ -158,7 +164,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         its estimated peak memory fits ``exact_memory_limit``, logged.
     exact_memory_limit : float, default=4.0
         GiB, for ``method="auto"``.
-    random_state : int, numpy Generator or None, default=None
+    random_state : int, numpy RandomState or None, default=None
         Seeds inducing-point selection and optimiser restarts.
     n_jobs : int or None, default=1
         Workers of joblib over structures; results do not depend on it.
@@ -217,14 +223,21 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
     ((2,), (2,))
     """
 
-    def __init__(self, descriptor=None, kernel=None, *, n_sparse=None, sparse_method="fps",
-                 two_body=None, signal_std=1.0, signal_per_element=False, energy_noise=0.002,
-                 force_noise=0.05,
-                 signal_std_bounds=(1e-2, 1e2), energy_noise_bounds=(1e-4, 1.0),
-                 force_noise_bounds=(1e-4, 10.0), e0="lstsq", optimize=True, n_restarts=2,
-                 search_frames=None, incremental=False, apply_calibration=True,
-                 method="sparse", exact_memory_limit=4.0, random_state=None, n_jobs=1,
-                 verbose=0):
+    def __init__(self, descriptor: Descriptor | None = None, kernel: Kernel | None = None, *,
+                 n_sparse: int | dict[str | int, int] | None = None,
+                 sparse_method: str = "fps", two_body: TwoBody | None = None,
+                 signal_std: float = 1.0, signal_per_element: bool = False,
+                 energy_noise: float = 0.002, force_noise: float = 0.05,
+                 signal_std_bounds: tuple[float, float] = (1e-2, 1e2),
+                 energy_noise_bounds: tuple[float, float] = (1e-4, 1.0),
+                 force_noise_bounds: tuple[float, float] = (1e-4, 10.0),
+                 e0: str | dict[str | int, float] = "lstsq",
+                 optimize: bool | Iterable[str] = True, n_restarts: int = 2,
+                 search_frames: int | None = None, incremental: bool = False,
+                 apply_calibration: bool = True, method: str = "sparse",
+                 exact_memory_limit: float = 4.0,
+                 random_state: int | np.random.RandomState | None = None,
+                 n_jobs: int | None = 1, verbose: int = 0):
         self.descriptor = descriptor
         self.kernel = kernel
         self.n_sparse = n_sparse
@@ -312,7 +325,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
                              "model is refitted, not updated)")
 
     # -- fitting ---------------------------------------------------------------------
-    def fit(self, X: Sequence[Atoms], y=None) -> SparseGPPotential:
+    def fit(self, X: Sequence[Atoms], y: None = None) -> SparseGPPotential:
         """Fit the model to structures with reference energies and/or forces.
 
         Parameters
@@ -360,7 +373,8 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
                     self.log_marginal_likelihood_value_)
         return self
 
-    def from_posterior(self, posterior, *, descriptor, species: np.ndarray, e0: np.ndarray,
+    def from_posterior(self, posterior: SparsePosterior | ExactPosterior, *,
+                       descriptor: Descriptor, species: np.ndarray, e0: np.ndarray,
                        calibration: StdCalibration | None = None) -> SparseGPPotential:
         """Make this estimator the fitted model of an existing posterior.
 
@@ -483,7 +497,8 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         """
         return self._calibration().factors(quantity)[1]
 
-    def epistemic_variance(self, quantity: str, posterior, projection):
+    def epistemic_variance(self, quantity: str, posterior: float | np.ndarray,
+                           projection: float | np.ndarray) -> float | np.ndarray:
         """Return the calibrated epistemic variance ``c² v_ref (u / v_ref)^p``.
 
         ``u = v_post + w² v_proj``.
@@ -504,7 +519,8 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         """
         return self._calibration().epistemic_variance(quantity, posterior, projection)
 
-    def noise_variance(self, quantity: str, noise_var):
+    def noise_variance(self, quantity: str,
+                       noise_var: float | np.ndarray) -> float | np.ndarray:
         """Return the learned noise's share of the calibrated total variance, ``d² noise_var``.
 
         Parameters
@@ -591,8 +607,8 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         return self
 
     # -- incremental learning --------------------------------------------------------------
-    def update(self, X: Sequence[Atoms], n_inducing=0, optimize: bool = False) \
-            -> SparseGPPotential:
+    def update(self, X: Sequence[Atoms], n_inducing: int | str = 0,
+               optimize: bool = False) -> SparseGPPotential:
         """Add labelled structures, and optionally inducing environments, without a refit.
 
         Parameters
@@ -685,7 +701,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         return self
 
     # -- scores, likelihood, files ---------------------------------------------------------
-    def score(self, X: Sequence[Atoms], y=None, sample_weight=None) -> float:
+    def score(self, X: Sequence[Atoms], y: None = None, sample_weight: None = None) -> float:
         """Return the R² of the predicted force components against the reference forces.
 
         Parameters
@@ -716,7 +732,9 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         pred = np.concatenate([f.ravel() for f in predicted])
         return float(1.0 - np.sum((pred - ref) ** 2) / np.sum((ref - ref.mean()) ** 2))
 
-    def log_marginal_likelihood(self, theta=None, eval_gradient: bool = False):
+    def log_marginal_likelihood(self, theta: ArrayLike | None = None,
+                                eval_gradient: bool = False,
+                                ) -> float | tuple[float, np.ndarray]:
         """Return the log marginal likelihood of the training data.
 
         Parameters
@@ -748,7 +766,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
             raise ValueError(f"theta must have shape ({n_theta},); got {theta.shape}")
         return self.posterior_.log_marginal_likelihood(theta, eval_gradient=eval_gradient)
 
-    def save(self, path, training_state: bool = False) -> Path:
+    def save(self, path: os.PathLike | str, training_state: bool = False) -> Path:
         """Save the fitted model as ``.npz`` arrays plus JSON metadata (no pickle).
 
         Parameters

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.linalg as sla
@@ -26,6 +28,13 @@ from kernelpot.hyperparameters import (
 )
 from kernelpot.prediction import Prediction, PredictionParts
 from kernelpot.sparse_posterior import features_only
+
+if TYPE_CHECKING:
+    from ase import Atoms
+    from sklearn.base import BaseEstimator
+
+    from kernelpot.descriptors.base import Descriptor
+    from kernelpot.kernels import Kernel
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +77,11 @@ class ExactPosterior:
     jitter = 0.0
     jitter_abs = 0.0
 
-    def __init__(self, *, kernel, observations, L, weights, y, signal_std, energy_noise,
-                 force_noise, structures, species, prior_covariance=None):
+    def __init__(self, *, kernel: Kernel, observations: exact.Observations, L: np.ndarray,
+                 weights: np.ndarray, y: np.ndarray, signal_std: float | dict[str, float],
+                 energy_noise: float, force_noise: float, structures: dict[str, np.ndarray],
+                 species: np.ndarray,
+                 prior_covariance: np.ndarray | list[np.ndarray] | None = None):
         self.kernel = kernel
         self.observations = observations
         self.L = L
@@ -113,7 +125,7 @@ class ExactPosterior:
             return np.array([sigma[chemical_symbols[z]] for z in self.species])**2
         return np.full(len(self.species), float(sigma)**2)
 
-    def prior_covariance(self):
+    def prior_covariance(self) -> np.ndarray | list[np.ndarray]:
         """Return the prior covariance (per-element parts with per-element signal stds).
 
         Returns
@@ -127,8 +139,9 @@ class ExactPosterior:
 
     # -- fitting -------------------------------------------------------------------------
     @classmethod
-    def fit(cls, estimator, training: TrainingSet, descriptor, kernel, rng,
-            imap) -> ExactPosterior:
+    def fit(cls, estimator: BaseEstimator, training: TrainingSet, descriptor: Descriptor,
+            kernel: Kernel, rng: np.random.RandomState,
+            imap: Callable[..., Iterator]) -> ExactPosterior:
         """Fit the exact energy-and-force GP.
 
         Parameters
@@ -197,8 +210,9 @@ class ExactPosterior:
                    species=training.species, prior_covariance=K0)
 
     # -- prediction ----------------------------------------------------------------------
-    def parts(self, descriptor, atoms, index: np.ndarray, e0: np.ndarray, forces: bool,
-              variance, volume: float | None = None) -> PredictionParts:
+    def parts(self, descriptor: Descriptor, atoms: Atoms, index: np.ndarray, e0: np.ndarray,
+              forces: bool, variance: bool | str,
+              volume: float | None = None) -> PredictionParts:
         """Predict the mean of one structure; keep its descriptors when variances are asked.
 
         Parameters
@@ -261,7 +275,8 @@ class ExactPosterior:
                                   part.local_energies, part.stress))
         return out
 
-    def local_energies(self, descriptor, atoms, index: np.ndarray) -> np.ndarray:
+    def local_energies(self, descriptor: Descriptor, atoms: Atoms,
+                       index: np.ndarray) -> np.ndarray:
         """Return the local energies of one structure, without reference energies.
 
         Parameters
@@ -278,7 +293,8 @@ class ExactPosterior:
                                       self.mean, self.kernel, forces=False)
         return local
 
-    def log_marginal_likelihood(self, theta: np.ndarray, eval_gradient: bool = False):
+    def log_marginal_likelihood(self, theta: np.ndarray, eval_gradient: bool = False,
+                                ) -> float | tuple[float, np.ndarray]:
         """Return the log marginal likelihood at ``theta = log (σ..., σ_E, σ_F)``.
 
         Parameters
@@ -303,7 +319,9 @@ class ExactPosterior:
         raise ValueError(f"{owner}: an exact model (method='exact') is not updated "
                          "in place; refit it on all structures")
 
-    def restore_training(self, frames: list, describe, owner: str) -> None:
+    def restore_training(self, frames: list,
+                         describe: Callable[[list[Atoms]], tuple[list, list]],
+                         owner: str) -> None:
         """Raise: an exact model keeps no training state to restore.
 
         Parameters
@@ -349,8 +367,8 @@ class ExactPosterior:
         return arrays, fitted
 
     @classmethod
-    def from_arrays(cls, arrays: dict, fitted: dict, kernel, descriptor, species: np.ndarray,
-                    what: str) -> ExactPosterior:
+    def from_arrays(cls, arrays: dict, fitted: dict, kernel: Kernel, descriptor: Descriptor,
+                    species: np.ndarray, what: str) -> ExactPosterior:
         """Rebuild the posterior from a model file: observations from its structures.
 
         Parameters

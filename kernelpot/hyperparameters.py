@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import numbers
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import minimize
@@ -27,6 +28,11 @@ from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 
 from kernelpot import gp
+
+if TYPE_CHECKING:
+    from sklearn.base import BaseEstimator
+
+    from kernelpot.kernels import Kernel
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +48,7 @@ KERNEL_SEARCH_EVALUATIONS = 30
 _FAILED = 1e25
 
 
-def fitted_names(optimize, owner: str) -> set[str]:
+def fitted_names(optimize: bool | Iterable[str], owner: str) -> set[str]:
     """Names of the hyperparameters the likelihood fits, from the ``optimize`` parameter.
 
     Parameters
@@ -76,7 +82,8 @@ def fitted_names(optimize, owner: str) -> set[str]:
     return names
 
 
-def check_hyperparameter_values(estimator, names: set[str], owner: str) -> None:
+def check_hyperparameter_values(estimator: BaseEstimator, names: set[str],
+                                owner: str) -> None:
     """Validate the start values and bounds of ``σ``, ``σ_E`` and ``σ_F``.
 
     Parameters
@@ -201,7 +208,7 @@ class NoiseSearch:
         self.owner = owner
 
     @classmethod
-    def of(cls, estimator) -> NoiseSearch:
+    def of(cls, estimator: BaseEstimator) -> NoiseSearch:
         """Build the search an estimator's parameters describe.
 
         Parameters
@@ -216,7 +223,10 @@ class NoiseSearch:
                    estimator.force_noise_bounds, estimator.n_restarts,
                    type(estimator).__name__)
 
-    def optimize(self, likelihood, log_params: np.ndarray, rng: np.random.RandomState,
+    def optimize(self,
+                 likelihood: gp.WhitenedStatistics
+                 | Callable[[np.ndarray], tuple[float, np.ndarray]],
+                 log_params: np.ndarray, rng: np.random.RandomState,
                  free: Sequence[bool], extra_starts: Sequence[np.ndarray] = (),
                  restarts: int | None = None) -> np.ndarray:
         """Maximise the likelihood over the ``free`` entries of ``log_params``.
@@ -280,8 +290,9 @@ class NoiseSearch:
         return best
 
 
-def kernel_profile_search(kernel, log_params: np.ndarray, inner_free: Sequence[bool],
-                          likelihood_at: Callable, search: NoiseSearch, seed: int, owner: str):
+def kernel_profile_search(kernel: Kernel, log_params: np.ndarray, inner_free: Sequence[bool],
+                          likelihood_at: Callable, search: NoiseSearch, seed: int,
+                          owner: str) -> tuple[Kernel, np.ndarray]:
     """Fit the kernel's own ``theta`` on the likelihood profiled over ``(σ, σ_E, σ_F)``.
 
     Parameters
@@ -341,7 +352,8 @@ def kernel_profile_search(kernel, log_params: np.ndarray, inner_free: Sequence[b
     return kernel.clone_with_theta(best["theta"]), best["inner"]
 
 
-def search_on_subset(estimator, frames: list, kernel, rng: np.random.RandomState):
+def search_on_subset(estimator: BaseEstimator, frames: list, kernel: Kernel,
+                     rng: np.random.RandomState) -> tuple[Kernel, np.ndarray]:
     """Kernel hyperparameters from a fit on ``estimator.search_frames`` random structures.
 
     Parameters

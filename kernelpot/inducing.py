@@ -19,7 +19,8 @@ SPARSE_METHODS = ("cur", "fps", "random", "all")
 _INTEGER_TYPES = (numbers.Integral, np.integer)
 
 
-def resolve_n_sparse(n_sparse, species_numbers: np.ndarray, counts: np.ndarray,
+def resolve_n_sparse(n_sparse: int | dict[str | int, int] | None,
+                     species_numbers: np.ndarray, counts: np.ndarray,
                      default_cap: int) -> np.ndarray:
     """Resolve the number of inducing environments per species.
 
@@ -64,7 +65,7 @@ def resolve_n_sparse(n_sparse, species_numbers: np.ndarray, counts: np.ndarray,
 
 
 def select_inducing(features: np.ndarray, n_select: int, method: str,
-                    rng: np.random.Generator) -> np.ndarray:
+                    rng: np.random.RandomState | np.random.Generator) -> np.ndarray:
     """Select the inducing environments among ``features`` of one species (indices).
 
     Parameters
@@ -77,7 +78,7 @@ def select_inducing(features: np.ndarray, n_select: int, method: str,
         sampling (skmatter ``FPS``) from a random start; "random" draws without
         replacement. Selection runs on unit-normalised features, the geometry
         of the dot-product kernels.
-    rng : numpy.random.Generator
+    rng : numpy.random.RandomState or Generator
         Source of randomness; results are deterministic given it.
 
     Returns
@@ -121,8 +122,9 @@ def _cur_rank(features: np.ndarray, n_select: int) -> int:
 
 
 def choose_inducing(features: list[np.ndarray], species_index: list[np.ndarray],
-                    n_species: int, n_sparse, method: str, rng, default_cap: int,
-                    species_numbers: np.ndarray) -> list[np.ndarray]:
+                    n_species: int, n_sparse: int | dict[str | int, int] | None,
+                    method: str, rng: np.random.RandomState | np.random.Generator,
+                    default_cap: int, species_numbers: np.ndarray) -> list[np.ndarray]:
     """Inducing descriptors per species from the training structures' environments.
 
     Parameters

@@ -13,11 +13,15 @@ import hashlib
 import json
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kernelpot._files import atomic_write
 from kernelpot._version import __version__
+
+if TYPE_CHECKING:
+    import os
 
 __all__ = ["FORMAT_VERSION", "UNITS", "decode", "encode", "parameter_classes",
            "read_model_file", "write_model_file"]
@@ -47,7 +51,7 @@ def parameter_classes() -> dict:
                                           Scaled, Sum, TwoBody)}
 
 
-def encode(value, registry: dict):
+def encode(value: object, registry: dict) -> object:
     """Turn parameters into JSON: objects of registered classes become {"class", "params"}.
 
     Parameters
@@ -82,7 +86,7 @@ def encode(value, registry: dict):
     return {"__unserialisable__": type(value).__name__}
 
 
-def decode(value, registry: dict):
+def decode(value: object, registry: dict) -> object:
     """Rebuild what :func:`encode` wrote.
 
     Parameters
@@ -132,7 +136,7 @@ def _checksum(arrays: dict, metadata: dict) -> str:
     return digest.hexdigest()
 
 
-def write_model_file(path, metadata: dict, arrays: dict) -> Path:
+def write_model_file(path: os.PathLike | str, metadata: dict, arrays: dict) -> Path:
     """Write a model file: ``arrays`` and ``metadata`` with the format's header and checksum.
 
     Parameters
@@ -159,7 +163,7 @@ def write_model_file(path, metadata: dict, arrays: dict) -> Path:
     return atomic_write(path, lambda handle: np.savez(handle, metadata=blob, **arrays))
 
 
-def read_model_file(path) -> tuple[dict, dict]:
+def read_model_file(path: os.PathLike | str) -> tuple[dict, dict]:
     """Read a model file written by :func:`write_model_file`, checking it whole.
 
     Parameters

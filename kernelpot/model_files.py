@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from kernelpot import io
 from kernelpot.calibration import StdCalibration
 from kernelpot.estimator import SparseGPPotential
@@ -13,10 +15,13 @@ from kernelpot.exact_posterior import ExactPosterior
 from kernelpot.sparse_posterior import SparsePosterior
 from kernelpot.two_body import TwoBody
 
+if TYPE_CHECKING:
+    import os
+
 __all__ = ["load"]
 
 
-def load(path) -> SparseGPPotential:
+def load(path: os.PathLike | str) -> SparseGPPotential:
     """Load a model written by :meth:`SparseGPPotential.save`.
 
     Parameters

@@ -123,7 +123,7 @@ class PredictionMixin:
                 f"{[chemical_symbols[z] for z in self.species_]})")
         return np.searchsorted(self.species_, atoms.numbers)
 
-    def predict_structure(self, atoms: Atoms, forces: bool = True, variance=False,
+    def predict_structure(self, atoms: Atoms, forces: bool = True, variance: bool | str = False,
                           stress: bool = False) -> Prediction:
         """Predict one structure's energy, forces and their variance terms.
 
@@ -203,7 +203,7 @@ class PredictionMixin:
             raise ValueError(f"std_type must be 'total' or 'epistemic'; got {std_type!r}")
 
     def predict(self, X: Sequence[Atoms], return_std: bool = False, std_type: str = "total",
-                return_interval: float | None = None):
+                return_interval: float | None = None) -> np.ndarray | tuple[np.ndarray, ...]:
         """Predict total energies.
 
         Parameters
@@ -273,7 +273,8 @@ class PredictionMixin:
         return epistemic, calibration.noise_variance("forces", self.force_noise_**2)
 
     def predict_forces(self, X: Sequence[Atoms], return_std: bool = False,
-                       std_type: str = "total", return_interval: float | None = None):
+                       std_type: str = "total", return_interval: float | None = None,
+                       ) -> list[np.ndarray] | tuple[list[np.ndarray], ...]:
         """Predict forces.
 
         Parameters
@@ -352,7 +353,10 @@ class PredictionMixin:
         return np.array([p.stress for p in out]).reshape(-1, 6)
 
     def predict_energies_and_forces(self, X: Sequence[Atoms], return_std: bool = False,
-                                    std_type: str = "total"):
+                                    std_type: str = "total",
+                                    ) -> (tuple[np.ndarray, list[np.ndarray]]
+                                          | tuple[np.ndarray, list[np.ndarray], np.ndarray,
+                                                  list[np.ndarray]]):
         """Predict energies and forces (and their stds) in one pass over the structures.
 
         The same values as :meth:`predict` and :meth:`predict_forces` together, at

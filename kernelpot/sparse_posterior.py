@@ -34,6 +34,8 @@ is clipped at zero, with a warning if round-off went beyond 1e-8 relative.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
@@ -56,6 +58,15 @@ from kernelpot.hyperparameters import (
 )
 from kernelpot.inducing import choose_inducing
 from kernelpot.prediction import Prediction, PredictionParts
+
+if TYPE_CHECKING:
+    from ase import Atoms
+    from sklearn.base import BaseEstimator
+
+    from kernelpot._labels import Labels
+    from kernelpot.descriptors.base import Descriptor
+    from kernelpot.kernels import Kernel
+    from kernelpot.two_body import TwoBody
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +96,7 @@ def features_only(features: np.ndarray) -> DescriptorResult:
                             np.zeros((0, 3, features.shape[1])))
 
 
-def labelled_copy(atoms, energy: float, forces):
+def labelled_copy(atoms: Atoms, energy: float, forces: np.ndarray | None) -> Atoms:
     """Copy ``atoms`` with its reference labels (``Atoms.copy`` drops them).
 
     Parameters
@@ -142,9 +153,13 @@ class SparsePosterior:
 
     kind = "sparse"
 
-    def __init__(self, *, kernel, inducing, columns, two_body, pair_columns, factors, stats,
-                 signal_std, energy_noise, force_noise, log_marginal_likelihood, jitter,
-                 jitter_abs, training=None, needs_frames=False):
+    def __init__(self, *, kernel: Kernel, inducing: list[np.ndarray],
+                 columns: list[np.ndarray], two_body: TwoBody | None,
+                 pair_columns: np.ndarray | None, factors: gp.Posterior,
+                 stats: gp.WhitenedStatistics, signal_std: float, energy_noise: float,
+                 force_noise: float, log_marginal_likelihood: float, jitter: float,
+                 jitter_abs: float, training: _incremental.TrainingState | None = None,
+                 needs_frames: bool = False):
         self.kernel = kernel
         self.inducing = inducing
         self.columns = columns
@@ -204,8 +219,9 @@ class SparsePosterior:
 
     # -- fitting -------------------------------------------------------------------------
     @classmethod
-    def fit(cls, estimator, training: TrainingSet, descriptor, kernel, rng,
-            imap) -> SparsePosterior:
+    def fit(cls, estimator: BaseEstimator, training: TrainingSet, descriptor: Descriptor,
+            kernel: Kernel, rng: np.random.RandomState,
+            imap: Callable[..., Iterator]) -> SparsePosterior:
         """Fit the sparse model to a training set.
 
         Parameters
@@ -347,8 +363,9 @@ class SparsePosterior:
                        for k in range(len(training.frames))])
 
     # -- prediction ----------------------------------------------------------------------
-    def parts(self, descriptor, atoms, index: np.ndarray, e0: np.ndarray, forces: bool,
-              variance, volume: float | None = None) -> PredictionParts:
+    def parts(self, descriptor: Descriptor, atoms: Atoms, index: np.ndarray, e0: np.ndarray,
+              forces: bool, variance: bool | str,
+              volume: float | None = None) -> PredictionParts:
         """Predict the mean of one structure; keep design rows when variances are asked.
 
         Parameters
@@ -455,7 +472,8 @@ class SparsePosterior:
                                   f_post, f_proj, part.local_energies, part.stress))
         return out
 
-    def local_energies(self, descriptor, atoms, index: np.ndarray) -> np.ndarray:
+    def local_energies(self, descriptor: Descriptor, atoms: Atoms,
+                       index: np.ndarray) -> np.ndarray:
         """Return the local energies of one structure, without reference energies.
 
         Parameters
@@ -481,7 +499,8 @@ class SparsePosterior:
         """Return the coefficients ``w`` of the two-body basis (its pair energies, eV)."""
         return float(self.two_body.prior_std)**2 * self.weights[self.pair_columns]
 
-    def log_marginal_likelihood(self, theta: np.ndarray, eval_gradient: bool = False):
+    def log_marginal_likelihood(self, theta: np.ndarray, eval_gradient: bool = False,
+                                ) -> float | tuple[float, np.ndarray]:
         """Return the log marginal likelihood at ``theta = log (σ, σ_E, σ_F)``.
 
         Parameters
@@ -496,9 +515,9 @@ class SparsePosterior:
         return gp.log_marginal_likelihood(theta, self.stats, eval_gradient=eval_gradient)
 
     # -- incremental updates -------------------------------------------------------------
-    def update(self, frames: list, labels, indices: list, descriptor, e0: np.ndarray,
-               n_inducing, optimize: set | None, search: NoiseSearch, rng,
-               owner: str) -> None:
+    def update(self, frames: list, labels: Labels, indices: list, descriptor: Descriptor,
+               e0: np.ndarray, n_inducing: int | str, optimize: set | None,
+               search: NoiseSearch, rng: np.random.RandomState, owner: str) -> None:
         """Add labelled structures, and optionally inducing environments, by low-rank updates.
 
         Parameters
@@ -677,7 +696,9 @@ class SparsePosterior:
                                                self.signal_std)
         self._refresh()
 
-    def restore_training(self, frames: list, describe, owner: str) -> None:
+    def restore_training(self, frames: list,
+                         describe: Callable[[list[Atoms]], tuple[list, list]],
+                         owner: str) -> None:
         """Give a loaded training state its structures and descriptors back.
 
         Parameters
@@ -749,8 +770,8 @@ class SparsePosterior:
         return arrays, fitted
 
     @classmethod
-    def from_arrays(cls, arrays: dict, fitted: dict, kernel, two_body, n_species: int,
-                    what: str) -> SparsePosterior:
+    def from_arrays(cls, arrays: dict, fitted: dict, kernel: Kernel, two_body: TwoBody | None,
+                    n_species: int, what: str) -> SparsePosterior:
         """Rebuild a posterior from :meth:`to_arrays` output (a model file's).
 
         Parameters

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.base import BaseEstimator
 
 from kernelpot._parallel import map_list
 from kernelpot._validation import check_verbose
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ase import Atoms
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +116,7 @@ class Descriptor(BaseEstimator):
         """Return the number of features per atom (DScribe's name)."""
         raise NotImplementedError
 
-    def compute(self, atoms, strain=False) -> DescriptorResult:
+    def compute(self, atoms: Atoms, strain: bool = False) -> DescriptorResult:
         """Compute features and their analytic Jacobian for one structure.
 
         Parameters
@@ -137,7 +143,7 @@ class Descriptor(BaseEstimator):
         """
         raise NotImplementedError
 
-    def create(self, atoms) -> np.ndarray:
+    def create(self, atoms: Atoms) -> np.ndarray:
         """Return only the features of one structure, DScribe style.
 
         Parameters
@@ -152,7 +158,8 @@ class Descriptor(BaseEstimator):
         """
         return self.compute(atoms).features
 
-    def compute_many(self, frames, n_jobs=1, verbose=0) -> list[DescriptorResult]:
+    def compute_many(self, frames: Sequence[Atoms], n_jobs: int | None = 1,
+                     verbose: int | bool = 0) -> list[DescriptorResult]:
         """Compute :meth:`compute` for a list of structures.
 
         Parameters
