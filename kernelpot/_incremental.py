@@ -39,6 +39,7 @@ class TrainingState:
     species_index: list = field(default_factory=list)
     energy_row: list = field(default_factory=list)  # row of each frame's energy, or -1
     force_row: list = field(default_factory=list)  # first force row of each frame, or -1
+    prior: np.ndarray | None = None  # (n,) prior variance over σ² of each row, for LOSO
 
 
 def factor(Kw: np.ndarray, noise_std: np.ndarray, y: np.ndarray,

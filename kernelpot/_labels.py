@@ -166,6 +166,13 @@ class TrainingSet:
         """Return the atoms of every structure, shape (n_structures,)."""
         return np.array([len(a) for a in self.frames])
 
+    def row_structures(self) -> np.ndarray:
+        """Return the structure of every observation: energies first, then force components."""
+        n_atoms = self.n_atoms
+        return np.concatenate([np.flatnonzero(self.has_energy),
+                               np.repeat(np.arange(len(self.frames)),
+                                         3 * n_atoms * self.has_forces)])
+
     def energy_targets(self) -> np.ndarray:
         """Return the energies minus reference energies, of the structures that have one."""
         has_energy = self.has_energy

@@ -42,12 +42,16 @@ __all__ = ["QUANTITIES", "StdCalibration", "fit_projection_scale", "fit_variance
 QUANTITIES = ("energy", "forces")
 #: Validation values below which only the std factor is fitted (no shape).
 SHAPE_MIN_VALUES = 50
+#: Below this fitted scale ``c`` the epistemic term is dropped (the noise explains the errors).
+_SCALE_FLOOR = 1e-4
 #: Keys of a quantity's entries in ``std_scale_``, after the quantity's name.
 _SUFFIXES = ("", "_projection", "_exponent", "_reference", "_noise")
+#: The same for force maps whose exponent acts on each atom's mean variance.
+_ATOM_SUFFIXES = ("", "_projection", "_atom_exponent", "_reference", "_noise")
 
 
 def fit_variance_terms(errors: np.ndarray, post: np.ndarray, proj: np.ndarray,
-                       noise: np.ndarray, owner: str) -> dict[str, float]:
+                       noise: np.ndarray, owner: str, group: int = 1) -> dict[str, float]:
     """Fit the variance map on validation ``errors`` by maximum likelihood.
 
     Parameters
@@ -60,6 +64,10 @@ def fit_variance_terms(errors: np.ndarray, post: np.ndarray, proj: np.ndarray,
         The learned noise variance of each value.
     owner : str
         Names the caller in errors and logs.
+    group : int, default=1
+        Consecutive values that share the exponent's argument: 3 for the force
+        components of one atom (:func:`group_mean`), so that the map scales the
+        atom's 3 × 3 force covariance by one rotation-invariant factor.
 
     Returns
     -------
@@ -92,12 +100,13 @@ def fit_variance_terms(errors: np.ndarray, post: np.ndarray, proj: np.ndarray,
     shape = r2.size >= SHAPE_MIN_VALUES
     two_terms = shape and bool(np.any(proj > 0))
     fit_noise = shape and bool(np.any(noise > 0))
-    raw = post + proj
+    raw = group_mean(post + proj, group)
     if not np.any(raw > 0):
         raise ValueError(f"{owner}: the model's epistemic variance is zero on every "
                          "validation value; nothing to calibrate")
     # the geometric mean centres log(u / v_ref), which decouples c from p
     v_ref = float(np.exp(np.mean(np.log(raw[raw > 0]))))
+    proj_mean = group_mean(proj, group)
     # slots of theta: log c², [log w²], [log d²], p
     i_w = 1 if two_terms else None
     i_d = 1 + int(two_terms) if fit_noise else None
@@ -107,21 +116,29 @@ def fit_variance_terms(errors: np.ndarray, post: np.ndarray, proj: np.ndarray,
         r = np.exp(theta[i_w]) if i_w is not None else 1.0
         d2 = np.exp(theta[i_d]) if i_d is not None else 1.0
         u = post + r * proj
-        t = u / v_ref
+        t = (u if group == 1 else group_mean(u, group)) / v_ref
         positive = t > 0
         log_t = np.where(positive, np.log(np.where(positive, t, 1.0)), 0.0)
-        epistemic = np.where(positive, np.exp(theta[0]) * v_ref * np.exp(p * log_t), 0.0)
-        return r, d2, u, log_t, epistemic
+        if group == 1:
+            epistemic = np.where(positive, np.exp(theta[0]) * v_ref * np.exp(p * log_t), 0.0)
+        else:  # c² u t^(p-1): the group's variances scaled by one factor
+            epistemic = np.where(positive, np.exp(theta[0]) * u * np.exp((p - 1) * log_t), 0.0)
+        return r, d2, u, t, log_t, epistemic
 
     def nll(theta):
-        r, d2, u, log_t, epistemic = parts(theta)
+        r, d2, u, t, log_t, epistemic = parts(theta)
         total = epistemic + d2 * noise
         value = 0.5 * np.sum(np.log(total) + r2 / total)
         d_total = 0.5 * (1.0 / total - r2 / total**2)
         grad = [d_total @ epistemic]
         if i_w is not None:
             share = np.where(u > 0, r * proj / np.where(u > 0, u, 1.0), 0.0)
-            grad.append(d_total @ (epistemic * theta[-1] * share))
+            if group == 1:
+                grad.append(d_total @ (epistemic * theta[-1] * share))
+            else:
+                mean_share = np.where(t > 0, r * proj_mean / np.where(t > 0, t * v_ref, 1.0),
+                                      0.0)
+                grad.append(d_total @ (epistemic * (share + (theta[-1] - 1) * mean_share)))
         if i_d is not None:
             grad.append(d2 * (d_total @ noise))
         grad.append(d_total @ (epistemic * log_t))
@@ -138,13 +155,36 @@ def fit_variance_terms(errors: np.ndarray, post: np.ndarray, proj: np.ndarray,
     result = minimize(nll, result.x, jac=True, method="L-BFGS-B", bounds=bounds,
                       options={"ftol": 1e-13, "gtol": 1e-9, "maxiter": 1000})
     r, d2, *_ = parts(result.x)
-    if np.isclose(result.x[0], -bound, atol=1e-3):
+    # the gradient in log c² vanishes with c², so L-BFGS-B stops well above the bound:
+    # an epistemic share below 1e-4 in std is the noise explaining the errors
+    if result.x[0] < np.log(_SCALE_FLOOR**2):
         logger.info("%s: the epistemic scale went to its lower limit: the learned noise "
                     "explains the errors", owner)
         return {"scale": float(np.exp(-0.5 * bound)), "projection": 1.0, "exponent": 1.0,
                 "reference": v_ref, "noise": float(np.sqrt(d2))}
     return {"scale": float(np.exp(0.5 * result.x[0])), "projection": float(np.sqrt(r)),
             "exponent": float(result.x[-1]), "reference": v_ref, "noise": float(np.sqrt(d2))}
+
+
+def group_mean(values: np.ndarray, group: int) -> np.ndarray:
+    """Return each value's group mean: consecutive ``group`` values share it.
+
+    Parameters
+    ----------
+    values : ndarray
+        Flat (``group`` consecutive values per group) or of shape ``(..., group)``.
+    group : int
+        1 returns ``values`` itself.
+
+    Returns
+    -------
+    ndarray of the shape of ``values``
+    """
+    if group == 1:
+        return values
+    values = np.asarray(values, dtype=np.float64)
+    means = values.reshape(-1, group).mean(axis=1)
+    return np.repeat(means, group).reshape(values.shape)
 
 
 def fit_projection_scale(r2: np.ndarray, post: np.ndarray, proj: np.ndarray,
@@ -190,13 +230,18 @@ class StdCalibration:
     applied : bool, default=True
         ``False`` reports raw stds even where a map was fitted
         (``apply_calibration=False``).
+    kind : {"loso", "validation"} or None, default=None
+        What the map and the scores were fitted on: the training structures'
+        leave-one-structure-out predictions (:mod:`kernelpot.loso`), or validation
+        structures (:meth:`SparseGPPotential.calibrate`); ``None`` for no map.
     """
 
     def __init__(self, std_scale: dict | None, interval_scores: dict | None,
-                 applied: bool = True):
+                 applied: bool = True, kind: str | None = None):
         self.std_scale = std_scale
         self.interval_scores = interval_scores
         self.applied = applied
+        self.kind = kind if std_scale else None
 
     @staticmethod
     def check_quantity(quantity: str) -> None:
@@ -210,42 +255,57 @@ class StdCalibration:
             raise ValueError(f"quantity must be 'energy' or 'forces'; got {quantity!r}")
 
     def factors(self, quantity: str) -> tuple[float, float, float, float]:
-        """``(c, w, p, v_ref)`` of ``quantity``; ``(1, 1, 1, 1)`` when not calibrated.
+        """Return ``(c, w, p, v_ref)`` of ``quantity``; ``(1, 1, 1, 1)`` when not calibrated.
 
         Parameters
         ----------
         quantity : {"energy", "forces"}
+            The quantity.
 
         Returns
         -------
         tuple of float
+            The scale, projection weight, exponent and reference variance.
         """
         self.check_quantity(quantity)
         factors = self.std_scale
         if not self.applied or not factors:
             return 1.0, 1.0, 1.0, 1.0
+        exponent = factors.get(f"{quantity}_atom_exponent",
+                               factors.get(f"{quantity}_exponent", 1.0))
         return (float(factors[quantity]), float(factors.get(f"{quantity}_projection", 1.0)),
-                float(factors.get(f"{quantity}_exponent", 1.0)),
-                float(factors.get(f"{quantity}_reference", 1.0)))
+                float(exponent), float(factors.get(f"{quantity}_reference", 1.0)))
 
     def epistemic_variance(self, quantity: str, posterior: float | np.ndarray,
                            projection: float | np.ndarray) -> float | np.ndarray:
-        """Calibrated epistemic variance ``c² v_ref (u / v_ref)^p``, ``u = v_post + w² v_proj``.
+        """Return the calibrated epistemic variance.
+
+        ``c² v_ref (u / v_ref)^p`` with ``u = v_post + w² v_proj`` for energies; for
+        force components ``c² u (ū / v_ref)^(p - 1)``, ``ū`` the mean of ``u`` over
+        the atom's three components, so that every atom's force covariance is scaled
+        by one rotation-invariant factor (maps fitted before this existed, with a
+        ``forces_exponent`` entry, keep the per-component form ``c² v_ref (u / v_ref)^p``).
 
         Parameters
         ----------
         quantity : {"energy", "forces"}
+            The quantity.
         posterior, projection : float or ndarray
-            The two raw variance terms (eV², eV²/Å²).
+            The two raw variance terms (eV², eV²/Å²); force terms of shape
+            ``(n_atoms, 3)``, or flat with each atom's three components together.
 
         Returns
         -------
         float or ndarray
+            Of the shape of ``posterior``.
         """
         c, w, p, v_ref = self.factors(quantity)
         u = posterior + w**2 * projection
         if p == 1.0:
             return c**2 * u
+        if quantity == "forces" and f"{quantity}_atom_exponent" in self.std_scale:
+            u = np.maximum(u, 0.0)
+            return c**2 * u * (group_mean(u, 3) / v_ref) ** (p - 1)
         return c**2 * v_ref * (np.maximum(u, 0.0) / v_ref) ** p
 
     def noise_variance(self, quantity: str,
@@ -299,7 +359,8 @@ class StdCalibration:
         return conformal.interval_quantile(scores, coverage, f"{quantity} values")
 
     @classmethod
-    def fit(cls, terms: dict[str, tuple], owner: str) -> StdCalibration:
+    def fit(cls, terms: dict[str, tuple], owner: str,
+            kind: str = "validation") -> StdCalibration:
         """Fit the variance map and the conformal scores on validation errors.
 
         Parameters
@@ -308,6 +369,9 @@ class StdCalibration:
             Per quantity, ``(errors, posterior, projection, noise)`` arrays of the
             validation values (see :func:`fit_variance_terms`).
         owner : str
+            Names the caller in errors and logs.
+        kind : {"validation", "loso"}, default="validation"
+            What the errors are.
 
         Returns
         -------
@@ -317,11 +381,13 @@ class StdCalibration:
         """
         factors = {quantity: 1.0 for quantity in QUANTITIES}
         for quantity, (errors, post, proj, noise) in terms.items():
-            fitted = fit_variance_terms(errors, post, proj, noise, owner)
+            group = 3 if quantity == "forces" else 1  # one factor per atom's covariance
+            fitted = fit_variance_terms(errors, post, proj, noise, owner, group=group)
+            suffixes = _SUFFIXES if group == 1 else _ATOM_SUFFIXES
             factors.update({f"{quantity}{suffix}": fitted[key] for suffix, key in zip(
-                _SUFFIXES, ("scale", "projection", "exponent", "reference", "noise"),
+                suffixes, ("scale", "projection", "exponent", "reference", "noise"),
                 strict=True)})
-        calibration = cls(factors, None)
+        calibration = cls(factors, None, kind=kind)
         # normalised conformal scores against the calibrated total std
         calibration.interval_scores = {
             quantity: conformal.normalised_scores(
@@ -352,10 +418,11 @@ class StdCalibration:
         """
         if scale is None:
             return None
-        known = {f"{q}{suffix}" for q in QUANTITIES for suffix in _SUFFIXES}
+        known = {f"{q}{suffix}" for q in QUANTITIES for suffix in _SUFFIXES + _ATOM_SUFFIXES}
         if not isinstance(scale, dict) or not set(QUANTITIES) <= set(scale) \
                 or not set(scale) <= known \
-                or not all(isinstance(v, (int, float)) and v > 0 for v in scale.values()):
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                           and np.isfinite(v) and v > 0 for v in scale.values()):
             raise ValueError(f"load: {what} has a malformed std_scale entry")
         return {k: float(v) for k, v in scale.items()}
 

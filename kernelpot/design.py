@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AssembledDesign", "SparseDesign", "inducing_factor", "with_two_body"]
+__all__ = ["AssembledDesign", "SparseDesign", "inducing_factor", "prior_with_two_body",
+           "with_two_body"]
 
 
 def with_two_body(rows: gp.DesignRows, pair: TwoBody | None, atoms: Atoms,
@@ -76,6 +77,46 @@ def with_two_body(rows: gp.DesignRows, pair: TwoBody | None, atoms: Atoms,
     if rows.forces is not None:
         rows.forces[:, pair_columns] = scale2 * f_pair
     return rows
+
+
+def prior_with_two_body(rows: gp.DesignRows, pair: TwoBody | None,
+                        pair_columns: np.ndarray | None, prior_energy: float | None,
+                        prior_forces: np.ndarray | None):
+    """Add the two-body term's prior variance to a structure's GP prior variances.
+
+    The term's prior variance, ``σ² prior_std² |basis row|²``, is spanned exactly by
+    its coefficients: it adds the same to the prior and to the projected prior, and
+    nothing to the projection (``k** - q**``) term.
+
+    Parameters
+    ----------
+    rows : gp.DesignRows
+        Full-width rows with the two-body columns filled (:func:`with_two_body`).
+    pair : TwoBody or None
+        The two-body term; ``None`` returns the variances unchanged.
+    pair_columns : ndarray of int or None
+        Its columns.
+    prior_energy : float or None
+        Prior variance of the energy (over ``σ²``).
+    prior_forces : ndarray of shape (n_atoms, 3) or None
+        Prior variances of the force components.
+
+    Returns
+    -------
+    prior_energy : float or None
+    prior_forces : ndarray of shape (n_atoms, 3) or None
+    """
+    if pair is None:
+        return prior_energy, prior_forces
+    scale2 = float(pair.prior_std)**2
+    if prior_energy is not None:
+        tail = rows.energy[pair_columns]
+        prior_energy = prior_energy + float(tail @ tail) / scale2
+    if prior_forces is not None:
+        tail = rows.forces[:, pair_columns]
+        prior_forces = prior_forces + (np.einsum("rk,rk->r", tail, tail)
+                                       / scale2).reshape(-1, 3)
+    return prior_energy, prior_forces
 
 
 def inducing_factor(inducing: list[np.ndarray], kernel: Kernel, pair: TwoBody | None,
@@ -125,6 +166,8 @@ class AssembledDesign(NamedTuple):
     stats : gp.WhitenedStatistics
     gram : ndarray of shape (M, M) or None
         The force rows' Gram matrix, when asked for.
+    prior : ndarray of shape (n_obs,) or None
+        Prior variance (over ``σ²``) of every observation, when asked for.
     """
 
     design: np.ndarray
@@ -133,6 +176,7 @@ class AssembledDesign(NamedTuple):
     jitter_abs: float
     stats: gp.WhitenedStatistics
     gram: np.ndarray | None
+    prior: np.ndarray | None = None
 
 
 class SparseDesign:
@@ -188,26 +232,69 @@ class SparseDesign:
         Parameters
         ----------
         k : int
+            The structure.
         kernel : Kernel
+            The kernel.
         theta_gradient : bool, default=False
             Also their derivatives in ``kernel.theta``.
 
         Returns
         -------
         k : int
+            The structure.
         rows : gp.DesignRows
+            Its energy and force rows.
         """
+        return k, self._rows(k, kernel, self._result(k), theta_gradient)
+
+    def rows_and_prior(self, k: int, kernel: Kernel) -> tuple[int, gp.DesignRows, np.ndarray]:
+        """Return the design rows of structure ``k`` and the prior variances of its rows.
+
+        Parameters
+        ----------
+        k : int
+            The structure.
+        kernel : Kernel
+            The kernel.
+
+        Returns
+        -------
+        k : int
+            The structure.
+        rows : gp.DesignRows
+            Its energy and force rows.
+        prior : ndarray of shape (n_rows_k,)
+            Prior variance (over ``σ²``) of its energy, then of each force component,
+            two-body term included (:func:`prior_with_two_body`).
+        """
+        result = self._result(k)
+        rows = self._rows(k, kernel, result, False)
+        has_e, has_f = bool(self.has_energy[k]), bool(self.has_forces[k])
+        prior_e, prior_f = gp.prior_variances(result, self.training.species_index[k],
+                                              self.n_species, kernel, energy=has_e,
+                                              forces=has_f)
+        prior_e, prior_f = prior_with_two_body(rows, self.pair, self.pair_columns, prior_e,
+                                               prior_f)
+        parts = ([[prior_e]] if has_e else []) + ([prior_f.ravel()] if has_f else [])
+        return k, rows, np.concatenate(parts)
+
+    def _result(self, k: int):
+        """Return the descriptors of structure ``k`` (cached, or computed now)."""
+        if self.results is not None:
+            return self.results[k]
+        return self.descriptor.compute(self.training.frames[k])
+
+    def _rows(self, k: int, kernel: Kernel, result, theta_gradient: bool) -> gp.DesignRows:
+        """Build the full-width rows of structure ``k`` from its descriptors."""
         training = self.training
-        result = self.results[k] if self.results is not None \
-            else self.descriptor.compute(training.frames[k])
         rows = gp.design_rows(result, training.species_index[k], self.inducing, kernel,
                               energy=bool(self.has_energy[k]), forces=bool(self.has_forces[k]),
                               theta_gradient=theta_gradient, n_columns=self.n_columns)
-        return k, with_two_body(rows, self.pair, training.frames[k], training.species_index[k],
-                                self.n_species, self.pair_columns)
+        return with_two_body(rows, self.pair, training.frames[k], training.species_index[k],
+                             self.n_species, self.pair_columns)
 
     def assemble(self, kernel: Kernel, keep_basis: bool = False, keep_gram: bool = False,
-                 owner: str = "SparseGPPotential") -> AssembledDesign:
+                 owner: str = "SparseGPPotential", prior: bool = False) -> AssembledDesign:
         """Build the whitened design, the factor of ``k_mm`` and the statistics.
 
         Parameters
@@ -219,6 +306,9 @@ class SparseDesign:
             Also return the force rows' Gram matrix (the two-body search needs it).
         owner : str, default="SparseGPPotential"
             Names the estimator in logs.
+        prior : bool, default=False
+            Also the prior variance (over ``σ²``) of every observation, for the
+            projection term of leave-one-structure-out predictions.
 
         Returns
         -------
@@ -226,15 +316,22 @@ class SparseDesign:
         """
         n_E, n_obs, M = self.n_energy, self.n_obs, self.n_columns
         design = np.empty((n_obs + M, M))
+        prior_rows = np.empty(n_obs) if prior else None
         logger.info("%s: design matrix %d x %d (%.0f MiB)", owner, n_obs, M,
                     design.nbytes / 2**20)
-        for k, rows in self.imap(lambda k: self.rows(k, kernel), range(len(self.n_atoms)),
-                                 "design rows"):
-            if self.has_energy[k]:
+        fn = (lambda k: self.rows_and_prior(k, kernel)) if prior \
+            else (lambda k: self.rows(k, kernel))
+        for k, rows, *row_prior in self.imap(fn, range(len(self.n_atoms)), "design rows"):
+            has_e = bool(self.has_energy[k])
+            if has_e:
                 design[self.energy_row[k]] = rows.energy
+                if prior:
+                    prior_rows[self.energy_row[k]] = row_prior[0][0]
             if self.has_forces[k]:
                 start = self.force_start[k]
                 design[start:start + 3 * self.n_atoms[k]] = rows.forces
+                if prior:
+                    prior_rows[start:start + 3 * self.n_atoms[k]] = row_prior[0][int(has_e):]
         # whiten the design: K_w = K L⁻ᵀ
         L_mm, jitter, jitter_abs = inducing_factor(self.inducing, kernel, self.pair,
                                                    self.n_species)
@@ -250,7 +347,7 @@ class SparseDesign:
             gram.copy() if keep_gram else gram, Kw_F.T @ y_F, float(y_F @ y_F), self.n_force,
             design[:n_E], self.n_atoms_energy, self.y_energy, keep_basis=keep_basis)
         return AssembledDesign(design, L_mm, jitter, jitter_abs, stats,
-                               gram if keep_gram else None)
+                               gram if keep_gram else None, prior_rows)
 
     def kernel_gradient(self, kernel: Kernel, assembled: AssembledDesign,
                         inner: np.ndarray) -> np.ndarray:

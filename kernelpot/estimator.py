@@ -50,6 +50,8 @@ __all__ = ["Prediction", "SparseGPPotential", "format_signal_std"]
 
 #: Values of ``method``.
 _METHODS = ("sparse", "exact", "auto")
+#: Training structures a LOSO calibration needs (fewer: raw stds).
+_LOSO_MIN_STRUCTURES = 3
 #: Posterior classes by ``method``.
 _POSTERIORS = {"sparse": SparsePosterior, "exact": ExactPosterior}
 
@@ -151,9 +153,20 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         low-rank updates instead of a refit (memory grows with the training set:
         meant for on-the-fly learning, not for large fits).
     apply_calibration : bool, default=True
-        Multiply every std the model reports (``predict``, ``predict_forces``, the
-        calculator's) by the factors :meth:`calibrate` fitted, once it has been
-        called; ``False`` reports the model's raw stds.
+        Apply the fitted std calibration (``calibration="loso"`` at fit time, or
+        :meth:`calibrate`) to every std the model reports (``predict``,
+        ``predict_forces``, the calculator's); ``False`` reports the model's raw stds.
+    calibration : {"loso"} or None, default="loso"
+        Calibrate the stds at fit time from the training data itself: the
+        leave-one-structure-out (LOSO) prediction of every training structure,
+        in closed form (:mod:`kernelpot.loso`; about one more factorisation, logged
+        with its cost), gives errors and variance terms on which the same variance
+        map :meth:`calibrate` fits on validation data is fitted
+        (:mod:`kernelpot.calibration`), and the conformal scores of the intervals
+        (``interval_kind_ = "loso"``). Needs at least 3 training structures
+        (fewer: raw stds, logged). ``None``: raw stds until :meth:`calibrate`.
+        :meth:`calibrate` replaces a LOSO map; :meth:`update` refits it on all
+        the data.
     method : {"sparse", "exact", "auto"}, default="sparse"
         "sparse": the DTC approximation on inducing environments (memory linear in
         the data). "exact": every energy and force component is an observation of
@@ -196,9 +209,13 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
     method_ : {"sparse", "exact"}
         The method fitted (what ``method="auto"`` chose).
     std_scale_ : dict or None
-        Calibration factors :meth:`calibrate` fitted.
+        Calibration factors fitted at fit time (``calibration="loso"``) or by
+        :meth:`calibrate`.
     interval_scores_ : dict or None
-        Sorted conformal scores :meth:`calibrate` stored, per quantity.
+        Sorted conformal scores behind ``return_interval``, per quantity.
+    interval_kind_ : {"loso", "validation"} or None
+        What ``std_scale_`` and ``interval_scores_`` were fitted on: the training
+        structures' LOSO predictions, or validation structures (:meth:`calibrate`).
 
     Notes
     -----
@@ -234,7 +251,8 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
                  e0: str | dict[str | int, float] = "lstsq",
                  optimize: bool | Iterable[str] = True, n_restarts: int = 2,
                  search_frames: int | None = None, incremental: bool = False,
-                 apply_calibration: bool = True, method: str = "sparse",
+                 apply_calibration: bool = True, calibration: str | None = "loso",
+                 method: str = "sparse",
                  exact_memory_limit: float = 4.0,
                  random_state: int | np.random.RandomState | None = None,
                  n_jobs: int | None = 1, verbose: int = 0):
@@ -256,6 +274,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         self.search_frames = search_frames
         self.incremental = incremental
         self.apply_calibration = apply_calibration
+        self.calibration = calibration
         self.method = method
         self.exact_memory_limit = exact_memory_limit
         self.random_state = random_state
@@ -290,6 +309,10 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
                              f"got {self.search_frames!r}")
         if self.n_jobs == 0:
             raise ValueError(f"{owner}: n_jobs must not be 0 (None, -1 or a positive int)")
+        if not (self.calibration is None
+                or (isinstance(self.calibration, str) and self.calibration == "loso")):
+            raise ValueError(f"{owner}: calibration must be 'loso' or None; "
+                             f"got {self.calibration!r}")
         self._check_method(names, owner)
         return check_verbose(self.verbose, owner)
 
@@ -365,7 +388,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         posterior = _POSTERIORS[method].fit(
             self, training, descriptor, kernel, rng,
             lambda fn, items, desc: self._imap(fn, items, verbose, desc))
-        self._adopt(posterior, descriptor, species, e0, StdCalibration(None, None))
+        self._adopt(posterior, descriptor, species, e0, self._loso_calibration(posterior))
         logger.info("%s: %s model fitted in %.1f s; σ = %s eV, σ_E = %.3g eV/atom, "
                     "σ_F = %.3g eV/Å, log marginal likelihood %.1f", owner, method,
                     time.perf_counter() - start_time, format_signal_std(self.signal_std_),
@@ -426,6 +449,26 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         self.jitter_ = posterior.jitter
         self.std_scale_ = calibration.std_scale
         self.interval_scores_ = calibration.interval_scores
+        self.interval_kind_ = calibration.kind
+
+    def _loso_calibration(self, posterior: SparsePosterior | ExactPosterior) -> StdCalibration:
+        """Fit the std calibration on the posterior's LOSO terms (``calibration="loso"``)."""
+        owner = type(self).__name__
+        terms = posterior.loso
+        if self.calibration != "loso" or terms is None:
+            return StdCalibration(None, None)
+        if terms.n_structures < _LOSO_MIN_STRUCTURES:
+            logger.info("%s: %d training structures are too few for a LOSO calibration (at "
+                        "least %d): raw stds", owner, terms.n_structures, _LOSO_MIN_STRUCTURES)
+            return StdCalibration(None, None)
+        try:
+            calibration = StdCalibration.fit(terms.calibration_terms(), owner, kind="loso")
+        except ValueError as err:  # no epistemic variance anywhere: nothing to scale
+            logger.warning("%s: no LOSO calibration: %s", owner, err)
+            return StdCalibration(None, None)
+        logger.info("%s: std calibration from the LOSO predictions of %d structures: %s",
+                    owner, terms.n_structures, calibration.std_scale)
+        return calibration
 
     def _resolve_method(self, training: TrainingSet, descriptor) -> str:
         """Return "sparse" or "exact"; "auto" is exact while its peak memory fits the limit."""
@@ -600,7 +643,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
                                 for p, k in zip(chosen, with_forces, strict=True)]),
                 post, np.concatenate([p.forces_var_projection.ravel() for p in chosen]),
                 np.full(post.size, self.force_noise_**2))
-        calibration = StdCalibration.fit(terms, owner)
+        calibration = StdCalibration.fit(terms, owner, kind="validation")
         self._adopt(self.posterior_, self.descriptor_, self.species_, self.e0_, calibration)
         logger.info("%s: calibration %s; conformal scores from %s", owner, self.std_scale_,
                     {k: len(v) for k, v in self.interval_scores_.items()})
@@ -646,15 +689,6 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         check_is_fitted(self)
         owner = f"{type(self).__name__}.update"
         posterior = self.posterior_
-        if posterior.kind == "exact":
-            posterior.check_updatable(owner)
-        calibration = self._calibration()
-        if self.std_scale_:
-            warnings.warn(f"{owner}: the std calibration no longer applies to the updated "
-                          "model and is dropped; call calibrate() again", UserWarning,
-                          stacklevel=2)
-            calibration = StdCalibration(None, None)
-            self._adopt(posterior, self.descriptor_, self.species_, self.e0_, calibration)
         posterior.check_updatable(owner)
         if not (n_inducing == "all" or (isinstance(n_inducing, numbers.Integral)
                                         and not isinstance(n_inducing, bool)
@@ -665,10 +699,17 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         indices = [self._species_index(atoms, owner) for atoms in frames]
         labels = read_labels(frames, owner)
         names = fitted_names(self.optimize, type(self).__name__) if optimize else None
+        loso = self.calibration == "loso"
         posterior.update(frames, labels, indices, self.descriptor_, self.e0_, n_inducing,
                          names, NoiseSearch.of(self), check_random_state(self.random_state),
-                         owner)
-        self._adopt(posterior, self.descriptor_, self.species_, self.e0_, calibration)
+                         owner, loso=loso)
+        if self.interval_kind_ == "validation":
+            warnings.warn(f"{owner}: the std calibration no longer applies to the updated "
+                          "model: the map calibrate() fitted is dropped"
+                          + (" for the LOSO one of all the data" if loso else
+                             "; call calibrate() again"), UserWarning, stacklevel=2)
+        self._adopt(posterior, self.descriptor_, self.species_, self.e0_,
+                    self._loso_calibration(posterior))
         logger.info("%s: %d structures added; inducing environments %s", owner, len(frames),
                     self.n_inducing_)
         return self
@@ -800,7 +841,8 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
             "descriptor": io.encode(self.descriptor_, registry),
             "kernel": io.encode(self.kernel_, registry),
             "two_body": io.encode(self.two_body_, registry),
-            "fitted": {**fitted, "n_inducing": self.n_inducing_, "std_scale": self.std_scale_},
+            "fitted": {**fitted, "n_inducing": self.n_inducing_, "std_scale": self.std_scale_,
+                       "interval_kind": self.interval_kind_},
         }
         return io.write_model_file(path, metadata, arrays)
 

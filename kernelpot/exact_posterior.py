@@ -26,6 +26,7 @@ from kernelpot.hyperparameters import (
     values_kept_where_fixed,
     warn_if_force_noise_at_bound,
 )
+from kernelpot.loso import LosoTerms, exact_loso
 from kernelpot.prediction import Prediction, PredictionParts
 from kernelpot.sparse_posterior import features_only
 
@@ -70,6 +71,10 @@ class ExactPosterior:
     prior_covariance : ndarray or list of ndarray or None, default=None
         The prior covariance (per element with per-element signal stds), when
         already built; rebuilt on demand otherwise.
+    loso : LosoTerms or None, default=None
+        Leave-one-structure-out errors and variance terms of the training data
+        (:func:`kernelpot.loso.exact_loso`), when the estimator's
+        ``calibration="loso"`` asked for them. Not stored in model files.
     """
 
     kind = "exact"
@@ -81,7 +86,8 @@ class ExactPosterior:
                  weights: np.ndarray, y: np.ndarray, signal_std: float | dict[str, float],
                  energy_noise: float, force_noise: float, structures: dict[str, np.ndarray],
                  species: np.ndarray,
-                 prior_covariance: np.ndarray | list[np.ndarray] | None = None):
+                 prior_covariance: np.ndarray | list[np.ndarray] | None = None,
+                 loso: LosoTerms | None = None):
         self.kernel = kernel
         self.observations = observations
         self.L = L
@@ -95,6 +101,7 @@ class ExactPosterior:
         self.mean = exact.mean_weights(observations, weights, self.signal_variances())
         self.log_marginal_likelihood_value = exact.log_density(L, y, weights)
         self._prior_covariance = prior_covariance
+        self.loso = loso
 
     # -- what the estimator reads ---------------------------------------------------------
     @property
@@ -204,10 +211,13 @@ class ExactPosterior:
                                      stacklevel=4)
         L = exact.factor(K0, np.log(values), obs)
         weights = sla.cho_solve((L, True), y, check_finite=False)
+        loso = _exact_loso_terms(L, weights, exact.noise_variances(np.log(values), obs),
+                                 obs.n_energy, training.row_structures(), owner) \
+            if estimator.calibration == "loso" else None
         return cls(kernel=kernel, observations=obs, L=L, weights=weights, y=y,
                    signal_std=sigma, energy_noise=energy_noise, force_noise=force_noise,
                    structures=exact.structure_arrays(training.frames, has_energy, has_forces),
-                   species=training.species, prior_covariance=K0)
+                   species=training.species, prior_covariance=K0, loso=loso)
 
     # -- prediction ----------------------------------------------------------------------
     def parts(self, descriptor: Descriptor, atoms: Atoms, index: np.ndarray, e0: np.ndarray,
@@ -255,20 +265,22 @@ class ExactPosterior:
         -------
         list of Prediction
         """
-        pending = [p for p in parts if p.variance_input is not None]
-        finished = iter([])
-        if pending:
-            force_variance = pending[0].variance_input[2]
-            finished = iter(exact.predict_variances(
-                [p.variance_input[0] for p in pending], [p.variance_input[1] for p in pending],
-                self.observations, self.L, self.signal_variances(), self.kernel,
-                forces=force_variance))
+        variances = {}
+        for force_variance in (False, True):  # one solve per kind of request
+            pending = [k for k, p in enumerate(parts)
+                       if p.variance_input is not None and p.variance_input[2] == force_variance]
+            if pending:
+                variances.update(zip(pending, exact.predict_variances(
+                    [parts[k].variance_input[0] for k in pending],
+                    [parts[k].variance_input[1] for k in pending], self.observations, self.L,
+                    self.signal_variances(), self.kernel, forces=force_variance),
+                    strict=True))
         out = []
-        for part in parts:
+        for k, part in enumerate(parts):
             if part.variance_input is None:
                 out.append(part.without_variance())
                 continue
-            var_e, var_f = next(finished)
+            var_e, var_f = variances[k]
             # an exact posterior has no projection term: it is all in the first
             zeros = np.zeros_like(var_f) if var_f is not None else None
             out.append(Prediction(part.energy, part.forces, var_e, 0.0, var_f, zeros,
@@ -414,6 +426,18 @@ class ExactPosterior:
         # the file's value, as the fit computed it (bit for bit the same model)
         posterior.log_marginal_likelihood_value = fitted["log_marginal_likelihood"]
         return posterior
+
+
+def _exact_loso_terms(L: np.ndarray, weights: np.ndarray, noise: np.ndarray, n_energy: int,
+                      structure: np.ndarray, owner: str) -> LosoTerms:
+    """Compute and time the LOSO terms of the exact model (no projection term)."""
+    tic = time.perf_counter()
+    residual, variance = exact_loso(L, weights, structure)
+    terms = LosoTerms.from_loso(residual, variance, noise, np.zeros(len(weights)),
+                                np.arange(len(weights)) < n_energy, structure)
+    logger.info("%s: leave-one-structure-out predictions of %d structures (closed form) in "
+                "%.2f s", owner, terms.n_structures, time.perf_counter() - tic)
+    return terms
 
 
 def _checked_signal_std(sigma, species, what):

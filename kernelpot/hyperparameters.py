@@ -104,8 +104,9 @@ def check_hyperparameter_values(estimator: BaseEstimator, names: set[str],
     for name in ("signal_std", "energy_noise", "force_noise"):
         value = getattr(estimator, name)
         low_high = getattr(estimator, f"{name}_bounds")
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-            raise ValueError(f"{owner}: {name} must be a number > 0; got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0 \
+                or not np.isfinite(value):
+            raise ValueError(f"{owner}: {name} must be a finite number > 0; got {value!r}")
         try:
             low, high = (float(b) for b in low_high)
         except (TypeError, ValueError) as err:

@@ -85,6 +85,8 @@ def select_inducing(features: np.ndarray, n_select: int, method: str,
     -------
     ndarray of int, sorted
     """
+    if method not in SPARSE_METHODS:
+        raise ValueError(f"sparse_method must be one of {SPARSE_METHODS}; got {method!r}")
     n_env = len(features)
     if method == "all" or n_select >= n_env:
         return np.arange(n_env)

@@ -47,7 +47,10 @@ def load(path: os.PathLike | str) -> SparseGPPotential:
     what = str(path)
     if metadata.get("estimator") not in registry:
         raise ValueError(f"load: unknown estimator {metadata.get('estimator')!r}")
-    model = registry[metadata["estimator"]](**io.decode(metadata["params"], registry))
+    params = io.decode(metadata["params"], registry)
+    # a file from before the LOSO calibration keeps what its model did: raw stds
+    params.setdefault("calibration", None)
+    model = registry[metadata["estimator"]](**params)
     if not isinstance(model, SparseGPPotential):
         raise ValueError(f"load: {path} does not hold a SparseGPPotential")
     fitted = metadata["fitted"]
@@ -64,9 +67,13 @@ def load(path: os.PathLike | str) -> SparseGPPotential:
         posterior = SparsePosterior.from_arrays(
             arrays, fitted, kernel, _checked_two_body(metadata.get("two_body"), registry, what),
             len(species), what)
-    calibration = StdCalibration(
-        StdCalibration.check_std_scale(fitted.get("std_scale"), what),
-        StdCalibration.check_interval_scores(arrays, what))
+    std_scale = StdCalibration.check_std_scale(fitted.get("std_scale"), what)
+    # files written before LOSO calibration existed hold validation maps only
+    kind = fitted.get("interval_kind", "validation" if std_scale else None)
+    if kind not in ("loso", "validation", None):
+        raise ValueError(f"load: {what} has a malformed interval_kind entry {kind!r}")
+    calibration = StdCalibration(std_scale, StdCalibration.check_interval_scores(arrays, what),
+                                 kind=kind)
     return model.from_posterior(posterior, descriptor=descriptor, species=species,
                                 e0=arrays["e0"], calibration=calibration)
 

@@ -34,6 +34,7 @@ is clipped at zero, with a warning if round-off went beyond 1e-8 relative.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -46,7 +47,7 @@ from kernelpot import _incremental, gp
 from kernelpot._labels import TrainingSet
 from kernelpot._two_body_search import pair_factor, search_prior_std, whitened_pair_scale
 from kernelpot.descriptors import DescriptorResult
-from kernelpot.design import SparseDesign, with_two_body
+from kernelpot.design import AssembledDesign, SparseDesign, prior_with_two_body, with_two_body
 from kernelpot.hyperparameters import (
     NoiseSearch,
     fitted_names,
@@ -57,6 +58,7 @@ from kernelpot.hyperparameters import (
     warn_if_force_noise_at_bound,
 )
 from kernelpot.inducing import choose_inducing
+from kernelpot.loso import LosoTerms, sparse_loso
 from kernelpot.prediction import Prediction, PredictionParts
 
 if TYPE_CHECKING:
@@ -146,6 +148,11 @@ class SparsePosterior:
         Of ``k_mm`` (relative to its mean diagonal, absolute).
     training : TrainingState or None, default=None
         What updates need (incremental models).
+    loso : LosoTerms or None, default=None
+        Leave-one-structure-out errors and variance terms of the training data
+        (:mod:`kernelpot.loso`), when the estimator's ``calibration="loso"`` asked for
+        them; recomputed by :meth:`update` when the training state holds the prior
+        variances. Not stored in model files.
     needs_frames : bool, default=False
         The training state was loaded without its structures
         (:meth:`restore_training` gives them back).
@@ -159,6 +166,7 @@ class SparsePosterior:
                  stats: gp.WhitenedStatistics, signal_std: float, energy_noise: float,
                  force_noise: float, log_marginal_likelihood: float, jitter: float,
                  jitter_abs: float, training: _incremental.TrainingState | None = None,
+                 loso: LosoTerms | None = None,
                  needs_frames: bool = False):
         self.kernel = kernel
         self.inducing = inducing
@@ -174,6 +182,7 @@ class SparsePosterior:
         self.jitter = float(jitter)
         self.jitter_abs = float(jitter_abs)
         self.training = training
+        self.loso = loso
         self.needs_frames = bool(needs_frames)
 
     # -- what the estimator reads ---------------------------------------------------------
@@ -277,7 +286,9 @@ class SparsePosterior:
             kernel, log_params = kernel_profile_search(kernel, log_params, free,
                                                        likelihood_at, search, seed, owner)
         search_two_body = pair is not None and "two_body" in names
-        assembled = design.assemble(kernel, keep_gram=search_two_body, owner=owner)
+        loso_wanted = estimator.calibration == "loso"
+        assembled = design.assemble(kernel, keep_gram=search_two_body, owner=owner,
+                                    prior=loso_wanted)
         stats, L_mm = assembled.stats, assembled.L_mm
         if search_two_body:
             pair, log_params, stats = cls._search_two_body(design, assembled, pair, log_params,
@@ -293,15 +304,20 @@ class SparsePosterior:
         noise_std = np.concatenate([energy_noise * np.sqrt(design.n_atoms[design.has_energy]),
                                     np.full(design.n_force, force_noise)])
         y_all = np.concatenate([design.y_energy, design.y_force])
-        state = cls._training_state(design, assembled.design, noise_std, y_all, sigma, L_mm) \
+        state = cls._training_state(design, assembled, noise_std, y_all, sigma, L_mm) \
             if estimator.incremental else None
+        loso = _timed_loso(owner, lambda: _sparse_loso_terms(
+            assembled.design[:design.n_obs], y_all, noise_std, sigma, assembled.prior,
+            np.arange(design.n_obs) < design.n_energy, training.row_structures())) \
+            if loso_wanted else None
         factors = gp.solve_posterior(assembled.design, design.n_obs, L_mm, noise_std, y_all,
                                      sigma)
         return cls(kernel=kernel, inducing=inducing, columns=gp.inducing_columns(inducing),
                    two_body=pair, pair_columns=design.pair_columns, factors=factors,
                    stats=stats, signal_std=sigma, energy_noise=energy_noise,
                    force_noise=force_noise, log_marginal_likelihood=lml,
-                   jitter=assembled.jitter, jitter_abs=assembled.jitter_abs, training=state)
+                   jitter=assembled.jitter, jitter_abs=assembled.jitter_abs, training=state,
+                   loso=loso)
 
     @staticmethod
     def _choose_inducing(estimator, training, descriptor, rng, imap) -> list[np.ndarray]:
@@ -342,12 +358,12 @@ class SparsePosterior:
         return pair, log_params, stats
 
     @staticmethod
-    def _training_state(design: SparseDesign, whitened: np.ndarray, noise_std: np.ndarray,
+    def _training_state(design: SparseDesign, assembled: AssembledDesign, noise_std: np.ndarray,
                         y_all: np.ndarray, sigma: float, L_mm: np.ndarray):
         """Build what an incremental model keeps of its training data."""
         n_obs, n_E, training = design.n_obs, design.n_energy, design.training
         has_energy, has_forces = design.has_energy, design.has_forces
-        Kw = whitened[:n_obs].copy()
+        Kw = assembled.design[:n_obs].copy()
         R, b = _incremental.factor(Kw, noise_std, y_all, sigma)
         return _incremental.TrainingState(
             Kw=Kw, y=y_all, noise_std=noise_std, is_energy=np.arange(n_obs) < n_E,
@@ -360,7 +376,8 @@ class SparsePosterior:
             energy_row=[int(design.energy_row[k]) if has_energy[k] else -1
                         for k in range(len(training.frames))],
             force_row=[int(design.force_start[k]) if has_forces[k] else -1
-                       for k in range(len(training.frames))])
+                       for k in range(len(training.frames))],
+            prior=assembled.prior)
 
     # -- prediction ----------------------------------------------------------------------
     def parts(self, descriptor: Descriptor, atoms: Atoms, index: np.ndarray, e0: np.ndarray,
@@ -420,17 +437,11 @@ class SparsePosterior:
                               n_columns=self.weights.size)
         prior_e, prior_f = gp.prior_variances(result, index, self.n_species, self.kernel,
                                               energy=True, forces=force_variance)
-        pair = self.two_body
-        if pair is not None:
-            columns = self.pair_columns
-            rows = with_two_body(rows, pair, atoms, index, self.n_species, columns)
-            # the two-body term's prior variance, σ² prior_std² |basis row|², is spanned
-            # exactly by its coefficients: it adds the same to prior and projection
-            scale2 = float(pair.prior_std)**2
-            prior_e += float(rows.energy[columns] @ rows.energy[columns]) / scale2
-            if force_variance:
-                tail = rows.forces[:, columns]
-                prior_f = prior_f + (np.einsum("rk,rk->r", tail, tail) / scale2).reshape(-1, 3)
+        if self.two_body is not None:
+            rows = with_two_body(rows, self.two_body, atoms, index, self.n_species,
+                                 self.pair_columns)
+            prior_e, prior_f = prior_with_two_body(rows, self.two_body, self.pair_columns,
+                                                   prior_e, prior_f)
         if not force_variance:
             return rows.energy[None, :], np.array([prior_e])
         return np.vstack([rows.energy, rows.forces]), np.concatenate([[prior_e],
@@ -517,7 +528,8 @@ class SparsePosterior:
     # -- incremental updates -------------------------------------------------------------
     def update(self, frames: list, labels: Labels, indices: list, descriptor: Descriptor,
                e0: np.ndarray, n_inducing: int | str, optimize: set | None,
-               search: NoiseSearch, rng: np.random.RandomState, owner: str) -> None:
+               search: NoiseSearch, rng: np.random.RandomState, owner: str,
+               loso: bool = False) -> None:
         """Add labelled structures, and optionally inducing environments, by low-rank updates.
 
         Parameters
@@ -536,6 +548,8 @@ class SparsePosterior:
         search : NoiseSearch
         rng : numpy.random.RandomState
         owner : str
+        loso : bool, default=False
+            Recompute the leave-one-structure-out terms (``loso``) of all the data.
 
         Raises
         ------
@@ -558,6 +572,7 @@ class SparsePosterior:
         self.stats = _incremental.statistics(self.training)
         self.log_marginal_likelihood_value = float(gp.log_marginal_likelihood(
             np.log([self.signal_std, self.energy_noise, self.force_noise]), self.stats))
+        self.loso = _timed_loso(owner, self._training_loso) if loso else None
 
     def check_updatable(self, owner: str) -> None:
         """Raise unless the posterior keeps a training state (an incremental fit).
@@ -570,6 +585,19 @@ class SparsePosterior:
         if self.training is None:
             raise ValueError(f"{owner}: the model keeps no training state; fit it with "
                              "incremental=True (models loaded from file cannot be updated)")
+
+    def _training_loso(self) -> LosoTerms:
+        """Compute the LOSO terms of the training state."""
+        state = self.training
+        structure = np.empty(len(state.y), dtype=np.int64)
+        for k, (e_row, f_row) in enumerate(zip(state.energy_row, state.force_row,
+                                               strict=True)):
+            if e_row >= 0:
+                structure[e_row] = k
+            if f_row >= 0:
+                structure[f_row:f_row + 3 * len(state.frames[k])] = k
+        return _sparse_loso_terms(state.Kw, state.y, state.noise_std, self.signal_std,
+                                  state.prior, state.is_energy, structure)
 
     def _add_structure(self, atoms, energy: float, forces, index, descriptor, e0):
         """Append one structure's observations to the training state."""
@@ -599,6 +627,13 @@ class SparsePosterior:
             n_rows.append(np.ones(3 * n, dtype=int))
         _incremental.add_rows(state, np.vstack(blocks), np.concatenate(y), np.concatenate(std),
                               np.concatenate(is_e), np.concatenate(n_rows), self.signal_std)
+        if state.prior is not None:  # kept for the LOSO projection term
+            prior_e, prior_f = gp.prior_variances(result, index, self.n_species, self.kernel,
+                                                  energy=has_e, forces=has_f)
+            prior_e, prior_f = prior_with_two_body(rows, self.two_body, self.pair_columns,
+                                                   prior_e, prior_f)
+            state.prior = np.concatenate([state.prior] + ([[prior_e]] if has_e else [])
+                                         + ([prior_f.ravel()] if has_f else []))
         state.frames.append(labelled_copy(atoms, energy, forces))
         state.results.append(result)
         state.species_index.append(index)
@@ -761,6 +796,8 @@ class SparsePosterior:
                                  "incremental=True")
             for name in _STATE_FIELDS:
                 arrays[f"state_{name}"] = np.asarray(getattr(self.training, name))
+            if self.training.prior is not None:
+                arrays["state_prior"] = self.training.prior
         fitted = {"method": self.kind, "signal_std": self.signal_std,
                   "energy_noise": self.energy_noise, "force_noise": self.force_noise,
                   "log_marginal_likelihood": self.log_marginal_likelihood_value,
@@ -798,6 +835,12 @@ class SparsePosterior:
         if isinstance(signal_std, bool) or not isinstance(signal_std, (int, float)) \
                 or not signal_std > 0:
             raise ValueError(f"load: {what} has a malformed signal_std entry {signal_std!r}")
+        needed = ["alpha", "L_mm", "L_post", "stats_eigenvalues", "stats_U", "stats_beta_E",
+                  "stats_beta_F"] + [f"{name}_{s}" for s in range(n_species)
+                                     for name in ("inducing", "columns")]
+        missing = [name for name in needed if name not in arrays]
+        if missing:
+            raise ValueError(f"load: {what} is a sparse model without {missing}")
         inducing = [arrays[f"inducing_{s}"] for s in range(n_species)]
         for z in inducing:
             z.setflags(write=False)
@@ -807,6 +850,10 @@ class SparsePosterior:
         if len(weights) != sum(len(z) for z in inducing) + n_pair:
             raise ValueError(f"load: {what} holds {len(weights)} weights, which does not "
                              "match its inducing environments and two-body term")
+        M = len(weights)
+        if arrays["L_mm"].shape != (M, M) or arrays["L_post"].shape != (M, M):
+            raise ValueError(f"load: {what} holds factors of shapes {arrays['L_mm'].shape} and "
+                             f"{arrays['L_post'].shape} for {M} weights")
         pair_columns = _checked_pair_columns(arrays.get("pair_columns"), columns, two_body,
                                              n_species, len(weights), what)
         training = None
@@ -814,6 +861,7 @@ class SparsePosterior:
             values = {name: arrays[f"state_{name}"] for name in _STATE_FIELDS}
             values["energy_row"] = values["energy_row"].tolist()
             values["force_row"] = values["force_row"].tolist()
+            values["prior"] = arrays.get("state_prior")  # absent in older files
             training = _incremental.TrainingState(**values)
         s = fitted["stats"]
         stats = gp.WhitenedStatistics(
@@ -827,6 +875,31 @@ class SparsePosterior:
                    log_marginal_likelihood=fitted["log_marginal_likelihood"],
                    jitter=fitted["jitter"], jitter_abs=fitted["jitter_abs"], training=training,
                    needs_frames=training is not None)
+
+
+def _sparse_loso_terms(Kw: np.ndarray, y: np.ndarray, noise_std: np.ndarray, sigma: float,
+                       prior: np.ndarray | None, is_energy: np.ndarray,
+                       structure: np.ndarray) -> LosoTerms:
+    """Compute the LOSO terms of a whitened design (:func:`kernelpot.loso.sparse_loso`).
+
+    The projection term of a training row is ``σ² (prior - |K_w row|²)``: the whitened
+    row's squared norm is the prior variance the inducing set spans. Without the
+    prior variances (a training state saved before they were kept) it is zero.
+    """
+    residual, variance = sparse_loso(Kw, y, noise_std, sigma, structure)
+    projection = np.zeros(len(y)) if prior is None else np.maximum(
+        sigma**2 * (prior - np.einsum("nm,nm->n", Kw, Kw)), 0.0)
+    return LosoTerms.from_loso(residual, variance, noise_std**2, projection, is_energy,
+                               structure)
+
+
+def _timed_loso(owner: str, compute) -> LosoTerms:
+    """Run ``compute()`` and log what the leave-one-structure-out step cost."""
+    tic = time.perf_counter()
+    terms = compute()
+    logger.info("%s: leave-one-structure-out predictions of %d structures (closed form) in "
+                "%.2f s", owner, terms.n_structures, time.perf_counter() - tic)
+    return terms
 
 
 def _checked_pair_columns(pair_columns, columns, two_body, n_species, n_weights, what):

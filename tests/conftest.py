@@ -73,5 +73,6 @@ def fitted_ethanol(ethanol_frames, small_soap):
     """A sparse GP fitted on 30 ethanol frames (all environments inducing)."""
     from kernelpot import SparseGPPotential
 
-    model = SparseGPPotential(small_soap, sparse_method="all", random_state=0)
+    model = SparseGPPotential(small_soap, sparse_method="all", calibration=None,
+                              random_state=0)
     return model.fit(ethanol_frames[:30])

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _model():
     return SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
-                             random_state=0, n_restarts=0)
+                             calibration=None, random_state=0, n_restarts=0)
 
 
 def _dynamics(seed=0):

@@ -376,10 +376,14 @@ def test_calibrate_scales_every_std_and_survives_save_load(fitted_ethanol, ethan
     scale = calibrated.std_scale_
 
     def calibrated_var(q, post, proj):
-        """c² v_ref (u / v_ref)^p, u = post + w² proj, written out independently."""
-        c, w = scale[q], scale[f"{q}_projection"]
-        p, v_ref = scale[f"{q}_exponent"], scale[f"{q}_reference"]
-        return c**2 * v_ref * ((post + w**2 * proj) / v_ref) ** p
+        """c² v_ref (u / v_ref)^p for energies and c² u (ū / v_ref)^(p - 1) for force
+        components (ū: the atom's mean), u = post + w² proj, written out independently."""
+        c, w, v_ref = scale[q], scale[f"{q}_projection"], scale[f"{q}_reference"]
+        u = post + w**2 * proj
+        if q == "energy":
+            return c**2 * v_ref * (u / v_ref) ** scale["energy_exponent"]
+        atom_mean = np.repeat(u.reshape(-1, 3).mean(axis=1), 3).reshape(u.shape)
+        return c**2 * u * (atom_mean / v_ref) ** (scale["forces_atom_exponent"] - 1)
 
     # the raw force std is too wide, through its projection term (see the benchmarks)
     assert scale["forces"] * scale["forces_projection"] < 1.0
@@ -409,8 +413,8 @@ def test_calibrate_scales_every_std_and_survives_save_load(fitted_ethanol, ethan
     best = nll(calibrated_var("forces", post, proj) + scale["forces_noise"] ** 2 * noise)
     original = dict(scale)
     for key, factor in (("forces", 1.05), ("forces", 1 / 1.05), ("forces_projection", 1.1),
-                        ("forces_projection", 1 / 1.1), ("forces_exponent", 1.02),
-                        ("forces_exponent", 1 / 1.02), ("forces_noise", 1.05),
+                        ("forces_projection", 1 / 1.1), ("forces_atom_exponent", 1.02),
+                        ("forces_atom_exponent", 1 / 1.02), ("forces_noise", 1.05),
                         ("forces_noise", 1 / 1.05)):
         if key == "forces_noise" and np.isclose(original[key], 1e-2) and factor < 1:
             continue  # at its lower limit

@@ -27,7 +27,7 @@ def _observations(descriptor, frames, energy=True, forces=True):
 
 @pytest.fixture(scope="module")
 def fitted_exact(ethanol_frames, small_soap):
-    return SparseGPPotential(small_soap, method="exact", n_restarts=0,
+    return SparseGPPotential(small_soap, method="exact", n_restarts=0, calibration=None,
                              random_state=0).fit(ethanol_frames[:20])
 
 

@@ -101,7 +101,7 @@ def test_update_errors(fitted_ethanol, ethanol_frames, small_soap, tmp_path):
 
 
 def test_update_drops_a_stale_calibration(ethanol_frames, small_soap):
-    model = SparseGPPotential(small_soap, incremental=True, optimize=False,
+    model = SparseGPPotential(small_soap, incremental=True, optimize=False, calibration=None,
                               random_state=0).fit(ethanol_frames[:6])
     model.calibrate(ethanol_frames[20:24])
     assert model.std_scale_ is not None

@@ -1,0 +1,276 @@
+"""The std calibration: variance map fitted by likelihood, conformal multipliers, checks.
+
+Synthetic validation sets: the raw variance terms are log-normal, the errors are drawn
+with a known variance map, and the fit must recover it.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from kernelpot.calibration import (
+    SHAPE_MIN_VALUES,
+    StdCalibration,
+    fit_projection_scale,
+    fit_variance_terms,
+    group_mean,
+)
+
+
+def _terms(n, seed, noise_level=0.0):
+    """Raw posterior and projection terms (spread over two decades) and a noise variance."""
+    rng = np.random.default_rng(seed)
+    post = np.exp(rng.normal(np.log(0.01), 1.0, n))
+    proj = np.exp(rng.normal(np.log(0.03), 1.0, n))
+    noise = np.full(n, noise_level)
+    return rng, post, proj, noise
+
+
+def test_fit_recovers_a_plain_scale_and_gives_unit_z_scores():
+    rng, post, proj, noise = _terms(4000, seed=0)
+    errors = rng.normal(size=4000) * np.sqrt(4.0 * (post + proj))
+    fitted = fit_variance_terms(errors, post, proj, noise, "Test")
+    assert fitted["scale"] == pytest.approx(2.0, rel=0.1)
+    assert fitted["projection"] == pytest.approx(1.0, rel=0.1)
+    assert fitted["exponent"] == pytest.approx(1.0, abs=0.1)
+    assert fitted["noise"] == 1.0  # no noise: not fitted
+    np.testing.assert_allclose(fitted["reference"], np.exp(np.mean(np.log(post + proj))),
+                               rtol=1e-12)
+    calibration = StdCalibration({"energy": 1.0, **{f"forces{s}": fitted[k] for s, k in (
+        ("", "scale"), ("_projection", "projection"), ("_exponent", "exponent"),
+        ("_reference", "reference"), ("_noise", "noise"))}}, None)
+    z = errors / np.sqrt(calibration.epistemic_variance("forces", post, proj))
+    assert np.var(z) == pytest.approx(1.0, abs=0.06)
+    raw_z = errors / np.sqrt(post + proj)
+    assert np.var(raw_z) == pytest.approx(4.0, rel=0.1)
+
+
+def test_fit_recovers_a_known_per_atom_force_map():
+    """Force components: one factor per atom, (ū / v_ref)^(p - 1) with ū the atom's mean."""
+    c, w, p, d = 1.5, 0.4, 1.6, 2.0
+    rng, post, proj, noise = _terms(3 * 4000, seed=11, noise_level=0.005)
+    u = post + w**2 * proj
+    v_ref = np.exp(np.mean(np.log(group_mean(post + proj, 3)[::3])))
+    variance = c**2 * u * (group_mean(u, 3) / v_ref) ** (p - 1) + d**2 * noise
+    errors = rng.normal(size=u.size) * np.sqrt(variance)
+    fitted = fit_variance_terms(errors, post, proj, noise, "Test", group=3)
+    assert fitted["reference"] == pytest.approx(v_ref, rel=1e-12)
+    assert fitted["scale"] == pytest.approx(c, rel=0.1)
+    assert fitted["projection"] == pytest.approx(w, rel=0.15)
+    assert fitted["exponent"] == pytest.approx(p, abs=0.1)
+    assert fitted["noise"] == pytest.approx(d, rel=0.15)
+    # applied through StdCalibration, an atom's three variances keep their ratios
+    calibration = StdCalibration.fit({"forces": (errors, post, proj, noise)}, "Test")
+    assert "forces_atom_exponent" in calibration.std_scale
+    scaled = calibration.epistemic_variance("forces", post.reshape(-1, 3),
+                                            proj.reshape(-1, 3))
+    raw = (post + calibration.std_scale["forces_projection"]**2 * proj).reshape(-1, 3)
+    ratio = scaled / raw
+    np.testing.assert_allclose(ratio, ratio[:, :1].repeat(3, axis=1), rtol=1e-12)
+
+
+def test_fit_recovers_every_term_of_a_known_map():
+    c, w, p, d = 1.5, 0.4, 1.5, 2.0
+    rng, post, proj, noise = _terms(8000, seed=1, noise_level=0.005)
+    u = post + w**2 * proj
+    v_ref = np.exp(np.mean(np.log(post + proj)))
+    variance = c**2 * v_ref * (u / v_ref) ** p + d**2 * noise
+    errors = rng.normal(size=u.size) * np.sqrt(variance)
+    fitted = fit_variance_terms(errors, post, proj, noise, "Test")
+    assert fitted["scale"] == pytest.approx(c, rel=0.1)
+    assert fitted["projection"] == pytest.approx(w, rel=0.15)
+    assert fitted["exponent"] == pytest.approx(p, abs=0.1)
+    assert fitted["noise"] == pytest.approx(d, rel=0.15)
+
+
+def test_without_projection_term_its_weight_is_one():
+    rng, post, _, noise = _terms(2000, seed=2)
+    proj = np.zeros_like(post)  # an exact model
+    errors = rng.normal(size=post.size) * np.sqrt(9.0 * post)
+    fitted = fit_variance_terms(errors, post, proj, noise, "Test")
+    assert fitted["projection"] == 1.0
+    assert fitted["scale"] == pytest.approx(3.0, rel=0.1)
+
+
+def test_few_values_fit_only_the_scale():
+    n = SHAPE_MIN_VALUES - 1
+    rng, post, proj, noise = _terms(n, seed=3)
+    errors = rng.normal(size=n) * np.sqrt(4.0 * (post + 0.1 * proj)) * (1 + post / post.mean())
+    fitted = fit_variance_terms(errors, post, proj, noise, "Test")
+    assert (fitted["projection"], fitted["exponent"], fitted["noise"]) == (1.0, 1.0, 1.0)
+    # with p = w = 1 and no noise, the likelihood's c² is the mean of r² / u
+    np.testing.assert_allclose(fitted["scale"] ** 2,
+                               np.mean(errors**2 / (post + proj)), rtol=1e-5)
+
+
+def test_scale_goes_to_its_limit_when_the_noise_explains_the_errors():
+    rng, post, proj, noise = _terms(20, seed=4, noise_level=1.0)
+    errors = 0.1 * rng.normal(size=20)  # far inside the noise alone
+    fitted = fit_variance_terms(errors, post, proj, noise, "Test")
+    # towards its lower limit 1e-6 (L-BFGS-B stops a little above it: the gradient in
+    # log c² vanishes with c²)
+    assert fitted["scale"] < 1e-4
+    assert (fitted["projection"], fitted["exponent"], fitted["noise"]) == (1.0, 1.0, 1.0)
+
+
+def test_zero_epistemic_variance_is_an_error():
+    zeros = np.zeros(10)
+    with pytest.raises(ValueError, match="Owner: the model's epistemic variance is zero"):
+        fit_variance_terms(np.ones(10), zeros, zeros, np.ones(10), "Owner")
+
+
+def test_fit_projection_scale_recovers_a_known_weight():
+    rng, post, proj, noise = _terms(4000, seed=5, noise_level=0.002)
+    w = 0.3
+    r2 = (post + w**2 * proj + noise) * rng.normal(size=post.size) ** 2
+    assert fit_projection_scale(r2, post, proj, noise) == pytest.approx(w, rel=0.1)
+    # errors larger than the raw terms allow: the weight goes to its upper limit 10
+    assert fit_projection_scale(1e6 * r2, post, proj, noise) == pytest.approx(10.0, rel=1e-3)
+
+
+# -- StdCalibration ----------------------------------------------------------------------
+
+FITTED = {"energy": 2.0, "energy_projection": 0.5, "energy_exponent": 1.3,
+          "energy_reference": 0.02, "energy_noise": 3.0, "forces": 0.5}
+
+
+def test_uncalibrated_is_the_raw_sum():
+    post, proj = np.array([0.1, 0.2, 0.0]), np.array([0.3, 0.0, 0.5])
+    for calibration in (StdCalibration(None, None), StdCalibration({}, None),
+                        StdCalibration(FITTED, None, applied=False)):
+        for quantity in ("energy", "forces"):
+            assert calibration.factors(quantity) == (1.0, 1.0, 1.0, 1.0)
+            np.testing.assert_allclose(calibration.epistemic_variance(quantity, post, proj),
+                                       post + proj, rtol=0, atol=0)
+            np.testing.assert_allclose(calibration.noise_variance(quantity, 0.04), 0.04,
+                                       rtol=0, atol=0)
+
+
+def test_fitted_map_is_applied():
+    calibration = StdCalibration(FITTED, None)
+    assert calibration.factors("energy") == (2.0, 0.5, 1.3, 0.02)
+    assert calibration.factors("forces") == (0.5, 1.0, 1.0, 1.0)
+    post, proj = np.array([0.01, 0.04]), np.array([0.02, 0.08])
+    u = post + 0.25 * proj
+    np.testing.assert_allclose(calibration.epistemic_variance("energy", post, proj),
+                               4.0 * 0.02 * (u / 0.02) ** 1.3, rtol=1e-14)
+    np.testing.assert_allclose(calibration.epistemic_variance("forces", post, proj),
+                               0.25 * (post + proj), rtol=1e-14)
+    np.testing.assert_allclose(calibration.noise_variance("energy", 0.1), 0.9, rtol=1e-14)
+    np.testing.assert_allclose(calibration.noise_variance("forces", 0.1), 0.1, rtol=1e-14)
+
+
+def test_unknown_quantity_is_rejected():
+    with pytest.raises(ValueError, match="quantity must be 'energy' or 'forces'; got 'stress'"):
+        StdCalibration(None, None).factors("stress")
+
+
+def _exchangeable(n, seed):
+    """Heavy-tailed errors whose spread follows the raw terms, and those terms."""
+    rng, post, proj, noise = _terms(n, seed, noise_level=0.001)
+    errors = rng.standard_t(4, size=n) * np.sqrt(4.0 * (post + 0.3 * proj) + noise)
+    return errors, post, proj, noise
+
+
+def test_split_conformal_intervals_cover_fresh_data():
+    terms = _exchangeable(3000, seed=6)
+    calibration = StdCalibration.fit({"forces": terms}, "Test")
+    assert calibration.applied
+    assert set(calibration.interval_scores) == {"forces"}
+    scores = calibration.interval_scores["forces"]
+    assert scores.size == 3000 and np.all(np.diff(scores) >= 0)
+    errors, post, proj, noise = _exchangeable(39999, seed=7)  # xyz triples
+    std = np.sqrt(calibration.epistemic_variance("forces", post, proj)
+                  + calibration.noise_variance("forces", noise))
+    for coverage in (0.5, 0.8, 0.9, 0.95):
+        multiplier = calibration.interval_multiplier("forces", coverage, "Test")
+        covered = np.mean(np.abs(errors) <= multiplier * std)
+        assert covered == pytest.approx(coverage, abs=0.02)
+
+
+def test_fit_fills_quantities_without_values_with_one():
+    errors, post, proj, noise = _exchangeable(200, seed=8)
+    calibration = StdCalibration.fit({"energy": (errors, post, proj, noise)}, "Test")
+    scale = calibration.std_scale
+    assert scale["forces"] == 1.0
+    assert not any(k.startswith("forces_") for k in scale)
+    assert {"energy", "energy_projection", "energy_exponent", "energy_reference",
+            "energy_noise"} <= set(scale)
+    assert calibration.factors("forces") == (1.0, 1.0, 1.0, 1.0)
+    # a round trip through the file check
+    assert StdCalibration.check_std_scale(scale, "file") == scale
+    with pytest.warns(UserWarning, match="no calibration scores for forces"):
+        calibration.interval_multiplier("forces", 0.9, "Test")
+
+
+def test_without_scores_the_multiplier_is_gaussian_with_a_warning():
+    with pytest.warns(UserWarning, match="Owner: no calibration scores for energy"):
+        multiplier = StdCalibration(FITTED, None).interval_multiplier("energy", 0.9, "Owner")
+    np.testing.assert_allclose(multiplier, norm.ppf(0.95), rtol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the coverage is checked before any warning
+        with pytest.raises(ValueError, match="coverage must be a number in"):
+            StdCalibration(None, None).interval_multiplier("energy", 1.5, "Owner")
+
+
+def test_scores_need_the_calibration_applied():
+    scores = {"energy": np.linspace(0.0, 3.0, 100)}
+    applied = StdCalibration(FITTED, scores)
+    assert applied.interval_multiplier("energy", 0.5, "Owner") == pytest.approx(
+        scores["energy"][50], rel=1e-12)  # k = ⌈101 × 0.5⌉ = 51
+    with pytest.raises(ValueError, match="return_interval needs apply_calibration=True"):
+        StdCalibration(FITTED, scores, applied=False).interval_multiplier("energy", 0.5, "O")
+    with pytest.raises(ValueError, match="too few"):
+        applied.interval_multiplier("energy", 0.999, "Owner")
+
+
+# -- checks of stored entries -------------------------------------------------------------
+
+def test_check_std_scale_accepts_good_entries():
+    assert StdCalibration.check_std_scale(None, "file") is None
+    checked = StdCalibration.check_std_scale({"energy": 2, "forces": 0.5,
+                                              "forces_exponent": 1.2}, "file")
+    assert checked == {"energy": 2.0, "forces": 0.5, "forces_exponent": 1.2}
+    assert all(isinstance(v, float) for v in checked.values())
+
+
+@pytest.mark.parametrize("scale", [
+    [1.0, 1.0],
+    {"energy": 1.0},
+    {"energy": 1.0, "forces": 1.0, "stress": 1.0},
+    {"energy": 1.0, "forces": 1.0, "forces_width": 1.0},
+    {"energy": 0.0, "forces": 1.0},
+    {"energy": -1.0, "forces": 1.0},
+    {"energy": "1", "forces": 1.0},
+    {"energy": float("nan"), "forces": 1.0},
+    {"energy": None, "forces": 1.0},
+])
+def test_check_std_scale_rejects_malformed_entries(scale):
+    with pytest.raises(ValueError, match="load: model.npz has a malformed std_scale entry"):
+        StdCalibration.check_std_scale(scale, "model.npz")
+
+
+def test_check_interval_scores_accepts_good_entries():
+    assert StdCalibration.check_interval_scores({}, "file") is None
+    assert StdCalibration.check_interval_scores({"alpha": np.ones(3)}, "file") is None
+    good = np.array([0.0, 0.5, 0.5, 2.0])
+    checked = StdCalibration.check_interval_scores({"interval_scores_forces": good}, "file")
+    assert set(checked) == {"forces"}
+    np.testing.assert_array_equal(checked["forces"], good)
+
+
+@pytest.mark.parametrize("values", [
+    np.array([1.0, 0.5]),
+    np.array([-0.1, 0.5]),
+    np.array([0.1, np.nan]),
+    np.array([0.1, np.inf]),
+    np.zeros(0),
+    np.ones((2, 2)),
+])
+def test_check_interval_scores_rejects_malformed_entries(values):
+    with pytest.raises(ValueError, match="load: model.npz has malformed energy interval"):
+        StdCalibration.check_interval_scores({"interval_scores_energy": values,
+                                              "interval_scores_forces": np.ones(3)},
+                                             "model.npz")

@@ -1,0 +1,186 @@
+"""The exact posterior: arrays round trip, checks, no updates."""
+
+import json
+
+import numpy as np
+import pytest
+from ase.io import read
+from helpers import DATA
+
+from kernelpot import SOAP, SparseGPPotential, SquaredExponential
+from kernelpot.exact_posterior import ExactPosterior
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return read(DATA / "ethanol_xtb_500K_60.xyz", ":")
+
+
+@pytest.fixture(scope="module")
+def soap():
+    return SOAP(["H", "C", "O"], 3.5, n_max=3, l_max=2, sigma=0.4)
+
+
+@pytest.fixture(scope="module")
+def exact(frames, soap):
+    return SparseGPPotential(soap, method="exact", calibration=None, random_state=0,
+                             n_restarts=0).fit(frames[:3])
+
+
+@pytest.fixture(scope="module")
+def per_element(frames, soap):
+    return SparseGPPotential(soap, method="exact", signal_per_element=True, random_state=0,
+                             n_restarts=0).fit(frames[:2])
+
+
+def _predictions(posterior, model, frames):
+    parts = [posterior.parts(model.descriptor_, atoms, np.searchsorted(model.species_,
+                                                                       atoms.numbers),
+                             model.e0_, True, True) for atoms in frames]
+    return posterior.finish(parts)
+
+
+def _file(model):
+    """The posterior's arrays and metadata as a model file holds them (copies, JSON)."""
+    arrays, fitted = model.posterior_.to_arrays()
+    return ({k: np.array(v) for k, v in arrays.items()}, json.loads(json.dumps(fitted)))
+
+
+def _load(model, arrays, fitted):
+    return ExactPosterior.from_arrays(arrays, fitted, model.kernel_, model.descriptor_,
+                                      model.species_, "model.npz")
+
+
+@pytest.mark.parametrize("name", ["exact", "per_element"])
+def test_arrays_round_trip_predicts_the_same(request, frames, soap, name):
+    model = request.getfixturevalue(name)
+    posterior = model.posterior_
+    restored = _load(model, *_file(model))
+    assert restored.kind == "exact" and restored.two_body is None
+    assert restored.signal_std == posterior.signal_std
+    assert restored.log_marginal_likelihood_value == posterior.log_marginal_likelihood_value
+    test = frames[40:43]
+    for x, y in zip(_predictions(restored, model, test), _predictions(posterior, model, test),
+                    strict=True):
+        np.testing.assert_allclose(x.energy, y.energy, rtol=1e-12)
+        np.testing.assert_allclose(x.forces, y.forces, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(x.energy_var_posterior, y.energy_var_posterior, rtol=1e-8)
+        np.testing.assert_allclose(x.forces_var_posterior, y.forces_var_posterior, rtol=1e-8,
+                                   atol=1e-14)
+        assert x.energy_var_projection == 0.0
+        np.testing.assert_array_equal(x.forces_var_projection, 0.0)
+    sigmas = np.sqrt(posterior.signal_variances()) if name == "per_element" \
+        else [posterior.signal_std]
+    theta = np.log([*sigmas, 0.01, 0.1])
+    value, grad = restored.log_marginal_likelihood(theta, eval_gradient=True)
+    value_ref, grad_ref = posterior.log_marginal_likelihood(theta, eval_gradient=True)
+    assert value == pytest.approx(value_ref, rel=1e-10)
+    np.testing.assert_allclose(grad, grad_ref, rtol=1e-8, atol=1e-8)
+    again = SparseGPPotential(soap).from_posterior(restored, descriptor=model.descriptor_,
+                                                   species=model.species_, e0=model.e0_)
+    assert again.method_ == "exact"
+    e, e_std = again.predict(test, return_std=True)
+    e_ref, e_std_ref = model.predict(test, return_std=True)
+    np.testing.assert_allclose(e, e_ref, rtol=1e-12)
+    np.testing.assert_allclose(e_std, e_std_ref, rtol=1e-8)
+
+
+def test_to_arrays_holds_the_structures_not_the_jacobians(exact):
+    arrays, fitted = exact.posterior_.to_arrays()
+    n_obs = 3 + 3 * 27
+    assert arrays["alpha"].shape == arrays["exact_y"].shape == (n_obs,)
+    assert arrays["exact_L"].shape == (n_obs, n_obs)
+    assert {k for k in arrays if k.startswith("exact_structures_")} == {
+        f"exact_structures_{n}" for n in ("n_atoms", "numbers", "positions", "cells", "pbc",
+                                          "has_energy", "has_forces")}
+    assert fitted["method"] == "exact" and fitted["stats"] is None
+    assert fitted["jitter"] == 0.0
+    with pytest.raises(ValueError, match="training_state=True needs a model fitted"):
+        exact.posterior_.to_arrays(training_state=True)
+
+
+@pytest.mark.parametrize("missing", ["exact_L", "exact_y", "exact_structures_positions"])
+def test_from_arrays_names_missing_arrays(exact, missing):
+    arrays, fitted = _file(exact)
+    del arrays[missing]
+    name = missing.removeprefix("exact_structures_")
+    with pytest.raises(ValueError, match=f"load: model.npz is an exact model without "
+                                         f".*'{name}'"):
+        _load(exact, arrays, fitted)
+
+
+@pytest.mark.parametrize(("key", "change"), [
+    ("alpha", lambda a: a[:-1]),
+    ("exact_y", lambda a: np.concatenate([a, [1.0]])),
+    ("exact_L", lambda a: a[:-1, :-1]),
+    ("exact_L", lambda a: a[:, :-1]),
+    # the stored structures say one fewer force set: fewer observations than the arrays
+    ("exact_structures_has_forces", lambda a: np.array([True, False, True])),
+    ("exact_structures_has_energy", lambda a: np.array([True, True, False])),
+])
+def test_from_arrays_rejects_arrays_that_do_not_match_the_observations(exact, key, change):
+    arrays, fitted = _file(exact)
+    arrays[key] = change(arrays[key])
+    with pytest.raises(ValueError, match="load: model.npz holds exact-model arrays that do "
+                                         "not match its .* training observations"):
+        _load(exact, arrays, fitted)
+
+
+@pytest.mark.parametrize("signal_std", [True, 0.0, -2.0, "2.0", None,
+                                        {"H": 1.0, "C": 1.0},
+                                        {"H": 1.0, "C": 1.0, "O": 1.0, "N": 1.0},
+                                        {"H": 1.0, "C": -1.0, "O": 1.0}])
+def test_from_arrays_rejects_a_malformed_signal_std(exact, signal_std):
+    arrays, fitted = _file(exact)
+    fitted["signal_std"] = signal_std
+    with pytest.raises(ValueError, match="load: model.npz has a malformed signal_std entry"):
+        _load(exact, arrays, fitted)
+
+
+def test_per_element_signal_stds_are_a_dict(per_element):
+    sigma = per_element.posterior_.signal_std
+    assert isinstance(sigma, dict) and set(sigma) == {"H", "C", "O"}
+    np.testing.assert_allclose(per_element.posterior_.signal_variances(),
+                               [sigma["H"] ** 2, sigma["C"] ** 2, sigma["O"] ** 2], rtol=1e-15)
+
+
+def test_exact_posteriors_are_not_updated(exact, frames):
+    with pytest.raises(ValueError, match="Owner: an exact model .* is not updated in place"):
+        exact.posterior_.check_updatable("Owner")
+    with pytest.raises(ValueError, match="is not updated in place"):
+        exact.update(frames[10:11])
+    with pytest.raises(ValueError, match="Owner: the model has no stored training state"):
+        exact.posterior_.restore_training(frames[:3], None, "Owner")
+    assert exact.posterior_.keeps_training_data is False
+
+
+def test_fixed_hyperparameters_are_kept_exactly(frames, soap):
+    given = {"signal_std": 0.1, "energy_noise": 0.003, "force_noise": 0.05}
+    model = SparseGPPotential(soap, method="exact", optimize=["force_noise"],
+                              **given).fit(frames[:2])
+    assert model.signal_std_ == given["signal_std"]  # exact: never exp(log(x))
+    assert model.energy_noise_ == given["energy_noise"]
+    assert model.force_noise_ != given["force_noise"]
+
+
+def test_kernel_search_is_refused(frames, soap):
+    model = SparseGPPotential(soap, SquaredExponential(1.0), method="exact",
+                              optimize=["kernel", "signal_std"])
+    with pytest.raises(ValueError, match="method='exact' keeps the kernel's hyperparameters"):
+        model.fit(frames[:2])
+
+
+def test_finish_without_variance_and_empty(exact, frames):
+    posterior = exact.posterior_
+    atoms = frames[45]
+    index = np.searchsorted(exact.species_, atoms.numbers)
+    mean = posterior.parts(exact.descriptor_, atoms, index, exact.e0_, True, False)
+    assert mean.variance_rows == 0
+    energy = posterior.parts(exact.descriptor_, atoms, index, exact.e0_, False, "energy")
+    assert energy.variance_rows == 1
+    out = posterior.finish([mean, energy])
+    assert out[0].energy_var_posterior is None
+    assert out[1].energy_var_posterior > 0 and out[1].forces_var_posterior is None
+    assert posterior.finish([]) == []
+    local = posterior.local_energies(exact.descriptor_, atoms, index)
+    np.testing.assert_allclose((local + exact.e0_[index]).sum(), mean.energy, rtol=1e-12)

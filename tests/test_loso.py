@@ -1,0 +1,207 @@
+"""Leave-one-structure-out predictions in closed form against brute-force refits."""
+
+import numpy as np
+import pytest
+from ase.io import read
+from helpers import DATA
+
+from kernelpot import SOAP, SparseGPPotential, gp
+from kernelpot._labels import TrainingSet, read_labels
+from kernelpot.design import SparseDesign
+from kernelpot.loso import exact_loso, sparse_loso
+
+SOAP_SMALL = SOAP(["H", "C", "O"], 3.5, n_max=3, l_max=2, sigma=0.4)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return read(DATA / "ethanol_xtb_500K_60.xyz", ":14")
+
+
+def _fixed(model):
+    """Parameters that refit ``model`` with its fitted hyperparameters and e0 held fixed."""
+    return dict(signal_std=model.signal_std_, energy_noise=model.energy_noise_,
+                force_noise=model.force_noise_, optimize=False,
+                e0={s: float(v) for s, v in zip(["H", "C", "O"], model.e0_, strict=True)})
+
+
+def _relative(actual, expected):
+    return np.abs(actual - expected).max() / np.abs(expected).max()
+
+
+def test_exact_loso_equals_refits_without_each_structure(frames):
+    train = frames[:6]
+    full = SparseGPPotential(SOAP_SMALL, method="exact", random_state=0).fit(train)
+    post = full.posterior_
+    obs = post.observations
+    structure = np.concatenate([np.arange(len(train)), obs.force_structure])
+    residual, variance = exact_loso(post.L, post.weights, structure)
+    noise = np.concatenate([full.energy_noise_**2 * obs.energy_atoms,
+                            np.full(obs.n_force, full.force_noise_**2)])
+    for B, atoms in enumerate(train):
+        rest = [a for k, a in enumerate(train) if k != B]
+        refit = SparseGPPotential(SOAP_SMALL, method="exact", **_fixed(full)).fit(rest)
+        p = refit.predict_structure(atoms, variance=True)
+        rows = np.flatnonzero(structure == B)
+        expected = np.concatenate([[atoms.get_potential_energy() - p.energy],
+                                   (atoms.get_forces() - p.forces).ravel()])
+        expected_var = np.concatenate([[p.energy_var_posterior],
+                                       p.forces_var_posterior.ravel()]) + noise[rows]
+        assert _relative(residual[rows], expected) < 1e-6
+        assert _relative(variance[rows], expected_var) < 1e-6
+
+
+def _design(model, frames):
+    """The sparse design of ``frames`` on ``model``'s inducing environments, as fit builds it."""
+    species = model.species_
+    index = [np.searchsorted(species, a.numbers) for a in frames]
+    counts = np.stack([np.bincount(i, minlength=len(species)) for i in index])
+    training = TrainingSet(frames, read_labels(frames, "test"), species, index, counts,
+                           model.e0_)
+    design = SparseDesign(training, model.descriptor_, model.posterior_.inducing, None,
+                          lambda fn, items, desc: map(fn, items))
+    assembled = design.assemble(model.kernel_)
+    noise_std = np.concatenate([model.energy_noise_ * np.sqrt(design.n_atoms),
+                                np.full(design.n_force, model.force_noise_)])
+    y = np.concatenate([design.y_energy, design.y_force])
+    return design, assembled, noise_std, y
+
+
+def test_sparse_loso_equals_refits_on_the_same_inducing_points(frames):
+    frames = frames[:8]
+    full = SparseGPPotential(SOAP_SMALL, n_sparse=25, random_state=0).fit(frames)
+    design, assembled, noise_std, y = _design(full, frames)
+    structure = np.concatenate([np.arange(len(frames)),
+                                np.repeat(np.arange(len(frames)), 3 * design.n_atoms)])
+    Kw = assembled.design[:design.n_obs].copy()
+    residual, variance = sparse_loso(Kw, y, noise_std, full.signal_std_, structure)
+    np.testing.assert_array_equal(Kw, assembled.design[:design.n_obs])  # not modified
+    post = full.posterior_
+    for B, atoms in enumerate(frames):
+        rest = [a for k, a in enumerate(frames) if k != B]
+        d, a, noise_rest, y_rest = _design(full, rest)
+        factors = gp.solve_posterior(a.design, d.n_obs, a.L_mm, noise_rest, y_rest,
+                                     full.signal_std_)
+        rows = gp.design_rows(full.descriptor_.compute(atoms),
+                              np.searchsorted(full.species_, atoms.numbers), post.inducing,
+                              full.kernel_, energy=True, forces=True, columns=post.columns,
+                              n_columns=post.weights.size)
+        stacked = np.vstack([rows.energy, rows.forces])
+        posterior_var, _ = gp.variance_terms(stacked, factors, full.signal_std_)
+        sel = np.flatnonzero(structure == B)
+        assert _relative(residual[sel], y[sel] - stacked @ factors.weights) < 1e-6
+        assert _relative(variance[sel], posterior_var + noise_std[sel]**2) < 1e-6
+
+
+def test_loso_accepts_rows_of_a_structure_that_are_not_adjacent():
+    """Energies come first, then forces: a structure's rows are apart in both models."""
+    rng = np.random.default_rng(0)
+    Kw = rng.normal(size=(12, 5))
+    y = rng.normal(size=12)
+    noise = np.full(12, 0.3)
+    structure = np.array([0, 1, 2, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+    residual, variance = sparse_loso(Kw, y, noise, 1.3, structure)
+    # the same rows grouped by structure give the same answer
+    order = np.argsort(structure, kind="stable")
+    r2, v2 = sparse_loso(Kw[order], y[order], noise[order], 1.3, structure[order])
+    np.testing.assert_allclose(residual[order], r2, rtol=1e-12)
+    np.testing.assert_allclose(variance[order], v2, rtol=1e-12)
+    # and the dense formula of the Bayesian linear model, K_y = Φ Φᵀ + Λ
+    Phi = 1.3 * Kw
+    K_y = Phi @ Phi.T + np.diag(noise**2)
+    K_inv = np.linalg.inv(K_y)
+    alpha = K_inv @ y
+    for s in range(3):
+        rows = np.flatnonzero(structure == s)
+        block = np.linalg.inv(K_inv[np.ix_(rows, rows)])
+        np.testing.assert_allclose(residual[rows], block @ alpha[rows], rtol=1e-9)
+        np.testing.assert_allclose(variance[rows], np.diag(block), rtol=1e-9)
+    L = np.linalg.cholesky(K_y)
+    r3, v3 = exact_loso(L, alpha, structure)
+    np.testing.assert_allclose(r3, residual, rtol=1e-9)
+    np.testing.assert_allclose(v3, variance, rtol=1e-9)
+
+
+# -- the estimator's default calibration ------------------------------------------------------
+def test_the_estimators_loso_terms_are_the_refits_errors(frames):
+    """Wiring: the rows of each structure (energies first, then forces) are its own."""
+    train = frames[:5]
+    for method in ("exact", "sparse"):
+        model = SparseGPPotential(SOAP_SMALL, method=method, n_sparse=20,
+                                  random_state=0).fit(train)
+        loso = model.posterior_.loso
+        assert loso.n_structures == 5 and loso.is_energy.sum() == 5
+        B = 3
+        rest = [a for k, a in enumerate(train) if k != B]
+        if method == "exact":
+            refit = SparseGPPotential(SOAP_SMALL, method="exact", **_fixed(model)).fit(rest)
+            p = refit.predict_structure(train[B])
+            expected = np.concatenate([[p.energy - train[B].get_potential_energy()],
+                                       (p.forces - train[B].get_forces()).ravel()])
+            rows = np.flatnonzero(loso.structure == B)
+            assert _relative(loso.errors[rows], expected) < 1e-6
+        # a structure's energy row comes before its force rows, in training order
+        assert np.array_equal(loso.structure[:5], np.arange(5))
+        assert np.array_equal(loso.structure[5:], np.repeat(np.arange(5), 27))
+
+
+def test_default_std_is_the_loso_calibrated_one_and_none_gives_the_raw_one(frames):
+    train, test = frames[:6], frames[6:8]
+    default = SparseGPPotential(SOAP_SMALL, n_sparse=30, random_state=0).fit(train)
+    raw = SparseGPPotential(SOAP_SMALL, n_sparse=30, calibration=None,
+                            random_state=0).fit(train)
+    assert default.interval_kind_ == "loso" and raw.interval_kind_ is None
+    assert raw.std_scale_ is None and set(default.std_scale_) >= {"energy", "forces"}
+    np.testing.assert_array_equal(default.predict_forces(test), raw.predict_forces(test))
+    _, std_default = default.predict_forces(test, return_std=True, std_type="epistemic")
+    _, std_raw = raw.predict_forces(test, return_std=True, std_type="epistemic")
+    for k, atoms in enumerate(test):
+        p = raw.predict_structure(atoms, variance=True)
+        np.testing.assert_allclose(std_raw[k]**2, p.forces_var_posterior
+                                   + p.forces_var_projection, rtol=1e-10)
+        np.testing.assert_allclose(std_default[k]**2, default.epistemic_variance(
+            "forces", p.forces_var_posterior, p.forces_var_projection), rtol=1e-10)
+    assert not np.allclose(std_default[0], std_raw[0], rtol=1e-3)
+
+
+def test_loso_calibrated_forces_stay_equivariant(frames):
+    from helpers import assert_symmetries
+
+    model = SparseGPPotential(SOAP_SMALL, n_sparse=30, random_state=0).fit(frames[:6])
+    assert model.std_scale_["forces_atom_exponent"] != 1.0  # the exponent is in play
+    assert_symmetries(model, frames[7])
+
+
+def test_loso_calibration_is_saved_replaced_by_calibrate_and_refitted_by_update(frames,
+                                                                               tmp_path):
+    from kernelpot import load
+
+    model = SparseGPPotential(SOAP_SMALL, n_sparse=30, incremental=True,
+                              random_state=0).fit(frames[:5])
+    loaded = load(model.save(tmp_path / "m.npz", training_state=True))
+    assert loaded.interval_kind_ == "loso" and loaded.std_scale_ == model.std_scale_
+    for quantity, scores in model.interval_scores_.items():
+        np.testing.assert_array_equal(loaded.interval_scores_[quantity], scores)
+    np.testing.assert_array_equal(loaded.predict_forces(frames[7:8], return_std=True)[1][0],
+                                  model.predict_forces(frames[7:8], return_std=True)[1][0])
+    before = dict(model.std_scale_)
+    model.update(frames[5:7], n_inducing=4)
+    assert model.interval_kind_ == "loso" and model.posterior_.loso.n_structures == 7
+    assert model.std_scale_ != before
+    # the updated model's map is the one a fit of the same posterior's LOSO terms gives
+    from kernelpot.calibration import StdCalibration
+
+    refit = StdCalibration.fit(model.posterior_.loso.calibration_terms(), "t", kind="loso")
+    assert refit.std_scale == pytest.approx(model.std_scale_, rel=1e-12)
+    model.calibrate(frames[8:12])
+    assert model.interval_kind_ == "validation"
+    with pytest.warns(UserWarning, match="calibration no longer applies"):
+        model.update(frames[12:13])
+    assert model.interval_kind_ == "loso"
+
+
+def test_too_few_structures_give_raw_stds_and_bad_values_fail(frames):
+    model = SparseGPPotential(SOAP_SMALL, n_sparse=20, random_state=0).fit(frames[:2])
+    assert model.std_scale_ is None and model.interval_kind_ is None
+    with pytest.raises(ValueError, match="calibration must be 'loso' or None"):
+        SparseGPPotential(SOAP_SMALL, calibration="validation").fit(frames[:3])

@@ -1,0 +1,279 @@
+"""The sparse posterior: arrays round trip, checks, updates, refactorisation."""
+
+import json
+
+import numpy as np
+import pytest
+from ase.io import read
+from helpers import DATA
+from sklearn.base import clone
+
+from kernelpot import SOAP, SparseGPPotential, TwoBody
+from kernelpot.sparse_posterior import SparsePosterior
+
+FIXED = {"optimize": False, "signal_std": 3.0, "energy_noise": 0.003, "force_noise": 0.08,
+         "n_sparse": {"H": 6, "C": 3, "O": 2}, "random_state": 0}
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return read(DATA / "ethanol_xtb_500K_60.xyz", ":")
+
+
+@pytest.fixture(scope="module")
+def soap():
+    return SOAP(["H", "C", "O"], 3.5, n_max=3, l_max=2, sigma=0.4)
+
+
+@pytest.fixture(scope="module")
+def plain(frames, soap):
+    return SparseGPPotential(soap, n_sparse=8, calibration=None, random_state=0,
+                             n_restarts=0).fit(frames[:5])
+
+
+@pytest.fixture(scope="module")
+def with_pair(frames, soap):
+    return SparseGPPotential(soap, two_body=TwoBody(r_cut=3.0, n_basis=4), n_sparse=6,
+                             calibration=None, random_state=0, n_restarts=0).fit(frames[:5])
+
+
+def _incremental(soap, frames, n=4):
+    return SparseGPPotential(soap, incremental=True, **FIXED).fit(frames[:n])
+
+
+def _predictions(posterior, model, frames):
+    """Means and variance terms of ``frames`` from the posterior's parts, in one batch."""
+    parts = [posterior.parts(model.descriptor_, atoms, np.searchsorted(model.species_,
+                                                                       atoms.numbers),
+                             model.e0_, True, True) for atoms in frames]
+    return posterior.finish(parts)
+
+
+def _assert_same(a, b, rtol):
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x.energy, y.energy, rtol=rtol)
+        np.testing.assert_allclose(x.forces, y.forces, rtol=rtol, atol=rtol * 1e-2)
+        np.testing.assert_allclose(x.local_energies, y.local_energies, rtol=rtol)
+        for name in ("energy_var_posterior", "energy_var_projection", "forces_var_posterior",
+                     "forces_var_projection"):
+            np.testing.assert_allclose(getattr(x, name), getattr(y, name), rtol=rtol,
+                                       atol=rtol * 1e-4)
+
+
+def _round_trip(posterior, model, training_state=False):
+    arrays, fitted = posterior.to_arrays(training_state=training_state)
+    arrays = {k: np.array(v) for k, v in arrays.items()}  # copies, as a file holds
+    fitted = json.loads(json.dumps(fitted))  # JSON-ready, as the file's metadata
+    return SparsePosterior.from_arrays(arrays, fitted, model.kernel_, model.two_body_,
+                                       len(model.species_), "model.npz")
+
+
+@pytest.mark.parametrize("name", ["plain", "with_pair"])
+def test_arrays_round_trip_predicts_the_same(request, frames, soap, name):
+    model = request.getfixturevalue(name)
+    posterior = model.posterior_
+    restored = _round_trip(posterior, model)
+    assert restored.kind == "sparse"
+    assert (restored.two_body is None) == (name == "plain")
+    assert not restored.keeps_training_data and not restored.needs_frames
+    test = frames[40:43]
+    _assert_same(_predictions(restored, model, test), _predictions(posterior, model, test),
+                 rtol=1e-12)
+    for attribute in ("signal_std", "energy_noise", "force_noise", "jitter", "jitter_abs",
+                      "log_marginal_likelihood_value"):
+        assert getattr(restored, attribute) == getattr(posterior, attribute)
+    theta = np.log([1.5, 0.01, 0.1])
+    np.testing.assert_allclose(restored.log_marginal_likelihood(theta, eval_gradient=True)[1],
+                               posterior.log_marginal_likelihood(theta, eval_gradient=True)[1],
+                               rtol=1e-12)
+    for z in restored.inducing:
+        assert not z.flags.writeable
+    # through the estimator
+    again = SparseGPPotential(soap).from_posterior(restored, descriptor=model.descriptor_,
+                                                   species=model.species_, e0=model.e0_)
+    f, f_std = again.predict_forces(test, return_std=True)
+    f_ref, f_std_ref = model.predict_forces(test, return_std=True)
+    for a, b, c, d in zip(f, f_ref, f_std, f_std_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(c, d, rtol=1e-12)
+    np.testing.assert_allclose(again.predict_local_energies(test)[0],
+                               model.predict_local_energies(test)[0], rtol=1e-12)
+
+
+def test_to_arrays_holds_the_documented_entries(with_pair):
+    posterior = with_pair.posterior_
+    arrays, fitted = posterior.to_arrays()
+    M = posterior.weights.size
+    assert arrays["alpha"].shape == (M,) and arrays["L_mm"].shape == (M, M)
+    assert arrays["L_post"].shape == (M, M)
+    assert sum(len(arrays[f"inducing_{s}"]) for s in range(3)) + 4 * 6 == M
+    np.testing.assert_array_equal(np.sort(np.concatenate(
+        [arrays[f"columns_{s}"] for s in range(3)] + [arrays["pair_columns"]])), np.arange(M))
+    assert not any(k.startswith("state_") for k in arrays)
+    assert fitted["method"] == "sparse"
+    assert set(fitted["stats"]) == {"c_E", "c_F", "n_E", "n_F", "logdet_D_E"}
+    assert fitted["stats"]["n_E"] == 5 and fitted["stats"]["n_F"] == 5 * 27
+    with pytest.raises(ValueError, match="training_state=True needs a model fitted with "
+                                         "incremental=True"):
+        posterior.to_arrays(training_state=True)
+
+
+def _arrays(model, **changes):
+    arrays, fitted = model.posterior_.to_arrays()
+    arrays = {k: np.array(v) for k, v in arrays.items()}
+    fitted = json.loads(json.dumps(fitted))
+    for key, value in changes.items():
+        if key == "signal_std":
+            fitted[key] = value
+        elif value is None:
+            del arrays[key]
+        else:
+            arrays[key] = value(arrays[key])
+    return arrays, fitted
+
+
+@pytest.mark.parametrize("changes", [
+    {"alpha": lambda a: a[:-1]},
+    {"alpha": lambda a: np.concatenate([a, [0.0]])},
+])
+def test_from_arrays_rejects_weights_of_the_wrong_length(plain, changes):
+    arrays, fitted = _arrays(plain, **changes)
+    with pytest.raises(ValueError, match="load: model.npz holds .* weights, which does not "
+                                         "match its inducing environments"):
+        SparsePosterior.from_arrays(arrays, fitted, plain.kernel_, None, 3, "model.npz")
+
+
+def test_from_arrays_rejects_weights_without_the_two_body_columns(with_pair):
+    arrays, fitted = _arrays(with_pair)
+    # the same arrays read as a model without its two-body term
+    with pytest.raises(ValueError, match="weights, which does not match"):
+        SparsePosterior.from_arrays(arrays, fitted, with_pair.kernel_, None, 3, "model.npz")
+
+
+@pytest.mark.parametrize("signal_std", [True, 0.0, -1.0, "1.0", None, [1.0]])
+def test_from_arrays_rejects_a_malformed_signal_std(plain, signal_std):
+    arrays, fitted = _arrays(plain, signal_std=signal_std)
+    with pytest.raises(ValueError, match="load: model.npz has a malformed signal_std entry"):
+        SparsePosterior.from_arrays(arrays, fitted, plain.kernel_, None, 3, "model.npz")
+
+
+@pytest.mark.parametrize("change", [
+    None,
+    lambda c: c.astype(float),
+    lambda c: c[:-1],
+    lambda c: np.concatenate([[0], c[1:]]),  # overlaps the inducing columns
+])
+def test_from_arrays_rejects_malformed_two_body_columns(with_pair, change):
+    arrays, fitted = _arrays(with_pair, pair_columns=change)
+    with pytest.raises(ValueError, match="load: model.npz has malformed two-body columns"):
+        SparsePosterior.from_arrays(arrays, fitted, with_pair.kernel_, with_pair.two_body_, 3,
+                                    "model.npz")
+
+
+def test_check_updatable(plain, soap, frames):
+    with pytest.raises(ValueError, match="Owner: the model keeps no training state; fit it "
+                                         "with incremental=True"):
+        plain.posterior_.check_updatable("Owner")
+    with pytest.raises(ValueError, match="keeps no training state"):
+        plain.update(frames[10:11])
+    model = _incremental(soap, frames)
+    model.posterior_.check_updatable("Owner")  # no error
+    assert model.posterior_.keeps_training_data
+    assert model.posterior_.n_training_structures == 4
+    assert len(model.posterior_.training_frames) == 4
+
+
+def test_refactor_leaves_predictions_unchanged(soap, frames):
+    model = _incremental(soap, frames)
+    model.update(frames[4:7], n_inducing=3)  # low-rank updates of rows and columns
+    posterior = model.posterior_
+    test = frames[40:43]
+    before = _predictions(posterior, model, test)
+    weights = posterior.weights.copy()
+    posterior.refactor()
+    _assert_same(_predictions(posterior, model, test), before, rtol=1e-10)
+    np.testing.assert_allclose(posterior.weights, weights, rtol=1e-9,
+                               atol=1e-12 * np.abs(weights).max())
+
+
+def test_update_grows_the_stored_state(soap, frames):
+    model = _incremental(soap, frames)
+    arrays, _ = model.posterior_.to_arrays(training_state=True)
+    M, n_obs = arrays["alpha"].size, len(arrays["state_y"])
+    assert n_obs == 4 * (1 + 27)
+    assert arrays["state_Kw"].shape == (n_obs, M)
+    model.update(frames[4:6], n_inducing=3)
+    arrays, _ = model.posterior_.to_arrays(training_state=True)
+    assert arrays["alpha"].size == M + 3
+    assert arrays["state_Kw"].shape == (n_obs + 2 * 28, M + 3)
+    assert arrays["state_L_mm"].shape == arrays["state_R"].shape == (M + 3, M + 3)
+    assert arrays["state_y"].shape == arrays["state_noise_std"].shape == (n_obs + 56,)
+    # the fit's rows: energies first, then forces; each update appends a structure's
+    # energy then its forces
+    np.testing.assert_array_equal(arrays["state_energy_row"], [0, 1, 2, 3, 112, 140])
+    np.testing.assert_array_equal(arrays["state_force_row"], [4, 31, 58, 85, 113, 141])
+    assert arrays["state_is_energy"].sum() == 6
+    np.testing.assert_allclose(arrays["state_y"][113:140],
+                               frames[4].get_forces().ravel(), rtol=0, atol=0)
+    assert model.posterior_.n_training_structures == 6
+
+
+def test_training_state_round_trip_then_update(soap, frames):
+    model = _incremental(soap, frames)
+    restored = _round_trip(model.posterior_, model, training_state=True)
+    assert restored.keeps_training_data and restored.needs_frames
+    test = frames[40:43]
+    _assert_same(_predictions(restored, model, test),
+                 _predictions(model.posterior_, model, test), rtol=1e-12)
+    loaded = clone(model).from_posterior(restored, descriptor=model.descriptor_,
+                                         species=model.species_, e0=model.e0_)
+    with pytest.raises(ValueError, match="give its training structures back with "
+                                         "restore_training"):
+        loaded.update(frames[4:5])
+    with pytest.raises(ValueError, match="was trained on 4 structures; got 3"):
+        loaded.restore_training(frames[:3])
+    loaded.restore_training(frames[:4])
+    assert not restored.needs_frames
+    loaded.update(frames[4:6], n_inducing=2)
+    model.update(frames[4:6], n_inducing=2)
+    assert loaded.n_inducing_ == model.n_inducing_
+    _assert_same(_predictions(loaded.posterior_, loaded, test),
+                 _predictions(model.posterior_, model, test), rtol=1e-10)
+
+
+def test_restore_training_without_a_state(plain):
+    with pytest.raises(ValueError, match="Owner: the model has no stored training state"):
+        plain.posterior_.restore_training([], lambda frames: ([], []), "Owner")
+
+
+def test_local_energies_sum_to_the_energy(with_pair, frames):
+    posterior = with_pair.posterior_
+    atoms = frames[44]
+    index = np.searchsorted(with_pair.species_, atoms.numbers)
+    local = posterior.local_energies(with_pair.descriptor_, atoms, index)
+    parts = posterior.parts(with_pair.descriptor_, atoms, index, with_pair.e0_, False, False)
+    np.testing.assert_allclose(local + with_pair.e0_[index], parts.local_energies, rtol=1e-12)
+    np.testing.assert_allclose(parts.local_energies.sum(), parts.energy, rtol=1e-12)
+    # the two-body term is part of them: its coefficients are prior_std² × weights
+    np.testing.assert_allclose(posterior.two_body_coefficients(),
+                               posterior.two_body.prior_std**2
+                               * posterior.weights[posterior.pair_columns], rtol=1e-14)
+    assert np.any(posterior.two_body_coefficients() != 0)
+
+
+def test_finish_keeps_parts_without_variance(plain, frames):
+    posterior = plain.posterior_
+    atoms = frames[45]
+    index = np.searchsorted(plain.species_, atoms.numbers)
+    mean = posterior.parts(plain.descriptor_, atoms, index, plain.e0_, True, False)
+    energy = posterior.parts(plain.descriptor_, atoms, index, plain.e0_, False, "energy")
+    full = posterior.parts(plain.descriptor_, atoms, index, plain.e0_, True, True)
+    assert (mean.variance_rows, energy.variance_rows, full.variance_rows) == (0, 1, 28)
+    out = posterior.finish([mean, energy, full])
+    assert out[0].energy_var_posterior is None
+    assert out[1].forces_var_posterior is None and out[1].energy_var_posterior > 0
+    np.testing.assert_allclose(out[1].energy_var_posterior, out[2].energy_var_posterior,
+                               rtol=1e-12)
+    assert out[2].forces_var_posterior.shape == (9, 3)
+    assert np.all(out[2].forces_var_projection >= 0)
+    assert posterior.finish([]) == []
