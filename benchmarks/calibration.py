@@ -98,13 +98,15 @@ def main(argv=None):
     hot_terms = [model.predict_structure(a, variance=True) for a in hot] if hot else None
     noise = model.force_noise_**2
     rows = {}
-    rows["loso"] = _rows(model, test_terms, ref, hot_terms, hot, True, noise, args)  # default
+    rows["loso"] = _rows(model, test_terms, ref, hot_terms, hot, True, noise, args,
+                         test)  # the default
     start = time.perf_counter()
     model.calibrate(valid)
     print(f"calibrated on {len(valid)} frames in {time.perf_counter() - start:.0f} s: "
           f"{model.std_scale_}", flush=True)
-    rows["raw"] = _rows(model, test_terms, ref, hot_terms, hot, False, noise, args)
-    rows["validation"] = _rows(model, test_terms, ref, hot_terms, hot, True, noise, args)
+    rows["raw"] = _rows(model, test_terms, ref, hot_terms, hot, False, noise, args, test)
+    rows["validation"] = _rows(model, test_terms, ref, hot_terms, hot, True, noise, args,
+                               test)
     rows = {k: rows[k] for k in ("raw", "loso", "validation")}
     print(f"\n{args.molecule} 500 K, {model.method_} model, SOAP σ {args.sigma} Å, "
           f"n_max {args.n_max}, l_max {args.l_max}, force noise "
@@ -112,7 +114,8 @@ def main(argv=None):
           f"n = {args.n}; test {len(test)} frames, validation {len(valid)} frames"
           + (f", 1000 K {len(hot)} frames" if hot else ""))
     header = (f"{'std':<11} {'F MAE':>6} {'cov1σ':>6} {'cov2σ':>6} {'conf90':>7} "
-              f"{'Spearman':>8} {'expected':>8} {'std×1000K':>9} {'MAE×1000K':>9} {'ratio':>6}")
+              f"{'Spearman':>8} {'expected':>8} {'std×1000K':>9} {'MAE×1000K':>9} {'ratio':>6} "
+              f"{'E cov1σ':>7} {'E cov2σ':>7}")
     print(header)
     print("-" * len(header))
     for label, r in rows.items():
@@ -123,7 +126,8 @@ def main(argv=None):
         else:
             ood = f"{'-':>9} {'-':>9} {'-':>6}"
         print(f"{label:<11} {1e3 * r['mae']:6.1f} {r['cov1']:6.3f} {r['cov2']:6.3f} {conf} "
-              f"{r['spearman']:8.3f} {r['expected']:8.3f} {ood}")
+              f"{r['spearman']:8.3f} {r['expected']:8.3f} {ood} {r['energy_cov'][0]:7.3f} "
+              f"{r['energy_cov'][1]:7.3f}")
     print("targets: cov1σ 0.68 ± 0.03, cov2σ 0.95 ± 0.02, conformal 90 % interval 0.90, "
           "Spearman >= 0.97 × expected, ratio (std growth / error growth at 1000 K) >= 0.8. "
           "expected: the Spearman of errors drawn from N(0, std²) with these stds (mean of "
@@ -153,11 +157,25 @@ def _stds(model, terms, calibrated, noise):
     return [np.sqrt(t.forces_var_posterior + t.forces_var_projection + noise) for t in terms]
 
 
-def _rows(model, test_terms, ref, hot_terms, hot, calibrated, noise, args):
+def _energy_coverage(model, terms, frames, calibrated):
+    """Fractions of test energies within 1 and 2 total stds (raw or calibrated)."""
+    post = np.array([t.energy_var_posterior for t in terms])
+    proj = np.array([t.energy_var_projection for t in terms])
+    noise = model.energy_noise_**2 * np.array([len(a) for a in frames])
+    var = (model.epistemic_variance("energy", post, proj)
+           + model.noise_variance("energy", noise)) if calibrated else post + proj + noise
+    error = np.abs(np.array([t.energy for t in terms])
+                   - np.array([a.get_potential_energy() for a in frames]))
+    return float(np.mean(error <= np.sqrt(var))), float(np.mean(error <= 2 * np.sqrt(var)))
+
+
+def _rows(model, test_terms, ref, hot_terms, hot, calibrated, noise, args, test=None):
     """The table row of the model's current calibration (or the raw stds)."""
     forces = [t.forces for t in test_terms]
     test_std = _stds(model, test_terms, calibrated, noise)
     row = summary(forces, ref, test_std)
+    if test is not None:
+        row["energy_cov"] = _energy_coverage(model, test_terms, test, calibrated)
     if calibrated and model.interval_scores_:
         half = conformal.interval_quantile(model.interval_scores_["forces"], 0.9)
         inside = np.concatenate([(np.abs(f - r) <= half * s).ravel()

@@ -25,6 +25,7 @@ import numpy as np
 from ase import units
 from ase.build import bulk
 from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import thermalize_momenta
 
@@ -64,13 +65,16 @@ def main(argv=None):
                              "(an int or 'all')")
     parser.add_argument("--max-calls", type=int, default=None)
     parser.add_argument("--relative-threshold", type=float, default=1.0)
+    parser.add_argument("--start", choices=["unfitted", "fitted"], default="unfitted",
+                        help="hand the learner an unfitted model, or one fitted by the "
+                             "default fit (incremental) on the labelled first frame")
     args = parser.parse_args(argv)
     test = test_frames()
     ref_f = [a.get_forces() for a in test]
     ref_e = np.array([a.get_potential_energy() for a in test])
     print(f"kernelpot {kernelpot.__version__}: on-the-fly Cu/EMT, {args.steps} steps, "
           f"{args.descriptor}, n_inducing {args.n_inducing}, max_calls {args.max_calls}, "
-          f"relative threshold {args.relative_threshold}", flush=True)
+          f"relative threshold {args.relative_threshold}, start {args.start}", flush=True)
     rows = []
     for token in args.thresholds.split(","):
         threshold = None if token == "auto" else float(token)
@@ -79,6 +83,15 @@ def main(argv=None):
         model = SparseGPPotential(descriptor, random_state=0, n_restarts=0)
         atoms = cell()
         thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
+        if args.start == "fitted":  # issue 19's case: noise-free labels, default fit
+            first = atoms.copy()
+            first.calc = EMT()
+            first.calc = SinglePointCalculator(first, energy=first.get_potential_energy(),
+                                               forces=first.get_forces())
+            model = SparseGPPotential(descriptor, incremental=True, random_state=0,
+                                      n_restarts=0).fit([first])
+            print(f"  start: fitted on one frame, σ_F = {model.force_noise_:.2e} eV/Å",
+                  flush=True)
         dyn = Langevin(atoms, 5 * units.fs, temperature_K=300, friction=0.01 / units.fs,
                        fixcm=False, rng=np.random.default_rng(1))
         ramp_steps = max(1, args.steps // 100)

@@ -19,7 +19,6 @@ from sklearn.base import clone
 
 from kernelpot._files import atomic_write
 from kernelpot.calculator import KernelPotCalculator
-from kernelpot.calibration import fit_projection_scale
 
 if TYPE_CHECKING:
     from ase.calculators.calculator import Calculator
@@ -60,15 +59,12 @@ class OnTheFlyLearner:
     reference : ase.calculators.calculator.Calculator
         The reference method (DFT, xTB, EMT, ...).
     threshold : float, optional
-        Absolute threshold on the largest force std component, eV/Å.
+        Absolute threshold on the largest calibrated force std component, eV/Å.
     relative_threshold : float, default=1.0
-        Used when ``threshold`` is None: the threshold is this multiple of the
-        model's force noise ``σ_F`` when the run starts (the learned noise of a
-        fitted model; for an unfitted model started from one frame, its
-        ``force_noise`` parameter, 0.05 eV/Å by default), so the reference is called
-        when the model is less sure of a force than the reference data are noisy.
-        It stays fixed during the run: with a noise-free reference the learned
-        noise shrinks towards zero and would otherwise call at every step.
+        Used when ``threshold`` is None (see Notes): the automatic threshold is this
+        multiple of the largest calibrated force std any training structure had when
+        it was left out of the model. 1 calls the reference when the current
+        structure looks less certain than every training structure did.
     directory : str or path-like, default="."
         Where the step log (``otf_log.jsonl``), the labelled frames
         (``labelled.extxyz``) and the checkpoint (``model.npz``, ``md_state.npz``,
@@ -82,14 +78,10 @@ class OnTheFlyLearner:
         Cap on reference calls.
     min_interval : int, default=10
         Minimum number of MD steps between two reference calls (VASP's ML_NMDINT
-        default is also 10). It also keeps the calibration honest: a structure one
-        step after a call is nearly the one just learned, and the errors on it made
-        the projection scale collapse (measured on Cu/EMT: calls at steps 2 and 3, scale
-        0.027, then no call while the 800 K force error reached 55 meV/Å; with 10 steps
-        between calls the scale was 0.2 and the rising temperature triggered a call).
-        Lower it for a young model of a molecule with sub-femtosecond steps: ethanol
-        (xTB, 0.5 fs, model of five frames) heated to thousands of kelvin between
-        calls 10 steps apart, and ran stably with 3.
+        default is also 10): a structure one step after a call is nearly the one just
+        learned. Lower it for a young model of a molecule with sub-femtosecond
+        steps: ethanol (xTB, 0.5 fs, model of five frames) heated to thousands of
+        kelvin between calls 10 steps apart, and ran stably with 3.
     reoptimize_every : int, default=1
         Re-optimise the hyperparameters after this many additions (0: never). Every
         addition by default: on Cu/EMT (ACSF, 2000 steps) re-optimising every fifth
@@ -97,36 +89,35 @@ class OnTheFlyLearner:
         10.5 meV/Å (with 40 calls). Raise it when the model grows large.
     checkpoint_every : int, default=1
         Write the checkpoint after this many additions.
-    calibration_window : int, default=1
-        Reference calls whose errors fit the projection scale (see Notes): the most
-        recent ones. One by default: each call changes the model and its
-        hyperparameters, so older errors describe another model (measured on
-        Cu/EMT: with every call kept, the scale lagged by tens of calls, and so did
-        the calls).
 
     Attributes
     ----------
     model : SparseGPPotential
         The current model.
     n_reference_calls : int
-    projection_scale : float
-        ``s`` of the gated std (see Notes).
     stopped : str or None
         Why the run stopped early (a failing reference), else None.
 
     Notes
     -----
-    The gated std is ``sqrt(v_post + s² v_proj)`` per force component: the
-    posterior term of the model's epistemic variance plus its projection term
-    (the prior variance the inducing set does not span) scaled by ``s²``. The raw
-    projection term of force variances is far too wide (measured on Cu/EMT: a mean
-    std of 55–82 meV/Å beside mean errors of 3–9 meV/Å), which made every step look
-    uncertain. ``s²`` starts at 1 and is refitted after every reference call (but a
-    call on the run's first step, usually a structure the model was trained on) by
-    maximising the Gaussian likelihood of the errors the model made on the last
-    ``calibration_window`` structures it sent to the reference (before learning
-    them), ``r ~ N(0, v_post + s² v_proj + σ_F²)``, so that the threshold, in eV/Å,
-    compares with errors. It is logged (``projection_scale``) and checkpointed.
+    The gated std is the model's own calibrated epistemic force std, the same the
+    calculator reports (``forces_std``) and ``predict_forces(...,
+    std_type="epistemic")`` returns: with the estimator's default
+    ``calibration="loso"``, the variance map fitted on the training structures'
+    leave-one-structure-out (LOSO) predictions, refitted by every update. A model of
+    fewer than three structures has no LOSO map yet; its std is the raw one.
+
+    The automatic threshold (``threshold=None``) means the same for every start,
+    fitted or not, noisy or noise-free labels: ``relative_threshold`` times the
+    largest calibrated force std any training structure had when it was left out,
+    recomputed after every update. If the current structure is exchangeable with the
+    ``n`` training structures, its largest std exceeds the largest of theirs with
+    probability at most about ``1 / (n + 1)``; a structure unlike them (new
+    temperature, new chemistry) exceeds it more often, so calls thin out as the model
+    covers the run. Before the model has three structures the threshold is 0: the
+    reference is called every ``min_interval`` steps. (It was ``relative_threshold ×
+    σ_F`` fixed at the start: with noise-free labels the learned ``σ_F`` falls to
+    its lower bound, and the reference was called at every ``min_interval``.)
 
     A temperature ramp is a callback the user attaches to the dynamics, e.g.
     ``dyn.attach(lambda: dyn.set_temperature(temperature_K=300 + dyn.nsteps), 1)``.
@@ -140,16 +131,12 @@ class OnTheFlyLearner:
                  threshold: float | None = None, relative_threshold: float = 1.0,
                  directory: str | os.PathLike = ".", n_inducing: int | str = "all",
                  max_calls: int | None = None, min_interval: int = 10,
-                 reoptimize_every: int = 1, checkpoint_every: int = 1,
-                 calibration_window: int = 1) -> None:
+                 reoptimize_every: int = 1, checkpoint_every: int = 1) -> None:
         if threshold is not None and not threshold > 0:
             raise ValueError(f"OnTheFlyLearner: threshold must be > 0 eV/Å; got {threshold}")
         if not relative_threshold > 0:
             raise ValueError("OnTheFlyLearner: relative_threshold must be > 0; "
                              f"got {relative_threshold}")
-        if int(calibration_window) < 1:
-            raise ValueError("OnTheFlyLearner: calibration_window must be >= 1; "
-                             f"got {calibration_window}")
         if max_calls is not None and max_calls < 0:
             raise ValueError(f"OnTheFlyLearner: max_calls must be >= 0; got {max_calls}")
         self.model = model
@@ -162,7 +149,6 @@ class OnTheFlyLearner:
         self.min_interval = int(min_interval)
         self.reoptimize_every = int(reoptimize_every)
         self.checkpoint_every = int(checkpoint_every)
-        self.calibration_window = int(calibration_window)
         self.n_reference_calls = 0
         self.stopped = None
         self._last_call_step = None
@@ -172,16 +158,16 @@ class OnTheFlyLearner:
         self._initial_frames = None
         self._continuing = False
         self._auto_threshold = None
-        #: calibration data: squared errors, posterior and projection variances and the
-        #: force noise variance of the model that made them
-        self._calibration = np.zeros((0, 4))
-        self._calibration_sizes = []
-        self.projection_scale = 1.0
 
     # -- public ----------------------------------------------------------------------
     @property
     def current_threshold(self) -> float:
-        """The threshold on the largest force std component, eV/Å."""
+        """Return the threshold on the largest force std component, eV/Å.
+
+        The given ``threshold``, or the automatic one (see Notes): 0 while the model
+        has too few structures for its LOSO calibration, so that the reference is
+        called at every ``min_interval``.
+        """
         if self.threshold is not None:
             return float(self.threshold)
         if self._auto_threshold is None:
@@ -227,8 +213,7 @@ class OnTheFlyLearner:
                 self._append_frame(frame)
         if self._initial_frames is None:
             self._initial_frames = self.model.posterior_.n_training_structures
-        if self._auto_threshold is None:
-            self._auto_threshold = float(self.relative_threshold * self.model.force_noise_)
+        self._auto_threshold = self._loso_threshold()
         self._continuing = True
         if not isinstance(atoms.calc, KernelPotCalculator) or atoms.calc.model is not self.model:
             atoms.calc = KernelPotCalculator(self.model)
@@ -282,7 +267,9 @@ class OnTheFlyLearner:
         if len(frames) > n_trained:  # labelled after the last checkpoint
             model.update(frames[n_trained:], n_inducing=settings["n_inducing"])
         md = np.load(directory / STATE_FILE, allow_pickle=False)
-        self = cls(model, reference, **settings["init"])
+        init = {k: v for k, v in settings["init"].items()
+                if k != "calibration_window"}  # checkpoints before the LOSO gate had one
+        self = cls(model, reference, **init)
         return self._continue_from(settings, md, len(frames), dynamics, run)
 
     def _continue_from(self, settings: dict, md, n_frames: int, dynamics, run: bool):
@@ -292,10 +279,6 @@ class OnTheFlyLearner:
         self._continuing = True
         self.n_reference_calls = n_frames - self._initial_frames
         self._target_steps = int(settings["target_steps"])
-        if "calibration" in md.files:
-            self._calibration = np.asarray(md["calibration"], dtype=np.float64)
-            self._calibration_sizes = [int(n) for n in md["calibration_sizes"]]
-            self.projection_scale = float(md["projection_scale"])
         step = int(md["step"])
         atoms = Atoms(numbers=md["numbers"], positions=md["positions"], cell=md["cell"],
                       pbc=md["pbc"], momenta=md["momenta"])
@@ -357,26 +340,28 @@ class OnTheFlyLearner:
         Returns
         -------
         ndarray of shape (n_atoms, 3)
-            ``sqrt(v_post + s² v_proj)`` per force component (see Notes of the
-            class), eV/Å.
+            The calculator's ``forces_std``: the model's calibrated epistemic std of
+            every force component (what ``predict_forces(..., std_type="epistemic")``
+            gives), eV/Å.
         """
-        return np.sqrt(results["forces_std_posterior"] ** 2
-                       + self.projection_scale**2 * results["forces_std_projection"] ** 2)
+        return np.asarray(results["forces_std"])
 
-    def _calibrate(self, results, reference_forces) -> None:
-        """Refit the projection scale to the errors of a structure sent to the reference."""
-        r2 = ((reference_forces - results["forces"]) ** 2).ravel()
-        new = np.column_stack([r2, (results["forces_std_posterior"] ** 2).ravel(),
-                               (results["forces_std_projection"] ** 2).ravel(),
-                               np.full(r2.size, float(self.model.force_noise_) ** 2)])
-        self._calibration_sizes = (self._calibration_sizes + [len(new)])[
-            -self.calibration_window:]
-        keep = int(sum(self._calibration_sizes))
-        self._calibration = np.vstack([self._calibration, new])[-keep:]  # the window only
-        r2, post, proj, noise = self._calibration.T
-        self.projection_scale = fit_projection_scale(r2, post, proj, noise)
-        logger.info("projection scale refitted on %d force components: %.3g",
-                    len(r2), self.projection_scale)
+    def _loso_threshold(self) -> float:
+        """Return the automatic threshold from the model's LOSO predictions (0: none yet).
+
+        ``relative_threshold`` times the largest calibrated epistemic force std any
+        training structure had when it was left out.
+        """
+        model = self.model
+        loso = getattr(model.posterior_, "loso", None)
+        if loso is None or model.interval_kind_ != "loso":
+            return 0.0
+        forces = ~loso.is_energy
+        std = np.sqrt(model.epistemic_variance("forces", loso.posterior[forces],
+                                               loso.projection[forces]))
+        largest = np.zeros(int(loso.structure.max()) + 1)
+        np.maximum.at(largest, loso.structure[forces], std)
+        return float(self.relative_threshold * largest.max())
 
     def _after_step(self):
         dyn = self._dynamics
@@ -391,15 +376,12 @@ class OnTheFlyLearner:
         if called:
             labelled = self._label(atoms)
             self._append_frame(labelled)
-            if step != self._first_step:
-                # the starting structure is often one the model was trained on: its errors
-                # are at noise level whatever the std, and made the scale collapse
-                self._calibrate(atoms.calc.results, labelled.get_forces())
             self.n_reference_calls += 1
             self._last_call_step = step
             reoptimize = (self.reoptimize_every > 0
                           and self.n_reference_calls % self.reoptimize_every == 0)
             self.model.update([labelled], n_inducing=self.n_inducing, optimize=reoptimize)
+            self._auto_threshold = self._loso_threshold()
             atoms.calc.reset()  # the next force evaluation uses the updated model
             self._updates_since_checkpoint += 1
             if self._updates_since_checkpoint >= self.checkpoint_every:
@@ -411,7 +393,7 @@ class OnTheFlyLearner:
             "n_reference_calls": self.n_reference_calls,
             "n_structures": self.model.posterior_.n_training_structures,
             "n_inducing": int(sum(self.model.n_inducing_.values())),
-            "projection_scale": self.projection_scale,
+            "calibration": self.model.interval_kind_,
             "wall_s": time.perf_counter() - self._start_wall,
         }
         with open(self.directory / LOG_FILE, "a") as handle:
@@ -424,8 +406,7 @@ class OnTheFlyLearner:
                      "directory": str(self.directory), "n_inducing": self.n_inducing,
                      "max_calls": self.max_calls, "min_interval": self.min_interval,
                      "reoptimize_every": self.reoptimize_every,
-                     "checkpoint_every": self.checkpoint_every,
-                     "calibration_window": self.calibration_window},
+                     "checkpoint_every": self.checkpoint_every},
             "n_inducing": self.n_inducing,
             "initial_frames": self._initial_frames,
             "target_steps": self._target_steps,
@@ -441,9 +422,7 @@ class OnTheFlyLearner:
         atomic_write(self.directory / STATE_FILE, lambda handle: np.savez(
             handle, numbers=atoms.numbers, positions=atoms.positions,
             momenta=atoms.get_momenta(), cell=atoms.cell.array, pbc=atoms.pbc,
-            step=int(self._dynamics.nsteps), calibration=self._calibration,
-            calibration_sizes=np.array(self._calibration_sizes, dtype=np.int64),
-            projection_scale=self.projection_scale))
+            step=int(self._dynamics.nsteps)))
         self._write_settings()
         self._updates_since_checkpoint = 0
 

@@ -4,8 +4,9 @@
   fits on validation errors (the estimator's ``std_scale_``), applied to every std
   the model reports, and the conformal scores behind ``return_interval``
   (``interval_scores_``).
-* :func:`fit_projection_scale` is the one-factor version the on-the-fly learner
-  refits on the errors of the structures it sends to the reference.
+* the map is fitted on validation errors or, by default at fit time, on the training
+  structures' leave-one-structure-out errors (:mod:`kernelpot.loso`); the on-the-fly
+  learner gates on the std it gives.
 
 The calibrated epistemic variance is ``c² v_ref (u / v_ref)^p`` with
 ``u = v_posterior + w² v_projection``; the total adds ``d²`` times the learned noise
@@ -30,13 +31,13 @@ import logging
 import warnings
 
 import numpy as np
-from scipy.optimize import minimize, minimize_scalar
+from scipy.optimize import minimize
 
 from kernelpot import conformal
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["QUANTITIES", "StdCalibration", "fit_projection_scale", "fit_variance_terms"]
+__all__ = ["QUANTITIES", "StdCalibration", "fit_variance_terms", "group_mean"]
 
 #: Quantities with a calibrated std.
 QUANTITIES = ("energy", "forces")
@@ -185,35 +186,6 @@ def group_mean(values: np.ndarray, group: int) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
     means = values.reshape(-1, group).mean(axis=1)
     return np.repeat(means, group).reshape(values.shape)
-
-
-def fit_projection_scale(r2: np.ndarray, post: np.ndarray, proj: np.ndarray,
-                         noise: np.ndarray) -> float:
-    """Fit the weight ``w`` of the projection term that best explains squared errors.
-
-    The one-factor case of the variance map (``c = p = d = 1``), which the on-the-fly
-    learner refits on the force errors of the structures it labels.
-
-    Parameters
-    ----------
-    r2 : ndarray of shape (n,)
-        Squared errors.
-    post, proj, noise : ndarray of shape (n,)
-        Posterior term, projection term and learned noise variance of each value.
-
-    Returns
-    -------
-    float
-        ``w`` in ``[1e-4, 10]``, maximising the Gaussian likelihood of the errors
-        under the variance ``post + w² proj + noise``.
-    """
-    def negative_log_likelihood(log_s2):
-        var = post + np.exp(log_s2) * proj + noise
-        return 0.5 * float(np.sum(np.log(var) + r2 / var))
-
-    best = minimize_scalar(negative_log_likelihood, bounds=(np.log(1e-8), np.log(1e2)),
-                           method="bounded")
-    return float(np.exp(0.5 * best.x))
 
 
 class StdCalibration:

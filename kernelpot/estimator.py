@@ -738,7 +738,12 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
             return indices, list(self._imap(self.descriptor_.compute, frames, verbose,
                                             "descriptors"))
 
-        self.posterior_.restore_training(frames, describe, owner)
+        posterior = self.posterior_
+        posterior.restore_training(frames, describe, owner)
+        if self.calibration == "loso":  # the LOSO terms are not stored in files
+            posterior.refresh_loso(owner)
+            self._adopt(posterior, self.descriptor_, self.species_, self.e0_,
+                        self._loso_calibration(posterior))
         return self
 
     # -- scores, likelihood, files ---------------------------------------------------------

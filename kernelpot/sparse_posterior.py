@@ -572,7 +572,9 @@ class SparsePosterior:
         self.stats = _incremental.statistics(self.training)
         self.log_marginal_likelihood_value = float(gp.log_marginal_likelihood(
             np.log([self.signal_std, self.energy_noise, self.force_noise]), self.stats))
-        self.loso = _timed_loso(owner, self._training_loso) if loso else None
+        self.loso = None
+        if loso:
+            self.refresh_loso(owner)
 
     def check_updatable(self, owner: str) -> None:
         """Raise unless the posterior keeps a training state (an incremental fit).
@@ -585,6 +587,17 @@ class SparsePosterior:
         if self.training is None:
             raise ValueError(f"{owner}: the model keeps no training state; fit it with "
                              "incremental=True (models loaded from file cannot be updated)")
+
+    def refresh_loso(self, owner: str) -> None:
+        """Recompute the leave-one-structure-out terms (``loso``) of the training state.
+
+        Parameters
+        ----------
+        owner : str
+            Names the caller in the log line that reports the cost.
+        """
+        self.check_updatable(owner)
+        self.loso = _timed_loso(owner, self._training_loso)
 
     def _training_loso(self) -> LosoTerms:
         """Compute the LOSO terms of the training state."""

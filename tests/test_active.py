@@ -189,37 +189,57 @@ def test_plot_of_a_run(tmp_path):
         plot_otf_log(tmp_path / "empty.jsonl", tmp_path / "x.png")
 
 
-def test_projection_scale_is_fitted_to_observed_errors(tmp_path):
-    learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
-                              max_calls=3, min_interval=1, calibration_window=2)
+def test_gate_is_the_models_calibrated_std_and_the_threshold_its_loso_maximum(tmp_path):
+    from helpers import emt_copper_frames
+
+    start = emt_copper_frames(4, seed=5, rattle=0.05)  # noise-free EMT labels
+    model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
+                              incremental=True, random_state=0, n_restarts=0).fit(start)
+    assert model.interval_kind_ == "loso"
+    learner = OnTheFlyLearner(model, EMT(), directory=tmp_path, max_calls=2, min_interval=5)
     dyn = _dynamics(seed=3)
-    learner.run(dyn, 6)
-    assert learner.n_reference_calls == 3
-    assert len(learner._calibration) == 2 * 3 * 32  # every component of the last 2 calls
-    r2, post, proj, noise = learner._calibration.T
-    s2 = learner.projection_scale**2
-
-    def nll(scale2):
-        var = post + scale2 * proj + noise
-        return float(np.sum(np.log(var) + r2 / var))
-
-    # the fitted scale maximises the likelihood of the observed errors
-    assert nll(s2) <= min(nll(1.1 * s2), nll(s2 / 1.1), nll(1.0)) + 1e-9
-    assert learner.projection_scale < 1.0  # the raw projection term is too wide here
-    log = [json.loads(line) for line in (tmp_path / "otf_log.jsonl").read_text().splitlines()]
-    assert log[-1]["projection_scale"] == pytest.approx(learner.projection_scale)
-    # the gated std combines the two terms with that scale
+    learner.run(dyn, 20)
+    # the gated std is what predict_forces reports as the epistemic std
     atoms = dyn.atoms
     atoms.get_forces()
-    res = atoms.calc.results
-    np.testing.assert_allclose(
-        learner.gated_std(res) ** 2,
-        res["forces_std_posterior"] ** 2 + s2 * res["forces_std_projection"] ** 2)
-    np.testing.assert_allclose(res["forces_std"] ** 2, res["forces_std_posterior"] ** 2
-                               + res["forces_std_projection"] ** 2)
+    _, epistemic = learner.model.predict_forces([atoms], return_std=True,
+                                                std_type="epistemic")
+    np.testing.assert_allclose(learner.gated_std(atoms.calc.results), epistemic[0],
+                               rtol=1e-10)
+    # the automatic threshold: the largest calibrated std of a left-out training structure
+    loso = learner.model.posterior_.loso
+    forces = ~loso.is_energy
+    std = np.sqrt(learner.model.epistemic_variance("forces", loso.posterior[forces],
+                                                   loso.projection[forces]))
+    assert learner.current_threshold == pytest.approx(std.max(), rel=1e-12)
+    # with the force noise at its lower bound (what noise-free labels can drive it to),
+    # the threshold still compares with errors, not with the noise
+    tight = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
+                              incremental=True, force_noise=1e-4,
+                              optimize=["signal_std", "energy_noise"], random_state=0,
+                              n_restarts=0).fit(start)
+    other = OnTheFlyLearner(tight, EMT(), directory=tmp_path / "tight", max_calls=0)
+    other.run(_dynamics(seed=3), 1)
+    assert other.current_threshold > 100 * tight.force_noise_
+    assert 0.2 < other.current_threshold / learner.current_threshold < 5
+    log = [json.loads(line) for line in (tmp_path / "otf_log.jsonl").read_text().splitlines()]
+    assert {r["calibration"] for r in log} == {"loso"}
+    assert all(r["threshold"] > 0 for r in log)
     resumed = OnTheFlyLearner.resume(tmp_path, EMT(), run=False)
-    assert resumed.projection_scale == pytest.approx(learner.projection_scale)
-    np.testing.assert_array_equal(resumed._calibration, learner._calibration)
+    assert resumed.model.interval_kind_ == "loso"
+    assert resumed.model.posterior_.loso.n_structures == learner.model.posterior_.loso \
+        .n_structures
+
+
+def test_a_young_model_calls_at_every_interval_until_it_has_a_loso_map(tmp_path):
+    learner = OnTheFlyLearner(_model().set_params(calibration="loso"), EMT(),
+                              directory=tmp_path, min_interval=2, max_calls=6)
+    learner.run(_dynamics(), 7)
+    log = [json.loads(line) for line in (tmp_path / "otf_log.jsonl").read_text().splitlines()]
+    # one structure (the first, labelled to fit), then calls 2 steps apart until three
+    assert [r["threshold"] for r in log[:3]] == [0.0, 0.0, 0.0]
+    assert [r["step"] for r in log if r["reference_called"]][:2] == [2, 4]
+    assert learner.model.interval_kind_ == "loso"
 
 
 def test_short_cu_emt_ramp_meets_accuracy_with_few_calls(tmp_path):
@@ -261,20 +281,6 @@ def test_short_cu_emt_ramp_meets_accuracy_with_few_calls(tmp_path):
     # measured: 3 calls, 8.9 meV/Å (2 calls and 55 meV/Å with calls on consecutive steps)
     assert 1 <= learner.n_reference_calls <= 5
     assert mae < 0.025
-
-
-def test_a_call_on_the_first_step_does_not_calibrate(tmp_path):
-    from helpers import emt_copper_frames
-
-    start = emt_copper_frames(2, seed=4, rattle=0.05)
-    model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
-                              incremental=True, random_state=0, n_restarts=0).fit(start)
-    atoms = start[0].copy()  # a training structure: its errors are at noise level
-    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
-    learner = OnTheFlyLearner(model, EMT(), threshold=1e-6, max_calls=1, directory=tmp_path)
-    learner.run(VelocityVerlet(atoms, timestep=0.2), 3)
-    assert learner.n_reference_calls == 1  # on step 0
-    assert learner.projection_scale == 1.0 and len(learner._calibration) == 0
 
 
 def test_learns_with_a_two_body_term(tmp_path):

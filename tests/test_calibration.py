@@ -13,7 +13,6 @@ from scipy.stats import norm
 from kernelpot.calibration import (
     SHAPE_MIN_VALUES,
     StdCalibration,
-    fit_projection_scale,
     fit_variance_terms,
     group_mean,
 )
@@ -119,15 +118,6 @@ def test_zero_epistemic_variance_is_an_error():
     zeros = np.zeros(10)
     with pytest.raises(ValueError, match="Owner: the model's epistemic variance is zero"):
         fit_variance_terms(np.ones(10), zeros, zeros, np.ones(10), "Owner")
-
-
-def test_fit_projection_scale_recovers_a_known_weight():
-    rng, post, proj, noise = _terms(4000, seed=5, noise_level=0.002)
-    w = 0.3
-    r2 = (post + w**2 * proj + noise) * rng.normal(size=post.size) ** 2
-    assert fit_projection_scale(r2, post, proj, noise) == pytest.approx(w, rel=0.1)
-    # errors larger than the raw terms allow: the weight goes to its upper limit 10
-    assert fit_projection_scale(1e6 * r2, post, proj, noise) == pytest.approx(10.0, rel=1e-3)
 
 
 # -- StdCalibration ----------------------------------------------------------------------

@@ -104,3 +104,53 @@ def test_refit_drops_the_calibration(calibrated_split, ethanol_frames):
     model, _ = calibrated_split
     twin = clone(model).fit(ethanol_frames[:5])
     assert twin.interval_scores_ is None and twin.std_scale_ is None
+
+
+def test_jackknife_plus_covers_gaussian_process_data_over_many_seeds():
+    """Jackknife+ (CV+ with folds of two points) on draws from the GP the model assumes:
+    coverage at least 1 - 2α (the guarantee), and in practice about 1 - α."""
+    from kernelpot.conformal import jackknife_plus
+    from kernelpot.loso import exact_loso
+
+    coverage, hits, trials = 0.8, 0, 0
+    for seed in range(300):
+        rng = np.random.default_rng(seed)
+        x = rng.uniform(0, 10, 41)
+        K = np.exp(-0.5 * (x[:, None] - x[None, :]) ** 2) + 0.05 * np.eye(41)
+        y = np.linalg.cholesky(K) @ rng.normal(size=41)
+        train, new = slice(0, 40), 40
+        K_y = K[train, train]
+        L = np.linalg.cholesky(K_y)
+        alpha = np.linalg.solve(K_y, y[train])
+        folds = np.repeat(np.arange(20), 2)
+        residual, variance = exact_loso(L, alpha, folds)
+        k_new = K[new, train]
+        P = np.linalg.inv(K_y)
+        shifts = np.array([k_new @ (P[:, folds == f] @ residual[folds == f])
+                           for f in range(20)])
+        mean = k_new @ alpha
+        std = np.sqrt(K[new, new] - k_new @ np.linalg.solve(K_y, k_new))
+        scores = np.abs(residual) / np.sqrt(variance)
+        lower, upper = jackknife_plus((mean - shifts[folds])[None, :], scores, [std],
+                                      coverage)
+        hits += int(lower[0] <= y[new] <= upper[0])
+        trials += 1
+    observed = hits / trials
+    spread = 3 * np.sqrt(coverage * (1 - coverage) / trials)
+    assert observed >= 1 - 2 * (1 - coverage) - spread  # the guarantee
+    assert abs(observed - coverage) < spread  # and what it gives in practice
+
+
+def test_jackknife_plus_bounds_and_checks():
+    from kernelpot.conformal import jackknife_plus
+
+    means = np.zeros((2, 9))
+    scores = np.arange(1.0, 10.0)
+    lower, upper = jackknife_plus(means, scores, [1.0, 2.0], 0.8)
+    # α = 0.2, n = 9: the 2nd smallest of -R s and the 8th smallest of +R s
+    np.testing.assert_allclose(lower, [-8.0, -16.0])
+    np.testing.assert_allclose(upper, [8.0, 16.0])
+    lower, upper = jackknife_plus(means, scores, [1.0, 1.0], 0.95)
+    assert np.all(np.isinf(lower)) and np.all(np.isinf(upper))  # too few points
+    with pytest.raises(ValueError, match="leave-out means"):
+        jackknife_plus(np.zeros((2, 8)), scores, [1.0, 1.0], 0.8)
