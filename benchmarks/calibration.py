@@ -68,6 +68,9 @@ def main(argv=None):
                         help="ethanol 1000 K frames (every 10th of the file)")
     add_model_options(parser)
     parser.add_argument("--plot", default=None, help="write the calibration plot here")
+    parser.add_argument("--jackknife", action="store_true",
+                        help="also the coverage of the default model's 90 %% jackknife+ "
+                             "intervals (return_interval=0.9; one more prediction pass)")
     args = parser.parse_args(argv)
     print(f"kernelpot {kernelpot.__version__}; python {platform.python_version()}; "
           f"{os.cpu_count()} cpus", flush=True)
@@ -100,6 +103,14 @@ def main(argv=None):
     rows = {}
     rows["loso"] = _rows(model, test_terms, ref, hot_terms, hot, True, noise, args,
                          test)  # the default
+    if args.jackknife:
+        start = time.perf_counter()
+        _, intervals = model.predict_forces(test, return_interval=0.9)
+        inside = np.concatenate([((iv[..., 0] <= r) & (r <= iv[..., 1])).ravel()
+                                 for iv, r in zip(intervals, ref, strict=True)])
+        rows["loso"]["jackknife90"] = float(inside.mean())
+        print(f"jackknife+ 90 % intervals of {len(test)} frames in "
+              f"{time.perf_counter() - start:.0f} s: coverage {inside.mean():.3f}", flush=True)
     start = time.perf_counter()
     model.calibrate(valid)
     print(f"calibrated on {len(valid)} frames in {time.perf_counter() - start:.0f} s: "
@@ -120,6 +131,8 @@ def main(argv=None):
     print("-" * len(header))
     for label, r in rows.items():
         conf = f"{r['conformal90']:7.3f}" if "conformal90" in r else f"{'-':>7}"
+        if "jackknife90" in r:
+            conf = f"{r['jackknife90']:6.3f}+"
         if "std_growth" in r:
             ood = (f"{r['std_growth']:9.2f} {r['error_growth']:9.2f} "
                    f"{r['std_growth'] / r['error_growth']:6.2f}")
@@ -132,7 +145,9 @@ def main(argv=None):
           "Spearman >= 0.97 × expected, ratio (std growth / error growth at 1000 K) >= 0.8. "
           "expected: the Spearman of errors drawn from N(0, std²) with these stds (mean of "
           "100 draws). raw: calibration=None; loso: the default (no validation frames); "
-          "validation: calibrate() on the validation frames.")
+          "validation: calibrate() on the validation frames. conf90 of the loso row: the "
+          "normalised-score interval of the LOSO scores, or with --jackknife (marked +) "
+          "the coverage of the jackknife+ intervals the model returns.")
 
 
 class _LosoTime(logging.Handler):

@@ -206,14 +206,19 @@ class StdCalibration:
         What the map and the scores were fitted on: the training structures'
         leave-one-structure-out predictions (:mod:`kernelpot.loso`), or validation
         structures (:meth:`SparseGPPotential.calibrate`); ``None`` for no map.
+    jackknife : dict or None, default=None
+        With ``kind="loso"``: per quantity, the unsorted normalised LOSO scores and
+        the training structure of each, for jackknife+ intervals.
     """
 
     def __init__(self, std_scale: dict | None, interval_scores: dict | None,
-                 applied: bool = True, kind: str | None = None):
+                 applied: bool = True, kind: str | None = None,
+                 jackknife: dict | None = None):
         self.std_scale = std_scale
         self.interval_scores = interval_scores
         self.applied = applied
         self.kind = kind if std_scale else None
+        self.jackknife = jackknife if self.kind == "loso" else None
 
     @staticmethod
     def check_quantity(quantity: str) -> None:
@@ -331,8 +336,8 @@ class StdCalibration:
         return conformal.interval_quantile(scores, coverage, f"{quantity} values")
 
     @classmethod
-    def fit(cls, terms: dict[str, tuple], owner: str,
-            kind: str = "validation") -> StdCalibration:
+    def fit(cls, terms: dict[str, tuple], owner: str, kind: str = "validation",
+            structures: dict[str, np.ndarray] | None = None) -> StdCalibration:
         """Fit the variance map and the conformal scores on validation errors.
 
         Parameters
@@ -344,6 +349,9 @@ class StdCalibration:
             Names the caller in errors and logs.
         kind : {"validation", "loso"}, default="validation"
             What the errors are.
+        structures : dict or None, default=None
+            Per quantity, the training structure of each value (LOSO errors): kept
+            with the unsorted scores for jackknife+ intervals.
 
         Returns
         -------
@@ -361,11 +369,20 @@ class StdCalibration:
                 strict=True)})
         calibration = cls(factors, None, kind=kind)
         # normalised conformal scores against the calibrated total std
+        raw_scores = {
+            quantity: np.abs(errors) / np.sqrt(
+                calibration.epistemic_variance(quantity, post, proj)
+                + calibration.noise_variance(quantity, noise))
+            for quantity, (errors, post, proj, noise) in terms.items()}
         calibration.interval_scores = {
             quantity: conformal.normalised_scores(
                 errors, np.sqrt(calibration.epistemic_variance(quantity, post, proj)
                                 + calibration.noise_variance(quantity, noise)))
             for quantity, (errors, post, proj, noise) in terms.items()}
+        if structures is not None and kind == "loso":
+            calibration.jackknife = {quantity: (raw_scores[quantity],
+                                                np.asarray(structures[quantity]))
+                                     for quantity in terms}
         return calibration
 
     @staticmethod

@@ -213,6 +213,9 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         :meth:`calibrate`.
     interval_scores_ : dict or None
         Sorted conformal scores behind ``return_interval``, per quantity.
+    jackknife_scores_ : dict or None
+        With ``interval_kind_ == "loso"``: per quantity, the normalised LOSO scores of
+        the training values and the structure of each, for jackknife+ intervals.
     interval_kind_ : {"loso", "validation"} or None
         What ``std_scale_`` and ``interval_scores_`` were fitted on: the training
         structures' LOSO predictions, or validation structures (:meth:`calibrate`).
@@ -450,6 +453,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         self.std_scale_ = calibration.std_scale
         self.interval_scores_ = calibration.interval_scores
         self.interval_kind_ = calibration.kind
+        self.jackknife_scores_ = calibration.jackknife
 
     def _loso_calibration(self, posterior: SparsePosterior | ExactPosterior) -> StdCalibration:
         """Fit the std calibration on the posterior's LOSO terms (``calibration="loso"``)."""
@@ -462,7 +466,8 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
                         "least %d): raw stds", owner, terms.n_structures, _LOSO_MIN_STRUCTURES)
             return StdCalibration(None, None)
         try:
-            calibration = StdCalibration.fit(terms.calibration_terms(), owner, kind="loso")
+            calibration = StdCalibration.fit(terms.calibration_terms(), owner, kind="loso",
+                                             structures=terms.calibration_structures())
         except ValueError as err:  # no epistemic variance anywhere: nothing to scale
             logger.warning("%s: no LOSO calibration: %s", owner, err)
             return StdCalibration(None, None)
@@ -839,6 +844,9 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         arrays = {"species": self.species_, "e0": self.e0_, **arrays}
         for quantity, scores in (self.interval_scores_ or {}).items():
             arrays[f"interval_scores_{quantity}"] = scores
+        for quantity, (scores, structure) in (self.jackknife_scores_ or {}).items():
+            arrays[f"jackknife_scores_{quantity}"] = scores
+            arrays[f"jackknife_structure_{quantity}"] = structure
         registry = io.parameter_classes()
         metadata = {
             "estimator": type(self).__name__,

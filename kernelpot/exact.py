@@ -494,17 +494,22 @@ def predict_mean(result: DescriptorResult, species_index: np.ndarray, mean: Mean
 
 def predict_variances(results: list[DescriptorResult], species_indices: list[np.ndarray],
                       train: Observations, L: np.ndarray, signal_var: ArrayLike,
-                      kernel: Kernel,
-                      forces: bool = True) -> list[tuple[float, np.ndarray | None]]:
+                      kernel: Kernel, forces: bool = True,
+                      shift_basis: np.ndarray | None = None) -> list[tuple]:
     """Epistemic variances of the energies (and force components) of structures.
 
     ``σ² k_** - k_*ᵀ K_y⁻¹ k_*`` for each structure's energy and force components,
     with one triangular solve for all of them; ``signal_var`` is ``σ²``, one value
-    or one per element.
+    or one per element. With ``shift_basis`` (:func:`kernelpot.loso.exact_loso`),
+    also ``k_*ᵀ U``: how much each prediction's mean moves when each training
+    structure is left out.
 
     Returns
     -------
-    list of (float, ndarray of shape (n_atoms, 3) or None)
+    list of (float, ndarray of shape (n_atoms, 3) or None, ndarray or None)
+        Per structure: the energy variance, the force variances, and with
+        ``shift_basis`` the shifts of shape ``(1 + 3 n_atoms, n_structures)`` (energy
+        row first; ``1`` row without forces).
     """
     n_species = len(train.features)
     n = len(results)
@@ -514,6 +519,7 @@ def predict_variances(results: list[DescriptorResult], species_indices: list[np.
     K_star = covariance(test, train, kernel, weights=signal_vars)
     V = sla.solve_triangular(L, K_star.T, lower=True, check_finite=False)
     reduction = np.einsum("ij,ij->j", V, V)
+    shifts = K_star @ shift_basis if shift_basis is not None else None
     out = []
     force_start = n
     for k, (result, index) in enumerate(zip(results, species_indices, strict=True)):
@@ -521,12 +527,15 @@ def predict_variances(results: list[DescriptorResult], species_indices: list[np.
                                               forces=forces, weights=signal_vars)
         var_e = float(gp.clip_variance(prior_e - reduction[k], "energy variance"))
         var_f = None
+        stop = force_start
         if forces:
             stop = force_start + 3 * result.n_atoms
             var_f = gp.clip_variance(prior_f.ravel() - reduction[force_start:stop],
                                      "force variance").reshape(-1, 3)
-            force_start = stop
-        out.append((var_e, var_f))
+        shift = None if shifts is None else np.vstack([shifts[k:k + 1],
+                                                       shifts[force_start:stop]])
+        force_start = stop
+        out.append((var_e, var_f, shift))
     return out
 
 

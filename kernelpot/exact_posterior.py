@@ -102,6 +102,7 @@ class ExactPosterior:
         self.log_marginal_likelihood_value = exact.log_density(L, y, weights)
         self._prior_covariance = prior_covariance
         self.loso = loso
+        self.loo_shift = loso.shift_basis if loso is not None else None
 
     # -- what the estimator reads ---------------------------------------------------------
     @property
@@ -221,8 +222,8 @@ class ExactPosterior:
 
     # -- prediction ----------------------------------------------------------------------
     def parts(self, descriptor: Descriptor, atoms: Atoms, index: np.ndarray, e0: np.ndarray,
-              forces: bool, variance: bool | str,
-              volume: float | None = None) -> PredictionParts:
+              forces: bool, variance: bool | str, volume: float | None = None,
+              shifts: bool = False) -> PredictionParts:
         """Predict the mean of one structure; keep its descriptors when variances are asked.
 
         Parameters
@@ -235,6 +236,9 @@ class ExactPosterior:
         variance : bool or "energy"
         volume : float or None, default=None
             Cell volume; given, the stress is predicted too.
+        shifts : bool, default=False
+            With ``variance``, also the leave-one-structure-out shifts of the means
+            (``Prediction.loo_shifts``), when the posterior holds their basis.
 
         Returns
         -------
@@ -250,7 +254,8 @@ class ExactPosterior:
         stress_values = gp.stress_from_strain_derivative(mean[2], volume) if stress else None
         parts = PredictionParts(float(local.sum()), force_values, local, stress_values)
         if variance:
-            parts.variance_input = (result, index, force_variance)
+            parts.variance_input = (result, index, force_variance,
+                                    bool(shifts and self.loo_shift is not None))
             parts.variance_rows = 1 + 3 * len(local) * force_variance
         return parts
 
@@ -266,25 +271,25 @@ class ExactPosterior:
         list of Prediction
         """
         variances = {}
-        for force_variance in (False, True):  # one solve per kind of request
+        for request in {p.variance_input[2:] for p in parts if p.variance_input is not None}:
+            # one solve per kind of request: (force variances?, shifts?)
             pending = [k for k, p in enumerate(parts)
-                       if p.variance_input is not None and p.variance_input[2] == force_variance]
-            if pending:
-                variances.update(zip(pending, exact.predict_variances(
-                    [parts[k].variance_input[0] for k in pending],
-                    [parts[k].variance_input[1] for k in pending], self.observations, self.L,
-                    self.signal_variances(), self.kernel, forces=force_variance),
-                    strict=True))
+                       if p.variance_input is not None and p.variance_input[2:] == request]
+            variances.update(zip(pending, exact.predict_variances(
+                [parts[k].variance_input[0] for k in pending],
+                [parts[k].variance_input[1] for k in pending], self.observations, self.L,
+                self.signal_variances(), self.kernel, forces=request[0],
+                shift_basis=self.loo_shift if request[1] else None), strict=True))
         out = []
         for k, part in enumerate(parts):
             if part.variance_input is None:
                 out.append(part.without_variance())
                 continue
-            var_e, var_f = variances[k]
+            var_e, var_f, shifts = variances[k]
             # an exact posterior has no projection term: it is all in the first
             zeros = np.zeros_like(var_f) if var_f is not None else None
             out.append(Prediction(part.energy, part.forces, var_e, 0.0, var_f, zeros,
-                                  part.local_energies, part.stress))
+                                  part.local_energies, part.stress, shifts))
         return out
 
     def local_energies(self, descriptor: Descriptor, atoms: Atoms,
@@ -370,6 +375,8 @@ class ExactPosterior:
             raise ValueError("save: training_state=True needs a model fitted with "
                              "incremental=True")
         arrays = {"alpha": self.weights, "exact_L": self.L, "exact_y": self.y}
+        if self.loo_shift is not None:
+            arrays["loo_shift"] = self.loo_shift
         for name, value in self.structures.items():
             arrays[f"exact_structures_{name}"] = value
         fitted = {"method": self.kind, "signal_std": self.signal_std,
@@ -425,6 +432,7 @@ class ExactPosterior:
                         species=species)
         # the file's value, as the fit computed it (bit for bit the same model)
         posterior.log_marginal_likelihood_value = fitted["log_marginal_likelihood"]
+        posterior.loo_shift = _checked_shift_basis(arrays.get("loo_shift"), obs.n_obs, what)
         return posterior
 
 
@@ -432,12 +440,21 @@ def _exact_loso_terms(L: np.ndarray, weights: np.ndarray, noise: np.ndarray, n_e
                       structure: np.ndarray, owner: str) -> LosoTerms:
     """Compute and time the LOSO terms of the exact model (no projection term)."""
     tic = time.perf_counter()
-    residual, variance = exact_loso(L, weights, structure)
+    residual, variance, basis = exact_loso(L, weights, structure, shifts=True)
     terms = LosoTerms.from_loso(residual, variance, noise, np.zeros(len(weights)),
-                                np.arange(len(weights)) < n_energy, structure)
+                                np.arange(len(weights)) < n_energy, structure, basis)
     logger.info("%s: leave-one-structure-out predictions of %d structures (closed form) in "
                 "%.2f s", owner, terms.n_structures, time.perf_counter() - tic)
     return terms
+
+
+def _checked_shift_basis(basis: np.ndarray | None, n_rows: int, what: str):
+    """Return a stored leave-one-structure-out shift basis, checked (None if absent)."""
+    if basis is None:
+        return None
+    if basis.ndim != 2 or basis.shape[0] != n_rows or not np.all(np.isfinite(basis)):
+        raise ValueError(f"load: {what} has a malformed loo_shift array")
+    return basis
 
 
 def _checked_signal_std(sigma, species, what):

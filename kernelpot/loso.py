@@ -62,6 +62,10 @@ class LosoTerms(NamedTuple):
         The projection (``k** - q**``) term (zero for an exact model).
     noise : ndarray of shape (n_obs,)
         Learned noise variance (``σ_E² N`` or ``σ_F²``).
+    shift_basis : ndarray of shape (n_basis, n_structures) or None
+        What turns a new prediction's covariance row into the change of its mean when
+        each structure is left out (:func:`exact_loso`, :func:`sparse_loso`): the
+        jackknife+ intervals need it.
     """
 
     is_energy: np.ndarray
@@ -70,11 +74,12 @@ class LosoTerms(NamedTuple):
     posterior: np.ndarray
     projection: np.ndarray
     noise: np.ndarray
+    shift_basis: np.ndarray | None = None
 
     @classmethod
     def from_loso(cls, residual: np.ndarray, variance: np.ndarray, noise: np.ndarray,
-                  projection: np.ndarray, is_energy: np.ndarray,
-                  structure: np.ndarray) -> LosoTerms:
+                  projection: np.ndarray, is_energy: np.ndarray, structure: np.ndarray,
+                  shift_basis: np.ndarray | None = None) -> LosoTerms:
         """Build the terms from :func:`exact_loso` or :func:`sparse_loso` output.
 
         Parameters
@@ -87,6 +92,8 @@ class LosoTerms(NamedTuple):
             Projection term of each observation.
         is_energy : ndarray of bool of shape (n_obs,)
         structure : ndarray of int of shape (n_obs,)
+        shift_basis : ndarray or None, default=None
+            See the class attributes.
 
         Returns
         -------
@@ -94,12 +101,24 @@ class LosoTerms(NamedTuple):
             With the epistemic part ``variance - noise``, clipped at zero.
         """
         return cls(np.asarray(is_energy, dtype=bool), np.asarray(structure), -residual,
-                   np.maximum(variance - noise, 0.0), projection, noise)
+                   np.maximum(variance - noise, 0.0), projection, noise, shift_basis)
 
     @property
     def n_structures(self) -> int:
         """Return the number of training structures."""
         return int(np.unique(self.structure).size)
+
+    def calibration_structures(self) -> dict[str, np.ndarray]:
+        """Return the training structure of every value of :meth:`calibration_terms`.
+
+        Returns
+        -------
+        dict
+            Keys "energy" and "forces" (those with observations).
+        """
+        return {quantity: self.structure[mask]
+                for quantity, mask in (("energy", self.is_energy), ("forces", ~self.is_energy))
+                if mask.any()}
 
     def calibration_terms(self) -> dict[str, tuple]:
         """Return ``(errors, posterior, projection, noise)`` per quantity that has values.
@@ -135,8 +154,8 @@ def _solve_block(C: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarray
         return inverse @ rhs, np.diag(inverse).copy()
 
 
-def exact_loso(L: np.ndarray, weights: np.ndarray,
-               structure: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def exact_loso(L: np.ndarray, weights: np.ndarray, structure: np.ndarray,
+               shifts: bool = False) -> tuple[np.ndarray, ...]:
     """Return the LOSO residuals and predictive variances of an exact GP's observations.
 
     Parameters
@@ -146,7 +165,11 @@ def exact_loso(L: np.ndarray, weights: np.ndarray,
     weights : ndarray of shape (n_obs,)
         ``K_y⁻¹ y``.
     structure : ndarray of int of shape (n_obs,)
-        Training structure of each observation.
+        Training structure of each observation, numbered from 0.
+    shifts : bool, default=False
+        Also return the shift basis ``U``, whose column ``B`` is ``K_y⁻¹[:, B] r_B``:
+        a new prediction with covariance row ``k`` to the training observations has
+        mean ``μ - k @ U[:, B]`` without structure ``B``.
 
     Returns
     -------
@@ -154,6 +177,8 @@ def exact_loso(L: np.ndarray, weights: np.ndarray,
         ``y - μ_{-B}``, each observation predicted without its structure.
     variance : ndarray of shape (n_obs,)
         Predictive variance of that prediction, noise included.
+    shift_basis : ndarray of shape (n_obs, n_structures)
+        Only with ``shifts=True``.
 
     Notes
     -----
@@ -166,15 +191,22 @@ def exact_loso(L: np.ndarray, weights: np.ndarray,
         raise np.linalg.LinAlgError(f"exact_loso: potri failed (info={info})")
     residual = np.empty_like(weights)
     variance = np.empty_like(weights)
-    for rows in _blocks(np.asarray(structure)):
+    blocks = _blocks(np.asarray(structure))
+    for rows in blocks:
         block = np.tril(inverse[np.ix_(rows, rows)])
         C = block + np.tril(block, -1).T  # potri fills the lower triangle
         residual[rows], variance[rows] = _solve_block(C, weights[rows])
-    return residual, variance
+    if not shifts:
+        return residual, variance
+    inverse = np.tril(inverse) + np.tril(inverse, -1).T
+    basis = np.zeros((len(weights), int(np.max(structure)) + 1))
+    for rows in blocks:
+        basis[:, structure[rows[0]]] = inverse[:, rows] @ residual[rows]
+    return residual, variance, basis
 
 
 def sparse_loso(Kw: np.ndarray, y: np.ndarray, noise_std: np.ndarray, sigma: float,
-                structure: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                structure: np.ndarray, shifts: bool = False) -> tuple[np.ndarray, ...]:
     """Return the LOSO residuals and predictive variances of a sparse (DTC) model's observations.
 
     Parameters
@@ -188,7 +220,11 @@ def sparse_loso(Kw: np.ndarray, y: np.ndarray, noise_std: np.ndarray, sigma: flo
     sigma : float
         Signal std ``σ``.
     structure : ndarray of int of shape (n_obs,)
-        Training structure of each observation.
+        Training structure of each observation, numbered from 0.
+    shifts : bool, default=False
+        Also return ``A⁻¹ G`` with ``G[:, B] = Φ_Bᵀ Λ_B⁻¹ r_B``: a new prediction with
+        whitened feature row ``φ = σ L_mm⁻¹ k`` has mean ``μ - φ @ (A⁻¹ G)[:, B]``
+        without structure ``B``.
 
     Returns
     -------
@@ -197,6 +233,8 @@ def sparse_loso(Kw: np.ndarray, y: np.ndarray, noise_std: np.ndarray, sigma: flo
     variance : ndarray of shape (n_obs,)
         Predictive variance of that prediction under the DTC model, noise included
         (without the projection term, which the caller adds).
+    shift_basis : ndarray of shape (M, n_structures)
+        ``A⁻¹ G``, only with ``shifts=True``.
     """
     n_obs, M = Kw.shape
     scale = sigma / noise_std  # rows of G = Λ^(-1/2) Φ are σ Kw / noise_std
@@ -221,7 +259,13 @@ def sparse_loso(Kw: np.ndarray, y: np.ndarray, noise_std: np.ndarray, sigma: flo
             whitened, diag = _solve_block(gap, y[g_rows] / noise_std[g_rows] - fitted[local])
             residual[g_rows] = noise_std[g_rows] * whitened
             variance[g_rows] = noise_std[g_rows] ** 2 * diag
-    return residual, variance
+    if not shifts:
+        return residual, variance
+    G = np.zeros((M, int(np.max(structure)) + 1))
+    for rows in _blocks(np.asarray(structure)):
+        G[:, structure[rows[0]]] = (Kw[rows] * scale[rows, None]).T \
+            @ (residual[rows] / noise_std[rows])
+    return residual, variance, sla.cho_solve((R, False), G, check_finite=False)
 
 
 def _group(blocks: list[np.ndarray]) -> list[np.ndarray]:

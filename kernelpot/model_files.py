@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from kernelpot import io
 from kernelpot.calibration import StdCalibration
 from kernelpot.estimator import SparseGPPotential
@@ -73,9 +75,25 @@ def load(path: os.PathLike | str) -> SparseGPPotential:
     if kind not in ("loso", "validation", None):
         raise ValueError(f"load: {what} has a malformed interval_kind entry {kind!r}")
     calibration = StdCalibration(std_scale, StdCalibration.check_interval_scores(arrays, what),
-                                 kind=kind)
+                                 kind=kind, jackknife=_jackknife_scores(arrays, what))
     return model.from_posterior(posterior, descriptor=descriptor, species=species,
                                 e0=arrays["e0"], calibration=calibration)
+
+
+def _jackknife_scores(arrays: dict, what: str) -> dict | None:
+    """Return the stored jackknife+ scores and structures per quantity, checked."""
+    out = {}
+    for quantity in ("energy", "forces"):
+        scores = arrays.get(f"jackknife_scores_{quantity}")
+        structure = arrays.get(f"jackknife_structure_{quantity}")
+        if scores is None and structure is None:
+            continue
+        if scores is None or structure is None or scores.ndim != 1 \
+                or structure.shape != scores.shape or structure.dtype.kind not in "iu" \
+                or not np.all(np.isfinite(scores)) or np.any(scores < 0):
+            raise ValueError(f"load: {what} has malformed {quantity} jackknife scores")
+        out[quantity] = (scores, structure)
+    return out or None
 
 
 def _checked_two_body(encoded, registry: dict, what: str):

@@ -21,6 +21,7 @@ from ase import Atoms
 from ase.data import chemical_symbols
 from sklearn.utils.validation import check_is_fitted
 
+from kernelpot import conformal
 from kernelpot._labels import check_frames
 from kernelpot._validation import check_verbose
 from kernelpot.calibration import StdCalibration
@@ -29,6 +30,8 @@ __all__ = ["Prediction", "PredictionMixin", "PredictionParts"]
 
 #: Variance rows of many structures solved together in prediction.
 _VARIANCE_BATCH_ROWS = 2048
+#: Force components whose jackknife+ candidates are ranked together.
+_JACKKNIFE_CHUNK = 64
 
 
 class Prediction(NamedTuple):
@@ -51,6 +54,10 @@ class Prediction(NamedTuple):
     stress : ndarray of shape (6,) or None
         Only when asked: ASE's stress of the predicted energy (Voigt
         ``xx yy zz yz xz xy``, eV/Å³, positive under tension).
+    loo_shifts : ndarray of shape (n_rows, n_training_structures) or None
+        Only when asked (jackknife+ intervals): how much the mean of the energy (row
+        0) and of each force component (rows 1...) drops when each training
+        structure is left out, ``μ - μ_{-B}``.
     """
 
     energy: float
@@ -61,6 +68,7 @@ class Prediction(NamedTuple):
     forces_var_projection: np.ndarray | None
     local_energies: np.ndarray
     stress: np.ndarray | None = None
+    loo_shifts: np.ndarray | None = None
 
 
 @dataclass
@@ -172,22 +180,23 @@ class PredictionMixin:
         return volume
 
     def _predict_parts(self, atoms: Atoms, forces: bool, variance,
-                       stress: bool = False) -> PredictionParts:
+                       stress: bool = False, shifts: bool = False) -> PredictionParts:
         """Return the mean prediction of one structure and its posterior's variance input."""
         owner = f"{type(self).__name__}.predict"
         index = self._species_index(atoms, owner)
         volume = self._check_stress_cell(atoms, owner) if stress else None
         return self.posterior_.parts(self.descriptor_, atoms, index, self.e0_, forces,
-                                     variance, volume)
+                                     variance, volume, shifts=shifts)
 
-    def _predict_many(self, X, forces: bool, variance, stress: bool = False):
+    def _predict_many(self, X, forces: bool, variance, stress: bool = False,
+                      shifts: bool = False):
         """Predict many structures, solving their variances in batches."""
         frames = check_frames(X, f"{type(self).__name__}.predict")
         check_is_fitted(self)
         verbose = check_verbose(self.verbose, type(self).__name__)
         out, batch, batch_rows = [], [], 0
         for parts in self._imap(
-                lambda atoms: self._predict_parts(atoms, forces, variance, stress),
+                lambda atoms: self._predict_parts(atoms, forces, variance, stress, shifts),
                 frames, verbose, "predict"):
             batch.append(parts)
             batch_rows += parts.variance_rows
@@ -217,10 +226,13 @@ class PredictionMixin:
             variance, as scikit-learn's GPR does with a WhiteKernel; "epistemic"
             is the model's own uncertainty alone.
         return_interval : float in (0, 1) or None, default=None
-            Also return intervals of this nominal coverage: split-conformal ones
-            (guaranteed coverage on structures exchangeable with the validation
-            set) once :meth:`calibrate` has run, otherwise Gaussian ones from the
-            total std, with a warning.
+            Also return intervals of this nominal coverage: with the default LOSO
+            calibration (``interval_kind_ == "loso"``), normalised jackknife+ ones
+            over the training structures (:func:`kernelpot.conformal.jackknife_plus`:
+            coverage at least ``1 - 2α`` for exchangeable structures, about ``1 - α``
+            in practice); after :meth:`calibrate`, split-conformal ones (guaranteed
+            coverage on structures exchangeable with the validation set); without
+            either, Gaussian ones from the total std, with a warning.
 
         Returns
         -------
@@ -233,11 +245,12 @@ class PredictionMixin:
         """
         self._check_std_type(std_type)
         want_var = return_std or return_interval is not None
-        if return_interval is not None:
+        jackknife = return_interval is not None and self._jackknife_ready("energy")
+        if return_interval is not None and not jackknife:
             multiplier = self._calibration().interval_multiplier(
                 "energy", return_interval, type(self).__name__)
         frames, out = self._predict_many(X, forces=False, variance="energy" if want_var
-                                         else False)
+                                         else False, shifts=jackknife)
         energies = np.array([p.energy for p in out])
         if not want_var:
             return energies
@@ -245,10 +258,40 @@ class PredictionMixin:
         result = [energies]
         if return_std:
             result.append(np.sqrt(total if std_type == "total" else epistemic))
-        if return_interval is not None:
+        if jackknife:
+            scores, structure = self.jackknife_scores_["energy"]
+            loo_means = energies[:, None] - np.array([p.loo_shifts[0] for p in out])[
+                :, structure]
+            result.append(np.column_stack(conformal.jackknife_plus(
+                loo_means, scores, np.sqrt(total), return_interval)))
+        elif return_interval is not None:
             half = multiplier * np.sqrt(total)
             result.append(np.column_stack([energies - half, energies + half]))
         return tuple(result)
+
+    def _jackknife_ready(self, quantity: str) -> bool:
+        """Return whether jackknife+ intervals are available for ``quantity``."""
+        check_is_fitted(self)
+        basis = getattr(self.posterior_, "loo_shift", None)
+        return (self.interval_kind_ == "loso" and bool(self.apply_calibration)
+                and quantity in (self.jackknife_scores_ or {}) and basis is not None
+                and basis.shape[1] > int(self.jackknife_scores_[quantity][1].max()))
+
+    def _jackknife_force_intervals(self, forces: list, out: list, totals: list,
+                                   coverage: float) -> list:
+        """Return jackknife+ intervals of every force component, shape (n_atoms, 3, 2)."""
+        scores, structure = self.jackknife_scores_["forces"]
+        intervals = []
+        for f, p, total in zip(forces, out, totals, strict=True):
+            mean, std = f.ravel(), np.sqrt(total).ravel()
+            bounds = np.empty((mean.size, 2))
+            for start in range(0, mean.size, _JACKKNIFE_CHUNK):  # memory: chunk × n scores
+                rows = slice(start, start + _JACKKNIFE_CHUNK)
+                loo_means = mean[rows, None] - p.loo_shifts[1:][rows][:, structure]
+                bounds[rows, 0], bounds[rows, 1] = conformal.jackknife_plus(
+                    loo_means, scores, std[rows], coverage)
+            intervals.append(bounds.reshape(-1, 3, 2))
+        return intervals
 
     def _calibration(self) -> StdCalibration:
         """Return the fitted std calibration (raw stds when none, or not applied)."""
@@ -287,8 +330,9 @@ class PredictionMixin:
             "total" adds the learned force noise ``σ_F²`` (times ``d²`` after
             :meth:`calibrate`) to the epistemic variance.
         return_interval : float in (0, 1) or None, default=None
-            Also return per-component intervals of this nominal coverage
-            (split-conformal after :meth:`calibrate`, as in :meth:`predict`).
+            Also return per-component intervals of this nominal coverage (jackknife+
+            with the LOSO calibration, split-conformal after :meth:`calibrate`, as in
+            :meth:`predict`).
 
         Returns
         -------
@@ -301,10 +345,11 @@ class PredictionMixin:
         """
         self._check_std_type(std_type)
         want_var = return_std or return_interval is not None
-        if return_interval is not None:
+        jackknife = return_interval is not None and self._jackknife_ready("forces")
+        if return_interval is not None and not jackknife:
             multiplier = self._calibration().interval_multiplier(
                 "forces", return_interval, type(self).__name__)
-        _, out = self._predict_many(X, forces=True, variance=want_var)
+        _, out = self._predict_many(X, forces=True, variance=want_var, shifts=jackknife)
         forces = [p.forces for p in out]
         if not want_var:
             return forces
@@ -313,7 +358,10 @@ class PredictionMixin:
         if return_std:
             result.append([np.sqrt(v + (noise if std_type == "total" else 0.0))
                            for v in epistemic])
-        if return_interval is not None:
+        if jackknife:
+            result.append(self._jackknife_force_intervals(
+                forces, out, [v + noise for v in epistemic], return_interval))
+        elif return_interval is not None:
             halves = [multiplier * np.sqrt(v + noise) for v in epistemic]
             result.append([np.stack([f - h, f + h], axis=-1)
                            for f, h in zip(forces, halves, strict=True)])

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
+import scipy.linalg as sla
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import chemical_symbols
 from sklearn.base import clone
@@ -183,6 +184,7 @@ class SparsePosterior:
         self.jitter_abs = float(jitter_abs)
         self.training = training
         self.loso = loso
+        self.loo_shift = loso.shift_basis if loso is not None else None
         self.needs_frames = bool(needs_frames)
 
     # -- what the estimator reads ---------------------------------------------------------
@@ -308,7 +310,7 @@ class SparsePosterior:
             if estimator.incremental else None
         loso = _timed_loso(owner, lambda: _sparse_loso_terms(
             assembled.design[:design.n_obs], y_all, noise_std, sigma, assembled.prior,
-            np.arange(design.n_obs) < design.n_energy, training.row_structures())) \
+            np.arange(design.n_obs) < design.n_energy, training.row_structures(), L_mm)) \
             if loso_wanted else None
         factors = gp.solve_posterior(assembled.design, design.n_obs, L_mm, noise_std, y_all,
                                      sigma)
@@ -381,8 +383,8 @@ class SparsePosterior:
 
     # -- prediction ----------------------------------------------------------------------
     def parts(self, descriptor: Descriptor, atoms: Atoms, index: np.ndarray, e0: np.ndarray,
-              forces: bool, variance: bool | str,
-              volume: float | None = None) -> PredictionParts:
+              forces: bool, variance: bool | str, volume: float | None = None,
+              shifts: bool = False) -> PredictionParts:
         """Predict the mean of one structure; keep design rows when variances are asked.
 
         Parameters
@@ -397,6 +399,9 @@ class SparsePosterior:
         variance : bool or "energy"
         volume : float or None, default=None
             Cell volume; given, the stress is predicted too.
+        shifts : bool, default=False
+            With ``variance``, also the leave-one-structure-out shifts of the means
+            (``Prediction.loo_shifts``), when the posterior holds their basis.
 
         Returns
         -------
@@ -426,7 +431,8 @@ class SparsePosterior:
         stress_values = gp.stress_from_strain_derivative(strain, volume) if stress else None
         parts = PredictionParts(float(local.sum()), force_values, local, stress_values)
         if variance:
-            parts.variance_input = self._variance_rows(result, atoms, index, force_variance)
+            parts.variance_input = self._variance_rows(result, atoms, index, force_variance) \
+                + (bool(shifts and self.loo_shift is not None),)
             parts.variance_rows = len(parts.variance_input[0])
         return parts
 
@@ -479,8 +485,9 @@ class SparsePosterior:
             offset += n_rows
             f_post = p_post[1:].reshape(-1, 3) if n_rows > 1 else None
             f_proj = p_proj[1:].reshape(-1, 3) if n_rows > 1 else None
+            shifts = part.variance_input[0] @ self.loo_shift if part.variance_input[2] else None
             out.append(Prediction(part.energy, part.forces, float(p_post[0]), float(p_proj[0]),
-                                  f_post, f_proj, part.local_energies, part.stress))
+                                  f_post, f_proj, part.local_energies, part.stress, shifts))
         return out
 
     def local_energies(self, descriptor: Descriptor, atoms: Atoms,
@@ -572,7 +579,7 @@ class SparsePosterior:
         self.stats = _incremental.statistics(self.training)
         self.log_marginal_likelihood_value = float(gp.log_marginal_likelihood(
             np.log([self.signal_std, self.energy_noise, self.force_noise]), self.stats))
-        self.loso = None
+        self.loso = self.loo_shift = None
         if loso:
             self.refresh_loso(owner)
 
@@ -598,6 +605,7 @@ class SparsePosterior:
         """
         self.check_updatable(owner)
         self.loso = _timed_loso(owner, self._training_loso)
+        self.loo_shift = self.loso.shift_basis
 
     def _training_loso(self) -> LosoTerms:
         """Compute the LOSO terms of the training state."""
@@ -610,7 +618,7 @@ class SparsePosterior:
             if f_row >= 0:
                 structure[f_row:f_row + 3 * len(state.frames[k])] = k
         return _sparse_loso_terms(state.Kw, state.y, state.noise_std, self.signal_std,
-                                  state.prior, state.is_energy, structure)
+                                  state.prior, state.is_energy, structure, state.L_mm)
 
     def _add_structure(self, atoms, energy: float, forces, index, descriptor, e0):
         """Append one structure's observations to the training state."""
@@ -803,6 +811,8 @@ class SparsePosterior:
             arrays[f"columns_{s}"] = self.columns[s]
         if self.two_body is not None:
             arrays["pair_columns"] = self.pair_columns
+        if self.loo_shift is not None:
+            arrays["loo_shift"] = self.loo_shift
         if training_state:
             if self.training is None:
                 raise ValueError("save: training_state=True needs a model fitted with "
@@ -887,23 +897,36 @@ class SparsePosterior:
                    force_noise=fitted["force_noise"],
                    log_marginal_likelihood=fitted["log_marginal_likelihood"],
                    jitter=fitted["jitter"], jitter_abs=fitted["jitter_abs"], training=training,
-                   needs_frames=training is not None)
+                   needs_frames=training is not None)._with_shift_basis(
+                       arrays.get("loo_shift"), what)
+
+    def _with_shift_basis(self, basis: np.ndarray | None, what: str) -> SparsePosterior:
+        """Set a stored leave-one-structure-out shift basis, checked; return self."""
+        if basis is not None and (basis.ndim != 2 or basis.shape[0] != self.weights.size
+                                  or not np.all(np.isfinite(basis))):
+            raise ValueError(f"load: {what} has a malformed loo_shift array")
+        self.loo_shift = basis
+        return self
 
 
 def _sparse_loso_terms(Kw: np.ndarray, y: np.ndarray, noise_std: np.ndarray, sigma: float,
                        prior: np.ndarray | None, is_energy: np.ndarray,
-                       structure: np.ndarray) -> LosoTerms:
+                       structure: np.ndarray, L_mm: np.ndarray) -> LosoTerms:
     """Compute the LOSO terms of a whitened design (:func:`kernelpot.loso.sparse_loso`).
 
     The projection term of a training row is ``σ² (prior - |K_w row|²)``: the whitened
     row's squared norm is the prior variance the inducing set spans. Without the
     prior variances (a training state saved before they were kept) it is zero.
     """
-    residual, variance = sparse_loso(Kw, y, noise_std, sigma, structure)
+    residual, variance, whitened = sparse_loso(Kw, y, noise_std, sigma, structure,
+                                               shifts=True)
     projection = np.zeros(len(y)) if prior is None else np.maximum(
         sigma**2 * (prior - np.einsum("nm,nm->n", Kw, Kw)), 0.0)
+    # a design row k has whitened features φ = σ L_mm⁻¹ k: the shift is k @ σ L_mm⁻ᵀ (A⁻¹G)
+    basis = sigma * sla.solve_triangular(L_mm, whitened, lower=True, trans="T",
+                                         check_finite=False)
     return LosoTerms.from_loso(residual, variance, noise_std**2, projection, is_energy,
-                               structure)
+                               structure, basis)
 
 
 def _timed_loso(owner: str, compute) -> LosoTerms:

@@ -205,3 +205,68 @@ def test_too_few_structures_give_raw_stds_and_bad_values_fail(frames):
     assert model.std_scale_ is None and model.interval_kind_ is None
     with pytest.raises(ValueError, match="calibration must be 'loso' or None"):
         SparseGPPotential(SOAP_SMALL, calibration="validation").fit(frames[:3])
+
+
+# -- jackknife+ intervals ----------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["exact", "sparse"])
+def test_loo_shifts_give_the_refits_predictions_and_the_intervals_are_jackknife_plus(
+        method, frames):
+    from kernelpot import conformal
+
+    train, new = frames[:5], frames[9]
+    model = SparseGPPotential(SOAP_SMALL, method=method, n_sparse=30,
+                              random_state=0).fit(train)
+    p = model.predict_structure(new, variance=True)
+    parts = model.posterior_.finish([model._predict_parts(new, True, True, shifts=True)])[0]
+    assert parts.loo_shifts.shape == (1 + 3 * len(new), len(train))
+    mean = np.concatenate([[p.energy], p.forces.ravel()])
+    loo = np.empty((mean.size, len(train)))
+    for B in range(len(train)):
+        rest = [a for k, a in enumerate(train) if k != B]
+        if method == "exact":
+            refit = SparseGPPotential(SOAP_SMALL, method="exact", **_fixed(model)).fit(rest)
+            q = refit.predict_structure(new)
+            loo[:, B] = np.concatenate([[q.energy], q.forces.ravel()])
+        else:  # the same inducing points and hyperparameters, without structure B
+            d, a, noise_rest, y_rest = _design(model, rest)
+            factors = gp.solve_posterior(a.design, d.n_obs, a.L_mm, noise_rest, y_rest,
+                                         model.signal_std_)
+            post = model.posterior_
+            rows = gp.design_rows(model.descriptor_.compute(new),
+                                  np.searchsorted(model.species_, new.numbers),
+                                  post.inducing, model.kernel_, energy=True, forces=True,
+                                  columns=post.columns, n_columns=post.weights.size)
+            e0 = model.e0_[np.searchsorted(model.species_, new.numbers)].sum()
+            loo[:, B] = np.vstack([rows.energy, rows.forces]) @ factors.weights
+            loo[0, B] += e0
+        np.testing.assert_allclose(mean - parts.loo_shifts[:, B], loo[:, B], rtol=1e-6,
+                                   atol=1e-8 * np.abs(loo[:, B]).max())
+    # the model's intervals are the jackknife+ ones of those leave-out predictions
+    _, f_std, intervals = model.predict_forces([new], return_std=True,
+                                               return_interval=0.8)
+    scores, structure = model.jackknife_scores_["forces"]
+    lower, upper = conformal.jackknife_plus(loo[1:][:, structure], scores,
+                                            f_std[0].ravel(), 0.8)
+    # (the refits agree with the closed form to about 1e-6 relative, and so do the bounds)
+    np.testing.assert_allclose(intervals[0][..., 0].ravel(), lower, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(intervals[0][..., 1].ravel(), upper, rtol=1e-5, atol=1e-5)
+    _, e_std, e_interval = model.predict([new], return_std=True, return_interval=0.8)
+    e_scores, e_structure = model.jackknife_scores_["energy"]
+    if len(e_scores) >= 9:  # enough values for finite 80 % bounds
+        lower, upper = conformal.jackknife_plus(loo[:1][:, e_structure], e_scores, e_std,
+                                                0.8)
+        np.testing.assert_allclose(e_interval[0], [lower[0], upper[0]], rtol=1e-5)
+
+
+def test_jackknife_scores_and_shift_basis_survive_save_and_load(frames, tmp_path):
+    from kernelpot import load
+
+    model = SparseGPPotential(SOAP_SMALL, n_sparse=30, random_state=0).fit(frames[:5])
+    loaded = load(model.save(tmp_path / "m.npz"))
+    assert loaded.interval_kind_ == "loso"
+    for quantity, (scores, structure) in model.jackknife_scores_.items():
+        np.testing.assert_array_equal(loaded.jackknife_scores_[quantity][0], scores)
+        np.testing.assert_array_equal(loaded.jackknife_scores_[quantity][1], structure)
+    a = model.predict_forces(frames[9:10], return_interval=0.8)[1][0]
+    b = loaded.predict_forces(frames[9:10], return_interval=0.8)[1][0]
+    np.testing.assert_array_equal(a, b)
