@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -64,7 +65,9 @@ class OnTheFlyLearner:
         Used when ``threshold`` is None (see Notes): the automatic threshold is this
         multiple of the largest calibrated force std any training structure had when
         it was left out of the model. 1 calls the reference when the current
-        structure looks less certain than every training structure did.
+        structure looks less certain than every training structure did. A model
+        without LOSO calibration (``calibration=None``, or a file from before it
+        existed) falls back to this multiple of its learned ``σ_F``, with a warning.
     directory : str or path-like, default="."
         Where the step log (``otf_log.jsonl``), the labelled frames
         (``labelled.extxyz``) and the checkpoint (``model.npz``, ``md_state.npz``,
@@ -158,6 +161,7 @@ class OnTheFlyLearner:
         self._initial_frames = None
         self._continuing = False
         self._auto_threshold = None
+        self._warned_threshold = False
 
     # -- public ----------------------------------------------------------------------
     @property
@@ -355,7 +359,18 @@ class OnTheFlyLearner:
         model = self.model
         loso = getattr(model.posterior_, "loso", None)
         if loso is None or model.interval_kind_ != "loso":
-            return 0.0
+            if model.calibration == "loso" and getattr(model.posterior_, "training", None) \
+                    is not None and model.posterior_.n_training_structures < 3:
+                return 0.0  # too young for a LOSO map: call every min_interval
+            if not self._warned_threshold:
+                warnings.warn("OnTheFlyLearner: the model has no LOSO calibration "
+                              "(calibration=None, or a model file from before it existed): "
+                              "the automatic threshold falls back to relative_threshold × "
+                              "σ_F, which noise-free labels drive towards 0; refit with "
+                              "calibration='loso' or give threshold=", UserWarning,
+                              stacklevel=3)
+                self._warned_threshold = True
+            return float(self.relative_threshold * model.force_noise_)
         forces = ~loso.is_energy
         std = np.sqrt(model.epistemic_variance("forces", loso.posterior[forces],
                                                loso.projection[forces]))

@@ -282,7 +282,11 @@ class StdCalibration:
             return c**2 * u
         if quantity == "forces" and f"{quantity}_atom_exponent" in self.std_scale:
             u = np.maximum(u, 0.0)
-            return c**2 * u * (group_mean(u, 3) / v_ref) ** (p - 1)
+            # one value alone (not an atom's three) is its own mean
+            mean = group_mean(u, 3) if np.size(u) % 3 == 0 and np.ndim(u) else u
+            positive = mean > 0  # an atom without variance (no neighbours) keeps none
+            factor = (np.where(positive, mean, 1.0) / v_ref) ** (p - 1)
+            return c**2 * u * np.where(positive, factor, 0.0)
         return c**2 * v_ref * (np.maximum(u, 0.0) / v_ref) ** p
 
     def noise_variance(self, quantity: str,
@@ -307,8 +311,9 @@ class StdCalibration:
     def interval_multiplier(self, quantity: str, coverage: float, owner: str) -> float:
         """Half-width of ``coverage`` intervals in units of the total std.
 
-        Split-conformal from the stored scores; without scores, the Gaussian quantile
-        with a ``UserWarning`` (no coverage guarantee).
+        Split-conformal from the stored scores; without scores (or with the
+        calibration switched off: the scores are relative to the calibrated std), the
+        Gaussian quantile with a ``UserWarning`` (no coverage guarantee).
 
         Parameters
         ----------
@@ -320,7 +325,7 @@ class StdCalibration:
         -------
         float
         """
-        scores = (self.interval_scores or {}).get(quantity)
+        scores = (self.interval_scores or {}).get(quantity) if self.applied else None
         if scores is None:
             from scipy.stats import norm
 
@@ -330,9 +335,6 @@ class StdCalibration:
                           "guarantee (call calibrate() on validation structures)",
                           UserWarning, stacklevel=3)
             return float(norm.ppf(0.5 + coverage / 2))
-        if not self.applied:
-            raise ValueError("return_interval needs apply_calibration=True: the calibration "
-                             "scores are relative to the calibrated std")
         return conformal.interval_quantile(scores, coverage, f"{quantity} values")
 
     @classmethod

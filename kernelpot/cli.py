@@ -103,7 +103,8 @@ stored as reference labels, so the file is not mistaken for training data.
 Langevin dynamics (friction 0.01/fs) with the model as ASE calculator. With --reference
 (emt, or xtb for GFN2-xTB from tblite) the run is uncertainty-gated: the model is refitted
 on --train (its own training structures, as an incremental model) and learns on the fly
-whenever the calibrated force std exceeds --threshold (default: its learned force noise);
+whenever the calibrated force std exceeds --threshold (default: the largest calibrated
+force std of a training structure left out of the model, recomputed after every call);
 the log, labelled frames and checkpoints go to --directory.
 """
 
@@ -574,7 +575,8 @@ def _cmd_eval(args) -> int:
                           training_state=model.posterior_.keeps_training_data)
         fitted = ", ".join(
             f"{q} factor {scale[q]:.3g}, projection weight {scale.get(q + '_projection', 1):.3g}, "
-            f"exponent {scale.get(q + '_exponent', 1):.3g}" for q in ("energy", "forces"))
+            f"exponent {scale.get(q + '_atom_exponent', scale.get(q + '_exponent', 1)):.3g}"
+            for q in ("energy", "forces"))
         print(f"std calibration fitted on {args.recalibrate} ({len(valid)} structures): "
               f"{fitted}; conformal intervals from "
               f"{len(model.interval_scores_.get('forces', []))} force components; wrote {path}")

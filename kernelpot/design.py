@@ -264,8 +264,9 @@ class SparseDesign:
         rows : gp.DesignRows
             Its energy and force rows.
         prior : ndarray of shape (n_rows_k,)
-            Prior variance (over ``σ²``) of its energy, then of each force component,
-            two-body term included (:func:`prior_with_two_body`).
+            Prior variance (over ``σ²``) of the GP part of its energy, then of each
+            force component (the two-body term, exactly spanned by its coefficients,
+            adds nothing to the projection term these are for).
         """
         result = self._result(k)
         rows = self._rows(k, kernel, result, False)
@@ -273,8 +274,6 @@ class SparseDesign:
         prior_e, prior_f = gp.prior_variances(result, self.training.species_index[k],
                                               self.n_species, kernel, energy=has_e,
                                               forces=has_f)
-        prior_e, prior_f = prior_with_two_body(rows, self.pair, self.pair_columns, prior_e,
-                                               prior_f)
         parts = ([[prior_e]] if has_e else []) + ([prior_f.ravel()] if has_f else [])
         return k, rows, np.concatenate(parts)
 

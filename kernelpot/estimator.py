@@ -747,8 +747,9 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         posterior.restore_training(frames, describe, owner)
         if self.calibration == "loso":  # the LOSO terms are not stored in files
             posterior.refresh_loso(owner)
-            self._adopt(posterior, self.descriptor_, self.species_, self.e0_,
-                        self._loso_calibration(posterior))
+            if self.interval_kind_ != "validation":  # a calibrate() map stays as it was
+                self._adopt(posterior, self.descriptor_, self.species_, self.e0_,
+                            self._loso_calibration(posterior))
         return self
 
     # -- scores, likelihood, files ---------------------------------------------------------

@@ -23,12 +23,16 @@ from kernelpot._version import __version__
 if TYPE_CHECKING:
     import os
 
-__all__ = ["FORMAT_VERSION", "UNITS", "decode", "encode", "parameter_classes",
+__all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "UNITS", "decode", "encode", "parameter_classes",
            "read_model_file", "write_model_file"]
 
-#: Version of the file layout; a file of another version is refused (2: the fitted
-#: method and exact models, 2026-11-25).
-FORMAT_VERSION = 2
+#: Version of the file layout written (2: the fitted method and exact models,
+#: 2026-11-25; 3: the LOSO calibration, its jackknife+ scores and shift basis, and the
+#: per-atom force exponent, 2026-12-05).
+FORMAT_VERSION = 3
+#: Versions this code reads (a version 2 file has none of version 3's additions); any
+#: other is refused.
+READABLE_VERSIONS = (2, 3)
 _FORMAT_NAME = "kernelpot-model"
 #: Units of the stored values.
 UNITS = {"energy": "eV", "length": "Å", "force": "eV/Å", "energy_noise": "eV/atom"}
@@ -204,11 +208,11 @@ def read_model_file(path: os.PathLike | str) -> tuple[dict, dict]:
     if not isinstance(metadata, dict) or metadata.get("format") != _FORMAT_NAME:
         raise ValueError(f"load: {path} is not a kernelpot model file")
     version = metadata.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ValueError(
             f"load: {path} uses model format version {version} (written by kernelpot "
             f"{metadata.get('kernelpot_version')}); this kernelpot {__version__} reads "
-            f"version {FORMAT_VERSION}")
+            f"versions {', '.join(map(str, READABLE_VERSIONS))}")
     stored = metadata.pop("checksum", None)
     if stored != _checksum(arrays, metadata):
         raise ValueError(f"load: {path} failed its checksum: the file was modified or damaged")

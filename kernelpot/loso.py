@@ -196,13 +196,13 @@ def exact_loso(L: np.ndarray, weights: np.ndarray, structure: np.ndarray,
         block = np.tril(inverse[np.ix_(rows, rows)])
         C = block + np.tril(block, -1).T  # potri fills the lower triangle
         residual[rows], variance[rows] = _solve_block(C, weights[rows])
+    del inverse
     if not shifts:
         return residual, variance
-    inverse = np.tril(inverse) + np.tril(inverse, -1).T
-    basis = np.zeros((len(weights), int(np.max(structure)) + 1))
+    R = np.zeros((len(weights), int(np.max(structure)) + 1))  # r_B in the rows of B
     for rows in blocks:
-        basis[:, structure[rows[0]]] = inverse[:, rows] @ residual[rows]
-    return residual, variance, basis
+        R[rows, structure[rows[0]]] = residual[rows]
+    return residual, variance, sla.cho_solve((L, True), R, check_finite=False)
 
 
 def sparse_loso(Kw: np.ndarray, y: np.ndarray, noise_std: np.ndarray, sigma: float,

@@ -310,8 +310,8 @@ class SparsePosterior:
             if estimator.incremental else None
         loso = _timed_loso(owner, lambda: _sparse_loso_terms(
             assembled.design[:design.n_obs], y_all, noise_std, sigma, assembled.prior,
-            np.arange(design.n_obs) < design.n_energy, training.row_structures(), L_mm)) \
-            if loso_wanted else None
+            np.arange(design.n_obs) < design.n_energy, training.row_structures(), L_mm,
+            design.pair_columns if pair is not None else None)) if loso_wanted else None
         factors = gp.solve_posterior(assembled.design, design.n_obs, L_mm, noise_std, y_all,
                                      sigma)
         return cls(kernel=kernel, inducing=inducing, columns=gp.inducing_columns(inducing),
@@ -604,21 +604,30 @@ class SparsePosterior:
             Names the caller in the log line that reports the cost.
         """
         self.check_updatable(owner)
+        if self.training.prior is None:  # a state kept without its prior variances
+            logger.warning("%s: the training state holds no prior variances (fitted with "
+                           "calibration=None, or saved before they were kept): no "
+                           "leave-one-structure-out terms", owner)
+            self.loso = self.loo_shift = None
+            return
         self.loso = _timed_loso(owner, self._training_loso)
         self.loo_shift = self.loso.shift_basis
 
     def _training_loso(self) -> LosoTerms:
         """Compute the LOSO terms of the training state."""
         state = self.training
-        structure = np.empty(len(state.y), dtype=np.int64)
+        structure = np.full(len(state.y), -1, dtype=np.int64)
         for k, (e_row, f_row) in enumerate(zip(state.energy_row, state.force_row,
                                                strict=True)):
             if e_row >= 0:
                 structure[e_row] = k
             if f_row >= 0:
                 structure[f_row:f_row + 3 * len(state.frames[k])] = k
+        if np.any(structure < 0):
+            raise ValueError("the training state's rows do not match its structures")
         return _sparse_loso_terms(state.Kw, state.y, state.noise_std, self.signal_std,
-                                  state.prior, state.is_energy, structure, state.L_mm)
+                                  state.prior, state.is_energy, structure, state.L_mm,
+                                  self.pair_columns)
 
     def _add_structure(self, atoms, energy: float, forces, index, descriptor, e0):
         """Append one structure's observations to the training state."""
@@ -651,8 +660,6 @@ class SparsePosterior:
         if state.prior is not None:  # kept for the LOSO projection term
             prior_e, prior_f = gp.prior_variances(result, index, self.n_species, self.kernel,
                                                   energy=has_e, forces=has_f)
-            prior_e, prior_f = prior_with_two_body(rows, self.two_body, self.pair_columns,
-                                                   prior_e, prior_f)
             state.prior = np.concatenate([state.prior] + ([[prior_e]] if has_e else [])
                                          + ([prior_f.ravel()] if has_f else []))
         state.frames.append(labelled_copy(atoms, energy, forces))
@@ -910,18 +917,24 @@ class SparsePosterior:
 
 
 def _sparse_loso_terms(Kw: np.ndarray, y: np.ndarray, noise_std: np.ndarray, sigma: float,
-                       prior: np.ndarray | None, is_energy: np.ndarray,
-                       structure: np.ndarray, L_mm: np.ndarray) -> LosoTerms:
+                       prior: np.ndarray, is_energy: np.ndarray, structure: np.ndarray,
+                       L_mm: np.ndarray, pair_columns: np.ndarray | None) -> LosoTerms:
     """Compute the LOSO terms of a whitened design (:func:`kernelpot.loso.sparse_loso`).
 
-    The projection term of a training row is ``σ² (prior - |K_w row|²)``: the whitened
-    row's squared norm is the prior variance the inducing set spans. Without the
-    prior variances (a training state saved before they were kept) it is zero.
+    The projection term of a training row is ``σ² (prior - q)``, ``prior`` the GP prior
+    variance and ``q`` the part of it the inducing set spans: the whitened row's
+    squared norm without its two-body columns (``k_mm`` is block diagonal between the
+    GP and the two-body coefficients, in whatever order updates appended columns, so
+    those columns hold exactly the two-body part, which adds nothing to the
+    projection).
     """
     residual, variance, whitened = sparse_loso(Kw, y, noise_std, sigma, structure,
                                                shifts=True)
-    projection = np.zeros(len(y)) if prior is None else np.maximum(
-        sigma**2 * (prior - np.einsum("nm,nm->n", Kw, Kw)), 0.0)
+    spanned = np.einsum("nm,nm->n", Kw, Kw)
+    if pair_columns is not None:
+        pair = Kw[:, pair_columns]
+        spanned = spanned - np.einsum("nm,nm->n", pair, pair)
+    projection = np.maximum(sigma**2 * (prior - spanned), 0.0)
     # a design row k has whitened features φ = σ L_mm⁻¹ k: the shift is k @ σ L_mm⁻ᵀ (A⁻¹G)
     basis = sigma * sla.solve_triangular(L_mm, whitened, lower=True, trans="T",
                                          check_finite=False)

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _model():
     return SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
-                             calibration=None, random_state=0, n_restarts=0)
+                             random_state=0, n_restarts=0)
 
 
 def _dynamics(seed=0):
@@ -232,8 +232,8 @@ def test_gate_is_the_models_calibrated_std_and_the_threshold_its_loso_maximum(tm
 
 
 def test_a_young_model_calls_at_every_interval_until_it_has_a_loso_map(tmp_path):
-    learner = OnTheFlyLearner(_model().set_params(calibration="loso"), EMT(),
-                              directory=tmp_path, min_interval=2, max_calls=6)
+    learner = OnTheFlyLearner(_model(), EMT(), directory=tmp_path, min_interval=2,
+                              max_calls=6)
     learner.run(_dynamics(), 7)
     log = [json.loads(line) for line in (tmp_path / "otf_log.jsonl").read_text().splitlines()]
     # one structure (the first, labelled to fit), then calls 2 steps apart until three
@@ -297,3 +297,17 @@ def test_learns_with_a_two_body_term(tmp_path):
     atoms = _dynamics(seed=1).atoms
     np.testing.assert_allclose(saved.predict([atoms]), learner.model.predict([atoms]),
                                rtol=1e-10)
+
+
+def test_a_model_without_loso_falls_back_to_the_noise_threshold_with_a_warning(tmp_path):
+    from helpers import emt_copper_frames
+
+    start = emt_copper_frames(3, seed=6, rattle=0.05)
+    model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
+                              incremental=True, calibration=None, random_state=0,
+                              n_restarts=0).fit(start)
+    learner = OnTheFlyLearner(model, EMT(), directory=tmp_path, max_calls=0,
+                              relative_threshold=2.0)
+    with pytest.warns(UserWarning, match="no LOSO calibration"):
+        learner.run(_dynamics(), 1)
+    assert learner.current_threshold == pytest.approx(2.0 * model.force_noise_)

@@ -210,8 +210,11 @@ def test_scores_need_the_calibration_applied():
     applied = StdCalibration(FITTED, scores)
     assert applied.interval_multiplier("energy", 0.5, "Owner") == pytest.approx(
         scores["energy"][50], rel=1e-12)  # k = ⌈101 × 0.5⌉ = 51
-    with pytest.raises(ValueError, match="return_interval needs apply_calibration=True"):
-        StdCalibration(FITTED, scores, applied=False).interval_multiplier("energy", 0.5, "O")
+    # switched off, the scores (relative to the calibrated std) do not apply: Gaussian
+    with pytest.warns(UserWarning, match="no calibration scores"):
+        gaussian = StdCalibration(FITTED, scores, applied=False).interval_multiplier(
+            "energy", 0.5, "O")
+    assert gaussian == pytest.approx(norm.ppf(0.75), rel=1e-12)
     with pytest.raises(ValueError, match="too few"):
         applied.interval_multiplier("energy", 0.999, "Owner")
 
@@ -264,3 +267,15 @@ def test_check_interval_scores_rejects_malformed_entries(values):
         StdCalibration.check_interval_scores({"interval_scores_energy": values,
                                               "interval_scores_forces": np.ones(3)},
                                              "model.npz")
+
+
+def test_an_atom_without_variance_keeps_none_whatever_the_exponent():
+    """An isolated atom has zero force variance: with p < 1, 0 × 0^(p - 1) must be 0."""
+    calibration = StdCalibration({"energy": 1.0, "forces": 2.0, "forces_projection": 1.0,
+                                  "forces_atom_exponent": 0.8, "forces_reference": 0.01,
+                                  "forces_noise": 1.0}, None)
+    post = np.array([[0.0, 0.0, 0.0], [0.01, 0.02, 0.03]])
+    var = calibration.epistemic_variance("forces", post, np.zeros_like(post))
+    assert np.all(np.isfinite(var)) and np.all(var[0] == 0.0) and np.all(var[1] > 0)
+    np.testing.assert_allclose(calibration.epistemic_variance("forces", post.ravel(),
+                                                              np.zeros(6)), var.ravel())

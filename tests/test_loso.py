@@ -270,3 +270,38 @@ def test_jackknife_scores_and_shift_basis_survive_save_and_load(frames, tmp_path
     a = model.predict_forces(frames[9:10], return_interval=0.8)[1][0]
     b = loaded.predict_forces(frames[9:10], return_interval=0.8)[1][0]
     np.testing.assert_array_equal(a, b)
+
+
+def test_loso_projection_is_the_prediction_time_projection_with_a_fitted_two_body_term(
+        frames):
+    """The projection term does not depend on leaving a structure out: the LOSO one of a
+    training structure is the one predict_structure gives it, also after the two-body
+    prior std moved away from its start (the prior variances were computed before)."""
+    from kernelpot import TwoBody
+
+    train = frames[:6]
+    model = SparseGPPotential(SOAP_SMALL, n_sparse=15, two_body=TwoBody(r_cut=3.5, n_basis=5,
+                                                                         prior_std=0.1),
+                              random_state=0).fit(train)
+    assert not np.isclose(model.two_body_.prior_std, 0.1)  # the search moved it
+    loso = model.posterior_.loso
+    for B in (0, 4):
+        p = model.predict_structure(train[B], variance=True)
+        rows = np.flatnonzero(loso.structure == B)
+        forces = p.forces_var_projection.ravel()
+        np.testing.assert_allclose(loso.projection[rows[1:]], forces, rtol=1e-6,
+                                   atol=1e-9 * forces.max())
+        # the energy row differs by the jitter's share of the two-body prior, which
+        # the prediction counts and the LOSO term (exactly spanned) leaves out
+        assert loso.projection[rows[0]] == pytest.approx(p.energy_var_projection, rel=1e-2)
+
+
+def test_restore_training_keeps_a_validation_map(frames, tmp_path):
+    from kernelpot import load
+
+    model = SparseGPPotential(SOAP_SMALL, n_sparse=30, incremental=True,
+                              random_state=0).fit(frames[:5]).calibrate(frames[8:12])
+    loaded = load(model.save(tmp_path / "m.npz", training_state=True))
+    loaded.restore_training(frames[:5])
+    assert loaded.interval_kind_ == "validation" and loaded.std_scale_ == model.std_scale_
+    assert loaded.posterior_.loso.n_structures == 5  # ready for the next update
