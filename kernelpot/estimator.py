@@ -526,7 +526,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         Returns
         -------
         float
-            1 unless :meth:`calibrate` was called and ``apply_calibration`` is True
+            1 without a fitted map (LOSO or :meth:`calibrate`) or with ``apply_calibration=False``
             (see :meth:`epistemic_variance`).
         """
         return self._calibration().factors(quantity)[0]
@@ -547,23 +547,26 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
 
     def epistemic_variance(self, quantity: str, posterior: float | np.ndarray,
                            projection: float | np.ndarray) -> float | np.ndarray:
-        """Return the calibrated epistemic variance ``c² v_ref (u / v_ref)^p``.
+        """Return the calibrated epistemic variance.
 
-        ``u = v_post + w² v_proj``.
+        ``c² v_ref (u / v_ref)^p`` for energies and ``c² u (ū / v_ref)^(p - 1)`` for
+        force components, ``u = v_post + w² v_proj`` and ``ū`` the mean of ``u`` over
+        the atom's three components (one rotation-invariant factor per atom).
 
         Parameters
         ----------
         quantity : {"energy", "forces"}
             Which calibration applies.
         posterior, projection : float or ndarray
-            The two variance terms of a :class:`Prediction` (eV², eV²/Å²).
+            The two variance terms of a :class:`Prediction` (eV², eV²/Å²); force terms
+            of shape ``(n_atoms, 3)``, or flat with each atom's components together.
 
         Returns
         -------
         float or ndarray
-            ``c``, ``w``, ``p`` and ``v_ref`` are those :meth:`calibrate` fitted; before
-            (or with ``apply_calibration=False``) ``c = w = p = 1``: the raw
-            ``v_post + v_proj``.
+            ``c``, ``w``, ``p`` and ``v_ref`` are those fitted at fit time
+            (``calibration="loso"``) or by :meth:`calibrate`; without a map (or with
+            ``apply_calibration=False``) ``c = w = p = 1``: the raw ``v_post + v_proj``.
         """
         return self._calibration().epistemic_variance(quantity, posterior, projection)
 
