@@ -92,6 +92,9 @@ class OnTheFlyLearner:
         10.5 meV/Å (with 40 calls). Raise it when the model grows large.
     checkpoint_every : int, default=1
         Write the checkpoint after this many additions.
+    force_tolerance : float, default=0.1
+        Cap of the automatic threshold, as a fraction of the root mean square of the
+        labelled force components (see Notes).
 
     Attributes
     ----------
@@ -113,9 +116,15 @@ class OnTheFlyLearner:
     The automatic threshold (``threshold=None``) means the same for every start,
     fitted or not, noisy or noise-free labels: ``relative_threshold`` times the
     largest calibrated force std any training structure had when it was left out,
-    recomputed after every update. If the current structure is exchangeable with the
-    ``n`` training structures, its largest std exceeds the largest of theirs with
-    probability at most about ``1 / (n + 1)``; a structure unlike them (new
+    recomputed after every update, but at most ``force_tolerance`` (0.1) times the
+    root mean square of the labelled force components. The cap matters for a young
+    model of a molecule, uncertain everywhere: without it the threshold followed the
+    model's own (large) stds, calls were rare, and the MD heated up, labelled ever
+    wilder structures and raised the threshold further (ethanol with GFN2-xTB from
+    five frames: 17 calls, the molecule at 17,000 K, 1.7 eV/Å). If the current
+    structure is exchangeable with the ``n`` training structures, its largest std
+    exceeds the largest of theirs with probability at most about ``1 / (n + 1)``;
+    a structure unlike them (new
     temperature, new chemistry) exceeds it more often, so calls thin out as the model
     covers the run. Before the model has three structures the threshold is 0: the
     reference is called every ``min_interval`` steps. (It was ``relative_threshold ×
@@ -134,7 +143,8 @@ class OnTheFlyLearner:
                  threshold: float | None = None, relative_threshold: float = 1.0,
                  directory: str | os.PathLike = ".", n_inducing: int | str = "all",
                  max_calls: int | None = None, min_interval: int = 10,
-                 reoptimize_every: int = 1, checkpoint_every: int = 1) -> None:
+                 reoptimize_every: int = 1, checkpoint_every: int = 1,
+                 force_tolerance: float = 0.1) -> None:
         if threshold is not None and not threshold > 0:
             raise ValueError(f"OnTheFlyLearner: threshold must be > 0 eV/Å; got {threshold}")
         if not relative_threshold > 0:
@@ -152,6 +162,7 @@ class OnTheFlyLearner:
         self.min_interval = int(min_interval)
         self.reoptimize_every = int(reoptimize_every)
         self.checkpoint_every = int(checkpoint_every)
+        self.force_tolerance = float(force_tolerance)
         self.n_reference_calls = 0
         self.stopped = None
         self._last_call_step = None
@@ -376,7 +387,12 @@ class OnTheFlyLearner:
                                                loso.projection[forces]))
         largest = np.zeros(int(loso.structure.max()) + 1)
         np.maximum.at(largest, loso.structure[forces], std)
-        return float(self.relative_threshold * largest.max())
+        state = model.posterior_.training
+        labels = state.y[~state.is_energy]
+        # the tolerance: a fraction of the typical reference force component
+        cap = self.force_tolerance * float(np.sqrt(np.mean(labels**2))) if labels.size \
+            else np.inf
+        return float(min(self.relative_threshold * largest.max(), cap))
 
     def _after_step(self):
         dyn = self._dynamics
@@ -421,7 +437,8 @@ class OnTheFlyLearner:
                      "directory": str(self.directory), "n_inducing": self.n_inducing,
                      "max_calls": self.max_calls, "min_interval": self.min_interval,
                      "reoptimize_every": self.reoptimize_every,
-                     "checkpoint_every": self.checkpoint_every},
+                     "checkpoint_every": self.checkpoint_every,
+                     "force_tolerance": self.force_tolerance},
             "n_inducing": self.n_inducing,
             "initial_frames": self._initial_frames,
             "target_steps": self._target_steps,
