@@ -27,6 +27,7 @@ from kernelpot.hyperparameters import (
     warn_if_force_noise_at_bound,
 )
 from kernelpot.loso import LosoTerms, exact_loso
+from kernelpot.posterior import Posterior
 from kernelpot.prediction import Prediction, PredictionParts
 from kernelpot.sparse_posterior import features_only
 
@@ -46,7 +47,7 @@ _STRUCTURE_FIELDS = ("n_atoms", "numbers", "positions", "cells", "pbc", "has_ene
                      "has_forces")
 
 
-class ExactPosterior:
+class ExactPosterior(Posterior):
     """A fitted exact GP: observations, the factor of ``K_y``, weights and noise levels.
 
     Parameters
@@ -109,20 +110,6 @@ class ExactPosterior:
     def inducing(self) -> list[np.ndarray]:
         """Return the training environments per element (every one is 'inducing')."""
         return self.observations.features
-
-    def n_inducing(self, species: np.ndarray) -> dict[str, int]:
-        """Return the training environments per element symbol.
-
-        Parameters
-        ----------
-        species : ndarray of int
-
-        Returns
-        -------
-        dict
-        """
-        return {chemical_symbols[z]: len(x) for z, x in zip(species, self.inducing,
-                                                             strict=True)}
 
     keeps_training_data = False
 

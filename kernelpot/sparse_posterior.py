@@ -60,6 +60,7 @@ from kernelpot.hyperparameters import (
 )
 from kernelpot.inducing import choose_inducing
 from kernelpot.loso import LosoTerms, sparse_loso
+from kernelpot.posterior import Posterior
 from kernelpot.prediction import Prediction, PredictionParts
 
 if TYPE_CHECKING:
@@ -123,7 +124,7 @@ def labelled_copy(atoms: Atoms, energy: float, forces: np.ndarray | None) -> Ato
     return copy
 
 
-class SparsePosterior:
+class SparsePosterior(Posterior):
     """A fitted sparse GP: inducing environments, weights, factors and noise levels.
 
     Built by :meth:`fit` or :meth:`from_arrays`; the estimator copies its public
@@ -197,21 +198,6 @@ class SparsePosterior:
     def n_species(self) -> int:
         """Return the number of elements."""
         return len(self.inducing)
-
-    def n_inducing(self, species: np.ndarray) -> dict[str, int]:
-        """Return the inducing environments per element symbol.
-
-        Parameters
-        ----------
-        species : ndarray of int
-            Atomic numbers, in the model's order.
-
-        Returns
-        -------
-        dict
-        """
-        return {chemical_symbols[z]: len(x) for z, x in zip(species, self.inducing,
-                                                             strict=True)}
 
     @property
     def keeps_training_data(self) -> bool:

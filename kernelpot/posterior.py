@@ -1,0 +1,80 @@
+"""The interface every fitted posterior of :class:`~kernelpot.SparseGPPotential` offers.
+
+:class:`~kernelpot.sparse_posterior.SparsePosterior` (the DTC model) and
+:class:`~kernelpot.exact_posterior.ExactPosterior` (the exact GP) derive from
+:class:`Posterior`; the estimator talks to them only through it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+import numpy as np
+from ase.data import chemical_symbols
+
+if TYPE_CHECKING:
+    from ase import Atoms
+
+    from kernelpot.descriptors.base import Descriptor
+    from kernelpot.prediction import Prediction, PredictionParts
+
+__all__ = ["Posterior"]
+
+
+class Posterior(ABC):
+    """A fitted posterior: what it predicts, its state as arrays, and its training data.
+
+    Subclasses set ``kind`` ("sparse" or "exact"), ``kernel``, ``inducing``,
+    ``two_body``, ``weights``, ``signal_std``, ``energy_noise``, ``force_noise``,
+    ``log_marginal_likelihood_value``, ``jitter``, ``loso`` and ``loo_shift``.
+    """
+
+    kind: str
+
+    def n_inducing(self, species: np.ndarray) -> dict[str, int]:
+        """Return the inducing (for the exact model: training) environments per element.
+
+        Parameters
+        ----------
+        species : ndarray of int
+            Atomic numbers, in the model's order.
+
+        Returns
+        -------
+        dict
+            ``{symbol: count}``.
+        """
+        return {chemical_symbols[z]: len(x) for z, x in zip(species, self.inducing,
+                                                             strict=True)}
+
+    @abstractmethod
+    def parts(self, descriptor: Descriptor, atoms: Atoms, index: np.ndarray, e0: np.ndarray,
+              forces: bool, variance: bool | str, volume: float | None = None,
+              shifts: bool = False) -> PredictionParts:
+        """Predict the mean of one structure and keep what its variances need."""
+
+    @abstractmethod
+    def finish(self, parts: list[PredictionParts]) -> list[Prediction]:
+        """Turn parts into Predictions, with all their variances in one solve."""
+
+    @abstractmethod
+    def local_energies(self, descriptor: Descriptor, atoms: Atoms,
+                       index: np.ndarray) -> np.ndarray:
+        """Return the local energies of one structure, without reference energies."""
+
+    @abstractmethod
+    def log_marginal_likelihood(self, theta: np.ndarray, eval_gradient: bool = False):
+        """Return the log marginal likelihood at ``theta`` (and its gradient)."""
+
+    @abstractmethod
+    def check_updatable(self, owner: str) -> None:
+        """Raise unless the posterior can take low-rank updates."""
+
+    @abstractmethod
+    def restore_training(self, frames: list, describe, owner: str) -> None:
+        """Give a loaded training state its structures back (or raise)."""
+
+    @abstractmethod
+    def to_arrays(self, training_state: bool = False) -> tuple[dict, dict]:
+        """Return the posterior as plain arrays and JSON-ready metadata."""
