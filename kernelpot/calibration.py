@@ -371,20 +371,17 @@ class StdCalibration:
                 strict=True)})
         calibration = cls(factors, None, kind=kind)
         # normalised conformal scores against the calibrated total std
-        raw_scores = {
-            quantity: np.abs(errors) / np.sqrt(
-                calibration.epistemic_variance(quantity, post, proj)
-                + calibration.noise_variance(quantity, noise))
-            for quantity, (errors, post, proj, noise) in terms.items()}
+        stds = {quantity: np.sqrt(calibration.epistemic_variance(quantity, post, proj)
+                                  + calibration.noise_variance(quantity, noise))
+                for quantity, (_, post, proj, noise) in terms.items()}
         calibration.interval_scores = {
-            quantity: conformal.normalised_scores(
-                errors, np.sqrt(calibration.epistemic_variance(quantity, post, proj)
-                                + calibration.noise_variance(quantity, noise)))
-            for quantity, (errors, post, proj, noise) in terms.items()}
-        if structures is not None and kind == "loso":
-            calibration.jackknife = {quantity: (raw_scores[quantity],
-                                                np.asarray(structures[quantity]))
-                                     for quantity in terms}
+            quantity: conformal.normalised_scores(terms[quantity][0], std)
+            for quantity, std in stds.items()}
+        if structures is not None and kind == "loso":  # unsorted, beside their structures
+            calibration.jackknife = {
+                quantity: (np.abs(terms[quantity][0]).ravel() / std.ravel(),
+                           np.asarray(structures[quantity]))
+                for quantity, std in stds.items()}
         return calibration
 
     @staticmethod
