@@ -17,6 +17,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 import time
@@ -115,8 +116,13 @@ def main(argv=None):
         rows.append((token, learner.n_reference_calls, 1e3 * metrics.mae(pred_f, ref_f),
                      1e3 * float(np.mean(np.abs(pred_e - ref_e))) / 32, wall,
                      1e3 * wall / args.steps, sum(final.n_inducing_.values())))
+        log = [json.loads(line) for line in open(f"{directory}/otf_log.jsonl")]
+        calls = [(r["step"], r["max_force_std"], r["threshold"]) for r in log
+                 if r["reference_called"]]
         print(f"  threshold {token}: {learner.n_reference_calls} calls, force MAE "
-              f"{rows[-1][2]:.1f} meV/Å, {wall:.0f} s", flush=True)
+              f"{rows[-1][2]:.1f} meV/Å, {wall:.0f} s; calls (step, largest std, "
+              "threshold eV/Å): " + ", ".join(f"({s}, {m:.3f}, {t:.3f})" for s, m, t in calls),
+              flush=True)
         shutil.rmtree(directory, ignore_errors=True)
     print(f"\n{'threshold eV/Å':<15} {'calls':>5} {'F MAE meV/Å':>11} {'E MAE meV/atom':>14} "
           f"{'wall s':>7} {'ms/step':>8} {'M':>5}")

@@ -18,6 +18,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 from sklearn.base import clone
 
+from kernelpot import estimator as estimator_module
 from kernelpot._files import atomic_write
 from kernelpot.calculator import KernelPotCalculator
 
@@ -36,6 +37,25 @@ FRAMES_FILE = "labelled.extxyz"
 MODEL_FILE = "model.npz"
 STATE_FILE = "md_state.npz"
 SETTINGS_FILE = "learner.json"
+#: Lowest automatic threshold of a model too young for a LOSO map, eV/Å: a structure
+#: it already knows (a std below this) is not labelled again.
+YOUNG_FLOOR = 1e-3
+
+
+def _error_seen(results: dict, std: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Return how the model's forces and gated std compared with a new reference label.
+
+    Keys: ``force_error_max`` and ``force_error_rms`` (eV/Å, over components), and
+    ``within_1std`` / ``within_2std``: the fractions of components whose error is
+    inside one / two gated (epistemic) stds, the calibration of the gate on the
+    structures it labelled.
+    """
+    error = np.abs(np.asarray(results["forces"]) - reference)
+    std = np.asarray(std)
+    return {"force_error_max": float(error.max()),
+            "force_error_rms": float(np.sqrt(np.mean(error**2))),
+            "within_1std": float(np.mean(error <= std)),
+            "within_2std": float(np.mean(error <= 2 * std))}
 
 
 class ReferenceFailed(RuntimeError):
@@ -133,6 +153,11 @@ class OnTheFlyLearner:
 
     A temperature ramp is a callback the user attaches to the dynamics, e.g.
     ``dyn.attach(lambda: dyn.set_temperature(temperature_K=300 + dyn.nsteps), 1)``.
+    The step log (``otf_log.jsonl``, one JSON record per MD step) holds the step, time,
+    temperature, largest gated std, threshold, whether the reference was called and
+    the model's size; a step that called it also records how the model's forces and
+    std compared with the new label (``force_error_max``, ``force_error_rms``,
+    ``within_1std``, ``within_2std``): the gate's calibration on what it labelled.
     Every labelled frame is appended to ``labelled.extxyz`` and flushed to disk
     before the model is updated, so a crash loses no reference calculation;
     :meth:`resume` restarts from the last checkpoint, adds the frames labelled after
@@ -371,8 +396,12 @@ class OnTheFlyLearner:
         loso = getattr(model.posterior_, "loso", None)
         if loso is None or model.interval_kind_ != "loso":
             if model.calibration == "loso" and getattr(model.posterior_, "training", None) \
-                    is not None and model.posterior_.n_training_structures < 3:
-                return 0.0  # too young for a LOSO map: call every min_interval
+                    is not None and model.posterior_.n_training_structures \
+                    < estimator_module._LOSO_MIN_STRUCTURES:
+                # too young for a LOSO map: its raw std against the tolerance alone, and
+                # never a structure the model already knows (a std below YOUNG_FLOOR)
+                tolerance = self._tolerance()
+                return max(tolerance if np.isfinite(tolerance) else 0.0, YOUNG_FLOOR)
             if not self._warned_threshold:
                 warnings.warn("OnTheFlyLearner: the model has no LOSO calibration "
                               "(calibration=None, or a model file from before it existed): "
@@ -387,12 +416,15 @@ class OnTheFlyLearner:
                                                loso.projection[forces]))
         largest = np.zeros(int(loso.structure.max()) + 1)
         np.maximum.at(largest, loso.structure[forces], std)
-        state = model.posterior_.training
+        return float(min(self.relative_threshold * largest.max(), self._tolerance()))
+
+    def _tolerance(self) -> float:
+        """Return ``force_tolerance`` times the RMS labelled force component (inf: none)."""
+        state = self.model.posterior_.training
         labels = state.y[~state.is_energy]
-        # the tolerance: a fraction of the typical reference force component
-        cap = self.force_tolerance * float(np.sqrt(np.mean(labels**2))) if labels.size \
-            else np.inf
-        return float(min(self.relative_threshold * largest.max(), cap))
+        if not labels.size:
+            return np.inf
+        return float(self.force_tolerance * np.sqrt(np.mean(labels**2)))
 
     def _after_step(self):
         dyn = self._dynamics
@@ -404,8 +436,11 @@ class OnTheFlyLearner:
         spaced = self._last_call_step is None or step - self._last_call_step >= self.min_interval
         budget = self.max_calls is None or self.n_reference_calls < self.max_calls
         called = bool(max_std > threshold and spaced and budget)
+        seen = {}
         if called:
             labelled = self._label(atoms)
+            seen = _error_seen(atoms.calc.results, self.gated_std(atoms.calc.results),
+                               labelled.get_forces())
             self._append_frame(labelled)
             self.n_reference_calls += 1
             self._last_call_step = step
@@ -426,6 +461,7 @@ class OnTheFlyLearner:
             "n_inducing": int(sum(self.model.n_inducing_.values())),
             "calibration": self.model.interval_kind_,
             "wall_s": time.perf_counter() - self._start_wall,
+            **seen,
         }
         with open(self.directory / LOG_FILE, "a") as handle:
             handle.write(json.dumps(record) + "\n")

@@ -18,7 +18,7 @@ from ase.md.velocitydistribution import thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
 from kernelpot import ACSF, SparseGPPotential
-from kernelpot.active import OnTheFlyLearner
+from kernelpot.active import YOUNG_FLOOR, OnTheFlyLearner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +53,11 @@ def test_learns_from_one_frame_and_logs_everything(tmp_path):
         check = frame.copy()
         check.calc = EMT()
         np.testing.assert_allclose(frame.get_forces(), check.get_forces(), atol=1e-6)
+    # a call records the error the model made on the structure it labelled
+    seen = [r for r in log if r["reference_called"]]
+    assert all(0 <= r["within_1std"] <= r["within_2std"] <= 1 for r in seen)
+    assert all(0 < r["force_error_rms"] <= r["force_error_max"] for r in seen)
+    assert "force_error_max" not in log[1 if 1 not in called else 3]
     assert learner.model.posterior_.n_training_structures == 5
     assert (tmp_path / "model.npz").exists() and (tmp_path / "md_state.npz").exists()
 
@@ -97,7 +102,7 @@ from ase.calculators.emt import EMT
 from ase.md.velocitydistribution import thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 from kernelpot import ACSF, SparseGPPotential
-from kernelpot.active import OnTheFlyLearner
+from kernelpot.active import YOUNG_FLOOR, OnTheFlyLearner
 
 class SlowEMT(EMT):
     def calculate(self, *args, **kwargs):
@@ -233,15 +238,51 @@ def test_gate_is_the_models_calibrated_std_and_the_threshold_its_loso_maximum(tm
         .n_structures
 
 
-def test_a_young_model_calls_at_every_interval_until_it_has_a_loso_map(tmp_path):
+def test_a_young_model_gates_its_raw_std_on_the_tolerance_until_it_has_a_loso_map(tmp_path):
     learner = OnTheFlyLearner(_model(), EMT(), directory=tmp_path, min_interval=2,
                               max_calls=6)
-    learner.run(_dynamics(), 7)
+    dyn = _dynamics()
+    learned_from = dyn.atoms.positions.copy()
+
+    def jolt():  # step 2 moves far from what the model knows: the gate must fire
+        if dyn.nsteps == 2:
+            dyn.atoms.set_positions(learned_from + np.random.default_rng(dyn.nsteps).normal(
+                0, 0.15, learned_from.shape))
+
+    dyn.attach(jolt, interval=1)
+    learner.run(dyn, 7)
     log = [json.loads(line) for line in (tmp_path / "otf_log.jsonl").read_text().splitlines()]
-    # one structure (the first, labelled to fit), then calls 2 steps apart until three
-    assert [r["threshold"] for r in log[:3]] == [0.0, 0.0, 0.0]
-    assert [r["step"] for r in log if r["reference_called"]][:2] == [2, 4]
-    assert learner.model.interval_kind_ == "loso"
+    # one structure (the first, labelled to fit): no LOSO map, the raw std against
+    # force_tolerance x the RMS labelled force component
+    first = read(tmp_path / "labelled.extxyz", index=0)
+    tolerance = 0.1 * np.sqrt(np.mean(first.get_forces() ** 2))
+    assert log[0]["threshold"] == pytest.approx(max(tolerance, YOUNG_FLOOR), rel=1e-6)  # extxyz: 8 decimals
+    assert log[0]["calibration"] is None
+    # the gate still fires on a structure unlike the one learned
+    assert log[2]["reference_called"] and log[2]["max_force_std"] > log[2]["threshold"]
+    assert log[1]["max_force_std"] < log[2]["max_force_std"] / 2
+    # then the tolerance follows both labelled structures
+    frames = read(tmp_path / "labelled.extxyz", ":")
+    labels = np.concatenate([f.get_forces().ravel() for f in frames[:2]])
+    assert log[3]["threshold"] == pytest.approx(0.1 * np.sqrt(np.mean(labels**2)), rel=1e-6)
+
+
+def test_a_young_model_does_not_label_the_structure_it_was_fitted_on(tmp_path):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms = bulk("Cu", "fcc", 3.6, cubic=True).repeat(2)  # a perfect lattice: zero forces
+    atoms.calc = EMT()
+    first = atoms.copy()
+    first.calc = SinglePointCalculator(first, energy=atoms.get_potential_energy(),
+                                       forces=atoms.get_forces())
+    model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
+                              incremental=True, random_state=0, n_restarts=0).fit([first])
+    learner = OnTheFlyLearner(model, EMT(), directory=tmp_path, min_interval=1)
+    learner.run(VelocityVerlet(atoms, timestep=0.1), 1)  # at rest: stays on the lattice
+    log = [json.loads(line) for line in (tmp_path / "otf_log.jsonl").read_text().splitlines()]
+    # the tolerance is 0 (no force labelled yet); the floor keeps the known lattice out
+    assert [r["threshold"] for r in log] == [YOUNG_FLOOR] * 2
+    assert not any(r["reference_called"] for r in log)
 
 
 def test_short_cu_emt_ramp_meets_accuracy_with_few_calls(tmp_path):
