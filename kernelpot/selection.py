@@ -130,12 +130,14 @@ def select_frames(model: SparseGPPotential, pool: list[Atoms], n: int,
     blocks = [block_type(kernel, features[index_of == s], frame_of[index_of == s],
                          np.asarray(model.inducing_[s]), rng)
               for s in range(len(species))]
+    # the exponent of the model's calibrated force-std map (1 when raw)
+    exponent = model._calibration().factors("forces")[2] if strategy == "variance" else 1.0
     picked = []
     available = np.ones(len(pool), dtype=bool)
     # a tiny random tie-break keeps the choice reproducible under random_state
     tie_break = 1e-12 * rng.random(len(pool))
     for _ in tqdm(range(n), desc="select", disable=verbose < 1):
-        score = sum(b.frame_scores(len(pool)) for b in blocks) + tie_break
+        score = sum(b.frame_scores(len(pool), exponent) for b in blocks) + tie_break
         score[~available] = -np.inf
         best = int(np.argmax(score))
         picked.append(best)
@@ -168,9 +170,10 @@ class _SpeciesBlock:
             self.residual = self.residual - np.einsum("ij,ij->j", self.V, self.V)
         self.residual = np.maximum(self.residual, 0.0)
 
-    def frame_scores(self, n_frames: int) -> np.ndarray:
-        """Return the residual variance summed per structure, shape (n_frames,)."""
-        return np.bincount(self.frame_of, weights=self.residual, minlength=n_frames)
+    def frame_scores(self, n_frames: int, exponent: float = 1.0) -> np.ndarray:
+        """Return ``Σ residual^exponent`` per structure, shape (n_frames,)."""
+        weights = self.residual if exponent == 1.0 else self.residual**exponent
+        return np.bincount(self.frame_of, weights=weights, minlength=n_frames)
 
     def condition_on_frame(self, frame: int) -> None:
         """Condition on the local energies of the frame's environments (pivoted Cholesky)."""
@@ -215,7 +218,7 @@ class _ReductionBlock(_SpeciesBlock):
             self.R -= self.V.T @ self.V[:, self.reference]
         self.tau = _JITTER * (float(np.mean(kernel.diag(X))) if n else 1.0)
 
-    def frame_scores(self, n_frames: int) -> np.ndarray:
+    def frame_scores(self, n_frames: int, exponent: float = 1.0) -> np.ndarray:
         """Return the variance reduction summed per structure, shape (n_frames,)."""
         gain = np.einsum("cr,cr->c", self.R, self.R) / (self.residual + self.tau)
         return np.bincount(self.frame_of, weights=gain, minlength=n_frames)

@@ -256,7 +256,8 @@ def test_a_young_model_gates_its_raw_std_on_the_tolerance_until_it_has_a_loso_ma
     # force_tolerance x the RMS labelled force component
     first = read(tmp_path / "labelled.extxyz", index=0)
     tolerance = 0.1 * np.sqrt(np.mean(first.get_forces() ** 2))
-    assert log[0]["threshold"] == pytest.approx(max(tolerance, YOUNG_FLOOR), rel=1e-6)  # extxyz: 8 decimals
+    # (rel 1e-6: extxyz keeps 8 decimals)
+    assert log[0]["threshold"] == pytest.approx(max(tolerance, YOUNG_FLOOR), rel=1e-6)
     assert log[0]["calibration"] is None
     # the gate still fires on a structure unlike the one learned
     assert log[2]["reference_called"] and log[2]["max_force_std"] > log[2]["threshold"]
