@@ -146,10 +146,13 @@ class OnTheFlyLearner:
     exceeds the largest of theirs with probability at most about ``1 / (n + 1)``;
     a structure unlike them (new
     temperature, new chemistry) exceeds it more often, so calls thin out as the model
-    covers the run. Before the model has three structures the threshold is 0: the
-    reference is called every ``min_interval`` steps. (It was ``relative_threshold ×
-    σ_F`` fixed at the start: with noise-free labels the learned ``σ_F`` falls to
-    its lower bound, and the reference was called at every ``min_interval``.)
+    covers the run. Before the model has three structures it has no LOSO map: its raw
+    std is gated on the cap alone, ``force_tolerance`` times the RMS labelled force
+    component, and never below :data:`YOUNG_FLOOR` (1 meV/Å), so that a structure the
+    model was just fitted on (a perfect lattice, whose forces and hence cap are zero) is
+    not labelled twice. (It was ``relative_threshold × σ_F`` fixed at the start: with
+    noise-free labels the learned ``σ_F`` falls to its lower bound, and the reference
+    was called at every ``min_interval``.)
 
     A temperature ramp is a callback the user attaches to the dynamics, e.g.
     ``dyn.attach(lambda: dyn.set_temperature(temperature_K=300 + dyn.nsteps), 1)``.
@@ -387,7 +390,7 @@ class OnTheFlyLearner:
         return np.asarray(results["forces_std"])
 
     def _loso_threshold(self) -> float:
-        """Return the automatic threshold from the model's LOSO predictions (0: none yet).
+        """Return the automatic threshold (see the class Notes).
 
         ``relative_threshold`` times the largest calibrated epistemic force std any
         training structure had when it was left out.
