@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +44,30 @@ def model_template():
                              incremental=True, random_state=0)
 
 
+def run(directory, steps, force_tolerance):
+    """Run the example's on-the-fly MD; return the final model."""
+    bundled = load_ethanol()
+    atoms = bundled[0].copy()
+    thermalize_momenta(atoms, temperature_K=500, rng=np.random.default_rng(0))
+    dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=500, friction=0.01 / units.fs,
+                   fixcm=False, rng=np.random.default_rng(1))
+    model = model_template().fit(bundled[0:100:20])
+    learner = OnTheFlyLearner(model, TBLite(method="GFN2-xTB", verbosity=0),
+                              directory=directory, min_interval=3,
+                              force_tolerance=force_tolerance)
+    learner.run(dyn, steps)
+    return learner.model
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--force-tolerance", type=float, default=0.1)
     parser.add_argument("--seeds", type=int, default=3, help="random-frame models")
     parser.add_argument("--directory", default=None, help="keep the run here")
+    parser.add_argument("--evaluate", default=None, metavar="DIRECTORY",
+                        help="no MD: score the last checkpoint of a run kept in DIRECTORY "
+                             "(one stopped early included) against random frames")
     args = parser.parse_args(argv)
     print(f"kernelpot {kernelpot.__version__}; python {platform.python_version()}; "
           f"{os.cpu_count()} cpus; {args.steps} steps, force_tolerance "
@@ -61,27 +78,23 @@ def main(argv=None):
     pool = [frames[i] for i in idx[idx % 4 != 3]]
     reference_test = [a.get_forces() for a in test]
 
-    bundled = load_ethanol()
-    atoms = bundled[0].copy()
-    thermalize_momenta(atoms, temperature_K=500, rng=np.random.default_rng(0))
-    dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=500, friction=0.01 / units.fs,
-                   fixcm=False, rng=np.random.default_rng(1))
-    model = model_template().fit(bundled[0:100:20])
-    directory = args.directory or tempfile.mkdtemp(prefix="kernelpot-otf-ethanol-")
-    learner = OnTheFlyLearner(model, TBLite(method="GFN2-xTB", verbosity=0),
-                              directory=directory, min_interval=3,
-                              force_tolerance=args.force_tolerance)
-    start = time.perf_counter()
-    learner.run(dyn, args.steps)
-    wall = time.perf_counter() - start
+    if args.evaluate:
+        directory = args.evaluate
+        final = kernelpot.load(Path(directory) / "model.npz")
+    else:
+        directory = args.directory or tempfile.mkdtemp(prefix="kernelpot-otf-ethanol-")
+        final = run(directory, args.steps, args.force_tolerance)
     log = [json.loads(line) for line in open(Path(directory) / "otf_log.jsonl")]
+    n_frames = final.posterior_.n_training_structures
+    # a run stopped early: only the steps its checkpoint has seen
+    log = [r for r in log if r["n_structures"] <= n_frames]
+    steps = log[-1]["step"]
     calls = [r for r in log if r["reference_called"]]
-    otf_mae = metrics.mae(learner.model.predict_forces(test), reference_test)
-    n_frames = learner.model.posterior_.n_training_structures
-    print(f"on-the-fly: {learner.n_reference_calls} calls, {n_frames} structures, "
-          f"force MAE {1e3 * otf_mae:.1f} meV/Å, max {max(r['temperature_K'] for r in log):.0f}"
-          f" K, final threshold {learner.current_threshold:.3f} eV/Å, {wall:.0f} s "
-          f"({1e3 * wall / args.steps:.0f} ms/step)", flush=True)
+    otf_mae = metrics.mae(final.predict_forces(test), reference_test)
+    print(f"on-the-fly: {len(calls)} calls in {steps} steps, {n_frames} structures, force "
+          f"MAE {1e3 * otf_mae:.1f} meV/Å, max {max(r['temperature_K'] for r in log):.0f} K, "
+          f"last threshold {log[-1]['threshold']:.3f} eV/Å, {log[-1]['wall_s']:.0f} s "
+          f"({1e3 * log[-1]['wall_s'] / max(steps, 1):.0f} ms/step)", flush=True)
     random_mae = []
     for seed in range(args.seeds):
         chosen = np.random.default_rng(seed).permutation(len(pool))[:n_frames]
@@ -90,7 +103,7 @@ def main(argv=None):
         print(f"  random seed {seed}: {1e3 * random_mae[-1]:.1f} meV/Å", flush=True)
     within1 = np.mean([r["within_1std"] for r in calls]) if calls else np.nan
     within2 = np.mean([r["within_2std"] for r in calls]) if calls else np.nan
-    quarters = np.array_split(np.arange(args.steps), 4)
+    quarters = np.array_split(np.arange(steps + 1), 4)
     per_quarter = [sum(1 for r in calls if q[0] <= r["step"] <= q[-1]) for q in quarters]
     print(f"\n{'model':<28} {'frames':>6} {'F MAE meV/Å':>11}")
     print(f"{'on-the-fly':<28} {n_frames:>6} {1e3 * otf_mae:11.1f}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io as _io
 import json
 import logging
+import numbers
 import os
 import time
 import warnings
@@ -20,6 +21,7 @@ from sklearn.base import clone
 
 from kernelpot import estimator as estimator_module
 from kernelpot._files import atomic_write
+from kernelpot._validation import check_verbose
 from kernelpot.calculator import KernelPotCalculator
 
 if TYPE_CHECKING:
@@ -56,6 +58,32 @@ def _error_seen(results: dict, std: np.ndarray, reference: np.ndarray) -> dict[s
             "force_error_rms": float(np.sqrt(np.mean(error**2))),
             "within_1std": float(np.mean(error <= std)),
             "within_2std": float(np.mean(error <= 2 * std))}
+
+
+def _where(record: dict) -> str:
+    """Return the step, simulated time and temperature of a log record."""
+    return (f"step {record['step']:>7} {record['time_fs']:>9.1f} fs "
+            f"{record['temperature_K']:>6.0f} K")
+
+
+def _call_line(record: dict, seconds: float) -> str:
+    """Return the stdout line of a reference call (``verbose=1``)."""
+    return (f"{_where(record)} | std {record['max_force_std']:.3f} > {record['threshold']:.3f} "
+            "eV/Å: "
+            f"reference call {record['n_reference_calls']} | model error rms "
+            f"{record['force_error_rms']:.3f}, max {record['force_error_max']:.3f} eV/Å, "
+            f"{100 * record['within_1std']:.0f} % / {100 * record['within_2std']:.0f} % "
+            f"inside 1 / 2 std | call + update {seconds:.1f} s, total {record['wall_s']:.0f} s")
+
+
+def _status_line(record: dict, first_step: int) -> str:
+    """Return the periodic stdout status line (``verbose=1``)."""
+    per_step = record["wall_s"] / max(record["step"] - first_step, 1)
+    return (f"{_where(record)} | std {record['max_force_std']:.3f}, threshold "
+            f"{record['threshold']:.3f} eV/Å |"
+            f" {record['n_reference_calls']} calls, {record['n_structures']} structures, "
+            f"{record['n_inducing']} inducing | {per_step:.3f} s/step, total "
+            f"{record['wall_s']:.0f} s")
 
 
 class ReferenceFailed(RuntimeError):
@@ -115,6 +143,13 @@ class OnTheFlyLearner:
     force_tolerance : float, default=0.1
         Cap of the automatic threshold, as a fraction of the root mean square of the
         labelled force components (see Notes).
+    verbose : int, default=0
+        1 prints a line on stdout for every reference call (step, time, temperature,
+        largest std against the threshold, calls so far, the model's error on the new
+        label, wall time) and a status line every ``status_every`` steps, as FLARE
+        and VASP do.
+    status_every : int, default=100
+        MD steps between two status lines (``verbose=1``).
 
     Attributes
     ----------
@@ -172,7 +207,8 @@ class OnTheFlyLearner:
                  directory: str | os.PathLike = ".", n_inducing: int | str = "all",
                  max_calls: int | None = None, min_interval: int = 10,
                  reoptimize_every: int = 1, checkpoint_every: int = 1,
-                 force_tolerance: float = 0.1) -> None:
+                 force_tolerance: float = 0.1, verbose: int = 0,
+                 status_every: int = 100) -> None:
         if threshold is not None and not threshold > 0:
             raise ValueError(f"OnTheFlyLearner: threshold must be > 0 eV/Å; got {threshold}")
         if not relative_threshold > 0:
@@ -180,6 +216,11 @@ class OnTheFlyLearner:
                              f"got {relative_threshold}")
         if max_calls is not None and max_calls < 0:
             raise ValueError(f"OnTheFlyLearner: max_calls must be >= 0; got {max_calls}")
+        verbose = check_verbose(verbose, "OnTheFlyLearner")
+        if isinstance(status_every, bool) or not isinstance(status_every, numbers.Integral) \
+                or status_every < 1:
+            raise ValueError("OnTheFlyLearner: status_every must be an int >= 1 (MD steps); "
+                             f"got {status_every!r}")
         self.model = model
         self.reference = reference
         self.threshold = threshold
@@ -191,6 +232,8 @@ class OnTheFlyLearner:
         self.reoptimize_every = int(reoptimize_every)
         self.checkpoint_every = int(checkpoint_every)
         self.force_tolerance = float(force_tolerance)
+        self.verbose = verbose
+        self.status_every = int(status_every)
         self.n_reference_calls = 0
         self.stopped = None
         self._last_call_step = None
@@ -207,9 +250,7 @@ class OnTheFlyLearner:
     def current_threshold(self) -> float:
         """Return the threshold on the largest force std component, eV/Å.
 
-        The given ``threshold``, or the automatic one (see Notes): 0 while the model
-        has too few structures for its LOSO calibration, so that the reference is
-        called at every ``min_interval``.
+        The given ``threshold``, or the automatic one (see Notes).
         """
         if self.threshold is not None:
             return float(self.threshold)
@@ -258,6 +299,12 @@ class OnTheFlyLearner:
             self._initial_frames = self.model.posterior_.n_training_structures
         self._auto_threshold = self._loso_threshold()
         self._continuing = True
+        if self.verbose:
+            kind = "given" if self.threshold is not None else "automatic"
+            print(f"on-the-fly MD: steps {self._first_step} to {self._target_steps}, model of "
+                  f"{self.model.posterior_.n_training_structures} structures, {kind} threshold "
+                  f"{self.current_threshold:.3f} eV/Å; log in {self.directory / LOG_FILE}",
+                  flush=True)
         if not isinstance(atoms.calc, KernelPotCalculator) or atoms.calc.model is not self.model:
             atoms.calc = KernelPotCalculator(self.model)
         self._dynamics = dynamics
@@ -441,6 +488,7 @@ class OnTheFlyLearner:
         called = bool(max_std > threshold and spaced and budget)
         seen = {}
         if called:
+            call_start = time.perf_counter()
             labelled = self._label(atoms)
             seen = _error_seen(atoms.calc.results, self.gated_std(atoms.calc.results),
                                labelled.get_forces())
@@ -468,6 +516,11 @@ class OnTheFlyLearner:
         }
         with open(self.directory / LOG_FILE, "a") as handle:
             handle.write(json.dumps(record) + "\n")
+        if self.verbose and called:
+            print(_call_line(record, time.perf_counter() - call_start), flush=True)
+        elif self.verbose and (step - self._first_step) % self.status_every == 0 \
+                and step > self._first_step:
+            print(_status_line(record, self._first_step), flush=True)
 
     def _write_settings(self):
         settings = {
@@ -477,7 +530,8 @@ class OnTheFlyLearner:
                      "max_calls": self.max_calls, "min_interval": self.min_interval,
                      "reoptimize_every": self.reoptimize_every,
                      "checkpoint_every": self.checkpoint_every,
-                     "force_tolerance": self.force_tolerance},
+                     "force_tolerance": self.force_tolerance, "verbose": self.verbose,
+                     "status_every": self.status_every},
             "n_inducing": self.n_inducing,
             "initial_frames": self._initial_frames,
             "target_steps": self._target_steps,

@@ -355,3 +355,31 @@ def test_a_model_without_loso_falls_back_to_the_noise_threshold_with_a_warning(t
     with pytest.warns(UserWarning, match="no LOSO calibration"):
         learner.run(_dynamics(), 1)
     assert learner.current_threshold == pytest.approx(2.0 * model.force_noise_)
+
+
+def test_verbose_prints_a_line_per_call_and_a_status_line(tmp_path, capsys):
+    learner = OnTheFlyLearner(_model(), EMT(), directory=tmp_path, min_interval=2,
+                              max_calls=1, verbose=1, status_every=4)
+    dyn = _dynamics()
+    learned_from = dyn.atoms.positions.copy()
+
+    def jolt():  # step 2 is far from the one structure learned: a call
+        if dyn.nsteps == 2:
+            dyn.atoms.set_positions(learned_from + np.random.default_rng(2).normal(
+                0, 0.15, learned_from.shape))
+
+    dyn.attach(jolt, interval=1)
+    learner.run(dyn, 8)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("on-the-fly MD: steps 0 to 8, model of 1 structures")
+    calls = [line for line in lines if "reference call" in line]
+    assert len(calls) == 1 and calls[0].startswith("step       2")
+    assert "model error rms" in calls[0] and "inside 1 / 2 std" in calls[0]
+    status = [line for line in lines if "calls," in line]
+    assert [line.split()[1] for line in status] == ["4", "8"]
+    assert "1 calls, 2 structures" in status[-1]
+    with pytest.raises(ValueError, match="status_every"):
+        OnTheFlyLearner(_model(), EMT(), directory=tmp_path / "x", status_every=0)
+    quiet = OnTheFlyLearner(_model(), EMT(), directory=tmp_path / "quiet", max_calls=0)
+    quiet.run(_dynamics(), 2)
+    assert capsys.readouterr().out == ""
