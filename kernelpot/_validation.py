@@ -297,3 +297,40 @@ def _complete_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     cell = cell.copy()
     cell[~pbc] = 0.0
     return np.array(complete_cell(cell), dtype=np.float64)
+
+
+def check_min_distance(frames: list[Atoms], min_distance: float | None, owner: str) -> None:
+    """Refuse structures with two atoms closer than ``min_distance``.
+
+    Parameters
+    ----------
+    frames : list of ase.Atoms
+        Structures (periodic images count).
+    min_distance : float or None
+        Shortest accepted interatomic distance, Å; None accepts any.
+    owner : str
+        Name used in error messages.
+
+    Raises
+    ------
+    ValueError
+        Naming the first structure, atom pair and distance below ``min_distance``.
+    """
+    if min_distance is None or min_distance <= 0:
+        return
+    from kernelpot.descriptors.neighbors import neighbor_list
+
+    for k, atoms in enumerate(frames):
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        cell = np.asarray(atoms.cell.array, dtype=np.float64)
+        if pbc.any() and abs(np.linalg.det(cell)) < 1e-12:
+            continue  # check_atoms refuses the singular cell with its own message
+        pairs = neighbor_list(np.asarray(atoms.positions, dtype=np.float64), cell, pbc,
+                              float(min_distance))
+        if pairs.i.size:
+            n = int(np.argmin(pairs.distances))
+            raise ValueError(
+                f"{owner}: structure {k} has atoms {pairs.i[n]} and {pairs.j[n]} "
+                f"{pairs.distances[n]:.3f} Å apart, closer than min_distance="
+                f"{min_distance} Å (duplicated atoms, or positions in the wrong unit?); "
+                "pass min_distance=None to accept such structures")

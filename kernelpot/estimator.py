@@ -28,7 +28,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from kernelpot import _parallel, exact, io
 from kernelpot._labels import TrainingSet, check_frames, read_labels
-from kernelpot._validation import check_verbose, species_to_numbers
+from kernelpot._validation import check_min_distance, check_verbose, species_to_numbers
 from kernelpot.calibration import StdCalibration
 from kernelpot.descriptors import SOAP, Descriptor
 from kernelpot.exact_posterior import ExactPosterior
@@ -54,6 +54,20 @@ _METHODS = ("sparse", "exact", "auto")
 _LOSO_MIN_STRUCTURES = 3
 #: Posterior classes by ``method``.
 _POSTERIORS = {"sparse": SparsePosterior, "exact": ExactPosterior}
+
+
+def _warn_if_too_few(labels, owner: str) -> None:
+    """Warn when the training set is too small to learn the noise or calibrate the std."""
+    n_structures = len(labels.forces)
+    if n_structures >= _LOSO_MIN_STRUCTURES:
+        return
+    warnings.warn(
+        f"{owner}.fit: {n_structures} training structure(s) are too few to learn the noise "
+        f"levels from the data (their likelihood hardly constrains σ_E and σ_F) or to "
+        f"calibrate the std by leave-one-structure-out (at least {_LOSO_MIN_STRUCTURES} "
+        "structures): the stds are raw, and errors on new structures are usually large. "
+        "Label more structures, or use this model only to start on-the-fly learning.",
+        UserWarning, stacklevel=3)
 
 
 def format_signal_std(sigma: float | dict[str, float]) -> str:
@@ -177,6 +191,11 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         its estimated peak memory fits ``exact_memory_limit``, logged.
     exact_memory_limit : float, default=4.0
         GiB, for ``method="auto"``.
+    min_distance : float or None, default=0.5
+        Training structures with two atoms closer than this (Å, periodic images
+        included) are refused with a ``ValueError`` naming them: atoms on top of each
+        other are a corrupt file or a unit mistake far more often than physics. None
+        accepts any distance.
     random_state : int, numpy RandomState or None, default=None
         Seeds inducing-point selection and optimiser restarts.
     n_jobs : int or None, default=1
@@ -256,7 +275,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
                  search_frames: int | None = None, incremental: bool = False,
                  apply_calibration: bool = True, calibration: str | None = "loso",
                  method: str = "sparse",
-                 exact_memory_limit: float = 4.0,
+                 exact_memory_limit: float = 4.0, min_distance: float | None = 0.5,
                  random_state: int | np.random.RandomState | None = None,
                  n_jobs: int | None = 1, verbose: int = 0):
         self.descriptor = descriptor
@@ -280,6 +299,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         self.calibration = calibration
         self.method = method
         self.exact_memory_limit = exact_memory_limit
+        self.min_distance = min_distance
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.verbose = verbose
@@ -316,6 +336,12 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
                 or (isinstance(self.calibration, str) and self.calibration == "loso")):
             raise ValueError(f"{owner}: calibration must be 'loso' or None; "
                              f"got {self.calibration!r}")
+        if self.min_distance is not None and (
+                isinstance(self.min_distance, bool)
+                or not isinstance(self.min_distance, numbers.Real)
+                or not np.isfinite(self.min_distance) or self.min_distance < 0):
+            raise ValueError(f"{owner}: min_distance must be None or a distance >= 0 Å; "
+                             f"got {self.min_distance!r}")
         self._check_method(names, owner)
         return check_verbose(self.verbose, owner)
 
@@ -375,7 +401,9 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         verbose = self._check_params()
         start_time = time.perf_counter()
         frames = check_frames(X, f"{owner}.fit")
+        check_min_distance(frames, self.min_distance, f"{owner}.fit")
         labels = read_labels(frames, f"{owner}.fit")
+        _warn_if_too_few(labels, owner)
         rng = check_random_state(self.random_state)
         species = np.unique(np.concatenate([a.numbers for a in frames])).astype(np.int64)
         symbols = [chemical_symbols[z] for z in species]
@@ -704,6 +732,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
             raise ValueError(f"{owner}: n_inducing must be an int >= 0 or 'all'; "
                              f"got {n_inducing!r}")
         frames = check_frames(X, owner)
+        check_min_distance(frames, self.min_distance, owner)
         indices = [self._species_index(atoms, owner) for atoms in frames]
         labels = read_labels(frames, owner)
         names = fitted_names(self.optimize, type(self).__name__) if optimize else None

@@ -191,14 +191,20 @@ def read_model_file(path: os.PathLike | str) -> tuple[dict, dict]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"load: no such file: {path}")
+    if not zipfile.is_zipfile(path):  # np.load would try it as a pickle, and say so
+        raise ValueError(f"load: {path} is not a kernelpot model file: a model file is an "
+                         ".npz (zip) archive written by SparseGPPotential.save or `kernelpot "
+                         "fit`; this one is not a zip archive (a structure file, or a "
+                         "truncated model?)")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except (zipfile.BadZipFile, EOFError, OSError, KeyError) as err:
         raise ValueError(f"load: {path} is not a readable kernelpot model file (truncated or "
                          f"not an .npz archive): {err}") from err
-    except ValueError as err:  # object arrays need pickle: not ours
-        raise ValueError(f"load: {path} is not a kernelpot model file: {err}") from err
+    except ValueError as err:  # object arrays: not written by kernelpot
+        raise ValueError(f"load: {path} is not a kernelpot model file: it holds Python "
+                         "objects, which kernelpot never writes") from err
     if "metadata" not in arrays:
         raise ValueError(f"load: {path} is not a kernelpot model file (no metadata)")
     try:

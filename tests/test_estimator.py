@@ -465,3 +465,42 @@ def test_predict_energies_and_forces_equals_the_two_calls(fitted_ethanol, ethano
 def _save(model, path):
     model.save(path)
     return path
+
+
+def test_atoms_closer_than_min_distance_are_refused_unless_allowed(ethanol_frames, small_soap):
+    from ase.build import bulk
+
+    frames = [a.copy() for a in ethanol_frames[:4]]
+    for frame, original in zip(frames, ethanol_frames[:4], strict=True):
+        frame.calc = original.calc
+    stacked = frames[2].copy()
+    stacked.positions[5] = stacked.positions[1]  # two atoms on top of each other
+    stacked.calc = SinglePointCalculator(stacked, energy=0.0, forces=np.zeros((9, 3)))
+    model = SparseGPPotential(small_soap, n_restarts=0, random_state=0)
+    with pytest.raises(ValueError, match=r"structure 2 has atoms (1 and 5|5 and 1) 0.000 Å "
+                                         r"apart, closer than min_distance=0.5"):
+        model.fit([*frames[:2], stacked, frames[3]])
+    model.set_params(min_distance=None).fit([*frames[:2], stacked, frames[3]])  # allowed
+    with pytest.raises(ValueError, match="min_distance"):
+        SparseGPPotential(small_soap, min_distance=-1.0).fit(frames)
+    # periodic images count: a 0.4 Å simple cubic cell is one atom 0.4 Å from its images
+    tight = bulk("Cu", "sc", a=0.4)
+    tight.calc = SinglePointCalculator(tight, energy=0.0, forces=np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="0.400 Å apart"):
+        SparseGPPotential(ACSF.from_grid(["Cu"], 3.0, n_radial=3, n_angular=2)).fit([tight])
+    # update checks the new structures the same way
+    incremental = SparseGPPotential(small_soap, incremental=True, n_restarts=0,
+                                    random_state=0).fit(frames[:3])
+    with pytest.raises(ValueError, match="update: structure 0 has atoms"):
+        incremental.update([stacked])
+
+
+def test_too_few_structures_to_learn_the_noise_warn(ethanol_frames, small_soap):
+    model = SparseGPPotential(small_soap, n_restarts=0, random_state=0)
+    with pytest.warns(UserWarning, match="1 training structure.*too few to learn the noise"):
+        model.fit(ethanol_frames[:1])
+    with pytest.warns(UserWarning, match="2 training structure"):
+        model.fit(ethanol_frames[:2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.fit(ethanol_frames[:3])

@@ -71,6 +71,17 @@ def test_load_rejects_bad_files(fitted_ethanol, tmp_path):
     with pytest.raises(FileNotFoundError):
         load(tmp_path / "missing.npz")
     assert zipfile.is_zipfile(path)
+    # a structure file given as the model: say what a model file is, never suggest pickle
+    structures = tmp_path / "frames.xyz"
+    structures.write_text("1\n\nH 0 0 0\n")
+    with pytest.raises(ValueError, match="not a kernelpot model file") as info:
+        load(structures)
+    assert "pickle" not in str(info.value)
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, metadata=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="Python objects") as info:
+        load(objects)
+    assert "pickle" not in str(info.value)
 
 
 # -- files written by earlier code -------------------------------------------------------
