@@ -26,8 +26,10 @@ import numpy as np
 from scipy.optimize import minimize
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
+from tqdm.auto import tqdm
 
 from kernelpot import gp
+from kernelpot._validation import check_verbose
 
 if TYPE_CHECKING:
     from sklearn.base import BaseEstimator
@@ -198,15 +200,20 @@ class NoiseSearch:
         Extra starts drawn log-uniformly within the bounds.
     owner : str
         Names the estimator in warnings.
+    verbose : int, default=0
+        1 shows a progress bar of the likelihood evaluations with the best log
+        marginal likelihood so far.
     """
 
     def __init__(self, signal_std_bounds: Sequence[float], energy_noise_bounds: Sequence[float],
-                 force_noise_bounds: Sequence[float], n_restarts: int, owner: str):
+                 force_noise_bounds: Sequence[float], n_restarts: int, owner: str,
+                 verbose: int = 0):
         self.signal_std_bounds = signal_std_bounds
         self.energy_noise_bounds = energy_noise_bounds
         self.force_noise_bounds = force_noise_bounds
         self.n_restarts = n_restarts
         self.owner = owner
+        self.verbose = verbose
 
     @classmethod
     def of(cls, estimator: BaseEstimator) -> NoiseSearch:
@@ -222,14 +229,14 @@ class NoiseSearch:
         """
         return cls(estimator.signal_std_bounds, estimator.energy_noise_bounds,
                    estimator.force_noise_bounds, estimator.n_restarts,
-                   type(estimator).__name__)
+                   type(estimator).__name__, check_verbose(estimator.verbose, "verbose"))
 
     def optimize(self,
                  likelihood: gp.WhitenedStatistics
                  | Callable[[np.ndarray], tuple[float, np.ndarray]],
                  log_params: np.ndarray, rng: np.random.RandomState,
                  free: Sequence[bool], extra_starts: Sequence[np.ndarray] = (),
-                 restarts: int | None = None) -> np.ndarray:
+                 restarts: int | None = None, progress: bool = True) -> np.ndarray:
         """Maximise the likelihood over the ``free`` entries of ``log_params``.
 
         Parameters
@@ -246,6 +253,9 @@ class NoiseSearch:
             More starts (clipped to the bounds).
         restarts : int or None, default=None
             Random restarts; ``None`` uses ``n_restarts``.
+        progress : bool, default=True
+            Show the progress bar when ``verbose`` asks for it (an inner search of
+            :func:`kernel_profile_search` does not).
 
         Returns
         -------
@@ -266,8 +276,16 @@ class NoiseSearch:
             if not is_free:
                 bounds[k] = log_params[k]
 
+        bar = tqdm(desc="likelihood", unit=" evaluations",
+                   disable=not (progress and self.verbose >= 1))
+        best_seen = [-np.inf]
+
         def objective(theta):
             value, grad = likelihood(theta)
+            if np.isfinite(value) and value > best_seen[0]:
+                best_seen[0] = value
+                bar.set_postfix_str(f"log L {value:.2f}", refresh=False)
+            bar.update()
             if not np.isfinite(value):
                 return _FAILED, np.zeros_like(theta)
             return -value, -grad
@@ -283,6 +301,7 @@ class NoiseSearch:
                 logger.debug("L-BFGS-B from %s: %s", start, result.message)
             if result.fun < best_value:
                 best, best_value = result.x, result.fun
+        bar.close()
         if not np.isfinite(best_value) or best_value >= _FAILED:
             warnings.warn(f"{self.owner}: the marginal likelihood could not be evaluated at "
                           "any start; keeping the given hyperparameters", ConvergenceWarning,
@@ -335,19 +354,25 @@ def kernel_profile_search(kernel: Kernel, log_params: np.ndarray, inner_free: Se
         inner = log_params
         if any(inner_free):
             inner = search.optimize(stats, best["inner"], np.random.RandomState(seed),
-                                    inner_free)
+                                    inner_free, progress=False)
         value = gp.log_marginal_likelihood(inner, stats)
         logger.info("%s: kernel %s = %s: log marginal likelihood %.2f", owner,
                     kernel.theta_names, np.exp(theta), value)
+        bar.update()
+        if np.isfinite(value):
+            bar.set_postfix_str(f"log L {value:.2f}", refresh=False)
         if not np.isfinite(value):
             return _FAILED, np.zeros_like(theta)
         if -value < best["value"]:
             best.update(value=-value, theta=np.array(theta), inner=inner)
         return -value, -gradient(inner)
 
+    bar = tqdm(desc="kernel search", unit=" evaluations", total=KERNEL_SEARCH_EVALUATIONS,
+               disable=search.verbose < 1)
     result = minimize(negative_profile, kernel.theta, jac=True, method="L-BFGS-B",
                       bounds=kernel.bounds,
                       options={"maxfun": KERNEL_SEARCH_EVALUATIONS, "ftol": 1e-7})
+    bar.close()
     logger.info("%s: kernel search: %s after %d evaluations", owner, result.message,
                 result.nfev)
     return kernel.clone_with_theta(best["theta"]), best["inner"]
