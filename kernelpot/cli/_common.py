@@ -1,0 +1,191 @@
+"""Helpers the ``kernelpot`` commands share.
+
+Errors, logging, reading structures, model files and TOML configurations, building the
+model a command fits and printing its errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import numpy as np
+
+
+class CLIError(Exception):
+    """An error reported as one line on stderr with a non-zero exit code."""
+
+
+def _configure_logging(args) -> None:
+    level = logging.WARNING
+    if args.quiet:
+        level = logging.ERROR
+    elif args.verbose == 1:
+        level = logging.INFO
+    elif args.verbose >= 2:
+        level = logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("kernelpot")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _progress(args) -> int:
+    """Return 1 (tqdm bars) on a terminal only, 0 in CI logs or with --quiet."""
+    return int(sys.stderr.isatty() and not args.quiet)
+
+
+def _read_frames(path: str) -> list:
+    from ase.io import read
+
+    try:
+        frames = read(path, ":")
+    except FileNotFoundError as err:
+        raise CLIError(f"no such file: {path}") from err
+    except Exception as err:  # ase.io raises many types for unreadable files
+        raise CLIError(f"cannot read {path} with ase.io: {err}") from err
+    if not frames:
+        raise CLIError(f"{path} holds no structures")
+    return frames
+
+
+def _load_model(path):
+    from kernelpot import load
+
+    try:
+        return load(path)
+    except FileNotFoundError as err:
+        raise CLIError(f"no such file: {path}") from err
+
+
+def _read_config(path) -> dict:
+    import tomllib
+
+    try:
+        with open(path, "rb") as handle:
+            table = tomllib.load(handle)
+    except FileNotFoundError as err:
+        raise CLIError(f"no such file: {path}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise CLIError(f"{path} is not valid TOML: {err}") from err
+    # descriptor.r_cut = 4.0 parses as {"descriptor": {"r_cut": 4.0}}; "descriptor.r_cut"
+    # (quoted) as one flat key: both set the descriptor's parameter (two_body.* alike)
+    model_params, nested_params = {}, {"descriptor": {}, "two_body": {}}
+    for key, value in table.items():
+        if key in nested_params and isinstance(value, dict):
+            nested = [k for k, v in value.items() if isinstance(v, dict)]
+            if nested:
+                raise CLIError(f"{path}: use a flat table; got {key}.{nested[0]} as a "
+                               "sub-table")
+            nested_params[key].update(value)
+        elif isinstance(value, dict):
+            raise CLIError(f"{path}: use a flat table (estimator parameters and "
+                           f"'descriptor.r_cut = 4.0' style keys); got a sub-table [{key}]")
+        elif key.split(".", 1)[0] in nested_params and "." in key:
+            owner, name = key.split(".", 1)
+            nested_params[owner][name] = value
+        else:
+            model_params[key] = value
+    return model_params, nested_params["descriptor"], nested_params["two_body"]
+
+
+def _default_descriptors(frames, which: str, r_cut):
+    from kernelpot.descriptors import ACSF, SOAP
+
+    species = sorted({int(z) for atoms in frames for z in atoms.numbers})
+    periodic = any(atoms.pbc.any() for atoms in frames)
+    if r_cut is None:
+        r_cut = 5.0 if periodic else 4.0
+    out = []
+    if which in ("acsf", "both"):
+        out.append(("ACSF", ACSF.from_grid(species, r_cut, n_radial=8, n_angular=8)))
+    if which in ("soap", "both"):
+        if periodic:
+            soap = SOAP(species, r_cut, n_max=8, l_max=6, sigma=0.5)
+        else:
+            soap = SOAP(species, r_cut, n_max=6, l_max=4, sigma=0.4)
+        out.append(("SOAP", soap))
+    return out
+
+
+def _build_model(args, frames):
+    from kernelpot import SparseGPPotential, TwoBody
+
+    model_params, descriptor_params, two_body_params = (
+        _read_config(args.config) if args.config else ({}, {}, {}))
+    (_, descriptor), = _default_descriptors(frames, args.descriptor, args.r_cut)
+    try:
+        descriptor.set_params(**descriptor_params)
+    except ValueError as err:
+        raise CLIError(f"{args.config}: {err}") from err
+    if args.r_cut is not None:
+        descriptor.set_params(r_cut=args.r_cut)
+    model = SparseGPPotential(descriptor, random_state=0, n_jobs=1, verbose=_progress(args))
+    try:
+        model.set_params(**model_params)
+        if two_body_params:
+            model.set_params(two_body=TwoBody().set_params(**two_body_params))
+    except ValueError as err:
+        raise CLIError(f"{args.config}: {err}") from err
+    # command-line options win over the file
+    for option, name in (("n_sparse", "n_sparse"), ("seed", "random_state"),
+                         ("n_jobs", "n_jobs"), ("method", "method")):
+        if getattr(args, option) is not None:
+            model.set_params(**{name: getattr(args, option)})
+    return model
+
+
+def _errors(model, frames):
+    """Predictions and reference labels of labelled frames, as a dict of arrays."""
+    from kernelpot._labels import read_labels
+
+    labels = read_labels(frames, "kernelpot")
+    energies, forces, energy_std, forces_std = model.predict_energies_and_forces(
+        frames, return_std=True)
+    n_atoms = np.array([len(a) for a in frames])
+    has_e = labels.has_energy
+    has_f = [k for k, f in enumerate(labels.forces) if f is not None]
+    return {
+        "energies": energies[has_e], "ref_energies": labels.energies[has_e],
+        "energy_std": energy_std[has_e], "n_atoms": n_atoms[has_e],
+        "forces": [forces[k] for k in has_f], "ref_forces": [labels.forces[k] for k in has_f],
+        "forces_std": [forces_std[k] for k in has_f],
+    }
+
+
+def _print_errors(title, err) -> None:
+    from kernelpot import metrics
+
+    if len(err["energies"]):
+        e = err["energies"] - err["ref_energies"]
+        per_atom = e / err["n_atoms"]
+        print(f"{title} energies ({len(e)} structures): MAE {1e3 * np.mean(np.abs(e)):.2f} "
+              f"meV, RMSE {1e3 * np.sqrt(np.mean(e**2)):.2f} meV, max "
+              f"{1e3 * np.max(np.abs(e)):.2f} meV; per atom MAE "
+              f"{1e3 * np.mean(np.abs(per_atom)):.2f}, RMSE "
+              f"{1e3 * np.sqrt(np.mean(per_atom**2)):.2f}, max "
+              f"{1e3 * np.max(np.abs(per_atom)):.2f} meV/atom")
+    if err["forces"]:
+        f, ref, std = err["forces"], err["ref_forces"], err["forces_std"]
+        print(f"{title} forces ({sum(len(x) for x in f)} atoms): MAE "
+              f"{1e3 * metrics.mae(f, ref):.1f} meV/Å, RMSE {1e3 * metrics.rmse(f, ref):.1f} "
+              f"meV/Å, max {1e3 * metrics.max_error(f, ref):.0f} meV/Å")
+        print(f"{title} calibration: {100 * metrics.coverage(f, ref, std, 1):.1f}% of force "
+              f"components within 1 std (Gaussian 68.3%), "
+              f"{100 * metrics.coverage(f, ref, std, 2):.1f}% within 2 (95.4%); Spearman "
+              f"(per-atom std, error) {metrics.spearman_std_error(f, ref, std):.2f}; "
+              f"negative log-likelihood {metrics.negative_log_likelihood(f, ref, std):.3f} "
+              "per component")
+
+
+def _reference_calculator(name):
+    if name == "emt":
+        from ase.calculators.emt import EMT
+
+        return EMT()
+    try:
+        from tblite.ase import TBLite
+    except ImportError as err:
+        raise CLIError("--reference xtb needs tblite: pip install -e '.[xtb]'") from err
+    return TBLite(method="GFN2-xTB", verbosity=0)

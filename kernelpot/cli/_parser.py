@@ -1,0 +1,301 @@
+"""The ``kernelpot`` argument parser: subcommands, options and help texts."""
+
+from __future__ import annotations
+
+import argparse
+
+from kernelpot import __version__
+from kernelpot.cli.curves import _cmd_learning_curve
+from kernelpot.cli.demo import _cmd_demo
+from kernelpot.cli.descriptors import _cmd_descriptors
+from kernelpot.cli.evaluate import _cmd_eval, _cmd_predict
+from kernelpot.cli.fit import _cmd_fit
+from kernelpot.cli.md import _cmd_md
+
+_DEMO_EXAMPLE = """\
+examples:
+  kernelpot demo                  # fit on 100 bundled ethanol frames, test on 50, report,
+                                  # write demo_parity.png
+  kernelpot demo --n-train 150 --descriptor acsf
+"""
+
+
+_DESCRIPTORS_EXAMPLE = """\
+examples:
+  kernelpot descriptors                      # bundled ethanol (xTB) and Si (DFT) frames
+  kernelpot descriptors --descriptor soap frames.xyz --r-cut 4.5 --n-jobs 2
+"""
+
+
+_FIT_EXAMPLE = """\
+examples:
+  kernelpot fit train.xyz -o model.npz                  # SOAP, all environments inducing
+  kernelpot fit train.xyz --descriptor acsf --n-sparse 500 -o model.npz
+  kernelpot fit train.xyz --config cfg.toml -o model.npz
+
+cfg.toml is a flat table of estimator and descriptor parameters (for ACSF a
+descriptor.r_cut key changes the cutoff only; --r-cut also rescales the default
+symmetry-function grid), e.g.
+  n_sparse = 1000
+  energy_noise = 0.001
+  optimize = ["signal_std", "force_noise"]
+  descriptor.r_cut = 4.5
+  descriptor.n_max = 8
+  two_body.r_cut = 5.0
+(descriptor.* keys set the descriptor's parameters; any two_body.* key adds a
+two-body term, kernelpot.TwoBody, with those parameters; command-line options win)
+"""
+
+
+_EVAL_EXAMPLE = """\
+examples:
+  kernelpot eval model.npz test.xyz
+  kernelpot eval model.npz test.xyz --plot parity.png --calibration-plot cal.png \\
+      --error-plot err.png
+  kernelpot eval model.npz test.xyz --recalibrate valid.xyz   # fit std factors, save them
+
+--recalibrate fits one factor for energy stds and one for force stds that give the
+validation errors' z-scores unit variance, stores them in the model file (or in
+--output) and reports the test metrics with them; the model applies them to every std
+it reports (SparseGPPotential(apply_calibration=False) switches them off).
+"""
+
+
+_PREDICT_EXAMPLE = """\
+examples:
+  kernelpot predict model.npz structures.xyz -o predicted.xyz
+
+The output holds the predicted energy and forces as the frames' results (ase.io reads
+them back with get_potential_energy()/get_forces()), the total energy std in
+info["energy_std"] (eV) and the per-component force std in arrays["forces_std"] (eV/Å);
+frames periodic along all three axes also get the predicted stress (get_stress(), eV/Å³).
+"""
+
+
+_LC_EXAMPLE = """\
+examples:
+  kernelpot learning-curve train.xyz test.xyz --sizes 25,50,100,200
+  kernelpot learning-curve train.xyz test.xyz --sizes 10,20,40 --repeats 3 --plot lc.png
+  kernelpot learning-curve train.xyz test.xyz --sizes 20,50 --strategy variance --method exact
+
+Each size fits a fresh model (the fit command's options and --config apply) on random
+subsets of TRAIN (seeds --seed, --seed + 1, ...) and scores it on TEST. With --strategy
+variance the subsets start from --initial random structures and grow by the structures of
+TRAIN a model fitted on those finds most uncertain (kernelpot.select_frames; greedy, so
+near-duplicates are not picked twice; the labels are not used to pick).
+"""
+
+
+_MD_EXAMPLE = """\
+examples:
+  kernelpot md model.npz start.xyz --steps 2000 --temperature 600 -o traj.extxyz
+
+The trajectory holds the model's predictions as info["model_energy"], info["energy_std"],
+arrays["model_forces"] and arrays["forces_std"] (and, learning on the fly,
+arrays["gated_forces_std"], the calibrated std compared with the threshold); they are not
+stored as reference labels, so the file is not mistaken for training data.
+  kernelpot md model.npz start.xyz --steps 2000 --temperature 800 --reference emt \\
+      --train train.xyz --directory otf_run
+
+Langevin dynamics (friction 0.01/fs) with the model as ASE calculator. With --reference
+(emt, or xtb for GFN2-xTB from tblite) the run is uncertainty-gated: the model is refitted
+on --train (its own training structures, as an incremental model) and learns on the fly
+whenever the calibrated force std exceeds --threshold (default: the largest calibrated
+force std of a training structure left out of the model, recomputed after every call);
+the log, labelled frames and checkpoints go to --directory.
+"""
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kernelpot",
+        description="Gaussian-process interatomic potentials with analytic derivatives "
+                    "and uncertainty.",
+    )
+    parser.add_argument("--version", action="version", version=f"kernelpot {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in (_add_demo, _add_descriptors, _add_fit, _add_eval, _add_predict,
+                _add_learning_curve, _add_md):
+        _add_logging_options(add(sub))
+    return parser
+
+
+def _add_demo(sub) -> argparse.ArgumentParser:
+    """Add the ``demo`` subcommand to ``sub`` and return its parser."""
+    parser = sub.add_parser(
+        "demo",
+        help="fit a sparse GP on bundled ethanol data, evaluate it on held-out frames",
+        description="Fit a sparse GP potential on bundled GFN2-xTB ethanol frames, evaluate "
+                    "it on held-out frames and print the learned noise, errors and "
+                    "calibration of the predicted uncertainty.",
+        epilog=_DEMO_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--n-train", type=int, default=100,
+                        help="training frames (of the 150 non-test bundled frames; default 100)")
+    parser.add_argument("--descriptor", choices=["soap", "acsf"], default="soap")
+    parser.add_argument("--method", choices=["sparse", "exact", "auto"], default="sparse",
+                        help="sparse GP (default) or the exact force-domain GP")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--plot", default="demo_parity.png",
+                        help="force parity plot coloured by the predicted std "
+                             "(default demo_parity.png; 'none' to skip)")
+    parser.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _add_descriptors(sub) -> argparse.ArgumentParser:
+    """Add the ``descriptors`` subcommand to ``sub`` and return its parser."""
+    parser = sub.add_parser(
+        "descriptors",
+        help="compute ACSF and SOAP features with analytic gradients and print a summary",
+        description="Compute ACSF and SOAP features with analytic position gradients for "
+                    "structures (the bundled ethanol and silicon frames by default) and print "
+                    "shapes, timing and peak memory.",
+        epilog=_DESCRIPTORS_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("files", nargs="*", help="structure files readable by ase.io "
+                        "(default: the bundled data sets)")
+    parser.add_argument("--descriptor", choices=["acsf", "soap", "both"], default="both")
+    parser.add_argument("--r-cut", type=float, default=None,
+                        help="cutoff in Å (default: 4.0 for molecules, 5.0 for periodic cells)")
+    parser.add_argument("--n-jobs", type=int, default=1, help="joblib workers (default 1)")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="use at most this many frames per data set")
+    parser.set_defaults(func=_cmd_descriptors)
+    return parser
+
+
+def _add_fit(sub) -> argparse.ArgumentParser:
+    """Add the ``fit`` subcommand to ``sub`` and return its parser."""
+    parser = sub.add_parser(
+        "fit", help="fit a sparse GP potential to labelled structures and save it",
+        description="Fit a sparse GP potential to structures with reference energies and "
+                    "forces (any file ase.io reads), print the learned noise, training "
+                    "errors and time, and save the model (.npz).",
+        epilog=_FIT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("train", help="training structures with energies and/or forces")
+    parser.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
+    _add_model_options(parser)
+    parser.set_defaults(func=_cmd_fit)
+    return parser
+
+
+def _add_eval(sub) -> argparse.ArgumentParser:
+    """Add the ``eval`` subcommand to ``sub`` and return its parser."""
+    parser = sub.add_parser(
+        "eval", help="errors and uncertainty calibration of a model on labelled structures",
+        description="Evaluate a saved model on labelled structures: energy and force MAE and "
+                    "RMSE, and the calibration of the predicted std (coverage at 1 and 2 std, "
+                    "Spearman rank correlation of per-atom std and error).",
+        epilog=_EVAL_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a model file written by kernelpot (.npz)")
+    parser.add_argument("test", help="labelled structures")
+    parser.add_argument("--plot", default=None,
+                        help="write a force parity plot coloured by the predicted std")
+    parser.add_argument("--calibration-plot", default=None,
+                        help="write the force calibration curve (observed vs nominal coverage)")
+    parser.add_argument("--error-plot", default=None,
+                        help="write per-atom force error against predicted std")
+    parser.add_argument("--recalibrate", default=None, metavar="VALID",
+                        help="fit std calibration factors on these labelled structures first")
+    parser.add_argument("-o", "--output", default=None,
+                        help="with --recalibrate: write the calibrated model here instead of "
+                             "updating MODEL")
+    parser.set_defaults(func=_cmd_eval)
+    return parser
+
+
+def _add_predict(sub) -> argparse.ArgumentParser:
+    """Add the ``predict`` subcommand to ``sub`` and return its parser."""
+    parser = sub.add_parser(
+        "predict", help="predict energies, forces and their stds into an extxyz file",
+        description="Predict energies, forces and their (total) stds for structures and "
+                    "write them to an extended XYZ file.",
+        epilog=_PREDICT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a model file written by kernelpot (.npz)")
+    parser.add_argument("structures", help="structures (any file ase.io reads)")
+    parser.add_argument("-o", "--output", required=True, help="extended XYZ file to write")
+    parser.set_defaults(func=_cmd_predict)
+    return parser
+
+
+def _add_learning_curve(sub) -> argparse.ArgumentParser:
+    """Add the ``learning-curve`` subcommand to ``sub`` and return its parser."""
+    parser = sub.add_parser(
+        "learning-curve", help="errors and predicted std against training-set size",
+        description="Fit models on random subsets of growing size and print (and plot) "
+                    "force and energy errors on a test set with the mean predicted std.",
+        epilog=_LC_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("train", help="labelled structures to draw training subsets from")
+    parser.add_argument("test", help="labelled test structures")
+    parser.add_argument("--sizes", required=True, help="comma-separated training-set sizes")
+    parser.add_argument("--repeats", type=int, default=1, help="subsets per size (default 1)")
+    parser.add_argument("--strategy", choices=["random", "variance", "reduction"],
+                        default="random",
+                        help="grow training sets at random (default) or by uncertainty "
+                             "selection from --initial random structures: the most uncertain "
+                             "structures (variance) or those that most reduce the uncertainty "
+                             "over the pool (reduction); see kernelpot.select_frames")
+    parser.add_argument("--initial", type=int, default=10,
+                        help="random starting structures of --strategy variance (default 10)")
+    parser.add_argument("--plot", default=None, help="write a log-log plot of the curve")
+    _add_model_options(parser)
+    parser.set_defaults(func=_cmd_learning_curve)
+    return parser
+
+
+def _add_md(sub) -> argparse.ArgumentParser:
+    """Add the ``md`` subcommand to ``sub`` and return its parser."""
+    parser = sub.add_parser(
+        "md", help="molecular dynamics with a model, optionally learning on the fly",
+        description="Run Langevin molecular dynamics with a saved model as ASE calculator; "
+                    "with --reference, uncertainty-gated MD that calls the reference and "
+                    "learns when the model is unsure.",
+        epilog=_MD_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a model file written by kernelpot (.npz)")
+    parser.add_argument("start", help="starting structure (the first frame of the file)")
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--temperature", type=float, required=True, help="kelvin")
+    parser.add_argument("--timestep", type=float, default=1.0, help="fs (default 1)")
+    parser.add_argument("-o", "--output", default=None,
+                        help="trajectory file (extxyz) with energies, forces and their stds")
+    parser.add_argument("--interval", type=int, default=10,
+                        help="steps between trajectory frames (default 10)")
+    parser.add_argument("--reference", choices=["emt", "xtb"], default=None)
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="absolute force-std threshold, eV/Å (with --reference)")
+    parser.add_argument("--train", default=None,
+                        help="the model's training structures (with --reference)")
+    parser.add_argument("--directory", default="otf_run",
+                        help="on-the-fly log, labelled frames and checkpoints (with --reference)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=_cmd_md)
+    return parser
+
+
+def _add_logging_options(parser) -> None:
+    """Add the options every subcommand takes: log level and tracebacks."""
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-vv for debug)")
+    parser.add_argument("--quiet", action="store_true", help="only errors")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+
+def _add_model_options(parser) -> None:
+    """Add the options of the model a command fits (fit, learning-curve; _build_model)."""
+    parser.add_argument("--descriptor", choices=["soap", "acsf"], default="soap")
+    parser.add_argument("--r-cut", type=float, default=None,
+                        help="cutoff in Å (default: 4.0 for molecules, 5.0 for periodic cells)")
+    parser.add_argument("--n-sparse", type=int, default=None,
+                        help="inducing environments per element (default: all, up to 2000)")
+    parser.add_argument("--method", choices=["sparse", "exact", "auto"], default=None,
+                        help="sparse GP (default), exact force-domain GP (small data: "
+                             "memory grows as the square of the force components), or auto "
+                             "(exact while it fits 4 GiB)")
+    parser.add_argument("--config", default=None,
+                        help="TOML file of parameters (see kernelpot fit --help)")
+    parser.add_argument("--n-jobs", type=int, default=None, help="joblib workers (default 1)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default 0)")

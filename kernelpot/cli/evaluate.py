@@ -1,0 +1,82 @@
+"""``kernelpot eval`` and ``kernelpot predict``: use a saved model on structures."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kernelpot import __version__
+from kernelpot.cli._common import CLIError, _errors, _load_model, _print_errors, _read_frames
+
+
+def _cmd_eval(args) -> int:
+    model = _load_model(args.model)
+    frames = _read_frames(args.test)
+    if args.output and not args.recalibrate:
+        raise CLIError("--output only goes with --recalibrate")
+    print(f"kernelpot {__version__}: {args.model} on {args.test} ({len(frames)} structures)")
+    if args.recalibrate:
+        valid = _read_frames(args.recalibrate)
+        _print_errors("test (before recalibration)", _errors(model, frames))
+        model.calibrate(valid)
+        scale = model.std_scale_
+        path = model.save(args.output or args.model,
+                          training_state=model.posterior_.keeps_training_data)
+        fitted = ", ".join(
+            f"{q} factor {scale[q]:.3g}, projection weight {scale.get(q + '_projection', 1):.3g}, "
+            f"exponent {scale.get(q + '_atom_exponent', scale.get(q + '_exponent', 1)):.3g}"
+            for q in ("energy", "forces"))
+        print(f"std calibration fitted on {args.recalibrate} ({len(valid)} structures): "
+              f"{fitted}; conformal intervals from "
+              f"{len(model.interval_scores_.get('forces', []))} force components; wrote {path}")
+    err = _errors(model, frames)
+    _print_errors("test", err)
+    if args.plot:
+        if not err["forces"]:
+            raise CLIError(f"{args.test} has no forces to plot")
+        from kernelpot.plotting import plot_parity
+
+        path = plot_parity(err["forces"], err["ref_forces"], err["forces_std"], args.plot)
+        print(f"wrote {path}")
+    if args.calibration_plot or args.error_plot:
+        if not err["forces"]:
+            raise CLIError(f"{args.test} has no forces to plot")
+        from kernelpot.plotting import plot_calibration, plot_error_vs_std
+
+        if args.calibration_plot:
+            print("wrote " + str(plot_calibration(err["forces"], err["ref_forces"],
+                                                  err["forces_std"], args.calibration_plot)))
+        if args.error_plot:
+            print("wrote " + str(plot_error_vs_std(err["forces"], err["ref_forces"],
+                                                   err["forces_std"], args.error_plot)))
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    model = _load_model(args.model)
+    frames = _read_frames(args.structures)
+    energies, forces, energy_std, forces_std = model.predict_energies_and_forces(
+        frames, return_std=True)
+    periodic = [k for k, atoms in enumerate(frames) if np.all(atoms.pbc)]
+    stresses = dict(zip(periodic, model.predict_stress([frames[k] for k in periodic])
+                        if periodic else [], strict=True))
+    out = []
+    for k, (atoms, energy, e_std, force, f_std) in enumerate(
+            zip(frames, energies, energy_std, forces, forces_std, strict=True)):
+        result = atoms.copy()
+        result.calc = None
+        result.info["energy_std"] = float(e_std)
+        result.arrays["forces_std"] = np.asarray(f_std, dtype=np.float64)
+        extra = {"stress": stresses[k]} if k in stresses else {}
+        result.calc = SinglePointCalculator(result, energy=float(energy), forces=force,
+                                            **extra)
+        out.append(result)
+    try:
+        write(args.output, out, format="extxyz")
+    except OSError as err:
+        raise CLIError(f"cannot write {args.output}: {err}") from err
+    print(f"kernelpot {__version__}: wrote {len(out)} structures with predicted energies, "
+          f"forces and their stds to {args.output}")
+    return 0

@@ -1,0 +1,84 @@
+"""``kernelpot md``: Langevin dynamics with a model, optionally learning on the fly."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from kernelpot import __version__
+from kernelpot.cli._common import CLIError, _load_model, _read_frames, _reference_calculator
+
+
+def _cmd_md(args) -> int:
+    from ase import units
+    from ase.io import write
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import thermalize_momenta
+    from sklearn.base import clone
+
+    from kernelpot import KernelPotCalculator, OnTheFlyLearner
+
+    if args.steps < 1 or args.temperature <= 0 or args.timestep <= 0 or args.interval < 1:
+        raise CLIError("--steps and --interval must be >= 1, --temperature and --timestep > 0")
+    if args.reference is None and (args.train or args.threshold is not None):
+        raise CLIError("--train and --threshold only go with --reference")
+    model = _load_model(args.model)
+    atoms = _read_frames(args.start)[0].copy()
+    atoms.calc = None
+    thermalize_momenta(atoms, temperature_K=args.temperature,
+                       rng=np.random.default_rng(args.seed))
+    dyn = Langevin(atoms, args.timestep * units.fs, temperature_K=args.temperature,
+                   friction=0.01 / units.fs, fixcm=False,
+                   rng=np.random.default_rng(args.seed + 1))
+    learner = None
+    if args.reference is not None:
+        if args.train is None:
+            raise CLIError("--reference needs --train (the model's training structures)")
+        train = _read_frames(args.train)
+        model = clone(model).set_params(incremental=True, verbose=0).fit(train)
+        learner = OnTheFlyLearner(model, _reference_calculator(args.reference),
+                                  threshold=args.threshold, directory=args.directory)
+    else:
+        atoms.calc = KernelPotCalculator(model)
+    frames = []
+
+    def record():
+        # model predictions under names ase.io does not take for reference labels
+        calc = atoms.calc
+        snapshot = atoms.copy()
+        snapshot.info["model_energy"] = float(calc.results["energy"])
+        snapshot.info["energy_std"] = float(calc.results["energy_std"])
+        snapshot.info["step"] = int(dyn.nsteps)
+        snapshot.arrays["model_forces"] = calc.results["forces"].copy()
+        snapshot.arrays["forces_std"] = calc.results["forces_std"].copy()
+        if learner is not None:  # the calibrated std the learner compares with its threshold
+            snapshot.arrays["gated_forces_std"] = learner.gated_std(calc.results)
+        frames.append(snapshot)
+
+    start = time.perf_counter()
+    if learner is not None:
+        dyn.attach(lambda: atoms.calc is not None and record(), interval=args.interval)
+        learner.run(dyn, args.steps)
+        if learner.stopped:
+            raise CLIError(f"the on-the-fly run stopped: {learner.stopped}")
+    else:
+        atoms.get_forces()
+        dyn.attach(record, interval=args.interval)
+        dyn.run(args.steps)
+    wall = time.perf_counter() - start
+    key = "forces_std" if learner is None else "gated_forces_std"
+    stds = [float(f.arrays[key].max()) for f in frames]
+    what = "largest force std" if learner is None else (
+        f"largest gated force std (threshold {learner.current_threshold:.3g} eV/Å)")
+    print(f"kernelpot {__version__}: {args.steps} Langevin steps of {args.timestep} fs at "
+          f"{args.temperature} K in {wall:.1f} s ({1e3 * wall / args.steps:.1f} ms/step); "
+          f"final temperature {atoms.get_temperature():.0f} K; {what} "
+          f"{max(stds) if stds else float('nan'):.3g} eV/Å")
+    if learner is not None:
+        print(f"{learner.n_reference_calls} {args.reference} calls; log, labelled frames and "
+              f"model in {args.directory}/")
+    if args.output:
+        write(args.output, frames, format="extxyz")
+        print(f"wrote {len(frames)} frames to {args.output}")
+    return 0
