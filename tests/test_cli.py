@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -95,7 +96,9 @@ def test_fit_eval_predict_round_trip(cli_files, capsys):
     assert main(["fit", str(cli_files / "train.xyz"), "-o", str(model_path),
                  "--config", str(config), "--n-sparse", "40", "--seed", "1", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "learned noise" in out and "training forces" in out and "wrote" in out
+    assert "learned noise" in out and "training (fitted on these) forces" in out
+    assert "leave-one-structure-out (12 structures" in out and "in all" in out
+    assert "training (fitted on these) calibration" not in out  # meaningless on training data
     model = load(model_path)
     assert model.descriptor_.n_max == 4 and model.n_restarts == 0
     assert model.random_state == 1  # the command line wins over the file
@@ -285,6 +288,7 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
                  str(traj)]) == 0
     out = capsys.readouterr().out
     assert "20 Langevin steps" in out and "wrote 5 frames" in out
+    assert "step      20" not in out  # a status line every 100 steps by default
     frames = read(traj, ":")
     assert [f.info["step"] for f in frames] == [0, 5, 10, 15, 20]
     assert frames[0].arrays["forces_std"].shape == (32, 3)
@@ -296,6 +300,8 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
                  str(tmp_path / "otf")]) == 0
     out = capsys.readouterr().out
     assert "largest gated force std (threshold 0.0001 eV/Å)" in out
+    assert out.startswith("on-the-fly MD: steps 0 to 25")  # the learner's lines on stdout
+    assert "reference call 1 | model error rms" in out
     calls = int(out.split(" emt calls")[0].split()[-1])
     assert 1 <= calls <= 3  # every 10 steps at most (min_interval) over 25 steps
     assert len(read(tmp_path / "otf" / "labelled.extxyz", ":")) == 4 + calls
@@ -319,3 +325,59 @@ def test_recalibrate_keeps_the_training_state(tmp_path, ethanol_frames, small_so
                  "--recalibrate", str(tmp_path / "valid.xyz")]) == 0
     reloaded = load(tmp_path / "inc.npz")
     assert reloaded.std_scale_ is not None and reloaded.posterior_.keeps_training_data
+
+
+def test_output_paths_are_checked_before_any_work(cli_files, tmp_path, capsys):
+    missing = tmp_path / "missing" / "model.npz"
+    start = time.perf_counter()
+    assert main(["fit", str(cli_files / "train.xyz"), "-o", str(missing)]) == 1
+    assert time.perf_counter() - start < 5  # refused before reading and fitting
+    err = capsys.readouterr().err
+    assert f"the directory {missing.parent} does not exist" in err
+    assert main(["fit", str(cli_files / "train.xyz"), "-o", str(tmp_path)]) == 1
+    assert "is a directory" in capsys.readouterr().err
+    model = cli_files / "model.npz"
+    if not model.exists():
+        assert main(["fit", str(cli_files / "train.xyz"), "-o", str(model), "--quiet"]) == 0
+    for argv in (["eval", str(model), str(cli_files / "test.xyz"), "--plot", str(missing)],
+                 ["predict", str(model), str(cli_files / "test.xyz"), "-o", str(missing)],
+                 ["md", str(model), str(cli_files / "test.xyz"), "--steps", "5",
+                  "--temperature", "300", "-o", str(missing)],
+                 ["learning-curve", str(cli_files / "train.xyz"), str(cli_files / "test.xyz"),
+                  "--sizes", "5", "--plot", str(missing)]):
+        assert main(argv) == 1, argv
+        assert "does not exist" in capsys.readouterr().err
+
+
+def test_fit_can_skip_the_training_evaluation(cli_files, tmp_path, capsys):
+    config = tmp_path / "quick.toml"
+    config.write_text("n_restarts = 0\n")
+    assert main(["fit", str(cli_files / "train.xyz"), "-o", str(tmp_path / "m.npz"),
+                 "--no-train-eval", "--config", str(config), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "training (fitted on these)" not in out and "leave-one-structure-out" in out
+    assert (tmp_path / "m.npz").exists()
+
+
+def test_md_without_stds_and_with_status_lines(cli_files, tmp_path, capsys):
+    from ase.io import read
+
+    model = tmp_path / "m.npz"
+    config = tmp_path / "quick.toml"
+    config.write_text("n_restarts = 0\n")
+    assert main(["fit", str(cli_files / "train.xyz"), "-o", str(model), "--no-train-eval",
+                 "--config", str(config), "--quiet"]) == 0
+    capsys.readouterr()
+    traj = tmp_path / "traj.xyz"
+    assert main(["md", str(model), str(cli_files / "test.xyz"), "--steps", "6",
+                 "--temperature", "300", "--interval", "3", "--no-std", "--status-every",
+                 "3", "-o", str(traj)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in out if line.startswith("step")] == ["3", "6"]
+    assert "largest force std" not in "\n".join(out)
+    frames = read(traj, ":")
+    assert "forces_std" not in frames[0].arrays and "model_forces" in frames[0].arrays
+    assert main(["md", str(model), str(cli_files / "test.xyz"), "--steps", "6",
+                 "--temperature", "300", "--no-std", "--reference", "emt", "--train",
+                 str(cli_files / "train.xyz")]) == 1
+    assert "--no-std does not go with --reference" in capsys.readouterr().err

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 import numpy as np
+
+#: When the command line started (this module is imported first): wall times printed
+#: "in all" count from here, imports included.
+STARTED = time.perf_counter()
 
 
 class CLIError(Exception):
@@ -154,7 +159,27 @@ def _errors(model, frames):
     }
 
 
-def _print_errors(title, err) -> None:
+def _check_output(path, what: str, directory: bool = False) -> None:
+    """Refuse an output path that cannot be written, before any work is done.
+
+    ``directory``: the path is a directory to create or reuse, not a file.
+    """
+    import os
+    from pathlib import Path
+
+    if path is None:
+        return
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.is_dir() and not directory:
+        raise CLIError(f"{what} {path} is a directory; give a file name")
+    if not parent.is_dir():
+        raise CLIError(f"cannot write {what} {path}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise CLIError(f"cannot write {what} {path}: the directory {parent} is not writable")
+
+
+def _print_errors(title, err, calibration: bool = True) -> None:
     from kernelpot import metrics
 
     if len(err["energies"]):
@@ -171,12 +196,38 @@ def _print_errors(title, err) -> None:
         print(f"{title} forces ({sum(len(x) for x in f)} atoms): MAE "
               f"{1e3 * metrics.mae(f, ref):.1f} meV/Å, RMSE {1e3 * metrics.rmse(f, ref):.1f} "
               f"meV/Å, max {1e3 * metrics.max_error(f, ref):.0f} meV/Å")
+        if not calibration:
+            return
+        n_atoms = sum(len(x) for x in f)
+        spearman = (f"{metrics.spearman_std_error(f, ref, std):.2f}" if n_atoms >= 3
+                    else "n/a (fewer than 3 atoms)")
         print(f"{title} calibration: {100 * metrics.coverage(f, ref, std, 1):.1f}% of force "
               f"components within 1 std (Gaussian 68.3%), "
               f"{100 * metrics.coverage(f, ref, std, 2):.1f}% within 2 (95.4%); Spearman "
-              f"(per-atom std, error) {metrics.spearman_std_error(f, ref, std):.2f}; "
-              f"negative log-likelihood {metrics.negative_log_likelihood(f, ref, std):.3f} "
-              "per component")
+              f"(per-atom std, error) {spearman}; negative log-likelihood "
+              f"{metrics.negative_log_likelihood(f, ref, std):.3f} nats per component")
+
+
+def _print_loso(model, frames) -> None:
+    """Print the leave-one-structure-out errors the fit computed (its std calibration)."""
+    terms = getattr(model.posterior_, "loso", None)
+    if terms is None:
+        return
+    forces = ~terms.is_energy
+    parts = []
+    if forces.any():
+        f = terms.errors[forces]
+        parts.append(f"force MAE {1e3 * np.mean(np.abs(f)):.1f} meV/Å, RMSE "
+                     f"{1e3 * np.sqrt(np.mean(f**2)):.1f} meV/Å")
+    if terms.is_energy.any():
+        n_atoms = np.array([len(frames[k]) for k in terms.structure[terms.is_energy]])
+        e = terms.errors[terms.is_energy] / n_atoms
+        parts.append(f"energy MAE {1e3 * np.mean(np.abs(e)):.2f} meV/atom")
+    used = ("the std calibration was fitted on these errors" if model.interval_kind_ == "loso"
+            else "too few structures for a std calibration: raw stds")
+    print(f"leave-one-structure-out ({terms.n_structures} structures, each predicted without "
+          f"its labels; hyperparameters and inducing points kept): {'; '.join(parts)}; "
+          f"{used}")
 
 
 def _reference_calculator(name):

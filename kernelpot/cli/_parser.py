@@ -178,6 +178,9 @@ def _add_fit(sub) -> argparse.ArgumentParser:
         epilog=_FIT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("train", help="training structures with energies and/or forces")
     parser.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
+    parser.add_argument("--no-train-eval", action="store_true",
+                        help="skip predicting the training set after the fit (its errors "
+                             "are printed otherwise; on a large set this takes a while)")
     _add_model_options(parser)
     parser.set_defaults(func=_cmd_fit)
     return parser
@@ -257,7 +260,7 @@ def _add_md(sub) -> argparse.ArgumentParser:
         epilog=_MD_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a model file written by kernelpot (.npz)")
     parser.add_argument("start", help="starting structure (the first frame of the file)")
-    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--steps", type=int, required=True, help="MD steps to run")
     parser.add_argument("--temperature", type=float, required=True, help="kelvin")
     parser.add_argument("--timestep", type=float, default=1.0, help="fs (default 1)")
     parser.add_argument("-o", "--output", default=None,
@@ -271,7 +274,14 @@ def _add_md(sub) -> argparse.ArgumentParser:
                         help="the model's training structures (with --reference)")
     parser.add_argument("--directory", default="otf_run",
                         help="on-the-fly log, labelled frames and checkpoints (with --reference)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the initial velocities and the Langevin noise (default 0)")
+    parser.add_argument("--no-std", action="store_true",
+                        help="compute energies and forces only, not their stds (faster; not "
+                             "with --reference)")
+    parser.add_argument("--status-every", type=int, default=100, metavar="STEPS",
+                        help="print a status line every STEPS steps (default 100; --quiet "
+                             "prints none)")
     parser.set_defaults(func=_cmd_md)
     return parser
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from kernelpot import __version__
-from kernelpot.cli._common import CLIError, _build_model, _progress, _read_frames
+from kernelpot.cli._common import (
+    CLIError,
+    _build_model,
+    _check_output,
+    _progress,
+    _read_frames,
+)
 
 
 def _cmd_learning_curve(args) -> int:
@@ -15,6 +21,7 @@ def _cmd_learning_curve(args) -> int:
         sizes = [int(token) for token in args.sizes.split(",")]
     except ValueError as err:
         raise CLIError(f"--sizes must be comma-separated integers; got {args.sizes!r}") from err
+    _check_output(args.plot, "the plot")
     train = _read_frames(args.train)
     test = _read_frames(args.test)
     model = _build_model(args, train)

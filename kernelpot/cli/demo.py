@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from kernelpot import __version__
-from kernelpot.cli._common import CLIError
+from kernelpot.cli._common import CLIError, _check_output
 
 
 def _cmd_demo(args) -> int:
@@ -16,6 +16,8 @@ def _cmd_demo(args) -> int:
     from kernelpot.datasets import load_ethanol
     from kernelpot.estimator import format_signal_std
 
+    if args.plot and args.plot.lower() != "none":
+        _check_output(args.plot, "the plot")
     frames = load_ethanol()
     index = np.arange(len(frames))
     test = [frames[i] for i in index[index % 4 == 3]]

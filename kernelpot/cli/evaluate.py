@@ -5,14 +5,24 @@ from __future__ import annotations
 import numpy as np
 
 from kernelpot import __version__
-from kernelpot.cli._common import CLIError, _errors, _load_model, _print_errors, _read_frames
+from kernelpot.cli._common import (
+    CLIError,
+    _check_output,
+    _errors,
+    _load_model,
+    _print_errors,
+    _read_frames,
+)
 
 
 def _cmd_eval(args) -> int:
-    model = _load_model(args.model)
-    frames = _read_frames(args.test)
     if args.output and not args.recalibrate:
         raise CLIError("--output only goes with --recalibrate")
+    for path, what in ((args.output, "the model file"), (args.plot, "the plot"),
+                       (args.calibration_plot, "the plot"), (args.error_plot, "the plot")):
+        _check_output(path, what)
+    model = _load_model(args.model)
+    frames = _read_frames(args.test)
     print(f"kernelpot {__version__}: {args.model} on {args.test} ({len(frames)} structures)")
     if args.recalibrate:
         valid = _read_frames(args.recalibrate)
@@ -55,6 +65,7 @@ def _cmd_predict(args) -> int:
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.io import write
 
+    _check_output(args.output, "the output file")
     model = _load_model(args.model)
     frames = _read_frames(args.structures)
     energies, forces, energy_std, forces_std = model.predict_energies_and_forces(

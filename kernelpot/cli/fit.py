@@ -5,26 +5,41 @@ from __future__ import annotations
 import time
 
 from kernelpot import __version__
-from kernelpot.cli._common import _build_model, _errors, _print_errors, _read_frames
+from kernelpot.cli._common import (
+    STARTED,
+    _build_model,
+    _check_output,
+    _errors,
+    _print_errors,
+    _print_loso,
+    _read_frames,
+)
 
 
 def _cmd_fit(args) -> int:
     from kernelpot.estimator import format_signal_std
 
+    _check_output(args.output, "the model file")
     frames = _read_frames(args.train)
     model = _build_model(args, frames)
-    start = time.perf_counter()
+    fit_start = time.perf_counter()
     model.fit(frames)
-    fit_s = time.perf_counter() - start
-    print(f"kernelpot {__version__}: fitted {len(frames)} structures in {fit_s:.1f} s, "
-          f"{sum(model.n_inducing_.values())} inducing environments {model.n_inducing_}")
-    print(f"learned noise: energy {1e3 * model.energy_noise_:.3g} meV per √atom, forces "
-          f"{1e3 * model.force_noise_:.3g} meV/Å; signal std "
-          f"{format_signal_std(model.signal_std_)} eV")
+    fit_s = time.perf_counter() - fit_start
+    print(f"kernelpot {__version__}: fitted {len(frames)} structures in {fit_s:.1f} s "
+          f"({model.method_} model), {sum(model.n_inducing_.values())} inducing environments "
+          f"{model.n_inducing_}")
+    print(f"learned noise: energy {1e3 * model.energy_noise_:.3g} meV/√atom (the noise of an "
+          f"N-atom structure's energy is σ_E √N), forces {1e3 * model.force_noise_:.3g} "
+          f"meV/Å; signal std {format_signal_std(model.signal_std_)} eV")
     if model.two_body_ is not None:
         print(f"two-body term: r_cut {model.two_body_.r_cut} Å, {model.two_body_.n_basis} "
               f"basis functions, prior std {model.two_body_.prior_std:.3g} × signal std")
-    _print_errors("training", _errors(model, frames))
+    _print_loso(model, frames)
+    if not args.no_train_eval:
+        evaluation = time.perf_counter()
+        _print_errors("training (fitted on these)", _errors(model, frames), calibration=False)
+        print(f"training-set evaluation in {time.perf_counter() - evaluation:.1f} s "
+              "(--no-train-eval skips it)")
     path = model.save(args.output)
-    print(f"wrote {path}")
+    print(f"wrote {path}; kernelpot fit took {time.perf_counter() - STARTED:.1f} s in all")
     return 0

@@ -7,7 +7,39 @@ import time
 import numpy as np
 
 from kernelpot import __version__
-from kernelpot.cli._common import CLIError, _load_model, _read_frames, _reference_calculator
+from kernelpot.cli._common import (
+    CLIError,
+    _check_output,
+    _load_model,
+    _read_frames,
+    _reference_calculator,
+)
+
+
+def _status_line(dyn, start: float, no_std: bool) -> str:
+    """Return the periodic stdout line of plain MD: step, time, temperature, std, speed."""
+    from ase import units
+
+    atoms = dyn.atoms
+    results = atoms.calc.results
+    std = "" if no_std else f" | largest force std {float(results['forces_std'].max()):.3f} eV/Å"
+    elapsed = time.perf_counter() - start
+    return (f"step {dyn.nsteps:>7} {dyn.get_time() / units.fs:>9.1f} fs "
+            f"{atoms.get_temperature():>6.0f} K{std} | {elapsed / dyn.nsteps:.3f} s/step, "
+            f"total {elapsed:.0f} s")
+
+
+def _check_md_args(args) -> None:
+    """Refuse option values and combinations that cannot work, before any work."""
+    if args.steps < 1 or args.temperature <= 0 or args.timestep <= 0 or args.interval < 1:
+        raise CLIError("--steps and --interval must be >= 1, --temperature and --timestep > 0")
+    if args.reference is None and (args.train or args.threshold is not None):
+        raise CLIError("--train and --threshold only go with --reference")
+    if args.reference is not None and args.no_std:
+        raise CLIError("--no-std does not go with --reference: on-the-fly learning gates on "
+                       "the force std")
+    if args.status_every < 1:
+        raise CLIError("--status-every must be >= 1")
 
 
 def _cmd_md(args) -> int:
@@ -19,10 +51,10 @@ def _cmd_md(args) -> int:
 
     from kernelpot import KernelPotCalculator, OnTheFlyLearner
 
-    if args.steps < 1 or args.temperature <= 0 or args.timestep <= 0 or args.interval < 1:
-        raise CLIError("--steps and --interval must be >= 1, --temperature and --timestep > 0")
-    if args.reference is None and (args.train or args.threshold is not None):
-        raise CLIError("--train and --threshold only go with --reference")
+    _check_md_args(args)
+    _check_output(args.output, "the trajectory")
+    if args.reference is not None:
+        _check_output(args.directory, "the run directory", directory=True)
     model = _load_model(args.model)
     atoms = _read_frames(args.start)[0].copy()
     atoms.calc = None
@@ -38,9 +70,10 @@ def _cmd_md(args) -> int:
         train = _read_frames(args.train)
         model = clone(model).set_params(incremental=True, verbose=0).fit(train)
         learner = OnTheFlyLearner(model, _reference_calculator(args.reference),
-                                  threshold=args.threshold, directory=args.directory)
+                                  threshold=args.threshold, directory=args.directory,
+                                  verbose=int(not args.quiet), status_every=args.status_every)
     else:
-        atoms.calc = KernelPotCalculator(model)
+        atoms.calc = KernelPotCalculator(model, uncertainty=not args.no_std)
     frames = []
 
     def record():
@@ -48,10 +81,11 @@ def _cmd_md(args) -> int:
         calc = atoms.calc
         snapshot = atoms.copy()
         snapshot.info["model_energy"] = float(calc.results["energy"])
-        snapshot.info["energy_std"] = float(calc.results["energy_std"])
         snapshot.info["step"] = int(dyn.nsteps)
         snapshot.arrays["model_forces"] = calc.results["forces"].copy()
-        snapshot.arrays["forces_std"] = calc.results["forces_std"].copy()
+        if not args.no_std:
+            snapshot.info["energy_std"] = float(calc.results["energy_std"])
+            snapshot.arrays["forces_std"] = calc.results["forces_std"].copy()
         if learner is not None:  # the calibrated std the learner compares with its threshold
             snapshot.arrays["gated_forces_std"] = learner.gated_std(calc.results)
         frames.append(snapshot)
@@ -65,16 +99,19 @@ def _cmd_md(args) -> int:
     else:
         atoms.get_forces()
         dyn.attach(record, interval=args.interval)
+        if not args.quiet:
+            dyn.attach(lambda: dyn.nsteps and print(_status_line(dyn, start, args.no_std),
+                                                    flush=True), interval=args.status_every)
         dyn.run(args.steps)
     wall = time.perf_counter() - start
     key = "forces_std" if learner is None else "gated_forces_std"
-    stds = [float(f.arrays[key].max()) for f in frames]
+    stds = [float(f.arrays[key].max()) for f in frames if key in f.arrays]
     what = "largest force std" if learner is None else (
         f"largest gated force std (threshold {learner.current_threshold:.3g} eV/Å)")
+    largest = f"; {what} {max(stds):.3g} eV/Å" if stds else ""
     print(f"kernelpot {__version__}: {args.steps} Langevin steps of {args.timestep} fs at "
           f"{args.temperature} K in {wall:.1f} s ({1e3 * wall / args.steps:.1f} ms/step); "
-          f"final temperature {atoms.get_temperature():.0f} K; {what} "
-          f"{max(stds) if stds else float('nan'):.3g} eV/Å")
+          f"final temperature {atoms.get_temperature():.0f} K{largest}")
     if learner is not None:
         print(f"{learner.n_reference_calls} {args.reference} calls; log, labelled frames and "
               f"model in {args.directory}/")
