@@ -44,6 +44,15 @@ def test_unreadable_file(tmp_path, capsys):
     path.write_text("this is not\nan xyz file\n")
     assert main(["descriptors", str(path)]) == 1
     assert "cannot read" in capsys.readouterr().err
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    assert main(["descriptors", str(text)]) == 1
+    err = capsys.readouterr().err
+    assert "ase.io does not know its format" in err and "extxyz" in err
+    # a structure file given as the model: what a model file is, no numpy pickle advice
+    assert main(["eval", str(path), str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "is not a kernelpot model file" in err and "pickle" not in err
 
 
 def test_debug_shows_traceback():

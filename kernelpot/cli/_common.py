@@ -43,13 +43,20 @@ def _progress(args) -> int:
 
 def _read_frames(path: str) -> list:
     from ase.io import read
+    from ase.io.formats import UnknownFileTypeError
 
     try:
         frames = read(path, ":")
     except FileNotFoundError as err:
         raise CLIError(f"no such file: {path}") from err
+    except UnknownFileTypeError as err:
+        raise CLIError(f"cannot read {path}: ase.io does not know its format from the name "
+                       "or the contents; give a structure file ase.io reads (extended XYZ "
+                       "'.extxyz'/'.xyz', VASP POSCAR/OUTCAR/vasprun.xml, ASE '.traj', CIF, "
+                       "...) with its usual name") from err
     except Exception as err:  # ase.io raises many types for unreadable files
-        raise CLIError(f"cannot read {path} with ase.io: {err}") from err
+        raise CLIError(f"cannot read {path} as structures with ase.io "
+                       f"({type(err).__name__}: {err})") from err
     if not frames:
         raise CLIError(f"{path} holds no structures")
     return frames
