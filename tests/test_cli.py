@@ -60,7 +60,7 @@ def test_debug_shows_traceback():
         main(["descriptors", "missing.xyz", "--debug"])
 
 
-@pytest.mark.parametrize("command", ["descriptors", "demo", "fit", "eval", "predict",
+@pytest.mark.parametrize("command", ["descriptors", "demo", "fit", "info", "eval", "predict",
                                      "learning-curve", "md"])
 def test_help_has_an_example(command):
     result = subprocess.run([sys.executable, "-m", "kernelpot", command, "--help"],
@@ -390,3 +390,27 @@ def test_md_without_stds_and_with_status_lines(cli_files, tmp_path, capsys):
                  "--temperature", "300", "--no-std", "--reference", "emt", "--train",
                  str(cli_files / "train.xyz")]) == 1
     assert "--no-std does not go with --reference" in capsys.readouterr().err
+
+
+def test_info_describes_a_model_file(cli_files, tmp_path, capsys):
+    from kernelpot import load
+    from kernelpot.io import FORMAT_VERSION
+
+    model = tmp_path / "m.npz"
+    config = tmp_path / "quick.toml"
+    config.write_text("n_restarts = 0\nforce_noise = 0.07\n")
+    assert main(["fit", str(cli_files / "train.xyz"), "-o", str(model), "--no-train-eval",
+                 "--config", str(config), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(model)]) == 0
+    out = capsys.readouterr().out
+    fitted = load(model)
+    assert f"format version {FORMAT_VERSION}, written by kernelpot" in out
+    assert "species H C O" in out and "SOAP(" in out and "NormalizedDotProduct" in out
+    assert f"force noise σ_F {1e3 * fitted.force_noise_:.3g} meV/Å" in out
+    assert "12 structures" in out and f"inducing environments {sum(fitted.n_inducing_.values())}" \
+        in out
+    assert "leave-one-structure-out" in out and "jackknife+ intervals" in out
+    assert "force_noise=0.07" in out and "n_restarts=0" in out
+    assert main(["info", str(cli_files / "train.xyz")]) == 1
+    assert "is not a kernelpot model file" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from kernelpot.cli.demo import _cmd_demo
 from kernelpot.cli.descriptors import _cmd_descriptors
 from kernelpot.cli.evaluate import _cmd_eval, _cmd_predict
 from kernelpot.cli.fit import _cmd_fit
+from kernelpot.cli.info import _cmd_info
 from kernelpot.cli.md import _cmd_md
 
 _DEMO_EXAMPLE = """\
@@ -46,6 +47,12 @@ symmetry-function grid), e.g.
 two-body term, kernelpot.TwoBody, with those parameters; command-line options win)
 """
 
+
+_INFO_EXAMPLE = """\
+examples:
+  kernelpot info model.npz
+  kernelpot info otf_run/model.npz        # the on-the-fly learner's last checkpoint
+"""
 
 _EVAL_EXAMPLE = """\
 examples:
@@ -115,7 +122,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kernelpot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_demo, _add_descriptors, _add_fit, _add_eval, _add_predict,
+    for add in (_add_demo, _add_descriptors, _add_fit, _add_info, _add_eval, _add_predict,
                 _add_learning_curve, _add_md):
         _add_logging_options(add(sub))
     return parser
@@ -183,6 +190,20 @@ def _add_fit(sub) -> argparse.ArgumentParser:
                              "are printed otherwise; on a large set this takes a while)")
     _add_model_options(parser)
     parser.set_defaults(func=_cmd_fit)
+    return parser
+
+
+def _add_info(sub) -> argparse.ArgumentParser:
+    """Add the ``info`` subcommand to ``sub`` and return its parser."""
+    parser = sub.add_parser(
+        "info", help="what a model file holds: species, descriptor, kernel, noise, calibration",
+        description="Print what a saved model holds without predicting: file format and the "
+                    "kernelpot version that wrote it, species, descriptor, kernel and "
+                    "hyperparameters, learned noise levels, training-set size, inducing "
+                    "environments, the std calibration and the interval kind.",
+        epilog=_INFO_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a model file written by kernelpot (.npz)")
+    parser.set_defaults(func=_cmd_info)
     return parser
 
 

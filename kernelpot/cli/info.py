@@ -1,0 +1,70 @@
+"""``kernelpot info``: what a model file holds, without predicting anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kernelpot.cli._common import _load_model
+
+
+def _cmd_info(args) -> int:
+    from ase.data import chemical_symbols
+
+    from kernelpot import io
+    from kernelpot.estimator import format_signal_std
+
+    model = _load_model(args.model)  # checks the file: format, version, checksum
+    metadata, arrays = io.read_model_file(args.model)
+    size = Path(args.model).stat().st_size / 2**20
+    print(f"{args.model}: kernelpot model file, format version {metadata['format_version']}, "
+          f"written by kernelpot {metadata.get('kernelpot_version', '?')}; {size:.1f} MiB")
+    symbols = " ".join(chemical_symbols[int(z)] for z in model.species_)
+    print(f"model: {type(model).__name__}, {model.method_} GP; species {symbols}")
+    print(f"descriptor: {model.descriptor_!r}")
+    print(f"kernel: {model.kernel_!r}")
+    if model.two_body_ is not None:
+        print(f"two-body term: {model.two_body_!r}")
+    print(f"hyperparameters: signal std {format_signal_std(model.signal_std_)} eV; energy "
+          f"noise σ_E {1e3 * model.energy_noise_:.3g} meV/√atom (an N-atom structure's "
+          f"energy noise is σ_E √N); force noise σ_F {1e3 * model.force_noise_:.3g} meV/Å; "
+          f"log marginal likelihood {model.log_marginal_likelihood_value_:.2f}")
+    print(f"training data: {_training_size(model, arrays)}; inducing environments "
+          f"{sum(model.n_inducing_.values())} {model.n_inducing_}")
+    print(f"uncertainty: {_calibration_state(model)}")
+    changed = {k: v for k, v in model.get_params(deep=False).items()
+               if k not in ("descriptor", "kernel", "two_body")
+               and v != type(model)().get_params(deep=False)[k]}
+    print("parameters other than the defaults: "
+          + (", ".join(f"{k}={v!r}" for k, v in sorted(changed.items())) or "none"))
+    return 0
+
+
+def _training_size(model, arrays) -> str:
+    """Describe the training set as far as the file records it."""
+    posterior = model.posterior_
+    if getattr(posterior, "training", None) is not None:
+        return (f"{posterior.n_training_structures} structures (training state kept: "
+                "update and on-the-fly learning can continue)")
+    if "loo_shift" in arrays:
+        return (f"{arrays['loo_shift'].shape[1]} structures (training state not kept: "
+                "restore_training before update)")
+    return "structure count not recorded (training state not kept)"
+
+
+def _calibration_state(model) -> str:
+    """Describe the std calibration and interval kind of a fitted model."""
+    kind = model.interval_kind_
+    if not model.std_scale_:
+        return ("raw stds (calibration=None, or too few structures for a LOSO map); "
+                "intervals are Gaussian and carry no guarantee")
+    scale = model.std_scale_
+    where = {"loso": "the training structures' leave-one-structure-out errors (default)",
+             "validation": "validation structures (calibrate)"}.get(kind, str(kind))
+    terms = ", ".join(
+        f"{q}: factor {scale[q]:.3g}, projection weight {scale.get(q + '_projection', 1):.3g}, "
+        f"exponent {scale.get(q + '_atom_exponent', scale.get(q + '_exponent', 1)):.3g}, "
+        f"noise factor {scale.get(q + '_noise', 1):.3g}"
+        for q in ("energy", "forces") if q in scale)
+    intervals = "jackknife+" if kind == "loso" else "split conformal"
+    applied = "" if model.apply_calibration else " (not applied: apply_calibration=False)"
+    return f"std map fitted on {where}{applied}: {terms}; {intervals} intervals"
