@@ -23,6 +23,16 @@ def _pyplot():
     return plt
 
 
+def _plain_log_ticks(*axes) -> None:
+    """Label log axes with plain numbers at 1, 2, 5 × 10^k, and no crowded minor labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    for axis in axes:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.set_minor_formatter(NullFormatter())
+
+
 def _save(fig, path) -> Path:
     """Write ``fig`` to ``path`` at 200 dpi, close it and return the path."""
     import matplotlib.pyplot as plt
@@ -65,15 +75,15 @@ def plot_otf_log(log: str | os.PathLike, path: str | os.PathLike,
     if not records:
         raise ValueError(f"plot_otf_log: {log} holds no steps")
     time_ps = np.array([r["time_fs"] for r in records]) / 1000.0
-    max_std = np.array([r["max_force_std"] for r in records])
-    threshold = np.array([r["threshold"] for r in records])
+    max_std = 1e3 * np.array([r["max_force_std"] for r in records])
+    threshold = 1e3 * np.array([r["threshold"] for r in records])
     called = np.array([r["reference_called"] for r in records])
     fig, ax = plt.subplots(figsize=(3.5, 2.6), constrained_layout=True)
     ax.plot(time_ps, max_std, lw=0.8, label="largest force std")
     ax.plot(time_ps, threshold, color="k", lw=0.6, ls="--", label="threshold")
     ax.plot(time_ps[called], max_std[called], "v", ms=4, label=f"{reference_name} call")
     ax.set_xlabel("time (ps)")
-    ax.set_ylabel("force std (eV/Å)")
+    ax.set_ylabel("force std (meV/Å)")
     if np.all(max_std > 0):
         ax.set_yscale("log")
     ax.legend(fontsize=7, frameon=False)
@@ -113,9 +123,10 @@ def plot_parity(predicted_forces: ArrayLike, reference_forces: ArrayLike, forces
                          f"number of components (> 0); got {pred.size}, {ref.size}, {std.size}")
     order = np.argsort(std)  # the most uncertain on top
     fig, ax = plt.subplots(figsize=(3.5, 3.0), constrained_layout=True)
+    std = 1e3 * std  # stds and errors in meV/Å, forces in eV/Å (README: units)
     positive = std[std > 0]
     norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size > 1 else None
-    points = ax.scatter(ref[order], pred[order], c=np.maximum(std[order], 1e-12), s=3,
+    points = ax.scatter(ref[order], pred[order], c=np.maximum(std[order], 1e-9), s=3,
                         cmap="viridis", norm=norm, linewidths=0, rasterized=True)
     low, high = float(min(ref.min(), pred.min())), float(max(ref.max(), pred.max()))
     ax.plot([low, high], [low, high], color="k", lw=0.6, ls="--")
@@ -127,7 +138,9 @@ def plot_parity(predicted_forces: ArrayLike, reference_forces: ArrayLike, forces
     ax.text(0.04, 0.96, f"MAE {1e3 * metrics.mae(pred, ref):.1f} meV/Å\n"
             f"RMSE {1e3 * metrics.rmse(pred, ref):.1f} meV/Å", transform=ax.transAxes,
             va="top", fontsize=7)
-    fig.colorbar(points, ax=ax, label="predicted std (eV/Å)", shrink=0.8)
+    bar = fig.colorbar(points, ax=ax, label="predicted std (meV/Å)", shrink=0.8)
+    if norm is not None:
+        _plain_log_ticks(bar.ax.yaxis)
     return _save(fig, path)
 
 
@@ -204,7 +217,7 @@ def plot_calibration(predicted: ArrayLike, reference: ArrayLike, std: ArrayLike,
 
     nominal, observed = metrics.coverage_curve(predicted, reference, std)
     fig, ax = plt.subplots(figsize=(3.2, 3.0), constrained_layout=True)
-    ax.plot([0, 1], [0, 1], color="k", lw=0.6, ls="--", label="calibrated")
+    ax.plot([0, 1], [0, 1], color="k", lw=0.6, ls="--", label="ideal (observed = nominal)")
     ax.plot(nominal, observed, "o-", ms=3, label=label)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
@@ -242,7 +255,7 @@ def plot_error_vs_std(predicted_forces: ArrayLike, reference_forces: ArrayLike,
                                      zip(predicted_forces, reference_forces, strict=True)])
     stds = metrics.per_atom_norms(forces_std)
     rho = metrics.spearman_std_error(predicted_forces, reference_forces, forces_std)
-    fig, ax = plt.subplots(figsize=(3.2, 3.0), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(3.6, 3.2), constrained_layout=True)
     ax.scatter(1e3 * stds, 1e3 * np.maximum(errors, 1e-12), s=3, linewidths=0,
                rasterized=True)
     low = 1e3 * max(min(stds.min(), errors[errors > 0].min() if np.any(errors > 0) else 1),
@@ -251,7 +264,8 @@ def plot_error_vs_std(predicted_forces: ArrayLike, reference_forces: ArrayLike,
     ax.plot([low, high], [low, high], color="k", lw=0.6, ls="--", label="error = std")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("predicted force std per atom (meV/Å)")
+    _plain_log_ticks(ax.xaxis, ax.yaxis)
+    ax.set_xlabel("predicted std per atom (meV/Å)")
     ax.set_ylabel("force error per atom (meV/Å)")
     ax.legend(fontsize=7, title=f"Spearman {rho:.2f}", title_fontsize=7, frameon=False,
               loc="upper left")

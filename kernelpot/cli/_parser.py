@@ -59,12 +59,18 @@ examples:
   kernelpot eval model.npz test.xyz
   kernelpot eval model.npz test.xyz --plot parity.png --calibration-plot cal.png \\
       --error-plot err.png
-  kernelpot eval model.npz test.xyz --recalibrate valid.xyz   # fit std factors, save them
+  kernelpot eval model.npz test.xyz --recalibrate valid.xyz   # refit the std map, save it
 
---recalibrate fits one factor for energy stds and one for force stds that give the
-validation errors' z-scores unit variance, stores them in the model file (or in
+A model's stds are calibrated at fit time on its training structures' leave-one-
+structure-out errors. --recalibrate replaces that map with one fitted on VALID
+(labelled structures not trained on) by maximum likelihood: per quantity (energy,
+forces) a scale, a weight of the projection term, an exponent and a factor of the
+learned noise (four parameters each; only the scale below 50 values), plus the
+conformal scores behind return_interval. It stores them in the model file (or in
 --output) and reports the test metrics with them; the model applies them to every std
 it reports (SparseGPPotential(apply_calibration=False) switches them off).
+
+Units: energies in meV per structure and per atom, forces and their stds in meV/Å.
 """
 
 
@@ -96,13 +102,13 @@ near-duplicates are not picked twice; the labels are not used to pick).
 _MD_EXAMPLE = """\
 examples:
   kernelpot md model.npz start.xyz --steps 2000 --temperature 600 -o traj.extxyz
+  kernelpot md model.npz start.xyz --steps 2000 --temperature 800 --reference emt \\
+      --train train.xyz --directory otf_run
 
 The trajectory holds the model's predictions as info["model_energy"], info["energy_std"],
 arrays["model_forces"] and arrays["forces_std"] (and, learning on the fly,
 arrays["gated_forces_std"], the calibrated std compared with the threshold); they are not
 stored as reference labels, so the file is not mistaken for training data.
-  kernelpot md model.npz start.xyz --steps 2000 --temperature 800 --reference emt \\
-      --train train.xyz --directory otf_run
 
 Langevin dynamics (friction 0.01/fs) with the model as ASE calculator. With --reference
 (emt, or xtb for GFN2-xTB from tblite) the run is uncertainty-gated: the model is refitted
@@ -224,7 +230,9 @@ def _add_eval(sub) -> argparse.ArgumentParser:
     parser.add_argument("--error-plot", default=None,
                         help="write per-atom force error against predicted std")
     parser.add_argument("--recalibrate", default=None, metavar="VALID",
-                        help="fit std calibration factors on these labelled structures first")
+                        help="refit the std calibration map (four parameters per quantity) "
+                             "and the interval scores on these labelled validation structures "
+                             "first")
     parser.add_argument("-o", "--output", default=None,
                         help="with --recalibrate: write the calibrated model here instead of "
                              "updating MODEL")
@@ -327,6 +335,7 @@ def _add_model_options(parser) -> None:
                              "memory grows as the square of the force components), or auto "
                              "(exact while it fits 4 GiB)")
     parser.add_argument("--config", default=None,
-                        help="TOML file of parameters (see kernelpot fit --help)")
+                        help="TOML file of estimator and descriptor parameters (format: "
+                             "the examples at the end of kernelpot fit --help)")
     parser.add_argument("--n-jobs", type=int, default=None, help="joblib workers (default 1)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
