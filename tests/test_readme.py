@@ -1,7 +1,10 @@
-"""The README's Python example runs as written (on bundled frames)."""
+"""The README's examples run as written: the Python ones on bundled frames, the
+command-line workflow (slow) on EMT copper cells."""
 
 from pathlib import Path
 
+import numpy as np
+import pytest
 from ase.io import write
 
 from kernelpot import load_ethanol
@@ -35,3 +38,48 @@ def test_uncertainty_example_runs():
     assert len(intervals) == 5 and intervals[0].shape == (9, 3, 2)
     assert namespace["e_intervals"].shape == (5, 2)
     assert namespace["model"].interval_scores_["energy"].size == 19
+
+
+def _shell_commands(section: str) -> list[str]:
+    """The ``kernelpot`` lines of the first bash block after ``section``, options in [...]
+    left out and comments dropped."""
+    import re
+
+    block = README.read_text().split(section)[1].split("```bash")[1].split("```")[0]
+    lines = [line.split("  #")[0].strip() for line in block.splitlines()]
+    return [re.sub(r"\s*\[[^\]]*\]", "", line) for line in lines
+            if line.startswith("kernelpot ")]
+
+
+@pytest.mark.slow
+def test_readme_workflow_runs_as_written(tmp_path, monkeypatch):
+    """The README's command-line workflow, every line as written, on EMT copper cells."""
+    import shlex
+
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from kernelpot.cli import main
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(260):
+        atoms = bulk("Cu", "fcc", 3.6, cubic=True)
+        atoms.positions += rng.normal(0, 0.1, atoms.positions.shape)
+        atoms.calc = EMT()
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+        frames.append(atoms)
+    monkeypatch.chdir(tmp_path)
+    write("train.xyz", frames[:220])
+    write("test.xyz", frames[220:250])
+    write("new.xyz", frames[250:])
+    write("start.xyz", frames[0])
+    commands = _shell_commands("From your own labelled structures")
+    assert len(commands) >= 6 and any(" md " in f" {c} " for c in commands)
+    for command in commands:
+        argv = shlex.split(command)[1:]
+        assert main(argv) == 0, command
+    for output in ("model.npz", "parity.png", "predicted.xyz", "lc.png", "traj.extxyz"):
+        assert (tmp_path / output).exists(), output

@@ -40,7 +40,7 @@ def _cmd_demo(args) -> int:
     fit_s = time.perf_counter() - start
     print(f"fitted in {fit_s:.1f} s with {sum(model.n_inducing_.values())} inducing "
           f"environments {model.n_inducing_}")
-    print(f"learned noise: energy {1e3 * model.energy_noise_:.2f} meV/atom, forces "
+    print(f"learned noise: energy {1e3 * model.energy_noise_:.2f} meV/√atom, forces "
           f"{1e3 * model.force_noise_:.1f} meV/Å; signal "
           f"{format_signal_std(model.signal_std_)} eV")
     start = time.perf_counter()
