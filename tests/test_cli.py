@@ -124,7 +124,7 @@ def test_fit_eval_predict_round_trip(cli_files, capsys):
 
     predicted = cli_files / "predicted.xyz"
     assert main(["predict", str(model_path), str(cli_files / "test.xyz"), "-o",
-                 str(predicted)]) == 0
+                 str(predicted), "--n-jobs", "2"]) == 0  # two workers, the same numbers
     frames = read(predicted, ":")
     test = read(cli_files / "test.xyz", ":")
     energies, energy_std = model.predict(test, return_std=True)
@@ -414,3 +414,42 @@ def test_info_describes_a_model_file(cli_files, tmp_path, capsys):
     assert "force_noise=0.07" in out and "n_restarts=0" in out
     assert main(["info", str(cli_files / "train.xyz")]) == 1
     assert "is not a kernelpot model file" in capsys.readouterr().err
+
+
+def test_md_ensembles_and_restart(tmp_path, capsys):
+    from ase.io import read, write
+    from helpers import emt_copper_frames
+
+    train = emt_copper_frames(4, seed=3, rattle=0.08)
+    write(tmp_path / "train.xyz", train)
+    write(tmp_path / "start.xyz", train[0])
+    config = tmp_path / "cu.toml"
+    config.write_text("n_restarts = 0\n")
+    model = tmp_path / "cu.npz"
+    assert main(["fit", str(tmp_path / "train.xyz"), "-o", str(model), "--descriptor", "acsf",
+                 "--r-cut", "4.0", "--config", str(config), "--no-train-eval", "--quiet"]) == 0
+    run = ["md", str(model), str(tmp_path / "start.xyz"), "--steps", "4", "--temperature",
+           "300", "--interval", "2", "--timestep", "2"]
+    assert main([*run, "--ensemble", "nve", "-o", str(tmp_path / "nve.xyz")]) == 0
+    assert "4 NVE (velocity Verlet) steps" in capsys.readouterr().out
+    nve = read(tmp_path / "nve.xyz", ":")
+    energies = [a.info["model_energy"] + a.get_kinetic_energy() for a in nve]
+    assert np.ptp(energies) < 0.02  # NVE keeps the total energy (32 atoms, 2 fs)
+    assert main([*run, "--ensemble", "npt", "--pressure", "1.0", "-o",
+                 str(tmp_path / "npt.xyz")]) == 0
+    assert "NPT (MTK, 1.0 GPa)" in capsys.readouterr().out
+    npt = read(tmp_path / "npt.xyz", ":")
+    assert npt[-1].get_volume() != pytest.approx(npt[0].get_volume(), rel=1e-9)  # cell moves
+    # restart: the last frame with its velocities, step numbers continued
+    assert main(["md", str(model), str(tmp_path / "nve.xyz"), "--restart", "--steps", "4",
+                 "--temperature", "300", "--interval", "2", "--timestep", "2", "--ensemble",
+                 "nve", "-o", str(tmp_path / "more.xyz")]) == 0
+    more = read(tmp_path / "more.xyz", ":")
+    assert [a.info["step"] for a in more] == [6, 8]
+    total = [a.info["model_energy"] + a.get_kinetic_energy() for a in more]
+    assert abs(total[0] - energies[-1]) < 0.02  # continued, not re-thermalised
+    assert main(["md", str(model), str(tmp_path / "start.xyz"), "--restart", "--steps", "2",
+                 "--temperature", "300"]) == 1
+    assert "carries no velocities" in capsys.readouterr().err
+    assert main([*run, "--friction", "0"]) == 1
+    assert "--friction" in capsys.readouterr().err

@@ -104,13 +104,16 @@ examples:
   kernelpot md model.npz start.xyz --steps 2000 --temperature 600 -o traj.extxyz
   kernelpot md model.npz start.xyz --steps 2000 --temperature 800 --reference emt \\
       --train train.xyz --directory otf_run
+  kernelpot md model.npz traj.extxyz --restart --steps 2000 --temperature 600 -o more.extxyz
+  kernelpot md model.npz cell.xyz --ensemble npt --pressure 1.0 --steps 5000 --temperature 300
 
 The trajectory holds the model's predictions as info["model_energy"], info["energy_std"],
 arrays["model_forces"] and arrays["forces_std"] (and, learning on the fly,
 arrays["gated_forces_std"], the calibrated std compared with the threshold); they are not
 stored as reference labels, so the file is not mistaken for training data.
 
-Langevin dynamics (friction 0.01/fs) with the model as ASE calculator. With --reference
+Langevin dynamics by default (--ensemble nve and npt: see above) with the model as ASE
+calculator; the trajectory keeps the velocities, so --restart continues it. With --reference
 (emt, or xtb for GFN2-xTB from tblite) the run is uncertainty-gated: the model is refitted
 on --train (its own training structures, as an incremental model) and learns on the fly
 whenever the calibrated force std exceeds --threshold (default: the largest calibrated
@@ -236,6 +239,8 @@ def _add_eval(sub) -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", default=None,
                         help="with --recalibrate: write the calibrated model here instead of "
                              "updating MODEL")
+    parser.add_argument("--n-jobs", type=int, default=1,
+                        help="joblib workers over the structures (default 1; -1: all cores)")
     parser.set_defaults(func=_cmd_eval)
     return parser
 
@@ -250,6 +255,8 @@ def _add_predict(sub) -> argparse.ArgumentParser:
     parser.add_argument("model", help="a model file written by kernelpot (.npz)")
     parser.add_argument("structures", help="structures (any file ase.io reads)")
     parser.add_argument("-o", "--output", required=True, help="extended XYZ file to write")
+    parser.add_argument("--n-jobs", type=int, default=1,
+                        help="joblib workers over the structures (default 1; -1: all cores)")
     parser.set_defaults(func=_cmd_predict)
     return parser
 
@@ -283,7 +290,8 @@ def _add_md(sub) -> argparse.ArgumentParser:
     """Add the ``md`` subcommand to ``sub`` and return its parser."""
     parser = sub.add_parser(
         "md", help="molecular dynamics with a model, optionally learning on the fly",
-        description="Run Langevin molecular dynamics with a saved model as ASE calculator; "
+        description="Run molecular dynamics (Langevin, NVE or NPT) with a saved model as ASE "
+                    "calculator; "
                     "with --reference, uncertainty-gated MD that calls the reference and "
                     "learns when the model is unsure.",
         epilog=_MD_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -305,6 +313,24 @@ def _add_md(sub) -> argparse.ArgumentParser:
                         help="on-the-fly log, labelled frames and checkpoints (with --reference)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the initial velocities and the Langevin noise (default 0)")
+    parser.add_argument("--ensemble", choices=["langevin", "nve", "npt"], default="langevin",
+                        help="langevin (default; --friction), nve (velocity Verlet: "
+                             "--temperature only sets the initial velocities) or npt "
+                             "(isotropic Martyna-Tobias-Klein barostat with Nosé-Hoover "
+                             "chains, ASE's IsotropicMTKNPT; periodic cells; --pressure, "
+                             "--tdamp, --pdamp)")
+    parser.add_argument("--friction", type=float, default=0.01,
+                        help="Langevin friction, 1/fs (default 0.01)")
+    parser.add_argument("--pressure", type=float, default=0.0,
+                        help="npt: external pressure, GPa (default 0)")
+    parser.add_argument("--tdamp", type=float, default=100.0,
+                        help="npt: thermostat time constant, fs (default 100)")
+    parser.add_argument("--pdamp", type=float, default=1000.0,
+                        help="npt: barostat time constant, fs (default 1000)")
+    parser.add_argument("--restart", action="store_true",
+                        help="start from the last frame of START with the velocities it "
+                             "carries (a trajectory written by -o) instead of its first frame "
+                             "with thermal ones; step numbers continue")
     parser.add_argument("--no-std", action="store_true",
                         help="compute energies and forces only, not their stds (faster; not "
                              "with --reference)")

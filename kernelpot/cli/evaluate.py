@@ -22,6 +22,7 @@ def _cmd_eval(args) -> int:
                        (args.calibration_plot, "the plot"), (args.error_plot, "the plot")):
         _check_output(path, what)
     model = _load_model(args.model)
+    _set_n_jobs(model, args.n_jobs)
     frames = _read_frames(args.test)
     print(f"kernelpot {__version__}: {args.model} on {args.test} ({len(frames)} structures)")
     if args.recalibrate:
@@ -67,6 +68,7 @@ def _cmd_predict(args) -> int:
 
     _check_output(args.output, "the output file")
     model = _load_model(args.model)
+    _set_n_jobs(model, args.n_jobs)
     frames = _read_frames(args.structures)
     energies, forces, energy_std, forces_std = model.predict_energies_and_forces(
         frames, return_std=True)
@@ -91,3 +93,10 @@ def _cmd_predict(args) -> int:
     print(f"kernelpot {__version__}: wrote {len(out)} structures with predicted energies, "
           f"forces and their stds to {args.output}")
     return 0
+
+
+def _set_n_jobs(model, n_jobs: int) -> None:
+    """Use ``n_jobs`` joblib workers over the structures to predict."""
+    if n_jobs == 0:
+        raise CLIError("--n-jobs must not be 0 (a positive int, or -1 for all cores)")
+    model.set_params(n_jobs=n_jobs)

@@ -40,13 +40,66 @@ def _check_md_args(args) -> None:
                        "the force std")
     if args.status_every < 1:
         raise CLIError("--status-every must be >= 1")
+    if args.friction <= 0 or args.tdamp <= 0 or args.pdamp <= 0:
+        raise CLIError("--friction, --tdamp and --pdamp must be > 0")
+
+
+def _starting_structure(args):
+    """Return the starting structure with velocities.
+
+    The first frame of START with thermal velocities, or with --restart its last frame
+    with the velocities it carries.
+    """
+    from ase.io import read
+    from ase.md.velocitydistribution import thermalize_momenta
+
+    if not args.restart:
+        atoms = _read_frames(args.start)[0].copy()
+        atoms.calc = None
+        thermalize_momenta(atoms, temperature_K=args.temperature,
+                           rng=np.random.default_rng(args.seed))
+        return atoms
+    _read_frames(args.start)  # the same checks and messages for a bad file
+    atoms = read(args.start, index=-1)
+    if "momenta" not in atoms.arrays:
+        raise CLIError(f"--restart: the last frame of {args.start} carries no velocities "
+                       "(momenta); restart from a trajectory written by kernelpot md -o, or "
+                       "drop --restart to draw thermal velocities")
+    momenta = atoms.get_momenta()
+    atoms.calc = None
+    atoms.set_momenta(momenta)
+    return atoms
+
+
+def _dynamics(atoms, args):
+    """Return the ASE integrator of --ensemble with the run's time step and thermostat."""
+    from ase import units
+
+    dt = args.timestep * units.fs
+    if args.ensemble == "nve":
+        from ase.md.verlet import VelocityVerlet
+
+        return VelocityVerlet(atoms, dt)
+    if args.ensemble == "langevin":
+        from ase.md.langevin import Langevin
+
+        return Langevin(atoms, dt, temperature_K=args.temperature,
+                        friction=args.friction / units.fs, fixcm=False,
+                        rng=np.random.default_rng(args.seed + 1))
+    try:
+        from ase.md.nose_hoover_chain import IsotropicMTKNPT
+    except ImportError as err:
+        raise CLIError("--ensemble npt needs an ASE with ase.md.nose_hoover_chain."
+                       "IsotropicMTKNPT (3.25 or later)") from err
+    if not np.all(atoms.pbc):
+        raise CLIError("--ensemble npt needs a cell periodic in all three directions")
+    return IsotropicMTKNPT(atoms, dt, temperature_K=args.temperature,
+                           pressure_au=args.pressure * units.GPa,
+                           tdamp=args.tdamp * units.fs, pdamp=args.pdamp * units.fs)
 
 
 def _cmd_md(args) -> int:
-    from ase import units
     from ase.io import write
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import thermalize_momenta
     from sklearn.base import clone
 
     from kernelpot import KernelPotCalculator, OnTheFlyLearner
@@ -56,13 +109,10 @@ def _cmd_md(args) -> int:
     if args.reference is not None:
         _check_output(args.directory, "the run directory", directory=True)
     model = _load_model(args.model)
-    atoms = _read_frames(args.start)[0].copy()
-    atoms.calc = None
-    thermalize_momenta(atoms, temperature_K=args.temperature,
-                       rng=np.random.default_rng(args.seed))
-    dyn = Langevin(atoms, args.timestep * units.fs, temperature_K=args.temperature,
-                   friction=0.01 / units.fs, fixcm=False,
-                   rng=np.random.default_rng(args.seed + 1))
+    atoms = _starting_structure(args)
+    dyn = _dynamics(atoms, args)
+    if args.restart:
+        dyn.nsteps = int(atoms.info.get("step", 0))
     learner = None
     if args.reference is not None:
         if args.train is None:
@@ -109,7 +159,9 @@ def _cmd_md(args) -> int:
     what = "largest force std" if learner is None else (
         f"largest gated force std (threshold {learner.current_threshold:.3g} eV/Å)")
     largest = f"; {what} {max(stds):.3g} eV/Å" if stds else ""
-    print(f"kernelpot {__version__}: {args.steps} Langevin steps of {args.timestep} fs at "
+    ensemble = {"nve": "NVE (velocity Verlet)", "langevin": "Langevin",
+                "npt": f"NPT (MTK, {args.pressure} GPa)"}[args.ensemble]
+    print(f"kernelpot {__version__}: {args.steps} {ensemble} steps of {args.timestep} fs at "
           f"{args.temperature} K in {wall:.1f} s ({1e3 * wall / args.steps:.1f} ms/step); "
           f"final temperature {atoms.get_temperature():.0f} K{largest}")
     if learner is not None:
