@@ -334,3 +334,47 @@ def check_min_distance(frames: list[Atoms], min_distance: float | None, owner: s
                 f"{pairs.distances[n]:.3f} Å apart, closer than min_distance="
                 f"{min_distance} Å (duplicated atoms, or positions in the wrong unit?); "
                 "pass min_distance=None to accept such structures")
+
+
+def warn_isolated_atoms(frames: list[Atoms], r_cut: float | None, owner: str) -> None:
+    """Warn once when training atoms have no neighbour within the descriptor's cutoff.
+
+    Such an atom's environment is the same as any other isolated atom of its element:
+    it only informs that element's reference energy, and its forces carry nothing. It is
+    what a free-atom reference structure is, and otherwise a cell, a unit or a cutoff
+    mistake (a one-atom cell much larger than the cutoff).
+
+    Parameters
+    ----------
+    frames : list of ase.Atoms
+        Training structures.
+    r_cut : float or None
+        The descriptor's cutoff, Å (None: no check).
+    owner : str
+        Name used in the warning.
+    """
+    import warnings
+
+    from kernelpot.descriptors.neighbors import neighbor_list
+
+    if r_cut is None:
+        return
+    affected = []
+    for k, atoms in enumerate(frames):
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        cell = np.asarray(atoms.cell.array, dtype=np.float64)
+        if pbc.any() and abs(np.linalg.det(cell)) < 1e-12:
+            continue
+        pairs = neighbor_list(np.asarray(atoms.positions, dtype=np.float64), cell, pbc,
+                              float(r_cut))
+        lonely = int(np.sum(np.diff(pairs.starts) == 0))
+        if lonely:
+            affected.append((k, lonely))
+    if affected:
+        k, lonely = affected[0]
+        warnings.warn(
+            f"{owner}: {len(affected)} training structure(s) hold atoms with no neighbour "
+            f"within r_cut = {r_cut} Å (structure {k}: {lonely} atom(s)); such an atom only "
+            "informs its element's reference energy and its forces carry nothing. Intended "
+            "for free-atom references; otherwise check the cell, the units and r_cut",
+            UserWarning, stacklevel=3)

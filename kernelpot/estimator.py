@@ -28,7 +28,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from kernelpot import _parallel, exact, io
 from kernelpot._labels import TrainingSet, check_frames, read_labels
-from kernelpot._validation import check_min_distance, check_verbose, species_to_numbers
+from kernelpot._validation import (
+    check_min_distance,
+    check_verbose,
+    species_to_numbers,
+    warn_isolated_atoms,
+)
 from kernelpot.calibration import StdCalibration
 from kernelpot.descriptors import SOAP, Descriptor
 from kernelpot.exact_posterior import ExactPosterior
@@ -411,6 +416,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
             symbols, r_cut=4.0, n_max=6, l_max=4, sigma=0.4)
         kernel = clone(self.kernel) if self.kernel is not None else NormalizedDotProduct(2)
         kernel.check()
+        warn_isolated_atoms(frames, getattr(descriptor, "r_cut", None), f"{owner}.fit")
         species_index = [np.searchsorted(species, a.numbers) for a in frames]
         counts = np.stack([np.bincount(idx, minlength=len(species)) for idx in species_index])
         e0 = self._reference_energies(counts, labels.energies, species)

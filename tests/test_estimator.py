@@ -504,3 +504,18 @@ def test_too_few_structures_to_learn_the_noise_warn(ethanol_frames, small_soap):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.fit(ethanol_frames[:3])
+
+
+def test_atoms_without_neighbours_warn(ethanol_frames, small_soap):
+    from ase.build import bulk
+
+    lonely = bulk("Cu", "sc", a=12.0)  # one atom, its images 12 Å away: beyond r_cut
+    lonely.calc = SinglePointCalculator(lonely, energy=-0.1, forces=np.zeros((1, 3)))
+    frames = emt_copper_frames(3, seed=4)
+    descriptor = ACSF.from_grid(["Cu"], 4.0, n_radial=3, n_angular=2)
+    with pytest.warns(UserWarning, match=r"1 training structure\(s\) hold atoms with no "
+                                         r"neighbour within r_cut = 4.0 Å \(structure 3: 1"):
+        SparseGPPotential(descriptor, n_restarts=0).fit([*frames, lonely])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SparseGPPotential(descriptor, n_restarts=0).fit(frames)
