@@ -299,82 +299,72 @@ def _complete_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     return np.array(complete_cell(cell), dtype=np.float64)
 
 
-def check_min_distance(frames: list[Atoms], min_distance: float | None, owner: str) -> None:
-    """Refuse structures with two atoms closer than ``min_distance``.
 
-    Parameters
-    ----------
-    frames : list of ase.Atoms
-        Structures (periodic images count).
-    min_distance : float or None
-        Shortest accepted interatomic distance, Å; None accepts any.
-    owner : str
-        Name used in error messages.
+def check_geometry(frames: list[Atoms], species: np.ndarray, periodic: bool | None,
+                   r_cut: float | None, min_distance: float | None, owner: str) -> None:
+    """Check training structures as the descriptor will see them, before the work.
 
-    Raises
-    ------
-    ValueError
-        Naming the first structure, atom pair and distance below ``min_distance``.
-    """
-    if min_distance is None or min_distance <= 0:
-        return
-    from kernelpot.descriptors.neighbors import neighbor_list
-
-    for k, atoms in enumerate(frames):
-        pbc = np.asarray(atoms.pbc, dtype=bool)
-        cell = np.asarray(atoms.cell.array, dtype=np.float64)
-        if pbc.any() and abs(np.linalg.det(cell)) < 1e-12:
-            continue  # check_atoms refuses the singular cell with its own message
-        pairs = neighbor_list(np.asarray(atoms.positions, dtype=np.float64), cell, pbc,
-                              float(min_distance))
-        if pairs.i.size:
-            n = int(np.argmin(pairs.distances))
-            raise ValueError(
-                f"{owner}: structure {k} has atoms {pairs.i[n]} and {pairs.j[n]} "
-                f"{pairs.distances[n]:.3f} Å apart, closer than min_distance="
-                f"{min_distance} Å (duplicated atoms, or positions in the wrong unit?); "
-                "pass min_distance=None to accept such structures")
-
-
-def warn_isolated_atoms(frames: list[Atoms], r_cut: float | None, owner: str) -> None:
-    """Warn once when training atoms have no neighbour within the descriptor's cutoff.
-
-    Such an atom's environment is the same as any other isolated atom of its element:
-    it only informs that element's reference energy, and its forces carry nothing. It is
-    what a free-atom reference structure is, and otherwise a cell, a unit or a cutoff
-    mistake (a one-atom cell much larger than the cutoff).
+    Each structure goes through :func:`check_atoms` (finite positions, known elements,
+    a valid cell, the periodicity the descriptor uses); then one neighbour list at
+    ``max(r_cut, min_distance)`` refuses atoms closer than ``min_distance`` and warns
+    once about atoms with no neighbour within ``r_cut``. Such an atom's environment
+    is the same as any other isolated atom of its element: it only informs that
+    element's reference energy, and its forces carry nothing. A one-atom open
+    structure (a free-atom reference) is what it is meant to be and is not counted.
 
     Parameters
     ----------
     frames : list of ase.Atoms
         Training structures.
+    species : ndarray of int
+        Atomic numbers the descriptor knows.
+    periodic : bool or None
+        The descriptor's ``periodic`` setting.
     r_cut : float or None
-        The descriptor's cutoff, Å (None: no check).
+        The descriptor's cutoff, Å (None: no isolated-atom warning).
+    min_distance : float or None
+        Shortest accepted interatomic distance, Å (None or 0: any).
     owner : str
-        Name used in the warning.
+        Name used in messages.
+
+    Raises
+    ------
+    ValueError
+        From :func:`check_atoms`, or naming the first structure and atom pair closer
+        than ``min_distance`` (an atom and its own periodic image: a cell too small).
     """
     import warnings
 
     from kernelpot.descriptors.neighbors import neighbor_list
 
-    if r_cut is None:
-        return
-    affected = []
+    min_distance = float(min_distance or 0.0)
+    r_cut = float(r_cut or 0.0)
+    lonely_frames = []
     for k, atoms in enumerate(frames):
-        pbc = np.asarray(atoms.pbc, dtype=bool)
-        cell = np.asarray(atoms.cell.array, dtype=np.float64)
-        if pbc.any() and abs(np.linalg.det(cell)) < 1e-12:
+        where = f"{owner}: structure {k}"
+        positions, _, pbc, cell = check_atoms(atoms, species, periodic, where)
+        cutoff = max(r_cut, min_distance)
+        if cutoff <= 0:
             continue
-        pairs = neighbor_list(np.asarray(atoms.positions, dtype=np.float64), cell, pbc,
-                              float(r_cut))
-        lonely = int(np.sum(np.diff(pairs.starts) == 0))
-        if lonely:
-            affected.append((k, lonely))
-    if affected:
-        k, lonely = affected[0]
+        pairs = neighbor_list(positions, cell, pbc, cutoff)
+        if min_distance > 0 and np.any(pairs.distances < min_distance):
+            n = int(np.argmin(pairs.distances))
+            i, j, d = int(pairs.i[n]), int(pairs.j[n]), float(pairs.distances[n])
+            what = (f"atom {i} is {d:.3f} Å from its own periodic image (a cell too small)"
+                    if i == j else f"atoms {i} and {j} are {d:.3f} Å apart")
+            raise ValueError(f"{where}: {what}, closer than min_distance={min_distance} Å "
+                             "(duplicated atoms, or positions in the wrong unit?); pass "
+                             "min_distance=None to accept such structures")
+        if r_cut > 0 and (len(atoms) > 1 or pbc.any()):
+            near = pairs.distances < r_cut
+            lonely = int(np.sum(np.bincount(pairs.i[near], minlength=len(atoms)) == 0))
+            if lonely:
+                lonely_frames.append((k, lonely))
+    if lonely_frames:
+        k, lonely = lonely_frames[0]
         warnings.warn(
-            f"{owner}: {len(affected)} training structure(s) hold atoms with no neighbour "
-            f"within r_cut = {r_cut} Å (structure {k}: {lonely} atom(s)); such an atom only "
-            "informs its element's reference energy and its forces carry nothing. Intended "
-            "for free-atom references; otherwise check the cell, the units and r_cut",
-            UserWarning, stacklevel=3)
+            f"{owner}: {len(lonely_frames)} training structure(s) hold atoms with no "
+            f"neighbour within r_cut = {r_cut} Å (structure {k}: {lonely} atom(s)); such an "
+            "atom only informs its element's reference energy and its forces carry "
+            "nothing. Check the cell, the units and r_cut (a one-atom open structure, a "
+            "free-atom reference, is not counted)", UserWarning, stacklevel=3)

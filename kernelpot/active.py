@@ -60,6 +60,12 @@ def _error_seen(results: dict, std: np.ndarray, reference: np.ndarray) -> dict[s
             "within_2std": float(np.mean(error <= 2 * std))}
 
 
+def _finite_or_null(record: dict) -> dict:
+    """Return the record with non-finite floats as None (strict JSON has no NaN or inf)."""
+    return {key: None if isinstance(value, float) and not np.isfinite(value) else value
+            for key, value in record.items()}
+
+
 def _where(record: dict) -> str:
     """Return the step, simulated time and temperature of a log record."""
     return (f"step {record['step']:>7} {record['time_fs']:>9.1f} fs "
@@ -185,7 +191,7 @@ class OnTheFlyLearner:
     std is gated on the cap alone, ``force_tolerance`` times the RMS labelled force
     component, and never below :data:`YOUNG_FLOOR` (1 meV/Å), so that a structure the
     model was just fitted on (a perfect lattice, whose forces and hence cap are zero) is
-    not labelled twice. (It was ``relative_threshold × σ_F`` fixed at the start: with
+    not labelled twice; with energy labels only (no cap), the floor alone. (It was ``relative_threshold × σ_F`` fixed at the start: with
     noise-free labels the learned ``σ_F`` falls to its lower bound, and the reference
     was called at every ``min_interval``.)
 
@@ -391,7 +397,10 @@ class OnTheFlyLearner:
         # forces at all): keep the given ones until the first re-optimisation
         optimize = self.model.optimize
         model = clone(self.model).set_params(incremental=True, optimize=False)
-        self.model = model.fit([labelled]).set_params(optimize=optimize)
+        with warnings.catch_warnings():  # one structure is where on-the-fly runs start
+            warnings.filterwarnings("ignore", message=".*too few", category=UserWarning)
+            model.fit([labelled])
+        self.model = model.set_params(optimize=optimize)
 
     def _label(self, atoms) -> Atoms:
         for attempt in (1, 2):
@@ -400,6 +409,8 @@ class OnTheFlyLearner:
             try:
                 energy = work.get_potential_energy()
                 forces = work.get_forces()
+                if not (np.isfinite(energy) and np.all(np.isfinite(forces))):
+                    raise ValueError("the reference returned a non-finite energy or forces")
             except Exception as err:  # any failure of the reference method
                 logger.warning("reference call failed (attempt %d): %s", attempt, err)
                 if attempt == 2:
@@ -515,7 +526,7 @@ class OnTheFlyLearner:
             **seen,
         }
         with open(self.directory / LOG_FILE, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(json.dumps(_finite_or_null(record), allow_nan=False) + "\n")
         if self.verbose and called:
             print(_call_line(record, time.perf_counter() - call_start), flush=True)
         elif self.verbose and (step - self._first_step) % self.status_every == 0 \

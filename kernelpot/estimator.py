@@ -28,12 +28,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from kernelpot import _parallel, exact, io
 from kernelpot._labels import TrainingSet, check_frames, read_labels
-from kernelpot._validation import (
-    check_min_distance,
-    check_verbose,
-    species_to_numbers,
-    warn_isolated_atoms,
-)
+from kernelpot._validation import check_geometry, check_verbose, species_to_numbers
 from kernelpot.calibration import StdCalibration
 from kernelpot.descriptors import SOAP, Descriptor
 from kernelpot.exact_posterior import ExactPosterior
@@ -61,17 +56,22 @@ _LOSO_MIN_STRUCTURES = 3
 _POSTERIORS = {"sparse": SparsePosterior, "exact": ExactPosterior}
 
 
-def _warn_if_too_few(labels, owner: str) -> None:
+def _warn_if_too_few(labels, owner: str, learns_noise: bool, calibrates: bool) -> None:
     """Warn when the training set is too small to learn the noise or calibrate the std."""
     n_structures = len(labels.forces)
-    if n_structures >= _LOSO_MIN_STRUCTURES:
+    if n_structures >= _LOSO_MIN_STRUCTURES or not (learns_noise or calibrates):
         return
+    missing = []
+    if learns_noise:
+        missing.append("to learn the noise levels (the likelihood of so few hardly "
+                       "constrains σ_E and σ_F)")
+    if calibrates:
+        missing.append(f"to calibrate the std by leave-one-structure-out (at least "
+                       f"{_LOSO_MIN_STRUCTURES} structures; the stds stay raw)")
     warnings.warn(
-        f"{owner}.fit: {n_structures} training structure(s) are too few to learn the noise "
-        f"levels from the data (their likelihood hardly constrains σ_E and σ_F) or to "
-        f"calibrate the std by leave-one-structure-out (at least {_LOSO_MIN_STRUCTURES} "
-        "structures): the stds are raw, and errors on new structures are usually large. "
-        "Label more structures, or use this model only to start on-the-fly learning.",
+        f"{owner}.fit: {n_structures} training structure(s) are too few "
+        + " or ".join(missing) + "; errors on new structures are usually large. Label "
+        "more structures, or use this model only to start on-the-fly learning.",
         UserWarning, stacklevel=3)
 
 
@@ -406,9 +406,10 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         verbose = self._check_params()
         start_time = time.perf_counter()
         frames = check_frames(X, f"{owner}.fit")
-        check_min_distance(frames, self.min_distance, f"{owner}.fit")
         labels = read_labels(frames, f"{owner}.fit")
-        _warn_if_too_few(labels, owner)
+        names = fitted_names(self.optimize, owner)
+        _warn_if_too_few(labels, owner, bool(names & {"energy_noise", "force_noise"}),
+                         self.calibration == "loso")
         rng = check_random_state(self.random_state)
         species = np.unique(np.concatenate([a.numbers for a in frames])).astype(np.int64)
         symbols = [chemical_symbols[z] for z in species]
@@ -416,7 +417,9 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
             symbols, r_cut=4.0, n_max=6, l_max=4, sigma=0.4)
         kernel = clone(self.kernel) if self.kernel is not None else NormalizedDotProduct(2)
         kernel.check()
-        warn_isolated_atoms(frames, getattr(descriptor, "r_cut", None), f"{owner}.fit")
+        check_geometry(frames, species_to_numbers(descriptor.species, f"{owner}.fit"),
+                       getattr(descriptor, "periodic", None), getattr(descriptor, "r_cut", None),
+                       self.min_distance, f"{owner}.fit")
         species_index = [np.searchsorted(species, a.numbers) for a in frames]
         counts = np.stack([np.bincount(idx, minlength=len(species)) for idx in species_index])
         e0 = self._reference_energies(counts, labels.energies, species)
@@ -738,7 +741,9 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
             raise ValueError(f"{owner}: n_inducing must be an int >= 0 or 'all'; "
                              f"got {n_inducing!r}")
         frames = check_frames(X, owner)
-        check_min_distance(frames, self.min_distance, owner)
+        descriptor = self.descriptor_
+        check_geometry(frames, species_to_numbers(descriptor.species, owner),
+                       getattr(descriptor, "periodic", None), None, self.min_distance, owner)
         indices = [self._species_index(atoms, owner) for atoms in frames]
         labels = read_labels(frames, owner)
         names = fitted_names(self.optimize, type(self).__name__) if optimize else None

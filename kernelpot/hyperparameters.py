@@ -229,7 +229,8 @@ class NoiseSearch:
         """
         return cls(estimator.signal_std_bounds, estimator.energy_noise_bounds,
                    estimator.force_noise_bounds, estimator.n_restarts,
-                   type(estimator).__name__, check_verbose(estimator.verbose, "verbose"))
+                   type(estimator).__name__,
+                   check_verbose(estimator.verbose, type(estimator).__name__))
 
     def optimize(self,
                  likelihood: gp.WhitenedStatistics

@@ -93,6 +93,35 @@ def test_failing_reference_is_retried_then_stops_cleanly(tmp_path):
     assert (tmp_path / "model.npz").exists()
 
 
+class _NaNForces(EMT):
+    """EMT whose forces turn NaN after the first few calls (a diverged SCF, say)."""
+
+    def __init__(self, good_calls):
+        super().__init__()
+        self.good_calls = good_calls
+        self.calls = 0
+
+    def calculate(self, *args, **kwargs):
+        self.calls += 1
+        super().calculate(*args, **kwargs)
+        if self.calls > self.good_calls:
+            self.results["forces"] = np.full_like(self.results["forces"], np.nan)
+
+
+def test_non_finite_reference_labels_stop_cleanly_and_are_not_kept(tmp_path):
+    reference = _NaNForces(good_calls=2)
+    learner = OnTheFlyLearner(_model(), reference, threshold=1e-6, directory=tmp_path,
+                              min_interval=1)
+    learner.run(_dynamics(), 10)
+    assert learner.stopped is not None and "non-finite" in learner.stopped
+    frames = read(tmp_path / "labelled.extxyz", ":")
+    assert len(frames) == 2 and all(np.all(np.isfinite(f.get_forces())) for f in frames)
+    text = (tmp_path / "otf_log.jsonl").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    resumed = OnTheFlyLearner.resume(tmp_path, EMT(), run=False)  # the run can go on
+    assert resumed.model.posterior_.n_training_structures == 2
+
+
 _SCRIPT = """
 import sys
 sys.path.insert(0, {root!r})
@@ -102,7 +131,7 @@ from ase.calculators.emt import EMT
 from ase.md.velocitydistribution import thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 from kernelpot import ACSF, SparseGPPotential
-from kernelpot.active import YOUNG_FLOOR, OnTheFlyLearner
+from kernelpot.active import OnTheFlyLearner
 
 class SlowEMT(EMT):
     def calculate(self, *args, **kwargs):

@@ -296,7 +296,7 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
                  "--temperature", "300", "--timestep", "2", "--interval", "5", "-o",
                  str(traj)]) == 0
     out = capsys.readouterr().out
-    assert "20 Langevin steps" in out and "wrote 5 frames" in out
+    assert "20 Langevin (300.0 K) steps" in out and "wrote 5 frames" in out
     assert "step      20" not in out  # a status line every 100 steps by default
     frames = read(traj, ":")
     assert [f.info["step"] for f in frames] == [0, 5, 10, 15, 20]
@@ -431,15 +431,19 @@ def test_md_ensembles_and_restart(tmp_path, capsys):
     run = ["md", str(model), str(tmp_path / "start.xyz"), "--steps", "4", "--temperature",
            "300", "--interval", "2", "--timestep", "2"]
     assert main([*run, "--ensemble", "nve", "-o", str(tmp_path / "nve.xyz")]) == 0
-    assert "4 NVE (velocity Verlet) steps" in capsys.readouterr().out
+    assert "4 NVE (velocity Verlet, initial velocities at 300.0 K) steps" \
+        in capsys.readouterr().out
     nve = read(tmp_path / "nve.xyz", ":")
     energies = [a.info["model_energy"] + a.get_kinetic_energy() for a in nve]
     assert np.ptp(energies) < 0.02  # NVE keeps the total energy (32 atoms, 2 fs)
-    assert main([*run, "--ensemble", "npt", "--pressure", "1.0", "-o",
-                 str(tmp_path / "npt.xyz")]) == 0
-    assert "NPT (MTK, 1.0 GPa)" in capsys.readouterr().out
-    npt = read(tmp_path / "npt.xyz", ":")
-    assert npt[-1].get_volume() != pytest.approx(npt[0].get_volume(), rel=1e-9)  # cell moves
+    volumes = {}
+    for pressure in ("20", "-2"):  # squeezed and stretched, a fast barostat
+        out = tmp_path / f"npt{pressure}.xyz"
+        assert main([*run, "--ensemble", "npt", "--pressure", pressure, "--pdamp", "100",
+                     "--steps", "20", "-o", str(out)]) == 0
+        assert f"NPT (MTK, 300.0 K, {float(pressure)} GPa)" in capsys.readouterr().out
+        volumes[pressure] = read(out, index=-1).get_volume()
+    assert volumes["20"] < read(tmp_path / "start.xyz").get_volume() < volumes["-2"]
     # restart: the last frame with its velocities, step numbers continued
     assert main(["md", str(model), str(tmp_path / "nve.xyz"), "--restart", "--steps", "4",
                  "--temperature", "300", "--interval", "2", "--timestep", "2", "--ensemble",
@@ -448,6 +452,13 @@ def test_md_ensembles_and_restart(tmp_path, capsys):
     assert [a.info["step"] for a in more] == [6, 8]
     total = [a.info["model_energy"] + a.get_kinetic_energy() for a in more]
     assert abs(total[0] - energies[-1]) < 0.02  # continued, not re-thermalised
+    # the restart frame's stds are not carried into frames that computed none
+    capsys.readouterr()
+    assert main(["md", str(model), str(tmp_path / "nve.xyz"), "--restart", "--steps", "2",
+                 "--temperature", "300", "--interval", "1", "--no-std", "-o",
+                 str(tmp_path / "plain.xyz")]) == 0
+    assert "largest force std" not in capsys.readouterr().out
+    assert all("forces_std" not in a.arrays for a in read(tmp_path / "plain.xyz", ":"))
     assert main(["md", str(model), str(tmp_path / "start.xyz"), "--restart", "--steps", "2",
                  "--temperature", "300"]) == 1
     assert "carries no velocities" in capsys.readouterr().err

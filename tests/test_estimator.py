@@ -477,7 +477,7 @@ def test_atoms_closer_than_min_distance_are_refused_unless_allowed(ethanol_frame
     stacked.positions[5] = stacked.positions[1]  # two atoms on top of each other
     stacked.calc = SinglePointCalculator(stacked, energy=0.0, forces=np.zeros((9, 3)))
     model = SparseGPPotential(small_soap, n_restarts=0, random_state=0)
-    with pytest.raises(ValueError, match=r"structure 2 has atoms (1 and 5|5 and 1) 0.000 Å "
+    with pytest.raises(ValueError, match=r"structure 2: atoms (1 and 5|5 and 1) are 0.000 Å "
                                          r"apart, closer than min_distance=0.5"):
         model.fit([*frames[:2], stacked, frames[3]])
     model.set_params(min_distance=None).fit([*frames[:2], stacked, frames[3]])  # allowed
@@ -486,13 +486,29 @@ def test_atoms_closer_than_min_distance_are_refused_unless_allowed(ethanol_frame
     # periodic images count: a 0.4 Å simple cubic cell is one atom 0.4 Å from its images
     tight = bulk("Cu", "sc", a=0.4)
     tight.calc = SinglePointCalculator(tight, energy=0.0, forces=np.zeros((1, 3)))
-    with pytest.raises(ValueError, match="0.400 Å apart"):
+    with pytest.raises(ValueError, match="atom 0 is 0.400 Å from its own periodic image"):
         SparseGPPotential(ACSF.from_grid(["Cu"], 3.0, n_radial=3, n_angular=2)).fit([tight])
     # update checks the new structures the same way
     incremental = SparseGPPotential(small_soap, incremental=True, n_restarts=0,
                                     random_state=0).fit(frames[:3])
-    with pytest.raises(ValueError, match="update: structure 0 has atoms"):
+    with pytest.raises(ValueError, match="update: structure 0: atoms"):
         incremental.update([stacked])
+    # partly periodic structures with zero vectors along their open directions (a
+    # nanotube) are checked in the cell the descriptor completes, not skipped
+    from ase.build import nanotube
+
+    tube = nanotube(3, 3, length=2, symbol="C")
+    assert not np.all(tube.pbc) and abs(np.linalg.det(tube.cell.array)) < 1e-9
+    tube += tube[:1]  # a duplicated atom
+    tube.calc = SinglePointCalculator(tube, energy=0.0, forces=np.zeros((len(tube), 3)))
+    with pytest.raises(ValueError, match="0.000 Å apart"):
+        SparseGPPotential(ACSF.from_grid(["C"], 3.0, n_radial=3, n_angular=2)).fit([tube])
+    # NaN positions get kernelpot's message, not the neighbour list's
+    broken = frames[0].copy()
+    broken.positions[3, 0] = np.nan
+    broken.calc = SinglePointCalculator(broken, energy=0.0, forces=np.zeros((9, 3)))
+    with pytest.raises(ValueError, match=r"structure 0: positions must be finite; atoms \[3\]"):
+        model.fit([broken, *frames[1:]])
 
 
 def test_too_few_structures_to_learn_the_noise_warn(ethanol_frames, small_soap):
@@ -504,6 +520,11 @@ def test_too_few_structures_to_learn_the_noise_warn(ethanol_frames, small_soap):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.fit(ethanol_frames[:3])
+        # nothing learned from the data, nothing calibrated: nothing to warn about
+        clone(model).set_params(optimize=False, calibration=None).fit(ethanol_frames[:1])
+    with pytest.warns(UserWarning, match="to calibrate the std") as record:
+        clone(model).set_params(optimize=False).fit(ethanol_frames[:1])
+    assert "noise levels" not in str(record[0].message)
 
 
 def test_atoms_without_neighbours_warn(ethanol_frames, small_soap):
@@ -519,3 +540,7 @@ def test_atoms_without_neighbours_warn(ethanol_frames, small_soap):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         SparseGPPotential(descriptor, n_restarts=0).fit(frames)
+        # a free atom (one atom, open boundaries) is a reference on purpose: no warning
+        free = Atoms("Cu", positions=[[0.0, 0.0, 0.0]])
+        free.calc = SinglePointCalculator(free, energy=-0.05, forces=np.zeros((1, 3)))
+        SparseGPPotential(descriptor, n_restarts=0).fit([*frames, free])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from kernelpot.cli._common import CLIError, _configure_logging
+from kernelpot.cli._common import CLIError, _configure_logging, mark_start
 from kernelpot.cli._parser import _build_parser
 
 __all__ = ["CLIError", "main"]
@@ -35,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Exit code: 0 on success, 1 on an error, 130 when interrupted.
     """
     parser = _build_parser()
+    mark_start()
     args = parser.parse_args(argv)
     _configure_logging(args)
     try:

@@ -12,9 +12,17 @@ import time
 
 import numpy as np
 
-#: When the command line started (this module is imported first): wall times printed
-#: "in all" count from here, imports included.
-STARTED = time.perf_counter()
+_STARTED = [time.perf_counter()]
+
+
+def mark_start() -> None:
+    """Start the clock of :func:`elapsed` (``main`` calls it first)."""
+    _STARTED[0] = time.perf_counter()
+
+
+def elapsed() -> float:
+    """Return the seconds since the command started."""
+    return time.perf_counter() - _STARTED[0]
 
 
 class CLIError(Exception):
@@ -231,7 +239,8 @@ def _print_loso(model, frames) -> None:
         e = terms.errors[terms.is_energy] / n_atoms
         parts.append(f"energy MAE {1e3 * np.mean(np.abs(e)):.2f} meV/atom")
     used = ("the std calibration was fitted on these errors" if model.interval_kind_ == "loso"
-            else "too few structures for a std calibration: raw stds")
+            else "no std calibration from them (too few structures, or no epistemic "
+                 "variance; see the log): raw stds")
     print(f"leave-one-structure-out ({terms.n_structures} structures, each predicted without "
           f"its labels; hyperparameters and inducing points kept): {'; '.join(parts)}; "
           f"{used}")

@@ -22,6 +22,7 @@ def _cmd_eval(args) -> int:
                        (args.calibration_plot, "the plot"), (args.error_plot, "the plot")):
         _check_output(path, what)
     model = _load_model(args.model)
+    n_jobs_saved = model.n_jobs
     _set_n_jobs(model, args.n_jobs)
     frames = _read_frames(args.test)
     print(f"kernelpot {__version__}: {args.model} on {args.test} ({len(frames)} structures)")
@@ -30,8 +31,10 @@ def _cmd_eval(args) -> int:
         _print_errors("test (before recalibration)", _errors(model, frames))
         model.calibrate(valid)
         scale = model.std_scale_
+        model.set_params(n_jobs=n_jobs_saved)  # --n-jobs is this run's, not the file's
         path = model.save(args.output or args.model,
                           training_state=model.posterior_.keeps_training_data)
+        _set_n_jobs(model, args.n_jobs)
         fitted = ", ".join(
             f"{q} factor {scale[q]:.3g}, projection weight {scale.get(q + '_projection', 1):.3g}, "
             f"exponent {scale.get(q + '_atom_exponent', scale.get(q + '_exponent', 1)):.3g}"

@@ -6,13 +6,13 @@ import time
 
 from kernelpot import __version__
 from kernelpot.cli._common import (
-    STARTED,
     _build_model,
     _check_output,
     _errors,
     _print_errors,
     _print_loso,
     _read_frames,
+    elapsed,
 )
 
 
@@ -41,5 +41,5 @@ def _cmd_fit(args) -> int:
         print(f"training-set evaluation in {time.perf_counter() - evaluation:.1f} s "
               "(--no-train-eval skips it)")
     path = model.save(args.output)
-    print(f"wrote {path}; kernelpot fit took {time.perf_counter() - STARTED:.1f} s in all")
+    print(f"wrote {path}; kernelpot fit took {elapsed():.1f} s in all")
     return 0

@@ -16,7 +16,7 @@ from kernelpot.cli._common import (
 )
 
 
-def _status_line(dyn, start: float, no_std: bool) -> str:
+def _status_line(dyn, start: float, first_step: int, no_std: bool) -> str:
     """Return the periodic stdout line of plain MD: step, time, temperature, std, speed."""
     from ase import units
 
@@ -24,8 +24,9 @@ def _status_line(dyn, start: float, no_std: bool) -> str:
     results = atoms.calc.results
     std = "" if no_std else f" | largest force std {float(results['forces_std'].max()):.3f} eV/Å"
     elapsed = time.perf_counter() - start
+    per_step = elapsed / max(dyn.nsteps - first_step, 1)
     return (f"step {dyn.nsteps:>7} {dyn.get_time() / units.fs:>9.1f} fs "
-            f"{atoms.get_temperature():>6.0f} K{std} | {elapsed / dyn.nsteps:.3f} s/step, "
+            f"{atoms.get_temperature():>6.0f} K{std} | {per_step:.3f} s/step, "
             f"total {elapsed:.0f} s")
 
 
@@ -68,6 +69,12 @@ def _starting_structure(args):
     momenta = atoms.get_momenta()
     atoms.calc = None
     atoms.set_momenta(momenta)
+    # the previous run's predictions must not be carried into the new frames
+    for key in ("model_energy", "energy_std"):
+        atoms.info.pop(key, None)
+    for key in ("model_forces", "forces_std", "gated_forces_std"):
+        if key in atoms.arrays:
+            del atoms.arrays[key]
     return atoms
 
 
@@ -83,9 +90,10 @@ def _dynamics(atoms, args):
     if args.ensemble == "langevin":
         from ase.md.langevin import Langevin
 
+        # a restarted segment draws new noise (seeded by its first step)
+        rng = np.random.default_rng([args.seed, 1, int(atoms.info.get("step", 0))])
         return Langevin(atoms, dt, temperature_K=args.temperature,
-                        friction=args.friction / units.fs, fixcm=False,
-                        rng=np.random.default_rng(args.seed + 1))
+                        friction=args.friction / units.fs, fixcm=False, rng=rng)
     try:
         from ase.md.nose_hoover_chain import IsotropicMTKNPT
     except ImportError as err:
@@ -150,8 +158,10 @@ def _cmd_md(args) -> int:
         atoms.get_forces()
         dyn.attach(record, interval=args.interval)
         if not args.quiet:
-            dyn.attach(lambda: dyn.nsteps and print(_status_line(dyn, start, args.no_std),
-                                                    flush=True), interval=args.status_every)
+            first = dyn.nsteps
+            dyn.attach(lambda: dyn.nsteps > first and print(
+                _status_line(dyn, start, first, args.no_std), flush=True),
+                interval=args.status_every)
         dyn.run(args.steps)
     wall = time.perf_counter() - start
     key = "forces_std" if learner is None else "gated_forces_std"
@@ -159,10 +169,11 @@ def _cmd_md(args) -> int:
     what = "largest force std" if learner is None else (
         f"largest gated force std (threshold {learner.current_threshold:.3g} eV/Å)")
     largest = f"; {what} {max(stds):.3g} eV/Å" if stds else ""
-    ensemble = {"nve": "NVE (velocity Verlet)", "langevin": "Langevin",
-                "npt": f"NPT (MTK, {args.pressure} GPa)"}[args.ensemble]
-    print(f"kernelpot {__version__}: {args.steps} {ensemble} steps of {args.timestep} fs at "
-          f"{args.temperature} K in {wall:.1f} s ({1e3 * wall / args.steps:.1f} ms/step); "
+    ensemble = {"nve": f"NVE (velocity Verlet, initial velocities at {args.temperature} K)",
+                "langevin": f"Langevin ({args.temperature} K)",
+                "npt": f"NPT (MTK, {args.temperature} K, {args.pressure} GPa)"}[args.ensemble]
+    print(f"kernelpot {__version__}: {args.steps} {ensemble} "
+          f"steps of {args.timestep} fs in {wall:.1f} s ({1e3 * wall / args.steps:.1f} ms/step); "
           f"final temperature {atoms.get_temperature():.0f} K{largest}")
     if learner is not None:
         print(f"{learner.n_reference_calls} {args.reference} calls; log, labelled frames and "
