@@ -14,6 +14,14 @@ those of the picks so far. It is the ``k** - q**`` term of the model's own energ
 variance per atom, computed for many structures at once by a pivoted Cholesky
 factorisation over environments, and it is what force observations of a new
 structure mostly remove (they pin down the local energy around each environment).
+
+"variance" scores each structure with the model's calibrated std map (the one its
+``predict_forces(..., return_std=True)`` applies): each environment's residual enters as
+``r^p``, ``p`` the exponent of the force map (``p = 1`` for raw stds). The map's other
+factors scale every environment alike and leave the ranking unchanged. With ``p > 1``
+(the model's errors grow faster than its raw std) a structure with a few very uncertain
+atoms outranks one with many moderately uncertain ones, as its calibrated force
+variance does. The posterior term of a sparse model's variance is not in the score.
 """
 
 from __future__ import annotations
@@ -65,7 +73,8 @@ def select_frames(model: SparseGPPotential, pool: list[Atoms], n: int,
         How many to pick, at most ``len(pool)``.
     strategy : {"variance", "reduction", "random"}, default="variance"
         "variance": greedy largest remaining local-energy variance of the structure
-        itself (see the module notes). "reduction": greedy largest reduction of the
+        itself, each environment's through the model's calibrated map (see the module
+        notes). "reduction": greedy largest reduction of the
         remaining variance summed over the whole pool (up to 6000 random
         environments per element): it prefers uncertain structures that are
         representative of the pool over outliers. "random": uniformly at random,

@@ -16,7 +16,9 @@ def seed_model(ethanol_frames, small_soap):
 
 
 def _residual_variance(model, conditioning, candidate):
-    """Σ_i over the candidate's atoms of k(x_i, x_i) - k_iᵀ K⁻¹ k_i, brute force."""
+    """Σ_i over the candidate's atoms of [k(x_i, x_i) - k_iᵀ K⁻¹ k_i]^p, brute force, p the
+    exponent of the model's calibrated force-std map (1 when raw)."""
+    exponent = model._calibration().factors("forces")[2]
     total = 0.0
     species = model.species_
     for s in range(len(species)):
@@ -26,14 +28,22 @@ def _residual_variance(model, conditioning, candidate):
         X = model.descriptor_.create(candidate)[candidate.numbers == species[s]]
         K = model.kernel_(Z) + 1e-8 * np.eye(len(Z))
         k = model.kernel_(Z, X)
-        total += float(np.sum(model.kernel_.diag(X) - np.einsum("ij,ij->j", k,
-                                                                sla.solve(K, k, assume_a="pos"))))
+        residual = model.kernel_.diag(X) - np.einsum("ij,ij->j", k,
+                                                     sla.solve(K, k, assume_a="pos"))
+        total += float(np.sum(np.maximum(residual, 0.0) ** exponent))
     return total
 
 
-def test_first_pick_has_the_largest_variance_and_greedy_matches_brute_force(seed_model,
-                                                                            ethanol_frames):
+@pytest.mark.parametrize("calibrated", [True, False])
+def test_first_pick_has_the_largest_variance_and_greedy_matches_brute_force(
+        seed_model, ethanol_frames, calibrated):
+    from sklearn.base import clone
+
     pool = ethanol_frames[5:25]
+    if calibrated:  # the LOSO map's exponent shapes the score (here far from 1)
+        assert abs(seed_model._calibration().factors("forces")[2] - 1) > 0.5
+    else:
+        seed_model = clone(seed_model).set_params(calibration=None).fit(ethanol_frames[:5])
     picked = select_frames(seed_model, pool, 3)
     first = [_residual_variance(seed_model, [], a) for a in pool]
     assert picked[0] == int(np.argmax(first))
@@ -101,3 +111,17 @@ def test_learning_curve_variance_strategy(ethanol_frames, small_soap):
                        strategy="variance", initial=9)
     with pytest.raises(ValueError, match="strategy"):
         learning_curve(model, ethanol_frames[:40], ethanol_frames[50:], [8], strategy="best")
+
+
+def test_greedy_picks_follow_the_calibrated_exponent(seed_model, ethanol_frames):
+    """Four greedy picks equal brute force with the map's exponent (here 2.8), and differ
+    from those of the raw score Σ residual (the third and fourth picks change)."""
+    pool = ethanol_frames[5:60]
+    picked = select_frames(seed_model, pool, 4).tolist()
+    chosen = []
+    for _ in range(4):
+        scores = [-np.inf if k in chosen else
+                  _residual_variance(seed_model, [pool[c] for c in chosen], a)
+                  for k, a in enumerate(pool)]
+        chosen.append(int(np.argmax(scores)))
+    assert picked == chosen
