@@ -464,3 +464,25 @@ def test_md_ensembles_and_restart(tmp_path, capsys):
     assert "carries no velocities" in capsys.readouterr().err
     assert main([*run, "--friction", "0"]) == 1
     assert "--friction" in capsys.readouterr().err
+
+
+def test_fit_refuses_atoms_on_top_of_each_other_unless_allowed(tmp_path, ethanol_frames,
+                                                                capsys):
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    frames = [a.copy() for a in ethanol_frames[:4]]
+    for frame, original in zip(frames, ethanol_frames[:4], strict=True):
+        frame.calc = original.calc
+    stacked = frames[1].copy()
+    stacked.positions[4] = stacked.positions[0]
+    stacked.calc = SinglePointCalculator(stacked, energy=0.0, forces=np.zeros((9, 3)))
+    frames[1] = stacked
+    write(tmp_path / "train.xyz", frames)
+    config = tmp_path / "quick.toml"
+    config.write_text("n_restarts = 0\n")
+    argv = ["fit", str(tmp_path / "train.xyz"), "-o", str(tmp_path / "m.npz"), "--config",
+            str(config), "--no-train-eval", "--quiet"]
+    assert main(argv) == 1
+    assert "structure 1: atoms" in capsys.readouterr().err
+    assert main([*argv, "--min-distance", "0"]) == 0  # accepted on request

@@ -150,9 +150,13 @@ def _build_model(args, frames):
         raise CLIError(f"{args.config}: {err}") from err
     # command-line options win over the file
     for option, name in (("n_sparse", "n_sparse"), ("seed", "random_state"),
-                         ("n_jobs", "n_jobs"), ("method", "method")):
-        if getattr(args, option) is not None:
-            model.set_params(**{name: getattr(args, option)})
+                         ("n_jobs", "n_jobs"), ("method", "method"),
+                         ("min_distance", "min_distance")):
+        value = getattr(args, option, None)
+        if value is not None:
+            if option == "min_distance" and value == 0:
+                value = None  # 0: accept any distance
+            model.set_params(**{name: value})
     return model
 
 

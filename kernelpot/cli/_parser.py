@@ -360,6 +360,9 @@ def _add_model_options(parser) -> None:
                         help="sparse GP (default), exact force-domain GP (small data: "
                              "memory grows as the square of the force components), or auto "
                              "(exact while it fits 4 GiB)")
+    parser.add_argument("--min-distance", type=float, default=None, metavar="Å",
+                        help="refuse training structures with atoms closer than this "
+                             "(default 0.5 Å; 0 accepts any distance)")
     parser.add_argument("--config", default=None,
                         help="TOML file of estimator and descriptor parameters (format: "
                              "the examples at the end of kernelpot fit --help)")
