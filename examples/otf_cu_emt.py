@@ -38,7 +38,7 @@ dyn.attach(ramp, interval=1)
 model = SparseGPPotential(SOAP(["Cu"], 4.5, n_max=6, l_max=4, sigma=0.5), random_state=0,
                           n_restarts=0)
 # default threshold: the initial force noise (0.05 eV/Å) on the calibrated force std
-learner = OnTheFlyLearner(model, EMT(), directory=DIRECTORY)
+learner = OnTheFlyLearner(model, EMT(), directory=DIRECTORY, verbose=1)  # a line per call
 learner.run(dyn, STEPS)
 # independent test frames: EMT Langevin MD at 800 K, every 20th step after 500
 test = bulk("Cu", "fcc", 3.6, cubic=True).repeat(2)

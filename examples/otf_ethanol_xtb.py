@@ -33,7 +33,8 @@ model = SparseGPPotential(SOAP(["H", "C", "O"], 4.0, n_max=6, l_max=4, sigma=0.4
 reference = TBLite(method="GFN2-xTB", verbosity=0)
 # calls may come every 3 steps (1.5 fs): with the default 10 the young model drove the
 # molecule to thousands of kelvin between calls (measured)
-learner = OnTheFlyLearner(model, reference, directory=DIRECTORY, min_interval=3)
+learner = OnTheFlyLearner(model, reference, directory=DIRECTORY, min_interval=3,
+                          verbose=1, status_every=500)  # a line per call, status lines
 learner.run(dyn, STEPS)
 held_out = bundled[100:]
 mae = metrics.mae(learner.model.predict_forces(held_out), [a.get_forces() for a in held_out])
