@@ -368,8 +368,8 @@ def kernel_profile_search(kernel: Kernel, log_params: np.ndarray, inner_free: Se
             best.update(value=-value, theta=np.array(theta), inner=inner)
         return -value, -gradient(inner)
 
-    bar = tqdm(desc="kernel search", unit=" evaluations", total=KERNEL_SEARCH_EVALUATIONS,
-               disable=search.verbose < 1)
+    bar = tqdm(desc=f"kernel search (at most {KERNEL_SEARCH_EVALUATIONS})",
+               unit=" evaluations", disable=search.verbose < 1)
     result = minimize(negative_profile, kernel.theta, jac=True, method="L-BFGS-B",
                       bounds=kernel.bounds,
                       options={"maxfun": KERNEL_SEARCH_EVALUATIONS, "ftol": 1e-7})
