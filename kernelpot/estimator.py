@@ -197,10 +197,12 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
     exact_memory_limit : float, default=4.0
         GiB, for ``method="auto"``.
     min_distance : float or None, default=0.5
-        Training structures with two atoms closer than this (Å, periodic images
-        included) are refused with a ``ValueError`` naming them: atoms on top of each
-        other are a corrupt file or a unit mistake far more often than physics. None
-        accepts any distance.
+        Training structures of :meth:`fit` with two atoms closer than this (Å,
+        periodic images included) are refused with a ``ValueError`` naming them: atoms
+        on top of each other are a corrupt file or a unit mistake far more often than
+        physics. None accepts any distance. :meth:`update` does not check it: it takes
+        labelled frames as they come, and a close contact an on-the-fly run labelled is
+        what the model needs to learn.
     random_state : int, numpy RandomState or None, default=None
         Seeds inducing-point selection and optimiser restarts.
     n_jobs : int or None, default=1
@@ -740,10 +742,10 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
                                         and n_inducing >= 0)):
             raise ValueError(f"{owner}: n_inducing must be an int >= 0 or 'all'; "
                              f"got {n_inducing!r}")
+        # no min_distance here: update takes labelled frames as they come (on-the-fly MD
+        # that a young model drove into a close contact: the reference's label of it is
+        # what the model needs; refusing it stopped a run, measured)
         frames = check_frames(X, owner)
-        descriptor = self.descriptor_
-        check_geometry(frames, species_to_numbers(descriptor.species, owner),
-                       getattr(descriptor, "periodic", None), None, self.min_distance, owner)
         indices = [self._species_index(atoms, owner) for atoms in frames]
         labels = read_labels(frames, owner)
         names = fitted_names(self.optimize, type(self).__name__) if optimize else None

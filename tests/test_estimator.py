@@ -488,11 +488,14 @@ def test_atoms_closer_than_min_distance_are_refused_unless_allowed(ethanol_frame
     tight.calc = SinglePointCalculator(tight, energy=0.0, forces=np.zeros((1, 3)))
     with pytest.raises(ValueError, match="atom 0 is 0.400 Å from its own periodic image"):
         SparseGPPotential(ACSF.from_grid(["Cu"], 3.0, n_radial=3, n_angular=2)).fit([tight])
-    # update checks the new structures the same way
+    # update takes labelled frames as they come: an on-the-fly close contact is data
     incremental = SparseGPPotential(small_soap, incremental=True, n_restarts=0,
                                     random_state=0).fit(frames[:3])
-    with pytest.raises(ValueError, match="update: structure 0: atoms"):
-        incremental.update([stacked])
+    close = frames[3].copy()
+    close.positions[5] = close.positions[1] + [0.3, 0.0, 0.0]
+    close.calc = SinglePointCalculator(close, energy=0.0, forces=np.zeros((9, 3)))
+    incremental.update([close], optimize=False)
+    assert incremental.posterior_.n_training_structures == 4
     # partly periodic structures with zero vectors along their open directions (a
     # nanotube) are checked in the cell the descriptor completes, not skipped
     from ase.build import nanotube
