@@ -39,8 +39,8 @@ FRAMES_FILE = "labelled.extxyz"
 MODEL_FILE = "model.npz"
 STATE_FILE = "md_state.npz"
 SETTINGS_FILE = "learner.json"
-#: Lowest automatic threshold of a model too young for a LOSO map, eV/Å: a structure
-#: it already knows (a std below this) is not labelled again.
+#: The automatic threshold of a model too young for a LOSO map, eV/Å: it labels every
+#: structure except one it already knows (a raw std below this).
 YOUNG_FLOOR = 1e-3
 
 
@@ -187,15 +187,15 @@ class OnTheFlyLearner:
     exceeds the largest of theirs with probability at most about ``1 / (n + 1)``;
     a structure unlike them (new
     temperature, new chemistry) exceeds it more often, so calls thin out as the model
-    covers the run. Before the model has three structures it has no LOSO map: its raw
-    std is gated on the cap alone, ``force_tolerance`` times the RMS labelled force
-    component, and never below :data:`YOUNG_FLOOR` (1 meV/Å), so that a structure the
-    model was just fitted on (a perfect lattice, whose forces and hence cap are zero) is
-    not labelled twice; with energy labels only (no cap), the floor alone. A higher
-    floor (10 meV/Å) let a young Cu/EMT model drive two atoms 0.18 Å apart before its
-    first call (measured). (It was ``relative_threshold × σ_F`` fixed at the start:
-    with noise-free labels the learned ``σ_F`` falls to its lower bound, and the
-    reference was called at every ``min_interval``.)
+    covers the run. Before the model has three structures it has no LOSO map and its
+    raw std says little: the reference is called every ``min_interval`` steps, except
+    on a structure the model already knows (raw std below :data:`YOUNG_FLOOR`, 1 meV/Å;
+    e.g. the perfect lattice it was just fitted on). Gating a young model's raw std on
+    the tolerance instead let a Cu/EMT model fitted on one zero-force lattice drive two
+    atoms 0.18 Å apart before its second call (measured, with a 10 meV/Å floor). (The
+    threshold was ``relative_threshold × σ_F`` fixed at the start: with noise-free
+    labels the learned ``σ_F`` falls to its lower bound, and the reference was called
+    at every ``min_interval`` for the whole run.)
 
     A temperature ramp is a callback the user attaches to the dynamics, e.g.
     ``dyn.attach(lambda: dyn.set_temperature(temperature_K=300 + dyn.nsteps), 1)``.
@@ -461,10 +461,9 @@ class OnTheFlyLearner:
             if model.calibration == "loso" and getattr(model.posterior_, "training", None) \
                     is not None and model.posterior_.n_training_structures \
                     < estimator_module._LOSO_MIN_STRUCTURES:
-                # too young for a LOSO map: its raw std against the tolerance alone, and
-                # never a structure the model already knows (a std below YOUNG_FLOOR)
-                tolerance = self._tolerance()
-                return max(tolerance if np.isfinite(tolerance) else 0.0, YOUNG_FLOOR)
+                # too young for a LOSO map: label every structure it does not know
+                # already (raw std above YOUNG_FLOOR), at most every min_interval
+                return YOUNG_FLOOR
             if not self._warned_threshold:
                 warnings.warn("OnTheFlyLearner: the model has no LOSO calibration "
                               "(calibration=None, or a model file from before it existed): "
