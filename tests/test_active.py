@@ -69,18 +69,22 @@ def test_directory_of_a_previous_run_is_refused(tmp_path):
 
 
 class _Flaky(EMT):
-    """EMT that fails on every call after the first few."""
+    """EMT that fails on every call after the first few: it raises, or (``nan=True``)
+    returns NaN forces, as a diverged SCF may."""
 
-    def __init__(self, good_calls):
+    def __init__(self, good_calls, nan=False):
         super().__init__()
         self.good_calls = good_calls
+        self.nan = nan
         self.calls = 0
 
     def calculate(self, *args, **kwargs):
         self.calls += 1
-        if self.calls > self.good_calls:
+        if self.calls > self.good_calls and not self.nan:
             raise RuntimeError("SCF did not converge")
         super().calculate(*args, **kwargs)
+        if self.calls > self.good_calls:
+            self.results["forces"] = np.full_like(self.results["forces"], np.nan)
 
 
 def test_failing_reference_is_retried_then_stops_cleanly(tmp_path):
@@ -93,23 +97,8 @@ def test_failing_reference_is_retried_then_stops_cleanly(tmp_path):
     assert (tmp_path / "model.npz").exists()
 
 
-class _NaNForces(EMT):
-    """EMT whose forces turn NaN after the first few calls (a diverged SCF, say)."""
-
-    def __init__(self, good_calls):
-        super().__init__()
-        self.good_calls = good_calls
-        self.calls = 0
-
-    def calculate(self, *args, **kwargs):
-        self.calls += 1
-        super().calculate(*args, **kwargs)
-        if self.calls > self.good_calls:
-            self.results["forces"] = np.full_like(self.results["forces"], np.nan)
-
-
 def test_non_finite_reference_labels_stop_cleanly_and_are_not_kept(tmp_path):
-    reference = _NaNForces(good_calls=2)
+    reference = _Flaky(good_calls=2, nan=True)
     learner = OnTheFlyLearner(_model(), reference, threshold=1e-6, directory=tmp_path,
                               min_interval=1)
     learner.run(_dynamics(), 10)

@@ -92,6 +92,30 @@ def cli_files(tmp_path_factory, ethanol_frames):
     return root
 
 
+def _fit(tmp_path, train, model, *options, config="n_restarts = 0\n"):
+    """Run ``kernelpot fit`` quietly with a TOML config (no optimiser restarts by
+    default); return the exit code."""
+    path = tmp_path / "quick.toml"
+    path.write_text(config)
+    return main(["fit", str(train), "-o", str(model), "--config", str(path), "--quiet",
+                 *options])
+
+
+def _copper_model(tmp_path, seed):
+    """Write four EMT copper cells (train.xyz, start.xyz: the first) and an ACSF model
+    fitted on them (cu.npz); return the model's path."""
+    from ase.io import write
+    from helpers import emt_copper_frames
+
+    train = emt_copper_frames(4, seed=seed, rattle=0.08)
+    write(tmp_path / "train.xyz", train)
+    write(tmp_path / "start.xyz", train[0])
+    model = tmp_path / "cu.npz"
+    assert _fit(tmp_path, tmp_path / "train.xyz", model, "--descriptor", "acsf",
+                "--r-cut", "4.0") == 0
+    return model
+
+
 def test_fit_eval_predict_round_trip(cli_files, capsys):
     from ase.io import read
 
@@ -280,17 +304,9 @@ def test_learning_curve_table_and_plot(cli_files, capsys):
 
 
 def test_md_plain_and_on_the_fly(tmp_path, capsys):
-    from ase.io import read, write
-    from helpers import emt_copper_frames
+    from ase.io import read
 
-    train = emt_copper_frames(4, seed=21, rattle=0.08)
-    write(tmp_path / "train.xyz", train)
-    write(tmp_path / "start.xyz", train[0])
-    config = tmp_path / "cu.toml"
-    config.write_text('n_restarts = 0\n')
-    model_path = tmp_path / "cu.npz"
-    assert main(["fit", str(tmp_path / "train.xyz"), "-o", str(model_path), "--descriptor",
-                 "acsf", "--r-cut", "4.0", "--config", str(config), "--quiet"]) == 0
+    model_path = _copper_model(tmp_path, seed=21)
     traj = tmp_path / "traj.extxyz"
     assert main(["md", str(model_path), str(tmp_path / "start.xyz"), "--steps", "20",
                  "--temperature", "300", "--timestep", "2", "--interval", "5", "-o",
@@ -359,10 +375,7 @@ def test_output_paths_are_checked_before_any_work(cli_files, tmp_path, capsys):
 
 
 def test_fit_can_skip_the_training_evaluation(cli_files, tmp_path, capsys):
-    config = tmp_path / "quick.toml"
-    config.write_text("n_restarts = 0\n")
-    assert main(["fit", str(cli_files / "train.xyz"), "-o", str(tmp_path / "m.npz"),
-                 "--no-train-eval", "--config", str(config), "--quiet"]) == 0
+    assert _fit(tmp_path, cli_files / "train.xyz", tmp_path / "m.npz", "--no-train-eval") == 0
     out = capsys.readouterr().out
     assert "training (fitted on these)" not in out and "leave-one-structure-out" in out
     assert (tmp_path / "m.npz").exists()
@@ -372,10 +385,7 @@ def test_md_without_stds_and_with_status_lines(cli_files, tmp_path, capsys):
     from ase.io import read
 
     model = tmp_path / "m.npz"
-    config = tmp_path / "quick.toml"
-    config.write_text("n_restarts = 0\n")
-    assert main(["fit", str(cli_files / "train.xyz"), "-o", str(model), "--no-train-eval",
-                 "--config", str(config), "--quiet"]) == 0
+    assert _fit(tmp_path, cli_files / "train.xyz", model, "--no-train-eval") == 0
     capsys.readouterr()
     traj = tmp_path / "traj.xyz"
     assert main(["md", str(model), str(cli_files / "test.xyz"), "--steps", "6",
@@ -397,10 +407,8 @@ def test_info_describes_a_model_file(cli_files, tmp_path, capsys):
     from kernelpot.io import FORMAT_VERSION
 
     model = tmp_path / "m.npz"
-    config = tmp_path / "quick.toml"
-    config.write_text("n_restarts = 0\nforce_noise = 0.07\n")
-    assert main(["fit", str(cli_files / "train.xyz"), "-o", str(model), "--no-train-eval",
-                 "--config", str(config), "--quiet"]) == 0
+    assert _fit(tmp_path, cli_files / "train.xyz", model, "--no-train-eval",
+                config="n_restarts = 0\nforce_noise = 0.07\n") == 0
     capsys.readouterr()
     assert main(["info", str(model)]) == 0
     out = capsys.readouterr().out
@@ -417,17 +425,9 @@ def test_info_describes_a_model_file(cli_files, tmp_path, capsys):
 
 
 def test_md_ensembles_and_restart(tmp_path, capsys):
-    from ase.io import read, write
-    from helpers import emt_copper_frames
+    from ase.io import read
 
-    train = emt_copper_frames(4, seed=3, rattle=0.08)
-    write(tmp_path / "train.xyz", train)
-    write(tmp_path / "start.xyz", train[0])
-    config = tmp_path / "cu.toml"
-    config.write_text("n_restarts = 0\n")
-    model = tmp_path / "cu.npz"
-    assert main(["fit", str(tmp_path / "train.xyz"), "-o", str(model), "--descriptor", "acsf",
-                 "--r-cut", "4.0", "--config", str(config), "--no-train-eval", "--quiet"]) == 0
+    model = _copper_model(tmp_path, seed=3)
     run = ["md", str(model), str(tmp_path / "start.xyz"), "--steps", "4", "--temperature",
            "300", "--interval", "2", "--timestep", "2"]
     assert main([*run, "--ensemble", "nve", "-o", str(tmp_path / "nve.xyz")]) == 0
@@ -479,10 +479,7 @@ def test_fit_refuses_atoms_on_top_of_each_other_unless_allowed(tmp_path, ethanol
     stacked.calc = SinglePointCalculator(stacked, energy=0.0, forces=np.zeros((9, 3)))
     frames[1] = stacked
     write(tmp_path / "train.xyz", frames)
-    config = tmp_path / "quick.toml"
-    config.write_text("n_restarts = 0\n")
-    argv = ["fit", str(tmp_path / "train.xyz"), "-o", str(tmp_path / "m.npz"), "--config",
-            str(config), "--no-train-eval", "--quiet"]
-    assert main(argv) == 1
+    assert _fit(tmp_path, tmp_path / "train.xyz", tmp_path / "m.npz", "--no-train-eval") == 1
     assert "structure 1: atoms" in capsys.readouterr().err
-    assert main([*argv, "--min-distance", "0"]) == 0  # accepted on request
+    assert _fit(tmp_path, tmp_path / "train.xyz", tmp_path / "m.npz", "--no-train-eval",
+                "--min-distance", "0") == 0  # accepted on request
