@@ -5,7 +5,6 @@ from __future__ import annotations
 import io as _io
 import json
 import logging
-import numbers
 import os
 import time
 import warnings
@@ -21,7 +20,7 @@ from sklearn.base import clone
 
 from kernelpot import estimator as estimator_module
 from kernelpot._files import atomic_write
-from kernelpot._validation import check_verbose
+from kernelpot._validation import check_int, check_verbose
 from kernelpot.calculator import KernelPotCalculator
 
 if TYPE_CHECKING:
@@ -225,10 +224,7 @@ class OnTheFlyLearner:
         if max_calls is not None and max_calls < 0:
             raise ValueError(f"OnTheFlyLearner: max_calls must be >= 0; got {max_calls}")
         verbose = check_verbose(verbose, "OnTheFlyLearner")
-        if isinstance(status_every, bool) or not isinstance(status_every, numbers.Integral) \
-                or status_every < 1:
-            raise ValueError("OnTheFlyLearner: status_every must be an int >= 1 (MD steps); "
-                             f"got {status_every!r}")
+        status_every = check_int(status_every, "status_every", "OnTheFlyLearner", 1)
         self.model = model
         self.reference = reference
         self.threshold = threshold

@@ -31,9 +31,9 @@ def _cmd_info(args) -> int:
     print(f"training data: {_training_size(model, arrays)}; inducing environments "
           f"{sum(model.n_inducing_.values())} {model.n_inducing_}")
     print(f"uncertainty: {_calibration_state(model)}")
+    defaults = type(model)().get_params(deep=False)
     changed = {k: v for k, v in model.get_params(deep=False).items()
-               if k not in ("descriptor", "kernel", "two_body")
-               and v != type(model)().get_params(deep=False)[k]}
+               if k not in ("descriptor", "kernel", "two_body") and v != defaults[k]}
     print("parameters other than the defaults: "
           + (", ".join(f"{k}={v!r}" for k, v in sorted(changed.items())) or "none"))
     return 0
