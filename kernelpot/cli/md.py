@@ -1,4 +1,4 @@
-"""``kernelpot md``: Langevin dynamics with a model, optionally learning on the fly."""
+"""``kernelpot md``: Langevin, NVE or NPT dynamics with a model, optionally on the fly."""
 
 from __future__ import annotations
 
