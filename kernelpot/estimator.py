@@ -186,16 +186,25 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         (fewer: raw stds, logged). ``None``: raw stds until :meth:`calibrate`.
         :meth:`calibrate` replaces a LOSO map; :meth:`update` refits it on all
         the data.
-    method : {"sparse", "exact", "auto"}, default="sparse"
+    method : {"auto", "sparse", "exact"}, default="auto"
         "sparse": the DTC approximation on inducing environments (memory linear in
         the data). "exact": every energy and force component is an observation of
         one GP (:mod:`kernelpot.exact`); most accurate for small data (about half
         the force error of "sparse" with every environment inducing on the shared
-        ethanol set at n = 25 to 100), but memory grows as the square of the
-        number of force components and fitting as its cube. "auto": exact while
-        its estimated peak memory fits ``exact_memory_limit``, logged.
+        ethanol set at n = 50 to 200), but memory grows as the square of the
+        number of force components, fitting as its cube, and prediction with the
+        number of training environments. "auto": exact while its estimated peak
+        memory fits ``exact_memory_limit`` and its estimated fit time
+        ``exact_time_limit`` (:func:`kernelpot.exact.fit_time_estimate`), sparse
+        otherwise or when ``incremental=True`` or ``two_body`` is given; the choice and
+        the estimates are logged, the result is ``method_``. Each :meth:`fit` chooses
+        again, so a learning curve may change method along its sizes.
     exact_memory_limit : float, default=4.0
         GiB, for ``method="auto"``.
+    exact_time_limit : float, default=60.0
+        Seconds of estimated fit time, for ``method="auto"``. On the project's 2-core
+        machine 60 s is about 125 frames of a 9-atom molecule, or 25 cells of 32 atoms
+        with a 5 Å cutoff.
     min_distance : float or None, default=0.5
         Training structures of :meth:`fit` with two atoms closer than this (Å,
         periodic images included) are refused with a ``ValueError`` naming them: atoms
@@ -281,8 +290,8 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
                  optimize: bool | Iterable[str] = True, n_restarts: int = 2,
                  search_frames: int | None = None, incremental: bool = False,
                  apply_calibration: bool = True, calibration: str | None = "loso",
-                 method: str = "sparse",
-                 exact_memory_limit: float = 4.0, min_distance: float | None = 0.5,
+                 method: str = "auto", exact_memory_limit: float = 4.0,
+                 exact_time_limit: float = 60.0, min_distance: float | None = 0.5,
                  random_state: int | np.random.RandomState | None = None,
                  n_jobs: int | None = 1, verbose: int = 0):
         self.descriptor = descriptor
@@ -306,6 +315,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         self.calibration = calibration
         self.method = method
         self.exact_memory_limit = exact_memory_limit
+        self.exact_time_limit = exact_time_limit
         self.min_distance = min_distance
         self.random_state = random_state
         self.n_jobs = n_jobs
@@ -356,11 +366,12 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         """Validate ``method`` and the parameters that only some methods take."""
         if self.method not in _METHODS:
             raise ValueError(f"{owner}: method must be one of {_METHODS}; got {self.method!r}")
-        if isinstance(self.exact_memory_limit, bool) \
-                or not isinstance(self.exact_memory_limit, numbers.Real) \
-                or not self.exact_memory_limit > 0:
-            raise ValueError(f"{owner}: exact_memory_limit must be a number of GiB > 0; "
-                             f"got {self.exact_memory_limit!r}")
+        for name, unit in (("exact_memory_limit", "GiB"), ("exact_time_limit", "seconds")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+                    or not value > 0:
+                raise ValueError(f"{owner}: {name} must be a number of {unit} > 0; "
+                                 f"got {value!r}")
         if not isinstance(self.signal_per_element, (bool, np.bool_)):
             raise TypeError(f"{owner}: signal_per_element must be True or False; "
                             f"got {self.signal_per_element!r}")
@@ -376,7 +387,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
             if "two_body" in names and not low <= self.two_body.prior_std <= high:
                 raise ValueError(f"{owner}: two_body.prior_std={self.two_body.prior_std} lies "
                                  f"outside two_body.prior_std_bounds {(low, high)}")
-            if self.method != "sparse":
+            if self.method == "exact":
                 raise ValueError(f"{owner}: two_body needs method='sparse' (the exact model "
                                  f"has no two-body term); got method={self.method!r}")
         if self.method == "exact" and self.incremental:
@@ -515,20 +526,41 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         return calibration
 
     def _resolve_method(self, training: TrainingSet, descriptor) -> str:
-        """Return "sparse" or "exact"; "auto" is exact while its peak memory fits the limit."""
+        """Return "sparse" or "exact"; "auto" is exact while its cost fits both limits."""
         owner = type(self).__name__
         if self.method != "auto":
             return self.method
+        if self.incremental or self.two_body is not None:
+            reason = "incremental=True" if self.incremental else "a two-body term"
+            logger.info("%s: method='auto' chose 'sparse': %s needs it", owner, reason)
+            return "sparse"
         n_atoms, has_forces = training.n_atoms, training.has_forces
         n_obs = int(training.has_energy.sum() + 3 * n_atoms[has_forces].sum())
-        # Jacobian rows: estimated from the first structure's pairs per atom
-        first = descriptor.compute(training.frames[0])
-        rows = 3 * len(first.pairs) / len(training.frames[0]) * n_atoms[has_forces].sum()
-        need = exact.memory_estimate(n_obs, int(rows), first.n_features) / 2**30
-        method = "exact" if need <= float(self.exact_memory_limit) else "sparse"
-        logger.info("%s: method='auto' chose %r: the exact model needs ~%.2f GiB for %d "
-                    "observations (limit %.2f GiB)", owner, method, need, n_obs,
-                    float(self.exact_memory_limit))
+        # Jacobian rows per element, from the neighbour pairs per atom of a few structures
+        n_species = len(training.species)
+        sample = np.unique(np.linspace(0, len(training.frames) - 1, 5).astype(int))
+        pairs, centres = np.zeros(n_species), np.zeros(n_species)
+        n_features = 0
+        for k in sample:
+            result = descriptor.compute(training.frames[k])
+            index = training.species_index[k]
+            pairs += np.bincount(index[result.pairs[:, 0]], minlength=n_species)
+            centres += np.bincount(index, minlength=n_species)
+            n_features = result.n_features
+        per_atom = np.where(centres > 0, pairs / np.maximum(centres, 1),
+                            pairs.sum() / max(centres.sum(), 1))
+        atoms_with_forces = np.zeros(n_species)
+        for k in np.flatnonzero(has_forces):
+            atoms_with_forces += np.bincount(training.species_index[k], minlength=n_species)
+        rows = 3 * per_atom * atoms_with_forces
+        memory = exact.memory_estimate(n_obs, int(rows.sum()), n_features) / 2**30
+        seconds = exact.fit_time_estimate(n_obs, rows, n_features)
+        method = "exact" if memory <= float(self.exact_memory_limit) \
+            and seconds <= float(self.exact_time_limit) else "sparse"
+        logger.info("%s: method='auto' chose %r: the exact model of %d observations needs "
+                    "~%.2f GiB (limit %.2f) and ~%.0f s to fit (limit %.0f)", owner, method,
+                    n_obs, memory, float(self.exact_memory_limit), seconds,
+                    float(self.exact_time_limit))
         return method
 
     def _reference_energies(self, counts, energies, species) -> np.ndarray:

@@ -61,7 +61,9 @@ def learning_curve(model: SparseGPPotential, train: list[Atoms], test: list[Atom
     dict of ndarray, each of shape (len(sizes), repeats)
         ``force_mae`` and ``force_rmse`` (eV/Å, over components), ``energy_mae``
         (eV/atom), ``force_std`` (mean predicted total force std, eV/Å),
-        ``fit_seconds``; and ``sizes`` (len(sizes),).
+        ``fit_seconds``, ``method`` (the fitted model's ``method_``: a
+        ``method="auto"`` template may fit "exact" at small sizes and "sparse" at
+        large ones); and ``sizes`` (len(sizes),).
 
     Raises
     ------
@@ -98,6 +100,7 @@ def learning_curve(model: SparseGPPotential, train: list[Atoms], test: list[Atom
     shape = (len(sizes), int(repeats))
     out = {key: np.full(shape, np.nan) for key in
            ("force_mae", "force_rmse", "energy_mae", "force_std", "fit_seconds")}
+    out["method"] = np.full(shape, "", dtype="<U6")
     orders = [np.random.default_rng(random_state + r).permutation(len(train))
               for r in range(int(repeats))]
     if strategy != "random":
@@ -115,6 +118,7 @@ def learning_curve(model: SparseGPPotential, train: list[Atoms], test: list[Atom
         start = time.perf_counter()
         fitted.fit([train[k] for k in chosen])
         out["fit_seconds"][i, r] = time.perf_counter() - start
+        out["method"][i, r] = fitted.method_
         if has_f:
             forces, stds = fitted.predict_forces([test[k] for k in has_f], return_std=True)
             out["force_mae"][i, r] = metrics.mae(forces, ref_f)

@@ -282,6 +282,7 @@ def test_learning_curve_table_and_plot(cli_files, capsys):
     assert [row[0] for row in rows] == ["3", "6", "12"]
     force_mae = [float(row[1]) for row in rows]
     assert force_mae[2] < force_mae[0]  # more data, smaller error
+    assert [row[-1] for row in rows] == ["exact"] * 3  # what method "auto" chose per size
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # uncertainty-grown subsets with the exact model
     assert main(["learning-curve", str(cli_files / "train.xyz"), str(cli_files / "test.xyz"),
@@ -306,6 +307,8 @@ def test_learning_curve_table_and_plot(cli_files, capsys):
 def test_md_plain_and_on_the_fly(tmp_path, capsys):
     from ase.io import read
 
+    from kernelpot import load
+
     model_path = _copper_model(tmp_path, seed=21)
     traj = tmp_path / "traj.extxyz"
     assert main(["md", str(model_path), str(tmp_path / "start.xyz"), "--steps", "20",
@@ -325,7 +328,11 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
                  str(tmp_path / "otf")]) == 0
     out = capsys.readouterr().out
     assert "largest gated force std (threshold 0.0001 eV/Å)" in out
-    assert out.startswith("on-the-fly MD: steps 0 to 25")  # the learner's lines on stdout
+    # four small cells: method "auto" fitted the exact GP; the learner needs the sparse one
+    assert load(model_path).method_ == "exact"
+    first, second = out.splitlines()[:2]
+    assert "cu.npz is exact, refitting it as sparse on" in first
+    assert second.startswith("on-the-fly MD: steps 0 to 25")  # the learner's lines on stdout
     assert "reference call 1 | model error rms" in out
     calls = int(out.split(" emt calls")[0].split()[-1])
     assert 1 <= calls <= 3  # every 10 steps at most (min_interval) over 25 steps

@@ -12,7 +12,7 @@ from helpers import (
 from sklearn.base import clone
 from sklearn.model_selection import KFold, cross_val_score
 
-from kernelpot import SOAP, SparseGPPotential, exact, load
+from kernelpot import SOAP, SparseGPPotential, TwoBody, exact, load
 from kernelpot.kernels import NormalizedDotProduct, SquaredExponential
 
 SPECIES = np.array([1, 6, 8])
@@ -225,6 +225,38 @@ def test_method_auto_follows_the_memory_limit(ethanol_frames, small_soap, caplog
     assert "method='auto' chose 'exact'" in caplog.text
     tiny = clone(model).set_params(exact_memory_limit=1e-6)
     assert tiny.fit(frames).method_ == "sparse"
+
+
+def test_method_auto_is_the_default_and_follows_the_time_limit(ethanol_frames, small_soap,
+                                                                caplog):
+    frames = ethanol_frames[:5]
+    model = SparseGPPotential(small_soap, n_restarts=0, random_state=0)
+    assert model.get_params()["method"] == "auto"
+    with caplog.at_level("INFO", logger="kernelpot.estimator"):
+        assert model.fit(frames).method_ == "exact"
+    assert "s to fit (limit 60)" in caplog.text
+    slow = clone(model).set_params(exact_time_limit=1e-6)
+    assert slow.fit(frames).method_ == "sparse"
+    # what only the sparse model does makes "auto" choose it
+    assert clone(model).set_params(incremental=True).fit(frames).method_ == "sparse"
+    with caplog.at_level("INFO", logger="kernelpot.estimator"):
+        two_body = clone(model).set_params(two_body=TwoBody(r_cut=3.0)).fit(frames)
+    assert two_body.method_ == "sparse" and "a two-body term needs it" in caplog.text
+    with pytest.raises(ValueError, match="exact_time_limit must be a number of seconds"):
+        clone(model).set_params(exact_time_limit=-1.0).fit(frames)
+
+
+def test_fit_time_estimate_grows_with_the_cost_terms():
+    likelihood = exact.fit_time_estimate(1000, [0.0, 0.0], 300)
+    covariance = exact.fit_time_estimate(1000, [3000.0, 6000.0], 300) - likelihood
+    assert likelihood > 0 and covariance > 0
+    # the covariance term is quadratic in the Jacobian rows and linear in D, the
+    # likelihood cubic in the observations
+    assert exact.fit_time_estimate(1000, [6000.0, 12000.0], 300) - likelihood == \
+        pytest.approx(4 * covariance)
+    assert exact.fit_time_estimate(1000, [3000.0, 6000.0], 600) - likelihood == \
+        pytest.approx(2 * covariance)
+    assert exact.fit_time_estimate(2000, [0.0], 300) == pytest.approx(8 * likelihood)
 
 
 def test_save_load_is_bit_for_bit(fitted_exact, ethanol_frames, tmp_path):

@@ -99,6 +99,19 @@ def test_random_strategy_and_bad_input(seed_model, ethanol_frames):
         select_frames(seed_model, [Atoms("N2", positions=[[0, 0, 0], [0, 0, 1.1]])], 1)
 
 
+def test_learning_curve_reports_the_method_auto_chose_per_size(ethanol_frames, small_soap,
+                                                               monkeypatch):
+    from kernelpot import SparseGPPotential, exact
+
+    # an estimate of one second per observation: 8 ethanol frames (224) fit the limit,
+    # 15 (420) do not
+    monkeypatch.setattr(exact, "fit_time_estimate", lambda n_obs, rows, n_features: n_obs)
+    model = SparseGPPotential(small_soap, n_restarts=0, random_state=0, exact_time_limit=300)
+    curve = learning_curve(model, ethanol_frames[:40], ethanol_frames[50:53], [8, 15],
+                           repeats=2)
+    assert curve["method"].tolist() == [["exact", "exact"], ["sparse", "sparse"]]
+
+
 def test_learning_curve_variance_strategy(ethanol_frames, small_soap):
     from kernelpot import SparseGPPotential
 

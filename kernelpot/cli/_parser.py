@@ -151,8 +151,9 @@ def _add_demo(sub) -> argparse.ArgumentParser:
     parser.add_argument("--n-train", type=int, default=100,
                         help="training frames (of the 150 non-test bundled frames; default 100)")
     parser.add_argument("--descriptor", choices=["soap", "acsf"], default="soap")
-    parser.add_argument("--method", choices=["sparse", "exact", "auto"], default="sparse",
-                        help="sparse GP (default) or the exact force-domain GP")
+    parser.add_argument("--method", choices=["auto", "sparse", "exact"], default="auto",
+                        help="auto (default: exact while it fits 4 GiB and about a minute), "
+                             "the sparse GP or the exact force-domain GP")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--plot", default="demo_parity.png",
                         help="force parity plot coloured by the predicted std "
@@ -356,10 +357,11 @@ def _add_model_options(parser) -> None:
                         help="cutoff in Å (default: 4.0 for molecules, 5.0 for periodic cells)")
     parser.add_argument("--n-sparse", type=int, default=None,
                         help="inducing environments per element (default: all, up to 2000)")
-    parser.add_argument("--method", choices=["sparse", "exact", "auto"], default=None,
-                        help="sparse GP (default), exact force-domain GP (small data: "
-                             "memory grows as the square of the force components), or auto "
-                             "(exact while it fits 4 GiB)")
+    parser.add_argument("--method", choices=["auto", "sparse", "exact"], default=None,
+                        help="auto (default: the exact force-domain GP while its estimated "
+                             "fit takes under a minute and 4 GiB, the sparse GP otherwise), "
+                             "sparse, or exact (memory grows as the square of the force "
+                             "components, fit time as the cube)")
     parser.add_argument("--min-distance", type=float, default=None, metavar="Å",
                         help="refuse training structures with atoms closer than this "
                              "(default 0.5 Å; 0 accepts any distance)")

@@ -36,7 +36,7 @@ def _cmd_learning_curve(args) -> int:
           f"training sets grown {grown}, {args.repeats} subset(s) per size; mean (min-max) "
           "over subsets")
     header = (f"{'n':>6} {'force MAE meV/Å':>22} {'force RMSE':>11} {'energy MAE meV/atom':>22} "
-              f"{'mean std meV/Å':>15} {'fit s':>7}")
+              f"{'mean std meV/Å':>15} {'fit s':>7} {'method':>7}")
     print(header)
     print("-" * len(header))
     for i, n in enumerate(curve["sizes"]):
@@ -46,7 +46,8 @@ def _cmd_learning_curve(args) -> int:
               f"{'':>1} {1e3 * np.nanmean(curve['force_rmse'][i]):>11.2f} "
               f"{np.nanmean(e):>9.3f} ({np.nanmin(e):.2f}-{np.nanmax(e):.2f}) "
               f"{1e3 * np.nanmean(curve['force_std'][i]):>15.2f} "
-              f"{np.mean(curve['fit_seconds'][i]):>7.1f}")
+              f"{np.mean(curve['fit_seconds'][i]):>7.1f} "
+              f"{'/'.join(sorted(set(curve['method'][i].tolist()))):>7}")
     if args.plot:
         from kernelpot.plotting import plot_learning_curve
 

@@ -31,15 +31,16 @@ def _cmd_demo(args) -> int:
     descriptor = (SOAP(species, 4.0, n_max=6, l_max=4, sigma=0.4) if args.descriptor == "soap"
                   else ACSF.from_grid(species, 4.0, n_radial=8, n_angular=8))
     verbose = int(sys.stderr.isatty() and not args.quiet)
-    print(f"kernelpot {__version__} demo: {args.method} GP on GFN2-xTB ethanol (500 K), "
+    print(f"kernelpot {__version__} demo: method {args.method}, GFN2-xTB ethanol (500 K), "
           f"{len(train)} training and {len(test)} test frames, {args.descriptor.upper()}")
     model = SparseGPPotential(descriptor, method=args.method, random_state=args.seed,
                               verbose=verbose)
     start = time.perf_counter()
     model.fit(train)
     fit_s = time.perf_counter() - start
-    print(f"fitted in {fit_s:.1f} s with {sum(model.n_inducing_.values())} inducing "
-          f"environments {model.n_inducing_}")
+    kind = "inducing" if model.method_ == "sparse" else "training"
+    print(f"fitted the {model.method_} GP in {fit_s:.1f} s with "
+          f"{sum(model.n_inducing_.values())} {kind} environments {model.n_inducing_}")
     print(f"learned noise: energy {1e3 * model.energy_noise_:.2f} meV/√atom, forces "
           f"{1e3 * model.force_noise_:.1f} meV/Å; signal "
           f"{format_signal_std(model.signal_std_)} eV")

@@ -25,8 +25,9 @@ def _cmd_fit(args) -> int:
     fit_start = time.perf_counter()
     model.fit(frames)
     fit_s = time.perf_counter() - fit_start
+    kind = "inducing" if model.method_ == "sparse" else "training"
     print(f"kernelpot {__version__}: fitted {len(frames)} structures in {fit_s:.1f} s "
-          f"({model.method_} model), {sum(model.n_inducing_.values())} inducing environments "
+          f"({model.method_} model), {sum(model.n_inducing_.values())} {kind} environments "
           f"{model.n_inducing_}")
     print(f"learned noise: energy {1e3 * model.energy_noise_:.3g} meV/√atom (the noise of an "
           f"N-atom structure's energy is σ_E √N), forces {1e3 * model.force_noise_:.3g} "

@@ -126,7 +126,12 @@ def _cmd_md(args) -> int:
         if args.train is None:
             raise CLIError("--reference needs --train (the model's training structures)")
         train = _read_frames(args.train)
-        model = clone(model).set_params(incremental=True, verbose=0).fit(train)
+        if model.method_ != "sparse":
+            print(f"the on-the-fly learner updates a sparse GP: {args.model} is "
+                  f"{model.method_}, refitting it as sparse on {args.train}")
+        # the learner updates the model in place: a sparse one that keeps its training state
+        model = clone(model).set_params(incremental=True, method="sparse",
+                                        verbose=0).fit(train)
         learner = OnTheFlyLearner(model, _reference_calculator(args.reference),
                                   threshold=args.threshold, directory=args.directory,
                                   verbose=int(not args.quiet), status_every=args.status_every)
