@@ -196,9 +196,10 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         number of training environments. "auto": exact while its estimated peak
         memory fits ``exact_memory_limit`` and its estimated fit time
         ``exact_time_limit`` (:func:`kernelpot.exact.fit_time_estimate`), sparse
-        otherwise or when ``incremental=True`` or ``two_body`` is given; the choice and
-        the estimates are logged, the result is ``method_``. Each :meth:`fit` chooses
-        again, so a learning curve may change method along its sizes.
+        otherwise or when ``incremental=True``, ``two_body`` or ``n_sparse`` is given
+        (they are the sparse model's); the choice and the estimates are logged, the
+        result is ``method_``. Each :meth:`fit` chooses again, so a learning curve may
+        change method along its sizes.
     exact_memory_limit : float, default=4.0
         GiB, for ``method="auto"``.
     exact_time_limit : float, default=60.0
@@ -530,9 +531,12 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         owner = type(self).__name__
         if self.method != "auto":
             return self.method
-        if self.incremental or self.two_body is not None:
-            reason = "incremental=True" if self.incremental else "a two-body term"
-            logger.info("%s: method='auto' chose 'sparse': %s needs it", owner, reason)
+        needs_sparse = [reason for reason, given in (
+            ("incremental=True", self.incremental), ("a two-body term", self.two_body),
+            ("n_sparse", self.n_sparse is not None)) if given]
+        if needs_sparse:
+            logger.info("%s: method='auto' chose 'sparse': %s needs it", owner,
+                        " and ".join(needs_sparse))
             return "sparse"
         n_atoms, has_forces = training.n_atoms, training.has_forces
         n_obs = int(training.has_energy.sum() + 3 * n_atoms[has_forces].sum())

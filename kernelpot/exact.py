@@ -51,7 +51,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["Observations", "MeanWeights", "build_observations", "covariance",
            "prior_covariance",
            "log_density", "log_marginal_likelihood", "mean_weights", "predict_mean",
-           "predict_variances", "memory_estimate", "fit_time_estimate", "structure_arrays", "structures_from_arrays"]
+           "predict_variances", "memory_estimate", "fit_time_estimate", "structure_arrays",
+           "structures_from_arrays"]
 
 #: Entries of one chunk of a force–force block (rows × columns): 2²⁴ doubles, 128 MiB.
 _CHUNK_ENTRIES = 2**24

@@ -74,5 +74,5 @@ def fitted_ethanol(ethanol_frames, small_soap):
     from kernelpot import SparseGPPotential
 
     model = SparseGPPotential(small_soap, sparse_method="all", calibration=None,
-                              random_state=0)
+                              random_state=0, method="sparse")
     return model.fit(ethanol_frames[:30])

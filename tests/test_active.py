@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _model():
     return SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
-                             random_state=0, n_restarts=0)
+                             random_state=0, n_restarts=0, method="sparse")
 
 
 def _dynamics(seed=0):
@@ -132,7 +132,7 @@ atoms = bulk("Cu", "fcc", 3.6, cubic=True).repeat(2)
 atoms.positions += np.random.default_rng(0).normal(0, 0.05, atoms.positions.shape)
 thermalize_momenta(atoms, temperature_K=600, rng=np.random.default_rng(0))
 model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
-                          random_state=0, n_restarts=0)
+                          random_state=0, n_restarts=0, method="sparse")
 learner = OnTheFlyLearner(model, SlowEMT(), threshold=1e-6, directory={directory!r},
                           n_inducing=2, checkpoint_every=3, min_interval=1)
 learner.run(VelocityVerlet(atoms, timestep=0.2), 40)
@@ -172,7 +172,7 @@ def test_xtb_reference_on_ethanol(tmp_path, ethanol_frames, small_soap):
     atoms = ethanol_frames[0].copy()
     thermalize_momenta(atoms, temperature_K=500, rng=np.random.default_rng(0))
     dyn = VelocityVerlet(atoms, timestep=0.5 * 0.09822694788464063)
-    model = SparseGPPotential(small_soap, random_state=0, n_restarts=0)
+    model = SparseGPPotential(small_soap, random_state=0, n_restarts=0, method="sparse")
     learner = OnTheFlyLearner(model, tblite.TBLite(method="GFN2-xTB", verbosity=0),
                               threshold=1e-6, max_calls=2, min_interval=1,
                               directory=tmp_path)
@@ -189,7 +189,8 @@ def test_starting_from_a_fitted_model_keeps_its_labelled_frames(tmp_path):
 
     start = emt_copper_frames(2, seed=4, rattle=0.05)
     model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
-                              incremental=True, random_state=0, n_restarts=0).fit(start)
+                              incremental=True, random_state=0, n_restarts=0,
+                              method="sparse").fit(start)
     learner = OnTheFlyLearner(model, EMT(), threshold=1e-6, max_calls=1, min_interval=1,
                               directory=tmp_path)
     learner.run(_dynamics(), 3)
@@ -217,7 +218,8 @@ def test_gate_is_the_models_calibrated_std_and_the_threshold_its_loso_maximum(tm
 
     start = emt_copper_frames(4, seed=5, rattle=0.05)  # noise-free EMT labels
     model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
-                              incremental=True, random_state=0, n_restarts=0).fit(start)
+                              incremental=True, random_state=0, n_restarts=0,
+                              method="sparse").fit(start)
     assert model.interval_kind_ == "loso"
     learner = OnTheFlyLearner(model, EMT(), directory=tmp_path, max_calls=2, min_interval=5)
     dyn = _dynamics(seed=3)
@@ -242,7 +244,7 @@ def test_gate_is_the_models_calibrated_std_and_the_threshold_its_loso_maximum(tm
     tight = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
                               incremental=True, force_noise=1e-4,
                               optimize=["signal_std", "energy_noise"], random_state=0,
-                              n_restarts=0).fit(start)
+                              n_restarts=0, method="sparse").fit(start)
     other = OnTheFlyLearner(tight, EMT(), directory=tmp_path / "tight", max_calls=0)
     other.run(_dynamics(seed=3), 1)
     assert other.current_threshold > 100 * tight.force_noise_
@@ -280,7 +282,8 @@ def test_a_young_model_does_not_label_the_structure_it_was_fitted_on(tmp_path):
     first.calc = SinglePointCalculator(first, energy=atoms.get_potential_energy(),
                                        forces=atoms.get_forces())
     model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
-                              incremental=True, random_state=0, n_restarts=0).fit([first])
+                              incremental=True, random_state=0, n_restarts=0,
+                              method="sparse").fit([first])
     learner = OnTheFlyLearner(model, EMT(), directory=tmp_path, min_interval=1)
     learner.run(VelocityVerlet(atoms, timestep=0.1), 1)  # at rest: stays on the lattice
     log = [json.loads(line) for line in (tmp_path / "otf_log.jsonl").read_text().splitlines()]
@@ -320,7 +323,7 @@ def test_short_cu_emt_ramp_meets_accuracy_with_few_calls(tmp_path):
     dyn.attach(lambda: dyn.set_temperature(temperature_K=300 + 500 * min(dyn.nsteps // 20, 9)
                                            / 9), interval=1)
     model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.5, n_radial=8, n_angular=8),
-                              random_state=0, n_restarts=0)
+                              random_state=0, n_restarts=0, method="sparse")
     learner = OnTheFlyLearner(model, EMT(), directory=tmp_path)
     learner.run(dyn, 200)
     mae = metrics.mae(learner.model.predict_forces(test), [a.get_forces() for a in test])
@@ -352,7 +355,7 @@ def test_a_model_without_loso_falls_back_to_the_noise_threshold_with_a_warning(t
     start = emt_copper_frames(3, seed=6, rattle=0.05)
     model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
                               incremental=True, calibration=None, random_state=0,
-                              n_restarts=0).fit(start)
+                              n_restarts=0, method="sparse").fit(start)
     learner = OnTheFlyLearner(model, EMT(), directory=tmp_path, max_calls=0,
                               relative_threshold=2.0)
     with pytest.warns(UserWarning, match="no LOSO calibration"):

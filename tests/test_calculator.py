@@ -18,7 +18,7 @@ def copper_model():
     """ACSF model of EMT Cu (smooth cutoff: what MD needs)."""
     frames = emt_copper_frames(25, seed=11, rattle=0.12)
     descriptor = ACSF.from_grid(["Cu"], 4.5, n_radial=8, n_angular=8)
-    return SparseGPPotential(descriptor, n_sparse=150, random_state=0).fit(frames)
+    return SparseGPPotential(descriptor, n_sparse=150, random_state=0, method="sparse").fit(frames)
 
 
 def test_results_match_estimator(fitted_ethanol, ethanol_frames):

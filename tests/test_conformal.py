@@ -49,7 +49,7 @@ def calibrated_split():
     frames = load_ethanol()
     model = SparseGPPotential(SOAP(["H", "C", "O"], 4.0, n_max=4, l_max=3, sigma=0.4),
                               calibration=None, random_state=0,
-                              n_restarts=0).fit(frames[:200:10])
+                              n_restarts=0, method="sparse").fit(frames[:200:10])
     rest = [a for k, a in enumerate(frames) if k % 10]
     return model.calibrate(rest[0::2]), rest[1::2]
 

@@ -30,7 +30,7 @@ def test_forces_are_minus_energy_gradient(fitted_ethanol, ethanol_frames):
 def test_periodic_forces_are_minus_energy_gradient():
     frames = emt_copper_frames(6, seed=3, rattle=0.2)
     model = SparseGPPotential(SOAP(["Cu"], 4.0, n_max=4, l_max=3, sigma=0.5), n_sparse=30,
-                              random_state=0).fit(frames[:5])
+                              random_state=0, method="sparse").fit(frames[:5])
     atoms = frames[5]
     forces = model.predict_forces([atoms])[0]
     fd = numerical_forces(model, atoms, [0, 7], h=1e-4)
@@ -73,32 +73,34 @@ def test_all_inducing_fits_training_forces_well(fitted_ethanol, ethanol_frames):
 def test_learned_force_noise():
     """Known noise σ_F = 0.05 eV/Å on EMT Cu forces is learned to within 25 %."""
     descriptor = SOAP(["Cu"], 4.5, n_max=4, l_max=3, sigma=0.5)
-    noisy = SparseGPPotential(descriptor, n_sparse=200, random_state=0).fit(
+    noisy = SparseGPPotential(descriptor, n_sparse=200, random_state=0, method="sparse").fit(
         emt_copper_frames(40, seed=0, force_noise=0.05))
     assert noisy.force_noise_ == pytest.approx(0.05, rel=0.25)
-    clean = SparseGPPotential(descriptor, n_sparse=200, random_state=0).fit(
+    clean = SparseGPPotential(descriptor, n_sparse=200, random_state=0, method="sparse").fit(
         emt_copper_frames(40, seed=0, force_noise=0.0))
     assert clean.force_noise_ < 0.4 * 0.05
 
 
 def test_optimize_false_keeps_given_values(ethanol_frames, small_soap):
     model = SparseGPPotential(small_soap, signal_std=2.0, energy_noise=0.003, force_noise=0.07,
-                              optimize=False, sparse_method="all").fit(ethanol_frames[:10])
+                              optimize=False, sparse_method="all",
+                              method="sparse").fit(ethanol_frames[:10])
     assert (model.signal_std_, model.energy_noise_, model.force_noise_) == (2.0, 0.003, 0.07)
     optimised = SparseGPPotential(small_soap, signal_std=2.0, energy_noise=0.003,
-                                  force_noise=0.07, sparse_method="all").fit(ethanol_frames[:10])
+                                  force_noise=0.07, sparse_method="all",
+                                  method="sparse").fit(ethanol_frames[:10])
     assert optimised.log_marginal_likelihood() > model.log_marginal_likelihood()
     partial = SparseGPPotential(small_soap, signal_std=2.0, energy_noise=0.003,
                                 force_noise=0.07, optimize=["signal_std", "force_noise"],
-                                sparse_method="all").fit(ethanol_frames[:10])
+                                sparse_method="all", method="sparse").fit(ethanol_frames[:10])
     assert partial.energy_noise_ == 0.003
     assert partial.force_noise_ != 0.07 and partial.signal_std_ != 2.0
     assert model.log_marginal_likelihood() < partial.log_marginal_likelihood() <= \
         optimised.log_marginal_likelihood() + 1e-6
     with pytest.raises(ValueError, match="unknown hyperparameters"):
-        SparseGPPotential(small_soap, optimize=["energy"]).fit(ethanol_frames[:3])
+        SparseGPPotential(small_soap, optimize=["energy"], method="sparse").fit(ethanol_frames[:3])
     with pytest.raises(TypeError, match="optimize must be"):
-        SparseGPPotential(small_soap, optimize="all").fit(ethanol_frames[:3])
+        SparseGPPotential(small_soap, optimize="all", method="sparse").fit(ethanol_frames[:3])
 
 
 def test_log_marginal_likelihood_gradient(fitted_ethanol):
@@ -119,9 +121,11 @@ def test_log_marginal_likelihood_gradient(fitted_ethanol):
 def test_squared_exponential_length_scale_is_fitted(ethanol_frames):
     descriptor = ACSF.from_grid(["H", "C", "O"], 4.0, n_radial=6, n_angular=4)
     fixed = SparseGPPotential(descriptor, SquaredExponential(5.0, length_scale_bounds="fixed"),
-                              sparse_method="all", random_state=0).fit(ethanol_frames[:15])
+                              sparse_method="all", random_state=0,
+                              method="sparse").fit(ethanol_frames[:15])
     fitted = SparseGPPotential(descriptor, SquaredExponential(5.0, (0.5, 50.0)),
-                               sparse_method="all", random_state=0).fit(ethanol_frames[:15])
+                               sparse_method="all", random_state=0,
+                               method="sparse").fit(ethanol_frames[:15])
     assert fixed.kernel_.length_scale == 5.0
     assert fitted.kernel_.length_scale != 5.0
     assert 0.5 <= fitted.kernel_.length_scale <= 50.0
@@ -136,7 +140,7 @@ def test_sum_kernel_hyperparameters_maximise_the_likelihood(ethanol_frames, tmp_
                                               (1e-3, 10.0))
     frames = ethanol_frames[:10]
     fitted = SparseGPPotential(descriptor, kernel, sparse_method="all", n_restarts=0,
-                               random_state=0).fit(frames)
+                               random_state=0, method="sparse").fit(frames)
     best = fitted.log_marginal_likelihood()
     theta = fitted.kernel_.theta
     assert not np.allclose(theta, kernel.theta)
@@ -149,7 +153,7 @@ def test_sum_kernel_hyperparameters_maximise_the_likelihood(ethanol_frames, tmp_
                 continue
             trial = fitted.kernel_.clone_with_theta(moved)
             fixed = SparseGPPotential(descriptor, _fixed(trial), sparse_method="all",
-                                      n_restarts=0, random_state=0).fit(frames)
+                                      n_restarts=0, random_state=0, method="sparse").fit(frames)
             assert fixed.log_marginal_likelihood() <= best + 1e-3
     # a composite kernel survives save/load
     from kernelpot import load
@@ -167,18 +171,18 @@ def test_kernel_search_on_a_subset(ethanol_frames):
                                               (1e-3, 10.0))
     frames = ethanol_frames[:16]
     model = SparseGPPotential(descriptor, kernel, sparse_method="all", n_restarts=0,
-                              search_frames=6, random_state=0).fit(frames)
+                              search_frames=6, random_state=0, method="sparse").fit(frames)
     assert not np.allclose(model.kernel_.theta, kernel.theta)
     assert model.kernel_.k2.scale_bounds == (1e-3, 10.0)  # bounds kept
     assert sum(model.n_inducing_.values()) == 16 * 9  # every environment of all 16
     # the full fit keeps the subset's kernel and fits the noise levels on all structures
     refit = SparseGPPotential(descriptor, _fixed(model.kernel_), sparse_method="all",
-                              n_restarts=0, random_state=0).fit(frames)
+                              n_restarts=0, random_state=0, method="sparse").fit(frames)
     assert refit.log_marginal_likelihood() == pytest.approx(model.log_marginal_likelihood(),
                                                             abs=1e-3)
     assert model.score(ethanol_frames[20:30]) > 0.5
     with pytest.raises(ValueError, match="search_frames must be None or an int >= 2"):
-        SparseGPPotential(descriptor, kernel, search_frames=1).fit(frames)
+        SparseGPPotential(descriptor, kernel, search_frames=1, method="sparse").fit(frames)
 
 
 def _fixed(kernel):
@@ -198,12 +202,12 @@ def test_partial_labels(ethanol_frames, small_soap):
         else:
             atoms.calc = SinglePointCalculator(atoms, energy=src.get_potential_energy(),
                                                forces=src.get_forces())
-    model = SparseGPPotential(small_soap, sparse_method="all").fit(frames)
+    model = SparseGPPotential(small_soap, sparse_method="all", method="sparse").fit(frames)
     assert np.isfinite(model.log_marginal_likelihood())
     forces_only = [a.copy() for a in ethanol_frames[:6]]
     for atoms, src in zip(forces_only, ethanol_frames[:6], strict=True):
         atoms.calc = SinglePointCalculator(atoms, forces=src.get_forces())
-    model = SparseGPPotential(small_soap, sparse_method="all").fit(forces_only)
+    model = SparseGPPotential(small_soap, sparse_method="all", method="sparse").fit(forces_only)
     assert model.energy_noise_ == 0.002  # no energies: nothing to learn it from
 
 
@@ -246,7 +250,8 @@ def test_uncertainty_on_shared_xtb_data(small_soap):
     order = np.random.default_rng(0).permutation(rest)
     means = {}
     for n in (50, 200):
-        model = SparseGPPotential(small_soap, random_state=0).fit([frames[i] for i in order[:n]])
+        model = SparseGPPotential(small_soap, random_state=0,
+                                  method="sparse").fit([frames[i] for i in order[:n]])
         _, std_test = model.predict_forces(test, return_std=True)
         means[n] = np.mean(np.concatenate([s.ravel() for s in std_test]))
         if n == 200:
@@ -258,7 +263,7 @@ def test_uncertainty_on_shared_xtb_data(small_soap):
 
 # -- scikit-learn contract -----------------------------------------------------------------
 def test_constructor_stores_and_no_fitted_attributes(small_soap):
-    model = SparseGPPotential(small_soap, n_sparse=10)
+    model = SparseGPPotential(small_soap, n_sparse=10, method="sparse")
     assert model.get_params()["n_sparse"] == 10
     assert not [k for k in vars(model) if k.endswith("_") and not k.startswith("_")]
     with pytest.raises(NotFittedError):
@@ -266,7 +271,7 @@ def test_constructor_stores_and_no_fitted_attributes(small_soap):
 
 
 def test_clone_and_nested_params(small_soap):
-    model = SparseGPPotential(small_soap, n_sparse=10)
+    model = SparseGPPotential(small_soap, n_sparse=10, method="sparse")
     twin = clone(model)
     assert twin.get_params()["descriptor"] is not small_soap
     twin.set_params(descriptor__r_cut=3.5, force_noise=0.1)
@@ -275,10 +280,11 @@ def test_clone_and_nested_params(small_soap):
 
 
 def test_fit_returns_self_and_refit_equals_fresh_fit(ethanol_frames, small_soap):
-    model = SparseGPPotential(small_soap, n_sparse=20, random_state=1)
+    model = SparseGPPotential(small_soap, n_sparse=20, random_state=1, method="sparse")
     assert model.fit(ethanol_frames[:8]) is model
     model.fit(ethanol_frames[8:16])
-    fresh = SparseGPPotential(small_soap, n_sparse=20, random_state=1).fit(ethanol_frames[8:16])
+    fresh = SparseGPPotential(small_soap, n_sparse=20, random_state=1,
+                              method="sparse").fit(ethanol_frames[8:16])
     np.testing.assert_array_equal(model.predict(ethanol_frames[20:22]),
                                   fresh.predict(ethanol_frames[20:22]))
 
@@ -294,8 +300,10 @@ def test_sparse_methods_deterministic(method, ethanol_frames, small_soap):
 
 
 def test_n_jobs_does_not_change_results(ethanol_frames, small_soap):
-    serial = SparseGPPotential(small_soap, n_sparse=20, random_state=0).fit(ethanol_frames[:6])
-    parallel = SparseGPPotential(small_soap, n_sparse=20, random_state=0, n_jobs=2).fit(
+    serial = SparseGPPotential(small_soap, n_sparse=20, random_state=0,
+                               method="sparse").fit(ethanol_frames[:6])
+    parallel = SparseGPPotential(small_soap, n_sparse=20, random_state=0, n_jobs=2,
+                                 method="sparse").fit(
         ethanol_frames[:6])
     np.testing.assert_allclose(parallel.predict(ethanol_frames[10:12]),
                                serial.predict(ethanol_frames[10:12]), rtol=1e-12)
@@ -303,7 +311,7 @@ def test_n_jobs_does_not_change_results(ethanol_frames, small_soap):
 
 def test_cross_val_score_and_grid_search(ethanol_frames, small_soap):
     frames = ethanol_frames[:12]
-    model = SparseGPPotential(small_soap, n_sparse=20, random_state=0)
+    model = SparseGPPotential(small_soap, n_sparse=20, random_state=0, method="sparse")
     scores = cross_val_score(model, frames, cv=KFold(3))
     assert scores.shape == (3,) and np.all(np.isfinite(scores))
     search = GridSearchCV(model, {"descriptor__r_cut": [3.5, 4.0]}, cv=KFold(2))
@@ -314,7 +322,7 @@ def test_cross_val_score_and_grid_search(ethanol_frames, small_soap):
 
 # -- bad input -------------------------------------------------------------------------------
 def test_bad_input(fitted_ethanol, ethanol_frames, small_soap):
-    model = SparseGPPotential(small_soap, n_sparse=10)
+    model = SparseGPPotential(small_soap, n_sparse=10, method="sparse")
     with pytest.raises(ValueError, match="empty list"):
         model.fit([])
     with pytest.raises(TypeError, match="y must be None"):
@@ -336,13 +344,14 @@ def test_bad_input(fitted_ethanol, ethanol_frames, small_soap):
     with pytest.raises(ValueError, match=r"not trained on: \['N'\]"):
         fitted_ethanol.predict([water])
     with pytest.raises(ValueError, match="sparse_method"):
-        SparseGPPotential(small_soap, sparse_method="kmeans").fit(ethanol_frames[:3])
+        SparseGPPotential(small_soap, sparse_method="kmeans",
+                          method="sparse").fit(ethanol_frames[:3])
     with pytest.raises(ValueError, match="force_noise must be"):
-        SparseGPPotential(small_soap, force_noise=-1).fit(ethanol_frames[:3])
+        SparseGPPotential(small_soap, force_noise=-1, method="sparse").fit(ethanol_frames[:3])
     with pytest.raises(ValueError, match="n_sparse names 'N'"):
-        SparseGPPotential(small_soap, n_sparse={"N": 3}).fit(ethanol_frames[:3])
+        SparseGPPotential(small_soap, n_sparse={"N": 3}, method="sparse").fit(ethanol_frames[:3])
     with pytest.raises(TypeError, match="descriptor must be"):
-        SparseGPPotential("soap").fit(ethanol_frames[:3])
+        SparseGPPotential("soap", method="sparse").fit(ethanol_frames[:3])
     nan_positions = ethanol_frames[1].copy()
     nan_positions.positions[0, 0] = np.nan
     with pytest.raises(ValueError, match="finite"):
@@ -361,7 +370,7 @@ def test_force_noise_at_upper_bound_warns(ethanol_frames, small_soap):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         SparseGPPotential(small_soap, n_sparse=5, force_noise_bounds=(1e-3, 1.0),
-                          random_state=0).fit(frames)
+                          random_state=0, method="sparse").fit(frames)
     assert any("upper bound" in str(w.message) for w in caught)
 
 
@@ -476,21 +485,22 @@ def test_atoms_closer_than_min_distance_are_refused_unless_allowed(ethanol_frame
     stacked = frames[2].copy()
     stacked.positions[5] = stacked.positions[1]  # two atoms on top of each other
     stacked.calc = SinglePointCalculator(stacked, energy=0.0, forces=np.zeros((9, 3)))
-    model = SparseGPPotential(small_soap, n_restarts=0, random_state=0)
+    model = SparseGPPotential(small_soap, n_restarts=0, random_state=0, method="sparse")
     with pytest.raises(ValueError, match=r"structure 2: atoms (1 and 5|5 and 1) are 0.000 Å "
                                          r"apart, closer than min_distance=0.5"):
         model.fit([*frames[:2], stacked, frames[3]])
     model.set_params(min_distance=None).fit([*frames[:2], stacked, frames[3]])  # allowed
     with pytest.raises(ValueError, match="min_distance"):
-        SparseGPPotential(small_soap, min_distance=-1.0).fit(frames)
+        SparseGPPotential(small_soap, min_distance=-1.0, method="sparse").fit(frames)
     # periodic images count: a 0.4 Å simple cubic cell is one atom 0.4 Å from its images
     tight = bulk("Cu", "sc", a=0.4)
     tight.calc = SinglePointCalculator(tight, energy=0.0, forces=np.zeros((1, 3)))
     with pytest.raises(ValueError, match="atom 0 is 0.400 Å from its own periodic image"):
-        SparseGPPotential(ACSF.from_grid(["Cu"], 3.0, n_radial=3, n_angular=2)).fit([tight])
+        SparseGPPotential(ACSF.from_grid(["Cu"], 3.0, n_radial=3, n_angular=2),
+                          method="sparse").fit([tight])
     # update takes labelled frames as they come: an on-the-fly close contact is data
     incremental = SparseGPPotential(small_soap, incremental=True, n_restarts=0,
-                                    random_state=0).fit(frames[:3])
+                                    random_state=0, method="sparse").fit(frames[:3])
     close = frames[3].copy()
     close.positions[5] = close.positions[1] + [0.3, 0.0, 0.0]
     close.calc = SinglePointCalculator(close, energy=0.0, forces=np.zeros((9, 3)))
@@ -505,7 +515,8 @@ def test_atoms_closer_than_min_distance_are_refused_unless_allowed(ethanol_frame
     tube += tube[:1]  # a duplicated atom
     tube.calc = SinglePointCalculator(tube, energy=0.0, forces=np.zeros((len(tube), 3)))
     with pytest.raises(ValueError, match="0.000 Å apart"):
-        SparseGPPotential(ACSF.from_grid(["C"], 3.0, n_radial=3, n_angular=2)).fit([tube])
+        SparseGPPotential(ACSF.from_grid(["C"], 3.0, n_radial=3, n_angular=2),
+                          method="sparse").fit([tube])
     # NaN positions get kernelpot's message, not the neighbour list's
     broken = frames[0].copy()
     broken.positions[3, 0] = np.nan
@@ -515,7 +526,7 @@ def test_atoms_closer_than_min_distance_are_refused_unless_allowed(ethanol_frame
 
 
 def test_too_few_structures_to_learn_the_noise_warn(ethanol_frames, small_soap):
-    model = SparseGPPotential(small_soap, n_restarts=0, random_state=0)
+    model = SparseGPPotential(small_soap, n_restarts=0, random_state=0, method="sparse")
     with pytest.warns(UserWarning, match="1 training structure.*too few to learn the noise"):
         model.fit(ethanol_frames[:1])
     with pytest.warns(UserWarning, match="2 training structure"):
@@ -539,11 +550,11 @@ def test_atoms_without_neighbours_warn(ethanol_frames, small_soap):
     descriptor = ACSF.from_grid(["Cu"], 4.0, n_radial=3, n_angular=2)
     with pytest.warns(UserWarning, match=r"1 training structure\(s\) hold atoms with no "
                                          r"neighbour within r_cut = 4.0 Å \(structure 3: 1"):
-        SparseGPPotential(descriptor, n_restarts=0).fit([*frames, lonely])
+        SparseGPPotential(descriptor, n_restarts=0, method="sparse").fit([*frames, lonely])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        SparseGPPotential(descriptor, n_restarts=0).fit(frames)
+        SparseGPPotential(descriptor, n_restarts=0, method="sparse").fit(frames)
         # a free atom (one atom, open boundaries) is a reference on purpose: no warning
         free = Atoms("Cu", positions=[[0.0, 0.0, 0.0]])
         free.calc = SinglePointCalculator(free, energy=-0.05, forces=np.zeros((1, 3)))
-        SparseGPPotential(descriptor, n_restarts=0).fit([*frames, free])
+        SparseGPPotential(descriptor, n_restarts=0, method="sparse").fit([*frames, free])

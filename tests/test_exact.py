@@ -179,7 +179,7 @@ def test_size_extensivity(fitted_exact, ethanol_frames):
 def test_exact_beats_all_environment_sparse_model(fitted_exact, ethanol_frames, small_soap):
     """The reason for the exact mode: more accurate than the sparse GP on the same data."""
     sparse = SparseGPPotential(small_soap, sparse_method="all", n_restarts=0,
-                               random_state=0).fit(ethanol_frames[:20])
+                               random_state=0, method="sparse").fit(ethanol_frames[:20])
     test = ethanol_frames[30:]
     ref = np.concatenate([a.get_forces().ravel() for a in test])
 
@@ -239,6 +239,7 @@ def test_method_auto_is_the_default_and_follows_the_time_limit(ethanol_frames, s
     assert slow.fit(frames).method_ == "sparse"
     # what only the sparse model does makes "auto" choose it
     assert clone(model).set_params(incremental=True).fit(frames).method_ == "sparse"
+    assert clone(model).set_params(n_sparse=10).fit(frames).method_ == "sparse"
     with caplog.at_level("INFO", logger="kernelpot.estimator"):
         two_body = clone(model).set_params(two_body=TwoBody(r_cut=3.0)).fit(frames)
     assert two_body.method_ == "sparse" and "a two-body term needs it" in caplog.text

@@ -296,7 +296,7 @@ def test_noise_search_on_whitened_statistics():
 
 def test_noise_search_of_an_estimator():
     estimator = SparseGPPotential(signal_std_bounds=(0.5, 5.0), energy_noise_bounds=(1e-3, 1e-1),
-                                  force_noise_bounds=(1e-2, 1.0), n_restarts=4)
+                                  force_noise_bounds=(1e-2, 1.0), n_restarts=4, method="sparse")
     search = NoiseSearch.of(estimator)
     assert search.signal_std_bounds == (0.5, 5.0)
     assert search.energy_noise_bounds == (1e-3, 1e-1)
@@ -387,7 +387,7 @@ def test_search_on_subset_fits_a_clone_on_the_chosen_structures():
     soap = SOAP(["H", "C", "O"], 3.5, n_max=3, l_max=2, sigma=0.4)
     estimator = SparseGPPotential(soap, SquaredExponential(1.0), n_sparse=6,
                                   optimize=["kernel", "signal_std"], search_frames=3,
-                                  n_restarts=0)
+                                  n_restarts=0, method="sparse")
     before = estimator.get_params(deep=False)
     kernel, start = search_on_subset(estimator, frames, estimator.kernel,
                                      np.random.RandomState(0))

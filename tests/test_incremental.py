@@ -7,7 +7,8 @@ from helpers import emt_copper_frames
 
 from kernelpot import SOAP, SparseGPPotential
 
-FIXED = {"optimize": False, "signal_std": 3.0, "energy_noise": 0.003, "force_noise": 0.08,
+FIXED = {"method": "sparse", "optimize": False, "signal_std": 3.0, "energy_noise": 0.003,
+         "force_noise": 0.08,
          "sparse_method": "all", "e0": {"H": -10.0, "C": -40.0, "O": -70.0}}
 
 
@@ -60,7 +61,7 @@ def test_update_picks_the_most_uncertain_environments(ethanol_frames, small_soap
 
 def test_update_reoptimises_and_improves(ethanol_frames, small_soap):
     model = SparseGPPotential(small_soap, incremental=True, sparse_method="all",
-                              random_state=0).fit(ethanol_frames[:2])
+                              random_state=0, method="sparse").fit(ethanol_frames[:2])
     score_before = model.score(ethanol_frames[40:50])
     model.update(ethanol_frames[2:12], n_inducing="all", optimize=True)
     assert model.score(ethanol_frames[40:50]) > score_before
@@ -102,7 +103,7 @@ def test_update_errors(fitted_ethanol, ethanol_frames, small_soap, tmp_path):
 
 def test_update_drops_a_stale_calibration(ethanol_frames, small_soap):
     model = SparseGPPotential(small_soap, incremental=True, optimize=False, calibration=None,
-                              random_state=0).fit(ethanol_frames[:6])
+                              random_state=0, method="sparse").fit(ethanol_frames[:6])
     model.calibrate(ethanol_frames[20:24])
     assert model.std_scale_ is not None
     with pytest.warns(UserWarning, match="calibration no longer applies"):

@@ -69,7 +69,7 @@ def _design(model, frames):
 
 def test_sparse_loso_equals_refits_on_the_same_inducing_points(frames):
     frames = frames[:8]
-    full = SparseGPPotential(SOAP_SMALL, n_sparse=25, random_state=0).fit(frames)
+    full = SparseGPPotential(SOAP_SMALL, n_sparse=25, random_state=0, method="sparse").fit(frames)
     design, assembled, noise_std, y = _design(full, frames)
     structure = np.concatenate([np.arange(len(frames)),
                                 np.repeat(np.arange(len(frames)), 3 * design.n_atoms)])
@@ -147,9 +147,10 @@ def test_the_estimators_loso_terms_are_the_refits_errors(frames):
 
 def test_default_std_is_the_loso_calibrated_one_and_none_gives_the_raw_one(frames):
     train, test = frames[:6], frames[6:8]
-    default = SparseGPPotential(SOAP_SMALL, n_sparse=30, random_state=0).fit(train)
+    default = SparseGPPotential(SOAP_SMALL, n_sparse=30, random_state=0,
+                                method="sparse").fit(train)
     raw = SparseGPPotential(SOAP_SMALL, n_sparse=30, calibration=None,
-                            random_state=0).fit(train)
+                            random_state=0, method="sparse").fit(train)
     assert default.interval_kind_ == "loso" and raw.interval_kind_ is None
     assert raw.std_scale_ is None and set(default.std_scale_) >= {"energy", "forces"}
     np.testing.assert_array_equal(default.predict_forces(test), raw.predict_forces(test))
@@ -167,7 +168,8 @@ def test_default_std_is_the_loso_calibrated_one_and_none_gives_the_raw_one(frame
 def test_loso_calibrated_forces_stay_equivariant(frames):
     from helpers import assert_symmetries
 
-    model = SparseGPPotential(SOAP_SMALL, n_sparse=30, random_state=0).fit(frames[:6])
+    model = SparseGPPotential(SOAP_SMALL, n_sparse=30, random_state=0,
+                              method="sparse").fit(frames[:6])
     assert model.std_scale_["forces_atom_exponent"] != 1.0  # the exponent is in play
     assert_symmetries(model, frames[7])
 
@@ -177,7 +179,7 @@ def test_loso_calibration_is_saved_replaced_by_calibrate_and_refitted_by_update(
     from kernelpot import load
 
     model = SparseGPPotential(SOAP_SMALL, n_sparse=30, incremental=True,
-                              random_state=0).fit(frames[:5])
+                              random_state=0, method="sparse").fit(frames[:5])
     loaded = load(model.save(tmp_path / "m.npz", training_state=True))
     assert loaded.interval_kind_ == "loso" and loaded.std_scale_ == model.std_scale_
     for quantity, scores in model.interval_scores_.items():
@@ -201,10 +203,11 @@ def test_loso_calibration_is_saved_replaced_by_calibrate_and_refitted_by_update(
 
 
 def test_too_few_structures_give_raw_stds_and_bad_values_fail(frames):
-    model = SparseGPPotential(SOAP_SMALL, n_sparse=20, random_state=0).fit(frames[:2])
+    model = SparseGPPotential(SOAP_SMALL, n_sparse=20, random_state=0,
+                              method="sparse").fit(frames[:2])
     assert model.std_scale_ is None and model.interval_kind_ is None
     with pytest.raises(ValueError, match="calibration must be 'loso' or None"):
-        SparseGPPotential(SOAP_SMALL, calibration="validation").fit(frames[:3])
+        SparseGPPotential(SOAP_SMALL, calibration="validation", method="sparse").fit(frames[:3])
 
 
 # -- jackknife+ intervals ----------------------------------------------------------------------
@@ -261,7 +264,8 @@ def test_loo_shifts_give_the_refits_predictions_and_the_intervals_are_jackknife_
 def test_jackknife_scores_and_shift_basis_survive_save_and_load(frames, tmp_path):
     from kernelpot import load
 
-    model = SparseGPPotential(SOAP_SMALL, n_sparse=30, random_state=0).fit(frames[:5])
+    model = SparseGPPotential(SOAP_SMALL, n_sparse=30, random_state=0,
+                              method="sparse").fit(frames[:5])
     loaded = load(model.save(tmp_path / "m.npz"))
     assert loaded.interval_kind_ == "loso"
     for quantity, (scores, structure) in model.jackknife_scores_.items():
@@ -282,7 +286,7 @@ def test_loso_projection_is_the_prediction_time_projection_with_a_fitted_two_bod
     train = frames[:6]
     model = SparseGPPotential(SOAP_SMALL, n_sparse=15, two_body=TwoBody(r_cut=3.5, n_basis=5,
                                                                          prior_std=0.1),
-                              random_state=0).fit(train)
+                              random_state=0, method="sparse").fit(train)
     assert not np.isclose(model.two_body_.prior_std, 0.1)  # the search moved it
     loso = model.posterior_.loso
     for B in (0, 4):
@@ -300,7 +304,8 @@ def test_restore_training_keeps_a_validation_map(frames, tmp_path):
     from kernelpot import load
 
     model = SparseGPPotential(SOAP_SMALL, n_sparse=30, incremental=True,
-                              random_state=0).fit(frames[:5]).calibrate(frames[8:12])
+                              random_state=0,
+                              method="sparse").fit(frames[:5]).calibrate(frames[8:12])
     loaded = load(model.save(tmp_path / "m.npz", training_state=True))
     loaded.restore_training(frames[:5])
     assert loaded.interval_kind_ == "validation" and loaded.std_scale_ == model.std_scale_

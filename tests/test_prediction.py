@@ -25,7 +25,7 @@ def soap():
 @pytest.fixture(scope="module")
 def sparse(frames, soap):
     return SparseGPPotential(soap, n_sparse=8, calibration=None, random_state=0,
-                             n_restarts=0).fit(frames[:6])
+                             n_restarts=0, method="sparse").fit(frames[:6])
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_predicted_stds_follow_the_calibration(sparse, frames, soap):
     scale = {"energy": 2.0, "energy_projection": 0.5, "energy_noise": 3.0,
              "forces": 0.7, "forces_exponent": 1.4, "forces_reference": 0.05,
              "forces_noise": 0.5}
-    calibrated = SparseGPPotential(soap).from_posterior(
+    calibrated = SparseGPPotential(soap, method="sparse").from_posterior(
         sparse.posterior_, descriptor=sparse.descriptor_, species=sparse.species_,
         e0=sparse.e0_, calibration=StdCalibration(scale, None))
     _, e_std = calibrated.predict(test[:1], return_std=True)

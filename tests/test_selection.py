@@ -12,7 +12,8 @@ from kernelpot.studies import learning_curve
 def seed_model(ethanol_frames, small_soap):
     from kernelpot import SparseGPPotential
 
-    return SparseGPPotential(small_soap, n_restarts=0, random_state=0).fit(ethanol_frames[:5])
+    return SparseGPPotential(small_soap, n_restarts=0, random_state=0,
+                             method="sparse").fit(ethanol_frames[:5])
 
 
 def _residual_variance(model, conditioning, candidate):
@@ -115,7 +116,7 @@ def test_learning_curve_reports_the_method_auto_chose_per_size(ethanol_frames, s
 def test_learning_curve_variance_strategy(ethanol_frames, small_soap):
     from kernelpot import SparseGPPotential
 
-    model = SparseGPPotential(small_soap, n_restarts=0, random_state=0)
+    model = SparseGPPotential(small_soap, n_restarts=0, random_state=0, method="sparse")
     curve = learning_curve(model, ethanol_frames[:40], ethanol_frames[50:], [8, 15],
                            strategy="variance", initial=5)
     assert np.all(np.isfinite(curve["force_mae"]))

@@ -28,13 +28,14 @@ def soap():
 @pytest.fixture(scope="module")
 def plain(frames, soap):
     return SparseGPPotential(soap, n_sparse=8, calibration=None, random_state=0,
-                             n_restarts=0).fit(frames[:5])
+                             n_restarts=0, method="sparse").fit(frames[:5])
 
 
 @pytest.fixture(scope="module")
 def with_pair(frames, soap):
     return SparseGPPotential(soap, two_body=TwoBody(r_cut=3.0, n_basis=4), n_sparse=6,
-                             calibration=None, random_state=0, n_restarts=0).fit(frames[:5])
+                             calibration=None, random_state=0, n_restarts=0,
+                             method="sparse").fit(frames[:5])
 
 
 def _incremental(soap, frames, n=4):
@@ -89,8 +90,8 @@ def test_arrays_round_trip_predicts_the_same(request, frames, soap, name):
     for z in restored.inducing:
         assert not z.flags.writeable
     # through the estimator
-    again = SparseGPPotential(soap).from_posterior(restored, descriptor=model.descriptor_,
-                                                   species=model.species_, e0=model.e0_)
+    again = SparseGPPotential(soap, method="sparse").from_posterior(
+        restored, descriptor=model.descriptor_, species=model.species_, e0=model.e0_)
     f, f_std = again.predict_forces(test, return_std=True)
     f_ref, f_std_ref = model.predict_forces(test, return_std=True)
     for a, b, c, d in zip(f, f_ref, f_std, f_std_ref, strict=True):

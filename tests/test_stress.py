@@ -88,9 +88,13 @@ def skewed_copper(copper):
 
 
 MODELS = {
-    "sparse-acsf": lambda: SparseGPPotential(ACSF(["Cu"], 4.5, **ACSF_PARAMS), random_state=0),
+    "sparse-acsf": lambda: SparseGPPotential(ACSF(["Cu"], 4.5, **ACSF_PARAMS), random_state=0,
+                                             method="sparse"),
+    "exact-acsf": lambda: SparseGPPotential(ACSF(["Cu"], 4.5, **ACSF_PARAMS), random_state=0,
+                                            method="exact"),
     "sparse-soap-two-body": lambda: SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5),
-                                                      two_body=TwoBody(4.0), random_state=0),
+                                                      two_body=TwoBody(4.0), random_state=0,
+                                                      method="sparse"),
     "exact-soap": lambda: SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), method="exact",
                                             random_state=0),
 }
@@ -106,7 +110,9 @@ def test_stress_is_the_strain_derivative_of_the_energy(copper_model, skewed_copp
     stress = copper_model.predict_stress([skewed_copper])[0]
     atoms = skewed_copper.copy()
     atoms.calc = KernelPotCalculator(copper_model, uncertainty=False)
-    numerical = calculate_numerical_stress(atoms, eps=1e-5)
+    # eps 1e-4: central differences are exact to ~1e-8 there, while at 1e-5 the round-off
+    # of ~300 eV energies reaches 1e-4 of the stress (measured on the exact ACSF model)
+    numerical = calculate_numerical_stress(atoms, eps=1e-4)
     assert relative_error(stress, numerical) < 1e-4
 
 
@@ -149,7 +155,8 @@ def test_stress_from_energies_and_forces_matches_emt():
     predicts EMT's own stress: the strain derivative carries the physics the
     labels determine (measured RMSE 9e-5 eV/Å³ against a spread of 0.026)."""
     train, test = emt_copper_frames(20, seed=0), emt_copper_frames(5, seed=1)
-    model = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), random_state=0).fit(train)
+    model = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), random_state=0,
+                              method="sparse").fit(train)
     reference = []
     for atoms in test:
         atoms = atoms.copy()

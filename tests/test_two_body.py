@@ -92,7 +92,7 @@ def test_energy_row_of_a_dimer_sits_in_its_pair_type():
 @pytest.fixture(scope="module")
 def two_body_model(ethanol_frames, small_soap):
     model = SparseGPPotential(small_soap, sparse_method="all", random_state=0,
-                              two_body=TwoBody(r_cut=4.0, n_basis=8))
+                              two_body=TwoBody(r_cut=4.0, n_basis=8), method="sparse")
     return model.fit(ethanol_frames[:20])
 
 
@@ -136,7 +136,8 @@ def test_two_body_term_improves_a_pair_potential_fit():
     errors = {}
     for name, pair in (("gp", None), ("gp+2b", TwoBody(r_cut=5.0, n_basis=12, r_min=3.0,
                                                         prior_std=1.0))):
-        model = SparseGPPotential(soap, n_sparse=4, random_state=0, two_body=pair).fit(train)
+        model = SparseGPPotential(soap, n_sparse=4, random_state=0, two_body=pair,
+                                  method="sparse").fit(train)
         predicted = np.concatenate(model.predict_forces(test))
         errors[name] = np.abs(predicted - np.concatenate([a.get_forces() for a in test])).mean()
     assert errors["gp+2b"] < 0.5 * errors["gp"]
@@ -205,7 +206,7 @@ def test_a_signed_file_with_non_integer_two_body_columns_is_refused(two_body_mod
 
 
 def test_nested_parameters_and_clone(small_soap):
-    model = SparseGPPotential(small_soap, two_body=TwoBody())
+    model = SparseGPPotential(small_soap, two_body=TwoBody(), method="sparse")
     model.set_params(two_body__prior_std=0.3, two_body__r_cut=4.5)
     copy = clone(model)
     assert copy.two_body.prior_std == 0.3 and copy.two_body.r_cut == 4.5
@@ -299,7 +300,7 @@ def test_prior_std_is_fitted_to_the_likelihood_maximum(ethanol_frames, small_soa
     of optimize keeps the given value exactly."""
     frames = ethanol_frames[:12]
     fitted = SparseGPPotential(small_soap, sparse_method="all", random_state=0,
-                               two_body=TwoBody(r_cut=4.0, n_basis=8)).fit(frames)
+                               two_body=TwoBody(r_cut=4.0, n_basis=8), method="sparse").fit(frames)
     chosen = fitted.two_body_.prior_std
     assert chosen != TwoBody().prior_std and fitted.two_body.prior_std == TwoBody().prior_std
     inner = ["signal_std", "energy_noise", "force_noise"]
@@ -307,7 +308,8 @@ def test_prior_std_is_fitted_to_the_likelihood_maximum(ethanol_frames, small_soa
     # fit at the chosen value (up to the jitter of k_mm, 1e-8 of its mean diagonal)
     again = SparseGPPotential(small_soap, sparse_method="all", random_state=0,
                               optimize=inner, two_body=TwoBody(r_cut=4.0, n_basis=8,
-                                                               prior_std=chosen)).fit(frames)
+                                                               prior_std=chosen),
+                                                               method="sparse").fit(frames)
     test = ethanol_frames[40:42]
     for a, b in zip(fitted.predict_forces(test), again.predict_forces(test), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * np.abs(b).max())
@@ -317,7 +319,8 @@ def test_prior_std_is_fitted_to_the_likelihood_maximum(ethanol_frames, small_soa
     for factor in (3.0, 1 / 3):
         fixed = SparseGPPotential(small_soap, sparse_method="all", random_state=0,
                                   optimize=inner, two_body=TwoBody(
-                                      r_cut=4.0, n_basis=8, prior_std=chosen * factor))
+                                      r_cut=4.0, n_basis=8, prior_std=chosen * factor),
+                                      method="sparse")
         fixed.fit(frames)
         assert fixed.two_body_.prior_std == chosen * factor
         assert fixed.log_marginal_likelihood_value_ < fitted.log_marginal_likelihood_value_
@@ -328,7 +331,8 @@ def test_prior_std_search_reaches_the_same_maximum_from_any_start(ethanol_frames
     them together, so starts at 0.1, 1 and the upper bound (100) end at one maximum."""
     frames = ethanol_frames[:12]
     fits = [SparseGPPotential(small_soap, sparse_method="all", random_state=0,
-                              two_body=TwoBody(r_cut=4.0, n_basis=8, prior_std=start)).fit(frames)
+                              two_body=TwoBody(r_cut=4.0, n_basis=8, prior_std=start),
+                              method="sparse").fit(frames)
             for start in (0.1, 1.0, 100.0)]
     values = [fit.log_marginal_likelihood_value_ for fit in fits]
     products = [fit.signal_std_ * fit.two_body_.prior_std for fit in fits]
@@ -338,7 +342,8 @@ def test_prior_std_search_reaches_the_same_maximum_from_any_start(ethanol_frames
     lower = SparseGPPotential(small_soap, sparse_method="all", random_state=0,
                               optimize=["signal_std", "energy_noise", "force_noise"],
                               two_body=TwoBody(r_cut=4.0, n_basis=8,
-                                               prior_std=fits[0].two_body_.prior_std / 3))
+                                               prior_std=fits[0].two_body_.prior_std / 3),
+                                               method="sparse")
     assert lower.fit(frames).log_marginal_likelihood_value_ < min(values) - 0.02
 
 

@@ -356,7 +356,8 @@ def _add_model_options(parser) -> None:
     parser.add_argument("--r-cut", type=float, default=None,
                         help="cutoff in Å (default: 4.0 for molecules, 5.0 for periodic cells)")
     parser.add_argument("--n-sparse", type=int, default=None,
-                        help="inducing environments per element (default: all, up to 2000)")
+                        help="inducing environments per element of the sparse GP (default: all, "
+                             "up to 2000; given, method auto fits the sparse GP)")
     parser.add_argument("--method", choices=["auto", "sparse", "exact"], default=None,
                         help="auto (default: the exact force-domain GP while its estimated "
                              "fit takes under a minute and 4 GiB, the sparse GP otherwise), "
