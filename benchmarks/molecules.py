@@ -135,7 +135,7 @@ def main(argv=None):
             train_idx, _ = split(len(frames), n)
             two_body = two_body_for(args)
             model = SparseGPPotential(descriptor_for(desc_name, species), random_state=0,
-                                      n_jobs=args.n_jobs, two_body=two_body)
+                                      n_jobs=args.n_jobs, two_body=two_body, method="sparse")
             start = time.perf_counter()
             model.fit([frames[i] for i in train_idx])
             fit_s = time.perf_counter() - start

@@ -194,8 +194,10 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         ethanol set at n = 50 to 200), but memory grows as the square of the
         number of force components, fitting as its cube, and prediction with the
         number of training environments. "auto": exact while its estimated peak
-        memory fits ``exact_memory_limit`` and its estimated fit time
-        ``exact_time_limit`` (:func:`kernelpot.exact.fit_time_estimate`), sparse
+        memory fits ``exact_memory_limit``, its estimated fit time
+        ``exact_time_limit`` (:func:`kernelpot.exact.fit_time_estimate`) and its
+        estimated prediction time ``exact_prediction_limit``
+        (:func:`kernelpot.exact.prediction_time_estimate`), sparse
         otherwise or when ``incremental=True``, ``two_body`` or ``n_sparse`` is given
         (they are the sparse model's); the choice and the estimates are logged, the
         result is ``method_``. Each :meth:`fit` chooses again, so a learning curve may
@@ -204,8 +206,14 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         GiB, for ``method="auto"``.
     exact_time_limit : float, default=60.0
         Seconds of estimated fit time, for ``method="auto"``. On the project's 2-core
-        machine 60 s is about 125 frames of a 9-atom molecule, or 25 cells of 32 atoms
-        with a 5 Å cutoff.
+        machine 60 s is about 125 frames of a 9-atom molecule.
+    exact_prediction_limit : float, default=20.0
+        Milliseconds per atom of estimated prediction time with every force std (what
+        MD with uncertainty pays at each step), for
+        ``method="auto"``; about 10 times the sparse model's. The exact model's cost
+        grows with the neighbour pairs of the training set: 20 ms/atom is about 180
+        frames of a 9-atom molecule, but only about 7 cells of 32 atoms of a dense
+        metal with a 5 Å cutoff.
     min_distance : float or None, default=0.5
         Training structures of :meth:`fit` with two atoms closer than this (Å,
         periodic images included) are refused with a ``ValueError`` naming them: atoms
@@ -292,7 +300,8 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
                  search_frames: int | None = None, incremental: bool = False,
                  apply_calibration: bool = True, calibration: str | None = "loso",
                  method: str = "auto", exact_memory_limit: float = 4.0,
-                 exact_time_limit: float = 60.0, min_distance: float | None = 0.5,
+                 exact_time_limit: float = 60.0, exact_prediction_limit: float = 20.0,
+                 min_distance: float | None = 0.5,
                  random_state: int | np.random.RandomState | None = None,
                  n_jobs: int | None = 1, verbose: int = 0):
         self.descriptor = descriptor
@@ -317,6 +326,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         self.method = method
         self.exact_memory_limit = exact_memory_limit
         self.exact_time_limit = exact_time_limit
+        self.exact_prediction_limit = exact_prediction_limit
         self.min_distance = min_distance
         self.random_state = random_state
         self.n_jobs = n_jobs
@@ -367,7 +377,8 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         """Validate ``method`` and the parameters that only some methods take."""
         if self.method not in _METHODS:
             raise ValueError(f"{owner}: method must be one of {_METHODS}; got {self.method!r}")
-        for name, unit in (("exact_memory_limit", "GiB"), ("exact_time_limit", "seconds")):
+        for name, unit in (("exact_memory_limit", "GiB"), ("exact_time_limit", "seconds"),
+                           ("exact_prediction_limit", "milliseconds per atom")):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) \
                     or not value > 0:
@@ -559,12 +570,19 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         rows = 3 * per_atom * atoms_with_forces
         memory = exact.memory_estimate(n_obs, int(rows.sum()), n_features) / 2**30
         seconds = exact.fit_time_estimate(n_obs, rows, n_features)
+        # a predicted atom of the training set's composition
+        share = atoms_with_forces / max(atoms_with_forces.sum(), 1)
+        per_atom_ms = 1e3 * exact.prediction_time_estimate(3 * per_atom * share, rows,
+                                                           n_features)
         method = "exact" if memory <= float(self.exact_memory_limit) \
-            and seconds <= float(self.exact_time_limit) else "sparse"
+            and seconds <= float(self.exact_time_limit) \
+            and per_atom_ms <= float(self.exact_prediction_limit) else "sparse"
         logger.info("%s: method='auto' chose %r: the exact model of %d observations needs "
-                    "~%.2f GiB (limit %.2f) and ~%.0f s to fit (limit %.0f)", owner, method,
-                    n_obs, memory, float(self.exact_memory_limit), seconds,
-                    float(self.exact_time_limit))
+                    "~%.2f GiB (limit %.2f), ~%.0f s to fit (limit %.0f) and ~%.1f ms per "
+                    "atom to predict with every std (limit %.1f)", owner, method, n_obs,
+                    memory, float(self.exact_memory_limit), seconds,
+                    float(self.exact_time_limit), per_atom_ms,
+                    float(self.exact_prediction_limit))
         return method
 
     def _reference_energies(self, counts, energies, species) -> np.ndarray:

@@ -100,6 +100,7 @@ class ExactPosterior(Posterior):
         self.structures = structures
         self.species = species
         self.mean = exact.mean_weights(observations, weights, self.signal_variances())
+        self.mean_maps = exact.mean_maps(self.mean, kernel)
         self.log_marginal_likelihood_value = exact.log_density(L, y, weights)
         self._prior_covariance = prior_covariance
         self.loso = loso
@@ -236,7 +237,7 @@ class ExactPosterior(Posterior):
         result = descriptor.compute(atoms, strain=stress) if forces or stress \
             else features_only(descriptor.create(atoms))
         mean = exact.predict_mean(result, index, self.mean, self.kernel, forces=forces,
-                                  strain=stress)
+                                  strain=stress, maps=self.mean_maps)
         local, force_values = mean[0] + e0[index], mean[1] if forces else None
         stress_values = gp.stress_from_strain_derivative(mean[2], volume) if stress else None
         parts = PredictionParts(float(local.sum()), force_values, local, stress_values)
@@ -294,7 +295,8 @@ class ExactPosterior(Posterior):
         ndarray of shape (n_atoms,)
         """
         local, _ = exact.predict_mean(features_only(descriptor.create(atoms)), index,
-                                      self.mean, self.kernel, forces=False)
+                                      self.mean, self.kernel, forces=False,
+                                      maps=self.mean_maps)
         return local
 
     def log_marginal_likelihood(self, theta: np.ndarray, eval_gradient: bool = False,

@@ -223,6 +223,36 @@ def local_energies(X: np.ndarray, species_index: np.ndarray, inducing: list[np.n
     return energies, d_energies
 
 
+def local_energies_from_maps(X: np.ndarray, species_index: np.ndarray, maps: list,
+                             gradients: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`local_energies` through each element's mean map (:mod:`kernelpot.mean_maps`).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_atoms, n_features)
+    species_index : ndarray of shape (n_atoms,)
+    maps : list of MeanMap
+        One per element.
+    gradients : bool, default=False
+
+    Returns
+    -------
+    energies : ndarray of shape (n_atoms,)
+    d_energies : ndarray of shape (n_atoms, n_features) or None
+    """
+    energies = np.zeros(len(X))
+    d_energies = np.zeros_like(X) if gradients else None
+    for s, mean in enumerate(maps):
+        atoms_s = np.flatnonzero(species_index == s)
+        if atoms_s.size == 0:
+            continue
+        e, d = mean(X[atoms_s], gradients)
+        energies[atoms_s] = e
+        if gradients:
+            d_energies[atoms_s] = d
+    return energies, d_energies
+
+
 def forces_from_local_gradients(result: DescriptorResult, d_energies: np.ndarray) -> np.ndarray:
     """Compute forces ``F_j = -Σ_i (∂x_i/∂r_j)ᵀ ∂ε_i/∂x_i`` from the descriptor Jacobian.
 

@@ -60,6 +60,7 @@ from kernelpot.hyperparameters import (
 )
 from kernelpot.inducing import choose_inducing
 from kernelpot.loso import LosoTerms, sparse_loso
+from kernelpot.mean_maps import MeanMap, mean_map
 from kernelpot.posterior import Posterior
 from kernelpot.prediction import Prediction, PredictionParts
 
@@ -193,6 +194,30 @@ class SparsePosterior(Posterior):
     def weights(self) -> np.ndarray:
         """Return the weights: a design row ``k`` predicts ``k @ weights``."""
         return self.factors.weights
+
+    def mean_maps(self) -> list[MeanMap]:
+        """Return each element's mean map (:mod:`kernelpot.mean_maps`), built once per fit.
+
+        Rebuilt when the weights, the inducing set or the kernel's hyperparameters
+        change (after :meth:`update`).
+
+        Returns
+        -------
+        list of MeanMap
+            One per element.
+        """
+        theta = self.kernel.theta
+        cached = self.__dict__.get("_mean_maps_cache")
+        if cached is not None and cached[0] is self.factors and cached[1] is self.kernel \
+                and len(cached[2]) == len(self.inducing) \
+                and all(a is b for a, b in zip(cached[2], self.inducing, strict=True)) \
+                and np.array_equal(cached[3], theta):
+            return cached[4]
+        weights = self.weights
+        maps = [mean_map(self.kernel, Z, weights[self.columns[s]])
+                for s, Z in enumerate(self.inducing)]
+        self._mean_maps_cache = (self.factors, self.kernel, list(self.inducing), theta, maps)
+        return maps
 
     @property
     def n_species(self) -> int:
@@ -399,9 +424,8 @@ class SparsePosterior(Posterior):
             result = descriptor.compute(atoms, strain=stress)
         else:  # energies need no Jacobian
             result = features_only(descriptor.create(atoms))
-        local, d_local = gp.local_energies(result.features, index, self.inducing, self.kernel,
-                                           self.weights, gradients=forces or stress,
-                                           columns=self.columns)
+        local, d_local = gp.local_energies_from_maps(result.features, index, self.mean_maps(),
+                                                     gradients=forces or stress)
         local = local + e0[index]
         force_values = gp.forces_from_local_gradients(result, d_local) if forces else None
         strain = gp.strain_derivative_from_local_gradients(result, d_local) if stress else None
@@ -491,8 +515,8 @@ class SparsePosterior(Posterior):
         ndarray of shape (n_atoms,)
             eV.
         """
-        local, _ = gp.local_energies(descriptor.create(atoms), index, self.inducing,
-                                     self.kernel, self.weights, columns=self.columns)
+        local, _ = gp.local_energies_from_maps(descriptor.create(atoms), index,
+                                               self.mean_maps())
         if self.two_body is not None:
             local = local + self.two_body.predict(atoms, index, self.n_species,
                                                   self.two_body_coefficients(),

@@ -237,6 +237,9 @@ def test_method_auto_is_the_default_and_follows_the_time_limit(ethanol_frames, s
     assert "s to fit (limit 60)" in caplog.text
     slow = clone(model).set_params(exact_time_limit=1e-6)
     assert slow.fit(frames).method_ == "sparse"
+    assert "ms per atom to predict with every std (limit 20.0)" in caplog.text
+    slow_to_predict = clone(model).set_params(exact_prediction_limit=1e-6)
+    assert slow_to_predict.fit(frames).method_ == "sparse"
     # what only the sparse model does makes "auto" choose it
     assert clone(model).set_params(incremental=True).fit(frames).method_ == "sparse"
     assert clone(model).set_params(n_sparse=10).fit(frames).method_ == "sparse"
@@ -245,6 +248,8 @@ def test_method_auto_is_the_default_and_follows_the_time_limit(ethanol_frames, s
     assert two_body.method_ == "sparse" and "a two-body term needs it" in caplog.text
     with pytest.raises(ValueError, match="exact_time_limit must be a number of seconds"):
         clone(model).set_params(exact_time_limit=-1.0).fit(frames)
+    with pytest.raises(ValueError, match="exact_prediction_limit must be a number of milli"):
+        clone(model).set_params(exact_prediction_limit=0).fit(frames)
 
 
 def test_fit_time_estimate_grows_with_the_cost_terms():
@@ -258,6 +263,12 @@ def test_fit_time_estimate_grows_with_the_cost_terms():
     assert exact.fit_time_estimate(1000, [3000.0, 6000.0], 600) - likelihood == \
         pytest.approx(2 * covariance)
     assert exact.fit_time_estimate(2000, [0.0], 300) == pytest.approx(8 * likelihood)
+    # prediction: linear in the predicted atom's rows, the training rows and D
+    one = exact.prediction_time_estimate([30.0, 60.0], [1000.0, 2000.0], 300)
+    assert one > 0 and exact.prediction_time_estimate([60.0, 120.0], [1000.0, 2000.0],
+                                                       300) == pytest.approx(2 * one)
+    assert exact.prediction_time_estimate([30.0, 60.0], [1000.0, 2000.0],
+                                          600) == pytest.approx(2 * one)
 
 
 def test_save_load_is_bit_for_bit(fitted_exact, ethanol_frames, tmp_path):

@@ -12,9 +12,16 @@ FROZEN = Path(__file__).parent / "data" / "frozen_models"
 ETHANOL = Path(__file__).parent / "data" / "ethanol_xtb_500K_60.xyz"
 
 # The expected values were predicted by the saving code itself, on this machine class;
-# loading reproduces them bit for bit there (checked when the files were made). The
-# tolerance only admits another CPU's BLAS rounding.
+# loading reproduced them bit for bit there (checked when the files were made). The
+# tolerance admits another CPU's BLAS rounding.
 RTOL, ATOL = 1e-10, 1e-13
+# Since then the means go through kernelpot.mean_maps (one D × D quadratic form instead
+# of a sum over inducing environments): the same numbers added in another order. The
+# copper two-body model's weights cancel strongly: local energies of about 0.1 eV come
+# from terms whose absolute values add up to 5.6e6 eV (measured), so double rounding is
+# 1e-16 × 5.6e6 ≈ 6e-10 eV; its values moved by up to 8.7e-10 eV. The other two files
+# stayed within RTOL.
+CANCELLING_ATOL = 2e-9
 
 
 def test_save_load_round_trip(fitted_ethanol, ethanol_frames, tmp_path):
@@ -98,12 +105,12 @@ def _predictions(model, frames, stress=False):
     return out
 
 
-def _check(actual, expected, prefix):
+def _check(actual, expected, prefix, atol=ATOL):
     keys = sorted(k.split("/", 1)[1] for k in expected.files if k.startswith(prefix + "/"))
     assert keys, prefix
     for key in keys:
         np.testing.assert_allclose(actual[key], expected[f"{prefix}/{key}"], rtol=RTOL,
-                                   atol=ATOL, err_msg=f"{prefix}/{key}")
+                                   atol=atol, err_msg=f"{prefix}/{key}")
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +143,9 @@ def test_frozen_two_body_model_with_training_state(expected):
     copper = read(FROZEN / "copper.xyz", ":")
     model = load(FROZEN / "two_body_incremental.npz")
     assert model.two_body_ is not None
-    _check(_predictions(model, copper[5:7], stress=True), expected, "two_body_incremental")
+    _check(_predictions(model, copper[5:7], stress=True), expected, "two_body_incremental",
+           atol=CANCELLING_ATOL)
     model.restore_training(copper[:4])
     model.update([copper[4]], n_inducing=2)
     _check(_predictions(model, copper[5:7], stress=True), expected,
-           "two_body_incremental_updated")
+           "two_body_incremental_updated", atol=CANCELLING_ATOL)

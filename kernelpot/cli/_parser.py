@@ -152,7 +152,8 @@ def _add_demo(sub) -> argparse.ArgumentParser:
                         help="training frames (of the 150 non-test bundled frames; default 100)")
     parser.add_argument("--descriptor", choices=["soap", "acsf"], default="soap")
     parser.add_argument("--method", choices=["auto", "sparse", "exact"], default="auto",
-                        help="auto (default: exact while it fits 4 GiB and about a minute), "
+                        help="auto (default: exact while its fit takes under 4 GiB and "
+                             "about a minute, and prediction with stds 20 ms/atom), "
                              "the sparse GP or the exact force-domain GP")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--plot", default="demo_parity.png",
@@ -360,7 +361,8 @@ def _add_model_options(parser) -> None:
                              "up to 2000; given, method auto fits the sparse GP)")
     parser.add_argument("--method", choices=["auto", "sparse", "exact"], default=None,
                         help="auto (default: the exact force-domain GP while its estimated "
-                             "fit takes under a minute and 4 GiB, the sparse GP otherwise), "
+                             "fit takes under a minute and 4 GiB and its prediction with "
+                             "stds 20 ms/atom, the sparse GP otherwise), "
                              "sparse, or exact (memory grows as the square of the force "
                              "components, fit time as the cube)")
     parser.add_argument("--min-distance", type=float, default=None, metavar="Å",
