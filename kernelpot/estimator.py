@@ -538,7 +538,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         return calibration
 
     def _resolve_method(self, training: TrainingSet, descriptor) -> str:
-        """Return "sparse" or "exact"; "auto" is exact while its cost fits both limits."""
+        """Return "sparse" or "exact"; "auto" is exact while its cost fits the limits."""
         owner = type(self).__name__
         if self.method != "auto":
             return self.method
@@ -549,41 +549,53 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
             logger.info("%s: method='auto' chose 'sparse': %s needs it", owner,
                         " and ".join(needs_sparse))
             return "sparse"
-        n_atoms, has_forces = training.n_atoms, training.has_forces
-        n_obs = int(training.has_energy.sum() + 3 * n_atoms[has_forces].sum())
-        # Jacobian rows per element, from the neighbour pairs per atom of a few structures
-        n_species = len(training.species)
-        sample = np.unique(np.linspace(0, len(training.frames) - 1, 5).astype(int))
-        pairs, centres = np.zeros(n_species), np.zeros(n_species)
-        n_features = 0
-        for k in sample:
-            result = descriptor.compute(training.frames[k])
-            index = training.species_index[k]
-            pairs += np.bincount(index[result.pairs[:, 0]], minlength=n_species)
-            centres += np.bincount(index, minlength=n_species)
-            n_features = result.n_features
-        per_atom = np.where(centres > 0, pairs / np.maximum(centres, 1),
-                            pairs.sum() / max(centres.sum(), 1))
-        atoms_with_forces = np.zeros(n_species)
-        for k in np.flatnonzero(has_forces):
-            atoms_with_forces += np.bincount(training.species_index[k], minlength=n_species)
-        rows = 3 * per_atom * atoms_with_forces
-        memory = exact.memory_estimate(n_obs, int(rows.sum()), n_features) / 2**30
-        seconds = exact.fit_time_estimate(n_obs, rows, n_features)
-        # a predicted atom of the training set's composition
-        share = atoms_with_forces / max(atoms_with_forces.sum(), 1)
-        per_atom_ms = 1e3 * exact.prediction_time_estimate(3 * per_atom * share, rows,
-                                                           n_features)
-        method = "exact" if memory <= float(self.exact_memory_limit) \
-            and seconds <= float(self.exact_time_limit) \
-            and per_atom_ms <= float(self.exact_prediction_limit) else "sparse"
+        cost = _exact_costs(training.frames, training.species_index, training.has_energy,
+                            training.has_forces, len(training.species), descriptor)
+        method = "exact" if cost["memory_gib"] <= float(self.exact_memory_limit) \
+            and cost["fit_seconds"] <= float(self.exact_time_limit) \
+            and cost["prediction_ms_per_atom"] <= float(self.exact_prediction_limit) \
+            else "sparse"
         logger.info("%s: method='auto' chose %r: the exact model of %d observations needs "
                     "~%.2f GiB (limit %.2f), ~%.0f s to fit (limit %.0f) and ~%.1f ms per "
-                    "atom to predict with every std (limit %.1f)", owner, method, n_obs,
-                    memory, float(self.exact_memory_limit), seconds,
-                    float(self.exact_time_limit), per_atom_ms,
+                    "atom to predict with every std (limit %.1f)", owner, method,
+                    cost["n_observations"], cost["memory_gib"],
+                    float(self.exact_memory_limit), cost["fit_seconds"],
+                    float(self.exact_time_limit), cost["prediction_ms_per_atom"],
                     float(self.exact_prediction_limit))
         return method
+
+    def exact_cost_estimate(self, X: Sequence[Atoms]) -> dict[str, float]:
+        """Estimate what the exact model would cost on these training structures.
+
+        The figures ``method="auto"`` compares with ``exact_memory_limit``,
+        ``exact_time_limit`` and ``exact_prediction_limit``.
+
+        Parameters
+        ----------
+        X : list of ase.Atoms
+            Labelled training structures, as for :meth:`fit`.
+
+        Returns
+        -------
+        dict
+            ``n_observations`` (energies + force components), ``memory_gib`` (peak of
+            the fit), ``fit_seconds`` and ``prediction_ms_per_atom`` (energies, forces
+            and every force std, for an atom of the training set's composition):
+            estimates from cost models measured on the project's 2-core machine
+            (:func:`kernelpot.exact.fit_time_estimate`,
+            :func:`kernelpot.exact.prediction_time_estimate`).
+        """
+        owner = f"{type(self).__name__}.exact_cost_estimate"
+        self._check_params()
+        frames = check_frames(X, owner)
+        labels = read_labels(frames, owner)
+        species = np.unique(np.concatenate([a.numbers for a in frames])).astype(np.int64)
+        descriptor = clone(self.descriptor) if self.descriptor is not None else SOAP(
+            [chemical_symbols[z] for z in species], r_cut=4.0, n_max=6, l_max=4, sigma=0.4)
+        species_index = [np.searchsorted(species, a.numbers) for a in frames]
+        has_forces = np.array([f is not None for f in labels.forces])
+        return _exact_costs(frames, species_index, labels.has_energy, has_forces,
+                            len(species), descriptor)
 
     def _reference_energies(self, counts, energies, species) -> np.ndarray:
         """Return e0 per element; ``counts`` (n_structures, n_species) are the compositions."""
@@ -962,3 +974,34 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
     def __sklearn_is_fitted__(self) -> bool:
         """Return whether the model is fitted (for ``check_is_fitted``)."""
         return hasattr(self, "alpha_")
+
+
+def _exact_costs(frames, species_index, has_energy, has_forces, n_species: int,
+                 descriptor) -> dict[str, float]:
+    """Estimated memory, fit time and prediction time of an exact model on ``frames``."""
+    n_atoms = np.array([len(a) for a in frames])
+    has_energy, has_forces = np.asarray(has_energy, bool), np.asarray(has_forces, bool)
+    n_obs = int(has_energy.sum() + 3 * n_atoms[has_forces].sum())
+    # Jacobian rows per element, from the neighbour pairs per atom of a few structures
+    sample = np.unique(np.linspace(0, len(frames) - 1, 5).astype(int))
+    pairs, centres = np.zeros(n_species), np.zeros(n_species)
+    n_features = 0
+    for k in sample:
+        result = descriptor.compute(frames[k])
+        index = species_index[k]
+        pairs += np.bincount(index[result.pairs[:, 0]], minlength=n_species)
+        centres += np.bincount(index, minlength=n_species)
+        n_features = result.n_features
+    per_atom = np.where(centres > 0, pairs / np.maximum(centres, 1),
+                        pairs.sum() / max(centres.sum(), 1))
+    atoms_with_forces = np.zeros(n_species)
+    for k in np.flatnonzero(has_forces):
+        atoms_with_forces += np.bincount(species_index[k], minlength=n_species)
+    rows = 3 * per_atom * atoms_with_forces
+    # a predicted atom of the training set's composition
+    share = atoms_with_forces / max(atoms_with_forces.sum(), 1)
+    return {"n_observations": n_obs,
+            "memory_gib": exact.memory_estimate(n_obs, int(rows.sum()), n_features) / 2**30,
+            "fit_seconds": exact.fit_time_estimate(n_obs, rows, n_features),
+            "prediction_ms_per_atom": 1e3 * exact.prediction_time_estimate(
+                3 * per_atom * share, rows, n_features)}

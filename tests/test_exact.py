@@ -252,6 +252,19 @@ def test_method_auto_is_the_default_and_follows_the_time_limit(ethanol_frames, s
         clone(model).set_params(exact_prediction_limit=0).fit(frames)
 
 
+def test_exact_cost_estimate_is_what_auto_weighs(ethanol_frames, small_soap):
+    model = SparseGPPotential(small_soap, n_restarts=0, random_state=0)
+    cost = model.exact_cost_estimate(ethanol_frames[:10])
+    assert cost["n_observations"] == 10 * (1 + 27)
+    assert cost["fit_seconds"] > 0 and cost["memory_gib"] > 0
+    # just above and just below the estimate flip the choice
+    for factor, method in ((1.01, "exact"), (0.99, "sparse")):
+        limits = {"exact_time_limit": factor * cost["fit_seconds"]}
+        assert clone(model).set_params(**limits).fit(ethanol_frames[:10]).method_ == method
+        limits = {"exact_prediction_limit": factor * cost["prediction_ms_per_atom"]}
+        assert clone(model).set_params(**limits).fit(ethanol_frames[:10]).method_ == method
+
+
 def test_fit_time_estimate_grows_with_the_cost_terms():
     likelihood = exact.fit_time_estimate(1000, [0.0, 0.0], 300)
     covariance = exact.fit_time_estimate(1000, [3000.0, 6000.0], 300) - likelihood
