@@ -199,7 +199,9 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         estimated prediction time ``exact_prediction_limit``
         (:func:`kernelpot.exact.prediction_time_estimate`), sparse
         otherwise or when ``incremental=True``, ``two_body`` or ``n_sparse`` is given
-        (they are the sparse model's); the choice and the estimates are logged, the
+        (they are the sparse model's; ``signal_per_element=True`` is the exact
+        model's and chooses it whatever its cost); the choice and the estimates are
+        logged, the
         result is ``method_``. Each :meth:`fit` chooses again, so a learning curve may
         change method along its sizes.
     exact_memory_limit : float, default=4.0
@@ -387,7 +389,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         if not isinstance(self.signal_per_element, (bool, np.bool_)):
             raise TypeError(f"{owner}: signal_per_element must be True or False; "
                             f"got {self.signal_per_element!r}")
-        if self.signal_per_element and self.method != "exact":
+        if self.signal_per_element and self.method == "sparse":
             raise ValueError(f"{owner}: signal_per_element=True needs method='exact' (the "
                              f"sparse model has one signal std); got method={self.method!r}")
         if self.two_body is not None:
@@ -545,10 +547,17 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         needs_sparse = [reason for reason, given in (
             ("incremental=True", self.incremental), ("a two-body term", self.two_body),
             ("n_sparse", self.n_sparse is not None)) if given]
+        if needs_sparse and self.signal_per_element:
+            raise ValueError(f"{owner}: signal_per_element=True needs the exact model and "
+                             f"{' and '.join(needs_sparse)} the sparse one; set method")
         if needs_sparse:
             logger.info("%s: method='auto' chose 'sparse': %s needs it", owner,
                         " and ".join(needs_sparse))
             return "sparse"
+        if self.signal_per_element:
+            logger.info("%s: method='auto' chose 'exact': signal_per_element=True needs it",
+                        owner)
+            return "exact"
         cost = _exact_costs(training.frames, training.species_index, training.has_energy,
                             training.has_forces, len(training.species), descriptor)
         method = "exact" if cost["memory_gib"] <= float(self.exact_memory_limit) \
@@ -1001,7 +1010,8 @@ def _exact_costs(frames, species_index, has_energy, has_forces, n_species: int,
     # a predicted atom of the training set's composition
     share = atoms_with_forces / max(atoms_with_forces.sum(), 1)
     return {"n_observations": n_obs,
-            "memory_gib": exact.memory_estimate(n_obs, int(rows.sum()), n_features) / 2**30,
+            "memory_gib": exact.memory_estimate(n_obs, int(rows.sum()), n_features,
+                                                n_species) / 2**30,
             "fit_seconds": exact.fit_time_estimate(n_obs, rows, n_features),
             "prediction_ms_per_atom": 1e3 * exact.prediction_time_estimate(
                 3 * per_atom * share, rows, n_features)}

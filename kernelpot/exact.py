@@ -436,6 +436,16 @@ def mean_weights(obs: Observations, weights: np.ndarray,
 def mean_maps(mean: MeanWeights, kernel: Kernel) -> list:
     """Each element's closed-form mean map (:func:`kernelpot.mean_maps.exact_mean_map`).
 
+    Always built where the kernel has one: the sum it replaces contracts every Jacobian
+    row of a predicted structure with every training environment, far more than the
+    map's ``D²`` per atom.
+
+    Parameters
+    ----------
+    mean : MeanWeights
+        From :func:`mean_weights`.
+    kernel : kernelpot.kernels.Kernel
+
     Returns
     -------
     list of MeanMap or None
@@ -588,9 +598,13 @@ def structures_from_arrays(arrays: dict) -> list[Atoms]:
             for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
 
 
-def memory_estimate(n_obs: int, n_rows: int, n_features: int) -> float:
-    """Bytes an exact fit holds at its peak: three ``n_obs²`` matrices and the Jacobian rows."""
-    return 8.0 * (3.0 * n_obs**2 + n_rows * n_features)
+def memory_estimate(n_obs: int, n_rows: int, n_features: int, n_species: int = 0) -> float:
+    """Bytes an exact fit holds at its peak.
+
+    Three ``n_obs²`` matrices, the Jacobian rows, and one ``D × D`` mean map per element
+    (:func:`mean_maps`).
+    """
+    return 8.0 * (3.0 * n_obs**2 + n_rows * n_features + n_species * n_features**2)
 
 
 #: Seconds per multiply–add of the force–force covariance (``Σ_s R_s² D``, Jacobian rows

@@ -237,7 +237,7 @@ class ExactPosterior(Posterior):
         result = descriptor.compute(atoms, strain=stress) if forces or stress \
             else features_only(descriptor.create(atoms))
         mean = exact.predict_mean(result, index, self.mean, self.kernel, forces=forces,
-                                  strain=stress, maps=self.mean_maps)
+                                  strain=stress, maps=getattr(self, "mean_maps", None))
         local, force_values = mean[0] + e0[index], mean[1] if forces else None
         stress_values = gp.stress_from_strain_derivative(mean[2], volume) if stress else None
         parts = PredictionParts(float(local.sum()), force_values, local, stress_values)
@@ -296,7 +296,7 @@ class ExactPosterior(Posterior):
         """
         local, _ = exact.predict_mean(features_only(descriptor.create(atoms)), index,
                                       self.mean, self.kernel, forces=False,
-                                      maps=self.mean_maps)
+                                      maps=getattr(self, "mean_maps", None))
         return local
 
     def log_marginal_likelihood(self, theta: np.ndarray, eval_gradient: bool = False,

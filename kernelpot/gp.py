@@ -230,15 +230,20 @@ def local_energies_from_maps(X: np.ndarray, species_index: np.ndarray, maps: lis
     Parameters
     ----------
     X : ndarray of shape (n_atoms, n_features)
+        Descriptors of the atoms.
     species_index : ndarray of shape (n_atoms,)
+        Element index of every atom (the position of its map in ``maps``).
     maps : list of MeanMap
         One per element.
     gradients : bool, default=False
+        Also return ``∂ε_i/∂x_i``.
 
     Returns
     -------
     energies : ndarray of shape (n_atoms,)
+        ``ε_i`` (without reference energies).
     d_energies : ndarray of shape (n_atoms, n_features) or None
+        ``∂ε_i/∂x_i`` with ``gradients``.
     """
     energies = np.zeros(len(X))
     d_energies = np.zeros_like(X) if gradients else None

@@ -48,6 +48,9 @@ class Posterior(ABC):
         return {chemical_symbols[z]: len(x) for z, x in zip(species, self.inducing,
                                                              strict=True)}
 
+    def prepare_prediction(self) -> None:  # noqa: B027 - optional hook, nothing by default
+        """Build what every prediction shares before predictions go to workers."""
+
     @abstractmethod
     def parts(self, descriptor: Descriptor, atoms: Atoms, index: np.ndarray, e0: np.ndarray,
               forces: bool, variance: bool | str, volume: float | None = None,

@@ -194,6 +194,7 @@ class PredictionMixin:
         frames = check_frames(X, f"{type(self).__name__}.predict")
         check_is_fitted(self)
         verbose = check_verbose(self.verbose, type(self).__name__)
+        self.posterior_.prepare_prediction()  # shared by every worker, built once here
         out, batch, batch_rows = [], [], 0
         for parts in self._imap(
                 lambda atoms: self._predict_parts(atoms, forces, variance, stress, shifts),

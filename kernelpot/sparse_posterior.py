@@ -195,11 +195,17 @@ class SparsePosterior(Posterior):
         """Return the weights: a design row ``k`` predicts ``k @ weights``."""
         return self.factors.weights
 
+    def prepare_prediction(self) -> None:
+        """Build the mean maps before predictions are dispatched to workers."""
+        self.mean_maps()
+
     def mean_maps(self) -> list[MeanMap]:
         """Return each element's mean map (:mod:`kernelpot.mean_maps`), built once per fit.
 
         Rebuilt when the weights, the inducing set or the kernel's hyperparameters
-        change (after :meth:`update`).
+        are replaced (after :meth:`update`, a re-optimisation, or ``set_params`` of a
+        hyperparameter in ``theta``). Arrays edited in place (the weights,
+        ``kernel.zeta``) are not noticed: refit instead.
 
         Returns
         -------

@@ -81,7 +81,7 @@ def learning_curve(model: SparseGPPotential, train: list[Atoms], test: list[Atom
     if sizes.ndim != 1 or sizes.size == 0 or not all(
             isinstance(n, numbers.Integral) and 1 <= n <= len(train) for n in sizes.tolist()):
         raise ValueError(f"learning_curve: sizes must be ints between 1 and {len(train)} "
-                         f"(the training structures); got {list(sizes)}")
+                         f"(the training structures); got {sizes.tolist()}")
     if isinstance(repeats, bool) or not isinstance(repeats, numbers.Integral) or repeats < 1:
         raise ValueError(f"learning_curve: repeats must be an int >= 1; got {repeats!r}")
     if strategy not in STRATEGIES:

@@ -222,10 +222,16 @@ def test_fit_rejects_unlabelled_frames_and_bad_config(tmp_path, ethanol_frames, 
     assert main(["fit", str(tmp_path / "train.xyz"), "-o", str(tmp_path / "m.npz"),
                  "--config", str(tmp_path / "bad.toml")]) == 1
     assert "flat table" in capsys.readouterr().err
-    (tmp_path / "unknown.toml").write_text("no_such_parameter = 1\n")
+    # every unknown key at once, with the valid names (not the estimator's repr)
+    (tmp_path / "unknown.toml").write_text("no_such_parameter = 1\nalso_bad = 2\n"
+                                          "descriptor.n_maxx = 3\nn_restarts = 0\n")
     assert main(["fit", str(tmp_path / "train.xyz"), "-o", str(tmp_path / "m.npz"),
                  "--config", str(tmp_path / "unknown.toml")]) == 1
-    assert "no_such_parameter" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown keys no_such_parameter, also_bad, descriptor.n_maxx" in err
+    assert "; descriptor: descriptor." in err and "descriptor.l_max" in err
+    assert "estimator: " in err and "n_restarts" in err
+    assert "species=[" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_model_file_that_is_not_ours(tmp_path, ethanol_frames, capsys):
@@ -301,7 +307,8 @@ def test_learning_curve_table_and_plot(cli_files, capsys):
     assert "--sizes must be comma-separated integers" in capsys.readouterr().err
     assert main(["learning-curve", str(cli_files / "train.xyz"), str(cli_files / "test.xyz"),
                  "--sizes", "3,500"]) == 1
-    assert "sizes must be ints between 1 and 12" in capsys.readouterr().err
+    assert "sizes must be ints between 1 and 12 (the training structures); got [3, 500]" \
+        in capsys.readouterr().err
 
 
 def test_md_plain_and_on_the_fly(tmp_path, capsys):
@@ -492,3 +499,44 @@ def test_fit_refuses_atoms_on_top_of_each_other_unless_allowed(tmp_path, ethanol
     assert "structure 1: atoms" in capsys.readouterr().err
     assert _fit(tmp_path, tmp_path / "train.xyz", tmp_path / "m.npz", "--no-train-eval",
                 "--min-distance", "0") == 0  # accepted on request
+
+
+def test_eval_names_the_file_with_non_finite_labels(cli_files, tmp_path, capsys):
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import read, write
+
+    model = tmp_path / "m.npz"
+    assert _fit(tmp_path, cli_files / "train.xyz", model, "--no-train-eval",
+                "--method", "sparse") == 0
+    frames = read(cli_files / "test.xyz", ":2")
+    forces = frames[1].get_forces()
+    forces[0, 0] = np.nan
+    frames[1].calc = SinglePointCalculator(frames[1], energy=frames[1].get_potential_energy(),
+                                           forces=forces)
+    write(tmp_path / "nan.xyz", frames)
+    capsys.readouterr()
+    assert main(["eval", str(model), str(tmp_path / "nan.xyz")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"kernelpot eval: error: {tmp_path / 'nan.xyz'}: structure 1 has non-finite " \
+                  "forces"
+
+
+def test_md_reference_refits_a_per_element_exact_model_as_sparse(tmp_path, capsys):
+    from ase.io import write
+    from helpers import emt_copper_frames
+
+    from kernelpot import load
+
+    train = emt_copper_frames(3, seed=4, rattle=0.08)
+    write(tmp_path / "train.xyz", train)
+    write(tmp_path / "start.xyz", train[0])
+    model = tmp_path / "cu.npz"
+    assert _fit(tmp_path, tmp_path / "train.xyz", model, "--descriptor", "acsf", "--r-cut",
+                "4.0", "--no-train-eval",
+                config="n_restarts = 0\nsignal_per_element = true\n") == 0
+    assert load(model).method_ == "exact"  # signal_per_element asks for it
+    capsys.readouterr()
+    assert main(["md", str(model), str(tmp_path / "start.xyz"), "--steps", "3",
+                 "--temperature", "300", "--reference", "emt", "--train",
+                 str(tmp_path / "train.xyz"), "--directory", str(tmp_path / "otf")]) == 0
+    assert "is exact, refitting it as sparse" in capsys.readouterr().out

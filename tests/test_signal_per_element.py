@@ -121,9 +121,14 @@ def test_bad_settings_are_refused(ethanol_frames, small_soap):
     model = SparseGPPotential(small_soap, method="exact", signal_per_element=True)
     assert clone(model).get_params()["signal_per_element"] is True
     with pytest.raises(ValueError, match="signal_per_element=True needs method='exact'"):
-        SparseGPPotential(small_soap, signal_per_element=True).fit(ethanol_frames[:3])
-    with pytest.raises(ValueError, match="signal_per_element=True needs method='exact'"):
-        SparseGPPotential(small_soap, method="auto", signal_per_element=True).fit(
+        SparseGPPotential(small_soap, method="sparse", signal_per_element=True).fit(
+            ethanol_frames[:3])
+    # "auto" (the default) takes it as asking for the exact model, whatever its cost
+    chosen = SparseGPPotential(small_soap, signal_per_element=True, exact_time_limit=1e-9,
+                               n_restarts=0).fit(ethanol_frames[:3])
+    assert chosen.method_ == "exact" and isinstance(chosen.signal_std_, dict)
+    with pytest.raises(ValueError, match="needs the exact model and n_sparse the sparse"):
+        SparseGPPotential(small_soap, signal_per_element=True, n_sparse=5).fit(
             ethanol_frames[:3])
     with pytest.raises(TypeError, match="signal_per_element must be True or False"):
         SparseGPPotential(small_soap, method="exact", signal_per_element="yes").fit(

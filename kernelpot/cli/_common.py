@@ -135,6 +135,8 @@ def _build_model(args, frames):
     model_params, descriptor_params, two_body_params = (
         _read_config(args.config) if args.config else ({}, {}, {}))
     (_, descriptor), = _default_descriptors(frames, args.descriptor, args.r_cut)
+    _check_config_keys(args.config, SparseGPPotential(), descriptor, model_params,
+                       descriptor_params, two_body_params)
     try:
         descriptor.set_params(**descriptor_params)
     except ValueError as err:
@@ -160,11 +162,32 @@ def _build_model(args, frames):
     return model
 
 
-def _errors(model, frames):
+def _check_config_keys(path, model, descriptor, model_params, descriptor_params,
+                       two_body_params) -> None:
+    """Raise a CLIError naming every unknown key of a config file, with the valid ones."""
+    from kernelpot import TwoBody
+
+    unknown, valid = [], []
+    for prefix, params, target in (("", model_params, model),
+                                   ("descriptor.", descriptor_params, descriptor),
+                                   ("two_body.", two_body_params, TwoBody())):
+        names = sorted(target.get_params(deep=False))
+        bad = [f"{prefix}{key}" for key in params if key not in names]
+        unknown += bad
+        if bad or not prefix:
+            valid.append(("estimator" if not prefix else prefix.rstrip("."),
+                          [f"{prefix}{name}" for name in names]))
+    if unknown:
+        lists = "; ".join(f"{what}: {', '.join(names)}" for what, names in valid)
+        raise CLIError(f"{path}: unknown key{'s' if len(unknown) > 1 else ''} "
+                       f"{', '.join(unknown)}. Valid keys, {lists}")
+
+
+def _errors(model, frames, source: str = "kernelpot"):
     """Predictions and reference labels of labelled frames, as a dict of arrays."""
     from kernelpot._labels import read_labels
 
-    labels = read_labels(frames, "kernelpot")
+    labels = read_labels(frames, source)
     energies, forces, energy_std, forces_std = model.predict_energies_and_forces(
         frames, return_std=True)
     n_atoms = np.array([len(a) for a in frames])

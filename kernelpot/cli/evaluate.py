@@ -28,7 +28,7 @@ def _cmd_eval(args) -> int:
     print(f"kernelpot {__version__}: {args.model} on {args.test} ({len(frames)} structures)")
     if args.recalibrate:
         valid = _read_frames(args.recalibrate)
-        _print_errors("test (before recalibration)", _errors(model, frames))
+        _print_errors("test (before recalibration)", _errors(model, frames, args.test))
         model.calibrate(valid)
         scale = model.std_scale_
         model.set_params(n_jobs=n_jobs_saved)  # --n-jobs is this run's, not the file's
@@ -42,7 +42,7 @@ def _cmd_eval(args) -> int:
         print(f"std calibration fitted on {args.recalibrate} ({len(valid)} structures): "
               f"{fitted}; conformal intervals from "
               f"{len(model.interval_scores_.get('forces', []))} force components; wrote {path}")
-    err = _errors(model, frames)
+    err = _errors(model, frames, args.test)
     _print_errors("test", err)
     if args.plot:
         if not err["forces"]:

@@ -131,7 +131,7 @@ def _cmd_md(args) -> int:
                   f"{model.method_}, refitting it as sparse on {args.train}")
         # the learner updates the model in place: a sparse one that keeps its training state
         model = clone(model).set_params(incremental=True, method="sparse",
-                                        verbose=0).fit(train)
+                                        signal_per_element=False, verbose=0).fit(train)
         learner = OnTheFlyLearner(model, _reference_calculator(args.reference),
                                   threshold=args.threshold, directory=args.directory,
                                   verbose=int(not args.quiet), status_every=args.status_every)
