@@ -633,8 +633,11 @@ def fit_time_estimate(n_obs: int, rows_per_element: Sequence[float], n_features:
     float
         ``a Σ_s R_s² D + b n_obs³``: the force–force covariance and the Cholesky
         factorisations of the likelihood search, with ``a`` and ``b`` measured on the
-        project's 2-core machine. Within a factor of about 2 there; a machine with more
-        cores is faster than this says.
+        project's 2-core machine with the default search (``n_restarts=2``, noise and
+        signal std only). Within a factor of about 2 there (over-estimating large
+        sets); a machine with more cores is faster than this says. Not counted: a
+        search of the kernel's own hyperparameters, more restarts, one signal std per
+        element (more likelihood parameters).
     """
     rows = np.asarray(rows_per_element, dtype=np.float64)
     return float(_SECONDS_PER_COVARIANCE_TERM * np.sum(rows**2) * n_features
