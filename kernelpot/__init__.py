@@ -7,7 +7,7 @@ from kernelpot._version import __version__
 from kernelpot.active import OnTheFlyLearner
 from kernelpot.calculator import KernelPotCalculator
 from kernelpot.datasets import load_ethanol, load_silicon
-from kernelpot.descriptors import ACSF, SOAP, Descriptor, DescriptorResult
+from kernelpot.descriptors import ACSF, SOAP, Descriptor, DescriptorResult, FeatomicSOAP
 from kernelpot.estimator import SparseGPPotential
 from kernelpot.kernels import NormalizedDotProduct, Scaled, SquaredExponential, Sum
 from kernelpot.model_files import load
@@ -19,6 +19,7 @@ __all__ = [
     "SOAP",
     "Descriptor",
     "DescriptorResult",
+    "FeatomicSOAP",
     "KernelPotCalculator",
     "NormalizedDotProduct",
     "OnTheFlyLearner",

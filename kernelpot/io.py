@@ -47,12 +47,12 @@ def parameter_classes() -> dict:
         ``{class name: class}``: descriptors, kernels and the two-body term (the
         estimator class is added by the loader).
     """
-    from kernelpot.descriptors import ACSF, SOAP
+    from kernelpot.descriptors import ACSF, SOAP, FeatomicSOAP
     from kernelpot.kernels import NormalizedDotProduct, Scaled, SquaredExponential, Sum
     from kernelpot.two_body import TwoBody
 
-    return {cls.__name__: cls for cls in (ACSF, SOAP, NormalizedDotProduct, SquaredExponential,
-                                          Scaled, Sum, TwoBody)}
+    return {cls.__name__: cls for cls in (ACSF, SOAP, FeatomicSOAP, NormalizedDotProduct,
+                                          SquaredExponential, Scaled, Sum, TwoBody)}
 
 
 def encode(value: object, registry: dict) -> object:

@@ -8,7 +8,7 @@ from ase.build import bulk
 
 pytest.importorskip("featomic")
 
-from kernelpot import SparseGPPotential  # noqa: E402
+from kernelpot import SparseGPPotential, load  # noqa: E402
 from kernelpot.descriptors import FeatomicSOAP  # noqa: E402
 
 
@@ -109,3 +109,38 @@ def test_the_symmetric_blocks_keep_every_dot_product(ethanol):
     reduced = descriptor.create(ethanol)
     assert reduced.shape[1] < dense.shape[1]
     np.testing.assert_allclose(reduced @ reduced.T, dense @ dense.T, rtol=1e-12)
+
+
+def test_a_model_on_featomic_soap_predicts_forces_as_energy_derivatives(skewed_cell,
+                                                                        tmp_path):
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = []
+    for seed in range(4):
+        atoms = skewed_cell.copy()
+        atoms.rattle(0.05, seed=10 + seed)
+        atoms.calc = EMT()
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(),
+                                           forces=atoms.get_forces())
+        frames.append(atoms)
+    for method in ("sparse", "exact"):
+        model = SparseGPPotential(FeatomicSOAP(["Cu", "Au"], 4.0, 3, 3, 0.4), method=method,
+                                  n_restarts=0, random_state=0).fit(frames[:3])
+        test = frames[3]
+        forces = model.predict_forces([test])[0]
+        h, j = 1e-4, 2
+        numerical = np.zeros(3)
+        for c in range(3):
+            plus, minus = test.copy(), test.copy()
+            plus.positions[j, c] += h
+            minus.positions[j, c] -= h
+            numerical[c] = -(model.predict([plus])[0] - model.predict([minus])[0]) / (2 * h)
+        np.testing.assert_allclose(forces[j], numerical, rtol=1e-5, atol=1e-7)
+        stress = model.predict_stress([test])[0]
+        assert stress.shape == (6,) and np.all(np.isfinite(stress))
+        # saved as a named descriptor with its parameters, loaded the same
+        path = model.save(tmp_path / f"{method}.npz")
+        loaded = load(path)
+        assert isinstance(loaded.descriptor_, FeatomicSOAP)
+        np.testing.assert_array_equal(loaded.predict_forces([test])[0], forces)
