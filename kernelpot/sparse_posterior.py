@@ -825,8 +825,10 @@ class SparsePosterior(Posterior):
             For ``training_state=True`` without a training state.
         """
         stats = self.stats
-        arrays = {"alpha": self.weights, "L_mm": self.factors.L_mm,
-                  "L_post": self.factors.L_post, "stats_eigenvalues": stats.eigenvalues,
+        # the two factors are lower triangular: their triangles alone (format 4)
+        arrays = {"alpha": self.weights, "L_mm_tril": _pack_lower(self.factors.L_mm),
+                  "L_post_tril": _pack_lower(self.factors.L_post),
+                  "stats_eigenvalues": stats.eigenvalues,
                   "stats_U": stats.U, "stats_beta_E": stats.beta_E,
                   "stats_beta_F": stats.beta_F}
         for s, Z in enumerate(self.inducing):
@@ -881,7 +883,9 @@ class SparsePosterior(Posterior):
         if isinstance(signal_std, bool) or not isinstance(signal_std, (int, float)) \
                 or not signal_std > 0:
             raise ValueError(f"load: {what} has a malformed signal_std entry {signal_std!r}")
-        needed = ["alpha", "L_mm", "L_post", "stats_eigenvalues", "stats_U", "stats_beta_E",
+        packed = "L_mm_tril" in arrays  # format 4; earlier files hold the squares
+        factor_names = ["L_mm_tril", "L_post_tril"] if packed else ["L_mm", "L_post"]
+        needed = ["alpha", *factor_names, "stats_eigenvalues", "stats_U", "stats_beta_E",
                   "stats_beta_F"] + [f"{name}_{s}" for s in range(n_species)
                                      for name in ("inducing", "columns")]
         missing = [name for name in needed if name not in arrays]
@@ -897,9 +901,13 @@ class SparsePosterior(Posterior):
             raise ValueError(f"load: {what} holds {len(weights)} weights, which does not "
                              "match its inducing environments and two-body term")
         M = len(weights)
-        if arrays["L_mm"].shape != (M, M) or arrays["L_post"].shape != (M, M):
-            raise ValueError(f"load: {what} holds factors of shapes {arrays['L_mm'].shape} and "
-                             f"{arrays['L_post'].shape} for {M} weights")
+        if packed:
+            L_mm, L_post = (_unpack_lower(arrays[name], M, what) for name in factor_names)
+        else:
+            L_mm, L_post = arrays["L_mm"], arrays["L_post"]
+        if L_mm.shape != (M, M) or L_post.shape != (M, M):
+            raise ValueError(f"load: {what} holds factors of shapes {L_mm.shape} and "
+                             f"{L_post.shape} for {M} weights")
         pair_columns = _checked_pair_columns(arrays.get("pair_columns"), columns, two_body,
                                              n_species, len(weights), what)
         training = None
@@ -915,7 +923,7 @@ class SparsePosterior(Posterior):
             arrays["stats_beta_F"], s["c_E"], s["c_F"], s["n_E"], s["n_F"], s["logdet_D_E"])
         return cls(kernel=kernel, inducing=inducing, columns=columns, two_body=two_body,
                    pair_columns=pair_columns,
-                   factors=gp.Posterior(weights, arrays["L_mm"], arrays["L_post"]),
+                   factors=gp.Posterior(weights, L_mm, L_post),
                    stats=stats, signal_std=signal_std, energy_noise=fitted["energy_noise"],
                    force_noise=fitted["force_noise"],
                    log_marginal_likelihood=fitted["log_marginal_likelihood"],
@@ -930,6 +938,21 @@ class SparsePosterior(Posterior):
             raise ValueError(f"load: {what} has a malformed loo_shift array")
         self.loo_shift = basis
         return self
+
+
+def _pack_lower(L: np.ndarray) -> np.ndarray:
+    """Return the lower triangle of a square matrix, row by row (``np.tril_indices``)."""
+    return L[np.tril_indices(len(L))]
+
+
+def _unpack_lower(values: np.ndarray, M: int, what: str) -> np.ndarray:
+    """Inverse of :func:`_pack_lower` for an ``M × M`` matrix; check the length."""
+    if values.ndim != 1 or len(values) != M * (M + 1) // 2:
+        raise ValueError(f"load: {what} holds a packed factor of shape {values.shape}; "
+                         f"{M} weights need {M * (M + 1) // 2} values")
+    L = np.zeros((M, M))
+    L[np.tril_indices(M)] = values
+    return L
 
 
 def _sparse_loso_terms(Kw: np.ndarray, y: np.ndarray, noise_std: np.ndarray, sigma: float,

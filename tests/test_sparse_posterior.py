@@ -105,8 +105,9 @@ def test_to_arrays_holds_the_documented_entries(with_pair):
     posterior = with_pair.posterior_
     arrays, fitted = posterior.to_arrays()
     M = posterior.weights.size
-    assert arrays["alpha"].shape == (M,) and arrays["L_mm"].shape == (M, M)
-    assert arrays["L_post"].shape == (M, M)
+    assert arrays["alpha"].shape == (M,)
+    # the triangular factors as their lower triangles (format 4)
+    assert arrays["L_mm_tril"].shape == arrays["L_post_tril"].shape == (M * (M + 1) // 2,)
     assert sum(len(arrays[f"inducing_{s}"]) for s in range(3)) + 4 * 6 == M
     np.testing.assert_array_equal(np.sort(np.concatenate(
         [arrays[f"columns_{s}"] for s in range(3)] + [arrays["pair_columns"]])), np.arange(M))
@@ -278,3 +279,14 @@ def test_finish_keeps_parts_without_variance(plain, frames):
     assert out[2].forces_var_posterior.shape == (9, 3)
     assert np.all(out[2].forces_var_projection >= 0)
     assert posterior.finish([]) == []
+
+
+def test_packed_factors_round_trip_and_refuse_a_wrong_length():
+    from kernelpot.sparse_posterior import _pack_lower, _unpack_lower
+
+    L = np.tril(np.random.default_rng(0).normal(size=(5, 5)))
+    packed = _pack_lower(L)
+    assert packed.shape == (15,)
+    np.testing.assert_array_equal(_unpack_lower(packed, 5, "m.npz"), L)
+    with pytest.raises(ValueError, match="m.npz holds a packed factor of shape"):
+        _unpack_lower(packed[:-1], 5, "m.npz")
