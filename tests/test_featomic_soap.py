@@ -31,11 +31,13 @@ def skewed_cell():
     return atoms
 
 
+@pytest.mark.parametrize("radial_scaling", [None, 2.5])
 @pytest.mark.parametrize("structure", ["ethanol", "skewed_cell"])
-def test_position_gradients_equal_finite_differences(structure, request):
+def test_position_gradients_equal_finite_differences(structure, radial_scaling, request):
     atoms = request.getfixturevalue(structure)
     species = sorted(set(atoms.get_chemical_symbols()))
-    descriptor = FeatomicSOAP(species, 4.0, n_max=3, l_max=3, sigma=0.4)
+    descriptor = FeatomicSOAP(species, 4.0, n_max=3, l_max=3, sigma=0.4,
+                              radial_scaling=radial_scaling)
     dense = descriptor.compute(atoms).dense_gradients()
     h = 1e-5
     for j in (0, len(atoms) - 1):
@@ -48,11 +50,13 @@ def test_position_gradients_equal_finite_differences(structure, request):
                                        atol=1e-7 * np.abs(numerical).max())
 
 
+@pytest.mark.parametrize("radial_scaling", [None, 2.5])
 @pytest.mark.parametrize("structure", ["ethanol", "skewed_cell"])
-def test_strain_gradients_equal_finite_differences(structure, request):
+def test_strain_gradients_equal_finite_differences(structure, radial_scaling, request):
     atoms = request.getfixturevalue(structure)
     species = sorted(set(atoms.get_chemical_symbols()))
-    descriptor = FeatomicSOAP(species, 4.0, n_max=3, l_max=3, sigma=0.4)
+    descriptor = FeatomicSOAP(species, 4.0, n_max=3, l_max=3, sigma=0.4,
+                              radial_scaling=radial_scaling)
     strain = descriptor.compute(atoms, strain=True).strain_gradients
     assert descriptor.compute(atoms).strain_gradients is None
     h = 1e-5
@@ -90,6 +94,15 @@ def test_bad_parameters_and_inputs(ethanol):
         FeatomicSOAP(["H", "C", "O"], 3.0, 3, 2, periodic="yes").compute(ethanol)
     # three pairs of different types (9 (n_1, n_2) each), three of one type (6), 3 l
     assert FeatomicSOAP(["H", "C", "O"], 3.0, 3, 2).n_features == 3 * (3 * 9 + 3 * 6)
+    with pytest.raises(ValueError, match="radial_scaling"):
+        FeatomicSOAP(["H", "C", "O"], 3.0, 3, 2, radial_scaling=-1.0).compute(ethanol)
+    with pytest.raises(ValueError, match="scaling_exponent"):
+        FeatomicSOAP(["H", "C", "O"], 3.0, 3, 2, radial_scaling=2.0,
+                     scaling_exponent=0).compute(ethanol)
+    # the scaling changes the features (it weights far neighbours down)
+    plain = FeatomicSOAP(["H", "C", "O"], 3.0, 3, 2).create(ethanol)
+    scaled = FeatomicSOAP(["H", "C", "O"], 3.0, 3, 2, radial_scaling=1.5).create(ethanol)
+    assert not np.allclose(plain, scaled)
 
 
 def test_the_symmetric_blocks_keep_every_dot_product(ethanol):

@@ -72,6 +72,12 @@ class FeatomicSOAP(Descriptor):
     periodic : bool or None, default=None
         ``None`` follows ``atoms.pbc``; ``False`` ignores the cell; ``True`` requires
         a periodic structure. As for :class:`~kernelpot.descriptors.SOAP`.
+    radial_scaling : float or None, default=None
+        ``r_0`` in Å of the radial scaling of the neighbour density (Willatt et al.
+        2018): each neighbour's Gaussian is weighted by ``1 / (1 + (r / r_0)^m)``, so
+        the many far neighbours count less than the few near ones. None: no scaling.
+    scaling_exponent : int, default=6
+        ``m`` of that scaling.
 
     Notes
     -----
@@ -102,7 +108,8 @@ class FeatomicSOAP(Descriptor):
 
     def __init__(self, species: Sequence[str | int], r_cut: float, n_max: int, l_max: int,
                  sigma: float = 0.5, smoothing: float = 0.5,
-                 periodic: bool | None = None) -> None:
+                 periodic: bool | None = None, radial_scaling: float | None = None,
+                 scaling_exponent: int = 6) -> None:
         self.species = species
         self.r_cut = r_cut
         self.n_max = n_max
@@ -110,11 +117,14 @@ class FeatomicSOAP(Descriptor):
         self.sigma = sigma
         self.smoothing = smoothing
         self.periodic = periodic
+        self.radial_scaling = radial_scaling
+        self.scaling_exponent = scaling_exponent
 
     def _check_params(self):
         """Validate the parameters and build the featomic calculator (cached by value)."""
         key = repr((self.species, self.r_cut, self.n_max, self.l_max, self.sigma,
-                    self.smoothing, self.periodic))
+                    self.smoothing, self.periodic, self.radial_scaling,
+                    self.scaling_exponent))
         cached = self.__dict__.get("_checked")
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -131,14 +141,20 @@ class FeatomicSOAP(Descriptor):
         if smoothing >= r_cut:
             raise ValueError(f"{owner}: smoothing must be smaller than r_cut ({r_cut} Å); "
                              f"got {smoothing}")
+        scaling = None
+        if self.radial_scaling is not None:
+            r_0 = check_positive_float(self.radial_scaling, "radial_scaling", owner, " (Å)")
+            exponent = check_int(self.scaling_exponent, "scaling_exponent", owner, 1)
         featomic, metatensor = _featomic()
         from featomic.basis import Gto, TensorProduct
         from featomic.cutoff import Cutoff, ShiftedCosine
-        from featomic.density import Gaussian
+        from featomic.density import Gaussian, Willatt2018
 
+        if self.radial_scaling is not None:
+            scaling = Willatt2018(exponent=exponent, rate=1.0, scale=r_0)
         calculator = featomic.SoapPowerSpectrum(
             cutoff=Cutoff(radius=r_cut, smoothing=ShiftedCosine(width=smoothing)),
-            density=Gaussian(width=sigma),
+            density=Gaussian(width=sigma, scaling=scaling),
             basis=TensorProduct(max_angular=l_max, radial=Gto(max_radial=n_max - 1)))
         types = np.sort(numbers).astype(np.int32)
         pairs = np.array([(a, b) for k, a in enumerate(types) for b in types[k:]],
