@@ -10,6 +10,7 @@ files (quoted, from ../shared/data/README.md).
 Usage::
 
     python benchmarks/mlearn.py --elements Si,Mo [--kernel ndp|se|ndp+se] [--fit-kernel]
+    python benchmarks/mlearn.py --elements Si,Mo --descriptor featomic [--radial-scaling 2.5]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import kernelpot
 from kernelpot import (
     ACSF,
     SOAP,
+    FeatomicSOAP,
     NormalizedDotProduct,
     Scaled,
     SparseGPPotential,
@@ -83,7 +85,13 @@ def peak_rss_gib() -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--elements", default="Si,Mo")
-    parser.add_argument("--descriptor", choices=["soap", "acsf"], default="soap")
+    parser.add_argument("--descriptor", choices=["soap", "acsf", "featomic"], default="soap",
+                        help="soap: DScribe-based SOAP (the default); featomic: FeatomicSOAP "
+                             "with --smoothing and --radial-scaling")
+    parser.add_argument("--smoothing", type=float, default=2.0,
+                        help="FeatomicSOAP's switching width, Å (default 2.0)")
+    parser.add_argument("--radial-scaling", type=float, default=2.5,
+                        help="FeatomicSOAP's density scaling r_0, Å (default 2.5; 0: none)")
     parser.add_argument("--r-cut", type=float, default=5.0)
     parser.add_argument("--n-sparse", type=int, default=None)
     parser.add_argument("--n-max", type=int, default=8)
@@ -124,6 +132,10 @@ def build_model(args, element, train) -> SparseGPPotential:
     if args.descriptor == "soap":
         descriptor = SOAP([element], args.r_cut, n_max=args.n_max, l_max=args.l_max,
                           sigma=args.sigma)
+    elif args.descriptor == "featomic":
+        descriptor = FeatomicSOAP([element], args.r_cut, n_max=args.n_max, l_max=args.l_max,
+                                  sigma=args.sigma, smoothing=args.smoothing,
+                                  radial_scaling=args.radial_scaling or None)
     else:
         descriptor = ACSF.from_grid([element], args.r_cut, n_radial=8, n_angular=8)
     kernel = NormalizedDotProduct(args.zeta)
@@ -146,7 +158,7 @@ def build_model(args, element, train) -> SparseGPPotential:
         fixed["two_body"] = TwoBody(args.two_body, args.two_body_basis, args.two_body_r_min,
                                     args.two_body_prior_std)
     return SparseGPPotential(descriptor, kernel, n_sparse=args.n_sparse, random_state=0,
-                             n_jobs=args.n_jobs, **fixed)
+                             method="sparse", n_jobs=args.n_jobs, **fixed)
 
 
 def main(argv=None):
