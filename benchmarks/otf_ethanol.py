@@ -44,7 +44,7 @@ def model_template():
                              incremental=True, random_state=0)
 
 
-def run(directory, steps, force_tolerance):
+def run(directory, steps, force_tolerance, relative_threshold=1.0):
     """Run the example's on-the-fly MD; return the final model."""
     bundled = load_ethanol()
     atoms = bundled[0].copy()
@@ -54,7 +54,8 @@ def run(directory, steps, force_tolerance):
     model = model_template().fit(bundled[0:100:20])
     learner = OnTheFlyLearner(model, TBLite(method="GFN2-xTB", verbosity=0),
                               directory=directory, min_interval=3,
-                              force_tolerance=force_tolerance)
+                              force_tolerance=force_tolerance,
+                              relative_threshold=relative_threshold)
     learner.run(dyn, steps)
     return learner.model
 
@@ -63,6 +64,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--force-tolerance", type=float, default=0.1)
+    parser.add_argument("--relative-threshold", type=float, default=1.0,
+                        help="OnTheFlyLearner's relative_threshold (default 1.0)")
     parser.add_argument("--seeds", type=int, default=3, help="random-frame models")
     parser.add_argument("--directory", default=None, help="keep the run here")
     parser.add_argument("--evaluate", default=None, metavar="DIRECTORY",
@@ -71,7 +74,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     print(f"kernelpot {kernelpot.__version__}; python {platform.python_version()}; "
           f"{os.cpu_count()} cpus; {args.steps} steps, force_tolerance "
-          f"{args.force_tolerance}", flush=True)
+          f"{args.force_tolerance}, relative_threshold {args.relative_threshold}", flush=True)
     frames = read(SHARED / "ethanol_500K.xyz", ":")
     idx = np.arange(len(frames))
     test = [frames[i] for i in idx[idx % 4 == 3]]
@@ -83,7 +86,7 @@ def main(argv=None):
         final = kernelpot.load(Path(directory) / "model.npz")
     else:
         directory = args.directory or tempfile.mkdtemp(prefix="kernelpot-otf-ethanol-")
-        final = run(directory, args.steps, args.force_tolerance)
+        final = run(directory, args.steps, args.force_tolerance, args.relative_threshold)
     log = [json.loads(line) for line in open(Path(directory) / "otf_log.jsonl")]
     n_frames = final.posterior_.n_training_structures
     # a run stopped early: only the steps its checkpoint has seen
