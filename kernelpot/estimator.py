@@ -136,7 +136,8 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         element and the whole inverse of ``K_y`` for the likelihood gradient: about
         ``n_species`` more matrices of the size of ``K_y`` at its peak.
     energy_noise : float, default=0.002
-        Energy noise ``σ_E`` per atom, eV/atom (initial value when optimising).
+        Energy noise ``σ_E``, eV/√atom: an N-atom structure's energy noise is
+        ``σ_E √N`` (initial value when optimising).
     force_noise : float, default=0.05
         Force noise ``σ_F`` per component, eV/Å (initial value when optimising).
     signal_std_bounds, energy_noise_bounds, force_noise_bounds : pair of float
@@ -247,7 +248,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
     signal_std_ : float or dict
         Fitted ``σ`` (eV); with ``signal_per_element=True`` a dict ``{element: σ_s}``.
     energy_noise_, force_noise_ : float
-        Fitted ``σ_E`` (eV/atom), ``σ_F`` (eV/Å): the learned aleatoric noise.
+        Fitted ``σ_E`` (eV/√atom), ``σ_F`` (eV/Å): the learned aleatoric noise.
     log_marginal_likelihood_value_ : float
     n_inducing_ : dict
         Inducing environments per element symbol (the exact model: training
@@ -390,8 +391,9 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
             raise TypeError(f"{owner}: signal_per_element must be True or False; "
                             f"got {self.signal_per_element!r}")
         if self.signal_per_element and self.method == "sparse":
-            raise ValueError(f"{owner}: signal_per_element=True needs method='exact' (the "
-                             f"sparse model has one signal std); got method={self.method!r}")
+            raise ValueError(f"{owner}: signal_per_element=True needs method='exact' or "
+                             "'auto' (the sparse model has one signal std); got "
+                             f"method={self.method!r}")
         if self.two_body is not None:
             if not isinstance(self.two_body, TwoBody):
                 raise TypeError(f"{owner}: two_body must be a kernelpot.TwoBody or None; "
@@ -456,7 +458,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
             self, training, descriptor, kernel, rng,
             lambda fn, items, desc: self._imap(fn, items, verbose, desc))
         self._adopt(posterior, descriptor, species, e0, self._loso_calibration(posterior))
-        logger.info("%s: %s model fitted in %.1f s; σ = %s eV, σ_E = %.3g eV/atom, "
+        logger.info("%s: %s model fitted in %.1f s; σ = %s eV, σ_E = %.3g eV/√atom, "
                     "σ_F = %.3g eV/Å, log marginal likelihood %.1f", owner, method,
                     time.perf_counter() - start_time, format_signal_std(self.signal_std_),
                     self.energy_noise_, self.force_noise_,
@@ -555,6 +557,15 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
                         " and ".join(needs_sparse))
             return "sparse"
         if self.signal_per_element:
+            cost = _exact_costs(training.frames, training.species_index,
+                                training.has_energy, training.has_forces,
+                                len(training.species), descriptor)
+            if cost["memory_gib"] > float(self.exact_memory_limit) \
+                    or cost["fit_seconds"] > float(self.exact_time_limit):
+                logger.warning("%s: signal_per_element=True needs the exact model, which "
+                               "here needs ~%.2f GiB and ~%.0f s to fit (limits %.2f GiB, "
+                               "%.0f s)", owner, cost["memory_gib"], cost["fit_seconds"],
+                               float(self.exact_memory_limit), float(self.exact_time_limit))
             logger.info("%s: method='auto' chose 'exact': signal_per_element=True needs it",
                         owner)
             return "exact"
@@ -912,7 +923,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         Parameters
         ----------
         theta : array-like of shape (3,), optional
-            ``log`` of (signal std eV, energy noise eV/atom, force noise eV/Å);
+            ``log`` of (signal std eV, energy noise eV/√atom, force noise eV/Å);
             with ``signal_per_element=True``, shape ``(n_species + 2,)``: one signal
             std per element of ``species_`` first. ``None`` returns the value at the
             fitted hyperparameters.

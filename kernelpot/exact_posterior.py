@@ -64,7 +64,7 @@ class ExactPosterior(Posterior):
     signal_std : float or dict
         ``σ`` (eV), or ``{element: σ_s}``.
     energy_noise, force_noise : float
-        eV/atom, eV/Å.
+        eV/√atom, eV/Å.
     structures : dict of ndarray
         The training structures as arrays (:func:`kernelpot.exact.structure_arrays`).
     species : ndarray of int

@@ -195,7 +195,7 @@ class NoiseSearch:
     Parameters
     ----------
     signal_std_bounds, energy_noise_bounds, force_noise_bounds : pair of float
-        Bounds in natural units (eV, eV/atom, eV/Å).
+        Bounds in natural units (eV, eV/√atom, eV/Å).
     n_restarts : int
         Extra starts drawn log-uniformly within the bounds.
     owner : str

@@ -145,7 +145,7 @@ class SparsePosterior(Posterior):
     stats : gp.WhitenedStatistics
         The likelihood's statistics of the training design.
     signal_std, energy_noise, force_noise : float
-        eV, eV/atom, eV/Å.
+        eV, eV/√atom, eV/Å.
     log_marginal_likelihood : float
     jitter, jitter_abs : float
         Of ``k_mm`` (relative to its mean diagonal, absolute).
@@ -941,7 +941,9 @@ class SparsePosterior(Posterior):
 
 
 def _pack_lower(L: np.ndarray) -> np.ndarray:
-    """Return the lower triangle of a square matrix, row by row (``np.tril_indices``)."""
+    """Return the lower triangle of a lower-triangular matrix, row by row."""
+    if np.triu(L, 1).any():  # the factors are lower triangular by construction
+        raise ValueError("_pack_lower: the matrix has entries above its diagonal")
     return L[np.tril_indices(len(L))]
 
 

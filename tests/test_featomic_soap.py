@@ -32,7 +32,7 @@ def skewed_cell():
 
 
 @pytest.mark.parametrize("radial_scaling", [None, 2.5])
-@pytest.mark.parametrize("structure", ["ethanol", "skewed_cell"])
+@pytest.mark.parametrize("structure", ["ethanol", "skewed_cell", "triclinic_small"])
 def test_position_gradients_equal_finite_differences(structure, radial_scaling, request):
     atoms = request.getfixturevalue(structure)
     species = sorted(set(atoms.get_chemical_symbols()))
@@ -51,7 +51,7 @@ def test_position_gradients_equal_finite_differences(structure, radial_scaling, 
 
 
 @pytest.mark.parametrize("radial_scaling", [None, 2.5])
-@pytest.mark.parametrize("structure", ["ethanol", "skewed_cell"])
+@pytest.mark.parametrize("structure", ["ethanol", "skewed_cell", "triclinic_small"])
 def test_strain_gradients_equal_finite_differences(structure, radial_scaling, request):
     atoms = request.getfixturevalue(structure)
     species = sorted(set(atoms.get_chemical_symbols()))

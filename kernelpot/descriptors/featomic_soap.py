@@ -87,8 +87,12 @@ class FeatomicSOAP(Descriptor):
     order; pairs absent from a structure are zero, so every element's features
     have the same length. A block with ``a = b`` is symmetric in ``n_1, n_2``: it
     keeps ``n_1 ≤ n_2``, the off-diagonal entries times √2, which leaves every dot
-    product unchanged (as DScribe does). Periodic structures must be periodic along all three
-    axes (featomic's systems are either fully periodic or open).
+    product unchanged (as DScribe does).
+
+    Structures must be periodic along all three axes or none (featomic's systems);
+    ``periodic=False`` treats a structure with mixed pbc as open. The featomic
+    calculator is cached on the descriptor and is not safe to share between threads:
+    joblib's default process backend is fine.
 
     References
     ----------
@@ -191,14 +195,14 @@ class FeatomicSOAP(Descriptor):
         Returns
         -------
         int
-            ``(l_max + 1)`` times ``n_max²`` per pair of different neighbour types and
-            ``n_max (n_max + 1) / 2`` per neighbour type.
+            ``(l_max + 1) × n_max²`` per pair of different neighbour types plus
+            ``(l_max + 1) × n_max (n_max + 1) / 2`` per neighbour type.
         """
         return self._check_params()["n_features"]
 
     def __getstate__(self):
         """Drop the featomic calculator (a Rust handle) when pickled; rebuilt on use."""
-        state = self.__dict__.copy()
+        state = dict(super().__getstate__())
         state.pop("_checked", None)
         return state
 
