@@ -276,6 +276,9 @@ def test_fit_time_estimate_grows_with_the_cost_terms():
     assert exact.fit_time_estimate(1000, [3000.0, 6000.0], 600) - likelihood == \
         pytest.approx(2 * covariance)
     assert exact.fit_time_estimate(2000, [0.0], 300) == pytest.approx(8 * likelihood)
+    # memory: the D × D mean map of each element on top of the matrices and rows
+    assert exact.memory_estimate(100, 10, 300, n_species=3) - exact.memory_estimate(
+        100, 10, 300) == 8.0 * 3 * 300**2
     # prediction: linear in the predicted atom's rows, the training rows and D
     one = exact.prediction_time_estimate([30.0, 60.0], [1000.0, 2000.0], 300)
     assert one > 0 and exact.prediction_time_estimate([60.0, 120.0], [1000.0, 2000.0],

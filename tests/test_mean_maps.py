@@ -164,3 +164,15 @@ def test_exact_mean_map_falls_back_without_a_closed_form(environments):
     assert exact_mean_map(KERNELS["dot-2+se"], Z, w, b) is None
     assert exact_mean_map(NormalizedDotProduct(3), Z, w, b) is None
     assert isinstance(exact_mean_map(KERNELS["dot-2"], Z, w, b), QuadraticForm)
+
+
+def test_maps_are_built_once_before_predictions_go_to_workers(ethanol_frames, small_soap):
+    """predict with n_jobs=2: the parent builds the maps (the workers get them pickled)."""
+    model = SparseGPPotential(small_soap, method="sparse", n_restarts=0, random_state=0,
+                              n_jobs=2).fit(ethanol_frames[:6])
+    posterior = model.posterior_
+    posterior.__dict__.pop("_mean_maps_cache", None)
+    energies = model.predict(ethanol_frames[40:44])
+    assert "_mean_maps_cache" in posterior.__dict__
+    np.testing.assert_allclose(energies, model.set_params(n_jobs=1).predict(
+        ethanol_frames[40:44]), rtol=1e-12)

@@ -28,7 +28,8 @@ def _cmd_info(args) -> int:
           f"noise σ_E {1e3 * model.energy_noise_:.3g} meV/√atom (an N-atom structure's "
           f"energy noise is σ_E √N); force noise σ_F {1e3 * model.force_noise_:.3g} meV/Å; "
           f"log marginal likelihood {model.log_marginal_likelihood_value_:.2f}")
-    print(f"training data: {_training_size(model, arrays)}; inducing environments "
+    kind = "inducing" if model.method_ == "sparse" else "training"
+    print(f"training data: {_training_size(model, arrays)}; {kind} environments "
           f"{sum(model.n_inducing_.values())} {model.n_inducing_}")
     print(f"uncertainty: {_calibration_state(model)}")
     defaults = type(model)().get_params(deep=False)
