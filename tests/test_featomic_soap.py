@@ -157,3 +157,19 @@ def test_a_model_on_featomic_soap_predicts_forces_as_energy_derivatives(skewed_c
         loaded = load(path)
         assert isinstance(loaded.descriptor_, FeatomicSOAP)
         np.testing.assert_array_equal(loaded.predict_forces([test])[0], forces)
+
+
+def test_compute_many_batches_and_equals_compute(ethanol_frames, skewed_cell):
+    """Structures go to featomic in batches (molecules and cells apart); each result is
+    what compute gives for it alone."""
+    frames = [*ethanol_frames[:3], skewed_cell, ethanol_frames[3]]
+    descriptor = FeatomicSOAP(["H", "C", "O", "Cu", "Au"], 4.0, 3, 2, 0.4)
+    descriptor.batch_size = 2
+    many = descriptor.compute_many(frames)
+    assert len(many) == len(frames)
+    for atoms, result in zip(frames, many, strict=True):
+        alone = descriptor.compute(atoms)
+        np.testing.assert_allclose(result.features, alone.features, rtol=1e-12, atol=1e-14)
+        np.testing.assert_array_equal(result.pairs, alone.pairs)
+        np.testing.assert_allclose(result.gradients, alone.gradients, rtol=1e-12, atol=1e-14)
+    assert descriptor.compute_many([]) == []

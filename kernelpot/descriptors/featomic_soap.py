@@ -218,8 +218,8 @@ class FeatomicSOAP(Descriptor):
             cell = np.zeros((3, 3))  # featomic reads a cell only under pbc
         return Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc), numbers
 
-    def _blocks(self, system: Atoms, gradients: list[str]):
-        """Yield featomic's blocks of one system with their feature columns.
+    def _blocks(self, system: Atoms | list[Atoms], gradients: list[str]):
+        """Yield featomic's blocks of one or more systems with their feature columns.
 
         Each item is ``(block, columns, kept, scale)``: the block of one centre type
         and neighbour-type pair, the slice of the feature vector it fills, and the
@@ -278,33 +278,104 @@ class FeatomicSOAP(Descriptor):
         owner = "FeatomicSOAP.compute"
         check_strain_flag(strain, owner)
         system, _ = self._system(atoms, owner)
-        n_atoms, n_features = len(system), self._check_params()["n_features"]
-        periodic = bool(system.pbc.all())
-        blocks = list(self._blocks(system, ["positions", "strain"] if strain and periodic
-                                   else ["positions"]))
-        features = np.zeros((n_atoms, n_features))
-        codes = [np.arange(n_atoms, dtype=np.int64) * (n_atoms + 1)]  # every (i, i)
-        for block, columns, kept, scale in blocks:
-            centres = np.asarray(block.samples.column("atom"))
-            features[centres, columns] = block.values[:, kept] * scale
+        return self._results([system], strain)[0]
+
+    def compute_many(self, frames, n_jobs: int | None = 1,
+                     verbose: int | bool = 0) -> list[DescriptorResult]:
+        """Compute :meth:`compute` for many structures, several per featomic call.
+
+        featomic's cost per call dominates on small structures (measured on 9-atom
+        ethanol: 0.29 ms/atom for 40 frames in one call, 1.4–1.8 frame by frame), so
+        consecutive structures of the same periodicity go to featomic together, in
+        batches of up to ``batch_size`` (64) structures.
+
+        Parameters
+        ----------
+        frames : sequence of ase.Atoms
+            Structures, in order.
+        n_jobs : int or None, default=1
+            As joblib's: batches run in parallel.
+        verbose : int or bool, default=0
+            0 is silent; 1 or more shows a progress bar over the batches.
+
+        Returns
+        -------
+        list of DescriptorResult
+            One per frame, in the input order; equal to :meth:`compute` of each.
+        """
+        from kernelpot._parallel import map_list
+        from kernelpot._validation import check_verbose
+
+        verbose = check_verbose(verbose, owner="FeatomicSOAP")
+        if isinstance(frames, (str, bytes)) or not hasattr(frames, "__len__"):
+            raise TypeError("FeatomicSOAP.compute_many: frames must be a sequence of "
+                            f"ase.Atoms; got {type(frames).__name__}")
+        systems = [self._system(atoms, "FeatomicSOAP.compute_many")[0] for atoms in frames]
+        batches, current = [], []
+        for system in systems:
+            if current and (len(current) == self.batch_size
+                            or bool(current[0].pbc.all()) != bool(system.pbc.all())):
+                batches.append(current)
+                current = []
+            current.append(system)
+        if current:
+            batches.append(current)
+        done = map_list(lambda batch: self._results(batch, False), batches, n_jobs=n_jobs,
+                        verbose=verbose, desc="FeatomicSOAP", unit="batch")
+        return [result for batch in done for result in batch]
+
+    #: Structures per featomic call in :meth:`compute_many`.
+    batch_size = 64
+
+    def _results(self, systems: list[Atoms], strain: bool) -> list[DescriptorResult]:
+        """Features and Jacobians of validated systems of one periodicity, one call."""
+        n_features = self._check_params()["n_features"]
+        periodic = bool(systems[0].pbc.all())
+        blocks = []
+        for block, columns, kept, scale in self._blocks(
+                systems, ["positions", "strain"] if strain and periodic else ["positions"]):
             grad = block.gradient("positions")
-            codes.append(centres[np.asarray(grad.samples.column("sample"))].astype(np.int64)
-                         * n_atoms + np.asarray(grad.samples.column("atom")))
+            sample = np.asarray(grad.samples.column("sample"))
+            blocks.append({
+                "system": np.asarray(block.samples.column("system")),
+                "atom": np.asarray(block.samples.column("atom")),
+                "values": block.values, "grad_sample": sample,
+                "grad_atom": np.asarray(grad.samples.column("atom")),
+                "grad_values": grad.values, "columns": columns, "kept": kept, "scale": scale,
+                "strain": block.gradient("strain") if strain and periodic else None})
+        return [self._result(k, system, blocks, n_features, strain, periodic)
+                for k, system in enumerate(systems)]
+
+    @staticmethod
+    def _result(k: int, system: Atoms, blocks: list[dict], n_features: int, strain: bool,
+                periodic: bool) -> DescriptorResult:
+        """Assemble system ``k``'s DescriptorResult from the blocks of one featomic call."""
+        n_atoms = len(system)
+        features = np.zeros((n_atoms, n_features))
+        codes, rows_of = [np.arange(n_atoms, dtype=np.int64) * (n_atoms + 1)], []
+        for b in blocks:
+            mine = b["system"] == k
+            columns = b["columns"]
+            features[b["atom"][mine], columns] = b["values"][mine][:, b["kept"]] * b["scale"]
+            grad_rows = np.flatnonzero(mine[b["grad_sample"]])
+            rows_of.append(grad_rows)
+            codes.append(b["atom"][b["grad_sample"][grad_rows]].astype(np.int64) * n_atoms
+                         + b["grad_atom"][grad_rows])
         unique = np.unique(np.concatenate(codes))  # sorted by (i, j)
         pairs = np.stack([unique // n_atoms, unique % n_atoms], axis=1)
         gradients = np.zeros((len(unique), 3, n_features))
         strain_gradients = np.zeros((n_atoms, 3, 3, n_features)) if strain else None
-        for (block, columns, kept, scale), code in zip(blocks, codes[1:], strict=True):
+        for b, grad_rows, code in zip(blocks, rows_of, codes[1:], strict=True):
+            columns, kept, scale = b["columns"], b["kept"], b["scale"]
             # featomic lists each (centre, atom) once per block: plain assignment
             gradients[np.searchsorted(unique, code), :, columns] = \
-                block.gradient("positions").values[:, :, kept] * scale
-            if strain and periodic:
-                s = block.gradient("strain")
-                rows = np.asarray(block.samples.column("atom"))[
-                    np.asarray(s.samples.column("sample"))]
+                b["grad_values"][grad_rows][:, :, kept] * scale
+            if b["strain"] is not None:
+                sample = np.asarray(b["strain"].samples.column("sample"))
+                mine = np.flatnonzero(b["system"][sample] == k)
                 # featomic strains r → r (1 + ε) (row vectors): its [a, b] is our [b, a]
-                strain_gradients[rows, :, :, columns] = \
-                    np.swapaxes(s.values[..., kept] * scale, 1, 2)
+                strain_gradients[b["atom"][sample[mine]], :, :, columns] = np.swapaxes(
+                    b["strain"].values[mine][..., kept] * scale, 1, 2)
         if strain and not periodic:  # Σ_j ∂D_i/∂r_j[a] (r_j - r_i)[b], no images
             vectors = system.positions[pairs[:, 1]] - system.positions[pairs[:, 0]]
             np.add.at(strain_gradients, pairs[:, 0],
