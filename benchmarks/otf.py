@@ -65,7 +65,8 @@ def main(argv=None):
                         help="environments of each labelled frame added as inducing points "
                              "(an int or 'all')")
     parser.add_argument("--max-calls", type=int, default=None)
-    parser.add_argument("--relative-threshold", type=float, default=1.0)
+    parser.add_argument("--relative-threshold", type=float, default=1.5,
+                        help="OnTheFlyLearner's relative_threshold (default: its default, 1.5)")
     parser.add_argument("--start", choices=["unfitted", "fitted"], default="unfitted",
                         help="hand the learner an unfitted model, or one fitted by the "
                              "default fit (incremental) on the labelled first frame")

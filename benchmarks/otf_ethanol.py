@@ -44,7 +44,7 @@ def model_template():
                              incremental=True, random_state=0)
 
 
-def run(directory, steps, force_tolerance, relative_threshold=1.0):
+def run(directory, steps, force_tolerance, relative_threshold=1.5):
     """Run the example's on-the-fly MD; return the final model."""
     bundled = load_ethanol()
     atoms = bundled[0].copy()
@@ -64,8 +64,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--force-tolerance", type=float, default=0.1)
-    parser.add_argument("--relative-threshold", type=float, default=1.0,
-                        help="OnTheFlyLearner's relative_threshold (default 1.0)")
+    parser.add_argument("--relative-threshold", type=float, default=1.5,
+                        help="OnTheFlyLearner's relative_threshold (default 1.5, its default)")
     parser.add_argument("--seeds", type=int, default=3, help="random-frame models")
     parser.add_argument("--directory", default=None, help="keep the run here")
     parser.add_argument("--evaluate", default=None, metavar="DIRECTORY",

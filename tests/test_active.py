@@ -231,14 +231,16 @@ def test_gate_is_the_models_calibrated_std_and_the_threshold_its_loso_maximum(tm
                                                 std_type="epistemic")
     np.testing.assert_allclose(learner.gated_std(atoms.calc.results), epistemic[0],
                                rtol=1e-10)
-    # the automatic threshold: the largest calibrated std of a left-out training structure
+    # the automatic threshold: relative_threshold (1.5 by default) times the largest
+    # calibrated std of a left-out training structure
     loso = learner.model.posterior_.loso
     forces = ~loso.is_energy
     std = np.sqrt(learner.model.epistemic_variance("forces", loso.posterior[forces],
                                                    loso.projection[forces]))
     state = learner.model.posterior_.training
     cap = 0.1 * np.sqrt(np.mean(state.y[~state.is_energy] ** 2))  # force_tolerance
-    assert learner.current_threshold == pytest.approx(min(std.max(), cap), rel=1e-12)
+    assert learner.relative_threshold == 1.5
+    assert learner.current_threshold == pytest.approx(min(1.5 * std.max(), cap), rel=1e-12)
     # with the force noise at its lower bound (what noise-free labels can drive it to),
     # the threshold still compares with errors, not with the noise
     tight = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
