@@ -871,8 +871,8 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
 
         def describe(frames):
             indices = [self._species_index(a, owner) for a in frames]
-            return indices, list(self._imap(self.descriptor_.compute, frames, verbose,
-                                            "descriptors"))
+            return indices, self.descriptor_.compute_all(
+                frames, lambda fn, items, desc: self._imap(fn, items, verbose, desc))
 
         posterior = self.posterior_
         posterior.restore_training(frames, describe, owner)

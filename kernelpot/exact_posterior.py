@@ -171,7 +171,7 @@ class ExactPosterior(Posterior):
                         owner, dict(zip(kernel.theta_names, np.exp(kernel.theta).tolist(),
                                         strict=True)))
         has_energy, has_forces = training.has_energy, training.has_forces
-        results = list(imap(descriptor.compute, training.frames, "descriptors"))
+        results = descriptor.compute_all(training.frames, imap)
         obs = exact.build_observations(results, training.species_index, len(training.species),
                                        has_energy, has_forces)
         del results

@@ -282,13 +282,13 @@ class SparsePosterior(Posterior):
             search_kernel = False
         results = None
         if estimator.incremental:
-            results = list(imap(descriptor.compute, training.frames, "descriptors"))
+            results = descriptor.compute_all(training.frames, imap)
         elif search_kernel:
             # the kernel search rebuilds the design several times: keep the descriptors
             # when they fit in memory, recompute them otherwise
             size = descriptor.compute(training.frames[0]).gradients.nbytes
             if size * len(training.frames) < _DESCRIPTOR_CACHE_BYTES:
-                results = list(imap(descriptor.compute, training.frames, "descriptors"))
+                results = descriptor.compute_all(training.frames, imap)
         design = SparseDesign(training, descriptor, inducing, pair, imap, results)
         search = NoiseSearch.of(estimator)
         log_params = np.log([estimator.signal_std, estimator.energy_noise,

@@ -173,3 +173,22 @@ def test_compute_many_batches_and_equals_compute(ethanol_frames, skewed_cell):
         np.testing.assert_array_equal(result.pairs, alone.pairs)
         np.testing.assert_allclose(result.gradients, alone.gradients, rtol=1e-12, atol=1e-14)
     assert descriptor.compute_many([]) == []
+
+
+def test_compute_all_goes_through_the_map_in_batches(ethanol_frames):
+    """What fits use: the estimator's map over batches, each result equal to compute."""
+    descriptor = FeatomicSOAP(["H", "C", "O"], 4.0, 3, 2, 0.4)
+    descriptor.batch_size = 4
+    calls = []
+
+    def imap(fn, items, desc):
+        items = list(items)
+        calls.append((len(items), desc))
+        return (fn(item) for item in items)
+
+    frames = ethanol_frames[:10]
+    results = descriptor.compute_all(frames, imap)
+    assert calls == [(3, "descriptors")]  # batches of 4, 4 and 2
+    for atoms, result in zip(frames, results, strict=True):
+        np.testing.assert_allclose(result.features, descriptor.compute(atoms).features,
+                                   rtol=1e-12, atol=1e-14)

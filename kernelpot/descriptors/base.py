@@ -191,6 +191,24 @@ class Descriptor(BaseEstimator):
         return map_list(self.compute, frames, n_jobs=n_jobs, verbose=verbose,
                         desc=type(self).__name__, unit="frame")
 
+    def compute_all(self, frames: Sequence[Atoms], imap) -> list[DescriptorResult]:
+        """Compute every frame through ``imap``, the estimator's ordered parallel map.
+
+        Parameters
+        ----------
+        frames : sequence of ase.Atoms
+        imap : callable
+            ``imap(fn, items, desc)`` yielding ``fn(item)`` in order (with the caller's
+            jobs and progress bar).
+
+        Returns
+        -------
+        list of DescriptorResult
+            One per frame, in order. A descriptor that computes several structures
+            at once more cheaply (featomic's) maps over batches instead of frames.
+        """
+        return list(imap(self.compute, frames, "descriptors"))
+
     # -- to implement -----------------------------------------------------------------
     def _check_params(self):
         """Validate the constructor arguments; raise ``ValueError``/``TypeError``."""

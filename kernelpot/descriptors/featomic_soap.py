@@ -327,6 +327,26 @@ class FeatomicSOAP(Descriptor):
     #: Structures per featomic call in :meth:`compute_many`.
     batch_size = 64
 
+    def compute_all(self, frames, imap) -> list[DescriptorResult]:
+        """Compute every frame through ``imap``, ``batch_size`` structures per call.
+
+        Parameters
+        ----------
+        frames : sequence of ase.Atoms
+        imap : callable
+            ``imap(fn, items, desc)``, the estimator's ordered parallel map.
+
+        Returns
+        -------
+        list of DescriptorResult
+            One per frame, in order; equal to :meth:`compute` of each.
+        """
+        frames = list(frames)
+        batches = [frames[k:k + self.batch_size]
+                   for k in range(0, len(frames), self.batch_size)]
+        done = imap(lambda batch: self.compute_many(batch), batches, "descriptors")
+        return [result for batch in done for result in batch]
+
     def _results(self, systems: list[Atoms], strain: bool) -> list[DescriptorResult]:
         """Features and Jacobians of validated systems of one periodicity, one call."""
         n_features = self._check_params()["n_features"]
