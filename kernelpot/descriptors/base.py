@@ -197,6 +197,7 @@ class Descriptor(BaseEstimator):
         Parameters
         ----------
         frames : sequence of ase.Atoms
+            The structures, in order.
         imap : callable
             ``imap(fn, items, desc)`` yielding ``fn(item)`` in order (with the caller's
             jobs and progress bar).

@@ -333,6 +333,7 @@ class FeatomicSOAP(Descriptor):
         Parameters
         ----------
         frames : sequence of ase.Atoms
+            The structures, in order.
         imap : callable
             ``imap(fn, items, desc)``, the estimator's ordered parallel map.
 
