@@ -36,6 +36,18 @@ __all__ = ["Kernel", "NormalizedDotProduct", "Scaled", "SquaredExponential", "Su
 _TINY = 1e-300
 
 
+def unit_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the unit rows of ``X`` (zero rows stay zero) and the row norms."""
+    norms = np.sqrt(np.einsum("nd,nd->n", X, X))
+    safe = np.where(norms > _TINY, norms, 1.0)
+    return X / safe[:, None] * (norms > _TINY)[:, None], norms
+
+
+def inverse_norms(norms: np.ndarray) -> np.ndarray:
+    """Return ``1 / norms``, 0 where a norm is 0 (a descriptor without neighbours)."""
+    return np.where(norms > _TINY, 1.0 / np.where(norms > _TINY, norms, 1.0), 0.0)
+
+
 class Kernel(BaseEstimator):
     """Base class: log-space hyperparameters ``theta`` with ``bounds``.
 
@@ -443,9 +455,7 @@ class NormalizedDotProduct(Kernel):
     @staticmethod
     def _normalise(X):
         """Return the unit rows of ``X`` (zero rows stay zero) and the row norms."""
-        norms = np.sqrt(np.einsum("nd,nd->n", X, X))
-        safe = np.where(norms > _TINY, norms, 1.0)
-        return X / safe[:, None] * (norms > _TINY)[:, None], norms
+        return unit_rows(X)
 
     def _unit(self, X):
         """Return unit rows and norms, cached for read-only arrays (fitted inducing sets)."""
@@ -531,8 +541,8 @@ class NormalizedDotProduct(Kernel):
         V, ny = self._unit(Y)
         C = U @ V.T
         z = self.zeta
-        inv_x = np.where(nx > _TINY, 1.0 / np.where(nx > _TINY, nx, 1.0), 0.0)
-        inv_y = np.where(ny > _TINY, 1.0 / np.where(ny > _TINY, ny, 1.0), 0.0)
+        inv_x = inverse_norms(nx)
+        inv_y = inverse_norms(ny)
         c_zm1 = C ** (z - 1)
         alpha = z * c_zm1 * inv_x[:, None] * inv_y[None, :]
         beta = -z * c_zm1 * C * (inv_x**2)[:, None]
@@ -601,7 +611,7 @@ class NormalizedDotProduct(Kernel):
         t1 = AU - au[:, None] * C  # A_aᵀ P_a u_b
         t2 = AU.T - au[None, :] * C  # A_bᵀ P_b u_a
         pxpy = AA - au[:, None] * AU.T - AU * au[None, :] + C * au[:, None] * au[None, :]
-        inv = np.where(nx > _TINY, 1.0 / np.where(nx > _TINY, nx, 1.0), 0.0)
+        inv = inverse_norms(nx)
         scale = z * inv[:, None] * inv[None, :]
         M = C ** (z - 1) * pxpy
         if z > 1:
@@ -637,7 +647,7 @@ class NormalizedDotProduct(Kernel):
         t2 = AUt - au[:, None, :] * C
         pxpy = AA - au[:, :, None] * AUt - AU * au[:, None, :] \
             + C * au[:, :, None] * au[:, None, :]
-        inv = np.where(nx > _TINY, 1.0 / np.where(nx > _TINY, nx, 1.0), 0.0)
+        inv = inverse_norms(nx)
         scale = z * inv[:, None] * inv[None, :]
         M = C ** (z - 1) * pxpy
         if z > 1:
@@ -665,8 +675,8 @@ class NormalizedDotProduct(Kernel):
         A, a_env = A[order], a_env[order]
         U, nx = self._unit(X)
         V, ny = self._unit(Y)
-        inv_x = np.where(nx > _TINY, 1.0 / np.where(nx > _TINY, nx, 1.0), 0.0)
-        inv_y = np.where(ny > _TINY, 1.0 / np.where(ny > _TINY, ny, 1.0), 0.0)
+        inv_x = inverse_norms(nx)
+        inv_y = inverse_norms(ny)
         _hessian_kernels.ndp_cross_hessian(
             out, A @ B.T, A @ V.T, U @ B.T, U @ V.T, np.einsum("pd,pd->p", A, U[a_env]),
             np.einsum("qd,qd->q", B, V[b_env]), inv_x, inv_y, a_env, b_env, seg_start,

@@ -33,11 +33,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernelpot.kernels import inverse_norms, unit_rows
+
 __all__ = ["MeanMap", "InducingSum", "QuadraticForm", "LinearForm", "ScaledMap", "SumMap",
            "mean_map", "exact_mean_map"]
-
-_TINY = 1e-300
-
 
 class MeanMap:
     """Mean local energies ``ε(x)`` of one element and their descriptor gradients."""
@@ -92,13 +91,6 @@ class InducingSum(MeanMap):
         return True
 
 
-def _unit_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return the unit rows of ``X`` (zero rows stay zero) and the row norms."""
-    norms = np.sqrt(np.einsum("nd,nd->n", X, X))
-    nonzero = norms > _TINY
-    return X / np.where(nonzero, norms, 1.0)[:, None] * nonzero[:, None], norms
-
-
 class QuadraticForm(MeanMap):
     """``ε(x) = uᵀ A u`` with ``u = x / |x|`` (normalised dot product, ``ζ = 2``).
 
@@ -113,12 +105,12 @@ class QuadraticForm(MeanMap):
 
     def __call__(self, X, gradients):
         """Return ``ε`` of every row of ``X`` and, with ``gradients``, ``∂ε/∂x``."""
-        U, norms = _unit_rows(X)
+        U, norms = unit_rows(X)
         AU = U @ self.A
         energies = np.einsum("nd,nd->n", AU, U)
         if not gradients:
             return energies, None
-        inverse = np.where(norms > _TINY, 1.0 / np.where(norms > _TINY, norms, 1.0), 0.0)
+        inverse = inverse_norms(norms)
         return energies, 2.0 * inverse[:, None] * (AU - energies[:, None] * U)
 
 
@@ -136,11 +128,11 @@ class LinearForm(MeanMap):
 
     def __call__(self, X, gradients):
         """Return ``ε`` of every row of ``X`` and, with ``gradients``, ``∂ε/∂x``."""
-        U, norms = _unit_rows(X)
+        U, norms = unit_rows(X)
         energies = U @ self.b
         if not gradients:
             return energies, None
-        inverse = np.where(norms > _TINY, 1.0 / np.where(norms > _TINY, norms, 1.0), 0.0)
+        inverse = inverse_norms(norms)
         return energies, inverse[:, None] * (self.b[None, :] - energies[:, None] * U)
 
 
@@ -223,7 +215,7 @@ def mean_map(kernel, Z: np.ndarray, w: np.ndarray, closed_form: bool | str = "au
         return ScaledMap(kernel.scale, mean_map(kernel.kernel, Z, w, closed_form))
     cheaper = Z.shape[1] < 3 * len(Z) if closed_form == "auto" else bool(closed_form)
     if type(kernel) is NormalizedDotProduct and kernel.zeta in (1, 2) and cheaper:
-        unit, _ = _unit_rows(Z)
+        unit, _ = unit_rows(Z)
         if kernel.zeta == 1:
             return LinearForm(w @ unit)
         A = (unit * w[:, None]).T @ unit
@@ -266,9 +258,8 @@ def exact_mean_map(kernel, Z: np.ndarray, c: np.ndarray, b: np.ndarray) -> MeanM
     Z = np.asarray(Z, dtype=np.float64)
     c = np.asarray(c, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
-    unit, norms = _unit_rows(Z)
-    nonzero = norms > _TINY
-    inverse = np.where(nonzero, 1.0 / np.where(nonzero, norms, 1.0), 0.0)
+    unit, norms = unit_rows(Z)
+    inverse = inverse_norms(norms)
     # v_j = P_z b_j / |z_j|: the part of b_j across ẑ_j (zero environments: k = 0)
     V = (b - np.einsum("jd,jd->j", b, unit)[:, None] * unit) * inverse[:, None]
     if kernel.zeta == 1:
