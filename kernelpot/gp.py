@@ -178,54 +178,14 @@ def design_rows(result: DescriptorResult, species_index: np.ndarray,
     return DesignRows(energy_row, force_rows, d_energy, d_forces)
 
 
-def local_energies(X: np.ndarray, species_index: np.ndarray, inducing: list[np.ndarray],
-                   kernel: Kernel, weights: np.ndarray, gradients: bool = False,
-                   columns: list[np.ndarray] | None = None
-                   ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Predicted local energies and their gradients with respect to the descriptors.
-
-    Parameters
-    ----------
-    X : ndarray of shape (n_atoms, n_features)
-    species_index : ndarray of shape (n_atoms,)
-    inducing : list of ndarray of shape (m_s, n_features)
-    kernel : kernelpot.kernels.Kernel
-    weights : ndarray of shape (n_inducing,)
-    gradients : bool, default=False
-    columns : list of ndarray of int, optional
-        Design column of each inducing environment.
-
-    Returns
-    -------
-    energies : ndarray of shape (n_atoms,)
-        ``ε_i = Σ_m k(x_i, z_m) w_m`` (without reference energies).
-    d_energies : ndarray of shape (n_atoms, n_features) or None
-        ``∂ε_i/∂x_i = Σ_m w_m (α_im z_m + β_im x_i)``.
-
-    Notes
-    -----
-    Mean forces need only these gradients (:func:`forces_from_local_gradients`):
-    ``O(n_atoms m D)`` work instead of the ``O(n_pairs m D)`` of full design rows.
-    """
-    columns = inducing_columns(inducing, columns)
-    energies = np.zeros(len(X))
-    d_energies = np.zeros_like(X) if gradients else None
-    for s, Z in enumerate(inducing):
-        atoms_s = np.flatnonzero(species_index == s)
-        if atoms_s.size == 0 or len(Z) == 0:
-            continue
-        w = weights[columns[s]]
-        Xs = X[atoms_s]
-        energies[atoms_s] = kernel(Xs, Z) @ w
-        if gradients:
-            alpha, beta = kernel.gradient_coefficients(Xs, Z)
-            d_energies[atoms_s] = (alpha * w[None, :]) @ Z + (beta @ w)[:, None] * Xs
-    return energies, d_energies
-
-
 def local_energies_from_maps(X: np.ndarray, species_index: np.ndarray, maps: list,
                              gradients: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`local_energies` through each element's mean map (:mod:`kernelpot.mean_maps`).
+    """Predicted local energies and their descriptor gradients, through mean maps.
+
+    ``ε_i`` of each atom comes from its element's map (:mod:`kernelpot.mean_maps`): a
+    closed form for the normalised dot product, else the sum ``Σ_m k(x_i, z_m) w_m``
+    over the inducing environments (:class:`~kernelpot.mean_maps.InducingSum`). Mean
+    forces need only these gradients (:func:`forces_from_local_gradients`).
 
     Parameters
     ----------
