@@ -29,11 +29,14 @@ __all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "UNITS", "decode", "encode", "
 #: Version of the file layout written (2: the fitted method and exact models,
 #: 2026-11-25; 3: the LOSO calibration, its jackknife+ scores and shift basis, and the
 #: per-atom force exponent, 2026-12-05; 4: a sparse model's two triangular factors as
-#: their lower triangles, the energy noise's unit as eV/√atom, 2026-12-05).
-FORMAT_VERSION = 4
-#: Versions this code reads (a version 2 file has none of version 3's additions, and
-#: versions 2 and 3 hold the factors as full squares); any other is refused.
-READABLE_VERSIONS = (2, 3, 4)
+#: their lower triangles, the energy noise's unit as eV/√atom, 2026-12-05; 5: a stored
+#: training state holds the labels and row layout only, not the design and its factors,
+#: which ``restore_training`` rebuilds from the structures, 2026-12-05).
+FORMAT_VERSION = 5
+#: Versions this code reads (a version 2 file has none of version 3's additions,
+#: versions 2 and 3 hold the factors as full squares, and versions 2 to 4 store a
+#: training state with its design); any other is refused.
+READABLE_VERSIONS = (2, 3, 4, 5)
 _FORMAT_NAME = "kernelpot-model"
 #: Units of the stored values.
 UNITS = {"energy": "eV", "length": "Å", "force": "eV/Å", "energy_noise": "eV/√atom"}

@@ -206,7 +206,8 @@ def exact_loso(L: np.ndarray, weights: np.ndarray, structure: np.ndarray,
 
 
 def sparse_loso(Kw: np.ndarray, y: np.ndarray, noise_std: np.ndarray, sigma: float,
-                structure: np.ndarray, shifts: bool = False) -> tuple[np.ndarray, ...]:
+                structure: np.ndarray, shifts: bool = False,
+                factor: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """Return the LOSO residuals and predictive variances of a sparse (DTC) model's observations.
 
     Parameters
@@ -225,6 +226,10 @@ def sparse_loso(Kw: np.ndarray, y: np.ndarray, noise_std: np.ndarray, sigma: flo
         Also return ``A⁻¹ G`` with ``G[:, B] = Φ_Bᵀ Λ_B⁻¹ r_B``: a new prediction with
         whitened feature row ``φ = σ L_mm⁻¹ k`` has mean ``μ - φ @ (A⁻¹ G)[:, B]``
         without structure ``B``.
+    factor : ndarray of shape (M, M), optional
+        An upper-triangular ``R`` with ``RᵀR = A = I + Σ_rows σ² Kwᵀ Λ⁻¹ Kw`` at these
+        ``noise_std`` and ``sigma`` (the incremental state's; any row signs), which
+        saves assembling and factoring ``A`` (``O(n M²)``).
 
     Returns
     -------
@@ -238,13 +243,20 @@ def sparse_loso(Kw: np.ndarray, y: np.ndarray, noise_std: np.ndarray, sigma: flo
     """
     n_obs, M = Kw.shape
     scale = sigma / noise_std  # rows of G = Λ^(-1/2) Φ are σ Kw / noise_std
-    A = np.eye(M)
+    A = np.eye(M) if factor is None else None
     rhs = np.zeros(M)
     for start in range(0, n_obs, _BLOCK_ROWS):
         G = Kw[start:start + _BLOCK_ROWS] * scale[start:start + _BLOCK_ROWS, None]
-        A += G.T @ G
+        if A is not None:
+            A += G.T @ G
         rhs += G.T @ (y[start:start + _BLOCK_ROWS] / noise_std[start:start + _BLOCK_ROWS])
-    R = sla.cholesky(A, lower=False, check_finite=False)  # A = Rᵀ R
+    if factor is None:
+        R = sla.cholesky(A, lower=False, check_finite=False)  # A = Rᵀ R
+    else:
+        if factor.shape != (M, M):
+            raise ValueError(f"sparse_loso: factor has shape {factor.shape}; the design "
+                             f"has {M} columns")
+        R = factor
     z = sla.cho_solve((R, False), rhs, check_finite=False)
     residual = np.empty(n_obs)
     variance = np.empty(n_obs)

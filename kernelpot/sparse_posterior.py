@@ -81,9 +81,12 @@ __all__ = ["SparsePosterior", "features_only"]
 DEFAULT_SPARSE_CAP = 2000
 #: Descriptors (with gradients) kept in memory during a kernel-hyperparameter search.
 _DESCRIPTOR_CACHE_BYTES = 2 * 2**30
-#: Fields of the training state a model file stores (``training_state=True``).
-_STATE_FIELDS = ("Kw", "y", "noise_std", "is_energy", "n_atoms_row", "L_mm", "R", "b",
-                 "energy_row", "force_row")
+#: Fields of the training state a model file stores (``training_state=True``): the labels
+#: and row layout only. The whitened design and its factor are rebuilt from the structures
+#: by :meth:`SparsePosterior.restore_training` (format 5; format 4 stored them).
+_STATE_FIELDS = ("y", "noise_std", "is_energy", "n_atoms_row", "energy_row", "force_row")
+#: Fields format-4 files stored besides: the design ``Kw`` and the factors ``L_mm``, ``R``, ``b``.
+_STORED_DESIGN_FIELDS = ("Kw", "L_mm", "R", "b")
 
 
 def features_only(features: np.ndarray) -> DescriptorResult:
@@ -643,7 +646,7 @@ class SparsePosterior(Posterior):
             raise ValueError("the training state's rows do not match its structures")
         return _sparse_loso_terms(state.Kw, state.y, state.noise_std, self.signal_std,
                                   state.prior, state.is_energy, structure, state.L_mm,
-                                  self.pair_columns)
+                                  self.pair_columns, factor=state.R)
 
     def _add_structure(self, atoms, energy: float, forces, index, descriptor, e0):
         """Append one structure's observations to the training state."""
@@ -800,9 +803,53 @@ class SparsePosterior(Posterior):
         if len(frames) != len(state.energy_row):
             raise ValueError(f"{owner}: the model was trained on {len(state.energy_row)} "
                              f"structures; got {len(frames)}")
+        species_index, results = describe(frames)
+        if state.Kw is None:  # a format-5 file: rebuild the design and its factor
+            self._rebuild_design(frames, species_index, results, owner)
         state.frames = [a.copy() for a in frames]
-        state.species_index, state.results = describe(frames)
+        state.species_index, state.results = species_index, results
         self.needs_frames = False
+
+    def _rebuild_design(self, frames: list, species_index: list, results: list,
+                        owner: str) -> None:
+        """Recompute the whitened design ``K_w`` of the stored rows and refactor it.
+
+        The rows are those :meth:`update` and the fit build (kernel and two-body columns
+        at the stored inducing environments), whitened by the stored ``L_mm``; ``R`` and
+        ``b`` come from one QR of the result, as :meth:`refactor` does. The stored
+        factors of prediction are kept, so predictions do not change; later updates
+        agree with those of a model that was never saved to round-off.
+        """
+        state = self.training
+        n_rows, M = len(state.y), self.weights.size
+        K = np.zeros((n_rows, M))
+        for k, (atoms, result, index) in enumerate(zip(frames, results, species_index,
+                                                       strict=True)):
+            e_row, f_row = state.energy_row[k], state.force_row[k]
+            if f_row >= 0 and f_row + 3 * len(atoms) > n_rows:
+                raise ValueError(f"{owner}: structure {k} has {len(atoms)} atoms, more "
+                                 "than the stored training rows hold")
+            rows = gp.design_rows(result, index, self.inducing, self.kernel,
+                                  energy=e_row >= 0, forces=f_row >= 0, columns=self.columns,
+                                  n_columns=M)
+            rows = with_two_body(rows, self.two_body, atoms, index, self.n_species,
+                                 self.pair_columns)
+            if e_row >= 0:
+                K[e_row] = rows.energy
+            if f_row >= 0:
+                K[f_row:f_row + 3 * len(atoms)] = rows.forces
+                labels = getattr(atoms.calc, "results", {}).get("forces")
+                if labels is not None and not np.allclose(
+                        labels.ravel(), state.y[f_row:f_row + 3 * len(atoms)],
+                        rtol=0, atol=1e-8):
+                    raise ValueError(f"{owner}: structure {k}'s forces are not the ones the "
+                                     "model was trained on: give the training structures "
+                                     "in training order")
+        state.Kw = sla.solve_triangular(self.factors.L_mm, K.T, lower=True,
+                                        check_finite=False).T
+        state.L_mm = self.factors.L_mm
+        state.R, state.b = _incremental.factor(state.Kw, state.noise_std, state.y,
+                                               self.signal_std)
 
     # -- model files ---------------------------------------------------------------------
     def to_arrays(self, training_state: bool = False) -> tuple[dict, dict]:
@@ -842,7 +889,7 @@ class SparsePosterior(Posterior):
             if self.training is None:
                 raise ValueError("save: training_state=True needs a model fitted with "
                                  "incremental=True")
-            for name in _STATE_FIELDS:
+            for name in _STATE_FIELDS:  # the design is rebuilt from the structures
                 arrays[f"state_{name}"] = np.asarray(getattr(self.training, name))
             if self.training.prior is not None:
                 arrays["state_prior"] = self.training.prior
@@ -911,12 +958,8 @@ class SparsePosterior(Posterior):
         pair_columns = _checked_pair_columns(arrays.get("pair_columns"), columns, two_body,
                                              n_species, len(weights), what)
         training = None
-        if "state_Kw" in arrays:
-            values = {name: arrays[f"state_{name}"] for name in _STATE_FIELDS}
-            values["energy_row"] = values["energy_row"].tolist()
-            values["force_row"] = values["force_row"].tolist()
-            values["prior"] = arrays.get("state_prior")  # absent in older files
-            training = _incremental.TrainingState(**values)
+        if "state_y" in arrays:
+            training = _training_state_from_arrays(arrays, L_mm, what)
         s = fitted["stats"]
         stats = gp.WhitenedStatistics(
             arrays["stats_eigenvalues"], arrays["stats_U"], arrays["stats_beta_E"],
@@ -940,6 +983,37 @@ class SparsePosterior(Posterior):
         return self
 
 
+def _training_state_from_arrays(arrays: dict, L_mm: np.ndarray,
+                                what: str) -> _incremental.TrainingState:
+    """The stored training state of a model file, checked.
+
+    Format 5 stores the labels and row layout only (``Kw``, ``R`` and ``b`` stay
+    ``None`` until :meth:`SparsePosterior.restore_training` rebuilds them); format 4
+    also stored the design and its factors, which are used as they are.
+    """
+    stored_design = "state_Kw" in arrays
+    names = _STATE_FIELDS + (_STORED_DESIGN_FIELDS if stored_design else ())
+    missing = [f"state_{name}" for name in names if f"state_{name}" not in arrays]
+    if missing:
+        raise ValueError(f"load: {what} has an incomplete training state without {missing}")
+    values = {name: arrays[f"state_{name}"] for name in names}
+    n_rows = len(values["y"])
+    for name in ("noise_std", "is_energy", "n_atoms_row"):
+        if values[name].shape != (n_rows,):
+            raise ValueError(f"load: {what} has a training state whose {name} does not "
+                             f"match its {n_rows} labels")
+    rows = np.concatenate([values["energy_row"], values["force_row"]])
+    if len(values["energy_row"]) != len(values["force_row"]) or np.any(rows >= n_rows) \
+            or np.any(rows < -1) or not np.all(np.isfinite(values["y"])):
+        raise ValueError(f"load: {what} has a malformed training state")
+    values["energy_row"] = values["energy_row"].tolist()
+    values["force_row"] = values["force_row"].tolist()
+    values["prior"] = arrays.get("state_prior")  # absent in older files
+    if not stored_design:
+        values.update(Kw=None, L_mm=L_mm, R=None, b=None)
+    return _incremental.TrainingState(**values)
+
+
 def _pack_lower(L: np.ndarray) -> np.ndarray:
     """Return the lower triangle of a lower-triangular matrix, row by row."""
     if np.triu(L, 1).any():  # the factors are lower triangular by construction
@@ -959,8 +1033,12 @@ def _unpack_lower(values: np.ndarray, M: int, what: str) -> np.ndarray:
 
 def _sparse_loso_terms(Kw: np.ndarray, y: np.ndarray, noise_std: np.ndarray, sigma: float,
                        prior: np.ndarray, is_energy: np.ndarray, structure: np.ndarray,
-                       L_mm: np.ndarray, pair_columns: np.ndarray | None) -> LosoTerms:
+                       L_mm: np.ndarray, pair_columns: np.ndarray | None,
+                       factor: np.ndarray | None = None) -> LosoTerms:
     """Compute the LOSO terms of a whitened design (:func:`kernelpot.loso.sparse_loso`).
+
+    ``factor``: the upper factor of ``A``, when the caller keeps it (the incremental
+    state's ``R``).
 
     The projection term of a training row is ``σ² (prior - q)``, ``prior`` the GP prior
     variance and ``q`` the part of it the inducing set spans: the whitened row's
@@ -970,7 +1048,7 @@ def _sparse_loso_terms(Kw: np.ndarray, y: np.ndarray, noise_std: np.ndarray, sig
     projection).
     """
     residual, variance, whitened = sparse_loso(Kw, y, noise_std, sigma, structure,
-                                               shifts=True)
+                                               shifts=True, factor=factor)
     spanned = np.einsum("nm,nm->n", Kw, Kw)
     if pair_columns is not None:
         pair = Kw[:, pair_columns]

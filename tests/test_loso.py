@@ -93,6 +93,26 @@ def test_sparse_loso_equals_refits_on_the_same_inducing_points(frames):
         assert _relative(variance[sel], posterior_var + noise_std[sel]**2) < 1e-6
 
 
+def test_sparse_loso_with_a_known_factor_equals_the_assembled_one():
+    """The incremental state's QR factor R (RᵀR = A, rows of any sign) stands in for
+    assembling and factoring A."""
+    from kernelpot import _incremental
+
+    rng = np.random.default_rng(1)
+    Kw = rng.normal(size=(40, 6))
+    y = rng.normal(size=40)
+    noise = rng.uniform(0.2, 0.5, 40)
+    structure = np.repeat(np.arange(8), 5)
+    R, _ = _incremental.factor(Kw, noise, y, 1.3)
+    assert np.any(np.diag(R) < 0)  # LAPACK's QR: signs a Cholesky factor would not have
+    plain = sparse_loso(Kw, y, noise, 1.3, structure, shifts=True)
+    known = sparse_loso(Kw, y, noise, 1.3, structure, shifts=True, factor=R)
+    for a, b in zip(plain, known, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"factor has shape \(5, 5\); the design has 6"):
+        sparse_loso(Kw, y, noise, 1.3, structure, factor=R[:5, :5])
+
+
 def test_loso_accepts_rows_of_a_structure_that_are_not_adjacent():
     """Energies come first, then forces: a structure's rows are apart in both models."""
     rng = np.random.default_rng(0)

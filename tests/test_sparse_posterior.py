@@ -203,12 +203,16 @@ def test_update_grows_the_stored_state(soap, frames):
     arrays, _ = model.posterior_.to_arrays(training_state=True)
     M, n_obs = arrays["alpha"].size, len(arrays["state_y"])
     assert n_obs == 4 * (1 + 27)
-    assert arrays["state_Kw"].shape == (n_obs, M)
+    state = model.posterior_.training
+    assert state.Kw.shape == (n_obs, M)
     model.update(frames[4:6], n_inducing=3)
     arrays, _ = model.posterior_.to_arrays(training_state=True)
     assert arrays["alpha"].size == M + 3
-    assert arrays["state_Kw"].shape == (n_obs + 2 * 28, M + 3)
-    assert arrays["state_L_mm"].shape == arrays["state_R"].shape == (M + 3, M + 3)
+    state = model.posterior_.training
+    assert state.Kw.shape == (n_obs + 2 * 28, M + 3)
+    assert state.L_mm.shape == state.R.shape == (M + 3, M + 3)
+    # the file keeps labels and row layout only: the design is rebuilt from the frames
+    assert not any(f"state_{name}" in arrays for name in ("Kw", "L_mm", "R", "b"))
     assert arrays["state_y"].shape == arrays["state_noise_std"].shape == (n_obs + 56,)
     # the fit's rows: energies first, then forces; each update appends a structure's
     # energy then its forces
@@ -241,6 +245,55 @@ def test_training_state_round_trip_then_update(soap, frames):
     assert loaded.n_inducing_ == model.n_inducing_
     _assert_same(_predictions(loaded.posterior_, loaded, test),
                  _predictions(model.posterior_, model, test), rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["plain", "with_pair"])
+def test_restore_training_rebuilds_the_design_of_an_updated_model(request, soap, frames,
+                                                                   name):
+    """The file keeps no design: restore_training rebuilds the whitened design (kernel
+    and two-body columns, inducing environments added by updates included) and its
+    factor, equal to the state the model kept in memory."""
+    fitted = request.getfixturevalue(name)
+    model = SparseGPPotential(soap, incremental=True, two_body=fitted.two_body,
+                              **FIXED).fit(frames[:4])
+    model.update(frames[4:6], n_inducing=3)
+    state = model.posterior_.training
+    loaded = clone(model).from_posterior(_round_trip(model.posterior_, model, True),
+                                         descriptor=model.descriptor_,
+                                         species=model.species_, e0=model.e0_)
+    assert loaded.posterior_.training.Kw is None
+    loaded.restore_training(frames[:6])
+    rebuilt = loaded.posterior_.training
+    scale = np.abs(state.Kw).max()
+    np.testing.assert_allclose(rebuilt.Kw, state.Kw, rtol=0, atol=1e-9 * scale)
+    # R is unique up to the signs of its rows: compare RᵀR = A_w
+    np.testing.assert_allclose(rebuilt.R.T @ rebuilt.R, state.R.T @ state.R, rtol=1e-9,
+                               atol=1e-9 * np.abs(state.R).max()**2)
+    np.testing.assert_allclose(rebuilt.b, state.b, rtol=1e-9,
+                               atol=1e-9 * np.abs(state.b).max())
+
+
+def test_restore_training_refuses_structures_in_another_order(soap, frames):
+    model = _incremental(soap, frames)
+    loaded = clone(model).from_posterior(_round_trip(model.posterior_, model, True),
+                                         descriptor=model.descriptor_,
+                                         species=model.species_, e0=model.e0_)
+    with pytest.raises(ValueError, match="structure 0's forces are not the ones the model "
+                                         "was trained on"):
+        loaded.restore_training([frames[1], frames[0], frames[2], frames[3]])
+
+
+def test_an_incomplete_training_state_fails_to_load(soap, frames):
+    model = _incremental(soap, frames)
+    arrays, fitted = model.posterior_.to_arrays(training_state=True)
+    del arrays["state_noise_std"]
+    with pytest.raises(ValueError, match=r"model.npz has an incomplete training state "
+                                         r"without \['state_noise_std'\]"):
+        SparsePosterior.from_arrays(arrays, fitted, model.kernel_, None, 3, "model.npz")
+    arrays, fitted = model.posterior_.to_arrays(training_state=True)
+    arrays["state_force_row"] = arrays["state_force_row"] + 10**6
+    with pytest.raises(ValueError, match="model.npz has a malformed training state"):
+        SparsePosterior.from_arrays(arrays, fitted, model.kernel_, None, 3, "model.npz")
 
 
 def test_restore_training_without_a_state(plain):
