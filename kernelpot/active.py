@@ -22,6 +22,7 @@ from kernelpot import estimator as estimator_module
 from kernelpot._files import atomic_write
 from kernelpot._validation import check_int, check_verbose
 from kernelpot.calculator import KernelPotCalculator
+from kernelpot.sparse_posterior import DEFAULT_SPARSE_CAP
 
 if TYPE_CHECKING:
     from ase.calculators.calculator import Calculator
@@ -133,6 +134,12 @@ class OnTheFlyLearner:
         the most uncertain ones). All by default: on Cu/EMT a model of three frames
         with every environment inducing predicted 800 K forces to 2.7 meV/Å (SOAP),
         while adding four per frame left on-the-fly runs at 50–80 meV/Å.
+    max_inducing : int, dict or None, default=2000
+        Inducing environments per element, at most (``{element: count}`` for one cap
+        per element; None: no cap), as the estimator's default fit caps them. Once an
+        element reaches it, its new environments enter the model as observations
+        only, so the cost of an MD step (and of each later update) stops growing
+        with the run (see :meth:`SparseGPPotential.update`).
     max_calls : int, optional
         Cap on reference calls.
     min_interval : int, default=10
@@ -215,6 +222,7 @@ class OnTheFlyLearner:
     def __init__(self, model: SparseGPPotential, reference: Calculator, *,
                  threshold: float | None = None, relative_threshold: float = 1.5,
                  directory: str | os.PathLike = ".", n_inducing: int | str = "all",
+                 max_inducing: int | dict[str, int] | None = DEFAULT_SPARSE_CAP,
                  max_calls: int | None = None, min_interval: int = 10,
                  reoptimize_every: int = 1, checkpoint_every: int = 1,
                  force_tolerance: float = 0.1, verbose: int = 0,
@@ -234,6 +242,7 @@ class OnTheFlyLearner:
         self.relative_threshold = relative_threshold
         self.directory = Path(directory)
         self.n_inducing = n_inducing
+        self.max_inducing = max_inducing
         self.max_calls = max_calls
         self.min_interval = int(min_interval)
         self.reoptimize_every = int(reoptimize_every)
@@ -362,7 +371,9 @@ class OnTheFlyLearner:
                              f"the checkpoint was trained on {n_trained}")
         model.restore_training(frames[:n_trained])
         if len(frames) > n_trained:  # labelled after the last checkpoint
-            model.update(frames[n_trained:], n_inducing=settings["n_inducing"])
+            model.update(frames[n_trained:], n_inducing=settings["n_inducing"],
+                         max_inducing=settings["init"].get("max_inducing",
+                                                               DEFAULT_SPARSE_CAP))
         md = np.load(directory / STATE_FILE, allow_pickle=False)
         init = {k: v for k, v in settings["init"].items()
                 if k != "calibration_window"}  # checkpoints before the LOSO gate had one
@@ -508,7 +519,8 @@ class OnTheFlyLearner:
             self._last_call_step = step
             reoptimize = (self.reoptimize_every > 0
                           and self.n_reference_calls % self.reoptimize_every == 0)
-            self.model.update([labelled], n_inducing=self.n_inducing, optimize=reoptimize)
+            self.model.update([labelled], n_inducing=self.n_inducing, optimize=reoptimize,
+                              max_inducing=self.max_inducing)
             self._auto_threshold = self._loso_threshold()
             atoms.calc.reset()  # the next force evaluation uses the updated model
             self._updates_since_checkpoint += 1
@@ -538,7 +550,7 @@ class OnTheFlyLearner:
             "auto_threshold": self._auto_threshold,
             "init": {"threshold": self.threshold, "relative_threshold": self.relative_threshold,
                      "directory": str(self.directory), "n_inducing": self.n_inducing,
-                     "max_calls": self.max_calls, "min_interval": self.min_interval,
+                     "max_inducing": self.max_inducing, "max_calls": self.max_calls, "min_interval": self.min_interval,
                      "reoptimize_every": self.reoptimize_every,
                      "checkpoint_every": self.checkpoint_every,
                      "force_tolerance": self.force_tolerance, "verbose": self.verbose,

@@ -784,7 +784,8 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
 
     # -- incremental learning --------------------------------------------------------------
     def update(self, X: Sequence[Atoms], n_inducing: int | str = 0,
-               optimize: bool = False) -> SparseGPPotential:
+               optimize: bool = False,
+               max_inducing: int | dict[str, int] | None = None) -> SparseGPPotential:
         """Add labelled structures, and optionally inducing environments, without a refit.
 
         Parameters
@@ -798,6 +799,12 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         optimize : bool, default=False
             Re-optimise the hyperparameters named by ``optimize`` on all data seen so
             far (an ``O(n M²)`` refactorisation); otherwise they stay fixed.
+        max_inducing : int or dict, optional
+            Inducing environments per element after the update, at most (one int for
+            every element, or ``{element: count}``; elements not named are not
+            capped). An element at its cap gains no inducing environment; its new
+            structures still enter the posterior and the likelihood as observations.
+            This bounds the cost of prediction as on-the-fly learning adds data.
 
         Returns
         -------
@@ -831,6 +838,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         # no min_distance here: update takes labelled frames as they come (on-the-fly MD
         # that a young model drove into a close contact: the reference's label of it is
         # what the model needs; refusing it stopped a run, measured)
+        cap = self._inducing_cap(max_inducing, owner)
         frames = check_frames(X, owner)
         indices = [self._species_index(atoms, owner) for atoms in frames]
         labels = read_labels(frames, owner)
@@ -838,7 +846,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         loso = self.calibration == "loso"
         posterior.update(frames, labels, indices, self.descriptor_, self.e0_, n_inducing,
                          names, NoiseSearch.of(self), check_random_state(self.random_state),
-                         owner, loso=loso)
+                         owner, loso=loso, max_inducing=cap)
         if self.interval_kind_ == "validation":
             warnings.warn(f"{owner}: the std calibration no longer applies to the updated "
                           "model: the map calibrate() fitted is dropped"
@@ -849,6 +857,28 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         logger.info("%s: %d structures added; inducing environments %s", owner, len(frames),
                     self.n_inducing_)
         return self
+
+    def _inducing_cap(self, max_inducing, owner: str) -> np.ndarray | None:
+        """``update``'s ``max_inducing`` as a cap per element of ``species_`` (inf: none)."""
+        if max_inducing is None:
+            return None
+        symbols = [chemical_symbols[z] for z in self.species_]
+
+        def count(value, name):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+                    or value < 0:
+                raise ValueError(f"{owner}: max_inducing{name} must be an int >= 0; got "
+                                 f"{value!r}")
+            return float(value)
+
+        if isinstance(max_inducing, dict):
+            unknown = sorted(set(max_inducing) - set(symbols), key=str)
+            if unknown:
+                raise ValueError(f"{owner}: max_inducing names {unknown}, which the model "
+                                 f"does not know; its elements are {symbols}")
+            return np.array([count(max_inducing[s], f"[{s!r}]") if s in max_inducing
+                             else np.inf for s in symbols])
+        return np.full(len(symbols), count(max_inducing, ""))
 
     def restore_training(self, frames: Sequence[Atoms]) -> SparseGPPotential:
         """Give a model loaded with ``training_state=True`` its training structures back.

@@ -555,7 +555,7 @@ class SparsePosterior(Posterior):
     def update(self, frames: list, labels: Labels, indices: list, descriptor: Descriptor,
                e0: np.ndarray, n_inducing: int | str, optimize: set | None,
                search: NoiseSearch, rng: np.random.RandomState, owner: str,
-               loso: bool = False) -> None:
+               loso: bool = False, max_inducing: np.ndarray | None = None) -> None:
         """Add labelled structures, and optionally inducing environments, by low-rank updates.
 
         Parameters
@@ -576,6 +576,9 @@ class SparsePosterior(Posterior):
         owner : str
         loso : bool, default=False
             Recompute the leave-one-structure-out terms (``loso``) of all the data.
+        max_inducing : ndarray of shape (n_species,), optional
+            Inducing environments per species after the update, at most (``inf``: no
+            cap); of the new environments of a species at its cap, none is added.
 
         Raises
         ------
@@ -589,7 +592,7 @@ class SparsePosterior(Posterior):
         new = [self._add_structure(atoms, labels.energies[k], labels.forces[k], indices[k],
                                    descriptor, e0) for k, atoms in enumerate(frames)]
         self._refresh()
-        chosen = self._choose_new_inducing(new, n_inducing)
+        chosen = self._choose_new_inducing(new, n_inducing, max_inducing)
         if any(len(z) for z in chosen):
             self._add_inducing(chosen)
             self._refresh()
@@ -690,8 +693,13 @@ class SparsePosterior(Posterior):
         """Recompute the weights and factors from the training state."""
         self.factors = _incremental.posterior(self.training, self.signal_std)
 
-    def _choose_new_inducing(self, new, n_inducing) -> list[np.ndarray]:
-        """Choose new inducing descriptors per species among the new environments."""
+    def _choose_new_inducing(self, new, n_inducing, max_inducing=None) -> list[np.ndarray]:
+        """Choose new inducing descriptors per species among the new environments.
+
+        ``n_inducing`` of them in all (or all), those of largest epistemic variance of
+        their local energy; then, per species, at most the room ``max_inducing`` leaves
+        (again the most uncertain first).
+        """
         n_species = self.n_species
         features = [r.features for r, _ in new]
         index = [i for _, i in new]
@@ -699,22 +707,32 @@ class SparsePosterior(Posterior):
             return [np.zeros((0, 0))] * n_species
         X = np.concatenate(features)
         species = np.concatenate(index)
-        if n_inducing == "all" or n_inducing >= len(X):
-            keep = np.arange(len(X))
-        else:
-            # epistemic variance of each environment's local energy
-            rows = np.zeros((len(X), self.weights.size))
-            prior = np.zeros(len(X))
-            for s, Z in enumerate(self.inducing):
-                mask = species == s
-                if mask.any():
-                    prior[mask] = self.kernel.diag(X[mask])
-                    if len(Z):
-                        rows[np.ix_(mask, self.columns[s])] = self.kernel(X[mask], Z)
-            post, proj = gp.variance_terms(rows, self.factors, self.signal_std)
-            variance = post + self.signal_std**2 * prior - proj
-            keep = np.sort(np.argsort(-variance, kind="stable")[:n_inducing])
-        return [X[keep[species[keep] == s]] for s in range(n_species)]
+        room = np.full(n_species, np.inf) if max_inducing is None else \
+            np.maximum(np.asarray(max_inducing, float)
+                       - np.array([len(z) for z in self.inducing]), 0)
+        capped = bool(np.any(np.bincount(species, minlength=n_species) > room))
+        if (n_inducing == "all" or n_inducing >= len(X)) and not capped:
+            return [X[species == s] for s in range(n_species)]
+        # epistemic variance of each environment's local energy
+        rows = np.zeros((len(X), self.weights.size))
+        prior = np.zeros(len(X))
+        for s, Z in enumerate(self.inducing):
+            mask = species == s
+            if mask.any():
+                prior[mask] = self.kernel.diag(X[mask])
+                if len(Z):
+                    rows[np.ix_(mask, self.columns[s])] = self.kernel(X[mask], Z)
+        post, proj = gp.variance_terms(rows, self.factors, self.signal_std)
+        variance = post + self.signal_std**2 * prior - proj
+        order = np.argsort(-variance, kind="stable")
+        if n_inducing != "all":
+            order = order[:n_inducing]
+        chosen = []
+        for s in range(n_species):
+            ranked = order[species[order] == s]
+            keep = np.sort(ranked[:int(min(room[s], len(ranked)))])
+            chosen.append(X[keep])
+        return chosen
 
     def _add_inducing(self, chosen: list[np.ndarray]) -> None:
         """Extend the inducing set and the training state's factors by new columns."""

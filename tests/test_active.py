@@ -62,6 +62,25 @@ def test_learns_from_one_frame_and_logs_everything(tmp_path):
     assert (tmp_path / "model.npz").exists() and (tmp_path / "md_state.npz").exists()
 
 
+def test_max_inducing_bounds_the_model_and_survives_a_resume(tmp_path):
+    """32 environments a frame, at most 40 inducing: the first frame gives 32, the
+    first call 8 more, later calls none; every labelled frame is still trained on."""
+    learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
+                              max_inducing=40, max_calls=3, min_interval=2)
+    learner.run(_dynamics(), 10)
+    assert learner.n_reference_calls == 3
+    model = learner.model
+    assert model.n_inducing_ == {"Cu": 40}
+    assert model.posterior_.n_training_structures == 4
+    settings = json.loads((tmp_path / "learner.json").read_text())
+    assert settings["init"]["max_inducing"] == 40
+    resumed = OnTheFlyLearner.resume(tmp_path, EMT(), run=False)
+    assert resumed.max_inducing == 40 and resumed.model.n_inducing_ == {"Cu": 40}
+    probe = [_dynamics(1).atoms]
+    np.testing.assert_allclose(resumed.model.predict_forces(probe)[0],
+                               model.predict_forces(probe)[0], atol=1e-10)
+
+
 def test_directory_of_a_previous_run_is_refused(tmp_path):
     OnTheFlyLearner(_model(), EMT(), threshold=10.0, directory=tmp_path).run(_dynamics(), 2)
     with pytest.raises(ValueError, match="previous run"):

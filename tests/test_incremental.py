@@ -109,3 +109,46 @@ def test_update_drops_a_stale_calibration(ethanol_frames, small_soap):
     with pytest.warns(UserWarning, match="calibration no longer applies"):
         model.update(ethanol_frames[6:8], n_inducing=3)
     assert model.std_scale_ is None and model.std_scale("forces") == 1.0
+
+
+def test_max_inducing_caps_each_element_and_keeps_the_observations(ethanol_frames,
+                                                                    small_soap):
+    model = SparseGPPotential(small_soap, incremental=True, **FIXED).fit(ethanol_frames[:3])
+    assert model.n_inducing_ == {"H": 18, "C": 6, "O": 3}
+    # three new frames: 18 H, 6 C and 3 O candidates; H is capped at 20, the rest not
+    model.update(ethanol_frames[3:6], n_inducing="all", max_inducing={"H": 20})
+    assert model.n_inducing_ == {"H": 20, "C": 12, "O": 6}
+    # an element at its cap gains nothing, but its structures are still observations
+    before = model.predict(ethanol_frames[40:42])
+    model.update(ethanol_frames[6:8], n_inducing="all", max_inducing=12)
+    assert model.n_inducing_ == {"H": 20, "C": 12, "O": 8}
+    assert model.posterior_.n_training_structures == 8
+    assert not np.allclose(model.predict(ethanol_frames[40:42]), before, rtol=1e-6)
+    assert model.posterior_.training.Kw.shape == (8 * 28, 40)
+
+
+def test_max_inducing_keeps_the_most_uncertain_environments():
+    """Capped at two more, the update adds the two that n_inducing=2 picks."""
+    frames = emt_copper_frames(4, seed=3, rattle=0.15)
+    soap = SOAP(["Cu"], 4.0, n_max=3, l_max=2, sigma=0.5)
+    fixed = {k: v for k, v in FIXED.items() if k != "e0"}
+    capped = SparseGPPotential(soap, incremental=True, **fixed).fit(frames[:1])
+    counted = SparseGPPotential(soap, incremental=True, **fixed).fit(frames[:1])
+    capped.update(frames[1:3], n_inducing="all", max_inducing=34)
+    counted.update(frames[1:3], n_inducing=2)
+    assert capped.n_inducing_ == counted.n_inducing_ == {"Cu": 34}
+    np.testing.assert_array_equal(capped.posterior_.inducing[0],
+                                  counted.posterior_.inducing[0])
+
+
+@pytest.mark.parametrize("cap, message", [
+    (-1, "max_inducing must be an int >= 0; got -1"),
+    (2.5, "max_inducing must be an int >= 0; got 2.5"),
+    ({"H": True}, r"max_inducing\['H'\] must be an int >= 0; got True"),
+    ({"N": 3}, r"max_inducing names \['N'\], which the model does not know; its "
+               r"elements are \['H', 'C', 'O'\]"),
+])
+def test_max_inducing_errors(ethanol_frames, small_soap, cap, message):
+    model = SparseGPPotential(small_soap, incremental=True, **FIXED).fit(ethanol_frames[:2])
+    with pytest.raises(ValueError, match=message):
+        model.update(ethanol_frames[2:3], n_inducing="all", max_inducing=cap)
