@@ -597,8 +597,9 @@ class SparsePosterior(Posterior):
             self._add_inducing(chosen)
             self._refresh()
         if optimize is not None:
-            self._reoptimize(optimize, search, rng)
-        self.stats = _incremental.statistics(self.training)
+            self.stats = self._reoptimize(optimize, search, rng)
+        else:  # the statistics do not depend on the hyperparameters: once per update
+            self.stats = _incremental.statistics(self.training)
         self.log_marginal_likelihood_value = float(gp.log_marginal_likelihood(
             np.log([self.signal_std, self.energy_noise, self.force_noise]), self.stats))
         self.loso = self.loo_shift = None
@@ -768,8 +769,12 @@ class SparsePosterior(Posterior):
             self.inducing[s] = grown
             self.columns[s] = np.concatenate([self.columns[s], M + new_columns[s]])
 
-    def _reoptimize(self, names: set, search: NoiseSearch, rng) -> None:
-        """Re-fit ``(σ, σ_E, σ_F)`` on all data seen so far and refactor."""
+    def _reoptimize(self, names: set, search: NoiseSearch, rng) -> gp.WhitenedStatistics:
+        """Re-fit ``(σ, σ_E, σ_F)`` on all data seen so far and refactor.
+
+        Returns the likelihood statistics of the training state (which do not depend
+        on the hyperparameters).
+        """
         state = self.training
         stats = _incremental.statistics(state)
         free = free_mask(names, int(state.is_energy.sum()), int((~state.is_energy).sum()))
@@ -781,6 +786,7 @@ class SparsePosterior(Posterior):
                 float(np.exp(t)) if f else v
                 for t, v, f in zip(log_params, values, free, strict=True))
         self.refactor()
+        return stats
 
     def refactor(self) -> None:
         """Refactor the stored design from scratch at the current hyperparameters.
