@@ -859,7 +859,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         return self
 
     def _inducing_cap(self, max_inducing, owner: str) -> np.ndarray | None:
-        """``update``'s ``max_inducing`` as a cap per element of ``species_`` (inf: none)."""
+        """Return ``update``'s ``max_inducing`` as a cap per element (inf: none)."""
         if max_inducing is None:
             return None
         symbols = [chemical_symbols[z] for z in self.species_]

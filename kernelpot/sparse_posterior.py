@@ -1009,7 +1009,7 @@ class SparsePosterior(Posterior):
 
 def _training_state_from_arrays(arrays: dict, L_mm: np.ndarray,
                                 what: str) -> _incremental.TrainingState:
-    """The stored training state of a model file, checked.
+    """Return the stored training state of a model file, checked.
 
     Format 5 stores the labels and row layout only (``Kw``, ``R`` and ``b`` stay
     ``None`` until :meth:`SparsePosterior.restore_training` rebuilds them); format 4

@@ -20,8 +20,18 @@ RTOL, ATOL = 1e-10, 1e-13
 # copper two-body model's weights cancel strongly: local energies of about 0.1 eV come
 # from terms whose absolute values add up to 5.6e6 eV (measured), so double rounding is
 # 1e-16 × 5.6e6 ≈ 6e-10 eV; its values moved by up to 8.7e-10 eV. The other two files
-# stayed within RTOL.
-CANCELLING_ATOL = 2e-9
+# stayed within RTOL. (After the SOAP change below, its updated model's forces moved by
+# up to 2.9e-9 eV/Å: the update mixes the file's stored design with rows of the new
+# features.)
+CANCELLING_ATOL = 5e-9
+# Since then SOAP is computed by kernelpot's own kernels, not DScribe's C++: the same
+# formulas, but DScribe's C++ rounds π to 12 digits (3.14159265359), so the features of
+# these ethanol frames differ from the saving code's by 4.1e-12 of their largest value
+# (measured). Through the solves that difference became up to 1.5e-8 relative in the
+# exact model's energy std (a variance that cancels: prior minus explained part) and
+# 7e-10 relative in the forces (measured): these files' predictions are compared at
+# this tolerance.
+SOAP_RTOL = 5e-8
 
 
 def test_save_load_round_trip(fitted_ethanol, ethanol_frames, tmp_path):
@@ -105,11 +115,11 @@ def _predictions(model, frames, stress=False):
     return out
 
 
-def _check(actual, expected, prefix, atol=ATOL):
+def _check(actual, expected, prefix, atol=ATOL, rtol=SOAP_RTOL):
     keys = sorted(k.split("/", 1)[1] for k in expected.files if k.startswith(prefix + "/"))
     assert keys, prefix
     for key in keys:
-        np.testing.assert_allclose(actual[key], expected[f"{prefix}/{key}"], rtol=RTOL,
+        np.testing.assert_allclose(actual[key], expected[f"{prefix}/{key}"], rtol=rtol,
                                    atol=atol, err_msg=f"{prefix}/{key}")
 
 

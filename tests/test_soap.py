@@ -181,3 +181,32 @@ def test_location_matches_dscribe():
     assert ours.get_location(("C", "O")) == reference.get_location(("C", "O"))
     assert ours.get_location(("H", "H")) == reference.get_location(("H", "H"))
     assert ours.n_features == reference.get_number_of_features()
+
+
+def test_gradients_equal_dscribe_analytical_derivatives(ethanol):
+    """The Numba kernels against DScribe's own analytic derivatives (open system, the
+    centre attached), which the earlier padded-cluster implementation called."""
+    soap = _ours(["H", "C", "O"], 4.0)
+    dense = soap.compute(ethanol).dense_gradients()  # (n_centres, n_atoms, 3, n_features)
+    derivatives = _dscribe(["H", "C", "O"], 4.0, False).derivatives(
+        ethanol, attach=True, method="analytical", return_descriptor=False)
+    scale = np.abs(derivatives).max()
+    np.testing.assert_allclose(dense, derivatives, rtol=0, atol=1e-10 * scale)
+
+
+@pytest.mark.parametrize("kwargs", [{"n_max": 5, "l_max": 9, "sigma": 0.4},
+                                    {"n_max": 2, "l_max": 0, "sigma": 0.3}])
+def test_features_equal_dscribe_at_high_and_zero_degree(ethanol, kwargs):
+    """The solid-harmonic recursion at l = 9 and the bare l = 0 case."""
+    expected = _dscribe(["H", "C", "O"], 4.0, False, **kwargs).create(ethanol)
+    actual = _ours(["H", "C", "O"], 4.0, **kwargs).compute(ethanol).features
+    np.testing.assert_allclose(actual, expected, rtol=1e-8, atol=1e-10 * np.abs(expected).max())
+
+
+def test_species_in_any_order_give_dscribe_s_sorted_layout(ethanol):
+    expected = _dscribe(["H", "C", "O"], 4.0, False).create(ethanol)
+    for species in (["O", "H", "C"], [8, 1, 6]):
+        soap = _ours(species, 4.0)
+        np.testing.assert_allclose(soap.compute(ethanol).features, expected, rtol=1e-8,
+                                   atol=1e-10)
+        np.testing.assert_allclose(soap.create(ethanol), expected, rtol=1e-8, atol=1e-10)

@@ -1,4 +1,4 @@
-"""SOAP power spectrum on DScribe, with analytic gradients for periodic cells too."""
+"""DScribe's GTO SOAP power spectrum with analytic gradients, computed by Numba kernels."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from kernelpot._validation import (
     check_strain_flag,
     species_to_numbers,
 )
-from kernelpot.descriptors._scatter_kernels import scatter_add_blocks
+from kernelpot.descriptors._soap_kernels import soap_features, soap_features_and_gradients
 from kernelpot.descriptors.base import Descriptor, DescriptorResult
 from kernelpot.descriptors.neighbors import neighbor_list, unique_pairs
 
@@ -28,14 +28,15 @@ _COMPRESSION_WITH_GRADIENTS = ("off", "crossover")
 
 
 class SOAP(Descriptor):
-    """Smooth overlap of atomic positions (DScribe), with analytic gradients.
+    """Smooth overlap of atomic positions (DScribe's GTO SOAP), with analytic gradients.
 
     Features equal :meth:`dscribe.descriptors.SOAP.create` with the same
-    settings. Gradients are analytic for open **and** periodic structures:
-    DScribe's analytic derivatives, which it offers only for open systems,
-    are evaluated centre by centre on a padded open cluster holding the
-    centre's neighbours (periodic images included), and each image's
-    derivative is added onto the atom it images.
+    settings (same basis, normalisation and column order; tested to 1e-10).
+    They and their gradients, for open **and** periodic structures, are
+    computed by this package's Numba kernels in closed form from DScribe's
+    radial basis (``get_basis_gto``); see
+    :mod:`kernelpot.descriptors._soap_kernels` for the derivation. Periodic
+    images of a neighbour add onto the atom they image.
 
     Parameters
     ----------
@@ -159,16 +160,14 @@ class SOAP(Descriptor):
             species=numbers_.tolist(), r_cut=r_cut, n_max=n_max, l_max=l_max, sigma=sigma,
             rbf="gto", compression={"mode": mode, "species_weighting": None}, periodic=False,
         )
-        dscribe_periodic = _DScribeSOAP(
-            species=numbers_.tolist(), r_cut=r_cut, n_max=n_max, l_max=l_max, sigma=sigma,
-            rbf="gto", compression={"mode": mode, "species_weighting": None}, periodic=True,
-        )
         checked = {
             "numbers": numbers_,
+            "sorted_numbers": np.sort(numbers_),  # DScribe's element order
             "dscribe": dscribe_soap,
-            "dscribe_periodic": dscribe_periodic,
             "r_reach": r_cut + dscribe_soap.get_cutoff_padding(),
             "n_features": int(dscribe_soap.get_number_of_features()),
+            **_kernel_tables(dscribe_soap, len(numbers_), r_cut, n_max, l_max, sigma,
+                             same_species_only=mode == "crossover"),
         }
         self._checked = (key, checked)
         return checked
@@ -235,9 +234,13 @@ class SOAP(Descriptor):
         """
         p = self._check_params()
         positions, numbers_, pbc, cell = check_atoms(atoms, p["numbers"], self.periodic, "SOAP")
-        system = Atoms(numbers=numbers_, positions=positions, cell=cell, pbc=pbc)
-        soap = p["dscribe_periodic"] if pbc.any() else p["dscribe"]
-        return np.asarray(soap.create(system), dtype=np.float64)
+        nl = neighbor_list(positions, cell, pbc, p["r_reach"])
+        species = np.searchsorted(p["sorted_numbers"], numbers_).astype(np.int64)
+        features = np.empty((len(positions), p["n_features"]))
+        soap_features(nl.vectors, species[nl.j], nl.starts.astype(np.int64), species,
+                      p["radial_weights"], p["radial_exponents"], p["l_prefactor"],
+                      p["feature_table"], features)
+        return features
 
     def compute(self, atoms: Atoms, strain: bool = False) -> DescriptorResult:
         """Compute SOAP features and their analytic Jacobian for one structure.
@@ -260,30 +263,56 @@ class SOAP(Descriptor):
         positions, numbers_, pbc, cell = check_atoms(atoms, p["numbers"], self.periodic, "SOAP")
         n_atoms = len(positions)
         nl = neighbor_list(positions, cell, pbc, p["r_reach"])
-        pairs, _, _ = unique_pairs(n_atoms, nl.i, nl.j)
-        pair_starts = np.searchsorted(pairs[:, 0], np.arange(n_atoms + 1))
+        pairs, neighbor_pair, self_pair = unique_pairs(n_atoms, nl.i, nl.j)
+        species = np.searchsorted(p["sorted_numbers"], numbers_).astype(np.int64)
         n_features = p["n_features"]
         features = np.empty((n_atoms, n_features))
         gradients = np.zeros((len(pairs), 3, n_features))
         strain_gradients = np.zeros((n_atoms, 3, 3, n_features)) if strain else None
-        dscribe_soap = p["dscribe"]
-        for i in range(n_atoms):
-            # padded open cluster: the centre and every neighbour (periodic images
-            # included) within r_cut + padding, the only atoms its features see
-            neighbours = slice(nl.starts[i], nl.starts[i + 1])
-            cluster_positions = positions[i] + np.vstack([np.zeros(3), nl.vectors[neighbours]])
-            cluster_atoms = np.concatenate([[i], nl.j[neighbours]])  # atom each one images
-            cluster = Atoms(numbers=numbers_[cluster_atoms], positions=cluster_positions)
-            jacobian, value = dscribe_soap.derivatives(
-                cluster, centers=[0], attach=True, method="analytical",
-                return_descriptor=True,
-            )
-            features[i] = value[0]
-            rows = slice(pair_starts[i], pair_starts[i + 1])
-            slot = np.searchsorted(pairs[rows, 1], cluster_atoms)
-            scatter_add_blocks(gradients[rows], slot, jacobian[0])
-            if strain:  # Σ_k ∂D_i/∂r_k[a] (r_k - r_i)[b]; the centre's own vector is 0
-                strain_gradients[i] = np.einsum("kad,kb->abd", jacobian[0, 1:],
-                                                nl.vectors[neighbours])
+        soap_features_and_gradients(
+            nl.vectors, species[nl.j], nl.starts.astype(np.int64), species, neighbor_pair,
+            self_pair, p["radial_weights"], p["radial_exponents"], p["l_prefactor"],
+            p["feature_table"], p["species_features"], p["species_feature_count"], features,
+            gradients, strain_gradients if strain else np.zeros((0, 3, 3, n_features)),
+            bool(strain))
         return DescriptorResult(features, pairs, gradients, strain_gradients)
 
+
+
+def _kernel_tables(dscribe_soap, n_species: int, r_cut: float, n_max: int, l_max: int,
+                   sigma: float, same_species_only: bool) -> dict:
+    """Return the radial weights, exponents and column layout the Numba kernels take.
+
+    See :mod:`kernelpot.descriptors._soap_kernels` for the formulas. Columns follow
+    DScribe's layout: element blocks ``(Z₁, Z₂)``, ``Z₁ ≤ Z₂`` (only ``Z₁ = Z₂`` with
+    compression "crossover"), then degree ``l``, then ``(n₁, n₂)`` (``n₁ ≤ n₂`` within
+    one element).
+    """
+    alphas, betas = dscribe_soap.get_basis_gto(r_cut, n_max, l_max)
+    two_sigma2 = 2.0 * sigma**2
+    exponents = alphas / (1.0 + two_sigma2 * alphas)
+    weights = np.empty((l_max + 1, n_max, n_max))
+    for ell in range(l_max + 1):
+        weights[ell] = betas[ell] * (np.pi**1.5 * two_sigma2**1.5
+                                 * (1.0 + two_sigma2 * alphas[ell]) ** (-(ell + 1.5)))[None, :]
+    rows = [(z1, z2, n1, n2, ell)
+            for z1 in range(n_species) for z2 in range(z1, n_species)
+            if not same_species_only or z1 == z2
+            for ell in range(l_max + 1)
+            for n1 in range(n_max) for n2 in range(n1 if z1 == z2 else 0, n_max)]
+    table = np.array(rows, dtype=np.int64).reshape(-1, 5)
+    if len(table) != dscribe_soap.get_number_of_features():
+        raise AssertionError("SOAP: the kernel's column layout does not match DScribe's")
+    involved = [np.flatnonzero((table[:, 0] == s) | (table[:, 1] == s))
+                for s in range(n_species)]
+    species_features = np.zeros((n_species, len(table)), dtype=np.int64)
+    for s, columns in enumerate(involved):
+        species_features[s, :len(columns)] = columns
+    return {
+        "radial_weights": weights,
+        "radial_exponents": np.ascontiguousarray(exponents),
+        "l_prefactor": np.pi * np.sqrt(8.0 / (2.0 * np.arange(l_max + 1) + 1.0)),
+        "feature_table": table,
+        "species_features": species_features,
+        "species_feature_count": np.array([len(c) for c in involved], dtype=np.int64),
+    }
