@@ -210,3 +210,29 @@ def test_species_in_any_order_give_dscribe_s_sorted_layout(ethanol):
         np.testing.assert_allclose(soap.compute(ethanol).features, expected, rtol=1e-8,
                                    atol=1e-10)
         np.testing.assert_allclose(soap.create(ethanol), expected, rtol=1e-8, atol=1e-10)
+
+
+def test_parallel_centres_equal_the_serial_kernel_and_threads_run_serially(
+        si_64, monkeypatch):
+    """Centres in parallel ranges give the serial kernel's numbers exactly; a call from
+    another thread (Dask's or joblib's threads) takes the serial kernel."""
+    import threading
+
+    from kernelpot.descriptors import soap as soap_module
+
+    soap = SOAP(["Si"], 5.0, n_max=4, l_max=3, sigma=0.5)
+
+    monkeypatch.setattr(soap_module, "_parallel_chunks", lambda n_atoms: 1)
+    serial = soap.compute(si_64, strain=True)
+    monkeypatch.setattr(soap_module, "_parallel_chunks", lambda n_atoms: 3)
+    parallel = soap.compute(si_64, strain=True)
+    for name in ("features", "gradients", "strain_gradients"):
+        np.testing.assert_array_equal(getattr(parallel, name), getattr(serial, name))
+    monkeypatch.undo()
+    seen = {}
+    thread = threading.Thread(target=lambda: seen.update(
+        chunks=soap_module._parallel_chunks(64), result=soap.compute(si_64)))
+    thread.start()
+    thread.join()
+    assert seen["chunks"] == 1
+    np.testing.assert_array_equal(seen["result"].gradients, serial.gradients)

@@ -28,7 +28,7 @@ each neighbour costs ``O(features)``, not ``O(features × (2l + 1))``.
 """
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 
 @njit(cache=True)
@@ -231,22 +231,57 @@ def soap_features_and_gradients(vectors, neighbor_species, starts, centre_specie
         Accumulated into when ``with_strain``: ``Σ_k ∂D_i/∂v_k[a] v_k[b]``.
     with_strain : bool
     """
+    _gradients_of_centres(0, starts.shape[0] - 1, vectors, neighbor_species, starts,
+                          centre_species, neighbor_pair, self_pair, radial_weights,
+                          radial_exponents, l_prefactor, feature_table, species_features,
+                          species_feature_count, features, gradients, strain, with_strain)
+
+
+@njit(cache=True, parallel=True)
+def soap_features_and_gradients_parallel(vectors, neighbor_species, starts, centre_species,
+                                         neighbor_pair, self_pair, radial_weights,
+                                         radial_exponents, l_prefactor, feature_table,
+                                         species_features, species_feature_count, features,
+                                         gradients, strain, with_strain, n_chunks):
+    """:func:`soap_features_and_gradients` over ``n_chunks`` ranges of centres in parallel.
+
+    Centres write disjoint rows (their own features, pairs and strain), so the ranges
+    need no locking. Call it from the main thread only (numba's default threading layer
+    is not safe for concurrent launches).
+    """
+    n_atoms = starts.shape[0] - 1
+    for chunk in prange(n_chunks):
+        begin = chunk * n_atoms // n_chunks
+        end = (chunk + 1) * n_atoms // n_chunks
+        _gradients_of_centres(begin, end, vectors, neighbor_species, starts, centre_species,
+                              neighbor_pair, self_pair, radial_weights, radial_exponents,
+                              l_prefactor, feature_table, species_features,
+                              species_feature_count, features, gradients, strain,
+                              with_strain)
+
+
+@njit(cache=True)
+def _gradients_of_centres(first, last, vectors, neighbor_species, starts, centre_species,
+                          neighbor_pair, self_pair, radial_weights, radial_exponents,
+                          l_prefactor, feature_table, species_features,
+                          species_feature_count, features, gradients, strain, with_strain):
+    """Features and Jacobian rows of centres ``first..last - 1`` (see the drivers)."""
     n_features = feature_table.shape[0]
     n_species = species_feature_count.shape[0]
     l_max = radial_exponents.shape[0] - 1
     n_max = radial_exponents.shape[1]
     n_lm = (l_max + 1) ** 2
-    max_neighbors = 0
-    for a in range(starts.shape[0] - 1):
+    max_neighbors = 1
+    for a in range(first, last):
         max_neighbors = max(max_neighbors, starts[a + 1] - starts[a])
-    harmonics = np.empty((max(max_neighbors, 1), n_lm))
-    harmonic_gradients = np.empty((max(max_neighbors, 1), 3, n_lm))
-    radial = np.empty((max(max_neighbors, 1), l_max + 1, n_max))
-    radial_derivative = np.empty((max(max_neighbors, 1), l_max + 1, n_max))
+    harmonics = np.empty((max_neighbors, n_lm))
+    harmonic_gradients = np.empty((max_neighbors, 3, n_lm))
+    radial = np.empty((max_neighbors, l_max + 1, n_max))
+    radial_derivative = np.empty((max_neighbors, l_max + 1, n_max))
     T = np.empty((n_species, n_max, l_max + 1))
     U = np.empty((3, n_species, n_max, l_max + 1))
     own = np.empty((3, n_features))
-    for a in range(starts.shape[0] - 1):
+    for a in range(first, last):
         begin, end = starts[a], starts[a + 1]
         c = np.zeros((n_species, n_max, n_lm))
         _add_centre(c, centre_species[a], radial_weights)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 
+import numba
 import numpy as np
 from ase import Atoms
 from dscribe.descriptors import SOAP as _DScribeSOAP
@@ -16,7 +18,11 @@ from kernelpot._validation import (
     check_strain_flag,
     species_to_numbers,
 )
-from kernelpot.descriptors._soap_kernels import soap_features, soap_features_and_gradients
+from kernelpot.descriptors._soap_kernels import (
+    soap_features,
+    soap_features_and_gradients,
+    soap_features_and_gradients_parallel,
+)
 from kernelpot.descriptors.base import Descriptor, DescriptorResult
 from kernelpot.descriptors.neighbors import neighbor_list, unique_pairs
 
@@ -269,12 +275,16 @@ class SOAP(Descriptor):
         features = np.empty((n_atoms, n_features))
         gradients = np.zeros((len(pairs), 3, n_features))
         strain_gradients = np.zeros((n_atoms, 3, 3, n_features)) if strain else None
-        soap_features_and_gradients(
-            nl.vectors, species[nl.j], nl.starts.astype(np.int64), species, neighbor_pair,
-            self_pair, p["radial_weights"], p["radial_exponents"], p["l_prefactor"],
-            p["feature_table"], p["species_features"], p["species_feature_count"], features,
-            gradients, strain_gradients if strain else np.zeros((0, 3, 3, n_features)),
-            bool(strain))
+        args = (nl.vectors, species[nl.j], nl.starts.astype(np.int64), species, neighbor_pair,
+                self_pair, p["radial_weights"], p["radial_exponents"], p["l_prefactor"],
+                p["feature_table"], p["species_features"], p["species_feature_count"],
+                features, gradients,
+                strain_gradients if strain else np.zeros((0, 3, 3, n_features)), bool(strain))
+        n_chunks = _parallel_chunks(n_atoms)
+        if n_chunks > 1:
+            soap_features_and_gradients_parallel(*args, n_chunks)
+        else:
+            soap_features_and_gradients(*args)
         return DescriptorResult(features, pairs, gradients, strain_gradients)
 
 
@@ -316,3 +326,20 @@ def _kernel_tables(dscribe_soap, n_species: int, r_cut: float, n_max: int, l_max
         "species_features": species_features,
         "species_feature_count": np.array([len(c) for c in involved], dtype=np.int64),
     }
+
+
+#: Centres per thread below which one thread computes the whole structure.
+_CENTRES_PER_THREAD = 8
+
+
+def _parallel_chunks(n_atoms: int) -> int:
+    """Return how many ranges of centres to compute in parallel (1: serially).
+
+    Parallel only from the main thread (numba's default threading layer refuses
+    concurrent launches, e.g. from Dask's or joblib's threads) and with enough centres
+    per thread; joblib's process workers see ``NUMBA_NUM_THREADS`` limited by joblib.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return 1
+    threads = numba.get_num_threads()
+    return max(1, min(threads, n_atoms // _CENTRES_PER_THREAD))
