@@ -3,12 +3,15 @@
 A 32-atom fcc Cu cell (a = 3.6 Å, cubic 2×2×2); models trained on EMT-labelled rattled
 cells; velocity Verlet at 600 K with a 2 fs step for 5000 steps (10 ps). Prints the
 total-energy drift (slope of a linear fit, meV/atom/ps), the largest excursion, and the
-time per MD step, for ACSF (cosine cutoff: smooth) and SOAP (DScribe's GTO SOAP, which
-steps where an atom crosses r_cut + padding) models.
+time per MD step, for ACSF (cosine cutoff: smooth), SOAP (DScribe's GTO SOAP, which
+steps where an atom crosses r_cut + padding) and, with ``featomic`` in
+``--descriptors``, FeatomicSOAP (featomic's SOAP, smooth shifted-cosine cutoff of width
+``smoothing``, 0.5 Å by default) models, all at r_cut 4.5 Å (SOAP and FeatomicSOAP
+with n_max 6, l_max 4, σ 0.5).
 
 Usage::
 
-    python benchmarks/nve.py [--steps 5000] [--descriptors acsf,soap]
+    python benchmarks/nve.py [--steps 5000] [--descriptors acsf,soap,featomic]
 """
 
 from __future__ import annotations
@@ -54,8 +57,14 @@ def main(argv=None):
           f"steps; models trained on {len(frames)} EMT frames", flush=True)
     rows = []
     for name in args.descriptors.split(","):
-        descriptor = (ACSF.from_grid(["Cu"], 4.5, n_radial=8, n_angular=8) if name == "acsf"
-                      else SOAP(["Cu"], 4.5, n_max=6, l_max=4, sigma=0.5))
+        if name == "acsf":
+            descriptor = ACSF.from_grid(["Cu"], 4.5, n_radial=8, n_angular=8)
+        elif name == "featomic":
+            from kernelpot import FeatomicSOAP
+
+            descriptor = FeatomicSOAP(["Cu"], 4.5, n_max=6, l_max=4, sigma=0.5)
+        else:
+            descriptor = SOAP(["Cu"], 4.5, n_max=6, l_max=4, sigma=0.5)
         model = SparseGPPotential(descriptor, n_sparse=300, random_state=0).fit(frames)
         atoms = bulk("Cu", "fcc", 3.6, cubic=True).repeat(2)
         atoms.calc = KernelPotCalculator(model, uncertainty=False)

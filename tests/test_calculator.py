@@ -153,3 +153,20 @@ def test_fire_langevin_and_neb(copper_model):
     energies = [image.get_potential_energy() for image in images]
     assert converged
     assert max(energies[1:-1]) > max(energies[0], energies[-1])  # a barrier
+
+
+def test_steps_without_force_stds_run_blas_on_one_thread():
+    """BLAS's spinning threads would compete with the descriptor's Numba threads."""
+    from threadpoolctl import threadpool_info
+
+    from kernelpot.calculator import _blas_limit
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas_threads()
+    with _blas_limit(True):
+        assert all(n == 1 for n in blas_threads())
+    assert blas_threads() == before
+    with _blas_limit(False):
+        assert blas_threads() == before
