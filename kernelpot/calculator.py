@@ -119,7 +119,7 @@ class KernelPotCalculator(Calculator):
             raise PropertyNotImplementedError(
                 "KernelPotCalculator: stress needs a structure periodic along all three "
                 f"axes; got pbc={self.atoms.pbc.tolist()}")
-        with _blas_limit(uncertainty is not True):
+        with _blas_limit(uncertainty is not True or self.model.method_ == "sparse"):
             prediction = self.model.predict_structure(self.atoms, forces=True,
                                                       variance=uncertainty, stress=stress)
         results = {
@@ -154,9 +154,12 @@ def _blas_limit(single_thread: bool):
     every core, and small BLAS products. OpenBLAS's worker threads keep spinning for a
     while after each multi-threaded call and then compete with Numba's: a 32-atom Cu₃Au
     step without stds took 58.9 ms with both libraries on two threads and 30.7 ms with
-    BLAS on one (measured). With every force std the large design-row GEMM gains from
-    BLAS threads as much as the descriptor loses (211 ms either way), so those steps
-    keep the default.
+    BLAS on one (measured). With every force std, a sparse model's design-row GEMM
+    gains from BLAS threads at most what the descriptor loses (Cu₃Au, M = 2,560: 211 ms
+    either way; ethanol, M = 900: 14.6 ms with two BLAS threads, 11.8 with one), so
+    sparse models always run BLAS on one thread here; an exact model's force stds (test
+    against training Jacobian products) keep the default (250 against 258 ms on one
+    ethanol frame, n = 100).
     """
     global _CONTROLLER
     if not single_thread:
