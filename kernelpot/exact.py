@@ -40,6 +40,7 @@ from numpy.typing import ArrayLike
 
 from kernelpot import gp
 from kernelpot.descriptors.base import DescriptorResult
+from kernelpot.kernels import row_dots
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -235,7 +236,7 @@ def covariance(A: Observations, B: Observations, kernel: Kernel, symmetric: bool
         if nE_A and len(GB):
             # ∂k(x_i, y)/∂y at y = x_j is α(x_j, x_i) x_i + β(x_j, x_i) x_j
             alpha, beta = kernel.gradient_coefficients(XB, XA)  # (n_B, n_A)
-            yg = np.einsum("qd,qd->q", GB, XB[envB])
+            yg = row_dots(GB, XB, envB)  # cached for a fitted model's training rows
             step = max(1, _CHUNK_ENTRIES // max(len(XA), 1))
             for start in range(0, len(GB), step):
                 ch = slice(start, start + step)

@@ -91,6 +91,9 @@ class ExactPosterior(Posterior):
                  loso: LosoTerms | None = None):
         self.kernel = kernel
         self.observations = observations
+        for arrays in (observations.features, observations.rows, observations.row_env):
+            for values in arrays:  # fixed from here on: kernels may cache derived data
+                values.setflags(write=False)
         self.L = L
         self.weights = weights
         self.y = y

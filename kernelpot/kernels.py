@@ -677,11 +677,46 @@ class NormalizedDotProduct(Kernel):
         V, ny = self._unit(Y)
         inv_x = inverse_norms(nx)
         inv_y = inverse_norms(ny)
+        # B · v at B's own environment: B · y / |y|, cached for a fitted model's rows
+        b_dot = row_dots(B, Y, b_env) * inv_y[b_env]
         _hessian_kernels.ndp_cross_hessian(
             out, A @ B.T, A @ V.T, U @ B.T, U @ V.T, np.einsum("pd,pd->p", A, U[a_env]),
-            np.einsum("qd,qd->q", B, V[b_env]), inv_x, inv_y, a_env, b_env, seg_start,
+            b_dot, inv_x, inv_y, a_env, b_env, seg_start,
             seg_row, np.ascontiguousarray(b_out, dtype=np.int64), int(self.zeta),
             float(factor))
+
+
+_ROW_DOT_CACHE: dict = {}
+
+
+def row_dots(A: np.ndarray, X: np.ndarray, env: np.ndarray) -> np.ndarray:
+    """Return ``Σ_d A[p, d] X[env[p], d]`` for every row ``p`` of ``A``.
+
+    Cached when all three arrays are read-only (a fitted exact model's training
+    Jacobian rows, descriptors and their row-to-environment map): one prediction per
+    MD step would otherwise gather every training row again (ethanol n = 100: 16,000
+    rows of 855 features per element and call).
+
+    Parameters
+    ----------
+    A : ndarray of shape (P, D)
+    X : ndarray of shape (n, D)
+    env : ndarray of int of shape (P,)
+
+    Returns
+    -------
+    ndarray of shape (P,)
+    """
+    if A.flags.writeable or X.flags.writeable or env.flags.writeable:
+        return np.einsum("pd,pd->p", A, X[env])
+    key = tuple((id(a), a.__array_interface__["data"][0], a.shape) for a in (A, X, env))
+    if key not in _ROW_DOT_CACHE:
+        if len(_ROW_DOT_CACHE) > 16:
+            _ROW_DOT_CACHE.clear()
+        value = np.einsum("pd,pd->p", A, X[env])
+        value.setflags(write=False)
+        _ROW_DOT_CACHE[key] = (A, X, env, value)  # holding the arrays keeps their ids unique
+    return _ROW_DOT_CACHE[key][3]
 
 
 class SquaredExponential(Kernel):

@@ -209,3 +209,22 @@ def test_composition_builds_sum_and_scaled(data):
         kernel.clone_with_theta([0.0])
     with pytest.raises(TypeError):
         ndp + 1.0
+
+
+def test_row_dots_are_cached_only_for_read_only_arrays():
+    from kernelpot.kernels import row_dots
+
+    rng = np.random.default_rng(0)
+    A, X = rng.normal(size=(6, 4)), rng.normal(size=(3, 4))
+    env = np.array([0, 0, 1, 2, 2, 1])
+    expected = np.einsum("pd,pd->p", A, X[env])
+    first = row_dots(A, X, env)
+    np.testing.assert_allclose(first, expected, rtol=1e-15)
+    assert row_dots(A, X, env) is not first  # writeable: recomputed every call
+    A[0, 0] += 1.0
+    np.testing.assert_allclose(row_dots(A, X, env)[0], A[0] @ X[0], rtol=1e-15)
+    for values in (A, X, env):
+        values.setflags(write=False)
+    cached = row_dots(A, X, env)
+    assert row_dots(A, X, env) is cached and not cached.flags.writeable
+    np.testing.assert_allclose(cached, np.einsum("pd,pd->p", A, X[env]), rtol=1e-15)
