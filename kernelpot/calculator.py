@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -162,7 +163,9 @@ def _blas_limit(single_thread: bool):
     ethanol frame, n = 100).
     """
     global _CONTROLLER
-    if not single_thread:
+    # threadpoolctl's limits are process-wide: only the main thread sets them, so two
+    # calculators in two threads cannot leave BLAS limited after both have finished
+    if not single_thread or threading.current_thread() is not threading.main_thread():
         return contextlib.nullcontext()
     if _CONTROLLER is None:
         from threadpoolctl import ThreadpoolController

@@ -23,6 +23,7 @@ The signal variance is not part of these kernels: the estimator multiplies them 
 from __future__ import annotations
 
 import numbers
+import weakref
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -689,13 +690,21 @@ class NormalizedDotProduct(Kernel):
 _ROW_DOT_CACHE: dict = {}
 
 
+def _root(a: np.ndarray) -> np.ndarray:
+    """Return the array that owns ``a``'s memory (``a`` itself if it owns it)."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
 def row_dots(A: np.ndarray, X: np.ndarray, env: np.ndarray) -> np.ndarray:
     """Return ``Σ_d A[p, d] X[env[p], d]`` for every row ``p`` of ``A``.
 
-    Cached when all three arrays are read-only (a fitted exact model's training
-    Jacobian rows, descriptors and their row-to-environment map): one prediction per
-    MD step would otherwise gather every training row again (ethanol n = 100: 16,000
-    rows of 855 features per element and call).
+    Cached when all three arrays (and the arrays owning their memory) are read-only,
+    as a fitted exact model's training Jacobian rows, descriptors and row-to-environment
+    map are: one prediction per MD step would otherwise gather every training row
+    again (ethanol n = 100: 16,000 rows of 855 features per element and call). The
+    cache holds weak references only: it keeps no model's arrays alive.
 
     Parameters
     ----------
@@ -707,16 +716,21 @@ def row_dots(A: np.ndarray, X: np.ndarray, env: np.ndarray) -> np.ndarray:
     -------
     ndarray of shape (P,)
     """
-    if A.flags.writeable or X.flags.writeable or env.flags.writeable:
+    roots = [_root(a) for a in (A, X, env)]
+    if any(a.flags.writeable for a in (A, X, env, *roots)):
         return np.einsum("pd,pd->p", A, X[env])
-    key = tuple((id(a), a.__array_interface__["data"][0], a.shape) for a in (A, X, env))
-    if key not in _ROW_DOT_CACHE:
-        if len(_ROW_DOT_CACHE) > 16:
-            _ROW_DOT_CACHE.clear()
-        value = np.einsum("pd,pd->p", A, X[env])
-        value.setflags(write=False)
-        _ROW_DOT_CACHE[key] = (A, X, env, value)  # holding the arrays keeps their ids unique
-    return _ROW_DOT_CACHE[key][3]
+    key = tuple((id(root), a.__array_interface__["data"][0], a.shape, a.strides)
+                for a, root in zip((A, X, env), roots, strict=True))
+    hit = _ROW_DOT_CACHE.get(key)
+    if hit is not None and all(ref() is root for ref, root in zip(hit[0], roots,
+                                                                  strict=True)):
+        return hit[1]
+    value = np.einsum("pd,pd->p", A, X[env])
+    value.setflags(write=False)
+    if len(_ROW_DOT_CACHE) > 32:
+        _ROW_DOT_CACHE.clear()
+    _ROW_DOT_CACHE[key] = (tuple(weakref.ref(root) for root in roots), value)
+    return value
 
 
 class SquaredExponential(Kernel):

@@ -170,3 +170,27 @@ def test_steps_without_force_stds_run_blas_on_one_thread():
     assert blas_threads() == before
     with _blas_limit(False):
         assert blas_threads() == before
+
+
+def test_the_blas_limit_is_set_from_the_main_thread_only():
+    """threadpoolctl's limits are process-wide: a calculator in another thread leaves
+    them alone, so two threads cannot leave BLAS limited after both finish."""
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    from kernelpot.calculator import _blas_limit
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before, seen = blas_threads(), {}
+
+    def in_thread():
+        with _blas_limit(True):
+            seen["inside"] = blas_threads()
+
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    thread.join()
+    assert seen["inside"] == before and blas_threads() == before

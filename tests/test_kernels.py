@@ -228,3 +228,15 @@ def test_row_dots_are_cached_only_for_read_only_arrays():
     cached = row_dots(A, X, env)
     assert row_dots(A, X, env) is cached and not cached.flags.writeable
     np.testing.assert_allclose(cached, np.einsum("pd,pd->p", A, X[env]), rtol=1e-15)
+    # views (the exact model passes rows[first:]) hit the cache on their own key
+    tail = row_dots(A[2:], X, env[2:])
+    assert row_dots(A[2:], X, env[2:]) is tail
+    np.testing.assert_allclose(tail, cached[2:], rtol=1e-15)
+    # a read-only view of a writeable array is not cached: its values may change
+    B = rng.normal(size=(6, 4))
+    view = B[:]
+    view.setflags(write=False)
+    first = row_dots(view, X, env)
+    B[0, 0] += 1.0
+    np.testing.assert_allclose(row_dots(view, X, env)[0], B[0] @ X[0], rtol=1e-15)
+    assert not np.allclose(first[0], B[0] @ X[0])

@@ -236,3 +236,26 @@ def test_parallel_centres_equal_the_serial_kernel_and_threads_run_serially(
     thread.join()
     assert seen["chunks"] == 1
     np.testing.assert_array_equal(seen["result"].gradients, serial.gradients)
+
+
+def test_a_child_forked_after_a_parallel_run_computes_serially(si_64):
+    """GNU OpenMP aborts a forked child that uses it after its parent did."""
+    import multiprocessing
+
+    from kernelpot.descriptors import soap as soap_module
+
+    soap = SOAP(["Si"], 4.0, n_max=3, l_max=2, sigma=0.5)
+    expected = soap.compute(si_64).features
+    if soap_module._PARALLEL_PID is None:
+        pytest.skip("numba runs one thread here: nothing ran in parallel")
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        features, chunks = pool.apply(_compute_in_child, (soap, si_64))
+    assert chunks == 1
+    np.testing.assert_array_equal(features, expected)
+
+
+def _compute_in_child(soap, atoms):
+    from kernelpot.descriptors import soap as soap_module
+
+    return soap.compute(atoms).features, soap_module._parallel_chunks(len(atoms))

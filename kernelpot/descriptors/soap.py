@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Sequence
 
@@ -57,17 +58,17 @@ class SOAP(Descriptor):
     sigma : float, default=1.0
         Width in Å of the atomic Gaussians.
     rbf : {"gto"}, default="gto"
-        Radial basis. DScribe's "polynomial" basis has no analytic gradients
-        and is rejected.
+        Radial basis. DScribe's "polynomial" basis is not implemented here and
+        is rejected.
     periodic : bool or None, default=None
         ``None`` follows ``atoms.pbc``; ``False`` ignores the cell; ``True``
         also follows ``atoms.pbc`` per axis but requires one periodic axis.
     compression : {"off", "crossover"} or None, default=None
-        DScribe's compression mode (``None`` is "off"); modes without
-        analytic gradients are rejected.
+        DScribe's compression mode (``None`` is "off"); the other modes are
+        not implemented here and are rejected.
     weighting : None
-        Present to reject DScribe's ``weighting`` with a clear error: it has
-        no analytic gradients.
+        Present to reject DScribe's ``weighting`` with a clear error: it is
+        not implemented here.
     average : {"off"}, default="off"
         Only per-atom output has gradients.
 
@@ -145,8 +146,8 @@ class SOAP(Descriptor):
             )
         if self.weighting is not None:
             raise ValueError(
-                f"{owner}: weighting has no analytic gradients in DScribe and is not "
-                f"supported; got weighting={self.weighting!r}"
+                f"{owner}: weighting has no analytic gradients here (DScribe's smooth "
+                f"weighting is not implemented); got weighting={self.weighting!r}"
             )
         if self.average != "off":
             raise ValueError(
@@ -332,14 +333,25 @@ def _kernel_tables(dscribe_soap, n_species: int, r_cut: float, n_max: int, l_max
 _CENTRES_PER_THREAD = 8
 
 
+#: The process that first ran the parallel kernel (GNU OpenMP, numba's threading layer
+#: here, aborts a forked child that uses it after its parent did).
+_PARALLEL_PID = None
+
+
 def _parallel_chunks(n_atoms: int) -> int:
     """Return how many ranges of centres to compute in parallel (1: serially).
 
-    Parallel only from the main thread (numba's default threading layer refuses
-    concurrent launches, e.g. from Dask's or joblib's threads) and with enough centres
+    Parallel only from the main thread (numba's threading layers may refuse concurrent
+    launches, e.g. from Dask's or joblib's threads), only in the process that first
+    ran in parallel (a child forked after that runs serially) and with enough centres
     per thread; joblib's process workers see ``NUMBA_NUM_THREADS`` limited by joblib.
     """
+    global _PARALLEL_PID
     if threading.current_thread() is not threading.main_thread():
         return 1
-    threads = numba.get_num_threads()
-    return max(1, min(threads, n_atoms // _CENTRES_PER_THREAD))
+    if _PARALLEL_PID is not None and _PARALLEL_PID != os.getpid():
+        return 1
+    chunks = max(1, min(numba.get_num_threads(), n_atoms // _CENTRES_PER_THREAD))
+    if chunks > 1:
+        _PARALLEL_PID = os.getpid()
+    return chunks
