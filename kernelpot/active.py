@@ -242,7 +242,7 @@ class OnTheFlyLearner:
         self.relative_threshold = relative_threshold
         self.directory = Path(directory)
         self.n_inducing = n_inducing
-        self.max_inducing = max_inducing
+        self.max_inducing = _checked_max_inducing(max_inducing)
         self.max_calls = max_calls
         self.min_interval = int(min_interval)
         self.reoptimize_every = int(reoptimize_every)
@@ -371,12 +371,13 @@ class OnTheFlyLearner:
                              f"the checkpoint was trained on {n_trained}")
         model.restore_training(frames[:n_trained])
         if len(frames) > n_trained:  # labelled after the last checkpoint
+            # a checkpoint from before max_inducing ran uncapped
             model.update(frames[n_trained:], n_inducing=settings["n_inducing"],
-                         max_inducing=settings["init"].get("max_inducing",
-                                                               DEFAULT_SPARSE_CAP))
+                         max_inducing=settings["init"].get("max_inducing"))
         md = np.load(directory / STATE_FILE, allow_pickle=False)
         init = {k: v for k, v in settings["init"].items()
                 if k != "calibration_window"}  # checkpoints before the LOSO gate had one
+        init.setdefault("max_inducing", None)  # checkpoints before it ran uncapped
         self = cls(model, reference, **init)
         return self._continue_from(settings, md, len(frames), dynamics, run)
 
@@ -574,6 +575,21 @@ class OnTheFlyLearner:
             step=int(self._dynamics.nsteps)))
         self._write_settings()
         self._updates_since_checkpoint = 0
+
+
+def _checked_max_inducing(value):
+    """Validate ``max_inducing`` before any reference call is spent."""
+    def count(v, name):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ValueError(f"OnTheFlyLearner: max_inducing{name} must be an int >= 0; "
+                             f"got {v!r}")
+        return int(v)
+
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {str(k): count(v, f"[{k!r}]") for k, v in value.items()}
+    return count(value, "")
 
 
 def _read_frames(path: Path) -> list:

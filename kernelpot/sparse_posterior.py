@@ -714,6 +714,11 @@ class SparsePosterior(Posterior):
         capped = bool(np.any(np.bincount(species, minlength=n_species) > room))
         if (n_inducing == "all" or n_inducing >= len(X)) and not capped:
             return [X[species == s] for s in range(n_species)]
+        # only environments of elements with room compete for n_inducing
+        open_ = room[species] > 0
+        if not np.any(open_):
+            return [np.zeros((0, X.shape[1]))] * n_species
+        X, species = X[open_], species[open_]
         # epistemic variance of each environment's local energy
         rows = np.zeros((len(X), self.weights.size))
         prior = np.zeros(len(X))
@@ -819,7 +824,9 @@ class SparsePosterior(Posterior):
         Raises
         ------
         ValueError
-            Without a training state, or for the wrong number of structures.
+            Without a training state, for the wrong number of structures, or for
+            structures that do not fill the stored rows (another atom count) or that
+            carry force labels other than the trained ones.
         """
         state = self.training
         if state is None:
@@ -827,6 +834,7 @@ class SparsePosterior(Posterior):
         if len(frames) != len(state.energy_row):
             raise ValueError(f"{owner}: the model was trained on {len(state.energy_row)} "
                              f"structures; got {len(frames)}")
+        _check_frames_match_rows(state, frames, owner)
         species_index, results = describe(frames)
         if state.Kw is None:  # a format-5 file: rebuild the design and its factor
             self._rebuild_design(frames, species_index, results, owner)
@@ -850,9 +858,6 @@ class SparsePosterior(Posterior):
         for k, (atoms, result, index) in enumerate(zip(frames, results, species_index,
                                                        strict=True)):
             e_row, f_row = state.energy_row[k], state.force_row[k]
-            if f_row >= 0 and f_row + 3 * len(atoms) > n_rows:
-                raise ValueError(f"{owner}: structure {k} has {len(atoms)} atoms, more "
-                                 "than the stored training rows hold")
             rows = gp.design_rows(result, index, self.inducing, self.kernel,
                                   energy=e_row >= 0, forces=f_row >= 0, columns=self.columns,
                                   n_columns=M)
@@ -862,13 +867,6 @@ class SparsePosterior(Posterior):
                 K[e_row] = rows.energy
             if f_row >= 0:
                 K[f_row:f_row + 3 * len(atoms)] = rows.forces
-                labels = getattr(atoms.calc, "results", {}).get("forces")
-                if labels is not None and not np.allclose(
-                        labels.ravel(), state.y[f_row:f_row + 3 * len(atoms)],
-                        rtol=0, atol=1e-8):
-                    raise ValueError(f"{owner}: structure {k}'s forces are not the ones the "
-                                     "model was trained on: give the training structures "
-                                     "in training order")
         state.Kw = sla.solve_triangular(self.factors.L_mm, K.T, lower=True,
                                         check_finite=False).T
         state.L_mm = self.factors.L_mm
@@ -1005,6 +1003,43 @@ class SparsePosterior(Posterior):
             raise ValueError(f"load: {what} has a malformed loo_shift array")
         self.loo_shift = basis
         return self
+
+
+def _check_frames_match_rows(state: _incremental.TrainingState, frames: list,
+                             owner: str) -> None:
+    """Check that ``frames`` fill the stored training rows, in training order.
+
+    Every row belongs to exactly one structure (an energy row of its atom count, three
+    force rows per atom); a structure carrying force labels must carry the trained ones
+    (to the 8 decimals extxyz keeps). Structures without labels cannot be checked
+    further.
+    """
+    n_rows = len(state.y)
+    owner_of = np.full(n_rows, -1, dtype=np.int64)
+    for k, atoms in enumerate(frames):
+        e_row, f_row, n = state.energy_row[k], state.force_row[k], len(atoms)
+        blocks = ([(e_row, e_row + 1)] if e_row >= 0 else []) \
+            + ([(f_row, f_row + 3 * n)] if f_row >= 0 else [])
+        for start, stop in blocks:
+            if stop > n_rows or np.any(owner_of[start:stop] >= 0):
+                raise ValueError(f"{owner}: structure {k} ({n} atoms) does not fit the "
+                                 "stored training rows: give the training structures in "
+                                 "training order")
+            owner_of[start:stop] = k
+        if e_row >= 0 and state.n_atoms_row[e_row] != n:
+            raise ValueError(f"{owner}: structure {k} has {n} atoms; the model was trained "
+                             f"on one of {int(state.n_atoms_row[e_row])} there: give the "
+                             "training structures in training order")
+        labels = getattr(atoms.calc, "results", {}).get("forces")
+        if f_row >= 0 and labels is not None and not np.allclose(
+                np.ravel(labels), state.y[f_row:f_row + 3 * n], rtol=0, atol=1e-6):
+            raise ValueError(f"{owner}: structure {k}'s forces are not the ones the model "
+                             "was trained on: give the training structures in training "
+                             "order")
+    if np.any(owner_of < 0):
+        raise ValueError(f"{owner}: the structures leave {int(np.sum(owner_of < 0))} stored "
+                         "training rows unfilled: give the training structures in training "
+                         "order")
 
 
 def _training_state_from_arrays(arrays: dict, L_mm: np.ndarray,

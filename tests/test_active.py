@@ -81,6 +81,12 @@ def test_max_inducing_bounds_the_model_and_survives_a_resume(tmp_path):
                                model.predict_forces(probe)[0], atol=1e-10)
 
 
+@pytest.mark.parametrize("cap", [-1, 2.5, True, {"Cu": -3}])
+def test_a_bad_max_inducing_is_refused_before_any_reference_call(tmp_path, cap):
+    with pytest.raises(ValueError, match="OnTheFlyLearner: max_inducing"):
+        OnTheFlyLearner(_model(), EMT(), directory=tmp_path, max_inducing=cap)
+
+
 def test_directory_of_a_previous_run_is_refused(tmp_path):
     OnTheFlyLearner(_model(), EMT(), threshold=10.0, directory=tmp_path).run(_dynamics(), 2)
     with pytest.raises(ValueError, match="previous run"):

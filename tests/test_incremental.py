@@ -152,3 +152,14 @@ def test_max_inducing_errors(ethanol_frames, small_soap, cap, message):
     model = SparseGPPotential(small_soap, incremental=True, **FIXED).fit(ethanol_frames[:2])
     with pytest.raises(ValueError, match=message):
         model.update(ethanol_frames[2:3], n_inducing="all", max_inducing=cap)
+
+
+def test_an_element_at_its_cap_does_not_spend_the_n_inducing_budget(ethanol_frames,
+                                                                     small_soap):
+    model = SparseGPPotential(small_soap, incremental=True, **FIXED).fit(ethanol_frames[:3])
+    model.update(ethanol_frames[3:4], n_inducing=2, max_inducing={"H": 18})
+    assert model.n_inducing_["H"] == 18
+    assert model.n_inducing_["C"] + model.n_inducing_["O"] == 6 + 3 + 2
+    before = dict(model.n_inducing_)
+    model.update(ethanol_frames[4:5], n_inducing=3, max_inducing=0)  # every element full
+    assert model.n_inducing_ == before and model.posterior_.n_training_structures == 5

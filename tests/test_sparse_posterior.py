@@ -281,6 +281,14 @@ def test_restore_training_refuses_structures_in_another_order(soap, frames):
     with pytest.raises(ValueError, match="structure 0's forces are not the ones the model "
                                          "was trained on"):
         loaded.restore_training([frames[1], frames[0], frames[2], frames[3]])
+    smaller = frames[0].copy()
+    del smaller[-1]
+    with pytest.raises(ValueError, match="structure 0 has 8 atoms; the model was trained on "
+                                         "one of 9 there"):
+        loaded.restore_training([smaller, frames[1], frames[2], frames[3]])
+    unlabelled = [a.copy() for a in frames[:4]]  # no labels: only the layout is checked
+    loaded.restore_training(unlabelled)
+    assert loaded.posterior_.training.Kw.shape == model.posterior_.training.Kw.shape
 
 
 def test_an_incomplete_training_state_fails_to_load(soap, frames):
