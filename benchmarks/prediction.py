@@ -23,6 +23,9 @@ Cases (``--cases``, comma-separated):
 * ``ethanol-exact``: exact model, ethanol n = 100 (the estimator's default SOAP, 4 Å,
   n_max 6, l_max 4, σ 0.4, noise fitted); test: 50 frames of the shared test pool.
 * ``ethanol-sparse``: the same at n = 200 with the sparse model.
+* ``si1000``: the ``si`` model predicting one 1,000-atom diamond Si cell (5 × 5 × 5
+  conventional cells, a = 5.43 Å, atoms displaced by 0.05 Å, seed 0): the cost of a
+  large structure, where the Jacobian of one structure is ~72,000 pair rows.
 
 Usage::
 
@@ -58,6 +61,15 @@ def mlearn_case(element: str, n_sparse: int):
                               energy_noise=0.004, force_noise=0.1, calibration=None,
                               random_state=0)
     return model, train, test
+
+
+def silicon_1000():
+    """One 1,000-atom diamond Si cell, slightly displaced (the issue's large cell)."""
+    from ase.build import bulk
+
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(5)
+    atoms.positions += np.random.default_rng(0).normal(0.0, 0.05, atoms.positions.shape)
+    return atoms
 
 
 def ethanol_case(method: str, n: int):
@@ -129,6 +141,9 @@ def main(argv=None):
     for case in args.cases.split(","):
         if case in ("si", "mo"):
             model, train, test = mlearn_case(case.capitalize(), args.n_sparse)
+        elif case == "si1000":
+            model, train, _ = mlearn_case("Si", args.n_sparse)
+            test = [silicon_1000()]
         elif case == "ethanol-exact":
             model, train, test = ethanol_case("exact", 100)
         elif case == "ethanol-sparse":
