@@ -154,24 +154,13 @@ def _coefficients(vectors, neighbor_species, begin, end, own_species, radial_wei
     l_max = radial_exponents.shape[0] - 1
     n_max = radial_exponents.shape[1]
     c = np.zeros((n_species, n_max, (l_max + 1) ** 2))
-    # the centre's own Gaussian: only l = 0, Y_00 = 1/√(4π)
-    y00 = 1.0 / np.sqrt(4 * np.pi)
-    for n in range(n_max):
-        total = 0.0
-        for k in range(n_max):
-            total += radial_weights[0, n, k]
-        c[own_species, n, 0] += total * y00
+    _add_centre(c, own_species, radial_weights)
     for e in range(begin, end):
         v = vectors[e]
-        r2 = v[0] * v[0] + v[1] * v[1] + v[2] * v[2]
         solid_harmonics(v, l_max, harmonics, harmonic_gradients)
-        _radial(r2, radial_weights, radial_exponents, radial, radial_derivative)
-        s = neighbor_species[e]
-        for ell in range(l_max + 1):
-            for n in range(n_max):
-                g = radial[ell, n]
-                for lm in range(ell * ell, (ell + 1) * (ell + 1)):
-                    c[s, n, lm] += g * harmonics[lm]
+        _radial(v[0] * v[0] + v[1] * v[1] + v[2] * v[2], radial_weights, radial_exponents,
+                radial, radial_derivative)
+        _add_neighbor(c, neighbor_species[e], radial, harmonics)
     return c
 
 

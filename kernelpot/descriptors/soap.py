@@ -226,6 +226,16 @@ class SOAP(Descriptor):
         return p["dscribe"].get_location(pair)
 
     # -- computation -------------------------------------------------------------------
+    def _neighbours(self, atoms: Atoms, p: dict):
+        """Return the neighbour list (to ``r_cut + padding``) and species indices.
+
+        ``atoms`` is checked first; species indices follow DScribe's (sorted) element
+        order.
+        """
+        positions, numbers_, pbc, cell = check_atoms(atoms, p["numbers"], self.periodic, "SOAP")
+        nl = neighbor_list(positions, cell, pbc, p["r_reach"])
+        return nl, np.searchsorted(p["sorted_numbers"], numbers_).astype(np.int64)
+
     def create(self, atoms: Atoms) -> np.ndarray:
         """Return only the features of one structure (DScribe's ``create``, no gradients).
 
@@ -240,10 +250,8 @@ class SOAP(Descriptor):
             One row of SOAP features per atom.
         """
         p = self._check_params()
-        positions, numbers_, pbc, cell = check_atoms(atoms, p["numbers"], self.periodic, "SOAP")
-        nl = neighbor_list(positions, cell, pbc, p["r_reach"])
-        species = np.searchsorted(p["sorted_numbers"], numbers_).astype(np.int64)
-        features = np.empty((len(positions), p["n_features"]))
+        nl, species = self._neighbours(atoms, p)
+        features = np.empty((len(species), p["n_features"]))
         soap_features(nl.vectors, species[nl.j], nl.starts.astype(np.int64), species,
                       p["radial_weights"], p["radial_exponents"], p["l_prefactor"],
                       p["feature_table"], features)
@@ -267,11 +275,9 @@ class SOAP(Descriptor):
         """
         p = self._check_params()
         check_strain_flag(strain, "SOAP.compute")
-        positions, numbers_, pbc, cell = check_atoms(atoms, p["numbers"], self.periodic, "SOAP")
-        n_atoms = len(positions)
-        nl = neighbor_list(positions, cell, pbc, p["r_reach"])
+        nl, species = self._neighbours(atoms, p)
+        n_atoms = len(species)
         pairs, neighbor_pair, self_pair = unique_pairs(n_atoms, nl.i, nl.j)
-        species = np.searchsorted(p["sorted_numbers"], numbers_).astype(np.int64)
         n_features = p["n_features"]
         features = np.empty((n_atoms, n_features))
         gradients = np.zeros((len(pairs), 3, n_features))
