@@ -129,6 +129,38 @@ def check_int(value: int, name: str, owner: str, minimum: int) -> int:
     return int(value)
 
 
+def check_max_inducing(value, owner: str) -> int | dict | None:
+    """Validate a cap on inducing environments per element.
+
+    Parameters
+    ----------
+    value : int, dict or None
+        One count for every element, ``{element: count}``, or None (no cap).
+    owner : str
+        Names the caller in the error.
+
+    Returns
+    -------
+    int, dict or None
+        ``value`` with its counts as ints.
+
+    Raises
+    ------
+    ValueError
+        If a count is not an int >= 0 (booleans included).
+    """
+    def count(v, name):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+            raise ValueError(f"{owner}: max_inducing{name} must be an int >= 0; got {v!r}")
+        return int(v)
+
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {k: count(v, f"[{k!r}]") for k, v in value.items()}
+    return count(value, "")
+
+
 def species_to_numbers(species: Iterable[str | int], owner: str) -> np.ndarray:
     """Turn symbols or atomic numbers into sorted unique atomic numbers.
 

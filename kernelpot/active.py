@@ -20,7 +20,7 @@ from sklearn.base import clone
 
 from kernelpot import estimator as estimator_module
 from kernelpot._files import atomic_write
-from kernelpot._validation import check_int, check_verbose
+from kernelpot._validation import check_int, check_max_inducing, check_verbose
 from kernelpot.calculator import KernelPotCalculator
 from kernelpot.sparse_posterior import DEFAULT_SPARSE_CAP
 
@@ -242,7 +242,10 @@ class OnTheFlyLearner:
         self.relative_threshold = relative_threshold
         self.directory = Path(directory)
         self.n_inducing = n_inducing
-        self.max_inducing = _checked_max_inducing(max_inducing)
+        # checked before any reference call is spent; JSON keys (checkpoints) are text
+        max_inducing = check_max_inducing(max_inducing, "OnTheFlyLearner")
+        self.max_inducing = {str(k): v for k, v in max_inducing.items()} \
+            if isinstance(max_inducing, dict) else max_inducing
         self.max_calls = max_calls
         self.min_interval = int(min_interval)
         self.reoptimize_every = int(reoptimize_every)
@@ -575,21 +578,6 @@ class OnTheFlyLearner:
             step=int(self._dynamics.nsteps)))
         self._write_settings()
         self._updates_since_checkpoint = 0
-
-
-def _checked_max_inducing(value):
-    """Validate ``max_inducing`` before any reference call is spent."""
-    def count(v, name):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-            raise ValueError(f"OnTheFlyLearner: max_inducing{name} must be an int >= 0; "
-                             f"got {v!r}")
-        return int(v)
-
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        return {str(k): count(v, f"[{k!r}]") for k, v in value.items()}
-    return count(value, "")
 
 
 def _read_frames(path: Path) -> list:

@@ -28,7 +28,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from kernelpot import _parallel, exact, io
 from kernelpot._labels import TrainingSet, check_frames, read_labels
-from kernelpot._validation import check_geometry, check_verbose, species_to_numbers
+from kernelpot._validation import (
+    check_geometry,
+    check_max_inducing,
+    check_verbose,
+    species_to_numbers,
+)
 from kernelpot.calibration import StdCalibration
 from kernelpot.descriptors import SOAP, Descriptor
 from kernelpot.exact_posterior import ExactPosterior
@@ -860,25 +865,17 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
 
     def _inducing_cap(self, max_inducing, owner: str) -> np.ndarray | None:
         """Return ``update``'s ``max_inducing`` as a cap per element (inf: none)."""
+        max_inducing = check_max_inducing(max_inducing, owner)
         if max_inducing is None:
             return None
         symbols = [chemical_symbols[z] for z in self.species_]
-
-        def count(value, name):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
-                    or value < 0:
-                raise ValueError(f"{owner}: max_inducing{name} must be an int >= 0; got "
-                                 f"{value!r}")
-            return float(value)
-
         if isinstance(max_inducing, dict):
             unknown = sorted(set(max_inducing) - set(symbols), key=str)
             if unknown:
                 raise ValueError(f"{owner}: max_inducing names {unknown}, which the model "
                                  f"does not know; its elements are {symbols}")
-            return np.array([count(max_inducing[s], f"[{s!r}]") if s in max_inducing
-                             else np.inf for s in symbols])
-        return np.full(len(symbols), count(max_inducing, ""))
+            return np.array([max_inducing.get(s, np.inf) for s in symbols], dtype=float)
+        return np.full(len(symbols), float(max_inducing))
 
     def restore_training(self, frames: Sequence[Atoms]) -> SparseGPPotential:
         """Give a model loaded with ``training_state=True`` its training structures back.
