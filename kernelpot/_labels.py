@@ -1,4 +1,4 @@
-"""Reference labels (energies, forces) read from ase.Atoms, with clear errors."""
+"""Reference labels (energies, forces, stresses) read from ase.Atoms, with clear errors."""
 
 from __future__ import annotations
 
@@ -19,10 +19,22 @@ class Labels(NamedTuple):
         eV; NaN where a structure has no energy.
     forces : list of (ndarray of shape (n_atoms, 3) or None)
         eV/Å; ``None`` where a structure has no forces.
+    stresses : list of (ndarray of shape (6,) or None)
+        eV/Å³, ASE's Voigt order (``xx yy zz yz xz xy``); ``None`` where a structure
+        has no stress or is not periodic along all three axes (a stress is defined for
+        a cell only). ``None`` for the whole set when stresses were not read.
     """
 
     energies: np.ndarray
     forces: list
+    stresses: list | None = None
+
+    @property
+    def has_stress(self) -> np.ndarray:
+        """Which structures carry a stress, bool of shape (n_structures,)."""
+        if self.stresses is None:
+            return np.zeros(len(self.energies), dtype=bool)
+        return np.array([s is not None for s in self.stresses], dtype=bool)
 
     @property
     def has_energy(self) -> np.ndarray:
@@ -79,7 +91,7 @@ def _stored(atoms: Atoms, name: str):
         return None
 
 
-def read_labels(frames: list[Atoms], owner: str) -> Labels:
+def read_labels(frames: list[Atoms], owner: str, stress: bool = False) -> Labels:
     """Read stored energies and forces; a frame may lack either, not both sets entirely.
 
     Parameters
@@ -89,17 +101,21 @@ def read_labels(frames: list[Atoms], owner: str) -> Labels:
         ``ase.io.read`` gives).
     owner : str
         Name used in error messages.
+    stress : bool, default=False
+        Also read the stresses of the frames periodic along all three axes (ASE's
+        convention: Voigt ``xx yy zz yz xz xy`` or a 3 × 3 matrix, eV/Å³). A stress
+        stored with a structure that is not periodic along all three axes is not read.
 
     Returns
     -------
     Labels
-        Energies (NaN where missing) and forces (``None`` where missing).
+        Energies (NaN where missing), forces and stresses (``None`` where missing).
 
     Raises
     ------
     ValueError
-        If no frame carries any label, a label is NaN/inf, or forces have the
-        wrong shape.
+        If no frame carries any label, a label is NaN/inf, or forces or a stress have
+        the wrong shape.
     """
     energies = np.full(len(frames), np.nan)
     forces = []
@@ -119,11 +135,33 @@ def read_labels(frames: list[Atoms], owner: str) -> Labels:
             if not np.all(np.isfinite(f)):
                 raise ValueError(f"{owner}: structure {k} has non-finite forces")
         forces.append(f)
+    stresses = [_read_stress(atoms, k, owner) for k, atoms in enumerate(frames)] \
+        if stress else None
     if np.all(np.isnan(energies)) and all(f is None for f in forces):
         raise ValueError(f"{owner}: none of the {len(frames)} structures carries an energy or "
                          "forces (attach them with a SinglePointCalculator, as ase.io.read "
                          "does for extxyz)")
-    return Labels(energies, forces)
+    return Labels(energies, forces, stresses)
+
+
+def _read_stress(atoms: Atoms, k: int, owner: str) -> np.ndarray | None:
+    """Return the stored stress of a 3D-periodic structure in Voigt order, else None."""
+    if not np.all(atoms.pbc):
+        return None
+    value = _stored(atoms, "stress")
+    if value is None:
+        return None
+    value = np.asarray(value, dtype=np.float64)
+    if value.shape == (3, 3):
+        if not np.allclose(value, value.T, rtol=1e-8, atol=1e-12):
+            raise ValueError(f"{owner}: structure {k} has a non-symmetric 3 x 3 stress")
+        value = value[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+    if value.shape != (6,):
+        raise ValueError(f"{owner}: structure {k} has a stress of shape {value.shape}; "
+                         "expected (6,) (Voigt xx yy zz yz xz xy) or (3, 3)")
+    if not np.all(np.isfinite(value)):
+        raise ValueError(f"{owner}: structure {k} has a non-finite stress")
+    return value
 
 
 @dataclass
@@ -166,12 +204,18 @@ class TrainingSet:
         """Return the atoms of every structure, shape (n_structures,)."""
         return np.array([len(a) for a in self.frames])
 
+    @property
+    def has_stress(self) -> np.ndarray:
+        """Return which structures carry a stress, shape (n_structures,)."""
+        return self.labels.has_stress
+
     def row_structures(self) -> np.ndarray:
-        """Return the structure of every observation: energies first, then force components."""
+        """Return the structure of every observation: energies, force components, stresses."""
         n_atoms = self.n_atoms
+        structures = np.arange(len(self.frames))
         return np.concatenate([np.flatnonzero(self.has_energy),
-                               np.repeat(np.arange(len(self.frames)),
-                                         3 * n_atoms * self.has_forces)])
+                               np.repeat(structures, 3 * n_atoms * self.has_forces),
+                               np.repeat(structures, 6 * self.has_stress)])
 
     def energy_targets(self) -> np.ndarray:
         """Return the energies minus reference energies, of the structures that have one."""
@@ -182,3 +226,8 @@ class TrainingSet:
         """Return every force component of the structures that have forces, flattened."""
         forces = [f.ravel() for f in self.labels.forces if f is not None]
         return np.concatenate(forces) if forces else np.zeros(0)
+
+    def stress_targets(self) -> np.ndarray:
+        """Return the six stress components of the structures that have one, flattened."""
+        stresses = [s for s in (self.labels.stresses or []) if s is not None]
+        return np.concatenate(stresses) if stresses else np.zeros(0)

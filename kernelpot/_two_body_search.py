@@ -128,10 +128,11 @@ def search_prior_std(design: np.ndarray, W_F: np.ndarray, n_E: int, n_pair: int,
                      stats: gp.WhitenedStatistics, jitter_abs: float,
                      optimize: Callable[[gp.WhitenedStatistics, np.ndarray], np.ndarray],
                      signal_std_bounds: tuple[float, float],
-                     owner: str) -> tuple[float, np.ndarray, gp.WhitenedStatistics]:
-    """Maximise the likelihood over the two-body term's ``prior_std`` and ``(σ, σ_E, σ_F)``.
+                     owner: str, y_S: np.ndarray | None = None,
+                     ) -> tuple[float, np.ndarray, gp.WhitenedStatistics]:
+    """Maximise the likelihood over the two-body term's ``prior_std`` and the noise levels.
 
-    Coordinate ascent in two blocks: ``(σ, σ_E, σ_F)`` by ``optimize(stats, start)``
+    Coordinate ascent in two blocks: ``(σ, σ_E, σ_F, σ_S)`` by ``optimize(stats, start)``
     (the estimator's optimiser over the ``free`` ones) at the current ``prior_std``;
     then ``(σ, prior_std)`` together at those noise levels, until neither moves by more
     than 2 % (at most ``ROUNDS`` rounds, with a ``ConvergenceWarning`` if that is not
@@ -139,8 +140,9 @@ def search_prior_std(design: np.ndarray, W_F: np.ndarray, n_E: int, n_pair: int,
     ``prior_std`` because the pair coefficients' prior std is their product: one at
     a time, the two can only creep along that ridge.
 
-    At fixed noise levels, with ``G = W_E / σ_E² + W_F / σ_F²`` (``W_g`` the Gram
-    matrices of the whitened design's rows) and ``b`` its right-hand side, the
+    At fixed noise levels, with ``G = W_E / σ_E² + W_F / σ_F² + W_S / σ_S²`` (``W_g``
+    the Gram matrices of the whitened design's rows; the stress rows ``y_S`` follow
+    the force rows) and ``b`` its right-hand side, the
     design's columns scaled by ``D = diag(√a, √p)`` (``a = σ²`` on the GP block,
     ``p = σ² c²`` on the pair block, ``c`` the pair columns' scale against the
     design's) give ``A_w = I + D G D``. In the eigenbasis ``G_gg = V diag(λ) Vᵀ``
@@ -155,24 +157,27 @@ def search_prior_std(design: np.ndarray, W_F: np.ndarray, n_E: int, n_pair: int,
     design's statistics; with the jitter ``j`` of ``k_mm`` a prior std ``p`` makes
     the whitened pair columns ``p² / √(p² + j)`` times the basis rows, and the
     caller rescales the design and the factor of ``k_mm`` to the result. ``W_F`` is
-    the Gram matrix of the design's force rows. ``free`` says which of ``(σ, σ_E, σ_F)``
+    the Gram matrix of the design's force rows. ``free`` says which of ``(σ, σ_E, σ_F, σ_S)``
     are fitted (σ is moved with the prior std only when it is); ``owner`` names the
     estimator in logs and warnings.
 
     Returns
     -------
     prior_std : float
-    log_params : ndarray of shape (3,)
-        ``log (σ, σ_E, σ_F)`` at it (a start for the final fit).
+    log_params : ndarray of shape (4,)
+        ``log (σ, σ_E, σ_F, σ_S)`` at it (a start for the final fit).
     stats : WhitenedStatistics
         Of the design with its pair columns rescaled to ``prior_std``.
     """
     M = design.shape[1]
     gp_block, pair_block = slice(0, M - n_pair), slice(M - n_pair, M)
-    Kw_E, Kw_F = design[:n_E], design[n_E:n_E + len(y_F)]
+    y_S = np.zeros(0) if y_S is None else np.asarray(y_S, dtype=np.float64)
+    n_EF = n_E + len(y_F)
+    Kw_E, Kw_F, Kw_S = design[:n_E], design[n_E:n_EF], design[n_EF:n_EF + len(y_S)]
     inv_d = 1.0 / n_atoms_E
     W_E = (Kw_E.T * inv_d[None, :]) @ Kw_E
-    beta_E, beta_F = Kw_E.T @ (inv_d * y_E), Kw_F.T @ y_F
+    W_S = Kw_S.T @ Kw_S
+    beta_E, beta_F, beta_S = Kw_E.T @ (inv_d * y_E), Kw_F.T @ y_F, Kw_S.T @ y_S
     reference = float(pair.prior_std)  # the scale the design was built with
 
     def column_scale(log_std):
@@ -184,7 +189,8 @@ def search_prior_std(design: np.ndarray, W_F: np.ndarray, n_E: int, n_pair: int,
         scale[pair_block] = column_scale(log_std)
         return gp.statistics_from_force_gram(
             W_F * scale[:, None] * scale[None, :], beta_F * scale, float(y_F @ y_F),
-            len(y_F), Kw_E * scale[None, :], n_atoms_E, y_E)
+            len(y_F), Kw_E * scale[None, :], n_atoms_E, y_E, Kw_S=Kw_S * scale[None, :],
+            y_S=y_S)
 
     low, high = np.log(np.asarray(pair.prior_std_bounds, dtype=float))
     sigma_bounds = tuple(np.log(np.asarray(signal_std_bounds, dtype=float)))
@@ -194,9 +200,9 @@ def search_prior_std(design: np.ndarray, W_F: np.ndarray, n_E: int, n_pair: int,
         if round_:  # the first round has the design's own statistics
             stats = statistics_at(log_std)
         inner = optimize(stats, inner)
-        var_E, var_F = np.exp(2 * inner[1:])
-        G = W_E / var_E + W_F / var_F
-        b = beta_E / var_E + beta_F / var_F
+        var_E, var_F, var_S = np.exp(2 * inner[1:4])
+        G = W_E / var_E + W_F / var_F + W_S / var_S
+        b = beta_E / var_E + beta_F / var_F + beta_S / var_S
         profile = _Profile(G, b, gp_block, pair_block, column_scale)
         new_sigma, new = _maximise_profile(profile, inner[0], free[0], sigma_bounds,
                                            low, high)

@@ -487,7 +487,7 @@ class OnTheFlyLearner:
                               stacklevel=3)
                 self._warned_threshold = True
             return float(self.relative_threshold * model.force_noise_)
-        forces = ~loso.is_energy
+        forces = loso.is_force
         std = np.sqrt(model.epistemic_variance("forces", loso.posterior[forces],
                                                loso.projection[forces]))
         largest = np.zeros(int(loso.structure.max()) + 1)

@@ -13,7 +13,9 @@ term) and builds, for a given kernel:
   pass over the structures.
 
 Rows: energies first (one per structure that has one), then every force component
-of the structures that have forces, in training order. Columns: the inducing
+of the structures that have forces, then the six stress components (ASE's Voigt
+order, :func:`kernelpot.gp.stress_jacobian`) of the structures that have a stress, in
+training order. Columns: the inducing
 environments per element (:func:`kernelpot.gp.inducing_columns`), then the two-body
 coefficients.
 """
@@ -49,7 +51,8 @@ def with_two_body(rows: gp.DesignRows, pair: TwoBody | None, atoms: Atoms,
                   n_species: int, pair_columns: np.ndarray | None) -> gp.DesignRows:
     """Fill the two-body columns (``prior_std² × basis rows``) of full-width design rows.
 
-    Their derivatives in the kernel's hyperparameters stay zero.
+    Their derivatives in the kernel's hyperparameters stay zero. Stress rows, when
+    ``rows`` has them, are filled for the cell's volume.
 
     Parameters
     ----------
@@ -76,6 +79,9 @@ def with_two_body(rows: gp.DesignRows, pair: TwoBody | None, atoms: Atoms,
         rows.energy[pair_columns] = scale2 * e_pair
     if rows.forces is not None:
         rows.forces[:, pair_columns] = scale2 * f_pair
+    if rows.stress is not None:
+        rows.stress[:, pair_columns] = scale2 * pair.stress_rows(
+            atoms, species_index, n_species, atoms.get_volume())
     return rows
 
 
@@ -206,10 +212,12 @@ class SparseDesign:
         self.n_species = len(training.species)
         self.has_energy = training.has_energy
         self.has_forces = training.has_forces
+        self.has_stress = training.has_stress
         self.n_atoms = training.n_atoms
         self.n_energy = int(self.has_energy.sum())
         self.n_force = int(3 * self.n_atoms[self.has_forces].sum())
-        self.n_obs = self.n_energy + self.n_force
+        self.n_stress = int(6 * self.has_stress.sum())
+        self.n_obs = self.n_energy + self.n_force + self.n_stress
         self.n_pair = pair.n_columns(self.n_species) if pair is not None else 0
         self.n_columns = int(sum(len(z) for z in inducing)) + self.n_pair
         # after the inducing environments
@@ -217,8 +225,26 @@ class SparseDesign:
         self.energy_row = np.cumsum(self.has_energy) - 1
         self.force_start = self.n_energy + 3 * np.concatenate(
             [[0], np.cumsum(self.n_atoms * self.has_forces)])
+        self.stress_start = self.n_energy + self.n_force + 6 * (np.cumsum(self.has_stress) - 1)
         self.y_energy = training.energy_targets()
         self.y_force = training.force_targets()
+        self.y_stress = training.stress_targets()
+
+    @property
+    def y(self) -> np.ndarray:
+        """Return every label in row order: energies, force components, stresses."""
+        return np.concatenate([self.y_energy, self.y_force, self.y_stress])
+
+    def noise_std(self, energy_noise: float, force_noise: float,
+                  stress_noise: float) -> np.ndarray:
+        """Return the noise std of every row: ``σ_E √N``, ``σ_F``, ``σ_S``."""
+        return np.concatenate([energy_noise * np.sqrt(self.n_atoms_energy),
+                               np.full(self.n_force, force_noise),
+                               np.full(self.n_stress, stress_noise)])
+
+    def row_kinds(self) -> np.ndarray:
+        """Return the kind of every row: 0 energy, 1 force component, 2 stress component."""
+        return np.repeat([0, 1, 2], [self.n_energy, self.n_force, self.n_stress])
 
     @property
     def n_atoms_energy(self) -> np.ndarray:
@@ -262,33 +288,41 @@ class SparseDesign:
         k : int
             The structure.
         rows : gp.DesignRows
-            Its energy and force rows.
+            Its energy, force and stress rows.
         prior : ndarray of shape (n_rows_k,)
             Prior variance (over ``σ²``) of the GP part of its energy, then of each
-            force component (the two-body term, exactly spanned by its coefficients,
-            adds nothing to the projection term these are for).
+            force component, then of each stress component (the two-body term,
+            exactly spanned by its coefficients, adds nothing to the projection term
+            these are for).
         """
         result = self._result(k)
         rows = self._rows(k, kernel, result, False)
         has_e, has_f = bool(self.has_energy[k]), bool(self.has_forces[k])
-        prior_e, prior_f = gp.prior_variances(result, self.training.species_index[k],
-                                              self.n_species, kernel, energy=has_e,
-                                              forces=has_f)
+        index = self.training.species_index[k]
+        prior_e, prior_f = gp.prior_variances(result, index, self.n_species, kernel,
+                                              energy=has_e, forces=has_f)
         parts = ([[prior_e]] if has_e else []) + ([prior_f.ravel()] if has_f else [])
+        if self.has_stress[k]:
+            virtual = gp.stress_jacobian(result, self.training.frames[k].get_volume())
+            parts.append(gp.prior_variances(virtual, index, self.n_species, kernel,
+                                            energy=False)[1].ravel()[:6])
         return k, rows, np.concatenate(parts)
 
     def _result(self, k: int):
         """Return the descriptors of structure ``k`` (cached, or computed now)."""
         if self.results is not None:
             return self.results[k]
-        return self.descriptor.compute(self.training.frames[k])
+        return self.descriptor.compute(self.training.frames[k],
+                                       strain=bool(self.has_stress[k]))
 
     def _rows(self, k: int, kernel: Kernel, result, theta_gradient: bool) -> gp.DesignRows:
         """Build the full-width rows of structure ``k`` from its descriptors."""
         training = self.training
+        volume = training.frames[k].get_volume() if self.has_stress[k] else None
         rows = gp.design_rows(result, training.species_index[k], self.inducing, kernel,
                               energy=bool(self.has_energy[k]), forces=bool(self.has_forces[k]),
-                              theta_gradient=theta_gradient, n_columns=self.n_columns)
+                              theta_gradient=theta_gradient, n_columns=self.n_columns,
+                              stress_volume=volume)
         return with_two_body(rows, self.pair, training.frames[k], training.species_index[k],
                              self.n_species, self.pair_columns)
 
@@ -330,7 +364,13 @@ class SparseDesign:
                 start = self.force_start[k]
                 design[start:start + 3 * self.n_atoms[k]] = rows.forces
                 if prior:
-                    prior_rows[start:start + 3 * self.n_atoms[k]] = row_prior[0][int(has_e):]
+                    prior_rows[start:start + 3 * self.n_atoms[k]] = \
+                        row_prior[0][int(has_e):int(has_e) + 3 * self.n_atoms[k]]
+            if self.has_stress[k]:
+                start = self.stress_start[k]
+                design[start:start + 6] = rows.stress
+                if prior:
+                    prior_rows[start:start + 6] = row_prior[0][-6:]
         # whiten the design: K_w = K L⁻ᵀ
         L_mm, jitter, jitter_abs = inducing_factor(self.inducing, kernel, self.pair,
                                                    self.n_species)
@@ -339,12 +379,14 @@ class SparseDesign:
                                       check_finite=False)
         if not np.shares_memory(solved, design):
             design[:n_obs] = solved.T
-        Kw_F = design[n_E:n_obs]
+        n_EF = n_E + self.n_force
+        Kw_F = design[n_E:n_EF]
         gram = Kw_F.T @ Kw_F
         y_F = self.y_force
         stats = gp.statistics_from_force_gram(
             gram.copy() if keep_gram else gram, Kw_F.T @ y_F, float(y_F @ y_F), self.n_force,
-            design[:n_E], self.n_atoms_energy, self.y_energy, keep_basis=keep_basis)
+            design[:n_E], self.n_atoms_energy, self.y_energy, keep_basis=keep_basis,
+            Kw_S=design[n_EF:n_obs], y_S=self.y_stress)
         return AssembledDesign(design, L_mm, jitter, jitter_abs, stats,
                                gram if keep_gram else None, prior_rows)
 
@@ -358,8 +400,8 @@ class SparseDesign:
             The kernel ``assembled`` was built with.
         assembled : AssembledDesign
             Built with ``keep_basis=True``.
-        inner : ndarray of shape (3,)
-            ``log (σ, σ_E, σ_F)``.
+        inner : ndarray of shape (3,) or (4,)
+            ``log (σ, σ_E, σ_F[, σ_S])``.
 
         Returns
         -------
@@ -369,6 +411,7 @@ class SparseDesign:
         gradient = gp.KernelThetaGradient(inner, assembled.stats, assembled.L_mm,
                                           kernel.n_theta)
         var_E, var_F = np.exp(2 * inner[1]), np.exp(2 * inner[2])
+        var_S = np.exp(2 * gp.noise_log_params(inner)[3])
         for k, rows in self.imap(lambda k: self.rows(k, kernel, True),
                                  range(len(self.n_atoms)), "design derivatives"):
             if self.has_energy[k]:
@@ -382,6 +425,11 @@ class SparseDesign:
                 gradient.add_rows(rows.d_forces, design[start:stop],
                                   self.y_force[start - n_E:stop - n_E],
                                   np.full(stop - start, var_F))
+            if self.has_stress[k]:
+                start = self.stress_start[k]
+                offset = start - n_E - self.n_force
+                gradient.add_rows(rows.d_stress, design[start:start + 6],
+                                  self.y_stress[offset:offset + 6], np.full(6, var_S))
         d_kmm = np.zeros((M, M, kernel.n_theta))
         d_kmm[:M - n_pair, :M - n_pair] = gp.inducing_kernel_gradient(self.inducing, kernel)
         # the jitter is relative to the mean diagonal of k_mm's GP block, which θ may

@@ -11,6 +11,7 @@ the likelihood searches are :mod:`kernelpot.hyperparameters`; the file format is
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import numbers
 import time
@@ -37,7 +38,12 @@ from kernelpot._validation import (
 from kernelpot.calibration import StdCalibration
 from kernelpot.descriptors import SOAP, Descriptor
 from kernelpot.exact_posterior import ExactPosterior
-from kernelpot.hyperparameters import NoiseSearch, check_hyperparameter_values, fitted_names
+from kernelpot.hyperparameters import (
+    DEFAULT_STRESS_NOISE,
+    NoiseSearch,
+    check_hyperparameter_values,
+    fitted_names,
+)
 from kernelpot.inducing import SPARSE_METHODS
 from kernelpot.kernels import Kernel, NormalizedDotProduct
 from kernelpot.prediction import Prediction, PredictionMixin
@@ -98,13 +104,13 @@ def format_signal_std(sigma: float | dict[str, float]) -> str:
 
 
 class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
-    """Sparse GP potential on local environments, trained on energies and forces.
+    """Sparse GP potential on local environments, trained on energies, forces and stresses.
 
     The energy of a structure is a sum of local energies, one Gaussian process
     per element over the atom's descriptor, plus a reference energy per element.
-    Training uses total energies and forces through analytic derivative kernels
-    in the DTC (projected-process) approximation; the signal and the two noise
-    levels are fitted by maximising the marginal likelihood.
+    Training uses total energies, forces and (for periodic cells) stresses through
+    analytic derivative kernels in the DTC (projected-process) approximation; the
+    signal and the noise levels are fitted by maximising the marginal likelihood.
 
     Parameters
     ----------
@@ -145,14 +151,27 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         ``σ_E √N`` (initial value when optimising).
     force_noise : float, default=0.05
         Force noise ``σ_F`` per component, eV/Å (initial value when optimising).
-    signal_std_bounds, energy_noise_bounds, force_noise_bounds : pair of float
+    stress_noise : float, default=0.001
+        Stress noise ``σ_S`` per Voigt component, eV/Å³ (0.001 eV/Å³ = 0.16 GPa;
+        initial value when optimising).
+    signal_std_bounds, energy_noise_bounds, force_noise_bounds, stress_noise_bounds : \
+pair of float
         Bounds of the likelihood optimisation.
+    use_stress : bool, default=True
+        Train on the stresses of the training cells that carry one (periodic along all
+        three axes, ``atoms.get_stress()`` available; ASE's convention and Voigt
+        order, eV/Å³): six more observations per cell, the strain derivatives of the
+        summed local energies over the volume, with their own noise ``σ_S`` learned by
+        the likelihood. The sparse model trains on them; the exact model and
+        ``incremental=True`` do not yet (they warn and train on energies and forces).
+        ``False`` trains on energies and forces only.
     e0 : "lstsq" or dict, default="lstsq"
         Reference energy per element: least squares of the training energies on
         the compositions (minimum norm), or a dict ``{element: eV}``.
     optimize : bool or list of str, default=True
         Fit ``σ``, ``σ_E``, ``σ_F`` by maximising the log marginal likelihood
-        (L-BFGS-B with analytic gradients in log space), and the kernel's own
+        (L-BFGS-B with analytic gradients in log space), ``σ_S`` with stress
+        observations, and the kernel's own
         hyperparameters (``kernel.theta``: the length scale of
         :class:`SquaredExponential`, the weight of a :class:`Scaled` term) by L-BFGS-B
         on the likelihood maximised over the first three, with its analytic gradient
@@ -161,7 +180,8 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         ``prior_std`` (coordinate ascent with the first three; see
         :class:`~kernelpot.TwoBody`); ``False`` keeps the given values; a list such as
         ``["signal_std", "force_noise"]`` fits only those (names: "signal_std",
-        "energy_noise", "force_noise", "kernel", "two_body") and keeps the rest,
+        "energy_noise", "force_noise", "stress_noise", "kernel", "two_body") and keeps
+        the rest,
         e.g. an energy noise set to the known precision of the reference method.
     n_restarts : int, default=2
         Extra optimiser starts, log-uniform within the bounds.
@@ -254,6 +274,8 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         Fitted ``σ`` (eV); with ``signal_per_element=True`` a dict ``{element: σ_s}``.
     energy_noise_, force_noise_ : float
         Fitted ``σ_E`` (eV/√atom), ``σ_F`` (eV/Å): the learned aleatoric noise.
+    stress_noise_ : float
+        Fitted ``σ_S`` (eV/Å³); the given ``stress_noise`` when no stress was trained on.
     log_marginal_likelihood_value_ : float
     n_inducing_ : dict
         Inducing environments per element symbol (the exact model: training
@@ -300,9 +322,12 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
                  sparse_method: str = "fps", two_body: TwoBody | None = None,
                  signal_std: float = 1.0, signal_per_element: bool = False,
                  energy_noise: float = 0.002, force_noise: float = 0.05,
+                 stress_noise: float = DEFAULT_STRESS_NOISE,
                  signal_std_bounds: tuple[float, float] = (1e-2, 1e2),
                  energy_noise_bounds: tuple[float, float] = (1e-4, 1.0),
                  force_noise_bounds: tuple[float, float] = (1e-4, 10.0),
+                 stress_noise_bounds: tuple[float, float] = (1e-6, 1.0),
+                 use_stress: bool = True,
                  e0: str | dict[str | int, float] = "lstsq",
                  optimize: bool | Iterable[str] = True, n_restarts: int = 2,
                  search_frames: int | None = None, incremental: bool = False,
@@ -324,6 +349,9 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         self.signal_std_bounds = signal_std_bounds
         self.energy_noise_bounds = energy_noise_bounds
         self.force_noise_bounds = force_noise_bounds
+        self.stress_noise = stress_noise
+        self.stress_noise_bounds = stress_noise_bounds
+        self.use_stress = use_stress
         self.e0 = e0
         self.optimize = optimize
         self.n_restarts = n_restarts
@@ -368,6 +396,9 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
                              f"got {self.search_frames!r}")
         if self.n_jobs == 0:
             raise ValueError(f"{owner}: n_jobs must not be 0 (None, -1 or a positive int)")
+        if not isinstance(self.use_stress, (bool, np.bool_)):
+            raise TypeError(f"{owner}: use_stress must be True or False; "
+                            f"got {self.use_stress!r}")
         if not (self.calibration is None
                 or (isinstance(self.calibration, str) and self.calibration == "loso")):
             raise ValueError(f"{owner}: calibration must be 'loso' or None; "
@@ -440,7 +471,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         verbose = self._check_params()
         start_time = time.perf_counter()
         frames = check_frames(X, f"{owner}.fit")
-        labels = read_labels(frames, f"{owner}.fit")
+        labels = read_labels(frames, f"{owner}.fit", stress=bool(self.use_stress))
         names = fitted_names(self.optimize, owner)
         _warn_if_too_few(labels, owner, bool(names & {"energy_noise", "force_noise"}),
                          self.calibration == "loso")
@@ -459,16 +490,33 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         e0 = self._reference_energies(counts, labels.energies, species)
         training = TrainingSet(frames, labels, species, species_index, counts, e0)
         method = self._resolve_method(training, descriptor)
+        training = self._without_untrained_stress(training, method, owner)
         posterior = _POSTERIORS[method].fit(
             self, training, descriptor, kernel, rng,
             lambda fn, items, desc: self._imap(fn, items, verbose, desc))
         self._adopt(posterior, descriptor, species, e0, self._loso_calibration(posterior))
+        stress = f", σ_S = {self.stress_noise_:.3g} eV/Å³" \
+            if training.has_stress.any() else ""
         logger.info("%s: %s model fitted in %.1f s; σ = %s eV, σ_E = %.3g eV/√atom, "
-                    "σ_F = %.3g eV/Å, log marginal likelihood %.1f", owner, method,
+                    "σ_F = %.3g eV/Å%s, log marginal likelihood %.1f", owner, method,
                     time.perf_counter() - start_time, format_signal_std(self.signal_std_),
-                    self.energy_noise_, self.force_noise_,
+                    self.energy_noise_, self.force_noise_, stress,
                     self.log_marginal_likelihood_value_)
         return self
+
+    def _without_untrained_stress(self, training: TrainingSet, method: str,
+                                  owner: str) -> TrainingSet:
+        """Drop the stresses a model does not train on yet (exact, incremental), warning."""
+        n_stress = int(training.has_stress.sum())
+        if not n_stress or (method == "sparse" and not self.incremental):
+            return training
+        which = "the exact model" if method == "exact" else "incremental=True"
+        warnings.warn(f"{owner}: {n_stress} training cells carry a stress, but {which} does "
+                      "not train on stresses yet: training on their energies and forces "
+                      "(method='sparse' without incremental trains on stresses; "
+                      "use_stress=False silences this)", UserWarning, stacklevel=3)
+        return dataclasses.replace(training,
+                                   labels=training.labels._replace(stresses=None))
 
     def from_posterior(self, posterior: SparsePosterior | ExactPosterior, *,
                        descriptor: Descriptor, species: np.ndarray, e0: np.ndarray,
@@ -519,6 +567,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         self.signal_std_ = posterior.signal_std
         self.energy_noise_ = posterior.energy_noise
         self.force_noise_ = posterior.force_noise
+        self.stress_noise_ = posterior.stress_noise
         self.log_marginal_likelihood_value_ = posterior.log_marginal_likelihood_value
         self.jitter_ = posterior.jitter
         self.std_scale_ = calibration.std_scale
@@ -949,11 +998,11 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
 
         Parameters
         ----------
-        theta : array-like of shape (3,), optional
-            ``log`` of (signal std eV, energy noise eV/√atom, force noise eV/Å);
-            with ``signal_per_element=True``, shape ``(n_species + 2,)``: one signal
-            std per element of ``species_`` first. ``None`` returns the value at the
-            fitted hyperparameters.
+        theta : array-like of shape (4,), optional
+            ``log`` of (signal std eV, energy noise eV/√atom, force noise eV/Å, stress
+            noise eV/Å³); with ``signal_per_element=True``, shape
+            ``(n_species + 3,)``: one signal std per element of ``species_`` first.
+            ``None`` returns the value at the fitted hyperparameters.
         eval_gradient : bool, default=False
             Also return the gradient in ``theta``.
 
@@ -969,9 +1018,10 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
                 return self.log_marginal_likelihood_value_
             sigmas = np.sqrt(self.posterior_.signal_variances()) if per_element \
                 else [self.signal_std_]
-            theta = np.log(np.concatenate([sigmas, [self.energy_noise_, self.force_noise_]]))
+            theta = np.log(np.concatenate([sigmas, [self.energy_noise_, self.force_noise_,
+                                                    self.stress_noise_]]))
         theta = np.asarray(theta, dtype=np.float64)
-        n_theta = len(self.species_) + 2 if per_element else 3
+        n_theta = len(self.species_) + 3 if per_element else 4
         if theta.shape != (n_theta,):
             raise ValueError(f"theta must have shape ({n_theta},); got {theta.shape}")
         return self.posterior_.log_marginal_likelihood(theta, eval_gradient=eval_gradient)

@@ -295,10 +295,11 @@ def prior_covariance(obs: Observations, kernel: Kernel,
 def noise_variances(log_params: np.ndarray, obs: Observations) -> np.ndarray:
     """Diagonal noise of the observations: ``σ_E² N`` per energy, ``σ_F²`` per component.
 
-    ``log_params`` ends with ``log σ_E, log σ_F`` (after one or more signal stds).
+    ``log_params`` ends with ``log σ_E, log σ_F, log σ_S`` (after one or more signal
+    stds; the exact model has no stress observations, so ``σ_S`` enters nothing).
     """
-    return np.concatenate([np.exp(2 * log_params[-2]) * obs.energy_atoms,
-                           np.full(obs.n_force, np.exp(2 * log_params[-1]))])
+    return np.concatenate([np.exp(2 * log_params[-3]) * obs.energy_atoms,
+                           np.full(obs.n_force, np.exp(2 * log_params[-2]))])
 
 
 def _parts(K0) -> list:
@@ -310,9 +311,9 @@ def signal_covariance(K0: np.ndarray | Sequence[np.ndarray],
                       log_params: np.ndarray) -> np.ndarray:
     """``Σ_s σ_s² K0_s`` (a new array) for the signal stds leading ``log_params``."""
     parts = _parts(K0)
-    if len(log_params) != len(parts) + 2:
-        raise ValueError(f"expected {len(parts) + 2} log hyperparameters (signal std per "
-                         f"covariance part, σ_E, σ_F); got {len(log_params)}")
+    if len(log_params) != len(parts) + 3:
+        raise ValueError(f"expected {len(parts) + 3} log hyperparameters (signal std per "
+                         f"covariance part, σ_E, σ_F, σ_S); got {len(log_params)}")
     out = np.exp(2 * log_params[0]) * parts[0]
     for t, part in zip(log_params[1:len(parts)], parts[1:], strict=True):
         out += np.exp(2 * t) * part
@@ -333,8 +334,8 @@ def factor(K0: np.ndarray | Sequence[np.ndarray], log_params: np.ndarray,
     """Lower Cholesky factor of ``K_y = σ² K0 + noise``.
 
     ``K0`` is one matrix (one signal std) or a list of per-element parts
-    ``K0_s`` with ``K_y = Σ_s σ_s² K0_s + noise`` (``log_params = log (σ_1, …, σ_S,
-    σ_E, σ_F)``).
+    ``K0_s`` with ``K_y = Σ_s σ_s² K0_s + noise`` (``log_params = log (σ_1, …, σ_n,
+    σ_E, σ_F, σ_S)``).
     """
     K_y = signal_covariance(K0, log_params)
     K_y[np.diag_indices_from(K_y)] += noise_variances(log_params, obs)
@@ -350,10 +351,11 @@ def log_density(L: np.ndarray, y: np.ndarray, weights: np.ndarray) -> float:
 def log_marginal_likelihood(log_params: np.ndarray, K0: np.ndarray | Sequence[np.ndarray],
                             y: np.ndarray, obs: Observations,
                             eval_gradient: bool = False) -> float | tuple[float, np.ndarray]:
-    """Log marginal likelihood of ``y`` and its gradient in ``log (σ, σ_E, σ_F)``.
+    """Log marginal likelihood of ``y`` and its gradient in ``log (σ, σ_E, σ_F, σ_S)``.
 
     ``K0`` is one prior covariance, or a list of per-element parts with one signal
-    std each (``log_params = log (σ_1, …, σ_S, σ_E, σ_F)``, see :func:`factor`).
+    std each (``log_params = log (σ_1, …, σ_n, σ_E, σ_F, σ_S)``, see :func:`factor`).
+    The gradient in ``σ_S`` is zero (no stress observations).
 
     Notes
     -----
@@ -385,7 +387,7 @@ def log_marginal_likelihood(log_params: np.ndarray, K0: np.ndarray | Sequence[np
         del L_inv
         per_obs = noise * (a**2 - k_inv_diag)
         return value, np.array([float(a @ y - n - per_obs.sum()), float(per_obs[:nE].sum()),
-                                float(per_obs[nE:].sum())])
+                                float(per_obs[nE:].sum()), 0.0])
     # the whole K_y⁻¹, lower triangle (the upper one keeps L's zeros): Σ_ij (K_y⁻¹)_ij
     # (K0_s)_ij = 2 Σ_(i≥j) - Σ_(i=j) for the symmetric parts
     K_inv, info = sla.lapack.dpotri(L, lower=1, overwrite_c=1)
@@ -393,7 +395,7 @@ def log_marginal_likelihood(log_params: np.ndarray, K0: np.ndarray | Sequence[np
         return (-np.inf, np.zeros(len(log_params)))
     k_inv_diag = np.diagonal(K_inv).copy()
     per_obs = noise * (a**2 - k_inv_diag)
-    noise_gradient = [float(per_obs[:nE].sum()), float(per_obs[nE:].sum())]
+    noise_gradient = [float(per_obs[:nE].sum()), float(per_obs[nE:].sum()), 0.0]
     signal_gradient = []
     for t, part in zip(log_params[:len(parts)], parts, strict=True):
         trace = 2.0 * np.einsum("ij,ij->", K_inv, part) - k_inv_diag @ np.diagonal(part)

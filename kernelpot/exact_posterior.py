@@ -20,6 +20,7 @@ from ase.data import chemical_symbols
 from kernelpot import exact, gp
 from kernelpot._labels import TrainingSet
 from kernelpot.hyperparameters import (
+    DEFAULT_STRESS_NOISE,
     NoiseSearch,
     fitted_names,
     free_mask,
@@ -65,6 +66,8 @@ class ExactPosterior(Posterior):
         ``σ`` (eV), or ``{element: σ_s}``.
     energy_noise, force_noise : float
         eV/√atom, eV/Å.
+    stress_noise : float
+        eV/Å³: the estimator's given value (the exact model trains on no stresses).
     structures : dict of ndarray
         The training structures as arrays (:func:`kernelpot.exact.structure_arrays`).
     species : ndarray of int
@@ -85,8 +88,8 @@ class ExactPosterior(Posterior):
 
     def __init__(self, *, kernel: Kernel, observations: exact.Observations, L: np.ndarray,
                  weights: np.ndarray, y: np.ndarray, signal_std: float | dict[str, float],
-                 energy_noise: float, force_noise: float, structures: dict[str, np.ndarray],
-                 species: np.ndarray,
+                 energy_noise: float, force_noise: float, stress_noise: float,
+                 structures: dict[str, np.ndarray], species: np.ndarray,
                  prior_covariance: np.ndarray | list[np.ndarray] | None = None,
                  loso: LosoTerms | None = None):
         self.kernel = kernel
@@ -100,6 +103,7 @@ class ExactPosterior(Posterior):
         self.signal_std = signal_std
         self.energy_noise = float(energy_noise)
         self.force_noise = float(force_noise)
+        self.stress_noise = float(stress_noise)
         self.structures = structures
         self.species = species
         self.mean = exact.mean_weights(observations, weights, self.signal_variances())
@@ -187,8 +191,9 @@ class ExactPosterior(Posterior):
         K0 = exact.prior_covariance(obs, kernel, per_element=per_element)
         logger.info("%s: covariance assembled in %.1f s", owner, time.perf_counter() - tic)
         y = np.concatenate([training.energy_targets(), training.force_targets()])
-        given = [float(estimator.signal_std)] * n_signal + [float(estimator.energy_noise),
-                                                            float(estimator.force_noise)]
+        given = [float(estimator.signal_std)] * n_signal + [
+            float(estimator.energy_noise), float(estimator.force_noise),
+            float(estimator.stress_noise)]
         log_params = np.log(given)
         free = free_mask(names, obs.n_energy, obs.n_force, n_signal)
         if any(free):
@@ -196,10 +201,10 @@ class ExactPosterior(Posterior):
                 lambda t: exact.log_marginal_likelihood(t, K0, y, obs, eval_gradient=True),
                 log_params, rng, free)
         values = values_kept_where_fixed(log_params, given, free)
-        energy_noise, force_noise = values[-2:]
+        energy_noise, force_noise = values[-3:-1]
         symbols = [chemical_symbols[z] for z in training.species]
-        sigma = dict(zip(symbols, values[:-2], strict=True)) if per_element else values[0]
-        warn_if_force_noise_at_bound(force_noise, estimator.force_noise_bounds, free[-1], owner,
+        sigma = dict(zip(symbols, values[:-3], strict=True)) if per_element else values[0]
+        warn_if_force_noise_at_bound(force_noise, estimator.force_noise_bounds, free[-2], owner,
                                      stacklevel=4)
         L = exact.factor(K0, np.log(values), obs)
         weights = sla.cho_solve((L, True), y, check_finite=False)
@@ -208,6 +213,7 @@ class ExactPosterior(Posterior):
             if estimator.calibration == "loso" else None
         return cls(kernel=kernel, observations=obs, L=L, weights=weights, y=y,
                    signal_std=sigma, energy_noise=energy_noise, force_noise=force_noise,
+                   stress_noise=values[-1],
                    structures=exact.structure_arrays(training.frames, has_energy, has_forces),
                    species=training.species, prior_covariance=K0, loso=loso)
 
@@ -304,11 +310,11 @@ class ExactPosterior(Posterior):
 
     def log_marginal_likelihood(self, theta: np.ndarray, eval_gradient: bool = False,
                                 ) -> float | tuple[float, np.ndarray]:
-        """Return the log marginal likelihood at ``theta = log (σ..., σ_E, σ_F)``.
+        """Return the log marginal likelihood at ``theta = log (σ..., σ_E, σ_F, σ_S)``.
 
         Parameters
         ----------
-        theta : ndarray of shape (n_signal + 2,)
+        theta : ndarray of shape (n_signal + 3,)
         eval_gradient : bool, default=False
 
         Returns
@@ -373,6 +379,7 @@ class ExactPosterior(Posterior):
             arrays[f"exact_structures_{name}"] = value
         fitted = {"method": self.kind, "signal_std": self.signal_std,
                   "energy_noise": self.energy_noise, "force_noise": self.force_noise,
+                  "stress_noise": self.stress_noise,
                   "log_marginal_likelihood": self.log_marginal_likelihood_value,
                   "jitter": self.jitter, "jitter_abs": self.jitter_abs, "stats": None}
         return arrays, fitted
@@ -420,7 +427,9 @@ class ExactPosterior(Posterior):
                              f"{obs.n_obs} training observations")
         posterior = cls(kernel=kernel, observations=obs, L=L, weights=weights, y=y,
                         signal_std=signal_std, energy_noise=fitted["energy_noise"],
-                        force_noise=fitted["force_noise"], structures=structures,
+                        force_noise=fitted["force_noise"],
+                        stress_noise=fitted.get("stress_noise", DEFAULT_STRESS_NOISE),
+                        structures=structures,
                         species=species)
         # the file's value, as the fit computed it (bit for bit the same model)
         posterior.log_marginal_likelihood_value = fitted["log_marginal_likelihood"]

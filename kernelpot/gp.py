@@ -68,6 +68,55 @@ class DesignRows(NamedTuple):
     d_energy: np.ndarray | None = None
     #: ``∂ forces / ∂θ`` (3 n_atoms, n_inducing, n_theta), with ``theta_gradient=True`` only
     d_forces: np.ndarray | None = None
+    #: stress rows (6, n_inducing), ASE's Voigt order, with ``stress_volume`` only
+    stress: np.ndarray | None = None
+    #: ``∂ stress / ∂θ`` (6, n_inducing, n_theta)
+    d_stress: np.ndarray | None = None
+
+
+def _n_moved(result: DescriptorResult) -> int:
+    """Atoms whose force rows a result has (two pseudo-atoms for :func:`stress_jacobian`)."""
+    if len(result.pairs) == 0:
+        return result.n_atoms
+    return max(result.n_atoms, int(result.pairs[:, 1].max()) + 1)
+
+
+def stress_jacobian(result: DescriptorResult, volume: float) -> DescriptorResult:
+    """Write the stress of a structure as the "forces" of two pseudo-atoms.
+
+    ASE's stress of a sum of local energies is ``σ_v = Σ_i ∇ε(x_i) · s_iv`` with
+    ``s_iv = (∂x_i/∂ε_ab + ∂x_i/∂ε_ba) / (2V)`` for Voigt component ``v = (a, b)``
+    (:func:`stress_from_strain_derivative`), and a force is
+    ``F_jc = -Σ_i ∇ε(x_i) · ∂x_i/∂r_jc``. So the result returned here, whose Jacobian
+    rows are ``-s_iv`` for the pairs ``(i, 0)`` (Voigt ``xx yy zz``) and ``(i, 1)``
+    (``yz xz xy``), makes every force formula give the stress: its force components
+    ``0..5`` are the six stress components. The design rows, their derivatives in the
+    kernel's hyperparameters, the prior variances and the exact model's covariances
+    of stresses are those of forces, built on this Jacobian.
+
+    Parameters
+    ----------
+    result : DescriptorResult
+        Computed with ``strain=True``.
+    volume : float
+        Cell volume, Å³.
+
+    Returns
+    -------
+    DescriptorResult
+        Same features; ``pairs`` ``(i, 0), (i, 1)`` for every centre; no strain
+        gradients.
+    """
+    if result.strain_gradients is None:
+        raise ValueError("stress_jacobian: the descriptor result has no strain gradients; "
+                         "compute it with strain=True")
+    S = result.strain_gradients  # (n, 3, 3, D)
+    sym = -0.5 * (S + S.transpose(0, 2, 1, 3)) / float(volume)
+    voigt = sym[:, [0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]  # (n, 6, D)
+    n_atoms = result.n_atoms
+    pairs = np.stack([np.repeat(np.arange(n_atoms), 2), np.tile([0, 1], n_atoms)], axis=1)
+    return DescriptorResult(result.features, pairs.astype(np.int64),
+                            np.ascontiguousarray(voigt.reshape(2 * n_atoms, 3, -1)))
 
 
 def inducing_columns(inducing: list[np.ndarray],
@@ -87,8 +136,9 @@ def design_rows(result: DescriptorResult, species_index: np.ndarray,
                 inducing: list[np.ndarray], kernel: Kernel, energy: bool = True,
                 forces: bool = True, columns: list[np.ndarray] | None = None,
                 theta_gradient: bool = False,
-                n_columns: int | None = None) -> DesignRows:
-    """Energy and force design rows of one structure.
+                n_columns: int | None = None,
+                stress_volume: float | None = None) -> DesignRows:
+    """Energy, force and stress design rows of one structure.
 
     Parameters
     ----------
@@ -123,7 +173,8 @@ def design_rows(result: DescriptorResult, species_index: np.ndarray,
     pairs so that temporaries stay below ``BLOCK_ELEMENTS`` elements.
     """
     X = result.features
-    n_atoms, n_features = X.shape
+    n_features = X.shape[1]
+    n_atoms = _n_moved(result)
     columns = inducing_columns(inducing, columns)
     n_inducing = int(sum(len(z) for z in inducing)) if n_columns is None else int(n_columns)
     n_theta = kernel.n_theta if theta_gradient else 0
@@ -175,7 +226,13 @@ def design_rows(result: DescriptorResult, species_index: np.ndarray,
         force_rows[:, cols] = targets[0]
         for t in range(n_theta):
             d_forces[:, cols, t] = targets[t + 1]
-    return DesignRows(energy_row, force_rows, d_energy, d_forces)
+    if stress_volume is None:
+        return DesignRows(energy_row, force_rows, d_energy, d_forces)
+    virtual = design_rows(stress_jacobian(result, stress_volume), species_index, inducing,
+                          kernel, energy=False, forces=True, columns=columns,
+                          theta_gradient=theta_gradient, n_columns=n_columns)
+    return DesignRows(energy_row, force_rows, d_energy, d_forces, virtual.forces[:6],
+                      virtual.d_forces[:6] if theta_gradient else None)
 
 
 def local_energies_from_maps(X: np.ndarray, species_index: np.ndarray, maps: list,
@@ -322,12 +379,14 @@ class WhitenedStatistics(NamedTuple):
     """Everything the likelihood needs, in the eigenbasis of ``W_F``.
 
     ``W_g = K_w,gᵀ D_g⁻¹ K_w,g`` and ``β_g = K_w,gᵀ D_g⁻¹ y_g`` for the energy
-    (``g = E``, ``D_E = diag(N_atoms)``) and force (``g = F``, ``D_F = I``)
-    observations. ``W_F = V diag(λ) Vᵀ``; ``U = Vᵀ K_w,Eᵀ D_E^(-1/2)``.
+    (``g = E``, ``D_E = diag(N_atoms)``), force (``g = F``, ``D_F = I``) and stress
+    (``g = S``, ``D_S = I``) observations. ``W_F = V diag(λ) Vᵀ``;
+    ``U = Vᵀ [K_w,Eᵀ D_E^(-1/2), K_w,Sᵀ]``: the energy columns, then the stress
+    columns (the few "small" rows that the likelihood handles by Woodbury steps).
     """
 
     eigenvalues: np.ndarray  # (M,) λ of W_F
-    U: np.ndarray  # (M, n_E)
+    U: np.ndarray  # (M, n_E + n_S)
     beta_E: np.ndarray  # (M,) Vᵀ β_E
     beta_F: np.ndarray  # (M,) Vᵀ β_F
     c_E: float  # y_Eᵀ D_E⁻¹ y_E
@@ -336,11 +395,15 @@ class WhitenedStatistics(NamedTuple):
     n_F: int
     logdet_D_E: float  # Σ log N_atoms
     V: np.ndarray | None = None  # (M, M) eigenvectors of W_F, kept only when asked
+    beta_S: np.ndarray | None = None  # (M,) Vᵀ β_S; None without stress rows
+    c_S: float = 0.0  # y_Sᵀ y_S
+    n_S: int = 0
 
 
 def whitened_statistics(Kw_E: np.ndarray, n_atoms_E: np.ndarray, y_E: np.ndarray,
-                        Kw_F: np.ndarray, y_F: np.ndarray,
-                        keep_basis: bool = False) -> WhitenedStatistics:
+                        Kw_F: np.ndarray, y_F: np.ndarray, keep_basis: bool = False,
+                        Kw_S: np.ndarray | None = None,
+                        y_S: np.ndarray | None = None) -> WhitenedStatistics:
     """Reduce the whitened design to the likelihood's statistics.
 
     Parameters
@@ -357,18 +420,23 @@ def whitened_statistics(Kw_E: np.ndarray, n_atoms_E: np.ndarray, y_E: np.ndarray
         Force components, eV/Å.
     keep_basis : bool, default=False
         Keep the eigenvectors ``V`` (needed by :class:`KernelThetaGradient`).
+    Kw_S : ndarray of shape (n_S, M), optional
+        Whitened stress design rows (six per cell, ASE's Voigt order).
+    y_S : ndarray of shape (n_S,), optional
+        Stress components, eV/Å³.
 
     Returns
     -------
     WhitenedStatistics
     """
     return statistics_from_force_gram(Kw_F.T @ Kw_F, Kw_F.T @ y_F, float(y_F @ y_F), len(y_F),
-                                      Kw_E, n_atoms_E, y_E, keep_basis)
+                                      Kw_E, n_atoms_E, y_E, keep_basis, Kw_S, y_S)
 
 
 def statistics_from_force_gram(W_F: np.ndarray, Kw_F_y: np.ndarray, c_F: float, n_F: int,
                                Kw_E: np.ndarray, n_atoms_E: np.ndarray, y_E: np.ndarray,
-                               keep_basis: bool = False) -> WhitenedStatistics:
+                               keep_basis: bool = False, Kw_S: np.ndarray | None = None,
+                               y_S: np.ndarray | None = None) -> WhitenedStatistics:
     """Compute :func:`whitened_statistics` from the force rows' Gram matrix.
 
     The inputs are ``W_F = K_w,Fᵀ K_w,F``, ``K_w,Fᵀ y_F``, ``y_Fᵀ y_F`` and their
@@ -380,10 +448,15 @@ def statistics_from_force_gram(W_F: np.ndarray, Kw_F_y: np.ndarray, c_F: float, 
     inv_d = 1.0 / n_atoms_E
     eigenvalues, V = sla.eigh(W_F, overwrite_a=True)
     eigenvalues = np.maximum(eigenvalues, 0.0)
-    U = V.T @ (Kw_E.T * np.sqrt(inv_d)[None, :])  # (M, n_E)
+    small = Kw_E.T * np.sqrt(inv_d)[None, :]
+    beta_S, c_S, n_S = None, 0.0, 0
+    if Kw_S is not None and len(Kw_S):
+        y_S = np.asarray(y_S, dtype=np.float64)
+        small = np.concatenate([small, Kw_S.T], axis=1)
+        beta_S, c_S, n_S = V.T @ (Kw_S.T @ y_S), float(y_S @ y_S), len(y_S)
     return WhitenedStatistics(
         eigenvalues=eigenvalues,
-        U=U,
+        U=V.T @ small,  # (M, n_E + n_S)
         beta_E=V.T @ (Kw_E.T @ (inv_d * y_E)),
         beta_F=V.T @ Kw_F_y,
         c_E=float(np.sum(inv_d * y_E**2)),
@@ -392,7 +465,18 @@ def statistics_from_force_gram(W_F: np.ndarray, Kw_F_y: np.ndarray, c_F: float, 
         n_F=int(n_F),
         logdet_D_E=float(np.sum(np.log(n_atoms_E))),
         V=V if keep_basis else None,
+        beta_S=beta_S, c_S=c_S, n_S=n_S,
     )
+
+
+def noise_log_params(log_params: np.ndarray) -> tuple[float, float, float, float]:
+    """Split ``log (σ, σ_E, σ_F[, σ_S])``; a missing ``σ_S`` reads as 1 (no stress rows)."""
+    log_params = np.asarray(log_params, dtype=np.float64)
+    if log_params.shape not in ((3,), (4,)):
+        raise ValueError("log_params must be log (σ, σ_E, σ_F) or log (σ, σ_E, σ_F, σ_S); "
+                         f"got shape {log_params.shape}")
+    log_ss = float(log_params[3]) if len(log_params) == 4 else 0.0
+    return float(log_params[0]), float(log_params[1]), float(log_params[2]), log_ss
 
 
 def log_marginal_likelihood(log_params: np.ndarray, stats: WhitenedStatistics,
@@ -401,16 +485,17 @@ def log_marginal_likelihood(log_params: np.ndarray, stats: WhitenedStatistics,
 
     Parameters
     ----------
-    log_params : ndarray of shape (3,)
-        ``(log σ, log σ_E, log σ_F)``: signal std (eV), energy noise per atom (eV)
-        and force noise (eV/Å).
+    log_params : ndarray of shape (3,) or (4,)
+        ``(log σ, log σ_E, log σ_F, log σ_S)``: signal std (eV), energy noise per
+        atom (eV), force noise (eV/Å) and stress noise (eV/Å³). ``σ_S`` may be left
+        out when the statistics hold no stress rows.
     stats : WhitenedStatistics
     eval_gradient : bool, default=False
 
     Returns
     -------
     lml : float
-    gradient : ndarray of shape (3,)
+    gradient : ndarray of the shape of ``log_params``
         Only with ``eval_gradient=True``; zero for a noise with no observations.
 
     Notes
@@ -422,61 +507,74 @@ def log_marginal_likelihood(log_params: np.ndarray, stats: WhitenedStatistics,
     ``yᵀΛ⁻¹y - σ² bᵀA_w⁻¹b`` cancels catastrophically when ``σ/σ_g`` is large) and
     differentiated by the envelope theorem. By Sylvester's identity
     ``log|Q + Λ| = log|Λ| + log|A_w|``. In the eigenbasis of ``W_F``,
-    ``A_w = diag(d) + a_E U Uᵀ`` with ``d = 1 + a_F λ``, ``a_g = σ²/σ_g²``; a second
-    Woodbury step reduces every solve to the ``n_E × n_E`` matrix
-    ``S = I + a_E Ūᵀ Ū``, ``Ū = diag(d)^(-1/2) U``.
+    ``A_w = diag(d) + U diag(a) Uᵀ`` with ``d = 1 + a_F λ``, ``a_g = σ²/σ_g²`` (``a``
+    is ``a_E`` on the energy columns of ``U`` and ``a_S`` on the stress columns); a
+    second Woodbury step reduces every solve to the small matrix
+    ``S = I + Ū_aᵀ Ū_a``, ``Ū_a = diag(d)^(-1/2) U diag(a)^(1/2)``. Its traces
+    give the gradient: ``tr(A_w⁻¹ W_g) = Σ_(j ∈ g) (1 - S⁻¹_jj) / a_j`` for the
+    small groups.
     """
-    log_sigma, log_se, log_sf = np.asarray(log_params, dtype=np.float64)
+    n_params = len(np.asarray(log_params))
+    log_sigma, log_se, log_sf, log_ss = noise_log_params(log_params)
+    if stats.n_S and n_params == 3:
+        raise ValueError("log_marginal_likelihood: the statistics hold stress rows; give "
+                         "log (σ, σ_E, σ_F, σ_S)")
     sigma2 = np.exp(2 * log_sigma)
-    se2 = np.exp(2 * log_se)
-    sf2 = np.exp(2 * log_sf)
-    a_E = sigma2 / se2
-    a_F = sigma2 / sf2
+    se2, sf2, ss2 = np.exp(2 * log_se), np.exp(2 * log_sf), np.exp(2 * log_ss)
+    a_E, a_F, a_S = sigma2 / se2, sigma2 / sf2, sigma2 / ss2
     lam = stats.eigenvalues
     d = 1.0 + a_F * lam  # (M,)
     inv_sqrt_d = 1.0 / np.sqrt(d)
-    U_bar = stats.U * inv_sqrt_d[:, None]  # (M, n_E)
-    n_E = stats.n_E
-    S = np.eye(n_E) + a_E * (U_bar.T @ U_bar)
+    n_E, n_S = stats.n_E, stats.n_S
+    a = np.concatenate([np.full(n_E, a_E), np.full(n_S, a_S)])
+    U_a = stats.U * inv_sqrt_d[:, None] * np.sqrt(a)[None, :]  # (M, n_E + n_S)
+    n_small = n_E + n_S
+    S = np.eye(n_small) + U_a.T @ U_a
+    failed = (-np.inf, np.zeros(n_params)) if eval_gradient else -np.inf
     try:
         L_S = sla.cholesky(S, lower=True)
     except np.linalg.LinAlgError:
-        return (-np.inf, np.zeros(3)) if eval_gradient else -np.inf
-    b = stats.beta_E / se2 + stats.beta_F / sf2  # (M,)
+        return failed
+    beta_S = stats.beta_S if stats.beta_S is not None else np.zeros_like(stats.beta_E)
+    b = stats.beta_E / se2 + stats.beta_F / sf2 + beta_S / ss2  # (M,)
     z = b * inv_sqrt_d
-    # A_w⁻¹ b = D^(-1/2) (I - a_E Ū S⁻¹ Ūᵀ) D^(-1/2) b
-    v = (z - a_E * U_bar @ sla.cho_solve((L_S, True), U_bar.T @ z)) * inv_sqrt_d
+    # A_w⁻¹ b = D^(-1/2) (I - Ū_a S⁻¹ Ū_aᵀ) D^(-1/2) b
+    v = (z - U_a @ sla.cho_solve((L_S, True), U_a.T @ z)) * inv_sqrt_d
     w = sigma2 * v  # whitened weights, the minimiser of J below
     # quad = min_w J(w), J = Σ_g |D_g^(-1/2)(y_g - K_w,g w)|² / σ_g² + |w|² / σ²: evaluated
-    # from its two non-negative parts rather than as yᵀΛ⁻¹y - σ² bᵀA⁻¹b, which cancels
+    # from its non-negative parts rather than as yᵀΛ⁻¹y - σ² bᵀA⁻¹b, which cancels
     # catastrophically when σ/σ_g is large
     Uw = stats.U.T @ w
-    res_E = max(stats.c_E - 2.0 * float(w @ stats.beta_E) + float(Uw @ Uw), 0.0)
+    res_E = max(stats.c_E - 2.0 * float(w @ stats.beta_E) + float(Uw[:n_E] @ Uw[:n_E]), 0.0)
     res_F = max(stats.c_F - 2.0 * float(w @ stats.beta_F) + float(lam @ (w * w)), 0.0)
+    res_S = max(stats.c_S - 2.0 * float(w @ beta_S) + float(Uw[n_E:] @ Uw[n_E:]), 0.0) \
+        if n_S else 0.0
     ww = float(w @ w)
-    quad = res_E / se2 + res_F / sf2 + ww / sigma2
+    quad = res_E / se2 + res_F / sf2 + res_S / ss2 + ww / sigma2
     logdet_A = float(np.sum(np.log(d)) + 2.0 * np.sum(np.log(np.diag(L_S))))
-    logdet = (stats.n_E * np.log(se2) + stats.logdet_D_E + stats.n_F * np.log(sf2)
-              + logdet_A)
-    n_obs = stats.n_E + stats.n_F
+    logdet = (n_E * np.log(se2) + stats.logdet_D_E + stats.n_F * np.log(sf2)
+              + n_S * np.log(ss2) + logdet_A)
+    n_obs = n_E + stats.n_F + n_S
     lml = -0.5 * quad - 0.5 * logdet - 0.5 * n_obs * _LOG_2PI
     if not np.isfinite(lml):
-        return (-np.inf, np.zeros(3)) if eval_gradient else -np.inf
+        return failed
     if not eval_gradient:
         return lml
     # quad: envelope theorem, ∂ min_w J / ∂θ = ∂J/∂θ at the minimiser
-    d_quad = np.array([-2.0 * ww / sigma2, -2.0 * res_E / se2, -2.0 * res_F / sf2])
-    # log|A_w|: traces of A_w⁻¹ W_E and A_w⁻¹ W_F (W_E = U Uᵀ, W_F = diag(λ) in this basis)
-    S_inv = sla.cho_solve((L_S, True), np.eye(n_E))  # (n_E, n_E); small, explicit on purpose
-    tr_E = (n_E - np.trace(S_inv)) / a_E if n_E else 0.0
+    d_quad = np.array([-2.0 * ww / sigma2, -2.0 * res_E / se2, -2.0 * res_F / sf2,
+                       -2.0 * res_S / ss2])
+    # log|A_w|: traces of A_w⁻¹ W_g (W_F = diag(λ) in this basis)
+    S_inv = sla.cho_solve((L_S, True), np.eye(n_small))  # small, explicit on purpose
+    per_column = (1.0 - np.diag(S_inv)) / a if n_small else np.zeros(0)
+    tr_E, tr_S = float(per_column[:n_E].sum()), float(per_column[n_E:].sum())
     lam_d = lam / d
-    tr_F = float(np.sum(lam_d) - a_E * np.sum(S_inv * (U_bar.T @ (U_bar * lam_d[:, None]))))
-    # dA/dlog σ = 2(a_E W_E + a_F W_F); dA/dlog σ_g = -2 a_g W_g
-    d_logdet = np.array([2.0 * (a_E * tr_E + a_F * tr_F),
-                         2.0 * stats.n_E - 2.0 * a_E * tr_E,
-                         2.0 * stats.n_F - 2.0 * a_F * tr_F])
-    return lml, -0.5 * (d_quad + d_logdet)
-
+    tr_F = float(np.sum(lam_d) - np.sum(S_inv * (U_a.T @ (U_a * lam_d[:, None]))))
+    # dA/dlog σ = 2 Σ_g a_g W_g; dA/dlog σ_g = -2 a_g W_g
+    d_logdet = np.array([2.0 * (a_E * tr_E + a_F * tr_F + a_S * tr_S),
+                         2.0 * n_E - 2.0 * a_E * tr_E,
+                         2.0 * stats.n_F - 2.0 * a_F * tr_F,
+                         2.0 * n_S - 2.0 * a_S * tr_S])
+    return lml, (-0.5 * (d_quad + d_logdet))[:n_params]
 
 
 class KernelThetaGradient:
@@ -514,16 +612,20 @@ class KernelThetaGradient:
                  n_theta: int) -> None:
         if stats.V is None:
             raise ValueError("KernelThetaGradient needs statistics with keep_basis=True")
-        log_sigma, log_se, log_sf = np.asarray(log_params, dtype=np.float64)
+        log_sigma, log_se, log_sf, log_ss = noise_log_params(log_params)
         sigma2 = np.exp(2 * log_sigma)
-        a_E = sigma2 / np.exp(2 * log_se)
         a_F = sigma2 / np.exp(2 * log_sf)
+        a = np.concatenate([np.full(stats.n_E, sigma2 / np.exp(2 * log_se)),
+                            np.full(stats.n_S, sigma2 / np.exp(2 * log_ss))])
         V = stats.V
-        VU = V @ stats.U  # K_w,Eᵀ D_E^(-1/2)
-        A_w = (V * (1.0 + a_F * stats.eigenvalues)[None, :]) @ V.T + a_E * (VU @ VU.T)
+        VU = V @ stats.U  # [K_w,Eᵀ D_E^(-1/2), K_w,Sᵀ]
+        A_w = (V * (1.0 + a_F * stats.eigenvalues)[None, :]) @ V.T + (VU * a[None, :]) @ VU.T
         A_w = 0.5 * (A_w + A_w.T)
         R_c = sla.cholesky(A_w, lower=False)  # A_w = R_cᵀ R_c
-        b = V @ (stats.beta_E / np.exp(2 * log_se) + stats.beta_F / np.exp(2 * log_sf))
+        b = stats.beta_E / np.exp(2 * log_se) + stats.beta_F / np.exp(2 * log_sf)
+        if stats.n_S:
+            b = b + stats.beta_S / np.exp(2 * log_ss)
+        b = V @ b
         self.w = sigma2 * sla.cho_solve((R_c, False), b)  # whitened weights
         self.sigma2 = float(sigma2)
         self._R_c = R_c
@@ -688,7 +790,7 @@ def prior_variances(result: DescriptorResult, species_index: np.ndarray, n_speci
                 energy_var += weights[s] * float(kernel(X[atoms_s]).sum())
     force_var = None
     if forces:
-        n_atoms = result.n_atoms
+        n_atoms = _n_moved(result)
         force_var = np.zeros((n_atoms, 3))
         order = np.argsort(result.pairs[:, 1], kind="stable")
         starts = np.searchsorted(result.pairs[order, 1], np.arange(n_atoms + 1))

@@ -2,16 +2,16 @@
 
 Three searches serve the estimator's fit:
 
-* :class:`NoiseSearch` maximises the likelihood over ``log (σ, σ_E, σ_F)`` (``σ``
-  one value or one per element) by L-BFGS-B with analytic gradients, from the given
+* :class:`NoiseSearch` maximises the likelihood over ``log (σ, σ_E, σ_F, σ_S)``
+  (``σ`` one value or one per element) by L-BFGS-B with analytic gradients, from the given
   values, extra starts and log-uniform restarts within the bounds;
 * :func:`kernel_profile_search` maximises over the kernel's own ``theta`` the
-  likelihood profiled over the first three (each evaluation rebuilds the design);
+  likelihood profiled over the first four (each evaluation rebuilds the design);
 * :func:`search_on_subset` fits the kernel's ``theta`` on a random subset of the
   training structures, for large fits.
 
 The order of ``theta`` is documented once: ``signal_std`` (one, or one per
-element), ``energy_noise``, ``force_noise``, then the kernel's own.
+element), ``energy_noise``, ``force_noise``, ``stress_noise``, then the kernel's own.
 """
 
 from __future__ import annotations
@@ -38,12 +38,18 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HYPERPARAMETERS", "NoiseSearch", "check_hyperparameter_values", "fitted_names",
-           "free_mask", "kernel_profile_search", "search_on_subset", "values_kept_where_fixed",
-           "warn_if_force_noise_at_bound"]
+__all__ = ["DEFAULT_STRESS_NOISE", "HYPERPARAMETERS", "NOISE_NAMES", "NoiseSearch",
+           "check_hyperparameter_values", "fitted_names", "free_mask", "kernel_profile_search",
+           "search_on_subset", "values_kept_where_fixed", "warn_if_force_noise_at_bound"]
 
 #: Names accepted by the estimator's ``optimize``, in ``theta`` order (the kernel's own last).
-HYPERPARAMETERS = ("signal_std", "energy_noise", "force_noise", "kernel", "two_body")
+HYPERPARAMETERS = ("signal_std", "energy_noise", "force_noise", "stress_noise", "kernel",
+                   "two_body")
+#: The default start of ``stress_noise`` (eV/Å³, 0.16 GPa), and its value in model files
+#: written before stresses were trained on.
+DEFAULT_STRESS_NOISE = 1e-3
+#: The noise levels, in ``theta`` order after the signal std(s).
+NOISE_NAMES = ("energy_noise", "force_noise", "stress_noise")
 #: Likelihood evaluations allowed to the kernel-hyperparameter search.
 KERNEL_SEARCH_EVALUATIONS = 30
 #: What the optimiser sees where the likelihood cannot be evaluated (L-BFGS-B stalls on inf).
@@ -86,12 +92,13 @@ def fitted_names(optimize: bool | Iterable[str], owner: str) -> set[str]:
 
 def check_hyperparameter_values(estimator: BaseEstimator, names: set[str],
                                 owner: str) -> None:
-    """Validate the start values and bounds of ``σ``, ``σ_E`` and ``σ_F``.
+    """Validate the start values and bounds of ``σ``, ``σ_E``, ``σ_F`` and ``σ_S``.
 
     Parameters
     ----------
     estimator : SparseGPPotential
-        Its ``signal_std``, ``energy_noise``, ``force_noise`` and their ``*_bounds``.
+        Its ``signal_std``, ``energy_noise``, ``force_noise``, ``stress_noise`` and
+        their ``*_bounds``.
     names : set of str
         The fitted hyperparameters: their start values must lie within the bounds.
     owner : str
@@ -103,7 +110,7 @@ def check_hyperparameter_values(estimator: BaseEstimator, names: set[str],
         For a value that is not a number > 0, malformed bounds, or a fitted start
         value outside its bounds.
     """
-    for name in ("signal_std", "energy_noise", "force_noise"):
+    for name in ("signal_std", *NOISE_NAMES):
         value = getattr(estimator, name)
         low_high = getattr(estimator, f"{name}_bounds")
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0 \
@@ -122,8 +129,9 @@ def check_hyperparameter_values(estimator: BaseEstimator, names: set[str],
                              f"{low_high!r}")
 
 
-def free_mask(names: set[str], n_energy: int, n_force: int, n_signal: int = 1) -> list[bool]:
-    """Which of ``log (σ..., σ_E, σ_F)`` the likelihood moves.
+def free_mask(names: set[str], n_energy: int, n_force: int, n_signal: int = 1,
+              n_stress: int = 0) -> list[bool]:
+    """Which of ``log (σ..., σ_E, σ_F, σ_S)`` the likelihood moves.
 
     A hyperparameter is free when it is fitted and informed: a noise level without
     observations of its kind has no information and stays where it is.
@@ -136,13 +144,16 @@ def free_mask(names: set[str], n_energy: int, n_force: int, n_signal: int = 1) -
         Energy and force observations.
     n_signal : int, default=1
         Signal stds (one per element with ``signal_per_element``).
+    n_stress : int, default=0
+        Stress observations.
 
     Returns
     -------
-    list of bool of length ``n_signal + 2``
+    list of bool of length ``n_signal + 3``
     """
+    counts = (n_energy, n_force, n_stress)
     return ([("signal_std" in names)] * n_signal
-            + ["energy_noise" in names and n_energy > 0, "force_noise" in names and n_force > 0])
+            + [name in names and n > 0 for name, n in zip(NOISE_NAMES, counts, strict=True)])
 
 
 def values_kept_where_fixed(log_params: np.ndarray, given: Sequence[float],
@@ -190,7 +201,7 @@ def warn_if_force_noise_at_bound(force_noise: float, bounds: Sequence[float], fr
 
 
 class NoiseSearch:
-    """L-BFGS-B over ``log (σ..., σ_E, σ_F)`` within log bounds, with restarts.
+    """L-BFGS-B over ``log (σ..., σ_E, σ_F, σ_S)`` within log bounds, with restarts.
 
     Parameters
     ----------
@@ -207,10 +218,11 @@ class NoiseSearch:
 
     def __init__(self, signal_std_bounds: Sequence[float], energy_noise_bounds: Sequence[float],
                  force_noise_bounds: Sequence[float], n_restarts: int, owner: str,
-                 verbose: int = 0):
+                 verbose: int = 0, stress_noise_bounds: Sequence[float] = (1e-6, 1.0)):
         self.signal_std_bounds = signal_std_bounds
         self.energy_noise_bounds = energy_noise_bounds
         self.force_noise_bounds = force_noise_bounds
+        self.stress_noise_bounds = stress_noise_bounds
         self.n_restarts = n_restarts
         self.owner = owner
         self.verbose = verbose
@@ -230,7 +242,8 @@ class NoiseSearch:
         return cls(estimator.signal_std_bounds, estimator.energy_noise_bounds,
                    estimator.force_noise_bounds, estimator.n_restarts,
                    type(estimator).__name__,
-                   check_verbose(estimator.verbose, type(estimator).__name__))
+                   check_verbose(estimator.verbose, type(estimator).__name__),
+                   estimator.stress_noise_bounds)
 
     def optimize(self,
                  likelihood: gp.WhitenedStatistics
@@ -244,7 +257,7 @@ class NoiseSearch:
         ----------
         likelihood : gp.WhitenedStatistics or callable
             The sparse model's statistics, or ``theta -> (log p, gradient)``.
-        log_params : ndarray of shape (n_signal + 2,)
+        log_params : ndarray of shape (n_signal + 3,)
             Start, and the values of the fixed entries.
         rng : numpy.random.RandomState
             Draws the restarts.
@@ -260,7 +273,7 @@ class NoiseSearch:
 
         Returns
         -------
-        ndarray of shape (n_signal + 2,)
+        ndarray of shape (n_signal + 3,)
             The best ``log_params`` found; the start, with a ``ConvergenceWarning``, when
             the likelihood could not be evaluated at any start.
         """
@@ -269,10 +282,10 @@ class NoiseSearch:
 
             def likelihood(theta):
                 return gp.log_marginal_likelihood(theta, stats, eval_gradient=True)
-        n_signal = len(log_params) - 2
+        n_signal = len(log_params) - 3
         bounds = np.log(np.array([self.signal_std_bounds] * n_signal
-                                 + [self.energy_noise_bounds, self.force_noise_bounds],
-                                 dtype=float))
+                                 + [self.energy_noise_bounds, self.force_noise_bounds,
+                                    self.stress_noise_bounds], dtype=float))
         for k, is_free in enumerate(free):
             if not is_free:
                 bounds[k] = log_params[k]
@@ -314,16 +327,16 @@ class NoiseSearch:
 def kernel_profile_search(kernel: Kernel, log_params: np.ndarray, inner_free: Sequence[bool],
                           likelihood_at: Callable, search: NoiseSearch, seed: int,
                           owner: str) -> tuple[Kernel, np.ndarray]:
-    """Fit the kernel's own ``theta`` on the likelihood profiled over ``(σ, σ_E, σ_F)``.
+    """Fit the kernel's own ``theta`` on the likelihood profiled over ``(σ, σ_E, σ_F, σ_S)``.
 
     Parameters
     ----------
     kernel : Kernel
         Start, with its bounds.
-    log_params : ndarray of shape (3,)
+    log_params : ndarray of shape (4,)
         Start of the inner search.
     inner_free : sequence of bool
-        Which of ``(σ, σ_E, σ_F)`` the inner search moves.
+        Which of ``(σ, σ_E, σ_F, σ_S)`` the inner search moves.
     likelihood_at : callable
         ``likelihood_at(kernel) -> (stats, gradient)``: the whitened statistics of the
         design built with ``kernel`` and a callable ``gradient(inner)`` returning
@@ -338,7 +351,7 @@ def kernel_profile_search(kernel: Kernel, log_params: np.ndarray, inner_free: Se
     -------
     kernel : Kernel
         At the best ``theta`` found.
-    log_params : ndarray of shape (3,)
+    log_params : ndarray of shape (4,)
         The inner optimum there.
 
     Notes
@@ -398,7 +411,7 @@ def search_on_subset(estimator: BaseEstimator, frames: list, kernel: Kernel,
     kernel : Kernel
         Fitted on the subset (bounds kept; the full fit does not search it again).
     start : ndarray of shape (3,)
-        The subset's fitted ``log (σ, σ_E, σ_F)`` (given values where not fitted): one
+        The subset's fitted ``log (σ, σ_E, σ_F, σ_S)`` (given values where not fitted): one
         more start for the full fit's noise search.
     """
     chosen = np.sort(rng.choice(len(frames), size=int(estimator.search_frames),
@@ -409,8 +422,9 @@ def search_on_subset(estimator: BaseEstimator, frames: list, kernel: Kernel,
     sub = clone(estimator).set_params(kernel=kernel, search_frames=None, incremental=False,
                                       calibration=None, random_state=rng.randint(2**31 - 1))
     sub.fit([frames[k] for k in chosen])
-    start = np.log([sub.signal_std_, sub.energy_noise_, sub.force_noise_])
-    given = np.log([estimator.signal_std, estimator.energy_noise, estimator.force_noise])
+    start = np.log([sub.signal_std_, sub.energy_noise_, sub.force_noise_, sub.stress_noise_])
+    given = np.log([estimator.signal_std, estimator.energy_noise, estimator.force_noise,
+                    estimator.stress_noise])
     names = fitted_names(estimator.optimize, type(estimator).__name__)
-    start = np.where([n in names for n in HYPERPARAMETERS[:3]], start, given)
+    start = np.where([n in names for n in HYPERPARAMETERS[:4]], start, given)
     return sub.kernel_, start

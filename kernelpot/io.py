@@ -31,15 +31,18 @@ __all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "UNITS", "decode", "encode", "
 #: per-atom force exponent, 2026-12-05; 4: a sparse model's two triangular factors as
 #: their lower triangles, the energy noise's unit as eV/√atom, 2026-12-05; 5: a stored
 #: training state holds the labels and row layout only, not the design and its factors,
-#: which ``restore_training`` rebuilds from the structures, 2026-12-05).
-FORMAT_VERSION = 5
+#: which ``restore_training`` rebuilds from the structures, 2026-12-05; 6: the stress
+#: noise and the likelihood statistics of stress rows, 2026-12-05).
+FORMAT_VERSION = 6
 #: Versions this code reads (a version 2 file has none of version 3's additions,
 #: versions 2 and 3 hold the factors as full squares, and versions 2 to 4 store a
-#: training state with its design); any other is refused.
-READABLE_VERSIONS = (2, 3, 4, 5)
+#: training state with its design; versions 2 to 5 have no stress noise, read as
+#: :data:`kernelpot.hyperparameters.DEFAULT_STRESS_NOISE`); any other is refused.
+READABLE_VERSIONS = (2, 3, 4, 5, 6)
 _FORMAT_NAME = "kernelpot-model"
 #: Units of the stored values.
-UNITS = {"energy": "eV", "length": "Å", "force": "eV/Å", "energy_noise": "eV/√atom"}
+UNITS = {"energy": "eV", "length": "Å", "force": "eV/Å", "energy_noise": "eV/√atom",
+         "stress_noise": "eV/Å³"}
 
 
 def parameter_classes() -> dict:

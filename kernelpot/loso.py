@@ -66,6 +66,9 @@ class LosoTerms(NamedTuple):
         What turns a new prediction's covariance row into the change of its mean when
         each structure is left out (:func:`exact_loso`, :func:`sparse_loso`): the
         jackknife+ intervals need it.
+    is_stress : ndarray of bool of shape (n_obs,) or None
+        Stress observations (left out with their structure, but not calibrated: the
+        stress std stays raw); ``None``: none.
     """
 
     is_energy: np.ndarray
@@ -75,11 +78,13 @@ class LosoTerms(NamedTuple):
     projection: np.ndarray
     noise: np.ndarray
     shift_basis: np.ndarray | None = None
+    is_stress: np.ndarray | None = None
 
     @classmethod
     def from_loso(cls, residual: np.ndarray, variance: np.ndarray, noise: np.ndarray,
                   projection: np.ndarray, is_energy: np.ndarray, structure: np.ndarray,
-                  shift_basis: np.ndarray | None = None) -> LosoTerms:
+                  shift_basis: np.ndarray | None = None,
+                  is_stress: np.ndarray | None = None) -> LosoTerms:
         """Build the terms from :func:`exact_loso` or :func:`sparse_loso` output.
 
         Parameters
@@ -93,6 +98,7 @@ class LosoTerms(NamedTuple):
         is_energy : ndarray of bool of shape (n_obs,)
         structure : ndarray of int of shape (n_obs,)
         shift_basis : ndarray or None, default=None
+        is_stress : ndarray of bool or None, default=None
             See the class attributes.
 
         Returns
@@ -100,8 +106,23 @@ class LosoTerms(NamedTuple):
         LosoTerms
             With the epistemic part ``variance - noise``, clipped at zero.
         """
+        is_stress = None if is_stress is None or not np.any(is_stress) \
+            else np.asarray(is_stress, dtype=bool)
         return cls(np.asarray(is_energy, dtype=bool), np.asarray(structure), -residual,
-                   np.maximum(variance - noise, 0.0), projection, noise, shift_basis)
+                   np.maximum(variance - noise, 0.0), projection, noise, shift_basis,
+                   is_stress)
+
+    @property
+    def is_force(self) -> np.ndarray:
+        """Return the force-component observations, bool of shape (n_obs,)."""
+        forces = ~self.is_energy
+        if self.is_stress is not None:
+            forces = forces & ~self.is_stress
+        return forces
+
+    def _masks(self) -> tuple[tuple[str, np.ndarray], ...]:
+        """Return the rows of each calibrated quantity: energies, force components."""
+        return ("energy", self.is_energy), ("forces", self.is_force)
 
     @property
     def n_structures(self) -> int:
@@ -116,8 +137,7 @@ class LosoTerms(NamedTuple):
         dict
             Keys "energy" and "forces" (those with observations).
         """
-        return {quantity: self.structure[mask]
-                for quantity, mask in (("energy", self.is_energy), ("forces", ~self.is_energy))
+        return {quantity: self.structure[mask] for quantity, mask in self._masks()
                 if mask.any()}
 
     def calibration_terms(self) -> dict[str, tuple]:
@@ -129,7 +149,7 @@ class LosoTerms(NamedTuple):
             Keys "energy" and "forces" (those with observations).
         """
         out = {}
-        for quantity, mask in (("energy", self.is_energy), ("forces", ~self.is_energy)):
+        for quantity, mask in self._masks():
             if mask.any():
                 out[quantity] = (self.errors[mask], self.posterior[mask],
                                  self.projection[mask], self.noise[mask])

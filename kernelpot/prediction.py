@@ -394,9 +394,12 @@ class PredictionMixin:
 
         Notes
         -----
-        The model is trained on energies and forces only, so the stress is what
-        those determine: on mlearn Mo its error is several times that of a model
-        trained on stresses (``benchmarks/RESULTS.md``). No stress uncertainty yet.
+        The sparse model trains on the stresses of the training cells that carry one
+        (``use_stress``); otherwise (the exact model, ``incremental=True``,
+        ``use_stress=False``, or no stress labels) the stress is what the energies
+        and forces determine: on mlearn Mo its error was several times that of a
+        model trained on stresses (``benchmarks/RESULTS.md``). No stress uncertainty
+        yet.
         """
         _, out = self._predict_many(X, forces=False, variance=False, stress=True)
         return np.array([p.stress for p in out]).reshape(-1, 6)

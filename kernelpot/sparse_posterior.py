@@ -50,6 +50,7 @@ from kernelpot._two_body_search import pair_factor, search_prior_std, whitened_p
 from kernelpot.descriptors import DescriptorResult
 from kernelpot.design import AssembledDesign, SparseDesign, prior_with_two_body, with_two_body
 from kernelpot.hyperparameters import (
+    DEFAULT_STRESS_NOISE,
     NoiseSearch,
     fitted_names,
     free_mask,
@@ -147,8 +148,8 @@ class SparsePosterior(Posterior):
         Weights and the factors ``L_mm``, ``L_post``.
     stats : gp.WhitenedStatistics
         The likelihood's statistics of the training design.
-    signal_std, energy_noise, force_noise : float
-        eV, eV/√atom, eV/Å.
+    signal_std, energy_noise, force_noise, stress_noise : float
+        eV, eV/√atom, eV/Å, eV/Å³ (the given value when no stress was trained on).
     log_marginal_likelihood : float
     jitter, jitter_abs : float
         Of ``k_mm`` (relative to its mean diagonal, absolute).
@@ -170,7 +171,8 @@ class SparsePosterior(Posterior):
                  columns: list[np.ndarray], two_body: TwoBody | None,
                  pair_columns: np.ndarray | None, factors: gp.Posterior,
                  stats: gp.WhitenedStatistics, signal_std: float, energy_noise: float,
-                 force_noise: float, log_marginal_likelihood: float, jitter: float,
+                 force_noise: float, stress_noise: float, log_marginal_likelihood: float,
+                 jitter: float,
                  jitter_abs: float, training: _incremental.TrainingState | None = None,
                  loso: LosoTerms | None = None,
                  needs_frames: bool = False):
@@ -184,6 +186,7 @@ class SparsePosterior(Posterior):
         self.signal_std = float(signal_std)
         self.energy_noise = float(energy_noise)
         self.force_noise = float(force_noise)
+        self.stress_noise = float(stress_noise)
         self.log_marginal_likelihood_value = float(log_marginal_likelihood)
         self.jitter = float(jitter)
         self.jitter_abs = float(jitter_abs)
@@ -284,19 +287,21 @@ class SparsePosterior(Posterior):
             extra_starts = [subset_params]
             search_kernel = False
         results = None
+        strain = training.has_stress
         if estimator.incremental:
-            results = descriptor.compute_all(training.frames, imap)
+            results = descriptor.compute_all(training.frames, imap, strain)
         elif search_kernel:
             # the kernel search rebuilds the design several times: keep the descriptors
             # when they fit in memory, recompute them otherwise
             size = descriptor.compute(training.frames[0]).gradients.nbytes
             if size * len(training.frames) < _DESCRIPTOR_CACHE_BYTES:
-                results = descriptor.compute_all(training.frames, imap)
+                results = descriptor.compute_all(training.frames, imap, strain)
         design = SparseDesign(training, descriptor, inducing, pair, imap, results)
         search = NoiseSearch.of(estimator)
-        log_params = np.log([estimator.signal_std, estimator.energy_noise,
-                             estimator.force_noise])
-        free = free_mask(names, design.n_energy, design.n_force)
+        given = (float(estimator.signal_std), float(estimator.energy_noise),
+                 float(estimator.force_noise), float(estimator.stress_noise))
+        log_params = np.log(given)
+        free = free_mask(names, design.n_energy, design.n_force, n_stress=design.n_stress)
         if search_kernel:
             seed = int(rng.randint(2**31 - 1))
 
@@ -318,26 +323,25 @@ class SparsePosterior(Posterior):
         if any(free):
             log_params = search.optimize(stats, log_params, rng, free, extra_starts)
         lml = gp.log_marginal_likelihood(log_params, stats)
-        given = (float(estimator.signal_std), float(estimator.energy_noise),
-                 float(estimator.force_noise))
-        sigma, energy_noise, force_noise = values_kept_where_fixed(log_params, given, free)
+        sigma, energy_noise, force_noise, stress_noise = values_kept_where_fixed(
+            log_params, given, free)
         warn_if_force_noise_at_bound(force_noise, estimator.force_noise_bounds, free[2], owner,
                                      stacklevel=4)
-        noise_std = np.concatenate([energy_noise * np.sqrt(design.n_atoms[design.has_energy]),
-                                    np.full(design.n_force, force_noise)])
-        y_all = np.concatenate([design.y_energy, design.y_force])
+        noise_std = design.noise_std(energy_noise, force_noise, stress_noise)
+        y_all = design.y
         state = cls._training_state(design, assembled, noise_std, y_all, sigma, L_mm) \
             if estimator.incremental else None
         loso = _timed_loso(owner, lambda: _sparse_loso_terms(
             assembled.design[:design.n_obs], y_all, noise_std, sigma, assembled.prior,
-            np.arange(design.n_obs) < design.n_energy, training.row_structures(), L_mm,
+            design.row_kinds(), training.row_structures(), L_mm,
             design.pair_columns if pair is not None else None)) if loso_wanted else None
         factors = gp.solve_posterior(assembled.design, design.n_obs, L_mm, noise_std, y_all,
                                      sigma)
         return cls(kernel=kernel, inducing=inducing, columns=gp.inducing_columns(inducing),
                    two_body=pair, pair_columns=design.pair_columns, factors=factors,
                    stats=stats, signal_std=sigma, energy_noise=energy_noise,
-                   force_noise=force_noise, log_marginal_likelihood=lml,
+                   force_noise=force_noise, stress_noise=stress_noise,
+                   log_marginal_likelihood=lml,
                    jitter=assembled.jitter, jitter_abs=assembled.jitter_abs, training=state,
                    loso=loso)
 
@@ -368,7 +372,7 @@ class SparsePosterior(Posterior):
             design.n_atoms_energy, design.y_energy, design.y_force, log_params, free,
             assembled.stats, jitter_abs,
             lambda stats, start: search.optimize(stats, start, rng, free, restarts=0),
-            estimator.signal_std_bounds, owner)
+            estimator.signal_std_bounds, owner, y_S=design.y_stress)
         logger.info("%s: two-body prior_std %.4g (likelihood)", owner, prior_std)
         # k_mm is block diagonal: only the pair block of its factor and the pair
         # columns of the whitened design change (same absolute jitter)
@@ -538,16 +542,16 @@ class SparsePosterior(Posterior):
 
     def log_marginal_likelihood(self, theta: np.ndarray, eval_gradient: bool = False,
                                 ) -> float | tuple[float, np.ndarray]:
-        """Return the log marginal likelihood at ``theta = log (σ, σ_E, σ_F)``.
+        """Return the log marginal likelihood at ``theta = log (σ, σ_E, σ_F, σ_S)``.
 
         Parameters
         ----------
-        theta : ndarray of shape (3,)
+        theta : ndarray of shape (4,)
         eval_gradient : bool, default=False
 
         Returns
         -------
-        float, or (float, ndarray of shape (3,))
+        float, or (float, ndarray of shape (4,))
         """
         return gp.log_marginal_likelihood(theta, self.stats, eval_gradient=eval_gradient)
 
@@ -601,7 +605,8 @@ class SparsePosterior(Posterior):
         else:  # the statistics do not depend on the hyperparameters: once per update
             self.stats = _incremental.statistics(self.training)
         self.log_marginal_likelihood_value = float(gp.log_marginal_likelihood(
-            np.log([self.signal_std, self.energy_noise, self.force_noise]), self.stats))
+            np.log([self.signal_std, self.energy_noise, self.force_noise, self.stress_noise]),
+            self.stats))
         self.loso = self.loo_shift = None
         if loso:
             self.refresh_loso(owner)
@@ -775,7 +780,7 @@ class SparsePosterior(Posterior):
             self.columns[s] = np.concatenate([self.columns[s], M + new_columns[s]])
 
     def _reoptimize(self, names: set, search: NoiseSearch, rng) -> gp.WhitenedStatistics:
-        """Re-fit ``(σ, σ_E, σ_F)`` on all data seen so far and refactor.
+        """Re-fit ``(σ, σ_E, σ_F)`` on all data seen so far and refactor (no stress rows).
 
         Returns the likelihood statistics of the training state (which do not depend
         on the hyperparameters).
@@ -783,11 +788,12 @@ class SparsePosterior(Posterior):
         state = self.training
         stats = _incremental.statistics(state)
         free = free_mask(names, int(state.is_energy.sum()), int((~state.is_energy).sum()))
-        current = np.log([self.signal_std, self.energy_noise, self.force_noise])
+        current = np.log([self.signal_std, self.energy_noise, self.force_noise,
+                          self.stress_noise])
         if any(free):
             log_params = search.optimize(stats, current, rng, free)
-            values = (self.signal_std, self.energy_noise, self.force_noise)
-            self.signal_std, self.energy_noise, self.force_noise = (
+            values = (self.signal_std, self.energy_noise, self.force_noise, self.stress_noise)
+            self.signal_std, self.energy_noise, self.force_noise, self.stress_noise = (
                 float(np.exp(t)) if f else v
                 for t, v, f in zip(log_params, values, free, strict=True))
         self.refactor()
@@ -917,10 +923,14 @@ class SparsePosterior(Posterior):
                 arrays["state_prior"] = self.training.prior
         fitted = {"method": self.kind, "signal_std": self.signal_std,
                   "energy_noise": self.energy_noise, "force_noise": self.force_noise,
+                  "stress_noise": self.stress_noise,
                   "log_marginal_likelihood": self.log_marginal_likelihood_value,
                   "jitter": self.jitter, "jitter_abs": self.jitter_abs,
                   "stats": {"c_E": stats.c_E, "c_F": stats.c_F, "n_E": stats.n_E,
-                            "n_F": stats.n_F, "logdet_D_E": stats.logdet_D_E}}
+                            "n_F": stats.n_F, "logdet_D_E": stats.logdet_D_E,
+                            "c_S": stats.c_S, "n_S": stats.n_S}}
+        if stats.n_S:
+            arrays["stats_beta_S"] = stats.beta_S
         return arrays, fitted
 
     @classmethod
@@ -982,15 +992,13 @@ class SparsePosterior(Posterior):
         training = None
         if "state_y" in arrays:
             training = _training_state_from_arrays(arrays, L_mm, what)
-        s = fitted["stats"]
-        stats = gp.WhitenedStatistics(
-            arrays["stats_eigenvalues"], arrays["stats_U"], arrays["stats_beta_E"],
-            arrays["stats_beta_F"], s["c_E"], s["c_F"], s["n_E"], s["n_F"], s["logdet_D_E"])
+        stats = _statistics_from_arrays(arrays, fitted["stats"], what)
         return cls(kernel=kernel, inducing=inducing, columns=columns, two_body=two_body,
                    pair_columns=pair_columns,
                    factors=gp.Posterior(weights, L_mm, L_post),
                    stats=stats, signal_std=signal_std, energy_noise=fitted["energy_noise"],
                    force_noise=fitted["force_noise"],
+                   stress_noise=fitted.get("stress_noise", DEFAULT_STRESS_NOISE),
                    log_marginal_likelihood=fitted["log_marginal_likelihood"],
                    jitter=fitted["jitter"], jitter_abs=fitted["jitter_abs"], training=training,
                    needs_frames=training is not None)._with_shift_basis(
@@ -1003,6 +1011,22 @@ class SparsePosterior(Posterior):
             raise ValueError(f"load: {what} has a malformed loo_shift array")
         self.loo_shift = basis
         return self
+
+
+def _statistics_from_arrays(arrays: dict, s: dict, what: str) -> gp.WhitenedStatistics:
+    """Rebuild the likelihood statistics of a model file (stress rows since format 6)."""
+    n_S = s.get("n_S", 0)
+    if isinstance(n_S, bool) or not isinstance(n_S, int) or n_S < 0 \
+            or (n_S > 0 and "stats_beta_S" not in arrays):
+        raise ValueError(f"load: {what} has malformed stress statistics (n_S = {n_S!r})")
+    stats = gp.WhitenedStatistics(
+        arrays["stats_eigenvalues"], arrays["stats_U"], arrays["stats_beta_E"],
+        arrays["stats_beta_F"], s["c_E"], s["c_F"], s["n_E"], s["n_F"], s["logdet_D_E"],
+        beta_S=arrays["stats_beta_S"] if n_S else None, c_S=float(s.get("c_S", 0.0)),
+        n_S=n_S)
+    if stats.U.shape != (len(stats.eigenvalues), stats.n_E + n_S):
+        raise ValueError(f"load: {what} has statistics of inconsistent shapes")
+    return stats
 
 
 def _check_frames_match_rows(state: _incremental.TrainingState, frames: list,
@@ -1091,13 +1115,14 @@ def _unpack_lower(values: np.ndarray, M: int, what: str) -> np.ndarray:
 
 
 def _sparse_loso_terms(Kw: np.ndarray, y: np.ndarray, noise_std: np.ndarray, sigma: float,
-                       prior: np.ndarray, is_energy: np.ndarray, structure: np.ndarray,
+                       prior: np.ndarray, kinds: np.ndarray, structure: np.ndarray,
                        L_mm: np.ndarray, pair_columns: np.ndarray | None,
                        factor: np.ndarray | None = None) -> LosoTerms:
     """Compute the LOSO terms of a whitened design (:func:`kernelpot.loso.sparse_loso`).
 
     ``factor``: the upper factor of ``A``, when the caller keeps it (the incremental
-    state's ``R``).
+    state's ``R``). ``kinds``: per row 0 energy, 1 force component, 2 stress component
+    (or a bool mask of the energy rows).
 
     The projection term of a training row is ``σ² (prior - q)``, ``prior`` the GP prior
     variance and ``q`` the part of it the inducing set spans: the whitened row's
@@ -1116,8 +1141,11 @@ def _sparse_loso_terms(Kw: np.ndarray, y: np.ndarray, noise_std: np.ndarray, sig
     # a design row k has whitened features φ = σ L_mm⁻¹ k: the shift is k @ σ L_mm⁻ᵀ (A⁻¹G)
     basis = sigma * sla.solve_triangular(L_mm, whitened, lower=True, trans="T",
                                          check_finite=False)
-    return LosoTerms.from_loso(residual, variance, noise_std**2, projection, is_energy,
-                               structure, basis)
+    kinds = np.asarray(kinds)
+    if kinds.dtype == bool:
+        kinds = np.where(kinds, 0, 1)
+    return LosoTerms.from_loso(residual, variance, noise_std**2, projection, kinds == 0,
+                               structure, basis, is_stress=kinds == 2)
 
 
 def _timed_loso(owner: str, compute) -> LosoTerms:

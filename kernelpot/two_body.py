@@ -222,6 +222,43 @@ class TwoBody(BaseEstimator):
             force_rows = force_rows.reshape(3 * n_atoms, n_columns)
         return energy_row, force_rows
 
+    def stress_rows(self, atoms: Atoms, species_index: np.ndarray, n_species: int,
+                    volume: float) -> np.ndarray:
+        """Return the six stress rows of one cell in basis units (no prior scale).
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+            The cell; not modified.
+        species_index : ndarray of shape (n_atoms,)
+            Index of each atom's element in the model's species list.
+        n_species : int
+            Number of elements of the model.
+        volume : float
+            Cell volume, Å³.
+
+        Returns
+        -------
+        ndarray of shape (6, n_columns)
+            ASE's stress (Voigt ``xx yy zz yz xz xy``, eV/Å³) of each basis column:
+            ``(1/V) ∂(energy_row)/∂ε_ab = (1/2V) Σ_(i,j) b'(d_ij) D_a D_b / d_ij`` over
+            the ordered pairs of the full neighbour list (as :meth:`predict`).
+        """
+        n_basis = int(self.n_basis)
+        n_columns = self.n_columns(n_species)
+        nl, pair_type = self._pairs(atoms, species_index, n_species)
+        _, derivatives = self.basis(nl.distances)
+        columns = pair_type[:, None] * n_basis + np.arange(n_basis)[None, :]  # (P, K)
+        out = np.zeros((6, n_columns))
+        if nl.i.size == 0:
+            return out
+        unit = nl.vectors / np.where(nl.distances > 0, nl.distances, 1.0)[:, None]
+        for v, (a, b) in enumerate(((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))):
+            weights = derivatives * (0.5 * unit[:, a] * nl.vectors[:, b] / volume)[:, None]
+            out[v] = np.bincount(columns.ravel(), weights=weights.ravel(),
+                                 minlength=n_columns)
+        return out
+
     def predict(self, atoms: Atoms, species_index: np.ndarray, n_species: int,
                 coefficients: np.ndarray, forces: bool = True,
                 strain: bool = False) -> tuple[np.ndarray | None, ...]:

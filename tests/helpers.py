@@ -113,3 +113,28 @@ def exact_observations(descriptor, frames, species, energy=True, forces=True):
     n = len(frames)
     return exact.build_observations(results, index, len(species), np.full(n, energy),
                                     np.full(n, forces))
+
+
+def emt_strained_cells(n_frames, seed, stress_noise=0.0, n_repeat=(2, 1, 1), strain=0.03,
+                       rattle=0.05):
+    """Rattled, randomly strained fcc Cu cells labelled by EMT: energy, forces and stress.
+
+    ``stress_noise`` (eV/Å³) adds Gaussian noise to the stress labels only.
+    """
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n_frames):
+        atoms = bulk("Cu", "fcc", 3.6, cubic=True).repeat(n_repeat)
+        deformation = np.eye(3) + rng.uniform(-strain, strain, (3, 3))
+        atoms.set_cell(atoms.cell @ deformation, scale_atoms=True)
+        atoms.positions += rng.normal(0.0, rattle, atoms.positions.shape)
+        atoms.calc = EMT()
+        energy = atoms.get_potential_energy()
+        forces = atoms.get_forces()
+        stress = atoms.get_stress() + rng.normal(0.0, stress_noise, 6)
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces, stress=stress)
+        frames.append(atoms)
+    return frames

@@ -104,11 +104,12 @@ def test_optimize_false_keeps_given_values(ethanol_frames, small_soap):
 
 
 def test_log_marginal_likelihood_gradient(fitted_ethanol):
-    theta = np.log([2.0, 0.005, 0.08])
+    theta = np.log([2.0, 0.005, 0.08, 0.001])
     value, grad = fitted_ethanol.log_marginal_likelihood(theta, eval_gradient=True)
+    assert grad[3] == 0.0  # no stress observations
     h = 1e-6
     for t in range(3):
-        step = np.zeros(3)
+        step = np.zeros(4)
         step[t] = h
         fd = (fitted_ethanol.log_marginal_likelihood(theta + step)
               - fitted_ethanol.log_marginal_likelihood(theta - step)) / (2 * h)

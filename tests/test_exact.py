@@ -89,7 +89,7 @@ def test_log_marginal_likelihood_gradient(per_element, ethanol_frames, small_soa
     K0 = exact.prior_covariance(obs, NormalizedDotProduct(2), per_element=per_element)
     y = np.random.default_rng(0).normal(size=obs.n_obs)
     sigmas = [0.7, 1.5, 2.5] if per_element else [1.5]
-    theta = np.log(sigmas + [0.01, 0.2])
+    theta = np.log(sigmas + [0.01, 0.2, 0.001])
     value, gradient = exact.log_marginal_likelihood(theta, K0, y, obs, eval_gradient=True)
     assert gradient.shape == theta.shape
     h = 1e-5
@@ -107,7 +107,7 @@ def test_log_marginal_likelihood_gradient(per_element, ethanol_frames, small_soa
     if per_element:
         np.testing.assert_allclose(sum(K0), exact.prior_covariance(obs, NormalizedDotProduct(2)),
                                    rtol=1e-12, atol=1e-12)
-        with pytest.raises(ValueError, match="expected 5 log hyperparameters"):
+        with pytest.raises(ValueError, match="expected 6 log hyperparameters"):
             exact.log_marginal_likelihood(theta[1:], K0, y, obs)
 
 
@@ -126,7 +126,8 @@ def test_posterior_matches_dense_gp(fitted_exact, ethanol_frames, small_soap):
     np.testing.assert_allclose(prediction.forces.ravel(), mean[1:], rtol=1e-7, atol=1e-9)
     K_ss = sigma2 * exact.covariance(obs_test, obs_test, model.kernel_)
     K_y = sigma2 * model.posterior_.prior_covariance() + np.diag(exact.noise_variances(
-        np.log([model.signal_std_, model.energy_noise_, model.force_noise_]),
+        np.log([model.signal_std_, model.energy_noise_, model.force_noise_,
+                model.stress_noise_]),
         post.observations))
     var = np.diag(K_ss) - np.einsum("ij,ji->i", K_star, np.linalg.solve(K_y, K_star.T))
     assert prediction.energy_var_posterior == pytest.approx(var[0], rel=1e-5, abs=1e-12)
@@ -294,7 +295,7 @@ def test_save_load_is_bit_for_bit(fitted_exact, ethanol_frames, tmp_path):
     for a, b in zip(fitted_exact.predict_structure(ethanol_frames[33], variance=True),
                     loaded.predict_structure(ethanol_frames[33], variance=True), strict=True):
         np.testing.assert_array_equal(a, b)
-    theta = np.log([1.0, 0.01, 0.1])
+    theta = np.log([1.0, 0.01, 0.1, 0.001])
     assert loaded.log_marginal_likelihood(theta) == pytest.approx(
         fitted_exact.log_marginal_likelihood(theta), rel=1e-10)
     # a tampered training structure is caught by the checksum

@@ -71,7 +71,7 @@ def test_arrays_round_trip_predicts_the_same(request, frames, soap, name):
         np.testing.assert_array_equal(x.forces_var_projection, 0.0)
     sigmas = np.sqrt(posterior.signal_variances()) if name == "per_element" \
         else [posterior.signal_std]
-    theta = np.log([*sigmas, 0.01, 0.1])
+    theta = np.log([*sigmas, 0.01, 0.1, 0.001])
     value, grad = restored.log_marginal_likelihood(theta, eval_gradient=True)
     value_ref, grad_ref = posterior.log_marginal_likelihood(theta, eval_gradient=True)
     assert value == pytest.approx(value_ref, rel=1e-10)

@@ -57,6 +57,58 @@ def test_lml_gradient_equals_finite_differences(problem, params):
         assert grad[t] == pytest.approx(fd, rel=1e-6, abs=1e-6)
 
 
+def _stress_problem(problem):
+    """The fixture's problem with its last 12 force rows recast as two cells' stresses."""
+    K_mm, K_nm, n_atoms, y, n_E = problem
+    L = np.linalg.cholesky(K_mm)
+    Kw = sla.solve_triangular(L, K_nm.T, lower=True).T
+    n_S = 12
+    Kw_E, Kw_F, Kw_S = Kw[:n_E], Kw[n_E:-n_S], Kw[-n_S:]
+    y_E, y_F, y_S = y[:n_E], y[n_E:-n_S], 0.01 * y[-n_S:]
+    stats = gp.whitened_statistics(Kw_E, n_atoms, y_E, Kw_F, y_F, Kw_S=Kw_S, y_S=y_S)
+    return K_mm, K_nm, n_atoms, np.concatenate([y_E, y_F, y_S]), n_E, n_S, stats
+
+
+@pytest.mark.parametrize("params", [(1.0, 0.1, 0.3, 0.002), (3.0, 0.01, 0.05, 0.05),
+                                    (0.2, 1.0, 2.0, 1e-3)])
+def test_lml_with_stress_rows_equals_dense_gaussian(problem, params):
+    K_mm, K_nm, n_atoms, y, n_E, n_S, stats = _stress_problem(problem)
+    sigma, se, sf, ss = params
+    Q = sigma**2 * K_nm @ np.linalg.solve(K_mm, K_nm.T)
+    n_F = len(y) - n_E - n_S
+    noise = np.concatenate([se**2 * n_atoms, np.full(n_F, sf**2), np.full(n_S, ss**2)])
+    expected = multivariate_normal(cov=Q + np.diag(noise)).logpdf(y)
+    assert gp.log_marginal_likelihood(np.log(params), stats) == pytest.approx(expected,
+                                                                              rel=1e-9)
+    # finite differences of the four noise parameters
+    theta = np.log(params)
+    _, grad = gp.log_marginal_likelihood(theta, stats, eval_gradient=True)
+    assert grad.shape == (4,)
+    h = 1e-6
+    for t in range(4):
+        step = np.zeros(4)
+        step[t] = h
+        fd = (gp.log_marginal_likelihood(theta + step, stats)
+              - gp.log_marginal_likelihood(theta - step, stats)) / (2 * h)
+        assert grad[t] == pytest.approx(fd, rel=1e-6, abs=1e-6)
+
+
+def test_lml_with_stress_rows_needs_the_stress_noise(problem):
+    *_, stats = _stress_problem(problem)
+    with pytest.raises(ValueError, match="σ_S"):
+        gp.log_marginal_likelihood(np.log([1.0, 0.1, 0.3]), stats)
+
+
+def test_lml_without_stress_rows_takes_three_or_four_parameters(problem):
+    K_mm, K_nm, n_atoms, y, n_E = problem
+    _, _, stats = _stats(K_mm, K_nm, n_atoms, y, n_E)
+    three, g3 = gp.log_marginal_likelihood(np.log([1.0, 0.1, 0.3]), stats, True)
+    four, g4 = gp.log_marginal_likelihood(np.log([1.0, 0.1, 0.3, 0.7]), stats, True)
+    assert four == three
+    np.testing.assert_array_equal(g4[:3], g3)
+    assert g4[3] == 0.0
+
+
 def test_lml_without_energies_or_forces(problem):
     K_mm, K_nm, n_atoms, y, n_E = problem
     L = np.linalg.cholesky(K_mm)

@@ -29,7 +29,7 @@ from kernelpot.hyperparameters import (
 )
 
 BOUNDS = {"signal_std_bounds": (1e-2, 1e2), "energy_noise_bounds": (1e-4, 1.0),
-          "force_noise_bounds": (1e-4, 10.0)}
+          "force_noise_bounds": (1e-4, 10.0), "stress_noise_bounds": (1e-6, 1.0)}
 
 
 def _search(n_restarts=0):
@@ -69,13 +69,15 @@ def test_fitted_names_rejects_unknown_names():
 
 def test_free_mask_leaves_uninformed_noise_fixed():
     every = set(HYPERPARAMETERS)
-    assert free_mask(every, 5, 30) == [True, True, True]
-    assert free_mask(every, 0, 30) == [True, False, True]
-    assert free_mask(every, 5, 0) == [True, True, False]
-    assert free_mask({"energy_noise"}, 0, 30) == [False, False, False]
-    assert free_mask({"force_noise", "kernel"}, 5, 30) == [False, False, True]
-    assert free_mask(every, 5, 30, n_signal=3) == [True, True, True, True, True]
-    assert free_mask({"energy_noise"}, 5, 0, n_signal=2) == [False, False, True, False]
+    assert free_mask(every, 5, 30) == [True, True, True, False]
+    assert free_mask(every, 5, 30, n_stress=12) == [True, True, True, True]
+    assert free_mask(every - {"stress_noise"}, 5, 30, n_stress=12) == [True, True, True, False]
+    assert free_mask(every, 0, 30) == [True, False, True, False]
+    assert free_mask(every, 5, 0) == [True, True, False, False]
+    assert free_mask({"energy_noise"}, 0, 30) == [False, False, False, False]
+    assert free_mask({"force_noise", "kernel"}, 5, 30) == [False, False, True, False]
+    assert free_mask(every, 5, 30, n_signal=3) == [True, True, True, True, True, False]
+    assert free_mask({"energy_noise"}, 5, 0, n_signal=2) == [False, False, True, False, False]
 
 
 def test_values_kept_where_fixed_returns_given_values_exactly():
@@ -112,7 +114,8 @@ def test_force_noise_at_upper_bound_warns_only_when_free():
 # -- check_hyperparameter_values ----------------------------------------------------------
 
 def _estimator(**changes):
-    values = {"signal_std": 1.0, "energy_noise": 0.002, "force_noise": 0.05, **BOUNDS}
+    values = {"signal_std": 1.0, "energy_noise": 0.002, "force_noise": 0.05,
+              "stress_noise": 0.001, **BOUNDS}
     values.update(changes)
     return SimpleNamespace(**values)
 
@@ -145,20 +148,21 @@ def test_check_hyperparameter_values_names_the_parameter(changes, message):
 
 # -- NoiseSearch on synthetic likelihoods -------------------------------------------------
 
-HESSIAN = np.array([[4.0, 1.0, 0.5], [1.0, 3.0, -0.8], [0.5, -0.8, 2.0]])
-OPTIMUM = np.log([3.0, 0.01, 0.2])  # inside the bounds
+HESSIAN = np.array([[4.0, 1.0, 0.5, 0.2], [1.0, 3.0, -0.8, 0.0], [0.5, -0.8, 2.0, 0.3],
+                    [0.2, 0.0, 0.3, 1.0]])
+OPTIMUM = np.log([3.0, 0.01, 0.2, 0.003])  # inside the bounds
 
 
 def test_noise_search_finds_a_known_maximum():
-    start = np.log([1.0, 0.002, 0.05])
+    start = np.log([1.0, 0.002, 0.05, 0.001])
     found = _search().optimize(_quadratic(OPTIMUM, HESSIAN), start,
-                               np.random.RandomState(0), [True, True, True])
+                               np.random.RandomState(0), [True] * 4)
     np.testing.assert_allclose(found, OPTIMUM, atol=1e-5)
 
 
 def test_noise_search_keeps_fixed_entries_exactly():
-    start = np.log([1.0, 0.002, 0.05])
-    free = [True, False, True]
+    start = np.log([1.0, 0.002, 0.05, 0.001])
+    free = [True, False, True, True]
     found = _search(n_restarts=3).optimize(_quadratic(OPTIMUM, HESSIAN), start,
                                            np.random.RandomState(0), free)
     assert found[1] == start[1]  # exact: a fixed entry never moves
@@ -170,30 +174,30 @@ def test_noise_search_keeps_fixed_entries_exactly():
 
 
 def test_noise_search_keeps_a_fixed_entry_outside_its_bounds():
-    start = np.log([1.0, 5.0, 0.05])  # energy noise above its upper bound 1.0, fixed
+    start = np.log([1.0, 5.0, 0.05, 0.001])  # energy noise above its upper bound 1.0, fixed
     found = _search(n_restarts=2).optimize(_quadratic(OPTIMUM, HESSIAN), start,
-                                           np.random.RandomState(1), [True, False, True])
+                                           np.random.RandomState(1), [True, False, True, True])
     assert found[1] == start[1]
 
 
 def test_noise_search_stops_at_the_bound_and_clips_starts():
     seen = []
-    outside = np.log([3.0, 0.01, 1e3])  # force noise optimum above its bound 10 eV/Å
-    quadratic = _quadratic(outside, np.diag([2.0, 2.0, 2.0]))
+    outside = np.log([3.0, 0.01, 1e3, 0.003])  # force noise optimum above its bound 10 eV/Å
+    quadratic = _quadratic(outside, np.diag([2.0, 2.0, 2.0, 2.0]))
 
     def likelihood(theta):
         seen.append(np.array(theta))
         return quadratic(theta)
 
-    start = np.log([1e4, 1e-6, 50.0])  # every entry outside its bounds
-    extra = np.log([1e-5, 10.0, 1e-6])
+    start = np.log([1e4, 1e-6, 50.0, 100.0])  # every entry outside its bounds
+    extra = np.log([1e-5, 10.0, 1e-6, 1e-8])
     found = _search(n_restarts=2).optimize(likelihood, start, np.random.RandomState(0),
-                                           [True, True, True], extra_starts=[extra])
+                                           [True] * 4, extra_starts=[extra])
     low = np.log([BOUNDS[k][0] for k in BOUNDS])
     high = np.log([BOUNDS[k][1] for k in BOUNDS])
     seen = np.array(seen)
     assert np.all(seen >= low - 1e-12) and np.all(seen <= high + 1e-12)
-    np.testing.assert_allclose(found, [np.log(3.0), np.log(0.01), np.log(10.0)], atol=1e-5)
+    np.testing.assert_allclose(found, np.log([3.0, 0.01, 10.0, 0.003]), atol=1e-5)
 
 
 def test_noise_search_uses_extra_starts_and_restarts():
@@ -206,13 +210,13 @@ def test_noise_search_uses_extra_starts_and_restarts():
                          *(-1e-3 * theta[1:])])
         return value, grad
 
-    start = np.array([-2.2, -3.0, -1.0])
-    free = [True, False, False]
+    start = np.array([-2.2, -3.0, -1.0, -7.0])
+    free = [True, False, False, False]
     search = _search()
     local = search.optimize(likelihood, start, np.random.RandomState(0), free)
     np.testing.assert_allclose(local[0], -2.0, atol=1e-4)
     best = search.optimize(likelihood, start, np.random.RandomState(0), free,
-                           extra_starts=[np.array([2.5, 0.0, 0.0])])
+                           extra_starts=[np.array([2.5, 0.0, 0.0, 0.0])])
     np.testing.assert_allclose(best[0], 3.0, atol=1e-4)
     np.testing.assert_allclose(best[1:], start[1:], rtol=0, atol=0)  # fixed entries kept
     restarted = search.optimize(likelihood, start, np.random.RandomState(0), free, restarts=20)
@@ -226,10 +230,10 @@ def test_noise_search_keeps_the_start_when_the_likelihood_fails_everywhere():
         calls.append(1)
         return -np.inf, np.zeros_like(theta)
 
-    start = np.log([1e4, 0.002, 0.05])  # outside the bounds: returned as given
+    start = np.log([1e4, 0.002, 0.05, 0.001])  # outside the bounds: returned as given
     with pytest.warns(ConvergenceWarning, match="Test: the marginal likelihood could not"):
         found = _search(n_restarts=2).optimize(likelihood, start, np.random.RandomState(0),
-                                               [True, True, True])
+                                               [True] * 4)
     np.testing.assert_array_equal(found, start)
     assert len(calls) >= 3  # every start was tried
 
@@ -238,10 +242,9 @@ def test_noise_search_with_nan_likelihood_keeps_the_start():
     def likelihood(theta):
         return np.nan, np.full_like(theta, np.nan)
 
-    start = np.log([1.0, 0.002, 0.05])
+    start = np.log([1.0, 0.002, 0.05, 0.001])
     with pytest.warns(ConvergenceWarning):
-        found = _search().optimize(likelihood, start, np.random.RandomState(0),
-                                   [True, True, True])
+        found = _search().optimize(likelihood, start, np.random.RandomState(0), [True] * 4)
     np.testing.assert_array_equal(found, start)
 
 
@@ -250,11 +253,11 @@ def test_noise_search_avoids_a_region_where_the_likelihood_fails():
 
     def likelihood(theta):
         if theta[0] > np.log(20.0):  # cannot be evaluated for large σ
-            return -np.inf, np.zeros(3)
+            return -np.inf, np.zeros(4)
         return quadratic(theta)
 
-    found = _search(n_restarts=4).optimize(likelihood, np.log([1.0, 0.002, 0.05]),
-                                           np.random.RandomState(3), [True, True, True])
+    found = _search(n_restarts=4).optimize(likelihood, np.log([1.0, 0.002, 0.05, 0.001]),
+                                           np.random.RandomState(3), [True] * 4)
     np.testing.assert_allclose(found, OPTIMUM, atol=1e-5)
 
 
@@ -278,9 +281,10 @@ def _synthetic_statistics(seed=0, n_energy=8, n_force=60, n_columns=5, theta=0.0
 
 def test_noise_search_on_whitened_statistics():
     stats, _ = _synthetic_statistics()
-    start = np.log([1.0, 0.002, 0.05])
+    start = np.log([1.0, 0.002, 0.05, 0.001])
     search = _search(n_restarts=2)
-    found = search.optimize(stats, start, np.random.RandomState(0), [True, True, True])
+    free = [True, True, True, False]  # no stress rows: σ_S is not informed
+    found = search.optimize(stats, start, np.random.RandomState(0), free)
     value, grad = gp.log_marginal_likelihood(found, stats, eval_gradient=True)
     assert value > gp.log_marginal_likelihood(start, stats)
     # an interior maximum: the gradient vanishes
@@ -290,7 +294,7 @@ def test_noise_search_on_whitened_statistics():
     np.testing.assert_allclose(grad, 0.0, atol=1e-3)
     # the statistics and the callable on them are the same search
     same = search.optimize(lambda t: gp.log_marginal_likelihood(t, stats, eval_gradient=True),
-                           start, np.random.RandomState(0), [True, True, True])
+                           start, np.random.RandomState(0), free)
     np.testing.assert_allclose(same, found, rtol=0, atol=1e-12)
 
 
@@ -336,8 +340,8 @@ def test_kernel_profile_search_maximises_the_profile():
         return stats, gradient
 
     search = _search()
-    start = np.log([1.0, 0.01, 0.1])
-    free = [True, True, True]
+    start = np.log([1.0, 0.01, 0.1, 0.001])
+    free = [True, True, True, False]
     kernel, inner = kernel_profile_search(_MixKernel(0.0), start, free, likelihood_at,
                                           search, seed=0, owner="Test")
 
@@ -359,7 +363,7 @@ def test_kernel_profile_search_maximises_the_profile():
 
 def test_kernel_profile_search_without_free_noise_keeps_it():
     _, statistics = _synthetic_statistics(seed=2)
-    start = np.log([2.0, 0.05, 0.3])
+    start = np.log([2.0, 0.05, 0.3, 0.001])
 
     def likelihood_at(trial):
         t = float(trial.theta[0])
@@ -371,7 +375,7 @@ def test_kernel_profile_search_without_free_noise_keeps_it():
 
         return statistics(t), gradient
 
-    kernel, inner = kernel_profile_search(_MixKernel(-0.5), start, [False, False, False],
+    kernel, inner = kernel_profile_search(_MixKernel(-0.5), start, [False] * 4,
                                           likelihood_at, _search(), seed=0, owner="Test")
     np.testing.assert_array_equal(inner, start)
     grid = np.linspace(-1.0, 2.0, 61)
@@ -402,5 +406,6 @@ def test_search_on_subset_fits_a_clone_on_the_chosen_structures():
     assert kernel.theta[0] != estimator.kernel.theta[0]  # the search moved it
     # unfitted noise levels: the given values; the fitted signal std: the subset's
     np.testing.assert_allclose(start[1:], np.log([estimator.energy_noise,
-                                                  estimator.force_noise]), rtol=0, atol=0)
+                                                  estimator.force_noise,
+                                                  estimator.stress_noise]), rtol=0, atol=0)
     np.testing.assert_allclose(start[0], np.log(direct.signal_std_), rtol=1e-12)

@@ -48,11 +48,11 @@ def test_fitted_sigmas_differ_and_raise_the_likelihood(per_element, ethanol_fram
     assert per_element.log_marginal_likelihood_value_ \
         >= shared.log_marginal_likelihood_value_ - 1e-6
     theta = np.log([sigma["H"], sigma["C"], sigma["O"], per_element.energy_noise_,
-                    per_element.force_noise_])
+                    per_element.force_noise_, per_element.stress_noise_])
     value, gradient = per_element.log_marginal_likelihood(theta, eval_gradient=True)
     assert value == pytest.approx(per_element.log_marginal_likelihood_value_, rel=1e-10)
-    assert gradient.shape == (5,)
-    with pytest.raises(ValueError, match=r"theta must have shape \(5,\)"):
+    assert gradient.shape == (6,)
+    with pytest.raises(ValueError, match=r"theta must have shape \(6,\)"):
         per_element.log_marginal_likelihood(theta[:3])
 
 
@@ -70,7 +70,8 @@ def test_posterior_matches_the_dense_gp(per_element, ethanol_frames, small_soap)
     np.testing.assert_allclose(prediction.forces.ravel(), mean[1:], rtol=1e-7, atol=1e-9)
     K_y = exact.covariance(post.observations, post.observations, model.kernel_,
                            weights=weights) \
-        + np.diag(exact.noise_variances(np.log([model.energy_noise_, model.force_noise_]),
+        + np.diag(exact.noise_variances(np.log([model.energy_noise_, model.force_noise_,
+                                                                model.stress_noise_]),
                                         post.observations))
     K_ss = exact.covariance(obs_test, obs_test, model.kernel_, weights=weights)
     var = np.diag(K_ss) - np.einsum("ij,ji->i", K_star, np.linalg.solve(K_y, K_star.T))
@@ -112,7 +113,7 @@ def test_save_load_is_bit_for_bit(per_element, ethanol_frames, tmp_path):
     for a, b in zip(per_element.predict_structure(ethanol_frames[33], variance=True),
                     loaded.predict_structure(ethanol_frames[33], variance=True), strict=True):
         np.testing.assert_array_equal(a, b)
-    theta = np.log([1.0, 2.0, 3.0, 0.01, 0.1])
+    theta = np.log([1.0, 2.0, 3.0, 0.01, 0.1, 0.001])
     assert loaded.log_marginal_likelihood(theta) == pytest.approx(
         per_element.log_marginal_likelihood(theta), rel=1e-10)
 

@@ -191,7 +191,8 @@ class Descriptor(BaseEstimator):
         return map_list(self.compute, frames, n_jobs=n_jobs, verbose=verbose,
                         desc=type(self).__name__, unit="frame")
 
-    def compute_all(self, frames: Sequence[Atoms], imap) -> list[DescriptorResult]:
+    def compute_all(self, frames: Sequence[Atoms], imap,
+                    strain: Sequence[bool] | None = None) -> list[DescriptorResult]:
         """Compute every frame through ``imap``, the estimator's ordered parallel map.
 
         Parameters
@@ -201,6 +202,8 @@ class Descriptor(BaseEstimator):
         imap : callable
             ``imap(fn, items, desc)`` yielding ``fn(item)`` in order (with the caller's
             jobs and progress bar).
+        strain : sequence of bool, optional
+            Per frame, also the strain gradients (``compute(atoms, strain=True)``).
 
         Returns
         -------
@@ -208,6 +211,10 @@ class Descriptor(BaseEstimator):
             One per frame, in order. A descriptor that computes several structures
             at once more cheaply (featomic's) maps over batches instead of frames.
         """
+        if strain is not None and any(strain):
+            frames = list(frames)
+            return list(imap(lambda k: self.compute(frames[k], strain=bool(strain[k])),
+                             range(len(frames)), "descriptors"))
         return list(imap(self.compute, frames, "descriptors"))
 
     # -- to implement -----------------------------------------------------------------

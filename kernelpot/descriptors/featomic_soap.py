@@ -327,7 +327,7 @@ class FeatomicSOAP(Descriptor):
     #: Structures per featomic call in :meth:`compute_many`.
     batch_size = 64
 
-    def compute_all(self, frames, imap) -> list[DescriptorResult]:
+    def compute_all(self, frames, imap, strain=None) -> list[DescriptorResult]:
         """Compute every frame through ``imap``, ``batch_size`` structures per call.
 
         Parameters
@@ -336,6 +336,8 @@ class FeatomicSOAP(Descriptor):
             The structures, in order.
         imap : callable
             ``imap(fn, items, desc)``, the estimator's ordered parallel map.
+        strain : sequence of bool, optional
+            Per frame, also the strain gradients; then frame by frame.
 
         Returns
         -------
@@ -343,6 +345,9 @@ class FeatomicSOAP(Descriptor):
             One per frame, in order; equal to :meth:`compute` of each.
         """
         frames = list(frames)
+        if strain is not None and any(strain):
+            return list(imap(lambda k: self.compute(frames[k], strain=bool(strain[k])),
+                             range(len(frames)), "descriptors"))
         batches = [frames[k:k + self.batch_size]
                    for k in range(0, len(frames), self.batch_size)]
         done = imap(lambda batch: self.compute_many(batch), batches, "descriptors")

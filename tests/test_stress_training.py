@@ -1,0 +1,183 @@
+"""Training on stresses: labels, design rows, the likelihood's stress noise, the fit."""
+
+import warnings
+
+import numpy as np
+import pytest
+from ase.build import bulk, molecule
+from ase.calculators.singlepoint import SinglePointCalculator
+from helpers import emt_strained_cells
+
+from kernelpot import SOAP, SparseGPPotential, TwoBody, gp, load
+from kernelpot._labels import read_labels
+from kernelpot.design import with_two_body
+
+CU_SOAP = SOAP(["Cu"], r_cut=4.0, n_max=4, l_max=3, sigma=0.5)
+
+
+@pytest.fixture(scope="module")
+def cells():
+    return emt_strained_cells(14, seed=0)
+
+
+@pytest.fixture(scope="module")
+def stress_model(cells):
+    return SparseGPPotential(CU_SOAP, two_body=TwoBody(r_cut=4.0, n_basis=6),
+                             method="sparse", random_state=0).fit(cells[:8])
+
+
+# -- labels ----------------------------------------------------------------------------------
+
+def test_read_labels_reads_stresses_of_periodic_cells_only(cells):
+    cell = cells[0]
+    water = molecule("H2O")
+    water.calc = SinglePointCalculator(water, energy=-1.0, forces=np.zeros((3, 3)),
+                                       stress=np.ones(6))
+    matrix = cell.copy()
+    voigt = cell.get_stress()
+    full = np.array([[voigt[0], voigt[5], voigt[4]], [voigt[5], voigt[1], voigt[3]],
+                     [voigt[4], voigt[3], voigt[2]]])
+    matrix.calc = SinglePointCalculator(matrix, energy=1.0, stress=full)
+    labels = read_labels([cell, water, matrix], "Test", stress=True)
+    np.testing.assert_array_equal(labels.has_stress, [True, False, True])
+    np.testing.assert_array_equal(labels.stresses[0], voigt)
+    np.testing.assert_allclose(labels.stresses[2], voigt, rtol=0, atol=0)
+    assert read_labels([cell], "Test").stresses is None  # not asked for
+    assert not read_labels([cell], "Test").has_stress.any()
+
+
+@pytest.mark.parametrize(("stress", "message"), [
+    (np.ones(5), r"Test: structure 0 has a stress of shape \(5,\)"),
+    (np.array([0.1, 0.2, np.nan, 0, 0, 0]), "Test: structure 0 has a non-finite stress"),
+    (np.arange(9.0).reshape(3, 3), "Test: structure 0 has a non-symmetric 3 x 3 stress"),
+])
+def test_read_labels_rejects_malformed_stresses(stress, message):
+    cell = bulk("Cu", "fcc", 3.6)
+    cell.calc = SinglePointCalculator(cell, energy=1.0, stress=stress)
+    with pytest.raises(ValueError, match=message):
+        read_labels([cell], "Test", stress=True)
+
+
+# -- design rows -------------------------------------------------------------------------------
+
+def _stress_rows(model, atoms):
+    post = model.posterior_
+    index = np.searchsorted(model.species_, atoms.numbers)
+    result = model.descriptor_.compute(atoms, strain=True)
+    rows = gp.design_rows(result, index, post.inducing, post.kernel, energy=True,
+                          forces=False, columns=post.columns, n_columns=post.weights.size,
+                          stress_volume=atoms.get_volume())
+    return with_two_body(rows, post.two_body, atoms, index, post.n_species, post.pair_columns)
+
+
+def test_stress_rows_predict_the_models_stress(stress_model, cells):
+    for atoms in cells[10:12]:
+        rows = _stress_rows(stress_model, atoms)
+        # the prediction goes through the closed-form mean map, the rows through the
+        # inducing sum: equal to round-off of the cancelling sums (measured 2e-9)
+        expected = stress_model.predict_stress([atoms])[0]
+        np.testing.assert_allclose(rows.stress @ stress_model.alpha_, expected, rtol=0,
+                                   atol=1e-8 * np.abs(expected).max())
+
+
+def test_stress_rows_equal_finite_differences_of_the_energy_row(stress_model, cells):
+    """σ_v row = (1/V) ∂(energy row)/∂ε_v under r → (1 + ε) r, for every column."""
+    atoms = cells[11]
+    rows = _stress_rows(stress_model, atoms)
+    volume = atoms.get_volume()
+    h = 1e-5
+    for v, (a, b) in enumerate([(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]):
+        eps = np.zeros((3, 3))
+        eps[a, b] = eps[b, a] = h if a != b else h  # symmetric strain
+        scale = 0.5 if a != b else 1.0  # ε_ab = ε_ba = h moves both off-diagonal slots
+        energy = []
+        for sign in (1, -1):
+            strained = atoms.copy()
+            strained.set_cell(atoms.cell @ (np.eye(3) + sign * eps), scale_atoms=True)
+            energy.append(_stress_rows(stress_model, strained).energy)
+        fd = scale * (energy[0] - energy[1]) / (2 * h) / volume
+        np.testing.assert_allclose(rows.stress[v], fd, rtol=1e-5,
+                                   atol=1e-5 * np.abs(fd).max())
+
+
+# -- the fit -----------------------------------------------------------------------------------
+
+def test_fit_trains_on_stresses_and_learns_their_noise(stress_model, cells):
+    stats = stress_model.posterior_.stats
+    assert stats.n_S == 6 * 8
+    assert stress_model.stress_noise_ != SparseGPPotential().stress_noise
+    without = SparseGPPotential(CU_SOAP, two_body=TwoBody(r_cut=4.0, n_basis=6),
+                                method="sparse", random_state=0,
+                                use_stress=False).fit(cells[:8])
+    assert without.posterior_.stats.n_S == 0
+    assert without.stress_noise_ == SparseGPPotential().stress_noise  # not informed
+
+
+def test_stress_training_predicts_new_cells_stress_better(cells):
+    train, test = cells[:4], cells[8:]
+    reference = np.array([a.get_stress() for a in test])
+    errors = {}
+    for use_stress in (True, False):
+        model = SparseGPPotential(CU_SOAP, method="sparse", random_state=0,
+                                  use_stress=use_stress).fit(train)
+        errors[use_stress] = np.sqrt(np.mean((model.predict_stress(test) - reference)**2))
+    assert errors[True] < 0.5 * errors[False], errors
+
+
+def test_noisy_stress_labels_give_a_larger_stress_noise():
+    fitted = {}
+    for noise in (0.0, 0.003):
+        frames = emt_strained_cells(10, seed=3, stress_noise=noise)
+        fitted[noise] = SparseGPPotential(CU_SOAP, method="sparse",
+                                          random_state=0).fit(frames).stress_noise_
+    assert fitted[0.003] > 3 * fitted[0.0], fitted
+    assert fitted[0.003] == pytest.approx(0.003, rel=0.6)
+
+
+def test_likelihood_gradient_in_the_stress_noise(stress_model):
+    theta = np.log([2.0, 0.003, 0.05, 0.002])
+    value, grad = stress_model.log_marginal_likelihood(theta, eval_gradient=True)
+    assert grad.shape == (4,)
+    h = 1e-4  # smaller steps drown in the round-off of the likelihood
+    for t in range(4):
+        step = np.zeros(4)
+        step[t] = h
+        fd = (stress_model.log_marginal_likelihood(theta + step)
+              - stress_model.log_marginal_likelihood(theta - step)) / (2 * h)
+        assert grad[t] == pytest.approx(fd, rel=1e-4, abs=1e-4)
+
+
+def test_save_load_keeps_the_stress_noise_and_statistics(stress_model, cells, tmp_path):
+    loaded = load(stress_model.save(tmp_path / "stress"))
+    assert loaded.stress_noise_ == stress_model.stress_noise_
+    assert loaded.log_marginal_likelihood() == stress_model.log_marginal_likelihood()
+    theta = np.log([1.0, 0.003, 0.05, 0.002])
+    assert loaded.log_marginal_likelihood(theta) == pytest.approx(
+        stress_model.log_marginal_likelihood(theta), rel=1e-12)
+    np.testing.assert_array_equal(loaded.predict_stress(cells[12:13]),
+                                  stress_model.predict_stress(cells[12:13]))
+
+
+@pytest.mark.parametrize("params", [{"method": "exact"},
+                                    {"method": "sparse", "incremental": True}])
+def test_models_without_stress_training_warn_and_ignore_stresses(cells, params):
+    with pytest.warns(UserWarning, match="8 training cells carry a stress, but"):
+        model = SparseGPPotential(CU_SOAP, random_state=0, **params).fit(cells[:8])
+    assert model.posterior_.loso is None or model.posterior_.loso.is_stress is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        SparseGPPotential(CU_SOAP, random_state=0, use_stress=False, **params).fit(cells[:8])
+
+
+def test_use_stress_must_be_a_bool(cells):
+    with pytest.raises(TypeError, match="use_stress must be True or False"):
+        SparseGPPotential(CU_SOAP, use_stress="yes").fit(cells[:2])
+
+
+def test_loso_calibration_leaves_stress_rows_out_of_the_force_terms(stress_model):
+    loso = stress_model.posterior_.loso
+    assert loso.is_stress is not None and loso.is_stress.sum() == 6 * 8
+    terms = loso.calibration_terms()
+    n_force = 3 * sum(len(a) for a in stress_model.posterior_.training_frames) \
+        if stress_model.posterior_.keeps_training_data else 3 * 8 * 8
+    assert len(terms["forces"][0]) == n_force
