@@ -162,9 +162,9 @@ pair of float
         three axes, ``atoms.get_stress()`` available; ASE's convention and Voigt
         order, eV/Å³): six more observations per cell, the strain derivatives of the
         summed local energies over the volume, with their own noise ``σ_S`` learned by
-        the likelihood. The sparse model trains on them; the exact model and
-        ``incremental=True`` do not yet (they warn and train on energies and forces).
-        ``False`` trains on energies and forces only.
+        the likelihood. Both methods train on them; ``incremental=True`` does not yet
+        (it warns and trains on energies and forces). ``False`` trains on energies and
+        forces only.
     e0 : "lstsq" or dict, default="lstsq"
         Reference energy per element: least squares of the training energies on
         the compositions (minimum norm), or a dict ``{element: eV}``.
@@ -506,15 +506,14 @@ pair of float
 
     def _without_untrained_stress(self, training: TrainingSet, method: str,
                                   owner: str) -> TrainingSet:
-        """Drop the stresses a model does not train on yet (exact, incremental), warning."""
+        """Drop the stresses an incremental model does not train on yet, warning."""
         n_stress = int(training.has_stress.sum())
-        if not n_stress or (method == "sparse" and not self.incremental):
+        if not n_stress or not self.incremental:
             return training
-        which = "the exact model" if method == "exact" else "incremental=True"
-        warnings.warn(f"{owner}: {n_stress} training cells carry a stress, but {which} does "
-                      "not train on stresses yet: training on their energies and forces "
-                      "(method='sparse' without incremental trains on stresses; "
-                      "use_stress=False silences this)", UserWarning, stacklevel=3)
+        warnings.warn(f"{owner}: {n_stress} training cells carry a stress, but "
+                      "incremental=True does not train on stresses yet: training on their "
+                      "energies and forces (use_stress=False silences this)", UserWarning,
+                      stacklevel=3)
         return dataclasses.replace(training,
                                    labels=training.labels._replace(stresses=None))
 

@@ -14,6 +14,10 @@ a descriptor Jacobian (``∂x_i/∂r_jc``, environment ``i = i_p``, force compon
   component, ``H = ∂²k/∂x∂y`` (:meth:`kernelpot.kernels.Kernel.accumulate_cross_hessian`,
   which never forms ``D × D`` matrices).
 
+A cell's stress enters as six more "force" components whose Jacobian rows are its
+symmetrised strain gradients over the volume (:func:`kernelpot.gp.stress_jacobian`):
+every formula above holds for them as written, with their own noise ``σ_S²``.
+
 The posterior mean is a local-energy function again,
 ``ε̄(x) = σ² Σ_j [c_j k(x, x_j) - ∂k(x, x_j)/∂y · b_j]`` over the training
 environments, with ``c_j`` the weight of the energy of ``j``'s structure and
@@ -81,6 +85,9 @@ class Observations(NamedTuple):
         Atoms in the structure of each energy observation.
     force_structure : ndarray of shape (n_force,)
         Structure of each force observation (non-decreasing).
+    is_stress : ndarray of bool of shape (n_force,) or None
+        Which "force" observations are stress components (each structure's six
+        follow its force components); ``None``: none.
     """
 
     features: list
@@ -90,6 +97,7 @@ class Observations(NamedTuple):
     row_force: list
     energy_atoms: np.ndarray
     force_structure: np.ndarray
+    is_stress: np.ndarray | None = None
 
     @property
     def n_energy(self) -> int:
@@ -98,8 +106,13 @@ class Observations(NamedTuple):
 
     @property
     def n_force(self) -> int:
-        """Number of force observations (components, three per atom)."""
+        """Number of force-like observations (three per atom, six per stressed cell)."""
         return len(self.force_structure)
+
+    @property
+    def n_stress(self) -> int:
+        """Number of stress observations (six per cell with a stress)."""
+        return 0 if self.is_stress is None else int(self.is_stress.sum())
 
     @property
     def n_obs(self) -> int:
@@ -109,7 +122,8 @@ class Observations(NamedTuple):
 
 def build_observations(results: list[DescriptorResult], species_indices: list[np.ndarray],
                        n_species: int, has_energy: ArrayLike,
-                       has_forces: ArrayLike) -> Observations:
+                       has_forces: ArrayLike,
+                       stress_volumes: ArrayLike | None = None) -> Observations:
     """Group descriptors and Jacobian rows of labelled structures by element.
 
     Parameters
@@ -121,6 +135,10 @@ def build_observations(results: list[DescriptorResult], species_indices: list[np
     has_energy, has_forces : array-like of bool, shape (n_structures,)
         Which labels each structure contributes (energies first, then forces, in
         structure order).
+    stress_volumes : array-like of shape (n_structures,), optional
+        The cell volume (Å³) of each structure with a stress label, NaN for the others
+        (their results computed with ``strain=True``): its six stress components follow
+        its force components.
 
     Returns
     -------
@@ -128,10 +146,14 @@ def build_observations(results: list[DescriptorResult], species_indices: list[np
     """
     has_energy = np.asarray(has_energy, dtype=bool)
     has_forces = np.asarray(has_forces, dtype=bool)
+    volumes = np.full(len(results), np.nan) if stress_volumes is None \
+        else np.asarray(stress_volumes, dtype=np.float64)
+    has_stress = ~np.isnan(volumes)
     n_features = results[0].n_features if results else 0
     energy_index = np.where(has_energy, np.cumsum(has_energy) - 1, -1)
     n_atoms = np.array([r.n_atoms for r in results], dtype=np.int64)
-    force_start = np.concatenate([[0], np.cumsum(3 * n_atoms * has_forces)])
+    n_components = 3 * n_atoms * has_forces + 6 * has_stress
+    force_start = np.concatenate([[0], np.cumsum(n_components)])
     parts = {name: [[] for _ in range(n_species)]
              for name in ("features", "env_energy", "rows", "row_env", "row_force")}
     offset = np.zeros(n_species, dtype=np.int64)
@@ -145,17 +167,19 @@ def build_observations(results: list[DescriptorResult], species_indices: list[np
             parts["features"][s].append(result.features[atoms_s])
             parts["env_energy"][s].append(np.full(atoms_s.size, energy_index[k]))
             offset[s] += atoms_s.size
-        if not has_forces[k]:
-            continue
-        centre, moved = result.pairs[:, 0], result.pairs[:, 1]
-        for s in range(n_species):
-            sel = np.flatnonzero(index[centre] == s)
-            if sel.size == 0:
-                continue
-            parts["rows"][s].append(result.gradients[sel].reshape(-1, n_features))
-            parts["row_env"][s].append(np.repeat(local[centre[sel]], 3))
-            parts["row_force"][s].append(
-                (force_start[k] + 3 * moved[sel][:, None] + np.arange(3)).ravel())
+        jacobians = ([(result, force_start[k])] if has_forces[k] else []) + (
+            [(gp.stress_jacobian(result, volumes[k]),
+              force_start[k] + 3 * result.n_atoms * has_forces[k])] if has_stress[k] else [])
+        for jacobian, first in jacobians:
+            centre, moved = jacobian.pairs[:, 0], jacobian.pairs[:, 1]
+            for s in range(n_species):
+                sel = np.flatnonzero(index[centre] == s)
+                if sel.size == 0:
+                    continue
+                parts["rows"][s].append(jacobian.gradients[sel].reshape(-1, n_features))
+                parts["row_env"][s].append(np.repeat(local[centre[sel]], 3))
+                parts["row_force"][s].append(
+                    (first + 3 * moved[sel][:, None] + np.arange(3)).ravel())
 
     def joined(name, s, shape, dtype, order=None):
         chunks = parts[name][s]
@@ -175,7 +199,11 @@ def build_observations(results: list[DescriptorResult], species_indices: list[np
         row_env=[joined("row_env", s, (0,), np.int64, order) for s in range(n_species)],
         row_force=[joined("row_force", s, (0,), np.int64, order) for s in range(n_species)],
         energy_atoms=n_atoms[has_energy],
-        force_structure=np.repeat(np.arange(len(results)), 3 * n_atoms * has_forces))
+        force_structure=np.repeat(np.arange(len(results)), n_components),
+        is_stress=np.concatenate([np.r_[np.zeros(3 * n * f, bool), np.ones(6 * s, bool)]
+                                  for n, f, s in zip(n_atoms, has_forces, has_stress,
+                                                     strict=True)])
+        if has_stress.any() else None)
 
 
 def _one_hot(index: np.ndarray, n_rows: int) -> sp.csr_matrix:
@@ -293,13 +321,15 @@ def prior_covariance(obs: Observations, kernel: Kernel,
 
 
 def noise_variances(log_params: np.ndarray, obs: Observations) -> np.ndarray:
-    """Diagonal noise of the observations: ``σ_E² N`` per energy, ``σ_F²`` per component.
+    """Diagonal noise: ``σ_E² N`` per energy, ``σ_F²`` per force and ``σ_S²`` per stress.
 
     ``log_params`` ends with ``log σ_E, log σ_F, log σ_S`` (after one or more signal
-    stds; the exact model has no stress observations, so ``σ_S`` enters nothing).
+    stds).
     """
-    return np.concatenate([np.exp(2 * log_params[-3]) * obs.energy_atoms,
-                           np.full(obs.n_force, np.exp(2 * log_params[-2]))])
+    force = np.full(obs.n_force, np.exp(2 * log_params[-2]))
+    if obs.is_stress is not None:
+        force[obs.is_stress] = np.exp(2 * log_params[-1])
+    return np.concatenate([np.exp(2 * log_params[-3]) * obs.energy_atoms, force])
 
 
 def _parts(K0) -> list:
@@ -355,7 +385,7 @@ def log_marginal_likelihood(log_params: np.ndarray, K0: np.ndarray | Sequence[np
 
     ``K0`` is one prior covariance, or a list of per-element parts with one signal
     std each (``log_params = log (σ_1, …, σ_n, σ_E, σ_F, σ_S)``, see :func:`factor`).
-    The gradient in ``σ_S`` is zero (no stress observations).
+    The gradient in ``σ_S`` is zero without stress observations.
 
     Notes
     -----
@@ -378,7 +408,6 @@ def log_marginal_likelihood(log_params: np.ndarray, K0: np.ndarray | Sequence[np
     if not eval_gradient:
         return value
     noise = noise_variances(log_params, obs)
-    nE = obs.n_energy
     if len(parts) == 1:
         L_inv, info = sla.lapack.dtrtri(L, lower=1, overwrite_c=1)  # L is not needed again
         if info != 0:
@@ -386,8 +415,8 @@ def log_marginal_likelihood(log_params: np.ndarray, K0: np.ndarray | Sequence[np
         k_inv_diag = np.einsum("ij,ij->j", L_inv, L_inv)  # the upper half of L (and L⁻¹) is 0
         del L_inv
         per_obs = noise * (a**2 - k_inv_diag)
-        return value, np.array([float(a @ y - n - per_obs.sum()), float(per_obs[:nE].sum()),
-                                float(per_obs[nE:].sum()), 0.0])
+        return value, np.array([float(a @ y - n - per_obs.sum()),
+                                *_noise_gradient(per_obs, obs)])
     # the whole K_y⁻¹, lower triangle (the upper one keeps L's zeros): Σ_ij (K_y⁻¹)_ij
     # (K0_s)_ij = 2 Σ_(i≥j) - Σ_(i=j) for the symmetric parts
     K_inv, info = sla.lapack.dpotri(L, lower=1, overwrite_c=1)
@@ -395,13 +424,23 @@ def log_marginal_likelihood(log_params: np.ndarray, K0: np.ndarray | Sequence[np
         return (-np.inf, np.zeros(len(log_params)))
     k_inv_diag = np.diagonal(K_inv).copy()
     per_obs = noise * (a**2 - k_inv_diag)
-    noise_gradient = [float(per_obs[:nE].sum()), float(per_obs[nE:].sum()), 0.0]
+    noise_gradient = _noise_gradient(per_obs, obs)
     signal_gradient = []
     for t, part in zip(log_params[:len(parts)], parts, strict=True):
         trace = 2.0 * np.einsum("ij,ij->", K_inv, part) - k_inv_diag @ np.diagonal(part)
         signal_gradient.append(float(np.exp(2 * t) * (a @ (part @ a) - trace)))
     del K_inv
     return value, np.array(signal_gradient + noise_gradient)
+
+
+def _noise_gradient(per_obs: np.ndarray, obs: Observations) -> list[float]:
+    """Sum the per-observation terms into ``∂ log p / ∂ log (σ_E, σ_F, σ_S)``."""
+    nE = obs.n_energy
+    force = per_obs[nE:]
+    if obs.is_stress is None:
+        return [float(per_obs[:nE].sum()), float(force.sum()), 0.0]
+    return [float(per_obs[:nE].sum()), float(force[~obs.is_stress].sum()),
+            float(force[obs.is_stress].sum())]
 
 
 class MeanWeights(NamedTuple):
@@ -578,9 +617,14 @@ def predict_variances(results: list[DescriptorResult], species_indices: list[np.
 
 
 def structure_arrays(frames: Sequence[Atoms], has_energy: ArrayLike,
-                     has_forces: ArrayLike) -> dict:
-    """Return the training structures as plain arrays (what a saved exact model stores)."""
-    return {
+                     has_forces: ArrayLike, has_stress: ArrayLike | None = None) -> dict:
+    """Return the training structures as plain arrays (what a saved exact model stores).
+
+    ``has_stress`` is stored only when some structure has a stress label.
+    """
+    extra = {} if has_stress is None or not np.any(has_stress) \
+        else {"has_stress": np.asarray(has_stress, dtype=bool)}
+    return extra | {
         "n_atoms": np.array([len(a) for a in frames], dtype=np.int64),
         "numbers": np.concatenate([a.numbers for a in frames]).astype(np.int64),
         "positions": np.concatenate([a.positions for a in frames]),

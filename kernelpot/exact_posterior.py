@@ -46,6 +46,8 @@ __all__ = ["ExactPosterior"]
 #: Arrays of the training structures a model file stores (the Jacobians are recomputed).
 _STRUCTURE_FIELDS = ("n_atoms", "numbers", "positions", "cells", "pbc", "has_energy",
                      "has_forces")
+#: Stored only when some training structure has a stress label (format 6).
+_OPTIONAL_STRUCTURE_FIELDS = ("has_stress",)
 
 
 class ExactPosterior(Posterior):
@@ -61,13 +63,14 @@ class ExactPosterior(Posterior):
     weights : ndarray of shape (n_obs,)
         ``K_y⁻¹ y``.
     y : ndarray of shape (n_obs,)
-        Labels: energies minus reference energies, then forces.
+        Labels: energies minus reference energies, then each structure's force
+        components followed by its stress (when it has one).
     signal_std : float or dict
         ``σ`` (eV), or ``{element: σ_s}``.
     energy_noise, force_noise : float
         eV/√atom, eV/Å.
     stress_noise : float
-        eV/Å³: the estimator's given value (the exact model trains on no stresses).
+        eV/Å³ (the given value when no stress was trained on).
     structures : dict of ndarray
         The training structures as arrays (:func:`kernelpot.exact.structure_arrays`).
     species : ndarray of int
@@ -178,24 +181,27 @@ class ExactPosterior(Posterior):
                         owner, dict(zip(kernel.theta_names, np.exp(kernel.theta).tolist(),
                                         strict=True)))
         has_energy, has_forces = training.has_energy, training.has_forces
-        results = descriptor.compute_all(training.frames, imap)
+        has_stress = training.has_stress
+        results = descriptor.compute_all(training.frames, imap, has_stress)
         obs = exact.build_observations(results, training.species_index, len(training.species),
-                                       has_energy, has_forces)
+                                       has_energy, has_forces, _stress_volumes(training.frames,
+                                                                               has_stress))
         del results
         per_element = bool(estimator.signal_per_element)
         n_signal = len(training.species) if per_element else 1
-        logger.info("%s: exact GP on %d energies and %d force components (%d × %.0f MiB of "
-                    "covariance)", owner, obs.n_energy, obs.n_force, n_signal,
-                    obs.n_obs**2 * 8 / 2**20)
+        logger.info("%s: exact GP on %d energies, %d force and %d stress components (%d × "
+                    "%.0f MiB of covariance)", owner, obs.n_energy, obs.n_force - obs.n_stress,
+                    obs.n_stress, n_signal, obs.n_obs**2 * 8 / 2**20)
         tic = time.perf_counter()
         K0 = exact.prior_covariance(obs, kernel, per_element=per_element)
         logger.info("%s: covariance assembled in %.1f s", owner, time.perf_counter() - tic)
-        y = np.concatenate([training.energy_targets(), training.force_targets()])
+        y = _targets(training)
         given = [float(estimator.signal_std)] * n_signal + [
             float(estimator.energy_noise), float(estimator.force_noise),
             float(estimator.stress_noise)]
         log_params = np.log(given)
-        free = free_mask(names, obs.n_energy, obs.n_force, n_signal)
+        free = free_mask(names, obs.n_energy, obs.n_force - obs.n_stress, n_signal,
+                         n_stress=obs.n_stress)
         if any(free):
             log_params = NoiseSearch.of(estimator).optimize(
                 lambda t: exact.log_marginal_likelihood(t, K0, y, obs, eval_gradient=True),
@@ -209,12 +215,13 @@ class ExactPosterior(Posterior):
         L = exact.factor(K0, np.log(values), obs)
         weights = sla.cho_solve((L, True), y, check_finite=False)
         loso = _exact_loso_terms(L, weights, exact.noise_variances(np.log(values), obs),
-                                 obs.n_energy, training.row_structures(), owner) \
+                                 obs, np.flatnonzero(has_energy), owner) \
             if estimator.calibration == "loso" else None
         return cls(kernel=kernel, observations=obs, L=L, weights=weights, y=y,
                    signal_std=sigma, energy_noise=energy_noise, force_noise=force_noise,
                    stress_noise=values[-1],
-                   structures=exact.structure_arrays(training.frames, has_energy, has_forces),
+                   structures=exact.structure_arrays(training.frames, has_energy, has_forces,
+                                                     has_stress),
                    species=training.species, prior_covariance=K0, loso=loso)
 
     # -- prediction ----------------------------------------------------------------------
@@ -414,12 +421,20 @@ class ExactPosterior(Posterior):
         if missing:
             raise ValueError(f"load: {what} is an exact model without {missing}")
         signal_std = _checked_signal_std(fitted.get("signal_std"), species, what)
-        structures = {n: arrays[f"exact_structures_{n}"] for n in _STRUCTURE_FIELDS}
+        structures = {n: arrays[f"exact_structures_{n}"] for n in
+                      _STRUCTURE_FIELDS + _OPTIONAL_STRUCTURE_FIELDS
+                      if f"exact_structures_{n}" in arrays}
         frames = exact.structures_from_arrays(structures)
+        has_stress = structures.get("has_stress", np.zeros(len(frames), dtype=bool))
+        if has_stress.shape != (len(frames),) or has_stress.dtype != bool \
+                or any(s and not np.all(a.pbc) for s, a in zip(has_stress, frames, strict=True)):
+            raise ValueError(f"load: {what} has a malformed exact_structures_has_stress array")
         species_index = [np.searchsorted(species, a.numbers) for a in frames]
-        results = [descriptor.compute(a) for a in frames]
+        results = [descriptor.compute(a, strain=bool(s)) for a, s in zip(frames, has_stress,
+                                                                       strict=True)]
         obs = exact.build_observations(results, species_index, len(species),
-                                       structures["has_energy"], structures["has_forces"])
+                                       structures["has_energy"], structures["has_forces"],
+                                       _stress_volumes(frames, has_stress))
         L, y, weights = arrays["exact_L"], arrays["exact_y"], arrays["alpha"]
         if L.shape != (obs.n_obs, obs.n_obs) or y.shape != (obs.n_obs,) \
                 or weights.shape != (obs.n_obs,):
@@ -437,13 +452,40 @@ class ExactPosterior(Posterior):
         return posterior
 
 
-def _exact_loso_terms(L: np.ndarray, weights: np.ndarray, noise: np.ndarray, n_energy: int,
-                      structure: np.ndarray, owner: str) -> LosoTerms:
-    """Compute and time the LOSO terms of the exact model (no projection term)."""
+def _stress_volumes(frames: list, has_stress: np.ndarray) -> np.ndarray:
+    """Return the cell volume of each structure with a stress label, NaN for the others."""
+    return np.array([a.get_volume() if s else np.nan
+                     for a, s in zip(frames, has_stress, strict=True)])
+
+
+def _targets(training: TrainingSet) -> np.ndarray:
+    """Return the exact model's labels: energies, then per structure forces and stress."""
+    labels = training.labels
+    stresses = labels.stresses or [None] * len(training.frames)
+    parts = [training.energy_targets()]
+    for forces, stress in zip(labels.forces, stresses, strict=True):
+        if forces is not None:
+            parts.append(forces.ravel())
+        if stress is not None:
+            parts.append(stress)
+    return np.concatenate(parts)
+
+
+def _exact_loso_terms(L: np.ndarray, weights: np.ndarray, noise: np.ndarray,
+                      obs: exact.Observations, energy_structure: np.ndarray,
+                      owner: str) -> LosoTerms:
+    """Compute and time the LOSO terms of the exact model (no projection term).
+
+    ``energy_structure``: the training structure of each energy observation.
+    """
     tic = time.perf_counter()
+    structure = np.concatenate([energy_structure, obs.force_structure])
     residual, variance, basis = exact_loso(L, weights, structure, shifts=True)
+    is_stress = None if obs.is_stress is None else np.r_[np.zeros(obs.n_energy, bool),
+                                                         obs.is_stress]
     terms = LosoTerms.from_loso(residual, variance, noise, np.zeros(len(weights)),
-                                np.arange(len(weights)) < n_energy, structure, basis)
+                                np.arange(len(weights)) < obs.n_energy, structure, basis,
+                                is_stress=is_stress)
     logger.info("%s: leave-one-structure-out predictions of %d structures (closed form) in "
                 "%.2f s", owner, terms.n_structures, time.perf_counter() - tic)
     return terms
