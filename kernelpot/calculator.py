@@ -59,8 +59,12 @@ class KernelPotCalculator(Calculator):
       w² projection²)`` with the factor ``c`` and projection weight ``w`` of the
       model's calibration (:meth:`SparseGPPotential.epistemic_variance`; 1 and 1
       before ``calibrate``), which apply to ``energy_std`` and ``forces_std`` only;
+    * ``stress_std``: with the stress and ``uncertainty``, the raw epistemic std of
+      each stress component (posterior plus projection terms), eV/Å³; the calibration
+      does not map it;
     * ``energy_noise``: learned aleatoric noise of the energy, ``σ_E √N``, eV;
-    * ``force_noise``: learned aleatoric noise per force component, eV/Å.
+    * ``force_noise``: learned aleatoric noise per force component, eV/Å;
+    * ``stress_noise``: learned aleatoric noise per stress component, ``σ_S``, eV/Å³.
 
     The stds are epistemic (what uncertainty-gated MD needs); the total std of the
     estimator's ``predict(..., return_std=True)`` is ``sqrt(std² + noise²)``.
@@ -130,6 +134,7 @@ class KernelPotCalculator(Calculator):
             "forces": np.asarray(prediction.forces, dtype=np.float64),
             "energy_noise": float(self.model.energy_noise_ * np.sqrt(len(self.atoms))),
             "force_noise": float(self.model.force_noise_),
+            "stress_noise": float(self.model.stress_noise_),
         }
         if prediction.stress is not None:
             results["stress"] = np.asarray(prediction.stress, dtype=np.float64)
@@ -142,6 +147,9 @@ class KernelPotCalculator(Calculator):
                     prediction.forces_var_projection))
                 results["forces_std_posterior"] = np.sqrt(prediction.forces_var_posterior)
                 results["forces_std_projection"] = np.sqrt(prediction.forces_var_projection)
+            if prediction.stress_var_posterior is not None:
+                results["stress_std"] = np.sqrt(prediction.stress_var_posterior
+                                                + prediction.stress_var_projection)
         self.results = results
 
 

@@ -87,7 +87,7 @@ def with_two_body(rows: gp.DesignRows, pair: TwoBody | None, atoms: Atoms,
 
 def prior_with_two_body(rows: gp.DesignRows, pair: TwoBody | None,
                         pair_columns: np.ndarray | None, prior_energy: float | None,
-                        prior_forces: np.ndarray | None):
+                        prior_forces: np.ndarray | None, prior_stress: np.ndarray | None = None):
     """Add the two-body term's prior variance to a structure's GP prior variances.
 
     The term's prior variance, ``σ² prior_std² |basis row|²``, is spanned exactly by
@@ -106,14 +106,19 @@ def prior_with_two_body(rows: gp.DesignRows, pair: TwoBody | None,
         Prior variance of the energy (over ``σ²``).
     prior_forces : ndarray of shape (n_atoms, 3) or None
         Prior variances of the force components.
+    prior_stress : ndarray of shape (6,) or None, default=None
+        Prior variances of the stress components (with ``rows.stress``).
 
     Returns
     -------
     prior_energy : float or None
     prior_forces : ndarray of shape (n_atoms, 3) or None
+    prior_stress : ndarray of shape (6,) or None
+        Only when ``prior_stress`` was given.
     """
     if pair is None:
-        return prior_energy, prior_forces
+        return (prior_energy, prior_forces) if prior_stress is None \
+            else (prior_energy, prior_forces, prior_stress)
     scale2 = float(pair.prior_std)**2
     if prior_energy is not None:
         tail = rows.energy[pair_columns]
@@ -122,7 +127,10 @@ def prior_with_two_body(rows: gp.DesignRows, pair: TwoBody | None,
         tail = rows.forces[:, pair_columns]
         prior_forces = prior_forces + (np.einsum("rk,rk->r", tail, tail)
                                        / scale2).reshape(-1, 3)
-    return prior_energy, prior_forces
+    if prior_stress is None:
+        return prior_energy, prior_forces
+    tail = rows.stress[:, pair_columns]
+    return prior_energy, prior_forces, prior_stress + np.einsum("rk,rk->r", tail, tail) / scale2
 
 
 def inducing_factor(inducing: list[np.ndarray], kernel: Kernel, pair: TwoBody | None,

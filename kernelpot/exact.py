@@ -572,8 +572,9 @@ def predict_mean(result: DescriptorResult, species_index: np.ndarray, mean: Mean
 def predict_variances(results: list[DescriptorResult], species_indices: list[np.ndarray],
                       train: Observations, L: np.ndarray, signal_var: ArrayLike,
                       kernel: Kernel, forces: bool = True,
-                      shift_basis: np.ndarray | None = None) -> list[tuple]:
-    """Epistemic variances of the energies (and force components) of structures.
+                      shift_basis: np.ndarray | None = None,
+                      stress_volumes: ArrayLike | None = None) -> list[tuple]:
+    """Epistemic variances of the energies (force and stress components) of structures.
 
     ``σ² k_** - k_*ᵀ K_y⁻¹ k_*`` for each structure's energy and force components,
     with one triangular solve for all of them; ``signal_var`` is ``σ²``, one value
@@ -581,18 +582,25 @@ def predict_variances(results: list[DescriptorResult], species_indices: list[np.
     also ``k_*ᵀ U``: how much each prediction's mean moves when each training
     structure is left out.
 
+    ``stress_volumes`` (one per structure, NaN for none) also gives the variances of
+    the stress of the structures with a volume (their results computed with
+    ``strain=True``).
+
     Returns
     -------
-    list of (float, ndarray of shape (n_atoms, 3) or None, ndarray or None)
-        Per structure: the energy variance, the force variances, and with
+    list of (float, ndarray of shape (n_atoms, 3) or None, ndarray or None, ndarray or None)
+        Per structure: the energy variance, the force variances, with
         ``shift_basis`` the shifts of shape ``(1 + 3 n_atoms, n_structures)`` (energy
-        row first; ``1`` row without forces).
+        row first; ``1`` row without forces), and the variances of the six stress
+        components (``None`` without a volume).
     """
     n_species = len(train.features)
     n = len(results)
     signal_vars = np.broadcast_to(np.asarray(signal_var, dtype=np.float64), (n_species,))
+    volumes = np.full(n, np.nan) if stress_volumes is None \
+        else np.asarray(stress_volumes, dtype=np.float64)
     test = build_observations(results, species_indices, n_species, np.ones(n, bool),
-                              np.full(n, bool(forces)))
+                              np.full(n, bool(forces)), volumes)
     K_star = covariance(test, train, kernel, weights=signal_vars)
     V = sla.solve_triangular(L, K_star.T, lower=True, check_finite=False)
     reduction = np.einsum("ij,ij->j", V, V)
@@ -611,8 +619,15 @@ def predict_variances(results: list[DescriptorResult], species_indices: list[np.
                                      "force variance").reshape(-1, 3)
         shift = None if shifts is None else np.vstack([shifts[k:k + 1],
                                                        shifts[force_start:stop]])
+        var_s = None
+        if not np.isnan(volumes[k]):
+            prior_s = gp.prior_variances(gp.stress_jacobian(result, volumes[k]), index,
+                                         n_species, kernel, energy=False,
+                                         weights=signal_vars)[1].ravel()[:6]
+            var_s = gp.clip_variance(prior_s - reduction[stop:stop + 6], "stress variance")
+            stop += 6
         force_start = stop
-        out.append((var_e, var_f, shift))
+        out.append((var_e, var_f, shift, var_s))
     return out
 
 

@@ -118,6 +118,11 @@ class ExactPosterior(Posterior):
 
     # -- what the estimator reads ---------------------------------------------------------
     @property
+    def n_stress_observations(self) -> int:
+        """Return the stress components trained on (six per cell)."""
+        return self.observations.n_stress
+
+    @property
     def inducing(self) -> list[np.ndarray]:
         """Return the training environments per element (every one is 'inducing')."""
         return self.observations.features
@@ -258,9 +263,9 @@ class ExactPosterior(Posterior):
         stress_values = gp.stress_from_strain_derivative(mean[2], volume) if stress else None
         parts = PredictionParts(float(local.sum()), force_values, local, stress_values)
         if variance:
-            parts.variance_input = (result, index, force_variance,
+            parts.variance_input = (result, index, volume, force_variance,
                                     bool(shifts and self.loo_shift is not None))
-            parts.variance_rows = 1 + 3 * len(local) * force_variance
+            parts.variance_rows = 1 + 3 * len(local) * force_variance + 6 * stress
         return parts
 
     def finish(self, parts: list[PredictionParts]) -> list[Prediction]:
@@ -275,25 +280,28 @@ class ExactPosterior(Posterior):
         list of Prediction
         """
         variances = {}
-        for request in {p.variance_input[2:] for p in parts if p.variance_input is not None}:
+        for request in {p.variance_input[3:] for p in parts if p.variance_input is not None}:
             # one solve per kind of request: (force variances?, shifts?)
             pending = [k for k, p in enumerate(parts)
-                       if p.variance_input is not None and p.variance_input[2:] == request]
+                       if p.variance_input is not None and p.variance_input[3:] == request]
+            volumes = [parts[k].variance_input[2] for k in pending]
             variances.update(zip(pending, exact.predict_variances(
                 [parts[k].variance_input[0] for k in pending],
                 [parts[k].variance_input[1] for k in pending], self.observations, self.L,
                 self.signal_variances(), self.kernel, forces=request[0],
-                shift_basis=self.loo_shift if request[1] else None), strict=True))
+                shift_basis=self.loo_shift if request[1] else None,
+                stress_volumes=[np.nan if v is None else v for v in volumes]), strict=True))
         out = []
         for k, part in enumerate(parts):
             if part.variance_input is None:
                 out.append(part.without_variance())
                 continue
-            var_e, var_f, shifts = variances[k]
+            var_e, var_f, shifts, var_s = variances[k]
             # an exact posterior has no projection term: it is all in the first
             zeros = np.zeros_like(var_f) if var_f is not None else None
             out.append(Prediction(part.energy, part.forces, var_e, 0.0, var_f, zeros,
-                                  part.local_energies, part.stress, shifts))
+                                  part.local_energies, part.stress, shifts, var_s,
+                                  None if var_s is None else np.zeros(6)))
         return out
 
     def local_energies(self, descriptor: Descriptor, atoms: Atoms,

@@ -27,7 +27,8 @@ class Posterior(ABC):
 
     Subclasses set ``kind`` ("sparse" or "exact"), ``kernel``, ``inducing``,
     ``two_body``, ``weights``, ``signal_std``, ``energy_noise``, ``force_noise``,
-    ``log_marginal_likelihood_value``, ``jitter``, ``loso`` and ``loo_shift``.
+    ``stress_noise``, ``log_marginal_likelihood_value``, ``jitter``, ``loso`` and
+    ``loo_shift``, and the property ``n_stress_observations``.
     """
 
     kind: str

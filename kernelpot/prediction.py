@@ -58,6 +58,9 @@ class Prediction(NamedTuple):
         Only when asked (jackknife+ intervals): how much the mean of the energy (row
         0) and of each force component (rows 1...) drops when each training
         structure is left out, ``μ - μ_{-B}``.
+    stress_var_posterior, stress_var_projection : ndarray of shape (6,) or None
+        Only when the stress and variances were asked: the two epistemic variance terms
+        of each stress component (eV²/Å⁶).
     """
 
     energy: float
@@ -69,6 +72,8 @@ class Prediction(NamedTuple):
     local_energies: np.ndarray
     stress: np.ndarray | None = None
     loo_shifts: np.ndarray | None = None
+    stress_var_posterior: np.ndarray | None = None
+    stress_var_projection: np.ndarray | None = None
 
 
 @dataclass
@@ -117,7 +122,8 @@ class PredictionMixin:
     """The estimator's prediction methods, on its fitted posterior.
 
     The host class provides ``posterior_``, ``descriptor_``, ``species_``, ``e0_``,
-    ``energy_noise_``, ``force_noise_``, ``std_scale_``, ``interval_scores_`` (fitted),
+    ``energy_noise_``, ``force_noise_``, ``stress_noise_``, ``std_scale_``,
+    ``interval_scores_`` (fitted),
     the parameters ``apply_calibration``, ``verbose`` and ``n_jobs``, and
     ``_imap(fn, items, verbose, desc)``, an ordered parallel map.
     """
@@ -368,7 +374,8 @@ class PredictionMixin:
                            for f, h in zip(forces, halves, strict=True)])
         return tuple(result)
 
-    def predict_stress(self, X: Sequence[Atoms]) -> np.ndarray:
+    def predict_stress(self, X: Sequence[Atoms], return_std: bool = False,
+                       std_type: str = "total") -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Predict the stress of periodic structures.
 
         The analytic derivative of the predicted energy with respect to a homogeneous
@@ -379,12 +386,20 @@ class PredictionMixin:
         ----------
         X : list of ase.Atoms
             Each periodic along all three axes.
+        return_std : bool, default=False
+            Also return the std of every stress component: the model's epistemic
+            variance of the stress (the same linear functional of the local-energy GP
+            as the mean), raw (the std calibration maps energies and forces only),
+            plus with ``std_type="total"`` the learned stress noise ``σ_S²``.
+        std_type : {"total", "epistemic"}, default="total"
 
         Returns
         -------
-        ndarray of shape (n_structures, 6)
+        stress : ndarray of shape (n_structures, 6)
             ASE's convention: Voigt ``xx yy zz yz xz xy``, eV/Å³, positive under
             tension (``atoms.get_stress()``).
+        std : ndarray of shape (n_structures, 6)
+            Only with ``return_std=True``; eV/Å³.
 
         Raises
         ------
@@ -401,8 +416,17 @@ class PredictionMixin:
         model trained on stresses (``benchmarks/RESULTS.md``). No stress uncertainty
         yet.
         """
-        _, out = self._predict_many(X, forces=False, variance=False, stress=True)
-        return np.array([p.stress for p in out]).reshape(-1, 6)
+        self._check_std_type(std_type)
+        _, out = self._predict_many(X, forces=False, variance="energy" if return_std else False,
+                                    stress=True)
+        stress = np.array([p.stress for p in out]).reshape(-1, 6)
+        if not return_std:
+            return stress
+        variance = np.array([p.stress_var_posterior + p.stress_var_projection
+                             for p in out]).reshape(-1, 6)
+        if std_type == "total":
+            variance = variance + self.stress_noise_**2
+        return stress, np.sqrt(variance)
 
     def predict_energies_and_forces(self, X: Sequence[Atoms], return_std: bool = False,
                                     std_type: str = "total",

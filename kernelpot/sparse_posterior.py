@@ -197,6 +197,11 @@ class SparsePosterior(Posterior):
 
     # -- what the estimator reads ---------------------------------------------------------
     @property
+    def n_stress_observations(self) -> int:
+        """Return the stress components trained on (six per cell)."""
+        return int(self.stats.n_S)
+
+    @property
     def weights(self) -> np.ndarray:
         """Return the weights: a design row ``k`` predicts ``k @ weights``."""
         return self.factors.weights
@@ -454,27 +459,33 @@ class SparsePosterior(Posterior):
         stress_values = gp.stress_from_strain_derivative(strain, volume) if stress else None
         parts = PredictionParts(float(local.sum()), force_values, local, stress_values)
         if variance:
-            parts.variance_input = self._variance_rows(result, atoms, index, force_variance) \
-                + (bool(shifts and self.loo_shift is not None),)
+            parts.variance_input = self._variance_rows(result, atoms, index, force_variance,
+                                                       volume) \
+                + (bool(shifts and self.loo_shift is not None), 6 * stress)
             parts.variance_rows = len(parts.variance_input[0])
         return parts
 
-    def _variance_rows(self, result, atoms, index, force_variance):
-        """Design rows (energy, then force components) and their prior variances."""
+    def _variance_rows(self, result, atoms, index, force_variance, volume=None):
+        """Design rows (energy, force components, stress) and their prior variances."""
         rows = gp.design_rows(result, index, self.inducing, self.kernel, energy=True,
                               forces=force_variance, columns=self.columns,
-                              n_columns=self.weights.size)
+                              n_columns=self.weights.size, stress_volume=volume)
         prior_e, prior_f = gp.prior_variances(result, index, self.n_species, self.kernel,
                                               energy=True, forces=force_variance)
+        prior_s = None if volume is None else gp.prior_variances(
+            gp.stress_jacobian(result, volume), index, self.n_species, self.kernel,
+            energy=False)[1].ravel()[:6]
         if self.two_body is not None:
             rows = with_two_body(rows, self.two_body, atoms, index, self.n_species,
                                  self.pair_columns)
-            prior_e, prior_f = prior_with_two_body(rows, self.two_body, self.pair_columns,
-                                                   prior_e, prior_f)
-        if not force_variance:
-            return rows.energy[None, :], np.array([prior_e])
-        return np.vstack([rows.energy, rows.forces]), np.concatenate([[prior_e],
-                                                                      prior_f.ravel()])
+            prior_e, prior_f, *rest = prior_with_two_body(
+                rows, self.two_body, self.pair_columns, prior_e, prior_f, prior_s)
+            prior_s = rest[0] if rest else None
+        blocks = [rows.energy[None, :]] + ([rows.forces] if force_variance else []) \
+            + ([rows.stress] if volume is not None else [])
+        priors = [[prior_e]] + ([prior_f.ravel()] if force_variance else []) \
+            + ([prior_s] if volume is not None else [])
+        return np.vstack(blocks), np.concatenate(priors)
 
     def finish(self, parts: list[PredictionParts]) -> list[Prediction]:
         """Turn parts into Predictions, solving every variance row at once.
@@ -503,14 +514,19 @@ class SparsePosterior(Posterior):
             if part.variance_input is None:
                 out.append(part.without_variance())
                 continue
-            n_rows = part.variance_rows
+            n_rows, n_stress = part.variance_rows, part.variance_input[3]
             p_post, p_proj = post[offset:offset + n_rows], projection[offset:offset + n_rows]
             offset += n_rows
-            f_post = p_post[1:].reshape(-1, 3) if n_rows > 1 else None
-            f_proj = p_proj[1:].reshape(-1, 3) if n_rows > 1 else None
-            shifts = part.variance_input[0] @ self.loo_shift if part.variance_input[2] else None
+            n_force = n_rows - 1 - n_stress
+            f_post = p_post[1:1 + n_force].reshape(-1, 3) if n_force else None
+            f_proj = p_proj[1:1 + n_force].reshape(-1, 3) if n_force else None
+            s_post = p_post[1 + n_force:] if n_stress else None
+            s_proj = p_proj[1 + n_force:] if n_stress else None
+            shifts = part.variance_input[0][:1 + n_force] @ self.loo_shift \
+                if part.variance_input[2] else None
             out.append(Prediction(part.energy, part.forces, float(p_post[0]), float(p_proj[0]),
-                                  f_post, f_proj, part.local_energies, part.stress, shifts))
+                                  f_post, f_proj, part.local_energies, part.stress, shifts,
+                                  s_post, s_proj))
         return out
 
     def local_energies(self, descriptor: Descriptor, atoms: Atoms,

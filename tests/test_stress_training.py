@@ -258,3 +258,72 @@ def test_loso_calibration_leaves_stress_rows_out_of_the_force_terms(stress_model
     n_force = 3 * sum(len(a) for a in stress_model.posterior_.training_frames) \
         if stress_model.posterior_.keeps_training_data else 3 * 8 * 8
     assert len(terms["forces"][0]) == n_force
+
+
+# -- the stress std ------------------------------------------------------------------------
+
+def test_exact_stress_variance_equals_the_dense_gp(exact_stress_model, cells):
+    from kernelpot import exact
+
+    model, atoms = exact_stress_model, cells[12]
+    post = model.posterior_
+    index = [np.zeros(len(atoms), int)]
+    test = exact.build_observations([model.descriptor_.compute(atoms, strain=True)], index, 1,
+                                    [False], [False], [atoms.get_volume()])
+    sigma2 = model.signal_std_**2
+    K_star = sigma2 * exact.covariance(test, post.observations, model.kernel_)
+    K_ss = sigma2 * exact.covariance(test, test, model.kernel_)
+    L = post.L
+    V = np.linalg.solve(L, K_star.T)
+    dense = np.diag(K_ss) - np.einsum("ij,ij->j", V, V)
+    stress, std = model.predict_stress([atoms], return_std=True, std_type="epistemic")
+    np.testing.assert_allclose(std[0]**2, dense, rtol=1e-6, atol=1e-14)
+    np.testing.assert_allclose(stress[0], K_star @ post.weights, rtol=1e-8,
+                               atol=1e-10 * np.abs(stress).max())
+    _, total = model.predict_stress([atoms], return_std=True)
+    np.testing.assert_allclose(total[0]**2, dense + model.stress_noise_**2, rtol=1e-6)
+
+
+def test_sparse_stress_std_grows_away_from_the_training_cells(stress_model, cells):
+    near = cells[12]
+    far = near.copy()
+    far.set_cell(near.cell * 1.08, scale_atoms=True)  # 8 % expanded: outside the data
+    _, std = stress_model.predict_stress([near, far], return_std=True, std_type="epistemic")
+    assert np.all(std > 0)
+    assert std[1].mean() > 2 * std[0].mean(), std
+
+
+def test_calculator_reports_the_stress_std(stress_model, cells):
+    from kernelpot import KernelPotCalculator
+
+    atoms = cells[12].copy()
+    atoms.calc = KernelPotCalculator(stress_model)
+    stress = atoms.get_stress()
+    expected, std = stress_model.predict_stress([atoms], return_std=True,
+                                                std_type="epistemic")
+    np.testing.assert_allclose(stress, expected[0], rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(atoms.calc.results["stress_std"], std[0], rtol=1e-10)
+    assert atoms.calc.results["stress_noise"] == stress_model.stress_noise_
+
+
+# -- the command line --------------------------------------------------------------------------
+
+def test_cli_fit_trains_on_the_stresses_in_the_file(cells, tmp_path, capsys):
+    from ase.io import write
+
+    from kernelpot.cli import main
+
+    train = tmp_path / "cells.xyz"
+    write(train, cells[:5])
+    config = tmp_path / "small.toml"
+    config.write_text("descriptor.n_max = 4\ndescriptor.l_max = 3\nn_restarts = 0\n")
+    common = ["--config", str(config), "--r-cut", "4.0", "--no-train-eval", "--quiet"]
+    assert main(["fit", str(train), "-o", str(tmp_path / "with.npz"), *common]) == 0
+    out = capsys.readouterr().out
+    assert "trained on the stresses of 5 cells: learned stress noise" in out
+    with_stress = load(tmp_path / "with.npz")
+    assert with_stress.posterior_.n_stress_observations == 30
+    assert main(["fit", str(train), "-o", str(tmp_path / "without.npz"), "--no-stress",
+                 *common]) == 0
+    assert "trained on the stresses" not in capsys.readouterr().out
+    assert load(tmp_path / "without.npz").posterior_.n_stress_observations == 0

@@ -159,6 +159,8 @@ def _build_model(args, frames):
             if option == "min_distance" and value == 0:
                 value = None  # 0: accept any distance
             model.set_params(**{name: value})
+    if getattr(args, "no_stress", False):
+        model.set_params(use_stress=False)
     return model
 
 

@@ -191,14 +191,18 @@ def _add_fit(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "fit", help="fit a sparse GP potential to labelled structures and save it",
         description="Fit a sparse GP potential to structures with reference energies and "
-                    "forces (any file ase.io reads), print the learned noise, training "
-                    "errors and time, and save the model (.npz).",
+                    "forces, and the stresses of periodic cells that carry one (any file "
+                    "ase.io reads), print the learned noise, training errors and time, "
+                    "and save the model (.npz).",
         epilog=_FIT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("train", help="training structures with energies and/or forces")
     parser.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
     parser.add_argument("--no-train-eval", action="store_true",
                         help="skip predicting the training set after the fit (its errors "
                              "are printed otherwise; on a large set this takes a while)")
+    parser.add_argument("--no-stress", action="store_true",
+                        help="train on energies and forces only, not on the stresses the "
+                             "cells carry (use_stress=False)")
     _add_model_options(parser)
     parser.set_defaults(func=_cmd_fit)
     return parser

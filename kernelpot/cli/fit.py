@@ -32,6 +32,11 @@ def _cmd_fit(args) -> int:
     print(f"learned noise: energy {1e3 * model.energy_noise_:.3g} meV/√atom (the noise of an "
           f"N-atom structure's energy is σ_E √N), forces {1e3 * model.force_noise_:.3g} "
           f"meV/Å; signal std {format_signal_std(model.signal_std_)} eV")
+    n_stress = model.posterior_.n_stress_observations
+    if n_stress:
+        print(f"trained on the stresses of {n_stress // 6} cells: learned stress noise "
+              f"{160.21766 * model.stress_noise_:.3g} GPa ({model.stress_noise_:.3g} eV/Å³; "
+              "--no-stress trains without them)")
     if model.two_body_ is not None:
         print(f"two-body term: r_cut {model.two_body_.r_cut} Å, {model.two_body_.n_basis} "
               f"basis functions, prior std {model.two_body_.prior_std:.3g} × signal std")
