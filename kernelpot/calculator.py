@@ -59,9 +59,9 @@ class KernelPotCalculator(Calculator):
       w² projection²)`` with the factor ``c`` and projection weight ``w`` of the
       model's calibration (:meth:`SparseGPPotential.epistemic_variance`; 1 and 1
       before ``calibrate``), which apply to ``energy_std`` and ``forces_std`` only;
-    * ``stress_std``: with the stress and ``uncertainty``, the raw epistemic std of
-      each stress component (posterior plus projection terms), eV/Å³; the calibration
-      does not map it;
+    * ``stress_std``: with the stress and ``uncertainty``, the epistemic std of each
+      stress component, eV/Å³, through the model's "stress" calibration when it has
+      one (fitted on the LOSO stresses of its training cells), raw otherwise;
     * ``energy_noise``: learned aleatoric noise of the energy, ``σ_E √N``, eV;
     * ``force_noise``: learned aleatoric noise per force component, eV/Å;
     * ``stress_noise``: learned aleatoric noise per stress component, ``σ_S``, eV/Å³.
@@ -148,8 +148,9 @@ class KernelPotCalculator(Calculator):
                 results["forces_std_posterior"] = np.sqrt(prediction.forces_var_posterior)
                 results["forces_std_projection"] = np.sqrt(prediction.forces_var_projection)
             if prediction.stress_var_posterior is not None:
-                results["stress_std"] = np.sqrt(prediction.stress_var_posterior
-                                                + prediction.stress_var_projection)
+                results["stress_std"] = np.sqrt(self.model.epistemic_variance(
+                    "stress", prediction.stress_var_posterior,
+                    prediction.stress_var_projection))
         self.results = results
 
 

@@ -39,8 +39,11 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["QUANTITIES", "StdCalibration", "fit_variance_terms", "group_mean"]
 
-#: Quantities with a calibrated std.
-QUANTITIES = ("energy", "forces")
+#: Quantities with a calibrated std (a map for the stress needs training or validation
+#: stresses; without one the stress std is raw).
+QUANTITIES = ("energy", "forces", "stress")
+#: Quantities every stored map holds (files from before stress training have no stress).
+_REQUIRED = ("energy", "forces")
 #: Validation values below which only the std factor is fitted (no shape).
 SHAPE_MIN_VALUES = 50
 #: Below this fitted scale ``c`` the epistemic term is dropped (the noise explains the errors).
@@ -222,21 +225,22 @@ class StdCalibration:
 
     @staticmethod
     def check_quantity(quantity: str) -> None:
-        """Raise unless ``quantity`` is "energy" or "forces".
+        """Raise unless ``quantity`` is "energy", "forces" or "stress".
 
         Parameters
         ----------
         quantity : str
         """
         if quantity not in QUANTITIES:
-            raise ValueError(f"quantity must be 'energy' or 'forces'; got {quantity!r}")
+            raise ValueError(f"quantity must be 'energy', 'forces' or 'stress'; "
+                             f"got {quantity!r}")
 
     def factors(self, quantity: str) -> tuple[float, float, float, float]:
         """Return ``(c, w, p, v_ref)`` of ``quantity``; ``(1, 1, 1, 1)`` when not calibrated.
 
         Parameters
         ----------
-        quantity : {"energy", "forces"}
+        quantity : {"energy", "forces", "stress"}
             The quantity.
 
         Returns
@@ -265,7 +269,7 @@ class StdCalibration:
 
         Parameters
         ----------
-        quantity : {"energy", "forces"}
+        quantity : {"energy", "forces", "stress"}
             The quantity.
         posterior, projection : float or ndarray
             The two raw variance terms (eV², eV²/Å²); force terms of shape
@@ -295,7 +299,7 @@ class StdCalibration:
 
         Parameters
         ----------
-        quantity : {"energy", "forces"}
+        quantity : {"energy", "forces", "stress"}
         noise_var : float or ndarray
             ``σ_E² N`` or ``σ_F²``.
 
@@ -317,7 +321,7 @@ class StdCalibration:
 
         Parameters
         ----------
-        quantity : {"energy", "forces"}
+        quantity : {"energy", "forces", "stress"}
         coverage : float in (0, 1)
         owner : str
 
@@ -407,7 +411,7 @@ class StdCalibration:
         if scale is None:
             return None
         known = {f"{q}{suffix}" for q in QUANTITIES for suffix in _SUFFIXES + _ATOM_SUFFIXES}
-        if not isinstance(scale, dict) or not set(QUANTITIES) <= set(scale) \
+        if not isinstance(scale, dict) or not set(_REQUIRED) <= set(scale) \
                 or not set(scale) <= known \
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                            and np.isfinite(v) and v > 0 for v in scale.values()):

@@ -699,7 +699,7 @@ pair of float
 
         Parameters
         ----------
-        quantity : {"energy", "forces"}
+        quantity : {"energy", "forces", "stress"}
 
         Returns
         -------
@@ -714,7 +714,7 @@ pair of float
 
         Parameters
         ----------
-        quantity : {"energy", "forces"}
+        quantity : {"energy", "forces", "stress"}
 
         Returns
         -------
@@ -733,7 +733,7 @@ pair of float
 
         Parameters
         ----------
-        quantity : {"energy", "forces"}
+        quantity : {"energy", "forces", "stress"}
             Which calibration applies.
         posterior, projection : float or ndarray
             The two variance terms of a :class:`Prediction` (eV², eV²/Å²); force terms
@@ -754,7 +754,7 @@ pair of float
 
         Parameters
         ----------
-        quantity : {"energy", "forces"}
+        quantity : {"energy", "forces", "stress"}
             Which calibration applies.
         noise_var : float or ndarray
             ``σ_E² N`` or ``σ_F²``.

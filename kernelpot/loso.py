@@ -67,8 +67,8 @@ class LosoTerms(NamedTuple):
         each structure is left out (:func:`exact_loso`, :func:`sparse_loso`): the
         jackknife+ intervals need it.
     is_stress : ndarray of bool of shape (n_obs,) or None
-        Stress observations (left out with their structure, but not calibrated: the
-        stress std stays raw); ``None``: none.
+        Stress observations (left out with their structure; calibrated as the
+        quantity "stress"); ``None``: none.
     """
 
     is_energy: np.ndarray
@@ -121,8 +121,10 @@ class LosoTerms(NamedTuple):
         return forces
 
     def _masks(self) -> tuple[tuple[str, np.ndarray], ...]:
-        """Return the rows of each calibrated quantity: energies, force components."""
-        return ("energy", self.is_energy), ("forces", self.is_force)
+        """Return the rows of each calibrated quantity: energies, forces, stresses."""
+        stress = self.is_stress if self.is_stress is not None \
+            else np.zeros_like(self.is_energy)
+        return ("energy", self.is_energy), ("forces", self.is_force), ("stress", stress)
 
     @property
     def n_structures(self) -> int:
@@ -135,7 +137,7 @@ class LosoTerms(NamedTuple):
         Returns
         -------
         dict
-            Keys "energy" and "forces" (those with observations).
+            Keys "energy", "forces" and "stress" (those with observations).
         """
         return {quantity: self.structure[mask] for quantity, mask in self._masks()
                 if mask.any()}
@@ -146,7 +148,7 @@ class LosoTerms(NamedTuple):
         Returns
         -------
         dict
-            Keys "energy" and "forces" (those with observations).
+            Keys "energy", "forces" and "stress" (those with observations).
         """
         out = {}
         for quantity, mask in self._masks():

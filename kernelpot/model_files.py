@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kernelpot import io
-from kernelpot.calibration import StdCalibration
+from kernelpot.calibration import QUANTITIES, StdCalibration
 from kernelpot.estimator import SparseGPPotential
 from kernelpot.exact_posterior import ExactPosterior
 from kernelpot.sparse_posterior import SparsePosterior
@@ -83,7 +83,7 @@ def load(path: os.PathLike | str) -> SparseGPPotential:
 def _jackknife_scores(arrays: dict, what: str) -> dict | None:
     """Return the stored jackknife+ scores and structures per quantity, checked."""
     out = {}
-    for quantity in ("energy", "forces"):
+    for quantity in QUANTITIES:
         scores = arrays.get(f"jackknife_scores_{quantity}")
         structure = arrays.get(f"jackknife_structure_{quantity}")
         if scores is None and structure is None:

@@ -389,8 +389,10 @@ class PredictionMixin:
         return_std : bool, default=False
             Also return the std of every stress component: the model's epistemic
             variance of the stress (the same linear functional of the local-energy GP
-            as the mean), raw (the std calibration maps energies and forces only),
-            plus with ``std_type="total"`` the learned stress noise ``σ_S²``.
+            as the mean), through the "stress" map of the std calibration when the model
+            has one (fitted at fit time on the LOSO stresses of the training cells, as
+            for energies and forces; raw otherwise), plus with ``std_type="total"`` the
+            learned stress noise ``σ_S²``.
         std_type : {"total", "epistemic"}, default="total"
 
         Returns
@@ -422,10 +424,12 @@ class PredictionMixin:
         stress = np.array([p.stress for p in out]).reshape(-1, 6)
         if not return_std:
             return stress
-        variance = np.array([p.stress_var_posterior + p.stress_var_projection
-                             for p in out]).reshape(-1, 6)
+        calibration = self._calibration()
+        variance = np.array([calibration.epistemic_variance(
+            "stress", p.stress_var_posterior, p.stress_var_projection)
+            for p in out]).reshape(-1, 6)
         if std_type == "total":
-            variance = variance + self.stress_noise_**2
+            variance = variance + calibration.noise_variance("stress", self.stress_noise_**2)
         return stress, np.sqrt(variance)
 
     def predict_energies_and_forces(self, X: Sequence[Atoms], return_std: bool = False,

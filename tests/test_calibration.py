@@ -153,8 +153,10 @@ def test_fitted_map_is_applied():
 
 
 def test_unknown_quantity_is_rejected():
-    with pytest.raises(ValueError, match="quantity must be 'energy' or 'forces'; got 'stress'"):
-        StdCalibration(None, None).factors("stress")
+    with pytest.raises(ValueError,
+                       match="quantity must be 'energy', 'forces' or 'stress'; got 'virial'"):
+        StdCalibration(None, None).factors("virial")
+    assert StdCalibration(None, None).factors("stress") == (1.0, 1.0, 1.0, 1.0)
 
 
 def _exchangeable(n, seed):
@@ -232,7 +234,8 @@ def test_check_std_scale_accepts_good_entries():
 @pytest.mark.parametrize("scale", [
     [1.0, 1.0],
     {"energy": 1.0},
-    {"energy": 1.0, "forces": 1.0, "stress": 1.0},
+    {"energy": 1.0, "forces": 1.0, "virial": 1.0},
+    {"stress": 1.0, "forces": 1.0},
     {"energy": 1.0, "forces": 1.0, "forces_width": 1.0},
     {"energy": 0.0, "forces": 1.0},
     {"energy": -1.0, "forces": 1.0},

@@ -276,12 +276,35 @@ def test_exact_stress_variance_equals_the_dense_gp(exact_stress_model, cells):
     L = post.L
     V = np.linalg.solve(L, K_star.T)
     dense = np.diag(K_ss) - np.einsum("ij,ij->j", V, V)
-    stress, std = model.predict_stress([atoms], return_std=True, std_type="epistemic")
+    model.set_params(apply_calibration=False)  # the raw std: the model's own variance
+    try:
+        stress, std = model.predict_stress([atoms], return_std=True, std_type="epistemic")
+        _, total = model.predict_stress([atoms], return_std=True)
+    finally:
+        model.set_params(apply_calibration=True)
     np.testing.assert_allclose(std[0]**2, dense, rtol=1e-6, atol=1e-14)
     np.testing.assert_allclose(stress[0], K_star @ post.weights, rtol=1e-8,
                                atol=1e-10 * np.abs(stress).max())
-    _, total = model.predict_stress([atoms], return_std=True)
     np.testing.assert_allclose(total[0]**2, dense + model.stress_noise_**2, rtol=1e-6)
+    # by default the LOSO "stress" map of the training cells applies
+    assert "stress_reference" in model.std_scale_
+    _, calibrated = model.predict_stress([atoms], return_std=True, std_type="epistemic")
+    np.testing.assert_allclose(calibrated[0]**2, model.epistemic_variance(
+        "stress", std[0]**2, np.zeros(6)), rtol=1e-10)
+
+
+def test_the_stress_map_is_fitted_on_loso_stresses_and_saved(stress_model, cells, tmp_path):
+    scale = stress_model.std_scale_
+    assert {"stress", "stress_projection", "stress_noise"} <= set(scale)
+    assert scale["stress"] != 1.0
+    loaded = load(stress_model.save(tmp_path / "calibrated"))
+    assert loaded.std_scale_ == scale
+    np.testing.assert_allclose(loaded.predict_stress(cells[12:13], return_std=True)[1],
+                               stress_model.predict_stress(cells[12:13], return_std=True)[1],
+                               rtol=1e-10)
+    without = SparseGPPotential(CU_SOAP, method="sparse", random_state=0,
+                                use_stress=False).fit(cells[:8])
+    assert without.std_scale_["stress"] == 1.0 and "stress_noise" not in without.std_scale_
 
 
 def test_sparse_stress_std_grows_away_from_the_training_cells(stress_model, cells):
