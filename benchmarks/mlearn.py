@@ -202,7 +202,8 @@ def main(argv=None):
         right, swapped = shear_slot_check(train + test)
         swap = swapped > right
         stress_ref = stress_labels(test, swap)
-        stress_err = model.predict_stress(test) - stress_ref
+        stress_pred, stress_std = model.predict_stress(test, return_std=True)
+        stress_err = stress_pred - stress_ref
         ev_per_a3_to_gpa = 160.21766
         rows.append({
             "element": element, "M": sum(model.n_inducing_.values()), "fit_s": fit_s,
@@ -217,6 +218,8 @@ def main(argv=None):
             "sigma_F": model.force_noise_, "sigma_E": 1e3 * model.energy_noise_,
             "s_rmse": ev_per_a3_to_gpa * float(np.sqrt(np.mean(stress_err**2))),
             "sigma_S": ev_per_a3_to_gpa * model.stress_noise_,
+            "s_cov1": float(np.mean(np.abs(stress_err) <= stress_std)),
+            "s_cov2": float(np.mean(np.abs(stress_err) <= 2 * stress_std)),
             "n_stress": model.posterior_.stats.n_S // 6,
             "s_swapped": f"{swapped}/{right + swapped}",
         })
@@ -247,7 +250,7 @@ def main(argv=None):
               f"{'fit s':>7} {'peak GiB':>8} {'E+F ms':>7} {'+σ_E ms':>7} {'+σ_F ms':>7} "
               f"{'cov1σ':>6} "
               f"{'cov2σ':>6} {'Spear':>6} {'σ_F':>6} {'σ_E':>6} {'S GPa':>6} {'σ_S':>6} "
-              f"{'S cells':>7}")
+              f"{'S cells':>7} {'S cov1σ':>7} {'S cov2σ':>7}")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -257,7 +260,8 @@ def main(argv=None):
               f"{r['mean_ms']:7.2f} {r['e_std_ms']:7.2f} {r['std_ms']:7.2f} "
               f"{r['cov1']:6.3f} {r['cov2']:6.3f} "
               f"{r['spearman']:6.3f} {r['sigma_F']:6.3f} {r['sigma_E']:6.2f} "
-              f"{r['s_rmse']:6.2f} {r['sigma_S']:6.3f} {r['n_stress']:7d}")
+              f"{r['s_rmse']:6.2f} {r['sigma_S']:6.3f} {r['n_stress']:7d} "
+              f"{r['s_cov1']:7.3f} {r['s_cov2']:7.3f}")
     print("E RMSE meV/atom, F RMSE eV/Å; GAP columns quoted (gap_fit, SOAP + 2-body, same "
           "files). peak GiB: the process's peak resident memory after fitting. Prediction "
           "time per atom, one process: E+F energies and forces; +σ_E also the energy std "
@@ -266,7 +270,8 @@ def main(argv=None):
           "stress RMSE over the six components of the analytic stress (no GAP figure quoted), "
           "against the labels with their yz/xz components swapped back where the files hold "
           "them swapped; σ_S GPa: the learned stress noise; S cells: training cells whose "
-          "stress the model trained on (0: energies and forces only).")
+          "stress the model trained on (0: energies and forces only); S cov1σ/2σ: the "
+          "fraction of test stress components within 1/2 total stress stds.")
 
 
 if __name__ == "__main__":
