@@ -5,6 +5,7 @@ The public API is re-exported here; submodules hold the implementation.
 
 from kernelpot._version import __version__
 from kernelpot.active import OnTheFlyLearner
+from kernelpot.baselines import ZBL, LennardJones
 from kernelpot.calculator import KernelPotCalculator
 from kernelpot.datasets import load_ethanol, load_silicon
 from kernelpot.descriptors import ACSF, SOAP, Descriptor, DescriptorResult, FeatomicSOAP
@@ -21,6 +22,7 @@ __all__ = [
     "DescriptorResult",
     "FeatomicSOAP",
     "KernelPotCalculator",
+    "LennardJones",
     "NormalizedDotProduct",
     "OnTheFlyLearner",
     "Scaled",
@@ -28,6 +30,7 @@ __all__ = [
     "SquaredExponential",
     "Sum",
     "TwoBody",
+    "ZBL",
     "load",
     "select_frames",
     "load_ethanol",

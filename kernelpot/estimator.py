@@ -35,6 +35,7 @@ from kernelpot._validation import (
     check_verbose,
     species_to_numbers,
 )
+from kernelpot.baselines import as_baseline, residual_labels
 from kernelpot.calibration import StdCalibration
 from kernelpot.descriptors import SOAP, Descriptor
 from kernelpot.exact_posterior import ExactPosterior
@@ -127,6 +128,13 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         sampling by default (measured on ethanol, n = 200, 300 per element: the same
         force error as CUR and random, and the force std ranks errors best, Spearman
         0.62 against 0.46 for CUR).
+    baseline : kernelpot.ZBL, kernelpot.LennardJones, ASE calculator or None, default=None
+        A fixed physics term (Δ-learning, :mod:`kernelpot.baselines`): the GP is
+        fitted to the labels minus the baseline's energies, forces and stresses, and
+        every prediction (energies, forces, stress, local energies; the calculator, MD
+        and :meth:`update` with it) adds the baseline back. It adds no variance: the
+        stds are the GP's. Registered baselines are saved by name and parameters; a
+        model with an ASE calculator as its baseline cannot be saved.
     two_body : kernelpot.TwoBody or None, default=None
         A pair-potential term fitted jointly with the GP, as GAP adds a two-body
         term to SOAP (``method="sparse"`` only; :meth:`update` keeps its ``prior_std``). Its
@@ -319,7 +327,8 @@ pair of float
 
     def __init__(self, descriptor: Descriptor | None = None, kernel: Kernel | None = None, *,
                  n_sparse: int | dict[str | int, int] | None = None,
-                 sparse_method: str = "fps", two_body: TwoBody | None = None,
+                 sparse_method: str = "fps", baseline: object = None,
+                 two_body: TwoBody | None = None,
                  signal_std: float = 1.0, signal_per_element: bool = False,
                  energy_noise: float = 0.002, force_noise: float = 0.05,
                  stress_noise: float = DEFAULT_STRESS_NOISE,
@@ -341,6 +350,7 @@ pair of float
         self.kernel = kernel
         self.n_sparse = n_sparse
         self.sparse_method = sparse_method
+        self.baseline = baseline
         self.two_body = two_body
         self.signal_std = signal_std
         self.signal_per_element = signal_per_element
@@ -396,6 +406,7 @@ pair of float
                              f"got {self.search_frames!r}")
         if self.n_jobs == 0:
             raise ValueError(f"{owner}: n_jobs must not be 0 (None, -1 or a positive int)")
+        as_baseline(self.baseline, owner)  # validates it
         if not isinstance(self.use_stress, (bool, np.bool_)):
             raise TypeError(f"{owner}: use_stress must be True or False; "
                             f"got {self.use_stress!r}")
@@ -472,6 +483,7 @@ pair of float
         start_time = time.perf_counter()
         frames = check_frames(X, f"{owner}.fit")
         labels = read_labels(frames, f"{owner}.fit", stress=bool(self.use_stress))
+        labels = residual_labels(frames, labels, as_baseline(self.baseline, owner))
         names = fitted_names(self.optimize, owner)
         _warn_if_too_few(labels, owner, bool(names & {"energy_noise", "force_noise"}),
                          self.calibration == "loso")
@@ -557,6 +569,7 @@ pair of float
         self.method_ = posterior.kind
         self.descriptor_ = descriptor
         self.kernel_ = posterior.kernel
+        self.baseline_ = as_baseline(self.baseline, type(self).__name__)
         self.two_body_ = posterior.two_body
         self.species_ = species
         self.e0_ = e0
@@ -894,7 +907,7 @@ pair of float
         cap = self._inducing_cap(max_inducing, owner)
         frames = check_frames(X, owner)
         indices = [self._species_index(atoms, owner) for atoms in frames]
-        labels = read_labels(frames, owner)
+        labels = residual_labels(frames, read_labels(frames, owner), self.baseline_)
         names = fitted_names(self.optimize, type(self).__name__) if optimize else None
         loso = self.calibration == "loso"
         posterior.update(frames, labels, indices, self.descriptor_, self.e0_, n_inducing,
@@ -1048,6 +1061,11 @@ pair of float
         kernelpot.load : Read the file back into a fitted model.
         """
         check_is_fitted(self)
+        if self.baseline_ is not None and type(self.baseline_).__name__ \
+                not in io.parameter_classes():
+            raise ValueError(f"save: the model's baseline is {type(self.baseline_).__name__} "
+                             "(an ASE calculator), which a model file cannot hold; use a "
+                             "registered baseline (ZBL, LennardJones) to save the model")
         arrays, fitted = self.posterior_.to_arrays(training_state=training_state)
         arrays = {"species": self.species_, "e0": self.e0_, **arrays}
         for quantity, scores in (self.interval_scores_ or {}).items():

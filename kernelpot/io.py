@@ -51,15 +51,17 @@ def parameter_classes() -> dict:
     Returns
     -------
     dict
-        ``{class name: class}``: descriptors, kernels and the two-body term (the
-        estimator class is added by the loader).
+        ``{class name: class}``: descriptors, kernels, the two-body term and the
+        registered baselines (the estimator class is added by the loader).
     """
+    from kernelpot.baselines import ZBL, LennardJones
     from kernelpot.descriptors import ACSF, SOAP, FeatomicSOAP
     from kernelpot.kernels import NormalizedDotProduct, Scaled, SquaredExponential, Sum
     from kernelpot.two_body import TwoBody
 
     return {cls.__name__: cls for cls in (ACSF, SOAP, FeatomicSOAP, NormalizedDotProduct,
-                                          SquaredExponential, Scaled, Sum, TwoBody)}
+                                          SquaredExponential, Scaled, Sum, TwoBody, ZBL,
+                                          LennardJones)}
 
 
 def encode(value: object, registry: dict) -> object:

@@ -191,8 +191,18 @@ class PredictionMixin:
         owner = f"{type(self).__name__}.predict"
         index = self._species_index(atoms, owner)
         volume = self._check_stress_cell(atoms, owner) if stress else None
-        return self.posterior_.parts(self.descriptor_, atoms, index, self.e0_, forces,
-                                     variance, volume, shifts=shifts)
+        parts = self.posterior_.parts(self.descriptor_, atoms, index, self.e0_, forces,
+                                      variance, volume, shifts=shifts)
+        baseline = getattr(self, "baseline_", None)
+        if baseline is not None:  # Δ-learning: the fixed term adds to the mean only
+            terms = baseline.compute(atoms, forces=forces, stress=bool(stress))
+            parts.energy += terms.energy
+            parts.local_energies = parts.local_energies + terms.local_energies
+            if forces:
+                parts.forces = parts.forces + terms.forces
+            if stress:
+                parts.stress = parts.stress + terms.stress
+        return parts
 
     def _predict_many(self, X, forces: bool, variance, stress: bool = False,
                       shifts: bool = False):
@@ -504,5 +514,8 @@ class PredictionMixin:
         for atoms in frames:
             index = self._species_index(atoms, "predict_local_energies")
             local = self.posterior_.local_energies(self.descriptor_, atoms, index)
+            baseline = getattr(self, "baseline_", None)
+            if baseline is not None:
+                local = local + baseline.compute(atoms, forces=False).local_energies
             out.append(local + self.e0_[index])
         return out

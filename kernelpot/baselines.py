@@ -1,0 +1,373 @@
+"""Physics baselines for Δ-learning: what a GP with a 4–5 Å cutoff cannot see.
+
+``SparseGPPotential(..., baseline=ZBL())`` fits the GP to the reference minus the
+baseline (energies, forces and stresses) and adds the baseline back to every
+prediction, so the calculator, MD and the on-the-fly learner use the sum. The
+uncertainty stays the GP's: a baseline is a fixed function and adds no variance.
+
+Built-in baselines are pair potentials, stored in model files by class name and
+parameters (no pickle):
+
+* :class:`ZBL`: the universal screened-nuclear repulsion of Ziegler, Biersack and
+  Littmark for close contacts, switched off smoothly between ``r_inner`` and ``r_cut``;
+* :class:`LennardJones`: the 12-6 potential, shifted so that energy and force go to zero
+  at ``r_cut`` (shifted force).
+
+Any ASE calculator may serve as a baseline at run time
+(:class:`CalculatorBaseline`); a model with one cannot be saved (``save`` refuses and
+names the registered baselines), since a calculator is code, not parameters.
+
+Every baseline returns per-atom energies (each pair's energy split equally between its
+two atoms), forces and, for cells periodic along all three axes, ASE's stress
+(:meth:`Baseline.compute`).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from kernelpot.descriptors.neighbors import neighbor_list
+
+if TYPE_CHECKING:
+    from ase import Atoms
+
+__all__ = ["Baseline", "BaselineTerms", "CalculatorBaseline", "LennardJones", "ZBL",
+           "as_baseline", "residual_labels"]
+
+#: e² / (4π ε0) in eV Å.
+COULOMB_EV_A = 14.399645478425668
+#: ZBL universal screening function: coefficients and exponents.
+_ZBL_C = np.array([0.18175, 0.50986, 0.28022, 0.02817])
+_ZBL_D = np.array([3.19980, 0.94229, 0.40290, 0.20162])
+
+
+class BaselineTerms(NamedTuple):
+    """A baseline's contribution to one structure.
+
+    Attributes
+    ----------
+    local_energies : ndarray of shape (n_atoms,)
+        eV; they sum to the baseline energy.
+    forces : ndarray of shape (n_atoms, 3) or None
+        eV/Å.
+    stress : ndarray of shape (6,) or None
+        ASE's stress (Voigt ``xx yy zz yz xz xy``, eV/Å³), for cells periodic along all
+        three axes when asked.
+    """
+
+    local_energies: np.ndarray
+    forces: np.ndarray | None
+    stress: np.ndarray | None
+
+    @property
+    def energy(self) -> float:
+        """Return the baseline energy of the structure, eV."""
+        return float(self.local_energies.sum())
+
+
+class Baseline(BaseEstimator):
+    """Base class of the baselines: :meth:`compute` one structure's terms."""
+
+    def compute(self, atoms: Atoms, forces: bool = True, stress: bool = False) -> BaselineTerms:
+        """Return the baseline's per-atom energies, forces and stress of one structure.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+            The structure; not modified.
+        forces : bool, default=True
+            Also the forces.
+        stress : bool, default=False
+            Also the stress (the structure must be periodic along all three axes).
+
+        Returns
+        -------
+        BaselineTerms
+            Per-atom energies, forces and stress.
+        """
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Validate the parameters; raise ``ValueError``/``TypeError`` naming the problem."""
+
+
+class _PairBaseline(Baseline):
+    """A pair potential ``E = Σ_(i<j) φ(r_ij)``, summed over a vesin neighbour list."""
+
+    def _pair(self, r: np.ndarray, z_i: np.ndarray,
+              z_j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``φ(r)`` and ``φ'(r)`` (eV, eV/Å) of each pair."""
+        raise NotImplementedError
+
+    def compute(self, atoms: Atoms, forces: bool = True, stress: bool = False) -> BaselineTerms:
+        """Return the pair energy per atom, the forces and (optionally) the stress.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+            The structure; not modified.
+        forces : bool, default=True
+            Also the forces.
+        stress : bool, default=False
+            Also ASE's stress, ``(1 / 2V) Σ_(i,j) φ'(d) D_a D_b / d`` over the ordered
+            pairs (the strain derivative of the energy over the volume).
+
+        Returns
+        -------
+        BaselineTerms
+            Per-atom energies (each pair's energy split between its atoms), forces and
+            stress.
+        """
+        self.check()
+        if stress and not np.all(atoms.pbc):
+            raise ValueError(f"{type(self).__name__}: stress needs a structure periodic along "
+                             f"all three axes; got pbc={atoms.pbc.tolist()}")
+        n_atoms = len(atoms)
+        nl = neighbor_list(atoms.positions, np.asarray(atoms.cell), atoms.pbc,
+                           float(self.r_cut))
+        numbers = atoms.numbers
+        phi, slope = self._pair(nl.distances, numbers[nl.i], numbers[nl.j])
+        # every pair appears as (i, j) and (j, i): half of each entry to its centre
+        local = np.bincount(nl.i, weights=0.5 * phi, minlength=n_atoms)
+        unit = nl.vectors / np.where(nl.distances > 0, nl.distances, 1.0)[:, None]
+        force_values = None
+        if forces:
+            force_values = np.stack([np.bincount(nl.i, weights=slope * unit[:, c],
+                                                 minlength=n_atoms) for c in range(3)], axis=1)
+        stress_values = None
+        if stress:
+            derivative = 0.5 * np.einsum("p,pa,pb->ab", slope, unit, nl.vectors)
+            sym = 0.5 * (derivative + derivative.T) / atoms.get_volume()
+            stress_values = sym[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+        return BaselineTerms(local, force_values, stress_values)
+
+
+def _check_positive(owner: str, **values) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+                or not np.isfinite(value) or value <= 0:
+            raise ValueError(f"{owner}: {name} must be a finite number > 0; got {value!r}")
+
+
+class ZBL(_PairBaseline):
+    """The universal screened-nuclear (ZBL) repulsion, for atoms closer than any data.
+
+    ``φ(r) = (Z_i Z_j e² / 4πε0 r) Σ_k c_k exp(-d_k r / a) S(r)`` with the universal
+    screening length ``a = 0.46850 / (Z_i^0.23 + Z_j^0.23)`` Å (Ziegler, Biersack and
+    Littmark, *The Stopping and Range of Ions in Solids*, 1985) and the switch
+    ``S(r) = 1`` below ``r_inner``, ``½ (1 + cos(π (r - r_inner) / (r_cut - r_inner)))``
+    up to ``r_cut`` and 0 beyond, so energy and force go smoothly to zero at ``r_cut``.
+
+    Parameters
+    ----------
+    r_inner : float, default=1.0
+        Full repulsion below this distance, Å.
+    r_cut : float, default=2.0
+        No repulsion beyond this distance, Å (greater than ``r_inner``).
+
+    Notes
+    -----
+    It prevents the collapse of atoms onto each other where a GP trained on
+    equilibrium-like data predicts nothing (the GP's prior mean is zero): choose
+    ``r_cut`` below the shortest distance of the training data so the GP learns the
+    rest, e.g. 2.0 Å for Si or metals; use a smaller one for bonds to hydrogen
+    (``r_cut`` 0.7 Å is below an O–H bond).
+    """
+
+    def __init__(self, r_inner: float = 1.0, r_cut: float = 2.0):
+        self.r_inner = r_inner
+        self.r_cut = r_cut
+
+    def check(self) -> None:
+        """Validate ``r_inner`` < ``r_cut``, both > 0."""
+        _check_positive("ZBL", r_inner=self.r_inner, r_cut=self.r_cut)
+        if not self.r_inner < self.r_cut:
+            raise ValueError(f"ZBL: r_inner must be below r_cut; got r_inner={self.r_inner}, "
+                             f"r_cut={self.r_cut}")
+
+    def _pair(self, r, z_i, z_j):
+        a = 0.46850 / (z_i**0.23 + z_j**0.23)
+        x = r[:, None] / a[:, None]
+        screening = np.exp(-_ZBL_D[None, :] * x)
+        f = screening @ _ZBL_C
+        df = -(screening * _ZBL_D[None, :]) @ _ZBL_C / a
+        prefactor = COULOMB_EV_A * z_i * z_j
+        phi = prefactor * f / r
+        dphi = prefactor * (df / r - f / r**2)
+        width = float(self.r_cut) - float(self.r_inner)
+        t = np.clip((r - float(self.r_inner)) / width, 0.0, 1.0)
+        switch = 0.5 * (1.0 + np.cos(np.pi * t))
+        d_switch = np.where((t > 0) & (t < 1), -0.5 * np.pi / width * np.sin(np.pi * t), 0.0)
+        return phi * switch, dphi * switch + phi * d_switch
+
+
+class LennardJones(_PairBaseline):
+    """A 12-6 Lennard-Jones pair term with shifted force, one for every pair of elements.
+
+    ``φ(r) = V(r) - V(r_c) - (r - r_c) V'(r_c)`` with ``V(r) = 4ε ((σ/r)¹² - (σ/r)⁶)``:
+    energy and force are continuous and zero at ``r_c``.
+
+    Parameters
+    ----------
+    epsilon : float, default=0.01
+        Well depth, eV.
+    sigma : float, default=3.0
+        Distance of zero energy, Å.
+    r_cut : float or None, default=None
+        Cutoff, Å; ``None`` is ``3 sigma``.
+    """
+
+    def __init__(self, epsilon: float = 0.01, sigma: float = 3.0, r_cut: float | None = None):
+        self.epsilon = epsilon
+        self.sigma = sigma
+        self.r_cut = r_cut
+
+    def check(self) -> None:
+        """Validate ``epsilon``, ``sigma`` and ``r_cut`` (> 0)."""
+        _check_positive("LennardJones", epsilon=self.epsilon, sigma=self.sigma)
+        if self.r_cut is not None:
+            _check_positive("LennardJones", r_cut=self.r_cut)
+
+    def compute(self, atoms: Atoms, forces: bool = True, stress: bool = False) -> BaselineTerms:
+        """Return the per-atom energies, forces and (optionally) the stress.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+            The structure; not modified.
+        forces : bool, default=True
+            Also the forces.
+        stress : bool, default=False
+            Also ASE's stress (the structure periodic along all three axes).
+
+        Returns
+        -------
+        BaselineTerms
+            Per-atom energies (eV), forces (eV/Å) and stress (eV/Å³) of the pair term.
+        """
+        if self.r_cut is None:  # the neighbour search needs the number
+            return LennardJones(self.epsilon, self.sigma, 3.0 * float(self.sigma)).compute(
+                atoms, forces, stress)
+        return super().compute(atoms, forces, stress)
+
+    def _pair(self, r, z_i, z_j):
+        eps, sig, rc = float(self.epsilon), float(self.sigma), float(self.r_cut)
+
+        def v(x):
+            s6 = (sig / x) ** 6
+            return 4 * eps * (s6 * s6 - s6), 4 * eps * (-12 * s6 * s6 + 6 * s6) / x
+
+        v_r, dv_r = v(r)
+        v_c, dv_c = v(rc)
+        return v_r - v_c - (r - rc) * dv_c, dv_r - dv_c
+
+
+class CalculatorBaseline(Baseline):
+    """Any ASE calculator as a baseline, at run time only (a model with it is not saved).
+
+    Parameters
+    ----------
+    calculator : ase.calculators.calculator.Calculator
+        Gives ``energies`` (per atom) or ``energy``, ``forces`` and, when asked,
+        ``stress``. Without per-atom energies the energy is split equally over the
+        atoms.
+    """
+
+    def __init__(self, calculator=None):
+        self.calculator = calculator
+
+    def check(self) -> None:
+        """Validate that ``calculator`` looks like an ASE calculator."""
+        if not hasattr(self.calculator, "get_property"):
+            raise TypeError("CalculatorBaseline: calculator must be an ASE calculator; got "
+                            f"{type(self.calculator).__name__}")
+
+    def compute(self, atoms: Atoms, forces: bool = True, stress: bool = False) -> BaselineTerms:
+        """Return the calculator's per-atom energies, forces and (optionally) stress.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+            The structure; not modified (the calculator works on a copy).
+        forces : bool, default=True
+            Also the forces.
+        stress : bool, default=False
+            Also the stress.
+
+        Returns
+        -------
+        BaselineTerms
+            What the calculator gives, in ASE's units.
+        """
+        self.check()
+        work = atoms.copy()
+        work.calc = self.calculator
+        try:
+            local = np.asarray(work.get_potential_energies(), dtype=np.float64)
+        except Exception:  # calculators without per-atom energies
+            local = np.full(len(work), work.get_potential_energy() / len(work))
+        return BaselineTerms(local, np.asarray(work.get_forces()) if forces else None,
+                             np.asarray(work.get_stress()) if stress else None)
+
+
+def as_baseline(value, owner: str) -> Baseline | None:
+    """Return the checked baseline a parameter describes (an ASE calculator is wrapped).
+
+    Parameters
+    ----------
+    value : Baseline, ase calculator or None
+    owner : str
+        Names the estimator in errors.
+
+    Returns
+    -------
+    Baseline or None
+
+    Raises
+    ------
+    TypeError
+        For anything else.
+    """
+    if value is None:
+        return None
+    if isinstance(value, Baseline):
+        value.check()
+        return value
+    if hasattr(value, "get_property") and hasattr(value, "calculate"):
+        return CalculatorBaseline(value)
+    raise TypeError(f"{owner}: baseline must be a kernelpot baseline (ZBL, LennardJones), an "
+                    f"ASE calculator or None; got {type(value).__name__}")
+
+
+def residual_labels(frames: list, labels, baseline: Baseline | None):
+    """Return the labels minus the baseline's energy, forces and stress, per structure.
+
+    Parameters
+    ----------
+    frames : list of ase.Atoms
+    labels : kernelpot._labels.Labels
+    baseline : Baseline or None
+        ``None`` returns ``labels`` unchanged.
+
+    Returns
+    -------
+    kernelpot._labels.Labels
+        Missing labels stay missing.
+    """
+    if baseline is None:
+        return labels
+    energies = labels.energies.copy()
+    forces, stresses = list(labels.forces), list(labels.stresses) if labels.stresses else None
+    for k, atoms in enumerate(frames):
+        has_stress = stresses is not None and stresses[k] is not None
+        terms = baseline.compute(atoms, forces=forces[k] is not None, stress=has_stress)
+        energies[k] -= terms.energy  # NaN (no energy) stays NaN
+        if forces[k] is not None:
+            forces[k] = forces[k] - terms.forces
+        if has_stress:
+            stresses[k] = stresses[k] - terms.stress
+    return labels._replace(energies=energies, forces=forces, stresses=stresses)

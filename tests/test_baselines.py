@@ -1,0 +1,202 @@
+"""Physics baselines (Δ-learning): the pair terms themselves and the estimator with one."""
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk, molecule
+from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
+from helpers import emt_strained_cells
+
+from kernelpot import SOAP, ZBL, KernelPotCalculator, LennardJones, SparseGPPotential, load
+from kernelpot._labels import read_labels
+from kernelpot.baselines import COULOMB_EV_A, CalculatorBaseline, residual_labels
+
+CU_SOAP = SOAP(["Cu"], r_cut=4.0, n_max=4, l_max=3, sigma=0.5)
+
+
+def _compressed_cell():
+    atoms = bulk("Cu", "fcc", 3.0, cubic=True)  # neighbours at 2.1 Å
+    atoms.rattle(0.15, seed=1)
+    atoms.set_cell(atoms.cell @ (np.eye(3) + [[0.0, 0.02, 0.0], [0.0, 0.0, -0.01],
+                                              [0.01, 0.0, 0.0]]), scale_atoms=True)
+    return atoms
+
+
+# -- the pair terms --------------------------------------------------------------------------
+
+def test_zbl_is_the_bare_coulomb_repulsion_at_short_range_and_zero_beyond_r_cut():
+    zbl = ZBL(r_inner=1.0, r_cut=2.0)
+    for r, factor in ((1e-5, 1.0), (0.5, None), (1.99999, None), (2.0, 0.0), (3.0, 0.0)):
+        dimer = Atoms("Cu2", positions=[[0, 0, 0], [r, 0, 0]])
+        energy = zbl.compute(dimer).energy
+        if factor is not None:
+            assert energy == pytest.approx(factor * COULOMB_EV_A * 29**2 / r, rel=0.01,
+                                           abs=1e-12)
+        else:
+            assert energy > 0
+    # energy and force go continuously to zero at r_cut
+    near = Atoms("Cu2", positions=[[0, 0, 0], [1.9999, 0, 0]])
+    terms = zbl.compute(near)
+    assert terms.energy < 1e-6 and np.abs(terms.forces).max() < 1e-2
+
+
+def test_lennard_jones_has_its_minimum_and_zero_force_at_the_cutoff():
+    lj = LennardJones(epsilon=0.1, sigma=2.0, r_cut=6.0)
+    r_min = 2 ** (1 / 6) * 2.0
+    energies = [lj.compute(Atoms("Ar2", positions=[[0, 0, 0], [r, 0, 0]])).energy
+                for r in (r_min - 0.01, r_min, r_min + 0.01)]
+    assert energies[1] < energies[0] and energies[1] < energies[2]
+    assert energies[1] == pytest.approx(-0.1, abs=0.01)  # the shift is small at 3σ
+    at_cut = lj.compute(Atoms("Ar2", positions=[[0, 0, 0], [5.99999, 0, 0]]))
+    assert abs(at_cut.energy) < 1e-9 and np.abs(at_cut.forces).max() < 1e-6
+    assert LennardJones(sigma=2.0).compute(
+        Atoms("Ar2", positions=[[0, 0, 0], [5.9, 0, 0]])).energy != 0.0  # r_cut 3σ = 6 Å
+
+
+@pytest.mark.parametrize("baseline", [ZBL(r_inner=1.5, r_cut=2.6), LennardJones(0.05, 2.2, 5.0)],
+                         ids=["zbl", "lj"])
+def test_forces_and_stress_are_finite_differences_of_the_energy(baseline):
+    atoms = _compressed_cell()
+    terms = baseline.compute(atoms, stress=True)
+    h = 1e-5
+    for j, c in [(0, 0), (1, 2), (3, 1)]:
+        shifted = [atoms.copy() for _ in range(2)]
+        shifted[0].positions[j, c] += h
+        shifted[1].positions[j, c] -= h
+        fd = -(baseline.compute(shifted[0]).energy - baseline.compute(shifted[1]).energy) / (2 * h)
+        assert terms.forces[j, c] == pytest.approx(fd, rel=1e-5, abs=1e-7)
+    volume = atoms.get_volume()
+    for v, (a, b) in enumerate([(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]):
+        eps = np.zeros((3, 3))
+        eps[a, b] = eps[b, a] = h
+        values = []
+        for sign in (1, -1):
+            strained = atoms.copy()
+            strained.set_cell(atoms.cell @ (np.eye(3) + sign * eps), scale_atoms=True)
+            values.append(baseline.compute(strained).energy)
+        fd = (0.5 if a != b else 1.0) * (values[0] - values[1]) / (2 * h) / volume
+        assert terms.stress[v] == pytest.approx(fd, rel=1e-5, abs=1e-9)
+    assert terms.local_energies.sum() == pytest.approx(terms.energy)
+    # translation and rotation invariance of the energy, equivariance of the forces
+    moved = atoms.copy()
+    moved.translate([0.3, -0.2, 0.1])
+    assert baseline.compute(moved).energy == pytest.approx(terms.energy, rel=1e-12)
+    mol = molecule("CH4")
+    mol.positions *= 0.6  # close contacts
+    rotated = mol.copy()
+    rotated.rotate(37, "x")
+    rotated.rotate(11, "z")
+    R = np.linalg.lstsq(mol.positions - mol.positions.mean(0),
+                        rotated.positions - rotated.positions.mean(0), rcond=None)[0]
+    a, b = baseline.compute(mol), baseline.compute(rotated)
+    assert b.energy == pytest.approx(a.energy, rel=1e-10)
+    np.testing.assert_allclose(b.forces, a.forces @ R, atol=1e-9 * np.abs(a.forces).max())
+
+
+@pytest.mark.parametrize(("baseline", "message"), [
+    (ZBL(r_inner=2.0, r_cut=1.0), "ZBL: r_inner must be below r_cut"),
+    (ZBL(r_cut=-1.0), "ZBL: r_cut must be a finite number > 0"),
+    (LennardJones(epsilon=0.0), "LennardJones: epsilon must be a finite number > 0"),
+])
+def test_bad_parameters_are_named(baseline, message):
+    with pytest.raises(ValueError, match=message):
+        baseline.compute(bulk("Cu"))
+
+
+def test_stress_needs_a_periodic_cell():
+    with pytest.raises(ValueError, match="stress needs a structure periodic"):
+        ZBL().compute(molecule("H2O"), stress=True)
+
+
+# -- the estimator with a baseline -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cells():
+    return emt_strained_cells(8, seed=5)
+
+
+def test_the_gp_learns_the_residual_and_predictions_add_the_baseline_back(cells):
+    baseline = LennardJones(0.05, 2.2, 5.0)
+    model = SparseGPPotential(CU_SOAP, baseline=baseline, method="sparse",
+                              random_state=0).fit(cells[:6])
+    # the same GP fitted by hand on the residual labels
+    labels = residual_labels(cells[:6], read_labels(cells[:6], "t", stress=True), baseline)
+    residual = []
+    for atoms, e, f, s in zip(cells[:6], labels.energies, labels.forces, labels.stresses,
+                              strict=True):
+        copy = atoms.copy()
+        copy.calc = SinglePointCalculator(copy, energy=e, forces=f, stress=s)
+        residual.append(copy)
+    plain = SparseGPPotential(CU_SOAP, method="sparse", random_state=0).fit(residual)
+    test = cells[6:]
+    e_b = np.array([baseline.compute(a).energy for a in test])
+    np.testing.assert_allclose(model.predict(test), plain.predict(test) + e_b, rtol=1e-10)
+    _, f_model = model.predict_energies_and_forces(test)
+    _, f_plain = plain.predict_energies_and_forces(test)
+    for a, fm, fp in zip(test, f_model, f_plain, strict=True):
+        np.testing.assert_allclose(fm, fp + baseline.compute(a).forces, atol=1e-9)
+    np.testing.assert_allclose(
+        model.predict_stress(test),
+        plain.predict_stress(test) + [baseline.compute(a, stress=True).stress for a in test],
+        atol=1e-10)
+    local = model.predict_local_energies(test[:1])[0]
+    assert local.sum() == pytest.approx(model.predict(test[:1])[0], rel=1e-10)
+    # the std is the GP's
+    np.testing.assert_allclose(model.predict(test, return_std=True)[1],
+                               plain.predict(test, return_std=True)[1], rtol=1e-8)
+
+
+def test_zbl_keeps_atoms_apart_where_the_data_say_nothing(cells):
+    with_zbl = SparseGPPotential(CU_SOAP, baseline=ZBL(r_inner=1.0, r_cut=2.0),
+                                 method="sparse", random_state=0).fit(cells[:6])
+    without = SparseGPPotential(CU_SOAP, method="sparse", random_state=0).fit(cells[:6])
+    dimer_cell = cells[0].copy()
+    dimer_cell.positions[1] = dimer_cell.positions[0] + [0.9, 0.0, 0.0]  # a 0.9 Å contact
+    dimer_cell.calc = EMT()
+    emt_force = dimer_cell.get_forces()[1, 0]
+    f_zbl = with_zbl.predict_forces([dimer_cell])[0][1, 0]
+    f_none = without.predict_forces([dimer_cell])[0][1, 0]
+    assert emt_force > 1.0 and f_zbl > 100.0  # pushed apart, hard
+    assert abs(f_zbl - f_none) > 100.0
+
+
+def test_save_load_keeps_a_registered_baseline_and_refuses_a_calculator(cells, tmp_path):
+    model = SparseGPPotential(CU_SOAP, baseline=ZBL(r_cut=2.2), method="sparse",
+                              random_state=0).fit(cells[:4])
+    loaded = load(model.save(tmp_path / "zbl"))
+    assert isinstance(loaded.baseline_, ZBL) and loaded.baseline_.r_cut == 2.2
+    np.testing.assert_array_equal(loaded.predict(cells[6:]), model.predict(cells[6:]))
+    runtime = SparseGPPotential(CU_SOAP, baseline=EMT(), method="sparse",
+                                random_state=0).fit(cells[:4])
+    assert isinstance(runtime.baseline_, CalculatorBaseline)
+    # EMT as the baseline: the GP learns (almost) nothing, predictions are EMT's
+    reference = np.array([a.get_potential_energy() for a in cells[6:]])
+    np.testing.assert_allclose(runtime.predict(cells[6:]), reference, atol=0.05)
+    with pytest.raises(ValueError, match="save: the model's baseline is CalculatorBaseline"):
+        runtime.save(tmp_path / "emt")
+
+
+def test_the_calculator_and_update_use_the_baseline(cells):
+    baseline = ZBL(r_cut=2.2)
+    model = SparseGPPotential(CU_SOAP, baseline=baseline, method="sparse", incremental=True,
+                              random_state=0, use_stress=False).fit(cells[:4])
+    atoms = cells[6].copy()
+    atoms.calc = KernelPotCalculator(model)
+    assert atoms.get_potential_energy() == pytest.approx(model.predict([cells[6]])[0],
+                                                         rel=1e-12)
+    refit = SparseGPPotential(CU_SOAP, baseline=baseline, method="sparse",
+                              incremental=True, random_state=0, use_stress=False)
+    refit.fit(cells[:4]).update(cells[4:6], n_inducing="all")
+    direct = SparseGPPotential(CU_SOAP, baseline=baseline, method="sparse",
+                               use_stress=False, random_state=0,
+                               optimize=False).set_params(
+        signal_std=refit.signal_std_, energy_noise=refit.energy_noise_,
+        force_noise=refit.force_noise_, e0=dict(zip(["Cu"], refit.e0_, strict=True)))
+    direct.fit(cells[:6])
+    np.testing.assert_allclose(refit.predict(cells[6:]), direct.predict(cells[6:]), rtol=1e-6)
+
+
+def test_a_baseline_of_the_wrong_type_is_refused(cells):
+    with pytest.raises(TypeError, match="baseline must be a kernelpot baseline"):
+        SparseGPPotential(CU_SOAP, baseline="zbl").fit(cells[:2])
