@@ -5,7 +5,7 @@ The public API is re-exported here; submodules hold the implementation.
 
 from kernelpot._version import __version__
 from kernelpot.active import OnTheFlyLearner
-from kernelpot.baselines import ZBL, LennardJones
+from kernelpot.baselines import ZBL, Coulomb, LennardJones
 from kernelpot.calculator import KernelPotCalculator
 from kernelpot.datasets import load_ethanol, load_silicon
 from kernelpot.descriptors import ACSF, SOAP, Descriptor, DescriptorResult, FeatomicSOAP
@@ -17,6 +17,7 @@ from kernelpot.two_body import TwoBody
 
 __all__ = [
     "ACSF",
+    "Coulomb",
     "SOAP",
     "Descriptor",
     "DescriptorResult",

@@ -128,7 +128,7 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         sampling by default (measured on ethanol, n = 200, 300 per element: the same
         force error as CUR and random, and the force std ranks errors best, Spearman
         0.62 against 0.46 for CUR).
-    baseline : kernelpot.ZBL, kernelpot.LennardJones, ASE calculator or None, default=None
+    baseline : kernelpot.ZBL, LennardJones, Coulomb, ASE calculator or None, default=None
         A fixed physics term (Δ-learning, :mod:`kernelpot.baselines`): the GP is
         fitted to the labels minus the baseline's energies, forces and stresses, and
         every prediction (energies, forces, stress, local energies; the calculator, MD

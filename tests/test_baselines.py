@@ -8,7 +8,15 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from helpers import emt_strained_cells
 
-from kernelpot import SOAP, ZBL, KernelPotCalculator, LennardJones, SparseGPPotential, load
+from kernelpot import (
+    SOAP,
+    ZBL,
+    Coulomb,
+    KernelPotCalculator,
+    LennardJones,
+    SparseGPPotential,
+    load,
+)
 from kernelpot._labels import read_labels
 from kernelpot.baselines import COULOMB_EV_A, CalculatorBaseline, residual_labels
 
@@ -200,3 +208,111 @@ def test_the_calculator_and_update_use_the_baseline(cells):
 def test_a_baseline_of_the_wrong_type_is_refused(cells):
     with pytest.raises(TypeError, match="baseline must be a kernelpot baseline"):
         SparseGPPotential(CU_SOAP, baseline="zbl").fit(cells[:2])
+
+
+# -- Coulomb -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("structure", "a", "r0_factor", "madelung", "pairs"), [
+    (bulk("NaCl", "rocksalt", 5.64, cubic=True), 5.64, 0.5, 1.747564594633, 4),
+    (bulk("NaCl", "rocksalt", 5.64), 5.64, 0.5, 1.747564594633, 1),
+    (bulk("CsCl", "cesiumchloride", 4.1), 4.1, np.sqrt(3) / 2, 1.762674773070, 1),
+], ids=["NaCl-cubic", "NaCl-primitive", "CsCl"])
+def test_coulomb_gives_the_madelung_constants(structure, a, r0_factor, madelung, pairs):
+    charges = {s: (1 if s in ("Na", "Cs") else -1) for s in set(structure.get_chemical_symbols())}
+    energy = Coulomb(charges).compute(structure).energy
+    assert -energy / pairs * (r0_factor * a) / COULOMB_EV_A == pytest.approx(madelung, rel=1e-6)
+    # a tighter accuracy moves it by less than the looser one's tolerance
+    tight = Coulomb(charges, r_cut=10.0, accuracy=1e-10).compute(structure).energy
+    assert energy == pytest.approx(tight, rel=1e-6)
+
+
+def _ionic_cell():
+    atoms = bulk("NaCl", "rocksalt", 5.64, cubic=True)
+    atoms.rattle(0.1, seed=3)
+    atoms.set_cell(atoms.cell @ (np.eye(3) + [[0.01, 0.02, 0.0], [0.0, -0.01, 0.015],
+                                              [0.0, 0.0, 0.005]]), scale_atoms=True)
+    return atoms
+
+
+@pytest.mark.parametrize("charged", [False, True], ids=["neutral", "charged"])
+def test_coulomb_forces_and_stress_are_finite_differences(charged):
+    atoms = _ionic_cell()
+    coulomb = Coulomb({"Na": 1.0, "Cl": -0.7 if charged else -1.0}, r_cut=7.0, accuracy=1e-10)
+    terms = coulomb.compute(atoms, stress=True)
+    h = 1e-5
+    for j, c in [(0, 0), (3, 2), (6, 1)]:
+        shifted = [atoms.copy() for _ in range(2)]
+        shifted[0].positions[j, c] += h
+        shifted[1].positions[j, c] -= h
+        fd = -(coulomb.compute(shifted[0]).energy - coulomb.compute(shifted[1]).energy) / (2 * h)
+        assert terms.forces[j, c] == pytest.approx(fd, rel=1e-5, abs=1e-6)
+    volume = atoms.get_volume()
+    for v, (a, b) in enumerate([(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]):
+        eps = np.zeros((3, 3))
+        eps[a, b] = eps[b, a] = h
+        values = []
+        for sign in (1, -1):
+            strained = atoms.copy()
+            strained.set_cell(atoms.cell @ (np.eye(3) + sign * eps), scale_atoms=True)
+            values.append(coulomb.compute(strained).energy)
+        fd = (0.5 if a != b else 1.0) * (values[0] - values[1]) / (2 * h) / volume
+        assert terms.stress[v] == pytest.approx(fd, rel=1e-5, abs=1e-8)
+    if not charged:
+        np.testing.assert_allclose(terms.forces.sum(axis=0), 0.0, atol=1e-8)
+
+
+def test_coulomb_of_a_molecule_is_the_plain_sum():
+    mol = molecule("H2O")
+    charges = {"O": -0.8, "H": 0.4}
+    terms = Coulomb(charges).compute(mol)
+    q = np.array([charges[s] for s in mol.get_chemical_symbols()])
+    expected = sum(COULOMB_EV_A * q[i] * q[j] / mol.get_distance(i, j)
+                   for i in range(3) for j in range(i + 1, 3))
+    assert terms.energy == pytest.approx(expected, rel=1e-12)
+    h = 1e-6
+    shifted = [mol.copy() for _ in range(2)]
+    shifted[0].positions[1, 0] += h
+    shifted[1].positions[1, 0] -= h
+    fd = -(Coulomb(charges).compute(shifted[0]).energy
+           - Coulomb(charges).compute(shifted[1]).energy) / (2 * h)
+    assert terms.forces[1, 0] == pytest.approx(fd, rel=1e-6)
+
+
+@pytest.mark.parametrize(("coulomb", "atoms", "error", "message"), [
+    (Coulomb({"Na": 1}), bulk("NaCl", "rocksalt", 5.64), ValueError,
+     r"Coulomb: no charge given for \['Cl'\]"),
+    (Coulomb(None), bulk("NaCl", "rocksalt", 5.64), TypeError, "charges must be a dict"),
+    (Coulomb({"Na": "1", "Cl": -1}), bulk("NaCl", "rocksalt", 5.64), ValueError,
+     "the charge of 'Na' must be a finite number"),
+    (Coulomb({"Na": 1, "Cl": -1}, accuracy=2.0), bulk("NaCl", "rocksalt", 5.64), ValueError,
+     r"accuracy must lie in \(0, 1\)"),
+])
+def test_coulomb_errors_name_the_problem(coulomb, atoms, error, message):
+    with pytest.raises(error, match=message):
+        coulomb.compute(atoms)
+
+
+def test_coulomb_refuses_mixed_periodicity():
+    slab = bulk("NaCl", "rocksalt", 5.64, cubic=True)
+    slab.pbc = [True, True, False]
+    with pytest.raises(ValueError, match="periodic along all three axes or none"):
+        Coulomb({"Na": 1, "Cl": -1}).compute(slab)
+
+
+def test_a_model_with_a_coulomb_baseline_saves_and_loads(tmp_path):
+    from ase.calculators.lj import LennardJones as AseLJ
+
+    frames = []
+    for seed in range(4):
+        atoms = _ionic_cell()
+        atoms.rattle(0.05, seed=seed)
+        atoms.calc = AseLJ(sigma=2.5, epsilon=0.01, rc=5.0)
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+        frames.append(atoms)
+    soap = SOAP(["Na", "Cl"], r_cut=4.0, n_max=3, l_max=2, sigma=0.5)
+    model = SparseGPPotential(soap, baseline=Coulomb({"Na": 1, "Cl": -1}), method="sparse",
+                              random_state=0).fit(frames[:3])
+    loaded = load(model.save(tmp_path / "coulomb"))
+    assert loaded.baseline_.get_params() == model.baseline_.get_params()
+    np.testing.assert_array_equal(loaded.predict(frames[3:]), model.predict(frames[3:]))
