@@ -40,6 +40,20 @@ class TrainingState:
     energy_row: list = field(default_factory=list)  # row of each frame's energy, or -1
     force_row: list = field(default_factory=list)  # first force row of each frame, or -1
     prior: np.ndarray | None = None  # (n,) prior variance over σ² of each row, for LOSO
+    stress_row: list = field(default_factory=list)  # first stress row of each frame, or -1
+    is_stress: np.ndarray | None = None  # (n,) bool; None: no stress rows
+
+
+def stress_mask(state: TrainingState) -> np.ndarray:
+    """Return which stored rows are stress components, bool of shape (n,)."""
+    if state.is_stress is None:
+        return np.zeros(len(state.y), dtype=bool)
+    return state.is_stress
+
+
+def force_mask(state: TrainingState) -> np.ndarray:
+    """Return which stored rows are force components, bool of shape (n,)."""
+    return ~state.is_energy & ~stress_mask(state)
 
 
 def factor(Kw: np.ndarray, noise_std: np.ndarray, y: np.ndarray,
@@ -64,8 +78,15 @@ def posterior(state: TrainingState, sigma: float) -> gp.Posterior:
 
 def add_rows(state: TrainingState, K_new: np.ndarray, y_new: np.ndarray,
              noise_std_new: np.ndarray, is_energy: np.ndarray, n_atoms_row: np.ndarray,
-             sigma: float) -> None:
-    """Append observations (unwhitened design rows ``K_new``, shape (k, M))."""
+             sigma: float, is_stress: np.ndarray | None = None) -> None:
+    """Append observations (unwhitened design rows ``K_new``, shape (k, M)).
+
+    ``is_stress`` marks the new stress rows (``None``: none).
+    """
+    new_stress = np.zeros(len(y_new), dtype=bool) if is_stress is None \
+        else np.asarray(is_stress, dtype=bool)
+    if state.is_stress is not None or new_stress.any():
+        state.is_stress = np.concatenate([stress_mask(state), new_stress])
     Kw_new = sla.solve_triangular(state.L_mm, K_new.T, lower=True, check_finite=False).T
     stacked = np.vstack([state.R, Kw_new * (sigma / noise_std_new)[:, None]])
     state.R = sla.qr(stacked, mode="r", check_finite=False)[0][: state.R.shape[0]]
@@ -124,6 +145,7 @@ def add_columns(state: TrainingState, K_extra: np.ndarray, k_cross: np.ndarray,
 
 def statistics(state: TrainingState) -> gp.WhitenedStatistics:
     """Likelihood statistics of the stored design (for re-optimising the noise)."""
-    energy = state.is_energy
+    energy, stress, force = state.is_energy, stress_mask(state), force_mask(state)
     return gp.whitened_statistics(state.Kw[energy], state.n_atoms_row[energy].astype(float),
-                                  state.y[energy], state.Kw[~energy], state.y[~energy])
+                                  state.y[energy], state.Kw[force], state.y[force],
+                                  Kw_S=state.Kw[stress], y_S=state.y[stress])

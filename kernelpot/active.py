@@ -18,6 +18,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 from sklearn.base import clone
 
+from kernelpot import _incremental
 from kernelpot import estimator as estimator_module
 from kernelpot._files import atomic_write
 from kernelpot._validation import check_int, check_max_inducing, check_verbose
@@ -497,7 +498,7 @@ class OnTheFlyLearner:
     def _tolerance(self) -> float:
         """Return ``force_tolerance`` times the RMS labelled force component (inf: none)."""
         state = self.model.posterior_.training
-        labels = state.y[~state.is_energy]
+        labels = state.y[_incremental.force_mask(state)]
         if not labels.size:
             return np.inf
         return float(self.force_tolerance * np.sqrt(np.mean(labels**2)))

@@ -11,7 +11,6 @@ the likelihood searches are :mod:`kernelpot.hyperparameters`; the file format is
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import numbers
 import time
@@ -170,9 +169,9 @@ pair of float
         three axes, ``atoms.get_stress()`` available; ASE's convention and Voigt
         order, eV/Å³): six more observations per cell, the strain derivatives of the
         summed local energies over the volume, with their own noise ``σ_S`` learned by
-        the likelihood. Both methods train on them; ``incremental=True`` does not yet
-        (it warns and trains on energies and forces). ``False`` trains on energies and
-        forces only.
+        the likelihood. Both methods train on them, ``incremental=True`` models too
+        (:meth:`update` adds the stresses of new cells). ``False`` trains on energies
+        and forces only.
     e0 : "lstsq" or dict, default="lstsq"
         Reference energy per element: least squares of the training energies on
         the compositions (minimum norm), or a dict ``{element: eV}``.
@@ -502,7 +501,6 @@ pair of float
         e0 = self._reference_energies(counts, labels.energies, species)
         training = TrainingSet(frames, labels, species, species_index, counts, e0)
         method = self._resolve_method(training, descriptor)
-        training = self._without_untrained_stress(training, method, owner)
         posterior = _POSTERIORS[method].fit(
             self, training, descriptor, kernel, rng,
             lambda fn, items, desc: self._imap(fn, items, verbose, desc))
@@ -515,19 +513,6 @@ pair of float
                     self.energy_noise_, self.force_noise_, stress,
                     self.log_marginal_likelihood_value_)
         return self
-
-    def _without_untrained_stress(self, training: TrainingSet, method: str,
-                                  owner: str) -> TrainingSet:
-        """Drop the stresses an incremental model does not train on yet, warning."""
-        n_stress = int(training.has_stress.sum())
-        if not n_stress or not self.incremental:
-            return training
-        warnings.warn(f"{owner}: {n_stress} training cells carry a stress, but "
-                      "incremental=True does not train on stresses yet: training on their "
-                      "energies and forces (use_stress=False silences this)", UserWarning,
-                      stacklevel=3)
-        return dataclasses.replace(training,
-                                   labels=training.labels._replace(stresses=None))
 
     def from_posterior(self, posterior: SparsePosterior | ExactPosterior, *,
                        descriptor: Descriptor, species: np.ndarray, e0: np.ndarray,
@@ -907,7 +892,9 @@ pair of float
         cap = self._inducing_cap(max_inducing, owner)
         frames = check_frames(X, owner)
         indices = [self._species_index(atoms, owner) for atoms in frames]
-        labels = residual_labels(frames, read_labels(frames, owner), self.baseline_)
+        labels = residual_labels(frames, read_labels(frames, owner,
+                                                     stress=bool(self.use_stress)),
+                                 self.baseline_)
         names = fitted_names(self.optimize, type(self).__name__) if optimize else None
         loso = self.calibration == "loso"
         posterior.update(frames, labels, indices, self.descriptor_, self.e0_, n_inducing,
@@ -957,10 +944,14 @@ pair of float
         frames = check_frames(frames, owner)
         verbose = check_verbose(self.verbose, type(self).__name__)
 
+        state = getattr(self.posterior_, "training", None)
+        strain = [row >= 0 for row in state.stress_row] \
+            if state is not None and len(state.stress_row) == len(frames) else None
+
         def describe(frames):
             indices = [self._species_index(a, owner) for a in frames]
             return indices, self.descriptor_.compute_all(
-                frames, lambda fn, items, desc: self._imap(fn, items, verbose, desc))
+                frames, lambda fn, items, desc: self._imap(fn, items, verbose, desc), strain)
 
         posterior = self.posterior_
         posterior.restore_training(frames, describe, owner)

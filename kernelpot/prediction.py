@@ -421,12 +421,10 @@ class PredictionMixin:
 
         Notes
         -----
-        The sparse model trains on the stresses of the training cells that carry one
-        (``use_stress``); otherwise (the exact model, ``incremental=True``,
-        ``use_stress=False``, or no stress labels) the stress is what the energies
-        and forces determine: on mlearn Mo its error was several times that of a
-        model trained on stresses (``benchmarks/RESULTS.md``). No stress uncertainty
-        yet.
+        The model trains on the stresses of the training cells that carry one
+        (``use_stress``); otherwise (``use_stress=False``, or no stress labels) the
+        stress is what the energies and forces determine: on mlearn Mo its error was
+        several times that of a model trained on stresses (``benchmarks/RESULTS.md``).
         """
         self._check_std_type(std_type)
         _, out = self._predict_many(X, forces=False, variance="energy" if return_std else False,

@@ -86,6 +86,8 @@ _DESCRIPTOR_CACHE_BYTES = 2 * 2**30
 #: and row layout only. The whitened design and its factor are rebuilt from the structures
 #: by :meth:`SparsePosterior.restore_training` (format 5; format 4 stored them).
 _STATE_FIELDS = ("y", "noise_std", "is_energy", "n_atoms_row", "energy_row", "force_row")
+#: Stored since format 6 when some training structure has a stress.
+_STRESS_STATE_FIELDS = ("is_stress", "stress_row")
 #: Fields format-4 files stored besides: the design ``Kw`` and the factors ``L_mm``, ``R``, ``b``.
 _STORED_DESIGN_FIELDS = ("Kw", "L_mm", "R", "b")
 
@@ -105,7 +107,8 @@ def features_only(features: np.ndarray) -> DescriptorResult:
                             np.zeros((0, 3, features.shape[1])))
 
 
-def labelled_copy(atoms: Atoms, energy: float, forces: np.ndarray | None) -> Atoms:
+def labelled_copy(atoms: Atoms, energy: float, forces: np.ndarray | None,
+                  stress: np.ndarray | None = None) -> Atoms:
     """Copy ``atoms`` with its reference labels (``Atoms.copy`` drops them).
 
     Parameters
@@ -114,6 +117,7 @@ def labelled_copy(atoms: Atoms, energy: float, forces: np.ndarray | None) -> Ato
     energy : float
         NaN for none.
     forces : ndarray of shape (n_atoms, 3) or None
+    stress : ndarray of shape (6,) or None, default=None
 
     Returns
     -------
@@ -125,6 +129,8 @@ def labelled_copy(atoms: Atoms, energy: float, forces: np.ndarray | None) -> Ato
         kwargs["energy"] = float(energy)
     if forces is not None:
         kwargs["forces"] = np.array(forces)
+    if stress is not None:
+        kwargs["stress"] = np.array(stress)
     copy.calc = SinglePointCalculator(copy, **kwargs)
     return copy
 
@@ -392,23 +398,30 @@ class SparsePosterior(Posterior):
     def _training_state(design: SparseDesign, assembled: AssembledDesign, noise_std: np.ndarray,
                         y_all: np.ndarray, sigma: float, L_mm: np.ndarray):
         """Build what an incremental model keeps of its training data."""
-        n_obs, n_E, training = design.n_obs, design.n_energy, design.training
-        has_energy, has_forces = design.has_energy, design.has_forces
+        n_obs, training = design.n_obs, design.training
+        has_energy, has_forces, has_stress = design.has_energy, design.has_forces, \
+            design.has_stress
+        kinds = design.row_kinds()
+        stresses = training.labels.stresses or [None] * len(training.frames)
         Kw = assembled.design[:n_obs].copy()
         R, b = _incremental.factor(Kw, noise_std, y_all, sigma)
         return _incremental.TrainingState(
-            Kw=Kw, y=y_all, noise_std=noise_std, is_energy=np.arange(n_obs) < n_E,
+            Kw=Kw, y=y_all, noise_std=noise_std, is_energy=kinds == 0,
             n_atoms_row=np.concatenate([design.n_atoms[has_energy],
-                                        np.ones(design.n_force, dtype=int)]),
+                                        np.ones(design.n_force + design.n_stress, dtype=int)]),
             L_mm=L_mm.copy(), R=R, b=b,
-            frames=[labelled_copy(a, training.labels.energies[k], training.labels.forces[k])
+            frames=[labelled_copy(a, training.labels.energies[k], training.labels.forces[k],
+                                  stresses[k])
                     for k, a in enumerate(training.frames)],
             results=design.results, species_index=training.species_index,
             energy_row=[int(design.energy_row[k]) if has_energy[k] else -1
                         for k in range(len(training.frames))],
             force_row=[int(design.force_start[k]) if has_forces[k] else -1
                        for k in range(len(training.frames))],
-            prior=assembled.prior)
+            prior=assembled.prior,
+            stress_row=[int(design.stress_start[k]) if has_stress[k] else -1
+                        for k in range(len(training.frames))],
+            is_stress=(kinds == 2) if design.n_stress else None)
 
     # -- prediction ----------------------------------------------------------------------
     def parts(self, descriptor: Descriptor, atoms: Atoms, index: np.ndarray, e0: np.ndarray,
@@ -609,8 +622,10 @@ class SparsePosterior(Posterior):
         if self.needs_frames:
             raise ValueError(f"{owner}: this model was loaded with its training state; give "
                              "its training structures back with restore_training(frames) first")
+        stresses = labels.stresses or [None] * len(frames)
         new = [self._add_structure(atoms, labels.energies[k], labels.forces[k], indices[k],
-                                   descriptor, e0) for k, atoms in enumerate(frames)]
+                                   descriptor, e0, stresses[k])
+               for k, atoms in enumerate(frames)]
         self._refresh()
         chosen = self._choose_new_inducing(new, n_inducing, max_inducing)
         if any(len(z) for z in chosen):
@@ -661,32 +676,41 @@ class SparsePosterior(Posterior):
         """Compute the LOSO terms of the training state."""
         state = self.training
         structure = np.full(len(state.y), -1, dtype=np.int64)
-        for k, (e_row, f_row) in enumerate(zip(state.energy_row, state.force_row,
-                                               strict=True)):
+        for k, (e_row, f_row, s_row) in enumerate(zip(state.energy_row, state.force_row,
+                                                      _stress_rows(state), strict=True)):
             if e_row >= 0:
                 structure[e_row] = k
             if f_row >= 0:
                 structure[f_row:f_row + 3 * len(state.frames[k])] = k
+            if s_row >= 0:
+                structure[s_row:s_row + 6] = k
         if np.any(structure < 0):
             raise ValueError("the training state's rows do not match its structures")
+        kinds = np.where(state.is_energy, 0, np.where(_incremental.stress_mask(state), 2, 1))
         return _sparse_loso_terms(state.Kw, state.y, state.noise_std, self.signal_std,
-                                  state.prior, state.is_energy, structure, state.L_mm,
+                                  state.prior, kinds, structure, state.L_mm,
                                   self.pair_columns, factor=state.R)
 
-    def _add_structure(self, atoms, energy: float, forces, index, descriptor, e0):
+    def _add_structure(self, atoms, energy: float, forces, index, descriptor, e0,
+                       stress=None):
         """Append one structure's observations to the training state."""
         state = self.training
-        has_e, has_f = not np.isnan(energy), forces is not None
-        result = descriptor.compute(atoms)
+        has_e, has_f, has_s = not np.isnan(energy), forces is not None, stress is not None
+        result = descriptor.compute(atoms, strain=has_s)
+        volume = atoms.get_volume() if has_s else None
         rows = gp.design_rows(result, index, self.inducing, self.kernel, energy=has_e,
-                              forces=has_f, columns=self.columns, n_columns=self.weights.size)
+                              forces=has_f, columns=self.columns, n_columns=self.weights.size,
+                              stress_volume=volume)
         rows = with_two_body(rows, self.two_body, atoms, index, self.n_species,
                              self.pair_columns)
         n = len(atoms)
         blocks, y, std, is_e, n_rows = [], [], [], [], []
         start = len(state.y)
+        if len(state.stress_row) < len(state.energy_row):  # a state from before stresses
+            state.stress_row = [-1] * len(state.energy_row)
         state.energy_row.append(start if has_e else -1)
         state.force_row.append(start + int(has_e) if has_f else -1)
+        state.stress_row.append(start + int(has_e) + 3 * n * has_f if has_s else -1)
         if has_e:
             blocks.append(rows.energy[None, :])
             y.append([energy - e0[index].sum()])
@@ -699,14 +723,25 @@ class SparsePosterior(Posterior):
             std.append(np.full(3 * n, self.force_noise))
             is_e.append(np.zeros(3 * n, dtype=bool))
             n_rows.append(np.ones(3 * n, dtype=int))
+        if has_s:
+            blocks.append(rows.stress)
+            y.append(np.asarray(stress, dtype=np.float64))
+            std.append(np.full(6, self.stress_noise))
+            is_e.append(np.zeros(6, dtype=bool))
+            n_rows.append(np.ones(6, dtype=int))
+        is_e = np.concatenate(is_e)
         _incremental.add_rows(state, np.vstack(blocks), np.concatenate(y), np.concatenate(std),
-                              np.concatenate(is_e), np.concatenate(n_rows), self.signal_std)
+                              is_e, np.concatenate(n_rows), self.signal_std,
+                              is_stress=np.arange(len(is_e)) >= len(is_e) - 6 * has_s)
         if state.prior is not None:  # kept for the LOSO projection term
             prior_e, prior_f = gp.prior_variances(result, index, self.n_species, self.kernel,
                                                   energy=has_e, forces=has_f)
+            prior_s = [gp.prior_variances(gp.stress_jacobian(result, volume), index,
+                                          self.n_species, self.kernel,
+                                          energy=False)[1].ravel()[:6]] if has_s else []
             state.prior = np.concatenate([state.prior] + ([[prior_e]] if has_e else [])
-                                         + ([prior_f.ravel()] if has_f else []))
-        state.frames.append(labelled_copy(atoms, energy, forces))
+                                         + ([prior_f.ravel()] if has_f else []) + prior_s)
+        state.frames.append(labelled_copy(atoms, energy, forces, stress))
         state.results.append(result)
         state.species_index.append(index)
         return result, index
@@ -768,14 +803,18 @@ class SparsePosterior(Posterior):
         m = int(sum(len(z) for z in chosen))
         new_columns = gp.inducing_columns(chosen)  # local blocks; global = M + local
         K_extra = np.zeros((len(state.y), m))
-        for result, index, e_row, f_row in zip(state.results, state.species_index,
-                                               state.energy_row, state.force_row, strict=True):
+        for atoms, result, index, e_row, f_row, s_row in zip(
+                state.frames, state.results, state.species_index, state.energy_row,
+                state.force_row, _stress_rows(state), strict=True):
             rows = gp.design_rows(result, index, chosen, self.kernel, energy=e_row >= 0,
-                                  forces=f_row >= 0, columns=new_columns)
+                                  forces=f_row >= 0, columns=new_columns,
+                                  stress_volume=atoms.get_volume() if s_row >= 0 else None)
             if e_row >= 0:
                 K_extra[e_row] = rows.energy
             if f_row >= 0:
                 K_extra[f_row:f_row + 3 * result.n_atoms] = rows.forces
+            if s_row >= 0:
+                K_extra[s_row:s_row + 6] = rows.stress
         k_cross = np.zeros((M, m))
         k_new = np.zeros((m, m))
         for s, z in enumerate(chosen):
@@ -796,14 +835,16 @@ class SparsePosterior(Posterior):
             self.columns[s] = np.concatenate([self.columns[s], M + new_columns[s]])
 
     def _reoptimize(self, names: set, search: NoiseSearch, rng) -> gp.WhitenedStatistics:
-        """Re-fit ``(σ, σ_E, σ_F)`` on all data seen so far and refactor (no stress rows).
+        """Re-fit ``(σ, σ_E, σ_F, σ_S)`` on all data seen so far and refactor.
 
         Returns the likelihood statistics of the training state (which do not depend
         on the hyperparameters).
         """
         state = self.training
         stats = _incremental.statistics(state)
-        free = free_mask(names, int(state.is_energy.sum()), int((~state.is_energy).sum()))
+        free = free_mask(names, int(state.is_energy.sum()),
+                         int(_incremental.force_mask(state).sum()),
+                         n_stress=int(_incremental.stress_mask(state).sum()))
         current = np.log([self.signal_std, self.energy_noise, self.force_noise,
                           self.stress_noise])
         if any(free):
@@ -824,7 +865,8 @@ class SparsePosterior(Posterior):
         state = self.training
         state.noise_std = np.where(state.is_energy,
                                    self.energy_noise * np.sqrt(state.n_atoms_row),
-                                   self.force_noise)
+                                   np.where(_incremental.stress_mask(state), self.stress_noise,
+                                            self.force_noise))
         state.R, state.b = _incremental.factor(state.Kw, state.noise_std, state.y,
                                                self.signal_std)
         self._refresh()
@@ -877,18 +919,22 @@ class SparsePosterior(Posterior):
         state = self.training
         n_rows, M = len(state.y), self.weights.size
         K = np.zeros((n_rows, M))
+        stress_rows = _stress_rows(state)
         for k, (atoms, result, index) in enumerate(zip(frames, results, species_index,
                                                        strict=True)):
-            e_row, f_row = state.energy_row[k], state.force_row[k]
+            e_row, f_row, s_row = state.energy_row[k], state.force_row[k], stress_rows[k]
             rows = gp.design_rows(result, index, self.inducing, self.kernel,
                                   energy=e_row >= 0, forces=f_row >= 0, columns=self.columns,
-                                  n_columns=M)
+                                  n_columns=M,
+                                  stress_volume=atoms.get_volume() if s_row >= 0 else None)
             rows = with_two_body(rows, self.two_body, atoms, index, self.n_species,
                                  self.pair_columns)
             if e_row >= 0:
                 K[e_row] = rows.energy
             if f_row >= 0:
                 K[f_row:f_row + 3 * len(atoms)] = rows.forces
+            if s_row >= 0:
+                K[s_row:s_row + 6] = rows.stress
         state.Kw = sla.solve_triangular(self.factors.L_mm, K.T, lower=True,
                                         check_finite=False).T
         state.L_mm = self.factors.L_mm
@@ -935,6 +981,9 @@ class SparsePosterior(Posterior):
                                  "incremental=True")
             for name in _STATE_FIELDS:  # the design is rebuilt from the structures
                 arrays[f"state_{name}"] = np.asarray(getattr(self.training, name))
+            if self.training.is_stress is not None:
+                arrays["state_is_stress"] = self.training.is_stress
+                arrays["state_stress_row"] = np.asarray(_stress_rows(self.training))
             if self.training.prior is not None:
                 arrays["state_prior"] = self.training.prior
         fitted = {"method": self.kind, "signal_std": self.signal_std,
@@ -1056,10 +1105,13 @@ def _check_frames_match_rows(state: _incremental.TrainingState, frames: list,
     """
     n_rows = len(state.y)
     owner_of = np.full(n_rows, -1, dtype=np.int64)
+    stress_rows = _stress_rows(state)
     for k, atoms in enumerate(frames):
         e_row, f_row, n = state.energy_row[k], state.force_row[k], len(atoms)
+        s_row = stress_rows[k]
         blocks = ([(e_row, e_row + 1)] if e_row >= 0 else []) \
-            + ([(f_row, f_row + 3 * n)] if f_row >= 0 else [])
+            + ([(f_row, f_row + 3 * n)] if f_row >= 0 else []) \
+            + ([(s_row, s_row + 6)] if s_row >= 0 else [])
         for start, stop in blocks:
             if stop > n_rows or np.any(owner_of[start:stop] >= 0):
                 raise ValueError(f"{owner}: structure {k} ({n} atoms) does not fit the "
@@ -1108,9 +1160,23 @@ def _training_state_from_arrays(arrays: dict, L_mm: np.ndarray,
     values["energy_row"] = values["energy_row"].tolist()
     values["force_row"] = values["force_row"].tolist()
     values["prior"] = arrays.get("state_prior")  # absent in older files
+    if "state_is_stress" in arrays:  # format 6, with stress rows
+        is_stress, stress_row = arrays["state_is_stress"], arrays.get("state_stress_row")
+        if stress_row is None or is_stress.shape != (n_rows,) or is_stress.dtype != bool \
+                or stress_row.shape != (len(values["energy_row"]),) \
+                or np.any(stress_row >= n_rows) or np.any(stress_row < -1):
+            raise ValueError(f"load: {what} has a malformed training state (stress rows)")
+        values["is_stress"], values["stress_row"] = is_stress, stress_row.tolist()
     if not stored_design:
         values.update(Kw=None, L_mm=L_mm, R=None, b=None)
     return _incremental.TrainingState(**values)
+
+
+def _stress_rows(state: _incremental.TrainingState) -> list:
+    """Return the first stress row of each stored structure (-1: none)."""
+    if len(state.stress_row) == len(state.energy_row):
+        return state.stress_row
+    return [-1] * len(state.energy_row)
 
 
 def _pack_lower(L: np.ndarray) -> np.ndarray:

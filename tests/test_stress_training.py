@@ -1,6 +1,5 @@
 """Training on stresses: labels, design rows, the likelihood's stress noise, the fit."""
 
-import warnings
 
 import numpy as np
 import pytest
@@ -158,15 +157,47 @@ def test_save_load_keeps_the_stress_noise_and_statistics(stress_model, cells, tm
                                   stress_model.predict_stress(cells[12:13]))
 
 
-def test_incremental_models_warn_and_ignore_stresses(cells):
-    with pytest.warns(UserWarning, match="8 training cells carry a stress, but incremental"):
-        model = SparseGPPotential(CU_SOAP, random_state=0, method="sparse",
-                                  incremental=True).fit(cells[:8])
-    assert model.posterior_.stats.n_S == 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)
-        SparseGPPotential(CU_SOAP, random_state=0, use_stress=False, method="sparse",
-                          incremental=True).fit(cells[:8])
+def _fixed(model, **params):
+    """An estimator with ``model``'s fitted hyperparameters, not optimised again."""
+    return SparseGPPotential(CU_SOAP, method="sparse", optimize=False, random_state=0,
+                             signal_std=model.signal_std_, energy_noise=model.energy_noise_,
+                             force_noise=model.force_noise_, stress_noise=model.stress_noise_,
+                             e0={"Cu": float(model.e0_[0])}, **params)
+
+
+def test_incremental_models_train_on_stresses_and_update_adds_them(cells, tmp_path):
+    model = SparseGPPotential(CU_SOAP, method="sparse", incremental=True, n_sparse=40,
+                              random_state=0).fit(cells[:4])
+    assert model.posterior_.stats.n_S == 24
+    assert model.posterior_.training.is_stress.sum() == 24
+    model.update(cells[4:7], n_inducing="all")
+    assert model.posterior_.stats.n_S == 42
+    # a checkpoint keeps the stress rows: restore and update give the same model
+    path = model.save(tmp_path / "checkpoint", training_state=True)
+    loaded = load(path).restore_training(cells[:7])
+    assert loaded.posterior_.training.is_stress.sum() == 42
+    model.update(cells[7:8])
+    loaded.update(cells[7:8])
+    # the restored design is rebuilt from the structures: equal to round-off (2e-8)
+    np.testing.assert_allclose(loaded.predict_stress(cells[12:]),
+                               model.predict_stress(cells[12:]), rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(loaded.predict(cells[12:]), model.predict(cells[12:]),
+                               rtol=0, atol=1e-7)
+    assert loaded.posterior_.loso.is_stress.sum() == 48
+
+
+def test_update_with_stresses_equals_a_fit_on_all_the_data(cells):
+    first = SparseGPPotential(CU_SOAP, method="sparse", incremental=True, random_state=0,
+                              sparse_method="all").fit(cells[:4])
+    fixed = _fixed(first, incremental=True, sparse_method="all").fit(cells[:4])
+    fixed.update(cells[4:6], n_inducing="all")
+    direct = _fixed(first, sparse_method="all").fit(cells[:6])
+    np.testing.assert_allclose(fixed.predict_stress(cells[10:]),
+                               direct.predict_stress(cells[10:]), rtol=1e-6,
+                               atol=1e-9)
+    # QR updates against one factorisation, with k_mm's jitter: equal to round-off
+    np.testing.assert_allclose(fixed.predict(cells[10:]), direct.predict(cells[10:]),
+                               rtol=0, atol=1e-7)
 
 
 # -- the exact model ---------------------------------------------------------------------------
