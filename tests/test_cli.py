@@ -541,3 +541,32 @@ def test_md_reference_refits_a_per_element_exact_model_as_sparse(tmp_path, capsy
                  "--temperature", "300", "--reference", "emt", "--train",
                  str(tmp_path / "train.xyz"), "--directory", str(tmp_path / "otf")]) == 0
     assert "is exact, refitting it as sparse" in capsys.readouterr().out
+
+
+def test_fit_with_a_baseline_from_the_config(cli_files, capsys):
+    from kernelpot import ZBL, Coulomb
+
+    model, out = _fit_with_config(
+        cli_files, capsys, "zbl", 'n_restarts = 0\ndescriptor.n_max = 3\n'
+        'descriptor.l_max = 2\nbaseline.kind = "ZBL"\nbaseline.r_inner = 0.5\n'
+        'baseline.r_cut = 0.9\n',
+        "--n-sparse", "30")
+    assert isinstance(model.baseline_, ZBL) and model.baseline_.r_cut == 0.9
+    assert "baseline: ZBL(r_cut=0.9, r_inner=0.5)" in out
+    model, _ = _fit_with_config(
+        cli_files, capsys, "coulomb", 'n_restarts = 0\ndescriptor.n_max = 3\n'
+        'descriptor.l_max = 2\nbaseline.kind = "Coulomb"\n'
+        'baseline.charges = {H = 0.4, C = -0.2, O = -0.6}\n', "--n-sparse", "30")
+    assert isinstance(model.baseline_, Coulomb)
+    assert model.baseline_.charges == {"H": 0.4, "C": -0.2, "O": -0.6}
+    config = cli_files / "bad_baseline.toml"
+    model_path = cli_files / "bad_baseline.npz"
+    for text, message in (('baseline.kind = "Morse"\n', "baseline.kind must be one of"),
+                          ('baseline.kind = "ZBL"\nbaseline.sigma = 1.0\n',
+                           "unknown key baseline.sigma for a ZBL baseline"),
+                          ('baseline.kind = "ZBL"\nbaseline.r_cut = -1.0\n',
+                           "ZBL: r_cut must be a finite number > 0")):
+        config.write_text(text)
+        assert main(["fit", str(cli_files / "train.xyz"), "-o", str(model_path), "--config",
+                     str(config), "--quiet"]) == 1
+        assert message in capsys.readouterr().err

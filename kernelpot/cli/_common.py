@@ -90,11 +90,13 @@ def _read_config(path) -> dict:
     except tomllib.TOMLDecodeError as err:
         raise CLIError(f"{path} is not valid TOML: {err}") from err
     # descriptor.r_cut = 4.0 parses as {"descriptor": {"r_cut": 4.0}}; "descriptor.r_cut"
-    # (quoted) as one flat key: both set the descriptor's parameter (two_body.* alike)
-    model_params, nested_params = {}, {"descriptor": {}, "two_body": {}}
+    # (quoted) as one flat key: both set the descriptor's parameter (two_body.* and
+    # baseline.* alike; a baseline's charges are the one value that is a table)
+    model_params, nested_params = {}, {"descriptor": {}, "two_body": {}, "baseline": {}}
     for key, value in table.items():
         if key in nested_params and isinstance(value, dict):
-            nested = [k for k, v in value.items() if isinstance(v, dict)]
+            nested = [k for k, v in value.items() if isinstance(v, dict)
+                      and not (key == "baseline" and k == "charges")]
             if nested:
                 raise CLIError(f"{path}: use a flat table; got {key}.{nested[0]} as a "
                                "sub-table")
@@ -107,7 +109,33 @@ def _read_config(path) -> dict:
             nested_params[owner][name] = value
         else:
             model_params[key] = value
+    if nested_params["baseline"]:
+        model_params["baseline"] = _baseline_from_config(path, nested_params["baseline"])
     return model_params, nested_params["descriptor"], nested_params["two_body"]
+
+
+def _baseline_from_config(path, params: dict):
+    """Build the baseline a config's ``baseline.kind`` and other ``baseline.*`` keys name."""
+    from kernelpot.baselines import ZBL, Coulomb, LennardJones
+
+    kinds = {cls.__name__: cls for cls in (ZBL, LennardJones, Coulomb)}
+    params = dict(params)
+    kind = params.pop("kind", None)
+    if kind not in kinds:
+        raise CLIError(f"{path}: baseline.kind must be one of {sorted(kinds)}; got {kind!r}")
+    valid = sorted(kinds[kind]().get_params(deep=False))
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise CLIError(f"{path}: unknown key{'s' if len(unknown) > 1 else ''} "
+                       f"{', '.join('baseline.' + k for k in unknown)} for a {kind} "
+                       f"baseline. Valid keys: baseline.kind, "
+                       f"{', '.join('baseline.' + k for k in valid)}")
+    baseline = kinds[kind](**params)
+    try:
+        baseline.check()
+    except (TypeError, ValueError) as err:
+        raise CLIError(f"{path}: {err}") from err
+    return baseline
 
 
 def _default_descriptors(frames, which: str, r_cut):

@@ -43,8 +43,12 @@ symmetry-function grid), e.g.
   descriptor.r_cut = 4.5
   descriptor.n_max = 8
   two_body.r_cut = 5.0
+  baseline.kind = "Coulomb"
+  baseline.charges = {Na = 1, Cl = -1}
 (descriptor.* keys set the descriptor's parameters; any two_body.* key adds a
-two-body term, kernelpot.TwoBody, with those parameters; command-line options win)
+two-body term, kernelpot.TwoBody, with those parameters; baseline.kind ("ZBL",
+"LennardJones" or "Coulomb") and the other baseline.* keys add that baseline, fitted
+around (Δ-learning); command-line options win)
 """
 
 

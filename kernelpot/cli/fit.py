@@ -37,6 +37,9 @@ def _cmd_fit(args) -> int:
         print(f"trained on the stresses of {n_stress // 6} cells: learned stress noise "
               f"{160.21766 * model.stress_noise_:.3g} GPa ({model.stress_noise_:.3g} eV/Å³; "
               "--no-stress trains without them)")
+    if model.baseline_ is not None:
+        print(f"baseline: {model.baseline_!r} (the GP fits the reference minus it; every "
+              "prediction adds it back)")
     if model.two_body_ is not None:
         print(f"two-body term: r_cut {model.two_body_.r_cut} Å, {model.two_body_.n_basis} "
               f"basis functions, prior std {model.two_body_.prior_std:.3g} × signal std")
