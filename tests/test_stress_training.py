@@ -377,6 +377,14 @@ def test_cli_fit_trains_on_the_stresses_in_the_file(cells, tmp_path, capsys):
     assert "trained on the stresses of 5 cells: learned stress noise" in out
     with_stress = load(tmp_path / "with.npz")
     assert with_stress.posterior_.n_stress_observations == 30
+    assert "stress RMSE" in out  # the LOSO errors of the fit
+    assert main(["info", str(tmp_path / "with.npz")]) == 0
+    assert "trained on 5 cells' stresses" in capsys.readouterr().out
+    test = tmp_path / "test.xyz"
+    write(test, cells[10:13])
+    assert main(["eval", str(tmp_path / "with.npz"), str(test)]) == 0
+    out = capsys.readouterr().out
+    assert "stress (3 cells): MAE" in out and "within 1 std" in out
     assert main(["fit", str(train), "-o", str(tmp_path / "without.npz"), "--no-stress",
                  *common]) == 0
     assert "trained on the stresses" not in capsys.readouterr().out

@@ -217,17 +217,23 @@ def _errors(model, frames, source: str = "kernelpot"):
     """Predictions and reference labels of labelled frames, as a dict of arrays."""
     from kernelpot._labels import read_labels
 
-    labels = read_labels(frames, source)
+    labels = read_labels(frames, source, stress=True)
     energies, forces, energy_std, forces_std = model.predict_energies_and_forces(
         frames, return_std=True)
     n_atoms = np.array([len(a) for a in frames])
     has_e = labels.has_energy
     has_f = [k for k, f in enumerate(labels.forces) if f is not None]
+    has_s = np.flatnonzero(labels.has_stress)
+    stress = stress_std = np.zeros((0, 6))
+    if has_s.size:
+        stress, stress_std = model.predict_stress([frames[k] for k in has_s], return_std=True)
     return {
         "energies": energies[has_e], "ref_energies": labels.energies[has_e],
         "energy_std": energy_std[has_e], "n_atoms": n_atoms[has_e],
         "forces": [forces[k] for k in has_f], "ref_forces": [labels.forces[k] for k in has_f],
         "forces_std": [forces_std[k] for k in has_f],
+        "stress": stress, "ref_stress": np.array([labels.stresses[k] for k in has_s]),
+        "stress_std": stress_std,
     }
 
 
@@ -268,6 +274,7 @@ def _print_errors(title, err, calibration: bool = True) -> None:
         print(f"{title} forces ({sum(len(x) for x in f)} atoms): MAE "
               f"{1e3 * metrics.mae(f, ref):.1f} meV/Å, RMSE {1e3 * metrics.rmse(f, ref):.1f} "
               f"meV/Å, max {1e3 * metrics.max_error(f, ref):.0f} meV/Å")
+        _print_stress_errors(title, err, calibration)
         if not calibration:
             return
         n_atoms = sum(len(x) for x in f)
@@ -280,17 +287,35 @@ def _print_errors(title, err, calibration: bool = True) -> None:
               f"{metrics.negative_log_likelihood(f, ref, std):.3f} nats per component")
 
 
+def _print_stress_errors(title, err, calibration: bool) -> None:
+    """Print the stress errors (GPa) of the frames with stress labels, and their coverage."""
+    if not len(err.get("stress", ())):
+        return
+    gpa = 160.21766208
+    e = gpa * (err["stress"] - err["ref_stress"])
+    text = (f"{title} stress ({len(e)} cells): MAE {np.mean(np.abs(e)):.3f} GPa, RMSE "
+            f"{np.sqrt(np.mean(e**2)):.3f} GPa, max {np.max(np.abs(e)):.3f} GPa")
+    if calibration:
+        std = gpa * err["stress_std"]
+        text += (f"; {100 * np.mean(np.abs(e) <= std):.1f}% of components within 1 std, "
+                 f"{100 * np.mean(np.abs(e) <= 2 * std):.1f}% within 2")
+    print(text)
+
+
 def _print_loso(model, frames) -> None:
     """Print the leave-one-structure-out errors the fit computed (its std calibration)."""
     terms = getattr(model.posterior_, "loso", None)
     if terms is None:
         return
-    forces = ~terms.is_energy
+    forces = terms.is_force
     parts = []
     if forces.any():
         f = terms.errors[forces]
         parts.append(f"force MAE {1e3 * np.mean(np.abs(f)):.1f} meV/Å, RMSE "
                      f"{1e3 * np.sqrt(np.mean(f**2)):.1f} meV/Å")
+    if terms.is_stress is not None:
+        s = 160.21766208 * terms.errors[terms.is_stress]
+        parts.append(f"stress RMSE {np.sqrt(np.mean(s**2)):.3f} GPa")
     if terms.is_energy.any():
         n_atoms = np.array([len(frames[k]) for k in terms.structure[terms.is_energy]])
         e = terms.errors[terms.is_energy] / n_atoms

@@ -24,10 +24,15 @@ def _cmd_info(args) -> int:
     print(f"kernel: {model.kernel_!r}")
     if model.two_body_ is not None:
         print(f"two-body term: {model.two_body_!r}")
+    if model.baseline_ is not None:
+        print(f"baseline: {model.baseline_!r} (added to every prediction)")
+    n_stress = model.posterior_.n_stress_observations
+    stress = (f"stress noise σ_S {160.21766208 * model.stress_noise_:.3g} GPa (trained on "
+              f"{n_stress // 6} cells' stresses); " if n_stress else "")
     print(f"hyperparameters: signal std {format_signal_std(model.signal_std_)} eV; energy "
           f"noise σ_E {1e3 * model.energy_noise_:.3g} meV/√atom (an N-atom structure's "
           f"energy noise is σ_E √N); force noise σ_F {1e3 * model.force_noise_:.3g} meV/Å; "
-          f"log marginal likelihood {model.log_marginal_likelihood_value_:.2f}")
+          f"{stress}log marginal likelihood {model.log_marginal_likelihood_value_:.2f}")
     kind = "inducing" if model.method_ == "sparse" else "training"
     print(f"training data: {_training_size(model, arrays)}; {kind} environments "
           f"{sum(model.n_inducing_.values())} {model.n_inducing_}")
