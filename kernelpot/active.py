@@ -159,6 +159,11 @@ class OnTheFlyLearner:
     force_tolerance : float, default=0.1
         Cap of the automatic threshold, as a fraction of the root mean square of the
         labelled force components (see Notes).
+    label_stress : bool, default=False
+        Also ask the reference for the stress of structures periodic along all three
+        axes and train on it (with the model's ``use_stress``): six more observations
+        per call, what NPT runs need; off by default, as some references compute the
+        stress at extra cost.
     verbose : int, default=0
         1 prints a line on stdout for every reference call (step, time, temperature,
         largest std against the threshold, calls so far, the model's error on the new
@@ -226,8 +231,8 @@ class OnTheFlyLearner:
                  max_inducing: int | dict[str, int] | None = DEFAULT_SPARSE_CAP,
                  max_calls: int | None = None, min_interval: int = 10,
                  reoptimize_every: int = 1, checkpoint_every: int = 1,
-                 force_tolerance: float = 0.1, verbose: int = 0,
-                 status_every: int = 100) -> None:
+                 force_tolerance: float = 0.1, label_stress: bool = False,
+                 verbose: int = 0, status_every: int = 100) -> None:
         if threshold is not None and not threshold > 0:
             raise ValueError(f"OnTheFlyLearner: threshold must be > 0 eV/Å; got {threshold}")
         if not relative_threshold > 0:
@@ -237,6 +242,10 @@ class OnTheFlyLearner:
             raise ValueError(f"OnTheFlyLearner: max_calls must be >= 0; got {max_calls}")
         verbose = check_verbose(verbose, "OnTheFlyLearner")
         status_every = check_int(status_every, "status_every", "OnTheFlyLearner", 1)
+        if not isinstance(label_stress, (bool, np.bool_)):
+            raise TypeError(f"OnTheFlyLearner: label_stress must be True or False; got "
+                            f"{label_stress!r}")
+        self.label_stress = bool(label_stress)
         self.model = model
         self.reference = reference
         self.threshold = threshold
@@ -426,8 +435,12 @@ class OnTheFlyLearner:
             try:
                 energy = work.get_potential_energy()
                 forces = work.get_forces()
-                if not (np.isfinite(energy) and np.all(np.isfinite(forces))):
-                    raise ValueError("the reference returned a non-finite energy or forces")
+                stress = work.get_stress() if self.label_stress and np.all(work.pbc) \
+                    else None
+                if not (np.isfinite(energy) and np.all(np.isfinite(forces))
+                        and (stress is None or np.all(np.isfinite(stress)))):
+                    raise ValueError("the reference returned a non-finite energy, forces or "
+                                     "stress")
             except Exception as err:  # any failure of the reference method
                 logger.warning("reference call failed (attempt %d): %s", attempt, err)
                 if attempt == 2:
@@ -435,7 +448,10 @@ class OnTheFlyLearner:
                         from err
                 continue
             labelled = atoms.copy()
-            labelled.calc = SinglePointCalculator(labelled, energy=energy, forces=forces)
+            labels = {"energy": energy, "forces": forces}
+            if stress is not None:
+                labels["stress"] = stress
+            labelled.calc = SinglePointCalculator(labelled, **labels)
             return labelled
         raise AssertionError("unreachable")
 
@@ -560,7 +576,7 @@ class OnTheFlyLearner:
                      "reoptimize_every": self.reoptimize_every,
                      "checkpoint_every": self.checkpoint_every,
                      "force_tolerance": self.force_tolerance, "verbose": self.verbose,
-                     "status_every": self.status_every},
+                     "status_every": self.status_every, "label_stress": self.label_stress},
             "n_inducing": self.n_inducing,
             "initial_frames": self._initial_frames,
             "target_steps": self._target_steps,

@@ -416,3 +416,20 @@ def test_verbose_prints_a_line_per_call_and_a_status_line(tmp_path, capsys):
     quiet = OnTheFlyLearner(_model(), EMT(), directory=tmp_path / "quiet", max_calls=0)
     quiet.run(_dynamics(), 2)
     assert capsys.readouterr().out == ""
+
+
+def test_label_stress_trains_on_the_references_stress_and_resumes(tmp_path):
+    learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
+                              n_inducing=3, max_calls=2, min_interval=2, label_stress=True)
+    learner.run(_dynamics(), 6)
+    assert learner.model.posterior_.n_stress_observations == 6 * 3  # start and two calls
+    frames = read(tmp_path / "labelled.extxyz", ":")
+    for frame in frames:
+        check = frame.copy()
+        check.calc = EMT()
+        np.testing.assert_allclose(frame.get_stress(), check.get_stress(), atol=1e-7)
+    resumed = OnTheFlyLearner.resume(tmp_path, EMT(), run=False)
+    assert resumed.label_stress
+    assert resumed.model.posterior_.n_stress_observations == 18
+    with pytest.raises(TypeError, match="label_stress must be True or False"):
+        OnTheFlyLearner(_model(), EMT(), directory=tmp_path / "x", label_stress="yes")
