@@ -180,6 +180,9 @@ class TrainingSet:
         Compositions.
     e0 : ndarray of shape (n_species,)
         Reference energy per element, eV.
+    raw_labels : Labels or None
+        With a baseline, the labels as read (``labels`` are then the labels minus the
+        baseline, what the GP is fitted to); kept with the training structures.
     """
 
     frames: list
@@ -188,6 +191,7 @@ class TrainingSet:
     species_index: list
     counts: np.ndarray
     e0: np.ndarray
+    raw_labels: Labels | None = None
 
     @property
     def has_energy(self) -> np.ndarray:

@@ -341,7 +341,8 @@ def as_baseline(value, owner: str) -> Baseline | None:
         return value
     if hasattr(value, "get_property") and hasattr(value, "calculate"):
         return CalculatorBaseline(value)
-    raise TypeError(f"{owner}: baseline must be a kernelpot baseline (ZBL, LennardJones), an "
+    raise TypeError(f"{owner}: baseline must be a kernelpot baseline (ZBL, LennardJones, "
+                    "Coulomb), an "
                     f"ASE calculator or None; got {type(value).__name__}")
 
 
@@ -416,7 +417,13 @@ class Coulomb(Baseline):
         if not isinstance(self.charges, dict) or not self.charges:
             raise TypeError("Coulomb: charges must be a dict {element: charge}, e.g. "
                             f"{{'Na': 1, 'Cl': -1}}; got {self.charges!r}")
+        from ase.data import atomic_numbers
+
         for element, charge in self.charges.items():
+            if not (element in atomic_numbers or (isinstance(element, numbers.Integral)
+                                                  and 0 < element < 119)):
+                raise ValueError(f"Coulomb: {element!r} is not a chemical element (charges "
+                                 f"{self.charges})")
             if isinstance(charge, bool) or not isinstance(charge, numbers.Real) \
                     or not np.isfinite(charge):
                 raise ValueError(f"Coulomb: the charge of {element!r} must be a finite number; "

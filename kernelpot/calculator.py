@@ -58,13 +58,14 @@ class KernelPotCalculator(Calculator):
       variance the inducing set does not span), raw; ``forces_std² = c² (posterior² +
       w² projection²)`` with the factor ``c`` and projection weight ``w`` of the
       model's calibration (:meth:`SparseGPPotential.epistemic_variance`; 1 and 1
-      before ``calibrate``), which apply to ``energy_std`` and ``forces_std`` only;
+      before ``calibrate``) (the "stress" map applies to ``stress_std`` below);
     * ``stress_std``: with the stress and ``uncertainty``, the epistemic std of each
       stress component, eV/Å³, through the model's "stress" calibration when it has
       one (fitted on the LOSO stresses of its training cells), raw otherwise;
     * ``energy_noise``: learned aleatoric noise of the energy, ``σ_E √N``, eV;
     * ``force_noise``: learned aleatoric noise per force component, eV/Å;
-    * ``stress_noise``: learned aleatoric noise per stress component, ``σ_S``, eV/Å³.
+    * ``stress_noise``: learned aleatoric noise per stress component, ``σ_S``, eV/Å³
+      (the estimator's start value when the model trained on no stress).
 
     The stds are epistemic (what uncertainty-gated MD needs); the total std of the
     estimator's ``predict(..., return_std=True)`` is ``sqrt(std² + noise²)``.

@@ -250,7 +250,8 @@ class StdCalibration:
         """
         self.check_quantity(quantity)
         factors = self.std_scale
-        if not self.applied or not factors:
+        # maps stored before stress training hold no "stress" entry: raw stress stds
+        if not self.applied or not factors or quantity not in factors:
             return 1.0, 1.0, 1.0, 1.0
         exponent = factors.get(f"{quantity}_atom_exponent",
                                factors.get(f"{quantity}_exponent", 1.0))

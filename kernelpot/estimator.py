@@ -181,10 +181,11 @@ pair of float
         observations, and the kernel's own
         hyperparameters (``kernel.theta``: the length scale of
         :class:`SquaredExponential`, the weight of a :class:`Scaled` term) by L-BFGS-B
-        on the likelihood maximised over the first three, with its analytic gradient
+        on the likelihood maximised over the noise levels and ``σ``, with its analytic
+        gradient
         (:class:`kernelpot.gp.KernelThetaGradient`; each step rebuilds the design and
         its derivatives: two passes over the data), and with a ``two_body`` term its
-        ``prior_std`` (coordinate ascent with the first three; see
+        ``prior_std`` (coordinate ascent with ``σ`` and the noise levels; see
         :class:`~kernelpot.TwoBody`); ``False`` keeps the given values; a list such as
         ``["signal_std", "force_noise"]`` fits only those (names: "signal_std",
         "energy_noise", "force_noise", "stress_noise", "kernel", "two_body") and keeps
@@ -482,7 +483,8 @@ pair of float
         start_time = time.perf_counter()
         frames = check_frames(X, f"{owner}.fit")
         labels = read_labels(frames, f"{owner}.fit", stress=bool(self.use_stress))
-        labels = residual_labels(frames, labels, as_baseline(self.baseline, owner))
+        baseline = as_baseline(self.baseline, owner)
+        raw_labels, labels = labels, residual_labels(frames, labels, baseline)
         names = fitted_names(self.optimize, owner)
         _warn_if_too_few(labels, owner, bool(names & {"energy_noise", "force_noise"}),
                          self.calibration == "loso")
@@ -493,14 +495,23 @@ pair of float
             symbols, r_cut=4.0, n_max=6, l_max=4, sigma=0.4)
         kernel = clone(self.kernel) if self.kernel is not None else NormalizedDotProduct(2)
         kernel.check()
+        if getattr(descriptor, "periodic", None) is False and labels.has_stress.any():
+            warnings.warn(f"{owner}: the descriptor ignores periodicity (periodic=False), so "
+                          f"its strain derivatives are an open cluster's: the stresses of "
+                          f"{int(labels.has_stress.sum())} cells are not trained on",
+                          UserWarning, stacklevel=2)
+            labels, raw_labels = (labels._replace(stresses=None),
+                                  raw_labels._replace(stresses=None))
         check_geometry(frames, species_to_numbers(descriptor.species, f"{owner}.fit"),
                        getattr(descriptor, "periodic", None), getattr(descriptor, "r_cut", None),
                        self.min_distance, f"{owner}.fit")
         species_index = [np.searchsorted(species, a.numbers) for a in frames]
         counts = np.stack([np.bincount(idx, minlength=len(species)) for idx in species_index])
         e0 = self._reference_energies(counts, labels.energies, species)
-        training = TrainingSet(frames, labels, species, species_index, counts, e0)
+        training = TrainingSet(frames, labels, species, species_index, counts, e0,
+                               raw_labels if baseline is not None else None)
         method = self._resolve_method(training, descriptor)
+        self.baseline_ = baseline
         posterior = _POSTERIORS[method].fit(
             self, training, descriptor, kernel, rng,
             lambda fn, items, desc: self._imap(fn, items, verbose, desc))
@@ -541,6 +552,7 @@ pair of float
         self : SparseGPPotential
             Fitted.
         """
+        self.baseline_ = as_baseline(self.baseline, type(self).__name__)
         self._adopt(posterior, descriptor, species, e0,
                     calibration if calibration is not None else StdCalibration(None, None))
         return self
@@ -554,7 +566,6 @@ pair of float
         self.method_ = posterior.kind
         self.descriptor_ = descriptor
         self.kernel_ = posterior.kernel
-        self.baseline_ = as_baseline(self.baseline, type(self).__name__)
         self.two_body_ = posterior.two_body
         self.species_ = species
         self.e0_ = e0
@@ -828,6 +839,10 @@ pair of float
                 post, np.concatenate([p.forces_var_projection.ravel() for p in chosen]),
                 np.full(post.size, self.force_noise_**2))
         calibration = StdCalibration.fit(terms, owner, kind="validation")
+        # no validation stresses here: the stress map fitted before (LOSO) stays
+        for key, value in (self.std_scale_ or {}).items():
+            if key.startswith("stress"):
+                calibration.std_scale[key] = value
         self._adopt(self.posterior_, self.descriptor_, self.species_, self.e0_, calibration)
         logger.info("%s: calibration %s; conformal scores from %s", owner, self.std_scale_,
                     {k: len(v) for k, v in self.interval_scores_.items()})
@@ -892,14 +907,14 @@ pair of float
         cap = self._inducing_cap(max_inducing, owner)
         frames = check_frames(X, owner)
         indices = [self._species_index(atoms, owner) for atoms in frames]
-        labels = residual_labels(frames, read_labels(frames, owner,
-                                                     stress=bool(self.use_stress)),
-                                 self.baseline_)
+        stress = bool(self.use_stress) and getattr(self.descriptor_, "periodic", None) is not False
+        raw_labels = read_labels(frames, owner, stress=stress)
+        labels = residual_labels(frames, raw_labels, self.baseline_)
         names = fitted_names(self.optimize, type(self).__name__) if optimize else None
         loso = self.calibration == "loso"
         posterior.update(frames, labels, indices, self.descriptor_, self.e0_, n_inducing,
                          names, NoiseSearch.of(self), check_random_state(self.random_state),
-                         owner, loso=loso, max_inducing=cap)
+                         owner, loso=loso, max_inducing=cap, raw_labels=raw_labels)
         if self.interval_kind_ == "validation":
             warnings.warn(f"{owner}: the std calibration no longer applies to the updated "
                           "model: the map calibrate() fitted is dropped"
@@ -954,13 +969,40 @@ pair of float
                 frames, lambda fn, items, desc: self._imap(fn, items, verbose, desc), strain)
 
         posterior = self.posterior_
-        posterior.restore_training(frames, describe, owner)
+        # the stored labels are the GP's (reference minus baseline): so are the checked ones
+        posterior.restore_training(self._residual_frames(frames), describe, owner)
         if self.calibration == "loso":  # the LOSO terms are not stored in files
             posterior.refresh_loso(owner)
             if self.interval_kind_ != "validation":  # a calibrate() map stays as it was
                 self._adopt(posterior, self.descriptor_, self.species_, self.e0_,
                             self._loso_calibration(posterior))
         return self
+
+    def _residual_frames(self, frames: list) -> list:
+        """Return copies of ``frames`` whose stored labels are minus the baseline's terms."""
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        from kernelpot._labels import _stored
+
+        if self.baseline_ is None:
+            return frames
+        out = []
+        for atoms in frames:
+            stored = {name: _stored(atoms, name) for name in ("energy", "forces", "stress")}
+            stored = {k: v for k, v in stored.items() if v is not None}
+            copy = atoms.copy()
+            if stored:
+                terms = self.baseline_.compute(atoms, forces="forces" in stored,
+                                               stress="stress" in stored and all(atoms.pbc))
+                if "energy" in stored:
+                    stored["energy"] = float(stored["energy"]) - terms.energy
+                if "forces" in stored:
+                    stored["forces"] = np.asarray(stored["forces"]) - terms.forces
+                if "stress" in stored and terms.stress is not None:
+                    stored["stress"] = np.asarray(stored["stress"]) - terms.stress
+                copy.calc = SinglePointCalculator(copy, **stored)
+            out.append(copy)
+        return out
 
     # -- scores, likelihood, files ---------------------------------------------------------
     def score(self, X: Sequence[Atoms], y: None = None, sample_weight: None = None) -> float:
@@ -1056,7 +1098,8 @@ pair of float
                 not in io.parameter_classes():
             raise ValueError(f"save: the model's baseline is {type(self.baseline_).__name__} "
                              "(an ASE calculator), which a model file cannot hold; use a "
-                             "registered baseline (ZBL, LennardJones) to save the model")
+                             "registered baseline (ZBL, LennardJones, Coulomb) to save the "
+                             "model")
         arrays, fitted = self.posterior_.to_arrays(training_state=training_state)
         arrays = {"species": self.species_, "e0": self.e0_, **arrays}
         for quantity, scores in (self.interval_scores_ or {}).items():

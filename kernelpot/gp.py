@@ -160,6 +160,9 @@ def design_rows(result: DescriptorResult, species_index: np.ndarray,
         Width of the rows when the model has design columns besides the inducing
         environments (a two-body term); those stay zero. Default: the number of
         inducing environments.
+    stress_volume : float, optional
+        Given, also the six stress rows (``result`` computed with ``strain=True``; the
+        cell volume in Å³): the force rows of :func:`stress_jacobian`.
 
     Returns
     -------
@@ -599,8 +602,8 @@ class KernelThetaGradient:
 
     Parameters
     ----------
-    log_params : ndarray of shape (3,)
-        ``(log σ, log σ_E, log σ_F)`` at which to differentiate.
+    log_params : ndarray of shape (3,) or (4,)
+        ``(log σ, log σ_E, log σ_F[, log σ_S])`` at which to differentiate.
     stats : WhitenedStatistics
         With the eigenvectors (``keep_basis=True``).
     L_mm : ndarray of shape (M, M)

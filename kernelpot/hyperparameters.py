@@ -214,6 +214,8 @@ class NoiseSearch:
     verbose : int, default=0
         1 shows a progress bar of the likelihood evaluations with the best log
         marginal likelihood so far.
+    stress_noise_bounds : pair of float, default=(1e-6, 1.0)
+        Bounds of ``σ_S``, eV/Å³.
     """
 
     def __init__(self, signal_std_bounds: Sequence[float], energy_noise_bounds: Sequence[float],
@@ -410,7 +412,7 @@ def search_on_subset(estimator: BaseEstimator, frames: list, kernel: Kernel,
     -------
     kernel : Kernel
         Fitted on the subset (bounds kept; the full fit does not search it again).
-    start : ndarray of shape (3,)
+    start : ndarray of shape (4,)
         The subset's fitted ``log (σ, σ_E, σ_F, σ_S)`` (given values where not fitted): one
         more start for the full fit's noise search.
     """

@@ -402,7 +402,9 @@ class SparsePosterior(Posterior):
         has_energy, has_forces, has_stress = design.has_energy, design.has_forces, \
             design.has_stress
         kinds = design.row_kinds()
-        stresses = training.labels.stresses or [None] * len(training.frames)
+        # the structures keep the labels as read (with a baseline the rows hold the GP's)
+        kept = training.raw_labels if training.raw_labels is not None else training.labels
+        stresses = kept.stresses or [None] * len(training.frames)
         Kw = assembled.design[:n_obs].copy()
         R, b = _incremental.factor(Kw, noise_std, y_all, sigma)
         return _incremental.TrainingState(
@@ -410,8 +412,7 @@ class SparsePosterior(Posterior):
             n_atoms_row=np.concatenate([design.n_atoms[has_energy],
                                         np.ones(design.n_force + design.n_stress, dtype=int)]),
             L_mm=L_mm.copy(), R=R, b=b,
-            frames=[labelled_copy(a, training.labels.energies[k], training.labels.forces[k],
-                                  stresses[k])
+            frames=[labelled_copy(a, kept.energies[k], kept.forces[k], stresses[k])
                     for k, a in enumerate(training.frames)],
             results=design.results, species_index=training.species_index,
             energy_row=[int(design.energy_row[k]) if has_energy[k] else -1
@@ -588,7 +589,8 @@ class SparsePosterior(Posterior):
     def update(self, frames: list, labels: Labels, indices: list, descriptor: Descriptor,
                e0: np.ndarray, n_inducing: int | str, optimize: set | None,
                search: NoiseSearch, rng: np.random.RandomState, owner: str,
-               loso: bool = False, max_inducing: np.ndarray | None = None) -> None:
+               loso: bool = False, max_inducing: np.ndarray | None = None,
+               raw_labels: Labels | None = None) -> None:
         """Add labelled structures, and optionally inducing environments, by low-rank updates.
 
         Parameters
@@ -612,6 +614,9 @@ class SparsePosterior(Posterior):
         max_inducing : ndarray of shape (n_species,), optional
             Inducing environments per species after the update, at most (``inf``: no
             cap); of the new environments of a species at its cap, none is added.
+        raw_labels : Labels or None, default=None
+            The labels as read when ``labels`` are minus a baseline: what the training
+            state keeps with the structures (``None``: ``labels``).
 
         Raises
         ------
@@ -623,8 +628,11 @@ class SparsePosterior(Posterior):
             raise ValueError(f"{owner}: this model was loaded with its training state; give "
                              "its training structures back with restore_training(frames) first")
         stresses = labels.stresses or [None] * len(frames)
+        raw = raw_labels if raw_labels is not None else labels
+        raw_stresses = raw.stresses or [None] * len(frames)
         new = [self._add_structure(atoms, labels.energies[k], labels.forces[k], indices[k],
-                                   descriptor, e0, stresses[k])
+                                   descriptor, e0, stresses[k],
+                                   (raw.energies[k], raw.forces[k], raw_stresses[k]))
                for k, atoms in enumerate(frames)]
         self._refresh()
         chosen = self._choose_new_inducing(new, n_inducing, max_inducing)
@@ -692,8 +700,12 @@ class SparsePosterior(Posterior):
                                   self.pair_columns, factor=state.R)
 
     def _add_structure(self, atoms, energy: float, forces, index, descriptor, e0,
-                       stress=None):
-        """Append one structure's observations to the training state."""
+                       stress=None, raw=None):
+        """Append one structure's observations to the training state.
+
+        ``raw``: the structure's labels as read (energy, forces, stress) when the others
+        are minus a baseline; kept with the structure.
+        """
         state = self.training
         has_e, has_f, has_s = not np.isnan(energy), forces is not None, stress is not None
         result = descriptor.compute(atoms, strain=has_s)
@@ -741,7 +753,8 @@ class SparsePosterior(Posterior):
                                           energy=False)[1].ravel()[:6]] if has_s else []
             state.prior = np.concatenate([state.prior] + ([[prior_e]] if has_e else [])
                                          + ([prior_f.ravel()] if has_f else []) + prior_s)
-        state.frames.append(labelled_copy(atoms, energy, forces, stress))
+        state.frames.append(labelled_copy(atoms, *(raw if raw is not None
+                                                   else (energy, forces, stress))))
         state.results.append(result)
         state.species_index.append(index)
         return result, index

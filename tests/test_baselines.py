@@ -316,3 +316,35 @@ def test_a_model_with_a_coulomb_baseline_saves_and_loads(tmp_path):
     loaded = load(model.save(tmp_path / "coulomb"))
     assert loaded.baseline_.get_params() == model.baseline_.get_params()
     np.testing.assert_array_equal(loaded.predict(frames[3:]), model.predict(frames[3:]))
+
+
+def test_a_baseline_model_restores_its_checkpoint_from_the_original_frames(cells, tmp_path):
+    baseline = LennardJones(0.05, 2.2, 5.0)
+    model = SparseGPPotential(CU_SOAP, baseline=baseline, method="sparse", incremental=True,
+                              random_state=0).fit(cells[:4])
+    # the structures keep the labels as read, not the GP's residuals
+    kept = model.posterior_.training_frames
+    assert kept[0].get_potential_energy() == pytest.approx(cells[0].get_potential_energy())
+    loaded = load(model.save(tmp_path / "checkpoint", training_state=True))
+    loaded.restore_training(cells[:4])  # the reference's labels, as an on-the-fly run keeps
+    model.update(cells[4:5])
+    loaded.update(cells[4:5])
+    np.testing.assert_allclose(loaded.predict(cells[6:]), model.predict(cells[6:]),
+                               rtol=0, atol=1e-7)
+    assert model.posterior_.training_frames[4].get_potential_energy() == pytest.approx(
+        cells[4].get_potential_energy())
+
+
+def test_the_fitted_baseline_stays_until_the_next_fit(cells):
+    model = SparseGPPotential(CU_SOAP, baseline=LennardJones(0.05, 2.2, 5.0),
+                              method="sparse", random_state=0).fit(cells[:6])
+    before = model.predict(cells[6:])
+    model.set_params(baseline=None)
+    model.calibrate(cells[6:8])
+    np.testing.assert_allclose(model.predict(cells[6:]), before, rtol=1e-12)
+    assert isinstance(model.baseline_, LennardJones)
+
+
+def test_coulomb_charges_must_name_elements():
+    with pytest.raises(ValueError, match="'Xx' is not a chemical element"):
+        Coulomb({"Xx": 1.0, "Cl": -1.0}).compute(bulk("NaCl", "rocksalt", 5.64))

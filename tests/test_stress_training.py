@@ -389,3 +389,46 @@ def test_cli_fit_trains_on_the_stresses_in_the_file(cells, tmp_path, capsys):
                  *common]) == 0
     assert "trained on the stresses" not in capsys.readouterr().out
     assert load(tmp_path / "without.npz").posterior_.n_stress_observations == 0
+
+
+# -- found in review ---------------------------------------------------------------------------
+
+def test_a_model_file_from_before_stress_training_predicts_a_raw_stress_std():
+    from helpers import DATA
+
+    from kernelpot import KernelPotCalculator
+
+    model = load(DATA / "frozen_models" / "sparse_calibrated.npz")
+    assert "stress" not in model.std_scale_
+    atoms = read_ethanol_box()
+    stress, std = model.predict_stress([atoms], return_std=True, std_type="epistemic")
+    assert np.all(np.isfinite(std)) and np.all(std > 0)
+    atoms.calc = KernelPotCalculator(model)
+    np.testing.assert_allclose(atoms.get_stress(), stress[0], rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(atoms.calc.results["stress_std"], std[0], rtol=1e-10)
+
+
+def read_ethanol_box():
+    from ase.io import read as ase_read
+    from helpers import DATA
+
+    atoms = ase_read(DATA / "ethanol_xtb_500K_10.xyz", 0)
+    atoms.set_cell([12.0, 12.0, 12.0])
+    atoms.pbc = True
+    atoms.center()
+    return atoms
+
+
+def test_calibrate_keeps_the_loso_stress_map(cells):
+    model = SparseGPPotential(CU_SOAP, method="sparse", random_state=0).fit(cells[:8])
+    before = {k: v for k, v in model.std_scale_.items() if k.startswith("stress")}
+    assert before["stress"] != 1.0
+    model.calibrate(cells[8:12])
+    assert {k: v for k, v in model.std_scale_.items() if k.startswith("stress")} == before
+
+
+def test_a_descriptor_that_ignores_periodicity_does_not_train_on_stresses(cells):
+    soap = SOAP(["Cu"], r_cut=4.0, n_max=4, l_max=3, sigma=0.5, periodic=False)
+    with pytest.warns(UserWarning, match="periodic=False.*stresses of 4 cells are not trained"):
+        model = SparseGPPotential(soap, method="sparse", random_state=0).fit(cells[:4])
+    assert model.posterior_.n_stress_observations == 0

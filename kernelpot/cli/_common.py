@@ -91,7 +91,8 @@ def _read_config(path) -> dict:
         raise CLIError(f"{path} is not valid TOML: {err}") from err
     # descriptor.r_cut = 4.0 parses as {"descriptor": {"r_cut": 4.0}}; "descriptor.r_cut"
     # (quoted) as one flat key: both set the descriptor's parameter (two_body.* and
-    # baseline.* alike; a baseline's charges are the one value that is a table)
+    # baseline.* alike; a baseline's charges are the one value that is a table, so they
+    # go as baseline.charges = {...}, not as a quoted flat key)
     model_params, nested_params = {}, {"descriptor": {}, "two_body": {}, "baseline": {}}
     for key, value in table.items():
         if key in nested_params and isinstance(value, dict):
@@ -274,17 +275,16 @@ def _print_errors(title, err, calibration: bool = True) -> None:
         print(f"{title} forces ({sum(len(x) for x in f)} atoms): MAE "
               f"{1e3 * metrics.mae(f, ref):.1f} meV/Å, RMSE {1e3 * metrics.rmse(f, ref):.1f} "
               f"meV/Å, max {1e3 * metrics.max_error(f, ref):.0f} meV/Å")
-        _print_stress_errors(title, err, calibration)
-        if not calibration:
-            return
-        n_atoms = sum(len(x) for x in f)
-        spearman = (f"{metrics.spearman_std_error(f, ref, std):.2f}" if n_atoms >= 3
-                    else "n/a (fewer than 3 atoms)")
-        print(f"{title} calibration: {100 * metrics.coverage(f, ref, std, 1):.1f}% of force "
-              f"components within 1 std (Gaussian 68.3%), "
-              f"{100 * metrics.coverage(f, ref, std, 2):.1f}% within 2 (95.4%); Spearman "
-              f"(per-atom std, error) {spearman}; negative log-likelihood "
-              f"{metrics.negative_log_likelihood(f, ref, std):.3f} nats per component")
+        if calibration:
+            n_atoms = sum(len(x) for x in f)
+            spearman = (f"{metrics.spearman_std_error(f, ref, std):.2f}" if n_atoms >= 3
+                        else "n/a (fewer than 3 atoms)")
+            print(f"{title} calibration: {100 * metrics.coverage(f, ref, std, 1):.1f}% of "
+                  f"force components within 1 std (Gaussian 68.3%), "
+                  f"{100 * metrics.coverage(f, ref, std, 2):.1f}% within 2 (95.4%); "
+                  f"Spearman (per-atom std, error) {spearman}; negative log-likelihood "
+                  f"{metrics.negative_log_likelihood(f, ref, std):.3f} nats per component")
+    _print_stress_errors(title, err, calibration)
 
 
 def _print_stress_errors(title, err, calibration: bool) -> None:
