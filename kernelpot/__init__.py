@@ -5,7 +5,7 @@ The public API is re-exported here; submodules hold the implementation.
 
 from kernelpot._version import __version__
 from kernelpot.active import OnTheFlyLearner
-from kernelpot.baselines import ZBL, Coulomb, LennardJones
+from kernelpot.baselines import ZBL, Coulomb, LennardJones, Pair
 from kernelpot.calculator import KernelPotCalculator
 from kernelpot.datasets import load_ethanol, load_silicon
 from kernelpot.descriptors import ACSF, SOAP, Descriptor, DescriptorResult, FeatomicSOAP
@@ -26,6 +26,7 @@ __all__ = [
     "LennardJones",
     "NormalizedDotProduct",
     "OnTheFlyLearner",
+    "Pair",
     "Scaled",
     "SparseGPPotential",
     "SquaredExponential",

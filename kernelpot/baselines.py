@@ -12,6 +12,8 @@ parameters (no pickle):
   Littmark for close contacts, switched off smoothly between ``r_inner`` and ``r_cut``;
 * :class:`LennardJones`: the 12-6 potential, shifted so that energy and force go to zero
   at ``r_cut`` (shifted force);
+* :class:`Pair`: a tabulated pair energy (cubic spline), the same for every pair of
+  elements;
 * :class:`Coulomb`: fixed point charges per element, by Ewald summation in cells and a
   plain sum in molecules.
 
@@ -37,11 +39,14 @@ from kernelpot.descriptors.neighbors import neighbor_list
 if TYPE_CHECKING:
     from ase import Atoms
 
-__all__ = ["Baseline", "BaselineTerms", "CalculatorBaseline", "Coulomb", "LennardJones", "ZBL",
+__all__ = ["Baseline", "BaselineTerms", "CalculatorBaseline", "Coulomb", "LennardJones", "Pair",
+           "ZBL",
            "as_baseline", "residual_labels"]
 
 #: e² / (4π ε0) in eV Å.
 COULOMB_EV_A = 14.399645478425668
+#: Entries (atoms × k-vectors) of one chunk of the Ewald reciprocal sum: 2²² doubles.
+_EWALD_CHUNK_ENTRIES = 2**22
 #: ZBL universal screening function: coefficients and exponents.
 _ZBL_C = np.array([0.18175, 0.50986, 0.28022, 0.02817])
 _ZBL_D = np.array([3.19980, 0.94229, 0.40290, 0.20162])
@@ -268,6 +273,59 @@ class LennardJones(_PairBaseline):
         return v_r - v_c - (r - rc) * dv_c, dv_r - dv_c
 
 
+class Pair(_PairBaseline):
+    """A tabulated pair energy ``φ(r)``, a cubic spline through the given points.
+
+    The spline takes zero slope at the last distance, which is the cutoff, and is
+    shifted to zero there: energy and force go continuously to zero at ``r_cut =
+    distances[-1]``. Below the first distance it extrapolates the first cubic piece:
+    tabulate down to the shortest distance the simulation may reach.
+
+    Parameters
+    ----------
+    distances : sequence of float, default=None
+        Increasing distances, Å (at least 4); the last is the cutoff.
+    energies : sequence of float, default=None
+        ``φ`` at those distances, eV (shifted so that the last is zero).
+    """
+
+    def __init__(self, distances=None, energies=None):
+        self.distances = distances
+        self.energies = energies
+
+    def check(self) -> None:
+        """Validate the table: increasing positive distances, finite energies, same length."""
+        try:
+            r = np.asarray(self.distances, dtype=np.float64)
+            e = np.asarray(self.energies, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"Pair: distances and energies must be sequences of numbers; got "
+                            f"{self.distances!r}, {self.energies!r}") from err
+        if r.ndim != 1 or r.shape != e.shape or r.size < 4:
+            raise ValueError("Pair: distances and energies must be 1-D of the same length, at "
+                             f"least 4; got shapes {r.shape} and {e.shape}")
+        if not (np.all(np.isfinite(r)) and np.all(np.isfinite(e)) and r[0] > 0
+                and np.all(np.diff(r) > 0)):
+            raise ValueError("Pair: distances must be positive and increasing and energies "
+                             "finite")
+
+    @property
+    def r_cut(self) -> float:
+        """Return the cutoff: the last tabulated distance, Å."""
+        return float(np.asarray(self.distances, dtype=np.float64)[-1])
+
+    def _pair(self, r, z_i, z_j):
+        from scipy.interpolate import CubicSpline
+
+        table_r = np.asarray(self.distances, dtype=np.float64)
+        table_e = np.asarray(self.energies, dtype=np.float64)
+        spline = CubicSpline(table_r, table_e - table_e[-1], bc_type=("natural", (1, 0.0)))
+        inside = r < table_r[-1]
+        phi = np.where(inside, spline(r), 0.0)
+        dphi = np.where(inside, spline(r, 1), 0.0)
+        return phi, dphi
+
+
 class CalculatorBaseline(Baseline):
     """Any ASE calculator as a baseline, at run time only (a model with it is not saved).
 
@@ -341,7 +399,7 @@ def as_baseline(value, owner: str) -> Baseline | None:
         return value
     if hasattr(value, "get_property") and hasattr(value, "calculate"):
         return CalculatorBaseline(value)
-    raise TypeError(f"{owner}: baseline must be a kernelpot baseline (ZBL, LennardJones, "
+    raise TypeError(f"{owner}: baseline must be a kernelpot baseline (ZBL, LennardJones, Pair, "
                     "Coulomb), an "
                     f"ASE calculator or None; got {type(value).__name__}")
 
@@ -526,22 +584,27 @@ class Coulomb(Baseline):
         keep = (k2 > 0) & (k2 <= k_cut**2)
         k, k2 = k[keep], k2[keep]
         weight = np.exp(-k2 / (4 * alpha**2)) / k2  # A(k)
-        phase = positions @ k.T  # (n, n_k)
-        cos, sin = np.cos(phase), np.sin(phase)
-        s_re, s_im = q @ cos, q @ sin  # S(k) = Σ q_j e^(ik·r_j)
         prefactor = 2 * np.pi / volume * COULOMB_EV_A
-        # each atom's share: q_i Re(e^(-ik·r_i) S(k)), which sums to |S|²
-        share = q[:, None] * (cos * s_re[None, :] + sin * s_im[None, :])
-        local += prefactor * share @ weight
-        if forces:  # F_i = (4π/V) q_i Σ_k A k Im(conj(S) e^(ik·r_i))
-            im = q[:, None] * (s_re[None, :] * sin - s_im[None, :] * cos)
-            force_values += 2 * prefactor * (im * weight[None, :]) @ k
-        if stress:
-            s2 = s_re**2 + s_im**2
-            factor = weight * s2
-            derivative += prefactor * (
-                -np.eye(3) * factor.sum()
-                + np.einsum("k,ka,kb->ab", factor * (2 / k2 + 1 / (2 * alpha**2)), k, k))
+        # k-vectors in chunks: the phases are n_atoms × chunk (memory linear in N)
+        chunk = max(1, _EWALD_CHUNK_ENTRIES // max(n_atoms, 1))
+        for start in range(0, len(k), chunk):
+            kc, wc, k2c = k[start:start + chunk], weight[start:start + chunk], \
+                k2[start:start + chunk]
+            phase = positions @ kc.T  # (n, chunk)
+            cos, sin = np.cos(phase), np.sin(phase)
+            s_re, s_im = q @ cos, q @ sin  # S(k) = Σ q_j e^(ik·r_j)
+            # each atom's share: q_i Re(e^(-ik·r_i) S(k)), which sums to |S|²
+            share = q[:, None] * (cos * s_re[None, :] + sin * s_im[None, :])
+            local += prefactor * share @ wc
+            if forces:  # F_i = (4π/V) q_i Σ_k A k Im(conj(S) e^(ik·r_i))
+                im = q[:, None] * (s_re[None, :] * sin - s_im[None, :] * cos)
+                force_values += 2 * prefactor * (im * wc[None, :]) @ kc
+            if stress:
+                factor = wc * (s_re**2 + s_im**2)
+                derivative += prefactor * (
+                    -np.eye(3) * factor.sum()
+                    + np.einsum("k,ka,kb->ab", factor * (2 / k2c + 1 / (2 * alpha**2)), kc,
+                                kc))
         # self energy and, for a charged cell, the neutralising background
         local += -COULOMB_EV_A * alpha / np.sqrt(np.pi) * q**2
         total = q.sum()

@@ -1098,7 +1098,7 @@ pair of float
                 not in io.parameter_classes():
             raise ValueError(f"save: the model's baseline is {type(self.baseline_).__name__} "
                              "(an ASE calculator), which a model file cannot hold; use a "
-                             "registered baseline (ZBL, LennardJones, Coulomb) to save the "
+                             "registered baseline (ZBL, LennardJones, Pair, Coulomb) to save the "
                              "model")
         arrays, fitted = self.posterior_.to_arrays(training_state=training_state)
         arrays = {"species": self.species_, "e0": self.e0_, **arrays}

@@ -14,6 +14,7 @@ from kernelpot import (
     Coulomb,
     KernelPotCalculator,
     LennardJones,
+    Pair,
     SparseGPPotential,
     load,
 )
@@ -62,8 +63,12 @@ def test_lennard_jones_has_its_minimum_and_zero_force_at_the_cutoff():
         Atoms("Ar2", positions=[[0, 0, 0], [5.9, 0, 0]])).energy != 0.0  # r_cut 3σ = 6 Å
 
 
-@pytest.mark.parametrize("baseline", [ZBL(r_inner=1.5, r_cut=2.6), LennardJones(0.05, 2.2, 5.0)],
-                         ids=["zbl", "lj"])
+_TABLE_R = np.linspace(1.6, 5.0, 30)
+_TABLE_E = 0.3 * np.exp(-2.0 * (_TABLE_R - 1.6)) - 0.05 * np.exp(-((_TABLE_R - 2.6) ** 2))
+
+
+@pytest.mark.parametrize("baseline", [ZBL(r_inner=1.5, r_cut=2.6), LennardJones(0.05, 2.2, 5.0),
+                                      Pair(_TABLE_R, _TABLE_E)], ids=["zbl", "lj", "pair"])
 def test_forces_and_stress_are_finite_differences_of_the_energy(baseline):
     atoms = _compressed_cell()
     terms = baseline.compute(atoms, stress=True)
@@ -348,3 +353,22 @@ def test_the_fitted_baseline_stays_until_the_next_fit(cells):
 def test_coulomb_charges_must_name_elements():
     with pytest.raises(ValueError, match="'Xx' is not a chemical element"):
         Coulomb({"Xx": 1.0, "Cl": -1.0}).compute(bulk("NaCl", "rocksalt", 5.64))
+
+
+def test_a_tabulated_pair_follows_its_table_and_saves(cells, tmp_path):
+    lj = LennardJones(0.05, 2.2, 5.0)
+    r = np.linspace(1.9, 5.0, 60)
+    table = [lj.compute(Atoms("Ar2", positions=[[0, 0, 0], [x, 0, 0]])).energy for x in r]
+    pair = Pair(r.tolist(), table)
+    for x in (2.0, 2.47, 3.3, 4.9, 5.2):
+        dimer = Atoms("Ar2", positions=[[0, 0, 0], [x, 0, 0]])
+        assert pair.compute(dimer).energy == pytest.approx(lj.compute(dimer).energy, rel=2e-3,
+                                                           abs=2e-4)
+    with pytest.raises(ValueError, match="increasing"):
+        Pair([1.0, 3.0, 2.0, 4.0], [0, 0, 0, 0]).compute(bulk("Cu"))
+    with pytest.raises(ValueError, match="at least 4"):
+        Pair([1.0, 2.0], [0.0, 0.0]).compute(bulk("Cu"))
+    model = SparseGPPotential(CU_SOAP, baseline=pair, method="sparse",
+                              random_state=0).fit(cells[:3])
+    loaded = load(model.save(tmp_path / "pair"))
+    np.testing.assert_array_equal(loaded.predict(cells[6:]), model.predict(cells[6:]))

@@ -117,9 +117,9 @@ def _read_config(path) -> dict:
 
 def _baseline_from_config(path, params: dict):
     """Build the baseline a config's ``baseline.kind`` and other ``baseline.*`` keys name."""
-    from kernelpot.baselines import ZBL, Coulomb, LennardJones
+    from kernelpot.baselines import ZBL, Coulomb, LennardJones, Pair
 
-    kinds = {cls.__name__: cls for cls in (ZBL, LennardJones, Coulomb)}
+    kinds = {cls.__name__: cls for cls in (ZBL, LennardJones, Coulomb, Pair)}
     params = dict(params)
     kind = params.pop("kind", None)
     if kind not in kinds:

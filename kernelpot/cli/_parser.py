@@ -47,7 +47,7 @@ symmetry-function grid), e.g.
   baseline.charges = {Na = 1, Cl = -1}
 (descriptor.* keys set the descriptor's parameters; any two_body.* key adds a
 two-body term, kernelpot.TwoBody, with those parameters; baseline.kind ("ZBL",
-"LennardJones" or "Coulomb") and the other baseline.* keys add that baseline, fitted
+"LennardJones", "Pair" or "Coulomb") and the other baseline.* keys add that baseline, fitted
 around (Δ-learning); command-line options win)
 """
 
