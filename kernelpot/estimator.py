@@ -621,7 +621,7 @@ pair of float
         if self.signal_per_element:
             cost = _exact_costs(training.frames, training.species_index,
                                 training.has_energy, training.has_forces,
-                                len(training.species), descriptor)
+                                len(training.species), descriptor, training.has_stress)
             if cost["memory_gib"] > float(self.exact_memory_limit) \
                     or cost["fit_seconds"] > float(self.exact_time_limit):
                 logger.warning("%s: signal_per_element=True needs the exact model, which "
@@ -632,7 +632,8 @@ pair of float
                         owner)
             return "exact"
         cost = _exact_costs(training.frames, training.species_index, training.has_energy,
-                            training.has_forces, len(training.species), descriptor)
+                            training.has_forces, len(training.species), descriptor,
+                            training.has_stress)
         method = "exact" if cost["memory_gib"] <= float(self.exact_memory_limit) \
             and cost["fit_seconds"] <= float(self.exact_time_limit) \
             and cost["prediction_ms_per_atom"] <= float(self.exact_prediction_limit) \
@@ -670,14 +671,14 @@ pair of float
         owner = f"{type(self).__name__}.exact_cost_estimate"
         self._check_params()
         frames = check_frames(X, owner)
-        labels = read_labels(frames, owner)
+        labels = read_labels(frames, owner, stress=bool(self.use_stress))
         species = np.unique(np.concatenate([a.numbers for a in frames])).astype(np.int64)
         descriptor = clone(self.descriptor) if self.descriptor is not None else SOAP(
             [chemical_symbols[z] for z in species], r_cut=4.0, n_max=6, l_max=4, sigma=0.4)
         species_index = [np.searchsorted(species, a.numbers) for a in frames]
         has_forces = np.array([f is not None for f in labels.forces])
         return _exact_costs(frames, species_index, labels.has_energy, has_forces,
-                            len(species), descriptor)
+                            len(species), descriptor, labels.has_stress)
 
     def _reference_energies(self, counts, energies, species) -> np.ndarray:
         """Return e0 per element; ``counts`` (n_structures, n_species) are the compositions."""
@@ -1125,11 +1126,17 @@ pair of float
 
 
 def _exact_costs(frames, species_index, has_energy, has_forces, n_species: int,
-                 descriptor) -> dict[str, float]:
-    """Estimated memory, fit time and prediction time of an exact model on ``frames``."""
+                 descriptor, has_stress=None) -> dict[str, float]:
+    """Estimated memory, fit time and prediction time of an exact model on ``frames``.
+
+    A cell's six stress components are six more observations with two Jacobian rows
+    per atom and component triple (:func:`kernelpot.gp.stress_jacobian`).
+    """
     n_atoms = np.array([len(a) for a in frames])
     has_energy, has_forces = np.asarray(has_energy, bool), np.asarray(has_forces, bool)
-    n_obs = int(has_energy.sum() + 3 * n_atoms[has_forces].sum())
+    has_stress = np.zeros(len(frames), bool) if has_stress is None \
+        else np.asarray(has_stress, bool)
+    n_obs = int(has_energy.sum() + 3 * n_atoms[has_forces].sum() + 6 * has_stress.sum())
     # Jacobian rows per element, from the neighbour pairs per atom of a few structures
     sample = np.unique(np.linspace(0, len(frames) - 1, 5).astype(int))
     pairs, centres = np.zeros(n_species), np.zeros(n_species)
@@ -1145,7 +1152,10 @@ def _exact_costs(frames, species_index, has_energy, has_forces, n_species: int,
     atoms_with_forces = np.zeros(n_species)
     for k in np.flatnonzero(has_forces):
         atoms_with_forces += np.bincount(species_index[k], minlength=n_species)
-    rows = 3 * per_atom * atoms_with_forces
+    atoms_with_stress = np.zeros(n_species)
+    for k in np.flatnonzero(has_stress):
+        atoms_with_stress += np.bincount(species_index[k], minlength=n_species)
+    rows = 3 * per_atom * atoms_with_forces + 6 * atoms_with_stress
     # a predicted atom of the training set's composition
     share = atoms_with_forces / max(atoms_with_forces.sum(), 1)
     return {"n_observations": n_obs,

@@ -432,3 +432,10 @@ def test_a_descriptor_that_ignores_periodicity_does_not_train_on_stresses(cells)
     with pytest.warns(UserWarning, match="periodic=False.*stresses of 4 cells are not trained"):
         model = SparseGPPotential(soap, method="sparse", random_state=0).fit(cells[:4])
     assert model.posterior_.n_stress_observations == 0
+
+
+def test_the_exact_cost_estimate_counts_the_stress_observations(cells):
+    with_stress = SparseGPPotential(CU_SOAP).exact_cost_estimate(cells[:5])
+    without = SparseGPPotential(CU_SOAP, use_stress=False).exact_cost_estimate(cells[:5])
+    assert with_stress["n_observations"] == without["n_observations"] + 30
+    assert with_stress["memory_gib"] > without["memory_gib"]
