@@ -138,3 +138,50 @@ def emt_strained_cells(n_frames, seed, stress_noise=0.0, n_repeat=(2, 1, 1), str
         atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces, stress=stress)
         frames.append(atoms)
     return frames
+
+
+#: ASE's Voigt order as (a, b) pairs of the strain tensor.
+VOIGT_PAIRS = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+
+
+def finite_difference_stress(energy, atoms, h=1e-5):
+    """ASE's stress, ``(1/V) ∂E/∂ε`` in Voigt order, by central differences of the strain.
+
+    ``energy(atoms)`` may return a number or an array (one stress per entry, last axis
+    the six Voigt components). A shear ``ε_ab = ε_ba = h`` moves both off-diagonal slots,
+    so its difference is halved.
+    """
+    out = []
+    for a, b in VOIGT_PAIRS:
+        eps = np.zeros((3, 3))
+        eps[a, b] = eps[b, a] = h
+        values = []
+        for sign in (1, -1):
+            strained = atoms.copy()
+            strained.set_cell(atoms.cell @ (np.eye(3) + sign * eps), scale_atoms=True)
+            values.append(np.asarray(energy(strained), dtype=np.float64))
+        out.append((0.5 if a != b else 1.0) * (values[0] - values[1]) / (2 * h)
+                   / atoms.get_volume())
+    return np.stack(out, axis=-1)
+
+
+def finite_difference_forces(energy, atoms, components, h=1e-5):
+    """``-∂E/∂r_jc`` by central differences, for each ``(j, c)`` of ``components``."""
+    out = []
+    for j, c in components:
+        shifted = [atoms.copy() for _ in range(2)]
+        shifted[0].positions[j, c] += h
+        shifted[1].positions[j, c] -= h
+        out.append(-(energy(shifted[0]) - energy(shifted[1])) / (2 * h))
+    return np.array(out)
+
+
+def finite_difference_gradient(function, theta, h):
+    """Central differences of a scalar ``function`` at ``theta``, one entry at a time."""
+    theta = np.asarray(theta, dtype=np.float64)
+    out = np.zeros(len(theta))
+    for t in range(len(theta)):
+        step = np.zeros(len(theta))
+        step[t] = h
+        out[t] = (function(theta + step) - function(theta - step)) / (2 * h)
+    return out

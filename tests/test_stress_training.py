@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from ase.build import bulk, molecule
 from ase.calculators.singlepoint import SinglePointCalculator
-from helpers import emt_strained_cells
+from helpers import emt_strained_cells, finite_difference_gradient, finite_difference_stress
 
 from kernelpot import SOAP, SparseGPPotential, TwoBody, gp, load
 from kernelpot._labels import read_labels
@@ -83,20 +83,10 @@ def test_stress_rows_equal_finite_differences_of_the_energy_row(stress_model, ce
     """σ_v row = (1/V) ∂(energy row)/∂ε_v under r → (1 + ε) r, for every column."""
     atoms = cells[11]
     rows = _stress_rows(stress_model, atoms)
-    volume = atoms.get_volume()
-    h = 1e-5
-    for v, (a, b) in enumerate([(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]):
-        eps = np.zeros((3, 3))
-        eps[a, b] = eps[b, a] = h if a != b else h  # symmetric strain
-        scale = 0.5 if a != b else 1.0  # ε_ab = ε_ba = h moves both off-diagonal slots
-        energy = []
-        for sign in (1, -1):
-            strained = atoms.copy()
-            strained.set_cell(atoms.cell @ (np.eye(3) + sign * eps), scale_atoms=True)
-            energy.append(_stress_rows(stress_model, strained).energy)
-        fd = scale * (energy[0] - energy[1]) / (2 * h) / volume
-        np.testing.assert_allclose(rows.stress[v], fd, rtol=1e-5,
-                                   atol=1e-5 * np.abs(fd).max())
+    fd = finite_difference_stress(lambda a: _stress_rows(stress_model, a).energy, atoms)
+    for v in range(6):  # (n_columns, 6): column by column, each against its own scale
+        np.testing.assert_allclose(rows.stress[v], fd[:, v], rtol=1e-5,
+                                   atol=1e-5 * np.abs(fd[:, v]).max())
 
 
 # -- the fit -----------------------------------------------------------------------------------
@@ -137,13 +127,9 @@ def test_likelihood_gradient_in_the_stress_noise(stress_model):
     theta = np.log([2.0, 0.003, 0.05, 0.002])
     value, grad = stress_model.log_marginal_likelihood(theta, eval_gradient=True)
     assert grad.shape == (4,)
-    h = 1e-4  # smaller steps drown in the round-off of the likelihood
-    for t in range(4):
-        step = np.zeros(4)
-        step[t] = h
-        fd = (stress_model.log_marginal_likelihood(theta + step)
-              - stress_model.log_marginal_likelihood(theta - step)) / (2 * h)
-        assert grad[t] == pytest.approx(fd, rel=1e-4, abs=1e-4)
+    # steps below 1e-4 drown in the round-off of the likelihood
+    fd = finite_difference_gradient(stress_model.log_marginal_likelihood, theta, 1e-4)
+    np.testing.assert_allclose(grad, fd, rtol=1e-4, atol=1e-4)
 
 
 def test_save_load_keeps_the_stress_noise_and_statistics(stress_model, cells, tmp_path):
@@ -234,30 +220,17 @@ def test_exact_stress_covariance_equals_finite_differences_of_energy_covariance(
     stress_obs = exact.build_observations([CU_SOAP.compute(A, strain=True)], index, 1,
                                           [False], [False], [A.get_volume()])
     analytic = exact.covariance(stress_obs, energy_obs(B), kernel)[:, 0]
-    h = 1e-5
-    for v, (a, b) in enumerate([(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]):
-        eps = np.zeros((3, 3))
-        eps[a, b] = eps[b, a] = h
-        values = []
-        for sign in (1, -1):
-            strained = A.copy()
-            strained.set_cell(A.cell @ (np.eye(3) + sign * eps), scale_atoms=True)
-            values.append(exact.covariance(energy_obs(strained), energy_obs(B), kernel)[0, 0])
-        fd = (0.5 if a != b else 1.0) * (values[0] - values[1]) / (2 * h) / A.get_volume()
-        # a stress observation is a "force" of the pseudo-Jacobian: F = -(-σ) = σ
-        assert analytic[v] == pytest.approx(fd, rel=1e-5, abs=1e-9)
+    fd = finite_difference_stress(
+        lambda a: exact.covariance(energy_obs(a), energy_obs(B), kernel)[0, 0], A)
+    # a stress observation is a "force" of the pseudo-Jacobian: F = -(-σ) = σ
+    np.testing.assert_allclose(analytic, fd, rtol=1e-5, atol=1e-9)
 
 
 def test_exact_likelihood_gradient_in_the_stress_noise(exact_stress_model):
     theta = np.log([2.0, 0.003, 0.05, 0.002])
     _, grad = exact_stress_model.log_marginal_likelihood(theta, eval_gradient=True)
-    h = 1e-4
-    for t in range(4):
-        step = np.zeros(4)
-        step[t] = h
-        fd = (exact_stress_model.log_marginal_likelihood(theta + step)
-              - exact_stress_model.log_marginal_likelihood(theta - step)) / (2 * h)
-        assert grad[t] == pytest.approx(fd, rel=1e-4, abs=1e-4)
+    fd = finite_difference_gradient(exact_stress_model.log_marginal_likelihood, theta, 1e-4)
+    np.testing.assert_allclose(grad, fd, rtol=1e-4, atol=1e-4)
 
 
 def test_exact_save_load_keeps_the_stress_observations(exact_stress_model, cells, tmp_path):
