@@ -47,7 +47,7 @@ from kernelpot.hyperparameters import (
 from kernelpot.inducing import SPARSE_METHODS
 from kernelpot.kernels import Kernel, NormalizedDotProduct
 from kernelpot.prediction import Prediction, PredictionMixin
-from kernelpot.sparse_posterior import SparsePosterior
+from kernelpot.sparse_posterior import SparsePosterior, labelled_copy
 from kernelpot.two_body import TwoBody
 
 if TYPE_CHECKING:
@@ -980,30 +980,17 @@ pair of float
         return self
 
     def _residual_frames(self, frames: list) -> list:
-        """Return copies of ``frames`` whose stored labels are minus the baseline's terms."""
-        from ase.calculators.singlepoint import SinglePointCalculator
-
-        from kernelpot._labels import _stored
-
+        """Return copies of ``frames`` labelled minus the baseline (the GP's labels)."""
         if self.baseline_ is None:
             return frames
-        out = []
-        for atoms in frames:
-            stored = {name: _stored(atoms, name) for name in ("energy", "forces", "stress")}
-            stored = {k: v for k, v in stored.items() if v is not None}
-            copy = atoms.copy()
-            if stored:
-                terms = self.baseline_.compute(atoms, forces="forces" in stored,
-                                               stress="stress" in stored and all(atoms.pbc))
-                if "energy" in stored:
-                    stored["energy"] = float(stored["energy"]) - terms.energy
-                if "forces" in stored:
-                    stored["forces"] = np.asarray(stored["forces"]) - terms.forces
-                if "stress" in stored and terms.stress is not None:
-                    stored["stress"] = np.asarray(stored["stress"]) - terms.stress
-                copy.calc = SinglePointCalculator(copy, **stored)
-            out.append(copy)
-        return out
+        try:
+            labels = read_labels(frames, type(self).__name__, stress=True)
+        except ValueError:  # unlabelled structures: nothing to subtract from
+            return frames
+        labels = residual_labels(frames, labels, self.baseline_)
+        stresses = labels.stresses or [None] * len(frames)
+        return [labelled_copy(atoms, energy, forces, stress) for atoms, energy, forces, stress
+                in zip(frames, labels.energies, labels.forces, stresses, strict=True)]
 
     # -- scores, likelihood, files ---------------------------------------------------------
     def score(self, X: Sequence[Atoms], y: None = None, sample_weight: None = None) -> float:
