@@ -86,8 +86,6 @@ _DESCRIPTOR_CACHE_BYTES = 2 * 2**30
 #: and row layout only. The whitened design and its factor are rebuilt from the structures
 #: by :meth:`SparsePosterior.restore_training` (format 5; format 4 stored them).
 _STATE_FIELDS = ("y", "noise_std", "is_energy", "n_atoms_row", "energy_row", "force_row")
-#: Stored since format 6 when some training structure has a stress.
-_STRESS_STATE_FIELDS = ("is_stress", "stress_row")
 #: Fields format-4 files stored besides: the design ``Kw`` and the factors ``L_mm``, ``R``, ``b``.
 _STORED_DESIGN_FIELDS = ("Kw", "L_mm", "R", "b")
 
