@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from kernelpot.descriptors.neighbors import neighbor_list
+from kernelpot import gp
+from kernelpot.descriptors.neighbors import neighbor_list, pair_sums
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -138,18 +139,9 @@ class _PairBaseline(Baseline):
                            float(self.r_cut))
         numbers = atoms.numbers
         phi, slope = self._pair(nl.distances, numbers[nl.i], numbers[nl.j])
-        # every pair appears as (i, j) and (j, i): half of each entry to its centre
-        local = np.bincount(nl.i, weights=0.5 * phi, minlength=n_atoms)
-        unit = nl.vectors / np.where(nl.distances > 0, nl.distances, 1.0)[:, None]
-        force_values = None
-        if forces:
-            force_values = np.stack([np.bincount(nl.i, weights=slope * unit[:, c],
-                                                 minlength=n_atoms) for c in range(3)], axis=1)
-        stress_values = None
-        if stress:
-            derivative = 0.5 * np.einsum("p,pa,pb->ab", slope, unit, nl.vectors)
-            sym = 0.5 * (derivative + derivative.T) / atoms.get_volume()
-            stress_values = sym[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+        local, force_values, derivative = pair_sums(nl, phi, slope, n_atoms, forces, stress)
+        stress_values = gp.stress_from_strain_derivative(derivative, atoms.get_volume()) \
+            if stress else None
         return BaselineTerms(local, force_values, stress_values)
 
 
@@ -566,13 +558,7 @@ class Coulomb(Baseline):
         phi = qq * erfc(alpha * r) / r
         slope = -qq * (erfc(alpha * r) / r**2
                        + 2 * alpha / np.sqrt(np.pi) * np.exp(-(alpha * r) ** 2) / r)
-        local = np.bincount(nl.i, weights=0.5 * phi, minlength=n_atoms)
-        unit = nl.vectors / r[:, None]
-        force_values = np.stack([np.bincount(nl.i, weights=slope * unit[:, c],
-                                             minlength=n_atoms) for c in range(3)], axis=1) \
-            if forces else None
-        derivative = 0.5 * np.einsum("p,pa,pb->ab", slope, unit, nl.vectors) if stress \
-            else None
+        local, force_values, derivative = pair_sums(nl, phi, slope, n_atoms, forces, stress)
         # reciprocal space
         k_cut = 2 * alpha * np.sqrt(log_acc)
         reciprocal = 2 * np.pi * np.linalg.inv(cell).T  # rows b_i, a_i · b_j = 2π δ_ij
@@ -613,8 +599,5 @@ class Coulomb(Baseline):
             local += background * q / total
             if stress:
                 derivative -= background * np.eye(3)
-        stress_values = None
-        if stress:
-            sym = 0.5 * (derivative + derivative.T) / volume
-            stress_values = sym[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+        stress_values = gp.stress_from_strain_derivative(derivative, volume) if stress else None
         return BaselineTerms(local, force_values, stress_values)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from kernelpot.descriptors.neighbors import neighbor_list
+from kernelpot.descriptors.neighbors import neighbor_list, pair_sums
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -294,15 +294,7 @@ class TwoBody(BaseEstimator):
         nl, pair_type = self._pairs(atoms, species_index, n_species)
         values, derivatives = self.basis(nl.distances)
         w = np.asarray(coefficients, dtype=np.float64).reshape(-1, int(self.n_basis))[pair_type]
-        # each pair appears as (i, j) and (j, i): half of each entry to its centre
-        local = np.bincount(nl.i, weights=0.5 * np.einsum("pk,pk->p", values, w),
-                            minlength=n_atoms)
-        if not (forces or strain):
-            return local, None
-        slope = np.einsum("pk,pk->p", derivatives, w)
-        unit = nl.vectors / np.where(nl.distances > 0, nl.distances, 1.0)[:, None]
-        out = np.stack([np.bincount(nl.i, weights=slope * unit[:, c], minlength=n_atoms)
-                        for c in range(3)], axis=1) if forces else None
-        if not strain:
-            return local, out
-        return local, out, 0.5 * np.einsum("p,pa,pb->ab", slope, unit, nl.vectors)
+        local, out, derivative = pair_sums(nl, np.einsum("pk,pk->p", values, w),
+                                           np.einsum("pk,pk->p", derivatives, w), n_atoms,
+                                           forces, strain)
+        return (local, out, derivative) if strain else (local, out)

@@ -109,3 +109,36 @@ def unique_pairs(n_atoms: int, i: np.ndarray,
     neighbor_pair = np.searchsorted(unique_keys, i * n_atoms + j)
     self_pair = np.searchsorted(unique_keys, atoms * n_atoms + atoms)
     return pairs, neighbor_pair.astype(np.int64), self_pair.astype(np.int64)
+
+
+def pair_sums(nl: NeighborList, phi: np.ndarray, slope: np.ndarray, n_atoms: int,
+              forces: bool = True, strain: bool = False) -> tuple:
+    """Sum a pair energy over a full neighbour list: local energies, forces, strain.
+
+    Every pair appears as ``(i, j)`` and ``(j, i)`` in the full list, so half of each
+    entry goes to its centre; ``-∂/∂r_i Σ_{i<j} φ(r_ij) = Σ_(j ∈ N(i)) φ'(r_ij) u_ij``
+    with ``u_ij = (r_j - r_i) / r_ij`` is one scatter over the centres; and under
+    ``r → (1 + ε) r``, ``∂E/∂ε_ab = ½ Σ_(i,j) φ'(d) D_a D_b / d``.
+
+    Parameters
+    ----------
+    nl : NeighborList
+    phi, slope : ndarray of shape (n_neighbors,)
+        ``φ(r)`` and ``φ'(r)`` of each entry.
+    n_atoms : int
+    forces, strain : bool
+        Which of the last two to compute.
+
+    Returns
+    -------
+    local : ndarray of shape (n_atoms,)
+    forces : ndarray of shape (n_atoms, 3) or None
+    strain_derivative : ndarray of shape (3, 3) or None
+        ``∂E/∂ε`` (not symmetrised).
+    """
+    local = np.bincount(nl.i, weights=0.5 * phi, minlength=n_atoms)
+    unit = nl.vectors / np.where(nl.distances > 0, nl.distances, 1.0)[:, None]
+    force_values = np.stack([np.bincount(nl.i, weights=slope * unit[:, c], minlength=n_atoms)
+                             for c in range(3)], axis=1) if forces else None
+    derivative = 0.5 * np.einsum("p,pa,pb->ab", slope, unit, nl.vectors) if strain else None
+    return local, force_values, derivative
