@@ -172,6 +172,19 @@ pair of float
         the likelihood. Both methods train on them, ``incremental=True`` models too
         (:meth:`update` adds the stresses of new cells). ``False`` trains on energies
         and forces only.
+    config_type_noise : bool, default=False
+        Learn noise scales per configuration type (``atoms.info["config_type"]``, as in
+        extended XYZ files; structures without one form the type ``"default"``), as
+        GAP's ``config_type_sigma`` sets an energy, force and virial sigma per type but
+        fitted by the likelihood: the energy, force and stress noise of a structure of
+        type ``t`` are ``(s_t,E σ_E, s_t,F σ_F, s_t,S σ_S)``, for sets that mix bulk,
+        surfaces, vacancies or liquids that the model fits unequally well. The scales
+        are fitted after the usual search, from its optimum, with the kernel fixed,
+        within ``(0.01, 100)``; the type with the most observations keeps its scales
+        at 1, so ``energy_noise_``, ``force_noise_`` and ``stress_noise_`` are its
+        noise and the noise predictions add. A kind whose noise is not fitted
+        (``optimize``) keeps its scales at 1. Not with ``incremental=True``. Fitted
+        scales: ``config_type_noise_``. See :mod:`kernelpot.noise_groups`.
     e0 : "lstsq" or dict, default="lstsq"
         Reference energy per element: least squares of the training energies on
         the compositions (minimum norm), or a dict ``{element: eV}``.
@@ -284,6 +297,10 @@ pair of float
         Fitted ``σ_E`` (eV/√atom), ``σ_F`` (eV/Å): the learned aleatoric noise.
     stress_noise_ : float
         Fitted ``σ_S`` (eV/Å³); the given ``stress_noise`` when no stress was trained on.
+    config_type_noise_ : dict or None
+        With ``config_type_noise=True`` and more than one configuration type, the
+        fitted scales ``{config_type: {"energy": s, "forces": s, "stress": s}}`` (1
+        where a type has no observation of a kind); otherwise None.
     log_marginal_likelihood_value_ : float
     n_inducing_ : dict
         Inducing environments per element symbol (the exact model: training
@@ -336,7 +353,7 @@ pair of float
                  energy_noise_bounds: tuple[float, float] = (1e-4, 1.0),
                  force_noise_bounds: tuple[float, float] = (1e-4, 10.0),
                  stress_noise_bounds: tuple[float, float] = (1e-6, 1.0),
-                 use_stress: bool = True,
+                 use_stress: bool = True, config_type_noise: bool = False,
                  e0: str | dict[str | int, float] = "lstsq",
                  optimize: bool | Iterable[str] = True, n_restarts: int = 2,
                  search_frames: int | None = None, incremental: bool = False,
@@ -362,6 +379,7 @@ pair of float
         self.stress_noise = stress_noise
         self.stress_noise_bounds = stress_noise_bounds
         self.use_stress = use_stress
+        self.config_type_noise = config_type_noise
         self.e0 = e0
         self.optimize = optimize
         self.n_restarts = n_restarts
@@ -410,6 +428,13 @@ pair of float
         if not isinstance(self.use_stress, (bool, np.bool_)):
             raise TypeError(f"{owner}: use_stress must be True or False; "
                             f"got {self.use_stress!r}")
+        if not isinstance(self.config_type_noise, (bool, np.bool_)):
+            raise TypeError(f"{owner}: config_type_noise must be True or False; "
+                            f"got {self.config_type_noise!r}")
+        if self.config_type_noise and self.incremental:
+            raise ValueError(f"{owner}: config_type_noise=True does not work with "
+                             "incremental=True (updates and on-the-fly learning keep one "
+                             "noise per kind of observation)")
         if not (self.calibration is None
                 or (isinstance(self.calibration, str) and self.calibration == "loso")):
             raise ValueError(f"{owner}: calibration must be 'loso' or None; "
@@ -576,6 +601,7 @@ pair of float
         self.energy_noise_ = posterior.energy_noise
         self.force_noise_ = posterior.force_noise
         self.stress_noise_ = posterior.stress_noise
+        self.config_type_noise_ = posterior.noise_scales
         self.log_marginal_likelihood_value_ = posterior.log_marginal_likelihood_value
         self.jitter_ = posterior.jitter
         self.std_scale_ = calibration.std_scale
@@ -1043,12 +1069,23 @@ pair of float
         -------
         float, or (float, ndarray of the shape of theta)
             The log marginal likelihood, and its gradient with ``eval_gradient``.
+
+        Raises
+        ------
+        ValueError
+            For ``theta`` or ``eval_gradient`` on a model with a noise scale per
+            configuration type (``config_type_noise_``): only its fitted value is kept.
         """
         check_is_fitted(self)
         per_element = isinstance(self.signal_std_, dict)
+        if theta is None and not eval_gradient:
+            return self.log_marginal_likelihood_value_
+        if self.config_type_noise_ is not None:
+            raise ValueError("log_marginal_likelihood: this model learned a noise scale per "
+                             "configuration type (config_type_noise_); theta and its gradient "
+                             "cover one noise per kind, so only the fitted value (theta=None, "
+                             "eval_gradient=False) is available")
         if theta is None:
-            if not eval_gradient:
-                return self.log_marginal_likelihood_value_
             sigmas = np.sqrt(self.posterior_.signal_variances()) if per_element \
                 else [self.signal_std_]
             theta = np.log(np.concatenate([sigmas, [self.energy_noise_, self.force_noise_,

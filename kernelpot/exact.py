@@ -320,16 +320,24 @@ def prior_covariance(obs: Observations, kernel: Kernel,
             for s in range(n_species)]
 
 
-def noise_variances(log_params: np.ndarray, obs: Observations) -> np.ndarray:
+def noise_variances(log_params: np.ndarray, obs: Observations,
+                    noise_scale: np.ndarray | None = None) -> np.ndarray:
     """Diagonal noise: ``σ_E² N`` per energy, ``σ_F²`` per force and ``σ_S²`` per stress.
 
     ``log_params`` ends with ``log σ_E, log σ_F, log σ_S`` (after one or more signal
-    stds).
+    stds). ``noise_scale`` (one per observation) multiplies the variances: the squared
+    scale of each observation's configuration type (:mod:`kernelpot.noise_groups`).
     """
     force = np.full(obs.n_force, np.exp(2 * log_params[-2]))
     if obs.is_stress is not None:
         force[obs.is_stress] = np.exp(2 * log_params[-1])
-    return np.concatenate([np.exp(2 * log_params[-3]) * obs.energy_atoms, force])
+    noise = np.concatenate([np.exp(2 * log_params[-3]) * obs.energy_atoms, force])
+    return noise if noise_scale is None else noise * noise_scale
+
+
+def observation_structures(obs: Observations, has_energy: np.ndarray) -> np.ndarray:
+    """Return the structure of every observation (energies, then per structure the rest)."""
+    return np.concatenate([np.flatnonzero(has_energy), obs.force_structure]).astype(int)
 
 
 def _parts(K0) -> list:
@@ -360,15 +368,15 @@ def _cholesky(K_y: np.ndarray) -> np.ndarray:
 
 
 def factor(K0: np.ndarray | Sequence[np.ndarray], log_params: np.ndarray,
-           obs: Observations) -> np.ndarray:
+           obs: Observations, noise_scale: np.ndarray | None = None) -> np.ndarray:
     """Lower Cholesky factor of ``K_y = σ² K0 + noise``.
 
     ``K0`` is one matrix (one signal std) or a list of per-element parts
     ``K0_s`` with ``K_y = Σ_s σ_s² K0_s + noise`` (``log_params = log (σ_1, …, σ_n,
-    σ_E, σ_F, σ_S)``).
+    σ_E, σ_F, σ_S)``); ``noise_scale`` as in :func:`noise_variances`.
     """
     K_y = signal_covariance(K0, log_params)
-    K_y[np.diag_indices_from(K_y)] += noise_variances(log_params, obs)
+    K_y[np.diag_indices_from(K_y)] += noise_variances(log_params, obs, noise_scale)
     return _cholesky(K_y)
 
 
@@ -380,12 +388,19 @@ def log_density(L: np.ndarray, y: np.ndarray, weights: np.ndarray) -> float:
 
 def log_marginal_likelihood(log_params: np.ndarray, K0: np.ndarray | Sequence[np.ndarray],
                             y: np.ndarray, obs: Observations,
-                            eval_gradient: bool = False) -> float | tuple[float, np.ndarray]:
+                            eval_gradient: bool = False,
+                            obs_group: np.ndarray | None = None
+                            ) -> float | tuple[float, np.ndarray]:
     """Log marginal likelihood of ``y`` and its gradient in ``log (σ, σ_E, σ_F, σ_S)``.
 
     ``K0`` is one prior covariance, or a list of per-element parts with one signal
     std each (``log_params = log (σ_1, …, σ_n, σ_E, σ_F, σ_S)``, see :func:`factor`).
     The gradient in ``σ_S`` is zero without stress observations.
+
+    With ``obs_group`` (a noise-scale group ``0 … G-1`` for every observation),
+    ``log_params`` ends with ``G`` more entries, ``log s_b``: the noise variances of
+    group ``b`` are multiplied by ``s_b²`` (:mod:`kernelpot.noise_groups`), and the
+    gradient ends with theirs.
 
     Notes
     -----
@@ -398,33 +413,46 @@ def log_marginal_likelihood(log_params: np.ndarray, K0: np.ndarray | Sequence[np
     """
     log_params = np.asarray(log_params, dtype=np.float64)
     parts = _parts(K0)
+    n_all = len(log_params)
+    noise_scale, group_gradient = None, []
+    n_groups = n_all - len(parts) - 3
+    if obs_group is not None:
+        if n_groups < 1 or len(obs_group) != len(y):
+            raise ValueError("log_marginal_likelihood: obs_group needs one type per "
+                             "observation and one log scale per type at the end of log_params")
+        noise_scale = np.exp(2 * log_params[len(parts) + 3:])[obs_group]
+        log_params = log_params[:len(parts) + 3]
     try:
-        L = factor(parts, log_params, obs)
+        L = factor(parts, log_params, obs, noise_scale)
     except np.linalg.LinAlgError:
-        return (-np.inf, np.zeros(len(log_params))) if eval_gradient else -np.inf
+        return (-np.inf, np.zeros(n_all)) if eval_gradient else -np.inf
     a = sla.cho_solve((L, True), y, check_finite=False)
     n = len(y)
     value = log_density(L, y, a)
     if not eval_gradient:
         return value
-    noise = noise_variances(log_params, obs)
+    noise = noise_variances(log_params, obs, noise_scale)
     if len(parts) == 1:
         L_inv, info = sla.lapack.dtrtri(L, lower=1, overwrite_c=1)  # L is not needed again
         if info != 0:
-            return (-np.inf, np.zeros(len(log_params)))
+            return (-np.inf, np.zeros(n_all))
         k_inv_diag = np.einsum("ij,ij->j", L_inv, L_inv)  # the upper half of L (and L⁻¹) is 0
         del L_inv
         per_obs = noise * (a**2 - k_inv_diag)
+        if obs_group is not None:
+            group_gradient = np.bincount(obs_group, per_obs, n_groups).tolist()
         return value, np.array([float(a @ y - n - per_obs.sum()),
-                                *_noise_gradient(per_obs, obs)])
+                                *_noise_gradient(per_obs, obs), *group_gradient])
     # the whole K_y⁻¹, lower triangle (the upper one keeps L's zeros): Σ_ij (K_y⁻¹)_ij
     # (K0_s)_ij = 2 Σ_(i≥j) - Σ_(i=j) for the symmetric parts
     K_inv, info = sla.lapack.dpotri(L, lower=1, overwrite_c=1)
     if info != 0:
-        return (-np.inf, np.zeros(len(log_params)))
+        return (-np.inf, np.zeros(n_all))
     k_inv_diag = np.diagonal(K_inv).copy()
     per_obs = noise * (a**2 - k_inv_diag)
     noise_gradient = _noise_gradient(per_obs, obs)
+    if obs_group is not None:
+        noise_gradient += np.bincount(obs_group, per_obs, n_groups).tolist()
     signal_gradient = []
     for t, part in zip(log_params[:len(parts)], parts, strict=True):
         trace = 2.0 * np.einsum("ij,ij->", K_inv, part) - k_inv_diag @ np.diagonal(part)

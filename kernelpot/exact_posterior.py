@@ -17,7 +17,7 @@ import numpy as np
 import scipy.linalg as sla
 from ase.data import chemical_symbols
 
-from kernelpot import exact, gp
+from kernelpot import exact, gp, noise_groups
 from kernelpot._labels import TrainingSet
 from kernelpot.hyperparameters import (
     DEFAULT_STRESS_NOISE,
@@ -207,27 +207,52 @@ class ExactPosterior(Posterior):
         log_params = np.log(given)
         free = free_mask(names, obs.n_energy, obs.n_force - obs.n_stress, n_signal,
                          n_stress=obs.n_stress)
+        search = NoiseSearch.of(estimator)
         if any(free):
-            log_params = NoiseSearch.of(estimator).optimize(
+            log_params = search.optimize(
                 lambda t: exact.log_marginal_likelihood(t, K0, y, obs, eval_gradient=True),
                 log_params, rng, free)
+        scales, noise_scale = None, None
+        if estimator.config_type_noise:
+            names, structure_type = noise_groups.config_types(training.frames)
+            if len(names) > 1:
+                kinds = np.concatenate([np.zeros(obs.n_energy, dtype=int),
+                                        np.ones(obs.n_force, dtype=int)])
+                if obs.is_stress is not None:
+                    kinds[obs.n_energy:][obs.is_stress] = 2
+                obs_group, free_scales = noise_groups.scale_groups(
+                    structure_type[exact.observation_structures(obs, has_energy)], kinds,
+                    len(names), free[n_signal:])
+                log_params, log_scales = noise_groups.fit_scales(
+                    lambda t: exact.log_marginal_likelihood(t, K0, y, obs, eval_gradient=True,
+                                                            obs_group=obs_group),
+                    log_params, free, free_scales, search, rng)
+                scales = noise_groups.scales_by_type(names, log_scales)
+                noise_scale = np.exp(2 * log_scales)[obs_group]
+                logger.info("%s: noise scales per configuration type %s", owner, scales)
+            else:
+                logger.info("%s: config_type_noise: one configuration type (%s), one noise",
+                            owner, names[0])
         values = values_kept_where_fixed(log_params, given, free)
         energy_noise, force_noise = values[-3:-1]
         symbols = [chemical_symbols[z] for z in training.species]
         sigma = dict(zip(symbols, values[:-3], strict=True)) if per_element else values[0]
         warn_if_force_noise_at_bound(force_noise, estimator.force_noise_bounds, free[-2], owner,
                                      stacklevel=4)
-        L = exact.factor(K0, np.log(values), obs)
+        L = exact.factor(K0, np.log(values), obs, noise_scale)
         weights = sla.cho_solve((L, True), y, check_finite=False)
-        loso = _exact_loso_terms(L, weights, exact.noise_variances(np.log(values), obs),
+        loso = _exact_loso_terms(L, weights,
+                                 exact.noise_variances(np.log(values), obs, noise_scale),
                                  obs, np.flatnonzero(has_energy), owner) \
             if estimator.calibration == "loso" else None
-        return cls(kernel=kernel, observations=obs, L=L, weights=weights, y=y,
-                   signal_std=sigma, energy_noise=energy_noise, force_noise=force_noise,
-                   stress_noise=values[-1],
-                   structures=exact.structure_arrays(training.frames, has_energy, has_forces,
-                                                     has_stress),
-                   species=training.species, prior_covariance=K0, loso=loso)
+        posterior = cls(kernel=kernel, observations=obs, L=L, weights=weights, y=y,
+                        signal_std=sigma, energy_noise=energy_noise, force_noise=force_noise,
+                        stress_noise=values[-1],
+                        structures=exact.structure_arrays(training.frames, has_energy,
+                                                          has_forces, has_stress),
+                        species=training.species, prior_covariance=K0, loso=loso)
+        posterior.noise_scales = scales
+        return posterior
 
     # -- prediction ----------------------------------------------------------------------
     def parts(self, descriptor: Descriptor, atoms: Atoms, index: np.ndarray, e0: np.ndarray,
@@ -396,7 +421,8 @@ class ExactPosterior(Posterior):
                   "energy_noise": self.energy_noise, "force_noise": self.force_noise,
                   "stress_noise": self.stress_noise,
                   "log_marginal_likelihood": self.log_marginal_likelihood_value,
-                  "jitter": self.jitter, "jitter_abs": self.jitter_abs, "stats": None}
+                  "jitter": self.jitter, "jitter_abs": self.jitter_abs, "stats": None,
+                  "config_type_noise": self.noise_scales}
         return arrays, fitted
 
     @classmethod
@@ -457,6 +483,8 @@ class ExactPosterior(Posterior):
         # the file's value, as the fit computed it (bit for bit the same model)
         posterior.log_marginal_likelihood_value = fitted["log_marginal_likelihood"]
         posterior.loo_shift = _checked_shift_basis(arrays.get("loo_shift"), obs.n_obs, what)
+        posterior.noise_scales = noise_groups.checked_scales(fitted.get("config_type_noise"),
+                                                             what)
         return posterior
 
 

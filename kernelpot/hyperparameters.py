@@ -252,7 +252,8 @@ class NoiseSearch:
                  | Callable[[np.ndarray], tuple[float, np.ndarray]],
                  log_params: np.ndarray, rng: np.random.RandomState,
                  free: Sequence[bool], extra_starts: Sequence[np.ndarray] = (),
-                 restarts: int | None = None, progress: bool = True) -> np.ndarray:
+                 restarts: int | None = None, progress: bool = True,
+                 extra_bounds: Sequence[tuple[float, float]] = ()) -> np.ndarray:
         """Maximise the likelihood over the ``free`` entries of ``log_params``.
 
         Parameters
@@ -272,10 +273,13 @@ class NoiseSearch:
         progress : bool, default=True
             Show the progress bar when ``verbose`` asks for it (an inner search of
             :func:`kernel_profile_search` does not).
+        extra_bounds : sequence of (float, float), default=()
+            Natural-unit bounds of more entries at the end of ``log_params`` (the noise
+            scales of :mod:`kernelpot.noise_groups`).
 
         Returns
         -------
-        ndarray of shape (n_signal + 3,)
+        ndarray of shape (n_signal + 3 + len(extra_bounds),)
             The best ``log_params`` found; the start, with a ``ConvergenceWarning``, when
             the likelihood could not be evaluated at any start.
         """
@@ -284,10 +288,11 @@ class NoiseSearch:
 
             def likelihood(theta):
                 return gp.log_marginal_likelihood(theta, stats, eval_gradient=True)
-        n_signal = len(log_params) - 3
+        n_signal = len(log_params) - 3 - len(extra_bounds)
         bounds = np.log(np.array([self.signal_std_bounds] * n_signal
                                  + [self.energy_noise_bounds, self.force_noise_bounds,
-                                    self.stress_noise_bounds], dtype=float))
+                                    self.stress_noise_bounds] + list(extra_bounds),
+                                 dtype=float))
         for k, is_free in enumerate(free):
             if not is_free:
                 bounds[k] = log_params[k]

@@ -44,7 +44,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import chemical_symbols
 from sklearn.base import clone
 
-from kernelpot import _incremental, gp
+from kernelpot import _incremental, gp, noise_groups
 from kernelpot._labels import TrainingSet
 from kernelpot._two_body_search import pair_factor, search_prior_std, whitened_pair_scale
 from kernelpot.descriptors import DescriptorResult
@@ -332,11 +332,18 @@ class SparsePosterior(Posterior):
         if any(free):
             log_params = search.optimize(stats, log_params, rng, free, extra_starts)
         lml = gp.log_marginal_likelihood(log_params, stats)
+        scales = None
+        if estimator.config_type_noise:
+            log_params, lml, scales = cls._fit_noise_scales(design, assembled.design, log_params,
+                                                            lml, free, search, rng, owner)
         sigma, energy_noise, force_noise, stress_noise = values_kept_where_fixed(
             log_params, given, free)
         warn_if_force_noise_at_bound(force_noise, estimator.force_noise_bounds, free[2], owner,
                                      stacklevel=4)
         noise_std = design.noise_std(energy_noise, force_noise, stress_noise)
+        if scales is not None:
+            noise_std *= noise_groups.row_scales(scales, training.frames,
+                                                 training.row_structures(), design.row_kinds())
         y_all = design.y
         state = cls._training_state(design, assembled, noise_std, y_all, sigma, L_mm) \
             if estimator.incremental else None
@@ -346,13 +353,49 @@ class SparsePosterior(Posterior):
             design.pair_columns if pair is not None else None)) if loso_wanted else None
         factors = gp.solve_posterior(assembled.design, design.n_obs, L_mm, noise_std, y_all,
                                      sigma)
-        return cls(kernel=kernel, inducing=inducing, columns=gp.inducing_columns(inducing),
-                   two_body=pair, pair_columns=design.pair_columns, factors=factors,
-                   stats=stats, signal_std=sigma, energy_noise=energy_noise,
-                   force_noise=force_noise, stress_noise=stress_noise,
-                   log_marginal_likelihood=lml,
-                   jitter=assembled.jitter, jitter_abs=assembled.jitter_abs, training=state,
-                   loso=loso)
+        posterior = cls(kernel=kernel, inducing=inducing,
+                        columns=gp.inducing_columns(inducing),
+                        two_body=pair, pair_columns=design.pair_columns, factors=factors,
+                        stats=stats, signal_std=sigma, energy_noise=energy_noise,
+                        force_noise=force_noise, stress_noise=stress_noise,
+                        log_marginal_likelihood=lml,
+                        jitter=assembled.jitter, jitter_abs=assembled.jitter_abs,
+                        training=state, loso=loso)
+        posterior.noise_scales = scales
+        return posterior
+
+    @staticmethod
+    def _fit_noise_scales(design: SparseDesign, Kw: np.ndarray, log_params: np.ndarray,
+                          lml: float, free: list, search: NoiseSearch,
+                          rng: np.random.RandomState, owner: str):
+        """Fit the noise scales of each configuration type (:mod:`kernelpot.noise_groups`).
+
+        Returns ``(log_params, lml, scales)``; ``scales`` is None (and the rest as given)
+        when the training set holds one type only.
+        """
+        training = design.training
+        names, structure_type = noise_groups.config_types(training.frames)
+        if len(names) < 2:
+            logger.info("%s: config_type_noise: one configuration type (%s), one noise",
+                        owner, names[0])
+            return log_params, lml, None
+        n_obs = design.n_obs
+        kinds = design.row_kinds()
+        row_group, free_scales = noise_groups.scale_groups(
+            structure_type[training.row_structures()], kinds, len(names), free[1:4])
+        row_atoms = np.ones(n_obs)
+        row_atoms[kinds == 0] = design.n_atoms_energy
+        stats = noise_groups.grouped_statistics(Kw[:n_obs], design.y, kinds, row_group,
+                                                row_atoms, 3 * len(names))
+        log_params, log_scales = noise_groups.fit_scales(
+            lambda t: noise_groups.sparse_log_marginal_likelihood(t, stats, True),
+            log_params, free, free_scales, search, rng)
+        lml_groups = noise_groups.sparse_log_marginal_likelihood(
+            np.concatenate([log_params, log_scales]), stats)
+        scales = noise_groups.scales_by_type(names, log_scales)
+        logger.info("%s: noise scales per configuration type %s (log marginal likelihood "
+                    "%.1f -> %.1f)", owner, scales, lml, lml_groups)
+        return log_params, lml_groups, scales
 
     @staticmethod
     def _choose_inducing(estimator, training, descriptor, rng, imap) -> list[np.ndarray]:
@@ -1002,6 +1045,7 @@ class SparsePosterior(Posterior):
                   "stress_noise": self.stress_noise,
                   "log_marginal_likelihood": self.log_marginal_likelihood_value,
                   "jitter": self.jitter, "jitter_abs": self.jitter_abs,
+                  "config_type_noise": self.noise_scales,
                   "stats": {"c_E": stats.c_E, "c_F": stats.c_F, "n_E": stats.n_E,
                             "n_F": stats.n_F, "logdet_D_E": stats.logdet_D_E,
                             "c_S": stats.c_S, "n_S": stats.n_S}}
@@ -1069,7 +1113,8 @@ class SparsePosterior(Posterior):
         if "state_y" in arrays:
             training = _training_state_from_arrays(arrays, L_mm, what)
         stats = _statistics_from_arrays(arrays, fitted["stats"], what)
-        return cls(kernel=kernel, inducing=inducing, columns=columns, two_body=two_body,
+        scales = noise_groups.checked_scales(fitted.get("config_type_noise"), what)
+        posterior = cls(kernel=kernel, inducing=inducing, columns=columns, two_body=two_body,
                    pair_columns=pair_columns,
                    factors=gp.Posterior(weights, L_mm, L_post),
                    stats=stats, signal_std=signal_std, energy_noise=fitted["energy_noise"],
@@ -1079,6 +1124,8 @@ class SparsePosterior(Posterior):
                    jitter=fitted["jitter"], jitter_abs=fitted["jitter_abs"], training=training,
                    needs_frames=training is not None)._with_shift_basis(
                        arrays.get("loo_shift"), what)
+        posterior.noise_scales = scales
+        return posterior
 
     def _with_shift_basis(self, basis: np.ndarray | None, what: str) -> SparsePosterior:
         """Set a stored leave-one-structure-out shift basis, checked; return self."""

@@ -570,3 +570,27 @@ def test_fit_with_a_baseline_from_the_config(cli_files, capsys):
         assert main(["fit", str(cli_files / "train.xyz"), "-o", str(model_path), "--config",
                      str(config), "--quiet"]) == 1
         assert message in capsys.readouterr().err
+
+
+def test_fit_learns_noise_scales_per_configuration_type(tmp_path, capsys):
+    from ase.io import write
+    from helpers import emt_strained_cells
+
+    from kernelpot import load
+
+    frames = emt_strained_cells(8, seed=3)
+    for k, atoms in enumerate(frames):
+        atoms.info["config_type"] = "strained" if k % 2 else "bulk"
+    write(tmp_path / "typed.xyz", frames)
+    model = tmp_path / "typed.npz"
+    path = tmp_path / "quick.toml"
+    path.write_text('n_restarts = 0\nmethod = "exact"\ndescriptor.n_max = 3\n'
+                    'descriptor.l_max = 2\n')
+    assert main(["fit", str(tmp_path / "typed.xyz"), "-o", str(model), "--config", str(path),
+                 "--config-type-noise", "--no-train-eval"]) == 0
+    out = capsys.readouterr().out
+    assert "noise scales per configuration type: bulk E×" in out
+    assert load(model).get_params()["config_type_noise"] is True
+    assert main(["info", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "noise scales per configuration type: bulk E×" in out and "; strained E×" in out

@@ -190,7 +190,19 @@ def _build_model(args, frames):
             model.set_params(**{name: value})
     if getattr(args, "no_stress", False):
         model.set_params(use_stress=False)
+    if getattr(args, "config_type_noise", False):
+        model.set_params(config_type_noise=True)
     return model
+
+
+def noise_scales_line(model) -> str | None:
+    """Describe a model's noise scales per configuration type in one line (None: none)."""
+    scales = getattr(model, "config_type_noise_", None)
+    if not scales:
+        return None
+    parts = [f"{name} E×{row['energy']:.3g} F×{row['forces']:.3g} S×{row['stress']:.3g}"
+             for name, row in scales.items()]
+    return "noise scales per configuration type: " + "; ".join(parts)
 
 
 def _check_config_keys(path, model, descriptor, model_params, descriptor_params,

@@ -207,6 +207,10 @@ def _add_fit(sub) -> argparse.ArgumentParser:
     parser.add_argument("--no-stress", action="store_true",
                         help="train on energies and forces only, not on the stresses the "
                              "cells carry (use_stress=False)")
+    parser.add_argument("--config-type-noise", action="store_true",
+                        help="learn energy, force and stress noise scales per configuration "
+                             "type (atoms.info['config_type'], as GAP's config_type_sigma "
+                             "but fitted by the likelihood; config_type_noise=True)")
     _add_model_options(parser)
     parser.set_defaults(func=_cmd_fit)
     return parser

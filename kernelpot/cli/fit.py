@@ -13,6 +13,7 @@ from kernelpot.cli._common import (
     _print_loso,
     _read_frames,
     elapsed,
+    noise_scales_line,
 )
 
 
@@ -37,6 +38,9 @@ def _cmd_fit(args) -> int:
         print(f"trained on the stresses of {n_stress // 6} cells: learned stress noise "
               f"{160.21766 * model.stress_noise_:.3g} GPa ({model.stress_noise_:.3g} eV/Å³; "
               "--no-stress trains without them)")
+    scales = noise_scales_line(model)
+    if scales:
+        print(scales)
     if model.baseline_ is not None:
         print(f"baseline: {model.baseline_!r} (the GP fits the reference minus it; every "
               "prediction adds it back)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kernelpot.cli._common import _load_model
+from kernelpot.cli._common import _load_model, noise_scales_line
 
 
 def _cmd_info(args) -> int:
@@ -33,6 +33,9 @@ def _cmd_info(args) -> int:
           f"noise σ_E {1e3 * model.energy_noise_:.3g} meV/√atom (an N-atom structure's "
           f"energy noise is σ_E √N); force noise σ_F {1e3 * model.force_noise_:.3g} meV/Å; "
           f"{stress}log marginal likelihood {model.log_marginal_likelihood_value_:.2f}")
+    scales = noise_scales_line(model)
+    if scales:
+        print(scales)
     kind = "inducing" if model.method_ == "sparse" else "training"
     print(f"training data: {_training_size(model, arrays)}; {kind} environments "
           f"{sum(model.n_inducing_.values())} {model.n_inducing_}")
