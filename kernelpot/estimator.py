@@ -26,7 +26,7 @@ from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from kernelpot import _parallel, exact, io
+from kernelpot import _parallel, exact, io, noise_groups
 from kernelpot._labels import TrainingSet, check_frames, read_labels
 from kernelpot._validation import (
     check_geometry,
@@ -174,20 +174,23 @@ pair of float
         and forces only.
     config_type_noise : bool, default=False
         Learn noise scales per configuration type (``atoms.info["config_type"]``, as in
-        extended XYZ files; structures without one form the type ``"default"``), as
-        GAP's ``config_type_sigma`` sets an energy, force and virial sigma per type but
-        fitted by the likelihood: the energy, force and stress noise of a structure of
-        type ``t`` are ``(s_t,E σ_E, s_t,F σ_F, s_t,S σ_S)``, for sets that mix bulk,
-        surfaces, vacancies or liquids that the model fits unequally well. The scales
-        are fitted after the usual search, from its optimum, with the kernel fixed,
-        within ``(0.01, 100)``; the type with the most observations keeps its scales
-        at 1, so ``energy_noise_``, ``force_noise_`` and ``stress_noise_`` are its
-        noise and the noise predictions add. A kind whose noise is not fitted
-        (``optimize``) keeps its scales at 1. Not with ``incremental=True``. Fitted
-        scales: ``config_type_noise_``. See :mod:`kernelpot.noise_groups`. Meant for
-        labels whose noise differs by type; the likelihood may also read the model's
-        misfit of a rare type as noise and stop fitting it (mlearn Mo, 4-fold CV: the
-        surfaces' energy noise grew 8–80×, held-out energies 3.75 → 70.5 meV/atom).
+        extended XYZ files; an integer label reads as its digits; structures without
+        one form the type ``"default"``), as GAP's ``config_type_sigma`` sets an
+        energy, force and virial sigma per type but fitted by the likelihood: the
+        energy, force and stress noise of a structure of type ``t`` are
+        ``(s_t,E σ_E, s_t,F σ_F, s_t,S σ_S)``, for labels whose noise differs by type
+        (several codes or convergence settings). The scales are fitted after the usual
+        search, from its optimum, with the kernel fixed, within ``(0.01, 100)`` (a
+        warning names a scale that ends at a bound). For each kind, the type with the
+        most structures labelled with it keeps the scale 1, so ``energy_noise_``,
+        ``force_noise_`` and ``stress_noise_`` are the noise of those types, and the
+        noise that predictions, intervals and ``calibrate`` add for every new structure.
+        A type with fewer than 5 structures of a kind, or a kind whose noise is not
+        fitted (``optimize``), keeps the scale 1. Not with ``incremental=True``.
+        Fitted scales: ``config_type_noise_``. See :mod:`kernelpot.noise_groups`. The
+        likelihood may also read the model's misfit of a rare type as noise and stop
+        fitting it (mlearn Mo, 4-fold CV: the surfaces' energy noise grew 8–80×,
+        held-out energies 3.75 → 70.5 meV/atom): off by default.
     e0 : "lstsq" or dict, default="lstsq"
         Reference energy per element: least squares of the training energies on
         the compositions (minimum norm), or a dict ``{element: eV}``.
@@ -301,9 +304,9 @@ pair of float
     stress_noise_ : float
         Fitted ``σ_S`` (eV/Å³); the given ``stress_noise`` when no stress was trained on.
     config_type_noise_ : dict or None
-        With ``config_type_noise=True`` and more than one configuration type, the
-        fitted scales ``{config_type: {"energy": s, "forces": s, "stress": s}}`` (1
-        where a type has no observation of a kind); otherwise None.
+        With ``config_type_noise=True`` and a scale fitted, the scales
+        ``{config_type: {"energy": s, "forces": s, "stress": s}}`` (1 where a scale
+        was not fitted); otherwise None.
     log_marginal_likelihood_value_ : float
     n_inducing_ : dict
         Inducing environments per element symbol (the exact model: training
@@ -511,6 +514,8 @@ pair of float
         start_time = time.perf_counter()
         frames = check_frames(X, f"{owner}.fit")
         labels = read_labels(frames, f"{owner}.fit", stress=bool(self.use_stress))
+        if self.config_type_noise:
+            noise_groups.config_types(frames)  # names a bad config_type before any work
         baseline = as_baseline(self.baseline, owner)
         raw_labels, labels = labels, residual_labels(frames, labels, baseline)
         names = fitted_names(self.optimize, owner)

@@ -417,7 +417,8 @@ def log_marginal_likelihood(log_params: np.ndarray, K0: np.ndarray | Sequence[np
     noise_scale, group_gradient = None, []
     n_groups = n_all - len(parts) - 3
     if obs_group is not None:
-        if n_groups < 1 or len(obs_group) != len(y):
+        if n_groups < 1 or len(obs_group) != len(y) or np.max(obs_group) >= n_groups \
+                or np.min(obs_group) < 0:
             raise ValueError("log_marginal_likelihood: obs_group needs one type per "
                              "observation and one log scale per type at the end of log_params")
         noise_scale = np.exp(2 * log_params[len(parts) + 3:])[obs_group]

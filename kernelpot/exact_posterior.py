@@ -214,25 +214,8 @@ class ExactPosterior(Posterior):
                 log_params, rng, free)
         scales, noise_scale = None, None
         if estimator.config_type_noise:
-            names, structure_type = noise_groups.config_types(training.frames)
-            if len(names) > 1:
-                kinds = np.concatenate([np.zeros(obs.n_energy, dtype=int),
-                                        np.ones(obs.n_force, dtype=int)])
-                if obs.is_stress is not None:
-                    kinds[obs.n_energy:][obs.is_stress] = 2
-                obs_group, free_scales = noise_groups.scale_groups(
-                    structure_type[exact.observation_structures(obs, has_energy)], kinds,
-                    len(names), free[n_signal:])
-                log_params, log_scales = noise_groups.fit_scales(
-                    lambda t: exact.log_marginal_likelihood(t, K0, y, obs, eval_gradient=True,
-                                                            obs_group=obs_group),
-                    log_params, free, free_scales, search, rng)
-                scales = noise_groups.scales_by_type(names, log_scales)
-                noise_scale = np.exp(2 * log_scales)[obs_group]
-                logger.info("%s: noise scales per configuration type %s", owner, scales)
-            else:
-                logger.info("%s: config_type_noise: one configuration type (%s), one noise",
-                            owner, names[0])
+            log_params, scales, noise_scale = _fit_noise_scales(
+                training, obs, K0, y, log_params, free, n_signal, search, rng, owner)
         values = values_kept_where_fixed(log_params, given, free)
         energy_noise, force_noise = values[-3:-1]
         symbols = [chemical_symbols[z] for z in training.species]
@@ -486,6 +469,37 @@ class ExactPosterior(Posterior):
         posterior.noise_scales = noise_groups.checked_scales(fitted.get("config_type_noise"),
                                                              what)
         return posterior
+
+
+def _fit_noise_scales(training: TrainingSet, obs, K0, y: np.ndarray, log_params: np.ndarray,
+                      free: list, n_signal: int, search: NoiseSearch,
+                      rng: np.random.RandomState, owner: str):
+    """Fit the noise scales of each configuration type (:mod:`kernelpot.noise_groups`).
+
+    Returns ``(log_params, scales, noise_scale)``: the scales by type and the variance
+    factor of every observation, both None when no scale is fitted.
+    """
+    types, structure_type = noise_groups.config_types(training.frames)
+    if len(types) < 2:
+        logger.info("%s: config_type_noise: one configuration type (%s), one noise", owner,
+                    types[0])
+        return log_params, None, None
+    kinds = np.concatenate([np.zeros(obs.n_energy, dtype=int),
+                            np.ones(obs.n_force, dtype=int)])
+    if obs.is_stress is not None:
+        kinds[obs.n_energy:][obs.is_stress] = 2
+    row_structure = exact.observation_structures(obs, training.has_energy)
+    obs_group, free_scales = noise_groups.scale_groups(
+        structure_type[row_structure], kinds, row_structure, len(types), free[n_signal:])
+    log_params, log_scales = noise_groups.fit_scales(
+        lambda t: exact.log_marginal_likelihood(t, K0, y, obs, eval_gradient=True,
+                                                obs_group=obs_group),
+        log_params, free, free_scales, search, rng, owner, types)
+    if log_scales is None:
+        return log_params, None, None
+    scales = noise_groups.scales_by_type(types, log_scales)
+    logger.info("%s: noise scales per configuration type %s", owner, scales)
+    return log_params, scales, np.exp(2 * log_scales)[obs_group]
 
 
 def _stress_volumes(frames: list, has_stress: np.ndarray) -> np.ndarray:

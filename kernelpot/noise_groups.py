@@ -5,9 +5,10 @@ the model fits unequally well. With ``config_type_noise=True`` the estimator giv
 configuration type ``t`` (``atoms.info["config_type"]``; structures without one form the
 type ``"default"``) its own noise scales ``s_t,E``, ``s_t,F``, ``s_t,S``: its
 observations have the noise ``(s_t,E σ_E √N, s_t,F σ_F, s_t,S σ_S)``, as GAP's
-``config_type_sigma`` gives each type its own energy, force and virial sigmas. The type
-with the most observations keeps its scales at 1, so ``σ_E, σ_F, σ_S`` stay its noise
-(and the noise that predictions add).
+``config_type_sigma`` gives each type its own energy, force and virial sigmas. For each
+kind, the type with the most structures labelled with it keeps its scale at 1, so
+``σ_E, σ_F, σ_S`` stay those types' noise (and the noise that predictions add for new
+structures, whatever their type).
 
 The scales are fitted after the usual search, with the kernel (and a two-body term)
 fixed: the likelihood is maximised over ``log (σ, σ_E, σ_F, σ_S, s...)`` from the
@@ -20,6 +21,8 @@ model's is :func:`kernelpot.exact.log_marginal_likelihood` with ``obs_group``.
 from __future__ import annotations
 
 import logging
+import numbers
+import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -30,14 +33,16 @@ from kernelpot.gp import _LOG_2PI
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_TYPE", "KINDS", "SCALE_BOUNDS", "GroupedStatistics", "checked_scales",
-           "config_types", "fit_scales", "grouped_statistics", "row_scales", "scale_groups",
-           "scales_by_type", "sparse_log_marginal_likelihood"]
+__all__ = ["DEFAULT_TYPE", "KINDS", "MIN_STRUCTURES", "SCALE_BOUNDS", "GroupedStatistics",
+           "checked_scales", "config_types", "fit_scales", "grouped_statistics", "row_scales",
+           "scale_groups", "scales_by_type", "sparse_log_marginal_likelihood"]
 
 #: The configuration type of structures without ``atoms.info["config_type"]`` (as in GAP).
 DEFAULT_TYPE = "default"
 #: Bounds of a noise scale.
 SCALE_BOUNDS = (1e-2, 1e2)
+#: Structures with a kind of label a type needs before its scale of that kind is fitted.
+MIN_STRUCTURES = 5
 
 
 def config_types(frames: Sequence) -> tuple[list[str], np.ndarray]:
@@ -58,14 +63,17 @@ def config_types(frames: Sequence) -> tuple[list[str], np.ndarray]:
     Raises
     ------
     TypeError
-        If a ``config_type`` is not a string.
+        If a ``config_type`` is neither a string nor an integer (extended XYZ reads
+        ``config_type=7`` as an integer; it becomes the type ``"7"``).
     """
     labels = []
     for k, atoms in enumerate(frames):
         value = atoms.info.get("config_type", DEFAULT_TYPE)
+        if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+            value = str(int(value))
         if not isinstance(value, str):
-            raise TypeError(f"config_type_noise: structure {k} has a config_type that is not a "
-                            f"string: {value!r}")
+            raise TypeError(f"config_type_noise: structure {k} has a config_type that is "
+                            f"neither a string nor an integer: {value!r}")
         labels.append(value)
     names = sorted(set(labels))
     index = {name: i for i, name in enumerate(names)}
@@ -76,13 +84,16 @@ def config_types(frames: Sequence) -> tuple[list[str], np.ndarray]:
 KINDS = ("energy", "forces", "stress")
 
 
-def scale_groups(row_type: np.ndarray, row_kind: np.ndarray, n_types: int,
-                 kind_free: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+def scale_groups(row_type: np.ndarray, row_kind: np.ndarray, row_structure: np.ndarray,
+                 n_types: int, kind_free: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
     """Return the noise-scale group of every observation and which scales the fit moves.
 
-    The scale of kind ``k`` and type ``t`` is number ``3 t + k``. The type with the
-    most observations (ties: the first) keeps all its scales at 1; a scale moves when
-    its type has observations of its kind and the kind's noise is fitted.
+    The scale of kind ``k`` and type ``t`` is number ``3 t + k``. For each kind, the
+    type with the most structures labelled with it (ties: the first) keeps its scale at
+    1, so ``σ_k`` is that type's noise. A scale moves when the kind's noise is fitted
+    and its type has at least :data:`MIN_STRUCTURES` structures labelled with the kind
+    (fewer say too little about a noise level: measured, four energies sent a scale to
+    its bound).
 
     Parameters
     ----------
@@ -90,6 +101,8 @@ def scale_groups(row_type: np.ndarray, row_kind: np.ndarray, n_types: int,
         Configuration type of each observation's structure.
     row_kind : ndarray of int of shape (n_obs,)
         0 energy, 1 force component, 2 stress component.
+    row_structure : ndarray of int of shape (n_obs,)
+        Structure of each observation.
     n_types : int
     kind_free : sequence of 3 bool
         Whether ``σ_E``, ``σ_F``, ``σ_S`` are fitted.
@@ -100,11 +113,13 @@ def scale_groups(row_type: np.ndarray, row_kind: np.ndarray, n_types: int,
     free : ndarray of bool of shape (3 n_types,)
     """
     row_group = 3 * np.asarray(row_type, dtype=int) + np.asarray(row_kind, dtype=int)
-    reference = int(np.argmax(np.bincount(row_type, minlength=n_types)))
-    counts = np.bincount(row_group, minlength=3 * n_types)
-    groups = np.arange(3 * n_types)
-    free = (counts > 0) & (groups // 3 != reference) & np.asarray(kind_free, bool)[groups % 3]
-    return row_group, free
+    # structures per (type, kind): count each structure once per kind
+    pairs = np.unique(np.stack([row_group, np.asarray(row_structure, dtype=int)]), axis=1)
+    counts = np.bincount(pairs[0], minlength=3 * n_types).reshape(n_types, 3)
+    reference = np.argmax(counts, axis=0)  # per kind
+    free = (counts >= MIN_STRUCTURES) & (np.arange(n_types)[:, None] != reference[None, :]) \
+        & np.asarray(kind_free, dtype=bool)[None, :]
+    return row_group, free.ravel()
 
 
 def scales_by_type(names: Sequence[str], log_scales: np.ndarray) -> dict[str, dict[str, float]]:
@@ -126,27 +141,52 @@ def row_scales(scales: dict, frames: Sequence, row_structure: np.ndarray,
 class GroupedStatistics(NamedTuple):
     """The sparse likelihood's statistics per noise-scale group.
 
-    For the rows of group ``b`` (all of one kind ``k``: 0 energy, 1 force, 2 stress):
-    ``G_b = Σ_n k_n k_nᵀ / d_n``, ``β_b = Σ_n k_n y_n / d_n``, ``c_b = Σ_n y_n² / d_n``
+    For the rows of group ``b`` (all of one kind ``k``: 0 energy, 1 force, 2 stress),
     with the whitened design rows ``k_n`` and ``d_n`` the atoms of an energy row (1
-    otherwise); ``n_b`` rows and ``logdet_b = Σ_n log d_n``. Row noise of group ``b``:
-    ``s_b σ_k``.
+    otherwise): ``G_b = Σ_n k_n k_nᵀ / d_n``, ``β_b = Σ_n k_n y_n / d_n``,
+    ``c_b = Σ_n y_n² / d_n``, ``n_b`` rows and ``logdet_b = Σ_n log d_n``. Row noise
+    of group ``b``: ``s_b σ_k``. A force group keeps ``G_b`` (``M × M``); an energy or
+    stress group keeps its scaled rows ``R_b = k_n / √d_n`` (``G_b = R_bᵀ R_b``), far
+    fewer numbers than ``M²``.
     """
 
     kind: np.ndarray  # (n_blocks,) 0, 1, 2
     group: np.ndarray  # (n_blocks,) the scale of each block
-    gram: np.ndarray  # (n_blocks, M, M)
+    factors: list  # per block: G_b (M, M) for forces, R_b (n_b, M) otherwise
     beta: np.ndarray  # (n_blocks, M)
     c: np.ndarray  # (n_blocks,)
     n: np.ndarray  # (n_blocks,)
     logdet_d: np.ndarray  # (n_blocks,)
     n_groups: int
 
+    def gram_times(self, b: int, w: np.ndarray) -> np.ndarray:
+        """Return ``G_b w``."""
+        F = self.factors[b]
+        return F @ w if self.kind[b] == 1 else F.T @ (F @ w)
+
+    def trace_with(self, b: int, A_inv: np.ndarray) -> float:
+        """Return ``tr(A⁻¹ G_b)``."""
+        F = self.factors[b]
+        if self.kind[b] == 1:
+            return float(np.einsum("ij,ij->", A_inv, F))
+        return float(np.einsum("ij,ij->", F @ A_inv, F))
+
+    def add_to(self, A: np.ndarray, b: int, weight: float) -> None:
+        """Add ``weight × G_b`` to ``A`` in place."""
+        F = self.factors[b]
+        if self.kind[b] == 1:
+            A += weight * F
+        else:
+            A += weight * (F.T @ F)
+
 
 def grouped_statistics(Kw: np.ndarray, y: np.ndarray, row_kind: np.ndarray,
                        row_group: np.ndarray, row_atoms: np.ndarray,
                        n_groups: int) -> GroupedStatistics:
     """Reduce a whitened design to :class:`GroupedStatistics`.
+
+    Memory: an ``M × M`` Gram matrix per force group (logged before they are built)
+    and the energy and stress rows themselves.
 
     Parameters
     ----------
@@ -166,26 +206,27 @@ def grouped_statistics(Kw: np.ndarray, y: np.ndarray, row_kind: np.ndarray,
     -------
     GroupedStatistics
     """
-    kinds, groups, grams, betas, cs, ns, logdets = [], [], [], [], [], [], []
-    for kind in (0, 1, 2):
-        for group in range(n_groups):
-            rows = np.flatnonzero((row_kind == kind) & (row_group == group))
-            if not rows.size:
-                continue
-            d = np.asarray(row_atoms[rows], dtype=np.float64)
-            block = Kw[rows]
-            scaled = block / d[:, None]
-            kinds.append(kind)
-            groups.append(group)
-            grams.append(block.T @ scaled)
-            betas.append(scaled.T @ y[rows])
-            cs.append(float(np.sum(y[rows] ** 2 / d)))
-            ns.append(len(rows))
-            logdets.append(float(np.sum(np.log(d))))
     M = Kw.shape[1]
-    return GroupedStatistics(np.array(kinds, dtype=int), np.array(groups, dtype=int),
-                             np.array(grams).reshape(-1, M, M), np.array(betas).reshape(-1, M),
-                             np.array(cs), np.array(ns, dtype=int), np.array(logdets), n_groups)
+    blocks = [(kind, group, np.flatnonzero((row_kind == kind) & (row_group == group)))
+              for kind in (0, 1, 2) for group in range(n_groups)]
+    blocks = [b for b in blocks if b[2].size]
+    n_force = sum(kind == 1 for kind, _, _ in blocks)
+    logger.info("config_type_noise: %d force Gram matrices of %d × %d (%.0f MiB)", n_force, M,
+                M, n_force * M * M * 8 / 2**20)
+    kinds, groups, factors, betas, cs, ns, logdets = [], [], [], [], [], [], []
+    for kind, group, rows in blocks:
+        d = np.asarray(row_atoms[rows], dtype=np.float64)
+        block = Kw[rows]
+        kinds.append(kind)
+        groups.append(group)
+        factors.append(block.T @ block if kind == 1 else block / np.sqrt(d)[:, None])
+        betas.append(block.T @ (y[rows] / d))
+        cs.append(float(np.sum(y[rows] ** 2 / d)))
+        ns.append(len(rows))
+        logdets.append(float(np.sum(np.log(d))))
+    return GroupedStatistics(np.array(kinds, dtype=int), np.array(groups, dtype=int), factors,
+                             np.array(betas).reshape(-1, M), np.array(cs),
+                             np.array(ns, dtype=int), np.array(logdets), n_groups)
 
 
 def sparse_log_marginal_likelihood(log_params: np.ndarray, stats: GroupedStatistics,
@@ -219,22 +260,24 @@ def sparse_log_marginal_likelihood(log_params: np.ndarray, stats: GroupedStatist
     log_params = np.asarray(log_params, dtype=np.float64)
     if log_params.shape != (4 + stats.n_groups,):
         raise ValueError(f"log_params must have shape ({4 + stats.n_groups},): log (σ, σ_E, "
-                         f"σ_F, σ_S) and one scale per type; got {log_params.shape}")
+                         f"σ_F, σ_S) and one scale per group; got {log_params.shape}")
     n_params = len(log_params)
     failed = (-np.inf, np.zeros(n_params)) if eval_gradient else -np.inf
     sigma2 = np.exp(2 * log_params[0])
     noise_var = np.exp(2 * (log_params[1 + stats.kind] + log_params[4 + stats.group]))
     a = sigma2 / noise_var  # (n_blocks,)
-    M = stats.gram.shape[1]
-    A = np.eye(M) + np.einsum("b,bij->ij", a, stats.gram)
-    b = np.einsum("b,bi->i", 1.0 / noise_var, stats.beta)
+    M = stats.beta.shape[1]
+    A = np.eye(M)
+    for b in range(len(a)):
+        stats.add_to(A, b, a[b])
+    rhs = (1.0 / noise_var) @ stats.beta
     try:
         L = sla.cholesky(A, lower=True, check_finite=False)
     except (np.linalg.LinAlgError, ValueError):
         return failed
-    w = sigma2 * sla.cho_solve((L, True), b, check_finite=False)
-    Gw = np.einsum("bij,j->bi", stats.gram, w)
-    residual = np.maximum(stats.c - 2.0 * stats.beta @ w + Gw @ w, 0.0)  # (n_blocks,)
+    w = sigma2 * sla.cho_solve((L, True), rhs, check_finite=False)
+    wGw = np.array([w @ stats.gram_times(b, w) for b in range(len(a))])
+    residual = np.maximum(stats.c - 2.0 * stats.beta @ w + wGw, 0.0)  # (n_blocks,)
     ww = float(w @ w)
     quad = float(np.sum(residual / noise_var)) + ww / sigma2
     logdet = float(np.sum(stats.n * np.log(noise_var)) + np.sum(stats.logdet_d)
@@ -245,7 +288,7 @@ def sparse_log_marginal_likelihood(log_params: np.ndarray, stats: GroupedStatist
     if not eval_gradient:
         return lml
     A_inv = sla.cho_solve((L, True), np.eye(M), check_finite=False)
-    trace = a * np.einsum("ij,bij->b", A_inv, stats.gram)  # a_b tr(A⁻¹ G_b)
+    trace = a * np.array([stats.trace_with(b, A_inv) for b in range(len(a))])
     # ∂/∂ log(noise of block b): r_b / Λ_b - n_b + a_b tr(A⁻¹ G_b)
     per_block = residual / noise_var - stats.n + trace
     gradient = np.zeros(n_params)
@@ -256,8 +299,8 @@ def sparse_log_marginal_likelihood(log_params: np.ndarray, stats: GroupedStatist
 
 
 def fit_scales(likelihood, log_params: np.ndarray, free: Sequence[bool],
-               free_scales: np.ndarray, search, rng: np.random.RandomState
-               ) -> tuple[np.ndarray, np.ndarray]:
+               free_scales: np.ndarray, search, rng: np.random.RandomState, owner: str,
+               names: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
     """Maximise the likelihood over the noise scales and the free ``log_params``.
 
     Parameters
@@ -273,17 +316,38 @@ def fit_scales(likelihood, log_params: np.ndarray, free: Sequence[bool],
     search : kernelpot.hyperparameters.NoiseSearch
         Its bounds; a local search from the start (no restarts).
     rng : numpy.random.RandomState
+    owner : str
+        Names the estimator in warnings.
+    names : sequence of str
+        The configuration types (for the warnings).
 
     Returns
     -------
     log_params : ndarray
-    log_scales : ndarray of the shape of ``free_scales``
+    log_scales : ndarray of the shape of ``free_scales``, or None
+        None (and ``log_params`` as given) when no scale is free.
+
+    Warns
+    -----
+    UserWarning
+        For each scale that ends at a bound of :data:`SCALE_BOUNDS`.
     """
+    if not np.any(free_scales):
+        logger.info("%s: config_type_noise: no type has enough structures of a kind whose "
+                    "noise is fitted; one noise per kind", owner)
+        return log_params, None
     n = len(free_scales)
     start = np.concatenate([log_params, np.zeros(n)])
     best = search.optimize(likelihood, start, rng, list(free) + list(free_scales), restarts=0,
                            extra_bounds=[SCALE_BOUNDS] * n)
-    return best[:len(log_params)], best[len(log_params):]
+    log_scales = best[len(log_params):]
+    at_bound = free_scales & (np.abs(np.abs(log_scales) - np.log(SCALE_BOUNDS[1])) < 1e-6)
+    for j in np.flatnonzero(at_bound):
+        warnings.warn(f"{owner}: the {KINDS[j % 3]} noise scale of config_type "
+                      f"{names[j // 3]!r} ended at its bound ({np.exp(log_scales[j]):.3g}; "
+                      f"bounds {SCALE_BOUNDS}): the likelihood would drop that type's "
+                      f"{KINDS[j % 3]} labels or fit them exactly", UserWarning, stacklevel=4)
+    return best[:len(log_params)], log_scales
 
 
 def checked_scales(value, what: str) -> dict[str, dict[str, float]] | None:

@@ -34,7 +34,7 @@ class Posterior(ABC):
     kind: str
     #: ``{config_type: {"energy": s, "forces": s, "stress": s}}``, the noise scales of each
     #: configuration type (:mod:`kernelpot.noise_groups`), or None (one noise per kind).
-    noise_scales: dict[str, float] | None = None
+    noise_scales: dict[str, dict[str, float]] | None = None
 
     def n_inducing(self, species: np.ndarray) -> dict[str, int]:
         """Return the inducing (for the exact model: training) environments per element.

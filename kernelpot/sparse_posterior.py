@@ -381,15 +381,20 @@ class SparsePosterior(Posterior):
             return log_params, lml, None
         n_obs = design.n_obs
         kinds = design.row_kinds()
+        row_structure = training.row_structures()
         row_group, free_scales = noise_groups.scale_groups(
-            structure_type[training.row_structures()], kinds, len(names), free[1:4])
+            structure_type[row_structure], kinds, row_structure, len(names), free[1:4])
+        if not free_scales.any():
+            return log_params, lml, None
         row_atoms = np.ones(n_obs)
         row_atoms[kinds == 0] = design.n_atoms_energy
         stats = noise_groups.grouped_statistics(Kw[:n_obs], design.y, kinds, row_group,
                                                 row_atoms, 3 * len(names))
         log_params, log_scales = noise_groups.fit_scales(
             lambda t: noise_groups.sparse_log_marginal_likelihood(t, stats, True),
-            log_params, free, free_scales, search, rng)
+            log_params, free, free_scales, search, rng, owner, names)
+        if log_scales is None:
+            return log_params, lml, None
         lml_groups = noise_groups.sparse_log_marginal_likelihood(
             np.concatenate([log_params, log_scales]), stats)
         scales = noise_groups.scales_by_type(names, log_scales)
