@@ -327,16 +327,18 @@ def new_model(baseline, n_sparse) -> SparseGPPotential:
                              n_sparse=n_sparse, random_state=0)
 
 
-def fit(model: SparseGPPotential, frames: list[Atoms], label: str) -> tuple[object, float]:
-    """Fit and time ``model``; print one line."""
-    start = time.perf_counter()
+def fit(model: SparseGPPotential, frames: list[Atoms],
+        label: str) -> tuple[SparseGPPotential, tuple[float, float]]:
+    """Fit and time ``model`` (wall and CPU seconds); print one line."""
+    start, cpu = time.perf_counter(), time.process_time()
     model.fit(frames)
-    seconds = time.perf_counter() - start
-    print(f"  fit {label}: {seconds:.0f} s, {model.method_}, inducing {model.n_inducing_}, "
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    print(f"  fit {label}: {seconds:.0f} s wall, {cpu:.0f} s CPU (load average "
+          f"{os.getloadavg()[0]:.1f}), {model.method_}, inducing {model.n_inducing_}, "
           f"σ_E {1e3 * model.energy_noise_:.2f} meV/√atom, σ_F {1e3 * model.force_noise_:.1f} "
           f"meV/Å, σ_S {GPA * model.stress_noise_:.3f} GPa; max RSS so far "
           f"{max_rss_gib():.1f} GiB", flush=True)
-    return model, seconds
+    return model, (seconds, cpu)
 
 
 def errors(model: SparseGPPotential, test: list[Atoms]) -> dict:
@@ -366,7 +368,8 @@ def compare(data: dict, sizes: list[int], n_sparse) -> tuple[list, dict]:
         print(f"n = {n}: {sum(len(a) for a in train)} atoms in the training cells", flush=True)
         for name, baseline in (("plain", None), ("Coulomb", Coulomb(CHARGES))):
             model, seconds = fit(new_model(baseline, n_sparse), train, f"{name} n={n}")
-            rows.append({"n": n, "model": name, "fit_s": seconds, **errors(model, data["test"])})
+            rows.append({"n": n, "model": name, "fit_s": seconds[0], "fit_cpu": seconds[1],
+                         **errors(model, data["test"])})
             models[name, n] = model
     return rows, models
 
@@ -374,12 +377,14 @@ def compare(data: dict, sizes: list[int], n_sparse) -> tuple[list, dict]:
 def print_comparison(rows: list[dict]) -> None:
     """Print the test-error table and the force-MAE ratios."""
     print(f"\n{'n':>4} {'model':<8} {'F MAE':>8} {'F MAE vac':>10} {'E MAE':>7} {'E RMSE':>7} "
-          f"{'S RMSE':>7} {'fit s':>6} {'pred ms/atom':>12}")
+          f"{'S RMSE':>7} {'fit s':>6} {'fit CPU s':>9} {'pred ms/atom':>12}")
     for r in rows:
         print(f"{r['n']:>4} {r['model']:<8} {r['F']:8.4f} {r['F_vac']:10.4f} {r['E_mae']:7.2f} "
-              f"{r['E_rmse']:7.2f} {r['S']:7.3f} {r['fit_s']:6.0f} {r['predict_ms_atom']:12.2f}")
+              f"{r['E_rmse']:7.2f} {r['S']:7.3f} {r['fit_s']:6.0f} {r['fit_cpu']:9.0f} "
+              f"{r['predict_ms_atom']:12.2f}")
     print("force MAE eV/Å (all test cells; 'vac': the charged vacancy cells), energy meV/atom, "
-          "stress GPa")
+          "stress GPa; fit s: wall time; pred: energies, forces and stress of the test cells "
+          "(wall)")
     for n in sorted({r["n"] for r in rows}):
         plain, coulomb = (next(r for r in rows if r["n"] == n and r["model"] == m)
                           for m in ("plain", "Coulomb"))
@@ -496,10 +501,10 @@ def close_contacts(data: dict, calc: Calculator, a0: float, n_steps: int) -> Non
     hot_frames = [labelled(a, calc, {"kind": "64-perfect", "temperature": HOT_T})
                   for a in runs["reference"]["frames"]]
     for name, baseline in (("plain", None), ("ZBL", zbl), ("Coulomb", Coulomb(CHARGES))):
-        model, seconds = fit(new_model(baseline, None), warm, f"{name} {WARM_T} K")
+        model, _ = fit(new_model(baseline, None), warm, f"{name} {WARM_T} K")
         f_hot = errors(model, hot_frames)["F"]
         runs[name] = hot_md(KernelPotCalculator(model, uncertainty=False), a0, n_steps)
-        runs[name]["fit_s"], runs[name]["F_hot"] = seconds, f_hot
+        runs[name]["F_hot"] = f_hot
         print(f"  {name}: {runs[name]['steps']} steps in {runs[name]['seconds']:.0f} s, "
               f"shortest {runs[name]['d_min']:.3f} Å, {runs[name]['failure'] or 'no failure'}",
               flush=True)
@@ -539,8 +544,8 @@ def main(argv=None):
           f"{os.cpu_count()} cpus, OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}; "
           f"NaCl rigid-ion reference; sizes {sizes}; n-comparison fits with n_sparse="
           f"{n_sparse or 'default (all up to 2000 per element)'} per element (both models); "
-          f"{WARM_T} K fits default; {hot_steps} MD steps at {HOT_T} K"
-          + ("; QUICK" if args.quick else ""), flush=True)
+          f"{WARM_T} K fits default; {hot_steps} MD steps at {HOT_T} K; load average "
+          f"{os.getloadavg()[0]:.1f} at start" + ("; QUICK" if args.quick else ""), flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     calc = RigidIonNaCl()
@@ -552,7 +557,9 @@ def main(argv=None):
     print_comparison(rows)
     tail(models, calc)
     close_contacts(data, calc, a0, hot_steps)
-    print(f"\ntotal {time.perf_counter() - start:.0f} s, max RSS {max_rss_gib():.1f} GiB")
+    print(f"\ntotal {time.perf_counter() - start:.0f} s wall, {time.process_time():.0f} s CPU, "
+          f"max RSS {max_rss_gib():.1f} GiB, load average {os.getloadavg()[0]:.1f} (other "
+          "processes on the machine count in the wall times)")
 
 
 if __name__ == "__main__":

@@ -578,7 +578,7 @@ def test_fit_learns_noise_scales_per_configuration_type(tmp_path, capsys):
 
     from kernelpot import load
 
-    frames = emt_strained_cells(8, seed=3)
+    frames = emt_strained_cells(12, seed=3)  # 6 of each type: enough for their scales
     for k, atoms in enumerate(frames):
         atoms.info["config_type"] = "strained" if k % 2 else "bulk"
     write(tmp_path / "typed.xyz", frames)
