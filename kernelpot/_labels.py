@@ -91,7 +91,8 @@ def _stored(atoms: Atoms, name: str):
         return None
 
 
-def read_labels(frames: list[Atoms], owner: str, stress: bool = False) -> Labels:
+def read_labels(frames: list[Atoms], owner: str, stress: bool = False,
+                every: bool = False) -> Labels:
     """Read stored energies and forces; a frame may lack either, not both sets entirely.
 
     Parameters
@@ -105,6 +106,9 @@ def read_labels(frames: list[Atoms], owner: str, stress: bool = False) -> Labels
         Also read the stresses of the frames periodic along all three axes (ASE's
         convention: Voigt ``xx yy zz yz xz xy`` or a 3 × 3 matrix, eV/Å³). A stress
         stored with a structure that is not periodic along all three axes is not read.
+    every : bool, default=False
+        Every frame must carry a label (training: a frame without one has nothing to
+        fit).
 
     Returns
     -------
@@ -114,8 +118,8 @@ def read_labels(frames: list[Atoms], owner: str, stress: bool = False) -> Labels
     Raises
     ------
     ValueError
-        If no frame carries any label, a label is NaN/inf, or forces or a stress have
-        the wrong shape.
+        If no frame carries any label, a frame carries none (with ``every``), a label
+        is NaN/inf, or forces or a stress have the wrong shape.
     """
     energies = np.full(len(frames), np.nan)
     forces = []
@@ -141,6 +145,14 @@ def read_labels(frames: list[Atoms], owner: str, stress: bool = False) -> Labels
         raise ValueError(f"{owner}: none of the {len(frames)} structures carries an energy or "
                          "forces (attach them with a SinglePointCalculator, as ase.io.read "
                          "does for extxyz)")
+    # (non-finite positions make ASE's stored results look stale: the geometry check
+    # names those frames)
+    unlabelled = [k for k in range(len(frames)) if np.isnan(energies[k]) and forces[k] is None
+                  and (stresses is None or stresses[k] is None)
+                  and np.all(np.isfinite(frames[k].positions))]
+    if every and unlabelled:
+        raise ValueError(f"{owner}: structure(s) {unlabelled[:10]} carry no energy, forces or "
+                         f"stress: nothing to train on (label them or leave them out)")
     return Labels(energies, forces, stresses)
 
 

@@ -513,7 +513,7 @@ pair of float
         verbose = self._check_params()
         start_time = time.perf_counter()
         frames = check_frames(X, f"{owner}.fit")
-        labels = read_labels(frames, f"{owner}.fit", stress=bool(self.use_stress))
+        labels = read_labels(frames, f"{owner}.fit", stress=bool(self.use_stress), every=True)
         if self.config_type_noise:
             noise_groups.config_types(frames)  # names a bad config_type before any work
         baseline = as_baseline(self.baseline, owner)
@@ -705,7 +705,7 @@ pair of float
         owner = f"{type(self).__name__}.exact_cost_estimate"
         self._check_params()
         frames = check_frames(X, owner)
-        labels = read_labels(frames, owner, stress=bool(self.use_stress))
+        labels = read_labels(frames, owner, stress=bool(self.use_stress), every=True)
         species = np.unique(np.concatenate([a.numbers for a in frames])).astype(np.int64)
         descriptor = clone(self.descriptor) if self.descriptor is not None else SOAP(
             [chemical_symbols[z] for z in species], r_cut=4.0, n_max=6, l_max=4, sigma=0.4)
@@ -943,7 +943,7 @@ pair of float
         frames = check_frames(X, owner)
         indices = [self._species_index(atoms, owner) for atoms in frames]
         stress = bool(self.use_stress) and getattr(self.descriptor_, "periodic", None) is not False
-        raw_labels = read_labels(frames, owner, stress=stress)
+        raw_labels = read_labels(frames, owner, stress=stress, every=True)
         labels = residual_labels(frames, raw_labels, self.baseline_)
         names = fitted_names(self.optimize, type(self).__name__) if optimize else None
         loso = self.calibration == "loso"

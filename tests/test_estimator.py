@@ -559,3 +559,15 @@ def test_atoms_without_neighbours_warn(ethanol_frames, small_soap):
         free = Atoms("Cu", positions=[[0.0, 0.0, 0.0]])
         free.calc = SinglePointCalculator(free, energy=-0.05, forces=np.zeros((1, 3)))
         SparseGPPotential(descriptor, n_restarts=0, method="sparse").fit([*frames, free])
+
+
+@pytest.mark.parametrize("method", ["sparse", "exact"])
+def test_a_training_frame_without_any_label_is_named(method):
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from helpers import emt_strained_cells
+
+    frames = emt_strained_cells(6, seed=0)
+    frames[3].calc = SinglePointCalculator(frames[3])  # no energy, forces or stress
+    with pytest.raises(ValueError, match=r"structure\(s\) \[3\] carry no energy, forces or "
+                                         "stress"):
+        SparseGPPotential(SOAP(["Cu"], 4.0, 3, 2, 0.5), method=method).fit(frames)
