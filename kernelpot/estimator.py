@@ -269,6 +269,17 @@ pair of float
         grows with the neighbour pairs of the training set: 20 ms/atom is about 180
         frames of a 9-atom molecule, but only about 7 cells of 32 atoms of a dense
         metal with a 5 Å cutoff.
+    design_memory_limit : float, default=4.0
+        GiB. A sparse fit whose design matrix (observations × inducing environments,
+        float64) is larger does not hold it: the design rows are built in blocks of
+        about a quarter of this, the force rows folded into the triangular factor of
+        the stacked system (TSQR) and the energy and stress rows kept
+        (:mod:`kernelpot.streaming`); the leave-one-structure-out terms take a second
+        pass. Same model as the in-memory fit (to rounding); peak memory one block plus
+        ``O(M²)``, logged before the first block. A kernel search on all structures
+        (use ``search_frames``), a two-body prior std search, ``config_type_noise`` and
+        ``incremental=True`` need the whole design: it is then built in memory, with a
+        warning.
     min_distance : float or None, default=0.5
         Training structures of :meth:`fit` with two atoms closer than this (Å,
         periodic images included) are refused with a ``ValueError`` naming them: atoms
@@ -366,6 +377,7 @@ pair of float
                  apply_calibration: bool = True, calibration: str | None = "loso",
                  method: str = "auto", exact_memory_limit: float = 4.0,
                  exact_time_limit: float = 60.0, exact_prediction_limit: float = 20.0,
+                 design_memory_limit: float = 4.0,
                  min_distance: float | None = 0.5,
                  random_state: int | np.random.RandomState | None = None,
                  n_jobs: int | None = 1, verbose: int = 0):
@@ -398,6 +410,7 @@ pair of float
         self.exact_time_limit = exact_time_limit
         self.exact_prediction_limit = exact_prediction_limit
         self.min_distance = min_distance
+        self.design_memory_limit = design_memory_limit
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.verbose = verbose
@@ -459,6 +472,7 @@ pair of float
         if self.method not in _METHODS:
             raise ValueError(f"{owner}: method must be one of {_METHODS}; got {self.method!r}")
         for name, unit in (("exact_memory_limit", "GiB"), ("exact_time_limit", "seconds"),
+                           ("design_memory_limit", "GiB"),
                            ("exact_prediction_limit", "milliseconds per atom")):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) \

@@ -31,6 +31,7 @@ new structures; the calibration fitted on them inherits that.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import numpy as np
@@ -227,15 +228,18 @@ def exact_loso(L: np.ndarray, weights: np.ndarray, structure: np.ndarray,
     return residual, variance, sla.cho_solve((L, True), R, check_finite=False)
 
 
-def sparse_loso(Kw: np.ndarray, y: np.ndarray, noise_std: np.ndarray, sigma: float,
+def sparse_loso(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarray, sigma: float,
                 structure: np.ndarray, shifts: bool = False,
-                factor: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+                factor: np.ndarray | None = None, rhs: np.ndarray | None = None,
+                row_groups: Iterable[tuple[np.ndarray, np.ndarray]] | None = None
+                ) -> tuple[np.ndarray, ...]:
     """Return the LOSO residuals and predictive variances of a sparse (DTC) model's observations.
 
     Parameters
     ----------
-    Kw : ndarray of shape (n_obs, M)
-        The whitened design ``K L_mm⁻ᵀ`` (not modified).
+    Kw : ndarray of shape (n_obs, M) or None
+        The whitened design ``K L_mm⁻ᵀ`` (not modified); None with ``factor``, ``rhs``
+        and ``row_groups`` (a design never held whole).
     y : ndarray of shape (n_obs,)
         Labels (energies minus reference energies, then forces).
     noise_std : ndarray of shape (n_obs,)
@@ -252,6 +256,11 @@ def sparse_loso(Kw: np.ndarray, y: np.ndarray, noise_std: np.ndarray, sigma: flo
         An upper-triangular ``R`` with ``RᵀR = A = I + Σ_rows σ² Kwᵀ Λ⁻¹ Kw`` at these
         ``noise_std`` and ``sigma`` (the incremental state's; any row signs), which
         saves assembling and factoring ``A`` (``O(n M²)``).
+    rhs : ndarray of shape (M,), optional
+        ``σ Kwᵀ Λ⁻¹ y``, with ``factor``: saves a pass over the rows.
+    row_groups : iterable of (ndarray of int, ndarray), optional
+        The rows ``(indices, Kw[indices])`` of whole structures, every observation once,
+        in place of ``Kw[indices]`` (rows computed on the fly).
 
     Returns
     -------
@@ -263,15 +272,19 @@ def sparse_loso(Kw: np.ndarray, y: np.ndarray, noise_std: np.ndarray, sigma: flo
     shift_basis : ndarray of shape (M, n_structures)
         ``A⁻¹ G``, only with ``shifts=True``.
     """
-    n_obs, M = Kw.shape
+    n_obs = len(y)
     scale = sigma / noise_std  # rows of G = Λ^(-1/2) Φ are σ Kw / noise_std
-    A = np.eye(M) if factor is None else None
-    rhs = np.zeros(M)
-    for start in range(0, n_obs, _BLOCK_ROWS):
-        G = Kw[start:start + _BLOCK_ROWS] * scale[start:start + _BLOCK_ROWS, None]
-        if A is not None:
-            A += G.T @ G
-        rhs += G.T @ (y[start:start + _BLOCK_ROWS] / noise_std[start:start + _BLOCK_ROWS])
+    if Kw is None and (factor is None or rhs is None or row_groups is None):
+        raise ValueError("sparse_loso: without Kw, give factor, rhs and row_groups")
+    M = Kw.shape[1] if Kw is not None else len(factor)
+    if rhs is None or factor is None:
+        A = np.eye(M) if factor is None else None
+        rhs = np.zeros(M)
+        for start in range(0, n_obs, _BLOCK_ROWS):
+            G = Kw[start:start + _BLOCK_ROWS] * scale[start:start + _BLOCK_ROWS, None]
+            if A is not None:
+                A += G.T @ G
+            rhs += G.T @ (y[start:start + _BLOCK_ROWS] / noise_std[start:start + _BLOCK_ROWS])
     if factor is None:
         R = sla.cholesky(A, lower=False, check_finite=False)  # A = Rᵀ R
     else:
@@ -282,8 +295,11 @@ def sparse_loso(Kw: np.ndarray, y: np.ndarray, noise_std: np.ndarray, sigma: flo
     z = sla.cho_solve((R, False), rhs, check_finite=False)
     residual = np.empty(n_obs)
     variance = np.empty(n_obs)
-    for rows in _group(_blocks(np.asarray(structure))):
-        G = Kw[rows] * scale[rows, None]  # (b, M)
+    G_shift = np.zeros((M, int(np.max(structure)) + 1)) if shifts else None
+    if row_groups is None:
+        row_groups = ((rows, Kw[rows]) for rows in _group(_blocks(np.asarray(structure))))
+    for rows, Kw_rows in row_groups:
+        G = Kw_rows * scale[rows, None]  # (b, M)
         fitted = G @ z  # Λ^(-1/2) μ_B
         V = sla.solve_triangular(R, G.T, lower=False, trans="T", check_finite=False)
         for local in _local_blocks(rows, structure):
@@ -293,13 +309,12 @@ def sparse_loso(Kw: np.ndarray, y: np.ndarray, noise_std: np.ndarray, sigma: flo
             whitened, diag = _solve_block(gap, y[g_rows] / noise_std[g_rows] - fitted[local])
             residual[g_rows] = noise_std[g_rows] * whitened
             variance[g_rows] = noise_std[g_rows] ** 2 * diag
+            if shifts:
+                G_shift[:, structure[g_rows[0]]] = G[local].T @ (residual[g_rows]
+                                                                 / noise_std[g_rows])
     if not shifts:
         return residual, variance
-    G = np.zeros((M, int(np.max(structure)) + 1))
-    for rows in _blocks(np.asarray(structure)):
-        G[:, structure[rows[0]]] = (Kw[rows] * scale[rows, None]).T \
-            @ (residual[rows] / noise_std[rows])
-    return residual, variance, sla.cho_solve((R, False), G, check_finite=False)
+    return residual, variance, sla.cho_solve((R, False), G_shift, check_finite=False)
 
 
 def _group(blocks: list[np.ndarray]) -> list[np.ndarray]:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -44,7 +45,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import chemical_symbols
 from sklearn.base import clone
 
-from kernelpot import _incremental, gp, noise_groups
+from kernelpot import _incremental, gp, noise_groups, streaming
 from kernelpot._labels import TrainingSet
 from kernelpot._two_body_search import pair_factor, search_prior_std, whitened_pair_scale
 from kernelpot.descriptors import DescriptorResult
@@ -295,17 +296,9 @@ class SparsePosterior(Posterior):
             kernel, subset_params = search_on_subset(estimator, training.frames, kernel, rng)
             extra_starts = [subset_params]
             search_kernel = False
-        results = None
-        strain = training.has_stress
-        if estimator.incremental:
-            results = descriptor.compute_all(training.frames, imap, strain)
-        elif search_kernel:
-            # the kernel search rebuilds the design several times: keep the descriptors
-            # when they fit in memory, recompute them otherwise
-            size = descriptor.compute(training.frames[0]).gradients.nbytes
-            if size * len(training.frames) < _DESCRIPTOR_CACHE_BYTES:
-                results = descriptor.compute_all(training.frames, imap, strain)
-        design = SparseDesign(training, descriptor, inducing, pair, imap, results)
+        design = SparseDesign(training, descriptor, inducing, pair, imap,
+                              _kept_descriptors(estimator, training, descriptor, search_kernel,
+                                                imap))
         search = NoiseSearch.of(estimator)
         given = (float(estimator.signal_std), float(estimator.energy_noise),
                  float(estimator.force_noise), float(estimator.stress_noise))
@@ -323,6 +316,11 @@ class SparsePosterior(Posterior):
                                                        likelihood_at, search, seed, owner)
         search_two_body = pair is not None and "two_body" in names
         loso_wanted = estimator.calibration == "loso"
+        block_rows = cls._streamed_block_rows(estimator, design, search_kernel,
+                                              search_two_body, owner)
+        if block_rows is not None:
+            return cls._fit_streamed(estimator, design, kernel, pair, log_params, given, free,
+                                     search, rng, extra_starts, block_rows)
         assembled = design.assemble(kernel, keep_gram=search_two_body, owner=owner,
                                     prior=loso_wanted)
         stats, L_mm = assembled.stats, assembled.L_mm
@@ -363,6 +361,68 @@ class SparsePosterior(Posterior):
                         training=state, loso=loso)
         posterior.noise_scales = scales
         return posterior
+
+    @staticmethod
+    def _streamed_block_rows(estimator, design: SparseDesign, search_kernel: bool,
+                             search_two_body: bool, owner: str) -> int | None:
+        """Rows per block when the design is too large to hold (``design_memory_limit``)."""
+        limit = float(estimator.design_memory_limit) * 2**30
+        size = design.n_obs * design.n_columns * 8
+        if size <= limit:
+            return None
+        needs = [name for name, on in (("incremental=True", estimator.incremental),
+                                       ("config_type_noise=True", estimator.config_type_noise),
+                                       ("the kernel search (see search_frames)",
+                                        search_kernel),
+                                       ("a two-body prior std search", search_two_body)) if on]
+        if needs:
+            warnings.warn(f"{owner}: the design matrix needs {size / 2**30:.2f} GiB, above "
+                          f"design_memory_limit={estimator.design_memory_limit} GiB, but "
+                          f"{', '.join(needs)} needs it whole: building it in memory",
+                          UserWarning, stacklevel=5)
+            return None
+        return max(1, int(limit / 4 / (design.n_columns * 8)))
+
+    @classmethod
+    def _fit_streamed(cls, estimator, design: SparseDesign, kernel: Kernel, pair,
+                      log_params: np.ndarray, given: tuple, free: list, search: NoiseSearch,
+                      rng: np.random.RandomState, extra_starts: list,
+                      block_rows: int) -> SparsePosterior:
+        """Fit as :meth:`fit` does, from a streamed design (:mod:`kernelpot.streaming`)."""
+        owner = type(estimator).__name__
+        loso_wanted = estimator.calibration == "loso"
+        streamed = streaming.stream_design(design, kernel, block_rows, prior=loso_wanted,
+                                           owner=owner)
+        stats = streamed.statistics(design)
+        if any(free):
+            log_params = search.optimize(stats, log_params, rng, free, extra_starts)
+        lml = gp.log_marginal_likelihood(log_params, stats)
+        sigma, energy_noise, force_noise, stress_noise = values_kept_where_fixed(
+            log_params, given, free)
+        warn_if_force_noise_at_bound(force_noise, estimator.force_noise_bounds, free[2], owner,
+                                     stacklevel=5)
+        factors = streaming.streamed_posterior(streamed, design, sigma,
+                                               (energy_noise, force_noise, stress_noise))
+        loso = None
+        if loso_wanted:
+            noise_std = design.noise_std(energy_noise, force_noise, stress_noise)
+            R = sla.solve_triangular(streamed.L_mm, factors.L_post, lower=True,
+                                     check_finite=False).T  # RᵀR = A
+            rhs = sigma * (streamed.R_F.T @ streamed.z_F / force_noise**2
+                           + streamed.Kw_E.T @ (design.y_energy / noise_std[:design.n_energy]**2)
+                           + streamed.Kw_S.T @ (design.y_stress / stress_noise**2))
+            groups = streaming.streamed_row_groups(design, kernel, streamed.L_mm, block_rows)
+            loso = _timed_loso(owner, lambda: _sparse_loso_terms(
+                None, design.y, noise_std, sigma, streamed.prior, design.row_kinds(),
+                design.training.row_structures(), streamed.L_mm, None, factor=np.triu(R),
+                streamed=(streamed.spanned, rhs, groups)))
+        inducing = design.inducing
+        return cls(kernel=kernel, inducing=inducing, columns=gp.inducing_columns(inducing),
+                   two_body=pair, pair_columns=design.pair_columns, factors=factors,
+                   stats=stats, signal_std=sigma, energy_noise=energy_noise,
+                   force_noise=force_noise, stress_noise=stress_noise,
+                   log_marginal_likelihood=lml, jitter=streamed.jitter,
+                   jitter_abs=streamed.jitter_abs, training=None, loso=loso)
 
     @staticmethod
     def _fit_noise_scales(design: SparseDesign, Kw: np.ndarray, log_params: np.ndarray,
@@ -1141,6 +1201,23 @@ class SparsePosterior(Posterior):
         return self
 
 
+def _kept_descriptors(estimator, training: TrainingSet, descriptor: Descriptor,
+                      search_kernel: bool, imap) -> list | None:
+    """Descriptors the fit keeps (None: each pass over the design computes them anew).
+
+    An incremental model keeps them; the kernel search rebuilds the design several
+    times, so it keeps them when they fit in memory.
+    """
+    strain = training.has_stress
+    if estimator.incremental:
+        return descriptor.compute_all(training.frames, imap, strain)
+    if search_kernel:
+        size = descriptor.compute(training.frames[0]).gradients.nbytes
+        if size * len(training.frames) < _DESCRIPTOR_CACHE_BYTES:
+            return descriptor.compute_all(training.frames, imap, strain)
+    return None
+
+
 def _statistics_from_arrays(arrays: dict, s: dict, what: str) -> gp.WhitenedStatistics:
     """Rebuild the likelihood statistics of a model file (stress rows since format 6)."""
     n_S = s.get("n_S", 0)
@@ -1259,15 +1336,19 @@ def _unpack_lower(values: np.ndarray, M: int, what: str) -> np.ndarray:
     return L
 
 
-def _sparse_loso_terms(Kw: np.ndarray, y: np.ndarray, noise_std: np.ndarray, sigma: float,
-                       prior: np.ndarray, kinds: np.ndarray, structure: np.ndarray,
-                       L_mm: np.ndarray, pair_columns: np.ndarray | None,
-                       factor: np.ndarray | None = None) -> LosoTerms:
+def _sparse_loso_terms(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarray,
+                       sigma: float, prior: np.ndarray, kinds: np.ndarray,
+                       structure: np.ndarray, L_mm: np.ndarray,
+                       pair_columns: np.ndarray | None, factor: np.ndarray | None = None,
+                       streamed: tuple | None = None) -> LosoTerms:
     """Compute the LOSO terms of a whitened design (:func:`kernelpot.loso.sparse_loso`).
 
     ``factor``: the upper factor of ``A``, when the caller keeps it (the incremental
     state's ``R``). ``kinds``: per row 0 energy, 1 force component, 2 stress component
-    (or a bool mask of the energy rows).
+    (or a bool mask of the energy rows). ``streamed``: with ``Kw=None`` and ``factor``,
+    ``(spanned, rhs, row_groups)`` of a design never held whole
+    (:mod:`kernelpot.streaming`): each row's squared whitened norm without two-body
+    columns, ``σ Kwᵀ Λ⁻¹ y`` and the rows in groups of whole structures.
 
     The projection term of a training row is ``σ² (prior - q)``, ``prior`` the GP prior
     variance and ``q`` the part of it the inducing set spans: the whitened row's
@@ -1276,12 +1357,18 @@ def _sparse_loso_terms(Kw: np.ndarray, y: np.ndarray, noise_std: np.ndarray, sig
     those columns hold exactly the two-body part, which adds nothing to the
     projection).
     """
-    residual, variance, whitened = sparse_loso(Kw, y, noise_std, sigma, structure,
-                                               shifts=True, factor=factor)
-    spanned = np.einsum("nm,nm->n", Kw, Kw)
-    if pair_columns is not None:
-        pair = Kw[:, pair_columns]
-        spanned = spanned - np.einsum("nm,nm->n", pair, pair)
+    if streamed is not None:
+        spanned, rhs, row_groups = streamed
+        residual, variance, whitened = sparse_loso(None, y, noise_std, sigma, structure,
+                                                   shifts=True, factor=factor, rhs=rhs,
+                                                   row_groups=row_groups)
+    else:
+        residual, variance, whitened = sparse_loso(Kw, y, noise_std, sigma, structure,
+                                                   shifts=True, factor=factor)
+        spanned = np.einsum("nm,nm->n", Kw, Kw)
+        if pair_columns is not None:
+            pair = Kw[:, pair_columns]
+            spanned = spanned - np.einsum("nm,nm->n", pair, pair)
     projection = np.maximum(sigma**2 * (prior - spanned), 0.0)
     # a design row k has whitened features φ = σ L_mm⁻¹ k: the shift is k @ σ L_mm⁻ᵀ (A⁻¹G)
     basis = sigma * sla.solve_triangular(L_mm, whitened, lower=True, trans="T",

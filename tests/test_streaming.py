@@ -1,0 +1,96 @@
+"""The streamed sparse fit (design_memory_limit): the same model without the whole design."""
+
+import numpy as np
+import pytest
+from ase.calculators.singlepoint import SinglePointCalculator
+from helpers import emt_strained_cells
+
+from kernelpot import SOAP, SparseGPPotential, TwoBody
+from kernelpot.streaming import StackedQR
+
+
+@pytest.mark.parametrize("n_rows", [3, 40])
+def test_stacked_qr_gives_the_factor_and_projection_of_the_whole_matrix(n_rows):
+    rng = np.random.default_rng(0)
+    A, b = rng.normal(size=(n_rows, 8)), rng.normal(size=n_rows)
+    qr = StackedQR(8)
+    for start in range(0, n_rows, 7):
+        qr.add(A[start:start + 7], b[start:start + 7])
+    R, z, rho2 = qr.parts()
+    np.testing.assert_allclose(R.T @ R, A.T @ A, atol=1e-10)
+    np.testing.assert_allclose(R.T @ z, A.T @ b, atol=1e-10)
+    assert z @ z + rho2 == pytest.approx(b @ b, rel=1e-12)
+    assert np.allclose(R, np.triu(R)) and qr.n_rows == n_rows
+
+
+@pytest.fixture(scope="module")
+def cells():
+    frames = emt_strained_cells(12, seed=0, rattle=0.1)
+    # one cell without forces, one without an energy: rows of every kind, not in every cell
+    for k, kept in ((4, {"energy"}), (7, {"forces"})):
+        atoms = frames[k]
+        labels = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
+        atoms.calc = SinglePointCalculator(atoms, stress=atoms.get_stress(),
+                                           **{n: v for n, v in labels.items() if n in kept})
+    return frames
+
+
+def _pair(cells, **options):
+    kwargs = dict(method="sparse", random_state=0, n_sparse=50, **options)
+    whole = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), **kwargs).fit(cells)
+    # about 0.04 MiB of design allowed: blocks of a structure or two
+    streamed = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), design_memory_limit=4e-5,
+                                 **kwargs).fit(cells)
+    return whole, streamed
+
+
+def test_the_streamed_fit_is_the_in_memory_fit(cells, caplog):
+    test = emt_strained_cells(3, seed=9)
+    fixed = {"optimize": False, "signal_std": 3.0, "energy_noise": 0.003,
+             "force_noise": 0.02, "stress_noise": 5e-4}
+    with caplog.at_level("INFO", logger="kernelpot.streaming"):
+        whole, streamed = _pair(cells, **fixed)
+    assert "streamed design" in caplog.text and "blocks" in caplog.text
+    np.testing.assert_allclose(streamed.alpha_, whole.alpha_, rtol=0,
+                               atol=1e-8 * np.max(np.abs(whole.alpha_)))
+    assert streamed.log_marginal_likelihood_value_ == pytest.approx(
+        whole.log_marginal_likelihood_value_, rel=1e-10)
+    for quantity in ("forces", "stress"):
+        for model in (whole, streamed):  # raw stds: the posterior's
+            model.set_params(apply_calibration=False)
+        mean_w, std_w = getattr(whole, f"predict_{quantity}")(test, return_std=True)
+        mean_s, std_s = getattr(streamed, f"predict_{quantity}")(test, return_std=True)
+        np.testing.assert_allclose(np.concatenate(mean_s), np.concatenate(mean_w), rtol=1e-8,
+                                   atol=1e-10)
+        np.testing.assert_allclose(np.concatenate(std_s), np.concatenate(std_w), rtol=1e-8)
+        for model in (whole, streamed):
+            model.set_params(apply_calibration=True)
+    # the LOSO terms (a second pass; each a difference of nearly equal numbers, so
+    # compared to their largest value) and the calibration fitted on them
+    for name in ("errors", "posterior", "projection", "noise", "shift_basis"):
+        expected = getattr(whole.posterior_.loso, name)
+        np.testing.assert_allclose(getattr(streamed.posterior_.loso, name), expected, rtol=0,
+                                   atol=1e-6 * np.max(np.abs(expected)))
+    # (a weakly determined calibration parameter may move more than the stds do)
+    _, std_w = whole.predict_forces(test, return_std=True)
+    _, std_s = streamed.predict_forces(test, return_std=True)
+    np.testing.assert_allclose(np.concatenate(std_s), np.concatenate(std_w), rtol=1e-4)
+
+
+def test_the_streamed_likelihood_is_the_in_memory_one(cells):
+    whole, streamed = _pair(cells)
+    theta = np.log([2.0, 0.004, 0.03, 1e-3])
+    value_w, grad_w = whole.log_marginal_likelihood(theta, eval_gradient=True)
+    value_s, grad_s = streamed.log_marginal_likelihood(theta, eval_gradient=True)
+    assert value_s == pytest.approx(value_w, rel=1e-10)
+    np.testing.assert_allclose(grad_s, grad_w, rtol=1e-6, atol=1e-6)
+    assert streamed.force_noise_ == pytest.approx(whole.force_noise_, rel=1e-3)
+
+
+def test_what_needs_the_whole_design_builds_it_with_a_warning(cells):
+    for options in ({"incremental": True}, {"two_body": TwoBody(4.0, 6, 1.5)}):
+        with pytest.warns(UserWarning, match="needs it whole: building it in memory"):
+            SparseGPPotential(SOAP(["Cu"], 4.0, 3, 2, 0.5), method="sparse", n_sparse=30,
+                              design_memory_limit=1e-6, n_restarts=0, **options).fit(cells)
+    with pytest.raises(ValueError, match="design_memory_limit must be a number of GiB > 0"):
+        SparseGPPotential(SOAP(["Cu"], 4.0, 3, 2, 0.5), design_memory_limit=0).fit(cells)
