@@ -275,8 +275,12 @@ pair of float
         about a quarter of this, the force rows folded into the triangular factor of
         the stacked system (TSQR) and the energy and stress rows kept
         (:mod:`kernelpot.streaming`); the leave-one-structure-out terms take a second
-        pass. Same model as the in-memory fit (to rounding); peak memory one block plus
-        ``O(M²)``, logged before the first block. A kernel search on all structures
+        pass. Same model as the in-memory fit (to rounding at given hyperparameters;
+        with the likelihood search, to its stopping tolerance, about 1e-5). Memory: a
+        few blocks, the ``(M + 1)²`` factor, and what grows with the number of
+        structures (their energy and stress rows, and the likelihood's matrix over
+        them, as in memory), which this limit does not bound yet; the sizes are
+        logged before the first block. A kernel search on all structures
         (use ``search_frames``), a two-body prior std search, ``config_type_noise`` and
         ``incremental=True`` need the whole design: it is then built in memory, with a
         warning.

@@ -427,7 +427,7 @@ def search_on_subset(estimator: BaseEstimator, frames: list, kernel: Kernel,
                 type(estimator).__name__, len(chosen), len(frames))
     # the subset fit only gives the kernel and a start: no std calibration (LOSO) for it
     sub = clone(estimator).set_params(kernel=kernel, search_frames=None, incremental=False,
-                                      config_type_noise=False,
+                                      config_type_noise=False, design_memory_limit=np.inf,
                                       calibration=None, random_state=rng.randint(2**31 - 1))
     sub.fit([frames[k] for k in chosen])
     start = np.log([sub.signal_std_, sub.energy_noise_, sub.force_noise_, sub.stress_noise_])

@@ -274,8 +274,10 @@ def sparse_loso(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarray, sig
     """
     n_obs = len(y)
     scale = sigma / noise_std  # rows of G = Λ^(-1/2) Φ are σ Kw / noise_std
-    if Kw is None and (factor is None or rhs is None or row_groups is None):
-        raise ValueError("sparse_loso: without Kw, give factor, rhs and row_groups")
+    if (Kw is None and (factor is None or rhs is None or row_groups is None)) \
+            or (rhs is not None and factor is None):
+        raise ValueError("sparse_loso: give rhs with factor, and both with row_groups "
+                         "when Kw is None")
     M = Kw.shape[1] if Kw is not None else len(factor)
     if rhs is None or factor is None:
         A = np.eye(M) if factor is None else None
@@ -298,7 +300,16 @@ def sparse_loso(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarray, sig
     G_shift = np.zeros((M, int(np.max(structure)) + 1)) if shifts else None
     if row_groups is None:
         row_groups = ((rows, Kw[rows]) for rows in _group(_blocks(np.asarray(structure))))
+    seen, n_seen = set(), 0
     for rows, Kw_rows in row_groups:
+        # whole structures only: a structure split over two groups would be left out in
+        # parts (and its shift column overwritten)
+        present = set(np.unique(structure[rows]).tolist())
+        if present & seen:
+            raise ValueError(f"sparse_loso: structures {sorted(present & seen)[:5]} arrive in "
+                             "more than one group of rows")
+        seen |= present
+        n_seen += len(rows)
         G = Kw_rows * scale[rows, None]  # (b, M)
         fitted = G @ z  # Λ^(-1/2) μ_B
         V = sla.solve_triangular(R, G.T, lower=False, trans="T", check_finite=False)
@@ -312,6 +323,8 @@ def sparse_loso(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarray, sig
             if shifts:
                 G_shift[:, structure[g_rows[0]]] = G[local].T @ (residual[g_rows]
                                                                  / noise_std[g_rows])
+    if n_seen != n_obs:
+        raise ValueError(f"sparse_loso: the groups hold {n_seen} rows of {n_obs}")
     if not shifts:
         return residual, variance
     return residual, variance, sla.cho_solve((R, False), G_shift, check_finite=False)

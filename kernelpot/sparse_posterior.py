@@ -370,16 +370,18 @@ class SparsePosterior(Posterior):
         size = design.n_obs * design.n_columns * 8
         if size <= limit:
             return None
+        several_types = estimator.config_type_noise \
+            and len(noise_groups.config_types(design.training.frames)[0]) > 1
         needs = [name for name, on in (("incremental=True", estimator.incremental),
-                                       ("config_type_noise=True", estimator.config_type_noise),
+                                       ("config_type_noise=True", several_types),
                                        ("the kernel search (see search_frames)",
                                         search_kernel),
                                        ("a two-body prior std search", search_two_body)) if on]
         if needs:
-            warnings.warn(f"{owner}: the design matrix needs {size / 2**30:.2f} GiB, above "
+            warnings.warn(f"{owner}: the design matrix needs {size / 2**20:.3g} MiB, above "
                           f"design_memory_limit={estimator.design_memory_limit} GiB, but "
                           f"{', '.join(needs)} needs it whole: building it in memory",
-                          UserWarning, stacklevel=5)
+                          UserWarning, stacklevel=4)
             return None
         return max(1, int(limit / 4 / (design.n_columns * 8)))
 

@@ -14,8 +14,16 @@ module computes the same from blocks of rows, holding one block plus ``O(M²)``:
   which has the same normal equations and least-squares minimiser as the full design;
 * the LOSO terms take a second pass that recomputes each block's rows.
 
-The kernel's own hyperparameters, a two-body term's prior std and per-type noise scales
-need the whole design (their searches re-weight rows); a streamed fit keeps them as given.
+The kernel's own hyperparameters (on all structures), a two-body term's prior std, the
+noise scales per configuration type and an incremental model's training state need the
+whole design: the estimator then builds it in memory, with a warning.
+
+Memory: the factor (``(M + 1)²``), a few copies of one block of rows, and what grows
+with the number of structures: the energy and stress rows (``7 × structures × M``
+with stresses) and the likelihood's Woodbury matrix over them
+(``(n_E + n_S)²``, several copies during the search; the in-memory fit has it too).
+With many structures per inducing environment that last term dominates; it is not
+bounded by ``design_memory_limit`` yet.
 """
 
 from __future__ import annotations
@@ -52,36 +60,35 @@ class StackedQR:
     -----
     Holds the upper-triangular ``(M + 1) × (M + 1)`` factor of ``[A | b]`` for the rows
     added so far: its leading block is ``R`` (``RᵀR = AᵀA``), its last column ``Qᵀb``
-    over the first ``M`` rows and ``±ρ`` below, ``ρ² = |b|² - |Qᵀb|²``. Each block costs
-    one QR of ``rows + M + 1`` rows (LAPACK ``geqrf``); the signs of ``R``'s rows are
+    over the first ``M`` rows and ``±ρ`` below, ``ρ² = |b|² - |Qᵀb|²``. Each block
+    updates it in place by LAPACK's triangular-pentagonal QR (``tpqrt``): ``2 b M²``
+    flops for ``b`` rows, and no copy of the factor. The signs of ``R``'s rows are
     LAPACK's.
     """
 
     def __init__(self, n_columns: int):
         self.n_columns = int(n_columns)
-        self._factor = np.zeros((0, self.n_columns + 1))
+        self._factor = np.zeros((self.n_columns + 1, self.n_columns + 1), order="F")
         self.n_rows = 0
 
     def add(self, rows: np.ndarray, rhs: np.ndarray) -> None:
         """Fold in rows ``(b, M)`` and their right-hand side ``(b,)``."""
         if len(rows) == 0:
             return
-        stacked = np.empty((len(self._factor) + len(rows), self.n_columns + 1), order="F")
-        stacked[:len(self._factor)] = self._factor
-        stacked[len(self._factor):, :-1] = rows
-        stacked[len(self._factor):, -1] = rhs
-        qr, _, _, info = sla.lapack.dgeqrf(stacked, overwrite_a=True)
+        block = np.empty((len(rows), self.n_columns + 1), order="F")
+        block[:, :-1] = rows
+        block[:, -1] = rhs
+        n = self.n_columns + 1
+        self._factor, _, _, info = sla.lapack.dtpqrt(0, min(n, 64), self._factor, block,
+                                                     overwrite_a=1, overwrite_b=1)
         if info != 0:
-            raise np.linalg.LinAlgError(f"StackedQR: geqrf failed (info={info})")
-        keep = min(len(stacked), self.n_columns + 1)
-        self._factor = np.triu(qr[:keep])
+            raise np.linalg.LinAlgError(f"StackedQR: tpqrt failed (info={info})")
         self.n_rows += len(rows)
 
     def parts(self) -> tuple[np.ndarray, np.ndarray, float]:
-        """Return ``R`` (M, M), ``Qᵀb`` (M,) and ``ρ²``, padded with zeros for few rows."""
+        """Return ``R`` (M, M), ``Qᵀb`` (M,) and ``ρ²``."""
         M = self.n_columns
-        full = np.zeros((M + 1, M + 1))
-        full[:len(self._factor)] = self._factor
+        full = np.triu(self._factor)
         return full[:M, :M], full[:M, M].copy(), float(full[M, M] ** 2)
 
 

@@ -77,14 +77,37 @@ def test_the_streamed_fit_is_the_in_memory_fit(cells, caplog):
     np.testing.assert_allclose(np.concatenate(std_s), np.concatenate(std_w), rtol=1e-4)
 
 
-def test_the_streamed_likelihood_is_the_in_memory_one(cells):
-    whole, streamed = _pair(cells)
+def test_the_streamed_likelihood_is_the_in_memory_one(cells, caplog):
+    with caplog.at_level("INFO", logger="kernelpot.streaming"):
+        whole, streamed = _pair(cells)
+    assert caplog.text.count("streamed design") == 1  # the second fit only
     theta = np.log([2.0, 0.004, 0.03, 1e-3])
     value_w, grad_w = whole.log_marginal_likelihood(theta, eval_gradient=True)
     value_s, grad_s = streamed.log_marginal_likelihood(theta, eval_gradient=True)
     assert value_s == pytest.approx(value_w, rel=1e-10)
     np.testing.assert_allclose(grad_s, grad_w, rtol=1e-6, atol=1e-6)
     assert streamed.force_noise_ == pytest.approx(whole.force_noise_, rel=1e-3)
+
+
+def test_a_fixed_two_body_term_without_stresses_and_a_file_round_trip(cells, tmp_path):
+    from kernelpot import load
+
+    test = emt_strained_cells(2, seed=5)
+    fixed = {"two_body": TwoBody(4.0, 6, 1.5), "use_stress": False, "optimize": False,
+             "signal_std": 2.0, "force_noise": 0.02}  # the pair prior std stays fixed
+    whole, streamed = _pair(cells, **fixed)
+    assert streamed.posterior_.n_stress_observations == 0
+    np.testing.assert_allclose(np.concatenate(streamed.predict_forces(test)),
+                               np.concatenate(whole.predict_forces(test)), rtol=1e-8,
+                               atol=1e-10)
+    # the projection term leaves the two-body columns out in both
+    np.testing.assert_allclose(streamed.posterior_.loso.projection,
+                               whole.posterior_.loso.projection, rtol=1e-6, atol=1e-14)
+    loaded = load(streamed.save(tmp_path / "streamed"))
+    for model in (loaded, streamed):
+        model.set_params(apply_calibration=False)
+    np.testing.assert_array_equal(loaded.predict_forces(test, return_std=True)[1][0],
+                                  streamed.predict_forces(test, return_std=True)[1][0])
 
 
 def test_what_needs_the_whole_design_builds_it_with_a_warning(cells):
