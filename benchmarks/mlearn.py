@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated config types whose yz and xz stress labels "
                              "are exchanged in the training and test files before the fit "
                              "(e.g. AIMD-NVT,Vacancy,Surface for Si and Ge)")
+    parser.add_argument("--design-memory-limit", type=float, default=4.0, metavar="GIB",
+                        help="the estimator's design_memory_limit: a smaller value streams "
+                             "the design in blocks (kernelpot.streaming)")
     return parser
 
 
@@ -187,7 +190,8 @@ def build_model(args, element, train) -> SparseGPPotential:
                                     args.two_body_prior_std)
     return SparseGPPotential(descriptor, kernel, n_sparse=args.n_sparse, random_state=0,
                              method="sparse", n_jobs=args.n_jobs,
-                             use_stress=not args.no_stress, **fixed)
+                             use_stress=not args.no_stress,
+                             design_memory_limit=args.design_memory_limit, **fixed)
 
 
 def main(argv=None):
