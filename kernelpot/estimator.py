@@ -277,13 +277,12 @@ pair of float
         (:mod:`kernelpot.streaming`); the leave-one-structure-out terms take a second
         pass. Same model as the in-memory fit (to rounding at given hyperparameters;
         with the likelihood search, to its stopping tolerance, about 1e-5). Memory: a
-        few blocks, the ``(M + 1)²`` factor, and what grows with the number of
-        structures (their energy and stress rows, and the likelihood's matrix over
-        them, as in memory), which this limit does not bound yet; the sizes are
-        logged before the first block. A kernel search on all structures
-        (use ``search_frames``), a two-body prior std search, ``config_type_noise`` and
-        ``incremental=True`` need the whole design: it is then built in memory, with a
-        warning.
+        few blocks, the ``(M + 1)²`` factor, and the energy and stress rows (seven per
+        cell with stresses), which grow with the number of structures and which this
+        limit does not bound yet; the sizes are logged before the first block. A kernel
+        search on all structures (use ``search_frames``), a two-body prior std search,
+        ``config_type_noise`` and ``incremental=True`` need the whole design: it is then
+        built in memory, with a warning.
     min_distance : float or None, default=0.5
         Training structures of :meth:`fit` with two atoms closer than this (Å,
         periodic images included) are refused with a ``ValueError`` naming them: atoms

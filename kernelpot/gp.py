@@ -401,6 +401,14 @@ class WhitenedStatistics(NamedTuple):
     beta_S: np.ndarray | None = None  # (M,) Vᵀ β_S; None without stress rows
     c_S: float = 0.0  # y_Sᵀ y_S
     n_S: int = 0
+    #: ``(U_E U_Eᵀ, U_S U_Sᵀ)`` when the energy and stress rows outnumber ``M`` (the
+    #: likelihood then works with ``M × M`` matrices), else None
+    grams: tuple | None = None
+
+    def small_grams(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``U_E U_Eᵀ`` and ``U_S U_Sᵀ`` (M × M): the energy and stress Gram matrices."""
+        U_E, U_S = self.U[:, :self.n_E], self.U[:, self.n_E:]
+        return U_E @ U_E.T, U_S @ U_S.T
 
 
 def whitened_statistics(Kw_E: np.ndarray, n_atoms_E: np.ndarray, y_E: np.ndarray,
@@ -457,9 +465,10 @@ def statistics_from_force_gram(W_F: np.ndarray, Kw_F_y: np.ndarray, c_F: float, 
         y_S = np.asarray(y_S, dtype=np.float64)
         small = np.concatenate([small, Kw_S.T], axis=1)
         beta_S, c_S, n_S = V.T @ (Kw_S.T @ y_S), float(y_S @ y_S), len(y_S)
-    return WhitenedStatistics(
+    U = V.T @ small  # (M, n_E + n_S)
+    stats = WhitenedStatistics(
         eigenvalues=eigenvalues,
-        U=V.T @ small,  # (M, n_E + n_S)
+        U=U,
         beta_E=V.T @ (Kw_E.T @ (inv_d * y_E)),
         beta_F=V.T @ Kw_F_y,
         c_E=float(np.sum(inv_d * y_E**2)),
@@ -470,6 +479,9 @@ def statistics_from_force_gram(W_F: np.ndarray, Kw_F_y: np.ndarray, c_F: float, 
         V=V if keep_basis else None,
         beta_S=beta_S, c_S=c_S, n_S=n_S,
     )
+    if U.shape[1] > U.shape[0]:
+        stats = stats._replace(grams=stats.small_grams())
+    return stats
 
 
 def noise_log_params(log_params: np.ndarray) -> tuple[float, float, float, float]:
@@ -522,6 +534,8 @@ def log_marginal_likelihood(log_params: np.ndarray, stats: WhitenedStatistics,
     if stats.n_S and n_params == 3:
         raise ValueError("log_marginal_likelihood: the statistics hold stress rows; give "
                          "log (σ, σ_E, σ_F, σ_S)")
+    if stats.n_E + stats.n_S > len(stats.eigenvalues):
+        return _log_marginal_likelihood_square(log_params, stats, eval_gradient)
     sigma2 = np.exp(2 * log_sigma)
     se2, sf2, ss2 = np.exp(2 * log_se), np.exp(2 * log_sf), np.exp(2 * log_ss)
     a_E, a_F, a_S = sigma2 / se2, sigma2 / sf2, sigma2 / ss2
@@ -577,6 +591,58 @@ def log_marginal_likelihood(log_params: np.ndarray, stats: WhitenedStatistics,
                          2.0 * n_E - 2.0 * a_E * tr_E,
                          2.0 * stats.n_F - 2.0 * a_F * tr_F,
                          2.0 * n_S - 2.0 * a_S * tr_S])
+    return lml, (-0.5 * (d_quad + d_logdet))[:n_params]
+
+
+def _log_marginal_likelihood_square(log_params: np.ndarray, stats: WhitenedStatistics,
+                                    eval_gradient: bool) -> float | tuple[float, np.ndarray]:
+    """:func:`log_marginal_likelihood` when the energy and stress rows outnumber ``M``.
+
+    The Woodbury step over those rows would hold ``(n_E + n_S)²`` numbers (157 GB for
+    20,000 cells with stresses); this form factors ``A_w = diag(1 + a_F λ) + a_E G_E +
+    a_S G_S`` (``M × M``, in the eigenbasis of ``W_F``) with the rows' Gram matrices
+    ``G_g = U_g U_gᵀ``, and takes the traces of the gradient from ``A_w⁻¹``.
+    """
+    n_params = len(np.asarray(log_params))
+    log_sigma, log_se, log_sf, log_ss = noise_log_params(log_params)
+    G_E, G_S = stats.grams if stats.grams is not None else stats.small_grams()
+    sigma2 = np.exp(2 * log_sigma)
+    se2, sf2, ss2 = np.exp(2 * log_se), np.exp(2 * log_sf), np.exp(2 * log_ss)
+    a_E, a_F, a_S = sigma2 / se2, sigma2 / sf2, sigma2 / ss2
+    lam = stats.eigenvalues
+    A = a_E * G_E + a_S * G_S
+    A[np.diag_indices_from(A)] += 1.0 + a_F * lam
+    failed = (-np.inf, np.zeros(n_params)) if eval_gradient else -np.inf
+    try:
+        L = sla.cholesky(A, lower=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        return failed
+    beta_S = stats.beta_S if stats.beta_S is not None else np.zeros_like(stats.beta_E)
+    b = stats.beta_E / se2 + stats.beta_F / sf2 + beta_S / ss2
+    w = sigma2 * sla.cho_solve((L, True), b, check_finite=False)
+    res_E = max(stats.c_E - 2.0 * float(w @ stats.beta_E) + float(w @ (G_E @ w)), 0.0)
+    res_F = max(stats.c_F - 2.0 * float(w @ stats.beta_F) + float(lam @ (w * w)), 0.0)
+    res_S = max(stats.c_S - 2.0 * float(w @ beta_S) + float(w @ (G_S @ w)), 0.0) \
+        if stats.n_S else 0.0
+    ww = float(w @ w)
+    quad = res_E / se2 + res_F / sf2 + res_S / ss2 + ww / sigma2
+    logdet = (stats.n_E * np.log(se2) + stats.logdet_D_E + stats.n_F * np.log(sf2)
+              + stats.n_S * np.log(ss2) + 2.0 * float(np.sum(np.log(np.diag(L)))))
+    lml = -0.5 * quad - 0.5 * logdet - 0.5 * (stats.n_E + stats.n_F + stats.n_S) * _LOG_2PI
+    if not np.isfinite(lml):
+        return failed
+    if not eval_gradient:
+        return lml
+    A_inv = sla.cho_solve((L, True), np.eye(len(lam)), check_finite=False)
+    tr_E = float(np.einsum("ij,ij->", A_inv, G_E))
+    tr_S = float(np.einsum("ij,ij->", A_inv, G_S))
+    tr_F = float(np.diag(A_inv) @ lam)
+    d_quad = np.array([-2.0 * ww / sigma2, -2.0 * res_E / se2, -2.0 * res_F / sf2,
+                       -2.0 * res_S / ss2])
+    d_logdet = np.array([2.0 * (a_E * tr_E + a_F * tr_F + a_S * tr_S),
+                         2.0 * stats.n_E - 2.0 * a_E * tr_E,
+                         2.0 * stats.n_F - 2.0 * a_F * tr_F,
+                         2.0 * stats.n_S - 2.0 * a_S * tr_S])
     return lml, (-0.5 * (d_quad + d_logdet))[:n_params]
 
 

@@ -19,11 +19,10 @@ noise scales per configuration type and an incremental model's training state ne
 whole design: the estimator then builds it in memory, with a warning.
 
 Memory: the factor (``(M + 1)²``), a few copies of one block of rows, and what grows
-with the number of structures: the energy and stress rows (``7 × structures × M``
-with stresses) and the likelihood's Woodbury matrix over them
-(``(n_E + n_S)²``, several copies during the search; the in-memory fit has it too).
-With many structures per inducing environment that last term dominates; it is not
-bounded by ``design_memory_limit`` yet.
+with the number of structures: the energy and stress rows (``7 × structures × M`` with
+stresses, and their copy in the likelihood statistics), which ``design_memory_limit``
+does not bound yet. (The likelihood's Woodbury matrix over those rows, ``(n_E +
+n_S)²``, gives way to ``M × M`` matrices once they outnumber ``M``.)
 """
 
 from __future__ import annotations

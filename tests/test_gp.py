@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import scipy.linalg as sla
+from helpers import finite_difference_gradient
 from scipy.stats import multivariate_normal
 
 from kernelpot import gp
@@ -91,6 +92,34 @@ def test_lml_with_stress_rows_equals_dense_gaussian(problem, params):
         fd = (gp.log_marginal_likelihood(theta + step, stats)
               - gp.log_marginal_likelihood(theta - step, stats)) / (2 * h)
         assert grad[t] == pytest.approx(fd, rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.parametrize("params", [(1.0, 0.1, 0.3, 0.002), (3.0, 0.01, 0.05, 0.05)])
+def test_lml_with_more_energy_and_stress_rows_than_inducing_points(params):
+    # 5 energies + 12 stress rows > M = 4: the M × M form instead of the Woodbury step
+    rng = np.random.default_rng(3)
+    M, n_E, n_F, n_S = 4, 5, 9, 12
+    K_mm = rng.normal(size=(M, M))
+    K_mm = K_mm @ K_mm.T + M * np.eye(M)
+    K_nm = rng.normal(size=(n_E + n_F + n_S, M))
+    n_atoms = rng.integers(2, 9, size=n_E).astype(float)
+    y = rng.normal(size=n_E + n_F + n_S)
+    y[n_E + n_F:] *= 0.01  # stresses, eV/Å³
+    L = np.linalg.cholesky(K_mm)
+    Kw = sla.solve_triangular(L, K_nm.T, lower=True).T
+    stats = gp.whitened_statistics(Kw[:n_E], n_atoms, y[:n_E], Kw[n_E:n_E + n_F],
+                                   y[n_E:n_E + n_F], Kw_S=Kw[n_E + n_F:], y_S=y[n_E + n_F:])
+    assert stats.grams is not None
+    sigma, se, sf, ss = params
+    Q = sigma**2 * K_nm @ np.linalg.solve(K_mm, K_nm.T)
+    noise = np.concatenate([se**2 * n_atoms, np.full(n_F, sf**2), np.full(n_S, ss**2)])
+    expected = multivariate_normal(cov=Q + np.diag(noise)).logpdf(y)
+    theta = np.log(params)
+    value, grad = gp.log_marginal_likelihood(theta, stats, eval_gradient=True)
+    assert value == pytest.approx(expected, rel=1e-9)
+    fd = finite_difference_gradient(lambda t: gp.log_marginal_likelihood(t, stats), theta,
+                                    1e-6)
+    np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-6)
 
 
 def test_lml_with_stress_rows_needs_the_stress_noise(problem):
