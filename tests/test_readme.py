@@ -83,3 +83,20 @@ def test_readme_workflow_runs_as_written(tmp_path, monkeypatch):
         assert main(argv) == 0, command
     for output in ("model.npz", "parity.png", "predicted.xyz", "lc.png", "traj.extxyz"):
         assert (tmp_path / output).exists(), output
+
+
+def test_large_data_sets_example_runs(caplog):
+    """The streamed-fit example, on the bundled Si cells with a limit they exceed."""
+    from kernelpot import load_silicon
+
+    block = README.read_text().split("## Large data sets")[1]
+    code = block.split("```python")[1].split("```")[0]
+    assert "design_memory_limit=1.0" in code
+    # four cells: make the limit small, and the method sparse (auto picks exact there)
+    code = code.replace("design_memory_limit=1.0",
+                        "design_memory_limit=1e-4, method='sparse', n_sparse=40")
+    namespace = {"frames": load_silicon()}
+    with caplog.at_level("INFO", logger="kernelpot.streaming"):
+        exec(compile(code, "README.md", "exec"), namespace)
+    assert "streamed design" in caplog.text
+    assert namespace["model"].method_ == "sparse"
