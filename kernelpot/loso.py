@@ -37,7 +37,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.linalg as sla
 
-__all__ = ["LosoTerms", "exact_loso", "sparse_loso"]
+__all__ = ["LosoTerms", "consecutive_groups", "exact_loso", "sparse_loso"]
 
 #: Rows of the design handled together by :func:`sparse_loso`.
 _BLOCK_ROWS = 4096
@@ -330,18 +330,27 @@ def sparse_loso(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarray, sig
     return residual, variance, sla.cho_solve((R, False), G_shift, check_finite=False)
 
 
-def _group(blocks: list[np.ndarray]) -> list[np.ndarray]:
-    """Join consecutive structures' rows into groups of about ``_BLOCK_ROWS`` rows."""
+def consecutive_groups(sizes, limit: int) -> list[np.ndarray]:
+    """Split ``range(len(sizes))`` into consecutive groups whose sizes sum to about ``limit``.
+
+    A group closes once its sum reaches ``limit``; the last may be smaller.
+    """
     groups, current, size = [], [], 0
-    for rows in blocks:
-        current.append(rows)
-        size += len(rows)
-        if size >= _BLOCK_ROWS:
-            groups.append(np.concatenate(current))
+    for k, n in enumerate(sizes):
+        current.append(k)
+        size += int(n)
+        if size >= limit:
+            groups.append(np.array(current))
             current, size = [], 0
     if current:
-        groups.append(np.concatenate(current))
+        groups.append(np.array(current))
     return groups
+
+
+def _group(blocks: list[np.ndarray]) -> list[np.ndarray]:
+    """Join consecutive structures' rows into groups of about ``_BLOCK_ROWS`` rows."""
+    return [np.concatenate([blocks[k] for k in group])
+            for group in consecutive_groups([len(rows) for rows in blocks], _BLOCK_ROWS)]
 
 
 def _local_blocks(rows: np.ndarray, structure: np.ndarray) -> list[np.ndarray]:

@@ -34,6 +34,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from kernelpot import gp
+from kernelpot.loso import consecutive_groups
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -136,16 +137,7 @@ def _structure_blocks(design: SparseDesign, block_rows: int) -> list[np.ndarray]
     """Consecutive structures in groups of about ``block_rows`` observations."""
     n_rows = (design.has_energy.astype(int) + 3 * design.n_atoms * design.has_forces
               + 6 * design.has_stress)
-    blocks, current, size = [], [], 0
-    for k, n in enumerate(n_rows):
-        current.append(k)
-        size += int(n)
-        if size >= block_rows:
-            blocks.append(np.array(current))
-            current, size = [], 0
-    if current:
-        blocks.append(np.array(current))
-    return blocks
+    return consecutive_groups(n_rows, block_rows)
 
 
 def _block_rows(design: SparseDesign, kernel: Kernel, structures: np.ndarray,
