@@ -225,6 +225,21 @@ class TrainingSet:
         """Return which structures carry a stress, shape (n_structures,)."""
         return self.labels.has_stress
 
+    def subset(self, indices) -> TrainingSet:
+        """Return the structures ``indices`` (in that order) as a training set of their own.
+
+        Species, their numbering and the reference energies stay the whole set's, so
+        design rows built from the subset are the whole set's rows of those structures.
+        """
+        indices = [int(k) for k in indices]
+        labels = self.labels
+        stresses = None if labels.stresses is None else [labels.stresses[k] for k in indices]
+        return TrainingSet([self.frames[k] for k in indices],
+                           Labels(labels.energies[indices], [labels.forces[k] for k in indices],
+                                  stresses),
+                           self.species, [self.species_index[k] for k in indices],
+                           self.counts[indices], self.e0)
+
     def row_structures(self) -> np.ndarray:
         """Return the structure of every observation: energies, force components, stresses."""
         n_atoms = self.n_atoms

@@ -8,9 +8,9 @@ items done. Callers validate ``verbose`` (``_validation.check_verbose``) before 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, parallel_config
 from tqdm.auto import tqdm
 
 __all__ = ["imap", "map_list"]
@@ -20,7 +20,8 @@ Result = TypeVar("Result")
 
 
 def imap(fn: Callable[[Item], Result], items: Iterable[Item], n_jobs: int | None = 1,
-         verbose: int = 0, desc: str | None = None, *, unit: str = "it") -> Iterator[Result]:
+         verbose: int = 0, desc: str | None = None, *, unit: str = "it",
+         client: Any = None) -> Iterator[Result]:
     """Apply ``fn`` to every item, lazily, yielding the results in input order.
 
     Parameters
@@ -40,6 +41,9 @@ def imap(fn: Callable[[Item], Result], items: Iterable[Item], n_jobs: int | None
         Label of the progress bar.
     unit : str, default="it"
         What the bar counts (``"frame"``, ...).
+    client : distributed.Client or None, default=None
+        Run on this Dask cluster (joblib's Dask backend, every worker) instead;
+        ``n_jobs`` is then ignored.
 
     Yields
     ------
@@ -67,7 +71,11 @@ def imap(fn: Callable[[Item], Result], items: Iterable[Item], n_jobs: int | None
     items = list(items)
     bar = tqdm(total=len(items), desc=desc, disable=verbose < 1, leave=False, unit=unit)
     try:
-        if n_jobs in (None, 1):
+        if client is not None:
+            with parallel_config(backend="dask", client=client):
+                results = Parallel(n_jobs=-1, return_as="generator")(
+                    delayed(fn)(item) for item in items)
+        elif n_jobs in (None, 1):
             results = map(fn, items)
         else:
             results = Parallel(n_jobs=n_jobs, return_as="generator")(

@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ase import Atoms
@@ -27,6 +27,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from kernelpot import _parallel, exact, io, noise_groups
+from kernelpot._block_runner import BlockRunner, check_client
 from kernelpot._labels import TrainingSet, check_frames, read_labels
 from kernelpot._validation import (
     check_geometry,
@@ -506,7 +507,8 @@ pair of float
                              "model is refitted, not updated)")
 
     # -- fitting ---------------------------------------------------------------------
-    def fit(self, X: Sequence[Atoms], y: None = None) -> SparseGPPotential:
+    def fit(self, X: Sequence[Atoms], y: None = None, *,
+            client: Any = None) -> SparseGPPotential:
         """Fit the model to structures with reference energies and/or forces.
 
         Parameters
@@ -517,6 +519,20 @@ pair of float
             A structure lacking one of them trains on the other.
         y : None
             Present for scikit-learn; labels come from the structures.
+        client : distributed.Client or None, default=None
+            Fit on this Dask cluster (the ``[dask]`` extra). The descriptors of the
+            inducing-point selection run on its workers, and the sparse model's design
+            is streamed (:mod:`kernelpot.streaming`) whatever its size: blocks of whole
+            structures, at most an eighth of the smallest worker's memory limit, are
+            built and factored on the workers and their factors merged there by a tree;
+            the likelihood search and the ``M × M`` solve run here. The fitted model is
+            an ordinary one (same file, same predictions; the same as without a client
+            to rounding, about 1e-12 at given hyperparameters). A fit that needs the
+            whole design (see ``design_memory_limit``) builds it here, with a warning, as
+            does the exact model (``method="exact"``, or ``"auto"`` choosing it), with
+            ``n_jobs``. Without a client, ``n_jobs`` under
+            ``joblib.parallel_config(backend="dask")`` also runs the per-structure and
+            per-block work on a cluster, with the blocks' factors merged here.
 
         Returns
         -------
@@ -528,6 +544,7 @@ pair of float
             raise TypeError(f"{owner}.fit: labels come from the structures; y must be None "
                             f"(got {type(y).__name__})")
         verbose = self._check_params()
+        client = check_client(client, f"{owner}.fit")
         start_time = time.perf_counter()
         frames = check_frames(X, f"{owner}.fit")
         labels = read_labels(frames, f"{owner}.fit", stress=bool(self.use_stress), every=True)
@@ -564,7 +581,8 @@ pair of float
         self.baseline_ = baseline
         posterior = _POSTERIORS[method].fit(
             self, training, descriptor, kernel, rng,
-            lambda fn, items, desc: self._imap(fn, items, verbose, desc))
+            lambda fn, items, desc: self._imap(fn, items, verbose, desc),
+            runner=BlockRunner(self.n_jobs, client, verbose, owner))
         self._adopt(posterior, descriptor, species, e0, self._loso_calibration(posterior))
         stress = f", σ_S = {self.stress_noise_:.3g} eV/Å³" \
             if training.has_stress.any() else ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.linalg as sla
@@ -152,7 +152,7 @@ class ExactPosterior(Posterior):
     @classmethod
     def fit(cls, estimator: BaseEstimator, training: TrainingSet, descriptor: Descriptor,
             kernel: Kernel, rng: np.random.RandomState,
-            imap: Callable[..., Iterator]) -> ExactPosterior:
+            imap: Callable[..., Iterator], runner: Any = None) -> ExactPosterior:
         """Fit the exact energy-and-force GP.
 
         Parameters
@@ -166,6 +166,9 @@ class ExactPosterior(Posterior):
         rng : numpy.random.RandomState
         imap : callable
             ``imap(fn, items, desc)``, the estimator's ordered parallel map.
+        runner : BlockRunner or None, default=None
+            Not used: the exact model holds its whole covariance and is fitted in this
+            process; it is here so that both posteriors fit with one signature.
 
         Returns
         -------

@@ -31,7 +31,7 @@ new structures; the calibration fitted on them inherits that.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 import numpy as np
@@ -231,7 +231,7 @@ def exact_loso(L: np.ndarray, weights: np.ndarray, structure: np.ndarray,
 def sparse_loso(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarray, sigma: float,
                 structure: np.ndarray, shifts: bool = False,
                 factor: np.ndarray | None = None, rhs: np.ndarray | None = None,
-                row_groups: Iterable[tuple[np.ndarray, np.ndarray]] | None = None
+                group_terms: Callable[[np.ndarray], Iterable[tuple]] | None = None
                 ) -> tuple[np.ndarray, ...]:
     """Return the LOSO residuals and predictive variances of a sparse (DTC) model's observations.
 
@@ -258,9 +258,11 @@ def sparse_loso(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarray, sig
         saves assembling and factoring ``A`` (``O(n M²)``).
     rhs : ndarray of shape (M,), optional
         ``σ Kwᵀ Λ⁻¹ y``, with ``factor``: saves a pass over the rows.
-    row_groups : iterable of (ndarray of int, ndarray), optional
-        The rows ``(indices, Kw[indices])`` of whole structures, every observation once,
-        in place of ``Kw[indices]`` (rows computed on the fly).
+    group_terms : callable, optional
+        ``group_terms(z)`` with ``z = A⁻¹ rhs``: an iterable of ``(indices,
+        loso_group(...))`` over groups of whole structures, every observation once, in
+        place of the groups of ``Kw`` (a design never held whole: its rows are recomputed,
+        possibly on other processes, and :func:`loso_group` applied to them).
 
     Returns
     -------
@@ -274,9 +276,9 @@ def sparse_loso(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarray, sig
     """
     n_obs = len(y)
     scale = sigma / noise_std  # rows of G = Λ^(-1/2) Φ are σ Kw / noise_std
-    if (Kw is None and (factor is None or rhs is None or row_groups is None)) \
+    if (Kw is None and (factor is None or rhs is None or group_terms is None)) \
             or (rhs is not None and factor is None):
-        raise ValueError("sparse_loso: give rhs with factor, and both with row_groups "
+        raise ValueError("sparse_loso: give rhs with factor, and both with group_terms "
                          "when Kw is None")
     M = Kw.shape[1] if Kw is not None else len(factor)
     if rhs is None or factor is None:
@@ -298,36 +300,78 @@ def sparse_loso(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarray, sig
     residual = np.empty(n_obs)
     variance = np.empty(n_obs)
     G_shift = np.zeros((M, int(np.max(structure)) + 1)) if shifts else None
-    if row_groups is None:
-        row_groups = ((rows, Kw[rows]) for rows in _group(_blocks(np.asarray(structure))))
+    if group_terms is None:
+        terms = ((rows, loso_group(Kw[rows], y[rows], noise_std[rows], structure[rows], sigma,
+                                   z, R, shifts))
+                 for rows in _group(_blocks(np.asarray(structure))))
+    else:
+        terms = group_terms(z)
     seen, n_seen = set(), 0
-    for rows, Kw_rows in row_groups:
+    for rows, (res, var, present, columns) in terms:
         # whole structures only: a structure split over two groups would be left out in
         # parts (and its shift column overwritten)
-        present = set(np.unique(structure[rows]).tolist())
-        if present & seen:
-            raise ValueError(f"sparse_loso: structures {sorted(present & seen)[:5]} arrive in "
-                             "more than one group of rows")
-        seen |= present
+        present_set = set(present.tolist())
+        if present_set & seen:
+            raise ValueError(f"sparse_loso: structures {sorted(present_set & seen)[:5]} arrive "
+                             "in more than one group of rows")
+        seen |= present_set
         n_seen += len(rows)
-        G = Kw_rows * scale[rows, None]  # (b, M)
-        fitted = G @ z  # Λ^(-1/2) μ_B
-        V = sla.solve_triangular(R, G.T, lower=False, trans="T", check_finite=False)
-        for local in _local_blocks(rows, structure):
-            g_rows = rows[local]
-            H = V[:, local].T @ V[:, local]
-            gap = np.eye(len(local)) - H
-            whitened, diag = _solve_block(gap, y[g_rows] / noise_std[g_rows] - fitted[local])
-            residual[g_rows] = noise_std[g_rows] * whitened
-            variance[g_rows] = noise_std[g_rows] ** 2 * diag
-            if shifts:
-                G_shift[:, structure[g_rows[0]]] = G[local].T @ (residual[g_rows]
-                                                                 / noise_std[g_rows])
+        residual[rows] = res
+        variance[rows] = var
+        if shifts:
+            G_shift[:, present] = columns
     if n_seen != n_obs:
         raise ValueError(f"sparse_loso: the groups hold {n_seen} rows of {n_obs}")
     if not shifts:
         return residual, variance
     return residual, variance, sla.cho_solve((R, False), G_shift, check_finite=False)
+
+
+def loso_group(Kw_rows: np.ndarray, y: np.ndarray, noise_std: np.ndarray,
+               structure: np.ndarray, sigma: float, z: np.ndarray, R: np.ndarray,
+               shifts: bool = False) -> tuple:
+    """Return the LOSO terms of a group of whole structures' rows (:func:`sparse_loso`).
+
+    Parameters
+    ----------
+    Kw_rows : ndarray of shape (b, M)
+        The whitened design rows of the group.
+    y, noise_std, structure : ndarray of shape (b,)
+        Their labels, noise std and training structure.
+    sigma : float
+    z : ndarray of shape (M,)
+        ``A⁻¹ σ Kwᵀ Λ⁻¹ y`` of the whole training set.
+    R : ndarray of shape (M, M)
+        Upper triangular, ``RᵀR = A``.
+    shifts : bool, default=False
+        Also each structure's column of ``G``.
+
+    Returns
+    -------
+    residual, variance : ndarray of shape (b,)
+    structures : ndarray of int
+        The structures of the group, sorted.
+    columns : ndarray of shape (M, n_structures) or None
+        ``Φ_Bᵀ Λ_B⁻¹ r_B`` of each of them (with ``shifts``).
+    """
+    structure = np.asarray(structure)
+    G = Kw_rows * (sigma / noise_std)[:, None]  # Λ^(-1/2) Φ
+    fitted = G @ z  # Λ^(-1/2) μ_B
+    V = sla.solve_triangular(R, G.T, lower=False, trans="T", check_finite=False)
+    residual = np.empty(len(y))
+    variance = np.empty(len(y))
+    blocks = _blocks(structure)
+    structures = np.array([structure[local[0]] for local in blocks], dtype=int)
+    columns = np.empty((len(z), len(blocks))) if shifts else None
+    for j, local in enumerate(blocks):
+        H = V[:, local].T @ V[:, local]
+        whitened, diag = _solve_block(np.eye(len(local)) - H,
+                                      y[local] / noise_std[local] - fitted[local])
+        residual[local] = noise_std[local] * whitened
+        variance[local] = noise_std[local] ** 2 * diag
+        if shifts:
+            columns[:, j] = G[local].T @ whitened
+    return residual, variance, structures, columns
 
 
 def consecutive_groups(sizes, limit: int) -> list[np.ndarray]:
@@ -351,8 +395,3 @@ def _group(blocks: list[np.ndarray]) -> list[np.ndarray]:
     """Join consecutive structures' rows into groups of about ``_BLOCK_ROWS`` rows."""
     return [np.concatenate([blocks[k] for k in group])
             for group in consecutive_groups([len(rows) for rows in blocks], _BLOCK_ROWS)]
-
-
-def _local_blocks(rows: np.ndarray, structure: np.ndarray) -> list[np.ndarray]:
-    """Return, within a group of rows, the positions of each structure's rows."""
-    return _blocks(np.asarray(structure)[rows])

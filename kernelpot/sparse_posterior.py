@@ -46,6 +46,7 @@ from ase.data import chemical_symbols
 from sklearn.base import clone
 
 from kernelpot import _incremental, gp, noise_groups, streaming
+from kernelpot._block_runner import BlockRunner
 from kernelpot._labels import TrainingSet
 from kernelpot._two_body_search import pair_factor, search_prior_std, whitened_pair_scale
 from kernelpot.descriptors import DescriptorResult
@@ -265,7 +266,8 @@ class SparsePosterior(Posterior):
     @classmethod
     def fit(cls, estimator: BaseEstimator, training: TrainingSet, descriptor: Descriptor,
             kernel: Kernel, rng: np.random.RandomState,
-            imap: Callable[..., Iterator]) -> SparsePosterior:
+            imap: Callable[..., Iterator], runner: BlockRunner | None = None
+            ) -> SparsePosterior:
         """Fit the sparse model to a training set.
 
         Parameters
@@ -280,15 +282,22 @@ class SparsePosterior(Posterior):
         rng : numpy.random.RandomState
         imap : callable
             ``imap(fn, items, desc)``, the estimator's ordered parallel map.
+        runner : BlockRunner or None, default=None
+            Where the blocks of a streamed design run
+            (:class:`kernelpot._block_runner.BlockRunner`); one with a Dask client
+            streams the design even when it would fit in memory.
 
         Returns
         -------
         SparsePosterior
         """
         owner = type(estimator).__name__
+        runner = runner if runner is not None else BlockRunner(owner=owner)
         names = fitted_names(estimator.optimize, owner)
         pair = clone(estimator.two_body) if estimator.two_body is not None else None
-        inducing = cls._choose_inducing(estimator, training, descriptor, rng, imap)
+        # the features pass runs where the blocks do (on the cluster, given a client)
+        inducing = cls._choose_inducing(estimator, training, descriptor, rng,
+                                        runner.imap if runner.client is not None else imap)
         search_kernel = "kernel" in names and kernel.n_theta > 0
         extra_starts = []
         if search_kernel and estimator.search_frames is not None \
@@ -317,10 +326,10 @@ class SparsePosterior(Posterior):
         search_two_body = pair is not None and "two_body" in names
         loso_wanted = estimator.calibration == "loso"
         block_rows = cls._streamed_block_rows(estimator, design, search_kernel,
-                                              search_two_body, owner)
+                                              search_two_body, owner, runner)
         if block_rows is not None:
             return cls._fit_streamed(estimator, design, kernel, pair, log_params, given, free,
-                                     search, rng, extra_starts, block_rows)
+                                     search, rng, extra_starts, block_rows, runner)
         assembled = design.assemble(kernel, keep_gram=search_two_body, owner=owner,
                                     prior=loso_wanted)
         stats, L_mm = assembled.stats, assembled.L_mm
@@ -364,11 +373,17 @@ class SparsePosterior(Posterior):
 
     @staticmethod
     def _streamed_block_rows(estimator, design: SparseDesign, search_kernel: bool,
-                             search_two_body: bool, owner: str) -> int | None:
-        """Rows per block when the design is too large to hold (``design_memory_limit``)."""
+                             search_two_body: bool, owner: str,
+                             runner: BlockRunner) -> int | None:
+        """Rows per block when the design is too large to hold (``design_memory_limit``).
+
+        With a Dask client, always (the blocks run on its workers), in blocks of at most
+        an eighth of the smallest worker's memory limit.
+        """
         limit = float(estimator.design_memory_limit) * 2**30
         size = design.n_obs * design.n_columns * 8
-        if size <= limit:
+        client = runner.client
+        if size <= limit and client is None:
             return None
         several_types = estimator.config_type_noise \
             and len(noise_groups.config_types(design.training.frames)[0]) > 1
@@ -378,23 +393,29 @@ class SparsePosterior(Posterior):
                                         search_kernel),
                                        ("a two-body prior std search", search_two_body)) if on]
         if needs:
-            warnings.warn(f"{owner}: the design matrix needs {size / 2**20:.3g} MiB, above "
-                          f"design_memory_limit={estimator.design_memory_limit} GiB, but "
-                          f"{', '.join(needs)} needs it whole: building it in memory",
-                          UserWarning, stacklevel=4)
+            why = (f"the design matrix needs {size / 2**20:.3g} MiB, above "
+                   f"design_memory_limit={estimator.design_memory_limit} GiB" if size > limit
+                   else "a Dask client was given")
+            warnings.warn(f"{owner}: {why}, but {', '.join(needs)} needs the whole design: "
+                          f"building it whole, in memory", UserWarning, stacklevel=4)
             return None
-        return max(1, int(limit / 4 / (design.n_columns * 8)))
+        block_bytes = limit / 4
+        if client is not None:
+            worker_limits = [info.get("memory_limit") or np.inf
+                             for info in client.scheduler_info()["workers"].values()]
+            block_bytes = min(block_bytes, min(worker_limits, default=np.inf) / 8)
+        return max(1, int(block_bytes / (design.n_columns * 8)))
 
     @classmethod
     def _fit_streamed(cls, estimator, design: SparseDesign, kernel: Kernel, pair,
                       log_params: np.ndarray, given: tuple, free: list, search: NoiseSearch,
                       rng: np.random.RandomState, extra_starts: list,
-                      block_rows: int) -> SparsePosterior:
+                      block_rows: int, runner: BlockRunner) -> SparsePosterior:
         """Fit as :meth:`fit` does, from a streamed design (:mod:`kernelpot.streaming`)."""
         owner = type(estimator).__name__
         loso_wanted = estimator.calibration == "loso"
         streamed = streaming.stream_design(design, kernel, block_rows, prior=loso_wanted,
-                                           owner=owner)
+                                           owner=owner, runner=runner)
         stats = streamed.statistics(design)
         if any(free):
             log_params = search.optimize(stats, log_params, rng, free, extra_starts)
@@ -413,10 +434,12 @@ class SparsePosterior(Posterior):
             rhs = sigma * (streamed.R_F.T @ streamed.z_F / force_noise**2
                            + streamed.Kw_E.T @ (design.y_energy / noise_std[:design.n_energy]**2)
                            + streamed.Kw_S.T @ (design.y_stress / stress_noise**2))
-            groups = streaming.streamed_row_groups(design, kernel, streamed.L_mm, block_rows)
+            R = np.triu(R)
+            groups = streaming.streamed_loso_groups(design, kernel, streamed.L_mm, block_rows,
+                                                    noise_std, sigma, R, runner)
             loso = _timed_loso(owner, lambda: _sparse_loso_terms(
                 None, design.y, noise_std, sigma, streamed.prior, design.row_kinds(),
-                design.training.row_structures(), streamed.L_mm, None, factor=np.triu(R),
+                design.training.row_structures(), streamed.L_mm, None, factor=R,
                 streamed=(streamed.spanned, rhs, groups)))
         inducing = design.inducing
         return cls(kernel=kernel, inducing=inducing, columns=gp.inducing_columns(inducing),
@@ -1348,9 +1371,10 @@ def _sparse_loso_terms(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarr
     ``factor``: the upper factor of ``A``, when the caller keeps it (the incremental
     state's ``R``). ``kinds``: per row 0 energy, 1 force component, 2 stress component
     (or a bool mask of the energy rows). ``streamed``: with ``Kw=None`` and ``factor``,
-    ``(spanned, rhs, row_groups)`` of a design never held whole
+    ``(spanned, rhs, group_terms)`` of a design never held whole
     (:mod:`kernelpot.streaming`): each row's squared whitened norm without two-body
-    columns, ``σ Kwᵀ Λ⁻¹ y`` and the rows in groups of whole structures.
+    columns, ``σ Kwᵀ Λ⁻¹ y`` and the LOSO terms of groups of whole structures
+    (:func:`kernelpot.streaming.streamed_loso_groups`).
 
     The projection term of a training row is ``σ² (prior - q)``, ``prior`` the GP prior
     variance and ``q`` the part of it the inducing set spans: the whitened row's
@@ -1360,10 +1384,10 @@ def _sparse_loso_terms(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarr
     projection).
     """
     if streamed is not None:
-        spanned, rhs, row_groups = streamed
+        spanned, rhs, group_terms = streamed
         residual, variance, whitened = sparse_loso(None, y, noise_std, sigma, structure,
                                                    shifts=True, factor=factor, rhs=rhs,
-                                                   row_groups=row_groups)
+                                                   group_terms=group_terms)
     else:
         residual, variance, whitened = sparse_loso(Kw, y, noise_std, sigma, structure,
                                                    shifts=True, factor=factor)

@@ -34,18 +34,22 @@ import numpy as np
 import scipy.linalg as sla
 
 from kernelpot import gp
-from kernelpot.loso import consecutive_groups
+from kernelpot._block_runner import BlockRunner
+from kernelpot.loso import consecutive_groups, loso_group
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
+    from kernelpot.descriptors.base import Descriptor
     from kernelpot.design import SparseDesign
     from kernelpot.kernels import Kernel
+    from kernelpot.two_body import TwoBody
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StackedQR", "StreamedDesign", "stream_design", "streamed_posterior",
-           "streamed_row_groups"]
+__all__ = ["BlockContext", "BlockFactor", "StackedQR", "StreamedDesign", "factor_block",
+           "loso_block", "merge_factors", "stream_design", "streamed_loso_groups",
+           "streamed_posterior"]
 
 
 class StackedQR:
@@ -84,6 +88,33 @@ class StackedQR:
         if info != 0:
             raise np.linalg.LinAlgError(f"StackedQR: tpqrt failed (info={info})")
         self.n_rows += len(rows)
+
+    def add_triangle(self, triangle: np.ndarray) -> None:
+        """Fold in another factor ``(M + 1, M + 1)`` (upper triangular) of ``[A | b]`` rows.
+
+        The result is the factor of both sets of rows (up to rounding and row signs).
+        """
+        n = self.n_columns + 1
+        if triangle.shape != (n, n):
+            raise ValueError(f"StackedQR: a factor of shape {triangle.shape}; expected "
+                             f"{(n, n)}")
+        block = np.triu(triangle).astype(np.float64, order="F")  # a copy: the input is kept
+        self._factor, _, _, info = sla.lapack.dtpqrt(n, min(n, 64), self._factor, block,
+                                                     overwrite_a=1, overwrite_b=1)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"StackedQR: tpqrt failed (info={info})")
+
+    @property
+    def triangle(self) -> np.ndarray:
+        """Return the ``(M + 1, M + 1)`` upper-triangular factor of ``[A | b]`` (a copy)."""
+        return np.triu(self._factor)
+
+    @classmethod
+    def from_triangle(cls, triangle: np.ndarray) -> StackedQR:
+        """Start from a factor (:attr:`triangle`) rather than from no rows."""
+        qr = cls(len(triangle) - 1)
+        qr.add_triangle(triangle)
+        return qr
 
     def parts(self) -> tuple[np.ndarray, np.ndarray, float]:
         """Return ``R`` (M, M), ``Qᵀb`` (M,) and ``ρ²``."""
@@ -133,19 +164,76 @@ class StreamedDesign(NamedTuple):
             design.n_atoms_energy, design.y_energy, Kw_S=self.Kw_S, y_S=design.y_stress)
 
 
-def _structure_blocks(design: SparseDesign, block_rows: int) -> list[np.ndarray]:
-    """Consecutive structures in groups of about ``block_rows`` observations."""
-    n_rows = (design.has_energy.astype(int) + 3 * design.n_atoms * design.has_forces
-              + 6 * design.has_stress)
-    return consecutive_groups(n_rows, block_rows)
+class BlockContext(NamedTuple):
+    """What every block of a streamed pass needs; the same for all (shipped once per worker).
+
+    Attributes
+    ----------
+    descriptor : Descriptor
+        Fitted.
+    inducing : list of ndarray of shape (m_s, n_features)
+    pair : TwoBody or None
+    kernel : Kernel
+    L_mm : ndarray of shape (M, M)
+        Lower factor of ``k_mm`` (:func:`kernelpot.design.inducing_factor`).
+    prior : bool
+        Also the prior variance of every observation.
+    """
+
+    descriptor: Descriptor
+    inducing: list
+    pair: TwoBody | None
+    kernel: Kernel
+    L_mm: np.ndarray
+    prior: bool
 
 
-def _block_rows(design: SparseDesign, kernel: Kernel, structures: np.ndarray,
-                L_mm: np.ndarray, prior: bool) -> Iterator:
-    """Yield ``(k, whitened rows, prior)`` of each structure of a block, whitened together."""
-    fn = (lambda k: design.rows_and_prior(k, kernel)) if prior \
-        else (lambda k: (*design.rows(k, kernel), None))
-    for k, rows, row_prior in design.imap(fn, structures, "design rows"):
+class BlockFactor(NamedTuple):
+    """One block's (or several consecutive blocks') part of a streamed design.
+
+    Attributes
+    ----------
+    factor : ndarray of shape (M + 1, M + 1)
+        Upper-triangular factor of the force rows and labels ``[K_w,F | y_F]``
+        (:class:`StackedQR`).
+    Kw_E, Kw_S : ndarray of shape (n_E, M), (n_S, M)
+        The whitened energy and stress rows, in training order.
+    spanned : ndarray
+        Each row's squared whitened norm without the two-body columns, structure by
+        structure (its energy, force components, stresses).
+    prior : ndarray or None
+        The rows' prior variances (over ``σ²``), in the same order, when asked for.
+    """
+
+    factor: np.ndarray
+    Kw_E: np.ndarray
+    Kw_S: np.ndarray
+    spanned: np.ndarray
+    prior: np.ndarray | None
+
+
+def _serial_imap(fn, items, desc):
+    """Map in this process (a block's structures run where the block runs)."""
+    return map(fn, items)
+
+
+def _block_design(context: BlockContext, block: tuple) -> SparseDesign:
+    """Return the design of a block's structures on the whole set's inducing environments."""
+    from kernelpot.design import SparseDesign
+
+    training, results = block[:2]
+    return SparseDesign(training, context.descriptor, context.inducing, context.pair,
+                        _serial_imap, results)
+
+
+def _whitened_structures(design: SparseDesign, kernel: Kernel, L_mm: np.ndarray,
+                         prior: bool) -> Iterator:
+    """Yield ``(k, whitened rows, prior)`` of each structure: energy, force components, stress."""
+    for k in range(len(design.n_atoms)):
+        if prior:
+            _, rows, row_prior = design.rows_and_prior(k, kernel)
+        else:
+            (_, rows), row_prior = design.rows(k, kernel), None
         parts = [part for part in (rows.energy[None] if rows.energy is not None else None,
                                    rows.forces, rows.stress) if part is not None]
         stacked = np.concatenate(parts)
@@ -153,8 +241,73 @@ def _block_rows(design: SparseDesign, kernel: Kernel, structures: np.ndarray,
         yield k, whitened, row_prior
 
 
+def factor_block(context: BlockContext, block: tuple) -> BlockFactor:
+    """Build a block's whitened rows and fold its force rows into a triangular factor.
+
+    Parameters
+    ----------
+    context : BlockContext
+    block : tuple
+        ``(training, results)``: a :class:`~kernelpot._labels.TrainingSet` of consecutive
+        training structures (:meth:`~kernelpot._labels.TrainingSet.subset`) and their
+        cached descriptors (or None).
+
+    Returns
+    -------
+    BlockFactor
+    """
+    design = _block_design(context, block)
+    M, n_E = design.n_columns, design.n_energy
+    gp_columns = np.setdiff1d(np.arange(M), design.pair_columns)
+    y = design.y
+    forces, force_y, energy, stress, spanned, prior = [], [], [], [], [], []
+    for k, whitened, row_prior in _whitened_structures(design, context.kernel, context.L_mm,
+                                                       context.prior):
+        rows = _row_indices(design, k)
+        is_energy, is_stress = rows < n_E, rows >= n_E + design.n_force
+        is_force = ~is_energy & ~is_stress
+        energy.append(whitened[is_energy])
+        stress.append(whitened[is_stress])
+        forces.append(whitened[is_force])
+        force_y.append(y[rows[is_force]])
+        spanned.append(np.einsum("nm,nm->n", whitened[:, gp_columns], whitened[:, gp_columns]))
+        prior.append(row_prior)
+    qr = StackedQR(M)
+    qr.add(np.concatenate(forces), np.concatenate(force_y))
+    del forces
+    return BlockFactor(qr.triangle, np.concatenate(energy), np.concatenate(stress),
+                       np.concatenate(spanned),
+                       np.concatenate(prior) if context.prior else None)
+
+
+def merge_factors(first: BlockFactor, second: BlockFactor) -> BlockFactor:
+    """Return the part of two consecutive blocks (``first`` before ``second``), inputs kept."""
+    qr = StackedQR.from_triangle(first.factor)
+    qr.add_triangle(second.factor)
+    return BlockFactor(qr.triangle, np.concatenate([first.Kw_E, second.Kw_E]),
+                       np.concatenate([first.Kw_S, second.Kw_S]),
+                       np.concatenate([first.spanned, second.spanned]),
+                       None if first.prior is None
+                       else np.concatenate([first.prior, second.prior]))
+
+
+def _structure_blocks(design: SparseDesign, block_rows: int) -> list[np.ndarray]:
+    """Consecutive structures in groups of about ``block_rows`` observations."""
+    n_rows = (design.has_energy.astype(int) + 3 * design.n_atoms * design.has_forces
+              + 6 * design.has_stress)
+    return consecutive_groups(n_rows, block_rows)
+
+
+def _block_items(design: SparseDesign, blocks: list[np.ndarray]) -> list[tuple]:
+    """``(training subset, its cached descriptors or None)`` of each block."""
+    results = design.results
+    return [(design.training.subset(structures),
+             None if results is None else [results[k] for k in structures])
+            for structures in blocks]
+
+
 def _row_indices(design: SparseDesign, k: int) -> np.ndarray:
-    """Global design rows of structure ``k``: its energy, force components, stresses."""
+    """Design rows of structure ``k``: its energy, force components, stresses."""
     parts = []
     if design.has_energy[k]:
         parts.append([design.energy_row[k]])
@@ -168,7 +321,8 @@ def _row_indices(design: SparseDesign, k: int) -> np.ndarray:
 
 
 def stream_design(design: SparseDesign, kernel: Kernel, block_rows: int,
-                  prior: bool = False, owner: str = "SparseGPPotential") -> StreamedDesign:
+                  prior: bool = False, owner: str = "SparseGPPotential",
+                  runner: BlockRunner | None = None) -> StreamedDesign:
     """One pass over the training structures in blocks: the factor and the small rows.
 
     Parameters
@@ -181,6 +335,8 @@ def stream_design(design: SparseDesign, kernel: Kernel, block_rows: int,
         Also the prior variance of every observation (for the LOSO terms).
     owner : str, default="SparseGPPotential"
         Names the estimator in logs.
+    runner : BlockRunner or None, default=None
+        Where the blocks run (None: in this process).
 
     Returns
     -------
@@ -188,41 +344,36 @@ def stream_design(design: SparseDesign, kernel: Kernel, block_rows: int,
     """
     from kernelpot.design import inducing_factor
 
+    runner = runner if runner is not None else BlockRunner(owner=owner)
     M, n_E, n_obs = design.n_columns, design.n_energy, design.n_obs
     L_mm, jitter, jitter_abs = inducing_factor(design.inducing, kernel, design.pair,
                                                design.n_species)
     blocks = _structure_blocks(design, block_rows)
-    logger.info("%s: streamed design, %d observations in %d blocks of about %d rows; holds "
-                "%.0f MiB of rows and factors (the whole design: %.0f MiB)", owner, n_obs,
-                len(blocks), block_rows,
-                (block_rows + 2 * M + n_E + design.n_stress) * M * 8 / 2**20,
-                n_obs * M * 8 / 2**20)
-    qr = StackedQR(M)
-    Kw_E = np.empty((n_E, M))
-    Kw_S = np.empty((design.n_stress, M))
-    spanned = np.empty(n_obs)
-    prior_rows = np.empty(n_obs) if prior else None
-    gp_columns = np.setdiff1d(np.arange(M), design.pair_columns)
-    y = design.y
-    for structures in blocks:
-        force_rows, force_y = [], []
-        for k, whitened, row_prior in _block_rows(design, kernel, structures, L_mm, prior):
-            rows = _row_indices(design, k)
-            spanned[rows] = np.einsum("nm,nm->n", whitened[:, gp_columns],
-                                      whitened[:, gp_columns])
-            if prior:
-                prior_rows[rows] = row_prior
-            is_energy, is_stress = rows < n_E, rows >= n_E + design.n_force
-            Kw_E[rows[is_energy]] = whitened[is_energy]
-            Kw_S[rows[is_stress] - n_E - design.n_force] = whitened[is_stress]
-            is_force = ~is_energy & ~is_stress
-            force_rows.append(whitened[is_force])
-            force_y.append(y[rows[is_force]])
-        if force_rows:
-            qr.add(np.concatenate(force_rows), np.concatenate(force_y))
+    logger.info("%s: streamed design, %d observations in %d blocks of about %d rows %s; "
+                "a block holds %.0f MiB of rows and factors, the energy and stress rows "
+                "%.0f MiB (the whole design: %.0f MiB)", owner, n_obs, len(blocks),
+                block_rows, runner.where, (block_rows + 2 * M) * M * 8 / 2**20,
+                (n_E + design.n_stress) * M * 8 / 2**20, n_obs * M * 8 / 2**20)
+    context = BlockContext(design.descriptor, design.inducing, design.pair, kernel, L_mm,
+                           prior)
+    merged = runner.reduce(factor_block, context, _block_items(design, blocks), merge_factors,
+                           "design blocks")
+    qr = StackedQR.from_triangle(merged.factor)
     R_F, z_F, residual_F = qr.parts()
-    return StreamedDesign(R_F, z_F, residual_F, Kw_E, Kw_S, spanned, prior_rows, L_mm,
-                          jitter, jitter_abs)
+    order = np.concatenate([_row_indices(design, k) for k in range(len(design.n_atoms))])
+    if merged.Kw_E.shape != (n_E, M) or merged.Kw_S.shape != (design.n_stress, M) \
+            or merged.spanned.shape != (n_obs,):
+        raise RuntimeError(f"{owner}: the streamed blocks returned rows of shapes "
+                           f"{merged.Kw_E.shape}, {merged.Kw_S.shape}, {merged.spanned.shape}; "
+                           f"expected {(n_E, M)}, {(design.n_stress, M)}, {(n_obs,)}")
+    spanned = np.empty(n_obs)
+    spanned[order] = merged.spanned
+    prior_rows = None
+    if prior:
+        prior_rows = np.empty(n_obs)
+        prior_rows[order] = merged.prior
+    return StreamedDesign(R_F, z_F, residual_F, merged.Kw_E, merged.Kw_S, spanned, prior_rows,
+                          L_mm, jitter, jitter_abs)
 
 
 def streamed_posterior(streamed: StreamedDesign, design: SparseDesign, sigma: float,
@@ -247,12 +398,69 @@ def streamed_posterior(streamed: StreamedDesign, design: SparseDesign, sigma: fl
     return gp.solve_posterior(system, n_small, streamed.L_mm, noise_std, y, sigma)
 
 
-def streamed_row_groups(design: SparseDesign, kernel: Kernel, L_mm: np.ndarray,
-                        block_rows: int) -> Iterator:
-    """Yield ``(row indices, whitened rows)`` of blocks of whole structures (a new pass)."""
-    for structures in _structure_blocks(design, block_rows):
-        indices, rows = [], []
-        for k, whitened, _ in _block_rows(design, kernel, structures, L_mm, False):
-            indices.append(_row_indices(design, k))
-            rows.append(whitened)
-        yield np.concatenate(indices), np.concatenate(rows)
+class LosoContext(NamedTuple):
+    """What every block of the LOSO pass needs (:func:`loso_block`).
+
+    Attributes
+    ----------
+    block : BlockContext
+    R : ndarray of shape (M, M)
+        Upper triangular, ``RᵀR = A``.
+    z : ndarray of shape (M,)
+        ``A⁻¹ σ Kwᵀ Λ⁻¹ y``.
+    sigma : float
+    """
+
+    block: BlockContext
+    R: np.ndarray
+    z: np.ndarray
+    sigma: float
+
+
+def loso_block(context: LosoContext, block: tuple) -> tuple:
+    """Recompute a block's whitened rows and return their LOSO terms.
+
+    Parameters
+    ----------
+    context : LosoContext
+    block : tuple
+        ``(training, results, y, noise_std, structure)``: the block's structures and
+        cached descriptors (as for :func:`factor_block`), then its rows' labels, noise
+        std and (whole-set) structure numbers, structure by structure.
+
+    Returns
+    -------
+    tuple
+        :func:`kernelpot.loso.loso_group` of the block's rows.
+    """
+    design = _block_design(context.block, block)
+    _, _, y, noise_std, structure = block
+    rows = [whitened for _, whitened, _ in _whitened_structures(
+        design, context.block.kernel, context.block.L_mm, False)]
+    return loso_group(np.concatenate(rows), y, noise_std, structure, context.sigma,
+                      context.z, context.R, shifts=True)
+
+
+def streamed_loso_groups(design: SparseDesign, kernel: Kernel, L_mm: np.ndarray,
+                         block_rows: int, noise_std: np.ndarray, sigma: float,
+                         R: np.ndarray, runner: BlockRunner | None = None) -> Callable:
+    """Return ``group_terms`` for :func:`kernelpot.loso.sparse_loso`: blocks run by ``runner``.
+
+    Each block's rows are recomputed (a second pass over the structures) and their LOSO
+    terms computed where the block runs; only the terms come back.
+    """
+    runner = runner if runner is not None else BlockRunner()
+    blocks = _structure_blocks(design, block_rows)
+    y, structure = design.y, design.training.row_structures()
+    indices = [np.concatenate([_row_indices(design, k) for k in structures])
+               for structures in blocks]
+    items = [(*item, y[rows], noise_std[rows], structure[rows])
+             for item, rows in zip(_block_items(design, blocks), indices, strict=True)]
+    context = BlockContext(design.descriptor, design.inducing, design.pair, kernel, L_mm, False)
+
+    def group_terms(z: np.ndarray) -> Iterator:
+        results = runner.map(loso_block, LosoContext(context, R, z, sigma), items,
+                             "leave-one-structure-out blocks")
+        return zip(indices, results, strict=True)
+
+    return group_terms

@@ -112,7 +112,7 @@ def test_a_fixed_two_body_term_without_stresses_and_a_file_round_trip(cells, tmp
 
 def test_what_needs_the_whole_design_builds_it_with_a_warning(cells):
     for options in ({"incremental": True}, {"two_body": TwoBody(4.0, 6, 1.5)}):
-        with pytest.warns(UserWarning, match="needs it whole: building it in memory"):
+        with pytest.warns(UserWarning, match="needs the whole design: building it whole"):
             SparseGPPotential(SOAP(["Cu"], 4.0, 3, 2, 0.5), method="sparse", n_sparse=30,
                               design_memory_limit=1e-6, n_restarts=0, **options).fit(cells)
     with pytest.raises(ValueError, match="design_memory_limit must be a number of GiB > 0"):

@@ -1,0 +1,188 @@
+"""The fit on a Dask cluster: client= and joblib's Dask backend give the single-process model."""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import emt_strained_cells
+
+distributed = pytest.importorskip("distributed")
+dask = pytest.importorskip("dask")
+cloudpickle = pytest.importorskip("cloudpickle")
+
+from kernelpot import SOAP, SparseGPPotential  # noqa: E402
+
+# the test descriptor below travels to the workers by value (they cannot import this file)
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+FIXED = {"optimize": False, "signal_std": 3.0, "energy_noise": 0.003, "force_noise": 0.02,
+         "stress_noise": 5e-4}
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory, monkeypatch_module):
+    """A cluster of two worker processes (1 GiB each), closed when the module's tests end."""
+    # the workers inherit the environment: where the dying descriptor reads its mode
+    monkeypatch_module.setenv(_DIRECTORY, str(tmp_path_factory.mktemp("dask")))
+    # a block whose worker died is retried once, then the fit fails
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                     memory_limit="1GiB", dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as dask_client:
+        yield dask_client
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture(scope="module")
+def cells():
+    return emt_strained_cells(10, seed=0, rattle=0.1)
+
+
+def _model(**options):
+    kwargs = dict(method="sparse", random_state=0, n_sparse=40) | options
+    return SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), **kwargs)
+
+
+def _assert_same_model(model, reference, test):
+    np.testing.assert_allclose(model.alpha_, reference.alpha_, rtol=0,
+                               atol=1e-8 * np.max(np.abs(reference.alpha_)))
+    assert model.log_marginal_likelihood_value_ == pytest.approx(
+        reference.log_marginal_likelihood_value_, rel=1e-8)
+    mean, std = model.predict_forces(test, return_std=True)
+    mean_ref, std_ref = reference.predict_forces(test, return_std=True)
+    np.testing.assert_allclose(np.concatenate(mean), np.concatenate(mean_ref), rtol=1e-8,
+                               atol=1e-10)
+    np.testing.assert_allclose(np.concatenate(std), np.concatenate(std_ref), rtol=1e-6)
+    expected = reference.posterior_.loso.errors
+    np.testing.assert_allclose(model.posterior_.loso.errors, expected, rtol=0,
+                               atol=1e-6 * np.max(np.abs(expected)))
+
+
+@pytest.mark.parametrize("blocks", ["one", "many"])
+def test_a_fit_on_the_cluster_is_the_single_process_fit(client, cells, caplog, blocks):
+    test = emt_strained_cells(2, seed=9)
+    reference = _model(**FIXED).fit(cells)
+    # a tiny design_memory_limit: blocks of one or two cells, merged by a tree on the workers
+    limit = {"design_memory_limit": 4e-5} if blocks == "many" else {}
+    with caplog.at_level("INFO", logger="kernelpot.streaming"):
+        model = _model(**FIXED, **limit).fit(cells, client=client)
+    assert "on the Dask cluster" in caplog.text
+    n_blocks = int(caplog.text.split(" blocks of about")[0].rsplit(" ", 1)[1])
+    assert (n_blocks == 1) == (blocks == "one")
+    _assert_same_model(model, reference, test)
+    assert not client.futures  # nothing left on the cluster
+
+
+def test_the_likelihood_search_on_the_cluster_finds_the_same_noise(client, cells):
+    reference = _model().fit(cells)
+    model = _model().fit(cells, client=client)
+    for name in ("signal_std_", "force_noise_", "energy_noise_", "stress_noise_"):
+        assert getattr(model, name) == pytest.approx(getattr(reference, name), rel=1e-4)
+
+
+def test_joblibs_dask_backend_runs_the_blocks_on_the_cluster(client, cells):
+    from joblib import parallel_config
+
+    test = emt_strained_cells(2, seed=9)
+    reference = _model(**FIXED).fit(cells)
+    with parallel_config(backend="dask"):  # the module's client is the default one
+        model = _model(**FIXED, design_memory_limit=4e-5, n_jobs=-1).fit(cells)
+    _assert_same_model(model, reference, test)
+
+
+def test_a_fit_that_needs_the_whole_design_warns_and_still_fits(client, cells):
+    test = emt_strained_cells(2, seed=9)
+    reference = _model(**FIXED, incremental=True).fit(cells)
+    with pytest.warns(UserWarning, match="a Dask client was given, but incremental=True"):
+        model = _model(**FIXED, incremental=True).fit(cells, client=client)
+    _assert_same_model(model, reference, test)
+
+
+def test_a_client_that_is_not_one_is_refused(cells):
+    with pytest.raises(TypeError, match="client must be a distributed.Client"):
+        _model().fit(cells, client="tcp://127.0.0.1:8786")
+
+
+# what the dying descriptor does, read from files by the workers: "once", "always" or
+# "raise" in mode, and "died" created by the first worker that died; in a directory the
+# workers inherit (the class travels by value and is cached by the workers, so its
+# attributes cannot be changed between tests)
+_DIRECTORY = "KERNELPOT_TEST_DASK_DIRECTORY"
+
+
+def _file(name):
+    return Path(os.environ[_DIRECTORY]) / name
+
+
+class _DyingSOAP(SOAP):
+    """SOAP whose worker process dies on its first design block (or on every one)."""
+
+    def compute(self, atoms, *args, **kwargs):
+        try:
+            distributed.get_worker()
+        except ValueError:  # not on a worker: compute
+            return super().compute(atoms, *args, **kwargs)
+        mode = _file("mode").read_text() if _file("mode").exists() else ""
+        if mode == "always":
+            os._exit(1)
+        if mode == "raise":
+            raise ValueError("a block's descriptor failed")
+        if mode == "once":
+            try:
+                os.close(os.open(_file("died"), os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                pass
+            else:
+                os._exit(1)
+        return super().compute(atoms, *args, **kwargs)
+
+
+@pytest.fixture
+def dying():
+    """Set the dying descriptor's mode; remove its files afterwards."""
+    def set_mode(mode):
+        _file("mode").write_text(mode)
+    yield set_mode
+    _file("mode").unlink(missing_ok=True)
+    _file("died").unlink(missing_ok=True)
+
+
+def _dying_model(**options):
+    return SparseGPPotential(_DyingSOAP(["Cu"], 4.0, 4, 3, 0.5), method="sparse",
+                             random_state=0, n_sparse=40, design_memory_limit=4e-5,
+                             **FIXED | options)
+
+
+def test_a_worker_killed_mid_fit_is_replaced_and_the_model_is_the_same(client, cells, dying):
+    test = emt_strained_cells(2, seed=9)
+    reference = _dying_model().fit(cells)
+    dying("once")
+    model = _dying_model().fit(cells, client=client)
+    assert _file("died").exists()  # a worker did die
+    _assert_same_model(model, reference, test)
+
+
+def test_a_fit_whose_workers_keep_dying_fails_clearly(client, cells, dying):
+    dying("always")
+    # KilledWorker once Dask stops retrying, or a cancelled task once every copy of the
+    # shared inputs died with their workers: either way no model
+    with pytest.raises(RuntimeError, match="the fit on the Dask cluster failed"):
+        _dying_model().fit(cells, client=client)
+    _file("mode").unlink()
+    client.wait_for_workers(2, timeout=60)
+    assert len(client.scheduler_info()["workers"]) == 2  # the cluster recovered
+
+
+def test_an_error_in_a_block_reaches_the_caller_as_itself(client, cells, dying):
+    dying("raise")
+    with pytest.raises(ValueError, match="a block's descriptor failed"):
+        _dying_model().fit(cells, client=client)
+    # what the fit submitted is cancelled, not left running
+    assert not [key for key, state in client.futures.items() if state.status == "pending"]
