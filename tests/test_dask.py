@@ -186,3 +186,70 @@ def test_an_error_in_a_block_reaches_the_caller_as_itself(client, cells, dying):
         _dying_model().fit(cells, client=client)
     # what the fit submitted is cancelled, not left running
     assert not [key for key, state in client.futures.items() if state.status == "pending"]
+
+
+def test_the_cli_fits_evaluates_and_predicts_on_the_cluster(client, cells, tmp_path, capsys):
+    from ase.io import read, write
+
+    from kernelpot import load
+    from kernelpot.cli import main
+
+    write(tmp_path / "train.xyz", cells)
+    write(tmp_path / "test.xyz", emt_strained_cells(2, seed=9))
+    config = tmp_path / "cfg.toml"
+    config.write_text("n_restarts = 0\nrandom_state = 0\n")
+    common = ["--method", "sparse", "--n-sparse", "30", "--config", str(config), "--quiet",
+              "--descriptor", "soap", "--r-cut", "4.0", "--no-train-eval"]
+    address = client.scheduler.address
+    assert main(["fit", str(tmp_path / "train.xyz"), "-o", str(tmp_path / "here.npz"),
+                 *common]) == 0
+    assert main(["fit", str(tmp_path / "train.xyz"), "-o", str(tmp_path / "dask.npz"),
+                 "--scheduler", address, *common]) == 0
+    assert f"Dask scheduler {address}: 2 workers" in capsys.readouterr().out
+    here, there = load(tmp_path / "here.npz"), load(tmp_path / "dask.npz")
+    assert there.force_noise_ == pytest.approx(here.force_noise_, rel=1e-4)
+    assert main(["predict", str(tmp_path / "dask.npz"), str(tmp_path / "test.xyz"), "-o",
+                 str(tmp_path / "predicted.xyz"), "--scheduler", address]) == 0
+    predicted = read(tmp_path / "predicted.xyz", ":")
+    forces, forces_std = there.predict_forces(read(tmp_path / "test.xyz", ":"),
+                                              return_std=True)
+    for k, atoms in enumerate(predicted):  # extxyz keeps about 8 significant digits
+        np.testing.assert_allclose(atoms.get_forces(), forces[k], atol=1e-6)
+        np.testing.assert_allclose(atoms.arrays["forces_std"], forces_std[k], rtol=1e-6)
+    assert main(["eval", str(tmp_path / "dask.npz"), str(tmp_path / "test.xyz"),
+                 "--scheduler", address]) == 0
+    assert "test forces" in capsys.readouterr().out
+    assert load(tmp_path / "dask.npz").n_jobs == 1  # the cluster is this run's, not the file's
+
+
+def test_the_cli_names_a_scheduler_it_cannot_reach(cells, tmp_path, capsys):
+    from ase.io import write
+
+    from kernelpot.cli import main
+
+    write(tmp_path / "train.xyz", cells[:3])
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        assert main(["fit", str(tmp_path / "train.xyz"), "-o", str(tmp_path / "m.npz"),
+                     "--scheduler", "tcp://127.0.0.1:9"]) == 1
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_the_readme_dask_example_runs(client, caplog):
+    """The README's cluster example, on the bundled Si cells and this module's cluster."""
+    from kernelpot import load_silicon
+
+    readme = Path(__file__).parents[1] / "README.md"
+    block = readme.read_text().split("### On a Dask cluster")[1]
+    code = block.split("```python")[1].split("```")[0]
+    assert 'Client("tcp://scheduler:8786")' in code and "fit(frames, client=client)" in code
+    # four cells: the method sparse (auto picks exact there)
+    code = code.replace('"tcp://scheduler:8786"', repr(client.scheduler.address))
+    code = code.replace("SOAP(['Si'], 5.0, 8, 6, 0.5)".replace("'", '"'),
+                        "SOAP(['Si'], 5.0, 8, 6, 0.5), method='sparse', n_sparse=40")
+    assert "method='sparse'" in code
+    namespace = {"frames": load_silicon()}
+    with caplog.at_level("INFO", logger="kernelpot.streaming"):
+        exec(compile(code, "README.md", "exec"), namespace)
+    namespace["client"].close()
+    assert "on the Dask cluster" in caplog.text
+    assert namespace["model"].method_ == "sparse"

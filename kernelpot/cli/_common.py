@@ -6,6 +6,7 @@ model a command fits and printing its errors.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -338,6 +339,40 @@ def _print_loso(model, frames) -> None:
     print(f"leave-one-structure-out ({terms.n_structures} structures, each predicted without "
           f"its labels; hyperparameters and inducing points kept): {'; '.join(parts)}; "
           f"{used}")
+
+
+@contextlib.contextmanager
+def dask_client(address: str | None):
+    """Yield a ``distributed.Client`` connected to ``address`` (None: yield None), closed after."""
+    if address is None:
+        yield None
+        return
+    try:
+        from distributed import Client
+    except ImportError as err:
+        raise CLIError("--scheduler needs dask.distributed: pip install 'kernelpot[dask]'") \
+            from err
+    try:
+        client = Client(address)  # waits distributed.comm.timeouts.connect (30 s)
+    except (OSError, TimeoutError, ValueError) as err:
+        raise CLIError(f"cannot reach the Dask scheduler at {address}: {err}") from err
+    with client:
+        workers = client.scheduler_info()["workers"]
+        print(f"Dask scheduler {address}: {len(workers)} workers, "
+              f"{sum(info.get('nthreads', 0) for info in workers.values())} threads")
+        yield client
+
+
+@contextlib.contextmanager
+def joblib_on_dask(address: str | None):
+    """Run joblib's parallel loops (``n_jobs``) on the Dask cluster at ``address`` (if any)."""
+    if address is None:
+        yield
+        return
+    from joblib import parallel_config
+
+    with dask_client(address) as client, parallel_config(backend="dask", client=client):
+        yield
 
 
 def _reference_calculator(name):

@@ -33,6 +33,7 @@ examples:
   kernelpot fit train.xyz -o model.npz                  # SOAP, all environments inducing
   kernelpot fit train.xyz --descriptor acsf --n-sparse 500 -o model.npz
   kernelpot fit train.xyz --config cfg.toml -o model.npz
+  kernelpot fit train.xyz -o model.npz --scheduler tcp://scheduler:8786   # on Dask
 
 cfg.toml is a flat table of estimator and descriptor parameters (for ACSF a
 descriptor.r_cut key changes the cutoff only; --r-cut also rescales the default
@@ -211,6 +212,10 @@ def _add_fit(sub) -> argparse.ArgumentParser:
                         help="learn energy, force and stress noise scales per configuration "
                              "type (atoms.info['config_type'], as GAP's config_type_sigma "
                              "but fitted by the likelihood; config_type_noise=True)")
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="fit on the Dask cluster whose scheduler is at ADDRESS "
+                             "(tcp://host:8786; the design streamed in blocks on the "
+                             "workers; needs the [dask] extra)")
     _add_model_options(parser)
     parser.set_defaults(func=_cmd_fit)
     return parser
@@ -255,6 +260,10 @@ def _add_eval(sub) -> argparse.ArgumentParser:
                              "updating MODEL")
     parser.add_argument("--n-jobs", type=int, default=1,
                         help="joblib workers over the structures (default 1; -1: all cores)")
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="predict on the Dask cluster whose scheduler is at ADDRESS "
+                             "(tcp://host:8786; in place of --n-jobs; needs the [dask] "
+                             "extra)")
     parser.set_defaults(func=_cmd_eval)
     return parser
 
@@ -271,6 +280,10 @@ def _add_predict(sub) -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", required=True, help="extended XYZ file to write")
     parser.add_argument("--n-jobs", type=int, default=1,
                         help="joblib workers over the structures (default 1; -1: all cores)")
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="predict on the Dask cluster whose scheduler is at ADDRESS "
+                             "(tcp://host:8786; in place of --n-jobs; needs the [dask] "
+                             "extra)")
     parser.set_defaults(func=_cmd_predict)
     return parser
 

@@ -12,6 +12,7 @@ from kernelpot.cli._common import (
     _load_model,
     _print_errors,
     _read_frames,
+    joblib_on_dask,
 )
 
 
@@ -22,8 +23,13 @@ def _cmd_eval(args) -> int:
                        (args.calibration_plot, "the plot"), (args.error_plot, "the plot")):
         _check_output(path, what)
     model = _load_model(args.model)
+    with joblib_on_dask(args.scheduler):
+        return _evaluate(args, model)
+
+
+def _evaluate(args, model) -> int:
     n_jobs_saved = model.n_jobs
-    _set_n_jobs(model, args.n_jobs)
+    _set_n_jobs(model, args)
     frames = _read_frames(args.test)
     print(f"kernelpot {__version__}: {args.model} on {args.test} ({len(frames)} structures)")
     if args.recalibrate:
@@ -34,7 +40,7 @@ def _cmd_eval(args) -> int:
         model.set_params(n_jobs=n_jobs_saved)  # --n-jobs is this run's, not the file's
         path = model.save(args.output or args.model,
                           training_state=model.posterior_.keeps_training_data)
-        _set_n_jobs(model, args.n_jobs)
+        _set_n_jobs(model, args)
         fitted = ", ".join(
             f"{q} factor {scale[q]:.3g}, projection weight {scale.get(q + '_projection', 1):.3g}, "
             f"exponent {scale.get(q + '_atom_exponent', scale.get(q + '_exponent', 1)):.3g}"
@@ -71,13 +77,14 @@ def _cmd_predict(args) -> int:
 
     _check_output(args.output, "the output file")
     model = _load_model(args.model)
-    _set_n_jobs(model, args.n_jobs)
+    _set_n_jobs(model, args)
     frames = _read_frames(args.structures)
-    energies, forces, energy_std, forces_std = model.predict_energies_and_forces(
-        frames, return_std=True)
-    periodic = [k for k, atoms in enumerate(frames) if np.all(atoms.pbc)]
-    stresses = dict(zip(periodic, model.predict_stress([frames[k] for k in periodic])
-                        if periodic else [], strict=True))
+    with joblib_on_dask(args.scheduler):
+        energies, forces, energy_std, forces_std = model.predict_energies_and_forces(
+            frames, return_std=True)
+        periodic = [k for k, atoms in enumerate(frames) if np.all(atoms.pbc)]
+        stresses = dict(zip(periodic, model.predict_stress([frames[k] for k in periodic])
+                            if periodic else [], strict=True))
     out = []
     for k, (atoms, energy, e_std, force, f_std) in enumerate(
             zip(frames, energies, energy_std, forces, forces_std, strict=True)):
@@ -98,8 +105,8 @@ def _cmd_predict(args) -> int:
     return 0
 
 
-def _set_n_jobs(model, n_jobs: int) -> None:
-    """Use ``n_jobs`` joblib workers over the structures to predict."""
-    if n_jobs == 0:
+def _set_n_jobs(model, args) -> None:
+    """Use ``--n-jobs`` joblib workers over the structures to predict (all: ``--scheduler``)."""
+    if args.n_jobs == 0:
         raise CLIError("--n-jobs must not be 0 (a positive int, or -1 for all cores)")
-    model.set_params(n_jobs=n_jobs)
+    model.set_params(n_jobs=-1 if args.scheduler else args.n_jobs)

@@ -12,6 +12,7 @@ from kernelpot.cli._common import (
     _print_errors,
     _print_loso,
     _read_frames,
+    dask_client,
     elapsed,
     noise_scales_line,
 )
@@ -23,9 +24,10 @@ def _cmd_fit(args) -> int:
     _check_output(args.output, "the model file")
     frames = _read_frames(args.train)
     model = _build_model(args, frames)
-    fit_start = time.perf_counter()
-    model.fit(frames)
-    fit_s = time.perf_counter() - fit_start
+    with dask_client(args.scheduler) as client:
+        fit_start = time.perf_counter()
+        model.fit(frames, client=client)
+        fit_s = time.perf_counter() - fit_start
     kind = "inducing" if model.method_ == "sparse" else "training"
     print(f"kernelpot {__version__}: fitted {len(frames)} structures in {fit_s:.1f} s "
           f"({model.method_} model), {sum(model.n_inducing_.values())} {kind} environments "
