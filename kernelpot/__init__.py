@@ -10,6 +10,7 @@ from kernelpot.calculator import KernelPotCalculator
 from kernelpot.datasets import load_ethanol, load_silicon
 from kernelpot.descriptors import ACSF, SOAP, Descriptor, DescriptorResult, FeatomicSOAP
 from kernelpot.estimator import SparseGPPotential
+from kernelpot.frame_files import FrameFiles
 from kernelpot.kernels import NormalizedDotProduct, Scaled, SquaredExponential, Sum
 from kernelpot.model_files import load
 from kernelpot.selection import select_frames
@@ -22,6 +23,7 @@ __all__ = [
     "Descriptor",
     "DescriptorResult",
     "FeatomicSOAP",
+    "FrameFiles",
     "KernelPotCalculator",
     "LennardJones",
     "NormalizedDotProduct",

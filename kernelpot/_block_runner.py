@@ -8,20 +8,25 @@ block of whole training structures. :class:`BlockRunner` runs them
   honours ``joblib.parallel_config(backend="dask")``: joblib's Dask backend scatters the
   context once and runs the blocks on the cluster), results folded here in block order;
 * on a ``distributed.Client``: the context scattered to every worker once, the blocks
-  submitted as tasks and their results merged on the workers by a binary tree (blocks
-  submitted in the tree's post-order, so that a merge runs as soon as its two halves are
-  done and a worker holds a few partial results, not one per block); only the root comes
-  back. The tree's shape depends on the number of blocks only, so the result does not
-  depend on which worker ran what or in which order they finished.
+  submitted as tasks (at most twice the cluster's threads in flight) and their results
+  merged on the workers by a binary tree (submitted in post-order, so that a merge runs
+  as soon as its two subtrees are done and the cluster holds a few partial results, not
+  one per block); only the root comes back. The tree's shape depends on the number of
+  blocks only, so the result does not depend on which worker ran what or in which order
+  they finished.
 
 A block whose worker died is recomputed by Dask on another worker (its inputs are the
 scattered context, held by every worker, and the block's own structures, held by the
 task); once Dask gives up on it (``distributed.scheduler.allowed-failures``), the fit
-stops with a ``RuntimeError`` naming the failure. It never returns a partial result.
+stops with a ``RuntimeError`` naming the failure. It never returns a partial result. On
+any error the runner drops its references to what it submitted, and Dask forgets what
+is not done (it does not cancel the blocks one by one: a cancelled block whose merges no
+client holds trips the scheduler, which then drops the whole client).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -94,8 +99,9 @@ class BlockRunner:
         """Return ``merge`` folded over ``fn(context, block)`` of every block, in block order.
 
         ``merge`` must be associative (up to rounding); the blocks keep their order.
+        ``blocks`` is a sequence read one item at a time, as the blocks are submitted.
         """
-        if not blocks:
+        if not len(blocks):
             raise ValueError(f"{self.owner}: no blocks to run")
         if self.client is None:
             result = None
@@ -104,15 +110,22 @@ class BlockRunner:
             return result
         client = self.client
         [shared] = client.scatter([context], broadcast=True, hash=False)
-        submitted = []
-        root = _submit_tree(client, fn, merge, shared, blocks, 0, len(blocks), submitted)
+        bar = tqdm(total=len(blocks), desc=desc, disable=self.verbose < 1, leave=False,
+                   unit="block")
+        leaves = _Leaves(client, fn, shared, self._in_flight(), bar)
         del shared  # the tasks hold it on the cluster while they need it
         try:
-            self._wait(submitted, desc)
+            root = _submit_tree(client, merge, blocks, leaves)
+            leaves.drain()
             return root.result()
         except BaseException as error:
-            root.cancel()  # and so what only it needed
+            # drop every reference to the submitted work, and Dask forgets it (cancelling
+            # a block whose merges no client holds trips the scheduler)
+            root = None
+            leaves.clear()
             self._raise(error)
+        finally:
+            bar.close()
 
     def map(self, fn: Callable, context: Any, blocks: Sequence, desc: str) -> Iterator:
         """Yield ``fn(context, block)`` of every block, in block order."""
@@ -121,23 +134,31 @@ class BlockRunner:
             return
         client = self.client
         [shared] = client.scatter([context], broadcast=True, hash=False)
-        futures = [client.submit(fn, shared, block, pure=False) for block in blocks]
-        del shared  # the tasks hold it on the cluster while they need it
-        bar = tqdm(total=len(futures), desc=desc, disable=self.verbose < 1, leave=False,
+        bar = tqdm(total=len(blocks), desc=desc, disable=self.verbose < 1, leave=False,
                    unit="block")
+        ahead = self._in_flight()
+        futures = collections.deque()
         try:
-            for k in range(len(futures)):
-                result = futures[k].result()
-                futures[k] = None  # release the result on the cluster
+            for k in range(len(blocks)):
+                while len(futures) < ahead and k + len(futures) < len(blocks):
+                    futures.append(client.submit(fn, shared, blocks[k + len(futures)],
+                                                 pure=False))
+                result = futures.popleft().result()
                 bar.update()
                 yield result
         except BaseException as error:
-            for future in futures:
-                if future is not None:
-                    future.cancel()
+            futures.clear()  # released: Dask forgets what is not done
             self._raise(error)
         finally:
             bar.close()
+
+    def _in_flight(self) -> int:
+        """Return how many blocks to have submitted and not done: twice the cluster's threads.
+
+        Bounds what the client and the scheduler hold of the blocks' inputs.
+        """
+        threads = sum(self.client.nthreads().values())
+        return max(2, 2 * threads)
 
     def _joblib_map(self, fn: Callable, context: Any, blocks: Sequence, desc: str) -> Iterator:
         bar = tqdm(total=len(blocks), desc=desc, disable=self.verbose < 1, leave=False,
@@ -151,28 +172,6 @@ class BlockRunner:
             for result in results:
                 bar.update()
                 yield result
-        finally:
-            bar.close()
-
-    def _wait(self, futures: list, desc: str) -> None:
-        """Wait for the block tasks with a progress bar, keeping no reference to them."""
-        from distributed import as_completed
-
-        bar = tqdm(total=len(futures), desc=desc, disable=self.verbose < 1, leave=False,
-                   unit="block")
-        pending = as_completed(futures)
-        futures.clear()
-        try:
-            for future in pending:
-                if future.status == "error":
-                    future.result()  # raises the block's error
-                bar.update()
-                del future
-        except BaseException:
-            for future in list(pending.futures):  # the blocks not yet done
-                future.cancel()
-            pending.clear()
-            raise
         finally:
             bar.close()
 
@@ -194,17 +193,69 @@ class BlockRunner:
         raise error
 
 
-def _submit_tree(client, fn: Callable, merge: Callable, shared, blocks: Sequence, lo: int,
-                 hi: int, submitted: list):
-    """Submit ``fn`` of blocks ``lo:hi`` and their merges, in post-order; return the root.
+class _Leaves:
+    """Submit block tasks with at most ``limit`` of them not done; count the done ones.
 
-    Block tasks are also appended to ``submitted``.
+    Every reference to submitted work lives here (``pending``, ``stack``), so that
+    :meth:`clear` drops them all, whichever frame an error left.
     """
-    if hi - lo == 1:
-        future = client.submit(fn, shared, blocks[lo], pure=False)
-        submitted.append(future)
+
+    def __init__(self, client, fn: Callable, shared, limit: int, bar):
+        self.client, self.fn, self.shared, self.limit, self.bar = client, fn, shared, limit, bar
+        self.pending = []
+        self.stack = []  # (blocks, future) of the subtrees not merged yet
+
+    def submit(self, block):
+        """Submit ``fn(shared, block)`` once fewer than ``limit`` blocks are running."""
+        while len(self.pending) >= self.limit:
+            self._wait_one()
+        future = self.client.submit(self.fn, self.shared, block, pure=False)
+        self.pending.append(future)
         return future
-    mid = (lo + hi) // 2
-    left = _submit_tree(client, fn, merge, shared, blocks, lo, mid, submitted)
-    right = _submit_tree(client, fn, merge, shared, blocks, mid, hi, submitted)
-    return client.submit(merge, left, right, pure=False)
+
+    def drain(self) -> None:
+        """Wait until every block is done (raising a block's error)."""
+        while self.pending:
+            self._wait_one()
+
+    def clear(self) -> None:
+        """Drop the references to the submitted work and to the shared inputs."""
+        self.pending.clear()
+        self.stack.clear()
+        self.shared = None
+
+    def _wait_one(self) -> None:
+        from distributed import wait
+
+        done, not_done = wait(self.pending, return_when="FIRST_COMPLETED")
+        self.pending = [future for future in self.pending if future in not_done]
+        del not_done
+        failed = [future for future in done if future.status == "error"]
+        self.bar.update(len(done))
+        del done
+        if failed:
+            failed[0].result()  # raises the block's error
+
+
+def _submit_tree(client, merge: Callable, blocks: Sequence, leaves: _Leaves):
+    """Submit every block (through ``leaves``) and the merges of a binary tree; return the root.
+
+    Post-order: a merge is submitted as soon as its two subtrees are, so it runs when
+    they are done. Two subtrees of the same number of blocks are merged at once (a
+    binary counter); what is left at the end is merged right to left. The tree's shape
+    depends on the number of blocks only.
+    """
+    stack = leaves.stack
+    for block in range(len(blocks)):
+        stack.append((1, leaves.submit(blocks[block])))
+        while len(stack) > 1 and stack[-1][0] == stack[-2][0]:
+            _merge_top(client, merge, stack)
+    while len(stack) > 1:
+        _merge_top(client, merge, stack)
+    return stack.pop()[1]
+
+
+def _merge_top(client, merge: Callable, stack: list) -> None:
+    """Replace the two subtrees on top of ``stack`` by the future of their merge."""
+    (n_right, right), (n_left, left) = stack.pop(), stack.pop()
+    stack.append((n_left + n_right, client.submit(merge, left, right, pure=False)))

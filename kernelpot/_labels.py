@@ -48,14 +48,15 @@ def check_frames(frames: Iterable[Atoms], owner: str) -> list[Atoms]:
     Parameters
     ----------
     frames : iterable of ase.Atoms
-        Structures, each with at least one atom.
+        Structures, each with at least one atom; a
+        :class:`~kernelpot.frame_files.FrameFiles` is returned as it is (read when used).
     owner : str
         Name used in error messages.
 
     Returns
     -------
     list of ase.Atoms
-        The same objects, in a new list.
+        The same objects, in a new list (or the ``FrameFiles``).
 
     Raises
     ------
@@ -64,6 +65,13 @@ def check_frames(frames: Iterable[Atoms], owner: str) -> list[Atoms]:
     ValueError
         If ``frames`` or one of its structures is empty.
     """
+    from kernelpot.frame_files import FrameFiles
+
+    if isinstance(frames, FrameFiles):  # read when used; its scan found every frame's atoms
+        empty = np.flatnonzero(frames.n_atoms == 0)
+        if len(empty):
+            raise ValueError(f"{owner}: structure {int(empty[0])} is empty (0 atoms)")
+        return frames
     if isinstance(frames, Atoms):
         raise TypeError(f"{owner}: expected a list of ase.Atoms; got a single Atoms "
                         "(wrap it in a list)")
@@ -218,6 +226,9 @@ class TrainingSet:
     @property
     def n_atoms(self) -> np.ndarray:
         """Return the atoms of every structure, shape (n_structures,)."""
+        known = getattr(self.frames, "n_atoms", None)  # FrameFiles: without reading them
+        if known is not None:
+            return np.asarray(known)
         return np.array([len(a) for a in self.frames])
 
     @property

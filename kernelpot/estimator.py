@@ -39,6 +39,7 @@ from kernelpot.baselines import as_baseline, residual_labels
 from kernelpot.calibration import StdCalibration
 from kernelpot.descriptors import SOAP, Descriptor
 from kernelpot.exact_posterior import ExactPosterior
+from kernelpot.frame_files import FrameFiles, is_paths
 from kernelpot.hyperparameters import (
     DEFAULT_STRESS_NOISE,
     NoiseSearch,
@@ -513,10 +514,13 @@ pair of float
 
         Parameters
         ----------
-        X : list of ase.Atoms
+        X : list of ase.Atoms, FrameFiles, or path(s)
             Training structures with labels from ``get_potential_energy()`` and
             ``get_forces()`` (a SinglePointCalculator, as ``ase.io.read`` gives).
-            A structure lacking one of them trains on the other.
+            A structure lacking one of them trains on the other. A file's path, a list
+            of paths or a :class:`~kernelpot.FrameFiles` are read when used, a few
+            passes front to back, without holding the structures (an iterator such as
+            ``ase.io.iread`` is read into a list: the fit needs several passes).
         y : None
             Present for scikit-learn; labels come from the structures.
         client : distributed.Client or None, default=None
@@ -538,6 +542,17 @@ pair of float
         -------
         self : SparseGPPotential
             Fitted.
+
+        Raises
+        ------
+        ValueError
+            For bad structures or labels (named), or a Dask client that is not running.
+        TypeError
+            If ``X`` is not a list of structures or paths, or ``client`` is not a
+            ``distributed.Client``.
+        RuntimeError
+            If the fit on a Dask cluster failed there (a worker lost more often than Dask
+            retries it, or the cluster lost the shared inputs); no model is fitted.
         """
         owner = type(self).__name__
         if y is not None:
@@ -546,7 +561,7 @@ pair of float
         verbose = self._check_params()
         client = check_client(client, f"{owner}.fit")
         start_time = time.perf_counter()
-        frames = check_frames(X, f"{owner}.fit")
+        frames = check_frames(FrameFiles(X) if is_paths(X) else X, f"{owner}.fit")
         labels = read_labels(frames, f"{owner}.fit", stress=bool(self.use_stress), every=True)
         if self.config_type_noise:
             noise_groups.config_types(frames)  # names a bad config_type before any work
@@ -578,6 +593,10 @@ pair of float
         training = TrainingSet(frames, labels, species, species_index, counts, e0,
                                raw_labels if baseline is not None else None)
         method = self._resolve_method(training, descriptor)
+        if client is not None and method == "exact":
+            warnings.warn(f"{owner}: the exact model is fitted in this process; the Dask "
+                          f"client is not used (method='sparse' fits on the cluster)",
+                          UserWarning, stacklevel=2)
         self.baseline_ = baseline
         posterior = _POSTERIORS[method].fit(
             self, training, descriptor, kernel, rng,

@@ -239,7 +239,7 @@ def sparse_loso(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarray, sig
     ----------
     Kw : ndarray of shape (n_obs, M) or None
         The whitened design ``K L_mm⁻ᵀ`` (not modified); None with ``factor``, ``rhs``
-        and ``row_groups`` (a design never held whole).
+        and ``group_terms`` (a design never held whole).
     y : ndarray of shape (n_obs,)
         Labels (energies minus reference energies, then forces).
     noise_std : ndarray of shape (n_obs,)

@@ -43,6 +43,7 @@ import numpy as np
 import scipy.linalg as sla
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import chemical_symbols
+from joblib import effective_n_jobs
 from sklearn.base import clone
 
 from kernelpot import _incremental, gp, noise_groups, streaming
@@ -399,12 +400,21 @@ class SparsePosterior(Posterior):
             warnings.warn(f"{owner}: {why}, but {', '.join(needs)} needs the whole design: "
                           f"building it whole, in memory", UserWarning, stacklevel=4)
             return None
-        block_bytes = limit / 4
-        if client is not None:
-            worker_limits = [info.get("memory_limit") or np.inf
-                             for info in client.scheduler_info()["workers"].values()]
-            block_bytes = min(block_bytes, min(worker_limits, default=np.inf) / 8)
-        return max(1, int(block_bytes / (design.n_columns * 8)))
+        M = design.n_columns
+        if client is None:  # n_jobs blocks at once (joblib's workers, or its Dask backend)
+            return max(1, int(limit / 4 / effective_n_jobs(estimator.n_jobs) / (M * 8)))
+        # per worker thread: half its share of the worker's limit, less what it holds
+        # besides the block (the shared factors L_mm and R, a merge's five (M + 1)²
+        # factors); a block task peaks at about its rows once
+        per_thread = min((worker["memory_limit"] or np.inf) / max(1, worker["nthreads"])
+                         for worker in _cluster_workers(client))
+        room = per_thread / 2 - 7 * 8 * (M + 1) ** 2
+        block_bytes = min(limit / 4, room)
+        if room < 8 * M * 100:
+            warnings.warn(f"{owner}: the Dask workers' memory ({per_thread / 2**30:.3g} GiB "
+                          f"per thread) leaves little room beside the {M} x {M} factors: "
+                          f"blocks of one structure", UserWarning, stacklevel=4)
+        return max(1, int(block_bytes / (M * 8)))
 
     @classmethod
     def _fit_streamed(cls, estimator, design: SparseDesign, kernel: Kernel, pair,
@@ -1224,6 +1234,19 @@ class SparsePosterior(Posterior):
             raise ValueError(f"load: {what} has a malformed loo_shift array")
         self.loo_shift = basis
         return self
+
+
+def _cluster_workers(client) -> list[dict]:
+    """Return every worker's ``memory_limit`` (None: unlimited) and ``nthreads``."""
+    try:
+        info = client.scheduler_info(n_workers=-1)  # newer distributed lists 5 by default
+    except TypeError:
+        info = client.scheduler_info()
+    workers = [{"memory_limit": w.get("memory_limit"), "nthreads": w.get("nthreads", 1)}
+               for w in info["workers"].values()]
+    if not workers:
+        raise RuntimeError("the Dask cluster has no workers")
+    return workers
 
 
 def _kept_descriptors(estimator, training: TrainingSet, descriptor: Descriptor,

@@ -28,6 +28,7 @@ n_S)²``, gives way to ``M × M`` matrices once they outnumber ``M``.)
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -82,12 +83,25 @@ class StackedQR:
         block = np.empty((len(rows), self.n_columns + 1), order="F")
         block[:, :-1] = rows
         block[:, -1] = rhs
+        self.add_block(block)
+
+    def add_block(self, block: np.ndarray) -> None:
+        """Fold in ``[rows | rhs]`` given as one Fortran-ordered ``(b, M + 1)`` array.
+
+        ``block`` is overwritten (no copy of it is made).
+        """
         n = self.n_columns + 1
+        if block.ndim != 2 or block.shape[1] != n or not block.flags.f_contiguous \
+                or block.dtype != np.float64:
+            raise ValueError(f"StackedQR: a block must be a Fortran-ordered float64 array "
+                             f"with {n} columns")
+        if len(block) == 0:
+            return
         self._factor, _, _, info = sla.lapack.dtpqrt(0, min(n, 64), self._factor, block,
                                                      overwrite_a=1, overwrite_b=1)
         if info != 0:
             raise np.linalg.LinAlgError(f"StackedQR: tpqrt failed (info={info})")
-        self.n_rows += len(rows)
+        self.n_rows += len(block)
 
     def add_triangle(self, triangle: np.ndarray) -> None:
         """Fold in another factor ``(M + 1, M + 1)`` (upper triangular) of ``[A | b]`` rows.
@@ -111,9 +125,12 @@ class StackedQR:
 
     @classmethod
     def from_triangle(cls, triangle: np.ndarray) -> StackedQR:
-        """Start from a factor (:attr:`triangle`) rather than from no rows."""
+        """Start from a factor (:attr:`triangle`, copied) rather than from no rows."""
         qr = cls(len(triangle) - 1)
-        qr.add_triangle(triangle)
+        if triangle.shape != qr._factor.shape:
+            raise ValueError(f"StackedQR: a factor of shape {triangle.shape}; expected "
+                             f"{qr._factor.shape}")
+        qr._factor[:] = np.triu(triangle)
         return qr
 
     def parts(self) -> tuple[np.ndarray, np.ndarray, float]:
@@ -196,20 +213,21 @@ class BlockFactor(NamedTuple):
     factor : ndarray of shape (M + 1, M + 1)
         Upper-triangular factor of the force rows and labels ``[K_w,F | y_F]``
         (:class:`StackedQR`).
-    Kw_E, Kw_S : ndarray of shape (n_E, M), (n_S, M)
-        The whitened energy and stress rows, in training order.
-    spanned : ndarray
+    Kw_E, Kw_S : list of ndarray of shape (n, M)
+        The whitened energy and stress rows, in training order (one array per block,
+        joined once at the end).
+    spanned : list of ndarray
         Each row's squared whitened norm without the two-body columns, structure by
         structure (its energy, force components, stresses).
-    prior : ndarray or None
+    prior : list of ndarray or None
         The rows' prior variances (over ``σ²``), in the same order, when asked for.
     """
 
     factor: np.ndarray
-    Kw_E: np.ndarray
-    Kw_S: np.ndarray
-    spanned: np.ndarray
-    prior: np.ndarray | None
+    Kw_E: list
+    Kw_S: list
+    spanned: list
+    prior: list | None
 
 
 def _serial_imap(fn, items, desc):
@@ -255,12 +273,18 @@ def factor_block(context: BlockContext, block: tuple) -> BlockFactor:
     Returns
     -------
     BlockFactor
+
+    Notes
+    -----
+    Memory: the block's force rows once (written straight into the array the QR
+    overwrites), plus one structure's rows at a time.
     """
     design = _block_design(context, block)
     M, n_E = design.n_columns, design.n_energy
     gp_columns = np.setdiff1d(np.arange(M), design.pair_columns)
     y = design.y
-    forces, force_y, energy, stress, spanned, prior = [], [], [], [], [], []
+    forces = np.empty((design.n_force, M + 1), order="F")
+    energy, stress, spanned, prior = [], [], [], []
     for k, whitened, row_prior in _whitened_structures(design, context.kernel, context.L_mm,
                                                        context.prior):
         rows = _row_indices(design, k)
@@ -268,27 +292,46 @@ def factor_block(context: BlockContext, block: tuple) -> BlockFactor:
         is_force = ~is_energy & ~is_stress
         energy.append(whitened[is_energy])
         stress.append(whitened[is_stress])
-        forces.append(whitened[is_force])
-        force_y.append(y[rows[is_force]])
+        force_rows = rows[is_force] - n_E  # this block's force rows are contiguous
+        if len(force_rows):
+            forces[force_rows[0]:force_rows[-1] + 1, :M] = whitened[is_force]
+            forces[force_rows[0]:force_rows[-1] + 1, M] = y[rows[is_force]]
         spanned.append(np.einsum("nm,nm->n", whitened[:, gp_columns], whitened[:, gp_columns]))
         prior.append(row_prior)
     qr = StackedQR(M)
-    qr.add(np.concatenate(forces), np.concatenate(force_y))
+    qr.add_block(forces)
     del forces
-    return BlockFactor(qr.triangle, np.concatenate(energy), np.concatenate(stress),
-                       np.concatenate(spanned),
-                       np.concatenate(prior) if context.prior else None)
+    return BlockFactor(qr.triangle, [np.concatenate(energy)], [np.concatenate(stress)],
+                       [np.concatenate(spanned)],
+                       [np.concatenate(prior)] if context.prior else None)
 
 
 def merge_factors(first: BlockFactor, second: BlockFactor) -> BlockFactor:
     """Return the part of two consecutive blocks (``first`` before ``second``), inputs kept."""
     qr = StackedQR.from_triangle(first.factor)
     qr.add_triangle(second.factor)
-    return BlockFactor(qr.triangle, np.concatenate([first.Kw_E, second.Kw_E]),
-                       np.concatenate([first.Kw_S, second.Kw_S]),
-                       np.concatenate([first.spanned, second.spanned]),
-                       None if first.prior is None
-                       else np.concatenate([first.prior, second.prior]))
+    return BlockFactor(qr.triangle, first.Kw_E + second.Kw_E, first.Kw_S + second.Kw_S,
+                       first.spanned + second.spanned,
+                       None if first.prior is None else first.prior + second.prior)
+
+
+class _BlockItems(Sequence):
+    """The blocks' inputs, each made when asked for (the structures are read then)."""
+
+    def __init__(self, design: SparseDesign, blocks: list[np.ndarray], extra=None):
+        self.design, self.blocks, self.extra = design, blocks, extra
+
+    def __len__(self) -> int:
+        """Return the number of blocks."""
+        return len(self.blocks)
+
+    def __getitem__(self, i: int) -> tuple:
+        """Return ``(training subset, cached descriptors or None, *extra(i))`` of block i."""
+        structures = self.blocks[i]
+        results = self.design.results
+        item = (self.design.training.subset(structures),
+                None if results is None else [results[k] for k in structures])
+        return item if self.extra is None else (*item, *self.extra(i))
 
 
 def _structure_blocks(design: SparseDesign, block_rows: int) -> list[np.ndarray]:
@@ -296,14 +339,6 @@ def _structure_blocks(design: SparseDesign, block_rows: int) -> list[np.ndarray]
     n_rows = (design.has_energy.astype(int) + 3 * design.n_atoms * design.has_forces
               + 6 * design.has_stress)
     return consecutive_groups(n_rows, block_rows)
-
-
-def _block_items(design: SparseDesign, blocks: list[np.ndarray]) -> list[tuple]:
-    """``(training subset, its cached descriptors or None)`` of each block."""
-    results = design.results
-    return [(design.training.subset(structures),
-             None if results is None else [results[k] for k in structures])
-            for structures in blocks]
 
 
 def _row_indices(design: SparseDesign, k: int) -> np.ndarray:
@@ -356,23 +391,24 @@ def stream_design(design: SparseDesign, kernel: Kernel, block_rows: int,
                 (n_E + design.n_stress) * M * 8 / 2**20, n_obs * M * 8 / 2**20)
     context = BlockContext(design.descriptor, design.inducing, design.pair, kernel, L_mm,
                            prior)
-    merged = runner.reduce(factor_block, context, _block_items(design, blocks), merge_factors,
+    merged = runner.reduce(factor_block, context, _BlockItems(design, blocks), merge_factors,
                            "design blocks")
-    qr = StackedQR.from_triangle(merged.factor)
-    R_F, z_F, residual_F = qr.parts()
+    R_F, z_F, residual_F = StackedQR.from_triangle(merged.factor).parts()
+    Kw_E, Kw_S = np.concatenate(merged.Kw_E), np.concatenate(merged.Kw_S)
     order = np.concatenate([_row_indices(design, k) for k in range(len(design.n_atoms))])
-    if merged.Kw_E.shape != (n_E, M) or merged.Kw_S.shape != (design.n_stress, M) \
-            or merged.spanned.shape != (n_obs,):
+    merged_spanned = np.concatenate(merged.spanned)
+    if Kw_E.shape != (n_E, M) or Kw_S.shape != (design.n_stress, M) \
+            or merged_spanned.shape != (n_obs,):
         raise RuntimeError(f"{owner}: the streamed blocks returned rows of shapes "
-                           f"{merged.Kw_E.shape}, {merged.Kw_S.shape}, {merged.spanned.shape}; "
+                           f"{Kw_E.shape}, {Kw_S.shape}, {merged_spanned.shape}; "
                            f"expected {(n_E, M)}, {(design.n_stress, M)}, {(n_obs,)}")
     spanned = np.empty(n_obs)
-    spanned[order] = merged.spanned
+    spanned[order] = merged_spanned
     prior_rows = None
     if prior:
         prior_rows = np.empty(n_obs)
-        prior_rows[order] = merged.prior
-    return StreamedDesign(R_F, z_F, residual_F, merged.Kw_E, merged.Kw_S, spanned, prior_rows,
+        prior_rows[order] = np.concatenate(merged.prior)
+    return StreamedDesign(R_F, z_F, residual_F, Kw_E, Kw_S, spanned, prior_rows,
                           L_mm, jitter, jitter_abs)
 
 
@@ -454,8 +490,8 @@ def streamed_loso_groups(design: SparseDesign, kernel: Kernel, L_mm: np.ndarray,
     y, structure = design.y, design.training.row_structures()
     indices = [np.concatenate([_row_indices(design, k) for k in structures])
                for structures in blocks]
-    items = [(*item, y[rows], noise_std[rows], structure[rows])
-             for item, rows in zip(_block_items(design, blocks), indices, strict=True)]
+    items = _BlockItems(design, blocks, lambda i: (y[indices[i]], noise_std[indices[i]],
+                                                   structure[indices[i]]))
     context = BlockContext(design.descriptor, design.inducing, design.pair, kernel, L_mm, False)
 
     def group_terms(z: np.ndarray) -> Iterator:

@@ -1,5 +1,6 @@
 """The fit on a Dask cluster: client= and joblib's Dask backend give the single-process model."""
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -105,6 +106,21 @@ def test_a_fit_that_needs_the_whole_design_warns_and_still_fits(client, cells):
     _assert_same_model(model, reference, test)
 
 
+def test_the_exact_model_says_it_does_not_use_the_client(client, cells):
+    with pytest.warns(UserWarning, match="exact model is fitted in this process"):
+        _model(method="exact", **FIXED).fit(cells[:3], client=client)
+
+
+def test_a_failed_fit_leaves_the_users_other_work_on_the_client_alone(client, cells, dying):
+    mine = client.submit(sum, [1, 2], pure=False)
+    [data] = client.scatter([np.arange(3)])
+    dying("raise")
+    with pytest.raises(ValueError, match="a block's descriptor failed"):
+        _dying_model().fit(cells, client=client)
+    assert mine.result() == 3 and data.status == "finished"
+    assert client.submit(sum, [3, 4], pure=False).result() == 7
+
+
 def test_a_client_that_is_not_one_is_refused(cells):
     with pytest.raises(TypeError, match="client must be a distributed.Client"):
         _model().fit(cells, client="tcp://127.0.0.1:8786")
@@ -184,7 +200,9 @@ def test_an_error_in_a_block_reaches_the_caller_as_itself(client, cells, dying):
     dying("raise")
     with pytest.raises(ValueError, match="a block's descriptor failed"):
         _dying_model().fit(cells, client=client)
-    # what the fit submitted is cancelled, not left running
+    # what the fit submitted is released (once the error's traceback, a reference cycle,
+    # is collected), not left running
+    gc.collect()
     assert not [key for key, state in client.futures.items() if state.status == "pending"]
 
 

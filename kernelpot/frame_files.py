@@ -1,0 +1,162 @@
+"""Training structures in files, read when they are used rather than held in memory.
+
+:class:`FrameFiles` is a sequence of :class:`ase.Atoms` over one or more files that
+``ase.io`` reads (any format it can iterate). It holds the files' names and each frame's
+position and number of atoms, never the structures: ``frames[k]`` parses frame ``k``
+when asked, keeping the last few. The fit reads its training set in a few passes in
+order (labels, geometry checks, features, design blocks, the leave-one-structure-out
+pass), so each pass parses every file once, front to back, through one open
+``ase.io.iread`` per file; going back to an earlier frame reopens the file.
+
+``SparseGPPotential.fit`` takes one (or a path, or a list of paths, which it wraps in
+one). A generator such as ``ase.io.iread(...)`` can be read only once, and the fit needs
+several passes: pass its file's path instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+__all__ = ["FrameFiles", "is_paths"]
+
+_KEPT = 8  # recently read frames kept (a structure is asked for several times in a row)
+
+
+def is_paths(X) -> bool:
+    """Return whether ``X`` is a path or a non-empty list of paths (str or os.PathLike)."""
+    if isinstance(X, (str, os.PathLike)):
+        return True
+    return isinstance(X, (list, tuple)) and len(X) > 0 \
+        and all(isinstance(item, (str, os.PathLike)) for item in X)
+
+
+class FrameFiles(Sequence):
+    """Structures in files (any format ``ase.io`` iterates), read when used.
+
+    Parameters
+    ----------
+    paths : str, os.PathLike or list of them
+        The files, their frames in order.
+    format : str or None, default=None
+        ``ase.io`` format of every file; None guesses it from each name.
+
+    Attributes
+    ----------
+    paths : list of pathlib.Path
+    n_atoms : ndarray of int of shape (n_frames,)
+        Atoms of every frame (from the scan when constructed).
+
+    Raises
+    ------
+    ValueError
+        If a file does not exist, cannot be read, or holds no frames.
+
+    Notes
+    -----
+    Constructing one reads every file once (to count frames and atoms). Reading frame
+    ``k`` after frame ``k - 1`` of the same file costs one frame; going back reopens the
+    file. The files must not change while it is in use. Pickled, it carries the file
+    names only, so that a worker process reads the frames itself.
+
+    Examples
+    --------
+    >>> from kernelpot import FrameFiles, SparseGPPotential
+    >>> frames = FrameFiles(["train_1.xyz", "train_2.xyz"])  # doctest: +SKIP
+    >>> SparseGPPotential().fit(frames)  # doctest: +SKIP
+    """
+
+    def __init__(self, paths, format: str | None = None):
+        from ase.io import iread
+
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        self.paths = [Path(p) for p in paths]
+        self.format = format
+        if not self.paths:
+            raise ValueError("FrameFiles: no files given")
+        files, positions, n_atoms = [], [], []
+        for f, path in enumerate(self.paths):
+            if not path.is_file():
+                raise ValueError(f"FrameFiles: {path} does not exist or is not a file")
+            before = len(n_atoms)
+            try:
+                for k, atoms in enumerate(iread(path, index=":", format=format)):
+                    files.append(f)
+                    positions.append(k)
+                    n_atoms.append(len(atoms))
+            except Exception as err:  # ase.io raises many kinds for a bad file
+                raise ValueError(f"FrameFiles: cannot read {path}: {err}") from err
+            if len(n_atoms) == before:
+                raise ValueError(f"FrameFiles: {path} holds no structures")
+        self._file = np.array(files)
+        self._position = np.array(positions)
+        self.n_atoms = np.array(n_atoms, dtype=int)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._cursor = None  # (file, next position, open iterator)
+        self._kept = OrderedDict()
+
+    def __getstate__(self) -> dict:
+        """Return the state without the open file and the kept frames."""
+        state = self.__dict__.copy()
+        state["_cursor"], state["_kept"] = None, OrderedDict()
+        return state
+
+    def __len__(self) -> int:
+        """Return the number of frames in all files."""
+        return len(self.n_atoms)
+
+    def __repr__(self) -> str:
+        """Name the first files and the number of frames."""
+        names = ", ".join(p.name for p in self.paths[:3]) + (", ..." if len(self.paths) > 3
+                                                               else "")
+        return f"FrameFiles([{names}], {len(self)} frames)"
+
+    def __iter__(self) -> Iterator[Atoms]:
+        """Yield the frames in order, reading each file once."""
+        for k in range(len(self)):
+            yield self[k]
+
+    def __getitem__(self, index):
+        """Return frame ``index`` (a slice: a list of frames), read now or kept."""
+        if isinstance(index, slice):
+            return [self[k] for k in range(*index.indices(len(self)))]
+        k = int(index)
+        if k < 0:
+            k += len(self)
+        if not 0 <= k < len(self):
+            raise IndexError(f"FrameFiles: frame {index} of {len(self)}")
+        if k in self._kept:
+            self._kept.move_to_end(k)
+            return self._kept[k]
+        atoms = self._read(int(self._file[k]), int(self._position[k]))
+        self._kept[k] = atoms
+        if len(self._kept) > _KEPT:
+            self._kept.popitem(last=False)
+        return atoms
+
+    def _read(self, f: int, position: int) -> Atoms:
+        """Parse frame ``position`` of file ``f``, going on from the open one if it can."""
+        from ase.io import iread
+
+        if self._cursor is None or self._cursor[0] != f or self._cursor[1] > position:
+            self._cursor = (f, 0, iread(self.paths[f], index=":", format=self.format))
+        _, next_position, frames = self._cursor
+        try:
+            while next_position < position:
+                next(frames)
+                next_position += 1
+            atoms = next(frames)
+        except StopIteration as err:
+            self._cursor = None
+            raise ValueError(f"FrameFiles: {self.paths[f]} has fewer frames than when it "
+                             f"was scanned (it changed)") from err
+        self._cursor = (f, position + 1, frames)
+        return atoms

@@ -1,0 +1,118 @@
+"""FrameFiles: training structures read from files when used, not held."""
+
+import pickle
+import tracemalloc
+
+import numpy as np
+import pytest
+from ase.io import read, write
+from helpers import emt_strained_cells
+
+from kernelpot import SOAP, FrameFiles, SparseGPPotential
+
+FIXED = {"optimize": False, "signal_std": 3.0, "energy_noise": 0.003, "force_noise": 0.02,
+         "stress_noise": 5e-4}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Twelve EMT cells in two extxyz files (5 + 7) and an ASE trajectory of three."""
+    root = tmp_path_factory.mktemp("frames")
+    cells = emt_strained_cells(12, seed=0, rattle=0.1)
+    write(root / "a.xyz", cells[:5])
+    write(root / "b.xyz", cells[5:])
+    write(root / "c.traj", cells[:3])
+    return root
+
+
+def _same(a, b):
+    return (np.array_equal(a.numbers, b.numbers) and np.array_equal(a.positions, b.positions)
+            and a.get_potential_energy() == b.get_potential_energy()
+            and np.array_equal(a.get_forces(), b.get_forces()))
+
+
+def test_frames_in_order_forward_back_and_sliced(files):
+    frames = FrameFiles([files / "a.xyz", str(files / "b.xyz")])
+    expected = read(files / "a.xyz", ":") + read(files / "b.xyz", ":")
+    assert len(frames) == 12 and frames.n_atoms.tolist() == [len(a) for a in expected]
+    for k in (0, 1, 2, 7, 3, 11, 5, 4, 0, -1, -12):  # across files, forward and back
+        assert _same(frames[k], expected[k])
+    assert all(_same(a, b) for a, b in zip(frames, expected, strict=True))
+    assert all(_same(a, b) for a, b in zip(frames[3:9:2], expected[3:9:2], strict=True))
+    for k in (12, -13):
+        with pytest.raises(IndexError, match="of 12"):
+            frames[k]
+    assert "a.xyz, b.xyz" in repr(frames) and "12 frames" in repr(frames)
+
+
+def test_any_format_ase_iterates_and_a_pickled_copy_reads_on_its_own(files):
+    frames = FrameFiles(files / "c.traj")
+    expected = read(files / "c.traj", ":")
+    frames[2]  # an open file and kept frames, which a pickle leaves behind
+    copy = pickle.loads(pickle.dumps(frames))
+    assert copy._cursor is None and not copy._kept
+    assert all(_same(copy[k], expected[k]) for k in (2, 0, 1))
+
+
+def test_missing_empty_and_changed_files_are_named(files, tmp_path):
+    with pytest.raises(ValueError, match="missing.xyz does not exist"):
+        FrameFiles([files / "a.xyz", tmp_path / "missing.xyz"])
+    (tmp_path / "empty.xyz").write_text("")
+    with pytest.raises(ValueError, match="cannot read .*empty.xyz: Empty file"):
+        FrameFiles(tmp_path / "empty.xyz")  # ase.io's format guess refuses it
+    with pytest.raises(ValueError, match="empty.xyz holds no structures"):
+        FrameFiles(tmp_path / "empty.xyz", format="extxyz")
+    (tmp_path / "bad.xyz").write_text("3\nnot a frame\nH 0 0\n")
+    with pytest.raises(ValueError, match="cannot read .*bad.xyz"):
+        FrameFiles(tmp_path / "bad.xyz")
+    with pytest.raises(ValueError, match="no files"):
+        FrameFiles([])
+    write(tmp_path / "short.xyz", read(files / "b.xyz", ":"))
+    frames = FrameFiles(tmp_path / "short.xyz")
+    write(tmp_path / "short.xyz", read(files / "b.xyz", ":2"))
+    with pytest.raises(ValueError, match="fewer frames than when it was scanned"):
+        frames[5]
+
+
+@pytest.mark.parametrize("limit", [4.0, 4e-5])  # in memory, and streamed in blocks
+def test_a_fit_from_paths_is_the_fit_from_the_frames_read(files, limit):
+    paths = [files / "a.xyz", str(files / "b.xyz")]
+    expected = read(paths[0], ":") + read(paths[1], ":")
+    kwargs = dict(method="sparse", random_state=0, n_sparse=30, design_memory_limit=limit,
+                  **FIXED)
+    reference = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), **kwargs).fit(expected)
+    for X in (paths, FrameFiles(paths)):
+        model = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), **kwargs).fit(X)
+        np.testing.assert_array_equal(model.alpha_, reference.alpha_)
+        np.testing.assert_array_equal(model.posterior_.loso.errors,
+                                      reference.posterior_.loso.errors)
+    single = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), **kwargs).fit(files / "a.xyz")
+    assert single.posterior_.loso.n_structures == 5
+
+
+def _traced_peak(fn):
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_the_fit_does_not_hold_the_structures(tmp_path):
+    cells = emt_strained_cells(300, seed=1, rattle=0.1)
+    write(tmp_path / "cells.xyz", cells)
+    del cells
+    model = SparseGPPotential(SOAP(["Cu"], 4.0, 3, 2, 0.5), method="sparse", random_state=0,
+                              n_sparse=20, calibration=None, design_memory_limit=2e-4,
+                              **FIXED)
+    tracemalloc.start()
+    frames = read(tmp_path / "cells.xyz", ":")
+    held = tracemalloc.get_traced_memory()[0]  # what the 300 structures take
+    del frames
+    tracemalloc.stop()
+    in_memory = _traced_peak(lambda: model.fit(read(tmp_path / "cells.xyz", ":")))
+    lazy = _traced_peak(lambda: model.fit(tmp_path / "cells.xyz"))
+    # reading them all costs their size; read when used, the peak is lower by most of it
+    # (a block's structures, a few, are held while its rows are built)
+    assert in_memory - lazy > 0.6 * held, (in_memory, lazy, held)
