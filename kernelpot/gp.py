@@ -404,10 +404,22 @@ class WhitenedStatistics(NamedTuple):
     #: ``(U_E U_Eᵀ, U_S U_Sᵀ)`` when the energy and stress rows outnumber ``M`` (the
     #: likelihood then works with ``M × M`` matrices), else None
     grams: tuple | None = None
+    #: Columns of ``U`` per kind when they are not one per observation: rows folded
+    #: into a triangular factor (:mod:`kernelpot.streaming`), ``R_gᵀ R_g = K_w,gᵀ
+    #: D_g⁻¹ K_w,g``; None: ``n_E`` and ``n_S``
+    m_E: int | None = None
+    m_S: int | None = None
+
+    @property
+    def folded(self) -> bool:
+        """Return whether ``U``'s columns are folded rows rather than one per observation."""
+        return (self.m_E is not None and self.m_E != self.n_E) \
+            or (self.m_S is not None and self.m_S != self.n_S)
 
     def small_grams(self) -> tuple[np.ndarray, np.ndarray]:
         """Return ``U_E U_Eᵀ`` and ``U_S U_Sᵀ`` (M × M): the energy and stress Gram matrices."""
-        U_E, U_S = self.U[:, :self.n_E], self.U[:, self.n_E:]
+        m_E = self.n_E if self.m_E is None else self.m_E
+        U_E, U_S = self.U[:, :m_E], self.U[:, m_E:]
         return U_E @ U_E.T, U_S @ U_S.T
 
 
@@ -484,6 +496,25 @@ def statistics_from_force_gram(W_F: np.ndarray, Kw_F_y: np.ndarray, c_F: float, 
     return stats
 
 
+def folded_statistics(stats: WhitenedStatistics, n_E: int, logdet_D_E: float, c_E_rest: float,
+                      n_S: int, c_S_rest: float) -> WhitenedStatistics:
+    """Return statistics built from folded energy and stress rows, with the true counts.
+
+    ``stats`` comes from :func:`statistics_from_force_gram` given rows ``R_g`` with unit
+    atom counts and labels ``z_g`` such that ``R_gᵀ R_g = K_w,gᵀ D_g⁻¹ K_w,g`` and
+    ``R_gᵀ z_g = K_w,gᵀ D_g⁻¹ y_g`` (the triangular factors of
+    :class:`kernelpot.streaming.StackedQR`, or the scaled rows themselves);
+    ``c_g_rest = y_gᵀ D_g⁻¹ y_g - |z_g|²`` and the counts are the observations'.
+    """
+    m_E, m_S = stats.n_E, stats.n_S
+    stats = stats._replace(n_E=int(n_E), logdet_D_E=float(logdet_D_E),
+                           c_E=stats.c_E + float(c_E_rest), n_S=int(n_S),
+                           c_S=stats.c_S + float(c_S_rest), m_E=m_E, m_S=m_S)
+    if stats.grams is None and stats.n_E + stats.n_S > len(stats.eigenvalues):
+        stats = stats._replace(grams=stats.small_grams())
+    return stats
+
+
 def noise_log_params(log_params: np.ndarray) -> tuple[float, float, float, float]:
     """Split ``log (σ, σ_E, σ_F[, σ_S])``; a missing ``σ_S`` reads as 1 (no stress rows)."""
     log_params = np.asarray(log_params, dtype=np.float64)
@@ -534,7 +565,7 @@ def log_marginal_likelihood(log_params: np.ndarray, stats: WhitenedStatistics,
     if stats.n_S and n_params == 3:
         raise ValueError("log_marginal_likelihood: the statistics hold stress rows; give "
                          "log (σ, σ_E, σ_F, σ_S)")
-    if stats.n_E + stats.n_S > len(stats.eigenvalues):
+    if stats.n_E + stats.n_S > len(stats.eigenvalues) or stats.folded:
         return _log_marginal_likelihood_square(log_params, stats, eval_gradient)
     sigma2 = np.exp(2 * log_sigma)
     se2, sf2, ss2 = np.exp(2 * log_se), np.exp(2 * log_sf), np.exp(2 * log_ss)
@@ -681,6 +712,9 @@ class KernelThetaGradient:
                  n_theta: int) -> None:
         if stats.V is None:
             raise ValueError("KernelThetaGradient needs statistics with keep_basis=True")
+        if stats.folded:
+            raise ValueError("KernelThetaGradient needs one column of U per observation "
+                             "(statistics of a design held whole)")
         log_sigma, log_se, log_sf, log_ss = noise_log_params(log_params)
         sigma2 = np.exp(2 * log_sigma)
         a_F = sigma2 / np.exp(2 * log_sf)

@@ -441,9 +441,7 @@ class SparsePosterior(Posterior):
             noise_std = design.noise_std(energy_noise, force_noise, stress_noise)
             R = sla.solve_triangular(streamed.L_mm, factors.L_post, lower=True,
                                      check_finite=False).T  # RᵀR = A
-            rhs = sigma * (streamed.R_F.T @ streamed.z_F / force_noise**2
-                           + streamed.Kw_E.T @ (design.y_energy / noise_std[:design.n_energy]**2)
-                           + streamed.Kw_S.T @ (design.y_stress / stress_noise**2))
+            rhs = sigma * streamed.weighted_rhs((energy_noise, force_noise, stress_noise))
             R = np.triu(R)
             groups = streaming.streamed_loso_groups(design, kernel, streamed.L_mm, block_rows,
                                                     noise_std, sigma, R, runner)
@@ -1148,7 +1146,9 @@ class SparsePosterior(Posterior):
                   "config_type_noise": self.noise_scales,
                   "stats": {"c_E": stats.c_E, "c_F": stats.c_F, "n_E": stats.n_E,
                             "n_F": stats.n_F, "logdet_D_E": stats.logdet_D_E,
-                            "c_S": stats.c_S, "n_S": stats.n_S}}
+                            "c_S": stats.c_S, "n_S": stats.n_S,
+                            "m_E": stats.n_E if stats.m_E is None else stats.m_E,
+                            "m_S": stats.n_S if stats.m_S is None else stats.m_S}}
         if stats.n_S:
             arrays["stats_beta_S"] = stats.beta_S
         return arrays, fitted
@@ -1272,13 +1272,19 @@ def _statistics_from_arrays(arrays: dict, s: dict, what: str) -> gp.WhitenedStat
     if isinstance(n_S, bool) or not isinstance(n_S, int) or n_S < 0 \
             or (n_S > 0 and "stats_beta_S" not in arrays):
         raise ValueError(f"load: {what} has malformed stress statistics (n_S = {n_S!r})")
+    # columns of U per kind (format 7: energy and stress rows folded into factors)
+    m_E, m_S = s.get("m_E", s["n_E"]), s.get("m_S", n_S)
+    if any(isinstance(m, bool) or not isinstance(m, int) or m < 0 for m in (m_E, m_S)):
+        raise ValueError(f"load: {what} has malformed statistics columns ({m_E!r}, {m_S!r})")
     stats = gp.WhitenedStatistics(
         arrays["stats_eigenvalues"], arrays["stats_U"], arrays["stats_beta_E"],
         arrays["stats_beta_F"], s["c_E"], s["c_F"], s["n_E"], s["n_F"], s["logdet_D_E"],
         beta_S=arrays["stats_beta_S"] if n_S else None, c_S=float(s.get("c_S", 0.0)),
-        n_S=n_S)
-    if stats.U.shape != (len(stats.eigenvalues), stats.n_E + n_S):
+        n_S=n_S, m_E=m_E, m_S=m_S)
+    if stats.U.shape != (len(stats.eigenvalues), m_E + m_S):
         raise ValueError(f"load: {what} has statistics of inconsistent shapes")
+    if stats.n_E + stats.n_S > len(stats.eigenvalues) or stats.folded:
+        stats = stats._replace(grams=stats.small_grams())
     return stats
 
 

@@ -8,21 +8,27 @@ module computes the same from blocks of rows, holding one block plus ``O(M²)``:
   system ``[K_w,F | y_F]`` (TSQR: a QR of the running ``(M + 1) × (M + 1)`` factor
   stacked on each block): ``R_F`` with ``R_Fᵀ R_F = K_w,Fᵀ K_w,F``, ``z_F = Q_Fᵀ y_F``
   and the residual ``ρ_F`` with ``|y_F|² = |z_F|² + ρ_F²``;
-* the energy and stress rows (one and six per structure) are kept;
-* the likelihood statistics follow from ``R_F`` (:func:`kernelpot.gp.statistics_from_force_gram`),
-  and the posterior's QR solve runs on ``[R_F; K_w,E; K_w,S]`` with ``[z_F; y_E; y_S]``,
+* the energy and stress rows (one and six per structure), weighted to unit noise
+  (energies over ``√N``), are kept as rows while there are at most ``M + 1`` of a kind
+  and folded into a factor of their own beyond (:class:`KindRows`);
+* the likelihood statistics follow from the factors
+  (:func:`kernelpot.gp.statistics_from_force_gram`, :func:`kernelpot.gp.folded_statistics`),
+  and the posterior's QR solve runs on ``[R_F; E; S]`` with ``[z_F; y_E'; y_S']``,
   which has the same normal equations and least-squares minimiser as the full design;
 * the LOSO terms take a second pass that recomputes each block's rows.
+
+Blocks are pure functions of ``(context, block)`` (:func:`factor_block`,
+:func:`merge_factors`, :func:`loso_block`), run in this process, by joblib or on a Dask
+cluster (:class:`kernelpot._block_runner.BlockRunner`).
 
 The kernel's own hyperparameters (on all structures), a two-body term's prior std, the
 noise scales per configuration type and an incremental model's training state need the
 whole design: the estimator then builds it in memory, with a warning.
 
-Memory: the factor (``(M + 1)²``), a few copies of one block of rows, and what grows
-with the number of structures: the energy and stress rows (``7 × structures × M`` with
-stresses, and their copy in the likelihood statistics), which ``design_memory_limit``
-does not bound yet. (The likelihood's Woodbury matrix over those rows, ``(n_E +
-n_S)²``, gives way to ``M × M`` matrices once they outnumber ``M``.)
+Memory: a few ``(M + 1)²`` factors, the rows of the blocks in flight (one block's force
+rows written straight into the array the QR overwrites), and, growing with the
+structures, 8 bytes per observation (labels, the LOSO terms) and the LOSO shift basis
+(``M × structures``).
 """
 
 from __future__ import annotations
@@ -140,6 +146,57 @@ class StackedQR:
         return full[:M, :M], full[:M, M].copy(), float(full[M, M] ** 2)
 
 
+class KindRows(NamedTuple):
+    """One kind's rows and labels, weighted to unit noise: as rows while few, then folded.
+
+    Energy rows are divided by ``√N`` (their noise is ``σ_E √N``), stress rows kept.
+    Once there are more than ``M + 1`` of them they are folded into the triangular
+    factor of ``[rows | labels]`` (:class:`StackedQR`), which has the same normal
+    equations: the memory they take stops growing with the structures.
+
+    Attributes
+    ----------
+    parts : list of ndarray of shape (b, M + 1)
+        ``[rows | labels]`` blocks in training order, or the one ``(M + 1, M + 1)``
+        factor when folded.
+    n_rows : int
+        Observations they stand for.
+    folded : bool
+    """
+
+    parts: list
+    n_rows: int
+    folded: bool
+
+    @classmethod
+    def of(cls, rows: np.ndarray, labels: np.ndarray) -> KindRows:
+        """Return unfolded rows (``(b, M)``) with their labels."""
+        return cls([np.concatenate([rows, labels[:, None]], axis=1)], len(rows), False)
+
+    def merged(self, other: KindRows) -> KindRows:
+        """Return these rows followed by ``other``'s, folded once they exceed ``M + 1``."""
+        n_columns = (self.parts or other.parts)[0].shape[1] if (self.parts or other.parts) \
+            else 0
+        n_rows = self.n_rows + other.n_rows
+        if not self.folded and not other.folded and n_rows <= n_columns:
+            return KindRows(self.parts + other.parts, n_rows, False)
+        qr = StackedQR(n_columns - 1)
+        for kind in (self, other):
+            for part in kind.parts:
+                if kind.folded:
+                    qr.add_triangle(part)
+                elif len(part):
+                    qr.add(part[:, :-1], part[:, -1])
+        return KindRows([qr.triangle], n_rows, True)
+
+    def system(self, n_columns: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """Return ``(rows, labels, rest)``: the rows or ``R``, the labels or ``Qᵀb``, ``ρ²``."""
+        if self.folded:
+            return StackedQR.from_triangle(self.parts[0]).parts()
+        joined = np.concatenate(self.parts) if self.parts else np.zeros((0, n_columns + 1))
+        return joined[:, :-1], joined[:, -1].copy(), 0.0
+
+
 class StreamedDesign(NamedTuple):
     """What a streamed pass over the design keeps: the force rows' factor, the small rows.
 
@@ -151,8 +208,12 @@ class StreamedDesign(NamedTuple):
         ``Q_Fᵀ y_F``.
     residual_F : float
         ``ρ_F² = |y_F|² - |z_F|²``.
-    Kw_E, Kw_S : ndarray of shape (n_E, M), (n_S, M)
-        The whitened energy and stress rows.
+    energy, stress : tuple of (ndarray, ndarray, float)
+        ``(rows, labels, rest)`` of the energies and stresses weighted to unit noise
+        (:meth:`KindRows.system`): the whitened rows over ``√N`` (stress rows as they
+        are) and their labels, or, once they outnumber ``M + 1``, their triangular
+        factor ``R_g`` (``R_gᵀ R_g = K_w,gᵀ D_g⁻¹ K_w,g``), ``Q_gᵀ y`` and the rest
+        ``ρ_g²``.
     spanned : ndarray of shape (n_obs,)
         Each row's squared whitened norm without the two-body columns (the LOSO
         projection term).
@@ -165,8 +226,8 @@ class StreamedDesign(NamedTuple):
     R_F: np.ndarray
     z_F: np.ndarray
     residual_F: float
-    Kw_E: np.ndarray
-    Kw_S: np.ndarray
+    energy: tuple
+    stress: tuple
     spanned: np.ndarray
     prior: np.ndarray | None
     L_mm: np.ndarray
@@ -175,10 +236,21 @@ class StreamedDesign(NamedTuple):
 
     def statistics(self, design: SparseDesign) -> gp.WhitenedStatistics:
         """Return the likelihood's statistics (those of the whole design)."""
-        return gp.statistics_from_force_gram(
+        (rows_E, labels_E, rest_E), (rows_S, labels_S, rest_S) = self.energy, self.stress
+        stats = gp.statistics_from_force_gram(
             self.R_F.T @ self.R_F, self.R_F.T @ self.z_F,
-            float(self.z_F @ self.z_F) + self.residual_F, design.n_force, self.Kw_E,
-            design.n_atoms_energy, design.y_energy, Kw_S=self.Kw_S, y_S=design.y_stress)
+            float(self.z_F @ self.z_F) + self.residual_F, design.n_force, rows_E,
+            np.ones(len(rows_E)), labels_E, Kw_S=rows_S, y_S=labels_S)
+        return gp.folded_statistics(stats, design.n_energy,
+                                    float(np.sum(np.log(design.n_atoms_energy))), rest_E,
+                                    design.n_stress, rest_S)
+
+    def weighted_rhs(self, noise: tuple[float, float, float]) -> np.ndarray:
+        """Return ``K_wᵀ Λ⁻¹ y`` of the whole design at noise ``(σ_E, σ_F, σ_S)``."""
+        energy_noise, force_noise, stress_noise = noise
+        (rows_E, labels_E, _), (rows_S, labels_S, _) = self.energy, self.stress
+        return (self.R_F.T @ self.z_F / force_noise**2 + rows_E.T @ labels_E / energy_noise**2
+                + rows_S.T @ labels_S / stress_noise**2)
 
 
 class BlockContext(NamedTuple):
@@ -213,9 +285,8 @@ class BlockFactor(NamedTuple):
     factor : ndarray of shape (M + 1, M + 1)
         Upper-triangular factor of the force rows and labels ``[K_w,F | y_F]``
         (:class:`StackedQR`).
-    Kw_E, Kw_S : list of ndarray of shape (n, M)
-        The whitened energy and stress rows, in training order (one array per block,
-        joined once at the end).
+    energy, stress : KindRows
+        The energy and stress rows weighted to unit noise, in training order.
     spanned : list of ndarray
         Each row's squared whitened norm without the two-body columns, structure by
         structure (its energy, force components, stresses).
@@ -224,8 +295,8 @@ class BlockFactor(NamedTuple):
     """
 
     factor: np.ndarray
-    Kw_E: list
-    Kw_S: list
+    energy: KindRows
+    stress: KindRows
     spanned: list
     prior: list | None
 
@@ -290,7 +361,7 @@ def factor_block(context: BlockContext, block: tuple) -> BlockFactor:
         rows = _row_indices(design, k)
         is_energy, is_stress = rows < n_E, rows >= n_E + design.n_force
         is_force = ~is_energy & ~is_stress
-        energy.append(whitened[is_energy])
+        energy.append(whitened[is_energy] / np.sqrt(design.n_atoms[k]))
         stress.append(whitened[is_stress])
         force_rows = rows[is_force] - n_E  # this block's force rows are contiguous
         if len(force_rows):
@@ -301,17 +372,22 @@ def factor_block(context: BlockContext, block: tuple) -> BlockFactor:
     qr = StackedQR(M)
     qr.add_block(forces)
     del forces
-    return BlockFactor(qr.triangle, [np.concatenate(energy)], [np.concatenate(stress)],
-                       [np.concatenate(spanned)],
-                       [np.concatenate(prior)] if context.prior else None)
+    n_S = design.n_stress
+    empty = KindRows([], 0, False)
+    return BlockFactor(
+        qr.triangle,
+        empty.merged(KindRows.of(np.concatenate(energy),
+                                 design.y_energy / np.sqrt(design.n_atoms_energy))),
+        empty.merged(KindRows.of(np.concatenate(stress), design.y_stress)) if n_S else empty,
+        [np.concatenate(spanned)], [np.concatenate(prior)] if context.prior else None)
 
 
 def merge_factors(first: BlockFactor, second: BlockFactor) -> BlockFactor:
     """Return the part of two consecutive blocks (``first`` before ``second``), inputs kept."""
     qr = StackedQR.from_triangle(first.factor)
     qr.add_triangle(second.factor)
-    return BlockFactor(qr.triangle, first.Kw_E + second.Kw_E, first.Kw_S + second.Kw_S,
-                       first.spanned + second.spanned,
+    return BlockFactor(qr.triangle, first.energy.merged(second.energy),
+                       first.stress.merged(second.stress), first.spanned + second.spanned,
                        None if first.prior is None else first.prior + second.prior)
 
 
@@ -394,43 +470,46 @@ def stream_design(design: SparseDesign, kernel: Kernel, block_rows: int,
     merged = runner.reduce(factor_block, context, _BlockItems(design, blocks), merge_factors,
                            "design blocks")
     R_F, z_F, residual_F = StackedQR.from_triangle(merged.factor).parts()
-    Kw_E, Kw_S = np.concatenate(merged.Kw_E), np.concatenate(merged.Kw_S)
     order = np.concatenate([_row_indices(design, k) for k in range(len(design.n_atoms))])
     merged_spanned = np.concatenate(merged.spanned)
-    if Kw_E.shape != (n_E, M) or Kw_S.shape != (design.n_stress, M) \
+    if merged.energy.n_rows != n_E or merged.stress.n_rows != design.n_stress \
             or merged_spanned.shape != (n_obs,):
-        raise RuntimeError(f"{owner}: the streamed blocks returned rows of shapes "
-                           f"{Kw_E.shape}, {Kw_S.shape}, {merged_spanned.shape}; "
-                           f"expected {(n_E, M)}, {(design.n_stress, M)}, {(n_obs,)}")
+        raise RuntimeError(f"{owner}: the streamed blocks returned {merged.energy.n_rows} "
+                           f"energy rows, {merged.stress.n_rows} stress rows and "
+                           f"{len(merged_spanned)} rows in all; expected {n_E}, "
+                           f"{design.n_stress} and {n_obs}")
     spanned = np.empty(n_obs)
     spanned[order] = merged_spanned
     prior_rows = None
     if prior:
         prior_rows = np.empty(n_obs)
         prior_rows[order] = np.concatenate(merged.prior)
-    return StreamedDesign(R_F, z_F, residual_F, Kw_E, Kw_S, spanned, prior_rows,
-                          L_mm, jitter, jitter_abs)
+    return StreamedDesign(R_F, z_F, residual_F, merged.energy.system(M),
+                          merged.stress.system(M), spanned, prior_rows, L_mm, jitter,
+                          jitter_abs)
 
 
 def streamed_posterior(streamed: StreamedDesign, design: SparseDesign, sigma: float,
                        noise: tuple[float, float, float]) -> gp.Posterior:
     """Solve the posterior from the streamed factor (:func:`kernelpot.gp.solve_posterior`).
 
-    ``[R_F; K_w,E; K_w,S]`` with ``[z_F; y_E; y_S]`` has the normal equations and the
-    least-squares minimiser of the whole design, so the weights and the factor
-    ``R`` (up to the signs of its rows) are those of the in-memory solve.
+    ``[R_F; E; S]`` with ``[z_F; y_E'; y_S']`` (the energy and stress rows weighted to
+    unit noise, or their factors) has the normal equations and the least-squares
+    minimiser of the whole design, so the weights and the factor ``R`` (up to the signs
+    of its rows) are those of the in-memory solve.
     """
     energy_noise, force_noise, stress_noise = noise
     M = design.n_columns
-    n_small = M + design.n_energy + design.n_stress
+    (rows_E, labels_E, _), (rows_S, labels_S, _) = streamed.energy, streamed.stress
+    n_E, n_S = len(rows_E), len(rows_S)
+    n_small = M + n_E + n_S
     system = np.empty((n_small + M, M))
     system[:M] = streamed.R_F
-    system[M:M + design.n_energy] = streamed.Kw_E
-    system[M + design.n_energy:n_small] = streamed.Kw_S
-    noise_std = np.concatenate([np.full(M, force_noise),
-                                energy_noise * np.sqrt(design.n_atoms_energy),
-                                np.full(design.n_stress, stress_noise)])
-    y = np.concatenate([streamed.z_F, design.y_energy, design.y_stress])
+    system[M:M + n_E] = rows_E
+    system[M + n_E:n_small] = rows_S
+    noise_std = np.concatenate([np.full(M, force_noise), np.full(n_E, energy_noise),
+                                np.full(n_S, stress_noise)])
+    y = np.concatenate([streamed.z_F, labels_E, labels_S])
     return gp.solve_posterior(system, n_small, streamed.L_mm, noise_std, y, sigma)
 
 

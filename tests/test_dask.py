@@ -233,7 +233,8 @@ def test_the_cli_fits_evaluates_and_predicts_on_the_cluster(client, cells, tmp_p
                                               return_std=True)
     for k, atoms in enumerate(predicted):  # extxyz keeps about 8 significant digits
         np.testing.assert_allclose(atoms.get_forces(), forces[k], atol=1e-6)
-        np.testing.assert_allclose(atoms.arrays["forces_std"], forces_std[k], rtol=1e-6)
+        np.testing.assert_allclose(atoms.arrays["forces_std"], forces_std[k], rtol=1e-6,
+                                   atol=1e-8)
     assert main(["eval", str(tmp_path / "dask.npz"), str(tmp_path / "test.xyz"),
                  "--scheduler", address]) == 0
     assert "test forces" in capsys.readouterr().out

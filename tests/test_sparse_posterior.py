@@ -113,7 +113,8 @@ def test_to_arrays_holds_the_documented_entries(with_pair):
         [arrays[f"columns_{s}"] for s in range(3)] + [arrays["pair_columns"]])), np.arange(M))
     assert not any(k.startswith("state_") for k in arrays)
     assert fitted["method"] == "sparse"
-    assert set(fitted["stats"]) == {"c_E", "c_F", "n_E", "n_F", "logdet_D_E", "c_S", "n_S"}
+    assert set(fitted["stats"]) == {"c_E", "c_F", "n_E", "n_F", "logdet_D_E", "c_S", "n_S",
+                                    "m_E", "m_S"}  # U's columns per kind (format 7)
     assert fitted["stats"]["n_S"] == 0 and "stats_beta_S" not in arrays
     assert fitted["stats"]["n_E"] == 5 and fitted["stats"]["n_F"] == 5 * 27
     with pytest.raises(ValueError, match="training_state=True needs a model fitted with "

@@ -36,20 +36,27 @@ def cells():
 
 
 def _pair(cells, **options):
-    kwargs = dict(method="sparse", random_state=0, n_sparse=50, **options)
+    kwargs = dict(method="sparse", random_state=0, n_sparse=50) | options
     whole = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), **kwargs).fit(cells)
-    # about 0.04 MiB of design allowed: blocks of a structure or two
-    streamed = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), design_memory_limit=4e-5,
+    # about 0.04 MiB of design allowed at M = 50: blocks of a structure or two
+    limit = 4e-5 * kwargs["n_sparse"] / 50
+    streamed = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), design_memory_limit=limit,
                                  **kwargs).fit(cells)
     return whole, streamed
 
 
-def test_the_streamed_fit_is_the_in_memory_fit(cells, caplog):
+@pytest.mark.parametrize("n_sparse", [50, 6])  # 6: energy and stress rows folded too
+def test_the_streamed_fit_is_the_in_memory_fit(cells, caplog, n_sparse):
     test = emt_strained_cells(3, seed=9)
     fixed = {"optimize": False, "signal_std": 3.0, "energy_noise": 0.003,
-             "force_noise": 0.02, "stress_noise": 5e-4}
+             "force_noise": 0.02, "stress_noise": 5e-4, "n_sparse": n_sparse}
     with caplog.at_level("INFO", logger="kernelpot.streaming"):
         whole, streamed = _pair(cells, **fixed)
+    # 11 energies and 72 stresses: kept as rows up to M + 1, folded into M rows beyond
+    M = len(whole.alpha_)
+    stats = streamed.posterior_.stats
+    assert (stats.m_E, stats.m_S) == tuple(n if n <= M + 1 else M for n in (11, 72))
+    assert stats.folded and (stats.n_E, stats.n_S) == (11, 72)
     assert "streamed design" in caplog.text and "blocks" in caplog.text
     np.testing.assert_allclose(streamed.alpha_, whole.alpha_, rtol=0,
                                atol=1e-8 * np.max(np.abs(whole.alpha_)))
