@@ -55,6 +55,24 @@ def test_unreadable_file(tmp_path, capsys):
     assert "is not a kernelpot model file" in err and "pickle" not in err
 
 
+def test_fit_reads_its_training_file_when_used(tmp_path, capsys):
+    from ase.io import write
+    from helpers import emt_copper_frames
+
+    from kernelpot import FrameFiles
+    from kernelpot.cli._common import _read_frames
+
+    write(tmp_path / "train.xyz", emt_copper_frames(3, seed=0, rattle=0.08))
+    assert isinstance(_read_frames(str(tmp_path / "train.xyz"), lazy=True), FrameFiles)
+    junk, text = tmp_path / "junk.xyz", tmp_path / "notes.txt"
+    junk.write_text("this is not\nan xyz file\n")
+    text.write_text("hello\n")
+    for path, message in ((junk, "cannot read"), (text, "ase.io does not know its format"),
+                          (tmp_path / "missing.xyz", "no such file")):
+        assert main(["fit", str(path), "-o", str(tmp_path / "m.npz")]) == 1
+        assert message in capsys.readouterr().err
+
+
 def test_debug_shows_traceback():
     with pytest.raises(Exception, match="no such file"):
         main(["descriptors", "missing.xyz", "--debug"])

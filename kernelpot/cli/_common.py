@@ -10,6 +10,7 @@ import contextlib
 import logging
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -50,11 +51,21 @@ def _progress(args) -> int:
     return int(sys.stderr.isatty() and not args.quiet)
 
 
-def _read_frames(path: str) -> list:
+def _read_frames(path: str, lazy: bool = False) -> list:
+    """Read the structures of ``path`` (lazy: a FrameFiles, read when used), or say why not."""
     from ase.io import read
     from ase.io.formats import UnknownFileTypeError
 
+    from kernelpot.frame_files import FrameFiles
+
     try:
+        if lazy:
+            if not Path(path).is_file():
+                raise FileNotFoundError(path)
+            try:
+                return FrameFiles(path)
+            except ValueError as err:  # FrameFiles names the file; ase.io's error is the cause
+                raise (err.__cause__ or err) from err
         frames = read(path, ":")
     except FileNotFoundError as err:
         raise CLIError(f"no such file: {path}") from err

@@ -22,7 +22,7 @@ def _cmd_fit(args) -> int:
     from kernelpot.estimator import format_signal_std
 
     _check_output(args.output, "the model file")
-    frames = _read_frames(args.train)
+    frames = _read_frames(args.train, lazy=True)  # read when used: a few passes
     model = _build_model(args, frames)
     with dask_client(args.scheduler) as client:
         fit_start = time.perf_counter()
