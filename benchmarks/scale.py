@@ -14,16 +14,29 @@ whole design (``design_memory_limit`` above its size); the streamed one gets
 size, fit time and peak memory of each, and the largest weight difference between the
 two models.
 
+``--dask 1,2`` also fits each size on a ``distributed.LocalCluster`` of 1, then 2,
+worker processes (one thread and one BLAS thread each, a 3 GiB memory limit each;
+``fit(frames, client=client)``, the same model and ``design_memory_limit`` as the
+streamed fit, which it needs as its baseline), each cluster from its own process
+(``--one-dask``). Printed per size and mode: fit time, the client process's peak
+memory (the scheduler runs in it), each worker's peak memory (its ``ru_maxrss``, read
+on the worker after the fit), the speed-up over one worker and the largest weight
+difference from the streamed fit, with the 1-minute load average before and after
+each fit (other jobs on the machine inflate the times). The cluster's log (INFO: a
+worker's death and its cause) goes to ``dask_<cells>_<N>.log`` under ``--data``.
+
 Usage::
 
     python benchmarks/scale.py [--sizes 50,200,800] [--m 300] [--limit 0.05]
     python benchmarks/scale.py --sizes 8000 --m 1333 --limit 1.0 --only streamed
+    python benchmarks/scale.py --sizes 400 --m 300 --limit 0.05 --only streamed --dask 1,2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import resource
@@ -74,24 +87,98 @@ def data_file(directory: Path, n: int) -> Path:
     return path
 
 
+def make_model(m: int, limit: float):
+    """The benchmark's model: default SOAP, ``m`` inducing environments per element."""
+    from kernelpot import SOAP, SparseGPPotential
+
+    return SparseGPPotential(SOAP(list(ELEMENTS), 4.0, 6, 4, 0.4), method="sparse",
+                             n_sparse=m, calibration=None, random_state=0,
+                             design_memory_limit=limit)
+
+
+def peak_gib() -> float:
+    """This process's peak resident memory (``ru_maxrss``), GiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def fit_one(path: Path, m: int, limit: float, weights_out: Path) -> dict:
     """Fit one model (in this process) and return its time and peak memory."""
     from ase.io import read
 
-    from kernelpot import SOAP, SparseGPPotential
-
     frames = read(path, ":")
-    model = SparseGPPotential(SOAP(list(ELEMENTS), 4.0, 6, 4, 0.4), method="sparse",
-                              n_sparse=m, calibration=None, random_state=0,
-                              design_memory_limit=limit)
+    model = make_model(m, limit)
     start = time.perf_counter()
     model.fit(frames)
     seconds = time.perf_counter() - start
     np.save(weights_out, model.alpha_)
     n_force = sum(3 * len(a) for a in frames)
-    return {"seconds": seconds, "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            / 2**20, "force_rows": n_force, "M": len(model.alpha_),
-            "rows": n_force + 7 * len(frames)}
+    return {"seconds": seconds, "peak_gib": peak_gib(), "force_rows": n_force,
+            "M": len(model.alpha_), "rows": n_force + 7 * len(frames)}
+
+
+def fit_dask(path: Path, m: int, limit: float, weights_out: Path, n_workers: int) -> dict:
+    """Fit one model on a fresh ``LocalCluster`` of ``n_workers`` processes.
+
+    Parameters
+    ----------
+    path : Path
+        The extended XYZ file of the training cells.
+    m : int
+        Inducing environments per element.
+    limit : float
+        ``design_memory_limit``, GiB (a block is also at most half a worker thread's
+        share of its 3 GiB, less the ``M × M`` factors).
+    weights_out : Path
+        Where the fitted weights ``alpha_`` are saved (``.npy``).
+    n_workers : int
+        Worker processes, one thread each.
+
+    Returns
+    -------
+    dict
+        ``seconds`` (of ``fit``), ``peak_gib`` (this process's, the client's and the
+        scheduler's), ``worker_peak_gib`` (each worker's ``ru_maxrss``, in address
+        order; the workers are fresh processes, so this is their peak during the fit),
+        ``force_rows`` and ``M``.
+    """
+    for name in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS",
+                 "MKL_NUM_THREADS"):
+        os.environ[name] = "1"  # before the cluster starts: its workers inherit them
+    from ase.io import read
+    from distributed import Client, LocalCluster
+
+    frames = read(path, ":")
+    model = make_model(m, limit)
+    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                      memory_limit="3GiB", dashboard_address=":0",
+                      silence_logs=logging.INFO) as cluster, \
+            Client(cluster) as client:
+        start = time.perf_counter()
+        model.fit(frames, client=client)
+        seconds = time.perf_counter() - start
+        workers = client.run(peak_gib)
+    np.save(weights_out, model.alpha_)
+    return {"seconds": seconds, "peak_gib": peak_gib(),
+            "worker_peak_gib": [workers[w] for w in sorted(workers)],
+            "force_rows": sum(3 * len(a) for a in frames), "M": len(model.alpha_)}
+
+
+def run_fit(args: list[str], log: Path | None = None) -> dict:
+    """Run ``scale.py`` with ``args`` in a subprocess; return its result and load averages.
+
+    ``log``, if given, receives the subprocess's standard error.
+    """
+    load_before = os.getloadavg()[0]
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    load_after = os.getloadavg()[0]
+    if log is not None:
+        log.write_text(out.stderr)
+    if out.returncode:
+        sys.stderr.write(out.stderr)
+        out.check_returncode()
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["load"] = (load_before, load_after)
+    return result
 
 
 def main(argv=None):
@@ -102,13 +189,27 @@ def main(argv=None):
                         help="design_memory_limit of the streamed fit, GiB")
     parser.add_argument("--only", choices=("memory", "streamed"), default=None)
     parser.add_argument("--data", default="/tmp/kernelpot_scale")
+    parser.add_argument("--dask", default=None, metavar="N[,N...]",
+                        help="also fit on a LocalCluster of N worker processes (3 GiB each), "
+                             "against the streamed fit")
     parser.add_argument("--one", nargs=4, metavar=("PATH", "M", "LIMIT", "WEIGHTS"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--one-dask", nargs=5,
+                        metavar=("PATH", "M", "LIMIT", "WEIGHTS", "WORKERS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         path, m, limit, weights = args.one
         print(json.dumps(fit_one(Path(path), int(m), float(limit), Path(weights))))
         return
+    if args.one_dask:
+        path, m, limit, weights, n_workers = args.one_dask
+        print(json.dumps(fit_dask(Path(path), int(m), float(limit), Path(weights),
+                                  int(n_workers))))
+        return
+    dask_workers = [int(s) for s in args.dask.split(",")] if args.dask else []
+    if dask_workers and args.only == "memory":
+        parser.error("--dask compares with the streamed fit: drop --only memory")
     import kernelpot
 
     print(f"kernelpot {kernelpot.__version__}; python {platform.python_version()}; "
@@ -120,19 +221,20 @@ def main(argv=None):
     header = (f"{'cells':>6} {'force rows':>10} {'M':>5} {'design GiB':>10} "
               + " ".join(f"{m + ' s':>11} {m + ' GiB':>12}" for m in modes)
               + ("  |Δα|/|α|" if len(modes) == 2 else ""))
-    lines = []
+    lines, dask_lines = [], []
     for n in (int(s) for s in args.sizes.split(",")):
         path = data_file(Path(args.data), n)
         results = {}
         for mode, limit in modes.items():
             weights = Path(args.data) / f"alpha_{n}_{mode}.npy"
-            out = subprocess.run([sys.executable, __file__, "--one", str(path), str(args.m),
-                                  str(limit), str(weights)], capture_output=True, text=True,
-                                 check=True)
-            results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+            results[mode] = run_fit(["--one", str(path), str(args.m), str(limit),
+                                     str(weights)])
             results[mode]["alpha"] = np.load(weights)
             print(f"  {n} cells, {mode}: {results[mode]['seconds']:.1f} s, "
-                  f"{results[mode]['peak_gib']:.2f} GiB peak", flush=True)
+                  f"{results[mode]['peak_gib']:.2f} GiB peak, load "
+                  "{:.2f} -> {:.2f}".format(*results[mode]["load"]), flush=True)
+        if dask_workers:
+            dask_lines += dask_rows(args, n, path, dask_workers, results["streamed"])
         first = next(iter(results.values()))
         design = first["rows"] * first["M"] * 8 / 2**30
         row = (f"{n:>6} {first['force_rows']:>10} {first['M']:>5} {design:>10.3f} "
@@ -146,6 +248,68 @@ def main(argv=None):
     print("\n".join(lines))
     print("Peak GiB: the fitting process's maximum resident memory (ru_maxrss), Python "
           "and the descriptors included.")
+    if dask_lines:
+        print(f"\n{'cells':>6} {'force rows':>10} {'M':>5} {'mode':>9} {'fit s':>7} "
+              f"{'client GiB':>10} {'worker peaks GiB':>17} {'speed-up':>8} "
+              f"{'|Δα|/|α|':>8}  load 1 min before -> after")
+        print("\n".join(dask_lines))
+        print("Client GiB: the client process's peak (the scheduler included); worker "
+              "peaks: each worker process's (3 GiB limit each); speed-up: the dask 1 fit's "
+              "time over this one's; |Δα|/|α|: largest weight difference from the "
+              "streamed fit over its largest weight.")
+
+
+def dask_rows(args, n: int, path: Path, dask_workers: list[int], streamed: dict) -> list[str]:
+    """Fit ``n`` cells on clusters of ``dask_workers`` workers; the table's rows.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The command line (``m``, ``limit``, ``data``).
+    n : int
+        Training cells.
+    path : Path
+        Their extended XYZ file.
+    dask_workers : list of int
+        Workers per cluster, one fit each.
+    streamed : dict
+        The streamed fit's result (``seconds``, ``peak_gib``, ``load``, ``alpha``), the
+        baseline.
+
+    Returns
+    -------
+    list of str
+        One row for the streamed fit, then one per cluster.
+    """
+    results = {}
+    for workers in dask_workers:
+        weights = Path(args.data) / f"alpha_{n}_dask{workers}.npy"
+        log = Path(args.data) / f"dask_{n}_{workers}.log"
+        results[workers] = run_fit(["--one-dask", str(path), str(args.m), str(args.limit),
+                                    str(weights), str(workers)], log)
+        results[workers]["alpha"] = np.load(weights)
+        warned = sum(any(flag in line for flag in (" - WARNING - ", " - ERROR - ", "Warning:"))
+                     for line in log.read_text().splitlines())
+        print(f"  {n} cells, dask {workers}: {results[workers]['seconds']:.1f} s, client "
+              f"{results[workers]['peak_gib']:.2f} GiB, workers "
+              + " ".join(f"{g:.2f}" for g in results[workers]["worker_peak_gib"])
+              + " GiB, load {:.2f} -> {:.2f}".format(*results[workers]["load"])
+              + f"; {warned} warning or error lines in {log}", flush=True)
+    one = results.get(1, {}).get("seconds")
+    reference = streamed["alpha"]
+    first = next(iter(results.values()))
+    rows = []
+    for mode, r in [("streamed", streamed)] + [(f"dask {w}", results[w]) for w in results]:
+        speedup = f"{one / r['seconds']:.2f}" if one else "-"
+        if mode == "streamed":
+            workers, delta = "-", "-"
+        else:
+            workers = " ".join(f"{g:.2f}" for g in r["worker_peak_gib"])
+            delta = f"{np.max(np.abs(r['alpha'] - reference)) / np.max(np.abs(reference)):.1e}"
+        rows.append(f"{n:>6} {first['force_rows']:>10} {first['M']:>5} {mode:>9} "
+                    f"{r['seconds']:>7.1f} {r['peak_gib']:>10.2f} {workers:>17} "
+                    f"{speedup:>8} {delta:>8}  " + "{:.2f} -> {:.2f}".format(*r["load"]))
+    return rows
 
 
 if __name__ == "__main__":
