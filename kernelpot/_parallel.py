@@ -30,7 +30,10 @@ def imap(fn: Callable[[Item], Result], items: Iterable[Item], n_jobs: int | None
         Function of one item. With ``n_jobs`` other than 1 it runs in joblib workers, so it
         and the items must be picklable by joblib's backend (loky uses cloudpickle).
     items : iterable
-        The inputs; read into a list when iteration starts (the bar needs their number).
+        The inputs. A sequence (anything with a length, such as a
+        :class:`~kernelpot.frame_files.FrameFiles`) is read item by item as the map goes;
+        any other iterable is read into a list when iteration starts (the bar needs
+        their number).
     n_jobs : int or None, default=1
         joblib's meaning: ``None`` and 1 run a plain loop in this process, ``-1`` uses all
         cores; anything else is handed to :class:`joblib.Parallel`, which validates it
@@ -68,7 +71,8 @@ def imap(fn: Callable[[Item], Result], items: Iterable[Item], n_jobs: int | None
     >>> list(imap(abs, [-1, 2, -3]))
     [1, 2, 3]
     """
-    items = list(items)
+    if not hasattr(items, "__len__"):
+        items = list(items)  # the bar needs their number; a sequence is read as it goes
     bar = tqdm(total=len(items), desc=desc, disable=verbose < 1, leave=False, unit=unit)
     try:
         if client is not None:

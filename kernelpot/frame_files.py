@@ -15,6 +15,7 @@ several passes: pass its file's path instead.
 
 from __future__ import annotations
 
+import operator
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -76,14 +77,14 @@ class FrameFiles(Sequence):
 
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
-        self.paths = [Path(p) for p in paths]
+        self.paths = [Path(p).absolute() for p in paths]  # a copy elsewhere finds them
         self.format = format
         if not self.paths:
             raise ValueError("FrameFiles: no files given")
         files, positions, n_atoms = [], [], []
         for f, path in enumerate(self.paths):
-            if not path.is_file():
-                raise ValueError(f"FrameFiles: {path} does not exist or is not a file")
+            if not path.exists():  # a file, or a directory format (BundleTrajectory)
+                raise ValueError(f"FrameFiles: {path} does not exist")
             before = len(n_atoms)
             try:
                 for k, atoms in enumerate(iread(path, index=":", format=format)):
@@ -97,6 +98,7 @@ class FrameFiles(Sequence):
         self._file = np.array(files)
         self._position = np.array(positions)
         self.n_atoms = np.array(n_atoms, dtype=int)
+        self._first = np.searchsorted(self._file, np.arange(len(self.paths)))  # per file
         self._reset()
 
     def _reset(self) -> None:
@@ -128,7 +130,7 @@ class FrameFiles(Sequence):
         """Return frame ``index`` (a slice: a list of frames), read now or kept."""
         if isinstance(index, slice):
             return [self[k] for k in range(*index.indices(len(self)))]
-        k = int(index)
+        k = operator.index(index)  # an integer; a float index is a TypeError
         if k < 0:
             k += len(self)
         if not 0 <= k < len(self):
@@ -159,4 +161,9 @@ class FrameFiles(Sequence):
             raise ValueError(f"FrameFiles: {self.paths[f]} has fewer frames than when it "
                              f"was scanned (it changed)") from err
         self._cursor = (f, position + 1, frames)
+        k = int(self._first[f]) + position
+        if len(atoms) != self.n_atoms[k]:
+            raise ValueError(f"FrameFiles: frame {position} of {self.paths[f]} has "
+                             f"{len(atoms)} atoms, {self.n_atoms[k]} when it was scanned "
+                             f"(the file changed)")
         return atoms

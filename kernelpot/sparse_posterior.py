@@ -1274,8 +1274,12 @@ def _statistics_from_arrays(arrays: dict, s: dict, what: str) -> gp.WhitenedStat
         raise ValueError(f"load: {what} has malformed stress statistics (n_S = {n_S!r})")
     # columns of U per kind (format 7: energy and stress rows folded into factors)
     m_E, m_S = s.get("m_E", s["n_E"]), s.get("m_S", n_S)
-    if any(isinstance(m, bool) or not isinstance(m, int) or m < 0 for m in (m_E, m_S)):
-        raise ValueError(f"load: {what} has malformed statistics columns ({m_E!r}, {m_S!r})")
+    M = len(arrays["stats_eigenvalues"])
+    # one column per observation, or M once a kind's rows (more than M + 1) were folded
+    if any(isinstance(m, bool) or not isinstance(m, int) or not (m == n or (m == M and n > M + 1))
+           for m, n in ((m_E, s["n_E"]), (m_S, n_S))):
+        raise ValueError(f"load: {what} has malformed statistics columns ({m_E!r}, {m_S!r} "
+                         f"for {s['n_E']!r} energies and {n_S!r} stresses, M = {M})")
     stats = gp.WhitenedStatistics(
         arrays["stats_eigenvalues"], arrays["stats_U"], arrays["stats_beta_E"],
         arrays["stats_beta_F"], s["c_E"], s["c_F"], s["n_E"], s["n_F"], s["logdet_D_E"],

@@ -460,11 +460,12 @@ def stream_design(design: SparseDesign, kernel: Kernel, block_rows: int,
     L_mm, jitter, jitter_abs = inducing_factor(design.inducing, kernel, design.pair,
                                                design.n_species)
     blocks = _structure_blocks(design, block_rows)
+    kept = sum(min(n, M + 1) for n in (n_E, design.n_stress))  # folded beyond M + 1
     logger.info("%s: streamed design, %d observations in %d blocks of about %d rows %s; "
                 "a block holds %.0f MiB of rows and factors, the energy and stress rows "
                 "%.0f MiB (the whole design: %.0f MiB)", owner, n_obs, len(blocks),
                 block_rows, runner.where, (block_rows + 2 * M) * M * 8 / 2**20,
-                (n_E + design.n_stress) * M * 8 / 2**20, n_obs * M * 8 / 2**20)
+                kept * (M + 1) * 8 / 2**20, n_obs * M * 8 / 2**20)
     context = BlockContext(design.descriptor, design.inducing, design.pair, kernel, L_mm,
                            prior)
     merged = runner.reduce(factor_block, context, _BlockItems(design, blocks), merge_factors,

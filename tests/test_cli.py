@@ -62,8 +62,11 @@ def test_fit_reads_its_training_file_when_used(tmp_path, capsys):
     from kernelpot import FrameFiles
     from kernelpot.cli._common import _read_frames
 
-    write(tmp_path / "train.xyz", emt_copper_frames(3, seed=0, rattle=0.08))
+    cells = emt_copper_frames(3, seed=0, rattle=0.08)
+    write(tmp_path / "train.xyz", cells)
     assert isinstance(_read_frames(str(tmp_path / "train.xyz"), lazy=True), FrameFiles)
+    write(tmp_path / "train.bundle", cells, format="bundletrajectory")  # a directory
+    assert len(_read_frames(str(tmp_path / "train.bundle"), lazy=True)) == 3
     junk, text = tmp_path / "junk.xyz", tmp_path / "notes.txt"
     junk.write_text("this is not\nan xyz file\n")
     text.write_text("hello\n")

@@ -74,6 +74,23 @@ def test_missing_empty_and_changed_files_are_named(files, tmp_path):
     write(tmp_path / "short.xyz", read(files / "b.xyz", ":2"))
     with pytest.raises(ValueError, match="fewer frames than when it was scanned"):
         frames[5]
+    cells = read(files / "b.xyz", ":")
+    write(tmp_path / "changed.xyz", cells)
+    frames = FrameFiles(tmp_path / "changed.xyz")
+    write(tmp_path / "changed.xyz", [atoms[:4] for atoms in cells])  # as many frames
+    with pytest.raises(ValueError, match="has 4 atoms, 8 when it was scanned"):
+        frames[1]
+    with pytest.raises(TypeError):
+        frames[1.5]
+
+
+def test_directory_formats_and_relative_paths(files, tmp_path, monkeypatch):
+    cells = read(files / "a.xyz", ":")
+    write(tmp_path / "cells.bundle", cells, format="bundletrajectory")
+    monkeypatch.chdir(tmp_path)
+    frames = FrameFiles("cells.bundle")  # a directory, named relative to here
+    monkeypatch.chdir(files)
+    assert len(frames) == 5 and all(_same(frames[k], cells[k]) for k in (4, 0))
 
 
 @pytest.mark.parametrize("limit", [4.0, 4e-5])  # in memory, and streamed in blocks
@@ -102,18 +119,25 @@ def _traced_peak(fn):
 
 
 class _CountingSOAP(SOAP):
-    """SOAP that counts, every tenth structure it computes, the ase.Atoms held."""
+    """SOAP that counts, every tenth structure it describes, the ase.Atoms held."""
 
     most_alive = [0]
     calls = [0]
 
+    def create(self, atoms, *args, **kwargs):
+        self._count()
+        return super().create(atoms, *args, **kwargs)
+
     def compute(self, atoms, *args, **kwargs):
+        self._count()
+        return super().compute(atoms, *args, **kwargs)
+
+    def _count(self):
         self.calls[0] += 1
         if self.calls[0] % 10 == 0:
             gc.collect()  # an Atoms and its calculator are a cycle: count what is held
             alive = sum(isinstance(o, Atoms) for o in gc.get_objects())
             self.most_alive[0] = max(self.most_alive[0], alive)
-        return super().compute(atoms, *args, **kwargs)
 
 
 def test_the_fit_does_not_hold_the_structures(tmp_path):
@@ -135,7 +159,8 @@ def test_the_fit_does_not_hold_the_structures(tmp_path):
         _CountingSOAP.most_alive[0] = 0
         model().fit(source())
         alive[name] = _CountingSOAP.most_alive[0] - before
-    # the design pass: every structure alive in memory, a few blocks' worth from the file
+    # every structure alive in memory, a few blocks' worth from the file, in the features
+    # pass (create) and the design pass (compute)
     assert alive["in memory"] >= 300 and alive["from the file"] < 40, alive
     # and the traced peak (plain SOAP, no collections forced, Numba compiled by the fits
     # above): reading them all costs their size; read when used, part of it is saved (a

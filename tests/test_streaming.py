@@ -124,3 +124,28 @@ def test_what_needs_the_whole_design_builds_it_with_a_warning(cells):
                               design_memory_limit=1e-6, n_restarts=0, **options).fit(cells)
     with pytest.raises(ValueError, match="design_memory_limit must be a number of GiB > 0"):
         SparseGPPotential(SOAP(["Cu"], 4.0, 3, 2, 0.5), design_memory_limit=0).fit(cells)
+
+
+def test_a_folded_model_file_round_trips_and_tampered_columns_are_refused(cells, tmp_path):
+    import copy
+
+    from kernelpot import io, load
+
+    fixed = {"optimize": False, "signal_std": 3.0, "energy_noise": 0.003,
+             "force_noise": 0.02, "stress_noise": 5e-4, "n_sparse": 6}
+    _, streamed = _pair(cells, **fixed)
+    stats = streamed.posterior_.stats
+    assert stats.folded and (stats.m_E, stats.m_S) == (6, 6)
+    theta = np.log([2.0, 0.004, 0.03, 1e-3])
+    path = streamed.save(tmp_path / "folded")
+    assert load(path).log_marginal_likelihood(theta) == pytest.approx(
+        streamed.log_marginal_likelihood(theta), rel=1e-12)
+    metadata, arrays = io.read_model_file(path)
+    for name, columns in (("swapped", (5, 7)), ("too many", (12, 0))):
+        changed = copy.deepcopy(metadata)
+        for key in ("format", "format_version", "kernelpot_version", "units"):
+            changed.pop(key)
+        changed["fitted"]["stats"].update(m_E=columns[0], m_S=columns[1])
+        written = io.write_model_file(tmp_path / name, changed, arrays)  # a valid checksum
+        with pytest.raises(ValueError, match="malformed statistics columns"):
+            load(written)

@@ -60,7 +60,7 @@ def _read_frames(path: str, lazy: bool = False) -> list:
 
     try:
         if lazy:
-            if not Path(path).is_file():
+            if not Path(path).exists():
                 raise FileNotFoundError(path)
             try:
                 return FrameFiles(path)
