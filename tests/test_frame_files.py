@@ -173,4 +173,4 @@ def test_the_fit_does_not_hold_the_structures(tmp_path):
     del frames
     in_memory = _traced_peak(lambda: model(SOAP).fit(read(tmp_path / "cells.xyz", ":")))
     lazy = _traced_peak(lambda: model(SOAP).fit(tmp_path / "cells.xyz"))
-    assert in_memory - lazy > 0.1 * held, (in_memory, lazy, held)
+    assert in_memory - lazy > 0.4 * held, (in_memory, lazy, held)
