@@ -31,7 +31,6 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
 from kernelpot import _parallel
@@ -161,19 +160,9 @@ class BlockRunner:
         return max(2, 2 * threads)
 
     def _joblib_map(self, fn: Callable, context: Any, blocks: Sequence, desc: str) -> Iterator:
-        bar = tqdm(total=len(blocks), desc=desc, disable=self.verbose < 1, leave=False,
-                   unit="block")
-        try:
-            if self.n_jobs in (None, 1):
-                results = (fn(context, block) for block in blocks)
-            else:
-                results = Parallel(n_jobs=self.n_jobs, return_as="generator")(
-                    delayed(fn)(context, block) for block in blocks)
-            for result in results:
-                bar.update()
-                yield result
-        finally:
-            bar.close()
+        """``fn(context, block)`` of every block in order, here or through joblib."""
+        return _parallel.imap(fn, blocks, n_jobs=self.n_jobs, verbose=self.verbose, desc=desc,
+                              unit="block", shared=context)
 
     def _raise(self, error: BaseException) -> None:
         """Re-raise ``error``, naming a failure of the cluster (workers lost for good)."""

@@ -19,9 +19,12 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
+_NOTHING = object()
+
+
 def imap(fn: Callable[[Item], Result], items: Iterable[Item], n_jobs: int | None = 1,
          verbose: int = 0, desc: str | None = None, *, unit: str = "it",
-         client: Any = None) -> Iterator[Result]:
+         client: Any = None, shared: Any = _NOTHING) -> Iterator[Result]:
     """Apply ``fn`` to every item, lazily, yielding the results in input order.
 
     Parameters
@@ -47,6 +50,9 @@ def imap(fn: Callable[[Item], Result], items: Iterable[Item], n_jobs: int | None
     client : distributed.Client or None, default=None
         Run on this Dask cluster (joblib's Dask backend, every worker) instead;
         ``n_jobs`` is then ignored.
+    shared : object, optional
+        Call ``fn(shared, item)`` instead: an argument the same for every item, which
+        joblib's Dask backend scatters to the workers once.
 
     Yields
     ------
@@ -74,16 +80,17 @@ def imap(fn: Callable[[Item], Result], items: Iterable[Item], n_jobs: int | None
     if not hasattr(items, "__len__"):
         items = list(items)  # the bar needs their number; a sequence is read as it goes
     bar = tqdm(total=len(items), desc=desc, disable=verbose < 1, leave=False, unit=unit)
+    args = (lambda item: (item,)) if shared is _NOTHING else (lambda item: (shared, item))
     try:
         if client is not None:
             with parallel_config(backend="dask", client=client):
                 results = Parallel(n_jobs=-1, return_as="generator")(
-                    delayed(fn)(item) for item in items)
+                    delayed(fn)(*args(item)) for item in items)
         elif n_jobs in (None, 1):
-            results = map(fn, items)
+            results = (fn(*args(item)) for item in items)
         else:
             results = Parallel(n_jobs=n_jobs, return_as="generator")(
-                delayed(fn)(item) for item in items)
+                delayed(fn)(*args(item)) for item in items)
         for result in results:
             bar.update()
             yield result
