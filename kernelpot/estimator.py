@@ -527,8 +527,9 @@ pair of float
             Fit on this Dask cluster (the ``[dask]`` extra). The descriptors of the
             inducing-point selection run on its workers, and the sparse model's design
             is streamed (:mod:`kernelpot.streaming`) whatever its size: blocks of whole
-            structures, at most an eighth of the smallest worker's memory limit, are
-            built and factored on the workers and their factors merged there by a tree;
+            structures (at most half a worker thread's share of its memory limit, less
+            the ``M × M`` factors; twice the cluster's threads in flight) are built and
+            factored on the workers and their factors merged there by a tree;
             the likelihood search and the ``M × M`` solve run here. The fitted model is
             an ordinary one (same file, same predictions; the same as without a client
             to rounding, about 1e-12 at given hyperparameters). A fit that needs the

@@ -379,7 +379,8 @@ class SparsePosterior(Posterior):
         """Rows per block when the design is too large to hold (``design_memory_limit``).
 
         With a Dask client, always (the blocks run on its workers), in blocks of at most
-        an eighth of the smallest worker's memory limit.
+        half a worker thread's share of its memory limit, less seven ``(M + 1)²``
+        factors; without one, a quarter of the limit over joblib's effective ``n_jobs``.
         """
         limit = float(estimator.design_memory_limit) * 2**30
         size = design.n_obs * design.n_columns * 8
