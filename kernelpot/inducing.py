@@ -150,13 +150,13 @@ def choose_inducing(features: list[np.ndarray], species_index: list[np.ndarray],
     list of ndarray of shape (m_s, n_features)
         Read-only (kernels may cache data derived from them).
     """
-    all_features = np.concatenate(features)
-    all_index = np.concatenate(species_index)
-    counts = np.bincount(all_index, minlength=n_species)
+    counts = np.bincount(np.concatenate(species_index), minlength=n_species)
     n_select = resolve_n_sparse(n_sparse, species_numbers, counts, default_cap)
     inducing = []
     for s in range(n_species):
-        pool = all_features[all_index == s]
+        # one element's environments at a time (not all of them joined first, a copy)
+        pool = np.concatenate([f[index == s] for f, index in zip(features, species_index,
+                                                                  strict=True)])
         chosen = select_inducing(pool, int(n_select[s]), method, rng)
         z = np.array(pool[chosen])
         z.setflags(write=False)  # fixed from here on; kernels may cache derived data
