@@ -14,6 +14,9 @@ whole design (``design_memory_limit`` above its size); the streamed one gets
 size, fit time and peak memory of each, and the largest weight difference between the
 two models.
 
+``--lazy`` fits from the file's path (``kernelpot.FrameFiles``: the cells read when
+used) instead of a list of the cells read first.
+
 ``--dask 1,2`` also fits each size on a ``distributed.LocalCluster`` of 1, then 2,
 worker processes (one thread and one BLAS thread each, a 3 GiB memory limit each;
 ``fit(frames, client=client)``, the same model and ``design_memory_limit`` as the
@@ -30,6 +33,7 @@ Usage::
     python benchmarks/scale.py [--sizes 50,200,800] [--m 300] [--limit 0.05]
     python benchmarks/scale.py --sizes 8000 --m 1333 --limit 1.0 --only streamed
     python benchmarks/scale.py --sizes 400 --m 300 --limit 0.05 --only streamed --dask 1,2
+    python benchmarks/scale.py --sizes 1600 --m 300 --limit 0.05 --only streamed --lazy
 """
 
 from __future__ import annotations
@@ -101,17 +105,24 @@ def peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def fit_one(path: Path, m: int, limit: float, weights_out: Path) -> dict:
-    """Fit one model (in this process) and return its time and peak memory."""
+def fit_one(path: Path, m: int, limit: float, weights_out: Path, lazy: bool = False) -> dict:
+    """Fit one model (in this process) and return its time and peak memory.
+
+    ``lazy`` fits from the file's path (``kernelpot.FrameFiles``: structures read when
+    used) instead of a list of the structures read first.
+    """
     from ase.io import read
 
-    frames = read(path, ":")
+    from kernelpot import FrameFiles
+
+    frames = FrameFiles(path) if lazy else read(path, ":")
     model = make_model(m, limit)
     start = time.perf_counter()
     model.fit(frames)
     seconds = time.perf_counter() - start
     np.save(weights_out, model.alpha_)
-    n_force = sum(3 * len(a) for a in frames)
+    n_atoms = frames.n_atoms if lazy else np.array([len(a) for a in frames])
+    n_force = int(3 * n_atoms.sum())
     return {"seconds": seconds, "peak_gib": peak_gib(), "force_rows": n_force,
             "M": len(model.alpha_), "rows": n_force + 7 * len(frames)}
 
@@ -192,15 +203,19 @@ def main(argv=None):
     parser.add_argument("--dask", default=None, metavar="N[,N...]",
                         help="also fit on a LocalCluster of N worker processes (3 GiB each), "
                              "against the streamed fit")
-    parser.add_argument("--one", nargs=4, metavar=("PATH", "M", "LIMIT", "WEIGHTS"),
+    parser.add_argument("--lazy", action="store_true",
+                        help="the in-memory and streamed fits read the cells from the file "
+                             "when used (fit(path)), not from a list read first")
+    parser.add_argument("--one", nargs=5, metavar=("PATH", "M", "LIMIT", "WEIGHTS", "LAZY"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--one-dask", nargs=5,
                         metavar=("PATH", "M", "LIMIT", "WEIGHTS", "WORKERS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        path, m, limit, weights = args.one
-        print(json.dumps(fit_one(Path(path), int(m), float(limit), Path(weights))))
+        path, m, limit, weights, lazy = args.one
+        print(json.dumps(fit_one(Path(path), int(m), float(limit), Path(weights),
+                                 lazy == "1")))
         return
     if args.one_dask:
         path, m, limit, weights, n_workers = args.one_dask
@@ -214,7 +229,8 @@ def main(argv=None):
 
     print(f"kernelpot {kernelpot.__version__}; python {platform.python_version()}; "
           f"{os.cpu_count()} cpus; one BLAS thread; SOAP 4 Å 6/4 σ 0.4, {args.m} inducing "
-          f"per element, streamed limit {args.limit} GiB", flush=True)
+          f"per element, streamed limit {args.limit} GiB"
+          + ("; cells read from the file when used" if args.lazy else ""), flush=True)
     modes = {"memory": 1e6, "streamed": args.limit}
     if args.only:
         modes = {args.only: modes[args.only]}
@@ -228,7 +244,7 @@ def main(argv=None):
         for mode, limit in modes.items():
             weights = Path(args.data) / f"alpha_{n}_{mode}.npy"
             results[mode] = run_fit(["--one", str(path), str(args.m), str(limit),
-                                     str(weights)])
+                                     str(weights), "1" if args.lazy else "0"])
             results[mode]["alpha"] = np.load(weights)
             print(f"  {n} cells, {mode}: {results[mode]['seconds']:.1f} s, "
                   f"{results[mode]['peak_gib']:.2f} GiB peak, load "
