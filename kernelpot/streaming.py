@@ -431,6 +431,12 @@ def _row_indices(design: SparseDesign, k: int) -> np.ndarray:
     return np.concatenate(parts).astype(int)
 
 
+def _block_row_indices(design: SparseDesign, blocks: list[np.ndarray]) -> list[np.ndarray]:
+    """Design rows of each block, structure by structure: the order its rows come back in."""
+    return [np.concatenate([_row_indices(design, k) for k in structures])
+            for structures in blocks]
+
+
 def stream_design(design: SparseDesign, kernel: Kernel, block_rows: int,
                   prior: bool = False, owner: str = "SparseGPPotential",
                   runner: BlockRunner | None = None) -> StreamedDesign:
@@ -471,7 +477,7 @@ def stream_design(design: SparseDesign, kernel: Kernel, block_rows: int,
     merged = runner.reduce(factor_block, context, _BlockItems(design, blocks), merge_factors,
                            "design blocks")
     R_F, z_F, residual_F = StackedQR.from_triangle(merged.factor).parts()
-    order = np.concatenate([_row_indices(design, k) for k in range(len(design.n_atoms))])
+    order = np.concatenate(_block_row_indices(design, blocks))
     merged_spanned = np.concatenate(merged.spanned)
     if merged.energy.n_rows != n_E or merged.stress.n_rows != design.n_stress \
             or merged_spanned.shape != (n_obs,):
@@ -568,8 +574,7 @@ def streamed_loso_groups(design: SparseDesign, kernel: Kernel, L_mm: np.ndarray,
     runner = runner if runner is not None else BlockRunner()
     blocks = _structure_blocks(design, block_rows)
     y, structure = design.y, design.training.row_structures()
-    indices = [np.concatenate([_row_indices(design, k) for k in structures])
-               for structures in blocks]
+    indices = _block_row_indices(design, blocks)
     items = _BlockItems(design, blocks, lambda i: (y[indices[i]], noise_std[indices[i]],
                                                    structure[indices[i]]))
     context = BlockContext(design.descriptor, design.inducing, design.pair, kernel, L_mm, False)
