@@ -129,6 +129,13 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         sampling by default (measured on ethanol, n = 200, 300 per element: the same
         force error as CUR and random, and the force std ranks errors best, Spearman
         0.62 against 0.46 for CUR).
+    inducing_pool : int or None, default=50000
+        Candidates per element that the selection sees. An element with more
+        training environments than ``max(inducing_pool, its n_sparse)`` is chosen
+        from that many of them drawn uniformly at random (the fit's ``random_state``),
+        so that only the candidates' descriptors are held, not those of every
+        environment; smaller sets are unaffected. ``None`` lets the selection see
+        every environment.
     baseline : kernelpot.ZBL, LennardJones, Coulomb, ASE calculator or None, default=None
         A fixed physics term (Δ-learning, :mod:`kernelpot.baselines`): the GP is
         fitted to the labels minus the baseline's energies, forces and stresses, and
@@ -366,7 +373,8 @@ pair of float
 
     def __init__(self, descriptor: Descriptor | None = None, kernel: Kernel | None = None, *,
                  n_sparse: int | dict[str | int, int] | None = None,
-                 sparse_method: str = "fps", baseline: object = None,
+                 sparse_method: str = "fps", inducing_pool: int | None = 50_000,
+                 baseline: object = None,
                  two_body: TwoBody | None = None,
                  signal_std: float = 1.0, signal_per_element: bool = False,
                  energy_noise: float = 0.002, force_noise: float = 0.05,
@@ -390,6 +398,7 @@ pair of float
         self.kernel = kernel
         self.n_sparse = n_sparse
         self.sparse_method = sparse_method
+        self.inducing_pool = inducing_pool
         self.baseline = baseline
         self.two_body = two_body
         self.signal_std = signal_std
@@ -433,6 +442,12 @@ pair of float
         if self.sparse_method not in SPARSE_METHODS:
             raise ValueError(f"{owner}: sparse_method must be one of {SPARSE_METHODS}; "
                              f"got {self.sparse_method!r}")
+        if self.inducing_pool is not None and (
+                isinstance(self.inducing_pool, bool)
+                or not isinstance(self.inducing_pool, numbers.Integral)
+                or self.inducing_pool < 1):
+            raise ValueError(f"{owner}: inducing_pool must be None or an int >= 1; "
+                             f"got {self.inducing_pool!r}")
         names = fitted_names(self.optimize, owner)  # validates optimize
         check_hyperparameter_values(self, names, owner)
         if not (self.e0 == "lstsq" or isinstance(self.e0, dict)):

@@ -13,7 +13,8 @@ from skmatter.sample_selection import CUR, FPS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SPARSE_METHODS", "choose_inducing", "resolve_n_sparse", "select_inducing"]
+__all__ = ["SPARSE_METHODS", "candidate_atoms", "choose_inducing", "resolve_n_sparse",
+           "select_inducing"]
 
 SPARSE_METHODS = ("cur", "fps", "random", "all")
 _INTEGER_TYPES = (numbers.Integral, np.integer)
@@ -121,6 +122,55 @@ def _cur_rank(features: np.ndarray, n_select: int) -> int:
     the space.
     """
     return int(max(1, min(n_select, min(features.shape) - 1)))
+
+
+def candidate_atoms(species_index: list[np.ndarray], n_select: np.ndarray,
+                    pool_size: int | None,
+                    rng: np.random.RandomState | np.random.Generator) -> list[np.ndarray] | None:
+    """Atoms of each structure that the selection sees: all, or a uniform sample.
+
+    An element with more than ``max(pool_size, n_select[s])`` environments in the
+    training set is represented by that many of them, drawn uniformly without
+    replacement over all its environments; the others keep every environment. Only
+    the candidates' descriptors need to be held while the inducing environments are
+    chosen, so that memory no longer grows with the training set.
+
+    Parameters
+    ----------
+    species_index : list of ndarray of int
+        Per structure, the species index of every atom.
+    n_select : ndarray of int
+        Inducing environments wanted per species.
+    pool_size : int or None
+        Candidates per species; ``None`` keeps every environment.
+    rng : numpy.random.RandomState or Generator
+        Drawn from only when some species has more environments than its pool.
+
+    Returns
+    -------
+    list of ndarray of int or None
+        Per structure, the sorted indices of its candidate atoms; ``None`` when every
+        environment is a candidate (and ``rng`` was not used).
+    """
+    if pool_size is None:
+        return None
+    n_species = len(n_select)
+    per_structure = np.stack([np.bincount(index, minlength=n_species)
+                              for index in species_index])
+    totals = per_structure.sum(axis=0)
+    pools = np.maximum(int(pool_size), np.asarray(n_select))
+    sampled = np.flatnonzero(totals > pools)
+    if not len(sampled):
+        return None
+    keep = [np.ones(len(index), dtype=bool) for index in species_index]
+    for s in sampled:
+        chosen = np.zeros(totals[s], dtype=bool)
+        chosen[rng.choice(totals[s], size=int(pools[s]), replace=False)] = True
+        # species s's environments are numbered structure by structure, atom by atom
+        starts = np.concatenate([[0], np.cumsum(per_structure[:, s])])
+        for k, index in enumerate(species_index):
+            keep[k][index == s] = chosen[starts[k]:starts[k + 1]]
+    return [np.flatnonzero(mask) for mask in keep]
 
 
 def choose_inducing(features: list[np.ndarray], species_index: list[np.ndarray],

@@ -36,7 +36,8 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -62,7 +63,7 @@ from kernelpot.hyperparameters import (
     values_kept_where_fixed,
     warn_if_force_noise_at_bound,
 )
-from kernelpot.inducing import choose_inducing
+from kernelpot.inducing import candidate_atoms, choose_inducing, resolve_n_sparse
 from kernelpot.loso import LosoTerms, sparse_loso
 from kernelpot.mean_maps import MeanMap, mean_map
 from kernelpot.posterior import Posterior
@@ -498,18 +499,40 @@ class SparsePosterior(Posterior):
 
     @staticmethod
     def _choose_inducing(estimator, training, descriptor, rng, imap) -> list[np.ndarray]:
-        """Choose the inducing environments per element from a features-only pass."""
-        features = list(imap(descriptor.create, training.frames, "features"))
-        inducing = choose_inducing(features, training.species_index, len(training.species),
+        """Choose the inducing environments per element from a features-only pass.
+
+        Only the candidates' descriptors are kept (``inducing_pool`` per element, drawn
+        before the pass; :func:`kernelpot.inducing.candidate_atoms`).
+        """
+        counts = np.bincount(np.concatenate(training.species_index),
+                             minlength=len(training.species))
+        n_select = resolve_n_sparse(estimator.n_sparse, training.species, counts,
+                                    DEFAULT_SPARSE_CAP)
+        if estimator.sparse_method == "all":
+            candidates = None
+        else:
+            candidates = candidate_atoms(training.species_index, n_select,
+                                         estimator.inducing_pool, rng)
+        if candidates is None:
+            features = list(imap(descriptor.create, training.frames, "features"))
+            species_index = training.species_index
+        else:
+            features = list(imap(partial(_candidate_features, descriptor),
+                                 _Candidates(training.frames, candidates), "features"))
+            species_index = [index[keep] for index, keep in
+                             zip(training.species_index, candidates, strict=True)]
+        inducing = choose_inducing(features, species_index, len(training.species),
                                    estimator.n_sparse, estimator.sparse_method, rng,
                                    DEFAULT_SPARSE_CAP, training.species)
         symbols = [chemical_symbols[z] for z in training.species]
-        counts = np.bincount(np.concatenate(training.species_index),
-                             minlength=len(training.species))
-        logger.info("%s: %d structures, inducing environments per element %s (of %s)",
+        pool = np.bincount(np.concatenate(species_index), minlength=len(training.species))
+        logger.info("%s: %d structures, inducing environments per element %s (of %s%s)",
                     type(estimator).__name__, len(training.frames),
                     {symbols[s]: len(z) for s, z in enumerate(inducing)},
-                    dict(zip(symbols, counts.tolist(), strict=True)))
+                    dict(zip(symbols, counts.tolist(), strict=True)),
+                    "" if candidates is None else
+                    f"; chosen among {dict(zip(symbols, pool.tolist(), strict=True))} "
+                    f"drawn at random, inducing_pool={estimator.inducing_pool}")
         return inducing
 
     @staticmethod
@@ -1248,6 +1271,31 @@ def _cluster_workers(client) -> list[dict]:
     if not workers:
         raise RuntimeError("the Dask cluster has no workers")
     return workers
+
+
+def _candidate_features(descriptor: Descriptor, item: tuple) -> np.ndarray:
+    """Return the descriptors of one structure's candidate atoms (``item``: atoms, indices)."""
+    atoms, keep = item
+    return descriptor.create(atoms)[keep]
+
+
+class _Candidates(Sequence):
+    """``(frames[k], candidates[k])`` pairs, each structure read when its pair is."""
+
+    def __init__(self, frames, candidates: list[np.ndarray]):
+        self.frames, self.candidates = frames, candidates
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        return self.frames[k], self.candidates[k]
+
+    def __iter__(self):
+        for k in range(len(self)):
+            yield self[k]
 
 
 def _kept_descriptors(estimator, training: TrainingSet, descriptor: Descriptor,

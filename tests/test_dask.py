@@ -88,6 +88,15 @@ def test_the_likelihood_search_on_the_cluster_finds_the_same_noise(client, cells
         assert getattr(model, name) == pytest.approx(getattr(reference, name), rel=1e-4)
 
 
+def test_the_candidates_of_a_bounded_inducing_pool_are_computed_on_the_cluster(client, cells):
+    test = emt_strained_cells(2, seed=9)
+    pool = {"inducing_pool": 30, "n_sparse": 12}  # 12 of 30 of the 80 environments
+    reference = _model(**FIXED, **pool).fit(cells)
+    model = _model(**FIXED, **pool).fit(cells, client=client)
+    np.testing.assert_array_equal(model.inducing_[0], reference.inducing_[0])
+    _assert_same_model(model, reference, test)
+
+
 def test_joblibs_dask_backend_runs_the_blocks_on_the_cluster(client, cells):
     from joblib import parallel_config
 

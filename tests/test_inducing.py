@@ -5,6 +5,7 @@ import pytest
 
 from kernelpot.inducing import (
     SPARSE_METHODS,
+    candidate_atoms,
     choose_inducing,
     resolve_n_sparse,
     select_inducing,
@@ -187,3 +188,108 @@ def test_choose_inducing_never_exceeds_the_environments():
     inducing = choose_inducing(features, index, 3, None, "fps", np.random.RandomState(0), 3,
                                SPECIES)
     assert [len(z) for z in inducing] == [3, 3, 2]
+
+
+# -- candidate_atoms: the bounded pool the selection sees ----------------------------------
+
+def _species_index(n_structures=30, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.choice(3, size=rng.integers(3, 12), p=(0.6, 0.3, 0.1))
+            for _ in range(n_structures)]
+
+
+def test_candidates_are_everyone_when_no_element_has_more_than_its_pool():
+    index = _species_index()
+    rng = np.random.RandomState(0)
+    state = rng.get_state()[1].copy()
+    counts = np.bincount(np.concatenate(index), minlength=3)
+    assert candidate_atoms(index, np.array([5, 5, 5]), int(counts.max()), rng) is None
+    assert candidate_atoms(index, np.array([5, 5, 5]), None, rng) is None
+    # n_select above the pool widens it
+    assert candidate_atoms(index, counts, 1, rng) is None
+    np.testing.assert_array_equal(rng.get_state()[1], state)  # nothing drawn
+
+
+def test_candidates_sample_only_the_elements_above_their_pool():
+    index = _species_index()
+    counts = np.bincount(np.concatenate(index), minlength=3)
+    pool = int(counts[1]) - 3  # H-like species 0 and species 1 exceed it, species 2 not
+    assert counts[0] > pool > counts[2]
+    keep = candidate_atoms(index, np.array([2, 2, 2]), pool, np.random.RandomState(1))
+    assert len(keep) == len(index)
+    for k, atoms in enumerate(keep):
+        assert atoms.dtype.kind == "i" and np.all(np.diff(atoms) > 0)
+        # every atom of the element under its pool stays
+        assert set(np.flatnonzero(index[k] == 2)) <= set(atoms)
+    kept = np.concatenate([idx[atoms] for idx, atoms in zip(index, keep, strict=True)])
+    np.testing.assert_array_equal(np.bincount(kept, minlength=3), [pool, pool, counts[2]])
+    again = candidate_atoms(index, np.array([2, 2, 2]), pool, np.random.RandomState(1))
+    for first, second in zip(keep, again, strict=True):
+        np.testing.assert_array_equal(first, second)
+
+
+def test_candidates_are_a_uniform_draw_over_all_environments():
+    index = _species_index(n_structures=8, seed=3)
+    n_atoms = sum(len(i) for i in index)
+    hits = np.zeros(n_atoms)
+    counts = np.bincount(np.concatenate(index), minlength=3)
+    pool, draws = 10, 3000
+    rng = np.random.RandomState(2)
+    for _ in range(draws):
+        keep = candidate_atoms(index, np.array([1, 1, 1]), pool, rng)
+        offsets = np.concatenate([[0], np.cumsum([len(i) for i in index])])
+        for k, atoms in enumerate(keep):
+            hits[offsets[k] + atoms] += 1
+    species = np.concatenate(index)
+    for s in range(3):
+        p = min(1.0, pool / counts[s])
+        rate = hits[species == s] / draws
+        # every environment of the species equally likely (binomial error, 5 sigma)
+        assert np.all(np.abs(rate - p) <= 5 * np.sqrt(p * (1 - p) / draws) + 1e-12)
+
+
+def _cu_fit(cells, **options):
+    from kernelpot import SOAP, SparseGPPotential
+
+    kwargs = dict(method="sparse", optimize=False, calibration=None, random_state=0,
+                  n_sparse=12) | options
+    return SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), **kwargs).fit(cells)
+
+
+def _candidate_rows(cells, pool, n_select=12):
+    from kernelpot import SOAP
+
+    index = [np.zeros(len(atoms), dtype=np.int64) for atoms in cells]
+    keep = candidate_atoms(index, np.array([n_select]), pool, np.random.RandomState(0))
+    soap = SOAP(["Cu"], 4.0, 4, 3, 0.5)
+    return np.concatenate([soap.create(a)[k] for a, k in zip(cells, keep, strict=True)])
+
+
+def test_a_fit_chooses_its_inducing_environments_among_the_drawn_candidates(caplog):
+    from helpers import emt_strained_cells
+
+    cells = emt_strained_cells(10, seed=0, rattle=0.1)  # 80 Cu environments
+    # a pool as large as n_sparse: the candidates drawn are the inducing environments
+    with caplog.at_level("INFO", logger="kernelpot"):
+        model = _cu_fit(cells, inducing_pool=12)
+    np.testing.assert_allclose(model.inducing_[0], _candidate_rows(cells, 12), rtol=1e-12)
+    assert "chosen among {'Cu': 12} drawn at random, inducing_pool=12" in caplog.text
+    # a larger pool: farthest-point sampling picks 12 of its 30 candidates
+    model = _cu_fit(cells, inducing_pool=30)
+    candidates = _candidate_rows(cells, 30)
+    distance = np.abs(model.inducing_[0][:, None, :] - candidates[None]).max(axis=2)
+    assert model.inducing_[0].shape == (12, candidates.shape[1])
+    assert np.all(distance.min(axis=1) < 1e-12)
+    # a pool above the environments changes nothing, not even the random stream
+    everyone = _cu_fit(cells, inducing_pool=None)
+    np.testing.assert_array_equal(_cu_fit(cells, inducing_pool=80).alpha_, everyone.alpha_)
+    np.testing.assert_array_equal(_cu_fit(cells).alpha_, everyone.alpha_)
+
+
+@pytest.mark.parametrize("pool", [0, -3, True, 2.5, "100"])
+def test_a_bad_inducing_pool_is_refused(pool):
+    from helpers import emt_strained_cells
+
+    with pytest.raises(ValueError, match=f"inducing_pool must be None or an int >= 1; "
+                                         f"got {pool!r}"):
+        _cu_fit(emt_strained_cells(2, seed=0), inducing_pool=pool)
