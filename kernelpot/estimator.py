@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from ase import Atoms
@@ -39,6 +39,7 @@ from kernelpot.baselines import as_baseline, residual_labels
 from kernelpot.calibration import StdCalibration
 from kernelpot.descriptors import SOAP, Descriptor
 from kernelpot.exact_posterior import ExactPosterior
+from kernelpot.fit_memory import FitMemory
 from kernelpot.frame_files import FrameFiles, is_paths
 from kernelpot.hyperparameters import (
     DEFAULT_STRESS_NOISE,
@@ -85,7 +86,7 @@ def _warn_if_too_few(labels, owner: str, learns_noise: bool, calibrates: bool) -
         f"{owner}.fit: {n_structures} training structure(s) are too few "
         + " or ".join(missing) + "; errors on new structures are usually large. Label "
         "more structures, or use this model only to start on-the-fly learning.",
-        UserWarning, stacklevel=3)
+        UserWarning, stacklevel=4)
 
 
 def format_signal_std(sigma: float | dict[str, float]) -> str:
@@ -577,6 +578,30 @@ pair of float
         verbose = self._check_params()
         client = check_client(client, f"{owner}.fit")
         start_time = time.perf_counter()
+        prepared = self._prepare_fit(X, owner)
+        training, descriptor, method = prepared.training, prepared.descriptor, prepared.method
+        if client is not None and method == "exact":
+            warnings.warn(f"{owner}: the exact model is fitted in this process; the Dask "
+                          f"client is not used (method='sparse' fits on the cluster)",
+                          UserWarning, stacklevel=2)
+        self.baseline_ = prepared.baseline
+        posterior = _POSTERIORS[method].fit(
+            self, training, descriptor, prepared.kernel, prepared.rng,
+            lambda fn, items, desc: self._imap(fn, items, verbose, desc),
+            runner=BlockRunner(self.n_jobs, client, verbose, owner))
+        self._adopt(posterior, descriptor, training.species, training.e0,
+                    self._loso_calibration(posterior))
+        stress = f", σ_S = {self.stress_noise_:.3g} eV/Å³" \
+            if training.has_stress.any() else ""
+        logger.info("%s: %s model fitted in %.1f s; σ = %s eV, σ_E = %.3g eV/√atom, "
+                    "σ_F = %.3g eV/Å%s, log marginal likelihood %.1f", owner, method,
+                    time.perf_counter() - start_time, format_signal_std(self.signal_std_),
+                    self.energy_noise_, self.force_noise_, stress,
+                    self.log_marginal_likelihood_value_)
+        return self
+
+    def _prepare_fit(self, X, owner: str) -> _PreparedFit:
+        """Check the training structures and labels; choose the descriptor and the method."""
         frames = check_frames(FrameFiles(X) if is_paths(X) else X, f"{owner}.fit")
         labels = read_labels(frames, f"{owner}.fit", stress=bool(self.use_stress), every=True)
         if self.config_type_noise:
@@ -597,7 +622,7 @@ pair of float
             warnings.warn(f"{owner}: the descriptor ignores periodicity (periodic=False), so "
                           f"its strain derivatives are an open cluster's: the stresses of "
                           f"{int(labels.has_stress.sum())} cells are not trained on",
-                          UserWarning, stacklevel=2)
+                          UserWarning, stacklevel=3)
             labels, raw_labels = (labels._replace(stresses=None),
                                   raw_labels._replace(stresses=None))
         check_geometry(frames, species_to_numbers(descriptor.species, f"{owner}.fit"),
@@ -609,24 +634,57 @@ pair of float
         training = TrainingSet(frames, labels, species, species_index, counts, e0,
                                raw_labels if baseline is not None else None)
         method = self._resolve_method(training, descriptor)
-        if client is not None and method == "exact":
-            warnings.warn(f"{owner}: the exact model is fitted in this process; the Dask "
-                          f"client is not used (method='sparse' fits on the cluster)",
-                          UserWarning, stacklevel=2)
-        self.baseline_ = baseline
-        posterior = _POSTERIORS[method].fit(
-            self, training, descriptor, kernel, rng,
-            lambda fn, items, desc: self._imap(fn, items, verbose, desc),
-            runner=BlockRunner(self.n_jobs, client, verbose, owner))
-        self._adopt(posterior, descriptor, species, e0, self._loso_calibration(posterior))
-        stress = f", σ_S = {self.stress_noise_:.3g} eV/Å³" \
-            if training.has_stress.any() else ""
-        logger.info("%s: %s model fitted in %.1f s; σ = %s eV, σ_E = %.3g eV/√atom, "
-                    "σ_F = %.3g eV/Å%s, log marginal likelihood %.1f", owner, method,
-                    time.perf_counter() - start_time, format_signal_std(self.signal_std_),
-                    self.energy_noise_, self.force_noise_, stress,
-                    self.log_marginal_likelihood_value_)
-        return self
+        return _PreparedFit(training, descriptor, kernel, baseline, rng, method)
+
+    def estimate_fit_memory(self, X: Sequence[Atoms], *, client: Any = None) -> FitMemory:
+        """Estimate the memory :meth:`fit` would need on ``X``, stage by stage, without fitting.
+
+        Parameters
+        ----------
+        X : list of ase.Atoms, FrameFiles, or path(s)
+            The training structures, as :meth:`fit` takes them (read once, for their
+            compositions and labels).
+        client : distributed.Client or None, default=None
+            The Dask client the fit would run on: the blocks' memory is then the
+            workers' (:attr:`~kernelpot.fit_memory.FitMemory.workers`).
+
+        Returns
+        -------
+        kernelpot.fit_memory.FitMemory
+            Stages (inducing selection, design, likelihood search, LOSO pass), what is
+            held throughout, and the estimated peak (``peak_gib``); ``str()`` prints
+            them. The exact model's is its kernel matrix and factor.
+
+        Notes
+        -----
+        The sparse estimate counts the fit's arrays from the sizes involved (see
+        :mod:`kernelpot.fit_memory`) and the descriptors of the largest structure, which
+        it computes; not the interpreter (about 0.3 GiB) nor structures held by the
+        caller. Every sparse fit logs the same estimate (INFO) before its first
+        descriptor; ``kernelpot fit --dry-run`` prints it.
+
+        Examples
+        --------
+        >>> from kernelpot import SparseGPPotential, load_ethanol
+        >>> estimate = SparseGPPotential(method="sparse").estimate_fit_memory(
+        ...     load_ethanol()[:50])
+        >>> estimate.n_observations, estimate.block_rows is None
+        (1400, True)
+        """
+        owner = type(self).__name__
+        self._check_params()
+        client = check_client(client, f"{owner}.estimate_fit_memory")
+        prepared = self._prepare_fit(X, owner)
+        training = prepared.training
+        if prepared.method == "exact":
+            cost = _exact_costs(training.frames, training.species_index, training.has_energy,
+                                training.has_forces, len(training.species),
+                                prepared.descriptor, training.has_stress)
+            return FitMemory("exact", {"kernel matrix and factor": cost["memory_gib"] * 2**30},
+                             0.0, int(cost["n_observations"]))
+        return SparsePosterior.memory_estimate(self, training, prepared.descriptor,
+                                               prepared.kernel,
+                                               BlockRunner(self.n_jobs, client, 0, owner))
 
     def from_posterior(self, posterior: SparsePosterior | ExactPosterior, *,
                        descriptor: Descriptor, species: np.ndarray, e0: np.ndarray,
@@ -1225,6 +1283,17 @@ pair of float
     def __sklearn_is_fitted__(self) -> bool:
         """Return whether the model is fitted (for ``check_is_fitted``)."""
         return hasattr(self, "alpha_")
+
+
+class _PreparedFit(NamedTuple):
+    """What :meth:`SparseGPPotential.fit` has checked and chosen before it fits."""
+
+    training: TrainingSet
+    descriptor: Descriptor
+    kernel: Kernel
+    baseline: object
+    rng: np.random.RandomState
+    method: str
 
 
 def _exact_costs(frames, species_index, has_energy, has_forces, n_species: int,

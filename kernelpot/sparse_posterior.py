@@ -53,6 +53,7 @@ from kernelpot._labels import TrainingSet
 from kernelpot._two_body_search import pair_factor, search_prior_std, whitened_pair_scale
 from kernelpot.descriptors import DescriptorResult
 from kernelpot.design import AssembledDesign, SparseDesign, prior_with_two_body, with_two_body
+from kernelpot.fit_memory import FitMemory, block_rows_for, sparse_fit_memory
 from kernelpot.hyperparameters import (
     DEFAULT_STRESS_NOISE,
     NoiseSearch,
@@ -297,9 +298,8 @@ class SparsePosterior(Posterior):
         runner = runner if runner is not None else BlockRunner(owner=owner)
         names = fitted_names(estimator.optimize, owner)
         pair = clone(estimator.two_body) if estimator.two_body is not None else None
-        # the features pass runs where the blocks do (on the cluster, given a client)
-        inducing = cls._choose_inducing(estimator, training, descriptor, rng,
-                                        runner.imap if runner.client is not None else imap)
+        inducing = cls._choose_inducing(estimator, training, descriptor, kernel, rng, imap,
+                                        runner)
         search_kernel = "kernel" in names and kernel.n_theta > 0
         extra_starts = []
         if search_kernel and estimator.search_frames is not None \
@@ -327,7 +327,8 @@ class SparsePosterior(Posterior):
                                                        likelihood_at, search, seed, owner)
         search_two_body = pair is not None and "two_body" in names
         loso_wanted = estimator.calibration == "loso"
-        block_rows = cls._streamed_block_rows(estimator, design, search_kernel,
+        block_rows = cls._streamed_block_rows(estimator, training, design.n_obs,
+                                              design.n_columns, search_kernel,
                                               search_two_body, owner, runner)
         if block_rows is not None:
             return cls._fit_streamed(estimator, design, kernel, pair, log_params, given, free,
@@ -374,22 +375,23 @@ class SparsePosterior(Posterior):
         return posterior
 
     @staticmethod
-    def _streamed_block_rows(estimator, design: SparseDesign, search_kernel: bool,
-                             search_two_body: bool, owner: str,
-                             runner: BlockRunner) -> int | None:
+    def _streamed_block_rows(estimator, training: TrainingSet, n_obs: int, M: int,
+                             search_kernel: bool, search_two_body: bool, owner: str,
+                             runner: BlockRunner, warn: bool = True) -> int | None:
         """Rows per block when the design is too large to hold (``design_memory_limit``).
 
         With a Dask client, always (the blocks run on its workers), in blocks of at most
         half a worker thread's share of its memory limit, less seven ``(M + 1)²``
-        factors; without one, a quarter of the limit over joblib's effective ``n_jobs``.
+        factors; without one, a quarter of the limit over joblib's effective ``n_jobs``
+        (:func:`kernelpot.fit_memory.block_rows_for`). None: the whole design is built.
         """
         limit = float(estimator.design_memory_limit) * 2**30
-        size = design.n_obs * design.n_columns * 8
+        size = n_obs * M * 8
         client = runner.client
         if size <= limit and client is None:
             return None
         several_types = estimator.config_type_noise \
-            and len(noise_groups.config_types(design.training.frames)[0]) > 1
+            and len(noise_groups.config_types(training.frames)[0]) > 1
         needs = [name for name, on in (("incremental=True", estimator.incremental),
                                        ("config_type_noise=True", several_types),
                                        ("the kernel search (see search_frames)",
@@ -399,24 +401,65 @@ class SparsePosterior(Posterior):
             why = (f"the design matrix needs {size / 2**20:.3g} MiB, above "
                    f"design_memory_limit={estimator.design_memory_limit} GiB" if size > limit
                    else "a Dask client was given")
-            warnings.warn(f"{owner}: {why}, but {', '.join(needs)} needs the whole design: "
-                          f"building it whole, in memory", UserWarning, stacklevel=4)
+            if warn:
+                warnings.warn(f"{owner}: {why}, but {', '.join(needs)} needs the whole "
+                              f"design: building it whole, in memory", UserWarning,
+                              stacklevel=4)
             return None
-        M = design.n_columns
         if client is None:  # n_jobs blocks at once (joblib's workers, or its Dask backend)
-            return max(1, int(limit / 4 / effective_n_jobs(estimator.n_jobs) / (M * 8)))
+            return block_rows_for(limit, M, effective_n_jobs(estimator.n_jobs))
         # per worker thread: half its share of the worker's limit, less what it holds
         # besides the block (the shared factors L_mm and R, a merge's five (M + 1)²
         # factors); a block task peaks at about its rows once
         per_thread = min((worker["memory_limit"] or np.inf) / max(1, worker["nthreads"])
                          for worker in _cluster_workers(client))
-        room = per_thread / 2 - 7 * 8 * (M + 1) ** 2
-        block_bytes = min(limit / 4, room)
-        if room < 8 * M * 100:
+        if warn and per_thread / 2 - 7 * 8 * (M + 1) ** 2 < 8 * M * 100:
             warnings.warn(f"{owner}: the Dask workers' memory ({per_thread / 2**30:.3g} GiB "
                           f"per thread) leaves little room beside the {M} x {M} factors: "
                           f"blocks of one structure", UserWarning, stacklevel=4)
-        return max(1, int(block_bytes / (M * 8)))
+        return block_rows_for(limit, M, worker_bytes=per_thread)
+
+    @classmethod
+    def memory_estimate(cls, estimator, training: TrainingSet, descriptor: Descriptor,
+                        kernel: Kernel, runner: BlockRunner) -> FitMemory:
+        """Estimate what :meth:`fit` will hold, stage by stage (:mod:`kernelpot.fit_memory`).
+
+        Computes the descriptors of the largest structure, nothing else.
+        """
+        owner = type(estimator).__name__
+        counts = np.asarray(training.counts).sum(axis=0)
+        n_select = resolve_n_sparse(estimator.n_sparse, training.species, counts,
+                                    DEFAULT_SPARSE_CAP)
+        if estimator.sparse_method == "all":
+            n_select = candidates = counts
+        elif estimator.inducing_pool is None:
+            candidates = counts
+        else:
+            candidates = np.minimum(counts, np.maximum(int(estimator.inducing_pool), n_select))
+        pair = estimator.two_body
+        M = int(n_select.sum()) + (pair.n_columns(len(training.species)) if pair else 0)
+        n_atoms = training.n_atoms
+        has_stress = training.has_stress
+        n_small = int(training.has_energy.sum() + 6 * has_stress.sum())
+        n_obs = n_small + int(3 * n_atoms[training.has_forces].sum())
+        names = fitted_names(estimator.optimize, owner)
+        search_kernel = "kernel" in names and kernel.n_theta > 0 and not (
+            estimator.search_frames is not None
+            and int(estimator.search_frames) < len(training.frames))
+        block_rows = cls._streamed_block_rows(
+            estimator, training, n_obs, M, search_kernel,
+            pair is not None and "two_body" in names, owner, runner, warn=False)
+        largest = int(np.argmax(n_atoms))
+        result = descriptor.compute(training.frames[largest], strain=bool(has_stress[largest]))
+        structure_bytes = sum(a.nbytes for a in (result.features, result.gradients,
+                                                 result.strain_gradients) if a is not None)
+        structure_bytes += 2 * 8 * (3 * int(n_atoms[largest]) + 7) * M
+        jobs = 1 if runner.client is not None else effective_n_jobs(estimator.n_jobs)
+        return sparse_fit_memory(n_obs, n_small, M, result.n_features,
+                                 [int(c) for c in candidates], estimator.sparse_method,
+                                 block_rows, structure_bytes,
+                                 estimator.calibration == "loso", jobs,
+                                 on_cluster=runner.client is not None)
 
     @classmethod
     def _fit_streamed(cls, estimator, design: SparseDesign, kernel: Kernel, pair,
@@ -497,13 +540,21 @@ class SparsePosterior(Posterior):
                     "%.1f -> %.1f)", owner, scales, lml, lml_groups)
         return log_params, lml_groups, scales
 
-    @staticmethod
-    def _choose_inducing(estimator, training, descriptor, rng, imap) -> list[np.ndarray]:
+    @classmethod
+    def _choose_inducing(cls, estimator, training, descriptor, kernel, rng, imap,
+                         runner) -> list[np.ndarray]:
         """Choose the inducing environments per element from a features-only pass.
 
         Only the candidates' descriptors are kept (``inducing_pool`` per element, drawn
-        before the pass; :func:`kernelpot.inducing.candidate_atoms`).
+        before the pass; :func:`kernelpot.inducing.candidate_atoms`). The fit's memory
+        estimate is logged first (INFO).
         """
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("%s: memory estimate (kernelpot.fit_memory), %s",
+                        type(estimator).__name__,
+                        cls.memory_estimate(estimator, training, descriptor, kernel, runner))
+        # the features pass runs where the blocks do (on the cluster, given a client)
+        imap = runner.imap if runner.client is not None else imap
         counts = np.bincount(np.concatenate(training.species_index),
                              minlength=len(training.species))
         n_select = resolve_n_sparse(estimator.n_sparse, training.species, counts,

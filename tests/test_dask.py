@@ -97,6 +97,17 @@ def test_the_candidates_of_a_bounded_inducing_pool_are_computed_on_the_cluster(c
     _assert_same_model(model, reference, test)
 
 
+def test_the_memory_estimate_on_a_cluster_counts_the_blocks_on_the_workers(client, cells,
+                                                                           caplog):
+    estimate = _model(**FIXED).estimate_fit_memory(cells, client=client)
+    assert estimate.workers is not None and "design (streamed, merged here)" in estimate.stages
+    assert "each Dask worker thread, per block" in str(estimate)
+    with caplog.at_level("INFO", logger="kernelpot"):
+        _model(**FIXED).fit(cells, client=client)
+    assert f"blocks of about {estimate.block_rows} rows on the Dask cluster" in caplog.text
+    assert str(estimate) in caplog.text
+
+
 def test_joblibs_dask_backend_runs_the_blocks_on_the_cluster(client, cells):
     from joblib import parallel_config
 

@@ -34,6 +34,7 @@ examples:
   kernelpot fit train.xyz --descriptor acsf --n-sparse 500 -o model.npz
   kernelpot fit train.xyz --config cfg.toml -o model.npz
   kernelpot fit train.xyz -o model.npz --scheduler tcp://scheduler:8786   # on Dask
+  kernelpot fit train.xyz --dry-run                     # the memory it would need
 
 cfg.toml is a flat table of estimator and descriptor parameters (for ACSF a
 descriptor.r_cut key changes the cutoff only; --r-cut also rescales the default
@@ -201,7 +202,13 @@ def _add_fit(sub) -> argparse.ArgumentParser:
                     "and save the model (.npz).",
         epilog=_FIT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("train", help="training structures with energies and/or forces")
-    parser.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
+    parser.add_argument("-o", "--output", default=None,
+                        help="model file to write (.npz; required unless --dry-run)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the fit's estimated memory, stage by stage (inducing "
+                             "selection, design, likelihood search, LOSO pass), and exit "
+                             "without fitting; the structures are read once and the "
+                             "descriptors of the largest computed")
     parser.add_argument("--no-train-eval", action="store_true",
                         help="skip predicting the training set after the fit (its errors "
                              "are printed otherwise; on a large set this takes a while)")

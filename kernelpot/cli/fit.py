@@ -6,6 +6,7 @@ import time
 
 from kernelpot import __version__
 from kernelpot.cli._common import (
+    CLIError,
     _build_model,
     _check_output,
     _errors,
@@ -21,10 +22,18 @@ from kernelpot.cli._common import (
 def _cmd_fit(args) -> int:
     from kernelpot.estimator import format_signal_std
 
+    if args.output is None and not args.dry_run:
+        raise CLIError("give the model file to write (-o model.npz), or "
+                       "--dry-run for the memory estimate only")
     _check_output(args.output, "the model file")
     frames = _read_frames(args.train, lazy=True)  # read when used: a few passes
     model = _build_model(args, frames)
     with dask_client(args.scheduler) as client:
+        if args.dry_run:
+            estimate = model.estimate_fit_memory(frames, client=client)
+            print(f"kernelpot {__version__}: {len(frames)} structures; memory estimate of "
+                  f"the fit (nothing fitted):\n{estimate}")
+            return 0
         fit_start = time.perf_counter()
         model.fit(frames, client=client)
         fit_s = time.perf_counter() - fit_start
