@@ -21,10 +21,11 @@ from ase import Atoms
 from ase.data import chemical_symbols
 from sklearn.utils.validation import check_is_fitted
 
-from kernelpot import conformal
+from kernelpot import _parallel, conformal
 from kernelpot._labels import check_frames
 from kernelpot._validation import check_verbose
 from kernelpot.calibration import StdCalibration
+from kernelpot.frame_files import FrameFiles, is_paths
 
 __all__ = ["Prediction", "PredictionMixin", "PredictionParts"]
 
@@ -206,15 +207,20 @@ class PredictionMixin:
 
     def _predict_many(self, X, forces: bool, variance, stress: bool = False,
                       shifts: bool = False):
-        """Predict many structures, solving their variances in batches."""
-        frames = check_frames(X, f"{type(self).__name__}.predict")
+        """Predict many structures, solving their variances in batches.
+
+        The model goes to joblib's workers as one shared argument: joblib's Dask backend
+        scatters it to the cluster once, not with every batch of structures.
+        """
+        frames = check_frames(FrameFiles(X) if is_paths(X) else X,
+                              f"{type(self).__name__}.predict")
         check_is_fitted(self)
         verbose = check_verbose(self.verbose, type(self).__name__)
         self.posterior_.prepare_prediction()  # shared by every worker, built once here
         out, batch, batch_rows = [], [], 0
-        for parts in self._imap(
-                lambda atoms: self._predict_parts(atoms, forces, variance, stress, shifts),
-                frames, verbose, "predict"):
+        for parts in _parallel.imap(_predict_structure, frames, n_jobs=self.n_jobs,
+                                    verbose=verbose, desc="predict",
+                                    shared=(self, forces, variance, stress, shifts)):
             batch.append(parts)
             batch_rows += parts.variance_rows
             if batch_rows >= _VARIANCE_BATCH_ROWS:
@@ -234,8 +240,9 @@ class PredictionMixin:
 
         Parameters
         ----------
-        X : list of ase.Atoms
-            Structures.
+        X : list of ase.Atoms, FrameFiles, or path(s)
+            Structures; a file's path, a list of paths or a
+            :class:`~kernelpot.FrameFiles` are read as the predictions go.
         return_std : bool, default=False
             Also return the std.
         std_type : {"total", "epistemic"}, default="total"
@@ -322,7 +329,7 @@ class PredictionMixin:
         epistemic = np.array([calibration.epistemic_variance(
             "energy", p.energy_var_posterior, p.energy_var_projection) for p in out])
         total = epistemic + calibration.noise_variance(
-            "energy", self.energy_noise_**2 * np.array([len(a) for a in frames]))
+            "energy", self.energy_noise_**2 * _atom_counts(frames))
         return epistemic, total
 
     def _force_variances(self, out):
@@ -339,8 +346,9 @@ class PredictionMixin:
 
         Parameters
         ----------
-        X : list of ase.Atoms
-            Structures.
+        X : list of ase.Atoms, FrameFiles, or path(s)
+            Structures; a file's path, a list of paths or a
+            :class:`~kernelpot.FrameFiles` are read as the predictions go.
         return_std : bool, default=False
             Also return the std of every component.
         std_type : {"total", "epistemic"}, default="total"
@@ -394,8 +402,8 @@ class PredictionMixin:
 
         Parameters
         ----------
-        X : list of ase.Atoms
-            Each periodic along all three axes.
+        X : list of ase.Atoms, FrameFiles, or path(s)
+            Each periodic along all three axes (paths are read as for :meth:`predict`).
         return_std : bool, default=False
             Also return the std of every stress component: the model's epistemic
             variance of the stress (the same linear functional of the local-energy GP
@@ -453,8 +461,9 @@ class PredictionMixin:
 
         Parameters
         ----------
-        X : list of ase.Atoms
-            Structures.
+        X : list of ase.Atoms, FrameFiles, or path(s)
+            Structures; a file's path, a list of paths or a
+            :class:`~kernelpot.FrameFiles` are read as the predictions go.
         return_std : bool, default=False
             Also return the stds.
         std_type : {"total", "epistemic"}, default="total"
@@ -517,3 +526,15 @@ class PredictionMixin:
                 local = local + baseline.compute(atoms, forces=False).local_energies
             out.append(local + self.e0_[index])
         return out
+
+
+def _predict_structure(shared: tuple, atoms: Atoms) -> PredictionParts:
+    """One structure's prediction parts (``shared``: the model and what to predict)."""
+    model, forces, variance, stress, shifts = shared
+    return model._predict_parts(atoms, forces, variance, stress, shifts)
+
+
+def _atom_counts(frames) -> np.ndarray:
+    """Atoms per structure (a :class:`~kernelpot.FrameFiles` knows them without reading)."""
+    known = getattr(frames, "n_atoms", None)
+    return np.asarray(known) if known is not None else np.array([len(a) for a in frames])

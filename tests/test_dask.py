@@ -292,3 +292,37 @@ def test_the_readme_dask_example_runs(client, caplog):
     namespace["client"].close()
     assert "on the Dask cluster" in caplog.text
     assert namespace["model"].method_ == "sparse"
+
+
+class _CountedModel(SparseGPPotential):
+    """The estimator, noting in the workers' directory each time a worker unpickles it."""
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if os.getpid() == int(_file("client_pid").read_text()):
+            return  # not on a worker
+        with open(_file("unpickled"), "a") as log:
+            log.write(f"{os.getpid()}\n")
+
+
+def test_predictions_on_the_cluster_send_the_model_to_each_worker_once(client, cells):
+    from joblib import parallel_config
+
+    model = _CountedModel(SOAP(["Cu"], 4.0, 4, 3, 0.5), method="sparse", random_state=0,
+                          n_sparse=40, **FIXED).fit(cells)
+    frames = emt_strained_cells(60, seed=3)
+    energies, forces, e_std, f_std = model.predict_energies_and_forces(frames, return_std=True)
+    _file("unpickled").unlink(missing_ok=True)
+    _file("client_pid").write_text(str(os.getpid()))
+    with parallel_config(backend="dask"):  # the module's client is the default one
+        model.set_params(n_jobs=-1)
+        got = model.predict_energies_and_forces(frames, return_std=True)
+    unpickled = _file("unpickled").read_text().split()
+    # scattered once, to one worker at least, and at most once per worker (Dask may copy
+    # it to the other); without it, joblib sent the model with each batch of structures
+    assert 1 <= len(unpickled) <= 2 and len(set(unpickled)) == len(unpickled)
+    np.testing.assert_allclose(got[0], energies, rtol=1e-12)
+    np.testing.assert_allclose(got[2], e_std, rtol=1e-10)
+    for k in range(len(frames)):
+        np.testing.assert_allclose(got[1][k], forces[k], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(got[3][k], f_std[k], rtol=1e-10)

@@ -109,6 +109,28 @@ def test_a_fit_from_paths_is_the_fit_from_the_frames_read(files, limit):
     assert single.posterior_.loso.n_structures == 5
 
 
+def test_predictions_from_paths_are_those_of_the_frames_read(files):
+    paths = [files / "a.xyz", str(files / "b.xyz")]
+    frames = read(paths[0], ":") + read(paths[1], ":")
+    model = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), method="sparse", random_state=0,
+                              n_sparse=30, **FIXED).fit(frames[:6])
+    energies, e_std = model.predict(frames, return_std=True)
+    forces, f_std = model.predict_forces(frames, return_std=True)
+    stress = model.predict_stress(frames)
+    for X in (paths, FrameFiles(paths), files / "a.xyz"):
+        n = 12 if isinstance(X, (list, FrameFiles)) else 5
+        e, s = model.predict(X, return_std=True)
+        np.testing.assert_array_equal(e, energies[:n])
+        np.testing.assert_array_equal(s, e_std[:n])
+        f, fs = model.predict_forces(X, return_std=True)
+        for k in range(n):
+            np.testing.assert_array_equal(f[k], forces[k])
+            np.testing.assert_array_equal(fs[k], f_std[k])
+        np.testing.assert_array_equal(model.predict_stress(X), stress[:n])
+    with pytest.raises(ValueError, match="missing.xyz"):
+        model.predict(files / "missing.xyz")
+
+
 def _traced_peak(fn):
     tracemalloc.start()
     try:
