@@ -13,8 +13,8 @@ from skmatter.sample_selection import CUR, FPS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SPARSE_METHODS", "candidate_atoms", "choose_inducing", "resolve_n_sparse",
-           "select_inducing"]
+__all__ = ["SPARSE_METHODS", "FarthestPointPool", "candidate_atoms", "choose_inducing",
+           "resolve_n_sparse", "select_inducing"]
 
 SPARSE_METHODS = ("cur", "fps", "random", "all")
 _INTEGER_TYPES = (numbers.Integral, np.integer)
@@ -122,6 +122,64 @@ def _cur_rank(features: np.ndarray, n_select: int) -> int:
     the space.
     """
     return int(max(1, min(n_select, min(features.shape) - 1)))
+
+
+class FarthestPointPool:
+    """One element's inducing environments by farthest-point sampling, chosen as they stream.
+
+    Environments are added a structure at a time. While they number at most
+    ``capacity`` they are all kept, and :meth:`select` is farthest-point sampling over
+    all of them (:func:`select_inducing`, exactly). When more arrive, the pool is reduced
+    by farthest-point sampling to ``2 n_select`` of them each time it fills, and the
+    final selection runs on what is kept: a merge-and-reduce scheme (farthest-point
+    sampling of farthest-point samples), which keeps the environments far from the
+    rest, as the k-centre problem that farthest-point sampling approximates asks, with
+    at most ``capacity`` descriptors held.
+
+    Parameters
+    ----------
+    n_select : int
+        Inducing environments wanted.
+    capacity : int
+        Environments held at most (raised to ``4 n_select`` if below).
+    rng : numpy.random.RandomState or Generator
+        The start of each farthest-point sampling.
+    """
+
+    def __init__(self, n_select: int, capacity: int,
+                 rng: np.random.RandomState | np.random.Generator):
+        self.n_select = int(n_select)
+        self.capacity = max(int(capacity), 4 * self.n_select)
+        self.rng = rng
+        self.n_seen = 0
+        self.n_reductions = 0
+        self._parts: list[np.ndarray] = []
+        self._held = 0
+
+    def add(self, features: np.ndarray) -> None:
+        """Add environments (rows); reduce the pool if it is then over its capacity."""
+        if not len(features):
+            return
+        self._parts.append(np.array(features))  # a copy: not a view into a larger array
+        self._held += len(features)
+        self.n_seen += len(features)
+        if self._held > self.capacity:
+            pool = self._joined()
+            keep = select_inducing(pool, 2 * self.n_select, "fps", self.rng)
+            self._parts, self._held = [pool[keep]], len(keep)
+            self.n_reductions += 1
+
+    def select(self) -> np.ndarray:
+        """Return the chosen inducing descriptors, shape (n_select, n_features), read-only."""
+        pool = self._joined()
+        z = np.array(pool[select_inducing(pool, self.n_select, "fps", self.rng)])
+        z.setflags(write=False)
+        return z
+
+    def _joined(self) -> np.ndarray:
+        pool = self._parts[0] if len(self._parts) == 1 else np.concatenate(self._parts)
+        self._parts = [pool]
+        return pool
 
 
 def candidate_atoms(species_index: list[np.ndarray], n_select: np.ndarray,

@@ -64,7 +64,12 @@ from kernelpot.hyperparameters import (
     values_kept_where_fixed,
     warn_if_force_noise_at_bound,
 )
-from kernelpot.inducing import candidate_atoms, choose_inducing, resolve_n_sparse
+from kernelpot.inducing import (
+    FarthestPointPool,
+    candidate_atoms,
+    choose_inducing,
+    resolve_n_sparse,
+)
 from kernelpot.loso import LosoTerms, sparse_loso
 from kernelpot.mean_maps import MeanMap, mean_map
 from kernelpot.posterior import Posterior
@@ -434,8 +439,9 @@ class SparsePosterior(Posterior):
             n_select = candidates = counts
         elif estimator.inducing_pool is None:
             candidates = counts
-        else:
-            candidates = np.minimum(counts, np.maximum(int(estimator.inducing_pool), n_select))
+        else:  # farthest-point sampling streams through a pool of at least 4 n_select
+            least = 4 * n_select if estimator.sparse_method == "fps" else n_select
+            candidates = np.minimum(counts, np.maximum(int(estimator.inducing_pool), least))
         pair = estimator.two_body
         M = int(n_select.sum()) + (pair.n_columns(len(training.species)) if pair else 0)
         n_atoms = training.n_atoms
@@ -545,13 +551,16 @@ class SparsePosterior(Posterior):
                          runner) -> list[np.ndarray]:
         """Choose the inducing environments per element from a features-only pass.
 
-        Only the candidates' descriptors are kept (``inducing_pool`` per element, drawn
-        before the pass; :func:`kernelpot.inducing.candidate_atoms`). The fit's memory
-        estimate is logged first (INFO).
+        An element with more environments than ``inducing_pool`` (or ``n_sparse``) never
+        has all their descriptors held: farthest-point sampling streams them through a
+        :class:`~kernelpot.inducing.FarthestPointPool`; CUR and random selection choose
+        among ``inducing_pool`` drawn at random before the pass
+        (:func:`~kernelpot.inducing.candidate_atoms`). The fit's memory estimate is
+        logged first (INFO).
         """
+        owner = type(estimator).__name__
         if logger.isEnabledFor(logging.INFO):
-            logger.info("%s: memory estimate (kernelpot.fit_memory), %s",
-                        type(estimator).__name__,
+            logger.info("%s: memory estimate (kernelpot.fit_memory), %s", owner,
                         cls.memory_estimate(estimator, training, descriptor, kernel, runner))
         # the features pass runs where the blocks do (on the cluster, given a client)
         imap = runner.imap if runner.client is not None else imap
@@ -559,31 +568,43 @@ class SparsePosterior(Posterior):
                              minlength=len(training.species))
         n_select = resolve_n_sparse(estimator.n_sparse, training.species, counts,
                                     DEFAULT_SPARSE_CAP)
-        if estimator.sparse_method == "all":
-            candidates = None
-        else:
-            candidates = candidate_atoms(training.species_index, n_select,
-                                         estimator.inducing_pool, rng)
-        if candidates is None:
-            features = list(imap(descriptor.create, training.frames, "features"))
-            species_index = training.species_index
-        else:
-            features = list(imap(partial(_candidate_features, descriptor),
-                                 _Candidates(training.frames, candidates), "features"))
-            species_index = [index[keep] for index, keep in
-                             zip(training.species_index, candidates, strict=True)]
-        inducing = choose_inducing(features, species_index, len(training.species),
-                                   estimator.n_sparse, estimator.sparse_method, rng,
-                                   DEFAULT_SPARSE_CAP, training.species)
+        method, pool_size = estimator.sparse_method, estimator.inducing_pool
         symbols = [chemical_symbols[z] for z in training.species]
-        pool = np.bincount(np.concatenate(species_index), minlength=len(training.species))
+        oversized = method != "all" and pool_size is not None \
+            and bool(np.any(counts > np.maximum(int(pool_size), n_select)))
+        if oversized and method == "fps":
+            pools = [FarthestPointPool(n, int(pool_size), rng) for n in n_select]
+            for features, index in zip(imap(descriptor.create, training.frames, "features"),
+                                       training.species_index, strict=True):
+                for s, pool in enumerate(pools):
+                    pool.add(features[index == s])
+            inducing = [pool.select() for pool in pools]
+            how = (f"; farthest-point sampling streamed, at most "
+                   f"{dict(zip(symbols, [p.capacity for p in pools], strict=True))} held, "
+                   f"reduced {dict(zip(symbols, [p.n_reductions for p in pools], strict=True))}"
+                   f" times; inducing_pool={pool_size}")
+        else:
+            candidates = candidate_atoms(training.species_index, n_select, pool_size, rng) \
+                if oversized else None
+            if candidates is None:
+                features = list(imap(descriptor.create, training.frames, "features"))
+                species_index = training.species_index
+            else:
+                features = list(imap(partial(_candidate_features, descriptor),
+                                     _Candidates(training.frames, candidates), "features"))
+                species_index = [index[keep] for index, keep in
+                                 zip(training.species_index, candidates, strict=True)]
+            inducing = choose_inducing(features, species_index, len(training.species),
+                                       estimator.n_sparse, method, rng, DEFAULT_SPARSE_CAP,
+                                       training.species)
+            seen = np.bincount(np.concatenate(species_index), minlength=len(symbols))
+            how = "" if candidates is None else (
+                f"; chosen among {dict(zip(symbols, seen.tolist(), strict=True))} drawn at "
+                f"random, inducing_pool={pool_size}")
         logger.info("%s: %d structures, inducing environments per element %s (of %s%s)",
-                    type(estimator).__name__, len(training.frames),
+                    owner, len(training.frames),
                     {symbols[s]: len(z) for s, z in enumerate(inducing)},
-                    dict(zip(symbols, counts.tolist(), strict=True)),
-                    "" if candidates is None else
-                    f"; chosen among {dict(zip(symbols, pool.tolist(), strict=True))} "
-                    f"drawn at random, inducing_pool={estimator.inducing_pool}")
+                    dict(zip(symbols, counts.tolist(), strict=True)), how)
         return inducing
 
     @staticmethod

@@ -43,13 +43,19 @@ def test_the_estimate_is_the_fits_traced_peak_within_a_third(cells, limit, calib
     assert 0.67 * estimate.peak < peak < 1.33 * estimate.peak
 
 
-def test_a_smaller_inducing_pool_shrinks_the_selection_stage(cells):
-    full = _model().estimate_fit_memory(cells).stages["inducing selection"]
-    pooled = _model(inducing_pool=600).estimate_fit_memory(cells).stages["inducing selection"]
-    # 960 environments seen against 600: the features and the selector's copies shrink
+@pytest.mark.parametrize(("method", "copies", "options", "seen"), [
+    ("cur", 4.1, {"inducing_pool": 600}, 600),  # 600 of 960 drawn at random
+    ("fps", 2.0, {"inducing_pool": 300, "n_sparse": 100}, 400),  # a pool of 4 n_sparse
+])
+def test_a_smaller_inducing_pool_shrinks_the_selection_stage(cells, method, copies, options,
+                                                             seen):
+    n_sparse = options.get("n_sparse", 500)
+    full = _model(sparse_method=method, n_sparse=n_sparse).estimate_fit_memory(cells)
+    pooled = _model(sparse_method=method, **options).estimate_fit_memory(cells)
     D = SOAP(["Cu"], 4.0, 6, 4, 0.4).get_number_of_features()
-    structure = full - 8 * D * (960 + 2 * 960)
-    assert pooled == pytest.approx(structure + 8 * D * (600 + 2 * 600), rel=1e-12)
+    structure = full.stages["inducing selection"] - 8 * D * (960 + copies * 960)
+    assert pooled.stages["inducing selection"] == pytest.approx(
+        structure + 8 * D * (seen + copies * seen), rel=1e-12)
 
 
 def test_the_exact_model_estimates_its_kernel_matrix(cells):

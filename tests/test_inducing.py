@@ -5,6 +5,7 @@ import pytest
 
 from kernelpot.inducing import (
     SPARSE_METHODS,
+    FarthestPointPool,
     candidate_atoms,
     choose_inducing,
     resolve_n_sparse,
@@ -271,19 +272,43 @@ def test_a_fit_chooses_its_inducing_environments_among_the_drawn_candidates(capl
     cells = emt_strained_cells(10, seed=0, rattle=0.1)  # 80 Cu environments
     # a pool as large as n_sparse: the candidates drawn are the inducing environments
     with caplog.at_level("INFO", logger="kernelpot"):
-        model = _cu_fit(cells, inducing_pool=12)
+        model = _cu_fit(cells, inducing_pool=12, sparse_method="random")
     np.testing.assert_allclose(model.inducing_[0], _candidate_rows(cells, 12), rtol=1e-12)
     assert "chosen among {'Cu': 12} drawn at random, inducing_pool=12" in caplog.text
-    # a larger pool: farthest-point sampling picks 12 of its 30 candidates
-    model = _cu_fit(cells, inducing_pool=30)
+    # a larger pool: CUR picks 12 of its 30 candidates
+    model = _cu_fit(cells, inducing_pool=30, sparse_method="cur")
     candidates = _candidate_rows(cells, 30)
     distance = np.abs(model.inducing_[0][:, None, :] - candidates[None]).max(axis=2)
     assert model.inducing_[0].shape == (12, candidates.shape[1])
     assert np.all(distance.min(axis=1) < 1e-12)
     # a pool above the environments changes nothing, not even the random stream
-    everyone = _cu_fit(cells, inducing_pool=None)
-    np.testing.assert_array_equal(_cu_fit(cells, inducing_pool=80).alpha_, everyone.alpha_)
-    np.testing.assert_array_equal(_cu_fit(cells).alpha_, everyone.alpha_)
+    for method in ("fps", "cur"):
+        everyone = _cu_fit(cells, inducing_pool=None, sparse_method=method)
+        np.testing.assert_array_equal(
+            _cu_fit(cells, inducing_pool=80, sparse_method=method).alpha_, everyone.alpha_)
+        np.testing.assert_array_equal(_cu_fit(cells, sparse_method=method).alpha_,
+                                      everyone.alpha_)
+
+
+def test_a_fit_streams_farthest_point_sampling_through_a_bounded_pool(caplog):
+    from helpers import emt_strained_cells
+
+    from kernelpot import SOAP
+
+    cells = emt_strained_cells(10, seed=0, rattle=0.1)  # 80 Cu environments
+    with caplog.at_level("INFO", logger="kernelpot"):
+        model = _cu_fit(cells, n_sparse=5, inducing_pool=25)
+    assert "farthest-point sampling streamed, at most {'Cu': 25} held, reduced {'Cu': 4} " \
+           "times; inducing_pool=25" in caplog.text
+    # the same as the pool fed by hand, and every choice a training environment
+    soap = SOAP(["Cu"], 4.0, 4, 3, 0.5)
+    pool = FarthestPointPool(5, 25, np.random.RandomState(0))
+    for atoms in cells:
+        pool.add(soap.create(atoms))
+    np.testing.assert_array_equal(model.inducing_[0], pool.select())
+    everyone = np.concatenate([soap.create(atoms) for atoms in cells])
+    distance = np.abs(model.inducing_[0][:, None, :] - everyone[None]).max(axis=2)
+    assert np.all(distance.min(axis=1) < 1e-12)
 
 
 @pytest.mark.parametrize("pool", [0, -3, True, 2.5, "100"])
@@ -293,3 +318,47 @@ def test_a_bad_inducing_pool_is_refused(pool):
     with pytest.raises(ValueError, match=f"inducing_pool must be None or an int >= 1; "
                                          f"got {pool!r}"):
         _cu_fit(emt_strained_cells(2, seed=0), inducing_pool=pool)
+
+
+# -- FarthestPointPool: farthest-point sampling over a stream ------------------------------
+
+def test_the_pool_is_plain_farthest_point_sampling_while_it_holds_everything():
+    features = _features(n=120, seed=8)
+    pool = FarthestPointPool(7, 500, np.random.RandomState(3))
+    for start in range(0, 120, 13):
+        pool.add(features[start:start + 13])
+    assert pool.n_reductions == 0 and pool.n_seen == 120
+    chosen = select_inducing(features, 7, "fps", np.random.RandomState(3))
+    np.testing.assert_array_equal(pool.select(), features[chosen])
+    assert not pool.select().flags.writeable
+
+
+def test_the_pool_keeps_a_rare_cluster_that_a_random_pool_misses():
+    rng = np.random.default_rng(4)
+    directions = np.eye(6)
+    # five common clusters, 400 environments each, and a sixth of three, streamed last
+    label = np.concatenate([rng.integers(0, 5, 2000), [5, 5, 5]])
+    features = directions[label] + 0.02 * rng.normal(size=(len(label), 6))
+    pool = FarthestPointPool(6, 60, np.random.RandomState(0))
+    held = []
+    for start in range(0, len(label), 17):
+        pool.add(features[start:start + 17])
+        held.append(sum(len(part) for part in pool._parts))
+    assert pool.n_reductions > 20 and max(held) <= 60  # never more than its capacity
+    chosen = pool.select()
+    found = np.argmax(chosen @ directions.T, axis=1)
+    assert sorted(found) == [0, 1, 2, 3, 4, 5]
+    # a random draw of as many candidates rarely holds one of the three
+    index = [np.zeros(len(label), dtype=np.int64)]
+    misses = sum(5 not in label[candidate_atoms(index, np.array([6]), 60,
+                                                np.random.RandomState(seed))[0]]
+                 for seed in range(20))
+    assert misses >= 15
+
+
+def test_the_pool_capacity_leaves_room_for_twice_the_selection():
+    pool = FarthestPointPool(10, 12, np.random.RandomState(0))
+    assert pool.capacity == 40
+    for start in range(0, 200, 9):
+        pool.add(_features(n=200, seed=9)[start:start + 9])
+    assert pool.n_reductions > 0 and len(pool.select()) == 10
