@@ -131,12 +131,17 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         force error as CUR and random, and the force std ranks errors best, Spearman
         0.62 against 0.46 for CUR).
     inducing_pool : int or None, default=50000
-        Candidates per element that the selection sees. An element with more
-        training environments than ``max(inducing_pool, its n_sparse)`` is chosen
-        from that many of them drawn uniformly at random (the fit's ``random_state``),
-        so that only the candidates' descriptors are held, not those of every
-        environment; smaller sets are unaffected. ``None`` lets the selection see
-        every environment.
+        Environments per element whose descriptors the selection holds at once. An
+        element with more training environments than ``max(inducing_pool, its
+        n_sparse)`` is chosen without holding them all: farthest-point sampling streams
+        them through a pool of ``max(inducing_pool, 4 n_sparse)``, reduced to
+        ``2 n_sparse`` by farthest-point sampling whenever it fills
+        (:class:`~kernelpot.inducing.FarthestPointPool`, which keeps rare, distant
+        environments); CUR and random selection choose among ``max(inducing_pool,
+        n_sparse)`` drawn uniformly at random (a random pool lost 1σ coverage with
+        farthest-point sampling: 0.62 → 0.52 on 400 EMT alloy cells at 6,000 of 12,900
+        environments for 300). Smaller sets are unaffected. ``None`` holds every
+        environment's descriptors.
     baseline : kernelpot.ZBL, LennardJones, Coulomb, ASE calculator or None, default=None
         A fixed physics term (Δ-learning, :mod:`kernelpot.baselines`): the GP is
         fitted to the labels minus the baseline's energies, forces and stresses, and
