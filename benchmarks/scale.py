@@ -6,6 +6,9 @@ standing in for temperatures), labelled with energy, forces and stress, written 
 extended XYZ files under ``--data`` and read back with ``ase.io``. Each fit runs in its
 own process (``--one``), so its peak resident memory (``ru_maxrss``) is its own.
 
+Each fit's memory estimate (``estimate_fit_memory``, made before it) is printed beside
+its measured peak, added to the process's resident peak before the fit.
+
 Both fits use the default SOAP model with ``n_sparse`` inducing environments per
 element (``--m``), one BLAS thread and no LOSO calibration (``calibration=None``,
 which the streamed fit would compute in a second pass). The in-memory fit holds the
@@ -117,6 +120,8 @@ def fit_one(path: Path, m: int, limit: float, weights_out: Path, lazy: bool = Fa
 
     frames = FrameFiles(path) if lazy else read(path, ":")
     model = make_model(m, limit)
+    estimate = model.estimate_fit_memory(frames)
+    before = peak_gib()  # the interpreter, libraries and structures read, before the fit
     start = time.perf_counter()
     model.fit(frames)
     seconds = time.perf_counter() - start
@@ -124,7 +129,8 @@ def fit_one(path: Path, m: int, limit: float, weights_out: Path, lazy: bool = Fa
     n_atoms = frames.n_atoms if lazy else np.array([len(a) for a in frames])
     n_force = int(3 * n_atoms.sum())
     return {"seconds": seconds, "peak_gib": peak_gib(), "force_rows": n_force,
-            "M": len(model.alpha_), "rows": n_force + 7 * len(frames)}
+            "M": len(model.alpha_), "rows": n_force + 7 * len(frames),
+            "estimate_gib": estimate.peak_gib, "before_gib": before}
 
 
 def fit_dask(path: Path, m: int, limit: float, weights_out: Path, n_workers: int) -> dict:
@@ -235,7 +241,7 @@ def main(argv=None):
     if args.only:
         modes = {args.only: modes[args.only]}
     header = (f"{'cells':>6} {'force rows':>10} {'M':>5} {'design GiB':>10} "
-              + " ".join(f"{m + ' s':>11} {m + ' GiB':>12}" for m in modes)
+              + " ".join(f"{m + ' s':>11} {m + ' GiB':>12} {'estimated':>9}" for m in modes)
               + ("  |Δα|/|α|" if len(modes) == 2 else ""))
     lines, dask_lines = [], []
     for n in (int(s) for s in args.sizes.split(",")):
@@ -247,14 +253,17 @@ def main(argv=None):
                                      str(weights), "1" if args.lazy else "0"])
             results[mode]["alpha"] = np.load(weights)
             print(f"  {n} cells, {mode}: {results[mode]['seconds']:.1f} s, "
-                  f"{results[mode]['peak_gib']:.2f} GiB peak, load "
+                  f"{results[mode]['peak_gib']:.2f} GiB peak (estimated "
+                  f"{results[mode]['estimate_gib']:.2f} GiB beside "
+                  f"{results[mode]['before_gib']:.2f} GiB before the fit), load "
                   "{:.2f} -> {:.2f}".format(*results[mode]["load"]), flush=True)
         if dask_workers:
             dask_lines += dask_rows(args, n, path, dask_workers, results["streamed"])
         first = next(iter(results.values()))
         design = first["rows"] * first["M"] * 8 / 2**30
         row = (f"{n:>6} {first['force_rows']:>10} {first['M']:>5} {design:>10.3f} "
-               + " ".join(f"{r['seconds']:>11.1f} {r['peak_gib']:>12.2f}"
+               + " ".join(f"{r['seconds']:>11.1f} {r['peak_gib']:>12.2f} "
+                          f"{r['before_gib'] + r['estimate_gib']:>9.2f}"
                           for r in results.values()))
         if len(results) == 2:
             a, b = results["memory"]["alpha"], results["streamed"]["alpha"]
@@ -263,7 +272,8 @@ def main(argv=None):
     print("\n" + header)
     print("\n".join(lines))
     print("Peak GiB: the fitting process's maximum resident memory (ru_maxrss), Python "
-          "and the descriptors included.")
+          "and the descriptors included. Estimated: the process's resident peak before "
+          "the fit plus the fit's estimate (SparseGPPotential.estimate_fit_memory).")
     if dask_lines:
         print(f"\n{'cells':>6} {'force rows':>10} {'M':>5} {'mode':>9} {'fit s':>7} "
               f"{'client GiB':>10} {'worker peaks GiB':>17} {'speed-up':>8} "
