@@ -114,6 +114,28 @@ def test_scale_goes_to_its_limit_when_the_noise_explains_the_errors():
     assert (fitted["projection"], fitted["exponent"], fitted["noise"]) == (1.0, 1.0, 1.0)
 
 
+def test_a_tiny_scale_with_a_steep_exponent_is_kept_not_taken_for_noise():
+    # errors whose variance grows as the fifth power of the raw variance: at the
+    # typical value the epistemic part is far below the noise (c ~ 3e-6), on the
+    # values of large raw variance it is all of it
+    rng = np.random.default_rng(0)
+    post = np.exp(rng.normal(0.0, 2.5, 20_000))
+    v_ref = np.exp(np.mean(np.log(post)))
+    epistemic = 1e-11 * v_ref * (post / v_ref) ** 5
+    noise = np.ones_like(post)
+    errors = rng.normal(0.0, np.sqrt(epistemic + noise))
+    fitted = fit_variance_terms(errors, post, np.zeros_like(post), noise, "test")
+    assert fitted["scale"] < 1e-4 and fitted["exponent"] == pytest.approx(5.0, abs=0.1)
+    calibration = StdCalibration({"energy": fitted["scale"],
+                                  "energy_exponent": fitted["exponent"],
+                                  "energy_reference": fitted["reference"],
+                                  "energy_noise": fitted["noise"]}, None)
+    std = np.sqrt(calibration.epistemic_variance("energy", post, 0.0)
+                  + calibration.noise_variance("energy", noise))
+    large = post > np.quantile(post, 0.9)  # where the epistemic part dominates
+    assert np.mean(np.abs(errors[large]) <= std[large]) == pytest.approx(0.683, abs=0.03)
+
+
 def test_zero_epistemic_variance_is_an_error():
     zeros = np.zeros(10)
     with pytest.raises(ValueError, match="Owner: the model's epistemic variance is zero"):
