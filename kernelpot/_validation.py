@@ -399,4 +399,4 @@ def check_geometry(frames: list[Atoms], species: np.ndarray, periodic: bool | No
             f"neighbour within r_cut = {r_cut} Å (structure {k}: {lonely} atom(s)); such an "
             "atom only informs its element's reference energy and its forces carry "
             "nothing. Check the cell, the units and r_cut (a one-atom open structure, a "
-            "free-atom reference, is not counted)", UserWarning, stacklevel=3)
+            "free-atom reference, is not counted)", UserWarning, stacklevel=4)

@@ -96,10 +96,11 @@ def fit_variance_terms(errors: np.ndarray, post: np.ndarray, proj: np.ndarray,
     with it the total std is too uniform. Without a projection term (an exact model)
     ``w = 1`` is not fitted. With fewer than :data:`SHAPE_MIN_VALUES` values only
     ``c`` is fitted (``w = p = d = 1``): four parameters on a handful of energies
-    overfit. If the fitted epistemic part is below ``1e-8`` of the total variance on
-    every value (the noise explains the errors; ``c`` then goes to its lower limit),
-    ``w`` and ``p`` mean nothing and are 1. A small ``c`` alone is not that case: with
-    ``p > 1`` it can still give the values of large raw variance most of theirs.
+    overfit. If ``c`` goes towards its lower limit (below 1e-4) and the fitted
+    epistemic part holds less than 1e-4 of the summed variance, the noise explains the
+    errors: ``c`` is set to its limit and ``w`` and ``p``, which then mean nothing, to 1.
+    A small ``c`` alone is not that case: with ``p > 1`` it can still give the values of
+    large raw variance most of theirs.
     """
     r2 = np.asarray(errors, dtype=np.float64) ** 2
     noise = np.asarray(noise, dtype=np.float64)
@@ -162,14 +163,13 @@ def fit_variance_terms(errors: np.ndarray, post: np.ndarray, proj: np.ndarray,
                       options={"ftol": 1e-13, "gtol": 1e-9, "maxiter": 1000})
     r, d2, _, _, _, epistemic = parts(result.x)
     # the gradient in log c² vanishes with c², so L-BFGS-B stops well above the bound:
-    # an epistemic share below 1e-4 in std on every value is the noise explaining the
-    # errors. The share, not c alone: with p > 1 a tiny c still gives the values of
-    # large raw variance most of theirs (measured: c = 1.7e-6, p = 4.1 carried 72 % of
-    # the variance of 77,520 LOSO force errors; judging by c dropped it, and the 1σ
+    # c below 1e-4 is the noise explaining the errors, unless the epistemic part still
+    # holds a share of the variance: with p > 1 a tiny c still gives the values of large
+    # raw variance most of theirs (measured: c = 1.7e-6, p = 4.1 carried 72 % of the
+    # variance of 77,520 LOSO force errors; judging by c alone dropped it, and the 1σ
     # coverage of those errors fell from 0.70 to 0.53)
-    total = epistemic + d2 * noise
-    share = np.divide(epistemic, total, out=np.zeros_like(total), where=total > 0)
-    if not np.any(share > _SCALE_FLOOR**2):
+    share = float(np.sum(epistemic) / np.sum(epistemic + d2 * noise))
+    if result.x[0] < np.log(_SCALE_FLOOR**2) and share < _SCALE_FLOOR:
         logger.info("%s: the epistemic scale went to its lower limit: the learned noise "
                     "explains the errors", owner)
         return {"scale": float(np.exp(-0.5 * bound)), "projection": 1.0, "exponent": 1.0,

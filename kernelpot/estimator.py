@@ -131,10 +131,10 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
         force error as CUR and random, and the force std ranks errors best, Spearman
         0.62 against 0.46 for CUR).
     inducing_pool : int or None, default=50000
-        Environments per element whose descriptors the selection holds at once. An
-        element with more training environments than ``max(inducing_pool, its
-        n_sparse)`` is chosen without holding them all: farthest-point sampling streams
-        them through a pool of ``max(inducing_pool, 4 n_sparse)``, reduced to
+        Environments per element whose descriptors the selection holds at once. For
+        an element with more training environments than ``max(inducing_pool, its
+        n_sparse)``, farthest-point sampling streams them through a pool of
+        ``max(inducing_pool, 4 n_sparse)`` (all of them, if no more), reduced to
         ``2 n_sparse`` by farthest-point sampling whenever it fills
         (:class:`~kernelpot.inducing.FarthestPointPool`, which keeps rare, distant
         environments); CUR and random selection choose among ``max(inducing_pool,
@@ -605,10 +605,14 @@ pair of float
                     self.log_marginal_likelihood_value_)
         return self
 
-    def _prepare_fit(self, X, owner: str) -> _PreparedFit:
-        """Check the training structures and labels; choose the descriptor and the method."""
-        frames = check_frames(FrameFiles(X) if is_paths(X) else X, f"{owner}.fit")
-        labels = read_labels(frames, f"{owner}.fit", stress=bool(self.use_stress), every=True)
+    def _prepare_fit(self, X, owner: str, method: str = "fit") -> _PreparedFit:
+        """Check the training structures and labels; choose the descriptor and the method.
+
+        ``method`` names the public method in error messages.
+        """
+        where = f"{owner}.{method}"  # names the caller in errors
+        frames = check_frames(FrameFiles(X) if is_paths(X) else X, where)
+        labels = read_labels(frames, where, stress=bool(self.use_stress), every=True)
         if self.config_type_noise:
             noise_groups.config_types(frames)  # names a bad config_type before any work
         baseline = as_baseline(self.baseline, owner)
@@ -630,9 +634,9 @@ pair of float
                           UserWarning, stacklevel=3)
             labels, raw_labels = (labels._replace(stresses=None),
                                   raw_labels._replace(stresses=None))
-        check_geometry(frames, species_to_numbers(descriptor.species, f"{owner}.fit"),
+        check_geometry(frames, species_to_numbers(descriptor.species, where),
                        getattr(descriptor, "periodic", None), getattr(descriptor, "r_cut", None),
-                       self.min_distance, f"{owner}.fit")
+                       self.min_distance, where)
         species_index = [np.searchsorted(species, a.numbers) for a in frames]
         counts = np.stack([np.bincount(idx, minlength=len(species)) for idx in species_index])
         e0 = self._reference_energies(counts, labels.energies, species)
@@ -679,7 +683,7 @@ pair of float
         owner = type(self).__name__
         self._check_params()
         client = check_client(client, f"{owner}.estimate_fit_memory")
-        prepared = self._prepare_fit(X, owner)
+        prepared = self._prepare_fit(X, owner, "estimate_fit_memory")
         training = prepared.training
         if prepared.method == "exact":
             cost = _exact_costs(training.frames, training.species_index, training.has_energy,

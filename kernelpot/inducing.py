@@ -133,8 +133,9 @@ class FarthestPointPool:
     by farthest-point sampling to ``2 n_select`` of them each time it fills, and the
     final selection runs on what is kept: a merge-and-reduce scheme (farthest-point
     sampling of farthest-point samples), which keeps the environments far from the
-    rest, as the k-centre problem that farthest-point sampling approximates asks, with
-    at most ``capacity`` descriptors held.
+    rest, as the k-centre problem that farthest-point sampling approximates asks. It
+    holds at most ``capacity`` descriptors plus those of the structure being added
+    (twice that for a moment while a reduction joins them).
 
     Parameters
     ----------
@@ -160,7 +161,8 @@ class FarthestPointPool:
         """Add environments (rows); reduce the pool if it is then over its capacity."""
         if not len(features):
             return
-        self._parts.append(np.array(features))  # a copy: not a view into a larger array
+        # a copy unless it is one already (not a view that keeps a larger array alive)
+        self._parts.append(features if features.base is None else np.array(features))
         self._held += len(features)
         self.n_seen += len(features)
         if self._held > self.capacity:
@@ -170,7 +172,15 @@ class FarthestPointPool:
             self.n_reductions += 1
 
     def select(self) -> np.ndarray:
-        """Return the chosen inducing descriptors, shape (n_select, n_features), read-only."""
+        """Return the chosen inducing descriptors, shape (n_select, n_features), read-only.
+
+        Raises
+        ------
+        ValueError
+            If no environment was added.
+        """
+        if not self._parts:
+            raise ValueError("FarthestPointPool.select: no environments were added")
         pool = self._joined()
         z = np.array(pool[select_inducing(pool, self.n_select, "fps", self.rng)])
         z.setflags(write=False)

@@ -507,8 +507,8 @@ class PredictionMixin:
 
         Parameters
         ----------
-        X : list of ase.Atoms
-            Structures.
+        X : list of ase.Atoms, FrameFiles, or path(s)
+            Structures, read as for :meth:`predict`.
 
         Returns
         -------
@@ -516,7 +516,8 @@ class PredictionMixin:
             Local energies, eV; each sums to the structure's predicted energy.
         """
         check_is_fitted(self)
-        frames = check_frames(X, f"{type(self).__name__}.predict_local_energies")
+        frames = check_frames(FrameFiles(X) if is_paths(X) else X,
+                              f"{type(self).__name__}.predict_local_energies")
         out = []
         for atoms in frames:
             index = self._species_index(atoms, "predict_local_energies")

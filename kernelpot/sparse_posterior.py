@@ -37,6 +37,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -53,7 +54,12 @@ from kernelpot._labels import TrainingSet
 from kernelpot._two_body_search import pair_factor, search_prior_std, whitened_pair_scale
 from kernelpot.descriptors import DescriptorResult
 from kernelpot.design import AssembledDesign, SparseDesign, prior_with_two_body, with_two_body
-from kernelpot.fit_memory import FitMemory, block_rows_for, sparse_fit_memory
+from kernelpot.fit_memory import (
+    IN_MEMORY_COPIES,
+    FitMemory,
+    block_rows_for,
+    sparse_fit_memory,
+)
 from kernelpot.hyperparameters import (
     DEFAULT_STRESS_NOISE,
     NoiseSearch,
@@ -449,9 +455,9 @@ class SparsePosterior(Posterior):
         n_small = int(training.has_energy.sum() + 6 * has_stress.sum())
         n_obs = n_small + int(3 * n_atoms[training.has_forces].sum())
         names = fitted_names(estimator.optimize, owner)
-        search_kernel = "kernel" in names and kernel.n_theta > 0 and not (
-            estimator.search_frames is not None
-            and int(estimator.search_frames) < len(training.frames))
+        on_subset = estimator.search_frames is not None \
+            and int(estimator.search_frames) < len(training.frames)
+        search_kernel = "kernel" in names and kernel.n_theta > 0 and not on_subset
         block_rows = cls._streamed_block_rows(
             estimator, training, n_obs, M, search_kernel,
             pair is not None and "two_body" in names, owner, runner, warn=False)
@@ -459,13 +465,25 @@ class SparsePosterior(Posterior):
         result = descriptor.compute(training.frames[largest], strain=bool(has_stress[largest]))
         structure_bytes = sum(a.nbytes for a in (result.features, result.gradients,
                                                  result.strain_gradients) if a is not None)
+        # every structure's descriptors, scaled from the largest's by the atoms
+        all_descriptors = structure_bytes * float(n_atoms.sum()) / int(n_atoms[largest])
         structure_bytes += 2 * 8 * (3 * int(n_atoms[largest]) + 7) * M
         jobs = 1 if runner.client is not None else effective_n_jobs(estimator.n_jobs)
-        return sparse_fit_memory(n_obs, n_small, M, result.n_features,
-                                 [int(c) for c in candidates], estimator.sparse_method,
-                                 block_rows, structure_bytes,
-                                 estimator.calibration == "loso", jobs,
-                                 on_cluster=runner.client is not None)
+        estimate = sparse_fit_memory(n_obs, n_small, M, result.n_features,
+                                     [int(c) for c in candidates], estimator.sparse_method,
+                                     block_rows, structure_bytes,
+                                     estimator.calibration == "loso", jobs,
+                                     on_cluster=runner.client is not None)
+        # descriptors the fit keeps (_kept_descriptors), and the kernel search's subset fit
+        kept = all_descriptors if estimator.incremental or (
+            search_kernel and all_descriptors < _DESCRIPTOR_CACHE_BYTES) else 0.0
+        stages = dict(estimate.stages)
+        if on_subset and "kernel" in names and kernel.n_theta > 0:
+            share = int(estimator.search_frames) / len(training.frames)
+            stages["kernel search on a subset"] = share * (
+                stages["design (whole)"] if block_rows is None
+                else IN_MEMORY_COPIES * 8.0 * n_obs * M)
+        return replace(estimate, held=estimate.held + kept, stages=stages)
 
     @classmethod
     def _fit_streamed(cls, estimator, design: SparseDesign, kernel: Kernel, pair,

@@ -136,6 +136,18 @@ def test_a_tiny_scale_with_a_steep_exponent_is_kept_not_taken_for_noise():
     assert np.mean(np.abs(errors[large]) <= std[large]) == pytest.approx(0.683, abs=0.03)
 
 
+def test_a_negligible_epistemic_part_left_at_its_start_is_not_reset():
+    # raw variances 1e10 below the noise: the likelihood cannot move c from its start
+    # (its gradient vanishes), and the map stays the raw one rather than being floored
+    rng = np.random.default_rng(1)
+    post = 1e-12 * np.exp(rng.normal(0.0, 0.3, 2000))
+    noise = np.full(2000, 1e-2)
+    fitted = fit_variance_terms(rng.normal(0.0, 0.1, 2000), post, np.zeros(2000), noise,
+                                "test")
+    assert fitted["scale"] == pytest.approx(1.0, rel=1e-6)
+    assert fitted["noise"] == pytest.approx(1.0, abs=0.05)
+
+
 def test_zero_epistemic_variance_is_an_error():
     zeros = np.zeros(10)
     with pytest.raises(ValueError, match="Owner: the model's epistemic variance is zero"):

@@ -550,8 +550,10 @@ def test_atoms_without_neighbours_warn(ethanol_frames, small_soap):
     frames = emt_copper_frames(3, seed=4)
     descriptor = ACSF.from_grid(["Cu"], 4.0, n_radial=3, n_angular=2)
     with pytest.warns(UserWarning, match=r"1 training structure\(s\) hold atoms with no "
-                                         r"neighbour within r_cut = 4.0 Å \(structure 3: 1"):
+                                         r"neighbour within r_cut = 4.0 Å \(structure 3: 1"
+                      ) as record:
         SparseGPPotential(descriptor, n_restarts=0, method="sparse").fit([*frames, lonely])
+    assert {w.filename for w in record} == {__file__}  # the warning points at this line
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         SparseGPPotential(descriptor, n_restarts=0, method="sparse").fit(frames)

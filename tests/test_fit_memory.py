@@ -20,11 +20,13 @@ def _model(**options):
     return SparseGPPotential(SOAP(["Cu"], 4.0, 6, 4, 0.4), **kwargs)
 
 
-@pytest.mark.parametrize(("limit", "calibration"), [(4.0, None), (2e-3, None),
-                                                    (2e-3, "loso")])
+@pytest.mark.parametrize(("limit", "calibration", "options"), [
+    (4.0, None, {}), (2e-3, None, {}), (2e-3, "loso", {}),
+    (4.0, None, {"incremental": True}),  # every structure's descriptors kept
+])
 def test_the_estimate_is_the_fits_traced_peak_within_a_third(cells, limit, calibration,
-                                                              caplog):
-    model = _model(design_memory_limit=limit, calibration=calibration)
+                                                              options, caplog):
+    model = _model(design_memory_limit=limit, calibration=calibration, **options)
     estimate = model.estimate_fit_memory(cells)
     assert estimate.n_observations == 30 * (1 + 3 * 32 + 6)
     assert (estimate.block_rows is None) == (limit == 4.0)

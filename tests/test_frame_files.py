@@ -127,6 +127,8 @@ def test_predictions_from_paths_are_those_of_the_frames_read(files):
             np.testing.assert_array_equal(f[k], forces[k])
             np.testing.assert_array_equal(fs[k], f_std[k])
         np.testing.assert_array_equal(model.predict_stress(X), stress[:n])
+        local = model.predict_local_energies(X)
+        assert np.allclose([e.sum() for e in local], energies[:n], rtol=1e-12, atol=1e-9)
     with pytest.raises(ValueError, match="missing.xyz"):
         model.predict(files / "missing.xyz")
 

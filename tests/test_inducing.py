@@ -356,6 +356,11 @@ def test_the_pool_keeps_a_rare_cluster_that_a_random_pool_misses():
     assert misses >= 15
 
 
+def test_an_empty_pool_says_so():
+    with pytest.raises(ValueError, match="no environments were added"):
+        FarthestPointPool(3, 10, np.random.RandomState(0)).select()
+
+
 def test_the_pool_capacity_leaves_room_for_twice_the_selection():
     pool = FarthestPointPool(10, 12, np.random.RandomState(0))
     assert pool.capacity == 40
