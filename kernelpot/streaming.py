@@ -510,7 +510,7 @@ def streamed_posterior(streamed: StreamedDesign, design: SparseDesign, sigma: fl
     (rows_E, labels_E, _), (rows_S, labels_S, _) = streamed.energy, streamed.stress
     n_E, n_S = len(rows_E), len(rows_S)
     n_small = M + n_E + n_S
-    system = np.empty((n_small + M, M))
+    system = np.empty((n_small + M, M), order="F")  # LAPACK's order: QR in place
     system[:M] = streamed.R_F
     system[M:M + n_E] = rows_E
     system[M + n_E:n_small] = rows_S
