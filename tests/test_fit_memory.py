@@ -77,11 +77,15 @@ def test_the_stages_and_the_peak_add_up():
     M = 200
     assert estimate.peak == estimate.held + max(estimate.stages.values())
     assert estimate.stages["inducing selection"] == 8 * 50 * (4000 + 2 * 3000) + 1e6
-    assert estimate.stages["likelihood search"] == 8 * 8 * M * M
+    # the likelihood search beside the streamed factors; the solve factors them in place
+    assert estimate.stages["likelihood search"] == 8 * 8 * M * M + 3 * 8 * (M + 1) ** 2
+    assert estimate.stages["posterior solve"] == pytest.approx(
+        3 * 8 * (M + 1) ** 2 + 8 * (M + 1 + 100 + M) * M * 1.28 + 2 * 8 * M * M)
     assert "leave-one-structure-out pass" in estimate.stages
     assert estimate.peak_gib == estimate.peak / 2**30
     whole = sparse_fit_memory(10_000, 100, 200, 50, [3000, 1000], "fps", None, 1e6, True)
     assert "design (whole)" in whole.stages and whole.block_rows is None
+    assert "posterior solve" not in whole.stages  # the in-memory design's copies hold it
     assert "leave-one-structure-out pass" not in whole.stages
     assert isinstance(whole, FitMemory) and "the whole design in memory" in str(whole)
 
