@@ -42,6 +42,18 @@ class Labels(NamedTuple):
         return ~np.isnan(self.energies)
 
 
+def atom_counts(frames) -> np.ndarray:
+    """Return the atoms of every structure, shape (n_structures,).
+
+    A :class:`~kernelpot.frame_files.FrameFiles` knows them from its scan, without
+    reading the structures.
+    """
+    known = getattr(frames, "n_atoms", None)
+    if known is not None:
+        return np.asarray(known)
+    return np.array([len(a) for a in frames])
+
+
 def check_frames(frames: Iterable[Atoms], owner: str) -> list[Atoms]:
     """Return ``frames`` as a non-empty list of ase.Atoms.
 
@@ -226,10 +238,7 @@ class TrainingSet:
     @property
     def n_atoms(self) -> np.ndarray:
         """Return the atoms of every structure, shape (n_structures,)."""
-        known = getattr(self.frames, "n_atoms", None)  # FrameFiles: without reading them
-        if known is not None:
-            return np.asarray(known)
-        return np.array([len(a) for a in self.frames])
+        return atom_counts(self.frames)
 
     @property
     def has_stress(self) -> np.ndarray:

@@ -14,7 +14,7 @@ from skmatter.sample_selection import CUR, FPS
 logger = logging.getLogger(__name__)
 
 __all__ = ["SPARSE_METHODS", "FarthestPointPool", "candidate_atoms", "choose_inducing",
-           "resolve_n_sparse", "select_inducing"]
+           "held_environments", "resolve_n_sparse", "select_inducing"]
 
 SPARSE_METHODS = ("cur", "fps", "random", "all")
 _INTEGER_TYPES = (numbers.Integral, np.integer)
@@ -142,15 +142,20 @@ class FarthestPointPool:
     n_select : int
         Inducing environments wanted.
     capacity : int
-        Environments held at most (raised to ``4 n_select`` if below).
+        Environments held at most (raised to :attr:`HELD_PER_SELECTED` ``× n_select``
+        if below).
     rng : numpy.random.RandomState or Generator
         The start of each farthest-point sampling.
     """
 
+    #: The least capacity per environment selected: a reduction keeps twice the
+    #: selection, so each one makes room for at least as many new environments.
+    HELD_PER_SELECTED = 4
+
     def __init__(self, n_select: int, capacity: int,
                  rng: np.random.RandomState | np.random.Generator):
         self.n_select = int(n_select)
-        self.capacity = max(int(capacity), 4 * self.n_select)
+        self.capacity = max(int(capacity), self.HELD_PER_SELECTED * self.n_select)
         self.rng = rng
         self.n_seen = 0
         self.n_reductions = 0
@@ -190,6 +195,35 @@ class FarthestPointPool:
         pool = self._parts[0] if len(self._parts) == 1 else np.concatenate(self._parts)
         self._parts = [pool]
         return pool
+
+
+def held_environments(counts: np.ndarray, n_select: np.ndarray, pool_size: int | None,
+                      method: str) -> np.ndarray:
+    """Return the environments per element whose descriptors the selection holds at most.
+
+    What :class:`FarthestPointPool` (``"fps"``) and :func:`candidate_atoms` (``"cur"``,
+    ``"random"``) hold for ``inducing_pool=pool_size``; every environment for ``"all"``
+    or ``pool_size=None``.
+
+    Parameters
+    ----------
+    counts : ndarray of int
+        Training environments per element.
+    n_select : ndarray of int
+        Inducing environments wanted per element.
+    pool_size : int or None
+    method : {"cur", "fps", "random", "all"}
+
+    Returns
+    -------
+    ndarray of int
+    """
+    counts = np.asarray(counts)
+    if method == "all" or pool_size is None:
+        return counts
+    least = FarthestPointPool.HELD_PER_SELECTED * np.asarray(n_select) if method == "fps" \
+        else np.asarray(n_select)
+    return np.minimum(counts, np.maximum(int(pool_size), least))
 
 
 def candidate_atoms(species_index: list[np.ndarray], n_select: np.ndarray,

@@ -22,7 +22,7 @@ from ase.data import chemical_symbols
 from sklearn.utils.validation import check_is_fitted
 
 from kernelpot import _parallel, conformal
-from kernelpot._labels import check_frames
+from kernelpot._labels import atom_counts, check_frames
 from kernelpot._validation import check_verbose
 from kernelpot.calibration import StdCalibration
 from kernelpot.frame_files import FrameFiles, is_paths
@@ -329,7 +329,7 @@ class PredictionMixin:
         epistemic = np.array([calibration.epistemic_variance(
             "energy", p.energy_var_posterior, p.energy_var_projection) for p in out])
         total = epistemic + calibration.noise_variance(
-            "energy", self.energy_noise_**2 * _atom_counts(frames))
+            "energy", self.energy_noise_**2 * atom_counts(frames))
         return epistemic, total
 
     def _force_variances(self, out):
@@ -533,9 +533,3 @@ def _predict_structure(shared: tuple, atoms: Atoms) -> PredictionParts:
     """One structure's prediction parts (``shared``: the model and what to predict)."""
     model, forces, variance, stress, shifts = shared
     return model._predict_parts(atoms, forces, variance, stress, shifts)
-
-
-def _atom_counts(frames) -> np.ndarray:
-    """Atoms per structure (a :class:`~kernelpot.FrameFiles` knows them without reading)."""
-    known = getattr(frames, "n_atoms", None)
-    return np.asarray(known) if known is not None else np.array([len(a) for a in frames])

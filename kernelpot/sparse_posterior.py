@@ -74,6 +74,7 @@ from kernelpot.inducing import (
     FarthestPointPool,
     candidate_atoms,
     choose_inducing,
+    held_environments,
     resolve_n_sparse,
 )
 from kernelpot.loso import LosoTerms, sparse_loso
@@ -442,12 +443,9 @@ class SparsePosterior(Posterior):
         n_select = resolve_n_sparse(estimator.n_sparse, training.species, counts,
                                     DEFAULT_SPARSE_CAP)
         if estimator.sparse_method == "all":
-            n_select = candidates = counts
-        elif estimator.inducing_pool is None:
-            candidates = counts
-        else:  # farthest-point sampling streams through a pool of at least 4 n_select
-            least = 4 * n_select if estimator.sparse_method == "fps" else n_select
-            candidates = np.minimum(counts, np.maximum(int(estimator.inducing_pool), least))
+            n_select = counts
+        candidates = held_environments(counts, n_select, estimator.inducing_pool,
+                                       estimator.sparse_method)
         pair = estimator.two_body
         M = int(n_select.sum()) + (pair.n_columns(len(training.species)) if pair else 0)
         n_atoms = training.n_atoms
