@@ -75,7 +75,7 @@ def check_frames(frames: Iterable[Atoms], owner: str) -> list[Atoms]:
     TypeError
         If ``frames`` is a single Atoms, not iterable, or holds something else.
     ValueError
-        If ``frames`` or one of its structures is empty.
+        If ``frames`` or one of its structures is empty, or a position is not finite.
     """
     from kernelpot.frame_files import FrameFiles
 
@@ -98,6 +98,10 @@ def check_frames(frames: Iterable[Atoms], owner: str) -> list[Atoms]:
                             "not an ase.Atoms")
         if len(atoms) == 0:
             raise ValueError(f"{owner}: structure {k} is empty (0 atoms)")
+        finite = np.all(np.isfinite(atoms.positions), axis=1)
+        if not finite.all():
+            raise ValueError(f"{owner}: structure {k}: positions must be finite; atoms "
+                             f"{np.flatnonzero(~finite)[:10].tolist()} have NaN or inf")
     return frames
 
 

@@ -55,10 +55,11 @@ class KernelPotCalculator(Calculator):
     * ``forces_std``: (n_atoms, 3) epistemic std per component, eV/Å (not with
       ``uncertainty="energy"``), and its two terms ``forces_std_posterior`` (the
       posterior over the inducing values) and ``forces_std_projection`` (the prior
-      variance the inducing set does not span), raw; ``forces_std² = c² (posterior² +
-      w² projection²)`` with the factor ``c`` and projection weight ``w`` of the
-      model's calibration (:meth:`SparseGPPotential.epistemic_variance`; 1 and 1
-      before ``calibrate``) (the "stress" map applies to ``stress_std`` below);
+      variance the inducing set does not span), calibrated as ``forces_std`` is:
+      ``forces_std² = forces_std_posterior² + forces_std_projection²``, each term its
+      share of the raw ``v_post + w² v_proj`` the model's map
+      (:meth:`SparseGPPotential.epistemic_variance`) scales (the raw terms:
+      :meth:`SparseGPPotential.predict_structure`);
     * ``stress_std``: with the stress and ``uncertainty``, the epistemic std of each
       stress component, eV/Å³, through the model's "stress" calibration when it has
       one (fitted on the LOSO stresses of its training cells), raw otherwise;
@@ -143,11 +144,17 @@ class KernelPotCalculator(Calculator):
             results["energy_std"] = float(np.sqrt(self.model.epistemic_variance(
                 "energy", prediction.energy_var_posterior, prediction.energy_var_projection)))
             if prediction.forces_var_posterior is not None:
-                results["forces_std"] = np.sqrt(self.model.epistemic_variance(
-                    "forces", prediction.forces_var_posterior,
-                    prediction.forces_var_projection))
-                results["forces_std_posterior"] = np.sqrt(prediction.forces_var_posterior)
-                results["forces_std_projection"] = np.sqrt(prediction.forces_var_projection)
+                posterior = prediction.forces_var_posterior
+                # the projection term as the map weighs it, before the map's factor
+                projection = self.model.projection_weight("forces")**2 \
+                    * prediction.forces_var_projection
+                epistemic = self.model.epistemic_variance("forces", posterior,
+                                                          prediction.forces_var_projection)
+                raw = posterior + projection
+                share = np.divide(posterior, raw, out=np.zeros_like(raw), where=raw > 0)
+                results["forces_std"] = np.sqrt(epistemic)
+                results["forces_std_posterior"] = np.sqrt(share * epistemic)
+                results["forces_std_projection"] = np.sqrt((1.0 - share) * epistemic)
             if prediction.stress_var_posterior is not None:
                 results["stress_std"] = np.sqrt(self.model.epistemic_variance(
                     "stress", prediction.stress_var_posterior,

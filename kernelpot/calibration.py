@@ -31,13 +31,14 @@ import logging
 import warnings
 
 import numpy as np
-from scipy.optimize import minimize
+from scipy.optimize import brentq, minimize
 
 from kernelpot import conformal
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["QUANTITIES", "StdCalibration", "fit_variance_terms", "group_mean"]
+__all__ = ["PROFILE_BOUND", "QUANTITIES", "StdCalibration", "fit_variance_terms",
+           "group_mean"]
 
 #: Quantities with a calibrated std (a map for the stress needs training or validation
 #: stresses; without one the stress std is raw).
@@ -46,8 +47,12 @@ QUANTITIES = ("energy", "forces", "stress")
 _REQUIRED = ("energy", "forces")
 #: Validation values below which only the std factor is fitted (no shape).
 SHAPE_MIN_VALUES = 50
-#: Below this fitted scale ``c`` the epistemic term is dropped (the noise explains the errors).
+#: Below this fitted scale ``c`` (with as small an epistemic share) the errors do not
+#: determine ``c``: the noise explains them.
 _SCALE_FLOOR = 1e-4
+#: Rise of the negative log-likelihood that bounds an undetermined ``c`` from above: half
+#: the 95 % quantile of χ² with one degree of freedom (a profile-likelihood bound).
+PROFILE_BOUND = 0.5 * 3.841458820694124
 #: Keys of a quantity's entries in ``std_scale_``, after the quantity's name.
 _SUFFIXES = ("", "_projection", "_exponent", "_reference", "_noise")
 #: The same for force maps whose exponent acts on each atom's mean variance.
@@ -98,9 +103,16 @@ def fit_variance_terms(errors: np.ndarray, post: np.ndarray, proj: np.ndarray,
     ``c`` is fitted (``w = p = d = 1``): four parameters on a handful of energies
     overfit. If ``c`` goes towards its lower limit (below 1e-4) and the fitted
     epistemic part holds less than 1e-4 of the summed variance, the noise explains the
-    errors: ``c`` is set to its limit and ``w`` and ``p``, which then mean nothing, to 1.
-    A small ``c`` alone is not that case: with ``p > 1`` it can still give the values of
-    large raw variance most of theirs.
+    errors and they do not determine ``c``: any small one fits them. Taking the
+    smallest would switch the epistemic std off, also where a new structure's raw
+    variance is many times the training structures' (measured: a Pt slab's force std
+    stayed at 1.07 meV/Å on frames rattled out of the training range, whose errors
+    were 115 meV/Å). So ``w`` and ``p``, which then mean nothing, are set to 1, and
+    ``c`` to the largest value the errors do not reject: where the negative
+    log-likelihood has risen by :data:`PROFILE_BOUND` over its value at the lower
+    limit (a one-sided 95 % profile-likelihood bound; ``d`` kept at its fit). A small
+    ``c`` alone is not that case: with ``p > 1`` it can still give the values of large
+    raw variance most of theirs.
     """
     r2 = np.asarray(errors, dtype=np.float64) ** 2
     noise = np.asarray(noise, dtype=np.float64)
@@ -170,12 +182,31 @@ def fit_variance_terms(errors: np.ndarray, post: np.ndarray, proj: np.ndarray,
     # coverage of those errors fell from 0.70 to 0.53)
     share = float(np.sum(epistemic) / np.sum(epistemic + d2 * noise))
     if result.x[0] < np.log(_SCALE_FLOOR**2) and share < _SCALE_FLOOR:
-        logger.info("%s: the epistemic scale went to its lower limit: the learned noise "
-                    "explains the errors", owner)
-        return {"scale": float(np.exp(-0.5 * bound)), "projection": 1.0, "exponent": 1.0,
+        # the errors do not determine c: keep the largest they do not reject (w = p = 1)
+        plain = np.array([-bound] + [0.0] * (i_w is not None)
+                         + [np.log(d2)] * (i_d is not None) + [1.0])
+        log_c2 = _largest_unrejected(lambda t: nll(np.r_[t, plain[1:]])[0], -bound, bound)
+        logger.info("%s: the learned noise explains the errors; the epistemic scale is the "
+                    "largest they do not reject, c = %.3g (profile likelihood, 95 %%)", owner,
+                    np.exp(0.5 * log_c2))
+        return {"scale": float(np.exp(0.5 * log_c2)), "projection": 1.0, "exponent": 1.0,
                 "reference": v_ref, "noise": float(np.sqrt(d2))}
     return {"scale": float(np.exp(0.5 * result.x[0])), "projection": float(np.sqrt(r)),
             "exponent": float(result.x[-1]), "reference": v_ref, "noise": float(np.sqrt(d2))}
+
+
+def _largest_unrejected(nll, lower: float, upper: float) -> float:
+    """Return the largest ``t`` in ``[lower, upper]``: ``nll(t) - nll(lower) <= PROFILE_BOUND``.
+
+    ``nll`` rises with ``t`` from ``lower`` (where its minimum sits) in the case it
+    serves; ``upper`` when it never rises that far.
+    """
+    floor = nll(lower)
+
+    def excess(t):
+        return nll(t) - floor - PROFILE_BOUND
+
+    return upper if excess(upper) <= 0 else brentq(excess, lower, upper, xtol=1e-6)
 
 
 def group_mean(values: np.ndarray, group: int) -> np.ndarray:

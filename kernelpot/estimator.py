@@ -89,6 +89,31 @@ def _warn_if_too_few(labels, owner: str, learns_noise: bool, calibrates: bool) -
         UserWarning, stacklevel=4)
 
 
+def _warn_if_labels_leave_things_undetermined(labels, owner: str, names: set,
+                                               force_noise: float) -> None:
+    """Warn when a kind of label is missing from every structure and something needs it.
+
+    No energy: the forces fix each element's local energy up to a constant, and (for
+    cells without stress labels) not its change with volume, so energies and stresses
+    are then guesses. No forces: ``σ_F`` cannot be learned and keeps its given value,
+    which the force std adds.
+    """
+    if not np.any(labels.has_energy):
+        what = "energies are" if np.any(labels.has_stress) else "energies and stresses are"
+        volume = "" if np.any(labels.has_stress) else (
+            ", and leave the energy's change with the volume (the stress) unconstrained")
+        warnings.warn(f"{owner}.fit: no training structure has an energy: the forces fix "
+                      f"each element's local energy only up to a constant{volume}; "
+                      f"predicted {what} not meaningful. Label some energies.",
+                      UserWarning, stacklevel=4)
+    if "force_noise" in names and all(f is None for f in labels.forces):
+        warnings.warn(f"{owner}.fit: no training structure has forces, so the force noise "
+                      f"cannot be learned: force_noise_ keeps its given value "
+                      f"{force_noise:g} eV/Å, which the total force std includes. Set "
+                      "force_noise to the reference method's force error.", UserWarning,
+                      stacklevel=4)
+
+
 def format_signal_std(sigma: float | dict[str, float]) -> str:
     """Format a fitted signal std for logs and the CLI: ``"2.18"`` or ``"H 1.64, C 2.08"``.
 
@@ -620,6 +645,8 @@ pair of float
         names = fitted_names(self.optimize, owner)
         _warn_if_too_few(labels, owner, bool(names & {"energy_noise", "force_noise"}),
                          self.calibration == "loso")
+        _warn_if_labels_leave_things_undetermined(labels, owner, names,
+                                                  float(self.force_noise))
         rng = check_random_state(self.random_state)
         species = np.unique(np.concatenate([a.numbers for a in frames])).astype(np.int64)
         symbols = [chemical_symbols[z] for z in species]
@@ -983,7 +1010,8 @@ pair of float
         -----
         The map, why it has two terms and an exponent, and what the intervals
         guarantee: :mod:`kernelpot.calibration`. Where the noise alone already
-        explains the errors, ``c`` goes to its lower limit 1e-6 (logged).
+        explains the errors, which then do not determine ``c``, ``c`` is the largest
+        value they do not reject (a 95 % profile-likelihood bound; logged).
         """
         owner = f"{type(self).__name__}.calibrate"
         check_is_fitted(self)

@@ -146,6 +146,11 @@ class FarthestPointPool:
         if below).
     rng : numpy.random.RandomState or Generator
         The start of each farthest-point sampling.
+
+    Attributes
+    ----------
+    origin : ndarray of int
+        After :meth:`select`, the ``structure`` each chosen environment was added with.
     """
 
     #: The least capacity per environment selected: a reduction keeps twice the
@@ -160,20 +165,31 @@ class FarthestPointPool:
         self.n_seen = 0
         self.n_reductions = 0
         self._parts: list[np.ndarray] = []
+        self._origins: list[np.ndarray] = []
         self._held = 0
+        self.origin = np.zeros(0, dtype=np.int64)
 
-    def add(self, features: np.ndarray) -> None:
-        """Add environments (rows); reduce the pool if it is then over its capacity."""
+    def add(self, features: np.ndarray, structure: int = -1) -> None:
+        """Add environments (rows) of one ``structure``; reduce the pool if it is then full.
+
+        Parameters
+        ----------
+        features : ndarray of shape (n, n_features)
+        structure : int, default=-1
+            Where they come from (a training structure's index), kept with each chosen
+            environment (:attr:`origin`); -1 for not known.
+        """
         if not len(features):
             return
         # a copy unless it is one already (not a view that keeps a larger array alive)
         self._parts.append(features if features.base is None else np.array(features))
+        self._origins.append(np.full(len(features), int(structure), dtype=np.int64))
         self._held += len(features)
         self.n_seen += len(features)
         if self._held > self.capacity:
-            pool = self._joined()
+            pool, origin = self._joined()
             keep = select_inducing(pool, 2 * self.n_select, "fps", self.rng)
-            self._parts, self._held = [pool[keep]], len(keep)
+            self._parts, self._origins, self._held = [pool[keep]], [origin[keep]], len(keep)
             self.n_reductions += 1
 
     def select(self) -> np.ndarray:
@@ -186,15 +202,18 @@ class FarthestPointPool:
         """
         if not self._parts:
             raise ValueError("FarthestPointPool.select: no environments were added")
-        pool = self._joined()
-        z = np.array(pool[select_inducing(pool, self.n_select, "fps", self.rng)])
+        pool, origin = self._joined()
+        chosen = select_inducing(pool, self.n_select, "fps", self.rng)
+        z = np.array(pool[chosen])
         z.setflags(write=False)
+        self.origin = origin[chosen]
         return z
 
-    def _joined(self) -> np.ndarray:
-        pool = self._parts[0] if len(self._parts) == 1 else np.concatenate(self._parts)
-        self._parts = [pool]
-        return pool
+    def _joined(self) -> tuple[np.ndarray, np.ndarray]:
+        if len(self._parts) > 1:
+            self._parts = [np.concatenate(self._parts)]
+            self._origins = [np.concatenate(self._origins)]
+        return self._parts[0], self._origins[0]
 
 
 def held_environments(counts: np.ndarray, n_select: np.ndarray, pool_size: int | None,
@@ -278,7 +297,8 @@ def candidate_atoms(species_index: list[np.ndarray], n_select: np.ndarray,
 def choose_inducing(features: list[np.ndarray], species_index: list[np.ndarray],
                     n_species: int, n_sparse: int | dict[str | int, int] | None,
                     method: str, rng: np.random.RandomState | np.random.Generator,
-                    default_cap: int, species_numbers: np.ndarray) -> list[np.ndarray]:
+                    default_cap: int, species_numbers: np.ndarray,
+                    return_origin: bool = False) -> list[np.ndarray] | tuple[list, list]:
     """Inducing descriptors per species from the training structures' environments.
 
     Parameters
@@ -296,15 +316,20 @@ def choose_inducing(features: list[np.ndarray], species_index: list[np.ndarray],
         Environments per species when ``n_sparse`` does not say.
     species_numbers : ndarray of int
         Atomic numbers of the species, sorted.
+    return_origin : bool, default=False
+        Also return where each inducing environment comes from.
 
     Returns
     -------
-    list of ndarray of shape (m_s, n_features)
+    inducing : list of ndarray of shape (m_s, n_features)
         Read-only (kernels may cache data derived from them).
+    origin : list of ndarray of int of shape (m_s,)
+        With ``return_origin``: the position in ``features`` of the structure each
+        inducing environment was chosen from.
     """
     counts = np.bincount(np.concatenate(species_index), minlength=n_species)
     n_select = resolve_n_sparse(n_sparse, species_numbers, counts, default_cap)
-    inducing = []
+    inducing, origins = [], []
     for s in range(n_species):
         # one element's environments at a time (not all of them joined first, a copy)
         pool = np.concatenate([f[index == s] for f, index in zip(features, species_index,
@@ -313,4 +338,8 @@ def choose_inducing(features: list[np.ndarray], species_index: list[np.ndarray],
         z = np.array(pool[chosen])
         z.setflags(write=False)  # fixed from here on; kernels may cache derived data
         inducing.append(z)
-    return inducing
+        if return_origin:
+            structure = np.repeat(np.arange(len(species_index)),
+                                  [int(np.sum(index == s)) for index in species_index])
+            origins.append(structure[chosen])
+    return (inducing, origins) if return_origin else inducing

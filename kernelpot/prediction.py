@@ -130,6 +130,10 @@ class PredictionMixin:
     """
 
     def _species_index(self, atoms: Atoms, owner: str) -> np.ndarray:
+        finite = np.all(np.isfinite(atoms.positions), axis=1)
+        if not finite.all():
+            raise ValueError(f"{owner}: positions must be finite; atoms "
+                             f"{np.flatnonzero(~finite)[:10].tolist()} have NaN or inf")
         unknown = np.setdiff1d(atoms.numbers, self.species_)
         if unknown.size:
             raise ValueError(
@@ -206,14 +210,15 @@ class PredictionMixin:
         return parts
 
     def _predict_many(self, X, forces: bool, variance, stress: bool = False,
-                      shifts: bool = False):
+                      shifts: bool = False, method: str = "predict"):
         """Predict many structures, solving their variances in batches.
 
         The model goes to joblib's workers as one shared argument: joblib's Dask backend
-        scatters it to the cluster once, not with every batch of structures.
+        scatters it to the cluster once, not with every batch of structures. ``method``
+        names the public method in errors.
         """
         frames = check_frames(FrameFiles(X) if is_paths(X) else X,
-                              f"{type(self).__name__}.predict")
+                              f"{type(self).__name__}.{method}")
         check_is_fitted(self)
         verbose = check_verbose(self.verbose, type(self).__name__)
         self.posterior_.prepare_prediction()  # shared by every worker, built once here
@@ -374,7 +379,8 @@ class PredictionMixin:
         if return_interval is not None and not jackknife:
             multiplier = self._calibration().interval_multiplier(
                 "forces", return_interval, type(self).__name__)
-        _, out = self._predict_many(X, forces=True, variance=want_var, shifts=jackknife)
+        _, out = self._predict_many(X, forces=True, variance=want_var, shifts=jackknife,
+                                    method="predict_forces")
         forces = [p.forces for p in out]
         if not want_var:
             return forces
@@ -436,7 +442,7 @@ class PredictionMixin:
         """
         self._check_std_type(std_type)
         _, out = self._predict_many(X, forces=False, variance="energy" if return_std else False,
-                                    stress=True)
+                                    stress=True, method="predict_stress")
         stress = np.array([p.stress for p in out]).reshape(-1, 6)
         if not return_std:
             return stress
@@ -491,7 +497,8 @@ class PredictionMixin:
         ((9, 3), (2,))
         """
         self._check_std_type(std_type)
-        frames, out = self._predict_many(X, forces=True, variance=bool(return_std))
+        frames, out = self._predict_many(X, forces=True, variance=bool(return_std),
+                                         method="predict_energies_and_forces")
         energies = np.array([p.energy for p in out])
         forces = [p.forces for p in out]
         if not return_std:

@@ -77,7 +77,7 @@ from kernelpot.inducing import (
     held_environments,
     resolve_n_sparse,
 )
-from kernelpot.loso import LosoTerms, sparse_loso
+from kernelpot.loso import LosoTerms, own_columns, own_spans, sparse_loso
 from kernelpot.mean_maps import MeanMap, mean_map
 from kernelpot.posterior import Posterior
 from kernelpot.prediction import Prediction, PredictionParts
@@ -184,6 +184,10 @@ class SparsePosterior(Posterior):
     needs_frames : bool, default=False
         The training state was loaded without its structures
         (:meth:`restore_training` gives them back).
+    inducing_origin : list of ndarray of int or None, default=None
+        Per element, the training structure each inducing environment was chosen from
+        (-1: not known). The LOSO projection term of a structure leaves out its own
+        inducing environments (:func:`kernelpot.loso.own_span`).
     """
 
     kind = "sparse"
@@ -196,7 +200,8 @@ class SparsePosterior(Posterior):
                  jitter: float,
                  jitter_abs: float, training: _incremental.TrainingState | None = None,
                  loso: LosoTerms | None = None,
-                 needs_frames: bool = False):
+                 needs_frames: bool = False,
+                 inducing_origin: list[np.ndarray] | None = None):
         self.kernel = kernel
         self.inducing = inducing
         self.columns = columns
@@ -215,6 +220,21 @@ class SparsePosterior(Posterior):
         self.loso = loso
         self.loo_shift = loso.shift_basis if loso is not None else None
         self.needs_frames = bool(needs_frames)
+        self.inducing_origin = inducing_origin
+
+    def own_columns(self, n_structures: int) -> list[np.ndarray] | None:
+        """Per training structure, the design columns of the inducing environments chosen from it.
+
+        Parameters
+        ----------
+        n_structures : int
+
+        Returns
+        -------
+        list of ndarray of int or None
+            ``None`` when no origin is known (:func:`kernelpot.loso.own_columns`).
+        """
+        return own_columns(self.inducing_origin, self.columns, n_structures)
 
     # -- what the estimator reads ---------------------------------------------------------
     @property
@@ -310,8 +330,8 @@ class SparsePosterior(Posterior):
         runner = runner if runner is not None else BlockRunner(owner=owner)
         names = fitted_names(estimator.optimize, owner)
         pair = clone(estimator.two_body) if estimator.two_body is not None else None
-        inducing = cls._choose_inducing(estimator, training, descriptor, kernel, rng, imap,
-                                        runner)
+        inducing, origin = cls._choose_inducing(estimator, training, descriptor, kernel, rng,
+                                                imap, runner)
         search_kernel = "kernel" in names and kernel.n_theta > 0
         extra_starts = []
         if search_kernel and estimator.search_frames is not None \
@@ -344,7 +364,7 @@ class SparsePosterior(Posterior):
                                               search_two_body, owner, runner)
         if block_rows is not None:
             return cls._fit_streamed(estimator, design, kernel, pair, log_params, given, free,
-                                     search, rng, extra_starts, block_rows, runner)
+                                     search, rng, extra_starts, block_rows, runner, origin)
         assembled = design.assemble(kernel, keep_gram=search_two_body, owner=owner,
                                     prior=loso_wanted)
         stats, L_mm = assembled.stats, assembled.L_mm
@@ -369,20 +389,21 @@ class SparsePosterior(Posterior):
         y_all = design.y
         state = cls._training_state(design, assembled, noise_std, y_all, sigma, L_mm) \
             if estimator.incremental else None
+        columns = gp.inducing_columns(inducing)
         loso = _timed_loso(owner, lambda: _sparse_loso_terms(
             assembled.design[:design.n_obs], y_all, noise_std, sigma, assembled.prior,
             design.row_kinds(), training.row_structures(), L_mm,
-            design.pair_columns if pair is not None else None)) if loso_wanted else None
+            design.pair_columns if pair is not None else None,
+            own=own_columns(origin, columns, len(training.frames)))) if loso_wanted else None
         factors = gp.solve_posterior(assembled.design, design.n_obs, L_mm, noise_std, y_all,
                                      sigma)
-        posterior = cls(kernel=kernel, inducing=inducing,
-                        columns=gp.inducing_columns(inducing),
+        posterior = cls(kernel=kernel, inducing=inducing, columns=columns,
                         two_body=pair, pair_columns=design.pair_columns, factors=factors,
                         stats=stats, signal_std=sigma, energy_noise=energy_noise,
                         force_noise=force_noise, stress_noise=stress_noise,
                         log_marginal_likelihood=lml,
                         jitter=assembled.jitter, jitter_abs=assembled.jitter_abs,
-                        training=state, loso=loso)
+                        training=state, loso=loso, inducing_origin=origin)
         posterior.noise_scales = scales
         return posterior
 
@@ -487,12 +508,16 @@ class SparsePosterior(Posterior):
     def _fit_streamed(cls, estimator, design: SparseDesign, kernel: Kernel, pair,
                       log_params: np.ndarray, given: tuple, free: list, search: NoiseSearch,
                       rng: np.random.RandomState, extra_starts: list,
-                      block_rows: int, runner: BlockRunner) -> SparsePosterior:
+                      block_rows: int, runner: BlockRunner,
+                      origin: list[np.ndarray] | None = None) -> SparsePosterior:
         """Fit as :meth:`fit` does, from a streamed design (:mod:`kernelpot.streaming`)."""
         owner = type(estimator).__name__
         loso_wanted = estimator.calibration == "loso"
+        columns = gp.inducing_columns(design.inducing)
+        own = own_columns(origin, columns, len(design.training.frames)) if loso_wanted \
+            else None
         streamed = streaming.stream_design(design, kernel, block_rows, prior=loso_wanted,
-                                           owner=owner, runner=runner)
+                                           owner=owner, runner=runner, own=own)
         stats = streamed.statistics(design)
         if any(free):
             log_params = search.optimize(stats, log_params, rng, free, extra_starts)
@@ -516,13 +541,13 @@ class SparsePosterior(Posterior):
                 None, design.y, noise_std, sigma, streamed.prior, design.row_kinds(),
                 design.training.row_structures(), streamed.L_mm, None, factor=R,
                 streamed=(streamed.spanned, rhs, groups)))
-        inducing = design.inducing
-        return cls(kernel=kernel, inducing=inducing, columns=gp.inducing_columns(inducing),
+        return cls(kernel=kernel, inducing=design.inducing, columns=columns,
                    two_body=pair, pair_columns=design.pair_columns, factors=factors,
                    stats=stats, signal_std=sigma, energy_noise=energy_noise,
                    force_noise=force_noise, stress_noise=stress_noise,
                    log_marginal_likelihood=lml, jitter=streamed.jitter,
-                   jitter_abs=streamed.jitter_abs, training=None, loso=loso)
+                   jitter_abs=streamed.jitter_abs, training=None, loso=loso,
+                   inducing_origin=origin)
 
     @staticmethod
     def _fit_noise_scales(design: SparseDesign, Kw: np.ndarray, log_params: np.ndarray,
@@ -564,8 +589,11 @@ class SparsePosterior(Posterior):
 
     @classmethod
     def _choose_inducing(cls, estimator, training, descriptor, kernel, rng, imap,
-                         runner) -> list[np.ndarray]:
+                         runner) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Choose the inducing environments per element from a features-only pass.
+
+        Returns the inducing descriptors per element and, for each, the training
+        structure it was chosen from.
 
         An element with more environments than ``inducing_pool`` (or ``n_sparse``) never
         has all their descriptors held: farthest-point sampling streams them through a
@@ -590,11 +618,13 @@ class SparsePosterior(Posterior):
             and bool(np.any(counts > np.maximum(int(pool_size), n_select)))
         if oversized and method == "fps":
             pools = [FarthestPointPool(n, int(pool_size), rng) for n in n_select]
-            for features, index in zip(imap(descriptor.create, training.frames, "features"),
-                                       training.species_index, strict=True):
+            for k, (features, index) in enumerate(zip(
+                    imap(descriptor.create, training.frames, "features"),
+                    training.species_index, strict=True)):
                 for s, pool in enumerate(pools):
-                    pool.add(features[index == s])
+                    pool.add(features[index == s], k)
             inducing = [pool.select() for pool in pools]
+            origin = [pool.origin for pool in pools]
             how = (f"; farthest-point sampling streamed, at most "
                    f"{dict(zip(symbols, [p.capacity for p in pools], strict=True))} held, "
                    f"reduced {dict(zip(symbols, [p.n_reductions for p in pools], strict=True))}"
@@ -610,9 +640,10 @@ class SparsePosterior(Posterior):
                                      _Candidates(training.frames, candidates), "features"))
                 species_index = [index[keep] for index, keep in
                                  zip(training.species_index, candidates, strict=True)]
-            inducing = choose_inducing(features, species_index, len(training.species),
-                                       estimator.n_sparse, method, rng, DEFAULT_SPARSE_CAP,
-                                       training.species)
+            inducing, origin = choose_inducing(features, species_index,
+                                               len(training.species), estimator.n_sparse,
+                                               method, rng, DEFAULT_SPARSE_CAP,
+                                               training.species, return_origin=True)
             seen = np.bincount(np.concatenate(species_index), minlength=len(symbols))
             how = "" if candidates is None else (
                 f"; chosen among {dict(zip(symbols, seen.tolist(), strict=True))} drawn at "
@@ -621,7 +652,7 @@ class SparsePosterior(Posterior):
                     owner, len(training.frames),
                     {symbols[s]: len(z) for s, z in enumerate(inducing)},
                     dict(zip(symbols, counts.tolist(), strict=True)), how)
-        return inducing
+        return inducing, origin
 
     @staticmethod
     def _search_two_body(design, assembled, pair, log_params, free, search, rng, estimator):
@@ -886,9 +917,10 @@ class SparsePosterior(Posterior):
                                    (raw.energies[k], raw.forces[k], raw_stresses[k]))
                for k, atoms in enumerate(frames)]
         self._refresh()
-        chosen = self._choose_new_inducing(new, n_inducing, max_inducing)
+        first = len(self.training.frames) - len(new)  # the new structures' state index
+        chosen, origin = self._choose_new_inducing(new, n_inducing, max_inducing, first)
         if any(len(z) for z in chosen):
-            self._add_inducing(chosen)
+            self._add_inducing(chosen, origin)
             self._refresh()
         if optimize is not None:
             self.stats = self._reoptimize(optimize, search, rng)
@@ -948,7 +980,8 @@ class SparsePosterior(Posterior):
         kinds = np.where(state.is_energy, 0, np.where(_incremental.stress_mask(state), 2, 1))
         return _sparse_loso_terms(state.Kw, state.y, state.noise_std, self.signal_std,
                                   state.prior, kinds, structure, state.L_mm,
-                                  self.pair_columns, factor=state.R)
+                                  self.pair_columns, factor=state.R,
+                                  own=self.own_columns(len(state.frames)))
 
     def _add_structure(self, atoms, energy: float, forces, index, descriptor, e0,
                        stress=None, raw=None):
@@ -1014,31 +1047,37 @@ class SparsePosterior(Posterior):
         """Recompute the weights and factors from the training state."""
         self.factors = _incremental.posterior(self.training, self.signal_std)
 
-    def _choose_new_inducing(self, new, n_inducing, max_inducing=None) -> list[np.ndarray]:
+    def _choose_new_inducing(self, new, n_inducing, max_inducing=None,
+                             first: int = -1) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Choose new inducing descriptors per species among the new environments.
 
         ``n_inducing`` of them in all (or all), those of largest epistemic variance of
         their local energy; then, per species, at most the room ``max_inducing`` leaves
-        (again the most uncertain first).
+        (again the most uncertain first). Returns them per species and, for each, the
+        training state's index of its structure (``first`` is that of ``new[0]``).
         """
         n_species = self.n_species
         features = [r.features for r, _ in new]
         index = [i for _, i in new]
         if not features or n_inducing == 0:
-            return [np.zeros((0, 0))] * n_species
+            return [np.zeros((0, 0))] * n_species, [np.zeros(0, dtype=np.int64)] * n_species
         X = np.concatenate(features)
         species = np.concatenate(index)
+        source = np.repeat(first + np.arange(len(features)), [len(f) for f in features]) \
+            if first >= 0 else np.full(len(X), -1)
         room = np.full(n_species, np.inf) if max_inducing is None else \
             np.maximum(np.asarray(max_inducing, float)
                        - np.array([len(z) for z in self.inducing]), 0)
         capped = bool(np.any(np.bincount(species, minlength=n_species) > room))
         if (n_inducing == "all" or n_inducing >= len(X)) and not capped:
-            return [X[species == s] for s in range(n_species)]
+            return ([X[species == s] for s in range(n_species)],
+                    [source[species == s] for s in range(n_species)])
         # only environments of elements with room compete for n_inducing
         open_ = room[species] > 0
         if not np.any(open_):
-            return [np.zeros((0, X.shape[1]))] * n_species
-        X, species = X[open_], species[open_]
+            return ([np.zeros((0, X.shape[1]))] * n_species,
+                    [np.zeros(0, dtype=np.int64)] * n_species)
+        X, species, source = X[open_], species[open_], source[open_]
         # epistemic variance of each environment's local energy
         rows = np.zeros((len(X), self.weights.size))
         prior = np.zeros(len(X))
@@ -1053,15 +1092,21 @@ class SparsePosterior(Posterior):
         order = np.argsort(-variance, kind="stable")
         if n_inducing != "all":
             order = order[:n_inducing]
-        chosen = []
+        chosen, origin = [], []
         for s in range(n_species):
             ranked = order[species[order] == s]
             keep = np.sort(ranked[:int(min(room[s], len(ranked)))])
             chosen.append(X[keep])
-        return chosen
+            origin.append(source[keep])
+        return chosen, origin
 
-    def _add_inducing(self, chosen: list[np.ndarray]) -> None:
-        """Extend the inducing set and the training state's factors by new columns."""
+    def _add_inducing(self, chosen: list[np.ndarray],
+                      origin: list[np.ndarray] | None = None) -> None:
+        """Extend the inducing set and the training state's factors by new columns.
+
+        ``origin``: per species, the training state's index of the structure each new
+        inducing environment comes from (``None``: not known).
+        """
         state = self.training
         M = self.weights.size
         m = int(sum(len(z) for z in chosen))
@@ -1090,6 +1135,14 @@ class SparsePosterior(Posterior):
             k_new[np.ix_(new_columns[s], new_columns[s])] = self.kernel(z)
         _incremental.add_columns(state, K_extra, k_cross, k_new, self.signal_std,
                                  self.jitter_abs)
+        known = self.inducing_origin if self.inducing_origin is not None \
+            else [np.full(len(z), -1, dtype=np.int64) for z in self.inducing]
+        self.inducing_origin = [
+            np.concatenate([np.asarray(known[s], dtype=np.int64),
+                            np.full(len(z), -1, dtype=np.int64) if origin is None
+                            else np.asarray(origin[s], dtype=np.int64)])
+            if len(z) else np.asarray(known[s], dtype=np.int64)
+            for s, z in enumerate(chosen)]
         for s, z in enumerate(chosen):
             if len(z) == 0:
                 continue
@@ -1250,6 +1303,9 @@ class SparsePosterior(Posterior):
                 arrays["state_stress_row"] = np.asarray(_stress_rows(self.training))
             if self.training.prior is not None:
                 arrays["state_prior"] = self.training.prior
+            if self.inducing_origin is not None:  # the LOSO projection term's own columns
+                for s, origin in enumerate(self.inducing_origin):
+                    arrays[f"state_inducing_origin_{s}"] = np.asarray(origin, dtype=np.int64)
         fitted = {"method": self.kind, "signal_std": self.signal_std,
                   "energy_noise": self.energy_noise, "force_noise": self.force_noise,
                   "stress_noise": self.stress_noise,
@@ -1337,6 +1393,9 @@ class SparsePosterior(Posterior):
                    needs_frames=training is not None)._with_shift_basis(
                        arrays.get("loo_shift"), what)
         posterior.noise_scales = scales
+        if training is not None:
+            posterior.inducing_origin = _inducing_origin_from_arrays(
+                arrays, inducing, len(training.energy_row), what)
         return posterior
 
     def _with_shift_basis(self, basis: np.ndarray | None, what: str) -> SparsePosterior:
@@ -1535,7 +1594,8 @@ def _sparse_loso_terms(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarr
                        sigma: float, prior: np.ndarray, kinds: np.ndarray,
                        structure: np.ndarray, L_mm: np.ndarray,
                        pair_columns: np.ndarray | None, factor: np.ndarray | None = None,
-                       streamed: tuple | None = None) -> LosoTerms:
+                       streamed: tuple | None = None,
+                       own: list[np.ndarray] | None = None) -> LosoTerms:
     """Compute the LOSO terms of a whitened design (:func:`kernelpot.loso.sparse_loso`).
 
     ``factor``: the upper factor of ``A``, when the caller keeps it (the incremental
@@ -1551,7 +1611,9 @@ def _sparse_loso_terms(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarr
     squared norm without its two-body columns (``k_mm`` is block diagonal between the
     GP and the two-body coefficients, in whatever order updates appended columns, so
     those columns hold exactly the two-body part, which adds nothing to the
-    projection).
+    projection). ``own``: per structure, the columns of the inducing environments
+    chosen from it, which its projection term leaves out (:func:`kernelpot.loso.own_span`;
+    a streamed design's ``spanned`` leaves them out already).
     """
     if streamed is not None:
         spanned, rhs, group_terms = streamed
@@ -1565,6 +1627,8 @@ def _sparse_loso_terms(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarr
         if pair_columns is not None:
             pair = Kw[:, pair_columns]
             spanned = spanned - np.einsum("nm,nm->n", pair, pair)
+        if own is not None:
+            spanned = spanned - own_spans(Kw, L_mm, structure, own)
     projection = np.maximum(sigma**2 * (prior - spanned), 0.0)
     # a design row k has whitened features φ = σ L_mm⁻¹ k: the shift is k @ σ L_mm⁻ᵀ (A⁻¹G)
     basis = sigma * sla.solve_triangular(L_mm, whitened, lower=True, trans="T",
@@ -1574,6 +1638,22 @@ def _sparse_loso_terms(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarr
         kinds = np.where(kinds, 0, 1)
     return LosoTerms.from_loso(residual, variance, noise_std**2, projection, kinds == 0,
                                structure, basis, is_stress=kinds == 2)
+
+
+def _inducing_origin_from_arrays(arrays: dict, inducing: list[np.ndarray], n_structures: int,
+                                 what: str) -> list[np.ndarray] | None:
+    """Return the stored origins of the inducing environments, checked; None if not stored."""
+    names = [f"state_inducing_origin_{s}" for s in range(len(inducing))]
+    present = [name in arrays for name in names]
+    if not any(present):
+        return None  # saved before origins were kept: the LOSO projection keeps them all
+    origins = [arrays[name] if here else None for name, here in zip(names, present,
+                                                                      strict=True)]
+    for origin, z in zip(origins, inducing, strict=True):
+        if origin is None or origin.dtype.kind not in "iu" or origin.shape != (len(z),) \
+                or (len(origin) and (origin.min() < -1 or origin.max() >= n_structures)):
+            raise ValueError(f"load: {what} has malformed state_inducing_origin arrays")
+    return [np.asarray(origin, dtype=np.int64) for origin in origins]
 
 
 def _timed_loso(owner: str, compute) -> LosoTerms:

@@ -42,7 +42,7 @@ import scipy.linalg as sla
 
 from kernelpot import gp
 from kernelpot._block_runner import BlockRunner
-from kernelpot.loso import consecutive_groups, loso_group
+from kernelpot.loso import consecutive_groups, loso_group, own_span
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -215,7 +215,8 @@ class StreamedDesign(NamedTuple):
         factor ``R_g`` (``R_gᵀ R_g = K_w,gᵀ D_g⁻¹ K_w,g``), ``Q_gᵀ y`` and the rest
         ``ρ_g²``.
     spanned : ndarray of shape (n_obs,)
-        Each row's squared whitened norm without the two-body columns (the LOSO
+        Each row's squared whitened norm without the two-body columns, less the part
+        its structure's own inducing environments span, when given (the LOSO
         projection term).
     prior : ndarray of shape (n_obs,) or None
         Prior variance (over ``σ²``) of every observation, when asked for.
@@ -339,7 +340,9 @@ def factor_block(context: BlockContext, block: tuple) -> BlockFactor:
     block : tuple
         ``(training, results)``: a :class:`~kernelpot._labels.TrainingSet` of consecutive
         training structures (:meth:`~kernelpot._labels.TrainingSet.subset`) and their
-        cached descriptors (or None).
+        cached descriptors (or None); optionally a third entry, per structure the
+        inducing columns chosen from it, which its ``spanned`` leaves out
+        (:func:`kernelpot.loso.own_span`).
 
     Returns
     -------
@@ -351,6 +354,7 @@ def factor_block(context: BlockContext, block: tuple) -> BlockFactor:
     overwrites), plus one structure's rows at a time.
     """
     design = _block_design(context, block)
+    own = block[2] if len(block) > 2 else None
     M, n_E = design.n_columns, design.n_energy
     gp_columns = np.setdiff1d(np.arange(M), design.pair_columns)
     y = design.y
@@ -367,7 +371,10 @@ def factor_block(context: BlockContext, block: tuple) -> BlockFactor:
         if len(force_rows):
             forces[force_rows[0]:force_rows[-1] + 1, :M] = whitened[is_force]
             forces[force_rows[0]:force_rows[-1] + 1, M] = y[rows[is_force]]
-        spanned.append(np.einsum("nm,nm->n", whitened[:, gp_columns], whitened[:, gp_columns]))
+        norms = np.einsum("nm,nm->n", whitened[:, gp_columns], whitened[:, gp_columns])
+        if own is not None and len(own[k]):
+            norms -= own_span(whitened, context.L_mm, own[k])
+        spanned.append(norms)
         prior.append(row_prior)
     qr = StackedQR(M)
     qr.add_block(forces)
@@ -439,7 +446,8 @@ def _block_row_indices(design: SparseDesign, blocks: list[np.ndarray]) -> list[n
 
 def stream_design(design: SparseDesign, kernel: Kernel, block_rows: int,
                   prior: bool = False, owner: str = "SparseGPPotential",
-                  runner: BlockRunner | None = None) -> StreamedDesign:
+                  runner: BlockRunner | None = None,
+                  own: list[np.ndarray] | None = None) -> StreamedDesign:
     """One pass over the training structures in blocks: the factor and the small rows.
 
     Parameters
@@ -454,6 +462,10 @@ def stream_design(design: SparseDesign, kernel: Kernel, block_rows: int,
         Names the estimator in logs.
     runner : BlockRunner or None, default=None
         Where the blocks run (None: in this process).
+    own : list of ndarray of int or None, default=None
+        Per training structure, the columns of the inducing environments chosen from it:
+        its rows' ``spanned`` leaves them out (the LOSO projection term,
+        :func:`kernelpot.loso.own_span`).
 
     Returns
     -------
@@ -474,8 +486,9 @@ def stream_design(design: SparseDesign, kernel: Kernel, block_rows: int,
                 kept * (M + 1) * 8 / 2**20, n_obs * M * 8 / 2**20)
     context = BlockContext(design.descriptor, design.inducing, design.pair, kernel, L_mm,
                            prior)
-    merged = runner.reduce(factor_block, context, _BlockItems(design, blocks), merge_factors,
-                           "design blocks")
+    extra = None if own is None else (lambda i: ([own[k] for k in blocks[i]],))
+    merged = runner.reduce(factor_block, context, _BlockItems(design, blocks, extra),
+                           merge_factors, "design blocks")
     R_F, z_F, residual_F = StackedQR.from_triangle(merged.factor).parts()
     order = np.concatenate(_block_row_indices(design, blocks))
     merged_spanned = np.concatenate(merged.spanned)

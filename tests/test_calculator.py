@@ -35,6 +35,17 @@ def test_results_match_estimator(fitted_ethanol, ethanol_frames):
     _, e_std = fitted_ethanol.predict([atoms], return_std=True, std_type="epistemic")
     assert atoms.calc.results["energy_std"] == pytest.approx(e_std[0], rel=1e-10)
     assert atoms.calc.results["force_noise"] == fitted_ethanol.force_noise_
+    # the two terms are calibrated as the std is: their squares add up to its square,
+    # in the ratio of the raw terms the map weighs
+    results = atoms.calc.results
+    np.testing.assert_allclose(results["forces_std_posterior"]**2
+                               + results["forces_std_projection"]**2,
+                               results["forces_std"]**2, rtol=1e-10)
+    raw = fitted_ethanol.predict_structure(atoms, variance=True)
+    weight = fitted_ethanol.projection_weight("forces")**2
+    np.testing.assert_allclose(
+        results["forces_std_posterior"]**2 / results["forces_std_projection"]**2,
+        raw.forces_var_posterior / (weight * raw.forces_var_projection), rtol=1e-8)
 
 
 def test_forces_match_numerical_derivative(fitted_ethanol, ethanol_frames):

@@ -11,6 +11,7 @@ import pytest
 from scipy.stats import norm
 
 from kernelpot.calibration import (
+    PROFILE_BOUND,
     SHAPE_MIN_VALUES,
     StdCalibration,
     fit_variance_terms,
@@ -104,14 +105,37 @@ def test_few_values_fit_only_the_scale():
                                np.mean(errors**2 / (post + proj)), rtol=1e-5)
 
 
-def test_scale_goes_to_its_limit_when_the_noise_explains_the_errors():
-    rng, post, proj, noise = _terms(20, seed=4, noise_level=1.0)
-    errors = 0.1 * rng.normal(size=20)  # far inside the noise alone
+@pytest.mark.parametrize("n, raw", [(20, 1.0), (3000, 1e4)])
+def test_an_undetermined_scale_is_the_largest_the_errors_do_not_reject(n, raw):
+    """Errors the noise alone explains (20 values: the scale alone is fitted; 3000 with
+    raw variances 1e4 too large, as a signal std at its upper bound gives): any small c
+    fits them. The map keeps the largest c the likelihood does not reject (not the
+    smallest, which would switch the epistemic std off where a new structure's raw
+    variance is far above the training ones')."""
+    rng, post, proj, noise = _terms(n, seed=4, noise_level=1.0)
+    post, proj = raw * post, raw * proj
+    errors = 0.1 * rng.normal(size=n)
     fitted = fit_variance_terms(errors, post, proj, noise, "Test")
-    # towards its lower limit 1e-6 (L-BFGS-B stops a little above it: the gradient in
-    # log c² vanishes with c²)
-    assert fitted["scale"] < 1e-4
-    assert (fitted["projection"], fitted["exponent"], fitted["noise"]) == (1.0, 1.0, 1.0)
+    assert (fitted["projection"], fitted["exponent"]) == (1.0, 1.0)
+    assert 1e-4 < fitted["scale"] < 1e6
+
+    def nll(c):
+        total = c**2 * (post + proj) + fitted["noise"] ** 2 * noise
+        return 0.5 * np.sum(np.log(total) + errors**2 / total)
+
+    # the likelihood has risen by the bound from its value at the lower limit
+    assert nll(fitted["scale"]) - nll(1e-6) == pytest.approx(PROFILE_BOUND, abs=1e-3)
+    # more values reject more: the bound tightens
+    if n == 3000:
+        fewer = fit_variance_terms(errors[:300], post[:300], proj[:300], noise[:300], "Test")
+        assert fitted["scale"] < fewer["scale"]
+    # a raw variance 1e4 times the training ones gets an epistemic std above the noise's
+    calibration = StdCalibration({"forces": 1.0, "energy": fitted["scale"],
+                                  "energy_projection": 1.0, "energy_exponent": 1.0,
+                                  "energy_reference": fitted["reference"],
+                                  "energy_noise": fitted["noise"]}, None)
+    far = calibration.epistemic_variance("energy", 1e4 * np.median(post), 0.0)
+    assert far > fitted["noise"] ** 2 * np.median(noise)
 
 
 def test_a_tiny_scale_with_a_steep_exponent_is_kept_not_taken_for_noise():

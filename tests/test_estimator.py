@@ -355,8 +355,15 @@ def test_bad_input(fitted_ethanol, ethanol_frames, small_soap):
         SparseGPPotential("soap", method="sparse").fit(ethanol_frames[:3])
     nan_positions = ethanol_frames[1].copy()
     nan_positions.positions[0, 0] = np.nan
-    with pytest.raises(ValueError, match="finite"):
-        fitted_ethanol.predict([nan_positions])
+    # the method and the structure are named, in batches and one structure at a time
+    with pytest.raises(ValueError, match=r"SparseGPPotential.predict_forces: structure 1: "
+                       r"positions must be finite; atoms \[0\] have NaN or inf"):
+        fitted_ethanol.predict_forces([ethanol_frames[0], nan_positions])
+    with pytest.raises(ValueError, match=r"SparseGPPotential.predict: positions must be "
+                       r"finite; atoms \[0\]"):
+        fitted_ethanol.predict_structure(nan_positions)
+    with pytest.raises(ValueError, match="SparseGPPotential.predict_forces: got an empty list"):
+        fitted_ethanol.predict_forces([])
 
 
 def test_force_noise_at_upper_bound_warns(ethanol_frames, small_soap):
@@ -540,6 +547,35 @@ def test_too_few_structures_to_learn_the_noise_warn(ethanol_frames, small_soap):
     with pytest.warns(UserWarning, match="to calibrate the std") as record:
         clone(model).set_params(optimize=False).fit(ethanol_frames[:1])
     assert "noise levels" not in str(record[0].message)
+
+
+def test_a_kind_of_label_missing_everywhere_warns(ethanol_frames, small_soap):
+    """Forces alone leave the energy's constants (and the stress) undetermined; energies
+    alone leave σ_F at its given value. Both are said, not left to be found."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    def relabelled(energy, forces):
+        out = []
+        for atoms in ethanol_frames[:6]:
+            copy = atoms.copy()
+            labels = {"energy": atoms.get_potential_energy()} if energy else {}
+            if forces:
+                labels["forces"] = atoms.get_forces()
+            copy.calc = SinglePointCalculator(copy, **labels)
+            out.append(copy)
+        return out
+
+    model = SparseGPPotential(small_soap, n_restarts=0, random_state=0, method="sparse")
+    with pytest.warns(UserWarning, match="no training structure has an energy.*energies "
+                      "and stresses are not meaningful"):
+        model.fit(relabelled(energy=False, forces=True))
+    with pytest.warns(UserWarning, match="no training structure has forces.*keeps its "
+                      "given value 0.05"):
+        clone(model).set_params(force_noise=0.05).fit(relabelled(energy=True, forces=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clone(model).set_params(optimize=["signal_std", "energy_noise"]).fit(
+            relabelled(energy=True, forces=False))  # σ_F given, not fitted: nothing to say
 
 
 def test_atoms_without_neighbours_warn(ethanol_frames, small_soap):

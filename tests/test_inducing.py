@@ -367,3 +367,28 @@ def test_the_pool_capacity_leaves_room_for_twice_the_selection():
     for start in range(0, 200, 9):
         pool.add(_features(n=200, seed=9)[start:start + 9])
     assert pool.n_reductions > 0 and len(pool.select()) == 10
+
+
+# -- where each inducing environment comes from (the LOSO projection term) ----------------
+
+@pytest.mark.parametrize("method", SPARSE_METHODS)
+def test_choose_inducing_returns_each_environments_structure(method):
+    features, index = _structures()
+    inducing, origin = choose_inducing(features, index, 3, {"H": 10, "O": 2}, method,
+                                       np.random.RandomState(0), 4, SPECIES,
+                                       return_origin=True)
+    for s, (z, structures) in enumerate(zip(inducing, origin, strict=True)):
+        assert structures.shape == (len(z),)
+        for row, k in zip(z, structures, strict=True):  # a row of that structure's species
+            assert np.any(np.all(features[k][index[k] == s] == row, axis=1))
+
+
+def test_the_pool_returns_each_environments_structure_through_reductions():
+    features = _features(n=300, seed=2)
+    pool = FarthestPointPool(5, 25, np.random.RandomState(0))
+    for k, start in enumerate(range(0, 300, 10)):
+        pool.add(features[start:start + 10], k)
+    z = pool.select()
+    assert pool.n_reductions > 0
+    for row, k in zip(z, pool.origin, strict=True):
+        assert np.any(np.all(features[10 * k:10 * k + 10] == row, axis=1))

@@ -8,7 +8,7 @@ from helpers import DATA
 from kernelpot import SOAP, SparseGPPotential, gp
 from kernelpot._labels import TrainingSet, read_labels
 from kernelpot.design import SparseDesign
-from kernelpot.loso import exact_loso, sparse_loso
+from kernelpot.loso import exact_loso, own_columns, own_span, sparse_loso
 
 SOAP_SMALL = SOAP(["H", "C", "O"], 3.5, n_max=3, l_max=2, sigma=0.4)
 
@@ -296,11 +296,56 @@ def test_jackknife_scores_and_shift_basis_survive_save_and_load(frames, tmp_path
     np.testing.assert_array_equal(a, b)
 
 
-def test_loso_projection_is_the_prediction_time_projection_with_a_fitted_two_body_term(
-        frames):
-    """The projection term does not depend on leaving a structure out: the LOSO one of a
-    training structure is the one predict_structure gives it, also after the two-body
-    prior std moved away from its start (the prior variances were computed before)."""
+def _projection_without(model, atoms, own):
+    """Brute force: the projection term of ``atoms``' rows with the inducing columns ``own``
+    removed from ``k_mm`` (the factor the prediction uses), from the unwhitened rows."""
+    post = model.posterior_
+    rows = gp.design_rows(model.descriptor_.compute(atoms),
+                          np.searchsorted(model.species_, atoms.numbers), post.inducing,
+                          model.kernel_, energy=True, forces=True, columns=post.columns,
+                          n_columns=post.weights.size)
+    # the two-body columns stay zero: k_mm is block diagonal between them and the GP's,
+    # so removing GP columns changes only the GP part of the spanned variance
+    g = np.vstack([rows.energy, rows.forces])
+    K = post.factors.L_mm @ post.factors.L_mm.T
+    keep = np.setdiff1d(np.arange(len(K)), own)
+    full = np.einsum("nm,nm->n", g, np.linalg.solve(K, g.T).T)
+    reduced = np.einsum("nm,nm->n", g[:, keep],
+                        np.linalg.solve(K[np.ix_(keep, keep)], g[:, keep].T).T)
+    p = model.predict_structure(atoms, variance=True)
+    predicted = np.concatenate([[p.energy_var_projection], p.forces_var_projection.ravel()])
+    return predicted + model.signal_std_**2 * (full - reduced), predicted
+
+
+def test_own_span_is_the_schur_complement_of_the_removed_columns():
+    rng = np.random.default_rng(3)
+    A = rng.normal(size=(9, 12))
+    K = A @ A.T + 0.1 * np.eye(9)
+    L = np.linalg.cholesky(K)
+    g = rng.normal(size=(5, 9))
+    w = np.linalg.solve(L, g.T).T
+    for own in ([4], [2, 7], [0, 3, 8]):
+        keep = np.setdiff1d(np.arange(9), own)
+        expected = np.einsum("nm,nm->n", g, np.linalg.solve(K, g.T).T) - np.einsum(
+            "nm,nm->n", g[:, keep], np.linalg.solve(K[np.ix_(keep, keep)], g[:, keep].T).T)
+        np.testing.assert_allclose(own_span(w, L, np.array(own)), expected, rtol=1e-10)
+    assert not np.any(own_span(w, L, np.array([], dtype=int)))
+
+
+def test_own_columns_groups_the_inducing_columns_by_structure():
+    origins = [np.array([0, 2, -1]), np.array([2, 1])]
+    columns = [np.array([0, 1, 2]), np.array([3, 4])]
+    own = own_columns(origins, columns, 4)
+    assert [sorted(c.tolist()) for c in own] == [[0], [4], [1, 3], []]
+    assert own_columns(None, columns, 4) is None
+    assert own_columns([np.array([-1, -1, -1]), np.array([-1, -1])], columns, 4) is None
+
+
+def test_loso_projection_leaves_out_the_structures_own_inducing_environments(frames):
+    """A left-out structure's projection term is the prediction-time one of a model whose
+    inducing set lacks the environments chosen from that structure: larger than the
+    full model's where it has some, equal where it has none (also with a two-body term
+    whose prior std the search moved after the prior variances were computed)."""
     from kernelpot import TwoBody
 
     train = frames[:6]
@@ -309,15 +354,25 @@ def test_loso_projection_is_the_prediction_time_projection_with_a_fitted_two_bod
                               random_state=0, method="sparse").fit(train)
     assert not np.isclose(model.two_body_.prior_std, 0.1)  # the search moved it
     loso = model.posterior_.loso
-    for B in (0, 4):
-        p = model.predict_structure(train[B], variance=True)
+    own = model.posterior_.own_columns(len(train))
+    # every inducing environment has its origin
+    assert sum(len(c) for c in own) == sum(len(z) for z in model.posterior_.inducing)
+    checked = 0
+    for B in range(len(train)):
+        expected, predicted = _projection_without(model, train[B], own[B])
         rows = np.flatnonzero(loso.structure == B)
-        forces = p.forces_var_projection.ravel()
-        np.testing.assert_allclose(loso.projection[rows[1:]], forces, rtol=1e-6,
-                                   atol=1e-9 * forces.max())
+        np.testing.assert_allclose(loso.projection[rows[1:]], expected[1:], rtol=1e-6,
+                                   atol=1e-9 * expected[1:].max())
         # the energy row differs by the jitter's share of the two-body prior, which
         # the prediction counts and the LOSO term (exactly spanned) leaves out
-        assert loso.projection[rows[0]] == pytest.approx(p.energy_var_projection, rel=1e-2)
+        assert loso.projection[rows[0]] == pytest.approx(expected[0], rel=1e-2)
+        if len(own[B]):
+            assert np.all(loso.projection[rows[1:]] >= predicted[1:] * (1 - 1e-9))
+            assert np.mean(loso.projection[rows[1:]]) > np.mean(predicted[1:])
+            checked += 1
+        else:
+            np.testing.assert_allclose(loso.projection[rows[1:]], predicted[1:], rtol=1e-6)
+    assert checked >= 3
 
 
 def test_restore_training_keeps_a_validation_map(frames, tmp_path):
@@ -330,3 +385,29 @@ def test_restore_training_keeps_a_validation_map(frames, tmp_path):
     loaded.restore_training(frames[:5])
     assert loaded.interval_kind_ == "validation" and loaded.std_scale_ == model.std_scale_
     assert loaded.posterior_.loso.n_structures == 5  # ready for the next update
+
+
+def test_updates_and_model_files_keep_the_inducing_origins(frames, tmp_path):
+    from kernelpot import load
+    from kernelpot.sparse_posterior import _inducing_origin_from_arrays
+
+    model = SparseGPPotential(SOAP_SMALL, n_sparse=20, incremental=True, random_state=0,
+                              method="sparse").fit(frames[:5])
+    model.update(frames[5:7], n_inducing="all")
+    post = model.posterior_
+    own = post.own_columns(7)
+    # every environment of the two new structures became inducing, with its structure
+    assert [len(own[k]) for k in (5, 6)] == [len(frames[5]), len(frames[6])]
+    assert sum(len(c) for c in own) == post.weights.size
+    loaded = load(model.save(tmp_path / "m.npz", training_state=True))
+    loaded.restore_training(frames[:7])
+    for a, b in zip(loaded.posterior_.inducing_origin, post.inducing_origin, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(loaded.posterior_.loso.projection, post.loso.projection,
+                               rtol=1e-9, atol=1e-15)
+    arrays = {"state_inducing_origin_0": np.array([0, 9]),
+              "state_inducing_origin_1": np.array([1])}
+    inducing = [np.zeros((2, 3)), np.zeros((1, 3))]
+    with pytest.raises(ValueError, match="malformed state_inducing_origin"):
+        _inducing_origin_from_arrays(arrays, inducing, 7, "m.npz")
+    assert _inducing_origin_from_arrays({}, inducing, 7, "m.npz") is None
