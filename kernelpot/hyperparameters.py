@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_STRESS_NOISE", "HYPERPARAMETERS", "NOISE_NAMES", "NoiseSearch",
            "check_hyperparameter_values", "fitted_names", "free_mask", "kernel_profile_search",
-           "search_on_subset", "values_kept_where_fixed", "warn_if_force_noise_at_bound"]
+           "search_on_subset", "values_kept_where_fixed", "warn_if_force_noise_at_bound",
+           "warn_if_signal_std_at_bound"]
 
 #: Names accepted by the estimator's ``optimize``, in ``theta`` order (the kernel's own last).
 HYPERPARAMETERS = ("signal_std", "energy_noise", "force_noise", "stress_noise", "kernel",
@@ -198,6 +199,32 @@ def warn_if_force_noise_at_bound(force_noise: float, bounds: Sequence[float], fr
                       f"{force_noise:.3g} eV/Å: the model is ignoring the forces (too few "
                       "inducing points, or wrong labels?)", ConvergenceWarning,
                       stacklevel=stacklevel)
+
+
+def warn_if_signal_std_at_bound(signal_std: float | dict[str, float],
+                                bounds: Sequence[float], owner: str) -> None:
+    """Log a warning when a fitted signal std sits at its upper bound.
+
+    A logged warning (shown on stderr when logging is not configured), not a
+    ``warnings`` one: it is common with raw ACSF features, and on-the-fly learning or
+    a loop of fits would repeat it.
+
+    Parameters
+    ----------
+    signal_std : float or dict
+        The fitted ``σ`` (one per element with ``signal_per_element``), eV.
+    bounds : pair of float
+        ``signal_std_bounds``.
+    owner : str
+    """
+    values = signal_std.values() if isinstance(signal_std, dict) else [signal_std]
+    if any(np.isclose(value, bounds[1]) for value in values):
+        logger.warning("%s: the fitted signal std sits at its upper bound %.3g eV: the "
+                       "kernel varies too little between the training environments for the "
+                       "spread of the labels, so the raw variances are inflated (the "
+                       "default calibration rescales them; a larger zeta, a smaller SOAP "
+                       "sigma or standardised features give the kernel more contrast, or "
+                       "raise signal_std_bounds)", owner, bounds[1])
 
 
 class NoiseSearch:

@@ -1,5 +1,6 @@
 """SparseGPPotential: physics, learned noise, variances, scikit-learn contract, bad input."""
 
+import logging
 import warnings
 
 import numpy as np
@@ -379,7 +380,28 @@ def test_force_noise_at_upper_bound_warns(ethanol_frames, small_soap):
         warnings.simplefilter("always")
         SparseGPPotential(small_soap, n_sparse=5, force_noise_bounds=(1e-3, 1.0),
                           random_state=0, method="sparse").fit(frames)
-    assert any("upper bound" in str(w.message) for w in caught)
+    assert any("force noise sits at its upper bound" in str(w.message) for w in caught)
+
+
+def test_signal_std_at_upper_bound_is_logged(ethanol_frames, small_soap, caplog):
+    """A logged warning, not when σ is given. Labels 1000 times larger than the kernel
+    reaches within signal_std_bounds."""
+    frames = []
+    for atoms in ethanol_frames[:6]:
+        copy = atoms.copy()
+        copy.calc = SinglePointCalculator(copy, energy=1e3 * atoms.get_potential_energy(),
+                                          forces=1e3 * atoms.get_forces())
+        frames.append(copy)
+    model = SparseGPPotential(small_soap, n_sparse=20, random_state=0, method="sparse")
+    with caplog.at_level(logging.WARNING, logger="kernelpot"):
+        model.fit(frames)
+    assert model.signal_std_ == pytest.approx(100.0)
+    assert "signal std sits at its upper bound 100 eV" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kernelpot"):
+        clone(model).set_params(signal_std=100.0, optimize=["energy_noise", "force_noise"]).fit(
+            frames)
+    assert "signal std" not in caplog.text
 
 
 def test_calibrate_scales_every_std_and_survives_save_load(fitted_ethanol, ethanol_frames,
