@@ -75,7 +75,8 @@ def check_frames(frames: Iterable[Atoms], owner: str) -> list[Atoms]:
     TypeError
         If ``frames`` is a single Atoms, not iterable, or holds something else.
     ValueError
-        If ``frames`` or one of its structures is empty, or a position is not finite.
+        If ``frames`` or one of its structures is empty, or a position is not finite (a
+        ``FrameFiles`` is checked for positions where its structures are read).
     """
     from kernelpot.frame_files import FrameFiles
 

@@ -50,9 +50,12 @@ SHAPE_MIN_VALUES = 50
 #: Below this fitted scale ``c`` (with as small an epistemic share) the errors do not
 #: determine ``c``: the noise explains them.
 _SCALE_FLOOR = 1e-4
-#: Rise of the negative log-likelihood that bounds an undetermined ``c`` from above: half
-#: the 95 % quantile of χ² with one degree of freedom (a profile-likelihood bound).
+#: Rise of the negative log-likelihood over its minimum in ``c`` that bounds an undetermined
+#: ``c`` from above: half the 95 % quantile of χ² with one degree of freedom (the upper
+#: end of the 95 % likelihood-ratio interval for ``c``).
 PROFILE_BOUND = 0.5 * 3.841458820694124
+#: Points per decade of ``c²`` on which that interval's upper end is bracketed.
+_GRID_PER_DECADE = 20
 #: Keys of a quantity's entries in ``std_scale_``, after the quantity's name.
 _SUFFIXES = ("", "_projection", "_exponent", "_reference", "_noise")
 #: The same for force maps whose exponent acts on each atom's mean variance.
@@ -108,11 +111,16 @@ def fit_variance_terms(errors: np.ndarray, post: np.ndarray, proj: np.ndarray,
     variance is many times the training structures' (measured: a Pt slab's force std
     stayed at 1.07 meV/Å on frames rattled out of the training range, whose errors
     were 115 meV/Å). So ``w`` and ``p``, which then mean nothing, are set to 1, and
-    ``c`` to the largest value the errors do not reject: where the negative
-    log-likelihood has risen by :data:`PROFILE_BOUND` over its value at the lower
-    limit (a one-sided 95 % profile-likelihood bound; ``d`` kept at its fit). A small
-    ``c`` alone is not that case: with ``p > 1`` it can still give the values of large
-    raw variance most of theirs.
+    ``c`` to the largest value the errors do not reject: the upper end of the 95 %
+    likelihood-ratio interval for ``c`` with ``w = p = 1`` and ``d`` kept at its fit,
+    where the negative log-likelihood has risen by :data:`PROFILE_BOUND` over its
+    minimum in ``c`` (found on a grid over ``c``'s whole range, which also catches an
+    optimiser that stalled short of a better ``c``, and a likelihood that rises and falls
+    again). Where it never rises that far (the raw variances too small to matter
+    anywhere in the range), ``c = 1``, the model's own variance (or the minimum, if
+    that lies above 1). A small ``c`` alone is
+    not that case: with ``p > 1`` it can still give the values of large raw variance
+    most of theirs.
     """
     r2 = np.asarray(errors, dtype=np.float64) ** 2
     noise = np.asarray(noise, dtype=np.float64)
@@ -187,7 +195,7 @@ def fit_variance_terms(errors: np.ndarray, post: np.ndarray, proj: np.ndarray,
                          + [np.log(d2)] * (i_d is not None) + [1.0])
         log_c2 = _largest_unrejected(lambda t: nll(np.r_[t, plain[1:]])[0], -bound, bound)
         logger.info("%s: the learned noise explains the errors; the epistemic scale is the "
-                    "largest they do not reject, c = %.3g (profile likelihood, 95 %%)", owner,
+                    "largest they do not reject, c = %.3g (likelihood ratio, 95 %%)", owner,
                     np.exp(0.5 * log_c2))
         return {"scale": float(np.exp(0.5 * log_c2)), "projection": 1.0, "exponent": 1.0,
                 "reference": v_ref, "noise": float(np.sqrt(d2))}
@@ -196,17 +204,21 @@ def fit_variance_terms(errors: np.ndarray, post: np.ndarray, proj: np.ndarray,
 
 
 def _largest_unrejected(nll, lower: float, upper: float) -> float:
-    """Return the largest ``t`` in ``[lower, upper]``: ``nll(t) - nll(lower) <= PROFILE_BOUND``.
+    """Return the largest ``t = log c²`` in ``[lower, upper]`` with ``nll(t) <= min nll + bound``.
 
-    ``nll`` rises with ``t`` from ``lower`` (where its minimum sits) in the case it
-    serves; ``upper`` when it never rises that far.
+    The minimum and the last grid point within :data:`PROFILE_BOUND` of it are found on a
+    grid of :data:`_GRID_PER_DECADE` points per decade of ``c²``; the crossing after that
+    point is refined by Brent's method. When nothing above the minimum rises that far,
+    ``c = 1`` (the model's own variance), or the minimum where it lies above that.
     """
-    floor = nll(lower)
-
-    def excess(t):
-        return nll(t) - floor - PROFILE_BOUND
-
-    return upper if excess(upper) <= 0 else brentq(excess, lower, upper, xtol=1e-6)
+    grid = np.linspace(lower, upper, int(_GRID_PER_DECADE * (upper - lower) / np.log(10)) + 1)
+    values = np.array([nll(t) for t in grid])
+    limit = float(values.min()) + PROFILE_BOUND
+    inside = np.flatnonzero(values <= limit)
+    last = int(inside[-1])
+    if last == len(grid) - 1:
+        return max(0.0, float(grid[np.argmin(values)]))
+    return brentq(lambda t: nll(t) - limit, grid[last], grid[last + 1], xtol=1e-6)
 
 
 def group_mean(values: np.ndarray, group: int) -> np.ndarray:

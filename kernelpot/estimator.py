@@ -71,8 +71,11 @@ _LOSO_MIN_STRUCTURES = 3
 _POSTERIORS = {"sparse": SparsePosterior, "exact": ExactPosterior}
 
 
-def _warn_if_too_few(labels, owner: str, learns_noise: bool, calibrates: bool) -> None:
-    """Warn when the training set is too small to learn the noise or calibrate the std."""
+def _warn_if_too_few(labels, where: str, learns_noise: bool, calibrates: bool) -> None:
+    """Warn when the training set is too small to learn the noise or calibrate the std.
+
+    ``where`` names the estimator's method (``"SparseGPPotential.fit"``).
+    """
     n_structures = len(labels.forces)
     if n_structures >= _LOSO_MIN_STRUCTURES or not (learns_noise or calibrates):
         return
@@ -84,31 +87,31 @@ def _warn_if_too_few(labels, owner: str, learns_noise: bool, calibrates: bool) -
         missing.append(f"to calibrate the std by leave-one-structure-out (at least "
                        f"{_LOSO_MIN_STRUCTURES} structures; the stds stay raw)")
     warnings.warn(
-        f"{owner}.fit: {n_structures} training structure(s) are too few "
+        f"{where}: {n_structures} training structure(s) are too few "
         + " or ".join(missing) + "; errors on new structures are usually large. Label "
         "more structures, or use this model only to start on-the-fly learning.",
         UserWarning, stacklevel=4)
 
 
-def _warn_if_labels_leave_things_undetermined(labels, owner: str, names: set,
+def _warn_if_labels_leave_things_undetermined(labels, where: str, names: set,
                                                force_noise: float) -> None:
     """Warn when a kind of label is missing from every structure and something needs it.
 
     No energy: the forces fix each element's local energy up to a constant, and (for
     cells without stress labels) not its change with volume, so energies and stresses
     are then guesses. No forces: ``σ_F`` cannot be learned and keeps its given value,
-    which the force std adds.
+    which the force std adds. ``where`` names the estimator's method.
     """
     if not np.any(labels.has_energy):
         what = "energies are" if np.any(labels.has_stress) else "energies and stresses are"
         volume = "" if np.any(labels.has_stress) else (
             ", and leave the energy's change with the volume (the stress) unconstrained")
-        warnings.warn(f"{owner}.fit: no training structure has an energy: the forces fix "
+        warnings.warn(f"{where}: no training structure has an energy: the forces fix "
                       f"each element's local energy only up to a constant{volume}; "
                       f"predicted {what} not meaningful. Label some energies.",
                       UserWarning, stacklevel=4)
     if "force_noise" in names and all(f is None for f in labels.forces):
-        warnings.warn(f"{owner}.fit: no training structure has forces, so the force noise "
+        warnings.warn(f"{where}: no training structure has forces, so the force noise "
                       f"cannot be learned: force_noise_ keeps its given value "
                       f"{force_noise:g} eV/Å, which the total force std includes. Set "
                       "force_noise to the reference method's force error.", UserWarning,
@@ -385,9 +388,10 @@ pair of float
     The epistemic variance of the sparse model has two terms, the posterior over the
     inducing values and the prior variance the inducing set does not span
     (:mod:`kernelpot.sparse_posterior`); the exact model has only the first. They are
-    reported separately (:class:`Prediction`, the calculator's
-    ``forces_std_posterior`` and ``forces_std_projection``) and combined by the
-    calibration (:mod:`kernelpot.calibration`; raw sum until :meth:`calibrate`). The
+    reported separately (:class:`Prediction`, raw; the calculator's
+    ``forces_std_posterior`` and ``forces_std_projection``, calibrated shares) and
+    combined by the calibration (:mod:`kernelpot.calibration`: fitted at fit time on
+    LOSO errors by default, or by :meth:`calibrate`; the raw sum without a map). The
     total variance adds the learned noise: ``σ_E² N`` for an ``N``-atom energy,
     ``σ_F²`` per force component. Every variance is clipped at zero, with a warning
     if round-off went beyond 1e-8 relative.
@@ -646,9 +650,9 @@ pair of float
         baseline = as_baseline(self.baseline, owner)
         raw_labels, labels = labels, residual_labels(frames, labels, baseline)
         names = fitted_names(self.optimize, owner)
-        _warn_if_too_few(labels, owner, bool(names & {"energy_noise", "force_noise"}),
+        _warn_if_too_few(labels, where, bool(names & {"energy_noise", "force_noise"}),
                          self.calibration == "loso")
-        _warn_if_labels_leave_things_undetermined(labels, owner, names,
+        _warn_if_labels_leave_things_undetermined(labels, where, names,
                                                   float(self.force_noise))
         rng = check_random_state(self.random_state)
         species = np.unique(np.concatenate([a.numbers for a in frames])).astype(np.int64)

@@ -171,7 +171,8 @@ class PredictionMixin:
         if not isinstance(stress, (bool, np.bool_)):
             raise TypeError(f"stress must be True or False; got {stress!r}")
         return self.posterior_.finish([self._predict_parts(atoms, forces, variance,
-                                                           bool(stress))])[0]
+                                                           bool(stress),
+                                                           method="predict_structure")])[0]
 
     @staticmethod
     def _check_variance(variance) -> None:
@@ -191,9 +192,13 @@ class PredictionMixin:
         return volume
 
     def _predict_parts(self, atoms: Atoms, forces: bool, variance,
-                       stress: bool = False, shifts: bool = False) -> PredictionParts:
-        """Return the mean prediction of one structure and its posterior's variance input."""
-        owner = f"{type(self).__name__}.predict"
+                       stress: bool = False, shifts: bool = False,
+                       method: str = "predict") -> PredictionParts:
+        """Return the mean prediction of one structure and its posterior's variance input.
+
+        ``method`` names the public method in errors.
+        """
+        owner = f"{type(self).__name__}.{method}"
         index = self._species_index(atoms, owner)
         volume = self._check_stress_cell(atoms, owner) if stress else None
         parts = self.posterior_.parts(self.descriptor_, atoms, index, self.e0_, forces,
@@ -225,7 +230,8 @@ class PredictionMixin:
         out, batch, batch_rows = [], [], 0
         for parts in _parallel.imap(_predict_structure, frames, n_jobs=self.n_jobs,
                                     verbose=verbose, desc="predict",
-                                    shared=(self, forces, variance, stress, shifts)):
+                                    shared=(self, forces, variance, stress, shifts,
+                                            method)):
             batch.append(parts)
             batch_rows += parts.variance_rows
             if batch_rows >= _VARIANCE_BATCH_ROWS:
@@ -538,5 +544,5 @@ class PredictionMixin:
 
 def _predict_structure(shared: tuple, atoms: Atoms) -> PredictionParts:
     """One structure's prediction parts (``shared``: the model and what to predict)."""
-    model, forces, variance, stress, shifts = shared
-    return model._predict_parts(atoms, forces, variance, stress, shifts)
+    model, forces, variance, stress, shifts, method = shared
+    return model._predict_parts(atoms, forces, variance, stress, shifts, method)

@@ -20,11 +20,13 @@ variance of a prediction with design row ``k`` has two terms,
   inducing set does not cover the force directions of a new environment, not
   only where the environment itself is new.
 
-They are reported separately (:class:`Prediction`, the calculator's
-``forces_std_posterior`` and ``forces_std_projection``) and combined as
-``c² (v_posterior + w² v_projection)``, with ``c = w = 1`` until
-:meth:`calibrate` fits both on validation data. Added raw, the projection term
-dominates and is several times too wide. The exact model (``method="exact"``)
+They are reported separately (:class:`Prediction`, raw; the calculator's
+``forces_std_posterior`` and ``forces_std_projection``, each its share of the calibrated
+std) and combined by the calibration map (:mod:`kernelpot.calibration`) on
+``v_posterior + w² v_projection``, fitted at fit time on the training structures'
+leave-one-structure-out errors (the default) or by :meth:`calibrate` on validation
+data; without a map the raw sum. Added raw, the projection term dominates and is
+several times too wide. The exact model (``method="exact"``)
 has only the first term, its exact posterior variance
 ``σ² k_** - k_*ᵀ K_y⁻¹ k_*``. The total variance adds the learned noise:
 ``σ_E² N`` for an ``N``-atom energy, ``σ_F²`` per force component. Every variance

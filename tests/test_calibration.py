@@ -138,6 +138,33 @@ def test_an_undetermined_scale_is_the_largest_the_errors_do_not_reject(n, raw):
     assert far > fitted["noise"] ** 2 * np.median(noise)
 
 
+def test_the_bound_is_the_largest_unrejected_scale_of_a_likelihood_that_is_not_monotone():
+    """The likelihood in c may rise, fall and rise again, and its minimum may not be at the
+    lower limit (an optimiser that stalled there): the bound is the largest log c² within
+    PROFILE_BOUND of the minimum, found on the whole range."""
+    from kernelpot.calibration import _largest_unrejected
+
+    def bumpy(t):  # 0 up to t = -5, a bump of 3 at t = 0, a dip of 1 at 5, then steep
+        return (3.0 * np.exp(-0.5 * t**2) + 1.0 / (1.0 + np.exp(-(t - 2.5) * 4))
+                + np.maximum(t - 8.0, 0.0) ** 2)
+
+    grid = np.linspace(-27.6, 27.6, 200_001)
+    values = bumpy(grid)
+    expected = grid[values <= values.min() + PROFILE_BOUND].max()
+    assert _largest_unrejected(bumpy, -27.6, 27.6) == pytest.approx(expected, abs=1e-3)
+    assert expected > 8.0  # beyond the bump, which a first crossing would have stopped at
+
+    def deeper(t):  # the minimum at t = 4, 3 below the value at the lower limit
+        return -3.0 * np.exp(-0.5 * (t - 4.0) ** 2)
+
+    values = deeper(grid)
+    expected = grid[values <= values.min() + PROFILE_BOUND].max()
+    assert _largest_unrejected(deeper, -27.6, 27.6) == pytest.approx(expected, abs=1e-3)
+    # nothing above the minimum rises that far: c = 1, or the minimum where it is above
+    assert _largest_unrejected(lambda t: 0.0 * t, -27.6, 27.6) == 0.0
+    assert _largest_unrejected(lambda t: -t, -27.6, 27.6) == pytest.approx(27.6)
+
+
 def test_a_tiny_scale_with_a_steep_exponent_is_kept_not_taken_for_noise():
     # errors whose variance grows as the fifth power of the raw variance: at the
     # typical value the epistemic part is far below the noise (c ~ 3e-6), on the

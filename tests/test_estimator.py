@@ -360,8 +360,8 @@ def test_bad_input(fitted_ethanol, ethanol_frames, small_soap):
     with pytest.raises(ValueError, match=r"SparseGPPotential.predict_forces: structure 1: "
                        r"positions must be finite; atoms \[0\] have NaN or inf"):
         fitted_ethanol.predict_forces([ethanol_frames[0], nan_positions])
-    with pytest.raises(ValueError, match=r"SparseGPPotential.predict: positions must be "
-                       r"finite; atoms \[0\]"):
+    with pytest.raises(ValueError, match=r"SparseGPPotential.predict_structure: positions "
+                       r"must be finite; atoms \[0\]"):
         fitted_ethanol.predict_structure(nan_positions)
     with pytest.raises(ValueError, match="SparseGPPotential.predict_forces: got an empty list"):
         fitted_ethanol.predict_forces([])

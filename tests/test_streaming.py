@@ -149,3 +149,31 @@ def test_a_folded_model_file_round_trips_and_tampered_columns_are_refused(cells,
         written = io.write_model_file(tmp_path / name, changed, arrays)  # a valid checksum
         with pytest.raises(ValueError, match="malformed statistics columns"):
             load(written)
+
+
+def test_blocks_of_several_structures_leave_each_its_own_inducing_columns(cells, monkeypatch):
+    """The LOSO projection term of each structure leaves out the inducing environments
+    chosen from it also where a block holds several structures (a block's structures are
+    numbered from 0 inside it)."""
+    import kernelpot.streaming as streaming
+
+    seen = []
+    split = streaming._structure_blocks
+
+    def recorded(design, block_rows):
+        blocks = split(design, block_rows)
+        seen.append([len(b) for b in blocks])
+        return blocks
+
+    monkeypatch.setattr(streaming, "_structure_blocks", recorded)
+    fixed = {"optimize": False, "signal_std": 3.0, "energy_noise": 0.003, "force_noise": 0.02,
+             "stress_noise": 5e-4, "method": "sparse", "random_state": 0, "n_sparse": 50}
+    whole = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), **fixed).fit(cells)
+    streamed = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), design_memory_limit=6e-5,
+                                 **fixed).fit(cells)
+    assert max(max(sizes) for sizes in seen) >= 3  # blocks of several structures
+    own = whole.posterior_.own_columns(len(cells))
+    assert sum(len(c) > 0 for c in own) >= 6
+    expected = whole.posterior_.loso.projection
+    np.testing.assert_allclose(streamed.posterior_.loso.projection, expected, rtol=0,
+                               atol=1e-8 * expected.max())
