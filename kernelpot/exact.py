@@ -735,9 +735,15 @@ def fit_time_estimate(n_obs: int, rows_per_element: Sequence[float], n_features:
                  + _SECONDS_PER_CUBED_OBSERVATION * float(n_obs) ** 3)
 
 
-#: Seconds per multiply–add of the test–training Jacobian contraction of the force
-#: variances, measured as above (ethanol n = 50: 5.4 ms/atom; Cu₃Au, 5 cells: 15 ms/atom).
-_SECONDS_PER_PREDICTION_TERM = 4e-11
+#: Seconds per multiply–add of the test–training Jacobian products of the force variances
+#: (the ``D``-long dot products) and per test–training pair of Jacobian rows (the Numba
+#: loop that contracts them with the kernel's second derivative), fitted to the measured
+#: prediction times of ethanol (n = 20, 50, 100), Ni cells (3, 5) and Cu₃Au cells
+#: (5, 10), default-like SOAP, on the project's 2-core machine (2026-12-06): within
+#: 0.88–1.09 of each. The second term is why a small ``D`` (one element: 105) costs
+#: 3–4× what the first alone says.
+_SECONDS_PER_PREDICTION_TERM = 4.1e-11
+_SECONDS_PER_PREDICTION_PAIR = 1.2e-8
 
 
 def prediction_time_estimate(rows_per_atom: Sequence[float], rows_per_element: Sequence[float],
@@ -757,10 +763,11 @@ def prediction_time_estimate(rows_per_atom: Sequence[float], rows_per_element: S
     Returns
     -------
     float
-        ``a Σ_s r_s R_s D``: the covariance of the predicted force components with
-        every training observation dominates. ``a`` was measured on the project's
+        ``(a D + b) Σ_s r_s R_s``: the covariance of the predicted force components with
+        every training observation dominates, its dot products (``a D``) and its
+        per-pair contraction (``b``). ``a`` and ``b`` were measured on the project's
         2-core machine.
     """
-    return float(_SECONDS_PER_PREDICTION_TERM * n_features * np.dot(
-        np.asarray(rows_per_atom, dtype=np.float64),
-        np.asarray(rows_per_element, dtype=np.float64)))
+    return float((_SECONDS_PER_PREDICTION_TERM * n_features + _SECONDS_PER_PREDICTION_PAIR)
+                 * np.dot(np.asarray(rows_per_atom, dtype=np.float64),
+                          np.asarray(rows_per_element, dtype=np.float64)))
