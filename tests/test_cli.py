@@ -1,5 +1,6 @@
 """The kernelpot command line."""
 
+import re
 import subprocess
 import sys
 import time
@@ -164,6 +165,8 @@ def test_fit_eval_predict_round_trip(cli_files, capsys):
                  str(plots[2])]) == 0
     out = capsys.readouterr().out
     assert "test forces" in out and "within 1 std" in out and "Spearman" in out
+    assert re.search(r"test energy calibration: [\d.]+% of energies within 1 std \(Gaussian "
+                     r"68.3%\), [\d.]+% within 2", out)
     for plot in plots:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
 

@@ -294,6 +294,11 @@ def _print_errors(title, err, calibration: bool = True) -> None:
               f"{1e3 * np.mean(np.abs(per_atom)):.2f}, RMSE "
               f"{1e3 * np.sqrt(np.mean(per_atom**2)):.2f}, max "
               f"{1e3 * np.max(np.abs(per_atom)):.2f} meV/atom")
+        if calibration:
+            std = err["energy_std"]
+            print(f"{title} energy calibration: {100 * np.mean(np.abs(e) <= std):.1f}% of "
+                  f"energies within 1 std (Gaussian 68.3%), "
+                  f"{100 * np.mean(np.abs(e) <= 2 * std):.1f}% within 2 (95.4%)")
     if err["forces"]:
         f, ref, std = err["forces"], err["ref_forces"], err["forces_std"]
         print(f"{title} forces ({sum(len(x) for x in f)} atoms): MAE "
