@@ -9,6 +9,8 @@ from typing import NamedTuple
 import numpy as np
 from ase import Atoms
 
+from kernelpot._validation import check_finite_positions
+
 
 class Labels(NamedTuple):
     """Labels of a list of structures.
@@ -99,10 +101,7 @@ def check_frames(frames: Iterable[Atoms], owner: str) -> list[Atoms]:
                             "not an ase.Atoms")
         if len(atoms) == 0:
             raise ValueError(f"{owner}: structure {k} is empty (0 atoms)")
-        finite = np.all(np.isfinite(atoms.positions), axis=1)
-        if not finite.all():
-            raise ValueError(f"{owner}: structure {k}: positions must be finite; atoms "
-                             f"{np.flatnonzero(~finite)[:10].tolist()} have NaN or inf")
+        check_finite_positions(atoms.positions, f"{owner}: structure {k}")
     return frames
 
 

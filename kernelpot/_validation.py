@@ -247,6 +247,21 @@ def resolve_pbc(atoms: Atoms, periodic: bool | None, owner: str) -> np.ndarray:
     return pbc
 
 
+def check_finite_positions(positions: np.ndarray, owner: str) -> None:
+    """Raise a ``ValueError`` naming the atoms whose positions are NaN or inf.
+
+    Parameters
+    ----------
+    positions : ndarray of shape (n_atoms, 3)
+    owner : str
+        Name used in the message (the caller, and the structure where it knows it).
+    """
+    finite = np.all(np.isfinite(positions), axis=1)
+    if not finite.all():
+        raise ValueError(f"{owner}: positions must be finite; atoms "
+                         f"{np.flatnonzero(~finite)[:10].tolist()} have NaN or inf")
+
+
 def check_atoms(atoms: Atoms, known_numbers: np.ndarray, periodic: bool | None,
                 owner: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Validate one structure for a descriptor.
@@ -287,11 +302,7 @@ def check_atoms(atoms: Atoms, known_numbers: np.ndarray, periodic: bool | None,
     if len(atoms) == 0:
         raise ValueError(f"{owner}: the structure is empty (0 atoms)")
     positions = np.ascontiguousarray(atoms.get_positions(), dtype=np.float64)
-    if not np.all(np.isfinite(positions)):
-        bad = np.flatnonzero(~np.all(np.isfinite(positions), axis=1))
-        raise ValueError(
-            f"{owner}: positions must be finite; atoms {bad[:10].tolist()} have NaN or inf"
-        )
+    check_finite_positions(positions, owner)
     numbers_ = np.asarray(atoms.numbers, dtype=np.int64)
     unknown = np.setdiff1d(numbers_, known_numbers)
     if unknown.size:

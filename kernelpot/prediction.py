@@ -23,7 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from kernelpot import _parallel, conformal
 from kernelpot._labels import atom_counts, check_frames
-from kernelpot._validation import check_verbose
+from kernelpot._validation import check_finite_positions, check_verbose
 from kernelpot.calibration import StdCalibration
 from kernelpot.frame_files import FrameFiles, is_paths
 
@@ -130,10 +130,7 @@ class PredictionMixin:
     """
 
     def _species_index(self, atoms: Atoms, owner: str) -> np.ndarray:
-        finite = np.all(np.isfinite(atoms.positions), axis=1)
-        if not finite.all():
-            raise ValueError(f"{owner}: positions must be finite; atoms "
-                             f"{np.flatnonzero(~finite)[:10].tolist()} have NaN or inf")
+        check_finite_positions(atoms.positions, owner)
         unknown = np.setdiff1d(atoms.numbers, self.species_)
         if unknown.size:
             raise ValueError(
