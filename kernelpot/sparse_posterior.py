@@ -1049,8 +1049,8 @@ class SparsePosterior(Posterior):
         """Recompute the weights and factors from the training state."""
         self.factors = _incremental.posterior(self.training, self.signal_std)
 
-    def _choose_new_inducing(self, new, n_inducing, max_inducing=None,
-                             first: int = -1) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def _choose_new_inducing(self, new, n_inducing, max_inducing,
+                             first: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Choose new inducing descriptors per species among the new environments.
 
         ``n_inducing`` of them in all (or all), those of largest epistemic variance of
@@ -1065,8 +1065,7 @@ class SparsePosterior(Posterior):
             return [np.zeros((0, 0))] * n_species, [np.zeros(0, dtype=np.int64)] * n_species
         X = np.concatenate(features)
         species = np.concatenate(index)
-        source = np.repeat(first + np.arange(len(features)), [len(f) for f in features]) \
-            if first >= 0 else np.full(len(X), -1)
+        source = np.repeat(first + np.arange(len(features)), [len(f) for f in features])
         room = np.full(n_species, np.inf) if max_inducing is None else \
             np.maximum(np.asarray(max_inducing, float)
                        - np.array([len(z) for z in self.inducing]), 0)
@@ -1102,12 +1101,11 @@ class SparsePosterior(Posterior):
             origin.append(source[keep])
         return chosen, origin
 
-    def _add_inducing(self, chosen: list[np.ndarray],
-                      origin: list[np.ndarray] | None = None) -> None:
+    def _add_inducing(self, chosen: list[np.ndarray], origin: list[np.ndarray]) -> None:
         """Extend the inducing set and the training state's factors by new columns.
 
         ``origin``: per species, the training state's index of the structure each new
-        inducing environment comes from (``None``: not known).
+        inducing environment comes from.
         """
         state = self.training
         M = self.weights.size
@@ -1141,9 +1139,8 @@ class SparsePosterior(Posterior):
             else [np.full(len(z), -1, dtype=np.int64) for z in self.inducing]
         self.inducing_origin = [
             np.concatenate([np.asarray(known[s], dtype=np.int64),
-                            np.full(len(z), -1, dtype=np.int64) if origin is None
-                            else np.asarray(origin[s], dtype=np.int64)])
-            if len(z) else np.asarray(known[s], dtype=np.int64)
+                            np.asarray(origin[s], dtype=np.int64)]) if len(z)
+            else np.asarray(known[s], dtype=np.int64)
             for s, z in enumerate(chosen)]
         for s, z in enumerate(chosen):
             if len(z) == 0:
