@@ -383,16 +383,22 @@ def test_force_noise_at_upper_bound_warns(ethanol_frames, small_soap):
     assert any("force noise sits at its upper bound" in str(w.message) for w in caught)
 
 
+def _scaled_labels(frames, factor):
+    out = []
+    for atoms in frames:
+        copy = atoms.copy()
+        copy.calc = SinglePointCalculator(copy, energy=factor * atoms.get_potential_energy(),
+                                          forces=factor * atoms.get_forces())
+        out.append(copy)
+    return out
+
+
 def test_signal_std_at_upper_bound_is_logged(ethanol_frames, small_soap, caplog):
     """A logged warning, not when σ is given. Labels 1000 times larger than the kernel
-    reaches within signal_std_bounds."""
-    frames = []
-    for atoms in ethanol_frames[:6]:
-        copy = atoms.copy()
-        copy.calc = SinglePointCalculator(copy, energy=1e3 * atoms.get_potential_energy(),
-                                          forces=1e3 * atoms.get_forces())
-        frames.append(copy)
-    model = SparseGPPotential(small_soap, n_sparse=20, random_state=0, method="sparse")
+    reaches within signal_std_bounds (here up to 100 eV)."""
+    frames = _scaled_labels(ethanol_frames[:6], 1e3)
+    model = SparseGPPotential(small_soap, n_sparse=20, random_state=0, method="sparse",
+                              signal_std_bounds=(1e-2, 1e2))
     with caplog.at_level(logging.WARNING, logger="kernelpot"):
         model.fit(frames)
     assert model.signal_std_ == pytest.approx(100.0)
@@ -402,6 +408,21 @@ def test_signal_std_at_upper_bound_is_logged(ethanol_frames, small_soap, caplog)
         clone(model).set_params(signal_std=100.0, optimize=["energy_noise", "force_noise"]).fit(
             frames)
     assert "signal std" not in caplog.text
+
+
+def test_default_signal_std_reaches_past_100_ev(ethanol_frames, small_soap, caplog):
+    """The default bounds let σ follow labels that need more than 100 eV (a flat kernel,
+    as a one-element metal near its lattice gives): the fit ends inside them, with no
+    warning, at a higher likelihood than the same fit held at 100 eV."""
+    frames = _scaled_labels(ethanol_frames[:6], 100.0)  # the noises stay inside their bounds
+    with caplog.at_level(logging.WARNING, logger="kernelpot"):
+        model = SparseGPPotential(small_soap, n_sparse=20, random_state=0,
+                                  method="sparse").fit(frames)
+    assert 100.0 < model.signal_std_ < 1e4
+    assert "signal std" not in caplog.text
+    held = clone(model).set_params(signal_std_bounds=(1e-2, 1e2)).fit(frames)
+    assert held.signal_std_ == pytest.approx(100.0)
+    assert model.log_marginal_likelihood_value_ > held.log_marginal_likelihood_value_ + 1.0
 
 
 def test_calibrate_scales_every_std_and_survives_save_load(fitted_ethanol, ethanol_frames,
