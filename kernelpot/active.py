@@ -319,8 +319,12 @@ class OnTheFlyLearner:
             self._fit_first(atoms)
             self._last_call_step = int(dynamics.nsteps)  # labelled already: no call here
         elif not self.model.posterior_.keeps_training_data:
-            raise ValueError("OnTheFlyLearner: the model must be a sparse one (method='sparse') "
-                             "fitted with incremental=True")
+            raise ValueError(
+                f"OnTheFlyLearner: the model ({self.model.method_} model fitted with "
+                f"incremental={self.model.incremental}) keeps no training data to update; "
+                "fit it with SparseGPPotential(..., incremental=True), which learns on the "
+                "fly as a sparse model, or hand the learner an unfitted model (it fits the "
+                "first frame itself)")
         elif not self._continuing:
             for frame in self.model.posterior_.training_frames:  # the starting data, for resume
                 self._append_frame(frame)

@@ -226,6 +226,24 @@ def test_starting_from_a_fitted_model_keeps_its_labelled_frames(tmp_path):
     assert len(resumed.model.posterior_.training_frames) == 3 and resumed.n_reference_calls == 1
 
 
+@pytest.mark.parametrize("method", ["exact", "sparse"])
+def test_a_model_fitted_without_incremental_is_refused_before_any_step(tmp_path, method):
+    """The default fit (here both methods) keeps no training data: the learner says how
+    to fit one it can update, before the dynamics moves."""
+    from helpers import emt_copper_frames
+
+    model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
+                              random_state=0, n_restarts=0, method=method).fit(
+        emt_copper_frames(1, seed=4, rattle=0.05))
+    dynamics = _dynamics()
+    start = dynamics.atoms.positions.copy()
+    learner = OnTheFlyLearner(model, EMT(), directory=tmp_path)
+    with pytest.raises(ValueError, match=rf"{method} model fitted with incremental=False.*"
+                                         r"incremental=True"):
+        learner.run(dynamics, 3)
+    assert dynamics.nsteps == 0 and np.array_equal(dynamics.atoms.positions, start)
+
+
 def test_plot_of_a_run(tmp_path):
     from kernelpot.plotting import plot_otf_log
 
