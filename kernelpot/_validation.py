@@ -343,6 +343,63 @@ def _complete_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
 
 
 
+def closest_contact(pairs, limit: float) -> str | None:
+    """Describe the closest pair of a neighbour list if it is closer than ``limit`` Å.
+
+    Parameters
+    ----------
+    pairs : NeighborPairs
+        From :func:`kernelpot.descriptors.neighbors.neighbor_list`.
+    limit : float
+        Distance, Å; 0 or less: never.
+
+    Returns
+    -------
+    str or None
+        "atoms i and j are d Å apart" (or an atom and its own periodic image), or None.
+    """
+    if limit <= 0 or not np.any(pairs.distances < limit):
+        return None
+    n = int(np.argmin(pairs.distances))
+    i, j, d = int(pairs.i[n]), int(pairs.j[n]), float(pairs.distances[n])
+    return (f"atom {i} is {d:.3f} Å from its own periodic image (a cell too small)"
+            if i == j else f"atoms {i} and {j} are {d:.3f} Å apart")
+
+
+def warn_if_closer_than(atoms: Atoms, species: np.ndarray, periodic: bool | None,
+                        min_distance: float | None, owner: str) -> None:
+    """Warn when a structure to predict has atoms closer than ``min_distance``.
+
+    :meth:`SparseGPPotential.fit` refuses such training structures; a prediction there
+    extrapolates past every training pair, and its energy std can be far below its error
+    (measured: 0.85 eV for a 264 eV error at 0.3 Å in Ni₃Al).
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+    species : ndarray of int
+    periodic : bool or None
+        The descriptor's ``periodic`` setting.
+    min_distance : float or None
+        None or 0: no check.
+    owner : str
+    """
+    if not min_distance:
+        return
+    import warnings
+
+    from kernelpot.descriptors.neighbors import neighbor_list
+
+    positions, _, pbc, cell = check_atoms(atoms, species, periodic, owner)
+    what = closest_contact(neighbor_list(positions, cell, pbc, float(min_distance)),
+                           float(min_distance))
+    if what is not None:
+        warnings.warn(f"{owner}: {what}, closer than min_distance={min_distance} Å, which "
+                      "fit refuses in training structures: the prediction extrapolates past "
+                      "every training pair, and its std does not bound its error (a ZBL "
+                      "baseline keeps atoms apart)", UserWarning, stacklevel=4)
+
+
 def check_geometry(frames: list[Atoms], species: np.ndarray, periodic: bool | None,
                    r_cut: float | None, min_distance: float | None, owner: str) -> None:
     """Check training structures as the descriptor will see them, before the work.
@@ -390,11 +447,8 @@ def check_geometry(frames: list[Atoms], species: np.ndarray, periodic: bool | No
         if cutoff <= 0:
             continue
         pairs = neighbor_list(positions, cell, pbc, cutoff)
-        if min_distance > 0 and np.any(pairs.distances < min_distance):
-            n = int(np.argmin(pairs.distances))
-            i, j, d = int(pairs.i[n]), int(pairs.j[n]), float(pairs.distances[n])
-            what = (f"atom {i} is {d:.3f} Å from its own periodic image (a cell too small)"
-                    if i == j else f"atoms {i} and {j} are {d:.3f} Å apart")
+        what = closest_contact(pairs, min_distance)
+        if what is not None:
             raise ValueError(f"{where}: {what}, closer than min_distance={min_distance} Å "
                              "(duplicated atoms, or positions in the wrong unit?); pass "
                              "min_distance=None to accept such structures")

@@ -177,6 +177,9 @@ class OnTheFlyLearner:
     model : SparseGPPotential
         The current model.
     n_reference_calls : int
+        Reference calls the gate made. An unfitted model's first frame, which the learner
+        labels before the first step to fit on, is not counted (as the frames a fitted
+        model was trained on are not): the reference ran ``n_reference_calls + 1`` times.
     stopped : str or None
         Why the run stopped early (a failing reference), else None.
 

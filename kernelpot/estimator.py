@@ -340,7 +340,8 @@ pair of float
         on top of each other are a corrupt file or a unit mistake far more often than
         physics. None accepts any distance. :meth:`update` does not check it: it takes
         labelled frames as they come, and a close contact an on-the-fly run labelled is
-        what the model needs to learn.
+        what the model needs to learn. Predictions (the calculator's too) on such a
+        structure warn, naming the pair: they extrapolate past every training pair.
     random_state : int, numpy RandomState or None, default=None
         Seeds inducing-point selection and optimiser restarts.
     n_jobs : int or None, default=1

@@ -23,7 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from kernelpot import _parallel, conformal
 from kernelpot._labels import atom_counts, check_frames
-from kernelpot._validation import check_finite_positions, check_verbose
+from kernelpot._validation import check_finite_positions, check_verbose, warn_if_closer_than
 from kernelpot.calibration import StdCalibration
 from kernelpot.frame_files import FrameFiles, is_paths
 
@@ -137,6 +137,8 @@ class PredictionMixin:
                 f"{owner}: the structure contains elements the model was not trained on: "
                 f"{[chemical_symbols[z] for z in unknown]} (model: "
                 f"{[chemical_symbols[z] for z in self.species_]})")
+        warn_if_closer_than(atoms, self.species_, getattr(self.descriptor_, "periodic", None),
+                            getattr(self, "min_distance", None), owner)
         return np.searchsorted(self.species_, atoms.numbers)
 
     def predict_structure(self, atoms: Atoms, forces: bool = True, variance: bool | str = False,

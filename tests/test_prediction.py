@@ -197,3 +197,31 @@ def test_prediction_input_errors(sparse, frames):
         sparse.predict([nitrogen])
     with pytest.raises(TypeError, match="got a single Atoms"):
         sparse.predict(atoms)
+
+
+def test_prediction_warns_on_atoms_closer_than_min_distance():
+    """fit refuses such structures; predict, the calculator and the stds warn, naming the
+    pair, and say nothing for ordinary structures or with min_distance=None."""
+    import warnings
+
+    from ase.build import bulk
+    from helpers import emt_copper_frames
+
+    from kernelpot import ACSF, KernelPotCalculator, SparseGPPotential
+
+    model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
+                              random_state=0, n_restarts=0, method="sparse").fit(
+        emt_copper_frames(3, seed=1, rattle=0.05))
+    close = bulk("Cu", "fcc", 3.6, cubic=True).repeat(2)
+    close.positions[5] = close.positions[0] + [0.3, 0.0, 0.0]
+    with pytest.warns(UserWarning, match=r"predict_forces: atoms 0 and 5 are 0\.300 Å "
+                                         r"apart, closer than min_distance=0\.5"):
+        model.predict_forces([close], return_std=True)
+    close.calc = KernelPotCalculator(model)
+    with pytest.warns(UserWarning, match=r"atoms 0 and 5 are 0\.300 Å apart"):
+        close.get_forces()
+    ordinary = bulk("Cu", "fcc", 3.6, cubic=True).repeat(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.predict([ordinary], return_std=True)
+        model.set_params(min_distance=None).predict([close])
