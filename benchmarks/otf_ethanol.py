@@ -14,7 +14,7 @@ Target (issue 19): on-the-fly force MAE no worse than random's. Needs tblite.
 
 Usage::
 
-    python benchmarks/otf_ethanol.py [--steps 10000] [--force-tolerance 0.1]
+    python benchmarks/otf_ethanol.py [--steps 10000] [--force-tolerance 0.1] [--min-interval 3]
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def model_template():
                              incremental=True, random_state=0)
 
 
-def run(directory, steps, force_tolerance, relative_threshold=1.5):
+def run(directory, steps, force_tolerance, relative_threshold=1.5, min_interval=3):
     """Run the example's on-the-fly MD; return the final model."""
     bundled = load_ethanol()
     atoms = bundled[0].copy()
@@ -53,7 +53,7 @@ def run(directory, steps, force_tolerance, relative_threshold=1.5):
                    fixcm=False, rng=np.random.default_rng(1))
     model = model_template().fit(bundled[0:100:20])
     learner = OnTheFlyLearner(model, TBLite(method="GFN2-xTB", verbosity=0),
-                              directory=directory, min_interval=3,
+                              directory=directory, min_interval=min_interval,
                               force_tolerance=force_tolerance,
                               relative_threshold=relative_threshold)
     learner.run(dyn, steps)
@@ -66,6 +66,8 @@ def main(argv=None):
     parser.add_argument("--force-tolerance", type=float, default=0.1)
     parser.add_argument("--relative-threshold", type=float, default=1.5,
                         help="OnTheFlyLearner's relative_threshold (default 1.5, its default)")
+    parser.add_argument("--min-interval", type=int, default=3,
+                        help="the learner's min_interval (default 3, the example's)")
     parser.add_argument("--seeds", type=int, default=3, help="random-frame models")
     parser.add_argument("--directory", default=None, help="keep the run here")
     parser.add_argument("--evaluate", default=None, metavar="DIRECTORY",
@@ -74,7 +76,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     print(f"kernelpot {kernelpot.__version__}; python {platform.python_version()}; "
           f"{os.cpu_count()} cpus; {args.steps} steps, force_tolerance "
-          f"{args.force_tolerance}, relative_threshold {args.relative_threshold}", flush=True)
+          f"{args.force_tolerance}, relative_threshold {args.relative_threshold}, "
+          f"min_interval {args.min_interval}", flush=True)
     frames = read(SHARED / "ethanol_500K.xyz", ":")
     idx = np.arange(len(frames))
     test = [frames[i] for i in idx[idx % 4 == 3]]
@@ -86,7 +89,8 @@ def main(argv=None):
         final = kernelpot.load(Path(directory) / "model.npz")
     else:
         directory = args.directory or tempfile.mkdtemp(prefix="kernelpot-otf-ethanol-")
-        final = run(directory, args.steps, args.force_tolerance, args.relative_threshold)
+        final = run(directory, args.steps, args.force_tolerance, args.relative_threshold,
+                    args.min_interval)
     log = [json.loads(line) for line in open(Path(directory) / "otf_log.jsonl")]
     n_frames = final.posterior_.n_training_structures
     # a run stopped early: only the steps its checkpoint has seen
