@@ -179,7 +179,8 @@ class OnTheFlyLearner:
     n_reference_calls : int
         Reference calls the gate made. An unfitted model's first frame, which the learner
         labels before the first step to fit on, is not counted (as the frames a fitted
-        model was trained on are not): the reference ran ``n_reference_calls + 1`` times.
+        model was trained on are not): from an unfitted start the reference ran
+        ``n_reference_calls + 1`` times.
     stopped : str or None
         Why the run stopped early (a failing reference), else None.
 
@@ -322,12 +323,7 @@ class OnTheFlyLearner:
             self._fit_first(atoms)
             self._last_call_step = int(dynamics.nsteps)  # labelled already: no call here
         elif not self.model.posterior_.keeps_training_data:
-            raise ValueError(
-                f"OnTheFlyLearner: the model ({self.model.method_} model fitted with "
-                f"incremental={self.model.incremental}) keeps no training data to update; "
-                "fit it with SparseGPPotential(..., incremental=True), which learns on the "
-                "fly as a sparse model, or hand the learner an unfitted model (it fits the "
-                "first frame itself)")
+            raise ValueError(_not_updatable(self.model))
         elif not self._continuing:
             for frame in self.model.posterior_.training_frames:  # the starting data, for resume
                 self._append_frame(frame)
@@ -651,3 +647,16 @@ def _rebuild_dynamics(spec: dict, atoms):
         return VelocityVerlet(atoms, spec["timestep"])
     raise ValueError(f"resume: cannot rebuild a {spec['class']} dynamics; pass dynamics="
                      "a callable(atoms) returning it")
+
+
+def _not_updatable(model) -> str:
+    """Return the refusal of a fitted model that keeps no training data, with what to do."""
+    if model.incremental:  # loaded from a file saved without its training state
+        return ("OnTheFlyLearner: the model was fitted with incremental=True but holds no "
+                "training state (a model file saved without training_state=True): save it "
+                "with save(path, training_state=True), call restore_training(frames) with "
+                "its labelled frames, or continue a run with OnTheFlyLearner.resume")
+    return (f"OnTheFlyLearner: the model ({model.method_} model fitted with "
+            "incremental=False) keeps no training data to update; fit it with "
+            "SparseGPPotential(..., incremental=True), which learns on the fly as a sparse "
+            "model, or hand the learner an unfitted model (it fits the first frame itself)")

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -23,9 +25,11 @@ from sklearn.utils.validation import check_is_fitted
 
 from kernelpot import _parallel, conformal
 from kernelpot._labels import atom_counts, check_frames
-from kernelpot._validation import check_finite_positions, check_verbose, warn_if_closer_than
+from kernelpot._validation import check_finite_positions, check_verbose, close_contact
 from kernelpot.calibration import StdCalibration
 from kernelpot.frame_files import FrameFiles, is_paths
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Prediction", "PredictionMixin", "PredictionParts"]
 
@@ -99,6 +103,8 @@ class PredictionParts:
         Variances still to compute (0 when none were asked).
     variance_input : object
         The posterior's own input for them (``None`` when none were asked).
+    close_contact : str or None
+        The structure's closest pair when closer than the model's ``min_distance``.
     """
 
     energy: float
@@ -107,6 +113,7 @@ class PredictionParts:
     stress: np.ndarray | None
     variance_rows: int = 0
     variance_input: Any = None
+    close_contact: str | None = None
 
     def without_variance(self) -> Prediction:
         """Return the mean prediction, with no variance terms.
@@ -137,9 +144,33 @@ class PredictionMixin:
                 f"{owner}: the structure contains elements the model was not trained on: "
                 f"{[chemical_symbols[z] for z in unknown]} (model: "
                 f"{[chemical_symbols[z] for z in self.species_]})")
-        warn_if_closer_than(atoms, self.species_, getattr(self.descriptor_, "periodic", None),
-                            getattr(self, "min_distance", None), owner)
         return np.searchsorted(self.species_, atoms.numbers)
+
+    def _close_contact(self, atoms: Atoms) -> str | None:
+        """Describe the closest pair of a structure to predict if under ``min_distance``."""
+        return close_contact(atoms, getattr(self.descriptor_, "periodic", None),
+                             getattr(self, "min_distance", None))
+
+    def _warn_close_contact(self, contact: str | None, owner: str) -> None:
+        """Warn, once per model, of atoms closer than ``min_distance`` in a prediction.
+
+        Every such structure is logged (INFO); the warning comes once, with the first: in
+        MD every step would repeat it with another distance.
+        """
+        if contact is None:
+            return
+        logger.info("%s: %s, closer than min_distance=%s Å", owner, contact,
+                    self.min_distance)
+        if getattr(self, "_warned_close_contact", False):
+            return
+        self._warned_close_contact = True
+        advice = "" if getattr(self, "baseline_", None) is not None else \
+            " (a ZBL baseline keeps atoms apart)"
+        warnings.warn(f"{owner}: {contact}, closer than min_distance={self.min_distance} Å, "
+                      "which fit refuses in training structures: the prediction extrapolates "
+                      "past the training pairs, and its std does not bound its error"
+                      f"{advice}. Warned once per model; later cases are logged (INFO).",
+                      UserWarning, stacklevel=3)
 
     def predict_structure(self, atoms: Atoms, forces: bool = True, variance: bool | str = False,
                           stress: bool = False) -> Prediction:
@@ -169,9 +200,11 @@ class PredictionMixin:
         self._check_variance(variance)
         if not isinstance(stress, (bool, np.bool_)):
             raise TypeError(f"stress must be True or False; got {stress!r}")
-        return self.posterior_.finish([self._predict_parts(atoms, forces, variance,
-                                                           bool(stress),
-                                                           method="predict_structure")])[0]
+        parts = self._predict_parts(atoms, forces, variance, bool(stress),
+                                    method="predict_structure")
+        self._warn_close_contact(parts.close_contact,
+                                 f"{type(self).__name__}.predict_structure")
+        return self.posterior_.finish([parts])[0]
 
     @staticmethod
     def _check_variance(variance) -> None:
@@ -202,6 +235,7 @@ class PredictionMixin:
         volume = self._check_stress_cell(atoms, owner) if stress else None
         parts = self.posterior_.parts(self.descriptor_, atoms, index, self.e0_, forces,
                                       variance, volume, shifts=shifts)
+        parts.close_contact = self._close_contact(atoms)
         baseline = getattr(self, "baseline_", None)
         if baseline is not None:  # Δ-learning: the fixed term adds to the mean only
             terms = baseline.compute(atoms, forces=forces, stress=bool(stress))
@@ -231,6 +265,7 @@ class PredictionMixin:
                                     verbose=verbose, desc="predict",
                                     shared=(self, forces, variance, stress, shifts,
                                             method)):
+            self._warn_close_contact(parts.close_contact, f"{type(self).__name__}.{method}")
             batch.append(parts)
             batch_rows += parts.variance_rows
             if batch_rows >= _VARIANCE_BATCH_ROWS:
@@ -533,6 +568,8 @@ class PredictionMixin:
         out = []
         for atoms in frames:
             index = self._species_index(atoms, "predict_local_energies")
+            self._warn_close_contact(self._close_contact(atoms),
+                                     f"{type(self).__name__}.predict_local_energies")
             local = self.posterior_.local_energies(self.descriptor_, atoms, index)
             baseline = getattr(self, "baseline_", None)
             if baseline is not None:

@@ -244,6 +244,22 @@ def test_a_model_fitted_without_incremental_is_refused_before_any_step(tmp_path,
     assert dynamics.nsteps == 0 and np.array_equal(dynamics.atoms.positions, start)
 
 
+def test_a_loaded_incremental_model_without_its_training_state_is_told_how_to_restore(
+        tmp_path):
+    from helpers import emt_copper_frames
+
+    from kernelpot import load
+
+    model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
+                              incremental=True, random_state=0, n_restarts=0,
+                              method="sparse").fit(emt_copper_frames(2, seed=4, rattle=0.05))
+    loaded = load(model.save(tmp_path / "model.npz"))
+    learner = OnTheFlyLearner(loaded, EMT(), directory=tmp_path / "otf")
+    with pytest.raises(ValueError, match=r"incremental=True but holds no training state.*"
+                                         r"training_state=True.*restore_training"):
+        learner.run(_dynamics(), 3)
+
+
 def test_plot_of_a_run(tmp_path):
     from kernelpot.plotting import plot_otf_log
 

@@ -199,29 +199,78 @@ def test_prediction_input_errors(sparse, frames):
         sparse.predict(atoms)
 
 
-def test_prediction_warns_on_atoms_closer_than_min_distance():
-    """fit refuses such structures; predict, the calculator and the stds warn, naming the
-    pair, and say nothing for ordinary structures or with min_distance=None."""
+def _close_copper(rattle_seed=None):
+    from ase.build import bulk
+
+    atoms = bulk("Cu", "fcc", 3.6, cubic=True).repeat(2)
+    atoms.positions[5] = atoms.positions[0] + [0.3, 0.0, 0.0]
+    if rattle_seed is not None:
+        atoms.positions += np.random.default_rng(rattle_seed).normal(0, 0.01, (32, 3))
+    return atoms
+
+
+def _copper_model(**params):
+    from helpers import emt_copper_frames
+
+    from kernelpot import ACSF, SparseGPPotential
+
+    return SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
+                             random_state=0, n_restarts=0, method="sparse", **params).fit(
+        emt_copper_frames(3, seed=1, rattle=0.05))
+
+
+def test_prediction_warns_on_atoms_closer_than_min_distance(caplog):
+    """fit refuses such structures; a prediction warns once per model naming the pair and
+    logs every later case (MD would repeat it every step); ordinary structures and
+    min_distance=None say nothing."""
+    import logging
     import warnings
 
     from ase.build import bulk
-    from helpers import emt_copper_frames
 
-    from kernelpot import ACSF, KernelPotCalculator, SparseGPPotential
+    from kernelpot import KernelPotCalculator
 
-    model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
-                              random_state=0, n_restarts=0, method="sparse").fit(
-        emt_copper_frames(3, seed=1, rattle=0.05))
-    close = bulk("Cu", "fcc", 3.6, cubic=True).repeat(2)
-    close.positions[5] = close.positions[0] + [0.3, 0.0, 0.0]
+    model = _copper_model()
+    close = _close_copper()
     with pytest.warns(UserWarning, match=r"predict_forces: atoms 0 and 5 are 0\.300 Å "
                                          r"apart, closer than min_distance=0\.5"):
         model.predict_forces([close], return_std=True)
-    close.calc = KernelPotCalculator(model)
-    with pytest.warns(UserWarning, match=r"atoms 0 and 5 are 0\.300 Å apart"):
-        close.get_forces()
-    ordinary = bulk("Cu", "fcc", 3.6, cubic=True).repeat(2)
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="kernelpot"):
+        warnings.simplefilter("error")
+        model.predict([close, _close_copper(1)])  # warned already: logged only
+    assert caplog.text.count("closer than min_distance") == 2
+    fresh = _copper_model()
+    atoms = _close_copper()
+    atoms.calc = KernelPotCalculator(fresh)
+    with pytest.warns(UserWarning, match=r"predict_structure: atoms 0 and 5 are 0\.300 Å"):
+        atoms.get_forces()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        model.predict([ordinary], return_std=True)
-        model.set_params(min_distance=None).predict([close])
+        for seed in range(3):  # the next MD steps
+            atoms.positions += np.random.default_rng(seed).normal(0, 0.001, (32, 3))
+            atoms.get_forces()
+        fresh.predict([bulk("Cu", "fcc", 3.6, cubic=True).repeat(2)], return_std=True)
+        _copper_model(min_distance=None).predict([close])
+
+
+def test_close_contact_warning_reaches_the_caller_from_joblib_workers():
+    model = _copper_model(n_jobs=2)
+    with pytest.warns(UserWarning, match=r"predict: atoms 0 and 5 are 0\.3"):
+        model.predict([_close_copper(1), _close_copper()])
+
+
+def test_update_takes_close_contacts_without_the_prediction_warning():
+    """update trains on what an on-the-fly run labelled, close contacts included."""
+    import warnings
+
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    model = _copper_model(incremental=True)
+    labelled = _close_copper()
+    labelled.calc = EMT()
+    labelled.calc = SinglePointCalculator(labelled, energy=labelled.get_potential_energy(),
+                                          forces=labelled.get_forces())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.update([labelled])
