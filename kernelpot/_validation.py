@@ -349,8 +349,9 @@ def closest_contact(pairs, limit: float) -> str | None:
 
     Parameters
     ----------
-    pairs : NeighborPairs
-        From :func:`kernelpot.descriptors.neighbors.neighbor_list`.
+    pairs : NeighborList
+        From :func:`kernelpot.descriptors.neighbors.neighbor_list`, or any pairs with
+        ``i``, ``j`` and ``distances``.
     limit : float
         Distance, Å; 0 or less: never.
 

@@ -212,13 +212,13 @@ pair of float
         varies little (median 1 − cos of rattled Cu cells: 1.4 × 10⁻⁴ with raw ACSF,
         9.6 × 10⁻⁴ with SOAP), and such kernels want a larger ``σ`` (fitted with the
         bound at 10⁴ eV: 162 eV on mlearn Mo, 223 eV on a rattled Pt slab; raw ACSF
-        features have no finite optimum). Raising the bound to 10⁴ eV was measured and not adopted:
-        it helped on-the-fly Cu with ACSF (2–3 calls instead of 5–6 from a fitted start)
-        and the Pt slab (force MAE 0.83 → 0.78 meV/Å), cost mlearn Mo 3 % in force RMSE,
-        and an ACSF model of four Cu cells then drove a 20 GPa NPT run to NaN positions:
-        without the ridge that the bound keeps, a flat kernel's weights extrapolate
-        wildly. A fit that ends at the bound logs a warning; raise it for a kernel
-        whose optimum lies above it when extrapolation is not needed.
+        features have no finite optimum). Raising the bound to 10⁴ eV was measured and
+        not adopted: it helped on-the-fly Cu with ACSF (2–3 calls instead of 5–6 from a
+        fitted start) and the Pt slab (force MAE 0.83 → 0.78 meV/Å), cost mlearn Mo 3 %
+        in force RMSE, and an ACSF model of four Cu cells then drove a 20 GPa NPT run to
+        NaN positions: without the ridge that the bound keeps, a flat kernel's weights
+        extrapolate wildly. A fit that ends at the bound logs a warning; raise it for a
+        kernel whose optimum lies above it when extrapolation is not needed.
     use_stress : bool, default=True
         Train on the stresses of the training cells that carry one (periodic along all
         three axes, ``atoms.get_stress()`` available; ASE's convention and Voigt
@@ -345,7 +345,8 @@ pair of float
         physics. None accepts any distance. :meth:`update` does not check it: it takes
         labelled frames as they come, and a close contact an on-the-fly run labelled is
         what the model needs to learn. Predictions (the calculator's too) on such a
-        structure warn, naming the pair: they extrapolate past every training pair.
+        structure warn once per model, naming the pair, and log every case (INFO): they
+        extrapolate past the training pairs.
     random_state : int, numpy RandomState or None, default=None
         Seeds inducing-point selection and optimiser restarts.
     n_jobs : int or None, default=1
