@@ -105,6 +105,41 @@ def test_few_values_fit_only_the_scale():
                                np.mean(errors**2 / (post + proj)), rtol=1e-5)
 
 
+def test_few_energies_take_the_force_maps_shape_and_fit_their_scale():
+    """Energies too few for a shape of their own (one per structure) take the force map's
+    w and p; c is then the likelihood's; with enough energies they fit their own."""
+    c_f, w, p = 1.5, 0.4, 1.6
+    rng, post, proj, noise = _terms(3 * 3000, seed=21)
+    u = post + w**2 * proj
+    v_ref = np.exp(np.mean(np.log(group_mean(post + proj, 3)[::3])))
+    forces = rng.normal(size=u.size) * np.sqrt(c_f**2 * u * (group_mean(u, 3) / v_ref)
+                                               ** (p - 1))
+    for n in (SHAPE_MIN_VALUES - 1, 400):
+        _, e_post, e_proj, e_noise = _terms(n, seed=22)
+        e_u = e_post + w**2 * e_proj
+        e_ref = np.exp(np.mean(np.log(e_post + e_proj)))
+        energies = rng.normal(size=n) * np.sqrt(0.7**2 * e_ref * (e_u / e_ref) ** p)
+        calibration = StdCalibration.fit(
+            {"energy": (energies, e_post, e_proj, e_noise),
+             "forces": (forces, post, proj, noise)}, "Test")
+        scale = calibration.std_scale
+        if n < SHAPE_MIN_VALUES:
+            assert scale["energy_projection"] == scale["forces_projection"]
+            assert scale["energy_exponent"] == scale["forces_atom_exponent"]
+            # c² is the likelihood's given that shape: the mean of r² over the shape's u^p
+            given = e_ref * ((e_post + scale["energy_projection"] ** 2 * e_proj) / e_ref) \
+                ** scale["energy_exponent"]
+            np.testing.assert_allclose(scale["energy"] ** 2, np.mean(energies**2 / given),
+                                       rtol=1e-5)
+        else:  # its own fit, near the truth
+            assert scale["energy_exponent"] != scale["forces_atom_exponent"]
+            assert scale["energy_exponent"] == pytest.approx(p, abs=0.3)
+    alone = StdCalibration.fit({"energy": (energies[:20], e_post[:20], e_proj[:20],
+                                           e_noise[:20])}, "Test")
+    assert (alone.std_scale["energy_projection"], alone.std_scale["energy_exponent"]) \
+        == (1.0, 1.0)  # no force map: the scale alone
+
+
 @pytest.mark.parametrize("n, raw", [(20, 1.0), (3000, 1e4)])
 def test_an_undetermined_scale_is_the_largest_the_errors_do_not_reject(n, raw):
     """Errors the noise alone explains (20 values: the scale alone is fitted; 3000 with

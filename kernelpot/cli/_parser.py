@@ -71,7 +71,8 @@ A model's stds are calibrated at fit time on its training structures' leave-one-
 structure-out errors. --recalibrate replaces that map with one fitted on VALID
 (labelled structures not trained on) by maximum likelihood: per quantity (energy,
 forces) a scale, a weight of the projection term, an exponent and a factor of the
-learned noise (four parameters each; only the scale below 50 values), plus the
+learned noise (four parameters each; below 50 values only the scale, the energies
+taking the forces' weight and exponent), plus the
 conformal scores behind return_interval. It stores them in the model file (or in
 --output) and reports the test metrics with them; the model applies them to every std
 it reports (SparseGPPotential(apply_calibration=False) switches them off).
