@@ -185,11 +185,7 @@ def fit_variance_terms(errors: np.ndarray, post: np.ndarray, proj: np.ndarray,
     bounds = [(-bound, bound)] + [(-bound, bound)] * (i_w is not None) \
         + [(np.log(1e-4), np.log(1e4))] * (i_d is not None) \
         + [(0.2, 5.0) if shape_fitted else (p_given, p_given)]
-    result = minimize(nll, np.array(start), jac=True, method="L-BFGS-B", bounds=bounds,
-                      options={"ftol": 1e-13, "gtol": 1e-9, "maxiter": 1000})
-    # a restart from the result clears L-BFGS-B's stalls on this coupled problem
-    result = minimize(nll, result.x, jac=True, method="L-BFGS-B", bounds=bounds,
-                      options={"ftol": 1e-13, "gtol": 1e-9, "maxiter": 1000})
+    result = _minimize_twice(nll, start, bounds)
     r, d2, _, _, _, epistemic = parts(result.x)
     # the gradient in log c² vanishes with c², so L-BFGS-B stops well above the bound:
     # c below 1e-4 is the noise explaining the errors, unless the epistemic part still
@@ -211,6 +207,18 @@ def fit_variance_terms(errors: np.ndarray, post: np.ndarray, proj: np.ndarray,
                 "reference": v_ref, "noise": float(np.sqrt(d2))}
     return {"scale": float(np.exp(0.5 * result.x[0])), "projection": float(np.sqrt(r)),
             "exponent": float(result.x[-1]), "reference": v_ref, "noise": float(np.sqrt(d2))}
+
+
+def _minimize_twice(nll, start: list, bounds: list):
+    """Return L-BFGS-B's minimum of ``nll`` (value and gradient), restarted once.
+
+    The restart from the first result clears L-BFGS-B's stalls on this coupled problem.
+    """
+    options = {"ftol": 1e-13, "gtol": 1e-9, "maxiter": 1000}
+    result = minimize(nll, np.array(start), jac=True, method="L-BFGS-B", bounds=bounds,
+                      options=options)
+    return minimize(nll, result.x, jac=True, method="L-BFGS-B", bounds=bounds,
+                    options=options)
 
 
 def _largest_unrejected(nll, lower: float, upper: float) -> float:
