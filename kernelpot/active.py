@@ -209,7 +209,11 @@ class OnTheFlyLearner:
     covers the run. Before the model has three structures it has no LOSO map and its
     raw std says little: the reference is called every ``min_interval`` steps, except
     on a structure the model already knows (raw std below :data:`YOUNG_FLOOR`, 1 meV/Å;
-    e.g. the perfect lattice it was just fitted on). Gating a young model's raw std on
+    e.g. the perfect lattice it was just fitted on); a fitted model that starts on such
+    a structure counts it as labelled at the first step, as an unfitted start's is, so
+    its first call is not a near-duplicate of it (on-the-fly Cu from a model fitted on
+    the first frame: calls at steps 5 and 15, then 5–6 in all with ACSF; now at 10 and
+    20, 2–3 in all, as from an unfitted model). Gating a young model's raw std on
     the tolerance instead let a Cu/EMT model fitted on one zero-force lattice drive two
     atoms 0.18 Å apart before its second call (measured, with a 10 meV/Å floor). (The
     threshold was ``relative_threshold × σ_F`` fixed at the start: with noise-free
@@ -339,6 +343,11 @@ class OnTheFlyLearner:
                   flush=True)
         if not isinstance(atoms.calc, KernelPotCalculator) or atoms.calc.model is not self.model:
             atoms.calc = KernelPotCalculator(self.model)
+        if self._last_call_step is None and self.threshold is None and self._is_young() \
+                and self._largest_std(atoms) <= YOUNG_FLOOR:
+            # a fitted start on a structure the model knows (the frame it was fitted on):
+            # spaced as if labelled here, so that its first call is not a near-duplicate
+            self._last_call_step = int(dynamics.nsteps)
         self._dynamics = dynamics
         self._checkpoint()
         dynamics.attach(self._after_step, interval=1)
@@ -492,9 +501,7 @@ class OnTheFlyLearner:
         model = self.model
         loso = getattr(model.posterior_, "loso", None)
         if loso is None or model.interval_kind_ != "loso":
-            if model.calibration == "loso" and getattr(model.posterior_, "training", None) \
-                    is not None and model.posterior_.n_training_structures \
-                    < estimator_module._LOSO_MIN_STRUCTURES:
+            if self._is_young():
                 # too young for a LOSO map: label every structure it does not know
                 # already (raw std above YOUNG_FLOOR), at most every min_interval
                 return YOUNG_FLOOR
@@ -514,6 +521,19 @@ class OnTheFlyLearner:
         np.maximum.at(largest, loso.structure[forces], std)
         return float(min(self.relative_threshold * largest.max(), self._tolerance()))
 
+    def _is_young(self) -> bool:
+        """Return whether the model is too young for a LOSO map (fewer than three structures)."""
+        model = self.model
+        return (model.calibration == "loso"
+                and getattr(model.posterior_, "training", None) is not None
+                and model.posterior_.n_training_structures
+                < estimator_module._LOSO_MIN_STRUCTURES)
+
+    def _largest_std(self, atoms: Atoms) -> float:
+        """Return the largest gated std of the current structure (the learner's calculator)."""
+        atoms.get_forces()
+        return float(np.max(self.gated_std(atoms.calc.results)))
+
     def _tolerance(self) -> float:
         """Return ``force_tolerance`` times the RMS labelled force component (inf: none)."""
         state = self.model.posterior_.training
@@ -525,8 +545,7 @@ class OnTheFlyLearner:
     def _after_step(self):
         dyn = self._dynamics
         atoms = dyn.atoms
-        atoms.get_forces()
-        max_std = float(np.max(self.gated_std(atoms.calc.results)))
+        max_std = self._largest_std(atoms)
         threshold = self.current_threshold
         step = int(dyn.nsteps)
         spaced = self._last_call_step is None or step - self._last_call_step >= self.min_interval

@@ -353,6 +353,35 @@ def test_a_young_model_does_not_label_the_structure_it_was_fitted_on(tmp_path):
     assert not any(r["reference_called"] for r in log)
 
 
+def test_a_fitted_start_on_a_known_structure_is_spaced_as_if_labelled_there(tmp_path):
+    """A model fitted on the structure the run starts from (raw std under the young floor)
+    calls no earlier than min_interval steps in, as an unfitted start (labelled at step
+    0) does, so its first young call is not a near-duplicate of that structure. From a
+    structure it does not know, it calls at once."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    lattice = bulk("Cu", "fcc", 3.6, cubic=True).repeat(2)
+    labelled = lattice.copy()
+    labelled.calc = SinglePointCalculator(labelled, energy=EMT().get_potential_energy(
+        lattice), forces=EMT().get_forces(lattice))
+    steps = {}
+    for start in ("known", "new"):
+        model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
+                                  incremental=True, random_state=0, n_restarts=0,
+                                  method="sparse").fit([labelled])
+        dynamics = _dynamics()  # rattled by 0.05 Å, 600 K: a structure it does not know
+        if start == "known":
+            dynamics.atoms.positions = lattice.positions  # the lattice, moving at 600 K
+        learner = OnTheFlyLearner(model, EMT(), directory=tmp_path / start,
+                                  min_interval=10, max_calls=1)
+        learner.run(dynamics, 12)
+        log = [json.loads(line) for line in
+               (tmp_path / start / "otf_log.jsonl").read_text().splitlines()]
+        steps[start] = [r["step"] for r in log if r["reference_called"]]
+    assert steps["known"] == [10]  # steps 1-9 are within min_interval of the known start
+    assert steps["new"] == [0]
+
+
 def test_short_cu_emt_ramp_meets_accuracy_with_few_calls(tmp_path):
     """Issue 5's setting, short: 300 -> 800 K ramp over 200 steps, default learner."""
     from ase import units
