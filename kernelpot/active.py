@@ -212,10 +212,11 @@ class OnTheFlyLearner:
     e.g. the perfect lattice it was just fitted on); a fitted model that starts on such
     a structure counts it as labelled at the first step, as an unfitted start's is, so
     its first call is not a near-duplicate of it (on-the-fly Cu from a model fitted on
-    the first frame: calls at steps 5 and 15, then 5–6 in all with ACSF; now at 10 and
-    20, 2–3 in all, as from an unfitted model). Gating a young model's raw std on
-    the tolerance instead let a Cu/EMT model fitted on one zero-force lattice drive two
-    atoms 0.18 Å apart before its second call (measured, with a 10 meV/Å floor). (The
+    the first frame: young calls at steps 4–6 and 14–16, then 5–6 calls in all with
+    ACSF; now at 10 and 20, 2–3 in all, as from an unfitted model). Gating a young
+    model's raw std on the tolerance instead let a Cu/EMT model fitted on one zero-force
+    lattice drive two atoms 0.18 Å apart before its second call (measured, with a
+    10 meV/Å floor). (The
     threshold was ``relative_threshold × σ_F`` fixed at the start: with noise-free
     labels the learned ``σ_F`` falls to its lower bound, and the reference was called
     at every ``min_interval`` for the whole run.)
