@@ -216,10 +216,9 @@ class OnTheFlyLearner:
     ACSF; now at 10 and 20, 2–3 in all, as from an unfitted model). Gating a young
     model's raw std on the tolerance instead let a Cu/EMT model fitted on one zero-force
     lattice drive two atoms 0.18 Å apart before its second call (measured, with a
-    10 meV/Å floor). (The
-    threshold was ``relative_threshold × σ_F`` fixed at the start: with noise-free
-    labels the learned ``σ_F`` falls to its lower bound, and the reference was called
-    at every ``min_interval`` for the whole run.)
+    10 meV/Å floor). (The threshold was ``relative_threshold × σ_F`` fixed at the
+    start: with noise-free labels the learned ``σ_F`` falls to its lower bound, and the
+    reference was called at every ``min_interval`` for the whole run.)
 
     A temperature ramp is a callback the user attaches to the dynamics, e.g.
     ``dyn.attach(lambda: dyn.set_temperature(temperature_K=300 + dyn.nsteps), 1)``.
