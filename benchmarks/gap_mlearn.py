@@ -158,7 +158,9 @@ def main(argv=None):
             p = model.predict_structure(atoms, forces=True, stress=True)
             return p.energy, p.forces, p.stress
 
-        rows.append(("kernelpot (E+F)", *errors(kernelpot_predict, test, swap), fit_s, peak))
+        kinds = "E+F+S" if model.use_stress else "E+F"  # mlearn.py's default trains on stresses
+        rows.append((f"kernelpot ({kinds})", *errors(kernelpot_predict, test, swap), fit_s,
+                     peak))
     quoted_e, quoted_f = GAP_QUOTED[args.element]
     print(f"\nmlearn {args.element}: fit on training, {len(test)} test cells; yz/xz stress "
           f"labels swapped back: {swap} ({swapped} of {right + swapped} yz/xz-sheared cells "
