@@ -568,9 +568,10 @@ class PredictionMixin:
         out = []
         for atoms in frames:
             index = self._species_index(atoms, "predict_local_energies")
+            local = self.posterior_.local_energies(self.descriptor_, atoms, index)
+            # after the descriptor's own checks, whose messages name the method
             self._warn_close_contact(self._close_contact(atoms),
                                      f"{type(self).__name__}.predict_local_energies")
-            local = self.posterior_.local_energies(self.descriptor_, atoms, index)
             baseline = getattr(self, "baseline_", None)
             if baseline is not None:
                 local = local + baseline.compute(atoms, forces=False).local_energies

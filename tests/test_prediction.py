@@ -251,6 +251,8 @@ def test_prediction_warns_on_atoms_closer_than_min_distance(caplog):
             atoms.get_forces()
         fresh.predict([bulk("Cu", "fcc", 3.6, cubic=True).repeat(2)], return_std=True)
         _copper_model(min_distance=None).predict([close])
+    with pytest.warns(UserWarning, match=r"predict_local_energies: atoms 0 and 5 are 0\.300"):
+        _copper_model().predict_local_energies([close])
 
 
 def test_close_contact_warning_reaches_the_caller_from_joblib_workers():
