@@ -133,7 +133,8 @@ def fit_one(path: Path, m: int, limit: float, weights_out: Path, lazy: bool = Fa
             "estimate_gib": estimate.peak_gib, "before_gib": before}
 
 
-def fit_dask(path: Path, m: int, limit: float, weights_out: Path, n_workers: int) -> dict:
+def fit_dask(path: Path, m: int, limit: float, weights_out: Path, n_workers: int,
+             lazy: bool = False) -> dict:
     """Fit one model on a fresh ``LocalCluster`` of ``n_workers`` processes.
 
     Parameters
@@ -149,6 +150,9 @@ def fit_dask(path: Path, m: int, limit: float, weights_out: Path, n_workers: int
         Where the fitted weights ``alpha_`` are saved (``.npy``).
     n_workers : int
         Worker processes, one thread each.
+    lazy : bool, default=False
+        Fit from a :class:`kernelpot.FrameFiles` over ``path`` (the client reads each
+        structure when it is used) instead of a list of the structures read first.
 
     Returns
     -------
@@ -164,7 +168,9 @@ def fit_dask(path: Path, m: int, limit: float, weights_out: Path, n_workers: int
     from ase.io import read
     from distributed import Client, LocalCluster
 
-    frames = read(path, ":")
+    from kernelpot import FrameFiles
+
+    frames = FrameFiles(path) if lazy else read(path, ":")
     model = make_model(m, limit)
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                       memory_limit="3GiB", dashboard_address=":0",
@@ -177,7 +183,9 @@ def fit_dask(path: Path, m: int, limit: float, weights_out: Path, n_workers: int
     np.save(weights_out, model.alpha_)
     return {"seconds": seconds, "peak_gib": peak_gib(),
             "worker_peak_gib": [workers[w] for w in sorted(workers)],
-            "force_rows": sum(3 * len(a) for a in frames), "M": len(model.alpha_)}
+            "force_rows": int(3 * (frames.n_atoms.sum() if lazy
+                                   else sum(len(a) for a in frames))),
+            "M": len(model.alpha_)}
 
 
 def run_fit(args: list[str], log: Path | None = None) -> dict:
@@ -210,8 +218,8 @@ def main(argv=None):
                         help="also fit on a LocalCluster of N worker processes (3 GiB each), "
                              "against the streamed fit")
     parser.add_argument("--lazy", action="store_true",
-                        help="the in-memory and streamed fits read the cells from the file "
-                             "when used (fit(path)), not from a list read first")
+                        help="the fits read the cells from the file when used "
+                             "(FrameFiles), not from a list read first")
     parser.add_argument("--one", nargs=5, metavar=("PATH", "M", "LIMIT", "WEIGHTS", "LAZY"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--one-dask", nargs=5,
@@ -226,7 +234,7 @@ def main(argv=None):
     if args.one_dask:
         path, m, limit, weights, n_workers = args.one_dask
         print(json.dumps(fit_dask(Path(path), int(m), float(limit), Path(weights),
-                                  int(n_workers))))
+                                  int(n_workers), args.lazy)))
         return
     dask_workers = [int(s) for s in args.dask.split(",")] if args.dask else []
     if dask_workers and args.only == "memory":
@@ -312,7 +320,8 @@ def dask_rows(args, n: int, path: Path, dask_workers: list[int], streamed: dict)
         weights = Path(args.data) / f"alpha_{n}_dask{workers}.npy"
         log = Path(args.data) / f"dask_{n}_{workers}.log"
         results[workers] = run_fit(["--one-dask", str(path), str(args.m), str(args.limit),
-                                    str(weights), str(workers)], log)
+                                    str(weights), str(workers)]
+                                   + (["--lazy"] if args.lazy else []), log)
         results[workers]["alpha"] = np.load(weights)
         warned = sum(any(flag in line for flag in (" - WARNING - ", " - ERROR - ", "Warning:"))
                      for line in log.read_text().splitlines())
