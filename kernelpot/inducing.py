@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import numbers
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
+import sklearn
 from ase.data import atomic_numbers as _ATOMIC_NUMBERS
 from ase.data import chemical_symbols as _CHEMICAL_SYMBOLS
 from skmatter.sample_selection import CUR, FPS
@@ -92,24 +95,38 @@ def select_inducing(features: np.ndarray, n_select: int, method: str,
     if method == "all" or n_select >= n_env:
         return np.arange(n_env)
     norms = np.linalg.norm(features, axis=1)
+    if not np.all(np.isfinite(norms)):
+        raise ValueError("select_inducing: the descriptors hold NaN or infinite values")
     unit = features / np.where(norms > 0, norms, 1.0)[:, None]
     if method == "random":
         chosen = rng.choice(n_env, size=n_select, replace=False)
     elif method == "fps":
         selector = FPS(n_to_select=n_select, initialize=int(rng.choice(n_env)))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
+        with _quiet_selection():
             selector.fit(unit)
         chosen = selector.selected_idx_
     elif method == "cur":
         selector = CUR(n_to_select=n_select, recompute_every=0, k=_cur_rank(unit, n_select))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
+        with _quiet_selection():
             selector.fit(unit - unit.mean(axis=0))
         chosen = selector.selected_idx_
     else:
         raise ValueError(f"sparse_method must be one of {SPARSE_METHODS}; got {method!r}")
     return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+@contextmanager
+def _quiet_selection() -> Iterator[None]:
+    """Run a skmatter selector without its warnings and its per-step finiteness checks.
+
+    skmatter's greedy selectors validate the whole feature matrix (scikit-learn's
+    ``check_array``, a pass over every value) at each step; :func:`select_inducing`
+    checks it once. Measured (one BLAS thread, 20,000 × 855 unit features, 400 chosen by
+    FPS): 20.8 s with the checks, 6.9 s without, the same choice.
+    """
+    with warnings.catch_warnings(), sklearn.config_context(assume_finite=True):
+        warnings.simplefilter("ignore", UserWarning)
+        yield
 
 
 def _cur_rank(features: np.ndarray, n_select: int) -> int:

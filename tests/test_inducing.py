@@ -140,6 +140,36 @@ def test_select_copes_with_zero_features():
         assert len(np.unique(chosen)) == 6
 
 
+@pytest.mark.parametrize("method", ["cur", "fps", "random"])
+def test_select_refuses_descriptors_that_are_not_finite(method):
+    features = _features(n=30)
+    features[7, 2] = np.nan
+    with pytest.raises(ValueError, match="descriptors hold NaN or infinite values"):
+        select_inducing(features, 5, method, np.random.RandomState(0))
+
+
+@pytest.mark.parametrize("method", ["cur", "fps"])
+def test_select_chooses_what_skmatter_chooses_with_its_checks_on(method):
+    # the selection skips skmatter's per-step finiteness checks: same choice as with them
+    import warnings
+
+    from skmatter.sample_selection import CUR, FPS
+
+    features = _features(n=60, seed=9)
+    unit = features / np.linalg.norm(features, axis=1)[:, None]
+    rng = np.random.RandomState(3)
+    chosen = select_inducing(features, 10, method, rng)
+    rng = np.random.RandomState(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if method == "fps":
+            expected = FPS(n_to_select=10, initialize=int(rng.choice(60))).fit(unit)
+        else:
+            # k: as many singular vectors as selected, below the rank (6 features)
+            expected = CUR(n_to_select=10, recompute_every=0, k=5).fit(unit - unit.mean(0))
+    np.testing.assert_array_equal(chosen, np.sort(expected.selected_idx_))
+
+
 def test_select_rejects_an_unknown_method():
     with pytest.raises(ValueError, match="sparse_method must be one of"):
         select_inducing(_features(), 5, "kmeans", np.random.RandomState(0))
