@@ -239,6 +239,15 @@ class TrainingSet:
         """Return which structures carry forces, shape (n_structures,)."""
         return np.array([f is not None for f in self.labels.forces])
 
+    def force_label_rms(self) -> float:
+        """Return the root mean square of the force labels' components, eV/Å (0: none)."""
+        total, count = 0.0, 0
+        for forces in self.labels.forces:
+            if forces is not None:
+                total += float(np.sum(np.square(forces)))
+                count += forces.size
+        return float(np.sqrt(total / count)) if count else 0.0
+
     @property
     def n_atoms(self) -> np.ndarray:
         """Return the atoms of every structure, shape (n_structures,)."""

@@ -46,6 +46,7 @@ from kernelpot.hyperparameters import (
     NoiseSearch,
     check_hyperparameter_values,
     fitted_names,
+    warn_if_forces_unexplained,
     warn_if_signal_std_at_bound,
 )
 from kernelpot.inducing import SPARSE_METHODS
@@ -639,8 +640,11 @@ pair of float
             runner=BlockRunner(self.n_jobs, client, verbose, owner))
         self._adopt(posterior, descriptor, training.species, training.e0,
                     self._loso_calibration(posterior))
-        if "signal_std" in fitted_names(self.optimize, owner):
+        names = fitted_names(self.optimize, owner)
+        if "signal_std" in names:
             warn_if_signal_std_at_bound(self.signal_std_, self.signal_std_bounds, owner)
+        if "force_noise" in names:
+            warn_if_forces_unexplained(self.force_noise_, training.force_label_rms(), owner)
         stress = f", σ_S = {self.stress_noise_:.3g} eV/Å³" \
             if training.has_stress.any() else ""
         logger.info("%s: %s model fitted in %.1f s; σ = %s eV, σ_E = %.3g eV/√atom, "

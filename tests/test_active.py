@@ -115,7 +115,9 @@ class _Flaky(EMT):
 def test_failing_reference_is_retried_then_stops_cleanly(tmp_path):
     reference = _Flaky(good_calls=2)
     learner = OnTheFlyLearner(_model(), reference, threshold=1e-6, directory=tmp_path)
-    learner.run(_dynamics(), 30)
+    with pytest.warns(RuntimeWarning, match=r"the run stopped at step \d+ of 30: the "
+                                            r"reference calculator failed twice.*resume"):
+        learner.run(_dynamics(), 30)
     assert learner.stopped is not None and "failed twice" in learner.stopped
     assert reference.calls == 2 + 2  # the failing call was retried once
     assert len(read(tmp_path / "labelled.extxyz", ":")) == 2
@@ -126,7 +128,8 @@ def test_non_finite_reference_labels_stop_cleanly_and_are_not_kept(tmp_path):
     reference = _Flaky(good_calls=2, nan=True)
     learner = OnTheFlyLearner(_model(), reference, threshold=1e-6, directory=tmp_path,
                               min_interval=1)
-    learner.run(_dynamics(), 10)
+    with pytest.warns(RuntimeWarning, match="the run stopped at step"):
+        learner.run(_dynamics(), 10)
     assert learner.stopped is not None and "non-finite" in learner.stopped
     frames = read(tmp_path / "labelled.extxyz", ":")
     assert len(frames) == 2 and all(np.all(np.isfinite(f.get_forces())) for f in frames)
@@ -235,13 +238,43 @@ def test_a_model_fitted_without_incremental_is_refused_before_any_step(tmp_path,
     model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
                               random_state=0, n_restarts=0, method=method).fit(
         emt_copper_frames(1, seed=4, rattle=0.05))
+    message = rf"{method} model fitted with incremental=False.*incremental=True"
+    with pytest.raises(ValueError, match=message):
+        OnTheFlyLearner(model, EMT(), directory=tmp_path)
+    # nor does a run start with one put in its place (model is a public attribute)
+    learner = OnTheFlyLearner(_model(), EMT(), directory=tmp_path)
+    learner.model = model
     dynamics = _dynamics()
     start = dynamics.atoms.positions.copy()
-    learner = OnTheFlyLearner(model, EMT(), directory=tmp_path)
-    with pytest.raises(ValueError, match=rf"{method} model fitted with incremental=False.*"
-                                         r"incremental=True"):
+    with pytest.raises(ValueError, match=message):
         learner.run(dynamics, 3)
     assert dynamics.nsteps == 0 and np.array_equal(dynamics.atoms.positions, start)
+
+
+def test_a_model_that_reads_its_forces_as_noise_is_gated_every_min_interval(tmp_path):
+    """σ_F above half the labelled forces' RMS: the epistemic std says nothing about the
+    error, so the automatic threshold is 0 and the reference is called every
+    min_interval steps (a model of three nearly identical acetic-acid frames had σ_F equal
+    to that RMS, an epistemic std of 3e-5 eV/Å, and made no call in 400 steps)."""
+    from helpers import emt_copper_frames
+
+    frames = emt_copper_frames(3, seed=4, rattle=0.1)
+    rms = np.sqrt(np.mean(np.concatenate([a.get_forces() for a in frames]) ** 2))
+    model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
+                              incremental=True, optimize=False, force_noise=2 * rms,
+                              random_state=0, method="sparse").fit(frames)
+    learner = OnTheFlyLearner(model, EMT(), directory=tmp_path, min_interval=2,
+                              reoptimize_every=0)
+    learner.run(_dynamics(), 6)
+    log = [json.loads(line) for line in (tmp_path / "otf_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["reference_called"]] == [0, 2, 4, 6]
+    assert all(r["threshold"] == 0.0 for r in log)
+
+
+@pytest.mark.parametrize("reference", [None, "EMT", EMT])
+def test_a_reference_that_is_not_a_calculator_is_refused(tmp_path, reference):
+    with pytest.raises(TypeError, match="reference must be an ASE calculator"):
+        OnTheFlyLearner(_model(), reference, directory=tmp_path)
 
 
 def test_a_loaded_incremental_model_without_its_training_state_is_told_how_to_restore(
@@ -254,10 +287,9 @@ def test_a_loaded_incremental_model_without_its_training_state_is_told_how_to_re
                               incremental=True, random_state=0, n_restarts=0,
                               method="sparse").fit(emt_copper_frames(2, seed=4, rattle=0.05))
     loaded = load(model.save(tmp_path / "model.npz"))
-    learner = OnTheFlyLearner(loaded, EMT(), directory=tmp_path / "otf")
     with pytest.raises(ValueError, match=r"incremental=True but holds no training state.*"
                                          r"training_state=True.*restore_training"):
-        learner.run(_dynamics(), 3)
+        OnTheFlyLearner(loaded, EMT(), directory=tmp_path / "otf")
 
 
 def test_plot_of_a_run(tmp_path):

@@ -9,7 +9,7 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from helpers import SHARED_DATA, assert_symmetries, emt_copper_frames, numerical_forces
 from sklearn.base import clone
-from sklearn.exceptions import NotFittedError
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 
 from kernelpot import ACSF, SOAP, SparseGPPotential
@@ -381,6 +381,20 @@ def test_force_noise_at_upper_bound_warns(ethanol_frames, small_soap):
         SparseGPPotential(small_soap, n_sparse=5, force_noise_bounds=(1e-3, 1.0),
                           random_state=0, method="sparse").fit(frames)
     assert any("force noise sits at its upper bound" in str(w.message) for w in caught)
+
+
+def test_a_fit_that_reads_the_forces_as_noise_warns(ethanol_frames, small_soap):
+    """One inducing environment per element cannot carry the forces of eight frames: the
+    likelihood puts them into σ_F, and the user is told; a model that learns them is not."""
+    with pytest.warns(ConvergenceWarning, match=r"the fitted force noise σ_F = [\d.]+ eV/Å "
+                                                r"is \d+% of the force labels' RMS.*noise"):
+        model = SparseGPPotential(small_soap, n_sparse=1, random_state=0,
+                                  method="sparse").fit(ethanol_frames[:8])
+    forces = np.concatenate([a.get_forces() for a in ethanol_frames[:8]])
+    assert model.force_noise_ > 0.5 * np.sqrt(np.mean(forces**2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        SparseGPPotential(small_soap, random_state=0, method="sparse").fit(ethanol_frames[:8])
 
 
 def _scaled_labels(frames, factor):

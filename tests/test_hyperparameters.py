@@ -21,11 +21,13 @@ from kernelpot.hyperparameters import (
     NoiseSearch,
     check_hyperparameter_values,
     fitted_names,
+    forces_unexplained,
     free_mask,
     kernel_profile_search,
     search_on_subset,
     values_kept_where_fixed,
     warn_if_force_noise_at_bound,
+    warn_if_forces_unexplained,
 )
 
 BOUNDS = {"signal_std_bounds": (1e-2, 1e2), "energy_noise_bounds": (1e-4, 1.0),
@@ -109,6 +111,17 @@ def test_force_noise_at_upper_bound_warns_only_when_free():
         warn_if_force_noise_at_bound(10.0, (1e-4, 10.0), False, "Owner")  # fixed
         warn_if_force_noise_at_bound(9.0, (1e-4, 10.0), True, "Owner")  # below
         warn_if_force_noise_at_bound(1e-4, (1e-4, 10.0), True, "Owner")  # lower bound
+
+
+def test_forces_unexplained_when_the_noise_holds_most_of_their_variance():
+    assert forces_unexplained(0.6, 1.0) and not forces_unexplained(0.4, 1.0)
+    assert not forces_unexplained(1e-3, 1e-4)  # a lattice's zero forces: nothing to explain
+    with pytest.warns(ConvergenceWarning, match=r"Owner: the fitted force noise σ_F = 0.9 "
+                                                r"eV/Å is 90% of the force labels' RMS"):
+        warn_if_forces_unexplained(0.9, 1.0, "Owner")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_forces_unexplained(0.2, 1.0, "Owner")
 
 
 # -- check_hyperparameter_values ----------------------------------------------------------
