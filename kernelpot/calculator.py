@@ -65,8 +65,9 @@ class KernelPotCalculator(Calculator):
       one (fitted on the LOSO stresses of its training cells), raw otherwise;
     * ``energy_noise``: learned aleatoric noise of the energy, ``σ_E √N``, eV;
     * ``force_noise``: learned aleatoric noise per force component, eV/Å;
-    * ``stress_noise``: learned aleatoric noise per stress component, ``σ_S``, eV/Å³
-      (the estimator's start value when the model trained on no stress).
+    * ``stress_noise``: for cells periodic along all three axes, the learned aleatoric
+      noise per stress component, ``σ_S``, eV/Å³ (the estimator's start value when the
+      model trained on no stress).
 
     The stds are epistemic (what uncertainty-gated MD needs); the total std of the
     estimator's ``predict(..., return_std=True)`` is ``sqrt(std² + noise²)``.
@@ -136,8 +137,9 @@ class KernelPotCalculator(Calculator):
             "forces": np.asarray(prediction.forces, dtype=np.float64),
             "energy_noise": float(self.model.energy_noise_ * np.sqrt(len(self.atoms))),
             "force_noise": float(self.model.force_noise_),
-            "stress_noise": float(self.model.stress_noise_),
         }
+        if np.all(self.atoms.pbc):  # a stress (and its noise) is defined for a cell only
+            results["stress_noise"] = float(self.model.stress_noise_)
         if prediction.stress is not None:
             results["stress"] = np.asarray(prediction.stress, dtype=np.float64)
         if uncertainty:

@@ -35,6 +35,7 @@ def test_results_match_estimator(fitted_ethanol, ethanol_frames):
     _, e_std = fitted_ethanol.predict([atoms], return_std=True, std_type="epistemic")
     assert atoms.calc.results["energy_std"] == pytest.approx(e_std[0], rel=1e-10)
     assert atoms.calc.results["force_noise"] == fitted_ethanol.force_noise_
+    assert "stress_noise" not in atoms.calc.results  # a molecule has no stress
     # the two terms are calibrated as the std is: their squares add up to its square,
     # in the ratio of the raw terms the map weighs
     results = atoms.calc.results
