@@ -581,9 +581,14 @@ def test_too_few_structures_to_learn_the_noise_warn(ethanol_frames, small_soap):
         model.fit(ethanol_frames[:1])
     with pytest.warns(UserWarning, match="2 training structure"):
         model.fit(ethanol_frames[:2])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(ethanol_frames[:3])
+    # enough to learn from (three frames this close still leave most of the forces
+    # unexplained by this sparse model, which fit says apart)
+    assert not any("are too few" in str(w.message) for w in caught)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        model.fit(ethanol_frames[:3])
         # nothing learned from the data, nothing calibrated: nothing to warn about
         clone(model).set_params(optimize=False, calibration=None).fit(ethanol_frames[:1])
     with pytest.warns(UserWarning, match="to calibrate the std") as record:
