@@ -273,6 +273,44 @@ class TrainingSet:
                            self.species, [self.species_index[k] for k in indices],
                            self.counts[indices], self.e0)
 
+    def extended(self, frames: list, labels: Labels, species_index: list,
+                 raw_labels: Labels | None = None) -> TrainingSet:
+        """Return this set with ``frames`` (labelled ``labels``) appended, same species and e0.
+
+        Parameters
+        ----------
+        frames : list of ase.Atoms
+        labels : Labels
+            The GP's labels of ``frames`` (minus a baseline, if any).
+        species_index : list of ndarray of int
+            Per new structure, the index into ``species`` of every atom.
+        raw_labels : Labels or None, default=None
+            With a baseline, the labels as read.
+
+        Returns
+        -------
+        TrainingSet
+        """
+        def joined(old: Labels | None, new: Labels | None, n_old: int) -> Labels | None:
+            if old is None or new is None:
+                return None
+            if old.stresses is None and new.stresses is None:
+                stresses = None
+            else:
+                stresses = list(old.stresses or [None] * n_old) \
+                    + list(new.stresses or [None] * len(new.energies))
+            return Labels(np.concatenate([old.energies, new.energies]),
+                          list(old.forces) + list(new.forces), stresses)
+
+        n_old = len(self.frames)
+        counts = np.stack([np.bincount(index, minlength=len(self.species))
+                           for index in species_index])
+        return TrainingSet(list(self.frames) + list(frames),
+                           joined(self.labels, labels, n_old), self.species,
+                           list(self.species_index) + list(species_index),
+                           np.concatenate([self.counts, counts]), self.e0,
+                           joined(self.raw_labels, raw_labels, n_old))
+
     def row_structures(self) -> np.ndarray:
         """Return the structure of every observation: energies, force components, stresses."""
         n_atoms = self.n_atoms

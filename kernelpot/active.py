@@ -18,7 +18,6 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 from sklearn.base import clone
 
-from kernelpot import _incremental
 from kernelpot import estimator as estimator_module
 from kernelpot._files import atomic_write
 from kernelpot._validation import check_int, check_max_inducing, check_verbose
@@ -555,7 +554,7 @@ class OnTheFlyLearner:
         """Return whether the model is too young for a LOSO map (fewer than three structures)."""
         model = self.model
         return (model.calibration == "loso"
-                and getattr(model.posterior_, "training", None) is not None
+                and model.posterior_.keeps_training_data
                 and model.posterior_.n_training_structures
                 < estimator_module._LOSO_MIN_STRUCTURES)
 
@@ -580,8 +579,7 @@ class OnTheFlyLearner:
 
     def _label_rms(self) -> float | None:
         """Return the RMS of the labelled force components, eV/Å (None: no force labels)."""
-        state = self.model.posterior_.training
-        labels = state.y[_incremental.force_mask(state)]
+        labels = self.model.posterior_.force_labels()
         return float(np.sqrt(np.mean(labels**2))) if labels.size else None
 
     def _after_step(self):

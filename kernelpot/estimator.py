@@ -279,7 +279,11 @@ pair of float
         Keep the whitened design, labels and descriptors of the training set so
         that :meth:`update` can add structures and inducing environments by
         low-rank updates instead of a refit (memory grows with the training set:
-        meant for on-the-fly learning, not for large fits).
+        meant for on-the-fly learning, not for large fits). With
+        ``method="exact"`` the model keeps its training structures, and each update
+        refits the exact model on all of them (``O(n_obs³)``: a few structures of a
+        molecule, where the exact model is the accurate one). ``method="auto"``
+        picks the sparse model with it.
     apply_calibration : bool, default=True
         Apply the fitted std calibration (``calibration="loso"`` at fit time, or
         :meth:`calibrate`) to every std the model reports (``predict``,
@@ -568,9 +572,6 @@ pair of float
             if self.method == "exact":
                 raise ValueError(f"{owner}: two_body needs method='sparse' (the exact model "
                                  f"has no two-body term); got method={self.method!r}")
-        if self.method == "exact" and self.incremental:
-            raise ValueError(f"{owner}: incremental=True needs method='sparse' (the exact "
-                             "model is refitted, not updated)")
 
     # -- fitting ---------------------------------------------------------------------
     def fit(self, X: Sequence[Atoms], y: None = None, *,
@@ -1109,7 +1110,10 @@ pair of float
 
         Notes
         -----
-        New observations update the factor of the posterior by a QR update of
+        An exact model (``method="exact"``) is refitted on all its structures and ``X``
+        (``O(n_obs³)``), at the fitted hyperparameters unless ``optimize``;
+        ``n_inducing`` and ``max_inducing`` do not apply to it. For the sparse model:
+        new observations update the factor of the posterior by a QR update of
         ``O(M² n_new)``; new inducing environments extend the factors by block
         Cholesky steps of ``O(n M m_new)`` (see :mod:`kernelpot._incremental`).
         Descriptors of earlier structures are kept, never recomputed. The reference
@@ -1120,6 +1124,8 @@ pair of float
         owner = f"{type(self).__name__}.update"
         posterior = self.posterior_
         posterior.check_updatable(owner)
+        if posterior.kind == "exact":
+            return self._refit_exact(X, optimize, owner)
         if not (n_inducing == "all" or (isinstance(n_inducing, numbers.Integral)
                                         and not isinstance(n_inducing, bool)
                                         and n_inducing >= 0)):
@@ -1139,11 +1145,7 @@ pair of float
         posterior.update(frames, labels, indices, self.descriptor_, self.e0_, n_inducing,
                          names, NoiseSearch.of(self), check_random_state(self.random_state),
                          owner, loso=loso, max_inducing=cap, raw_labels=raw_labels)
-        if self.interval_kind_ == "validation":
-            warnings.warn(f"{owner}: the std calibration no longer applies to the updated "
-                          "model: the map calibrate() fitted is dropped"
-                          + (" for the LOSO one of all the data" if loso else
-                             "; call calibrate() again"), UserWarning, stacklevel=2)
+        self._warn_if_validation_map_dropped(owner)
         self._adopt(posterior, self.descriptor_, self.species_, self.e0_,
                     self._loso_calibration(posterior))
         logger.info("%s: %d structures added; inducing environments %s", owner, len(frames),
@@ -1164,6 +1166,44 @@ pair of float
             return np.array([max_inducing.get(s, np.inf) for s in symbols], dtype=float)
         return np.full(len(symbols), float(max_inducing))
 
+    def _refit_exact(self, X: Sequence[Atoms], optimize: bool,
+                     owner: str) -> SparseGPPotential:
+        """Update an ``incremental=True`` exact model: refit it on its structures and ``X``.
+
+        The hyperparameters start from the fitted ones and stay there unless
+        ``optimize``; the reference energies ``e0_`` stay as fitted.
+        """
+        frames = check_frames(X, owner)
+        indices = [self._species_index(atoms, owner) for atoms in frames]
+        stress = bool(self.use_stress) and getattr(self.descriptor_, "periodic", None) is not False
+        raw_labels = read_labels(frames, owner, stress=stress, every=True)
+        labels = residual_labels(frames, raw_labels, self.baseline_)
+        posterior = self.posterior_
+        training = posterior.training.extended(
+            frames, labels, indices, raw_labels if self.baseline_ is not None else None)
+        settings = clone(self).set_params(optimize=self.optimize if optimize else False)
+        verbose = check_verbose(self.verbose, type(self).__name__)
+        refitted = ExactPosterior.fit(
+            settings, training, self.descriptor_, self.kernel_,
+            check_random_state(self.random_state),
+            lambda fn, items, desc: self._imap(fn, items, verbose, desc),
+            start=posterior.log_params())
+        self._warn_if_validation_map_dropped(owner)
+        self._adopt(refitted, self.descriptor_, self.species_, self.e0_,
+                    self._loso_calibration(refitted))
+        logger.info("%s: %d structures added; exact model refitted on %d", owner, len(frames),
+                    refitted.n_training_structures)
+        return self
+
+    def _warn_if_validation_map_dropped(self, owner: str) -> None:
+        """Warn that an update drops the map :meth:`calibrate` fitted on validation data."""
+        if self.interval_kind_ == "validation":
+            loso = self.calibration == "loso"
+            warnings.warn(f"{owner}: the std calibration no longer applies to the updated "
+                          "model: the map calibrate() fitted is dropped"
+                          + (" for the LOSO one of all the data" if loso else
+                             "; call calibrate() again"), UserWarning, stacklevel=3)
+
     def restore_training(self, frames: Sequence[Atoms]) -> SparseGPPotential:
         """Give a model loaded with ``training_state=True`` its training structures back.
 
@@ -1183,7 +1223,8 @@ pair of float
         frames = check_frames(frames, owner)
         verbose = check_verbose(self.verbose, type(self).__name__)
 
-        state = getattr(self.posterior_, "training", None)
+        state = getattr(self.posterior_, "training", None) \
+            if self.posterior_.kind == "sparse" else None
         strain = [row >= 0 for row in state.stress_row] \
             if state is not None and len(state.stress_row) == len(frames) else None
 
@@ -1193,14 +1234,26 @@ pair of float
                 frames, lambda fn, items, desc: self._imap(fn, items, verbose, desc), strain)
 
         posterior = self.posterior_
+        training = self._training_set(frames, owner) if posterior.kind == "exact" else None
         # the stored labels are the GP's (reference minus baseline): so are the checked ones
-        posterior.restore_training(self._residual_frames(frames), describe, owner)
+        posterior.restore_training(self._residual_frames(frames), describe, owner, training)
         if self.calibration == "loso":  # the LOSO terms are not stored in files
             posterior.refresh_loso(owner)
             if self.interval_kind_ != "validation":  # a calibrate() map stays as it was
                 self._adopt(posterior, self.descriptor_, self.species_, self.e0_,
                             self._loso_calibration(posterior))
         return self
+
+    def _training_set(self, frames: list, owner: str) -> TrainingSet:
+        """Return ``frames`` as a training set of this model's species and ``e0_``."""
+        stress = bool(self.use_stress) and getattr(self.descriptor_, "periodic", None) is not False
+        raw_labels = read_labels(frames, owner, stress=stress, every=True)
+        labels = residual_labels(frames, raw_labels, self.baseline_)
+        indices = [self._species_index(atoms, owner) for atoms in frames]
+        counts = np.stack([np.bincount(index, minlength=len(self.species_))
+                           for index in indices])
+        return TrainingSet(list(frames), labels, self.species_, indices, counts, self.e0_,
+                           raw_labels if self.baseline_ is not None else None)
 
     def _residual_frames(self, frames: list) -> list:
         """Return copies of ``frames`` labelled minus the baseline (the GP's labels)."""

@@ -115,6 +115,9 @@ class ExactPosterior(Posterior):
         self._prior_covariance = prior_covariance
         self.loso = loso
         self.loo_shift = loso.shift_basis if loso is not None else None
+        #: The training structures and labels, kept by an ``incremental=True`` fit so that
+        #: :meth:`SparseGPPotential.update` can refit on them and new ones (None otherwise).
+        self.training: TrainingSet | None = None
 
     # -- what the estimator reads ---------------------------------------------------------
     @property
@@ -127,7 +130,24 @@ class ExactPosterior(Posterior):
         """Return the training environments per element (every one is 'inducing')."""
         return self.observations.features
 
-    keeps_training_data = False
+    @property
+    def keeps_training_data(self) -> bool:
+        """Return whether the posterior can be updated (an ``incremental=True`` fit)."""
+        return self.training is not None
+
+    @property
+    def n_training_structures(self) -> int:
+        """Return the structures trained on."""
+        return len(self.structures["n_atoms"])
+
+    @property
+    def training_frames(self) -> list:
+        """Return the labelled structures trained on (incremental models)."""
+        return self.training.frames
+
+    def force_labels(self) -> np.ndarray:
+        """Return the force components trained on (the GP's labels), flattened, eV/Å."""
+        return self.training.force_targets()
 
     def signal_variances(self) -> np.ndarray:
         """Return ``σ_s²`` per element, in ``species`` order (all equal with one ``σ``)."""
@@ -152,7 +172,8 @@ class ExactPosterior(Posterior):
     @classmethod
     def fit(cls, estimator: BaseEstimator, training: TrainingSet, descriptor: Descriptor,
             kernel: Kernel, rng: np.random.RandomState,
-            imap: Callable[..., Iterator], runner: Any = None) -> ExactPosterior:
+            imap: Callable[..., Iterator], runner: Any = None,
+            start: np.ndarray | None = None) -> ExactPosterior:
         """Fit the exact energy-and-force GP.
 
         Parameters
@@ -169,6 +190,10 @@ class ExactPosterior(Posterior):
         runner : BlockRunner or None, default=None
             Not used: the exact model holds its whole covariance and is fitted in this
             process; it is here so that both posteriors fit with one signature.
+        start : ndarray or None, default=None
+            ``log (σ..., σ_E, σ_F, σ_S)`` to start from (and keep where not fitted)
+            instead of the estimator's given values: an update's refit starts from the
+            fitted ones.
 
         Returns
         -------
@@ -206,7 +231,7 @@ class ExactPosterior(Posterior):
         y = _targets(training)
         given = [float(estimator.signal_std)] * n_signal + [
             float(estimator.energy_noise), float(estimator.force_noise),
-            float(estimator.stress_noise)]
+            float(estimator.stress_noise)] if start is None else np.exp(start).tolist()
         log_params = np.log(given)
         free = free_mask(names, obs.n_energy, obs.n_force - obs.n_stress, n_signal,
                          n_stress=obs.n_stress)
@@ -238,7 +263,29 @@ class ExactPosterior(Posterior):
                                                           has_forces, has_stress),
                         species=training.species, prior_covariance=K0, loso=loso)
         posterior.noise_scales = scales
+        if estimator.incremental:
+            posterior.training = training
         return posterior
+
+    def refresh_loso(self, owner: str) -> None:
+        """Recompute the leave-one-structure-out terms (not stored in model files).
+
+        Parameters
+        ----------
+        owner : str
+            Names the caller in logs.
+        """
+        noise = exact.noise_variances(self.log_params(), self.observations)
+        self.loso = _exact_loso_terms(self.L, self.weights, noise, self.observations,
+                                      np.flatnonzero(self.structures["has_energy"]), owner)
+        self.loo_shift = self.loso.shift_basis
+
+    def log_params(self) -> np.ndarray:
+        """Return ``log (σ..., σ_E, σ_F, σ_S)`` as fitted (one ``σ`` per element if so)."""
+        sigma = self.signal_std
+        sigmas = [sigma[chemical_symbols[z]] for z in self.species] \
+            if isinstance(sigma, dict) else [sigma]
+        return np.log([*sigmas, self.energy_noise, self.force_noise, self.stress_noise])
 
     # -- prediction ----------------------------------------------------------------------
     def parts(self, descriptor: Descriptor, atoms: Atoms, index: np.ndarray, e0: np.ndarray,
@@ -351,27 +398,54 @@ class ExactPosterior(Posterior):
                                              self.observations, eval_gradient=eval_gradient)
 
     def check_updatable(self, owner: str) -> None:
-        """Raise: an exact model is refitted, not updated.
+        """Raise unless the model keeps its training structures (``incremental=True``).
 
         Parameters
         ----------
         owner : str
         """
-        raise ValueError(f"{owner}: an exact model (method='exact') is not updated "
-                         "in place; refit it on all structures")
+        if self.training is None:
+            raise ValueError(f"{owner}: this exact model keeps no training structures to "
+                             "refit on; fit it with incremental=True (an update then refits "
+                             "the exact model on all structures)")
 
-    def restore_training(self, frames: list,
-                         describe: Callable[[list[Atoms]], tuple[list, list]],
-                         owner: str) -> None:
-        """Raise: an exact model keeps no training state to restore.
+    def restore_training(self, frames: list, describe: Callable | None, owner: str,
+                         training: TrainingSet | None = None) -> None:
+        """Keep ``training`` as the structures this model was fitted on, after checking them.
 
         Parameters
         ----------
         frames : list of ase.Atoms
-        describe : callable
+            Not used (``training`` holds them).
+        describe : callable or None
+            Not used (the exact model keeps no descriptors beyond its observations).
         owner : str
+        training : TrainingSet
+            The structures and labels, in training order (the GP's labels).
+
+        Raises
+        ------
+        ValueError
+            If the structures or their labels are not the ones the model was fitted on.
         """
-        raise ValueError(f"{owner}: the model has no stored training state")
+        if training is None:
+            raise ValueError(f"{owner}: an exact model restores a checked training set")
+        stored = self.structures
+        n_atoms = np.array([len(a) for a in training.frames])
+        same = (np.array_equal(n_atoms, stored["n_atoms"])
+                and np.array_equal(np.concatenate([a.numbers for a in training.frames]),
+                                   stored["numbers"])
+                and np.allclose(np.concatenate([a.positions for a in training.frames]),
+                                stored["positions"], rtol=0, atol=1e-8))
+        if not same:
+            raise ValueError(f"{owner}: these {len(training.frames)} structures are not the "
+                             f"{len(stored['n_atoms'])} the model was fitted on (atoms, "
+                             "elements or positions differ)")
+        # to 1e-6 (eV, eV/Å): the precision extended XYZ files keep labels at
+        if not np.allclose(_targets(training), self.y, rtol=0, atol=1e-6):
+            raise ValueError(f"{owner}: the structures' labels are not the ones the model "
+                             "was fitted on")
+        self.training = training
 
     # -- model files ---------------------------------------------------------------------
     def to_arrays(self, training_state: bool = False) -> tuple[dict, dict]:
@@ -383,7 +457,10 @@ class ExactPosterior(Posterior):
         Parameters
         ----------
         training_state : bool, default=False
-            Must be False (an exact model keeps no training state).
+            Allowed for an ``incremental=True`` model: the file holds the training
+            structures and their labels (``exact_y``) either way, and
+            :meth:`SparseGPPotential.restore_training` gives a loaded model its
+            labelled structures back.
 
         Returns
         -------
@@ -393,9 +470,9 @@ class ExactPosterior(Posterior):
         Raises
         ------
         ValueError
-            For ``training_state=True``.
+            For ``training_state=True`` without ``incremental=True``.
         """
-        if training_state:
+        if training_state and self.training is None:
             raise ValueError("save: training_state=True needs a model fitted with "
                              "incremental=True")
         arrays = {"alpha": self.weights, "exact_L": self.L, "exact_y": self.y}

@@ -16,6 +16,7 @@ from ase.data import chemical_symbols
 if TYPE_CHECKING:
     from ase import Atoms
 
+    from kernelpot._labels import TrainingSet
     from kernelpot.descriptors.base import Descriptor
     from kernelpot.prediction import Prediction, PredictionParts
 
@@ -79,8 +80,13 @@ class Posterior(ABC):
         """Raise unless the posterior can take low-rank updates."""
 
     @abstractmethod
-    def restore_training(self, frames: list, describe, owner: str) -> None:
-        """Give a loaded training state its structures back (or raise)."""
+    def restore_training(self, frames: list, describe, owner: str,
+                         training: TrainingSet | None = None) -> None:
+        """Give a loaded training state its structures back (or raise).
+
+        The sparse posterior describes ``frames`` itself (``describe``); the exact one
+        takes them as the checked ``training`` set.
+        """
 
     @abstractmethod
     def to_arrays(self, training_state: bool = False) -> tuple[dict, dict]:

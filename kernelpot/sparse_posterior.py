@@ -299,6 +299,11 @@ class SparsePosterior(Posterior):
         """Return the labelled structures trained on so far (incremental models)."""
         return self.training.frames
 
+    def force_labels(self) -> np.ndarray:
+        """Return the force components trained on (the GP's labels), flattened, eV/Å."""
+        state = self.training
+        return state.y[_incremental.force_mask(state)]
+
     # -- fitting -------------------------------------------------------------------------
     @classmethod
     def fit(cls, estimator: BaseEstimator, training: TrainingSet, descriptor: Descriptor,
@@ -1189,7 +1194,7 @@ class SparsePosterior(Posterior):
 
     def restore_training(self, frames: list,
                          describe: Callable[[list[Atoms]], tuple[list, list]],
-                         owner: str) -> None:
+                         owner: str, training: TrainingSet | None = None) -> None:
         """Give a loaded training state its structures and descriptors back.
 
         Parameters
@@ -1200,6 +1205,8 @@ class SparsePosterior(Posterior):
             ``describe(frames) -> (species indices, descriptor results)``.
         owner : str
             Names the caller in errors.
+        training : TrainingSet or None, default=None
+            Not used (the exact posterior's input).
 
         Raises
         ------

@@ -271,6 +271,27 @@ def test_a_model_that_reads_its_forces_as_noise_is_gated_every_min_interval(tmp_
     assert all(r["threshold"] == 0.0 for r in log)
 
 
+def test_an_incremental_exact_model_learns_on_the_fly_and_resumes(tmp_path):
+    """method="exact" with incremental=True: every call refits the exact model on all the
+    labelled structures; the checkpoint resumes it."""
+    from helpers import emt_copper_frames
+
+    model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
+                              method="exact", incremental=True, random_state=0,
+                              n_restarts=0).fit(emt_copper_frames(3, seed=4, rattle=0.05))
+    learner = OnTheFlyLearner(model, EMT(), threshold=1e-6, directory=tmp_path,
+                              min_interval=3, max_calls=2)
+    learner.run(_dynamics(), 7)
+    assert learner.n_reference_calls == 2
+    assert learner.model.method_ == "exact"
+    assert learner.model.posterior_.n_training_structures == 5
+    resumed = OnTheFlyLearner.resume(tmp_path, EMT(), run=False)
+    assert resumed.model.method_ == "exact" and resumed.model.posterior_.keeps_training_data
+    np.testing.assert_allclose(resumed.model.predict_forces([_dynamics(1).atoms])[0],
+                               learner.model.predict_forces([_dynamics(1).atoms])[0],
+                               rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("reference", [None, "EMT", EMT])
 def test_a_reference_that_is_not_a_calculator_is_refused(tmp_path, reference):
     with pytest.raises(TypeError, match="reference must be an ASE calculator"):

@@ -1,4 +1,4 @@
-"""The exact posterior: arrays round trip, checks, no updates."""
+"""The exact posterior: arrays round trip, checks, updates by refitting."""
 
 import json
 
@@ -144,14 +144,64 @@ def test_per_element_signal_stds_are_a_dict(per_element):
                                [sigma["H"] ** 2, sigma["C"] ** 2, sigma["O"] ** 2], rtol=1e-15)
 
 
-def test_exact_posteriors_are_not_updated(exact, frames):
-    with pytest.raises(ValueError, match="Owner: an exact model .* is not updated in place"):
+def test_an_exact_model_fitted_without_incremental_is_not_updated(exact, frames):
+    with pytest.raises(ValueError, match="Owner: this exact model keeps no training "
+                                         "structures.*incremental=True"):
         exact.posterior_.check_updatable("Owner")
-    with pytest.raises(ValueError, match="is not updated in place"):
+    with pytest.raises(ValueError, match="keeps no training structures"):
         exact.update(frames[10:11])
-    with pytest.raises(ValueError, match="Owner: the model has no stored training state"):
+    with pytest.raises(ValueError, match="Owner: an exact model restores a checked training"):
         exact.posterior_.restore_training(frames[:3], None, "Owner")
     assert exact.posterior_.keeps_training_data is False
+
+
+def _e0(model):
+    return dict(zip(["H", "C", "O"], model.e0_, strict=True))  # species_ order: H, C, O
+
+
+def test_an_incremental_exact_model_updates_by_refitting_on_all_structures(frames, soap):
+    """An update is the exact fit on every structure, at the fitted hyperparameters (and
+    reference energies) unless it re-optimises them."""
+    model = SparseGPPotential(soap, method="exact", incremental=True, random_state=0,
+                              n_restarts=0).fit(frames[:4])
+    model.update(frames[4:7])
+    assert model.posterior_.n_training_structures == 7
+    fresh = SparseGPPotential(soap, method="exact", optimize=False, e0=_e0(model),
+                              signal_std=model.signal_std_, energy_noise=model.energy_noise_,
+                              force_noise=model.force_noise_).fit(frames[:7])
+    for a, b in zip(model.predict_forces(frames[40:42]), fresh.predict_forces(frames[40:42]),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(model.predict(frames[40:42]), fresh.predict(frames[40:42]),
+                               rtol=1e-12)
+    sigma = model.signal_std_
+    model.update(frames[7:9], optimize=True)
+    assert model.signal_std_ != sigma and model.posterior_.n_training_structures == 9
+    assert model.std_scale_ is not None and model.interval_kind_ == "loso"
+
+
+def test_an_incremental_exact_model_restores_its_training_structures(frames, soap, tmp_path):
+    from kernelpot import load
+
+    model = SparseGPPotential(soap, method="exact", incremental=True, random_state=0,
+                              n_restarts=0).fit(frames[:5])
+    loaded = load(model.save(tmp_path / "model.npz", training_state=True))
+    assert not loaded.posterior_.keeps_training_data
+    with pytest.raises(ValueError, match="restore_training: these 5 structures are not the 5"):
+        loaded.restore_training(frames[1:6])
+    relabelled = [a.copy() for a in frames[:5]]
+    for a, b in zip(relabelled, frames[:5], strict=True):
+        a.calc = type(b.calc)(a, energy=b.get_potential_energy() + 0.1, forces=b.get_forces())
+    with pytest.raises(ValueError, match="labels are not the ones the model was fitted on"):
+        loaded.restore_training(relabelled)
+    loaded.restore_training(frames[:5])
+    assert loaded.posterior_.keeps_training_data
+    np.testing.assert_array_equal(loaded.predict_forces(frames[40:41])[0],
+                                  model.predict_forces(frames[40:41])[0])
+    loaded.update(frames[5:6])
+    model.update(frames[5:6])
+    np.testing.assert_allclose(loaded.predict_forces(frames[40:41])[0],
+                               model.predict_forces(frames[40:41])[0], rtol=0, atol=1e-10)
 
 
 def test_fixed_hyperparameters_are_kept_exactly(frames, soap):
