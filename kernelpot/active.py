@@ -301,6 +301,11 @@ class OnTheFlyLearner:
 
     # -- public ----------------------------------------------------------------------
     @property
+    def target_steps(self) -> int | None:
+        """Return the MD step the run goes to (set by :meth:`run`, restored by :meth:`resume`)."""
+        return self._target_steps
+
+    @property
     def current_threshold(self) -> float:
         """Return the threshold on the largest force std component, eV/Å.
 
@@ -436,6 +441,7 @@ class OnTheFlyLearner:
         self.n_reference_calls = n_frames - self._initial_frames
         self._target_steps = int(settings["target_steps"])
         step = int(md["step"])
+        _drop_log_after(self.directory / LOG_FILE, step)
         atoms = Atoms(numbers=md["numbers"], positions=md["positions"], cell=md["cell"],
                       pbc=md["pbc"], momenta=md["momenta"])
         atoms.calc = KernelPotCalculator(self.model)
@@ -657,6 +663,21 @@ class OnTheFlyLearner:
             step=int(self._dynamics.nsteps)))
         self._write_settings()
         self._updates_since_checkpoint = 0
+
+
+def _drop_log_after(path: Path, step: int) -> None:
+    """Drop the step log's records after ``step`` (the checkpoint): resumed, they run again."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] > step:
+                continue
+        except (ValueError, KeyError, TypeError):  # a line cut short by the interruption
+            continue
+        kept.append(line + "\n")
+    atomic_write(path, lambda handle: handle.writelines(kept), binary=False)
 
 
 def _read_frames(path: Path) -> list:

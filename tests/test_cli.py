@@ -359,10 +359,11 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
                  str(tmp_path / "otf")]) == 0
     out = capsys.readouterr().out
     assert "largest gated force std (threshold 0.0001 eV/Å)" in out
-    # four small cells: method "auto" fitted the exact GP; the learner needs the sparse one
+    # four small cells: method "auto" fitted the exact GP, which the learner keeps
     assert load(model_path).method_ == "exact"
     first, second = out.splitlines()[:2]
-    assert "cu.npz is exact, refitting it as sparse on" in first
+    assert "cu.npz on" in first and "as an incremental exact model" in first
+    assert load(tmp_path / "otf" / "model.npz").method_ == "exact"
     assert second.startswith("on-the-fly MD: steps 0 to 25")  # the learner's lines on stdout
     assert "reference call 1 | model error rms" in out
     calls = int(out.split(" emt calls")[0].split()[-1])
@@ -546,7 +547,7 @@ def test_eval_names_the_file_with_non_finite_labels(cli_files, tmp_path, capsys)
                   "forces"
 
 
-def test_md_reference_refits_a_per_element_exact_model_as_sparse(tmp_path, capsys):
+def test_md_reference_keeps_a_per_element_exact_model_exact(tmp_path, capsys):
     from ase.io import write
     from helpers import emt_copper_frames
 
@@ -564,7 +565,77 @@ def test_md_reference_refits_a_per_element_exact_model_as_sparse(tmp_path, capsy
     assert main(["md", str(model), str(tmp_path / "start.xyz"), "--steps", "3",
                  "--temperature", "300", "--reference", "emt", "--train",
                  str(tmp_path / "train.xyz"), "--directory", str(tmp_path / "otf")]) == 0
-    assert "is exact, refitting it as sparse" in capsys.readouterr().out
+    assert "as an incremental exact model" in capsys.readouterr().out
+    checkpoint = load(tmp_path / "otf" / "model.npz")
+    assert checkpoint.method_ == "exact" and isinstance(checkpoint.signal_std_, dict)
+
+
+def test_fit_saves_an_incremental_model_with_its_training_state(tmp_path, capsys):
+    from ase.io import write
+    from helpers import emt_copper_frames
+
+    from kernelpot import load
+
+    write(tmp_path / "train.xyz", emt_copper_frames(3, seed=4, rattle=0.08))
+    model = tmp_path / "cu.npz"
+    assert _fit(tmp_path, tmp_path / "train.xyz", model, "--descriptor", "acsf", "--r-cut",
+                "4.0", "--no-train-eval", "--method", "sparse",
+                config="n_restarts = 0\nincremental = true\n") == 0
+    assert load(model).posterior_.keeps_training_data  # update can go on from the file
+    capsys.readouterr()
+    assert main(["info", str(model)]) == 0
+    assert "training state kept" in capsys.readouterr().out
+
+
+def test_md_reference_resumes_an_interrupted_run(tmp_path, capsys):
+    """--resume continues the run in --directory from its checkpoint to its step count;
+    the trajectory is written as the run goes and appended to; the step log keeps one
+    record per step."""
+    import json
+
+    from ase.io import read
+    from helpers import emt_copper_frames
+
+    from kernelpot import OnTheFlyLearner
+
+    train = emt_copper_frames(3, seed=4, rattle=0.08)
+    from ase.io import write
+    write(tmp_path / "train.xyz", train)
+    write(tmp_path / "start.xyz", train[0])
+    model = tmp_path / "cu.npz"
+    assert _fit(tmp_path, tmp_path / "train.xyz", model, "--descriptor", "acsf", "--r-cut",
+                "4.0", "--no-train-eval", "--method", "sparse",
+                config="n_restarts = 0\n") == 0
+    otf, traj = tmp_path / "otf", tmp_path / "traj.extxyz"
+    common = ["--temperature", "300", "--reference", "emt", "--directory", str(otf),
+              "--interval", "2", "-o", str(traj), "--threshold", "1e-4",
+              "--min-interval", "4"]
+    stop = OnTheFlyLearner._after_step
+
+    def interrupted(self):  # the run is killed at step 9 (the last checkpoint: step 8)
+        if self._dynamics.nsteps == 9:
+            raise KeyboardInterrupt
+        stop(self)
+
+    OnTheFlyLearner._after_step = interrupted
+    try:
+        assert main(["md", str(model), str(tmp_path / "start.xyz"), "--steps", "12",
+                     "--train", str(tmp_path / "train.xyz"), *common]) == 130
+    finally:
+        OnTheFlyLearner._after_step = stop
+    assert [f.info["step"] for f in read(traj, ":")] == [0, 2, 4, 6, 8]  # kept
+    capsys.readouterr()
+    assert main(["md", str(model), str(tmp_path / "start.xyz"), "--steps", "12",
+                 "--train", str(tmp_path / "train.xyz"), *common]) == 1
+    assert "holds a previous on-the-fly run: continue it with --resume" in \
+        capsys.readouterr().err
+    assert main(["md", str(model), str(tmp_path / "start.xyz"), "--steps", "12", "--resume",
+                 *common]) == 0
+    out = capsys.readouterr().out
+    assert "12 Langevin" not in out and " steps of 1.0 fs" in out
+    steps = [json.loads(line)["step"] for line in (otf / "otf_log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 12  # no step logged twice
+    assert [f.info["step"] for f in read(traj, ":")][-1] == 12
 
 
 def test_fit_with_a_baseline_from_the_config(cli_files, capsys):

@@ -111,6 +111,8 @@ examples:
   kernelpot md model.npz start.xyz --steps 2000 --temperature 600 -o traj.extxyz
   kernelpot md model.npz start.xyz --steps 2000 --temperature 800 --reference emt \\
       --train train.xyz --directory otf_run
+  kernelpot md model.npz start.xyz --steps 2000 --temperature 800 --reference emt \\
+      --directory otf_run --resume
   kernelpot md model.npz traj.extxyz --restart --steps 2000 --temperature 600 -o more.extxyz
   kernelpot md model.npz cell.xyz --ensemble npt --pressure 1.0 --steps 5000 --temperature 300
 
@@ -122,10 +124,10 @@ stored as reference labels, so the file is not mistaken for training data.
 Langevin dynamics by default (--ensemble nve and npt: see above) with the model as ASE
 calculator; the trajectory keeps the velocities, so --restart continues it. With --reference
 (emt, or xtb for GFN2-xTB from tblite) the run is uncertainty-gated: the model is refitted
-on --train (its own training structures, as an incremental model) and learns on the fly
-whenever the calibrated force std exceeds --threshold (default: the largest calibrated
-force std of a training structure left out of the model, recomputed after every call);
-the log, labelled frames and checkpoints go to --directory.
+on --train (its own training structures, as an incremental model of the same method) and
+learns on the fly whenever the calibrated force std exceeds --threshold; the log, labelled
+frames and checkpoints go to --directory, and --resume continues an interrupted run from
+them. The trajectory (-o) is written as the run goes.
 """
 
 
@@ -341,7 +343,19 @@ def _add_md(sub) -> argparse.ArgumentParser:
                         help="steps between trajectory frames (default 10)")
     parser.add_argument("--reference", choices=["emt", "xtb"], default=None)
     parser.add_argument("--threshold", type=float, default=None,
-                        help="absolute force-std threshold, eV/Å (with --reference)")
+                        help="absolute force-std threshold, eV/Å (with --reference; default: "
+                             "1.5 times the largest calibrated force std of a training "
+                             "structure left out of the model, at most 0.1 times the RMS of "
+                             "the labelled force components, recomputed after every call)")
+    parser.add_argument("--min-interval", type=int, default=10, metavar="STEPS",
+                        help="with --reference: MD steps between two reference calls, at "
+                             "least (default 10; 3 for a young model of a molecule with "
+                             "sub-femtosecond steps, whose wrong forces heat it in between)")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --reference: continue the interrupted on-the-fly run in "
+                             "--directory from its last checkpoint (model, labelled frames, "
+                             "MD state) to its step count; START, --train and --steps are not "
+                             "used, -o is appended to")
     parser.add_argument("--train", default=None,
                         help="the model's training structures (with --reference)")
     parser.add_argument("--directory", default="otf_run",

@@ -65,6 +65,7 @@ def _cmd_fit(args) -> int:
                       calibration=False)
         print(f"training-set evaluation in {time.perf_counter() - evaluation:.1f} s "
               "(--no-train-eval skips it)")
-    path = model.save(args.output)
+    # an incremental model keeps what update and on-the-fly learning continue from
+    path = model.save(args.output, training_state=model.posterior_.keeps_training_data)
     print(f"wrote {path}; kernelpot fit took {elapsed():.1f} s in all")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -39,8 +40,11 @@ def _check_md_args(args) -> None:
     if args.reference is not None and args.no_std:
         raise CLIError("--no-std does not go with --reference: on-the-fly learning gates on "
                        "the force std")
-    if args.status_every < 1:
-        raise CLIError("--status-every must be >= 1")
+    if args.status_every < 1 or args.min_interval < 1:
+        raise CLIError("--status-every and --min-interval must be >= 1")
+    if args.resume and (args.reference is None or args.restart):
+        raise CLIError("--resume continues an on-the-fly run: it needs --reference and does "
+                       "not go with --restart")
     if args.friction <= 0 or args.tdamp <= 0 or args.pdamp <= 0:
         raise CLIError("--friction, --tdamp and --pdamp must be > 0")
 
@@ -106,38 +110,93 @@ def _dynamics(atoms, args):
                            tdamp=args.tdamp * units.fs, pdamp=args.pdamp * units.fs)
 
 
-def _cmd_md(args) -> int:
-    from ase.io import write
+class _Trajectory:
+    """The -o trajectory, written frame by frame (an interrupted run keeps its frames)."""
+
+    def __init__(self, path: str | None, append: bool):
+        self.path = path
+        self.handle = open(path, "a" if append else "w") if path else None  # noqa: SIM115
+        self.n_frames = 0
+
+    def write(self, snapshot) -> None:
+        """Append one frame and flush it to disk."""
+        from ase.io import write
+
+        if self.handle is not None:
+            write(self.handle, snapshot, format="extxyz")
+            self.handle.flush()
+        self.n_frames += 1
+
+    def close(self) -> None:
+        """Close the file."""
+        if self.handle is not None:
+            self.handle.close()
+
+
+def _new_learner(args, model):
+    """Refit ``model`` on --train as an incremental model of its method; return the learner."""
     from sklearn.base import clone
 
-    from kernelpot import KernelPotCalculator, OnTheFlyLearner
+    from kernelpot import OnTheFlyLearner
+
+    if args.train is None:
+        raise CLIError("--reference needs --train (the model's training structures)")
+    previous = Path(args.directory) / "labelled.extxyz"
+    if previous.exists() and previous.stat().st_size:
+        raise CLIError(f"{previous} holds a previous on-the-fly run: continue it with "
+                       "--resume, or choose another --directory")
+    train = _read_frames(args.train)
+    print(f"refitting {args.model} on {args.train} as an incremental {model.method_} model "
+          "(the learner updates it in place)")
+    settings = {"signal_per_element": False} if model.method_ == "sparse" else {}
+    model = clone(model).set_params(incremental=True, method=model.method_, verbose=0,
+                                    **settings).fit(train)
+    return OnTheFlyLearner(model, _reference_calculator(args.reference),
+                           threshold=args.threshold, directory=args.directory,
+                           min_interval=args.min_interval, verbose=int(not args.quiet),
+                           status_every=args.status_every)
+
+
+def _resumed_learner(args):
+    """Return the learner and dynamics of the interrupted run in --directory."""
+    from kernelpot import OnTheFlyLearner
+
+    if not (Path(args.directory) / "learner.json").exists():
+        raise CLIError(f"--resume: {args.directory} holds no on-the-fly checkpoint")
+    built = []
+
+    def dynamics(atoms):
+        built.append(_dynamics(atoms, args))
+        return built[-1]
+
+    learner = OnTheFlyLearner.resume(args.directory, _reference_calculator(args.reference),
+                                     dynamics=dynamics, run=False)
+    return learner, built[-1]
+
+
+def _cmd_md(args) -> int:
+    from kernelpot import KernelPotCalculator
 
     _check_md_args(args)
     _check_output(args.output, "the trajectory")
     if args.reference is not None:
         _check_output(args.directory, "the run directory", directory=True)
-    model = _load_model(args.model)
-    atoms = _starting_structure(args)
-    dyn = _dynamics(atoms, args)
-    if args.restart:
-        dyn.nsteps = int(atoms.info.get("step", 0))
     learner = None
-    if args.reference is not None:
-        if args.train is None:
-            raise CLIError("--reference needs --train (the model's training structures)")
-        train = _read_frames(args.train)
-        if model.method_ != "sparse":
-            print(f"the on-the-fly learner updates a sparse GP: {args.model} is "
-                  f"{model.method_}, refitting it as sparse on {args.train}")
-        # the learner updates the model in place: a sparse one that keeps its training state
-        model = clone(model).set_params(incremental=True, method="sparse",
-                                        signal_per_element=False, verbose=0).fit(train)
-        learner = OnTheFlyLearner(model, _reference_calculator(args.reference),
-                                  threshold=args.threshold, directory=args.directory,
-                                  verbose=int(not args.quiet), status_every=args.status_every)
+    if args.resume:
+        learner, dyn = _resumed_learner(args)
+        atoms, steps = dyn.atoms, max(learner.target_steps - dyn.nsteps, 0)
     else:
-        atoms.calc = KernelPotCalculator(model, uncertainty=not args.no_std)
-    frames = []
+        model = _load_model(args.model)
+        atoms, steps = _starting_structure(args), args.steps
+        dyn = _dynamics(atoms, args)
+        if args.restart:
+            dyn.nsteps = int(atoms.info.get("step", 0))
+        if args.reference is not None:
+            learner = _new_learner(args, model)
+        else:
+            atoms.calc = KernelPotCalculator(model, uncertainty=not args.no_std)
+    trajectory = _Trajectory(args.output, append=args.resume)
+    stds = []
 
     def record():
         # model predictions under names ase.io does not take for reference labels
@@ -149,41 +208,55 @@ def _cmd_md(args) -> int:
         if not args.no_std:
             snapshot.info["energy_std"] = float(calc.results["energy_std"])
             snapshot.arrays["forces_std"] = calc.results["forces_std"].copy()
+            stds.append(float(calc.results["forces_std"].max()))
         if learner is not None:  # the calibrated std the learner compares with its threshold
             snapshot.arrays["gated_forces_std"] = learner.gated_std(calc.results)
-        frames.append(snapshot)
+            stds[-1] = float(snapshot.arrays["gated_forces_std"].max())
+        trajectory.write(snapshot)
 
     start = time.perf_counter()
+    try:
+        _run(args, dyn, learner, record, start, steps)
+    finally:
+        trajectory.close()
+    _report(args, learner, atoms, time.perf_counter() - start, steps, stds, trajectory)
+    return 0
+
+
+def _run(args, dyn, learner, record, start: float, steps: int) -> None:
+    """Run ``steps`` steps of ``dyn``, recording every --interval steps."""
+    atoms = dyn.atoms
     if learner is not None:
         dyn.attach(lambda: atoms.calc is not None and record(), interval=args.interval)
-        learner.run(dyn, args.steps)
+        learner.run(dyn, steps)
         if learner.stopped:
             raise CLIError(f"the on-the-fly run stopped: {learner.stopped}")
-    else:
-        atoms.get_forces()
-        dyn.attach(record, interval=args.interval)
-        if not args.quiet:
-            first = dyn.nsteps
-            dyn.attach(lambda: dyn.nsteps > first and print(
-                _status_line(dyn, start, first, args.no_std), flush=True),
-                interval=args.status_every)
-        dyn.run(args.steps)
-    wall = time.perf_counter() - start
-    key = "forces_std" if learner is None else "gated_forces_std"
-    stds = [float(f.arrays[key].max()) for f in frames if key in f.arrays]
+        return
+    atoms.get_forces()
+    dyn.attach(record, interval=args.interval)
+    if not args.quiet:
+        first = dyn.nsteps
+        dyn.attach(lambda: dyn.nsteps > first and print(
+            _status_line(dyn, start, first, args.no_std), flush=True),
+            interval=args.status_every)
+    dyn.run(steps)
+
+
+def _report(args, learner, atoms, wall: float, steps: int, stds: list,
+            trajectory: _Trajectory) -> None:
+    """Print the run's summary line(s)."""
     what = "largest force std" if learner is None else (
         f"largest gated force std (threshold {learner.current_threshold:.3g} eV/Å)")
     largest = f"; {what} {max(stds):.3g} eV/Å" if stds else ""
     ensemble = {"nve": f"NVE (velocity Verlet, initial velocities at {args.temperature} K)",
                 "langevin": f"Langevin ({args.temperature} K)",
                 "npt": f"NPT (MTK, {args.temperature} K, {args.pressure} GPa)"}[args.ensemble]
-    print(f"kernelpot {__version__}: {args.steps} {ensemble} "
-          f"steps of {args.timestep} fs in {wall:.1f} s ({1e3 * wall / args.steps:.1f} ms/step); "
+    print(f"kernelpot {__version__}: {steps} {ensemble} "
+          f"steps of {args.timestep} fs in {wall:.1f} s "
+          f"({1e3 * wall / max(steps, 1):.1f} ms/step); "
           f"final temperature {atoms.get_temperature():.0f} K{largest}")
     if learner is not None:
         print(f"{learner.n_reference_calls} {args.reference} calls; log, labelled frames and "
               f"model in {args.directory}/")
     if args.output:
-        write(args.output, frames, format="extxyz")
-        print(f"wrote {len(frames)} frames to {args.output}")
-    return 0
+        print(f"wrote {trajectory.n_frames} frames to {args.output}")
