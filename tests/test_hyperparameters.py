@@ -28,6 +28,7 @@ from kernelpot.hyperparameters import (
     values_kept_where_fixed,
     warn_if_force_noise_at_bound,
     warn_if_forces_unexplained,
+    warn_if_signal_std_at_bound,
 )
 
 BOUNDS = {"signal_std_bounds": (1e-2, 1e2), "energy_noise_bounds": (1e-4, 1.0),
@@ -122,6 +123,21 @@ def test_forces_unexplained_when_the_noise_holds_most_of_their_variance():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_if_forces_unexplained(0.2, 1.0, "Owner")
+
+
+def test_a_signal_std_at_its_lower_bound_warns(caplog):
+    bounds = (0.01, 100.0)
+    with pytest.warns(ConvergenceWarning, match="Owner: the fitted signal std sits at its "
+                                                "lower bound 0.01 eV: the likelihood reads"):
+        warn_if_signal_std_at_bound(0.01, bounds, "Owner")
+    with pytest.warns(ConvergenceWarning, match="lower bound"):
+        warn_if_signal_std_at_bound({"H": 0.01, "C": 0.01}, bounds, "Owner")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_signal_std_at_bound({"H": 0.01, "C": 2.0}, bounds, "Owner")  # C learned
+        warn_if_signal_std_at_bound(2.0, bounds, "Owner")
+        warn_if_signal_std_at_bound(100.0, bounds, "Owner")  # the upper bound: logged
+    assert "sits at its upper bound 100 eV" in caplog.text
 
 
 # -- check_hyperparameter_values ----------------------------------------------------------
