@@ -570,6 +570,37 @@ def test_md_reference_keeps_a_per_element_exact_model_exact(tmp_path, capsys):
     assert checkpoint.method_ == "exact" and isinstance(checkpoint.signal_std_, dict)
 
 
+def test_fit_takes_the_kernel_from_the_config(tmp_path, capsys):
+    from ase.io import write
+    from helpers import emt_copper_frames
+
+    from kernelpot import load
+    from kernelpot.kernels import NormalizedDotProduct, Scaled, SquaredExponential, Sum
+
+    write(tmp_path / "train.xyz", emt_copper_frames(3, seed=4, rattle=0.08))
+    model = tmp_path / "cu.npz"
+    options = ("--descriptor", "acsf", "--r-cut", "4.0", "--no-train-eval")
+    config = 'n_restarts = 0\nkernel.kind = "NormalizedDotProduct+SquaredExponential"\n'
+    assert _fit(tmp_path, tmp_path / "train.xyz", model, *options, config=config) == 0
+    kernel = load(model).kernel_
+    assert isinstance(kernel, Sum) and isinstance(kernel.k1, NormalizedDotProduct)
+    assert isinstance(kernel.k2, Scaled) and kernel.k2.scale == 0.1
+    assert isinstance(kernel.k2.kernel, SquaredExponential)
+    assert kernel.k2.kernel.length_scale > 0  # twice the measured median distance
+    config = ('n_restarts = 0\nkernel.kind = "SquaredExponential"\n'
+              'kernel.length_scale = 3.5\n')
+    assert _fit(tmp_path, tmp_path / "train.xyz", model, *options, config=config) == 0
+    assert load(model).kernel_.length_scale == 3.5
+    capsys.readouterr()
+    for config, message in [
+            ('kernel = "NormalizedDotProduct(2)"\n', "name the kernel with kernel.kind"),
+            ('kernel.kind = "Matern"\n', "kernel.kind must be one of"),
+            ('kernel.kind = "SquaredExponential"\nkernel.ell = 2\n',
+             "unknown key kernel.ell. Valid keys: kernel.kind, kernel.zeta")]:
+        assert _fit(tmp_path, tmp_path / "train.xyz", model, *options, config=config) == 1
+        assert message in capsys.readouterr().err
+
+
 def test_fit_saves_an_incremental_model_with_its_training_state(tmp_path, capsys):
     from ase.io import write
     from helpers import emt_copper_frames

@@ -105,7 +105,8 @@ def _read_config(path) -> dict:
     # (quoted) as one flat key: both set the descriptor's parameter (two_body.* and
     # baseline.* alike; a baseline's charges are the one value that is a table, so they
     # go as baseline.charges = {...}, not as a quoted flat key)
-    model_params, nested_params = {}, {"descriptor": {}, "two_body": {}, "baseline": {}}
+    model_params, nested_params = {}, {"descriptor": {}, "two_body": {}, "baseline": {},
+                                       "kernel": {}}
     for key, value in table.items():
         if key in nested_params and isinstance(value, dict):
             nested = [k for k, v in value.items() if isinstance(v, dict)
@@ -124,7 +125,70 @@ def _read_config(path) -> dict:
             model_params[key] = value
     if nested_params["baseline"]:
         model_params["baseline"] = _baseline_from_config(path, nested_params["baseline"])
+    if isinstance(model_params.get("kernel"), str):
+        raise CLIError(f"{path}: name the kernel with kernel.kind = "
+                       f"{' | '.join(repr(k) for k in _KERNEL_KINDS)} and its kernel.* keys "
+                       f"({', '.join('kernel.' + k for k in _KERNEL_KEYS)}); got kernel = "
+                       f"{model_params['kernel']!r}")
+    if nested_params["kernel"]:
+        model_params["kernel"] = _KernelConfig(path, nested_params["kernel"])
     return model_params, nested_params["descriptor"], nested_params["two_body"]
+
+
+#: ``kernel.kind`` values of a config file, and the other ``kernel.*`` keys.
+_KERNEL_KINDS = ("NormalizedDotProduct", "SquaredExponential",
+                 "NormalizedDotProduct+SquaredExponential")
+_KERNEL_KEYS = ("zeta", "length_scale", "se_weight")
+
+
+class _KernelConfig:
+    """A config file's ``kernel.*`` keys, checked; built into a kernel once the data is read.
+
+    ``kernel.kind`` is one of :data:`_KERNEL_KINDS`; ``kernel.zeta`` (default 2),
+    ``kernel.length_scale`` (Å-free descriptor units; default twice the median distance
+    between training environments, as the README's kernel for solids) and
+    ``kernel.se_weight`` (the squared exponential's weight in the sum, default 0.1) are
+    fixed, not fitted.
+    """
+
+    def __init__(self, path, params: dict):
+        params = dict(params)
+        self.path = path
+        self.kind = params.pop("kind", None)
+        if self.kind not in _KERNEL_KINDS:
+            raise CLIError(f"{path}: kernel.kind must be one of {list(_KERNEL_KINDS)}; got "
+                           f"{self.kind!r}")
+        unknown = sorted(set(params) - set(_KERNEL_KEYS))
+        if unknown:
+            raise CLIError(f"{path}: unknown key{'s' if len(unknown) > 1 else ''} "
+                           f"{', '.join('kernel.' + k for k in unknown)}. Valid keys: "
+                           f"kernel.kind, {', '.join('kernel.' + k for k in _KERNEL_KEYS)}")
+        self.zeta = params.get("zeta", 2)
+        self.length_scale = params.get("length_scale")
+        self.se_weight = params.get("se_weight", 0.1)
+
+    def build(self, descriptor, frames):
+        """Return the kernel, the length scale measured on ``frames`` if not given."""
+        from kernelpot.kernels import NormalizedDotProduct, Scaled, SquaredExponential
+
+        try:
+            if self.kind == "NormalizedDotProduct":
+                return NormalizedDotProduct(self.zeta)
+            ell = self.length_scale if self.length_scale is not None \
+                else 2.0 * _median_distance(descriptor, frames)
+            se = SquaredExponential(float(ell), "fixed")
+            if self.kind == "SquaredExponential":
+                return se
+            return NormalizedDotProduct(self.zeta) + Scaled(se, float(self.se_weight), "fixed")
+        except (TypeError, ValueError) as err:
+            raise CLIError(f"{self.path}: {err}") from err
+
+
+def _median_distance(descriptor, frames) -> float:
+    """Median distance between the descriptors of 2,000 random pairs of environments."""
+    sample = np.concatenate([descriptor.create(a) for a in frames[::max(len(frames) // 20, 1)]])
+    pick = np.random.default_rng(0).integers(len(sample), size=(2000, 2))
+    return float(np.median(np.linalg.norm(sample[pick[:, 0]] - sample[pick[:, 1]], axis=1)))
 
 
 def _baseline_from_config(path, params: dict):
@@ -185,6 +249,9 @@ def _build_model(args, frames):
     if args.r_cut is not None:
         descriptor.set_params(r_cut=args.r_cut)
     model = SparseGPPotential(descriptor, random_state=0, n_jobs=1, verbose=_progress(args))
+    kernel = model_params.pop("kernel", None)
+    if isinstance(kernel, _KernelConfig):
+        model.set_params(kernel=kernel.build(descriptor, frames))
     try:
         model.set_params(**model_params)
         if two_body_params:

@@ -47,10 +47,15 @@ symmetry-function grid), e.g.
   two_body.r_cut = 5.0
   baseline.kind = "Coulomb"
   baseline.charges = {Na = 1, Cl = -1}
+  kernel.kind = "NormalizedDotProduct+SquaredExponential"
 (descriptor.* keys set the descriptor's parameters; any two_body.* key adds a
 two-body term, kernelpot.TwoBody, with those parameters; baseline.kind ("ZBL",
 "LennardJones", "Pair" or "Coulomb") and the other baseline.* keys add that baseline, fitted
-around (Δ-learning); command-line options win)
+around (Δ-learning); kernel.kind ("NormalizedDotProduct", the default, "SquaredExponential"
+or "NormalizedDotProduct+SquaredExponential", the README's kernel for periodic solids) with
+kernel.zeta (2), kernel.length_scale (twice the median distance between training
+environments) and kernel.se_weight (0.1), all fixed, sets the kernel; command-line options
+win)
 """
 
 
