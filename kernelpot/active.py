@@ -22,7 +22,11 @@ from kernelpot import estimator as estimator_module
 from kernelpot._files import atomic_write
 from kernelpot._validation import check_int, check_max_inducing, check_verbose
 from kernelpot.calculator import KernelPotCalculator
-from kernelpot.hyperparameters import UNEXPLAINED_NOISE_FRACTION, forces_unexplained
+from kernelpot.hyperparameters import (
+    UNEXPLAINED_NOISE_FRACTION,
+    fitted_names,
+    forces_unexplained,
+)
 from kernelpot.sparse_posterior import DEFAULT_SPARSE_CAP
 
 if TYPE_CHECKING:
@@ -220,8 +224,8 @@ class OnTheFlyLearner:
     start: with noise-free labels the learned ``σ_F`` falls to its lower bound, and the
     reference was called at every ``min_interval`` for the whole run.)
 
-    A model whose learned force noise ``σ_F`` exceeds half the RMS of its labelled force
-    components (:func:`~kernelpot.hyperparameters.forces_unexplained`) reads most of the
+    A model whose fitted force noise ``σ_F`` exceeds half the RMS of its labelled force
+    components (:func:`~kernelpot.hyperparameters.forces_unexplained`) reads much of the
     forces as noise, and its epistemic std says nothing about its error: its automatic
     threshold is 0, so the reference is called every ``min_interval`` steps until a
     re-optimised ``σ_F`` falls below that. (Measured: a model of three acetic-acid
@@ -528,7 +532,7 @@ class OnTheFlyLearner:
         """
         model = self.model
         if self._forces_unexplained():
-            # the likelihood read most labelled forces as noise: the epistemic std says
+            # the likelihood read much of the labelled forces as noise: the epistemic std says
             # nothing about the error; label every min_interval until the model explains them
             logger.info("OnTheFlyLearner: σ_F = %.3g eV/Å is over %.0f %% of the labelled "
                         "forces' RMS: the reference is called every min_interval steps",
@@ -565,11 +569,13 @@ class OnTheFlyLearner:
                 < estimator_module._LOSO_MIN_STRUCTURES)
 
     def _forces_unexplained(self) -> bool:
-        """Return whether the model reads most of its labelled forces as noise.
+        """Return whether the model reads much of its fitted labelled forces as noise.
 
         :func:`~kernelpot.hyperparameters.forces_unexplained` of the fitted ``σ_F`` and
-        the labelled force components' RMS.
+        the labelled force components' RMS; False when ``σ_F`` is given, not fitted.
         """
+        if "force_noise" not in fitted_names(self.model.optimize, "OnTheFlyLearner"):
+            return False  # a given σ_F is the user's statement about the labels
         rms = self._label_rms()
         return rms is not None and forces_unexplained(self.model.force_noise_, rms)
 
@@ -738,5 +744,6 @@ def _not_updatable(model) -> str:
                 "its labelled frames, or continue a run with OnTheFlyLearner.resume")
     return (f"OnTheFlyLearner: the model ({model.method_} model fitted with "
             "incremental=False) keeps no training data to update; fit it with "
-            "SparseGPPotential(..., incremental=True), which learns on the fly as a sparse "
-            "model, or hand the learner an unfitted model (it fits the first frame itself)")
+            "SparseGPPotential(..., incremental=True) (sparse, or method='exact' for a few "
+            "structures of a molecule), or hand the learner an unfitted model (it fits the "
+            "first frame itself)")

@@ -1234,6 +1234,10 @@ pair of float
                 frames, lambda fn, items, desc: self._imap(fn, items, verbose, desc), strain)
 
         posterior = self.posterior_
+        if posterior.kind == "exact" and not self.incremental:
+            raise ValueError(f"{owner}: this exact model was fitted with incremental=False; "
+                             "it has no training state to restore (fit it with "
+                             "incremental=True to update it)")
         training = self._training_set(frames, owner) if posterior.kind == "exact" else None
         # the stored labels are the GP's (reference minus baseline): so are the checked ones
         posterior.restore_training(self._residual_frames(frames), describe, owner, training)

@@ -203,8 +203,8 @@ def warn_if_force_noise_at_bound(force_noise: float, bounds: Sequence[float], fr
 
 
 #: Fitted force noise, as a fraction of the force labels' root mean square, above which
-#: the model is said to explain little of its forces (the noise then takes over three
-#: quarters of their variance).
+#: the model is said to leave its forces largely unexplained (the noise then holds over a
+#: quarter of their variance; in the failures measured it held most of it).
 UNEXPLAINED_NOISE_FRACTION = 0.5
 #: Force labels' RMS (eV/Å) below which they are taken as zero (a perfect lattice's), with
 #: nothing to explain.
@@ -225,7 +225,7 @@ def forces_unexplained(force_noise: float, label_rms: float) -> bool:
     -------
     bool
         ``σ_F > UNEXPLAINED_NOISE_FRACTION × label_rms``: the likelihood preferred
-        reading most of the forces as noise. False for labels of RMS under 1 meV/Å
+        reading a large part of the forces as noise. False for labels of RMS under 1 meV/Å
         (a perfect lattice's zero forces: nothing to explain).
 
     Notes
@@ -250,6 +250,7 @@ def warn_if_forces_unexplained(force_noise: float, label_rms: float, owner: str,
     label_rms : float
         Root mean square of the force labels' components, eV/Å.
     owner : str
+        Names the estimator in the warning.
     stacklevel : int, default=3
         Of the warning, so that it points at the user's ``fit`` call.
 
@@ -260,7 +261,7 @@ def warn_if_forces_unexplained(force_noise: float, label_rms: float, owner: str,
     if forces_unexplained(force_noise, label_rms):
         warnings.warn(f"{owner}: the fitted force noise σ_F = {force_noise:.3g} eV/Å is "
                       f"{force_noise / label_rms:.0%} of the force labels' RMS "
-                      f"({label_rms:.3g} eV/Å): the model reads most of the forces as "
+                      f"({label_rms:.3g} eV/Å): the model reads much of the forces as "
                       "noise and predicts them poorly (its epistemic std need not show it). Usual "
                       "causes: a few nearly identical structures (label more, and more "
                       "varied, ones), too few inducing environments for the forces (the "

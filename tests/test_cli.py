@@ -643,8 +643,8 @@ def test_md_reference_resumes_an_interrupted_run(tmp_path, capsys):
               "--min-interval", "4"]
     stop = OnTheFlyLearner._after_step
 
-    def interrupted(self):  # the run is killed at step 9 (the last checkpoint: step 8)
-        if self._dynamics.nsteps == 9:
+    def interrupted(self):  # the run is killed at step 11 (the last checkpoint: step 8)
+        if self._dynamics.nsteps == 11:
             raise KeyboardInterrupt
         stop(self)
 
@@ -654,8 +654,18 @@ def test_md_reference_resumes_an_interrupted_run(tmp_path, capsys):
                      "--train", str(tmp_path / "train.xyz"), *common]) == 130
     finally:
         OnTheFlyLearner._after_step = stop
-    assert [f.info["step"] for f in read(traj, ":")] == [0, 2, 4, 6, 8]  # kept
+    assert [f.info["step"] for f in read(traj, ":")] == [0, 2, 4, 6, 8, 10]  # kept
+    logged = [json.loads(line)["step"] for line in
+              (otf / "otf_log.jsonl").read_text().splitlines()]
+    assert logged[-1] == 10  # steps 9 and 10 ran after the checkpoint
     capsys.readouterr()
+    for options, message in [
+            (["--resume", "--restart"], "does not go with --restart"),
+            (["--resume", "--directory", str(tmp_path / "none")], "holds no on-the-fly"),
+            (["--min-interval", "0"], "--min-interval must be >= 1")]:
+        assert main(["md", str(model), str(tmp_path / "start.xyz"), "--steps", "12",
+                     *common, *options]) == 1
+        assert message in capsys.readouterr().err
     assert main(["md", str(model), str(tmp_path / "start.xyz"), "--steps", "12",
                  "--train", str(tmp_path / "train.xyz"), *common]) == 1
     assert "holds a previous on-the-fly run: continue it with --resume" in \
@@ -664,9 +674,10 @@ def test_md_reference_resumes_an_interrupted_run(tmp_path, capsys):
                  *common]) == 0
     out = capsys.readouterr().out
     assert "12 Langevin" not in out and " steps of 1.0 fs" in out
-    steps = [json.loads(line)["step"] for line in (otf / "otf_log.jsonl").read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in
+             (otf / "otf_log.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 12  # no step logged twice
-    assert [f.info["step"] for f in read(traj, ":")][-1] == 12
+    assert [f.info["step"] for f in read(traj, ":")] == [0, 2, 4, 6, 8, 10, 12]  # nor twice
 
 
 def test_fit_with_a_baseline_from_the_config(cli_files, capsys):

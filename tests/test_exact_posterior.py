@@ -152,6 +152,9 @@ def test_an_exact_model_fitted_without_incremental_is_not_updated(exact, frames)
         exact.update(frames[10:11])
     with pytest.raises(ValueError, match="Owner: an exact model restores a checked training"):
         exact.posterior_.restore_training(frames[:3], None, "Owner")
+    with pytest.raises(ValueError, match="restore_training: this exact model was fitted with "
+                                         "incremental=False"):
+        exact.restore_training(frames[:3])
     assert exact.posterior_.keeps_training_data is False
 
 

@@ -252,6 +252,9 @@ def _build_model(args, frames):
     kernel = model_params.pop("kernel", None)
     if isinstance(kernel, _KernelConfig):
         model.set_params(kernel=kernel.build(descriptor, frames))
+    elif kernel is not None:
+        raise CLIError(f"{args.config}: name the kernel with kernel.kind and its kernel.* keys; "
+                       f"got kernel = {kernel!r}")
     try:
         model.set_params(**model_params)
         if two_body_params:

@@ -359,8 +359,11 @@ def _add_md(sub) -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="with --reference: continue the interrupted on-the-fly run in "
                              "--directory from its last checkpoint (model, labelled frames, "
-                             "MD state) to its step count; START, --train and --steps are not "
-                             "used, -o is appended to")
+                             "MD state, and the learner's threshold and --min-interval) to its "
+                             "step count; START, --train, --steps, --threshold and "
+                             "--min-interval are not used; give the interrupted run's "
+                             "--ensemble, --timestep, --temperature and thermostat options; "
+                             "-o continues its file from the checkpoint's step")
     parser.add_argument("--train", default=None,
                         help="the model's training structures (with --reference)")
     parser.add_argument("--directory", default="otf_run",

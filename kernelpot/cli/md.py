@@ -111,10 +111,20 @@ def _dynamics(atoms, args):
 
 
 class _Trajectory:
-    """The -o trajectory, written frame by frame (an interrupted run keeps its frames)."""
+    """The -o trajectory, written frame by frame (an interrupted run keeps its frames).
 
-    def __init__(self, path: str | None, append: bool):
+    ``after``: continue an existing file from that step, dropping its later frames (a
+    resumed run steps through them again).
+    """
+
+    def __init__(self, path: str | None, after: int | None = None):
+        from ase.io import read, write
+
         self.path = path
+        if path and after is not None and Path(path).exists():
+            kept = [f for f in read(path, ":") if int(f.info.get("step", 0)) <= after]
+            write(path, kept, format="extxyz")
+        append = after is not None
         self.handle = open(path, "a" if append else "w") if path else None  # noqa: SIM115
         self.n_frames = 0
 
@@ -143,14 +153,21 @@ def _new_learner(args, model):
         raise CLIError("--reference needs --train (the model's training structures)")
     previous = Path(args.directory) / "labelled.extxyz"
     if previous.exists() and previous.stat().st_size:
-        raise CLIError(f"{previous} holds a previous on-the-fly run: continue it with "
-                       "--resume, or choose another --directory")
+        resumable = (Path(args.directory) / "learner.json").exists()
+        raise CLIError(f"{previous} holds a previous on-the-fly run: "
+                       + ("continue it with --resume, or choose another --directory"
+                          if resumable else "it stopped before its first checkpoint; "
+                          "remove the directory or choose another --directory"))
     train = _read_frames(args.train)
     print(f"refitting {args.model} on {args.train} as an incremental {model.method_} model "
           "(the learner updates it in place)")
     settings = {"signal_per_element": False} if model.method_ == "sparse" else {}
+    tic = time.perf_counter()
     model = clone(model).set_params(incremental=True, method=model.method_, verbose=0,
                                     **settings).fit(train)
+    if model.method_ == "exact":
+        print(f"each reference call refits the exact model on every labelled structure: "
+              f"{time.perf_counter() - tic:.1f} s now, growing with the structures")
     return OnTheFlyLearner(model, _reference_calculator(args.reference),
                            threshold=args.threshold, directory=args.directory,
                            min_interval=args.min_interval, verbose=int(not args.quiet),
@@ -161,11 +178,14 @@ def _resumed_learner(args):
     """Return the learner and dynamics of the interrupted run in --directory."""
     from kernelpot import OnTheFlyLearner
 
-    if not (Path(args.directory) / "learner.json").exists():
+    directory = Path(args.directory)
+    if not (directory / "learner.json").exists():
         raise CLIError(f"--resume: {args.directory} holds no on-the-fly checkpoint")
+    step = int(np.load(directory / "md_state.npz")["step"])
     built = []
 
     def dynamics(atoms):
+        atoms.info["step"] = step  # seeds the Langevin noise of the resumed segment
         built.append(_dynamics(atoms, args))
         return built[-1]
 
@@ -195,7 +215,7 @@ def _cmd_md(args) -> int:
             learner = _new_learner(args, model)
         else:
             atoms.calc = KernelPotCalculator(model, uncertainty=not args.no_std)
-    trajectory = _Trajectory(args.output, append=args.resume)
+    trajectory = _Trajectory(args.output, after=dyn.nsteps if args.resume else None)
     stds = []
 
     def record():
