@@ -1137,17 +1137,13 @@ pair of float
         cap = self._inducing_cap(max_inducing, owner)
         frames = check_frames(X, owner)
         indices = [self._species_index(atoms, owner) for atoms in frames]
-        stress = bool(self.use_stress) and getattr(self.descriptor_, "periodic", None) is not False
-        raw_labels = read_labels(frames, owner, stress=stress, every=True)
-        labels = residual_labels(frames, raw_labels, self.baseline_)
+        raw_labels, labels = self._new_labels(frames, owner)
         names = fitted_names(self.optimize, type(self).__name__) if optimize else None
         loso = self.calibration == "loso"
         posterior.update(frames, labels, indices, self.descriptor_, self.e0_, n_inducing,
                          names, NoiseSearch.of(self), check_random_state(self.random_state),
                          owner, loso=loso, max_inducing=cap, raw_labels=raw_labels)
-        self._warn_if_validation_map_dropped(owner)
-        self._adopt(posterior, self.descriptor_, self.species_, self.e0_,
-                    self._loso_calibration(posterior))
+        self._adopt_updated(posterior, owner)
         logger.info("%s: %d structures added; inducing environments %s", owner, len(frames),
                     self.n_inducing_)
         return self
@@ -1175,9 +1171,7 @@ pair of float
         """
         frames = check_frames(X, owner)
         indices = [self._species_index(atoms, owner) for atoms in frames]
-        stress = bool(self.use_stress) and getattr(self.descriptor_, "periodic", None) is not False
-        raw_labels = read_labels(frames, owner, stress=stress, every=True)
-        labels = residual_labels(frames, raw_labels, self.baseline_)
+        raw_labels, labels = self._new_labels(frames, owner)
         posterior = self.posterior_
         training = posterior.training.extended(
             frames, labels, indices, raw_labels if self.baseline_ is not None else None)
@@ -1188,21 +1182,27 @@ pair of float
             check_random_state(self.random_state),
             lambda fn, items, desc: self._imap(fn, items, verbose, desc),
             start=posterior.log_params())
-        self._warn_if_validation_map_dropped(owner)
-        self._adopt(refitted, self.descriptor_, self.species_, self.e0_,
-                    self._loso_calibration(refitted))
+        self._adopt_updated(refitted, owner)
         logger.info("%s: %d structures added; exact model refitted on %d", owner, len(frames),
                     refitted.n_training_structures)
         return self
 
-    def _warn_if_validation_map_dropped(self, owner: str) -> None:
-        """Warn that an update drops the map :meth:`calibrate` fitted on validation data."""
+    def _new_labels(self, frames: list, owner: str):
+        """Return the labels of new structures as read and as the GP fits them."""
+        stress = bool(self.use_stress) and getattr(self.descriptor_, "periodic", None) is not False
+        raw_labels = read_labels(frames, owner, stress=stress, every=True)
+        return raw_labels, residual_labels(frames, raw_labels, self.baseline_)
+
+    def _adopt_updated(self, posterior, owner: str) -> None:
+        """Adopt an updated posterior and its LOSO map; a validation map is dropped."""
         if self.interval_kind_ == "validation":
             loso = self.calibration == "loso"
             warnings.warn(f"{owner}: the std calibration no longer applies to the updated "
                           "model: the map calibrate() fitted is dropped"
                           + (" for the LOSO one of all the data" if loso else
                              "; call calibrate() again"), UserWarning, stacklevel=3)
+        self._adopt(posterior, self.descriptor_, self.species_, self.e0_,
+                    self._loso_calibration(posterior))
 
     def restore_training(self, frames: Sequence[Atoms]) -> SparseGPPotential:
         """Give a model loaded with ``training_state=True`` its training structures back.
@@ -1250,9 +1250,7 @@ pair of float
 
     def _training_set(self, frames: list, owner: str) -> TrainingSet:
         """Return ``frames`` as a training set of this model's species and ``e0_``."""
-        stress = bool(self.use_stress) and getattr(self.descriptor_, "periodic", None) is not False
-        raw_labels = read_labels(frames, owner, stress=stress, every=True)
-        labels = residual_labels(frames, raw_labels, self.baseline_)
+        raw_labels, labels = self._new_labels(frames, owner)
         indices = [self._species_index(atoms, owner) for atoms in frames]
         counts = np.stack([np.bincount(index, minlength=len(self.species_))
                            for index in indices])

@@ -242,7 +242,7 @@ def test_fit_rejects_unlabelled_frames_and_bad_config(tmp_path, ethanol_frames, 
     err = capsys.readouterr().err
     assert "carries an energy or forces" in err and len(err.strip().splitlines()) == 1
     write(tmp_path / "train.xyz", ethanol_frames[:3])
-    (tmp_path / "bad.toml").write_text("[kernel]\nzeta = 4\n")
+    (tmp_path / "bad.toml").write_text("[optimizer]\nmaxiter = 4\n")
     assert main(["fit", str(tmp_path / "train.xyz"), "-o", str(tmp_path / "m.npz"),
                  "--config", str(tmp_path / "bad.toml")]) == 1
     assert "flat table" in capsys.readouterr().err
@@ -361,8 +361,10 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
     assert "largest gated force std (threshold 0.0001 eV/Å)" in out
     # four small cells: method "auto" fitted the exact GP, which the learner keeps
     assert load(model_path).method_ == "exact"
-    first, second = out.splitlines()[:2]
-    assert "cu.npz on" in first and "as an incremental exact model" in first
+    lines = out.splitlines()
+    assert "cu.npz on" in lines[0] and "as an incremental exact model" in lines[0]
+    assert lines[1].startswith("each reference call refits the exact model")
+    second = lines[2]
     assert load(tmp_path / "otf" / "model.npz").method_ == "exact"
     assert second.startswith("on-the-fly MD: steps 0 to 25")  # the learner's lines on stdout
     assert "reference call 1 | model error rms" in out

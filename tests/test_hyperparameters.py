@@ -126,6 +126,9 @@ def test_forces_unexplained_when_the_noise_holds_most_of_their_variance():
 
 
 def test_a_signal_std_at_its_lower_bound_warns(caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="kernelpot")
     bounds = (0.01, 100.0)
     with pytest.warns(ConvergenceWarning, match="Owner: the fitted signal std sits at its "
                                                 "lower bound 0.01 eV: the likelihood reads"):
