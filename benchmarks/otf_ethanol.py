@@ -15,6 +15,7 @@ Target (issue 19): on-the-fly force MAE no worse than random's. Needs tblite.
 Usage::
 
     python benchmarks/otf_ethanol.py [--steps 10000] [--force-tolerance 0.1] [--min-interval 3]
+        [--method sparse|exact]
 """
 
 from __future__ import annotations
@@ -39,19 +40,21 @@ from kernelpot import SOAP, OnTheFlyLearner, SparseGPPotential, load_ethanol, me
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "xtb"
 
 
-def model_template():
+def model_template(method: str = "sparse"):
+    """The example's model: sparse (its default) or exact, incremental either way."""
     return SparseGPPotential(SOAP(["H", "C", "O"], 4.0, n_max=6, l_max=4, sigma=0.4),
-                             incremental=True, random_state=0)
+                             incremental=True, random_state=0, method=method)
 
 
-def run(directory, steps, force_tolerance, relative_threshold=1.5, min_interval=3):
+def run(directory, steps, force_tolerance, relative_threshold=1.5, min_interval=3,
+        method="sparse"):
     """Run the example's on-the-fly MD; return the final model."""
     bundled = load_ethanol()
     atoms = bundled[0].copy()
     thermalize_momenta(atoms, temperature_K=500, rng=np.random.default_rng(0))
     dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=500, friction=0.01 / units.fs,
                    fixcm=False, rng=np.random.default_rng(1))
-    model = model_template().fit(bundled[0:100:20])
+    model = model_template(method).fit(bundled[0:100:20])
     learner = OnTheFlyLearner(model, TBLite(method="GFN2-xTB", verbosity=0),
                               directory=directory, min_interval=min_interval,
                               force_tolerance=force_tolerance,
@@ -69,6 +72,9 @@ def main(argv=None):
     parser.add_argument("--min-interval", type=int, default=3,
                         help="the learner's min_interval (default 3, the example's)")
     parser.add_argument("--seeds", type=int, default=3, help="random-frame models")
+    parser.add_argument("--method", choices=("sparse", "exact"), default="sparse",
+                        help="the model of both the on-the-fly run and the random frames "
+                             "(incremental either way)")
     parser.add_argument("--directory", default=None, help="keep the run here")
     parser.add_argument("--evaluate", default=None, metavar="DIRECTORY",
                         help="no MD: score the last checkpoint of a run kept in DIRECTORY "
@@ -77,7 +83,7 @@ def main(argv=None):
     print(f"kernelpot {kernelpot.__version__}; python {platform.python_version()}; "
           f"{os.cpu_count()} cpus; {args.steps} steps, force_tolerance "
           f"{args.force_tolerance}, relative_threshold {args.relative_threshold}, "
-          f"min_interval {args.min_interval}", flush=True)
+          f"min_interval {args.min_interval}, {args.method} model", flush=True)
     frames = read(SHARED / "ethanol_500K.xyz", ":")
     idx = np.arange(len(frames))
     test = [frames[i] for i in idx[idx % 4 == 3]]
@@ -90,7 +96,7 @@ def main(argv=None):
     else:
         directory = args.directory or tempfile.mkdtemp(prefix="kernelpot-otf-ethanol-")
         final = run(directory, args.steps, args.force_tolerance, args.relative_threshold,
-                    args.min_interval)
+                    args.min_interval, args.method)
     log = [json.loads(line) for line in open(Path(directory) / "otf_log.jsonl")]
     n_frames = final.posterior_.n_training_structures
     # a run stopped early: only the steps its checkpoint has seen
@@ -105,7 +111,7 @@ def main(argv=None):
     random_mae = []
     for seed in range(args.seeds):
         chosen = np.random.default_rng(seed).permutation(len(pool))[:n_frames]
-        fitted = model_template().fit([pool[k] for k in chosen])
+        fitted = model_template(args.method).fit([pool[k] for k in chosen])
         random_mae.append(metrics.mae(fitted.predict_forces(test), reference_test))
         print(f"  random seed {seed}: {1e3 * random_mae[-1]:.1f} meV/Å", flush=True)
     within1 = np.mean([r["within_1std"] for r in calls]) if calls else np.nan
