@@ -241,12 +241,8 @@ class TrainingSet:
 
     def force_label_rms(self) -> float:
         """Return the root mean square of the force labels' components, eV/Å (0: none)."""
-        total, count = 0.0, 0
-        for forces in self.labels.forces:
-            if forces is not None:
-                total += float(np.sum(np.square(forces)))
-                count += forces.size
-        return float(np.sqrt(total / count)) if count else 0.0
+        forces = self.force_targets()
+        return float(np.sqrt(np.mean(forces**2))) if forces.size else 0.0
 
     @property
     def n_atoms(self) -> np.ndarray:

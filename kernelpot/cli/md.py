@@ -228,10 +228,11 @@ def _cmd_md(args) -> int:
         if not args.no_std:
             snapshot.info["energy_std"] = float(calc.results["energy_std"])
             snapshot.arrays["forces_std"] = calc.results["forces_std"].copy()
-            stds.append(float(calc.results["forces_std"].max()))
         if learner is not None:  # the calibrated std the learner compares with its threshold
             snapshot.arrays["gated_forces_std"] = learner.gated_std(calc.results)
-            stds[-1] = float(snapshot.arrays["gated_forces_std"].max())
+        shown = "gated_forces_std" if learner is not None else "forces_std"
+        if shown in snapshot.arrays:
+            stds.append(float(snapshot.arrays[shown].max()))
         trajectory.write(snapshot)
 
     start = time.perf_counter()
