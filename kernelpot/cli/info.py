@@ -51,6 +51,11 @@ def _cmd_info(args) -> int:
 def _training_size(model, arrays) -> str:
     """Describe the training set as far as the file records it."""
     posterior = model.posterior_
+    if posterior.kind == "exact":  # an exact model's file holds its training structures
+        kept = (" (training state kept: update and on-the-fly learning can continue)"
+                if posterior.keeps_training_data else
+                " (incremental: restore_training before update)" if model.incremental else "")
+        return f"{posterior.n_training_structures} structures{kept}"
     if getattr(posterior, "training", None) is not None:
         return (f"{posterior.n_training_structures} structures (training state kept: "
                 "update and on-the-fly learning can continue)")
