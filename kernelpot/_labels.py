@@ -200,6 +200,18 @@ def _read_stress(atoms: Atoms, k: int, owner: str) -> np.ndarray | None:
     return value
 
 
+def composition_counts(species_index: list, n_species: int) -> np.ndarray:
+    """Return the atoms of each species in each structure, shape (n_structures, n_species).
+
+    Parameters
+    ----------
+    species_index : list of ndarray of int
+        Per structure, the species index of every atom.
+    n_species : int
+    """
+    return np.stack([np.bincount(index, minlength=n_species) for index in species_index])
+
+
 @dataclass
 class TrainingSet:
     """Checked training structures, their labels and compositions, in one object.
@@ -299,8 +311,7 @@ class TrainingSet:
                           list(old.forces) + list(new.forces), stresses)
 
         n_old = len(self.frames)
-        counts = np.stack([np.bincount(index, minlength=len(self.species))
-                           for index in species_index])
+        counts = composition_counts(species_index, len(self.species))
         return TrainingSet(list(self.frames) + list(frames),
                            joined(self.labels, labels, n_old), self.species,
                            list(self.species_index) + list(species_index),

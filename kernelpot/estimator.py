@@ -28,7 +28,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from kernelpot import _parallel, exact, io, noise_groups
 from kernelpot._block_runner import BlockRunner, check_client
-from kernelpot._labels import TrainingSet, check_frames, read_labels
+from kernelpot._labels import TrainingSet, check_frames, composition_counts, read_labels
 from kernelpot._validation import (
     check_geometry,
     check_max_inducing,
@@ -690,7 +690,7 @@ pair of float
                        getattr(descriptor, "periodic", None), getattr(descriptor, "r_cut", None),
                        self.min_distance, where)
         species_index = [np.searchsorted(species, a.numbers) for a in frames]
-        counts = np.stack([np.bincount(idx, minlength=len(species)) for idx in species_index])
+        counts = composition_counts(species_index, len(species))
         e0 = self._reference_energies(counts, labels.energies, species)
         training = TrainingSet(frames, labels, species, species_index, counts, e0,
                                raw_labels if baseline is not None else None)
@@ -1124,20 +1124,21 @@ pair of float
         owner = f"{type(self).__name__}.update"
         posterior = self.posterior_
         posterior.check_updatable(owner)
-        if posterior.kind == "exact":
-            return self._refit_exact(X, optimize, owner)
-        if not (n_inducing == "all" or (isinstance(n_inducing, numbers.Integral)
-                                        and not isinstance(n_inducing, bool)
-                                        and n_inducing >= 0)):
+        exact = posterior.kind == "exact"  # refitted: no inducing environments to add
+        if not exact and not (n_inducing == "all" or (
+                isinstance(n_inducing, numbers.Integral) and not isinstance(n_inducing, bool)
+                and n_inducing >= 0)):
             raise ValueError(f"{owner}: n_inducing must be an int >= 0 or 'all'; "
                              f"got {n_inducing!r}")
         # no min_distance here: update takes labelled frames as they come (on-the-fly MD
         # that a young model drove into a close contact: the reference's label of it is
         # what the model needs; refusing it stopped a run, measured)
-        cap = self._inducing_cap(max_inducing, owner)
+        cap = None if exact else self._inducing_cap(max_inducing, owner)
         frames = check_frames(X, owner)
         indices = [self._species_index(atoms, owner) for atoms in frames]
         raw_labels, labels = self._new_labels(frames, owner)
+        if exact:
+            return self._refit_exact(frames, indices, raw_labels, labels, optimize, owner)
         names = fitted_names(self.optimize, type(self).__name__) if optimize else None
         loso = self.calibration == "loso"
         posterior.update(frames, labels, indices, self.descriptor_, self.e0_, n_inducing,
@@ -1162,16 +1163,14 @@ pair of float
             return np.array([max_inducing.get(s, np.inf) for s in symbols], dtype=float)
         return np.full(len(symbols), float(max_inducing))
 
-    def _refit_exact(self, X: Sequence[Atoms], optimize: bool,
+    def _refit_exact(self, frames: list, indices: list, raw_labels, labels, optimize: bool,
                      owner: str) -> SparseGPPotential:
-        """Update an ``incremental=True`` exact model: refit it on its structures and ``X``.
+        """Update an ``incremental=True`` exact model: refit it on its structures and new ones.
 
-        The hyperparameters start from the fitted ones and stay there unless
+        ``frames`` are checked, with their species indices and labels (as read, and as the
+        GP fits them). The hyperparameters start from the fitted ones and stay there unless
         ``optimize``; the reference energies ``e0_`` stay as fitted.
         """
-        frames = check_frames(X, owner)
-        indices = [self._species_index(atoms, owner) for atoms in frames]
-        raw_labels, labels = self._new_labels(frames, owner)
         posterior = self.posterior_
         training = posterior.training.extended(
             frames, labels, indices, raw_labels if self.baseline_ is not None else None)
@@ -1252,8 +1251,7 @@ pair of float
         """Return ``frames`` as a training set of this model's species and ``e0_``."""
         raw_labels, labels = self._new_labels(frames, owner)
         indices = [self._species_index(atoms, owner) for atoms in frames]
-        counts = np.stack([np.bincount(index, minlength=len(self.species_))
-                           for index in indices])
+        counts = composition_counts(indices, len(self.species_))
         return TrainingSet(list(frames), labels, self.species_, indices, counts, self.e0_,
                            raw_labels if self.baseline_ is not None else None)
 
