@@ -13,7 +13,9 @@ block of whole training structures. :class:`BlockRunner` runs them
   as soon as its two subtrees are done and the cluster holds a few partial results, not
   one per block); only the root comes back. The tree's shape depends on the number of
   blocks only, so the result does not depend on which worker ran what or in which order
-  they finished.
+  they finished. A map over single items (:meth:`BlockRunner.imap`, the inducing
+  selection's features) is bounded the same way: the client holds at most that many
+  results its caller has not taken, however slowly it takes them.
 
 A block whose worker died is recomputed by Dask on another worker (its inputs are the
 scattered context, held by every worker, and the block's own structures, held by the
@@ -89,9 +91,18 @@ class BlockRunner:
         return f"in joblib workers (n_jobs={self.n_jobs})"
 
     def imap(self, fn: Callable, items: Sequence, desc: str) -> Iterator:
-        """Map ``fn`` over single items, in order (:func:`kernelpot._parallel.imap`)."""
-        return _parallel.imap(fn, items, n_jobs=self.n_jobs, verbose=self.verbose, desc=desc,
-                              client=self.client)
+        """Map ``fn`` over single items, in order.
+
+        Here or through joblib as :func:`kernelpot._parallel.imap` does. On a cluster,
+        ``fn`` is scattered once and the items go as :meth:`map`'s blocks: at most
+        :meth:`_in_flight` of them submitted and not yet consumed, so a consumer slower
+        than the cluster (the inducing selection, which samples on the client) holds the
+        workers back instead of queueing every result on the client.
+        """
+        if self.client is None:
+            return _parallel.imap(fn, items, n_jobs=self.n_jobs, verbose=self.verbose,
+                                  desc=desc)
+        return self.map(_apply, fn, items, desc)
 
     def reduce(self, fn: Callable, context: Any, blocks: Sequence, merge: Callable,
                desc: str) -> Any:
@@ -180,6 +191,11 @@ class BlockRunner:
                                f"inputs died or the client was closed; no model was "
                                f"fitted") from error
         raise error
+
+
+def _apply(fn: Callable, item: Any) -> Any:
+    """``fn(item)``: :meth:`BlockRunner.imap`'s task, with ``fn`` the scattered context."""
+    return fn(item)
 
 
 class _Leaves:

@@ -326,3 +326,26 @@ def test_predictions_on_the_cluster_send_the_model_to_each_worker_once(client, c
     for k in range(len(frames)):
         np.testing.assert_allclose(got[1][k], forces[k], rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(got[3][k], f_std[k], rtol=1e-10)
+
+
+def _touch(directory, k):
+    Path(directory, str(k)).touch()
+    return k
+
+
+def test_a_slow_consumer_holds_the_cluster_back_instead_of_queueing_results(client,
+                                                                            tmp_path):
+    # the inducing selection samples on the client: every structure's features arriving
+    # while it works would queue there (3.45 GiB at 5,400 cells)
+    import time
+    from functools import partial
+
+    from kernelpot._block_runner import BlockRunner
+
+    runner = BlockRunner(client=client)
+    results = runner.imap(partial(_touch, str(tmp_path)), range(40), "items")
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    time.sleep(1.5)  # long enough for the cluster to run every item if it were let
+    started = len(list(tmp_path.iterdir()))
+    assert 3 < started <= 3 + runner._in_flight()
+    assert list(results) == list(range(3, 40))
