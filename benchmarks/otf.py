@@ -76,13 +76,16 @@ def main(argv=None):
     parser.add_argument("--start", choices=["unfitted", "fitted"], default="unfitted",
                         help="hand the learner an unfitted model, or one fitted by the "
                              "default fit (incremental) on the labelled first frame")
+    parser.add_argument("--method", choices=["auto", "sparse", "exact"], default="auto",
+                        help="the model's method (default: the estimator's default)")
     args = parser.parse_args(argv)
     test = test_frames()
     ref_f = [a.get_forces() for a in test]
     ref_e = np.array([a.get_potential_energy() for a in test])
     print(f"kernelpot {kernelpot.__version__}: on-the-fly Cu/EMT, {args.steps} steps, "
           f"{args.descriptor}, n_inducing {args.n_inducing}, max_calls {args.max_calls}, "
-          f"relative threshold {args.relative_threshold}, start {args.start}", flush=True)
+          f"relative threshold {args.relative_threshold}, start {args.start}, method "
+          f"{args.method}", flush=True)
     rows = []
     runs = [(seed, token) for seed in map(int, args.seeds.split(","))
             for token in args.thresholds.split(",")]
@@ -90,7 +93,8 @@ def main(argv=None):
         threshold = None if token == "auto" else float(token)
         descriptor = (ACSF.from_grid(["Cu"], 4.5, n_radial=8, n_angular=8)
                       if args.descriptor == "acsf" else SOAP(["Cu"], 4.5, 6, 4, 0.5))
-        model = SparseGPPotential(descriptor, random_state=0, n_restarts=0)
+        model = SparseGPPotential(descriptor, random_state=0, n_restarts=0,
+                                  method=args.method)
         atoms = cell()
         thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(seed))
         if args.start == "fitted":  # issue 19's case: noise-free labels, default fit
@@ -99,7 +103,7 @@ def main(argv=None):
             first.calc = SinglePointCalculator(first, energy=first.get_potential_energy(),
                                                forces=first.get_forces())
             model = SparseGPPotential(descriptor, incremental=True, random_state=0,
-                                      n_restarts=0).fit([first])
+                                      n_restarts=0, method=args.method).fit([first])
             print(f"  start: fitted on one frame, σ_F = {model.force_noise_:.2e} eV/Å",
                   flush=True)
         dyn = Langevin(atoms, 5 * units.fs, temperature_K=300, friction=0.01 / units.fs,

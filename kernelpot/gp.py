@@ -909,13 +909,21 @@ def prior_variances(result: DescriptorResult, species_index: np.ndarray, n_speci
     return energy_var, force_var
 
 
-def clip_variance(var: np.ndarray, what: str) -> np.ndarray:
-    """Clip round-off negative variances to zero, warning when they are not tiny."""
+def clip_variance(var: np.ndarray, what: str, prior: np.ndarray | None = None) -> np.ndarray:
+    """Clip round-off negative variances to zero, warning when they are not tiny.
+
+    Tiny means above ``-1e-8`` times the largest variance, or the largest prior variance
+    when ``prior`` (the variance before the data, from which ``var`` was subtracted) is
+    given: a model that is sure everywhere has posterior variances at the round-off of
+    its prior's, and their sign is noise.
+    """
     var = np.asarray(var, dtype=np.float64)
     negative = var < 0
     if np.any(negative):
         worst = float(var[negative].min())
         scale = float(np.max(np.abs(var))) if var.size else 0.0
+        if prior is not None and np.size(prior):
+            scale = max(scale, float(np.max(np.abs(prior))))
         if worst < -1e-8 * max(scale, 1e-300):
             warnings.warn(f"{what}: {int(negative.sum())} negative variances clipped to 0 "
                           f"(most negative {worst:.2e})", RuntimeWarning, stacklevel=3)

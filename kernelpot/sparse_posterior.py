@@ -809,9 +809,9 @@ class SparsePosterior(Posterior):
         if with_rows:
             rows = np.vstack([p.variance_input[0] for p in with_rows])
             post, proj = gp.variance_terms(rows, self.factors, self.signal_std)
-            projection = gp.clip_variance(
-                self.signal_std**2 * np.concatenate([p.variance_input[1] for p in with_rows])
-                - proj, "variance")
+            prior = self.signal_std**2 * np.concatenate([p.variance_input[1]
+                                                         for p in with_rows])
+            projection = gp.clip_variance(prior - proj, "variance", prior)
         out, offset = [], 0
         for part in parts:
             if part.variance_input is None:

@@ -201,6 +201,20 @@ def test_clip_variance_warns_only_when_not_round_off():
         assert gp.clip_variance(np.array([1.0, -1e-15]), "test").tolist() == [1.0, 0.0]
 
 
+def test_clip_variance_measures_round_off_against_the_prior():
+    # a model sure everywhere: posterior variances at the round-off of a prior of 1
+    import warnings
+
+    var = np.array([3e-12, -4.7e-17])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert gp.clip_variance(var, "test", np.ones(2)).tolist() == [3e-12, 0.0]
+    with pytest.warns(RuntimeWarning, match="negative variances clipped"):
+        gp.clip_variance(var, "test")  # against the largest variance alone it is not tiny
+    with pytest.warns(RuntimeWarning, match="negative variances clipped"):
+        gp.clip_variance(np.array([3e-12, -1e-3]), "test", np.ones(2))
+
+
 def _real_problem(frames, descriptor, kernel, theta_gradient=False):
     """Design rows of labelled frames, inducing = every 3rd environment per species."""
     from kernelpot.kernels import Kernel  # noqa: F401  (documentation of the argument)
