@@ -282,8 +282,12 @@ pair of float
         meant for on-the-fly learning, not for large fits). With
         ``method="exact"`` the model keeps its training structures, and each update
         refits the exact model on all of them (``O(n_obs³)``: a few structures of a
-        molecule, where the exact model is the accurate one). ``method="auto"``
-        picks the sparse model with it.
+        molecule, where the exact model is the accurate one). With ``method="auto"``
+        the first fit chooses as without it, and each :meth:`update` of an exact
+        model checks the three ``exact_*`` limits again: once the grown training set
+        passes one, that update fits the sparse model on every structure, and the
+        model stays sparse (on-the-fly learning starts exact and becomes sparse as
+        it grows).
     apply_calibration : bool, default=True
         Apply the fitted std calibration (``calibration="loso"`` at fit time, or
         :meth:`calibrate`) to every std the model reports (``predict``,
@@ -311,12 +315,13 @@ pair of float
         ``exact_time_limit`` (:func:`kernelpot.exact.fit_time_estimate`) and its
         estimated prediction time ``exact_prediction_limit``
         (:func:`kernelpot.exact.prediction_time_estimate`), sparse
-        otherwise or when ``incremental=True``, ``two_body`` or ``n_sparse`` is given
+        otherwise or when ``two_body`` or ``n_sparse`` is given
         (they are the sparse model's; ``signal_per_element=True`` is the exact
         model's and chooses it whatever its cost); the choice and the estimates are
         logged, the
         result is ``method_``. Each :meth:`fit` chooses again, so a learning curve may
-        change method along its sizes.
+        change method along its sizes; so does an :meth:`update` of an exact model
+        (see ``incremental``).
     exact_memory_limit : float, default=4.0
         GiB, for ``method="auto"``.
     exact_time_limit : float, default=60.0
@@ -832,8 +837,8 @@ pair of float
         if self.method != "auto":
             return self.method
         needs_sparse = [reason for reason, given in (
-            ("incremental=True", self.incremental), ("a two-body term", self.two_body),
-            ("n_sparse", self.n_sparse is not None)) if given]
+            ("a two-body term", self.two_body), ("n_sparse", self.n_sparse is not None))
+            if given]
         if needs_sparse and self.signal_per_element:
             raise ValueError(f"{owner}: signal_per_element=True needs the exact model and "
                              f"{' and '.join(needs_sparse)} the sparse one; set method")
@@ -854,21 +859,26 @@ pair of float
             logger.info("%s: method='auto' chose 'exact': signal_per_element=True needs it",
                         owner)
             return "exact"
+        method = "exact" if self._exact_within_limits(training, descriptor, "chose") \
+            else "sparse"
+        return method
+
+    def _exact_within_limits(self, training: TrainingSet, descriptor, verb: str) -> bool:
+        """Whether the exact model of ``training`` fits the three ``exact_*`` limits (logged)."""
         cost = _exact_costs(training.frames, training.species_index, training.has_energy,
                             training.has_forces, len(training.species), descriptor,
                             training.has_stress)
-        method = "exact" if cost["memory_gib"] <= float(self.exact_memory_limit) \
+        within = cost["memory_gib"] <= float(self.exact_memory_limit) \
             and cost["fit_seconds"] <= float(self.exact_time_limit) \
-            and cost["prediction_ms_per_atom"] <= float(self.exact_prediction_limit) \
-            else "sparse"
-        logger.info("%s: method='auto' chose %r: the exact model of %d observations needs "
+            and cost["prediction_ms_per_atom"] <= float(self.exact_prediction_limit)
+        logger.info("%s: method='auto' %s %r: the exact model of %d observations needs "
                     "~%.2f GiB (limit %.2f), ~%.0f s to fit (limit %.0f) and ~%.1f ms per "
-                    "atom to predict with every std (limit %.1f)", owner, method,
-                    cost["n_observations"], cost["memory_gib"],
-                    float(self.exact_memory_limit), cost["fit_seconds"],
+                    "atom to predict with every std (limit %.1f)", type(self).__name__, verb,
+                    "exact" if within else "sparse", cost["n_observations"],
+                    cost["memory_gib"], float(self.exact_memory_limit), cost["fit_seconds"],
                     float(self.exact_time_limit), cost["prediction_ms_per_atom"],
                     float(self.exact_prediction_limit))
-        return method
+        return within
 
     def exact_cost_estimate(self, X: Sequence[Atoms]) -> dict[str, float]:
         """Estimate what the exact model would cost on these training structures.
@@ -1112,7 +1122,9 @@ pair of float
         -----
         An exact model (``method="exact"``) is refitted on all its structures and ``X``
         (``O(n_obs³)``), at the fitted hyperparameters unless ``optimize``;
-        ``n_inducing`` and ``max_inducing`` do not apply to it. For the sparse model:
+        ``n_inducing`` and ``max_inducing`` do not apply to it. One that
+        ``method="auto"`` chose becomes the sparse model once its structures and ``X``
+        pass one of the ``exact_*`` limits (logged; see ``incremental``). For the sparse model:
         new observations update the factor of the posterior by a QR update of
         ``O(M² n_new)``; new inducing environments extend the factors by block
         Cholesky steps of ``O(n M m_new)`` (see :mod:`kernelpot._incremental`).
@@ -1138,7 +1150,12 @@ pair of float
         indices = [self._species_index(atoms, owner) for atoms in frames]
         raw_labels, labels = self._new_labels(frames, owner)
         if exact:
-            return self._refit_exact(frames, indices, raw_labels, labels, optimize, owner)
+            training = posterior.training.extended(
+                frames, labels, indices, raw_labels if self.baseline_ is not None else None)
+            if self.method == "auto" and not self.signal_per_element \
+                    and not self._exact_within_limits(training, self.descriptor_, "keeps"):
+                return self._switch_to_sparse(training, len(frames), optimize, owner)
+            return self._refit_exact(training, len(frames), optimize, owner)
         names = fitted_names(self.optimize, type(self).__name__) if optimize else None
         loso = self.calibration == "loso"
         posterior.update(frames, labels, indices, self.descriptor_, self.e0_, n_inducing,
@@ -1163,17 +1180,15 @@ pair of float
             return np.array([max_inducing.get(s, np.inf) for s in symbols], dtype=float)
         return np.full(len(symbols), float(max_inducing))
 
-    def _refit_exact(self, frames: list, indices: list, raw_labels, labels, optimize: bool,
+    def _refit_exact(self, training: TrainingSet, n_new: int, optimize: bool,
                      owner: str) -> SparseGPPotential:
-        """Update an ``incremental=True`` exact model: refit it on its structures and new ones.
+        """Update an ``incremental=True`` exact model: refit it on ``training``.
 
-        ``frames`` are checked, with their species indices and labels (as read, and as the
-        GP fits them). The hyperparameters start from the fitted ones and stay there unless
-        ``optimize``; the reference energies ``e0_`` stay as fitted.
+        ``training`` is its structures with the ``n_new`` new ones. The hyperparameters
+        start from the fitted ones and stay there unless ``optimize``; the reference
+        energies ``e0_`` stay as fitted.
         """
         posterior = self.posterior_
-        training = posterior.training.extended(
-            frames, labels, indices, raw_labels if self.baseline_ is not None else None)
         settings = clone(self).set_params(optimize=self.optimize if optimize else False)
         verbose = check_verbose(self.verbose, type(self).__name__)
         refitted = ExactPosterior.fit(
@@ -1182,8 +1197,40 @@ pair of float
             lambda fn, items, desc: self._imap(fn, items, verbose, desc),
             start=posterior.log_params())
         self._adopt_updated(refitted, owner)
-        logger.info("%s: %d structures added; exact model refitted on %d", owner, len(frames),
+        logger.info("%s: %d structures added; exact model refitted on %d", owner, n_new,
                     refitted.n_training_structures)
+        return self
+
+    def _switch_to_sparse(self, training: TrainingSet, n_new: int, optimize: bool,
+                          owner: str) -> SparseGPPotential:
+        """Refit an exact model ``method="auto"`` chose as the sparse one, on ``training``.
+
+        Once the exact model of the grown training set passes the ``exact_*`` limits: the
+        sparse model (``incremental``, the default inducing environments) on every
+        structure, at the exact model's hyperparameters unless ``optimize`` (then they are
+        its start), with the reference energies ``e0_`` as fitted. Later updates are the
+        sparse model's.
+        """
+        start = time.perf_counter()
+        settings = clone(self).set_params(
+            method="sparse", signal_std=float(np.max(self.signal_std_)),
+            energy_noise=float(self.energy_noise_), force_noise=float(self.force_noise_),
+            optimize=self.optimize if optimize else False)
+        if self.stress_noise_ is not None and np.isfinite(self.stress_noise_):
+            settings.set_params(stress_noise=float(self.stress_noise_))
+        settings._check_params()
+        verbose = check_verbose(self.verbose, type(self).__name__)
+        sparse = SparsePosterior.fit(
+            settings, training, self.descriptor_, clone(self.kernel_),
+            check_random_state(self.random_state),
+            lambda fn, items, desc: self._imap(fn, items, verbose, desc),
+            runner=BlockRunner(self.n_jobs, None, verbose, owner))
+        self._adopt_updated(sparse, owner)
+        logger.info("%s: %d structures added; the exact model passed the limits of "
+                    "method='auto', so the sparse model was fitted on all %d structures in "
+                    "%.1f s (inducing environments %s); later updates are sparse", owner,
+                    n_new, len(training.frames), time.perf_counter() - start,
+                    self.n_inducing_)
         return self
 
     def _new_labels(self, frames: list, owner: str):

@@ -183,6 +183,40 @@ def test_an_incremental_exact_model_updates_by_refitting_on_all_structures(frame
     assert model.std_scale_ is not None and model.interval_kind_ == "loso"
 
 
+def test_auto_starts_exact_and_becomes_sparse_once_the_data_pass_its_limits(frames, soap,
+                                                                         caplog):
+    """On-the-fly learning with method="auto": exact while cheap, then the sparse model on
+    every structure (once), at the exact model's hyperparameters and reference energies."""
+    from kernelpot import KernelPotCalculator
+
+    limit = SparseGPPotential(soap).exact_cost_estimate(frames[:5])["prediction_ms_per_atom"]
+    model = SparseGPPotential(soap, incremental=True, random_state=0, n_restarts=0,
+                              exact_prediction_limit=1.01 * limit).fit(frames[:3])
+    assert model.method_ == "exact"
+    model.update(frames[3:5])  # 5 structures: within the limit
+    assert model.method_ == "exact" and model.posterior_.n_training_structures == 5
+    with caplog.at_level("INFO", logger="kernelpot.estimator"):
+        model.update(frames[5:7])
+    assert model.method_ == "sparse" and "the exact model passed the limits" in caplog.text
+    assert model.get_params()["method"] == "auto"
+    fresh = SparseGPPotential(soap, method="sparse", incremental=True, optimize=False,
+                              e0=_e0(model), random_state=0, signal_std=model.signal_std_,
+                              energy_noise=model.energy_noise_,
+                              force_noise=model.force_noise_).fit(frames[:7])
+    assert model.n_inducing_ == fresh.n_inducing_
+    for a, b in zip(model.predict_forces(frames[40:42], return_std=True)[1],
+                    fresh.predict_forces(frames[40:42], return_std=True)[1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-8)
+    np.testing.assert_allclose(model.predict(frames[40:42]), fresh.predict(frames[40:42]),
+                               rtol=1e-10)
+    # later updates are the sparse model's low-rank ones; the calculator follows
+    model.update(frames[7:8], n_inducing="all")
+    assert model.method_ == "sparse" and model.posterior_.kind == "sparse"
+    atoms = frames[41].copy()
+    atoms.calc = KernelPotCalculator(model)
+    assert np.all(np.isfinite(atoms.get_forces()))
+
+
 def test_an_incremental_exact_model_restores_its_training_structures(frames, soap, tmp_path):
     from kernelpot import load
 
