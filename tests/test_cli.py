@@ -359,11 +359,12 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
                  str(tmp_path / "otf")]) == 0
     out = capsys.readouterr().out
     assert "largest gated force std (threshold 0.0001 eV/Å)" in out
-    # four small cells: method "auto" fitted the exact GP, which the learner keeps
+    # four small cells: method "auto" fitted the exact GP, and chooses it again on --train
     assert load(model_path).method_ == "exact"
     lines = out.splitlines()
-    assert "cu.npz on" in lines[0] and "as an incremental exact model" in lines[0]
+    assert "cu.npz on" in lines[0] and "incremental model, method='auto'" in lines[0]
     assert lines[1].startswith("each reference call refits the exact model")
+    assert lines[1].endswith("(it becomes the sparse model once past the exact_* limits)")
     second = lines[2]
     assert load(tmp_path / "otf" / "model.npz").method_ == "exact"
     assert second.startswith("on-the-fly MD: steps 0 to 25")  # the learner's lines on stdout
@@ -567,7 +568,7 @@ def test_md_reference_keeps_a_per_element_exact_model_exact(tmp_path, capsys):
     assert main(["md", str(model), str(tmp_path / "start.xyz"), "--steps", "3",
                  "--temperature", "300", "--reference", "emt", "--train",
                  str(tmp_path / "train.xyz"), "--directory", str(tmp_path / "otf")]) == 0
-    assert "as an incremental exact model" in capsys.readouterr().out
+    assert "incremental model, method='auto'" in capsys.readouterr().out
     checkpoint = load(tmp_path / "otf" / "model.npz")
     assert checkpoint.method_ == "exact" and isinstance(checkpoint.signal_std_, dict)
 

@@ -129,7 +129,8 @@ stored as reference labels, so the file is not mistaken for training data.
 Langevin dynamics by default (--ensemble nve and npt: see above) with the model as ASE
 calculator; the trajectory keeps the velocities, so --restart continues it. With --reference
 (emt, or xtb for GFN2-xTB from tblite) the run is uncertainty-gated: the model is refitted
-on --train (its own training structures, as an incremental model of the same method) and
+on --train (its own training structures, as an incremental model of the same method;
+"auto" turns sparse once the exact model passes its limits) and
 learns on the fly whenever the calibrated force std exceeds --threshold; the log, labelled
 frames and checkpoints go to --directory, and --resume continues an interrupted run from
 them. The trajectory (-o) is written as the run goes.

@@ -159,15 +159,20 @@ def _new_learner(args, model):
                           if resumable else "it stopped before its first checkpoint; "
                           "remove the directory or choose another --directory"))
     train = _read_frames(args.train)
-    print(f"refitting {args.model} on {args.train} as an incremental {model.method_} model "
-          "(the learner updates it in place)")
+    # the model's own method: "auto" chooses again on --train, and its updates become
+    # sparse once the exact model passes its limits; a given one is kept
+    method = model.method if model.method == "auto" else model.method_
+    print(f"refitting {args.model} on {args.train} as an incremental model, method="
+          f"{method!r} (the learner updates it in place)")
     settings = {"signal_per_element": False} if model.method_ == "sparse" else {}
     tic = time.perf_counter()
-    model = clone(model).set_params(incremental=True, method=model.method_, verbose=0,
+    model = clone(model).set_params(incremental=True, method=method, verbose=0,
                                     **settings).fit(train)
     if model.method_ == "exact":
         print(f"each reference call refits the exact model on every labelled structure: "
-              f"{time.perf_counter() - tic:.1f} s now, growing with the structures")
+              f"{time.perf_counter() - tic:.1f} s now, growing with the structures"
+              + (" (it becomes the sparse model once past the exact_* limits)"
+                 if method == "auto" else ""))
     return OnTheFlyLearner(model, _reference_calculator(args.reference),
                            threshold=args.threshold, directory=args.directory,
                            min_interval=args.min_interval, verbose=int(not args.quiet),
