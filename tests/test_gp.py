@@ -205,10 +205,13 @@ def test_clip_variance_measures_round_off_against_the_prior():
     # a model sure everywhere: posterior variances at the round-off of a prior of 1
     import warnings
 
-    var = np.array([3e-12, -4.7e-17])
+    var = np.array([3e-12, -4.7e-15])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert gp.clip_variance(var, "test", np.ones(2)).tolist() == [3e-12, 0.0]
+        # a prior that vanishes by symmetry (a perfect lattice's forces): no scale but 1e-16
+        assert gp.clip_variance(np.array([5.2e-21, -4.7e-21]), "test",
+                                np.full(2, 5.2e-21)).tolist() == [5.2e-21, 0.0]
     with pytest.warns(RuntimeWarning, match="negative variances clipped"):
         gp.clip_variance(var, "test")  # against the largest variance alone it is not tiny
     with pytest.warns(RuntimeWarning, match="negative variances clipped"):
