@@ -107,9 +107,11 @@ class OnTheFlyLearner:
     After every MD step the learner compares the largest epistemic force std of the
     current structure (calibrated, see Notes) with a threshold. Above it (and within
     the call budget and spacing), it labels the structure with the reference
-    calculator, adds it and its environments to the model by a low-rank update
-    (:meth:`SparseGPPotential.update`), re-optimises the hyperparameters every
-    ``reoptimize_every`` additions, recomputes the forces and continues.
+    calculator, adds it to the model (:meth:`SparseGPPotential.update`: a refit of an
+    exact model, a low-rank update of a sparse one; with the default ``method="auto"``
+    the model starts exact and turns sparse once the exact model passes its limits),
+    re-optimises the hyperparameters every ``reoptimize_every`` additions, recomputes
+    the forces and continues.
 
     Parameters
     ----------
@@ -144,7 +146,8 @@ class OnTheFlyLearner:
         per element; None: no cap), as the estimator's default fit caps them. Once an
         element reaches it, its new environments enter the model as observations
         only, so the cost of an MD step (and of each later update) stops growing
-        with the run (see :meth:`SparseGPPotential.update`).
+        with the run (see :meth:`SparseGPPotential.update`). An exact model has no
+        inducing points: the cap applies from the update that turns it sparse.
     max_calls : int, optional
         Cap on reference calls.
     min_interval : int, default=10
@@ -744,6 +747,6 @@ def _not_updatable(model) -> str:
                 "its labelled frames, or continue a run with OnTheFlyLearner.resume")
     return (f"OnTheFlyLearner: the model ({model.method_} model fitted with "
             "incremental=False) keeps no training data to update; fit it with "
-            "SparseGPPotential(..., incremental=True) (sparse, or method='exact' for a few "
-            "structures of a molecule), or hand the learner an unfitted model (it fits the "
-            "first frame itself)")
+            "SparseGPPotential(..., incremental=True) (method='auto', the default, starts "
+            "exact and turns sparse as the data grow), or hand the learner an unfitted "
+            "model (it fits the first frame itself)")

@@ -52,7 +52,7 @@ from kernelpot.hyperparameters import (
 from kernelpot.inducing import SPARSE_METHODS
 from kernelpot.kernels import Kernel, NormalizedDotProduct
 from kernelpot.prediction import Prediction, PredictionMixin
-from kernelpot.sparse_posterior import SparsePosterior, labelled_copy
+from kernelpot.sparse_posterior import DEFAULT_SPARSE_CAP, SparsePosterior, labelled_copy
 from kernelpot.two_body import TwoBody
 
 if TYPE_CHECKING:
@@ -859,12 +859,17 @@ pair of float
             logger.info("%s: method='auto' chose 'exact': signal_per_element=True needs it",
                         owner)
             return "exact"
-        method = "exact" if self._exact_within_limits(training, descriptor, "chose") \
-            else "sparse"
+        method = "exact" if self._exact_within_limits(training, descriptor,
+                                                      ("chose", "chose")) else "sparse"
         return method
 
-    def _exact_within_limits(self, training: TrainingSet, descriptor, verb: str) -> bool:
-        """Whether the exact model of ``training`` fits the three ``exact_*`` limits (logged)."""
+    def _exact_within_limits(self, training: TrainingSet, descriptor,
+                             verbs: tuple[str, str]) -> bool:
+        """Whether the exact model of ``training`` fits the three ``exact_*`` limits.
+
+        Logged with ``verbs[0]`` when it does ("... keeps 'exact'") and ``verbs[1]`` when
+        it does not ("... turns 'sparse'").
+        """
         cost = _exact_costs(training.frames, training.species_index, training.has_energy,
                             training.has_forces, len(training.species), descriptor,
                             training.has_stress)
@@ -872,9 +877,10 @@ pair of float
             and cost["fit_seconds"] <= float(self.exact_time_limit) \
             and cost["prediction_ms_per_atom"] <= float(self.exact_prediction_limit)
         logger.info("%s: method='auto' %s %r: the exact model of %d observations needs "
-                    "~%.2f GiB (limit %.2f), ~%.0f s to fit (limit %.0f) and ~%.1f ms per "
-                    "atom to predict with every std (limit %.1f)", type(self).__name__, verb,
-                    "exact" if within else "sparse", cost["n_observations"],
+                    "~%.3g GiB (limit %.3g), ~%.3g s to fit (limit %.3g) and ~%.3g ms per "
+                    "atom to predict with every std (limit %.3g)", type(self).__name__,
+                    verbs[0] if within else verbs[1], "exact" if within else "sparse",
+                    cost["n_observations"],
                     cost["memory_gib"], float(self.exact_memory_limit), cost["fit_seconds"],
                     float(self.exact_time_limit), cost["prediction_ms_per_atom"],
                     float(self.exact_prediction_limit))
@@ -1145,7 +1151,7 @@ pair of float
         # no min_distance here: update takes labelled frames as they come (on-the-fly MD
         # that a young model drove into a close contact: the reference's label of it is
         # what the model needs; refusing it stopped a run, measured)
-        cap = None if exact else self._inducing_cap(max_inducing, owner)
+        cap = self._inducing_cap(max_inducing, owner)  # the exact model's, if it turns sparse
         frames = check_frames(X, owner)
         indices = [self._species_index(atoms, owner) for atoms in frames]
         raw_labels, labels = self._new_labels(frames, owner)
@@ -1153,8 +1159,9 @@ pair of float
             training = posterior.training.extended(
                 frames, labels, indices, raw_labels if self.baseline_ is not None else None)
             if self.method == "auto" and not self.signal_per_element \
-                    and not self._exact_within_limits(training, self.descriptor_, "keeps"):
-                return self._switch_to_sparse(training, len(frames), optimize, owner)
+                    and not self._exact_within_limits(training, self.descriptor_,
+                                                      ("keeps", "turns")):
+                return self._switch_to_sparse(training, len(frames), optimize, owner, cap)
             return self._refit_exact(training, len(frames), optimize, owner)
         names = fitted_names(self.optimize, type(self).__name__) if optimize else None
         loso = self.calibration == "loso"
@@ -1202,22 +1209,32 @@ pair of float
         return self
 
     def _switch_to_sparse(self, training: TrainingSet, n_new: int, optimize: bool,
-                          owner: str) -> SparseGPPotential:
+                          owner: str, cap: np.ndarray | None) -> SparseGPPotential:
         """Refit an exact model ``method="auto"`` chose as the sparse one, on ``training``.
 
         Once the exact model of the grown training set passes the ``exact_*`` limits: the
-        sparse model (``incremental``, the default inducing environments) on every
-        structure, at the exact model's hyperparameters unless ``optimize`` (then they are
-        its start), with the reference energies ``e0_`` as fitted. Later updates are the
-        sparse model's.
+        sparse model (``incremental``; the default inducing environments, at most ``cap``
+        per element, the update's ``max_inducing``) on every structure, at the exact
+        model's hyperparameters unless ``optimize`` (then they are its start), with the
+        reference energies ``e0_`` as fitted. Later updates are the sparse model's.
         """
         start = time.perf_counter()
-        settings = clone(self).set_params(
-            method="sparse", signal_std=float(np.max(self.signal_std_)),
-            energy_noise=float(self.energy_noise_), force_noise=float(self.force_noise_),
-            optimize=self.optimize if optimize else False)
+        fitted = {"signal_std": float(np.max(self.signal_std_)),
+                  "energy_noise": float(self.energy_noise_),
+                  "force_noise": float(self.force_noise_)}
         if self.stress_noise_ is not None and np.isfinite(self.stress_noise_):
-            settings.set_params(stress_noise=float(self.stress_noise_))
+            fitted["stress_noise"] = float(self.stress_noise_)
+        # a value fitted at a bound comes back from log space a rounding past it
+        fitted = {name: float(np.clip(value, *getattr(self, f"{name}_bounds")))
+                  for name, value in fitted.items()}
+        settings = clone(self).set_params(method="sparse",
+                                          optimize=self.optimize if optimize else False,
+                                          **fitted)
+        if cap is not None and np.isfinite(cap).any():
+            symbols = [chemical_symbols[z] for z in self.species_]
+            settings.set_params(n_sparse={
+                symbol: int(min(limit, DEFAULT_SPARSE_CAP))
+                for symbol, limit in zip(symbols, cap, strict=True) if np.isfinite(limit)})
         settings._check_params()
         verbose = check_verbose(self.verbose, type(self).__name__)
         sparse = SparsePosterior.fit(

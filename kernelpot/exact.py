@@ -645,7 +645,7 @@ def predict_variances(results: list[DescriptorResult], species_indices: list[np.
         if forces:
             stop = force_start + 3 * result.n_atoms
             var_f = gp.clip_variance(prior_f.ravel() - reduction[force_start:stop],
-                                     "force variance", prior_f).reshape(-1, 3)
+                                     "force variance", prior_f.ravel()).reshape(-1, 3)
         shift = None if shifts is None else np.vstack([shifts[k:k + 1],
                                                        shifts[force_start:stop]])
         var_s = None

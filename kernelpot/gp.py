@@ -912,21 +912,22 @@ def prior_variances(result: DescriptorResult, species_index: np.ndarray, n_speci
 def clip_variance(var: np.ndarray, what: str, prior: np.ndarray | None = None) -> np.ndarray:
     """Clip round-off negative variances to zero, warning when they are not tiny.
 
-    Tiny means above ``-1e-8`` times the largest variance, or the largest prior variance
-    when ``prior`` (the variance before the data, from which ``var`` was subtracted) is
-    given: a model that is sure everywhere has posterior variances at the round-off of
-    its prior's, and their sign is noise. Also tiny: above ``-1e-16`` (a std of 1e-8 in
-    eV-based units), where a prior that vanishes by symmetry (the forces of a perfect
-    lattice) leaves no scale to compare with.
+    Tiny means above ``-1e-8`` times the largest variance, or the value's own prior
+    variance when ``prior`` (the variance before the data, from which ``var`` was
+    subtracted; same shape) is given: a model that is sure everywhere has posterior
+    variances at the round-off of their priors, and their sign is noise. Also tiny:
+    above ``-1e-16`` (a std of 1e-8 in eV-based units), where a prior that vanishes by
+    symmetry (the forces of a perfect lattice) leaves no scale to compare with.
     """
     var = np.asarray(var, dtype=np.float64)
     negative = var < 0
     if np.any(negative):
         worst = float(var[negative].min())
-        scale = float(np.max(np.abs(var))) if var.size else 0.0
-        if prior is not None and np.size(prior):
-            scale = max(scale, float(np.max(np.abs(prior))))
-        if worst < -max(1e-8 * scale, 1e-16):
+        if prior is not None:  # each value against its own prior (energy rows dwarf forces)
+            scale = np.broadcast_to(np.abs(np.asarray(prior, dtype=np.float64)), var.shape)
+        else:
+            scale = float(np.max(np.abs(var))) if var.size else 0.0
+        if np.any(var < -np.maximum(1e-8 * scale, 1e-16)):
             warnings.warn(f"{what}: {int(negative.sum())} negative variances clipped to 0 "
                           f"(most negative {worst:.2e})", RuntimeWarning, stacklevel=3)
         var = np.where(negative, 0.0, var)

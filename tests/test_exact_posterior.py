@@ -195,14 +195,19 @@ def test_auto_starts_exact_and_becomes_sparse_once_the_data_pass_its_limits(fram
     assert model.method_ == "exact"
     model.update(frames[3:5])  # 5 structures: within the limit
     assert model.method_ == "exact" and model.posterior_.n_training_structures == 5
+    exact = {name: getattr(model, f"{name}_") for name in ("signal_std", "energy_noise",
+                                                           "force_noise")}
+    e0 = _e0(model)
     with caplog.at_level("INFO", logger="kernelpot.estimator"):
         model.update(frames[5:7])
     assert model.method_ == "sparse" and "the exact model passed the limits" in caplog.text
+    assert "method='auto' turns 'sparse'" in caplog.text
     assert model.get_params()["method"] == "auto"
+    # the exact model's hyperparameters and reference energies, not the defaults
+    assert {name: getattr(model, f"{name}_") for name in exact} == pytest.approx(exact)
+    assert _e0(model) == pytest.approx(e0)
     fresh = SparseGPPotential(soap, method="sparse", incremental=True, optimize=False,
-                              e0=_e0(model), random_state=0, signal_std=model.signal_std_,
-                              energy_noise=model.energy_noise_,
-                              force_noise=model.force_noise_).fit(frames[:7])
+                              e0=e0, random_state=0, **exact).fit(frames[:7])
     assert model.n_inducing_ == fresh.n_inducing_
     for a, b in zip(model.predict_forces(frames[40:42], return_std=True)[1],
                     fresh.predict_forces(frames[40:42], return_std=True)[1], strict=True):
@@ -215,6 +220,31 @@ def test_auto_starts_exact_and_becomes_sparse_once_the_data_pass_its_limits(fram
     atoms = frames[41].copy()
     atoms.calc = KernelPotCalculator(model)
     assert np.all(np.isfinite(atoms.get_forces()))
+
+
+def test_the_switch_to_sparse_keeps_the_inducing_cap_and_values_fitted_at_a_bound(frames,
+                                                                                soap):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    def scaled(atoms):  # labels 50 times larger: the signal std wants far more than 10
+        copy = atoms.copy()
+        copy.calc = SinglePointCalculator(copy, energy=50 * atoms.get_potential_energy(),
+                                          forces=50 * atoms.get_forces())
+        return copy
+
+    cells = [scaled(atoms) for atoms in frames[:7]]
+    limit = SparseGPPotential(soap).exact_cost_estimate(cells[:3])["prediction_ms_per_atom"]
+    # a signal std fitted at its upper bound comes back from log space a rounding past
+    # it (exp(log(10)) = 10.000000000000002), which the sparse refit's checks refused
+    model = SparseGPPotential(soap, incremental=True, random_state=0, n_restarts=0,
+                              signal_std_bounds=(1e-2, 10.0),
+                              exact_prediction_limit=1.01 * limit).fit(cells[:3])
+    assert model.method_ == "exact" and model.signal_std_ == pytest.approx(10.0)
+    model.update(cells[3:6], optimize=True, max_inducing={"H": 10})
+    assert model.method_ == "sparse"
+    assert model.n_inducing_["H"] == 10 and model.n_inducing_["C"] == 12  # 6 × 2 C atoms
+    model.update(cells[6:7], n_inducing="all", max_inducing={"H": 10})
+    assert model.n_inducing_["H"] == 10
 
 
 def test_an_incremental_exact_model_restores_its_training_structures(frames, soap, tmp_path):

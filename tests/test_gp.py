@@ -216,6 +216,9 @@ def test_clip_variance_measures_round_off_against_the_prior():
         gp.clip_variance(var, "test")  # against the largest variance alone it is not tiny
     with pytest.warns(RuntimeWarning, match="negative variances clipped"):
         gp.clip_variance(np.array([3e-12, -1e-3]), "test", np.ones(2))
+    # each value against its own prior: a force row is not excused by an energy row's
+    with pytest.warns(RuntimeWarning, match="negative variances clipped"):
+        gp.clip_variance(np.array([5.0, -0.06]), "test", np.array([1e7, 12.9]))
 
 
 def _real_problem(frames, descriptor, kernel, theta_gradient=False):

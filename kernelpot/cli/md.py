@@ -172,7 +172,7 @@ def _new_learner(args, model):
         print(f"each reference call refits the exact model on every labelled structure: "
               f"{time.perf_counter() - tic:.1f} s now, growing with the structures"
               + (" (it becomes the sparse model once past the exact_* limits)"
-                 if method == "auto" else ""))
+                 if method == "auto" and not model.signal_per_element else ""))
     return OnTheFlyLearner(model, _reference_calculator(args.reference),
                            threshold=args.threshold, directory=args.directory,
                            min_interval=args.min_interval, verbose=int(not args.quiet),
