@@ -241,9 +241,11 @@ class OnTheFlyLearner:
     ``dyn.attach(lambda: dyn.set_temperature(temperature_K=300 + dyn.nsteps), 1)``.
     The step log (``otf_log.jsonl``, one JSON record per MD step) holds the step, time,
     temperature, largest gated std, threshold, whether the reference was called and
-    the model's size; a step that called it also records how the model's forces and
-    std compared with the new label (``force_error_max``, ``force_error_rms``,
-    ``within_1std``, ``within_2std``): the gate's calibration on what it labelled.
+    the model's size and ``wall_s``, the seconds since the current :meth:`run` started
+    (a resumed run starts again at 0); a step that called it also records how the
+    model's forces and std compared with the new label (``force_error_max``,
+    ``force_error_rms``, ``within_1std``, ``within_2std``): the gate's calibration on
+    what it labelled.
     Every labelled frame is appended to ``labelled.extxyz`` and flushed to disk
     before the model is updated, so a crash loses no reference calculation;
     :meth:`resume` restarts from the last checkpoint, adds the frames labelled after
@@ -391,6 +393,8 @@ class OnTheFlyLearner:
                           f"{self._target_steps}: {err}. The checkpoint in {self.directory} "
                           "holds every frame labelled so far; OnTheFlyLearner.resume goes on "
                           "from it", RuntimeWarning, stacklevel=2)
+        else:  # the end state too: resume then knows the run is done
+            self._checkpoint()
         finally:
             dynamics.observers = [o for o in dynamics.observers
                                   if getattr(o[0], "__self__", None) is not self]
@@ -459,6 +463,11 @@ class OnTheFlyLearner:
         if run and step < self._target_steps:
             self.run(dyn, self._target_steps - step)
         else:
+            if run:
+                warnings.warn(f"OnTheFlyLearner.resume: the run in {self.directory} already "
+                              f"reached its {self._target_steps} steps: nothing was run (to "
+                              "go further, run(dynamics, steps) on the returned learner)",
+                              UserWarning, stacklevel=3)
             self._dynamics = dyn
         return self
 

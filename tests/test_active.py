@@ -306,6 +306,10 @@ def test_an_incremental_exact_model_learns_on_the_fly_and_resumes(tmp_path):
     np.testing.assert_allclose(resumed.model.predict_forces([_dynamics(1).atoms])[0],
                                learner.model.predict_forces([_dynamics(1).atoms])[0],
                                rtol=0, atol=1e-10)
+    # the run ended with a checkpoint of its last step: resuming it says there is nothing
+    # left instead of doing nothing silently
+    with pytest.warns(UserWarning, match="already reached its 7 steps: nothing was run"):
+        OnTheFlyLearner.resume(tmp_path, EMT())
 
 
 @pytest.mark.parametrize("reference", [None, "EMT", EMT])

@@ -657,6 +657,9 @@ def test_md_reference_resumes_an_interrupted_run(tmp_path, capsys):
                      "--train", str(tmp_path / "train.xyz"), *common]) == 130
     finally:
         OnTheFlyLearner._after_step = stop
+    err = capsys.readouterr().err  # says where the run can be continued from
+    assert "interrupted at step 11; its last checkpoint (step 8) is in" in err
+    assert "the same command with --resume continues it" in err
     assert [f.info["step"] for f in read(traj, ":")] == [0, 2, 4, 6, 8, 10]  # kept
     logged = [json.loads(line)["step"] for line in
               (otf / "otf_log.jsonl").read_text().splitlines()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -254,7 +255,16 @@ def _run(args, dyn, learner, record, start: float, steps: int) -> None:
     atoms = dyn.atoms
     if learner is not None:
         dyn.attach(lambda: atoms.calc is not None and record(), interval=args.interval)
-        learner.run(dyn, steps)
+        try:
+            learner.run(dyn, steps)
+        except KeyboardInterrupt:
+            state = Path(args.directory) / "md_state.npz"
+            where = (f"its last checkpoint (step {int(np.load(state)['step'])}) is in "
+                     f"{args.directory}/: the same command with --resume continues it"
+                     if state.exists() else "it stopped before its first checkpoint")
+            print(f"kernelpot md: the on-the-fly run was interrupted at step {dyn.nsteps}; "
+                  f"{where}", file=sys.stderr)
+            raise
         if learner.stopped:
             raise CLIError(f"the on-the-fly run stopped: {learner.stopped}")
         return
