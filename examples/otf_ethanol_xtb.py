@@ -40,6 +40,8 @@ atoms = bundled[0].copy()
 thermalize_momenta(atoms, temperature_K=500, rng=np.random.default_rng(0))
 dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=500, friction=0.01 / units.fs,
                fixcm=False, rng=np.random.default_rng(1))
+# method="auto" (the default): the exact model while it is cheap (here the whole run),
+# then the sparse one
 model = SparseGPPotential(SOAP(["H", "C", "O"], 4.0, n_max=6, l_max=4, sigma=0.4),
                           incremental=True, random_state=0).fit(bundled[0:100:20])
 
@@ -61,9 +63,9 @@ learner.run(dyn, STEPS)
 held_out = bundled[100:]
 mae = metrics.mae(learner.model.predict_forces(held_out), [a.get_forces() for a in held_out])
 print(f"{learner.n_reference_calls} xTB calls in {STEPS} steps "
-      f"(threshold {learner.current_threshold:.3f} eV/Å); model: "
-      f"{learner.model.n_inducing_} inducing environments; force MAE on 100 held-out "
-      f"500 K xTB frames {1e3 * mae:.1f} meV/Å")
+      f"(threshold {learner.current_threshold:.3f} eV/Å); model: {learner.model.method_}, "
+      f"{learner.model.posterior_.n_training_structures} structures; force MAE on 100 "
+      f"held-out 500 K xTB frames {1e3 * mae:.1f} meV/Å")
 
 # %%
 # The run: largest force std, threshold and reference calls
