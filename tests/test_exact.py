@@ -238,7 +238,7 @@ def test_method_auto_is_the_default_and_follows_the_time_limit(ethanol_frames, s
     assert "s to fit (limit 60)" in caplog.text
     slow = clone(model).set_params(exact_time_limit=1e-6)
     assert slow.fit(frames).method_ == "sparse"
-    assert "ms per atom to predict with every std (limit 20.0)" in caplog.text
+    assert "ms per atom to predict with every std (limit 20)" in caplog.text
     slow_to_predict = clone(model).set_params(exact_prediction_limit=1e-6)
     assert slow_to_predict.fit(frames).method_ == "sparse"
     # incremental does not decide (updates check the limits again: test_exact_posterior)
