@@ -1,5 +1,7 @@
 """Shared fixtures for the tests (plain helpers and data paths live in ``helpers.py``)."""
 
+import logging
+
 import numpy as np
 import pytest
 from ase import Atoms
@@ -76,3 +78,14 @@ def fitted_ethanol(ethanol_frames, small_soap):
     model = SparseGPPotential(small_soap, sparse_method="all", calibration=None,
                               random_state=0, method="sparse")
     return model.fit(ethanol_frames[:30])
+
+
+@pytest.fixture(autouse=True)
+def _restore_kernelpot_logging():
+    """Undo what a CLI call does to the "kernelpot" logger (its handler on the test's
+    captured stderr, closed once the test ends, would make later log calls fail)."""
+    logger = logging.getLogger("kernelpot")
+    handlers, level = logger.handlers[:], logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
