@@ -1130,9 +1130,10 @@ pair of float
         (``O(n_obs³)``), at the fitted hyperparameters unless ``optimize``;
         ``n_inducing`` and ``max_inducing`` do not apply to it. One that
         ``method="auto"`` chose becomes the sparse model once its structures and ``X``
-        pass one of the ``exact_*`` limits (logged; see ``incremental``). For the sparse model:
-        new observations update the factor of the posterior by a QR update of
-        ``O(M² n_new)``; new inducing environments extend the factors by block
+        pass one of the ``exact_*`` limits (logged; see ``incremental``), with
+        ``max_inducing`` as its cap. For the sparse model: new observations update
+        the factor of the posterior by a QR update of ``O(M² n_new)``; new inducing
+        environments extend the factors by block
         Cholesky steps of ``O(n M m_new)`` (see :mod:`kernelpot._incremental`).
         Descriptors of earlier structures are kept, never recomputed. The reference
         energies ``e0_`` stay as fitted. The log marginal likelihood is recomputed
