@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import numpy as np
-from joblib import Parallel, delayed, parallel_config
+from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
 __all__ = ["imap", "map_list"]
@@ -25,7 +25,7 @@ _NOTHING = object()
 
 def imap(fn: Callable[[Item], Result], items: Iterable[Item], n_jobs: int | None = 1,
          verbose: int = 0, desc: str | None = None, *, unit: str = "it",
-         client: Any = None, shared: Any = _NOTHING) -> Iterator[Result]:
+         shared: Any = _NOTHING) -> Iterator[Result]:
     """Apply ``fn`` to every item, lazily, yielding the results in input order.
 
     Parameters
@@ -48,9 +48,6 @@ def imap(fn: Callable[[Item], Result], items: Iterable[Item], n_jobs: int | None
         Label of the progress bar.
     unit : str, default="it"
         What the bar counts (``"frame"``, ...).
-    client : distributed.Client or None, default=None
-        Run on this Dask cluster (joblib's Dask backend, every worker) instead;
-        ``n_jobs`` is then ignored.
     shared : object, optional
         Call ``fn(shared, item)`` instead: an argument the same for every item, which
         joblib's Dask backend scatters to the workers once.
@@ -87,11 +84,7 @@ def imap(fn: Callable[[Item], Result], items: Iterable[Item], n_jobs: int | None
         held = _Shared(shared)
         call, args = _call_shared, (lambda item: (fn, held, item))
     try:
-        if client is not None:
-            with parallel_config(backend="dask", client=client):
-                results = Parallel(n_jobs=-1, return_as="generator")(
-                    delayed(call)(*args(item)) for item in items)
-        elif n_jobs in (None, 1):
+        if n_jobs in (None, 1):
             results = (call(*args(item)) for item in items)
         else:
             results = Parallel(n_jobs=n_jobs, return_as="generator")(
