@@ -125,7 +125,7 @@ def _read_config(path) -> dict:
             model_params[key] = value
     if nested_params["baseline"]:
         model_params["baseline"] = _baseline_from_config(path, nested_params["baseline"])
-    if isinstance(model_params.get("kernel"), str):
+    if "kernel" in model_params:  # a flat value (a table went to nested_params)
         raise CLIError(f"{path}: name the kernel with kernel.kind = "
                        f"{' | '.join(repr(k) for k in _KERNEL_KINDS)} and its kernel.* keys "
                        f"({', '.join('kernel.' + k for k in _KERNEL_KEYS)}); got kernel = "
@@ -249,12 +249,9 @@ def _build_model(args, frames):
     if args.r_cut is not None:
         descriptor.set_params(r_cut=args.r_cut)
     model = SparseGPPotential(descriptor, random_state=0, n_jobs=1, verbose=_progress(args))
-    kernel = model_params.pop("kernel", None)
-    if isinstance(kernel, _KernelConfig):
+    kernel = model_params.pop("kernel", None)  # a _KernelConfig: checked by _read_config
+    if kernel is not None:
         model.set_params(kernel=kernel.build(descriptor, frames))
-    elif kernel is not None:
-        raise CLIError(f"{args.config}: name the kernel with kernel.kind and its kernel.* keys; "
-                       f"got kernel = {kernel!r}")
     try:
         model.set_params(**model_params)
         if two_body_params:
