@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from kernelpot import __version__
+from kernelpot.active import FRAMES_FILE, SETTINGS_FILE, STATE_FILE
 from kernelpot.cli._common import (
     CLIError,
     _check_output,
@@ -152,9 +153,9 @@ def _new_learner(args, model):
 
     if args.train is None:
         raise CLIError("--reference needs --train (the model's training structures)")
-    previous = Path(args.directory) / "labelled.extxyz"
+    previous = Path(args.directory) / FRAMES_FILE
     if previous.exists() and previous.stat().st_size:
-        resumable = (Path(args.directory) / "learner.json").exists()
+        resumable = (Path(args.directory) / SETTINGS_FILE).exists()
         raise CLIError(f"{previous} holds a previous on-the-fly run: "
                        + ("continue it with --resume, or choose another --directory"
                           if resumable else "it stopped before its first checkpoint; "
@@ -185,9 +186,9 @@ def _resumed_learner(args):
     from kernelpot import OnTheFlyLearner
 
     directory = Path(args.directory)
-    if not (directory / "learner.json").exists():
+    if not (directory / SETTINGS_FILE).exists():
         raise CLIError(f"--resume: {args.directory} holds no on-the-fly checkpoint")
-    step = int(np.load(directory / "md_state.npz")["step"])
+    step = int(np.load(directory / STATE_FILE)["step"])
     built = []
 
     def dynamics(atoms):
@@ -258,7 +259,7 @@ def _run(args, dyn, learner, record, start: float, steps: int) -> None:
         try:
             learner.run(dyn, steps)
         except KeyboardInterrupt:
-            state = Path(args.directory) / "md_state.npz"
+            state = Path(args.directory) / STATE_FILE
             where = (f"its last checkpoint (step {int(np.load(state)['step'])}) is in "
                      f"{args.directory}/: the same command with --resume continues it"
                      if state.exists() else "it stopped before its first checkpoint")
