@@ -636,16 +636,18 @@ def predict_variances(results: list[DescriptorResult], species_indices: list[np.
     shifts = K_star @ shift_basis if shift_basis is not None else None
     out = []
     force_start = n
+    largest = float(np.max(signal_vars))  # the scale of a prior that cancels by symmetry
     for k, (result, index) in enumerate(zip(results, species_indices, strict=True)):
         prior_e, prior_f = gp.prior_variances(result, index, n_species, kernel, energy=True,
                                               forces=forces, weights=signal_vars)
-        var_e = float(gp.clip_variance(prior_e - reduction[k], "energy variance", prior_e))
+        var_e = float(gp.clip_variance(prior_e - reduction[k], "energy variance", prior_e,
+                                       largest))
         var_f = None
         stop = force_start
         if forces:
             stop = force_start + 3 * result.n_atoms
             var_f = gp.clip_variance(prior_f.ravel() - reduction[force_start:stop],
-                                     "force variance", prior_f.ravel()).reshape(-1, 3)
+                                     "force variance", prior_f.ravel(), largest).reshape(-1, 3)
         shift = None if shifts is None else np.vstack([shifts[k:k + 1],
                                                        shifts[force_start:stop]])
         var_s = None
@@ -654,7 +656,7 @@ def predict_variances(results: list[DescriptorResult], species_indices: list[np.
                                          n_species, kernel, energy=False,
                                          weights=signal_vars)[1].ravel()[:6]
             var_s = gp.clip_variance(prior_s - reduction[stop:stop + 6], "stress variance",
-                                     prior_s)
+                                     prior_s, largest)
             stop += 6
         force_start = stop
         out.append((var_e, var_f, shift, var_s))

@@ -909,15 +909,18 @@ def prior_variances(result: DescriptorResult, species_index: np.ndarray, n_speci
     return energy_var, force_var
 
 
-def clip_variance(var: np.ndarray, what: str, prior: np.ndarray | None = None) -> np.ndarray:
+def clip_variance(var: np.ndarray, what: str, prior: np.ndarray | None = None,
+                  signal_var: float | None = None) -> np.ndarray:
     """Clip round-off negative variances to zero, warning when they are not tiny.
 
     Tiny means above ``-1e-8`` times the largest variance, or the value's own prior
     variance when ``prior`` (the variance before the data, from which ``var`` was
     subtracted; same shape) is given: a model that is sure everywhere has posterior
-    variances at the round-off of their priors, and their sign is noise. Also tiny:
-    above ``-1e-16`` (a std of 1e-8 in eV-based units), where a prior that vanishes by
-    symmetry (the forces of a perfect lattice) leaves no scale to compare with.
+    variances at the round-off of their priors, and their sign is noise. Where a prior
+    vanishes by symmetry (the forces of a perfect lattice) it leaves no scale to compare
+    with; then tiny means above ``-1e-14`` times the signal variance ``signal_var`` (the
+    prior's terms are of its order before they cancel), or above ``-1e-16`` (a std of
+    1e-8 in eV-based units) without one.
     """
     var = np.asarray(var, dtype=np.float64)
     negative = var < 0
@@ -927,7 +930,8 @@ def clip_variance(var: np.ndarray, what: str, prior: np.ndarray | None = None) -
             scale = np.broadcast_to(np.abs(np.asarray(prior, dtype=np.float64)), var.shape)
         else:
             scale = float(np.max(np.abs(var))) if var.size else 0.0
-        if np.any(var < -np.maximum(1e-8 * scale, 1e-16)):
+        floor = 1e-16 if signal_var is None else max(1e-16, 1e-14 * float(signal_var))
+        if np.any(var < -np.maximum(1e-8 * scale, floor)):
             warnings.warn(f"{what}: {int(negative.sum())} negative variances clipped to 0 "
                           f"(most negative {worst:.2e})", RuntimeWarning, stacklevel=3)
         var = np.where(negative, 0.0, var)

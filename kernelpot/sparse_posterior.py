@@ -811,7 +811,8 @@ class SparsePosterior(Posterior):
             post, proj = gp.variance_terms(rows, self.factors, self.signal_std)
             prior = self.signal_std**2 * np.concatenate([p.variance_input[1]
                                                          for p in with_rows])
-            projection = gp.clip_variance(prior - proj, "variance", prior)
+            projection = gp.clip_variance(prior - proj, "variance", prior,
+                                          self.signal_std**2)
         out, offset = [], 0
         for part in parts:
             if part.variance_input is None:

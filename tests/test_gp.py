@@ -221,6 +221,21 @@ def test_clip_variance_measures_round_off_against_the_prior():
         gp.clip_variance(np.array([5.0, -0.06]), "test", np.array([1e7, 12.9]))
 
 
+def test_clip_variance_scales_a_vanished_prior_by_the_signal_variance():
+    # a perfect lattice under a signal std of 100 eV: the prior's terms, of order σ² = 1e4,
+    # cancel to round-off of about 1e-12 (measured: -6.7e-13 on fcc Cu, exact model)
+    import warnings
+
+    var, prior = np.array([2e-13, -6.7e-13]), np.array([1e-13, 3e-13])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert gp.clip_variance(var, "test", prior, signal_var=1e4).tolist() == [2e-13, 0.0]
+    with pytest.warns(RuntimeWarning, match="negative variances clipped"):
+        gp.clip_variance(var, "test", prior)  # without the signal variance: not round-off
+    with pytest.warns(RuntimeWarning, match="negative variances clipped"):
+        gp.clip_variance(np.array([1.0, -1e-9]), "test", np.full(2, 1e-12), signal_var=1e4)
+
+
 def _real_problem(frames, descriptor, kernel, theta_gradient=False):
     """Design rows of labelled frames, inducing = every 3rd environment per species."""
     from kernelpot.kernels import Kernel  # noqa: F401  (documentation of the argument)
