@@ -251,6 +251,11 @@ def main(argv=None):
             "spearman": metrics.spearman_std_error(forces_std_pred, ref_f, forces_std),
             "cov1": metrics.coverage(forces_std_pred, ref_f, forces_std, 1.0),
             "cov2": metrics.coverage(forces_std_pred, ref_f, forces_std, 2.0),
+            "n_fixed": int(metrics.fixed_components(forces_std_pred, ref_f).sum()),
+            "free_cov1": metrics.coverage(forces_std_pred, ref_f, forces_std, 1.0,
+                                          exclude_fixed=True),
+            "free_cov2": metrics.coverage(forces_std_pred, ref_f, forces_std, 2.0,
+                                          exclude_fixed=True),
             "sigma_F": model.force_noise_, "sigma_E": 1e3 * model.energy_noise_,
             "s_rmse": ev_per_a3_to_gpa * float(np.sqrt(np.mean(stress_err**2))),
             "sigma_S": ev_per_a3_to_gpa * model.stress_noise_,
@@ -284,8 +289,8 @@ def main(argv=None):
           f"on *_test.xyz; energy noise {noise}")
     header = (f"{'element':<8} {'M':>5} {'E RMSE':>7} {'F RMSE':>7} {'GAP E':>6} {'GAP F':>6} "
               f"{'fit s':>7} {'peak GiB':>8} {'E+F ms':>7} {'+σ_E ms':>7} {'+σ_F ms':>7} "
-              f"{'cov1σ':>6} "
-              f"{'cov2σ':>6} {'Spear':>6} {'σ_F':>6} {'σ_E':>6} {'S GPa':>6} {'σ_S':>6} "
+              f"{'cov1σ':>6} {'cov2σ':>6} {'fixed':>6} {'free1σ':>6} {'free2σ':>6} "
+              f"{'Spear':>6} {'σ_F':>6} {'σ_E':>6} {'S GPa':>6} {'σ_S':>6} "
               f"{'S cells':>7} {'S cov1σ':>7} {'S cov2σ':>7}")
     print(header)
     print("-" * len(header))
@@ -294,7 +299,8 @@ def main(argv=None):
         print(f"{r['element']:<8} {r['M']:>5} {r['e_rmse']:7.2f} {r['f_rmse']:7.3f} "
               f"{gap_e:6.2f} {gap_f:6.3f} {r['fit_s']:7.0f} {r['peak']:8.2f} "
               f"{r['mean_ms']:7.2f} {r['e_std_ms']:7.2f} {r['std_ms']:7.2f} "
-              f"{r['cov1']:6.3f} {r['cov2']:6.3f} "
+              f"{r['cov1']:6.3f} {r['cov2']:6.3f} {r['n_fixed']:6d} "
+              f"{r['free_cov1']:6.3f} {r['free_cov2']:6.3f} "
               f"{r['spearman']:6.3f} {r['sigma_F']:6.3f} {r['sigma_E']:6.2f} "
               f"{r['s_rmse']:6.2f} {r['sigma_S']:6.3f} {r['n_stress']:7d} "
               f"{r['s_cov1']:7.3f} {r['s_cov2']:7.3f}")
@@ -302,7 +308,10 @@ def main(argv=None):
           "files). peak GiB: the process's peak resident memory after fitting. Prediction "
           "time per atom, one process: E+F energies and forces; +σ_E also the energy std "
           "(like GAP's variance; GAP quoted 2.5 ms/atom for energies and forces); +σ_F also "
-          "the std of every force component. σ_F eV/Å, σ_E meV/atom (per √atom). S GPa: "
+          "the std of every force component. cov1σ/2σ: test force components within 1/2 "
+          "total stds; fixed: how many of them are zero in both the label and the "
+          "prediction (the components a crystal's symmetry fixes, which any std covers); "
+          "free1σ/2σ: the coverage without them. σ_F eV/Å, σ_E meV/atom (per √atom). S GPa: "
           "stress RMSE over the six components of the analytic stress (no GAP figure quoted), "
           "against the labels with their yz/xz components swapped back where the files hold "
           "them swapped; σ_S GPa: the learned stress noise; S cells: training cells whose "

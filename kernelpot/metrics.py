@@ -8,7 +8,9 @@ Conventions:
 * Spearman correlation is between per-atom predicted std and per-atom error, over
   all atoms;
 * coverage at ``k`` is the fraction of components whose absolute error is at most
-  ``k`` predicted stds.
+  ``k`` predicted stds; ``exclude_fixed=True`` leaves out the components that are zero
+  in both the reference and the prediction (:func:`fixed_components`: in a crystal, those
+  its symmetry fixes), which every std covers.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import spearmanr
 
-__all__ = ["mae", "rmse", "max_error", "force_errors", "coverage", "spearman_std_error",
+__all__ = ["mae", "rmse", "max_error", "force_errors", "coverage", "fixed_components",
+           "spearman_std_error",
            "per_atom_norms", "negative_log_likelihood", "coverage_curve",
            "recalibration_factor", "expected_spearman"]
 
@@ -148,8 +151,43 @@ def force_errors(predicted: ArrayLike, reference: ArrayLike) -> dict[str, float]
             "max": max_error(predicted, reference)}
 
 
+def fixed_components(predicted: ArrayLike, reference: ArrayLike,
+                     atol: float = 1e-6) -> np.ndarray:
+    """Return the components that are zero in both the reference and the prediction.
+
+    In a crystal, symmetry fixes some force components at zero (every atom of a perfect
+    or homogeneously strained diamond cell, for instance): the reference computes them
+    as zero, and a model whose descriptor and kernel are invariant predicts zero with a
+    variance that vanishes as well. Their errors are round-off, so they say nothing about
+    whether a std is right, and any std covers them: counted, they pull a coverage
+    towards 1 (measured on the mlearn Si test pool: 960 of 4,575 force components, the
+    1σ coverage 0.714 without them and 0.774 with them).
+
+    Parameters
+    ----------
+    predicted, reference : array-like or list of array-like
+        Predicted and reference values, same layout (as for :func:`coverage`).
+    atol : float, default=1e-6
+        Below this absolute value (the values' unit, eV/Å for forces) both count as zero.
+
+    Returns
+    -------
+    ndarray of bool
+        One per component, flattened as :func:`coverage` flattens them.
+
+    Raises
+    ------
+    ValueError
+        If the inputs differ in size or hold no values, or ``atol`` is negative.
+    """
+    if not atol >= 0:
+        raise ValueError(f"atol must be >= 0; got {atol!r}")
+    p, r = _pair(predicted, reference)
+    return (np.abs(p) <= atol) & (np.abs(r) <= atol)
+
+
 def coverage(predicted: ArrayLike, reference: ArrayLike, std: ArrayLike,
-             k: float = 1.0) -> float:
+             k: float = 1.0, exclude_fixed: bool = False) -> float:
     """Return the fraction of components with ``|error| <= k std``.
 
     For Gaussian errors with the right std: 0.683 at k = 1, 0.954 at k = 2.
@@ -165,11 +203,15 @@ def coverage(predicted: ArrayLike, reference: ArrayLike, std: ArrayLike,
         Predicted std of every component, same layout.
     k : float, default=1.0
         Half-width of the interval in stds.
+    exclude_fixed : bool, default=False
+        Leave out the components that are zero in both ``reference`` and ``predicted``
+        (:func:`fixed_components`), e.g. force components a crystal's symmetry fixes.
 
     Returns
     -------
     float
-        The fraction, in [0, 1].
+        The fraction, in [0, 1]; NaN with ``exclude_fixed=True`` when every component is
+        fixed.
 
     Raises
     ------
@@ -180,7 +222,12 @@ def coverage(predicted: ArrayLike, reference: ArrayLike, std: ArrayLike,
     s = _flat(std)
     if s.shape != p.shape:
         raise ValueError(f"std has {s.size} values for {p.size} predictions")
-    return float(np.mean(np.abs(p - r) <= k * s))
+    inside = np.abs(p - r) <= k * s
+    if exclude_fixed:
+        inside = inside[~fixed_components(p, r)]
+        if not inside.size:
+            return float("nan")
+    return float(np.mean(inside))
 
 
 def spearman_std_error(predicted_forces: ArrayLike, reference_forces: ArrayLike,

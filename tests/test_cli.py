@@ -737,3 +737,37 @@ def test_fit_learns_noise_scales_per_configuration_type(tmp_path, capsys):
     assert main(["info", str(model)]) == 0
     out = capsys.readouterr().out
     assert "noise scales per configuration type: bulk E×" in out and "; strained E×" in out
+
+
+def test_eval_leaves_the_force_components_a_crystals_symmetry_fixes_out_of_the_coverage(
+        tmp_path, capsys):
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    from kernelpot import load, metrics
+
+    model = _copper_model(tmp_path, 3)
+    perfect = []
+    for strain in (0.01, -0.02):  # homogeneous strain: fcc keeps every atom an inversion centre
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2))
+        atoms.set_cell(atoms.cell * (1 + strain), scale_atoms=True)
+        atoms.calc = EMT()
+        labels = dict(energy=atoms.get_potential_energy(), forces=atoms.get_forces())
+        atoms.calc = SinglePointCalculator(atoms, **labels)
+        perfect.append(atoms)
+    assert np.abs(perfect[0].get_forces()).max() < 1e-12
+    predicted = load(model).predict_forces(perfect)
+    assert metrics.fixed_components(predicted, [a.get_forces() for a in perfect]).all()
+    rattled = read_frames(tmp_path / "train.xyz")[1:3]
+    write(tmp_path / "test.xyz", perfect + rattled)
+    assert main(["eval", str(model), str(tmp_path / "test.xyz")]) == 0
+    out = capsys.readouterr().out
+    n_fixed = 3 * sum(len(a) for a in perfect)
+    n_all = n_fixed + 3 * sum(len(a) for a in rattled)
+    assert f"({n_fixed} of {n_all} components, zero in both the reference and the " \
+        "prediction" in out
+    write(tmp_path / "perfect.xyz", perfect)
+    assert main(["eval", str(model), str(tmp_path / "perfect.xyz")]) == 0
+    assert "nothing to check the stds on" in capsys.readouterr().out

@@ -90,3 +90,26 @@ def test_calibration_metrics_on_synthetic_gaussian_errors():
         metrics.negative_log_likelihood(predicted[:3], reference[:3], [1.0, 0.0, 1.0])
     with pytest.raises(ValueError, match="levels must lie in"):
         metrics.coverage_curve(predicted, reference, std, levels=[0.5, 1.0])
+
+
+def test_fixed_components_are_zero_in_both_reference_and_prediction():
+    pred = [np.array([[0.0, 1e-9, 0.3]]), np.array([[2e-6, 0.0, -1e-7]])]
+    ref = [np.array([[0.0, 0.0, 0.2]]), np.array([[0.0, 0.5, 0.0]])]
+    np.testing.assert_array_equal(metrics.fixed_components(pred, ref),
+                                  [True, True, False, False, False, True])
+    np.testing.assert_array_equal(metrics.fixed_components(pred, ref, atol=1e-5),
+                                  [True, True, False, True, False, True])
+    with pytest.raises(ValueError, match="atol"):
+        metrics.fixed_components(pred, ref, atol=-1.0)
+    with pytest.raises(ValueError, match="different sizes"):
+        metrics.fixed_components([0.0], [0.0, 1.0])
+
+
+def test_coverage_can_leave_out_the_fixed_components():
+    pred = np.array([0.0, 0.0, 0.0, 1.0, 2.0])
+    ref = np.array([0.0, 0.0, 0.0, 1.5, 2.5])
+    std = np.array([0.1, 0.1, 0.1, 1.0, 0.1])
+    assert metrics.coverage(pred, ref, std) == pytest.approx(0.8)
+    assert metrics.coverage(pred, ref, std, exclude_fixed=True) == pytest.approx(0.5)
+    assert np.isnan(metrics.coverage(np.zeros(3), np.zeros(3), np.ones(3),
+                                     exclude_fixed=True))

@@ -375,11 +375,26 @@ def _print_errors(title, err, calibration: bool = True) -> None:
             n_atoms = sum(len(x) for x in f)
             spearman = (f"{metrics.spearman_std_error(f, ref, std):.2f}" if n_atoms >= 3
                         else "n/a (fewer than 3 atoms)")
-            print(f"{title} calibration: {100 * metrics.coverage(f, ref, std, 1):.1f}% of "
-                  f"force components within 1 std (Gaussian 68.3%), "
-                  f"{100 * metrics.coverage(f, ref, std, 2):.1f}% within 2 (95.4%); "
-                  f"Spearman (per-atom std, error) {spearman}; negative log-likelihood "
-                  f"{metrics.negative_log_likelihood(f, ref, std):.3f} nats per component")
+            fixed = metrics.fixed_components(f, ref)
+            counted = ~fixed
+            if not counted.any():
+                print(f"{title} calibration: every force component is zero in both the "
+                      "reference and the prediction (fixed by symmetry): nothing to check "
+                      "the stds on")
+            else:
+                flat_f, flat_ref, flat_std = (np.concatenate([np.ravel(x) for x in v])[counted]
+                                              for v in (f, ref, std))
+                left_out = (f" ({int(fixed.sum())} of {fixed.size} components, zero in both "
+                            "the reference and the prediction as a crystal's symmetry fixes "
+                            "them, left out)" if fixed.any() else "")
+                print(f"{title} calibration: "
+                      f"{100 * metrics.coverage(flat_f, flat_ref, flat_std, 1):.1f}% of force "
+                      f"components within 1 std (Gaussian 68.3%), "
+                      f"{100 * metrics.coverage(flat_f, flat_ref, flat_std, 2):.1f}% within 2 "
+                      f"(95.4%){left_out}; Spearman (per-atom std, error) {spearman}; "
+                      f"negative log-likelihood "
+                      f"{metrics.negative_log_likelihood(flat_f, flat_ref, flat_std):.3f} "
+                      "nats per component")
     _print_stress_errors(title, err, calibration)
 
 
