@@ -163,6 +163,11 @@ class OnTheFlyLearner:
         10.5 meV/Å (with 40 calls). Raise it when the model grows large.
     checkpoint_every : int, default=1
         Write the checkpoint after this many additions.
+    state_every : int, default=100
+        MD steps between two saves of the MD state alone (positions, momenta, step: a
+        few kB) between checkpoints, so that an interrupted run resumes near where it
+        stopped rather than at its last reference call; :meth:`resume` adds the frames
+        labelled since the last model checkpoint.
     force_tolerance : float, default=0.1
         Cap of the automatic threshold, as a fraction of the root mean square of the
         labelled force components (see Notes).
@@ -246,10 +251,11 @@ class OnTheFlyLearner:
     model's forces and std compared with the new label (``force_error_max``,
     ``force_error_rms``, ``within_1std``, ``within_2std``): the gate's calibration on
     what it labelled.
-    Every labelled frame is appended to ``labelled.extxyz`` and flushed to disk
-    before the model is updated, so a crash loses no reference calculation;
-    :meth:`resume` restarts from the last checkpoint, adds the frames labelled after
-    it and runs the remaining steps.
+    Every labelled frame is appended to ``labelled.extxyz`` (``info["step"]``: the MD
+    step it was labelled at) and flushed to disk before the model is updated, so a crash
+    loses no reference calculation; :meth:`resume` restarts from the last checkpoint of
+    the model and the last saved MD state (every ``state_every`` steps), adds the frames
+    labelled after the model's checkpoint and runs the remaining steps.
     """
 
     def __init__(self, model: SparseGPPotential, reference: Calculator, *,
@@ -259,7 +265,7 @@ class OnTheFlyLearner:
                  max_calls: int | None = None, min_interval: int = 10,
                  reoptimize_every: int = 1, checkpoint_every: int = 1,
                  force_tolerance: float = 0.1, label_stress: bool = False,
-                 verbose: int = 0, status_every: int = 100) -> None:
+                 verbose: int = 0, status_every: int = 100, state_every: int = 100) -> None:
         if isinstance(reference, type) or not hasattr(reference, "get_potential_energy"):
             got = f"the class {reference.__name__} (pass an instance, {reference.__name__}())" \
                 if isinstance(reference, type) else type(reference).__name__
@@ -276,6 +282,7 @@ class OnTheFlyLearner:
             raise ValueError(f"OnTheFlyLearner: max_calls must be >= 0; got {max_calls}")
         verbose = check_verbose(verbose, "OnTheFlyLearner")
         status_every = check_int(status_every, "status_every", "OnTheFlyLearner", 1)
+        state_every = check_int(state_every, "state_every", "OnTheFlyLearner", 1)
         if not isinstance(label_stress, (bool, np.bool_)):
             raise TypeError(f"OnTheFlyLearner: label_stress must be True or False; got "
                             f"{label_stress!r}")
@@ -297,10 +304,12 @@ class OnTheFlyLearner:
         self.force_tolerance = float(force_tolerance)
         self.verbose = verbose
         self.status_every = int(status_every)
+        self.state_every = int(state_every)
         self.n_reference_calls = 0
         self.stopped = None
         self._last_call_step = None
         self._updates_since_checkpoint = 0
+        self._state_step = None  # the step of the last MD state saved
         self._target_steps = None
         self._start_wall = None
         self._initial_frames = None
@@ -356,7 +365,7 @@ class OnTheFlyLearner:
         self._start_wall = time.perf_counter()
         self._first_step = int(dynamics.nsteps)
         if not hasattr(self.model, "alpha_"):
-            self._fit_first(atoms)
+            self._fit_first(atoms, int(dynamics.nsteps))
             self._last_call_step = int(dynamics.nsteps)  # labelled already: no call here
         elif not self.model.posterior_.keeps_training_data:
             raise ValueError(_not_updatable(self.model))
@@ -452,7 +461,7 @@ class OnTheFlyLearner:
         self.n_reference_calls = n_frames - self._initial_frames
         self._target_steps = int(settings["target_steps"])
         step = int(md["step"])
-        _drop_log_after(self.directory / LOG_FILE, step)
+        _drop_log_after(self.directory / LOG_FILE, first_redone_step(step) - 1)
         atoms = Atoms(numbers=md["numbers"], positions=md["positions"], cell=md["cell"],
                       pbc=md["pbc"], momenta=md["momenta"])
         atoms.calc = KernelPotCalculator(self.model)
@@ -472,8 +481,8 @@ class OnTheFlyLearner:
         return self
 
     # -- internals ---------------------------------------------------------------------
-    def _fit_first(self, atoms):
-        labelled = self._label(atoms)
+    def _fit_first(self, atoms, step: int):
+        labelled = self._label(atoms, step)
         self._append_frame(labelled)
         # one structure says little about the hyperparameters (a perfect lattice has no
         # forces at all): keep the given ones until the first re-optimisation
@@ -484,7 +493,8 @@ class OnTheFlyLearner:
             model.fit([labelled])
         self.model = model.set_params(optimize=optimize)
 
-    def _label(self, atoms) -> Atoms:
+    def _label(self, atoms, step: int) -> Atoms:
+        """Return ``atoms`` labelled by the reference, ``info["step"]`` the MD step."""
         for attempt in (1, 2):
             work = atoms.copy()
             work.calc = self.reference
@@ -504,6 +514,7 @@ class OnTheFlyLearner:
                         from err
                 continue
             labelled = atoms.copy()
+            labelled.info["step"] = int(step)  # not a step the atoms carried in
             labels = {"energy": energy, "forces": forces}
             if stress is not None:
                 labels["stress"] = stress
@@ -618,7 +629,7 @@ class OnTheFlyLearner:
         seen = {}
         if called:
             call_start = time.perf_counter()
-            labelled = self._label(atoms)
+            labelled = self._label(atoms, step)
             seen = _error_seen(atoms.calc.results, self.gated_std(atoms.calc.results),
                                labelled.get_forces())
             self._append_frame(labelled)
@@ -646,6 +657,8 @@ class OnTheFlyLearner:
         }
         with open(self.directory / LOG_FILE, "a") as handle:
             handle.write(json.dumps(_finite_or_null(record), allow_nan=False) + "\n")
+        if step - self._state_step >= self.state_every:  # after the record: resume keeps it
+            self._save_state()
         if self.verbose and called:
             print(_call_line(record, time.perf_counter() - call_start), flush=True)
         elif self.verbose and (step - self._first_step) % self.status_every == 0 \
@@ -662,7 +675,8 @@ class OnTheFlyLearner:
                      "reoptimize_every": self.reoptimize_every,
                      "checkpoint_every": self.checkpoint_every,
                      "force_tolerance": self.force_tolerance, "verbose": self.verbose,
-                     "status_every": self.status_every, "label_stress": self.label_stress},
+                     "status_every": self.status_every, "label_stress": self.label_stress,
+                     "state_every": self.state_every},
             "n_inducing": self.n_inducing,
             "initial_frames": self._initial_frames,
             "target_steps": self._target_steps,
@@ -674,13 +688,28 @@ class OnTheFlyLearner:
 
     def _checkpoint(self):
         self.model.save(self.directory / MODEL_FILE, training_state=True)
+        self._save_state()
+        self._updates_since_checkpoint = 0
+
+    def _save_state(self):
+        """Write the MD state and the run's settings (not the model): cheap, any step."""
         atoms = self._dynamics.atoms
         atomic_write(self.directory / STATE_FILE, lambda handle: np.savez(
             handle, numbers=atoms.numbers, positions=atoms.positions,
             momenta=atoms.get_momenta(), cell=atoms.cell.array, pbc=atoms.pbc,
             step=int(self._dynamics.nsteps)))
         self._write_settings()
-        self._updates_since_checkpoint = 0
+        self._state_step = int(self._dynamics.nsteps)
+
+
+def first_redone_step(step: int) -> int:
+    """Return the first step a run resumed from a checkpoint at ``step`` records again.
+
+    ASE's dynamics observe (log, write, call attached functions on) their starting state
+    only when it is step 0: a run resumed from a checkpoint at step 0 records step 0
+    again, one resumed later starts recording at the step after the checkpoint.
+    """
+    return step if step == 0 else step + 1
 
 
 def _drop_log_after(path: Path, step: int) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read
 from ase.md.velocitydistribution import thermalize_momenta
 from ase.md.verlet import VelocityVerlet
@@ -569,3 +570,92 @@ def test_label_stress_trains_on_the_references_stress_and_resumes(tmp_path):
     assert resumed.model.posterior_.n_stress_observations == 18
     with pytest.raises(TypeError, match="label_stress must be True or False"):
         OnTheFlyLearner(_model(), EMT(), directory=tmp_path / "x", label_stress="yes")
+
+
+def _interrupt_at(step):
+    """Patch OnTheFlyLearner._after_step to raise KeyboardInterrupt at ``step``; return
+    the original to restore."""
+    original = OnTheFlyLearner._after_step
+
+    def interrupted(self):
+        if self._dynamics.nsteps == step:
+            raise KeyboardInterrupt
+        original(self)
+
+    OnTheFlyLearner._after_step = interrupted
+    return original
+
+
+def _logged_steps(directory):
+    return [json.loads(line)["step"] for line in
+            (directory / "otf_log.jsonl").read_text().splitlines()]
+
+
+def test_labelled_frames_carry_their_step_also_after_a_resume(tmp_path):
+    learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
+                              max_calls=3, min_interval=4)
+    dyn = _dynamics()
+    dyn.atoms.info["step"] = 999  # a stale step the atoms carry in is not the label's
+    original = _interrupt_at(9)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            learner.run(dyn, 16)
+    finally:
+        OnTheFlyLearner._after_step = original
+    resumed = OnTheFlyLearner.resume(tmp_path, EMT())
+    called = [json.loads(line)["step"] for line in
+              (tmp_path / "otf_log.jsonl").read_text().splitlines()
+              if json.loads(line)["reference_called"]]
+    steps = [f.info["step"] for f in read(tmp_path / "labelled.extxyz", ":")]
+    assert steps == [0, *called] and len(called) == resumed.n_reference_calls == 3
+    assert called[-1] >= 9  # the last call labelled after the resume (step 9 never ran)
+
+
+def test_a_resume_from_the_first_checkpoint_records_step_0_once(tmp_path):
+    model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
+                              random_state=0, n_restarts=0, method="sparse",
+                              incremental=True)
+    dyn = _dynamics()
+    start = dyn.atoms.copy()
+    start.calc = EMT()
+    start.calc = SinglePointCalculator(start, energy=start.get_potential_energy(),
+                                       forces=start.get_forces())
+    model.fit([start])
+    learner = OnTheFlyLearner(model, EMT(), threshold=10.0, directory=tmp_path)  # no call
+    original = _interrupt_at(6)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            learner.run(dyn, 10)
+    finally:
+        OnTheFlyLearner._after_step = original
+    assert int(np.load(tmp_path / "md_state.npz")["step"]) == 0  # the only checkpoint
+    assert _logged_steps(tmp_path) == list(range(6))
+    resumed = OnTheFlyLearner.resume(tmp_path, EMT())
+    assert _logged_steps(tmp_path) == list(range(11))  # step 0 once, not twice
+    assert resumed.n_reference_calls == 0
+
+
+def test_the_md_state_is_saved_between_checkpoints(tmp_path):
+    learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
+                              max_calls=2, min_interval=2, state_every=5)
+    original = _interrupt_at(13)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            learner.run(_dynamics(), 20)
+    finally:
+        OnTheFlyLearner._after_step = original
+    # the calls (and model checkpoints) were at steps 2 and 4; the state, saved 5 steps
+    # after, is at step 9: the run resumes there, not at its last call
+    called = [json.loads(line)["step"] for line in
+              (tmp_path / "otf_log.jsonl").read_text().splitlines()
+              if json.loads(line)["reference_called"]]
+    assert called == [2, 4]
+    assert int(np.load(tmp_path / "md_state.npz")["step"]) == 9
+    resumed = OnTheFlyLearner.resume(tmp_path, EMT(), run=False)
+    assert resumed._dynamics.nsteps == 9 and resumed.n_reference_calls == 2
+    assert _logged_steps(tmp_path) == list(range(10))
+    resumed.run(resumed._dynamics, 11)  # to its 20 steps
+    assert _logged_steps(tmp_path) == list(range(21))
+    assert json.loads((tmp_path / "learner.json").read_text())["init"]["state_every"] == 5
+    with pytest.raises(ValueError, match="state_every"):
+        OnTheFlyLearner(_model(), EMT(), state_every=0)

@@ -771,3 +771,42 @@ def test_eval_leaves_the_force_components_a_crystals_symmetry_fixes_out_of_the_c
     write(tmp_path / "perfect.xyz", perfect)
     assert main(["eval", str(model), str(tmp_path / "perfect.xyz")]) == 0
     assert "nothing to check the stds on" in capsys.readouterr().out
+
+
+def test_md_resume_from_the_first_checkpoint_writes_step_0_once(tmp_path, capsys):
+    """Interrupted before any reference call (the only checkpoint: step 0), the resumed
+    run writes step 0 again: the trajectory and the step log keep it once."""
+    import json
+
+    from ase.io import read, write
+    from helpers import emt_copper_frames
+
+    from kernelpot import OnTheFlyLearner
+
+    train = emt_copper_frames(3, seed=4, rattle=0.08)
+    write(tmp_path / "train.xyz", train)
+    write(tmp_path / "start.xyz", train[0])
+    model = tmp_path / "cu.npz"
+    assert _fit(tmp_path, tmp_path / "train.xyz", model, "--descriptor", "acsf", "--r-cut",
+                "4.0", "--no-train-eval", "--method", "sparse") == 0
+    otf, traj = tmp_path / "otf", tmp_path / "traj.extxyz"
+    command = ["md", str(model), str(tmp_path / "start.xyz"), "--steps", "8", "--temperature",
+               "300", "--reference", "emt", "--directory", str(otf), "--interval", "2", "-o",
+               str(traj), "--threshold", "10", "--train", str(tmp_path / "train.xyz")]
+    original = OnTheFlyLearner._after_step
+
+    def interrupted(self):
+        if self._dynamics.nsteps == 5:
+            raise KeyboardInterrupt
+        original(self)
+
+    OnTheFlyLearner._after_step = interrupted
+    try:
+        assert main(command) == 130
+    finally:
+        OnTheFlyLearner._after_step = original
+    assert "its last checkpoint (step 0)" in capsys.readouterr().err
+    assert main([*command, "--resume"]) == 0
+    assert [f.info["step"] for f in read(traj, ":")] == [0, 2, 4, 6, 8]
+    assert [json.loads(line)["step"] for line in
+            (otf / "otf_log.jsonl").read_text().splitlines()] == list(range(9))

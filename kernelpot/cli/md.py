@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from kernelpot import __version__
-from kernelpot.active import FRAMES_FILE, SETTINGS_FILE, STATE_FILE
+from kernelpot.active import FRAMES_FILE, SETTINGS_FILE, STATE_FILE, first_redone_step
 from kernelpot.cli._common import (
     CLIError,
     _check_output,
@@ -222,7 +222,8 @@ def _cmd_md(args) -> int:
             learner = _new_learner(args, model)
         else:
             atoms.calc = KernelPotCalculator(model, uncertainty=not args.no_std)
-    trajectory = _Trajectory(args.output, after=dyn.nsteps if args.resume else None)
+    trajectory = _Trajectory(args.output, after=first_redone_step(dyn.nsteps) - 1
+                             if args.resume else None)
     stds = []
 
     def record():
