@@ -461,7 +461,8 @@ def check_geometry(frames: list[Atoms], species: np.ndarray, periodic: bool | No
         if what is not None:
             raise ValueError(f"{where}: {what}, closer than min_distance={min_distance} Å "
                              "(duplicated atoms, or positions in the wrong unit?); pass "
-                             "min_distance=None to accept such structures")
+                             "min_distance=None (kernelpot fit: --min-distance 0) to accept "
+                             "such structures")
         if r_cut > 0 and (len(atoms) > 1 or pbc.any()):
             near = pairs.distances < r_cut
             lonely = int(np.sum(np.bincount(pairs.i[near], minlength=len(atoms)) == 0))

@@ -78,20 +78,21 @@ def _where(record: dict) -> str:
 
 
 def _call_line(record: dict, seconds: float) -> str:
-    """Return the stdout line of a reference call (``verbose=1``)."""
-    return (f"{_where(record)} | std {record['max_force_std']:.3f} > {record['threshold']:.3f} "
-            "eV/Å: "
+    """Return the stdout line of a reference call (``verbose=1``; forces in meV/Å)."""
+    return (f"{_where(record)} | std {1e3 * record['max_force_std']:.3g} > "
+            f"{1e3 * record['threshold']:.3g} meV/Å: "
             f"reference call {record['n_reference_calls']} | model error rms "
-            f"{record['force_error_rms']:.3f}, max {record['force_error_max']:.3f} eV/Å, "
+            f"{1e3 * record['force_error_rms']:.3g}, max "
+            f"{1e3 * record['force_error_max']:.3g} meV/Å, "
             f"{100 * record['within_1std']:.0f} % / {100 * record['within_2std']:.0f} % "
             f"inside 1 / 2 std | call + update {seconds:.1f} s, total {record['wall_s']:.0f} s")
 
 
 def _status_line(record: dict, first_step: int) -> str:
-    """Return the periodic stdout status line (``verbose=1``)."""
+    """Return the periodic stdout status line (``verbose=1``; forces in meV/Å)."""
     per_step = record["wall_s"] / max(record["step"] - first_step, 1)
-    return (f"{_where(record)} | std {record['max_force_std']:.3f}, threshold "
-            f"{record['threshold']:.3f} eV/Å |"
+    return (f"{_where(record)} | std {1e3 * record['max_force_std']:.3g}, threshold "
+            f"{1e3 * record['threshold']:.3g} meV/Å |"
             f" {record['n_reference_calls']} calls, {record['n_structures']} structures, "
             f"{record['n_inducing']} inducing | {per_step:.3f} s/step, total "
             f"{record['wall_s']:.0f} s")
@@ -380,7 +381,8 @@ class OnTheFlyLearner:
             kind = "given" if self.threshold is not None else "automatic"
             print(f"on-the-fly MD: steps {self._first_step} to {self._target_steps}, model of "
                   f"{self.model.posterior_.n_training_structures} structures, {kind} threshold "
-                  f"{self.current_threshold:.3f} eV/Å; log in {self.directory / LOG_FILE}",
+                  f"{1e3 * self.current_threshold:.3g} meV/Å; log in "
+                  f"{self.directory / LOG_FILE}",
                   flush=True)
         if not isinstance(atoms.calc, KernelPotCalculator) or atoms.calc.model is not self.model:
             atoms.calc = KernelPotCalculator(self.model)

@@ -136,15 +136,22 @@ class PredictionMixin:
     ``_imap(fn, items, verbose, desc)``, an ordered parallel map.
     """
 
-    def _species_index(self, atoms: Atoms, owner: str) -> np.ndarray:
+    def _species_index(self, atoms: Atoms, owner: str, which: str = "the structure"
+                       ) -> np.ndarray:
         check_finite_positions(atoms.positions, owner)
         unknown = np.setdiff1d(atoms.numbers, self.species_)
         if unknown.size:
             raise ValueError(
-                f"{owner}: the structure contains elements the model was not trained on: "
+                f"{owner}: {which} contains elements the model was not trained on: "
                 f"{[chemical_symbols[z] for z in unknown]} (model: "
                 f"{[chemical_symbols[z] for z in self.species_]})")
         return np.searchsorted(self.species_, atoms.numbers)
+
+    def _check_elements(self, frames, owner: str) -> None:
+        """Name the first structure of a list with an element the model does not know."""
+        if isinstance(frames, (list, tuple)):  # files are read once, by the map itself
+            for k, atoms in enumerate(frames):
+                self._species_index(atoms, owner, f"structure {k}")
 
     def _close_contact(self, atoms: Atoms) -> str | None:
         """Describe the closest pair of a structure to predict if under ``min_distance``."""
@@ -258,6 +265,7 @@ class PredictionMixin:
         frames = check_frames(FrameFiles(X) if is_paths(X) else X,
                               f"{type(self).__name__}.{method}")
         check_is_fitted(self)
+        self._check_elements(frames, f"{type(self).__name__}.{method}")
         verbose = check_verbose(self.verbose, type(self).__name__)
         self.posterior_.prepare_prediction()  # shared by every worker, built once here
         out, batch, batch_rows = [], [], 0

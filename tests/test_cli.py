@@ -525,9 +525,24 @@ def test_fit_refuses_atoms_on_top_of_each_other_unless_allowed(tmp_path, ethanol
     frames[1] = stacked
     write(tmp_path / "train.xyz", frames)
     assert _fit(tmp_path, tmp_path / "train.xyz", tmp_path / "m.npz", "--no-train-eval") == 1
-    assert "structure 1: atoms" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "structure 1: atoms" in err and "(kernelpot fit: --min-distance 0)" in err
     assert _fit(tmp_path, tmp_path / "train.xyz", tmp_path / "m.npz", "--no-train-eval",
                 "--min-distance", "0") == 0  # accepted on request
+
+
+def test_warnings_show_as_one_line_unless_debugging():
+    import warnings
+
+    from kernelpot.cli import _one_line_warnings
+
+    plain = warnings.formatwarning("the std is raw", UserWarning, "/x/fit.py", 38)
+    with _one_line_warnings("fit", debug=False):
+        assert warnings.formatwarning("the std is raw", UserWarning, "/x/fit.py", 38) == \
+            "kernelpot fit: warning: the std is raw\n"
+    assert warnings.formatwarning("the std is raw", UserWarning, "/x/fit.py", 38) == plain
+    with _one_line_warnings("fit", debug=True):  # --debug: where it came from
+        assert "/x/fit.py:38" in warnings.formatwarning("w", UserWarning, "/x/fit.py", 38)
 
 
 def test_eval_names_the_file_with_non_finite_labels(cli_files, tmp_path, capsys):
@@ -754,7 +769,8 @@ def test_eval_leaves_the_force_components_a_crystals_symmetry_fixes_out_of_the_c
         atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2))
         atoms.set_cell(atoms.cell * (1 + strain), scale_atoms=True)
         atoms.calc = EMT()
-        labels = dict(energy=atoms.get_potential_energy(), forces=atoms.get_forces())
+        labels = dict(energy=atoms.get_potential_energy(), forces=atoms.get_forces(),
+                      stress=atoms.get_stress())
         atoms.calc = SinglePointCalculator(atoms, **labels)
         perfect.append(atoms)
     assert np.abs(perfect[0].get_forces()).max() < 1e-12
@@ -768,6 +784,9 @@ def test_eval_leaves_the_force_components_a_crystals_symmetry_fixes_out_of_the_c
     n_all = n_fixed + 3 * sum(len(a) for a in rattled)
     assert f"({n_fixed} of {n_all} components, zero in both the reference and the " \
         "prediction" in out
+    # the stress line too: a cubic cell under normal strain has no shear stress
+    assert re.search(r"stress \(2 cells\).*within 2 \(6 of 12 components, zero in both",
+                     out)
     write(tmp_path / "perfect.xyz", perfect)
     assert main(["eval", str(model), str(tmp_path / "perfect.xyz")]) == 0
     assert "nothing to check the stds on" in capsys.readouterr().out

@@ -193,8 +193,11 @@ def test_prediction_input_errors(sparse, frames):
         sparse.predict_stress([atoms])
     nitrogen = atoms.copy()
     nitrogen.numbers[0] = 7
-    with pytest.raises(ValueError, match=r"elements the model was not trained on: \['N'\]"):
-        sparse.predict([nitrogen])
+    with pytest.raises(ValueError, match=r"structure 1 contains elements the model was not "
+                                         r"trained on: \['N'\]"):  # which one, in a list
+        sparse.predict([atoms, nitrogen])
+    with pytest.raises(ValueError, match=r"the structure contains elements the model was not"):
+        sparse.predict_structure(nitrogen)
     with pytest.raises(TypeError, match="got a single Atoms"):
         sparse.predict(atoms)
 

@@ -9,7 +9,9 @@ share.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 from kernelpot.cli._common import CLIError, _configure_logging, mark_start
@@ -39,7 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args)
     try:
-        return args.func(args)
+        with _one_line_warnings(args.command, args.debug):
+            return args.func(args)
     except (CLIError, ValueError, TypeError, OSError) as err:
         if args.debug:
             raise
@@ -48,3 +51,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kernelpot: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _one_line_warnings(command: str, debug: bool):
+    """Show warnings as one ``kernelpot COMMAND: warning: ...`` line each.
+
+    With ``--debug`` they stay as Python shows them, with the file and source line.
+    """
+    if debug:
+        yield
+        return
+    original = warnings.formatwarning
+    warnings.formatwarning = (lambda message, category, filename, lineno, line=None:
+                              f"kernelpot {command}: warning: {message}\n")
+    try:
+        yield
+    finally:
+        warnings.formatwarning = original

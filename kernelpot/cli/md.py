@@ -25,7 +25,8 @@ def _status_line(dyn, start: float, first_step: int, no_std: bool) -> str:
 
     atoms = dyn.atoms
     results = atoms.calc.results
-    std = "" if no_std else f" | largest force std {float(results['forces_std'].max()):.3f} eV/Å"
+    std = "" if no_std else \
+        f" | largest force std {1e3 * float(results['forces_std'].max()):.3g} meV/Å"
     elapsed = time.perf_counter() - start
     per_step = elapsed / max(dyn.nsteps - first_step, 1)
     return (f"step {dyn.nsteps:>7} {dyn.get_time() / units.fs:>9.1f} fs "
