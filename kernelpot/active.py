@@ -448,6 +448,8 @@ class OnTheFlyLearner:
             # a checkpoint from before max_inducing ran uncapped
             model.update(frames[n_trained:], n_inducing=settings["n_inducing"],
                          max_inducing=settings["init"].get("max_inducing"))
+            logger.info("resume: %d frame(s) labelled after the model's last checkpoint "
+                        "(%d structures) added to it", len(frames) - n_trained, n_trained)
         md = np.load(directory / STATE_FILE, allow_pickle=False)
         init = {k: v for k, v in settings["init"].items()
                 if k != "calibration_window"}  # checkpoints before the LOSO gate had one

@@ -826,6 +826,15 @@ def test_md_resume_from_the_first_checkpoint_writes_step_0_once(tmp_path, capsys
         OnTheFlyLearner._after_step = original
     assert "its last checkpoint (step 0)" in capsys.readouterr().err
     assert main([*command, "--resume"]) == 0
+    assert "resuming the on-the-fly run in" in capsys.readouterr().out
     assert [f.info["step"] for f in read(traj, ":")] == [0, 2, 4, 6, 8]
     assert [json.loads(line)["step"] for line in
             (otf / "otf_log.jsonl").read_text().splitlines()] == list(range(9))
+
+
+def test_fit_says_when_a_learned_noise_sits_at_a_bound():
+    from kernelpot.cli.fit import _bound_note
+
+    assert _bound_note(1e-4, (1e-4, 1.0)) == " (its lower bound: the labels look noise-free)"
+    assert "upper bound" in _bound_note(10.0, (1e-4, 10.0))
+    assert _bound_note(0.05, (1e-4, 10.0)) == ""

@@ -41,9 +41,11 @@ def _cmd_fit(args) -> int:
     print(f"kernelpot {__version__}: fitted {len(frames)} structures in {fit_s:.1f} s "
           f"({model.method_} model), {sum(model.n_inducing_.values())} {kind} environments "
           f"{model.n_inducing_}")
-    print(f"learned noise: energy {1e3 * model.energy_noise_:.3g} meV/√atom (the noise of an "
+    print(f"learned noise: energy {1e3 * model.energy_noise_:.3g} meV/√atom"
+          f"{_bound_note(model.energy_noise_, model.energy_noise_bounds)} (the noise of an "
           f"N-atom structure's energy is σ_E √N), forces {1e3 * model.force_noise_:.3g} "
-          f"meV/Å; signal std {format_signal_std(model.signal_std_)} eV")
+          f"meV/Å{_bound_note(model.force_noise_, model.force_noise_bounds)}; signal std "
+          f"{format_signal_std(model.signal_std_)} eV")
     n_stress = model.posterior_.n_stress_observations
     if n_stress:
         print(f"trained on the stresses of {n_stress // 6} cells: learned stress noise "
@@ -69,3 +71,15 @@ def _cmd_fit(args) -> int:
     path = model.save(args.output, training_state=model.posterior_.keeps_training_data)
     print(f"wrote {path}; kernelpot fit took {elapsed():.1f} s in all")
     return 0
+
+
+def _bound_note(value: float, bounds) -> str:
+    """Say when a learned noise level sits at a bound of its search (empty otherwise)."""
+    if isinstance(bounds, str):  # "fixed": not learned
+        return " (fixed)"
+    low, high = (float(b) for b in bounds)
+    if value <= low * (1 + 1e-6):
+        return " (its lower bound: the labels look noise-free)"
+    if value >= high * (1 - 1e-6):
+        return " (its upper bound: the labels look like noise to the model)"
+    return ""

@@ -199,6 +199,10 @@ def _resumed_learner(args):
 
     learner = OnTheFlyLearner.resume(args.directory, _reference_calculator(args.reference),
                                      dynamics=dynamics, run=False)
+    n_frames = learner.model.posterior_.n_training_structures
+    print(f"resuming the on-the-fly run in {args.directory} at step {step} of "
+          f"{learner.target_steps}: a model of {n_frames} labelled structures "
+          f"({learner.n_reference_calls} reference calls so far)", flush=True)
     return learner, built[-1]
 
 
