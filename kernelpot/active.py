@@ -164,11 +164,6 @@ class OnTheFlyLearner:
         10.5 meV/Å (with 40 calls). Raise it when the model grows large.
     checkpoint_every : int, default=1
         Write the checkpoint after this many additions.
-    state_every : int, default=100
-        MD steps between two saves of the MD state alone (positions, momenta, step: a
-        few kB) between checkpoints, so that an interrupted run resumes near where it
-        stopped rather than at its last reference call; :meth:`resume` adds the frames
-        labelled since the last model checkpoint.
     force_tolerance : float, default=0.1
         Cap of the automatic threshold, as a fraction of the root mean square of the
         labelled force components (see Notes).
@@ -184,6 +179,12 @@ class OnTheFlyLearner:
         and VASP do.
     status_every : int, default=100
         MD steps between two status lines (``verbose=1``).
+    state_every : int, default=100
+        MD steps between two saves of the MD state alone (positions, momenta, step and
+        the run's settings: a few kB) between model checkpoints, so that an interrupted
+        run resumes near where it stopped rather than at its last checkpoint; the state
+        is also saved after every reference call. :meth:`resume` adds the frames
+        labelled since the model's last checkpoint.
 
     Attributes
     ----------
@@ -438,7 +439,7 @@ class OnTheFlyLearner:
         directory = Path(directory)
         settings = json.loads((directory / SETTINGS_FILE).read_text())
         model = load(directory / MODEL_FILE)
-        frames = _read_frames(directory / FRAMES_FILE)
+        frames = read_complete_frames(directory / FRAMES_FILE, repair=True)
         n_trained = model.posterior_.n_training_structures
         if len(frames) < n_trained:
             raise ValueError(f"resume: {directory / FRAMES_FILE} holds {len(frames)} frames; "
@@ -455,15 +456,23 @@ class OnTheFlyLearner:
                 if k != "calibration_window"}  # checkpoints before the LOSO gate had one
         init.setdefault("max_inducing", None)  # checkpoints before it ran uncapped
         self = cls(model, reference, **init)
-        return self._continue_from(settings, md, len(frames), dynamics, run)
+        called = frames[int(settings["initial_frames"]):]
+        return self._continue_from(settings, md, len(frames), dynamics, run,
+                                   tuple(f.info.get("step") for f in called[-1:]))
 
-    def _continue_from(self, settings: dict, md, n_frames: int, dynamics, run: bool):
+    def _continue_from(self, settings: dict, md, n_frames: int, dynamics, run: bool,
+                       last_steps: tuple = ()):
         """Restore this learner's run state from a checkpoint, then run what remains."""
         self._initial_frames = int(settings["initial_frames"])
         self._auto_threshold = settings["auto_threshold"]
         self._continuing = True
         self.n_reference_calls = n_frames - self._initial_frames
         self._target_steps = int(settings["target_steps"])
+        # min_interval counts from the last call (a frame labelled after the saved state,
+        # in the instant before it was saved, counts too); None in older checkpoints
+        steps = [settings.get("last_call_step"), *last_steps]
+        steps = [int(k) for k in steps if k is not None]
+        self._last_call_step = max(steps) if steps else None
         step = int(md["step"])
         _drop_log_after(self.directory / LOG_FILE, first_redone_step(step) - 1)
         atoms = Atoms(numbers=md["numbers"], positions=md["positions"], cell=md["cell"],
@@ -646,8 +655,6 @@ class OnTheFlyLearner:
             self._auto_threshold = self._loso_threshold()
             atoms.calc.reset()  # the next force evaluation uses the updated model
             self._updates_since_checkpoint += 1
-            if self._updates_since_checkpoint >= self.checkpoint_every:
-                self._checkpoint()
         record = {
             "step": step, "time_fs": float(dyn.get_time() / units.fs),
             "temperature_K": float(atoms.get_temperature()),
@@ -661,7 +668,11 @@ class OnTheFlyLearner:
         }
         with open(self.directory / LOG_FILE, "a") as handle:
             handle.write(json.dumps(_finite_or_null(record), allow_nan=False) + "\n")
-        if step - self._state_step >= self.state_every:  # after the record: resume keeps it
+        # after the record, which a resume then keeps; the state after every call too, so
+        # that a resume never steps back behind a labelled frame
+        if called and self._updates_since_checkpoint >= self.checkpoint_every:
+            self._checkpoint()
+        elif called or step - self._state_step >= self.state_every:
             self._save_state()
         if self.verbose and called:
             print(_call_line(record, time.perf_counter() - call_start), flush=True)
@@ -683,6 +694,7 @@ class OnTheFlyLearner:
                      "state_every": self.state_every},
             "n_inducing": self.n_inducing,
             "initial_frames": self._initial_frames,
+            "last_call_step": self._last_call_step,
             "target_steps": self._target_steps,
             "dynamics": _dynamics_spec(self._dynamics),
         }
@@ -731,27 +743,48 @@ def _drop_log_after(path: Path, step: int) -> None:
     atomic_write(path, lambda handle: handle.writelines(kept), binary=False)
 
 
-def _read_frames(path: Path) -> list:
-    """Labelled frames, dropping a last frame cut short by a crash."""
+def read_complete_frames(path: str | os.PathLike, repair: bool = False) -> list:
+    """Return the complete frames of an extxyz file written frame by frame.
+
+    A last frame cut short by an interruption is left out.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file (``labelled.extxyz``, or ``kernelpot md``'s trajectory); a missing or
+        empty file holds no frames.
+    repair : bool, default=False
+        Also cut the file back to its complete frames, so that frames appended later do
+        not land behind the cut-short one (which would make the file unreadable).
+
+    Returns
+    -------
+    list of ase.Atoms
+    """
+    path = Path(path)
     if not path.exists():
         return []
     text = path.read_text()
-    frames = []
     try:
-        frames = read(_io.StringIO(text), ":", format="extxyz")
+        return read(_io.StringIO(text), ":", format="extxyz") if text.strip() else []
     except Exception:  # a truncated last frame: keep the complete ones
-        lines = text.splitlines(keepends=True)
-        start = 0
-        while start < len(lines):
-            try:
-                n = int(lines[start].strip())
-                if len(lines) < start + n + 2:
-                    break
-                frames.append(read(_io.StringIO("".join(lines[start:start + n + 2])),
-                                   format="extxyz"))
-            except Exception:  # the cut-short frame
+        pass
+    lines = text.splitlines(keepends=True)
+    frames, start = [], 0
+    while start < len(lines):
+        try:
+            n = int(lines[start].strip())
+            if len(lines) < start + n + 2:
                 break
-            start += n + 2
+            frames.append(read(_io.StringIO("".join(lines[start:start + n + 2])),
+                               format="extxyz"))
+        except Exception:  # the cut-short frame
+            break
+        start += n + 2
+    if repair:
+        kept = "".join(lines[:start])
+        atomic_write(path, lambda handle: handle.write(kept), binary=False)
+        logger.warning("%s: a last frame cut short by an interruption was dropped", path)
     return frames
 
 

@@ -916,11 +916,12 @@ def clip_variance(var: np.ndarray, what: str, prior: np.ndarray | None = None,
     Tiny means above ``-1e-8`` times the largest variance, or the value's own prior
     variance when ``prior`` (the variance before the data, from which ``var`` was
     subtracted; same shape) is given: a model that is sure everywhere has posterior
-    variances at the round-off of their priors, and their sign is noise. Where a prior
-    vanishes by symmetry (the forces of a perfect lattice) it leaves no scale to compare
-    with; then tiny means above ``-1e-14`` times the signal variance ``signal_var`` (the
-    prior's terms are of its order before they cancel), or above ``-1e-16`` (a std of
-    1e-8 in eV-based units) without one.
+    variances at the round-off of their priors, and their sign is noise. A prior that
+    vanishes by symmetry (the forces of a perfect lattice) leaves no scale to compare
+    with, so every value is also tiny above a floor: ``-1e-14`` times the signal variance
+    ``signal_var`` (the prior's terms are of its order before they cancel), or ``-1e-16``
+    (a std of 1e-8 in eV-based units) without one. The floor decides for priors below
+    about 1e-6 of the signal variance.
     """
     var = np.asarray(var, dtype=np.float64)
     negative = var < 0

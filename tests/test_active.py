@@ -608,7 +608,65 @@ def test_labelled_frames_carry_their_step_also_after_a_resume(tmp_path):
               if json.loads(line)["reference_called"]]
     steps = [f.info["step"] for f in read(tmp_path / "labelled.extxyz", ":")]
     assert steps == [0, *called] and len(called) == resumed.n_reference_calls == 3
-    assert called[-1] >= 9  # the last call labelled after the resume (step 9 never ran)
+    # the calls an uninterrupted run makes: min_interval counts from the call at step 8
+    # across the resume (it restarted, and the resumed run called at step 9)
+    assert called == [4, 8, 12]
+
+
+def test_a_resume_before_the_first_call_does_not_label_step_0_again(tmp_path):
+    learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
+                              max_calls=2, min_interval=4)  # unfitted: step 0 is labelled
+    original = _interrupt_at(2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            learner.run(_dynamics(), 10)
+    finally:
+        OnTheFlyLearner._after_step = original
+    OnTheFlyLearner.resume(tmp_path, EMT())
+    assert [f.info["step"] for f in read(tmp_path / "labelled.extxyz", ":")] == [0, 4, 8]
+
+
+def test_a_resume_with_sparse_checkpoints_never_steps_back_behind_a_label(tmp_path):
+    learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
+                              max_calls=6, min_interval=2, checkpoint_every=3)
+    original = _interrupt_at(11)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            learner.run(_dynamics(), 16)
+    finally:
+        OnTheFlyLearner._after_step = original
+    assert int(np.load(tmp_path / "md_state.npz")["step"]) == 10  # saved at the last call
+    resumed = OnTheFlyLearner.resume(tmp_path, EMT())
+    steps = [f.info["step"] for f in read(tmp_path / "labelled.extxyz", ":")]
+    assert steps == [0, 2, 4, 6, 8, 10, 12]  # each step labelled once, in order
+    log = [json.loads(line) for line in (tmp_path / "otf_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(17))
+    assert sum(r["reference_called"] for r in log) == resumed.n_reference_calls == 6
+
+
+def test_a_frame_cut_short_by_an_interruption_is_dropped_for_good(tmp_path):
+    from kernelpot.active import read_complete_frames
+
+    learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
+                              max_calls=3, min_interval=3)
+    original = _interrupt_at(5)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            learner.run(_dynamics(), 12)
+    finally:
+        OnTheFlyLearner._after_step = original
+    frames_file = tmp_path / "labelled.extxyz"
+    complete = frames_file.read_text()
+    with open(frames_file, "a") as handle:  # a frame whose writing the interruption cut
+        handle.write(complete.splitlines(keepends=True)[0] + "Lattice=\"3.6 0 0")
+    assert len(read_complete_frames(frames_file)) == 2
+    OnTheFlyLearner.resume(tmp_path, EMT())  # labels more frames after the repaired file
+    again = OnTheFlyLearner.resume(tmp_path, EMT(), run=False)  # and reads them back
+    assert [f.info["step"] for f in read(frames_file, ":")] == [0, 3, 6, 9]
+    assert again.n_reference_calls == 3
+    empty = tmp_path / "empty.extxyz"
+    empty.write_text("")
+    assert read_complete_frames(empty) == [] and read_complete_frames(tmp_path / "no") == []
 
 
 def test_a_resume_from_the_first_checkpoint_records_step_0_once(tmp_path):

@@ -358,7 +358,7 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
                  "--train", str(tmp_path / "train.xyz"), "--directory",
                  str(tmp_path / "otf")]) == 0
     out = capsys.readouterr().out
-    assert "largest gated force std (threshold 0.0001 eV/Å)" in out
+    assert "largest gated force std (threshold 0.1 meV/Å)" in out
     # four small cells: method "auto" fitted the exact GP, and chooses it again on --train
     assert load(model_path).method_ == "exact"
     lines = out.splitlines()
@@ -838,3 +838,11 @@ def test_fit_says_when_a_learned_noise_sits_at_a_bound():
     assert _bound_note(1e-4, (1e-4, 1.0)) == " (its lower bound: the labels look noise-free)"
     assert "upper bound" in _bound_note(10.0, (1e-4, 10.0))
     assert _bound_note(0.05, (1e-4, 10.0)) == ""
+    assert _bound_note(1e-4, (1e-4, 1.0), learned=False) == " (given)"  # not fitted
+
+    from kernelpot import SOAP, SparseGPPotential
+    from kernelpot.cli.fit import _learned
+
+    model = SparseGPPotential(SOAP(["H"], 3.0, 2, 1, 0.5), optimize=["signal_std"])
+    assert not _learned(model, "energy_noise") and _learned(model, "signal_std")
+    assert _learned(model.set_params(optimize=True), "force_noise")

@@ -372,30 +372,41 @@ def _print_errors(title, err, calibration: bool = True) -> None:
               f"{1e3 * metrics.mae(f, ref):.1f} meV/Å, RMSE {1e3 * metrics.rmse(f, ref):.1f} "
               f"meV/Å, max {1e3 * metrics.max_error(f, ref):.0f} meV/Å")
         if calibration:
-            n_atoms = sum(len(x) for x in f)
-            spearman = (f"{metrics.spearman_std_error(f, ref, std):.2f}" if n_atoms >= 3
-                        else "n/a (fewer than 3 atoms)")
-            fixed = metrics.fixed_components(f, ref)
-            counted = ~fixed
-            if not counted.any():
-                print(f"{title} calibration: every force component is zero in both the "
-                      "reference and the prediction (fixed by symmetry): nothing to check "
-                      "the stds on")
-            else:
-                flat_f, flat_ref, flat_std = (np.concatenate([np.ravel(x) for x in v])[counted]
-                                              for v in (f, ref, std))
-                left_out = (f" ({int(fixed.sum())} of {fixed.size} components, zero in both "
-                            "the reference and the prediction as a crystal's symmetry fixes "
-                            "them, left out)" if fixed.any() else "")
-                print(f"{title} calibration: "
-                      f"{100 * metrics.coverage(flat_f, flat_ref, flat_std, 1):.1f}% of force "
-                      f"components within 1 std (Gaussian 68.3%), "
-                      f"{100 * metrics.coverage(flat_f, flat_ref, flat_std, 2):.1f}% within 2 "
-                      f"(95.4%){left_out}; Spearman (per-atom std, error) {spearman}; "
-                      f"negative log-likelihood "
-                      f"{metrics.negative_log_likelihood(flat_f, flat_ref, flat_std):.3f} "
-                      "nats per component")
+            _print_force_calibration(title, f, ref, std)
     _print_stress_errors(title, err, calibration)
+
+
+def _print_force_calibration(title, f, ref, std) -> None:
+    """Print the force stds' coverage, Spearman and NLL.
+
+    Without the components that are zero in both the reference and the prediction (a
+    crystal's symmetry fixes them), which every std covers.
+    """
+    from kernelpot import metrics
+
+    fixed = metrics.fixed_components(f, ref)
+    if fixed.all():
+        print(f"{title} calibration: every force component is zero in both the reference "
+              "and the prediction (as a crystal's symmetry fixes them): nothing to check the "
+              "stds on")
+        return
+    flat_f, flat_ref, flat_std = (np.concatenate([np.ravel(x) for x in v]) for v in (f, ref, std))
+    atoms = ~fixed.reshape(-1, 3).all(axis=1)  # Spearman is per atom: atoms not all fixed
+    per_atom = [x.reshape(-1, 3)[atoms] for x in (flat_f, flat_ref, flat_std)]
+    spearman = (f"{metrics.spearman_std_error(*per_atom):.2f}" if atoms.sum() >= 3
+                else "n/a (fewer than 3 atoms)")
+    counted = ~fixed
+    flat_f, flat_ref, flat_std = flat_f[counted], flat_ref[counted], flat_std[counted]
+    left_out = (f" ({int(fixed.sum())} of {fixed.size} components, zero in both the "
+                "reference and the prediction as a crystal's symmetry fixes them, left out "
+                "here and from the Spearman's atoms)" if fixed.any() else "")
+    print(f"{title} calibration: "
+          f"{100 * metrics.coverage(flat_f, flat_ref, flat_std, 1):.1f}% of force components "
+          f"within 1 std (Gaussian 68.3%), "
+          f"{100 * metrics.coverage(flat_f, flat_ref, flat_std, 2):.1f}% within 2 "
+          f"(95.4%){left_out}; Spearman (per-atom std, error) {spearman}; negative "
+          f"log-likelihood {metrics.negative_log_likelihood(flat_f, flat_ref, flat_std):.3f} "
+          "nats per component")
 
 
 def _print_stress_errors(title, err, calibration: bool) -> None:

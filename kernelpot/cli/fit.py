@@ -41,10 +41,12 @@ def _cmd_fit(args) -> int:
     print(f"kernelpot {__version__}: fitted {len(frames)} structures in {fit_s:.1f} s "
           f"({model.method_} model), {sum(model.n_inducing_.values())} {kind} environments "
           f"{model.n_inducing_}")
+    notes = {name: _bound_note(getattr(model, f"{name}_"), getattr(model, f"{name}_bounds"),
+                               _learned(model, name))
+             for name in ("energy_noise", "force_noise")}
     print(f"learned noise: energy {1e3 * model.energy_noise_:.3g} meV/√atom"
-          f"{_bound_note(model.energy_noise_, model.energy_noise_bounds)} (the noise of an "
-          f"N-atom structure's energy is σ_E √N), forces {1e3 * model.force_noise_:.3g} "
-          f"meV/Å{_bound_note(model.force_noise_, model.force_noise_bounds)}; signal std "
+          f"{notes['energy_noise']} (the noise of an N-atom structure's energy is σ_E √N), "
+          f"forces {1e3 * model.force_noise_:.3g} meV/Å{notes['force_noise']}; signal std "
           f"{format_signal_std(model.signal_std_)} eV")
     n_stress = model.posterior_.n_stress_observations
     if n_stress:
@@ -73,13 +75,19 @@ def _cmd_fit(args) -> int:
     return 0
 
 
-def _bound_note(value: float, bounds) -> str:
+def _bound_note(value: float, bounds, learned: bool = True) -> str:
     """Say when a learned noise level sits at a bound of its search (empty otherwise)."""
-    if isinstance(bounds, str):  # "fixed": not learned
-        return " (fixed)"
+    if not learned:  # given, not fitted (optimize)
+        return " (given)"
     low, high = (float(b) for b in bounds)
     if value <= low * (1 + 1e-6):
         return " (its lower bound: the labels look noise-free)"
     if value >= high * (1 - 1e-6):
         return " (its upper bound: the labels look like noise to the model)"
     return ""
+
+
+def _learned(model, name: str) -> bool:
+    """Whether the fit searched ``name`` (``optimize``: True, False or a list of names)."""
+    optimize = model.optimize
+    return bool(optimize) if isinstance(optimize, bool) else name in optimize

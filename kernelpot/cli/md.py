@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from kernelpot import __version__
-from kernelpot.active import FRAMES_FILE, SETTINGS_FILE, STATE_FILE, first_redone_step
+from kernelpot.active import (
+    FRAMES_FILE,
+    SETTINGS_FILE,
+    STATE_FILE,
+    first_redone_step,
+    read_complete_frames,
+)
 from kernelpot.cli._common import (
     CLIError,
     _check_output,
@@ -121,11 +127,13 @@ class _Trajectory:
     """
 
     def __init__(self, path: str | None, after: int | None = None):
-        from ase.io import read, write
+        from ase.io import write
 
         self.path = path
         if path and after is not None and Path(path).exists():
-            kept = [f for f in read(path, ":") if int(f.info.get("step", 0)) <= after]
+            # without a last frame cut short by the interruption (or an empty file)
+            kept = [f for f in read_complete_frames(path)
+                    if int(f.info.get("step", 0)) <= after]
             write(path, kept, format="extxyz")
         append = after is not None
         self.handle = open(path, "a" if append else "w") if path else None  # noqa: SIM115
@@ -289,7 +297,7 @@ def _report(args, learner, atoms, wall: float, steps: int, stds: list,
             trajectory: _Trajectory) -> None:
     """Print the run's summary line(s)."""
     what = "largest force std" if learner is None else (
-        f"largest gated force std (threshold {learner.current_threshold:.3g} eV/Å)")
+        f"largest gated force std (threshold {1e3 * learner.current_threshold:.3g} meV/Å)")
     largest = f"; {what} {max(stds):.3g} eV/Å" if stds else ""
     ensemble = {"nve": f"NVE (velocity Verlet, initial velocities at {args.temperature} K)",
                 "langevin": f"Langevin ({args.temperature} K)",
