@@ -572,18 +572,21 @@ def test_label_stress_trains_on_the_references_stress_and_resumes(tmp_path):
         OnTheFlyLearner(_model(), EMT(), directory=tmp_path / "x", label_stress="yes")
 
 
-def _interrupt_at(step):
-    """Patch OnTheFlyLearner._after_step to raise KeyboardInterrupt at ``step``; return
-    the original to restore."""
+def _run_interrupted(learner, dynamics, steps, at):
+    """Run ``learner`` for ``steps`` steps, interrupted (KeyboardInterrupt) at step ``at``."""
     original = OnTheFlyLearner._after_step
 
     def interrupted(self):
-        if self._dynamics.nsteps == step:
+        if self._dynamics.nsteps == at:
             raise KeyboardInterrupt
         original(self)
 
     OnTheFlyLearner._after_step = interrupted
-    return original
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            learner.run(dynamics, steps)
+    finally:
+        OnTheFlyLearner._after_step = original
 
 
 def _logged_steps(directory):
@@ -596,12 +599,7 @@ def test_labelled_frames_carry_their_step_also_after_a_resume(tmp_path):
                               max_calls=3, min_interval=4)
     dyn = _dynamics()
     dyn.atoms.info["step"] = 999  # a stale step the atoms carry in is not the label's
-    original = _interrupt_at(9)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            learner.run(dyn, 16)
-    finally:
-        OnTheFlyLearner._after_step = original
+    _run_interrupted(learner, dyn, 16, at=9)
     resumed = OnTheFlyLearner.resume(tmp_path, EMT())
     called = [json.loads(line)["step"] for line in
               (tmp_path / "otf_log.jsonl").read_text().splitlines()
@@ -616,12 +614,7 @@ def test_labelled_frames_carry_their_step_also_after_a_resume(tmp_path):
 def test_a_resume_before_the_first_call_does_not_label_step_0_again(tmp_path):
     learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
                               max_calls=2, min_interval=4)  # unfitted: step 0 is labelled
-    original = _interrupt_at(2)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            learner.run(_dynamics(), 10)
-    finally:
-        OnTheFlyLearner._after_step = original
+    _run_interrupted(learner, _dynamics(), 10, at=2)
     OnTheFlyLearner.resume(tmp_path, EMT())
     assert [f.info["step"] for f in read(tmp_path / "labelled.extxyz", ":")] == [0, 4, 8]
 
@@ -629,12 +622,7 @@ def test_a_resume_before_the_first_call_does_not_label_step_0_again(tmp_path):
 def test_a_resume_with_sparse_checkpoints_never_steps_back_behind_a_label(tmp_path):
     learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
                               max_calls=6, min_interval=2, checkpoint_every=3)
-    original = _interrupt_at(11)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            learner.run(_dynamics(), 16)
-    finally:
-        OnTheFlyLearner._after_step = original
+    _run_interrupted(learner, _dynamics(), 16, at=11)
     assert int(np.load(tmp_path / "md_state.npz")["step"]) == 10  # saved at the last call
     resumed = OnTheFlyLearner.resume(tmp_path, EMT())
     steps = [f.info["step"] for f in read(tmp_path / "labelled.extxyz", ":")]
@@ -649,12 +637,7 @@ def test_a_frame_cut_short_by_an_interruption_is_dropped_for_good(tmp_path):
 
     learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
                               max_calls=3, min_interval=3)
-    original = _interrupt_at(5)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            learner.run(_dynamics(), 12)
-    finally:
-        OnTheFlyLearner._after_step = original
+    _run_interrupted(learner, _dynamics(), 12, at=5)
     frames_file = tmp_path / "labelled.extxyz"
     complete = frames_file.read_text()
     with open(frames_file, "a") as handle:  # a frame whose writing the interruption cut
@@ -680,12 +663,7 @@ def test_a_resume_from_the_first_checkpoint_records_step_0_once(tmp_path):
                                        forces=start.get_forces())
     model.fit([start])
     learner = OnTheFlyLearner(model, EMT(), threshold=10.0, directory=tmp_path)  # no call
-    original = _interrupt_at(6)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            learner.run(dyn, 10)
-    finally:
-        OnTheFlyLearner._after_step = original
+    _run_interrupted(learner, dyn, 10, at=6)
     assert int(np.load(tmp_path / "md_state.npz")["step"]) == 0  # the only checkpoint
     assert _logged_steps(tmp_path) == list(range(6))
     resumed = OnTheFlyLearner.resume(tmp_path, EMT())
@@ -696,12 +674,7 @@ def test_a_resume_from_the_first_checkpoint_records_step_0_once(tmp_path):
 def test_the_md_state_is_saved_between_checkpoints(tmp_path):
     learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
                               max_calls=2, min_interval=2, state_every=5)
-    original = _interrupt_at(13)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            learner.run(_dynamics(), 20)
-    finally:
-        OnTheFlyLearner._after_step = original
+    _run_interrupted(learner, _dynamics(), 20, at=13)
     # the calls (and model checkpoints) were at steps 2 and 4; the state, saved 5 steps
     # after, is at step 9: the run resumes there, not at its last call
     called = [json.loads(line)["step"] for line in
