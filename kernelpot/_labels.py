@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -10,6 +11,10 @@ import numpy as np
 from ase import Atoms
 
 from kernelpot._validation import check_finite_positions
+
+#: ``info`` key ``kernelpot predict`` marks its output with: its energies and forces are
+#: the model's, stored where labels go (for ASE's readers), not reference labels.
+PREDICTION_KEY = "kernelpot_prediction"
 
 
 class Labels(NamedTuple):
@@ -177,6 +182,12 @@ def read_labels(frames: list[Atoms], owner: str, stress: bool = False,
     if every and unlabelled:
         raise ValueError(f"{owner}: structure(s) {unlabelled[:10]} carry no energy, forces or "
                          f"stress: nothing to train on (label them or leave them out)")
+    predicted = [k for k, atoms in enumerate(frames) if PREDICTION_KEY in atoms.info]
+    if predicted:
+        warnings.warn(f"{owner}: structure(s) {predicted[:10]} hold a model's predictions "
+                      f"({frames[predicted[0]].info[PREDICTION_KEY]}: written by kernelpot "
+                      "predict), not reference labels; used as labels, they train on or "
+                      "test against the model's own output", UserWarning, stacklevel=3)
     return Labels(energies, forces, stresses)
 
 

@@ -182,6 +182,12 @@ def test_fit_eval_predict_round_trip(cli_files, capsys):
         np.testing.assert_allclose(atoms.get_forces(), forces[k], atol=1e-6)
         assert atoms.info["energy_std"] == pytest.approx(energy_std[k], rel=1e-6)
         np.testing.assert_allclose(atoms.arrays["forces_std"], forces_std[k], rtol=1e-6)
+        assert atoms.info["kernelpot_prediction"].startswith("kernelpot ")
+    # predictions fed back as labels: said, for training and for testing alike
+    with pytest.warns(UserWarning, match=r"structure\(s\) \[0, 1.*hold a model's predictions"):
+        model.score(frames)
+    with pytest.warns(UserWarning, match="written by kernelpot predict"):
+        assert main(["eval", str(model_path), str(predicted)]) == 0
 
 
 def _fit_with_config(cli_files, capsys, name, text, *options):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from kernelpot import __version__
+from kernelpot._labels import PREDICTION_KEY
 from kernelpot.cli._common import (
     CLIError,
     _check_output,
@@ -91,6 +92,7 @@ def _cmd_predict(args) -> int:
         result = atoms.copy()
         result.calc = None
         result.info["energy_std"] = float(e_std)
+        result.info[PREDICTION_KEY] = f"kernelpot {__version__}, {args.model}"
         result.arrays["forces_std"] = np.asarray(f_std, dtype=np.float64)
         extra = {"stress": stresses[k]} if k in stresses else {}
         result.calc = SinglePointCalculator(result, energy=float(energy), forces=force,
