@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from kernelpot import __version__
 from kernelpot.cli._common import (
     CLIError,
@@ -80,9 +82,9 @@ def _bound_note(value: float, bounds, learned: bool = True) -> str:
     if not learned:  # given, not fitted (optimize)
         return " (given)"
     low, high = (float(b) for b in bounds)
-    if value <= low * (1 + 1e-6):
+    if np.isclose(value, low):  # "at a bound" as the fit's warnings judge it
         return " (its lower bound: the labels look noise-free)"
-    if value >= high * (1 - 1e-6):
+    if np.isclose(value, high):
         return " (its upper bound: the labels look like noise to the model)"
     return ""
 
