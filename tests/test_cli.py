@@ -846,9 +846,3 @@ def test_fit_says_when_a_learned_noise_sits_at_a_bound():
     assert _bound_note(0.05, (1e-4, 10.0)) == ""
     assert _bound_note(1e-4, (1e-4, 1.0), learned=False) == " (given)"  # not fitted
 
-    from kernelpot import SOAP, SparseGPPotential
-    from kernelpot.cli.fit import _learned
-
-    model = SparseGPPotential(SOAP(["H"], 3.0, 2, 1, 0.5), optimize=["signal_std"])
-    assert not _learned(model, "energy_noise") and _learned(model, "signal_std")
-    assert _learned(model.set_params(optimize=True), "force_noise")

@@ -19,6 +19,7 @@ from kernelpot.cli._common import (
     elapsed,
     noise_scales_line,
 )
+from kernelpot.hyperparameters import fitted_names
 
 
 def _cmd_fit(args) -> int:
@@ -43,8 +44,9 @@ def _cmd_fit(args) -> int:
     print(f"kernelpot {__version__}: fitted {len(frames)} structures in {fit_s:.1f} s "
           f"({model.method_} model), {sum(model.n_inducing_.values())} {kind} environments "
           f"{model.n_inducing_}")
+    fitted = fitted_names(model.optimize, "kernelpot fit")
     notes = {name: _bound_note(getattr(model, f"{name}_"), getattr(model, f"{name}_bounds"),
-                               _learned(model, name))
+                               name in fitted)
              for name in ("energy_noise", "force_noise")}
     print(f"learned noise: energy {1e3 * model.energy_noise_:.3g} meV/√atom"
           f"{notes['energy_noise']} (the noise of an N-atom structure's energy is σ_E √N), "
@@ -88,8 +90,3 @@ def _bound_note(value: float, bounds, learned: bool = True) -> str:
         return " (its upper bound: the labels look like noise to the model)"
     return ""
 
-
-def _learned(model, name: str) -> bool:
-    """Whether the fit searched ``name`` (``optimize``: True, False or a list of names)."""
-    optimize = model.optimize
-    return bool(optimize) if isinstance(optimize, bool) else name in optimize
