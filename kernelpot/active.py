@@ -41,6 +41,8 @@ __all__ = ["OnTheFlyLearner"]
 
 LOG_FILE = "otf_log.jsonl"
 FRAMES_FILE = "labelled.extxyz"
+#: eV/Å³ in GPa (the stress std in the call lines).
+GPA = 160.21766208
 MODEL_FILE = "model.npz"
 STATE_FILE = "md_state.npz"
 SETTINGS_FILE = "learner.json"
@@ -85,7 +87,16 @@ def _call_line(record: dict, seconds: float) -> str:
             f"{1e3 * record['force_error_rms']:.3g}, max "
             f"{1e3 * record['force_error_max']:.3g} meV/Å, "
             f"{100 * record['within_1std']:.0f} % / {100 * record['within_2std']:.0f} % "
-            f"inside 1 / 2 std | call + update {seconds:.1f} s, total {record['wall_s']:.0f} s")
+            f"inside 1 / 2 std{_stress_part(record)} | call + update {seconds:.1f} s, total "
+            f"{record['wall_s']:.0f} s")
+
+
+def _stress_part(record: dict) -> str:
+    """Return what a call's line says of the stress std when the stress gate made it."""
+    if not record.get("called_by_stress"):
+        return ""
+    return (f" | stress std {GPA * record['max_stress_std']:.3g} > "
+            f"{GPA * record['stress_threshold']:.3g} GPa")
 
 
 def _status_line(record: dict, first_step: int) -> str:
@@ -171,7 +182,12 @@ class OnTheFlyLearner:
         Also ask the reference for the stress of structures periodic along all three
         axes and train on it (with the model's ``use_stress``): six more observations
         per call, what NPT runs need; off by default, as some references compute the
-        stress at extra cost.
+        stress at extra cost. Then the learner also gates on the calibrated epistemic
+        stress std at the steps where the dynamics computed the stress (NPT does at
+        every step): it calls the reference when that std passes ``relative_threshold``
+        times the largest one any labelled cell had when it was left out (1 times, with
+        a given ``threshold``). A change of volume or shape can leave a symmetric
+        cell's forces, and their std, at zero; the stress std sees it.
     verbose : int, default=0
         1 prints a line on stdout for every reference call (step, time, temperature,
         largest std against the threshold, calls so far, the model's error on the new
@@ -317,6 +333,7 @@ class OnTheFlyLearner:
         self._initial_frames = None
         self._continuing = False
         self._auto_threshold = None
+        self._stress_gate = None  # eV/Å³; None: no stress gate
         self._warned_threshold = False
 
     # -- public ----------------------------------------------------------------------
@@ -377,6 +394,7 @@ class OnTheFlyLearner:
         if self._initial_frames is None:
             self._initial_frames = self.model.posterior_.n_training_structures
         self._auto_threshold = self._loso_threshold()
+        self._stress_gate = self._stress_threshold()
         self._continuing = True
         if self.verbose:
             kind = "given" if self.threshold is not None else "automatic"
@@ -596,6 +614,24 @@ class OnTheFlyLearner:
         np.maximum.at(largest, loso.structure[forces], std)
         return float(min(self.relative_threshold * largest.max(), self._tolerance()))
 
+    def _stress_threshold(self) -> float | None:
+        """Return the automatic threshold of the stress std, eV/Å³ (None: no stress gate).
+
+        With ``label_stress`` and a model that trained on stresses and holds their
+        leave-one-structure-out terms: ``relative_threshold`` (or, with a given force
+        ``threshold``, 1) times the largest calibrated epistemic stress std any labelled
+        cell had when it was left out.
+        """
+        loso = getattr(self.model.posterior_, "loso", None)
+        if not self.label_stress or loso is None or loso.is_stress is None \
+                or self.model.interval_kind_ != "loso":
+            return None
+        rows = loso.is_stress
+        std = np.sqrt(self.model.epistemic_variance("stress", loso.posterior[rows],
+                                                    loso.projection[rows]))
+        factor = self.relative_threshold if self.threshold is None else 1.0
+        return float(factor * std.max()) if std.size and std.max() > 0 else None
+
     def _is_young(self) -> bool:
         """Return whether the model is too young for a LOSO map (fewer than three structures)."""
         model = self.model
@@ -638,7 +674,13 @@ class OnTheFlyLearner:
         step = int(dyn.nsteps)
         spaced = self._last_call_step is None or step - self._last_call_step >= self.min_interval
         budget = self.max_calls is None or self.n_reference_calls < self.max_calls
-        called = bool(max_std > threshold and spaced and budget)
+        # the stress std, when the dynamics asked for the stress (NPT): a change of volume
+        # or shape can leave the forces of a symmetric cell at zero, and their std too
+        stress_gate = self._stress_gate
+        stress_std = atoms.calc.results.get("stress_std") if stress_gate is not None else None
+        max_stress_std = None if stress_std is None else float(np.max(stress_std))
+        by_stress = max_stress_std is not None and max_stress_std > stress_gate
+        called = bool((max_std > threshold or by_stress) and spaced and budget)
         seen = {}
         if called:
             call_start = time.perf_counter()
@@ -653,6 +695,7 @@ class OnTheFlyLearner:
             self.model.update([labelled], n_inducing=self.n_inducing, optimize=reoptimize,
                               max_inducing=self.max_inducing)
             self._auto_threshold = self._loso_threshold()
+            self._stress_gate = self._stress_threshold()
             atoms.calc.reset()  # the next force evaluation uses the updated model
             self._updates_since_checkpoint += 1
         record = {
@@ -666,6 +709,9 @@ class OnTheFlyLearner:
             "wall_s": time.perf_counter() - self._start_wall,
             **seen,
         }
+        if max_stress_std is not None:  # eV/Å³
+            record.update(max_stress_std=max_stress_std, stress_threshold=stress_gate,
+                          called_by_stress=bool(called and by_stress))
         with open(self.directory / LOG_FILE, "a") as handle:
             handle.write(json.dumps(_finite_or_null(record), allow_nan=False) + "\n")
         # after the record, which a resume then keeps; the state after every call too, so

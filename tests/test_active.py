@@ -690,3 +690,33 @@ def test_the_md_state_is_saved_between_checkpoints(tmp_path):
     assert json.loads((tmp_path / "learner.json").read_text())["init"]["state_every"] == 5
     with pytest.raises(ValueError, match="state_every"):
         OnTheFlyLearner(_model(), EMT(), state_every=0)
+
+
+def test_with_label_stress_the_stress_std_gates_a_change_of_volume(tmp_path):
+    """A perfect fcc cell expanded step by step: its forces, and their std, stay zero by
+    symmetry, so the force gate never fires; the stress std leaves the labelled cells'
+    range, and the stress gate calls the reference."""
+    from helpers import emt_strained_cells
+
+    from kernelpot import SOAP
+
+    model = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), method="sparse", random_state=0,
+                              n_restarts=0, incremental=True).fit(emt_strained_cells(6, seed=0))
+    atoms = bulk("Cu", "fcc", 3.6, cubic=True).repeat((2, 1, 1))
+    dyn = VelocityVerlet(atoms, timestep=2.0 * 0.09822694788464063)  # at rest: no motion
+
+    def expand():  # as a barostat would, one step at a time; then the stress, as NPT asks
+        atoms.set_cell(atoms.cell.array * 1.01, scale_atoms=True)
+        atoms.get_stress()
+
+    dyn.attach(expand, interval=1)
+    learner = OnTheFlyLearner(model, EMT(), directory=tmp_path, label_stress=True,
+                              min_interval=2, max_calls=1)
+    learner.run(dyn, 12)
+    log = [json.loads(line) for line in (tmp_path / "otf_log.jsonl").read_text().splitlines()]
+    assert max(r["max_force_std"] for r in log) < 1e-6 < log[0]["threshold"]
+    assert all("stress_threshold" in r for r in log[1:])  # the stress asked for every step
+    called = [r for r in log if r["reference_called"]]
+    assert len(called) == 1 and called[0]["called_by_stress"]
+    assert called[0]["max_stress_std"] > called[0]["stress_threshold"] > 0
+    assert learner.model.posterior_.n_stress_observations == 6 * 7  # the six cells + the call
