@@ -183,11 +183,11 @@ class OnTheFlyLearner:
         axes and train on it (with the model's ``use_stress``): six more observations
         per call, what NPT runs need; off by default, as some references compute the
         stress at extra cost. Then the learner also gates on the calibrated epistemic
-        stress std at the steps where the dynamics computed the stress (NPT does at
-        every step): it calls the reference when that std passes ``relative_threshold``
-        times the largest one any labelled cell had when it was left out (1 times, with
-        a given ``threshold``). A change of volume or shape can leave a symmetric
-        cell's forces, and their std, at zero; the stress std sees it.
+        stress std at the steps where the cell changed (NPT, a barostat): it calls the
+        reference when that std passes ``relative_threshold`` times the largest one any
+        labelled cell had when it was left out (1 times, with a given ``threshold``). A
+        change of volume or shape can leave a symmetric cell's forces, and their std, at
+        zero; the stress std sees it.
     verbose : int, default=0
         1 prints a line on stdout for every reference call (step, time, temperature,
         largest std against the threshold, calls so far, the model's error on the new
@@ -334,6 +334,7 @@ class OnTheFlyLearner:
         self._continuing = False
         self._auto_threshold = None
         self._stress_gate = None  # eV/Å³; None: no stress gate
+        self._gate_cell = None  # the cell at the last step (the stress gate's reference)
         self._warned_threshold = False
 
     # -- public ----------------------------------------------------------------------
@@ -656,6 +657,23 @@ class OnTheFlyLearner:
         atoms.get_forces()
         return float(np.max(self.gated_std(atoms.calc.results)))
 
+    def _largest_stress_std(self, atoms: Atoms) -> float | None:
+        """Return the largest calibrated stress std where the cell moved since the last step.
+
+        None where it did not (fixed-cell dynamics: the force std gates it) or the cell is
+        not periodic along all three axes. The stress of the current structure is what a
+        barostat asks for at its next step, so in NPT this costs no extra prediction.
+        """
+        cell = atoms.cell.array.copy()
+        moved = self._gate_cell is not None and not np.allclose(cell, self._gate_cell,
+                                                                 rtol=0.0, atol=1e-12)
+        self._gate_cell = cell
+        if not moved or not np.all(atoms.pbc):
+            return None
+        atoms.get_stress()
+        std = atoms.calc.results.get("stress_std")
+        return None if std is None else float(np.max(std))
+
     def _tolerance(self) -> float:
         """Return ``force_tolerance`` times the RMS labelled force component (inf: none)."""
         rms = self._label_rms()
@@ -677,8 +695,7 @@ class OnTheFlyLearner:
         # the stress std, when the dynamics asked for the stress (NPT): a change of volume
         # or shape can leave the forces of a symmetric cell at zero, and their std too
         stress_gate = self._stress_gate
-        stress_std = atoms.calc.results.get("stress_std") if stress_gate is not None else None
-        max_stress_std = None if stress_std is None else float(np.max(stress_std))
+        max_stress_std = self._largest_stress_std(atoms) if stress_gate is not None else None
         by_stress = max_stress_std is not None and max_stress_std > stress_gate
         called = bool((max_std > threshold or by_stress) and spaced and budget)
         seen = {}

@@ -705,9 +705,8 @@ def test_with_label_stress_the_stress_std_gates_a_change_of_volume(tmp_path):
     atoms = bulk("Cu", "fcc", 3.6, cubic=True).repeat((2, 1, 1))
     dyn = VelocityVerlet(atoms, timestep=2.0 * 0.09822694788464063)  # at rest: no motion
 
-    def expand():  # as a barostat would, one step at a time; then the stress, as NPT asks
+    def expand():  # as a barostat would, one step at a time
         atoms.set_cell(atoms.cell.array * 1.01, scale_atoms=True)
-        atoms.get_stress()
 
     dyn.attach(expand, interval=1)
     learner = OnTheFlyLearner(model, EMT(), directory=tmp_path, label_stress=True,
@@ -715,7 +714,7 @@ def test_with_label_stress_the_stress_std_gates_a_change_of_volume(tmp_path):
     learner.run(dyn, 12)
     log = [json.loads(line) for line in (tmp_path / "otf_log.jsonl").read_text().splitlines()]
     assert max(r["max_force_std"] for r in log) < 1e-6 < log[0]["threshold"]
-    assert all("stress_threshold" in r for r in log[1:])  # the stress asked for every step
+    assert all("stress_threshold" in r for r in log[1:])  # the cell moved at every step
     called = [r for r in log if r["reference_called"]]
     assert len(called) == 1 and called[0]["called_by_stress"]
     assert called[0]["max_stress_std"] > called[0]["stress_threshold"] > 0
