@@ -298,7 +298,7 @@ def _report(args, learner, atoms, wall: float, steps: int, stds: list,
     """Print the run's summary line(s)."""
     what = "largest force std" if learner is None else (
         f"largest gated force std (threshold {1e3 * learner.current_threshold:.3g} meV/Å)")
-    largest = f"; {what} {max(stds):.3g} eV/Å" if stds else ""
+    largest = f"; {what} {1e3 * max(stds):.3g} meV/Å" if stds else ""
     ensemble = {"nve": f"NVE (velocity Verlet, initial velocities at {args.temperature} K)",
                 "langevin": f"Langevin ({args.temperature} K)",
                 "npt": f"NPT (MTK, {args.temperature} K, {args.pressure} GPa)"}[args.ensemble]
