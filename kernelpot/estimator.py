@@ -1154,8 +1154,7 @@ pair of float
         # what the model needs; refusing it stopped a run, measured)
         cap = self._inducing_cap(max_inducing, owner)  # the exact model's, if it turns sparse
         frames = check_frames(X, owner)
-        indices = [self._species_index(atoms, owner, f"structure {k}")
-                   for k, atoms in enumerate(frames)]
+        indices = self._species_indices(frames, owner)
         raw_labels, labels = self._new_labels(frames, owner)
         if exact:
             training = posterior.training.extended(
@@ -1294,8 +1293,7 @@ pair of float
             if state is not None and len(state.stress_row) == len(frames) else None
 
         def describe(frames):
-            indices = [self._species_index(a, owner, f"structure {k}")
-                       for k, a in enumerate(frames)]
+            indices = self._species_indices(frames, owner)
             return indices, self.descriptor_.compute_all(
                 frames, lambda fn, items, desc: self._imap(fn, items, verbose, desc), strain)
 
@@ -1317,8 +1315,7 @@ pair of float
     def _training_set(self, frames: list, owner: str) -> TrainingSet:
         """Return ``frames`` as a training set of this model's species and ``e0_``."""
         raw_labels, labels = self._new_labels(frames, owner)
-        indices = [self._species_index(atoms, owner, f"structure {k}")
-                   for k, atoms in enumerate(frames)]
+        indices = self._species_indices(frames, owner)
         counts = composition_counts(indices, len(self.species_))
         return TrainingSet(list(frames), labels, self.species_, indices, counts, self.e0_,
                            raw_labels if self.baseline_ is not None else None)

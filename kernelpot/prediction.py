@@ -147,11 +147,15 @@ class PredictionMixin:
                 f"{[chemical_symbols[z] for z in self.species_]})")
         return np.searchsorted(self.species_, atoms.numbers)
 
+    def _species_indices(self, frames, owner: str) -> list[np.ndarray]:
+        """Return :meth:`_species_index` of every structure, naming the first unknown one."""
+        return [self._species_index(atoms, owner, f"structure {k}")
+                for k, atoms in enumerate(frames)]
+
     def _check_elements(self, frames, owner: str) -> None:
         """Name the first structure of a list with an element the model does not know."""
         if isinstance(frames, (list, tuple)):  # files are read once, by the map itself
-            for k, atoms in enumerate(frames):
-                self._species_index(atoms, owner, f"structure {k}")
+            self._species_indices(frames, owner)
 
     def _close_contact(self, atoms: Atoms) -> str | None:
         """Describe the closest pair of a structure to predict if under ``min_distance``."""
