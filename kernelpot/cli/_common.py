@@ -379,8 +379,9 @@ def _print_errors(title, err, calibration: bool = True) -> None:
 def _print_force_calibration(title, f, ref, std) -> None:
     """Print the force stds' coverage, Spearman and NLL.
 
-    Without the components that are zero in both the reference and the prediction (a
-    crystal's symmetry fixes them), which every std covers.
+    The coverage and NLL without the components that are zero in both the reference and
+    the prediction (a crystal's symmetry fixes them), which every std covers; the
+    Spearman over all atoms (CLARIFICATIONS.md).
     """
     from kernelpot import metrics
 
@@ -390,16 +391,15 @@ def _print_force_calibration(title, f, ref, std) -> None:
               "and the prediction (as a crystal's symmetry fixes them): nothing to check the "
               "stds on")
         return
-    flat_f, flat_ref, flat_std = (np.concatenate([np.ravel(x) for x in v]) for v in (f, ref, std))
-    atoms = ~fixed.reshape(-1, 3).all(axis=1)  # Spearman is per atom: atoms not all fixed
-    per_atom = [x.reshape(-1, 3)[atoms] for x in (flat_f, flat_ref, flat_std)]
-    spearman = (f"{metrics.spearman_std_error(*per_atom):.2f}" if atoms.sum() >= 3
+    # Spearman over all atoms, as CLARIFICATIONS.md defines it
+    spearman = (f"{metrics.spearman_std_error(f, ref, std):.2f}" if fixed.size >= 9
                 else "n/a (fewer than 3 atoms)")
     counted = ~fixed
-    flat_f, flat_ref, flat_std = flat_f[counted], flat_ref[counted], flat_std[counted]
+    flat_f, flat_ref, flat_std = (np.concatenate([np.ravel(x) for x in v])[counted]
+                                  for v in (f, ref, std))
     left_out = (f" ({int(fixed.sum())} of {fixed.size} components, zero in both the "
                 "reference and the prediction as a crystal's symmetry fixes them, left out "
-                "here and from the Spearman's atoms)" if fixed.any() else "")
+                "of the coverage and the NLL)" if fixed.any() else "")
     print(f"{title} calibration: "
           f"{100 * metrics.coverage(flat_f, flat_ref, flat_std, 1):.1f}% of force components "
           f"within 1 std (Gaussian 68.3%), "
