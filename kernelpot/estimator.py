@@ -834,6 +834,7 @@ pair of float
     def _resolve_method(self, training: TrainingSet, descriptor) -> str:
         """Return "sparse" or "exact"; "auto" is exact while its cost fits the limits."""
         owner = type(self).__name__
+        self._method_note = None  # why "auto" chose, for kernelpot fit
         if self.method != "auto":
             return self.method
         needs_sparse = [reason for reason, given in (
@@ -843,8 +844,8 @@ pair of float
             raise ValueError(f"{owner}: signal_per_element=True needs the exact model and "
                              f"{' and '.join(needs_sparse)} the sparse one; set method")
         if needs_sparse:
-            logger.info("%s: method='auto' chose 'sparse': %s needs it", owner,
-                        " and ".join(needs_sparse))
+            self._note_method(f"method='auto' chose 'sparse': {' and '.join(needs_sparse)} "
+                              "needs it")
             return "sparse"
         if self.signal_per_element:
             cost = _exact_costs(training.frames, training.species_index,
@@ -856,8 +857,7 @@ pair of float
                                "here needs ~%.2f GiB and ~%.0f s to fit (limits %.2f GiB, "
                                "%.0f s)", owner, cost["memory_gib"], cost["fit_seconds"],
                                float(self.exact_memory_limit), float(self.exact_time_limit))
-            logger.info("%s: method='auto' chose 'exact': signal_per_element=True needs it",
-                        owner)
+            self._note_method("method='auto' chose 'exact': signal_per_element=True needs it")
             return "exact"
         method = "exact" if self._exact_within_limits(training, descriptor,
                                                       ("chose", "chose")) else "sparse"
@@ -876,15 +876,20 @@ pair of float
         within = cost["memory_gib"] <= float(self.exact_memory_limit) \
             and cost["fit_seconds"] <= float(self.exact_time_limit) \
             and cost["prediction_ms_per_atom"] <= float(self.exact_prediction_limit)
-        logger.info("%s: method='auto' %s %r: the exact model of %d observations needs "
-                    "~%.3g GiB (limit %.3g), ~%.3g s to fit (limit %.3g) and ~%.3g ms per "
-                    "atom to predict with every std (limit %.3g)", type(self).__name__,
-                    verbs[0] if within else verbs[1], "exact" if within else "sparse",
-                    cost["n_observations"],
-                    cost["memory_gib"], float(self.exact_memory_limit), cost["fit_seconds"],
-                    float(self.exact_time_limit), cost["prediction_ms_per_atom"],
-                    float(self.exact_prediction_limit))
+        self._note_method(
+            f"method='auto' {verbs[0] if within else verbs[1]} "
+            f"{'exact' if within else 'sparse'!r}: the exact model of "
+            f"{cost['n_observations']} observations needs ~{cost['memory_gib']:.3g} GiB "
+            f"(limit {float(self.exact_memory_limit):.3g}), ~{cost['fit_seconds']:.3g} s to "
+            f"fit (limit {float(self.exact_time_limit):.3g}) and "
+            f"~{cost['prediction_ms_per_atom']:.3g} ms per atom to predict with every std "
+            f"(limit {float(self.exact_prediction_limit):.3g})")
         return within
+
+    def _note_method(self, note: str) -> None:
+        """Log why ``method="auto"`` chose what it did, and keep it for ``kernelpot fit``."""
+        self._method_note = note
+        logger.info("%s: %s", type(self).__name__, note)
 
     def exact_cost_estimate(self, X: Sequence[Atoms]) -> dict[str, float]:
         """Estimate what the exact model would cost on these training structures.

@@ -154,6 +154,7 @@ def test_fit_eval_predict_round_trip(cli_files, capsys):
     assert "learned noise" in out and "training (fitted on these) forces" in out
     assert "leave-one-structure-out (12 structures" in out and "in all" in out
     assert "training (fitted on these) calibration" not in out  # meaningless on training data
+    assert "method='auto' chose 'sparse': n_sparse needs it" in out  # why, without -v
     model = load(model_path)
     assert model.descriptor_.n_max == 4 and model.n_restarts == 0
     assert model.random_state == 1  # the command line wins over the file
@@ -208,6 +209,7 @@ def test_fit_exact_with_one_signal_std_per_element(cli_files, capsys):
         'n_restarts = 0\ndescriptor.n_max = 3\ndescriptor.l_max = 2\n')
     assert model.method_ == "exact" and set(model.signal_std_) == {"H", "C", "O"}
     assert "signal std H " in out and ", O " in out
+    assert "method='auto'" not in out  # the method was given: nothing chose it
 
 
 def test_fit_with_a_two_body_term_from_the_config(cli_files, capsys):
