@@ -148,11 +148,13 @@ def read_labels(frames: list[Atoms], owner: str, stress: bool = False,
     ------
     ValueError
         If no frame carries any label, a frame carries none (with ``every``), a label
-        is NaN/inf, or forces or a stress have the wrong shape.
+        or a position is NaN/inf, or forces or a stress have the wrong shape.
     """
     energies = np.full(len(frames), np.nan)
     forces = []
     for k, atoms in enumerate(frames):
+        # non-finite positions make ASE's stored results look stale: say so, not "no label"
+        check_finite_positions(atoms.positions, f"{owner}: structure {k}")
         energy = _stored(atoms, "energy")
         if energy is not None:
             energy = float(energy)
@@ -174,8 +176,6 @@ def read_labels(frames: list[Atoms], owner: str, stress: bool = False,
         raise ValueError(f"{owner}: none of the {len(frames)} structures carries an energy or "
                          "forces (attach them with a SinglePointCalculator, as ase.io.read "
                          "does for extxyz)")
-    # (non-finite positions make ASE's stored results look stale: the geometry check
-    # names those frames)
     unlabelled = [k for k in range(len(frames)) if np.isnan(energies[k]) and forces[k] is None
                   and (stresses is None or stresses[k] is None)
                   and np.all(np.isfinite(frames[k].positions))]

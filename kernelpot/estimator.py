@@ -835,6 +835,14 @@ pair of float
         """Return "sparse" or "exact"; "auto" is exact while its cost fits the limits."""
         owner = type(self).__name__
         self._method_note = None  # why "auto" chose, for kernelpot fit
+        if self.method == "exact":
+            if self.n_sparse is not None:
+                warnings.warn(f"{owner}: n_sparse={self.n_sparse!r} is ignored: method='exact' "
+                              "uses every training environment", UserWarning, stacklevel=3)
+            within, cost = self._exact_cost(training, descriptor)
+            if not within:
+                logger.warning("%s: method='exact': %s (method='auto' would fit the sparse "
+                               "model)", owner, cost)
         if self.method != "auto":
             return self.method
         needs_sparse = [reason for reason, given in (
@@ -870,21 +878,25 @@ pair of float
         Logged with ``verbs[0]`` when it does ("... keeps 'exact'") and ``verbs[1]`` when
         it does not ("... turns 'sparse'").
         """
+        within, cost = self._exact_cost(training, descriptor)
+        self._note_method(f"method='auto' {verbs[0] if within else verbs[1]} "
+                          f"{'exact' if within else 'sparse'!r}: {cost}")
+        return within
+
+    def _exact_cost(self, training: TrainingSet, descriptor) -> tuple[bool, str]:
+        """Whether the exact model of ``training`` fits the ``exact_*`` limits, and its cost."""
         cost = _exact_costs(training.frames, training.species_index, training.has_energy,
                             training.has_forces, len(training.species), descriptor,
                             training.has_stress)
         within = cost["memory_gib"] <= float(self.exact_memory_limit) \
             and cost["fit_seconds"] <= float(self.exact_time_limit) \
             and cost["prediction_ms_per_atom"] <= float(self.exact_prediction_limit)
-        self._note_method(
-            f"method='auto' {verbs[0] if within else verbs[1]} "
-            f"{'exact' if within else 'sparse'!r}: the exact model of "
-            f"{cost['n_observations']} observations needs ~{cost['memory_gib']:.3g} GiB "
-            f"(limit {float(self.exact_memory_limit):.3g}), ~{cost['fit_seconds']:.3g} s to "
-            f"fit (limit {float(self.exact_time_limit):.3g}) and "
-            f"~{cost['prediction_ms_per_atom']:.3g} ms per atom to predict with every std "
-            f"(limit {float(self.exact_prediction_limit):.3g})")
-        return within
+        return within, (
+            f"the exact model of {cost['n_observations']} observations needs "
+            f"~{cost['memory_gib']:.3g} GiB (limit {float(self.exact_memory_limit):.3g}), "
+            f"~{cost['fit_seconds']:.3g} s to fit (limit {float(self.exact_time_limit):.3g}) "
+            f"and ~{cost['prediction_ms_per_atom']:.3g} ms per atom to predict with every "
+            f"std (limit {float(self.exact_prediction_limit):.3g})")
 
     def _note_method(self, note: str) -> None:
         """Log why ``method="auto"`` chose what it did, and keep it for ``kernelpot fit``."""

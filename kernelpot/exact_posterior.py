@@ -126,6 +126,11 @@ class ExactPosterior(Posterior):
         return self.observations.n_stress
 
     @property
+    def n_force_observations(self) -> int:
+        """Return the force components trained on."""
+        return self.observations.n_force - self.observations.n_stress
+
+    @property
     def inducing(self) -> list[np.ndarray]:
         """Return the training environments per element (every one is 'inducing')."""
         return self.observations.features

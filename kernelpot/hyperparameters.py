@@ -300,8 +300,9 @@ def warn_if_signal_std_at_bound(signal_std: float | dict[str, float],
                        "kernel varies too little between the training environments for the "
                        "spread of the labels, so the raw variances are inflated (the "
                        "default calibration rescales them; a larger zeta, a smaller SOAP "
-                       "sigma or standardised features give the kernel more contrast, or "
-                       "raise signal_std_bounds)", owner, bounds[1])
+                       "sigma, or SOAP in place of ACSF, whose normalised features vary "
+                       "less between environments, give the kernel more contrast; or raise "
+                       "signal_std_bounds)", owner, bounds[1])
 
 
 class NoiseSearch:

@@ -29,7 +29,8 @@ class Posterior(ABC):
     Subclasses set ``kind`` ("sparse" or "exact"), ``kernel``, ``inducing``,
     ``two_body``, ``weights``, ``signal_std``, ``energy_noise``, ``force_noise``,
     ``stress_noise``, ``log_marginal_likelihood_value``, ``jitter``, ``loso`` and
-    ``loo_shift``, and the property ``n_stress_observations``.
+    ``loo_shift``, and the properties ``n_stress_observations`` and
+    ``n_force_observations``.
     """
 
     kind: str

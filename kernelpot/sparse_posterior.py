@@ -245,6 +245,11 @@ class SparsePosterior(Posterior):
         return int(self.stats.n_S)
 
     @property
+    def n_force_observations(self) -> int:
+        """Return the force components trained on."""
+        return int(self.stats.n_F)
+
+    @property
     def weights(self) -> np.ndarray:
         """Return the weights: a design row ``k`` predicts ``k @ weights``."""
         return self.factors.weights

@@ -228,6 +228,22 @@ def test_method_auto_follows_the_memory_limit(ethanol_frames, small_soap, caplog
     assert tiny.fit(frames).method_ == "sparse"
 
 
+def test_method_exact_says_what_it_ignores_and_what_it_costs(ethanol_frames, small_soap,
+                                                              caplog):
+    frames = ethanol_frames[:4]
+    model = SparseGPPotential(small_soap, method="exact", n_sparse=10, n_restarts=0,
+                              random_state=0, exact_time_limit=1e-9)
+    with caplog.at_level("WARNING", logger="kernelpot.estimator"), \
+            pytest.warns(UserWarning, match="n_sparse=10 is ignored: method='exact' uses"):
+        assert model.fit(frames).method_ == "exact"
+    assert "method='exact': the exact model of 112 observations needs" in caplog.text
+    assert "(limit 1e-09)" in caplog.text and "would fit the sparse model" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="kernelpot.estimator"):
+        clone(model).set_params(n_sparse=None, exact_time_limit=60.0).fit(frames)
+    assert "method='exact'" not in caplog.text  # within the limits: nothing to say
+
+
 def test_method_auto_is_the_default_and_follows_the_time_limit(ethanol_frames, small_soap,
                                                                 caplog):
     frames = ethanol_frames[:5]

@@ -58,6 +58,8 @@ def _read_frames(path: str, lazy: bool = False) -> list:
 
     from kernelpot.frame_files import FrameFiles
 
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise CLIError(f"{path} is empty: no structures to read")
     try:
         if lazy:
             if not Path(path).exists():

@@ -50,10 +50,11 @@ def _cmd_fit(args) -> int:
     notes = {name: _bound_note(getattr(model, f"{name}_"), getattr(model, f"{name}_bounds"),
                                name in fitted)
              for name in ("energy_noise", "force_noise")}
+    forces = f"forces {1e3 * model.force_noise_:.3g} meV/Å{notes['force_noise']}" \
+        if model.posterior_.n_force_observations else "no force labels"
     print(f"learned noise: energy {1e3 * model.energy_noise_:.3g} meV/√atom"
           f"{notes['energy_noise']} (the noise of an N-atom structure's energy is σ_E √N), "
-          f"forces {1e3 * model.force_noise_:.3g} meV/Å{notes['force_noise']}; signal std "
-          f"{format_signal_std(model.signal_std_)} eV")
+          f"{forces}; signal std {format_signal_std(model.signal_std_)} eV")
     n_stress = model.posterior_.n_stress_observations
     if n_stress:
         print(f"trained on the stresses of {n_stress // 6} cells: learned stress noise "
