@@ -402,3 +402,70 @@ def test_an_atom_without_variance_keeps_none_whatever_the_exponent():
     assert np.all(np.isfinite(var)) and np.all(var[0] == 0.0) and np.all(var[1] > 0)
     np.testing.assert_allclose(calibration.epistemic_variance("forces", post.ravel(),
                                                               np.zeros(6)), var.ravel())
+
+
+# -- the range the exponent holds over ----------------------------------------------------
+
+def test_the_fitted_range_is_that_of_the_fitting_values():
+    c, w, p = 1.5, 0.4, 1.6
+    rng, post, proj, noise = _terms(3 * 2000, seed=12)
+    u = post + w**2 * proj
+    v_ref = np.exp(np.mean(np.log(group_mean(post + proj, 3)[::3])))
+    errors = rng.normal(size=u.size) * np.sqrt(c**2 * u * (group_mean(u, 3) / v_ref) ** (p - 1))
+    calibration = StdCalibration.fit({"forces": (errors, post, proj, noise),
+                                      "energy": (errors[:400], post[:400], proj[:400],
+                                                 noise[:400])}, "Test")
+    scale = calibration.std_scale
+    means = group_mean(post + scale["forces_projection"] ** 2 * proj, 3)
+    np.testing.assert_allclose(calibration.fitted_range("forces"), (means.min(), means.max()),
+                               rtol=1e-14)
+    energy_u = post[:400] + scale["energy_projection"] ** 2 * proj[:400]
+    np.testing.assert_allclose(calibration.fitted_range("energy"),
+                               (energy_u.min(), energy_u.max()), rtol=1e-14)
+    # inside it, the map is the fitted power law: nothing changes for the fitting values
+    c_fit, w_fit, p_fit, v_fit = calibration.factors("forces")
+    u_fit = post + w_fit**2 * proj
+    np.testing.assert_allclose(
+        calibration.epistemic_variance("forces", post, proj),
+        c_fit**2 * u_fit * (group_mean(u_fit, 3) / v_fit) ** (p_fit - 1), rtol=1e-12)
+    # maps stored without a range (format version 7 and before) hold the exponent everywhere
+    assert StdCalibration({"energy": 1.0, "forces": 1.0}, None).fitted_range("forces") \
+        == (0.0, np.inf)
+
+
+@pytest.mark.parametrize("exponent", [0.6, 1.8])
+def test_beyond_the_fitted_range_the_raw_variance_is_scaled_linearly(exponent):
+    """Measured case: a new Cu–Ni arrangement, p = 3.5, extrapolated to 12× its errors."""
+    lower, upper, v_ref = 0.01, 0.1, 0.03
+    scale = {"energy": 2.0, "energy_projection": 1.0, "energy_exponent": exponent,
+             "energy_reference": v_ref, "energy_lower": lower, "energy_upper": upper,
+             "forces": 1.5, "forces_projection": 1.0, "forces_atom_exponent": exponent,
+             "forces_reference": v_ref, "forces_lower": lower, "forces_upper": upper}
+    calibration = StdCalibration(scale, None)
+    u = np.array([1e-4, 0.001, lower, 0.05, upper, 1.0, 30.0])
+    zero = np.zeros_like(u)
+    energy = calibration.epistemic_variance("energy", u, zero)
+    law = 4.0 * v_ref * (u / v_ref) ** exponent
+    inside = (u >= lower) & (u <= upper)
+    np.testing.assert_allclose(energy[inside], law[inside], rtol=1e-13)
+    # past each end, the end's calibrated/raw factor: continuous, and linear in u
+    np.testing.assert_allclose(energy[u > upper], law[u == upper] / upper * u[u > upper],
+                               rtol=1e-13)
+    np.testing.assert_allclose(energy[u < lower], law[u == lower] / lower * u[u < lower],
+                               rtol=1e-13)
+    assert np.all(np.diff(energy) > 0)  # still monotonic: the ranking is kept
+    # forces: the atom's mean decides the factor, its three components keep their ratios
+    atom = np.array([[1.0, 2.0, 3.0]])  # mean 2, past the upper end
+    forces = calibration.epistemic_variance("forces", atom, np.zeros_like(atom))
+    np.testing.assert_allclose(forces, 2.25 * atom * (upper / v_ref) ** (exponent - 1),
+                               rtol=1e-13)
+    # one structure's energy: a scalar in, a scalar out
+    assert np.ndim(calibration.epistemic_variance("energy", 0.5, 0.0)) == 0
+    assert f"exponent {exponent:.3g} (over raw stds" in calibration.describe("energy")
+
+
+def test_check_std_scale_rejects_a_range_upside_down():
+    good = {"energy": 1.0, "forces": 1.0, "forces_lower": 0.1, "forces_upper": 0.2}
+    assert StdCalibration.check_std_scale(good, "model.npz") == good
+    with pytest.raises(ValueError, match="malformed std_scale entry"):
+        StdCalibration.check_std_scale({**good, "forces_lower": 0.3}, "model.npz")

@@ -241,6 +241,39 @@ def test_fit_and_eval_errors(argv, message, capsys):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
+def test_fit_and_eval_name_an_empty_file_and_nan_positions(tmp_path, ethanol_frames, capsys):
+    from ase.io import write
+
+    (tmp_path / "empty.xyz").write_text("")
+    write(tmp_path / "nan.xyz", ethanol_frames[:1])  # its only structure: "no label" before
+    text = (tmp_path / "nan.xyz").read_text().splitlines()
+    text[2] = text[2].split()[0] + " nan nan nan " + " ".join(text[2].split()[4:])
+    (tmp_path / "nan.xyz").write_text("\n".join(text) + "\n")
+    for argv, message in (
+            (["fit", str(tmp_path / "empty.xyz"), "-o", str(tmp_path / "m.npz")], "is empty"),
+            (["fit", str(tmp_path / "nan.xyz"), "-o", str(tmp_path / "m.npz")],
+             "structure 0: positions must be finite; atoms [0] have NaN")):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_fit_on_energies_alone_reports_no_force_noise(tmp_path, ethanol_frames, capsys):
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    frames = []
+    for atoms in ethanol_frames[:8]:
+        copy = atoms.copy()
+        copy.calc = SinglePointCalculator(copy, energy=atoms.get_potential_energy())
+        frames.append(copy)
+    write(tmp_path / "energies.xyz", frames)
+    assert _fit(tmp_path, tmp_path / "energies.xyz", tmp_path / "m.npz",
+                "--no-train-eval") == 0
+    out = capsys.readouterr().out
+    assert "meV/√atom" in out and "no force labels" in out and "forces 50" not in out
+
+
 def test_fit_rejects_unlabelled_frames_and_bad_config(tmp_path, ethanol_frames, capsys):
     from ase.io import write
 
@@ -471,6 +504,10 @@ def test_info_describes_a_model_file(cli_files, tmp_path, capsys):
         f"{kind} environments {sum(fitted.n_inducing_.values())}" in out
     assert "leave-one-structure-out" in out and "jackknife+ intervals" in out
     assert "force_noise=0.07" in out and "n_restarts=0" in out
+    lower, upper = fitted._calibration().fitted_range("forces")
+    assert fitted.std_scale_["forces_atom_exponent"] != 1.0  # so the exponent's range shows
+    assert (f"(over raw stds {1e3 * np.sqrt(lower):.3g}–{1e3 * np.sqrt(upper):.3g} "
+            "meV/Å, linear beyond)") in out
     assert main(["info", str(cli_files / "train.xyz")]) == 1
     assert "is not a kernelpot model file" in capsys.readouterr().err
 

@@ -6,6 +6,7 @@ import numpy as np
 
 from kernelpot import __version__
 from kernelpot._labels import PREDICTION_KEY
+from kernelpot.calibration import StdCalibration
 from kernelpot.cli._common import (
     CLIError,
     _check_output,
@@ -42,10 +43,8 @@ def _evaluate(args, model) -> int:
         path = model.save(args.output or args.model,
                           training_state=model.posterior_.keeps_training_data)
         _set_n_jobs(model, args)
-        fitted = ", ".join(
-            f"{q} factor {scale[q]:.3g}, projection weight {scale.get(q + '_projection', 1):.3g}, "
-            f"exponent {scale.get(q + '_atom_exponent', scale.get(q + '_exponent', 1)):.3g}"
-            for q in ("energy", "forces"))
+        calibration = StdCalibration(scale, None)
+        fitted = "; ".join(f"{q} {calibration.describe(q)}" for q in ("energy", "forces"))
         print(f"std calibration fitted on {args.recalibrate} ({len(valid)} structures): "
               f"{fitted}; conformal intervals from "
               f"{len(model.interval_scores_.get('forces', []))} force components; wrote {path}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kernelpot.calibration import StdCalibration
 from kernelpot.cli._common import _load_model, noise_scales_line
 
 
@@ -74,11 +75,9 @@ def _calibration_state(model) -> str:
     scale = model.std_scale_
     where = {"loso": "the training structures' leave-one-structure-out errors (default)",
              "validation": "validation structures (calibrate)"}.get(kind, str(kind))
-    terms = ", ".join(
-        f"{q}: factor {scale[q]:.3g}, projection weight {scale.get(q + '_projection', 1):.3g}, "
-        f"exponent {scale.get(q + '_atom_exponent', scale.get(q + '_exponent', 1)):.3g}, "
-        f"noise factor {scale.get(q + '_noise', 1):.3g}"
-        for q in ("energy", "forces") if q in scale)
+    calibration = StdCalibration(scale, None)
+    terms = "; ".join(f"{q}: {calibration.describe(q)}"
+                      for q in ("energy", "forces") if q in scale)
     intervals = "jackknife+" if kind == "loso" else "split conformal"
     applied = "" if model.apply_calibration else " (not applied: apply_calibration=False)"
     return f"std map fitted on {where}{applied}: {terms}; {intervals} intervals"
