@@ -399,7 +399,8 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
                  "--train", str(tmp_path / "train.xyz"), "--directory",
                  str(tmp_path / "otf")]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"largest gated force std \(threshold 0.1 meV/Å\) [\d.e+-]+ meV/Å", out)
+    assert re.search(r"largest gated force std \(threshold 0.1 meV/Å\) [\d.e+-]+ meV/Å "
+                     r"at step \d+", out)
     # four small cells: method "auto" fitted the exact GP, and chooses it again on --train
     assert load(model_path).method_ == "exact"
     lines = out.splitlines()

@@ -253,7 +253,7 @@ def _cmd_md(args) -> int:
             snapshot.arrays["gated_forces_std"] = learner.gated_std(calc.results)
         shown = "gated_forces_std" if learner is not None else "forces_std"
         if shown in snapshot.arrays:
-            stds.append(float(snapshot.arrays[shown].max()))
+            stds.append((float(snapshot.arrays[shown].max()), int(dyn.nsteps)))
         trajectory.write(snapshot)
 
     start = time.perf_counter()
@@ -293,12 +293,13 @@ def _run(args, dyn, learner, record, start: float, steps: int) -> None:
     dyn.run(steps)
 
 
-def _report(args, learner, atoms, wall: float, steps: int, stds: list,
+def _report(args, learner, atoms, wall: float, steps: int, stds: list[tuple[float, int]],
             trajectory: _Trajectory) -> None:
     """Print the run's summary line(s)."""
     what = "largest force std" if learner is None else (
         f"largest gated force std (threshold {1e3 * learner.current_threshold:.3g} meV/Å)")
-    largest = f"; {what} {1e3 * max(stds):.3g} meV/Å" if stds else ""
+    value, step = max(stds) if stds else (0.0, 0)
+    largest = f"; {what} {1e3 * value:.3g} meV/Å at step {step}" if stds else ""
     ensemble = {"nve": f"NVE (velocity Verlet, initial velocities at {args.temperature} K)",
                 "langevin": f"Langevin ({args.temperature} K)",
                 "npt": f"NPT (MTK, {args.temperature} K, {args.pressure} GPa)"}[args.ensemble]
