@@ -22,7 +22,7 @@ from scipy.stats import spearmanr
 __all__ = ["mae", "rmse", "max_error", "force_errors", "coverage", "fixed_components",
            "spearman_std_error",
            "per_atom_norms", "negative_log_likelihood", "coverage_curve",
-           "recalibration_factor", "expected_spearman"]
+           "recalibration_factor", "expected_spearman", "neg_force_mae", "neg_energy_mae"]
 
 
 def _flat(values) -> np.ndarray:
@@ -408,3 +408,88 @@ def recalibration_factor(predicted: ArrayLike, reference: ArrayLike, std: ArrayL
     """
     err, s = _errors_and_stds(predicted, reference, std)
     return float(np.sqrt(np.mean((err / s) ** 2)))
+
+
+# -- scikit-learn scorers -----------------------------------------------------------------
+
+def neg_force_mae(estimator, X, y: None = None) -> float:
+    """Return minus the force MAE (eV/Å) of ``estimator`` on ``X``: a scikit-learn scorer.
+
+    ``cross_val_score(model, frames, scoring=metrics.neg_force_mae)`` and
+    ``GridSearchCV(..., scoring=metrics.neg_force_mae)``. String scorers such as
+    ``"neg_mean_absolute_error"`` need targets ``y``, which a list of structures carries
+    inside; ``scoring=None`` uses the estimator's ``score`` (the R² of force components).
+
+    Parameters
+    ----------
+    estimator : SparseGPPotential
+        A fitted model.
+    X : list of ase.Atoms
+        Structures with reference forces (those without are left out).
+    y : None
+        Unused: the references come from ``X``.
+
+    Returns
+    -------
+    float
+        ``-mae`` over the force components, eV/Å (greater is better).
+
+    Raises
+    ------
+    ValueError
+        If no structure carries reference forces.
+    TypeError
+        If ``y`` is given.
+    """
+    frames, labels = _scored(X, y, "neg_force_mae")
+    chosen = [k for k, forces in enumerate(labels.forces) if forces is not None]
+    if not chosen:
+        raise ValueError("neg_force_mae: none of the structures carries reference forces")
+    predicted = estimator.predict_forces([frames[k] for k in chosen])
+    return -mae(predicted, [labels.forces[k] for k in chosen])
+
+
+def neg_energy_mae(estimator, X, y: None = None) -> float:
+    """Return minus the energy MAE per atom (eV/atom) of ``estimator`` on ``X``: a scorer.
+
+    As :func:`neg_force_mae`, for the structures' energies, each error divided by the
+    structure's number of atoms.
+
+    Parameters
+    ----------
+    estimator : SparseGPPotential
+        A fitted model.
+    X : list of ase.Atoms
+        Structures with reference energies (those without are left out).
+    y : None
+        Unused: the references come from ``X``.
+
+    Returns
+    -------
+    float
+        ``-mean |E_pred - E_ref| / N``, eV/atom (greater is better).
+
+    Raises
+    ------
+    ValueError
+        If no structure carries a reference energy.
+    TypeError
+        If ``y`` is given.
+    """
+    frames, labels = _scored(X, y, "neg_energy_mae")
+    chosen = np.flatnonzero(np.isfinite(labels.energies))
+    if not chosen.size:
+        raise ValueError("neg_energy_mae: none of the structures carries a reference energy")
+    subset = [frames[k] for k in chosen]
+    n_atoms = np.array([len(atoms) for atoms in subset])
+    return -mae(estimator.predict(subset) / n_atoms, labels.energies[chosen] / n_atoms)
+
+
+def _scored(X, y, owner: str):
+    """Return the structures of ``X`` as a list and their labels, or say why not."""
+    from kernelpot._labels import read_labels
+
+    if y is not None:
+        raise TypeError(f"{owner}: the references come from the structures; y must be None")
+    frames = list(X)
+    return frames, read_labels(frames, owner)

@@ -322,6 +322,29 @@ def test_cross_val_score_and_grid_search(ethanol_frames, small_soap):
     assert np.isfinite(search.best_score_)
 
 
+def test_scorers_for_cross_validation_read_the_references_from_the_structures(
+        fitted_ethanol, ethanol_frames, small_soap):
+    from kernelpot import metrics
+
+    test = ethanol_frames[40:44]
+    forces = fitted_ethanol.predict_forces(test)
+    assert metrics.neg_force_mae(fitted_ethanol, test) == pytest.approx(
+        -metrics.mae(forces, [a.get_forces() for a in test]), rel=1e-12)
+    energies = fitted_ethanol.predict(test)
+    reference = np.array([a.get_potential_energy() for a in test])
+    assert metrics.neg_energy_mae(fitted_ethanol, test) == pytest.approx(
+        -np.mean(np.abs(energies - reference)) / 9, rel=1e-12)
+    model = SparseGPPotential(small_soap, n_sparse=20, random_state=0, method="sparse")
+    scores = cross_val_score(model, ethanol_frames[:12], cv=KFold(3),
+                             scoring=metrics.neg_force_mae)
+    assert scores.shape == (3,) and np.all(scores < 0) and np.all(np.isfinite(scores))
+    with pytest.raises(TypeError, match="y must be None"):
+        metrics.neg_energy_mae(fitted_ethanol, test, y=reference)
+    bare = [a.copy() for a in test]  # copies drop the labels
+    with pytest.raises(ValueError, match="carries an energy or forces"):
+        metrics.neg_force_mae(fitted_ethanol, bare)
+
+
 # -- bad input -------------------------------------------------------------------------------
 def test_bad_input(fitted_ethanol, ethanol_frames, small_soap):
     model = SparseGPPotential(small_soap, n_sparse=10, method="sparse")
