@@ -238,11 +238,12 @@ def raw_variance_range(post: np.ndarray, proj: np.ndarray, w: float, group: int 
     Returns
     -------
     dict
-        Keys "lower" and "upper".
+        Keys "lower" and "upper"; empty where no ``u`` is positive (the exponent then
+        holds everywhere).
     """
     u = group_mean(post + w**2 * proj, group)
     u = u[u > 0]
-    return {"lower": float(u.min()), "upper": float(u.max())}
+    return {"lower": float(u.min()), "upper": float(u.max())} if u.size else {}
 
 
 def _minimize_twice(nll, start: list, bounds: list):
@@ -539,7 +540,8 @@ class StdCalibration:
                 shape = (fitted["projection"], fitted["exponent"])
             suffixes = _SUFFIXES if group == 1 else _ATOM_SUFFIXES
             factors.update({f"{quantity}{suffix}": fitted[key]
-                            for suffix, key in zip(suffixes, _KEYS, strict=True)})
+                            for suffix, key in zip(suffixes, _KEYS, strict=True)
+                            if key in fitted})
         calibration = cls(factors, None, kind=kind)
         # normalised conformal scores against the calibrated total std
         stds = {quantity: np.sqrt(calibration.epistemic_variance(quantity, post, proj)

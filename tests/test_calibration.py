@@ -16,6 +16,7 @@ from kernelpot.calibration import (
     StdCalibration,
     fit_variance_terms,
     group_mean,
+    raw_variance_range,
 )
 
 
@@ -431,6 +432,8 @@ def test_the_fitted_range_is_that_of_the_fitting_values():
     # maps stored without a range (format version 7 and before) hold the exponent everywhere
     assert StdCalibration({"energy": 1.0, "forces": 1.0}, None).fitted_range("forces") \
         == (0.0, np.inf)
+    # no positive u (w = 0 and no posterior term): no range, the exponent holds everywhere
+    assert raw_variance_range(np.zeros(6), np.ones(6), 0.0, group=3) == {}
 
 
 @pytest.mark.parametrize("exponent", [0.6, 1.8])
