@@ -177,8 +177,7 @@ def read_labels(frames: list[Atoms], owner: str, stress: bool = False,
                          "forces (attach them with a SinglePointCalculator, as ase.io.read "
                          "does for extxyz)")
     unlabelled = [k for k in range(len(frames)) if np.isnan(energies[k]) and forces[k] is None
-                  and (stresses is None or stresses[k] is None)
-                  and np.all(np.isfinite(frames[k].positions))]
+                  and (stresses is None or stresses[k] is None)]
     if every and unlabelled:
         raise ValueError(f"{owner}: structure(s) {unlabelled[:10]} carry no energy, forces or "
                          f"stress: nothing to train on (label them or leave them out)")
