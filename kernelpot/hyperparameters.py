@@ -299,10 +299,10 @@ def warn_if_signal_std_at_bound(signal_std: float | dict[str, float],
         logger.warning("%s: the fitted signal std sits at its upper bound %.3g eV: the "
                        "kernel varies too little between the training environments for the "
                        "spread of the labels, so the raw variances are inflated (the "
-                       "default calibration rescales them; a larger zeta, a smaller SOAP "
-                       "sigma, or SOAP in place of ACSF, whose normalised features vary "
-                       "less between environments, give the kernel more contrast; or raise "
-                       "signal_std_bounds)", owner, bounds[1])
+                       "default calibration rescales them; a larger zeta or a smaller SOAP "
+                       "sigma give the kernel more contrast; ACSF's normalised features "
+                       "barely see a uniform strain: use SOAP, or add a squared exponential "
+                       "to the kernel; or raise signal_std_bounds)", owner, bounds[1])
 
 
 class NoiseSearch:
