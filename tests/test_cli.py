@@ -166,6 +166,7 @@ def test_fit_eval_predict_round_trip(cli_files, capsys):
                  str(plots[2])]) == 0
     out = capsys.readouterr().out
     assert "test forces" in out and "within 1 std" in out and "Spearman" in out
+    assert re.search(r"nats per component; RMS z-score [\d.]+ \(1 for stds the size", out)
     assert re.search(r"test energy calibration: [\d.]+% of energies within 1 std \(Gaussian "
                      r"68.3%\), [\d.]+% within 2", out)
     for plot in plots:
@@ -239,6 +240,20 @@ def test_fit_and_eval_errors(argv, message, capsys):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_says_when_the_stds_are_far_from_the_errors_size():
+    from kernelpot.cli._common import _size_note
+
+    errors = np.array([1.0, -1.0, 1.0, -1.0])
+    assert _size_note(errors, np.ones(4), "force") == \
+        "RMS z-score 1.00 (1 for stds the size of the errors)"
+    wide = _size_note(errors, 10 * np.ones(4), "force")
+    assert "RMS z-score 0.10" in wide and "force stds are about 10× wider than the errors" \
+        in wide and "--recalibrate" in wide
+    assert "energy stds are about 4× narrower than" in _size_note(errors, np.full(4, 0.25),
+                                                                  "energy")
+    assert _size_note(np.zeros(4), np.ones(4), "energy").startswith("RMS z-score 0.00 (1 for")
 
 
 def test_fit_and_eval_name_an_empty_file_and_nan_positions(tmp_path, ethanol_frames, capsys):

@@ -367,7 +367,8 @@ def _print_errors(title, err, calibration: bool = True) -> None:
             std = err["energy_std"]
             print(f"{title} energy calibration: {100 * np.mean(np.abs(e) <= std):.1f}% of "
                   f"energies within 1 std (Gaussian 68.3%), "
-                  f"{100 * np.mean(np.abs(e) <= 2 * std):.1f}% within 2 (95.4%)")
+                  f"{100 * np.mean(np.abs(e) <= 2 * std):.1f}% within 2 (95.4%); "
+                  f"{_size_note(e, std, 'energy')}")
     if err["forces"]:
         f, ref, std = err["forces"], err["ref_forces"], err["forces_std"]
         print(f"{title} forces ({sum(len(x) for x in f)} atoms): MAE "
@@ -408,7 +409,21 @@ def _print_force_calibration(title, f, ref, std) -> None:
           f"{100 * metrics.coverage(flat_f, flat_ref, flat_std, 2):.1f}% within 2 "
           f"(95.4%){left_out}; Spearman (per-atom std, error) {spearman}; negative "
           f"log-likelihood {metrics.negative_log_likelihood(flat_f, flat_ref, flat_std):.3f} "
-          "nats per component")
+          f"nats per component; {_size_note(flat_f - flat_ref, flat_std, 'force')}")
+
+
+def _size_note(errors, stds, what: str) -> str:
+    """Say how large the stds are against the errors: the RMS z-score, and a hint if far off.
+
+    The coverage alone says "100 %" whether the stds are 1.5× or 100× the errors.
+    """
+    rms = float(np.sqrt(np.mean((np.asarray(errors) / np.asarray(stds)) ** 2)))
+    text = f"RMS z-score {rms:.2f} (1 for stds the size of the errors)"
+    if 0.5 <= rms <= 2.0 or rms == 0.0:  # (zero errors: nothing to size the stds by)
+        return text
+    side = (f"{1 / rms:.3g}× wider than" if rms < 0.5 else f"{rms:.3g}× narrower than")
+    return (f"{text}: the {what} stds are about {side} the errors on these structures; "
+            "--recalibrate FRAMES refits the std map on labelled structures like them")
 
 
 def _print_stress_errors(title, err, calibration: bool) -> None:
