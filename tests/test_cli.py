@@ -392,7 +392,7 @@ def test_learning_curve_table_and_plot(cli_files, capsys):
 
 
 def test_md_plain_and_on_the_fly(tmp_path, capsys):
-    from ase.io import read
+    from ase.io import read, write
 
     from kernelpot import load
 
@@ -429,6 +429,13 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
     calls = int(out.split(" emt calls")[0].split()[-1])
     assert 1 <= calls <= 3  # every 10 steps at most (min_interval) over 25 steps
     assert len(read(tmp_path / "otf" / "labelled.extxyz", ":")) == 4 + calls
+    # a --train file other than the model's training set: said
+    write(tmp_path / "two.xyz", read(tmp_path / "train.xyz", ":2"))
+    assert main(["md", str(model_path), str(tmp_path / "start.xyz"), "--steps", "1",
+                 "--temperature", "300", "--reference", "emt", "--train",
+                 str(tmp_path / "two.xyz"), "--directory", str(tmp_path / "otf2")]) == 0
+    assert re.search(r"note: .*cu.npz was fitted on 4 structures, .*two.xyz holds 2",
+                     capsys.readouterr().out)
 
     assert main(["md", str(model_path), str(tmp_path / "start.xyz"), "--steps", "5",
                  "--temperature", "300", "--reference", "emt"]) == 1
