@@ -26,7 +26,7 @@ from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from kernelpot import _parallel, exact, io, noise_groups
+from kernelpot import _parallel, exact, io, metrics, noise_groups
 from kernelpot._block_runner import BlockRunner, check_client
 from kernelpot._labels import TrainingSet, check_frames, composition_counts, read_labels
 from kernelpot._validation import (
@@ -1374,11 +1374,8 @@ pair of float
                             "must be None")
         frames = check_frames(X, f"{type(self).__name__}.score")
         labels = read_labels(frames, f"{type(self).__name__}.score")
-        keep = [k for k, f in enumerate(labels.forces) if f is not None]
-        if not keep:
-            raise ValueError("score: none of the structures carries reference forces")
-        predicted = self.predict_forces([frames[k] for k in keep])
-        ref = np.concatenate([labels.forces[k].ravel() for k in keep])
+        predicted, reference = metrics._labelled_forces(self, frames, labels, "score")
+        ref = np.concatenate([f.ravel() for f in reference])
         pred = np.concatenate([f.ravel() for f in predicted])
         return float(1.0 - np.sum((pred - ref) ** 2) / np.sum((ref - ref.mean()) ** 2))
 

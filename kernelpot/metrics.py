@@ -442,11 +442,7 @@ def neg_force_mae(estimator, X, y: None = None) -> float:
         If ``y`` is given.
     """
     frames, labels = _scored(X, y, "neg_force_mae")
-    chosen = [k for k, forces in enumerate(labels.forces) if forces is not None]
-    if not chosen:
-        raise ValueError("neg_force_mae: none of the structures carries reference forces")
-    predicted = estimator.predict_forces([frames[k] for k in chosen])
-    return -mae(predicted, [labels.forces[k] for k in chosen])
+    return -mae(*_labelled_forces(estimator, frames, labels, "neg_force_mae"))
 
 
 def neg_energy_mae(estimator, X, y: None = None) -> float:
@@ -487,9 +483,21 @@ def neg_energy_mae(estimator, X, y: None = None) -> float:
 
 def _scored(X, y, owner: str):
     """Return the structures of ``X`` as a list and their labels, or say why not."""
-    from kernelpot._labels import read_labels
+    from kernelpot._labels import check_frames, read_labels
 
     if y is not None:
         raise TypeError(f"{owner}: the references come from the structures; y must be None")
-    frames = list(X)
+    frames = check_frames(X, owner)
     return frames, read_labels(frames, owner)
+
+
+def _labelled_forces(estimator, frames, labels, owner: str) -> tuple[list, list]:
+    """Return the predicted and reference forces of the structures that carry forces.
+
+    For :func:`neg_force_mae` and ``SparseGPPotential.score``.
+    """
+    keep = [k for k, forces in enumerate(labels.forces) if forces is not None]
+    if not keep:
+        raise ValueError(f"{owner}: none of the structures carries reference forces")
+    return (estimator.predict_forces([frames[k] for k in keep]),
+            [labels.forces[k] for k in keep])

@@ -245,15 +245,15 @@ def test_fit_and_eval_errors(argv, message, capsys):
 def test_eval_says_when_the_stds_are_far_from_the_errors_size():
     from kernelpot.cli._common import _size_note
 
-    errors = np.array([1.0, -1.0, 1.0, -1.0])
-    assert _size_note(errors, np.ones(4), "force") == \
+    errors, zero = np.array([1.0, -1.0, 1.0, -1.0]), np.zeros(4)
+    assert _size_note(errors, zero, np.ones(4), "force") == \
         "RMS z-score 1.00 (1 for stds the size of the errors)"
-    wide = _size_note(errors, 10 * np.ones(4), "force")
+    wide = _size_note(errors, zero, 10 * np.ones(4), "force")
     assert "RMS z-score 0.10" in wide and "force stds are about 10× wider than the errors" \
         in wide and "--recalibrate" in wide
-    assert "energy stds are about 4× narrower than" in _size_note(errors, np.full(4, 0.25),
-                                                                  "energy")
-    assert _size_note(np.zeros(4), np.ones(4), "energy").startswith("RMS z-score 0.00 (1 for")
+    assert "energy stds are about 4× narrower than" in _size_note(errors, zero,
+                                                                  np.full(4, 0.25), "energy")
+    assert _size_note(zero, zero, np.ones(4), "energy").startswith("RMS z-score 0.00 (1 for")
 
 
 def test_fit_and_eval_name_an_empty_file_and_nan_positions(tmp_path, ethanol_frames, capsys):

@@ -84,6 +84,15 @@ def _read_frames(path: str, lazy: bool = False) -> list:
     return frames
 
 
+def structures_fitted_on(model) -> int | None:
+    """Return how many structures ``model`` was fitted on, where its file records it."""
+    posterior = model.posterior_
+    if posterior.kind == "exact" or getattr(posterior, "training", None) is not None:
+        return posterior.n_training_structures
+    shift = getattr(posterior, "loo_shift", None)  # one column per training structure
+    return None if shift is None else int(shift.shape[1])
+
+
 def _load_model(path):
     from kernelpot import load
 
@@ -368,7 +377,7 @@ def _print_errors(title, err, calibration: bool = True) -> None:
             print(f"{title} energy calibration: {100 * np.mean(np.abs(e) <= std):.1f}% of "
                   f"energies within 1 std (Gaussian 68.3%), "
                   f"{100 * np.mean(np.abs(e) <= 2 * std):.1f}% within 2 (95.4%); "
-                  f"{_size_note(e, std, 'energy')}")
+                  f"{_size_note(err['energies'], err['ref_energies'], std, 'energy')}")
     if err["forces"]:
         f, ref, std = err["forces"], err["ref_forces"], err["forces_std"]
         print(f"{title} forces ({sum(len(x) for x in f)} atoms): MAE "
@@ -409,15 +418,18 @@ def _print_force_calibration(title, f, ref, std) -> None:
           f"{100 * metrics.coverage(flat_f, flat_ref, flat_std, 2):.1f}% within 2 "
           f"(95.4%){left_out}; Spearman (per-atom std, error) {spearman}; negative "
           f"log-likelihood {metrics.negative_log_likelihood(flat_f, flat_ref, flat_std):.3f} "
-          f"nats per component; {_size_note(flat_f - flat_ref, flat_std, 'force')}")
+          f"nats per component; {_size_note(flat_f, flat_ref, flat_std, 'force')}")
 
 
-def _size_note(errors, stds, what: str) -> str:
+def _size_note(predicted, reference, stds, what: str) -> str:
     """Say how large the stds are against the errors: the RMS z-score, and a hint if far off.
 
-    The coverage alone says "100 %" whether the stds are 1.5× or 100× the errors.
+    The coverage alone says "100 %" whether the stds are 1.5× or 100× the errors. The RMS
+    z-score is :func:`kernelpot.metrics.recalibration_factor`.
     """
-    rms = float(np.sqrt(np.mean((np.asarray(errors) / np.asarray(stds)) ** 2)))
+    from kernelpot import metrics
+
+    rms = metrics.recalibration_factor(predicted, reference, stds)
     text = f"RMS z-score {rms:.2f} (1 for stds the size of the errors)"
     if 0.5 <= rms <= 2.0 or rms == 0.0:  # (zero errors: nothing to size the stds by)
         return text

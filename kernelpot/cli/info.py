@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kernelpot.calibration import StdCalibration
-from kernelpot.cli._common import _load_model, noise_scales_line
+from kernelpot.cli._common import _load_model, noise_scales_line, structures_fitted_on
 
 
 def _cmd_info(args) -> int:
@@ -15,7 +15,7 @@ def _cmd_info(args) -> int:
     from kernelpot.estimator import format_signal_std
 
     model = _load_model(args.model)  # checks the file: format, version, checksum
-    metadata, arrays = io.read_model_file(args.model)
+    metadata, _ = io.read_model_file(args.model)
     size = Path(args.model).stat().st_size / 2**20
     print(f"{args.model}: kernelpot model file, format version {metadata['format_version']}, "
           f"written by kernelpot {metadata.get('kernelpot_version', '?')}; {size:.1f} MiB")
@@ -38,7 +38,7 @@ def _cmd_info(args) -> int:
     if scales:
         print(scales)
     kind = "inducing" if model.method_ == "sparse" else "training"
-    print(f"training data: {_training_size(model, arrays)}; {kind} environments "
+    print(f"training data: {_training_size(model)}; {kind} environments "
           f"{sum(model.n_inducing_.values())} {model.n_inducing_}")
     print(f"uncertainty: {_calibration_state(model)}")
     defaults = type(model)().get_params(deep=False)
@@ -49,20 +49,20 @@ def _cmd_info(args) -> int:
     return 0
 
 
-def _training_size(model, arrays) -> str:
+def _training_size(model) -> str:
     """Describe the training set as far as the file records it."""
     posterior = model.posterior_
+    count = structures_fitted_on(model)
     if posterior.kind == "exact":  # an exact model's file holds its training structures
         kept = (" (training state kept: update and on-the-fly learning can continue)"
                 if posterior.keeps_training_data else
                 " (incremental: restore_training before update)" if model.incremental else "")
-        return f"{posterior.n_training_structures} structures{kept}"
+        return f"{count} structures{kept}"
     if getattr(posterior, "training", None) is not None:
-        return (f"{posterior.n_training_structures} structures (training state kept: "
-                "update and on-the-fly learning can continue)")
-    if "loo_shift" in arrays:
-        return (f"{arrays['loo_shift'].shape[1]} structures (training state not kept: "
-                "restore_training before update)")
+        return (f"{count} structures (training state kept: update and on-the-fly learning "
+                "can continue)")
+    if count is not None:
+        return f"{count} structures (training state not kept: restore_training before update)"
     return "structure count not recorded (training state not kept)"
 
 

@@ -22,6 +22,7 @@ from kernelpot.cli._common import (
     _load_model,
     _read_frames,
     _reference_calculator,
+    structures_fitted_on,
 )
 
 
@@ -170,7 +171,7 @@ def _new_learner(args, model):
                           if resumable else "it stopped before its first checkpoint; "
                           "remove the directory or choose another --directory"))
     train = _read_frames(args.train)
-    fitted_on = _structures_fitted_on(model)
+    fitted_on = structures_fitted_on(model)
     if fitted_on is not None and fitted_on != len(train):
         print(f"note: {args.model} was fitted on {fitted_on} structures, {args.train} holds "
               f"{len(train)}: the learner starts from a model of {args.train}'s")
@@ -192,15 +193,6 @@ def _new_learner(args, model):
                            threshold=args.threshold, directory=args.directory,
                            min_interval=args.min_interval, verbose=int(not args.quiet),
                            status_every=args.status_every)
-
-
-def _structures_fitted_on(model) -> int | None:
-    """Return how many structures ``model`` was fitted on, where its file records it."""
-    posterior = model.posterior_
-    if posterior.kind == "exact" or getattr(posterior, "training", None) is not None:
-        return posterior.n_training_structures
-    shift = getattr(posterior, "loo_shift", None)  # one column per training structure
-    return None if shift is None else int(shift.shape[1])
 
 
 def _resumed_learner(args):
