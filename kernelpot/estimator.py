@@ -40,7 +40,7 @@ from kernelpot.calibration import StdCalibration
 from kernelpot.descriptors import SOAP, Descriptor
 from kernelpot.exact_posterior import ExactPosterior
 from kernelpot.fit_memory import FitMemory
-from kernelpot.frame_files import FrameFiles, is_paths
+from kernelpot.frame_files import FrameFiles, is_paths, spooled
 from kernelpot.hyperparameters import (
     DEFAULT_STRESS_NOISE,
     NoiseSearch,
@@ -590,8 +590,10 @@ pair of float
             ``get_forces()`` (a SinglePointCalculator, as ``ase.io.read`` gives).
             A structure lacking one of them trains on the other. A file's path, a list
             of paths or a :class:`~kernelpot.FrameFiles` are read when used, a few
-            passes front to back, without holding the structures (an iterator such as
-            ``ase.io.iread`` is read into a list: the fit needs several passes).
+            passes front to back, without holding the structures. So is an iterator
+            (``ase.io.iread(...)``, a generator), written once to a temporary ASE
+            trajectory that the fit reads and then removes
+            (:func:`kernelpot.frame_files.spooled`).
         y : None
             Present for scikit-learn; labels come from the structures.
         client : distributed.Client or None, default=None
@@ -633,19 +635,21 @@ pair of float
         verbose = self._check_params()
         client = check_client(client, f"{owner}.fit")
         start_time = time.perf_counter()
-        prepared = self._prepare_fit(X, owner)
-        training, descriptor, method = prepared.training, prepared.descriptor, prepared.method
-        if client is not None and method == "exact":
-            warnings.warn(f"{owner}: the exact model is fitted in this process; the Dask "
-                          f"client is not used (method='sparse' fits on the cluster)",
-                          UserWarning, stacklevel=2)
-        self.baseline_ = prepared.baseline
-        posterior = _POSTERIORS[method].fit(
-            self, training, descriptor, prepared.kernel, prepared.rng,
-            lambda fn, items, desc: self._imap(fn, items, verbose, desc),
-            runner=BlockRunner(self.n_jobs, client, verbose, owner))
-        self._adopt(posterior, descriptor, training.species, training.e0,
-                    self._loso_calibration(posterior))
+        with spooled(X, f"{owner}.fit") as X:  # an iterator: written to disk, read back
+            prepared = self._prepare_fit(X, owner)
+            training, descriptor = prepared.training, prepared.descriptor
+            method = prepared.method
+            if client is not None and method == "exact":
+                warnings.warn(f"{owner}: the exact model is fitted in this process; the Dask "
+                              f"client is not used (method='sparse' fits on the cluster)",
+                              UserWarning, stacklevel=2)
+            self.baseline_ = prepared.baseline
+            posterior = _POSTERIORS[method].fit(
+                self, training, descriptor, prepared.kernel, prepared.rng,
+                lambda fn, items, desc: self._imap(fn, items, verbose, desc),
+                runner=BlockRunner(self.n_jobs, client, verbose, owner))
+            self._adopt(posterior, descriptor, training.species, training.e0,
+                        self._loso_calibration(posterior))
         names = fitted_names(self.optimize, owner)
         if "signal_std" in names:
             warn_if_signal_std_at_bound(self.signal_std_, self.signal_std_bounds, owner)
@@ -740,6 +744,10 @@ pair of float
         owner = type(self).__name__
         self._check_params()
         client = check_client(client, f"{owner}.estimate_fit_memory")
+        with spooled(X, f"{owner}.estimate_fit_memory") as X:
+            return self._estimate_fit_memory(X, client, owner)
+
+    def _estimate_fit_memory(self, X, client, owner: str) -> FitMemory:
         prepared = self._prepare_fit(X, owner, "estimate_fit_memory")
         training = prepared.training
         if prepared.method == "exact":

@@ -10,21 +10,28 @@ pass), so each pass parses every file once, front to back, through one open
 
 ``SparseGPPotential.fit`` takes one (or a path, or a list of paths, which it wraps in
 one). A generator such as ``ase.io.iread(...)`` can be read only once, and the fit needs
-several passes: pass its file's path instead.
+several passes: :func:`spooled` writes it, structure by structure, to a temporary ASE
+trajectory (float64, calculator results and ``info`` as they are) and hands the fit a
+``FrameFiles`` over that file, removed when the fit ends.
 """
 
 from __future__ import annotations
 
+import logging
 import operator
 import os
+import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from ase import Atoms
 
-__all__ = ["FrameFiles", "is_paths"]
+__all__ = ["FrameFiles", "is_paths", "spooled"]
+
+logger = logging.getLogger(__name__)
 
 _KEPT = 8  # recently read frames kept (a structure is asked for several times in a row)
 
@@ -167,3 +174,59 @@ class FrameFiles(Sequence):
                              f"{len(atoms)} atoms, {self.n_atoms[k]} when it was scanned "
                              f"(the file changed)")
         return atoms
+
+
+@contextmanager
+def spooled(X, owner: str):
+    """Give an iterator of structures to a fit as a :class:`FrameFiles`, held on disk.
+
+    A generator (``ase.io.iread(...)``, ``(a for a in ...)``, ``map(...)``) can be read
+    once; a fit reads its structures in several passes. Rather than a list of every
+    structure, it is written, one structure at a time, to an ASE trajectory in a new
+    temporary directory (:func:`tempfile.mkdtemp`'s place), read back when used, and
+    removed when the ``with`` block ends. The trajectory keeps positions, cell and
+    labels in float64 and ``info`` entries that JSON can encode (``config_type`` among
+    them), so the fit is the one on the structures as a list. Anything else (a list, a
+    path, a ``FrameFiles``) is yielded as it is.
+
+    Parameters
+    ----------
+    X : object
+        What the caller was given.
+    owner : str
+        Names the caller in errors.
+
+    Yields
+    ------
+    object
+        ``X``, or a ``FrameFiles`` over the written trajectory.
+
+    Raises
+    ------
+    TypeError
+        If the iterator yields something other than an ase.Atoms (named by position).
+    ValueError
+        If it yields no structure or an empty one.
+    """
+    if not isinstance(X, Iterator):
+        yield X
+        return
+    from ase.io.trajectory import Trajectory
+
+    with tempfile.TemporaryDirectory(prefix="kernelpot-frames-") as root:
+        path = Path(root) / "frames.traj"
+        n_frames = 0
+        with Trajectory(path, "w") as out:
+            for k, atoms in enumerate(X):
+                if not isinstance(atoms, Atoms):
+                    raise TypeError(f"{owner}: structure {k} is a {type(atoms).__name__}, "
+                                    "not an ase.Atoms")
+                if len(atoms) == 0:
+                    raise ValueError(f"{owner}: structure {k} is empty (0 atoms)")
+                out.write(atoms)
+                n_frames += 1
+        if not n_frames:
+            raise ValueError(f"{owner}: got an iterator of no structures")
+        logger.info("%s: %d structures from an iterator written to %s (%.1f MB), read "
+                    "from there when used", owner, n_frames, path, path.stat().st_size / 1e6)
+        yield FrameFiles(path, format="traj")

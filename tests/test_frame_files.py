@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 from ase import Atoms
-from ase.io import read, write
+from ase.io import iread, read, write
 from helpers import emt_strained_cells
 
 from kernelpot import SOAP, FrameFiles, SparseGPPotential
@@ -109,6 +109,57 @@ def test_a_fit_from_paths_is_the_fit_from_the_frames_read(files, limit):
     assert single.posterior_.loso.n_structures == 5
 
 
+@pytest.mark.parametrize("method", ["sparse", "exact"])
+def test_a_fit_from_an_iterator_is_the_fit_from_the_list(files, method, tmp_path, monkeypatch):
+    expected = read(files / "b.xyz", ":")
+    for k, atoms in enumerate(expected):
+        atoms.info["config_type"] = "bulk" if k % 2 else "strained"
+    kwargs = dict(method=method, random_state=0, n_sparse=30, config_type_noise=True,
+                  **FIXED) if method == "sparse" else dict(method="exact", **FIXED)
+    reference = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), **kwargs).fit(expected)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # where the spool goes
+    for X in ((a for a in expected), iread(files / "b.xyz"), iter(expected)):
+        model = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), **kwargs).fit(X)
+        assert list(tmp_path.iterdir()) == []  # the temporary trajectory is gone
+        np.testing.assert_array_equal(model.alpha_, reference.alpha_)
+        np.testing.assert_array_equal(model.posterior_.loso.errors,
+                                      reference.posterior_.loso.errors)
+        for got, want in zip(model.predict_forces(expected[:2], return_std=True),
+                             reference.predict_forces(expected[:2], return_std=True),
+                             strict=True):
+            np.testing.assert_array_equal(np.concatenate(got), np.concatenate(want))
+    estimate = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), **kwargs) \
+        .estimate_fit_memory(a for a in expected)
+    assert estimate.n_observations == reference.estimate_fit_memory(expected).n_observations
+
+
+def test_an_incremental_fit_from_an_iterator_keeps_its_own_copies(files):
+    cells = read(files / "a.xyz", ":")
+    model = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), method="sparse", random_state=0,
+                              incremental=True, **FIXED).fit(a for a in cells[:4])
+    model.update([cells[4]])  # the spooled file is gone; the training state is not
+    assert model.posterior_.n_training_structures == 5
+    reference = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), method="sparse",
+                                  random_state=0, incremental=True, **FIXED).fit(cells[:4])
+    reference.update([cells[4]])
+    np.testing.assert_allclose(model.alpha_, reference.alpha_, rtol=0, atol=1e-12)
+
+
+def test_a_bad_iterator_is_named(files, tmp_path, monkeypatch):
+    cells = read(files / "a.xyz", ":")
+    model = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), method="sparse", **FIXED)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    with pytest.raises(TypeError, match="fit: structure 2 is a str, not an ase.Atoms"):
+        model.fit(iter([cells[0], cells[1], "c.xyz"]))
+    with pytest.raises(ValueError, match="fit: structure 1 is empty"):
+        model.fit(iter([cells[0], cells[0][:0]]))
+    with pytest.raises(ValueError, match="iterator of no structures"):
+        model.fit(a for a in [])
+    with pytest.raises(ValueError, match=r"structure\(s\) \[1\] carry no energy"):
+        model.fit(iter([cells[0], Atoms("Cu", positions=[[0, 0, 0]])]))
+    assert list(tmp_path.iterdir()) == []  # removed after every failure too
+
+
 def test_predictions_from_paths_are_those_of_the_frames_read(files):
     paths = [files / "a.xyz", str(files / "b.xyz")]
     frames = read(paths[0], ":") + read(paths[1], ":")
@@ -177,7 +228,8 @@ def test_the_fit_does_not_hold_the_structures(tmp_path):
 
     alive = {}
     for name, source in (("in memory", lambda: read(tmp_path / "cells.xyz", ":")),
-                         ("from the file", lambda: tmp_path / "cells.xyz")):
+                         ("from the file", lambda: tmp_path / "cells.xyz"),
+                         ("from an iterator", lambda: iread(tmp_path / "cells.xyz"))):
         gc.collect()
         before = sum(isinstance(o, Atoms) for o in gc.get_objects())  # other tests' too
         _CountingSOAP.most_alive[0] = 0
@@ -186,6 +238,7 @@ def test_the_fit_does_not_hold_the_structures(tmp_path):
     # every structure alive in memory, a few blocks' worth from the file, in the features
     # pass (create) and the design pass (compute)
     assert alive["in memory"] >= 300 and alive["from the file"] < 40, alive
+    assert alive["from an iterator"] < 40, alive  # spooled to disk, not listed
     # and the traced peak (plain SOAP, no collections forced, Numba compiled by the fits
     # above): reading them all costs their size; read when used, part of it is saved (a
     # block's structures and the last few read are held, and ase's extxyz structures,
