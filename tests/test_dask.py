@@ -86,6 +86,13 @@ def test_a_fit_on_the_cluster_is_the_single_process_fit(client, cells, caplog, b
     assert not client.futures  # nothing left on the cluster
 
 
+def test_an_iterator_fits_on_the_cluster_as_the_list(client, cells):
+    # spooled to a temporary trajectory here; the workers get each block's structures
+    reference = _model(**FIXED).fit(cells)
+    model = _model(**FIXED, design_memory_limit=4e-5).fit((a for a in cells), client=client)
+    _assert_same_model(model, reference, emt_strained_cells(2, seed=9))
+
+
 def test_the_likelihood_search_on_the_cluster_finds_the_same_noise(client, cells):
     reference = _model().fit(cells)
     model = _model().fit(cells, client=client)
