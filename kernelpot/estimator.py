@@ -652,7 +652,8 @@ pair of float
                         self._loso_calibration(posterior))
         names = fitted_names(self.optimize, owner)
         if "signal_std" in names:
-            warn_if_signal_std_at_bound(self.signal_std_, self.signal_std_bounds, owner)
+            warn_if_signal_std_at_bound(self.signal_std_, self.signal_std_bounds, owner,
+                                        type(descriptor).__name__)
         if "force_noise" in names:
             warn_if_forces_unexplained(self.force_noise_, training.force_label_rms(), owner)
         stress = f", σ_S = {self.stress_noise_:.3g} eV/Å³" \

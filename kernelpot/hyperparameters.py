@@ -270,7 +270,8 @@ def warn_if_forces_unexplained(force_noise: float, label_rms: float, owner: str,
 
 
 def warn_if_signal_std_at_bound(signal_std: float | dict[str, float],
-                                bounds: Sequence[float], owner: str) -> None:
+                                bounds: Sequence[float], owner: str,
+                                descriptor: str | None = None) -> None:
     """Warn when a fitted signal std sits at a bound.
 
     At the upper bound, a logged warning (shown on stderr when logging is not
@@ -287,6 +288,9 @@ def warn_if_signal_std_at_bound(signal_std: float | dict[str, float],
     bounds : pair of float
         ``signal_std_bounds``.
     owner : str
+    descriptor : str or None, default=None
+        The descriptor's class name: the upper-bound advice names what helps with it
+        (ACSF's normalised features barely see a uniform strain; SOAP's ``sigma``).
     """
     values = signal_std.values() if isinstance(signal_std, dict) else [signal_std]
     if all(np.isclose(value, bounds[0]) for value in values):
@@ -296,13 +300,18 @@ def warn_if_signal_std_at_bound(signal_std: float | dict[str, float],
                       "structures for what they label, energies without forces, or "
                       "inconsistent labels)", ConvergenceWarning, stacklevel=3)
     if any(np.isclose(value, bounds[1]) for value in values):
+        if descriptor == "ACSF":
+            advice = ("ACSF's normalised features barely see a uniform strain: use SOAP, or "
+                      "add a squared exponential to the kernel")
+        elif descriptor is not None and "SOAP" in descriptor:
+            advice = "a smaller SOAP sigma or a larger zeta give the kernel more contrast"
+        else:
+            advice = "a larger zeta gives the kernel more contrast"
         logger.warning("%s: the fitted signal std sits at its upper bound %.3g eV: the "
                        "kernel varies too little between the training environments for the "
                        "spread of the labels, so the raw variances are inflated (the "
-                       "default calibration rescales them; a larger zeta or a smaller SOAP "
-                       "sigma give the kernel more contrast; ACSF's normalised features "
-                       "barely see a uniform strain: use SOAP, or add a squared exponential "
-                       "to the kernel; or raise signal_std_bounds)", owner, bounds[1])
+                       "default calibration rescales them; %s; or raise "
+                       "signal_std_bounds)", owner, bounds[1], advice)
 
 
 class NoiseSearch:

@@ -141,6 +141,13 @@ def test_a_signal_std_at_its_lower_bound_warns(caplog):
         warn_if_signal_std_at_bound(2.0, bounds, "Owner")
         warn_if_signal_std_at_bound(100.0, bounds, "Owner")  # the upper bound: logged
     assert "sits at its upper bound 100 eV" in caplog.text
+    for descriptor, advice, not_said in (("ACSF", "use SOAP", "SOAP sigma"),
+                                         ("SOAP", "smaller SOAP sigma", "ACSF"),
+                                         ("FeatomicSOAP", "smaller SOAP sigma", "ACSF"),
+                                         (None, "larger zeta", "ACSF")):
+        caplog.clear()
+        warn_if_signal_std_at_bound(100.0, bounds, "Owner", descriptor)
+        assert advice in caplog.text and not_said not in caplog.text, caplog.text
 
 
 # -- check_hyperparameter_values ----------------------------------------------------------
