@@ -739,8 +739,8 @@ class OnTheFlyLearner:
             self._save_state()
         if self.verbose and called:
             print(_call_line(record, time.perf_counter() - call_start), flush=True)
-        elif self.verbose and (step - self._first_step) % self.status_every == 0 \
-                and step > self._first_step:
+        elif self.verbose and step % self.status_every == 0 and step > self._first_step:
+            # at multiples of status_every, also when a resumed run starts between them
             print(_status_line(record, self._first_step), flush=True)
 
     def _write_settings(self):

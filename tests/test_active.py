@@ -548,6 +548,12 @@ def test_verbose_prints_a_line_per_call_and_a_status_line(tmp_path, capsys):
     status = [line for line in lines if "calls," in line]
     assert [line.split()[1] for line in status] == ["4", "8"]
     assert "1 calls, 2 structures" in status[-1]
+    # a run that starts between multiples (a resume) keeps the same steps
+    later = OnTheFlyLearner(learner.model, EMT(), directory=tmp_path / "later", max_calls=0,
+                            verbose=1, status_every=5)
+    later.run(dyn, 7)  # steps 8 to 15
+    status = [line for line in capsys.readouterr().out.splitlines() if "calls," in line]
+    assert [line.split()[1] for line in status] == ["10", "15"]
     with pytest.raises(ValueError, match="status_every"):
         OnTheFlyLearner(_model(), EMT(), directory=tmp_path / "x", status_every=0)
     quiet = OnTheFlyLearner(_model(), EMT(), directory=tmp_path / "quiet", max_calls=0)
