@@ -255,8 +255,12 @@ def test_method_auto_is_the_default_and_follows_the_time_limit(ethanol_frames, s
     slow = clone(model).set_params(exact_time_limit=1e-6)
     assert slow.fit(frames).method_ == "sparse"
     assert "ms per atom to predict with every std (limit 20)" in caplog.text
+    assert "set method='exact' or raise exact_time_limit" in slow._method_note
+    assert "exact_prediction_limit" not in slow._method_note.split("set method")[1]
     slow_to_predict = clone(model).set_params(exact_prediction_limit=1e-6)
     assert slow_to_predict.fit(frames).method_ == "sparse"
+    assert slow_to_predict._method_note.endswith("or raise exact_prediction_limit")
+    assert "the more accurate from the same structures" in slow_to_predict._method_note
     # incremental does not decide (updates check the limits again: test_exact_posterior)
     assert clone(model).set_params(incremental=True).fit(frames).method_ == "exact"
     # what only the sparse model does makes "auto" choose it
