@@ -126,6 +126,11 @@ class ExactPosterior(Posterior):
         return self.observations.n_stress
 
     @property
+    def n_energy_observations(self) -> int:
+        """Return the structure energies trained on."""
+        return int(self.observations.n_energy)
+
+    @property
     def n_force_observations(self) -> int:
         """Return the force components trained on."""
         return self.observations.n_force - self.observations.n_stress

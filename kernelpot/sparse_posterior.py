@@ -245,6 +245,11 @@ class SparsePosterior(Posterior):
         return int(self.stats.n_S)
 
     @property
+    def n_energy_observations(self) -> int:
+        """Return the structure energies trained on."""
+        return int(self.stats.n_E)
+
+    @property
     def n_force_observations(self) -> int:
         """Return the force components trained on."""
         return int(self.stats.n_F)

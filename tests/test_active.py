@@ -140,6 +140,56 @@ def test_non_finite_reference_labels_stop_cleanly_and_are_not_kept(tmp_path):
     assert resumed.model.posterior_.n_training_structures == 2
 
 
+class _OtherCode(EMT):
+    """EMT with its energies 3 eV per atom higher: the absolute scale of another method."""
+
+    def calculate(self, *args, **kwargs):
+        super().calculate(*args, **kwargs)
+        self.results["energy"] += 3.0 * len(self.atoms)
+        self.results["free_energy"] = self.results["energy"]
+
+
+def test_a_reference_far_from_the_training_energies_stops_the_run(tmp_path):
+    train = []
+    for seed in range(3):
+        atoms = _dynamics(seed).atoms
+        atoms.calc = EMT()
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(),
+                                           forces=atoms.get_forces())
+        train.append(atoms)
+
+    def learner(reference, directory, **options):
+        model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
+                                  random_state=0, n_restarts=0, method="sparse",
+                                  incremental=True).fit(train)
+        return OnTheFlyLearner(model, reference, threshold=1e-6, directory=tmp_path / directory,
+                               min_interval=2, max_calls=2, **options)
+
+    wrong = learner(_OtherCode(), "other")
+    with pytest.warns(RuntimeWarning, match=r"the run stopped at step (\d+) of 6: at step "
+                                            r"\1 the reference's energy, .* differs from "
+                                            r"the model's"):
+        wrong.run(_dynamics(5), 6)
+    assert "by 3 eV per atom (max_energy_gap=1)" in wrong.stopped
+    assert "_OtherCode here" in wrong.stopped and "closest atoms" in wrong.stopped
+    assert wrong.model.posterior_.n_training_structures == 3  # the frame was not learned
+    assert len(read(tmp_path / "other" / "labelled.extxyz", ":")) == 3
+    for reference, options in ((EMT(), {}), (_OtherCode(), {"max_energy_gap": None})):
+        right = learner(reference, f"right{len(options)}", **options)
+        right.run(_dynamics(5), 6)  # the same reference (or the check off): learned
+        assert right.stopped is None and right.n_reference_calls == 2
+    with pytest.raises(ValueError, match="max_energy_gap must be > 0 eV per atom or None"):
+        OnTheFlyLearner(_model(), EMT(), max_energy_gap=0)
+    # a model without energy labels has no absolute scale to compare with
+    forces_only = [SinglePointCalculator(a, forces=a.get_forces()) for a in train]
+    for atoms, calc in zip(train, forces_only, strict=True):
+        atoms.calc = calc
+    with pytest.warns(UserWarning, match="no training structure has an energy"):
+        blind = learner(_OtherCode(), "forces")
+    blind.run(_dynamics(5), 6)
+    assert blind.stopped is None and blind.n_reference_calls == 2
+
+
 _SCRIPT = """
 import sys
 sys.path.insert(0, {root!r})

@@ -436,6 +436,23 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
                  str(tmp_path / "two.xyz"), "--directory", str(tmp_path / "otf2")]) == 0
     assert re.search(r"note: .*cu.npz was fitted on 4 structures, .*two.xyz holds 2",
                      capsys.readouterr().out)
+    # labels of another method (EMT's energies 3 eV per atom higher): the first call stops
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    shifted = read(tmp_path / "train.xyz", ":")
+    for atoms in shifted:
+        atoms.calc = SinglePointCalculator(
+            atoms, energy=atoms.get_potential_energy() + 3.0 * len(atoms),
+            forces=atoms.get_forces())
+    write(tmp_path / "other.xyz", shifted)
+    assert main(["md", str(model_path), str(tmp_path / "start.xyz"), "--steps", "25",
+                 "--temperature", "600", "--reference", "emt", "--threshold", "1e-4",
+                 "--train", str(tmp_path / "other.xyz"), "--directory",
+                 str(tmp_path / "otf3")]) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"error: the on-the-fly run stopped: at step \d+ the reference's energy"
+                     r".* by [23][.\d]* eV per atom .*EMT here.* --resume", err)
+    assert "warning: OnTheFlyLearner: the run stopped" not in err  # said once
 
     assert main(["md", str(model_path), str(tmp_path / "start.xyz"), "--steps", "5",
                  "--temperature", "300", "--reference", "emt"]) == 1

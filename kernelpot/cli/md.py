@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -276,7 +277,10 @@ def _run(args, dyn, learner, record, start: float, steps: int) -> None:
     if learner is not None:
         dyn.attach(lambda: atoms.calc is not None and record(), interval=args.interval)
         try:
-            learner.run(dyn, steps)
+            with warnings.catch_warnings():  # said once, by the error below
+                warnings.filterwarnings("ignore", message="OnTheFlyLearner: the run stopped",
+                                        category=RuntimeWarning)
+                learner.run(dyn, steps)
         except KeyboardInterrupt:
             state = Path(args.directory) / STATE_FILE
             where = (f"its last checkpoint (step {int(np.load(state)['step'])}) is in "
@@ -286,7 +290,9 @@ def _run(args, dyn, learner, record, start: float, steps: int) -> None:
                   f"{where}", file=sys.stderr)
             raise
         if learner.stopped:
-            raise CLIError(f"the on-the-fly run stopped: {learner.stopped}")
+            raise CLIError(f"the on-the-fly run stopped: {learner.stopped}. Every frame labelled before it is in "
+                           f"{args.directory}/: the same command with --resume goes on from "
+                           f"there (with the reference fixed)")
         return
     atoms.get_forces()
     dyn.attach(record, interval=args.interval)
