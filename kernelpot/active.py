@@ -196,7 +196,7 @@ class OnTheFlyLearner:
         Cap of the automatic threshold, as a fraction of the root mean square of the
         labelled force components (see Notes).
     max_energy_gap : float or None, default=1.0
-        eV per atom. A reference energy further than this from the model's prediction,
+        In eV per atom. A reference energy further than this from the model's prediction,
         and more than :data:`ENERGY_GAP_STDS` of the model's energy stds away, stops the
         run before the frame is learned (``stopped`` says why; a ``RuntimeWarning``):
         such a label comes from another method than the model was trained on (another
@@ -310,9 +310,9 @@ class OnTheFlyLearner:
                  max_inducing: int | dict[str, int] | None = DEFAULT_SPARSE_CAP,
                  max_calls: int | None = None, min_interval: int = 10,
                  reoptimize_every: int = 1, checkpoint_every: int = 1,
-                 force_tolerance: float = 0.1, label_stress: bool = False,
-                 verbose: int = 0, status_every: int = 100, state_every: int = 100,
-                 max_energy_gap: float | None = 1.0) -> None:
+                 force_tolerance: float = 0.1, max_energy_gap: float | None = 1.0,
+                 label_stress: bool = False, verbose: int = 0, status_every: int = 100,
+                 state_every: int = 100) -> None:
         if isinstance(reference, type) or not hasattr(reference, "get_potential_energy"):
             got = f"the class {reference.__name__} (pass an instance, {reference.__name__}())" \
                 if isinstance(reference, type) else type(reference).__name__
