@@ -105,7 +105,9 @@ def _status_line(record: dict, first_step: int) -> str:
     return (f"{_where(record)} | std {1e3 * record['max_force_std']:.3g}, threshold "
             f"{1e3 * record['threshold']:.3g} meV/Å |"
             f" {record['n_reference_calls']} calls, {record['n_structures']} structures, "
-            f"{record['n_inducing']} inducing | {per_step:.3f} s/step, total "
+            f"{record['n_inducing']} "
+            f"{'training environments' if record.get('method') == 'exact' else 'inducing'}"
+            f" | {per_step:.3f} s/step, total "
             f"{record['wall_s']:.0f} s")
 
 
@@ -782,6 +784,7 @@ class OnTheFlyLearner:
             "n_reference_calls": self.n_reference_calls,
             "n_structures": self.model.posterior_.n_training_structures,
             "n_inducing": int(sum(self.model.n_inducing_.values())),
+            "method": self.model.method_,  # exact: n_inducing counts training environments
             "calibration": self.model.interval_kind_,
             "wall_s": time.perf_counter() - self._start_wall,
             **seen,

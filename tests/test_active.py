@@ -577,6 +577,17 @@ def test_a_model_without_loso_falls_back_to_the_noise_threshold_with_a_warning(t
     assert learner.current_threshold == pytest.approx(2.0 * model.force_noise_)
 
 
+def test_an_exact_models_status_line_counts_training_environments():
+    from kernelpot.active import _status_line
+
+    record = {"step": 20, "time_fs": 40.0, "temperature_K": 600.0, "max_force_std": 0.01,
+              "threshold": 0.02, "n_reference_calls": 2, "n_structures": 3,
+              "n_inducing": 96, "wall_s": 2.0}
+    assert "96 training environments |" in _status_line(record | {"method": "exact"}, 0)
+    assert "96 inducing |" in _status_line(record | {"method": "sparse"}, 0)
+    assert "96 inducing |" in _status_line(record, 0)  # a log from before the key
+
+
 def test_verbose_prints_a_line_per_call_and_a_status_line(tmp_path, capsys):
     learner = OnTheFlyLearner(_model(), EMT(), directory=tmp_path, min_interval=2,
                               max_calls=1, verbose=1, status_every=4)
@@ -597,7 +608,7 @@ def test_verbose_prints_a_line_per_call_and_a_status_line(tmp_path, capsys):
     assert "model error rms" in calls[0] and "inside 1 / 2 std" in calls[0]
     status = [line for line in lines if "calls," in line]
     assert [line.split()[1] for line in status] == ["4", "8"]
-    assert "1 calls, 2 structures" in status[-1]
+    assert "1 calls, 2 structures" in status[-1] and " inducing | " in status[-1]
     # a run that starts between multiples (a resume) keeps the same steps
     later = OnTheFlyLearner(learner.model, EMT(), directory=tmp_path / "later", max_calls=0,
                             verbose=1, status_every=5)

@@ -290,9 +290,9 @@ def _run(args, dyn, learner, record, start: float, steps: int) -> None:
                   f"{where}", file=sys.stderr)
             raise
         if learner.stopped:
-            raise CLIError(f"the on-the-fly run stopped: {learner.stopped}. Every frame labelled before it is in "
-                           f"{args.directory}/: the same command with --resume goes on from "
-                           f"there (with the reference fixed)")
+            raise CLIError(f"the on-the-fly run stopped: {learner.stopped}. Every frame "
+                           f"labelled before it is in {args.directory}/: the same command "
+                           f"with --resume goes on from there (with the reference fixed)")
         return
     atoms.get_forces()
     dyn.attach(record, interval=args.interval)
