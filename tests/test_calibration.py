@@ -11,6 +11,7 @@ import pytest
 from scipy.stats import norm
 
 from kernelpot.calibration import (
+    NOISE_FACTOR_MIN,
     PROFILE_BOUND,
     SHAPE_MIN_VALUES,
     StdCalibration,
@@ -139,6 +140,35 @@ def test_few_energies_take_the_force_maps_shape_and_fit_their_scale():
                                            e_noise[:20])}, "Test")
     assert (alone.std_scale["energy_projection"], alone.std_scale["energy_exponent"]) \
         == (1.0, 1.0)  # no force map: the scale alone
+
+
+def test_few_energies_fold_the_learned_noise_into_their_map():
+    """Errors that follow the epistemic variance, beside a learned noise as large (a
+    model's misfit on noise-free labels): the map of few energies lets the std follow the
+    epistemic variance instead of the constant noise; many energies fit d themselves."""
+    rng, post, proj, noise = _terms(3 * 2000, seed=31)
+    forces = rng.normal(size=post.size) * np.sqrt(post + proj)
+    few = []
+    for n in (SHAPE_MIN_VALUES - 1, 600):
+        _, e_post, e_proj, _ = _terms(n, seed=32)
+        e_noise = np.full(n, np.median(e_post + e_proj))  # as large as a typical variance
+        energies = rng.normal(size=n) * np.sqrt(2.0 * (e_post + e_proj))
+        calibration = StdCalibration.fit({"energy": (energies, e_post, e_proj, e_noise),
+                                          "forces": (forces, post, proj, noise)}, "Test")
+        std = np.sqrt(calibration.epistemic_variance("energy", e_post, e_proj)
+                      + calibration.noise_variance("energy", e_noise))
+        if n < SHAPE_MIN_VALUES:
+            assert calibration.std_scale["energy_noise"] == NOISE_FACTOR_MIN
+            few = std
+            u = e_post + calibration.std_scale["energy_projection"] ** 2 * e_proj
+            exponent = calibration.std_scale["energy_exponent"]
+        else:  # d fitted on its own, towards the truth (no noise in these errors)
+            assert calibration.std_scale["energy_noise"] < 0.5
+    # the std follows the epistemic variance (u^p, p the force map's): from its smallest
+    # to its largest value; with the noise kept (d = 1) the ratio was 2.3 against 4.0
+    ratio = few[np.argmax(u)] / few[np.argmin(u)]
+    assert ratio == pytest.approx((u.max() / u.min()) ** (exponent / 2), rel=0.01)
+    assert ratio > 3.5
 
 
 @pytest.mark.parametrize("n, raw", [(20, 1.0), (3000, 1e4)])
