@@ -593,7 +593,8 @@ pair of float
             passes front to back, without holding the structures. So is an iterator
             (``ase.io.iread(...)``, a generator), written once to a temporary ASE
             trajectory that the fit reads and then removes
-            (:func:`kernelpot.frame_files.spooled`).
+            (:func:`kernelpot.frame_files.spooled`); an ``incremental=True`` model,
+            which keeps its training structures, reads it into a list.
         y : None
             Present for scikit-learn; labels come from the structures.
         client : distributed.Client or None, default=None
@@ -635,7 +636,9 @@ pair of float
         verbose = self._check_params()
         client = check_client(client, f"{owner}.fit")
         start_time = time.perf_counter()
-        with spooled(X, f"{owner}.fit") as X:  # an iterator: written to disk, read back
+        # an iterator: written to disk and read back (an incremental model keeps its
+        # structures in memory anyway, beyond the fit)
+        with spooled(X, f"{owner}.fit", in_memory=bool(self.incremental)) as X:
             prepared = self._prepare_fit(X, owner)
             training, descriptor = prepared.training, prepared.descriptor
             method = prepared.method
@@ -712,9 +715,9 @@ pair of float
 
         Parameters
         ----------
-        X : list of ase.Atoms, FrameFiles, or path(s)
+        X : list of ase.Atoms, FrameFiles, path(s) or an iterator of ase.Atoms
             The training structures, as :meth:`fit` takes them (read once, for their
-            compositions and labels).
+            compositions and labels; an iterator as :meth:`fit` reads it).
         client : distributed.Client or None, default=None
             The Dask client the fit would run on: the blocks' memory is then the
             workers' (:attr:`~kernelpot.fit_memory.FitMemory.workers`).
@@ -1074,7 +1077,10 @@ pair of float
             ``p`` and ``d`` maximise the Gaussian likelihood of the validation errors,
             structure by structure (energies) or component by component (forces);
             ``v_ref`` is the geometric mean of the raw ``v_posterior + v_projection``
-            there. ``w = 1`` for an exact model (no projection term). Saved with the
+            there. ``w = 1`` for an exact model (no projection term). Fewer than 50
+            energies take ``w`` and ``p`` from the force map and fix ``d`` at 0.01 (the
+            learned noise folded into the epistemic part; see
+            :meth:`kernelpot.calibration.StdCalibration.fit`). Saved with the
             model and applied while ``apply_calibration`` is True to every std the
             model reports (``std_type="epistemic"`` and ``"total"``, the calculator's
             ``energy_std``/``forces_std``). Also

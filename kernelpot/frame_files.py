@@ -177,17 +177,21 @@ class FrameFiles(Sequence):
 
 
 @contextmanager
-def spooled(X, owner: str):
+def spooled(X, owner: str, in_memory: bool = False):
     """Give an iterator of structures to a fit as a :class:`FrameFiles`, held on disk.
 
     A generator (``ase.io.iread(...)``, ``(a for a in ...)``, ``map(...)``) can be read
     once; a fit reads its structures in several passes. Rather than a list of every
     structure, it is written, one structure at a time, to an ASE trajectory in a new
     temporary directory (:func:`tempfile.mkdtemp`'s place), read back when used, and
-    removed when the ``with`` block ends. The trajectory keeps positions, cell and
-    labels in float64 and ``info`` entries that JSON can encode (``config_type`` among
-    them), so the fit is the one on the structures as a list. Anything else (a list, a
-    path, a ``FrameFiles``) is yielded as it is.
+    removed when the ``with`` block ends. Each structure is written with its labels
+    only (the energy, free energy, forces and stress its calculator holds, as a
+    ``SinglePointCalculator``): the trajectory keeps positions, cell and labels in
+    float64 and ``info`` entries that JSON can encode (``config_type`` among them), so
+    the fit is the one on the structures as a list. The directory is
+    :func:`tempfile.gettempdir`'s: where that is memory (a tmpfs ``/tmp``), point
+    ``TMPDIR`` at a disk. Anything else (a list, a path, a ``FrameFiles``) is yielded as
+    it is.
 
     Parameters
     ----------
@@ -195,6 +199,9 @@ def spooled(X, owner: str):
         What the caller was given.
     owner : str
         Names the caller in errors.
+    in_memory : bool, default=False
+        Read an iterator into a list instead: for a model that keeps its training
+        structures (``incremental=True``), which outlive the file.
 
     Yields
     ------
@@ -208,8 +215,8 @@ def spooled(X, owner: str):
     ValueError
         If it yields no structure or an empty one.
     """
-    if not isinstance(X, Iterator):
-        yield X
+    if not isinstance(X, Iterator) or in_memory:
+        yield list(X) if isinstance(X, Iterator) else X
         return
     from ase.io.trajectory import Trajectory
 
@@ -219,14 +226,40 @@ def spooled(X, owner: str):
         with Trajectory(path, "w") as out:
             for k, atoms in enumerate(X):
                 if not isinstance(atoms, Atoms):
+                    hint = " (give paths as a list, or one path)" \
+                        if isinstance(atoms, (str, os.PathLike)) else ""
                     raise TypeError(f"{owner}: structure {k} is a {type(atoms).__name__}, "
-                                    "not an ase.Atoms")
+                                    f"not an ase.Atoms{hint}")
                 if len(atoms) == 0:
                     raise ValueError(f"{owner}: structure {k} is empty (0 atoms)")
-                out.write(atoms)
+                out.write(_with_labels_only(atoms))
                 n_frames += 1
         if not n_frames:
             raise ValueError(f"{owner}: got an iterator of no structures")
         logger.info("%s: %d structures from an iterator written to %s (%.1f MB), read "
                     "from there when used", owner, n_frames, path, path.stat().st_size / 1e6)
         yield FrameFiles(path, format="traj")
+
+
+def _with_labels_only(atoms: Atoms) -> Atoms:
+    """Return a copy of ``atoms`` whose calculator holds only the labels it had.
+
+    A trajectory writes a calculator's parameters as JSON, which not every calculator's
+    are; the labels are what the fit reads (as it reads them from a list).
+    """
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    copy = atoms.copy()
+    calc = atoms.calc
+    if calc is None:
+        return copy
+    labels = {}
+    for name in ("energy", "free_energy", "forces", "stress"):
+        try:
+            value = calc.get_property(name, atoms, allow_calculation=False)
+        except Exception:  # noqa: BLE001 - not implemented by this calculator, or stale
+            value = None
+        if value is not None:
+            labels[name] = value
+    copy.calc = SinglePointCalculator(copy, **labels)
+    return copy

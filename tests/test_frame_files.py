@@ -133,16 +133,44 @@ def test_a_fit_from_an_iterator_is_the_fit_from_the_list(files, method, tmp_path
     assert estimate.n_observations == reference.estimate_fit_memory(expected).n_observations
 
 
-def test_an_incremental_fit_from_an_iterator_keeps_its_own_copies(files):
-    cells = read(files / "a.xyz", ":")
-    model = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), method="sparse", random_state=0,
-                              incremental=True, **FIXED).fit(a for a in cells[:4])
-    model.update([cells[4]])  # the spooled file is gone; the training state is not
-    assert model.posterior_.n_training_structures == 5
-    reference = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), method="sparse",
-                                  random_state=0, incremental=True, **FIXED).fit(cells[:4])
-    reference.update([cells[4]])
+@pytest.mark.parametrize("method", ["sparse", "auto"])  # auto: the exact model here
+def test_an_incremental_fit_from_an_iterator_keeps_its_structures(method):
+    # more structures than FrameFiles keeps read (8): they must not come from the file
+    cells = emt_strained_cells(13, seed=3, rattle=0.1)
+    kwargs = dict(method=method, random_state=0, incremental=True, **FIXED)
+    model = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), **kwargs).fit(
+        a for a in cells[:12])
+    assert model.method_ == ("exact" if method == "auto" else "sparse")
+    assert len(list(model.posterior_.training_frames)) == 12
+    model.update([cells[12]])  # the spool (if any) is gone; the structures are not
+    assert model.posterior_.n_training_structures == 13
+    reference = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), **kwargs).fit(cells[:12])
+    reference.update([cells[12]])
     np.testing.assert_allclose(model.alpha_, reference.alpha_, rtol=0, atol=1e-12)
+
+
+def test_an_iterator_trains_on_the_labels_of_any_calculator(files, tmp_path, monkeypatch):
+    from ase.calculators.emt import EMT
+
+    class Unwritable(EMT):  # parameters a trajectory cannot write as JSON
+        def todict(self):
+            return {"handle": object()}
+
+    cells = read(files / "a.xyz", ":")
+    live = []
+    for atoms in cells:
+        atoms = atoms.copy()
+        atoms.calc = Unwritable()
+        atoms.get_forces()  # computed: the labels a list would train on
+        live.append(atoms)
+    kwargs = dict(method="sparse", random_state=0, n_sparse=30, **FIXED)
+    reference = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), **kwargs).fit(live)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    model = SparseGPPotential(SOAP(["Cu"], 4.0, 4, 3, 0.5), **kwargs).fit(iter(live))
+    np.testing.assert_array_equal(model.alpha_, reference.alpha_)
+    with pytest.raises(TypeError, match=r"structure 0 is a PosixPath, not an ase.Atoms "
+                                        r"\(give paths as a list"):
+        model.fit(iter([files / "a.xyz"]))
 
 
 def test_a_bad_iterator_is_named(files, tmp_path, monkeypatch):
