@@ -20,7 +20,7 @@ from sklearn.base import clone
 
 from kernelpot import estimator as estimator_module
 from kernelpot._files import atomic_write
-from kernelpot._validation import check_int, check_max_inducing, check_verbose
+from kernelpot._validation import check_int, check_max_inducing, check_verbose, close_contact
 from kernelpot.calculator import KernelPotCalculator
 from kernelpot.hyperparameters import (
     UNEXPLAINED_NOISE_FRACTION,
@@ -124,12 +124,8 @@ class InconsistentReference(ReferenceFailed):
 ENERGY_GAP_STDS = 20.0
 
 
-def _closest_distance(atoms: Atoms) -> float:
-    """Return the shortest distance between two atoms (minimum image; inf for one atom)."""
-    if len(atoms) < 2:
-        return float("inf")
-    distances = atoms.get_all_distances(mic=bool(np.any(atoms.pbc)))
-    return float(np.min(distances[np.triu_indices(len(atoms), 1)]))
+#: Interatomic distance (Å) below which the energy-gap message names the closest pair.
+_CLOSE_CONTACT = 0.75
 
 
 class OnTheFlyLearner:
@@ -606,14 +602,14 @@ class OnTheFlyLearner:
         gap = abs(reference - predicted)
         if gap / len(atoms) <= self.max_energy_gap or gap <= ENERGY_GAP_STDS * std:
             return
+        contact = close_contact(atoms, None, _CLOSE_CONTACT)
         raise InconsistentReference(
             f"at step {step} the reference's energy, {reference:.6g} eV, differs from the "
             f"model's, {predicted:.6g} ± {std:.2g} eV, by {gap / len(atoms):.3g} eV per atom "
             f"(max_energy_gap={self.max_energy_gap:g}): the reference is not the method "
             f"the model was trained on (another code, functional or setting; "
             f"{type(self.reference).__name__} here), or the structure is unlike any "
-            f"trained on (closest atoms {_closest_distance(atoms):.2f} Å apart). The frame "
-            f"was not learned")
+            f"trained on{f' ({contact})' if contact else ''}. The frame was not learned")
 
     def _append_frame(self, labelled: Atoms) -> None:
         buffer = _io.StringIO()

@@ -300,13 +300,14 @@ def warn_if_signal_std_at_bound(signal_std: float | dict[str, float],
                       "structures for what they label, energies without forces, or "
                       "inconsistent labels)", ConvergenceWarning, stacklevel=3)
     if any(np.isclose(value, bounds[1]) for value in values):
-        if descriptor == "ACSF":
+        if descriptor is not None and "ACSF" in descriptor:
             advice = ("ACSF's normalised features barely see a uniform strain: use SOAP, or "
                       "add a squared exponential to the kernel")
         elif descriptor is not None and "SOAP" in descriptor:
             advice = "a smaller SOAP sigma or a larger zeta give the kernel more contrast"
         else:
-            advice = "a larger zeta gives the kernel more contrast"
+            advice = "a kernel with more contrast between environments (with the dot " \
+                "product, a larger zeta) helps"
         logger.warning("%s: the fitted signal std sits at its upper bound %.3g eV: the "
                        "kernel varies too little between the training environments for the "
                        "spread of the labels, so the raw variances are inflated (the "

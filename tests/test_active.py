@@ -19,7 +19,7 @@ from ase.md.velocitydistribution import thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
 from kernelpot import ACSF, SparseGPPotential
-from kernelpot.active import YOUNG_FLOOR, OnTheFlyLearner
+from kernelpot.active import YOUNG_FLOOR, InconsistentReference, OnTheFlyLearner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,7 +171,7 @@ def test_a_reference_far_from_the_training_energies_stops_the_run(tmp_path):
                                             r"the model's"):
         wrong.run(_dynamics(5), 6)
     assert "by 3 eV per atom (max_energy_gap=1)" in wrong.stopped
-    assert "_OtherCode here" in wrong.stopped and "closest atoms" in wrong.stopped
+    assert "_OtherCode here" in wrong.stopped and "apart" not in wrong.stopped  # no contact
     assert wrong.model.posterior_.n_training_structures == 3  # the frame was not learned
     assert len(read(tmp_path / "other" / "labelled.extxyz", ":")) == 3
     for reference, options in ((EMT(), {}), (_OtherCode(), {"max_energy_gap": None})):
@@ -180,6 +180,26 @@ def test_a_reference_far_from_the_training_energies_stops_the_run(tmp_path):
         assert right.stopped is None and right.n_reference_calls == 2
     with pytest.raises(ValueError, match="max_energy_gap must be > 0 eV per atom or None"):
         OnTheFlyLearner(_model(), EMT(), max_energy_gap=0)
+    # a gap over 1 eV/atom that the model's std covers (fewer than 20 stds): no stop
+    probe = _dynamics(7).atoms
+    labelled = probe.copy()
+    labelled.calc = SinglePointCalculator(labelled, energy=3.0 * len(probe),
+                                          forces=np.zeros((len(probe), 3)))
+    checker = learner(EMT(), "check")
+    for energy_std, stops in ((10.0, False), (1.0, True)):  # 96 eV off: 9.6 or 96 stds
+        probe.calc = SinglePointCalculator(probe, energy=0.0)
+        probe.calc.results.update(energy_std=energy_std, energy_noise=0.0)
+        if stops:
+            with pytest.raises(InconsistentReference, match="by 3 eV per atom"):
+                checker._check_energy_gap(probe, labelled, 7)
+        else:
+            checker._check_energy_gap(probe, labelled, 7)
+    squeezed = probe.copy()  # two atoms 0.5 Å apart: named as a likely cause
+    squeezed.positions[1] = squeezed.positions[0] + [0.5, 0.0, 0.0]
+    squeezed.calc = SinglePointCalculator(squeezed, energy=0.0)
+    with pytest.raises(InconsistentReference, match=r"unlike any trained on \(atoms 0 and 1 "
+                                                    r"are 0.500 Å apart\)"):
+        checker._check_energy_gap(squeezed, labelled, 7)
     # a model without energy labels has no absolute scale to compare with
     forces_only = [SinglePointCalculator(a, forces=a.get_forces()) for a in train]
     for atoms, calc in zip(train, forces_only, strict=True):

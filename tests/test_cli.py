@@ -453,6 +453,14 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
     assert re.search(r"error: the on-the-fly run stopped: at step \d+ the reference's energy"
                      r".* by [23][.\d]* eV per atom .*EMT here.* --resume", err)
     assert "warning: OnTheFlyLearner: the run stopped" not in err  # said once
+    assert main(["md", str(model_path), str(tmp_path / "start.xyz"), "--steps", "12",
+                 "--temperature", "600", "--reference", "emt", "--threshold", "1e-4",
+                 "--train", str(tmp_path / "other.xyz"), "--max-energy-gap", "none",
+                 "--directory", str(tmp_path / "otf4")]) == 0  # the check off: it learns
+    with pytest.raises(SystemExit):
+        main(["md", str(model_path), str(tmp_path / "start.xyz"), "--steps", "1",
+              "--temperature", "600", "--max-energy-gap", "-1"])
+    assert "must be a number of eV per atom above 0 or 'none'" in capsys.readouterr().err
 
     assert main(["md", str(model_path), str(tmp_path / "start.xyz"), "--steps", "5",
                  "--temperature", "300", "--reference", "emt"]) == 1

@@ -144,6 +144,7 @@ def test_a_signal_std_at_its_lower_bound_warns(caplog):
     for descriptor, advice, not_said in (("ACSF", "use SOAP", "SOAP sigma"),
                                          ("SOAP", "smaller SOAP sigma", "ACSF"),
                                          ("FeatomicSOAP", "smaller SOAP sigma", "ACSF"),
+                                         ("MyACSF", "use SOAP", "SOAP sigma"),
                                          (None, "larger zeta", "ACSF")):
         caplog.clear()
         warn_if_signal_std_at_bound(100.0, bounds, "Owner", descriptor)

@@ -357,6 +357,11 @@ def _add_md(sub) -> argparse.ArgumentParser:
                         help="with --reference: MD steps between two reference calls, at "
                              "least (default 10; 3 for a young model of a molecule with "
                              "sub-femtosecond steps, whose wrong forces heat it in between)")
+    parser.add_argument("--max-energy-gap", type=_gap, default=1.0, metavar="EV_PER_ATOM",
+                        help="with --reference: stop at a reference energy further than this "
+                             "from the model's (and 20 energy stds): another method than the "
+                             "model was trained on, or a structure unlike any trained on "
+                             "(default 1 eV per atom; 'none' turns the check off)")
     parser.add_argument("--resume", action="store_true",
                         help="with --reference: continue the interrupted on-the-fly run in "
                              "--directory from its last checkpoint (model, labelled frames, "
@@ -429,3 +434,17 @@ def _add_model_options(parser) -> None:
                              "the examples at the end of kernelpot fit --help)")
     parser.add_argument("--n-jobs", type=int, default=None, help="joblib workers (default 1)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+
+
+def _gap(text: str) -> float | None:
+    """Parse --max-energy-gap: a number of eV per atom above 0, or "none"."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number of eV per atom above 0 or 'none'; "
+                                         f"got {text!r}")
+    return value
