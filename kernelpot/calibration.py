@@ -542,7 +542,10 @@ class StdCalibration:
         cell 6.26 → −0.60; ethanol sparse n = 40 at 1000 K −0.20 → −0.41, exact n = 40
         −1.35 → −1.48; in range within 0.03 (ethanol n = 20 and 40, aspirin n = 30, Ni₃Al
         30 cells); worse on Cu₃Au (30 cells) at 800 K −5.07 → −4.83 and 1600 K −4.03 →
-        −3.49, whose stds were already twice its errors there.
+        −3.49, whose stds were already twice its errors there. With truly noisy energy
+        labels the fold leaves structures the model knows well (a small epistemic
+        variance) with stds below the labels' noise: 50 or more training structures, or
+        ``calibrate`` on 50 or more validation structures, fit ``d`` instead.
         """
         factors = {quantity: 1.0 for quantity in QUANTITIES}
         shape = None  # the force map's (w, p), for energies too few to fit their own
