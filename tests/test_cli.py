@@ -407,6 +407,14 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
     frames = read(traj, ":")
     assert [f.info["step"] for f in frames] == [0, 5, 10, 15, 20]
     assert frames[0].arrays["forces_std"].shape == (32, 3)
+    # the stds, computed at the recorded steps only, are the model's for those structures
+    model = load(model_path)
+    forces, forces_std = model.predict_forces(frames, return_std=True, std_type="epistemic")
+    _, energy_std = model.predict(frames, return_std=True, std_type="epistemic")
+    for k, frame in enumerate(frames):  # extxyz keeps 8 decimals of positions and values
+        np.testing.assert_allclose(frame.arrays["forces_std"], forces_std[k], rtol=1e-5)
+        np.testing.assert_allclose(frame.arrays["model_forces"], forces[k], atol=1e-6)
+        assert frame.info["energy_std"] == pytest.approx(energy_std[k], rel=1e-5)
     assert "model_energy" in frames[0].info and frames[0].calc is None  # not labels
 
     assert main(["md", str(model_path), str(tmp_path / "start.xyz"), "--steps", "25",

@@ -27,14 +27,37 @@ from kernelpot.cli._common import (
 )
 
 
-def _status_line(dyn, start: float, first_step: int, no_std: bool) -> str:
+class _StdsWhenShown:
+    """The model's stds of the current structure, computed at the steps that show them.
+
+    Plain MD (no on-the-fly learning) uses the stds only in the frames it records (every
+    --interval steps) and its status lines; the dynamics' own calculator then predicts
+    energies and forces alone, a few times cheaper per step than with every force std.
+    """
+
+    def __init__(self, model, dyn):
+        self.model, self.dyn = model, dyn
+        self._step, self._results = None, None
+
+    def results(self) -> dict:
+        """Return the calculator results with ``energy_std`` and ``forces_std``, this step's."""
+        from kernelpot import KernelPotCalculator
+
+        if self._results is None or self._step != self.dyn.nsteps:
+            probe = self.dyn.atoms.copy()
+            probe.calc = KernelPotCalculator(self.model, uncertainty=True)
+            probe.get_forces()
+            self._step, self._results = self.dyn.nsteps, probe.calc.results
+        return self._results
+
+
+def _status_line(dyn, start: float, first_step: int, stds: _StdsWhenShown | None) -> str:
     """Return the periodic stdout line of plain MD: step, time, temperature, std, speed."""
     from ase import units
 
     atoms = dyn.atoms
-    results = atoms.calc.results
-    std = "" if no_std else \
-        f" | largest force std {1e3 * float(results['forces_std'].max()):.3g} meV/Å"
+    std = "" if stds is None else \
+        f" | largest force std {1e3 * float(stds.results()['forces_std'].max()):.3g} meV/Å"
     elapsed = time.perf_counter() - start
     per_step = elapsed / max(dyn.nsteps - first_step, 1)
     return (f"step {dyn.nsteps:>7} {dyn.get_time() / units.fs:>9.1f} fs "
@@ -227,7 +250,7 @@ def _cmd_md(args) -> int:
     _check_output(args.output, "the trajectory")
     if args.reference is not None:
         _check_output(args.directory, "the run directory", directory=True)
-    learner = None
+    learner, shown_stds = None, None
     if args.resume:
         learner, dyn = _resumed_learner(args)
         atoms, steps = dyn.atoms, max(learner.target_steps - dyn.nsteps, 0)
@@ -239,8 +262,9 @@ def _cmd_md(args) -> int:
             dyn.nsteps = int(atoms.info.get("step", 0))
         if args.reference is not None:
             learner = _new_learner(args, model)
-        else:
-            atoms.calc = KernelPotCalculator(model, uncertainty=not args.no_std)
+        else:  # the stds where they are shown only
+            atoms.calc = KernelPotCalculator(model, uncertainty=False)
+            shown_stds = None if args.no_std else _StdsWhenShown(model, dyn)
     trajectory = _Trajectory(args.output, after=first_redone_step(dyn.nsteps) - 1
                              if args.resume else None)
     stds = []
@@ -253,8 +277,9 @@ def _cmd_md(args) -> int:
         snapshot.info["step"] = int(dyn.nsteps)
         snapshot.arrays["model_forces"] = calc.results["forces"].copy()
         if not args.no_std:
-            snapshot.info["energy_std"] = float(calc.results["energy_std"])
-            snapshot.arrays["forces_std"] = calc.results["forces_std"].copy()
+            with_std = calc.results if learner is not None else shown_stds.results()
+            snapshot.info["energy_std"] = float(with_std["energy_std"])
+            snapshot.arrays["forces_std"] = with_std["forces_std"].copy()
         if learner is not None:  # the calibrated std the learner compares with its threshold
             snapshot.arrays["gated_forces_std"] = learner.gated_std(calc.results)
         shown = "gated_forces_std" if learner is not None else "forces_std"
@@ -264,14 +289,15 @@ def _cmd_md(args) -> int:
 
     start = time.perf_counter()
     try:
-        _run(args, dyn, learner, record, start, steps)
+        _run(args, dyn, learner, record, start, steps, shown_stds)
     finally:
         trajectory.close()
     _report(args, learner, atoms, time.perf_counter() - start, steps, stds, trajectory)
     return 0
 
 
-def _run(args, dyn, learner, record, start: float, steps: int) -> None:
+def _run(args, dyn, learner, record, start: float, steps: int,
+         stds: _StdsWhenShown | None = None) -> None:
     """Run ``steps`` steps of ``dyn``, recording every --interval steps."""
     atoms = dyn.atoms
     if learner is not None:
@@ -299,7 +325,7 @@ def _run(args, dyn, learner, record, start: float, steps: int) -> None:
     if not args.quiet:
         first = dyn.nsteps
         dyn.attach(lambda: dyn.nsteps > first and print(
-            _status_line(dyn, start, first, args.no_std), flush=True),
+            _status_line(dyn, start, first, stds), flush=True),
             interval=args.status_every)
     dyn.run(steps)
 
