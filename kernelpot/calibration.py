@@ -428,6 +428,17 @@ class StdCalibration:
         return (float(factors.get(f"{quantity}_lower", 0.0)),
                 float(factors.get(f"{quantity}_upper", np.inf)))
 
+    def fitted_quantities(self) -> tuple[str, ...]:
+        """Return the quantities whose map was fitted (stress only where cells had one).
+
+        Returns
+        -------
+        tuple of str
+        """
+        scale = self.std_scale or {}
+        return tuple(q for q in QUANTITIES
+                     if q in scale and (q != "stress" or "stress_reference" in scale))
+
     def describe(self, quantity: str) -> str:
         """Return the map of ``quantity`` in words, for the command line.
 

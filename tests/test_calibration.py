@@ -142,6 +142,14 @@ def test_few_energies_take_the_force_maps_shape_and_fit_their_scale():
         == (1.0, 1.0)  # no force map: the scale alone
 
 
+def test_the_fitted_quantities_are_those_with_a_map():
+    plain = {"energy": 1.0, "forces": 2.0, "stress": 1.0}  # no stress values: c = 1 alone
+    assert StdCalibration(plain, None).fitted_quantities() == ("energy", "forces")
+    fitted = plain | {"stress": 3.0, "stress_reference": 1e-8}
+    assert StdCalibration(fitted, None).fitted_quantities() == ("energy", "forces", "stress")
+    assert StdCalibration(None, None).fitted_quantities() == ()
+
+
 def test_few_energies_fold_the_learned_noise_into_their_map():
     """Errors that follow the epistemic variance, beside a learned noise as large (a
     model's misfit on noise-free labels): the map of few energies lets the std follow the

@@ -559,6 +559,7 @@ def test_info_describes_a_model_file(cli_files, tmp_path, capsys):
     assert "12 structures" in out and \
         f"{kind} environments {sum(fitted.n_inducing_.values())}" in out
     assert "leave-one-structure-out" in out and "jackknife+ intervals" in out
+    assert "stress:" not in out  # molecules: no stress map to describe
     assert "force_noise=0.07" in out and "n_restarts=0" in out
     lower, upper = fitted._calibration().fitted_range("forces")
     assert fitted.std_scale_["forces_atom_exponent"] != 1.0  # so the exponent's range shows

@@ -44,7 +44,8 @@ def _evaluate(args, model) -> int:
                           training_state=model.posterior_.keeps_training_data)
         _set_n_jobs(model, args)
         calibration = StdCalibration(scale, None)
-        fitted = "; ".join(f"{q} {calibration.describe(q)}" for q in ("energy", "forces"))
+        fitted = "; ".join(f"{q} {calibration.describe(q)}"
+                           for q in calibration.fitted_quantities())
         print(f"std calibration fitted on {args.recalibrate} ({len(valid)} structures): "
               f"{fitted}; conformal intervals from "
               f"{len(model.interval_scores_.get('forces', []))} force components; wrote {path}")

@@ -77,7 +77,7 @@ def _calibration_state(model) -> str:
              "validation": "validation structures (calibrate)"}.get(kind, str(kind))
     calibration = StdCalibration(scale, None)
     terms = "; ".join(f"{q}: {calibration.describe(q)}"
-                      for q in ("energy", "forces") if q in scale)
+                      for q in calibration.fitted_quantities())
     intervals = "jackknife+" if kind == "loso" else "split conformal"
     applied = "" if model.apply_calibration else " (not applied: apply_calibration=False)"
     return f"std map fitted on {where}{applied}: {terms}; {intervals} intervals"
