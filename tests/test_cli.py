@@ -407,14 +407,19 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
     frames = read(traj, ":")
     assert [f.info["step"] for f in frames] == [0, 5, 10, 15, 20]
     assert frames[0].arrays["forces_std"].shape == (32, 3)
-    # the stds, computed at the recorded steps only, are the model's for those structures
+    # the stds, computed at the recorded steps only, are the model's for those structures:
+    # total under the names kernelpot predict writes, the epistemic part beside
     model = load(model_path)
-    forces, forces_std = model.predict_forces(frames, return_std=True, std_type="epistemic")
-    _, energy_std = model.predict(frames, return_std=True, std_type="epistemic")
-    for k, frame in enumerate(frames):  # extxyz keeps 8 decimals of positions and values
-        np.testing.assert_allclose(frame.arrays["forces_std"], forces_std[k], rtol=1e-5)
-        np.testing.assert_allclose(frame.arrays["model_forces"], forces[k], atol=1e-6)
-        assert frame.info["energy_std"] == pytest.approx(energy_std[k], rel=1e-5)
+    for std_type, suffix in (("total", ""), ("epistemic", "_epistemic")):
+        forces, forces_std = model.predict_forces(frames, return_std=True, std_type=std_type)
+        _, energy_std = model.predict(frames, return_std=True, std_type=std_type)
+        for k, frame in enumerate(frames):  # extxyz keeps 8 decimals
+            np.testing.assert_allclose(frame.arrays[f"forces_std{suffix}"], forces_std[k],
+                                       rtol=1e-5)
+            np.testing.assert_allclose(frame.arrays["model_forces"], forces[k], atol=1e-6)
+            assert frame.info[f"energy_std{suffix}"] == pytest.approx(energy_std[k], rel=1e-5)
+    assert np.all(frames[1].arrays["forces_std"] > frames[1].arrays["forces_std_epistemic"])
+    assert re.search(r"largest epistemic force std [\d.]+ meV/Å at step \d+", out)
     assert "model_energy" in frames[0].info and frames[0].calc is None  # not labels
 
     assert main(["md", str(model_path), str(tmp_path / "start.xyz"), "--steps", "25",
@@ -532,7 +537,7 @@ def test_md_without_stds_and_with_status_lines(cli_files, tmp_path, capsys):
                  "3", "-o", str(traj)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[1] for line in out if line.startswith("step")] == ["3", "6"]
-    assert "largest force std" not in "\n".join(out)
+    assert "force std" not in "\n".join(out)
     frames = read(traj, ":")
     assert "forces_std" not in frames[0].arrays and "model_forces" in frames[0].arrays
     assert main(["md", str(model), str(cli_files / "test.xyz"), "--steps", "6",
@@ -604,8 +609,10 @@ def test_md_ensembles_and_restart(tmp_path, capsys):
     assert main(["md", str(model), str(tmp_path / "nve.xyz"), "--restart", "--steps", "2",
                  "--temperature", "300", "--interval", "1", "--no-std", "-o",
                  str(tmp_path / "plain.xyz")]) == 0
-    assert "largest force std" not in capsys.readouterr().out
-    assert all("forces_std" not in a.arrays for a in read(tmp_path / "plain.xyz", ":"))
+    assert "force std" not in capsys.readouterr().out
+    assert all("forces_std" not in a.arrays and "forces_std_epistemic" not in a.arrays
+               and "energy_std_epistemic" not in a.info
+               for a in read(tmp_path / "plain.xyz", ":"))
     assert main(["md", str(model), str(tmp_path / "start.xyz"), "--restart", "--steps", "2",
                  "--temperature", "300"]) == 1
     assert "carries no velocities" in capsys.readouterr().err

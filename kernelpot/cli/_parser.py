@@ -122,8 +122,10 @@ examples:
   kernelpot md model.npz cell.xyz --ensemble npt --pressure 1.0 --steps 5000 --temperature 300
 
 The trajectory holds the model's predictions as info["model_energy"], info["energy_std"],
-arrays["model_forces"] and arrays["forces_std"] (and, learning on the fly,
-arrays["gated_forces_std"], the calibrated std compared with the threshold); they are not
+arrays["model_forces"] and arrays["forces_std"] (total stds, as kernelpot predict writes
+them), info["energy_std_epistemic"] and arrays["forces_std_epistemic"] (their epistemic
+part, which the summary's largest force std reads), and, learning on the fly,
+arrays["gated_forces_std"], the calibrated std compared with the threshold; they are not
 stored as reference labels, so the file is not mistaken for training data.
 
 Langevin dynamics by default (--ensemble nve and npt: see above) with the model as ASE

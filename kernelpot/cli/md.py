@@ -51,13 +51,32 @@ class _StdsWhenShown:
         return self._results
 
 
+def _write_stds(snapshot, model, results: dict) -> None:
+    """Store a frame's stds: total and epistemic.
+
+    Total (the calibrated epistemic std and the learned noise) as ``energy_std`` and
+    ``forces_std``, as ``kernelpot predict`` writes them; the epistemic part (what the
+    calculator reports and on-the-fly learning gates on) as ``*_epistemic``.
+    """
+    calibration = model._calibration()
+    energy_noise = calibration.noise_variance(
+        "energy", model.energy_noise_**2 * len(snapshot))
+    force_noise = calibration.noise_variance("forces", model.force_noise_**2)
+    epistemic_e, epistemic_f = float(results["energy_std"]), results["forces_std"]
+    snapshot.info["energy_std"] = float(np.sqrt(epistemic_e**2 + energy_noise))
+    snapshot.info["energy_std_epistemic"] = epistemic_e
+    snapshot.arrays["forces_std"] = np.sqrt(epistemic_f**2 + force_noise)
+    snapshot.arrays["forces_std_epistemic"] = epistemic_f.copy()
+
+
 def _status_line(dyn, start: float, first_step: int, stds: _StdsWhenShown | None) -> str:
     """Return the periodic stdout line of plain MD: step, time, temperature, std, speed."""
     from ase import units
 
     atoms = dyn.atoms
     std = "" if stds is None else \
-        f" | largest force std {1e3 * float(stds.results()['forces_std'].max()):.3g} meV/Å"
+        f" | largest epistemic force std {1e3 * float(stds.results()['forces_std'].max()):.3g}" \
+        " meV/Å"
     elapsed = time.perf_counter() - start
     per_step = elapsed / max(dyn.nsteps - first_step, 1)
     return (f"step {dyn.nsteps:>7} {dyn.get_time() / units.fs:>9.1f} fs "
@@ -108,9 +127,9 @@ def _starting_structure(args):
     atoms.calc = None
     atoms.set_momenta(momenta)
     # the previous run's predictions must not be carried into the new frames
-    for key in ("model_energy", "energy_std"):
+    for key in ("model_energy", "energy_std", "energy_std_epistemic"):
         atoms.info.pop(key, None)
-    for key in ("model_forces", "forces_std", "gated_forces_std"):
+    for key in ("model_forces", "forces_std", "forces_std_epistemic", "gated_forces_std"):
         if key in atoms.arrays:
             del atoms.arrays[key]
     return atoms
@@ -278,11 +297,11 @@ def _cmd_md(args) -> int:
         snapshot.arrays["model_forces"] = calc.results["forces"].copy()
         if not args.no_std:
             with_std = calc.results if learner is not None else shown_stds.results()
-            snapshot.info["energy_std"] = float(with_std["energy_std"])
-            snapshot.arrays["forces_std"] = with_std["forces_std"].copy()
+            current = learner.model if learner is not None else shown_stds.model
+            _write_stds(snapshot, current, with_std)
         if learner is not None:  # the calibrated std the learner compares with its threshold
             snapshot.arrays["gated_forces_std"] = learner.gated_std(calc.results)
-        shown = "gated_forces_std" if learner is not None else "forces_std"
+        shown = "gated_forces_std" if learner is not None else "forces_std_epistemic"
         if shown in snapshot.arrays:
             stds.append((float(snapshot.arrays[shown].max()), int(dyn.nsteps)))
         trajectory.write(snapshot)
@@ -333,7 +352,7 @@ def _run(args, dyn, learner, record, start: float, steps: int,
 def _report(args, learner, atoms, wall: float, steps: int, stds: list[tuple[float, int]],
             trajectory: _Trajectory) -> None:
     """Print the run's summary line(s)."""
-    what = "largest force std" if learner is None else (
+    what = "largest epistemic force std" if learner is None else (
         f"largest gated force std (threshold {1e3 * learner.current_threshold:.3g} meV/Å)")
     value, step = max(stds) if stds else (0.0, 0)
     largest = f"; {what} {1e3 * value:.3g} meV/Å at step {step}" if stds else ""
