@@ -1,6 +1,8 @@
 """Training on stresses: labels, design rows, the likelihood's stress noise, the fit."""
 
 
+import re
+
 import numpy as np
 import pytest
 from ase.build import bulk, molecule
@@ -352,12 +354,14 @@ def test_cli_fit_trains_on_the_stresses_in_the_file(cells, tmp_path, capsys):
     assert with_stress.posterior_.n_stress_observations == 30
     assert "stress RMSE" in out  # the LOSO errors of the fit
     assert main(["info", str(tmp_path / "with.npz")]) == 0
-    assert "trained on 5 cells' stresses" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "trained on 5 cells' stresses" in out and "; stress: factor" in out
     test = tmp_path / "test.xyz"
     write(test, cells[10:13])
     assert main(["eval", str(tmp_path / "with.npz"), str(test)]) == 0
     out = capsys.readouterr().out
     assert "stress (3 cells): MAE" in out and "within 1 std" in out
+    assert re.search(r"stress \(3 cells\).* RMS z-score [\d.]+", out)  # sized like the others
     assert main(["fit", str(train), "-o", str(tmp_path / "without.npz"), "--no-stress",
                  *common]) == 0
     assert "trained on the stresses" not in capsys.readouterr().out

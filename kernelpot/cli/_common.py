@@ -460,7 +460,9 @@ def _print_stress_errors(title, err, calibration: bool) -> None:
             text += (f"; {inside[0]:.1f}% of components within 1 std, {inside[1]:.1f}% "
                      "within 2" + (f" ({int(fixed.sum())} of {fixed.size} components, zero "
                                    "in both the reference and the prediction, left out)"
-                                   if fixed.any() else ""))
+                                   if fixed.any() else "")
+                     + "; " + _size_note(err["stress"][counted], err["ref_stress"][counted],
+                                         err["stress_std"][counted], "stress"))
     print(text)
 
 
