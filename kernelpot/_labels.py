@@ -266,6 +266,11 @@ class TrainingSet:
         forces = self.force_targets()
         return float(np.sqrt(np.mean(forces**2))) if forces.size else 0.0
 
+    def stress_label_rms(self) -> float:
+        """Return the root mean square of the stress labels' components, eV/Å³ (0: none)."""
+        stresses = [s for s in (self.labels.stresses or []) if s is not None]
+        return float(np.sqrt(np.mean(np.square(stresses)))) if stresses else 0.0
+
     @property
     def n_atoms(self) -> np.ndarray:
         """Return the atoms of every structure, shape (n_structures,)."""

@@ -48,6 +48,7 @@ from kernelpot.hyperparameters import (
     fitted_names,
     warn_if_forces_unexplained,
     warn_if_signal_std_at_bound,
+    warn_if_stresses_unexplained,
 )
 from kernelpot.inducing import SPARSE_METHODS
 from kernelpot.kernels import Kernel, NormalizedDotProduct
@@ -659,6 +660,9 @@ pair of float
                                         type(descriptor).__name__)
         if "force_noise" in names:
             warn_if_forces_unexplained(self.force_noise_, training.force_label_rms(), owner)
+        if "stress_noise" in names and self.posterior_.n_stress_observations:
+            warn_if_stresses_unexplained(self.stress_noise_, training.stress_label_rms(),
+                                         self.stress_noise_bounds, owner)
         stress = f", σ_S = {self.stress_noise_:.3g} eV/Å³" \
             if training.has_stress.any() else ""
         logger.info("%s: %s model fitted in %.1f s; σ = %s eV, σ_E = %.3g eV/√atom, "

@@ -42,7 +42,7 @@ __all__ = ["DEFAULT_STRESS_NOISE", "HYPERPARAMETERS", "NOISE_NAMES", "UNEXPLAINE
            "NoiseSearch", "check_hyperparameter_values", "fitted_names", "forces_unexplained",
            "free_mask", "kernel_profile_search", "search_on_subset", "values_kept_where_fixed",
            "warn_if_force_noise_at_bound", "warn_if_forces_unexplained",
-           "warn_if_signal_std_at_bound"]
+           "warn_if_signal_std_at_bound", "warn_if_stresses_unexplained"]
 
 #: Names accepted by the estimator's ``optimize``, in ``theta`` order (the kernel's own last).
 HYPERPARAMETERS = ("signal_std", "energy_noise", "force_noise", "stress_noise", "kernel",
@@ -267,6 +267,41 @@ def warn_if_forces_unexplained(force_noise: float, label_rms: float, owner: str,
                       "varied, ones), too few inducing environments for the forces (the "
                       "exact model, method='exact', fits a handful of structures better), "
                       "or inconsistent labels", ConvergenceWarning, stacklevel=stacklevel)
+
+
+def warn_if_stresses_unexplained(stress_noise: float, label_rms: float,
+                                 bounds: Sequence[float], owner: str,
+                                 stacklevel: int = 3) -> None:
+    """Warn when the fitted stress noise says the stresses do not fit the energies and forces.
+
+    At the upper bound of ``stress_noise_bounds``, or over half the stress labels' RMS
+    (as for forces), the likelihood reads the stresses as noise: in a new user's walk,
+    stresses written in kbar with the pressure's sign fitted σ_S to its bound (1 eV/Å³)
+    without a word, and their leave-one-out error was 1,872 GPa.
+
+    Parameters
+    ----------
+    stress_noise : float
+        The fitted ``σ_S``, eV/Å³.
+    label_rms : float
+        Root mean square of the stress labels' components, eV/Å³.
+    bounds : pair of float
+        ``stress_noise_bounds``.
+    owner : str
+    stacklevel : int, default=3
+    """
+    at_bound = bool(np.isclose(stress_noise, bounds[1]))
+    if not (at_bound or (label_rms > 0 and stress_noise > UNEXPLAINED_NOISE_FRACTION
+                         * label_rms)):
+        return
+    where = f"at its upper bound {bounds[1]:.3g} eV/Å³" if at_bound else \
+        f"{stress_noise / label_rms:.0%} of the stress labels' RMS ({label_rms:.3g} eV/Å³)"
+    warnings.warn(f"{owner}: the fitted stress noise σ_S = {stress_noise:.3g} eV/Å³ "
+                  f"({160.21766 * stress_noise:.3g} GPa) is {where}: the energies and forces "
+                  "do not explain the stress labels. Check their units (eV/Å³, as ASE's "
+                  "get_stress gives; 1 GPa = 0.00624 eV/Å³) and sign (ASE's: the negative "
+                  "of the pressure), that they are the same calculation's, or fit with "
+                  "use_stress=False", ConvergenceWarning, stacklevel=stacklevel)
 
 
 def warn_if_signal_std_at_bound(signal_std: float | dict[str, float],

@@ -125,6 +125,27 @@ def test_noisy_stress_labels_give_a_larger_stress_noise():
     assert fitted[0.003] == pytest.approx(0.003, rel=0.6)
 
 
+def test_stresses_in_other_units_and_sign_warn(cells):
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    kbar = []  # the pressure in kbar, as some codes print it, stored as if eV/Å³
+    for source in cells[:8]:
+        atoms = source.copy()
+        atoms.calc = SinglePointCalculator(atoms, energy=source.get_potential_energy(),
+                                           forces=source.get_forces(),
+                                           stress=-1602.1766 * source.get_stress())
+        kbar.append(atoms)
+    with pytest.warns(ConvergenceWarning, match=r"stress noise σ_S = .* the energies and "
+                                                r"forces do not explain the stress labels. "
+                                                r"Check their units"):
+        SparseGPPotential(CU_SOAP, method="sparse", random_state=0).fit(kbar)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*do not explain the stress labels")
+        SparseGPPotential(CU_SOAP, method="sparse", random_state=0).fit(cells[:8])
+
+
 def test_likelihood_gradient_in_the_stress_noise(stress_model):
     theta = np.log([2.0, 0.003, 0.05, 0.002])
     value, grad = stress_model.log_marginal_likelihood(theta, eval_gradient=True)
