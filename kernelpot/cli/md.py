@@ -58,10 +58,8 @@ def _write_stds(snapshot, model, results: dict) -> None:
     ``forces_std``, as ``kernelpot predict`` writes them; the epistemic part (what the
     calculator reports and on-the-fly learning gates on) as ``*_epistemic``.
     """
-    calibration = model._calibration()
-    energy_noise = calibration.noise_variance(
-        "energy", model.energy_noise_**2 * len(snapshot))
-    force_noise = calibration.noise_variance("forces", model.force_noise_**2)
+    energy_noise = model.noise_variance("energy", model.energy_noise_**2 * len(snapshot))
+    force_noise = model.noise_variance("forces", model.force_noise_**2)
     epistemic_e, epistemic_f = float(results["energy_std"]), results["forces_std"]
     snapshot.info["energy_std"] = float(np.sqrt(epistemic_e**2 + energy_noise))
     snapshot.info["energy_std_epistemic"] = epistemic_e
