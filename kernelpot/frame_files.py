@@ -11,7 +11,7 @@ pass), so each pass parses every file once, front to back, through one open
 ``SparseGPPotential.fit`` takes one (or a path, or a list of paths, which it wraps in
 one). A generator such as ``ase.io.iread(...)`` can be read only once, and the fit needs
 several passes: :func:`spooled` writes it, structure by structure, to a temporary ASE
-trajectory (float64, calculator results and ``info`` as they are) and hands the fit a
+trajectory (float64, the labels and ``info`` as they are) and hands the fit a
 ``FrameFiles`` over that file, removed when the fit ends.
 """
 
@@ -183,10 +183,10 @@ def spooled(X, owner: str, in_memory: bool = False):
     A generator (``ase.io.iread(...)``, ``(a for a in ...)``, ``map(...)``) can be read
     once; a fit reads its structures in several passes. Rather than a list of every
     structure, it is written, one structure at a time, to an ASE trajectory in a new
-    temporary directory (:func:`tempfile.mkdtemp`'s place), read back when used, and
-    removed when the ``with`` block ends. Each structure is written with its labels
-    only (the energy, free energy, forces and stress its calculator holds, as a
-    ``SinglePointCalculator``): the trajectory keeps positions, cell and labels in
+    temporary directory, read back when used, and removed when the ``with`` block
+    ends. Each structure is written with its labels only (the energy, free energy,
+    forces and stress its calculator holds, as a ``SinglePointCalculator``:
+    ``kernelpot._labels.labels_only``): the trajectory keeps positions, cell and labels in
     float64 and ``info`` entries that JSON can encode (``config_type`` among them), so
     the fit is the one on the structures as a list. The directory is
     :func:`tempfile.gettempdir`'s: where that is memory (a tmpfs ``/tmp``), point
@@ -220,19 +220,15 @@ def spooled(X, owner: str, in_memory: bool = False):
         return
     from ase.io.trajectory import Trajectory
 
+    from kernelpot._labels import check_structure, labels_only  # _labels imports this module
+
     with tempfile.TemporaryDirectory(prefix="kernelpot-frames-") as root:
         path = Path(root) / "frames.traj"
         n_frames = 0
         with Trajectory(path, "w") as out:
             for k, atoms in enumerate(X):
-                if not isinstance(atoms, Atoms):
-                    hint = " (give paths as a list, or one path)" \
-                        if isinstance(atoms, (str, os.PathLike)) else ""
-                    raise TypeError(f"{owner}: structure {k} is a {type(atoms).__name__}, "
-                                    f"not an ase.Atoms{hint}")
-                if len(atoms) == 0:
-                    raise ValueError(f"{owner}: structure {k} is empty (0 atoms)")
-                out.write(_with_labels_only(atoms))
+                check_structure(atoms, k, owner)
+                out.write(labels_only(atoms))
                 n_frames += 1
         if not n_frames:
             raise ValueError(f"{owner}: got an iterator of no structures")
@@ -240,26 +236,3 @@ def spooled(X, owner: str, in_memory: bool = False):
                     "from there when used", owner, n_frames, path, path.stat().st_size / 1e6)
         yield FrameFiles(path, format="traj")
 
-
-def _with_labels_only(atoms: Atoms) -> Atoms:
-    """Return a copy of ``atoms`` whose calculator holds only the labels it had.
-
-    A trajectory writes a calculator's parameters as JSON, which not every calculator's
-    are; the labels are what the fit reads (as it reads them from a list).
-    """
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    copy = atoms.copy()
-    calc = atoms.calc
-    if calc is None:
-        return copy
-    labels = {}
-    for name in ("energy", "free_energy", "forces", "stress"):
-        try:
-            value = calc.get_property(name, atoms, allow_calculation=False)
-        except Exception:  # noqa: BLE001 - not implemented by this calculator, or stale
-            value = None
-        if value is not None:
-            labels[name] = value
-    copy.calc = SinglePointCalculator(copy, **labels)
-    return copy
