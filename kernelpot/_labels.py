@@ -10,6 +10,8 @@ from typing import NamedTuple
 import numpy as np
 from ase import Atoms
 
+from kernelpot._structures import check_structure
+from kernelpot._structures import stored_label as _stored
 from kernelpot._validation import check_finite_positions
 
 #: ``info`` key ``kernelpot predict`` marks its output with: its energies and forces are
@@ -103,56 +105,6 @@ def check_frames(frames: Iterable[Atoms], owner: str) -> list[Atoms]:
     for k, atoms in enumerate(frames):
         check_structure(atoms, k, owner)
     return frames
-
-
-def check_structure(atoms, k: int, owner: str) -> None:
-    """Refuse structure ``k`` if it is not an ase.Atoms, holds no atom or a NaN position.
-
-    Raises
-    ------
-    TypeError
-        If it is something else (a path gets a hint: give paths as a list, or one path).
-    ValueError
-        If it is empty or a position is not finite.
-    """
-    import os
-
-    if not isinstance(atoms, Atoms):
-        hint = " (give paths as a list, or one path)" \
-            if isinstance(atoms, (str, os.PathLike)) else ""
-        raise TypeError(f"{owner}: structure {k} is a {type(atoms).__name__}, not an "
-                        f"ase.Atoms{hint}")
-    if len(atoms) == 0:
-        raise ValueError(f"{owner}: structure {k} is empty (0 atoms)")
-    check_finite_positions(atoms.positions, f"{owner}: structure {k}")
-
-
-def labels_only(atoms: Atoms) -> Atoms:
-    """Return a copy of ``atoms`` whose calculator holds only the labels it had.
-
-    The energy, free energy, forces and stress its calculator stores (what
-    :func:`read_labels` reads), as a ``SinglePointCalculator``; no calculator where it
-    had none.
-    """
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    copy = atoms.copy()
-    if atoms.calc is None:
-        return copy
-    labels = {name: value for name in ("energy", "free_energy", "forces", "stress")
-              if (value := _stored(atoms, name)) is not None}
-    copy.calc = SinglePointCalculator(copy, **labels)
-    return copy
-
-
-def _stored(atoms: Atoms, name: str):
-    calc = atoms.calc
-    if calc is None:
-        return None
-    try:
-        return calc.get_property(name, atoms, allow_calculation=False)
-    except Exception:  # calculators disagree on how they say "not available"
-        return None
 
 
 def read_labels(frames: list[Atoms], owner: str, stress: bool = False,

@@ -186,7 +186,7 @@ def spooled(X, owner: str, in_memory: bool = False):
     temporary directory, read back when used, and removed when the ``with`` block
     ends. Each structure is written with its labels only (the energy, free energy,
     forces and stress its calculator holds, as a ``SinglePointCalculator``:
-    ``kernelpot._labels.labels_only``): the trajectory keeps positions, cell and labels in
+    ``kernelpot._structures.labels_only``): the trajectory keeps positions, cell and labels in
     float64 and ``info`` entries that JSON can encode (``config_type`` among them), so
     the fit is the one on the structures as a list. The directory is
     :func:`tempfile.gettempdir`'s: where that is memory (a tmpfs ``/tmp``), point
@@ -220,7 +220,7 @@ def spooled(X, owner: str, in_memory: bool = False):
         return
     from ase.io.trajectory import Trajectory
 
-    from kernelpot._labels import check_structure, labels_only  # _labels imports this module
+    from kernelpot._structures import check_structure, labels_only
 
     with tempfile.TemporaryDirectory(prefix="kernelpot-frames-") as root:
         path = Path(root) / "frames.traj"
