@@ -239,6 +239,9 @@ class OnTheFlyLearner:
         ``n_reference_calls + 1`` times.
     stopped : str or None
         Why the run stopped early (a failing reference), else None.
+    stopped_by : ReferenceFailed or None
+        The error that stopped it (:class:`InconsistentReference` for the energy gap),
+        else None.
 
     Notes
     -----
@@ -358,6 +361,7 @@ class OnTheFlyLearner:
         self.state_every = int(state_every)
         self.n_reference_calls = 0
         self.stopped = None
+        self.stopped_by = None
         self._last_call_step = None
         self._updates_since_checkpoint = 0
         self._state_step = None  # the step of the last MD state saved
@@ -450,13 +454,16 @@ class OnTheFlyLearner:
         try:
             dynamics.run(int(steps))
         except ReferenceFailed as err:
-            self.stopped = str(err)
+            self.stopped, self.stopped_by = str(err), err
             logger.error("on-the-fly run stopped: %s", err)
             self._checkpoint()
             warnings.warn(f"OnTheFlyLearner: the run stopped at step {dynamics.nsteps} of "
                           f"{self._target_steps}: {err}. The checkpoint in {self.directory} "
                           "holds every frame labelled so far; OnTheFlyLearner.resume goes on "
-                          "from it", RuntimeWarning, stacklevel=2)
+                          "from it" + ("; if the reference is right and the structure new, resume "
+                                       "with a larger max_energy_gap (or None)"
+                                       if isinstance(err, InconsistentReference) else ""),
+                          RuntimeWarning, stacklevel=2)
         else:  # the end state too: resume then knows the run is done
             self._checkpoint()
         finally:
@@ -467,7 +474,8 @@ class OnTheFlyLearner:
     @classmethod
     def resume(cls, directory: str | os.PathLike, reference: Calculator,
                dynamics: Callable[[Atoms], MolecularDynamics] | None = None,
-               run: bool = True) -> OnTheFlyLearner:
+               run: bool = True,
+               max_energy_gap: float | None | str = "saved") -> OnTheFlyLearner:
         """Restart an interrupted run from its directory and run the remaining steps.
 
         Parameters
@@ -481,6 +489,10 @@ class OnTheFlyLearner:
             VelocityVerlet and Langevin runs are rebuilt from the saved settings.
         run : bool, default=True
             Run the remaining steps before returning.
+        max_energy_gap : float, None or "saved", default="saved"
+            The interrupted run's value, or one that replaces it (eV per atom; None turns
+            the check off): a run stopped by :class:`InconsistentReference` on a right
+            reference and a new structure goes on with a larger one.
 
         Returns
         -------
@@ -507,6 +519,8 @@ class OnTheFlyLearner:
         init = {k: v for k, v in settings["init"].items()
                 if k != "calibration_window"}  # checkpoints before the LOSO gate had one
         init.setdefault("max_inducing", None)  # checkpoints before it ran uncapped
+        if not (isinstance(max_energy_gap, str) and max_energy_gap == "saved"):
+            init["max_energy_gap"] = max_energy_gap  # checked by the constructor
         self = cls(model, reference, **init)
         called = frames[int(settings["initial_frames"]):]
         return self._continue_from(settings, md, len(frames), dynamics, run,

@@ -174,6 +174,14 @@ def test_a_reference_far_from_the_training_energies_stops_the_run(tmp_path):
     assert "_OtherCode here" in wrong.stopped and "apart" not in wrong.stopped  # no contact
     assert wrong.model.posterior_.n_training_structures == 3  # the frame was not learned
     assert len(read(tmp_path / "other" / "labelled.extxyz", ":")) == 3
+    assert isinstance(wrong.stopped_by, InconsistentReference)
+    kept = OnTheFlyLearner.resume(tmp_path / "other", _OtherCode(), run=False)
+    assert kept.max_energy_gap == 1.0  # the run's own value unless replaced
+    with pytest.raises(ValueError, match="max_energy_gap must be > 0"):
+        OnTheFlyLearner.resume(tmp_path / "other", _OtherCode(), run=False, max_energy_gap=-1)
+    resumed = OnTheFlyLearner.resume(tmp_path / "other", _OtherCode(), max_energy_gap=None)
+    assert resumed.stopped is None and resumed.max_energy_gap is None
+    assert resumed.n_reference_calls >= 1  # the frame it stopped at is learned now
     for reference, options in ((EMT(), {}), (_OtherCode(), {"max_energy_gap": None})):
         right = learner(reference, f"right{len(options)}", **options)
         right.run(_dynamics(5), 6)  # the same reference (or the check off): learned

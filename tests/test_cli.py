@@ -466,6 +466,14 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
     assert re.search(r"error: the on-the-fly run stopped: at step \d+ the reference's energy"
                      r".* by [23][.\d]* eV per atom .*EMT here.* --resume", err)
     assert "warning: OnTheFlyLearner: the run stopped" not in err  # said once
+    assert "with a larger --max-energy-gap, or none" in err
+    resume = ["md", str(model_path), str(tmp_path / "start.xyz"), "--steps", "25",
+              "--temperature", "600", "--reference", "emt", "--directory",
+              str(tmp_path / "otf3"), "--resume"]
+    assert main(resume) == 1  # resumed, the saved gap stops it again at the same frame
+    assert "the on-the-fly run stopped" in capsys.readouterr().err
+    assert main([*resume, "--max-energy-gap", "none"]) == 0  # replaced: it goes on
+    assert re.search(r"\d+ emt calls", capsys.readouterr().out)
     assert main(["md", str(model_path), str(tmp_path / "start.xyz"), "--steps", "12",
                  "--temperature", "600", "--reference", "emt", "--threshold", "1e-4",
                  "--train", str(tmp_path / "other.xyz"), "--max-energy-gap", "none",

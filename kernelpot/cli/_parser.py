@@ -359,11 +359,14 @@ def _add_md(sub) -> argparse.ArgumentParser:
                         help="with --reference: MD steps between two reference calls, at "
                              "least (default 10; 3 for a young model of a molecule with "
                              "sub-femtosecond steps, whose wrong forces heat it in between)")
-    parser.add_argument("--max-energy-gap", type=_gap, default=1.0, metavar="EV_PER_ATOM",
+    # no default here: --resume keeps the run's saved value unless this is given
+    parser.add_argument("--max-energy-gap", type=_gap, default=argparse.SUPPRESS,
+                        metavar="EV_PER_ATOM",
                         help="with --reference: stop at a reference energy further than this "
                              "from the model's (and 20 energy stds): another method than the "
                              "model was trained on, or a structure unlike any trained on "
-                             "(default 1 eV per atom; 'none' turns the check off)")
+                             "(default 1 eV per atom; 'none' turns the check off; with "
+                             "--resume, replaces the interrupted run's value)")
     parser.add_argument("--resume", action="store_true",
                         help="with --reference: continue the interrupted on-the-fly run in "
                              "--directory from its last checkpoint (model, labelled frames, "

@@ -14,6 +14,7 @@ from kernelpot.active import (
     FRAMES_FILE,
     SETTINGS_FILE,
     STATE_FILE,
+    InconsistentReference,
     first_redone_step,
     read_complete_frames,
 )
@@ -82,8 +83,19 @@ def _status_line(dyn, start: float, first_step: int, stds: _StdsWhenShown | None
             f"total {elapsed:.0f} s")
 
 
+#: --max-energy-gap of a new on-the-fly run when none is given, eV per atom
+DEFAULT_MAX_ENERGY_GAP = 1.0
+
+
 def _check_md_args(args) -> None:
-    """Refuse option values and combinations that cannot work, before any work."""
+    """Refuse option values and combinations that cannot work, before any work.
+
+    Also records whether --max-energy-gap was given (``args.max_energy_gap_given``: a
+    resumed run keeps its saved value otherwise) and sets its default.
+    """
+    args.max_energy_gap_given = hasattr(args, "max_energy_gap")
+    if not args.max_energy_gap_given:
+        args.max_energy_gap = DEFAULT_MAX_ENERGY_GAP
     if args.steps < 1 or args.temperature <= 0 or args.timestep <= 0 or args.interval < 1:
         raise CLIError("--steps and --interval must be >= 1, --temperature and --timestep > 0")
     if args.reference is None and (args.train or args.threshold is not None):
@@ -251,8 +263,9 @@ def _resumed_learner(args):
         built.append(_dynamics(atoms, args))
         return built[-1]
 
-    learner = OnTheFlyLearner.resume(args.directory, _reference_calculator(args.reference),
-                                     dynamics=dynamics, run=False)
+    learner = OnTheFlyLearner.resume(
+        args.directory, _reference_calculator(args.reference), dynamics=dynamics, run=False,
+        max_energy_gap=args.max_energy_gap if args.max_energy_gap_given else "saved")
     n_frames = learner.model.posterior_.n_training_structures
     print(f"resuming the on-the-fly run in {args.directory} at step {step} of "
           f"{learner.target_steps}: a model of {n_frames} labelled structures "
@@ -333,9 +346,13 @@ def _run(args, dyn, learner, record, start: float, steps: int,
                   f"{where}", file=sys.stderr)
             raise
         if learner.stopped:
+            gap = (" (or, if the reference is right and the structure new, with a larger "
+                   "--max-energy-gap, or none)"
+                   if isinstance(learner.stopped_by, InconsistentReference) else "")
             raise CLIError(f"the on-the-fly run stopped: {learner.stopped}. Every frame "
                            f"labelled before it is in {args.directory}/: the same command "
-                           f"with --resume goes on from there (with the reference fixed)")
+                           f"with --resume goes on from there (with the reference "
+                           f"fixed{gap})")
         return
     atoms.get_forces()
     dyn.attach(record, interval=args.interval)
