@@ -428,6 +428,32 @@ class StdCalibration:
         return (float(factors.get(f"{quantity}_lower", 0.0)),
                 float(factors.get(f"{quantity}_upper", np.inf)))
 
+    def largest_fitted_std(self, quantity: str) -> float | None:
+        """Return the calibrated epistemic std at the top of the map's fitted range.
+
+        The std the map gives a raw variance ``u`` equal to the largest it was fitted
+        on: for forces, per component of an atom whose three components have that
+        ``u`` (compare it with the root mean square of an atom's three component
+        stds); for energies and stresses, per structure and per component. With the
+        default LOSO map, the largest std any training structure had when it was left
+        out; a larger one marks a structure unlike every one the map was fitted on.
+
+        Parameters
+        ----------
+        quantity : {"energy", "forces", "stress"}
+
+        Returns
+        -------
+        float or None
+            None without a fitted range (raw stds, a map not applied, or one stored
+            before ranges were kept).
+        """
+        self.check_quantity(quantity)
+        upper = self.fitted_range(quantity)[1]
+        if not (np.isfinite(upper) and upper > 0):
+            return None
+        return float(np.sqrt(self.epistemic_variance(quantity, upper, 0.0)))
+
     def fitted_quantities(self) -> tuple[str, ...]:
         """Return the quantities whose map was fitted (stress only where cells had one).
 

@@ -1001,6 +1001,29 @@ pair of float
         """
         return self._calibration().factors(quantity)[0]
 
+    def largest_fitted_std(self, quantity: str = "forces") -> float | None:
+        """Return the largest calibrated epistemic std of the structures the map was fitted on.
+
+        With the default ``calibration="loso"``, the largest std (eV/Å per force
+        component; eV per structure; eV/Å³ per stress component) any training structure
+        had when it was left out; after :meth:`calibrate`, of the validation structures.
+        An atom whose force stds pass it (their root mean square over its three
+        components) lies beyond every structure the std was calibrated on: the map is
+        extrapolated there (linearly in the raw variance), and the structure is unlike the
+        training data. ``kernelpot md`` warns at such structures.
+
+        Parameters
+        ----------
+        quantity : {"energy", "forces", "stress"}, default="forces"
+
+        Returns
+        -------
+        float or None
+            None with raw stds (no map, or ``apply_calibration=False``) or a map stored
+            without its fitted range (model files of format 7 and before).
+        """
+        return self._calibration().largest_fitted_std(quantity)
+
     def projection_weight(self, quantity: str) -> float:
         """Return the relative weight ``w`` of the projection term.
 

@@ -467,9 +467,20 @@ def test_the_fitted_range_is_that_of_the_fitting_values():
     np.testing.assert_allclose(
         calibration.epistemic_variance("forces", post, proj),
         c_fit**2 * u_fit * (group_mean(u_fit, 3) / v_fit) ** (p_fit - 1), rtol=1e-12)
+    # the largest std of the fitting values: an atom's RMS over its three components
+    fitted = calibration.epistemic_variance("forces", post, proj).reshape(-1, 3)
+    np.testing.assert_allclose(calibration.largest_fitted_std("forces"),
+                               np.sqrt(fitted.mean(axis=1)).max(), rtol=1e-12)
+    np.testing.assert_allclose(calibration.largest_fitted_std("energy"), np.sqrt(
+        calibration.epistemic_variance("energy", post[:400], proj[:400]).max()), rtol=1e-12)
     # maps stored without a range (format version 7 and before) hold the exponent everywhere
     assert StdCalibration({"energy": 1.0, "forces": 1.0}, None).fitted_range("forces") \
         == (0.0, np.inf)
+    assert StdCalibration({"energy": 1.0, "forces": 1.0}, None).largest_fitted_std(
+        "forces") is None
+    assert StdCalibration(None, None).largest_fitted_std("energy") is None  # raw stds
+    assert StdCalibration(calibration.std_scale, None, applied=False).largest_fitted_std(
+        "forces") is None
     # no positive u (w = 0 and no posterior term): no range, the exponent holds everywhere
     assert raw_variance_range(np.zeros(6), np.ones(6), 0.0, group=3) == {}
 

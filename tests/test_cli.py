@@ -421,6 +421,16 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
     assert np.all(frames[1].arrays["forces_std"] > frames[1].arrays["forces_std_epistemic"])
     assert re.search(r"largest epistemic force std [\d.]+ meV/Å at step \d+", out)
     assert "model_energy" in frames[0].info and frames[0].calc is None  # not labels
+    assert "beyond the training data" not in out + capsys.readouterr().err
+    # far hotter than the training cells: said once at the first such step, counted after
+    assert main(["md", str(model_path), str(tmp_path / "start.xyz"), "--steps", "20",
+                 "--temperature", "6000", "--timestep", "5", "--interval", "5"]) == 0
+    captured = capsys.readouterr()
+    assert re.search(r"^warning: at step \d+ atom \d+'s epistemic force std, [\d.e+]+ meV/Å, "
+                     r"is [\d.]+ times the largest of the structures the std was calibrated "
+                     r"on \([\d.]+ meV/Å\)", captured.err)
+    assert captured.err.count("warning: at step") == 1
+    assert re.search(r"; \d of 5 shown steps beyond the training data", captured.out)
 
     assert main(["md", str(model_path), str(tmp_path / "start.xyz"), "--steps", "25",
                  "--temperature", "600", "--reference", "emt", "--threshold", "1e-4",

@@ -27,6 +27,10 @@ from kernelpot.cli._common import (
     structures_fitted_on,
 )
 
+#: Plain MD warns where an atom's epistemic force std passes this many times the largest
+#: of the structures the std map was fitted on (the on-the-fly gate's default factor)
+BEYOND_TRAINING = 1.5
+
 
 class _StdsWhenShown:
     """The model's stds of the current structure, computed at the steps that show them.
@@ -34,11 +38,18 @@ class _StdsWhenShown:
     Plain MD (no on-the-fly learning) uses the stds only in the frames it records (every
     --interval steps) and its status lines; the dynamics' own calculator then predicts
     energies and forces alone, a few times cheaper per step than with every force std.
+    At those steps it also watches for structures beyond the training data: an atom's
+    epistemic force std (root mean square of its three components) over
+    :data:`BEYOND_TRAINING` times :meth:`SparseGPPotential.largest_fitted_std`. The first
+    such step is reported on stderr at once, the count in the summary.
     """
 
     def __init__(self, model, dyn):
         self.model, self.dyn = model, dyn
         self._step, self._results = None, None
+        self.edge = model.largest_fitted_std("forces")
+        self.beyond: list[int] = []  # the shown steps beyond the training data
+        self.shown = 0
 
     def results(self) -> dict:
         """Return the calculator results with ``energy_std`` and ``forces_std``, this step's."""
@@ -49,7 +60,35 @@ class _StdsWhenShown:
             probe.calc = KernelPotCalculator(self.model, uncertainty=True)
             probe.get_forces()
             self._step, self._results = self.dyn.nsteps, probe.calc.results
+            self._watch(self._results["forces_std"])
         return self._results
+
+    def _watch(self, forces_std: np.ndarray) -> None:
+        """Count a structure beyond the training data; say the first one at once."""
+        self.shown += 1
+        if self.edge is None or not len(forces_std):
+            return
+        per_atom = np.sqrt(np.mean(forces_std**2, axis=1))
+        atom = int(np.argmax(per_atom))
+        if not per_atom[atom] > BEYOND_TRAINING * self.edge:
+            return
+        self.beyond.append(int(self.dyn.nsteps))
+        if len(self.beyond) == 1:
+            print(f"warning: at step {self.dyn.nsteps} atom {atom}'s epistemic force std, "
+                  f"{1e3 * per_atom[atom]:.3g} meV/Å, is {per_atom[atom] / self.edge:.1f} "
+                  f"times the largest of the structures the std was calibrated on "
+                  f"({1e3 * self.edge:.3g} meV/Å): the structure is unlike the training "
+                  "data and its forces may be far off (the trajectory after it too); "
+                  "on-the-fly learning (--reference, --train) labels such structures",
+                  file=sys.stderr, flush=True)
+
+    def summary(self) -> str:
+        """Return the summary's clause on structures beyond the training data ("" if none)."""
+        if not self.beyond:
+            return ""
+        return (f"; {len(self.beyond)} of {self.shown} shown steps beyond the training data "
+                f"(an atom's force std over {BEYOND_TRAINING:g} times the calibrated "
+                f"{1e3 * self.edge:.3g} meV/Å; first at step {self.beyond[0]})")
 
 
 def _write_stds(snapshot, model, results: dict) -> None:
@@ -322,7 +361,8 @@ def _cmd_md(args) -> int:
         _run(args, dyn, learner, record, start, steps, shown_stds)
     finally:
         trajectory.close()
-    _report(args, learner, atoms, time.perf_counter() - start, steps, stds, trajectory)
+    _report(args, learner, atoms, time.perf_counter() - start, steps, stds, trajectory,
+            shown_stds)
     return 0
 
 
@@ -365,7 +405,7 @@ def _run(args, dyn, learner, record, start: float, steps: int,
 
 
 def _report(args, learner, atoms, wall: float, steps: int, stds: list[tuple[float, int]],
-            trajectory: _Trajectory) -> None:
+            trajectory: _Trajectory, shown: _StdsWhenShown | None = None) -> None:
     """Print the run's summary line(s)."""
     what = "largest epistemic force std" if learner is None else (
         f"largest gated force std (threshold {1e3 * learner.current_threshold:.3g} meV/Å)")
@@ -377,7 +417,8 @@ def _report(args, learner, atoms, wall: float, steps: int, stds: list[tuple[floa
     print(f"kernelpot {__version__}: {steps} {ensemble} "
           f"steps of {args.timestep} fs in {wall:.1f} s "
           f"({1e3 * wall / max(steps, 1):.1f} ms/step); "
-          f"final temperature {atoms.get_temperature():.0f} K{largest}")
+          f"final temperature {atoms.get_temperature():.0f} K{largest}"
+          f"{shown.summary() if shown is not None else ''}")
     if learner is not None:
         print(f"{learner.n_reference_calls} {args.reference} calls; log, labelled frames and "
               f"model in {args.directory}/")
