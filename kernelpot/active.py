@@ -87,7 +87,9 @@ def _call_line(record: dict, seconds: float) -> str:
             f"{1e3 * record['force_error_rms']:.3g}, max "
             f"{1e3 * record['force_error_max']:.3g} meV/Å, "
             f"{100 * record['within_1std']:.0f} % / {100 * record['within_2std']:.0f} % "
-            f"inside 1 / 2 std{_stress_part(record)} | call + update {seconds:.1f} s, total "
+            f"inside 1 / 2 std{_stress_part(record)} | reference "
+            f"{record['reference_s']:.1f} s + update {seconds - record['reference_s']:.1f} s, "
+            f"total "
             f"{record['wall_s']:.0f} s")
 
 
@@ -362,6 +364,7 @@ class OnTheFlyLearner:
         self.n_reference_calls = 0
         self.stopped = None
         self.stopped_by = None
+        self._announced = False  # the run's first reference call is announced
         self._last_call_step = None
         self._updates_since_checkpoint = 0
         self._state_step = None  # the step of the last MD state saved
@@ -421,6 +424,7 @@ class OnTheFlyLearner:
             self._target_steps = dynamics.nsteps + int(steps)
         self._start_wall = time.perf_counter()
         self._first_step = int(dynamics.nsteps)
+        self._announced = False
         if not hasattr(self.model, "alpha_"):
             self._fit_first(atoms, int(dynamics.nsteps))
             self._last_call_step = int(dynamics.nsteps)  # labelled already: no call here
@@ -573,7 +577,15 @@ class OnTheFlyLearner:
         self.model = model.set_params(optimize=optimize)
 
     def _label(self, atoms, step: int) -> Atoms:
-        """Return ``atoms`` labelled by the reference, ``info["step"]`` the MD step."""
+        """Return ``atoms`` labelled by the reference, ``info["step"]`` the MD step.
+
+        The run's first call is announced before it starts (``verbose``): a slow or
+        failing reference is then not a silent wait.
+        """
+        if self.verbose and not self._announced:
+            print(f"step {step}: calling the reference ({type(self.reference).__name__}) on "
+                  f"{len(atoms)} atoms for the first time in this run", flush=True)
+            self._announced = True
         for attempt in (1, 2):
             work = atoms.copy()
             work.calc = self.reference
@@ -773,9 +785,10 @@ class OnTheFlyLearner:
         if called:
             call_start = time.perf_counter()
             labelled = self._label(atoms, step)
+            seen["reference_s"] = time.perf_counter() - call_start
             self._check_energy_gap(atoms, labelled, step)
-            seen = _error_seen(atoms.calc.results, self.gated_std(atoms.calc.results),
-                               labelled.get_forces())
+            seen.update(_error_seen(atoms.calc.results, self.gated_std(atoms.calc.results),
+                                    labelled.get_forces()))
             self._append_frame(labelled)
             self.n_reference_calls += 1
             self._last_call_step = step

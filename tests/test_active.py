@@ -630,7 +630,11 @@ def test_verbose_prints_a_line_per_call_and_a_status_line(tmp_path, capsys):
     dyn.attach(jolt, interval=1)
     learner.run(dyn, 8)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("on-the-fly MD: steps 0 to 8, model of 1 structures")
+    # an unfitted start's first label is the run's first reference call: announced before
+    assert lines[0] == ("step 0: calling the reference (EMT) on 32 atoms for the first time "
+                        "in this run")
+    assert lines[1].startswith("on-the-fly MD: steps 0 to 8, model of 1 structures")
+    assert sum("calling the reference" in line for line in lines) == 1
     calls = [line for line in lines if "reference call" in line]
     assert len(calls) == 1 and calls[0].startswith("step       2")
     assert "model error rms" in calls[0] and "inside 1 / 2 std" in calls[0]

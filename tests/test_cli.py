@@ -449,6 +449,11 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
     assert load(tmp_path / "otf" / "model.npz").method_ == "exact"
     assert second.startswith("on-the-fly MD: steps 0 to 25")  # the learner's lines on stdout
     assert "reference call 1 | model error rms" in out
+    # the first call is announced before it runs (a slow reference is not a silent wait),
+    # and each call's line splits its time between the reference and the update
+    assert len(re.findall(r"step \d+: calling the reference \(EMT\) on 32 atoms for the "
+                          r"first time in this run", out)) == 1
+    assert re.search(r"\| reference [\d.]+ s \+ update [\d.]+ s, total", out)
     calls = int(out.split(" emt calls")[0].split()[-1])
     assert 1 <= calls <= 3  # every 10 steps at most (min_interval) over 25 steps
     assert len(read(tmp_path / "otf" / "labelled.extxyz", ":")) == 4 + calls
