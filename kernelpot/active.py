@@ -244,6 +244,9 @@ class OnTheFlyLearner:
     stopped_by : ReferenceFailed or None
         The error that stopped it (:class:`InconsistentReference` for the energy gap),
         else None.
+    largest_gated_std : tuple of (float, int) or None
+        The largest gated force std of the last :meth:`run`'s steps (eV/Å, before any
+        call at that step) and its step; None before a step.
 
     Notes
     -----
@@ -365,6 +368,7 @@ class OnTheFlyLearner:
         self.stopped = None
         self.stopped_by = None
         self._announced = False  # the run's first reference call is announced
+        self.largest_gated_std = None
         self._last_call_step = None
         self._updates_since_checkpoint = 0
         self._state_step = None  # the step of the last MD state saved
@@ -425,6 +429,7 @@ class OnTheFlyLearner:
         self._start_wall = time.perf_counter()
         self._first_step = int(dynamics.nsteps)
         self._announced = False
+        self.largest_gated_std = None
         if not hasattr(self.model, "alpha_"):
             self._fit_first(atoms, int(dynamics.nsteps))
             self._last_call_step = int(dynamics.nsteps)  # labelled already: no call here
@@ -773,6 +778,8 @@ class OnTheFlyLearner:
         max_std = self._largest_std(atoms)
         threshold = self.current_threshold
         step = int(dyn.nsteps)
+        if self.largest_gated_std is None or max_std > self.largest_gated_std[0]:
+            self.largest_gated_std = (float(max_std), step)
         spaced = self._last_call_step is None or step - self._last_call_step >= self.min_interval
         budget = self.max_calls is None or self.n_reference_calls < self.max_calls
         # the stress std, when the dynamics asked for the stress (NPT): a change of volume

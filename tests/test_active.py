@@ -640,6 +640,11 @@ def test_verbose_prints_a_line_per_call_and_a_status_line(tmp_path, capsys):
     assert "model error rms" in calls[0] and "inside 1 / 2 std" in calls[0]
     status = [line for line in lines if "calls," in line]
     assert [line.split()[1] for line in status] == ["4", "8"]
+    # the largest gated std of every step the run logged (kernelpot md's summary)
+    log = [json.loads(line) for line in (tmp_path / "otf_log.jsonl").open()]
+    top = max(log, key=lambda record: record["max_force_std"])
+    assert learner.largest_gated_std == (top["max_force_std"], top["step"])
+    assert top["step"] % 4  # after the jolt: a step no status line shows
     assert "1 calls, 2 structures" in status[-1] and " inducing | " in status[-1]
     # a run that starts between multiples (a resume) keeps the same steps
     later = OnTheFlyLearner(learner.model, EMT(), directory=tmp_path / "later", max_calls=0,

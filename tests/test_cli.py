@@ -287,6 +287,11 @@ def test_fit_on_energies_alone_reports_no_force_noise(tmp_path, ethanol_frames, 
                 "--no-train-eval") == 0
     out = capsys.readouterr().out
     assert "meV/√atom" in out and "no force labels" in out and "forces 50" not in out
+    # evaluated on them, the missing force labels are said, not silently left out
+    assert main(["eval", str(tmp_path / "m.npz"), str(tmp_path / "energies.xyz")]) == 0
+    out = capsys.readouterr().out
+    assert "test: no reference forces in these structures: their errors are not computed" \
+        in out and "(8 structures)" in out and "test energies (8 structures)" in out
 
 
 def test_fit_rejects_unlabelled_frames_and_bad_config(tmp_path, ethanol_frames, capsys):
@@ -435,10 +440,17 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
     assert main(["md", str(model_path), str(tmp_path / "start.xyz"), "--steps", "25",
                  "--temperature", "600", "--reference", "emt", "--threshold", "1e-4",
                  "--train", str(tmp_path / "train.xyz"), "--directory",
-                 str(tmp_path / "otf")]) == 0
+                 str(tmp_path / "otf"), "--interval", "7"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"largest gated force std \(threshold 0.1 meV/Å\) [\d.e+-]+ meV/Å "
-                     r"at step \d+", out)
+    largest = re.search(r"largest gated force std \(threshold 0.1 meV/Å\) ([\d.e+-]+) meV/Å "
+                        r"at step (\d+)", out)
+    # over every step the learner logged, not only the recorded frames (every 10 steps)
+    import json
+
+    log = [json.loads(line) for line in (tmp_path / "otf" / "otf_log.jsonl").open()]
+    top = max(log, key=lambda record: record["max_force_std"])
+    assert float(largest.group(1)) == pytest.approx(1e3 * top["max_force_std"], rel=2e-3)
+    assert int(largest.group(2)) == top["step"]
     # four small cells: method "auto" fitted the exact GP, and chooses it again on --train
     assert load(model_path).method_ == "exact"
     lines = out.splitlines()

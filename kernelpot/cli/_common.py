@@ -385,6 +385,11 @@ def _print_errors(title, err, calibration: bool = True) -> None:
               f"meV/Å, max {1e3 * metrics.max_error(f, ref):.0f} meV/Å")
         if calibration:
             _print_force_calibration(title, f, ref, std)
+    missing = [what for what, present in (("energies", len(err["energies"])),
+                                          ("forces", err["forces"])) if not present]
+    if missing:  # said, not silently left out
+        print(f"{title}: no reference {' or '.join(missing)} in these structures: their "
+              "errors are not computed")
     _print_stress_errors(title, err, calibration)
 
 

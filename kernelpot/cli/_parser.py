@@ -158,8 +158,8 @@ def _add_demo(sub) -> argparse.ArgumentParser:
     """Add the ``demo`` subcommand to ``sub`` and return its parser."""
     parser = sub.add_parser(
         "demo",
-        help="fit a sparse GP on bundled ethanol data, evaluate it on held-out frames",
-        description="Fit a sparse GP potential on bundled GFN2-xTB ethanol frames, evaluate "
+        help="fit a GP potential on bundled ethanol data, evaluate it on held-out frames",
+        description="Fit a GP potential on bundled GFN2-xTB ethanol frames, evaluate "
                     "it on held-out frames and print the learned noise, errors and "
                     "calibration of the predicted uncertainty.",
         epilog=_DEMO_EXAMPLE,
@@ -206,8 +206,9 @@ def _add_descriptors(sub) -> argparse.ArgumentParser:
 def _add_fit(sub) -> argparse.ArgumentParser:
     """Add the ``fit`` subcommand to ``sub`` and return its parser."""
     parser = sub.add_parser(
-        "fit", help="fit a sparse GP potential to labelled structures and save it",
-        description="Fit a sparse GP potential to structures with reference energies and "
+        "fit", help="fit a GP potential (exact or sparse) to labelled structures and save it",
+        description="Fit a GP potential (exact or sparse: --method) to structures with "
+                    "reference energies and "
                     "forces, and the stresses of periodic cells that carry one (any file "
                     "ase.io reads), print the learned noise, training errors and time, "
                     "and save the model (.npz).",

@@ -33,7 +33,9 @@ def _evaluate(args, model) -> int:
     n_jobs_saved = model.n_jobs
     _set_n_jobs(model, args)
     frames = _read_frames(args.test)
-    print(f"kernelpot {__version__}: {args.model} on {args.test} ({len(frames)} structures)")
+    plural = "s" if len(frames) != 1 else ""
+    print(f"kernelpot {__version__}: {args.model} on {args.test} ({len(frames)} "
+          f"structure{plural})")
     if args.recalibrate:
         valid = _read_frames(args.recalibrate)
         _print_errors("test (before recalibration)", _errors(model, frames, args.test))

@@ -409,6 +409,8 @@ def _report(args, learner, atoms, wall: float, steps: int, stds: list[tuple[floa
     """Print the run's summary line(s)."""
     what = "largest epistemic force std" if learner is None else (
         f"largest gated force std (threshold {1e3 * learner.current_threshold:.3g} meV/Å)")
+    if learner is not None:  # every step's, not only the recorded frames'
+        stds = [learner.largest_gated_std] if learner.largest_gated_std else []
     value, step = max(stds) if stds else (0.0, 0)
     largest = f"; {what} {1e3 * value:.3g} meV/Å at step {step}" if stds else ""
     ensemble = {"nve": f"NVE (velocity Verlet, initial velocities at {args.temperature} K)",
