@@ -206,12 +206,7 @@ def fit_variance_terms(errors: np.ndarray, post: np.ndarray, proj: np.ndarray,
         + [(2 * np.log(NOISE_FACTOR_MIN), -2 * np.log(NOISE_FACTOR_MIN))] \
         * (i_d is not None) \
         + [(0.2, 5.0) if shape_fitted else (p_given, p_given)]
-    result = _minimize_twice(nll, start, bounds)
-    if i_d is not None:  # also from the learned noise folded into the epistemic part
-        folded = _minimize_twice(
-            nll, [*start[:i_d], 2 * np.log(NOISE_FACTOR_MIN), *start[i_d + 1:]], bounds)
-        if folded.fun < result.fun - PROFILE_BOUND:  # clearly better, not by a hair
-            result = folded
+    result = _minimize_from_both(nll, start, bounds, i_d)
     r, d2, _, _, _, epistemic = parts(result.x)
     # the gradient in log c² vanishes with c², so L-BFGS-B stops well above the bound:
     # c below 1e-4 is the noise explaining the errors, unless the epistemic part still
@@ -271,6 +266,19 @@ def _minimize_twice(nll, start: list, bounds: list):
                       options=options)
     return minimize(nll, result.x, jac=True, method="L-BFGS-B", bounds=bounds,
                     options=options)
+
+
+def _minimize_from_both(nll, start: list, bounds: list, i_d: int | None):
+    """Return :func:`_minimize_twice` from ``start`` or, if clearly better, from the noise folded.
+
+    The second start has ``log d²`` (slot ``i_d``; None: no noise term, one start) at its
+    lower limit; its optimum wins only by more than :data:`PROFILE_BOUND` nats.
+    """
+    result = _minimize_twice(nll, start, bounds)
+    if i_d is None:
+        return result
+    folded = _minimize_twice(nll, [*start[:i_d], bounds[i_d][0], *start[i_d + 1:]], bounds)
+    return folded if folded.fun < result.fun - PROFILE_BOUND else result
 
 
 def _largest_unrejected(nll, lower: float, upper: float) -> float:
