@@ -17,7 +17,7 @@ import numpy as np
 import scipy.linalg as sla
 from ase.data import chemical_symbols
 
-from kernelpot import exact, gp, noise_groups
+from kernelpot import exact, gp, loso_blocks, noise_groups
 from kernelpot._labels import TrainingSet
 from kernelpot.hyperparameters import (
     DEFAULT_STRESS_NOISE,
@@ -114,6 +114,9 @@ class ExactPosterior(Posterior):
         self.log_marginal_likelihood_value = exact.log_density(L, y, weights)
         self._prior_covariance = prior_covariance
         self.loso = loso
+        #: the ``loso_blocks`` setting and the leave-out block of each training structure
+        #: (None: one each)
+        self.loso_blocks: tuple = ("auto", None)
         self.loo_shift = loso.shift_basis if loso is not None else None
         #: The training structures and labels, kept by an ``incremental=True`` fit so that
         #: :meth:`SparseGPPotential.update` can refit on them and new ones (None otherwise).
@@ -262,9 +265,11 @@ class ExactPosterior(Posterior):
                                      stacklevel=4)
         L = exact.factor(K0, np.log(values), obs, noise_scale)
         weights = sla.cho_solve((L, True), y, check_finite=False)
+        blocks = _exact_blocks(K0, obs, has_energy, training.frames, estimator.loso_blocks,
+                               owner) if estimator.calibration == "loso" else None
         loso = _exact_loso_terms(L, weights,
                                  exact.noise_variances(np.log(values), obs, noise_scale),
-                                 obs, np.flatnonzero(has_energy), owner) \
+                                 obs, np.flatnonzero(has_energy), owner, blocks) \
             if estimator.calibration == "loso" else None
         posterior = cls(kernel=kernel, observations=obs, L=L, weights=weights, y=y,
                         signal_std=sigma, energy_noise=energy_noise, force_noise=force_noise,
@@ -273,6 +278,7 @@ class ExactPosterior(Posterior):
                                                           has_forces, has_stress),
                         species=training.species, prior_covariance=K0, loso=loso)
         posterior.noise_scales = scales
+        posterior.loso_blocks = (estimator.loso_blocks, blocks)
         if estimator.incremental:
             posterior.training = training
         return posterior
@@ -286,8 +292,13 @@ class ExactPosterior(Posterior):
             Names the caller in logs.
         """
         noise = exact.noise_variances(self.log_params(), self.observations)
+        has_energy = self.structures["has_energy"]
+        frames = getattr(self.training, "frames", None)
+        blocks = _exact_blocks(self.prior_covariance(), self.observations, has_energy, frames,
+                               self.loso_blocks[0], owner) if frames is not None else None
+        self.loso_blocks = (self.loso_blocks[0], blocks)
         self.loso = _exact_loso_terms(self.L, self.weights, noise, self.observations,
-                                      np.flatnonzero(self.structures["has_energy"]), owner)
+                                      np.flatnonzero(has_energy), owner, blocks)
         self.loo_shift = self.loso.shift_basis
 
     def log_params(self) -> np.ndarray:
@@ -611,15 +622,35 @@ def _targets(training: TrainingSet) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def _exact_blocks(K0: np.ndarray | None, obs: exact.Observations, has_energy: np.ndarray,
+                  frames, setting: str | int, owner: str) -> np.ndarray | None:
+    """Return the leave-out block of each training structure (None: one each).
+
+    Each structure's fingerprint is its row of the prior energy covariance, per atom of
+    both structures (:mod:`kernelpot.loso_blocks`); every structure needs an energy.
+    """
+    has_energy = np.asarray(has_energy, dtype=bool)
+    if K0 is None or frames is None or not np.all(has_energy):
+        return None
+    if isinstance(K0, list):  # per-element parts at unit signal
+        K0 = sum(part[:obs.n_energy, :obs.n_energy] for part in K0)
+    n_atoms = np.array([len(atoms) for atoms in frames], dtype=np.float64)
+    energy = K0[:obs.n_energy, :obs.n_energy] / np.outer(n_atoms, n_atoms)
+    return loso_blocks.structure_blocks(loso_blocks.gram_distance(energy), len(frames),
+                                        setting, owner)
+
+
 def _exact_loso_terms(L: np.ndarray, weights: np.ndarray, noise: np.ndarray,
                       obs: exact.Observations, energy_structure: np.ndarray,
-                      owner: str) -> LosoTerms:
+                      owner: str, blocks: np.ndarray | None = None) -> LosoTerms:
     """Compute and time the LOSO terms of the exact model (no projection term).
 
-    ``energy_structure``: the training structure of each energy observation.
+    ``energy_structure``: the training structure of each energy observation;
+    ``blocks``: the leave-out block of each structure (None: one each).
     """
     tic = time.perf_counter()
-    structure = np.concatenate([energy_structure, obs.force_structure])
+    structure = loso_blocks.by_block(np.concatenate([energy_structure, obs.force_structure]),
+                                     blocks)
     residual, variance, basis = exact_loso(L, weights, structure, shifts=True)
     is_stress = None if obs.is_stress is None else np.r_[np.zeros(obs.n_energy, bool),
                                                          obs.is_stress]

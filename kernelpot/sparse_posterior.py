@@ -50,7 +50,7 @@ from ase.data import chemical_symbols
 from joblib import effective_n_jobs
 from sklearn.base import clone
 
-from kernelpot import _incremental, gp, noise_groups, streaming
+from kernelpot import _incremental, gp, loso_blocks, noise_groups, streaming
 from kernelpot._block_runner import BlockRunner
 from kernelpot._labels import TrainingSet
 from kernelpot._two_body_search import pair_factor, search_prior_std, whitened_pair_scale
@@ -220,6 +220,9 @@ class SparsePosterior(Posterior):
         self.jitter_abs = float(jitter_abs)
         self.training = training
         self.loso = loso
+        #: the ``loso_blocks`` setting and the leave-out block of each training structure
+        #: (None: one each), set by the fit and recomputed by every LOSO refresh
+        self.loso_blocks: tuple = ("auto", None)
         self.loo_shift = loso.shift_basis if loso is not None else None
         self.needs_frames = bool(needs_frames)
         self.inducing_origin = inducing_origin
@@ -407,11 +410,9 @@ class SparsePosterior(Posterior):
         state = cls._training_state(design, assembled, noise_std, y_all, sigma, L_mm) \
             if estimator.incremental else None
         columns = gp.inducing_columns(inducing)
-        loso = _timed_loso(owner, lambda: _sparse_loso_terms(
-            assembled.design[:design.n_obs], y_all, noise_std, sigma, assembled.prior,
-            design.row_kinds(), training.row_structures(), L_mm,
-            design.pair_columns if pair is not None else None,
-            own=own_columns(origin, columns, len(training.frames)))) if loso_wanted else None
+        loso, blocks = _in_memory_loso(design, assembled, training, noise_std, sigma,
+                                       pair is not None, origin, columns, estimator.loso_blocks,
+                                       owner) if loso_wanted else (None, None)
         factors = gp.solve_posterior(assembled.design, design.n_obs, L_mm, noise_std, y_all,
                                      sigma)
         posterior = cls(kernel=kernel, inducing=inducing, columns=columns,
@@ -422,6 +423,7 @@ class SparsePosterior(Posterior):
                         jitter=assembled.jitter, jitter_abs=assembled.jitter_abs,
                         training=state, loso=loso, inducing_origin=origin)
         posterior.noise_scales = scales
+        posterior.loso_blocks = (estimator.loso_blocks, blocks)
         return posterior
 
     @staticmethod
@@ -996,10 +998,13 @@ class SparsePosterior(Posterior):
         if np.any(structure < 0):
             raise ValueError("the training state's rows do not match its structures")
         kinds = np.where(state.is_energy, 0, np.where(_incremental.stress_mask(state), 2, 1))
+        setting = self.loso_blocks[0]
+        blocks = _loso_blocks(state.Kw, kinds, structure, state.frames, setting, "update")
+        self.loso_blocks = (setting, blocks)
         return _sparse_loso_terms(state.Kw, state.y, state.noise_std, self.signal_std,
                                   state.prior, kinds, structure, state.L_mm,
                                   self.pair_columns, factor=state.R,
-                                  own=self.own_columns(len(state.frames)))
+                                  own=self.own_columns(len(state.frames)), blocks=blocks)
 
     def _add_structure(self, atoms, energy: float, forces, index, descriptor, e0,
                        stress=None, raw=None):
@@ -1607,12 +1612,42 @@ def _unpack_lower(values: np.ndarray, M: int, what: str) -> np.ndarray:
     return L
 
 
+def _in_memory_loso(design: SparseDesign, assembled: AssembledDesign, training: TrainingSet,
+                    noise_std: np.ndarray, sigma: float, two_body: bool, origin, columns,
+                    setting: str | int, owner: str) -> tuple[LosoTerms, np.ndarray | None]:
+    """Return the LOSO terms of a design held whole, and the leave-out blocks (None: one each)."""
+    Kw = assembled.design[:design.n_obs]
+    structure = training.row_structures()
+    blocks = _loso_blocks(Kw, design.row_kinds(), structure, training.frames, setting, owner)
+    loso = _timed_loso(owner, lambda: _sparse_loso_terms(
+        Kw, design.y, noise_std, sigma, assembled.prior, design.row_kinds(), structure,
+        assembled.L_mm, design.pair_columns if two_body else None,
+        own=own_columns(origin, columns, len(training.frames)), blocks=blocks))
+    return loso, blocks
+
+
+def _loso_blocks(Kw: np.ndarray, kinds: np.ndarray, structure: np.ndarray, frames,
+                 setting: str | int, owner: str) -> np.ndarray | None:
+    """Return the leave-out block of each training structure (None: one each).
+
+    The fingerprints are the whitened energy rows per atom
+    (:func:`kernelpot.loso_blocks.energy_fingerprints`).
+    """
+    kinds = np.asarray(kinds)
+    energy = kinds if kinds.dtype == bool else kinds == 0
+    n_atoms = np.array([len(atoms) for atoms in frames])
+    fingerprints = loso_blocks.energy_fingerprints(Kw[energy], np.asarray(structure)[energy],
+                                                   n_atoms, len(frames))
+    return loso_blocks.structure_blocks(fingerprints, len(frames), setting, owner)
+
+
 def _sparse_loso_terms(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarray,
                        sigma: float, prior: np.ndarray, kinds: np.ndarray,
                        structure: np.ndarray, L_mm: np.ndarray,
                        pair_columns: np.ndarray | None, factor: np.ndarray | None = None,
                        streamed: tuple | None = None,
-                       own: list[np.ndarray] | None = None) -> LosoTerms:
+                       own: list[np.ndarray] | None = None,
+                       blocks: np.ndarray | None = None) -> LosoTerms:
     """Compute the LOSO terms of a whitened design (:func:`kernelpot.loso.sparse_loso`).
 
     ``factor``: the upper factor of ``A``, when the caller keeps it (the incremental
@@ -1630,8 +1665,12 @@ def _sparse_loso_terms(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarr
     those columns hold exactly the two-body part, which adds nothing to the
     projection). ``own``: per structure, the columns of the inducing environments
     chosen from it, which its projection term leaves out (:func:`kernelpot.loso.own_span`;
-    a streamed design's ``spanned`` leaves them out already).
+    a streamed design's ``spanned`` leaves them out already). ``blocks``: the leave-out
+    block of each structure (:func:`kernelpot.loso_blocks.structure_blocks`; None: one
+    structure each), which then stands for the structure everywhere above.
     """
+    structure = loso_blocks.by_block(structure, blocks)
+    own = loso_blocks.block_columns(own, blocks)
     if streamed is not None:
         spanned, rhs, group_terms = streamed
         residual, variance, whitened = sparse_loso(None, y, noise_std, sigma, structure,

@@ -492,9 +492,15 @@ def _print_loso(model, frames) -> None:
     used = ("the std calibration was fitted on these errors" if model.interval_kind_ == "loso"
             else "no std calibration from them (too few structures, or no epistemic "
                  "variance; see the log): raw stds")
-    print(f"leave-one-structure-out ({terms.n_structures} structures, each predicted without "
-          f"its labels; hyperparameters and inducing points kept): {'; '.join(parts)}; "
-          f"{used}")
+    blocks = getattr(model.posterior_, "loso_blocks", (None, None))[1]
+    if blocks is None:
+        what = f"leave-one-structure-out ({terms.n_structures} structures, each"
+    else:  # correlated consecutive structures (kernelpot.loso_blocks)
+        what = (f"leave-one-block-out ({terms.n_structures} blocks of "
+                f"{np.bincount(blocks).max()} consecutive structures, which look correlated "
+                f"(--config loso_blocks = 1: one at a time); each block")
+    print(f"{what} predicted without its labels; hyperparameters and inducing points kept): "
+          f"{'; '.join(parts)}; {used}")
 
 
 @contextlib.contextmanager
