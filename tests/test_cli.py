@@ -493,6 +493,7 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
     assert re.search(r"error: the on-the-fly run stopped: at step \d+ the reference's energy"
                      r".* by [23][.\d]* eV per atom .*EMT here.* --resume", err)
     assert "warning: OnTheFlyLearner: the run stopped" not in err  # said once
+    assert err.count("run stopped") == 1 and "ERROR kernelpot" not in err
     assert "with a larger --max-energy-gap, or none" in err
     resume = ["md", str(model_path), str(tmp_path / "start.xyz"), "--steps", "25",
               "--temperature", "600", "--reference", "emt", "--directory",
@@ -984,3 +985,17 @@ def test_fit_says_when_a_learned_noise_sits_at_a_bound():
     assert _bound_note(0.05, (1e-4, 10.0)) == ""
     assert _bound_note(1e-4, (1e-4, 1.0), learned=False) == " (given)"  # not fitted
 
+
+
+def test_logged_warnings_read_as_the_commands_own_lines():
+    import logging
+
+    from kernelpot.cli._common import _CommandFormatter
+
+    formatter = _CommandFormatter("fit")
+    warning = logging.LogRecord("kernelpot.estimator", logging.WARNING, __file__, 1,
+                                "method='exact': %s", ("slow",), None)
+    assert formatter.format(warning) == "kernelpot fit: warning: method='exact': slow"
+    info = logging.LogRecord("kernelpot.estimator", logging.INFO, __file__, 1, "fitted",
+                             (), None)
+    assert formatter.format(info) == "INFO kernelpot.estimator: fitted"  # -v keeps the name

@@ -31,6 +31,22 @@ class CLIError(Exception):
     """An error reported as one line on stderr with a non-zero exit code."""
 
 
+class _CommandFormatter(logging.Formatter):
+    """Warnings and errors as the command's own lines (``kernelpot fit: warning: ...``).
+
+    Messages below WARNING (``-v``) keep the level and logger name.
+    """
+
+    def __init__(self, command: str | None):
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+        self.command = command
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno >= logging.WARNING and self.command:
+            return f"kernelpot {self.command}: {record.levelname.lower()}: {record.getMessage()}"
+        return super().format(record)
+
+
 def _configure_logging(args) -> None:
     level = logging.WARNING
     if args.quiet:
@@ -40,7 +56,7 @@ def _configure_logging(args) -> None:
     elif args.verbose >= 2:
         level = logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_CommandFormatter(getattr(args, "command", None)))
     root = logging.getLogger("kernelpot")
     root.handlers[:] = [handler]
     root.setLevel(level)

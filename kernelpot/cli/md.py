@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 import warnings
@@ -366,12 +367,21 @@ def _cmd_md(args) -> int:
     return 0
 
 
+class _SaidByTheError(logging.Filter):
+    """Drop the learner's log line of a stopped run: the command's error line says it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("on-the-fly run stopped")
+
+
 def _run(args, dyn, learner, record, start: float, steps: int,
          stds: _StdsWhenShown | None = None) -> None:
     """Run ``steps`` steps of ``dyn``, recording every --interval steps."""
     atoms = dyn.atoms
     if learner is not None:
         dyn.attach(lambda: atoms.calc is not None and record(), interval=args.interval)
+        said_below = _SaidByTheError()
+        logging.getLogger("kernelpot.active").addFilter(said_below)
         try:
             with warnings.catch_warnings():  # said once, by the error below
                 warnings.filterwarnings("ignore", message="OnTheFlyLearner: the run stopped",
@@ -385,6 +395,8 @@ def _run(args, dyn, learner, record, start: float, steps: int,
             print(f"kernelpot md: the on-the-fly run was interrupted at step {dyn.nsteps}; "
                   f"{where}", file=sys.stderr)
             raise
+        finally:
+            logging.getLogger("kernelpot.active").removeFilter(said_below)
         if learner.stopped:
             gap = (" (or, if the reference is right and the structure new, with a larger "
                    "--max-energy-gap, or none)"
