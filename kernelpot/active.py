@@ -438,6 +438,7 @@ class OnTheFlyLearner:
         elif not self._continuing:
             for frame in self.model.posterior_.training_frames:  # the starting data, for resume
                 self._append_frame(frame)
+        self._one_at_a_time()
         if self._initial_frames is None:
             self._initial_frames = self.model.posterior_.n_training_structures
         self._auto_threshold = self._loso_threshold()
@@ -569,6 +570,23 @@ class OnTheFlyLearner:
         return self
 
     # -- internals ---------------------------------------------------------------------
+    def _one_at_a_time(self) -> None:
+        """Leave the labelled structures out one at a time (``loso_blocks=1``).
+
+        The automatic threshold (``relative_threshold`` times the largest LOSO std) was
+        measured so; frames labelled a few steps apart would otherwise be left out in
+        blocks (:mod:`kernelpot.loso_blocks`), with larger stds and fewer calls. A model
+        fitted with blocks has its LOSO map refitted here.
+        """
+        model = self.model
+        if getattr(model, "loso_blocks", 1) == 1:
+            return
+        model.set_params(loso_blocks=1)
+        if model.posterior_.loso_blocks[1] is not None:
+            logger.info("OnTheFlyLearner: the LOSO map refitted leaving one labelled "
+                        "structure out at a time")
+            model._refit_loso_map("OnTheFlyLearner")
+
     def _fit_first(self, atoms, step: int):
         labelled = self._label(atoms, step)
         self._append_frame(labelled)

@@ -26,7 +26,7 @@ from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from kernelpot import _parallel, exact, io, metrics, noise_groups
+from kernelpot import _parallel, exact, io, loso_blocks, metrics, noise_groups
 from kernelpot._block_runner import BlockRunner, check_client
 from kernelpot._labels import TrainingSet, check_frames, composition_counts, read_labels
 from kernelpot._validation import (
@@ -311,9 +311,11 @@ pair of float
         in random order, longer for frames of one MD trajectory a few femtoseconds
         apart, whose near-duplicate neighbours make one-at-a-time errors optimistic
         (measured: GFN2-xTB water, 150 frames 5 fs apart, test force RMS z-score 1.33
-        one at a time, 1.15 in blocks of 10). Needs energy labels on every structure
-        and at least 20 structures (else one at a time); the streamed fit leaves one
-        structure out at a time.
+        one at a time, 1.15 in blocks of 10). "auto" needs energy labels on every
+        structure and at least 20 structures (else one at a time). A block holds at
+        most :data:`kernelpot.loso_blocks.MAX_BLOCK_ROWS` observation rows. The streamed
+        fit and :class:`OnTheFlyLearner` (which sets 1) leave one structure out at a
+        time.
     method : {"auto", "sparse", "exact"}, default="auto"
         "sparse": the DTC approximation on inducing environments (memory linear in
         the data). "exact": every energy and force component is an observation of
@@ -550,11 +552,7 @@ pair of float
                 or (isinstance(self.calibration, str) and self.calibration == "loso")):
             raise ValueError(f"{owner}: calibration must be 'loso' or None; "
                              f"got {self.calibration!r}")
-        if not ((isinstance(self.loso_blocks, str) and self.loso_blocks == "auto")
-                or (isinstance(self.loso_blocks, numbers.Integral)
-                    and not isinstance(self.loso_blocks, bool) and self.loso_blocks >= 1)):
-            raise ValueError(f"{owner}: loso_blocks must be 'auto' or an int >= 1; "
-                             f"got {self.loso_blocks!r}")
+        loso_blocks.check_setting(self.loso_blocks, owner)
         if self.min_distance is not None and (
                 isinstance(self.min_distance, bool)
                 or not isinstance(self.min_distance, numbers.Real)
@@ -1394,11 +1392,20 @@ pair of float
         # the stored labels are the GP's (reference minus baseline): so are the checked ones
         posterior.restore_training(self._residual_frames(frames), describe, owner, training)
         if self.calibration == "loso":  # the LOSO terms are not stored in files
-            posterior.refresh_loso(owner)
-            if self.interval_kind_ != "validation":  # a calibrate() map stays as it was
-                self._adopt(posterior, self.descriptor_, self.species_, self.e0_,
-                            self._loso_calibration(posterior))
+            self._refit_loso_map(owner)
         return self
+
+    def _refit_loso_map(self, owner: str) -> None:
+        """Recompute the LOSO terms (with ``loso_blocks`` as set) and the map fitted on them.
+
+        A :meth:`calibrate` map stays as it was.
+        """
+        posterior = self.posterior_
+        posterior.loso_blocks = (self.loso_blocks, None)
+        posterior.refresh_loso(owner)
+        if self.interval_kind_ != "validation":
+            self._adopt(posterior, self.descriptor_, self.species_, self.e0_,
+                        self._loso_calibration(posterior))
 
     def _training_set(self, frames: list, owner: str) -> TrainingSet:
         """Return ``frames`` as a training set of this model's species and ``e0_``."""

@@ -630,14 +630,18 @@ def _exact_blocks(K0: np.ndarray | None, obs: exact.Observations, has_energy: np
     both structures (:mod:`kernelpot.loso_blocks`); every structure needs an energy.
     """
     has_energy = np.asarray(has_energy, dtype=bool)
-    if K0 is None or frames is None or not np.all(has_energy):
+    if frames is None:
         return None
-    if isinstance(K0, list):  # per-element parts at unit signal
-        K0 = sum(part[:obs.n_energy, :obs.n_energy] for part in K0)
-    n_atoms = np.array([len(atoms) for atoms in frames], dtype=np.float64)
-    energy = K0[:obs.n_energy, :obs.n_energy] / np.outer(n_atoms, n_atoms)
-    return loso_blocks.structure_blocks(loso_blocks.gram_distance(energy), len(frames),
-                                        setting, owner)
+    distance = None  # without every energy: no fingerprints ("auto" leaves one out)
+    if K0 is not None and np.all(has_energy):
+        if isinstance(K0, list):  # per-element parts at unit signal
+            K0 = sum(part[:obs.n_energy, :obs.n_energy] for part in K0)
+        n_atoms = np.array([len(atoms) for atoms in frames], dtype=np.float64)
+        distance = loso_blocks.gram_distance(K0[:obs.n_energy, :obs.n_energy]
+                                             / np.outer(n_atoms, n_atoms))
+    rows = np.bincount(np.concatenate([np.flatnonzero(has_energy), obs.force_structure]))
+    return loso_blocks.structure_blocks(distance, len(frames), setting, owner,
+                                        int(rows.max()))
 
 
 def _exact_loso_terms(L: np.ndarray, weights: np.ndarray, noise: np.ndarray,
@@ -649,14 +653,14 @@ def _exact_loso_terms(L: np.ndarray, weights: np.ndarray, noise: np.ndarray,
     ``blocks``: the leave-out block of each structure (None: one each).
     """
     tic = time.perf_counter()
-    structure = loso_blocks.by_block(np.concatenate([energy_structure, obs.force_structure]),
-                                     blocks)
+    member = np.concatenate([energy_structure, obs.force_structure])
+    structure = loso_blocks.by_block(member, blocks)
     residual, variance, basis = exact_loso(L, weights, structure, shifts=True)
     is_stress = None if obs.is_stress is None else np.r_[np.zeros(obs.n_energy, bool),
                                                          obs.is_stress]
     terms = LosoTerms.from_loso(residual, variance, noise, np.zeros(len(weights)),
                                 np.arange(len(weights)) < obs.n_energy, structure, basis,
-                                is_stress=is_stress)
+                                is_stress=is_stress, member=None if blocks is None else member)
     logger.info("%s: leave-one-structure-out predictions of %d structures (closed form) in "
                 "%.2f s", owner, terms.n_structures, time.perf_counter() - tic)
     return terms

@@ -80,6 +80,9 @@ class LosoTerms(NamedTuple):
     is_stress : ndarray of bool of shape (n_obs,) or None
         Stress observations (left out with their structure; calibrated as the
         quantity "stress"); ``None``: none.
+    member : ndarray of int of shape (n_obs,) or None
+        Training structure of each observation where ``structure`` holds leave-out
+        blocks of several (:mod:`kernelpot.loso_blocks`); ``None``: ``structure`` is it.
     """
 
     is_energy: np.ndarray
@@ -90,12 +93,14 @@ class LosoTerms(NamedTuple):
     noise: np.ndarray
     shift_basis: np.ndarray | None = None
     is_stress: np.ndarray | None = None
+    member: np.ndarray | None = None
 
     @classmethod
     def from_loso(cls, residual: np.ndarray, variance: np.ndarray, noise: np.ndarray,
                   projection: np.ndarray, is_energy: np.ndarray, structure: np.ndarray,
                   shift_basis: np.ndarray | None = None,
-                  is_stress: np.ndarray | None = None) -> LosoTerms:
+                  is_stress: np.ndarray | None = None,
+                  member: np.ndarray | None = None) -> LosoTerms:
         """Build the terms from :func:`exact_loso` or :func:`sparse_loso` output.
 
         Parameters
@@ -110,6 +115,7 @@ class LosoTerms(NamedTuple):
         structure : ndarray of int of shape (n_obs,)
         shift_basis : ndarray or None, default=None
         is_stress : ndarray of bool or None, default=None
+        member : ndarray of int or None, default=None
             See the class attributes.
 
         Returns
@@ -121,7 +127,7 @@ class LosoTerms(NamedTuple):
             else np.asarray(is_stress, dtype=bool)
         return cls(np.asarray(is_energy, dtype=bool), np.asarray(structure), -residual,
                    np.maximum(variance - noise, 0.0), projection, noise, shift_basis,
-                   is_stress)
+                   is_stress, None if member is None else np.asarray(member))
 
     @property
     def is_force(self) -> np.ndarray:
@@ -139,7 +145,7 @@ class LosoTerms(NamedTuple):
 
     @property
     def n_structures(self) -> int:
-        """Return the number of training structures."""
+        """Return the number of units left out: training structures, or their blocks."""
         return int(np.unique(self.structure).size)
 
     def calibration_structures(self) -> dict[str, np.ndarray]:

@@ -24,6 +24,7 @@ grows towards 1, and the block length is the first lag at which it reaches
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Callable
 
 import numpy as np
@@ -37,6 +38,9 @@ SIMILAR_RATIO = 0.9
 CORRELATED_RATIO = 0.75
 #: Fewest blocks the leave-out keeps (caps the block length at ``n // MIN_BLOCKS``)
 MIN_BLOCKS = 10
+#: Most observation rows a block holds (caps the block length): the leave-out solves one
+#: dense system of a block's rows, whose cost grows as their cube
+MAX_BLOCK_ROWS = 2000
 #: Random pairs whose median distance is the reference of the lag ratios
 _N_PAIRS = 4000
 
@@ -92,28 +96,44 @@ def lag_ratios(distance: Callable, max_lag: int) -> np.ndarray:
                      for lag in range(1, max_lag + 1)])
 
 
-def block_length(distance: Callable, setting: str | int = "auto") -> int:
+def check_setting(setting: object, owner: str) -> None:
+    """Raise unless ``setting`` is "auto" or an int >= 1 (``loso_blocks``)."""
+    if not ((isinstance(setting, str) and setting == "auto")
+            or (isinstance(setting, numbers.Integral) and not isinstance(setting, bool)
+                and setting >= 1)):
+        raise ValueError(f"{owner}: loso_blocks must be 'auto' or an int >= 1; "
+                         f"got {setting!r}")
+
+
+def block_length(distance: Callable | None, setting: str | int = "auto",
+                 n_structures: int | None = None, rows_per_structure: int = 1) -> int:
     """Return the number of consecutive structures each leave-out block holds.
 
     Parameters
     ----------
-    distance : callable
-        See :func:`lag_ratios`.
+    distance : callable or None
+        See :func:`lag_ratios`; None: no fingerprints (an int ``setting`` still holds).
     setting : "auto" or int, default="auto"
-        An int is the length itself (1: leave one structure out), capped so that at
-        least :data:`MIN_BLOCKS` blocks remain; "auto" reads it off the lag ratios
-        (module docstring).
+        An int is the length itself (1: leave one structure out); "auto" reads it off
+        the lag ratios (module docstring). Either is capped so that at least
+        :data:`MIN_BLOCKS` blocks remain and a block holds at most
+        :data:`MAX_BLOCK_ROWS` rows.
+    n_structures : int, optional
+        Needed without ``distance``.
+    rows_per_structure : int, default=1
+        The most observation rows a structure has (``1 + 3 N`` with forces, 6 more
+        with a stress).
 
     Returns
     -------
     int
         At least 1.
     """
-    n = distance.n
-    cap = max(n // MIN_BLOCKS, 1)
+    n = distance.n if distance is not None else int(n_structures)
+    cap = max(min(n // MIN_BLOCKS, MAX_BLOCK_ROWS // max(int(rows_per_structure), 1)), 1)
     if not isinstance(setting, str):
         return int(min(max(int(setting), 1), cap))
-    if cap == 1:
+    if cap == 1 or distance is None:
         return 1
     ratios = lag_ratios(distance, cap)
     if not np.all(np.isfinite(ratios)) or ratios[0] >= CORRELATED_RATIO:
@@ -123,27 +143,32 @@ def block_length(distance: Callable, setting: str | int = "auto") -> int:
 
 
 def structure_blocks(distance: Callable | None, n_structures: int,
-                     setting: str | int = "auto", owner: str = "") -> np.ndarray | None:
+                     setting: str | int = "auto", owner: str = "",
+                     rows_per_structure: int = 1) -> np.ndarray | None:
     """Return the leave-out block of each training structure, or None for one each.
 
     Parameters
     ----------
     distance : callable or None
-        See :func:`lag_ratios`; None (e.g. structures without an energy label): one each.
+        See :func:`lag_ratios`; None (e.g. structures without an energy label): "auto"
+        leaves one out at a time, an int still gives its blocks.
     n_structures : int
     setting : "auto" or int, default="auto"
         See :func:`block_length`.
     owner : str, default=""
         Names the caller in the log line.
+    rows_per_structure : int, default=1
+        See :func:`block_length`.
 
     Returns
     -------
     ndarray of int of shape (n_structures,) or None
         Structure ``k`` in block ``k // length``; None where the length is 1.
     """
-    if distance is None or distance.n != n_structures:
-        return None
-    length = block_length(distance, setting)
+    check_setting(setting, owner or "loso_blocks")
+    if distance is not None and distance.n != n_structures:
+        distance = None
+    length = block_length(distance, setting, n_structures, rows_per_structure)
     if length == 1:
         return None
     logger.info("%s: the leave-out calibration leaves out blocks of %d consecutive training "

@@ -980,10 +980,10 @@ class SparsePosterior(Posterior):
                            "leave-one-structure-out terms", owner)
             self.loso = self.loo_shift = None
             return
-        self.loso = _timed_loso(owner, self._training_loso)
+        self.loso = _timed_loso(owner, lambda: self._training_loso(owner))
         self.loo_shift = self.loso.shift_basis
 
-    def _training_loso(self) -> LosoTerms:
+    def _training_loso(self, owner: str) -> LosoTerms:
         """Compute the LOSO terms of the training state."""
         state = self.training
         structure = np.full(len(state.y), -1, dtype=np.int64)
@@ -999,7 +999,7 @@ class SparsePosterior(Posterior):
             raise ValueError("the training state's rows do not match its structures")
         kinds = np.where(state.is_energy, 0, np.where(_incremental.stress_mask(state), 2, 1))
         setting = self.loso_blocks[0]
-        blocks = _loso_blocks(state.Kw, kinds, structure, state.frames, setting, "update")
+        blocks = _loso_blocks(state.Kw, kinds, structure, state.frames, setting, owner)
         self.loso_blocks = (setting, blocks)
         return _sparse_loso_terms(state.Kw, state.y, state.noise_std, self.signal_std,
                                   state.prior, kinds, structure, state.L_mm,
@@ -1636,9 +1636,11 @@ def _loso_blocks(Kw: np.ndarray, kinds: np.ndarray, structure: np.ndarray, frame
     kinds = np.asarray(kinds)
     energy = kinds if kinds.dtype == bool else kinds == 0
     n_atoms = np.array([len(atoms) for atoms in frames])
-    fingerprints = loso_blocks.energy_fingerprints(Kw[energy], np.asarray(structure)[energy],
-                                                   n_atoms, len(frames))
-    return loso_blocks.structure_blocks(fingerprints, len(frames), setting, owner)
+    structure = np.asarray(structure)
+    fingerprints = loso_blocks.energy_fingerprints(Kw[energy], structure[energy], n_atoms,
+                                                   len(frames))
+    return loso_blocks.structure_blocks(fingerprints, len(frames), setting, owner,
+                                        int(np.bincount(structure).max()))
 
 
 def _sparse_loso_terms(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarray,
@@ -1669,6 +1671,7 @@ def _sparse_loso_terms(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarr
     block of each structure (:func:`kernelpot.loso_blocks.structure_blocks`; None: one
     structure each), which then stands for the structure everywhere above.
     """
+    member = None if blocks is None else np.asarray(structure)
     structure = loso_blocks.by_block(structure, blocks)
     own = loso_blocks.block_columns(own, blocks)
     if streamed is not None:
@@ -1693,7 +1696,7 @@ def _sparse_loso_terms(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarr
     if kinds.dtype == bool:
         kinds = np.where(kinds, 0, 1)
     return LosoTerms.from_loso(residual, variance, noise_std**2, projection, kinds == 0,
-                               structure, basis, is_stress=kinds == 2)
+                               structure, basis, is_stress=kinds == 2, member=member)
 
 
 def _inducing_origin_from_arrays(arrays: dict, inducing: list[np.ndarray], n_structures: int,

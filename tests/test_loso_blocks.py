@@ -147,6 +147,68 @@ def test_kernelpot_fit_says_when_it_leaves_out_blocks(tmp_path, capsys):
     assert main(["fit", str(tmp_path / "traj.xyz"), "-o", str(tmp_path / "m.npz"),
                  "--no-train-eval"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"leave-one-block-out \(\d+ blocks of [2-4] consecutive structures, "
-                     r"which look correlated \(--config loso_blocks = 1: one at a time\); "
-                     r"each block predicted without its labels", out)
+    assert re.search(r"leave-one-block-out \(\d+ blocks of up to [2-4] consecutive "
+                     r"structures, as they look correlated; --config loso_blocks = 1 leaves "
+                     r"one out at a time; each block predicted without its labels", out)
+
+
+def test_blocks_are_capped_in_rows_and_a_given_length_needs_no_fingerprint():
+    walk = fingerprint_distance(np.cumsum(np.random.default_rng(3).normal(size=(400, 3)),
+                                          axis=0))
+    assert block_length(walk) == 40  # up to n // MIN_BLOCKS by structures
+    assert block_length(walk, rows_per_structure=500) == 4  # MAX_BLOCK_ROWS = 2000 rows
+    assert block_length(walk, 30, rows_per_structure=500) == 4
+    # forces-only training (no energy rows, no fingerprint): a given length still holds
+    assert np.array_equal(structure_blocks(None, 40, 4), np.arange(40) // 4)
+    assert structure_blocks(None, 40, "auto") is None
+    with pytest.raises(ValueError, match="loso_blocks must be 'auto' or an int >= 1"):
+        structure_blocks(walk, 400, "none")
+
+
+def test_blocks_through_update_and_the_cli_energies_per_atom(capsys):
+    from ase.build import bulk
+
+    from kernelpot.cli._common import _print_loso
+
+    frames = _copper_trajectory(20)
+    small = bulk("Cu", "fcc", a=3.61, cubic=True)  # 4 atoms among the 8-atom cells
+    for k in range(10):
+        atoms = small.copy()
+        atoms.rattle(0.05, seed=k)
+        atoms.calc = EMT()
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(),
+                                           forces=atoms.get_forces())
+        frames.append(atoms)
+    model = SparseGPPotential(SOAP(["Cu"], 3.5, n_max=3, l_max=2, sigma=0.4), method="sparse",
+                              loso_blocks=2, incremental=True, random_state=0,
+                              n_restarts=0).fit(frames[:28])
+    loso = model.posterior_.loso
+    assert loso.n_structures == 14 and np.array_equal(loso.structure, loso.member // 2)
+    model.update(frames[28:])
+    assert model.posterior_.loso.n_structures == 15
+    assert np.array_equal(model.posterior_.loso_blocks[1], np.arange(30) // 2)
+    _print_loso(model, frames)  # per atom: each energy over its own structure's atoms
+    loso = model.posterior_.loso
+    n_atoms = np.array([len(frames[k]) for k in loso.member[loso.is_energy]])
+    expected = 1e3 * np.mean(np.abs(loso.errors[loso.is_energy] / n_atoms))
+    printed = float(re.search(r"energy MAE ([\d.]+) meV/atom", capsys.readouterr().out)[1])
+    assert printed == pytest.approx(expected, abs=0.006)
+    assert n_atoms.min() == 4 and n_atoms.max() == 8
+
+
+def test_the_on_the_fly_learner_leaves_one_labelled_structure_out_at_a_time(tmp_path):
+    from kernelpot import OnTheFlyLearner
+
+    frames = _copper_trajectory(40)
+    model = SparseGPPotential(SOAP(["Cu"], 3.5, n_max=3, l_max=2, sigma=0.4),
+                              method="sparse", incremental=True, random_state=0,
+                              n_restarts=0).fit(frames)
+    assert model.posterior_.loso_blocks[1] is not None  # a dense trajectory: blocks
+    atoms = frames[-1].copy()
+    atoms.calc = None
+    dyn = Langevin(atoms, 1.0 * units.fs, temperature_K=600, friction=0.02,
+                   rng=np.random.default_rng(1))
+    learner = OnTheFlyLearner(model, EMT(), directory=tmp_path, max_calls=0)
+    learner.run(dyn, 2)
+    assert learner.model.loso_blocks == 1 and learner.model.posterior_.loso_blocks[1] is None
+    assert learner.model.posterior_.loso.n_structures == 40

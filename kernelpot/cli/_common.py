@@ -502,19 +502,21 @@ def _print_loso(model, frames) -> None:
         s = 160.21766208 * terms.errors[terms.is_stress]
         parts.append(f"stress RMSE {np.sqrt(np.mean(s**2)):.3f} GPa")
     if terms.is_energy.any():
-        n_atoms = np.array([len(frames[k]) for k in terms.structure[terms.is_energy]])
+        member = terms.structure if terms.member is None else terms.member  # not blocks
+        n_atoms = np.array([len(frames[k]) for k in member[terms.is_energy]])
         e = terms.errors[terms.is_energy] / n_atoms
         parts.append(f"energy MAE {1e3 * np.mean(np.abs(e)):.2f} meV/atom")
     used = ("the std calibration was fitted on these errors" if model.interval_kind_ == "loso"
             else "no std calibration from them (too few structures, or no epistemic "
                  "variance; see the log): raw stds")
-    blocks = getattr(model.posterior_, "loso_blocks", (None, None))[1]
+    setting, blocks = getattr(model.posterior_, "loso_blocks", (None, None))
     if blocks is None:
         what = f"leave-one-structure-out ({terms.n_structures} structures, each"
     else:  # correlated consecutive structures (kernelpot.loso_blocks)
-        what = (f"leave-one-block-out ({terms.n_structures} blocks of "
-                f"{np.bincount(blocks).max()} consecutive structures, which look correlated "
-                f"(--config loso_blocks = 1: one at a time); each block")
+        why = ("they look correlated; --config loso_blocks = 1 leaves one out at a time"
+               if setting == "auto" else f"loso_blocks = {setting}")
+        what = (f"leave-one-block-out ({terms.n_structures} blocks of up to "
+                f"{np.bincount(blocks).max()} consecutive structures, as {why}; each block")
     print(f"{what} predicted without its labels; hyperparameters and inducing points kept): "
           f"{'; '.join(parts)}; {used}")
 
