@@ -18,7 +18,10 @@ exact model, the kernel distance of the per-atom energy covariances). A list in
 random order gives a ratio near 1 at every lag, and blocks of one structure (plain
 LOSO); a trajectory gives a small ratio at lag 1 (below :data:`CORRELATED_RATIO`) that
 grows towards 1, and the block length is the first lag at which it reaches
-:data:`SIMILAR_RATIO`.
+:data:`SIMILAR_RATIO`. Any order in which neighbours are alike counts, not only time: a
+file sorted by configuration type (the mlearn sets) or a scan sorted by a lattice
+constant is left out in blocks of alike structures too, which asks the calibration to
+cover structures a little further from the rest than one at a time would.
 """
 
 from __future__ import annotations
