@@ -661,8 +661,10 @@ def _exact_loso_terms(L: np.ndarray, weights: np.ndarray, noise: np.ndarray,
     terms = LosoTerms.from_loso(residual, variance, noise, np.zeros(len(weights)),
                                 np.arange(len(weights)) < obs.n_energy, structure, basis,
                                 is_stress=is_stress, member=None if blocks is None else member)
-    logger.info("%s: leave-one-structure-out predictions of %d structures (closed form) in "
-                "%.2f s", owner, terms.n_structures, time.perf_counter() - tic)
+    logger.info("%s: leave-one-structure-out predictions of %d %s (closed form) in %.2f s",
+                owner, terms.n_structures,
+                "structures" if terms.member is None else "blocks of consecutive structures",
+                time.perf_counter() - tic)
     return terms
 
 

@@ -1719,8 +1719,10 @@ def _timed_loso(owner: str, compute) -> LosoTerms:
     """Run ``compute()`` and log what the leave-one-structure-out step cost."""
     tic = time.perf_counter()
     terms = compute()
-    logger.info("%s: leave-one-structure-out predictions of %d structures (closed form) in "
-                "%.2f s", owner, terms.n_structures, time.perf_counter() - tic)
+    logger.info("%s: leave-one-structure-out predictions of %d %s (closed form) in %.2f s",
+                owner, terms.n_structures,
+                "structures" if terms.member is None else "blocks of consecutive structures",
+                time.perf_counter() - tic)
     return terms
 
 
