@@ -912,8 +912,8 @@ pair of float
         within, cost, passed = self._exact_cost(training, descriptor)
         trade = "" if within else (
             f". The exact model is usually the more accurate from the same structures "
-            f"(about half the force error on ethanol at 100-200 frames); to keep it, set "
-            f"method='exact' or raise {' and '.join(passed)}")
+            f"(about half the force error on ethanol at 100-200 frames); to fit it anyway, "
+            f"set method='exact' or raise {' and '.join(passed)}")
         self._note_method(f"method='auto' {verbs[0] if within else verbs[1]} "
                           f"{'exact' if within else 'sparse'!r}: {cost}{trade}")
         return within

@@ -468,7 +468,9 @@ class PredictionMixin:
             as the mean), through the "stress" map of the std calibration when the model
             has one (fitted at fit time on the LOSO stresses of the training cells, as
             for energies and forces; raw otherwise), plus with ``std_type="total"`` the
-            learned stress noise ``σ_S²``.
+            map's share of the learned stress noise, ``d² σ_S²``
+            (:meth:`noise_variance`; ``d`` is fitted with the map, and is small where
+            the LOSO errors read the noise as the model's own misfit).
         std_type : {"total", "epistemic"}, default="total"
 
         Returns

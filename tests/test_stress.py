@@ -216,6 +216,9 @@ def test_cli_predict_writes_the_stress_of_periodic_frames(copper_model, skewed_c
     assert main(["predict", str(model_path), str(tmp_path / "cells.xyz"), "-o",
                  str(tmp_path / "out.xyz")]) == 0
     back = read(tmp_path / "out.xyz", ":")
-    expected = copper_model.predict_stress([skewed_copper])[0]
+    expected, expected_std = (x[0] for x in copper_model.predict_stress([skewed_copper],
+                                                                         return_std=True))
     for atoms in back:
         np.testing.assert_allclose(atoms.get_stress(), expected, rtol=0, atol=1e-9)  # xyz digits
+        # the total std, as kernelpot predict writes the energy's and forces'
+        np.testing.assert_allclose(atoms.info["stress_std"], expected_std, rtol=1e-6)

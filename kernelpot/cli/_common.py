@@ -511,7 +511,10 @@ def _print_loso(model, frames) -> None:
                  "variance; see the log): raw stds")
     setting, blocks = getattr(model.posterior_, "loso_blocks", (None, None))
     if blocks is None:
-        what = f"leave-one-structure-out ({terms.n_structures} structures, each"
+        checked = ("; consecutive structures do not look correlated (loso_blocks)"
+                   if setting == "auto" and terms.n_structures >= 20
+                   and terms.is_energy.sum() == terms.n_structures else "")
+        what = f"leave-one-structure-out ({terms.n_structures} structures{checked}; each"
     else:  # correlated consecutive structures (kernelpot.loso_blocks)
         why = ("they look correlated; --config loso_blocks = 1 leaves one out at a time"
                if setting == "auto" else f"loso_blocks = {setting}")

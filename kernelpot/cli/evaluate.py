@@ -86,8 +86,9 @@ def _cmd_predict(args) -> int:
         energies, forces, energy_std, forces_std = model.predict_energies_and_forces(
             frames, return_std=True)
         periodic = [k for k, atoms in enumerate(frames) if np.all(atoms.pbc)]
-        stresses = dict(zip(periodic, model.predict_stress([frames[k] for k in periodic])
-                            if periodic else [], strict=True))
+        stress, stress_std = model.predict_stress([frames[k] for k in periodic],
+                                                  return_std=True) if periodic else ([], [])
+        stresses = dict(zip(periodic, zip(stress, stress_std, strict=True), strict=True))
     out = []
     for k, (atoms, energy, e_std, force, f_std) in enumerate(
             zip(frames, energies, energy_std, forces, forces_std, strict=True)):
@@ -96,7 +97,10 @@ def _cmd_predict(args) -> int:
         result.info["energy_std"] = float(e_std)
         result.info[PREDICTION_KEY] = f"kernelpot {__version__}, {args.model}"
         result.arrays["forces_std"] = np.asarray(f_std, dtype=np.float64)
-        extra = {"stress": stresses[k]} if k in stresses else {}
+        extra = {}
+        if k in stresses:  # the total std, as for energies and forces
+            extra["stress"] = stresses[k][0]
+            result.info["stress_std"] = np.asarray(stresses[k][1], dtype=np.float64)
         result.calc = SinglePointCalculator(result, energy=float(energy), forces=force,
                                             **extra)
         out.append(result)

@@ -73,7 +73,12 @@ def _calibration_state(model) -> str:
         return ("raw stds (calibration=None, or too few structures for a LOSO map); "
                 "intervals are Gaussian and carry no guarantee")
     scale = model.std_scale_
-    where = {"loso": "the training structures' leave-one-structure-out errors (default)",
+    blocks = getattr(model, "loso_blocks", "auto")
+    how = ("in blocks of consecutive structures where they looked correlated, "
+           "loso_blocks='auto'" if blocks == "auto" else
+           "one at a time, loso_blocks=1" if blocks == 1 else
+           f"in blocks of {blocks} consecutive structures, loso_blocks={blocks}")
+    where = {"loso": f"the training structures' leave-out errors (default; {how})",
              "validation": "validation structures (calibrate)"}.get(kind, str(kind))
     calibration = StdCalibration(scale, None)
     terms = "; ".join(f"{q}: {calibration.describe(q)}"
