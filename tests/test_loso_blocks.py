@@ -151,8 +151,8 @@ def test_kernelpot_fit_says_when_it_leaves_out_blocks(tmp_path, capsys):
                      r"structures, as they look correlated; --config loso_blocks = 1 leaves "
                      r"one out at a time; each block predicted without its labels", out)
     assert main(["info", str(tmp_path / "m.npz")]) == 0
-    assert "leave-out errors (default; in blocks of consecutive structures where they " \
-           "looked correlated, loso_blocks='auto')" in capsys.readouterr().out
+    assert "leave-one-structure-out errors (default; in blocks of consecutive structures " \
+           "where they looked correlated, loso_blocks='auto')" in capsys.readouterr().out
     # the same frames shuffled: checked, and one at a time
     shuffled = [frames for frames in read(tmp_path / "traj.xyz", ":")]
     shuffled = [shuffled[k] for k in np.random.default_rng(0).permutation(40)]

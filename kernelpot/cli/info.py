@@ -78,7 +78,8 @@ def _calibration_state(model) -> str:
            "loso_blocks='auto'" if blocks == "auto" else
            "one at a time, loso_blocks=1" if blocks == 1 else
            f"in blocks of {blocks} consecutive structures, loso_blocks={blocks}")
-    where = {"loso": f"the training structures' leave-out errors (default; {how})",
+    where = {"loso": f"the training structures' leave-one-structure-out errors (default; "
+                     f"{how})",
              "validation": "validation structures (calibrate)"}.get(kind, str(kind))
     calibration = StdCalibration(scale, None)
     terms = "; ".join(f"{q}: {calibration.describe(q)}"
