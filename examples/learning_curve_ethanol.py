@@ -23,7 +23,7 @@ from kernelpot.studies import learning_curve
 
 # the documentation's build sets KERNELPOT_DOCS_QUICK=1: smaller subsets, one per size
 QUICK = os.environ.get("KERNELPOT_DOCS_QUICK") == "1"
-sizes, repeats = ([10, 20, 40], 1) if QUICK else ([10, 20, 50, 100], 3)
+sizes, repeats = ([10, 20, 30], 1) if QUICK else ([10, 20, 50, 100], 3)
 
 # %%
 # Test frames and the training pool

@@ -441,7 +441,7 @@ def test_gate_is_the_models_calibrated_std_and_the_threshold_its_loso_maximum(tm
     _, epistemic = learner.model.predict_forces([atoms], return_std=True,
                                                 std_type="epistemic")
     np.testing.assert_allclose(learner.gated_std(atoms.calc.results), epistemic[0],
-                               rtol=1e-10)
+                               rtol=1e-8)  # rounding: one structure against a batch
     # the automatic threshold: relative_threshold (1.5 by default) times the largest
     # calibrated std of a left-out training structure
     loso = learner.model.posterior_.loso

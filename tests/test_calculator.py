@@ -31,9 +31,10 @@ def test_results_match_estimator(fitted_ethanol, ethanol_frames):
     assert atoms.get_potential_energies().sum() == pytest.approx(energy, rel=1e-12)
     assert atoms.get_potential_energy(force_consistent=True) == energy
     _, f_std = fitted_ethanol.predict_forces([atoms], return_std=True, std_type="epistemic")
-    np.testing.assert_allclose(atoms.calc.results["forces_std"], f_std[0], rtol=1e-10)
+    # a std is a difference of near-equal terms: BLAS's rounding shows at ~1e-9
+    np.testing.assert_allclose(atoms.calc.results["forces_std"], f_std[0], rtol=1e-8)
     _, e_std = fitted_ethanol.predict([atoms], return_std=True, std_type="epistemic")
-    assert atoms.calc.results["energy_std"] == pytest.approx(e_std[0], rel=1e-10)
+    assert atoms.calc.results["energy_std"] == pytest.approx(e_std[0], rel=1e-8)
     assert atoms.calc.results["force_noise"] == fitted_ethanol.force_noise_
     assert "stress_noise" not in atoms.calc.results  # a molecule has no stress
     # the two terms are calibrated as the std is: their squares add up to its square,

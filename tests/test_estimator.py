@@ -245,22 +245,22 @@ def test_uncertainty_on_shared_xtb_data(small_soap):
     from ase.io import read
 
     frames = read(SHARED_DATA / "xtb" / "ethanol_500K.xyz", ":")
-    hot = read(SHARED_DATA / "xtb" / "ethanol_1000K.xyz", "::10")
+    hot = read(SHARED_DATA / "xtb" / "ethanol_1000K.xyz", "::25")
     idx = np.arange(len(frames))
     test = [frames[i] for i in idx[idx % 4 == 3][::20]]
     rest = idx[idx % 4 != 3]
     order = np.random.default_rng(0).permutation(rest)
     means = {}
-    for n in (50, 200):
-        model = SparseGPPotential(small_soap, random_state=0,
+    for n in (40, 150):
+        model = SparseGPPotential(small_soap, random_state=0, n_restarts=0,
                                   method="sparse").fit([frames[i] for i in order[:n]])
         _, std_test = model.predict_forces(test, return_std=True)
         means[n] = np.mean(np.concatenate([s.ravel() for s in std_test]))
-        if n == 200:
+        if n == 150:
             _, std_hot = model.predict_forces(hot, return_std=True)
             hot_mean = np.mean(np.concatenate([s.ravel() for s in std_hot]))
-            assert hot_mean > means[200]
-    assert means[200] < means[50]
+            assert hot_mean > means[150]
+    assert means[150] < means[40]
 
 
 # -- scikit-learn contract -----------------------------------------------------------------
@@ -308,7 +308,7 @@ def test_n_jobs_does_not_change_results(ethanol_frames, small_soap):
                                  method="sparse").fit(
         ethanol_frames[:6])
     np.testing.assert_allclose(parallel.predict(ethanol_frames[10:12]),
-                               serial.predict(ethanol_frames[10:12]), rtol=1e-12)
+                               serial.predict(ethanol_frames[10:12]), rtol=1e-9)
 
 
 def test_cross_val_score_and_grid_search(ethanol_frames, small_soap):

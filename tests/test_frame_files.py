@@ -199,13 +199,16 @@ def test_predictions_from_paths_are_those_of_the_frames_read(files):
     for X in (paths, FrameFiles(paths), files / "a.xyz"):
         n = 12 if isinstance(X, (list, FrameFiles)) else 5
         e, s = model.predict(X, return_std=True)
-        np.testing.assert_array_equal(e, energies[:n])
-        np.testing.assert_array_equal(s, e_std[:n])
+        # the same frames, in batches of another size: equal up to BLAS's rounding (the
+        # stds, a difference of near-equal terms, to ~1e-9 relative)
+        np.testing.assert_allclose(e, energies[:n], rtol=1e-12)
+        np.testing.assert_allclose(s, e_std[:n], rtol=1e-8)
         f, fs = model.predict_forces(X, return_std=True)
         for k in range(n):
-            np.testing.assert_array_equal(f[k], forces[k])
-            np.testing.assert_array_equal(fs[k], f_std[k])
-        np.testing.assert_array_equal(model.predict_stress(X), stress[:n])
+            np.testing.assert_allclose(f[k], forces[k], rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(fs[k], f_std[k], rtol=1e-8)
+        np.testing.assert_allclose(model.predict_stress(X), stress[:n], rtol=1e-10,
+                                   atol=1e-10 * np.abs(stress).max())
         local = model.predict_local_energies(X)
         assert np.allclose([e.sum() for e in local], energies[:n], rtol=1e-12, atol=1e-9)
     with pytest.raises(ValueError, match="missing.xyz"):
@@ -244,10 +247,18 @@ class _CountingSOAP(SOAP):
 
 
 def test_the_fit_does_not_hold_the_structures(tmp_path):
-    cells = emt_strained_cells(300, seed=1, rattle=0.1)
+    cells = emt_strained_cells(150, seed=1, rattle=0.1)
     write(tmp_path / "cells.xyz", cells)
     del cells
     gc.collect()
+    gc.freeze()  # other tests' objects: out of the counts, and of every collection's work
+    try:
+        _check_the_structures_held(tmp_path)
+    finally:
+        gc.unfreeze()
+
+
+def _check_the_structures_held(tmp_path):
 
     def model(descriptor=_CountingSOAP):
         return SparseGPPotential(descriptor(["Cu"], 4.0, 3, 2, 0.5), method="sparse",
@@ -259,13 +270,13 @@ def test_the_fit_does_not_hold_the_structures(tmp_path):
                          ("from the file", lambda: tmp_path / "cells.xyz"),
                          ("from an iterator", lambda: iread(tmp_path / "cells.xyz"))):
         gc.collect()
-        before = sum(isinstance(o, Atoms) for o in gc.get_objects())  # other tests' too
+        before = sum(isinstance(o, Atoms) for o in gc.get_objects())
         _CountingSOAP.most_alive[0] = 0
         model().fit(source())
         alive[name] = _CountingSOAP.most_alive[0] - before
     # every structure alive in memory, a few blocks' worth from the file, in the features
     # pass (create) and the design pass (compute)
-    assert alive["in memory"] >= 300 and alive["from the file"] < 40, alive
+    assert alive["in memory"] >= 150 and alive["from the file"] < 40, alive
     assert alive["from an iterator"] < 40, alive  # spooled to disk, not listed
     # and the traced peak (plain SOAP, no collections forced, Numba compiled by the fits
     # above): reading them all costs their size; read when used, part of it is saved (a
