@@ -109,3 +109,63 @@ def se_cross_hessian(out, AB, AY, XB, K, ax, by, a_env, b_env, seg_start, seg_ro
                 b_delta = XB[i, q] - by[q]
                 out[r, b_out[q]] += factor * K[i, j] * inv_ell2 * (
                     AB[p, q] - a_delta * b_delta * inv_ell2)
+
+
+
+@njit(cache=True)
+def ndp_column_sums(Bt, Y, B, V, UB, bv, C, S, CZ1, CZ2, zeta, b_env, b_col, envs):
+    """Normalised dot product: each output column's sum, before the contraction with A.
+
+    ``aᵀH(x_i, y_j)b_q`` is linear in ``a``: ``a · Φ(i, q)`` with
+    ``Φ = g b_q + α v_j + β u_i``, ``g = S c^(ζ-1)``,
+    ``α = S [(ζ-1) c^(ζ-2) (u_i·b_q - c b_q·v_j) - c^(ζ-1) b_q·v_j]`` and
+    ``β = -S ζ c^(ζ-1) (u_i·b_q - c b_q·v_j)``, ``S = factor ζ / (|x_i||y_j|)``
+    (the terms of :func:`ndp_cross_hessian` regrouped). This adds ``g b_q + α v_j`` into
+    ``Bt[k, b_col[q]]`` and ``β`` into ``Y[k, b_col[q]]`` for every row ``q`` of B and
+    each environment ``i = envs[k]`` of X; the caller contracts ``Bt`` with the rows of
+    A (one GEMM per environment) and adds ``(a·u_i) Y``. That costs ``n_x Q D + P n_cols
+    D`` where :func:`ndp_cross_hessian` needs ``A Bᵀ``, ``P Q D``.
+
+    Parameters
+    ----------
+    Bt : float64 (n_envs, n_cols, D)
+        Accumulated into.
+    Y : float64 (n_envs, n_cols)
+        Accumulated into.
+    B : float64 (Q, D)
+        Jacobian rows of Y's environments.
+    V : float64 (n_y, D)
+        Unit rows of Y.
+    UB : float64 (n_x, Q)
+        ``u_i · b_q``.
+    bv : float64 (Q,)
+        ``b_q · v_{j_q}``.
+    C : float64 (n_x, n_y)
+        ``c = u_i · v_j``.
+    S, CZ1, CZ2 : float64 (n_x, n_y)
+        ``factor ζ / (|x_i||y_j|)``, ``c^(ζ-1)`` and ``(ζ-1) c^(ζ-2)`` (0 for ζ = 1).
+    zeta : int
+    b_env : int64 (Q,)
+        Environment of each row of B.
+    b_col : int64 (Q,)
+        Column of Bt (and Y) of each row of B.
+    envs : int64 (n_envs,)
+        The environments of X to sum for.
+    """
+    Q, D = B.shape
+    for q in range(Q):
+        j = b_env[q]
+        col = b_col[q]
+        b_v = bv[q]
+        for k in range(envs.shape[0]):
+            i = envs[k]
+            s = S[i, j]
+            if s == 0.0:
+                continue
+            cz1 = CZ1[i, j]
+            diff = UB[i, q] - C[i, j] * b_v
+            g = s * cz1
+            alpha = s * (CZ2[i, j] * diff - cz1 * b_v)
+            Y[k, col] -= s * zeta * cz1 * diff
+            for d in range(D):
+                Bt[k, col, d] += g * B[q, d] + alpha * V[j, d]

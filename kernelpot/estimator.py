@@ -1605,4 +1605,5 @@ def _exact_costs(frames, species_index, has_energy, has_forces, n_species: int,
                                                 n_species) / 2**30,
             "fit_seconds": exact.fit_time_estimate(n_obs, rows, n_features),
             "prediction_ms_per_atom": 1e3 * exact.prediction_time_estimate(
-                3 * per_atom * share, rows, n_features)}
+                3 * per_atom * share, rows, n_features, share,
+                3 * atoms_with_forces.sum() + 6 * has_stress.sum())}

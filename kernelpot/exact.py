@@ -285,12 +285,15 @@ def covariance(A: Observations, B: Observations, kernel: Kernel, symmetric: bool
         if len(GA) and len(GB):
             struct_B = B.force_structure[B.row_force[s]]
             step = max(1, _CHUNK_ENTRIES // len(GB))
+            # chunks of whole environments: the kernels' work per chunk grows with the
+            # environments it holds (NormalizedDotProduct sums B's rows per environment)
+            by_env = np.argsort(envA, kind="stable")
             for start in range(0, len(GA), step):
-                ch = slice(start, start + step)
+                ch = by_env[start:start + step]
                 first = 0
                 if symmetric:  # blocks of earlier structures come from their mirror
                     first = int(np.searchsorted(
-                        struct_B, A.force_structure[A.row_force[s][start]]))
+                        struct_B, A.force_structure[A.row_force[s][ch]].min()))
                 # only the environments of this chunk's rows: the kernels form products
                 # of X with all of B's rows
                 used, env_in_chunk = np.unique(envA[ch], return_inverse=True)
@@ -738,19 +741,22 @@ def fit_time_estimate(n_obs: int, rows_per_element: Sequence[float], n_features:
                  + _SECONDS_PER_CUBED_OBSERVATION * float(n_obs) ** 3)
 
 
-#: Seconds per multiply–add of the test–training Jacobian products of the force variances
-#: (the ``D``-long dot products) and per test–training pair of Jacobian rows (the Numba
-#: loop that contracts them with the kernel's second derivative), fitted to the measured
-#: prediction times of ethanol (n = 20, 50, 100), Ni cells (3, 5) and Cu₃Au cells
-#: (5, 10), default-like SOAP, on the project's 2-core machine (2026-12-06): within
-#: 0.88–1.09 of each. The second term is why a small ``D`` (one element: 105) costs
-#: 3–4× what the first alone says.
-_SECONDS_PER_PREDICTION_TERM = 4.1e-11
-_SECONDS_PER_PREDICTION_PAIR = 1.2e-8
+#: Seconds per predicted environment, training Jacobian row and feature (the column sums
+#: of :meth:`kernelpot.kernels.NormalizedDotProduct.accumulate_cross_hessian`), per
+#: predicted Jacobian row, training force column and feature (their contraction), and
+#: per predicted atom (the descriptor, the energy rows and the solves): fitted to the
+#: prediction times, in batches, of ethanol (n = 20, 50, 100), EMT Cu cells of 32 atoms
+#: (n = 3, 10; SOAP and ACSF) and Cu₃Au cells (n = 5, 10) on a 2-core machine of the
+#: project (2026-12-07): within 0.87–1.08 of each (benchmarks/RESULTS.md,
+#: exact_variance.py).
+_SECONDS_PER_COLUMN_SUM_TERM = 1.17e-9
+_SECONDS_PER_CONTRACTION_TERM = 4.4e-12
+_SECONDS_PER_PREDICTED_ATOM = 1.1e-3
 
 
 def prediction_time_estimate(rows_per_atom: Sequence[float], rows_per_element: Sequence[float],
-                             n_features: int) -> float:
+                             n_features: int, share: Sequence[float] | None = None,
+                             n_columns: float | None = None) -> float:
     """Seconds per atom to predict energies, forces and every force component's std.
 
     Parameters
@@ -762,15 +768,29 @@ def prediction_time_estimate(rows_per_atom: Sequence[float], rows_per_element: S
         Jacobian rows of each element's training environments.
     n_features : int
         Descriptor length ``D``.
+    share : sequence of float or None, default=None
+        Each element's share of the predicted atoms; default: ``rows_per_atom``'s
+        shares.
+    n_columns : float or None, default=None
+        Training observations the force components' covariance has columns for (the
+        force and stress components); default: a third of the training rows.
 
     Returns
     -------
     float
-        ``(a D + b) Σ_s r_s R_s``: the covariance of the predicted force components with
-        every training observation dominates, its dot products (``a D``) and its
-        per-pair contraction (``b``). ``a`` and ``b`` were measured on the project's
-        2-core machine.
+        ``a D Σ_s w_s R_s + b D n_F Σ_s r_s + c``: the covariance of the predicted force
+        components with every training observation dominates, its per-column sums of
+        the training rows ``R_s`` (``w_s`` the element's share) and their contraction
+        with the predicted rows ``r_s``, beside a per-atom part. ``a``, ``b`` and
+        ``c`` were measured on the project's 2-core machine.
     """
-    return float((_SECONDS_PER_PREDICTION_TERM * n_features + _SECONDS_PER_PREDICTION_PAIR)
-                 * np.dot(np.asarray(rows_per_atom, dtype=np.float64),
-                          np.asarray(rows_per_element, dtype=np.float64)))
+    r = np.asarray(rows_per_atom, dtype=np.float64)
+    R = np.asarray(rows_per_element, dtype=np.float64)
+    if share is not None:
+        w = np.asarray(share, dtype=np.float64)
+    else:
+        w = r / r.sum() if r.sum() > 0 else np.zeros_like(r)
+    n_F = R.sum() / 3.0 if n_columns is None else float(n_columns)
+    return float(_SECONDS_PER_COLUMN_SUM_TERM * n_features * np.dot(w, R)
+                 + _SECONDS_PER_CONTRACTION_TERM * n_features * n_F * r.sum()
+                 + _SECONDS_PER_PREDICTED_ATOM)

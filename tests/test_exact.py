@@ -301,14 +301,21 @@ def test_fit_time_estimate_grows_with_the_cost_terms():
     # memory: the D × D mean map of each element on top of the matrices and rows
     assert exact.memory_estimate(100, 10, 300, n_species=3) - exact.memory_estimate(
         100, 10, 300) == 8.0 * 3 * 300**2
-    # prediction: linear in the predicted atom's rows and the training rows, affine in D
-    # (the per-pair contraction costs what about 300 features' dot products do)
-    one = exact.prediction_time_estimate([30.0, 60.0], [1000.0, 2000.0], 300)
-    assert one > 0 and exact.prediction_time_estimate([60.0, 120.0], [1000.0, 2000.0],
-                                                       300) == pytest.approx(2 * one)
-    twice = exact.prediction_time_estimate([30.0, 60.0], [1000.0, 2000.0], 600)
-    none = exact.prediction_time_estimate([30.0, 60.0], [1000.0, 2000.0], 0)
-    assert twice - one == pytest.approx(one - none) and 0 < none < one < twice
+    # prediction: a per-atom part, and parts linear in the training rows and in D
+    # (their column sums) and in the predicted rows (the contraction)
+    def estimate(rows_per_atom=(30.0, 60.0), training=(1000.0, 2000.0), D=300):
+        return exact.prediction_time_estimate(rows_per_atom, training, D, (0.25, 0.75),
+                                              1000.0)
+
+    base = estimate(D=0)
+    one = estimate()
+    assert 0 < base < one and estimate(D=600) - base == pytest.approx(2 * (one - base))
+    assert estimate(training=(2000.0, 4000.0)) > estimate(rows_per_atom=(60.0, 120.0)) > one
+    contraction = estimate(rows_per_atom=(60.0, 120.0)) - one
+    assert estimate(rows_per_atom=(90.0, 180.0)) - one == pytest.approx(2 * contraction)
+    # the element shares weigh the training rows: more of the larger element costs more
+    assert exact.prediction_time_estimate([30.0, 60.0], [1000.0, 2000.0], 300, (0.75, 0.25),
+                                          1000.0) < one
 
 
 def test_save_load_is_bit_for_bit(fitted_exact, ethanol_frames, tmp_path):

@@ -86,6 +86,42 @@ def test_contracted_cross_hessian_matches_dense(kernel, data):
     np.testing.assert_allclose(reduced, want, rtol=1e-10, atol=1e-12)
 
 
+
+@pytest.mark.parametrize("zeta", [1, 2, 4])
+@pytest.mark.parametrize("by_columns", [False, True], ids=["direct", "column-sums"])
+def test_both_contractions_of_the_normalised_dot_product_match_dense(zeta, by_columns,
+                                                                     monkeypatch):
+    """The per-column sums (chosen by cost) and the direct ``A Bᵀ`` give the same sums."""
+    from kernelpot import kernels
+
+    rng = np.random.default_rng(zeta)
+    X, Y = rng.normal(size=(5, 7)) + 0.3, rng.normal(size=(6, 7)) + 0.3
+    X[3] = 0.0  # an environment without neighbours
+    a_env, b_env = rng.integers(0, 5, 40), rng.integers(0, 6, 50)
+    A, B = rng.normal(size=(40, 7)), rng.normal(size=(50, 7))
+    kernel = NormalizedDotProduct(zeta)
+    expected = np.einsum("pd,pqde,qe->pq", A, kernel.mixed_second_derivative(X, Y)[a_env]
+                         [:, b_env], B)
+    monkeypatch.setattr(kernels, "_column_sums_pay", lambda *args: by_columns)
+    # output rows shared within an environment; columns a block of out's, or scattered
+    a_out = rng.integers(0, 8, 40)
+    for b_out in (rng.integers(2, 9, 50), 3 * rng.integers(0, 6, 50)):
+        got = np.ones((8, 20))
+        kernel.accumulate_cross_hessian(got, X, A, a_env, a_out, Y, B, b_env, b_out, 0.7)
+        want = np.ones((8, 20))
+        np.add.at(want, (a_out[:, None], b_out[None, :]), 0.7 * expected)
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_column_sums_are_chosen_where_they_cost_less():
+    from kernelpot.kernels import _column_sums_pay
+
+    # an ethanol frame against 100 training frames: 27 rows per environment, 9 per column
+    assert _column_sums_pay(n_envs=9, P=243, Q=24_300, n_columns=2_700, D=855)
+    # one row per environment and per column: A Bᵀ is all there is to compute
+    assert not _column_sums_pay(n_envs=50, P=50, Q=40, n_columns=40, D=855)
+
+
 def test_contracted_cross_hessian_checks_indices(data):
     X, Y = data
     A = np.ones((2, X.shape[1]))
