@@ -285,8 +285,9 @@ def covariance(A: Observations, B: Observations, kernel: Kernel, symmetric: bool
         if len(GA) and len(GB):
             struct_B = B.force_structure[B.row_force[s]]
             step = max(1, _CHUNK_ENTRIES // len(GB))
-            # chunks of whole environments: the kernels' work per chunk grows with the
-            # environments it holds (NormalizedDotProduct sums B's rows per environment)
+            # chunks of rows in environment order, so that a chunk holds few environments
+            # (one may straddle two chunks): the kernels' work per chunk grows with the
+            # environments in it (NormalizedDotProduct sums B's rows per environment)
             by_env = np.argsort(envA, kind="stable")
             for start in range(0, len(GA), step):
                 ch = by_env[start:start + step]
@@ -782,7 +783,9 @@ def prediction_time_estimate(rows_per_atom: Sequence[float], rows_per_element: S
         components with every training observation dominates, its per-column sums of
         the training rows ``R_s`` (``w_s`` the element's share) and their contraction
         with the predicted rows ``r_s``, beside a per-atom part. ``a``, ``b`` and
-        ``c`` were measured on the project's 2-core machine.
+        ``c`` were measured on the project's 2-core machine, up to about 3,000
+        training observations; the triangular solve per predicted row (growing as
+        their square) is in ``c``, so beyond that range the estimate is low.
     """
     r = np.asarray(rows_per_atom, dtype=np.float64)
     R = np.asarray(rows_per_element, dtype=np.float64)

@@ -702,8 +702,9 @@ class NormalizedDotProduct(Kernel):
         columns, b_col = np.unique(b_out, return_inverse=True)
         envs = np.unique(a_env)
         if _column_sums_pay(len(envs), len(A), len(B), len(columns), X.shape[1]):
-            self._accumulate_by_columns(out, U, inv_x, A, a_env, np.asarray(a_out), envs, V,
-                                        inv_y, B, b_env, b_dot, columns, b_col, factor)
+            self._accumulate_by_columns(out, U, inv_x, A, a_env,
+                                        np.asarray(a_out, dtype=np.int64), envs, V, inv_y, B,
+                                        b_env, b_dot, columns, b_col, factor)
             return
         order, seg_start, seg_row = _segments(a_out)
         A, a_env = A[order], a_env[order]
@@ -720,8 +721,11 @@ class NormalizedDotProduct(Kernel):
         ``Σ_q aᵀH(x_i, y_j)b_q`` over the rows ``q`` of one output column is ``a · Bt[i,
         column]`` (:func:`kernelpot._hessian_kernels.ndp_column_sums`): one GEMM per
         environment of X contracts its rows of A with it. The environments are taken in
-        chunks whose sums hold at most :data:`_COLUMN_SUM_ENTRIES` values.
+        chunks whose sums hold at most :data:`_COLUMN_SUM_ENTRIES` values (one
+        environment at least, whatever its sums hold).
         """
+        if not len(A) or not len(B):
+            return
         z = int(self.zeta)
         C = U @ V.T
         S = float(factor) * z * inv_x[:, None] * inv_y[None, :]
