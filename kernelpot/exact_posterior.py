@@ -28,6 +28,7 @@ from kernelpot.hyperparameters import (
     warn_if_force_noise_at_bound,
 )
 from kernelpot.loso import LosoTerms, exact_loso
+from kernelpot.loso import timed as _timed_loso
 from kernelpot.posterior import Posterior
 from kernelpot.prediction import Prediction, PredictionParts
 from kernelpot.sparse_posterior import features_only
@@ -652,20 +653,19 @@ def _exact_loso_terms(L: np.ndarray, weights: np.ndarray, noise: np.ndarray,
     ``energy_structure``: the training structure of each energy observation;
     ``blocks``: the leave-out block of each structure (None: one each).
     """
-    tic = time.perf_counter()
     member = np.concatenate([energy_structure, obs.force_structure])
     structure = loso_blocks.by_block(member, blocks)
-    residual, variance, basis = exact_loso(L, weights, structure, shifts=True)
     is_stress = None if obs.is_stress is None else np.r_[np.zeros(obs.n_energy, bool),
                                                          obs.is_stress]
-    terms = LosoTerms.from_loso(residual, variance, noise, np.zeros(len(weights)),
-                                np.arange(len(weights)) < obs.n_energy, structure, basis,
-                                is_stress=is_stress, member=None if blocks is None else member)
-    logger.info("%s: leave-one-structure-out predictions of %d %s (closed form) in %.2f s",
-                owner, terms.n_structures,
-                "structures" if terms.member is None else "blocks of consecutive structures",
-                time.perf_counter() - tic)
-    return terms
+
+    def compute() -> LosoTerms:
+        residual, variance, basis = exact_loso(L, weights, structure, shifts=True)
+        return LosoTerms.from_loso(residual, variance, noise, np.zeros(len(weights)),
+                                   np.arange(len(weights)) < obs.n_energy, structure, basis,
+                                   is_stress=is_stress,
+                                   member=None if blocks is None else member)
+
+    return _timed_loso(owner, compute)
 
 
 def _checked_shift_basis(basis: np.ndarray | None, n_rows: int, what: str):

@@ -36,7 +36,6 @@ is clipped at zero, with a warning if round-off went beyond 1e-8 relative.
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -80,6 +79,7 @@ from kernelpot.inducing import (
     resolve_n_sparse,
 )
 from kernelpot.loso import LosoTerms, own_columns, own_spans, sparse_loso
+from kernelpot.loso import timed as _timed_loso
 from kernelpot.mean_maps import MeanMap, mean_map
 from kernelpot.posterior import Posterior
 from kernelpot.prediction import Prediction, PredictionParts
@@ -1713,17 +1713,6 @@ def _inducing_origin_from_arrays(arrays: dict, inducing: list[np.ndarray], n_str
                 or (len(origin) and (origin.min() < -1 or origin.max() >= n_structures)):
             raise ValueError(f"load: {what} has malformed state_inducing_origin arrays")
     return [np.asarray(origin, dtype=np.int64) for origin in origins]
-
-
-def _timed_loso(owner: str, compute) -> LosoTerms:
-    """Run ``compute()`` and log what the leave-one-structure-out step cost."""
-    tic = time.perf_counter()
-    terms = compute()
-    logger.info("%s: leave-one-structure-out predictions of %d %s (closed form) in %.2f s",
-                owner, terms.n_structures,
-                "structures" if terms.member is None else "blocks of consecutive structures",
-                time.perf_counter() - tic)
-    return terms
 
 
 def _checked_pair_columns(pair_columns, columns, two_body, n_species, n_weights, what):
