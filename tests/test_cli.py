@@ -611,17 +611,23 @@ def test_info_describes_a_model_file(cli_files, tmp_path, capsys):
 
 
 def test_md_ensembles_and_restart(tmp_path, capsys):
-    from ase.io import read
+    from ase.io import read, write
+
+    from kernelpot import load
 
     # the sparse model: the exact one of four cells (what method "auto" fits) drove the
     # 20 GPa run below to NaN positions (its analytic stress is right: test_stress.py)
     model = _copper_model(tmp_path, 3, "--method", "sparse")
+    start = read(tmp_path / "start.xyz")
+    start.info["config_type"] = "Elastic"  # MD frames are not of the start's type
+    write(tmp_path / "start.xyz", start)
     run = ["md", str(model), str(tmp_path / "start.xyz"), "--steps", "4", "--temperature",
            "300", "--interval", "2", "--timestep", "2"]
     assert main([*run, "--ensemble", "nve", "-o", str(tmp_path / "nve.xyz")]) == 0
     assert "4 NVE (velocity Verlet, initial velocities at 300.0 K) steps" \
         in capsys.readouterr().out
     nve = read(tmp_path / "nve.xyz", ":")
+    assert all("config_type" not in a.info for a in nve)
     energies = [a.info["model_energy"] + a.get_kinetic_energy() for a in nve]
     assert np.ptp(energies) < 0.02  # NVE keeps the total energy (32 atoms, 2 fs)
     volumes = {}
@@ -630,8 +636,13 @@ def test_md_ensembles_and_restart(tmp_path, capsys):
         assert main([*run, "--ensemble", "npt", "--pressure", pressure, "--pdamp", "100",
                      "--steps", "20", "-o", str(out)]) == 0
         assert f"NPT (MTK, 300.0 K, {float(pressure)} GPa)" in capsys.readouterr().out
-        volumes[pressure] = read(out, index=-1).get_volume()
+        last = read(out, index=-1)
+        volumes[pressure] = last.get_volume()
+        # the model's stress of the recorded cell, as the barostat saw it
+        np.testing.assert_allclose(last.info["model_stress"],
+                                   load(model).predict_stress([last])[0], atol=1e-6)
     assert volumes["20"] < read(tmp_path / "start.xyz").get_volume() < volumes["-2"]
+    assert "model_stress" not in nve[0].info  # NVE computes no stress
     # restart: the last frame with its velocities, step numbers continued
     assert main(["md", str(model), str(tmp_path / "nve.xyz"), "--restart", "--steps", "4",
                  "--temperature", "300", "--interval", "2", "--timestep", "2", "--ensemble",

@@ -125,8 +125,10 @@ The trajectory holds the model's predictions as info["model_energy"], info["ener
 arrays["model_forces"] and arrays["forces_std"] (total stds, as kernelpot predict writes
 them), info["energy_std_epistemic"] and arrays["forces_std_epistemic"] (their epistemic
 part, which the summary's largest force std reads), and, learning on the fly,
-arrays["gated_forces_std"], the calibrated std compared with the threshold; they are not
-stored as reference labels, so the file is not mistaken for training data.
+arrays["gated_forces_std"], the calibrated std compared with the threshold; with
+--ensemble npt also info["model_stress"] (eV/Å³, Voigt order). They are not stored as
+reference labels, so the file is not mistaken for training data; the starting
+structure's info["config_type"] is not carried into the MD frames.
 
 Langevin dynamics by default (--ensemble nve and npt: see above) with the model as ASE
 calculator; the trajectory keeps the velocities, so --restart continues it. With --reference

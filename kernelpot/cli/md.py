@@ -164,6 +164,9 @@ def _starting_structure(args):
     if not args.restart:
         atoms = _read_frames(args.start)[0].copy()
         atoms.calc = None
+        # MD frames are not of the starting structure's configuration type (labelled
+        # later, they would join its noise group: config_type_noise)
+        atoms.info.pop("config_type", None)
         thermalize_momenta(atoms, temperature_K=args.temperature,
                            rng=np.random.default_rng(args.seed))
         return atoms
@@ -177,7 +180,8 @@ def _starting_structure(args):
     atoms.calc = None
     atoms.set_momenta(momenta)
     # the previous run's predictions must not be carried into the new frames
-    for key in ("model_energy", "energy_std", "energy_std_epistemic"):
+    for key in ("model_energy", "model_stress", "energy_std", "energy_std_epistemic",
+                "config_type"):
         atoms.info.pop(key, None)
     for key in ("model_forces", "forces_std", "forces_std_epistemic", "gated_forces_std"):
         if key in atoms.arrays:
@@ -346,6 +350,8 @@ def _cmd_md(args) -> int:
         snapshot.info["model_energy"] = float(calc.results["energy"])
         snapshot.info["step"] = int(dyn.nsteps)
         snapshot.arrays["model_forces"] = calc.results["forces"].copy()
+        if "stress" in calc.results:  # computed by the dynamics (NPT): eV/Å³, Voigt order
+            snapshot.info["model_stress"] = np.asarray(calc.results["stress"]).copy()
         if not args.no_std:
             with_std = calc.results if learner is not None else shown_stds.results()
             current = learner.model if learner is not None else shown_stds.model
