@@ -150,9 +150,11 @@ def test_kernelpot_fit_says_when_it_leaves_out_blocks(tmp_path, capsys):
     assert re.search(r"leave-one-block-out \(\d+ blocks of up to [2-4] consecutive "
                      r"structures, as they look correlated; --config loso_blocks = 1 leaves "
                      r"one out at a time; each block predicted without its labels", out)
+    n_blocks = int(re.search(r"leave-one-block-out \((\d+) blocks", out).group(1))
     assert main(["info", str(tmp_path / "m.npz")]) == 0
-    assert "leave-one-structure-out errors (default; in blocks of consecutive structures " \
-           "where they looked correlated, loso_blocks='auto')" in capsys.readouterr().out
+    assert (f"leave-one-structure-out errors (default; {n_blocks} blocks of consecutive "
+            "structures, as they looked correlated, loso_blocks='auto')"
+            ) in capsys.readouterr().out
     # the same frames shuffled: checked, and one at a time
     shuffled = [frames for frames in read(tmp_path / "traj.xyz", ":")]
     shuffled = [shuffled[k] for k in np.random.default_rng(0).permutation(40)]
@@ -160,7 +162,11 @@ def test_kernelpot_fit_says_when_it_leaves_out_blocks(tmp_path, capsys):
     assert main(["fit", str(tmp_path / "shuffled.xyz"), "-o", str(tmp_path / "s.npz"),
                  "--no-train-eval"]) == 0
     assert "leave-one-structure-out (40 structures; consecutive structures do not look " \
-           "correlated (loso_blocks); each predicted" in capsys.readouterr().out
+           "correlated (loso_blocks); each predicted without its labels; hyperparameters " \
+           "kept)" in capsys.readouterr().out  # the exact model: no inducing points
+    assert main(["info", str(tmp_path / "s.npz")]) == 0
+    assert "(default; one at a time: consecutive structures did not look correlated, " \
+           "loso_blocks='auto')" in capsys.readouterr().out
 
 
 def test_blocks_are_capped_in_rows_and_a_given_length_needs_no_fingerprint():

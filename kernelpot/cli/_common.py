@@ -520,7 +520,9 @@ def _print_loso(model, frames) -> None:
                if setting == "auto" else f"loso_blocks = {setting}")
         what = (f"leave-one-block-out ({terms.n_structures} blocks of up to "
                 f"{np.bincount(blocks).max()} consecutive structures, as {why}; each block")
-    print(f"{what} predicted without its labels; hyperparameters and inducing points kept): "
+    kept = "hyperparameters kept" if model.method_ == "exact" \
+        else "hyperparameters and inducing points kept"
+    print(f"{what} predicted without its labels; {kept}): "
           f"{'; '.join(parts)}; {used}")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from kernelpot.calibration import StdCalibration
 from kernelpot.cli._common import _load_model, noise_scales_line, structures_fitted_on
 
@@ -66,6 +68,25 @@ def _training_size(model) -> str:
     return "structure count not recorded (training state not kept)"
 
 
+def _auto_blocks(model) -> str:
+    """Say how ``loso_blocks="auto"`` left the training structures out.
+
+    The jackknife+ scores keep the leave-out unit of each value: fewer units than
+    training structures means blocks.
+    """
+    units = {len(np.unique(structure)) for _, structure in
+             (model.jackknife_scores_ or {}).values()}
+    count = structures_fitted_on(model)
+    if len(units) != 1 or count is None:
+        return "in blocks of consecutive structures where they look correlated, " \
+            "loso_blocks='auto'"
+    n_units = units.pop()
+    if n_units < count:
+        return (f"{n_units} blocks of consecutive structures, as they looked correlated, "
+                "loso_blocks='auto'")
+    return "one at a time: consecutive structures did not look correlated, loso_blocks='auto'"
+
+
 def _calibration_state(model) -> str:
     """Describe the std calibration and interval kind of a fitted model."""
     kind = model.interval_kind_
@@ -74,8 +95,7 @@ def _calibration_state(model) -> str:
                 "intervals are Gaussian and carry no guarantee")
     scale = model.std_scale_
     blocks = getattr(model, "loso_blocks", "auto")
-    how = ("in blocks of consecutive structures where they looked correlated, "
-           "loso_blocks='auto'" if blocks == "auto" else
+    how = (_auto_blocks(model) if blocks == "auto" else
            "one at a time, loso_blocks=1" if blocks == 1 else
            f"in blocks of {blocks} consecutive structures, loso_blocks={blocks}")
     where = {"loso": f"the training structures' leave-one-structure-out errors (default; "
