@@ -224,8 +224,27 @@ class SparsePosterior(Posterior):
         #: (None: one each), set by the fit and recomputed by every LOSO refresh
         self.loso_blocks: tuple = ("auto", None)
         self.loo_shift = loso.shift_basis if loso is not None else None
+        #: structures fitted on, as a model file records it (None: not recorded; see
+        #: :meth:`fitted_structures`)
+        self.recorded_structures: int | None = None
         self.needs_frames = bool(needs_frames)
         self.inducing_origin = inducing_origin
+
+    def fitted_structures(self) -> int | None:
+        """Return how many structures the posterior was fitted on, where that is known.
+
+        The training state counts them; without it, the leave-out blocks of the fit
+        (one entry per structure), the recorded count of a loaded file, or the LOSO
+        shift basis, whose columns are the structures when they were left out one at a
+        time (and the blocks otherwise, which the blocks' record then tells apart).
+        """
+        if self.training is not None:
+            return self.n_training_structures
+        if self.loso_blocks[1] is not None:
+            return len(self.loso_blocks[1])
+        if self.recorded_structures is not None:
+            return self.recorded_structures
+        return None if self.loo_shift is None else int(self.loo_shift.shape[1])
 
     def own_columns(self, n_structures: int) -> list[np.ndarray] | None:
         """Per training structure, the design columns of the inducing environments chosen from it.
@@ -1334,6 +1353,7 @@ class SparsePosterior(Posterior):
                   "log_marginal_likelihood": self.log_marginal_likelihood_value,
                   "jitter": self.jitter, "jitter_abs": self.jitter_abs,
                   "config_type_noise": self.noise_scales,
+                  "n_structures": self.fitted_structures(),
                   "stats": {"c_E": stats.c_E, "c_F": stats.c_F, "n_E": stats.n_E,
                             "n_F": stats.n_F, "logdet_D_E": stats.logdet_D_E,
                             "c_S": stats.c_S, "n_S": stats.n_S,
@@ -1415,6 +1435,11 @@ class SparsePosterior(Posterior):
                    needs_frames=training is not None)._with_shift_basis(
                        arrays.get("loo_shift"), what)
         posterior.noise_scales = scales
+        recorded = fitted.get("n_structures")
+        if recorded is not None and (isinstance(recorded, bool) or not isinstance(recorded, int)
+                                     or recorded < 1):
+            raise ValueError(f"load: {what} has a malformed n_structures entry {recorded!r}")
+        posterior.recorded_structures = recorded
         if training is not None:
             posterior.inducing_origin = _inducing_origin_from_arrays(
                 arrays, inducing, len(training.energy_row), what)

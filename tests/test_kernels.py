@@ -103,14 +103,15 @@ def test_both_contractions_of_the_normalised_dot_product_match_dense(zeta, by_co
     expected = np.einsum("pd,pqde,qe->pq", A, kernel.mixed_second_derivative(X, Y)[a_env]
                          [:, b_env], B)
     monkeypatch.setattr(kernels, "_column_sums_pay", lambda *args: by_columns)
-    # output rows shared within an environment; columns a block of out's, or scattered
-    a_out = rng.integers(0, 8, 40)
-    for b_out in (rng.integers(2, 9, 50), 3 * rng.integers(0, 6, 50)):
-        got = np.ones((8, 20))
-        kernel.accumulate_cross_hessian(got, X, A, a_env, a_out, Y, B, b_env, b_out, 0.7)
-        want = np.ones((8, 20))
-        np.add.at(want, (a_out[:, None], b_out[None, :]), 0.7 * expected)
-        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    # output rows of one environment distinct (the usual case) or shared; columns a
+    # block of out's, or scattered
+    for a_out in (rng.permutation(40), rng.integers(0, 8, 40)):
+        for b_out in (rng.integers(2, 9, 50), 3 * rng.integers(0, 6, 50)):
+            got = np.ones((40, 20))
+            kernel.accumulate_cross_hessian(got, X, A, a_env, a_out, Y, B, b_env, b_out, 0.7)
+            want = np.ones((40, 20))
+            np.add.at(want, (a_out[:, None], b_out[None, :]), 0.7 * expected)
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
 def test_column_sums_are_chosen_where_they_cost_less():

@@ -151,10 +151,20 @@ def test_kernelpot_fit_says_when_it_leaves_out_blocks(tmp_path, capsys):
                      r"structures, as they look correlated; --config loso_blocks = 1 leaves "
                      r"one out at a time; each block predicted without its labels", out)
     n_blocks = int(re.search(r"leave-one-block-out \((\d+) blocks", out).group(1))
+    expected = (f"leave-one-structure-out errors (default; {n_blocks} blocks of consecutive "
+                "structures, as they looked correlated, loso_blocks='auto')")
     assert main(["info", str(tmp_path / "m.npz")]) == 0
-    assert (f"leave-one-structure-out errors (default; {n_blocks} blocks of consecutive "
-            "structures, as they looked correlated, loso_blocks='auto')"
-            ) in capsys.readouterr().out
+    assert expected in capsys.readouterr().out
+    # the sparse model's file keeps no training state: it records the structure count
+    assert main(["fit", str(tmp_path / "traj.xyz"), "-o", str(tmp_path / "sparse.npz"),
+                 "--no-train-eval", "--method", "sparse"]) == 0
+    n_blocks = int(re.search(r"leave-one-block-out \((\d+) blocks",
+                             capsys.readouterr().out).group(1))
+    assert main(["info", str(tmp_path / "sparse.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "training data: 40 structures" in out and (
+        f"(default; {n_blocks} blocks of consecutive structures, as they looked correlated"
+        in out)
     # the same frames shuffled: checked, and one at a time
     shuffled = [frames for frames in read(tmp_path / "traj.xyz", ":")]
     shuffled = [shuffled[k] for k in np.random.default_rng(0).permutation(40)]

@@ -161,6 +161,22 @@ def test_from_arrays_rejects_a_malformed_signal_std(plain, signal_std):
         SparsePosterior.from_arrays(arrays, fitted, plain.kernel_, None, 3, "model.npz")
 
 
+def test_the_structure_count_is_recorded_and_checked(plain):
+    arrays, fitted = _arrays(plain)
+    assert fitted["n_structures"] == plain.posterior_.fitted_structures()
+    fitted["n_structures"] = 7  # what a file records is what the loaded posterior says
+    loaded = SparsePosterior.from_arrays(arrays, fitted, plain.kernel_, None, 3, "model.npz")
+    assert loaded.training is None
+    assert loaded.recorded_structures == loaded.fitted_structures() == 7
+    for bad in (True, 0, 2.5, "3"):
+        with pytest.raises(ValueError, match="malformed n_structures entry"):
+            SparsePosterior.from_arrays(arrays, {**fitted, "n_structures": bad},
+                                        plain.kernel_, None, 3, "model.npz")
+    del fitted["n_structures"]  # a file written before the count was recorded
+    assert SparsePosterior.from_arrays(arrays, fitted, plain.kernel_, None, 3,
+                                       "model.npz").recorded_structures is None
+
+
 @pytest.mark.parametrize("change", [
     None,
     lambda c: c.astype(float),

@@ -103,10 +103,9 @@ def _read_frames(path: str, lazy: bool = False) -> list:
 def structures_fitted_on(model) -> int | None:
     """Return how many structures ``model`` was fitted on, where its file records it."""
     posterior = model.posterior_
-    if posterior.kind == "exact" or getattr(posterior, "training", None) is not None:
+    if posterior.kind == "exact":
         return posterior.n_training_structures
-    shift = getattr(posterior, "loo_shift", None)  # one column per training structure
-    return None if shift is None else int(shift.shape[1])
+    return posterior.fitted_structures()
 
 
 def _load_model(path):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from kernelpot.calibration import StdCalibration
 from kernelpot.cli._common import _load_model, noise_scales_line, structures_fitted_on
 
@@ -71,16 +69,15 @@ def _training_size(model) -> str:
 def _auto_blocks(model) -> str:
     """Say how ``loso_blocks="auto"`` left the training structures out.
 
-    The jackknife+ scores keep the leave-out unit of each value: fewer units than
-    training structures means blocks.
+    The LOSO shift basis has one column per leave-out unit: fewer units than training
+    structures means blocks.
     """
-    units = {len(np.unique(structure)) for _, structure in
-             (model.jackknife_scores_ or {}).values()}
+    shift = getattr(model.posterior_, "loo_shift", None)
     count = structures_fitted_on(model)
-    if len(units) != 1 or count is None:
+    if shift is None or count is None:
         return "in blocks of consecutive structures where they look correlated, " \
             "loso_blocks='auto'"
-    n_units = units.pop()
+    n_units = int(shift.shape[1])
     if n_units < count:
         return (f"{n_units} blocks of consecutive structures, as they looked correlated, "
                 "loso_blocks='auto'")
