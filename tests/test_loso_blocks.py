@@ -10,7 +10,7 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read
 from ase.md.langevin import Langevin
-from helpers import DATA
+from helpers import DATA, relative_error
 
 from kernelpot import SOAP, SparseGPPotential
 from kernelpot.loso_blocks import (
@@ -74,10 +74,6 @@ def test_the_gram_distance_is_the_fingerprints_distance_of_their_dot_products():
                                fingerprint_distance(fingerprints)(i, j), rtol=1e-10)
 
 
-def _relative(actual, expected):
-    return np.abs(actual - expected).max() / np.abs(expected).max()
-
-
 def test_exact_leave_block_out_equals_refits_without_the_block():
     frames = read(DATA / "ethanol_xtb_500K_60.xyz", ":20")
     model = SparseGPPotential(SOAP_SMALL, method="exact", loso_blocks=2,
@@ -94,11 +90,11 @@ def test_exact_leave_block_out_equals_refits_without_the_block():
     energy_rows = np.flatnonzero(loso.is_energy & (loso.structure == 3))
     expected = [p.energy - a.get_potential_energy()
                 for p, a in zip(predicted, frames[6:8], strict=True)]
-    assert _relative(loso.errors[energy_rows], np.array(expected)) < 1e-6
+    assert relative_error(loso.errors[energy_rows], np.array(expected)) < 1e-6
     force_rows = np.flatnonzero(~loso.is_energy & (loso.structure == 3))
     expected = np.concatenate([(p.forces - a.get_forces()).ravel()
                                for p, a in zip(predicted, frames[6:8], strict=True)])
-    assert _relative(loso.errors[force_rows], expected) < 1e-6
+    assert relative_error(loso.errors[force_rows], expected) < 1e-6
 
 
 def _copper_trajectory(n, seed=0):
