@@ -657,9 +657,14 @@ def test_md_ensembles_and_restart(tmp_path, capsys):
                  "--temperature", "300", "--interval", "1", "--no-std", "-o",
                  str(tmp_path / "plain.xyz")]) == 0
     assert "force std" not in capsys.readouterr().out
-    assert all("forces_std" not in a.arrays and "forces_std_epistemic" not in a.arrays
-               and "energy_std_epistemic" not in a.info
-               for a in read(tmp_path / "plain.xyz", ":"))
+    # nor into those of a new run started from the trajectory's first frame
+    assert main(["md", str(model), str(tmp_path / "nve.xyz"), "--steps", "2",
+                 "--temperature", "300", "--interval", "1", "--no-std", "-o",
+                 str(tmp_path / "fresh.xyz")]) == 0
+    for name in ("plain.xyz", "fresh.xyz"):
+        assert all("forces_std" not in a.arrays and "forces_std_epistemic" not in a.arrays
+                   and "energy_std_epistemic" not in a.info and "energy_std" not in a.info
+                   for a in read(tmp_path / name, ":")), name
     assert main(["md", str(model), str(tmp_path / "start.xyz"), "--restart", "--steps", "2",
                  "--temperature", "300"]) == 1
     assert "carries no velocities" in capsys.readouterr().err

@@ -164,9 +164,7 @@ def _starting_structure(args):
     if not args.restart:
         atoms = _read_frames(args.start)[0].copy()
         atoms.calc = None
-        # MD frames are not of the starting structure's configuration type (labelled
-        # later, they would join its noise group: config_type_noise)
-        atoms.info.pop("config_type", None)
+        _drop_earlier_output(atoms)
         thermalize_momenta(atoms, temperature_K=args.temperature,
                            rng=np.random.default_rng(args.seed))
         return atoms
@@ -179,14 +177,24 @@ def _starting_structure(args):
     momenta = atoms.get_momenta()
     atoms.calc = None
     atoms.set_momenta(momenta)
-    # the previous run's predictions must not be carried into the new frames
+    _drop_earlier_output(atoms)
+    return atoms
+
+
+def _drop_earlier_output(atoms) -> None:
+    """Remove what the new frames must not carry over from the starting structure.
+
+    An earlier run's predictions (a kernelpot md trajectory, restarted or not: a frame
+    recorded without some of them would show the old ones), and the configuration type
+    (MD frames are not of the starting structure's; labelled later, they would join its
+    noise group, config_type_noise).
+    """
     for key in ("model_energy", "model_stress", "energy_std", "energy_std_epistemic",
                 "config_type"):
         atoms.info.pop(key, None)
     for key in ("model_forces", "forces_std", "forces_std_epistemic", "gated_forces_std"):
         if key in atoms.arrays:
             del atoms.arrays[key]
-    return atoms
 
 
 def _dynamics(atoms, args):
