@@ -78,14 +78,18 @@ def main(argv=None):
                              "default fit (incremental) on the labelled first frame")
     parser.add_argument("--method", choices=["auto", "sparse", "exact"], default="auto",
                         help="the model's method (default: the estimator's default)")
+    parser.add_argument("--contact-margin", default="0.05",
+                        help="OnTheFlyLearner's contact_margin ('none': the contact gate off; "
+                             "default: its default, 0.05)")
     args = parser.parse_args(argv)
+    margin = None if args.contact_margin.lower() == "none" else float(args.contact_margin)
     test = test_frames()
     ref_f = [a.get_forces() for a in test]
     ref_e = np.array([a.get_potential_energy() for a in test])
     print(f"kernelpot {kernelpot.__version__}: on-the-fly Cu/EMT, {args.steps} steps, "
           f"{args.descriptor}, n_inducing {args.n_inducing}, max_calls {args.max_calls}, "
-          f"relative threshold {args.relative_threshold}, start {args.start}, method "
-          f"{args.method}", flush=True)
+          f"relative threshold {args.relative_threshold}, contact margin {margin}, start "
+          f"{args.start}, method {args.method}", flush=True)
     rows = []
     runs = [(seed, token) for seed in map(int, args.seeds.split(","))
             for token in args.thresholds.split(",")]
@@ -119,7 +123,8 @@ def main(argv=None):
         n_inducing = args.n_inducing if args.n_inducing == "all" else int(args.n_inducing)
         learner = OnTheFlyLearner(model, EMT(), threshold=threshold, directory=directory,
                                   n_inducing=n_inducing, max_calls=args.max_calls,
-                                  relative_threshold=args.relative_threshold)
+                                  relative_threshold=args.relative_threshold,
+                                  contact_margin=margin)
         start = time.perf_counter()
         learner.run(dyn, args.steps)
         wall = time.perf_counter() - start
@@ -130,11 +135,13 @@ def main(argv=None):
                      1e3 * float(np.mean(np.abs(pred_e - ref_e))) / 32, wall,
                      1e3 * wall / args.steps, sum(final.n_inducing_.values())))
         log = [json.loads(line) for line in open(f"{directory}/otf_log.jsonl")]
-        calls = [(r["step"], r["max_force_std"], r["threshold"]) for r in log
+        calls = [(r["step"], r["max_force_std"], r["threshold"],
+                  "c" if r.get("called_by_contact") else "") for r in log
                  if r["reference_called"]]
         print(f"  seed {seed}, threshold {token}: {learner.n_reference_calls} calls, "
               f"force MAE {rows[-1][3]:.1f} meV/Å, {wall:.0f} s; calls (step, largest std, "
-              "threshold eV/Å): " + ", ".join(f"({s}, {m:.3f}, {t:.3f})" for s, m, t in calls),
+              "threshold eV/Å; c: by the contact gate): "
+              + ", ".join(f"({s}, {m:.3f}, {t:.3f}{c and ', ' + c})" for s, m, t, c in calls),
               flush=True)
         shutil.rmtree(directory, ignore_errors=True)
     print(f"\n{'seed':>4} {'threshold eV/Å':<15} {'calls':>5} {'F MAE meV/Å':>11} "

@@ -411,7 +411,8 @@ class _Pairs(NamedTuple):
 
 
 def check_geometry(frames: list[Atoms], species: np.ndarray, periodic: bool | None,
-                   r_cut: float | None, min_distance: float | None, owner: str) -> None:
+                   r_cut: float | None, min_distance: float | None, owner: str,
+                   shortest=None) -> None:
     """Check training structures as the descriptor will see them, before the work.
 
     Each structure goes through :func:`check_atoms` (finite positions, known elements,
@@ -436,6 +437,9 @@ def check_geometry(frames: list[Atoms], species: np.ndarray, periodic: bool | No
         Shortest accepted interatomic distance, Å (None or 0: any).
     owner : str
         Name used in messages.
+    shortest : kernelpot.contacts.ShortestPairs, optional
+        Lowered to the shortest pair distances of ``frames`` from the same neighbour
+        lists (the training structures are read once).
 
     Raises
     ------
@@ -463,6 +467,8 @@ def check_geometry(frames: list[Atoms], species: np.ndarray, periodic: bool | No
                              "(duplicated atoms, or positions in the wrong unit?); pass "
                              "min_distance=None (kernelpot fit: --min-distance 0) to accept "
                              "such structures")
+        if shortest is not None:
+            shortest.add_pairs(atoms, pairs.i, pairs.j, pairs.distances)
         if r_cut > 0 and (len(atoms) > 1 or pbc.any()):
             near = pairs.distances < r_cut
             lonely = int(np.sum(np.bincount(pairs.i[near], minlength=len(atoms)) == 0))

@@ -37,6 +37,7 @@ from kernelpot._validation import (
 )
 from kernelpot.baselines import as_baseline, residual_labels
 from kernelpot.calibration import StdCalibration
+from kernelpot.contacts import ShortestPairs
 from kernelpot.descriptors import SOAP, Descriptor
 from kernelpot.exact_posterior import ExactPosterior
 from kernelpot.fit_memory import FitMemory
@@ -418,6 +419,12 @@ pair of float
     interval_kind_ : {"loso", "validation"} or None
         What ``std_scale_`` and ``interval_scores_`` were fitted on: the training
         structures' LOSO predictions, or validation structures (:meth:`calibrate`).
+    shortest_pairs_ : kernelpot.contacts.ShortestPairs or None
+        The shortest distance of each pair of elements within the descriptor's cutoff in
+        the training structures (lowered by :meth:`update`). A structure to predict with
+        a pair more than ``kernelpot.contacts.CONTACT_MARGIN`` (5 %) closer gets a
+        warning (once per model; logged each time): the model extrapolates there and
+        its std may not show it. None for a model file from before it was kept.
 
     Notes
     -----
@@ -669,6 +676,7 @@ pair of float
                 runner=BlockRunner(self.n_jobs, client, verbose, owner))
             self._adopt(posterior, descriptor, training.species, training.e0,
                         self._loso_calibration(posterior))
+            self.shortest_pairs_ = prepared.shortest
         names = fitted_names(self.optimize, owner)
         if "signal_std" in names:
             warn_if_signal_std_at_bound(self.signal_std_, self.signal_std_bounds, owner,
@@ -718,16 +726,19 @@ pair of float
                           UserWarning, stacklevel=3)
             labels, raw_labels = (labels._replace(stresses=None),
                                   raw_labels._replace(stresses=None))
+        r_cut = getattr(descriptor, "r_cut", None)
+        shortest = ShortestPairs(species, r_cut, getattr(descriptor, "periodic", None)) \
+            if isinstance(r_cut, numbers.Real) else None
         check_geometry(frames, species_to_numbers(descriptor.species, where),
-                       getattr(descriptor, "periodic", None), getattr(descriptor, "r_cut", None),
-                       self.min_distance, where)
+                       getattr(descriptor, "periodic", None), r_cut, self.min_distance, where,
+                       shortest)
         species_index = [np.searchsorted(species, a.numbers) for a in frames]
         counts = composition_counts(species_index, len(species))
         e0 = self._reference_energies(counts, labels.energies, species)
         training = TrainingSet(frames, labels, species, species_index, counts, e0,
                                raw_labels if baseline is not None else None)
         method = self._resolve_method(training, descriptor)
-        return _PreparedFit(training, descriptor, kernel, baseline, rng, method)
+        return _PreparedFit(training, descriptor, kernel, baseline, rng, method, shortest)
 
     def estimate_fit_memory(self, X: Sequence[Atoms], *, client: Any = None) -> FitMemory:
         """Estimate the memory :meth:`fit` would need on ``X``, stage by stage, without fitting.
@@ -785,7 +796,8 @@ pair of float
 
     def from_posterior(self, posterior: SparsePosterior | ExactPosterior, *,
                        descriptor: Descriptor, species: np.ndarray, e0: np.ndarray,
-                       calibration: StdCalibration | None = None) -> SparseGPPotential:
+                       calibration: StdCalibration | None = None,
+                       shortest_pairs: np.ndarray | None = None) -> SparseGPPotential:
         """Make this estimator the fitted model of an existing posterior.
 
         What :func:`kernelpot.load` does with a posterior rebuilt from a file; also how
@@ -804,6 +816,10 @@ pair of float
             Reference energies, eV.
         calibration : StdCalibration or None, default=None
             A fitted std calibration; ``None`` reports raw stds.
+        shortest_pairs : ndarray of shape (n_species, n_species), optional
+            The shortest distance of each pair of elements in the training structures
+            (``shortest_pairs_``, see :mod:`kernelpot.contacts`); None: unknown (no
+            warning of pairs closer than the training ones).
 
         Returns
         -------
@@ -811,6 +827,12 @@ pair of float
             Fitted.
         """
         self.baseline_ = as_baseline(self.baseline, type(self).__name__)
+        self.shortest_pairs_ = None
+        r_cut = getattr(descriptor, "r_cut", None)
+        if shortest_pairs is not None and isinstance(r_cut, numbers.Real):
+            self.shortest_pairs_ = ShortestPairs(species, r_cut,
+                                                 getattr(descriptor, "periodic", None))
+            self.shortest_pairs_.distances = np.array(shortest_pairs, dtype=np.float64)
         self._adopt(posterior, descriptor, species, e0,
                     calibration if calibration is not None else StdCalibration(None, None))
         return self
@@ -1240,14 +1262,19 @@ pair of float
         frames = check_frames(X, owner)
         indices = self._species_indices(frames, owner)
         raw_labels, labels = self._new_labels(frames, owner)
+        shortest = getattr(self, "shortest_pairs_", None)
+        shortest = shortest.copy().add(frames) if shortest is not None else None
         if exact:
             training = posterior.training.extended(
                 frames, labels, indices, raw_labels if self.baseline_ is not None else None)
             if self.method == "auto" and not self.signal_per_element \
                     and not self._exact_within_limits(training, self.descriptor_,
                                                       ("keeps", "turns")):
-                return self._switch_to_sparse(training, len(frames), optimize, owner, cap)
-            return self._refit_exact(training, len(frames), optimize, owner)
+                self._switch_to_sparse(training, len(frames), optimize, owner, cap)
+            else:
+                self._refit_exact(training, len(frames), optimize, owner)
+            self.shortest_pairs_ = shortest
+            return self
         names = fitted_names(self.optimize, type(self).__name__) if optimize else None
         loso = self.calibration == "loso"
         posterior.loso_blocks = (self.loso_blocks, None)  # recomputed with the LOSO terms
@@ -1255,6 +1282,7 @@ pair of float
                          names, NoiseSearch.of(self), check_random_state(self.random_state),
                          owner, loso=loso, max_inducing=cap, raw_labels=raw_labels)
         self._adopt_updated(posterior, owner)
+        self.shortest_pairs_ = shortest
         logger.info("%s: %d structures added; inducing environments %s", owner, len(frames),
                     self.n_inducing_)
         return self
@@ -1393,6 +1421,10 @@ pair of float
         posterior.restore_training(self._residual_frames(frames), describe, owner, training)
         if self.calibration == "loso":  # the LOSO terms are not stored in files
             self._refit_loso_map(owner)
+        if getattr(self, "shortest_pairs_", None) is None:  # a file from before it was kept
+            self.shortest_pairs_ = ShortestPairs(
+                self.species_, self.descriptor_.r_cut,
+                getattr(self.descriptor_, "periodic", None)).add(frames)
         return self
 
     def _refit_loso_map(self, owner: str) -> None:
@@ -1534,6 +1566,8 @@ pair of float
                              "model")
         arrays, fitted = self.posterior_.to_arrays(training_state=training_state)
         arrays = {"species": self.species_, "e0": self.e0_, **arrays}
+        if getattr(self, "shortest_pairs_", None) is not None:
+            arrays["shortest_pairs"] = self.shortest_pairs_.distances
         for quantity, scores in (self.interval_scores_ or {}).items():
             arrays[f"interval_scores_{quantity}"] = scores
         for quantity, (scores, structure) in (self.jackknife_scores_ or {}).items():
@@ -1565,6 +1599,7 @@ class _PreparedFit(NamedTuple):
     baseline: object
     rng: np.random.RandomState
     method: str
+    shortest: ShortestPairs | None
 
 
 def _exact_costs(frames, species_index, has_energy, has_forces, n_species: int,

@@ -77,7 +77,23 @@ def load(path: os.PathLike | str) -> SparseGPPotential:
     calibration = StdCalibration(std_scale, StdCalibration.check_interval_scores(arrays, what),
                                  kind=kind, jackknife=_jackknife_scores(arrays, what))
     return model.from_posterior(posterior, descriptor=descriptor, species=species,
-                                e0=arrays["e0"], calibration=calibration)
+                                e0=arrays["e0"], calibration=calibration,
+                                shortest_pairs=_shortest_pairs(arrays, len(species),
+                                                               descriptor, what))
+
+
+def _shortest_pairs(arrays: dict, n_species: int, descriptor, what: str):
+    """Return the stored shortest pair distances (None in files from before), checked."""
+    distances = arrays.get("shortest_pairs")
+    if distances is None:
+        return None
+    r_cut = getattr(descriptor, "r_cut", None)
+    if distances.shape != (n_species, n_species) or distances.dtype.kind != "f" \
+            or not np.all(np.isfinite(distances)) or np.any(distances <= 0) \
+            or not np.array_equal(distances, distances.T) \
+            or (r_cut is not None and np.any(distances > r_cut)):
+        raise ValueError(f"load: {what} has malformed shortest pair distances")
+    return distances
 
 
 def _jackknife_scores(arrays: dict, what: str) -> dict | None:

@@ -185,3 +185,21 @@ def finite_difference_gradient(function, theta, h):
         step[t] = h
         out[t] = (function(theta + step) - function(theta - step)) / (2 * h)
     return out
+
+
+def pressed_pair(frames, fraction, cutoff=4.0):
+    """The first of ``frames`` with atom 0 and its nearest neighbour ``fraction`` × the
+    frames' shortest distance of that pair of elements apart, unlabelled; and that
+    shortest distance."""
+    from kernelpot.contacts import ShortestPairs
+
+    species = np.unique(np.concatenate([a.numbers for a in frames]))
+    atoms = frames[0].copy()
+    atoms.calc = None
+    vectors = atoms.get_distances(0, range(1, len(atoms)), mic=True, vector=True)
+    k = int(np.argmin(np.linalg.norm(vectors, axis=1)))
+    pair = np.searchsorted(species, atoms.numbers[[0, 1 + k]])
+    shortest = ShortestPairs(species, cutoff).add(frames).distances[pair[0], pair[1]]
+    atoms.positions[1 + k] = atoms.positions[0] + fraction * shortest * vectors[k] / \
+        np.linalg.norm(vectors[k])
+    return atoms, shortest

@@ -766,7 +766,8 @@ def test_a_resume_from_the_first_checkpoint_records_step_0_once(tmp_path):
     start.calc = SinglePointCalculator(start, energy=start.get_potential_energy(),
                                        forces=start.get_forces())
     model.fit([start])
-    learner = OnTheFlyLearner(model, EMT(), threshold=10.0, directory=tmp_path)  # no call
+    learner = OnTheFlyLearner(model, EMT(), threshold=10.0, directory=tmp_path,
+                              contact_margin=None)  # no call
     _run_interrupted(learner, dyn, 10, at=6)
     assert int(np.load(tmp_path / "md_state.npz")["step"]) == 0  # the only checkpoint
     assert _logged_steps(tmp_path) == list(range(6))
@@ -823,3 +824,46 @@ def test_with_label_stress_the_stress_std_gates_a_change_of_volume(tmp_path):
     assert len(called) == 1 and called[0]["called_by_stress"]
     assert called[0]["max_stress_std"] > called[0]["stress_threshold"] > 0
     assert learner.model.posterior_.n_stress_observations == 6 * 7  # the six cells + the call
+
+
+def test_the_contact_gate_labels_a_pair_closer_than_any_labelled_one(tmp_path, capsys):
+    """A pair 10 % closer than every labelled pair of its elements is labelled, whatever
+    the force std says (a threshold of 10 eV/Å here); the labelled frame then lowers the
+    shortest distance, and contact_margin=None turns the gate off."""
+    from helpers import emt_copper_frames, pressed_pair
+
+    frames = emt_copper_frames(4, seed=5, rattle=0.05)
+    atoms, shortest = pressed_pair(frames, 0.9)
+    runs = {}
+    for margin in (0.05, None):
+        model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
+                                  incremental=True, random_state=0, n_restarts=0,
+                                  method="sparse").fit(frames)
+        learner = OnTheFlyLearner(model, EMT(), threshold=10.0, directory=tmp_path / str(
+            margin), min_interval=1, max_calls=1, contact_margin=margin, verbose=1)
+        learner.run(VelocityVerlet(atoms.copy(), timestep=0.01), 2)
+        runs[margin] = learner
+        log = [json.loads(line) for line in (tmp_path / str(margin) / "otf_log.jsonl").open()]
+        if margin is None:
+            assert learner.n_reference_calls == 0 and learner.shortest_pairs is None
+            assert not any("contact_ratio" in record for record in log)
+            continue
+        assert learner.n_reference_calls == 1 and log[0]["reference_called"]
+        assert log[0]["called_by_contact"] and log[0]["max_force_std"] < 10.0
+        assert log[0]["contact_ratio"] == pytest.approx(0.9, abs=1e-3)
+        assert "10.0 % closer than any labelled Cu–Cu pair" in log[0]["contact"]
+        assert learner.shortest_pairs.distances[0, 0] == pytest.approx(0.9 * shortest,
+                                                                     abs=1e-3)
+        # step 1 is the same structure, labelled now: not a contact any more
+        assert not log[1]["reference_called"] and "contact_ratio" not in log[1]
+    out = capsys.readouterr().out
+    call = [line for line in out.splitlines() if "reference call 1" in line]
+    assert len(call) == 1 and "closer than any labelled Cu–Cu pair" in call[0]
+    # a resumed run keeps the margin and rebuilds the shortest distances from its frames
+    resumed = OnTheFlyLearner.resume(tmp_path / "0.05", EMT(), run=False)
+    assert resumed.contact_margin == 0.05
+    resumed.run(resumed._dynamics, 1)
+    np.testing.assert_allclose(resumed.shortest_pairs.distances,
+                               runs[0.05].shortest_pairs.distances)
+    with pytest.raises(ValueError, match="contact_margin"):
+        OnTheFlyLearner(_model(), EMT(), directory=tmp_path / "x", contact_margin=1.0)

@@ -155,7 +155,12 @@ def test_frozen_two_body_model_with_training_state(expected):
     assert model.two_body_ is not None
     _check(_predictions(model, copper[5:7], stress=True), expected, "two_body_incremental",
            atol=CANCELLING_ATOL)
-    model.restore_training(copper[:4])
+    assert model.shortest_pairs_ is None  # written before models kept them
+    model.restore_training(copper[:4])  # rebuilt from the training structures
+    from kernelpot.contacts import ShortestPairs
+
+    np.testing.assert_allclose(model.shortest_pairs_.distances, ShortestPairs(
+        model.species_, model.descriptor_.r_cut).add(copper[:4]).distances)
     model.update([copper[4]], n_inducing=2)
     _check(_predictions(model, copper[5:7], stress=True), expected,
            "two_body_incremental_updated", atol=CANCELLING_ATOL)

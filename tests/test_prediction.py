@@ -224,8 +224,9 @@ def _copper_model(**params):
 
 def test_prediction_warns_on_atoms_closer_than_min_distance(caplog):
     """fit refuses such structures; a prediction warns once per model naming the pair and
-    logs every later case (MD would repeat it every step); ordinary structures and
-    min_distance=None say nothing."""
+    logs every later case (MD would repeat it every step); ordinary structures say
+    nothing, and with min_distance=None the warning of a pair closer than the training
+    pairs takes over."""
     import logging
     import warnings
 
@@ -253,6 +254,9 @@ def test_prediction_warns_on_atoms_closer_than_min_distance(caplog):
             atoms.positions += np.random.default_rng(seed).normal(0, 0.001, (32, 3))
             atoms.get_forces()
         fresh.predict([bulk("Cu", "fcc", 3.6, cubic=True).repeat(2)], return_std=True)
+    # without min_distance the pair is still far closer than any training pair
+    with pytest.warns(UserWarning, match=r"predict: atoms 0 and 5 \(Cu–Cu\) are 0\.300 Å "
+                                         r"apart, 8\d\.\d % closer than any training Cu–Cu"):
         _copper_model(min_distance=None).predict([close])
     with pytest.warns(UserWarning, match=r"predict_local_energies: atoms 0 and 5 are 0\.300"):
         _copper_model().predict_local_energies([close])

@@ -362,6 +362,11 @@ def _add_md(sub) -> argparse.ArgumentParser:
                         help="with --reference: MD steps between two reference calls, at "
                              "least (default 10; 3 for a young model of a molecule with "
                              "sub-femtosecond steps, whose wrong forces heat it in between)")
+    parser.add_argument("--contact-margin", type=_margin, default=0.05, metavar="FRACTION",
+                        help="with --reference: also call it when two atoms come this fraction "
+                             "closer than the shortest pair of their elements in the labelled "
+                             "structures (default 0.05; 'none' turns the contact gate off; not "
+                             "used with --resume, which keeps the run's value)")
     # no default here: --resume keeps the run's saved value unless this is given
     parser.add_argument("--max-energy-gap", type=_gap, default=argparse.SUPPRESS,
                         metavar="EV_PER_ATOM",
@@ -442,6 +447,19 @@ def _add_model_options(parser) -> None:
                              "the examples at the end of kernelpot fit --help)")
     parser.add_argument("--n-jobs", type=int, default=None, help="joblib workers (default 1)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+
+
+def _margin(text: str) -> float | None:
+    """Parse --contact-margin: a fraction in [0, 1), or "none"."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1) or 'none'; got {text!r}")
+    return value
 
 
 def _gap(text: str) -> float | None:

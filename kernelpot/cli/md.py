@@ -297,7 +297,8 @@ def _new_learner(args, model):
     return OnTheFlyLearner(model, _reference_calculator(args.reference),
                            threshold=args.threshold, directory=args.directory,
                            min_interval=args.min_interval, verbose=int(not args.quiet),
-                           status_every=args.status_every, max_energy_gap=args.max_energy_gap)
+                           status_every=args.status_every, max_energy_gap=args.max_energy_gap,
+                           contact_margin=args.contact_margin)
 
 
 def _resumed_learner(args):

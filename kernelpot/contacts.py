@@ -1,0 +1,180 @@
+"""Shortest pair distances of labelled structures, and contacts closer than any of them.
+
+A descriptor with a smooth, normalised kernel sees a pair of atoms pressed closer than
+any training pair as a small change of its environment: the normalised SOAP dot product
+barely moves when a neighbour shell is compressed, and neither does the posterior std.
+The energy does, steeply (the repulsive wall). Measured: a model of fifteen 600 K EMT
+Ni–Al cells, on the fly at 900 K, saw Ni–Ni pairs 7 % closer than any it was trained on
+with force errors of 250–480 meV/Å (60–90 elsewhere) and calibrated force stds of 36
+meV/Å, below its 63 meV/Å threshold. A pair distance is cheap to check: the on-the-fly
+learner's contact gate (``OnTheFlyLearner(contact_margin=...)``) labels such a structure.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from ase import Atoms
+from ase.data import chemical_symbols
+
+from kernelpot._validation import _complete_cell, resolve_pbc
+
+__all__ = ["CONTACT_MARGIN", "Contact", "ShortestPairs"]
+
+#: The default margin: a pair this fraction closer than the shortest labelled pair of its
+#: elements is a contact no training structure held (the learner's ``contact_margin``,
+#: and the prediction's warning).
+CONTACT_MARGIN = 0.05
+
+#: The neighbour list bins at this many Å at least (see ``_validation.close_contact``).
+_MIN_SEARCH = 2.0
+
+
+def _pairs(atoms: Atoms, periodic: bool | None, cutoff: float):
+    """Return ``(i, j, d)`` of the pairs of ``atoms`` closer than ``cutoff`` (half list)."""
+    import vesin
+
+    pbc = resolve_pbc(atoms, periodic, "shortest pairs")
+    cell = _complete_cell(np.array(atoms.cell.array, dtype=np.float64), pbc) if pbc.any() \
+        else np.zeros((3, 3))
+    search = vesin.NeighborList(cutoff=max(float(cutoff), _MIN_SEARCH), full_list=False)
+    i, j, d = search.compute(points=np.asarray(atoms.positions, dtype=np.float64), box=cell,
+                             periodic=pbc.tolist(), quantities="ijd")
+    keep = np.asarray(d) < cutoff
+    return np.asarray(i)[keep], np.asarray(j)[keep], np.asarray(d)[keep]
+
+
+class ShortestPairs:
+    """The shortest distance of each pair of elements in a set of structures.
+
+    Parameters
+    ----------
+    species : array-like of int
+        Atomic numbers of the model's elements.
+    cutoff : float
+        Pairs at or beyond this distance (Å; the descriptor's cutoff) are not counted: a
+        pair of elements no structure holds closer than it has ``cutoff`` as its shortest
+        distance, so any pair of them within it is closer than every one seen.
+    periodic : bool or None, default=None
+        The descriptor's ``periodic`` setting (None: each structure's ``pbc``).
+
+    Attributes
+    ----------
+    distances : ndarray of shape (n_species, n_species)
+        Symmetric, Å.
+    """
+
+    def __init__(self, species, cutoff: float, periodic: bool | None = None) -> None:
+        self.species = np.asarray(species, dtype=int)
+        if not (np.isfinite(cutoff) and cutoff > 0):
+            raise ValueError(f"ShortestPairs: cutoff must be a positive distance; got {cutoff}")
+        self.cutoff = float(cutoff)
+        self.periodic = periodic
+        self.distances = np.full((self.species.size, self.species.size), self.cutoff)
+
+    def _indices(self, atoms: Atoms) -> np.ndarray:
+        index = np.searchsorted(self.species, atoms.numbers)
+        index = np.minimum(index, self.species.size - 1)
+        if np.any(self.species[index] != atoms.numbers):
+            unknown = sorted(set(atoms.numbers.tolist()) - set(self.species.tolist()))
+            raise ValueError("ShortestPairs: the structure holds elements outside the "
+                             f"model's: {[chemical_symbols[z] for z in unknown]}")
+        return index
+
+    def add(self, frames) -> ShortestPairs:
+        """Lower the shortest distances to those of ``frames`` (a list of ase.Atoms).
+
+        Returns
+        -------
+        self : ShortestPairs
+        """
+        for atoms in frames:
+            self.add_pairs(atoms, *_pairs(atoms, self.periodic, self.cutoff))
+        return self
+
+    def add_pairs(self, atoms: Atoms, i: np.ndarray, j: np.ndarray, d: np.ndarray) -> None:
+        """Lower the shortest distances to those of the pairs ``(i, j)`` of ``atoms``.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+            The structure (its atomic numbers).
+        i, j : ndarray of int
+            Atom indices of each pair (a half or a full list).
+        d : ndarray of float
+            Their distances, Å; those at or beyond ``cutoff`` are skipped.
+        """
+        index = self._indices(atoms)
+        keep = d < self.cutoff
+        a, b, d = index[i[keep]], index[j[keep]], d[keep]
+        np.minimum.at(self.distances, (a, b), d)
+        np.minimum.at(self.distances, (b, a), d)
+
+    def copy(self) -> ShortestPairs:
+        """Return an independent copy."""
+        other = ShortestPairs(self.species, self.cutoff, self.periodic)
+        other.distances = self.distances.copy()
+        return other
+
+    def closest(self, atoms: Atoms) -> Contact | None:
+        """Return the pair of ``atoms`` closest relative to its elements' shortest distance.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+
+        Returns
+        -------
+        Contact or None
+            The pair with the smallest ``distance / shortest`` (its ``ratio``); None when
+            no pair lies within the shortest distance of its elements.
+        """
+        index = self._indices(atoms)
+        i, j, d = _pairs(atoms, self.periodic, float(self.distances.max()))
+        if not d.size:
+            return None
+        shortest = self.distances[index[i], index[j]]
+        ratio = d / shortest
+        n = int(np.argmin(ratio))
+        if not ratio[n] < 1.0:
+            return None
+        return Contact(int(i[n]), int(j[n]), float(d[n]), float(shortest[n]), float(ratio[n]),
+                       f"{chemical_symbols[atoms.numbers[i[n]]]}–"
+                       f"{chemical_symbols[atoms.numbers[j[n]]]}",
+                       not shortest[n] < self.cutoff)
+
+
+class Contact(NamedTuple):
+    """A pair of atoms closer than the shortest pair of their elements seen before."""
+
+    i: int
+    j: int
+    distance: float
+    shortest: float
+    ratio: float
+    elements: str
+    unseen: bool = False  # no structure held a pair of these elements within the cutoff
+
+    def describe(self, structures: str = "labelled") -> str:
+        """Return "atoms i and j (Ni–Ni) are d Å apart, p % closer than any labelled ...".
+
+        Parameters
+        ----------
+        structures : str, default="labelled"
+            What the shortest distance was taken over ("labelled", "training").
+
+        Returns
+        -------
+        str
+        """
+        what = "an atom and its own periodic image" if self.i == self.j else \
+            f"atoms {self.i} and {self.j}"
+        if self.unseen:
+            return (f"{what} ({self.elements}) are {self.distance:.3f} Å apart, and no "
+                    f"{structures} structure holds a {self.elements} pair within the "
+                    f"cutoff ({self.shortest:g} Å)")
+        return (f"{what} ({self.elements}) are {self.distance:.3f} Å apart, "
+                f"{100 * (1 - self.ratio):.1f} % closer than any {structures} "
+                f"{self.elements} pair ({self.shortest:.3f} Å)")
+
