@@ -38,7 +38,8 @@ from kernelpot._validation import (
 from kernelpot.baselines import as_baseline, residual_labels
 from kernelpot.calibration import StdCalibration
 from kernelpot.contacts import ShortestPairs
-from kernelpot.descriptors import SOAP, Descriptor
+from kernelpot.descriptors import Descriptor
+from kernelpot.descriptors.defaults import default_soap
 from kernelpot.exact_posterior import ExactPosterior
 from kernelpot.fit_memory import FitMemory
 from kernelpot.frame_files import FrameFiles, is_paths, spooled
@@ -150,8 +151,11 @@ class SparseGPPotential(PredictionMixin, RegressorMixin, BaseEstimator):
     Parameters
     ----------
     descriptor : kernelpot.descriptors.Descriptor, default=None
-        Cloned at fit. ``None`` is ``SOAP(species, r_cut=4.0, n_max=6, l_max=4,
-        sigma=0.4)`` over the training elements.
+        Cloned at fit. ``None`` is the SOAP ``kernelpot fit`` uses
+        (:func:`kernelpot.descriptors.defaults.default_soap`) over the training elements:
+        ``SOAP(species, r_cut=5.0, n_max=8, l_max=6, sigma=0.5)`` if any training
+        structure is periodic, else ``SOAP(species, r_cut=4.0, n_max=6, l_max=4,
+        sigma=0.4)``.
     kernel : kernelpot.kernels.Kernel, default=None
         Cloned at fit. ``None`` is ``NormalizedDotProduct(zeta=2)``.
     n_sparse : int, dict or None, default=None
@@ -713,10 +717,14 @@ pair of float
         _warn_if_labels_leave_things_undetermined(labels, where, names,
                                                   float(self.force_noise))
         rng = check_random_state(self.random_state)
-        species = np.unique(np.concatenate([a.numbers for a in frames])).astype(np.int64)
+        atomic_numbers, periodic = [], False  # one pass: frames may be files
+        for atoms in frames:
+            atomic_numbers.append(atoms.numbers)
+            periodic = periodic or bool(np.any(atoms.pbc))
+        species = np.unique(np.concatenate(atomic_numbers)).astype(np.int64)
         symbols = [chemical_symbols[z] for z in species]
-        descriptor = clone(self.descriptor) if self.descriptor is not None else SOAP(
-            symbols, r_cut=4.0, n_max=6, l_max=4, sigma=0.4)
+        descriptor = clone(self.descriptor) if self.descriptor is not None else default_soap(
+            symbols, periodic)
         kernel = clone(self.kernel) if self.kernel is not None else NormalizedDotProduct(2)
         kernel.check()
         if getattr(descriptor, "periodic", None) is False and labels.has_stress.any():
@@ -992,8 +1000,8 @@ pair of float
         frames = check_frames(X, owner)
         labels = read_labels(frames, owner, stress=bool(self.use_stress), every=True)
         species = np.unique(np.concatenate([a.numbers for a in frames])).astype(np.int64)
-        descriptor = clone(self.descriptor) if self.descriptor is not None else SOAP(
-            [chemical_symbols[z] for z in species], r_cut=4.0, n_max=6, l_max=4, sigma=0.4)
+        descriptor = clone(self.descriptor) if self.descriptor is not None else default_soap(
+            [chemical_symbols[z] for z in species], any(bool(np.any(a.pbc)) for a in frames))
         species_index = [np.searchsorted(species, a.numbers) for a in frames]
         has_forces = np.array([f is not None for f in labels.forces])
         return _exact_costs(frames, species_index, labels.has_energy, has_forces,

@@ -681,3 +681,26 @@ def test_a_training_frame_without_any_label_is_named(method):
     with pytest.raises(ValueError, match=r"structure\(s\) \[3\] carry no energy, forces or "
                                          "stress"):
         SparseGPPotential(SOAP(["Cu"], 4.0, 3, 2, 0.5), method=method).fit(frames)
+
+
+def test_without_a_descriptor_the_fit_uses_the_command_lines_default_soap():
+    """One default for the estimator and `kernelpot fit`: SOAP 5 Å, 8/6, σ 0.5 for periodic
+    cells, 4 Å, 6/4, σ 0.4 for molecules."""
+    from kernelpot.cli._common import _default_descriptors
+
+    cells = emt_copper_frames(3, seed=2, rattle=0.05)
+    model = SparseGPPotential(method="sparse", n_restarts=0, random_state=0).fit(cells)
+    assert model.descriptor_.get_params() == SOAP(["Cu"], 5.0, n_max=8, l_max=6,
+                                                  sigma=0.5).get_params()
+    assert model.descriptor_.get_params() == _default_descriptors(cells, "soap", None)[0][1] \
+        .set_params(species=["Cu"]).get_params()
+    molecules = []
+    for k in range(3):
+        atoms = Atoms("CO", positions=[[0, 0, 0], [1.13 + 0.02 * k, 0, 0]])
+        atoms.calc = SinglePointCalculator(atoms, energy=-0.1 * k,
+                                           forces=np.zeros((2, 3)))
+        molecules.append(atoms)
+    molecular = SparseGPPotential(method="sparse", n_restarts=0, random_state=0,
+                                  optimize=False).fit(molecules)
+    assert molecular.descriptor_.get_params() == SOAP(["C", "O"], 4.0, n_max=6, l_max=4,
+                                                      sigma=0.4).get_params()

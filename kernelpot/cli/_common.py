@@ -242,21 +242,15 @@ def _baseline_from_config(path, params: dict):
 
 
 def _default_descriptors(frames, which: str, r_cut):
-    from kernelpot.descriptors import ACSF, SOAP
+    from kernelpot.descriptors.defaults import default_acsf, default_soap
 
     species = sorted({int(z) for atoms in frames for z in atoms.numbers})
     periodic = any(atoms.pbc.any() for atoms in frames)
-    if r_cut is None:
-        r_cut = 5.0 if periodic else 4.0
     out = []
     if which in ("acsf", "both"):
-        out.append(("ACSF", ACSF.from_grid(species, r_cut, n_radial=8, n_angular=8)))
+        out.append(("ACSF", default_acsf(species, periodic, r_cut)))
     if which in ("soap", "both"):
-        if periodic:
-            soap = SOAP(species, r_cut, n_max=8, l_max=6, sigma=0.5)
-        else:
-            soap = SOAP(species, r_cut, n_max=6, l_max=4, sigma=0.4)
-        out.append(("SOAP", soap))
+        out.append(("SOAP", default_soap(species, periodic, r_cut)))
     return out
 
 
