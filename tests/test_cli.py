@@ -582,6 +582,41 @@ def test_md_without_stds_and_with_status_lines(cli_files, tmp_path, capsys):
     assert "--no-std does not go with --reference" in capsys.readouterr().err
 
 
+def test_md_counts_steps_with_pairs_closer_than_any_training_pair(tmp_path, capsys):
+    """Plain MD (also --no-std) warns of the first pair more than 5 % closer than any
+    training pair of its elements, counts such steps in its summary and records each
+    frame's contact ratio."""
+    import warnings
+
+    from ase.io import read, write
+    from helpers import emt_copper_frames, pressed_pair
+
+    model = _copper_model(tmp_path, 3)
+    train = emt_copper_frames(4, seed=3, rattle=0.08)  # what _copper_model fitted on
+    pressed, _ = pressed_pair(train, 0.85)
+    write(tmp_path / "pressed.xyz", pressed)
+    capsys.readouterr()
+    for start, closer in (("start.xyz", False), ("pressed.xyz", True)):
+        traj = tmp_path / f"{start}.traj.xyz"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert main(["md", str(model), str(tmp_path / start), "--steps", "4",
+                         "--temperature", "5", "--timestep", "0.1", "--interval", "2",
+                         "--no-std", "--quiet", "-o", str(traj)]) == 0
+        said = [str(w.message) for w in caught if "extrapolates there" in str(w.message)]
+        captured = capsys.readouterr()
+        ratios = [frame.info["contact_ratio"] for frame in read(traj, ":")]
+        assert len(ratios) == 3
+        if not closer:
+            assert "closer than any training" not in captured.out and not said
+            assert min(ratios) >= 0.95
+            continue
+        assert max(ratios) == pytest.approx(0.85, abs=0.01)
+        assert len(said) == 1 and "closer than any training Cu–Cu pair" in said[0]
+        assert ("5 of 5 steps with a pair more than 5 % closer than any training pair of "
+                "its elements (first at step 0; closest Cu–Cu 1") in captured.out
+
+
 def test_info_describes_a_model_file(cli_files, tmp_path, capsys):
     from kernelpot import load
     from kernelpot.io import FORMAT_VERSION

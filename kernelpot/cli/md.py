@@ -92,6 +92,52 @@ class _StdsWhenShown:
                 f"{1e3 * self.edge:.3g} meV/Å; first at step {self.beyond[0]})")
 
 
+class _ContactWatch:
+    """Plain MD's steps with a pair closer than any training pair of its elements.
+
+    Every step (a neighbour list within the shortest training distances: a fraction of a
+    millisecond for a few hundred atoms): a pair more than
+    :data:`~kernelpot.contacts.CONTACT_MARGIN` closer than the model's
+    ``shortest_pairs_`` for its elements is extrapolated, whatever the std says. The model
+    warns of the first such prediction itself; the count goes into the summary and each
+    recorded frame holds its step's ``contact_ratio`` (the smallest pair distance over its
+    elements' shortest training one; 1 when none is closer).
+    """
+
+    def __init__(self, model, dyn):
+        self.shortest = getattr(model, "shortest_pairs_", None)  # None: an older model file
+        self.dyn = dyn
+        self.steps: list[int] = []
+        self.closest = None  # (contact, step) of the smallest ratio
+        self.ratio = 1.0  # the current step's
+        self.n_steps = 0
+
+    def __call__(self) -> None:
+        if self.shortest is None:
+            return
+        from kernelpot.contacts import CONTACT_MARGIN
+
+        self.n_steps += 1
+        contact = self.shortest.closest(self.dyn.atoms)
+        self.ratio = 1.0 if contact is None else contact.ratio
+        if contact is None or not contact.ratio < 1.0 - CONTACT_MARGIN:
+            return
+        self.steps.append(int(self.dyn.nsteps))
+        if self.closest is None or contact.ratio < self.closest[0].ratio:
+            self.closest = (contact, int(self.dyn.nsteps))
+
+    def summary(self) -> str:
+        """Return the summary's clause on extrapolated contacts ("" if none)."""
+        if not self.steps:
+            return ""
+        contact, step = self.closest
+        return (f"; {len(self.steps)} of {self.n_steps} steps with a pair more than 5 % "
+                f"closer than any training pair of its elements (first at step "
+                f"{self.steps[0]}; closest {contact.elements} "
+                f"{100 * (1 - contact.ratio):.1f} % closer, at step {step}): forces there "
+                "are extrapolated")
+
+
 def _write_stds(snapshot, model, results: dict) -> None:
     """Store a frame's stds: total and epistemic.
 
@@ -333,7 +379,7 @@ def _cmd_md(args) -> int:
     _check_output(args.output, "the trajectory")
     if args.reference is not None:
         _check_output(args.directory, "the run directory", directory=True)
-    learner, shown_stds = None, None
+    learner, shown_stds, contacts = None, None, None
     if args.resume:
         learner, dyn = _resumed_learner(args)
         atoms, steps = dyn.atoms, max(learner.target_steps - dyn.nsteps, 0)
@@ -348,6 +394,7 @@ def _cmd_md(args) -> int:
         else:  # the stds where they are shown only
             atoms.calc = KernelPotCalculator(model, uncertainty=False)
             shown_stds = None if args.no_std else _StdsWhenShown(model, dyn)
+            contacts = _ContactWatch(model, dyn)
     trajectory = _Trajectory(args.output, after=first_redone_step(dyn.nsteps) - 1
                              if args.resume else None)
     stds = []
@@ -361,6 +408,8 @@ def _cmd_md(args) -> int:
         snapshot.arrays["model_forces"] = calc.results["forces"].copy()
         if "stress" in calc.results:  # computed by the dynamics (NPT): eV/Å³, Voigt order
             snapshot.info["model_stress"] = np.asarray(calc.results["stress"]).copy()
+        if contacts is not None and contacts.shortest is not None:
+            snapshot.info["contact_ratio"] = contacts.ratio
         if not args.no_std:
             with_std = calc.results if learner is not None else shown_stds.results()
             current = learner.model if learner is not None else shown_stds.model
@@ -374,11 +423,11 @@ def _cmd_md(args) -> int:
 
     start = time.perf_counter()
     try:
-        _run(args, dyn, learner, record, start, steps, shown_stds)
+        _run(args, dyn, learner, record, start, steps, shown_stds, contacts)
     finally:
         trajectory.close()
     _report(args, learner, atoms, time.perf_counter() - start, steps, stds, trajectory,
-            shown_stds)
+            shown_stds, contacts)
     return 0
 
 
@@ -390,7 +439,7 @@ class _SaidByTheError(logging.Filter):
 
 
 def _run(args, dyn, learner, record, start: float, steps: int,
-         stds: _StdsWhenShown | None = None) -> None:
+         stds: _StdsWhenShown | None = None, contacts: _ContactWatch | None = None) -> None:
     """Run ``steps`` steps of ``dyn``, recording every --interval steps."""
     atoms = dyn.atoms
     if learner is not None:
@@ -422,6 +471,8 @@ def _run(args, dyn, learner, record, start: float, steps: int,
                            f"fixed{gap})")
         return
     atoms.get_forces()
+    if contacts is not None:  # before record: a recorded frame holds its step's ratio
+        dyn.attach(contacts, interval=1)
     dyn.attach(record, interval=args.interval)
     if not args.quiet:
         first = dyn.nsteps
@@ -432,7 +483,8 @@ def _run(args, dyn, learner, record, start: float, steps: int,
 
 
 def _report(args, learner, atoms, wall: float, steps: int, stds: list[tuple[float, int]],
-            trajectory: _Trajectory, shown: _StdsWhenShown | None = None) -> None:
+            trajectory: _Trajectory, shown: _StdsWhenShown | None = None,
+            contacts: _ContactWatch | None = None) -> None:
     """Print the run's summary line(s)."""
     what = "largest epistemic force std" if learner is None else (
         f"largest gated force std (threshold {1e3 * learner.current_threshold:.3g} meV/Å)")
@@ -447,7 +499,8 @@ def _report(args, learner, atoms, wall: float, steps: int, stds: list[tuple[floa
           f"steps of {args.timestep} fs in {wall:.1f} s "
           f"({1e3 * wall / max(steps, 1):.1f} ms/step); "
           f"final temperature {atoms.get_temperature():.0f} K{largest}"
-          f"{shown.summary() if shown is not None else ''}")
+          f"{shown.summary() if shown is not None else ''}"
+          f"{contacts.summary() if contacts is not None else ''}")
     if learner is not None:
         print(f"{learner.n_reference_calls} {args.reference} calls; log, labelled frames and "
               f"model in {args.directory}/")
