@@ -315,20 +315,19 @@ class OnTheFlyLearner:
     on held-out frames.)
 
     The contact gate (``contact_margin``) calls the reference on a pair of atoms
-    closer than any labelled pair of their elements, whatever the std says. Measured:
-    a new user's model of fifteen 600 K EMT Ni–Al cells (default SOAP), on the fly at
-    900 K for 500 steps, three seeds without the gate: frames with a pair more than 5 %
-    closer than the labelled ones had largest force errors of 260–480 meV/Å (median 72
-    where no pair was closer) at gated stds of 36–45 meV/Å, under the 63 meV/Å
-    threshold, and the contact ratio ranked the frames' errors better than the std did
-    (Spearman −0.57 against 0.20). With the gate (5 %), the one seed that reached such a
-    pair labelled it at step 188 (the model's error there 427 meV/Å, its std 34), and
-    frames with errors over 200 meV/Å fell from 6 to 1 (the start; its run then diverged
-    and made 14 calls against 7, the 7 more by the std); Cu/EMT from an
-    unfitted or a fitted start kept its 3 calls and 1.5 meV/Å. A margin of 0.03 also
-    labelled pairs 3–5 % closer (median error 220 meV/Å there) on every seed (force MAE
-    along the runs 15.8–16.1 meV/Å against 16.3–20.7 without the gate, 1–2 calls more
-    where 0.05 made none), but Cu/EMT then made 4 calls (1.2 meV/Å).
+    closer than any labelled pair of their elements, whatever the std says. Measured
+    (``benchmarks/otf_contact.py``): a new user's model of fifteen 600 K EMT Ni–Al cells
+    (``kernelpot fit``'s SOAP), on the fly at 900 K, three seeds of 500 steps. Without
+    the gate, recorded frames with a pair more than 5 % closer than the labelled ones
+    had a median largest force error of 303 meV/Å (71 where no pair was closer) at the
+    same gated stds (median 42 against 46 meV/Å); the contact ratio ranked the frames'
+    errors (Spearman −0.57), the std hardly (0.24). With the gate (5 %): 11, 8 and 7
+    calls (2, 1 and 0 by contact) against 6, 6 and 7; the largest force error after the
+    start 231, 238 and 240 meV/Å against 505, 304 and 240; the final model's force MAE on
+    1200 K cells 22.3, 28.7 and 28.2 meV/Å against 30.5, 26.9 and 28.2. Cu/EMT
+    (``benchmarks/otf.py``, unfitted and fitted starts) kept its 3 calls and 1.5 meV/Å.
+    A margin of 0.03 gave 13, 7 and 7 calls and 21.7, 26.0 and 28.2 meV/Å at 1200 K,
+    but Cu/EMT then made 4 calls (1.2 meV/Å).
 
     A temperature ramp is a callback the user attaches to the dynamics, e.g.
     ``dyn.attach(lambda: dyn.set_temperature(temperature_K=300 + dyn.nsteps), 1)``.

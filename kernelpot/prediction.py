@@ -207,10 +207,10 @@ class PredictionMixin:
             return
         warnings.warn(f"{owner}: {text}: the model extrapolates there, and its std may not "
                       "show it (a compressed pair changes a normalised descriptor little; "
-                      "measured on EMT Ni–Al cells, such pairs had 2–5 times the force error "
-                      "at the same std). Label such structures (OnTheFlyLearner's contact "
-                      "gate does). Warned once per model; later cases are logged (INFO).",
-                      UserWarning, stacklevel=3)
+                      "measured on EMT Ni–Al cells, such frames had 4 times the force error "
+                      "of the others at the same std). Label such structures (on-the-fly "
+                      "learning does: kernelpot md --reference). Warned once per model; "
+                      "later cases are logged (INFO).", UserWarning, stacklevel=3)
 
     def predict_structure(self, atoms: Atoms, forces: bool = True, variance: bool | str = False,
                           stress: bool = False) -> Prediction:
