@@ -48,7 +48,7 @@ def model_template(method: str = "auto"):
 
 
 def run(directory, steps, force_tolerance, relative_threshold=1.5, min_interval=3,
-        method="auto"):
+        method="auto", contact_margin=0.05):
     """Run the example's on-the-fly MD; return the final model."""
     bundled = load_ethanol()
     atoms = bundled[0].copy()
@@ -59,7 +59,8 @@ def run(directory, steps, force_tolerance, relative_threshold=1.5, min_interval=
     learner = OnTheFlyLearner(model, TBLite(method="GFN2-xTB", verbosity=0),
                               directory=directory, min_interval=min_interval,
                               force_tolerance=force_tolerance,
-                              relative_threshold=relative_threshold)
+                              relative_threshold=relative_threshold,
+                              contact_margin=contact_margin)
     learner.run(dyn, steps)
     return learner.model
 
@@ -77,14 +78,18 @@ def main(argv=None):
                         help="the model of both the on-the-fly run and the random frames "
                              "(incremental either way; default: the estimator's default)")
     parser.add_argument("--directory", default=None, help="keep the run here")
+    parser.add_argument("--contact-margin", default="0.05",
+                        help="OnTheFlyLearner's contact_margin ('none': the contact gate off)")
     parser.add_argument("--evaluate", default=None, metavar="DIRECTORY",
                         help="no MD: score the last checkpoint of a run kept in DIRECTORY "
                              "(one stopped early included) against random frames")
     args = parser.parse_args(argv)
+    margin = None if args.contact_margin.lower() == "none" else float(args.contact_margin)
     print(f"kernelpot {kernelpot.__version__}; python {platform.python_version()}; "
           f"{os.cpu_count()} cpus; {args.steps} steps, force_tolerance "
           f"{args.force_tolerance}, relative_threshold {args.relative_threshold}, "
-          f"min_interval {args.min_interval}, {args.method} model", flush=True)
+          f"min_interval {args.min_interval}, contact_margin {margin}, {args.method} model",
+          flush=True)
     frames = read(SHARED / "ethanol_500K.xyz", ":")
     idx = np.arange(len(frames))
     test = [frames[i] for i in idx[idx % 4 == 3]]
@@ -97,13 +102,15 @@ def main(argv=None):
     else:
         directory = args.directory or tempfile.mkdtemp(prefix="kernelpot-otf-ethanol-")
         final = run(directory, args.steps, args.force_tolerance, args.relative_threshold,
-                    args.min_interval, args.method)
+                    args.min_interval, args.method, margin)
     log = [json.loads(line) for line in open(Path(directory) / "otf_log.jsonl")]
     n_frames = final.posterior_.n_training_structures
     # a run stopped early: only the steps its checkpoint has seen
     log = [r for r in log if r["n_structures"] <= n_frames]
     steps = log[-1]["step"]
     calls = [r for r in log if r["reference_called"]]
+    print(f"calls by the contact gate: {sum(bool(r.get('called_by_contact')) for r in calls)}",
+          flush=True)
     otf_mae = metrics.mae(final.predict_forces(test), reference_test)
     print(f"on-the-fly: {len(calls)} calls in {steps} steps, {n_frames} structures, force "
           f"MAE {1e3 * otf_mae:.1f} meV/Å, max {max(r['temperature_K'] for r in log):.0f} K, "
