@@ -7,6 +7,7 @@ from kernelpot._version import __version__
 from kernelpot.active import OnTheFlyLearner
 from kernelpot.baselines import ZBL, Coulomb, LennardJones, Pair
 from kernelpot.calculator import KernelPotCalculator
+from kernelpot.contacts import ContactWarning
 from kernelpot.datasets import load_ethanol, load_silicon
 from kernelpot.descriptors import ACSF, SOAP, Descriptor, DescriptorResult, FeatomicSOAP
 from kernelpot.estimator import SparseGPPotential
@@ -18,6 +19,7 @@ from kernelpot.two_body import TwoBody
 
 __all__ = [
     "ACSF",
+    "ContactWarning",
     "Coulomb",
     "SOAP",
     "Descriptor",

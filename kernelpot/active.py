@@ -22,7 +22,12 @@ from kernelpot import estimator as estimator_module
 from kernelpot._files import atomic_write
 from kernelpot._validation import check_int, check_max_inducing, check_verbose, close_contact
 from kernelpot.calculator import KernelPotCalculator
-from kernelpot.contacts import ShortestPairs
+from kernelpot.contacts import (
+    CONTACT_MARGIN,
+    ContactWarning,
+    ShortestPairs,
+    contact_warnings_handled,
+)
 from kernelpot.hyperparameters import (
     UNEXPLAINED_NOISE_FRACTION,
     fitted_names,
@@ -222,7 +227,10 @@ class OnTheFlyLearner:
         counts from the cutoff). The posterior std barely sees a compressed pair (see
         :mod:`kernelpot.contacts`); the energy's repulsive wall does. Each call lowers
         that shortest distance, so calls stop once the run's closest contacts are
-        labelled. None turns it off. See Notes for what it measured.
+        labelled. None turns it off. Either way the model's own warning of such contacts
+        (:class:`~kernelpot.contacts.ContactWarning`) is not given during the run; the
+        learner gives one at its end if any step had a pair more than 5 % closer that it
+        did not label. See Notes for what it measured.
     label_stress : bool, default=False
         Also ask the reference for the stress of structures periodic along all three
         axes and train on it (with the model's ``use_stress``): six more observations
@@ -266,7 +274,8 @@ class OnTheFlyLearner:
         call at that step) and its step; None before a step.
     shortest_pairs : kernelpot.contacts.ShortestPairs or None
         The shortest distance of each pair of elements in the labelled structures (the
-        contact gate's reference; None before a run or with ``contact_margin=None``).
+        model's ``shortest_pairs_``, the contact gate's reference; None before a run, or
+        for a descriptor without a cutoff).
 
     Notes
     -----
@@ -334,7 +343,10 @@ class OnTheFlyLearner:
     The step log (``otf_log.jsonl``, one JSON record per MD step) holds the step, time,
     temperature, largest gated std, threshold, whether the reference was called and
     the model's size and ``wall_s``, the seconds since the current :meth:`run` started
-    (a resumed run starts again at 0); a step that called it also records how the
+    (a resumed run starts again at 0); a step with a pair closer than any labelled pair
+    of its elements records ``contact_ratio`` (its distance over theirs) and
+    ``called_by_contact`` (and, when the gate called, ``contact``: which pair); a step
+    that called the reference also records how the
     model's forces and std compared with the new label (``force_error_max``,
     ``force_error_rms``, ``within_1std``, ``within_2std``): the gate's calibration on
     what it labelled.
@@ -388,6 +400,7 @@ class OnTheFlyLearner:
                              f"{contact_margin!r}")
         self.contact_margin = None if contact_margin is None else float(contact_margin)
         self.shortest_pairs = None
+        self._unlabelled_contacts: list[int] = []  # steps of this run (see run)
         self.label_stress = bool(label_stress)
         self.model = model
         self.reference = reference
@@ -461,6 +474,23 @@ class OnTheFlyLearner:
         if isinstance(dynamics, Atoms):
             raise TypeError("OnTheFlyLearner.run(dynamics, steps): the dynamics owns its "
                             "atoms; pass the dynamics object")
+        self._unlabelled_contacts = []
+        with contact_warnings_handled():  # this learner reports them (labels, or the below)
+            self._run(dynamics, steps)
+        if self._unlabelled_contacts:
+            first = self._unlabelled_contacts[0]
+            warnings.warn(
+                f"OnTheFlyLearner: at {len(self._unlabelled_contacts)} step(s) (the first "
+                f"{first}) a pair of atoms was more than {100 * CONTACT_MARGIN:g} % closer "
+                "than any labelled pair of its elements and the reference was not called "
+                "there (the contact gate off or with a wider margin, or the call budget or "
+                "min_interval held the call back): the model's forces there are "
+                f"extrapolated. The step log ({self.directory / LOG_FILE}) has each step's "
+                "contact_ratio", ContactWarning, stacklevel=2)
+        return self
+
+    def _run(self, dynamics: MolecularDynamics, steps: int) -> None:
+        """:meth:`run` without the contact handling around it."""
         self.directory.mkdir(parents=True, exist_ok=True)
         atoms = dynamics.atoms
         frames_file = self.directory / FRAMES_FILE
@@ -506,11 +536,7 @@ class OnTheFlyLearner:
         self._checkpoint()
         dynamics.attach(self._after_step, interval=1)
         try:
-            with warnings.catch_warnings():
-                if self.contact_margin is not None:  # the contact gate labels them instead
-                    warnings.filterwarnings("ignore", message=".*the model extrapolates there",
-                                            category=UserWarning)
-                dynamics.run(int(steps))
+            dynamics.run(int(steps))
         except ReferenceFailed as err:
             self.stopped, self.stopped_by = str(err), err
             logger.error("on-the-fly run stopped: %s", err)
@@ -521,13 +547,12 @@ class OnTheFlyLearner:
                           "from it" + ("; if the reference is right and the structure new, resume "
                                        "with a larger max_energy_gap (or None)"
                                        if isinstance(err, InconsistentReference) else ""),
-                          RuntimeWarning, stacklevel=2)
+                          RuntimeWarning, stacklevel=3)
         else:  # the end state too: resume then knows the run is done
             self._checkpoint()
         finally:
             dynamics.observers = [o for o in dynamics.observers
                                   if getattr(o[0], "__self__", None) is not self]
-        return self
 
     @classmethod
     def resume(cls, directory: str | os.PathLike, reference: Calculator,
@@ -773,16 +798,14 @@ class OnTheFlyLearner:
     def _shortest_pairs(self) -> ShortestPairs | None:
         """Return the shortest pair distances of the labelled structures (the contact gate).
 
-        The model's ``shortest_pairs_``, which :meth:`SparseGPPotential.update` lowers.
+        The model's ``shortest_pairs_``, which :meth:`SparseGPPotential.update` lowers
+        (None for a descriptor without a cutoff: no contact gate then).
         """
-        if self.contact_margin is None:
-            return None
-        model = self.model
-        if getattr(model, "shortest_pairs_", None) is None:  # not kept by older versions
-            return ShortestPairs(model.species_, model.descriptor_.r_cut,
-                                 getattr(model.descriptor_, "periodic", None)).add(
-                model.posterior_.training_frames)
-        return model.shortest_pairs_
+        shortest = getattr(self.model, "shortest_pairs_", None)
+        if shortest is None and self.contact_margin is not None:
+            logger.info("OnTheFlyLearner: the model keeps no shortest pair distances (a "
+                        "descriptor without r_cut): no contact gate")
+        return shortest
 
     def _stress_threshold(self) -> float | None:
         """Return the automatic threshold of the stress std, eV/Å³ (None: no stress gate).
@@ -870,7 +893,8 @@ class OnTheFlyLearner:
         by_stress = max_stress_std is not None and max_stress_std > stress_gate
         contact = self.shortest_pairs.closest(atoms) if self.shortest_pairs is not None \
             else None
-        by_contact = contact is not None and contact.ratio < 1.0 - self.contact_margin
+        by_contact = contact is not None and self.contact_margin is not None \
+            and contact.ratio < 1.0 - self.contact_margin
         called = bool((max_std > threshold or by_stress or by_contact) and spaced and budget)
         seen = {}
         if called:
@@ -909,6 +933,8 @@ class OnTheFlyLearner:
                           called_by_contact=bool(called and by_contact))
             if called and by_contact:
                 record["contact"] = contact.describe()
+            elif not called and contact.ratio < 1.0 - CONTACT_MARGIN:
+                self._unlabelled_contacts.append(step)
         if max_stress_std is not None:  # eV/Å³
             record.update(max_stress_std=max_stress_std, stress_threshold=stress_gate,
                           called_by_stress=bool(called and by_stress))

@@ -13,15 +13,20 @@ labels such a structure, and a prediction on one warns.
 
 from __future__ import annotations
 
+import contextlib
+import numbers
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import NamedTuple
 
 import numpy as np
 from ase import Atoms
-from ase.data import chemical_symbols
+from ase.data import atomic_numbers, chemical_symbols
 
 from kernelpot._validation import _complete_cell, resolve_pbc
 
-__all__ = ["CONTACT_MARGIN", "Contact", "ShortestPairs"]
+__all__ = ["CONTACT_MARGIN", "Contact", "ContactWarning", "ShortestPairs",
+           "contact_warnings_handled"]
 
 #: The default margin: a pair this fraction closer than the shortest labelled pair of its
 #: elements is a contact no training structure held (the learner's ``contact_margin``,
@@ -30,6 +35,44 @@ CONTACT_MARGIN = 0.05
 
 #: The neighbour list bins at this many Å at least (see ``_validation.close_contact``).
 _MIN_SEARCH = 2.0
+#: Recorded distances are at least this, Å: coincident atoms (``min_distance=None``)
+#: would otherwise record 0, which no ratio can be taken against.
+_FLOOR = 1e-6
+
+_HANDLED: ContextVar[bool] = ContextVar("kernelpot_contacts_handled", default=False)
+
+
+class ContactWarning(UserWarning):
+    """A prediction on a pair of atoms closer than any training pair of its elements.
+
+    Filter it by category (``warnings.filterwarnings("ignore", category=ContactWarning)``);
+    the model logs every case at INFO level either way.
+    """
+
+
+@contextlib.contextmanager
+def contact_warnings_handled() -> Iterator[None]:
+    """Within this block, predictions log contacts but do not warn of them.
+
+    For callers that report contacts themselves (the on-the-fly learner, which labels
+    them or counts them in its own end-of-run warning; ``calibrate``; learning curves):
+    a model's once-per-model :class:`ContactWarning` is then kept for the user's own
+    predictions.
+
+    Yields
+    ------
+    None
+    """
+    token = _HANDLED.set(True)
+    try:
+        yield
+    finally:
+        _HANDLED.reset(token)
+
+
+def contacts_handled() -> bool:
+    """Return whether the caller reports contacts itself (:func:`contact_warnings_handled`)."""
+    return _HANDLED.get()
 
 
 def _pairs(atoms: Atoms, periodic: bool | None, cutoff: float):
@@ -51,8 +94,8 @@ class ShortestPairs:
 
     Parameters
     ----------
-    species : array-like of int
-        Atomic numbers of the model's elements.
+    species : array-like of int or str
+        The model's elements (atomic numbers or symbols; kept sorted by atomic number).
     cutoff : float
         Pairs at or beyond this distance (Å; the descriptor's cutoff) are not counted: a
         pair of elements no structure holds closer than it has ``cutoff`` as its shortest
@@ -67,9 +110,19 @@ class ShortestPairs:
     """
 
     def __init__(self, species, cutoff: float, periodic: bool | None = None) -> None:
-        self.species = np.asarray(species, dtype=int)
-        if not (np.isfinite(cutoff) and cutoff > 0):
-            raise ValueError(f"ShortestPairs: cutoff must be a positive distance; got {cutoff}")
+        try:
+            numbers_ = [atomic_numbers[z] if isinstance(z, str) else int(z) for z in species]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError("ShortestPairs: species must be atomic numbers or element "
+                             f"symbols; got {species!r}") from None
+        self.species = np.unique(np.asarray(numbers_, dtype=int))
+        if self.species.size != len(numbers_) or not self.species.size:
+            raise ValueError(f"ShortestPairs: species must be distinct elements, at least "
+                             f"one; got {species!r}")
+        if isinstance(cutoff, bool) or not isinstance(cutoff, numbers.Real) \
+                or not (np.isfinite(cutoff) and cutoff > 0):
+            raise ValueError(f"ShortestPairs: cutoff must be a positive distance in Å; got "
+                             f"{cutoff!r}")
         self.cutoff = float(cutoff)
         self.periodic = periodic
         self.distances = np.full((self.species.size, self.species.size), self.cutoff)
@@ -104,11 +157,12 @@ class ShortestPairs:
         i, j : ndarray of int
             Atom indices of each pair (a half or a full list).
         d : ndarray of float
-            Their distances, Å; those at or beyond ``cutoff`` are skipped.
+            Their distances, Å; those at or beyond ``cutoff`` are skipped, those under
+            1e-6 Å (coincident atoms) count as 1e-6.
         """
         index = self._indices(atoms)
         keep = d < self.cutoff
-        a, b, d = index[i[keep]], index[j[keep]], d[keep]
+        a, b, d = index[i[keep]], index[j[keep]], np.maximum(d[keep], _FLOOR)
         np.minimum.at(self.distances, (a, b), d)
         np.minimum.at(self.distances, (b, a), d)
 

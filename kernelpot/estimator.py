@@ -37,7 +37,7 @@ from kernelpot._validation import (
 )
 from kernelpot.baselines import as_baseline, residual_labels
 from kernelpot.calibration import StdCalibration
-from kernelpot.contacts import ShortestPairs
+from kernelpot.contacts import ShortestPairs, contact_warnings_handled
 from kernelpot.descriptors import Descriptor
 from kernelpot.descriptors.defaults import default_soap
 from kernelpot.exact_posterior import ExactPosterior
@@ -427,8 +427,10 @@ pair of float
         The shortest distance of each pair of elements within the descriptor's cutoff in
         the training structures (lowered by :meth:`update`). A structure to predict with
         a pair more than ``kernelpot.contacts.CONTACT_MARGIN`` (5 %) closer gets a
-        warning (once per model; logged each time): the model extrapolates there and
-        its std may not show it. None for a model file from before it was kept.
+        :class:`~kernelpot.contacts.ContactWarning` (once per model; logged each time):
+        the model extrapolates there and its std may not show it. None for a descriptor
+        without a cutoff (``r_cut``), a model file from before it was kept (until
+        :meth:`restore_training` rebuilds it) or :meth:`from_posterior` without it.
 
     Notes
     -----
@@ -848,7 +850,10 @@ pair of float
     def _adopt(self, posterior, descriptor, species, e0, calibration: StdCalibration) -> None:
         """Set every fitted attribute: the one place the estimator's fitted state is written.
 
-        The posterior's own state is its own; these attributes mirror it.
+        The posterior's own state is its own; these attributes mirror it. Except
+        ``shortest_pairs_``, of the training structures rather than the posterior: set by
+        :meth:`fit` and :meth:`from_posterior`, lowered by :meth:`update`, rebuilt by
+        :meth:`restore_training`.
         """
         self.posterior_ = posterior
         self.method_ = posterior.kind
@@ -1175,8 +1180,10 @@ pair of float
         with_forces = [k for k, f in enumerate(labels.forces) if f is not None]
         # raw variance terms, in one prediction pass: the force pass also gives the
         # energy variance terms
-        _, predicted = self._predict_many(frames, forces=bool(with_forces),
-                                          variance=True if with_forces else "energy")
+        with contact_warnings_handled():  # validation pairs closer than the training ones
+            # are what a calibration learns from; the warning stays for later predictions
+            _, predicted = self._predict_many(frames, forces=bool(with_forces),
+                                              variance=True if with_forces else "energy")
         terms = {}
         if labels.has_energy.any():
             chosen = np.flatnonzero(labels.has_energy)
@@ -1401,7 +1408,8 @@ pair of float
         Returns
         -------
         self : SparseGPPotential
-            Ready for :meth:`update`.
+            Ready for :meth:`update`; a model file from before models kept
+            ``shortest_pairs_`` gets them from ``frames``.
         """
         owner = f"{type(self).__name__}.restore_training"
         check_is_fitted(self)
@@ -1429,10 +1437,11 @@ pair of float
         posterior.restore_training(self._residual_frames(frames), describe, owner, training)
         if self.calibration == "loso":  # the LOSO terms are not stored in files
             self._refit_loso_map(owner)
-        if getattr(self, "shortest_pairs_", None) is None:  # a file from before it was kept
+        r_cut = getattr(self.descriptor_, "r_cut", None)
+        if getattr(self, "shortest_pairs_", None) is None and isinstance(r_cut, numbers.Real):
+            # a file from before models kept them: rebuilt from the training structures
             self.shortest_pairs_ = ShortestPairs(
-                self.species_, self.descriptor_.r_cut,
-                getattr(self.descriptor_, "periodic", None)).add(frames)
+                self.species_, r_cut, getattr(self.descriptor_, "periodic", None)).add(frames)
         return self
 
     def _refit_loso_map(self, owner: str) -> None:

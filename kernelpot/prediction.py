@@ -27,7 +27,7 @@ from kernelpot import _parallel, conformal
 from kernelpot._labels import atom_counts, check_frames
 from kernelpot._validation import check_finite_positions, check_verbose, close_contact
 from kernelpot.calibration import StdCalibration
-from kernelpot.contacts import CONTACT_MARGIN
+from kernelpot.contacts import CONTACT_MARGIN, ContactWarning, contacts_handled
 from kernelpot.frame_files import FrameFiles, is_paths
 
 logger = logging.getLogger(__name__)
@@ -182,7 +182,9 @@ class PredictionMixin:
         """Warn, once per model and kind, of a pair closer than the model has seen.
 
         Every such structure is logged (INFO); the warning comes once, with the first: in
-        MD every step would repeat it with another distance.
+        MD every step would repeat it with another distance. A pair closer than the
+        training pairs is a :class:`~kernelpot.contacts.ContactWarning`, not given (nor
+        counted as given) within :func:`~kernelpot.contacts.contact_warnings_handled`.
         """
         if contact is None:
             return
@@ -193,6 +195,8 @@ class PredictionMixin:
                         self.min_distance)
         else:
             logger.info("%s: %s", owner, text)
+            if contacts_handled():  # the caller reports them (the on-the-fly learner)
+                return
         if getattr(self, flag, False):
             return
         setattr(self, flag, True)
@@ -210,7 +214,7 @@ class PredictionMixin:
                       "measured on EMT Ni–Al cells, such frames had 4 times the force error "
                       "of the others at the same std). Label such structures (on-the-fly "
                       "learning does: kernelpot md --reference). Warned once per model; "
-                      "later cases are logged (INFO).", UserWarning, stacklevel=3)
+                      "later cases are logged (INFO).", ContactWarning, stacklevel=3)
 
     def predict_structure(self, atoms: Atoms, forces: bool = True, variance: bool | str = False,
                           stress: bool = False) -> Prediction:

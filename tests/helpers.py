@@ -203,3 +203,18 @@ def pressed_pair(frames, fraction, cutoff=4.0):
     atoms.positions[1 + k] = atoms.positions[0] + fraction * shortest * vectors[k] / \
         np.linalg.norm(vectors[k])
     return atoms, shortest
+
+
+def shortest_pairs_by_ase(frames, species, cutoff):
+    """The shortest distance per pair of elements (sorted atomic numbers ``species``) within
+    ``cutoff``, from ASE's own neighbour list; ``cutoff`` where no pair is closer."""
+    from ase.neighborlist import neighbor_list
+
+    species = list(species)
+    out = np.full((len(species), len(species)), float(cutoff))
+    for atoms in frames:
+        i, j, d = neighbor_list("ijd", atoms, cutoff)
+        for a, b, r in zip(atoms.numbers[i], atoms.numbers[j], d, strict=True):
+            m, n = species.index(a), species.index(b)
+            out[m, n] = out[n, m] = min(out[m, n], r)
+    return out

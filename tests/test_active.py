@@ -841,12 +841,17 @@ def test_the_contact_gate_labels_a_pair_closer_than_any_labelled_one(tmp_path, c
                                   method="sparse").fit(frames)
         learner = OnTheFlyLearner(model, EMT(), threshold=10.0, directory=tmp_path / str(
             margin), min_interval=1, max_calls=1, contact_margin=margin, verbose=1)
-        learner.run(VelocityVerlet(atoms.copy(), timestep=0.01), 2)
+        if margin is None:  # warned of at the end (the next test)
+            with pytest.warns(UserWarning, match="not called there"):
+                learner.run(VelocityVerlet(atoms.copy(), timestep=0.01), 2)
+        else:
+            learner.run(VelocityVerlet(atoms.copy(), timestep=0.01), 2)
         runs[margin] = learner
         log = [json.loads(line) for line in (tmp_path / str(margin) / "otf_log.jsonl").open()]
-        if margin is None:
-            assert learner.n_reference_calls == 0 and learner.shortest_pairs is None
-            assert not any("contact_ratio" in record for record in log)
+        if margin is None:  # the ratio is logged, the gate does not call
+            assert learner.n_reference_calls == 0
+            assert all(r["contact_ratio"] == pytest.approx(0.9, abs=1e-3)
+                       and not r["called_by_contact"] for r in log)
             continue
         assert learner.n_reference_calls == 1 and log[0]["reference_called"]
         assert log[0]["called_by_contact"] and log[0]["max_force_std"] < 10.0
@@ -859,7 +864,7 @@ def test_the_contact_gate_labels_a_pair_closer_than_any_labelled_one(tmp_path, c
     out = capsys.readouterr().out
     call = [line for line in out.splitlines() if "reference call 1" in line]
     assert len(call) == 1 and "closer than any labelled Cu–Cu pair" in call[0]
-    # a resumed run keeps the margin and rebuilds the shortest distances from its frames
+    # a resumed run keeps the margin and the model file its shortest distances
     resumed = OnTheFlyLearner.resume(tmp_path / "0.05", EMT(), run=False)
     assert resumed.contact_margin == 0.05
     resumed.run(resumed._dynamics, 1)
@@ -867,3 +872,100 @@ def test_the_contact_gate_labels_a_pair_closer_than_any_labelled_one(tmp_path, c
                                runs[0.05].shortest_pairs.distances)
     with pytest.raises(ValueError, match="contact_margin"):
         OnTheFlyLearner(_model(), EMT(), directory=tmp_path / "x", contact_margin=1.0)
+
+
+def test_contacts_the_gate_did_not_label_are_warned_of_once_at_the_end(tmp_path):
+    """No warning from inside the run (the model's own is held back, and stays available
+    for later predictions); one ContactWarning at the end counts the steps with a pair
+    more than 5 % closer that were not labelled: gate off, or no calls left."""
+    import warnings
+
+    from helpers import emt_copper_frames, pressed_pair
+
+    from kernelpot import ContactWarning
+
+    frames = emt_copper_frames(4, seed=5, rattle=0.05)
+    atoms, _ = pressed_pair(frames, 0.85)
+    for name, settings in (("off", {"contact_margin": None}), ("budget", {"max_calls": 0})):
+        model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
+                                  incremental=True, random_state=0, n_restarts=0,
+                                  method="sparse").fit(frames)
+        learner = OnTheFlyLearner(model, EMT(), threshold=10.0, directory=tmp_path / name,
+                                  min_interval=1, **settings)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            learner.run(VelocityVerlet(atoms.copy(), timestep=0.01), 3)
+        said = [w for w in caught if issubclass(w.category, ContactWarning)]
+        assert len(said) == 1 and "OnTheFlyLearner: at 4 step(s) (the first 0)" in str(
+            said[0].message)
+        assert learner.n_reference_calls == 0
+        log = [json.loads(line) for line in (tmp_path / name / "otf_log.jsonl").open()]
+        assert all(r["contact_ratio"] == pytest.approx(0.85, abs=1e-3) for r in log)
+        assert not any(r["called_by_contact"] for r in log)
+        # the model's own warning was not used up by the run
+        with pytest.warns(ContactWarning, match="15.0 % closer than any training Cu–Cu"):
+            learner.model.predict([atoms])
+
+
+def test_a_checkpoint_from_before_the_contact_gate_resumes_without_it(tmp_path):
+    """Its settings have no contact_margin (None: as it ran) and its model file no shortest
+    distances: restore_training rebuilds them from the labelled frames."""
+    from helpers import shortest_pairs_by_ase
+
+    from kernelpot import io
+
+    learner = OnTheFlyLearner(_model(), EMT(), directory=tmp_path, min_interval=2,
+                              max_calls=2)
+    learner.run(_dynamics(), 4)
+    settings = json.loads((tmp_path / "learner.json").read_text())
+    del settings["init"]["contact_margin"]
+    (tmp_path / "learner.json").write_text(json.dumps(settings))
+    metadata, arrays = io.read_model_file(tmp_path / "model.npz")
+    del arrays["shortest_pairs"]
+    io.write_model_file(tmp_path / "model.npz", metadata, arrays)
+    resumed = OnTheFlyLearner.resume(tmp_path, EMT(), run=False)
+    assert resumed.contact_margin is None
+    frames = read(tmp_path / "labelled.extxyz", ":")
+    np.testing.assert_allclose(resumed.model.shortest_pairs_.distances,
+                               shortest_pairs_by_ase(frames, [29], 4.0), rtol=1e-12)
+
+
+def test_a_descriptor_without_a_cutoff_runs_without_the_contact_gate(tmp_path):
+    from kernelpot.descriptors.base import Descriptor
+
+    class Wrapped(Descriptor):
+        """A user's descriptor without an r_cut attribute (delegates to ACSF)."""
+
+        def __init__(self, inner=None):
+            self.inner = inner
+
+        @property
+        def species(self):
+            return self.inner.species
+
+        @property
+        def periodic(self):
+            return self.inner.periodic
+
+        def get_number_of_features(self):
+            return self.inner.get_number_of_features()
+
+        def _check_params(self):
+            return self.inner._check_params()
+
+        def compute(self, atoms, strain=False):
+            return self.inner.compute(atoms, strain)
+
+        def compute_all(self, frames, imap, strain=None):
+            return self.inner.compute_all(frames, imap, strain)
+
+    from helpers import emt_copper_frames
+
+    frames = emt_copper_frames(4, seed=5, rattle=0.05)
+    model = SparseGPPotential(Wrapped(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4)),
+                              incremental=True, random_state=0, n_restarts=0,
+                              method="sparse").fit(frames)
+    assert model.shortest_pairs_ is None
+    learner = OnTheFlyLearner(model, EMT(), threshold=10.0, directory=tmp_path)
+    learner.run(VelocityVerlet(frames[0].copy(), timestep=0.5), 2)
+    assert learner.shortest_pairs is None and learner.n_reference_calls == 0

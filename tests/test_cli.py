@@ -613,8 +613,9 @@ def test_md_counts_steps_with_pairs_closer_than_any_training_pair(tmp_path, caps
             continue
         assert max(ratios) == pytest.approx(0.85, abs=0.01)
         assert len(said) == 1 and "closer than any training Cu–Cu pair" in said[0]
-        assert ("5 of 5 steps with a pair more than 5 % closer than any training pair of "
-                "its elements (first at step 0; closest Cu–Cu 1") in captured.out
+        assert ("5 of 5 structures (the start and each step) with a pair more than 5 % "
+                "closer than any training pair of its elements (first at step 0; closest "
+                "Cu–Cu 1") in captured.out
 
 
 def test_info_describes_a_model_file(cli_files, tmp_path, capsys):

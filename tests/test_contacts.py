@@ -4,20 +4,14 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk
-from ase.neighborlist import neighbor_list
 
 from kernelpot.contacts import ShortestPairs
 
 
 def _brute_force(frames, species, cutoff):
-    """The shortest distance per pair of elements from ASE's own neighbour list."""
-    out = np.full((len(species), len(species)), cutoff)
-    for atoms in frames:
-        i, j, d = neighbor_list("ijd", atoms, cutoff)
-        for a, b, r in zip(atoms.numbers[i], atoms.numbers[j], d, strict=True):
-            m, n = species.index(a), species.index(b)
-            out[m, n] = out[n, m] = min(out[m, n], r)
-    return out
+    from helpers import shortest_pairs_by_ase
+
+    return shortest_pairs_by_ase(frames, species, cutoff)
 
 
 def _alloy(seed):
@@ -118,32 +112,112 @@ def test_a_fitted_model_keeps_its_training_pairs_updates_lower_them_and_files_ke
     model.save(tmp_path / "m.npz")
     np.testing.assert_array_equal(load(tmp_path / "m.npz").shortest_pairs_.distances,
                                   model.shortest_pairs_.distances)
-    # a tampered entry is refused by name
-    arrays = dict(np.load(tmp_path / "m.npz"))
-    arrays["shortest_pairs"] = np.array([[-1.0]])
-    from kernelpot import io
+    # coincident atoms (fit with min_distance=None, or an update) record 1e-6 Å, not 0:
+    # such a file loads again
+    twin = frames[1].copy()
+    twin.positions[1] = twin.positions[0]
+    model.shortest_pairs_.add([twin])
+    assert model.shortest_pairs_.distances[0, 0] == 1e-6
+    model.save(tmp_path / "twin.npz")
+    assert load(tmp_path / "twin.npz").shortest_pairs_.distances[0, 0] == 1e-6
 
-    metadata = io.read_model_file(tmp_path / "m.npz")[0]
-    io.write_model_file(tmp_path / "bad.npz", metadata, {k: v for k, v in arrays.items()
-                                                         if k != "metadata"})
+
+@pytest.mark.parametrize("tampered", [
+    np.array([[2.0, 2.1], [2.1, 2.0]]),  # another shape
+    np.array([[-1.0]]),  # negative
+    np.array([[0.0]]),  # zero
+    np.array([[np.nan]]),  # not finite
+    np.array([[5.0]]),  # beyond the cutoff (4 Å)
+    np.array([[2]]),  # integers
+])
+def test_a_tampered_shortest_pairs_entry_is_refused_by_name(tmp_path, tampered):
+    from helpers import emt_copper_frames
+
+    from kernelpot import io, load
+
+    model = _copper_model(emt_copper_frames(3, seed=5, rattle=0.05))
+    model.save(tmp_path / "m.npz")
+    metadata, arrays = io.read_model_file(tmp_path / "m.npz")
+    arrays = {**arrays, "shortest_pairs": tampered}
+    io.write_model_file(tmp_path / "bad.npz", metadata, arrays)
     with pytest.raises(ValueError, match="malformed shortest pair distances"):
         load(tmp_path / "bad.npz")
 
 
-def test_a_prediction_with_a_pair_closer_than_any_training_pair_warns_once(recwarn):
+def test_an_asymmetric_shortest_pairs_entry_is_refused(tmp_path):
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from kernelpot import ACSF, SparseGPPotential, io, load
+
+    frames = [_alloy(seed) for seed in range(3)]
+    for atoms in frames:
+        atoms.calc = SinglePointCalculator(atoms, energy=EMT().get_potential_energy(atoms),
+                                           forces=EMT().get_forces(atoms))
+    model = SparseGPPotential(ACSF.from_grid(["Al", "Ni"], 4.0, n_radial=4, n_angular=2),
+                              random_state=0, n_restarts=0, method="sparse").fit(frames)
+    model.save(tmp_path / "m.npz")
+    metadata, arrays = io.read_model_file(tmp_path / "m.npz")
+    bad = arrays["shortest_pairs"].copy()
+    bad[0, 1] -= 0.1
+    io.write_model_file(tmp_path / "bad.npz", metadata, {**arrays, "shortest_pairs": bad})
+    with pytest.raises(ValueError, match="malformed shortest pair distances"):
+        load(tmp_path / "bad.npz")
+
+
+def test_species_are_sorted_and_may_be_symbols_and_bad_ones_are_named():
+    cell = _alloy(0)
+    by_numbers = ShortestPairs([28, 13], 5.0).add([cell])
+    by_symbols = ShortestPairs(["Al", "Ni"], 5.0).add([cell])
+    np.testing.assert_array_equal(by_numbers.species, [13, 28])
+    np.testing.assert_array_equal(by_numbers.distances, by_symbols.distances)
+    np.testing.assert_allclose(by_numbers.distances, _brute_force([cell], [13, 28], 5.0))
+    with pytest.raises(ValueError, match="distinct elements"):
+        ShortestPairs([13, 13], 5.0)
+    with pytest.raises(ValueError, match="atomic numbers or element symbols"):
+        ShortestPairs(["Xx"], 5.0)
+    with pytest.raises(ValueError, match="cutoff must be a positive distance"):
+        ShortestPairs([13], None)
+
+
+def test_coincident_atoms_do_not_hide_a_real_contact():
+    """A pair at 0 Å records 1e-6 Å: a ratio against it is finite, and a compressed pair of
+    other elements in the same structure is still the closest relative contact."""
+    import warnings
+
+    frames = [Atoms("HO", positions=[[0, 0, 0], [0.97, 0, 0]]),
+              Atoms("H2", positions=[[0, 0, 0], [0, 0, 0]])]
+    shortest = ShortestPairs([1, 8], 5.0).add(frames)
+    assert shortest.distances[0, 0] == 1e-6
+    test = Atoms("HOH", positions=[[0.49, 0, 0], [0, 0, 0], [5.0, 5.0, 5.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division by zero
+        contact = shortest.closest(test)
+    assert contact.elements == "H–O" and contact.ratio == pytest.approx(0.49 / 0.97)
+
+
+def test_exact_updates_and_the_switch_to_sparse_lower_the_shortest_distances():
+    import warnings
+
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
     from helpers import emt_copper_frames, pressed_pair
 
+    from kernelpot import ACSF, SparseGPPotential
+
     frames = emt_copper_frames(4, seed=5, rattle=0.05)
-    model = _copper_model(frames)
-    model.predict(frames[:2])  # the training structures themselves: no warning
-    assert not [w for w in recwarn if "extrapolates there" in str(w.message)]
-    close, shortest = pressed_pair(frames, 0.9)
-    assert shortest == pytest.approx(model.shortest_pairs_.distances[0, 0], rel=1e-12)
-    slightly = pressed_pair(frames, 0.97)[0]
-    model.predict([slightly])  # within the 5 % margin
-    assert not [w for w in recwarn if "extrapolates there" in str(w.message)]
-    with pytest.warns(UserWarning, match=r"atoms 0 and \d+ \(Cu–Cu\) are .* 10.0 % closer than "
-                                         r"any training Cu–Cu pair.*extrapolates there"):
-        model.predict_forces([close])
-    model.predict([close, close])  # once per model
-    assert len([w for w in recwarn if "extrapolates there" in str(w.message)]) == 0
+    pressed, shortest = pressed_pair(frames, 0.9)
+    pressed.calc = SinglePointCalculator(pressed, energy=EMT().get_potential_energy(pressed),
+                                         forces=EMT().get_forces(pressed))
+    for method in ("exact", "auto"):
+        model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
+                                  incremental=True, random_state=0, n_restarts=0,
+                                  method=method).fit(frames[:3])
+        assert model.method_ == "exact"
+        if method == "auto":  # the update passes the exact limits: refitted sparse
+            model.set_params(exact_memory_limit=1e-9)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            model.update([pressed])
+        assert model.method_ == ("exact" if method == "exact" else "sparse")
+        assert model.shortest_pairs_.distances[0, 0] == pytest.approx(0.9 * shortest)

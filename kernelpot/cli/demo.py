@@ -12,8 +12,9 @@ from kernelpot.cli._common import CLIError, _check_output
 
 
 def _cmd_demo(args) -> int:
-    from kernelpot import ACSF, SOAP, SparseGPPotential, metrics
+    from kernelpot import SparseGPPotential, metrics
     from kernelpot.datasets import load_ethanol
+    from kernelpot.descriptors.defaults import default_acsf, default_soap
     from kernelpot.estimator import format_signal_std
 
     if args.plot and args.plot.lower() != "none":
@@ -28,8 +29,8 @@ def _cmd_demo(args) -> int:
     train = [frames[i] for i in order[: args.n_train]]
     valid = [frames[i] for i in order[args.n_train:]]  # never trained on: for calibrate
     species = ["H", "C", "O"]
-    descriptor = (SOAP(species, 4.0, n_max=6, l_max=4, sigma=0.4) if args.descriptor == "soap"
-                  else ACSF.from_grid(species, 4.0, n_radial=8, n_angular=8))
+    descriptor = (default_soap(species, periodic=False) if args.descriptor == "soap"
+                  else default_acsf(species, periodic=False))
     verbose = int(sys.stderr.isatty() and not args.quiet)
     print(f"kernelpot {__version__} demo: method {args.method}, GFN2-xTB ethanol (500 K), "
           f"{len(train)} training and {len(test)} test frames, {args.descriptor.upper()}")

@@ -130,9 +130,12 @@ class _ContactWatch:
         """Return the summary's clause on extrapolated contacts ("" if none)."""
         if not self.steps:
             return ""
+        from kernelpot.contacts import CONTACT_MARGIN
+
         contact, step = self.closest
-        return (f"; {len(self.steps)} of {self.n_steps} steps with a pair more than 5 % "
-                f"closer than any training pair of its elements (first at step "
+        return (f"; {len(self.steps)} of {self.n_steps} structures (the start and each "
+                f"step) with a pair more than {100 * CONTACT_MARGIN:g} % closer than any "
+                f"training pair of its elements (first at step "
                 f"{self.steps[0]}; closest {contact.elements} "
                 f"{100 * (1 - contact.ratio):.1f} % closer, at step {step}): forces there "
                 "are extrapolated")
