@@ -616,6 +616,9 @@ def test_md_counts_steps_with_pairs_closer_than_any_training_pair(tmp_path, caps
         assert ("5 of 5 structures (the start and each step) with a pair more than 5 % "
                 "closer than any training pair of its elements (first at step 0; closest "
                 "Cu–Cu 1") in captured.out
+    assert main(["md", str(model), str(tmp_path / "start.xyz"), "--steps", "2",
+                 "--temperature", "5", "--contact-margin", "0.1"]) == 1
+    assert "--contact-margin goes with a new --reference run" in capsys.readouterr().err
 
 
 def test_info_describes_a_model_file(cli_files, tmp_path, capsys):

@@ -362,11 +362,12 @@ def _add_md(sub) -> argparse.ArgumentParser:
                         help="with --reference: MD steps between two reference calls, at "
                              "least (default 10; 3 for a young model of a molecule with "
                              "sub-femtosecond steps, whose wrong forces heat it in between)")
-    parser.add_argument("--contact-margin", type=_margin, default=0.05, metavar="FRACTION",
+    parser.add_argument("--contact-margin", type=_margin, default=argparse.SUPPRESS,
+                        metavar="FRACTION",
                         help="with --reference: also call it when two atoms come this fraction "
                              "closer than the shortest pair of their elements in the labelled "
                              "structures (default 0.05; 'none' turns the contact gate off; not "
-                             "used with --resume, which keeps the run's value)")
+                             "with --resume, which keeps the run's value)")
     # no default here: --resume keeps the run's saved value unless this is given
     parser.add_argument("--max-energy-gap", type=_gap, default=argparse.SUPPRESS,
                         metavar="EV_PER_ATOM",

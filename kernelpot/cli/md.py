@@ -27,6 +27,7 @@ from kernelpot.cli._common import (
     _reference_calculator,
     structures_fitted_on,
 )
+from kernelpot.contacts import CONTACT_MARGIN
 
 #: Plain MD warns where an atom's epistemic force std passes this many times the largest
 #: of the structures the std map was fitted on (the on-the-fly gate's default factor)
@@ -115,8 +116,6 @@ class _ContactWatch:
     def __call__(self) -> None:
         if self.shortest is None:
             return
-        from kernelpot.contacts import CONTACT_MARGIN
-
         self.n_steps += 1
         contact = self.shortest.closest(self.dyn.atoms)
         self.ratio = 1.0 if contact is None else contact.ratio
@@ -130,8 +129,6 @@ class _ContactWatch:
         """Return the summary's clause on extrapolated contacts ("" if none)."""
         if not self.steps:
             return ""
-        from kernelpot.contacts import CONTACT_MARGIN
-
         contact, step = self.closest
         return (f"; {len(self.steps)} of {self.n_steps} structures (the start and each "
                 f"step) with a pair more than {100 * CONTACT_MARGIN:g} % closer than any "
@@ -185,6 +182,11 @@ def _check_md_args(args) -> None:
     args.max_energy_gap_given = hasattr(args, "max_energy_gap")
     if not args.max_energy_gap_given:
         args.max_energy_gap = DEFAULT_MAX_ENERGY_GAP
+    if hasattr(args, "contact_margin") and (args.reference is None or args.resume):
+        raise CLIError("--contact-margin goes with a new --reference run (plain MD counts "
+                       "contacts at 5 %; --resume keeps the run's margin)")
+    if not hasattr(args, "contact_margin"):
+        args.contact_margin = CONTACT_MARGIN
     if args.steps < 1 or args.temperature <= 0 or args.timestep <= 0 or args.interval < 1:
         raise CLIError("--steps and --interval must be >= 1, --temperature and --timestep > 0")
     if args.reference is None and (args.train or args.threshold is not None):
