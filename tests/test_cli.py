@@ -619,6 +619,28 @@ def test_md_counts_steps_with_pairs_closer_than_any_training_pair(tmp_path, caps
     assert main(["md", str(model), str(tmp_path / "start.xyz"), "--steps", "2",
                  "--temperature", "5", "--contact-margin", "0.1"]) == 1
     assert "--contact-margin goes with a new --reference run" in capsys.readouterr().err
+    # kernelpot eval says which test structures hold such a pair, and their error apart;
+    # kernelpot predict records each structure's ratio
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    labelled = []
+    for atoms in (train[0].copy(), pressed.copy()):
+        atoms.calc = SinglePointCalculator(atoms, energy=EMT().get_potential_energy(atoms),
+                                           forces=EMT().get_forces(atoms))
+        labelled.append(atoms)
+    write(tmp_path / "test.xyz", labelled)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["eval", str(model), str(tmp_path / "test.xyz")]) == 0
+        out = capsys.readouterr().out
+        assert ("1 of 2 test structures hold a pair more than 5 % closer than any training "
+                "pair of its elements (the closest: structure 1, Cu–Cu 15.0 % closer): the "
+                "model extrapolates there; force MAE there") in out
+        assert main(["predict", str(model), str(tmp_path / "test.xyz"), "-o",
+                     str(tmp_path / "pred.xyz")]) == 0
+    ratios = [a.info["contact_ratio"] for a in read(tmp_path / "pred.xyz", ":")]
+    assert ratios[0] >= 0.95 and ratios[1] == pytest.approx(0.85, abs=1e-3)
 
 
 def test_info_describes_a_model_file(cli_files, tmp_path, capsys):

@@ -343,7 +343,7 @@ def _errors(model, frames, source: str = "kernelpot"):
         "energies": energies[has_e], "ref_energies": labels.energies[has_e],
         "energy_std": energy_std[has_e], "n_atoms": n_atoms[has_e],
         "forces": [forces[k] for k in has_f], "ref_forces": [labels.forces[k] for k in has_f],
-        "forces_std": [forces_std[k] for k in has_f],
+        "forces_std": [forces_std[k] for k in has_f], "force_structures": has_f,
         "stress": stress, "ref_stress": np.array([labels.stresses[k] for k in has_s]),
         "stress_std": stress_std,
     }

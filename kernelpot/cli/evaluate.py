@@ -53,6 +53,7 @@ def _evaluate(args, model) -> int:
               f"{len(model.interval_scores_.get('forces', []))} force components; wrote {path}")
     err = _errors(model, frames, args.test)
     _print_errors("test", err)
+    _print_contacts(model, frames, err)
     if args.plot:
         if not err["forces"]:
             raise CLIError(f"{args.test} has no forces to plot")
@@ -74,6 +75,45 @@ def _evaluate(args, model) -> int:
     return 0
 
 
+def contact_ratios(model, frames) -> np.ndarray | None:
+    """Return each structure's closest pair over its elements' shortest training pair.
+
+    1 where no pair is closer; None for a model that keeps no shortest distances.
+    """
+    shortest = getattr(model, "shortest_pairs_", None)
+    if shortest is None:
+        return None
+    return np.array([getattr(shortest.closest(atoms), "ratio", 1.0) for atoms in frames])
+
+
+def _print_contacts(model, frames, err) -> None:
+    """Say which test structures hold a pair closer than any training pair, and their error."""
+    from kernelpot.contacts import CONTACT_MARGIN
+
+    ratios = contact_ratios(model, frames)
+    if ratios is None:
+        return
+    close = ratios < 1.0 - CONTACT_MARGIN
+    if not close.any():
+        return
+    worst = int(np.argmin(ratios))
+    contact = model.shortest_pairs_.closest(frames[worst])
+    line = (f"{int(close.sum())} of {len(frames)} test structures hold a pair more than "
+            f"{100 * CONTACT_MARGIN:g} % closer than any training pair of its elements (the "
+            f"closest: structure {worst}, {contact.elements} {100 * (1 - contact.ratio):.1f} % "
+            "closer): the model extrapolates there")
+    chosen = err["force_structures"]
+    if chosen:
+        inside = np.array([close[k] for k in chosen])
+        mae = [float(np.mean(np.concatenate([np.abs(err["forces"][n] - err["ref_forces"][n])
+                                             .ravel() for n in np.flatnonzero(which)])))
+               if which.any() else None for which in (inside, ~inside)]
+        if mae[0] is not None and mae[1] is not None:
+            line += (f"; force MAE there {1e3 * mae[0]:.3g} meV/Å, on the others "
+                     f"{1e3 * mae[1]:.3g}")
+    print(line)
+
+
 def _cmd_predict(args) -> int:
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.io import write
@@ -89,6 +129,7 @@ def _cmd_predict(args) -> int:
         stress, stress_std = model.predict_stress([frames[k] for k in periodic],
                                                   return_std=True) if periodic else ([], [])
         stresses = dict(zip(periodic, zip(stress, stress_std, strict=True), strict=True))
+    ratios = contact_ratios(model, frames)
     out = []
     for k, (atoms, energy, e_std, force, f_std) in enumerate(
             zip(frames, energies, energy_std, forces, forces_std, strict=True)):
@@ -97,6 +138,8 @@ def _cmd_predict(args) -> int:
         result.info["energy_std"] = float(e_std)
         result.info[PREDICTION_KEY] = f"kernelpot {__version__}, {args.model}"
         result.arrays["forces_std"] = np.asarray(f_std, dtype=np.float64)
+        if ratios is not None:  # its closest pair over the shortest training pair
+            result.info["contact_ratio"] = float(ratios[k])
         extra = {}
         if k in stresses:  # the total std, as for energies and forces
             extra["stress"] = stresses[k][0]
