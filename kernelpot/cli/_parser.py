@@ -263,7 +263,7 @@ def _add_eval(sub) -> argparse.ArgumentParser:
         description="Evaluate a saved model on labelled structures: energy and force MAE and "
                     "RMSE, and the calibration of the predicted std (coverage at 1 and 2 std, "
                     "Spearman rank correlation of per-atom std and error); and how many "
-                    "structures hold a pair more than 5 %% closer than any training pair of "
+                    "structures hold a pair more than 5 % closer than any training pair of "
                     "its elements (the model extrapolates there), with their force MAE.",
         epilog=_EVAL_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a model file written by kernelpot (.npz)")
