@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Submodules users import from, whose ``__all__`` the API reference covers too (the
 #: same list as tests/test_docstrings.py).
-SUBMODULES = ("calculator", "conformal", "datasets", "descriptors", "kernels", "metrics",
-              "plotting", "selection", "studies", "two_body")
+SUBMODULES = ("calculator", "conformal", "contacts", "datasets", "descriptors",
+              "descriptors.defaults", "kernels", "metrics", "plotting", "selection",
+              "studies", "two_body")
 
 
 @pytest.fixture(scope="module")
