@@ -452,28 +452,24 @@ def _add_model_options(parser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
 
 
-def _margin(text: str) -> float | None:
-    """Parse --contact-margin: a fraction in [0, 1), or "none"."""
+def _number_or_none(text: str, accepted, what: str) -> float | None:
+    """Parse an option that takes a number ``accepted(value)`` allows, or "none"."""
     if text.strip().lower() == "none":
         return None
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1) or 'none'; got {text!r}")
+    if not accepted(value):
+        raise argparse.ArgumentTypeError(f"must be {what} or 'none'; got {text!r}")
     return value
+
+
+def _margin(text: str) -> float | None:
+    """Parse --contact-margin: a fraction in [0, 1), or "none"."""
+    return _number_or_none(text, lambda value: 0 <= value < 1, "a fraction in [0, 1)")
 
 
 def _gap(text: str) -> float | None:
     """Parse --max-energy-gap: a number of eV per atom above 0, or "none"."""
-    if text.strip().lower() == "none":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number of eV per atom above 0 or 'none'; "
-                                         f"got {text!r}")
-    return value
+    return _number_or_none(text, lambda value: value > 0, "a number of eV per atom above 0")
