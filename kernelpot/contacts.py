@@ -127,6 +127,27 @@ class ShortestPairs:
         self.periodic = periodic
         self.distances = np.full((self.species.size, self.species.size), self.cutoff)
 
+    @classmethod
+    def of_descriptor(cls, species, descriptor) -> ShortestPairs | None:
+        """Return an empty instance at a descriptor's cutoff and periodicity.
+
+        Parameters
+        ----------
+        species : array-like of int or str
+            The model's elements.
+        descriptor : kernelpot.descriptors.Descriptor
+            Its ``r_cut`` is the cutoff, its ``periodic`` the periodicity.
+
+        Returns
+        -------
+        ShortestPairs or None
+            None for a descriptor without a numeric ``r_cut``.
+        """
+        r_cut = getattr(descriptor, "r_cut", None)
+        if isinstance(r_cut, bool) or not isinstance(r_cut, numbers.Real):
+            return None
+        return cls(species, r_cut, getattr(descriptor, "periodic", None))
+
     def _indices(self, atoms: Atoms) -> np.ndarray:
         index = np.searchsorted(self.species, atoms.numbers)
         index = np.minimum(index, self.species.size - 1)

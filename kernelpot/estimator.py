@@ -736,12 +736,10 @@ pair of float
                           UserWarning, stacklevel=3)
             labels, raw_labels = (labels._replace(stresses=None),
                                   raw_labels._replace(stresses=None))
-        r_cut = getattr(descriptor, "r_cut", None)
-        shortest = ShortestPairs(species, r_cut, getattr(descriptor, "periodic", None)) \
-            if isinstance(r_cut, numbers.Real) else None
+        shortest = ShortestPairs.of_descriptor(species, descriptor)
         check_geometry(frames, species_to_numbers(descriptor.species, where),
-                       getattr(descriptor, "periodic", None), r_cut, self.min_distance, where,
-                       shortest)
+                       getattr(descriptor, "periodic", None), getattr(descriptor, "r_cut", None),
+                       self.min_distance, where, shortest)
         species_index = [np.searchsorted(species, a.numbers) for a in frames]
         counts = composition_counts(species_index, len(species))
         e0 = self._reference_energies(counts, labels.energies, species)
@@ -838,10 +836,9 @@ pair of float
         """
         self.baseline_ = as_baseline(self.baseline, type(self).__name__)
         self.shortest_pairs_ = None
-        r_cut = getattr(descriptor, "r_cut", None)
-        if shortest_pairs is not None and isinstance(r_cut, numbers.Real):
-            self.shortest_pairs_ = ShortestPairs(species, r_cut,
-                                                 getattr(descriptor, "periodic", None))
+        if shortest_pairs is not None:
+            self.shortest_pairs_ = ShortestPairs.of_descriptor(species, descriptor)
+        if self.shortest_pairs_ is not None:
             self.shortest_pairs_.distances = np.array(shortest_pairs, dtype=np.float64)
         self._adopt(posterior, descriptor, species, e0,
                     calibration if calibration is not None else StdCalibration(None, None))
@@ -1437,11 +1434,11 @@ pair of float
         posterior.restore_training(self._residual_frames(frames), describe, owner, training)
         if self.calibration == "loso":  # the LOSO terms are not stored in files
             self._refit_loso_map(owner)
-        r_cut = getattr(self.descriptor_, "r_cut", None)
-        if getattr(self, "shortest_pairs_", None) is None and isinstance(r_cut, numbers.Real):
+        if getattr(self, "shortest_pairs_", None) is None:
             # a file from before models kept them: rebuilt from the training structures
-            self.shortest_pairs_ = ShortestPairs(
-                self.species_, r_cut, getattr(self.descriptor_, "periodic", None)).add(frames)
+            self.shortest_pairs_ = ShortestPairs.of_descriptor(self.species_, self.descriptor_)
+            if self.shortest_pairs_ is not None:
+                self.shortest_pairs_.add(frames)
         return self
 
     def _refit_loso_map(self, owner: str) -> None:
