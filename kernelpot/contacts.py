@@ -75,8 +75,23 @@ def contacts_handled() -> bool:
     return _HANDLED.get()
 
 
-def _pairs(atoms: Atoms, periodic: bool | None, cutoff: float):
-    """Return ``(i, j, d)`` of the pairs of ``atoms`` closer than ``cutoff`` (half list)."""
+def pair_list(atoms: Atoms, periodic: bool | None, cutoff: float):
+    """Return ``(i, j, d)`` of the pairs of ``atoms`` closer than ``cutoff`` (half list).
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+    periodic : bool or None
+        A descriptor's ``periodic`` setting.
+    cutoff : float
+        Å; the search bins at 2 Å at least (vesin's cell list is slower below).
+
+    Returns
+    -------
+    tuple of ndarray
+        Atom indices ``i``, ``j`` and distances ``d`` (an atom and its own periodic image
+        included).
+    """
     import vesin
 
     pbc = resolve_pbc(atoms, periodic, "shortest pairs")
@@ -165,7 +180,7 @@ class ShortestPairs:
         self : ShortestPairs
         """
         for atoms in frames:
-            self.add_pairs(atoms, *_pairs(atoms, self.periodic, self.cutoff))
+            self.add_pairs(atoms, *pair_list(atoms, self.periodic, self.cutoff))
         return self
 
     def add_pairs(self, atoms: Atoms, i: np.ndarray, j: np.ndarray, d: np.ndarray) -> None:
@@ -193,12 +208,20 @@ class ShortestPairs:
         other.distances = self.distances.copy()
         return other
 
-    def closest(self, atoms: Atoms) -> Contact | None:
+    @property
+    def reach(self) -> float:
+        """Return the longest shortest distance, Å: no pair beyond it can be closer."""
+        return float(self.distances.max())
+
+    def closest(self, atoms: Atoms, pairs: tuple | None = None) -> Contact | None:
         """Return the pair of ``atoms`` closest relative to its elements' shortest distance.
 
         Parameters
         ----------
         atoms : ase.Atoms
+        pairs : tuple of ndarray, optional
+            ``(i, j, d)`` of :func:`pair_list` at :attr:`reach` or beyond (a neighbour list
+            the caller has already); by default searched here.
 
         Returns
         -------
@@ -207,7 +230,7 @@ class ShortestPairs:
             no pair lies within the shortest distance of its elements.
         """
         index = self._indices(atoms)
-        i, j, d = _pairs(atoms, self.periodic, float(self.distances.max()))
+        i, j, d = pairs if pairs is not None else pair_list(atoms, self.periodic, self.reach)
         if not d.size:
             return None
         shortest = self.distances[index[i], index[j]]

@@ -25,9 +25,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from kernelpot import _parallel, conformal
 from kernelpot._labels import atom_counts, check_frames
-from kernelpot._validation import check_finite_positions, check_verbose, close_contact
+from kernelpot._validation import _Pairs, check_finite_positions, check_verbose, closest_contact
 from kernelpot.calibration import StdCalibration
-from kernelpot.contacts import CONTACT_MARGIN, ContactWarning, contacts_handled
+from kernelpot.contacts import CONTACT_MARGIN, ContactWarning, contacts_handled, pair_list
 from kernelpot.frame_files import FrameFiles, is_paths
 
 logger = logging.getLogger(__name__)
@@ -168,12 +168,18 @@ class PredictionMixin:
         :data:`~kernelpot.contacts.CONTACT_MARGIN` closer than the shortest training pair
         of its elements (``("training", text)``; models that keep ``shortest_pairs_``).
         """
-        text = close_contact(atoms, getattr(self.descriptor_, "periodic", None),
-                             getattr(self, "min_distance", None))
+        min_distance = getattr(self, "min_distance", None)
+        limit = float(min_distance) if min_distance is not None and min_distance > 0 else 0.0
+        shortest = getattr(self, "shortest_pairs_", None)
+        reach = max(limit, shortest.reach if shortest is not None else 0.0)
+        if reach <= 0:
+            return None
+        # one neighbour list for both checks
+        i, j, d = pair_list(atoms, getattr(self.descriptor_, "periodic", None), reach)
+        text = closest_contact(_Pairs(i, j, d), limit)
         if text is not None:
             return "min_distance", text
-        shortest = getattr(self, "shortest_pairs_", None)
-        contact = shortest.closest(atoms) if shortest is not None else None
+        contact = shortest.closest(atoms, (i, j, d)) if shortest is not None else None
         if contact is not None and contact.ratio < 1.0 - CONTACT_MARGIN:
             return "training", contact.describe("training")
         return None
