@@ -158,7 +158,8 @@ class OnTheFlyLearner:
     Parameters
     ----------
     model : SparseGPPotential
-        Fitted with ``incremental=True``, or unfitted: the first structure is then
+        Fitted (a sparse model fitted without ``incremental=True`` is refitted as one
+        at the start of the run, once), or unfitted: the first structure is then
         labelled by the reference and the model fitted on it (``incremental`` set).
     reference : ase.calculators.calculator.Calculator
         The reference method (DFT, xTB, EMT, ...).
@@ -374,7 +375,7 @@ class OnTheFlyLearner:
                 if isinstance(reference, type) else type(reference).__name__
             raise TypeError("OnTheFlyLearner: reference must be an ASE calculator (the "
                             f"method the learner labels with); got {got}")
-        if hasattr(model, "alpha_") and not model.posterior_.keeps_training_data:
+        if hasattr(model, "alpha_") and not model.posterior_.can_update:
             raise ValueError(_not_updatable(model))  # before any MD step or call is spent
         if threshold is not None and not threshold > 0:
             raise ValueError(f"OnTheFlyLearner: threshold must be > 0 eV/Å; got {threshold}")
@@ -508,11 +509,14 @@ class OnTheFlyLearner:
         if not hasattr(self.model, "alpha_"):
             self._fit_first(atoms, int(dynamics.nsteps))
             self._last_call_step = int(dynamics.nsteps)  # labelled already: no call here
-        elif not self.model.posterior_.keeps_training_data:
+        elif not self.model.posterior_.can_update:
             raise ValueError(_not_updatable(self.model))
-        elif not self._continuing:
-            for frame in self.model.posterior_.training_frames:  # the starting data, for resume
-                self._append_frame(frame)
+        else:
+            # a sparse model fitted without incremental=True: refitted as one, once
+            self.model._make_updatable("OnTheFlyLearner")
+            if not self._continuing:
+                for frame in self.model.posterior_.training_frames:  # the starting data,
+                    self._append_frame(frame)  # for resume
         self._one_at_a_time()
         if self._initial_frames is None:
             self._initial_frames = self.model.posterior_.n_training_structures
@@ -1095,8 +1099,11 @@ def _not_updatable(model) -> str:
                 "training state (a model file saved without training_state=True): save it "
                 "with save(path, training_state=True), call restore_training(frames) with "
                 "its labelled frames, or continue a run with OnTheFlyLearner.resume")
-    return (f"OnTheFlyLearner: the model ({model.method_} model fitted with "
-            "incremental=False) keeps no training data to update; fit it with "
-            "SparseGPPotential(..., incremental=True) (method='auto', the default, starts "
-            "exact and turns sparse as the data grow), or hand the learner an unfitted "
-            "model (it fits the first frame itself)")
+    fix = ("give it its structures back with restore_training(frames)"
+           if model.method_ == "exact" else
+           "refit it on a list of structures (or with incremental=True, and save it with "
+           "training_state=True)")
+    return (f"OnTheFlyLearner: the {model.method_} model keeps no training data to update "
+            "(it was loaded from a file, or fitted on an iterator of structures, which the "
+            f"fit does not keep): {fix}, or hand the learner an unfitted model (it fits the "
+            "first frame itself)")

@@ -285,15 +285,20 @@ pair of float
         Keep the whitened design, labels and descriptors of the training set so
         that :meth:`update` can add structures and inducing environments by
         low-rank updates instead of a refit (memory grows with the training set:
-        meant for on-the-fly learning, not for large fits). With
-        ``method="exact"`` the model keeps its training structures, and each update
-        refits the exact model on all of them (``O(n_obs³)``: a few structures of a
-        molecule, where the exact model is the accurate one). With ``method="auto"``
-        the first fit chooses as without it, and each :meth:`update` of an exact
-        model checks the three ``exact_*`` limits again: once the grown training set
-        passes one, that update fits the sparse model on every structure, and the
-        model stays sparse (on-the-fly learning starts exact and becomes sparse as
-        it grows).
+        meant for on-the-fly learning, not for large fits). Without it, a sparse
+        model fitted on structures in memory (a list, or files) keeps references to
+        them, and its first :meth:`update` (or an :class:`~kernelpot.OnTheFlyLearner`
+        handed it) refits it once with ``incremental=True`` at the fitted
+        hyperparameters: a default fit can go on to on-the-fly learning. An exact
+        model always keeps its training structures (references, small beside its
+        descriptors), and each update refits it on all of them (``O(n_obs³)``: a
+        few structures of a molecule, where the exact model is the accurate one).
+        With ``method="auto"`` each :meth:`update` of an exact model checks the three
+        ``exact_*`` limits again: once the grown training set passes one, that update
+        fits the sparse model (with ``incremental=True``) on every structure, and the
+        model stays sparse (on-the-fly learning starts exact and becomes sparse as it
+        grows). A fit on an iterator of structures (spooled to a temporary file)
+        keeps none of them unless ``incremental=True``.
     apply_calibration : bool, default=True
         Apply the fitted std calibration (``calibration="loso"`` at fit time, or
         :meth:`calibrate`) to every std the model reports (``predict``,
@@ -666,7 +671,9 @@ pair of float
         client = check_client(client, f"{owner}.fit")
         start_time = time.perf_counter()
         # an iterator: written to disk and read back (an incremental model keeps its
-        # structures in memory anyway, beyond the fit)
+        # structures in memory anyway, beyond the fit); the model then keeps no
+        # structures to refit on (the file goes with the fit)
+        spooled_away = isinstance(X, Iterator) and not self.incremental
         with spooled(X, f"{owner}.fit", in_memory=bool(self.incremental)) as X:
             prepared = self._prepare_fit(X, owner)
             training, descriptor = prepared.training, prepared.descriptor
@@ -680,6 +687,10 @@ pair of float
                 self, training, descriptor, prepared.kernel, prepared.rng,
                 lambda fn, items, desc: self._imap(fn, items, verbose, desc),
                 runner=BlockRunner(self.n_jobs, client, verbose, owner))
+            if spooled_away:  # the exact model's structures are a removed file
+                posterior.training = None
+            elif posterior.kind == "sparse" and not posterior.keeps_training_data:
+                posterior.fitted_on = training  # the first update refits incrementally
             self._adopt(posterior, descriptor, training.species, training.e0,
                         self._loso_calibration(posterior))
             self.shortest_pairs_ = prepared.shortest
@@ -1239,11 +1250,14 @@ pair of float
         Raises
         ------
         ValueError
-            If the model was not fitted with ``incremental=True``, or a structure holds
+            If the model keeps no training structures (loaded from a file without them,
+            or fitted on an iterator without ``incremental=True``), or a structure holds
             an element the model does not know.
 
         Notes
         -----
+        A sparse model fitted without ``incremental=True`` is first refitted as one on
+        the structures it was fitted on (once; see ``incremental``).
         An exact model (``method="exact"``) is refitted on all its structures and ``X``
         (``O(n_obs³)``), at the fitted hyperparameters unless ``optimize``;
         ``n_inducing`` and ``max_inducing`` do not apply to it. One that
@@ -1260,7 +1274,8 @@ pair of float
         check_is_fitted(self)
         owner = f"{type(self).__name__}.update"
         posterior = self.posterior_
-        posterior.check_updatable(owner)
+        if not posterior.can_update:
+            posterior.check_updatable(owner)  # raises, saying why
         exact = posterior.kind == "exact"  # refitted: no inducing environments to add
         if not exact and not (n_inducing == "all" or (
                 isinstance(n_inducing, numbers.Integral) and not isinstance(n_inducing, bool)
@@ -1276,13 +1291,17 @@ pair of float
         raw_labels, labels = self._new_labels(frames, owner)
         shortest = getattr(self, "shortest_pairs_", None)
         shortest = shortest.copy().add(frames) if shortest is not None else None
+        self._make_updatable(owner)  # a sparse fit without a training state: refitted once
+        posterior = self.posterior_
         if exact:
             training = posterior.training.extended(
                 frames, labels, indices, raw_labels if self.baseline_ is not None else None)
             if self.method == "auto" and not self.signal_per_element \
                     and not self._exact_within_limits(training, self.descriptor_,
                                                       ("keeps", "turns")):
-                self._switch_to_sparse(training, len(frames), optimize, owner, cap)
+                self._refit_sparse(training, len(frames), optimize, owner, cap,
+                                   "the exact model passed the limits of method='auto', so "
+                                   "the sparse model was fitted")
             else:
                 self._refit_exact(training, len(frames), optimize, owner)
             self.shortest_pairs_ = shortest
@@ -1298,6 +1317,29 @@ pair of float
         logger.info("%s: %d structures added; inducing environments %s", owner, len(frames),
                     self.n_inducing_)
         return self
+
+    def _make_updatable(self, owner: str) -> None:
+        """Refit a sparse model fitted without ``incremental=True`` as one, on its structures.
+
+        A sparse fit keeps no training state unless ``incremental=True``, but one on
+        structures in memory keeps them (references); its first :meth:`update` (or an
+        :class:`~kernelpot.OnTheFlyLearner` handed it) refits it with
+        ``incremental=True`` at the fitted hyperparameters and ``n_sparse``, once (with
+        ``random_state=None`` the inducing environments are drawn again). Nothing for a model
+        that can be updated already, or that keeps no structures (``update`` then says
+        why).
+        """
+        posterior = self.posterior_
+        fitted_on = getattr(posterior, "fitted_on", None)
+        if posterior.keeps_training_data or fitted_on is None:
+            return
+        if self.config_type_noise:
+            raise ValueError(f"{owner}: a model fitted with config_type_noise=True cannot be "
+                             "updated (updates keep one noise per kind of observation): refit "
+                             "it on all the structures")
+        self._refit_sparse(fitted_on, 0, False, owner, None,
+                           "the model was fitted without incremental=True, so it was "
+                           "refitted as an incremental one (once)")
 
     def _inducing_cap(self, max_inducing, owner: str) -> np.ndarray | None:
         """Return ``update``'s ``max_inducing`` as a cap per element (inf: none)."""
@@ -1334,15 +1376,19 @@ pair of float
                     refitted.n_training_structures)
         return self
 
-    def _switch_to_sparse(self, training: TrainingSet, n_new: int, optimize: bool,
-                          owner: str, cap: np.ndarray | None) -> SparseGPPotential:
-        """Refit an exact model ``method="auto"`` chose as the sparse one, on ``training``.
+    def _refit_sparse(self, training: TrainingSet, n_new: int, optimize: bool,
+                      owner: str, cap: np.ndarray | None, why: str) -> SparseGPPotential:
+        """Fit the sparse model with a training state on ``training``, for later updates.
 
-        Once the exact model of the grown training set passes the ``exact_*`` limits: the
-        sparse model (``incremental``; the default inducing environments, at most ``cap``
-        per element, the update's ``max_inducing``) on every structure, at the exact
-        model's hyperparameters unless ``optimize`` (then they are its start), with the
-        reference energies ``e0_`` as fitted. Later updates are the sparse model's.
+        Two callers: an exact model ``method="auto"`` chose, once the grown training set
+        passes the ``exact_*`` limits, and a sparse model fitted without
+        ``incremental=True`` at its first update. The sparse model (``incremental=True``;
+        the model's ``n_sparse``, the default inducing environments for an exact one,
+        at most ``cap`` per element, the update's ``max_inducing``) on every structure,
+        at the model's hyperparameters (a two-body term's fitted prior std among them)
+        unless ``optimize`` (then they are its start), with the reference energies
+        ``e0_`` as fitted. Later updates are the sparse model's. ``why`` starts the log
+        line.
         """
         start = time.perf_counter()
         fitted = {"signal_std": float(np.max(self.signal_std_)),
@@ -1353,9 +1399,11 @@ pair of float
         # a value fitted at a bound comes back from log space a rounding past it
         fitted = {name: float(np.clip(value, *getattr(self, f"{name}_bounds")))
                   for name, value in fitted.items()}
-        settings = clone(self).set_params(method="sparse",
+        settings = clone(self).set_params(method="sparse", incremental=True,
                                           optimize=self.optimize if optimize else False,
                                           **fitted)
+        if getattr(self, "two_body_", None) is not None:
+            settings.set_params(two_body=clone(self.two_body_))
         if cap is not None and np.isfinite(cap).any():
             symbols = [chemical_symbols[z] for z in self.species_]
             settings.set_params(n_sparse={
@@ -1369,10 +1417,9 @@ pair of float
             lambda fn, items, desc: self._imap(fn, items, verbose, desc),
             runner=BlockRunner(self.n_jobs, None, verbose, owner))
         self._adopt_updated(sparse, owner)
-        logger.info("%s: %d structures added; the exact model passed the limits of "
-                    "method='auto', so the sparse model was fitted on all %d structures in "
-                    "%.1f s (inducing environments %s); later updates are sparse", owner,
-                    n_new, len(training.frames), time.perf_counter() - start,
+        logger.info("%s: %s on all %d structures (%d of them new) in %.1f s (inducing "
+                    "environments %s); later updates are incremental", owner, why,
+                    len(training.frames), n_new, time.perf_counter() - start,
                     self.n_inducing_)
         return self
 
@@ -1394,7 +1441,10 @@ pair of float
                     self._loso_calibration(posterior))
 
     def restore_training(self, frames: Sequence[Atoms]) -> SparseGPPotential:
-        """Give a model loaded with ``training_state=True`` its training structures back.
+        """Give a loaded model its training structures back, so that it can be updated.
+
+        A sparse model saved with ``training_state=True``, or an exact model (its file
+        keeps the structures and labels ``frames`` are checked against).
 
         Parameters
         ----------
@@ -1424,10 +1474,6 @@ pair of float
                 frames, lambda fn, items, desc: self._imap(fn, items, verbose, desc), strain)
 
         posterior = self.posterior_
-        if posterior.kind == "exact" and not self.incremental:
-            raise ValueError(f"{owner}: this exact model was fitted with incremental=False; "
-                             "it has no training state to restore (fit it with "
-                             "incremental=True to update it)")
         training = self._training_set(frames, owner) if posterior.kind == "exact" else None
         posterior.loso_blocks = (self.loso_blocks, None)  # recomputed with the LOSO terms
         # the stored labels are the GP's (reference minus baseline): so are the checked ones

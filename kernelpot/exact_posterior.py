@@ -119,8 +119,10 @@ class ExactPosterior(Posterior):
         #: (None: one each)
         self.loso_blocks: tuple = ("auto", None)
         self.loo_shift = loso.shift_basis if loso is not None else None
-        #: The training structures and labels, kept by an ``incremental=True`` fit so that
-        #: :meth:`SparseGPPotential.update` can refit on them and new ones (None otherwise).
+        #: The training structures and labels (references to the fitted frames, small
+        #: beside the descriptors the model holds), kept by every fit so that
+        #: :meth:`SparseGPPotential.update` can refit on them and new ones; None for a
+        #: model loaded from a file until :meth:`SparseGPPotential.restore_training`.
         self.training: TrainingSet | None = None
 
     # -- what the estimator reads ---------------------------------------------------------
@@ -146,7 +148,7 @@ class ExactPosterior(Posterior):
 
     @property
     def keeps_training_data(self) -> bool:
-        """Return whether the posterior can be updated (an ``incremental=True`` fit)."""
+        """Return whether the posterior can be updated (fitted, or loaded and restored)."""
         return self.training is not None
 
     @property
@@ -156,7 +158,7 @@ class ExactPosterior(Posterior):
 
     @property
     def training_frames(self) -> list:
-        """Return the labelled structures trained on (incremental models)."""
+        """Return the labelled structures trained on (models that keep them)."""
         return self.training.frames
 
     def force_labels(self) -> np.ndarray:
@@ -280,8 +282,7 @@ class ExactPosterior(Posterior):
                         species=training.species, prior_covariance=K0, loso=loso)
         posterior.noise_scales = scales
         posterior.loso_blocks = (estimator.loso_blocks, blocks)
-        if estimator.incremental:
-            posterior.training = training
+        posterior.training = training  # whatever ``incremental``: update refits on it
         return posterior
 
     def refresh_loso(self, owner: str) -> None:
@@ -420,7 +421,7 @@ class ExactPosterior(Posterior):
                                              self.observations, eval_gradient=eval_gradient)
 
     def check_updatable(self, owner: str) -> None:
-        """Raise unless the model keeps its training structures (``incremental=True``).
+        """Raise unless the model keeps its training structures (not loaded from a file).
 
         Parameters
         ----------
@@ -428,8 +429,8 @@ class ExactPosterior(Posterior):
         """
         if self.training is None:
             raise ValueError(f"{owner}: this exact model keeps no training structures to "
-                             "refit on; fit it with incremental=True (an update then refits "
-                             "the exact model on all structures)")
+                             "refit on (a model loaded from a file): give them back with "
+                             "restore_training(frames), the structures it was fitted on")
 
     def restore_training(self, frames: list, describe: Callable | None, owner: str,
                          training: TrainingSet | None = None) -> None:
@@ -479,9 +480,10 @@ class ExactPosterior(Posterior):
         Parameters
         ----------
         training_state : bool, default=False
-            Allowed for an ``incremental=True`` model: the file holds the training
-            structures and their labels (``exact_y``) either way, and
-            :meth:`SparseGPPotential.restore_training` gives a loaded model its
+            Allowed for a model that keeps its training structures (every fitted one;
+            a loaded one after :meth:`SparseGPPotential.restore_training`): the file
+            holds the training structures and their labels (``exact_y``) either way,
+            and :meth:`SparseGPPotential.restore_training` gives a loaded model its
             labelled structures back.
 
         Returns
@@ -492,11 +494,12 @@ class ExactPosterior(Posterior):
         Raises
         ------
         ValueError
-            For ``training_state=True`` without ``incremental=True``.
+            For ``training_state=True`` on a loaded model not given its structures back.
         """
         if training_state and self.training is None:
-            raise ValueError("save: training_state=True needs a model fitted with "
-                             "incremental=True")
+            raise ValueError("save: training_state=True needs the model's training "
+                             "structures: this one was loaded from a file (call "
+                             "restore_training(frames) first)")
         arrays = {"alpha": self.weights, "exact_L": self.L, "exact_y": self.y}
         if self.loo_shift is not None:
             arrays["loo_shift"] = self.loo_shift

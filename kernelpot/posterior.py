@@ -37,6 +37,29 @@ class Posterior(ABC):
     #: ``{config_type: {"energy": s, "forces": s, "stress": s}}``, the noise scales of each
     #: configuration type (:mod:`kernelpot.noise_groups`), or None (one noise per kind).
     noise_scales: dict[str, dict[str, float]] | None = None
+    #: The training set of a sparse fit without a training state (``incremental=False``)
+    #: on structures in memory: :meth:`SparseGPPotential.update` refits on it once as an
+    #: incremental model. None otherwise (and never stored in model files).
+    fitted_on: TrainingSet | None = None
+
+    def __getstate__(self) -> dict:
+        """Pickle without ``fitted_on``: models sent to workers (joblib, Dask) predict.
+
+        The references to a sparse fit's structures would travel with every copy; an
+        unpickled model is one loaded, which cannot update without a training state.
+        """
+        state = dict(self.__dict__)
+        state.pop("fitted_on", None)
+        return state
+
+    @property
+    def can_update(self) -> bool:
+        """Return whether :meth:`SparseGPPotential.update` can add structures to the model.
+
+        The posterior keeps its training data (``keeps_training_data``), or a sparse
+        one keeps the structures it was fitted on and its first update refits it.
+        """
+        return bool(self.keeps_training_data) or self.fitted_on is not None
 
     def n_inducing(self, species: np.ndarray) -> dict[str, int]:
         """Return the inducing (for the exact model: training) environments per element.

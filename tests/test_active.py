@@ -18,7 +18,7 @@ from ase.io import read
 from ase.md.velocitydistribution import thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
-from kernelpot import ACSF, SparseGPPotential
+from kernelpot import ACSF, SparseGPPotential, load
 from kernelpot.active import YOUNG_FLOOR, InconsistentReference, OnTheFlyLearner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -309,25 +309,48 @@ def test_starting_from_a_fitted_model_keeps_its_labelled_frames(tmp_path):
 
 
 @pytest.mark.parametrize("method", ["exact", "sparse"])
-def test_a_model_fitted_without_incremental_is_refused_before_any_step(tmp_path, method):
-    """The default fit (here both methods) keeps no training data: the learner says how
-    to fit one it can update, before the dynamics moves."""
+def test_a_default_fit_goes_on_to_learn_on_the_fly(tmp_path, method):
+    """The default fit (incremental=False, both methods) is handed to the learner as it
+    is: the sparse one is refitted with a training state once, at the start of the run;
+    the run labels, updates and can be resumed."""
     from helpers import emt_copper_frames
 
+    start = emt_copper_frames(1, seed=4, rattle=0.05)
     model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
-                              random_state=0, n_restarts=0, method=method).fit(
-        emt_copper_frames(1, seed=4, rattle=0.05))
-    message = rf"{method} model fitted with incremental=False.*incremental=True"
+                              random_state=0, n_restarts=0, method=method).fit(start)
+    assert not model.incremental and model.posterior_.can_update
+    learner = OnTheFlyLearner(model, EMT(), threshold=1e-6, max_calls=2, min_interval=2,
+                              directory=tmp_path)
+    learner.run(_dynamics(), 5)
+    assert learner.n_reference_calls == 2 and learner.model.posterior_.keeps_training_data
+    assert learner.model.posterior_.n_training_structures == 3
+    frames = read(tmp_path / "labelled.extxyz", ":")
+    np.testing.assert_allclose(frames[0].get_forces(), start[0].get_forces(), atol=1e-6)
+    assert OnTheFlyLearner.resume(tmp_path, EMT(), run=False).n_reference_calls == 2
+
+
+@pytest.mark.parametrize("method", ["exact", "sparse"])
+def test_a_model_without_its_structures_is_refused_before_any_step(tmp_path, method):
+    """A model loaded from a file keeps no training structures: the learner says what to
+    do, before the dynamics moves."""
+    from helpers import emt_copper_frames
+
+    model = load(SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
+                                   random_state=0, n_restarts=0, method=method).fit(
+        emt_copper_frames(1, seed=4, rattle=0.05)).save(tmp_path / "model.npz"))
+    fix = r"restore_training\(frames\)" if method == "exact" else \
+        "refit it on a list of structures"
+    message = rf"the {method} model keeps no training data to update.*{fix}"
     with pytest.raises(ValueError, match=message):
         OnTheFlyLearner(model, EMT(), directory=tmp_path)
     # nor does a run start with one put in its place (model is a public attribute)
     learner = OnTheFlyLearner(_model(), EMT(), directory=tmp_path)
     learner.model = model
     dynamics = _dynamics()
-    start = dynamics.atoms.positions.copy()
+    positions = dynamics.atoms.positions.copy()
     with pytest.raises(ValueError, match=message):
         learner.run(dynamics, 3)
-    assert dynamics.nsteps == 0 and np.array_equal(dynamics.atoms.positions, start)
+    assert dynamics.nsteps == 0 and np.array_equal(dynamics.atoms.positions, positions)
 
 
 def test_a_model_that_reads_its_forces_as_noise_is_gated_every_min_interval(tmp_path):

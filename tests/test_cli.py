@@ -84,10 +84,18 @@ def test_debug_shows_traceback():
 
 @pytest.mark.parametrize("command", ["descriptors", "demo", "fit", "info", "eval", "predict",
                                      "learning-curve", "md"])
-def test_help_has_an_example(command):
-    result = subprocess.run([sys.executable, "-m", "kernelpot", command, "--help"],
+def test_help_has_an_example(command, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and f"kernelpot {command}" in out
+
+
+def test_python_m_kernelpot_runs_the_command_line():
+    result = subprocess.run([sys.executable, "-m", "kernelpot", "md", "--help"],
                             capture_output=True, text=True, check=True)
-    assert "examples:" in result.stdout and f"kernelpot {command}" in result.stdout
+    assert "examples:" in result.stdout and "kernelpot md" in result.stdout
 
 
 def test_demo_runs_on_bundled_data(capsys, tmp_path):

@@ -351,9 +351,6 @@ def test_sklearn_contract(ethanol_frames, small_soap):
 
 
 def test_exact_refuses_what_it_cannot_do(fitted_exact, ethanol_frames, small_soap):
-    # a default fit keeps no training structures (incremental=True does: test_exact_posterior)
-    with pytest.raises(ValueError, match="keeps no training structures.*incremental=True"):
-        fitted_exact.update(ethanol_frames[30:31])
     with pytest.raises(ValueError, match="method must be one of"):
         SparseGPPotential(small_soap, method="dense").fit(ethanol_frames[:3])
     with pytest.raises(ValueError, match="exact_memory_limit"):

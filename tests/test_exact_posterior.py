@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from ase.io import read
 from helpers import DATA
+from sklearn.base import clone
 
-from kernelpot import SOAP, SparseGPPotential, SquaredExponential
+from kernelpot import SOAP, SparseGPPotential, SquaredExponential, load
 from kernelpot.exact_posterior import ExactPosterior
 
 
@@ -95,8 +96,9 @@ def test_to_arrays_holds_the_structures_not_the_jacobians(exact):
                                           "has_energy", "has_forces")}
     assert fitted["method"] == "exact" and fitted["stats"] is None
     assert fitted["jitter"] == 0.0
-    with pytest.raises(ValueError, match="training_state=True needs a model fitted"):
-        exact.posterior_.to_arrays(training_state=True)
+    # the file holds the structures either way: with the training state, the same arrays
+    state, _ = exact.posterior_.to_arrays(training_state=True)
+    assert state.keys() == arrays.keys()
 
 
 @pytest.mark.parametrize("missing", ["exact_L", "exact_y", "exact_structures_positions"])
@@ -144,18 +146,28 @@ def test_per_element_signal_stds_are_a_dict(per_element):
                                [sigma["H"] ** 2, sigma["C"] ** 2, sigma["O"] ** 2], rtol=1e-15)
 
 
-def test_an_exact_model_fitted_without_incremental_is_not_updated(exact, frames):
+def test_every_exact_fit_keeps_its_structures_and_a_loaded_one_gets_them_back(
+        exact, frames, tmp_path):
+    """incremental=False (the default) too: update refits an exact model on them."""
+    assert exact.posterior_.keeps_training_data and len(exact.posterior_.training_frames) == 3
+    loaded = load(exact.save(tmp_path / "exact.npz"))
     with pytest.raises(ValueError, match="Owner: this exact model keeps no training "
-                                         "structures.*incremental=True"):
-        exact.posterior_.check_updatable("Owner")
+                                         r"structures.*restore_training\(frames\)"):
+        loaded.posterior_.check_updatable("Owner")
     with pytest.raises(ValueError, match="keeps no training structures"):
-        exact.update(frames[10:11])
+        loaded.update(frames[10:11])
+    with pytest.raises(ValueError, match="save: training_state=True needs the model's "
+                                         "training structures"):
+        loaded.save(tmp_path / "state.npz", training_state=True)
     with pytest.raises(ValueError, match="Owner: an exact model restores a checked training"):
-        exact.posterior_.restore_training(frames[:3], None, "Owner")
-    with pytest.raises(ValueError, match="restore_training: this exact model was fitted with "
-                                         "incremental=False"):
-        exact.restore_training(frames[:3])
-    assert exact.posterior_.keeps_training_data is False
+        loaded.posterior_.restore_training(frames[:3], None, "Owner")
+    with pytest.raises(ValueError, match="not the 3 the model was fitted on"):
+        loaded.restore_training(frames[3:6])
+    loaded.restore_training(frames[:3]).update(frames[10:11])
+    refitted = clone(exact).fit(frames[:3]).update(frames[10:11])
+    assert loaded.posterior_.n_training_structures == 4
+    np.testing.assert_allclose(loaded.predict_forces(frames[20:22]),
+                               refitted.predict_forces(frames[20:22]), rtol=1e-8, atol=1e-10)
 
 
 def _e0(model):

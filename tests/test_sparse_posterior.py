@@ -1,6 +1,7 @@
 """The sparse posterior: arrays round trip, checks, updates, refactorisation."""
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from ase.io import read
 from helpers import DATA
 from sklearn.base import clone
 
-from kernelpot import SOAP, SparseGPPotential, TwoBody
+from kernelpot import SOAP, SparseGPPotential, TwoBody, load
 from kernelpot.sparse_posterior import SparsePosterior
 
 FIXED = {"optimize": False, "signal_std": 3.0, "energy_noise": 0.003, "force_noise": 0.08,
@@ -190,12 +191,20 @@ def test_from_arrays_rejects_malformed_two_body_columns(with_pair, change):
                                     "model.npz")
 
 
-def test_check_updatable(plain, soap, frames):
+def test_check_updatable(plain, soap, frames, tmp_path):
+    # a fit on structures in memory has no training state, but keeps the structures: the
+    # estimator's update refits it first (test_update_refits_a_fit_without_a_state_once)
     with pytest.raises(ValueError, match="Owner: the model keeps no training state; fit it "
                                          "with incremental=True"):
         plain.posterior_.check_updatable("Owner")
+    assert plain.posterior_.can_update and len(plain.posterior_.fitted_on.frames) == 5
+    loaded = load(plain.save(tmp_path / "plain.npz"))  # files keep no structures
+    assert not loaded.posterior_.can_update and loaded.posterior_.fitted_on is None
+    # nor do pickled copies (models sent to joblib or Dask workers, which predict)
+    assert not pickle.loads(pickle.dumps(plain)).posterior_.can_update
+    assert plain.posterior_.can_update
     with pytest.raises(ValueError, match="keeps no training state"):
-        plain.update(frames[10:11])
+        loaded.update(frames[10:11])
     model = _incremental(soap, frames)
     model.posterior_.check_updatable("Owner")  # no error
     assert model.posterior_.keeps_training_data
@@ -369,3 +378,37 @@ def test_packed_factors_round_trip_and_refuse_a_wrong_length():
     np.testing.assert_array_equal(_unpack_lower(packed, 5, "m.npz"), L)
     with pytest.raises(ValueError, match="m.npz holds a packed factor of shape"):
         _unpack_lower(packed[:-1], 5, "m.npz")
+
+
+@pytest.mark.parametrize("pair", [None, TwoBody(r_cut=3.0, n_basis=4)])
+def test_update_refits_a_fit_without_a_state_once(soap, frames, pair):
+    """A default (non-incremental) sparse fit can be updated: its first update refits it
+    as an incremental model at the fitted hyperparameters (two-body prior std among
+    them), which then updates as a model fitted with incremental=True does."""
+    settings = SparseGPPotential(soap, two_body=pair, n_sparse={"H": 6, "C": 3, "O": 2},
+                                 random_state=0, n_restarts=0, method="sparse")
+    plain = clone(settings).fit(frames[:6])
+    incremental = clone(settings).set_params(incremental=True).fit(frames[:6])
+    assert plain.posterior_.fitted_on is not None and not plain.posterior_.keeps_training_data
+    for model in (plain, incremental):
+        model.update(frames[6:8], n_inducing=2)
+    assert plain.posterior_.keeps_training_data and plain.posterior_.fitted_on is None
+    assert plain.posterior_.n_training_structures == 8
+    assert plain.n_inducing_ == incremental.n_inducing_
+    if pair is not None:
+        assert plain.two_body_.prior_std == pytest.approx(incremental.two_body_.prior_std,
+                                                          rel=1e-12)
+    test = frames[40:43]
+    _assert_same(_predictions(plain.posterior_, plain, test),
+                 _predictions(incremental.posterior_, incremental, test), 1e-7)
+    for a, b in zip(plain.predict_forces(test, return_std=True)[1],
+                    incremental.predict_forces(test, return_std=True)[1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)  # the same LOSO map
+
+
+def test_a_fit_on_an_iterator_keeps_no_structures(soap, frames):
+    model = SparseGPPotential(soap, n_sparse=8, calibration=None, random_state=0,
+                              n_restarts=0, method="sparse").fit(iter(frames[:5]))
+    assert not model.posterior_.can_update  # the spooled file went with the fit
+    with pytest.raises(ValueError, match="keeps no training state"):
+        model.update(frames[10:11])

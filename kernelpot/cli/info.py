@@ -56,7 +56,7 @@ def _training_size(model) -> str:
     if posterior.kind == "exact":  # an exact model's file holds its training structures
         kept = (" (training state kept: update and on-the-fly learning can continue)"
                 if posterior.keeps_training_data else
-                " (incremental: restore_training before update)" if model.incremental else "")
+                " (restore_training with them before update or on-the-fly learning)")
         return f"{count} structures{kept}"
     if getattr(posterior, "training", None) is not None:
         return (f"{count} structures (training state kept: update and on-the-fly learning "
