@@ -1084,3 +1084,33 @@ def test_logged_warnings_read_as_the_commands_own_lines():
     info = logging.LogRecord("kernelpot.estimator", logging.INFO, __file__, 1, "fitted",
                              (), None)
     assert formatter.format(info) == "INFO kernelpot.estimator: fitted"  # -v keeps the name
+
+
+def test_training_errors_without_stds_are_the_same_means_in_fewer_passes():
+    """kernelpot fit's training-set errors (no coverage printed) skip the stds, and for
+    cells with stresses predict energies, forces and stresses in one pass."""
+    from helpers import emt_strained_cells
+
+    from kernelpot import SOAP, SparseGPPotential
+    from kernelpot.cli._common import _errors
+
+    cells = emt_strained_cells(6, seed=2)
+    model = SparseGPPotential(SOAP(["Cu"], 4.0, 3, 2, 0.5), method="sparse", n_sparse=20,
+                              random_state=0, n_restarts=0).fit(cells[:4])
+    for frames in (cells, cells[:2] + [_without_stress(cells[2])]):
+        fast, full = _errors(model, frames, stds=False), _errors(model, frames)
+        assert fast["energy_std"] is None and fast["forces_std"] is None
+        assert fast["stress_std"] is None
+        for key in ("energies", "stress"):
+            np.testing.assert_allclose(fast[key], full[key], rtol=1e-10, atol=1e-12)
+        for a, b in zip(fast["forces"], full["forces"], strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def _without_stress(atoms):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    copy = atoms.copy()
+    copy.calc = SinglePointCalculator(copy, energy=atoms.get_potential_energy(),
+                                      forces=atoms.get_forces())
+    return copy

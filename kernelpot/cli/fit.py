@@ -72,8 +72,8 @@ def _cmd_fit(args) -> int:
     _print_loso(model, frames)
     if not args.no_train_eval:
         evaluation = time.perf_counter()
-        _print_errors("training (fitted on these)", _errors(model, frames, args.train),
-                      calibration=False)
+        _print_errors("training (fitted on these)",
+                      _errors(model, frames, args.train, stds=False), calibration=False)
         print(f"training-set evaluation in {time.perf_counter() - evaluation:.1f} s "
               "(--no-train-eval skips it)")
     # an incremental model keeps what update and on-the-fly learning continue from
