@@ -75,7 +75,7 @@ def main(argv=None):
                         help="comma-separated MD seeds, one run each (default 0)")
     parser.add_argument("--start", choices=["unfitted", "fitted"], default="unfitted",
                         help="hand the learner an unfitted model, or one fitted by the "
-                             "default fit (incremental) on the labelled first frame")
+                             "default fit (as fit leaves it) on the labelled first frame")
     parser.add_argument("--method", choices=["auto", "sparse", "exact"], default="auto",
                         help="the model's method (default: the estimator's default)")
     parser.add_argument("--contact-margin", default="0.05",
@@ -106,8 +106,8 @@ def main(argv=None):
             first.calc = EMT()
             first.calc = SinglePointCalculator(first, energy=first.get_potential_energy(),
                                                forces=first.get_forces())
-            model = SparseGPPotential(descriptor, incremental=True, random_state=0,
-                                      n_restarts=0, method=args.method).fit([first])
+            model = SparseGPPotential(descriptor, random_state=0, n_restarts=0,
+                                      method=args.method).fit([first])
             print(f"  start: fitted on one frame, σ_F = {model.force_noise_:.2e} eV/Å",
                   flush=True)
         dyn = Langevin(atoms, 5 * units.fs, temperature_K=300, friction=0.01 / units.fs,
