@@ -166,15 +166,22 @@ def _coefficients(vectors, neighbor_species, begin, end, own_species, radial_wei
 
 @njit(cache=True)
 def _radial(r2, radial_weights, radial_exponents, values, derivatives):
-    """``G_ln(r²) = Σ_k B_lnk exp(-E_lk r²)`` and ``dG/d(r²)``."""
+    """``G_ln(r²) = Σ_k B_lnk exp(-E_lk r²)`` and ``dG/d(r²)``.
+
+    The ``(l_max + 1) n_max`` exponentials are computed once each and shared by every
+    ``n`` (they depend on ``l`` and ``k`` only).
+    """
     l_max = radial_exponents.shape[0] - 1
     n_max = radial_exponents.shape[1]
+    decay = np.empty(n_max)
     for ell in range(l_max + 1):
+        for k in range(n_max):
+            decay[k] = np.exp(-radial_exponents[ell, k] * r2)
         for n in range(n_max):
             g = 0.0
             dg = 0.0
             for k in range(n_max):
-                term = radial_weights[ell, n, k] * np.exp(-radial_exponents[ell, k] * r2)
+                term = radial_weights[ell, n, k] * decay[k]
                 g += term
                 dg -= radial_exponents[ell, k] * term
             values[ell, n] = g
@@ -352,23 +359,40 @@ def _neighbor_gradient(v, s, radial, radial_derivative, T, U, l_prefactor, featu
 
     ``∂c^s_nlm/∂v = 2 v G'_ln S_lm + G_ln ∇S_lm``, contracted with the centre's
     coefficients through ``T`` and ``U``; only the columns whose block involves ``s``.
+    Each column's table entry is read once for its three components.
     """
-    for x in range(3):
-        vx = v[x]
-        for idx in range(species_feature_count[s]):
-            f = species_features[s, idx]
-            z1, z2 = feature_table[f, 0], feature_table[f, 1]
-            n1, n2, ell = feature_table[f, 2], feature_table[f, 3], feature_table[f, 4]
-            value = 0.0
-            if z1 == s:
-                value += (vx * 2.0 * radial_derivative[ell, n1] * T[z2, n2, ell]
-                          + radial[ell, n1] * U[x, z2, n2, ell])
-            if z2 == s:
-                value += (vx * 2.0 * radial_derivative[ell, n2] * T[z1, n1, ell]
-                          + radial[ell, n2] * U[x, z1, n1, ell])
-            value *= l_prefactor[ell]
-            row[x, f] += value
-            own[x, f] -= value
-            if with_strain:
-                for y in range(3):
-                    strain[a, x, y, f] += value * v[y]
+    v0, v1, v2 = v[0], v[1], v[2]
+    for idx in range(species_feature_count[s]):
+        f = species_features[s, idx]
+        z1, z2 = feature_table[f, 0], feature_table[f, 1]
+        n1, n2, ell = feature_table[f, 2], feature_table[f, 3], feature_table[f, 4]
+        g0 = 0.0
+        g1 = 0.0
+        g2 = 0.0
+        if z1 == s:
+            d = 2.0 * radial_derivative[ell, n1] * T[z2, n2, ell]
+            w = radial[ell, n1]
+            g0 += v0 * d + w * U[0, z2, n2, ell]
+            g1 += v1 * d + w * U[1, z2, n2, ell]
+            g2 += v2 * d + w * U[2, z2, n2, ell]
+        if z2 == s:
+            d = 2.0 * radial_derivative[ell, n2] * T[z1, n1, ell]
+            w = radial[ell, n2]
+            g0 += v0 * d + w * U[0, z1, n1, ell]
+            g1 += v1 * d + w * U[1, z1, n1, ell]
+            g2 += v2 * d + w * U[2, z1, n1, ell]
+        prefactor = l_prefactor[ell]
+        g0 *= prefactor
+        g1 *= prefactor
+        g2 *= prefactor
+        row[0, f] += g0
+        row[1, f] += g1
+        row[2, f] += g2
+        own[0, f] -= g0
+        own[1, f] -= g1
+        own[2, f] -= g2
+        if with_strain:
+            for y in range(3):
+                strain[a, 0, y, f] += g0 * v[y]
+                strain[a, 1, y, f] += g1 * v[y]
+                strain[a, 2, y, f] += g2 * v[y]
