@@ -30,6 +30,11 @@ def _terms(n, seed, noise_level=0.0):
     return rng, post, proj, noise
 
 
+def _scale_at(fitted: dict, v_ref: float) -> float:
+    """The fitted map's ``c`` with its reference variance moved to ``v_ref`` (the same map)."""
+    return fitted["scale"] * (v_ref / fitted["reference"]) ** ((fitted["exponent"] - 1) / 2)
+
+
 def test_fit_recovers_a_plain_scale_and_gives_unit_z_scores():
     rng, post, proj, noise = _terms(4000, seed=0)
     errors = rng.normal(size=4000) * np.sqrt(4.0 * (post + proj))
@@ -38,8 +43,9 @@ def test_fit_recovers_a_plain_scale_and_gives_unit_z_scores():
     assert fitted["projection"] == pytest.approx(1.0, rel=0.1)
     assert fitted["exponent"] == pytest.approx(1.0, abs=0.1)
     assert fitted["noise"] == 1.0  # no noise: not fitted
-    np.testing.assert_allclose(fitted["reference"], np.exp(np.mean(np.log(post + proj))),
-                               rtol=1e-12)
+    # centred on the fitted u (the map is then best conditioned in c and p)
+    u = post + fitted["projection"] ** 2 * proj
+    np.testing.assert_allclose(fitted["reference"], np.exp(np.mean(np.log(u))), rtol=1e-3)
     calibration = StdCalibration({"energy": 1.0, **{f"forces{s}": fitted[k] for s, k in (
         ("", "scale"), ("_projection", "projection"), ("_exponent", "exponent"),
         ("_reference", "reference"), ("_noise", "noise"))}}, None)
@@ -58,8 +64,9 @@ def test_fit_recovers_a_known_per_atom_force_map():
     variance = c**2 * u * (group_mean(u, 3) / v_ref) ** (p - 1) + d**2 * noise
     errors = rng.normal(size=u.size) * np.sqrt(variance)
     fitted = fit_variance_terms(errors, post, proj, noise, "Test", group=3)
-    assert fitted["reference"] == pytest.approx(v_ref, rel=1e-12)
-    assert fitted["scale"] == pytest.approx(c, rel=0.1)
+    fitted_u = group_mean(post + fitted["projection"] ** 2 * proj, 3)[::3]
+    assert fitted["reference"] == pytest.approx(np.exp(np.mean(np.log(fitted_u))), rel=1e-3)
+    assert _scale_at(fitted, v_ref) == pytest.approx(c, rel=0.1)
     assert fitted["projection"] == pytest.approx(w, rel=0.15)
     assert fitted["exponent"] == pytest.approx(p, abs=0.1)
     assert fitted["noise"] == pytest.approx(d, rel=0.15)
@@ -81,10 +88,42 @@ def test_fit_recovers_every_term_of_a_known_map():
     variance = c**2 * v_ref * (u / v_ref) ** p + d**2 * noise
     errors = rng.normal(size=u.size) * np.sqrt(variance)
     fitted = fit_variance_terms(errors, post, proj, noise, "Test")
-    assert fitted["scale"] == pytest.approx(c, rel=0.1)
+    assert _scale_at(fitted, v_ref) == pytest.approx(c, rel=0.1)
     assert fitted["projection"] == pytest.approx(w, rel=0.15)
     assert fitted["exponent"] == pytest.approx(p, abs=0.1)
     assert fitted["noise"] == pytest.approx(d, rel=0.15)
+
+
+def test_the_search_does_not_stop_short_in_the_valley_of_c_and_p():
+    """Measured case: a sparse ethanol model's LOSO forces with w ≈ 0.005
+    (tests/data/make_ethanol_pair_loso_forces.py), whose u sits far below the raw terms'
+    centre. From there L-BFGS-B stopped at different points of the valley where c and p
+    trade off for inputs 1e-9 apart (c 5.3 / 10.9 / 24.2, p 1.16–1.58, up to 1.4 nats
+    below the best; one or two BLAS threads gave stds 16 % apart). Re-centred on the
+    fitted u, every perturbed fit reaches the best to 0.2 nats (what is left: an optimum
+    with w → 0 about 0.1 nats lower in likelihood, in 1 of 12 draws)."""
+    from helpers import DATA
+
+    data = np.load(DATA / "ethanol_pair_loso_forces.npz")
+    errors, post, proj, noise = (data[k] for k in ("errors", "posterior", "projection",
+                                                   "noise"))
+
+    def nll(fitted):
+        u = post + fitted["projection"] ** 2 * proj
+        var = (fitted["scale"] ** 2 * u * (group_mean(u, 3) / fitted["reference"])
+               ** (fitted["exponent"] - 1) + fitted["noise"] ** 2 * noise)
+        return float(np.sum(0.5 * np.log(2 * np.pi * var) + 0.5 * errors**2 / var))
+
+    values = []
+    for k in range(12):
+        jitter = np.random.default_rng(100 + k)
+
+        def perturbed(x, jitter=jitter):
+            return x * (1 + 1e-9 * jitter.standard_normal(x.shape))
+
+        values.append(nll(fit_variance_terms(perturbed(errors), perturbed(post),
+                                             perturbed(proj), noise, "Test", group=3)))
+    assert max(values) - min(values) < 0.2, values
 
 
 def test_without_projection_term_its_weight_is_one():
