@@ -41,9 +41,9 @@ thermalize_momenta(atoms, temperature_K=500, rng=np.random.default_rng(0))
 dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=500, friction=0.01 / units.fs,
                fixcm=False, rng=np.random.default_rng(1))
 # method="auto" (the default): the exact model while it is cheap (here the whole run),
-# then the sparse one
+# then the sparse one; the fitted model goes to the learner as fit left it
 model = SparseGPPotential(SOAP(["H", "C", "O"], 4.0, n_max=6, l_max=4, sigma=0.4),
-                          incremental=True, random_state=0).fit(bundled[0:100:20])
+                          random_state=0).fit(bundled[0:100:20])
 
 # %%
 # Learn on the fly with GFN2-xTB as the reference
