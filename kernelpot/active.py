@@ -375,7 +375,8 @@ class OnTheFlyLearner:
                 if isinstance(reference, type) else type(reference).__name__
             raise TypeError("OnTheFlyLearner: reference must be an ASE calculator (the "
                             f"method the learner labels with); got {got}")
-        if hasattr(model, "alpha_") and not model.posterior_.can_update:
+        if hasattr(model, "alpha_") and (model.config_type_noise
+                                         or not model.posterior_.can_update):
             raise ValueError(_not_updatable(model))  # before any MD step or call is spent
         if threshold is not None and not threshold > 0:
             raise ValueError(f"OnTheFlyLearner: threshold must be > 0 eV/Å; got {threshold}")
@@ -509,7 +510,7 @@ class OnTheFlyLearner:
         if not hasattr(self.model, "alpha_"):
             self._fit_first(atoms, int(dynamics.nsteps))
             self._last_call_step = int(dynamics.nsteps)  # labelled already: no call here
-        elif not self.model.posterior_.can_update:
+        elif self.model.config_type_noise or not self.model.posterior_.can_update:
             raise ValueError(_not_updatable(self.model))
         else:
             # a sparse model fitted without incremental=True: refitted as one, once
@@ -1094,6 +1095,8 @@ def _rebuild_dynamics(spec: dict, atoms):
 
 def _not_updatable(model) -> str:
     """Return the refusal of a fitted model that keeps no training data, with what to do."""
+    if model.config_type_noise:
+        return f"OnTheFlyLearner: {estimator_module.CONFIG_TYPE_NOT_UPDATABLE}"
     if model.incremental:  # loaded from a file saved without its training state
         return ("OnTheFlyLearner: the model was fitted with incremental=True but holds no "
                 "training state (a model file saved without training_state=True): save it "
@@ -1104,6 +1107,6 @@ def _not_updatable(model) -> str:
            "refit it on a list of structures (or with incremental=True, and save it with "
            "training_state=True)")
     return (f"OnTheFlyLearner: the {model.method_} model keeps no training data to update "
-            "(it was loaded from a file, or fitted on an iterator of structures, which the "
-            f"fit does not keep): {fix}, or hand the learner an unfitted model (it fits the "
-            "first frame itself)")
+            "(it was loaded from a file, or its fit kept no structures: an iterator, a Dask "
+            f"cluster or more than {estimator_module.KEPT_ATOMS} atoms): {fix}, or hand the "
+            "learner an unfitted model (it fits the first frame itself)")

@@ -114,8 +114,9 @@ def fit_variance_terms(errors: np.ndarray, post: np.ndarray, proj: np.ndarray,
     Notes
     -----
     The calibrated total variance is ``c² v_ref (u / v_ref)^p + d² noise`` with
-    ``u = post + w² proj`` and ``v_ref`` the geometric mean of the fitted ``u`` on the
-    validation set (of the raw epistemic variance where only ``c`` is fitted); ``c²``,
+    ``u = post + w² proj`` and ``v_ref`` the geometric mean of ``u`` on the validation
+    set at the first search's ``w`` (of the raw epistemic variance where only ``c`` is
+    fitted, or where the search from there did not improve); ``c²``,
     ``w²``, ``d²`` (in [1e-4, 1e4]) and ``p`` (in [0.2, 5]) maximise the Gaussian
     likelihood of the errors. ``p = 1`` is a plain
     scale; ``p > 1`` spreads the stds (the errors grow faster than the raw std, the

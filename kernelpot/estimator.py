@@ -16,6 +16,7 @@ import numbers
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -29,6 +30,7 @@ from sklearn.utils.validation import check_is_fitted
 from kernelpot import _parallel, exact, io, loso_blocks, metrics, noise_groups
 from kernelpot._block_runner import BlockRunner, check_client
 from kernelpot._labels import TrainingSet, check_frames, composition_counts, read_labels
+from kernelpot._structures import labels_only
 from kernelpot._validation import (
     check_geometry,
     check_max_inducing,
@@ -69,6 +71,14 @@ __all__ = ["Prediction", "SparseGPPotential", "format_signal_std"]
 
 #: Values of ``method``.
 _METHODS = ("sparse", "exact", "auto")
+#: Atoms in memory up to which a sparse model fitted without ``incremental=True`` keeps
+#: copies of its training structures, for its first :meth:`SparseGPPotential.update`
+#: (about 40 MB of copies); larger fits keep none.
+KEPT_ATOMS = 500_000
+#: Why a model with ``config_type_noise=True`` cannot be updated.
+CONFIG_TYPE_NOT_UPDATABLE = ("a model fitted with config_type_noise=True cannot be updated "
+                             "(updates and on-the-fly learning keep one noise per kind of "
+                             "observation): refit it on all the structures")
 #: Training structures a LOSO calibration needs (fewer: raw stds).
 _LOSO_MIN_STRUCTURES = 3
 #: Posterior classes by ``method``.
@@ -248,7 +258,8 @@ pair of float
         ``force_noise_`` and ``stress_noise_`` are the noise of those types, and the
         noise that predictions, intervals and ``calibrate`` add for every new structure.
         A type with fewer than 5 structures of a kind, or a kind whose noise is not
-        fitted (``optimize``), keeps the scale 1. Not with ``incremental=True``.
+        fitted (``optimize``), keeps the scale 1. Not with ``incremental=True``; a model
+        fitted with it cannot be updated (:meth:`update`, on-the-fly learning).
         Fitted scales: ``config_type_noise_``. See :mod:`kernelpot.noise_groups`. The
         likelihood may also read the model's misfit of a rare type as noise and stop
         fitting it (mlearn Mo, 4-fold CV: the surfaces' energy noise grew 8–80×,
@@ -286,11 +297,14 @@ pair of float
         that :meth:`update` can add structures and inducing environments by
         low-rank updates instead of a refit (memory grows with the training set:
         meant for on-the-fly learning, not for large fits). Without it, a sparse
-        model fitted on structures in memory (a list, or files) keeps references to
-        them, and its first :meth:`update` (or an :class:`~kernelpot.OnTheFlyLearner`
-        handed it) refits it once with ``incremental=True`` at the fitted
-        hyperparameters: a default fit can go on to on-the-fly learning. An exact
-        model always keeps its training structures (references, small beside its
+        model fitted on files keeps their paths, and one fitted on a list of up to
+        ``kernelpot.estimator.KEPT_ATOMS`` (500,000) atoms keeps copies of the
+        structures with their labels; its first :meth:`update` (or an
+        :class:`~kernelpot.OnTheFlyLearner` handed it) refits it once with
+        ``incremental=True`` at the fitted hyperparameters:
+        a default fit can go on to on-the-fly learning (not one on a Dask cluster,
+        on an iterator, or with ``config_type_noise``; logged). An exact model
+        always keeps its training structures (copies, small beside its
         descriptors), and each update refits it on all of them (``O(n_obs³)``: a
         few structures of a molecule, where the exact model is the accurate one).
         With ``method="auto"`` each :meth:`update` of an exact model checks the three
@@ -687,10 +701,8 @@ pair of float
                 self, training, descriptor, prepared.kernel, prepared.rng,
                 lambda fn, items, desc: self._imap(fn, items, verbose, desc),
                 runner=BlockRunner(self.n_jobs, client, verbose, owner))
-            if spooled_away:  # the exact model's structures are a removed file
-                posterior.training = None
-            elif posterior.kind == "sparse" and not posterior.keeps_training_data:
-                posterior.fitted_on = training  # the first update refits incrementally
+            if posterior.kind == "exact" or not posterior.keeps_training_data:
+                self._keep_training(posterior, training, spooled_away, client, owner)
             self._adopt(posterior, descriptor, training.species, training.e0,
                         self._loso_calibration(posterior))
             self.shortest_pairs_ = prepared.shortest
@@ -711,6 +723,41 @@ pair of float
                     self.energy_noise_, self.force_noise_, stress,
                     self.log_marginal_likelihood_value_)
         return self
+
+    def _keep_training(self, posterior, training: TrainingSet, spooled_away: bool,
+                       client, owner: str) -> None:
+        """Give a fitted posterior the training set :meth:`update` refits on, or none.
+
+        An exact model keeps it (``training``); a sparse one without a training state as
+        ``fitted_on`` (its first update refits it with ``incremental=True``). Structures
+        in memory are kept as copies with their labels (``labels_only``): the caller's
+        own objects may move after the fit (MD started from a training frame), and a
+        refit would pair their new positions with the old labels. Nothing is kept (the
+        model cannot be updated; logged) for ``config_type_noise=True`` (updates keep
+        one noise per kind of observation), structures from an iterator (spooled to a
+        removed file), a sparse fit on a Dask cluster (a refit here would hold its whole
+        design) or of more than ``KEPT_ATOMS`` atoms in memory.
+        """
+        frames, sparse = training.frames, posterior.kind == "sparse"
+        n_atoms = sum(len(a) for a in frames) if isinstance(frames, list) else 0
+        why = ("config_type_noise=True" if self.config_type_noise else
+               "its structures came from an iterator" if spooled_away else
+               "it was fitted on a Dask cluster" if sparse and client is not None else
+               f"its {n_atoms} atoms are more than KEPT_ATOMS = {KEPT_ATOMS} to keep copies "
+               "of" if sparse and n_atoms > KEPT_ATOMS else None)
+        if why is not None:
+            logger.info("%s: the model keeps no training structures, so update() and "
+                        "on-the-fly learning cannot continue from it: %s (fit with "
+                        "incremental=True for that)", owner, why)
+            if not sparse:
+                posterior.training = None
+            return
+        if isinstance(frames, list):
+            training = replace(training, frames=[labels_only(a) for a in frames])
+        if sparse:
+            posterior.fitted_on = training
+        else:
+            posterior.training = training
 
     def _prepare_fit(self, X, owner: str, method: str = "fit") -> _PreparedFit:
         """Check the training structures and labels; choose the descriptor and the method.
@@ -1161,8 +1208,9 @@ pair of float
             ``force_noise_``/``energy_noise_`` themselves are unchanged). ``c``, ``w``,
             ``p`` and ``d`` maximise the Gaussian likelihood of the validation errors,
             structure by structure (energies) or component by component (forces);
-            ``v_ref`` is the geometric mean of the raw ``v_posterior + v_projection``
-            there. ``w = 1`` for an exact model (no projection term). Fewer than 50
+            ``v_ref`` is the geometric mean of ``u`` there (at the first search's ``w``;
+            only a reparametrisation of ``c``). ``w = 1`` for an exact model (no
+            projection term). Fewer than 50
             energies take ``w`` and ``p`` from the force map and fix ``d`` at 0.01 (the
             learned noise folded into the epistemic part; see
             :meth:`kernelpot.calibration.StdCalibration.fit`). Saved with the
@@ -1273,6 +1321,8 @@ pair of float
         """
         check_is_fitted(self)
         owner = f"{type(self).__name__}.update"
+        if self.config_type_noise:
+            raise ValueError(f"{owner}: {CONFIG_TYPE_NOT_UPDATABLE}")
         posterior = self.posterior_
         if not posterior.can_update:
             posterior.check_updatable(owner)  # raises, saying why
@@ -1324,8 +1374,10 @@ pair of float
         A sparse fit keeps no training state unless ``incremental=True``, but one on
         structures in memory keeps them (references); its first :meth:`update` (or an
         :class:`~kernelpot.OnTheFlyLearner` handed it) refits it with
-        ``incremental=True`` at the fitted hyperparameters and ``n_sparse``, once (with
-        ``random_state=None`` the inducing environments are drawn again). Nothing for a model
+        ``incremental=True`` at the fitted hyperparameters and ``n_sparse``, once: the
+        same model with an int ``random_state`` (tested), its inducing environments
+        selected again otherwise (``None`` or a ``RandomState``, which has moved on).
+        A :meth:`calibrate` map stays. Nothing for a model
         that can be updated already, or that keeps no structures (``update`` then says
         why).
         """
@@ -1333,13 +1385,9 @@ pair of float
         fitted_on = getattr(posterior, "fitted_on", None)
         if posterior.keeps_training_data or fitted_on is None:
             return
-        if self.config_type_noise:
-            raise ValueError(f"{owner}: a model fitted with config_type_noise=True cannot be "
-                             "updated (updates keep one noise per kind of observation): refit "
-                             "it on all the structures")
         self._refit_sparse(fitted_on, 0, False, owner, None,
                            "the model was fitted without incremental=True, so it was "
-                           "refitted as an incremental one (once)")
+                           "refitted as an incremental one (once)", keep_map=True)
 
     def _inducing_cap(self, max_inducing, owner: str) -> np.ndarray | None:
         """Return ``update``'s ``max_inducing`` as a cap per element (inf: none)."""
@@ -1377,7 +1425,8 @@ pair of float
         return self
 
     def _refit_sparse(self, training: TrainingSet, n_new: int, optimize: bool,
-                      owner: str, cap: np.ndarray | None, why: str) -> SparseGPPotential:
+                      owner: str, cap: np.ndarray | None, why: str,
+                      keep_map: bool = False) -> SparseGPPotential:
         """Fit the sparse model with a training state on ``training``, for later updates.
 
         Two callers: an exact model ``method="auto"`` chose, once the grown training set
@@ -1388,7 +1437,8 @@ pair of float
         at the model's hyperparameters (a two-body term's fitted prior std among them)
         unless ``optimize`` (then they are its start), with the reference energies
         ``e0_`` as fitted. Later updates are the sparse model's. ``why`` starts the log
-        line.
+        line. ``keep_map``: the refit of the same structures keeps a :meth:`calibrate` map
+        (the LOSO one is refitted either way).
         """
         start = time.perf_counter()
         fitted = {"signal_std": float(np.max(self.signal_std_)),
@@ -1416,7 +1466,12 @@ pair of float
             check_random_state(self.random_state),
             lambda fn, items, desc: self._imap(fn, items, verbose, desc),
             runner=BlockRunner(self.n_jobs, None, verbose, owner))
-        self._adopt_updated(sparse, owner)
+        if keep_map and self.interval_kind_ == "validation":  # the same data: still holds
+            self._adopt(sparse, self.descriptor_, self.species_, self.e0_,
+                        StdCalibration(self.std_scale_, self.interval_scores_,
+                                       kind="validation"))
+        else:
+            self._adopt_updated(sparse, owner)
         logger.info("%s: %s on all %d structures (%d of them new) in %.1f s (inducing "
                     "environments %s); later updates are incremental", owner, why,
                     len(training.frames), n_new, time.perf_counter() - start,

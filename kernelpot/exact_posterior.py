@@ -429,8 +429,9 @@ class ExactPosterior(Posterior):
         """
         if self.training is None:
             raise ValueError(f"{owner}: this exact model keeps no training structures to "
-                             "refit on (a model loaded from a file): give them back with "
-                             "restore_training(frames), the structures it was fitted on")
+                             "refit on (loaded from a file, or fitted on an iterator): give "
+                             "them back with restore_training(frames), the structures it "
+                             "was fitted on")
 
     def restore_training(self, frames: list, describe: Callable | None, owner: str,
                          training: TrainingSet | None = None) -> None:

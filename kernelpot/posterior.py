@@ -45,12 +45,23 @@ class Posterior(ABC):
     def __getstate__(self) -> dict:
         """Pickle without ``fitted_on``: models sent to workers (joblib, Dask) predict.
 
-        The references to a sparse fit's structures would travel with every copy; an
-        unpickled model is one loaded, which cannot update without a training state.
+        A sparse fit's kept structures would travel with every copy; an unpickled sparse
+        model is then one loaded, which cannot update without a training state (an
+        exact model's ``training`` is small beside its factors and travels with it).
+        ``copy.deepcopy`` keeps everything (:meth:`__deepcopy__`).
         """
         state = dict(self.__dict__)
         state.pop("fitted_on", None)
         return state
+
+    def __deepcopy__(self, memo: dict) -> Posterior:
+        """Return a full copy, ``fitted_on`` included (a copy to branch updates from)."""
+        import copy
+
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
 
     @property
     def can_update(self) -> bool:

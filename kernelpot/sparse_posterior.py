@@ -981,8 +981,11 @@ class SparsePosterior(Posterior):
             Names the caller in the error.
         """
         if self.training is None:
-            raise ValueError(f"{owner}: the model keeps no training state; fit it with "
-                             "incremental=True (models loaded from file cannot be updated)")
+            raise ValueError(f"{owner}: the model keeps no training state (loaded from a "
+                             "file, a pickled copy, or a fit that kept no structures: see its "
+                             "log); refit it on a list of structures, or with "
+                             "incremental=True (a file then needs save(..., "
+                             "training_state=True) and restore_training)")
 
     def refresh_loso(self, owner: str) -> None:
         """Recompute the leave-one-structure-out terms (``loso``) of the training state.

@@ -248,3 +248,23 @@ def test_bad_settings_and_types_are_named(typed_cells):
 def test_malformed_scales_in_a_file_are_refused(entry):
     with pytest.raises(ValueError, match="malformed config_type_noise"):
         noise_groups.checked_scales(entry, "model.npz")
+
+
+@pytest.mark.parametrize("method", ["sparse", "exact"])
+def test_a_model_with_noise_per_type_is_not_updated_and_says_so(typed_cells, method,
+                                                                tmp_path):
+    """Updates keep one noise per kind: a refit would drop the fitted scales (the exact
+    model's did, silently), so update and the learner refuse such a model up front."""
+    from ase.calculators.emt import EMT
+
+    from kernelpot import OnTheFlyLearner
+
+    model = _model(method, config_type_noise=True, n_restarts=0,
+                   optimize=False).fit(typed_cells[:8])
+    assert not model.posterior_.can_update
+    with pytest.raises(ValueError, match="update: a model fitted with config_type_noise="
+                                         "True cannot be updated"):
+        model.update(typed_cells[8:9])
+    with pytest.raises(ValueError, match="OnTheFlyLearner: a model fitted with "
+                                         "config_type_noise=True cannot be updated"):
+        OnTheFlyLearner(model, EMT(), directory=tmp_path)

@@ -194,8 +194,9 @@ def test_from_arrays_rejects_malformed_two_body_columns(with_pair, change):
 def test_check_updatable(plain, soap, frames, tmp_path):
     # a fit on structures in memory has no training state, but keeps the structures: the
     # estimator's update refits it first (test_update_refits_a_fit_without_a_state_once)
-    with pytest.raises(ValueError, match="Owner: the model keeps no training state; fit it "
-                                         "with incremental=True"):
+    with pytest.raises(ValueError, match=r"Owner: the model keeps no training state \(loaded "
+                                         "from a file, a pickled copy, or a fit that kept no "
+                                         "structures"):
         plain.posterior_.check_updatable("Owner")
     assert plain.posterior_.can_update and len(plain.posterior_.fitted_on.frames) == 5
     loaded = load(plain.save(tmp_path / "plain.npz"))  # files keep no structures
@@ -417,3 +418,43 @@ def test_a_fit_on_an_iterator_keeps_no_structures(soap, frames):
     assert not model.posterior_.can_update  # the spooled file went with the fit
     with pytest.raises(ValueError, match="keeps no training state"):
         model.update(frames[10:11])
+
+
+@pytest.mark.parametrize("method", ["sparse", "exact"])
+def test_the_kept_structures_are_copies(soap, method):
+    """MD started from a training frame moves the caller's object: a refit on it would pair
+    the new positions with the old labels. The model keeps copies."""
+    frames = [atoms.copy() for atoms in read(DATA / "ethanol_xtb_500K_60.xyz", ":8")]
+    for atoms, source in zip(frames, read(DATA / "ethanol_xtb_500K_60.xyz", ":8"),
+                             strict=True):
+        atoms.calc = source.calc
+    settings = SparseGPPotential(soap, n_sparse={"H": 6, "C": 3, "O": 2}, random_state=0,
+                                 n_restarts=0, method=method, calibration=None)
+    moved, clean = clone(settings).fit(frames[:6]), clone(settings).fit(frames[:6])
+    frames[0].positions += 0.3  # as an MD run on frames[0] would
+    kept = (moved.posterior_.fitted_on if method == "sparse" else moved.posterior_.training)
+    assert kept.frames[0] is not frames[0]
+    assert not np.allclose(kept.frames[0].positions, frames[0].positions)
+    extra = read(DATA / "ethanol_xtb_500K_60.xyz", "10:12")
+    moved.update(extra)
+    frames[0].positions -= 0.3
+    clean.update(extra)
+    test = read(DATA / "ethanol_xtb_500K_60.xyz", "40:42")
+    np.testing.assert_allclose(moved.predict_forces(test), clean.predict_forces(test),
+                               rtol=1e-8, atol=1e-10)
+
+
+def test_a_deep_copy_can_be_updated_and_a_calibrate_map_survives_the_refit(soap, frames):
+    import copy
+
+    model = SparseGPPotential(soap, n_sparse={"H": 6, "C": 3, "O": 2}, random_state=0,
+                              n_restarts=0, method="sparse").fit(frames[:6])
+    twin = copy.deepcopy(model)
+    assert twin.posterior_.can_update and twin.posterior_.fitted_on is not None
+    model.calibrate(frames[20:30])
+    scale = dict(model.std_scale_)
+    model._make_updatable("Test")  # what the learner does before its first step
+    assert model.posterior_.keeps_training_data
+    assert model.interval_kind_ == "validation" and model.std_scale_ == scale
+    twin.update(frames[6:7])
+    assert twin.posterior_.n_training_structures == 7
