@@ -1374,10 +1374,9 @@ pair of float
         A sparse fit keeps no training state unless ``incremental=True``, but one on
         structures in memory keeps them (references); its first :meth:`update` (or an
         :class:`~kernelpot.OnTheFlyLearner` handed it) refits it with
-        ``incremental=True`` at the fitted hyperparameters and ``n_sparse``, once: the
-        same model with an int ``random_state`` (tested), its inducing environments
-        selected again otherwise (``None`` or a ``RandomState``, which has moved on).
-        A :meth:`calibrate` map stays. Nothing for a model
+        ``incremental=True`` at the fitted hyperparameters and on the fitted inducing
+        environments, once: the same model (tested), whatever ``random_state``. A
+        :meth:`calibrate` map stays. Nothing for a model
         that can be updated already, or that keeps no structures (``update`` then says
         why).
         """
@@ -1387,7 +1386,8 @@ pair of float
             return
         self._refit_sparse(fitted_on, 0, False, owner, None,
                            "the model was fitted without incremental=True, so it was "
-                           "refitted as an incremental one (once)", keep_map=True)
+                           "refitted as an incremental one (once)", keep_map=True,
+                           inducing=(posterior.inducing, posterior.inducing_origin))
 
     def _inducing_cap(self, max_inducing, owner: str) -> np.ndarray | None:
         """Return ``update``'s ``max_inducing`` as a cap per element (inf: none)."""
@@ -1426,7 +1426,8 @@ pair of float
 
     def _refit_sparse(self, training: TrainingSet, n_new: int, optimize: bool,
                       owner: str, cap: np.ndarray | None, why: str,
-                      keep_map: bool = False) -> SparseGPPotential:
+                      keep_map: bool = False,
+                      inducing: tuple | None = None) -> SparseGPPotential:
         """Fit the sparse model with a training state on ``training``, for later updates.
 
         Two callers: an exact model ``method="auto"`` chose, once the grown training set
@@ -1438,7 +1439,8 @@ pair of float
         unless ``optimize`` (then they are its start), with the reference energies
         ``e0_`` as fitted. Later updates are the sparse model's. ``why`` starts the log
         line. ``keep_map``: the refit of the same structures keeps a :meth:`calibrate` map
-        (the LOSO one is refitted either way).
+        (the LOSO one is refitted either way); ``inducing``: its inducing environments
+        and their origins, kept instead of chosen again.
         """
         start = time.perf_counter()
         fitted = {"signal_std": float(np.max(self.signal_std_)),
@@ -1465,7 +1467,7 @@ pair of float
             settings, training, self.descriptor_, clone(self.kernel_),
             check_random_state(self.random_state),
             lambda fn, items, desc: self._imap(fn, items, verbose, desc),
-            runner=BlockRunner(self.n_jobs, None, verbose, owner))
+            runner=BlockRunner(self.n_jobs, None, verbose, owner), inducing=inducing)
         if keep_map and self.interval_kind_ == "validation":  # the same data: still holds
             self._adopt(sparse, self.descriptor_, self.species_, self.e0_,
                         StdCalibration(self.std_scale_, self.interval_scores_,

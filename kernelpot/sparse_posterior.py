@@ -340,8 +340,8 @@ class SparsePosterior(Posterior):
     @classmethod
     def fit(cls, estimator: BaseEstimator, training: TrainingSet, descriptor: Descriptor,
             kernel: Kernel, rng: np.random.RandomState,
-            imap: Callable[..., Iterator], runner: BlockRunner | None = None
-            ) -> SparsePosterior:
+            imap: Callable[..., Iterator], runner: BlockRunner | None = None,
+            inducing: tuple[list, list | None] | None = None) -> SparsePosterior:
         """Fit the sparse model to a training set.
 
         Parameters
@@ -360,6 +360,10 @@ class SparsePosterior(Posterior):
             Where the blocks of a streamed design run
             (:class:`kernelpot._block_runner.BlockRunner`); one with a Dask client
             streams the design even when it would fit in memory.
+        inducing : (list of ndarray, list of ndarray or None) or None, default=None
+            The inducing environments per element and the training structure each came
+            from, to use instead of choosing them (a refit of the same structures:
+            :meth:`SparseGPPotential.update` of a model fitted without a training state).
 
         Returns
         -------
@@ -369,8 +373,8 @@ class SparsePosterior(Posterior):
         runner = runner if runner is not None else BlockRunner(owner=owner)
         names = fitted_names(estimator.optimize, owner)
         pair = clone(estimator.two_body) if estimator.two_body is not None else None
-        inducing, origin = cls._choose_inducing(estimator, training, descriptor, kernel, rng,
-                                                imap, runner)
+        inducing, origin = inducing if inducing is not None else cls._choose_inducing(
+            estimator, training, descriptor, kernel, rng, imap, runner)
         search_kernel = "kernel" in names and kernel.n_theta > 0
         extra_starts = []
         if search_kernel and estimator.search_frames is not None \
