@@ -302,8 +302,9 @@ pair of float
         structures with their labels; its first :meth:`update` (or an
         :class:`~kernelpot.OnTheFlyLearner` handed it) refits it once with
         ``incremental=True`` at the fitted hyperparameters:
-        a default fit can go on to on-the-fly learning (not one on a Dask cluster,
-        on an iterator, or with ``config_type_noise``; logged). An exact model
+        a default fit can go on to on-the-fly learning (not one on an iterator, with
+        ``config_type_noise``, on a Dask cluster, or whose refit's design would pass
+        ``design_memory_limit``; logged). An exact model
         always keeps its training structures (copies, small beside its
         descriptors), and each update refits it on all of them (``O(n_obs³)``: a
         few structures of a molecule, where the exact model is the accurate one).
@@ -736,19 +737,27 @@ pair of float
         model cannot be updated; logged) for ``config_type_noise=True`` (updates keep
         one noise per kind of observation), structures from an iterator (spooled to a
         removed file), a sparse fit on a Dask cluster (a refit here would hold its whole
-        design) or of more than ``KEPT_ATOMS`` atoms in memory.
+        design, as one whose refit's design would pass ``design_memory_limit`` would) or
+        of more than ``KEPT_ATOMS`` atoms in memory.
         """
         frames, sparse = training.frames, posterior.kind == "sparse"
-        n_atoms = sum(len(a) for a in frames) if isinstance(frames, list) else 0
+        n_atoms = sum(len(index) for index in training.species_index)
+        # the rows a refit's design holds (energies, force components, stress components)
+        design_bytes = 8 * posterior.weights.size * (7 * len(training.species_index)
+                                                     + 3 * n_atoms)
         why = ("config_type_noise=True" if self.config_type_noise else
                "its structures came from an iterator" if spooled_away else
                "it was fitted on a Dask cluster" if sparse and client is not None else
+               f"its refit's design ({design_bytes / 2**30:.2g} GiB) would pass "
+               "design_memory_limit" if sparse
+               and design_bytes > float(self.design_memory_limit) * 2**30 else
                f"its {n_atoms} atoms are more than KEPT_ATOMS = {KEPT_ATOMS} to keep copies "
-               "of" if sparse and n_atoms > KEPT_ATOMS else None)
+               "of" if sparse and isinstance(frames, list) and n_atoms > KEPT_ATOMS else None)
         if why is not None:
             logger.info("%s: the model keeps no training structures, so update() and "
-                        "on-the-fly learning cannot continue from it: %s (fit with "
-                        "incremental=True for that)", owner, why)
+                        "on-the-fly learning cannot continue from it: %s%s", owner, why,
+                        "" if self.config_type_noise else " (fit with incremental=True for "
+                        "that)")
             if not sparse:
                 posterior.training = None
             return
@@ -1299,8 +1308,9 @@ pair of float
         ------
         ValueError
             If the model keeps no training structures (loaded from a file without them,
-            or fitted on an iterator without ``incremental=True``), or a structure holds
-            an element the model does not know.
+            or a fit that kept none: see ``incremental``), was fitted with
+            ``config_type_noise=True``, or a structure holds an element the model does
+            not know.
 
         Notes
         -----
@@ -1321,7 +1331,7 @@ pair of float
         """
         check_is_fitted(self)
         owner = f"{type(self).__name__}.update"
-        if self.config_type_noise:
+        if self.config_type_noise or self.config_type_noise_:  # as set, or as fitted
             raise ValueError(f"{owner}: {CONFIG_TYPE_NOT_UPDATABLE}")
         posterior = self.posterior_
         if not posterior.can_update:
@@ -1371,8 +1381,8 @@ pair of float
     def _make_updatable(self, owner: str) -> None:
         """Refit a sparse model fitted without ``incremental=True`` as one, on its structures.
 
-        A sparse fit keeps no training state unless ``incremental=True``, but one on
-        structures in memory keeps them (references); its first :meth:`update` (or an
+        A sparse fit keeps no training state unless ``incremental=True``, but keeps its
+        structures (:meth:`_keep_training`); its first :meth:`update` (or an
         :class:`~kernelpot.OnTheFlyLearner` handed it) refits it with
         ``incremental=True`` at the fitted hyperparameters and on the fitted inducing
         environments, once: the same model (tested), whatever ``random_state``. A
@@ -1387,7 +1397,9 @@ pair of float
         self._refit_sparse(fitted_on, 0, False, owner, None,
                            "the model was fitted without incremental=True, so it was "
                            "refitted as an incremental one (once)", keep_map=True,
-                           inducing=(posterior.inducing, posterior.inducing_origin))
+                           inducing=(list(posterior.inducing),
+                                     None if posterior.inducing_origin is None
+                                     else list(posterior.inducing_origin)))
 
     def _inducing_cap(self, max_inducing, owner: str) -> np.ndarray | None:
         """Return ``update``'s ``max_inducing`` as a cap per element (inf: none)."""
@@ -1561,8 +1573,9 @@ pair of float
         raw_labels, labels = self._new_labels(frames, owner)
         indices = self._species_indices(frames, owner)
         counts = composition_counts(indices, len(self.species_))
-        return TrainingSet(list(frames), labels, self.species_, indices, counts, self.e0_,
-                           raw_labels if self.baseline_ is not None else None)
+        # copies with their labels: the caller's objects may move later (see _keep_training)
+        return TrainingSet([labels_only(a) for a in frames], labels, self.species_, indices,
+                           counts, self.e0_, raw_labels if self.baseline_ is not None else None)
 
     def _residual_frames(self, frames: list) -> list:
         """Return copies of ``frames`` labelled minus the baseline (the GP's labels)."""

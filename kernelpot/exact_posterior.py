@@ -499,8 +499,9 @@ class ExactPosterior(Posterior):
         """
         if training_state and self.training is None:
             raise ValueError("save: training_state=True needs the model's training "
-                             "structures: this one was loaded from a file (call "
-                             "restore_training(frames) first)")
+                             "structures, which this one does not keep (loaded from a file: "
+                             "call restore_training(frames) first; or its fit kept none, as "
+                             "with config_type_noise=True)")
         arrays = {"alpha": self.weights, "exact_L": self.L, "exact_y": self.y}
         if self.loo_shift is not None:
             arrays["loo_shift"] = self.loo_shift

@@ -52,6 +52,7 @@ from sklearn.base import clone
 from kernelpot import _incremental, gp, loso_blocks, noise_groups, streaming
 from kernelpot._block_runner import BlockRunner
 from kernelpot._labels import TrainingSet
+from kernelpot._structures import labels_only
 from kernelpot._two_body_search import pair_factor, search_prior_std, whitened_pair_scale
 from kernelpot.descriptors import DescriptorResult
 from kernelpot.design import AssembledDesign, SparseDesign, prior_with_two_body, with_two_body
@@ -1267,7 +1268,7 @@ class SparsePosterior(Posterior):
         species_index, results = describe(frames)
         if state.Kw is None:  # a format-5 file: rebuild the design and its factor
             self._rebuild_design(frames, species_index, results, owner)
-        state.frames = [a.copy() for a in frames]
+        state.frames = [labels_only(a) for a in frames]  # with their labels (the run's file)
         state.species_index, state.results = species_index, results
         self.needs_frames = False
 

@@ -163,7 +163,14 @@ def test_every_exact_fit_keeps_its_structures_and_a_loaded_one_gets_them_back(
         loaded.posterior_.restore_training(frames[:3], None, "Owner")
     with pytest.raises(ValueError, match="not the 3 the model was fitted on"):
         loaded.restore_training(frames[3:6])
-    loaded.restore_training(frames[:3]).update(frames[10:11])
+    given = [atoms.copy() for atoms in frames[:3]]
+    for atoms, source in zip(given, frames[:3], strict=True):
+        atoms.calc = source.calc
+    loaded.restore_training(given)
+    assert all(kept is not atoms for kept, atoms in zip(loaded.posterior_.training_frames,
+                                                        given, strict=True))
+    given[0].positions += 0.2  # the caller's objects move on: the model's copies do not
+    loaded.update(frames[10:11])
     refitted = clone(exact).fit(frames[:3]).update(frames[10:11])
     assert loaded.posterior_.n_training_structures == 4
     np.testing.assert_allclose(loaded.predict_forces(frames[20:22]),

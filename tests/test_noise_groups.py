@@ -268,3 +268,11 @@ def test_a_model_with_noise_per_type_is_not_updated_and_says_so(typed_cells, met
     with pytest.raises(ValueError, match="OnTheFlyLearner: a model fitted with "
                                          "config_type_noise=True cannot be updated"):
         OnTheFlyLearner(model, EMT(), directory=tmp_path)
+    # nor is an unfitted one taken (it would label a frame, then fail), nor a fitted one
+    # whose parameter was switched off afterwards (the fitted scales would be dropped)
+    with pytest.raises(ValueError, match="config_type_noise=True cannot be updated"):
+        OnTheFlyLearner(_model(method, config_type_noise=True), EMT(), directory=tmp_path)
+    if model.config_type_noise_:
+        model.set_params(config_type_noise=False)
+        with pytest.raises(ValueError, match="config_type_noise=True cannot be updated"):
+            model.update(typed_cells[8:9])

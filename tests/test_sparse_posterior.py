@@ -299,6 +299,10 @@ def test_restore_training_rebuilds_the_design_of_an_updated_model(request, soap,
                                atol=1e-9 * np.abs(state.R).max()**2)
     np.testing.assert_allclose(rebuilt.b, state.b, rtol=1e-9,
                                atol=1e-9 * np.abs(state.b).max())
+    # the restored structures carry their labels (a learner writes them to its file)
+    for kept, given in zip(loaded.posterior_.training_frames, frames[:6], strict=True):
+        assert kept is not given
+        np.testing.assert_array_equal(kept.get_forces(), given.get_forces())
 
 
 def test_restore_training_refuses_structures_in_another_order(soap, frames):
@@ -451,13 +455,14 @@ def test_the_kept_structures_are_copies(soap, method):
     settings = SparseGPPotential(soap, n_sparse={"H": 6, "C": 3, "O": 2}, random_state=0,
                                  n_restarts=0, method=method, calibration=None)
     moved, clean = clone(settings).fit(frames[:6]), clone(settings).fit(frames[:6])
-    frames[0].positions += 0.3  # as an MD run on frames[0] would
+    shift = np.random.default_rng(0).normal(0.0, 0.1, frames[0].positions.shape)
+    frames[0].positions += shift  # as an MD run on frames[0] would
     kept = (moved.posterior_.fitted_on if method == "sparse" else moved.posterior_.training)
     assert kept.frames[0] is not frames[0]
     assert not np.allclose(kept.frames[0].positions, frames[0].positions)
     extra = read(DATA / "ethanol_xtb_500K_60.xyz", "10:12")
     moved.update(extra)
-    frames[0].positions -= 0.3
+    frames[0].positions -= shift
     clean.update(extra)
     test = read(DATA / "ethanol_xtb_500K_60.xyz", "40:42")
     np.testing.assert_allclose(moved.predict_forces(test), clean.predict_forces(test),
