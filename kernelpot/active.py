@@ -375,7 +375,7 @@ class OnTheFlyLearner:
                 if isinstance(reference, type) else type(reference).__name__
             raise TypeError("OnTheFlyLearner: reference must be an ASE calculator (the "
                             f"method the learner labels with); got {got}")
-        if model.config_type_noise or (hasattr(model, "alpha_")
+        if model._noise_per_type() or (hasattr(model, "alpha_")
                                        and not model.posterior_.can_update):
             raise ValueError(_not_updatable(model))  # before any MD step or call is spent
         if threshold is not None and not threshold > 0:
@@ -510,8 +510,7 @@ class OnTheFlyLearner:
         if not hasattr(self.model, "alpha_"):
             self._fit_first(atoms, int(dynamics.nsteps))
             self._last_call_step = int(dynamics.nsteps)  # labelled already: no call here
-        elif (self.model.config_type_noise or self.model.config_type_noise_
-              or not self.model.posterior_.can_update):
+        elif self.model._noise_per_type() or not self.model.posterior_.can_update:
             raise ValueError(_not_updatable(self.model))
         else:
             # a sparse model fitted without incremental=True: refitted as one, once
@@ -1096,7 +1095,7 @@ def _rebuild_dynamics(spec: dict, atoms):
 
 def _not_updatable(model) -> str:
     """Return the refusal of a fitted model that keeps no training data, with what to do."""
-    if model.config_type_noise or getattr(model, "config_type_noise_", None):
+    if model._noise_per_type():
         return f"OnTheFlyLearner: {estimator_module.CONFIG_TYPE_NOT_UPDATABLE}"
     if model.incremental:  # loaded from a file saved without its training state
         return ("OnTheFlyLearner: the model was fitted with incremental=True but holds no "

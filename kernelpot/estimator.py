@@ -1331,7 +1331,7 @@ pair of float
         """
         check_is_fitted(self)
         owner = f"{type(self).__name__}.update"
-        if self.config_type_noise or self.config_type_noise_:  # as set, or as fitted
+        if self._noise_per_type():
             raise ValueError(f"{owner}: {CONFIG_TYPE_NOT_UPDATABLE}")
         posterior = self.posterior_
         if not posterior.can_update:
@@ -1377,6 +1377,15 @@ pair of float
         logger.info("%s: %d structures added; inducing environments %s", owner, len(frames),
                     self.n_inducing_)
         return self
+
+    def _noise_per_type(self) -> bool:
+        """Return whether the model has a noise per configuration type, as set or as fitted.
+
+        Such a model cannot be updated (:data:`CONFIG_TYPE_NOT_UPDATABLE`): a refit keeps
+        one noise per kind of observation and would drop the fitted scales, also after
+        ``set_params(config_type_noise=False)``.
+        """
+        return bool(self.config_type_noise or getattr(self, "config_type_noise_", None))
 
     def _make_updatable(self, owner: str) -> None:
         """Refit a sparse model fitted without ``incremental=True`` as one, on its structures.

@@ -338,10 +338,11 @@ def _errors(model, frames, source: str = "kernelpot", stds: bool = True):
     has_s = np.flatnonzero(labels.has_stress)
     stress = stress_std = np.zeros((0, 6))
     energy_std = forces_std = None
+    one_pass = not stds and has_s.size == len(frames)  # every structure a cell with a stress
     if stds:
         energies, forces, energy_std, forces_std = model.predict_energies_and_forces(
             frames, return_std=True)
-    elif has_s.size == len(frames):  # every structure a cell with a stress: one pass
+    elif one_pass:
         _, predicted = model._predict_many(frames, forces=True, variance=False, stress=True,
                                            method="predict_stress")
         energies = np.array([p.energy for p in predicted])
@@ -349,7 +350,7 @@ def _errors(model, frames, source: str = "kernelpot", stds: bool = True):
         stress = np.array([p.stress for p in predicted]).reshape(-1, 6)
     else:
         energies, forces = model.predict_energies_and_forces(frames)
-    if has_s.size and (stds or has_s.size < len(frames)):
+    if has_s.size and not one_pass:
         cells = [frames[k] for k in has_s]
         stress, stress_std = model.predict_stress(cells, return_std=True) if stds \
             else (model.predict_stress(cells), None)
