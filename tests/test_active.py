@@ -18,7 +18,7 @@ from ase.io import read
 from ase.md.velocitydistribution import thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
-from kernelpot import ACSF, SparseGPPotential, load
+from kernelpot import ACSF, KernelPotCalculator, SparseGPPotential, load
 from kernelpot.active import YOUNG_FLOOR, InconsistentReference, OnTheFlyLearner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -457,10 +457,13 @@ def test_gate_is_the_models_calibrated_std_and_the_threshold_its_loso_maximum(tm
     assert model.interval_kind_ == "loso"
     learner = OnTheFlyLearner(model, EMT(), directory=tmp_path, max_calls=2, min_interval=5)
     dyn = _dynamics(seed=3)
+    dyn.atoms.calc = KernelPotCalculator(model)  # lazy stds: the learner swaps in eager ones
     learner.run(dyn, 20)
     # the gated std is what predict_forces reports as the epistemic std
     atoms = dyn.atoms
+    assert atoms.calc.parameters["lazy"] is False
     atoms.get_forces()
+    assert type(atoms.calc.results) is dict  # computed with the mean at every step
     _, epistemic = learner.model.predict_forces([atoms], return_std=True,
                                                 std_type="epistemic")
     np.testing.assert_allclose(learner.gated_std(atoms.calc.results), epistemic[0],

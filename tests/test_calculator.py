@@ -93,6 +93,74 @@ def test_energy_only_uncertainty(fitted_ethanol, ethanol_frames):
         fitted_ethanol.predict_structure(atoms, variance="forces")
 
 
+def test_stds_computed_when_first_read(fitted_ethanol, ethanol_frames, monkeypatch):
+    """By default the stds cost nothing until read, and then equal the eager ones."""
+    import copy
+    import pickle
+
+    calls = []
+    original = fitted_ethanol.predict_structure
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["variance"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fitted_ethanol, "predict_structure", counting)
+    eager = ethanol_frames[59].copy()
+    eager.calc = KernelPotCalculator(fitted_ethanol, lazy=False)
+    eager.get_forces()
+    assert calls == [True]
+    calls.clear()
+    atoms = ethanol_frames[59].copy()
+    atoms.calc = KernelPotCalculator(fitted_ethanol)
+    np.testing.assert_array_equal(atoms.get_forces(), eager.get_forces())
+    results = atoms.calc.results
+    assert calls == [False]
+    assert "forces_std" in results and "energy_std" in results  # announced, not computed
+    assert "stress_std" not in results and calls == [False]
+    # the positions the stds are of are the calculation's, even if the atoms move on
+    atoms.positions[0, 0] += 0.05
+    np.testing.assert_allclose(results["forces_std"], eager.calc.results["forces_std"],
+                               rtol=1e-8)
+    assert calls == [False, True]
+    assert sorted(results) == sorted(eager.calc.results)
+    for key in eager.calc.results:
+        np.testing.assert_allclose(results[key], eager.calc.results[key], rtol=1e-8)
+    results.get("energy_std")
+    assert calls == [False, True]  # computed once
+    for clone in (copy.deepcopy(results), pickle.loads(pickle.dumps(results)),
+                  results.copy()):
+        assert type(clone) is dict and sorted(clone) == sorted(results)
+    # .get, len and dict() of a fresh calculation compute them as well
+    atoms.calc.reset()
+    atoms.get_forces()
+    assert len(atoms.calc.results) == len(eager.calc.results)
+    atoms.calc.reset()
+    atoms.get_forces()
+    assert atoms.calc.results.get("forces_std") is not None
+    atoms.calc.reset()
+    atoms.get_forces()
+    assert "forces_std" in dict(atoms.calc.results)
+    # a value written before the read wins over the computed one
+    atoms.calc.reset()
+    atoms.get_forces()
+    atoms.calc.results["energy_std"] = -1.0
+    assert atoms.calc.results["energy_std"] == -1.0
+    assert "forces_std" in dict(atoms.calc.results)
+    energy_only = ethanol_frames[59].copy()
+    energy_only.calc = KernelPotCalculator(fitted_ethanol, uncertainty="energy")
+    energy_only.get_forces()
+    assert "forces_std" not in energy_only.calc.results
+    assert sorted(energy_only.calc.results) == sorted(
+        k for k in eager.calc.results if not k.startswith("forces_std"))
+    with pytest.raises(KeyError):
+        energy_only.calc.results["forces_std"]
+    with pytest.raises(TypeError, match="lazy must be True or False"):
+        KernelPotCalculator(fitted_ethanol, lazy="yes")
+    with pytest.raises(ValueError, match="uncertainty must be True, False or 'energy'"):
+        KernelPotCalculator(fitted_ethanol, uncertainty="forces")
+
+
 def test_stress_not_implemented_and_unknown_species(fitted_ethanol, ethanol_frames):
     atoms = ethanol_frames[58].copy()
     atoms.calc = KernelPotCalculator(fitted_ethanol)

@@ -59,7 +59,7 @@ class _StdsWhenShown:
 
         if self._results is None or self._step != self.dyn.nsteps:
             probe = self.dyn.atoms.copy()
-            probe.calc = KernelPotCalculator(self.model, uncertainty=True)
+            probe.calc = KernelPotCalculator(self.model, uncertainty=True, lazy=False)
             probe.get_forces()
             self._step, self._results = self.dyn.nsteps, probe.calc.results
             self._watch(self._results["forces_std"])
