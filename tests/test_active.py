@@ -497,6 +497,18 @@ def test_gate_is_the_models_calibrated_std_and_the_threshold_its_loso_maximum(tm
         .n_structures
 
 
+def test_a_calculator_without_stds_attached_by_the_user_is_replaced(tmp_path):
+    from helpers import emt_copper_frames
+
+    model = _model().fit(emt_copper_frames(3, seed=2, rattle=0.05))
+    dyn = _dynamics(seed=4)
+    dyn.atoms.calc = KernelPotCalculator(model, uncertainty=False)  # used to fail: no std
+    learner = OnTheFlyLearner(model, EMT(), directory=tmp_path, max_calls=1)
+    learner.run(dyn, 3)
+    assert dyn.atoms.calc.parameters["uncertainty"] is True
+    assert "forces_std" in dyn.atoms.calc.results
+
+
 def test_a_young_model_labels_every_new_structure_until_it_has_a_loso_map(tmp_path):
     learner = OnTheFlyLearner(_model(), EMT(), directory=tmp_path, min_interval=2,
                               max_calls=6)
