@@ -211,15 +211,21 @@ def read_model_file(path: os.PathLike | str) -> tuple[dict, dict]:
                          ".npz (zip) archive written by SparseGPPotential.save or `kernelpot "
                          "fit`; this one is not a zip archive (a structure file, or a "
                          "truncated model?)")
+    arrays, key = {}, None
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
+            for key in data.files:
+                arrays[key] = data[key]
     except (zipfile.BadZipFile, EOFError, OSError, KeyError) as err:
         raise ValueError(f"load: {path} is not a readable kernelpot model file (truncated or "
                          f"not an .npz archive): {err}") from err
-    except ValueError as err:  # object arrays: not written by kernelpot
-        raise ValueError(f"load: {path} is not a kernelpot model file: it holds Python "
-                         "objects, which kernelpot never writes") from err
+    except ValueError as err:
+        if "allow_pickle" in str(err):  # object arrays: not written by kernelpot
+            raise ValueError(f"load: {path} is not a kernelpot model file: its array "
+                             f"{key!r} holds Python objects, which kernelpot never "
+                             "writes") from err
+        raise ValueError(f"load: {path} is damaged: its array {key!r} cannot be read (cut "
+                         f"short or overwritten): {err}") from err
     if "metadata" not in arrays:
         raise ValueError(f"load: {path} is not a kernelpot model file (no metadata)")
     try:

@@ -99,6 +99,14 @@ def test_load_rejects_bad_files(fitted_ethanol, tmp_path):
     with pytest.raises(ValueError, match="Python objects") as info:
         load(objects)
     assert "pickle" not in str(info.value)
+    # an intact archive with one array cut short: damaged, named, not "Python objects"
+    cut = tmp_path / "cut_member.npz"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(cut, "w") as target:
+        for name in source.namelist():
+            data = source.read(name)
+            target.writestr(name, data[: len(data) // 2] if name == "alpha.npy" else data)
+    with pytest.raises(ValueError, match="damaged: its array 'alpha' cannot be read"):
+        load(cut)
 
 
 # -- files written by earlier code -------------------------------------------------------
