@@ -98,11 +98,20 @@ def _call_line(record: dict, seconds: float) -> str:
             f"{record['wall_s']:.0f} s")
 
 
+def _over(value: float, threshold: float) -> str:
+    """Return ``"value > threshold"``, with the digits that tell the two apart (up to 7)."""
+    for digits in range(3, 8):
+        left, right = f"{value:.{digits}g}", f"{threshold:.{digits}g}"
+        if left != right:
+            break
+    return f"{left} > {right}"
+
+
 def _gate_part(record: dict) -> str:
     """Return what made a call: the force std over the threshold, or a close contact."""
     if record["max_force_std"] > record["threshold"] or not record.get("called_by_contact"):
-        return (f"std {1e3 * record['max_force_std']:.3g} > "
-                f"{1e3 * record['threshold']:.3g} meV/Å")
+        return (f"std {_over(1e3 * record['max_force_std'], 1e3 * record['threshold'])} "
+                "meV/Å")
     return f"{record['contact']} (std {1e3 * record['max_force_std']:.3g} meV/Å)"
 
 
@@ -110,8 +119,8 @@ def _stress_part(record: dict) -> str:
     """Return what a call's line says of the stress std when the stress gate made it."""
     if not record.get("called_by_stress"):
         return ""
-    return (f" | stress std {GPA * record['max_stress_std']:.3g} > "
-            f"{GPA * record['stress_threshold']:.3g} GPa")
+    return (f" | stress std "
+            f"{_over(GPA * record['max_stress_std'], GPA * record['stress_threshold'])} GPa")
 
 
 def _status_line(record: dict, first_step: int) -> str:
@@ -273,6 +282,8 @@ class OnTheFlyLearner:
     largest_gated_std : tuple of (float, int) or None
         The largest gated force std of the last :meth:`run`'s steps (eV/Å, before any
         call at that step) and its step; None before a step.
+    largest_gated_threshold : float or None
+        The threshold at that step (eV/Å; the automatic one moves with the calls).
     shortest_pairs : kernelpot.contacts.ShortestPairs or None
         The shortest distance of each pair of elements in the labelled structures (the
         model's ``shortest_pairs_``, the contact gate's reference; None before a run, or
@@ -429,6 +440,7 @@ class OnTheFlyLearner:
         self.stopped_by = None
         self._announced = False  # the run's first reference call is announced
         self.largest_gated_std = None
+        self.largest_gated_threshold = None
         self._last_call_step = None
         self._updates_since_checkpoint = 0
         self._state_step = None  # the step of the last MD state saved
@@ -489,8 +501,9 @@ class OnTheFlyLearner:
                 "than any labelled pair of its elements and the reference was not called "
                 "there (the contact gate off or with a wider margin, or the call budget or "
                 "min_interval held the call back): the model's forces there are "
-                f"extrapolated. The step log ({self.directory / LOG_FILE}) has each step's "
-                "contact_ratio", ContactWarning, stacklevel=2)
+                f"extrapolated. In the step log ({self.directory / LOG_FILE}) each step with a "
+                "pair closer than any labelled one has its contact_ratio", ContactWarning,
+                stacklevel=2)
         return self
 
     def _run(self, dynamics: MolecularDynamics, steps: int) -> None:
@@ -506,7 +519,7 @@ class OnTheFlyLearner:
         self._start_wall = time.perf_counter()
         self._first_step = int(dynamics.nsteps)
         self._announced = False
-        self.largest_gated_std = None
+        self.largest_gated_std = self.largest_gated_threshold = None
         if not hasattr(self.model, "alpha_"):
             self._fit_first(atoms, int(dynamics.nsteps))
             self._last_call_step = int(dynamics.nsteps)  # labelled already: no call here
@@ -664,8 +677,12 @@ class OnTheFlyLearner:
             return
         model.set_params(loso_blocks=1)
         if model.posterior_.loso_blocks[1] is not None:
-            logger.info("OnTheFlyLearner: the LOSO map refitted leaving one labelled "
-                        "structure out at a time")
+            message = ("the LOSO map refitted leaving one labelled structure out at a time "
+                       "(loso_blocks=1; the fit left out blocks of structures): the "
+                       "automatic threshold was measured so")
+            logger.info("OnTheFlyLearner: %s", message)
+            if self.verbose:
+                print(message, flush=True)
             model._refit_loso_map("OnTheFlyLearner")
 
     def _fit_first(self, atoms, step: int):
@@ -688,7 +705,8 @@ class OnTheFlyLearner:
         """
         if self.verbose and not self._announced:
             print(f"step {step}: calling the reference ({type(self.reference).__name__}) on "
-                  f"{len(atoms)} atoms for the first time in this run", flush=True)
+                  f"{len(atoms)} atoms, the first call of this run (from step "
+                  f"{self._first_step})", flush=True)
             self._announced = True
         for attempt in (1, 2):
             work = atoms.copy()
@@ -891,6 +909,7 @@ class OnTheFlyLearner:
         step = int(dyn.nsteps)
         if self.largest_gated_std is None or max_std > self.largest_gated_std[0]:
             self.largest_gated_std = (float(max_std), step)
+            self.largest_gated_threshold = float(threshold)
         spaced = self._last_call_step is None or step - self._last_call_step >= self.min_interval
         budget = self.max_calls is None or self.n_reference_calls < self.max_calls
         # the stress std, when the dynamics asked for the stress (NPT): a change of volume

@@ -669,8 +669,8 @@ def test_verbose_prints_a_line_per_call_and_a_status_line(tmp_path, capsys):
     learner.run(dyn, 8)
     lines = capsys.readouterr().out.splitlines()
     # an unfitted start's first label is the run's first reference call: announced before
-    assert lines[0] == ("step 0: calling the reference (EMT) on 32 atoms for the first time "
-                        "in this run")
+    assert lines[0] == ("step 0: calling the reference (EMT) on 32 atoms, the first call of "
+                        "this run (from step 0)")
     assert lines[1].startswith("on-the-fly MD: steps 0 to 8, model of 1 structures")
     assert sum("calling the reference" in line for line in lines) == 1
     calls = [line for line in lines if "reference call" in line]
@@ -682,6 +682,7 @@ def test_verbose_prints_a_line_per_call_and_a_status_line(tmp_path, capsys):
     log = [json.loads(line) for line in (tmp_path / "otf_log.jsonl").open()]
     top = max(log, key=lambda record: record["max_force_std"])
     assert learner.largest_gated_std == (top["max_force_std"], top["step"])
+    assert learner.largest_gated_threshold == top["threshold"]  # the threshold at that step
     assert top["step"] % 4  # after the jolt: a step no status line shows
     assert "1 calls, 2 structures" in status[-1] and " inducing | " in status[-1]
     # a run that starts between multiples (a resume) keeps the same steps
@@ -695,6 +696,14 @@ def test_verbose_prints_a_line_per_call_and_a_status_line(tmp_path, capsys):
     quiet = OnTheFlyLearner(_model(), EMT(), directory=tmp_path / "quiet", max_calls=0)
     quiet.run(_dynamics(), 2)
     assert capsys.readouterr().out == ""
+
+
+def test_a_call_line_shows_the_digits_that_tell_std_and_threshold_apart():
+    from kernelpot.active import _over
+
+    assert _over(38.201, 38.186) == "38.2 > 38.19"  # not "38.2 > 38.2"
+    assert _over(40.0, 38.186) == "40 > 38.2"
+    assert _over(1.0 + 1e-12, 1.0) == "1 > 1"  # past 7 digits, as they are
 
 
 def test_label_stress_trains_on_the_references_stress_and_resumes(tmp_path):

@@ -450,8 +450,8 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
                  "--train", str(tmp_path / "train.xyz"), "--directory",
                  str(tmp_path / "otf"), "--interval", "7"]) == 0
     out = capsys.readouterr().out
-    largest = re.search(r"largest gated force std \(threshold 0.1 meV/Å\) ([\d.e+-]+) meV/Å "
-                        r"at step (\d+)", out)
+    largest = re.search(r"largest gated force std ([\d.e+-]+) meV/Å at step (\d+) "
+                        r"\(threshold there 0.1 meV/Å\)", out)
     # over every step the learner logged, not only the recorded frames (every 10 steps)
     import json
 
@@ -471,8 +471,8 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
     assert "reference call 1 | model error rms" in out
     # the first call is announced before it runs (a slow reference is not a silent wait),
     # and each call's line splits its time between the reference and the update
-    assert len(re.findall(r"step \d+: calling the reference \(EMT\) on 32 atoms for the "
-                          r"first time in this run", out)) == 1
+    assert len(re.findall(r"step \d+: calling the reference \(EMT\) on 32 atoms, the first "
+                          r"call of this run \(from step 0\)", out)) == 1
     assert re.search(r"\| reference [\d.]+ s \+ update [\d.]+ s, total", out)
     calls = int(out.split(" emt calls")[0].split()[-1])
     assert 1 <= calls <= 2  # every 10 steps at most (min_interval) over 15 steps
@@ -645,6 +645,10 @@ def test_md_counts_steps_with_pairs_closer_than_any_training_pair(tmp_path, caps
         assert ("1 of 2 test structures hold a pair more than 5 % closer than any training "
                 "pair of its elements (the closest: structure 1, Cu–Cu 15.0 % closer): the "
                 "model extrapolates there; force MAE there") in out
+        write(tmp_path / "near.xyz", labelled[:1])  # and says so when none does
+        assert main(["eval", str(model), str(tmp_path / "near.xyz")]) == 0
+        assert re.search(r"no test structure holds a pair (more than 5 % )?closer than any "
+                         r"training pair of its elements", capsys.readouterr().out)
         assert main(["predict", str(model), str(tmp_path / "test.xyz"), "-o",
                      str(tmp_path / "pred.xyz")]) == 0
     ratios = [a.info["contact_ratio"] for a in read(tmp_path / "pred.xyz", ":")]

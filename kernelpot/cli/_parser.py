@@ -126,7 +126,9 @@ arrays["model_forces"] and arrays["forces_std"] (total stds, as kernelpot predic
 them), info["energy_std_epistemic"] and arrays["forces_std_epistemic"] (their epistemic
 part, which the summary's largest force std reads), and, learning on the fly,
 arrays["gated_forces_std"], the calibrated std compared with the threshold; with
---ensemble npt also info["model_stress"] (eV/Å³, Voigt order). They are not stored as
+--ensemble npt also info["model_stress"] (eV/Å³, Voigt order); without --reference also
+info["contact_ratio"] (the closest pair's distance over the shortest training pair of
+its elements; the on-the-fly step log has it). They are not stored as
 reference labels, so the file is not mistaken for training data; the starting
 structure's info["config_type"] is not carried into the MD frames.
 
@@ -136,8 +138,9 @@ calculator; the trajectory keeps the velocities, so --restart continues it. With
 on --train (its own training structures, as an incremental model of the same method;
 "auto" turns sparse once the exact model passes its limits) and
 learns on the fly whenever the calibrated force std exceeds --threshold; the log, labelled
-frames and checkpoints go to --directory, and --resume continues an interrupted run from
-them. The trajectory (-o) is written as the run goes.
+frames and checkpoints go to --directory (otf_run by default; its labelled.extxyz starts
+with the --train structures), and --resume continues an interrupted run from them. The
+trajectory (-o) is written as the run goes.
 """
 
 
@@ -264,7 +267,8 @@ def _add_eval(sub) -> argparse.ArgumentParser:
                     "RMSE, and the calibration of the predicted std (coverage at 1 and 2 std, "
                     "Spearman rank correlation of per-atom std and error); and how many "
                     "structures hold a pair more than 5 % closer than any training pair of "
-                    "its elements (the model extrapolates there), with their force MAE.",
+                    "its elements (the model extrapolates there), with their force MAE "
+                    "(or that none does).",
         epilog=_EVAL_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a model file written by kernelpot (.npz)")
     parser.add_argument("test", help="labelled structures")
@@ -351,7 +355,9 @@ def _add_md(sub) -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, required=True, help="kelvin")
     parser.add_argument("--timestep", type=float, default=1.0, help="fs (default 1)")
     parser.add_argument("-o", "--output", default=None,
-                        help="trajectory file (extxyz) with energies, forces and their stds")
+                        help="trajectory file (extxyz): each frame's positions and "
+                             "velocities, with the model's energy, forces and their stds "
+                             "as info/arrays entries (see below), not as labels")
     parser.add_argument("--interval", type=int, default=10,
                         help="steps between trajectory frames (default 10)")
     parser.add_argument("--reference", choices=["emt", "xtb"], default=None)
@@ -389,7 +395,8 @@ def _add_md(sub) -> argparse.ArgumentParser:
     parser.add_argument("--train", default=None,
                         help="the model's training structures (with --reference)")
     parser.add_argument("--directory", default="otf_run",
-                        help="on-the-fly log, labelled frames and checkpoints (with --reference)")
+                        help="on-the-fly log, labelled frames and checkpoints (with "
+                             "--reference; default otf_run)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the initial velocities and the Langevin noise (default 0)")
     parser.add_argument("--ensemble", choices=["langevin", "nve", "npt"], default="langevin",

@@ -491,12 +491,14 @@ def _report(args, learner, atoms, wall: float, steps: int, stds: list[tuple[floa
             trajectory: _Trajectory, shown: _StdsWhenShown | None = None,
             contacts: _ContactWatch | None = None) -> None:
     """Print the run's summary line(s)."""
-    what = "largest epistemic force std" if learner is None else (
-        f"largest gated force std (threshold {1e3 * learner.current_threshold:.3g} meV/Å)")
+    what, there = "largest epistemic force std", ""
     if learner is not None:  # every step's, not only the recorded frames'
         stds = [learner.largest_gated_std] if learner.largest_gated_std else []
+        what = "largest gated force std"
+        if learner.largest_gated_threshold is not None:
+            there = f" (threshold there {1e3 * learner.largest_gated_threshold:.3g} meV/Å)"
     value, step = max(stds) if stds else (0.0, 0)
-    largest = f"; {what} {1e3 * value:.3g} meV/Å at step {step}" if stds else ""
+    largest = f"; {what} {1e3 * value:.3g} meV/Å at step {step}{there}" if stds else ""
     ensemble = {"nve": f"NVE (velocity Verlet, initial velocities at {args.temperature} K)",
                 "langevin": f"Langevin ({args.temperature} K)",
                 "npt": f"NPT (MTK, {args.temperature} K, {args.pressure} GPa)"}[args.ensemble]
