@@ -176,7 +176,7 @@ class KernelPotCalculator(Calculator):
 
     def _predict(self, atoms: Atoms, variance: bool | str, stress: bool):
         """Return the model's :class:`~kernelpot.prediction.Prediction` of ``atoms``."""
-        with _blas_limit(variance is not True or self.model.method_ == "sparse"):
+        with _blas_limit(_one_blas_thread(self.model, len(atoms), variance)):
             return self.model.predict_structure(atoms, forces=True, variance=variance,
                                                 stress=stress)
 
@@ -301,6 +301,23 @@ class _LazyResults(dict):
 
 
 _CONTROLLER = None
+#: Size of a sparse model's force design-row product per step (atoms × features ×
+#: inducing environments) from which BLAS's threads gain more than they take from the
+#: descriptor's (see :func:`_blas_limit`).
+THREADED_DESIGN_SIZE = 20_000_000
+
+
+def _one_blas_thread(model: SparseGPPotential, n_atoms: int, variance: bool | str) -> bool:
+    """Return whether a step of ``model`` on ``n_atoms`` atoms runs BLAS on one thread."""
+    if variance is not True:
+        return True
+    if model.method_ != "sparse":
+        return False
+    inducing = [np.asarray(z) for z in model.inducing_ if len(z)]
+    if not inducing:
+        return True
+    size = n_atoms * inducing[0].shape[1] * sum(len(z) for z in inducing)
+    return size < THREADED_DESIGN_SIZE
 
 
 def _blas_limit(single_thread: bool):
@@ -311,11 +328,16 @@ def _blas_limit(single_thread: bool):
     while after each multi-threaded call and then compete with Numba's: a 32-atom Cu₃Au
     step without stds took 58.9 ms with both libraries on two threads and 30.7 ms with
     BLAS on one (measured). With every force std, a sparse model's design-row GEMM
-    gains from BLAS threads at most what the descriptor loses (Cu₃Au, M = 2,560: 211 ms
-    either way; ethanol, M = 900: 14.6 ms with two BLAS threads, 11.8 with one), so
-    sparse models always run BLAS on one thread here; an exact model's force stds (test
-    against training Jacobian products) keep the default (250 against 258 ms on one
-    ethanol frame, n = 100).
+    (atoms × features × inducing environments, times the pairs per atom) decides: on
+    two cores (measured 2026-12-07, best of 5, one and two BLAS threads) a 32-atom Cu
+    cell with M = 128 took 33 against 60–70 ms, ethanol with M = 900 11.8 against 14.6
+    ms, while a 107-atom Al cell with M = 1,712 took 645 against 495 ms and a 32-atom
+    Cu₃Au cell with M = 2,560 (D = 952) 314–324 against 249–273 ms. So a sparse model
+    runs BLAS on one thread below :data:`THREADED_DESIGN_SIZE` (32 × 252 × 128 ≈ 1e6;
+    9 × 855 × 900 ≈ 7e6; 107 × 252 × 1712 ≈ 4.6e7; 32 × 952 × 2560 ≈ 7.8e7) and on
+    BLAS's own threads above it. An exact model's force stds (test against training
+    Jacobian products) keep the default (250 against 258 ms on one ethanol frame,
+    n = 100).
     """
     global _CONTROLLER
     # threadpoolctl's limits are process-wide: only the main thread sets them, so two

@@ -253,6 +253,26 @@ def test_steps_without_force_stds_run_blas_on_one_thread():
         assert blas_threads() == before
 
 
+def test_a_large_sparse_models_force_stds_run_on_blas_threads(fitted_ethanol):
+    """Its design-row GEMM gains more from BLAS threads than the descriptor loses."""
+    from types import SimpleNamespace
+
+    from kernelpot.calculator import THREADED_DESIGN_SIZE, _one_blas_thread
+
+    def sparse(m, d):
+        return SimpleNamespace(method_="sparse", inducing_=[np.zeros((m, d)), np.zeros((0, d))])
+
+    assert _one_blas_thread(sparse(2560, 952), 32, True) is False  # 7.8e7
+    assert _one_blas_thread(sparse(1712, 252), 107, True) is False
+    assert _one_blas_thread(sparse(128, 252), 32, True) is True  # 1e6
+    assert _one_blas_thread(sparse(900, 855), 9, True) is True
+    assert 32 * 952 * 2560 > THREADED_DESIGN_SIZE > 9 * 855 * 900
+    for variance in (False, "energy"):  # the mean: the descriptor's Numba threads
+        assert _one_blas_thread(sparse(2560, 952), 32, variance) is True
+    assert _one_blas_thread(SimpleNamespace(method_="exact"), 9, True) is False
+    assert _one_blas_thread(fitted_ethanol, 9, False) is True
+
+
 def test_the_blas_limit_is_set_from_the_main_thread_only():
     """threadpoolctl's limits are process-wide: a calculator in another thread leaves
     them alone, so two threads cannot leave BLAS limited after both finish."""
