@@ -108,11 +108,17 @@ def _over(value: float, threshold: float) -> str:
 
 
 def _gate_part(record: dict) -> str:
-    """Return what made a call: the force std over the threshold, or a close contact."""
-    if record["max_force_std"] > record["threshold"] or not record.get("called_by_contact"):
-        return (f"std {_over(1e3 * record['max_force_std'], 1e3 * record['threshold'])} "
-                "meV/Å")
-    return f"{record['contact']} (std {1e3 * record['max_force_std']:.3g} meV/Å)"
+    """Return what made a call: the force std over the threshold, or a close contact.
+
+    A call the stress gate made alone shows the force std beside its threshold (the
+    stress part, :func:`_stress_part`, says why).
+    """
+    std, threshold = 1e3 * record["max_force_std"], 1e3 * record["threshold"]
+    if std > threshold:
+        return f"std {_over(std, threshold)} meV/Å"
+    if record.get("called_by_contact"):
+        return f"{record['contact']} (std {std:.3g} meV/Å)"
+    return f"std {std:.3g} (threshold {threshold:.3g}) meV/Å"
 
 
 def _stress_part(record: dict) -> str:

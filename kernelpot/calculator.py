@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,15 +37,19 @@ class KernelPotCalculator(Calculator):
         A fitted model.
     uncertainty : bool or "energy", default=True
         Also give ``energy_std`` and ``forces_std`` (the force stds cost several
-        times the mean prediction); ``"energy"`` gives ``energy_std`` only, at
-        little more than the cost of the mean.
+        times the mean prediction); ``"energy"`` gives ``energy_std`` (and
+        ``stress_std`` where the stress is asked for) but no force stds, at little more
+        than the cost of the mean.
     lazy : bool, default=True
         Compute the stds when ``results`` is first asked for one of them (or for
         all its entries), not at every calculation: dynamics that never read them run
         at the cost of the mean. Reading them then costs one more pass of the mean
         (the descriptor again). ``False`` computes them with the mean at every
         calculation, for loops that read them at every step (the on-the-fly learner
-        does).
+        does). ASE's extxyz writer reads every entry of ``results`` (and so computes
+        the stds, though it writes none of them): a trajectory written at every step
+        wants ``uncertainty=False`` or ASE's ``Trajectory``, which reads the
+        properties alone.
     **kwargs
         Passed to :class:`ase.calculators.calculator.Calculator`.
 
@@ -83,8 +89,9 @@ class KernelPotCalculator(Calculator):
     (``"forces_std" in results`` is true) but are computed, of the positions of that
     calculation, when first read: MD that never reads them runs at the cost of the mean
     (measured: Langevin with an exact ethanol model, n = 100, 5.1 ms per step against
-    229 ms with every force std). A model changed in between (``update``) gives the
-    stds of the changed model.
+    229 ms with every force std). Reading them after the model changed (``fit``,
+    ``update``, ``calibrate``) raises a ``RuntimeError``: they would be the changed
+    model's, not those of the energy and forces beside them.
 
     Examples
     --------
@@ -104,7 +111,9 @@ class KernelPotCalculator(Calculator):
     def __init__(self, model: SparseGPPotential, uncertainty: bool | str = True,
                  lazy: bool = True, **kwargs: Any) -> None:
         check_is_fitted(model)
-        if uncertainty is not True and uncertainty is not False and uncertainty != "energy":
+        if isinstance(uncertainty, (bool, np.bool_)):
+            uncertainty = bool(uncertainty)
+        elif uncertainty != "energy":
             raise ValueError("KernelPotCalculator: uncertainty must be True, False or "
                              f"'energy'; got {uncertainty!r}")
         if not isinstance(lazy, (bool, np.bool_)):
@@ -147,59 +156,89 @@ class KernelPotCalculator(Calculator):
                 "KernelPotCalculator: stress needs a structure periodic along all three "
                 f"axes; got pbc={self.atoms.pbc.tolist()}")
         lazy = bool(uncertainty) and self.parameters.get("lazy", True)
-        prediction = self._predict(self.atoms, False if lazy else uncertainty, stress)
+        model = self.model
+        prediction = _predict(model, self.atoms, False if lazy else uncertainty, stress)
         results = {
             "energy": prediction.energy,
             "free_energy": prediction.energy,
             "energies": np.asarray(prediction.local_energies, dtype=np.float64),
             "forces": np.asarray(prediction.forces, dtype=np.float64),
-            "energy_noise": float(self.model.energy_noise_ * np.sqrt(len(self.atoms))),
-            "force_noise": float(self.model.force_noise_),
+            "energy_noise": float(model.energy_noise_ * np.sqrt(len(self.atoms))),
+            "force_noise": float(model.force_noise_),
         }
         if np.all(self.atoms.pbc):  # a stress (and its noise) is defined for a cell only
-            results["stress_noise"] = float(self.model.stress_noise_)
+            results["stress_noise"] = float(model.stress_noise_)
         if prediction.stress is not None:
             results["stress"] = np.asarray(prediction.stress, dtype=np.float64)
         if not uncertainty:
             self.results = results
         elif not lazy:
-            self.results = {**results, **self._std_results(prediction)}
+            self.results = {**results, **_std_results(model, prediction)}
         else:
-            atoms = self.atoms  # this calculation's copy: the stds are of these positions
-            keys = ["energy_std"]
+            keys = ["energy_std"] + ["stress_std"] * stress
             if uncertainty is True:
                 keys += ["forces_std", "forces_std_posterior", "forces_std_projection"]
-                keys += ["stress_std"] * stress
-            self.results = _LazyResults(
-                results, lambda: self._std_results(self._predict(atoms, uncertainty, stress)),
-                keys)
+            # the calculation's copy of the atoms: the stds are of these positions; the
+            # closure holds no reference to the calculator (no cycle through its results)
+            atoms, state = self.atoms, _ModelState(model)
 
-    def _predict(self, atoms: Atoms, variance: bool | str, stress: bool):
-        """Return the model's :class:`~kernelpot.prediction.Prediction` of ``atoms``."""
-        with _blas_limit(_one_blas_thread(self.model, len(atoms), variance)):
-            return self.model.predict_structure(atoms, forces=True, variance=variance,
-                                                stress=stress)
+            def compute() -> dict:
+                state.check()
+                return _std_results(model, _predict(model, atoms, uncertainty, stress))
 
-    def _std_results(self, prediction) -> dict:
-        """Return the calibrated epistemic std entries of ``results`` (class Notes)."""
-        results = {"energy_std": float(np.sqrt(self.model.epistemic_variance(
-            "energy", prediction.energy_var_posterior, prediction.energy_var_projection)))}
-        if prediction.forces_var_posterior is not None:
-            posterior = prediction.forces_var_posterior
-            # the projection term as the map weighs it, before the map's factor
-            projection = self.model.projection_weight("forces")**2 \
-                * prediction.forces_var_projection
-            epistemic = self.model.epistemic_variance("forces", posterior,
-                                                      prediction.forces_var_projection)
-            raw = posterior + projection
-            share = np.divide(posterior, raw, out=np.zeros_like(raw), where=raw > 0)
-            results["forces_std"] = np.sqrt(epistemic)
-            results["forces_std_posterior"] = np.sqrt(share * epistemic)
-            results["forces_std_projection"] = np.sqrt((1.0 - share) * epistemic)
-        if prediction.stress_var_posterior is not None:
-            results["stress_std"] = np.sqrt(self.model.epistemic_variance(
-                "stress", prediction.stress_var_posterior, prediction.stress_var_projection))
-        return results
+            self.results = _LazyResults(results, compute, keys)
+
+
+def _predict(model: SparseGPPotential, atoms: Atoms, variance: bool | str, stress: bool):
+    """Return ``model``'s :class:`~kernelpot.prediction.Prediction` of ``atoms``."""
+    with _blas_limit(_one_blas_thread(model, len(atoms), variance)):
+        return model.predict_structure(atoms, forces=True, variance=variance, stress=stress)
+
+
+def _std_results(model: SparseGPPotential, prediction) -> dict:
+    """Return the calibrated epistemic std entries of ``results`` (the class Notes)."""
+    results = {"energy_std": float(np.sqrt(model.epistemic_variance(
+        "energy", prediction.energy_var_posterior, prediction.energy_var_projection)))}
+    if prediction.forces_var_posterior is not None:
+        posterior = prediction.forces_var_posterior
+        # the projection term as the map weighs it, before the map's factor
+        projection = model.projection_weight("forces")**2 * prediction.forces_var_projection
+        epistemic = model.epistemic_variance("forces", posterior,
+                                             prediction.forces_var_projection)
+        raw = posterior + projection
+        share = np.divide(posterior, raw, out=np.zeros_like(raw), where=raw > 0)
+        results["forces_std"] = np.sqrt(epistemic)
+        results["forces_std_posterior"] = np.sqrt(share * epistemic)
+        results["forces_std_projection"] = np.sqrt((1.0 - share) * epistemic)
+    if prediction.stress_var_posterior is not None:
+        results["stress_std"] = np.sqrt(model.epistemic_variance(
+            "stress", prediction.stress_var_posterior, prediction.stress_var_projection))
+    return results
+
+
+class _ModelState:
+    """What a model's predictions were made with, to tell when it has changed since.
+
+    ``update``, ``fit``, ``calibrate`` and loading replace the posterior, the weights or
+    the std map; weak references (the arrays can be large) and the map's identity
+    notice it.
+    """
+
+    def __init__(self, model: SparseGPPotential) -> None:
+        self.model = weakref.ref(model)
+        self.posterior = weakref.ref(model.posterior_)
+        self.weights = weakref.ref(model.alpha_)
+        self.std_scale = model.std_scale_
+
+    def check(self) -> None:
+        model = self.model()
+        if (model is None or self.posterior() is not model.posterior_
+                or self.weights() is not model.alpha_ or self.std_scale is not model.std_scale_):
+            raise RuntimeError(
+                "KernelPotCalculator: the model changed (fit, update or calibrate) after "
+                "these results were calculated, so its stds would not be those of their "
+                "energy and forces: call atoms.calc.reset() and calculate again (or use "
+                "lazy=False, which computes the stds with the mean)")
 
 
 class _LazyResults(dict):
@@ -208,25 +247,38 @@ class _LazyResults(dict):
     Reading a pending key (``[]``, ``get``, ``pop``, ``setdefault``) or the whole mapping
     (iteration, ``keys``, ``items``, ``values``, ``len``, ``copy``, comparison, printing,
     ``dict(results)``) computes them once; ``key in results`` answers without computing.
-    Writing a pending key replaces what would be computed.
+    Writing a pending key replaces what would be computed; ``clear`` and ``popitem``
+    drop what is pending. A computation that fails leaves the entries pending (the next
+    read tries again); one thread computes while the others wait.
     """
 
     def __init__(self, values: dict, compute, pending: list[str]) -> None:
         super().__init__(values)
         self._compute = compute
-        self._announced = self._pending = frozenset(pending)
+        self._pending = frozenset(pending)
+        self._lock = threading.RLock()
+        self._computing = False
 
     def _materialise(self) -> None:
         if not self._pending:
             return
-        compute = self._compute
-        self._pending, self._compute = frozenset(), None
-        computed = compute()
-        if set(computed) != self._announced:  # the promise `in` made must hold
-            raise RuntimeError(f"KernelPotCalculator: computed std entries {sorted(computed)}"
-                               f" differ from those announced, {sorted(self._announced)}")
-        for key, value in computed.items():
-            super().setdefault(key, value)  # a value written meanwhile wins
+        with self._lock:
+            if not self._pending or self._computing:  # done meanwhile, or a read within
+                return
+            self._computing = True
+            try:
+                computed = self._compute()
+            finally:
+                self._computing = False
+            pending = self._pending
+            self._pending, self._compute = frozenset(), None
+            missing = sorted(pending - set(computed))
+            if missing:  # `in` said they were there
+                warnings.warn(f"KernelPotCalculator: {missing} were announced in the "
+                              "results but not computed", RuntimeWarning, stacklevel=3)
+            for key, value in computed.items():
+                if key in pending:  # a value written meanwhile wins
+                    super().__setitem__(key, value)
 
     def __missing__(self, key):
         if key in self._pending:
@@ -261,9 +313,25 @@ class _LazyResults(dict):
             self._materialise()
         super().__delitem__(key)
 
+    def clear(self) -> None:
+        self._pending, self._compute = frozenset(), None
+        super().clear()
+
+    def popitem(self):
+        self._materialise()
+        return super().popitem()
+
+    def update(self, *args, **kwargs) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
     def __iter__(self):
         self._materialise()
         return super().__iter__()
+
+    def __reversed__(self):
+        self._materialise()
+        return super().__reversed__()
 
     def __len__(self) -> int:
         self._materialise()
@@ -287,7 +355,13 @@ class _LazyResults(dict):
 
     def __eq__(self, other) -> bool:
         self._materialise()
+        if isinstance(other, _LazyResults):
+            other._materialise()
         return super().__eq__(other)
+
+    def __ne__(self, other) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
 
     __hash__ = None
 

@@ -704,6 +704,12 @@ def test_a_call_line_shows_the_digits_that_tell_std_and_threshold_apart():
     assert _over(38.201, 38.186) == "38.2 > 38.19"  # not "38.2 > 38.2"
     assert _over(40.0, 38.186) == "40 > 38.2"
     assert _over(1.0 + 1e-12, 1.0) == "1 > 1"  # past 7 digits, as they are
+    # a call the stress gate made alone does not claim the force std passed its threshold
+    from kernelpot.active import _gate_part
+
+    record = {"max_force_std": 0.0123, "threshold": 0.0382, "called_by_stress": True}
+    assert _gate_part(record) == "std 12.3 (threshold 38.2) meV/Å"
+    assert _gate_part({**record, "max_force_std": 0.05}) == "std 50 > 38.2 meV/Å"
 
 
 def test_label_stress_trains_on_the_references_stress_and_resumes(tmp_path):

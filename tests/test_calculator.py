@@ -161,6 +161,62 @@ def test_stds_computed_when_first_read(fitted_ethanol, ethanol_frames, monkeypat
         KernelPotCalculator(fitted_ethanol, uncertainty="forces")
 
 
+def test_lazy_stds_of_a_cell_failures_and_a_changed_model(copper_model, monkeypatch):
+    """The stress std is announced in both modes; a failed computation is retried; stds
+    read after the model changed are refused, not given for another model."""
+    import kernelpot.calculator as calculator_module
+
+    cell = emt_copper_frames(1, seed=21, rattle=0.1)[0]
+    for uncertainty in (True, "energy"):
+        eager, lazy = cell.copy(), cell.copy()
+        eager.calc = KernelPotCalculator(copper_model, uncertainty=uncertainty, lazy=False)
+        lazy.calc = KernelPotCalculator(copper_model, uncertainty=np.bool_(uncertainty)
+                                        if uncertainty is True else uncertainty)
+        eager.get_stress()
+        lazy.get_stress()
+        assert "stress_std" in lazy.calc.results
+        assert sorted(lazy.calc.results) == sorted(eager.calc.results)
+        np.testing.assert_allclose(lazy.calc.results["stress_std"],
+                                   eager.calc.results["stress_std"], rtol=1e-8)
+    # a computation that fails leaves the entries pending: the next read computes them
+    atoms = cell.copy()
+    atoms.calc = KernelPotCalculator(copper_model)
+    atoms.get_forces()
+    results = atoms.calc.results
+    original = calculator_module._std_results
+    monkeypatch.setattr(calculator_module, "_std_results",
+                        lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        results["forces_std"]
+    assert "forces_std" in results
+    monkeypatch.setattr(calculator_module, "_std_results", original)
+    assert results["forces_std"].shape == (len(cell), 3)
+    # the protocol: != and reversed compute, clear drops what is pending
+    atoms.calc.reset()
+    atoms.get_forces()
+    assert not (atoms.calc.results != atoms.calc.results)
+    atoms.calc.reset()
+    atoms.get_forces()
+    assert "forces_std" in list(reversed(atoms.calc.results))
+    atoms.calc.reset()
+    atoms.get_forces()
+    atoms.calc.results.clear()
+    assert "forces_std" not in atoms.calc.results and not atoms.calc.results
+    # read after the model changed: refused
+    model = SparseGPPotential(copper_model.descriptor, n_sparse=40, random_state=0,
+                              method="sparse", incremental=True, n_restarts=0)
+    model.fit(emt_copper_frames(4, seed=3, rattle=0.1))
+    atoms.calc = KernelPotCalculator(model)
+    atoms.get_forces()
+    kept = atoms.calc.results
+    model.update(emt_copper_frames(1, seed=4, rattle=0.1))
+    with pytest.raises(RuntimeError, match="the model changed"):
+        kept["forces_std"]
+    atoms.calc.reset()
+    assert atoms.get_forces().shape == (len(cell), 3)
+    assert atoms.calc.results["forces_std"].shape == (len(cell), 3)
+
+
 def test_stress_not_implemented_and_unknown_species(fitted_ethanol, ethanol_frames):
     atoms = ethanol_frames[58].copy()
     atoms.calc = KernelPotCalculator(fitted_ethanol)

@@ -96,8 +96,10 @@ def test_an_iterator_fits_on_the_cluster_as_the_list(client, cells):
 def test_the_likelihood_search_on_the_cluster_finds_the_same_noise(client, cells):
     reference = _model().fit(cells)
     model = _model().fit(cells, client=client)
+    # the search stops at a relative decrease of LIKELIHOOD_FTOL (1e-7): round-off of a
+    # differently summed likelihood moves where, by a part in a thousand
     for name in ("signal_std_", "force_noise_", "energy_noise_", "stress_noise_"):
-        assert getattr(model, name) == pytest.approx(getattr(reference, name), rel=1e-4)
+        assert getattr(model, name) == pytest.approx(getattr(reference, name), rel=5e-3)
 
 
 def test_the_candidates_of_a_bounded_inducing_pool_are_computed_on_the_cluster(client, cells):

@@ -477,9 +477,9 @@ def test_calibrate_scales_every_std_and_survives_save_load(fitted_ethanol, ethan
                                * calibrated.force_noise_**2, rtol=1e-9)
     np.testing.assert_allclose(e_epi**2, [calibrated_var("energy", t.energy_var_posterior,
                                                          t.energy_var_projection)
-                                          for t in terms], rtol=1e-9)
+                                          for t in terms], rtol=1e-8)  # batch vs one
     np.testing.assert_allclose(f_epi[0] ** 2, calibrated_var(
-        "forces", terms[0].forces_var_posterior, terms[0].forces_var_projection), rtol=1e-9)
+        "forces", terms[0].forces_var_posterior, terms[0].forces_var_projection), rtol=1e-8)
     # the fitted map is a likelihood maximum on the validation data: it beats the same
     # family with any parameter moved, and a single factor on the raw variance
     raw_terms = [fitted_ethanol.predict_structure(a, variance=True) for a in valid]

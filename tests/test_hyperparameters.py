@@ -197,7 +197,8 @@ def test_noise_search_finds_a_known_maximum():
     start = np.log([1.0, 0.002, 0.05, 0.001])
     found = _search().optimize(_quadratic(OPTIMUM, HESSIAN), start,
                                np.random.RandomState(0), [True] * 4)
-    np.testing.assert_allclose(found, OPTIMUM, atol=1e-5)
+    # L-BFGS-B stops at a relative decrease of LIKELIHOOD_FTOL (1e-7 of max(|log L|, 1))
+    np.testing.assert_allclose(found, OPTIMUM, atol=1e-3)
 
 
 def test_noise_search_keeps_fixed_entries_exactly():
@@ -298,7 +299,8 @@ def test_noise_search_avoids_a_region_where_the_likelihood_fails():
 
     found = _search(n_restarts=4).optimize(likelihood, np.log([1.0, 0.002, 0.05, 0.001]),
                                            np.random.RandomState(3), [True] * 4)
-    np.testing.assert_allclose(found, OPTIMUM, atol=1e-5)
+    # L-BFGS-B stops at a relative decrease of LIKELIHOOD_FTOL (1e-7 of max(|log L|, 1))
+    np.testing.assert_allclose(found, OPTIMUM, atol=1e-3)
 
 
 def _synthetic_statistics(seed=0, n_energy=8, n_force=60, n_columns=5, theta=0.0):
@@ -394,11 +396,12 @@ def test_kernel_profile_search_maximises_the_profile():
     on_grid = max(profile(t) for t in grid)
     found = float(kernel.theta[0])
     assert -1.0 <= found <= 2.0
-    assert profile(found) >= on_grid - 1e-6
+    # each search stops at a relative decrease of LIKELIHOOD_FTOL (1e-7 of |log L|)
+    assert profile(found) >= on_grid - 1e-4
     assert profile(found) > profile(0.0) + 1.0  # it moved from a worse start
     # the inner optimum returned is that of the kernel returned
     np.testing.assert_allclose(gp.log_marginal_likelihood(inner, statistics(found)),
-                               profile(found), rtol=0, atol=1e-6)
+                               profile(found), rtol=0, atol=1e-4)
 
 
 def test_kernel_profile_search_without_free_noise_keeps_it():

@@ -151,7 +151,9 @@ def test_the_fitted_scales_are_a_likelihood_optimum(typed_cells):
     # σ_F and the noisy type's force scale move (clean has more cells: the reference)
     free = np.zeros(len(theta), bool)
     free[[2, 4 + 3 + 1]] = True
-    np.testing.assert_allclose(grad[free], 0.0, atol=1e-2)
+    # the search stops at a relative decrease of LIKELIHOOD_FTOL (1e-7 of |log L|): a
+    # gradient of a few hundredths moves log L by 1e-4 nats over a 1 % change of a scale
+    np.testing.assert_allclose(grad[free], 0.0, atol=5e-2)
     assert log_scales[[0, 1, 2, 3, 5]].tolist() == [0.0] * 5  # the others stay 1
     fd = finite_difference_gradient(
         lambda t: exact.log_marginal_likelihood(t, posterior.prior_covariance(), posterior.y,

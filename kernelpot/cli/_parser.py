@@ -345,9 +345,8 @@ def _add_md(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         "md", help="molecular dynamics with a model, optionally learning on the fly",
         description="Run molecular dynamics (Langevin, NVE or NPT) with a saved model as ASE "
-                    "calculator; "
-                    "with --reference, uncertainty-gated MD that calls the reference and "
-                    "learns when the model is unsure.",
+                    "calculator; with --reference, uncertainty-gated MD that calls the "
+                    "reference and learns when the model is unsure.",
         epilog=_MD_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a model file written by kernelpot (.npz)")
     parser.add_argument("start", help="starting structure (the first frame of the file)")
@@ -355,9 +354,8 @@ def _add_md(sub) -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, required=True, help="kelvin")
     parser.add_argument("--timestep", type=float, default=1.0, help="fs (default 1)")
     parser.add_argument("-o", "--output", default=None,
-                        help="trajectory file (extxyz): each frame's positions and "
-                             "velocities, with the model's energy, forces and their stds "
-                             "as info/arrays entries (see below), not as labels")
+                        help="trajectory file (extxyz); the model's values as entries "
+                             "named below, not as labels")
     parser.add_argument("--interval", type=int, default=10,
                         help="steps between trajectory frames (default 10)")
     parser.add_argument("--reference", choices=["emt", "xtb"], default=None)
@@ -395,8 +393,7 @@ def _add_md(sub) -> argparse.ArgumentParser:
     parser.add_argument("--train", default=None,
                         help="the model's training structures (with --reference)")
     parser.add_argument("--directory", default="otf_run",
-                        help="on-the-fly log, labelled frames and checkpoints (with "
-                             "--reference; default otf_run)")
+                        help="on-the-fly files (with --reference; default otf_run)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the initial velocities and the Langevin noise (default 0)")
     parser.add_argument("--ensemble", choices=["langevin", "nve", "npt"], default="langevin",

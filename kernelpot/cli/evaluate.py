@@ -95,9 +95,10 @@ def _print_contacts(model, frames, err) -> None:
         return
     close = ratios < 1.0 - CONTACT_MARGIN
     if not close.any():
+        closest = 100 * (1 - float(ratios.min()))
         print(f"no test structure holds a pair more than {100 * CONTACT_MARGIN:g} % closer "
-              f"than any training pair of its elements (the closest: "
-              f"{100 * (1 - float(ratios.min())):.1f} % closer)" if ratios.min() < 1.0 else
+              f"than any training pair of its elements (the closest: {closest:.2g} % "
+              "closer)" if closest >= 0.005 else
               "no test structure holds a pair closer than any training pair of its elements")
         return
     worst = int(np.argmin(ratios))
