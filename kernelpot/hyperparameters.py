@@ -58,12 +58,13 @@ KERNEL_SEARCH_EVALUATIONS = 30
 _FAILED = 1e25
 #: L-BFGS-B's relative tolerance on the log likelihood's decrease per iteration (SciPy's
 #: default is 2.2e-9). Near an optimum with a noise level at its lower bound the
-#: likelihood of a nearly singular covariance carries round-off of 0.01–1 nats (measured
-#: against central differences: ethanol, exact, n = 100, log L = 8,486), and the default
-#: kept L-BFGS-B's line searches chasing it: 44–50 evaluations per start, half of them
-#: ending "ABNORMAL". At 1e-7 (8e-4 nats there) the same three starts took 12–21
-#: evaluations each, reached the same optimum to 3e-4 nats (log hyperparameters to
-#: 4e-3), and the fit 53.6 → 23.8 s.
+#: likelihood of a nearly singular covariance carries round-off of about 2e-5 nats
+#: (its gradient off central differences by up to 0.86 nats per unit of log parameter:
+#: ethanol, exact, n = 100, log L = 8,486), the size of the default tolerance there
+#: (1.9e-5 nats), and L-BFGS-B's line searches chased it: 44–50 evaluations per start,
+#: two of three ending "ABNORMAL". At 1e-7 (8e-4 nats there) the same three starts took
+#: 12–21 evaluations each, reached the same optimum to 3e-4 nats (log hyperparameters
+#: to 4e-3), and the fit 53.6 → 23.8 s.
 LIKELIHOOD_FTOL = 1e-7
 
 
