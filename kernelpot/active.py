@@ -657,6 +657,7 @@ class OnTheFlyLearner:
         dyn = dynamics(atoms) if dynamics is not None else _rebuild_dynamics(
             settings["dynamics"], atoms)
         dyn.nsteps = step
+        _restore_rng(dyn, md)
         logger.info("resumed at step %d with %d labelled frames", step, n_frames)
         if run and step < self._target_steps:
             self.run(dyn, self._target_steps - step)
@@ -1013,12 +1014,22 @@ class OnTheFlyLearner:
         self._updates_since_checkpoint = 0
 
     def _save_state(self):
-        """Write the MD state and the run's settings (not the model): cheap, any step."""
+        """Write the MD state and the run's settings (not the model): cheap, any step.
+
+        The state of the dynamics' random generator (Langevin's, a NumPy ``Generator``)
+        goes with it, as JSON bytes: a resumed run draws the noise the uninterrupted
+        one would have.
+        """
         atoms = self._dynamics.atoms
+        rng = getattr(self._dynamics, "rng", None)
+        extra = {}
+        if isinstance(rng, np.random.Generator):
+            extra["rng_state"] = np.frombuffer(
+                json.dumps(rng.bit_generator.state).encode("utf-8"), dtype=np.uint8)
         atomic_write(self.directory / STATE_FILE, lambda handle: np.savez(
             handle, numbers=atoms.numbers, positions=atoms.positions,
             momenta=atoms.get_momenta(), cell=atoms.cell.array, pbc=atoms.pbc,
-            step=int(self._dynamics.nsteps)))
+            step=int(self._dynamics.nsteps), **extra))
         self._write_settings()
         self._state_step = int(self._dynamics.nsteps)
 
@@ -1105,13 +1116,27 @@ def _dynamics_spec(dyn) -> dict:
     return {"class": type(dyn).__name__}
 
 
+def _restore_rng(dyn, md) -> None:
+    """Give the dynamics' random generator the saved state (same kind of generator)."""
+    rng = getattr(dyn, "rng", None)
+    if "rng_state" not in md or not isinstance(rng, np.random.Generator):
+        return
+    state = json.loads(np.asarray(md["rng_state"]).tobytes().decode("utf-8"))
+    if state.get("bit_generator") != type(rng.bit_generator).__name__:
+        logger.warning("resume: the saved random state is of a %s, the dynamics draw from a "
+                       "%s: new noise from here", state.get("bit_generator"),
+                       type(rng.bit_generator).__name__)
+        return
+    rng.bit_generator.state = state
+
+
 def _rebuild_dynamics(spec: dict, atoms):
     from ase.md.langevin import Langevin
     from ase.md.verlet import VelocityVerlet
 
-    if spec["class"] == "Langevin":
+    if spec["class"] == "Langevin":  # its generator's state is restored by _restore_rng
         return Langevin(atoms, spec["timestep"], temperature_K=spec["temperature_K"],
-                        friction=spec["friction"], fixcm=False)
+                        friction=spec["friction"], fixcm=False, rng=np.random.default_rng())
     if spec["class"] == "VelocityVerlet":
         return VelocityVerlet(atoms, spec["timestep"])
     raise ValueError(f"resume: cannot rebuild a {spec['class']} dynamics; pass dynamics="

@@ -850,6 +850,34 @@ def test_the_md_state_is_saved_between_checkpoints(tmp_path):
         OnTheFlyLearner(_model(), EMT(), state_every=0)
 
 
+def test_a_resumed_langevin_run_draws_the_noise_the_uninterrupted_one_would(tmp_path):
+    from ase.md.langevin import Langevin
+
+    def langevin(atoms, seed=0):
+        return Langevin(atoms, 2.0 * 0.09822694788464063, temperature_K=600,
+                        friction=0.02, fixcm=False, rng=np.random.default_rng(seed))
+
+    def learner(directory):
+        return OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=directory,
+                               max_calls=2, min_interval=2, state_every=5)
+
+    whole = langevin(_dynamics().atoms)
+    learner(tmp_path / "whole").run(whole, 20)
+    _run_interrupted(learner(tmp_path / "cut"), langevin(_dynamics().atoms), 20, at=13)
+    # resumed from the state at step 9, with a generator seeded otherwise: its saved
+    # state is restored
+    resumed = OnTheFlyLearner.resume(tmp_path / "cut", EMT(),
+                                     dynamics=lambda atoms: langevin(atoms, seed=99))
+    np.testing.assert_allclose(resumed._dynamics.atoms.positions, whole.atoms.positions,
+                               rtol=0, atol=1e-9)
+    assert resumed._dynamics.nsteps == 20
+    # the rebuilt dynamics (no callable given) take the saved state as well
+    _run_interrupted(learner(tmp_path / "cut2"), langevin(_dynamics().atoms), 20, at=13)
+    rebuilt = OnTheFlyLearner.resume(tmp_path / "cut2", EMT())
+    np.testing.assert_allclose(rebuilt._dynamics.atoms.positions, whole.atoms.positions,
+                               rtol=0, atol=1e-9)
+
+
 def test_with_label_stress_the_stress_std_gates_a_change_of_volume(tmp_path):
     """A perfect fcc cell expanded step by step: its forces, and their std, stay zero by
     symmetry, so the force gate never fires; the stress std leaves the labelled cells'
