@@ -159,6 +159,14 @@ def read_labels(frames: list[Atoms], owner: str, stress: bool = False,
         forces.append(f)
     stresses = [_read_stress(atoms, k, owner) for k, atoms in enumerate(frames)] \
         if stress else None
+    if stress:
+        unused = [k for k, atoms in enumerate(frames)
+                  if not np.all(atoms.pbc) and _stored(atoms, "stress") is not None]
+        if unused:  # said once, not dropped in silence
+            warnings.warn(f"{owner}: structure(s) {unused[:10]} carry a stress but are not "
+                          f"periodic along all three axes (pbc="
+                          f"{frames[unused[0]].pbc.tolist()}): a stress is defined for a "
+                          "cell only, and theirs is not used", UserWarning, stacklevel=3)
     if np.all(np.isnan(energies)) and all(f is None for f in forces):
         raise ValueError(f"{owner}: none of the {len(frames)} structures carries an energy or "
                          "forces (attach them with a SinglePointCalculator, as ase.io.read "

@@ -509,7 +509,10 @@ class PredictionMixin:
             for energies and forces; raw otherwise), plus with ``std_type="total"`` the
             map's share of the learned stress noise, ``d² σ_S²``
             (:meth:`noise_variance`; ``d`` is fitted with the map, and is small where
-            the LOSO errors read the noise as the model's own misfit).
+            the LOSO errors read the noise as the model's own misfit). A model that
+            trained on no stress has learned no ``σ_S``: its total std is the epistemic
+            one, with a warning (the start value ``stress_noise`` set stds 17–80 times
+            the errors of a new user's Pt cells).
         std_type : {"total", "epistemic"}, default="total"
 
         Returns
@@ -544,7 +547,14 @@ class PredictionMixin:
             "stress", p.stress_var_posterior, p.stress_var_projection)
             for p in out]).reshape(-1, 6)
         if std_type == "total":
-            variance = variance + calibration.noise_variance("stress", self.stress_noise_**2)
+            if self.posterior_.n_stress_observations:
+                variance = variance + calibration.noise_variance("stress",
+                                                                 self.stress_noise_**2)
+            else:  # an unlearned start value would set the std (0.16 GPa by default)
+                warnings.warn(f"{type(self).__name__}.predict_stress: the model trained on no "
+                              "stresses, so it has learned no stress noise: the total std "
+                              "is the epistemic one (uncalibrated; train on stresses for a "
+                              "total std)", UserWarning, stacklevel=2)
         return stress, np.sqrt(variance)
 
     def predict_energies_and_forces(self, X: Sequence[Atoms], return_std: bool = False,

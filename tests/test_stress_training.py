@@ -39,7 +39,9 @@ def test_read_labels_reads_stresses_of_periodic_cells_only(cells):
     full = np.array([[voigt[0], voigt[5], voigt[4]], [voigt[5], voigt[1], voigt[3]],
                      [voigt[4], voigt[3], voigt[2]]])
     matrix.calc = SinglePointCalculator(matrix, energy=1.0, stress=full)
-    labels = read_labels([cell, water, matrix], "Test", stress=True)
+    with pytest.warns(UserWarning, match=r"structure\(s\) \[1\] carry a stress but are not "
+                      r"periodic along all three axes .* theirs is not used"):
+        labels = read_labels([cell, water, matrix], "Test", stress=True)
     np.testing.assert_array_equal(labels.has_stress, [True, False, True])
     np.testing.assert_array_equal(labels.stresses[0], voigt)
     np.testing.assert_allclose(labels.stresses[2], voigt, rtol=0, atol=0)
@@ -113,6 +115,12 @@ def test_stress_training_predicts_new_cells_stress_better(cells):
                                   use_stress=use_stress).fit(train)
         errors[use_stress] = np.sqrt(np.mean((model.predict_stress(test) - reference)**2))
     assert errors[True] < 0.5 * errors[False], errors
+    # without stress labels no σ_S was learned: the total std is the epistemic one, said so
+    assert model.posterior_.n_stress_observations == 0
+    with pytest.warns(UserWarning, match="trained on no stresses"):
+        _, total = model.predict_stress(test, return_std=True)
+    _, epistemic = model.predict_stress(test, return_std=True, std_type="epistemic")
+    np.testing.assert_array_equal(total, epistemic)
 
 
 def test_noisy_stress_labels_give_a_larger_stress_noise():
