@@ -37,7 +37,7 @@ from kernelpot._validation import (
     check_verbose,
     species_to_numbers,
 )
-from kernelpot.baselines import as_baseline, residual_labels
+from kernelpot.baselines import ZBL, as_baseline, residual_labels
 from kernelpot.calibration import StdCalibration
 from kernelpot.contacts import ShortestPairs, contact_warnings_handled
 from kernelpot.descriptors import Descriptor
@@ -707,6 +707,7 @@ pair of float
             self._adopt(posterior, descriptor, training.species, training.e0,
                         self._loso_calibration(posterior))
             self.shortest_pairs_ = prepared.shortest
+        _warn_if_zbl_reaches_the_data(self.baseline_, self.shortest_pairs_, owner)
         names = fitted_names(self.optimize, owner)
         if "signal_std" in names:
             warn_if_signal_std_at_bound(self.signal_std_, self.signal_std_bounds, owner,
@@ -1781,3 +1782,22 @@ def _exact_costs(frames, species_index, has_energy, has_forces, n_species: int,
             "prediction_ms_per_atom": 1e3 * exact.prediction_time_estimate(
                 3 * per_atom * share, rows, n_features, share,
                 3 * atoms_with_forces.sum() + 6 * has_stress.sum())}
+
+
+def _warn_if_zbl_reaches_the_data(baseline, shortest, owner: str) -> None:
+    """Warn when a ZBL baseline acts at distances the training structures hold.
+
+    It is meant for contacts closer than any trained on; within the data it changes the
+    energies the GP learns from (measured: a new user's NaCl cells, shortest pair
+    2.53 Å, ``r_cut`` 3 Å: test force MAE 2.13 → 2.73 meV/Å).
+    """
+    if not isinstance(baseline, ZBL) or shortest is None:
+        return
+    closest = float(np.min(shortest.distances))
+    if closest < baseline.r_cut:
+        warnings.warn(f"{owner}: the ZBL baseline acts up to r_cut={baseline.r_cut:g} Å, "
+                      f"beyond the shortest pair of the training structures ({closest:.3g} "
+                      "Å): it changes the energies the GP learns from, where it is meant "
+                      f"for closer contacts only (give r_cut below {closest:.3g} Å)",
+                      UserWarning, stacklevel=3)
+

@@ -161,6 +161,13 @@ def test_zbl_keeps_atoms_apart_where_the_data_say_nothing(cells):
     f_none = without.predict_forces([dimer_cell])[0][1, 0]
     assert emt_force > 1.0 and f_zbl > 100.0  # pushed apart, hard
     assert abs(f_zbl - f_none) > 100.0
+    # reaching into the training data's distances: said at fit
+    closest = float(np.min(with_zbl.shortest_pairs_.distances))
+    assert 2.0 < closest < 3.0
+    with pytest.warns(UserWarning, match=r"the ZBL baseline acts up to r_cut=3 Å, beyond the "
+                                         r"shortest pair of the training structures"):
+        SparseGPPotential(CU_SOAP, baseline=ZBL(r_inner=1.0, r_cut=3.0), method="sparse",
+                          random_state=0).fit(cells[:6])
 
 
 def test_save_load_keeps_a_registered_baseline_and_refuses_a_calculator(cells, tmp_path):
