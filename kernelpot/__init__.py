@@ -5,7 +5,7 @@ The public API is re-exported here; submodules hold the implementation.
 
 from kernelpot._version import __version__
 from kernelpot.active import OnTheFlyLearner
-from kernelpot.baselines import ZBL, Coulomb, LennardJones, Pair
+from kernelpot.baselines import ZBL, BaselineSum, Coulomb, LennardJones, Pair
 from kernelpot.calculator import KernelPotCalculator
 from kernelpot.contacts import ContactWarning
 from kernelpot.datasets import load_ethanol, load_silicon
@@ -20,6 +20,7 @@ from kernelpot.two_body import TwoBody
 __all__ = [
     "ACSF",
     "ContactWarning",
+    "BaselineSum",
     "Coulomb",
     "SOAP",
     "Descriptor",

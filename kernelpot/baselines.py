@@ -40,8 +40,8 @@ from kernelpot.descriptors.neighbors import neighbor_list, pair_sums
 if TYPE_CHECKING:
     from ase import Atoms
 
-__all__ = ["Baseline", "BaselineTerms", "CalculatorBaseline", "Coulomb", "LennardJones", "Pair",
-           "ZBL",
+__all__ = ["Baseline", "BaselineSum", "BaselineTerms", "CalculatorBaseline", "Coulomb",
+           "LennardJones", "Pair", "ZBL",
            "as_baseline", "residual_labels"]
 
 #: e² / (4π ε0) in eV Å.
@@ -101,6 +101,76 @@ class Baseline(BaseEstimator):
 
     def check(self) -> None:
         """Validate the parameters; raise ``ValueError``/``TypeError`` naming the problem."""
+
+    def __add__(self, other: object) -> BaselineSum:
+        """Return the sum of two baselines (:class:`BaselineSum`, sums flattened)."""
+        if not isinstance(other, Baseline):
+            return NotImplemented
+        return BaselineSum(_terms(self) + _terms(other))
+
+
+def _terms(baseline: Baseline) -> tuple:
+    """Return a baseline's terms: a sum's own, else the baseline alone."""
+    return tuple(baseline.terms) if isinstance(baseline, BaselineSum) else (baseline,)
+
+
+class BaselineSum(Baseline):
+    """The sum of several baselines: ``Coulomb(...) + ZBL()``, or ``baseline=[...]``.
+
+    Energies, forces and stresses add up; the model file stores each term by its name and
+    parameters (every term must be a registered one to save the model).
+
+    Parameters
+    ----------
+    terms : tuple of Baseline
+        At least one; sums inside are flattened.
+
+    Examples
+    --------
+    >>> from kernelpot import ZBL, Coulomb
+    >>> both = Coulomb(charges={"Na": 1, "Cl": -1}) + ZBL(r_inner=0.8, r_cut=1.6)
+    >>> [type(term).__name__ for term in both.terms]
+    ['Coulomb', 'ZBL']
+    """
+
+    def __init__(self, terms: tuple = ()):
+        self.terms = terms
+
+    def check(self) -> None:
+        """Validate that ``terms`` is a non-empty sequence of baselines, each valid."""
+        if not isinstance(self.terms, (list, tuple)) or not self.terms:
+            raise TypeError("BaselineSum: terms must be a non-empty list or tuple of "
+                            f"baselines; got {self.terms!r}")
+        for term in self.terms:
+            if not isinstance(term, Baseline):
+                raise TypeError("BaselineSum: every term must be a kernelpot baseline (ZBL, "
+                                "LennardJones, Pair, Coulomb) or an ASE calculator wrapped "
+                                f"in CalculatorBaseline; got {type(term).__name__}")
+            term.check()
+
+    def compute(self, atoms: Atoms, forces: bool = True, stress: bool = False) -> BaselineTerms:
+        """Return the summed per-atom energies, forces and (optionally) stress.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+            The structure; not modified.
+        forces : bool, default=True
+            Also the forces.
+        stress : bool, default=False
+            Also the stress.
+
+        Returns
+        -------
+        BaselineTerms
+            The terms' sums.
+        """
+        self.check()
+        parts = [term.compute(atoms, forces=forces, stress=stress) for term in self.terms]
+        return BaselineTerms(
+            np.sum([part.local_energies for part in parts], axis=0),
+            np.sum([part.forces for part in parts], axis=0) if forces else None,
+            np.sum([part.stress for part in parts], axis=0) if stress else None)
 
 
 class _PairBaseline(Baseline):
@@ -386,13 +456,18 @@ def as_baseline(value, owner: str) -> Baseline | None:
     """
     if value is None:
         return None
+    if isinstance(value, (list, tuple)):  # several: their sum
+        if not value:
+            raise TypeError(f"{owner}: baseline given as an empty list; give None for none")
+        value = BaselineSum(tuple(term if isinstance(term, Baseline)
+                                  else as_baseline(term, owner) for term in value))
     if isinstance(value, Baseline):
         value.check()
         return value
     if hasattr(value, "get_property") and hasattr(value, "calculate"):
         return CalculatorBaseline(value)
     raise TypeError(f"{owner}: baseline must be a kernelpot baseline (ZBL, LennardJones, Pair, "
-                    "Coulomb), an "
+                    "Coulomb, or a list of them), an "
                     f"ASE calculator or None; got {type(value).__name__}")
 
 

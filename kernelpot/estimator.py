@@ -37,7 +37,7 @@ from kernelpot._validation import (
     check_verbose,
     species_to_numbers,
 )
-from kernelpot.baselines import ZBL, as_baseline, residual_labels
+from kernelpot.baselines import ZBL, BaselineSum, as_baseline, residual_labels
 from kernelpot.calibration import StdCalibration
 from kernelpot.contacts import ShortestPairs, contact_warnings_handled
 from kernelpot.descriptors import Descriptor
@@ -1698,9 +1698,9 @@ pair of float
         kernelpot.load : Read the file back into a fitted model.
         """
         check_is_fitted(self)
-        if self.baseline_ is not None and type(self.baseline_).__name__ \
-                not in io.parameter_classes():
-            raise ValueError(f"save: the model's baseline is {type(self.baseline_).__name__} "
+        unsaved = _unsaved_baseline(self.baseline_)
+        if unsaved is not None:
+            raise ValueError(f"save: the model's baseline is {unsaved} "
                              "(an ASE calculator), which a model file cannot hold; use a "
                              "registered baseline (ZBL, LennardJones, Pair, Coulomb) to save the "
                              "model")
@@ -1784,6 +1784,15 @@ def _exact_costs(frames, species_index, has_energy, has_forces, n_species: int,
                 3 * atoms_with_forces.sum() + 6 * has_stress.sum())}
 
 
+def _unsaved_baseline(baseline) -> str | None:
+    """Return the class name of a baseline (or a sum's term) a model file cannot hold."""
+    terms = baseline.terms if isinstance(baseline, BaselineSum) else (baseline,)
+    for term in terms:
+        if term is not None and type(term).__name__ not in io.parameter_classes():
+            return type(term).__name__
+    return None
+
+
 def _warn_if_zbl_reaches_the_data(baseline, shortest, owner: str) -> None:
     """Warn when a ZBL baseline acts at distances the training structures hold.
 
@@ -1791,11 +1800,13 @@ def _warn_if_zbl_reaches_the_data(baseline, shortest, owner: str) -> None:
     energies the GP learns from (measured: a new user's NaCl cells, shortest pair
     2.53 Å, ``r_cut`` 3 Å: test force MAE 2.13 → 2.73 meV/Å).
     """
-    if not isinstance(baseline, ZBL) or shortest is None:
+    terms = baseline.terms if isinstance(baseline, BaselineSum) else (baseline,)
+    reach = max((term.r_cut for term in terms if isinstance(term, ZBL)), default=None)
+    if reach is None or shortest is None:
         return
     closest = float(np.min(shortest.distances))
-    if closest < baseline.r_cut:
-        warnings.warn(f"{owner}: the ZBL baseline acts up to r_cut={baseline.r_cut:g} Å, "
+    if closest < reach:
+        warnings.warn(f"{owner}: the ZBL baseline acts up to r_cut={reach:g} Å, "
                       f"beyond the shortest pair of the training structures ({closest:.3g} "
                       "Å): it changes the energies the GP learns from, where it is meant "
                       f"for closer contacts only (give r_cut below {closest:.3g} Å)",

@@ -60,14 +60,14 @@ def parameter_classes() -> dict:
         ``{class name: class}``: descriptors, kernels, the two-body term and the
         registered baselines (the estimator class is added by the loader).
     """
-    from kernelpot.baselines import ZBL, Coulomb, LennardJones, Pair
+    from kernelpot.baselines import ZBL, BaselineSum, Coulomb, LennardJones, Pair
     from kernelpot.descriptors import ACSF, SOAP, FeatomicSOAP
     from kernelpot.kernels import NormalizedDotProduct, Scaled, SquaredExponential, Sum
     from kernelpot.two_body import TwoBody
 
     return {cls.__name__: cls for cls in (ACSF, SOAP, FeatomicSOAP, NormalizedDotProduct,
                                           SquaredExponential, Scaled, Sum, TwoBody, ZBL,
-                                          LennardJones, Coulomb, Pair)}
+                                          LennardJones, Coulomb, Pair, BaselineSum)}
 
 
 def encode(value: object, registry: dict) -> object:

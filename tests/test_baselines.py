@@ -308,6 +308,57 @@ def test_a_model_with_a_coulomb_baseline_saves_and_loads(tmp_path):
     np.testing.assert_array_equal(loaded.predict(frames[3:]), model.predict(frames[3:]))
 
 
+def test_coulomb_and_zbl_together_add_up_fit_save_and_load(tmp_path):
+    """An ionic model that also guards close contacts: ``baseline=[Coulomb, ZBL]``."""
+    from ase.calculators.lj import LennardJones as AseLJ
+
+    from kernelpot import BaselineSum
+
+    frames = []
+    for seed in range(4):
+        atoms = _ionic_cell()
+        atoms.rattle(0.05, seed=seed)
+        atoms.calc = AseLJ(sigma=2.5, epsilon=0.01, rc=5.0)
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+        frames.append(atoms)
+    coulomb, zbl = Coulomb({"Na": 1, "Cl": -1}), ZBL(r_inner=0.8, r_cut=1.6)
+    both = coulomb + zbl
+    assert isinstance(both, BaselineSum) and len((both + zbl).terms) == 3  # flattened
+    parts = [term.compute(frames[0], forces=True, stress=True) for term in (coulomb, zbl)]
+    summed = both.compute(frames[0], forces=True, stress=True)
+    np.testing.assert_allclose(summed.local_energies, sum(p.local_energies for p in parts))
+    np.testing.assert_allclose(summed.forces, sum(p.forces for p in parts))
+    np.testing.assert_allclose(summed.stress, sum(p.stress for p in parts))
+    soap = SOAP(["Na", "Cl"], r_cut=4.0, n_max=3, l_max=2, sigma=0.5)
+    model = SparseGPPotential(soap, baseline=[coulomb, zbl], method="sparse",
+                              random_state=0).fit(frames[:3])
+    assert isinstance(model.baseline_, BaselineSum)
+    loaded = load(model.save(tmp_path / "both"))
+    assert [type(t).__name__ for t in loaded.baseline_.terms] == ["Coulomb", "ZBL"]
+    np.testing.assert_array_equal(loaded.predict(frames[3:]), model.predict(frames[3:]))
+    # a Na–Cl pair pressed to 1 Å: Coulomb alone pulls it together, with ZBL it is pushed
+    # apart
+    pressed = frames[3].copy()
+    neighbour = int(np.argsort(pressed.get_distances(0, range(len(pressed)), mic=True))[1])
+    direction = pressed.get_distance(0, neighbour, mic=True, vector=True)
+    pressed.positions[neighbour] = pressed.positions[0] + direction / np.linalg.norm(direction)
+    coulomb_only = SparseGPPotential(soap, baseline=coulomb, method="sparse",
+                                     random_state=0).fit(frames[:3])
+    unit = direction / np.linalg.norm(direction)
+    with pytest.warns(UserWarning):  # the contact: closer than any training pair
+        pull = coulomb_only.predict_forces([pressed])[0][neighbour] @ unit
+    push = model.predict_forces([pressed])[0][neighbour] @ unit
+    assert pull < 0 < push  # along the bond, away from atom 0 is positive
+    # a sum holding an ASE calculator fits, but is not saved
+    runtime = SparseGPPotential(soap, baseline=[coulomb, AseLJ(sigma=2.0, epsilon=0.001)],
+                                method="sparse", random_state=0).fit(frames[:3])
+    with pytest.raises(ValueError, match="save: the model's baseline is CalculatorBaseline"):
+        runtime.save(tmp_path / "runtime")
+    with pytest.raises(TypeError, match="empty list"):
+        SparseGPPotential(soap, baseline=[]).fit(frames[:3])
+
+
 def test_a_baseline_model_restores_its_checkpoint_from_the_original_frames(cells, tmp_path):
     baseline = LennardJones(0.05, 2.2, 5.0)
     model = SparseGPPotential(CU_SOAP, baseline=baseline, method="sparse", incremental=True,
