@@ -289,17 +289,23 @@ def test_coulomb_refuses_mixed_periodicity():
         Coulomb({"Na": 1, "Cl": -1}).compute(slab)
 
 
-def test_a_model_with_a_coulomb_baseline_saves_and_loads(tmp_path):
+def _ionic_frames(n: int = 4) -> list:
+    """Rattled NaCl cells labelled by ASE's Lennard-Jones (a stand-in reference)."""
     from ase.calculators.lj import LennardJones as AseLJ
 
     frames = []
-    for seed in range(4):
+    for seed in range(n):
         atoms = _ionic_cell()
         atoms.rattle(0.05, seed=seed)
         atoms.calc = AseLJ(sigma=2.5, epsilon=0.01, rc=5.0)
         energy, forces = atoms.get_potential_energy(), atoms.get_forces()
         atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
         frames.append(atoms)
+    return frames
+
+
+def test_a_model_with_a_coulomb_baseline_saves_and_loads(tmp_path):
+    frames = _ionic_frames()
     soap = SOAP(["Na", "Cl"], r_cut=4.0, n_max=3, l_max=2, sigma=0.5)
     model = SparseGPPotential(soap, baseline=Coulomb({"Na": 1, "Cl": -1}), method="sparse",
                               random_state=0).fit(frames[:3])
@@ -314,14 +320,7 @@ def test_coulomb_and_zbl_together_add_up_fit_save_and_load(tmp_path):
 
     from kernelpot import BaselineSum
 
-    frames = []
-    for seed in range(4):
-        atoms = _ionic_cell()
-        atoms.rattle(0.05, seed=seed)
-        atoms.calc = AseLJ(sigma=2.5, epsilon=0.01, rc=5.0)
-        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
-        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
-        frames.append(atoms)
+    frames = _ionic_frames()
     coulomb, zbl = Coulomb({"Na": 1, "Cl": -1}), ZBL(r_inner=0.8, r_cut=1.6)
     both = coulomb + zbl
     assert isinstance(both, BaselineSum) and len((both + zbl).terms) == 3  # flattened
