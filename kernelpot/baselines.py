@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from ase import Atoms
 
 __all__ = ["Baseline", "BaselineSum", "BaselineTerms", "CalculatorBaseline", "Coulomb",
-           "LennardJones", "Pair", "ZBL",
+           "LennardJones", "Pair", "ZBL", "baseline_terms",
            "as_baseline", "residual_labels"]
 
 #: e² / (4π ε0) in eV Å.
@@ -106,11 +106,13 @@ class Baseline(BaseEstimator):
         """Return the sum of two baselines (:class:`BaselineSum`, sums flattened)."""
         if not isinstance(other, Baseline):
             return NotImplemented
-        return BaselineSum(_terms(self) + _terms(other))
+        return BaselineSum(baseline_terms(self) + baseline_terms(other))
 
 
-def _terms(baseline: Baseline) -> tuple:
-    """Return a baseline's terms: a sum's own, else the baseline alone."""
+def baseline_terms(baseline: Baseline | None) -> tuple:
+    """Return a baseline's terms: a sum's own, else the baseline alone (``()`` for None)."""
+    if baseline is None:
+        return ()
     return tuple(baseline.terms) if isinstance(baseline, BaselineSum) else (baseline,)
 
 

@@ -175,24 +175,29 @@ class KernelPotCalculator(Calculator):
         elif not lazy:
             self.results = {**results, **_std_results(model, prediction)}
         else:
-            keys = ["energy_std"] + ["stress_std"] * stress
-            if uncertainty is True:
-                keys += ["forces_std", "forces_std_posterior", "forces_std_projection"]
             # the calculation's copy of the atoms: the stds are of these positions; the
             # closure holds no reference to the calculator (no cycle through its results)
             atoms, state = self.atoms, _ModelState(model)
 
             def compute() -> dict:
-                state.check()
+                state.check(model)
                 return _std_results(model, _predict(model, atoms, uncertainty, stress))
 
-            self.results = _LazyResults(results, compute, keys)
+            self.results = _LazyResults(results, compute, _std_keys(uncertainty, stress))
 
 
 def _predict(model: SparseGPPotential, atoms: Atoms, variance: bool | str, stress: bool):
     """Return ``model``'s :class:`~kernelpot.prediction.Prediction` of ``atoms``."""
     with _blas_limit(_one_blas_thread(model, len(atoms), variance)):
         return model.predict_structure(atoms, forces=True, variance=variance, stress=stress)
+
+
+def _std_keys(uncertainty: bool | str, stress: bool) -> list[str]:
+    """Return the entries :func:`_std_results` gives for ``uncertainty`` and ``stress``."""
+    keys = ["energy_std"] + ["stress_std"] * stress
+    if uncertainty is True:
+        keys += ["forces_std", "forces_std_posterior", "forces_std_projection"]
+    return keys
 
 
 def _std_results(model: SparseGPPotential, prediction) -> dict:
@@ -225,15 +230,14 @@ class _ModelState:
     """
 
     def __init__(self, model: SparseGPPotential) -> None:
-        self.model = weakref.ref(model)
         self.posterior = weakref.ref(model.posterior_)
         self.weights = weakref.ref(model.alpha_)
         self.std_scale = model.std_scale_
 
-    def check(self) -> None:
-        model = self.model()
-        if (model is None or self.posterior() is not model.posterior_
-                or self.weights() is not model.alpha_ or self.std_scale is not model.std_scale_):
+    def check(self, model: SparseGPPotential) -> None:
+        """Raise ``RuntimeError`` if ``model`` changed since this state was taken."""
+        if (self.posterior() is not model.posterior_ or self.weights() is not model.alpha_
+                or self.std_scale is not model.std_scale_):
             raise RuntimeError(
                 "KernelPotCalculator: the model changed (fit, update or calibrate) after "
                 "these results were calculated, so its stds would not be those of their "

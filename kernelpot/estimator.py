@@ -37,7 +37,7 @@ from kernelpot._validation import (
     check_verbose,
     species_to_numbers,
 )
-from kernelpot.baselines import ZBL, BaselineSum, as_baseline, residual_labels
+from kernelpot.baselines import ZBL, as_baseline, baseline_terms, residual_labels
 from kernelpot.calibration import StdCalibration
 from kernelpot.contacts import ShortestPairs, contact_warnings_handled
 from kernelpot.descriptors import Descriptor
@@ -1786,9 +1786,8 @@ def _exact_costs(frames, species_index, has_energy, has_forces, n_species: int,
 
 def _unsaved_baseline(baseline) -> str | None:
     """Return the class name of a baseline (or a sum's term) a model file cannot hold."""
-    terms = baseline.terms if isinstance(baseline, BaselineSum) else (baseline,)
-    for term in terms:
-        if term is not None and type(term).__name__ not in io.parameter_classes():
+    for term in baseline_terms(baseline):
+        if type(term).__name__ not in io.parameter_classes():
             return type(term).__name__
     return None
 
@@ -1800,8 +1799,8 @@ def _warn_if_zbl_reaches_the_data(baseline, shortest, owner: str) -> None:
     energies the GP learns from (measured: a new user's NaCl cells, shortest pair
     2.53 Å, ``r_cut`` 3 Å: test force MAE 2.13 → 2.73 meV/Å).
     """
-    terms = baseline.terms if isinstance(baseline, BaselineSum) else (baseline,)
-    reach = max((term.r_cut for term in terms if isinstance(term, ZBL)), default=None)
+    reach = max((term.r_cut for term in baseline_terms(baseline) if isinstance(term, ZBL)),
+                default=None)
     if reach is None or shortest is None:
         return
     closest = float(np.min(shortest.distances))
