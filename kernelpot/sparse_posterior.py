@@ -1462,17 +1462,39 @@ class SparsePosterior(Posterior):
         return self
 
 
+#: how long a fit waits for a worker when the cluster lists none (seconds)
+WORKER_WAIT_S = 60.0
+
+
 def _cluster_workers(client) -> list[dict]:
-    """Return every worker's ``memory_limit`` (None: unlimited) and ``nthreads``."""
+    """Return every worker's ``memory_limit`` (None: unlimited) and ``nthreads``.
+
+    The client's listing can come back empty for a moment on a cluster that has workers:
+    a refresh that failed under load leaves the client's cached, worker-less summary in
+    place, and workers the nanny restarts are away for a few seconds (seen once in CI).
+    The fit then waits up to ``WORKER_WAIT_S`` for a running worker before it gives up.
+    """
+    workers = _listed_workers(client)
+    if not workers:
+        try:
+            client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+        except (TimeoutError, OSError) as error:
+            raise RuntimeError(f"the Dask cluster has no workers (none came up within "
+                               f"{WORKER_WAIT_S:g} s)") from error
+        workers = _listed_workers(client)
+        if not workers:
+            raise RuntimeError("the Dask cluster has no workers")
+    return workers
+
+
+def _listed_workers(client) -> list[dict]:
+    """Return the workers the client's scheduler listing names (possibly none)."""
     try:
         info = client.scheduler_info(n_workers=-1)  # newer distributed lists 5 by default
     except TypeError:
         info = client.scheduler_info()
-    workers = [{"memory_limit": w.get("memory_limit"), "nthreads": w.get("nthreads", 1)}
-               for w in info["workers"].values()]
-    if not workers:
-        raise RuntimeError("the Dask cluster has no workers")
-    return workers
+    return [{"memory_limit": w.get("memory_limit"), "nthreads": w.get("nthreads", 1)}
+            for w in info.get("workers", {}).values()]
 
 
 def _candidate_features(descriptor: Descriptor, item: tuple) -> np.ndarray:

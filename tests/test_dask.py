@@ -14,6 +14,7 @@ dask = pytest.importorskip("dask")
 cloudpickle = pytest.importorskip("cloudpickle")
 
 from kernelpot import SOAP, SparseGPPotential  # noqa: E402
+from kernelpot.sparse_posterior import _cluster_workers  # noqa: E402
 
 # the test descriptor below travels to the workers by value (they cannot import this file)
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -158,6 +159,38 @@ def test_a_failed_fit_leaves_the_users_other_work_on_the_client_alone(client, ce
 def test_a_client_that_is_not_one_is_refused(cells):
     with pytest.raises(TypeError, match="client must be a distributed.Client"):
         _model().fit(cells, client="tcp://127.0.0.1:8786")
+
+
+class _ListingClient:
+    """A client whose scheduler listings come from ``listings``; counts its waits."""
+
+    def __init__(self, listings, wait_error=None):
+        self.listings, self.wait_error, self.waits = list(listings), wait_error, 0
+
+    def scheduler_info(self, n_workers=-1):
+        return {"workers": self.listings.pop(0)}
+
+    def wait_for_workers(self, n_workers, timeout=None):
+        self.waits += 1
+        if self.wait_error is not None:
+            raise self.wait_error
+
+
+def test_an_empty_worker_listing_is_waited_out_and_read_again():
+    # seen once in CI: the listing of a two-worker cluster came back without workers
+    worker = {"memory_limit": 2**30, "nthreads": 1}
+    client = _ListingClient([{}, {"tcp://a": worker, "tcp://b": worker}])
+    assert _cluster_workers(client) == [worker, worker]
+    assert client.waits == 1
+    assert _cluster_workers(_ListingClient([{"tcp://a": worker}])) == [worker]
+
+
+def test_a_cluster_whose_workers_never_come_up_fails_clearly():
+    client = _ListingClient([{}], wait_error=TimeoutError("no worker in time"))
+    with pytest.raises(RuntimeError, match="no workers .none came up within 60 s"):
+        _cluster_workers(client)
+    with pytest.raises(RuntimeError, match="the Dask cluster has no workers"):
+        _cluster_workers(_ListingClient([{}, {}]))
 
 
 # what the dying descriptor does, read from files by the workers: "once", "always" or
