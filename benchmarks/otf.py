@@ -81,14 +81,19 @@ def main(argv=None):
     parser.add_argument("--contact-margin", default="0.05",
                         help="OnTheFlyLearner's contact_margin ('none': the contact gate off; "
                              "default: its default, 0.05)")
+    parser.add_argument("--critical-factor", default="2",
+                        help="OnTheFlyLearner's critical_factor ('none': min_interval always "
+                             "holds; default: its default, 2)")
     args = parser.parse_args(argv)
     margin = None if args.contact_margin.lower() == "none" else float(args.contact_margin)
+    critical = None if args.critical_factor.lower() == "none" else float(args.critical_factor)
     test = test_frames()
     ref_f = [a.get_forces() for a in test]
     ref_e = np.array([a.get_potential_energy() for a in test])
     print(f"kernelpot {kernelpot.__version__}: on-the-fly Cu/EMT, {args.steps} steps, "
           f"{args.descriptor}, n_inducing {args.n_inducing}, max_calls {args.max_calls}, "
-          f"relative threshold {args.relative_threshold}, contact margin {margin}, start "
+          f"relative threshold {args.relative_threshold}, contact margin {margin}, critical "
+          f"factor {critical}, start "
           f"{args.start}, method {args.method}", flush=True)
     rows = []
     runs = [(seed, token) for seed in map(int, args.seeds.split(","))
@@ -124,7 +129,7 @@ def main(argv=None):
         learner = OnTheFlyLearner(model, EMT(), threshold=threshold, directory=directory,
                                   n_inducing=n_inducing, max_calls=args.max_calls,
                                   relative_threshold=args.relative_threshold,
-                                  contact_margin=margin)
+                                  contact_margin=margin, critical_factor=critical)
         start = time.perf_counter()
         learner.run(dyn, args.steps)
         wall = time.perf_counter() - start

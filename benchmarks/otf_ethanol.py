@@ -48,7 +48,7 @@ def model_template(method: str = "auto"):
 
 
 def run(directory, steps, force_tolerance, relative_threshold=1.5, min_interval=3,
-        method="auto", contact_margin=0.05):
+        method="auto", contact_margin=0.05, critical_factor=2.0):
     """Run the example's on-the-fly MD; return the final model."""
     bundled = load_ethanol()
     atoms = bundled[0].copy()
@@ -60,7 +60,8 @@ def run(directory, steps, force_tolerance, relative_threshold=1.5, min_interval=
                               directory=directory, min_interval=min_interval,
                               force_tolerance=force_tolerance,
                               relative_threshold=relative_threshold,
-                              contact_margin=contact_margin)
+                              contact_margin=contact_margin,
+                              critical_factor=critical_factor)
     learner.run(dyn, steps)
     return learner.model
 
@@ -83,12 +84,17 @@ def main(argv=None):
     parser.add_argument("--evaluate", default=None, metavar="DIRECTORY",
                         help="no MD: score the last checkpoint of a run kept in DIRECTORY "
                              "(one stopped early included) against random frames")
+    parser.add_argument("--critical-factor", default="2",
+                        help="OnTheFlyLearner's critical_factor ('none': min_interval always "
+                             "holds; default: its default, 2)")
     args = parser.parse_args(argv)
     margin = None if args.contact_margin.lower() == "none" else float(args.contact_margin)
+    critical = None if args.critical_factor.lower() == "none" else float(args.critical_factor)
     print(f"kernelpot {kernelpot.__version__}; python {platform.python_version()}; "
           f"{os.cpu_count()} cpus; {args.steps} steps, force_tolerance "
           f"{args.force_tolerance}, relative_threshold {args.relative_threshold}, "
-          f"min_interval {args.min_interval}, contact_margin {margin}, {args.method} model",
+          f"min_interval {args.min_interval}, contact_margin {margin}, critical_factor "
+          f"{critical}, {args.method} model",
           flush=True)
     frames = read(SHARED / "ethanol_500K.xyz", ":")
     idx = np.arange(len(frames))
@@ -102,7 +108,7 @@ def main(argv=None):
     else:
         directory = args.directory or tempfile.mkdtemp(prefix="kernelpot-otf-ethanol-")
         final = run(directory, args.steps, args.force_tolerance, args.relative_threshold,
-                    args.min_interval, args.method, margin)
+                    args.min_interval, args.method, margin, critical)
     log = [json.loads(line) for line in open(Path(directory) / "otf_log.jsonl")]
     n_frames = final.posterior_.n_training_structures
     # a run stopped early: only the steps its checkpoint has seen

@@ -55,6 +55,9 @@ SETTINGS_FILE = "learner.json"
 #: The automatic threshold of a model too young for a LOSO map, eV/Å: it labels every
 #: structure except one it already knows (a raw std below this).
 YOUNG_FLOOR = 1e-3
+#: Default ``critical_factor``: a largest force std past this many thresholds calls the
+#: reference without waiting ``min_interval`` steps (VASP's ML_CDOUB has the same default)
+CRITICAL_FACTOR = 2.0
 
 
 def _error_seen(results: dict, std: np.ndarray, reference: np.ndarray) -> dict[str, float]:
@@ -114,6 +117,10 @@ def _gate_part(record: dict) -> str:
     stress part, :func:`_stress_part`, says why).
     """
     std, threshold = 1e3 * record["max_force_std"], 1e3 * record["threshold"]
+    if "critical_std" in record:
+        return (f"std {_over(std, 1e3 * record['critical_std'])} meV/Å "
+                f"({record['critical_std'] / record['threshold']:.3g} × the threshold "
+                f"{threshold:.3g}: {record['steps_since_call']} step(s) after the last call)")
     if std > threshold:
         return f"std {_over(std, threshold)} meV/Å"
     if record.get("called_by_contact"):
@@ -213,7 +220,18 @@ class OnTheFlyLearner:
         default is also 10): a structure one step after a call is nearly the one just
         learned. Lower it for a young model of a molecule with sub-femtosecond
         steps: ethanol (xTB, 0.5 fs, model of five frames) heated to thousands of
-        kelvin between calls 10 steps apart, and ran stably with 3.
+        kelvin between calls 10 steps apart, and ran stably with 3. A std far past the
+        threshold does not wait (``critical_factor``).
+    critical_factor : float or None, default=2.0
+        A step whose largest force std exceeds ``critical_factor`` times the threshold
+        calls the reference without waiting ``min_interval`` steps (VASP's ML_CDOUB,
+        whose default is also 2): a structure that far from the labelled ones is not a
+        near-duplicate of the last, and the model's forces there are the ones that heat
+        a run between spaced calls. Applies to a given threshold, and to the automatic
+        one once the model has a LOSO map; a young model's calls (no map yet) and those
+        of a model that reads its forces as noise stay ``min_interval`` apart, as their
+        thresholds do not come from the std. ``None``: every call waits
+        ``min_interval`` steps. Must be at least 1. See Notes for what it measured.
     reoptimize_every : int, default=1
         Re-optimise the hyperparameters after this many additions (0: never). Every
         addition by default: on Cu/EMT (ACSF, 2000 steps) re-optimising every fifth
@@ -382,6 +400,7 @@ class OnTheFlyLearner:
                  directory: str | os.PathLike = ".", n_inducing: int | str = "all",
                  max_inducing: int | dict[str, int] | None = DEFAULT_SPARSE_CAP,
                  max_calls: int | None = None, min_interval: int = 10,
+                 critical_factor: float | None = CRITICAL_FACTOR,
                  reoptimize_every: int = 1, checkpoint_every: int = 1,
                  force_tolerance: float = 0.1, max_energy_gap: float | None = 1.0,
                  contact_margin: float | None = 0.05, label_stress: bool = False,
@@ -435,6 +454,13 @@ class OnTheFlyLearner:
             if isinstance(max_inducing, dict) else max_inducing
         self.max_calls = max_calls
         self.min_interval = int(min_interval)
+        if critical_factor is not None and not (
+                isinstance(critical_factor, (int, float, np.integer, np.floating))
+                and not isinstance(critical_factor, bool) and critical_factor >= 1):
+            raise ValueError("OnTheFlyLearner: critical_factor must be >= 1 or None; got "
+                             f"{critical_factor!r}")
+        self.critical_factor = None if critical_factor is None else float(critical_factor)
+        self._critical = None  # eV/Å; None: min_interval always holds
         self.reoptimize_every = int(reoptimize_every)
         self.checkpoint_every = int(checkpoint_every)
         self.force_tolerance = float(force_tolerance)
@@ -541,6 +567,7 @@ class OnTheFlyLearner:
         if self._initial_frames is None:
             self._initial_frames = self.model.posterior_.n_training_structures
         self._auto_threshold = self._loso_threshold()
+        self._critical = self._critical_level()
         self._stress_gate = self._stress_threshold()
         self.shortest_pairs = self._shortest_pairs()
         self._continuing = True
@@ -629,6 +656,7 @@ class OnTheFlyLearner:
                 if k != "calibration_window"}  # checkpoints before the LOSO gate had one
         init.setdefault("max_inducing", None)  # checkpoints before it ran uncapped
         init.setdefault("contact_margin", None)  # checkpoints before it ran without
+        init.setdefault("critical_factor", None)  # checkpoints before it held min_interval
         if not (isinstance(max_energy_gap, str) and max_energy_gap == "saved"):
             init["max_energy_gap"] = max_energy_gap  # checked by the constructor
         self = cls(model, reference, **init)
@@ -827,6 +855,22 @@ class OnTheFlyLearner:
         np.maximum.at(largest, loso.structure[forces], std)
         return float(min(self.relative_threshold * largest.max(), self._tolerance()))
 
+    def _critical_level(self) -> float | None:
+        """Return the std past which a call need not wait ``min_interval`` (None: it waits).
+
+        ``critical_factor`` times a given threshold, or times the automatic one once it
+        comes from a LOSO map; a young model's threshold (no map yet) or one whose forces
+        read as noise gates on something else than its std: those calls wait.
+        """
+        if self.critical_factor is None:
+            return None
+        if self.threshold is not None:
+            return self.critical_factor * float(self.threshold)
+        loso = getattr(self.model.posterior_, "loso", None)
+        if loso is None or self.model.interval_kind_ != "loso" or self._forces_unexplained():
+            return None
+        return self.critical_factor * self._auto_threshold
+
     def _shortest_pairs(self) -> ShortestPairs | None:
         """Return the shortest pair distances of the labelled structures (the contact gate).
 
@@ -917,7 +961,8 @@ class OnTheFlyLearner:
         if self.largest_gated_std is None or max_std > self.largest_gated_std[0]:
             self.largest_gated_std = (float(max_std), step)
             self.largest_gated_threshold = float(threshold)
-        spaced = self._last_call_step is None or step - self._last_call_step >= self.min_interval
+        previous_call = self._last_call_step
+        spaced = previous_call is None or step - previous_call >= self.min_interval
         budget = self.max_calls is None or self.n_reference_calls < self.max_calls
         # the stress std, when the dynamics asked for the stress (NPT): a change of volume
         # or shape can leave the forces of a symmetric cell at zero, and their std too
@@ -928,7 +973,12 @@ class OnTheFlyLearner:
             else None
         by_contact = contact is not None and self.contact_margin is not None \
             and contact.ratio < 1.0 - self.contact_margin
-        called = bool((max_std > threshold or by_stress or by_contact) and spaced and budget)
+        # far past the threshold the reference is called within min_interval too
+        critical_std = self._critical  # before a call updates it
+        critical = critical_std is not None and max_std > critical_std
+        called = bool((max_std > threshold or by_stress or by_contact)
+                      and (spaced or critical) and budget)
+        within_interval = called and not spaced
         seen = {}
         if called:
             call_start = time.perf_counter()
@@ -945,6 +995,7 @@ class OnTheFlyLearner:
             self.model.update([labelled], n_inducing=self.n_inducing, optimize=reoptimize,
                               max_inducing=self.max_inducing)
             self._auto_threshold = self._loso_threshold()
+            self._critical = self._critical_level()
             self._stress_gate = self._stress_threshold()
             self.shortest_pairs = self._shortest_pairs()
             atoms.calc.reset()  # the next force evaluation uses the updated model
@@ -961,6 +1012,9 @@ class OnTheFlyLearner:
             "wall_s": time.perf_counter() - self._start_wall,
             **seen,
         }
+        if within_interval:  # called by a std past critical_factor × the threshold
+            record.update(critical_std=critical_std,
+                          steps_since_call=step - previous_call)
         if contact is not None:  # a pair closer than any labelled one of its elements
             record.update(contact_ratio=contact.ratio,
                           called_by_contact=bool(called and by_contact))
@@ -992,6 +1046,7 @@ class OnTheFlyLearner:
                      "directory": str(self.directory), "n_inducing": self.n_inducing,
                      "max_inducing": self.max_inducing, "max_calls": self.max_calls,
                      "min_interval": self.min_interval,
+                     "critical_factor": self.critical_factor,
                      "reoptimize_every": self.reoptimize_every,
                      "checkpoint_every": self.checkpoint_every,
                      "force_tolerance": self.force_tolerance, "verbose": self.verbose,

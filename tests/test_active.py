@@ -19,7 +19,7 @@ from ase.md.velocitydistribution import thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
 from kernelpot import ACSF, KernelPotCalculator, SparseGPPotential, load
-from kernelpot.active import YOUNG_FLOOR, InconsistentReference, OnTheFlyLearner
+from kernelpot.active import YOUNG_FLOOR, InconsistentReference, OnTheFlyLearner, _call_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,8 +37,10 @@ def _dynamics(seed=0):
 
 
 def test_learns_from_one_frame_and_logs_everything(tmp_path):
+    # critical_factor=None: every call waits min_interval (its own test is below)
     learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
-                              n_inducing=3, max_calls=4, min_interval=2, reoptimize_every=2)
+                              n_inducing=3, max_calls=4, min_interval=2, reoptimize_every=2,
+                              critical_factor=None)
     dyn = _dynamics()
     learner.run(dyn, 20)
     assert learner.model.incremental and learner.n_reference_calls == 4  # capped
@@ -61,6 +63,53 @@ def test_learns_from_one_frame_and_logs_everything(tmp_path):
     assert "force_error_max" not in log[1 if 1 not in called else 3]
     assert learner.model.posterior_.n_training_structures == 5
     assert (tmp_path / "model.npz").exists() and (tmp_path / "md_state.npz").exists()
+
+
+def _called_steps(directory) -> dict[int, dict]:
+    """Return the step log's records of the steps that called the reference, by step."""
+    log = [json.loads(line) for line in (directory / "otf_log.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in log if r["reference_called"]}
+
+
+@pytest.mark.parametrize("factor", [2.0, None])
+def test_a_std_far_past_the_threshold_does_not_wait_min_interval(tmp_path, factor):
+    """VASP's ML_CDOUB: past critical_factor × the threshold the reference is called at once."""
+    threshold = 1e-4  # eV/Å: every std of these hot cells is far past it
+    learner = OnTheFlyLearner(_model(), EMT(), threshold=threshold, directory=tmp_path,
+                              min_interval=4, max_calls=3, critical_factor=factor)
+    learner.run(_dynamics(), 9)
+    called = _called_steps(tmp_path)
+    if factor is None:
+        assert sorted(called) == [4, 8]  # the unfitted start is labelled at step 0
+        assert not any("critical_std" in r for r in called.values())
+        return
+    assert sorted(called) == [1, 2, 3]  # each past 2 × the threshold: none waits
+    for record in called.values():
+        assert record["max_force_std"] > record["critical_std"] == pytest.approx(2 * threshold)
+        assert record["steps_since_call"] == 1
+        line = _call_line(record, 1.0)
+        assert "2 × the threshold 0.1: 1 step(s) after the last call" in line
+    settings = json.loads((tmp_path / "learner.json").read_text())
+    assert settings["init"]["critical_factor"] == 2.0  # a resume keeps it
+
+
+def test_a_critical_std_waits_while_the_threshold_is_not_the_stds(tmp_path):
+    """A young model's calls (no LOSO map: its threshold is not from its std) stay spaced."""
+    learner = OnTheFlyLearner(_model(), EMT(), directory=tmp_path, min_interval=3,
+                              max_calls=2, critical_factor=1.0)
+    learner.run(_dynamics(), 6)
+    called = _called_steps(tmp_path)
+    assert sorted(called) == [3, 6]
+    assert not any("critical_std" in r for r in called.values())
+    # the third structure brought the LOSO map: from there the std's threshold counts
+    assert learner.model.interval_kind_ == "loso"
+    assert learner._critical_level() == pytest.approx(learner.current_threshold)
+
+
+@pytest.mark.parametrize("factor", [0.5, 0, -2.0, True, "2"])
+def test_a_critical_factor_below_one_is_refused(factor):
+    with pytest.raises(ValueError, match="critical_factor must be >= 1 or None"):
+        OnTheFlyLearner(_model(), EMT(), critical_factor=factor)
 
 
 def test_max_inducing_bounds_the_model_and_survives_a_resume(tmp_path):

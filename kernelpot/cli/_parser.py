@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from kernelpot import __version__
+from kernelpot.active import CRITICAL_FACTOR
 from kernelpot.cli.curves import _cmd_learning_curve
 from kernelpot.cli.demo import _cmd_demo
 from kernelpot.cli.descriptors import _cmd_descriptors
@@ -368,6 +369,11 @@ def _add_md(sub) -> argparse.ArgumentParser:
                         help="with --reference: MD steps between two reference calls, at "
                              "least (default 10; 3 for a young model of a molecule with "
                              "sub-femtosecond steps, whose wrong forces heat it in between)")
+    parser.add_argument("--critical-factor", type=_critical, default=CRITICAL_FACTOR,
+                        metavar="FACTOR",
+                        help="with --reference: a force std past this many thresholds calls "
+                             "the reference without waiting --min-interval steps (default "
+                             "2, as VASP's ML_CDOUB; 'none': every call waits)")
     parser.add_argument("--contact-margin", type=_margin, default=argparse.SUPPRESS,
                         metavar="FRACTION",
                         help="with --reference: also call it when two atoms come this fraction "
@@ -385,11 +391,12 @@ def _add_md(sub) -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="with --reference: continue the interrupted on-the-fly run in "
                              "--directory from its last checkpoint (model, labelled frames, "
-                             "MD state, and the learner's threshold and --min-interval) to its "
-                             "step count; START, --train, --steps, --threshold and "
-                             "--min-interval are not used; give the interrupted run's "
-                             "--ensemble, --timestep, --temperature and thermostat options; "
-                             "-o continues its file from the checkpoint's step")
+                             "MD state, and the learner's threshold, --min-interval and "
+                             "--critical-factor) to its step count; START, --train, --steps, "
+                             "--threshold, --min-interval and --critical-factor are not used; "
+                             "give the interrupted run's --ensemble, --timestep, --temperature "
+                             "and thermostat options; -o continues its file from the "
+                             "checkpoint's step")
     parser.add_argument("--train", default=None,
                         help="the model's training structures (with --reference)")
     parser.add_argument("--directory", default="otf_run",
@@ -472,6 +479,11 @@ def _number_or_none(text: str, accepted, what: str) -> float | None:
 def _margin(text: str) -> float | None:
     """Parse --contact-margin: a fraction in [0, 1), or "none"."""
     return _number_or_none(text, lambda value: 0 <= value < 1, "a fraction in [0, 1)")
+
+
+def _critical(text: str) -> float | None:
+    """Parse --critical-factor: a factor of at least 1, or "none"."""
+    return _number_or_none(text, lambda value: value >= 1, "a factor of at least 1")
 
 
 def _gap(text: str) -> float | None:

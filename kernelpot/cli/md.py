@@ -349,7 +349,8 @@ def _new_learner(args, model):
                            threshold=args.threshold, directory=args.directory,
                            min_interval=args.min_interval, verbose=int(not args.quiet),
                            status_every=args.status_every, max_energy_gap=args.max_energy_gap,
-                           contact_margin=args.contact_margin)
+                           contact_margin=args.contact_margin,
+                           critical_factor=args.critical_factor)
 
 
 def _resumed_learner(args):
