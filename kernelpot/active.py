@@ -975,7 +975,8 @@ class OnTheFlyLearner:
             and contact.ratio < 1.0 - self.contact_margin
         # far past the threshold the reference is called within min_interval too
         critical_std = self._critical  # before a call updates it
-        critical = critical_std is not None and max_std > critical_std
+        critical = (critical_std is not None and max_std > critical_std
+                    and (previous_call is None or step > previous_call))
         called = bool((max_std > threshold or by_stress or by_contact)
                       and (spaced or critical) and budget)
         within_interval = called and not spaced

@@ -802,7 +802,8 @@ def _logged_steps(directory):
 
 def test_labelled_frames_carry_their_step_also_after_a_resume(tmp_path):
     learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
-                              max_calls=3, min_interval=4)
+                              max_calls=3, min_interval=4,
+                              critical_factor=None)
     dyn = _dynamics()
     dyn.atoms.info["step"] = 999  # a stale step the atoms carry in is not the label's
     _run_interrupted(learner, dyn, 16, at=9)
@@ -819,7 +820,8 @@ def test_labelled_frames_carry_their_step_also_after_a_resume(tmp_path):
 
 def test_a_resume_before_the_first_call_does_not_label_step_0_again(tmp_path):
     learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
-                              max_calls=2, min_interval=4)  # unfitted: step 0 is labelled
+                              max_calls=2, min_interval=4,
+                              critical_factor=None)  # unfitted: step 0 is labelled
     _run_interrupted(learner, _dynamics(), 10, at=2)
     OnTheFlyLearner.resume(tmp_path, EMT())
     assert [f.info["step"] for f in read(tmp_path / "labelled.extxyz", ":")] == [0, 4, 8]
@@ -827,7 +829,8 @@ def test_a_resume_before_the_first_call_does_not_label_step_0_again(tmp_path):
 
 def test_a_resume_with_sparse_checkpoints_never_steps_back_behind_a_label(tmp_path):
     learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
-                              max_calls=6, min_interval=2, checkpoint_every=3)
+                              max_calls=6, min_interval=2, checkpoint_every=3,
+                              critical_factor=None)
     _run_interrupted(learner, _dynamics(), 16, at=11)
     assert int(np.load(tmp_path / "md_state.npz")["step"]) == 10  # saved at the last call
     resumed = OnTheFlyLearner.resume(tmp_path, EMT())
@@ -842,7 +845,8 @@ def test_a_frame_cut_short_by_an_interruption_is_dropped_for_good(tmp_path):
     from kernelpot.active import read_complete_frames
 
     learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
-                              max_calls=3, min_interval=3)
+                              max_calls=3, min_interval=3,
+                              critical_factor=None)
     _run_interrupted(learner, _dynamics(), 12, at=5)
     frames_file = tmp_path / "labelled.extxyz"
     complete = frames_file.read_text()
@@ -880,7 +884,8 @@ def test_a_resume_from_the_first_checkpoint_records_step_0_once(tmp_path):
 
 def test_the_md_state_is_saved_between_checkpoints(tmp_path):
     learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
-                              max_calls=2, min_interval=2, state_every=5)
+                              max_calls=2, min_interval=2, state_every=5,
+                              critical_factor=None)
     _run_interrupted(learner, _dynamics(), 20, at=13)
     # the calls (and model checkpoints) were at steps 2 and 4; the state, saved 5 steps
     # after, is at step 9: the run resumes there, not at its last call

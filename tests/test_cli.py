@@ -448,7 +448,7 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
     assert main(["md", str(model_path), str(tmp_path / "start.xyz"), "--steps", "15",
                  "--temperature", "600", "--reference", "emt", "--threshold", "1e-4",
                  "--train", str(tmp_path / "train.xyz"), "--directory",
-                 str(tmp_path / "otf"), "--interval", "7"]) == 0
+                 str(tmp_path / "otf"), "--interval", "7", "--critical-factor", "none"]) == 0
     out = capsys.readouterr().out
     largest = re.search(r"largest gated force std ([\d.e+-]+) meV/Å at step (\d+) "
                         r"\(threshold there 0.1 meV/Å\)", out)
@@ -475,7 +475,8 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
                           r"call of this run \(from step 0\)", out)) == 1
     assert re.search(r"\| reference [\d.]+ s \+ update [\d.]+ s, total", out)
     calls = int(out.split(" emt calls")[0].split()[-1])
-    assert 1 <= calls <= 2  # every 10 steps at most (min_interval) over 15 steps
+    # every 10 steps at most (min_interval, --critical-factor none) over 15 steps
+    assert 1 <= calls <= 2
     assert len(read(tmp_path / "otf" / "labelled.extxyz", ":")) == 4 + calls
     # a --train file other than the model's training set: said
     write(tmp_path / "two.xyz", read(tmp_path / "train.xyz", ":2"))
@@ -892,7 +893,7 @@ def test_md_reference_resumes_an_interrupted_run(tmp_path, capsys):
     otf, traj = tmp_path / "otf", tmp_path / "traj.extxyz"
     common = ["--temperature", "300", "--reference", "emt", "--directory", str(otf),
               "--interval", "2", "-o", str(traj), "--threshold", "1e-4",
-              "--min-interval", "4"]
+              "--min-interval", "4", "--critical-factor", "none"]
     stop = OnTheFlyLearner._after_step
 
     def interrupted(self):  # the run is killed at step 11 (the last checkpoint: step 8)
