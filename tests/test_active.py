@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -71,45 +72,95 @@ def _called_steps(directory) -> dict[int, dict]:
     return {r["step"]: r for r in log if r["reference_called"]}
 
 
-@pytest.mark.parametrize("factor", [2.0, None])
-def test_a_std_far_past_the_threshold_does_not_wait_min_interval(tmp_path, factor):
-    """VASP's ML_CDOUB: past critical_factor × the threshold the reference is called at once."""
-    threshold = 1e-4  # eV/Å: every std of these hot cells is far past it
-    learner = OnTheFlyLearner(_model(), EMT(), threshold=threshold, directory=tmp_path,
-                              min_interval=4, max_calls=3, critical_factor=factor)
-    learner.run(_dynamics(), 9)
+@pytest.mark.parametrize("factor", [1.25, None])
+def test_a_critical_std_does_not_wait_min_interval(tmp_path, factor):
+    """VASP's ML_CDOUB: past critical_factor × the threshold, and × the std of the first
+    step after the last call, the reference is called at once."""
+    learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
+                              min_interval=8, max_calls=1, critical_factor=factor)
+    learner.run(_dynamics(), 8)
+    log = [json.loads(line) for line in (tmp_path / "otf_log.jsonl").read_text().splitlines()]
     called = _called_steps(tmp_path)
     if factor is None:
-        assert sorted(called) == [4, 8]  # the unfitted start is labelled at step 0
+        assert sorted(called) == [8]  # the unfitted start is labelled at step 0
         assert not any("critical_std" in r for r in called.values())
         return
-    assert sorted(called) == [1, 2, 3]  # each past 2 × the threshold: none waits
-    for record in called.values():
-        assert record["max_force_std"] > record["critical_std"] == pytest.approx(2 * threshold)
-        assert record["steps_since_call"] == 1
-        line = _call_line(record, 1.0)
-        assert "2 × the threshold 0.1: 1 step(s) after the last call" in line
+    # the std grows as the hot cell leaves the labelled structure (step 0); step 1 is
+    # the reference of the growth (the threshold, 1e-4 eV/Å, is far below every std)
+    (step, record), = called.items()
+    assert 1 < step < 8 and record["steps_since_call"] == step
+    assert record["std_after_call"] == log[1]["max_force_std"]
+    assert record["critical_std"] == pytest.approx(1.25 * log[1]["max_force_std"])
+    assert all(r["max_force_std"] <= record["critical_std"] for r in log[2:step])
+    assert record["max_force_std"] > record["critical_std"]
+    line = _call_line(record, 1.0)
+    assert re.search(r"critical \(1.25 × the std after the last call, [\d.]+\): "
+                     rf"{step} step\(s\) after the last call", line)
     settings = json.loads((tmp_path / "learner.json").read_text())
-    assert settings["init"]["critical_factor"] == 2.0  # a resume keeps it
+    assert settings["init"]["critical_factor"] == 1.25  # a resume keeps it
 
 
-def test_a_critical_std_waits_while_the_threshold_is_not_the_stds(tmp_path):
-    """A young model's calls (no LOSO map: its threshold is not from its std) stay spaced."""
-    learner = OnTheFlyLearner(_model(), EMT(), directory=tmp_path, min_interval=3,
-                              max_calls=2, critical_factor=1.0)
-    learner.run(_dynamics(), 6)
-    called = _called_steps(tmp_path)
-    assert sorted(called) == [3, 6]
-    assert not any("critical_std" in r for r in called.values())
-    # the third structure brought the LOSO map: from there the std's threshold counts
-    assert learner.model.interval_kind_ == "loso"
-    assert learner._critical_level() == pytest.approx(learner.current_threshold)
+def test_a_std_far_past_a_given_threshold_does_not_call_at_every_step(tmp_path):
+    """The std next to a structure just learned can stay far past a small given threshold:
+    calls then wait for the std to double again (reproduced: 30 calls in 30 steps)."""
+    learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
+                              min_interval=10)
+    learner.run(_dynamics(), 30)
+    assert sorted(_called_steps(tmp_path)) == [10, 20, 30]
+
+
+def test_the_critical_level_follows_the_threshold_and_the_std_after_a_call(tmp_path,
+                                                                         monkeypatch):
+    from helpers import emt_copper_frames
+
+    model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
+                              random_state=0, n_restarts=0, method="sparse").fit(
+        emt_copper_frames(4, seed=4, rattle=0.03))
+    learner = OnTheFlyLearner(model, EMT(), directory=tmp_path, min_interval=12,
+                              critical_factor=1.5, max_calls=1)
+    learner.run(_dynamics(), 8)
+    assert learner.n_reference_calls == 1 and learner.model.interval_kind_ == "loso"
+    # recomputed after the update, from the automatic threshold the update moved
+    assert learner._critical == pytest.approx(1.5 * learner.current_threshold)
+    last = learner._last_call_step
+    learner._std_after_call = None
+    assert learner._critical_std(0.5, last + 1, last) is None  # read there, never critical
+    assert learner._std_after_call == 0.5
+    assert learner._critical_std(0.9, last + 2, last) == pytest.approx(0.75)
+    learner._std_after_call = 1e-6
+    assert learner._critical_std(0.9, last + 2, last) == learner._critical
+    assert learner._critical_std(0.9, last, last) is None  # never at the call's own step
+    # a model that reads its forces as noise gates every min_interval: no critical level
+    monkeypatch.setattr(learner, "_forces_unexplained", lambda: True)
+    assert learner._critical_level() is None
+
+
+def test_a_resume_keeps_or_replaces_the_critical_factor(tmp_path):
+    learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
+                              max_calls=1, min_interval=2, critical_factor=3.0)
+    _run_interrupted(learner, _dynamics(), 6, at=4)
+    settings_file = tmp_path / "learner.json"
+    saved = settings_file.read_text()
+    assert OnTheFlyLearner.resume(tmp_path, EMT(), run=False).critical_factor == 3.0
+    replaced = OnTheFlyLearner.resume(tmp_path, EMT(), run=False, critical_factor=None)
+    assert replaced.critical_factor is None
+    settings = json.loads(saved)
+    del settings["init"]["critical_factor"]  # a checkpoint from before the factor
+    settings_file.write_text(json.dumps(settings))
+    assert OnTheFlyLearner.resume(tmp_path, EMT(), run=False).critical_factor is None
 
 
 @pytest.mark.parametrize("factor", [0.5, 0, -2.0, True, "2"])
 def test_a_critical_factor_below_one_is_refused(factor):
     with pytest.raises(ValueError, match="critical_factor must be >= 1 or None"):
         OnTheFlyLearner(_model(), EMT(), critical_factor=factor)
+
+
+@pytest.mark.parametrize("interval", [0, -3, 2.5])
+def test_a_min_interval_below_one_step_is_refused(interval):
+    # 0 labelled the first frame of an unfitted start twice (it is labelled at step 0)
+    with pytest.raises((ValueError, TypeError), match="min_interval"):
+        OnTheFlyLearner(_model(), EMT(), min_interval=interval)
 
 
 def test_max_inducing_bounds_the_model_and_survives_a_resume(tmp_path):
@@ -913,7 +964,8 @@ def test_a_resumed_langevin_run_draws_the_noise_the_uninterrupted_one_would(tmp_
 
     def learner(directory):
         return OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=directory,
-                               max_calls=2, min_interval=2, state_every=5)
+                               max_calls=2, min_interval=2, state_every=5,
+                               critical_factor=None)
 
     whole = langevin(_dynamics().atoms)
     learner(tmp_path / "whole").run(whole, 20)

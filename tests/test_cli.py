@@ -628,6 +628,13 @@ def test_md_counts_steps_with_pairs_closer_than_any_training_pair(tmp_path, caps
     assert main(["md", str(model), str(tmp_path / "start.xyz"), "--steps", "2",
                  "--temperature", "5", "--contact-margin", "0.1"]) == 1
     assert "--contact-margin goes with a new --reference run" in capsys.readouterr().err
+    assert main(["md", str(model), str(tmp_path / "start.xyz"), "--steps", "2",
+                 "--temperature", "5", "--critical-factor", "3"]) == 1
+    assert "--critical-factor goes with --reference" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["md", str(model), str(tmp_path / "start.xyz"), "--reference", "emt",
+              "--critical-factor", "0.5"])
+    assert "must be a factor of at least 1 or 'none'" in capsys.readouterr().err
     # kernelpot eval says which test structures hold such a pair, and their error apart;
     # kernelpot predict records each structure's ratio
     from ase.calculators.emt import EMT
@@ -893,7 +900,8 @@ def test_md_reference_resumes_an_interrupted_run(tmp_path, capsys):
     otf, traj = tmp_path / "otf", tmp_path / "traj.extxyz"
     common = ["--temperature", "300", "--reference", "emt", "--directory", str(otf),
               "--interval", "2", "-o", str(traj), "--threshold", "1e-4",
-              "--min-interval", "4", "--critical-factor", "none"]
+              "--min-interval", "4"]
+    new_run = [*common, "--critical-factor", "none"]  # the calls min_interval apart
     stop = OnTheFlyLearner._after_step
 
     def interrupted(self):  # the run is killed at step 11 (the last checkpoint: step 8)
@@ -904,7 +912,7 @@ def test_md_reference_resumes_an_interrupted_run(tmp_path, capsys):
     OnTheFlyLearner._after_step = interrupted
     try:
         assert main(["md", str(model), str(tmp_path / "start.xyz"), "--steps", "12",
-                     "--train", str(tmp_path / "train.xyz"), *common]) == 130
+                     "--train", str(tmp_path / "train.xyz"), *new_run]) == 130
     finally:
         OnTheFlyLearner._after_step = stop
     err = capsys.readouterr().err  # says where the run can be continued from
@@ -923,7 +931,7 @@ def test_md_reference_resumes_an_interrupted_run(tmp_path, capsys):
                      *common, *options]) == 1
         assert message in capsys.readouterr().err
     assert main(["md", str(model), str(tmp_path / "start.xyz"), "--steps", "12",
-                 "--train", str(tmp_path / "train.xyz"), *common]) == 1
+                 "--train", str(tmp_path / "train.xyz"), *new_run]) == 1
     assert "holds a previous on-the-fly run: continue it with --resume" in \
         capsys.readouterr().err
     assert main(["md", str(model), str(tmp_path / "start.xyz"), "--steps", "12", "--resume",
@@ -934,6 +942,9 @@ def test_md_reference_resumes_an_interrupted_run(tmp_path, capsys):
              (otf / "otf_log.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 12  # no step logged twice
     assert [f.info["step"] for f in read(traj, ":")] == [0, 2, 4, 6, 8, 10, 12]  # nor twice
+    # the run's --critical-factor none was kept (the default, 2, not put in its place)
+    settings = json.loads((otf / "learner.json").read_text())
+    assert settings["init"]["critical_factor"] is None
 
 
 def test_fit_with_a_baseline_from_the_config(cli_files, capsys):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from kernelpot import __version__
-from kernelpot.active import CRITICAL_FACTOR
 from kernelpot.cli.curves import _cmd_learning_curve
 from kernelpot.cli.demo import _cmd_demo
 from kernelpot.cli.descriptors import _cmd_descriptors
@@ -369,11 +368,14 @@ def _add_md(sub) -> argparse.ArgumentParser:
                         help="with --reference: MD steps between two reference calls, at "
                              "least (default 10; 3 for a young model of a molecule with "
                              "sub-femtosecond steps, whose wrong forces heat it in between)")
-    parser.add_argument("--critical-factor", type=_critical, default=CRITICAL_FACTOR,
+    # no default here: --resume keeps the run's saved value unless this is given
+    parser.add_argument("--critical-factor", type=_critical, default=argparse.SUPPRESS,
                         metavar="FACTOR",
-                        help="with --reference: a force std past this many thresholds calls "
-                             "the reference without waiting --min-interval steps (default "
-                             "2, as VASP's ML_CDOUB; 'none': every call waits)")
+                        help="with --reference: a force std past this many thresholds (and "
+                             "this many times the std just after the last call) calls the "
+                             "reference without waiting --min-interval steps (default 2, as "
+                             "VASP's ML_CDOUB; 'none': every call waits; with --resume, "
+                             "replaces the interrupted run's value)")
     parser.add_argument("--contact-margin", type=_margin, default=argparse.SUPPRESS,
                         metavar="FRACTION",
                         help="with --reference: also call it when two atoms come this fraction "
@@ -391,9 +393,9 @@ def _add_md(sub) -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="with --reference: continue the interrupted on-the-fly run in "
                              "--directory from its last checkpoint (model, labelled frames, "
-                             "MD state, and the learner's threshold, --min-interval and "
-                             "--critical-factor) to its step count; START, --train, --steps, "
-                             "--threshold, --min-interval and --critical-factor are not used; "
+                             "MD state, and the learner's threshold and --min-interval) to "
+                             "its step count; START, --train, --steps, --threshold and "
+                             "--min-interval are not used; "
                              "give the interrupted run's --ensemble, --timestep, --temperature "
                              "and thermostat options; -o continues its file from the "
                              "checkpoint's step")

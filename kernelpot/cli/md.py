@@ -12,6 +12,7 @@ import numpy as np
 
 from kernelpot import __version__
 from kernelpot.active import (
+    CRITICAL_FACTOR,
     FRAMES_FILE,
     SETTINGS_FILE,
     STATE_FILE,
@@ -176,12 +177,18 @@ DEFAULT_MAX_ENERGY_GAP = 1.0
 def _check_md_args(args) -> None:
     """Refuse option values and combinations that cannot work, before any work.
 
-    Also records whether --max-energy-gap was given (``args.max_energy_gap_given``: a
-    resumed run keeps its saved value otherwise) and sets its default.
+    Also records whether --max-energy-gap and --critical-factor were given
+    (``args.max_energy_gap_given``, ``args.critical_factor_given``: a resumed run keeps
+    its saved values otherwise) and sets their defaults.
     """
     args.max_energy_gap_given = hasattr(args, "max_energy_gap")
     if not args.max_energy_gap_given:
         args.max_energy_gap = DEFAULT_MAX_ENERGY_GAP
+    args.critical_factor_given = hasattr(args, "critical_factor")
+    if args.critical_factor_given and args.reference is None:
+        raise CLIError("--critical-factor goes with --reference (it spaces reference calls)")
+    if not args.critical_factor_given:
+        args.critical_factor = CRITICAL_FACTOR
     if hasattr(args, "contact_margin") and (args.reference is None or args.resume):
         raise CLIError("--contact-margin goes with a new --reference run (plain MD counts "
                        "contacts at 5 %; --resume keeps the run's margin)")
@@ -370,7 +377,8 @@ def _resumed_learner(args):
 
     learner = OnTheFlyLearner.resume(
         args.directory, _reference_calculator(args.reference), dynamics=dynamics, run=False,
-        max_energy_gap=args.max_energy_gap if args.max_energy_gap_given else "saved")
+        max_energy_gap=args.max_energy_gap if args.max_energy_gap_given else "saved",
+        critical_factor=args.critical_factor if args.critical_factor_given else "saved")
     n_frames = learner.model.posterior_.n_training_structures
     print(f"resuming the on-the-fly run in {args.directory} at step {step} of "
           f"{learner.target_steps}: a model of {n_frames} labelled structures "
