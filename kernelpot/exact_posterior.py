@@ -502,7 +502,9 @@ class ExactPosterior(Posterior):
                              "structures, which this one does not keep (loaded from a file: "
                              "call restore_training(frames) first; or its fit kept none, as "
                              "with config_type_noise=True)")
-        arrays = {"alpha": self.weights, "exact_L": self.L, "exact_y": self.y}
+        # the factor is lower triangular: its triangle alone (format 9)
+        arrays = {"alpha": self.weights, "exact_L_tril": gp.pack_lower(self.L),
+                  "exact_y": self.y}
         if self.loo_shift is not None:
             arrays["loo_shift"] = self.loo_shift
         for name, value in self.structures.items():
@@ -541,7 +543,8 @@ class ExactPosterior(Posterior):
             If arrays are missing or do not match the structures.
         """
         missing = [n for n in _STRUCTURE_FIELDS if f"exact_structures_{n}" not in arrays]
-        missing += [n for n in ("exact_L", "exact_y") if n not in arrays]
+        factor = "exact_L" if "exact_L" in arrays else "exact_L_tril"  # before 9: the square
+        missing += [n for n in (factor, "exact_y") if n not in arrays]
         if missing:
             raise ValueError(f"load: {what} is an exact model without {missing}")
         signal_std = _checked_signal_std(fitted.get("signal_std"), species, what)
@@ -559,8 +562,11 @@ class ExactPosterior(Posterior):
         obs = exact.build_observations(results, species_index, len(species),
                                        structures["has_energy"], structures["has_forces"],
                                        _stress_volumes(frames, has_stress))
-        L, y, weights = arrays["exact_L"], arrays["exact_y"], arrays["alpha"]
-        if L.shape != (obs.n_obs, obs.n_obs) or y.shape != (obs.n_obs,) \
+        n = obs.n_obs
+        L, y, weights = arrays[factor], arrays["exact_y"], arrays["alpha"]
+        if factor == "exact_L_tril" and L.shape == (n * (n + 1) // 2,):
+            L = gp.unpack_lower(L, n, what)
+        if L.shape != (n, n) or y.shape != (obs.n_obs,) \
                 or weights.shape != (obs.n_obs,):
             raise ValueError(f"load: {what} holds exact-model arrays that do not match its "
                              f"{obs.n_obs} training observations")

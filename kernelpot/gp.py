@@ -937,3 +937,33 @@ def clip_variance(var: np.ndarray, what: str, prior: np.ndarray | None = None,
                           f"(most negative {worst:.2e})", RuntimeWarning, stacklevel=3)
         var = np.where(negative, 0.0, var)
     return var
+
+
+def pack_lower(L: np.ndarray) -> np.ndarray:
+    """Return the lower triangle of a lower-triangular matrix, row by row.
+
+    Row by row, so that no index arrays or copies of the square are made (an exact
+    model's factor holds every observation's row).
+    """
+    n = len(L)
+    packed = np.empty(n * (n + 1) // 2)
+    start = 0
+    for i in range(n):
+        if L[i, i + 1:].any():  # the factors are lower triangular by construction
+            raise ValueError("pack_lower: the matrix has entries above its diagonal")
+        packed[start:start + i + 1] = L[i, :i + 1]
+        start += i + 1
+    return packed
+
+
+def unpack_lower(values: np.ndarray, M: int, what: str) -> np.ndarray:
+    """Inverse of :func:`pack_lower` for an ``M × M`` matrix; check the length."""
+    if values.ndim != 1 or len(values) != M * (M + 1) // 2:
+        raise ValueError(f"load: {what} holds a packed factor of shape {values.shape}; "
+                         f"{M} weights need {M * (M + 1) // 2} values")
+    L = np.zeros((M, M))
+    start = 0
+    for i in range(M):
+        L[i, :i + 1] = values[start:start + i + 1]
+        start += i + 1
+    return L

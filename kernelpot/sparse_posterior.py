@@ -1329,8 +1329,8 @@ class SparsePosterior(Posterior):
         """
         stats = self.stats
         # the two factors are lower triangular: their triangles alone (format 4)
-        arrays = {"alpha": self.weights, "L_mm_tril": _pack_lower(self.factors.L_mm),
-                  "L_post_tril": _pack_lower(self.factors.L_post),
+        arrays = {"alpha": self.weights, "L_mm_tril": gp.pack_lower(self.factors.L_mm),
+                  "L_post_tril": gp.pack_lower(self.factors.L_post),
                   "stats_eigenvalues": stats.eigenvalues,
                   "stats_U": stats.U, "stats_beta_E": stats.beta_E,
                   "stats_beta_F": stats.beta_F}
@@ -1419,7 +1419,7 @@ class SparsePosterior(Posterior):
                              "match its inducing environments and two-body term")
         M = len(weights)
         if packed:
-            L_mm, L_post = (_unpack_lower(arrays[name], M, what) for name in factor_names)
+            L_mm, L_post = (gp.unpack_lower(arrays[name], M, what) for name in factor_names)
         else:
             L_mm, L_post = arrays["L_mm"], arrays["L_post"]
         if L_mm.shape != (M, M) or L_post.shape != (M, M):
@@ -1648,23 +1648,6 @@ def _stress_rows(state: _incremental.TrainingState) -> list:
     if len(state.stress_row) == len(state.energy_row):
         return state.stress_row
     return [-1] * len(state.energy_row)
-
-
-def _pack_lower(L: np.ndarray) -> np.ndarray:
-    """Return the lower triangle of a lower-triangular matrix, row by row."""
-    if np.triu(L, 1).any():  # the factors are lower triangular by construction
-        raise ValueError("_pack_lower: the matrix has entries above its diagonal")
-    return L[np.tril_indices(len(L))]
-
-
-def _unpack_lower(values: np.ndarray, M: int, what: str) -> np.ndarray:
-    """Inverse of :func:`_pack_lower` for an ``M × M`` matrix; check the length."""
-    if values.ndim != 1 or len(values) != M * (M + 1) // 2:
-        raise ValueError(f"load: {what} holds a packed factor of shape {values.shape}; "
-                         f"{M} weights need {M * (M + 1) // 2} values")
-    L = np.zeros((M, M))
-    L[np.tril_indices(M)] = values
-    return L
 
 
 def _in_memory_loso(design: SparseDesign, assembled: AssembledDesign, training: TrainingSet,

@@ -8,7 +8,7 @@ from ase.io import read
 from helpers import DATA
 from sklearn.base import clone
 
-from kernelpot import SOAP, SparseGPPotential, SquaredExponential, load
+from kernelpot import SOAP, SparseGPPotential, SquaredExponential, gp, load
 from kernelpot.exact_posterior import ExactPosterior
 
 
@@ -90,7 +90,11 @@ def test_to_arrays_holds_the_structures_not_the_jacobians(exact):
     arrays, fitted = exact.posterior_.to_arrays()
     n_obs = 3 + 3 * 27
     assert arrays["alpha"].shape == arrays["exact_y"].shape == (n_obs,)
-    assert arrays["exact_L"].shape == (n_obs, n_obs)
+    # the factor's lower triangle only (format 9): half the square's size
+    assert arrays["exact_L_tril"].shape == (n_obs * (n_obs + 1) // 2,)
+    assert "exact_L" not in arrays
+    np.testing.assert_array_equal(arrays["exact_L_tril"],
+                                  exact.posterior_.L[np.tril_indices(n_obs)])
     assert {k for k in arrays if k.startswith("exact_structures_")} == {
         f"exact_structures_{n}" for n in ("n_atoms", "numbers", "positions", "cells", "pbc",
                                           "has_energy", "has_forces")}
@@ -101,7 +105,7 @@ def test_to_arrays_holds_the_structures_not_the_jacobians(exact):
     assert state.keys() == arrays.keys()
 
 
-@pytest.mark.parametrize("missing", ["exact_L", "exact_y", "exact_structures_positions"])
+@pytest.mark.parametrize("missing", ["exact_L_tril", "exact_y", "exact_structures_positions"])
 def test_from_arrays_names_missing_arrays(exact, missing):
     arrays, fitted = _file(exact)
     del arrays[missing]
@@ -111,11 +115,26 @@ def test_from_arrays_names_missing_arrays(exact, missing):
         _load(exact, arrays, fitted)
 
 
+def test_from_arrays_reads_the_square_factor_of_earlier_files_and_checks_the_packed_one(
+        exact, frames):
+    arrays, fitted = _file(exact)
+    n_obs = len(arrays["alpha"])
+    square = dict(arrays)
+    square["exact_L"] = gp.unpack_lower(square.pop("exact_L_tril"), n_obs, "model.npz")
+    packed, squared = (_predictions(_load(exact, a, fitted), exact, frames[40:42])
+                       for a in (arrays, square))
+    for x, y in zip(packed, squared, strict=True):  # the same factor, bit for bit
+        np.testing.assert_array_equal(x.forces_var_posterior, y.forces_var_posterior)
+        np.testing.assert_array_equal(x.energy_var_posterior, y.energy_var_posterior)
+    arrays["exact_L_tril"] = arrays["exact_L_tril"][:-1]
+    with pytest.raises(ValueError, match="load: model.npz holds exact-model arrays that do "
+                                         f"not match its {n_obs} training observations"):
+        _load(exact, arrays, fitted)
+
+
 @pytest.mark.parametrize(("key", "change"), [
     ("alpha", lambda a: a[:-1]),
     ("exact_y", lambda a: np.concatenate([a, [1.0]])),
-    ("exact_L", lambda a: a[:-1, :-1]),
-    ("exact_L", lambda a: a[:, :-1]),
     # the stored structures say one fewer force set: fewer observations than the arrays
     ("exact_structures_has_forces", lambda a: np.array([True, False, True])),
     ("exact_structures_has_energy", lambda a: np.array([True, True, False])),

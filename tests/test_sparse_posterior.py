@@ -375,14 +375,18 @@ def test_finish_keeps_parts_without_variance(plain, frames):
 
 
 def test_packed_factors_round_trip_and_refuse_a_wrong_length():
-    from kernelpot.sparse_posterior import _pack_lower, _unpack_lower
+    from kernelpot.gp import pack_lower, unpack_lower
 
     L = np.tril(np.random.default_rng(0).normal(size=(5, 5)))
-    packed = _pack_lower(L)
+    packed = pack_lower(L)
     assert packed.shape == (15,)
-    np.testing.assert_array_equal(_unpack_lower(packed, 5, "m.npz"), L)
+    np.testing.assert_array_equal(packed, L[np.tril_indices(5)])
+    np.testing.assert_array_equal(unpack_lower(packed, 5, "m.npz"), L)
     with pytest.raises(ValueError, match="m.npz holds a packed factor of shape"):
-        _unpack_lower(packed[:-1], 5, "m.npz")
+        unpack_lower(packed[:-1], 5, "m.npz")
+    L[1, 3] = 1e-300  # not a lower-triangular factor: nothing of it is dropped silently
+    with pytest.raises(ValueError, match="entries above its diagonal"):
+        pack_lower(L)
 
 
 @pytest.mark.parametrize("pair", [None, TwoBody(r_cut=3.0, n_basis=4)])
