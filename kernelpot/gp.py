@@ -967,3 +967,46 @@ def unpack_lower(values: np.ndarray, M: int, what: str) -> np.ndarray:
         L[i, :i + 1] = values[start:start + i + 1]
         start += i + 1
     return L
+
+
+def pack_envelope(L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return each row of a lower-triangular matrix from its first nonzero entry on.
+
+    A block-diagonal factor (a sparse model's ``L_mm``: no kernel between inducing
+    environments of different elements) keeps its blocks only; nothing nonzero is
+    dropped. Returns ``(values, first)``: the rows' entries ``first[i] … i`` one after the
+    other, and each row's first column (``i`` for a row of zeros).
+    """
+    n = len(L)
+    first = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        if L[i, i + 1:].any():  # the factors are lower triangular by construction
+            raise ValueError("pack_envelope: the matrix has entries above its diagonal")
+        nonzero = np.flatnonzero(L[i, :i + 1])
+        first[i] = nonzero[0] if nonzero.size else i
+    values = np.empty(int(np.sum(np.arange(1, n + 1) - first)))
+    start = 0
+    for i in range(n):
+        width = i + 1 - first[i]
+        values[start:start + width] = L[i, first[i]:i + 1]
+        start += width
+    return values, first
+
+
+def unpack_envelope(values: np.ndarray, first: np.ndarray, M: int, what: str) -> np.ndarray:
+    """Inverse of :func:`pack_envelope` for an ``M × M`` matrix; check the arrays."""
+    first = np.asarray(first)
+    if first.shape != (M,) or first.dtype.kind not in "iu" or np.any(first < 0) \
+            or np.any(first > np.arange(M)):
+        raise ValueError(f"load: {what} holds a factor's row starts of shape {first.shape} "
+                         f"that do not fit {M} weights")
+    widths = np.arange(1, M + 1) - first
+    if values.ndim != 1 or len(values) != int(widths.sum()):
+        raise ValueError(f"load: {what} holds a factor of shape {values.shape}; its row "
+                         f"starts need {int(widths.sum())} values")
+    L = np.zeros((M, M))
+    start = 0
+    for i in range(M):
+        L[i, first[i]:i + 1] = values[start:start + widths[i]]
+        start += widths[i]
+    return L

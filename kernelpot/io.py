@@ -37,7 +37,9 @@ __all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "UNITS", "decode", "encode", "
 #: stress rows make fewer than the observations, 2026-12-05; 8: the range of raw
 #: variance each std map was fitted on, ``quantity_lower`` and ``quantity_upper`` in
 #: ``std_scale``, 2026-12-06; 9: the exact model's factor as its lower triangle,
-#: ``exact_L_tril``, half the size of the square, 2026-12-07).
+#: ``exact_L_tril``, half the size of the square, and a sparse model's ``L_mm`` as its
+#: rows from their first nonzero entry on (``L_mm_envelope``, ``L_mm_first``): its
+#: blocks by element, 2026-12-07).
 FORMAT_VERSION = 9
 #: Versions this code reads (a version 2 file has none of version 3's additions,
 #: versions 2 and 3 hold the factors as full squares, and versions 2 to 4 store a

@@ -1328,8 +1328,10 @@ class SparsePosterior(Posterior):
             For ``training_state=True`` without a training state.
         """
         stats = self.stats
-        # the two factors are lower triangular: their triangles alone (format 4)
-        arrays = {"alpha": self.weights, "L_mm_tril": gp.pack_lower(self.factors.L_mm),
+        # the two factors are lower triangular: their triangles alone (format 4); L_mm,
+        # block diagonal by element, its blocks alone (format 9)
+        L_mm, first = gp.pack_envelope(self.factors.L_mm)
+        arrays = {"alpha": self.weights, "L_mm_envelope": L_mm, "L_mm_first": first,
                   "L_post_tril": gp.pack_lower(self.factors.L_post),
                   "stats_eigenvalues": stats.eigenvalues,
                   "stats_U": stats.U, "stats_beta_E": stats.beta_E,
@@ -1400,8 +1402,11 @@ class SparsePosterior(Posterior):
         if isinstance(signal_std, bool) or not isinstance(signal_std, (int, float)) \
                 or not signal_std > 0:
             raise ValueError(f"load: {what} has a malformed signal_std entry {signal_std!r}")
-        packed = "L_mm_tril" in arrays  # format 4; earlier files hold the squares
-        factor_names = ["L_mm_tril", "L_post_tril"] if packed else ["L_mm", "L_post"]
+        # format 9 holds L_mm's blocks, 4 to 8 its triangle; earlier files hold the squares
+        factor_names = (["L_mm_envelope", "L_mm_first", "L_post_tril"]
+                        if "L_mm_envelope" in arrays
+                        else ["L_mm_tril", "L_post_tril"] if "L_mm_tril" in arrays
+                        else ["L_mm", "L_post"])
         needed = ["alpha", *factor_names, "stats_eigenvalues", "stats_U", "stats_beta_E",
                   "stats_beta_F"] + [f"{name}_{s}" for s in range(n_species)
                                      for name in ("inducing", "columns")]
@@ -1418,10 +1423,14 @@ class SparsePosterior(Posterior):
             raise ValueError(f"load: {what} holds {len(weights)} weights, which does not "
                              "match its inducing environments and two-body term")
         M = len(weights)
-        if packed:
-            L_mm, L_post = (gp.unpack_lower(arrays[name], M, what) for name in factor_names)
+        if factor_names[0] == "L_mm_envelope":
+            L_mm = gp.unpack_envelope(arrays["L_mm_envelope"], arrays["L_mm_first"], M, what)
+        elif factor_names[0] == "L_mm_tril":
+            L_mm = gp.unpack_lower(arrays["L_mm_tril"], M, what)
         else:
-            L_mm, L_post = arrays["L_mm"], arrays["L_post"]
+            L_mm = arrays["L_mm"]
+        L_post = gp.unpack_lower(arrays["L_post_tril"], M, what) \
+            if factor_names[-1] == "L_post_tril" else arrays["L_post"]
         if L_mm.shape != (M, M) or L_post.shape != (M, M):
             raise ValueError(f"load: {what} holds factors of shapes {L_mm.shape} and "
                              f"{L_post.shape} for {M} weights")

@@ -9,7 +9,7 @@ from ase.io import read
 from helpers import DATA
 from sklearn.base import clone
 
-from kernelpot import SOAP, SparseGPPotential, TwoBody, load
+from kernelpot import SOAP, SparseGPPotential, TwoBody, gp, load
 from kernelpot.sparse_posterior import SparsePosterior
 
 FIXED = {"optimize": False, "signal_std": 3.0, "energy_noise": 0.003, "force_noise": 0.08,
@@ -107,8 +107,18 @@ def test_to_arrays_holds_the_documented_entries(with_pair):
     arrays, fitted = posterior.to_arrays()
     M = posterior.weights.size
     assert arrays["alpha"].shape == (M,)
-    # the triangular factors as their lower triangles (format 4)
-    assert arrays["L_mm_tril"].shape == arrays["L_post_tril"].shape == (M * (M + 1) // 2,)
+    # the triangular factors as their lower triangles (format 4); L_mm, block diagonal
+    # (no kernel between elements; the two-body columns' prior is diagonal), as its
+    # blocks (format 9)
+    assert arrays["L_post_tril"].shape == (M * (M + 1) // 2,)
+    blocks = [len(arrays[f"inducing_{s}"]) for s in range(3)] + [1] * (4 * 6)
+    assert arrays["L_mm_envelope"].shape == (sum(b * (b + 1) // 2 for b in blocks),)
+    starts = np.repeat(np.cumsum([0, *blocks[:-1]]), blocks)
+    np.testing.assert_array_equal(arrays["L_mm_first"], starts)
+    np.testing.assert_array_equal(
+        gp.unpack_envelope(arrays["L_mm_envelope"], arrays["L_mm_first"], M, "m.npz"),
+        posterior.factors.L_mm)
+    assert "L_mm_tril" not in arrays
     assert sum(len(arrays[f"inducing_{s}"]) for s in range(3)) + 4 * 6 == M
     np.testing.assert_array_equal(np.sort(np.concatenate(
         [arrays[f"columns_{s}"] for s in range(3)] + [arrays["pair_columns"]])), np.arange(M))
@@ -387,6 +397,41 @@ def test_packed_factors_round_trip_and_refuse_a_wrong_length():
     L[1, 3] = 1e-300  # not a lower-triangular factor: nothing of it is dropped silently
     with pytest.raises(ValueError, match="entries above its diagonal"):
         pack_lower(L)
+
+
+def test_a_factors_envelope_drops_only_leading_zeros_and_refuses_bad_row_starts():
+    from kernelpot.gp import pack_envelope, unpack_envelope
+
+    L = np.tril(np.random.default_rng(1).normal(size=(6, 6)))
+    L[3:, :3] = 0.0  # two diagonal blocks
+    L[5, 3] = 0.0  # and a leading zero inside the second
+    values, first = pack_envelope(L)
+    np.testing.assert_array_equal(first, [0, 0, 0, 3, 3, 4])
+    assert values.shape == (6 + 3 + 2,)
+    np.testing.assert_array_equal(unpack_envelope(values, first, 6, "m.npz"), L)
+    for bad in ([0, 0, 0, 3, 5, 4], [0, 0, 0, 3, 3], [0, 0, -1, 3, 3, 4],
+                np.array([0, 0, 0, 3, 3, 4.0])):
+        with pytest.raises(ValueError, match="m.npz holds a factor's row starts"):
+            unpack_envelope(values, np.asarray(bad), 6, "m.npz")
+    with pytest.raises(ValueError, match=r"m.npz holds a factor of shape \(11,\); its row "):
+        unpack_envelope(values, np.array([0, 0, 0, 0, 3, 4]), 6, "m.npz")
+    L[0, 2] = 1.0
+    with pytest.raises(ValueError, match="entries above its diagonal"):
+        pack_envelope(L)
+
+
+def test_a_sparse_model_file_of_format_8_still_loads(with_pair):
+    """Format 4 to 8 held L_mm as its whole lower triangle."""
+    posterior = with_pair.posterior_
+    arrays, fitted = posterior.to_arrays()
+    M = posterior.weights.size
+    old = {k: v for k, v in arrays.items() if not k.startswith("L_mm_")}
+    old["L_mm_tril"] = gp.pack_lower(posterior.factors.L_mm)
+    restored = SparsePosterior.from_arrays(old, json.loads(json.dumps(fitted)),
+                                           with_pair.kernel_, with_pair.two_body_, 3, "m.npz")
+    np.testing.assert_array_equal(restored.factors.L_mm, posterior.factors.L_mm)
+    np.testing.assert_array_equal(restored.factors.L_post, posterior.factors.L_post)
+    assert restored.weights.size == M
 
 
 @pytest.mark.parametrize("pair", [None, TwoBody(r_cut=3.0, n_basis=4)])
