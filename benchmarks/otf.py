@@ -81,9 +81,9 @@ def main(argv=None):
     parser.add_argument("--contact-margin", default="0.05",
                         help="OnTheFlyLearner's contact_margin ('none': the contact gate off; "
                              "default: its default, 0.05)")
-    parser.add_argument("--critical-factor", default="2",
-                        help="OnTheFlyLearner's critical_factor ('none': min_interval always "
-                             "holds; default: its default, 2)")
+    parser.add_argument("--critical-factor", default="none",
+                        help="OnTheFlyLearner's critical_factor ('none', its default: "
+                             "min_interval always holds)")
     args = parser.parse_args(argv)
     margin = None if args.contact_margin.lower() == "none" else float(args.contact_margin)
     critical = None if args.critical_factor.lower() == "none" else float(args.critical_factor)

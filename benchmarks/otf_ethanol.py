@@ -48,7 +48,7 @@ def model_template(method: str = "auto"):
 
 
 def run(directory, steps, force_tolerance, relative_threshold=1.5, min_interval=3,
-        method="auto", contact_margin=0.05, critical_factor=2.0):
+        method="auto", contact_margin=0.05, critical_factor=None):
     """Run the example's on-the-fly MD; return the final model."""
     bundled = load_ethanol()
     atoms = bundled[0].copy()
@@ -84,9 +84,9 @@ def main(argv=None):
     parser.add_argument("--evaluate", default=None, metavar="DIRECTORY",
                         help="no MD: score the last checkpoint of a run kept in DIRECTORY "
                              "(one stopped early included) against random frames")
-    parser.add_argument("--critical-factor", default="2",
-                        help="OnTheFlyLearner's critical_factor ('none': min_interval always "
-                             "holds; default: its default, 2)")
+    parser.add_argument("--critical-factor", default="none",
+                        help="OnTheFlyLearner's critical_factor ('none', its default: "
+                             "min_interval always holds)")
     args = parser.parse_args(argv)
     margin = None if args.contact_margin.lower() == "none" else float(args.contact_margin)
     critical = None if args.critical_factor.lower() == "none" else float(args.critical_factor)

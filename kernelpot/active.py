@@ -55,9 +55,6 @@ SETTINGS_FILE = "learner.json"
 #: The automatic threshold of a model too young for a LOSO map, eV/Å: it labels every
 #: structure except one it already knows (a raw std below this).
 YOUNG_FLOOR = 1e-3
-#: Default ``critical_factor``: a largest force std past this many thresholds calls the
-#: reference without waiting ``min_interval`` steps (VASP's ML_CDOUB has the same default)
-CRITICAL_FACTOR = 2.0
 
 
 def _error_seen(results: dict, std: np.ndarray, reference: np.ndarray) -> dict[str, float]:
@@ -122,9 +119,10 @@ def _gate_part(record: dict) -> str:
         base, what = (threshold, "the threshold") if threshold >= after \
             else (after, "the std after the last call")
         contact = f"; {record['contact']}" if record.get("called_by_contact") else ""
-        return (f"std {_over(std, 1e3 * record['critical_std'])} meV/Å, critical "
-                f"({1e3 * record['critical_std'] / base:.3g} × {what}, {base:.3g}): "
-                f"{record['steps_since_call']} step(s) after the last call{contact}")
+        return (f"std {_over(std, 1e3 * record['critical_std'])} meV/Å = "
+                f"{1e3 * record['critical_std'] / base:.3g} × {what} ({base:.3g} meV/Å): "
+                f"critical, {record['steps_since_call']} step(s) after the last call"
+                f"{contact}")
     if std > threshold:
         return f"std {_over(std, threshold)} meV/Å"
     if record.get("called_by_contact"):
@@ -224,21 +222,21 @@ class OnTheFlyLearner:
         default is also 10): a structure one step after a call is nearly the one just
         learned. Lower it for a young model of a molecule with sub-femtosecond
         steps: ethanol (xTB, 0.5 fs, model of five frames) heated to thousands of
-        kelvin between calls 10 steps apart, and ran stably with 3. A std far past the
-        threshold does not wait (``critical_factor``).
-    critical_factor : float or None, default=2.0
+        kelvin between calls 10 steps apart, and ran stably with 3. With
+        ``critical_factor``, a std far past the threshold does not wait.
+    critical_factor : float or None, default=None
         A step whose largest force std exceeds ``critical_factor`` times the threshold,
         and as many times the largest std of the first step after the last call, calls
         the reference without waiting ``min_interval`` steps (VASP's ML_CDOUB, whose
-        default is also 2): a structure that far from the labelled ones is not a
-        near-duplicate of the last, and the model's forces there are the ones that heat
-        a run between spaced calls. The second condition keeps a model whose std stays
+        default is 2): a structure that far from the labelled ones is not a
+        near-duplicate of the last. The second condition keeps a model whose std stays
         far past a small given threshold, even next to a structure it just learned,
         from calling at every step. Applies to a given threshold, and to the automatic
         one once the model has a LOSO map; a young model's calls (no map yet) and those
         of a model that reads its forces as noise stay ``min_interval`` apart, as their
-        thresholds do not come from the std. ``None``: every call waits
-        ``min_interval`` steps. Must be at least 1. See Notes for what it measured.
+        thresholds do not come from the std. ``None`` (the default): every call waits
+        ``min_interval`` steps; the measurements in Notes did not show a gain that
+        would make 2 the default. Must be at least 1.
     reoptimize_every : int, default=1
         Re-optimise the hyperparameters after this many additions (0: never). Every
         addition by default: on Cu/EMT (ACSF, 2000 steps) re-optimising every fifth
@@ -366,13 +364,16 @@ class OnTheFlyLearner:
     of 0.87 eV/Å and a C–O distance of 0.50 Å reached. With the rule: 38 calls, 94 meV/Å
     on held-out frames.)
 
-    ``critical_factor`` (measured, one seed each): methylamine with GFN2-xTB from one
-    frame, 1,000 Langevin steps at 500 K (0.5 fs, ``min_interval=10``): 21 calls, 9 of
-    them critical (3–8 steps after the one before, in the first 70 steps), against 24;
-    force MAE of the final model on held-out 400 K frames 33.6 against 35.4 meV/Å, on
-    800 K frames 63.7 against 66.5; mean temperature 698 against 732 K (a plain GFN2-xTB
-    run with the same seeds: 579 K). Cu/EMT (``benchmarks/otf.py``, both starts) and
-    ethanol (``benchmarks/otf_ethanol.py``, ``min_interval=3``) made no critical call.
+    ``critical_factor=2`` against ``None`` (measured, one seed each, GFN2-xTB from one
+    frame, 1,000 Langevin steps at 500 K, 0.5 fs, ``min_interval=10``): methylamine 21
+    calls (9 critical, 3–8 steps after the one before, in the first 70 steps) against
+    24, final force MAE on held-out 400 K / 800 K frames 33.6 / 63.7 against 35.4 / 66.5
+    meV/Å, mean temperature 698 against 732 K (plain GFN2-xTB with the same seeds: 579
+    K); methanethiol 20 calls (4 critical) against 23, 19.6 / 34.0 against 16.2 / 25.9
+    meV/Å (the critical calls, 4 steps apart, label near-duplicates), mean temperature
+    827 against 830 K. Cu/EMT (``benchmarks/otf.py``, both starts) and ethanol
+    (``benchmarks/otf_ethanol.py``, ``min_interval=3``) made no critical call. It saves
+    a few calls and changes neither the heating nor, consistently, the error.
 
     The contact gate (``contact_margin``) calls the reference on a pair of atoms
     closer than any labelled pair of their elements, whatever the std says. Measured
@@ -417,7 +418,7 @@ class OnTheFlyLearner:
                  directory: str | os.PathLike = ".", n_inducing: int | str = "all",
                  max_inducing: int | dict[str, int] | None = DEFAULT_SPARSE_CAP,
                  max_calls: int | None = None, min_interval: int = 10,
-                 critical_factor: float | None = CRITICAL_FACTOR,
+                 critical_factor: float | None = None,
                  reoptimize_every: int = 1, checkpoint_every: int = 1,
                  force_tolerance: float = 0.1, max_energy_gap: float | None = 1.0,
                  contact_margin: float | None = 0.05, label_stress: bool = False,
@@ -546,7 +547,8 @@ class OnTheFlyLearner:
         if self._unlabelled_contacts:
             first = self._unlabelled_contacts[0]
             warnings.warn(
-                f"OnTheFlyLearner: at {len(self._unlabelled_contacts)} step(s) (the first "
+                f"OnTheFlyLearner: at {len(self._unlabelled_contacts)} step(s) (the first at "
+                f"step "
                 f"{first}) a pair of atoms was more than {100 * CONTACT_MARGIN:g} % closer "
                 "than any labelled pair of its elements and the reference was not called "
                 "there (the contact gate off or with a wider margin, or the call budget or "
@@ -590,11 +592,9 @@ class OnTheFlyLearner:
         self.shortest_pairs = self._shortest_pairs()
         self._continuing = True
         if self.verbose:
-            kind = "given" if self.threshold is not None else "automatic"
             print(f"on-the-fly MD: steps {self._first_step} to {self._target_steps}, model of "
-                  f"{self.model.posterior_.n_training_structures} structures, {kind} threshold "
-                  f"{1e3 * self.current_threshold:.3g} meV/Å; log in "
-                  f"{self.directory / LOG_FILE}",
+                  f"{self.model.posterior_.n_training_structures} structures, "
+                  f"{self._threshold_text()}; log in {self.directory / LOG_FILE}",
                   flush=True)
         if not _gating_calculator(atoms.calc, self.model):
             atoms.calc = KernelPotCalculator(self.model, lazy=False)
@@ -878,6 +878,17 @@ class OnTheFlyLearner:
         largest = np.zeros(int(loso.structure.max()) + 1)
         np.maximum.at(largest, loso.structure[forces], std)
         return float(min(self.relative_threshold * largest.max(), self._tolerance()))
+
+    def _threshold_text(self) -> str:
+        """Return what the run's first line says of the threshold (forces in meV/Å)."""
+        value = f"{1e3 * self.current_threshold:.3g} meV/Å"
+        if self.threshold is not None:
+            return f"given threshold {value}"
+        if self.current_threshold == YOUNG_FLOOR and self._is_young():
+            return (f"automatic threshold {value} until the model has a LOSO map (three "
+                    "structures): every structure it does not know is labelled, "
+                    "min_interval steps apart")
+        return f"automatic threshold {value}"
 
     def _critical_std(self, max_std: float, step: int, previous_call: int | None
                       ) -> float | None:

@@ -94,8 +94,9 @@ def test_a_critical_std_does_not_wait_min_interval(tmp_path, factor):
     assert all(r["max_force_std"] <= record["critical_std"] for r in log[2:step])
     assert record["max_force_std"] > record["critical_std"]
     line = _call_line(record, 1.0)
-    assert re.search(r"critical \(1.25 × the std after the last call, [\d.]+\): "
-                     rf"{step} step\(s\) after the last call", line)
+    assert re.search(r"std [\d.]+ > [\d.]+ meV/Å = 1.25 × the std after the last call "
+                     rf"\([\d.]+ meV/Å\): critical, {step} step\(s\) after the last call",
+                     line)
     settings = json.loads((tmp_path / "learner.json").read_text())
     assert settings["init"]["critical_factor"] == 1.25  # a resume keeps it
 
@@ -104,7 +105,7 @@ def test_a_std_far_past_a_given_threshold_does_not_call_at_every_step(tmp_path):
     """The std next to a structure just learned can stay far past a small given threshold:
     calls then wait for the std to double again (reproduced: 30 calls in 30 steps)."""
     learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
-                              min_interval=10)
+                              min_interval=10, critical_factor=2.0)
     learner.run(_dynamics(), 30)
     assert sorted(_called_steps(tmp_path)) == [10, 20, 30]
 
@@ -771,7 +772,10 @@ def test_verbose_prints_a_line_per_call_and_a_status_line(tmp_path, capsys):
     # an unfitted start's first label is the run's first reference call: announced before
     assert lines[0] == ("step 0: calling the reference (EMT) on 32 atoms, the first call of "
                         "this run (from step 0)")
-    assert lines[1].startswith("on-the-fly MD: steps 0 to 8, model of 1 structures")
+    assert lines[1].startswith("on-the-fly MD: steps 0 to 8, model of 1 structures, "
+                               "automatic threshold 1 meV/Å until the model has a LOSO map "
+                               "(three structures): every structure it does not know is "
+                               "labelled, min_interval steps apart; log in")
     assert sum("calling the reference" in line for line in lines) == 1
     calls = [line for line in lines if "reference call" in line]
     assert len(calls) == 1 and calls[0].startswith("step       2")
@@ -1083,7 +1087,7 @@ def test_contacts_the_gate_did_not_label_are_warned_of_once_at_the_end(tmp_path)
             warnings.simplefilter("always")
             learner.run(VelocityVerlet(atoms.copy(), timestep=0.01), 3)
         said = [w for w in caught if issubclass(w.category, ContactWarning)]
-        assert len(said) == 1 and "OnTheFlyLearner: at 4 step(s) (the first 0)" in str(
+        assert len(said) == 1 and "OnTheFlyLearner: at 4 step(s) (the first at step 0)" in str(
             said[0].message)
         assert learner.n_reference_calls == 0
         log = [json.loads(line) for line in (tmp_path / name / "otf_log.jsonl").open()]

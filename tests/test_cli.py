@@ -901,7 +901,7 @@ def test_md_reference_resumes_an_interrupted_run(tmp_path, capsys):
     common = ["--temperature", "300", "--reference", "emt", "--directory", str(otf),
               "--interval", "2", "-o", str(traj), "--threshold", "1e-4",
               "--min-interval", "4"]
-    new_run = [*common, "--critical-factor", "none"]  # the calls min_interval apart
+    new_run = [*common, "--critical-factor", "3"]  # no std triples: min_interval apart
     stop = OnTheFlyLearner._after_step
 
     def interrupted(self):  # the run is killed at step 11 (the last checkpoint: step 8)
@@ -942,9 +942,9 @@ def test_md_reference_resumes_an_interrupted_run(tmp_path, capsys):
              (otf / "otf_log.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 12  # no step logged twice
     assert [f.info["step"] for f in read(traj, ":")] == [0, 2, 4, 6, 8, 10, 12]  # nor twice
-    # the run's --critical-factor none was kept (the default, 2, not put in its place)
+    # the run's --critical-factor was kept (the default, none, not put in its place)
     settings = json.loads((otf / "learner.json").read_text())
-    assert settings["init"]["critical_factor"] is None
+    assert settings["init"]["critical_factor"] == 3.0
 
 
 def test_fit_with_a_baseline_from_the_config(cli_files, capsys):

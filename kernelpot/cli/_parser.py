@@ -373,9 +373,9 @@ def _add_md(sub) -> argparse.ArgumentParser:
                         metavar="FACTOR",
                         help="with --reference: a force std past this many thresholds (and "
                              "this many times the std just after the last call) calls the "
-                             "reference without waiting --min-interval steps (default 2, as "
-                             "VASP's ML_CDOUB; 'none': every call waits; with --resume, "
-                             "replaces the interrupted run's value)")
+                             "reference without waiting --min-interval steps (as VASP's "
+                             "ML_CDOUB, whose default is 2; default here 'none': every call "
+                             "waits; with --resume, replaces the interrupted run's value)")
     parser.add_argument("--contact-margin", type=_margin, default=argparse.SUPPRESS,
                         metavar="FRACTION",
                         help="with --reference: also call it when two atoms come this fraction "

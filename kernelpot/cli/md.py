@@ -12,7 +12,6 @@ import numpy as np
 
 from kernelpot import __version__
 from kernelpot.active import (
-    CRITICAL_FACTOR,
     FRAMES_FILE,
     SETTINGS_FILE,
     STATE_FILE,
@@ -188,7 +187,7 @@ def _check_md_args(args) -> None:
     if args.critical_factor_given and args.reference is None:
         raise CLIError("--critical-factor goes with --reference (it spaces reference calls)")
     if not args.critical_factor_given:
-        args.critical_factor = CRITICAL_FACTOR
+        args.critical_factor = None
     if hasattr(args, "contact_margin") and (args.reference is None or args.resume):
         raise CLIError("--contact-margin goes with a new --reference run (plain MD counts "
                        "contacts at 5 %; --resume keeps the run's margin)")
