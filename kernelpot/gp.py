@@ -945,15 +945,7 @@ def pack_lower(L: np.ndarray) -> np.ndarray:
     Row by row, so that no index arrays or copies of the square are made (an exact
     model's factor holds every observation's row).
     """
-    n = len(L)
-    packed = np.empty(n * (n + 1) // 2)
-    start = 0
-    for i in range(n):
-        if L[i, i + 1:].any():  # the factors are lower triangular by construction
-            raise ValueError("pack_lower: the matrix has entries above its diagonal")
-        packed[start:start + i + 1] = L[i, :i + 1]
-        start += i + 1
-    return packed
+    return _pack_rows(L, np.zeros(len(L), dtype=np.int64))
 
 
 def unpack_lower(values: np.ndarray, M: int, what: str) -> np.ndarray:
@@ -961,12 +953,7 @@ def unpack_lower(values: np.ndarray, M: int, what: str) -> np.ndarray:
     if values.ndim != 1 or len(values) != M * (M + 1) // 2:
         raise ValueError(f"load: {what} holds a packed factor of shape {values.shape}; "
                          f"{M} weights need {M * (M + 1) // 2} values")
-    L = np.zeros((M, M))
-    start = 0
-    for i in range(M):
-        L[i, :i + 1] = values[start:start + i + 1]
-        start += i + 1
-    return L
+    return _unpack_rows(values, np.zeros(M, dtype=np.int64))
 
 
 def pack_envelope(L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -977,20 +964,11 @@ def pack_envelope(L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     dropped. Returns ``(values, first)``: the rows' entries ``first[i] … i`` one after the
     other, and each row's first column (``i`` for a row of zeros).
     """
-    n = len(L)
-    first = np.empty(n, dtype=np.int64)
-    for i in range(n):
-        if L[i, i + 1:].any():  # the factors are lower triangular by construction
-            raise ValueError("pack_envelope: the matrix has entries above its diagonal")
-        nonzero = np.flatnonzero(L[i, :i + 1])
+    first = np.empty(len(L), dtype=np.int64)
+    for i, row in enumerate(L):
+        nonzero = np.flatnonzero(row[:i + 1])
         first[i] = nonzero[0] if nonzero.size else i
-    values = np.empty(int(np.sum(np.arange(1, n + 1) - first)))
-    start = 0
-    for i in range(n):
-        width = i + 1 - first[i]
-        values[start:start + width] = L[i, first[i]:i + 1]
-        start += width
-    return values, first
+    return _pack_rows(L, first), first
 
 
 def unpack_envelope(values: np.ndarray, first: np.ndarray, M: int, what: str) -> np.ndarray:
@@ -1000,13 +978,34 @@ def unpack_envelope(values: np.ndarray, first: np.ndarray, M: int, what: str) ->
             or np.any(first > np.arange(M)):
         raise ValueError(f"load: {what} holds a factor's row starts of shape {first.shape} "
                          f"that do not fit {M} weights")
-    widths = np.arange(1, M + 1) - first
-    if values.ndim != 1 or len(values) != int(widths.sum()):
+    needed = int(np.sum(np.arange(1, M + 1) - first))
+    if values.ndim != 1 or len(values) != needed:
         raise ValueError(f"load: {what} holds a factor of shape {values.shape}; its row "
-                         f"starts need {int(widths.sum())} values")
+                         f"starts need {needed} values")
+    return _unpack_rows(values, first)
+
+
+def _pack_rows(L: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Return the entries ``first[i] … i`` of each row of ``L``, one row after the other."""
+    n = len(L)
+    packed = np.empty(int(np.sum(np.arange(1, n + 1) - first)))
+    start = 0
+    for i in range(n):
+        if L[i, i + 1:].any():  # the factors are lower triangular by construction
+            raise ValueError("pack: the matrix has entries above its diagonal")
+        width = i + 1 - first[i]
+        packed[start:start + width] = L[i, first[i]:i + 1]
+        start += width
+    return packed
+
+
+def _unpack_rows(values: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_pack_rows` (lengths checked by the caller)."""
+    M = len(first)
     L = np.zeros((M, M))
     start = 0
     for i in range(M):
-        L[i, first[i]:i + 1] = values[start:start + widths[i]]
-        start += widths[i]
+        width = i + 1 - first[i]
+        L[i, first[i]:i + 1] = values[start:start + width]
+        start += width
     return L
