@@ -636,7 +636,8 @@ class OnTheFlyLearner:
         Parameters
         ----------
         directory : str or path-like
-            The run's directory (its checkpoint, labelled frames and settings).
+            The run's directory (its checkpoint, labelled frames and settings); the
+            resumed run writes there, also when it was copied or moved since.
         reference : ase.calculators.calculator.Calculator
             The reference method, as given to the interrupted run.
         dynamics : callable, optional
@@ -683,6 +684,9 @@ class OnTheFlyLearner:
             init["max_energy_gap"] = max_energy_gap  # checked by the constructor
         if not (isinstance(critical_factor, str) and critical_factor == "saved"):
             init["critical_factor"] = critical_factor  # checked by the constructor
+        # the directory resumed from, not the one saved (a relative path, or a run
+        # copied or moved since: resuming a copy wrote into the original run)
+        init["directory"] = str(directory)
         self = cls(model, reference, **init)
         called = frames[int(settings["initial_frames"]):]
         return self._continue_from(settings, md, len(frames), dynamics, run,

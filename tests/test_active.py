@@ -873,6 +873,23 @@ def test_labelled_frames_carry_their_step_also_after_a_resume(tmp_path):
     assert called == [4, 8, 12]
 
 
+def test_a_copied_run_resumes_in_its_copy_and_leaves_the_original_alone(tmp_path):
+    import shutil
+
+    learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path / "run",
+                              max_calls=2, min_interval=4)
+    _run_interrupted(learner, _dynamics(), 10, at=6)
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    resumed = OnTheFlyLearner.resume(tmp_path / "copy", EMT())
+    assert resumed.directory == tmp_path / "copy"
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+    log = (tmp_path / "copy" / "otf_log.jsonl").read_text().splitlines()
+    assert json.loads(log[-1])["step"] == 10
+    settings = json.loads((tmp_path / "copy" / "learner.json").read_text())
+    assert settings["init"]["directory"] == str(tmp_path / "copy")
+
+
 def test_a_resume_before_the_first_call_does_not_label_step_0_again(tmp_path):
     learner = OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path,
                               max_calls=2, min_interval=4,
