@@ -926,7 +926,14 @@ def test_md_reference_resumes_an_interrupted_run(tmp_path, capsys):
     for options, message in [
             (["--resume", "--restart"], "does not go with --restart"),
             (["--resume", "--directory", str(tmp_path / "none")], "holds no on-the-fly"),
-            (["--min-interval", "0"], "--min-interval must be >= 1")]:
+            (["--min-interval", "0"], "--min-interval must be >= 1"),
+            # the interrupted run's dynamics, or refused (a new user's resume at another
+            # temperature and time step went on in the same files)
+            (["--resume", "--temperature", "500", "--timestep", "2"],
+             "ran with --timestep 1 fs (asked: 2), --temperature 300 K (asked: 500): give the "
+             "interrupted run's options"),
+            (["--resume", "--ensemble", "nve"], "ran Langevin, this command asks for "
+                                                "VelocityVerlet")]:
         assert main(["md", str(model), str(tmp_path / "start.xyz"), "--steps", "12",
                      *common, *options]) == 1
         assert message in capsys.readouterr().err
@@ -945,6 +952,13 @@ def test_md_reference_resumes_an_interrupted_run(tmp_path, capsys):
     # the run's --critical-factor was kept (the default, none, not put in its place)
     settings = json.loads((otf / "learner.json").read_text())
     assert settings["init"]["critical_factor"] == 3.0
+    # a finished run: said so, nothing run or written
+    log = (otf / "otf_log.jsonl").read_text()
+    assert main(["md", str(model), str(tmp_path / "start.xyz"), "--steps", "12", "--resume",
+                 *common]) == 0
+    out = capsys.readouterr().out
+    assert "is complete (step 12 of 12): nothing to resume; its model is" in out
+    assert "Langevin" not in out and (otf / "otf_log.jsonl").read_text() == log
 
 
 def test_fit_with_a_baseline_from_the_config(cli_files, capsys):

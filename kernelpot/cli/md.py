@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -9,13 +10,16 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from ase import units
 
 from kernelpot import __version__
 from kernelpot.active import (
     FRAMES_FILE,
+    MODEL_FILE,
     SETTINGS_FILE,
     STATE_FILE,
     InconsistentReference,
+    _dynamics_spec,
     first_redone_step,
     read_complete_frames,
 )
@@ -156,8 +160,6 @@ def _write_stds(snapshot, model, results: dict) -> None:
 
 def _status_line(dyn, start: float, first_step: int, stds: _StdsWhenShown | None) -> str:
     """Return the periodic stdout line of plain MD: step, time, temperature, std, speed."""
-    from ase import units
-
     atoms = dyn.atoms
     std = "" if stds is None else \
         f" | largest epistemic force std {1e3 * float(stds.results()['forces_std'].max()):.3g}" \
@@ -256,8 +258,6 @@ def _drop_earlier_output(atoms) -> None:
 
 def _dynamics(atoms, args):
     """Return the ASE integrator of --ensemble with the run's time step and thermostat."""
-    from ase import units
-
     dt = args.timestep * units.fs
     if args.ensemble == "nve":
         from ase.md.verlet import VelocityVerlet
@@ -359,6 +359,33 @@ def _new_learner(args, model):
                            critical_factor=args.critical_factor)
 
 
+def _check_same_dynamics(saved: dict | None, dynamics, directory: str) -> None:
+    """Refuse a resume whose dynamics options differ from the interrupted run's.
+
+    The run's settings keep its dynamics (class, time step, temperature, friction); a
+    resume given other options would go on as another run in the same files (measured:
+    ``time_fs`` jumped from 124 to 250 fs in one step of a new user's resume).
+    """
+    if not saved:
+        return  # checkpoints from before the settings kept the dynamics
+    now = _dynamics_spec(dynamics)
+    if saved.get("class") != now.get("class"):
+        raise CLIError(f"--resume: the run in {directory} ran {saved.get('class')}, this "
+                       f"command asks for {now.get('class')}: give the interrupted run's "
+                       "--ensemble")
+    shown = {"timestep": ("--timestep", units.fs, "fs"),
+             "temperature_K": ("--temperature", 1.0, "K"),
+             "friction": ("--friction", 1.0 / units.fs, "/fs")}
+    differ = [f"{option} {saved[key] / scale:g} {unit} (asked: {now[key] / scale:g})"
+              for key, (option, scale, unit) in shown.items()
+              if key in saved and key in now
+              and not np.isclose(saved[key], now[key], rtol=1e-9, atol=0.0)]
+    if differ:
+        raise CLIError(f"--resume: the run in {directory} ran with {', '.join(differ)}: give "
+                       "the interrupted run's options (a run at other settings is a new run: "
+                       f"--train {Path(directory) / FRAMES_FILE} and another --directory)")
+
+
 def _resumed_learner(args):
     """Return the learner and dynamics of the interrupted run in --directory."""
     from kernelpot import OnTheFlyLearner
@@ -378,6 +405,8 @@ def _resumed_learner(args):
         args.directory, _reference_calculator(args.reference), dynamics=dynamics, run=False,
         max_energy_gap=args.max_energy_gap if args.max_energy_gap_given else "saved",
         critical_factor=args.critical_factor if args.critical_factor_given else "saved")
+    _check_same_dynamics(json.loads((directory / SETTINGS_FILE).read_text()).get("dynamics"),
+                         built[-1], args.directory)
     n_frames = learner.model.posterior_.n_training_structures
     print(f"resuming the on-the-fly run in {args.directory} at step {step} of "
           f"{learner.target_steps}: a model of {n_frames} labelled structures "
@@ -396,6 +425,11 @@ def _cmd_md(args) -> int:
     if args.resume:
         learner, dyn = _resumed_learner(args)
         atoms, steps = dyn.atoms, max(learner.target_steps - dyn.nsteps, 0)
+        if steps == 0:
+            print(f"the run in {args.directory} is complete (step {dyn.nsteps} of "
+                  f"{learner.target_steps}): nothing to resume; its model is "
+                  f"{Path(args.directory) / MODEL_FILE}")
+            return 0
     else:
         model = _load_model(args.model)
         atoms, steps = _starting_structure(args), args.steps
