@@ -691,6 +691,40 @@ def test_info_describes_a_model_file(cli_files, tmp_path, capsys):
     assert "is not a kernelpot model file" in capsys.readouterr().err
 
 
+def test_md_npt_on_the_fly_labels_the_reference_stress(tmp_path, capsys):
+    """A new user's NPT run learned no stress: --label-stress is on with --ensemble npt."""
+    import json
+
+    from ase.calculators.emt import EMT
+    from ase.io import read, write
+    from helpers import emt_strained_cells
+
+    train = emt_strained_cells(4, seed=2)  # 8-atom cells with EMT stresses
+    write(tmp_path / "train.xyz", train)
+    write(tmp_path / "start.xyz", train[0])
+    model = tmp_path / "cu.npz"
+    assert _fit(tmp_path, tmp_path / "train.xyz", model, "--descriptor", "acsf",
+                "--r-cut", "4.0", "--method", "sparse") == 0
+    run = ["md", str(model), str(tmp_path / "start.xyz"), "--steps", "4", "--temperature",
+           "300", "--timestep", "2", "--reference", "emt", "--train",
+           str(tmp_path / "train.xyz"), "--threshold", "1e-4", "--min-interval", "2"]
+    assert main([*run, "--ensemble", "npt", "--pdamp", "100", "--pressure", "5",
+                 "--directory", str(tmp_path / "npt")]) == 0
+    settings = json.loads((tmp_path / "npt" / "learner.json").read_text())
+    assert settings["init"]["label_stress"] is True
+    called = read(tmp_path / "npt" / "labelled.extxyz", ":")[len(train):]
+    assert called
+    for frame in called:  # the reference's stress, labelled
+        np.testing.assert_allclose(frame.get_stress(), EMT().get_stress(frame), atol=1e-6)
+    assert main([*run, "--directory", str(tmp_path / "nvt")]) == 0  # Langevin: off
+    assert json.loads((tmp_path / "nvt" / "learner.json").read_text())[
+        "init"]["label_stress"] is False
+    capsys.readouterr()
+    assert main(["md", str(model), str(tmp_path / "start.xyz"), "--steps", "2",
+                 "--temperature", "300", "--label-stress"]) == 1
+    assert "--label-stress goes with a new --reference run" in capsys.readouterr().err
+
+
 def test_md_ensembles_and_restart(tmp_path, capsys):
     from ase.io import read, write
 

@@ -411,6 +411,12 @@ def _add_md(sub) -> argparse.ArgumentParser:
                              "(isotropic Martyna-Tobias-Klein barostat with Nosé-Hoover "
                              "chains, ASE's IsotropicMTKNPT; periodic cells; --pressure, "
                              "--tdamp, --pdamp)")
+    parser.add_argument("--label-stress", action=argparse.BooleanOptionalAction, default=None,
+                        help="with --reference: also label the reference's stress of each "
+                             "called cell and gate on the stress std where the cell changed "
+                             "(default: on with --ensemble npt, whose volume changes can "
+                             "leave the forces' std unmoved; off otherwise; not with "
+                             "--resume, which keeps the run's setting)")
     parser.add_argument("--friction", type=float, default=0.01,
                         help="Langevin friction, 1/fs (default 0.01)")
     parser.add_argument("--pressure", type=float, default=0.0,

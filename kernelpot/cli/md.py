@@ -190,6 +190,11 @@ def _check_md_args(args) -> None:
         raise CLIError("--critical-factor goes with --reference (it spaces reference calls)")
     if not args.critical_factor_given:
         args.critical_factor = None
+    if args.label_stress is not None and (args.reference is None or args.resume):
+        raise CLIError("--label-stress goes with a new --reference run (--resume keeps the "
+                       "run's setting)")
+    if args.label_stress is None:
+        args.label_stress = args.ensemble == "npt"
     if hasattr(args, "contact_margin") and (args.reference is None or args.resume):
         raise CLIError("--contact-margin goes with a new --reference run (plain MD counts "
                        "contacts at 5 %; --resume keeps the run's margin)")
@@ -356,7 +361,8 @@ def _new_learner(args, model):
                            min_interval=args.min_interval, verbose=int(not args.quiet),
                            status_every=args.status_every, max_energy_gap=args.max_energy_gap,
                            contact_margin=args.contact_margin,
-                           critical_factor=args.critical_factor)
+                           critical_factor=args.critical_factor,
+                           label_stress=args.label_stress)
 
 
 def _check_same_dynamics(saved: dict | None, dynamics, directory: str) -> None:
