@@ -31,6 +31,12 @@ def test_descriptors_on_a_user_file(tmp_path, capsys, ethanol):
     (["descriptors", "does_not_exist.xyz"], "no such file"),
     (["descriptors", "--frames", "0"], "--frames must be >= 1"),
     (["descriptors", "--r-cut", "-1"], "r_cut must be > 0"),
+    # the value that is wrong first, before any file is read
+    (["md", "m.npz", "s.xyz", "--steps", "0", "--temperature", "300"],
+     "--steps 0: --steps and --interval must be >= 1"),
+    (["md", "m.npz", "s.xyz", "--steps", "5", "--temperature", "300", "--timestep", "-1",
+      "--interval", "0"],
+     "--interval 0, --timestep -1: --steps and --interval must be >= 1"),
 ])
 def test_errors_are_one_line_on_stderr(argv, message, capsys):
     assert main(argv) == 1
@@ -993,6 +999,25 @@ def test_md_reference_resumes_an_interrupted_run(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "is complete (step 12 of 12): nothing to resume; its model is" in out
     assert "Langevin" not in out and (otf / "otf_log.jsonl").read_text() == log
+
+
+def test_fit_and_info_give_their_advice_in_command_line_terms(cli_files, capsys):
+    """A new user was told to "set method='exact'" and "restore_training" by commands."""
+    config = cli_files / "limits.toml"
+    config.write_text('n_restarts = 0\nexact_time_limit = 0.001\ndescriptor.n_max = 3\n'
+                      'descriptor.l_max = 2\n')
+    model = cli_files / "limited.npz"
+    assert main(["fit", str(cli_files / "train.xyz"), "-o", str(model), "--config",
+                 str(config), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "method='auto' chose 'sparse'" in out
+    assert "to fit it anyway, pass --method exact, or raise exact_time_limit in a --config " \
+           "file" in out
+    assert "set method=" not in out
+    assert main(["info", str(model)]) == 0
+    assert "12 structures (training state not kept: kernelpot md --reference takes them " \
+           "with --train; in Python, restore_training before update)" in \
+           capsys.readouterr().out
 
 
 def test_fit_with_a_baseline_from_the_config(cli_files, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -44,8 +45,10 @@ def _cmd_fit(args) -> int:
     print(f"kernelpot {__version__}: fitted {len(frames)} structures in {fit_s:.1f} s "
           f"({model.method_} model), {sum(model.n_inducing_.values())} {kind} environments "
           f"{model.n_inducing_}")
-    if getattr(model, "_method_note", None):  # why method='auto' chose it
-        print(model._method_note)
+    if getattr(model, "_method_note", None):  # why method='auto' chose it, in CLI terms
+        print(re.sub(r"set method='exact' or raise (.+)$",
+                     r"pass --method exact, or raise \1 in a --config file",
+                     model._method_note))
     fitted = fitted_names(model.optimize, "kernelpot fit")
     notes = {name: _bound_note(getattr(model, f"{name}_"), getattr(model, f"{name}_bounds"),
                                name in fitted)

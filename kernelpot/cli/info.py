@@ -56,13 +56,15 @@ def _training_size(model) -> str:
     if posterior.kind == "exact":  # an exact model's file holds its training structures
         kept = (" (training state kept: update and on-the-fly learning can continue)"
                 if posterior.keeps_training_data else
-                " (restore_training with them before update or on-the-fly learning)")
+                " (kernelpot md --reference takes them with --train; in Python, "
+                "restore_training before update)")
         return f"{count} structures{kept}"
     if getattr(posterior, "training", None) is not None:
         return (f"{count} structures (training state kept: update and on-the-fly learning "
                 "can continue)")
     if count is not None:
-        return f"{count} structures (training state not kept: restore_training before update)"
+        return (f"{count} structures (training state not kept: kernelpot md --reference takes "
+                "them with --train; in Python, restore_training before update)")
     return "structure count not recorded (training state not kept)"
 
 

@@ -200,8 +200,13 @@ def _check_md_args(args) -> None:
                        "contacts at 5 %; --resume keeps the run's margin)")
     if not hasattr(args, "contact_margin"):
         args.contact_margin = CONTACT_MARGIN
-    if args.steps < 1 or args.temperature <= 0 or args.timestep <= 0 or args.interval < 1:
-        raise CLIError("--steps and --interval must be >= 1, --temperature and --timestep > 0")
+    wrong = [f"--{name} {value:g}" for name, value, ok in (
+        ("steps", args.steps, args.steps >= 1), ("interval", args.interval, args.interval >= 1),
+        ("temperature", args.temperature, args.temperature > 0),
+        ("timestep", args.timestep, args.timestep > 0)) if not ok]
+    if wrong:
+        raise CLIError(f"{', '.join(wrong)}: --steps and --interval must be >= 1, "
+                       "--temperature and --timestep > 0")
     if args.reference is None and (args.train or args.threshold is not None):
         raise CLIError("--train and --threshold only go with --reference")
     if args.reference is not None and args.no_std:
