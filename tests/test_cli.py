@@ -756,9 +756,13 @@ def test_md_ensembles_and_restart(tmp_path, capsys):
         out = tmp_path / f"npt{pressure}.xyz"
         assert main([*run, "--ensemble", "npt", "--pressure", pressure, "--pdamp", "100",
                      "--steps", "20", "-o", str(out)]) == 0
-        assert f"NPT (MTK, 300.0 K, {float(pressure)} GPa)" in capsys.readouterr().out
+        said = capsys.readouterr().out
+        assert f"NPT (MTK, 300.0 K, {float(pressure)} GPa)" in said
         last = read(out, index=-1)
         volumes[pressure] = last.get_volume()
+        ratio = float(said.split(" K, volume ")[1].split("(")[1].split(" ×")[0])
+        assert ratio == pytest.approx(last.get_volume()
+                                      / read(tmp_path / "start.xyz").get_volume(), abs=1e-3)
         # the model's stress of the recorded cell, as the barostat saw it
         np.testing.assert_allclose(last.info["model_stress"],
                                    load(model).predict_stress([last])[0], atol=1e-6)

@@ -479,13 +479,13 @@ def _cmd_md(args) -> int:
             stds.append((float(snapshot.arrays[shown].max()), int(dyn.nsteps)))
         trajectory.write(snapshot)
 
-    start = time.perf_counter()
+    start, start_volume = time.perf_counter(), atoms.get_volume() if atoms.pbc.all() else None
     try:
         _run(args, dyn, learner, record, start, steps, shown_stds, contacts)
     finally:
         trajectory.close()
     _report(args, learner, atoms, time.perf_counter() - start, steps, stds, trajectory,
-            shown_stds, contacts)
+            shown_stds, contacts, start_volume)
     return 0
 
 
@@ -542,7 +542,7 @@ def _run(args, dyn, learner, record, start: float, steps: int,
 
 def _report(args, learner, atoms, wall: float, steps: int, stds: list[tuple[float, int]],
             trajectory: _Trajectory, shown: _StdsWhenShown | None = None,
-            contacts: _ContactWatch | None = None) -> None:
+            contacts: _ContactWatch | None = None, start_volume: float | None = None) -> None:
     """Print the run's summary line(s)."""
     what, there = "largest epistemic force std", ""
     if learner is not None:  # every step's, not only the recorded frames'
@@ -555,10 +555,14 @@ def _report(args, learner, atoms, wall: float, steps: int, stds: list[tuple[floa
     ensemble = {"nve": f"NVE (velocity Verlet, initial velocities at {args.temperature} K)",
                 "langevin": f"Langevin ({args.temperature} K)",
                 "npt": f"NPT (MTK, {args.temperature} K, {args.pressure} GPa)"}[args.ensemble]
+    cell = ""
+    if args.ensemble == "npt" and start_volume:  # how far the barostat took the cell
+        volume = atoms.get_volume()
+        cell = f", volume {volume:.1f} Å³ ({volume / start_volume:.3f} × the start's)"
     print(f"kernelpot {__version__}: {steps} {ensemble} "
           f"steps of {args.timestep} fs in {wall:.1f} s "
           f"({1e3 * wall / max(steps, 1):.1f} ms/step); "
-          f"final temperature {atoms.get_temperature():.0f} K{largest}"
+          f"final temperature {atoms.get_temperature():.0f} K{cell}{largest}"
           f"{shown.summary() if shown is not None else ''}"
           f"{contacts.summary() if contacts is not None else ''}")
     if learner is not None:
