@@ -740,9 +740,11 @@ class OnTheFlyLearner:
             return
         model.set_params(loso_blocks=1)
         if model.posterior_.loso_blocks[1] is not None:
-            message = ("the LOSO map refitted leaving one labelled structure out at a time "
-                       "(loso_blocks=1; the fit left out blocks of structures): the "
-                       "automatic threshold was measured so")
+            message = ("the std map refitted on the labelled structures left out one at a "
+                       "time (the fit left out blocks of consecutive ones; the learner's "
+                       f"automatic threshold, {self.relative_threshold:g} × the largest std "
+                       "of a structure left out, was tuned one at a time): the stds may "
+                       "differ a little from the fitted model's")
             logger.info("OnTheFlyLearner: %s", message)
             if self.verbose:
                 print(message, flush=True)
