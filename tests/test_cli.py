@@ -268,6 +268,13 @@ def test_eval_says_when_the_stds_are_far_from_the_errors_size():
     assert "energy stds are about 4× narrower than" in _size_note(errors, zero,
                                                                   np.full(4, 0.25), "energy")
     assert _size_note(zero, zero, np.ones(4), "energy").startswith("RMS z-score 0.00 (1 for")
+    # between: remarked on, more softly (a new user's stresses on other arrangements, 1.43)
+    somewhat = _size_note(errors, zero, np.full(4, 0.7), "stress")
+    assert "RMS z-score 1.43" in somewhat and "stress stds are somewhat (1.43× narrower " \
+        "than) the errors" in somewhat and "another arrangement" in somewhat
+    assert "somewhat (1.5× wider than)" in _size_note(errors, zero, np.full(4, 1.5), "force")
+    for inside in (0.8, 1.25):  # RMS z-scores 1.25 and 0.8: no remark
+        assert _size_note(errors, zero, np.full(4, inside), "force").endswith("the errors)")
 
 
 def test_fit_and_eval_name_an_empty_file_and_nan_positions(tmp_path, ethanol_frames, capsys):
