@@ -46,6 +46,25 @@ def test_errors_are_one_line_on_stderr(argv, message, capsys):
     assert len(captured.err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("argv, message", [
+    # a missing required option was reported instead of the typo that caused it
+    (["md", "m.npz", "s.xyz", "--steps", "5", "--temprature", "900"],
+     "kernelpot md: error: unknown option --temprature (did you mean --temperature?)"),
+    (["fit", "t.xyz", "--n-sparce=3"],
+     "kernelpot fit: error: unknown option --n-sparce (did you mean --n-sparse?)"),
+    (["eval", "m.npz", "t.xyz", "--zzz"], "kernelpot eval: error: unknown option --zzz\n"),
+])
+def test_an_unknown_option_is_named_with_the_closest_known_one(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_abbreviated_option_still_works(tmp_path, capsys):
+    assert main(["md", str(tmp_path / "m.npz"), "s.xyz", "--steps", "5", "--temp", "9"]) == 1
+    assert "no such file" in capsys.readouterr().err  # parsed: --temp is --temperature
+
+
 def test_unreadable_file(tmp_path, capsys):
     path = tmp_path / "junk.xyz"
     path.write_text("this is not\nan xyz file\n")

@@ -9,7 +9,9 @@ share.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import difflib
 import sys
 import warnings
 from collections.abc import Sequence
@@ -38,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _build_parser()
     mark_start()
+    _refuse_unknown_options(parser, sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
     _configure_logging(args)
     try:
@@ -51,6 +54,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kernelpot: interrupted", file=sys.stderr)
         return 130
+
+
+def _refuse_unknown_options(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Exit naming an option the command does not have, with the closest one it has.
+
+    argparse reports a missing required option before an unknown one: ``kernelpot md ...
+    --temprature 900`` said "the following arguments are required: --temperature" and
+    never named the typo. Abbreviations argparse accepts (a unique prefix) pass.
+    """
+    commands = next((action.choices for action in parser._actions
+                     if isinstance(action, argparse._SubParsersAction)), {})
+    command = next((token for token in argv if not token.startswith("-")), None)
+    sub = commands.get(command)
+    if sub is None:
+        return  # no command yet: argparse says what is missing
+    known = sorted(name for name in sub._option_string_actions if name.startswith("--"))
+    for token in argv:
+        name = token.split("=", 1)[0]
+        if not name.startswith("--") or name == "--" or any(k.startswith(name) for k in known):
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        sub.error(f"unknown option {name}" + (f" (did you mean {close[0]}?)" if close else ""))
 
 
 @contextlib.contextmanager
