@@ -89,9 +89,16 @@ class _StdsWhenShown:
                   file=sys.stderr, flush=True)
 
     def summary(self) -> str:
-        """Return the summary's clause on structures beyond the training data ("" if none)."""
-        if not self.beyond:
+        """Return the summary's clause on structures beyond the training data.
+
+        Also when none was: a new user could not tell that the check had run.
+        """
+        if self.edge is None or not self.shown:
             return ""
+        if not self.beyond:
+            return (f"; none of {self.shown} shown steps beyond the training data (no atom's "
+                    f"force std over {BEYOND_TRAINING:g} times the calibrated "
+                    f"{1e3 * self.edge:.3g} meV/Å)")
         return (f"; {len(self.beyond)} of {self.shown} shown steps beyond the training data "
                 f"(an atom's force std over {BEYOND_TRAINING:g} times the calibrated "
                 f"{1e3 * self.edge:.3g} meV/Å; first at step {self.beyond[0]})")
