@@ -1038,28 +1038,8 @@ class OnTheFlyLearner:
         called = bool((max_std > threshold or by_stress or by_contact)
                       and (spaced or critical) and budget)
         within_interval = called and not spaced
-        seen = {}
-        if called:
-            call_start = time.perf_counter()
-            labelled = self._label(atoms, step)
-            seen["reference_s"] = time.perf_counter() - call_start
-            self._check_energy_gap(atoms, labelled, step)
-            seen.update(_error_seen(atoms.calc.results, self.gated_std(atoms.calc.results),
-                                    labelled.get_forces()))
-            self._append_frame(labelled)
-            self.n_reference_calls += 1
-            self._last_call_step = step
-            self._std_after_call = None  # read again at the next step
-            reoptimize = (self.reoptimize_every > 0
-                          and self.n_reference_calls % self.reoptimize_every == 0)
-            self.model.update([labelled], n_inducing=self.n_inducing, optimize=reoptimize,
-                              max_inducing=self.max_inducing)
-            self._auto_threshold = self._loso_threshold()
-            self._critical = self._critical_level()
-            self._stress_gate = self._stress_threshold()
-            self.shortest_pairs = self._shortest_pairs()
-            atoms.calc.reset()  # the next force evaluation uses the updated model
-            self._updates_since_checkpoint += 1
+        call_start = time.perf_counter()
+        seen = self._call_reference(atoms, step) if called else {}
         record = {
             "step": step, "time_fs": float(dyn.get_time() / units.fs),
             "temperature_K": float(atoms.get_temperature()),
@@ -1098,6 +1078,34 @@ class OnTheFlyLearner:
         elif self.verbose and step % self.status_every == 0 and step > self._first_step:
             # at multiples of status_every, also when a resumed run starts between them
             print(_status_line(record, self._first_step), flush=True)
+
+    def _call_reference(self, atoms: Atoms, step: int) -> dict:
+        """Label ``atoms`` with the reference, learn it; return what the step log records.
+
+        The reference's time and how the model's forces and std compared with the label
+        (before the update), after which the gate's thresholds follow the updated model.
+        """
+        call_start = time.perf_counter()
+        labelled = self._label(atoms, step)
+        seen = {"reference_s": time.perf_counter() - call_start}
+        self._check_energy_gap(atoms, labelled, step)
+        seen.update(_error_seen(atoms.calc.results, self.gated_std(atoms.calc.results),
+                                labelled.get_forces()))
+        self._append_frame(labelled)
+        self.n_reference_calls += 1
+        self._last_call_step = step
+        self._std_after_call = None  # read again at the next step
+        reoptimize = (self.reoptimize_every > 0
+                      and self.n_reference_calls % self.reoptimize_every == 0)
+        self.model.update([labelled], n_inducing=self.n_inducing, optimize=reoptimize,
+                          max_inducing=self.max_inducing)
+        self._auto_threshold = self._loso_threshold()
+        self._critical = self._critical_level()
+        self._stress_gate = self._stress_threshold()
+        self.shortest_pairs = self._shortest_pairs()
+        atoms.calc.reset()  # the next force evaluation uses the updated model
+        self._updates_since_checkpoint += 1
+        return seen
 
     def _write_settings(self):
         settings = {

@@ -358,6 +358,40 @@ def _add_md(sub) -> argparse.ArgumentParser:
                              "named below, not as labels")
     parser.add_argument("--interval", type=int, default=10,
                         help="steps between trajectory frames (default 10)")
+    _add_learning_options(parser)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the initial velocities and the Langevin noise (default 0)")
+    parser.add_argument("--ensemble", choices=["langevin", "nve", "npt"], default="langevin",
+                        help="langevin (default; --friction), nve (velocity Verlet: "
+                             "--temperature only sets the initial velocities) or npt "
+                             "(isotropic Martyna-Tobias-Klein barostat with Nosé-Hoover "
+                             "chains, ASE's IsotropicMTKNPT; periodic cells; --pressure, "
+                             "--tdamp, --pdamp)")
+    parser.add_argument("--friction", type=float, default=0.01,
+                        help="Langevin friction, 1/fs (default 0.01)")
+    parser.add_argument("--pressure", type=float, default=0.0,
+                        help="npt: external pressure, GPa (default 0)")
+    parser.add_argument("--tdamp", type=float, default=100.0,
+                        help="npt: thermostat time constant, fs (default 100)")
+    parser.add_argument("--pdamp", type=float, default=1000.0,
+                        help="npt: barostat time constant, fs (default 1000)")
+    parser.add_argument("--restart", action="store_true",
+                        help="start from the last frame of START with the velocities it "
+                             "carries (a trajectory written by -o) instead of its first frame "
+                             "with thermal ones; step numbers continue")
+    parser.add_argument("--no-std", action="store_true",
+                        help="compute energies and forces only, not their stds (faster; not "
+                             "with --reference)")
+    parser.add_argument("--status-every", type=int, default=100, metavar="STEPS",
+                        help="print a status line every STEPS steps (default 100; --quiet "
+                             "prints none)")
+    parser.set_defaults(func=_cmd_md)
+    return parser
+
+
+
+def _add_learning_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``kernelpot md``'s on-the-fly options (``--reference`` and what goes with it)."""
     parser.add_argument("--reference", choices=["emt", "xtb"], default=None)
     parser.add_argument("--threshold", type=float, default=None,
                         help="absolute force-std threshold, eV/Å (with --reference; default: "
@@ -403,41 +437,12 @@ def _add_md(sub) -> argparse.ArgumentParser:
                         help="the model's training structures (with --reference)")
     parser.add_argument("--directory", default="otf_run",
                         help="on-the-fly files (with --reference; default otf_run)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the initial velocities and the Langevin noise (default 0)")
-    parser.add_argument("--ensemble", choices=["langevin", "nve", "npt"], default="langevin",
-                        help="langevin (default; --friction), nve (velocity Verlet: "
-                             "--temperature only sets the initial velocities) or npt "
-                             "(isotropic Martyna-Tobias-Klein barostat with Nosé-Hoover "
-                             "chains, ASE's IsotropicMTKNPT; periodic cells; --pressure, "
-                             "--tdamp, --pdamp)")
     parser.add_argument("--label-stress", action=argparse.BooleanOptionalAction, default=None,
                         help="with --reference: also label the reference's stress of each "
                              "called cell and gate on the stress std where the cell changed "
                              "(default: on with --ensemble npt, whose volume changes can "
                              "leave the forces' std unmoved; off otherwise; not with "
                              "--resume, which keeps the run's setting)")
-    parser.add_argument("--friction", type=float, default=0.01,
-                        help="Langevin friction, 1/fs (default 0.01)")
-    parser.add_argument("--pressure", type=float, default=0.0,
-                        help="npt: external pressure, GPa (default 0)")
-    parser.add_argument("--tdamp", type=float, default=100.0,
-                        help="npt: thermostat time constant, fs (default 100)")
-    parser.add_argument("--pdamp", type=float, default=1000.0,
-                        help="npt: barostat time constant, fs (default 1000)")
-    parser.add_argument("--restart", action="store_true",
-                        help="start from the last frame of START with the velocities it "
-                             "carries (a trajectory written by -o) instead of its first frame "
-                             "with thermal ones; step numbers continue")
-    parser.add_argument("--no-std", action="store_true",
-                        help="compute energies and forces only, not their stds (faster; not "
-                             "with --reference)")
-    parser.add_argument("--status-every", type=int, default=100, metavar="STEPS",
-                        help="print a status line every STEPS steps (default 100; --quiet "
-                             "prints none)")
-    parser.set_defaults(func=_cmd_md)
-    return parser
-
 
 def _add_logging_options(parser) -> None:
     """Add the options every subcommand takes: log level and tracebacks."""
