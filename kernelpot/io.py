@@ -211,6 +211,13 @@ def read_model_file(path: os.PathLike | str) -> tuple[dict, dict]:
     if not path.exists():
         raise FileNotFoundError(f"load: no such file: {path}")
     if not zipfile.is_zipfile(path):  # np.load would try it as a pickle, and say so
+        with open(path, "rb") as handle:
+            starts_as_zip = handle.read(4) == b"PK\x03\x04"
+        if starts_as_zip:  # a zip's directory is at its end: a cut-short file has none
+            raise ValueError(f"load: {path} is damaged: it begins as a model file (a zip "
+                             "archive) but its end is missing, as in a truncated file (a "
+                             "copy or a write cut short); save the model again or copy it "
+                             "whole")
         raise ValueError(f"load: {path} is not a kernelpot model file: a model file is an "
                          ".npz (zip) archive written by SparseGPPotential.save or `kernelpot "
                          "fit`; this one is not a zip archive (a structure file, or a "

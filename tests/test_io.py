@@ -60,7 +60,11 @@ def test_load_rejects_bad_files(fitted_ethanol, tmp_path):
     raw = path.read_bytes()
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(ValueError, match="truncated"):
+    with pytest.raises(ValueError, match="is damaged: it begins as a model file .a zip "
+                                         "archive. but its end is missing, as in a truncated"):
+        load(truncated)
+    truncated.write_bytes(raw[:100])  # cut within the first array
+    with pytest.raises(ValueError, match="is damaged: it begins as a model file"):
         load(truncated)
     # tampered: change one weight, keep the archive valid
     with np.load(path) as data:
