@@ -14,6 +14,13 @@ The stress labels' yz/xz components are swapped back where the files hold them s
 Usage::
 
     python benchmarks/gap_mlearn.py --element Mo [--virials] [--two-body] [--with-kernelpot]
+        [--n-train 50] [--keep-model DIR]
+
+``--n-train N`` fits on N training cells drawn at random (seed 0) instead of all of them;
+``--keep-model DIR`` copies the fitted GAP (``gap.xml`` and the sparse-point files it
+names) into DIR. A model fitted on 50 cells has the published model's 2,000 sparse points
+and descriptor, so it predicts at the same cost: ``benchmarks/prediction.py --gap-model
+DIR/gap.xml`` times it beside kernelpot in one process (issue 21).
 """
 
 from __future__ import annotations
@@ -88,6 +95,16 @@ def run_gap_fit(gap_fit, train_file, model_file, settings, virials, threads, two
     return command, seconds, peak_gib
 
 
+def keep_model(model_file: Path, directory: Path) -> None:
+    """Copy a GAP XML and the sparse-point files it names (``gap.xml.sparseX...``).
+
+    The names are kept: the XML refers to the other files by name.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in [model_file, *model_file.parent.glob(model_file.name + ".*")]:
+        shutil.copy(path, directory / path.name)
+
+
 def errors(predict, test, swap):
     """Energy RMSE meV/atom, force RMSE eV/Å, stress RMSE GPa, prediction ms/atom."""
     start = time.perf_counter()
@@ -112,6 +129,11 @@ def main(argv=None):
     parser.add_argument("--gap-fit", default=shutil.which("gap_fit"),
                         help="path of the gap_fit executable (default: on PATH)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--n-train", type=int, default=None, metavar="N",
+                        help="fit on N training cells drawn at random (seed 0); default all")
+    parser.add_argument("--keep-model", default=None, metavar="DIR",
+                        help="copy the fitted GAP model (gap.xml and its sparse-point "
+                             "files) into DIR")
     parser.add_argument("--with-kernelpot", action="store_true",
                         help="also fit kernelpot's mlearn model (benchmarks/mlearn.py "
                              "--kernel ndp+se) in this run")
@@ -124,6 +146,9 @@ def main(argv=None):
         raise SystemExit("gap_fit not found: pass --gap-fit PATH")
     train = read(SHARED / f"{args.element}_training.xyz", ":")
     test = read(SHARED / f"{args.element}_test.xyz", ":")
+    if args.n_train is not None:
+        keep = np.random.default_rng(0).permutation(len(train))[:args.n_train]
+        train = [train[i] for i in sorted(keep)]
     right, swapped = shear_slot_check(train + test)
     swap = swapped > right
     rows = []
@@ -134,6 +159,8 @@ def main(argv=None):
                                            SETTINGS[args.element], args.virials, args.threads,
                                            args.two_body)
         potential = Potential(param_filename=str(Path(tmp) / "gap.xml"))
+        if args.keep_model:
+            keep_model(Path(tmp) / "gap.xml", Path(args.keep_model))
 
         def gap_predict(atoms):
             atoms = atoms.copy()

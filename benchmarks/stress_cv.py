@@ -13,7 +13,7 @@ not decide.
 Usage::
 
     python benchmarks/stress_cv.py --element Mo [--folds 4] [--two-body 5.0]
-        [--config-type-noise] [--no-ef]
+        [--config-type-noise] [--no-ef] [--zeta 4]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 from ase.io import read
 
 import kernelpot
-from kernelpot import SOAP, SparseGPPotential, TwoBody
+from kernelpot import SOAP, NormalizedDotProduct, SparseGPPotential, TwoBody
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mlearn"
 GPA = 160.21766208
@@ -42,10 +42,14 @@ def main(argv=None):
     parser.add_argument("--config-type-noise", action="store_true",
                         help="also the model with noise scales per configuration type")
     parser.add_argument("--no-ef", action="store_true", help="leave out the E+F model")
+    parser.add_argument("--zeta", type=int, default=2,
+                        help="exponent of the normalised dot-product kernel (default 2, "
+                             "the package's)")
     args = parser.parse_args(argv)
     print(f"kernelpot {kernelpot.__version__}; python {platform.python_version()}; "
           f"{os.cpu_count()} cpus; {args.element}, {args.folds} folds"
-          + (f", two-body {args.two_body} Å" if args.two_body else ""), flush=True)
+          + (f", two-body {args.two_body} Å" if args.two_body else "")
+          + f", zeta {args.zeta}", flush=True)
     frames = read(SHARED / f"{args.element}_training.xyz", ":")
     kinds = np.array([a.info.get("config_type", "?") for a in frames])
     n_atoms = np.array([len(a) for a in frames])
@@ -66,7 +70,8 @@ def main(argv=None):
             train = [frames[i] for i in np.flatnonzero(fold != k)]
             held = np.flatnonzero(fold == k)
             model = SparseGPPotential(
-                SOAP([args.element], 5.0, n_max=8, l_max=6, sigma=0.5), method="sparse",
+                SOAP([args.element], 5.0, n_max=8, l_max=6, sigma=0.5),
+                kernel=NormalizedDotProduct(zeta=args.zeta), method="sparse",
                 random_state=0, **options,
                 two_body=TwoBody(args.two_body, 16, 1.8) if args.two_body else None)
             start = time.perf_counter()

@@ -199,6 +199,8 @@ def test_fit_eval_predict_round_trip(cli_files, capsys):
                  str(plots[2])]) == 0
     out = capsys.readouterr().out
     assert "test forces" in out and "within 1 std" in out and "Spearman" in out
+    assert re.search(r"Spearman \(per-atom std, error\) -?[\d.]+ \(exactly right stds of this "
+                     r"spread would give about -?[\d.]+; metrics.expected_spearman\)", out)
     assert re.search(r"nats per component; RMS z-score [\d.]+ \(1 for stds the size", out)
     assert re.search(r"test energy calibration: [\d.]+% of energies within 1 std \(Gaussian "
                      r"68.3%\), [\d.]+% within 2", out)
@@ -289,11 +291,24 @@ def test_eval_says_when_the_stds_are_far_from_the_errors_size():
     assert _size_note(zero, zero, np.ones(4), "energy").startswith("RMS z-score 0.00 (1 for")
     # between: remarked on, more softly (a new user's stresses on other arrangements, 1.43)
     somewhat = _size_note(errors, zero, np.full(4, 0.7), "stress")
-    assert "RMS z-score 1.43" in somewhat and "stress stds are somewhat (1.43× narrower " \
-        "than) the errors" in somewhat and "another arrangement" in somewhat
-    assert "somewhat (1.5× wider than)" in _size_note(errors, zero, np.full(4, 1.5), "force")
+    assert "RMS z-score 1.43" in somewhat and "stress stds are somewhat 1.43× narrower " \
+        "than the errors" in somewhat and "another arrangement" in somewhat
+    assert "somewhat 1.5× wider than the" in _size_note(errors, zero, np.full(4, 1.5), "force")
     for inside in (0.8, 1.25):  # RMS z-scores 1.25 and 0.8: no remark
         assert _size_note(errors, zero, np.full(4, inside), "force").endswith("the errors)")
+
+
+def test_eval_prints_the_spearman_exactly_right_stds_would_give():
+    from kernelpot import metrics
+    from kernelpot.cli._common import _expected_spearman
+
+    rng = np.random.default_rng(3)
+    stds = [rng.uniform(0.01, 0.2, (40, 3)), rng.uniform(0.01, 0.2, (25, 3))]
+    expected = metrics.expected_spearman([np.concatenate(stds)], n_draws=20, random_state=0)
+    assert f"would give about {expected:.2f};" in _expected_spearman(stds)
+    assert 0.0 < expected < 1.0
+    stds[1][3] = 0.0  # a perfect crystal's zero std: nothing to draw from, nothing said
+    assert _expected_spearman(stds) == ""
 
 
 def test_fit_and_eval_name_an_empty_file_and_nan_positions(tmp_path, ethanol_frames, capsys):

@@ -437,8 +437,8 @@ def _print_force_calibration(title, f, ref, std) -> None:
               "stds on")
         return
     # Spearman over all atoms, as CLARIFICATIONS.md defines it
-    spearman = (f"{metrics.spearman_std_error(f, ref, std):.2f}" if fixed.size >= 9
-                else "n/a (fewer than 3 atoms)")
+    spearman = (f"{metrics.spearman_std_error(f, ref, std):.2f}{_expected_spearman(std)}"
+                if fixed.size >= 9 else "n/a (fewer than 3 atoms)")
     counted = ~fixed
     flat_f, flat_ref, flat_std = (np.concatenate([np.ravel(x) for x in v])[counted]
                                   for v in (f, ref, std))
@@ -452,6 +452,24 @@ def _print_force_calibration(title, f, ref, std) -> None:
           f"(95.4%){left_out}; Spearman (per-atom std, error) {spearman}; negative "
           f"log-likelihood {metrics.negative_log_likelihood(flat_f, flat_ref, flat_std):.3f} "
           f"nats per component; {_size_note(flat_f, flat_ref, flat_std, 'force')}")
+
+
+def _expected_spearman(std) -> str:
+    """`` (expected X for exactly right stds)``: what the Spearman printed beside it means.
+
+    A Spearman of 0.3 reads as "the stds do not rank the errors" unless one knows that
+    exactly right stds of a narrow spread give about as little (a new user's Ni vacancy
+    cells: 0.29 measured, 0.33 expected). Empty where an atom's stds are all zero (a
+    perfect crystal's), which :func:`kernelpot.metrics.expected_spearman` cannot draw from.
+    """
+    from kernelpot import metrics
+
+    per_atom = np.concatenate([np.reshape(s, (-1, 3)) for s in std])
+    if np.any(per_atom <= 0) or not np.all(np.isfinite(per_atom)):
+        return ""
+    expected = metrics.expected_spearman([per_atom], n_draws=20, random_state=0)
+    return (f" (exactly right stds of this spread would give about {expected:.2f}; "
+            "metrics.expected_spearman)")
 
 
 #: RMS z-scores that :func:`_size_note` lets pass without a remark: about two standard
@@ -473,7 +491,7 @@ def _size_note(predicted, reference, stds, what: str) -> str:
         return text  # (zero errors: nothing to size the stds by)
     side = (f"{1 / rms:.3g}× wider than" if rms < 1.0 else f"{rms:.3g}× narrower than")
     if 0.5 <= rms <= 2.0:  # a new user's Ni–Al stresses on other arrangements: 1.43
-        return (f"{text}: the {what} stds are somewhat ({side}) the errors on these "
+        return (f"{text}: the {what} stds are somewhat {side} the errors on these "
                 "structures; structures unlike the training set's (another arrangement, "
                 "temperature or stretch of time) do that: --recalibrate FRAMES on a few "
                 "labelled ones like them")
