@@ -141,8 +141,9 @@ def _stress_part(record: dict) -> str:
 def _status_line(record: dict, first_step: int) -> str:
     """Return the periodic stdout status line (``verbose=1``; forces in meV/Å)."""
     per_step = record["wall_s"] / max(record["step"] - first_step, 1)
-    return (f"{_where(record)} | std {1e3 * record['max_force_std']:.3g}, threshold "
-            f"{1e3 * record['threshold']:.3g} meV/Å |"
+    # '#': trailing zeros kept, so that a std of 5.00 does not print as "5" beside "4.35"
+    return (f"{_where(record)} | std {1e3 * record['max_force_std']:#.3g}, threshold "
+            f"{1e3 * record['threshold']:#.3g} meV/Å |"
             f" {record['n_reference_calls']} calls, {record['n_structures']} structures, "
             f"{record['n_inducing']} "
             f"{'training environments' if record.get('method') == 'exact' else 'inducing'}"
@@ -496,6 +497,7 @@ class OnTheFlyLearner:
         self._updates_since_checkpoint = 0
         self._state_step = None  # the step of the last MD state saved
         self._target_steps = None
+        self._start_step = None  # the step the learner's first run started at
         self._start_wall = None
         self._initial_frames = None
         self._continuing = False
@@ -509,6 +511,15 @@ class OnTheFlyLearner:
     def target_steps(self) -> int | None:
         """Return the MD step the run goes to (set by :meth:`run`, restored by :meth:`resume`)."""
         return self._target_steps
+
+    @property
+    def start_step(self) -> int | None:
+        """Return the MD step the learner's first run started at.
+
+        None before the first run, and after a resume from a checkpoint that did not
+        record it.
+        """
+        return None if self._start_step in (None, _UNKNOWN_START) else self._start_step
 
     @property
     def current_threshold(self) -> float:
@@ -566,8 +577,11 @@ class OnTheFlyLearner:
         if not self._continuing and frames_file.exists() and frames_file.stat().st_size:
             raise ValueError(f"OnTheFlyLearner: {frames_file} holds a previous run; resume it "
                              "with OnTheFlyLearner.resume or choose another directory")
-        if self._target_steps is None:
-            self._target_steps = dynamics.nsteps + int(steps)
+        # every run goes to its own end: a second run(dynamics, steps) on the same learner
+        # kept the first run's end in the checkpoint, and a resume said it was complete
+        self._target_steps = int(dynamics.nsteps) + int(steps)
+        if self._start_step is None:
+            self._start_step = int(dynamics.nsteps)
         self._start_wall = time.perf_counter()
         self._first_step = int(dynamics.nsteps)
         self._announced = False
@@ -630,7 +644,8 @@ class OnTheFlyLearner:
                dynamics: Callable[[Atoms], MolecularDynamics] | None = None,
                run: bool = True,
                max_energy_gap: float | None | str = "saved",
-               critical_factor: float | None | str = "saved") -> OnTheFlyLearner:
+               critical_factor: float | None | str = "saved",
+               steps: int | None = None) -> OnTheFlyLearner:
         """Restart an interrupted run from its directory and run the remaining steps.
 
         Parameters
@@ -652,6 +667,11 @@ class OnTheFlyLearner:
         critical_factor : float, None or "saved", default="saved"
             The interrupted run's value, or one that replaces it (None: every call waits
             ``min_interval`` steps).
+        steps : int, optional
+            The run's length in MD steps, counted from the step its first ``run`` started
+            at (as ``run(dynamics, steps)`` counted them). Default: the interrupted run's.
+            A larger value extends the run, also one that had finished; one that ends
+            before the step already reached raises ``ValueError``.
 
         Returns
         -------
@@ -687,6 +707,9 @@ class OnTheFlyLearner:
         # the directory resumed from, not the one saved (a relative path, or a run
         # copied or moved since: resuming a copy wrote into the original run)
         init["directory"] = str(directory)
+        if steps is not None:
+            settings = dict(settings, target_steps=_extended_target(settings, steps,
+                                                                    int(md["step"]), directory))
         self = cls(model, reference, **init)
         called = frames[int(settings["initial_frames"]):]
         return self._continue_from(settings, md, len(frames), dynamics, run,
@@ -700,6 +723,8 @@ class OnTheFlyLearner:
         self._continuing = True
         self.n_reference_calls = n_frames - self._initial_frames
         self._target_steps = int(settings["target_steps"])
+        start = settings.get("start_step")  # None in checkpoints from before it was saved
+        self._start_step = _UNKNOWN_START if start is None else int(start)
         # min_interval counts from the last call (a frame labelled after the saved state,
         # in the instant before it was saved, counts too); None in older checkpoints
         steps = [settings.get("last_call_step"), *last_steps]
@@ -721,7 +746,8 @@ class OnTheFlyLearner:
             if run:
                 warnings.warn(f"OnTheFlyLearner.resume: the run in {self.directory} already "
                               f"reached its {self._target_steps} steps: nothing was run (to "
-                              "go further, run(dynamics, steps) on the returned learner)",
+                              "go further, resume with a larger steps=, or call run(dynamics, "
+                              "steps) on the returned learner)",
                               UserWarning, stacklevel=3)
             self._dynamics = dyn
         return self
@@ -1125,6 +1151,7 @@ class OnTheFlyLearner:
             "initial_frames": self._initial_frames,
             "last_call_step": self._last_call_step,
             "target_steps": self._target_steps,
+            "start_step": None if self._start_step == _UNKNOWN_START else self._start_step,
             "dynamics": _dynamics_spec(self._dynamics),
         }
         text = json.dumps(settings, indent=1)
@@ -1165,6 +1192,32 @@ def first_redone_step(step: int) -> int:
     again, one resumed later starts recording at the step after the checkpoint.
     """
     return step if step == 0 else step + 1
+
+
+#: ``start_step`` of a learner resumed from a checkpoint that did not record it
+_UNKNOWN_START = -1
+
+
+def _extended_target(settings: dict, steps, step: int, directory: Path) -> int:
+    """Return the step a resumed run goes to when ``resume(steps=...)`` gives its length.
+
+    ``steps`` counts from the run's first step, as the first ``run(dynamics, steps)``
+    did, so that the interrupted run's own command gives its own end.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"resume: steps must be a positive integer (the run's length in MD "
+                         f"steps); got {steps!r}")
+    start = settings.get("start_step")
+    if start is None:
+        raise ValueError(f"resume: the checkpoint in {directory} is from before runs recorded "
+                         "their first step, so steps cannot be counted from it: resume with "
+                         "run=False and call run(dynamics, more_steps) on the learner")
+    target = int(start) + int(steps)
+    if target < step:
+        raise ValueError(f"resume: the run in {directory} started at step {int(start)} and has "
+                         f"reached step {step}; steps={int(steps)} would end it at step "
+                         f"{target}, before that (give at least {step - int(start)})")
+    return target
 
 
 def _drop_log_after(path: Path, step: int) -> None:

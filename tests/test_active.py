@@ -873,6 +873,40 @@ def test_labelled_frames_carry_their_step_also_after_a_resume(tmp_path):
     assert called == [4, 8, 12]
 
 
+def test_a_resume_with_more_steps_extends_a_finished_run(tmp_path):
+    """``steps`` counts from the run's first step: the run's own length resumes to its
+    end, a larger one extends it, a shorter one than what ran is refused."""
+    dyn = _dynamics()
+    dyn.nsteps = 100  # a run that began at step 100 (a restart of earlier MD)
+    OnTheFlyLearner(_model(), EMT(), threshold=1e-4, directory=tmp_path, max_calls=1,
+                    min_interval=2).run(dyn, 6)
+    settings = json.loads((tmp_path / "learner.json").read_text())
+    assert settings["start_step"] == 100 and settings["target_steps"] == 106
+    with pytest.warns(UserWarning, match="already reached its 106 steps"):
+        OnTheFlyLearner.resume(tmp_path, EMT(), steps=6)
+    with pytest.raises(ValueError, match="has reached step 106; steps=4 would end it at "
+                                         "step 104, before that"):
+        OnTheFlyLearner.resume(tmp_path, EMT(), steps=4)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="steps must be a positive integer"):
+            OnTheFlyLearner.resume(tmp_path, EMT(), steps=bad)
+    extended = OnTheFlyLearner.resume(tmp_path, EMT(), steps=10)
+    assert extended.target_steps == 110 and extended.start_step == 100
+    log = [json.loads(line)["step"] for line in
+           (tmp_path / "otf_log.jsonl").read_text().splitlines()]
+    assert log == list(range(101, 111))  # one record per step after the start
+    # a second run() on the same learner records its own end (it kept the first's)
+    extended.run(extended._dynamics, 3)
+    settings = json.loads((tmp_path / "learner.json").read_text())
+    assert settings["target_steps"] == 113 and settings["start_step"] == 100
+    # a checkpoint from before runs recorded their first step: steps cannot count from it
+    del settings["start_step"]
+    (tmp_path / "learner.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match="from before runs recorded their first step"):
+        OnTheFlyLearner.resume(tmp_path, EMT(), steps=20)
+    assert OnTheFlyLearner.resume(tmp_path, EMT(), run=False).start_step is None
+
+
 def test_a_copied_run_resumes_in_its_copy_and_leaves_the_original_alone(tmp_path):
     import shutil
 

@@ -1045,7 +1045,22 @@ def test_md_reference_resumes_an_interrupted_run(tmp_path, capsys):
                  *common]) == 0
     out = capsys.readouterr().out
     assert "is complete (step 12 of 12): nothing to resume; its model is" in out
+    assert "a larger --steps (counted from its start at step 0) runs it further" in out
     assert "Langevin" not in out and (otf / "otf_log.jsonl").read_text() == log
+    # --steps counts from the run's start: shorter than what ran is refused, longer
+    # extends the finished run (a new user could not take a finished run further)
+    assert main(["md", str(model), str(tmp_path / "start.xyz"), "--steps", "8", "--resume",
+                 *common]) == 1
+    assert "has reached step 12: --steps 8 would end it before that" in \
+        capsys.readouterr().err
+    assert main(["md", str(model), str(tmp_path / "start.xyz"), "--steps", "16", "--resume",
+                 *common]) == 0
+    assert "resuming the on-the-fly run in" in capsys.readouterr().out
+    steps = [json.loads(line)["step"] for line in
+             (otf / "otf_log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 16
+    assert [f.info["step"] for f in read(traj, ":")] == [0, 2, 4, 6, 8, 10, 12, 14, 16]
+    assert json.loads((otf / "learner.json").read_text())["target_steps"] == 16
 
 
 def test_fit_and_info_give_their_advice_in_command_line_terms(cli_files, capsys):

@@ -428,8 +428,9 @@ def _add_learning_options(parser: argparse.ArgumentParser) -> None:
                         help="with --reference: continue the interrupted on-the-fly run in "
                              "--directory from its last checkpoint (model, labelled frames, "
                              "MD state, and the learner's threshold and --min-interval) to "
-                             "its step count; START, --train, --steps, --threshold and "
-                             "--min-interval are not used; "
+                             "its --steps, counted from the run's start as in the command "
+                             "that began it (a larger value extends a finished run); START, "
+                             "--train, --threshold and --min-interval are not used; "
                              "give the interrupted run's --ensemble, --timestep, --temperature "
                              "and thermostat options; -o continues its file from the "
                              "checkpoint's step")

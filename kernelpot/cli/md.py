@@ -169,7 +169,7 @@ def _status_line(dyn, start: float, first_step: int, stds: _StdsWhenShown | None
     """Return the periodic stdout line of plain MD: step, time, temperature, std, speed."""
     atoms = dyn.atoms
     std = "" if stds is None else \
-        f" | largest epistemic force std {1e3 * float(stds.results()['forces_std'].max()):.3g}" \
+        f" | largest epistemic force std {1e3 * float(stds.results()['forces_std'].max()):#.3g}" \
         " meV/Å"
     elapsed = time.perf_counter() - start
     per_step = elapsed / max(dyn.nsteps - first_step, 1)
@@ -404,6 +404,17 @@ def _check_same_dynamics(saved: dict | None, dynamics, directory: str) -> None:
                        f"--train {Path(directory) / FRAMES_FILE} and another --directory)")
 
 
+def _resumed_steps(steps: int, settings: dict, step: int, directory: str) -> int:
+    """Return --steps of a resumed run; refuse (naming why) one ending before ``step``."""
+    start = int(settings["start_step"])
+    if start + steps < step:
+        raise CLIError(f"--resume: the run in {directory} started at step {start} and has "
+                       f"reached step {step}: --steps {steps} would end it before that (--steps "
+                       f"counts from the run's start, as in the command that began it: give "
+                       f"at least {step - start})")
+    return steps
+
+
 def _resumed_learner(args):
     """Return the learner and dynamics of the interrupted run in --directory."""
     from kernelpot import OnTheFlyLearner
@@ -412,6 +423,11 @@ def _resumed_learner(args):
     if not (directory / SETTINGS_FILE).exists():
         raise CLIError(f"--resume: {args.directory} holds no on-the-fly checkpoint")
     step = int(np.load(directory / STATE_FILE)["step"])
+    settings = json.loads((directory / SETTINGS_FILE).read_text())
+    # --steps counts from the run's first step, as in the command that started it: the
+    # same command resumes to the same end, a larger --steps extends the run (a new
+    # user's finished run could not be taken further from the command line)
+    counted = settings.get("start_step") is not None
     built = []
 
     def dynamics(atoms):
@@ -422,9 +438,9 @@ def _resumed_learner(args):
     learner = OnTheFlyLearner.resume(
         args.directory, _reference_calculator(args.reference), dynamics=dynamics, run=False,
         max_energy_gap=args.max_energy_gap if args.max_energy_gap_given else "saved",
-        critical_factor=args.critical_factor if args.critical_factor_given else "saved")
-    _check_same_dynamics(json.loads((directory / SETTINGS_FILE).read_text()).get("dynamics"),
-                         built[-1], args.directory)
+        critical_factor=args.critical_factor if args.critical_factor_given else "saved",
+        steps=_resumed_steps(args.steps, settings, step, args.directory) if counted else None)
+    _check_same_dynamics(settings.get("dynamics"), built[-1], args.directory)
     n_frames = learner.model.posterior_.n_training_structures
     print(f"resuming the on-the-fly run in {args.directory} at step {step} of "
           f"{learner.target_steps}: a model of {n_frames} labelled structures "
@@ -444,9 +460,12 @@ def _cmd_md(args) -> int:
         learner, dyn = _resumed_learner(args)
         atoms, steps = dyn.atoms, max(learner.target_steps - dyn.nsteps, 0)
         if steps == 0:
+            start = learner.start_step
+            further = (f"; a larger --steps (counted from its start at step {start}) runs it "
+                       "further" if start is not None else "")
             print(f"the run in {args.directory} is complete (step {dyn.nsteps} of "
                   f"{learner.target_steps}): nothing to resume; its model is "
-                  f"{Path(args.directory) / MODEL_FILE}")
+                  f"{Path(args.directory) / MODEL_FILE}{further}")
             return 0
     else:
         model = _load_model(args.model)
