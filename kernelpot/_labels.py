@@ -168,9 +168,14 @@ def read_labels(frames: list[Atoms], owner: str, stress: bool = False,
                           f"{frames[unused[0]].pbc.tolist()}): a stress is defined for a "
                           "cell only, and theirs is not used", UserWarning, stacklevel=3)
     if np.all(np.isnan(energies)) and all(f is None for f in forces):
+        md = any("model_forces" in atoms.arrays or "model_energy" in atoms.info
+                 for atoms in frames)
         raise ValueError(f"{owner}: none of the {len(frames)} structures carries an energy or "
                          "forces (attach them with a SinglePointCalculator, as ase.io.read "
-                         "does for extxyz)")
+                         "does for extxyz)" + (
+                             "; these look like a kernelpot md trajectory, whose model_energy "
+                             "and model_forces are the model's predictions, not labels: label "
+                             "its frames with the reference first" if md else ""))
     unlabelled = [k for k in range(len(frames)) if np.isnan(energies[k]) and forces[k] is None
                   and (stresses is None or stresses[k] is None)]
     if every and unlabelled:

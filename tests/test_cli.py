@@ -1265,3 +1265,49 @@ def _without_stress(atoms):
     copy.calc = SinglePointCalculator(copy, energy=atoms.get_potential_energy(),
                                       forces=atoms.get_forces())
     return copy
+
+
+def test_md_names_a_start_of_unknown_elements_before_refitting(tmp_path, capsys):
+    """A new user's Cu start for a Ni model failed only after the refit on --train, and
+    left a run directory that a re-run refused."""
+    from ase.build import bulk
+    from ase.io import write
+
+    model = _copper_model(tmp_path, 5, "--method", "sparse")
+    write(tmp_path / "ni.xyz", bulk("Ni", "fcc", 3.52, cubic=True))
+    capsys.readouterr()
+    assert main(["md", str(model), str(tmp_path / "ni.xyz"), "--steps", "5",
+                 "--temperature", "300", "--reference", "EMT",  # choices in any case
+                 "--train", str(tmp_path / "train.xyz"),
+                 "--directory", str(tmp_path / "run")]) == 1
+    captured = capsys.readouterr()
+    assert f"the starting structure {tmp_path / 'ni.xyz'} contains elements the model was " \
+           "not trained on: ['Ni'] (model: ['Cu'])" in captured.err
+    assert "refitting" not in captured.out and not (tmp_path / "run").exists()
+
+
+def test_fit_on_one_structure_shows_no_leave_one_out_errors(tmp_path, capsys):
+    """With one structure, "leave-one-structure-out" errors are the prior's (a new user's
+    900 meV/Å beside an energy MAE of 0.00)."""
+    from ase.io import write
+    from helpers import emt_copper_frames
+
+    write(tmp_path / "one.xyz", emt_copper_frames(1, seed=2, rattle=0.08))
+    assert _fit(tmp_path, tmp_path / "one.xyz", tmp_path / "one.npz", "--descriptor",
+                "ACSF", "--r-cut", "4.0", "--method", "exact") == 0
+    out = capsys.readouterr().out
+    assert "one training structure leaves nothing to predict it from" in out
+    assert "force MAE" not in out.split("leave-one-structure-out")[1].splitlines()[0]
+
+
+def test_fit_on_an_md_trajectory_says_its_forces_are_predictions(tmp_path, capsys):
+    from ase.build import bulk
+    from ase.io import write
+
+    frame = bulk("Cu", "fcc", 3.6, cubic=True)
+    frame.info["model_energy"] = -1.0
+    frame.arrays["model_forces"] = np.zeros((4, 3))
+    write(tmp_path / "traj.extxyz", [frame, frame])
+    assert main(["fit", str(tmp_path / "traj.extxyz"), "-o", str(tmp_path / "m.npz")]) == 1
+    assert "look like a kernelpot md trajectory, whose model_energy and model_forces are " \
+           "the model's predictions" in capsys.readouterr().err

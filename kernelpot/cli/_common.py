@@ -532,6 +532,10 @@ def _print_loso(model, frames) -> None:
     terms = getattr(model.posterior_, "loso", None)
     if terms is None:
         return
+    if terms.n_structures < 2:  # its "errors" are the prior's, from no data at all
+        print("leave-one-structure-out: one training structure leaves nothing to predict it "
+              "from (no errors to show; the stds are the raw ones)")
+        return
     forces = terms.is_force
     parts = []
     if forces.any():

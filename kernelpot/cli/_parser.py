@@ -172,8 +172,9 @@ def _add_demo(sub) -> argparse.ArgumentParser:
     )
     parser.add_argument("--n-train", type=int, default=100,
                         help="training frames (of the 150 non-test bundled frames; default 100)")
-    parser.add_argument("--descriptor", choices=["soap", "acsf"], default="soap")
-    parser.add_argument("--method", choices=["auto", "sparse", "exact"], default="auto",
+    parser.add_argument("--descriptor", type=str.lower, choices=["soap", "acsf"], default="soap")
+    parser.add_argument("--method", type=str.lower, choices=["auto", "sparse", "exact"],
+                        default="auto",
                         help="auto (default: exact while its fit takes under 4 GiB and "
                              "about a minute, and prediction with stds 20 ms/atom), "
                              "the sparse GP or the exact force-domain GP")
@@ -198,7 +199,8 @@ def _add_descriptors(sub) -> argparse.ArgumentParser:
     )
     parser.add_argument("files", nargs="*", help="structure files readable by ase.io "
                         "(default: the bundled data sets)")
-    parser.add_argument("--descriptor", choices=["acsf", "soap", "both"], default="both")
+    parser.add_argument("--descriptor", type=str.lower, choices=["acsf", "soap", "both"],
+                        default="both")
     parser.add_argument("--r-cut", type=float, default=None,
                         help="cutoff in Å (default: 4.0 for molecules, 5.0 for periodic cells)")
     parser.add_argument("--n-jobs", type=int, default=1, help="joblib workers (default 1)")
@@ -361,7 +363,8 @@ def _add_md(sub) -> argparse.ArgumentParser:
     _add_learning_options(parser)
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the initial velocities and the Langevin noise (default 0)")
-    parser.add_argument("--ensemble", choices=["langevin", "nve", "npt"], default="langevin",
+    parser.add_argument("--ensemble", type=str.lower, choices=["langevin", "nve", "npt"],
+                        default="langevin",
                         help="langevin (default; --friction), nve (velocity Verlet: "
                              "--temperature only sets the initial velocities) or npt "
                              "(isotropic Martyna-Tobias-Klein barostat with Nosé-Hoover "
@@ -392,7 +395,7 @@ def _add_md(sub) -> argparse.ArgumentParser:
 
 def _add_learning_options(parser: argparse.ArgumentParser) -> None:
     """Add ``kernelpot md``'s on-the-fly options (``--reference`` and what goes with it)."""
-    parser.add_argument("--reference", choices=["emt", "xtb"], default=None)
+    parser.add_argument("--reference", type=str.lower, choices=["emt", "xtb"], default=None)
     parser.add_argument("--threshold", type=float, default=None,
                         help="absolute force-std threshold, eV/Å (with --reference; default: "
                              "1.5 times the largest calibrated force std of a training "
@@ -449,19 +452,22 @@ def _add_logging_options(parser) -> None:
     """Add the options every subcommand takes: log level and tracebacks."""
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more log output (-vv for debug)")
-    parser.add_argument("--quiet", action="store_true", help="only errors")
+    parser.add_argument("--quiet", action="store_true",
+                        help="log errors only (no warnings, progress bars or status lines; "
+                             "the results still print)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
 
 
 def _add_model_options(parser) -> None:
     """Add the options of the model a command fits (fit, learning-curve; _build_model)."""
-    parser.add_argument("--descriptor", choices=["soap", "acsf"], default="soap")
+    parser.add_argument("--descriptor", type=str.lower, choices=["soap", "acsf"], default="soap")
     parser.add_argument("--r-cut", type=float, default=None,
                         help="cutoff in Å (default: 4.0 for molecules, 5.0 for periodic cells)")
     parser.add_argument("--n-sparse", type=int, default=None,
                         help="inducing environments per element of the sparse GP (default: all, "
                              "up to 2000; given, method auto fits the sparse GP)")
-    parser.add_argument("--method", choices=["auto", "sparse", "exact"], default=None,
+    parser.add_argument("--method", type=str.lower, choices=["auto", "sparse", "exact"],
+                        default=None,
                         help="auto (default: the exact force-domain GP while its estimated "
                              "fit takes under a minute and 4 GiB and its prediction with "
                              "stds 20 ms/atom, the sparse GP otherwise), "

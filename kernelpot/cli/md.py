@@ -470,6 +470,12 @@ def _cmd_md(args) -> int:
     else:
         model = _load_model(args.model)
         atoms, steps = _starting_structure(args), args.steps
+        # before any refit on --train or run directory (a new user's Cu start for a Ni
+        # model failed only after the refit, leaving a directory a re-run then refused)
+        try:
+            model._species_index(atoms, "kernelpot md", f"the starting structure {args.start}")
+        except ValueError as err:
+            raise CLIError(str(err)) from None
         dyn = _dynamics(atoms, args)
         if args.restart:
             dyn.nsteps = int(atoms.info.get("step", 0))
