@@ -56,21 +56,34 @@ SETTINGS_FILE = "learner.json"
 #: structure except one it already knows (a raw std below this).
 YOUNG_FLOOR = 1e-3
 
+#: RMS z-score of a reference call's force errors (against the calibrated std and the
+#: label noise) past which the learner warns that the training labels and the reference
+#: may disagree (once a run; see ``OnTheFlyLearner._check_agreement``)
+AGREEMENT_RMS_Z = 4.0
 
-def _error_seen(results: dict, std: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+
+def _error_seen(results: dict, std: np.ndarray, reference: np.ndarray,
+                noise: float = 0.0) -> dict[str, float]:
     """Return how the model's forces and gated std compared with a new reference label.
 
-    Keys: ``force_error_max`` and ``force_error_rms`` (eV/Å, over components), and
+    Keys: ``force_error_max`` and ``force_error_rms`` (eV/Å, over components),
     ``within_1std`` / ``within_2std``: the fractions of components whose error is
     inside one / two gated (epistemic) stds, the calibration of the gate on the
-    structures it labelled.
+    structures it labelled; and ``force_rms_z``: the RMS of the errors over the
+    predictive std (the gated one and the label noise ``noise``, eV/Å, combined; NaN
+    where that is zero everywhere).
     """
     error = np.abs(np.asarray(results["forces"]) - reference)
     std = np.asarray(std)
+    total = np.hypot(std, noise)
+    usable = total > 0
+    rms_z = float(np.sqrt(np.mean((error[usable] / total[usable])**2))) if usable.any() \
+        else float("nan")
     return {"force_error_max": float(error.max()),
             "force_error_rms": float(np.sqrt(np.mean(error**2))),
             "within_1std": float(np.mean(error <= std)),
-            "within_2std": float(np.mean(error <= 2 * std))}
+            "within_2std": float(np.mean(error <= 2 * std)),
+            "force_rms_z": rms_z}
 
 
 def _finite_or_null(record: dict) -> dict:
@@ -497,6 +510,7 @@ class OnTheFlyLearner:
         self._updates_since_checkpoint = 0
         self._state_step = None  # the step of the last MD state saved
         self._target_steps = None
+        self._warned_agreement = False
         self._start_step = None  # the step the learner's first run started at
         self._start_wall = None
         self._initial_frames = None
@@ -850,6 +864,31 @@ class OnTheFlyLearner:
             f"{type(self.reference).__name__} here), or the structure is unlike any "
             f"trained on{f' ({contact})' if contact else ''}. The frame was not learned")
 
+    def _check_agreement(self, rms_z: float, step: int) -> None:
+        """Warn (once a run) where a label's force errors are far past the calibrated stds.
+
+        On new structures a LOSO-calibrated model's force errors are within about twice
+        its stds (RMS z-score); :data:`AGREEMENT_RMS_Z` times them says the labels the
+        model was trained on and the reference's disagree (a new user's Ni frames
+        labelled with copper's EMT parameters: 18 % of components inside 1 std at the
+        first call, an energy gap of 0.02 eV/atom that ``max_energy_gap`` cannot see).
+        Not checked for a model too young for a LOSO map, nor one that reads its forces
+        as noise; the run goes on.
+        """
+        if (self._warned_agreement or not np.isfinite(rms_z) or rms_z <= AGREEMENT_RMS_Z
+                or self._is_young() or self.model.interval_kind_ != "loso"
+                or self._forces_unexplained()):
+            return
+        self._warned_agreement = True
+        message = (f"OnTheFlyLearner: at step {step} the model's force errors against the "
+                   f"reference were {rms_z:.3g} times its calibrated stds (RMS z-score; "
+                   "about 1 for right stds, within about 2 on new structures). The labels "
+                   "it was trained on and the reference's may disagree: the same method, code "
+                   "and settings? (max_energy_gap sees only energy gaps over "
+                   f"{self.max_energy_gap} eV/atom.) The run goes on and learns the "
+                   "reference's labels")
+        warnings.warn(message, UserWarning, stacklevel=4)
+
     def _append_frame(self, labelled: Atoms) -> None:
         buffer = _io.StringIO()
         write(buffer, labelled, format="extxyz")
@@ -1116,7 +1155,8 @@ class OnTheFlyLearner:
         seen = {"reference_s": time.perf_counter() - call_start}
         self._check_energy_gap(atoms, labelled, step)
         seen.update(_error_seen(atoms.calc.results, self.gated_std(atoms.calc.results),
-                                labelled.get_forces()))
+                                labelled.get_forces(), float(self.model.force_noise_)))
+        self._check_agreement(seen["force_rms_z"], step)
         self._append_frame(labelled)
         self.n_reference_calls += 1
         self._last_call_step = step

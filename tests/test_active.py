@@ -1211,3 +1211,36 @@ def test_a_descriptor_without_a_cutoff_runs_without_the_contact_gate(tmp_path):
     learner = OnTheFlyLearner(model, EMT(), threshold=10.0, directory=tmp_path)
     learner.run(VelocityVerlet(frames[0].copy(), timestep=0.5), 2)
     assert learner.shortest_pairs is None and learner.n_reference_calls == 0
+
+
+@pytest.mark.parametrize("scale", [1.0, 1.5])
+def test_a_reference_that_disagrees_with_the_training_labels_is_named(tmp_path, scale):
+    """Training labels 1.5 times EMT's (another method) against EMT as the reference: the
+    first call's force errors are 5.3 times the calibrated stds (RMS z; 0.5-0.7 with EMT's
+    own labels), an energy gap max_energy_gap cannot see. Warned once; the run goes on."""
+    import warnings
+
+    from helpers import emt_copper_frames
+
+    frames = emt_copper_frames(4, seed=1, rattle=0.08)
+    for frame in frames:
+        frame.calc = SinglePointCalculator(frame, energy=scale * frame.get_potential_energy(),
+                                           forces=scale * frame.get_forces())
+    model = _model().fit(frames)
+    learner = OnTheFlyLearner(model, EMT(), threshold=1e-4, directory=tmp_path, max_calls=3,
+                              min_interval=3, verbose=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        learner.run(_dynamics(seed=7), 12)
+    said = [str(w.message) for w in caught if "may disagree" in str(w.message)]
+    log = [json.loads(line) for line in (tmp_path / "otf_log.jsonl").read_text().splitlines()]
+    z = [r["force_rms_z"] for r in log if r["reference_called"]]
+    assert learner.n_reference_calls == 3 and len(z) == 3
+    if scale == 1.0:
+        assert said == [] and max(z) < 2
+    else:
+        assert z[0] > 4 and len(said) == 1  # once a run
+        assert said[0].startswith(f"OnTheFlyLearner: at step 0 the model's force errors "
+                                  f"against the reference were {z[0]:.3g} times its "
+                                  "calibrated stds")
+        assert "the same method, code and settings?" in said[0]
