@@ -1311,3 +1311,36 @@ def test_fit_on_an_md_trajectory_says_its_forces_are_predictions(tmp_path, capsy
     assert main(["fit", str(tmp_path / "traj.extxyz"), "-o", str(tmp_path / "m.npz")]) == 1
     assert "look like a kernelpot md trajectory, whose model_energy and model_forces are " \
            "the model's predictions" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["exact", "sparse"])
+def test_eval_says_when_it_is_given_training_structures(tmp_path, capsys, method):
+    """A new user's eval on the training frames blamed "structures unlike the training
+    set's" for the stds' size and advised --recalibrate."""
+    from ase.io import read, write
+    from helpers import emt_copper_frames
+
+    from kernelpot import load
+    from kernelpot.cli.evaluate import training_structures
+
+    model_path = _copper_model(tmp_path, 9, "--method", method)
+    new = emt_copper_frames(2, seed=31, rattle=0.08)
+    train = read(tmp_path / "train.xyz", ":")
+    write(tmp_path / "mixed.xyz", [new[0], train[2], new[1]])
+    write(tmp_path / "new.xyz", new)
+    capsys.readouterr()
+    assert main(["eval", str(model_path), str(tmp_path / "train.xyz")]) == 0
+    out = capsys.readouterr().out
+    assert "note: every structure in" in out and "the errors below are training errors" in out
+    assert "training (fitted on these) forces" in out and "calibration" not in out
+    assert main(["eval", str(model_path), str(tmp_path / "mixed.xyz")]) == 0
+    out = capsys.readouterr().out
+    assert "note: 1 of the 3 structures (1) are ones the model was trained on" in out
+    assert "test calibration: " in out
+    assert main(["eval", str(model_path), str(tmp_path / "new.xyz")]) == 0
+    assert "note:" not in capsys.readouterr().out
+    model = load(model_path)
+    assert training_structures(model, train).all()
+    moved = train[0].copy()
+    moved.positions[0, 0] += 1e-3  # a structure a thousandth of an Å away is a new one
+    assert not training_structures(model, [moved, *new]).any()

@@ -52,7 +52,21 @@ def _evaluate(args, model) -> int:
               f"{fitted}; conformal intervals from "
               f"{len(model.interval_scores_.get('forces', []))} force components; wrote {path}")
     err = _errors(model, frames, args.test)
-    _print_errors("test", err)
+    seen = training_structures(model, frames)
+    if seen.all():  # errors on the structures fitted: no test of the model or its stds
+        print(f"note: every structure in {args.test} is one the model was trained on (each "
+              "of its environments is one the model was fitted on): the errors below are "
+              "training errors, and the stds, calibrated for new structures, are not checked "
+              "on them; give held-out structures to test the model")
+        _print_errors("training (fitted on these)", err, calibration=False)
+    else:
+        if seen.any():
+            which = np.flatnonzero(seen)
+            listed = ", ".join(map(str, which[:10])) + (", ..." if len(which) > 10 else "")
+            print(f"note: {len(which)} of the {len(frames)} structures ({listed}) are ones "
+                  "the model was trained on: their errors are training errors, which make "
+                  "the figures below look better than the model is on new structures")
+        _print_errors("test", err)
     _print_contacts(model, frames, err)
     if args.plot:
         if not err["forces"]:
@@ -73,6 +87,51 @@ def _evaluate(args, model) -> int:
             print("wrote " + str(plot_error_vs_std(err["forces"], err["ref_forces"],
                                                    err["forces_std"], args.error_plot)))
     return 0
+
+
+def training_structures(model, frames, rtol: float = 1e-10) -> np.ndarray:
+    """Return whether each structure is one the model was trained on, as far as it can tell.
+
+    True where every environment of the structure is one the model stores: an exact
+    model's training environments, or a sparse model's inducing ones (all of a small
+    training set's, by default), matched to ``rtol`` of the squared feature norm (a
+    structure written to extxyz and read back still matches). A sparse model that keeps
+    a subset of its environments does not recognise every training structure; a new
+    structure is never taken for one.
+
+    Parameters
+    ----------
+    model : SparseGPPotential
+        Fitted.
+    frames : list of ase.Atoms
+        Structures of the model's elements.
+    rtol : float, default=1e-10
+
+    Returns
+    -------
+    ndarray of bool, shape (len(frames),)
+    """
+    stored = model.posterior_.inducing
+    norms = [np.einsum("md,md->m", z, z) for z in stored]
+    seen = np.zeros(len(frames), dtype=bool)
+    for k, atoms in enumerate(frames):
+        if not len(atoms):
+            continue
+        index = np.searchsorted(model.species_, atoms.numbers)
+        X = np.asarray(model.descriptor_.create(atoms), dtype=np.float64)
+        found = True
+        for s in np.unique(index):
+            x, z = X[index == s], stored[s]
+            if not len(z):
+                found = False
+                break
+            xx = np.einsum("nd,nd->n", x, x)
+            gap = xx[:, None] + norms[s][None, :] - 2.0 * (x @ z.T)
+            if np.any(gap.min(axis=1) > rtol * np.maximum(xx, 1e-300)):
+                found = False
+                break
+        seen[k] = found
+    return seen
 
 
 def contact_ratios(model, frames) -> np.ndarray | None:
