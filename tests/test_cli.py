@@ -1344,3 +1344,30 @@ def test_eval_says_when_it_is_given_training_structures(tmp_path, capsys, method
     moved = train[0].copy()
     moved.positions[0, 0] += 1e-3  # a structure a thousandth of an Å away is a new one
     assert not training_structures(model, [moved, *new]).any()
+
+
+def test_eval_compares_the_stds_at_pairs_just_closer_than_any_training_pair(tmp_path, capsys):
+    """A pair 3 % closer than any training pair passes the 5 % contact check, yet its atoms
+    are where a new user's errors ran to 4-5 stds: eval gives their RMS z-score apart."""
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+    from helpers import emt_copper_frames, pressed_pair
+
+    model = _copper_model(tmp_path, 3)
+    train = emt_copper_frames(4, seed=3, rattle=0.08)  # what _copper_model fitted on
+    frames = [pressed_pair(train, 0.97)[0], *emt_copper_frames(2, seed=40, rattle=0.08)]
+    for atoms in frames:
+        atoms.calc = SinglePointCalculator(atoms, energy=EMT().get_potential_energy(atoms),
+                                           forces=EMT().get_forces(atoms))
+    write(tmp_path / "test.xyz", frames)
+    capsys.readouterr()
+    assert main(["eval", str(model), str(tmp_path / "test.xyz")]) == 0
+    out = capsys.readouterr().out
+    found = re.search(r"no test structure holds a pair more than 5 % closer than any training "
+                      r"pair of its elements \(the closest: 3(\.0)? % closer; the atoms of the "
+                      r"(\d) pair\(s\) closer than any training pair: RMS z-score ([\d.]+) of "
+                      r"their force errors over the stds, ([\d.]+) for the other atoms", out)
+    assert found, out
+    assert int(found.group(2)) >= 1
+    assert float(found.group(3)) > 0 and float(found.group(4)) > 0
