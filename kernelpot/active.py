@@ -954,12 +954,23 @@ class OnTheFlyLearner:
         """Return what the run's first line says of the threshold (forces in meV/Å)."""
         value = f"{1e3 * self.current_threshold:.3g} meV/Å"
         if self.threshold is not None:
-            return f"given threshold {value}"
+            return f"given threshold {value}" + self._stress_gate_text()
         if self.current_threshold == YOUNG_FLOOR and self._is_young():
             return (f"automatic threshold {value} until the model has a LOSO map (three "
                     "structures): every structure it does not know is labelled, "
                     "min_interval steps apart")
-        return f"automatic threshold {value}"
+        return f"automatic threshold {value}" + self._stress_gate_text()
+
+    def _stress_gate_text(self) -> str:
+        """Return what the run's first line says of the stress gate ("" without one asked)."""
+        if not self.label_stress:
+            return ""
+        if self._stress_gate is not None:
+            return f"; stress std threshold {160.21766208 * self._stress_gate:.3g} GPa"
+        # said, not silently off (a new user's NPT run on cells without stress labels)
+        return ("; no stress std threshold yet (the labelled cells' stresses, left out, "
+                "set it: the model has none, or is too young for a LOSO map); the "
+                "reference's stresses are labelled from the first call")
 
     def _critical_std(self, max_std: float, step: int, previous_call: int | None
                       ) -> float | None:

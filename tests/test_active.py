@@ -1039,7 +1039,7 @@ def test_a_resumed_langevin_run_draws_the_noise_the_uninterrupted_one_would(tmp_
                                rtol=0, atol=1e-9)
 
 
-def test_with_label_stress_the_stress_std_gates_a_change_of_volume(tmp_path):
+def test_with_label_stress_the_stress_std_gates_a_change_of_volume(tmp_path, capsys):
     """A perfect fcc cell expanded step by step: its forces, and their std, stay zero by
     symmetry, so the force gate never fires; the stress std leaves the labelled cells'
     range, and the stress gate calls the reference."""
@@ -1057,8 +1057,11 @@ def test_with_label_stress_the_stress_std_gates_a_change_of_volume(tmp_path):
 
     dyn.attach(expand, interval=1)
     learner = OnTheFlyLearner(model, EMT(), directory=tmp_path, label_stress=True,
-                              min_interval=2, max_calls=1)
+                              min_interval=2, max_calls=1, verbose=1)
     learner.run(dyn, 12)
+    first = capsys.readouterr().out.splitlines()[0]  # the run's line names the stress gate
+    assert re.search(r"automatic threshold [\d.]+ meV/Å; stress std threshold [\d.]+ GPa",
+                      first), first
     log = [json.loads(line) for line in (tmp_path / "otf_log.jsonl").read_text().splitlines()]
     assert max(r["max_force_std"] for r in log) < 1e-6 < log[0]["threshold"]
     assert all("stress_threshold" in r for r in log[1:])  # the cell moved at every step
@@ -1066,6 +1069,20 @@ def test_with_label_stress_the_stress_std_gates_a_change_of_volume(tmp_path):
     assert len(called) == 1 and called[0]["called_by_stress"]
     assert called[0]["max_stress_std"] > called[0]["stress_threshold"] > 0
     assert learner.model.posterior_.n_stress_observations == 6 * 7  # the six cells + the call
+
+
+def test_the_run_says_when_it_has_no_stress_gate_yet(tmp_path, capsys):
+    """label_stress on a model of cells without stresses: the gate waits, and says so."""
+    from helpers import emt_copper_frames
+
+    frames = emt_copper_frames(4, seed=2, rattle=0.08)  # energies and forces only
+    assert all("stress" not in f.calc.results for f in frames)
+    learner = OnTheFlyLearner(_model().fit(frames), EMT(), directory=tmp_path,
+                              label_stress=True, max_calls=0, verbose=1)
+    learner.run(_dynamics(), 2)
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "; no stress std threshold yet (the labelled cells' stresses, left out, set it" \
+        in first
 
 
 def test_the_contact_gate_labels_a_pair_closer_than_any_labelled_one(tmp_path, capsys):
