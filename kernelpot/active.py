@@ -872,8 +872,9 @@ class OnTheFlyLearner:
         model was trained on and the reference's disagree (a new user's Ni frames
         labelled with copper's EMT parameters: 18 % of components inside 1 std at the
         first call, an energy gap of 0.02 eV/atom that ``max_energy_gap`` cannot see).
-        Not checked for a model too young for a LOSO map, nor one that reads its forces
-        as noise; the run goes on.
+        Not checked for a model too young for a LOSO map, one that reads its forces as
+        noise, or a structure with a pair closer than any labelled one (its atoms err
+        past their stds on the repulsive wall whatever the labels); the run goes on.
         """
         if (self._warned_agreement or not np.isfinite(rms_z) or rms_z <= AGREEMENT_RMS_Z
                 or self._is_young() or self.model.interval_kind_ != "loso"
@@ -1115,7 +1116,10 @@ class OnTheFlyLearner:
                       and (spaced or critical) and budget)
         within_interval = called and not spaced
         call_start = time.perf_counter()
-        seen = self._call_reference(atoms, step) if called else {}
+        # a pair closer than any labelled one errs past its std by itself (the repulsive
+        # wall): not a sign of labels that disagree
+        seen = self._call_reference(atoms, step, check_agreement=contact is None) \
+            if called else {}
         record = {
             "step": step, "time_fs": float(dyn.get_time() / units.fs),
             "temperature_K": float(atoms.get_temperature()),
@@ -1155,7 +1159,7 @@ class OnTheFlyLearner:
             # at multiples of status_every, also when a resumed run starts between them
             print(_status_line(record, self._first_step), flush=True)
 
-    def _call_reference(self, atoms: Atoms, step: int) -> dict:
+    def _call_reference(self, atoms: Atoms, step: int, check_agreement: bool = True) -> dict:
         """Label ``atoms`` with the reference, learn it; return what the step log records.
 
         The reference's time and how the model's forces and std compared with the label
@@ -1167,7 +1171,8 @@ class OnTheFlyLearner:
         self._check_energy_gap(atoms, labelled, step)
         seen.update(_error_seen(atoms.calc.results, self.gated_std(atoms.calc.results),
                                 labelled.get_forces(), float(self.model.force_noise_)))
-        self._check_agreement(seen["force_rms_z"], step)
+        if check_agreement:
+            self._check_agreement(seen["force_rms_z"], step)
         self._append_frame(labelled)
         self.n_reference_calls += 1
         self._last_call_step = step
