@@ -463,6 +463,9 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
                  str(traj)]) == 0
     out = capsys.readouterr().out
     assert "20 Langevin (300.0 K) steps" in out and "wrote 5 frames" in out
+    # beside the final temperature, the mean over the run's second half (steps 10-20)
+    assert re.search(r"final temperature \d+ K, mean \d+ K over steps 10–20 \(the run's "
+                     r"second half\)", out), out
     assert "step      20" not in out  # a status line every 100 steps by default
     # the out-of-training check says it ran, also when no step passed it
     assert "; none of 5 shown steps beyond the training data (no atom's force std" in out
