@@ -1374,3 +1374,28 @@ def test_eval_compares_the_stds_at_pairs_just_closer_than_any_training_pair(tmp_
     assert found, out
     assert int(found.group(2)) >= 1
     assert float(found.group(3)) > 0 and float(found.group(4)) > 0
+
+
+def test_md_names_initial_magnetic_moments_when_xtb_fails(tmp_path, capsys, ethanol_frames):
+    """tblite takes a structure's initial magnetic moments as unpaired electrons: a new
+    user's Ni start (ase.build.bulk's 0.6 per atom) failed with "number of electrons ...
+    not compatible", and the advice "with the reference fixed" said nothing of why."""
+    pytest.importorskip("tblite.ase")
+    from ase.io import write
+
+    write(tmp_path / "train.xyz", ethanol_frames[:6])
+    start = ethanol_frames[6].copy()
+    start.set_initial_magnetic_moments(np.full(len(start), 1 / 3))  # 3 unpaired: odd
+    write(tmp_path / "start.xyz", start)
+    model = tmp_path / "ethanol.npz"
+    assert _fit(tmp_path, tmp_path / "train.xyz", model, "--descriptor", "acsf",
+                "--method", "sparse") == 0
+    capsys.readouterr()
+    assert main(["md", str(model), str(tmp_path / "start.xyz"), "--steps", "3",
+                 "--temperature", "300", "--timestep", "0.5", "--reference", "xtb",
+                 "--train", str(tmp_path / "train.xyz"), "--threshold", "1e-6",
+                 "--directory", str(tmp_path / "run"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "the on-the-fly run stopped" in err
+    assert "carries initial magnetic moments, 3 in all, which tblite takes as unpaired " \
+           "electrons" in err, err

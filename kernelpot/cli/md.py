@@ -583,7 +583,12 @@ def _run(args, dyn, learner, record, start: float, steps: int,
             gap = (" (or, if the reference is right and the structure new, with a larger "
                    "--max-energy-gap, or none)"
                    if isinstance(learner.stopped_by, InconsistentReference) else "")
-            raise CLIError(f"the on-the-fly run stopped: {learner.stopped}. Every frame "
+            moments = atoms.get_initial_magnetic_moments()
+            spin = (f" (the structure carries initial magnetic moments, {moments.sum():.3g} "
+                    "in all, which tblite takes as unpaired electrons; ase.build.bulk sets "
+                    "them for Fe, Co and Ni: zero them in the start file)"
+                    if args.reference == "xtb" and np.any(moments) else "")
+            raise CLIError(f"the on-the-fly run stopped: {learner.stopped}{spin}. Every frame "
                            f"labelled before it is in {args.directory}/: the same command "
                            f"with --resume goes on from there (with the reference "
                            f"fixed{gap})")
