@@ -124,7 +124,7 @@ def read_labels(frames: list[Atoms], owner: str, stress: bool = False,
         stored with a structure that is not periodic along all three axes is not read.
     every : bool, default=False
         Every frame must carry a label (training: a frame without one has nothing to
-        fit).
+        fit; scoring and calibration: a frame without one is a slip, not data).
 
     Returns
     -------
@@ -180,7 +180,8 @@ def read_labels(frames: list[Atoms], owner: str, stress: bool = False,
                   and (stresses is None or stresses[k] is None)]
     if every and unlabelled:
         raise ValueError(f"{owner}: structure(s) {unlabelled[:10]} carry no energy, forces or "
-                         f"stress: nothing to train on (label them or leave them out)")
+                         f"stress: nothing to train on or score against (label them or "
+                         f"leave them out)")
     predicted = [k for k, atoms in enumerate(frames) if PREDICTION_KEY in atoms.info]
     if predicted:
         warnings.warn(f"{owner}: structure(s) {predicted[:10]} hold a model's predictions "

@@ -228,6 +228,10 @@ def read_model_file(path: os.PathLike | str) -> tuple[dict, dict]:
             for key in data.files:
                 arrays[key] = data[key]
     except (zipfile.BadZipFile, EOFError, OSError, KeyError) as err:
+        if "CRC" in str(err):  # the zip's own checksum of one member: bytes changed
+            raise ValueError(f"load: {path} is damaged: the checksum of its array "
+                             f"{key!r} does not match its bytes (changed on disk or in a "
+                             "copy); save the model again or copy it whole") from err
         raise ValueError(f"load: {path} is not a readable kernelpot model file (truncated or "
                          f"not an .npz archive): {err}") from err
     except ValueError as err:

@@ -246,9 +246,16 @@ def spearman_std_error(predicted_forces: ArrayLike, reference_forces: ArrayLike,
     float
         Spearman's rho over all atoms, in [-1, 1] (NaN if undefined).
     """
+    predicted, reference, stds = (v if isinstance(v, (list, tuple)) else [v]
+                                  for v in (predicted_forces, reference_forces, forces_std))
+    shapes = [[np.shape(x) for x in v] for v in (predicted, reference, stds)]
+    if not shapes[0] == shapes[1] == shapes[2]:  # a raw zip() error otherwise
+        raise ValueError("spearman_std_error: predicted forces, reference forces and stds "
+                         "have different sizes (structures of atoms × 3): "
+                         f"{shapes[0][:5]}, {shapes[1][:5]}, {shapes[2][:5]}")
     errors = per_atom_norms([np.asarray(p) - np.asarray(r) for p, r in
-                             zip(predicted_forces, reference_forces, strict=True)])
-    stds = per_atom_norms(forces_std)
+                             zip(predicted, reference, strict=True)])
+    stds = per_atom_norms(stds)
     return float(spearmanr(stds, errors).statistic)
 
 
@@ -488,7 +495,9 @@ def _scored(X, y, owner: str):
     if y is not None:
         raise TypeError(f"{owner}: the references come from the structures; y must be None")
     frames = check_frames(X, owner)
-    return frames, read_labels(frames, owner)
+    # a structure without any label is a slip (fit refuses it too); one that lacks only
+    # the scored quantity is left out, as documented
+    return frames, read_labels(frames, owner, every=True)
 
 
 def _labelled_forces(estimator, frames, labels, owner: str) -> tuple[list, list]:

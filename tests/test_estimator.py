@@ -704,3 +704,56 @@ def test_without_a_descriptor_the_fit_uses_the_command_lines_default_soap():
                                   optimize=False).fit(molecules)
     assert molecular.descriptor_.get_params() == SOAP(["C", "O"], 4.0, n_max=6, l_max=4,
                                                       sigma=0.4).get_params()
+
+
+def test_a_nested_parameter_of_a_default_component_is_named():
+    """GridSearchCV over descriptor__r_cut from the default constructor raised
+    "'NoneType' object has no attribute 'set_params'" (a new user's walk)."""
+    from sklearn.base import clone
+
+    from kernelpot import SOAP, NormalizedDotProduct
+
+    with pytest.raises(ValueError, match="descriptor__r_cut sets a parameter of the "
+                                         "descriptor, which is None"):
+        SparseGPPotential().set_params(descriptor__r_cut=3.5)
+    with pytest.raises(ValueError, match="kernel__zeta sets a parameter of the kernel"):
+        SparseGPPotential().set_params(kernel__zeta=3)
+    # given in the same call, or before, the component takes it
+    model = SparseGPPotential().set_params(descriptor=SOAP(["H"], 4.0, 4, 3),
+                                           descriptor__r_cut=3.5)
+    assert model.descriptor.r_cut == 3.5
+    model = clone(SparseGPPotential(kernel=NormalizedDotProduct())).set_params(kernel__zeta=3)
+    assert model.kernel.zeta == 3
+
+
+def test_scorers_and_calibrate_refuse_a_structure_without_any_label(fitted_ethanol,
+                                                                    ethanol_frames):
+    """A partly unlabelled list was scored over the rest without a word; fit refuses it."""
+    from ase import Atoms
+
+    from kernelpot import metrics
+
+    bare = Atoms(ethanol_frames[40].numbers, ethanol_frames[40].positions)
+    frames = [ethanol_frames[41], bare, ethanol_frames[42]]
+    for call in (fitted_ethanol.score, lambda X: metrics.neg_force_mae(fitted_ethanol, X),
+                 lambda X: metrics.neg_energy_mae(fitted_ethanol, X)):
+        with pytest.raises(ValueError, match=r"structure\(s\) \[1\] carry no energy, forces "
+                                             "or stress: nothing to train on or score "
+                                             "against"):
+            call(frames)
+
+
+def test_calibrate_on_a_few_structures_says_it_replaces_the_loso_map(fitted_ethanol,
+                                                                     ethanol_frames):
+    from sklearn.base import clone
+
+    model = clone(fitted_ethanol).set_params(calibration="loso").fit(ethanol_frames[:30])
+    assert model.interval_kind_ == "loso"
+    with pytest.warns(UserWarning, match=r"3 validation structure\(s\) replace the std map "
+                                         "fitted at fit time on the training structures'"):
+        model.calibrate(ethanol_frames[40:43])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # ten or more: no warning
+        model.calibrate(ethanol_frames[40:50])

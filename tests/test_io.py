@@ -75,6 +75,17 @@ def test_load_rejects_bad_files(fitted_ethanol, tmp_path):
     np.savez(tampered, **arrays)
     with pytest.raises(ValueError, match="checksum"):
         load(tampered)
+    # one byte changed inside an array's bytes: the zip's own checksum says so
+    with zipfile.ZipFile(path) as archive:
+        member = max(archive.infolist(), key=lambda info: info.file_size)
+    flipped = bytearray(raw)
+    at = member.header_offset + 30 + len(member.filename) + member.file_size // 2
+    flipped[at] ^= 0xFF
+    damaged = tmp_path / "flipped.npz"
+    damaged.write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match=f"is damaged: the checksum of its array "
+                                         f"'{member.filename[:-4]}' does not match its bytes"):
+        load(damaged)
     # another format version
     with np.load(path) as data:
         arrays = {k: data[k] for k in data.files}

@@ -113,3 +113,12 @@ def test_coverage_can_leave_out_the_fixed_components():
     assert metrics.coverage(pred, ref, std, exclude_fixed=True) == pytest.approx(0.5)
     assert np.isnan(metrics.coverage(np.zeros(3), np.zeros(3), np.ones(3),
                                      exclude_fixed=True))
+
+
+def test_spearman_names_inputs_of_different_sizes():
+    three, four = [np.zeros((3, 3))], [np.zeros((4, 3))]
+    with pytest.raises(ValueError, match="spearman_std_error: predicted forces, reference "
+                                         "forces and stds have different sizes"):
+        metrics.spearman_std_error(three, four, three)
+    with pytest.raises(ValueError, match="different sizes"):
+        metrics.spearman_std_error(three, three, [np.zeros((3, 3))] * 2)
