@@ -486,12 +486,7 @@ class OnTheFlyLearner:
             if isinstance(max_inducing, dict) else max_inducing
         self.max_calls = max_calls
         self.min_interval = check_int(min_interval, "min_interval", "OnTheFlyLearner", 1)
-        if critical_factor is not None and not (
-                isinstance(critical_factor, (int, float, np.integer, np.floating))
-                and not isinstance(critical_factor, bool) and critical_factor >= 1):
-            raise ValueError("OnTheFlyLearner: critical_factor must be >= 1 or None; got "
-                             f"{critical_factor!r}")
-        self.critical_factor = None if critical_factor is None else float(critical_factor)
+        self.critical_factor = _checked_critical_factor(critical_factor)
         self._critical = None  # eV/Å; None: min_interval always holds
         self._std_after_call = None  # eV/Å: the largest std at the first step after a call
         self.reoptimize_every = int(reoptimize_every)
@@ -1248,6 +1243,15 @@ def first_redone_step(step: int) -> int:
     again, one resumed later starts recording at the step after the checkpoint.
     """
     return step if step == 0 else step + 1
+
+
+def _checked_critical_factor(value) -> float | None:
+    """Return ``critical_factor`` as a float (None stays None), or say why it cannot be."""
+    if value is not None and not (isinstance(value, (int, float, np.integer, np.floating))
+                                  and not isinstance(value, bool) and value >= 1):
+        raise ValueError(f"OnTheFlyLearner: critical_factor must be >= 1 or None; got "
+                         f"{value!r}")
+    return None if value is None else float(value)
 
 
 #: ``start_step`` of a learner resumed from a checkpoint that did not record it

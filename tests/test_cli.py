@@ -342,11 +342,14 @@ def test_fit_on_energies_alone_reports_no_force_noise(tmp_path, ethanol_frames, 
                 "--no-train-eval") == 0
     out = capsys.readouterr().out
     assert "meV/√atom" in out and "no force labels" in out and "forces 50" not in out
-    # evaluated on them, the missing force labels are said, not silently left out
+    # evaluated on them, the missing force labels are said, not silently left out (and
+    # the structures are named as the training ones)
     assert main(["eval", str(tmp_path / "m.npz"), str(tmp_path / "energies.xyz")]) == 0
     out = capsys.readouterr().out
-    assert "test: no reference forces in these structures: their errors are not computed" \
-        in out and "(8 structures)" in out and "test energies (8 structures)" in out
+    assert "training (fitted on these): no reference forces in these structures: their " \
+        "errors are not computed" in out and "(8 structures)" in out
+    assert "training (fitted on these) energies (8 structures)" in out
+    assert "note: every structure in" in out
 
 
 def test_fit_rejects_unlabelled_frames_and_bad_config(tmp_path, ethanol_frames, capsys):
