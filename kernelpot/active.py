@@ -690,6 +690,9 @@ class OnTheFlyLearner:
 
         directory = Path(directory)
         settings = json.loads((directory / SETTINGS_FILE).read_text())
+        if steps is not None:  # checked before the model is rebuilt
+            settings = dict(settings, target_steps=_extended_target(
+                settings, steps, int(np.load(directory / STATE_FILE)["step"]), directory))
         model = load(directory / MODEL_FILE)
         frames = read_complete_frames(directory / FRAMES_FILE, repair=True)
         n_trained = model.posterior_.n_training_structures
@@ -716,9 +719,6 @@ class OnTheFlyLearner:
         # the directory resumed from, not the one saved (a relative path, or a run
         # copied or moved since: resuming a copy wrote into the original run)
         init["directory"] = str(directory)
-        if steps is not None:
-            settings = dict(settings, target_steps=_extended_target(settings, steps,
-                                                                    int(md["step"]), directory))
         self = cls(model, reference, **init)
         called = frames[int(settings["initial_frames"]):]
         return self._continue_from(settings, md, len(frames), dynamics, run,
