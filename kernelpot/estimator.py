@@ -1665,8 +1665,8 @@ pair of float
         if y is not None or sample_weight is not None:
             raise TypeError("score: labels come from the structures; y and sample_weight "
                             "must be None")
-        frames = check_frames(X, f"{type(self).__name__}.score")
-        labels = read_labels(frames, f"{type(self).__name__}.score", every=True)
+        # the scorers' reading of the structures and their labels (metrics._scored)
+        frames, labels = metrics._scored(X, None, f"{type(self).__name__}.score")
         predicted, reference = metrics._labelled_forces(self, frames, labels, "score")
         ref = np.concatenate([f.ravel() for f in reference])
         pred = np.concatenate([f.ravel() for f in predicted])
