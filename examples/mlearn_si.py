@@ -80,7 +80,7 @@ model = SparseGPPotential(descriptor, kernel, random_state=0)
 start = time.perf_counter()
 model.fit(train)
 print(f"fitted {len(train)} cells in {time.perf_counter() - start:.0f} s; learned noise "
-      f"{1e3 * model.energy_noise_:.1f} meV/√atom, {1e3 * model.force_noise_:.0f} meV/Å")
+      f"{1e3 * model.energy_noise_:.3g} meV/√atom, {1e3 * model.force_noise_:.3g} meV/Å")
 energies = model.predict(test)
 forces, forces_std = model.predict_forces(test, return_std=True)
 n_atoms = np.array([len(a) for a in test])

@@ -85,7 +85,7 @@ for _ in range(N_TEST):
 mae = metrics.mae(learner.model.predict_forces(frames), [a.get_forces() for a in frames])
 print(f"{learner.n_reference_calls} EMT calls in {STEPS} steps; model: "
       f"{learner.model.n_inducing_} inducing environments, learned force noise "
-      f"{1e3 * learner.model.force_noise_:.1f} meV/Å; force MAE on {N_TEST} independent "
+      f"{1e3 * learner.model.force_noise_:.3g} meV/Å; force MAE on {N_TEST} independent "
       f"800 K frames {1e3 * mae:.1f} meV/Å")
 
 # %%

@@ -33,7 +33,7 @@ model = SparseGPPotential(SOAP(["H", "C", "O"], r_cut=4.0, n_max=6, l_max=4, sig
                           random_state=0, verbose=0 if QUICK else 1)  # 1: progress bars
 model.fit(train)
 print(f"learned noise: {1e3 * model.energy_noise_:.2f} meV/√atom, "
-      f"{1e3 * model.force_noise_:.1f} meV/Å")
+      f"{1e3 * model.force_noise_:.3g} meV/Å")
 
 # %%
 # Forces with their (calibrated) std

@@ -43,7 +43,7 @@ def _cmd_demo(args) -> int:
     print(f"fitted the {model.method_} GP in {fit_s:.1f} s with "
           f"{sum(model.n_inducing_.values())} {kind} environments {model.n_inducing_}")
     print(f"learned noise: energy {1e3 * model.energy_noise_:.2f} meV/√atom, forces "
-          f"{1e3 * model.force_noise_:.1f} meV/Å; signal "
+          f"{1e3 * model.force_noise_:.3g} meV/Å; signal "
           f"{format_signal_std(model.signal_std_)} eV")
     start = time.perf_counter()
     energies, forces, energy_std, forces_std = model.predict_energies_and_forces(
