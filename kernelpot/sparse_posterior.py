@@ -818,7 +818,8 @@ class SparsePosterior(Posterior):
             rows = with_two_body(rows, self.two_body, atoms, index, self.n_species,
                                  self.pair_columns)
             prior_e, prior_f, *rest = prior_with_two_body(
-                rows, self.two_body, self.pair_columns, prior_e, prior_f, prior_s)
+                rows, self.two_body, self.pair_columns, prior_e, prior_f, prior_s,
+                jitter_abs=self.jitter_abs)
             prior_s = rest[0] if rest else None
         blocks = [rows.energy[None, :]] + ([rows.forces] if force_variance else []) \
             + ([rows.stress] if volume is not None else [])

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import scipy.linalg as sla
 from ase import Atoms
 from ase.build import bulk
 from ase.calculators.lj import LennardJones
@@ -11,7 +12,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from helpers import assert_symmetries, numerical_forces, relative_error
 from sklearn.base import clone
 
-from kernelpot import SOAP, SparseGPPotential, TwoBody, load
+from kernelpot import SOAP, SparseGPPotential, TwoBody, gp, load
 
 
 def test_basis_derivative_matches_finite_differences_and_vanishes_at_the_cutoff():
@@ -112,11 +113,28 @@ def test_model_is_invariant_and_local_energies_add_up(two_body_model, ethanol_fr
 
 def test_two_body_variance_terms_stay_consistent(two_body_model, ethanol_frames):
     """The pair term's prior is spanned by its coefficients: variances stay >= 0 and the
-    projection term equals that of the same GP without the pair columns up to jitter."""
-    prediction = two_body_model.predict_structure(ethanol_frames[55], variance=True)
+    projection term is the GP block's alone, as the training rows' LOSO projection term
+    (which the std map is fitted on) is. Before, the jitter of k_mm's pair block left a
+    fraction jitter / prior_std² of the pair prior in it: 0.4 meV/atom on every mlearn
+    Li test cell, ten times the LOSO cells', and energy stds ten times the errors."""
+    atoms = ethanol_frames[55]
+    prediction = two_body_model.predict_structure(atoms, variance=True)
     assert prediction.energy_var_posterior > 0
     assert prediction.forces_var_projection.min() >= 0
     assert prediction.forces_var_posterior.min() > 0
+    post = two_body_model.posterior_
+    index = np.searchsorted(two_body_model.species_, atoms.numbers)
+    result = two_body_model.descriptor_.compute(atoms)
+    rows = gp.design_rows(result, index, post.inducing, post.kernel, energy=True, forces=True,
+                          columns=post.columns, n_columns=post.weights.size)
+    prior_e, prior_f = gp.prior_variances(result, index, post.n_species, post.kernel)
+    prior = post.signal_std**2 * np.r_[prior_e, prior_f.ravel()]
+    spanned = sla.solve_triangular(post.factors.L_mm, np.vstack([rows.energy, rows.forces]).T,
+                                   lower=True)  # the pair columns of these rows are zero
+    gp_alone = np.maximum(prior - post.signal_std**2 * np.einsum("mn,mn->n", spanned, spanned),
+                          0.0)
+    got = np.r_[prediction.energy_var_projection, prediction.forces_var_projection.ravel()]
+    np.testing.assert_array_less(np.abs(got - gp_alone), 1e-10 * prior + 1e-300)
 
 
 def test_two_body_term_improves_a_pair_potential_fit():
