@@ -20,6 +20,7 @@ from sklearn.base import clone
 
 from kernelpot import estimator as estimator_module
 from kernelpot._files import atomic_write
+from kernelpot._numbers import significant
 from kernelpot._validation import check_int, check_max_inducing, check_verbose, close_contact
 from kernelpot.calculator import KernelPotCalculator
 from kernelpot.contacts import (
@@ -103,7 +104,7 @@ def _call_line(record: dict, seconds: float) -> str:
     return (f"{_where(record)} | {_gate_part(record)}: "
             f"reference call {record['n_reference_calls']} | model error rms "
             f"{1e3 * record['force_error_rms']:.3g}, max "
-            f"{1e3 * record['force_error_max']:.3g} meV/Å, "
+            f"{significant(1e3 * record['force_error_max'])} meV/Å, "
             f"{100 * record['within_1std']:.0f} % / {100 * record['within_2std']:.0f} % "
             f"inside 1 / 2 std{_stress_part(record)} | reference "
             f"{record['reference_s']:.1f} s + update {seconds - record['reference_s']:.1f} s, "
@@ -133,13 +134,14 @@ def _gate_part(record: dict) -> str:
             else (after, "the std after the last call")
         contact = f"; {record['contact']}" if record.get("called_by_contact") else ""
         return (f"std {_over(std, 1e3 * record['critical_std'])} meV/Å = "
-                f"{1e3 * record['critical_std'] / base:.3g} × {what} ({base:.3g} meV/Å): "
+                f"{significant(1e3 * record['critical_std'] / base)} × {what} "
+                f"({significant(base)} meV/Å): "
                 f"critical, {record['steps_since_call']} step(s) after the last call"
                 f"{contact}")
     if std > threshold:
         return f"std {_over(std, threshold)} meV/Å"
     if record.get("called_by_contact"):
-        return f"{record['contact']} (std {std:.3g} meV/Å)"
+        return f"{record['contact']} (std {significant(std)} meV/Å)"
     return f"std {std:.3g} (threshold {threshold:.3g}) meV/Å"
 
 
@@ -155,8 +157,8 @@ def _status_line(record: dict, first_step: int) -> str:
     """Return the periodic stdout status line (``verbose=1``; forces in meV/Å)."""
     per_step = record["wall_s"] / max(record["step"] - first_step, 1)
     # '#': trailing zeros kept, so that a std of 5.00 does not print as "5" beside "4.35"
-    return (f"{_where(record)} | std {1e3 * record['max_force_std']:#.3g}, threshold "
-            f"{1e3 * record['threshold']:#.3g} meV/Å |"
+    return (f"{_where(record)} | std {significant(1e3 * record['max_force_std'])}, threshold "
+            f"{significant(1e3 * record['threshold'])} meV/Å |"
             f" {record['n_reference_calls']} calls, {record['n_structures']} structures, "
             f"{record['n_inducing']} "
             f"{'training environments' if record.get('method') == 'exact' else 'inducing'}"
@@ -948,14 +950,28 @@ class OnTheFlyLearner:
 
     def _threshold_text(self) -> str:
         """Return what the run's first line says of the threshold (forces in meV/Å)."""
-        value = f"{1e3 * self.current_threshold:.3g} meV/Å"
+        value = f"{significant(1e3 * self.current_threshold)} meV/Å"
         if self.threshold is not None:
             return f"given threshold {value}" + self._stress_gate_text()
         if self.current_threshold == YOUNG_FLOOR and self._is_young():
             return (f"automatic threshold {value} until the model has a LOSO map (three "
                     "structures): every structure it does not know is labelled, "
                     "min_interval steps apart")
-        return f"automatic threshold {value}" + self._stress_gate_text()
+        return f"automatic threshold {value}{self._cap_text()}" + self._stress_gate_text()
+
+    def _cap_text(self) -> str:
+        """Say when ``force_tolerance`` caps the automatic threshold ("" otherwise).
+
+        The cap follows the labelled forces' RMS, so it rises as hotter structures are
+        labelled: a new user's 900 K run read its threshold going from 104 to 123 meV/Å
+        without knowing why.
+        """
+        tolerance = self._tolerance()
+        if not np.isfinite(tolerance) or self.current_threshold < tolerance * (1 - 1e-12):
+            return ""
+        return (f" (the cap force_tolerance × the labelled forces' RMS, "
+                f"{self.force_tolerance:g} × {significant(1e3 * self._label_rms())} meV/Å: it "
+                "follows the labels)")
 
     def _stress_gate_text(self) -> str:
         """Return what the run's first line says of the stress gate ("" without one asked)."""

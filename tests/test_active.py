@@ -579,6 +579,9 @@ def test_gate_is_the_models_calibrated_std_and_the_threshold_its_loso_maximum(tm
     cap = 0.1 * np.sqrt(np.mean(state.y[~state.is_energy] ** 2))  # force_tolerance
     assert learner.relative_threshold == 1.5
     assert learner.current_threshold == pytest.approx(min(1.5 * std.max(), cap), rel=1e-12)
+    # the run's first line says when the cap sets it (it follows the labels' RMS)
+    capped = "the cap force_tolerance × the labelled forces' RMS" in learner._threshold_text()
+    assert capped == (cap < 1.5 * std.max())
     # with the force noise at its lower bound (what noise-free labels can drive it to),
     # the threshold still compares with errors, not with the noise
     tight = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
@@ -773,7 +776,7 @@ def test_verbose_prints_a_line_per_call_and_a_status_line(tmp_path, capsys):
     assert lines[0] == ("step 0: calling the reference (EMT) on 32 atoms, the first call of "
                         "this run (from step 0)")
     assert lines[1].startswith("on-the-fly MD: steps 0 to 8, model of 1 structures, "
-                               "automatic threshold 1 meV/Å until the model has a LOSO map "
+                               "automatic threshold 1.00 meV/Å until the model has a LOSO map "
                                "(three structures): every structure it does not know is "
                                "labelled, min_interval steps apart; log in")
     assert sum("calling the reference" in line for line in lines) == 1
@@ -1060,8 +1063,8 @@ def test_with_label_stress_the_stress_std_gates_a_change_of_volume(tmp_path, cap
                               min_interval=2, max_calls=1, verbose=1)
     learner.run(dyn, 12)
     first = capsys.readouterr().out.splitlines()[0]  # the run's line names the stress gate
-    assert re.search(r"automatic threshold [\d.]+ meV/Å; stress std threshold [\d.]+ GPa",
-                      first), first
+    assert re.search(r"automatic threshold [\d.]+ meV/Å( \([^)]*\))?; stress std threshold "
+                     r"[\d.]+ GPa", first), first
     log = [json.loads(line) for line in (tmp_path / "otf_log.jsonl").read_text().splitlines()]
     assert max(r["max_force_std"] for r in log) < 1e-6 < log[0]["threshold"]
     assert all("stress_threshold" in r for r in log[1:])  # the cell moved at every step

@@ -291,9 +291,11 @@ def test_eval_says_when_the_stds_are_far_from_the_errors_size():
     assert _size_note(zero, zero, np.ones(4), "energy").startswith("RMS z-score 0.00 (1 for")
     # between: remarked on, more softly (a new user's stresses on other arrangements, 1.43)
     somewhat = _size_note(errors, zero, np.full(4, 0.7), "stress")
-    assert "RMS z-score 1.43" in somewhat and "stress stds are somewhat 1.43× narrower " \
-        "than the errors" in somewhat and "another arrangement" in somewhat
-    assert "somewhat 1.5× wider than the" in _size_note(errors, zero, np.full(4, 1.5), "force")
+    assert "RMS z-score 1.43" in somewhat and "stress stds are somewhat narrower than the " \
+        "errors on these structures (1.43×)" in somewhat and "another arrangement" in somewhat
+    safe = _size_note(errors, zero, np.full(4, 1.5), "force")
+    assert "somewhat wider than the errors on these structures (1.5×)" in safe \
+        and "safe side" in safe and "another arrangement" not in safe
     for inside in (0.8, 1.25):  # RMS z-scores 1.25 and 0.8: no remark
         assert _size_note(errors, zero, np.full(4, inside), "force").endswith("the errors)")
 
@@ -487,7 +489,7 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
             np.testing.assert_allclose(frame.arrays["model_forces"], forces[k], atol=1e-6)
             assert frame.info[f"energy_std{suffix}"] == pytest.approx(energy_std[k], rel=1e-5)
     assert np.all(frames[1].arrays["forces_std"] > frames[1].arrays["forces_std_epistemic"])
-    assert re.search(r"largest epistemic force std [\d.]+ meV/Å at step \d+", out)
+    assert re.search(r"largest epistemic force-component std [\d.]+ meV/Å at step \d+", out)
     assert "model_energy" in frames[0].info and frames[0].calc is None  # not labels
     assert "warning" not in out + capsys.readouterr().err  # none beyond the training data
     # far hotter than the training cells: said once at the first such step, counted after
@@ -505,8 +507,8 @@ def test_md_plain_and_on_the_fly(tmp_path, capsys):
                  "--train", str(tmp_path / "train.xyz"), "--directory",
                  str(tmp_path / "otf"), "--interval", "7", "--critical-factor", "none"]) == 0
     out = capsys.readouterr().out
-    largest = re.search(r"largest gated force std ([\d.e+-]+) meV/Å at step (\d+) "
-                        r"\(threshold there 0.1 meV/Å\)", out)
+    largest = re.search(r"largest gated force-component std ([\d.e+-]+) meV/Å at step (\d+) "
+                        r"\(threshold there 0.100 meV/Å\)", out)
     # over every step the learner logged, not only the recorded frames (every 10 steps)
     import json
 
@@ -636,9 +638,14 @@ def test_md_without_stds_and_with_status_lines(cli_files, tmp_path, capsys):
                  "--temperature", "300", "--interval", "3", "--no-std", "--status-every",
                  "3", "-o", str(traj)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert [line.split()[1] for line in out if line.startswith("step")] == ["3", "6"]
+    status = [line for line in out if line.startswith("step")]
+    assert [line.split()[1] for line in status] == ["3", "6"]
     assert "force std" not in "\n".join(out)
     frames = read(traj, ":")
+    # the total energy per atom (what NVE conserves): the recorded step 6's
+    last = frames[-1]
+    total = (last.info["model_energy"] + last.get_kinetic_energy()) / len(last)
+    assert re.search(r"\| E (-?[\d.]+) eV/atom \|", status[-1]).group(1) == f"{total:.5f}"
     assert "forces_std" not in frames[0].arrays and "model_forces" in frames[0].arrays
     assert main(["md", str(model), str(cli_files / "test.xyz"), "--steps", "6",
                  "--temperature", "300", "--no-std", "--reference", "emt", "--train",
@@ -790,14 +797,20 @@ def test_md_ensembles_and_restart(tmp_path, capsys):
     model = _copper_model(tmp_path, 3, "--method", "sparse")
     start = read(tmp_path / "start.xyz")
     start.info["config_type"] = "Elastic"  # MD frames are not of the start's type
+    start.info["temperature_K"] = 651.0  # of the start alone: not of any MD frame
+    start.info["charge"] = 0  # of the system: kept
+    start.arrays["REF_forces"] = np.ones((len(start), 3))
     write(tmp_path / "start.xyz", start)
     run = ["md", str(model), str(tmp_path / "start.xyz"), "--steps", "4", "--temperature",
            "300", "--interval", "2", "--timestep", "2"]
     assert main([*run, "--ensemble", "nve", "-o", str(tmp_path / "nve.xyz")]) == 0
-    assert "4 NVE (velocity Verlet, initial velocities at 300.0 K) steps" \
-        in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "4 NVE (velocity Verlet, initial velocities at 300.0 K) steps" in said
+    assert "note: the starting structure's config_type, temperature_K, REF_forces describe " \
+        "that frame" in said
     nve = read(tmp_path / "nve.xyz", ":")
-    assert all("config_type" not in a.info for a in nve)
+    assert all("config_type" not in a.info and "temperature_K" not in a.info
+               and "REF_forces" not in a.arrays and a.info["charge"] == 0 for a in nve)
     energies = [a.info["model_energy"] + a.get_kinetic_energy() for a in nve]
     assert np.ptp(energies) < 0.02  # NVE keeps the total energy (32 atoms, 2 fs)
     volumes = {}

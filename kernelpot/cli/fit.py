@@ -41,6 +41,10 @@ def _cmd_fit(args) -> int:
         fit_start = time.perf_counter()
         model.fit(frames, client=client)
         fit_s = time.perf_counter() - fit_start
+    # saved before anything is printed: a fit piped into `head` (closed stdout) or stopped
+    # during the training-set evaluation has its model written (a new user's was not)
+    # an incremental model keeps what update and on-the-fly learning continue from
+    path = model.save(args.output, training_state=model.posterior_.keeps_training_data)
     kind = "inducing" if model.method_ == "sparse" else "training"
     print(f"kernelpot {__version__}: fitted {len(frames)} structures in {fit_s:.1f} s "
           f"({model.method_} model), {sum(model.n_inducing_.values())} {kind} environments "
@@ -79,8 +83,6 @@ def _cmd_fit(args) -> int:
                       _errors(model, frames, args.train, stds=False), calibration=False)
         print(f"training-set evaluation in {time.perf_counter() - evaluation:.1f} s "
               "(--no-train-eval skips it)")
-    # an incremental model keeps what update and on-the-fly learning continue from
-    path = model.save(args.output, training_state=model.posterior_.keeps_training_data)
     print(f"wrote {path}; kernelpot fit took {elapsed():.1f} s in all")
     return 0
 

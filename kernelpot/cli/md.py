@@ -13,6 +13,7 @@ import numpy as np
 from ase import units
 
 from kernelpot import __version__
+from kernelpot._numbers import significant
 from kernelpot.active import (
     FRAMES_FILE,
     MODEL_FILE,
@@ -81,9 +82,11 @@ class _StdsWhenShown:
         self.beyond.append(int(self.dyn.nsteps))
         if len(self.beyond) == 1:
             print(f"warning: at step {self.dyn.nsteps} atom {atom}'s epistemic force std, "
-                  f"{1e3 * per_atom[atom]:.3g} meV/Å, is {per_atom[atom] / self.edge:.1f} "
+                  f"{significant(1e3 * per_atom[atom])} meV/Å, is "
+                  f"{per_atom[atom] / self.edge:.1f} "
                   f"times the largest of the structures the std was calibrated on "
-                  f"({1e3 * self.edge:.3g} meV/Å): the structure is unlike the training "
+                  f"({significant(1e3 * self.edge)} meV/Å): the structure is unlike the "
+                  "training "
                   "data and its forces may be far off (the trajectory after it too); "
                   "on-the-fly learning (--reference, --train) labels such structures",
                   file=sys.stderr, flush=True)
@@ -97,11 +100,13 @@ class _StdsWhenShown:
             return ""
         if not self.beyond:
             return (f"; none of {self.shown} shown steps beyond the training data (no atom's "
-                    f"force std over {BEYOND_TRAINING:g} times the calibrated "
-                    f"{1e3 * self.edge:.3g} meV/Å)")
+                    f"force std, the RMS of its components, over {BEYOND_TRAINING:g} times "
+                    "the calibrated "
+                    f"{significant(1e3 * self.edge)} meV/Å)")
         return (f"; {len(self.beyond)} of {self.shown} shown steps beyond the training data "
-                f"(an atom's force std over {BEYOND_TRAINING:g} times the calibrated "
-                f"{1e3 * self.edge:.3g} meV/Å; first at step {self.beyond[0]})")
+                f"(an atom's force std, the RMS of its components, over "
+                f"{BEYOND_TRAINING:g} times the calibrated "
+                f"{significant(1e3 * self.edge)} meV/Å; first at step {self.beyond[0]})")
 
 
 class _Temperatures:
@@ -192,16 +197,21 @@ def _write_stds(snapshot, model, results: dict) -> None:
 
 
 def _status_line(dyn, start: float, first_step: int, stds: _StdsWhenShown | None) -> str:
-    """Return the periodic stdout line of plain MD: step, time, temperature, std, speed."""
+    """Return the periodic stdout line of plain MD: step, time, temperature, energy, std, speed.
+
+    The energy is the total (the model's potential energy plus the kinetic) per atom,
+    what NVE conserves: a new user had to read it back from the trajectory.
+    """
     atoms = dyn.atoms
-    std = "" if stds is None else \
-        f" | largest epistemic force std {1e3 * float(stds.results()['forces_std'].max()):#.3g}" \
-        " meV/Å"
+    std = "" if stds is None else (
+        " | largest epistemic force-component std "
+        f"{significant(1e3 * float(stds.results()['forces_std'].max()))} meV/Å")
     elapsed = time.perf_counter() - start
     per_step = elapsed / max(dyn.nsteps - first_step, 1)
+    total = (atoms.get_potential_energy() + atoms.get_kinetic_energy()) / max(len(atoms), 1)
     return (f"step {dyn.nsteps:>7} {dyn.get_time() / units.fs:>9.1f} fs "
-            f"{atoms.get_temperature():>6.0f} K{std} | {per_step:.3f} s/step, "
-            f"total {elapsed:.0f} s")
+            f"{atoms.get_temperature():>6.0f} K | E {total:.5f} eV/atom{std} | "
+            f"{per_step:.3f} s/step, total {elapsed:.0f} s")
 
 
 #: --max-energy-gap of a new on-the-fly run when none is given, eV per atom
@@ -279,24 +289,45 @@ def _starting_structure(args):
     momenta = atoms.get_momenta()
     atoms.calc = None
     atoms.set_momenta(momenta)
-    _drop_earlier_output(atoms)
+    _drop_earlier_output(atoms, keep_step=True)
     return atoms
 
 
-def _drop_earlier_output(atoms) -> None:
+#: ``info`` entries of the starting structure the MD frames keep: what stays true of the
+#: system as it moves (a reference calculator may read its charge or spin there).
+KEPT_INFO = ("charge", "spin", "multiplicity", "total_charge", "total_spin")
+#: Per-atom arrays the MD frames keep (ASE's own; the integrator sets the momenta).
+KEPT_ARRAYS = ("numbers", "positions", "momenta", "masses", "tags", "initial_magmoms",
+               "initial_charges")
+#: What an earlier kernelpot md run wrote into its frames: dropped without a note.
+_OWN_OUTPUT = ("model_energy", "model_stress", "energy_std", "energy_std_epistemic", "step",
+               "contact_ratio", "model_forces", "forces_std", "forces_std_epistemic",
+               "gated_forces_std")
+
+
+def _drop_earlier_output(atoms, keep_step: bool = False) -> None:
     """Remove what the new frames must not carry over from the starting structure.
 
-    An earlier run's predictions (a kernelpot md trajectory, restarted or not: a frame
-    recorded without some of them would show the old ones), and the configuration type
-    (MD frames are not of the starting structure's; labelled later, they would join its
-    noise group, config_type_noise).
+    Everything but :data:`KEPT_INFO` and :data:`KEPT_ARRAYS` (and the step of a
+    ``--restart``, which seeds its noise): an earlier run's predictions (a frame recorded
+    without some of them would show the old ones), the configuration type (labelled,
+    MD frames would join the start's noise group, config_type_noise) and whatever else
+    described the starting frame alone. A new user's start carried ``temperature_K``
+    (651 K) into every frame of a run between 205 and 1,321 K, and into the frames the
+    reference labelled. A note names what was dropped, but for kernelpot md's own output.
     """
-    for key in ("model_energy", "model_stress", "energy_std", "energy_std_epistemic",
-                "config_type"):
-        atoms.info.pop(key, None)
-    for key in ("model_forces", "forces_std", "forces_std_epistemic", "gated_forces_std"):
-        if key in atoms.arrays:
-            del atoms.arrays[key]
+    kept = KEPT_INFO + (("step",) if keep_step else ())
+    info = [key for key in atoms.info if key not in kept]
+    arrays = [key for key in atoms.arrays if key not in KEPT_ARRAYS]
+    for key in info:
+        del atoms.info[key]
+    for key in arrays:
+        del atoms.arrays[key]
+    foreign = [key for key in info + arrays if key not in _OWN_OUTPUT]
+    if foreign:
+        print(f"note: the starting structure's {', '.join(foreign)} describe that frame, not "
+              "the MD frames: they are not carried into the trajectory or the labelled "
+              "frames")
 
 
 def _dynamics(atoms, args):
@@ -610,14 +641,15 @@ def _report(args, learner, atoms, wall: float, steps: int, stds: list[tuple[floa
             contacts: _ContactWatch | None = None, start_volume: float | None = None,
             temperatures: _Temperatures | None = None) -> None:
     """Print the run's summary line(s)."""
-    what, there = "largest epistemic force std", ""
+    what, there = "largest epistemic force-component std", ""
     if learner is not None:  # every step's, not only the recorded frames'
         stds = [learner.largest_gated_std] if learner.largest_gated_std else []
-        what = "largest gated force std"
+        what = "largest gated force-component std"
         if learner.largest_gated_threshold is not None:
-            there = f" (threshold there {1e3 * learner.largest_gated_threshold:.3g} meV/Å)"
+            there = (" (threshold there "
+                     f"{significant(1e3 * learner.largest_gated_threshold)} meV/Å)")
     value, step = max(stds) if stds else (0.0, 0)
-    largest = f"; {what} {1e3 * value:.3g} meV/Å at step {step}{there}" if stds else ""
+    largest = f"; {what} {significant(1e3 * value)} meV/Å at step {step}{there}" if stds else ""
     ensemble = {"nve": f"NVE (velocity Verlet, initial velocities at {args.temperature} K)",
                 "langevin": f"Langevin ({args.temperature} K)",
                 "npt": f"NPT (MTK, {args.temperature} K, {args.pressure} GPa)"}[args.ensemble]
