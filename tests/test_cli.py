@@ -1416,3 +1416,30 @@ def test_md_names_initial_magnetic_moments_when_xtb_fails(tmp_path, capsys, etha
     assert "the on-the-fly run stopped" in err
     assert "carries initial magnetic moments, 3 in all, which tblite takes as unpaired " \
            "electrons" in err, err
+
+
+def test_eval_names_a_stress_file_whose_shear_slots_are_in_another_order():
+    from kernelpot.cli._common import shear_order_note
+
+    rng = np.random.default_rng(0)
+    predicted = rng.normal(0.0, 0.01, (8, 6))  # eV/Å³: shear stresses of about 1.6 GPa
+    labels = predicted + rng.normal(0.0, 0.001, predicted.shape)
+    assert shear_order_note(predicted, labels) == ""  # ASE's order fits best
+    exchanged = labels[:, [0, 1, 2, 4, 3, 5]]  # yz and xz exchanged (mlearn's Si and Ge)
+    note = shear_order_note(predicted, exchanged)
+    assert "in 8 of 8 cells with a shear stress label" in note \
+        and "read as xz yz xy as in ASE's Voigt order" in note
+    vasp = labels[:, [0, 1, 2, 5, 3, 4]]  # the file's slots hold xy yz zx
+    assert "read as xy yz xz as" in shear_order_note(predicted, vasp)
+    # most cells exchanged, a few right (mlearn's elastic cells), whatever their size
+    mixed = exchanged.copy()
+    mixed[:3] = labels[:3]
+    mixed[0, 3:] *= 100.0  # a large shear label the file holds right
+    predicted[0, 3:] *= 100.0
+    assert "in 5 of 8 cells" in shear_order_note(predicted, mixed)
+    mixed[3] = labels[3]  # half the cells: not most
+    assert shear_order_note(predicted, mixed) == ""
+    # too few cells carry a shear label to tell: nothing said
+    few = exchanged.copy()
+    few[2:, 3:] = 0.0
+    assert shear_order_note(predicted, few) == ""

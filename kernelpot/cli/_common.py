@@ -532,6 +532,64 @@ def _print_stress_errors(title, err, calibration: bool) -> None:
                      + "; " + _size_note(err["stress"][counted], err["ref_stress"][counted],
                                          err["stress_std"][counted], "stress"))
     print(text)
+    order = shear_order_note(err["stress"], err["ref_stress"])
+    if order:
+        print(order)
+
+
+#: Names of the shear components in ASE's Voigt slots 3, 4, 5.
+_SHEAR_NAMES = ("yz", "xz", "xy")
+#: Fewest cells with a shear stress label (over :data:`_SHEAR_FLOOR`) for the order check.
+SHEAR_MIN_CELLS = 3
+#: A shear label smaller than this (eV/Å³, 0.016 GPa) says nothing of its slot.
+_SHEAR_FLOOR = 1e-4
+
+
+def shear_order_note(predicted: np.ndarray, reference: np.ndarray) -> str:
+    """Say when the labels' shear stresses fit the predictions far better in another order.
+
+    ASE's Voigt order is ``xx yy zz yz xz xy``; files converted from other codes hold
+    their shear components in other slots (VASP's OUTCAR: ``xy yz zx``), and mlearn's Si
+    and Ge files hold ``yz`` and ``xz`` exchanged in their AIMD, vacancy and surface cells
+    but not in their elastic ones (benchmarks/RESULTS.md). A model predicts the shear
+    stress from the energies and forces too, so each cell with a shear label votes: the
+    order of its three shear slots that fits the prediction at least twice as well as
+    the file's. Where one other order wins more than half of those cells (and at least
+    :data:`SHEAR_MIN_CELLS`), the file's order is probably not ASE's there. Measured on
+    mlearn Ge's test file (a new user's model, also trained on those labels): 14 of 22
+    cells read ``yz`` and ``xz`` exchanged, 2 (elastic) as they are.
+
+    Parameters
+    ----------
+    predicted, reference : ndarray of shape (n_cells, 6)
+        Stresses in ASE's Voigt order, eV/Å³.
+
+    Returns
+    -------
+    str
+        The note, or "" (no other order wins most cells, or too few carry a shear).
+    """
+    from itertools import permutations
+
+    predicted, reference = np.asarray(predicted)[:, 3:], np.asarray(reference)[:, 3:]
+    sheared = np.abs(reference).max(axis=1) > _SHEAR_FLOOR
+    if int(sheared.sum()) < SHEAR_MIN_CELLS:
+        return ""
+    predicted, reference = predicted[sheared], reference[sheared]
+    as_is = np.mean(np.abs(predicted - reference), axis=1)
+    votes = {p: np.mean(np.abs(predicted - reference[:, list(p)]), axis=1) < 0.5 * as_is
+             for p in permutations(range(3)) if p != (0, 1, 2)}
+    order, won = max(votes.items(), key=lambda item: int(item[1].sum()))
+    n_won, n_cells = int(won.sum()), len(as_is)
+    if n_won < SHEAR_MIN_CELLS or not 2 * n_won > n_cells:
+        return ""
+    # the file's slot order[k] holds component k: the file reads, slot by slot
+    held = [_SHEAR_NAMES[order.index(slot)] for slot in range(3)]
+    return (f"note: in {n_won} of {n_cells} cells with a shear stress label the shear "
+            f"components fit the predictions at least twice as well read as "
+            f"{' '.join(held)} as in ASE's Voigt order (xx yy zz yz xz xy: slots 4–6 yz xz "
+            "xy); check how the file's stresses were written (VASP's order is xy yz zx) "
+            "before training on them")
 
 
 def _print_loso(model, frames) -> None:
