@@ -966,12 +966,12 @@ class OnTheFlyLearner:
         labelled: a new user's 900 K run read its threshold going from 104 to 123 meV/Å
         without knowing why.
         """
-        tolerance = self._tolerance()
-        if not np.isfinite(tolerance) or self.current_threshold < tolerance * (1 - 1e-12):
+        rms = self._label_rms()
+        if rms is None or self.current_threshold < self.force_tolerance * rms * (1 - 1e-12):
             return ""
         return (f" (the cap force_tolerance × the labelled forces' RMS, "
-                f"{self.force_tolerance:g} × {significant(1e3 * self._label_rms())} meV/Å: it "
-                "follows the labels)")
+                f"{self.force_tolerance:g} × {significant(1e3 * rms)} meV/Å: it follows the "
+                "labels)")
 
     def _stress_gate_text(self) -> str:
         """Return what the run's first line says of the stress gate ("" without one asked)."""
