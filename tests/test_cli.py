@@ -1242,6 +1242,17 @@ def test_fit_says_when_a_learned_noise_sits_at_a_bound():
     assert _bound_note(1e-4, (1e-4, 1.0), learned=False) == " (given)"  # not fitted
 
 
+def test_fit_gives_the_energy_noise_one_aside(cli_files, tmp_path, capsys):
+    """The bound note and the σ_E √N reminder share one parenthesis (a new user's
+    three-frame fit printed "(its lower bound: ...) (the noise of ...)")."""
+    capsys.readouterr()
+    assert _fit(tmp_path, cli_files / "train.xyz", tmp_path / "m.npz", "--no-train-eval",
+                config='n_restarts = 0\noptimize = ["signal_std", "force_noise"]\n') == 0
+    line = next(line for line in capsys.readouterr().out.splitlines()
+                if line.startswith("learned noise"))
+    assert "meV/√atom (given; the noise of an N-atom structure's energy is σ_E √N), " in line
+
+
 
 def test_logged_warnings_read_as_the_commands_own_lines():
     import logging

@@ -59,8 +59,12 @@ def _cmd_fit(args) -> int:
              for name in ("energy_noise", "force_noise")}
     forces = f"forces {1e3 * model.force_noise_:.3g} meV/Å{notes['force_noise']}" \
         if model.posterior_.n_force_observations else "no force labels"
-    print(f"learned noise: energy {1e3 * model.energy_noise_:.3g} meV/√atom"
-          f"{notes['energy_noise']} (the noise of an N-atom structure's energy is σ_E √N), "
+    # one parenthesis: the bound note and the σ_E √N reminder side by side read as two
+    # asides in a row (a new user's three-frame fit)
+    energy_note = notes["energy_noise"].strip()[1:-1]
+    energy_note = f"{energy_note}; " if energy_note else ""
+    print(f"learned noise: energy {1e3 * model.energy_noise_:.3g} meV/√atom "
+          f"({energy_note}the noise of an N-atom structure's energy is σ_E √N), "
           f"{forces}; signal std {format_signal_std(model.signal_std_)} eV")
     n_stress = model.posterior_.n_stress_observations
     if n_stress:
