@@ -1454,3 +1454,23 @@ def test_eval_names_a_stress_file_whose_shear_slots_are_in_another_order():
     few = exchanged.copy()
     few[2:, 3:] = 0.0
     assert shear_order_note(predicted, few) == ""
+
+
+def test_md_says_when_the_reference_is_cheaper_than_the_models_steps(tmp_path):
+    import json
+
+    from kernelpot.cli.md import _cheap_reference_note
+
+    def log(reference_s, step_s, n=30):
+        path = tmp_path / f"log_{reference_s}.jsonl"
+        records = [{"step": k, "wall_s": k * step_s + (reference_s if k >= 5 else 0.0),
+                    "reference_called": k == 5, "reference_s": reference_s if k == 5 else None}
+                   for k in range(n)]
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        return path
+
+    note = _cheap_reference_note(log(0.01, 0.2), "xtb")
+    assert note.startswith("note: xtb took 0.01 s per call and the model 0.2 s per step")
+    assert _cheap_reference_note(log(5.0, 0.2), "xtb") == ""  # a reference worth learning
+    assert _cheap_reference_note(log(0.01, 0.2, n=8), "xtb") == ""  # too few steps to tell
+    assert _cheap_reference_note(tmp_path / "missing.jsonl", "xtb") == ""
