@@ -87,8 +87,8 @@ class _StdsWhenShown:
                   f"{per_atom[atom] / self.edge:.1f} "
                   f"times the largest of the structures the std was calibrated on "
                   f"({significant(1e3 * self.edge)} meV/Å): the structure is unlike the "
-                  "training "
-                  "data and its forces may be far off (the trajectory after it too); "
+                  "training data and its forces may be far off (the trajectory after it "
+                  "too); "
                   "on-the-fly learning (--reference, --train) labels such structures",
                   file=sys.stderr, flush=True)
 
@@ -643,7 +643,9 @@ def _cheap_reference_note(log: Path, reference: str) -> str:
     On-the-fly learning pays when the reference costs many model steps. A new user's
     acetamide with GFN2-xTB took about 0.01 s per call and 0.18–0.49 s per learner step
     (every force std at every step, an exact model): running xTB itself would have
-    been tens of times faster. From the run's step log (this run's steps only).
+    been tens of times faster. From the run's step log: a step's time is the wall clock
+    between its record and the one before (pairs across a resume, whose clock starts
+    again, are skipped).
     """
     try:
         records = [json.loads(line) for line in log.read_text().splitlines() if line]
@@ -651,9 +653,10 @@ def _cheap_reference_note(log: Path, reference: str) -> str:
         return ""
     calls = [r["reference_s"] for r in records if r.get("reference_called")
              and r.get("reference_s") is not None]
-    walls = np.array([r["wall_s"] for r in records if r.get("wall_s") is not None])
-    quiet = [b - a for a, b, r in zip(walls[:-1], walls[1:], records[1:], strict=False)
-             if not r.get("reference_called") and b >= a]
+    quiet = [after["wall_s"] - before["wall_s"]
+             for before, after in zip(records, records[1:], strict=False)
+             if not after.get("reference_called") and before.get("wall_s") is not None
+             and after.get("wall_s") is not None and after["wall_s"] >= before["wall_s"]]
     if not calls or len(quiet) < 10:
         return ""
     per_call, per_step = float(np.mean(calls)), float(np.median(quiet))
