@@ -14,7 +14,8 @@ per-atom error) next to the Spearman the same stds would reach if they were exac
 right (:func:`kernelpot.metrics.expected_spearman`; target >= 0.97 × it), the mean
 Gaussian negative log-likelihood of the test force components (NLL, nats), and for ethanol
 the growth of the mean std and of the force MAE on the 1000 K frames (target: std
-growth >= 0.8 × error growth). With ``--plot`` it writes the calibration plot of
+growth >= 0.8 × error growth), and the RMS z-score of each element's force components
+with the default map's factor per element. With ``--plot`` it writes the calibration plot of
 :mod:`kernelpot.plotting`.
 
 Usage::
@@ -113,6 +114,10 @@ def main(argv=None):
         rows["loso"]["jackknife90"] = float(inside.mean())
         print(f"jackknife+ 90 % intervals of {len(test)} frames in "
               f"{time.perf_counter() - start:.0f} s: coverage {inside.mean():.3f}", flush=True)
+    from ase.data import chemical_symbols
+
+    model_factors = ", ".join(f"{chemical_symbols[z]} {s:.3f}"
+                              for z, s in model.element_scales().items()) or "none"
     start = time.perf_counter()
     model.calibrate(valid)
     print(f"calibrated on {len(valid)} frames in {time.perf_counter() - start:.0f} s: "
@@ -143,6 +148,10 @@ def main(argv=None):
         print(f"{label:<11} {1e3 * r['mae']:6.1f} {r['cov1']:6.3f} {r['cov2']:6.3f} {conf} "
               f"{r['spearman']:8.3f} {r['expected']:8.3f} {ood} {r['energy_cov'][0]:7.3f} "
               f"{r['energy_cov'][1]:7.3f} {r['nll']:7.3f}")
+    print("RMS z-score of the test force components per element: "
+          + "; ".join(f"{label} " + ", ".join(f"{e} {z:.2f}" for e, z in r["element_z"].items())
+                      for label, r in rows.items()))
+    print(f"the default map's factor per element: {model_factors}")
     print("targets: cov1σ 0.68 ± 0.03, cov2σ 0.95 ± 0.02, conformal 90 % interval 0.90, "
           "Spearman >= 0.97 × expected, ratio (std growth / error growth at 1000 K) >= 0.8, "
           "NLL (mean Gaussian negative log-likelihood of the test force components, nats) "
@@ -171,7 +180,7 @@ class _LosoTime(logging.Handler):
 def _stds(model, terms, calibrated, noise):
     if calibrated:
         return [np.sqrt(model.epistemic_variance("forces", t.forces_var_posterior,
-                                                 t.forces_var_projection)
+                                                 t.forces_var_projection, t.numbers)
                         + model.noise_variance("forces", noise)) for t in terms]
     return [np.sqrt(t.forces_var_posterior + t.forces_var_projection + noise) for t in terms]
 
@@ -188,6 +197,17 @@ def _energy_coverage(model, terms, frames, calibrated):
     return float(np.mean(error <= np.sqrt(var))), float(np.mean(error <= 2 * np.sqrt(var)))
 
 
+def _element_z(forces, ref, stds, frames):
+    """RMS z-score of the test force components of each element's atoms."""
+    from ase.data import chemical_symbols
+
+    z = np.concatenate([((f - r) / s).ravel() for f, r, s in zip(forces, ref, stds,
+                                                                  strict=True)])
+    numbers = np.concatenate([np.repeat(a.numbers, 3) for a in frames])
+    return {chemical_symbols[n]: float(np.sqrt(np.mean(z[numbers == n] ** 2)))
+            for n in np.unique(numbers)}
+
+
 def _rows(model, test_terms, ref, hot_terms, hot, calibrated, noise, args, test=None):
     """The table row of the model's current calibration (or the raw stds)."""
     forces = [t.forces for t in test_terms]
@@ -195,6 +215,7 @@ def _rows(model, test_terms, ref, hot_terms, hot, calibrated, noise, args, test=
     row = summary(forces, ref, test_std)
     if test is not None:
         row["energy_cov"] = _energy_coverage(model, test_terms, test, calibrated)
+        row["element_z"] = _element_z(forces, ref, test_std, test)
     if calibrated and model.interval_scores_:
         half = conformal.interval_quantile(model.interval_scores_["forces"], 0.9)
         inside = np.concatenate([(np.abs(f - r) <= half * s).ravel()

@@ -257,6 +257,10 @@ class TrainingSet:
         """Return which structures carry an energy, shape (n_structures,)."""
         return self.labels.has_energy
 
+    def numbers(self) -> list[np.ndarray]:
+        """Return each structure's atomic numbers (from ``species_index``)."""
+        return [self.species[index] for index in self.species_index]
+
     @property
     def has_forces(self) -> np.ndarray:
         """Return which structures carry forces, shape (n_structures,)."""

@@ -942,8 +942,10 @@ class OnTheFlyLearner:
                 self._warned_threshold = True
             return float(self.relative_threshold * model.force_noise_)
         forces = loso.is_force
+        atoms = loso.force_atoms(model.posterior_.training_numbers())
         std = np.sqrt(model.epistemic_variance("forces", loso.posterior[forces],
-                                               loso.projection[forces]))
+                                               loso.projection[forces],
+                                               None if atoms is None else atoms[0]))
         largest = np.zeros(int(loso.structure.max()) + 1)
         np.maximum.at(largest, loso.structure[forces], std)
         return float(min(self.relative_threshold * largest.max(), self._tolerance()))

@@ -209,7 +209,8 @@ def _std_results(model: SparseGPPotential, prediction) -> dict:
         # the projection term as the map weighs it, before the map's factor
         projection = model.projection_weight("forces")**2 * prediction.forces_var_projection
         epistemic = model.epistemic_variance("forces", posterior,
-                                             prediction.forces_var_projection)
+                                             prediction.forces_var_projection,
+                                             prediction.numbers)
         raw = posterior + projection
         share = np.divide(posterior, raw, out=np.zeros_like(raw), where=raw > 0)
         results["forces_std"] = np.sqrt(epistemic)

@@ -37,9 +37,10 @@ import logging
 import warnings
 
 import numpy as np
+from ase.data import chemical_symbols
 from scipy.optimize import brentq, minimize
 
-from kernelpot import conformal
+from kernelpot import conformal, element_scales
 
 logger = logging.getLogger(__name__)
 
@@ -373,7 +374,8 @@ class StdCalibration:
     std_scale : dict or None
         Per quantity: ``quantity`` (``c``), ``quantity_projection`` (``w``),
         ``quantity_exponent`` (``p``), ``quantity_reference`` (``v_ref``) and
-        ``quantity_noise`` (``d``); ``None`` for none.
+        ``quantity_noise`` (``d``), and ``forces_element_<Z>`` (``s``, the force factor
+        of element ``Z``, :mod:`kernelpot.element_scales`); ``None`` for none.
     interval_scores : dict or None
         Sorted conformal scores per quantity.
     applied : bool, default=True
@@ -433,7 +435,8 @@ class StdCalibration:
                 float(exponent), float(factors.get(f"{quantity}_reference", 1.0)))
 
     def epistemic_variance(self, quantity: str, posterior: float | np.ndarray,
-                           projection: float | np.ndarray) -> float | np.ndarray:
+                           projection: float | np.ndarray,
+                           numbers: np.ndarray | None = None) -> float | np.ndarray:
         """Return the calibrated epistemic variance.
 
         ``c² u (ū / v_ref)^(p - 1)`` with ``u = v_post + w² v_proj``; ``ū = u`` for
@@ -451,12 +454,47 @@ class StdCalibration:
         posterior, projection : float or ndarray
             The two raw variance terms (eV², eV²/Å²); force terms of shape
             ``(n_atoms, 3)``, or flat with each atom's three components together.
+        numbers : array_like of int or None, default=None
+            The atomic numbers of the force terms' atoms (one per atom, or one per
+            value): needed for forces where the map holds a factor per element
+            (:mod:`kernelpot.element_scales`), which then scales each atom's variance.
 
         Returns
         -------
         float or ndarray
             Of the shape of ``posterior``.
+
+        Raises
+        ------
+        ValueError
+            For forces of a map with element factors without ``numbers``, or with
+            ``numbers`` that match neither the atoms nor the values.
         """
+        variance = self._map_variance(quantity, posterior, projection)
+        scales = self.element_scales() if quantity == "forces" else {}
+        if not scales:
+            return variance
+        if numbers is None:
+            raise ValueError("the force stds of this model have one factor per element: "
+                             "pass the atomic numbers of the atoms (numbers=)")
+        factor = element_scales.per_value_scales(scales, numbers, np.size(variance),
+                                                 "epistemic_variance")
+        return (variance * factor.reshape(np.shape(variance)) ** 2)[()]
+
+    def element_scales(self) -> dict[int, float]:
+        """Return the map's force factor per element (empty: none, or not applied).
+
+        Returns
+        -------
+        dict
+            Atomic number to the factor ``s`` of the element's epistemic force std
+            (:mod:`kernelpot.element_scales`).
+        """
+        return element_scales.scales_of(self.std_scale) if self.applied else {}
+
+    def _map_variance(self, quantity: str, posterior: float | np.ndarray,
+                      projection: float | np.ndarray) -> float | np.ndarray:
+        """Return the variance map's value, before any element factor."""
         c, w, p, v_ref = self.factors(quantity)
         u = posterior + w**2 * projection
         if p == 1.0:
@@ -501,6 +539,7 @@ class StdCalibration:
         stds); for energies and stresses, per structure and per component. With the
         default LOSO map, the largest std any training structure had when it was left
         out; a larger one marks a structure unlike every one the map was fitted on.
+        With a force factor per element, the largest factor's.
 
         Parameters
         ----------
@@ -516,7 +555,9 @@ class StdCalibration:
         upper = self.fitted_range(quantity)[1]
         if not (np.isfinite(upper) and upper > 0):
             return None
-        return float(np.sqrt(self.epistemic_variance(quantity, upper, 0.0)))
+        scales = self.element_scales() if quantity == "forces" else {}
+        largest = max(scales.values(), default=1.0)
+        return float(largest * np.sqrt(self._map_variance(quantity, upper, 0.0)))
 
     def fitted_quantities(self) -> tuple[str, ...]:
         """Return the quantities whose map was fitted (stress only where cells had one).
@@ -540,7 +581,7 @@ class StdCalibration:
         -------
         str
             Its factor, projection weight, exponent with the raw stds it holds over,
-            and noise factor.
+            and noise factor; for forces, the factor of each element that has one.
         """
         c, w, p, _ = self.factors(quantity)
         noise = float((self.std_scale or {}).get(f"{quantity}_noise", 1.0))
@@ -548,8 +589,12 @@ class StdCalibration:
         unit, factor = _UNITS[quantity]
         where = (f" (over raw stds {factor * np.sqrt(lower):.3g}–{factor * np.sqrt(upper):.3g}"
                  f" {unit}, linear beyond)" if p != 1.0 and np.isfinite(upper) else "")
+        scales = self.element_scales() if quantity == "forces" else {}
+        per_element = ", ".join(f"{chemical_symbols[z]} ×{s:.3g}"
+                                for z, s in sorted(scales.items()))
         return (f"factor {c:.3g}, projection weight {w:.3g}, exponent {p:.3g}{where}, "
-                f"noise factor {noise:.3g}")
+                f"noise factor {noise:.3g}"
+                + (f"; per element {per_element}" if per_element else ""))
 
     def noise_variance(self, quantity: str,
                        noise_var: float | np.ndarray) -> float | np.ndarray:
@@ -601,7 +646,8 @@ class StdCalibration:
 
     @classmethod
     def fit(cls, terms: dict[str, tuple], owner: str, kind: str = "validation",
-            structures: dict[str, np.ndarray] | None = None) -> StdCalibration:
+            structures: dict[str, np.ndarray] | None = None,
+            force_atoms: tuple[np.ndarray, np.ndarray] | None = None) -> StdCalibration:
         """Fit the variance map and the conformal scores on validation errors.
 
         Parameters
@@ -616,6 +662,10 @@ class StdCalibration:
         structures : dict or None, default=None
             Per quantity, the training structure of each value (LOSO errors): kept
             with the unsorted scores for jackknife+ intervals.
+        force_atoms : (ndarray, ndarray) or None, default=None
+            The atomic number and the structure of each force value: with them the map
+            gets a force factor per element (:mod:`kernelpot.element_scales`), fitted
+            after the rest of the map; ``None``: none.
 
         Returns
         -------
@@ -670,9 +720,19 @@ class StdCalibration:
                             for suffix, key in zip(suffixes, _KEYS, strict=True)
                             if key in fitted})
         calibration = cls(factors, None, kind=kind)
+        numbers = None
+        if force_atoms is not None and "forces" in terms:
+            numbers = np.asarray(force_atoms[0])
+            errors, post, proj, noise = terms["forces"]
+            scales = element_scales.fit_element_scales(
+                errors, calibration.epistemic_variance("forces", post, proj),
+                calibration.noise_variance("forces", noise), numbers, force_atoms[1])
+            factors.update({element_scales.element_key(number): scale
+                            for number, scale in scales.items()})
         # normalised conformal scores against the calibrated total std
-        stds = {quantity: np.sqrt(calibration.epistemic_variance(quantity, post, proj)
-                                  + calibration.noise_variance(quantity, noise))
+        stds = {quantity: np.sqrt(calibration.epistemic_variance(
+                    quantity, post, proj, numbers if quantity == "forces" else None)
+                    + calibration.noise_variance(quantity, noise))
                 for quantity, (_, post, proj, noise) in terms.items()}
         calibration.interval_scores = {
             quantity: conformal.normalised_scores(terms[quantity][0], std)
@@ -708,7 +768,9 @@ class StdCalibration:
             return None
         known = {f"{q}{suffix}" for q in QUANTITIES for suffix in _SUFFIXES + _ATOM_SUFFIXES}
         if not isinstance(scale, dict) or not set(_REQUIRED) <= set(scale) \
-                or not set(scale) <= known \
+                or not all(isinstance(key, str)
+                           and (key in known or element_scales.is_element_key(key))
+                           for key in scale) \
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                            and np.isfinite(v) and v > 0 for v in scale.values()) \
                 or any(scale.get(f"{q}_lower", 0.0) > scale.get(f"{q}_upper", np.inf)

@@ -708,7 +708,7 @@ pair of float
             if posterior.kind == "exact" or not posterior.keeps_training_data:
                 self._keep_training(posterior, training, spooled_away, client, owner)
             self._adopt(posterior, descriptor, training.species, training.e0,
-                        self._loso_calibration(posterior))
+                        self._loso_calibration(posterior, training.numbers()))
             self.shortest_pairs_ = prepared.shortest
         _warn_if_zbl_reaches_the_data(self.baseline_, self.shortest_pairs_, owner)
         names = fitted_names(self.optimize, owner)
@@ -945,8 +945,13 @@ pair of float
         self.interval_kind_ = calibration.kind
         self.jackknife_scores_ = calibration.jackknife
 
-    def _loso_calibration(self, posterior: SparsePosterior | ExactPosterior) -> StdCalibration:
-        """Fit the std calibration on the posterior's LOSO terms (``calibration="loso"``)."""
+    def _loso_calibration(self, posterior: SparsePosterior | ExactPosterior,
+                          numbers: list[np.ndarray] | None = None) -> StdCalibration:
+        """Fit the std calibration on the posterior's LOSO terms (``calibration="loso"``).
+
+        ``numbers``: each training structure's atomic numbers, for the element factors;
+        None: the posterior's (:meth:`training_numbers`, if it keeps them).
+        """
         owner = type(self).__name__
         terms = posterior.loso
         if self.calibration != "loso" or terms is None:
@@ -956,8 +961,11 @@ pair of float
                         "least %d): raw stds", owner, terms.n_structures, _LOSO_MIN_STRUCTURES)
             return StdCalibration(None, None)
         try:
-            calibration = StdCalibration.fit(terms.calibration_terms(), owner, kind="loso",
-                                             structures=terms.calibration_structures())
+            calibration = StdCalibration.fit(
+                terms.calibration_terms(), owner, kind="loso",
+                structures=terms.calibration_structures(),
+                force_atoms=terms.force_atoms(numbers if numbers is not None
+                                              else posterior.training_numbers()))
         except ValueError as err:  # no epistemic variance anywhere: nothing to scale
             logger.warning("%s: no LOSO calibration: %s", owner, err)
             return StdCalibration(None, None)
@@ -1157,7 +1165,8 @@ pair of float
         return self._calibration().factors(quantity)[1]
 
     def epistemic_variance(self, quantity: str, posterior: float | np.ndarray,
-                           projection: float | np.ndarray) -> float | np.ndarray:
+                           projection: float | np.ndarray,
+                           numbers: np.ndarray | None = None) -> float | np.ndarray:
         """Return the calibrated epistemic variance.
 
         ``c² v_ref (u / v_ref)^p`` for energies and ``c² u (ū / v_ref)^(p - 1)`` for
@@ -1171,6 +1180,9 @@ pair of float
         posterior, projection : float or ndarray
             The two variance terms of a :class:`Prediction` (eV², eV²/Å²); force terms
             of shape ``(n_atoms, 3)``, or flat with each atom's components together.
+        numbers : array_like of int or None, default=None
+            The atomic numbers of the force terms' atoms (``atoms.numbers``): needed for
+            forces when the map has a factor per element (:meth:`element_scales`).
 
         Returns
         -------
@@ -1178,8 +1190,32 @@ pair of float
             ``c``, ``w``, ``p`` and ``v_ref`` are those fitted at fit time
             (``calibration="loso"``) or by :meth:`calibrate`; without a map (or with
             ``apply_calibration=False``) ``c = w = p = 1``: the raw ``v_post + v_proj``.
+            Force variances are then scaled by the square of their element's factor.
+
+        Raises
+        ------
+        ValueError
+            For forces of a map with element factors, without ``numbers``.
         """
-        return self._calibration().epistemic_variance(quantity, posterior, projection)
+        return self._calibration().epistemic_variance(quantity, posterior, projection,
+                                                      numbers)
+
+    def element_scales(self) -> dict[int, float]:
+        """Return the std map's factor of each element's epistemic force std.
+
+        Fitted with the rest of the map (at fit time on the LOSO errors, or by
+        :meth:`calibrate`) for every element with at least
+        :data:`kernelpot.element_scales.MIN_ATOMS` atoms among the fitting structures
+        (:mod:`kernelpot.element_scales`).
+
+        Returns
+        -------
+        dict
+            Atomic number to factor; empty without a map, with
+            ``apply_calibration=False``, or for a map stored before element factors
+            existed (model files of format 9 and before).
+        """
+        return self._calibration().element_scales()
 
     def noise_variance(self, quantity: str,
                        noise_var: float | np.ndarray) -> float | np.ndarray:
@@ -1309,7 +1345,11 @@ pair of float
                                 for p, k in zip(chosen, with_forces, strict=True)]),
                 post, np.concatenate([p.forces_var_projection.ravel() for p in chosen]),
                 np.full(post.size, self.force_noise_**2))
-        calibration = StdCalibration.fit(terms, owner, kind="validation")
+        force_atoms = (np.concatenate([np.repeat(frames[k].numbers, 3) for k in with_forces]),
+                       np.concatenate([np.full(3 * len(frames[k]), k) for k in with_forces])
+                       ) if with_forces else None
+        calibration = StdCalibration.fit(terms, owner, kind="validation",
+                                         force_atoms=force_atoms)
         # no validation stresses here: the stress map fitted before (LOSO) stays
         for key, value in (self.std_scale_ or {}).items():
             if key.startswith("stress"):

@@ -151,6 +151,16 @@ class ExactPosterior(Posterior):
         """Return whether the posterior can be updated (fitted, or loaded and restored)."""
         return self.training is not None
 
+    def training_numbers(self) -> list[np.ndarray]:
+        """Return each training structure's atomic numbers.
+
+        Returns
+        -------
+        list of ndarray
+        """
+        bounds = np.cumsum(self.structures["n_atoms"])[:-1]
+        return np.split(np.asarray(self.structures["numbers"]), bounds)
+
     @property
     def n_training_structures(self) -> int:
         """Return the structures trained on."""

@@ -163,6 +163,38 @@ class LosoTerms(NamedTuple):
         return {quantity: self.structure[mask] for quantity, mask in self._masks()
                 if mask.any()}
 
+    def force_atoms(self, numbers: list[np.ndarray] | None
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Return the atomic number and the training structure of every force value.
+
+        Parameters
+        ----------
+        numbers : list of ndarray of int or None
+            The atomic numbers of each training structure's atoms, in training order.
+
+        Returns
+        -------
+        (ndarray, ndarray) or None
+            In the order of :meth:`calibration_terms`'s force values (each structure's
+            atoms in order, three components each); ``None`` if ``numbers`` is None or
+            does not match the force values (then no element has a factor of its own).
+        """
+        forces = self.is_force
+        member = (self.structure if self.member is None else self.member)[forces]
+        if numbers is None or not member.size:
+            return None
+        if np.any(np.diff(member) < 0) or member.max() >= len(numbers):
+            logger.info("LOSO force values not in structure order: no element factors")
+            return None
+        present, counts = np.unique(member, return_counts=True)
+        if any(3 * len(numbers[k]) != count
+               for k, count in zip(present, counts, strict=True)):
+            logger.info("LOSO force values do not match the training structures' atoms: no "
+                        "element factors")
+            return None
+        return (np.concatenate([np.repeat(np.asarray(numbers[k]), 3) for k in present]),
+                member)
+
     def calibration_terms(self) -> dict[str, tuple]:
         """Return ``(errors, posterior, projection, noise)`` per quantity that has values.
 

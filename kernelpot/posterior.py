@@ -124,5 +124,9 @@ class Posterior(ABC):
         """
 
     @abstractmethod
+    def training_numbers(self) -> list[np.ndarray] | None:
+        """Return each training structure's atomic numbers (None: not kept)."""
+
+    @abstractmethod
     def to_arrays(self, training_state: bool = False) -> tuple[dict, dict]:
         """Return the posterior as plain arrays and JSON-ready metadata."""

@@ -67,6 +67,8 @@ class Prediction(NamedTuple):
     stress_var_posterior, stress_var_projection : ndarray of shape (6,) or None
         Only when the stress and variances were asked: the two epistemic variance terms
         of each stress component (eV²/Å⁶).
+    numbers : ndarray of int of shape (n_atoms,) or None
+        The structure's atomic numbers (what the std map's element factors need).
     """
 
     energy: float
@@ -80,6 +82,7 @@ class Prediction(NamedTuple):
     loo_shifts: np.ndarray | None = None
     stress_var_posterior: np.ndarray | None = None
     stress_var_projection: np.ndarray | None = None
+    numbers: np.ndarray | None = None
 
 
 @dataclass
@@ -109,6 +112,8 @@ class PredictionParts:
         model's ``min_distance``; ``("training", text)``: a pair is more than
         :data:`kernelpot.contacts.CONTACT_MARGIN` closer than any pair of its elements
         in the training structures; None: neither.
+    numbers : ndarray of int of shape (n_atoms,) or None
+        The structure's atomic numbers, passed on to its :class:`Prediction`.
     """
 
     energy: float
@@ -118,6 +123,7 @@ class PredictionParts:
     variance_rows: int = 0
     variance_input: Any = None
     close_contact: tuple[str, str] | None = None
+    numbers: np.ndarray | None = None
 
     def without_variance(self) -> Prediction:
         """Return the mean prediction, with no variance terms.
@@ -254,7 +260,7 @@ class PredictionMixin:
                                     method="predict_structure")
         self._warn_close_contact(parts.close_contact,
                                  f"{type(self).__name__}.predict_structure")
-        return self.posterior_.finish([parts])[0]
+        return self._finish([parts])[0]
 
     @staticmethod
     def _check_variance(variance) -> None:
@@ -286,6 +292,7 @@ class PredictionMixin:
         parts = self.posterior_.parts(self.descriptor_, atoms, index, self.e0_, forces,
                                       variance, volume, shifts=shifts)
         parts.close_contact = self._close_contact(atoms)
+        parts.numbers = np.asarray(atoms.numbers)
         baseline = getattr(self, "baseline_", None)
         if baseline is not None:  # Δ-learning: the fixed term adds to the mean only
             terms = baseline.compute(atoms, forces=forces, stress=bool(stress))
@@ -320,10 +327,15 @@ class PredictionMixin:
             batch.append(parts)
             batch_rows += parts.variance_rows
             if batch_rows >= _VARIANCE_BATCH_ROWS:
-                out.extend(self.posterior_.finish(batch))
+                out.extend(self._finish(batch))
                 batch, batch_rows = [], 0
-        out.extend(self.posterior_.finish(batch))
+        out.extend(self._finish(batch))
         return frames, out
+
+    def _finish(self, batch: list[PredictionParts]) -> list[Prediction]:
+        """Return the posterior's Predictions of ``batch``, with their atomic numbers."""
+        return [prediction._replace(numbers=parts.numbers) for prediction, parts
+                in zip(self.posterior_.finish(batch), batch, strict=True)]
 
     @staticmethod
     def _check_std_type(std_type: str) -> None:
@@ -432,7 +444,8 @@ class PredictionMixin:
         """Return calibrated epistemic variances of the forces of Predictions, and the noise."""
         calibration = self._calibration()
         epistemic = [calibration.epistemic_variance("forces", p.forces_var_posterior,
-                                                    p.forces_var_projection) for p in out]
+                                                    p.forces_var_projection, p.numbers)
+                     for p in out]
         return epistemic, calibration.noise_variance("forces", self.force_noise_**2)
 
     def predict_forces(self, X: Sequence[Atoms], return_std: bool = False,

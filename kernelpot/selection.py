@@ -18,7 +18,9 @@ structure mostly remove (they pin down the local energy around each environment)
 "variance" scores each structure with the model's calibrated std map (the one its
 ``predict_forces(..., return_std=True)`` applies): each environment's residual enters as
 ``r^p``, ``p`` the exponent of the force map (``p = 1`` for raw stds). The map's other
-factors scale every environment alike and leave the ranking unchanged. With ``p > 1``
+factors scale every environment alike and leave the ranking unchanged, but for the
+factor per element (:mod:`kernelpot.element_scales`), by whose square an element's
+residuals are weighted. With ``p > 1``
 (the model's errors grow faster than its raw std) a structure with a few very uncertain
 atoms outranks one with many moderately uncertain ones, as its calibrated force
 variance does. The posterior term of a sparse model's variance is not in the score.
@@ -141,12 +143,16 @@ def select_frames(model: SparseGPPotential, pool: list[Atoms], n: int,
               for s in range(len(species))]
     # the exponent of the model's calibrated force-std map (1 when raw)
     exponent = model._calibration().factors("forces")[2] if strategy == "variance" else 1.0
+    # and its factor per element (1 where none)
+    scales = model.element_scales() if strategy == "variance" else {}
+    weights = [scales.get(int(number), 1.0) ** 2 for number in species]
     picked = []
     available = np.ones(len(pool), dtype=bool)
     # a tiny random tie-break keeps the choice reproducible under random_state
     tie_break = 1e-12 * rng.random(len(pool))
     for _ in tqdm(range(n), desc="select", disable=verbose < 1):
-        score = sum(b.frame_scores(len(pool), exponent) for b in blocks) + tie_break
+        score = sum(weight * b.frame_scores(len(pool), exponent)
+                    for weight, b in zip(weights, blocks, strict=True)) + tie_break
         score[~available] = -np.inf
         best = int(np.argmax(score))
         picked.append(best)

@@ -327,6 +327,20 @@ class SparsePosterior(Posterior):
         """Return the structures trained on so far (incremental models)."""
         return len(self.training.energy_row)
 
+    def training_numbers(self) -> list[np.ndarray] | None:
+        """Return each training structure's atomic numbers (None: not kept).
+
+        Returns
+        -------
+        list of ndarray or None
+            None for a model that keeps no training state, or one loaded from a file
+            whose structures were not given back.
+        """
+        state = self.training
+        if state is None or len(state.frames) != len(state.energy_row):
+            return None
+        return [np.asarray(atoms.numbers) for atoms in state.frames]
+
     @property
     def training_frames(self) -> list:
         """Return the labelled structures trained on so far (incremental models)."""

@@ -573,8 +573,10 @@ def test_gate_is_the_models_calibrated_std_and_the_threshold_its_loso_maximum(tm
     # calibrated std of a left-out training structure
     loso = learner.model.posterior_.loso
     forces = ~loso.is_energy
+    numbers, _ = loso.force_atoms(
+        [a.numbers for a in learner.model.posterior_.training.frames])
     std = np.sqrt(learner.model.epistemic_variance("forces", loso.posterior[forces],
-                                                   loso.projection[forces]))
+                                                   loso.projection[forces], numbers))
     state = learner.model.posterior_.training
     cap = 0.1 * np.sqrt(np.mean(state.y[~state.is_energy] ** 2))  # force_tolerance
     assert learner.relative_threshold == 1.5

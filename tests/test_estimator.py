@@ -460,15 +460,20 @@ def test_calibrate_scales_every_std_and_survives_save_load(fitted_ethanol, ethan
     calibrated = load(_save(fitted_ethanol, tmp_path / "m.npz")).calibrate(valid)
     scale = calibrated.std_scale_
 
-    def calibrated_var(q, post, proj):
+    def calibrated_var(q, post, proj, numbers=None):
         """c² v_ref (u / v_ref)^p for energies and c² u (ū / v_ref)^(p - 1) for force
-        components (ū: the atom's mean), u = post + w² proj, written out independently."""
+        components (ū: the atom's mean), u = post + w² proj, written out independently;
+        with ``numbers`` (per atom), times the square of each atom's element factor."""
         c, w, v_ref = scale[q], scale[f"{q}_projection"], scale[f"{q}_reference"]
         u = post + w**2 * proj
         if q == "energy":
             return c**2 * v_ref * (u / v_ref) ** scale["energy_exponent"]
         atom_mean = np.repeat(u.reshape(-1, 3).mean(axis=1), 3).reshape(u.shape)
-        return c**2 * u * (atom_mean / v_ref) ** (scale["forces_atom_exponent"] - 1)
+        var = c**2 * u * (atom_mean / v_ref) ** (scale["forces_atom_exponent"] - 1)
+        if numbers is None:
+            return var
+        factor = np.array([scale[f"forces_element_{z}"] for z in numbers])
+        return var * np.repeat(factor**2, 3).reshape(var.shape)
 
     # the raw force std is too wide, through its projection term (see the benchmarks)
     assert scale["forces"] * scale["forces_projection"] < 1.0
@@ -482,7 +487,8 @@ def test_calibrate_scales_every_std_and_survives_save_load(fitted_ethanol, ethan
                                                          t.energy_var_projection)
                                           for t in terms], rtol=1e-8)  # batch vs one
     np.testing.assert_allclose(f_epi[0] ** 2, calibrated_var(
-        "forces", terms[0].forces_var_posterior, terms[0].forces_var_projection), rtol=1e-8)
+        "forces", terms[0].forces_var_posterior, terms[0].forces_var_projection,
+        test[0].numbers), rtol=1e-8)
     # the fitted map is a likelihood maximum on the validation data: it beats the same
     # family with any parameter moved, and a single factor on the raw variance
     raw_terms = [fitted_ethanol.predict_structure(a, variance=True) for a in valid]
@@ -508,6 +514,11 @@ def test_calibrate_scales_every_std_and_survives_save_load(fitted_ethanol, ethan
                           * noise)
         scale[key] = original[key]
     assert best < min(nll(s * (post + proj) + noise) for s in np.geomspace(1e-3, 10, 200))
+    # the element factors, fitted after the map on the same errors, lower it further
+    numbers = np.concatenate([a.numbers for a in valid])
+    assert set(calibrated.element_scales()) == {1, 6, 8}
+    assert nll(calibrated_var("forces", post, proj, numbers)
+               + scale["forces_noise"] ** 2 * noise) < best
     atoms = test[0].copy()
     atoms.calc = KernelPotCalculator(calibrated)
     atoms.get_forces()

@@ -181,7 +181,8 @@ def test_default_std_is_the_loso_calibrated_one_and_none_gives_the_raw_one(frame
         np.testing.assert_allclose(std_raw[k]**2, p.forces_var_posterior
                                    + p.forces_var_projection, rtol=1e-10)
         np.testing.assert_allclose(std_default[k]**2, default.epistemic_variance(
-            "forces", p.forces_var_posterior, p.forces_var_projection), rtol=1e-10)
+            "forces", p.forces_var_posterior, p.forces_var_projection, atoms.numbers),
+            rtol=1e-10)
     assert not np.allclose(std_default[0], std_raw[0], rtol=1e-3)
 
 
@@ -213,7 +214,15 @@ def test_loso_calibration_is_saved_replaced_by_calibrate_and_refitted_by_update(
     # the updated model's map is the one a fit of the same posterior's LOSO terms gives
     from kernelpot.calibration import StdCalibration
 
-    refit = StdCalibration.fit(model.posterior_.loso.calibration_terms(), "t", kind="loso")
+    terms = model.posterior_.loso
+    refit = StdCalibration.fit(terms.calibration_terms(), "t", kind="loso",
+                               force_atoms=terms.force_atoms([a.numbers for a in frames[:7]]))
+    from kernelpot.element_scales import MIN_ATOMS
+
+    numbers, counts = np.unique(np.concatenate([a.numbers for a in frames[:7]]),
+                                return_counts=True)
+    assert set(model.element_scales()) == set(numbers[counts >= MIN_ATOMS])  # not O (7)
+    assert refit.element_scales() == pytest.approx(model.element_scales(), rel=1e-12)
     assert refit.std_scale == pytest.approx(model.std_scale_, rel=1e-12)
     model.calibrate(frames[8:12])
     assert model.interval_kind_ == "validation"

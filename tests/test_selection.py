@@ -17,9 +17,11 @@ def seed_model(ethanol_frames, small_soap):
 
 
 def _residual_variance(model, conditioning, candidate):
-    """Σ_i over the candidate's atoms of [k(x_i, x_i) - k_iᵀ K⁻¹ k_i]^p, brute force, p the
-    exponent of the model's calibrated force-std map (1 when raw)."""
+    """Σ_i over the candidate's atoms of s_i² [k(x_i, x_i) - k_iᵀ K⁻¹ k_i]^p, brute force, p
+    the exponent of the model's calibrated force-std map (1 when raw) and s_i its factor
+    of atom i's element (1 where none)."""
     exponent = model._calibration().factors("forces")[2]
+    scales = model.element_scales()
     total = 0.0
     species = model.species_
     for s in range(len(species)):
@@ -31,7 +33,8 @@ def _residual_variance(model, conditioning, candidate):
         k = model.kernel_(Z, X)
         residual = model.kernel_.diag(X) - np.einsum("ij,ij->j", k,
                                                      sla.solve(K, k, assume_a="pos"))
-        total += float(np.sum(np.maximum(residual, 0.0) ** exponent))
+        total += scales.get(int(species[s]), 1.0) ** 2 * float(
+            np.sum(np.maximum(residual, 0.0) ** exponent))
     return total
 
 
@@ -131,6 +134,7 @@ def test_greedy_picks_follow_the_calibrated_exponent(seed_model, ethanol_frames)
     """Four greedy picks equal brute force with the map's exponent (here 2.8), and differ
     from those of the raw score Σ residual (the third and fourth picks change)."""
     pool = ethanol_frames[5:60]
+    assert set(seed_model.element_scales()) == {1, 6}  # five O atoms: too few for one
     picked = select_frames(seed_model, pool, 4).tolist()
     chosen = []
     for _ in range(4):
