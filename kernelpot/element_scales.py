@@ -15,7 +15,8 @@ Gaussian likelihood of the element's errors with a normal prior of std
 atom's three (atoms of one structure share their errors' causes, so their count
 overstates what they tell). Elements with fewer than :data:`MIN_ATOMS` fitting atoms keep
 ``s = 1``; so do elements a map never saw, and energies and stresses (sums over atoms of
-several elements).
+several elements). Errors of a single element get no factor: the map's own scale,
+fitted on the same errors, is that element's.
 """
 
 from __future__ import annotations
@@ -140,11 +141,14 @@ def fit_element_scales(errors: np.ndarray, epistemic: np.ndarray, noise: np.ndar
     Returns
     -------
     dict
-        Atomic number to factor, for every element with at least :data:`MIN_ATOMS` atoms.
+        Atomic number to factor, for every element with at least :data:`MIN_ATOMS` atoms;
+        empty where the errors are of one element.
     """
     errors, epistemic, noise, numbers, structures = (
         np.asarray(a).ravel() for a in (errors, epistemic, noise, numbers, structures))
     scales = {}
+    if np.unique(numbers).size < 2:
+        return scales
     for number in np.unique(numbers):
         chosen = numbers == number
         if chosen.sum() < 3 * MIN_ATOMS or not np.any(epistemic[chosen] > 0):

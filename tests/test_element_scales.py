@@ -46,11 +46,20 @@ def test_an_element_with_too_few_atoms_keeps_no_factor():
     assert 1 in fitted  # six per structure
 
 
+def test_errors_of_one_element_get_no_factor():
+    """The map's own scale is that element's: a factor would only add noise."""
+    errors, epistemic, noise, numbers, structures = _errors({29: 2.0}, {29: 4},
+                                                            n_structures=50, seed=4)
+    assert fit_element_scales(errors, epistemic, noise, numbers, structures) == {}
+
+
 def test_the_prior_pulls_a_factor_from_few_structures_towards_one():
     """Ten structures of one atom each: the fit stays between 1 and the plain ML value."""
-    errors, epistemic, noise, numbers, structures = _errors({8: 2.5}, {8: 1},
+    errors, epistemic, noise, numbers, structures = _errors({8: 2.5, 1: 1.0}, {8: 1, 1: 1},
                                                             n_structures=10, seed=2)
     fitted = fit_element_scales(errors, epistemic, noise, numbers, structures)[8]
+    oxygen = numbers == 8
+    errors, epistemic, noise = errors[oxygen], epistemic[oxygen], noise[oxygen]
     grid = np.linspace(0.0, 4.0, 4001)  # log s²
     nll = [np.sum(0.5 * np.log(np.exp(t) * epistemic + noise)
                   + 0.5 * errors**2 / (np.exp(t) * epistemic + noise)) for t in grid]
@@ -60,12 +69,13 @@ def test_the_prior_pulls_a_factor_from_few_structures_towards_one():
 
 def test_values_of_one_structure_count_as_one_atom():
     """Copies of one structure's values tell no more than the structure itself."""
-    errors, epistemic, noise, numbers, structures = _errors({1: 1.5}, {1: 1},
+    errors, epistemic, noise, numbers, structures = _errors({1: 1.5, 6: 1.0}, {1: 1, 6: 1},
                                                             n_structures=20, seed=3)
-    once = fit_element_scales(errors, epistemic, noise, numbers, structures)[1]
+    once = fit_element_scales(errors, epistemic, noise, numbers, structures)
     tiled = [np.repeat(a.reshape(-1, 3), 4, axis=0).ravel()
              for a in (errors, epistemic, noise, numbers, structures)]
-    assert fit_element_scales(*tiled)[1] == pytest.approx(once, rel=1e-5)
+    assert fit_element_scales(*tiled) == pytest.approx(once, rel=1e-5)
+    assert once[1] > 1.1  # the factor is in play
 
 
 def test_keys_name_elements_by_atomic_number():
