@@ -300,6 +300,19 @@ def test_eval_says_when_the_stds_are_far_from_the_errors_size():
         assert _size_note(errors, zero, np.full(4, inside), "force").endswith("the errors)")
 
 
+def test_eval_gives_each_elements_rms_z_score_where_there_are_two():
+    from kernelpot.cli._common import _element_z_scores
+
+    f = [np.array([[1.0, -1.0, 1.0], [2.0, 0.0, 0.0]])]
+    ref = [np.zeros((2, 3))]
+    std = [np.array([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])]  # the zero one is not counted
+    counted = np.array([True] * 5 + [False])
+    assert _element_z_scores(f, ref, std, [np.array([1, 8])], counted) == \
+        "; per element RMS z-score H 1.00, O 1.41"
+    assert _element_z_scores(f, ref, std, [np.array([29, 29])], counted) == ""
+    assert _element_z_scores(f, ref, std, None, counted) == ""
+
+
 def test_eval_prints_the_spearman_exactly_right_stds_would_give():
     from kernelpot import metrics
     from kernelpot.cli._common import _expected_spearman

@@ -363,6 +363,7 @@ def _errors(model, frames, source: str = "kernelpot", stds: bool = True):
         "forces": [forces[k] for k in has_f], "ref_forces": [labels.forces[k] for k in has_f],
         "forces_std": [forces_std[k] for k in has_f] if stds else None,
         "force_structures": has_f,
+        "force_numbers": [np.asarray(frames[k].numbers) for k in has_f],
         "stress": stress, "ref_stress": np.array([labels.stresses[k] for k in has_s]),
         "stress_std": stress_std if stds else None,
     }
@@ -412,7 +413,7 @@ def _print_errors(title, err, calibration: bool = True) -> None:
               f"{1e3 * metrics.mae(f, ref):.1f} meV/Å, RMSE {1e3 * metrics.rmse(f, ref):.1f} "
               f"meV/Å, max {1e3 * metrics.max_error(f, ref):.0f} meV/Å")
         if calibration:
-            _print_force_calibration(title, f, ref, std)
+            _print_force_calibration(title, f, ref, std, err.get("force_numbers"))
     missing = [what for what, present in (("energies", len(err["energies"])),
                                           ("forces", err["forces"])) if not present]
     if missing:  # said, not silently left out
@@ -421,12 +422,13 @@ def _print_errors(title, err, calibration: bool = True) -> None:
     _print_stress_errors(title, err, calibration)
 
 
-def _print_force_calibration(title, f, ref, std) -> None:
+def _print_force_calibration(title, f, ref, std, numbers=None) -> None:
     """Print the force stds' coverage, Spearman and NLL.
 
     The coverage and NLL without the components that are zero in both the reference and
     the prediction (a crystal's symmetry fixes them), which every std covers; the
-    Spearman over all atoms (CLARIFICATIONS.md).
+    Spearman over all atoms (CLARIFICATIONS.md). With the atoms' ``numbers`` (one array
+    per structure) of two or more elements, also each element's RMS z-score.
     """
     from kernelpot import metrics
 
@@ -451,7 +453,29 @@ def _print_force_calibration(title, f, ref, std) -> None:
           f"{100 * metrics.coverage(flat_f, flat_ref, flat_std, 2):.1f}% within 2 "
           f"(95.4%){left_out}; Spearman (per-atom std, error) {spearman}; negative "
           f"log-likelihood {metrics.negative_log_likelihood(flat_f, flat_ref, flat_std):.3f} "
-          f"nats per component; {_size_note(flat_f, flat_ref, flat_std, 'force')}")
+          f"nats per component; {_size_note(flat_f, flat_ref, flat_std, 'force')}"
+          f"{_element_z_scores(f, ref, std, numbers, counted)}")
+
+
+def _element_z_scores(f, ref, std, numbers, counted) -> str:
+    """``; per element RMS z-score H 0.85, C 0.97``, or "" (one element, or no numbers).
+
+    One map for every atom can leave one element's stds too wide and another's too
+    narrow (:mod:`kernelpot.element_scales`); the overall RMS z-score hides that.
+    """
+    from ase.data import chemical_symbols
+
+    if numbers is None:
+        return ""
+    elements = np.concatenate([np.repeat(n, 3) for n in numbers])[counted]
+    if np.unique(elements).size < 2:
+        return ""
+    with np.errstate(divide="ignore", invalid="ignore"):  # zero stds: not counted
+        z = np.concatenate([((np.asarray(a) - np.asarray(b)) / np.asarray(s)).ravel()
+                            for a, b, s in zip(f, ref, std, strict=True)])[counted]
+    parts = [f"{chemical_symbols[n]} {np.sqrt(np.mean(z[elements == n] ** 2)):.2f}"
+             for n in np.unique(elements)]
+    return f"; per element RMS z-score {', '.join(parts)}"
 
 
 def _expected_spearman(std) -> str:
