@@ -530,7 +530,8 @@ class StdCalibration:
         return (float(factors.get(f"{quantity}_lower", 0.0)),
                 float(factors.get(f"{quantity}_upper", np.inf)))
 
-    def largest_fitted_std(self, quantity: str) -> float | None:
+    def largest_fitted_std(self, quantity: str,
+                           numbers: np.ndarray | None = None) -> float | np.ndarray | None:
         """Return the calibrated epistemic std at the top of the map's fitted range.
 
         The std the map gives a raw variance ``u`` equal to the largest it was fitted
@@ -539,25 +540,33 @@ class StdCalibration:
         stds); for energies and stresses, per structure and per component. With the
         default LOSO map, the largest std any training structure had when it was left
         out; a larger one marks a structure unlike every one the map was fitted on.
-        With a force factor per element, the largest factor's.
+        With a force factor per element, each atom's edge is its element's factor times
+        the map's (pass ``numbers``); without them, the largest factor's (1 counted for
+        the elements without one).
 
         Parameters
         ----------
         quantity : {"energy", "forces", "stress"}
+        numbers : array_like of int or None, default=None
+            Forces only: the atomic numbers of the atoms to compare.
 
         Returns
         -------
-        float or None
-            None without a fitted range (raw stds, a map not applied, or one stored
-            before ranges were kept).
+        float, ndarray of shape (n_atoms,) or None
+            One edge per atom with ``numbers`` (forces); None without a fitted range (raw
+            stds, a map not applied, or one stored before ranges were kept).
         """
         self.check_quantity(quantity)
         upper = self.fitted_range(quantity)[1]
         if not (np.isfinite(upper) and upper > 0):
             return None
+        edge = float(np.sqrt(self._map_variance(quantity, upper, 0.0)))
         scales = self.element_scales() if quantity == "forces" else {}
-        largest = max(scales.values(), default=1.0)
-        return float(largest * np.sqrt(self._map_variance(quantity, upper, 0.0)))
+        if numbers is not None and quantity == "forces":
+            numbers = np.asarray(numbers).ravel()
+            return edge * element_scales.per_value_scales(scales, numbers, numbers.size,
+                                                          "largest_fitted_std")
+        return max([1.0, *scales.values()]) * edge
 
     def fitted_quantities(self) -> tuple[str, ...]:
         """Return the quantities whose map was fitted (stress only where cells had one).

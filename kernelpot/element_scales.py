@@ -36,7 +36,7 @@ MIN_ATOMS = 10
 PRIOR_STD = 0.5
 #: Largest factor (and the inverse of the smallest) a fit may reach.
 _LIMIT = 10.0
-_KEY = re.compile(r"^forces_element_([0-9]+)$")
+_KEY = re.compile(r"^forces_element_([1-9][0-9]*)$")
 
 
 def element_key(number: int) -> str:

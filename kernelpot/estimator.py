@@ -1127,7 +1127,8 @@ pair of float
         """
         return self._calibration().factors(quantity)[0]
 
-    def largest_fitted_std(self, quantity: str = "forces") -> float | None:
+    def largest_fitted_std(self, quantity: str = "forces",
+                           numbers: np.ndarray | None = None) -> float | np.ndarray | None:
         """Return the largest calibrated epistemic std of the structures the map was fitted on.
 
         With the default ``calibration="loso"``, the largest std (eV/Å per force
@@ -1136,19 +1137,23 @@ pair of float
         An atom whose force stds pass it (their root mean square over its three
         components) lies beyond every structure the std was calibrated on: the map is
         extrapolated there (linearly in the raw variance), and the structure is unlike the
-        training data. ``kernelpot md`` warns at such structures.
+        training data. ``kernelpot md`` warns at such structures. With a force factor
+        per element (:meth:`element_scales`), each atom's edge is its element's.
 
         Parameters
         ----------
         quantity : {"energy", "forces", "stress"}, default="forces"
+        numbers : array_like of int or None, default=None
+            Forces only: the atoms' atomic numbers, for one edge per atom; without them
+            the largest element's.
 
         Returns
         -------
-        float or None
+        float, ndarray of shape (n_atoms,) or None
             None with raw stds (no map, or ``apply_calibration=False``) or a map stored
             without its fitted range (model files of format 7 and before).
         """
-        return self._calibration().largest_fitted_std(quantity)
+        return self._calibration().largest_fitted_std(quantity, numbers)
 
     def projection_weight(self, quantity: str) -> float:
         """Return the relative weight ``w`` of the projection term.

@@ -211,3 +211,31 @@ def test_force_atoms_refuses_numbers_that_do_not_match(default_ethanol):
     assert terms.force_atoms(None) is None
     assert terms.force_atoms([n[:-1] for n in numbers]) is None
     assert element_scales.MIN_ATOMS == MIN_ATOMS
+
+
+def test_the_edge_of_the_fitted_range_is_each_elements(default_ethanol, ethanol_frames,
+                                                       capsys):
+    """``kernelpot md``'s beyond-the-training-data check compares each atom with its own
+    element's edge, not the element with the largest factor's."""
+    from types import SimpleNamespace
+
+    from kernelpot.cli.md import BEYOND_TRAINING, _StdsWhenShown
+
+    model = default_ethanol["sparse"]
+    scales = model.element_scales()
+    atoms = ethanol_frames[50]
+    edges = model.largest_fitted_std("forces", numbers=atoms.numbers)
+    base = model.largest_fitted_std("forces", numbers=[6])[0] / scales[6]
+    np.testing.assert_allclose(edges, base * np.array([scales[z] for z in atoms.numbers]))
+    assert model.largest_fitted_std("forces") == pytest.approx(
+        base * max(1.0, *scales.values()))
+    small = min(scales, key=scales.get)  # the element of the smallest factor
+    atom = int(np.flatnonzero(atoms.numbers == small)[0])
+    watch = _StdsWhenShown(model, SimpleNamespace(nsteps=7, atoms=atoms))
+    stds = np.zeros((len(atoms), 3))
+    stds[atom] = 1.01 * BEYOND_TRAINING * edges[atom]  # past its own edge only
+    assert stds[atom, 0] < BEYOND_TRAINING * model.largest_fitted_std("forces")
+    watch._watch(stds)
+    assert watch.beyond == [7]
+    assert f"atom {atom}'s epistemic force std" in capsys.readouterr().err
+    assert "the calibrated H " in watch.summary() and " O " in watch.summary()

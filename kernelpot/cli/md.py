@@ -77,16 +77,18 @@ class _StdsWhenShown:
         if self.edge is None or not len(forces_std):
             return
         per_atom = np.sqrt(np.mean(forces_std**2, axis=1))
-        atom = int(np.argmax(per_atom))
-        if not per_atom[atom] > BEYOND_TRAINING * self.edge:
+        # each atom against its own element's edge (the map's factor per element)
+        edges = self.model.largest_fitted_std("forces", numbers=self.dyn.atoms.numbers)
+        atom = int(np.argmax(per_atom / edges))
+        if not per_atom[atom] > BEYOND_TRAINING * edges[atom]:
             return
         self.beyond.append(int(self.dyn.nsteps))
         if len(self.beyond) == 1:
             print(f"warning: at step {self.dyn.nsteps} atom {atom}'s epistemic force std, "
                   f"{significant(1e3 * per_atom[atom])} meV/Å, is "
-                  f"{per_atom[atom] / self.edge:.1f} "
+                  f"{per_atom[atom] / edges[atom]:.1f} "
                   f"times the largest of the structures the std was calibrated on "
-                  f"({significant(1e3 * self.edge)} meV/Å): the structure is unlike the "
+                  f"({significant(1e3 * edges[atom])} meV/Å): the structure is unlike the "
                   "training data and its forces may be far off (the trajectory after it "
                   "too); "
                   "on-the-fly learning (--reference, --train) labels such structures",
@@ -102,12 +104,22 @@ class _StdsWhenShown:
         if not self.beyond:
             return (f"; none of {self.shown} shown steps beyond the training data (no atom's "
                     f"force std, the RMS of its components, over {BEYOND_TRAINING:g} times "
-                    "the calibrated "
-                    f"{significant(1e3 * self.edge)} meV/Å)")
+                    f"the calibrated {self._edge_text()})")
         return (f"; {len(self.beyond)} of {self.shown} shown steps beyond the training data "
                 f"(an atom's force std, the RMS of its components, over "
                 f"{BEYOND_TRAINING:g} times the calibrated "
-                f"{significant(1e3 * self.edge)} meV/Å; first at step {self.beyond[0]})")
+                f"{self._edge_text()}; first at step {self.beyond[0]})")
+
+    def _edge_text(self) -> str:
+        """``45.2 meV/Å``, or per element where the map has a factor per element."""
+        if not self.model.element_scales():
+            return f"{significant(1e3 * self.edge)} meV/Å"
+        from ase.data import chemical_symbols
+
+        species = np.asarray(self.model.species_)
+        edges = self.model.largest_fitted_std("forces", numbers=species)
+        return ", ".join(f"{chemical_symbols[z]} {significant(1e3 * e)}"
+                         for z, e in zip(species, edges, strict=True)) + " meV/Å"
 
 
 class _Temperatures:
