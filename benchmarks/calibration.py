@@ -118,6 +118,13 @@ def main(argv=None):
 
     model_factors = ", ".join(f"{chemical_symbols[z]} {s:.3f}"
                               for z, s in model.element_scales().items()) or "none"
+    # the same LOSO map without its factor per element (no intervals: their scores are
+    # normalised by the stds with the factors)
+    saved = model.std_scale_, model.interval_scores_
+    model.std_scale_ = {k: v for k, v in saved[0].items() if not k.startswith("forces_element")}
+    model.interval_scores_ = None
+    rows["loso-1"] = _rows(model, test_terms, ref, hot_terms, hot, True, noise, args, test)
+    model.std_scale_, model.interval_scores_ = saved
     start = time.perf_counter()
     model.calibrate(valid)
     print(f"calibrated on {len(valid)} frames in {time.perf_counter() - start:.0f} s: "
@@ -125,7 +132,7 @@ def main(argv=None):
     rows["raw"] = _rows(model, test_terms, ref, hot_terms, hot, False, noise, args, test)
     rows["validation"] = _rows(model, test_terms, ref, hot_terms, hot, True, noise, args,
                                test)
-    rows = {k: rows[k] for k in ("raw", "loso", "validation")}
+    rows = {k: rows[k] for k in ("raw", "loso-1", "loso", "validation")}
     print(f"\n{args.molecule} 500 K, {model.method_} model, SOAP σ {args.sigma} Å, "
           f"n_max {args.n_max}, l_max {args.l_max}, force noise "
           f"{'fitted' if args.force_noise is None else args.force_noise}, "
@@ -158,6 +165,7 @@ def main(argv=None):
           "of loso within 5 % of validation's. "
           "expected: the Spearman of errors drawn from N(0, std²) with these stds (mean of "
           "100 draws). raw: calibration=None; loso: the default (no validation frames); "
+          "loso-1: the same map without its factor per element; "
           "validation: calibrate() on the validation frames. conf90 of the loso row: the "
           "normalised-score interval of the LOSO scores, or with --jackknife (marked +) "
           "the coverage of the jackknife+ intervals the model returns.")
