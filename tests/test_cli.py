@@ -186,6 +186,9 @@ def test_fit_eval_predict_round_trip(cli_files, capsys):
     out = capsys.readouterr().out
     assert "learned noise" in out and "training (fitted on these) forces" in out
     assert "leave-one-structure-out (12 structures" in out and "in all" in out
+    # 72 H and 24 C atoms have a force factor of their own, 12 O atoms too
+    assert re.search(r"the std calibration was fitted on these errors \(its force stds "
+                     r"scaled per element: H ×[\d.]+, C ×[\d.]+, O ×[\d.]+\)", out), out
     assert "training (fitted on these) calibration" not in out  # meaningless on training data
     assert "method='auto' chose 'sparse': n_sparse needs it" in out  # why, without -v
     model = load(model_path)
@@ -298,6 +301,16 @@ def test_eval_says_when_the_stds_are_far_from_the_errors_size():
         and "safe side" in safe and "another arrangement" not in safe
     for inside in (0.8, 1.25):  # RMS z-scores 1.25 and 0.8: no remark
         assert _size_note(errors, zero, np.full(4, inside), "force").endswith("the errors)")
+
+
+def test_fit_names_no_element_factors_where_the_map_has_none():
+    from types import SimpleNamespace
+
+    from kernelpot.cli._common import _element_factor_text
+
+    assert _element_factor_text(SimpleNamespace(element_scales=lambda: {})) == ""
+    assert _element_factor_text(SimpleNamespace(element_scales=lambda: {8: 1.2, 1: 0.9})) \
+        == " (its force stds scaled per element: H ×0.9, O ×1.2)"
 
 
 def test_eval_gives_each_elements_rms_z_score_where_there_are_two():

@@ -616,6 +616,18 @@ def shear_order_note(predicted: np.ndarray, reference: np.ndarray) -> str:
             "before training on them")
 
 
+def _element_factor_text(model) -> str:
+    """`` (force stds per element: H ×0.94, C ×1.05)``, or "" for a map without factors."""
+    from ase.data import chemical_symbols
+
+    scales = model.element_scales()
+    if not scales:
+        return ""
+    return (" (its force stds scaled per element: "
+            + ", ".join(f"{chemical_symbols[z]} ×{s:.3g}" for z, s in sorted(scales.items()))
+            + ")")
+
+
 def _print_loso(model, frames) -> None:
     """Print the leave-one-structure-out errors the fit computed (its std calibration)."""
     terms = getattr(model.posterior_, "loso", None)
@@ -639,7 +651,8 @@ def _print_loso(model, frames) -> None:
         n_atoms = np.array([len(frames[k]) for k in member[terms.is_energy]])
         e = terms.errors[terms.is_energy] / n_atoms
         parts.append(f"energy MAE {1e3 * np.mean(np.abs(e)):.2f} meV/atom")
-    used = ("the std calibration was fitted on these errors" if model.interval_kind_ == "loso"
+    used = ("the std calibration was fitted on these errors" + _element_factor_text(model)
+            if model.interval_kind_ == "loso"
             else "no std calibration from them (too few structures, or no epistemic "
                  "variance; see the log): raw stds")
     setting, blocks = getattr(model.posterior_, "loso_blocks", (None, None))
