@@ -2,11 +2,12 @@
 
 The variance map of :mod:`kernelpot.calibration` is one function of the raw variance for
 every atom. Its errors are not spread alike over the elements: measured on the default
-exact model of aspirin (n = 50, LOSO map), the test forces of H had a root-mean-square
-z-score of 0.76 and those of C 1.19 (O 1.01): H's stds too wide, C's too narrow, with the
-whole set at 0.71 inside 1σ. A factor per element, fitted on the same LOSO (or validation)
-errors after the map, brought them to 1.01, 0.98 and 1.12 and the test NLL of the force
-components from 1.429 to 1.393 nats.
+exact model of aspirin (n = 50, LOSO map, first 300 test frames), the test forces of H
+had a root-mean-square z-score of 0.75 and those of C 1.19 (O 1.02): H's stds too wide,
+C's too narrow, with the whole set at 0.71 inside 1σ. A factor per element, fitted on
+the same LOSO (or validation) errors after the map, brought them to 0.99, 0.99 and 1.12
+and the mean negative log-likelihood of the test force components from −1.037 to −1.074
+nats (benchmarks/RESULTS.md, "A force factor per element").
 
 Each element's factor ``s`` multiplies the calibrated epistemic variance of its atoms'
 force components (``s²``); the learned noise's share is not scaled. ``s`` maximises the
