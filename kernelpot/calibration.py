@@ -37,7 +37,6 @@ import logging
 import warnings
 
 import numpy as np
-from ase.data import chemical_symbols
 from scipy.optimize import brentq, minimize
 
 from kernelpot import conformal, element_scales
@@ -599,8 +598,7 @@ class StdCalibration:
         where = (f" (over raw stds {factor * np.sqrt(lower):.3g}–{factor * np.sqrt(upper):.3g}"
                  f" {unit}, linear beyond)" if p != 1.0 and np.isfinite(upper) else "")
         scales = self.element_scales() if quantity == "forces" else {}
-        per_element = ", ".join(f"{chemical_symbols[z]} ×{s:.3g}"
-                                for z, s in sorted(scales.items()))
+        per_element = element_scales.describe(scales)
         return (f"factor {c:.3g}, projection weight {w:.3g}, exponent {p:.3g}{where}, "
                 f"noise factor {noise:.3g}"
                 + (f"; per element {per_element}" if per_element else ""))

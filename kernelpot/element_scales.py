@@ -27,7 +27,7 @@ import re
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-__all__ = ["MIN_ATOMS", "PRIOR_STD", "element_key", "fit_element_scales",
+__all__ = ["MIN_ATOMS", "PRIOR_STD", "describe", "element_key", "fit_element_scales",
            "is_element_key", "per_value_scales", "scales_of"]
 
 #: Fewest atoms of an element (over all fitting structures) for a factor of its own.
@@ -85,6 +85,24 @@ def scales_of(std_scale: dict | None) -> dict[int, float]:
     """
     return {int(_KEY.match(key).group(1)): float(value)
             for key, value in (std_scale or {}).items() if is_element_key(key)}
+
+
+def describe(scales: dict[int, float]) -> str:
+    """Return the factors in words, ``"H ×0.94, C ×1.05"`` (by atomic number).
+
+    Parameters
+    ----------
+    scales : dict
+        Atomic number to factor (:func:`scales_of`).
+
+    Returns
+    -------
+    str
+        Empty for no factors.
+    """
+    from ase.data import chemical_symbols
+
+    return ", ".join(f"{chemical_symbols[z]} ×{s:.3g}" for z, s in sorted(scales.items()))
 
 
 def per_value_scales(scales: dict[int, float], numbers: np.ndarray, size: int,

@@ -618,14 +618,12 @@ def shear_order_note(predicted: np.ndarray, reference: np.ndarray) -> str:
 
 def _element_factor_text(model) -> str:
     """`` (force stds per element: H ×0.94, C ×1.05)``, or "" for a map without factors."""
-    from ase.data import chemical_symbols
+    from kernelpot import element_scales
 
     scales = model.element_scales()
     if not scales:
         return ""
-    return (" (its force stds scaled per element: "
-            + ", ".join(f"{chemical_symbols[z]} ×{s:.3g}" for z, s in sorted(scales.items()))
-            + ")")
+    return f" (its force stds scaled per element: {element_scales.describe(scales)})"
 
 
 def _print_loso(model, frames) -> None:
