@@ -343,7 +343,7 @@ model = SparseGPPotential(ACSF.from_grid(["Cu"], 4.0, n_radial=6, n_angular=4),
                           random_state=0, n_restarts=0, method="sparse")
 learner = OnTheFlyLearner(model, SlowEMT(), threshold=1e-6, directory={directory!r},
                           n_inducing=2, checkpoint_every=3, min_interval=1)
-learner.run(VelocityVerlet(atoms, timestep=0.2), 40)
+learner.run(VelocityVerlet(atoms, timestep=0.2), 16)
 """
 
 
@@ -370,8 +370,8 @@ def test_survives_sigkill_and_resumes(tmp_path):
     for frame in before:
         assert any(np.allclose(frame.positions, t.positions, atol=1e-7) for t in trained)
     log = [json.loads(line) for line in (tmp_path / "otf_log.jsonl").read_text().splitlines()]
-    assert log[-1]["step"] == 40
-    assert learner._dynamics.nsteps == 40
+    assert log[-1]["step"] == 16
+    assert learner._dynamics.nsteps == 16
 
 
 def test_xtb_reference_on_ethanol(tmp_path, ethanol_frames, small_soap):
