@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["AssembledDesign", "SparseDesign", "inducing_factor", "prior_with_two_body",
-           "with_two_body"]
+           "rebuilt_inducing_factor", "with_two_body"]
 
 
 def with_two_body(rows: gp.DesignRows, pair: TwoBody | None, atoms: Atoms,
@@ -178,6 +178,57 @@ def inducing_factor(inducing: list[np.ndarray], kernel: Kernel, pair: TwoBody | 
     n_pair = pair.n_columns(n_species)
     pair_block = pair_factor(float(pair.prior_std), jitter_abs) * np.eye(n_pair)
     return sla.block_diag(L, pair_block), jitter, jitter_abs
+
+
+def rebuilt_inducing_factor(inducing: list[np.ndarray], columns: list[np.ndarray],
+                            kernel: Kernel, pair_prior_std: float | None,
+                            pair_columns: np.ndarray | None, jitter_abs: float,
+                            n_columns: int) -> np.ndarray:
+    """Rebuild ``L_mm`` from the inducing environments, as a fresh fit factors it.
+
+    ``k_mm`` of the environments in their model columns plus ``jitter_abs`` on its
+    diagonal, factored in one Cholesky (the GP columns in ascending order, as
+    :func:`inducing_factor` does for a fresh fit, whose factor this equals exactly);
+    the two-body columns get :func:`pair_factor` on the diagonal. A model grown by
+    updates appended its factor's rows one block at a time, which this equals to
+    round-off unless an update needed more jitter (see
+    :meth:`kernelpot.sparse_posterior.SparsePosterior.to_arrays`).
+
+    Parameters
+    ----------
+    inducing : list of ndarray of shape (m_s, n_features)
+    columns : list of ndarray of shape (m_s,)
+        Each species' model columns.
+    kernel : Kernel
+    pair_prior_std : float or None
+        The two-body term's prior std; None without one.
+    pair_columns : ndarray of shape (n_pair,) or None
+    jitter_abs : float
+    n_columns : int
+        ``M``, every weight's column.
+
+    Returns
+    -------
+    L_mm : ndarray of shape (M, M)
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        If ``k_mm`` plus the jitter is not positive definite.
+    """
+    gp_columns = np.sort(np.concatenate([np.asarray(c, dtype=np.int64) for c in columns]))
+    local = np.full(n_columns, -1, dtype=np.int64)
+    local[gp_columns] = np.arange(gp_columns.size)
+    K = np.zeros((gp_columns.size, gp_columns.size))
+    for Z, c in zip(inducing, columns, strict=True):
+        if len(Z):
+            K[np.ix_(local[c], local[c])] = kernel(Z)
+    L = np.zeros((n_columns, n_columns))
+    L[np.ix_(gp_columns, gp_columns)] = sla.cholesky(
+        K + jitter_abs * np.eye(len(K)), lower=True)
+    if pair_columns is not None and len(pair_columns):
+        L[pair_columns, pair_columns] = pair_factor(float(pair_prior_std), jitter_abs)
+    return L
 
 
 class AssembledDesign(NamedTuple):

@@ -40,8 +40,10 @@ __all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "UNITS", "decode", "encode", "
 #: ``exact_L_tril``, half the size of the square, and a sparse model's ``L_mm`` as its
 #: rows from their first nonzero entry on (``L_mm_envelope``, ``L_mm_first``): its
 #: blocks by element, 2026-12-07; 10: the std map's force factor per element,
-#: ``forces_element_<Z>`` entries of ``std_scale``, 2026-12-07).
-FORMAT_VERSION = 10
+#: ``forces_element_<Z>`` entries of ``std_scale``, 2026-12-07; 11: a sparse model's
+#: ``L_mm`` left out and rebuilt from the inducing environments at load, stored only
+#: where that would not give it back, 2026-12-07).
+FORMAT_VERSION = 11
 #: Versions this code reads (a version 2 file has none of version 3's additions,
 #: versions 2 and 3 hold the factors as full squares, and versions 2 to 4 store a
 #: training state with its design; versions 2 to 5 have no stress noise, read as
@@ -49,8 +51,8 @@ FORMAT_VERSION = 10
 #: statistics column per observation; versions 2 to 7 have no fitted range of the std
 #: maps, whose exponent then holds everywhere; versions 2 to 8 hold the exact model's
 #: factor as a full square; versions 2 to 9 have no element factors: every element's
-#: is 1); any other is refused.
-READABLE_VERSIONS = (2, 3, 4, 5, 6, 7, 8, 9, 10)
+#: is 1; versions 2 to 10 store every sparse model's ``L_mm``); any other is refused.
+READABLE_VERSIONS = (2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
 _FORMAT_NAME = "kernelpot-model"
 #: Units of the stored values.
 UNITS = {"energy": "eV", "length": "Å", "force": "eV/Å", "energy_noise": "eV/√atom",

@@ -55,7 +55,13 @@ from kernelpot._labels import TrainingSet
 from kernelpot._structures import labels_only
 from kernelpot._two_body_search import pair_factor, search_prior_std, whitened_pair_scale
 from kernelpot.descriptors import DescriptorResult
-from kernelpot.design import AssembledDesign, SparseDesign, prior_with_two_body, with_two_body
+from kernelpot.design import (
+    AssembledDesign,
+    SparseDesign,
+    prior_with_two_body,
+    rebuilt_inducing_factor,
+    with_two_body,
+)
 from kernelpot.fit_memory import (
     IN_MEMORY_COPIES,
     FitMemory,
@@ -97,6 +103,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["SparsePosterior", "features_only"]
+
+#: how close (relative to its largest entry) ``L_mm`` rebuilt from the inducing
+#: environments must come to the model's for a model file to leave it out
+REBUILD_RTOL = 1e-10
 
 #: Inducing environments per species when ``n_sparse=None``.
 DEFAULT_SPARSE_CAP = 2000
@@ -1343,14 +1353,15 @@ class SparsePosterior(Posterior):
             For ``training_state=True`` without a training state.
         """
         stats = self.stats
-        # the two factors are lower triangular: their triangles alone (format 4); L_mm,
-        # block diagonal by element, its blocks alone (format 9)
-        L_mm, first = gp.pack_envelope(self.factors.L_mm)
-        arrays = {"alpha": self.weights, "L_mm_envelope": L_mm, "L_mm_first": first,
-                  "L_post_tril": gp.pack_lower(self.factors.L_post),
+        # L_post is lower triangular: its triangle alone (format 4). L_mm is rebuilt from
+        # the inducing environments at load (format 11) unless that would not give it
+        # back (an update's factor that needed more jitter): then its blocks (format 9)
+        arrays = {"alpha": self.weights, "L_post_tril": gp.pack_lower(self.factors.L_post),
                   "stats_eigenvalues": stats.eigenvalues,
                   "stats_U": stats.U, "stats_beta_E": stats.beta_E,
                   "stats_beta_F": stats.beta_F}
+        if not self._inducing_factor_rebuilds():
+            arrays["L_mm_envelope"], arrays["L_mm_first"] = gp.pack_envelope(self.factors.L_mm)
         for s, Z in enumerate(self.inducing):
             arrays[f"inducing_{s}"] = Z
             arrays[f"columns_{s}"] = self.columns[s]
@@ -1388,6 +1399,29 @@ class SparsePosterior(Posterior):
             arrays["stats_beta_S"] = stats.beta_S
         return arrays, fitted
 
+    def _rebuilt_inducing_factor(self) -> np.ndarray:
+        """``L_mm`` rebuilt from the inducing environments (see :meth:`to_arrays`)."""
+        return rebuilt_inducing_factor(
+            self.inducing, self.columns, self.kernel,
+            None if self.two_body is None else self.two_body.prior_std,
+            self.pair_columns if self.two_body is not None else None, self.jitter_abs,
+            self.weights.size)
+
+    def _inducing_factor_rebuilds(self) -> bool:
+        """Return whether :meth:`_rebuilt_inducing_factor` gives ``L_mm`` back.
+
+        To :data:`REBUILD_RTOL` of its largest entry: exactly for a fresh fit, to
+        round-off for a model grown by updates, and not where an update's new block
+        needed more than the model's jitter (a new environment nearly repeating one).
+        """
+        L_mm = self.factors.L_mm
+        try:
+            rebuilt = self._rebuilt_inducing_factor()
+        except np.linalg.LinAlgError:
+            return False
+        scale = float(np.max(np.abs(L_mm))) if L_mm.size else 1.0
+        return bool(np.max(np.abs(rebuilt - L_mm), initial=0.0) <= REBUILD_RTOL * scale)
+
     @classmethod
     def from_arrays(cls, arrays: dict, fitted: dict, kernel: Kernel, two_body: TwoBody | None,
                     n_species: int, what: str) -> SparsePosterior:
@@ -1417,10 +1451,12 @@ class SparsePosterior(Posterior):
         if isinstance(signal_std, bool) or not isinstance(signal_std, (int, float)) \
                 or not signal_std > 0:
             raise ValueError(f"load: {what} has a malformed signal_std entry {signal_std!r}")
-        # format 9 holds L_mm's blocks, 4 to 8 its triangle; earlier files hold the squares
+        # format 11 rebuilds L_mm where it can, 9 and 10 hold its blocks, 4 to 8 its
+        # triangle; earlier files hold the squares
         factor_names = (["L_mm_envelope", "L_mm_first", "L_post_tril"]
                         if "L_mm_envelope" in arrays
                         else ["L_mm_tril", "L_post_tril"] if "L_mm_tril" in arrays
+                        else ["L_post_tril"] if "L_post_tril" in arrays
                         else ["L_mm", "L_post"])
         needed = ["alpha", *factor_names, "stats_eigenvalues", "stats_U", "stats_beta_E",
                   "stats_beta_F"] + [f"{name}_{s}" for s in range(n_species)
@@ -1432,25 +1468,32 @@ class SparsePosterior(Posterior):
         for z in inducing:
             z.setflags(write=False)
         columns = [arrays[f"columns_{s}"] for s in range(n_species)]
+        for z, c in zip(inducing, columns, strict=True):
+            if z.ndim != 2 or c.ndim != 1 or c.dtype.kind not in "iu" or len(c) != len(z):
+                raise ValueError(f"load: {what} has inducing environments of shape "
+                                 f"{z.shape} with columns of shape {c.shape}")
         weights = arrays["alpha"]
         n_pair = two_body.n_columns(n_species) if two_body is not None else 0
         if len(weights) != sum(len(z) for z in inducing) + n_pair:
             raise ValueError(f"load: {what} holds {len(weights)} weights, which does not "
                              "match its inducing environments and two-body term")
         M = len(weights)
+        pair_columns = _checked_pair_columns(arrays.get("pair_columns"), columns, two_body,
+                                             n_species, len(weights), what)
         if factor_names[0] == "L_mm_envelope":
             L_mm = gp.unpack_envelope(arrays["L_mm_envelope"], arrays["L_mm_first"], M, what)
         elif factor_names[0] == "L_mm_tril":
             L_mm = gp.unpack_lower(arrays["L_mm_tril"], M, what)
-        else:
+        elif factor_names[0] == "L_mm":
             L_mm = arrays["L_mm"]
+        else:
+            L_mm = _loaded_inducing_factor(inducing, columns, kernel, two_body, pair_columns,
+                                           fitted.get("jitter_abs"), M, what)
         L_post = gp.unpack_lower(arrays["L_post_tril"], M, what) \
             if factor_names[-1] == "L_post_tril" else arrays["L_post"]
         if L_mm.shape != (M, M) or L_post.shape != (M, M):
             raise ValueError(f"load: {what} holds factors of shapes {L_mm.shape} and "
                              f"{L_post.shape} for {M} weights")
-        pair_columns = _checked_pair_columns(arrays.get("pair_columns"), columns, two_body,
-                                             n_species, len(weights), what)
         training = None
         if "state_y" in arrays:
             training = _training_state_from_arrays(arrays, L_mm, what)
@@ -1488,6 +1531,24 @@ class SparsePosterior(Posterior):
 
 #: how long a fit waits for a worker when the cluster lists none (seconds)
 WORKER_WAIT_S = 60.0
+
+
+def _loaded_inducing_factor(inducing: list[np.ndarray], columns: list[np.ndarray],
+                            kernel: Kernel, two_body: TwoBody | None,
+                            pair_columns: np.ndarray | None, jitter_abs, M: int,
+                            what: str) -> np.ndarray:
+    """Rebuild a loaded model's ``L_mm`` (format 11); a clear error if it cannot be."""
+    if isinstance(jitter_abs, bool) or not isinstance(jitter_abs, (int, float)) \
+            or not np.isfinite(jitter_abs) or jitter_abs < 0:
+        raise ValueError(f"load: {what} has a malformed jitter_abs entry {jitter_abs!r}")
+    try:
+        return rebuilt_inducing_factor(
+            inducing, columns, kernel, None if two_body is None else two_body.prior_std,
+            pair_columns if two_body is not None else None, float(jitter_abs), M)
+    except (np.linalg.LinAlgError, ValueError) as error:
+        raise ValueError(f"load: {what}'s inducing environments do not give a positive "
+                         f"definite kernel matrix with its jitter ({error}); the file is "
+                         "damaged or was altered") from error
 
 
 def _cluster_workers(client) -> list[dict]:
@@ -1780,6 +1841,8 @@ def _inducing_origin_from_arrays(arrays: dict, inducing: list[np.ndarray], n_str
 def _checked_pair_columns(pair_columns, columns, two_body, n_species, n_weights, what):
     """Return the two-body columns, checked: every design column exactly once overall."""
     if two_body is None:
+        if not np.array_equal(np.sort(np.concatenate(list(columns))), np.arange(n_weights)):
+            raise ValueError(f"load: {what} has malformed inducing columns")
         return None
     every = np.concatenate(list(columns) + ([pair_columns] if pair_columns is not None
                                             else []))

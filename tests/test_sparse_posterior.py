@@ -107,18 +107,10 @@ def test_to_arrays_holds_the_documented_entries(with_pair):
     arrays, fitted = posterior.to_arrays()
     M = posterior.weights.size
     assert arrays["alpha"].shape == (M,)
-    # the triangular factors as their lower triangles (format 4); L_mm, block diagonal
-    # (no kernel between elements; the two-body columns' prior is diagonal), as its
-    # blocks (format 9)
+    # L_post as its lower triangle (format 4); L_mm not at all: a fresh fit's is rebuilt
+    # from the inducing environments at load (format 11)
     assert arrays["L_post_tril"].shape == (M * (M + 1) // 2,)
-    blocks = [len(arrays[f"inducing_{s}"]) for s in range(3)] + [1] * (4 * 6)
-    assert arrays["L_mm_envelope"].shape == (sum(b * (b + 1) // 2 for b in blocks),)
-    starts = np.repeat(np.cumsum([0, *blocks[:-1]]), blocks)
-    np.testing.assert_array_equal(arrays["L_mm_first"], starts)
-    np.testing.assert_array_equal(
-        gp.unpack_envelope(arrays["L_mm_envelope"], arrays["L_mm_first"], M, "m.npz"),
-        posterior.factors.L_mm)
-    assert "L_mm_tril" not in arrays
+    assert not any(k.startswith("L_mm") for k in arrays)
     assert sum(len(arrays[f"inducing_{s}"]) for s in range(3)) + 4 * 6 == M
     np.testing.assert_array_equal(np.sort(np.concatenate(
         [arrays[f"columns_{s}"] for s in range(3)] + [arrays["pair_columns"]])), np.arange(M))
@@ -420,12 +412,81 @@ def test_a_factors_envelope_drops_only_leading_zeros_and_refuses_bad_row_starts(
         pack_envelope(L)
 
 
+def test_a_factor_that_does_not_rebuild_is_stored_as_its_blocks(with_pair):
+    """An update's block that needed more jitter: L_mm is stored, as format 9 did."""
+    posterior = with_pair.posterior_
+    M = posterior.weights.size
+    L_mm = posterior.factors.L_mm.copy()
+    L_mm[0, 0] *= 1 + 1e-6  # as if the first column had been given more jitter
+    changed = SparsePosterior.from_arrays(*_arrays_with(posterior, L_mm), with_pair.kernel_,
+                                          with_pair.two_body_, 3, "m.npz")
+    assert not changed._inducing_factor_rebuilds()
+    arrays, fitted = changed.to_arrays()
+    # L_mm, block diagonal (no kernel between elements; the two-body columns' prior is
+    # diagonal), as its blocks (format 9)
+    blocks = [len(arrays[f"inducing_{s}"]) for s in range(3)] + [1] * (4 * 6)
+    assert arrays["L_mm_envelope"].shape == (sum(b * (b + 1) // 2 for b in blocks),)
+    starts = np.repeat(np.cumsum([0, *blocks[:-1]]), blocks)
+    np.testing.assert_array_equal(arrays["L_mm_first"], starts)
+    restored = SparsePosterior.from_arrays(arrays, json.loads(json.dumps(fitted)),
+                                           with_pair.kernel_, with_pair.two_body_, 3, "m.npz")
+    np.testing.assert_array_equal(restored.factors.L_mm, L_mm)
+    assert restored.weights.size == M
+
+
+def _arrays_with(posterior, L_mm):
+    """The posterior's arrays and metadata with ``L_mm`` stored as its blocks."""
+    arrays, fitted = posterior.to_arrays()
+    arrays["L_mm_envelope"], arrays["L_mm_first"] = gp.pack_envelope(L_mm)
+    return arrays, json.loads(json.dumps(fitted))
+
+
+@pytest.mark.parametrize("grow", [False, True])
+def test_the_rebuilt_factor_equals_the_fitted_one(soap, frames, grow):
+    """Exactly for a fresh fit; to round-off after updates appended factor blocks."""
+    model = SparseGPPotential(soap, incremental=True, two_body=TwoBody(r_cut=3.0, n_basis=4),
+                              **FIXED).fit(frames[:4])
+    if grow:  # new environments, and one repeating a stored one
+        model.update(frames[4:6], n_inducing="all")
+        model.update(frames[:1], n_inducing="all")
+    posterior = model.posterior_
+    assert posterior._inducing_factor_rebuilds()
+    rebuilt = posterior._rebuilt_inducing_factor()
+    if grow:
+        np.testing.assert_allclose(rebuilt, posterior.factors.L_mm, rtol=0, atol=1e-12)
+    else:
+        np.testing.assert_array_equal(rebuilt, posterior.factors.L_mm)
+    restored = _round_trip(posterior, model, training_state=True)
+    _assert_same(_predictions(restored, model, frames[40:43]),
+                 _predictions(posterior, model, frames[40:43]), rtol=1e-9)
+
+
+@pytest.mark.parametrize("change", ["negative jitter", "jitter text", "duplicate column",
+                                    "column out of range"])
+def test_a_file_whose_factor_cannot_be_rebuilt_is_refused(plain, change):
+    arrays, fitted = plain.posterior_.to_arrays()
+    arrays = {k: np.array(v) for k, v in arrays.items()}
+    fitted = json.loads(json.dumps(fitted))
+    if change == "negative jitter":  # k_mm minus a large jitter: not positive definite
+        fitted["jitter_abs"] = -1e6
+    elif change == "jitter text":
+        fitted["jitter_abs"] = "0.001"
+    elif change == "duplicate column":
+        arrays["columns_0"][1] = arrays["columns_0"][0]
+    else:
+        arrays["columns_0"][0] = plain.posterior_.weights.size
+    match = "jitter_abs" if "jitter" in change else "inducing columns"
+    with pytest.raises(ValueError, match=match):
+        SparsePosterior.from_arrays(arrays, fitted, plain.kernel_, plain.two_body_, 3,
+                                    "m.npz")
+
+
 def test_a_sparse_model_file_of_format_8_still_loads(with_pair):
     """Format 4 to 8 held L_mm as its whole lower triangle."""
     posterior = with_pair.posterior_
     arrays, fitted = posterior.to_arrays()
     M = posterior.weights.size
-    old = {k: v for k, v in arrays.items() if not k.startswith("L_mm_")}
+    old = dict(arrays)
     old["L_mm_tril"] = gp.pack_lower(posterior.factors.L_mm)
     restored = SparsePosterior.from_arrays(old, json.loads(json.dumps(fitted)),
                                            with_pair.kernel_, with_pair.two_body_, 3, "m.npz")
