@@ -48,8 +48,8 @@ from typing import NamedTuple
 import numpy as np
 import scipy.linalg as sla
 
-__all__ = ["LosoTerms", "consecutive_groups", "exact_loso", "own_columns", "own_span",
-           "own_spans", "sparse_loso", "timed"]
+__all__ = ["LosoTerms", "consecutive_groups", "element_factors", "exact_loso", "own_columns",
+           "own_span", "own_spans", "sparse_loso", "timed"]
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +269,8 @@ def own_columns(origins: list[np.ndarray] | None, columns: list[np.ndarray],
     return np.split(column[known][order], np.cumsum(counts)[:-1])
 
 
-def own_span(whitened: np.ndarray, L_mm: np.ndarray, columns: np.ndarray) -> np.ndarray:
+def own_span(whitened: np.ndarray, L_mm: np.ndarray, columns: np.ndarray,
+             factors: list[tuple] | None = None) -> np.ndarray:
     """Return the part of each row's spanned prior variance that ``columns`` alone add.
 
     ``|L_mm⁻¹ k|² - k_{-S}ᵀ k_{mm,-S}⁻¹ k_{-S}`` for each row: the Schur-complement
@@ -285,15 +286,25 @@ def own_span(whitened: np.ndarray, L_mm: np.ndarray, columns: np.ndarray) -> np.
         Lower factor of ``k_mm``.
     columns : ndarray of int
         The removed inducing columns ``S``.
+    factors : list of tuple, optional
+        :func:`element_factors` of ``L_mm``: one solve per element instead of one over
+        every column (see :func:`own_spans`).
 
     Returns
     -------
     ndarray of shape (n_rows,)
         Between 0 and the row's squared norm.
+
+    Raises
+    ------
+    ValueError
+        With ``factors``, if a column in ``columns`` is no element's.
     """
     columns = np.asarray(columns, dtype=np.int64)
     if not len(columns):
         return np.zeros(len(whitened))
+    if factors is not None:
+        return _own_span_by_element(whitened, factors, columns)
     M = len(L_mm)
     first = int(columns.min())  # L_mm⁻¹ E_S is zero above the first removed column
     unit = np.zeros((M - first, len(columns)))
@@ -305,7 +316,8 @@ def own_span(whitened: np.ndarray, L_mm: np.ndarray, columns: np.ndarray) -> np.
 
 
 def own_spans(Kw: np.ndarray, L_mm: np.ndarray, structure: np.ndarray,
-              own: list[np.ndarray]) -> np.ndarray:
+              own: list[np.ndarray],
+              species_columns: list[np.ndarray] | None = None) -> np.ndarray:
     """Return :func:`own_span` of every row of a whitened design, with its structure's columns.
 
     Parameters
@@ -318,6 +330,12 @@ def own_spans(Kw: np.ndarray, L_mm: np.ndarray, structure: np.ndarray,
     own : list of ndarray of int
         Per structure, the columns of the inducing environments chosen from it
         (:func:`own_columns`).
+    species_columns : list of ndarray of int, optional
+        Each element's inducing columns. ``k_mm`` has no kernel between elements, so
+        ``L_mm`` restricted to one element's columns (in ascending order) is that
+        element's own factor and ``L_mm⁻¹ E_S`` splits into one independent solve per
+        element: ``Σ_s m_s³`` work over all structures instead of ``M³`` (a seventh of
+        it for aspirin's three elements). Without it, one solve over every column.
 
     Returns
     -------
@@ -325,11 +343,60 @@ def own_spans(Kw: np.ndarray, L_mm: np.ndarray, structure: np.ndarray,
     """
     structure = np.asarray(structure)
     spans = np.zeros(len(structure))
+    factors = None if species_columns is None else element_factors(L_mm, species_columns)
     for rows in _blocks(structure):
         b = int(structure[rows[0]])
         if b < len(own) and len(own[b]):
-            spans[rows] = own_span(Kw[rows], L_mm, own[b])
+            spans[rows] = own_span(Kw[rows], L_mm, own[b], factors)
     return spans
+
+
+def element_factors(L_mm: np.ndarray, species_columns: list[np.ndarray]) -> list[tuple]:
+    """Return ``(columns, L_mm[columns, columns])`` per element, columns ascending.
+
+    With no kernel between elements, each is that element's own Cholesky factor of
+    ``k_mm`` (for :func:`own_span`).
+
+    Parameters
+    ----------
+    L_mm : ndarray of shape (M, M)
+    species_columns : list of ndarray of int
+        Each element's inducing columns.
+
+    Returns
+    -------
+    list of tuple
+        ``(columns, factor)`` for every element with a column.
+    """
+    blocks = []
+    for columns in species_columns:
+        columns = np.sort(np.asarray(columns, dtype=np.int64))
+        if len(columns):
+            blocks.append((columns, np.asfortranarray(L_mm[np.ix_(columns, columns)])))
+    return blocks
+
+
+def _own_span_by_element(whitened: np.ndarray, factors: list[tuple],
+                         columns: np.ndarray) -> np.ndarray:
+    """:func:`own_span` with one solve per element's factor (see :func:`own_spans`)."""
+    total = np.zeros(len(whitened))
+    found = 0
+    for block_columns, L in factors:
+        local = np.flatnonzero(np.isin(block_columns, columns))
+        if not local.size:
+            continue
+        found += local.size
+        first = int(local[0])
+        unit = np.zeros((len(block_columns) - first, local.size))
+        unit[local - first, np.arange(local.size)] = 1.0
+        X = sla.solve_triangular(L[first:, first:], unit, lower=True, check_finite=False)
+        Q, _ = np.linalg.qr(X)
+        along = whitened[:, block_columns[first:]] @ Q
+        total += np.einsum("nk,nk->n", along, along)
+    if found != len(np.unique(columns)):
+        raise ValueError("own_span: a structure's own columns are not all inducing columns "
+                         "of an element")
+    return total
 
 
 def _blocks(structure: np.ndarray) -> list[np.ndarray]:

@@ -1056,7 +1056,8 @@ class SparsePosterior(Posterior):
         return _sparse_loso_terms(state.Kw, state.y, state.noise_std, self.signal_std,
                                   state.prior, kinds, structure, state.L_mm,
                                   self.pair_columns, factor=state.R,
-                                  own=self.own_columns(len(state.frames)), blocks=blocks)
+                                  own=self.own_columns(len(state.frames)), blocks=blocks,
+                                  species_columns=self.columns)
 
     def _add_structure(self, atoms, energy: float, forces, index, descriptor, e0,
                        stress=None, raw=None):
@@ -1745,7 +1746,8 @@ def _in_memory_loso(design: SparseDesign, assembled: AssembledDesign, training: 
     loso = _timed_loso(owner, lambda: _sparse_loso_terms(
         Kw, design.y, noise_std, sigma, assembled.prior, design.row_kinds(), structure,
         assembled.L_mm, design.pair_columns if two_body else None,
-        own=own_columns(origin, columns, len(training.frames)), blocks=blocks))
+        own=own_columns(origin, columns, len(training.frames)), blocks=blocks,
+        species_columns=columns))
     return loso, blocks
 
 
@@ -1772,7 +1774,8 @@ def _sparse_loso_terms(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarr
                        pair_columns: np.ndarray | None, factor: np.ndarray | None = None,
                        streamed: tuple | None = None,
                        own: list[np.ndarray] | None = None,
-                       blocks: np.ndarray | None = None) -> LosoTerms:
+                       blocks: np.ndarray | None = None,
+                       species_columns: list[np.ndarray] | None = None) -> LosoTerms:
     """Compute the LOSO terms of a whitened design (:func:`kernelpot.loso.sparse_loso`).
 
     ``factor``: the upper factor of ``A``, when the caller keeps it (the incremental
@@ -1793,6 +1796,8 @@ def _sparse_loso_terms(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarr
     a streamed design's ``spanned`` leaves them out already). ``blocks``: the leave-out
     block of each structure (:func:`kernelpot.loso_blocks.structure_blocks`; None: one
     structure each), which then stands for the structure everywhere above.
+    ``species_columns``: each element's inducing columns, so that the left-out columns
+    are solved for element by element (:func:`kernelpot.loso.own_spans`).
     """
     member = None if blocks is None else np.asarray(structure)
     structure = loso_blocks.by_block(structure, blocks)
@@ -1810,7 +1815,7 @@ def _sparse_loso_terms(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarr
             pair = Kw[:, pair_columns]
             spanned = spanned - np.einsum("nm,nm->n", pair, pair)
         if own is not None:
-            spanned = spanned - own_spans(Kw, L_mm, structure, own)
+            spanned = spanned - own_spans(Kw, L_mm, structure, own, species_columns)
     projection = np.maximum(sigma**2 * (prior - spanned), 0.0)
     # a design row k has whitened features φ = σ L_mm⁻¹ k: the shift is k @ σ L_mm⁻ᵀ (A⁻¹G)
     basis = sigma * sla.solve_triangular(L_mm, whitened, lower=True, trans="T",

@@ -42,7 +42,7 @@ import scipy.linalg as sla
 
 from kernelpot import gp
 from kernelpot._block_runner import BlockRunner
-from kernelpot.loso import consecutive_groups, loso_group, own_span
+from kernelpot.loso import consecutive_groups, element_factors, loso_group, own_span
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -360,6 +360,7 @@ def factor_block(context: BlockContext, block: tuple) -> BlockFactor:
     y = design.y
     forces = np.empty((design.n_force, M + 1), order="F")
     energy, stress, spanned, prior = [], [], [], []
+    factors = None
     for k, whitened, row_prior in _whitened_structures(design, context.kernel, context.L_mm,
                                                        context.prior):
         rows = _row_indices(design, k)
@@ -373,7 +374,9 @@ def factor_block(context: BlockContext, block: tuple) -> BlockFactor:
             forces[force_rows[0]:force_rows[-1] + 1, M] = y[rows[is_force]]
         norms = np.einsum("nm,nm->n", whitened[:, gp_columns], whitened[:, gp_columns])
         if own is not None and len(own[k]):
-            norms -= own_span(whitened, context.L_mm, own[k])
+            if factors is None:  # once per block: each element's factor (loso.own_spans)
+                factors = element_factors(context.L_mm, gp.inducing_columns(context.inducing))
+            norms -= own_span(whitened, context.L_mm, own[k], factors)
         spanned.append(norms)
         prior.append(row_prior)
     qr = StackedQR(M)

@@ -8,7 +8,7 @@ from helpers import DATA
 from kernelpot import SOAP, SparseGPPotential, gp
 from kernelpot._labels import TrainingSet, read_labels
 from kernelpot.design import SparseDesign
-from kernelpot.loso import exact_loso, own_columns, own_span, sparse_loso
+from kernelpot.loso import exact_loso, own_columns, own_span, own_spans, sparse_loso
 
 SOAP_SMALL = SOAP(["H", "C", "O"], 3.5, n_max=3, l_max=2, sigma=0.4)
 
@@ -339,6 +339,28 @@ def test_own_span_is_the_schur_complement_of_the_removed_columns():
             "nm,nm->n", g[:, keep], np.linalg.solve(K[np.ix_(keep, keep)], g[:, keep].T).T)
         np.testing.assert_allclose(own_span(w, L, np.array(own)), expected, rtol=1e-10)
     assert not np.any(own_span(w, L, np.array([], dtype=int)))
+
+
+def test_own_spans_element_by_element_equal_one_solve_over_every_column():
+    """k_mm has no kernel between elements: one solve per element's factor gives the same
+    spans, also with the elements' columns interleaved (as updates append them)."""
+    rng = np.random.default_rng(4)
+    species_columns = [np.array([0, 1, 2, 5, 6, 9, 10]), np.array([3, 4, 7, 8, 11])]
+    K = np.zeros((12, 12))
+    for columns in species_columns:
+        A = rng.normal(size=(len(columns), 8))
+        K[np.ix_(columns, columns)] = A @ A.T + 0.1 * np.eye(len(columns))
+    L = np.linalg.cholesky(K)
+    g = rng.normal(size=(6, 12))
+    Kw = np.linalg.solve(L, g.T).T
+    structure = np.array([0, 0, 1, 1, 2, 2])
+    own = [np.array([1, 4]), np.array([9, 10, 11]), np.array([], dtype=int)]
+    one = own_spans(Kw, L, structure, own)
+    by_element = own_spans(Kw, L, structure, own, species_columns)
+    np.testing.assert_allclose(by_element, one, rtol=1e-12, atol=1e-14)
+    assert np.all(one[:4] > 0) and not np.any(one[4:])
+    with pytest.raises(ValueError, match="not all inducing columns of an element"):
+        own_spans(Kw, L, structure, own, [species_columns[0]])
 
 
 def test_own_columns_groups_the_inducing_columns_by_structure():
