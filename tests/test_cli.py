@@ -37,6 +37,9 @@ def test_descriptors_on_a_user_file(tmp_path, capsys, ethanol):
     (["md", "m.npz", "s.xyz", "--steps", "5", "--temperature", "300", "--timestep", "-1",
       "--interval", "0"],
      "--interval 0, --timestep -1: --steps and --interval must be >= 1"),
+    # before the model is read
+    (["eval", "m.npz", "t.xyz", "--intervals", "90"],
+     "--intervals is a nominal coverage between 0 and 1 (e.g. 0.9); got 90.0"),
 ])
 def test_errors_are_one_line_on_stderr(argv, message, capsys):
     assert main(argv) == 1
@@ -199,8 +202,20 @@ def test_fit_eval_predict_round_trip(cli_files, capsys):
     plots = [cli_files / name for name in ("parity.png", "cal.png", "err.png")]
     assert main(["eval", str(model_path), str(cli_files / "test.xyz"), "--plot",
                  str(plots[0]), "--calibration-plot", str(plots[1]), "--error-plot",
-                 str(plots[2])]) == 0
+                 str(plots[2]), "--intervals", "0.9"]) == 0
     out = capsys.readouterr().out
+    # the jackknife+ intervals' coverage, as return_interval gives it
+    shown = re.search(r"test 90% intervals \(jackknife\+ from the training structures' "
+                      r"leave-one-structure-out errors: at least 80% guaranteed .*\): "
+                      r"([\d.]+)% of energies \(mean width [\d.]+ meV/atom\); ([\d.]+)% of "
+                      r"force components \(mean width [\d.]+ meV/Å\)", out)
+    assert shown, out
+    test = read(cli_files / "test.xyz", ":")
+    reference = np.concatenate([a.get_forces().ravel() for a in test])
+    bounds = np.concatenate([b.reshape(-1, 2) for b in load(model_path).predict_forces(
+        test, return_interval=0.9)[1]])
+    inside = np.mean((bounds[:, 0] <= reference) & (reference <= bounds[:, 1]))
+    assert float(shown.group(2)) == pytest.approx(100 * inside, abs=0.051)
     assert "test forces" in out and "within 1 std" in out and "Spearman" in out
     assert re.search(r"Spearman \(per-atom std, error\) -?[\d.]+ \(exactly right stds of this "
                      r"spread would give about -?[\d.]+; metrics.expected_spearman\)", out)

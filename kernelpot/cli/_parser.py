@@ -71,6 +71,7 @@ examples:
   kernelpot eval model.npz test.xyz --plot parity.png --calibration-plot cal.png \\
       --error-plot err.png
   kernelpot eval model.npz test.xyz --recalibrate valid.xyz   # refit the std map, save it
+  kernelpot eval model.npz test.xyz --intervals 0.9   # and how often the 90 % intervals hold
 
 A model's stds are calibrated at fit time on its training structures' leave-one-
 structure-out errors. --recalibrate replaces that map with one fitted on VALID
@@ -293,6 +294,11 @@ def _add_eval(sub) -> argparse.ArgumentParser:
                         help="predict on the Dask cluster whose scheduler is at ADDRESS "
                              "(tcp://host:8786; in place of --n-jobs; needs the [dask] "
                              "extra)")
+    parser.add_argument("--intervals", type=float, default=None, metavar="LEVEL",
+                        help="also how many energies and force components fall inside the "
+                             "model's intervals of nominal coverage LEVEL (e.g. 0.9; "
+                             "return_interval=: jackknife+ from the training structures, or "
+                             "split-conformal after --recalibrate); one more prediction pass")
     parser.set_defaults(func=_cmd_eval)
     return parser
 

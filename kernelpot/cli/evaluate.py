@@ -21,6 +21,9 @@ from kernelpot.cli._common import (
 def _cmd_eval(args) -> int:
     if args.output and not args.recalibrate:
         raise CLIError("--output only goes with --recalibrate")
+    if args.intervals is not None and not 0.0 < args.intervals < 1.0:
+        raise CLIError(f"--intervals is a nominal coverage between 0 and 1 (e.g. 0.9); got "
+                       f"{args.intervals}")
     for path, what in ((args.output, "the model file"), (args.plot, "the plot"),
                        (args.calibration_plot, "the plot"), (args.error_plot, "the plot")):
         _check_output(path, what)
@@ -67,6 +70,8 @@ def _evaluate(args, model) -> int:
                   "the model was trained on: their errors are training errors, which make "
                   "the figures below look better than the model is on new structures")
         _print_errors("test", err)
+        if args.intervals is not None:
+            print_interval_coverage(model, frames, args.intervals)
     _print_contacts(model, frames, err)
     if args.plot:
         if not err["forces"]:
@@ -87,6 +92,75 @@ def _evaluate(args, model) -> int:
             print("wrote " + str(plot_error_vs_std(err["forces"], err["ref_forces"],
                                                    err["forces_std"], args.error_plot)))
     return 0
+
+
+#: What each kind of interval (``model.interval_kind_``) is, for ``--intervals``.
+_INTERVAL_KINDS = {
+    "loso": "jackknife+ from the training structures' leave-one-structure-out errors: at "
+            "least {low:.0f}% guaranteed for structures like the training ones, about "
+            "{level:.0f}% in practice",
+    "validation": "split-conformal from the validation structures of calibrate (or "
+                  "--recalibrate): at least {level:.0f}% for structures like them",
+    None: "Gaussian, from the total std: the model holds no interval scores",
+}
+
+
+def print_interval_coverage(model, frames, level: float) -> dict:
+    """Print (and return) how often labelled values fall inside the model's intervals.
+
+    Energies and force components, of the structures that carry them; force components
+    zero in both the reference and the prediction (fixed by a crystal's symmetry) are
+    left out, as in the std calibration's coverage.
+
+    Parameters
+    ----------
+    model : SparseGPPotential
+    frames : list of ase.Atoms
+        Labelled structures.
+    level : float in (0, 1)
+        Nominal coverage (``return_interval``).
+
+    Returns
+    -------
+    dict
+        ``{"energy": fraction or None, "forces": fraction or None}``.
+    """
+    from kernelpot import metrics
+    from kernelpot._labels import read_labels
+
+    labels = read_labels(frames, "kernelpot eval")
+    inside = {"energy": None, "forces": None}
+    widths = {}
+    with_energy = [a for a, has in zip(frames, labels.has_energy, strict=True) if has]
+    if with_energy:
+        _, bounds = model.predict(with_energy, return_interval=level)
+        ref = labels.energies[labels.has_energy]
+        inside["energy"] = float(np.mean((bounds[:, 0] <= ref) & (ref <= bounds[:, 1])))
+        widths["energy"] = 1e3 * float(np.mean(np.diff(bounds, axis=1)
+                                               / [len(a) for a in with_energy]))
+    has_f = [k for k, f in enumerate(labels.forces) if f is not None]
+    if has_f:
+        forces, bounds = model.predict_forces([frames[k] for k in has_f],
+                                              return_interval=level)
+        ref = [labels.forces[k] for k in has_f]
+        counted = ~metrics.fixed_components(forces, ref)
+        low, high, value = (np.concatenate([np.ravel(x) for x in v])[counted]
+                            for v in ([b[..., 0] for b in bounds], [b[..., 1] for b in bounds],
+                                      ref))
+        inside["forces"] = float(np.mean((low <= value) & (value <= high)))
+        widths["forces"] = 1e3 * float(np.mean(high - low))
+    parts = []
+    if inside["energy"] is not None:
+        parts.append(f"{100 * inside['energy']:.1f}% of energies (mean width "
+                     f"{widths['energy']:.2f} meV/atom)")
+    if inside["forces"] is not None:
+        parts.append(f"{100 * inside['forces']:.1f}% of force components (mean width "
+                     f"{widths['forces']:.1f} meV/Å)")
+    kind = _INTERVAL_KINDS.get(model.interval_kind_, _INTERVAL_KINDS[None]).format(
+        level=100 * level, low=100 * max(0.0, 2 * level - 1))
+    print(f"test {100 * level:g}% intervals ({kind}): "
+          + ("; ".join(parts) if parts else "no energy or force labels to check them on"))
+    return inside
 
 
 def training_structures(model, frames, rtol: float = 1e-10) -> np.ndarray:
