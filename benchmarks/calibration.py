@@ -209,11 +209,9 @@ def _element_z(forces, ref, stds, frames):
     """RMS z-score of the test force components of each element's atoms."""
     from ase.data import chemical_symbols
 
-    z = np.concatenate([((f - r) / s).ravel() for f, r, s in zip(forces, ref, stds,
-                                                                  strict=True)])
-    numbers = np.concatenate([np.repeat(a.numbers, 3) for a in frames])
-    return {chemical_symbols[n]: float(np.sqrt(np.mean(z[numbers == n] ** 2)))
-            for n in np.unique(numbers)}
+    factors = metrics.element_recalibration_factors(forces, ref, stds,
+                                                    [a.numbers for a in frames])
+    return {chemical_symbols[n]: value for n, value in factors.items()}
 
 
 def _rows(model, test_terms, ref, hot_terms, hot, calibrated, noise, args, test=None):

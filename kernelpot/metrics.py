@@ -22,7 +22,8 @@ from scipy.stats import spearmanr
 __all__ = ["mae", "rmse", "max_error", "force_errors", "coverage", "fixed_components",
            "spearman_std_error",
            "per_atom_norms", "negative_log_likelihood", "coverage_curve",
-           "recalibration_factor", "expected_spearman", "neg_force_mae", "neg_energy_mae"]
+           "recalibration_factor", "element_recalibration_factors", "expected_spearman",
+           "neg_force_mae", "neg_energy_mae"]
 
 
 def _flat(values) -> np.ndarray:
@@ -415,6 +416,65 @@ def recalibration_factor(predicted: ArrayLike, reference: ArrayLike, std: ArrayL
     """
     err, s = _errors_and_stds(predicted, reference, std)
     return float(np.sqrt(np.mean((err / s) ** 2)))
+
+
+def element_recalibration_factors(predicted_forces: ArrayLike, reference_forces: ArrayLike,
+                                  forces_std: ArrayLike, numbers: ArrayLike) -> dict[int, float]:
+    """Return :func:`recalibration_factor` of each element's force components.
+
+    One std map for every atom can leave one element's stds too wide and another's too
+    narrow (:mod:`kernelpot.element_scales`); the overall factor hides that. Components
+    zero in both the reference and the prediction (:func:`fixed_components`: fixed by a
+    crystal's symmetry, with a vanishing std) are left out.
+
+    Parameters
+    ----------
+    predicted_forces, reference_forces : list of array-like of shape (n_atoms, 3)
+        One array per structure (or one array for one structure).
+    forces_std : list of array-like of shape (n_atoms, 3)
+        Predicted std of every component, same layout.
+    numbers : list of array-like of int of shape (n_atoms,)
+        Atomic numbers of each structure's atoms (``atoms.numbers``).
+
+    Returns
+    -------
+    dict
+        ``{atomic number: RMS z-score}`` for every element with a counted component.
+
+    Raises
+    ------
+    ValueError
+        If the layouts differ, a structure's numbers do not match its atoms, a counted
+        std is not finite and > 0, or every component is fixed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kernelpot.metrics import element_recalibration_factors
+    >>> f, ref = np.zeros((2, 3)), np.array([[0.1, 0.1, 0.1], [0.4, 0.4, 0.4]])
+    >>> element_recalibration_factors([f], [ref], [np.full((2, 3), 0.2)], [[1, 8]])
+    {1: 0.5, 8: 2.0}
+    """
+    predicted, reference, stds, numbers = (
+        list(v) if isinstance(v, (list, tuple)) else [v]
+        for v in (predicted_forces, reference_forces, forces_std, numbers))
+    if len(numbers) != len(predicted):
+        raise ValueError(f"element_recalibration_factors: numbers for {len(numbers)} "
+                         f"structures, forces for {len(predicted)}")
+    for k, (f, z) in enumerate(zip(predicted, numbers, strict=True)):
+        if np.shape(f) != (np.size(z), 3):
+            raise ValueError(f"element_recalibration_factors: structure {k} has forces of "
+                             f"shape {np.shape(f)} for {np.size(z)} atomic numbers")
+    counted = ~fixed_components(predicted, reference)
+    if not counted.any():
+        raise ValueError("element_recalibration_factors: every component is zero in both "
+                         "the reference and the prediction")
+    elements = np.concatenate([np.repeat(np.asarray(z, dtype=np.int64), 3)
+                               for z in numbers])[counted]
+    err, s = _errors_and_stds(_flat(predicted)[counted], _flat(reference)[counted],
+                              _flat(stds)[counted])
+    z2 = (err / s) ** 2
+    return {int(e): float(np.sqrt(np.mean(z2[elements == e]))) for e in np.unique(elements)}
 
 
 # -- scikit-learn scorers -----------------------------------------------------------------

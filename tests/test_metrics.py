@@ -122,3 +122,47 @@ def test_spearman_names_inputs_of_different_sizes():
         metrics.spearman_std_error(three, four, three)
     with pytest.raises(ValueError, match="different sizes"):
         metrics.spearman_std_error(three, three, [np.zeros((3, 3))] * 2)
+
+
+def test_element_recalibration_factors_split_the_rms_z_score_by_element():
+    rng = np.random.default_rng(2)
+    numbers = [np.array([1, 1, 8]), np.array([8, 1, 6, 1])]
+    scale = {1: 0.5, 6: 1.0, 8: 2.0}  # each element's errors over its stds
+    stds = [rng.uniform(0.1, 0.3, (len(z), 3)) for z in numbers]
+    reference = [rng.normal(size=(len(z), 3)) for z in numbers]
+    # errors of exactly scale × std on every component
+    predicted = [r + np.array([scale[n] for n in z])[:, None] * s * rng.choice([-1, 1], s.shape)
+                 for r, s, z in zip(reference, stds, numbers, strict=True)]
+    factors = metrics.element_recalibration_factors(predicted, reference, stds, numbers)
+    assert factors == pytest.approx(scale, rel=1e-12)
+    # a fixed component (zero in both, zero std) is left out, not divided by
+    predicted[0][0, 0] = reference[0][0, 0] = stds[0][0, 0] = 0.0
+    assert metrics.element_recalibration_factors(predicted, reference, stds,
+                                                 numbers) == pytest.approx(scale, rel=1e-12)
+    # the overall factor is the RMS over every counted component
+    z2 = np.concatenate([((p - r) / s).ravel()[s.ravel() > 0] ** 2
+                         for p, r, s in zip(predicted, reference, stds, strict=True)])
+    assert np.sqrt(z2.mean()) == pytest.approx(metrics.recalibration_factor(
+        [p.ravel()[s.ravel() > 0] for p, s in zip(predicted, stds, strict=True)],
+        [r.ravel()[s.ravel() > 0] for r, s in zip(reference, stds, strict=True)],
+        [s.ravel()[s.ravel() > 0] for s in stds]))
+
+
+@pytest.mark.parametrize("change, message", [
+    ("numbers", "structure 1 has forces of shape \\(4, 3\\) for 3 atomic numbers"),
+    ("structures", "numbers for 1 structures, forces for 2"),
+    ("zero std", "std must be finite and > 0"),
+])
+def test_element_recalibration_factors_name_bad_input(change, message):
+    predicted = [np.ones((3, 3)), np.ones((4, 3))]
+    reference = [np.zeros((3, 3)), np.zeros((4, 3))]
+    stds = [np.ones((3, 3)), np.ones((4, 3))]
+    numbers = [[1, 1, 8], [8, 1, 6, 1]]
+    if change == "numbers":
+        numbers[1] = [8, 1, 6]
+    elif change == "structures":
+        numbers = numbers[:1]
+    else:
+        stds[1][0, 0] = 0.0
+    with pytest.raises(ValueError, match=message):
+        metrics.element_recalibration_factors(predicted, reference, stds, numbers)

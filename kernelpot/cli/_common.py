@@ -454,10 +454,10 @@ def _print_force_calibration(title, f, ref, std, numbers=None) -> None:
           f"(95.4%){left_out}; Spearman (per-atom std, error) {spearman}; negative "
           f"log-likelihood {metrics.negative_log_likelihood(flat_f, flat_ref, flat_std):.3f} "
           f"nats per component; {_size_note(flat_f, flat_ref, flat_std, 'force')}"
-          f"{_element_z_scores(f, ref, std, numbers, counted)}")
+          f"{_element_z_scores(f, ref, std, numbers)}")
 
 
-def _element_z_scores(f, ref, std, numbers, counted) -> str:
+def _element_z_scores(f, ref, std, numbers) -> str:
     """``; per element RMS z-score H 0.85, C 0.97``, or "" (one element, or no numbers).
 
     One map for every atom can leave one element's stds too wide and another's too
@@ -465,16 +465,14 @@ def _element_z_scores(f, ref, std, numbers, counted) -> str:
     """
     from ase.data import chemical_symbols
 
+    from kernelpot import metrics
+
     if numbers is None:
         return ""
-    elements = np.concatenate([np.repeat(n, 3) for n in numbers])[counted]
-    if np.unique(elements).size < 2:
+    factors = metrics.element_recalibration_factors(f, ref, std, numbers)
+    if len(factors) < 2:
         return ""
-    with np.errstate(divide="ignore", invalid="ignore"):  # zero stds: not counted
-        z = np.concatenate([((np.asarray(a) - np.asarray(b)) / np.asarray(s)).ravel()
-                            for a, b, s in zip(f, ref, std, strict=True)])[counted]
-    parts = [f"{chemical_symbols[n]} {np.sqrt(np.mean(z[elements == n] ** 2)):.2f}"
-             for n in np.unique(elements)]
+    parts = [f"{chemical_symbols[n]} {value:.2f}" for n, value in factors.items()]
     return f"; per element RMS z-score {', '.join(parts)}"
 
 
