@@ -333,12 +333,13 @@ def test_eval_gives_each_elements_rms_z_score_where_there_are_two():
 
     f = [np.array([[1.0, -1.0, 1.0], [2.0, 0.0, 0.0]])]
     ref = [np.zeros((2, 3))]
-    std = [np.array([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])]  # the zero one is not counted
-    counted = np.array([True] * 5 + [False])
-    assert _element_z_scores(f, ref, std, [np.array([1, 8])], counted) == \
+    # the last component is zero in both, with a zero std (a crystal's fixed one): not
+    # counted
+    std = [np.array([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])]
+    assert _element_z_scores(f, ref, std, [np.array([1, 8])]) == \
         "; per element RMS z-score H 1.00, O 1.41"
-    assert _element_z_scores(f, ref, std, [np.array([29, 29])], counted) == ""
-    assert _element_z_scores(f, ref, std, None, counted) == ""
+    assert _element_z_scores(f, ref, std, [np.array([29, 29])]) == ""
+    assert _element_z_scores(f, ref, std, None) == ""
 
 
 def test_eval_prints_the_spearman_exactly_right_stds_would_give():
