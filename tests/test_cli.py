@@ -333,11 +333,12 @@ def test_eval_gives_each_elements_rms_z_score_where_there_are_two():
 
     f = [np.array([[1.0, -1.0, 1.0], [2.0, 0.0, 0.0]])]
     ref = [np.zeros((2, 3))]
-    # the last component is zero in both, with a zero std (a crystal's fixed one): not
-    # counted
+    # the O atom's last two components are zero in both (as a crystal's symmetry fixes
+    # them, the last with a zero std): not counted, as kernelpot eval's coverage leaves
+    # them out
     std = [np.array([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])]
     assert _element_z_scores(f, ref, std, [np.array([1, 8])]) == \
-        "; per element RMS z-score H 1.00, O 1.41"
+        "; per element RMS z-score H 1.00, O 2.00"
     assert _element_z_scores(f, ref, std, [np.array([29, 29])]) == ""
     assert _element_z_scores(f, ref, std, None) == ""
 
