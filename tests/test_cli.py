@@ -1517,3 +1517,36 @@ def test_md_says_when_the_reference_is_cheaper_than_the_models_steps(tmp_path):
     assert _cheap_reference_note(log(5.0, 0.2), "xtb") == ""  # a reference worth learning
     assert _cheap_reference_note(log(0.01, 0.2, n=8), "xtb") == ""  # too few steps to tell
     assert _cheap_reference_note(tmp_path / "missing.jsonl", "xtb") == ""
+
+
+def test_eval_gives_the_errors_of_each_configuration_type(capsys):
+    from ase import Atoms
+
+    from kernelpot.cli.evaluate import print_by_config_type
+
+    frames = [Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.8]]) for _ in range(4)]
+    for atoms, kind in zip(frames, ["bulk", "surface", "bulk", None], strict=True):
+        if kind is not None:
+            atoms.info["config_type"] = kind
+    forces = [np.full((2, 3), 0.1 * (k + 1)) for k in range(4)]
+    err = {"energy_structures": np.array([0, 1, 3]),  # structure 2 has no energy label
+           "energies": np.array([0.02, -0.2, 0.0]), "ref_energies": np.zeros(3),
+           "energy_std": np.array([0.03, 0.1, 0.01]), "n_atoms": np.array([2, 2, 2]),
+           "force_structures": [0, 1, 2, 3], "forces": forces,
+           "ref_forces": [np.zeros((2, 3))] * 4,
+           "forces_std": [np.full((2, 3), 0.25)] * 4}
+    lines = print_by_config_type(frames, err)
+    assert lines == [
+        # bulk: energy errors 10 meV/atom (of structure 0 only), forces 0.1 and 0.3
+        "  bulk: 2 structures, energy RMSE 10.00 meV/atom (100% within 1 std), force RMSE "
+        f"{1e3 * np.sqrt((0.1**2 + 0.3**2) / 2):.1f} meV/Å (50% within 1 std)",
+        "  surface: 1 structures, energy RMSE 100.00 meV/atom (0% within 1 std), force RMSE "
+        "200.0 meV/Å (100% within 1 std)",
+        "  (none): 1 structures, energy RMSE 0.00 meV/atom (100% within 1 std), force RMSE "
+        "400.0 meV/Å (0% within 1 std)"]
+    assert capsys.readouterr().out.startswith("per configuration type")
+    assert print_by_config_type(frames, err, calibration=False)[1] == \
+        "  surface: 1 structures, energy RMSE 100.00 meV/atom, force RMSE 200.0 meV/Å"
+    for atoms in frames:  # one type: nothing to split
+        atoms.info["config_type"] = "bulk"
+    assert print_by_config_type(frames, err) == []

@@ -360,6 +360,7 @@ def _errors(model, frames, source: str = "kernelpot", stds: bool = True):
     return {
         "energies": energies[has_e], "ref_energies": labels.energies[has_e],
         "energy_std": energy_std[has_e] if stds else None, "n_atoms": n_atoms[has_e],
+        "energy_structures": np.flatnonzero(has_e),
         "forces": [forces[k] for k in has_f], "ref_forces": [labels.forces[k] for k in has_f],
         "forces_std": [forces_std[k] for k in has_f] if stds else None,
         "force_structures": has_f,

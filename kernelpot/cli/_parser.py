@@ -268,7 +268,9 @@ def _add_eval(sub) -> argparse.ArgumentParser:
         "eval", help="errors and uncertainty calibration of a model on labelled structures",
         description="Evaluate a saved model on labelled structures: energy and force MAE and "
                     "RMSE, and the calibration of the predicted std (coverage at 1 and 2 std, "
-                    "Spearman rank correlation of per-atom std and error); and how many "
+                    "Spearman rank correlation of per-atom std and error), also per "
+                    "configuration type (atoms.info['config_type']) where there are two or "
+                    "more; and how many "
                     "structures hold a pair more than 5 % closer than any training pair of "
                     "its elements (the model extrapolates there), with their force MAE "
                     "(or that none does).",

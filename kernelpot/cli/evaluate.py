@@ -62,6 +62,7 @@ def _evaluate(args, model) -> int:
               "training errors, and the stds, calibrated for new structures, are not checked "
               "on them; give held-out structures to test the model")
         _print_errors("training (fitted on these)", err, calibration=False)
+        print_by_config_type(frames, err, calibration=False)
     else:
         if seen.any():
             which = np.flatnonzero(seen)
@@ -70,6 +71,7 @@ def _evaluate(args, model) -> int:
                   "the model was trained on: their errors are training errors, which make "
                   "the figures below look better than the model is on new structures")
         _print_errors("test", err)
+        print_by_config_type(frames, err)
         if args.intervals is not None:
             print_interval_coverage(model, frames, args.intervals)
     _print_contacts(model, frames, err)
@@ -92,6 +94,67 @@ def _evaluate(args, model) -> int:
             print("wrote " + str(plot_error_vs_std(err["forces"], err["ref_forces"],
                                                    err["forces_std"], args.error_plot)))
     return 0
+
+
+def print_by_config_type(frames, err: dict, calibration: bool = True) -> list[str]:
+    """Print the errors of each configuration type, when the structures carry two or more.
+
+    The type is ``atoms.info["config_type"]`` (as in GAP's and mlearn's files: AIMD,
+    surfaces, vacancies, elastic cells); structures without one form a group of their
+    own. The overall errors hide a type the model fits badly (mlearn Mo's test surfaces
+    err several times more than its bulk cells).
+
+    Parameters
+    ----------
+    frames : list of ase.Atoms
+        The structures evaluated, in the order ``err`` refers to.
+    err : dict
+        :func:`kernelpot.cli._common._errors` of ``frames``.
+    calibration : bool, default=True
+        Also the fraction of energies and force components within 1 std.
+
+    Returns
+    -------
+    list of str
+        The lines printed (none for fewer than two types).
+    """
+    from kernelpot import metrics
+
+    types = [a.info.get("config_type") for a in frames]
+    names = sorted({str(t) for t in types if t is not None})
+    if len(names) + (None in types) < 2:
+        return []
+    lines = []
+    for name in names + (["(none)"] if None in types else []):
+        wanted = None if name == "(none)" else name
+        member = np.array([(t is None if wanted is None else str(t) == wanted) for t in types])
+        parts = [f"{int(member.sum())} structures"]
+        e_rows = np.flatnonzero(member[err["energy_structures"]])
+        if e_rows.size:
+            e = (err["energies"][e_rows] - err["ref_energies"][e_rows])
+            text = f"energy RMSE {1e3 * np.sqrt(np.mean((e / err['n_atoms'][e_rows])**2)):.2f} " \
+                   "meV/atom"
+            if calibration:
+                inside = np.mean(np.abs(e) <= err["energy_std"][e_rows])
+                text += f" ({100 * inside:.0f}% within 1 std)"
+            parts.append(text)
+        f_rows = [i for i, k in enumerate(err["force_structures"]) if member[k]]
+        if f_rows:
+            f, ref = [err["forces"][i] for i in f_rows], [err["ref_forces"][i] for i in f_rows]
+            text = f"force RMSE {1e3 * metrics.rmse(f, ref):.1f} meV/Å"
+            if calibration:
+                std = [err["forces_std"][i] for i in f_rows]
+                counted = ~metrics.fixed_components(f, ref)
+                if counted.any():
+                    flat = [np.concatenate([np.ravel(x) for x in v])[counted]
+                            for v in (f, ref, std)]
+                    text += f" ({100 * metrics.coverage(*flat, 1):.0f}% within 1 std)"
+            parts.append(text)
+        lines.append(f"  {name}: {', '.join(parts)}")
+    print("per configuration type (atoms.info['config_type']):")
+    for line in lines:
+        print(line)
+    return lines
 
 
 #: What each kind of interval (``model.interval_kind_``) is, for ``--intervals``.
