@@ -1536,6 +1536,7 @@ def test_eval_gives_the_errors_of_each_configuration_type(capsys):
            "ref_forces": [np.zeros((2, 3))] * 4,
            "forces_std": [np.full((2, 3), 0.25)] * 4}
     lines = print_by_config_type(frames, err)
+    assert all("stress" not in line for line in lines)  # no cell with a stress label
     assert lines == [
         # bulk: energy errors 10 meV/atom (of structure 0 only), forces 0.1 and 0.3
         "  bulk: 2 structures, energy RMSE 10.00 meV/atom (100% within 1 std), force RMSE "
@@ -1547,6 +1548,12 @@ def test_eval_gives_the_errors_of_each_configuration_type(capsys):
     assert capsys.readouterr().out.startswith("per configuration type")
     assert print_by_config_type(frames, err, calibration=False)[1] == \
         "  surface: 1 structures, energy RMSE 100.00 meV/atom, force RMSE 200.0 meV/Å"
+    # cells with stress labels: structures 1 and 3 (surface, no type), in eV/Å³
+    err.update(stress_structures=np.array([1, 3]), stress=np.full((2, 6), 0.01),
+               ref_stress=np.zeros((2, 6)))
+    lines = print_by_config_type(frames, err, calibration=False)
+    assert lines[0].endswith("meV/Å") and lines[1].endswith(
+        f"force RMSE 200.0 meV/Å, stress RMSE {1.6021766208:.3f} GPa")
     for atoms in frames:  # one type: nothing to split
         atoms.info["config_type"] = "bulk"
     assert print_by_config_type(frames, err) == []

@@ -366,6 +366,7 @@ def _errors(model, frames, source: str = "kernelpot", stds: bool = True):
         "force_structures": has_f,
         "force_numbers": [np.asarray(frames[k].numbers) for k in has_f],
         "stress": stress, "ref_stress": np.array([labels.stresses[k] for k in has_s]),
+        "stress_structures": has_s,
         "stress_std": stress_std if stds else None,
     }
 

@@ -99,6 +99,9 @@ def _evaluate(args, model) -> int:
 def print_by_config_type(frames, err: dict, calibration: bool = True) -> list[str]:
     """Print the errors of each configuration type, when the structures carry two or more.
 
+    Energies (RMSE per atom), force components and, for cells with a stress label, the
+    stress components (GPa).
+
     The type is ``atoms.info["config_type"]`` (as in GAP's and mlearn's files: AIMD,
     surfaces, vacancies, elastic cells); structures without one form a group of their
     own. The overall errors hide a type the model fits badly (mlearn Mo's test surfaces
@@ -150,6 +153,10 @@ def print_by_config_type(frames, err: dict, calibration: bool = True) -> list[st
                             for v in (f, ref, std)]
                     text += f" ({100 * metrics.coverage(*flat, 1):.0f}% within 1 std)"
             parts.append(text)
+        s_rows = np.flatnonzero(member[err.get("stress_structures", np.zeros(0, int))])
+        if s_rows.size:
+            s = 160.21766208 * (err["stress"][s_rows] - err["ref_stress"][s_rows])
+            parts.append(f"stress RMSE {np.sqrt(np.mean(s**2)):.3f} GPa")
         lines.append(f"  {name}: {', '.join(parts)}")
     print("per configuration type (atoms.info['config_type']):")
     for line in lines:
