@@ -1557,3 +1557,35 @@ def test_eval_gives_the_errors_of_each_configuration_type(capsys):
     for atoms in frames:  # one type: nothing to split
         atoms.info["config_type"] = "bulk"
     assert print_by_config_type(frames, err) == []
+
+
+def test_interval_coverage_counts_inside_and_gives_the_width_per_atom(capsys):
+    from ase import Atoms
+
+    from kernelpot.cli.evaluate import print_interval_coverage
+
+    class Stub:  # a model's return_interval outputs, fixed
+        interval_kind_ = "validation"
+
+        def predict(self, frames, return_interval):
+            assert return_interval == 0.8
+            return np.zeros(2), np.array([[-0.1, 0.1], [-1.0, 1.0]])
+
+        def predict_forces(self, frames, return_interval):
+            bounds = np.stack([np.full((2, 3), -0.5), np.full((2, 3), 0.5)], axis=-1)
+            return [np.zeros((2, 3))], [bounds]
+
+    frames = [Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.8]]), Atoms("H4")]
+    err = {"energy_structures": np.array([0, 1]), "ref_energies": np.array([0.2, 0.5]),
+           "n_atoms": np.array([2, 4]), "force_structures": [0],
+           "ref_forces": [np.array([[0.4, -0.6, 0.0], [0.0, 0.0, 0.1]])]}
+    inside = print_interval_coverage(Stub(), frames, err, 0.8)
+    # energies: 0.2 outside ±0.1, 0.5 inside ±1; forces: the three components zero in both
+    # prediction and reference left out, 0.4 and 0.1 inside ±0.5, -0.6 outside
+    assert inside == pytest.approx({"energy": 0.5, "forces": 2 / 3})
+    out = capsys.readouterr().out
+    # widths per atom: 0.2 / 2 and 2 / 4 eV, mean 300 meV/atom; forces 1 eV/Å
+    assert "test 80% intervals (split-conformal from the validation structures of " \
+           "calibrate (or --recalibrate): at least 80% for structures like them): 50.0% of " \
+           "energies (mean width 300.00 meV/atom); 66.7% of force components (mean width " \
+           "1000.0 meV/Å)" in out

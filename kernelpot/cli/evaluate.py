@@ -73,7 +73,7 @@ def _evaluate(args, model) -> int:
         _print_errors("test", err)
         print_by_config_type(frames, err)
         if args.intervals is not None:
-            print_interval_coverage(model, frames, args.intervals)
+            print_interval_coverage(model, frames, err, args.intervals)
     _print_contacts(model, frames, err)
     if args.plot:
         if not err["forces"]:
@@ -146,12 +146,10 @@ def print_by_config_type(frames, err: dict, calibration: bool = True) -> list[st
             f, ref = [err["forces"][i] for i in f_rows], [err["ref_forces"][i] for i in f_rows]
             text = f"force RMSE {1e3 * metrics.rmse(f, ref):.1f} meV/Å"
             if calibration:
-                std = [err["forces_std"][i] for i in f_rows]
-                counted = ~metrics.fixed_components(f, ref)
-                if counted.any():
-                    flat = [np.concatenate([np.ravel(x) for x in v])[counted]
-                            for v in (f, ref, std)]
-                    text += f" ({100 * metrics.coverage(*flat, 1):.0f}% within 1 std)"
+                inside = metrics.coverage(f, ref, [err["forces_std"][i] for i in f_rows], 1,
+                                          exclude_fixed=True)
+                if not np.isnan(inside):  # (every component fixed: nothing to check)
+                    text += f" ({100 * inside:.0f}% within 1 std)"
             parts.append(text)
         s_rows = np.flatnonzero(member[err.get("stress_structures", np.zeros(0, int))])
         if s_rows.size:
@@ -175,7 +173,7 @@ _INTERVAL_KINDS = {
 }
 
 
-def print_interval_coverage(model, frames, level: float) -> dict:
+def print_interval_coverage(model, frames, err: dict, level: float) -> dict:
     """Print (and return) how often labelled values fall inside the model's intervals.
 
     Energies and force components, of the structures that carry them; force components
@@ -187,6 +185,8 @@ def print_interval_coverage(model, frames, level: float) -> dict:
     model : SparseGPPotential
     frames : list of ase.Atoms
         Labelled structures.
+    err : dict
+        :func:`kernelpot.cli._common._errors` of ``frames``: their reference labels.
     level : float in (0, 1)
         Nominal coverage (``return_interval``).
 
@@ -196,23 +196,19 @@ def print_interval_coverage(model, frames, level: float) -> dict:
         ``{"energy": fraction or None, "forces": fraction or None}``.
     """
     from kernelpot import metrics
-    from kernelpot._labels import read_labels
 
-    labels = read_labels(frames, "kernelpot eval")
     inside = {"energy": None, "forces": None}
     widths = {}
-    with_energy = [a for a, has in zip(frames, labels.has_energy, strict=True) if has]
-    if with_energy:
-        _, bounds = model.predict(with_energy, return_interval=level)
-        ref = labels.energies[labels.has_energy]
+    if len(err["energy_structures"]):
+        _, bounds = model.predict([frames[k] for k in err["energy_structures"]],
+                                  return_interval=level)
+        ref = err["ref_energies"]
         inside["energy"] = float(np.mean((bounds[:, 0] <= ref) & (ref <= bounds[:, 1])))
-        widths["energy"] = 1e3 * float(np.mean(np.diff(bounds, axis=1)
-                                               / [len(a) for a in with_energy]))
-    has_f = [k for k, f in enumerate(labels.forces) if f is not None]
-    if has_f:
-        forces, bounds = model.predict_forces([frames[k] for k in has_f],
+        widths["energy"] = 1e3 * float(np.mean(np.diff(bounds, axis=1)[:, 0] / err["n_atoms"]))
+    if err["force_structures"]:
+        forces, bounds = model.predict_forces([frames[k] for k in err["force_structures"]],
                                               return_interval=level)
-        ref = [labels.forces[k] for k in has_f]
+        ref = err["ref_forces"]
         counted = ~metrics.fixed_components(forces, ref)
         low, high, value = (np.concatenate([np.ravel(x) for x in v])[counted]
                             for v in ([b[..., 0] for b in bounds], [b[..., 1] for b in bounds],
