@@ -1534,7 +1534,8 @@ def test_eval_gives_the_errors_of_each_configuration_type(capsys):
            "energy_std": np.array([0.03, 0.1, 0.01]), "n_atoms": np.array([2, 2, 2]),
            "force_structures": [0, 1, 2, 3], "forces": forces,
            "ref_forces": [np.zeros((2, 3))] * 4,
-           "forces_std": [np.full((2, 3), 0.25)] * 4}
+           "forces_std": [np.full((2, 3), 0.25)] * 4,
+           "stress_structures": np.zeros(0, dtype=int)}
     lines = print_by_config_type(frames, err)
     assert all("stress" not in line for line in lines)  # no cell with a stress label
     assert lines == [

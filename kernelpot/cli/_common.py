@@ -530,18 +530,21 @@ def _size_note(predicted, reference, stds, what: str) -> str:
             "structures like them")
 
 
+#: GPa per eV/Å³, for the stresses the commands print
+GPA = 160.21766208
+
+
 def _print_stress_errors(title, err, calibration: bool) -> None:
     """Print the stress errors (GPa) of the frames with stress labels, and their coverage."""
     if not len(err.get("stress", ())):
         return
-    gpa = 160.21766208
-    e = gpa * (err["stress"] - err["ref_stress"])
+    e = GPA * (err["stress"] - err["ref_stress"])
     text = (f"{title} stress ({len(e)} cells): MAE {np.mean(np.abs(e)):.3f} GPa, RMSE "
             f"{np.sqrt(np.mean(e**2)):.3f} GPa, max {np.max(np.abs(e)):.3f} GPa")
     if calibration:
         from kernelpot import metrics
 
-        std = gpa * err["stress_std"]
+        std = GPA * err["stress_std"]
         # components a cubic cell's symmetry fixes at zero (1e-8 eV/Å³: 1.6 kPa)
         fixed = metrics.fixed_components(err["stress"], err["ref_stress"], atol=1e-8)
         if fixed.all():
@@ -642,7 +645,7 @@ def _print_loso(model, frames) -> None:
         parts.append(f"force MAE {1e3 * np.mean(np.abs(f)):.1f} meV/Å, RMSE "
                      f"{1e3 * np.sqrt(np.mean(f**2)):.1f} meV/Å")
     if terms.is_stress is not None:
-        s = 160.21766208 * terms.errors[terms.is_stress]
+        s = GPA * terms.errors[terms.is_stress]
         parts.append(f"stress RMSE {np.sqrt(np.mean(s**2)):.3f} GPa")
     if terms.is_energy.any():
         member = terms.structure if terms.member is None else terms.member  # not blocks

@@ -8,6 +8,7 @@ from kernelpot import __version__
 from kernelpot._labels import PREDICTION_KEY
 from kernelpot.calibration import StdCalibration
 from kernelpot.cli._common import (
+    GPA,
     CLIError,
     _check_output,
     _errors,
@@ -151,9 +152,9 @@ def print_by_config_type(frames, err: dict, calibration: bool = True) -> list[st
                 if not np.isnan(inside):  # (every component fixed: nothing to check)
                     text += f" ({100 * inside:.0f}% within 1 std)"
             parts.append(text)
-        s_rows = np.flatnonzero(member[err.get("stress_structures", np.zeros(0, int))])
+        s_rows = np.flatnonzero(member[err["stress_structures"]])
         if s_rows.size:
-            s = 160.21766208 * (err["stress"][s_rows] - err["ref_stress"][s_rows])
+            s = GPA * (err["stress"][s_rows] - err["ref_stress"][s_rows])
             parts.append(f"stress RMSE {np.sqrt(np.mean(s**2)):.3f} GPa")
         lines.append(f"  {name}: {', '.join(parts)}")
     print("per configuration type (atoms.info['config_type']):")
