@@ -73,7 +73,7 @@ def posterior(state: TrainingState, sigma: float) -> gp.Posterior:
     w_white = sigma**2 * sla.cho_solve((state.R, False), state.b, check_finite=False)
     weights = sla.solve_triangular(state.L_mm, w_white, lower=True, trans="T",
                                    check_finite=False)
-    return gp.Posterior(weights, state.L_mm, state.L_mm @ state.R.T)
+    return gp.Posterior(weights, state.L_mm, state.R)  # updates replace state.R, never write it
 
 
 def add_rows(state: TrainingState, K_new: np.ndarray, y_new: np.ndarray,

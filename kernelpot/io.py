@@ -42,8 +42,10 @@ __all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "UNITS", "decode", "encode", "
 #: blocks by element, 2026-12-07; 10: the std map's force factor per element,
 #: ``forces_element_<Z>`` entries of ``std_scale``, 2026-12-07; 11: a sparse model's
 #: ``L_mm`` left out and rebuilt from the inducing environments at load, stored only
-#: where that would not give it back, 2026-12-07).
-FORMAT_VERSION = 11
+#: where that would not give it back, 2026-12-07; 12: a sparse model's whitened factor
+#: ``R_w_tril`` instead of ``L_post_tril``, in float32 where that bounds every variance
+#: term within 1 %, 2026-12-08).
+FORMAT_VERSION = 12
 #: Versions this code reads (a version 2 file has none of version 3's additions,
 #: versions 2 and 3 hold the factors as full squares, and versions 2 to 4 store a
 #: training state with its design; versions 2 to 5 have no stress noise, read as
@@ -51,8 +53,9 @@ FORMAT_VERSION = 11
 #: statistics column per observation; versions 2 to 7 have no fitted range of the std
 #: maps, whose exponent then holds everywhere; versions 2 to 8 hold the exact model's
 #: factor as a full square; versions 2 to 9 have no element factors: every element's
-#: is 1; versions 2 to 10 store every sparse model's ``L_mm``); any other is refused.
-READABLE_VERSIONS = (2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
+#: is 1; versions 2 to 10 store every sparse model's ``L_mm``; versions 2 to 11 store
+#: ``L_post = L_mm R_wᵀ``, from which ``R_w`` is solved at load); any other is refused.
+READABLE_VERSIONS = (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
 _FORMAT_NAME = "kernelpot-model"
 #: Units of the stored values.
 UNITS = {"energy": "eV", "length": "Å", "force": "eV/Å", "energy_noise": "eV/√atom",

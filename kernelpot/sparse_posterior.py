@@ -598,10 +598,8 @@ class SparsePosterior(Posterior):
         loso = None
         if loso_wanted:
             noise_std = design.noise_std(energy_noise, force_noise, stress_noise)
-            R = sla.solve_triangular(streamed.L_mm, factors.L_post, lower=True,
-                                     check_finite=False).T  # RᵀR = A
+            R = factors.R_w  # RᵀR = A
             rhs = sigma * streamed.weighted_rhs((energy_noise, force_noise, stress_noise))
-            R = np.triu(R)
             groups = streaming.streamed_loso_groups(design, kernel, streamed.L_mm, block_rows,
                                                     noise_std, sigma, R, runner)
             loso = _timed_loso(owner, lambda: _sparse_loso_terms(
@@ -1354,10 +1352,14 @@ class SparsePosterior(Posterior):
             For ``training_state=True`` without a training state.
         """
         stats = self.stats
-        # L_post is lower triangular: its triangle alone (format 4). L_mm is rebuilt from
-        # the inducing environments at load (format 11) unless that would not give it
-        # back (an update's factor that needed more jitter): then its blocks (format 9)
-        arrays = {"alpha": self.weights, "L_post_tril": gp.pack_lower(self.factors.L_post),
+        # R_w as its triangle, in float32 where that bounds every variance term read back
+        # within 1 % (format 12). L_mm is rebuilt from the inducing environments at load
+        # (format 11) unless that would not give it back (an update's factor that needed
+        # more jitter): then its blocks (format 9)
+        packed, bound = gp.packed_whitened_factor(self.factors.R_w)
+        logger.debug("save: whitened factor in %s (float32 rounding bound %.2e)",
+                     packed.dtype, bound)
+        arrays = {"alpha": self.weights, "R_w_tril": packed,
                   "stats_eigenvalues": stats.eigenvalues,
                   "stats_U": stats.U, "stats_beta_E": stats.beta_E,
                   "stats_beta_F": stats.beta_F}
@@ -1452,12 +1454,13 @@ class SparsePosterior(Posterior):
         if isinstance(signal_std, bool) or not isinstance(signal_std, (int, float)) \
                 or not signal_std > 0:
             raise ValueError(f"load: {what} has a malformed signal_std entry {signal_std!r}")
-        # format 11 rebuilds L_mm where it can, 9 and 10 hold its blocks, 4 to 8 its
-        # triangle; earlier files hold the squares
-        factor_names = (["L_mm_envelope", "L_mm_first", "L_post_tril"]
-                        if "L_mm_envelope" in arrays
-                        else ["L_mm_tril", "L_post_tril"] if "L_mm_tril" in arrays
-                        else ["L_post_tril"] if "L_post_tril" in arrays
+        # format 12 holds R_w (maybe float32), earlier files L_post = L_mm R_wᵀ; format 11
+        # rebuilds L_mm where it can, 9 and 10 hold its blocks, 4 to 8 its triangle;
+        # earlier files hold the squares
+        last = "R_w_tril" if "R_w_tril" in arrays else "L_post_tril"
+        factor_names = (["L_mm_envelope", "L_mm_first", last] if "L_mm_envelope" in arrays
+                        else ["L_mm_tril", last] if "L_mm_tril" in arrays
+                        else [last] if last in arrays
                         else ["L_mm", "L_post"])
         needed = ["alpha", *factor_names, "stats_eigenvalues", "stats_U", "stats_beta_E",
                   "stats_beta_F"] + [f"{name}_{s}" for s in range(n_species)
@@ -1481,20 +1484,10 @@ class SparsePosterior(Posterior):
         M = len(weights)
         pair_columns = _checked_pair_columns(arrays.get("pair_columns"), columns, two_body,
                                              n_species, len(weights), what)
-        if factor_names[0] == "L_mm_envelope":
-            L_mm = gp.unpack_envelope(arrays["L_mm_envelope"], arrays["L_mm_first"], M, what)
-        elif factor_names[0] == "L_mm_tril":
-            L_mm = gp.unpack_lower(arrays["L_mm_tril"], M, what)
-        elif factor_names[0] == "L_mm":
-            L_mm = arrays["L_mm"]
-        else:
-            L_mm = _loaded_inducing_factor(inducing, columns, kernel, two_body, pair_columns,
-                                           fitted.get("jitter_abs"), M, what)
-        L_post = gp.unpack_lower(arrays["L_post_tril"], M, what) \
-            if factor_names[-1] == "L_post_tril" else arrays["L_post"]
-        if L_mm.shape != (M, M) or L_post.shape != (M, M):
-            raise ValueError(f"load: {what} holds factors of shapes {L_mm.shape} and "
-                             f"{L_post.shape} for {M} weights")
+        L_mm, R_w = _factors_from_arrays(
+            arrays, factor_names, M, lambda: _loaded_inducing_factor(
+                inducing, columns, kernel, two_body, pair_columns, fitted.get("jitter_abs"),
+                M, what), what)
         training = None
         if "state_y" in arrays:
             training = _training_state_from_arrays(arrays, L_mm, what)
@@ -1502,7 +1495,7 @@ class SparsePosterior(Posterior):
         scales = noise_groups.checked_scales(fitted.get("config_type_noise"), what)
         posterior = cls(kernel=kernel, inducing=inducing, columns=columns, two_body=two_body,
                    pair_columns=pair_columns,
-                   factors=gp.Posterior(weights, L_mm, L_post),
+                   factors=gp.Posterior(weights, L_mm, R_w),
                    stats=stats, signal_std=signal_std, energy_noise=fitted["energy_noise"],
                    force_noise=fitted["force_noise"],
                    stress_noise=fitted.get("stress_noise", DEFAULT_STRESS_NOISE),
@@ -1826,6 +1819,34 @@ def _sparse_loso_terms(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarr
     return LosoTerms.from_loso(residual, variance, noise_std**2, projection, kinds == 0,
                                structure, basis, is_stress=kinds == 2, member=member)
 
+
+
+def _factors_from_arrays(arrays: dict, factor_names: list, M: int, rebuild: Callable,
+                         what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(L_mm, R_w)`` of a file, ``L_mm`` by ``rebuild()`` where it is not stored.
+
+    Format 12 holds ``R_w`` (maybe float32); earlier files hold ``L_post = L_mm R_wᵀ``,
+    from which ``R_w`` is solved.
+    """
+    if factor_names[0] == "L_mm_envelope":
+        L_mm = gp.unpack_envelope(arrays["L_mm_envelope"], arrays["L_mm_first"], M, what)
+    elif factor_names[0] == "L_mm_tril":
+        L_mm = gp.unpack_lower(arrays["L_mm_tril"], M, what)
+    elif factor_names[0] == "L_mm":
+        L_mm = arrays["L_mm"]
+    else:
+        L_mm = rebuild()
+    if L_mm.shape != (M, M):
+        raise ValueError(f"load: {what} holds a factor of shape {L_mm.shape} for {M} weights")
+    if factor_names[-1] == "R_w_tril":
+        return L_mm, gp.unpacked_whitened_factor(arrays["R_w_tril"], M, what)
+    L_post = gp.unpack_lower(arrays["L_post_tril"], M, what) \
+        if factor_names[-1] == "L_post_tril" else arrays["L_post"]
+    if L_post.shape != (M, M):
+        raise ValueError(f"load: {what} holds a posterior factor of shape {L_post.shape} "
+                         f"for {M} weights")
+    return L_mm, np.triu(sla.solve_triangular(L_mm, L_post, lower=True,
+                                              check_finite=False).T)
 
 def _inducing_origin_from_arrays(arrays: dict, inducing: list[np.ndarray], n_structures: int,
                                  what: str) -> list[np.ndarray] | None:

@@ -218,3 +218,18 @@ def shortest_pairs_by_ase(frames, species, cutoff):
             m, n = species.index(a), species.index(b)
             out[m, n] = out[n, m] = min(out[m, n], r)
     return out
+
+
+def read_back_std_rtol(model):
+    """Largest relative change of a std that a save and load round trip may make.
+
+    0 for a file that holds the sparse whitened factor in float64 (or an exact model);
+    else ``(1 - ε)⁻⁵ - 1`` for the factor's float32 bound ``ε``: a calibrated std's map
+    raises the variance to a power of at most 5 (``kernelpot.gp.FLOAT32_FACTOR_TOLERANCE``).
+    """
+    from kernelpot import gp
+
+    if model.posterior_.kind != "sparse":
+        return 0.0
+    packed, bound = gp.packed_whitened_factor(model.posterior_.factors.R_w)
+    return 0.0 if packed.dtype == np.float64 else (1 - bound) ** -5 - 1

@@ -72,7 +72,8 @@ def test_conformal_coverage_on_held_back_frames(calibrated_split, coverage):
     assert coverage - tolerance <= e_inside.mean() <= coverage + tolerance
 
 
-def test_intervals_scale_with_the_std_and_survive_save_load(calibrated_split, tmp_path):
+def test_intervals_scale_with_the_std_and_survive_save_load(calibrated_split, tmp_path,
+        float64_factor_files):
     model, test = calibrated_split
     _, std, intervals = model.predict_forces(test[:3], return_std=True, return_interval=0.9)
     multiplier = conformal.interval_quantile(model.interval_scores_["forces"], 0.9)

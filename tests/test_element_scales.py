@@ -183,7 +183,8 @@ def test_the_factors_improve_the_fit_on_their_own_errors(default_ethanol):
     assert nll[1] <= nll[0] + 1e-12
 
 
-def test_save_and_load_keep_the_factors(default_ethanol, ethanol_frames, tmp_path):
+def test_save_and_load_keep_the_factors(default_ethanol, ethanol_frames, tmp_path,
+        float64_factor_files):
     for method, model in default_ethanol.items():
         path = model.save(tmp_path / f"{method}.npz")
         loaded = load(path)

@@ -451,7 +451,7 @@ def test_signal_std_at_upper_bound_is_logged(ethanol_frames, small_soap, caplog)
 
 
 def test_calibrate_scales_every_std_and_survives_save_load(fitted_ethanol, ethanol_frames,
-                                                           tmp_path):
+                                                           tmp_path, float64_factor_files):
     from kernelpot import KernelPotCalculator, load
 
     valid, test = ethanol_frames[30:45], ethanol_frames[45:55]

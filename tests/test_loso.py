@@ -196,7 +196,8 @@ def test_loso_calibrated_forces_stay_equivariant(frames):
 
 
 def test_loso_calibration_is_saved_replaced_by_calibrate_and_refitted_by_update(frames,
-                                                                               tmp_path):
+                                                                               tmp_path,
+                                                                                       float64_factor_files):
     from kernelpot import load
 
     model = SparseGPPotential(SOAP_SMALL, n_sparse=30, incremental=True,
@@ -290,7 +291,8 @@ def test_loo_shifts_give_the_refits_predictions_and_the_intervals_are_jackknife_
         np.testing.assert_allclose(e_interval[0], [lower[0], upper[0]], rtol=1e-5)
 
 
-def test_jackknife_scores_and_shift_basis_survive_save_and_load(frames, tmp_path):
+def test_jackknife_scores_and_shift_basis_survive_save_and_load(frames, tmp_path,
+        float64_factor_files):
     from kernelpot import load
 
     model = SparseGPPotential(SOAP_SMALL, n_sparse=30, random_state=0,

@@ -2,6 +2,7 @@
 
 import json
 import pickle
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -62,8 +63,12 @@ def _assert_same(a, b, rtol):
                                        atol=rtol * 1e-4)
 
 
-def _round_trip(posterior, model, training_state=False):
-    arrays, fitted = posterior.to_arrays(training_state=training_state)
+def _round_trip(posterior, model, training_state=False, float32=False):
+    """``to_arrays`` then ``from_arrays``; ``R_w`` in float64 unless ``float32``."""
+    tolerance = gp.FLOAT32_FACTOR_TOLERANCE if float32 else -1.0
+    with mock.patch.object(gp, "FLOAT32_FACTOR_TOLERANCE", tolerance):
+        arrays, fitted = posterior.to_arrays(training_state=training_state)
+    assert arrays["R_w_tril"].dtype == (np.float32 if float32 else np.float64)
     arrays = {k: np.array(v) for k, v in arrays.items()}  # copies, as a file holds
     fitted = json.loads(json.dumps(fitted))  # JSON-ready, as the file's metadata
     return SparsePosterior.from_arrays(arrays, fitted, model.kernel_, model.two_body_,
@@ -107,9 +112,9 @@ def test_to_arrays_holds_the_documented_entries(with_pair):
     arrays, fitted = posterior.to_arrays()
     M = posterior.weights.size
     assert arrays["alpha"].shape == (M,)
-    # L_post as its lower triangle (format 4); L_mm not at all: a fresh fit's is rebuilt
-    # from the inducing environments at load (format 11)
-    assert arrays["L_post_tril"].shape == (M * (M + 1) // 2,)
+    # R_w as its triangle (format 12); L_mm not at all: a fresh fit's is rebuilt from
+    # the inducing environments at load (format 11)
+    assert arrays["R_w_tril"].shape == (M * (M + 1) // 2,)
     assert not any(k.startswith("L_mm") for k in arrays)
     assert sum(len(arrays[f"inducing_{s}"]) for s in range(3)) + 4 * 6 == M
     np.testing.assert_array_equal(np.sort(np.concatenate(
@@ -481,18 +486,21 @@ def test_a_file_whose_factor_cannot_be_rebuilt_is_refused(plain, change):
                                     "m.npz")
 
 
-def test_a_sparse_model_file_of_format_8_still_loads(with_pair):
-    """Format 4 to 8 held L_mm as its whole lower triangle."""
+def test_a_sparse_model_file_of_format_8_still_loads(with_pair, frames):
+    """Format 4 to 8 held L_mm as its whole lower triangle, formats 4 to 11 ``L_post =
+    L_mm R_wᵀ`` as its triangle; ``R_w`` is solved from it."""
     posterior = with_pair.posterior_
     arrays, fitted = posterior.to_arrays()
     M = posterior.weights.size
-    old = dict(arrays)
+    old = {k: v for k, v in arrays.items() if k != "R_w_tril"}
     old["L_mm_tril"] = gp.pack_lower(posterior.factors.L_mm)
+    old["L_post_tril"] = gp.pack_lower(posterior.factors.L_mm @ posterior.factors.R_w.T)
     restored = SparsePosterior.from_arrays(old, json.loads(json.dumps(fitted)),
                                            with_pair.kernel_, with_pair.two_body_, 3, "m.npz")
     np.testing.assert_array_equal(restored.factors.L_mm, posterior.factors.L_mm)
-    np.testing.assert_array_equal(restored.factors.L_post, posterior.factors.L_post)
     assert restored.weights.size == M
+    _assert_same(_predictions(restored, with_pair, frames[40:43]),
+                 _predictions(posterior, with_pair, frames[40:43]), rtol=1e-9)
 
 
 @pytest.mark.parametrize("pair", [None, TwoBody(r_cut=3.0, n_basis=4)])
@@ -593,3 +601,62 @@ def test_a_deep_copy_can_be_updated_and_a_calibrate_map_survives_the_refit(soap,
     assert model.interval_kind_ == "validation" and model.std_scale_ == scale
     twin.update(frames[6:7])
     assert twin.posterior_.n_training_structures == 7
+
+
+@pytest.mark.parametrize("name", ["plain", "with_pair"])
+def test_a_float32_whitened_factor_keeps_every_variance_within_its_bound(request, frames,
+                                                                         name):
+    """Format 12 stores ``R_w`` in float32 when ``‖E R_w⁻¹‖_F`` allows: the means and
+    projection terms read back exactly, each posterior variance term within ``(1 ± ε)⁻²``."""
+    model = request.getfixturevalue(name)
+    posterior = model.posterior_
+    R_w = posterior.factors.R_w
+    packed, bound = gp.packed_whitened_factor(R_w)
+    assert packed.dtype == np.float32 and 0 < bound <= gp.FLOAT32_FACTOR_TOLERANCE
+    restored = _round_trip(posterior, model, float32=True)
+    test = frames[40:43]
+    for x, y in zip(_predictions(restored, model, test), _predictions(posterior, model, test),
+                    strict=True):
+        np.testing.assert_allclose(x.energy, y.energy, rtol=1e-12)
+        np.testing.assert_allclose(x.forces, y.forces, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(x.forces_var_projection, y.forces_var_projection,
+                                   rtol=1e-12, atol=1e-16)
+        for a, b in ((x.energy_var_posterior, y.energy_var_posterior),
+                     (x.forces_var_posterior, y.forces_var_posterior)):
+            ratio = np.asarray(a) / np.asarray(b)
+            assert np.all(ratio >= (1 + bound)**-2) and np.all(ratio <= (1 - bound)**-2)
+            assert np.any(ratio != 1.0)  # read back in float32 indeed
+    # the bound holds in the direction the rounding moves most
+    rounding = R_w.astype(np.float32).astype(float) - R_w
+    B = np.linalg.solve(R_w.T, rounding.T)  # R_w⁻ᵀ Eᵀ
+    u = np.linalg.svd(B)[2][0]
+    v = R_w.T @ u
+    read_back = np.linalg.norm(np.linalg.solve((R_w + rounding).T, v))
+    assert np.linalg.norm(B, 2) <= bound
+    assert 1 / (1 + bound) <= read_back / np.linalg.norm(u) <= 1 / (1 - bound)
+
+
+def test_the_whitened_factor_stays_float64_past_the_tolerance(plain):
+    bound = gp.packed_whitened_factor(plain.posterior_.factors.R_w)[1]
+    for tolerance, dtype in ((0.99 * bound, np.float64), (1.01 * bound, np.float32)):
+        with mock.patch.object(gp, "FLOAT32_FACTOR_TOLERANCE", tolerance):
+            assert gp.packed_whitened_factor(plain.posterior_.factors.R_w)[0].dtype == dtype
+
+
+@pytest.mark.parametrize("change", ["nan", "small diagonal", "integers", "short"])
+def test_a_tampered_whitened_factor_is_refused(plain, change):
+    arrays, fitted = plain.posterior_.to_arrays()
+    arrays = {k: np.array(v) for k, v in arrays.items()}
+    values = arrays["R_w_tril"]
+    if change == "nan":
+        values[3] = np.nan
+    elif change == "small diagonal":
+        values[0] = 0.1  # R_w[0, 0]: the first column's only entry
+    elif change == "integers":
+        arrays["R_w_tril"] = values.astype(np.int64)
+    else:
+        arrays["R_w_tril"] = values[:-1]
+    match = "packed factor of shape" if change == "short" else "whitened factor"
+    with pytest.raises(ValueError, match=match):
+        SparsePosterior.from_arrays(arrays, json.loads(json.dumps(fitted)), plain.kernel_,
+                                    plain.two_body_, 3, "m.npz")

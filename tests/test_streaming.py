@@ -96,7 +96,8 @@ def test_the_streamed_likelihood_is_the_in_memory_one(cells, caplog):
     assert streamed.force_noise_ == pytest.approx(whole.force_noise_, rel=1e-3)
 
 
-def test_a_fixed_two_body_term_without_stresses_and_a_file_round_trip(cells, tmp_path):
+def test_a_fixed_two_body_term_without_stresses_and_a_file_round_trip(cells, tmp_path,
+        float64_factor_files):
     from kernelpot import load
 
     test = emt_strained_cells(2, seed=5)

@@ -328,7 +328,8 @@ def test_exact_stress_variance_equals_the_dense_gp(exact_stress_model, cells):
         "stress", std[0]**2, np.zeros(6)), rtol=1e-10)
 
 
-def test_the_stress_map_is_fitted_on_loso_stresses_and_saved(stress_model, cells, tmp_path):
+def test_the_stress_map_is_fitted_on_loso_stresses_and_saved(stress_model, cells, tmp_path,
+        float64_factor_files):
     scale = stress_model.std_scale_
     assert {"stress", "stress_projection", "stress_noise"} <= set(scale)
     assert scale["stress"] != 1.0

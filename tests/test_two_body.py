@@ -161,7 +161,7 @@ def test_two_body_term_improves_a_pair_potential_fit():
     assert errors["gp+2b"] < 0.5 * errors["gp"]
 
 
-def test_save_load_is_bit_for_bit(two_body_model, ethanol_frames, tmp_path):
+def test_save_load_is_bit_for_bit(two_body_model, ethanol_frames, tmp_path, float64_factor_files):
     path = two_body_model.save(tmp_path / "model")
     loaded = load(path)
     test = ethanol_frames[40:43]
