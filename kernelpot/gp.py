@@ -973,11 +973,13 @@ def packed_whitened_factor(R_w: np.ndarray) -> tuple[np.ndarray, float]:
         The bound ``‖E R_w⁻¹‖_F`` of the float32 rounding (0 for ``M = 0``).
     """
     packed = pack_lower(R_w.T)
-    if not len(R_w):
-        return packed, 0.0
-    rounding = R_w.astype(np.float32).astype(np.float64) - R_w
-    bound = float(np.linalg.norm(sla.solve_triangular(R_w, rounding.T, lower=False,
-                                                      trans="T", check_finite=False)))
+    squares = 0.0
+    for start in range(0, len(R_w), 512):  # E's rows in blocks: no M × M temporaries
+        rows = R_w[start:start + 512]
+        rounding = rows.astype(np.float32).astype(np.float64) - rows
+        squares += float(np.sum(sla.solve_triangular(R_w, rounding.T, lower=False, trans="T",
+                                                     check_finite=False) ** 2))
+    bound = float(np.sqrt(squares))
     if bound <= FLOAT32_FACTOR_TOLERANCE:
         return packed.astype(np.float32), bound
     return packed, bound

@@ -1820,7 +1820,6 @@ def _sparse_loso_terms(Kw: np.ndarray | None, y: np.ndarray, noise_std: np.ndarr
                                structure, basis, is_stress=kinds == 2, member=member)
 
 
-
 def _factors_from_arrays(arrays: dict, factor_names: list, M: int, rebuild: Callable,
                          what: str) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(L_mm, R_w)`` of a file, ``L_mm`` by ``rebuild()`` where it is not stored.
@@ -1847,6 +1846,7 @@ def _factors_from_arrays(arrays: dict, factor_names: list, M: int, rebuild: Call
                          f"for {M} weights")
     return L_mm, np.triu(sla.solve_triangular(L_mm, L_post, lower=True,
                                               check_finite=False).T)
+
 
 def _inducing_origin_from_arrays(arrays: dict, inducing: list[np.ndarray], n_structures: int,
                                  what: str) -> list[np.ndarray] | None:
