@@ -1393,6 +1393,7 @@ class SparsePosterior(Posterior):
                   "jitter": self.jitter, "jitter_abs": self.jitter_abs,
                   "config_type_noise": self.noise_scales,
                   "n_structures": self.fitted_structures(),
+                  "whitened_factor": {"dtype": str(packed.dtype), "float32_bound": bound},
                   "stats": {"c_E": stats.c_E, "c_F": stats.c_F, "n_E": stats.n_E,
                             "n_F": stats.n_F, "logdet_D_E": stats.logdet_D_E,
                             "c_S": stats.c_S, "n_S": stats.n_S,

@@ -216,3 +216,21 @@ def test_frozen_two_body_model_with_training_state(expected, monkeypatch):
         copper[:4], model.species_, model.descriptor_.r_cut), rtol=1e-12)
     model.update([copper[4]], n_inducing=2)
     _check_two_body(model, copper[5:7], expected, "two_body_incremental_updated", monkeypatch)
+
+
+def test_info_says_how_the_posterior_factor_is_stored(fitted_ethanol, tmp_path, capsys,
+                                                      monkeypatch):
+    from kernelpot.cli import main
+
+    bound = gp.packed_whitened_factor(fitted_ethanol.posterior_.factors.R_w)[1]
+    assert 0 < bound <= gp.FLOAT32_FACTOR_TOLERANCE
+    path = fitted_ethanol.save(tmp_path / "m32.npz")
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"posterior factor: float32, rounding bound ε = {bound:.1e}: every raw std " \
+           f"reads back within {100 * (1 / (1 - bound) - 1):.2g} % of the saved" in out
+    monkeypatch.setattr(gp, "FLOAT32_FACTOR_TOLERANCE", bound / 2)
+    path = fitted_ethanol.save(tmp_path / "m64.npz")
+    assert main(["info", str(path)]) == 0
+    assert f"posterior factor: float64, as its float32 rounding bound ε = {bound:.1e} is " \
+           f"past {bound / 2}" in capsys.readouterr().out

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kernelpot import gp
 from kernelpot.calibration import StdCalibration
-from kernelpot.cli._common import _load_model, noise_scales_line, structures_fitted_on
+from kernelpot.cli._common import GPA, _load_model, noise_scales_line, structures_fitted_on
 
 
 def _cmd_info(args) -> int:
@@ -28,7 +29,7 @@ def _cmd_info(args) -> int:
     if model.baseline_ is not None:
         print(f"baseline: {model.baseline_!r} (added to every prediction)")
     n_stress = model.posterior_.n_stress_observations
-    stress = (f"stress noise σ_S {160.21766208 * model.stress_noise_:.3g} GPa (trained on "
+    stress = (f"stress noise σ_S {GPA * model.stress_noise_:.3g} GPa (trained on "
               f"{n_stress // 6} cells' stresses); " if n_stress else "")
     print(f"hyperparameters: signal std {format_signal_std(model.signal_std_)} eV; energy "
           f"noise σ_E {1e3 * model.energy_noise_:.3g} meV/√atom (an N-atom structure's "
@@ -41,12 +42,31 @@ def _cmd_info(args) -> int:
     print(f"training data: {_training_size(model)}; {kind} environments "
           f"{sum(model.n_inducing_.values())} {model.n_inducing_}")
     print(f"uncertainty: {_calibration_state(model)}")
+    factor = _whitened_factor_line(metadata.get("fitted", {}).get("whitened_factor"))
+    if factor:
+        print(factor)
     defaults = type(model)().get_params(deep=False)
     changed = {k: v for k, v in model.get_params(deep=False).items()
                if k not in ("descriptor", "kernel", "two_body") and v != defaults[k]}
     print("parameters other than the defaults: "
           + (", ".join(f"{k}={v!r}" for k, v in sorted(changed.items())) or "none"))
     return 0
+
+
+def _whitened_factor_line(entry) -> str:
+    """How a sparse model's posterior factor is stored (format 12 on), or ``""``."""
+    if not isinstance(entry, dict) or entry.get("dtype") not in ("float32", "float64"):
+        return ""
+    bound = entry.get("float32_bound")
+    if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not 0 <= bound < 1:
+        return ""
+    if entry["dtype"] == "float64":
+        return (f"posterior factor: float64, as its float32 rounding bound ε = {bound:.1e} "
+                f"is past {gp.FLOAT32_FACTOR_TOLERANCE}; the stds read back to round-off")
+    return (f"posterior factor: float32, rounding bound ε = {bound:.1e}: every raw std "
+            f"reads back within {100 * (1 / (1 - bound) - 1):.2g} % of the saved model's "
+            "(a calibrated std, whose map raises the variance to the power p, within about "
+            "p times that)")
 
 
 def _training_size(model) -> str:
