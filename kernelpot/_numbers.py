@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["significant"]
+__all__ = ["GPA", "significant"]
+
+#: GPa per eV/Å³ (``1 / ase.units.GPa``), for the stresses the logs and commands print.
+GPA = 160.21766208
 
 
 def significant(value: float, digits: int = 3) -> str:

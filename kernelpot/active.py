@@ -20,7 +20,7 @@ from sklearn.base import clone
 
 from kernelpot import estimator as estimator_module
 from kernelpot._files import atomic_write
-from kernelpot._numbers import significant
+from kernelpot._numbers import GPA, significant
 from kernelpot._validation import check_int, check_max_inducing, check_verbose, close_contact
 from kernelpot.calculator import KernelPotCalculator
 from kernelpot.contacts import (
@@ -48,8 +48,6 @@ __all__ = ["OnTheFlyLearner"]
 
 LOG_FILE = "otf_log.jsonl"
 FRAMES_FILE = "labelled.extxyz"
-#: eV/Å³ in GPa (the stress std in the call lines).
-GPA = 160.21766208
 MODEL_FILE = "model.npz"
 STATE_FILE = "md_state.npz"
 SETTINGS_FILE = "learner.json"
@@ -980,7 +978,7 @@ class OnTheFlyLearner:
         if not self.label_stress:
             return ""
         if self._stress_gate is not None:
-            return f"; stress std threshold {160.21766208 * self._stress_gate:.3g} GPa"
+            return f"; stress std threshold {GPA * self._stress_gate:.3g} GPa"
         # said, not silently off (a new user's NPT run on cells without stress labels)
         return ("; no stress std threshold yet (the labelled cells' stresses, left out, "
                 "set it: the model has none, or is too young for a LOSO map); the "

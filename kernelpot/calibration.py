@@ -40,6 +40,7 @@ import numpy as np
 from scipy.optimize import brentq, minimize
 
 from kernelpot import conformal, element_scales
+from kernelpot._numbers import GPA
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ _SUFFIXES = ("", "_projection", "_exponent", "_reference", "_noise", "_lower", "
 _ATOM_SUFFIXES = ("", "_projection", "_atom_exponent", "_reference", "_noise", "_lower",
                   "_upper")
 #: Unit and factor from eV units of the stds :meth:`StdCalibration.describe` prints.
-_UNITS = {"energy": ("meV", 1e3), "forces": ("meV/Å", 1e3), "stress": ("GPa", 160.21766)}
+_UNITS = {"energy": ("meV", 1e3), "forces": ("meV/Å", 1e3), "stress": ("GPa", GPA)}
 #: Keys of :func:`fit_variance_terms`'s result, in the order of the suffixes.
 _KEYS = ("scale", "projection", "exponent", "reference", "noise", "lower", "upper")
 

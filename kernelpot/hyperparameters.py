@@ -29,6 +29,7 @@ from sklearn.exceptions import ConvergenceWarning
 from tqdm.auto import tqdm
 
 from kernelpot import gp
+from kernelpot._numbers import GPA
 from kernelpot._validation import check_verbose
 
 if TYPE_CHECKING:
@@ -307,7 +308,7 @@ def warn_if_stresses_unexplained(stress_noise: float, label_rms: float,
     where = f"at its upper bound {bounds[1]:.3g} eV/Å³" if at_bound else \
         f"{stress_noise / label_rms:.0%} of the stress labels' RMS ({label_rms:.3g} eV/Å³)"
     warnings.warn(f"{owner}: the fitted stress noise σ_S = {stress_noise:.3g} eV/Å³ "
-                  f"({160.21766 * stress_noise:.3g} GPa) is {where}: the energies and forces "
+                  f"({GPA * stress_noise:.3g} GPa) is {where}: the energies and forces "
                   "do not explain the stress labels. Check their units (eV/Å³, as ASE's "
                   "get_stress gives; 1 GPa = 0.00624 eV/Å³) and sign (ASE's: the negative "
                   "of the pressure), that they are the same calculation's, or fit with "

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kernelpot._numbers import GPA  # noqa: F401 (the commands import it from here)
+
 _STARTED = [time.perf_counter()]
 
 
@@ -530,8 +532,6 @@ def _size_note(predicted, reference, stds, what: str) -> str:
             "structures like them")
 
 
-#: GPa per eV/Å³, for the stresses the commands print
-GPA = 160.21766208
 
 
 def _print_stress_errors(title, err, calibration: bool) -> None:

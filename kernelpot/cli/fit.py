@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from kernelpot import __version__
+from kernelpot._numbers import GPA
 from kernelpot.cli._common import (
     CLIError,
     _build_model,
@@ -69,7 +70,7 @@ def _cmd_fit(args) -> int:
     n_stress = model.posterior_.n_stress_observations
     if n_stress:
         print(f"trained on the stresses of {n_stress // 6} cells: learned stress noise "
-              f"{160.21766 * model.stress_noise_:.3g} GPa ({model.stress_noise_:.3g} eV/Å³; "
+              f"{GPA * model.stress_noise_:.3g} GPa ({model.stress_noise_:.3g} eV/Å³; "
               "--no-stress trains without them)")
     scales = noise_scales_line(model)
     if scales:
