@@ -113,6 +113,55 @@ def se_cross_hessian(out, AB, AY, XB, K, ax, by, a_env, b_env, seg_start, seg_ro
 
 
 @njit(cache=True)
+def se_column_sums(Bt, B, X, Y, XB, by, K, inv_ell2, factor, b_env, b_col, envs):
+    """Squared exponential: each output column's sum, before the contraction with A.
+
+    ``aᵀH(x_i, y_j)b_q = a · Φ(i, q)`` with ``Φ = g b_q - g (δ·b_q) δ / ℓ²``, ``δ = x_i
+    - y_j`` and ``g = factor k(x_i, y_j) / ℓ²`` (:func:`se_cross_hessian` regrouped:
+    ``(a·δ)(δ·b)`` is ``a · δ (δ·b)``). This adds ``Φ(i, q)`` into ``Bt[k, b_col[q]]``
+    for every row ``q`` of B and each environment ``i = envs[k]`` of X; the caller
+    contracts ``Bt`` with the rows of A. That costs ``n_x Q D + P n_cols D`` where
+    :func:`se_cross_hessian` needs ``A Bᵀ``, ``P Q D``.
+
+    Parameters
+    ----------
+    Bt : float64 (n_envs, n_cols, D)
+        Accumulated into.
+    B : float64 (Q, D)
+        Jacobian rows of Y's environments.
+    X : float64 (n_x, D)
+    Y : float64 (n_y, D)
+    XB : float64 (n_x, Q)
+        ``x_i · b_q``.
+    by : float64 (Q,)
+        ``b_q · y_{j_q}``.
+    K : float64 (n_x, n_y)
+        Kernel values.
+    inv_ell2 : float
+        ``1 / ℓ²``.
+    factor : float
+    b_env : int64 (Q,)
+        Environment of each row of B.
+    b_col : int64 (Q,)
+        Column of Bt of each row of B.
+    envs : int64 (n_envs,)
+        The environments of X to sum for.
+    """
+    Q, D = B.shape
+    for q in range(Q):
+        j = b_env[q]
+        col = b_col[q]
+        for k in range(envs.shape[0]):
+            i = envs[k]
+            g = factor * K[i, j] * inv_ell2
+            if g == 0.0:
+                continue
+            h = g * (XB[i, q] - by[q]) * inv_ell2
+            for d in range(D):
+                Bt[k, col, d] += g * B[q, d] - h * (X[i, d] - Y[j, d])
+
+
+@njit(cache=True)
 def ndp_column_sums(Bt, Y, B, V, UB, bv, C, S, CZ1, CZ2, zeta, b_env, b_col, envs):
     """Normalised dot product: each output column's sum, before the contraction with A.
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numbers
 import weakref
+from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -732,35 +733,55 @@ class NormalizedDotProduct(Kernel):
         CZ1 = C ** (z - 1)
         CZ2 = (z - 1) * C ** (z - 2) if z > 1 else np.zeros_like(C)
         UB = U @ B.T
-        order = np.argsort(a_env, kind="stable")
-        bounds = np.searchsorted(a_env[order], np.r_[envs, len(U)])
-        D = U.shape[1]
-        step = min(len(envs), max(1, _COLUMN_SUM_ENTRIES // max(1, len(columns) * D)))
         b_env = np.ascontiguousarray(b_env, dtype=np.int64)
         b_col = np.ascontiguousarray(b_col, dtype=np.int64)
-        # B's columns are usually a block of out's: a slice, not an index array
-        span = slice(columns[0], columns[-1] + 1) \
-            if columns[-1] - columns[0] + 1 == len(columns) else columns
-        sums, scalars = np.empty((step, len(columns), D)), np.empty((step, len(columns)))
-        for start in range(0, len(envs), step):
-            chunk = np.ascontiguousarray(envs[start:start + step], dtype=np.int64)
-            Bt, Yc = sums[:len(chunk)], scalars[:len(chunk)]
-            Bt.fill(0.0)
-            Yc.fill(0.0)
+
+        def fill(chunk, Bt, Yc):
             _hessian_kernels.ndp_column_sums(Bt, Yc, B, V, UB, b_dot, C, S, CZ1, CZ2, z,
                                              b_env, b_col, chunk)
-            for k, i in enumerate(chunk):
-                rows = order[bounds[start + k]:bounds[start + k + 1]]
-                A_i = A[rows]
-                R = A_i @ Bt[k].T
+
+        _contract_column_sums(out, A, a_env, a_out, envs, columns, fill, U)
+
+
+def _contract_column_sums(out: np.ndarray, A: np.ndarray, a_env: np.ndarray,
+                          a_out: np.ndarray, envs: np.ndarray, columns: np.ndarray,
+                          fill: Callable, U: np.ndarray | None = None) -> None:
+    """Add ``A`` contracted with per-column sums into ``out`` (the kernels' column path).
+
+    For each chunk of ``envs``, ``fill(chunk, Bt, Yc)`` adds into zeroed ``Bt`` (chunk
+    × columns × D) and ``Yc`` (chunk × columns) the sums over B's rows of each output
+    column; the rows ``p`` of A of environment ``i`` then add ``A_p · Bt[i, c]`` (and,
+    with ``U``, ``(A_p · U[i]) Yc[i, c]``) into ``out[a_out[p], columns[c]]``. The
+    environments are taken in chunks whose sums hold at most
+    :data:`_COLUMN_SUM_ENTRIES` values (one environment at least, whatever its sums hold).
+    """
+    order = np.argsort(a_env, kind="stable")
+    bounds = np.searchsorted(a_env[order], np.r_[envs, np.inf])
+    D = A.shape[1]
+    step = min(len(envs), max(1, _COLUMN_SUM_ENTRIES // max(1, len(columns) * D)))
+    # B's columns are usually a block of out's: a slice, not an index array
+    span = slice(columns[0], columns[-1] + 1) \
+        if columns[-1] - columns[0] + 1 == len(columns) else columns
+    sums, scalars = np.empty((step, len(columns), D)), np.empty((step, len(columns)))
+    for start in range(0, len(envs), step):
+        chunk = np.ascontiguousarray(envs[start:start + step], dtype=np.int64)
+        Bt, Yc = sums[:len(chunk)], scalars[:len(chunk)]
+        Bt.fill(0.0)
+        Yc.fill(0.0)
+        fill(chunk, Bt, Yc)
+        for k, i in enumerate(chunk):
+            rows = order[bounds[start + k]:bounds[start + k + 1]]
+            A_i = A[rows]
+            R = A_i @ Bt[k].T
+            if U is not None:
                 R += np.outer(A_i @ U[i], Yc[k])
-                r_out = a_out[rows]
-                if len(np.unique(r_out)) < len(r_out):  # rows sharing an output row
-                    np.add.at(out, (r_out[:, None], columns[None, :]), R)
-                elif isinstance(span, slice):
-                    out[r_out, span] += R
-                else:
-                    out[np.ix_(r_out, columns)] += R
+            r_out = a_out[rows]
+            if len(np.unique(r_out)) < len(r_out):  # rows sharing an output row
+                np.add.at(out, (r_out[:, None], columns[None, :]), R)
+            elif isinstance(span, slice):
+                out[r_out, span] += R
+            else:
+                out[np.ix_(r_out, columns)] += R
 
 
 _ROW_DOT_CACHE: dict = {}
@@ -1010,13 +1031,29 @@ class SquaredExponential(Kernel):
             Multiplies what is added.
         """
         X, A, Y, B, a_env, b_env = _cross_inputs(X, A, a_env, Y, B, b_env)
+        inv_ell2 = 1.0 / float(self.length_scale) ** 2
+        b_out = np.asarray(b_out, dtype=np.int64)
+        columns, b_col = np.unique(b_out, return_inverse=True)
+        envs = np.unique(a_env)
+        if len(A) and len(B) and _column_sums_pay(len(envs), len(A), len(B), len(columns),
+                                                  X.shape[1]):
+            K, XB = self(X, Y), X @ B.T
+            by = row_dots(B, Y, b_env)
+            b_col = np.ascontiguousarray(b_col, dtype=np.int64)
+
+            def fill(chunk, Bt, Yc):
+                _hessian_kernels.se_column_sums(Bt, B, X, Y, XB, by, K, inv_ell2,
+                                                float(factor), b_env, b_col, chunk)
+
+            _contract_column_sums(out, A, a_env, np.asarray(a_out, dtype=np.int64), envs,
+                                  columns, fill)
+            return
         order, seg_start, seg_row = _segments(a_out)
         A, a_env = A[order], a_env[order]
         _hessian_kernels.se_cross_hessian(
             out, A @ B.T, A @ Y.T, X @ B.T, self(X, Y), np.einsum("pd,pd->p", A, X[a_env]),
             np.einsum("qd,qd->q", B, Y[b_env]), a_env, b_env, seg_start, seg_row,
-            np.ascontiguousarray(b_out, dtype=np.int64), 1.0 / float(self.length_scale) ** 2,
-            float(factor))
+            np.ascontiguousarray(b_out, dtype=np.int64), inv_ell2, float(factor))
 
 
 class Scaled(Kernel):
