@@ -7,6 +7,7 @@ from helpers import finite_difference_gradient
 from scipy.stats import multivariate_normal
 
 from kernelpot import gp
+from kernelpot.kernels import NormalizedDotProduct, SquaredExponential
 
 
 @pytest.fixture
@@ -350,3 +351,34 @@ def test_statistics_from_a_rescaled_force_gram_equal_those_of_the_rescaled_desig
         gp.log_marginal_likelihood(theta, direct), rel=1e-12)
     np.testing.assert_allclose(via_gram.eigenvalues, direct.eigenvalues, rtol=1e-10,
                                atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel", [NormalizedDotProduct(2),
+                                    NormalizedDotProduct(2) + 0.3 * SquaredExponential(2.0)],
+                         ids=["ndp", "ndp+se"])
+def test_prior_force_variances_sum_each_atoms_same_element_centres(sic_cell, kernel):
+    """Each atom's prior force variance is the sum over the same-element pairs of centres
+    it moves, weighted by the element's weight: one batched call per block of atoms
+    gives the per-atom, per-element sums."""
+    from kernelpot import SOAP
+
+    result = SOAP(["Si", "C"], 3.5, n_max=3, l_max=2, sigma=0.5, periodic=True).compute(
+        sic_cell)
+    index = np.searchsorted([6, 14], sic_cell.numbers)
+    weights = np.array([1.3, 0.7])
+    energy, forces = gp.prior_variances(result, index, 2, kernel, weights=weights)
+    expected = np.zeros((len(sic_cell), 3))
+    for j in range(len(sic_cell)):
+        p = np.flatnonzero(result.pairs[:, 1] == j)
+        centres = result.pairs[p, 0]
+        for s in range(2):
+            sel = index[centres] == s
+            expected[j] += weights[s] * sum(
+                kernel.contracted_hessian(result.features[centres[sel]],
+                                          result.gradients[p[sel], c]).sum() * np.eye(3)[c]
+                for c in range(3))
+    assert np.all(forces > 0)
+    np.testing.assert_allclose(forces, expected, rtol=1e-10, atol=1e-14)
+    X = result.features
+    assert energy == pytest.approx(sum(weights[s] * kernel(X[index == s]).sum()
+                                       for s in range(2)), rel=1e-12)
