@@ -1052,7 +1052,7 @@ class SquaredExponential(Kernel):
         A, a_env = A[order], a_env[order]
         _hessian_kernels.se_cross_hessian(
             out, A @ B.T, A @ Y.T, X @ B.T, self(X, Y), np.einsum("pd,pd->p", A, X[a_env]),
-            np.einsum("qd,qd->q", B, Y[b_env]), a_env, b_env, seg_start, seg_row,
+            row_dots(B, Y, b_env), a_env, b_env, seg_start, seg_row,
             np.ascontiguousarray(b_out, dtype=np.int64), inv_ell2, float(factor))
 
 
